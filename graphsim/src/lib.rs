@@ -1,0 +1,370 @@
+//! graphsim: a strict local stand-in for the parts of Microsoft Graph contactmirror uses (users, Outlook
+//! contacts and folders, extended properties, delta, `$batch`) and for the Entra ID token endpoint.
+//! It runs in-process for tests (`spawn`) or as the `graphsim` binary, and reproduces Graph's throttling,
+//! error bodies and headers so that a client that passes here behaves against Graph.
+//!
+//! Layout:
+//! - [`config`]: run-time knobs (throttle, faults, token lifetime, latency).
+//! - `server`: HTTP framing and common headers; `routes`: token, users, contacts, delta, batch, `/_sim/`.
+//! - `state`: tenants, users, mailboxes; `contact`: the contact entity; `odata`: query options.
+//! - `throttle`: the Outlook (app, mailbox) model; `faults`: injected failures; [`stats`]: counters and log.
+//! - [`seed`]: realistic tenants from a size and a seed.
+#![deny(missing_docs)]
+
+pub mod config;
+mod contact;
+mod faults;
+mod ids;
+mod odata;
+mod reply;
+mod routes;
+pub mod seed;
+mod server;
+mod state;
+pub mod stats;
+mod throttle;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub use config::{FaultConfig, FaultProfile, RetryAfter, ScriptedFault, SimConfig, ThrottleConfig};
+pub use seed::{seed_estate, EstateParams, SeededTenant};
+pub use state::{MailboxState, TenantSeed, UserSeed, LICENSE_SKU};
+pub use stats::{LoggedRequest, MailboxStats, SimStats};
+
+use server::Shared;
+
+/// A running simulator. Dropping it stops the server.
+#[derive(Debug)]
+pub struct Sim {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// Starts a simulator on `127.0.0.1:0` (an ephemeral port).
+pub async fn spawn(config: SimConfig) -> Result<Sim, std::io::Error> {
+    spawn_at(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// Starts a simulator on a given address.
+pub async fn spawn_at(config: SimConfig, addr: SocketAddr) -> Result<Sim, std::io::Error> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let shared = Shared::new(&config, format!("http://{addr}"));
+    let app = server::router(Arc::clone(&shared));
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "graphsim server stopped");
+        }
+    });
+    Ok(Sim {
+        shared,
+        addr,
+        stop: Some(stop),
+    })
+}
+
+impl Sim {
+    /// A non-owning view used by the control surface (dropping it does not stop the server).
+    pub(crate) fn view(shared: &Arc<Shared>) -> Sim {
+        let addr = shared
+            .base_url
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        Sim {
+            shared: Arc::clone(shared),
+            addr,
+            stop: None,
+        }
+    }
+
+    /// Graph base URL, e.g. `http://127.0.0.1:PORT` (clients append `/v1.0/...`).
+    pub fn graph_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// Authority base URL (clients append `/{tenant}/oauth2/v2.0/token`).
+    pub fn authority_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, state::Store> {
+        self.shared
+            .store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds (or replaces) a tenant and its app registration.
+    pub fn add_tenant(&self, t: TenantSeed) {
+        self.store().add_tenant(t);
+    }
+
+    /// The tenant's GUID and domain, given either.
+    pub fn tenant_ids(&self, tenant: &str) -> Option<(String, String)> {
+        let store = self.store();
+        let t = &store.tenants[store.tenant(tenant)?];
+        Some((t.guid.clone(), t.domain.clone()))
+    }
+
+    /// Adds a user and returns its object id.
+    ///
+    /// # Panics
+    /// If the tenant does not exist (a test set-up error); see [`Sim::try_add_user`].
+    pub fn add_user(&self, tenant: &str, u: UserSeed) -> String {
+        self.try_add_user(tenant, u)
+            .unwrap_or_else(|e| panic!("graphsim: {e}"))
+    }
+
+    /// Adds a user and returns its object id, or says why not.
+    pub fn try_add_user(&self, tenant: &str, u: UserSeed) -> Result<String, String> {
+        if u.upn.trim().is_empty() {
+            return Err("a user needs a upn".into());
+        }
+        let mut store = self.store();
+        let index = store
+            .tenant(tenant)
+            .ok_or_else(|| format!("unknown tenant {tenant}"))?;
+        Ok(store.add_user(index, u))
+    }
+
+    /// Adds a contact (a Graph-shaped body, may include `singleValueExtendedProperties`) to the default
+    /// folder or to a top-level folder by display name (created if missing). Returns the contact id.
+    ///
+    /// # Panics
+    /// If the tenant or user does not exist or the body is not a valid contact (test set-up errors); see
+    /// [`Sim::try_add_contact`].
+    pub fn add_contact(
+        &self,
+        tenant: &str,
+        user: &str,
+        folder: Option<&str>,
+        contact: Value,
+    ) -> String {
+        self.try_add_contact(tenant, user, folder, contact)
+            .unwrap_or_else(|e| panic!("graphsim: {e}"))
+    }
+
+    /// Adds a contact and returns its id, or says why not.
+    pub fn try_add_contact(
+        &self,
+        tenant: &str,
+        user: &str,
+        folder: Option<&str>,
+        contact: Value,
+    ) -> Result<String, String> {
+        let body = contact::parse_body(&contact)
+            .map_err(|e| format!("invalid contact body: {}", e.body.unwrap_or_default()))?;
+        let mut store = self.store();
+        let state::Store {
+            tenants,
+            tenant_index,
+            clock,
+            ..
+        } = &mut *store;
+        let t = tenant_index
+            .get(&tenant.to_lowercase())
+            .copied()
+            .ok_or_else(|| format!("unknown tenant {tenant}"))?;
+        let u = tenants[t]
+            .user_index(user)
+            .ok_or_else(|| format!("unknown user {user}"))?;
+        let mailbox = &mut tenants[t].users[u].mailbox;
+        let f = match folder {
+            None => 0,
+            Some(name) => match mailbox.child_named(0, name) {
+                Some(i) => i,
+                None => mailbox.create_folder(0, name).unwrap_or(0),
+            },
+        };
+        Ok(mailbox.create_contact(f, body, clock).id.clone())
+    }
+
+    /// Tenants with their users (id, upn, mailbox state), for the control surface.
+    pub fn directory(&self) -> Value {
+        let store = self.store();
+        Value::Array(
+            store
+                .tenants
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "tenantGuid": t.guid, "domain": t.domain, "clientId": t.client_id, "adminConsent": t.admin_consent,
+                        "users": t.users.iter().map(|u| serde_json::json!({
+                            "id": u.id, "userPrincipalName": u.upn, "mailbox": u.mailbox_state,
+                            "contacts": u.mailbox.contacts.len(), "folders": u.mailbox.folders.len() - 1,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Full state of the contacts in the default folder or a top-level folder by display name, including
+    /// `singleValueExtendedProperties`, `lastModifiedDateTime` and `id`. Empty if anything is missing.
+    pub fn contacts(&self, tenant: &str, user: &str, folder: Option<&str>) -> Vec<Value> {
+        let mut store = self.store();
+        let Some(u) = store.user_mut(tenant, user) else {
+            return Vec::new();
+        };
+        let mailbox = &u.mailbox;
+        let f = match folder {
+            None => Some(0),
+            Some(name) => mailbox.child_named(0, name),
+        };
+        f.map(|f| mailbox.folder_contacts(f).map(|c| c.full_state()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every folder below the default `Contacts` folder (nested ones too), with `parentFolderId`.
+    pub fn folders(&self, tenant: &str, user: &str) -> Vec<Value> {
+        let mut store = self.store();
+        let Some(u) = store.user_mut(tenant, user) else {
+            return Vec::new();
+        };
+        u.mailbox
+            .folders
+            .iter()
+            .skip(1)
+            .map(|f| f.render())
+            .collect()
+    }
+
+    /// Id of the default `Contacts` folder of a mailbox.
+    pub fn default_folder_id(&self, tenant: &str, user: &str) -> Option<String> {
+        let mut store = self.store();
+        store
+            .user_mut(tenant, user)
+            .map(|u| u.mailbox.folders[0].id.clone())
+    }
+
+    /// Changes a user's mailbox state.
+    pub fn set_mailbox_state(&self, tenant: &str, user: &str, state: MailboxState) {
+        if let Some(u) = self.store().user_mut(tenant, user) {
+            u.mailbox_state = state;
+        }
+    }
+
+    /// Grants or revokes admin consent; affects tokens issued afterwards.
+    pub fn set_admin_consent(&self, tenant: &str, consent: bool) {
+        let mut store = self.store();
+        if let Some(t) = store.tenant(tenant) {
+            store.tenants[t].admin_consent = consent;
+        }
+    }
+
+    /// Counters snapshot.
+    pub fn stats(&self) -> SimStats {
+        self.shared.recorder.snapshot()
+    }
+
+    /// Zeroes counters and the request log.
+    pub fn reset_stats(&self) {
+        self.shared.recorder.reset();
+    }
+
+    /// The request log, oldest first.
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        self.shared.recorder.log()
+    }
+
+    /// Replaces the fault configuration.
+    pub fn set_faults(&self, f: FaultConfig) {
+        self.shared.faults.set(f);
+    }
+
+    /// Queues a one-off fault for the next matching operation.
+    pub fn push_fault(&self, f: ScriptedFault) {
+        self.shared.faults.push(f);
+    }
+
+    /// Replaces the throttle limits.
+    pub fn set_throttle(&self, t: ThrottleConfig) {
+        self.shared.throttle.set_config(t);
+    }
+
+    /// Forgets all requests the throttle has counted.
+    pub fn reset_throttle(&self) {
+        self.shared.throttle.clear();
+    }
+
+    /// Lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, d: Duration) {
+        if let Ok(mut r) = self.shared.runtime.lock() {
+            r.token_lifetime = d;
+        }
+    }
+
+    /// Latency added to every Graph operation from now on.
+    pub fn set_latency(&self, d: Duration) {
+        if let Ok(mut r) = self.shared.runtime.lock() {
+            r.latency = d;
+        }
+    }
+
+    /// Makes every other answer for a user without mailbox 404 `ResourceNotFound` "Resource could not be
+    /// discovered." instead of `MailboxNotEnabledForRESTAPI` (Graph has been seen to alternate; default off).
+    pub fn set_alternate_no_mailbox(&self, on: bool) {
+        if let Ok(mut r) = self.shared.runtime.lock() {
+            r.alternate_no_mailbox = on;
+        }
+    }
+
+    /// Makes every issued token expired (the next Graph call gets 401).
+    pub fn expire_tokens(&self) {
+        let now = Instant::now();
+        for info in self.store().tokens.values_mut() {
+            info.expires = now;
+        }
+    }
+
+    /// Invalidates every delta token (the next delta call with one gets 410 SyncStateNotFound).
+    pub fn invalidate_delta_tokens(&self) {
+        self.store().delta_epoch += 1;
+    }
+
+    /// Removes all tenants, users, mailboxes and tokens, and zeroes counters.
+    pub fn reset(&self) {
+        let epoch = {
+            let store = self.store();
+            store.delta_epoch + 1
+        };
+        *self.store() = state::Store {
+            delta_epoch: epoch,
+            ..state::Store::default()
+        };
+        self.shared.recorder.reset();
+        self.shared.throttle.clear();
+        self.shared.faults.clear_scripted();
+    }
+
+    /// Stops the server.
+    pub fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

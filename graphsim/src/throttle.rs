@@ -1,0 +1,185 @@
+//! The Outlook throttle model: a sliding request window and a concurrency cap per (app id, mailbox).
+//!
+//! Every request counts, throttled ones included, as Graph keeps logging usage while a client is throttled.
+//! `/users` requests use a per-(app id, tenant) key. Other keys are never affected.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::ThrottleConfig;
+use crate::reply::{errors, Reply};
+
+/// What a request is throttled by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ThrottleKey {
+    /// App (client) id.
+    pub app: String,
+    /// Mailbox user id, or `tenant:<guid>` for directory calls.
+    pub scope: String,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Arrival times inside the window, oldest first.
+    arrivals: VecDeque<Instant>,
+    /// Requests admitted and not yet finished.
+    in_flight: u32,
+}
+
+/// Shared throttle state.
+#[derive(Debug)]
+pub struct Throttle {
+    config: Mutex<ThrottleConfig>,
+    buckets: Mutex<HashMap<ThrottleKey, Bucket>>,
+}
+
+/// Releases an admitted request's in-flight slot when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    throttle: Arc<Throttle>,
+    key: ThrottleKey,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Ok(mut buckets) = self.throttle.buckets.lock() {
+            if let Some(b) = buckets.get_mut(&self.key) {
+                b.in_flight = b.in_flight.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl Throttle {
+    /// A throttle with the given limits.
+    pub fn new(config: ThrottleConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config: Mutex::new(config),
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Changes the limits (counts already recorded stay).
+    pub fn set_config(&self, config: ThrottleConfig) {
+        if let Ok(mut c) = self.config.lock() {
+            *c = config;
+        }
+    }
+
+    /// Forgets all recorded requests.
+    pub fn clear(&self) {
+        if let Ok(mut b) = self.buckets.lock() {
+            b.retain(|_, bucket| bucket.in_flight > 0);
+            for bucket in b.values_mut() {
+                bucket.arrivals.clear();
+            }
+        }
+    }
+
+    /// Counts a request against `key` and admits it, or answers 429.
+    pub fn admit(self: &Arc<Self>, key: ThrottleKey) -> Result<Permit, Reply> {
+        let config = self.config.lock().map(|c| *c).unwrap_or_default();
+        let now = Instant::now();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .map_err(|_| errors::mailbox_concurrency())?;
+        let bucket = buckets.entry(key.clone()).or_default();
+        while bucket
+            .arrivals
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= config.window)
+        {
+            bucket.arrivals.pop_front();
+        }
+        bucket.arrivals.push_back(now);
+        let limit = config.requests_per_window as usize;
+        let count = bucket.arrivals.len();
+        if count > limit {
+            // With a zero limit every request is throttled for a whole window.
+            // The next request is admitted once the arrival at index count - limit has left the window.
+            let pivot = bucket.arrivals[count - limit.max(1)];
+            let wait = (pivot + config.window).saturating_duration_since(now);
+            return Err(errors::request_window(ceil_secs(wait)));
+        }
+        if bucket.in_flight >= config.max_in_flight {
+            return Err(errors::mailbox_concurrency());
+        }
+        bucket.in_flight += 1;
+        Ok(Permit {
+            throttle: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(scope: &str) -> ThrottleKey {
+        ThrottleKey {
+            app: "app".into(),
+            scope: scope.into(),
+        }
+    }
+
+    #[test]
+    fn concurrency_cap_is_per_key() {
+        let t = Throttle::new(ThrottleConfig {
+            max_in_flight: 2,
+            ..ThrottleConfig::default()
+        });
+        let a = t.admit(key("a")).unwrap();
+        let _b = t.admit(key("a")).unwrap();
+        let err = t.admit(key("a")).unwrap_err();
+        assert_eq!(err.status, 429);
+        assert!(err
+            .headers
+            .iter()
+            .any(|(k, v)| k == "Retry-After" && v == "1"));
+        assert!(t.admit(key("other")).is_ok());
+        drop(a);
+        assert!(t.admit(key("a")).is_ok());
+    }
+
+    #[test]
+    fn window_overflow_counts_throttled_requests() {
+        let t = Throttle::new(ThrottleConfig {
+            requests_per_window: 2,
+            window: Duration::from_secs(30),
+            max_in_flight: 10,
+        });
+        drop(t.admit(key("a")).unwrap());
+        drop(t.admit(key("a")).unwrap());
+        let err = t.admit(key("a")).unwrap_err();
+        let retry: u64 = err
+            .headers
+            .iter()
+            .find(|(k, _)| k == "Retry-After")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        assert!((29..=30).contains(&retry), "{retry}");
+        assert!(t.admit(key("b")).is_ok());
+    }
+
+    #[test]
+    fn a_zero_limit_throttles_everything_without_panicking() {
+        let t = Throttle::new(ThrottleConfig {
+            requests_per_window: 0,
+            window: Duration::from_secs(5),
+            max_in_flight: 4,
+        });
+        let err = t.admit(key("a")).unwrap_err();
+        assert_eq!(err.status, 429);
+        assert!(t.admit(key("a")).is_err());
+    }
+}

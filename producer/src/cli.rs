@@ -1,0 +1,62 @@
+//! The command line. Every option can also come from an environment variable (shown in `--help`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use shared::telemetry::LogFormat;
+
+/// contactmirror: one contact list on every phone of a Microsoft 365 organisation.
+#[derive(Debug, Parser)]
+#[command(name = "contactmirror-producer", version, about)]
+pub struct Cli {
+    /// Log format: human or json.
+    #[arg(
+        long,
+        env = "CONTACTMIRROR_LOG_FORMAT",
+        default_value = "human",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a sync: phase 1 (users -> central folder) then phase 2 (central folder -> users), per tenant.
+    Run(RunArgs),
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file (the same JSON as AUTOMATION_SYNCCONTACTS_CONFIG_JSON); default: the environment.
+    #[arg(long, env = "CONTACTMIRROR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// RabbitMQ URL. Without it, the run is embedded: in-process workers, no broker.
+    #[arg(long, env = "AMQP_URL")]
+    pub amqp_url: Option<String>,
+    /// In-process workers in embedded mode.
+    #[arg(long, env = "CONTACTMIRROR_WORKERS", default_value_t = 8)]
+    pub workers: usize,
+    /// Only these tenants (repeatable); default: every configured tenant.
+    #[arg(long = "tenant", env = "CONTACTMIRROR_TENANTS", value_delimiter = ',')]
+    pub tenants: Vec<String>,
+    /// Plan and report everything, write nothing (also set by the configuration's DryRun).
+    #[arg(long, env = "CONTACTMIRROR_DRY_RUN")]
+    pub dry_run: bool,
+    /// Write the run report as JSON to this file.
+    #[arg(long, env = "CONTACTMIRROR_REPORT")]
+    pub report: Option<PathBuf>,
+    /// Prefix of every queue and exchange name.
+    #[arg(long, env = "CONTACTMIRROR_QUEUE_PREFIX", default_value = "cm")]
+    pub queue_prefix: String,
+    /// Give up on missing reports after this many seconds without any report.
+    #[arg(long, env = "CONTACTMIRROR_IDLE_TIMEOUT_SECS", default_value_t = 900)]
+    pub idle_timeout_secs: u64,
+    /// Attempts per job before it is dead-lettered.
+    #[arg(long, env = "CONTACTMIRROR_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+}

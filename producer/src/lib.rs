@@ -1,0 +1,27 @@
+//! contactmirror's producer: enumerates tenants and mailboxes, hands jobs to a transport (the embedded queue or
+//! RabbitMQ), and aggregates the workers' reports into the run report. The binary is a thin wrapper around it.
+//!
+//! Layout:
+//! - [`cli`]: the command line.
+//! - [`run`]: the `run` command (settings -> transport -> report -> exit status).
+//! - [`prepare`]: step 1 of a tenant (credentials, shared mailbox, licensed users, central folder).
+//! - [`orchestrate`]: phase 1 then phase 2 per tenant over any [`orchestrate::Dispatch`].
+//! - [`dispatch`]: the two transports.
+//! - [`summary`]: the run report and the exit status it implies.
+//! - [`progress`]: progress lines.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod dispatch;
+pub mod orchestrate;
+pub mod prepare;
+pub mod progress;
+pub mod run;
+pub mod summary;
+
+/// Exit status: every mailbox of every tenant succeeded.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the run finished but something failed (the summary says what).
+pub const EXIT_FAILURES: u8 = 1;
+/// Exit status: usage or configuration error; nothing was contacted or written.
+pub const EXIT_USAGE: u8 = 2;

@@ -1,0 +1,20 @@
+//! `contactmirror-producer`: runs a sync (on the embedded default or over RabbitMQ), the demo, and the operator
+//! commands. Thin wiring: parse, run, exit status; everything else lives in the `producer` library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use producer::{cli, run, EXIT_FAILURES};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    shared::telemetry::init(cli.log_format);
+    match run::dispatch(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_FAILURES)
+        }
+    }
+}

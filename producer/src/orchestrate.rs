@@ -1,0 +1,199 @@
+//! Runs tenants through their two phases over any job transport: submit each tenant's phase-1 job, and when its
+//! final report arrives, that tenant's phase-2 jobs; collect every report into the [`RunReport`].
+//!
+//! Tenants proceed independently: one tenant's slow or failed phase 1 never holds another back.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use chrono::Utc;
+use shared::config::Settings;
+use shared::graph::GraphClient;
+use shared::message::{Job, JobKind, Outcome, Phase, Report};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::prepare::{prepare, PreparedTenant};
+use crate::progress::Progress;
+use crate::summary::{RunReport, TenantReport};
+
+/// A job transport: the embedded queue or RabbitMQ.
+///
+/// Only used from the producer's own task, so the futures need no `Send` bound.
+#[allow(async_fn_in_trait)]
+pub trait Dispatch {
+    /// Queues a job (returns once the transport has accepted it).
+    async fn submit(&mut self, job: Job) -> Result<()>;
+    /// The next report of this run, or `None` if none arrived within `wait`.
+    async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>>;
+    /// "embedded" or "broker", for the report.
+    fn mode(&self) -> &'static str;
+}
+
+/// What one run covers.
+pub struct RunRequest<'a> {
+    /// The validated settings.
+    pub settings: &'a Settings,
+    /// Only these tenants (all when empty).
+    pub only_tenants: &'a [String],
+    /// Write nothing.
+    pub dry_run: bool,
+    /// Give up on jobs whose final report has not come after this long without any report.
+    pub idle_timeout: Duration,
+}
+
+struct Pending {
+    tenant: usize,
+    phase: Phase,
+    mailbox: String,
+}
+
+/// Runs every selected tenant to the end and returns the report.
+pub async fn run<D: Dispatch>(
+    dispatch: &mut D,
+    graph: &GraphClient,
+    request: RunRequest<'_>,
+) -> Result<RunReport> {
+    let run_id = Uuid::now_v7();
+    let started_at = Utc::now();
+    let started = Instant::now();
+    let tenants: Vec<_> = request
+        .settings
+        .tenants
+        .iter()
+        .filter(|t| {
+            request.only_tenants.is_empty()
+                || request
+                    .only_tenants
+                    .iter()
+                    .any(|id| id.eq_ignore_ascii_case(&t.tenant_id))
+        })
+        .collect();
+    let preparations =
+        futures_util::future::join_all(tenants.iter().map(|t| prepare(graph, t, request.dry_run)))
+            .await;
+    let mut reports: Vec<TenantReport> = Vec::new();
+    let mut prepared: Vec<Option<PreparedTenant>> = Vec::new();
+    let mut pending: HashMap<Uuid, Pending> = HashMap::new();
+    let mut progress = Progress::new();
+    for (tenant, outcome) in tenants.iter().zip(preparations) {
+        let index = reports.len();
+        let mut report = TenantReport {
+            tenant_id: tenant.tenant_id.clone(),
+            ..TenantReport::default()
+        };
+        match outcome {
+            Ok(ready) => {
+                report.users = ready.users.len();
+                let job = Job::new(
+                    run_id,
+                    &ready.tenant_id,
+                    request.dry_run,
+                    JobKind::Phase1 {
+                        central: ready.central.clone(),
+                        sources: ready.users.clone(),
+                    },
+                );
+                pending.insert(
+                    job.job_id,
+                    Pending {
+                        tenant: index,
+                        phase: Phase::Phase1,
+                        mailbox: ready.central.mailbox.upn.clone(),
+                    },
+                );
+                progress.add(Phase::Phase1, 1);
+                dispatch.submit(job).await?;
+                prepared.push(Some(ready));
+            }
+            Err(error) => {
+                warn!(tenant = %tenant.tenant_id, %error, "tenant skipped");
+                report.error = Some(error);
+                prepared.push(None);
+            }
+        }
+        reports.push(report);
+    }
+    let tenant_started: Vec<Instant> = tenants.iter().map(|_| Instant::now()).collect();
+    while !pending.is_empty() {
+        let Some(report) = dispatch.next_report(request.idle_timeout).await? else {
+            warn!(
+                missing = pending.len(),
+                "no report for {:?}; giving up on the missing jobs", request.idle_timeout
+            );
+            for job in pending.values() {
+                reports[job.tenant].record_lost(
+                    &job.mailbox,
+                    job.phase,
+                    "no final report arrived (worker crash budget spent, or no worker running): check the dead-letter queues",
+                );
+            }
+            break;
+        };
+        if report.run_id != run_id {
+            continue;
+        }
+        let Some(job) = pending.get(&report.job_id) else {
+            continue;
+        };
+        let tenant = job.tenant;
+        reports[tenant].record(&report);
+        if !report.outcome.is_final() {
+            continue;
+        }
+        pending.remove(&report.job_id);
+        progress.done(report.phase, matches!(report.outcome, Outcome::Succeeded));
+        reports[tenant].duration_ms =
+            u64::try_from(tenant_started[tenant].elapsed().as_millis()).unwrap_or(u64::MAX);
+        if report.phase != Phase::Phase1 {
+            continue;
+        }
+        let Some(ready) = prepared[tenant].as_ref() else {
+            continue;
+        };
+        if !matches!(report.outcome, Outcome::Succeeded) {
+            warn!(tenant = %ready.tenant_id, "phase 1 failed; phase 2 not started for this tenant");
+            continue;
+        }
+        info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 complete; starting phase 2");
+        progress.add(Phase::Phase2, ready.users.len() as u64);
+        for user in &ready.users {
+            let job = Job::new(
+                run_id,
+                &ready.tenant_id,
+                request.dry_run,
+                JobKind::Phase2 {
+                    central: ready.central.clone(),
+                    mailbox: user.clone(),
+                },
+            );
+            pending.insert(
+                job.job_id,
+                Pending {
+                    tenant,
+                    phase: Phase::Phase2,
+                    mailbox: user.upn.clone(),
+                },
+            );
+            dispatch.submit(job).await?;
+        }
+    }
+    progress.finish();
+    for report in &mut reports {
+        report.mailboxes.sort_by(|a, b| {
+            (b.outcome == "failed")
+                .cmp(&(a.outcome == "failed"))
+                .then(a.mailbox.cmp(&b.mailbox))
+        });
+    }
+    Ok(RunReport {
+        run_id,
+        mode: dispatch.mode(),
+        dry_run: request.dry_run,
+        started_at,
+        finished_at: Utc::now(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        tenants: reports,
+    })
+}

@@ -1,0 +1,100 @@
+//! The `run` command: load settings, pick the transport, run every tenant, print and save the report.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use shared::config::Settings;
+use shared::graph::{ClientOptions, GraphClient};
+use shared::mq::Topology;
+use worker::disposition::RetryPolicy;
+use worker::job::JobRunner;
+
+use crate::cli::{Cli, Command, RunArgs};
+use crate::dispatch::{Broker, Embedded};
+use crate::orchestrate::{self, RunRequest};
+use crate::summary::RunReport;
+use crate::{EXIT_FAILURES, EXIT_OK, EXIT_USAGE};
+
+/// Runs the parsed command.
+pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> Result<ExitCode> {
+    let settings = match load_settings(&args) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("configuration error: {error:#}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let report = execute(&settings, &args).await?;
+    finish(&report, args.report.as_deref())
+}
+
+/// Loads settings from `--config` or the environment; `--dry-run` can only add dryness, never remove it.
+pub fn load_settings(args: &RunArgs) -> Result<Settings> {
+    let mut settings = match &args.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::from_env()?,
+    };
+    settings.dry_run |= args.dry_run;
+    for wanted in &args.tenants {
+        if settings.tenant(wanted).is_none() {
+            anyhow::bail!("--tenant {wanted}: no such tenant in the configuration");
+        }
+    }
+    Ok(settings)
+}
+
+/// Runs one sync with `settings` on the transport `args` select.
+pub async fn execute(settings: &Settings, args: &RunArgs) -> Result<RunReport> {
+    let graph = GraphClient::new(ClientOptions::default()).context("building the Graph client")?;
+    let retry = RetryPolicy {
+        max_attempts: args.max_attempts.max(1),
+        ..RetryPolicy::default()
+    };
+    let request = RunRequest {
+        settings,
+        only_tenants: &args.tenants,
+        dry_run: settings.dry_run,
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+    };
+    match &args.amqp_url {
+        None => {
+            let runner = Arc::new(JobRunner::new(graph.clone(), Arc::new(settings.clone())));
+            let mut embedded = Embedded::start(runner, args.workers, retry);
+            orchestrate::run(&mut embedded, &graph, request).await
+        }
+        Some(url) => {
+            let mut broker = Broker::connect(url, Topology::new(args.queue_prefix.clone())).await?;
+            orchestrate::run(&mut broker, &graph, request).await
+        }
+    }
+}
+
+/// Prints the summary, writes the JSON report, and maps the result to the exit status.
+pub fn finish(report: &RunReport, path: Option<&std::path::Path>) -> Result<ExitCode> {
+    print!("{}", report.human());
+    if let Some(path) = path {
+        let json = serde_json::to_vec_pretty(report).context("serialising the run report")?;
+        write_atomically(path, &json)
+            .with_context(|| format!("writing the run report to {}", path.display()))?;
+    }
+    Ok(ExitCode::from(if report.succeeded() {
+        EXIT_OK
+    } else {
+        EXIT_FAILURES
+    }))
+}
+
+/// Writes through a temporary file and a rename, so a reader never sees half a report.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

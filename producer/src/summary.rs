@@ -1,0 +1,215 @@
+//! The run report: what every job of every tenant did, aggregated from the workers' reports, as JSON for
+//! `--report` and as a short human summary; plus the exit status it implies.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use shared::message::{FailureReason, GraphCounts, Outcome, Phase, Report};
+use shared::sync::PlanCounts;
+use uuid::Uuid;
+
+/// Counts for one phase of one tenant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PhaseCounts {
+    /// Contacts created.
+    pub created: u64,
+    /// Contacts updated.
+    pub updated: u64,
+    /// Contacts deleted.
+    pub deleted: u64,
+    /// Contacts left as they were.
+    pub skipped: u64,
+    /// Writes Graph refused.
+    pub failed: u64,
+}
+
+impl PhaseCounts {
+    fn add(&mut self, counts: &PlanCounts, failed: u64) {
+        self.created += counts.created as u64;
+        self.updated += counts.updated as u64;
+        self.deleted += counts.deleted as u64;
+        self.skipped += counts.skipped as u64;
+        self.failed += failed;
+    }
+}
+
+/// The final state of one mailbox in one phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MailboxOutcome {
+    /// The mailbox's UPN.
+    pub mailbox: String,
+    /// The phase.
+    pub phase: Phase,
+    /// "succeeded" or "failed".
+    pub outcome: &'static str,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailureReason>,
+    /// The error text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// Everything about one tenant in the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TenantReport {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Why the tenant could not run at all, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Users enumerated.
+    pub users: usize,
+    /// Per phase counts.
+    pub phases: BTreeMap<Phase, PhaseCounts>,
+    /// Per mailbox and phase outcomes (failures first).
+    pub mailboxes: Vec<MailboxOutcome>,
+    /// Graph traffic of all attempts.
+    pub graph: GraphCounts,
+    /// Retries scheduled.
+    pub retries: u64,
+    /// Wall time from preparation to the last report.
+    pub duration_ms: u64,
+    /// In a dry run: the plan, one line per item.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<String>,
+}
+
+impl TenantReport {
+    /// Records one report (any attempt).
+    pub fn record(&mut self, report: &Report) {
+        self.graph.requests += report.graph.requests;
+        self.graph.throttled += report.graph.throttled;
+        match &report.outcome {
+            Outcome::Retrying { .. } => self.retries += 1,
+            Outcome::Succeeded => {
+                self.phases
+                    .entry(report.phase)
+                    .or_default()
+                    .add(&report.counts, report.failed_writes);
+                self.planned.extend(report.planned.iter().cloned());
+                let failed = report.failed_writes > 0;
+                self.mailboxes.push(MailboxOutcome {
+                    mailbox: report.mailbox.upn.clone(),
+                    phase: report.phase,
+                    outcome: if failed { "failed" } else { "succeeded" },
+                    reason: failed.then_some(FailureReason::GraphRejected),
+                    error: failed
+                        .then(|| format!("{} writes refused by Graph", report.failed_writes)),
+                    attempts: report.attempt,
+                });
+                for failure in &report.source_failures {
+                    self.mailboxes.push(MailboxOutcome {
+                        mailbox: failure.mailbox.upn.clone(),
+                        phase: report.phase,
+                        outcome: "failed",
+                        reason: Some(failure.reason),
+                        error: Some(failure.error.clone()),
+                        attempts: report.attempt,
+                    });
+                }
+            }
+            Outcome::Failed { reason, error } => self.mailboxes.push(MailboxOutcome {
+                mailbox: report.mailbox.upn.clone(),
+                phase: report.phase,
+                outcome: "failed",
+                reason: Some(*reason),
+                error: Some(error.clone()),
+                attempts: report.attempt,
+            }),
+        }
+    }
+
+    /// Records a job whose final report never came.
+    pub fn record_lost(&mut self, mailbox: &str, phase: Phase, why: &str) {
+        self.mailboxes.push(MailboxOutcome {
+            mailbox: mailbox.to_owned(),
+            phase,
+            outcome: "failed",
+            reason: Some(FailureReason::NoReport),
+            error: Some(why.to_owned()),
+            attempts: 0,
+        });
+    }
+
+    /// Whether anything in this tenant failed.
+    pub fn failed(&self) -> bool {
+        self.error.is_some() || self.mailboxes.iter().any(|m| m.outcome == "failed")
+    }
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// The run id (also on every job and report).
+    pub run_id: Uuid,
+    /// "embedded" or "broker".
+    pub mode: &'static str,
+    /// Whether the run wrote nothing.
+    pub dry_run: bool,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// End.
+    pub finished_at: DateTime<Utc>,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// Per tenant.
+    pub tenants: Vec<TenantReport>,
+}
+
+impl RunReport {
+    /// Whether every mailbox of every tenant succeeded.
+    pub fn succeeded(&self) -> bool {
+        !self.tenants.iter().any(TenantReport::failed)
+    }
+
+    /// A short human summary, one block per tenant, failures named with their reason.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let verb = if self.dry_run { "would be " } else { "" };
+        out.push_str(&format!(
+            "run {} ({}{}) finished in {:.1}s\n",
+            self.run_id,
+            self.mode,
+            if self.dry_run {
+                ", dry run: nothing written"
+            } else {
+                ""
+            },
+            self.duration_ms as f64 / 1000.0
+        ));
+        for tenant in &self.tenants {
+            let status = if tenant.failed() { "FAILED" } else { "ok" };
+            out.push_str(&format!(
+                "tenant {} [{}]: {} users\n",
+                tenant.tenant_id, status, tenant.users
+            ));
+            if let Some(error) = &tenant.error {
+                out.push_str(&format!("  error: {error}\n"));
+            }
+            for (phase, c) in &tenant.phases {
+                out.push_str(&format!(
+                    "  {phase}: {} {verb}created, {} {verb}updated, {} {verb}deleted, {} unchanged, {} failed\n",
+                    c.created, c.updated, c.deleted, c.skipped, c.failed
+                ));
+            }
+            out.push_str(&format!(
+                "  graph: {} requests, {} throttled (429), {} retries\n",
+                tenant.graph.requests, tenant.graph.throttled, tenant.retries
+            ));
+            for m in tenant.mailboxes.iter().filter(|m| m.outcome == "failed") {
+                out.push_str(&format!(
+                    "  failed: {} ({}): {}: {}\n",
+                    m.mailbox,
+                    m.phase,
+                    m.reason.map(|r| r.as_str()).unwrap_or("unknown"),
+                    m.error.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        out
+    }
+}

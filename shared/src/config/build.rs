@@ -1,0 +1,669 @@
+//! From the variables or the file to validated [`Settings`]: which form applies, run-wide defaults, per-tenant
+//! validation, the test-user merge and the duplicate check.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::{Host, Url};
+use uuid::Uuid;
+
+use super::raw::{self, Fields, Loc, Node};
+use super::{
+    ConfigError, DeletionPolicy, GraphLimits, MirrorOptions, Settings, TenantSettings,
+    CLIENT_ID_VAR, CLIENT_SECRET_FILE_VAR, CLIENT_SECRET_VAR, CONFIG_JSON_VAR,
+    DEFAULT_AUTHORITY_HOST, DEFAULT_CENTRAL_FOLDER_NAME, DEFAULT_GRAPH_ENDPOINT,
+    DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR,
+    GLOBAL_ADDRESS_BOOK_USER_ID_VAR, MICROSOFT_TENANTS_JSON_VAR, TENANT_ID_VAR,
+    TEST_USER_LIST_BY_TENANT_JSON_VAR,
+};
+use crate::secret::Secret;
+
+/// Keys of the document root only.
+const ROOT_KEYS: &[&str] = &["MicrosoftTenants", "DryRun"];
+/// Keys that describe one tenant.
+const TENANT_KEYS: &[&str] = &[
+    "TenantId",
+    "ClientId",
+    "ClientSecret",
+    "ClientSecretFile",
+    "GlobalAddressBookUserId",
+    "TestUserList",
+];
+/// Optional keys, per tenant or as run-wide defaults at the document root.
+const OPTION_KEYS: &[&str] = &[
+    "AuthorityHost",
+    "GraphEndpoint",
+    "CentralFolderName",
+    "ManagedCategory",
+    "StampNotes",
+    "OptOutCategory",
+    "DeleteManagedCopies",
+    "MaxDeleteShare",
+    "MaxInFlightPerMailbox",
+    "RequestsPerWindow",
+    "WindowSeconds",
+];
+
+const TENANT_ID: &str = "a tenant id (GUID) or verified domain such as contoso.onmicrosoft.com";
+const CLIENT_ID: &str = "the app registration's client id (a GUID)";
+const MAILBOX: &str = "the shared mailbox holding the central folder (UPN or object id)";
+const SECRET: &str =
+    "a client secret (ClientSecret, or ClientSecretFile naming a file that holds it)";
+const ENDPOINT: &str =
+    "an https URL (http:// only for a loopback host: localhost, 127.0.0.0/8 or ::1)";
+
+/// Tenants in configuration order, each with the location of its TenantId.
+type Tenants = Vec<(TenantSettings, Loc)>;
+
+/// One load. Remembers every secret it has seen, so errors can be scrubbed of them.
+pub(super) struct Builder<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    /// Every secret value seen so far (variables, documents, secret files).
+    pub(super) secrets: Vec<String>,
+    /// Relative `ClientSecretFile` paths resolve against this (the config file's directory), else the working dir.
+    base_dir: Option<PathBuf>,
+}
+
+/// The optional settings of one level (document root or tenant); `None` means "not set here".
+#[derive(Default, Clone)]
+struct Layer {
+    authority_host: Option<Url>,
+    graph_endpoint: Option<Url>,
+    central_folder_name: Option<String>,
+    managed_category: Option<String>,
+    stamp_notes: Option<bool>,
+    opt_out_category: Option<String>,
+    delete_managed_copies: Option<bool>,
+    max_delete_share: Option<f64>,
+    max_in_flight: Option<u32>,
+    requests_per_window: Option<u32>,
+    window_seconds: Option<u64>,
+}
+
+impl Layer {
+    fn read(fields: &Fields) -> Result<Self, ConfigError> {
+        let mut layer = Layer::default();
+        if let Some((node, at)) = fields.get("AuthorityHost") {
+            layer.authority_host = endpoint(node, at)?;
+        }
+        if let Some((node, at)) = fields.get("GraphEndpoint") {
+            layer.graph_endpoint = endpoint(node, at)?;
+        }
+        if let Some((node, at)) = fields.get("CentralFolderName") {
+            layer.central_folder_name = raw::string(node, at, "a folder name")?;
+        }
+        if let Some((node, at)) = fields.get("ManagedCategory") {
+            layer.managed_category = raw::string(node, at, "a category name")?;
+        }
+        if let Some((node, at)) = fields.get("StampNotes") {
+            layer.stamp_notes = raw::boolean(node, at)?;
+        }
+        if let Some((node, at)) = fields.get("OptOutCategory") {
+            layer.opt_out_category = raw::string(node, at, "a category name")?;
+        }
+        if let Some((node, at)) = fields.get("DeleteManagedCopies") {
+            layer.delete_managed_copies = raw::boolean(node, at)?;
+        }
+        if let Some((node, at)) = fields.get("MaxDeleteShare") {
+            const SHARE: &str = "a share greater than 0 and at most 1 (0.1 allows 10%)";
+            layer.max_delete_share = match raw::number(node, at, SHARE)? {
+                Some(share) if share > 0.0 && share <= 1.0 => Some(share),
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        at: at.to_string(),
+                        expected: SHARE.into(),
+                        got: raw::shown(node),
+                    })
+                }
+                None => None,
+            };
+        }
+        if let Some((node, at)) = fields.get("MaxInFlightPerMailbox") {
+            layer.max_in_flight = raw::integer(
+                node,
+                at,
+                1,
+                4,
+                "a whole number from 1 to 4 (Graph allows 4)",
+            )?
+            .and_then(|v| u32::try_from(v).ok());
+        }
+        if let Some((node, at)) = fields.get("RequestsPerWindow") {
+            layer.requests_per_window = raw::integer(
+                node,
+                at,
+                1,
+                u64::from(u32::MAX),
+                "a whole number of requests, at least 1",
+            )?
+            .and_then(|v| u32::try_from(v).ok());
+        }
+        if let Some((node, at)) = fields.get("WindowSeconds") {
+            layer.window_seconds = raw::integer(
+                node,
+                at,
+                1,
+                86_400,
+                "a whole number of seconds from 1 to 86400",
+            )?;
+        }
+        Ok(layer)
+    }
+
+    /// This level's values, falling back to `base` where unset.
+    fn over(self, base: &Layer) -> Layer {
+        Layer {
+            authority_host: self.authority_host.or_else(|| base.authority_host.clone()),
+            graph_endpoint: self.graph_endpoint.or_else(|| base.graph_endpoint.clone()),
+            central_folder_name: self
+                .central_folder_name
+                .or_else(|| base.central_folder_name.clone()),
+            managed_category: self
+                .managed_category
+                .or_else(|| base.managed_category.clone()),
+            stamp_notes: self.stamp_notes.or(base.stamp_notes),
+            opt_out_category: self
+                .opt_out_category
+                .or_else(|| base.opt_out_category.clone()),
+            delete_managed_copies: self.delete_managed_copies.or(base.delete_managed_copies),
+            max_delete_share: self.max_delete_share.or(base.max_delete_share),
+            max_in_flight: self.max_in_flight.or(base.max_in_flight),
+            requests_per_window: self.requests_per_window.or(base.requests_per_window),
+            window_seconds: self.window_seconds.or(base.window_seconds),
+        }
+    }
+}
+
+impl<'a> Builder<'a> {
+    pub(super) fn new(env: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Self {
+            env,
+            secrets: Vec::new(),
+            base_dir: None,
+        }
+    }
+
+    /// A variable's value; unset and blank are the same.
+    fn var(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|value| !value.trim().is_empty())
+    }
+
+    /// The whole load. Precedence: the file, else `AUTOMATION_SYNCCONTACTS_CONFIG_JSON`, else
+    /// `AUTOMATION_SYNCCONTACTS_MICROSOFT_TENANTS_JSON`, else the single-tenant variables.
+    pub(super) fn load(&mut self, file: Option<&Path>) -> Result<Settings, ConfigError> {
+        if let Some(secret) = self.var(CLIENT_SECRET_VAR) {
+            self.secrets.push(secret);
+        }
+        let (mut tenants, dry_run) = if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::ReadFile {
+                path: path.display().to_string(),
+                reason: io_reason(&error),
+            })?;
+            self.base_dir = path.parent().map(Path::to_path_buf);
+            self.document(&text, &Loc::new(path.display().to_string()))?
+        } else if let Some(text) = self.var(CONFIG_JSON_VAR) {
+            self.document(&text, &Loc::new(CONFIG_JSON_VAR))?
+        } else if let Some(text) = self.var(MICROSOFT_TENANTS_JSON_VAR) {
+            (self.tenant_array(&text)?, None)
+        } else {
+            (self.single_tenant_variables()?, None)
+        };
+        let dry_run = match dry_run {
+            Some(dry_run) => dry_run,
+            None => match self.var(DRY_RUN_VAR) {
+                Some(value) => {
+                    raw::boolean(&Node::String(value), &Loc::new(DRY_RUN_VAR))?.unwrap_or(false)
+                }
+                None => false,
+            },
+        };
+        for (i, (tenant, at)) in tenants.iter().enumerate() {
+            if let Some((_, first)) = tenants[..i]
+                .iter()
+                .find(|(other, _)| other.tenant_id == tenant.tenant_id)
+            {
+                return Err(ConfigError::Conflict {
+                    at: at.to_string(),
+                    problem: format!(
+                        "tenant {:?} is configured twice (also at {}), expected each tenant once",
+                        tenant.tenant_id,
+                        if first.path().is_empty() {
+                            first.to_string()
+                        } else {
+                            first.path().to_owned()
+                        }
+                    ),
+                });
+            }
+        }
+        self.merge_test_users(&mut tenants)?;
+        Ok(Settings {
+            tenants: tenants.into_iter().map(|(tenant, _)| tenant).collect(),
+            dry_run,
+        })
+    }
+
+    /// The `AUTOMATION_SYNCCONTACTS_CONFIG_JSON` document (or the file): `MicrosoftTenants` plus run-wide settings,
+    /// or the older flat single-tenant object.
+    fn document(&mut self, text: &str, at: &Loc) -> Result<(Tenants, Option<bool>), ConfigError> {
+        if text.trim().is_empty() {
+            return Err(ConfigError::Missing {
+                at: at.to_string(),
+                expected: "a JSON object (the AUTOMATION_SYNCCONTACTS_CONFIG_JSON document)".into(),
+            });
+        }
+        let node = raw::parse(text, at)?;
+        node.collect_secrets(&mut self.secrets);
+        let known: Vec<&'static str> = [ROOT_KEYS, TENANT_KEYS, OPTION_KEYS].concat();
+        let root = Fields::from_object(&node, at, &known, &|_| None)?;
+        let dry_run = match root.get("DryRun") {
+            Some((node, at)) => raw::boolean(node, at)?,
+            None => None,
+        };
+        let defaults = Layer::read(&root)?;
+        let Some((list, list_at)) = root.get("MicrosoftTenants") else {
+            // The older flat form: the root is the one tenant.
+            let tenant = self.tenant(&root, at, &|key| at.key(key), &defaults)?;
+            return Ok((vec![tenant], dry_run));
+        };
+        if let Some(key) = TENANT_KEYS.iter().find(|key| root.has(key)) {
+            return Err(ConfigError::Conflict {
+                at: at.key(key).to_string(),
+                problem: "a tenant key next to MicrosoftTenants, expected it inside each MicrosoftTenants entry".into(),
+            });
+        }
+        let hint = |key: &str| {
+            ROOT_KEYS
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(key))
+                .then(|| format!("{key} is run-wide: set it at the top level of the document"))
+        };
+        let tenants = self.tenants(list, list_at, &hint, &defaults)?;
+        Ok((tenants, dry_run))
+    }
+
+    /// `AUTOMATION_SYNCCONTACTS_MICROSOFT_TENANTS_JSON`: the tenant array.
+    fn tenant_array(&mut self, text: &str) -> Result<Tenants, ConfigError> {
+        let at = Loc::new(MICROSOFT_TENANTS_JSON_VAR);
+        let node = raw::parse(text, &at)?;
+        node.collect_secrets(&mut self.secrets);
+        let hint = |key: &str| {
+            key.eq_ignore_ascii_case("DryRun")
+                .then(|| format!("set the run-wide {DRY_RUN_VAR} instead"))
+        };
+        self.tenants(&node, &at, &hint, &Layer::default())
+    }
+
+    /// A tenant array (or one tenant object, as PowerShell's `ConvertTo-Json` writes a one-element array).
+    fn tenants(
+        &mut self,
+        list: &Node,
+        at: &Loc,
+        hint: &dyn Fn(&str) -> Option<String>,
+        defaults: &Layer,
+    ) -> Result<Tenants, ConfigError> {
+        let entries: Vec<(&Node, Loc)> = match list {
+            Node::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n, at.index(i)))
+                .collect(),
+            Node::Object(_) => vec![(list, at.clone())],
+            other => {
+                return Err(ConfigError::Invalid {
+                    at: at.to_string(),
+                    expected: "an array of tenant objects".into(),
+                    got: other.kind().into(),
+                })
+            }
+        };
+        if entries.is_empty() {
+            return Err(ConfigError::Invalid {
+                at: at.to_string(),
+                expected: "at least one tenant".into(),
+                got: "an empty array".into(),
+            });
+        }
+        let known: Vec<&'static str> = [TENANT_KEYS, OPTION_KEYS].concat();
+        let mut tenants = Vec::with_capacity(entries.len());
+        for (node, tenant_at) in entries {
+            let fields = Fields::from_object(node, &tenant_at, &known, hint)?;
+            tenants.push(self.tenant(&fields, &tenant_at, &|key| tenant_at.key(key), defaults)?);
+        }
+        Ok(tenants)
+    }
+
+    /// `AUTOMATION_SYNCCONTACTS_TENANT_ID`, `_CLIENT_ID`, `_CLIENT_SECRET` (or `_CLIENT_SECRET_FILE`) and
+    /// `_GLOBAL_ADDRESS_BOOK_USER_ID`.
+    fn single_tenant_variables(&mut self) -> Result<Tenants, ConfigError> {
+        let vars = [
+            ("TenantId", TENANT_ID_VAR),
+            ("ClientId", CLIENT_ID_VAR),
+            ("ClientSecret", CLIENT_SECRET_VAR),
+            ("ClientSecretFile", CLIENT_SECRET_FILE_VAR),
+            ("GlobalAddressBookUserId", GLOBAL_ADDRESS_BOOK_USER_ID_VAR),
+        ];
+        let mut fields = Fields::empty();
+        for (key, var) in vars {
+            if let Some(value) = self.var(var) {
+                fields.insert(key, Node::String(value), Loc::new(var));
+            }
+        }
+        if !vars.iter().any(|(key, _)| fields.has(key)) {
+            return Err(ConfigError::NotConfigured);
+        }
+        let var_of = |key: &str| {
+            Loc::new(
+                vars.iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or(TENANT_ID_VAR, |(_, var)| var),
+            )
+        };
+        let tenant = self.tenant(
+            &fields,
+            &Loc::new(TENANT_ID_VAR),
+            &var_of,
+            &Layer::default(),
+        )?;
+        Ok(vec![tenant])
+    }
+
+    /// One tenant. `missing` says where to point when a required key is absent. Returns the tenant and the
+    /// location of its TenantId.
+    fn tenant(
+        &mut self,
+        fields: &Fields,
+        parent: &Loc,
+        missing: &dyn Fn(&str) -> Loc,
+        defaults: &Layer,
+    ) -> Result<(TenantSettings, Loc), ConfigError> {
+        let (tenant_id, tenant_at) = required(fields, "TenantId", missing, TENANT_ID)?;
+        let tenant_id = match Uuid::parse_str(&tenant_id) {
+            Ok(guid) => guid.hyphenated().to_string(),
+            Err(_) if is_domain(&tenant_id) => tenant_id.to_ascii_lowercase(),
+            Err(_) => return Err(invalid(&tenant_at, TENANT_ID, raw::quoted(&tenant_id))),
+        };
+        let (client_id, client_at) = required(fields, "ClientId", missing, CLIENT_ID)?;
+        let client_id = match Uuid::parse_str(&client_id) {
+            Ok(guid) => guid.hyphenated().to_string(),
+            Err(_) => return Err(invalid(&client_at, "a GUID", raw::quoted(&client_id))),
+        };
+        let client_secret = self.secret(fields, missing)?;
+        let (global_address_book_user_id, _) =
+            required(fields, "GlobalAddressBookUserId", missing, MAILBOX)?;
+        let test_user_list = match fields.get("TestUserList") {
+            Some((node, at)) => raw::user_list(node, at)?,
+            None => None,
+        };
+        let layer = Layer::read(fields)?.over(defaults);
+        let opt_out_category = layer
+            .opt_out_category
+            .unwrap_or_else(|| DEFAULT_OPT_OUT_CATEGORY.to_owned());
+        if let Some(managed) = &layer.managed_category {
+            if managed.eq_ignore_ascii_case(&opt_out_category) {
+                return Err(ConfigError::Conflict {
+                    at: parent.to_string(),
+                    problem: format!(
+                        "ManagedCategory and OptOutCategory are both {managed:?}, expected different categories \
+                         (managed copies would count as opted out)"
+                    ),
+                });
+            }
+        }
+        let defaults = GraphLimits::default();
+        let tenant = TenantSettings {
+            tenant_id,
+            client_id,
+            client_secret,
+            global_address_book_user_id,
+            test_user_list,
+            authority_host: layer
+                .authority_host
+                .unwrap_or_else(|| default_url(DEFAULT_AUTHORITY_HOST)),
+            graph_endpoint: layer
+                .graph_endpoint
+                .unwrap_or_else(|| default_url(DEFAULT_GRAPH_ENDPOINT)),
+            mirror: MirrorOptions {
+                central_folder_name: layer
+                    .central_folder_name
+                    .unwrap_or_else(|| DEFAULT_CENTRAL_FOLDER_NAME.to_owned()),
+                managed_category: layer.managed_category,
+                stamp_notes: layer.stamp_notes.unwrap_or(true),
+                opt_out_category,
+                deletion: DeletionPolicy {
+                    enabled: layer.delete_managed_copies.unwrap_or(true),
+                    max_share: layer.max_delete_share.unwrap_or(DEFAULT_MAX_DELETE_SHARE),
+                },
+            },
+            limits: GraphLimits {
+                max_in_flight: layer.max_in_flight.unwrap_or(defaults.max_in_flight),
+                requests_per_window: layer
+                    .requests_per_window
+                    .unwrap_or(defaults.requests_per_window),
+                window: layer
+                    .window_seconds
+                    .map_or(defaults.window, Duration::from_secs),
+            },
+        };
+        Ok((tenant, tenant_at))
+    }
+
+    /// Exactly one of `ClientSecret` (used as given, minus trailing line breaks) and `ClientSecretFile` (the file's
+    /// content minus trailing line breaks).
+    fn secret(
+        &mut self,
+        fields: &Fields,
+        missing: &dyn Fn(&str) -> Loc,
+    ) -> Result<Secret, ConfigError> {
+        match (fields.get("ClientSecret"), fields.get("ClientSecretFile")) {
+            (Some(_), Some((_, file_at))) => Err(ConfigError::Conflict {
+                at: file_at.to_string(),
+                problem: "both ClientSecret and ClientSecretFile are set, expected exactly one"
+                    .into(),
+            }),
+            (Some((Node::String(secret), _)), None) => {
+                Ok(Secret::new(secret.trim_end_matches(['\r', '\n'])))
+            }
+            (Some((other, at)), None) => Err(invalid(
+                at,
+                "the client secret as a string",
+                other.kind().into(),
+            )),
+            (None, Some((node, at))) => {
+                let Some(name) = raw::string(node, at, "a file path")? else {
+                    return Err(ConfigError::Missing {
+                        at: at.to_string(),
+                        expected: SECRET.into(),
+                    });
+                };
+                let path = match &self.base_dir {
+                    Some(dir) if Path::new(&name).is_relative() => dir.join(&name),
+                    _ => PathBuf::from(&name),
+                };
+                let content =
+                    std::fs::read_to_string(&path).map_err(|error| ConfigError::SecretFile {
+                        at: at.to_string(),
+                        file: path.display().to_string(),
+                        reason: io_reason(&error),
+                    })?;
+                self.secrets.push(content.clone());
+                let secret = content.trim_end_matches(['\r', '\n']);
+                self.secrets.push(secret.to_owned());
+                if secret.trim().is_empty() {
+                    return Err(ConfigError::SecretFile {
+                        at: at.to_string(),
+                        file: path.display().to_string(),
+                        reason: "the file is empty, expected the client secret".into(),
+                    });
+                }
+                Ok(Secret::new(secret))
+            }
+            (None, None) => Err(ConfigError::Missing {
+                at: missing("ClientSecret").to_string(),
+                expected: SECRET.into(),
+            }),
+        }
+    }
+
+    /// `AUTOMATION_SYNCCONTACTS_TEST_USER_LIST_BY_TENANT_JSON`: `{"<TenantId>": ["upn", ...]}`, keys matched to the
+    /// configured tenants ignoring case; the users are added to the tenant's `TestUserList`.
+    fn merge_test_users(&self, tenants: &mut Tenants) -> Result<(), ConfigError> {
+        let Some(text) = self.var(TEST_USER_LIST_BY_TENANT_JSON_VAR) else {
+            return Ok(());
+        };
+        let at = Loc::new(TEST_USER_LIST_BY_TENANT_JSON_VAR);
+        let node = raw::parse(&text, &at)?;
+        let Node::Object(entries) = &node else {
+            return Err(invalid(
+                &at,
+                "a JSON object mapping TenantId to a list of users",
+                node.kind().into(),
+            ));
+        };
+        let mut seen: Vec<(usize, &str)> = Vec::new();
+        for (key, value) in entries {
+            let key_at = at.key(&raw::quoted(key));
+            let wanted = normalize_tenant_id(key);
+            let Some(index) = tenants
+                .iter()
+                .position(|(t, _)| t.tenant_id.eq_ignore_ascii_case(&wanted))
+            else {
+                let configured: Vec<&str> =
+                    tenants.iter().map(|(t, _)| t.tenant_id.as_str()).collect();
+                return Err(invalid(
+                    &key_at,
+                    &format!(
+                        "the TenantId of a configured tenant ({})",
+                        configured.join(", ")
+                    ),
+                    raw::quoted(key),
+                ));
+            };
+            if let Some((_, first)) = seen.iter().find(|(i, _)| *i == index) {
+                return Err(ConfigError::Conflict {
+                    at: key_at.to_string(),
+                    problem: format!(
+                        "the tenant is already listed as {first:?}, expected each tenant once"
+                    ),
+                });
+            }
+            seen.push((index, key));
+            if let Some(users) = raw::user_list(value, &key_at)? {
+                let list = tenants[index].0.test_user_list.get_or_insert_with(Vec::new);
+                for user in users {
+                    if !list.iter().any(|known| known.eq_ignore_ascii_case(&user)) {
+                        list.push(user);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A required, non-secret string.
+fn required(
+    fields: &Fields,
+    name: &'static str,
+    missing: &dyn Fn(&str) -> Loc,
+    expected: &str,
+) -> Result<(String, Loc), ConfigError> {
+    match fields.get(name) {
+        Some((node, at)) => match raw::string(node, at, expected)? {
+            Some(value) => Ok((value, at.clone())),
+            None => Err(ConfigError::Missing {
+                at: at.to_string(),
+                expected: expected.into(),
+            }),
+        },
+        None => Err(ConfigError::Missing {
+            at: missing(name).to_string(),
+            expected: expected.into(),
+        }),
+    }
+}
+
+fn invalid(at: &Loc, expected: &str, got: String) -> ConfigError {
+    ConfigError::Invalid {
+        at: at.to_string(),
+        expected: expected.to_owned(),
+        got,
+    }
+}
+
+/// A tenant id as stored: GUIDs hyphenated lowercase, domains lowercase.
+pub(super) fn normalize_tenant_id(id: &str) -> String {
+    let id = id.trim();
+    match Uuid::parse_str(id) {
+        Ok(guid) => guid.hyphenated().to_string(),
+        Err(_) => id.to_ascii_lowercase(),
+    }
+}
+
+/// A DNS name with at least two labels (`contoso.onmicrosoft.com`), so `common`/`organizations` are refused: they
+/// do not work with client credentials.
+fn is_domain(name: &str) -> bool {
+    name.len() <= 253
+        && name.contains('.')
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// An authority or Graph endpoint: https, or http to a loopback host; no credentials, query or fragment. The path
+/// gets a trailing `/` so that `Url::join` keeps it.
+fn endpoint(node: &Node, at: &Loc) -> Result<Option<Url>, ConfigError> {
+    let Some(text) = raw::string(node, at, ENDPOINT)? else {
+        return Ok(None);
+    };
+    // A URL with '@' may carry a password: never quote it.
+    let got = || {
+        if text.contains('@') {
+            "a URL with user information (not shown)".to_owned()
+        } else {
+            raw::quoted(&text)
+        }
+    };
+    let mut url =
+        Url::parse(&text).map_err(|error| invalid(at, &format!("{ENDPOINT}; {error}"), got()))?;
+    let loopback = match url.host() {
+        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+    if !scheme_ok || url.host().is_none() || url.cannot_be_a_base() {
+        return Err(invalid(at, ENDPOINT, got()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(at, "a URL without user name or password", got()));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(at, "a URL without query or fragment", got()));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(Some(url))
+}
+
+fn default_url(text: &str) -> Url {
+    Url::parse(text).expect("the built-in default URLs are valid")
+}
+
+/// An I/O error's kind in words (never the file's content).
+fn io_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::InvalidData => "not valid UTF-8 text".into(),
+        std::io::ErrorKind::IsADirectory => "is a directory, expected a file".into(),
+        kind => kind.to_string(),
+    }
+}

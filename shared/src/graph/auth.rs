@@ -1,0 +1,350 @@
+//! Client-credentials tokens: fetched from Entra, cached per tenant, refreshed before they expire.
+//!
+//! A run can outlive one token (60-90 minutes), so every request asks the cache, which refreshes five minutes
+//! before expiry (or at half the lifetime, if that is earlier). Concurrent callers wait on one async mutex, so a
+//! refresh happens once, not once per caller. A 401 from Graph invalidates exactly the token that was refused
+//! (by generation), so a burst of 401s still causes a single refresh.
+//!
+//! Token failures are mapped to the setting that is wrong ([`AuthProblem`]); Entra's description is kept only
+//! after the secret has been scrubbed from it. The secret and the token live in [`Secret`]s and never reach a
+//! `Debug`, error or log line.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::header::RETRY_AFTER;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use url::Url;
+
+use super::error::{AuthProblem, GraphError};
+use super::retry::{
+    decide, decide_transport, parse_retry_after, token_refresh_after, Decision, RetryPolicy,
+};
+use super::stats::Counters;
+use super::transport::transport_failure;
+use super::wire::{decode, TokenErrorResponse, TokenResponse};
+use crate::secret::Secret;
+
+/// What the token endpoint needs to know about a tenant.
+#[derive(Debug, Clone)]
+pub(crate) struct Credentials {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub token_url: Url,
+    /// `{graph_endpoint}/.default`.
+    pub scope: String,
+}
+
+/// A token handed to one request, with the generation to name it if Graph refuses it.
+#[derive(Debug, Clone)]
+pub(crate) struct AccessToken {
+    pub secret: Secret,
+    pub generation: u64,
+}
+
+struct Cached {
+    token: Secret,
+    refresh_at: Instant,
+    generation: u64,
+}
+
+/// The token cache of one tenant (shared by every [`super::TenantClient`] of that tenant).
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    slot: Mutex<Option<Cached>>,
+    generations: AtomicU64,
+}
+
+/// Everything a token fetch uses besides the cache.
+pub(crate) struct TokenContext<'a> {
+    pub http: &'a reqwest::Client,
+    pub credentials: &'a Credentials,
+    pub policy: &'a RetryPolicy,
+    pub counters: &'a Counters,
+}
+
+impl TokenCache {
+    /// A valid token, fetching one if none is cached or the cached one is due for refresh.
+    /// Cancellation-safe: a dropped call leaves the cache as it was.
+    pub async fn get(&self, context: &TokenContext<'_>) -> Result<AccessToken, GraphError> {
+        let mut slot = self.slot.lock().await;
+        if let Some(cached) = slot.as_ref() {
+            if Instant::now() < cached.refresh_at {
+                return Ok(AccessToken {
+                    secret: cached.token.clone(),
+                    generation: cached.generation,
+                });
+            }
+        }
+        let requested_at = Instant::now();
+        let (token, lifetime) = fetch(context).await?;
+        let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
+        context
+            .counters
+            .token_refresh(&context.credentials.tenant_id);
+        tracing::debug!(
+            tenant = %context.credentials.tenant_id,
+            lifetime_s = lifetime.as_secs(),
+            generation,
+            "access token fetched"
+        );
+        *slot = Some(Cached {
+            token: token.clone(),
+            refresh_at: requested_at + token_refresh_after(lifetime),
+            generation,
+        });
+        Ok(AccessToken {
+            secret: token,
+            generation,
+        })
+    }
+
+    /// Forgets the token of `generation` (Graph refused it); a newer token is kept.
+    pub async fn invalidate(&self, generation: u64) {
+        let mut slot = self.slot.lock().await;
+        if slot.as_ref().is_some_and(|c| c.generation == generation) {
+            *slot = None;
+        }
+    }
+}
+
+/// Asks the token endpoint, retrying 5xx, 429 and connection failures within the policy.
+async fn fetch(context: &TokenContext<'_>) -> Result<(Secret, Duration), GraphError> {
+    let credentials = context.credentials;
+    let policy = context.policy;
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", credentials.client_id.as_str()),
+        ("client_secret", credentials.client_secret.expose()),
+        ("scope", credentials.scope.as_str()),
+    ];
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sent = context
+            .http
+            .post(credentials.token_url.clone())
+            .form(&form)
+            .send()
+            .await;
+        let answer = match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, Utc::now()));
+                response
+                    .bytes()
+                    .await
+                    .map(|body| (status, retry_after, body))
+            }
+            Err(e) => Err(e),
+        };
+        let (status, retry_after, body) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                let failure = transport_failure(&e);
+                tracing::debug!(tenant = %credentials.tenant_id, attempt, %failure, "token request failed");
+                if decide_transport(failure) == Decision::Backoff && attempt < policy.max_attempts {
+                    context.counters.retry(&credentials.tenant_id, None);
+                    let wait = policy.backoff.delay(attempt, &mut rand::rng());
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                return Err(GraphError::Transport {
+                    method: "POST".into(),
+                    path: credentials.token_url.path().to_owned(),
+                    failure,
+                    source: e.without_url(),
+                });
+            }
+        };
+        tracing::debug!(tenant = %credentials.tenant_id, attempt, status, "token request answered");
+        if (200..300).contains(&status) {
+            let token: TokenResponse = decode("token response", &body)?;
+            let seconds = token.expires_in.as_u64().unwrap_or(0).max(1);
+            return Ok((
+                Secret::new(token.access_token),
+                Duration::from_secs(seconds),
+            ));
+        }
+        let refusal: TokenErrorResponse = serde_json::from_slice(&body).unwrap_or_default();
+        let mut problem = auth_problem(&refusal.error, &refusal.error_codes);
+        let transient = problem == AuthProblem::Unavailable || status == 429 || status >= 500;
+        if transient {
+            problem = AuthProblem::Unavailable;
+            let retry = match decide(status, retry_after) {
+                Decision::Fail | Decision::Backoff => {
+                    Some(policy.backoff.delay(attempt, &mut rand::rng()))
+                }
+                Decision::RetryAfter(wait) => (wait <= policy.max_retry_after).then_some(wait),
+            };
+            if let Some(wait) = retry.filter(|_| attempt < policy.max_attempts) {
+                context.counters.retry(&credentials.tenant_id, retry_after);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        }
+        let description = if refusal.error_description.is_empty() {
+            String::from_utf8_lossy(&body).into_owned()
+        } else {
+            refusal.error_description.clone()
+        };
+        return Err(GraphError::Auth {
+            problem,
+            tenant_id: credentials.tenant_id.clone(),
+            client_id: credentials.client_id.clone(),
+            status: Some(status),
+            aadsts: refusal
+                .error_codes
+                .first()
+                .copied()
+                .or_else(|| aadsts_in(&refusal.error_description)),
+            description: scrub(&description, &credentials.client_secret),
+        });
+    }
+}
+
+/// Maps Entra's `error_codes` (preferred) or `error` to the setting that is wrong.
+pub(crate) fn auth_problem(error: &str, codes: &[u32]) -> AuthProblem {
+    for code in codes {
+        let problem = match code {
+            7_000_215 => AuthProblem::BadSecret,
+            7_000_222 => AuthProblem::ExpiredSecret,
+            700_016 => AuthProblem::UnknownClient,
+            90_002 | 900_023 => AuthProblem::UnknownTenant,
+            70_011 | 1_002_012 => AuthProblem::BadScope,
+            90_055 | 90_024 => AuthProblem::Unavailable,
+            _ => continue,
+        };
+        return problem;
+    }
+    match error {
+        "invalid_client" => AuthProblem::BadSecret,
+        "unauthorized_client" => AuthProblem::UnknownClient,
+        "invalid_tenant" => AuthProblem::UnknownTenant,
+        "invalid_scope" => AuthProblem::BadScope,
+        "temporarily_unavailable" => AuthProblem::Unavailable,
+        _ => AuthProblem::Other,
+    }
+}
+
+/// The `nnnn` of the first `AADSTSnnnn` in a description.
+fn aadsts_in(description: &str) -> Option<u32> {
+    let start = description.find("AADSTS")? + "AADSTS".len();
+    let digits: String = description[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The first line of `text`, at most 300 characters, with any occurrence of the secret replaced.
+pub(crate) fn scrub(text: &str, secret: &Secret) -> String {
+    let first_line = text.lines().next().unwrap_or("").trim();
+    let mut line: String = first_line.chars().take(300).collect();
+    let value = secret.expose();
+    if !value.is_empty() {
+        line = line.replace(value, "[redacted]");
+        // A secret cut by the 300-character limit could leave a prefix of itself; drop a trailing prefix.
+        for cut in (4..value.len()).rev() {
+            if let Some(prefix) = value.get(..cut) {
+                if line.ends_with(prefix) {
+                    line.truncate(line.len() - prefix.len());
+                    line.push_str("[redacted]");
+                    break;
+                }
+            }
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entra_codes_name_the_wrong_setting() {
+        assert_eq!(
+            auth_problem("invalid_client", &[7_000_215]),
+            AuthProblem::BadSecret
+        );
+        assert_eq!(
+            auth_problem("invalid_client", &[7_000_222]),
+            AuthProblem::ExpiredSecret
+        );
+        assert_eq!(
+            auth_problem("unauthorized_client", &[700_016]),
+            AuthProblem::UnknownClient
+        );
+        assert_eq!(
+            auth_problem("invalid_tenant", &[90_002]),
+            AuthProblem::UnknownTenant
+        );
+        assert_eq!(
+            auth_problem("invalid_request", &[900_023]),
+            AuthProblem::UnknownTenant
+        );
+        assert_eq!(
+            auth_problem("invalid_scope", &[70_011]),
+            AuthProblem::BadScope
+        );
+        assert_eq!(auth_problem("invalid_client", &[]), AuthProblem::BadSecret);
+        assert_eq!(
+            auth_problem("invalid_tenant", &[]),
+            AuthProblem::UnknownTenant
+        );
+        assert_eq!(
+            auth_problem("server_error", &[90_055]),
+            AuthProblem::Unavailable
+        );
+        assert_eq!(auth_problem("something", &[1]), AuthProblem::Other);
+    }
+
+    #[test]
+    fn aadsts_number_is_found() {
+        assert_eq!(
+            aadsts_in("AADSTS7000215: Invalid client secret provided."),
+            Some(7_000_215)
+        );
+        assert_eq!(aadsts_in("nothing"), None);
+    }
+
+    #[test]
+    fn scrub_removes_the_secret_and_keeps_one_line() {
+        let secret = Secret::new("s3cr3t-value-123");
+        let text = "AADSTS7000215: bad s3cr3t-value-123 given\r\nTrace ID: abc";
+        let clean = scrub(text, &secret);
+        assert_eq!(clean, "AADSTS7000215: bad [redacted] given");
+        let long = format!("{}s3cr3t-val", "x".repeat(290));
+        let clean = scrub(&long, &secret);
+        assert!(!clean.contains("s3cr3t-val"), "{clean}");
+    }
+
+    #[test]
+    fn auth_errors_never_show_the_secret() {
+        let secret = Secret::new("hunter2hunter2");
+        let error = GraphError::Auth {
+            problem: AuthProblem::BadSecret,
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            client_id: "app".into(),
+            status: Some(401),
+            aadsts: Some(7_000_215),
+            description: scrub(
+                "AADSTS7000215: Invalid client secret hunter2hunter2",
+                &secret,
+            ),
+        };
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("ClientSecret"), "{shown}");
+        assert!(shown.contains("AADSTS7000215"), "{shown}");
+    }
+}

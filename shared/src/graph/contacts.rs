@@ -1,0 +1,70 @@
+//! Personal contacts: reading a whole folder, and writing creates, updates and deletes.
+//!
+//! Reads use `$top=1000` (Outlook's maximum), a `$select` of exactly the fields the model holds, and an `$expand`
+//! that returns only the sync id extended property. A read is all or nothing: an error on any page is an error,
+//! never an empty or partial list (an empty list would make the planner create everything again). Writes go
+//! through `$batch` (see `batch.rs`).
+
+use super::batch;
+use super::error::GraphError;
+use super::wire::{contact_expand, contact_select, WireContact};
+use super::TenantClient;
+use crate::model::{Contact, WriteOp};
+
+/// Which contact folder of a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FolderRef {
+    /// The mailbox's default Contacts folder (`/users/{m}/contacts`).
+    Default,
+    /// A folder by Graph id (`/users/{m}/contactFolders/{id}/contacts`).
+    Id(String),
+}
+
+impl FolderRef {
+    /// The path segments of the folder's contact collection.
+    pub(crate) fn contacts_segments<'a>(&'a self, mailbox: &'a str) -> Vec<&'a str> {
+        match self {
+            FolderRef::Default => vec!["users", mailbox, "contacts"],
+            FolderRef::Id(id) => vec!["users", mailbox, "contactFolders", id, "contacts"],
+        }
+    }
+}
+
+/// The result of one write: the contact as Graph stored it (creates and updates), nothing (deletes), or why
+/// that item failed.
+pub type WriteOutcome = Result<Option<Contact>, GraphError>;
+
+impl TenantClient {
+    /// Every contact of `folder` in `mailbox`, across all pages. Any failure on any page is an error.
+    pub async fn list_contacts(
+        &self,
+        mailbox: &str,
+        folder: &FolderRef,
+    ) -> Result<Vec<Contact>, GraphError> {
+        let select = contact_select();
+        let expand = contact_expand();
+        let url = self.inner.url(
+            &folder.contacts_segments(mailbox),
+            &[("$top", "1000"), ("$select", &select), ("$expand", &expand)],
+        )?;
+        let contacts: Vec<WireContact> = self
+            .inner
+            .get_all("contact list page", url, mailbox, false)
+            .await?;
+        Ok(contacts.into_iter().map(Contact::from).collect())
+    }
+
+    /// Applies `ops` to `folder` of `mailbox` through JSON `$batch` (20 per batch), returning one outcome per op in
+    /// input order. Items Graph answers with 429/503/504 (or another retryable status) are sent again, after
+    /// their own `Retry-After`, up to the attempt limit. The outer error is only for a failure of the whole call
+    /// (credentials, or a `$batch` request that kept failing); writes already answered before it may have been
+    /// applied. Not cancellation-safe in effect: a dropped call may have written some items.
+    pub async fn write(
+        &self,
+        mailbox: &str,
+        folder: &FolderRef,
+        ops: &[WriteOp],
+    ) -> Result<Vec<WriteOutcome>, GraphError> {
+        batch::write(&self.inner, mailbox, folder, ops).await
+    }
+}

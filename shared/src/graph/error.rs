@@ -1,0 +1,464 @@
+//! What can go wrong talking to Graph, typed so that callers branch on meaning, not on text.
+//!
+//! Every non-2xx answer (including `$batch` items) becomes a [`GraphError`] in one place ([`api_error`]), parsed
+//! from Graph's `{"error":{"code","message","innerError":{"request-id"}}}` envelope. [`GraphError::kind`] folds
+//! status and code into the handful of cases the fleet treats differently (no mailbox, access denied, throttled,
+//! transient, ...). No variant ever carries a client secret or an access token: token endpoint texts are scrubbed
+//! of the secret before they are stored.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A failed Graph or token call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GraphError {
+    /// Graph answered with an error status (other than a throttling answer).
+    #[error("graph answered {status} {code}: {message}{}", RequestId(request_id))]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Graph's error code (`ErrorItemNotFound`, ...); empty when the body had none.
+        code: String,
+        /// Graph's message (or the start of a non-JSON body).
+        message: String,
+        /// Graph's `request-id`, for Microsoft support.
+        request_id: Option<String>,
+    },
+    /// Graph told us to wait: 429, or 503/504 with a `Retry-After`, still failing after the allowed attempts (or
+    /// with a wait longer than the client accepts in-process).
+    #[error(
+        "graph throttled the request ({status} {code}){}{}",
+        RetryAfter(retry_after),
+        RequestId(request_id)
+    )]
+    Throttled {
+        /// HTTP status (429, 503 or 504).
+        status: u16,
+        /// Graph's error code (`ApplicationThrottled`, `TooManyRequests`, ...).
+        code: String,
+        /// Graph's message.
+        message: String,
+        /// Graph's `request-id`.
+        request_id: Option<String>,
+        /// The last `Retry-After` Graph sent, if any.
+        retry_after: Option<Duration>,
+    },
+    /// The token endpoint refused the tenant's credentials, or Graph refused a fresh token.
+    #[error(
+        "token for tenant {tenant_id} (client {client_id}): {problem}{}",
+        Aadsts(aadsts)
+    )]
+    Auth {
+        /// Which setting is wrong.
+        problem: AuthProblem,
+        /// The tenant as configured.
+        tenant_id: String,
+        /// The client id as configured.
+        client_id: String,
+        /// HTTP status of the refusal, if there was an answer.
+        status: Option<u16>,
+        /// The `AADSTSnnnn` number, if Entra sent one.
+        aadsts: Option<u32>,
+        /// The first line of Entra's description (never contains the secret).
+        description: String,
+    },
+    /// No usable HTTP answer: connection refused or reset, timeout, TLS failure.
+    #[error("{method} {path}: {failure}")]
+    Transport {
+        /// HTTP method.
+        method: String,
+        /// URL path (no query).
+        path: String,
+        /// What kind of failure.
+        failure: TransportFailure,
+        /// The underlying error (its URL is stripped).
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A body did not have the expected shape.
+    #[error("could not decode {what} at `{path}`")]
+    Decode {
+        /// What was being decoded (`contact list page`, ...).
+        what: String,
+        /// The JSON path of the offending value.
+        path: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Graph answered something the protocol does not allow (a foreign `@odata.nextLink`, a `$batch` answer
+    /// missing an item, ...).
+    #[error("unexpected answer from graph: {0}")]
+    Protocol(String),
+    /// The client could not be set up (bad endpoint URL, TLS backend).
+    #[error("graph client setup: {0}")]
+    Setup(String),
+}
+
+/// Which tenant setting a token failure points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthProblem {
+    /// AADSTS7000215 (or `invalid_client`): the ClientSecret is wrong.
+    BadSecret,
+    /// AADSTS7000222: the ClientSecret has expired.
+    ExpiredSecret,
+    /// AADSTS700016 (or `unauthorized_client`): no app with this ClientId in the tenant.
+    UnknownClient,
+    /// AADSTS90002 / AADSTS900023 (or `invalid_tenant`): the TenantId names no tenant.
+    UnknownTenant,
+    /// AADSTS70011 / AADSTS1002012 (or `invalid_scope`): the scope derived from GraphEndpoint is not valid.
+    BadScope,
+    /// Graph refused a freshly issued token (401 after one refresh).
+    TokenRejected,
+    /// The token endpoint kept failing (5xx, throttling) after the allowed attempts: transient.
+    Unavailable,
+    /// Any other refusal.
+    Other,
+}
+
+impl fmt::Display for AuthProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthProblem::BadSecret => {
+                "the client secret was rejected (check ClientSecret / ClientSecretFile: the secret value, not its id)"
+            }
+            AuthProblem::ExpiredSecret => "the client secret has expired (check ClientSecret / ClientSecretFile)",
+            AuthProblem::UnknownClient => "no application with this ClientId exists in the tenant (check ClientId)",
+            AuthProblem::UnknownTenant => "the tenant was not found (check TenantId and AuthorityHost)",
+            AuthProblem::BadScope => "the token scope was refused (check GraphEndpoint)",
+            AuthProblem::TokenRejected => "graph rejected a freshly issued token",
+            AuthProblem::Unavailable => "the token endpoint is unavailable",
+            AuthProblem::Other => "the token request was refused",
+        })
+    }
+}
+
+/// What kind of transport failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportFailure {
+    /// The request timed out.
+    Timeout,
+    /// The connection could not be established.
+    Connect,
+    /// The connection failed while sending or receiving.
+    Io,
+    /// Anything else (TLS configuration, redirect loop, ...): not retried.
+    Other,
+}
+
+impl fmt::Display for TransportFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportFailure::Timeout => "timed out",
+            TransportFailure::Connect => "could not connect",
+            TransportFailure::Io => "connection failed",
+            TransportFailure::Other => "request failed",
+        })
+    }
+}
+
+/// The cases the fleet treats differently, from [`GraphError::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The user has no Exchange Online mailbox reachable by REST (404 `MailboxNotEnabledForRESTAPI`,
+    /// `ResourceNotFound`, `ErrorInvalidUser`).
+    MailboxNotEnabled,
+    /// Denied by permissions, consent or an application access policy (any 403).
+    AccessDenied,
+    /// The item (or directory object) does not exist (404 `ErrorItemNotFound`, `Request_ResourceNotFound`).
+    ItemNotFound,
+    /// Graph asked us to wait (429, or 503/504 with `Retry-After`).
+    Throttled {
+        /// Graph's requested wait, if it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// A server or network failure that may pass (5xx, 408, timeout, connection).
+    Transient,
+    /// The delta token is no longer valid: start again with a full read (410 `SyncStateNotFound`, ...).
+    InvalidDeltaToken,
+    /// The tenant's credentials are wrong.
+    Auth(AuthProblem),
+    /// Any other refusal (other 4xx): retrying will not help.
+    Permanent,
+    /// Graph's answer could not be understood.
+    Decode,
+}
+
+impl GraphError {
+    /// The case this error falls in.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            GraphError::Api { status, code, .. } => classify_api(*status, code),
+            GraphError::Throttled { retry_after, .. } => ErrorKind::Throttled {
+                retry_after: *retry_after,
+            },
+            GraphError::Auth {
+                problem: AuthProblem::Unavailable,
+                ..
+            } => ErrorKind::Transient,
+            GraphError::Auth { problem, .. } => ErrorKind::Auth(*problem),
+            GraphError::Transport { failure, .. } => match failure {
+                TransportFailure::Other => ErrorKind::Permanent,
+                _ => ErrorKind::Transient,
+            },
+            GraphError::Decode { .. } | GraphError::Protocol(_) => ErrorKind::Decode,
+            GraphError::Setup(_) => ErrorKind::Permanent,
+        }
+    }
+
+    /// Whether trying again later may succeed (throttling and transient failures).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Throttled { .. } | ErrorKind::Transient
+        )
+    }
+
+    /// Graph's requested wait, when it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GraphError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, when there was an answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            GraphError::Api { status, .. } | GraphError::Throttled { status, .. } => Some(*status),
+            GraphError::Auth { status, .. } => *status,
+            _ => None,
+        }
+    }
+
+    /// Graph's error code, when there was one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            GraphError::Api { code, .. } | GraphError::Throttled { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Folds an error status and Graph code into an [`ErrorKind`]. Codes compare case-insensitively (Graph spells
+/// `itemNotFound` and `ErrorItemNotFound`).
+pub(crate) fn classify_api(status: u16, code: &str) -> ErrorKind {
+    let is = |name: &str| code.eq_ignore_ascii_case(name);
+    match status {
+        401 => ErrorKind::Auth(AuthProblem::TokenRejected),
+        403 => ErrorKind::AccessDenied,
+        404 if is("MailboxNotEnabledForRESTAPI")
+            || is("ResourceNotFound")
+            || is("ErrorInvalidUser") =>
+        {
+            ErrorKind::MailboxNotEnabled
+        }
+        404 if is("ErrorItemNotFound") || is("itemNotFound") || is("Request_ResourceNotFound") => {
+            ErrorKind::ItemNotFound
+        }
+        410 => ErrorKind::InvalidDeltaToken,
+        _ if is("SyncStateNotFound") || is("SyncStateInvalid") || is("ResyncRequired") => {
+            ErrorKind::InvalidDeltaToken
+        }
+        429 => ErrorKind::Throttled { retry_after: None },
+        408 => ErrorKind::Transient,
+        501 | 505 | 507 => ErrorKind::Permanent,
+        500..=599 => ErrorKind::Transient,
+        _ => ErrorKind::Permanent,
+    }
+}
+
+/// Builds the error for a non-2xx answer: [`GraphError::Throttled`] for 429 (and 503/504 carrying a
+/// `Retry-After`), [`GraphError::Api`] otherwise.
+pub(crate) fn api_error(
+    status: u16,
+    body: &[u8],
+    header_request_id: Option<String>,
+    retry_after: Option<Duration>,
+) -> GraphError {
+    let parsed = crate::graph::wire::parse_error_body(body);
+    let (code, message, body_request_id) = match parsed {
+        Some(e) => (e.code, e.message, e.request_id),
+        None => (String::new(), snippet(body), None),
+    };
+    let request_id = body_request_id.or(header_request_id);
+    if status == 429 || (matches!(status, 503 | 504) && retry_after.is_some()) {
+        GraphError::Throttled {
+            status,
+            code,
+            message,
+            request_id,
+            retry_after,
+        }
+    } else {
+        GraphError::Api {
+            status,
+            code,
+            message,
+            request_id,
+        }
+    }
+}
+
+/// The start of a non-JSON body, for an error message.
+fn snippet(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.chars().count() <= MAX {
+        text.to_owned()
+    } else {
+        let cut: String = text.chars().take(MAX).collect();
+        format!("{cut}...")
+    }
+}
+
+/// Formats ` (request-id ...)` when present.
+struct RequestId<'a>(&'a Option<String>);
+
+impl fmt::Display for RequestId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, " (request-id {id})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Formats `, retry after 1.5s` when present.
+struct RetryAfter<'a>(&'a Option<Duration>);
+
+impl fmt::Display for RetryAfter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(wait) => write!(f, ", retry after {:.3}s", wait.as_secs_f64()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Formats ` [AADSTSnnnn]` when present.
+struct Aadsts<'a>(&'a Option<u32>);
+
+impl fmt::Display for Aadsts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(code) => write!(f, " [AADSTS{code}]"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_status_and_code() {
+        assert_eq!(
+            classify_api(404, "MailboxNotEnabledForRESTAPI"),
+            ErrorKind::MailboxNotEnabled
+        );
+        assert_eq!(
+            classify_api(404, "ResourceNotFound"),
+            ErrorKind::MailboxNotEnabled
+        );
+        assert_eq!(
+            classify_api(404, "ErrorItemNotFound"),
+            ErrorKind::ItemNotFound
+        );
+        assert_eq!(classify_api(404, "itemNotFound"), ErrorKind::ItemNotFound);
+        assert_eq!(
+            classify_api(403, "ErrorAccessDenied"),
+            ErrorKind::AccessDenied
+        );
+        assert_eq!(
+            classify_api(403, "Authorization_RequestDenied"),
+            ErrorKind::AccessDenied
+        );
+        assert_eq!(
+            classify_api(410, "SyncStateNotFound"),
+            ErrorKind::InvalidDeltaToken
+        );
+        assert_eq!(
+            classify_api(400, "resyncRequired"),
+            ErrorKind::InvalidDeltaToken
+        );
+        assert_eq!(classify_api(500, ""), ErrorKind::Transient);
+        assert_eq!(classify_api(502, ""), ErrorKind::Transient);
+        assert_eq!(
+            classify_api(507, "ErrorQuotaExceeded"),
+            ErrorKind::Permanent
+        );
+        assert_eq!(
+            classify_api(400, "ErrorInvalidIdMalformed"),
+            ErrorKind::Permanent
+        );
+        assert_eq!(classify_api(409, "ErrorFolderExists"), ErrorKind::Permanent);
+        assert_eq!(
+            classify_api(401, "InvalidAuthenticationToken"),
+            ErrorKind::Auth(AuthProblem::TokenRejected)
+        );
+    }
+
+    #[test]
+    fn error_body_is_parsed_with_request_id() {
+        let body = br#"{"error":{"code":"ErrorItemNotFound","message":"The specified object was not found in the store.","innerError":{"date":"2020-08-18T12:51:51","request-id":"0f1e2d3c-0000-4000-8000-000000000001"}}}"#;
+        let error = api_error(404, body, Some("header-id".into()), None);
+        match &error {
+            GraphError::Api {
+                status,
+                code,
+                request_id,
+                ..
+            } => {
+                assert_eq!(*status, 404);
+                assert_eq!(code, "ErrorItemNotFound");
+                assert_eq!(
+                    request_id.as_deref(),
+                    Some("0f1e2d3c-0000-4000-8000-000000000001")
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(error.kind(), ErrorKind::ItemNotFound);
+        assert!(!error.is_transient());
+    }
+
+    #[test]
+    fn throttling_answers_carry_their_wait() {
+        let body = br#"{"error":{"code":"ApplicationThrottled","message":"Application is over its MailboxConcurrency limit."}}"#;
+        let error = api_error(429, body, None, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            error.kind(),
+            ErrorKind::Throttled {
+                retry_after: Some(Duration::from_millis(1500))
+            }
+        );
+        assert!(error.is_transient());
+        assert_eq!(error.retry_after(), Some(Duration::from_millis(1500)));
+        let text = error.to_string();
+        assert!(text.contains("retry after 1.500s"), "{text}");
+
+        let unavailable = api_error(503, b"", Some("rid".into()), Some(Duration::from_secs(2)));
+        assert!(matches!(
+            unavailable,
+            GraphError::Throttled { status: 503, .. }
+        ));
+        let plain = api_error(503, b"", None, None);
+        assert!(matches!(plain, GraphError::Api { status: 503, .. }));
+        assert!(plain.is_transient());
+    }
+
+    #[test]
+    fn non_json_bodies_become_a_short_message() {
+        let long = "x".repeat(1000);
+        let error = api_error(502, long.as_bytes(), None, None);
+        let text = error.to_string();
+        assert!(text.len() < 300, "{text}");
+    }
+}

@@ -1,0 +1,347 @@
+//! The Microsoft Graph client: tokens, per-mailbox limits, retries, paging and `$batch`, behind a small API.
+//!
+//! One [`GraphClient`] per process holds the HTTP connection pool, a token cache per tenant, the limiters per
+//! (tenant, mailbox) and the counters; [`GraphClient::tenant`] hands out cheap [`TenantClient`]s that share them,
+//! so every job of a tenant draws on the same token and the same mailbox budgets, as Graph counts them.
+//!
+//! Layout (octocrab-style layers):
+//! - `transport`: one request (token, gate, headers, retry loop, error mapping); `page`: nextLink paging.
+//! - `auth`: client-credentials tokens; `limit`: Retry-After blocks, rate budget, in-flight cap per mailbox.
+//! - `retry`: the pure rules (classify, backoff, `Retry-After` parsing); `error`: [`GraphError`], [`ErrorKind`].
+//! - `users`, `folders`, `contacts`, `batch`: the typed endpoints; `wire`: Graph's JSON shapes and the mapping
+//!   to [`crate::model`]; `stats`: [`ClientStats`] and the `metrics` counters.
+
+mod auth;
+mod batch;
+mod contacts;
+mod error;
+mod folders;
+mod limit;
+mod page;
+mod retry;
+mod stats;
+mod transport;
+mod users;
+mod wire;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use url::Url;
+
+pub use contacts::{FolderRef, WriteOutcome};
+pub use error::{AuthProblem, ErrorKind, GraphError, TransportFailure};
+pub use folders::ContactFolder;
+pub use stats::ClientStats;
+pub use users::DirectoryUser;
+
+use crate::config::TenantSettings;
+use auth::{AccessToken, Credentials, TokenCache, TokenContext};
+use limit::Limits;
+use retry::{Backoff, RetryPolicy};
+use stats::Counters;
+
+/// How the client retries and times out. Build with `ClientOptions { field: value, ..Default::default() }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Attempts per request and per `$batch` item, the first included (default 8).
+    pub max_attempts: u32,
+    /// Timeout of one HTTP exchange, body included (default 30 s).
+    pub request_timeout: Duration,
+    /// Ceiling of the first backoff wait when Graph gives no `Retry-After` (default 500 ms); doubles per attempt.
+    pub backoff_base: Duration,
+    /// Largest backoff ceiling (default 60 s).
+    pub backoff_max: Duration,
+    /// `User-Agent` header (default `contactmirror/<version>`).
+    pub user_agent: String,
+    /// The longest `Retry-After` waited out inside a call (default 5 min). A longer one fails the call with
+    /// [`ErrorKind::Throttled`] carrying the wait, and the mailbox stays blocked in this client until then.
+    pub max_retry_after: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            request_timeout: Duration::from_secs(30),
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            user_agent: concat!("contactmirror/", env!("CARGO_PKG_VERSION")).to_owned(),
+            max_retry_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What every [`TenantClient`] of one process shares.
+pub(crate) struct Shared {
+    http: reqwest::Client,
+    options: ClientOptions,
+    policy: RetryPolicy,
+    counters: Counters,
+    /// Token caches by (authority, tenant, client id).
+    tokens: Mutex<HashMap<(String, String, String), Arc<TokenCache>>>,
+    /// Limits by (tenant, client id): Graph counts per app and mailbox.
+    limits: Mutex<HashMap<(String, String), Arc<Limits>>>,
+}
+
+/// The process-wide Graph client. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct GraphClient {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphClient {
+    /// A client with `options`. Fails only if the HTTP stack cannot be built.
+    pub fn new(options: ClientOptions) -> Result<Self, GraphError> {
+        let http = reqwest::Client::builder()
+            .timeout(options.request_timeout)
+            .connect_timeout(options.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(options.user_agent.clone())
+            .build()
+            .map_err(|e| GraphError::Setup(format!("cannot build the HTTP client: {e}")))?;
+        let policy = RetryPolicy {
+            max_attempts: options.max_attempts.max(1),
+            backoff: Backoff {
+                base: options.backoff_base,
+                max: options.backoff_max.max(options.backoff_base),
+            },
+            max_retry_after: options.max_retry_after,
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                http,
+                options,
+                policy,
+                counters: Counters::default(),
+                tokens: Mutex::new(HashMap::new()),
+                limits: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// A client for one tenant. Cheap; its token cache and mailbox limits are shared with every other
+    /// `TenantClient` of the same tenant (the limits of the first one created apply).
+    pub fn tenant(&self, settings: &TenantSettings) -> TenantClient {
+        let tenant_key = settings.tenant_id.to_lowercase();
+        let client_key = settings.client_id.to_lowercase();
+        let authority = settings
+            .authority_host
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned();
+        let endpoint = settings
+            .graph_endpoint
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned();
+        let tokens = {
+            let mut caches = self.shared.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            caches
+                .entry((authority.clone(), tenant_key.clone(), client_key.clone()))
+                .or_default()
+                .clone()
+        };
+        let limits = {
+            let mut all = self.shared.limits.lock().unwrap_or_else(|p| p.into_inner());
+            all.entry((tenant_key, client_key))
+                .or_insert_with(|| Arc::new(Limits::new(&settings.limits)))
+                .clone()
+        };
+        let token_url = format!(
+            "{authority}/{}/oauth2/v2.0/token",
+            transport::encode_segment(&settings.tenant_id)
+        );
+        let credentials = Url::parse(&token_url)
+            .map(|token_url| Credentials {
+                tenant_id: settings.tenant_id.clone(),
+                client_id: settings.client_id.clone(),
+                client_secret: settings.client_secret.clone(),
+                token_url,
+                scope: token_scope(&settings.graph_endpoint),
+            })
+            .map_err(|e| format!("AuthorityHost gives no valid token URL: {e}"));
+        let base = Url::parse(&format!("{endpoint}/v1.0/"))
+            .map_err(|e| format!("GraphEndpoint is not usable: {e}"));
+        TenantClient {
+            inner: Arc::new(TenantInner {
+                shared: self.shared.clone(),
+                tenant_id: settings.tenant_id.clone(),
+                credentials,
+                base,
+                tokens,
+                limits,
+            }),
+        }
+    }
+
+    /// What the client has done since it was created.
+    pub fn stats(&self) -> ClientStats {
+        let mut peaks = BTreeMap::new();
+        {
+            let all = self.shared.limits.lock().unwrap_or_else(|p| p.into_inner());
+            for ((tenant, _client), limits) in all.iter() {
+                for (mailbox, peak) in limits.peaks() {
+                    peaks.insert(format!("{tenant}/{mailbox}"), peak);
+                }
+            }
+        }
+        self.shared.counters.snapshot(peaks)
+    }
+}
+
+/// The client-credentials scope for a Graph endpoint: its origin plus `/.default` (national clouds have their
+/// own resource, e.g. `https://graph.microsoft.us/.default`). A loopback endpoint is a local stand-in for the
+/// public cloud, so it asks for the public Graph resource.
+pub(crate) fn token_scope(endpoint: &Url) -> String {
+    let loopback = match endpoint.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if loopback {
+        return "https://graph.microsoft.com/.default".to_owned();
+    }
+    format!("{}/.default", endpoint.origin().ascii_serialization())
+}
+
+/// A Graph client bound to one tenant's credentials and limits. Cheap to clone.
+#[derive(Clone)]
+pub struct TenantClient {
+    inner: Arc<TenantInner>,
+}
+
+impl fmt::Debug for TenantClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantClient")
+            .field("tenant_id", &self.inner.tenant_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state behind a [`TenantClient`].
+pub(crate) struct TenantInner {
+    shared: Arc<Shared>,
+    tenant_id: String,
+    credentials: Result<Credentials, String>,
+    /// `{graph_endpoint}/v1.0/`.
+    base: Result<Url, String>,
+    tokens: Arc<TokenCache>,
+    limits: Arc<Limits>,
+}
+
+impl TenantInner {
+    /// A valid access token for this tenant.
+    async fn token(&self) -> Result<AccessToken, GraphError> {
+        let credentials = self
+            .credentials
+            .as_ref()
+            .map_err(|e| GraphError::Setup(e.clone()))?;
+        self.tokens
+            .get(&TokenContext {
+                http: &self.shared.http,
+                credentials,
+                policy: &self.shared.policy,
+                counters: &self.shared.counters,
+            })
+            .await
+    }
+}
+
+impl TenantClient {
+    /// The tenant this client works for, as configured.
+    pub fn tenant_id(&self) -> &str {
+        &self.inner.tenant_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).expect("url")
+    }
+
+    #[test]
+    fn scope_follows_the_cloud() {
+        assert_eq!(
+            token_scope(&url("https://graph.microsoft.com")),
+            "https://graph.microsoft.com/.default"
+        );
+        assert_eq!(
+            token_scope(&url("https://graph.microsoft.us/")),
+            "https://graph.microsoft.us/.default"
+        );
+        assert_eq!(
+            token_scope(&url("https://microsoftgraph.chinacloudapi.cn")),
+            "https://microsoftgraph.chinacloudapi.cn/.default"
+        );
+        assert_eq!(
+            token_scope(&url("http://127.0.0.1:8080/")),
+            "https://graph.microsoft.com/.default"
+        );
+        assert_eq!(
+            token_scope(&url("http://localhost:8080/")),
+            "https://graph.microsoft.com/.default"
+        );
+    }
+
+    fn settings() -> TenantSettings {
+        TenantSettings {
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            client_id: "app".into(),
+            client_secret: crate::secret::Secret::new("very-secret-value"),
+            global_address_book_user_id: "shared@contoso.com".into(),
+            test_user_list: None,
+            authority_host: url("https://login.microsoftonline.com"),
+            graph_endpoint: url("https://graph.microsoft.com"),
+            mirror: crate::config::MirrorOptions {
+                central_folder_name: "All Contacts".into(),
+                managed_category: None,
+                stamp_notes: true,
+                opt_out_category: "Private".into(),
+                deletion: crate::config::DeletionPolicy {
+                    enabled: true,
+                    max_share: 0.1,
+                },
+            },
+            limits: crate::config::GraphLimits::default(),
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_credentials() {
+        let client = GraphClient::new(ClientOptions::default()).expect("client");
+        let tenant = client.tenant(&settings());
+        let shown = format!("{client:?} {tenant:?}");
+        assert!(!shown.contains("very-secret-value"), "{shown}");
+        assert_eq!(tenant.tenant_id(), "contoso.onmicrosoft.com");
+    }
+
+    fn assert_send<T: Send>(_: T) {}
+
+    #[test]
+    fn futures_are_send() {
+        let client = GraphClient::new(ClientOptions::default()).expect("client");
+        let tenant = client.tenant(&settings());
+        assert_send(tenant.licensed_users());
+        assert_send(tenant.user("u"));
+        assert_send(tenant.find_top_level_folder("m", "f"));
+        assert_send(tenant.ensure_top_level_folder("m", "f"));
+        assert_send(tenant.list_contacts("m", &FolderRef::Default));
+        assert_send(tenant.write("m", &FolderRef::Default, &[]));
+        assert_send(client.clone());
+        assert_send(tenant.clone());
+    }
+}

@@ -1,0 +1,266 @@
+//! When to try again and how long to wait, as pure functions over status, `Retry-After` and attempt number.
+//!
+//! Kept apart from the I/O (reqwest-retry's classify / policy / loop split) so that plain requests, `$batch`
+//! items and the token endpoint share one set of rules, and so the rules are tested without a server. The loops
+//! that apply them live with the I/O: `transport.rs` (one request), `batch.rs` (per item), `auth.rs` (token).
+//!
+//! Rules: `Retry-After` first (429/503/504, integer or fractional seconds, or an HTTP date), honoured exactly;
+//! without one, 429, 408 and retryable 5xx use exponential backoff with full jitter; timeouts and connection
+//! failures likewise; everything else fails at once.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+
+use super::error::TransportFailure;
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Wait exactly this long (Graph said so), then try again.
+    RetryAfter(Duration),
+    /// Wait a backoff delay, then try again.
+    Backoff,
+    /// Give up.
+    Fail,
+}
+
+/// Decides what to do with an error status. `retry_after` is the parsed header, if any.
+pub(crate) fn decide(status: u16, retry_after: Option<Duration>) -> Decision {
+    match status {
+        429 | 503 | 504 => retry_after.map_or(Decision::Backoff, Decision::RetryAfter),
+        408 | 500 | 502 => Decision::Backoff,
+        501 | 505 | 507 => Decision::Fail,
+        500..=599 => Decision::Backoff,
+        _ => Decision::Fail,
+    }
+}
+
+/// Decides what to do with a request that got no answer.
+pub(crate) fn decide_transport(failure: TransportFailure) -> Decision {
+    match failure {
+        TransportFailure::Timeout | TransportFailure::Connect | TransportFailure::Io => {
+            Decision::Backoff
+        }
+        TransportFailure::Other => Decision::Fail,
+    }
+}
+
+/// Parses a `Retry-After` value: delta-seconds (integer or fractional, as Graph sends `2.128`) or an HTTP date
+/// (relative to `now`; a date in the past means "now"). Negative, non-finite or unparseable values give `None`.
+pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    if value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return parse_seconds(value);
+    }
+    let date = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
+    Some((date - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Parses `123` or `123.456` exactly (no float rounding): digits after the ninth decimal are dropped.
+fn parse_seconds(value: &str) -> Option<Duration> {
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    if whole.is_empty() || fraction.contains('.') {
+        return None;
+    }
+    let seconds: u64 = whole.parse().ok()?;
+    let mut nanos: u32 = 0;
+    for digit in fraction.bytes().chain(std::iter::repeat(b'0')).take(9) {
+        nanos = nanos * 10 + u32::from(digit - b'0');
+    }
+    Some(Duration::new(seconds, nanos))
+}
+
+/// How many attempts, how to back off, and the longest `Retry-After` worth waiting for in-process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetryPolicy {
+    /// Attempts per request (or per `$batch` item), the first included.
+    pub max_attempts: u32,
+    /// Backoff when Graph gives no `Retry-After`.
+    pub backoff: Backoff,
+    /// A longer `Retry-After` is not waited out in-process: the call fails as throttled (the mailbox stays blocked
+    /// for that long in this client) so the job can be requeued with that delay.
+    pub max_retry_after: Duration,
+}
+
+/// Exponential backoff with full jitter: attempt `n` (1-based) waits a uniform random time in
+/// `[0, min(max, base * 2^(n-1))]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    /// The ceiling of the first wait.
+    pub base: Duration,
+    /// The largest ceiling.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The largest wait after attempt `attempt` (1-based).
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(32);
+        let factor = 1u64 << exponent;
+        let base = u64::try_from(self.base.as_micros()).unwrap_or(u64::MAX);
+        Duration::from_micros(base.saturating_mul(factor)).min(self.max)
+    }
+
+    /// A random wait after attempt `attempt` (1-based).
+    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+        let ceiling = u64::try_from(self.ceiling(attempt).as_micros()).unwrap_or(u64::MAX);
+        Duration::from_micros(rng.random_range(0..=ceiling))
+    }
+}
+
+/// The moment a token should be refreshed, measured from when it was requested: five minutes before it expires,
+/// or at half its lifetime when that is earlier (short-lived tokens in tests, odd clocks).
+pub(crate) fn token_refresh_after(lifetime: Duration) -> Duration {
+    let margin = Duration::from_secs(300).min(lifetime / 2);
+    lifetime.saturating_sub(margin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .expect("date")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn retry_after_integer_and_fractional() {
+        assert_eq!(
+            parse_retry_after("10", now()),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after(" 1 ", now()),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            parse_retry_after("2.128", now()),
+            Some(Duration::from_millis(2128))
+        );
+        assert_eq!(
+            parse_retry_after("0.5", now()),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(parse_retry_after("0", now()), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retry_after_http_date() {
+        assert_eq!(
+            parse_retry_after("Fri, 02 Jan 2026 03:04:35 GMT", now()),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 02 Jan 2026 03:00:00 GMT", now()),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn retry_after_rejects_garbage() {
+        for bad in [
+            "",
+            "-1",
+            "abc",
+            "1.2.3",
+            "NaN",
+            "inf",
+            "1e3",
+            "99999999999999999999999999",
+        ] {
+            assert_eq!(parse_retry_after(bad, now()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let wait = Some(Duration::from_secs(3));
+        assert_eq!(
+            decide(429, wait),
+            Decision::RetryAfter(Duration::from_secs(3))
+        );
+        assert_eq!(decide(429, None), Decision::Backoff);
+        assert_eq!(
+            decide(503, wait),
+            Decision::RetryAfter(Duration::from_secs(3))
+        );
+        assert_eq!(decide(504, None), Decision::Backoff);
+        assert_eq!(decide(500, wait), Decision::Backoff);
+        assert_eq!(decide(502, None), Decision::Backoff);
+        assert_eq!(decide(408, None), Decision::Backoff);
+        assert_eq!(decide(507, None), Decision::Fail);
+        assert_eq!(decide(501, None), Decision::Fail);
+        for status in [400, 401, 403, 404, 409, 410, 412] {
+            assert_eq!(decide(status, wait), Decision::Fail, "{status}");
+        }
+        assert_eq!(
+            decide_transport(TransportFailure::Timeout),
+            Decision::Backoff
+        );
+        assert_eq!(
+            decide_transport(TransportFailure::Connect),
+            Decision::Backoff
+        );
+        assert_eq!(decide_transport(TransportFailure::Io), Decision::Backoff);
+        assert_eq!(decide_transport(TransportFailure::Other), Decision::Fail);
+    }
+
+    #[test]
+    fn backoff_ceiling_doubles_then_caps() {
+        let backoff = Backoff {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(60),
+        };
+        assert_eq!(backoff.ceiling(1), Duration::from_millis(500));
+        assert_eq!(backoff.ceiling(2), Duration::from_secs(1));
+        assert_eq!(backoff.ceiling(3), Duration::from_secs(2));
+        assert_eq!(backoff.ceiling(8), Duration::from_secs(60));
+        assert_eq!(backoff.ceiling(u32::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn token_refresh_point() {
+        assert_eq!(
+            token_refresh_after(Duration::from_secs(3599)),
+            Duration::from_secs(3299)
+        );
+        assert_eq!(
+            token_refresh_after(Duration::from_secs(4)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            token_refresh_after(Duration::from_secs(600)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(token_refresh_after(Duration::ZERO), Duration::ZERO);
+    }
+
+    proptest! {
+        #[test]
+        fn backoff_delay_is_within_bounds(attempt in 1u32..100, base_ms in 1u64..5_000, max_ms in 1u64..120_000, seed: u64) {
+            use rand::SeedableRng;
+            let backoff = Backoff { base: Duration::from_millis(base_ms), max: Duration::from_millis(max_ms) };
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let delay = backoff.delay(attempt, &mut rng);
+            prop_assert!(delay <= backoff.ceiling(attempt));
+            prop_assert!(delay <= Duration::from_millis(max_ms));
+            prop_assert!(backoff.ceiling(attempt) <= backoff.ceiling(attempt + 1));
+        }
+
+        #[test]
+        fn fractional_seconds_round_trip(millis in 0u64..10_000_000) {
+            let text = format!("{}.{:03}", millis / 1000, millis % 1000);
+            prop_assert_eq!(parse_retry_after(&text, now()), Some(Duration::from_millis(millis)));
+        }
+    }
+}

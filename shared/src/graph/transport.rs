@@ -1,0 +1,296 @@
+//! Sending one Graph request well: token, mailbox gate, headers, timeout, error mapping and the retry loop.
+//!
+//! Every Graph call of the client goes through [`TenantInner::send`]. Per attempt it takes a token from the
+//! tenant's cache, passes the mailbox [`Gate`](super::limit) (Retry-After block, rate cells, in-flight permits),
+//! sends with `Authorization`, `client-request-id` and (for advanced directory queries) `ConsistencyLevel`, reads
+//! the whole body while still holding the permits, then applies [`retry::decide`](super::retry): a `Retry-After`
+//! blocks the whole mailbox for exactly that long; other retryable failures back off with jitter; a 401 refreshes
+//! the token once. Non-2xx answers become typed errors in [`api_error`] only.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::header::{HeaderMap, ACCEPT, RETRY_AFTER};
+use reqwest::Method;
+use serde_json::Value;
+use url::Url;
+
+use super::error::{api_error, GraphError, TransportFailure};
+use super::retry::{decide, decide_transport, parse_retry_after, Decision};
+use super::TenantInner;
+
+/// One logical request.
+pub(crate) struct Call<'a> {
+    pub method: Method,
+    pub url: Url,
+    pub body: Option<&'a Value>,
+    /// Send `ConsistencyLevel: eventual` (advanced directory queries; on every page).
+    pub eventual: bool,
+    /// The limiter key: the mailbox the request targets, or [`DIRECTORY`].
+    pub mailbox: &'a str,
+    /// For a `$batch`: how many items it carries (rate cells; up to the cap in permits).
+    pub batch_items: Option<u32>,
+}
+
+/// The limiter key of directory requests (`/users`), which are not mailbox requests.
+pub(crate) const DIRECTORY: &str = "(directory)";
+
+/// A successful answer.
+pub(crate) struct Reply {
+    pub body: Vec<u8>,
+}
+
+/// Classifies a reqwest failure.
+pub(crate) fn transport_failure(error: &reqwest::Error) -> TransportFailure {
+    if error.is_timeout() {
+        TransportFailure::Timeout
+    } else if error.is_connect() {
+        TransportFailure::Connect
+    } else if error.is_request() || error.is_body() || error.is_decode() {
+        TransportFailure::Io
+    } else {
+        TransportFailure::Other
+    }
+}
+
+/// Parses the `Retry-After` header of an answer.
+pub(crate) fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, Utc::now()))
+}
+
+/// Percent-encodes a path segment (mailbox UPNs, Outlook ids with `/`, `+`, `=`): everything but RFC 3986
+/// unreserved characters, `@` and `$` (for `$batch`).
+pub(crate) fn encode_segment(segment: &str) -> String {
+    encode(segment, b"@$")
+}
+
+/// Percent-encodes a query key or value, keeping the OData punctuation that is legal in a query (`$`, quotes,
+/// parentheses, `/`, `:`, `,`) and encoding what form decoders would misread (`&`, `=`, `+`, space, `#`).
+pub(crate) fn encode_query(text: &str) -> String {
+    encode(text, b"$'(),/:@*!;")
+}
+
+fn encode(text: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) || keep.contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// `segments` joined and encoded, with a leading `/` (the form `$batch` item URLs take).
+pub(crate) fn relative_path(segments: &[&str]) -> String {
+    segments
+        .iter()
+        .map(|s| format!("/{}", encode_segment(s)))
+        .collect()
+}
+
+impl TenantInner {
+    /// The absolute URL of `segments` under `{graph_endpoint}/v1.0/`, with `query` encoded.
+    pub(crate) fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Url, GraphError> {
+        let base = self
+            .base
+            .as_ref()
+            .map_err(|e| GraphError::Setup(e.clone()))?;
+        let mut text = base.as_str().trim_end_matches('/').to_owned();
+        text.push_str(&relative_path(segments));
+        if !query.is_empty() {
+            let pairs: Vec<String> = query
+                .iter()
+                .map(|(k, v)| format!("{}={}", encode_query(k), encode_query(v)))
+                .collect();
+            text.push('?');
+            text.push_str(&pairs.join("&"));
+        }
+        Url::parse(&text).map_err(|e| GraphError::Setup(format!("cannot build a Graph URL: {e}")))
+    }
+
+    /// Sends `call`, retrying within the client's policy. Cancellation-safe: dropping the future releases the
+    /// mailbox permits; a request already on the wire may still take effect at Graph.
+    pub(crate) async fn send(&self, call: &Call<'_>) -> Result<Reply, GraphError> {
+        let policy = self.shared.policy;
+        let counters = &self.shared.counters;
+        let cells = call.batch_items.unwrap_or(1);
+        let permits = call
+            .batch_items
+            .unwrap_or(1)
+            .min(self.limits.max_in_flight());
+        let method = call.method.as_str();
+        let path = call.url.path();
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        loop {
+            attempt += 1;
+            if let Some(remaining) = self.limits.remaining_block(call.mailbox) {
+                if remaining > policy.max_retry_after {
+                    return Err(blocked_error(remaining));
+                }
+            }
+            let token = self.token().await?;
+            let (pass, admission) = self.limits.admit(call.mailbox, cells, permits).await;
+            counters.blocked(admission.blocked);
+            let started = std::time::Instant::now();
+            let outcome = self.send_once(call, token.secret.expose()).await;
+            drop(pass);
+            let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let (status, headers, body) = match outcome {
+                Ok(answer) => answer,
+                Err(error) => {
+                    let failure = transport_failure(&error);
+                    counters.request(method, None, call.batch_items);
+                    tracing::debug!(method, path, mailbox = call.mailbox, attempt, elapsed_ms, %failure, "graph request failed");
+                    if decide_transport(failure) == Decision::Backoff
+                        && attempt < policy.max_attempts
+                    {
+                        counters.retry(&self.tenant_id, None);
+                        let wait = policy.backoff.delay(attempt, &mut rand::rng());
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(GraphError::Transport {
+                        method: method.to_owned(),
+                        path: path.to_owned(),
+                        failure,
+                        source: error.without_url(),
+                    });
+                }
+            };
+            counters.request(method, Some(status), call.batch_items);
+            tracing::debug!(
+                method,
+                path,
+                mailbox = call.mailbox,
+                attempt,
+                status,
+                elapsed_ms,
+                "graph request"
+            );
+            if (200..300).contains(&status) {
+                return Ok(Reply { body });
+            }
+            let retry_after = retry_after_header(&headers);
+            let request_id = headers
+                .get("request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let error = api_error(status, &body, request_id, retry_after);
+            if status == 401 && !refreshed {
+                // The token expired early or was revoked: fetch a new one, once, without using an attempt.
+                refreshed = true;
+                attempt -= 1;
+                self.tokens.invalidate(token.generation).await;
+                continue;
+            }
+            if status == 429 {
+                counters.throttled_metric(&self.tenant_id);
+            }
+            match decide(status, retry_after) {
+                Decision::RetryAfter(wait) => {
+                    // Every request for this mailbox waits, not just this one.
+                    self.limits.block(call.mailbox, wait);
+                    if attempt < policy.max_attempts && wait <= policy.max_retry_after {
+                        counters.retry(&self.tenant_id, Some(wait));
+                        tracing::debug!(
+                            method,
+                            path,
+                            mailbox = call.mailbox,
+                            attempt,
+                            status,
+                            wait_ms = wait.as_millis() as u64,
+                            "graph asked to wait"
+                        );
+                        continue;
+                    }
+                    return Err(error);
+                }
+                Decision::Backoff if attempt < policy.max_attempts => {
+                    counters.retry(&self.tenant_id, None);
+                    let wait = policy.backoff.delay(attempt, &mut rand::rng());
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Decision::Backoff | Decision::Fail => return Err(error),
+            }
+        }
+    }
+
+    /// One HTTP exchange; the body is read completely.
+    async fn send_once(
+        &self,
+        call: &Call<'_>,
+        token: &str,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), reqwest::Error> {
+        let mut request = self
+            .shared
+            .http
+            .request(call.method.clone(), call.url.clone())
+            .bearer_auth(token)
+            .header(ACCEPT, "application/json")
+            .header("client-request-id", uuid::Uuid::new_v4().to_string());
+        if call.eventual {
+            request = request.header("ConsistencyLevel", "eventual");
+        }
+        if let Some(body) = call.body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await?.to_vec();
+        Ok((status, headers, body))
+    }
+}
+
+/// The error for a mailbox blocked for longer than the client waits in-process.
+pub(crate) fn blocked_error(remaining: Duration) -> GraphError {
+    GraphError::Throttled {
+        status: 429,
+        code: "ApplicationThrottled".into(),
+        message: format!(
+            "the mailbox is blocked by an earlier Retry-After for another {:.3}s",
+            remaining.as_secs_f64()
+        ),
+        request_id: None,
+        retry_after: Some(remaining),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(encode_segment("adele@contoso.com"), "adele@contoso.com");
+        assert_eq!(encode_segment("AAMk/AGI+2=="), "AAMk%2FAGI%2B2%3D%3D");
+        assert_eq!(
+            encode_segment("x_y.com#EXT#@t.onmicrosoft.com"),
+            "x_y.com%23EXT%23@t.onmicrosoft.com"
+        );
+        assert_eq!(
+            relative_path(&["users", "a b", "contacts"]),
+            "/users/a%20b/contacts"
+        );
+    }
+
+    #[test]
+    fn query_values_keep_odata_punctuation() {
+        assert_eq!(
+            encode_query("assignedLicenses/$count ne 0 and accountEnabled eq true"),
+            "assignedLicenses/$count%20ne%200%20and%20accountEnabled%20eq%20true"
+        );
+        assert_eq!(
+            encode_query("displayName eq 'A&B + C'"),
+            "displayName%20eq%20'A%26B%20%2B%20C'"
+        );
+        assert_eq!(encode_query("$top"), "$top");
+    }
+}

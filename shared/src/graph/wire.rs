@@ -1,0 +1,603 @@
+//! Graph's JSON shapes, and the mapping between them and [`crate::model`].
+//!
+//! Request bodies for contacts are built here and nowhere else, so one test can check every body the client can
+//! send against `microsoft.graph.contact.requestBody` (no server-managed property such as `id`, `changeKey` or
+//! `lastModifiedDateTime` is ever sent). Responses are decoded through `serde_path_to_error` so that a shape
+//! mismatch names the JSON path.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::error::GraphError;
+use crate::model::{Contact, ContactFields, ContactWrite, SYNC_ID_PROPERTY};
+
+/// Decodes `bytes` as `T`, naming the failing path in the error.
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, GraphError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| GraphError::Decode {
+        what: what.to_owned(),
+        path: e.path().to_string(),
+        source: e.into_inner(),
+    })
+}
+
+/// Decodes an already parsed value as `T`, naming the failing path in the error.
+pub(crate) fn decode_value<T: DeserializeOwned>(what: &str, value: Value) -> Result<T, GraphError> {
+    serde_path_to_error::deserialize(value).map_err(|e| GraphError::Decode {
+        what: what.to_owned(),
+        path: e.path().to_string(),
+        source: e.into_inner(),
+    })
+}
+
+/// One page of a Graph collection.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Page<T> {
+    /// The items.
+    pub value: Vec<T>,
+    /// The next page, to be followed verbatim.
+    #[serde(rename = "@odata.nextLink", default)]
+    pub next_link: Option<String>,
+}
+
+/// The parts of an OData error body the client uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: MainError,
+}
+
+#[derive(Deserialize)]
+struct MainError {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(rename = "innerError", alias = "innererror", default)]
+    inner_error: Option<InnerError>,
+}
+
+#[derive(Deserialize)]
+struct InnerError {
+    #[serde(rename = "request-id", default)]
+    request_id: Option<String>,
+}
+
+/// Parses Graph's `{"error":{...}}` envelope; `None` when the body is something else.
+pub(crate) fn parse_error_body(body: &[u8]) -> Option<ErrorBody> {
+    let envelope: ErrorEnvelope = serde_json::from_slice(body).ok()?;
+    Some(ErrorBody {
+        code: envelope.error.code.unwrap_or_default(),
+        message: envelope.error.message.unwrap_or_default(),
+        request_id: envelope.error.inner_error.and_then(|i| i.request_id),
+    })
+}
+
+/// A contact as Graph returns it (only what `$select` asks for).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct WireContact {
+    id: String,
+    #[serde(default)]
+    last_modified_date_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    personal_notes: Option<String>,
+    #[serde(default)]
+    categories: Option<Vec<String>>,
+    #[serde(default)]
+    single_value_extended_properties: Option<Vec<WireExtendedProperty>>,
+    #[serde(flatten)]
+    fields: ContactFields,
+}
+
+/// A single-value extended property.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WireExtendedProperty {
+    id: String,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+impl From<WireContact> for Contact {
+    fn from(wire: WireContact) -> Self {
+        let sync_id_property = wire
+            .single_value_extended_properties
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| same_property_id(&p.id, SYNC_ID_PROPERTY))
+            .and_then(|p| p.value);
+        Contact {
+            id: wire.id,
+            last_modified: wire.last_modified_date_time,
+            fields: wire.fields,
+            personal_notes: wire.personal_notes,
+            categories: wire.categories.unwrap_or_default(),
+            sync_id_property,
+        }
+    }
+}
+
+/// Whether two extended property ids name the same property: `{type} {guid} Name {name}` where the type, the
+/// GUID and the `Name` keyword compare case-insensitively and the name itself exactly (as Exchange does).
+pub(crate) fn same_property_id(a: &str, b: &str) -> bool {
+    let split = |s: &str| -> Vec<String> { s.split_whitespace().map(str::to_owned).collect() };
+    let (a, b) = (split(a), split(b));
+    if a.len() != b.len() || a.is_empty() {
+        return false;
+    }
+    let last = a.len() - 1;
+    a.iter().zip(&b).enumerate().all(|(i, (x, y))| {
+        if i == last {
+            x == y
+        } else {
+            x.eq_ignore_ascii_case(y)
+        }
+    })
+}
+
+/// The `$select` list for contact reads: what the model needs and nothing else.
+pub(crate) fn contact_select() -> String {
+    let mut names = vec!["id", "lastModifiedDateTime", "personalNotes", "categories"];
+    names.extend_from_slice(ContactFields::GRAPH_NAMES);
+    names.join(",")
+}
+
+/// The `$expand` that returns the sync id property with each contact.
+pub(crate) fn contact_expand() -> String {
+    format!(
+        "singleValueExtendedProperties($filter=id eq '{}')",
+        odata_string(SYNC_ID_PROPERTY)
+    )
+}
+
+/// Escapes a value for an OData string literal (`'` doubles).
+pub(crate) fn odata_string(value: &str) -> String {
+    value.replace('\'', "''")
+}
+
+/// The body of a POST that creates a contact: every mirrored field (`null` or `[]` when empty), the notes, the
+/// categories and the sync id property.
+pub(crate) fn create_body(write: &ContactWrite) -> Value {
+    let fields = write.fields.clone().unwrap_or_default();
+    let mut body = fields_object(&fields);
+    body.insert(
+        "personalNotes".into(),
+        write
+            .personal_notes
+            .clone()
+            .map_or(Value::Null, Value::String),
+    );
+    body.insert(
+        "categories".into(),
+        Value::from(write.categories.clone().unwrap_or_default()),
+    );
+    if let Some(sync_id) = &write.sync_id {
+        body.insert(
+            "singleValueExtendedProperties".into(),
+            sync_id_properties(sync_id),
+        );
+    }
+    Value::Object(body)
+}
+
+/// The body of a PATCH: only the parts the write sets. Fields are written whole, so a field cleared at the
+/// source is sent as `null` (or `[]`) and cleared at the target.
+pub(crate) fn update_body(write: &ContactWrite) -> Value {
+    let mut body = match &write.fields {
+        Some(fields) => fields_object(fields),
+        None => Map::new(),
+    };
+    if let Some(notes) = &write.personal_notes {
+        body.insert("personalNotes".into(), Value::String(notes.clone()));
+    }
+    if let Some(categories) = &write.categories {
+        body.insert("categories".into(), Value::from(categories.clone()));
+    }
+    if let Some(sync_id) = &write.sync_id {
+        body.insert(
+            "singleValueExtendedProperties".into(),
+            sync_id_properties(sync_id),
+        );
+    }
+    Value::Object(body)
+}
+
+fn fields_object(fields: &ContactFields) -> Map<String, Value> {
+    match serde_json::to_value(fields) {
+        Ok(Value::Object(map)) => map,
+        // ContactFields is a plain struct of strings and lists: it always serialises to an object.
+        _ => Map::new(),
+    }
+}
+
+fn sync_id_properties(sync_id: &str) -> Value {
+    serde_json::json!([{ "id": SYNC_ID_PROPERTY, "value": sync_id }])
+}
+
+/// A `$batch` request body.
+#[derive(Debug, Serialize)]
+pub(crate) struct BatchRequest {
+    pub requests: Vec<BatchItem>,
+}
+
+/// One request inside a `$batch`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct BatchItem {
+    pub id: String,
+    pub method: &'static str,
+    /// Relative to the version, e.g. `/users/{id}/contacts`.
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<HashMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+/// A `$batch` response body.
+#[derive(Debug, Deserialize)]
+pub(crate) struct BatchResponse {
+    pub responses: Vec<BatchItemResponse>,
+}
+
+/// One answer inside a `$batch` response.
+#[derive(Debug, Deserialize)]
+pub(crate) struct BatchItemResponse {
+    pub id: String,
+    pub status: u16,
+    #[serde(default)]
+    pub headers: Option<HashMap<String, Value>>,
+    #[serde(default)]
+    pub body: Option<Value>,
+}
+
+impl BatchItemResponse {
+    /// A header of this item, looked up case-insensitively.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let headers = self.headers.as_ref()?;
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+    }
+}
+
+/// A successful token response.
+#[derive(Deserialize)]
+pub(crate) struct TokenResponse {
+    pub access_token: String,
+    /// Seconds; some endpoints send it as a string.
+    pub expires_in: NumberOrString,
+}
+
+/// A number that may arrive as a JSON string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum NumberOrString {
+    Number(u64),
+    Text(String),
+}
+
+impl NumberOrString {
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            NumberOrString::Number(n) => Some(*n),
+            NumberOrString::Text(s) => s.trim().parse().ok(),
+        }
+    }
+}
+
+/// A token endpoint refusal.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct TokenErrorResponse {
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub error_description: String,
+    #[serde(default)]
+    pub error_codes: Vec<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EmailAddress, PhysicalAddress};
+
+    fn schema_validator() -> jsonschema::Validator {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/graph/graph-schemas.json"
+        );
+        let text = std::fs::read_to_string(path).expect("graph-schemas.json beside the checkout");
+        let document: Value = serde_json::from_str(&text).expect("schema JSON");
+        let schema = serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$defs": document["$defs"].clone(),
+            "$ref": "#/$defs/microsoft.graph.contact.requestBody",
+        });
+        jsonschema::validator_for(&schema).expect("schema compiles")
+    }
+
+    fn assert_valid(validator: &jsonschema::Validator, body: &Value) {
+        let errors: Vec<String> = validator
+            .iter_errors(body)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "body {body} is not a valid contact request body: {errors:?}"
+        );
+    }
+
+    fn address(tag: &str) -> PhysicalAddress {
+        PhysicalAddress {
+            street: Some(format!("{tag} street 1")),
+            city: Some("Springfield".into()),
+            state: Some("IL".into()),
+            country_or_region: Some("USA".into()),
+            postal_code: Some("62701".into()),
+        }
+    }
+
+    fn every_field() -> ContactFields {
+        ContactFields {
+            display_name: Some("Ada Lovelace".into()),
+            given_name: Some("Ada".into()),
+            surname: Some("Lovelace".into()),
+            middle_name: Some("Augusta".into()),
+            nick_name: Some("Countess".into()),
+            title: Some("Lady".into()),
+            initials: Some("A.A.L.".into()),
+            generation: Some("I".into()),
+            file_as: Some("Lovelace, Ada".into()),
+            yomi_given_name: Some("ada".into()),
+            yomi_surname: Some("raburesu".into()),
+            yomi_company_name: Some("anaritikaru".into()),
+            company_name: Some("Analytical Engines".into()),
+            department: Some("Research".into()),
+            job_title: Some("Programmer".into()),
+            office_location: Some("London".into()),
+            profession: Some("Mathematician".into()),
+            manager: Some("Charles Babbage".into()),
+            assistant_name: Some("Mary".into()),
+            business_home_page: Some("https://example.com".into()),
+            email_addresses: vec![
+                EmailAddress {
+                    name: Some("Ada".into()),
+                    address: Some("ada@example.com".into()),
+                },
+                EmailAddress {
+                    name: None,
+                    address: Some("countess@example.com".into()),
+                },
+            ],
+            im_addresses: vec!["sip:ada@example.com".into()],
+            business_phones: vec!["+44 20 1234 5678".into()],
+            home_phones: vec!["+44 20 8765 4321".into(), "+44 20 0000 0000".into()],
+            mobile_phone: Some("+44 7700 900000".into()),
+            business_address: Some(address("business")),
+            home_address: Some(address("home")),
+            other_address: Some(PhysicalAddress::default()),
+            birthday: Some("1815-12-10T00:00:00Z".into()),
+            spouse_name: Some("William King".into()),
+        }
+    }
+
+    fn every_part() -> ContactWrite {
+        ContactWrite {
+            fields: Some(every_field()),
+            personal_notes: Some("Met at the Royal Society.\nSyncId=6c1b...".into()),
+            categories: Some(vec!["Managed".into(), "VIP".into()]),
+            sync_id: Some("0b8f7b52-3c4f-5d6e-8f90-123456789abc".into()),
+        }
+    }
+
+    const FORBIDDEN: &[&str] = &[
+        "id",
+        "changeKey",
+        "createdDateTime",
+        "lastModifiedDateTime",
+        "parentFolderId",
+        "@odata.etag",
+        "@odata.type",
+        "@odata.context",
+    ];
+
+    fn assert_no_server_managed(body: &Value) {
+        let object = body.as_object().expect("object body");
+        for key in FORBIDDEN {
+            assert!(
+                !object.contains_key(*key),
+                "body sends server-managed {key}: {body}"
+            );
+        }
+        assert!(
+            !object.keys().any(|k| k.starts_with('@')),
+            "body sends an annotation: {body}"
+        );
+    }
+
+    #[test]
+    fn create_with_every_field_validates() {
+        let validator = schema_validator();
+        let body = create_body(&every_part());
+        assert_valid(&validator, &body);
+        assert_no_server_managed(&body);
+        assert_eq!(body["displayName"], "Ada Lovelace");
+        assert_eq!(body["otherAddress"]["street"], Value::Null);
+        assert_eq!(
+            body["singleValueExtendedProperties"][0]["id"],
+            SYNC_ID_PROPERTY
+        );
+        assert_eq!(
+            body["singleValueExtendedProperties"][0]["value"],
+            "0b8f7b52-3c4f-5d6e-8f90-123456789abc"
+        );
+        assert_eq!(
+            body["personalNotes"],
+            "Met at the Royal Society.\nSyncId=6c1b..."
+        );
+        assert_eq!(body["categories"], serde_json::json!(["Managed", "VIP"]));
+    }
+
+    #[test]
+    fn create_with_nothing_set_validates_and_sends_nulls() {
+        let validator = schema_validator();
+        let body = create_body(&ContactWrite::default());
+        assert_valid(&validator, &body);
+        assert_no_server_managed(&body);
+        for name in ContactFields::GRAPH_NAMES {
+            assert!(body.get(*name).is_some(), "create omits {name}");
+        }
+        assert_eq!(body["displayName"], Value::Null);
+        assert_eq!(body["emailAddresses"], serde_json::json!([]));
+        assert_eq!(body["personalNotes"], Value::Null);
+        assert!(body.get("singleValueExtendedProperties").is_none());
+    }
+
+    #[test]
+    fn update_clearing_fields_validates() {
+        let validator = schema_validator();
+        let write = ContactWrite {
+            fields: Some(ContactFields::default()),
+            personal_notes: Some(String::new()),
+            categories: Some(Vec::new()),
+            sync_id: None,
+        };
+        let body = update_body(&write);
+        assert_valid(&validator, &body);
+        assert_no_server_managed(&body);
+        assert_eq!(body["businessAddress"], Value::Null);
+        assert_eq!(body["mobilePhone"], Value::Null);
+        assert_eq!(body["businessPhones"], serde_json::json!([]));
+        assert_eq!(body["categories"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn update_sends_only_the_parts_set() {
+        let validator = schema_validator();
+        let notes_only = ContactWrite {
+            personal_notes: Some("text".into()),
+            ..ContactWrite::default()
+        };
+        let body = update_body(&notes_only);
+        assert_valid(&validator, &body);
+        assert_eq!(body, serde_json::json!({"personalNotes": "text"}));
+
+        let sync_only = ContactWrite {
+            sync_id: Some("abc".into()),
+            ..ContactWrite::default()
+        };
+        let body = update_body(&sync_only);
+        assert_valid(&validator, &body);
+        assert_eq!(
+            body,
+            serde_json::json!({"singleValueExtendedProperties": [{"id": SYNC_ID_PROPERTY, "value": "abc"}]})
+        );
+
+        let everything = update_body(&every_part());
+        assert_valid(&validator, &everything);
+        assert_no_server_managed(&everything);
+        assert_valid(&validator, &update_body(&ContactWrite::default()));
+    }
+
+    #[test]
+    fn the_schema_rejects_what_graph_would() {
+        let validator = schema_validator();
+        assert!(!validator.is_valid(&serde_json::json!({"nickname": "x"})));
+        assert!(!validator.is_valid(&serde_json::json!({"id": "x"})));
+    }
+
+    #[test]
+    fn response_contact_maps_to_model() {
+        let body = serde_json::json!({
+            "@odata.etag": "W/\"EQAAABYAAAA\"",
+            "id": "AAMkAGI2TG93AAA=",
+            "lastModifiedDateTime": "2026-01-02T03:04:05Z",
+            "displayName": "Ada Lovelace",
+            "emailAddresses": [{"name": "Ada", "address": "ada@example.com"}],
+            "businessPhones": [],
+            "homeAddress": {},
+            "personalNotes": "note",
+            "categories": ["VIP"],
+            "singleValueExtendedProperties": [
+                {"id": "String {5F3C1A2E-8B7D-4C6E-9A1F-2D4B6C8E0A13} name SyncId", "value": "sync-1"}
+            ]
+        });
+        let wire: WireContact = decode_value("contact", body).expect("decodes");
+        let contact = Contact::from(wire);
+        assert_eq!(contact.id, "AAMkAGI2TG93AAA=");
+        assert_eq!(contact.fields.display_name.as_deref(), Some("Ada Lovelace"));
+        assert_eq!(
+            contact.fields.home_address,
+            Some(PhysicalAddress::default())
+        );
+        assert_eq!(contact.personal_notes.as_deref(), Some("note"));
+        assert_eq!(contact.categories, vec!["VIP".to_string()]);
+        assert_eq!(contact.sync_id_property.as_deref(), Some("sync-1"));
+        assert_eq!(
+            contact.last_modified.map(|t| t.to_rfc3339()),
+            Some("2026-01-02T03:04:05+00:00".to_string())
+        );
+    }
+
+    #[test]
+    fn property_ids_compare_like_exchange() {
+        let upper = "String {5F3C1A2E-8B7D-4C6E-9A1F-2D4B6C8E0A13} Name SyncId";
+        assert!(same_property_id(upper, SYNC_ID_PROPERTY));
+        assert!(!same_property_id(
+            "String {5f3c1a2e-8b7d-4c6e-9a1f-2d4b6c8e0a13} Name syncid",
+            SYNC_ID_PROPERTY
+        ));
+        assert!(!same_property_id(
+            "String {00000000-8b7d-4c6e-9a1f-2d4b6c8e0a13} Name SyncId",
+            SYNC_ID_PROPERTY
+        ));
+        assert!(!same_property_id("", SYNC_ID_PROPERTY));
+    }
+
+    #[test]
+    fn decode_errors_name_the_path() {
+        let body = br#"{"value":[{"id":"a"},{"id":"b","emailAddresses":"oops"}]}"#;
+        let error = decode::<Page<WireContact>>("contact list page", body).expect_err("must fail");
+        let text = error.to_string();
+        assert!(text.contains("value[1]"), "{text}");
+    }
+
+    #[test]
+    fn error_bodies() {
+        let parsed = parse_error_body(br#"{"error":{"code":"TooManyRequests","message":"Please retry again later.","innerError":{"code":"429","request-id":"r1"}}}"#);
+        assert_eq!(
+            parsed,
+            Some(ErrorBody {
+                code: "TooManyRequests".into(),
+                message: "Please retry again later.".into(),
+                request_id: Some("r1".into()),
+            })
+        );
+        assert_eq!(parse_error_body(b"<html>"), None);
+    }
+
+    #[test]
+    fn select_lists_exactly_the_needed_fields() {
+        let select = contact_select();
+        assert!(select.starts_with("id,lastModifiedDateTime,personalNotes,categories,displayName"));
+        assert_eq!(
+            select.split(',').count(),
+            4 + ContactFields::GRAPH_NAMES.len()
+        );
+        assert_eq!(odata_string("O'Brien"), "O''Brien");
+    }
+}

@@ -1,0 +1,21 @@
+//! contactmirror's library: everything a job needs, without the process around it.
+//!
+//! Layout:
+//! - [`config`]: the `AUTOMATION_SYNCCONTACTS_*` variables and config files, validated into [`config::Settings`].
+//! - [`secret`]: a string type that never prints.
+//! - [`model`]: the contact data the rules reason about.
+//! - [`sync`]: the pure mirroring rules (what to create, update, skip or delete). No I/O.
+//! - [`graph`]: the Microsoft Graph client (token, limits, retries, paging, `$batch`).
+//! - [`message`]: job and report messages exchanged over the queues.
+//! - [`mq`]: RabbitMQ topology and confirmed publishing.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod graph;
+pub mod message;
+pub mod model;
+pub mod mq;
+pub mod secret;
+pub mod shutdown;
+pub mod sync;
+pub mod telemetry;

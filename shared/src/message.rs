@@ -1,0 +1,443 @@
+//! The messages the fleet exchanges: jobs (producer -> workers) and reports (workers -> producer).
+//!
+//! Both are versioned JSON. A job never carries a secret: workers look the tenant up in their own configuration.
+//! Job ids are deterministic (UUID v5 of tenant, mailbox, phase and run), so a job published twice is the same job.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::Mailbox;
+use crate::sync::PlanCounts;
+
+/// The version of the job and report schema this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Namespace for deterministic job ids.
+const JOB_ID_NAMESPACE: Uuid = Uuid::from_u128(0x3d0c_6f1e_2a4b_4c8d_9e0f_1a2b_3c4d_5e6f);
+
+/// The two phases of a tenant's run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Users' contacts -> the central folder (one merge job per tenant).
+    Phase1,
+    /// The central folder -> every user's contacts (one job per mailbox).
+    Phase2,
+}
+
+impl Phase {
+    /// The routing key of the phase's job queue.
+    pub fn routing_key(self) -> &'static str {
+        match self {
+            Phase::Phase1 => "sync.phase1",
+            Phase::Phase2 => "sync.phase2",
+        }
+    }
+
+    /// Both phases, in run order.
+    pub const ALL: [Phase; 2] = [Phase::Phase1, Phase::Phase2];
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Phase1 => "phase1",
+            Phase::Phase2 => "phase2",
+        })
+    }
+}
+
+/// Where the central folder lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CentralFolder {
+    /// The shared mailbox.
+    pub mailbox: Mailbox,
+    /// The folder's Graph id; `None` only in a dry run where the folder does not exist yet.
+    pub folder_id: Option<String>,
+}
+
+/// What a job does. Tagged by `phase` in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "lowercase")]
+pub enum JobKind {
+    /// Phase 1: read every source mailbox and the central folder, then write the net changes to the central folder.
+    /// One per tenant, so the shared mailbox has exactly one writer.
+    Phase1 {
+        /// The central folder.
+        central: CentralFolder,
+        /// The users whose contacts are published.
+        sources: Vec<Mailbox>,
+    },
+    /// Phase 2: bring one user's default contacts folder in line with the central folder.
+    Phase2 {
+        /// The central folder.
+        central: CentralFolder,
+        /// The user mailbox to write.
+        mailbox: Mailbox,
+    },
+}
+
+/// One unit of work for a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Schema version ([`SCHEMA_VERSION`]).
+    pub schema: u32,
+    /// Deterministic id: UUID v5 of tenant, mailbox, phase and run.
+    pub job_id: Uuid,
+    /// The run this job belongs to.
+    pub run_id: Uuid,
+    /// The tenant, as configured (`TenantId`).
+    pub tenant_id: String,
+    /// Plan and report, but write nothing.
+    pub dry_run: bool,
+    /// When the producer created the job.
+    pub enqueued_at: DateTime<Utc>,
+    /// What to do.
+    #[serde(flatten)]
+    pub kind: JobKind,
+}
+
+impl Job {
+    /// Builds a job with its deterministic id.
+    pub fn new(run_id: Uuid, tenant_id: &str, dry_run: bool, kind: JobKind) -> Self {
+        let mut job = Job {
+            schema: SCHEMA_VERSION,
+            job_id: Uuid::nil(),
+            run_id,
+            tenant_id: tenant_id.to_owned(),
+            dry_run,
+            enqueued_at: Utc::now(),
+            kind,
+        };
+        let key = format!(
+            "{}|{}|{}|{}",
+            tenant_id.to_ascii_lowercase(),
+            job.mailbox().id,
+            job.phase(),
+            run_id
+        );
+        job.job_id = Uuid::new_v5(&JOB_ID_NAMESPACE, key.as_bytes());
+        job
+    }
+
+    /// The job's phase.
+    pub fn phase(&self) -> Phase {
+        match self.kind {
+            JobKind::Phase1 { .. } => Phase::Phase1,
+            JobKind::Phase2 { .. } => Phase::Phase2,
+        }
+    }
+
+    /// The mailbox the job writes: the shared mailbox in phase 1, the user in phase 2.
+    pub fn mailbox(&self) -> &Mailbox {
+        match &self.kind {
+            JobKind::Phase1 { central, .. } => &central.mailbox,
+            JobKind::Phase2 { mailbox, .. } => mailbox,
+        }
+    }
+
+    /// The central folder.
+    pub fn central(&self) -> &CentralFolder {
+        match &self.kind {
+            JobKind::Phase1 { central, .. } | JobKind::Phase2 { central, .. } => central,
+        }
+    }
+
+    /// Serialises the job for the wire.
+    pub fn to_json(&self) -> Vec<u8> {
+        // A Job holds only strings, numbers and timestamps: serialisation cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a job from the wire, refusing other schema versions.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, MessageError> {
+        let job: Job = serde_json::from_slice(bytes).map_err(|e| MessageError::Malformed {
+            what: "job",
+            detail: e.to_string(),
+        })?;
+        if job.schema != SCHEMA_VERSION {
+            return Err(MessageError::UnsupportedSchema {
+                what: "job",
+                found: job.schema,
+            });
+        }
+        Ok(job)
+    }
+}
+
+/// A message that could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// Not valid JSON for the expected shape.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// "job" or "report".
+        what: &'static str,
+        /// The parser's complaint.
+        detail: String,
+    },
+    /// A schema version this build does not know.
+    #[error("unsupported {what} schema version {found} (this build reads {SCHEMA_VERSION})")]
+    UnsupportedSchema {
+        /// "job" or "report".
+        what: &'static str,
+        /// The version found.
+        found: u32,
+    },
+}
+
+/// Why a job failed for good (it is dead-lettered with this reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// The user has no Exchange Online mailbox (Graph 404 MailboxNotEnabledForRESTAPI).
+    NoMailbox,
+    /// Graph refused access: application access policy, or admin consent missing.
+    AccessDenied,
+    /// The tenant's credentials were rejected (client id, secret or tenant id).
+    Authentication,
+    /// The job names a tenant this worker has no configuration for.
+    UnknownTenant,
+    /// The message could not be parsed.
+    MalformedJob,
+    /// Transient failures went on past the retry budget.
+    AttemptsExhausted,
+    /// The plan would delete more than the safety cap allows.
+    DeletionCapExceeded,
+    /// Any other error Graph called permanent.
+    GraphRejected,
+    /// The job was lost: no report arrived (crash budget spent, or the run timed out).
+    NoReport,
+}
+
+impl FailureReason {
+    /// The reason as it appears in headers and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::NoMailbox => "no_mailbox",
+            FailureReason::AccessDenied => "access_denied",
+            FailureReason::Authentication => "authentication",
+            FailureReason::UnknownTenant => "unknown_tenant",
+            FailureReason::MalformedJob => "malformed_job",
+            FailureReason::AttemptsExhausted => "attempts_exhausted",
+            FailureReason::DeletionCapExceeded => "deletion_cap_exceeded",
+            FailureReason::GraphRejected => "graph_rejected",
+            FailureReason::NoReport => "no_report",
+        }
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a job attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done; the mailbox is in line (possibly with some item-level failures counted in `counts.failed`).
+    Succeeded,
+    /// A transient failure; the job was scheduled again.
+    Retrying {
+        /// Seconds until the next attempt.
+        after_secs: u64,
+        /// What went wrong.
+        error: String,
+    },
+    /// A permanent failure; the job was dead-lettered.
+    Failed {
+        /// The category.
+        reason: FailureReason,
+        /// What went wrong, for the operator.
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// Whether this outcome ends the job (no further report will come).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Outcome::Retrying { .. })
+    }
+}
+
+/// Per-mailbox result inside a phase-1 report: a source mailbox that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFailure {
+    /// The mailbox.
+    pub mailbox: Mailbox,
+    /// The category.
+    pub reason: FailureReason,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Counts of Graph traffic caused by one job attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphCounts {
+    /// HTTP requests sent (a `$batch` counts its items).
+    pub requests: u64,
+    /// 429 answers received.
+    pub throttled: u64,
+}
+
+/// What a job attempt did, published to the report queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Schema version ([`SCHEMA_VERSION`]).
+    pub schema: u32,
+    /// The job.
+    pub job_id: Uuid,
+    /// The run.
+    pub run_id: Uuid,
+    /// The tenant.
+    pub tenant_id: String,
+    /// The phase.
+    pub phase: Phase,
+    /// The mailbox written.
+    pub mailbox: Mailbox,
+    /// Attempt number, starting at 1.
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What the plan did (or, in a dry run, would do).
+    pub counts: PlanCounts,
+    /// Planned writes that Graph refused (counted apart from `counts`).
+    #[serde(default)]
+    pub failed_writes: u64,
+    /// Phase 1: source mailboxes that could not be read.
+    #[serde(default)]
+    pub source_failures: Vec<SourceFailure>,
+    /// In a dry run, the whole plan as human-readable lines.
+    #[serde(default)]
+    pub planned: Vec<String>,
+    /// Graph traffic of this attempt.
+    pub graph: GraphCounts,
+    /// Wall time of the attempt.
+    pub duration_ms: u64,
+    /// When the attempt finished.
+    pub finished_at: DateTime<Utc>,
+}
+
+impl Report {
+    /// Serialises the report for the wire.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a report from the wire.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, MessageError> {
+        let report: Report =
+            serde_json::from_slice(bytes).map_err(|e| MessageError::Malformed {
+                what: "report",
+                detail: e.to_string(),
+            })?;
+        if report.schema != SCHEMA_VERSION {
+            return Err(MessageError::UnsupportedSchema {
+                what: "report",
+                found: report.schema,
+            });
+        }
+        Ok(report)
+    }
+
+    /// The routing key on the report exchange: `report.<phase>.<outcome>`.
+    pub fn routing_key(&self) -> String {
+        let outcome = match &self.outcome {
+            Outcome::Succeeded => "ok",
+            Outcome::Retrying { .. } => "retry",
+            Outcome::Failed { .. } => "failed",
+        };
+        format!("report.{}.{}", self.phase, outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(id: &str) -> Mailbox {
+        Mailbox {
+            id: id.into(),
+            upn: format!("{id}@contoso.com"),
+        }
+    }
+
+    fn phase2_job(run: Uuid) -> Job {
+        Job::new(
+            run,
+            "contoso.onmicrosoft.com",
+            false,
+            JobKind::Phase2 {
+                central: CentralFolder {
+                    mailbox: mailbox("shared"),
+                    folder_id: Some("AAMk-folder".into()),
+                },
+                mailbox: mailbox("alice"),
+            },
+        )
+    }
+
+    #[test]
+    fn job_round_trips_and_ids_are_deterministic() {
+        let run = Uuid::now_v7();
+        let job = phase2_job(run);
+        let parsed = Job::from_json(&job.to_json()).expect("parse");
+        assert_eq!(parsed, job);
+        assert_eq!(phase2_job(run).job_id, job.job_id);
+        assert_ne!(phase2_job(Uuid::now_v7()).job_id, job.job_id);
+        let text = String::from_utf8(job.to_json()).expect("utf8");
+        assert!(text.contains("\"phase\":\"phase2\""), "{text}");
+    }
+
+    #[test]
+    fn malformed_and_future_jobs_are_refused() {
+        assert!(matches!(
+            Job::from_json(b"{not json"),
+            Err(MessageError::Malformed { .. })
+        ));
+        let mut value = serde_json::to_value(phase2_job(Uuid::now_v7())).expect("value");
+        value["schema"] = serde_json::json!(99);
+        let bytes = serde_json::to_vec(&value).expect("bytes");
+        assert_eq!(
+            Job::from_json(&bytes),
+            Err(MessageError::UnsupportedSchema {
+                what: "job",
+                found: 99
+            })
+        );
+    }
+
+    #[test]
+    fn report_routing_keys_name_phase_and_outcome() {
+        let job = phase2_job(Uuid::now_v7());
+        let report = Report {
+            schema: SCHEMA_VERSION,
+            job_id: job.job_id,
+            run_id: job.run_id,
+            tenant_id: job.tenant_id.clone(),
+            phase: job.phase(),
+            mailbox: job.mailbox().clone(),
+            attempt: 1,
+            outcome: Outcome::Failed {
+                reason: FailureReason::NoMailbox,
+                error: "404".into(),
+            },
+            counts: PlanCounts::default(),
+            failed_writes: 0,
+            source_failures: vec![],
+            planned: vec![],
+            graph: GraphCounts::default(),
+            duration_ms: 5,
+            finished_at: Utc::now(),
+        };
+        assert_eq!(report.routing_key(), "report.phase2.failed");
+        let parsed = Report::from_json(&report.to_json()).expect("parse");
+        assert_eq!(parsed, report);
+    }
+}

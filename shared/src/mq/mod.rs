@@ -1,0 +1,411 @@
+//! RabbitMQ plumbing shared by the producer and the workers: connecting, declaring the topology, publishing with
+//! confirms, and reading the headers the fleet relies on.
+//!
+//! Every publish here waits for the broker's confirm and treats an unroutable (returned) message as an error,
+//! because "acked" alone does not mean "routed" (see `../shared/docs/rabbitmq-and-peers.md` §B.4).
+
+pub mod topology;
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::message::{FailureReason, Job, Phase, Report};
+pub use topology::{queue_arguments, retry_level_for, QueueSpec, Topology, RETRY_LEVELS};
+
+/// Header carrying the attempt number of a job (1 for the first delivery of a fresh publish).
+pub const ATTEMPT_HEADER: &str = "x-attempt";
+/// Header carrying the tenant id, so operators can filter dead letters without parsing bodies.
+pub const TENANT_HEADER: &str = "x-tenant";
+/// Header carrying why a job was dead-lettered by a worker.
+pub const REASON_HEADER: &str = "x-cm-reason";
+/// Header carrying the error text of a dead-lettered job.
+pub const ERROR_HEADER: &str = "x-cm-error";
+
+/// A failure talking to the broker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MqError {
+    /// The AMQP client failed.
+    #[error("{context}")]
+    Amqp {
+        /// What we were doing.
+        context: String,
+        /// The client's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker refused the message (nack).
+    #[error("broker refused a message published to {exchange} ({routing_key})")]
+    Nacked {
+        /// Exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+    },
+    /// The message matched no queue.
+    #[error("message to {exchange} ({routing_key}) was unroutable: is the topology declared?")]
+    Unroutable {
+        /// Exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+    },
+}
+
+fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> MqError {
+    let context = context.into();
+    move |source| MqError::Amqp { context, source }
+}
+
+/// Removes any password from an AMQP URL, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparseable amqp url>".to_owned(),
+    }
+}
+
+/// Opens a connection named `name` (visible in the management UI) with lapin's automatic recovery on.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, MqError> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(name.into())
+        .enable_auto_recover();
+    Connection::connect(url, properties)
+        .await
+        .map_err(amqp(format!(
+            "cannot connect to RabbitMQ at {}",
+            redact_url(url)
+        )))
+}
+
+fn string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// Turns the JSON arguments of a [`QueueSpec`] into an AMQP table: strings as long strings, integers as 64-bit
+/// integers (RabbitMQ compares integer arguments by value, whatever their width).
+fn field_table(arguments: &serde_json::Value) -> FieldTable {
+    let mut table = FieldTable::default();
+    if let Some(map) = arguments.as_object() {
+        for (key, value) in map {
+            let value = match value {
+                serde_json::Value::String(text) => string(text),
+                serde_json::Value::Bool(flag) => AMQPValue::Boolean(*flag),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(int) => AMQPValue::LongLongInt(int),
+                    None => AMQPValue::Double(n.as_f64().unwrap_or_default()),
+                },
+                other => string(&other.to_string()),
+            };
+            table.insert(key.as_str().into(), value);
+        }
+    }
+    table
+}
+
+/// Declares every exchange, queue and binding of `topology` (idempotent while the arguments are unchanged).
+///
+/// What is declared is [`topology::exchanges`] and [`topology::queue_arguments`], the same data
+/// `deploy/rabbitmq/definitions.json` is checked against.
+pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), MqError> {
+    let queue_options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for exchange in topology::exchanges(topology) {
+        let kind = match exchange.kind {
+            topology::ExchangeKind::Direct => ExchangeKind::Direct,
+            topology::ExchangeKind::Topic => ExchangeKind::Topic,
+            topology::ExchangeKind::Fanout => ExchangeKind::Fanout,
+        };
+        let options = ExchangeDeclareOptions {
+            durable: exchange.durable,
+            ..ExchangeDeclareOptions::default()
+        };
+        let name = exchange.name;
+        channel
+            .exchange_declare(name.as_str().into(), kind, options, FieldTable::default())
+            .await
+            .map_err(amqp(format!("declaring exchange {name}")))?;
+    }
+    for queue in topology::queue_arguments(topology) {
+        let options = QueueDeclareOptions {
+            durable: queue.durable,
+            ..queue_options
+        };
+        channel
+            .queue_declare(
+                queue.name.as_str().into(),
+                options,
+                field_table(&queue.arguments),
+            )
+            .await
+            .map_err(amqp(format!("declaring queue {}", queue.name)))?;
+        for binding in &queue.bindings {
+            bind(
+                channel,
+                &queue.name,
+                &binding.exchange,
+                &binding.routing_key,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), MqError> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp(format!("binding queue {queue} to {exchange}")))
+}
+
+/// A channel in confirm mode: every publish returns only once the broker has taken responsibility for it.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    topology: Topology,
+}
+
+impl Publisher {
+    /// Opens a confirm-mode channel on `connection`.
+    pub async fn open(connection: &Connection, topology: Topology) -> Result<Self, MqError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(amqp("opening a publish channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(amqp("enabling publisher confirms"))?;
+        Ok(Self { channel, topology })
+    }
+
+    /// The topology this publisher targets.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Publishes a job to its phase queue as attempt `attempt`.
+    pub async fn publish_job(&self, job: &Job, attempt: u32) -> Result<(), MqError> {
+        let exchange = self.topology.jobs_exchange();
+        self.publish(
+            &exchange,
+            job.phase().routing_key(),
+            job.to_json(),
+            job_properties(job, attempt),
+        )
+        .await
+    }
+
+    /// Publishes a job to the retry level that fits `wait`; it comes back to its phase queue when the level's TTL
+    /// runs out, as attempt `attempt`.
+    pub async fn publish_retry(
+        &self,
+        job: &Job,
+        attempt: u32,
+        wait: Duration,
+    ) -> Result<(), MqError> {
+        let exchange = self.topology.retry_queue(retry_level_for(wait));
+        self.publish(
+            &exchange,
+            job.phase().routing_key(),
+            job.to_json(),
+            job_properties(job, attempt),
+        )
+        .await
+    }
+
+    /// Publishes a message body to the dead-letter exchange with the reason and error in headers.
+    ///
+    /// `body` is the original message (which may not even be a valid job), so nothing is lost.
+    pub async fn publish_dead_letter(
+        &self,
+        phase: Phase,
+        body: &[u8],
+        original: &BasicProperties,
+        reason: FailureReason,
+        error: &str,
+    ) -> Result<(), MqError> {
+        let mut headers = original.headers().clone().unwrap_or_default();
+        headers.insert(REASON_HEADER.into(), string(reason.as_str()));
+        headers.insert(ERROR_HEADER.into(), string(&truncate(error, 2_000)));
+        let properties = original.clone().with_headers(headers).with_delivery_mode(2);
+        let exchange = self.topology.dead_letter_exchange();
+        self.publish(&exchange, phase.routing_key(), body.to_vec(), properties)
+            .await
+    }
+
+    /// Publishes a report to the report exchange.
+    pub async fn publish_report(&self, report: &Report) -> Result<(), MqError> {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(format!("{}:{}", report.job_id, report.attempt).into())
+            .with_correlation_id(report.run_id.to_string().into())
+            .with_type("contactmirror.report.v1".into());
+        let exchange = self.topology.reports_exchange();
+        self.publish(
+            &exchange,
+            &report.routing_key(),
+            report.to_json(),
+            properties,
+        )
+        .await
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: Vec<u8>,
+        properties: BasicProperties,
+    ) -> Result<(), MqError> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                &body,
+                properties,
+            )
+            .await
+            .map_err(amqp(format!("publishing to {exchange}")))?
+            .await
+            .map_err(amqp(format!(
+                "waiting for the confirm of a publish to {exchange}"
+            )))?;
+        if confirm.is_nack() {
+            return Err(MqError::Nacked {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+            });
+        }
+        if confirm.take_message().is_some() {
+            return Err(MqError::Unroutable {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn job_properties(job: &Job, attempt: u32) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ATTEMPT_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(attempt)),
+    );
+    headers.insert(TENANT_HEADER.into(), string(&job.tenant_id));
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(job.job_id.to_string().into())
+        .with_correlation_id(job.run_id.to_string().into())
+        .with_type(format!("contactmirror.{}.v1", job.phase()).into())
+        .with_timestamp(u64::try_from(job.enqueued_at.timestamp()).unwrap_or_default())
+        .with_headers(headers)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Reads an integer header (the broker may hand integers back in any width).
+pub fn header_int(properties: &BasicProperties, name: &str) -> Option<i64> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from(name))? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
+        _ => None,
+    }
+}
+
+/// Reads a string header.
+pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from(name))? {
+        AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// The attempt number of a delivery (1 when the header is missing).
+pub fn attempt_of(properties: &BasicProperties) -> u32 {
+    header_int(properties, ATTEMPT_HEADER)
+        .and_then(|v| u32::try_from(v).ok())
+        .filter(|v| *v >= 1)
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        let shown = redact_url("amqp://user:s3cr3t@rabbit:5672/%2f");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("rabbit"));
+        assert_eq!(redact_url("not a url"), "<unparseable amqp url>");
+    }
+
+    #[test]
+    fn attempt_defaults_to_one_and_reads_any_width() {
+        assert_eq!(attempt_of(&BasicProperties::default()), 1);
+        let mut headers = FieldTable::default();
+        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongInt(3));
+        let props = BasicProperties::default().with_headers(headers);
+        assert_eq!(attempt_of(&props), 3);
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let text = "é".repeat(10);
+        let cut = truncate(&text, 5);
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncate("short", 10), "short");
+    }
+}

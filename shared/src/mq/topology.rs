@@ -1,0 +1,319 @@
+//! The RabbitMQ topology as data: every exchange, queue, binding and argument the fleet relies on.
+//!
+//! Declared by the producer (and by workers at start, idempotently) so tests and small installs need no manual
+//! setup; `deploy/rabbitmq/definitions.json` holds the same objects for installs that load definitions. A prefix
+//! (default `cm`) lets tests run side by side on one broker.
+
+use std::time::Duration;
+
+use crate::message::Phase;
+
+/// How many times a job may be delivered (crashes included) before the broker dead-letters it.
+pub const DELIVERY_LIMIT: i64 = 8;
+
+/// Bound on each job queue, so a runaway producer cannot fill the broker's disk.
+pub const MAX_QUEUE_LENGTH: i64 = 1_000_000;
+
+/// The delay levels of the retry queues. A retry goes to the smallest level no shorter than the wait it needs.
+pub const RETRY_LEVELS: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+];
+
+/// The names of every object, derived from one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new("cm")
+    }
+}
+
+impl Topology {
+    /// A topology whose names all start with `prefix` and a dot.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Direct exchange the job queues are bound to (routing key = [`Phase::routing_key`]).
+    pub fn jobs_exchange(&self) -> String {
+        format!("{}.jobs", self.prefix)
+    }
+
+    /// The job queue of a phase.
+    pub fn job_queue(&self, phase: Phase) -> String {
+        format!("{}.{}", self.prefix, phase)
+    }
+
+    /// Direct exchange for dead letters (routing key = the phase's routing key).
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.prefix)
+    }
+
+    /// The dead-letter queue of a phase.
+    pub fn dead_letter_queue(&self, phase: Phase) -> String {
+        format!("{}.{}.dead", self.prefix, phase)
+    }
+
+    /// Topic exchange for reports (`report.<phase>.<outcome>`).
+    pub fn reports_exchange(&self) -> String {
+        format!("{}.reports", self.prefix)
+    }
+
+    /// The queue the producer reads reports from.
+    pub fn reports_queue(&self) -> String {
+        format!("{}.reports", self.prefix)
+    }
+
+    /// The fanout exchange and queue (same name) of a retry level.
+    pub fn retry_queue(&self, level: Duration) -> String {
+        format!("{}.retry.{}", self.prefix, level_label(level))
+    }
+
+    /// Every queue, for status listings: jobs, retries, dead letters, reports.
+    pub fn all_queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = Phase::ALL.iter().map(|p| self.job_queue(*p)).collect();
+        queues.extend(RETRY_LEVELS.iter().map(|l| self.retry_queue(*l)));
+        queues.extend(Phase::ALL.iter().map(|p| self.dead_letter_queue(*p)));
+        queues.push(self.reports_queue());
+        queues
+    }
+}
+
+/// The kind of an exchange, as RabbitMQ names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// Routes on an exact routing key.
+    Direct,
+    /// Routes on a routing-key pattern.
+    Topic,
+    /// Routes to every bound queue.
+    Fanout,
+}
+
+impl ExchangeKind {
+    /// The name RabbitMQ uses (`direct`, `topic`, `fanout`), as in a definitions file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Fanout => "fanout",
+        }
+    }
+}
+
+/// An exchange as [`declare`](super::declare) creates it (always durable, never auto-deleted, no arguments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: ExchangeKind,
+    /// Survives a broker restart.
+    pub durable: bool,
+}
+
+/// A binding from an exchange to a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingSpec {
+    /// The source exchange.
+    pub exchange: String,
+    /// The routing key (a pattern for topic exchanges, ignored by fanout exchanges).
+    pub routing_key: String,
+}
+
+/// A queue as [`declare`](super::declare) creates it: name, durability, arguments and the bindings that feed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    /// Name.
+    pub name: String,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// The `x-` arguments, as a JSON object of strings and integers (the shape of a definitions file).
+    pub arguments: serde_json::Value,
+    /// Where its messages come from.
+    pub bindings: Vec<BindingSpec>,
+}
+
+/// Every exchange of `topology`, in declaration order.
+pub fn exchanges(topology: &Topology) -> Vec<ExchangeSpec> {
+    let exchange = |name: String, kind| ExchangeSpec {
+        name,
+        kind,
+        durable: true,
+    };
+    let mut all = vec![
+        exchange(topology.jobs_exchange(), ExchangeKind::Direct),
+        exchange(topology.dead_letter_exchange(), ExchangeKind::Direct),
+        exchange(topology.reports_exchange(), ExchangeKind::Topic),
+    ];
+    all.extend(
+        RETRY_LEVELS
+            .iter()
+            .map(|level| exchange(topology.retry_queue(*level), ExchangeKind::Fanout)),
+    );
+    all
+}
+
+/// Every queue of `topology` with its arguments and bindings, in the order of [`Topology::all_queues`].
+///
+/// This is the single source of truth for `declare` and for `deploy/rabbitmq/definitions.json` (a test compares
+/// the two). Queue arguments are immutable on the broker: changing one here means deleting and redeclaring the
+/// queue (or overriding it with a policy) on every existing install.
+pub fn queue_arguments(topology: &Topology) -> Vec<QueueSpec> {
+    let queue = |name: String,
+                 arguments: serde_json::Value,
+                 exchange: String,
+                 routing_key: &str| QueueSpec {
+        name,
+        durable: true,
+        arguments,
+        bindings: vec![BindingSpec {
+            exchange,
+            routing_key: routing_key.to_owned(),
+        }],
+    };
+    let mut all: Vec<QueueSpec> = Phase::ALL
+        .iter()
+        .map(|phase| {
+            let arguments = serde_json::json!({
+                "x-queue-type": "quorum",
+                "x-delivery-limit": DELIVERY_LIMIT,
+                "x-dead-letter-exchange": topology.dead_letter_exchange(),
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+                "x-max-length": MAX_QUEUE_LENGTH,
+            });
+            queue(
+                topology.job_queue(*phase),
+                arguments,
+                topology.jobs_exchange(),
+                phase.routing_key(),
+            )
+        })
+        .collect();
+    all.extend(RETRY_LEVELS.iter().map(|level| {
+        let name = topology.retry_queue(*level);
+        let ttl = i64::try_from(level.as_millis()).unwrap_or(i64::MAX);
+        // No x-dead-letter-routing-key: an expired retry keeps its original routing key (`sync.<phase>`), so it
+        // goes back to its own phase queue.
+        let arguments = serde_json::json!({
+            "x-queue-type": "quorum",
+            "x-message-ttl": ttl,
+            "x-dead-letter-exchange": topology.jobs_exchange(),
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            "x-max-length": MAX_QUEUE_LENGTH,
+        });
+        queue(name.clone(), arguments, name, "")
+    }));
+    all.extend(Phase::ALL.iter().map(|phase| {
+        queue(
+            topology.dead_letter_queue(*phase),
+            serde_json::json!({ "x-queue-type": "quorum" }),
+            topology.dead_letter_exchange(),
+            phase.routing_key(),
+        )
+    }));
+    all.push(queue(
+        topology.reports_queue(),
+        serde_json::json!({ "x-queue-type": "quorum" }),
+        topology.reports_exchange(),
+        "report.#",
+    ));
+    all
+}
+
+/// The retry level for a wait: the smallest level no shorter than `wait`, or the longest level.
+pub fn retry_level_for(wait: Duration) -> Duration {
+    RETRY_LEVELS
+        .iter()
+        .copied()
+        .find(|level| *level >= wait)
+        .unwrap_or(RETRY_LEVELS[RETRY_LEVELS.len() - 1])
+}
+
+fn level_label(level: Duration) -> String {
+    let secs = level.as_secs();
+    if secs >= 60 && secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_level_is_never_shorter_than_the_wait() {
+        for millis in [
+            0u64, 1, 999, 1000, 1001, 4_500, 5_000, 29_999, 31_000, 600_000,
+        ] {
+            let wait = Duration::from_millis(millis);
+            let level = retry_level_for(wait);
+            assert!(level >= wait, "{wait:?} -> {level:?}");
+        }
+        assert_eq!(
+            retry_level_for(Duration::from_millis(1500)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            retry_level_for(Duration::from_secs(3600)),
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let t = Topology::new("t1");
+        assert_eq!(t.job_queue(Phase::Phase1), "t1.phase1");
+        assert_eq!(t.dead_letter_queue(Phase::Phase2), "t1.phase2.dead");
+        assert_eq!(t.retry_queue(Duration::from_secs(120)), "t1.retry.2m");
+        assert_eq!(t.retry_queue(Duration::from_secs(5)), "t1.retry.5s");
+        assert_eq!(t.all_queues().len(), 2 + RETRY_LEVELS.len() + 2 + 1);
+    }
+
+    #[test]
+    fn queue_specs_cover_every_queue_and_bind_to_declared_exchanges() {
+        let t = Topology::new("t1");
+        let specs = queue_arguments(&t);
+        let names: Vec<String> = specs.iter().map(|q| q.name.clone()).collect();
+        assert_eq!(names, t.all_queues());
+        let exchange_names: Vec<String> = exchanges(&t).into_iter().map(|e| e.name).collect();
+        for spec in &specs {
+            assert!(spec.durable, "{}", spec.name);
+            assert_eq!(spec.arguments["x-queue-type"], "quorum", "{}", spec.name);
+            assert_eq!(spec.bindings.len(), 1, "{}", spec.name);
+            assert!(
+                exchange_names.contains(&spec.bindings[0].exchange),
+                "{}",
+                spec.name
+            );
+        }
+        let phase1 = &specs[0];
+        assert_eq!(phase1.arguments["x-delivery-limit"], DELIVERY_LIMIT);
+        assert_eq!(phase1.arguments["x-dead-letter-exchange"], "t1.dlx");
+        let retry = specs
+            .iter()
+            .find(|q| q.name == "t1.retry.2m")
+            .expect("retry queue");
+        assert_eq!(retry.arguments["x-message-ttl"], 120_000);
+        assert_eq!(retry.arguments["x-dead-letter-exchange"], "t1.jobs");
+        assert!(retry.arguments.get("x-dead-letter-routing-key").is_none());
+    }
+}

@@ -1,0 +1,481 @@
+//! Phase 1: every licensed user's default contacts -> the central folder of the shared mailbox.
+//!
+//! Why this exists: the central folder is the one list everyone receives, so each person must appear in it once,
+//! with the newest edit made anywhere (an owner's original or anyone's distributed copy), and nothing a user kept
+//! private or anything removed centrally may come back. See [`plan_central`] for the rules.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
+
+use super::identity::{effective_sync_id, property_sync_id, SyncId};
+use super::normalize::{email_keys, has_category, name_key, normalize, NormalizedFields};
+use super::plan::{ActionKind, Plan, PlanContext, PlanItem, Reason};
+use super::stamp::{format_time, restamp, NotesStamp};
+
+/// One user's default-folder contacts, as read for phase 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceMailbox {
+    /// The user.
+    pub mailbox: Mailbox,
+    /// Every contact of the user's default contacts folder (a complete read; a failed read is an error upstream).
+    pub contacts: Vec<Contact>,
+}
+
+/// A source contact with what matching needs precomputed.
+pub(crate) struct Candidate<'a> {
+    pub(crate) mailbox: &'a Mailbox,
+    pub(crate) contact: &'a Contact,
+    pub(crate) emails: BTreeSet<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) norm: NormalizedFields,
+}
+
+impl<'a> Candidate<'a> {
+    pub(crate) fn new(mailbox: &'a Mailbox, contact: &'a Contact) -> Self {
+        Candidate {
+            mailbox,
+            contact,
+            emails: email_keys(&contact.fields),
+            name: name_key(&contact.fields),
+            norm: normalize(&contact.fields),
+        }
+    }
+}
+
+/// Of `members` (indices into `candidates`), the one with the newest `last_modified` (unknown counts as oldest);
+/// the first one on a tie.
+fn newest_index(
+    members: impl IntoIterator<Item = usize>,
+    candidates: &[Candidate],
+) -> Option<usize> {
+    members.into_iter().fold(None, |best, m| match best {
+        Some(b) if candidates[m].contact.last_modified <= candidates[b].contact.last_modified => {
+            Some(b)
+        }
+        _ => Some(m),
+    })
+}
+
+/// A contact of the central folder during planning.
+struct Entry<'a> {
+    c: Candidate<'a>,
+    sync: SyncId,
+    canonical: bool,
+    stamp: NotesStamp,
+    members: Vec<usize>,
+}
+
+/// A person not yet in the central folder, gathered from sources during planning.
+struct NewPerson {
+    sync: SyncId,
+    members: Vec<usize>,
+}
+
+/// Adds `category` to `categories` unless present (case-insensitive).
+pub(crate) fn with_category(categories: &[String], category: &str) -> Vec<String> {
+    let mut out = categories.to_vec();
+    if !has_category(categories, category) {
+        out.push(category.trim().to_owned());
+    }
+    out
+}
+
+/// The index of the entry sharing the most email addresses with `emails` (the first on a tie), among `index`.
+fn best_by_email(emails: &BTreeSet<String>, index: &HashMap<String, Vec<usize>>) -> Option<usize> {
+    let mut overlap: BTreeMap<usize, usize> = BTreeMap::new();
+    for email in emails {
+        for &i in index.get(email).into_iter().flatten() {
+            *overlap.entry(i).or_default() += 1;
+        }
+    }
+    overlap
+        .into_iter()
+        .fold(None, |best: Option<(usize, usize)>, (i, n)| match best {
+            Some((_, bn)) if n <= bn => best,
+            _ => Some((i, n)),
+        })
+        .map(|(i, _)| i)
+}
+
+/// How many rounds [`settle`] tries before falling back to updates from identified sources only.
+const SETTLE_ROUNDS: usize = 8;
+
+/// For each central entry, the member whose data updates it: the newest member whose data differs, when newer
+/// than the central contact.
+fn drivers(
+    entries: &[Entry],
+    candidates: &[Candidate],
+    unidentified: &[usize],
+    assignment: &[Option<usize>],
+) -> Vec<Option<usize>> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(ci, entry)| {
+            if !entry.canonical {
+                return None;
+            }
+            let mut members = entry.members.clone();
+            members.extend(
+                unidentified
+                    .iter()
+                    .zip(assignment)
+                    .filter(|(_, a)| **a == Some(ci))
+                    .map(|(&si, _)| si),
+            );
+            members.sort_unstable();
+            newest_index(
+                members
+                    .into_iter()
+                    .filter(|&m| candidates[m].norm != entry.c.norm),
+                candidates,
+            )
+            .filter(|&m| candidates[m].contact.last_modified > entry.c.contact.last_modified)
+        })
+        .collect()
+}
+
+/// Matches each unidentified source to the central entry whose data after `updates` shares the most email
+/// addresses with it (the first entry on a tie), else to the first with the same displayName when neither has an
+/// email; `None` when it matches none.
+fn assign(
+    entries: &[Entry],
+    candidates: &[Candidate],
+    unidentified: &[usize],
+    updates: &[Option<usize>],
+) -> Vec<Option<usize>> {
+    let mut by_email: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+    for (ci, entry) in entries.iter().enumerate().filter(|(_, e)| e.canonical) {
+        let after = updates[ci].map_or(&entry.c, |m| &candidates[m]);
+        for email in &after.emails {
+            by_email.entry(email.clone()).or_default().push(ci);
+        }
+        if let Some(name) = &after.name {
+            by_name.entry(name.clone()).or_default().push(ci);
+        }
+    }
+    unidentified
+        .iter()
+        .map(|&si| {
+            let source = &candidates[si];
+            best_by_email(&source.emails, &by_email).or_else(|| {
+                let name = source.name.as_ref()?;
+                by_name.get(name)?.first().copied()
+            })
+        })
+        .collect()
+}
+
+/// The updates of central entries and the matches of unidentified sources, consistent with each other: every
+/// unidentified source is matched against the central data as the plan leaves it, and the matched sources take
+/// part in choosing each entry's newest edit. That consistency is what makes planning again after applying the plan
+/// find nothing to do. Found by iteration from the identified sources' updates; if it does not settle within
+/// [`SETTLE_ROUNDS`], only identified sources update (unidentified ones then count once phase 2 has stamped them).
+fn settle(
+    entries: &[Entry],
+    candidates: &[Candidate],
+    unidentified: &[usize],
+) -> (Vec<Option<usize>>, Vec<Option<usize>>) {
+    let none = vec![None; unidentified.len()];
+    let identified_only = drivers(entries, candidates, unidentified, &none);
+    let mut updates = identified_only.clone();
+    for _ in 0..SETTLE_ROUNDS {
+        let assignment = assign(entries, candidates, unidentified, &updates);
+        let next = drivers(entries, candidates, unidentified, &assignment);
+        if next == updates {
+            return (updates, assignment);
+        }
+        updates = next;
+    }
+    let assignment = assign(entries, candidates, unidentified, &identified_only);
+    (identified_only, assignment)
+}
+
+/// Plans phase 1 for one tenant: what to write into the central folder (`ctx.owner` is the shared mailbox).
+///
+/// Rules, in order:
+/// - Sources are taken in (mailbox id, contact id) order, so every decision (and every derived sync id) is
+///   deterministic.
+/// - A source with the opt-out category is skipped ([`Reason::OptedOut`]): it is never published.
+/// - *Identified* sources: a source with a sync id (extended property, else notes) that is in the central folder
+///   belongs to that central contact. A source without a sync id whose derived sync id is in the central folder is
+///   the original that central contact was created from (a retried job finds what it created).
+/// - The other sources match the central contact whose data, *as this plan leaves it*, shares the most email
+///   addresses with them (the first by id on a tie), else the one with the same displayName when neither has an
+///   email (phase 2 adopts them the same way). A source whose sync id is no longer in the central folder and that
+///   matches no central contact was removed centrally and is skipped ([`Reason::RemovedCentrally`]; this covers
+///   managed copies, stamped owner originals and old-script stamps): it is never published again.
+/// - An existing central contact is updated with the data of its newest matched source whose data differs, only
+///   when that source is newer than the central contact: the newest edit wins wherever it was made (the owner's
+///   original or anyone's copy). Updates and matches are settled together (a fixed point, see `settle`), so that
+///   planning again after applying finds every source where it was and nothing to do.
+/// - The rest are new people: a source joins a person gathered earlier in this plan when it shares an email with
+///   every member gathered so far (without emails: the same displayName), else it starts one, whose sync id is
+///   derived from it. A new person is created with the data of its newest member, the stamp (`CreatedBy` = the
+///   first member's owner, `LastUpdatedBy` = the newest member's owner), the managed category, and none of the
+///   owners' note text or categories.
+/// - A central contact's identity stamp is completed when missing, in the same PATCH as a data change or alone:
+///   the extended property (for contacts adopted from the old script, or created by hand in the central folder,
+///   which get the id derived from themselves), the notes stamp when `stamp_notes`, the managed category.
+/// - Phase 1 never deletes: removing a person from the central folder is an administrator's decision, and a
+///   source that disappears may just be a user tidying their own list. Central contacts sharing a sync id are left
+///   as they are except the first by id ([`Reason::DuplicateSyncId`]).
+pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Contact]) -> Plan {
+    let options = &ctx.options;
+    let mut items = Vec::new();
+
+    // Central contacts, by id, with their identity; the first contact per sync id is the one kept in sync.
+    let mut central_sorted: Vec<&Contact> = central.iter().collect();
+    central_sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut entries: Vec<Entry> = Vec::with_capacity(central_sorted.len());
+    let mut by_sync: HashMap<SyncId, usize> = HashMap::new();
+    for contact in central_sorted {
+        let sync = effective_sync_id(contact)
+            .unwrap_or_else(|| SyncId::derive(&ctx.tenant_id, &ctx.owner.id, &contact.id));
+        let canonical = !by_sync.contains_key(&sync);
+        if canonical {
+            by_sync.insert(sync.clone(), entries.len());
+        }
+        entries.push(Entry {
+            stamp: NotesStamp::parse(contact.personal_notes.as_deref()),
+            c: Candidate::new(&ctx.owner, contact),
+            sync,
+            canonical,
+            members: Vec::new(),
+        });
+    }
+
+    // Sources, in a deterministic order.
+    let mut candidates: Vec<Candidate> = sources
+        .iter()
+        .flat_map(|s| {
+            s.contacts
+                .iter()
+                .map(move |c| Candidate::new(&s.mailbox, c))
+        })
+        .collect();
+    candidates.sort_by(|a, b| (&a.mailbox.id, &a.contact.id).cmp(&(&b.mailbox.id, &b.contact.id)));
+
+    // Identified sources join their central contact; the others wait for the central data to settle. Sources whose
+    // sync id left the central folder may join an existing person but are never published as a new one.
+    let mut unidentified: Vec<usize> = Vec::new();
+    let mut removed: BTreeSet<usize> = BTreeSet::new();
+    for (si, source) in candidates.iter().enumerate() {
+        let contact = source.contact;
+        if has_category(&contact.categories, &options.opt_out_category) {
+            items.push(source_skip(source, Reason::OptedOut));
+            continue;
+        }
+        if let Some(sync) = effective_sync_id(contact) {
+            match by_sync.get(&sync) {
+                Some(&ci) => entries[ci].members.push(si),
+                None => {
+                    removed.insert(si);
+                    unidentified.push(si);
+                }
+            }
+            continue;
+        }
+        let derived = SyncId::derive(&ctx.tenant_id, &source.mailbox.id, &contact.id);
+        match by_sync.get(&derived) {
+            Some(&ci) => entries[ci].members.push(si),
+            None => unidentified.push(si),
+        }
+    }
+
+    // Unidentified sources match the central data as this plan leaves it, and may themselves be the newest edit
+    // that changes it: iterate to a fixed point (see `settle`).
+    let (updates, assignment) = settle(&entries, &candidates, &unidentified);
+
+    // Unidentified sources that match no central contact are new people.
+    let mut people: Vec<NewPerson> = Vec::new();
+    for (&si, assigned) in unidentified.iter().zip(&assignment) {
+        if assigned.is_some() {
+            continue;
+        }
+        let source = &candidates[si];
+        if removed.contains(&si) {
+            items.push(source_skip(source, Reason::RemovedCentrally));
+            continue;
+        }
+        let gathered = people.iter_mut().find(|p| {
+            if source.emails.is_empty() {
+                source.name.is_some()
+                    && p.members.iter().all(|&m| candidates[m].name == source.name)
+            } else {
+                p.members
+                    .iter()
+                    .all(|&m| !candidates[m].emails.is_disjoint(&source.emails))
+            }
+        });
+        match gathered {
+            Some(person) => person.members.push(si),
+            None => people.push(NewPerson {
+                sync: SyncId::derive(&ctx.tenant_id, &source.mailbox.id, &source.contact.id),
+                members: vec![si],
+            }),
+        }
+    }
+
+    for (ci, entry) in entries.iter().enumerate() {
+        let mut members = entry.members.clone();
+        members.extend(
+            unidentified
+                .iter()
+                .zip(&assignment)
+                .filter(|(_, a)| **a == Some(ci))
+                .map(|(&si, _)| si),
+        );
+        items.push(plan_entry(ctx, entry, &candidates, &members, updates[ci]));
+    }
+
+    for person in &people {
+        let Some(newest) =
+            newest_index(person.members.iter().copied(), &candidates).map(|m| &candidates[m])
+        else {
+            continue;
+        };
+        let first = &candidates[person.members[0]];
+        let stamp = NotesStamp {
+            sync_id: Some(person.sync.clone()),
+            created_by: Some(first.mailbox.upn.clone()),
+            last_updated_at: Some(format_time(ctx.now)),
+            last_updated_by: Some(newest.mailbox.upn.clone()),
+        };
+        let write = ContactWrite {
+            fields: Some(newest.contact.fields.clone()),
+            personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
+            categories: options
+                .managed_category
+                .as_ref()
+                .map(|c| vec![c.trim().to_owned()]),
+            sync_id: Some(person.sync.to_string()),
+        };
+        items.push(PlanItem {
+            op: Some(WriteOp::Create(write)),
+            action: ActionKind::Create,
+            reason: Reason::New,
+            sync_id: Some(person.sync.to_string()),
+            display_name: newest.contact.fields.display_name.clone(),
+            contact_id: None,
+            source: Some(newest.mailbox.upn.clone()),
+            changed_fields: Vec::new(),
+        });
+    }
+
+    Plan { items }
+}
+
+/// A skip about a source contact.
+fn source_skip(source: &Candidate, reason: Reason) -> PlanItem {
+    PlanItem {
+        op: None,
+        action: ActionKind::Skip,
+        reason,
+        sync_id: effective_sync_id(source.contact).map(|s| s.to_string()),
+        display_name: source.contact.fields.display_name.clone(),
+        contact_id: Some(source.contact.id.clone()),
+        source: Some(source.mailbox.upn.clone()),
+        changed_fields: Vec::new(),
+    }
+}
+
+/// The decision about one existing central contact, given the sources that joined it.
+fn plan_entry(
+    ctx: &PlanContext,
+    entry: &Entry,
+    candidates: &[Candidate],
+    members: &[usize],
+    update_from: Option<usize>,
+) -> PlanItem {
+    let options = &ctx.options;
+    let central = entry.c.contact;
+    let mut item = PlanItem {
+        op: None,
+        action: ActionKind::Skip,
+        reason: Reason::Unchanged,
+        sync_id: Some(entry.sync.to_string()),
+        display_name: central.fields.display_name.clone(),
+        contact_id: Some(central.id.clone()),
+        source: None,
+        changed_fields: Vec::new(),
+    };
+    if !entry.canonical {
+        item.reason = Reason::DuplicateSyncId;
+        return item;
+    }
+
+    let members = || members.iter().map(|&m| &candidates[m]);
+    let differing = members().any(|m| m.norm != entry.c.norm);
+    let update_from = update_from.map(|m| &candidates[m]);
+
+    let needs_property = property_sync_id(central).as_ref() != Some(&entry.sync);
+    let needs_notes = options.stamp_notes && entry.stamp.sync_id.as_ref() != Some(&entry.sync);
+    let needs_category = options
+        .managed_category
+        .as_deref()
+        .is_some_and(|cat| !has_category(&central.categories, cat));
+
+    if update_from.is_none() && !needs_property && !needs_notes && !needs_category {
+        if differing {
+            item.reason = Reason::TargetNewer;
+        }
+        return item;
+    }
+
+    // Who created the person: the stamp says so; else the source it was derived from; else the shared mailbox.
+    let created_by = entry.stamp.created_by.clone().unwrap_or_else(|| {
+        members()
+            .find(|m| SyncId::derive(&ctx.tenant_id, &m.mailbox.id, &m.contact.id) == entry.sync)
+            .map_or_else(|| ctx.owner.upn.clone(), |m| m.mailbox.upn.clone())
+    });
+    let stamp = match update_from {
+        Some(source) => NotesStamp {
+            sync_id: Some(entry.sync.clone()),
+            created_by: Some(created_by),
+            last_updated_at: Some(format_time(ctx.now)),
+            last_updated_by: Some(source.mailbox.upn.clone()),
+        },
+        None => NotesStamp {
+            sync_id: Some(entry.sync.clone()),
+            last_updated_at: entry
+                .stamp
+                .last_updated_at
+                .clone()
+                .or_else(|| Some(format_time(ctx.now))),
+            last_updated_by: entry
+                .stamp
+                .last_updated_by
+                .clone()
+                .or_else(|| Some(created_by.clone())),
+            created_by: Some(created_by),
+        },
+    };
+    let write = ContactWrite {
+        fields: update_from.map(|s| s.contact.fields.clone()),
+        personal_notes: (options.stamp_notes && (update_from.is_some() || needs_notes))
+            .then(|| restamp(central.personal_notes.as_deref(), &stamp)),
+        categories: options
+            .managed_category
+            .as_deref()
+            .filter(|_| needs_category)
+            .map(|cat| with_category(&central.categories, cat)),
+        sync_id: needs_property.then(|| entry.sync.to_string()),
+    };
+    item.op = Some(WriteOp::Update {
+        id: central.id.clone(),
+        write,
+    });
+    item.action = ActionKind::Update;
+    match update_from {
+        Some(source) => {
+            item.reason = Reason::SourceNewer;
+            item.source = Some(source.mailbox.upn.clone());
+            item.changed_fields = source.norm.changed(&entry.c.norm);
+        }
+        None => item.reason = Reason::StampMissing,
+    }
+    item
+}

@@ -1,0 +1,408 @@
+//! Phase 2: the central folder -> one user's default contacts.
+//!
+//! Why this exists: every user must end up with every central person exactly once, receive central edits that are
+//! newer than their own, keep their own notes, categories and newer edits, and lose only copies the tool manages
+//! when a person leaves the central folder, never en masse by accident. See [`plan_distribution`] for the rules.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
+
+use super::central::{with_category, Candidate};
+use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
+use super::normalize::has_category;
+use super::plan::{
+    deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, PlanRefusal, Reason,
+};
+use super::stamp::{format_time, restamp, NotesStamp};
+
+/// A contact of the target folder during planning.
+struct Target<'a> {
+    c: Candidate<'a>,
+    property: Option<SyncId>,
+    stamp: NotesStamp,
+    effective: Option<SyncId>,
+    derived: SyncId,
+    ownership: Ownership,
+    opted_out: bool,
+}
+
+/// A central contact during planning.
+struct Source<'a> {
+    c: Candidate<'a>,
+    sync: SyncId,
+    stamp: NotesStamp,
+    canonical: bool,
+}
+
+/// Plans phase 2 for one user: what to write into `target_mailbox`'s default contacts (`target`) so that it mirrors
+/// the central folder (`central`). `ctx.owner` should be `target_mailbox`; ownership is judged by `target_mailbox`.
+///
+/// Matching (each central person claims at most one target, each target serves at most one person), in passes
+/// over all central contacts so a weaker key never steals what a stronger key identifies: the extended property,
+/// then the notes `SyncId` (targets without the property), then the target whose derived sync id is the central
+/// one (the unstamped original the person was first published from), then email addresses, then the displayName
+/// when neither side has an email. Email and name matches only consider targets without a sync id or whose sync id
+/// left the central folder (those are adopted: re-stamped instead of deleted and re-created), and pair a target
+/// only with the central person phase 1 would match it with (most shared addresses, first by id on a tie; by name,
+/// the first with that name), so both phases agree; of several such targets the one sharing the most addresses,
+/// then the first by id, is the person's, and the others are left alone.
+///
+/// Per central person (central contacts without a sync id are skipped until phase 1 stamps them; of several with
+/// one sync id the first by id is used):
+/// - central contact carries the opt-out category: nothing is created or changed (existing copies are kept);
+/// - no target: create it with the central data, the sync id (property and, when `stamp_notes`, notes with
+///   `CreatedBy` from the central stamp), the managed category;
+/// - target carries the opt-out category: left alone;
+/// - data differs and central is newer (or as new: ties go to the central folder): PATCH the data (fields written whole, cleared fields as null);
+///   the target's own note text and categories are preserved exactly: only stamp lines are rewritten and the
+///   managed category is added to managed copies (never to the owner's own contacts);
+/// - the identity stamp is missing or outdated: completed in the same PATCH, or alone. Stamping a contact the
+///   owner created keeps it recognisable as theirs (`CreatedBy=<owner>`); when notes stamping is off and the sync
+///   id is not the contact's own derived id, such a contact is not stamped at all (it stays matched by email),
+///   because a bare property would make it look like a managed copy.
+///
+/// Deletion: a managed copy (see [`ownership`]) that no central person claimed and whose sync id is not in the
+/// central folder is deleted when `deletion.enabled` ([`Reason::NoLongerCentral`]); owner-created contacts,
+/// opted-out contacts and duplicates of a person still central are kept. Safety: when deletion is enabled and the
+/// central folder has no contact with a sync id while the mailbox holds managed copies, or the plan deletes more
+/// than [`deletion_allowance`] of the mailbox's managed copies, the whole plan is refused.
+pub fn plan_distribution(
+    ctx: &PlanContext,
+    central: &[Contact],
+    target_mailbox: &Mailbox,
+    target: &[Contact],
+) -> Result<Plan, PlanRefusal> {
+    let options = &ctx.options;
+    let mut items = Vec::new();
+
+    // Central persons, by id.
+    let mut central_sorted: Vec<&Contact> = central.iter().collect();
+    central_sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut sources: Vec<Source> = Vec::new();
+    let mut central_ids: BTreeSet<SyncId> = BTreeSet::new();
+    for contact in central_sorted {
+        let Some(sync) = effective_sync_id(contact) else {
+            items.push(PlanItem {
+                op: None,
+                action: ActionKind::Skip,
+                reason: Reason::NoSyncId,
+                sync_id: None,
+                display_name: contact.fields.display_name.clone(),
+                contact_id: Some(contact.id.clone()),
+                source: None,
+                changed_fields: Vec::new(),
+            });
+            continue;
+        };
+        let canonical = central_ids.insert(sync.clone());
+        sources.push(Source {
+            c: Candidate::new(&ctx.owner, contact),
+            stamp: NotesStamp::parse(contact.personal_notes.as_deref()),
+            sync,
+            canonical,
+        });
+    }
+
+    // Target contacts, by id.
+    let mut target_sorted: Vec<&Contact> = target.iter().collect();
+    target_sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let targets: Vec<Target> = target_sorted
+        .into_iter()
+        .map(|contact| Target {
+            c: Candidate::new(target_mailbox, contact),
+            property: property_sync_id(contact),
+            stamp: NotesStamp::parse(contact.personal_notes.as_deref()),
+            effective: effective_sync_id(contact),
+            derived: SyncId::derive(&ctx.tenant_id, &target_mailbox.id, &contact.id),
+            ownership: ownership(&ctx.tenant_id, target_mailbox, contact),
+            opted_out: has_category(&contact.categories, &options.opt_out_category),
+        })
+        .collect();
+
+    // Matching.
+    let mut matched: Vec<Option<usize>> = vec![None; sources.len()];
+    let mut claimed: Vec<bool> = vec![false; targets.len()];
+    let mut by_property: HashMap<&SyncId, Vec<usize>> = HashMap::new();
+    let mut by_notes: HashMap<&SyncId, Vec<usize>> = HashMap::new();
+    let mut by_derived: HashMap<&SyncId, Vec<usize>> = HashMap::new();
+    for (ti, t) in targets.iter().enumerate() {
+        match (&t.property, &t.stamp.sync_id) {
+            (Some(p), _) => by_property.entry(p).or_default().push(ti),
+            (None, Some(n)) => by_notes.entry(n).or_default().push(ti),
+            (None, None) => by_derived.entry(&t.derived).or_default().push(ti),
+        }
+    }
+    // Email and name matches only consider targets without a sync id, or whose sync id left the central folder.
+    let adoptable: Vec<bool> = targets
+        .iter()
+        .map(|t| {
+            t.effective
+                .as_ref()
+                .is_none_or(|s| !central_ids.contains(s))
+        })
+        .collect();
+    for index in [&by_property, &by_notes, &by_derived] {
+        for (si, source) in sources.iter().enumerate() {
+            if !source.canonical || matched[si].is_some() {
+                continue;
+            }
+            // Of several targets with one id (duplicates), the one already holding the same data is kept in sync.
+            let free = index.get(&source.sync).and_then(|ts| {
+                let mut free = ts.iter().copied().filter(|&ti| !claimed[ti]);
+                let first = free.clone().next();
+                free.find(|&ti| targets[ti].c.norm == source.c.norm)
+                    .or(first)
+            });
+            if let Some(ti) = free {
+                matched[si] = Some(ti);
+                claimed[ti] = true;
+            }
+        }
+    }
+    // Email, then name: a target is matched only by the central person phase 1 matches it with (the one sharing the
+    // most addresses, the first by id on a tie; by name, the first with that name), so both phases agree on who
+    // it is. Of several targets for one person, the one sharing the most addresses (then the first by id) wins;
+    // the others are left alone.
+    let mut central_by_email: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut central_by_name: HashMap<&str, usize> = HashMap::new();
+    for (si, source) in sources.iter().enumerate().filter(|(_, s)| s.canonical) {
+        for email in &source.c.emails {
+            central_by_email.entry(email).or_default().push(si);
+        }
+        if let Some(name) = &source.c.name {
+            central_by_name.entry(name).or_insert(si);
+        }
+    }
+    let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
+    for (ti, t) in targets.iter().enumerate() {
+        if claimed[ti] || !adoptable[ti] {
+            continue;
+        }
+        let mut overlap: BTreeMap<usize, usize> = BTreeMap::new();
+        for email in &t.c.emails {
+            for &si in central_by_email.get(email.as_str()).into_iter().flatten() {
+                *overlap.entry(si).or_default() += 1;
+            }
+        }
+        let best =
+            overlap
+                .into_iter()
+                .fold(None, |best: Option<(usize, usize)>, (si, n)| match best {
+                    Some((_, bn)) if n <= bn => best,
+                    _ => Some((si, n)),
+                });
+        match best {
+            Some((si, n)) => pairs.push((n, si, ti)),
+            None => {
+                if let Some(&si) = t.c.name.as_deref().and_then(|n| central_by_name.get(n)) {
+                    pairs.push((0, si, ti));
+                }
+            }
+        }
+    }
+    pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    for (_, si, ti) in pairs {
+        if matched[si].is_none() && !claimed[ti] {
+            matched[si] = Some(ti);
+            claimed[ti] = true;
+        }
+    }
+
+    for (si, source) in sources.iter().enumerate() {
+        let target = matched[si].map(|ti| &targets[ti]);
+        items.push(plan_person(ctx, source, target));
+    }
+
+    // Deletion.
+    let managed = targets
+        .iter()
+        .filter(|t| t.ownership == Ownership::ManagedCopy)
+        .count();
+    for (ti, t) in targets.iter().enumerate() {
+        if claimed[ti] {
+            continue;
+        }
+        let Some(sync) = &t.effective else { continue };
+        let contact = t.c.contact;
+        let (reason, op) = if t.ownership.is_owner_created() {
+            (Reason::OwnerCreated, None)
+        } else if central_ids.contains(sync) {
+            (Reason::DuplicateSyncId, None)
+        } else if t.opted_out {
+            (Reason::OptedOut, None)
+        } else if !options.deletion.enabled {
+            (Reason::DeletionDisabled, None)
+        } else {
+            (
+                Reason::NoLongerCentral,
+                Some(WriteOp::Delete {
+                    id: contact.id.clone(),
+                }),
+            )
+        };
+        items.push(PlanItem {
+            action: if op.is_some() {
+                ActionKind::Delete
+            } else {
+                ActionKind::Skip
+            },
+            op,
+            reason,
+            sync_id: Some(sync.to_string()),
+            display_name: contact.fields.display_name.clone(),
+            contact_id: Some(contact.id.clone()),
+            source: None,
+            changed_fields: Vec::new(),
+        });
+    }
+
+    let plan = Plan { items };
+    if options.deletion.enabled && managed > 0 && central_ids.is_empty() {
+        return Err(PlanRefusal::CentralEmpty {
+            mailbox: target_mailbox.upn.clone(),
+            managed,
+            plan: Box::new(plan),
+        });
+    }
+    let deletes = plan.counts().deleted;
+    let allowed = deletion_allowance(managed, options.deletion.max_share);
+    if deletes > allowed {
+        return Err(PlanRefusal::TooManyDeletions {
+            mailbox: target_mailbox.upn.clone(),
+            deletes,
+            managed,
+            allowed,
+            max_share: options.deletion.max_share,
+            plan: Box::new(plan),
+        });
+    }
+    Ok(plan)
+}
+
+/// The decision about one central person in this mailbox.
+fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> PlanItem {
+    let options = &ctx.options;
+    let central = source.c.contact;
+    let mut item = PlanItem {
+        op: None,
+        action: ActionKind::Skip,
+        reason: Reason::Unchanged,
+        sync_id: Some(source.sync.to_string()),
+        display_name: central.fields.display_name.clone(),
+        contact_id: target.map(|t| t.c.contact.id.clone()),
+        source: None,
+        changed_fields: Vec::new(),
+    };
+    if !source.canonical {
+        item.reason = Reason::DuplicateSyncId;
+        item.contact_id = Some(central.id.clone());
+        return item;
+    }
+    if has_category(&central.categories, &options.opt_out_category) {
+        item.reason = Reason::OptedOut;
+        return item;
+    }
+    let last_updated_by = source
+        .stamp
+        .last_updated_by
+        .clone()
+        .or_else(|| source.stamp.created_by.clone());
+
+    let Some(t) = target else {
+        let stamp = NotesStamp {
+            sync_id: Some(source.sync.clone()),
+            created_by: source.stamp.created_by.clone(),
+            last_updated_at: Some(format_time(ctx.now)),
+            last_updated_by,
+        };
+        item.op = Some(WriteOp::Create(ContactWrite {
+            fields: Some(central.fields.clone()),
+            personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
+            categories: options
+                .managed_category
+                .as_ref()
+                .map(|c| vec![c.trim().to_owned()]),
+            sync_id: Some(source.sync.to_string()),
+        }));
+        item.action = ActionKind::Create;
+        item.reason = Reason::New;
+        return item;
+    };
+
+    if t.opted_out {
+        item.reason = Reason::OptedOut;
+        return item;
+    }
+    let contact = t.c.contact;
+    let differs = t.c.norm != source.c.norm;
+    // Ties (equal or both unknown timestamps) go to the central folder: phase 1 publishes only strictly newer
+    // edits, so a tie left alone here would be stamped, look newer next run and flip the person back.
+    let write_data = differs && central.last_modified >= contact.last_modified;
+    let owner_created = t.ownership.is_owner_created();
+    // A bare property would make an owner's contact look like a managed copy; only stamp when ownership survives.
+    let may_stamp = !owner_created || options.stamp_notes || t.derived == source.sync;
+    let needs_property = may_stamp && t.property.as_ref() != Some(&source.sync);
+    // An owner's contact carrying someone else's sync id is recognised as theirs only by `CreatedBy=<owner>`.
+    let owner_unproven = owner_created
+        && t.derived != source.sync
+        && !t
+            .stamp
+            .created_by
+            .as_deref()
+            .is_some_and(|by| by.trim().eq_ignore_ascii_case(t.c.mailbox.upn.trim()));
+    let needs_notes = may_stamp
+        && options.stamp_notes
+        && (t.stamp.sync_id.as_ref() != Some(&source.sync) || owner_unproven);
+    let needs_category = !owner_created
+        && options
+            .managed_category
+            .as_deref()
+            .is_some_and(|cat| !has_category(&contact.categories, cat));
+
+    if !write_data && !needs_property && !needs_notes && !needs_category {
+        if differs {
+            item.reason = Reason::TargetNewer;
+        }
+        return item;
+    }
+
+    let created_by = if owner_created {
+        Some(t.c.mailbox.upn.clone())
+    } else {
+        source
+            .stamp
+            .created_by
+            .clone()
+            .or_else(|| t.stamp.created_by.clone())
+    };
+    let stamp = NotesStamp {
+        sync_id: Some(source.sync.clone()),
+        created_by,
+        last_updated_at: Some(format_time(ctx.now)),
+        last_updated_by,
+    };
+    let write = ContactWrite {
+        fields: write_data.then(|| central.fields.clone()),
+        personal_notes: (may_stamp && options.stamp_notes && (write_data || needs_notes))
+            .then(|| restamp(contact.personal_notes.as_deref(), &stamp)),
+        categories: options
+            .managed_category
+            .as_deref()
+            .filter(|_| needs_category)
+            .map(|cat| with_category(&contact.categories, cat)),
+        sync_id: needs_property.then(|| source.sync.to_string()),
+    };
+    item.op = Some(WriteOp::Update {
+        id: contact.id.clone(),
+        write,
+    });
+    item.action = ActionKind::Update;
+    if write_data {
+        item.reason = Reason::SourceNewer;
+        item.changed_fields = source.c.norm.changed(&t.c.norm);
+    } else {
+        item.reason = Reason::StampMissing;
+    }
+    item
+}

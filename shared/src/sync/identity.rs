@@ -1,0 +1,139 @@
+//! Who a contact is (its sync id) and whose it is (owner-created or a managed copy).
+//!
+//! Why this exists: every decision the rules make starts from these two questions, and both must be answered the
+//! same way in both phases and on every run. Sync ids are deterministic (UUID v5 of tenant, source mailbox and
+//! source contact id) so a job retried after a crash finds what it already created instead of creating it again.
+//! Ownership decides what the tool may ever delete: only managed copies, never what the mailbox owner created.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::{Contact, Mailbox};
+
+use super::stamp::NotesStamp;
+
+/// The UUID v5 namespace of derived sync ids. Fixed forever: changing it would give every contact a new identity.
+pub const SYNC_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_2c4e_93a7_4d58_b0e2_7c1d_5a9f_3e60);
+
+/// A contact's identity across mailboxes: a UUID string, compared in lower case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SyncId(String);
+
+impl SyncId {
+    /// The sync id of a person first published from `contact_id` in `source_mailbox_id`:
+    /// UUID v5 in [`SYNC_ID_NAMESPACE`] over `"{tenant lower-cased}|{mailbox id}|{contact id}"`.
+    pub fn derive(tenant_id: &str, source_mailbox_id: &str, source_contact_id: &str) -> SyncId {
+        let name = format!(
+            "{}|{}|{}",
+            tenant_id.trim().to_lowercase(),
+            source_mailbox_id,
+            source_contact_id
+        );
+        SyncId(
+            Uuid::new_v5(&SYNC_ID_NAMESPACE, name.as_bytes())
+                .hyphenated()
+                .to_string(),
+        )
+    }
+
+    /// A sync id as read from a mailbox (extended property or notes). Trimmed and lower-cased; a GUID in any
+    /// accepted spelling (braces, upper case) is brought to its hyphenated form. `None` when blank.
+    pub fn parse(value: &str) -> Option<SyncId> {
+        let value = value.trim();
+        if value.is_empty() {
+            return None;
+        }
+        Some(match Uuid::try_parse(value) {
+            Ok(uuid) => SyncId(uuid.hyphenated().to_string()),
+            Err(_) => SyncId(value.to_lowercase()),
+        })
+    }
+
+    /// The id as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SyncId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A contact's sync id from its extended property, if it has a usable one.
+pub fn property_sync_id(contact: &Contact) -> Option<SyncId> {
+    contact.sync_id_property.as_deref().and_then(SyncId::parse)
+}
+
+/// The identity of a contact: the extended property, else the notes stamp's `SyncId`.
+pub fn effective_sync_id(contact: &Contact) -> Option<SyncId> {
+    property_sync_id(contact)
+        .or_else(|| NotesStamp::parse(contact.personal_notes.as_deref()).sync_id)
+}
+
+/// Why a contact counts as created by its mailbox owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerReason {
+    /// It carries no sync id at all: the tool never stamped it.
+    Unstamped,
+    /// Its sync id is the one derived from itself: it is the original the person was first published from.
+    OwnOriginal,
+    /// Its notes say `CreatedBy=<this mailbox's UPN>` (the tool writes that when it stamps an owner's contact).
+    CreatedByOwner,
+}
+
+/// Whose a contact is, as far as the tool may act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ownership {
+    /// The mailbox owner created it; the tool never deletes it.
+    OwnerCreated(OwnerReason),
+    /// A copy the tool distributed (or the old script did); deletable when its person leaves the central folder.
+    ManagedCopy,
+}
+
+impl Ownership {
+    /// Whether this is [`Ownership::OwnerCreated`].
+    pub fn is_owner_created(self) -> bool {
+        matches!(self, Ownership::OwnerCreated(_))
+    }
+}
+
+/// Classifies `contact` as it sits in `mailbox` of tenant `tenant_id`.
+pub fn ownership(tenant_id: &str, mailbox: &Mailbox, contact: &Contact) -> Ownership {
+    let stamp = NotesStamp::parse(contact.personal_notes.as_deref());
+    let Some(id) = property_sync_id(contact).or_else(|| stamp.sync_id.clone()) else {
+        return Ownership::OwnerCreated(OwnerReason::Unstamped);
+    };
+    if id == SyncId::derive(tenant_id, &mailbox.id, &contact.id) {
+        return Ownership::OwnerCreated(OwnerReason::OwnOriginal);
+    }
+    if stamp
+        .created_by
+        .as_deref()
+        .is_some_and(|by| by.trim().eq_ignore_ascii_case(mailbox.upn.trim()))
+    {
+        return Ownership::OwnerCreated(OwnerReason::CreatedByOwner);
+    }
+    Ownership::ManagedCopy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_are_stable_and_tenant_case_insensitive() {
+        let a = SyncId::derive("Contoso.onmicrosoft.com", "m1", "c1");
+        let b = SyncId::derive("contoso.onmicrosoft.com", "m1", "c1");
+        assert_eq!(a, b);
+        assert_ne!(a, SyncId::derive("contoso.onmicrosoft.com", "m1", "c2"));
+        assert_ne!(a, SyncId::derive("contoso.onmicrosoft.com", "m2", "c1"));
+        assert_eq!(SyncId::parse(&a.as_str().to_uppercase()), Some(a.clone()));
+        assert_eq!(SyncId::parse(&format!("{{{a}}}")), Some(a));
+        assert_eq!(SyncId::parse("  "), None);
+    }
+}

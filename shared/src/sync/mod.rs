@@ -1,0 +1,31 @@
+//! The mirroring rules: pure functions that decide what to create, update, skip or delete. No I/O.
+//!
+//! Why this module exists: the scripts contactmirror replaces got their decisions wrong in ways that hurt people
+//! (duplicates, leaked private notes, edits that never propagate, deletions that return forever or wipe
+//! everything). Keeping every decision here, free of Graph and queues, makes them testable exhaustively; the
+//! worker reads folders, calls a planner and writes what the [`Plan`] says.
+//!
+//! - Phase 1, [`plan_central`]: users' default contacts -> the central folder in the shared mailbox.
+//! - Phase 2, [`plan_distribution`]: the central folder -> one user's default contacts.
+//!
+//! Identity ([`identity`]): every managed contact carries a sync id (a UUID; new ones derived deterministically
+//! from tenant, source mailbox and source contact id) in the [`crate::model::SYNC_ID_PROPERTY`] extended property
+//! and, when `stamp_notes`, in script-compatible stamp lines in personal notes ([`stamp`]). Data is compared after
+//! normalisation ([`normalize`]) so unchanged contacts cost nothing. [`simulate`] models Graph applying a plan.
+
+pub mod central;
+pub mod distribute;
+pub mod identity;
+pub mod normalize;
+pub mod plan;
+pub mod simulate;
+pub mod stamp;
+
+#[cfg(test)]
+mod tests;
+
+pub use central::{plan_central, SourceMailbox};
+pub use distribute::plan_distribution;
+pub use identity::{effective_sync_id, ownership, OwnerReason, Ownership, SyncId};
+pub use plan::{ActionKind, Plan, PlanContext, PlanCounts, PlanItem, PlanRefusal, Reason};
+pub use stamp::NotesStamp;

@@ -1,0 +1,116 @@
+//! An in-memory model of what Graph does with a plan's writes, for tests of the rules and of their callers.
+//!
+//! Why this exists: the rules promise convergence (apply a plan, plan again, nothing to do), crash safety and
+//! ownership across runs. Checking those promises needs a folder that reacts to writes the way a mailbox does:
+//! a POST gets a new id, every write bumps `lastModifiedDateTime`, `fields` are replaced whole, and the sync id
+//! lands in the extended property. This module is that model; it is deliberately simple (no normalisation by the
+//! server, no throttling) and is no substitute for `graphsim` when testing the Graph client.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::model::{Contact, ContactWrite, WriteOp};
+
+use super::plan::Plan;
+
+/// A write the model could not apply: Graph would have answered 404 `ErrorItemNotFound`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotFound {
+    /// The id that was not in the folder.
+    pub id: String,
+}
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "contact {} not found", self.id)
+    }
+}
+
+impl std::error::Error for NotFound {}
+
+/// Applies every write of `plan` to `folder` at time `now`; returns the ids of created contacts in plan order.
+/// Stops at the first write that names a missing contact.
+pub fn apply(
+    plan: &Plan,
+    folder: &mut Vec<Contact>,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, NotFound> {
+    apply_ops(plan.writes(), folder, now)
+}
+
+/// Applies writes to `folder` at time `now` (use a prefix of a plan's writes to model a job that crashed midway).
+pub fn apply_ops<'a>(
+    ops: impl IntoIterator<Item = &'a WriteOp>,
+    folder: &mut Vec<Contact>,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, NotFound> {
+    let mut created = Vec::new();
+    for (n, op) in ops.into_iter().enumerate() {
+        match op {
+            WriteOp::Create(write) => {
+                let id = new_id(folder, now, n);
+                let mut contact = Contact {
+                    id: id.clone(),
+                    last_modified: Some(now),
+                    fields: Default::default(),
+                    personal_notes: None,
+                    categories: Vec::new(),
+                    sync_id_property: None,
+                };
+                merge(&mut contact, write);
+                folder.push(contact);
+                created.push(id);
+            }
+            WriteOp::Update { id, write } => {
+                let contact = folder
+                    .iter_mut()
+                    .find(|c| &c.id == id)
+                    .ok_or_else(|| NotFound { id: id.clone() })?;
+                merge(contact, write);
+                contact.last_modified = Some(now);
+            }
+            WriteOp::Delete { id } => {
+                let at = folder
+                    .iter()
+                    .position(|c| &c.id == id)
+                    .ok_or_else(|| NotFound { id: id.clone() })?;
+                folder.remove(at);
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Sets the parts of `write` that are present.
+fn merge(contact: &mut Contact, write: &ContactWrite) {
+    if let Some(fields) = &write.fields {
+        contact.fields = fields.clone();
+    }
+    if let Some(notes) = &write.personal_notes {
+        contact.personal_notes = Some(notes.clone());
+    }
+    if let Some(categories) = &write.categories {
+        contact.categories = categories.clone();
+    }
+    if let Some(sync_id) = &write.sync_id {
+        contact.sync_id_property = Some(sync_id.clone());
+    }
+}
+
+/// A fresh id not used in the folder (deterministic, like a server's, but unrelated to any sync id).
+fn new_id(folder: &[Contact], now: DateTime<Utc>, n: usize) -> String {
+    let namespace = Uuid::from_u128(0x3d2c_8f41_0b6e_4a7d_9e15_c2a4_6f80_b931);
+    (0u64..)
+        .map(|salt| {
+            let name = format!(
+                "{}|{}|{}|{}",
+                now.timestamp_nanos_opt().unwrap_or_default(),
+                n,
+                folder.len(),
+                salt
+            );
+            format!("AAMk{}", Uuid::new_v5(&namespace, name.as_bytes()).simple())
+        })
+        .find(|id| folder.iter().all(|c| &c.id != id))
+        .unwrap_or_default()
+}

@@ -1,0 +1,1411 @@
+//! Tests of the mirroring rules: scenario tests for each promise of the issue, and property tests over random
+//! tenants (overlapping emails in different case, contacts without email, namesakes, old-script stamps, arbitrary
+//! note text, opt-out categories) run through both phases with the [`super::simulate`] model of Graph.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+
+use crate::config::{DeletionPolicy, MirrorOptions};
+use crate::model::{Contact, ContactFields, EmailAddress, Mailbox, WriteOp};
+
+use super::identity::{ownership, Ownership};
+use super::normalize::{email_keys, has_category};
+use super::plan::deletion_allowance;
+use super::simulate::apply;
+use super::stamp::{compose, has_stamp_lines, user_text};
+use super::*;
+
+const TENANT: &str = "contoso.onmicrosoft.com";
+
+fn options() -> MirrorOptions {
+    MirrorOptions {
+        central_folder_name: "All Contacts".into(),
+        managed_category: None,
+        stamp_notes: true,
+        opt_out_category: "Private".into(),
+        deletion: DeletionPolicy {
+            enabled: true,
+            max_share: 0.10,
+        },
+    }
+}
+
+fn mailbox(name: &str) -> Mailbox {
+    Mailbox {
+        id: format!("id-{name}"),
+        upn: format!("{name}@contoso.com"),
+    }
+}
+
+fn at(minutes: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0)
+        .single()
+        .expect("valid time")
+        + Duration::minutes(minutes)
+}
+
+fn contact(id: &str, name: &str, emails: &[&str], minutes: i64) -> Contact {
+    Contact {
+        id: id.into(),
+        last_modified: Some(at(minutes)),
+        fields: ContactFields {
+            display_name: Some(name.into()),
+            email_addresses: emails
+                .iter()
+                .map(|a| EmailAddress {
+                    name: None,
+                    address: Some((*a).into()),
+                })
+                .collect(),
+            ..Default::default()
+        },
+        personal_notes: None,
+        categories: Vec::new(),
+        sync_id_property: None,
+    }
+}
+
+/// A tenant in memory: the central folder and every user's default contacts, plus a clock.
+#[derive(Debug, Clone)]
+struct World {
+    options: MirrorOptions,
+    shared: Mailbox,
+    central: Vec<Contact>,
+    users: Vec<(Mailbox, Vec<Contact>)>,
+    clock: DateTime<Utc>,
+    refusals: Vec<PlanRefusal>,
+}
+
+impl World {
+    fn new(users: Vec<(Mailbox, Vec<Contact>)>) -> World {
+        World {
+            options: options(),
+            shared: mailbox("shared"),
+            central: Vec::new(),
+            users,
+            clock: at(1_000),
+            refusals: Vec::new(),
+        }
+    }
+
+    fn tick(&mut self) -> DateTime<Utc> {
+        self.clock += Duration::minutes(1);
+        self.clock
+    }
+
+    fn ctx(&self, owner: &Mailbox) -> PlanContext {
+        PlanContext {
+            tenant_id: TENANT.into(),
+            owner: owner.clone(),
+            options: self.options.clone(),
+            now: self.clock,
+        }
+    }
+
+    fn sources(&self) -> Vec<SourceMailbox> {
+        self.users
+            .iter()
+            .map(|(mailbox, contacts)| SourceMailbox {
+                mailbox: mailbox.clone(),
+                contacts: contacts.clone(),
+            })
+            .collect()
+    }
+
+    fn plan1(&mut self) -> Plan {
+        self.tick();
+        plan_central(&self.ctx(&self.shared), &self.sources(), &self.central)
+    }
+
+    /// Phase 1: plans and applies; returns the plan.
+    fn phase1(&mut self) -> Plan {
+        let plan = self.plan1();
+        apply(&plan, &mut self.central, self.clock).expect("phase 1 applies");
+        plan
+    }
+
+    fn plan2(&mut self, user: usize) -> Result<Plan, PlanRefusal> {
+        self.tick();
+        let (mailbox, contacts) = &self.users[user];
+        plan_distribution(&self.ctx(mailbox), &self.central, mailbox, contacts)
+    }
+
+    /// Phase 2 for every user; a refused mailbox is left untouched. Returns the plans.
+    fn phase2(&mut self) -> Vec<Plan> {
+        let mut plans = Vec::new();
+        for user in 0..self.users.len() {
+            match self.plan2(user) {
+                Ok(plan) => {
+                    let now = self.clock;
+                    apply(&plan, &mut self.users[user].1, now).expect("phase 2 applies");
+                    plans.push(plan);
+                }
+                Err(refusal) => self.refusals.push(refusal),
+            }
+        }
+        plans
+    }
+
+    /// Both phases; returns the number of writes.
+    fn run(&mut self) -> usize {
+        let mut writes = self.phase1().writes().count();
+        writes += self
+            .phase2()
+            .iter()
+            .map(|p| p.writes().count())
+            .sum::<usize>();
+        writes
+    }
+
+    fn user(&self, name: &str) -> &Vec<Contact> {
+        &self
+            .users
+            .iter()
+            .find(|(m, _)| m.upn.starts_with(&format!("{name}@")))
+            .expect("user exists")
+            .1
+    }
+
+    fn user_mut(&mut self, name: &str) -> &mut Vec<Contact> {
+        &mut self
+            .users
+            .iter_mut()
+            .find(|(m, _)| m.upn.starts_with(&format!("{name}@")))
+            .expect("user exists")
+            .1
+    }
+}
+
+/// A compact description of a world, for failure messages.
+fn describe(world: &World) -> String {
+    let one = |c: &Contact| {
+        format!(
+            "  {} lm={:?} name={:?} emails={:?} job={:?} ext={:?} notes={:?} cats={:?}\n",
+            c.id,
+            c.last_modified.map(|t| t.format("%H:%M").to_string()),
+            c.fields.display_name,
+            email_keys(&c.fields),
+            c.fields.job_title,
+            c.sync_id_property.as_deref().map(|s| &s[..8]),
+            c.personal_notes,
+            c.categories
+        )
+    };
+    let mut out = format!(
+        "options: notes={} cat={:?}\ncentral:\n",
+        world.options.stamp_notes, world.options.managed_category
+    );
+    world.central.iter().for_each(|c| out.push_str(&one(c)));
+    for (m, cs) in &world.users {
+        out.push_str(&format!("{}:\n", m.upn));
+        cs.iter().for_each(|c| out.push_str(&one(c)));
+    }
+    out
+}
+
+fn find<'a>(contacts: &'a [Contact], email: &str) -> Vec<&'a Contact> {
+    contacts
+        .iter()
+        .filter(|c| email_keys(&c.fields).contains(email))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn two_users_with_the_same_email_make_one_central_contact() {
+    let mut world = World::new(vec![
+        (
+            mailbox("ann"),
+            vec![contact("a1", "Bob Stone", &["bob@x.com"], 1)],
+        ),
+        (
+            mailbox("cat"),
+            vec![contact("c1", "Bob S.", &[" BOB@X.com "], 2)],
+        ),
+    ]);
+    let plan = world.phase1();
+    assert_eq!(plan.counts().created, 1);
+    assert_eq!(world.central.len(), 1);
+    // Data of the newest source, sync id derived from the first (by mailbox id).
+    assert_eq!(
+        world.central[0].fields.display_name.as_deref(),
+        Some("Bob S.")
+    );
+    assert_eq!(
+        world.central[0].sync_id_property.as_deref(),
+        Some(SyncId::derive(TENANT, "id-ann", "a1").as_str())
+    );
+    world.phase2();
+    assert_eq!(world.user("ann").len(), 1, "matched by derived id, no copy");
+    assert_eq!(world.user("cat").len(), 1, "matched by email, no copy");
+    assert_eq!(world.run(), 0);
+}
+
+#[test]
+fn namesakes_with_different_emails_are_never_merged() {
+    let mut world = World::new(vec![
+        (
+            mailbox("ann"),
+            vec![
+                contact("a1", "Max Müller", &["max@one.com"], 1),
+                contact("a2", "Max Müller", &[], 1),
+            ],
+        ),
+        (
+            mailbox("bob"),
+            vec![
+                contact("b1", "max müller ", &["max@two.com"], 1),
+                contact("b2", " Max Müller", &[], 2),
+            ],
+        ),
+    ]);
+    world.phase1();
+    // Two people with addresses, one without (the two email-less namesakes are one person by the rules).
+    assert_eq!(world.central.len(), 3);
+    assert_eq!(find(&world.central, "max@one.com").len(), 1);
+    assert_eq!(find(&world.central, "max@two.com").len(), 1);
+    world.phase2();
+    assert_eq!(find(world.user("ann"), "max@two.com").len(), 1);
+    assert_eq!(find(world.user("bob"), "max@one.com").len(), 1);
+    assert_eq!(world.user("ann").len(), 3);
+    assert_eq!(world.user("bob").len(), 3);
+    assert_eq!(world.run(), 0);
+
+    // A namesake with an email never takes over an email-less one, and vice versa.
+    let mut eve = World::new(vec![(
+        mailbox("eve"),
+        vec![contact("e1", "Max Müller", &["max@three.com"], 1)],
+    )]);
+    eve.central = world.central.clone();
+    let plan = eve.plan2(0).expect("plan");
+    assert_eq!(plan.counts().created, 3);
+    assert!(plan
+        .writes()
+        .all(|op| !matches!(op, WriteOp::Update { .. })));
+}
+
+#[test]
+fn an_edit_in_anyones_copy_reaches_central_and_everyone() {
+    let mut world = World::new(vec![
+        (
+            mailbox("ann"),
+            vec![contact("a1", "Bob Stone", &["bob@x.com"], 1)],
+        ),
+        (mailbox("cat"), vec![]),
+        (mailbox("dan"), vec![]),
+    ]);
+    world.run();
+    assert_eq!(world.run(), 0);
+    let edited = world.tick();
+    let copy = world
+        .user_mut("cat")
+        .iter_mut()
+        .find(|c| c.fields.display_name.as_deref() == Some("Bob Stone"))
+        .expect("copy");
+    copy.fields.job_title = Some("Plumber".into());
+    copy.last_modified = Some(edited);
+
+    let plan = world.phase1();
+    assert_eq!(plan.counts().updated, 1);
+    let item = plan.items.iter().find(|i| i.op.is_some()).expect("update");
+    assert_eq!(item.reason, Reason::SourceNewer);
+    assert_eq!(item.source.as_deref(), Some("cat@contoso.com"));
+    assert_eq!(item.changed_fields, vec!["jobTitle"]);
+    world.phase2();
+    for (_, contacts) in &world.users {
+        assert_eq!(contacts.len(), 1);
+        assert_eq!(contacts[0].fields.job_title.as_deref(), Some("Plumber"));
+    }
+    assert_eq!(world.run(), 0);
+}
+
+#[test]
+fn central_newer_reaches_every_copy_and_a_cleared_field_is_cleared() {
+    let mut a1 = contact("a1", "Bob Stone", &["bob@x.com"], 1);
+    a1.fields.job_title = Some("Plumber".into());
+    a1.fields.business_phones = vec!["+41 1".into()];
+    let mut world = World::new(vec![
+        (mailbox("ann"), vec![a1]),
+        (mailbox("cat"), vec![]),
+        (mailbox("dan"), vec![]),
+    ]);
+    world.run();
+    let edited = world.tick();
+    world.central[0].fields.job_title = None;
+    world.central[0].fields.business_phones.clear();
+    world.central[0].last_modified = Some(edited);
+
+    assert!(world.plan1().is_empty(), "sources are older than central");
+    for user in 0..3 {
+        let plan = world.plan2(user).expect("plan");
+        assert_eq!(plan.counts().updated, 1);
+        let Some(WriteOp::Update { write, .. }) = plan.writes().next() else {
+            panic!("update expected");
+        };
+        let fields = write.fields.as_ref().expect("fields written");
+        let json = serde_json::to_value(fields).expect("json");
+        assert_eq!(json["jobTitle"], serde_json::Value::Null);
+        assert_eq!(json["businessPhones"], serde_json::json!([]));
+    }
+    world.phase2();
+    for (_, contacts) in &world.users {
+        assert_eq!(contacts[0].fields.job_title, None);
+    }
+    assert_eq!(world.run(), 0);
+}
+
+#[test]
+fn a_newer_target_is_not_overwritten_and_wins_next() {
+    let mut world = World::new(vec![
+        (
+            mailbox("ann"),
+            vec![contact("a1", "Bob Stone", &["bob@x.com"], 1)],
+        ),
+        (mailbox("cat"), vec![]),
+    ]);
+    world.run();
+    let central_edit = world.tick();
+    world.central[0].fields.job_title = Some("from central".into());
+    world.central[0].last_modified = Some(central_edit);
+    let cat_edit = world.tick();
+    let copy = &mut world.user_mut("cat")[0];
+    copy.fields.job_title = Some("from cat".into());
+    copy.last_modified = Some(cat_edit);
+
+    let plan = world.plan2(1).expect("plan");
+    assert!(plan.is_empty());
+    assert!(plan.items.iter().any(|i| i.reason == Reason::TargetNewer));
+
+    world.run();
+    assert_eq!(
+        world.central[0].fields.job_title.as_deref(),
+        Some("from cat")
+    );
+    assert_eq!(
+        world.user("ann")[0].fields.job_title.as_deref(),
+        Some("from cat")
+    );
+    assert_eq!(world.run(), 0);
+}
+
+#[test]
+fn opted_out_contacts_are_never_published() {
+    let mut private = contact("a1", "Secret Friend", &["friend@x.com"], 1);
+    private.categories = vec!["private".into()];
+    let mut world = World::new(vec![
+        (
+            mailbox("ann"),
+            vec![private, contact("a2", "Public", &["pub@x.com"], 1)],
+        ),
+        (mailbox("cat"), vec![]),
+    ]);
+    let plan = world.phase1();
+    assert!(plan
+        .items
+        .iter()
+        .any(|i| i.reason == Reason::OptedOut && i.contact_id.as_deref() == Some("a1")));
+    world.phase2();
+    assert!(find(&world.central, "friend@x.com").is_empty());
+    assert!(find(world.user("cat"), "friend@x.com").is_empty());
+
+    // A copy marked private by its holder is not published back, nor changed.
+    let edited = world.tick();
+    let copy = &mut world.user_mut("cat")[0];
+    copy.categories.push("Private".into());
+    copy.fields.job_title = Some("cat's private view".into());
+    copy.last_modified = Some(edited);
+    assert!(world.plan1().is_empty());
+    let central_edit = world.tick();
+    let public = world
+        .central
+        .iter_mut()
+        .find(|c| c.fields.display_name.as_deref() == Some("Public"))
+        .expect("central");
+    public.fields.company_name = Some("Central Inc".into());
+    public.last_modified = Some(central_edit);
+    assert!(world.plan2(1).expect("plan").is_empty());
+}
+
+#[test]
+fn notes_and_categories_stay_with_their_owner() {
+    let mut a1 = contact("a1", "Bob Stone", &["bob@x.com"], 1);
+    a1.personal_notes = Some("owes me 20 CHF\r\nprivate".into());
+    a1.categories = vec!["Family".into()];
+    let mut c1 = contact("c1", "Bob Stone", &["bob@x.com"], 2);
+    c1.personal_notes = Some("cat's own words\n".into());
+    c1.categories = vec!["Golf".into()];
+    let mut world = World::new(vec![(mailbox("ann"), vec![a1]), (mailbox("cat"), vec![c1])]);
+    world.options.managed_category = Some("Mirrored".into());
+    world.run();
+    let central = &world.central[0];
+    let notes = central.personal_notes.as_deref().unwrap_or("");
+    assert!(!notes.contains("owes me") && !notes.contains("cat's own"));
+    assert_eq!(central.categories, vec!["Mirrored".to_string()]);
+    let ann = &world.user("ann")[0];
+    assert_eq!(
+        user_text(ann.personal_notes.as_deref().unwrap_or("")),
+        "owes me 20 CHF\r\nprivate"
+    );
+    assert_eq!(
+        ann.categories,
+        vec!["Family".to_string()],
+        "owner's contact: no managed category"
+    );
+    let cat = &world.user("cat")[0];
+    assert_eq!(
+        user_text(cat.personal_notes.as_deref().unwrap_or("")),
+        "cat's own words\n"
+    );
+    let stamp = NotesStamp::parse(cat.personal_notes.as_deref());
+    assert_eq!(
+        stamp.created_by.as_deref(),
+        Some("cat@contoso.com"),
+        "stays cat's own"
+    );
+    assert_eq!(world.run(), 0);
+}
+
+#[test]
+fn removed_centrally_is_deleted_from_copies_but_never_from_owners_or_republished() {
+    let people: Vec<Contact> = (0..10)
+        .map(|i| {
+            contact(
+                &format!("a{i}"),
+                &format!("P{i}"),
+                &[&format!("p{i}@x.com")],
+                1,
+            )
+        })
+        .collect();
+    let mut world = World::new(vec![
+        (mailbox("ann"), people),
+        (
+            mailbox("cat"),
+            vec![contact("c1", "P3 (cat)", &["P3@x.com"], 0)],
+        ),
+        (mailbox("dan"), vec![]),
+    ]);
+    world.run();
+    assert_eq!(world.run(), 0);
+    world
+        .central
+        .retain(|c| !email_keys(&c.fields).contains("p3@x.com"));
+
+    let plan = world.phase1();
+    assert!(plan.is_empty(), "not re-published from stamped originals");
+    assert!(plan
+        .items
+        .iter()
+        .any(|i| i.reason == Reason::RemovedCentrally));
+    let plans = world.phase2();
+    assert_eq!(plans.iter().map(|p| p.counts().deleted).sum::<usize>(), 1);
+    assert!(world.refusals.is_empty());
+    assert_eq!(
+        find(world.user("ann"), "p3@x.com").len(),
+        1,
+        "ann's original stays"
+    );
+    assert_eq!(
+        find(world.user("cat"), "p3@x.com").len(),
+        1,
+        "cat's own contact stays"
+    );
+    assert!(
+        find(world.user("dan"), "p3@x.com").is_empty(),
+        "dan's copy goes"
+    );
+    assert_eq!(world.run(), 0);
+}
+
+#[test]
+fn the_deletion_cap_and_the_empty_central_rule_refuse_the_whole_plan() {
+    let people: Vec<Contact> = (0..20)
+        .map(|i| {
+            contact(
+                &format!("a{i}"),
+                &format!("P{i}"),
+                &[&format!("p{i}@x.com")],
+                1,
+            )
+        })
+        .collect();
+    let mut world = World::new(vec![(mailbox("ann"), people), (mailbox("dan"), vec![])]);
+    world.run();
+    // Default 10% of 20 managed copies: 2 may go, 3 may not.
+    world.central.truncate(18);
+    world
+        .central
+        .push(contact("new", "New Person", &["new@x.com"], 5_000));
+    world.central.last_mut().expect("pushed").sync_id_property =
+        Some(SyncId::derive(TENANT, "id-shared", "new").to_string());
+    let ok = world.plan2(1).expect("2 of 20 allowed");
+    assert_eq!(ok.counts().deleted, 2);
+    world.central.truncate(17);
+    match world.plan2(1) {
+        Err(refusal @ PlanRefusal::TooManyDeletions { .. }) => {
+            let PlanRefusal::TooManyDeletions {
+                deletes,
+                managed,
+                allowed,
+                ..
+            } = &refusal
+            else {
+                unreachable!()
+            };
+            assert_eq!((*deletes, *managed, *allowed), (3, 20, 2));
+            assert_eq!(refusal.plan().counts().deleted, 3);
+            assert!(refusal.to_string().contains("dan@contoso.com"));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    world.central.clear();
+    assert!(matches!(
+        world.plan2(1),
+        Err(PlanRefusal::CentralEmpty { managed: 20, .. })
+    ));
+    // Ann's originals are hers: nothing to delete, so nothing to refuse... except the empty central folder.
+    assert!(matches!(
+        world.plan2(0),
+        Ok(_) | Err(PlanRefusal::CentralEmpty { .. })
+    ));
+    // Disabled deletion: no refusal, no delete.
+    world.options.deletion.enabled = false;
+    let plan = world.plan2(1).expect("no deletion, no refusal");
+    assert_eq!(plan.counts().deleted, 0);
+    assert!(plan
+        .items
+        .iter()
+        .all(|i| i.reason == Reason::DeletionDisabled));
+}
+
+#[test]
+fn a_crashed_job_is_resumed_without_duplicates() {
+    let people: Vec<Contact> = (0..6)
+        .map(|i| {
+            contact(
+                &format!("a{i}"),
+                &format!("P{i}"),
+                &[&format!("p{i}@x.com")],
+                1,
+            )
+        })
+        .chain([contact("a9", "P0 again", &["P0@X.com"], 2)])
+        .collect();
+    let mut world = World::new(vec![(mailbox("ann"), people), (mailbox("dan"), vec![])]);
+    let plan = world.plan1();
+    assert_eq!(
+        plan.counts().created,
+        6,
+        "same email in one run: one contact"
+    );
+    let now = world.clock;
+    super::simulate::apply_ops(plan.writes().take(3), &mut world.central, now).expect("partial");
+    let resumed = world.phase1();
+    assert_eq!(resumed.counts().created, 3);
+    assert_eq!(world.central.len(), 6);
+
+    let plan = world.plan2(1).expect("plan");
+    assert_eq!(plan.counts().created, 6);
+    let now = world.clock;
+    super::simulate::apply_ops(plan.writes().take(4), &mut world.users[1].1, now).expect("partial");
+    let resumed = world.plan2(1).expect("plan");
+    assert_eq!(resumed.counts().created, 2);
+    world.run();
+    assert_eq!(world.run(), 0);
+    assert_eq!(world.user("dan").len(), 6);
+}
+
+#[test]
+fn old_script_stamps_are_adopted_and_rewritten_once() {
+    let guid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let mut central = contact("s1", "Bob Stone", &["bob@x.com"], 1);
+    central.personal_notes = Some(format!("SyncId={guid};CreatedBy=ann@contoso.com"));
+    let mut copy = contact("d1", "Bob Stone", &["bob@x.com"], 1);
+    copy.personal_notes = Some(format!(
+        "dan's line\r\n\r\nSyncId={guid};CreatedBy=ann@contoso.com"
+    ));
+    let mut world = World::new(vec![(mailbox("dan"), vec![copy])]);
+    world.central = vec![central];
+
+    let plan = world.phase1();
+    assert_eq!(plan.counts().updated, 1);
+    assert_eq!(plan.items[0].reason, Reason::StampMissing);
+    assert_eq!(world.central[0].sync_id_property.as_deref(), Some(guid));
+    // The notes already name the right id: the old one-line form is kept until the next data change.
+    assert_eq!(
+        world.central[0].personal_notes.as_deref(),
+        Some(format!("SyncId={guid};CreatedBy=ann@contoso.com").as_str())
+    );
+
+    let plans = world.phase2();
+    assert_eq!(plans[0].counts().updated, 1);
+    let dan = &world.user("dan")[0];
+    assert_eq!(dan.sync_id_property.as_deref(), Some(guid));
+    assert!(dan
+        .personal_notes
+        .as_deref()
+        .unwrap_or("")
+        .starts_with("dan's line\r\n\r\nSyncId="));
+    assert_eq!(
+        user_text(dan.personal_notes.as_deref().unwrap_or("")),
+        "dan's line\r\n"
+    );
+    assert_eq!(
+        ownership(TENANT, &mailbox("dan"), dan),
+        Ownership::ManagedCopy
+    );
+    assert_eq!(world.run(), 0);
+
+    // A central edit rewrites the stamps in the one-tag-per-line form, keeping dan's text.
+    let edited = world.tick();
+    world.central[0].fields.job_title = Some("Mason".into());
+    world.central[0].last_modified = Some(edited);
+    world.run();
+    let dan = &world.user("dan")[0];
+    let notes = dan.personal_notes.as_deref().unwrap_or("");
+    assert!(
+        notes.starts_with(&format!(
+            "dan's line\r\n\r\nSyncId={guid}\r\nCreatedBy=ann@contoso.com\r\nLastUpdatedAt="
+        )),
+        "{notes:?}"
+    );
+    assert_eq!(world.run(), 0);
+}
+
+#[test]
+fn a_contact_made_by_hand_in_the_central_folder_is_stamped_and_distributed() {
+    let mut world = World::new(vec![(mailbox("dan"), vec![])]);
+    world.central = vec![contact("s1", "Front Desk", &["desk@x.com"], 1)];
+    assert_eq!(world.phase1().counts().updated, 1);
+    assert_eq!(
+        world.central[0].sync_id_property.as_deref(),
+        Some(SyncId::derive(TENANT, "id-shared", "s1").as_str())
+    );
+    world.phase2();
+    assert_eq!(world.user("dan").len(), 1);
+    assert_eq!(world.run(), 0);
+}
+
+#[test]
+fn noise_costs_no_writes() {
+    let mut world = World::new(vec![(
+        mailbox("ann"),
+        vec![contact("a1", "Bob Stone", &["bob@x.com", "b@y.org"], 1)],
+    )]);
+    world.users.push((mailbox("cat"), vec![]));
+    world.run();
+    let later = world.tick();
+    let copy = &mut world.user_mut("cat")[0];
+    copy.fields.email_addresses.reverse();
+    copy.fields.email_addresses[0].address = Some(" B@Y.ORG ".into());
+    copy.fields.job_title = Some("  ".into());
+    copy.fields.display_name = Some("Bob Stone ".into());
+    copy.last_modified = Some(later);
+    assert_eq!(world.run(), 0);
+}
+
+#[test]
+fn without_notes_stamping_owner_contacts_stay_owner_created() {
+    let mut world = World::new(vec![
+        (
+            mailbox("ann"),
+            vec![contact("a1", "Bob Stone", &["bob@x.com"], 1)],
+        ),
+        (
+            mailbox("cat"),
+            vec![contact("c1", "Bob Stone", &["bob@x.com"], 0)],
+        ),
+    ]);
+    world.options.stamp_notes = false;
+    world.run();
+    assert_eq!(world.run(), 0);
+    let ann = &world.user("ann")[0];
+    assert!(ann.personal_notes.is_none());
+    assert!(
+        ann.sync_id_property.is_some(),
+        "the original carries its own id"
+    );
+    let cat = &world.user("cat")[0];
+    assert!(
+        cat.sync_id_property.is_none(),
+        "a bare id would make it look managed"
+    );
+    world.central.clear();
+    world.central.push(contact("s9", "Other", &["o@x.com"], 1));
+    world.central[0].sync_id_property = Some(SyncId::derive(TENANT, "id-shared", "s9").to_string());
+    for user in 0..2 {
+        assert_eq!(world.plan2(user).expect("plan").counts().deleted, 0);
+    }
+}
+
+#[test]
+fn reports_carry_no_note_text() {
+    let mut a1 = contact("a1", "Bob Stone", &["bob@x.com"], 1);
+    a1.personal_notes = Some("PIN 1234".into());
+    let mut world = World::new(vec![(mailbox("ann"), vec![a1]), (mailbox("cat"), vec![])]);
+    world.run();
+    let edited = world.tick();
+    world.user_mut("ann")[0].fields.job_title = Some("x".into());
+    world.user_mut("ann")[0].last_modified = Some(edited);
+    let plan = world.plan1();
+    let json = serde_json::to_string(&plan).expect("json");
+    assert!(!json.contains("PIN"), "{json}");
+    assert!(
+        json.contains("\"sets\":[\"fields\",\"personalNotes\"]"),
+        "{json}"
+    );
+    assert!(json.contains("\"reason\":\"source_newer\""), "{json}");
+    let counts = serde_json::to_value(plan.counts()).expect("json");
+    assert_eq!(counts["updated"], 1);
+    let lines: Vec<String> = plan.items.iter().map(ToString::to_string).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("update \"Bob Stone\" sync=")
+                && l.ends_with(": source edited more recently [jobTitle] (from ann@contoso.com)")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().all(|l| !l.contains("PIN")));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------------------------------------------
+
+const EMAILS: &[&str] = &[
+    "ann@x.com",
+    "ANN@x.com",
+    " ann@X.COM ",
+    "bob@y.org",
+    "Bob@Y.org",
+    "cy@z.net",
+    "dee@w.io",
+    "DEE@w.io",
+];
+const NAMES: &[&str] = &["Max Müller", " max müller", "Ann", "Bob", "Zoë 🦀", ""];
+const POOL: &[&str] = &["pool-1", "pool-2", "pool-3"];
+
+fn pool_id(i: usize) -> String {
+    SyncId::derive("pool", POOL[i % POOL.len()], "x").to_string()
+}
+
+fn note_text() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => any::<char>().prop_map(String::from),
+            1 => Just("\r\n".to_string()),
+            1 => Just("\n".to_string()),
+            1 => Just("\r".to_string()),
+            1 => Just(" ".to_string()),
+        ],
+        0..24,
+    )
+    .prop_map(|parts| parts.concat())
+}
+
+fn fields() -> impl Strategy<Value = ContactFields> {
+    (
+        prop::sample::select(NAMES),
+        prop::collection::vec(prop::sample::select(EMAILS), 0..3),
+        prop::option::of(prop::sample::select(&["", " Dev", "Dev", "CTO"][..])),
+        prop::collection::vec(prop::sample::select(&["1", "2", " 3"][..]), 0..3),
+        prop::option::of(prop::sample::select(
+            &["1974-07-22", "1974-07-22T11:59:00Z", "1980-01-01"][..],
+        )),
+    )
+        .prop_map(|(name, emails, job, phones, birthday)| ContactFields {
+            display_name: Some(name.to_string()),
+            email_addresses: emails
+                .into_iter()
+                .map(|a| EmailAddress {
+                    name: None,
+                    address: Some(a.into()),
+                })
+                .collect(),
+            job_title: job.map(Into::into),
+            business_phones: phones.into_iter().map(Into::into).collect(),
+            birthday: birthday.map(Into::into),
+            ..Default::default()
+        })
+}
+
+/// A generated contact: fields, notes, categories, minutes of last modification, stamping.
+type Generated = (ContactFields, Option<String>, Vec<String>, i64, Stamping);
+
+/// How a generated contact is stamped.
+#[derive(Debug, Clone)]
+enum Stamping {
+    None,
+    Property(usize),
+    ScriptNotes(usize, Option<String>),
+    Both(usize),
+}
+
+fn stamping() -> impl Strategy<Value = Stamping> {
+    prop_oneof![
+        6 => Just(Stamping::None),
+        1 => (0..3usize).prop_map(Stamping::Property),
+        1 => (0..3usize, prop::option::of(prop::sample::select(&["ann", "bob", "cat"][..])))
+            .prop_map(|(i, by)| Stamping::ScriptNotes(i, by.map(|b| format!("{b}@contoso.com")))),
+        1 => (0..3usize).prop_map(Stamping::Both),
+    ]
+}
+
+fn contact_strategy() -> impl Strategy<Value = Generated> {
+    (
+        fields(),
+        prop::option::of(note_text()),
+        prop::collection::vec(
+            prop::sample::select(&["Private", "private ", "Family", "Mirrored"][..]),
+            0..2,
+        ),
+        0..500i64,
+        stamping(),
+    )
+        .prop_map(|(f, notes, cats, minutes, stamping)| {
+            (
+                f,
+                notes,
+                cats.into_iter().map(|c| c.to_string()).collect(),
+                minutes,
+                stamping,
+            )
+        })
+}
+
+fn build(prefix: &str, generated: Vec<Generated>) -> Vec<Contact> {
+    generated
+        .into_iter()
+        .enumerate()
+        .map(|(i, (fields, notes, categories, minutes, stamping))| {
+            let mut c = Contact {
+                id: format!("{prefix}{i}"),
+                last_modified: Some(at(minutes)),
+                fields,
+                personal_notes: notes,
+                categories,
+                sync_id_property: None,
+            };
+            match stamping {
+                Stamping::None => {}
+                Stamping::Property(p) => c.sync_id_property = Some(pool_id(p)),
+                Stamping::ScriptNotes(p, by) => {
+                    let stamp = match by {
+                        Some(by) => format!("SyncId={};CreatedBy={by}", pool_id(p)),
+                        None => format!("SyncId={}", pool_id(p)),
+                    };
+                    let text = user_text(c.personal_notes.as_deref().unwrap_or(""));
+                    c.personal_notes = Some(if text.is_empty() {
+                        stamp
+                    } else {
+                        format!("{text}\r\n{stamp}")
+                    });
+                }
+                Stamping::Both(p) => {
+                    c.sync_id_property = Some(pool_id(p));
+                    let text = user_text(c.personal_notes.as_deref().unwrap_or(""));
+                    c.personal_notes = Some(compose(
+                        &text,
+                        &NotesStamp {
+                            sync_id: SyncId::parse(&pool_id(p)),
+                            created_by: Some("bob@contoso.com".into()),
+                            ..Default::default()
+                        },
+                    ));
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+fn world_strategy() -> impl Strategy<Value = World> {
+    (
+        prop::collection::vec(prop::collection::vec(contact_strategy(), 0..5), 1..4),
+        prop::collection::vec(contact_strategy(), 0..4),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(users, central, stamp_notes, category)| {
+            let names = ["ann", "bob", "cat", "dan"];
+            let mut world = World::new(
+                users
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, contacts)| {
+                        (
+                            mailbox(names[i]),
+                            build(&format!("{}-", names[i]), contacts),
+                        )
+                    })
+                    .collect(),
+            );
+            world.central = build("s-", central);
+            world.options.stamp_notes = stamp_notes;
+            world.options.managed_category = category.then(|| "Mirrored".to_string());
+            world.options.deletion.max_share = 1.0;
+            world
+        })
+}
+
+/// Checks that hold for every write of a phase-2 plan against `target`.
+fn check_distribution_plan(
+    plan: &Plan,
+    mailbox: &Mailbox,
+    target: &[Contact],
+) -> Result<(), TestCaseError> {
+    for item in &plan.items {
+        match &item.op {
+            Some(WriteOp::Delete { id }) => {
+                let deleted = target.iter().find(|c| &c.id == id).expect("deleted exists");
+                prop_assert_eq!(ownership(TENANT, mailbox, deleted), Ownership::ManagedCopy);
+                prop_assert!(!has_category(&deleted.categories, "Private"));
+            }
+            Some(WriteOp::Update { id, write }) => {
+                let before = target.iter().find(|c| &c.id == id).expect("updated exists");
+                prop_assert!(
+                    !has_category(&before.categories, "Private"),
+                    "opted-out changed"
+                );
+                if let Some(notes) = &write.personal_notes {
+                    prop_assert_eq!(
+                        user_text(notes),
+                        user_text(before.personal_notes.as_deref().unwrap_or(""))
+                    );
+                }
+                if let Some(categories) = &write.categories {
+                    prop_assert_eq!(
+                        &categories[..before.categories.len()],
+                        &before.categories[..]
+                    );
+                }
+                if ownership(TENANT, mailbox, before).is_owner_created() {
+                    let mut after = before.clone();
+                    if let Some(n) = &write.personal_notes {
+                        after.personal_notes = Some(n.clone());
+                    }
+                    if let Some(s) = &write.sync_id {
+                        after.sync_id_property = Some(s.clone());
+                    }
+                    prop_assert!(
+                        ownership(TENANT, mailbox, &after).is_owner_created(),
+                        "stamping made an owner's contact look managed"
+                    );
+                }
+                // Matched by identity, or the same person by email, or email-less namesakes.
+                if let Some(fields) = &write.fields {
+                    let same_id = item
+                        .sync_id
+                        .as_deref()
+                        .and_then(SyncId::parse)
+                        .is_some_and(|s| Some(s) == super::effective_sync_id(before));
+                    let (a, b) = (email_keys(fields), email_keys(&before.fields));
+                    let derived = item.sync_id.as_deref()
+                        == Some(SyncId::derive(TENANT, &mailbox.id, &before.id).as_str());
+                    prop_assert!(
+                        same_id || derived || !a.is_disjoint(&b) || (a.is_empty() && b.is_empty()),
+                        "merged different people"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn notes_round_trip_byte_for_byte(text in note_text(), by in "[a-z@.]{0,12}", again in note_text()) {
+        prop_assume!(!has_stamp_lines(&text));
+        let stamp = NotesStamp {
+            sync_id: Some(SyncId::derive("t", "m", &by)),
+            created_by: Some(by.clone()),
+            last_updated_at: Some("2024-01-01T00:00:00Z".into()),
+            last_updated_by: None,
+        };
+        let notes = compose(&text, &stamp);
+        prop_assert_eq!(user_text(&notes), text.clone());
+        prop_assert_eq!(NotesStamp::parse(Some(&notes)).sync_id, stamp.sync_id.clone());
+        let restamped = super::stamp::restamp(Some(&notes), &stamp);
+        prop_assert_eq!(&restamped, &notes);
+        // Stripping is idempotent on anything.
+        let stripped = user_text(&again);
+        prop_assert_eq!(user_text(&stripped), stripped.clone());
+    }
+
+    #[test]
+    fn identical_source_and_target_plan_nothing(mut world in world_strategy()) {
+        world.run();
+        let ids: Vec<_> = world.central.iter().filter_map(super::effective_sync_id).collect();
+        let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+        prop_assume!(ids.len() == unique.len(), "duplicate sync ids in central are one person by the rules");
+        // Phase 2 against an exact copy of the central folder.
+        let copy = world.central.clone();
+        let dan = mailbox("dan");
+        world.tick();
+        let plan = plan_distribution(&world.ctx(&dan), &world.central, &dan, &copy).expect("plan");
+        prop_assert!(plan.is_empty(), "{:?}", plan);
+        // Phase 1 from a user whose folder is an exact copy of the central folder.
+        let sources = vec![SourceMailbox { mailbox: dan, contacts: copy }];
+        let plan = plan_central(&world.ctx(&world.shared), &sources, &world.central);
+        prop_assert!(plan.is_empty(), "{:?}", plan);
+    }
+
+    #[test]
+    fn phase_1_is_idempotent_and_publishes_nothing_private(mut world in world_strategy()) {
+        for (_, contacts) in &mut world.users {
+            for c in contacts.iter_mut().filter(|c| has_category(&c.categories, "Private")) {
+                c.fields.job_title = Some(format!("SECRET {}", c.id));
+            }
+        }
+        let before = world.central.clone();
+        let plan = world.phase1();
+        for item in &plan.items {
+            match &item.op {
+                Some(WriteOp::Delete { .. }) => prop_assert!(false, "phase 1 deleted"),
+                Some(WriteOp::Create(w)) | Some(WriteOp::Update { write: w, .. }) => {
+                    let title = w.fields.as_ref().and_then(|f| f.job_title.clone()).unwrap_or_default();
+                    prop_assert!(!title.contains("SECRET"), "published an opted-out contact");
+                    if let (Some(WriteOp::Update { id, .. }), Some(notes)) = (&item.op, &w.personal_notes) {
+                        let old = before.iter().find(|c| &c.id == id).expect("exists");
+                        prop_assert_eq!(user_text(notes), user_text(old.personal_notes.as_deref().unwrap_or("")));
+                    }
+                    if let (Some(WriteOp::Create(_)), Some(notes)) = (&item.op, &w.personal_notes) {
+                        prop_assert_eq!(user_text(notes), "", "note text copied into the central folder");
+                    }
+                }
+                None => {}
+            }
+        }
+        let again = world.plan1();
+        prop_assert!(again.is_empty(), "{:?}", again);
+    }
+
+    #[test]
+    fn phase_2_is_safe_and_idempotent(
+        mut world in world_strategy(),
+        target in prop::collection::vec(contact_strategy(), 0..6),
+        max_share in prop::sample::select(&[0.0, 0.1, 0.5, 1.0][..]),
+        run_phase_1 in any::<bool>(),
+    ) {
+        if run_phase_1 {
+            world.phase1();
+        }
+        world.options.deletion.max_share = max_share;
+        let eve = mailbox("eve");
+        let mut target = build("e-", target);
+        // Some of eve's contacts are her own originals, stamped with their own derived id or CreatedBy=eve.
+        for (i, c) in target.iter_mut().enumerate() {
+            match i % 4 {
+                1 => c.sync_id_property = Some(SyncId::derive(TENANT, &eve.id, &c.id).to_string()),
+                2 => c.personal_notes = Some(compose("", &NotesStamp {
+                    sync_id: SyncId::parse(&pool_id(i)),
+                    created_by: Some(eve.upn.to_uppercase()),
+                    ..Default::default()
+                })),
+                _ => {}
+            }
+        }
+        world.tick();
+        let managed = target.iter().filter(|c| ownership(TENANT, &eve, c) == Ownership::ManagedCopy).count();
+        match plan_distribution(&world.ctx(&eve), &world.central, &eve, &target) {
+            Ok(plan) => {
+                check_distribution_plan(&plan, &eve, &target)?;
+                prop_assert!(plan.counts().deleted <= deletion_allowance(managed, max_share));
+                let now = world.tick();
+                apply(&plan, &mut target, now).expect("applies");
+                world.tick();
+                let again = plan_distribution(&world.ctx(&eve), &world.central, &eve, &target).expect("replan");
+                prop_assert!(again.is_empty(), "{:?}", again);
+            }
+            Err(PlanRefusal::TooManyDeletions { deletes, allowed, managed: m, .. }) => {
+                prop_assert!(deletes > allowed);
+                prop_assert_eq!(m, managed);
+            }
+            Err(PlanRefusal::CentralEmpty { managed: m, .. }) => {
+                prop_assert!(m > 0);
+                prop_assert!(world.central.iter().all(|c| super::effective_sync_id(c).is_none()));
+            }
+        }
+    }
+
+    #[test]
+    fn two_runs_converge_and_owners_keep_their_contacts(
+        mut world in world_strategy(),
+        edits in prop::collection::vec((0..4usize, 0..8usize, prop::sample::select(&["Dev", "CTO", ""][..])), 0..4),
+    ) {
+        let owned: Vec<(usize, String)> = world.users.iter().enumerate()
+            .flat_map(|(u, (m, cs))| cs.iter()
+                .filter(|c| ownership(TENANT, m, c).is_owner_created())
+                .map(move |c| (u, c.id.clone())))
+            .collect();
+        world.run();
+        let before = world.clone();
+        let second = world.run();
+        if second != 0 {
+            let mut replay = before.clone();
+            let p1 = replay.phase1();
+            let p2 = replay.phase2();
+            let writes: Vec<_> = std::iter::once(&p1).chain(&p2)
+                .flat_map(|p| p.items.iter().filter(|i| i.op.is_some()))
+                .map(|i| format!("{:?} {:?} {:?} {:?}", i.action, i.reason, i.contact_id, i.op))
+                .collect();
+            prop_assert!(false, "second run wrote {:#?}\nbefore: {}", writes, describe(&before));
+        }
+        // Users edit some contacts (originals or copies), then two more runs: the second writes nothing.
+        for (u, c, title) in edits {
+            let now = world.tick();
+            if let Some((_, contacts)) = world.users.get_mut(u) {
+                if !contacts.is_empty() {
+                    let i = c % contacts.len();
+                    contacts[i].fields.job_title = Some(title.to_string());
+                    contacts[i].last_modified = Some(now);
+                }
+            }
+        }
+        world.run();
+        prop_assert_eq!(world.run(), 0, "run after edits did not converge");
+        for (u, id) in owned {
+            prop_assert!(world.users[u].1.iter().any(|c| c.id == id), "owner's contact {} deleted", id);
+        }
+        // With max_share 1.0 the only possible refusal is an empty central folder facing stale managed copies.
+        for refusal in &world.refusals {
+            prop_assert!(matches!(refusal, PlanRefusal::CentralEmpty { .. }), "{:?}", refusal);
+            prop_assert!(world.central.iter().all(|c| super::effective_sync_id(c).is_none()));
+        }
+    }
+
+    #[test]
+    fn the_same_email_is_one_central_contact(
+        users in prop::collection::vec(
+            prop::collection::vec((prop::option::of(prop::sample::select(EMAILS)), prop::sample::select(NAMES), 0..100i64), 0..5),
+            1..4),
+    ) {
+        let names = ["ann", "bob", "cat"];
+        let mut world = World::new(users.iter().enumerate().map(|(u, cs)| {
+            (mailbox(names[u]), cs.iter().enumerate().map(|(i, (email, name, minutes))| {
+                contact(&format!("{}{i}", names[u]), name, &email.iter().copied().collect::<Vec<_>>(), *minutes)
+            }).collect())
+        }).collect());
+        world.run();
+        let all: Vec<&Contact> = world.users.iter().flat_map(|(_, cs)| cs.iter()).collect();
+        let emails: std::collections::BTreeSet<String> = all.iter().flat_map(|c| email_keys(&c.fields)).collect();
+        for email in &emails {
+            prop_assert_eq!(find(&world.central, email).len(), 1, "{} not exactly once", email);
+        }
+        let names_without_email: std::collections::BTreeSet<String> = all.iter()
+            .filter_map(|c| super::normalize::name_key(&c.fields)).collect();
+        let unnamed = world.central.iter()
+            .filter(|c| email_keys(&c.fields).is_empty() && super::normalize::name_key(&c.fields).is_none())
+            .count();
+        prop_assert_eq!(world.central.len(), emails.len() + names_without_email.len() + unnamed);
+        // Every user now holds every person exactly once (own contacts included).
+        for (_, contacts) in &world.users {
+            for email in &emails {
+                prop_assert!(!find(contacts, email).is_empty());
+            }
+        }
+        prop_assert_eq!(world.run(), 0);
+    }
+}
+
+/// One change made by people between runs.
+#[derive(Debug, Clone)]
+enum Change {
+    /// A user edits a contact's job title.
+    Title(usize, usize, &'static str),
+    /// A user replaces a contact's email addresses.
+    Emails(usize, usize, Vec<&'static str>),
+    /// A user renames a contact.
+    Rename(usize, usize, &'static str),
+    /// A user marks a contact private and writes something secret into it.
+    OptOut(usize, usize),
+    /// A user deletes a contact.
+    Delete(usize, usize),
+    /// A user adds a contact.
+    Add(usize, Vec<&'static str>, &'static str),
+    /// An administrator edits a central contact.
+    CentralTitle(usize, &'static str),
+    /// An administrator removes a central contact.
+    CentralRemove(usize),
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    let user = 0..4usize;
+    let index = 0..8usize;
+    let emails = || prop::collection::vec(prop::sample::select(EMAILS), 0..3);
+    prop_oneof![
+        3 => (user.clone(), index.clone(), prop::sample::select(&["Dev", "CTO", "", " CTO "][..]))
+            .prop_map(|(u, i, t)| Change::Title(u, i, t)),
+        2 => (user.clone(), index.clone(), emails()).prop_map(|(u, i, e)| Change::Emails(u, i, e)),
+        1 => (user.clone(), index.clone(), prop::sample::select(NAMES)).prop_map(|(u, i, n)| Change::Rename(u, i, n)),
+        1 => (user.clone(), index.clone()).prop_map(|(u, i)| Change::OptOut(u, i)),
+        1 => (user.clone(), index.clone()).prop_map(|(u, i)| Change::Delete(u, i)),
+        2 => (user, emails(), prop::sample::select(NAMES)).prop_map(|(u, e, n)| Change::Add(u, e, n)),
+        2 => (index.clone(), prop::sample::select(&["Central", "Boss"][..])).prop_map(|(i, t)| Change::CentralTitle(i, t)),
+        1 => index.prop_map(Change::CentralRemove),
+    ]
+}
+
+/// The `i`-th (modulo) contact of user `u`, if any.
+fn pick(users: &mut [(Mailbox, Vec<Contact>)], u: usize, i: usize) -> Option<&mut Contact> {
+    let contacts = &mut users.get_mut(u)?.1;
+    let n = contacts.len();
+    contacts.get_mut(i % n.max(1))
+}
+
+impl World {
+    /// Applies a change at the current time; returns the (user, id) of a contact the user deleted, if any.
+    fn change(&mut self, change: &Change, serial: usize) -> Option<(usize, String)> {
+        let now = self.tick();
+        let emails = |list: &[&str]| -> Vec<EmailAddress> {
+            list.iter()
+                .map(|a| EmailAddress {
+                    name: None,
+                    address: Some((*a).into()),
+                })
+                .collect()
+        };
+        match change {
+            Change::Title(u, i, t) => {
+                if let Some(c) = pick(&mut self.users, *u, *i) {
+                    c.fields.job_title = Some((*t).into());
+                    c.last_modified = Some(now);
+                }
+            }
+            Change::Emails(u, i, list) => {
+                if let Some(c) = pick(&mut self.users, *u, *i) {
+                    c.fields.email_addresses = emails(list);
+                    c.last_modified = Some(now);
+                }
+            }
+            Change::Rename(u, i, name) => {
+                if let Some(c) = pick(&mut self.users, *u, *i) {
+                    c.fields.display_name = Some((*name).into());
+                    c.last_modified = Some(now);
+                }
+            }
+            Change::OptOut(u, i) => {
+                if let Some(c) = pick(&mut self.users, *u, *i) {
+                    c.categories.push("Private".into());
+                    c.fields.job_title = Some(format!("SECRET {serial}"));
+                    c.last_modified = Some(now);
+                }
+            }
+            Change::Delete(u, i) => {
+                let contacts = &mut self.users.get_mut(*u)?.1;
+                if !contacts.is_empty() {
+                    let at = i % contacts.len();
+                    return Some((*u, contacts.remove(at).id));
+                }
+            }
+            Change::Add(u, list, name) => {
+                if let Some((_, contacts)) = self.users.get_mut(*u) {
+                    let mut c = contact(&format!("new-{serial}"), name, list, 0);
+                    c.last_modified = Some(now);
+                    contacts.push(c);
+                }
+            }
+            Change::CentralTitle(i, t) => {
+                let n = self.central.len();
+                if n > 0 {
+                    let c = &mut self.central[i % n];
+                    c.fields.job_title = Some((*t).into());
+                    c.last_modified = Some(now);
+                }
+            }
+            Change::CentralRemove(i) => {
+                let n = self.central.len();
+                if n > 0 {
+                    self.central.remove(i % n);
+                }
+            }
+        }
+        None
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_round_of_changes_settles_in_one_run(
+        mut world in world_strategy(),
+        rounds in prop::collection::vec(prop::collection::vec(change(), 1..4), 1..4),
+    ) {
+        let mut owned: Vec<(usize, String)> = Vec::new();
+        let track = |world: &World, owned: &mut Vec<(usize, String)>| {
+            for (u, (m, cs)) in world.users.iter().enumerate() {
+                for c in cs.iter().filter(|c| ownership(TENANT, m, c).is_owner_created()) {
+                    if !owned.iter().any(|(ou, id)| *ou == u && id == &c.id) {
+                        owned.push((u, c.id.clone()));
+                    }
+                }
+            }
+        };
+        track(&world, &mut owned);
+        world.run();
+        let mut serial = 0;
+        for round in rounds {
+            for change in &round {
+                serial += 1;
+                if let Some(deleted) = world.change(change, serial) {
+                    owned.retain(|o| *o != deleted);
+                }
+            }
+            track(&world, &mut owned);
+            world.refusals.clear();
+            let users_before = world.users.clone();
+            world.run();
+            // Owners' note text and categories survive the run; the tool's own contacts carry none of anyone's.
+            for ((_, before), (_, after)) in users_before.iter().zip(&world.users) {
+                for c in after {
+                    let text = user_text(c.personal_notes.as_deref().unwrap_or(""));
+                    match before.iter().find(|b| b.id == c.id) {
+                        Some(b) => {
+                            prop_assert_eq!(&text, &user_text(b.personal_notes.as_deref().unwrap_or("")));
+                            prop_assert_eq!(&c.categories[..b.categories.len()], &b.categories[..]);
+                            prop_assert!(c.categories.len() <= b.categories.len() + 1);
+                        }
+                        None => {
+                            prop_assert_eq!(text, "");
+                            prop_assert!(c.categories.iter().all(|k| k == "Mirrored"));
+                        }
+                    }
+                }
+            }
+            let before = world.clone();
+            let again = world.run();
+            if again != 0 {
+                let mut replay = before.clone();
+                let p1 = replay.phase1();
+                let p2 = replay.phase2();
+                let writes: Vec<_> = std::iter::once(&p1).chain(&p2)
+                    .flat_map(|p| p.items.iter().filter(|i| i.op.is_some()))
+                    .map(|i| format!("{:?} {:?} {:?} {:?}", i.action, i.reason, i.contact_id, i.changed_fields))
+                    .collect();
+                prop_assert!(false, "did not settle after {:?}: {:#?}\nbefore: {}", round, writes, describe(&before));
+            }
+            for (u, id) in &owned {
+                prop_assert!(world.users[*u].1.iter().any(|c| &c.id == id), "owner's contact {} deleted", id);
+            }
+            for c in &world.central {
+                prop_assert!(!c.fields.job_title.as_deref().unwrap_or("").contains("SECRET"), "private data published");
+            }
+            for (_, cs) in &world.users {
+                for c in cs.iter().filter(|c| !has_category(&c.categories, "Private")) {
+                    prop_assert!(!c.fields.job_title.as_deref().unwrap_or("").contains("SECRET"), "private data copied");
+                }
+            }
+            for refusal in &world.refusals {
+                prop_assert!(matches!(refusal, PlanRefusal::CentralEmpty { .. }), "{:?}", refusal);
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Shared set-up for the integration tests: a seeded graphsim, settings pointing at it, and a RabbitMQ
+//! connection with a private queue prefix per test.
+//!
+//! RabbitMQ is part of the test environment (`.ci/run` starts it): an unreachable broker fails the test loudly
+//! with instructions, it never skips.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use graphsim::{EstateParams, SeededTenant, Sim, SimConfig};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use shared::config::Settings;
+use shared::graph::{ClientOptions, GraphClient};
+use shared::message::Phase;
+use shared::mq::{self, Topology, RETRY_LEVELS};
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+use worker::consumer::{Worker, WorkerConfig};
+use worker::disposition::RetryPolicy;
+use worker::job::JobRunner;
+
+/// Broker-disruptive tests (restarting RabbitMQ) take this for writing; every other broker test for reading.
+pub static BROKER: RwLock<()> = RwLock::const_new(());
+
+/// The broker the tests use.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Connects to the test broker or fails with a message that says what to do.
+pub async fn connect() -> lapin::Connection {
+    match mq::connect(&amqp_url(), "contactmirror-tests").await {
+        Ok(connection) => connection,
+        Err(error) => panic!(
+            "RabbitMQ is required for the integration tests and is not reachable at {} ({error}). \
+             Start it with `rabbitmq-server -detached` or run `bash .ci/run`, which installs and starts it.",
+            mq::redact_url(&amqp_url())
+        ),
+    }
+}
+
+/// A topology with a prefix no other test uses.
+pub fn private_topology() -> Topology {
+    Topology::new(format!("test-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// Deletes every queue and exchange of `topology`.
+pub async fn delete_topology(topology: &Topology) {
+    let connection = connect().await;
+    let Ok(channel) = connection.create_channel().await else { return };
+    for queue in topology.all_queues() {
+        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    let mut exchanges = vec![
+        topology.jobs_exchange(),
+        topology.dead_letter_exchange(),
+        topology.reports_exchange(),
+    ];
+    exchanges.extend(RETRY_LEVELS.iter().map(|l| topology.retry_queue(*l)));
+    for exchange in exchanges {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// A graphsim with a seeded estate.
+pub struct Estate {
+    /// The simulator.
+    pub sim: Sim,
+    /// What was seeded.
+    pub tenants: Vec<SeededTenant>,
+}
+
+impl Estate {
+    /// Seeds `tenants` tenants of `users` users holding `contacts` contacts each.
+    pub async fn seed(config: SimConfig, params: EstateParams) -> Self {
+        let sim = graphsim::spawn(config).await.expect("graphsim starts");
+        let tenants = graphsim::seed_estate(&sim, params);
+        Self { sim, tenants }
+    }
+
+    /// The configuration document (AUTOMATION_SYNCCONTACTS_CONFIG_JSON form) for every tenant.
+    pub fn config_json(&self) -> serde_json::Value {
+        let tenants: Vec<serde_json::Value> = self
+            .tenants
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "TenantId": t.tenant_id,
+                    "ClientId": t.client_id,
+                    "ClientSecret": t.client_secret,
+                    "GlobalAddressBookUserId": t.shared_mailbox_upn,
+                    "AuthorityHost": self.sim.authority_url(),
+                    "GraphEndpoint": self.sim.graph_url(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "MicrosoftTenants": tenants, "DryRun": "false" })
+    }
+
+    /// Settings for every tenant, through the real configuration loader.
+    pub fn settings(&self) -> Settings {
+        settings_from(&self.config_json())
+    }
+}
+
+/// Loads settings from a configuration document, as `AUTOMATION_SYNCCONTACTS_CONFIG_JSON`.
+pub fn settings_from(document: &serde_json::Value) -> Settings {
+    let text = document.to_string();
+    let env = move |name: &str| (name == "AUTOMATION_SYNCCONTACTS_CONFIG_JSON").then(|| text.clone());
+    Settings::from_sources(&env, None).expect("valid test configuration")
+}
+
+/// A retry policy fast enough for tests.
+pub fn quick_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(2),
+    }
+}
+
+/// A job runner for `settings`.
+pub fn runner(settings: &Settings) -> Arc<JobRunner> {
+    let graph = GraphClient::new(ClientOptions::default()).expect("graph client");
+    Arc::new(JobRunner::new(graph, Arc::new(settings.clone())))
+}
+
+/// An in-process AMQP worker; cancel the token to stop it.
+pub fn spawn_worker(settings: &Settings, topology: &Topology, name: &str) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let config = WorkerConfig {
+        amqp_url: amqp_url(),
+        topology: topology.clone(),
+        concurrency: 4,
+        retry: quick_retry(),
+        grace: Duration::from_secs(10),
+        name: name.to_owned(),
+    };
+    let worker = Worker::new(config, runner(settings));
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let handle = tokio::spawn(async move {
+        worker.run(stop).await.expect("worker runs");
+    });
+    (token, handle)
+}
+
+/// The queue names of a phase, for assertions.
+pub fn dead_letter_queue(topology: &Topology, phase: Phase) -> String {
+    topology.dead_letter_queue(phase)
+}

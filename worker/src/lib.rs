@@ -1,0 +1,17 @@
+//! contactmirror's worker library: the job runner every mode shares, the AMQP consumer, and the embedded queue.
+//!
+//! Layout:
+//! - [`job`]: one job from read to write ([`job::JobRunner`]); no queue code.
+//! - [`disposition`]: the pure retry/dead-letter rules ([`disposition::RetryPolicy`]).
+//! - [`central_cache`]: the central folder read once per worker per run.
+//! - [`consumer`]: the RabbitMQ worker ([`consumer::Worker`]).
+//! - [`embedded`]: the same jobs in one process, no broker ([`embedded::EmbeddedQueue`]).
+//! - [`health`]: `/metrics`, `/healthz`, `/readyz`.
+#![deny(missing_docs)]
+
+pub mod central_cache;
+pub mod consumer;
+pub mod disposition;
+pub mod embedded;
+pub mod health;
+pub mod job;
