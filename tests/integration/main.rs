@@ -2,3 +2,9 @@
 
 // Static checks of deploy/ and docker-compose.yml against the code (no Docker or cluster needed).
 mod deploy;
+
+// Shared set-up: graphsim estates, settings, RabbitMQ helpers.
+mod support;
+
+// The producer's run, embedded and on RabbitMQ, checked on graphsim's mailboxes.
+mod fleet;

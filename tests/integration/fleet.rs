@@ -1,0 +1,320 @@
+//! End to end: the producer's `run` against graphsim, embedded and on RabbitMQ with real workers.
+//!
+//! The assertions are about the mailboxes graphsim ends up with, not about what the code says it did.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use graphsim::{EstateParams, SimConfig};
+use producer::cli::RunArgs;
+use producer::summary::RunReport;
+use shared::config::Settings;
+use shared::message::Phase;
+use shared::mq::Topology;
+
+use crate::support::{self, Estate, BROKER};
+
+/// `run` arguments for an embedded run (no broker).
+pub fn embedded_args() -> RunArgs {
+    RunArgs {
+        config: None,
+        amqp_url: None,
+        workers: 4,
+        tenants: Vec::new(),
+        dry_run: false,
+        report: None,
+        queue_prefix: "unused".into(),
+        idle_timeout_secs: 60,
+        max_attempts: 5,
+    }
+}
+
+/// `run` arguments for a broker run on `topology`.
+pub fn broker_args(topology: &Topology) -> RunArgs {
+    RunArgs {
+        amqp_url: Some(support::amqp_url()),
+        queue_prefix: topology.prefix().to_owned(),
+        ..embedded_args()
+    }
+}
+
+/// Runs one sync.
+pub async fn run(settings: &Settings, args: &RunArgs) -> RunReport {
+    producer::run::execute(settings, args)
+        .await
+        .expect("the run completes")
+}
+
+/// What a mailbox folder holds, without ids and timestamps: display name and lower-cased addresses per contact.
+pub type Snapshot = BTreeMap<String, Vec<(String, Vec<String>)>>;
+
+fn folder_view(contacts: &[serde_json::Value]) -> Vec<(String, Vec<String>)> {
+    let mut view: Vec<(String, Vec<String>)> = contacts
+        .iter()
+        .map(|c| {
+            let name = c["displayName"].as_str().unwrap_or_default().to_owned();
+            let mut emails: Vec<String> = c["emailAddresses"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|e| e["address"].as_str())
+                        .map(str::to_lowercase)
+                        .collect()
+                })
+                .unwrap_or_default();
+            emails.sort();
+            (name, emails)
+        })
+        .collect();
+    view.sort();
+    view
+}
+
+/// Every target mailbox's default folder and the central folder of every tenant.
+pub fn snapshot(estate: &Estate, central_folder: &str) -> Snapshot {
+    let mut all = Snapshot::new();
+    for tenant in &estate.tenants {
+        let central = estate.sim.contacts(
+            &tenant.tenant_id,
+            &tenant.shared_mailbox_upn,
+            Some(central_folder),
+        );
+        all.insert(
+            format!("{}/central", tenant.tenant_id),
+            folder_view(&central),
+        );
+        for user in &tenant.user_upns {
+            let contacts = estate.sim.contacts(&tenant.tenant_id, user, None);
+            all.insert(
+                format!("{}/{user}", tenant.tenant_id),
+                folder_view(&contacts),
+            );
+        }
+    }
+    all
+}
+
+fn emails_of(view: &[(String, Vec<String>)]) -> BTreeSet<String> {
+    view.iter().flat_map(|(_, e)| e.iter().cloned()).collect()
+}
+
+/// The mirror's promise, checked on graphsim's state: the central folder holds each person once, and every
+/// target mailbox can reach everyone in it.
+fn assert_mirrored(estate: &Estate, before: &Snapshot) {
+    let after = snapshot(estate, "All Contacts");
+    for tenant in &estate.tenants {
+        let central = &after[&format!("{}/central", tenant.tenant_id)];
+        assert!(
+            !central.is_empty(),
+            "{}: central folder is empty",
+            tenant.tenant_id
+        );
+        let mut seen = BTreeSet::new();
+        for (name, emails) in central {
+            for email in emails {
+                assert!(
+                    seen.insert(email.clone()),
+                    "{}: {email} ({name}) is in the central folder twice",
+                    tenant.tenant_id
+                );
+            }
+        }
+        let central_emails = emails_of(central);
+        for user in &tenant.mirror_target_upns {
+            // A person is the same person when any address matches, so a contact reached the central folder
+            // when one of its addresses (or, without any address, its name) is there.
+            let own = &before[&format!("{}/{user}", tenant.tenant_id)];
+            for (name, emails) in own {
+                let reached = if emails.is_empty() {
+                    central.iter().any(|(n, _)| n == name)
+                } else {
+                    emails.iter().any(|e| central_emails.contains(e))
+                };
+                assert!(
+                    reached,
+                    "{}: {user}'s contact {name} {emails:?} did not reach the central folder",
+                    tenant.tenant_id
+                );
+            }
+            let mine = emails_of(&after[&format!("{}/{user}", tenant.tenant_id)]);
+            let missing: Vec<_> = central_emails.difference(&mine).collect();
+            assert!(
+                missing.is_empty(),
+                "{}: {user} lacks {} central contacts, e.g. {:?}",
+                tenant.tenant_id,
+                missing.len(),
+                missing.first()
+            );
+        }
+    }
+}
+
+/// Every mailbox the mirror targets succeeded; the only failures are mailboxes graphsim seeded as unreachable
+/// (no Exchange mailbox, blocked by policy), and those are named.
+fn assert_only_unreachable_failed(report: &RunReport, estate: &Estate) {
+    for (tenant, seeded) in report.tenants.iter().zip(&estate.tenants) {
+        assert!(
+            tenant.error.is_none(),
+            "tenant {} failed: {:?}",
+            tenant.tenant_id,
+            tenant.error
+        );
+        for mailbox in &tenant.mailboxes {
+            let target = seeded
+                .mirror_target_upns
+                .iter()
+                .any(|u| u.eq_ignore_ascii_case(&mailbox.mailbox));
+            if target {
+                assert_eq!(
+                    mailbox.outcome,
+                    "succeeded",
+                    "target mailbox failed:\n{}",
+                    report.human()
+                );
+            } else if mailbox.outcome == "failed" {
+                assert!(
+                    mailbox
+                        .error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("MailboxNotEnabledForRESTAPI")
+                            || e.contains("ErrorAccessDenied")),
+                    "{} failed for an unexpected reason: {:?}",
+                    mailbox.mailbox,
+                    mailbox.error
+                );
+            }
+        }
+    }
+}
+
+fn total(report: &RunReport, pick: fn(&producer::summary::PhaseCounts) -> u64) -> u64 {
+    report
+        .tenants
+        .iter()
+        .flat_map(|t| t.phases.values())
+        .map(pick)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_run_mirrors_and_second_run_writes_nothing() {
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 2,
+            users_per_tenant: 12,
+            contacts_per_user: 6,
+            overlap: 0.3,
+            seed: 7,
+        },
+    )
+    .await;
+    let before = snapshot(&estate, "All Contacts");
+    let settings = estate.settings();
+
+    let first = run(&settings, &embedded_args()).await;
+    assert_only_unreachable_failed(&first, &estate);
+    assert!(total(&first, |c| c.created) > 0, "nothing was created");
+    assert_mirrored(&estate, &before);
+    let mirrored = snapshot(&estate, "All Contacts");
+
+    estate.sim.reset_stats();
+    let second = run(&settings, &embedded_args()).await;
+    assert_only_unreachable_failed(&second, &estate);
+    let stats = estate.sim.stats();
+    assert_eq!(stats.total_writes(), 0, "the second run wrote: {stats:?}");
+    assert_eq!(total(&second, |c| c.created + c.updated + c.deleted), 0);
+    assert_eq!(
+        snapshot(&estate, "All Contacts"),
+        mirrored,
+        "the second run changed state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_run_reaches_the_same_state_as_embedded() {
+    let _broker = BROKER.read().await;
+    let params = EstateParams {
+        tenants: 2,
+        users_per_tenant: 8,
+        contacts_per_user: 5,
+        overlap: 0.25,
+        seed: 11,
+    };
+    let embedded = Estate::seed(SimConfig::default(), params.clone()).await;
+    let brokered = Estate::seed(SimConfig::default(), params).await;
+
+    let report = run(&embedded.settings(), &embedded_args()).await;
+    assert_only_unreachable_failed(&report, &embedded);
+
+    let topology = support::private_topology();
+    let settings = brokered.settings();
+    let workers: Vec<_> = (0..2)
+        .map(|i| support::spawn_worker(&settings, &topology, &format!("w{i}")))
+        .collect();
+    let report = run(&settings, &broker_args(&topology)).await;
+    for (stop, handle) in workers {
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("worker stops")
+            .expect("worker task");
+    }
+    support::delete_topology(&topology).await;
+    assert_only_unreachable_failed(&report, &brokered);
+    assert_eq!(report.mode, "broker");
+    let phase2_jobs = report
+        .tenants
+        .iter()
+        .flat_map(|t| t.mailboxes.iter())
+        .filter(|m| m.phase == Phase::Phase2)
+        .count();
+    assert!(phase2_jobs > 0, "no phase-2 job reported");
+
+    // Same seed, same rules: identical mailboxes whichever transport ran the jobs.
+    assert_eq!(
+        snapshot(&embedded, "All Contacts"),
+        snapshot(&brokered, "All Contacts")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dry_run_writes_nothing_and_creates_no_folder() {
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 1,
+            users_per_tenant: 6,
+            contacts_per_user: 4,
+            overlap: 0.2,
+            seed: 3,
+        },
+    )
+    .await;
+    let before = snapshot(&estate, "All Contacts");
+    let args = RunArgs {
+        dry_run: true,
+        ..embedded_args()
+    };
+    let settings = support::settings_from(&estate.config_json());
+    let mut settings_dry = settings.clone();
+    settings_dry.dry_run = true;
+    let report = run(&settings_dry, &args).await;
+    assert_only_unreachable_failed(&report, &estate);
+    assert!(report.dry_run);
+    assert!(
+        total(&report, |c| c.created) > 0,
+        "a dry run still reports what it would create"
+    );
+    assert_eq!(estate.sim.stats().total_writes(), 0);
+    let tenant = &estate.tenants[0];
+    assert!(
+        estate
+            .sim
+            .folders(&tenant.tenant_id, &tenant.shared_mailbox_upn)
+            .iter()
+            .all(|f| f["displayName"] != "All Contacts"),
+        "a dry run created the central folder"
+    );
+    assert_eq!(snapshot(&estate, "All Contacts"), before);
+}
