@@ -273,7 +273,8 @@ pub fn seed_estate(sim: &Sim, params: EstateParams) -> Vec<SeededTenant> {
             seed.properties = props;
             let regular = seed.account_enabled
                 && seed.licensed
-                && seed.user_type == "Member"
+                // An empty (null) userType is what older directory-synced members carry: still a member.
+                && (seed.user_type == "Member" || seed.user_type.is_empty())
                 && seed.mailbox == MailboxState::Enabled;
             people.push((
                 seed.display_name.clone(),

@@ -318,3 +318,182 @@ async fn dry_run_writes_nothing_and_creates_no_folder() {
     );
     assert_eq!(snapshot(&estate, "All Contacts"), before);
 }
+
+/// Contacts of one folder as graphsim stores them (ids, notes and all).
+fn full(estate: &Estate, tenant: &str, user: &str, folder: Option<&str>) -> Vec<serde_json::Value> {
+    estate.sim.contacts(tenant, user, folder)
+}
+
+fn addresses(contact: &serde_json::Value) -> Vec<String> {
+    contact["emailAddresses"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|e| e["address"].as_str())
+                .map(str::to_lowercase)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlapping_tenants_mirror_each_person_once_and_edits_propagate() {
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 2,
+            users_per_tenant: 30,
+            contacts_per_user: 8,
+            overlap: 0.3,
+            seed: 2026,
+        },
+    )
+    .await;
+    let t0 = estate.tenants[0].clone();
+    let big_user = t0.mirror_target_upns[0].clone();
+    for i in 0..1_100 {
+        estate.sim.add_contact(
+            &t0.tenant_id,
+            &big_user,
+            None,
+            serde_json::json!({
+                "displayName": format!("Bulk Person {i:04}"),
+                "emailAddresses": [{"address": format!("Bulk.{i}@Example.net")}],
+            }),
+        );
+    }
+    let editor = t0.mirror_target_upns[1].clone();
+    let edited_id = estate.sim.add_contact(
+        &t0.tenant_id,
+        &editor,
+        None,
+        serde_json::json!({
+            "displayName": "Edit Me",
+            "emailAddresses": [{"address": "edit.me@example.org"}],
+            "jobTitle": "Before",
+            "personalNotes": "met at the 2019 offsite, ask about the dog",
+        }),
+    );
+    // Every user's own notes, to check they stay intact and private.
+    let mut own_notes: Vec<(String, String, String, String)> = Vec::new();
+    for tenant in &estate.tenants {
+        for user in &tenant.mirror_target_upns {
+            for c in full(&estate, &tenant.tenant_id, user, None) {
+                if let Some(note) = c["personalNotes"].as_str().filter(|n| !n.is_empty()) {
+                    own_notes.push((
+                        tenant.tenant_id.clone(),
+                        user.clone(),
+                        c["id"].as_str().unwrap_or_default().to_owned(),
+                        note.to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    assert!(!own_notes.is_empty(), "the estate has no notes to protect");
+    let own_contacts: BTreeMap<String, Vec<serde_json::Value>> = estate
+        .tenants
+        .iter()
+        .flat_map(|t| t.mirror_target_upns.iter().map(move |u| (t, u)))
+        .map(|(t, u)| (u.clone(), full(&estate, &t.tenant_id, u, None)))
+        .collect();
+    let before = snapshot(&estate, "All Contacts");
+    let settings = estate.settings();
+
+    let first = run(&settings, &embedded_args()).await;
+    assert_only_unreachable_failed(&first, &estate);
+    assert_mirrored(&estate, &before);
+
+    let stats = estate.sim.stats();
+    for (mailbox, counters) in &stats.mailboxes {
+        assert!(
+            counters.peak_in_flight <= 4,
+            "{mailbox} saw {} concurrent requests",
+            counters.peak_in_flight
+        );
+    }
+    for tenant in &estate.tenants {
+        let central = full(&estate, &tenant.tenant_id, &tenant.shared_mailbox_upn, Some("All Contacts"));
+        if tenant.tenant_id == t0.tenant_id {
+            assert!(central.len() > 1_100, "the 1,100 contacts of {big_user} did not all arrive");
+        }
+        let mut nameless_names = BTreeSet::new();
+        for c in &central {
+            if addresses(c).is_empty() {
+                let name = c["displayName"].as_str().unwrap_or_default().to_owned();
+                assert!(nameless_names.insert(name.clone()), "{name} (no e-mail) is central twice");
+            }
+        }
+        // Every user holds every central contact exactly once: the mirror adds a copy only where the user had
+        // none (duplicates a user made by hand are theirs, and stay).
+        for user in &tenant.mirror_target_upns {
+            let mine = full(&estate, &tenant.tenant_id, user, None);
+            for c in &central {
+                let emails = addresses(c);
+                let same = |m: &&serde_json::Value| {
+                    if emails.is_empty() {
+                        addresses(m).is_empty() && m["displayName"] == c["displayName"]
+                    } else {
+                        addresses(m).iter().any(|a| emails.contains(a))
+                    }
+                };
+                let had = own_contacts[user].iter().filter(same).count();
+                let copies = mine.iter().filter(same).count();
+                assert_eq!(
+                    copies,
+                    had.max(1),
+                    "{user} holds {copies} copies of {} {emails:?} (had {had})",
+                    c["displayName"]
+                );
+            }
+        }
+        // Notes are private: none reaches the central folder.
+        for c in &central {
+            let notes = c["personalNotes"].as_str().unwrap_or_default();
+            for (_, _, _, note) in own_notes.iter().filter(|n| n.0 == tenant.tenant_id) {
+                assert!(!notes.contains(note.as_str()), "a user's note reached the central folder: {note}");
+            }
+        }
+    }
+    // ... and each note is still where its owner left it.
+    for (tenant, user, id, note) in &own_notes {
+        let mine = full(&estate, tenant, user, None);
+        let kept = mine.iter().find(|c| c["id"] == id.as_str());
+        assert!(
+            kept.is_some_and(|c| c["personalNotes"].as_str().unwrap_or_default().contains(note.as_str())),
+            "{user}'s note on {id} was lost or changed"
+        );
+    }
+
+    // An edit in one mailbox reaches the central folder and every user, with no other write.
+    support::patch_contact(&estate, &t0, &editor, &edited_id, serde_json::json!({"jobTitle": "After"})).await;
+    estate.sim.reset_stats();
+    let after_edit = run(&settings, &embedded_args()).await;
+
+    assert_only_unreachable_failed(&after_edit, &estate);
+    let stats = estate.sim.stats();
+    let central = full(&estate, &t0.tenant_id, &t0.shared_mailbox_upn, Some("All Contacts"));
+    let copy = central
+        .iter()
+        .find(|c| addresses(c) == ["edit.me@example.org"])
+        .expect("the edited contact is central");
+    assert_eq!(copy["jobTitle"], "After", "the edit did not reach the central folder");
+    for user in &t0.mirror_target_upns {
+        let mine = full(&estate, &t0.tenant_id, user, None);
+        let copy = mine
+            .iter()
+            .find(|c| addresses(c) == ["edit.me@example.org"])
+            .unwrap_or_else(|| panic!("{user} lost the edited contact"));
+        assert_eq!(copy["jobTitle"], "After", "the edit did not reach {user}");
+    }
+    let expected_writes = t0.mirror_target_upns.len() as u64; // central + every user but the editor
+    assert_eq!(
+        stats.total_writes(),
+        expected_writes,
+        "an edit of one contact should write the central copy and each other user's copy once: {:?}",
+        stats.writes
+    );
+    for (mailbox, counters) in &stats.mailboxes {
+        assert!(counters.writes <= 1, "{mailbox} got {} writes for one edit", counters.writes);
+    }
+}

@@ -160,3 +160,50 @@ pub fn spawn_worker(
 pub fn dead_letter_queue(topology: &Topology, phase: Phase) -> String {
     topology.dead_letter_queue(phase)
 }
+
+/// Changes a contact the way a user's phone or Outlook would: a PATCH through graphsim's Graph API with the
+/// tenant's own app token.
+pub async fn patch_contact(
+    estate: &Estate,
+    tenant: &SeededTenant,
+    mailbox: &str,
+    contact_id: &str,
+    body: serde_json::Value,
+) {
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!(
+            "{}/{}/oauth2/v2.0/token",
+            estate.sim.authority_url(),
+            tenant.tenant_id
+        ))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", tenant.client_id.as_str()),
+            ("client_secret", tenant.client_secret.as_str()),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token body");
+    let access = token["access_token"].as_str().expect("access token");
+    let mut url = reqwest::Url::parse(&estate.sim.graph_url()).expect("graphsim URL");
+    url.path_segments_mut()
+        .expect("base URL")
+        .extend(["v1.0", "users", mailbox, "contacts", contact_id]);
+    let response = http
+        .patch(url)
+        .bearer_auth(access)
+        .json(&body)
+        .send()
+        .await
+        .expect("PATCH");
+    assert!(
+        response.status().is_success(),
+        "PATCH failed: {}",
+        response.text().await.unwrap_or_default()
+    );
+}
