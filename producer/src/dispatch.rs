@@ -49,27 +49,34 @@ impl Dispatch for Embedded {
     }
 }
 
+/// How long the producer keeps trying to get its broker back before the run fails.
+const RECONNECT_FOR: Duration = Duration::from_secs(180);
+
 /// Jobs published to RabbitMQ, reports read back from the report queue.
+///
+/// A lost connection (broker restart, network) is re-established with backoff and the failed step repeated: jobs
+/// and reports are durable, so nothing is lost, and a job published twice has the same id (its second report is
+/// ignored by the orchestrator, its second run writes nothing).
 pub struct Broker {
-    _connection: Connection,
+    url: String,
+    topology: Topology,
+    session: Session,
+}
+
+/// One connection with its confirm channel and report consumer.
+struct Session {
+    connection: Connection,
     publisher: Publisher,
     reports: Consumer,
 }
 
-impl Broker {
-    /// Connects, declares the topology and starts reading reports.
-    pub async fn connect(url: &str, topology: Topology) -> Result<Self> {
+impl Session {
+    async fn open(url: &str, topology: &Topology) -> Result<Self> {
         let connection = mq::connect(url, "contactmirror-producer").await?;
-        let setup = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
-        mq::declare(&setup, &topology).await?;
+        let setup = connection.create_channel().await.context("opening a channel")?;
+        mq::declare(&setup, topology).await?;
         let publisher = Publisher::open(&connection, topology.clone()).await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening a report channel")?;
+        let channel = connection.create_channel().await.context("opening a report channel")?;
         channel
             .basic_qos(256, BasicQosOptions::default())
             .await
@@ -84,28 +91,27 @@ impl Broker {
             .await
             .with_context(|| format!("consuming {}", topology.reports_queue()))?;
         Ok(Self {
-            _connection: connection,
+            connection: connection,
             publisher,
             reports,
         })
     }
-}
 
-impl Dispatch for Broker {
-    async fn submit(&mut self, job: Job) -> Result<()> {
-        self.publisher.publish_job(&job, 1).await.with_context(|| {
-            format!(
-                "publishing the {} job for {}",
-                job.phase(),
-                job.mailbox().upn
-            )
-        })
-    }
-
+    /// The next report, `None` after `wait` without one. The wait is sliced so that a connection that died
+    /// quietly (a consumer stream that just stops) is noticed within seconds, not after the whole idle timeout.
     async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let delivery = match tokio::time::timeout(wait, self.reports.next()).await {
-                Err(_) => return Ok(None),
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let slice = (deadline - now).min(Duration::from_secs(2));
+            let delivery = match tokio::time::timeout(slice, self.reports.next()).await {
+                Err(_) if !self.connection.status().connected() => {
+                    anyhow::bail!("the broker connection is closed")
+                }
+                Err(_) => continue,
                 Ok(None) => anyhow::bail!("the broker closed the report consumer"),
                 Ok(Some(delivery)) => delivery.context("reading the report queue")?,
             };
@@ -118,6 +124,71 @@ impl Dispatch for Broker {
             match Report::from_json(&delivery.data) {
                 Ok(report) => return Ok(Some(report)),
                 Err(error) => warn!(%error, "skipping an unreadable report"),
+            }
+        }
+    }
+}
+
+impl Broker {
+    /// Connects, declares the topology and starts reading reports.
+    pub async fn connect(url: &str, topology: Topology) -> Result<Self> {
+        let session = Session::open(url, &topology).await?;
+        Ok(Self {
+            url: url.to_owned(),
+            topology,
+            session,
+        })
+    }
+
+    /// Replaces a broken session, retrying with backoff for up to [`RECONNECT_FOR`].
+    async fn reconnect(&mut self, cause: &anyhow::Error) -> Result<()> {
+        warn!(error = %format!("{cause:#}"), "lost the broker; reconnecting");
+        let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+        let mut delay = Duration::from_millis(250);
+        loop {
+            tokio::time::sleep(delay).await;
+            match Session::open(&self.url, &self.topology).await {
+                Ok(session) => {
+                    self.session = session;
+                    warn!("reconnected to the broker");
+                    return Ok(());
+                }
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    warn!(error = %format!("{error:#}"), "broker still unreachable");
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    return Err(error.context(format!(
+                        "the broker stayed unreachable for {}s",
+                        RECONNECT_FOR.as_secs()
+                    )))
+                }
+            }
+        }
+    }
+}
+
+impl Dispatch for Broker {
+    async fn submit(&mut self, job: Job) -> Result<()> {
+        loop {
+            let published = self
+                .session
+                .publisher
+                .publish_job(&job, 1)
+                .await
+                .with_context(|| format!("publishing the {} job for {}", job.phase(), job.mailbox().upn));
+            match published {
+                Ok(()) => return Ok(()),
+                Err(error) => self.reconnect(&error).await?,
+            }
+        }
+    }
+
+    async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>> {
+        loop {
+            match self.session.next_report(wait).await {
+                Ok(report) => return Ok(report),
+                Err(error) => self.reconnect(&error).await?,
             }
         }
     }

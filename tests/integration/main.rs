@@ -8,3 +8,6 @@ mod support;
 
 // The producer's run, embedded and on RabbitMQ, checked on graphsim's mailboxes.
 mod fleet;
+
+// Unreachable mailboxes, killed workers, a restarting broker, Graph faults; secrets never leak.
+mod failures;

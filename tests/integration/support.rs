@@ -207,3 +207,97 @@ pub async fn patch_contact(
         response.text().await.unwrap_or_default()
     );
 }
+
+/// Path of one of the workspace's binaries (`cargo test --workspace` builds them next to the test executables).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo test --workspace` (it builds the binaries)",
+        path.display()
+    );
+    path
+}
+
+/// A running binary whose stdout and stderr go to files, so tests can read its logs afterwards.
+pub struct Process {
+    /// The child.
+    pub child: std::process::Child,
+    /// Where its output goes.
+    pub log: std::path::PathBuf,
+}
+
+impl Process {
+    /// Starts `name` with `args` and `env`, logging to a temporary file.
+    pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let log = std::env::temp_dir().join(format!("cm-{name}-{}.log", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let err = file.try_clone().expect("log file");
+        let child = std::process::Command::new(binary(name))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self { child, log }
+    }
+
+    /// A real `contactmirror-worker` process on `topology` with the configuration document `config`.
+    pub fn worker(config: &serde_json::Value, topology: &Topology) -> Self {
+        let config = config.to_string();
+        Self::start(
+            "contactmirror-worker",
+            &[
+                "--amqp-url",
+                &amqp_url(),
+                "--queue-prefix",
+                topology.prefix(),
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--grace-secs",
+                "20",
+            ],
+            &[
+                ("AUTOMATION_SYNCCONTACTS_CONFIG_JSON", config.as_str()),
+                ("RUST_LOG", "debug"),
+            ],
+        )
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "could not signal {pid}");
+        let status = self.child.wait().expect("wait");
+        (status, self.output())
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(mut self) -> String {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+        self.output()
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
