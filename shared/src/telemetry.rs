@@ -3,6 +3,8 @@
 //! Filtered by `RUST_LOG` (default `info`). Nothing logged anywhere in the crate carries a secret: secrets are
 //! [`crate::secret::Secret`]s, which print as `[redacted]`.
 
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// The log line format.
@@ -32,16 +34,34 @@ impl std::str::FromStr for LogFormat {
 /// Installs the global subscriber, writing to stderr. Calling it twice is harmless.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // `try_init` also forwards the `log` records of dependencies (lapin) when that feature is on.
+    let _ = subscriber(format, filter, std::io::stderr).try_init();
+}
+
+/// The subscriber [`init`] installs, writing to `writer`: built apart so tests can capture the exact lines an
+/// operator's log collector would see (e.g. to check that every job line carries its span fields).
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-    };
+        .with_writer(writer);
+    match format {
+        LogFormat::Human => Box::new(builder.finish()),
+        // The current span's fields are flattened into a `span` object on every line, so `kubectl logs | jq`
+        // can select one job's lines by run id, tenant, mailbox, phase or attempt.
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish(),
+        ),
+    }
 }

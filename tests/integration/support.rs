@@ -47,9 +47,13 @@ pub fn private_topology() -> Topology {
 /// Deletes every queue and exchange of `topology`.
 pub async fn delete_topology(topology: &Topology) {
     let connection = connect().await;
-    let Ok(channel) = connection.create_channel().await else { return };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
     for queue in topology.all_queues() {
-        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
     let mut exchanges = vec![
         topology.jobs_exchange(),
@@ -109,7 +113,8 @@ impl Estate {
 /// Loads settings from a configuration document, as `AUTOMATION_SYNCCONTACTS_CONFIG_JSON`.
 pub fn settings_from(document: &serde_json::Value) -> Settings {
     let text = document.to_string();
-    let env = move |name: &str| (name == "AUTOMATION_SYNCCONTACTS_CONFIG_JSON").then(|| text.clone());
+    let env =
+        move |name: &str| (name == "AUTOMATION_SYNCCONTACTS_CONFIG_JSON").then(|| text.clone());
     Settings::from_sources(&env, None).expect("valid test configuration")
 }
 
@@ -129,7 +134,22 @@ pub fn runner(settings: &Settings) -> Arc<JobRunner> {
 }
 
 /// An in-process AMQP worker; cancel the token to stop it.
-pub fn spawn_worker(settings: &Settings, topology: &Topology, name: &str) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+pub fn spawn_worker(
+    settings: &Settings,
+    topology: &Topology,
+    name: &str,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let worker = worker(settings, topology, name);
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let handle = tokio::spawn(async move {
+        worker.run(stop).await.expect("worker runs");
+    });
+    (token, handle)
+}
+
+/// An AMQP worker on the test broker, not started (for tests that need its readiness flag first).
+pub fn worker(settings: &Settings, topology: &Topology, name: &str) -> Worker {
     let config = WorkerConfig {
         amqp_url: amqp_url(),
         topology: topology.clone(),
@@ -138,13 +158,17 @@ pub fn spawn_worker(settings: &Settings, topology: &Topology, name: &str) -> (Ca
         grace: Duration::from_secs(10),
         name: name.to_owned(),
     };
-    let worker = Worker::new(config, runner(settings));
-    let token = CancellationToken::new();
-    let stop = token.clone();
-    let handle = tokio::spawn(async move {
-        worker.run(stop).await.expect("worker runs");
-    });
-    (token, handle)
+    Worker::new(config, runner(settings))
+}
+
+/// A fresh scratch directory under the system temp dir (removed by the test when it is done).
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "contactmirror-{what}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
 }
 
 /// The queue names of a phase, for assertions.
