@@ -3,7 +3,8 @@
 //! where redrawn bars would be noise.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -12,6 +13,36 @@ use tracing::info;
 
 /// How often a plain progress line is printed at most.
 const EVERY: Duration = Duration::from_secs(2);
+
+/// The bars on screen, if any: log lines are written around them (see [`LogWriter`]).
+static ON_SCREEN: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// The producer's log writer: stderr, with the progress bars lifted while a line is written, so a log line
+/// lands above the bars instead of between two copies of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bars = ON_SCREEN.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match bars {
+            Some(bars) => bars.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LogWriter
+    }
+}
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +112,11 @@ impl Progress {
     pub fn with_display(display: Display) -> Self {
         let bars = match display {
             Display::Lines => None,
-            Display::Bars => Some(Bars::new(ProgressDrawTarget::stderr())),
+            Display::Bars => {
+                let bars = Bars::new(ProgressDrawTarget::stderr());
+                *ON_SCREEN.lock().unwrap_or_else(|p| p.into_inner()) = Some(bars.multi.clone());
+                Some(bars)
+            }
             Display::HiddenBars => Some(Bars::new(ProgressDrawTarget::hidden())),
         };
         Self {
@@ -131,6 +166,8 @@ impl Progress {
                     let counts = self.phases.get(phase).copied().unwrap_or_default();
                     bar.finish_with_message(message(&counts));
                 }
+                // Later log lines go straight to stderr again.
+                *ON_SCREEN.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
             None => info!("{}", self.line()),
         }
@@ -170,6 +207,15 @@ impl Progress {
             elapsed.as_secs_f64(),
             parts.join(", ")
         )
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        // A run that ends early (an error) must not leave log lines routed around bars nobody draws any more.
+        if self.bars.is_some() {
+            *ON_SCREEN.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
     }
 }
 
