@@ -27,6 +27,19 @@ pub struct Cli {
 pub enum Command {
     /// Run a sync: phase 1 (users -> central folder) then phase 2 (central folder -> users), per tenant.
     Run(RunArgs),
+    /// Turn a run report (`run --report FILE`) into a self-contained HTML page.
+    Report(ReportArgs),
+}
+
+/// Options of `report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The JSON run report written by `run --report`.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write the HTML page.
+    #[arg(long)]
+    pub html: PathBuf,
 }
 
 /// Options of `run`.
@@ -50,6 +63,9 @@ pub struct RunArgs {
     /// Write the run report as JSON to this file.
     #[arg(long, env = "CONTACTMIRROR_REPORT")]
     pub report: Option<PathBuf>,
+    /// Write the run report as a self-contained HTML page (table and charts) to this file.
+    #[arg(long, env = "CONTACTMIRROR_REPORT_HTML")]
+    pub report_html: Option<PathBuf>,
     /// Prefix of every queue and exchange name.
     #[arg(long, env = "CONTACTMIRROR_QUEUE_PREFIX", default_value = "cm")]
     pub queue_prefix: String,

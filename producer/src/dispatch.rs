@@ -73,10 +73,16 @@ struct Session {
 impl Session {
     async fn open(url: &str, topology: &Topology) -> Result<Self> {
         let connection = mq::connect(url, "contactmirror-producer").await?;
-        let setup = connection.create_channel().await.context("opening a channel")?;
+        let setup = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
         mq::declare(&setup, topology).await?;
         let publisher = Publisher::open(&connection, topology.clone()).await?;
-        let channel = connection.create_channel().await.context("opening a report channel")?;
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a report channel")?;
         channel
             .basic_qos(256, BasicQosOptions::default())
             .await
@@ -91,7 +97,7 @@ impl Session {
             .await
             .with_context(|| format!("consuming {}", topology.reports_queue()))?;
         Ok(Self {
-            connection: connection,
+            connection,
             publisher,
             reports,
         })
@@ -176,7 +182,13 @@ impl Dispatch for Broker {
                 .publisher
                 .publish_job(&job, 1)
                 .await
-                .with_context(|| format!("publishing the {} job for {}", job.phase(), job.mailbox().upn));
+                .with_context(|| {
+                    format!(
+                        "publishing the {} job for {}",
+                        job.phase(),
+                        job.mailbox().upn
+                    )
+                });
             match published {
                 Ok(()) => return Ok(()),
                 Err(error) => self.reconnect(&error).await?,

@@ -8,11 +8,13 @@
 //! - [`orchestrate`]: phase 1 then phase 2 per tenant over any [`orchestrate::Dispatch`].
 //! - [`dispatch`]: the two transports.
 //! - [`summary`]: the run report and the exit status it implies.
-//! - [`progress`]: progress lines.
+//! - [`progress`]: progress bars on a terminal, plain lines otherwise.
+//! - [`html`]: the run report as a self-contained HTML page.
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod dispatch;
+pub mod html;
 pub mod orchestrate;
 pub mod prepare;
 pub mod progress;

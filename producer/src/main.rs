@@ -9,7 +9,7 @@ use producer::{cli, run, EXIT_FAILURES};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    shared::telemetry::init(cli.log_format);
+    shared::telemetry::init_with_writer(cli.log_format, producer::progress::LogWriter);
     match run::dispatch(cli).await {
         Ok(code) => code,
         Err(error) => {

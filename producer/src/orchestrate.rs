@@ -189,7 +189,7 @@ pub async fn run<D: Dispatch>(
     }
     Ok(RunReport {
         run_id,
-        mode: dispatch.mode(),
+        mode: dispatch.mode().to_owned(),
         dry_run: request.dry_run,
         started_at,
         finished_at: Utc::now(),

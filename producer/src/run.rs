@@ -11,7 +11,7 @@ use shared::mq::Topology;
 use worker::disposition::RetryPolicy;
 use worker::job::JobRunner;
 
-use crate::cli::{Cli, Command, RunArgs};
+use crate::cli::{Cli, Command, ReportArgs, RunArgs};
 use crate::dispatch::{Broker, Embedded};
 use crate::orchestrate::{self, RunRequest};
 use crate::summary::RunReport;
@@ -21,6 +21,7 @@ use crate::{EXIT_FAILURES, EXIT_OK, EXIT_USAGE};
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Report(args) => report(&args),
     }
 }
 
@@ -33,7 +34,38 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         }
     };
     let report = execute(&settings, &args).await?;
-    finish(&report, args.report.as_deref())
+    finish(&report, args.report.as_deref(), args.report_html.as_deref())
+}
+
+/// `report`: the JSON run report of an earlier run, as an HTML page. A missing or unreadable input is a usage
+/// error (exit 2), with the reason.
+fn report(args: &ReportArgs) -> Result<ExitCode> {
+    let parsed = std::fs::read(&args.input)
+        .with_context(|| format!("reading {}", args.input.display()))
+        .and_then(|bytes| {
+            serde_json::from_slice::<RunReport>(&bytes).with_context(|| {
+                format!(
+                    "{} is not a contactmirror run report (as written by run --report)",
+                    args.input.display()
+                )
+            })
+        });
+    let report = match parsed {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    write_html(&report, &args.html)?;
+    println!("wrote {}", args.html.display());
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// Renders and writes the HTML page of `report`.
+fn write_html(report: &RunReport, path: &std::path::Path) -> Result<()> {
+    write_atomically(path, crate::html::render(report).as_bytes())
+        .with_context(|| format!("writing the HTML report to {}", path.display()))
 }
 
 /// Loads settings from `--config` or the environment; `--dry-run` can only add dryness, never remove it.
@@ -77,13 +109,21 @@ pub async fn execute(settings: &Settings, args: &RunArgs) -> Result<RunReport> {
     }
 }
 
-/// Prints the summary, writes the JSON report, and maps the result to the exit status.
-pub fn finish(report: &RunReport, path: Option<&std::path::Path>) -> Result<ExitCode> {
+/// Prints the summary, writes the JSON report and the HTML page (where asked), and maps the result to the exit
+/// status.
+pub fn finish(
+    report: &RunReport,
+    path: Option<&std::path::Path>,
+    html: Option<&std::path::Path>,
+) -> Result<ExitCode> {
     print!("{}", report.human());
     if let Some(path) = path {
         let json = serde_json::to_vec_pretty(report).context("serialising the run report")?;
         write_atomically(path, &json)
             .with_context(|| format!("writing the run report to {}", path.display()))?;
+    }
+    if let Some(html) = html {
+        write_html(report, html)?;
     }
     Ok(ExitCode::from(if report.succeeded() {
         EXIT_OK

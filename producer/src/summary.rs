@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shared::message::{FailureReason, GraphCounts, Outcome, Phase, Report};
 use shared::sync::PlanCounts;
 use uuid::Uuid;
 
 /// Counts for one phase of one tenant.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhaseCounts {
     /// Contacts created.
     pub created: u64,
@@ -35,14 +35,14 @@ impl PhaseCounts {
 }
 
 /// The final state of one mailbox in one phase.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxOutcome {
     /// The mailbox's UPN.
     pub mailbox: String,
     /// The phase.
     pub phase: Phase,
     /// "succeeded" or "failed".
-    pub outcome: &'static str,
+    pub outcome: String,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<FailureReason>,
@@ -54,7 +54,7 @@ pub struct MailboxOutcome {
 }
 
 /// Everything about one tenant in the run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TenantReport {
     /// The tenant.
     pub tenant_id: String,
@@ -74,8 +74,21 @@ pub struct TenantReport {
     /// Wall time from preparation to the last report.
     pub duration_ms: u64,
     /// In a dry run: the plan, one line per item.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub planned: Vec<String>,
+    /// When 429s happened: one sample per job report that saw any, for the report's throttling-over-time chart.
+    /// Costs one entry per throttled attempt and nothing when Graph never throttled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttle_timeline: Vec<ThrottleSample>,
+}
+
+/// 429s seen by one job attempt, stamped with when its report was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottleSample {
+    /// When the attempt finished.
+    pub at: DateTime<Utc>,
+    /// 429 answers it received.
+    pub throttled: u64,
 }
 
 impl TenantReport {
@@ -83,6 +96,12 @@ impl TenantReport {
     pub fn record(&mut self, report: &Report) {
         self.graph.requests += report.graph.requests;
         self.graph.throttled += report.graph.throttled;
+        if report.graph.throttled > 0 {
+            self.throttle_timeline.push(ThrottleSample {
+                at: report.finished_at,
+                throttled: report.graph.throttled,
+            });
+        }
         match &report.outcome {
             Outcome::Retrying { .. } => self.retries += 1,
             Outcome::Succeeded => {
@@ -95,7 +114,7 @@ impl TenantReport {
                 self.mailboxes.push(MailboxOutcome {
                     mailbox: report.mailbox.upn.clone(),
                     phase: report.phase,
-                    outcome: if failed { "failed" } else { "succeeded" },
+                    outcome: if failed { "failed" } else { "succeeded" }.to_owned(),
                     reason: failed.then_some(FailureReason::GraphRejected),
                     error: failed
                         .then(|| format!("{} writes refused by Graph", report.failed_writes)),
@@ -105,7 +124,7 @@ impl TenantReport {
                     self.mailboxes.push(MailboxOutcome {
                         mailbox: failure.mailbox.upn.clone(),
                         phase: report.phase,
-                        outcome: "failed",
+                        outcome: "failed".to_owned(),
                         reason: Some(failure.reason),
                         error: Some(failure.error.clone()),
                         attempts: report.attempt,
@@ -115,7 +134,7 @@ impl TenantReport {
             Outcome::Failed { reason, error } => self.mailboxes.push(MailboxOutcome {
                 mailbox: report.mailbox.upn.clone(),
                 phase: report.phase,
-                outcome: "failed",
+                outcome: "failed".to_owned(),
                 reason: Some(*reason),
                 error: Some(error.clone()),
                 attempts: report.attempt,
@@ -128,7 +147,7 @@ impl TenantReport {
         self.mailboxes.push(MailboxOutcome {
             mailbox: mailbox.to_owned(),
             phase,
-            outcome: "failed",
+            outcome: "failed".to_owned(),
             reason: Some(FailureReason::NoReport),
             error: Some(why.to_owned()),
             attempts: 0,
@@ -142,12 +161,12 @@ impl TenantReport {
 }
 
 /// The whole run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     /// The run id (also on every job and report).
     pub run_id: Uuid,
     /// "embedded" or "broker".
-    pub mode: &'static str,
+    pub mode: String,
     /// Whether the run wrote nothing.
     pub dry_run: bool,
     /// Start.

@@ -3,6 +3,10 @@
 //! Filtered by `RUST_LOG` (default `info`). Nothing logged anywhere in the crate carries a secret: secrets are
 //! [`crate::secret::Secret`]s, which print as `[redacted]`.
 
+use std::io::IsTerminal;
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// The log line format.
@@ -31,17 +35,46 @@ impl std::str::FromStr for LogFormat {
 
 /// Installs the global subscriber, writing to stderr. Calling it twice is harmless.
 pub fn init(format: LogFormat) {
+    init_with_writer(format, std::io::stderr);
+}
+
+/// [`init`] with another writer: the producer's, which clears its progress bars around each line so log lines
+/// and bars do not garble each other on a terminal.
+pub fn init_with_writer<W>(format: LogFormat, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // `try_init` also forwards the `log` records of dependencies (lapin) when that feature is on.
+    let _ = subscriber(format, filter, writer).try_init();
+}
+
+/// The subscriber [`init`] installs, writing to `writer`: built apart so tests can capture the exact lines an
+/// operator's log collector would see (e.g. to check that every job line carries its span fields).
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    // Colours only for a person at a terminal: escape codes in CI logs and collected files are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-    };
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
+    match format {
+        LogFormat::Human => Box::new(builder.finish()),
+        // The current span's fields are flattened into a `span` object on every line, so `kubectl logs | jq`
+        // can select one job's lines by run id, tenant, mailbox, phase or attempt.
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish(),
+        ),
+    }
 }

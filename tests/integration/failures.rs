@@ -150,7 +150,10 @@ async fn unreachable_mailboxes_fail_alone_are_dead_lettered_and_nothing_leaks() 
     let mut worker_output = String::new();
     for worker in workers {
         let (status, output) = worker.terminate();
-        assert!(status.success(), "a worker did not stop cleanly on SIGTERM: {status}\n{output}");
+        assert!(
+            status.success(),
+            "a worker did not stop cleanly on SIGTERM: {status}\n{output}"
+        );
         worker_output.push_str(&output);
     }
 
@@ -176,7 +179,11 @@ async fn unreachable_mailboxes_fail_alone_are_dead_lettered_and_nothing_leaks() 
         .collect();
     let mut reasons: Vec<&str> = failed.iter().map(|(_, r)| r.as_str()).collect();
     reasons.sort();
-    assert_eq!(reasons, ["access_denied", "no_mailbox"], "report: {report_text}");
+    assert_eq!(
+        reasons,
+        ["access_denied", "no_mailbox"],
+        "report: {report_text}"
+    );
     for target in &tenant.mirror_target_upns {
         assert!(
             mailboxes.iter().any(|m| m["mailbox"]
@@ -199,14 +206,19 @@ async fn unreachable_mailboxes_fail_alone_are_dead_lettered_and_nothing_leaks() 
     for (mailbox, reason) in &failed {
         assert!(
             dead.iter()
-                .any(|(body, headers)| body.contains(mailbox.as_str()) && headers.contains(reason.as_str())),
+                .any(|(body, headers)| body.contains(mailbox.as_str())
+                    && headers.contains(reason.as_str())),
             "no dead letter for {mailbox} ({reason}): {dead:?}"
         );
     }
 
     // No secret in any message that crossed the broker, in any log line, or in the report.
     let tapped = drain(&connection, &tap).await;
-    assert!(tapped.len() > tenant.mirror_target_upns.len(), "the tap saw {} messages", tapped.len());
+    assert!(
+        tapped.len() > tenant.mirror_target_upns.len(),
+        "the tap saw {} messages",
+        tapped.len()
+    );
     for (body, headers) in tapped.iter().chain(&dead) {
         assert_no_secret(&tenant.client_secret, "a queue message", body);
         assert_no_secret(&tenant.client_secret, "message headers", headers);
@@ -215,7 +227,11 @@ async fn unreachable_mailboxes_fail_alone_are_dead_lettered_and_nothing_leaks() 
         worker_output.lines().count() > 10,
         "the workers logged almost nothing; the secret check would prove nothing:\n{worker_output}"
     );
-    assert_no_secret(&tenant.client_secret, "the producer's log", &producer_output);
+    assert_no_secret(
+        &tenant.client_secret,
+        "the producer's log",
+        &producer_output,
+    );
     assert_no_secret(&tenant.client_secret, "a worker's log", &worker_output);
     assert_no_secret(&tenant.client_secret, "the report", &report_text);
     assert!(
@@ -243,7 +259,10 @@ async fn reference_state(params: EstateParams) -> crate::fleet::Snapshot {
 async fn wait_for_writes(estate: &Estate, writes: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while estate.sim.stats().total_writes() < writes {
-        assert!(tokio::time::Instant::now() < deadline, "the run never got going");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never got going"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -284,8 +303,16 @@ async fn a_worker_killed_mid_run_changes_nothing_in_the_end() {
         assert!(status.success(), "{output}");
     }
     support::delete_topology(&topology).await;
-    assert!(report.tenants.iter().all(|t| t.error.is_none()), "{}", report.human());
-    assert_eq!(snapshot(&estate, "All Contacts"), expected, "a killed worker changed the outcome");
+    assert!(
+        report.tenants.iter().all(|t| t.error.is_none()),
+        "{}",
+        report.human()
+    );
+    assert_eq!(
+        snapshot(&estate, "All Contacts"),
+        expected,
+        "a killed worker changed the outcome"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -326,8 +353,16 @@ async fn a_broker_restart_mid_run_changes_nothing_in_the_end() {
         assert!(status.success(), "{output}");
     }
     support::delete_topology(&topology).await;
-    assert!(report.tenants.iter().all(|t| t.error.is_none()), "{}", report.human());
-    assert_eq!(snapshot(&estate, "All Contacts"), expected, "a broker restart changed the outcome");
+    assert!(
+        report.tenants.iter().all(|t| t.error.is_none()),
+        "{}",
+        report.human()
+    );
+    assert_eq!(
+        snapshot(&estate, "All Contacts"),
+        expected,
+        "a broker restart changed the outcome"
+    );
 }
 
 /// Stops and starts the RabbitMQ application (every connection drops; durable queues survive).
@@ -373,9 +408,16 @@ async fn graph_throttling_and_server_errors_change_timing_not_the_result() {
     .await;
     let report = run(&estate.settings(), &embedded_args()).await;
     let stats = estate.sim.stats();
-    assert!(stats.injected_faults > 10, "too few faults injected: {stats:?}");
+    assert!(
+        stats.injected_faults > 10,
+        "too few faults injected: {stats:?}"
+    );
     assert!(stats.throttled > 0, "no 429 injected: {stats:?}");
-    assert!(report.tenants.iter().all(|t| t.error.is_none()), "{}", report.human());
+    assert!(
+        report.tenants.iter().all(|t| t.error.is_none()),
+        "{}",
+        report.human()
+    );
     let refused: u64 = report
         .tenants
         .iter()
@@ -383,5 +425,9 @@ async fn graph_throttling_and_server_errors_change_timing_not_the_result() {
         .map(|c| c.failed)
         .sum();
     assert_eq!(refused, 0, "faults made writes fail:\n{}", report.human());
-    assert_eq!(snapshot(&estate, "All Contacts"), expected, "faults changed the outcome");
+    assert_eq!(
+        snapshot(&estate, "All Contacts"),
+        expected,
+        "faults changed the outcome"
+    );
 }

@@ -23,6 +23,7 @@ pub fn embedded_args() -> RunArgs {
         tenants: Vec::new(),
         dry_run: false,
         report: None,
+        report_html: None,
         queue_prefix: "unused".into(),
         idle_timeout_secs: 60,
         max_attempts: 5,
@@ -413,15 +414,26 @@ async fn overlapping_tenants_mirror_each_person_once_and_edits_propagate() {
         );
     }
     for tenant in &estate.tenants {
-        let central = full(&estate, &tenant.tenant_id, &tenant.shared_mailbox_upn, Some("All Contacts"));
+        let central = full(
+            &estate,
+            &tenant.tenant_id,
+            &tenant.shared_mailbox_upn,
+            Some("All Contacts"),
+        );
         if tenant.tenant_id == t0.tenant_id {
-            assert!(central.len() > 1_100, "the 1,100 contacts of {big_user} did not all arrive");
+            assert!(
+                central.len() > 1_100,
+                "the 1,100 contacts of {big_user} did not all arrive"
+            );
         }
         let mut nameless_names = BTreeSet::new();
         for c in &central {
             if addresses(c).is_empty() {
                 let name = c["displayName"].as_str().unwrap_or_default().to_owned();
-                assert!(nameless_names.insert(name.clone()), "{name} (no e-mail) is central twice");
+                assert!(
+                    nameless_names.insert(name.clone()),
+                    "{name} (no e-mail) is central twice"
+                );
             }
         }
         // Every user holds every central contact exactly once: the mirror adds a copy only where the user had
@@ -451,7 +463,10 @@ async fn overlapping_tenants_mirror_each_person_once_and_edits_propagate() {
         for c in &central {
             let notes = c["personalNotes"].as_str().unwrap_or_default();
             for (_, _, _, note) in own_notes.iter().filter(|n| n.0 == tenant.tenant_id) {
-                assert!(!notes.contains(note.as_str()), "a user's note reached the central folder: {note}");
+                assert!(
+                    !notes.contains(note.as_str()),
+                    "a user's note reached the central folder: {note}"
+                );
             }
         }
     }
@@ -460,24 +475,42 @@ async fn overlapping_tenants_mirror_each_person_once_and_edits_propagate() {
         let mine = full(&estate, tenant, user, None);
         let kept = mine.iter().find(|c| c["id"] == id.as_str());
         assert!(
-            kept.is_some_and(|c| c["personalNotes"].as_str().unwrap_or_default().contains(note.as_str())),
+            kept.is_some_and(|c| c["personalNotes"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(note.as_str())),
             "{user}'s note on {id} was lost or changed"
         );
     }
 
     // An edit in one mailbox reaches the central folder and every user, with no other write.
-    support::patch_contact(&estate, &t0, &editor, &edited_id, serde_json::json!({"jobTitle": "After"})).await;
+    support::patch_contact(
+        &estate,
+        &t0,
+        &editor,
+        &edited_id,
+        serde_json::json!({"jobTitle": "After"}),
+    )
+    .await;
     estate.sim.reset_stats();
     let after_edit = run(&settings, &embedded_args()).await;
 
     assert_only_unreachable_failed(&after_edit, &estate);
     let stats = estate.sim.stats();
-    let central = full(&estate, &t0.tenant_id, &t0.shared_mailbox_upn, Some("All Contacts"));
+    let central = full(
+        &estate,
+        &t0.tenant_id,
+        &t0.shared_mailbox_upn,
+        Some("All Contacts"),
+    );
     let copy = central
         .iter()
         .find(|c| addresses(c) == ["edit.me@example.org"])
         .expect("the edited contact is central");
-    assert_eq!(copy["jobTitle"], "After", "the edit did not reach the central folder");
+    assert_eq!(
+        copy["jobTitle"], "After",
+        "the edit did not reach the central folder"
+    );
     for user in &t0.mirror_target_upns {
         let mine = full(&estate, &t0.tenant_id, user, None);
         let copy = mine
@@ -494,6 +527,10 @@ async fn overlapping_tenants_mirror_each_person_once_and_edits_propagate() {
         stats.writes
     );
     for (mailbox, counters) in &stats.mailboxes {
-        assert!(counters.writes <= 1, "{mailbox} got {} writes for one edit", counters.writes);
+        assert!(
+            counters.writes <= 1,
+            "{mailbox} got {} writes for one edit",
+            counters.writes
+        );
     }
 }

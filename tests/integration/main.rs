@@ -3,8 +3,15 @@
 // Static checks of deploy/ and docker-compose.yml against the code (no Docker or cluster needed).
 mod deploy;
 
-// Shared set-up: graphsim estates, settings, RabbitMQ helpers.
+// Shared set-up: graphsim estates, settings, RabbitMQ workers. Not every test file uses every helper.
+#[allow(dead_code)]
 mod support;
+
+// /metrics, /healthz, /readyz and JSON log spans of a worker running real jobs.
+mod observability;
+
+// The HTML run report, rendered by headless Chromium.
+mod report_html;
 
 // The producer's run, embedded and on RabbitMQ, checked on graphsim's mailboxes.
 mod fleet;

@@ -139,6 +139,17 @@ pub fn spawn_worker(
     topology: &Topology,
     name: &str,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let worker = worker(settings, topology, name);
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let handle = tokio::spawn(async move {
+        worker.run(stop).await.expect("worker runs");
+    });
+    (token, handle)
+}
+
+/// An AMQP worker on the test broker, not started (for tests that need its readiness flag first).
+pub fn worker(settings: &Settings, topology: &Topology, name: &str) -> Worker {
     let config = WorkerConfig {
         amqp_url: amqp_url(),
         topology: topology.clone(),
@@ -147,13 +158,17 @@ pub fn spawn_worker(
         grace: Duration::from_secs(10),
         name: name.to_owned(),
     };
-    let worker = Worker::new(config, runner(settings));
-    let token = CancellationToken::new();
-    let stop = token.clone();
-    let handle = tokio::spawn(async move {
-        worker.run(stop).await.expect("worker runs");
-    });
-    (token, handle)
+    Worker::new(config, runner(settings))
+}
+
+/// A fresh scratch directory under the system temp dir (removed by the test when it is done).
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "contactmirror-{what}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
 }
 
 /// The queue names of a phase, for assertions.
@@ -235,7 +250,8 @@ pub struct Process {
 impl Process {
     /// Starts `name` with `args` and `env`, logging to a temporary file.
     pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let log = std::env::temp_dir().join(format!("cm-{name}-{}.log", uuid::Uuid::new_v4().simple()));
+        let log =
+            std::env::temp_dir().join(format!("cm-{name}-{}.log", uuid::Uuid::new_v4().simple()));
         let file = std::fs::File::create(&log).expect("log file");
         let err = file.try_clone().expect("log file");
         let child = std::process::Command::new(binary(name))

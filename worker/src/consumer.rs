@@ -88,7 +88,7 @@ impl Worker {
                 Ok(reason) => return Ok(reason),
                 Err(error) => {
                     self.ready.store(false, Ordering::SeqCst);
-                    metrics::counter!("amqp_reconnects_total").increment(1);
+                    metrics::counter!(crate::metrics::AMQP_RECONNECTS_TOTAL).increment(1);
                     error!(error = %error, retry_in_ms = delay.as_millis() as u64, "broker session ended; reconnecting");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(StopReason::Shutdown),
@@ -211,7 +211,14 @@ async fn handle(
     let job = match Job::from_json(&delivery.data) {
         Ok(job) => job,
         Err(error) => {
-            warn!(%error, "dead-lettering a malformed job");
+            // No run id, tenant or mailbox can be trusted from a body that does not parse; the delivery tag
+            // and phase are what an operator can find the message by.
+            let span =
+                info_span!("job", phase = %phase, attempt, delivery_tag = delivery.delivery_tag);
+            span.in_scope(|| {
+                crate::metrics::record_job(phase, "malformed", std::time::Duration::ZERO);
+                warn!(%error, "dead-lettering a malformed job");
+            });
             let published = publisher
                 .publish_dead_letter(
                     phase,
@@ -220,8 +227,9 @@ async fn handle(
                     FailureReason::MalformedJob,
                     &error.to_string(),
                 )
+                .instrument(span.clone())
                 .await;
-            settle(&delivery, published).await;
+            settle(&delivery, published).instrument(span).await;
             return;
         }
     };
@@ -233,29 +241,36 @@ async fn handle(
         let step = retry.next_step(attempt, &attempt_result.result);
         let mut report = attempt_result.report;
         report.outcome = step.outcome(&attempt_result.result);
-        let outcome_label = match &step {
-            Step::Ack => "succeeded",
-            Step::Retry { .. } => "retrying",
-            Step::DeadLetter { .. } => "failed",
-        };
-        metrics::counter!("jobs_total", "phase" => job.phase().to_string(), "outcome" => outcome_label).increment(1);
-        metrics::histogram!("job_duration_seconds", "phase" => job.phase().to_string())
-            .record(started.elapsed().as_secs_f64());
+        let outcome_label = crate::metrics::outcome_label(&step);
+        crate::metrics::record_job(job.phase(), outcome_label, started.elapsed());
         let published = async {
             match &step {
                 Step::Ack => {}
-                Step::Retry { attempt, wait } => publisher.publish_retry(&job, *attempt, *wait).await?,
+                Step::Retry { attempt, wait } => {
+                    publisher.publish_retry(&job, *attempt, *wait).await?
+                }
                 Step::DeadLetter { reason, error } => {
                     publisher
-                        .publish_dead_letter(job.phase(), &delivery.data, &delivery.properties, *reason, error)
+                        .publish_dead_letter(
+                            job.phase(),
+                            &delivery.data,
+                            &delivery.properties,
+                            *reason,
+                            error,
+                        )
                         .await?
                 }
             }
             publisher.publish_report(&report).await
         }
         .await;
-        info!(outcome = outcome_label, created = report.counts.created, updated = report.counts.updated,
-              deleted = report.counts.deleted, "job finished");
+        info!(
+            outcome = outcome_label,
+            created = report.counts.created,
+            updated = report.counts.updated,
+            deleted = report.counts.deleted,
+            "job finished"
+        );
         settle(&delivery, published).await;
     }
     .instrument(span)

@@ -72,8 +72,15 @@ async fn run_one(
     job: Job,
     attempt: u32,
 ) -> Report {
+    let started = std::time::Instant::now();
     let outcome = runner.run(&job, attempt).await;
     let step = policy.next_step(attempt, &outcome.result);
+    // The same metrics as the AMQP consumer, so an embedded run scraped by a test or a sidecar reads alike.
+    crate::metrics::record_job(
+        job.phase(),
+        crate::metrics::outcome_label(&step),
+        started.elapsed(),
+    );
     let mut report = outcome.report;
     report.outcome = step.outcome(&outcome.result);
     if let Step::Retry { attempt, wait } = step {

@@ -7,6 +7,7 @@
 //! - [`consumer`]: the RabbitMQ worker ([`consumer::Worker`]).
 //! - [`embedded`]: the same jobs in one process, no broker ([`embedded::EmbeddedQueue`]).
 //! - [`health`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: the Prometheus metric names and where each is recorded.
 #![deny(missing_docs)]
 
 pub mod central_cache;
@@ -15,3 +16,4 @@ pub mod disposition;
 pub mod embedded;
 pub mod health;
 pub mod job;
+pub mod metrics;

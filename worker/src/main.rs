@@ -95,14 +95,16 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
     let worker = Worker::new(config, runner);
     let shutdown = shared::shutdown::on_signal();
     let metrics = worker::health::install_recorder().map_err(anyhow::Error::msg)?;
-    let health = tokio::spawn(worker::health::serve(
-        cli.metrics_addr,
-        metrics,
-        worker.readiness(),
-        shutdown.clone(),
-    ));
-    let reason = worker.run(shutdown).await?;
-    health.abort();
+    // The health server outlives the shutdown signal: /readyz turns false while the worker drains, and /metrics
+    // and /healthz keep answering until the drain is over.
+    let health = worker::health::HealthServer::start(cli.metrics_addr, metrics, worker.readiness())
+        .await
+        .with_context(|| format!("serving health and metrics on {}", cli.metrics_addr))?;
+    let reason = worker.run(shutdown).await;
+    if let Err(error) = health.stop().await {
+        tracing::warn!(%error, "the health server ended with an error");
+    }
+    let reason = reason?;
     tracing::info!(?reason, "worker stopped");
     Ok(())
 }

@@ -3,7 +3,10 @@
 //!
 //! Metric names: `graph_requests_total{method,status}` (HTTP requests; `status` is `2xx`/`4xx`/`5xx`/`error`),
 //! `graph_batch_items_total{method,status}`, `graph_throttled_total{tenant}`, `graph_retries_total{tenant}`,
-//! `graph_retry_after_seconds_total{tenant}` (waits Graph ordered, each rounded up to a whole second), `graph_token_refresh_total{tenant}`.
+//! `graph_retry_after_seconds_total{tenant}` (waits Graph ordered, each rounded up to a whole second),
+//! `graph_retry_after_wait_seconds{tenant}` (histogram of the time requests actually spent held at a mailbox
+//! blocked by a `Retry-After`; its `_sum` is the total wait), `graph_requests_in_flight{tenant}` (gauge) and
+//! `graph_token_refresh_total{tenant}`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +50,17 @@ pub(crate) struct Counters {
     retry_after_micros: AtomicU64,
     blocked_micros: AtomicU64,
     token_refreshes: AtomicU64,
+}
+
+/// A request on the wire, for the `graph_requests_in_flight` gauge.
+pub(crate) struct InFlight {
+    gauge: metrics::Gauge,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+    }
 }
 
 /// `2xx`, `4xx`, ... for a status, `error` for no answer.
@@ -110,12 +124,23 @@ impl Counters {
         }
     }
 
-    /// Time a request spent at a blocked mailbox.
-    pub fn blocked(&self, wait: Duration) {
+    /// Time a request of `tenant` spent at a mailbox blocked by a `Retry-After`: what an operator pays for
+    /// throttling, as opposed to what Graph asked for ([`Counters::retry`]).
+    pub fn blocked(&self, tenant: &str, wait: Duration) {
         if !wait.is_zero() {
             self.blocked_micros
                 .fetch_add(micros(wait), Ordering::Relaxed);
+            metrics::histogram!("graph_retry_after_wait_seconds", "tenant" => tenant.to_owned())
+                .record(wait.as_secs_f64());
         }
+    }
+
+    /// Counts a request of `tenant` as on the wire until the returned guard drops (also when the request's
+    /// future is cancelled, so the gauge never drifts upwards).
+    pub fn in_flight(&self, tenant: &str) -> InFlight {
+        let gauge = metrics::gauge!("graph_requests_in_flight", "tenant" => tenant.to_owned());
+        gauge.increment(1.0);
+        InFlight { gauge }
     }
 
     /// A token fetched.

@@ -136,9 +136,11 @@ impl TenantInner {
             }
             let token = self.token().await?;
             let (pass, admission) = self.limits.admit(call.mailbox, cells, permits).await;
-            counters.blocked(admission.blocked);
+            counters.blocked(&self.tenant_id, admission.blocked);
             let started = std::time::Instant::now();
+            let on_wire = counters.in_flight(&self.tenant_id);
             let outcome = self.send_once(call, token.secret.expose()).await;
+            drop(on_wire);
             drop(pass);
             let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let (status, headers, body) = match outcome {

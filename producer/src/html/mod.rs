@@ -1,0 +1,379 @@
+//! The run report as one self-contained HTML page (`run --report-html`, `report --html`): a per-tenant table, a
+//! chart of creates/updates/deletes/failures per tenant, throttling over the run, and every failure with its
+//! reason.
+//!
+//! Self-contained on purpose: CSS and SVG are inline and there is no script, so the page renders the same when
+//! attached to a ticket, opened offline, or served by a tool with a strict content security policy. Every piece
+//! of outside data (tenant ids, UPNs, Graph error texts) is HTML-escaped.
+
+mod chart;
+mod escape;
+
+use std::fmt::Write as _;
+
+use crate::summary::{PhaseCounts, RunReport, TenantReport};
+use chart::{Group, Series, Timeline};
+pub use escape::escape;
+
+const STYLE: &str = r#"
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2330; margin: 2rem auto; max-width: 1100px; padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #dde1e8; padding-bottom: .3rem; }
+.meta { color: #5a6372; margin-top: 0; }
+.status { display: inline-block; padding: .05rem .5rem; border-radius: .7rem; font-weight: 600; font-size: .85rem; }
+.status.ok { background: #e3f4e6; color: #1e6b2f; } .status.failed { background: #fbe3e3; color: #a11d1d; }
+.cards { display: flex; flex-wrap: wrap; gap: .75rem; margin: 1rem 0; }
+.card { background: #f5f7fa; border: 1px solid #e2e6ec; border-radius: .5rem; padding: .5rem .9rem; min-width: 7rem; }
+.card b { display: block; font-size: 1.3rem; } .card span { color: #5a6372; font-size: .8rem; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; width: 100%; font-size: .85rem; }
+th, td { text-align: left; padding: .3rem .4rem; border-bottom: 1px solid #e6e9ef; vertical-align: top; }
+th { background: #f5f7fa; font-weight: 600; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.error { color: #8a1c1c; word-break: break-word; max-width: 40rem; }
+.chart text { font: 12px system-ui, sans-serif; fill: #1d2330; } .chart .group-label { font-weight: 600; }
+.chart .value, .chart .tick { fill: #5a6372; } .chart .axis { stroke: #9aa3b2; }
+.legend { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: 1rem; }
+.swatch { display: inline-block; width: .8rem; height: .8rem; border-radius: 2px; margin-right: .35rem; vertical-align: -1px; }
+.note { color: #5a6372; }
+footer { margin-top: 3rem; color: #8a93a3; font-size: .8rem; }
+"#;
+
+/// The series of the per-tenant chart.
+const OUTCOME_SERIES: [Series; 4] = [
+    Series {
+        name: "created",
+        color: "#2e7d32",
+    },
+    Series {
+        name: "updated",
+        color: "#1565c0",
+    },
+    Series {
+        name: "deleted",
+        color: "#ef6c00",
+    },
+    Series {
+        name: "failed",
+        color: "#c62828",
+    },
+];
+
+/// Tenant colours of the throttling chart (cycled).
+const PALETTE: [&str; 8] = [
+    "#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457", "#5d4037", "#9e9d24",
+];
+
+/// One tenant's numbers summed over both phases.
+struct Totals {
+    counts: PhaseCounts,
+    failed_mailboxes: u64,
+}
+
+impl Totals {
+    fn of(tenant: &TenantReport) -> Self {
+        let mut counts = PhaseCounts::default();
+        for c in tenant.phases.values() {
+            counts.created += c.created;
+            counts.updated += c.updated;
+            counts.deleted += c.deleted;
+            counts.skipped += c.skipped;
+            counts.failed += c.failed;
+        }
+        let failed_mailboxes = tenant
+            .mailboxes
+            .iter()
+            .filter(|m| m.outcome == "failed")
+            .count() as u64
+            + u64::from(tenant.error.is_some());
+        Self {
+            counts,
+            failed_mailboxes,
+        }
+    }
+
+    /// The chart's "failed": each refused write and each mailbox (or tenant) that did not finish counts once.
+    fn failures(&self) -> u64 {
+        self.counts.failed + self.failed_mailboxes
+    }
+}
+
+/// Renders `report` as a complete HTML document.
+pub fn render(report: &RunReport) -> String {
+    let totals: Vec<Totals> = report.tenants.iter().map(Totals::of).collect();
+    let mut page = String::with_capacity(16 * 1024);
+    let title = format!("contactmirror run {}", report.run_id);
+    let _ = write!(
+        page,
+        concat!(
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+            "<title>{title}</title><style>{style}</style></head><body>\n"
+        ),
+        title = escape(&title),
+        style = STYLE
+    );
+    header(&mut page, report, &totals);
+    tenant_table(&mut page, report, &totals);
+    outcome_chart(&mut page, report, &totals);
+    throttle_chart(&mut page, report);
+    failures(&mut page, report);
+    let _ = write!(
+        page,
+        "<footer>Generated by contactmirror-producer {} from run {}.</footer>\n</body></html>\n",
+        escape(env!("CARGO_PKG_VERSION")),
+        escape(&report.run_id.to_string())
+    );
+    page
+}
+
+fn header(page: &mut String, report: &RunReport, totals: &[Totals]) {
+    let (class, label) = if report.succeeded() {
+        ("ok", "ok")
+    } else {
+        ("failed", "failures")
+    };
+    let _ = write!(
+        page,
+        concat!(
+            "<header><h1>contactmirror run report <span class=\"status {class}\" id=\"run-status\">{label}</span></h1>",
+            "<p class=\"meta\">Run <code id=\"run-id\">{run}</code> · {mode} mode{dry} · started {started} · ",
+            "finished {finished} · {secs:.1} s</p></header>\n"
+        ),
+        class = class,
+        label = label,
+        run = escape(&report.run_id.to_string()),
+        mode = escape(&report.mode),
+        dry = if report.dry_run {
+            " · <strong>dry run: nothing was written; counts are what would be written</strong>"
+        } else {
+            ""
+        },
+        started = escape(&report.started_at.to_rfc3339()),
+        finished = escape(&report.finished_at.to_rfc3339()),
+        secs = report.duration_ms as f64 / 1000.0,
+    );
+    let sum = |f: &dyn Fn(&Totals) -> u64| totals.iter().map(f).sum::<u64>();
+    let cards: [(&str, u64); 8] = [
+        ("tenants", report.tenants.len() as u64),
+        (
+            "users",
+            report.tenants.iter().map(|t| t.users as u64).sum::<u64>(),
+        ),
+        ("created", sum(&|t| t.counts.created)),
+        ("updated", sum(&|t| t.counts.updated)),
+        ("deleted", sum(&|t| t.counts.deleted)),
+        ("failed", sum(&|t| t.failures())),
+        (
+            "Graph requests",
+            report.tenants.iter().map(|t| t.graph.requests).sum::<u64>(),
+        ),
+        (
+            "throttled (429)",
+            report
+                .tenants
+                .iter()
+                .map(|t| t.graph.throttled)
+                .sum::<u64>(),
+        ),
+    ];
+    page.push_str("<section class=\"cards\" id=\"totals\">");
+    for (name, value) in cards {
+        let _ = write!(
+            page,
+            "<div class=\"card\" data-total=\"{name}\"><b>{value}</b><span>{name}</span></div>"
+        );
+    }
+    page.push_str("</section>\n");
+}
+
+fn tenant_table(page: &mut String, report: &RunReport, totals: &[Totals]) {
+    page.push_str(concat!(
+        "<h2>Tenants</h2><div class=\"scroll\"><table id=\"tenants\"><thead><tr><th>tenant</th><th>status</th>",
+        "<th class=\"num\">users</th><th class=\"num\">created</th><th class=\"num\">updated</th>",
+        "<th class=\"num\">deleted</th><th class=\"num\">unchanged</th><th class=\"num\">failed writes</th>",
+        "<th class=\"num\">failed mailboxes</th><th class=\"num\">Graph requests</th>",
+        "<th class=\"num\">throttled</th><th class=\"num\">retries</th><th class=\"num\">duration</th>",
+        "</tr></thead><tbody>"
+    ));
+    if report.tenants.is_empty() {
+        page.push_str("<tr><td colspan=\"13\" class=\"note\">No tenant was selected.</td></tr>");
+    }
+    for (tenant, t) in report.tenants.iter().zip(totals) {
+        let (class, label) = if tenant.failed() {
+            ("failed", "FAILED")
+        } else {
+            ("ok", "ok")
+        };
+        let c = &t.counts;
+        let _ = write!(
+            page,
+            concat!(
+                "<tr data-tenant=\"{id}\"><td>{id}</td><td><span class=\"status {class}\">{label}</span></td>",
+                "<td class=\"num\">{users}</td><td class=\"num\">{created}</td><td class=\"num\">{updated}</td>",
+                "<td class=\"num\">{deleted}</td><td class=\"num\">{skipped}</td><td class=\"num\">{failed}</td>",
+                "<td class=\"num\">{mailboxes}</td><td class=\"num\">{requests}</td>",
+                "<td class=\"num\">{throttled}</td><td class=\"num\">{retries}</td>",
+                "<td class=\"num\">{secs:.1} s</td></tr>"
+            ),
+            id = escape(&tenant.tenant_id),
+            users = tenant.users,
+            created = c.created,
+            updated = c.updated,
+            deleted = c.deleted,
+            skipped = c.skipped,
+            failed = c.failed,
+            mailboxes = t.failed_mailboxes,
+            requests = tenant.graph.requests,
+            throttled = tenant.graph.throttled,
+            retries = tenant.retries,
+            secs = tenant.duration_ms as f64 / 1000.0,
+            class = class,
+            label = label,
+        );
+    }
+    page.push_str("</tbody></table></div>\n");
+}
+
+fn outcome_chart(page: &mut String, report: &RunReport, totals: &[Totals]) {
+    page.push_str("<h2>What happened per tenant</h2>");
+    if report.tenants.is_empty() {
+        page.push_str("<p class=\"note\">Nothing to chart.</p>\n");
+        return;
+    }
+    let groups: Vec<Group> = report
+        .tenants
+        .iter()
+        .zip(totals)
+        .map(|(tenant, t)| Group {
+            label: tenant.tenant_id.clone(),
+            values: vec![
+                t.counts.created,
+                t.counts.updated,
+                t.counts.deleted,
+                t.failures(),
+            ],
+        })
+        .collect();
+    let legend: Vec<(String, &'static str)> = OUTCOME_SERIES
+        .iter()
+        .map(|s| (s.name.to_owned(), s.color))
+        .collect();
+    page.push_str(&chart::legend(&legend));
+    page.push_str(&chart::grouped_bars(
+        "outcomes-chart",
+        &OUTCOME_SERIES,
+        &groups,
+    ));
+    page.push_str(
+        "<p class=\"note\">Contacts written, summed over both phases. \"failed\" counts each write Graph refused \
+         and each mailbox whose job did not finish.</p>\n",
+    );
+}
+
+fn throttle_chart(page: &mut String, report: &RunReport) {
+    page.push_str("<h2>Throttling</h2>");
+    let throttled: u64 = report.tenants.iter().map(|t| t.graph.throttled).sum();
+    if throttled == 0 {
+        page.push_str(
+            "<p class=\"note\" id=\"no-throttling\">Graph never throttled this run (no HTTP 429).</p>\n",
+        );
+        return;
+    }
+    let has_timeline = report
+        .tenants
+        .iter()
+        .any(|t| !t.throttle_timeline.is_empty());
+    if has_timeline {
+        let lines: Vec<Timeline> = report
+            .tenants
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.throttle_timeline.is_empty())
+            .map(|(i, t)| Timeline {
+                label: t.tenant_id.clone(),
+                color: PALETTE[i % PALETTE.len()],
+                samples: t
+                    .throttle_timeline
+                    .iter()
+                    .map(|s| (s.at, s.throttled))
+                    .collect(),
+            })
+            .collect();
+        let legend: Vec<(String, &'static str)> =
+            lines.iter().map(|l| (l.label.clone(), l.color)).collect();
+        page.push_str(&chart::legend(&legend));
+        page.push_str(&chart::stacked_timeline(
+            "throttle-chart",
+            report.started_at,
+            report.finished_at,
+            &lines,
+        ));
+        page.push_str(
+            "<p class=\"note\">HTTP 429 answers per slice of the run, stacked by tenant, placed at the end of the \
+             job attempt that received them.</p>\n",
+        );
+    } else {
+        // Reports written before the timeline existed: per-tenant totals are all there is.
+        let series = [Series {
+            name: "throttled",
+            color: "#6a1b9a",
+        }];
+        let groups: Vec<Group> = report
+            .tenants
+            .iter()
+            .map(|t| Group {
+                label: t.tenant_id.clone(),
+                values: vec![t.graph.throttled],
+            })
+            .collect();
+        page.push_str(&chart::grouped_bars("throttle-chart", &series, &groups));
+        page.push_str("<p class=\"note\">HTTP 429 answers per tenant.</p>\n");
+    }
+}
+
+fn failures(page: &mut String, report: &RunReport) {
+    page.push_str("<h2>Failures</h2>");
+    let rows: Vec<String> = report
+        .tenants
+        .iter()
+        .flat_map(|tenant| {
+            let tenant_error = tenant.error.as_ref().map(|error| {
+                format!(
+                    "<tr><td>{}</td><td>(whole tenant)</td><td></td><td>tenant_not_run</td><td class=\"num\">0</td><td class=\"error\">{}</td></tr>",
+                    escape(&tenant.tenant_id),
+                    escape(error)
+                )
+            });
+            let mailboxes = tenant
+                .mailboxes
+                .iter()
+                .filter(|m| m.outcome == "failed")
+                .map(move |m| {
+                    format!(
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"error\">{}</td></tr>",
+                        escape(&tenant.tenant_id),
+                        escape(&m.mailbox),
+                        escape(&m.phase.to_string()),
+                        escape(m.reason.map(|r| r.as_str()).unwrap_or("unknown")),
+                        m.attempts,
+                        escape(m.error.as_deref().unwrap_or(""))
+                    )
+                });
+            tenant_error.into_iter().chain(mailboxes)
+        })
+        .collect();
+    if rows.is_empty() {
+        page.push_str("<p class=\"note\" id=\"no-failures\">No failures.</p>\n");
+        return;
+    }
+    page.push_str(concat!(
+        "<div class=\"scroll\"><table id=\"failures\"><thead><tr><th>tenant</th><th>mailbox</th><th>phase</th><th>reason</th>",
+        "<th class=\"num\">attempts</th><th>error</th></tr></thead><tbody>"
+    ));
+    for row in rows {
+        page.push_str(&row);
+    }
+    page.push_str("</tbody></table></div>\n");
+}
+
+#[cfg(test)]
+mod tests;
