@@ -9,10 +9,12 @@
 //! - [`dispatch`]: the two transports.
 //! - [`summary`]: the run report and the exit status it implies.
 //! - [`progress`]: progress lines.
+//! - [`ops`]: operator commands on a running fleet (`status`, `dlq list|show|requeue|purge`).
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod dispatch;
+pub mod ops;
 pub mod orchestrate;
 pub mod prepare;
 pub mod progress;

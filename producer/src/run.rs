@@ -21,6 +21,8 @@ use crate::{EXIT_FAILURES, EXIT_OK, EXIT_USAGE};
 pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Status(args) => crate::ops::status::command(args).await,
+        Command::Dlq(args) => crate::ops::dlq::command(args).await,
     }
 }
 

@@ -47,9 +47,13 @@ pub fn private_topology() -> Topology {
 /// Deletes every queue and exchange of `topology`.
 pub async fn delete_topology(topology: &Topology) {
     let connection = connect().await;
-    let Ok(channel) = connection.create_channel().await else { return };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
     for queue in topology.all_queues() {
-        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
     let mut exchanges = vec![
         topology.jobs_exchange(),
@@ -109,7 +113,8 @@ impl Estate {
 /// Loads settings from a configuration document, as `AUTOMATION_SYNCCONTACTS_CONFIG_JSON`.
 pub fn settings_from(document: &serde_json::Value) -> Settings {
     let text = document.to_string();
-    let env = move |name: &str| (name == "AUTOMATION_SYNCCONTACTS_CONFIG_JSON").then(|| text.clone());
+    let env =
+        move |name: &str| (name == "AUTOMATION_SYNCCONTACTS_CONFIG_JSON").then(|| text.clone());
     Settings::from_sources(&env, None).expect("valid test configuration")
 }
 
@@ -129,7 +134,11 @@ pub fn runner(settings: &Settings) -> Arc<JobRunner> {
 }
 
 /// An in-process AMQP worker; cancel the token to stop it.
-pub fn spawn_worker(settings: &Settings, topology: &Topology, name: &str) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+pub fn spawn_worker(
+    settings: &Settings,
+    topology: &Topology,
+    name: &str,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let config = WorkerConfig {
         amqp_url: amqp_url(),
         topology: topology.clone(),
