@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use shared::telemetry::LogFormat;
 
+pub use crate::ops::cli::{BrokerArgs, DlqArgs, DlqCommand, StatusArgs};
+
 /// contactmirror: one contact list on every phone of a Microsoft 365 organisation.
 #[derive(Debug, Parser)]
 #[command(name = "contactmirror-producer", version, about)]
@@ -27,6 +29,10 @@ pub struct Cli {
 pub enum Command {
     /// Run a sync: phase 1 (users -> central folder) then phase 2 (central folder -> users), per tenant.
     Run(RunArgs),
+    /// Show every queue's ready, unacked and consumer counts (jobs, retries, dead letters, reports).
+    Status(StatusArgs),
+    /// Inspect, requeue or purge dead-lettered jobs.
+    Dlq(DlqArgs),
     /// Turn a run report (`run --report FILE`) into a self-contained HTML page.
     Report(ReportArgs),
 }

@@ -10,11 +10,13 @@
 //! - [`summary`]: the run report and the exit status it implies.
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
 //! - [`html`]: the run report as a self-contained HTML page.
+//! - [`ops`]: operator commands on a running fleet (`status`, `dlq list|show|requeue|purge`).
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod dispatch;
 pub mod html;
+pub mod ops;
 pub mod orchestrate;
 pub mod prepare;
 pub mod progress;

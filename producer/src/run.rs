@@ -22,6 +22,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Report(args) => report(&args),
+        Command::Status(args) => crate::ops::status::command(args).await,
+        Command::Dlq(args) => crate::ops::dlq::command(args).await,
     }
 }
 

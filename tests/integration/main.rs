@@ -18,3 +18,6 @@ mod fleet;
 
 // Unreachable mailboxes, killed workers, a restarting broker, Graph faults; secrets never leak.
 mod failures;
+
+// The operator commands (status, dlq list|show|requeue|purge) against the real broker.
+mod ops;

@@ -1,0 +1,168 @@
+//! Walking a dead-letter queue without losing or reordering what stays in it.
+//!
+//! AMQP has no "peek". The scan takes messages with `basic.get` and manual acks, and settles only the ones it acts
+//! on; everything else stays unacknowledged until the scan closes its channel, when the broker hands all of it
+//! back. A quorum queue without a delivery limit (which is what the dead-letter queues are) puts returned messages
+//! at the *back*, so a scan that stopped half-way would move the messages it read behind the ones it did not. The
+//! scan therefore always reads the whole queue as it was when it started, even after its limit is reached: the
+//! queue then rotates once, in order, and comes back as it was (a dead letter arriving during the scan ends up
+//! ahead of the ones the scan read; nothing is lost). Dead letters arriving during the scan are not read, so it
+//! cannot loop. While it runs, the messages it holds are invisible to other readers; nothing consumes the
+//! dead-letter queues in normal operation, so this only matters to two operators scanning at once (each then
+//! sees part of the queue).
+//!
+//! Requeue publishes the job with a publisher confirm and only then acks the dead letter. Interrupted between the
+//! two, the dead letter comes back to its queue while the job is already in the job queue: a duplicate, which is
+//! harmless because job ids are deterministic and Graph writes are idempotent upserts. Interrupted anywhere else,
+//! nothing is lost and nothing is duplicated.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use shared::message::Phase;
+use shared::mq::{Publisher, Topology};
+
+use super::dead_letter::{DeadLetter, Filter};
+
+/// What the scan does with a dead letter that matches.
+#[derive(Clone, Copy)]
+pub enum Action<'a> {
+    /// Nothing: it stays where it is.
+    Read,
+    /// Publish its job to the phase's job queue as attempt 1, then remove it.
+    Requeue(&'a Publisher),
+    /// Remove it.
+    Delete,
+}
+
+/// What a scan saw and did.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The matching dead letters, acted on (for `Read`, just read), in queue order.
+    pub matched: Vec<DeadLetter>,
+    /// Matches `Requeue` left in place because their body is not a job (malformed jobs would only fail again).
+    pub skipped: Vec<DeadLetter>,
+    /// Each dead-letter queue read and how many messages it held when the scan started.
+    pub depths: BTreeMap<String, u32>,
+}
+
+/// Scans the dead-letter queues `filter` selects, doing `action` to every match.
+pub async fn scan(
+    connection: &Connection,
+    topology: &Topology,
+    filter: &Filter,
+    action: Action<'_>,
+) -> Result<Scan> {
+    let mut scan = Scan::default();
+    for phase in filter.phases() {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel to read dead letters")?;
+        let result = scan_queue(&channel, topology, phase, filter, action, &mut scan).await;
+        // Closing hands every message read but not acknowledged back to the queue, in the order it was read.
+        let closed = channel.close(200, "dead-letter scan done".into()).await;
+        result?;
+        closed.context("closing the dead-letter scan channel")?;
+    }
+    Ok(scan)
+}
+
+async fn scan_queue(
+    channel: &Channel,
+    topology: &Topology,
+    phase: Phase,
+    filter: &Filter,
+    action: Action<'_>,
+    scan: &mut Scan,
+) -> Result<()> {
+    let queue = topology.dead_letter_queue(phase);
+    let depth = depth(channel, &queue).await?;
+    scan.depths.insert(queue.clone(), depth);
+    for _ in 0..depth {
+        let options = BasicGetOptions { no_ack: false };
+        let Some(message) = channel
+            .basic_get(queue.as_str().into(), options)
+            .await
+            .with_context(|| format!("reading {queue}"))?
+        else {
+            break; // someone else emptied it meanwhile
+        };
+        let letter = DeadLetter::from_delivery(&queue, phase, &message.delivery);
+        let full = filter
+            .limit
+            .is_some_and(|limit| scan.matched.len() + scan.skipped.len() >= limit);
+        if full || !filter.matches(&letter) {
+            continue; // stays unacknowledged: back in place when the channel closes
+        }
+        let ack = || async {
+            message
+                .delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .with_context(|| format!("acknowledging a dead letter in {queue}"))
+        };
+        match action {
+            Action::Read => scan.matched.push(letter),
+            Action::Delete => {
+                ack().await?;
+                scan.matched.push(letter);
+            }
+            Action::Requeue(publisher) => match &letter.job {
+                None => scan.skipped.push(letter),
+                Some(job) => {
+                    publisher
+                        .publish_job(job, 1)
+                        .await
+                        .with_context(|| format!("requeueing job {}", job.job_id))?;
+                    ack().await?;
+                    scan.matched.push(letter);
+                }
+            },
+        }
+    }
+    Ok(())
+}
+
+/// How many ready messages `queue` holds (a passive declare, which fails if the queue does not exist).
+async fn depth(channel: &Channel, queue: &str) -> Result<u32> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .with_context(|| {
+            format!("queue {queue} is not there: wrong --queue-prefix, or the topology was never declared")
+        })?;
+    Ok(declared.message_count())
+}
+
+/// Empties the dead-letter queues of `phases` in one call each; returns how many messages went.
+pub async fn purge_queues(
+    connection: &Connection,
+    topology: &Topology,
+    phases: &[Phase],
+) -> Result<u64> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel to purge dead letters")?;
+    let mut purged = 0u64;
+    for phase in phases {
+        let queue = topology.dead_letter_queue(*phase);
+        depth(&channel, &queue).await?;
+        purged += u64::from(
+            channel
+                .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+                .await
+                .with_context(|| format!("purging {queue}"))?,
+        );
+    }
+    let _ = channel.close(200, "purge done".into()).await;
+    Ok(purged)
+}

@@ -1,0 +1,796 @@
+//! The operator commands (`status`, `dlq list|show|requeue|purge`) against the real broker, each test on a
+//! private queue prefix. Dead letters are made the way the fleet makes them: a worker's
+//! `Publisher::publish_dead_letter` of a delivery taken from the job queue, or the broker's own dead-lettering.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use producer::ops::dead_letter::{Filter, ReasonSource};
+use producer::ops::dlq;
+use producer::ops::management::Management;
+use producer::ops::status::{self, ManagementUse};
+use shared::message::{CentralFolder, FailureReason, Job, JobKind, Phase};
+use shared::model::Mailbox;
+use shared::mq::{self, attempt_of, header_str, Publisher, Topology, REASON_HEADER};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+use crate::support::{amqp_url, connect, delete_topology, private_topology, BROKER};
+
+/// A declared private topology with a confirm-mode publisher on it.
+struct Fleet {
+    connection: Connection,
+    topology: Topology,
+    publisher: Publisher,
+    channel: Channel,
+}
+
+impl Fleet {
+    async fn new() -> Self {
+        let connection = connect().await;
+        let topology = private_topology();
+        let channel = connection.create_channel().await.expect("channel");
+        mq::declare(&channel, &topology).await.expect("declare");
+        let publisher = Publisher::open(&connection, topology.clone())
+            .await
+            .expect("publisher");
+        Self {
+            connection,
+            topology,
+            publisher,
+            channel,
+        }
+    }
+
+    async fn finish(self) {
+        let _ = self.connection.close(200, "test done".into()).await;
+        delete_topology(&self.topology).await;
+    }
+
+    /// Dead-letters `job` as a worker does after attempt `attempt` failed for `reason`: publish it to the job
+    /// queue, take the delivery, publish the dead letter from it, ack.
+    async fn worker_dead_letter(
+        &self,
+        job: &Job,
+        attempt: u32,
+        reason: FailureReason,
+        error: &str,
+    ) {
+        self.publisher
+            .publish_job(job, attempt)
+            .await
+            .expect("publish job");
+        let delivery = self.take(&self.topology.job_queue(job.phase())).await;
+        self.publisher
+            .publish_dead_letter(
+                job.phase(),
+                &delivery.data,
+                &delivery.properties,
+                reason,
+                error,
+            )
+            .await
+            .expect("publish dead letter");
+        delivery.ack(Default::default()).await.expect("ack");
+    }
+
+    /// Dead-letters a message the way the broker does: a consumer rejects it without requeue.
+    async fn broker_dead_letter(&self, job: &Job) {
+        self.publisher
+            .publish_job(job, 1)
+            .await
+            .expect("publish job");
+        let delivery = self.take(&self.topology.job_queue(job.phase())).await;
+        delivery
+            .nack(BasicNackOptions {
+                requeue: false,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .expect("reject");
+    }
+
+    /// The next message of `queue`, unacknowledged (waits for it briefly).
+    async fn take(&self, queue: &str) -> lapin::message::Delivery {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self
+                .channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .await
+                .expect("basic_get");
+            if let Some(message) = got {
+                return message.delivery;
+            }
+            assert!(Instant::now() < deadline, "nothing arrived in {queue}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Drains `queue`, returning (job id, attempt, has a dead-letter reason header) of each message in order.
+    async fn drain(&self, queue: &str) -> Vec<(String, u32, bool)> {
+        let mut out = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic_get")
+        {
+            let job = Job::from_json(&message.delivery.data).expect("a job");
+            out.push((
+                job.job_id.to_string(),
+                attempt_of(&message.delivery.properties),
+                header_str(&message.delivery.properties, REASON_HEADER).is_some(),
+            ));
+        }
+        out
+    }
+
+    /// Waits until `queue` holds `expected` ready messages (dead-lettering and channel-close returns are
+    /// asynchronous in the broker), and fails if it never does.
+    async fn expect_ready(&self, queue: &str, expected: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let count = ready(&self.connection, queue).await;
+            if count == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{queue} holds {count}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn list(&self, filter: &Filter) -> Vec<String> {
+        let scan = dlq::list(&self.connection, &self.topology, filter)
+            .await
+            .expect("list");
+        scan.matched
+            .iter()
+            .map(|l| l.job_id.clone().expect("job id"))
+            .collect()
+    }
+}
+
+async fn ready(connection: &Connection, queue: &str) -> u32 {
+    let channel = connection.create_channel().await.expect("channel");
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .expect("queue exists");
+    let _ = channel.close(200, "".into()).await;
+    declared.message_count()
+}
+
+fn job(tenant: &str, user: &str, phase: Phase) -> Job {
+    let mailbox = |id: &str| Mailbox {
+        id: id.into(),
+        upn: format!("{id}@{tenant}"),
+    };
+    let central = CentralFolder {
+        mailbox: mailbox("shared"),
+        folder_id: Some("folder".into()),
+    };
+    let kind = match phase {
+        Phase::Phase1 => JobKind::Phase1 {
+            central,
+            sources: vec![mailbox(user)],
+        },
+        Phase::Phase2 => JobKind::Phase2 {
+            central,
+            mailbox: mailbox(user),
+        },
+    };
+    Job::new(Uuid::now_v7(), tenant, false, kind)
+}
+
+fn ids(jobs: &[&Job]) -> Vec<String> {
+    jobs.iter().map(|j| j.job_id.to_string()).collect()
+}
+
+/// Runs the producer's command line in-process, as `contactmirror-producer <args>`.
+async fn producer(args: &[&str]) -> anyhow::Result<ExitCode> {
+    let mut argv = vec!["contactmirror-producer"];
+    argv.extend_from_slice(args);
+    let cli = producer::cli::Cli::try_parse_from(argv).expect("valid command line");
+    producer::run::dispatch(cli).await
+}
+
+#[tokio::test]
+async fn dlq_list_and_show_report_why_and_leave_the_queue_as_it_was() {
+    let _broker = BROKER.read().await;
+    let fleet = Fleet::new().await;
+    let a1 = job("a.example", "alice", Phase::Phase2);
+    let a2 = job("a.example", "bob", Phase::Phase2);
+    let b1 = job("b.example", "carol", Phase::Phase2);
+    let b0 = job("b.example", "shared", Phase::Phase1);
+    let crashed = job("a.example", "dave", Phase::Phase2);
+    fleet
+        .worker_dead_letter(
+            &a1,
+            1,
+            FailureReason::NoMailbox,
+            "MailboxNotEnabledForRESTAPI",
+        )
+        .await;
+    fleet
+        .worker_dead_letter(
+            &a2,
+            5,
+            FailureReason::AttemptsExhausted,
+            "gave up after 5 attempts: 503",
+        )
+        .await;
+    fleet
+        .worker_dead_letter(
+            &b1,
+            1,
+            FailureReason::AccessDenied,
+            "ErrorAccessDenied: policy",
+        )
+        .await;
+    fleet
+        .worker_dead_letter(&b0, 2, FailureReason::Authentication, "AADSTS7000215")
+        .await;
+    fleet.broker_dead_letter(&crashed).await;
+    let dlq2 = fleet.topology.dead_letter_queue(Phase::Phase2);
+    fleet.expect_ready(&dlq2, 4).await;
+
+    let everything = dlq::list(&fleet.connection, &fleet.topology, &Filter::default())
+        .await
+        .expect("list");
+    let found: Vec<String> = everything
+        .matched
+        .iter()
+        .filter_map(|l| l.job_id.clone())
+        .collect();
+    assert_eq!(
+        found,
+        ids(&[&b0, &a1, &a2, &b1, &crashed]),
+        "phase 1 queue first, each in queue order"
+    );
+    let a2_letter = &everything.matched[2];
+    assert_eq!(a2_letter.tenant.as_deref(), Some("a.example"));
+    assert_eq!(a2_letter.mailbox.as_deref(), Some("bob@a.example"));
+    assert_eq!(a2_letter.attempts, 5);
+    assert_eq!(a2_letter.reason, "attempts_exhausted");
+    assert_eq!(a2_letter.reason_source, ReasonSource::Worker);
+    assert_eq!(
+        a2_letter.error.as_deref(),
+        Some("gave up after 5 attempts: 503")
+    );
+    let crashed_letter = &everything.matched[4];
+    assert_eq!(crashed_letter.reason, "rejected");
+    assert_eq!(crashed_letter.reason_source, ReasonSource::Broker);
+    assert_eq!(
+        crashed_letter.first_death_queue.as_deref(),
+        Some(fleet.topology.job_queue(Phase::Phase2).as_str())
+    );
+    assert!(crashed_letter.first_death_at.is_some());
+
+    let table = dlq::render_list(&everything);
+    for expected in [
+        "a.example",
+        "bob@a.example",
+        "attempts_exhausted",
+        "MailboxNotEnabledForRESTAPI",
+        "rejected",
+    ] {
+        assert!(
+            table.contains(expected),
+            "{expected} missing from:\n{table}"
+        );
+    }
+
+    // Listing read every message and put it back: same messages, same order, nothing left unacknowledged.
+    fleet.expect_ready(&dlq2, 4).await;
+    fleet
+        .expect_ready(&fleet.topology.dead_letter_queue(Phase::Phase1), 1)
+        .await;
+    assert_eq!(fleet.list(&Filter::default()).await, found);
+
+    let by_tenant = Filter {
+        tenant: Some("A.EXAMPLE".into()),
+        ..Filter::default()
+    };
+    assert_eq!(fleet.list(&by_tenant).await, ids(&[&a1, &a2, &crashed]));
+    let by_phase = Filter {
+        phase: Some(Phase::Phase1),
+        ..Filter::default()
+    };
+    assert_eq!(fleet.list(&by_phase).await, ids(&[&b0]));
+    let by_reason = Filter {
+        reason: Some("access_denied".into()),
+        ..Filter::default()
+    };
+    assert_eq!(fleet.list(&by_reason).await, ids(&[&b1]));
+    let limited = Filter {
+        phase: Some(Phase::Phase2),
+        limit: Some(2),
+        ..Filter::default()
+    };
+    assert_eq!(fleet.list(&limited).await, ids(&[&a1, &a2]));
+    assert_eq!(
+        fleet.list(&Filter::default()).await,
+        found,
+        "a limited scan keeps the order too"
+    );
+
+    let one = Filter {
+        job_id: Some(b1.job_id.to_string()),
+        ..Filter::default()
+    };
+    let shown = dlq::list(&fleet.connection, &fleet.topology, &one)
+        .await
+        .expect("show");
+    let text = dlq::render_show(&shown);
+    for expected in [
+        "ErrorAccessDenied: policy",
+        "carol@b.example",
+        "access_denied (from the worker)",
+        "\"phase\": \"phase2\"",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    assert_eq!(
+        fleet.list(&Filter::default()).await,
+        found,
+        "show changed nothing either"
+    );
+    fleet.finish().await;
+}
+
+#[tokio::test]
+async fn dlq_requeue_moves_exactly_the_selection_back_as_attempt_one() {
+    let _broker = BROKER.read().await;
+    let fleet = Fleet::new().await;
+    let a1 = job("a.example", "alice", Phase::Phase2);
+    let a2 = job("a.example", "bob", Phase::Phase2);
+    let b1 = job("b.example", "carol", Phase::Phase2);
+    let a3 = job("a.example", "erin", Phase::Phase2);
+    let a0 = job("a.example", "shared", Phase::Phase1);
+    fleet
+        .worker_dead_letter(&a1, 5, FailureReason::AttemptsExhausted, "503")
+        .await;
+    fleet
+        .worker_dead_letter(&a2, 1, FailureReason::NoMailbox, "404")
+        .await;
+    fleet
+        .worker_dead_letter(&b1, 5, FailureReason::AttemptsExhausted, "503")
+        .await;
+    fleet
+        .worker_dead_letter(&a3, 4, FailureReason::AttemptsExhausted, "429")
+        .await;
+    fleet
+        .worker_dead_letter(&a0, 5, FailureReason::AttemptsExhausted, "503")
+        .await;
+    // A body that is not a job matches the filter (its tenant header says a.example) but cannot be requeued.
+    let mut headers = FieldTable::default();
+    headers.insert(
+        mq::TENANT_HEADER.into(),
+        lapin::types::AMQPValue::LongString("a.example".into()),
+    );
+    let properties = lapin::BasicProperties::default().with_headers(headers);
+    fleet
+        .publisher
+        .publish_dead_letter(
+            Phase::Phase2,
+            b"{not a job",
+            &properties,
+            FailureReason::AttemptsExhausted,
+            "?",
+        )
+        .await
+        .expect("malformed dead letter");
+    let dlq2 = fleet.topology.dead_letter_queue(Phase::Phase2);
+    fleet.expect_ready(&dlq2, 5).await;
+
+    let selection = Filter {
+        tenant: Some("a.example".into()),
+        phase: Some(Phase::Phase2),
+        reason: Some("attempts_exhausted".into()),
+        ..Filter::default()
+    };
+    let scan = dlq::requeue(&fleet.connection, &fleet.topology, &selection)
+        .await
+        .expect("requeue");
+    let requeued: Vec<String> = scan
+        .matched
+        .iter()
+        .filter_map(|l| l.job_id.clone())
+        .collect();
+    assert_eq!(requeued, ids(&[&a1, &a3]));
+    assert_eq!(
+        scan.skipped.len(),
+        1,
+        "the malformed dead letter is reported, not requeued"
+    );
+
+    let arrived = fleet.drain(&fleet.topology.job_queue(Phase::Phase2)).await;
+    assert_eq!(
+        arrived,
+        vec![
+            (a1.job_id.to_string(), 1, false),
+            (a3.job_id.to_string(), 1, false)
+        ],
+        "exactly the selection, attempt reset, no dead-letter headers"
+    );
+    assert!(
+        fleet
+            .drain(&fleet.topology.job_queue(Phase::Phase1))
+            .await
+            .is_empty(),
+        "phase 1 was not selected"
+    );
+    fleet.expect_ready(&dlq2, 3).await;
+    let remaining = dlq::list(&fleet.connection, &fleet.topology, &Filter::default())
+        .await
+        .expect("list");
+    let remaining_ids: Vec<Option<String>> =
+        remaining.matched.iter().map(|l| l.job_id.clone()).collect();
+    assert_eq!(
+        remaining_ids,
+        vec![
+            Some(a0.job_id.to_string()),
+            Some(a2.job_id.to_string()),
+            Some(b1.job_id.to_string()),
+            None
+        ],
+        "the rest stays, in order"
+    );
+
+    // Through the command line: requeue with a limit takes the first match only.
+    let code = producer(&[
+        "dlq",
+        "--amqp-url",
+        &amqp_url(),
+        "--queue-prefix",
+        fleet.topology.prefix(),
+        "requeue",
+        "--reason",
+        "attempts_exhausted",
+        "--limit",
+        "1",
+    ])
+    .await
+    .expect("requeue runs");
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert_eq!(
+        fleet.drain(&fleet.topology.job_queue(Phase::Phase1)).await,
+        vec![(a0.job_id.to_string(), 1, false)]
+    );
+    assert!(fleet
+        .drain(&fleet.topology.job_queue(Phase::Phase2))
+        .await
+        .is_empty());
+    fleet.finish().await;
+}
+
+#[tokio::test]
+async fn dlq_purge_refuses_without_yes_and_deletes_only_the_selection_with_it() {
+    let _broker = BROKER.read().await;
+    let fleet = Fleet::new().await;
+    let a1 = job("a.example", "alice", Phase::Phase2);
+    let b1 = job("b.example", "bob", Phase::Phase2);
+    let b0 = job("b.example", "shared", Phase::Phase1);
+    fleet
+        .worker_dead_letter(&a1, 1, FailureReason::NoMailbox, "404")
+        .await;
+    fleet
+        .worker_dead_letter(&b1, 1, FailureReason::NoMailbox, "404")
+        .await;
+    fleet
+        .worker_dead_letter(&b0, 1, FailureReason::Authentication, "401")
+        .await;
+    let dlq1 = fleet.topology.dead_letter_queue(Phase::Phase1);
+    let dlq2 = fleet.topology.dead_letter_queue(Phase::Phase2);
+    fleet.expect_ready(&dlq2, 2).await;
+    let prefix = fleet.topology.prefix().to_owned();
+    let url = amqp_url();
+    let base = [
+        "dlq",
+        "--amqp-url",
+        url.as_str(),
+        "--queue-prefix",
+        prefix.as_str(),
+        "purge",
+    ];
+
+    let refused = producer(&base).await.expect("purge answers");
+    assert_eq!(refused, ExitCode::from(producer::EXIT_USAGE));
+    assert!(dlq::purge_refusal().contains("--yes"));
+    fleet.expect_ready(&dlq2, 2).await;
+    fleet.expect_ready(&dlq1, 1).await;
+
+    let only_a = [&base[..], &["--tenant", "a.example", "--yes"]].concat();
+    assert_eq!(
+        producer(&only_a).await.expect("purge runs"),
+        ExitCode::SUCCESS
+    );
+    fleet.expect_ready(&dlq2, 1).await;
+    assert_eq!(fleet.list(&Filter::default()).await, ids(&[&b0, &b1]));
+
+    let everything = [&base[..], &["--yes"]].concat();
+    assert_eq!(
+        producer(&everything).await.expect("purge runs"),
+        ExitCode::SUCCESS
+    );
+    fleet.expect_ready(&dlq2, 0).await;
+    fleet.expect_ready(&dlq1, 0).await;
+    fleet.finish().await;
+}
+
+/// `rabbitmqctl list_queues` for the queues of `prefix`: name -> (ready, unacked, consumers).
+fn rabbitmqctl(prefix: &str) -> std::collections::HashMap<String, (u64, u64, u64)> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_queues",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        ])
+        .output()
+        .expect("rabbitmqctl runs (it comes with the RabbitMQ the tests need)");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            let name = fields.first()?;
+            name.starts_with(&format!("{prefix}."))
+                .then(|| Some((name.to_string(), (number(1)?, number(2)?, number(3)?))))?
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn status_numbers_match_the_brokers_own() {
+    let _broker = BROKER.read().await;
+    let fleet = Fleet::new().await;
+    for user in ["u1", "u2", "u3"] {
+        fleet
+            .publisher
+            .publish_job(&job("a.example", user, Phase::Phase2), 1)
+            .await
+            .expect("publish");
+    }
+    fleet
+        .worker_dead_letter(
+            &job("a.example", "u4", Phase::Phase1),
+            1,
+            FailureReason::NoMailbox,
+            "404",
+        )
+        .await;
+    // One job in progress (unacknowledged) and a consumer on the report queue.
+    let held = fleet.take(&fleet.topology.job_queue(Phase::Phase2)).await;
+    let consumer_channel = fleet.connection.create_channel().await.expect("channel");
+    consumer_channel
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let _consumer = consumer_channel
+        .basic_consume(
+            fleet.topology.reports_queue().as_str().into(),
+            "status-test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+
+    let management = Management::new(&amqp_url(), None).expect("management client");
+    // The management API samples its statistics: wait until it has caught up with what was just done.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = status::collect(&fleet.connection, &fleet.topology, Some(&management))
+            .await
+            .expect("status");
+        let unacked = status
+            .queues
+            .iter()
+            .find(|q| q.name == fleet.topology.job_queue(Phase::Phase2))
+            .and_then(|q| q.unacked);
+        if unacked == Some(1) {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the management API never reported the unacked job (is the management plugin enabled?): {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        matches!(status.management, ManagementUse::Used { .. }),
+        "{:?}",
+        status.management
+    );
+    assert_eq!(status.queues.len(), fleet.topology.all_queues().len());
+    let broker = rabbitmqctl(fleet.topology.prefix());
+    assert_eq!(broker.len(), status.queues.len(), "{broker:?}");
+    for queue in &status.queues {
+        assert!(queue.exists, "{}", queue.name);
+        let (ready, unacked, consumers) = broker[&queue.name];
+        assert_eq!(queue.ready, Some(ready), "ready of {}", queue.name);
+        assert_eq!(queue.unacked, Some(unacked), "unacked of {}", queue.name);
+        assert_eq!(
+            queue.consumers,
+            Some(consumers),
+            "consumers of {}",
+            queue.name
+        );
+    }
+    let by_name = |name: String| {
+        status
+            .queues
+            .iter()
+            .find(|q| q.name == name)
+            .expect("listed")
+            .clone()
+    };
+    let phase2 = by_name(fleet.topology.job_queue(Phase::Phase2));
+    assert_eq!((phase2.ready, phase2.unacked), (Some(2), Some(1)));
+    assert_eq!(
+        by_name(fleet.topology.dead_letter_queue(Phase::Phase1)).ready,
+        Some(1)
+    );
+    assert_eq!(by_name(fleet.topology.reports_queue()).consumers, Some(1));
+    let table = status::render(&status);
+    let phase2_line: Vec<&str> = table
+        .lines()
+        .find(|line| line.starts_with(&format!("{} ", phase2.name)))
+        .map(|line| line.split_whitespace().collect())
+        .unwrap_or_default();
+    let consumers = phase2.consumers.map(|c| c.to_string()).unwrap_or_default();
+    assert_eq!(
+        phase2_line,
+        vec![
+            phase2.name.as_str(),
+            "jobs",
+            "phase2",
+            "2",
+            "1",
+            consumers.as_str()
+        ],
+        "{table}"
+    );
+    assert!(!table.contains("guest:guest"), "{table}");
+
+    drop(held);
+    let _ = consumer_channel.close(200, "".into()).await;
+    fleet.finish().await;
+}
+
+/// A one-shot HTTP server answering the management API's queue list with `body`; returns its port and the
+/// request it received.
+async fn fake_management(body: String) -> (u16, tokio::task::JoinHandle<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let handle = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buffer).await.expect("read");
+            assert!(n > 0, "client hung up");
+            request.extend_from_slice(&buffer[..n]);
+        }
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(response.as_bytes()).await.expect("write");
+        String::from_utf8_lossy(&request).into_owned()
+    });
+    (port, handle)
+}
+
+#[tokio::test]
+async fn status_uses_the_management_credentials_and_falls_back_to_amqp_without_it() {
+    let _broker = BROKER.read().await;
+    let fleet = Fleet::new().await;
+    let phase1 = fleet.topology.job_queue(Phase::Phase1);
+    let body =
+        serde_json::json!([{ "name": phase1, "messages_unacknowledged": 7, "consumers": 3 }])
+            .to_string();
+    let (port, request) = fake_management(body).await;
+    let url = format!("http://monitor:pw@127.0.0.1:{port}/");
+    let management = Management::new(&amqp_url(), Some(&url)).expect("management client");
+    let status = status::collect(&fleet.connection, &fleet.topology, Some(&management))
+        .await
+        .expect("status");
+    let request = request.await.expect("request served");
+    assert!(
+        request.starts_with("GET /api/queues/%2F?columns="),
+        "{request}"
+    );
+    // base64("monitor:pw")
+    assert!(
+        request
+            .to_ascii_lowercase()
+            .contains("authorization: basic bw9uaxrvcjpwdw=="),
+        "{request}"
+    );
+    let first = &status.queues[0];
+    assert_eq!(first.name, phase1);
+    assert_eq!(
+        first.unacked,
+        Some(7),
+        "unacked comes from the management API"
+    );
+    assert_eq!(
+        first.consumers,
+        Some(0),
+        "consumers come from AMQP, which is live"
+    );
+    assert_eq!(
+        status.queues[1].unacked, None,
+        "a queue the API did not list is unknown, not zero"
+    );
+    let table = status::render(&status);
+    assert!(
+        table.contains(&format!("http://127.0.0.1:{port}/")) && !table.contains("pw@"),
+        "{table}"
+    );
+
+    // Nothing listens on port 1: status still answers from AMQP and says why unacked counts are missing.
+    let closed =
+        Management::new(&amqp_url(), Some("http://127.0.0.1:1/")).expect("management client");
+    let status = status::collect(&fleet.connection, &fleet.topology, Some(&closed))
+        .await
+        .expect("status");
+    assert!(
+        matches!(status.management, ManagementUse::Unavailable { .. }),
+        "{:?}",
+        status.management
+    );
+    assert!(status
+        .queues
+        .iter()
+        .all(|q| q.exists && q.ready == Some(0) && q.unacked.is_none()));
+    fleet.finish().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_named_without_its_password() {
+    let error = producer(&[
+        "status",
+        "--amqp-url",
+        "amqp://ops:s3cret@127.0.0.1:1/%2f",
+        "--no-management",
+    ])
+    .await
+    .expect_err("nothing listens on port 1");
+    let text = format!("{error:#}");
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+    let error = producer(&[
+        "dlq",
+        "--amqp-url",
+        "amqp://ops:s3cret@127.0.0.1:1/%2f",
+        "list",
+    ])
+    .await
+    .expect_err("nothing listens on port 1");
+    assert!(!format!("{error:#}").contains("s3cret"));
+}
