@@ -35,6 +35,8 @@ pub enum Command {
     Dlq(DlqArgs),
     /// Turn a run report (`run --report FILE`) into a self-contained HTML page.
     Report(ReportArgs),
+    /// Try it all on this machine: graphsim in-process, a few hundred mailboxes, two embedded runs.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Options of `report`.
@@ -81,4 +83,50 @@ pub struct RunArgs {
     /// Attempts per job before it is dead-lettered.
     #[arg(long, env = "CONTACTMIRROR_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
+}
+
+impl RunArgs {
+    /// `run` with every option at its default and no broker: what the demo and the tests use.
+    pub fn embedded_default() -> Self {
+        Self {
+            config: None,
+            amqp_url: None,
+            workers: 8,
+            tenants: Vec::new(),
+            dry_run: false,
+            report: None,
+            report_html: None,
+            queue_prefix: "cm".to_owned(),
+            idle_timeout_secs: 900,
+            max_attempts: 5,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn embedded_default_matches_the_command_line_defaults() {
+        let cli = Cli::try_parse_from([
+            "contactmirror-producer",
+            "run",
+            "--amqp-url",
+            "",
+            "--config",
+            "",
+        ])
+        .expect("parses");
+        let Command::Run(mut parsed) = cli.command else {
+            panic!("not run")
+        };
+        // The two options given above only keep environment variables of this machine out of the comparison.
+        parsed.amqp_url = None;
+        parsed.config = None;
+        let defaults = RunArgs::embedded_default();
+        assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"));
+    }
 }

@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`cli`]: the command line.
+//! - [`demo`]: the whole product against an in-process graphsim.
 //! - [`run`]: the `run` command (settings -> transport -> report -> exit status).
 //! - [`prepare`]: step 1 of a tenant (credentials, shared mailbox, licensed users, central folder).
 //! - [`orchestrate`]: phase 1 then phase 2 per tenant over any [`orchestrate::Dispatch`].
@@ -14,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod demo;
 pub mod dispatch;
 pub mod html;
 pub mod ops;

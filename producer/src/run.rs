@@ -22,6 +22,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Report(args) => report(&args),
+        Command::Demo(args) => crate::demo::command(args).await,
         Command::Status(args) => crate::ops::status::command(args).await,
         Command::Dlq(args) => crate::ops::dlq::command(args).await,
     }

@@ -17,16 +17,9 @@ use crate::support::{self, Estate, BROKER};
 /// `run` arguments for an embedded run (no broker).
 pub fn embedded_args() -> RunArgs {
     RunArgs {
-        config: None,
-        amqp_url: None,
         workers: 4,
-        tenants: Vec::new(),
-        dry_run: false,
-        report: None,
-        report_html: None,
-        queue_prefix: "unused".into(),
         idle_timeout_secs: 60,
-        max_attempts: 5,
+        ..RunArgs::embedded_default()
     }
 }
 

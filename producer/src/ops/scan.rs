@@ -47,6 +47,8 @@ pub struct Scan {
     pub skipped: Vec<DeadLetter>,
     /// Each dead-letter queue read and how many messages it held when the scan started.
     pub depths: BTreeMap<String, u32>,
+    /// Messages acknowledged (deleted or requeued), i.e. gone from the dead-letter queues.
+    pub removed: u32,
 }
 
 /// Scans the dead-letter queues `filter` selects, doing `action` to every match.
@@ -62,13 +64,35 @@ pub async fn scan(
             .create_channel()
             .await
             .context("opening a channel to read dead letters")?;
+        let removed_before = scan.removed;
         let result = scan_queue(&channel, topology, phase, filter, action, &mut scan).await;
         // Closing hands every message read but not acknowledged back to the queue, in the order it was read.
         let closed = channel.close(200, "dead-letter scan done".into()).await;
         result?;
         closed.context("closing the dead-letter scan channel")?;
+        let queue = topology.dead_letter_queue(phase);
+        let expected = scan.depths[&queue].saturating_sub(scan.removed - removed_before);
+        settle(connection, &queue, expected).await?;
     }
     Ok(scan)
+}
+
+/// Waits until the messages a scan handed back are ready again. A quorum queue applies the return through its
+/// log, after the channel close is confirmed, so a command run right after a scan could otherwise see them
+/// missing.
+async fn settle(connection: &Connection, queue: &str, expected: u32) -> Result<()> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel to check a dead-letter queue")?;
+    for _ in 0..100 {
+        if depth(&channel, queue).await? >= expected {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = channel.close(200, "checked".into()).await;
+    Ok(())
 }
 
 async fn scan_queue(
@@ -109,6 +133,7 @@ async fn scan_queue(
             Action::Read => scan.matched.push(letter),
             Action::Delete => {
                 ack().await?;
+                scan.removed += 1;
                 scan.matched.push(letter);
             }
             Action::Requeue(publisher) => match &letter.job {
@@ -119,6 +144,7 @@ async fn scan_queue(
                         .await
                         .with_context(|| format!("requeueing job {}", job.job_id))?;
                     ack().await?;
+                    scan.removed += 1;
                     scan.matched.push(letter);
                 }
             },

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::raw::{self, Fields, Loc, Node};
 use super::{
     ConfigError, DeletionPolicy, GraphLimits, MirrorOptions, Settings, TenantSettings,
-    CLIENT_ID_VAR, CLIENT_SECRET_FILE_VAR, CLIENT_SECRET_VAR, CONFIG_JSON_VAR,
-    DEFAULT_AUTHORITY_HOST, DEFAULT_CENTRAL_FOLDER_NAME, DEFAULT_GRAPH_ENDPOINT,
+    ALLOW_INSECURE_GRAPH_VAR, CLIENT_ID_VAR, CLIENT_SECRET_FILE_VAR, CLIENT_SECRET_VAR,
+    CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST, DEFAULT_CENTRAL_FOLDER_NAME, DEFAULT_GRAPH_ENDPOINT,
     DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR,
     GLOBAL_ADDRESS_BOOK_USER_ID_VAR, MICROSOFT_TENANTS_JSON_VAR, TENANT_ID_VAR,
     TEST_USER_LIST_BY_TENANT_JSON_VAR,
@@ -175,6 +175,30 @@ impl Layer {
 }
 
 impl<'a> Builder<'a> {
+    /// Plain `http://` endpoints are accepted for loopback hosts, and for any host only when
+    /// [`ALLOW_INSECURE_GRAPH_VAR`] is true (a lab such as docker-compose, where graphsim is `http://graphsim:8080`).
+    fn plain_http_allowed(&self, url: &Url, at: &Loc) -> Result<(), ConfigError> {
+        if url.scheme() != "http" || is_loopback(url) {
+            return Ok(());
+        }
+        let allowed = (self.env)(ALLOW_INSECURE_GRAPH_VAR).is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "y"
+            )
+        });
+        if allowed {
+            return Ok(());
+        }
+        Err(invalid(
+            at,
+            &format!(
+                "{ENDPOINT} (or set {ALLOW_INSECURE_GRAPH_VAR}=1 to allow plain http in a lab)"
+            ),
+            raw::quoted(url.as_str()),
+        ))
+    }
+
     pub(super) fn new(env: &'a dyn Fn(&str) -> Option<String>) -> Self {
         Self {
             env,
@@ -410,6 +434,14 @@ impl<'a> Builder<'a> {
                 });
             }
         }
+        for (key, url) in [
+            ("AuthorityHost", &layer.authority_host),
+            ("GraphEndpoint", &layer.graph_endpoint),
+        ] {
+            if let Some(url) = url {
+                self.plain_http_allowed(url, &parent.key(key))?;
+            }
+        }
         let defaults = GraphLimits::default();
         let tenant = TenantSettings {
             tenant_id,
@@ -630,13 +662,8 @@ fn endpoint(node: &Node, at: &Loc) -> Result<Option<Url>, ConfigError> {
     };
     let mut url =
         Url::parse(&text).map_err(|error| invalid(at, &format!("{ENDPOINT}; {error}"), got()))?;
-    let loopback = match url.host() {
-        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+    // http to a non-loopback host is refused later, in `Builder::plain_http_allowed`, where the environment is known.
+    let scheme_ok = url.scheme() == "https" || url.scheme() == "http";
     if !scheme_ok || url.host().is_none() || url.cannot_be_a_base() {
         return Err(invalid(at, ENDPOINT, got()));
     }
@@ -651,6 +678,16 @@ fn endpoint(node: &Node, at: &Loc) -> Result<Option<Url>, ConfigError> {
         url.set_path(&path);
     }
     Ok(Some(url))
+}
+
+/// Whether `url` points at this machine (where plain http cannot be intercepted on the way).
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 fn default_url(text: &str) -> Url {

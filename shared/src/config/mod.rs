@@ -70,6 +70,8 @@ pub const GLOBAL_ADDRESS_BOOK_USER_ID_VAR: &str =
     "AUTOMATION_SYNCCONTACTS_GLOBAL_ADDRESS_BOOK_USER_ID";
 /// Dry run, when the document does not set `DryRun`.
 pub const DRY_RUN_VAR: &str = "AUTOMATION_SYNCCONTACTS_DRY_RUN";
+/// Allows `http://` Graph and authority endpoints on hosts other than loopback (labs only, e.g. docker-compose).
+pub const ALLOW_INSECURE_GRAPH_VAR: &str = "CONTACTMIRROR_ALLOW_INSECURE_GRAPH";
 /// Test users per tenant: `{"<TenantId>":["upn",...]}`, merged into the tenants' `TestUserList`.
 pub const TEST_USER_LIST_BY_TENANT_JSON_VAR: &str =
     "AUTOMATION_SYNCCONTACTS_TEST_USER_LIST_BY_TENANT_JSON";

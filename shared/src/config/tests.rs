@@ -554,18 +554,58 @@ fn http_only_for_loopback_hosts() {
         "http://10.0.0.1",
         "http://localhost.example.com",
         "http://[::2]",
-        "ftp://localhost",
     ] {
-        assert_error(
+        assert_error_contains(
             load_doc(&doc_with(|t| {
                 t.insert("GraphEndpoint".into(), json!(url));
             })),
-            &format!(
+            &[
                 "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].GraphEndpoint: expected an https URL \
-                 (http:// only for a loopback host: localhost, 127.0.0.0/8 or ::1), got {url:?}"
-            ),
+                 (http:// only for a loopback host: localhost, 127.0.0.0/8 or ::1) (or set \
+                 CONTACTMIRROR_ALLOW_INSECURE_GRAPH=1 to allow plain http in a lab), got",
+                url.trim_end_matches('/'),
+            ],
         );
     }
+    assert_error(
+        load_doc(&doc_with(|t| {
+            t.insert("GraphEndpoint".into(), json!("ftp://localhost"));
+        })),
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].GraphEndpoint: expected an https URL \
+         (http:// only for a loopback host: localhost, 127.0.0.0/8 or ::1), got \"ftp://localhost\"",
+    );
+}
+
+#[test]
+fn plain_http_to_a_lab_host_needs_the_explicit_switch() {
+    let doc = doc_with(|t| {
+        t.insert("AuthorityHost".into(), json!("http://graphsim:8080"));
+        t.insert("GraphEndpoint".into(), json!("http://graphsim:8080"));
+    });
+    let text = doc.to_string();
+    assert!(load(&[(CONFIG_JSON_VAR, text.clone())], None).is_err());
+    for off in ["0", "false", ""] {
+        let refused = load(
+            &[
+                (CONFIG_JSON_VAR, text.clone()),
+                (ALLOW_INSECURE_GRAPH_VAR, off.to_owned()),
+            ],
+            None,
+        );
+        assert!(refused.is_err(), "{off:?} must not allow plain http");
+    }
+    let settings = load(
+        &[
+            (CONFIG_JSON_VAR, text),
+            (ALLOW_INSECURE_GRAPH_VAR, "1".to_owned()),
+        ],
+        None,
+    )
+    .expect("allowed with the switch");
+    assert_eq!(
+        settings.tenants[0].graph_endpoint.as_str(),
+        "http://graphsim:8080/"
+    );
 }
 
 #[test]
