@@ -217,6 +217,13 @@ async fn embedded_run_mirrors_and_second_run_writes_nothing() {
     assert_only_unreachable_failed(&second, &estate);
     let stats = estate.sim.stats();
     assert_eq!(stats.total_writes(), 0, "the second run wrote: {stats:?}");
+    // The report counts each job's own requests, never its neighbours' (8 jobs run at once here).
+    let reported: u64 = second.tenants.iter().map(|t| t.graph.requests).sum();
+    assert!(
+        reported > 0 && reported <= stats.graph_operations,
+        "the report claims {reported} Graph requests, graphsim saw {}",
+        stats.graph_operations
+    );
     assert_eq!(total(&second, |c| c.created + c.updated + c.deleted), 0);
     assert_eq!(
         snapshot(&estate, "All Contacts"),

@@ -68,7 +68,8 @@ impl JobRunner {
     /// [`AttemptResult`].
     pub async fn run(&self, job: &Job, attempt: u32) -> Attempt {
         let started = Instant::now();
-        let before = self.graph.stats();
+        // A client per job: its tally counts this job's requests only, however many jobs run beside it.
+        let mut tally = (0, 0);
         let result = match self.settings.tenant(&job.tenant_id) {
             None => Err(AttemptResult::Permanent {
                 reason: FailureReason::UnknownTenant,
@@ -79,17 +80,18 @@ impl JobRunner {
             }),
             Some(tenant) => {
                 let client = self.graph.tenant(tenant);
-                match &job.kind {
+                let result = match &job.kind {
                     JobKind::Phase1 { central, sources } => {
                         self.phase1(tenant, &client, job, central, sources).await
                     }
                     JobKind::Phase2 { central, mailbox } => {
                         self.phase2(tenant, &client, job, central, mailbox).await
                     }
-                }
+                };
+                tally = client.tally();
+                result
             }
         };
-        let after = self.graph.stats();
         let (done, result) = match result {
             Ok(done) => (done, AttemptResult::Done),
             Err(failure) => (Done::default(), failure),
@@ -108,8 +110,8 @@ impl JobRunner {
             source_failures: done.source_failures,
             planned: done.planned,
             graph: GraphCounts {
-                requests: after.requests.saturating_sub(before.requests),
-                throttled: after.throttled.saturating_sub(before.throttled),
+                requests: tally.0,
+                throttled: tally.1,
             },
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             finished_at: Utc::now(),

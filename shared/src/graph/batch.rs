@@ -154,6 +154,7 @@ pub(crate) async fn write(
                 continue;
             };
             counters.batch_item(item.method, answer.status);
+            inner.tally.batch_item(answer.status);
             tracing::debug!(
                 method = item.method,
                 mailbox,

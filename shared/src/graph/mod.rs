@@ -180,6 +180,7 @@ impl GraphClient {
                 base,
                 tokens,
                 limits,
+                tally: stats::Tally::default(),
             }),
         }
     }
@@ -238,6 +239,8 @@ pub(crate) struct TenantInner {
     base: Result<Url, String>,
     tokens: Arc<TokenCache>,
     limits: Arc<Limits>,
+    /// What this client alone sent: a job's own figures, exact even while other jobs share the process.
+    tally: stats::Tally,
 }
 
 impl TenantInner {
@@ -259,6 +262,11 @@ impl TenantInner {
 }
 
 impl TenantClient {
+    /// Requests (`$batch` items counted one by one) and 429s sent through this client, not its siblings.
+    pub fn tally(&self) -> (u64, u64) {
+        self.inner.tally.get()
+    }
+
     /// The tenant this client works for, as configured.
     pub fn tenant_id(&self) -> &str {
         &self.inner.tenant_id

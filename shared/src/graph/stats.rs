@@ -52,6 +52,39 @@ pub(crate) struct Counters {
     token_refreshes: AtomicU64,
 }
 
+/// Requests and 429s of one [`super::TenantClient`].
+#[derive(Default)]
+pub(crate) struct Tally {
+    requests: AtomicU64,
+    throttled: AtomicU64,
+}
+
+impl Tally {
+    /// One HTTP request (or `batch_items` items) answered with `status`.
+    pub fn request(&self, status: Option<u16>, batch_items: Option<u32>) {
+        self.requests
+            .fetch_add(batch_items.map_or(1, u64::from), Ordering::Relaxed);
+        if status == Some(429) {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One `$batch` item answered with `status` (the envelope was counted by [`Tally::request`]).
+    pub fn batch_item(&self, status: u16) {
+        if status == 429 {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (requests, throttled).
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.throttled.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// A request on the wire, for the `graph_requests_in_flight` gauge.
 pub(crate) struct InFlight {
     gauge: metrics::Gauge,

@@ -148,6 +148,7 @@ impl TenantInner {
                 Err(error) => {
                     let failure = transport_failure(&error);
                     counters.request(method, None, call.batch_items);
+                    self.tally.request(None, call.batch_items);
                     tracing::debug!(method, path, mailbox = call.mailbox, attempt, elapsed_ms, %failure, "graph request failed");
                     if decide_transport(failure) == Decision::Backoff
                         && attempt < policy.max_attempts
@@ -166,6 +167,7 @@ impl TenantInner {
                 }
             };
             counters.request(method, Some(status), call.batch_items);
+            self.tally.request(Some(status), call.batch_items);
             tracing::debug!(
                 method,
                 path,
