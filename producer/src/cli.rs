@@ -115,9 +115,9 @@ mod tests {
             "contactmirror-producer",
             "run",
             "--amqp-url",
-            "",
+            "x",
             "--config",
-            "",
+            "x",
         ])
         .expect("parses");
         let Command::Run(mut parsed) = cli.command else {

@@ -21,3 +21,6 @@ mod failures;
 
 // The operator commands (status, dlq list|show|requeue|purge) against the real broker.
 mod ops;
+
+// Poisoned job -> dead letter -> dlq list -> fix -> dlq requeue -> a worker completes it.
+mod dlq_replay;

@@ -199,7 +199,7 @@ fn ids(jobs: &[&Job]) -> Vec<String> {
 }
 
 /// Runs the producer's command line in-process, as `contactmirror-producer <args>`.
-async fn producer(args: &[&str]) -> anyhow::Result<ExitCode> {
+pub(crate) async fn producer(args: &[&str]) -> anyhow::Result<ExitCode> {
     let mut argv = vec!["contactmirror-producer"];
     argv.extend_from_slice(args);
     let cli = producer::cli::Cli::try_parse_from(argv).expect("valid command line");
