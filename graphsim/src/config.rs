@@ -97,7 +97,7 @@ pub enum FaultProfile {
     #[default]
     Graph,
     /// Microsoft Dev Proxy's GraphRandomErrorPlugin: spaced reason phrases as codes, 507 for writes,
-    /// `Retry-After: 5` on 429 (see `shared/graph/devproxy-graph-errors.json`).
+    /// `Retry-After: 5` on 429 (see `graphsim/graph-data/devproxy-graph-errors.json`).
     DevProxy,
 }
 

@@ -1,7 +1,7 @@
 //! The `microsoft.graph.contact` entity: which properties a body may carry, how they are checked and
 //! merged, and how a stored contact is rendered the way Outlook returns it.
 //!
-//! Property names and types follow `shared/graph/graph-schemas.json` (`microsoft.graph.contact`), so a
+//! Property names and types follow `graphsim/graph-data/graph-schemas.json` (`microsoft.graph.contact`), so a
 //! misspelt property is a 400 here exactly as it is against Graph.
 
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! Injected failures: random 429/5xx answers at a configured rate, scripted one-off faults, and
 //! "commit then fail" (the write is applied, then a 5xx is returned) so clients' idempotency can be tested.
 //!
-//! Two vocabularies: real Graph codes, and Microsoft Dev Proxy's (`shared/graph/devproxy-graph-errors.json`).
+//! Two vocabularies: real Graph codes, and Microsoft Dev Proxy's (`graphsim/graph-data/devproxy-graph-errors.json`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

@@ -266,11 +266,22 @@ async fn metrics_move_during_a_run_and_readiness_follows_the_broker_and_the_drai
         "graph_requests_total moved while the run was going"
     );
 
-    let after = endpoint.metrics().await;
-    let count = |name: &str, with: &[(&str, &str)]| total(&after, name, with).unwrap_or(0.0);
-    let before = |name: &str, with: &[(&str, &str)]| total(&baseline, name, with).unwrap_or(0.0);
     let phase1 = [("phase", "phase1"), ("outcome", "succeeded")];
     let phase2 = [("phase", "phase2"), ("outcome", "succeeded")];
+    // A job is counted after its report is confirmed, so the producer can see the last report a moment before
+    // the last count lands: give the counters a few seconds to settle.
+    let mut after = endpoint.metrics().await;
+    for _ in 0..50 {
+        let done = total(&after, "jobs_total", &phase2).unwrap_or(0.0)
+            - total(&baseline, "jobs_total", &phase2).unwrap_or(0.0);
+        if done >= users as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = endpoint.metrics().await;
+    }
+    let count = |name: &str, with: &[(&str, &str)]| total(&after, name, with).unwrap_or(0.0);
+    let before = |name: &str, with: &[(&str, &str)]| total(&baseline, name, with).unwrap_or(0.0);
     assert!(count("jobs_total", &phase1) - before("jobs_total", &phase1) >= 1.0);
     assert!(
         count("jobs_total", &phase2) - before("jobs_total", &phase2) >= users as f64,

@@ -14,7 +14,7 @@ use graphsim::{MailboxState, ScriptedFault, SimConfig, TenantSeed, UserSeed};
 
 fn graph_data(file: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/graph")
+        .join("graph-data")
         .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(

@@ -318,9 +318,9 @@ mod tests {
     fn schema_validator() -> jsonschema::Validator {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/graph/graph-schemas.json"
+            "/../graphsim/graph-data/graph-schemas.json"
         );
-        let text = std::fs::read_to_string(path).expect("graph-schemas.json beside the checkout");
+        let text = std::fs::read_to_string(path).expect("graphsim/graph-data/graph-schemas.json");
         let document: Value = serde_json::from_str(&text).expect("schema JSON");
         let schema = serde_json::json!({
             "$schema": "https://json-schema.org/draft/2020-12/schema",
