@@ -233,7 +233,7 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is not built: run the tests with `cargo test --workspace` (it builds the binaries)",
+        "{} is not built: run `cargo build --workspace --bins` before `cargo test --workspace` (as .ci/run does)",
         path.display()
     );
     path
