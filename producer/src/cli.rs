@@ -83,6 +83,13 @@ pub struct RunArgs {
     /// Attempts per job before it is dead-lettered.
     #[arg(long, env = "CONTACTMIRROR_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
+    /// Where to keep each folder's change feed between runs, so unchanged mailboxes cost one request per phase;
+    /// default: $XDG_STATE_HOME/contactmirror or ~/.local/state/contactmirror.
+    #[arg(long, env = "CONTACTMIRROR_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Keep no state: read every folder in full on every run.
+    #[arg(long, env = "CONTACTMIRROR_NO_STATE")]
+    pub no_state: bool,
 }
 
 impl RunArgs {
@@ -99,6 +106,8 @@ impl RunArgs {
             queue_prefix: "cm".to_owned(),
             idle_timeout_secs: 900,
             max_attempts: 5,
+            state_dir: None,
+            no_state: false,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`prepare`]: step 1 of a tenant (credentials, shared mailbox, licensed users, central folder).
 //! - [`orchestrate`]: phase 1 then phase 2 per tenant over any [`orchestrate::Dispatch`].
 //! - [`dispatch`]: the two transports.
+//! - [`state`]: change feeds kept between runs (one JSON file per tenant).
 //! - [`summary`]: the run report and the exit status it implies.
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
 //! - [`html`]: the run report as a self-contained HTML page.
@@ -23,6 +24,7 @@ pub mod orchestrate;
 pub mod prepare;
 pub mod progress;
 pub mod run;
+pub mod state;
 pub mod summary;
 
 /// Exit status: every mailbox of every tenant succeeded.

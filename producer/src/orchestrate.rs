@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::prepare::{prepare, PreparedTenant};
 use crate::progress::Progress;
+use crate::state::{self, StateStore, TenantMemory};
 use crate::summary::{RunReport, TenantReport};
 
 /// A job transport: the embedded queue or RabbitMQ.
@@ -41,6 +42,8 @@ pub struct RunRequest<'a> {
     pub dry_run: bool,
     /// Give up on jobs whose final report has not come after this long without any report.
     pub idle_timeout: Duration,
+    /// Where feeds are kept between runs; `None` reads every folder in full every run. Not used in a dry run.
+    pub state: Option<&'a StateStore>,
 }
 
 struct Pending {
@@ -75,6 +78,7 @@ pub async fn run<D: Dispatch>(
             .await;
     let mut reports: Vec<TenantReport> = Vec::new();
     let mut prepared: Vec<Option<PreparedTenant>> = Vec::new();
+    let mut memories: Vec<Option<TenantMemory>> = Vec::new();
     let mut pending: HashMap<Uuid, Pending> = HashMap::new();
     let mut progress = Progress::new();
     for (tenant, outcome) in tenants.iter().zip(preparations) {
@@ -86,7 +90,10 @@ pub async fn run<D: Dispatch>(
         match outcome {
             Ok(ready) => {
                 report.users = ready.users.len();
-                let job = Job::new(
+                let memory = request.state.filter(|_| !request.dry_run).map(|store| {
+                    store.load(&ready.tenant_id, state::scope(tenant, &ready.central))
+                });
+                let mut job = Job::new(
                     run_id,
                     &ready.tenant_id,
                     request.dry_run,
@@ -95,6 +102,10 @@ pub async fn run<D: Dispatch>(
                         sources: ready.users.clone(),
                     },
                 );
+                if let Some(memory) = &memory {
+                    job.cursors = memory.phase1_cursors(&ready.users);
+                }
+                memories.push(memory);
                 pending.insert(
                     job.job_id,
                     Pending {
@@ -111,6 +122,7 @@ pub async fn run<D: Dispatch>(
                 warn!(tenant = %tenant.tenant_id, %error, "tenant skipped");
                 report.error = Some(error);
                 prepared.push(None);
+                memories.push(None);
             }
         }
         reports.push(report);
@@ -143,6 +155,14 @@ pub async fn run<D: Dispatch>(
             continue;
         }
         pending.remove(&report.job_id);
+        let succeeded = matches!(report.outcome, Outcome::Succeeded);
+        if let (Some(memory), Phase::Phase2) = (memories[tenant].as_mut(), report.phase) {
+            if succeeded {
+                memory.phase2_succeeded(&report.mailbox.id, &report.cursors);
+            } else {
+                memory.phase2_failed(&report.mailbox.id);
+            }
+        }
         progress.done(report.phase, matches!(report.outcome, Outcome::Succeeded));
         reports[tenant].duration_ms =
             u64::try_from(tenant_started[tenant].elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -156,10 +176,13 @@ pub async fn run<D: Dispatch>(
             warn!(tenant = %ready.tenant_id, "phase 1 failed; phase 2 not started for this tenant");
             continue;
         }
+        if let Some(memory) = memories[tenant].as_mut() {
+            memory.phase1_succeeded(&ready.users, &report.cursors);
+        }
         info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 complete; starting phase 2");
         progress.add(Phase::Phase2, ready.users.len() as u64);
         for user in &ready.users {
-            let job = Job::new(
+            let mut job = Job::new(
                 run_id,
                 &ready.tenant_id,
                 request.dry_run,
@@ -168,6 +191,9 @@ pub async fn run<D: Dispatch>(
                     mailbox: user.clone(),
                 },
             );
+            if memories[tenant].is_some() {
+                job.cursors = TenantMemory::phase2_cursors(&report.cursors, user);
+            }
             pending.insert(
                 job.job_id,
                 Pending {
@@ -180,6 +206,16 @@ pub async fn run<D: Dispatch>(
         }
     }
     progress.finish();
+    if let Some(store) = request.state {
+        for (memory, ready) in memories.iter().zip(&prepared) {
+            if let (Some(memory), Some(ready)) = (memory, ready) {
+                if let Err(error) = store.save(&ready.tenant_id, memory) {
+                    // The run itself is done; the next one reads the folders in full.
+                    warn!(tenant = %ready.tenant_id, error = %format!("{error:#}"), "could not save the state");
+                }
+            }
+        }
+    }
     for report in &mut reports {
         report.mailboxes.sort_by(|a, b| {
             (b.outcome == "failed")

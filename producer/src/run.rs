@@ -14,6 +14,7 @@ use worker::job::JobRunner;
 use crate::cli::{Cli, Command, ReportArgs, RunArgs};
 use crate::dispatch::{Broker, Embedded};
 use crate::orchestrate::{self, RunRequest};
+use crate::state::StateStore;
 use crate::summary::RunReport;
 use crate::{EXIT_FAILURES, EXIT_OK, EXIT_USAGE};
 
@@ -28,7 +29,10 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn run(args: RunArgs) -> Result<ExitCode> {
+async fn run(mut args: RunArgs) -> Result<ExitCode> {
+    if args.state_dir.is_none() && !args.no_state {
+        args.state_dir = StateStore::default_dir();
+    }
     let settings = match load_settings(&args) {
         Ok(settings) => settings,
         Err(error) => {
@@ -86,8 +90,14 @@ pub fn load_settings(args: &RunArgs) -> Result<Settings> {
     Ok(settings)
 }
 
-/// Runs one sync with `settings` on the transport `args` select.
+/// Runs one sync with `settings` on the transport `args` select, keeping feeds in `args.state_dir` (none: every
+/// folder is read in full).
 pub async fn execute(settings: &Settings, args: &RunArgs) -> Result<RunReport> {
+    let store = args
+        .state_dir
+        .as_ref()
+        .filter(|_| !args.no_state)
+        .map(StateStore::new);
     let graph = GraphClient::new(ClientOptions::default()).context("building the Graph client")?;
     let retry = RetryPolicy {
         max_attempts: args.max_attempts.max(1),
@@ -98,6 +108,7 @@ pub async fn execute(settings: &Settings, args: &RunArgs) -> Result<RunReport> {
         only_tenants: &args.tenants,
         dry_run: settings.dry_run,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        state: store.as_ref(),
     };
     match &args.amqp_url {
         None => {

@@ -22,6 +22,9 @@ pub struct PhaseCounts {
     pub skipped: u64,
     /// Writes Graph refused.
     pub failed: u64,
+    /// Mailboxes whose change feeds showed nothing new since the last run, so nothing was read or planned.
+    #[serde(default)]
+    pub mailboxes_unchanged: u64,
 }
 
 impl PhaseCounts {
@@ -109,6 +112,12 @@ impl TenantReport {
                     .entry(report.phase)
                     .or_default()
                     .add(&report.counts, report.failed_writes);
+                if report.skipped {
+                    self.phases
+                        .entry(report.phase)
+                        .or_default()
+                        .mailboxes_unchanged += 1;
+                }
                 self.planned.extend(report.planned.iter().cloned());
                 let failed = report.failed_writes > 0;
                 self.mailboxes.push(MailboxOutcome {
@@ -211,9 +220,16 @@ impl RunReport {
             }
             for (phase, c) in &tenant.phases {
                 out.push_str(&format!(
-                    "  {phase}: {} {verb}created, {} {verb}updated, {} {verb}deleted, {} unchanged, {} failed\n",
+                    "  {phase}: {} {verb}created, {} {verb}updated, {} {verb}deleted, {} unchanged, {} failed",
                     c.created, c.updated, c.deleted, c.skipped, c.failed
                 ));
+                if c.mailboxes_unchanged > 0 {
+                    out.push_str(&format!(
+                        "; {} mailbox(es) unchanged since the last run, not read",
+                        c.mailboxes_unchanged
+                    ));
+                }
+                out.push('\n');
             }
             out.push_str(&format!(
                 "  graph: {} requests, {} throttled (429), {} retries\n",

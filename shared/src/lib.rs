@@ -6,11 +6,13 @@
 //! - [`model`]: the contact data the rules reason about.
 //! - [`sync`]: the pure mirroring rules (what to create, update, skip or delete). No I/O.
 //! - [`graph`]: the Microsoft Graph client (token, limits, retries, paging, `$batch`).
+//! - [`feed`]: change feeds kept between runs, and the pure rules for skipping what did not change.
 //! - [`message`]: job and report messages exchanged over the queues.
 //! - [`mq`]: RabbitMQ topology and confirmed publishing.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod feed;
 pub mod graph;
 pub mod message;
 pub mod model;

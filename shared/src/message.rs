@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::feed::Cursors;
 use crate::model::Mailbox;
 use crate::sync::PlanCounts;
 
@@ -95,6 +96,9 @@ pub struct Job {
     pub dry_run: bool,
     /// When the producer created the job.
     pub enqueued_at: DateTime<Utc>,
+    /// What the producer kept of the job's folders from earlier runs (empty: read everything).
+    #[serde(default, skip_serializing_if = "Cursors::is_empty")]
+    pub cursors: Cursors,
     /// What to do.
     #[serde(flatten)]
     pub kind: JobKind,
@@ -110,6 +114,7 @@ impl Job {
             tenant_id: tenant_id.to_owned(),
             dry_run,
             enqueued_at: Utc::now(),
+            cursors: Cursors::default(),
             kind,
         };
         let key = format!(
@@ -318,6 +323,12 @@ pub struct Report {
     pub planned: Vec<String>,
     /// Graph traffic of this attempt.
     pub graph: GraphCounts,
+    /// The folders' feeds after a successful attempt, for the producer to keep (empty in a dry run).
+    #[serde(default, skip_serializing_if = "Cursors::is_empty")]
+    pub cursors: Cursors,
+    /// The feeds showed nothing changed since the last run, so nothing was read or planned.
+    #[serde(default)]
+    pub skipped: bool,
     /// Wall time of the attempt.
     pub duration_ms: u64,
     /// When the attempt finished.
@@ -433,6 +444,8 @@ mod tests {
             source_failures: vec![],
             planned: vec![],
             graph: GraphCounts::default(),
+            cursors: Cursors::default(),
+            skipped: false,
             duration_ms: 5,
             finished_at: Utc::now(),
         };

@@ -42,7 +42,7 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> RunReport {
 /// What a mailbox folder holds, without ids and timestamps: display name and lower-cased addresses per contact.
 pub type Snapshot = BTreeMap<String, Vec<(String, Vec<String>)>>;
 
-fn folder_view(contacts: &[serde_json::Value]) -> Vec<(String, Vec<String>)> {
+pub fn folder_view(contacts: &[serde_json::Value]) -> Vec<(String, Vec<String>)> {
     let mut view: Vec<(String, Vec<String>)> = contacts
         .iter()
         .map(|c| {
@@ -145,7 +145,7 @@ fn assert_mirrored(estate: &Estate, before: &Snapshot) {
 
 /// Every mailbox the mirror targets succeeded; the only failures are mailboxes graphsim seeded as unreachable
 /// (no Exchange mailbox, blocked by policy), and those are named.
-fn assert_only_unreachable_failed(report: &RunReport, estate: &Estate) {
+pub fn assert_only_unreachable_failed(report: &RunReport, estate: &Estate) {
     for (tenant, seeded) in report.tenants.iter().zip(&estate.tenants) {
         assert!(
             tenant.error.is_none(),
@@ -181,7 +181,7 @@ fn assert_only_unreachable_failed(report: &RunReport, estate: &Estate) {
     }
 }
 
-fn total(report: &RunReport, pick: fn(&producer::summary::PhaseCounts) -> u64) -> u64 {
+pub fn total(report: &RunReport, pick: fn(&producer::summary::PhaseCounts) -> u64) -> u64 {
     report
         .tenants
         .iter()

@@ -16,6 +16,9 @@ mod report_html;
 // The producer's run, embedded and on RabbitMQ, checked on graphsim's mailboxes.
 mod fleet;
 
+// Runs from kept change feeds: cheap when nothing changed, the same result as full reads when something did.
+mod incremental;
+
 // Unreachable mailboxes, killed workers, a restarting broker, Graph faults; secrets never leak.
 mod failures;
 

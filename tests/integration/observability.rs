@@ -170,6 +170,7 @@ async fn produce(settings: Settings, topology: Topology) -> bool {
         .await
         .expect("producer connects");
     let request = RunRequest {
+        state: None,
         settings: &settings,
         only_tenants: &[],
         dry_run: false,

@@ -185,6 +185,42 @@ pub async fn patch_contact(
     contact_id: &str,
     body: serde_json::Value,
 ) {
+    user_request(
+        estate,
+        tenant,
+        reqwest::Method::PATCH,
+        &["users", mailbox, "contacts", contact_id],
+        Some(body),
+    )
+    .await;
+}
+
+/// Deletes a contact the way its owner would, through graphsim's Graph API.
+pub async fn delete_contact(
+    estate: &Estate,
+    tenant: &SeededTenant,
+    mailbox: &str,
+    contact_id: &str,
+) {
+    user_request(
+        estate,
+        tenant,
+        reqwest::Method::DELETE,
+        &["users", mailbox, "contacts", contact_id],
+        None,
+    )
+    .await;
+}
+
+/// One Graph request under `/v1.0/` with the tenant's own app token, as a user's client would send it; a
+/// failure fails the test.
+async fn user_request(
+    estate: &Estate,
+    tenant: &SeededTenant,
+    method: reqwest::Method,
+    segments: &[&str],
+    body: Option<serde_json::Value>,
+) {
     let http = reqwest::Client::new();
     let token: serde_json::Value = http
         .post(format!(
@@ -208,17 +244,16 @@ pub async fn patch_contact(
     let mut url = reqwest::Url::parse(&estate.sim.graph_url()).expect("graphsim URL");
     url.path_segments_mut()
         .expect("base URL")
-        .extend(["v1.0", "users", mailbox, "contacts", contact_id]);
-    let response = http
-        .patch(url)
-        .bearer_auth(access)
-        .json(&body)
-        .send()
-        .await
-        .expect("PATCH");
+        .push("v1.0")
+        .extend(segments);
+    let mut request = http.request(method.clone(), url).bearer_auth(access);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("Graph request");
     assert!(
         response.status().is_success(),
-        "PATCH failed: {}",
+        "{method} failed: {}",
         response.text().await.unwrap_or_default()
     );
 }
@@ -254,8 +289,12 @@ impl Process {
             std::env::temp_dir().join(format!("cm-{name}-{}.log", uuid::Uuid::new_v4().simple()));
         let file = std::fs::File::create(&log).expect("log file");
         let err = file.try_clone().expect("log file");
+        // Each process keeps its change feeds (producer state) in a directory of its own, not in $HOME.
+        let state =
+            std::env::temp_dir().join(format!("cm-state-{}", uuid::Uuid::new_v4().simple()));
         let child = std::process::Command::new(binary(name))
             .args(args)
+            .env("CONTACTMIRROR_STATE_DIR", &state)
             .envs(env.iter().copied())
             .stdout(file)
             .stderr(err)

@@ -7,9 +7,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeSet;
+
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
 use shared::config::{Settings, TenantSettings};
+use shared::feed::{self, Check, Cursors, DeltaLink, FolderFeed, SourceCheck};
 use shared::graph::{ErrorKind, FolderRef, GraphClient, GraphError, TenantClient};
 use shared::message::{
     CentralFolder, FailureReason, GraphCounts, Job, JobKind, Report, SourceFailure, SCHEMA_VERSION,
@@ -47,6 +50,21 @@ struct Done {
     failed_writes: u64,
     source_failures: Vec<SourceFailure>,
     planned: Vec<String>,
+    /// Ids of the items Graph created or updated for this attempt.
+    written: BTreeSet<String>,
+    /// Ids of the items this attempt deleted.
+    deleted: BTreeSet<String>,
+    /// The feeds to keep for the next run.
+    cursors: Cursors,
+    /// Nothing changed since the last run: nothing was read or planned.
+    skipped: bool,
+}
+
+/// Where a folder's feed stands after checking it.
+struct FeedCheck {
+    check: Check,
+    /// `None` only when the folder does not exist yet (a dry run before the central folder is created).
+    link: Option<DeltaLink>,
 }
 
 impl JobRunner {
@@ -113,6 +131,8 @@ impl JobRunner {
                 requests: tally.0,
                 throttled: tally.1,
             },
+            cursors: done.cursors,
+            skipped: done.skipped,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             finished_at: Utc::now(),
         };
@@ -127,34 +147,106 @@ impl JobRunner {
         central: &CentralFolder,
         sources: &[Mailbox],
     ) -> Result<Done, AttemptResult> {
-        let central_contacts = read_central(client, central).await?;
-        let reads: Vec<(Mailbox, Result<Vec<Contact>, GraphError>)> =
+        let prior = &job.cursors;
+        let central_check = match &central.folder_id {
+            Some(id) => check_feed(
+                client,
+                &central.mailbox,
+                &FolderRef::Id(id.clone()),
+                prior.tracked,
+                prior.central.as_ref(),
+            )
+            .await
+            .map_err(|e| {
+                classify(
+                    &e,
+                    &format!("checking the central folder of {}", central.mailbox.upn),
+                )
+            })?,
+            None => FeedCheck {
+                check: Check::Unknown,
+                link: None,
+            },
+        };
+        let checks: Vec<(Mailbox, Result<FeedCheck, GraphError>)> =
             stream::iter(sources.iter().cloned())
                 .map(|mailbox| async move {
-                    let contacts = client.list_contacts(&mailbox.id, &FolderRef::Default).await;
-                    (mailbox, contacts)
+                    let feed = prior.mailboxes.get(&mailbox.id);
+                    let check =
+                        check_feed(client, &mailbox, &FolderRef::Default, prior.tracked, feed)
+                            .await;
+                    (mailbox, check)
                 })
                 .buffer_unordered(SOURCE_READ_CONCURRENCY)
                 .collect()
                 .await;
-        let mut source_mailboxes = Vec::with_capacity(reads.len());
+        let mut readable = Vec::with_capacity(checks.len());
+        let mut source_checks = Vec::with_capacity(checks.len());
         let mut source_failures = Vec::new();
+        let mut cursors = Cursors {
+            tracked: prior.tracked,
+            ..Cursors::default()
+        };
+        for (mailbox, check) in checks {
+            match check {
+                Ok(found) => {
+                    source_checks.push(SourceCheck::Read(found.check));
+                    if let Some(link) = found.link {
+                        // A source unchanged since it was last brought in line is still in line; phase 2 uses this.
+                        let in_line_with = (found.check == Check::Unchanged)
+                            .then(|| {
+                                prior
+                                    .mailboxes
+                                    .get(&mailbox.id)
+                                    .and_then(|f| f.in_line_with)
+                            })
+                            .flatten();
+                        cursors
+                            .mailboxes
+                            .insert(mailbox.id.clone(), FolderFeed { link, in_line_with });
+                    }
+                    readable.push(mailbox);
+                }
+                Err(error) => {
+                    let failure = source_failure(&mailbox, &error)?;
+                    source_checks.push(SourceCheck::Unreadable {
+                        had_feed: prior.mailboxes.contains_key(&mailbox.id),
+                    });
+                    source_failures.push(failure);
+                }
+            }
+        }
+        let previous = prior.central.as_ref().and_then(|f| f.in_line_with);
+        if let Some(generation) = feed::phase1_skip(central_check.check, previous, &source_checks) {
+            info!(mailbox = %central.mailbox.upn, sources = readable.len(), "nothing changed since the last run");
+            cursors.central = central_check.link.map(|link| FolderFeed {
+                link,
+                in_line_with: Some(generation),
+            });
+            return Ok(Done {
+                source_failures,
+                cursors,
+                skipped: true,
+                ..Done::default()
+            });
+        }
+
+        let central_contacts = read_central(client, central).await?;
+        let reads: Vec<(Mailbox, Result<Vec<Contact>, GraphError>)> = stream::iter(readable)
+            .map(|mailbox| async move {
+                let contacts = client.list_contacts(&mailbox.id, &FolderRef::Default).await;
+                (mailbox, contacts)
+            })
+            .buffer_unordered(SOURCE_READ_CONCURRENCY)
+            .collect()
+            .await;
+        let mut source_mailboxes = Vec::with_capacity(reads.len());
         for (mailbox, read) in reads {
             match read {
                 Ok(contacts) => source_mailboxes.push(SourceMailbox { mailbox, contacts }),
                 Err(error) => {
-                    match classify(&error, &format!("reading contacts of {}", mailbox.upn)) {
-                        AttemptResult::Permanent { reason, error } => {
-                            warn!(mailbox = %mailbox.upn, %reason, %error, "source mailbox skipped");
-                            source_failures.push(SourceFailure {
-                                mailbox,
-                                reason,
-                                error,
-                            });
-                        }
-                        // A source that cannot be read now would be missing from the merge: retry the whole job.
-                        transient => return Err(transient),
-                    }
+                    cursors.mailboxes.remove(&mailbox.id);
+                    source_failures.push(source_failure(&mailbox, &error)?);
                 }
             }
         }
@@ -179,7 +271,18 @@ impl JobRunner {
         let mut done = self
             .apply(client, job, &central.mailbox, &folder, &plan)
             .await?;
+        if let Some(link) = central_check.link {
+            let writes = done.written.len() + done.deleted.len();
+            let generation = feed::next_generation(central_check.check, previous, writes);
+            let link = advance_past_own_writes(client, &central.mailbox, link, &done).await;
+            cursors.central = Some(FolderFeed {
+                link,
+                // A refused write leaves the folder short of the plan: read it all again next time.
+                in_line_with: (done.failed_writes == 0).then_some(generation),
+            });
+        }
         done.source_failures = source_failures;
+        done.cursors = cursors;
         Ok(done)
     }
 
@@ -191,6 +294,30 @@ impl JobRunner {
         central: &CentralFolder,
         mailbox: &Mailbox,
     ) -> Result<Done, AttemptResult> {
+        let generation = job.cursors.central_generation;
+        let prior = job.cursors.mailboxes.get(&mailbox.id);
+        let found = check_feed(
+            client,
+            mailbox,
+            &FolderRef::Default,
+            job.cursors.tracked,
+            prior,
+        )
+        .await
+        .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?;
+        let kept = |link: DeltaLink, in_line_with| Cursors {
+            tracked: true,
+            mailboxes: [(mailbox.id.clone(), FolderFeed { link, in_line_with })].into(),
+            ..Cursors::default()
+        };
+        if feed::phase2_skip(generation, prior, found.check) {
+            info!(mailbox = %mailbox.upn, "in line with the central folder and unchanged since the last run");
+            return Ok(Done {
+                cursors: found.link.map(|l| kept(l, generation)).unwrap_or_default(),
+                skipped: true,
+                ..Done::default()
+            });
+        }
         let central_contacts = self
             .central
             .get_or_load(&job.tenant_id, job.run_id, central, || {
@@ -213,8 +340,15 @@ impl JobRunner {
                 error: refusal.to_string(),
             },
         )?;
-        self.apply(client, job, mailbox, &FolderRef::Default, &plan)
-            .await
+        let mut done = self
+            .apply(client, job, mailbox, &FolderRef::Default, &plan)
+            .await?;
+        if let Some(link) = found.link {
+            let link = advance_past_own_writes(client, mailbox, link, &done).await;
+            let in_line_with = generation.filter(|_| done.failed_writes == 0);
+            done.cursors = kept(link, in_line_with);
+        }
+        Ok(done)
     }
 
     /// Writes the plan (unless the job is a dry run) and counts what happened.
@@ -249,7 +383,20 @@ impl JobRunner {
         let mut failed_writes = 0u64;
         let mut retry_wait: Option<Duration> = None;
         let mut first_transient = None;
-        for outcome in &outcomes {
+        let (mut written, mut deleted) = (BTreeSet::new(), BTreeSet::new());
+        for (op, outcome) in ops.iter().zip(&outcomes) {
+            match (op, outcome) {
+                (WriteOp::Delete { id }, Ok(_)) => {
+                    deleted.insert(id.clone());
+                }
+                (WriteOp::Update { id, .. }, Ok(_)) => {
+                    written.insert(id.clone());
+                }
+                (WriteOp::Create(_), Ok(Some(created))) => {
+                    written.insert(created.id.clone());
+                }
+                _ => {}
+            }
             if let Err(error) = outcome {
                 match classify(error, &format!("writing to {}", mailbox.upn)) {
                     AttemptResult::Transient { wait, error } => {
@@ -273,8 +420,97 @@ impl JobRunner {
         Ok(Done {
             counts,
             failed_writes,
+            written,
+            deleted,
             ..Done::default()
         })
+    }
+}
+
+/// Checks a folder's feed: what changed since `prior`, or, without a usable link, a new feed (and so
+/// [`Check::Unknown`]). A link Graph no longer knows, or one that points elsewhere, is dropped, not an error.
+/// When the producer keeps no feeds (`tracked` false) nothing is sent and nothing is known.
+async fn check_feed(
+    client: &TenantClient,
+    mailbox: &Mailbox,
+    folder: &FolderRef,
+    tracked: bool,
+    prior: Option<&FolderFeed>,
+) -> Result<FeedCheck, GraphError> {
+    if !tracked {
+        return Ok(FeedCheck {
+            check: Check::Unknown,
+            link: None,
+        });
+    }
+    if let Some(prior) = prior {
+        match client.delta_since(&mailbox.id, &prior.link).await {
+            Ok(round) => {
+                let check = if round.is_empty() {
+                    Check::Unchanged
+                } else {
+                    Check::Changed
+                };
+                return Ok(FeedCheck {
+                    check,
+                    link: Some(round.link),
+                });
+            }
+            Err(error)
+                if matches!(error.kind(), ErrorKind::InvalidDeltaToken)
+                    || matches!(error, GraphError::Protocol(_)) =>
+            {
+                info!(mailbox = %mailbox.upn, %error, "kept delta link not usable; starting a new feed");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let round = client.delta_start(&mailbox.id, folder).await?;
+    Ok(FeedCheck {
+        check: Check::Unknown,
+        link: Some(round.link),
+    })
+}
+
+/// The feed after the attempt's own writes: moved past them if the feed shows nothing else, else where it was
+/// (the next run then reads the folder again, which is always safe).
+async fn advance_past_own_writes(
+    client: &TenantClient,
+    mailbox: &Mailbox,
+    before: DeltaLink,
+    done: &Done,
+) -> DeltaLink {
+    if done.written.is_empty() && done.deleted.is_empty() {
+        return before;
+    }
+    match client.delta_since(&mailbox.id, &before).await {
+        Ok(round) if feed::only_own_writes(&round.changes, &done.written, &done.deleted) => {
+            round.link
+        }
+        Ok(_) => {
+            info!(mailbox = %mailbox.upn, "changed by someone else meanwhile; the next run reads it again");
+            before
+        }
+        Err(error) => {
+            warn!(mailbox = %mailbox.upn, %error, "could not move the feed past this run's writes; the next run reads it again");
+            before
+        }
+    }
+}
+
+/// A source mailbox that cannot be read: a permanent failure of that source alone, or a transient one that
+/// retries the whole job (a source missing from the merge would unpublish its contacts).
+fn source_failure(mailbox: &Mailbox, error: &GraphError) -> Result<SourceFailure, AttemptResult> {
+    match classify(error, &format!("reading contacts of {}", mailbox.upn)) {
+        AttemptResult::Permanent { reason, error } => {
+            warn!(mailbox = %mailbox.upn, %reason, %error, "source mailbox skipped");
+            Ok(SourceFailure {
+                mailbox: mailbox.clone(),
+                reason,
+                error,
+            })
+        }
+        transient => Err(transient),
     }
 }
 

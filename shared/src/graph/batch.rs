@@ -132,6 +132,7 @@ pub(crate) async fn write(
                 eventual: false,
                 mailbox,
                 batch_items: u32::try_from(chunk.len()).ok(),
+                prefer: None,
             })
             .await?;
         let response: BatchResponse = super::wire::decode("$batch response", &reply.body)?;

@@ -83,6 +83,7 @@ impl TenantClient {
                 eventual: false,
                 mailbox,
                 batch_items: None,
+                prefer: None,
             })
             .await;
         match created {

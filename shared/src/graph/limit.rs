@@ -3,35 +3,114 @@
 //! Graph throttles per (app, mailbox): 10,000 requests per 10 minutes and 4 concurrent requests; a throttled
 //! request still counts, so sending before `Retry-After` has passed only prolongs the penalty. Every request for
 //! one mailbox therefore passes one [`Gate`] that (in this order) waits while the mailbox is blocked by a
-//! `Retry-After`, takes its cells from a governor keyed rate limiter (one cell per request, one per `$batch`
+//! `Retry-After`, takes its cells from the mailbox's sliding window (one cell per request, one per `$batch`
 //! item), takes its permits from the mailbox's semaphore (held until the answer is read) and checks the block
 //! again, in case a concurrent answer set one meanwhile.
 //!
-//! The rate budget is a GCRA whose burst is half the window's allowance and whose refill spreads the other half
-//! over the window, so no sliding window of that length ever sees more than `requests_per_window` requests.
+//! The budget is a sliding window, as Graph counts it: at most `requests_per_window` cells in any window, so a
+//! mailbox may spend its whole budget at once and then one cell for each that leaves the window. (A GCRA such as
+//! governor's can only promise "never more than the budget per window" by halving either the burst or the rate;
+//! measured, that doubled the initial sync of a busy mailbox.) Across all mailboxes of one app, Graph also caps
+//! the app at 130,000 requests per 10 s; that limit is a plain rate, which governor's GCRA keeps.
+//!
+//! A window remembers its admissions in at most [`SLOTS`] slots per window length, each stamped with its latest
+//! admission, so memory per mailbox is bounded and every estimate errs on the safe side.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::GraphLimits;
 
-/// The limits of one app in one tenant: a keyed rate limiter plus one [`Gate`] per mailbox. Mailbox keys compare
-/// case-insensitively; a caller should address one mailbox consistently (by id or by UPN, not both).
+/// Slots a window's log is kept in (its resolution: a window of 600 s forgets in steps of 0.6 s).
+const SLOTS: u32 = 1_000;
+
+/// Graph's app-wide ceiling: 130,000 requests per 10 seconds across all mailboxes of a tenant.
+const APP_REQUESTS_PER_10_SECONDS: u32 = 130_000;
+
+/// The limits of one app in one tenant: a sliding window and a [`Gate`] per mailbox, and the app-wide rate.
+/// Mailbox keys compare case-insensitively; a caller should address one mailbox consistently (by id or by UPN,
+/// not both).
 pub(crate) struct Limits {
-    /// `None` when the configured window or budget is zero (no rate limiting).
-    rate: Option<DefaultKeyedRateLimiter<String>>,
-    /// The most cells one wait may take (the limiter's burst).
-    burst: u32,
+    /// The per-mailbox budget; `None` when the configured window or budget is zero (no rate limiting).
+    budget: Option<Budget>,
+    /// Graph's app-wide request rate.
+    app: DefaultDirectRateLimiter,
     /// Permits per mailbox.
     max_in_flight: u32,
     gates: Mutex<HashMap<String, Arc<Gate>>>,
+}
+
+/// A per-mailbox request budget: `cells` per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    pub cells: u32,
+    pub window: Duration,
+}
+
+impl Budget {
+    /// The budget of `limits`, or `None` when they disable rate limiting.
+    pub fn of(limits: &GraphLimits) -> Option<Self> {
+        (limits.requests_per_window > 0 && !limits.window.is_zero()).then_some(Self {
+            cells: limits.requests_per_window,
+            window: limits.window,
+        })
+    }
+
+    /// Admissions closer together than this share one slot of the log.
+    fn slot(&self) -> Duration {
+        self.window / SLOTS
+    }
+}
+
+/// The admissions of one mailbox still inside the window: (latest admission of the slot, cells).
+#[derive(Debug, Default)]
+struct WindowLog {
+    slots: VecDeque<(Instant, u32)>,
+    total: u32,
+}
+
+impl WindowLog {
+    /// Takes `cells` at `now` if the window has room; otherwise says how long until it will.
+    fn try_take(&mut self, budget: Budget, now: Instant, cells: u32) -> Result<(), Duration> {
+        let cells = cells.clamp(1, budget.cells);
+        while let Some(&(at, n)) = self.slots.front() {
+            if now.saturating_duration_since(at) < budget.window {
+                break;
+            }
+            self.slots.pop_front();
+            self.total -= n;
+        }
+        if self.total + cells <= budget.cells {
+            match self.slots.back_mut() {
+                Some((at, n)) if now.saturating_duration_since(*at) < budget.slot() => {
+                    // Stamping the slot with its latest admission makes it leave the window late, never early.
+                    *at = now;
+                    *n += cells;
+                }
+                _ => self.slots.push_back((now, cells)),
+            }
+            self.total += cells;
+            return Ok(());
+        }
+        // Room comes when enough of the oldest slots have left the window.
+        let mut freed = 0;
+        let needed = self.total + cells - budget.cells;
+        for &(at, n) in &self.slots {
+            freed += n;
+            if freed >= needed {
+                return Err((at + budget.window).saturating_duration_since(now));
+            }
+        }
+        // Unreachable while cells <= budget; wait a whole window rather than spin.
+        Err(budget.window)
+    }
 }
 
 /// The state of one mailbox.
@@ -39,6 +118,7 @@ pub(crate) struct Gate {
     semaphore: Arc<Semaphore>,
     /// No request may be sent before this instant (Graph's `Retry-After`).
     blocked_until: Mutex<Option<Instant>>,
+    window: Mutex<WindowLog>,
     in_flight: AtomicU32,
     peak_in_flight: AtomicU32,
 }
@@ -68,13 +148,9 @@ pub(crate) struct Admission {
 impl Limits {
     /// Limits from a tenant's settings.
     pub fn new(limits: &GraphLimits) -> Self {
-        let (rate, burst) = match quota(limits) {
-            Some((quota, burst)) => (Some(RateLimiter::keyed(quota)), burst),
-            None => (None, u32::MAX),
-        };
         Self {
-            rate,
-            burst,
+            budget: Budget::of(limits),
+            app: RateLimiter::direct(app_quota()),
             max_in_flight: limits.max_in_flight.max(1),
             gates: Mutex::new(HashMap::new()),
         }
@@ -93,6 +169,7 @@ impl Limits {
                 Arc::new(Gate {
                     semaphore: Arc::new(Semaphore::new(self.max_in_flight as usize)),
                     blocked_until: Mutex::new(None),
+                    window: Mutex::new(WindowLog::default()),
                     in_flight: AtomicU32::new(0),
                     peak_in_flight: AtomicU32::new(0),
                 })
@@ -100,18 +177,18 @@ impl Limits {
             .clone()
     }
 
-    /// Waits until a request for `mailbox` may be sent, taking `cells` from the rate budget and `permits` of the
-    /// mailbox's concurrency. Cancellation-safe: dropping the future gives back what it took (except rate cells).
+    /// Waits until a request for `mailbox` may be sent, taking `cells` from the mailbox's budget and `permits` of
+    /// its concurrency. Cancellation-safe: dropping the future gives back what it took (except budget cells).
     pub async fn admit(&self, mailbox: &str, cells: u32, permits: u32) -> (Pass, Admission) {
         let gate = self.gate(mailbox);
         let mut admission = Admission::default();
         admission.blocked += gate.wait_unblocked().await;
-        if let Some(rate) = &self.rate {
-            let cells = cells.clamp(1, self.burst);
-            if let Some(n) = NonZeroU32::new(cells) {
-                // `until_key_n_ready` only fails when n exceeds the burst, which the clamp rules out.
-                let _ = rate.until_key_n_ready(&mailbox.to_lowercase(), n).await;
-            }
+        if let Some(budget) = self.budget {
+            gate.take_cells(budget, cells).await;
+        }
+        if let Some(n) = NonZeroU32::new(cells.max(1)) {
+            // Fails only when n exceeds the app quota's burst, which a `$batch` (20 items) never does.
+            let _ = self.app.until_n_ready(n).await;
         }
         let permits = permits.clamp(1, self.max_in_flight);
         loop {
@@ -180,38 +257,90 @@ impl Gate {
         }
         slept
     }
+
+    /// Sleeps until the window has room for `cells`, then takes them.
+    async fn take_cells(&self, budget: Budget, cells: u32) {
+        loop {
+            let outcome = self
+                .window
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .try_take(budget, Instant::now(), cells);
+            match outcome {
+                Ok(()) => return,
+                Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
+            }
+        }
+    }
 }
 
-/// The GCRA quota for a window budget, and its burst. `None` when the limits disable rate limiting.
-pub(crate) fn quota(limits: &GraphLimits) -> Option<(Quota, u32)> {
-    let budget = limits.requests_per_window;
-    if budget == 0 || limits.window.is_zero() {
-        return None;
-    }
-    let burst = (budget / 2).max(1);
-    let refill = budget - burst;
-    let period = if refill == 0 {
-        limits.window
-    } else {
-        limits.window / refill
-    };
-    let quota = Quota::with_period(period.max(Duration::from_nanos(1)))?
-        .allow_burst(NonZeroU32::new(burst)?);
-    Some((quota, burst))
+/// Graph's app-wide rate as a GCRA whose burst plus what refills over 10 s never exceeds the 10 s allowance.
+fn app_quota() -> Quota {
+    const BURST: u32 = APP_REQUESTS_PER_10_SECONDS / 10;
+    let refill_per_second = (APP_REQUESTS_PER_10_SECONDS - BURST) / 10;
+    let burst = NonZeroU32::new(BURST).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(NonZeroU32::new(refill_per_second).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(burst)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn default_quota_fits_the_window() {
-        let (quota, burst) = quota(&GraphLimits::default()).expect("quota");
-        assert_eq!(burst, 5_000);
-        assert_eq!(quota.replenish_interval(), Duration::from_millis(120));
-        // Burst plus what refills over the window never exceeds the window's budget.
-        let refilled = Duration::from_secs(600).as_nanos() / quota.replenish_interval().as_nanos();
-        assert!(u128::from(burst) + refilled <= 10_000);
+    fn scaled() -> Budget {
+        Budget {
+            cells: 100,
+            window: Duration::from_secs(6),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_whole_budget_may_be_spent_at_once_then_one_cell_per_cell_that_leaves() {
+        let budget = scaled();
+        let mut log = WindowLog::default();
+        let start = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(log.try_take(budget, start, 1), Ok(()));
+        }
+        // Full: the next cell waits until the first admissions leave the window, a whole window later.
+        assert_eq!(log.try_take(budget, start, 1), Err(Duration::from_secs(6)));
+        let later = start + Duration::from_millis(5_999);
+        assert_eq!(
+            log.try_take(budget, later, 1),
+            Err(Duration::from_millis(1))
+        );
+        let after = start + Duration::from_secs(6);
+        for _ in 0..100 {
+            assert_eq!(log.try_take(budget, after, 1), Ok(()));
+        }
+        assert!(log.try_take(budget, after, 1).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_window_ever_holds_more_than_the_budget() {
+        // Admissions spread unevenly over three windows: count every window that starts at an admission.
+        let budget = scaled();
+        let mut log = WindowLog::default();
+        let start = Instant::now();
+        let mut admitted = Vec::new();
+        let mut now = start;
+        while now < start + Duration::from_secs(18) {
+            let cells = 1 + (admitted.len() as u32 % 7);
+            if log.try_take(budget, now, cells).is_ok() {
+                admitted.push((now, cells));
+            }
+            now += Duration::from_millis(3 + (admitted.len() as u64 % 11));
+        }
+        let total: u32 = admitted.iter().map(|(_, n)| n).sum();
+        assert!(total > 250, "the budget was not used: {total}");
+        for (i, &(from, _)) in admitted.iter().enumerate() {
+            let inside: u32 = admitted[i..]
+                .iter()
+                .take_while(|(at, _)| *at < from + budget.window)
+                .map(|(_, n)| n)
+                .sum();
+            assert!(inside <= budget.cells, "{inside} cells in one window");
+        }
     }
 
     #[test]
@@ -220,7 +349,28 @@ mod tests {
             requests_per_window: 0,
             ..GraphLimits::default()
         };
-        assert!(quota(&limits).is_none());
+        assert!(Budget::of(&limits).is_none());
+        assert!(Budget::of(&GraphLimits::default()).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admit_waits_for_the_window() {
+        let limits = Limits::new(&GraphLimits {
+            requests_per_window: 3,
+            window: Duration::from_secs(10),
+            max_in_flight: 4,
+        });
+        let start = Instant::now();
+        for _ in 0..3 {
+            drop(limits.admit("m", 1, 1).await);
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        drop(limits.admit("m", 1, 1).await);
+        assert!(start.elapsed() >= Duration::from_secs(10));
+        // Another mailbox has its own window.
+        let other = Instant::now();
+        drop(limits.admit("other", 1, 1).await);
+        assert_eq!(other.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

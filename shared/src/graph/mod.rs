@@ -8,12 +8,13 @@
 //! - `transport`: one request (token, gate, headers, retry loop, error mapping); `page`: nextLink paging.
 //! - `auth`: client-credentials tokens; `limit`: Retry-After blocks, rate budget, in-flight cap per mailbox.
 //! - `retry`: the pure rules (classify, backoff, `Retry-After` parsing); `error`: [`GraphError`], [`ErrorKind`].
-//! - `users`, `folders`, `contacts`, `batch`: the typed endpoints; `wire`: Graph's JSON shapes and the mapping
+//! - `users`, `folders`, `contacts`, `delta`, `batch`: the typed endpoints; `wire`: Graph's JSON shapes and the mapping
 //!   to [`crate::model`]; `stats`: [`ClientStats`] and the `metrics` counters.
 
 mod auth;
 mod batch;
 mod contacts;
+mod delta;
 mod error;
 mod folders;
 mod limit;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use url::Url;
 
 pub use contacts::{FolderRef, WriteOutcome};
+pub use delta::DeltaRound;
 pub use error::{AuthProblem, ErrorKind, GraphError, TransportFailure};
 pub use folders::ContactFolder;
 pub use stats::ClientStats;
@@ -244,6 +246,11 @@ pub(crate) struct TenantInner {
 }
 
 impl TenantInner {
+    /// `{graph_endpoint}/v1.0/`, or why the endpoint is unusable.
+    pub(crate) fn base(&self) -> Result<Url, GraphError> {
+        self.base.clone().map_err(GraphError::Setup)
+    }
+
     /// A valid access token for this tenant.
     async fn token(&self) -> Result<AccessToken, GraphError> {
         let credentials = self

@@ -15,23 +15,30 @@ use super::TenantInner;
 /// Checks a nextLink and turns it into the next URL: absolute, same scheme, host and port as `base`, and not the
 /// page just read (which would loop forever).
 pub(crate) fn next_url(base: &Url, current: &Url, link: &str) -> Result<Url, GraphError> {
-    let next = Url::parse(link)
-        .map_err(|e| GraphError::Protocol(format!("@odata.nextLink is not a URL ({e})")))?;
-    let same_origin = next.scheme() == base.scheme()
-        && next.host_str() == base.host_str()
-        && next.port_or_known_default() == base.port_or_known_default();
-    if !same_origin {
-        return Err(GraphError::Protocol(format!(
-            "@odata.nextLink points at another host ({}), not following it",
-            next.host_str().unwrap_or("none")
-        )));
-    }
+    let next = same_origin_url(base, "@odata.nextLink", link)?;
     if next == *current {
         return Err(GraphError::Protocol(
             "@odata.nextLink repeats the page just read".into(),
         ));
     }
     Ok(next)
+}
+
+/// `link` as a URL, if it is absolute and has the scheme, host and port of `base`: a link elsewhere would receive
+/// the bearer token.
+pub(crate) fn same_origin_url(base: &Url, what: &str, link: &str) -> Result<Url, GraphError> {
+    let url =
+        Url::parse(link).map_err(|e| GraphError::Protocol(format!("{what} is not a URL ({e})")))?;
+    let same_origin = url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default();
+    if !same_origin {
+        return Err(GraphError::Protocol(format!(
+            "{what} points at another host ({}), not following it",
+            url.host_str().unwrap_or("none")
+        )));
+    }
+    Ok(url)
 }
 
 impl TenantInner {
@@ -43,11 +50,7 @@ impl TenantInner {
         mailbox: &str,
         eventual: bool,
     ) -> Result<Vec<T>, GraphError> {
-        let base = self
-            .base
-            .as_ref()
-            .map_err(|e| GraphError::Setup(e.clone()))?
-            .clone();
+        let base = self.base()?;
         let mut url = first;
         let mut items = Vec::new();
         let mut pages = 0u32;
@@ -60,6 +63,7 @@ impl TenantInner {
                     eventual,
                     mailbox,
                     batch_items: None,
+                    prefer: None,
                 })
                 .await?;
             let page: Page<T> = decode(what, &reply.body)?;

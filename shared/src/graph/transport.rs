@@ -30,6 +30,8 @@ pub(crate) struct Call<'a> {
     pub mailbox: &'a str,
     /// For a `$batch`: how many items it carries (rate cells; up to the cap in permits).
     pub batch_items: Option<u32>,
+    /// A `Prefer` header (`odata.maxpagesize=N` for delta pages).
+    pub prefer: Option<&'a str>,
 }
 
 /// The limiter key of directory requests (`/users`), which are not mailbox requests.
@@ -96,10 +98,7 @@ pub(crate) fn relative_path(segments: &[&str]) -> String {
 impl TenantInner {
     /// The absolute URL of `segments` under `{graph_endpoint}/v1.0/`, with `query` encoded.
     pub(crate) fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Url, GraphError> {
-        let base = self
-            .base
-            .as_ref()
-            .map_err(|e| GraphError::Setup(e.clone()))?;
+        let base = self.base()?;
         let mut text = base.as_str().trim_end_matches('/').to_owned();
         text.push_str(&relative_path(segments));
         if !query.is_empty() {
@@ -241,6 +240,9 @@ impl TenantInner {
             .header("client-request-id", uuid::Uuid::new_v4().to_string());
         if call.eventual {
             request = request.header("ConsistencyLevel", "eventual");
+        }
+        if let Some(prefer) = call.prefer {
+            request = request.header("Prefer", prefer);
         }
         if let Some(body) = call.body {
             request = request.json(body);

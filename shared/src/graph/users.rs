@@ -78,6 +78,7 @@ impl TenantClient {
                 eventual: false,
                 mailbox: DIRECTORY,
                 batch_items: None,
+                prefer: None,
             })
             .await?;
         decode("user", &reply.body)

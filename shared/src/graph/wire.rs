@@ -42,6 +42,9 @@ pub(crate) struct Page<T> {
     /// The next page, to be followed verbatim.
     #[serde(rename = "@odata.nextLink", default)]
     pub next_link: Option<String>,
+    /// The end of a delta round: where the folder's change feed now stands.
+    #[serde(rename = "@odata.deltaLink", default)]
+    pub delta_link: Option<String>,
 }
 
 /// The parts of an OData error body the client uses.

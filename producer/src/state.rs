@@ -1,0 +1,345 @@
+//! The producer's memory between runs: per tenant, where each folder's change feed stands, so a run with nothing
+//! to do costs about one Graph request per mailbox and phase instead of full reads.
+//!
+//! Workers stay stateless: the producer puts what it remembers into jobs ([`Cursors`]) and keeps what the final
+//! reports bring back. One JSON file per tenant under the state directory, replaced atomically (write, fsync,
+//! rename), so a crash leaves the previous state, which is always safe to start from (a feed that is older than
+//! it could be only shows more changes). A missing, unreadable or foreign file means "remember nothing": the run
+//! reads everything, as a first run does. Nothing here is a secret.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared::config::TenantSettings;
+use shared::feed::{Cursors, FolderFeed};
+use shared::message::CentralFolder;
+use shared::model::Mailbox;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// The version of the state file this build reads and writes; another version is ignored (full reads once).
+const STATE_SCHEMA: u32 = 1;
+
+/// Namespace of [`scope`] ids.
+const SCOPE_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_0c57_8e2d_4b7a_a3c1_5d9e_2f40_b816);
+
+/// A directory holding one state file per tenant.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+/// What is remembered of one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantMemory {
+    schema: u32,
+    /// What the feeds belong to (see [`scope`]); a state made for another scope is not used.
+    scope: Uuid,
+    /// The source mailboxes the central folder's generation was made from.
+    sources: BTreeSet<String>,
+    /// The central folder's feed and generation.
+    central: Option<FolderFeed>,
+    /// Users' default contacts folders, by mailbox id.
+    mailboxes: BTreeMap<String, FolderFeed>,
+    /// When the state was saved.
+    saved_at: Option<DateTime<Utc>>,
+}
+
+/// The identity of what a tenant's feeds describe: Graph endpoint, shared mailbox, central folder and the
+/// mirroring policy. Changing any of them (a new folder name, another opt-out category) makes the remembered
+/// state meaningless, so the next run reads everything again.
+pub fn scope(tenant: &TenantSettings, central: &CentralFolder) -> Uuid {
+    let key = format!(
+        "{}|{}|{}|{}|{:?}",
+        tenant.tenant_id.to_lowercase(),
+        tenant.graph_endpoint.as_str().trim_end_matches('/'),
+        central.mailbox.id.to_lowercase(),
+        central.folder_id.as_deref().unwrap_or_default(),
+        tenant.mirror,
+    );
+    Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
+}
+
+impl StateStore {
+    /// A store in `dir` (created when first saved to).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The default place: `$XDG_STATE_HOME/contactmirror`, else `~/.local/state/contactmirror`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let env = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+        env("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| env("HOME").map(|home| Path::new(&home).join(".local/state")))
+            .map(|base| base.join("contactmirror"))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file(&self, tenant_id: &str) -> PathBuf {
+        let name: String = tenant_id
+            .to_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.join(format!("tenant-{name}.json"))
+    }
+
+    /// What is remembered of `tenant_id` for `scope`; empty (a first run) when nothing usable is there.
+    pub fn load(&self, tenant_id: &str, scope: Uuid) -> TenantMemory {
+        let fresh = TenantMemory::new(scope);
+        let path = self.file(tenant_id);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return fresh,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "state file unreadable; reading every folder in full");
+                return fresh;
+            }
+        };
+        match serde_json::from_slice::<TenantMemory>(&bytes) {
+            Ok(memory) if memory.schema == STATE_SCHEMA && memory.scope == scope => memory,
+            Ok(_) => {
+                info!(tenant = tenant_id, "the kept state is for another folder, endpoint or policy; reading every folder in full");
+                fresh
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "state file is not valid; reading every folder in full");
+                fresh
+            }
+        }
+    }
+
+    /// Saves `memory` for `tenant_id`, replacing the previous file atomically.
+    pub fn save(&self, tenant_id: &str, memory: &TenantMemory) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
+        let path = self.file(tenant_id);
+        let tmp = path.with_extension("json.tmp");
+        let mut saved = memory.clone();
+        saved.saved_at = Some(Utc::now());
+        let json = serde_json::to_vec_pretty(&saved).context("serialising the state")?;
+        let mut file =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        file.write_all(&json)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        Ok(())
+    }
+}
+
+impl TenantMemory {
+    /// Nothing remembered, for `scope`.
+    pub fn new(scope: Uuid) -> Self {
+        Self {
+            schema: STATE_SCHEMA,
+            scope,
+            ..Self::default()
+        }
+    }
+
+    /// The cursors of a phase-1 job over `sources`. The central generation is offered only when the sources are
+    /// the ones it was made from: a user who left (or joined) must be re-planned.
+    pub fn phase1_cursors(&self, sources: &[Mailbox]) -> Cursors {
+        let ids: BTreeSet<String> = sources.iter().map(|m| m.id.clone()).collect();
+        let central = self.central.clone().map(|mut feed| {
+            if ids != self.sources {
+                feed.in_line_with = None;
+            }
+            feed
+        });
+        Cursors {
+            tracked: true,
+            central,
+            central_generation: None,
+            mailboxes: self
+                .mailboxes
+                .iter()
+                .filter(|(id, _)| ids.contains(*id))
+                .map(|(id, feed)| (id.clone(), feed.clone()))
+                .collect(),
+        }
+    }
+
+    /// Keeps what a successful phase 1 over `sources` reported. Sources it brought no feed for (unreadable)
+    /// are forgotten, and users no longer among the sources are dropped.
+    pub fn phase1_succeeded(&mut self, sources: &[Mailbox], reported: &Cursors) {
+        self.sources = sources.iter().map(|m| m.id.clone()).collect();
+        self.central = reported.central.clone();
+        self.mailboxes = reported
+            .mailboxes
+            .iter()
+            .filter(|(id, _)| self.sources.contains(*id))
+            .map(|(id, feed)| (id.clone(), feed.clone()))
+            .collect();
+    }
+
+    /// The cursors of `user`'s phase-2 job, from what phase 1 of this run reported.
+    pub fn phase2_cursors(phase1: &Cursors, user: &Mailbox) -> Cursors {
+        Cursors {
+            tracked: true,
+            central: None,
+            central_generation: phase1.central.as_ref().and_then(|f| f.in_line_with),
+            mailboxes: phase1
+                .mailboxes
+                .get(&user.id)
+                .map(|feed| (user.id.clone(), feed.clone()))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Keeps the feed a successful phase 2 of `user` reported.
+    pub fn phase2_succeeded(&mut self, user: &str, reported: &Cursors) {
+        match reported.mailboxes.get(user) {
+            Some(feed) => {
+                self.mailboxes.insert(user.to_owned(), feed.clone());
+            }
+            None => self.phase2_failed(user),
+        }
+    }
+
+    /// `user`'s phase 2 did not finish: its feed stays (phase 1 may still use it) but it is no longer known to be
+    /// in line, so the next run brings it in line in full.
+    pub fn phase2_failed(&mut self, user: &str) {
+        if let Some(feed) = self.mailboxes.get_mut(user) {
+            feed.in_line_with = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::feed::{DeltaLink, Generation};
+
+    use super::*;
+
+    fn mailbox(id: &str) -> Mailbox {
+        Mailbox {
+            id: id.into(),
+            upn: format!("{id}@contoso.com"),
+        }
+    }
+
+    fn feed(name: &str, in_line_with: Option<Generation>) -> FolderFeed {
+        FolderFeed {
+            link: DeltaLink::new(format!("https://graph.example/{name}?$deltatoken=1")),
+            in_line_with,
+        }
+    }
+
+    fn phase1_report(g: Generation, users: &[&str]) -> Cursors {
+        Cursors {
+            tracked: true,
+            central: Some(feed("central", Some(g))),
+            central_generation: None,
+            mailboxes: users
+                .iter()
+                .map(|u| ((*u).to_owned(), feed(u, None)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_run_remembers_and_offers_back_what_its_reports_said() {
+        let g = Generation::fresh();
+        let sources = [mailbox("a"), mailbox("b")];
+        let mut memory = TenantMemory::new(Uuid::nil());
+        let first = memory.phase1_cursors(&sources);
+        assert!(first.tracked && first.central.is_none() && first.mailboxes.is_empty());
+        let reported = phase1_report(g, &["a", "b"]);
+        memory.phase1_succeeded(&sources, &reported);
+        let phase2 = TenantMemory::phase2_cursors(&reported, &sources[0]);
+        assert_eq!(phase2.central_generation, Some(g));
+        assert_eq!(phase2.mailboxes.len(), 1);
+        memory.phase2_succeeded(
+            "a",
+            &Cursors {
+                mailboxes: [("a".to_owned(), feed("a2", Some(g)))].into(),
+                ..Cursors::default()
+            },
+        );
+        memory.phase2_failed("b");
+        let next = memory.phase1_cursors(&sources);
+        assert_eq!(next.central, Some(feed("central", Some(g))));
+        assert_eq!(next.mailboxes["a"], feed("a2", Some(g)));
+        assert_eq!(next.mailboxes["b"].in_line_with, None);
+    }
+
+    #[test]
+    fn a_changed_set_of_sources_withholds_the_generation() {
+        let g = Generation::fresh();
+        let mut memory = TenantMemory::new(Uuid::nil());
+        memory.phase1_succeeded(
+            &[mailbox("a"), mailbox("b")],
+            &phase1_report(g, &["a", "b"]),
+        );
+        // b left: the central folder must be planned again, and b's feed is not offered.
+        let left = memory.phase1_cursors(&[mailbox("a")]);
+        assert_eq!(left.central.as_ref().and_then(|c| c.in_line_with), None);
+        assert!(left.central.is_some());
+        assert!(!left.mailboxes.contains_key("b"));
+        // c joined.
+        let joined = memory.phase1_cursors(&[mailbox("a"), mailbox("b"), mailbox("c")]);
+        assert_eq!(joined.central.and_then(|c| c.in_line_with), None);
+    }
+
+    #[test]
+    fn an_unreadable_source_is_forgotten() {
+        let g = Generation::fresh();
+        let mut memory = TenantMemory::new(Uuid::nil());
+        memory.phase1_succeeded(&[mailbox("a"), mailbox("b")], &phase1_report(g, &["a"]));
+        let next = memory.phase1_cursors(&[mailbox("a"), mailbox("b")]);
+        assert!(next.mailboxes.contains_key("a"));
+        assert!(!next.mailboxes.contains_key("b"));
+        assert!(next.central.and_then(|c| c.in_line_with).is_some());
+    }
+
+    #[test]
+    fn the_store_round_trips_and_ignores_what_is_not_its_own() {
+        let dir = std::env::temp_dir().join(format!("cm-state-{}", Uuid::new_v4()));
+        let store = StateStore::new(&dir);
+        let scope = Uuid::new_v4();
+        assert_eq!(
+            store.load("contoso.onmicrosoft.com", scope),
+            TenantMemory::new(scope)
+        );
+        let mut memory = TenantMemory::new(scope);
+        memory.phase1_succeeded(&[mailbox("a")], &phase1_report(Generation::fresh(), &["a"]));
+        store
+            .save("Contoso.onmicrosoft.com", &memory)
+            .expect("save");
+        let loaded = store.load("contoso.onmicrosoft.com", scope);
+        assert_eq!(loaded.central, memory.central);
+        assert_eq!(loaded.mailboxes, memory.mailboxes);
+        // Another scope (other folder, endpoint or policy) starts afresh.
+        assert_eq!(
+            store
+                .load("contoso.onmicrosoft.com", Uuid::new_v4())
+                .central,
+            None
+        );
+        // A damaged file is ignored, not an error.
+        let file = store.file("contoso.onmicrosoft.com");
+        std::fs::write(&file, b"{not json").expect("write");
+        assert_eq!(store.load("contoso.onmicrosoft.com", scope).central, None);
+        assert!(!file.with_extension("json.tmp").exists());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

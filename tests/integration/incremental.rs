@@ -1,0 +1,215 @@
+//! Runs that start from the change feeds an earlier run kept (`--state-dir`): an unchanged mailbox costs at most
+//! one Graph request per phase, and every kind of change still arrives exactly as a run that reads everything
+//! would have brought it (the same estate, seeded twice, one synced with kept state and one without).
+
+use std::collections::BTreeSet;
+
+use graphsim::{EstateParams, SimConfig};
+use producer::cli::RunArgs;
+use producer::summary::RunReport;
+use shared::config::Settings;
+
+use crate::fleet::{assert_only_unreachable_failed, embedded_args, run, snapshot, total};
+use crate::support::{self, Estate};
+
+const FOLDER: &str = "All Contacts";
+
+fn params() -> EstateParams {
+    EstateParams {
+        tenants: 2,
+        users_per_tenant: 12,
+        contacts_per_user: 6,
+        overlap: 0.3,
+        seed: 41,
+    }
+}
+
+/// A seeded estate plus one user holding 1,100 contacts (two pages of a full read).
+async fn estate() -> Estate {
+    let estate = Estate::seed(SimConfig::default(), params()).await;
+    let t0 = &estate.tenants[0];
+    for i in 0..1_100 {
+        estate.sim.add_contact(
+            &t0.tenant_id,
+            &t0.mirror_target_upns[0],
+            None,
+            serde_json::json!({
+                "displayName": format!("Bulk Person {i:04}"),
+                "emailAddresses": [{"address": format!("bulk.{i}@example.net")}],
+            }),
+        );
+    }
+    estate
+}
+
+/// The most requests any user mailbox received, and the shared mailboxes' counts, since the last reset.
+fn requests_per_mailbox(estate: &Estate) -> (u64, Vec<(String, u64)>) {
+    let stats = estate.sim.stats();
+    let shared: BTreeSet<String> = estate
+        .tenants
+        .iter()
+        .map(|t| t.shared_mailbox_upn.to_lowercase())
+        .collect();
+    let users = stats
+        .mailboxes
+        .iter()
+        .filter(|(upn, _)| !shared.contains(*upn))
+        .map(|(_, m)| m.requests)
+        .max()
+        .unwrap_or(0);
+    let central = stats
+        .mailboxes
+        .iter()
+        .filter(|(upn, _)| shared.contains(*upn))
+        .map(|(upn, m)| (upn.clone(), m.requests))
+        .collect();
+    (users, central)
+}
+
+fn skipped(report: &RunReport) -> u64 {
+    report
+        .tenants
+        .iter()
+        .flat_map(|t| t.phases.values())
+        .map(|c| c.mailboxes_unchanged)
+        .sum()
+}
+
+/// The id of the first contact in `user`'s default folder (by display name) that `pick` accepts.
+fn find(
+    estate: &Estate,
+    tenant: usize,
+    user: &str,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> String {
+    let t = &estate.tenants[tenant];
+    let mut contacts = estate.sim.contacts(&t.tenant_id, user, None);
+    contacts.sort_by_key(|c| c["displayName"].as_str().unwrap_or_default().to_owned());
+    contacts
+        .iter()
+        .find(|c| pick(c))
+        .and_then(|c| c["id"].as_str())
+        .unwrap_or_else(|| panic!("no fitting contact in {user}: {contacts:#?}"))
+        .to_owned()
+}
+
+/// Ids of the contacts each user of the first tenant held before any sync (their own, not copies).
+fn originals(estate: &Estate) -> BTreeSet<String> {
+    let t = &estate.tenants[0];
+    t.mirror_target_upns
+        .iter()
+        .flat_map(|u| estate.sim.contacts(&t.tenant_id, u, None))
+        .filter_map(|c| c["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The same user-side changes in an estate: an edit, a deleted copy, a new contact, a deleted original.
+async fn change(estate: &Estate, originals: &BTreeSet<String>) {
+    let t = estate.tenants[0].clone();
+    let users = &t.mirror_target_upns;
+    let own = |c: &serde_json::Value| c["id"].as_str().is_some_and(|id| originals.contains(id));
+    let edited = find(estate, 0, &users[1], own);
+    support::patch_contact(
+        estate,
+        &t,
+        &users[1],
+        &edited,
+        serde_json::json!({"displayName": "Renamed By Owner", "jobTitle": "After"}),
+    )
+    .await;
+    let copy = find(estate, 0, &users[2], |c| !own(c));
+    support::delete_contact(estate, &t, &users[2], &copy).await;
+    estate.sim.add_contact(
+        &t.tenant_id,
+        &users[3],
+        None,
+        serde_json::json!({"displayName": "Newly Met", "emailAddresses": [{"address": "newly.met@example.org"}]}),
+    );
+    let original = find(estate, 0, &users[4], |c| {
+        own(c) && !c["emailAddresses"].as_array().is_none_or(|a| a.is_empty())
+    });
+    support::delete_contact(estate, &t, &users[4], &original).await;
+}
+
+fn with_state(dir: &std::path::Path) -> RunArgs {
+    RunArgs {
+        state_dir: Some(dir.to_owned()),
+        ..embedded_args()
+    }
+}
+
+async fn sync(estate: &Estate, settings: &Settings, args: &RunArgs) -> RunReport {
+    estate.sim.reset_stats();
+    let report = run(settings, args).await;
+    assert_only_unreachable_failed(&report, estate);
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kept_feeds_make_unchanged_mailboxes_cheap_and_changes_arrive_as_in_a_full_run() {
+    let kept = estate().await;
+    let full = estate().await;
+    assert_eq!(
+        snapshot(&kept, FOLDER),
+        snapshot(&full, FOLDER),
+        "the two estates differ"
+    );
+    let state = support::scratch_dir("incremental-state");
+    let (kept_settings, full_settings) = (kept.settings(), full.settings());
+    let (kept_own, full_own) = (originals(&kept), originals(&full));
+    let kept_args = with_state(&state);
+    let full_args = embedded_args();
+
+    // First run: no feeds yet, everything is read; both estates end the same.
+    sync(&kept, &kept_settings, &kept_args).await;
+    sync(&full, &full_settings, &full_args).await;
+    assert_eq!(snapshot(&kept, FOLDER), snapshot(&full, FOLDER));
+    let state_files = std::fs::read_dir(&state).expect("state dir").count();
+    assert_eq!(state_files, 2, "one state file per tenant");
+
+    // Nothing changed: at most one request per phase on a user mailbox, even the one holding 1,100 contacts.
+    let again = sync(&kept, &kept_settings, &kept_args).await;
+    let (max_user, central) = requests_per_mailbox(&kept);
+    assert_eq!(kept.sim.stats().total_writes(), 0);
+    assert!(max_user <= 2, "a user mailbox took {max_user} requests");
+    for (upn, n) in &central {
+        assert!(*n <= 3, "{upn} (central) took {n} requests");
+    }
+    assert!(skipped(&again) > 0, "no job reported a skip");
+    sync(&full, &full_settings, &full_args).await;
+    let (full_max_user, _) = requests_per_mailbox(&full);
+    assert!(
+        full_max_user > max_user,
+        "reading everything cost {full_max_user} on the busiest mailbox, the kept feeds {max_user}"
+    );
+
+    // Owners edit, delete a managed copy, add a contact and delete an original: the same writes, the same end.
+    change(&kept, &kept_own).await;
+    change(&full, &full_own).await;
+    sync(&kept, &kept_settings, &kept_args).await;
+    let kept_writes = kept.sim.stats().writes;
+    sync(&full, &full_settings, &full_args).await;
+    let full_writes = full.sim.stats().writes;
+    assert_eq!(
+        kept_writes, full_writes,
+        "kept feeds changed what was written"
+    );
+    assert!(
+        kept_writes.values().sum::<u64>() > 0,
+        "the changes wrote nothing"
+    );
+    assert_eq!(snapshot(&kept, FOLDER), snapshot(&full, FOLDER));
+
+    // Graph forgets every delta token: the next run reads everything, writes nothing, and keeps fresh feeds.
+    kept.sim.invalidate_delta_tokens();
+    sync(&kept, &kept_settings, &kept_args).await;
+    assert_eq!(kept.sim.stats().total_writes(), 0);
+    let settled = sync(&kept, &kept_settings, &kept_args).await;
+    let (max_user, _) = requests_per_mailbox(&kept);
+    assert!(
+        max_user <= 2,
+        "after a resync a user mailbox took {max_user} requests"
+    );
+    assert_eq!(total(&settled, |c| c.created + c.updated + c.deleted), 0);
+    std::fs::remove_dir_all(&state).ok();
+}
