@@ -7,6 +7,9 @@ use shared::telemetry::LogFormat;
 
 pub use crate::ops::cli::{BrokerArgs, DlqArgs, DlqCommand, StatusArgs};
 
+/// Default number of in-process workers (jobs at once) of an embedded run.
+pub const EMBEDDED_WORKERS: usize = 64;
+
 /// contactmirror: one contact list on every phone of a Microsoft 365 organisation.
 #[derive(Debug, Parser)]
 #[command(name = "contactmirror-producer", version, about)]
@@ -59,8 +62,9 @@ pub struct RunArgs {
     /// RabbitMQ URL. Without it, the run is embedded: in-process workers, no broker.
     #[arg(long, env = "AMQP_URL")]
     pub amqp_url: Option<String>,
-    /// In-process workers in embedded mode.
-    #[arg(long, env = "CONTACTMIRROR_WORKERS", default_value_t = 8)]
+    /// Jobs run at once in embedded mode. A job mostly waits on its own mailbox's Graph budget and latency, so
+    /// many cheap tasks keep many mailboxes busy; the per-mailbox limits hold however many run.
+    #[arg(long, env = "CONTACTMIRROR_WORKERS", default_value_t = EMBEDDED_WORKERS)]
     pub workers: usize,
     /// Only these tenants (repeatable); default: every configured tenant.
     #[arg(long = "tenant", env = "CONTACTMIRROR_TENANTS", value_delimiter = ',')]
@@ -98,7 +102,7 @@ impl RunArgs {
         Self {
             config: None,
             amqp_url: None,
-            workers: 8,
+            workers: EMBEDDED_WORKERS,
             tenants: Vec::new(),
             dry_run: false,
             report: None,

@@ -27,8 +27,8 @@ pub struct DemoArgs {
     /// Personal contacts per user.
     #[arg(long, default_value_t = 10)]
     pub contacts: usize,
-    /// In-process workers.
-    #[arg(long, default_value_t = 8)]
+    /// In-process workers (jobs at once).
+    #[arg(long, default_value_t = crate::cli::EMBEDDED_WORKERS)]
     pub workers: usize,
     /// Write the first run's report as JSON here.
     #[arg(long)]

@@ -564,6 +564,40 @@ fn producer_cronjob_never_overlaps_and_runs_the_producer() {
 }
 
 #[test]
+fn producer_keeps_its_state_on_the_claim_the_manifests_define() {
+    let claim = doc_of_kind(
+        "deploy/k8s/producer-state-pvc.yaml",
+        "PersistentVolumeClaim",
+    );
+    let cron = doc_of_kind("deploy/k8s/producer-cronjob.yaml", "CronJob");
+    let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"])
+        .expect("the CronJob mounts the state claim");
+    let container = &pod["containers"][0];
+    let mount = container["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("the state volume is mounted");
+    let state_dir = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "CONTACTMIRROR_STATE_DIR")
+        .expect("CONTACTMIRROR_STATE_DIR is set");
+    assert_eq!(state_dir["value"], mount["mountPath"]);
+    assert_ne!(mount["readOnly"], true, "the state must be writable");
+    // The variable is the one the producer reads.
+    let cli = read("producer/src/cli.rs");
+    assert!(cli.contains("env = \"CONTACTMIRROR_STATE_DIR\""));
+}
+
+#[test]
 fn pdb_covers_the_worker_pods() {
     let pdb = doc_of_kind("deploy/k8s/pdb.yaml", "PodDisruptionBudget");
     let deployment = doc_of_kind("deploy/k8s/worker-deployment.yaml", "Deployment");
