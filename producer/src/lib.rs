@@ -10,6 +10,7 @@
 //! - [`dispatch`]: the two transports.
 //! - [`summary`]: the run report and the exit status it implies.
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
+//! - [`run_status`]: per-tenant progress of the run, published on the broker for `status`.
 //! - [`html`]: the run report as a self-contained HTML page.
 //! - [`ops`]: operator commands on a running fleet (`status`, `dlq list|show|requeue|purge`).
 #![deny(missing_docs)]
@@ -23,6 +24,7 @@ pub mod orchestrate;
 pub mod prepare;
 pub mod progress;
 pub mod run;
+pub mod run_status;
 pub mod summary;
 
 /// Exit status: every mailbox of every tenant succeeded.

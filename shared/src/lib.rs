@@ -8,6 +8,7 @@
 //! - [`graph`]: the Microsoft Graph client (token, limits, retries, paging, `$batch`).
 //! - [`message`]: job and report messages exchanged over the queues.
 //! - [`mq`]: RabbitMQ topology and confirmed publishing.
+//! - [`run_status`]: the last run's per-tenant progress, kept on the broker for `status`.
 #![deny(missing_docs)]
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod graph;
 pub mod message;
 pub mod model;
 pub mod mq;
+pub mod run_status;
 pub mod secret;
 pub mod shutdown;
 pub mod sync;
