@@ -116,16 +116,19 @@ impl RunStatus {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Parses a snapshot from the wire, refusing other schema versions.
+    /// Parses a snapshot from the wire, refusing other schema versions. The version is read first, so a snapshot
+    /// of another build says so instead of failing on a field it renamed.
     pub fn from_json(bytes: &[u8]) -> Result<Self, RunStatusError> {
-        let status: RunStatus =
-            serde_json::from_slice(bytes).map_err(|e| RunStatusError::Malformed(e.to_string()))?;
-        if status.schema != SCHEMA_VERSION {
-            return Err(RunStatusError::UnsupportedSchema {
-                found: status.schema,
-            });
+        #[derive(Deserialize)]
+        struct Versioned {
+            schema: u32,
         }
-        Ok(status)
+        let malformed = |e: serde_json::Error| RunStatusError::Malformed(e.to_string());
+        let Versioned { schema } = serde_json::from_slice(bytes).map_err(malformed)?;
+        if schema != SCHEMA_VERSION {
+            return Err(RunStatusError::UnsupportedSchema { found: schema });
+        }
+        serde_json::from_slice(bytes).map_err(malformed)
     }
 }
 
@@ -176,6 +179,11 @@ mod tests {
         assert_eq!(
             RunStatus::from_json(&bytes),
             Err(RunStatusError::UnsupportedSchema { found: 2 })
+        );
+        assert_eq!(
+            RunStatus::from_json(br#"{"schema": 3, "renamed": true}"#),
+            Err(RunStatusError::UnsupportedSchema { found: 3 }),
+            "the version is checked before the fields"
         );
         assert!(matches!(
             RunStatus::from_json(b"{not json"),
