@@ -288,20 +288,22 @@ impl<D: Dispatch> Dispatch for Tracked<'_, D> {
         self.inner.submit(job).await
     }
 
-    /// Waits in slices of [`EVERY`] at most, publishing a due snapshot between them.
+    /// Waits in slices of [`EVERY`] at most, publishing a due snapshot between them. A `None` before the slice
+    /// ran out means the transport has nothing more to give (the embedded workers are gone), not a timeout.
     async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>> {
         let deadline = Instant::now() + wait;
         loop {
             self.publish_if_due().await;
-            let slice = deadline
-                .saturating_duration_since(Instant::now())
-                .min(EVERY);
+            let slice_end = deadline.min(Instant::now() + EVERY);
+            let slice = slice_end.saturating_duration_since(Instant::now());
             match self.inner.next_report(slice).await? {
                 Some(report) => {
                     self.changed |= self.progress.reported(&report);
                     return Ok(Some(report));
                 }
-                None if Instant::now() >= deadline => return Ok(None),
+                None if Instant::now() >= deadline || Instant::now() < slice_end => {
+                    return Ok(None)
+                }
                 None => {}
             }
         }
@@ -509,6 +511,10 @@ mod tests {
     struct Recorder {
         reports: Vec<Report>,
         published: Vec<RunStatus>,
+        /// Answers `None` at once, like the embedded queue once its workers are gone.
+        closed: bool,
+        /// Calls of `next_report` while closed.
+        closed_calls: u32,
     }
 
     impl Dispatch for Recorder {
@@ -520,7 +526,14 @@ mod tests {
             match self.reports.pop() {
                 Some(report) => Ok(Some(report)),
                 None => {
-                    tokio::time::sleep(wait).await;
+                    if self.closed {
+                        self.closed_calls += 1;
+                    }
+                    // Past a few calls even a closed transport lets (paused) time pass, so a caller that keeps
+                    // asking fails the test below instead of spinning forever.
+                    if !self.closed || self.closed_calls > 3 {
+                        tokio::time::sleep(wait).await;
+                    }
                     Ok(None)
                 }
             }
@@ -566,5 +579,23 @@ mod tests {
         let last = recorder.published.last().expect("final snapshot");
         assert!(last.finished);
         assert_eq!(recorder.published.len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transport_that_closed_ends_the_wait_at_once() {
+        let mut recorder = Recorder {
+            closed: true,
+            ..Recorder::default()
+        };
+        let mut tracked = Tracked::new(&mut recorder, Uuid::now_v7(), Utc::now(), false);
+        let started = Instant::now();
+        let got = tracked.next_report(Duration::from_secs(900)).await;
+        assert!(matches!(got, Ok(None)));
+        assert_eq!(tracked.inner.closed_calls, 1);
+        assert!(
+            started.elapsed() < EVERY,
+            "waited {:?} on a closed transport",
+            started.elapsed()
+        );
     }
 }
