@@ -32,7 +32,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a sync: phase 1 (users -> central folder) then phase 2 (central folder -> users), per tenant.
     Run(RunArgs),
-    /// Show every queue's ready, unacked and consumer counts (jobs, retries, dead letters, reports).
+    /// Show every queue's ready, unacked and consumer counts, and the last run's progress per tenant.
     Status(StatusArgs),
     /// Inspect, requeue or purge dead-lettered jobs.
     Dlq(DlqArgs),

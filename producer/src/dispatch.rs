@@ -10,6 +10,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, Consumer};
 use shared::message::{Job, Report};
 use shared::mq::{self, Publisher, Topology};
+use shared::run_status::RunStatus;
 use tracing::warn;
 use worker::disposition::RetryPolicy;
 use worker::embedded::EmbeddedQueue;
@@ -207,5 +208,20 @@ impl Dispatch for Broker {
 
     fn mode(&self) -> &'static str {
         "broker"
+    }
+
+    /// One confirmed publish, no reconnect: a snapshot is not worth delaying the run for, and the next job or
+    /// report wait repairs the session anyway.
+    async fn publish_run_status(&mut self, status: &RunStatus) -> Result<()> {
+        self.session
+            .publisher
+            .publish_run_status(status)
+            .await
+            .with_context(|| {
+                format!(
+                    "publishing the progress snapshot to {}",
+                    self.topology.runs_queue()
+                )
+            })
     }
 }

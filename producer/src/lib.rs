@@ -11,6 +11,7 @@
 //! - [`state`]: change feeds kept between runs (one JSON file per tenant).
 //! - [`summary`]: the run report and the exit status it implies.
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
+//! - [`run_status`]: per-tenant progress of the run, published on the broker for `status`.
 //! - [`html`]: the run report as a self-contained HTML page.
 //! - [`ops`]: operator commands on a running fleet (`status`, `dlq list|show|requeue|purge`).
 #![deny(missing_docs)]
@@ -25,6 +26,7 @@ pub mod prepare;
 pub mod progress;
 pub mod run;
 pub mod state;
+pub mod run_status;
 pub mod summary;
 
 /// Exit status: every mailbox of every tenant succeeded.

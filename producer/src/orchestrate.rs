@@ -11,12 +11,14 @@ use chrono::Utc;
 use shared::config::Settings;
 use shared::graph::GraphClient;
 use shared::message::{Job, JobKind, Outcome, Phase, Report};
+use shared::run_status::RunStatus;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::prepare::{prepare, PreparedTenant};
 use crate::progress::Progress;
 use crate::state::{self, StateStore, TenantMemory};
+use crate::run_status::Tracked;
 use crate::summary::{RunReport, TenantReport};
 
 /// A job transport: the embedded queue or RabbitMQ.
@@ -30,6 +32,11 @@ pub trait Dispatch {
     async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>>;
     /// "embedded" or "broker", for the report.
     fn mode(&self) -> &'static str;
+    /// Keeps the run's latest progress where `status` can read it. Nobody but this process can see an embedded
+    /// run, so by default there is nothing to do.
+    async fn publish_run_status(&mut self, _status: &RunStatus) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What one run covers.
@@ -61,6 +68,7 @@ pub async fn run<D: Dispatch>(
     let run_id = Uuid::now_v7();
     let started_at = Utc::now();
     let started = Instant::now();
+    let mut dispatch = Tracked::new(dispatch, run_id, started_at, request.dry_run);
     let tenants: Vec<_> = request
         .settings
         .tenants
@@ -127,6 +135,7 @@ pub async fn run<D: Dispatch>(
         }
         reports.push(report);
     }
+    dispatch.prepared(&reports);
     let tenant_started: Vec<Instant> = tenants.iter().map(|_| Instant::now()).collect();
     while !pending.is_empty() {
         let Some(report) = dispatch.next_report(request.idle_timeout).await? else {
@@ -216,6 +225,7 @@ pub async fn run<D: Dispatch>(
             }
         }
     }
+    dispatch.finish().await;
     for report in &mut reports {
         report.mailboxes.sort_by(|a, b| {
             (b.outcome == "failed")

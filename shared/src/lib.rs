@@ -9,6 +9,7 @@
 //! - [`feed`]: change feeds kept between runs, and the pure rules for skipping what did not change.
 //! - [`message`]: job and report messages exchanged over the queues.
 //! - [`mq`]: RabbitMQ topology and confirmed publishing.
+//! - [`run_status`]: the last run's per-tenant progress, kept on the broker for `status`.
 #![deny(missing_docs)]
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod graph;
 pub mod message;
 pub mod model;
 pub mod mq;
+pub mod run_status;
 pub mod secret;
 pub mod shutdown;
 pub mod sync;

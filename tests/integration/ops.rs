@@ -1,25 +1,32 @@
-//! The operator commands (`status`, `dlq list|show|requeue|purge`) against the real broker, each test on a
-//! private queue prefix. Dead letters are made the way the fleet makes them: a worker's
+//! The operator commands (`status` with the last run's progress, `dlq list|show|requeue|purge`) against the real
+//! broker, each test on a private queue prefix. Dead letters are made the way the fleet makes them: a worker's
 //! `Publisher::publish_dead_letter` of a delivery taken from the job queue, or the broker's own dead-lettering.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use graphsim::{EstateParams, SimConfig};
 use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use producer::ops::dead_letter::{Filter, ReasonSource};
 use producer::ops::dlq;
+use producer::ops::last_run::LastRun;
 use producer::ops::management::Management;
 use producer::ops::status::{self, ManagementUse};
+use producer::summary::RunReport;
 use shared::message::{CentralFolder, FailureReason, Job, JobKind, Phase};
 use shared::model::Mailbox;
 use shared::mq::{self, attempt_of, header_str, Publisher, Topology, REASON_HEADER};
+use shared::run_status::RunStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use crate::support::{amqp_url, connect, delete_topology, private_topology, BROKER};
+use crate::support::{
+    amqp_url, binary, connect, delete_topology, private_topology, scratch_dir, spawn_worker,
+    Estate, Process, BROKER,
+};
 
 /// A declared private topology with a confirm-mode publisher on it.
 struct Fleet {
@@ -793,4 +800,390 @@ async fn an_unreachable_broker_is_named_without_its_password() {
     .await
     .expect_err("nothing listens on port 1");
     assert!(!format!("{error:#}").contains("s3cret"));
+}
+
+/// `contactmirror-producer status` (the real binary) on `prefix`, AMQP only: its stdout, or a panic with stderr.
+fn status_command(prefix: &str, json: bool) -> String {
+    let url = amqp_url();
+    let mut args = vec![
+        "status",
+        "--amqp-url",
+        url.as_str(),
+        "--queue-prefix",
+        prefix,
+        "--no-management",
+    ];
+    if json {
+        args.push("--json");
+    }
+    let output = std::process::Command::new(binary("contactmirror-producer"))
+        .args(&args)
+        .output()
+        .expect("status runs");
+    assert!(
+        output.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `status --json`'s `lastRun`, and the ready count of the runs queue in the same output.
+fn last_run(prefix: &str) -> (serde_json::Value, u64) {
+    let text = status_command(prefix, true);
+    let status: serde_json::Value = serde_json::from_str(&text).expect("status --json is JSON");
+    let runs = format!("{prefix}.runs");
+    let ready = status["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["name"] == runs.as_str())
+        .and_then(|q| q["ready"].as_u64())
+        .expect("the runs queue is listed with a ready count");
+    (status["lastRun"].clone(), ready)
+}
+
+fn snapshot(n: i64) -> RunStatus {
+    let at = |secs: i64| {
+        chrono::DateTime::from_timestamp(1_750_000_000 + secs, 0).expect("valid timestamp")
+    };
+    RunStatus {
+        schema: shared::run_status::SCHEMA_VERSION,
+        run_id: Uuid::now_v7(),
+        mode: "broker".into(),
+        dry_run: false,
+        started_at: at(0),
+        updated_at: at(n),
+        finished: false,
+        tenants: Vec::new(),
+    }
+}
+
+fn recorded_run_id(last: &LastRun) -> Option<Uuid> {
+    match last {
+        LastRun::Recorded { run, .. } => Some(run.run_id),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn the_runs_queue_keeps_only_the_newest_snapshot_and_status_never_consumes_it() {
+    let _broker = BROKER.read().await;
+    let fleet = Fleet::new().await;
+    let runs = fleet.topology.runs_queue();
+    let read = || status::collect(&fleet.connection, &fleet.topology, None);
+
+    let empty = read().await.expect("status");
+    assert_eq!(empty.last_run, LastRun::None);
+    assert!(
+        status::render(&empty).contains("no run recorded on this broker"),
+        "{}",
+        status::render(&empty)
+    );
+
+    // x-max-length 1 with the default overflow (drop-head): each publish pushes the older snapshot out.
+    let all: Vec<RunStatus> = (1..=3).map(snapshot).collect();
+    for s in &all {
+        fleet
+            .publisher
+            .publish_run_status(s)
+            .await
+            .expect("publish");
+    }
+    fleet.expect_ready(&runs, 1).await;
+    for _ in 0..3 {
+        let status = read().await.expect("status");
+        assert_eq!(recorded_run_id(&status.last_run), Some(all[2].run_id));
+        fleet.expect_ready(&runs, 1).await;
+    }
+
+    // A peek in flight while the producer publishes: the held snapshot comes back behind the new one, and the
+    // reader still picks the newest; the next publish trims the queue to one again.
+    let held = fleet.take(&runs).await;
+    let fourth = snapshot(4);
+    fleet
+        .publisher
+        .publish_run_status(&fourth)
+        .await
+        .expect("publish");
+    held.nack(BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    })
+    .await
+    .expect("requeue");
+    let after_requeue = ready(&fleet.connection, &runs).await;
+    assert!(
+        (1..=2).contains(&after_requeue),
+        "{runs} holds {after_requeue}"
+    );
+    let status = read().await.expect("status");
+    assert_eq!(recorded_run_id(&status.last_run), Some(fourth.run_id));
+    let fifth = snapshot(5);
+    fleet
+        .publisher
+        .publish_run_status(&fifth)
+        .await
+        .expect("publish");
+    fleet.expect_ready(&runs, 1).await;
+    assert_eq!(
+        recorded_run_id(&read().await.expect("status").last_run),
+        Some(fifth.run_id)
+    );
+
+    // A snapshot this build cannot read is reported as such, not as "no run".
+    fleet
+        .channel
+        .basic_publish(
+            fleet.topology.reports_exchange().as_str().into(),
+            mq::RUN_STATUS_ROUTING_KEY.into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"{\"schema\": 99}",
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .expect("publish junk")
+        .await
+        .expect("routed");
+    fleet.expect_ready(&runs, 1).await;
+    let status = read().await.expect("status");
+    assert!(
+        matches!(&status.last_run, LastRun::Unreadable { error } if error.contains("schema")),
+        "{:?}",
+        status.last_run
+    );
+    fleet.finish().await;
+}
+
+/// Tenant A: 10 users, the tenth without an Exchange mailbox (graphsim seeds every tenth user that way); tenant
+/// B: 9 users, all reachable. One graphsim serves both.
+async fn two_tenants_one_failing() -> Estate {
+    let params = |users_per_tenant, seed| EstateParams {
+        tenants: 1,
+        users_per_tenant,
+        contacts_per_user: 3,
+        overlap: 0.2,
+        seed,
+    };
+    let mut estate = Estate::seed(SimConfig::default(), params(10, 51)).await;
+    let second = graphsim::seed_estate(&estate.sim, params(9, 52));
+    estate.tenants.extend(second);
+    estate
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_shows_the_last_runs_progress_per_tenant_as_the_run_report_counts_it() {
+    let _broker = BROKER.read().await;
+    let estate = two_tenants_one_failing().await;
+    let topology = private_topology();
+    let (stop, worker) = spawn_worker(&estate.settings(), &topology, "last-run-worker");
+    let report_path = scratch_dir("last-run").join("report.json");
+    let config = estate.config_json().to_string();
+    let url = amqp_url();
+    let prefix = topology.prefix().to_owned();
+    let report_arg = report_path.to_string_lossy().into_owned();
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut process = Process::start(
+            "contactmirror-producer",
+            &[
+                "run",
+                "--amqp-url",
+                &url,
+                "--queue-prefix",
+                &prefix,
+                "--report",
+                &report_arg,
+                "--idle-timeout-secs",
+                "120",
+            ],
+            &[("AUTOMATION_SYNCCONTACTS_CONFIG_JSON", config.as_str())],
+        );
+        let status = process.child.wait().expect("producer exits");
+        (status, process.output())
+    });
+    let (exit, output) = tokio::time::timeout(Duration::from_secs(240), producer)
+        .await
+        .expect("the producer finishes")
+        .expect("producer task");
+    stop.cancel();
+    worker.await.expect("worker stops");
+    assert_eq!(exit.code(), Some(1), "one mailbox fails:\n{output}");
+    let report: RunReport =
+        serde_json::from_slice(&std::fs::read(&report_path).expect("the run report was written"))
+            .expect("a run report");
+
+    let (last, ready) = last_run(topology.prefix());
+    assert_eq!(ready, 1, "the snapshot is still there after status read it");
+    assert_eq!(last["state"], "recorded", "{last}");
+    assert_eq!(last["runId"], report.run_id.to_string());
+    assert_eq!(last["mode"], "broker");
+    assert_eq!(last["finished"], true, "{last}");
+    let tenants = last["tenants"].as_array().expect("tenants");
+    assert_eq!(tenants.len(), report.tenants.len(), "{last}");
+    let connection = connect().await;
+    let mut failures_seen = 0;
+    for (shown, reported) in tenants.iter().zip(&report.tenants) {
+        let id = reported.tenant_id.as_str();
+        assert_eq!(shown["tenantId"], id);
+        assert_eq!(shown["users"], reported.users as u64, "{id}");
+        assert_eq!(shown["phase1"], "succeeded", "{id}");
+        let phase2: Vec<&producer::summary::MailboxOutcome> = reported
+            .mailboxes
+            .iter()
+            .filter(|m| m.phase == Phase::Phase2)
+            .collect();
+        let failed2 = phase2.iter().filter(|m| m.outcome == "failed").count();
+        assert_eq!(shown["phase2"]["total"], phase2.len() as u64, "{id}");
+        assert_eq!(shown["phase2"]["done"], phase2.len() as u64, "{id}");
+        assert_eq!(shown["phase2"]["failed"], failed2 as u64, "{id}");
+        let failed_mailboxes: std::collections::BTreeSet<&str> = reported
+            .mailboxes
+            .iter()
+            .filter(|m| m.outcome == "failed")
+            .map(|m| m.mailbox.as_str())
+            .collect();
+        assert_eq!(
+            shown["failedMailboxes"],
+            failed_mailboxes.len() as u64,
+            "{id}"
+        );
+        let dead = dlq::list(
+            &connection,
+            &topology,
+            &Filter {
+                tenant: Some(id.to_owned()),
+                ..Filter::default()
+            },
+        )
+        .await
+        .expect("dlq list");
+        assert_eq!(shown["deadLettered"], dead.matched.len() as u64, "{id}");
+        failures_seen += failed_mailboxes.len();
+    }
+    // What the estate was built to produce, so the comparisons above are not all zeros.
+    assert_eq!(
+        (
+            tenants[0]["failedMailboxes"].as_u64(),
+            tenants[0]["deadLettered"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{last}"
+    );
+    assert_eq!(tenants[1]["failedMailboxes"], 0, "{last}");
+    assert_eq!(failures_seen, 1);
+
+    let table = status_command(topology.prefix(), false);
+    let heading = format!("last run {} (broker) started ", report.run_id);
+    assert!(
+        table.contains(&heading) && table.contains(", finished, updated "),
+        "{table}"
+    );
+    for tenant in &report.tenants {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&tenant.tenant_id))
+            .unwrap_or_else(|| panic!("no line for {}:\n{table}", tenant.tenant_id));
+        assert!(line.contains("succeeded"), "{line}");
+    }
+    for seeded in &estate.tenants {
+        assert!(!table.contains(&seeded.client_secret), "a secret in status");
+        assert!(
+            !last.to_string().contains(&seeded.client_secret),
+            "a secret in the snapshot"
+        );
+    }
+    let (again, ready) = last_run(topology.prefix());
+    assert_eq!(
+        (again["runId"].clone(), ready),
+        (last["runId"].clone(), 1),
+        "reading twice changes nothing"
+    );
+    let _ = connection.close(200, "done".into()).await;
+    delete_topology(&topology).await;
+    let _ = std::fs::remove_dir_all(report_path.parent().expect("scratch dir"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_progress_shows_in_status_before_any_worker_took_a_job() {
+    let _broker = BROKER.read().await;
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 2,
+            users_per_tenant: 4,
+            contacts_per_user: 2,
+            overlap: 0.0,
+            seed: 61,
+        },
+    )
+    .await;
+    let topology = private_topology();
+    let config = estate.config_json().to_string();
+    // No worker: the phase-1 jobs wait in the queue and the producer waits for their reports.
+    let producer = Process::start(
+        "contactmirror-producer",
+        &[
+            "run",
+            "--amqp-url",
+            &amqp_url(),
+            "--queue-prefix",
+            topology.prefix(),
+            "--idle-timeout-secs",
+            "600",
+        ],
+        &[("AUTOMATION_SYNCCONTACTS_CONFIG_JSON", config.as_str())],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let last = loop {
+        // Until the producer has declared the topology, status says the queues are missing and no run.
+        let text = status_command(topology.prefix(), true);
+        let status: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        if status["lastRun"]["state"] == "recorded" {
+            break status["lastRun"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot while the run waits:\n{text}\n{}",
+            producer.output()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(last["finished"], false, "{last}");
+    let tenants = last["tenants"].as_array().expect("tenants");
+    let ids: Vec<&str> = tenants
+        .iter()
+        .map(|t| t["tenantId"].as_str().unwrap_or_default())
+        .collect();
+    let seeded: Vec<&str> = estate
+        .tenants
+        .iter()
+        .map(|t| t.tenant_id.as_str())
+        .collect();
+    assert_eq!(ids, seeded, "{last}");
+    for (shown, seeded) in tenants.iter().zip(&estate.tenants) {
+        assert_eq!(shown["phase1"], "queued", "{last}");
+        assert_eq!(
+            shown["users"],
+            seeded.mirror_target_upns.len() as u64,
+            "{last}"
+        );
+        assert_eq!(shown["phase2"]["total"], 0, "{last}");
+        assert_eq!(shown["deadLettered"], 0, "{last}");
+    }
+    let table = status_command(topology.prefix(), false);
+    assert!(table.contains(", in progress, updated "), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains(" queued ")).count(),
+        2,
+        "{table}"
+    );
+    // The two phase-1 jobs are where the snapshot says they are.
+    let connection = connect().await;
+    assert_eq!(
+        ready(&connection, &topology.job_queue(Phase::Phase1)).await,
+        2
+    );
+    drop(producer);
+    let _ = connection.close(200, "done".into()).await;
+    delete_topology(&topology).await;
 }

@@ -1,4 +1,4 @@
-//! Operator commands on a running fleet: `status` (queue depths) and `dlq list|show|requeue|purge`.
+//! Operator commands on a running fleet: `status` (queue depths, the last run) and `dlq list|show|requeue|purge`.
 //!
 //! Operators come back to a fleet when something is stuck, usually without the management UI at hand, so every
 //! command works over AMQP alone; the management HTTP API only adds numbers AMQP cannot give (unacked counts).
@@ -6,6 +6,7 @@
 //! Layout:
 //! - [`cli`]: the options of both commands (kept here so `crate::cli` only names them).
 //! - [`status`]: per-queue counts, as a table or JSON.
+//! - [`last_run`]: the last run's per-tenant progress, peeked from the runs queue.
 //! - [`dlq`]: the dead-letter commands; [`dead_letter`] reads one dead-lettered message, [`scan`] walks a
 //!   dead-letter queue without losing or reordering what it leaves behind.
 //! - [`management`]: the small part of the RabbitMQ management HTTP API that `status` uses.
@@ -14,6 +15,7 @@
 pub mod cli;
 pub mod dead_letter;
 pub mod dlq;
+pub mod last_run;
 pub mod management;
 pub mod scan;
 pub mod status;

@@ -1,4 +1,5 @@
-//! `status`: every queue of the topology with its ready, unacknowledged and consumer counts.
+//! `status`: every queue of the topology with its ready, unacknowledged and consumer counts, then the last run's
+//! progress per tenant (see [`super::last_run`]).
 //!
 //! Ready and consumer counts come from AMQP passive declares: live, and available on every broker. Unacknowledged
 //! (and total) counts come from the management API when it answers; when it does not, they show as `-` and the
@@ -16,6 +17,7 @@ use shared::message::Phase;
 use shared::mq::{Topology, RETRY_LEVELS};
 
 use super::cli::StatusArgs;
+use super::last_run::{self, LastRun};
 use super::management::{ManagedQueue, Management};
 use super::table::{self, Align};
 use crate::EXIT_OK;
@@ -59,13 +61,16 @@ pub enum ManagementUse {
 
 /// The whole status.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Status {
     /// The queue prefix.
     pub prefix: String,
-    /// Every queue, in topology order (jobs, retries, dead letters, reports).
+    /// Every queue, in topology order (jobs, retries, dead letters, reports, last run).
     pub queues: Vec<QueueStatus>,
     /// Where unacked counts came from.
     pub management: ManagementUse,
+    /// The last run's progress per tenant, as its producer last published it.
+    pub last_run: LastRun,
 }
 
 /// Runs `status`.
@@ -125,10 +130,13 @@ pub async fn collect(
             .and_then(|q: &ManagedQueue| q.messages_unacknowledged);
         queues.push(status);
     }
+    // After the counts, so the runs queue's own line shows the snapshot as ready, not held by this peek.
+    let last_run = last_run::peek(connection, topology).await?;
     Ok(Status {
         prefix: topology.prefix().to_owned(),
         queues,
         management: management_use,
+        last_run,
     })
 }
 
@@ -148,6 +156,7 @@ fn roles(topology: &Topology) -> Vec<(String, String)> {
         roles.insert(name, format!("retry {label}"));
     }
     roles.insert(topology.reports_queue(), "reports".to_owned());
+    roles.insert(topology.runs_queue(), "last run".to_owned());
     topology
         .all_queues()
         .into_iter()
@@ -199,7 +208,7 @@ async fn passive(connection: &Connection, name: &str) -> Result<QueueStatus> {
     Ok(status)
 }
 
-/// The status as a table, with a line on where the unacked counts came from.
+/// The status as a table, with a line on where the unacked counts came from, then the last run.
 pub fn render(status: &Status) -> String {
     let rows: Vec<Vec<String>> = status
         .queues
@@ -248,6 +257,8 @@ pub fn render(status: &Status) -> String {
             status.prefix
         ));
     }
+    out.push('\n');
+    out.push_str(&last_run::render(&status.last_run));
     out
 }
 
@@ -269,6 +280,7 @@ mod tests {
         assert!(roles.iter().all(|(_, role)| !role.is_empty()), "{roles:?}");
         assert!(roles.contains(&("t.retry.2m".to_owned(), "retry 2m".to_owned())));
         assert!(roles.contains(&("t.phase2.dead".to_owned(), "dead letters phase2".to_owned())));
+        assert!(roles.contains(&("t.runs".to_owned(), "last run".to_owned())));
     }
 
     #[test]
@@ -297,6 +309,7 @@ mod tests {
                 url: "http://127.0.0.1:15672/".into(),
                 error: "connection refused".into(),
             },
+            last_run: LastRun::None,
         };
         let text = render(&status);
         assert!(
@@ -306,5 +319,9 @@ mod tests {
         assert!(text.contains("missing"), "{text}");
         assert!(text.contains("connection refused"), "{text}");
         assert!(text.contains("1 queue(s) missing"), "{text}");
+        assert!(
+            text.ends_with("\nno run recorded on this broker\n"),
+            "the last run comes under the queue table: {text}"
+        );
     }
 }

@@ -16,7 +16,10 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::message::{FailureReason, Job, Phase, Report};
-pub use topology::{queue_arguments, retry_level_for, QueueSpec, Topology, RETRY_LEVELS};
+use crate::run_status::{RunStatus, MESSAGE_TYPE as RUN_STATUS_TYPE};
+pub use topology::{
+    queue_arguments, retry_level_for, QueueSpec, Topology, RETRY_LEVELS, RUN_STATUS_ROUTING_KEY,
+};
 
 /// Header carrying the attempt number of a job (1 for the first delivery of a fresh publish).
 pub const ATTEMPT_HEADER: &str = "x-attempt";
@@ -272,6 +275,25 @@ impl Publisher {
             &exchange,
             &report.routing_key(),
             report.to_json(),
+            properties,
+        )
+        .await
+    }
+
+    /// Publishes a run-progress snapshot to the runs queue, where it replaces the previous one. Persistent, so the
+    /// last run survives a broker restart.
+    pub async fn publish_run_status(&self, status: &RunStatus) -> Result<(), MqError> {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_correlation_id(status.run_id.to_string().into())
+            .with_type(RUN_STATUS_TYPE.into())
+            .with_timestamp(u64::try_from(status.updated_at.timestamp()).unwrap_or_default());
+        let exchange = self.topology.reports_exchange();
+        self.publish(
+            &exchange,
+            RUN_STATUS_ROUTING_KEY,
+            status.to_json(),
             properties,
         )
         .await

@@ -14,6 +14,10 @@ pub const DELIVERY_LIMIT: i64 = 8;
 /// Bound on each job queue, so a runaway producer cannot fill the broker's disk.
 pub const MAX_QUEUE_LENGTH: i64 = 1_000_000;
 
+/// Routing key of run-progress snapshots on the report exchange. It does not match the report queue's `report.#`,
+/// so snapshots reach only the runs queue.
+pub const RUN_STATUS_ROUTING_KEY: &str = "run.status";
+
 /// The delay levels of the retry queues. A retry goes to the smallest level no shorter than the wait it needs.
 pub const RETRY_LEVELS: [Duration; 5] = [
     Duration::from_secs(1),
@@ -78,17 +82,24 @@ impl Topology {
         format!("{}.reports", self.prefix)
     }
 
+    /// The queue holding the latest run-progress snapshot (fed from the report exchange, see
+    /// [`RUN_STATUS_ROUTING_KEY`]).
+    pub fn runs_queue(&self) -> String {
+        format!("{}.runs", self.prefix)
+    }
+
     /// The fanout exchange and queue (same name) of a retry level.
     pub fn retry_queue(&self, level: Duration) -> String {
         format!("{}.retry.{}", self.prefix, level_label(level))
     }
 
-    /// Every queue, for status listings: jobs, retries, dead letters, reports.
+    /// Every queue, for status listings: jobs, retries, dead letters, reports, the last run.
     pub fn all_queues(&self) -> Vec<String> {
         let mut queues: Vec<String> = Phase::ALL.iter().map(|p| self.job_queue(*p)).collect();
         queues.extend(RETRY_LEVELS.iter().map(|l| self.retry_queue(*l)));
         queues.extend(Phase::ALL.iter().map(|p| self.dead_letter_queue(*p)));
         queues.push(self.reports_queue());
+        queues.push(self.runs_queue());
         queues
     }
 }
@@ -234,6 +245,16 @@ pub fn queue_arguments(topology: &Topology) -> Vec<QueueSpec> {
         topology.reports_exchange(),
         "report.#",
     ));
+    // Holds only the newest snapshot: a new publish drops the older one (default overflow `drop-head`). Classic,
+    // and said so explicitly (a vhost default may be quorum): `status` peeks by get-and-requeue, and a quorum
+    // queue counts each requeue as a delivery, so under a delivery limit (RabbitMQ 4 sets one by default) enough
+    // peeks would drop the snapshot.
+    all.push(queue(
+        topology.runs_queue(),
+        serde_json::json!({ "x-queue-type": "classic", "x-max-length": 1 }),
+        topology.reports_exchange(),
+        RUN_STATUS_ROUTING_KEY,
+    ));
     all
 }
 
@@ -285,7 +306,8 @@ mod tests {
         assert_eq!(t.dead_letter_queue(Phase::Phase2), "t1.phase2.dead");
         assert_eq!(t.retry_queue(Duration::from_secs(120)), "t1.retry.2m");
         assert_eq!(t.retry_queue(Duration::from_secs(5)), "t1.retry.5s");
-        assert_eq!(t.all_queues().len(), 2 + RETRY_LEVELS.len() + 2 + 1);
+        assert_eq!(t.runs_queue(), "t1.runs");
+        assert_eq!(t.all_queues().len(), 2 + RETRY_LEVELS.len() + 2 + 1 + 1);
     }
 
     #[test]
@@ -297,7 +319,12 @@ mod tests {
         let exchange_names: Vec<String> = exchanges(&t).into_iter().map(|e| e.name).collect();
         for spec in &specs {
             assert!(spec.durable, "{}", spec.name);
-            assert_eq!(spec.arguments["x-queue-type"], "quorum", "{}", spec.name);
+            let kind = if spec.name == t.runs_queue() {
+                "classic"
+            } else {
+                "quorum"
+            };
+            assert_eq!(spec.arguments["x-queue-type"], kind, "{}", spec.name);
             assert_eq!(spec.bindings.len(), 1, "{}", spec.name);
             assert!(
                 exchange_names.contains(&spec.bindings[0].exchange),
@@ -315,5 +342,13 @@ mod tests {
         assert_eq!(retry.arguments["x-message-ttl"], 120_000);
         assert_eq!(retry.arguments["x-dead-letter-exchange"], "t1.jobs");
         assert!(retry.arguments.get("x-dead-letter-routing-key").is_none());
+        let runs = specs.last().expect("runs queue");
+        assert_eq!(runs.name, "t1.runs");
+        assert_eq!(runs.arguments["x-max-length"], 1);
+        assert_eq!(runs.bindings[0].exchange, "t1.reports");
+        assert_ne!(
+            runs.bindings[0].routing_key, "report.#",
+            "snapshots must not reach the report queue"
+        );
     }
 }
