@@ -25,8 +25,8 @@ pub mod orchestrate;
 pub mod prepare;
 pub mod progress;
 pub mod run;
-pub mod state;
 pub mod run_status;
+pub mod state;
 pub mod summary;
 
 /// Exit status: every mailbox of every tenant succeeded.

@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::prepare::{prepare, PreparedTenant};
 use crate::progress::Progress;
-use crate::state::{self, StateStore, TenantMemory};
 use crate::run_status::Tracked;
+use crate::state::{self, StateStore, TenantMemory};
 use crate::summary::{RunReport, TenantReport};
 
 /// A job transport: the embedded queue or RabbitMQ.

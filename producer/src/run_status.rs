@@ -376,6 +376,8 @@ mod tests {
             source_failures: Vec::new(),
             planned: Vec::new(),
             graph: GraphCounts::default(),
+            cursors: Default::default(),
+            skipped: false,
             duration_ms: 1,
             finished_at: Utc::now(),
         }

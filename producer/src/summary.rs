@@ -235,16 +235,91 @@ impl RunReport {
                 "  graph: {} requests, {} throttled (429), {} retries\n",
                 tenant.graph.requests, tenant.graph.throttled, tenant.retries
             ));
+            // A mailbox that cannot be reached fails both phases for the same reason: one line for it, not two.
+            let mut failures: Vec<(&MailboxOutcome, Vec<Phase>)> = Vec::new();
             for m in tenant.mailboxes.iter().filter(|m| m.outcome == "failed") {
+                match failures
+                    .iter_mut()
+                    .find(|(f, _)| f.mailbox == m.mailbox && f.reason == m.reason)
+                {
+                    Some((_, phases)) => phases.push(m.phase),
+                    None => failures.push((m, vec![m.phase])),
+                }
+            }
+            if !failures.is_empty() {
+                let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+                for (m, _) in &failures {
+                    *by_reason
+                        .entry(m.reason.map(|r| r.as_str()).unwrap_or("unknown"))
+                        .or_default() += 1;
+                }
+                let reasons: Vec<String> =
+                    by_reason.iter().map(|(r, n)| format!("{n} {r}")).collect();
+                out.push_str(&format!(
+                    "  {} mailbox(es) failed ({}):\n",
+                    failures.len(),
+                    reasons.join(", ")
+                ));
+            }
+            for (m, phases) in failures {
+                let phases: Vec<String> = phases.iter().map(Phase::to_string).collect();
                 out.push_str(&format!(
                     "  failed: {} ({}): {}: {}\n",
                     m.mailbox,
-                    m.phase,
+                    phases.join(", "),
                     m.reason.map(|r| r.as_str()).unwrap_or("unknown"),
                     m.error.as_deref().unwrap_or("")
                 ));
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(mailbox: &str, phase: Phase, reason: FailureReason) -> MailboxOutcome {
+        MailboxOutcome {
+            mailbox: mailbox.into(),
+            phase,
+            outcome: "failed".into(),
+            reason: Some(reason),
+            error: Some(format!("{mailbox} says no")),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn a_mailbox_failing_both_phases_for_one_reason_is_one_line() {
+        let tenant = TenantReport {
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            users: 3,
+            mailboxes: vec![
+                failed("a@contoso.com", Phase::Phase1, FailureReason::NoMailbox),
+                failed("a@contoso.com", Phase::Phase2, FailureReason::NoMailbox),
+                failed("b@contoso.com", Phase::Phase2, FailureReason::AccessDenied),
+                failed("b@contoso.com", Phase::Phase1, FailureReason::NoReport),
+            ],
+            ..TenantReport::default()
+        };
+        let report = RunReport {
+            run_id: Uuid::nil(),
+            mode: "embedded".into(),
+            dry_run: false,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            duration_ms: 10,
+            tenants: vec![tenant],
+        };
+        let text = report.human();
+        assert!(text.contains("3 mailbox(es) failed (1 access_denied, 1 no_mailbox, 1 no_report):"));
+        assert!(text.contains(
+            "  failed: a@contoso.com (phase1, phase2): no_mailbox: a@contoso.com says no\n"
+        ));
+        assert!(text.contains("  failed: b@contoso.com (phase2): access_denied:"));
+        assert!(text.contains("  failed: b@contoso.com (phase1): no_report:"));
+        assert_eq!(text.matches("failed: a@contoso.com").count(), 1);
     }
 }

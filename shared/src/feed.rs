@@ -155,13 +155,19 @@ pub fn next_generation(central: Check, previous: Option<Generation>, writes: usi
     }
 }
 
+/// Whether phase 2 of a mailbox could be skipped at all: it was brought in line with the generation that still
+/// stands and phase 1 saw no change in it. When not, checking its feed first would be a wasted request.
+pub fn phase2_may_skip(current: Option<Generation>, feed: Option<&FolderFeed>) -> bool {
+    match (current, feed.and_then(|f| f.in_line_with)) {
+        (Some(now), Some(then)) => now == then,
+        _ => false,
+    }
+}
+
 /// Phase 2 needs no read and no plan for a mailbox brought in line with the generation that still stands, when
 /// neither phase 1 nor its own check saw the mailbox change since.
 pub fn phase2_skip(current: Option<Generation>, feed: Option<&FolderFeed>, check: Check) -> bool {
-    match (current, feed.and_then(|f| f.in_line_with)) {
-        (Some(now), Some(then)) => now == then && check == Check::Unchanged,
-        _ => false,
-    }
+    phase2_may_skip(current, feed) && check == Check::Unchanged
 }
 
 /// What a folder's feed showed after the tool wrote to it: changed and removed item ids.
@@ -272,6 +278,10 @@ mod tests {
                     let expected =
                         current.is_some() && current == then && check == Check::Unchanged;
                     assert_eq!(phase2_skip(current, Some(&f), check), expected);
+                    assert_eq!(
+                        phase2_may_skip(current, Some(&f)),
+                        current.is_some() && current == then
+                    );
                 }
             }
             assert!(!phase2_skip(current, None, Check::Unchanged));

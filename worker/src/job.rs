@@ -19,7 +19,7 @@ use shared::message::{
 };
 use shared::model::{Contact, Mailbox, WriteOp};
 use shared::sync::{self, Plan, PlanContext, PlanCounts, SourceMailbox};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::central_cache::CentralCache;
 use crate::disposition::AttemptResult;
@@ -296,22 +296,29 @@ impl JobRunner {
     ) -> Result<Done, AttemptResult> {
         let generation = job.cursors.central_generation;
         let prior = job.cursors.mailboxes.get(&mailbox.id);
-        let found = check_feed(
-            client,
-            mailbox,
-            &FolderRef::Default,
-            job.cursors.tracked,
-            prior,
-        )
-        .await
-        .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?;
+        let found = match prior {
+            // It will be read in full either way: phase 1's fresh link is the base to move past the writes from.
+            Some(prior) if !feed::phase2_may_skip(generation, Some(prior)) => FeedCheck {
+                check: Check::Unknown,
+                link: Some(prior.link.clone()),
+            },
+            _ => check_feed(
+                client,
+                mailbox,
+                &FolderRef::Default,
+                job.cursors.tracked,
+                prior,
+            )
+            .await
+            .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?,
+        };
         let kept = |link: DeltaLink, in_line_with| Cursors {
             tracked: true,
             mailboxes: [(mailbox.id.clone(), FolderFeed { link, in_line_with })].into(),
             ..Cursors::default()
         };
         if feed::phase2_skip(generation, prior, found.check) {
-            info!(mailbox = %mailbox.upn, "in line with the central folder and unchanged since the last run");
+            debug!(mailbox = %mailbox.upn, "in line with the central folder and unchanged since the last run");
             return Ok(Done {
                 cursors: found.link.map(|l| kept(l, generation)).unwrap_or_default(),
                 skipped: true,
