@@ -124,7 +124,18 @@ fn record(
         injected,
         applied,
         received: op.received,
+        retry_after: retry_after(reply),
     });
+}
+
+/// The `Retry-After` of an answer as a duration (whole or fractional seconds), if it carries one.
+fn retry_after(reply: &Reply) -> Option<std::time::Duration> {
+    reply
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, value)| value.trim().parse::<f64>().ok())
+        .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok())
 }
 
 enum Target {
