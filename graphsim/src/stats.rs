@@ -26,8 +26,9 @@ pub struct MailboxStats {
     pub writes: u64,
     /// Writes that changed state (created, updated or deleted something).
     pub applied_writes: u64,
-    /// Requests that arrived while a `Retry-After` graphsim had answered for this mailbox was still running.
-    /// A client that honours `Retry-After` sends none; each one prolongs Graph's penalty.
+    /// Requests sent while a `Retry-After` graphsim had answered for this mailbox was still running (a batch
+    /// item counts as sent when its envelope arrived). A client that honours `Retry-After` sends none; each one
+    /// prolongs Graph's penalty.
     pub early_retries: u64,
 }
 
@@ -57,6 +58,9 @@ pub struct SimStats {
     pub injected_faults: u64,
     /// Early retries of all mailboxes (see [`MailboxStats::early_retries`]).
     pub early_retries: u64,
+    /// How long after its `Retry-After` was answered the latest early retry was sent, in milliseconds. A few
+    /// milliseconds means a request the client sent before it could read the 429; more means it ignored it.
+    pub early_retry_max_lateness_ms: f64,
     /// Per mailbox (lower-cased UPN).
     pub mailboxes: BTreeMap<String, MailboxStats>,
 }
@@ -110,8 +114,8 @@ pub struct LoggedRequest {
 struct Inner {
     stats: SimStats,
     in_flight: HashMap<String, u32>,
-    /// Per mailbox: the end of the longest `Retry-After` answered so far.
-    retry_until: HashMap<String, Instant>,
+    /// Per mailbox: running `Retry-After` periods (answered at, runs out at).
+    retry_periods: HashMap<String, Vec<(Instant, Instant)>>,
     log: VecDeque<LoggedRequest>,
     seq: u64,
 }
@@ -194,27 +198,34 @@ impl Recorder {
         });
     }
 
-    /// Marks a request to `mailbox` in progress; counts it as an early retry if it arrived before a
-    /// `Retry-After` answered for the mailbox ran out.
+    /// Marks a request to `mailbox` in progress, sent now.
     pub fn enter(self: &Arc<Self>, mailbox: &str) -> InFlight {
         self.enter_at(mailbox, Instant::now())
     }
 
-    /// [`Recorder::enter`] with an explicit arrival time (tests).
-    pub fn enter_at(self: &Arc<Self>, mailbox: &str, arrived: Instant) -> InFlight {
+    /// Marks a request to `mailbox`, sent by the client at `sent`, in progress; counts it as an early retry if
+    /// it was sent inside a `Retry-After` period answered for the mailbox before.
+    pub fn enter_at(self: &Arc<Self>, mailbox: &str, sent: Instant) -> InFlight {
         self.with(|i| {
-            let early = i
-                .retry_until
-                .get(mailbox)
-                .is_some_and(|until| arrived < *until);
+            let lateness = i.retry_periods.get_mut(mailbox).and_then(|periods| {
+                let now = Instant::now();
+                periods.retain(|(_, until)| *until > now || *until > sent);
+                periods
+                    .iter()
+                    .filter(|(issued, until)| *issued <= sent && sent < *until)
+                    .map(|(issued, _)| sent.duration_since(*issued))
+                    .max()
+            });
             let n = i.in_flight.entry(mailbox.to_owned()).or_default();
             *n += 1;
             let now = *n;
             let m = i.stats.mailboxes.entry(mailbox.to_owned()).or_default();
             m.peak_in_flight = m.peak_in_flight.max(now);
-            if early {
+            if let Some(late) = lateness {
                 m.early_retries += 1;
                 i.stats.early_retries += 1;
+                let ms = late.as_secs_f64() * 1000.0;
+                i.stats.early_retry_max_lateness_ms = i.stats.early_retry_max_lateness_ms.max(ms);
             }
         });
         InFlight {
@@ -233,9 +244,10 @@ impl Recorder {
         let capacity = self.capacity;
         self.with(|i| {
             if let (Some(mb), Some(wait)) = (o.mailbox, o.retry_after) {
-                let until = answered + wait;
-                let entry = i.retry_until.entry(mb.to_owned()).or_insert(until);
-                *entry = (*entry).max(until);
+                i.retry_periods
+                    .entry(mb.to_owned())
+                    .or_default()
+                    .push((answered, answered + wait));
             }
             let s = &mut i.stats;
             s.graph_operations += 1;
@@ -304,7 +316,7 @@ impl Recorder {
     pub fn reset(&self) {
         self.with(|i| {
             i.stats = SimStats::default();
-            i.retry_until.clear();
+            i.retry_periods.clear();
             i.log.clear();
         });
     }
@@ -366,6 +378,24 @@ mod tests {
         );
         drop(r.enter_at("a", t0 + Duration::from_secs(5)));
         assert_eq!(r.snapshot().mailbox("a").early_retries, 1);
+    }
+
+    #[test]
+    fn a_request_sent_before_the_429_was_answered_is_not_early() {
+        // A batch envelope sent at t0 whose first item was throttled at t0 + 5 ms: its later items arrive inside
+        // the period but were sent before it began.
+        let r = Recorder::new(0);
+        let t0 = Instant::now();
+        r.finish_at(
+            outcome("a", 429, Some(Duration::from_secs(6))),
+            t0 + Duration::from_millis(5),
+        );
+        drop(r.enter_at("a", t0));
+        assert_eq!(r.snapshot().early_retries, 0);
+        drop(r.enter_at("a", t0 + Duration::from_millis(505)));
+        let s = r.snapshot();
+        assert_eq!(s.early_retries, 1);
+        assert!((s.early_retry_max_lateness_ms - 500.0).abs() < 1.0, "{s:?}");
     }
 
     #[test]

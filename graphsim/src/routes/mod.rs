@@ -192,7 +192,7 @@ async fn run_target(
     target: &Target,
 ) -> (Reply, bool, bool) {
     let _in_flight = match target {
-        Target::Mailbox { upn, .. } => Some(shared.recorder.enter(&upn.to_lowercase())),
+        Target::Mailbox { upn, .. } => Some(shared.recorder.enter_at(&upn.to_lowercase(), op.sent)),
         Target::Tenant => None,
     };
     let scope = match target {

@@ -189,3 +189,41 @@ async fn batch_items_are_counted_and_throttled_individually() {
         "the 424 item never ran"
     );
 }
+
+#[tokio::test]
+async fn items_of_an_envelope_sent_before_the_429_are_not_early_but_the_next_request_is() {
+    let throttle = ThrottleConfig {
+        requests_per_window: 2,
+        window: Duration::from_secs(30),
+        max_in_flight: 4,
+    };
+    let env = env_with(SimConfig {
+        throttle,
+        ..SimConfig::default()
+    })
+    .await;
+    let requests: Vec<_> = (0..6)
+        .map(|i| json!({"id": i.to_string(), "method": "GET", "url": format!("/users/{ALICE}/contacts")}))
+        .collect();
+    let r = env.post("/$batch", json!({"requests": requests})).await;
+    assert_eq!(r.status, 200);
+    let throttled = r.body["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["status"] == 429)
+        .count();
+    assert_eq!(throttled, 4);
+    assert_eq!(
+        env.sim.stats().early_retries,
+        0,
+        "the whole envelope was sent before any 429"
+    );
+    assert_eq!(
+        env.get(&format!("/users/{ALICE}/contacts")).await.status,
+        429
+    );
+    let stats = env.sim.stats();
+    assert_eq!(stats.early_retries, 1);
+    assert!(stats.early_retry_max_lateness_ms < 30_000.0, "{stats:?}");
+}

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 
 use crate::figures::Budget;
 
-/// Prefix of graphsim's runtime thread names ([`crate::probe::threads_cpu`] sums their CPU).
-pub const SIM_THREADS: &str = "graphsim";
+/// Numbers the simulators of one bench run, so each one's threads have their own name.
+static NEXT_SIM: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The central folder's display name (the configuration default).
 pub const CENTRAL_FOLDER: &str = "All Contacts";
@@ -25,14 +25,21 @@ pub struct SimHost {
     runtime: Option<tokio::runtime::Runtime>,
     /// The simulator.
     pub sim: Arc<Sim>,
+    /// Name of its runtime's threads ([`crate::probe::threads_cpu`] sums their CPU). Unique per simulator: the
+    /// threads of one shut down earlier may still be exiting and must not be counted.
+    pub threads: String,
 }
 
 impl SimHost {
     /// Starts graphsim with `budget` as its throttle and `latency` per operation.
     pub async fn start(budget: Budget, latency: Duration) -> Result<Self> {
+        let threads = format!(
+            "graphsim-{}.",
+            NEXT_SIM.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .thread_name(SIM_THREADS)
+            .thread_name(&threads)
             .enable_all()
             .build()
             .context("building graphsim's runtime")?;
@@ -51,6 +58,7 @@ impl SimHost {
         Ok(Self {
             runtime: Some(runtime),
             sim: Arc::new(sim),
+            threads,
         })
     }
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use shared::config::Settings;
 use shared::mq::Topology;
 
-use crate::estate::{Estate, SIM_THREADS};
+use crate::estate::Estate;
 use crate::figures::Budget;
 use crate::probe::{self, PhaseMark, Usage};
 
@@ -184,14 +184,14 @@ async fn measured(
     let worker_start: Vec<Usage> = workers.iter().map(|w| w.usage()).collect::<Result<_>>()?;
     probe::reset_peak_rss();
     let bench_start = probe::process("self")?;
-    let sim_start = probe::threads_cpu(SIM_THREADS)?;
+    let sim_start = probe::threads_cpu(&estate.host.threads)?;
     probe::watch_phases(sim);
     let started = Instant::now();
     let report = producer::run::execute(settings, args).await;
     let wall = started.elapsed();
     let marks = probe::take_phases();
     let bench_end = probe::process("self")?;
-    let sim_end = probe::threads_cpu(SIM_THREADS)?;
+    let sim_end = probe::threads_cpu(&estate.host.threads)?;
     let stats = sim.stats();
     let mut worker_usage = Vec::new();
     for (w, start) in workers.iter().zip(&worker_start) {

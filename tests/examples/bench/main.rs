@@ -62,6 +62,8 @@ enum Group {
     Throughput,
     /// Initial sync as users and as contacts grow, with the fitted exponent.
     Scaling,
+    /// The client is told ten times graphsim's budget, so it meets 429s: are their Retry-After honoured?
+    Throttled,
 }
 
 /// Measures contactmirror against Graph's throttling floor, a perfect client and the replaced script.
@@ -105,7 +107,7 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "sync,big-user,tenants,throughput,scaling"
+        default_value = "sync,big-user,tenants,throttled,throughput,scaling"
     )]
     scenarios: Vec<Group>,
     /// Share of the users' own contacts changed before the change re-run.
@@ -204,6 +206,8 @@ struct Ctx {
 struct Run<'a> {
     group: &'a str,
     scenario: String,
+    /// The budget the client is configured with, when it differs from graphsim's.
+    client_budget: Option<Budget>,
     first_run: bool,
     edited: usize,
     added: usize,
@@ -314,6 +318,7 @@ async fn main() -> Result<()> {
                 .await
             }
             Group::Throughput => throughput(&ctx, &cli, &mut rows).await,
+            Group::Throttled => throttled(&ctx, &cli, other_mode, &mut rows).await,
             Group::Scaling => scaling(&ctx, &cli, other_mode, &mut rows).await,
         };
         if let Err(error) = result {
@@ -480,6 +485,33 @@ async fn throughput(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// An initial sync whose client believes it has ten times graphsim's budget.
+async fn throttled(ctx: &Ctx, cli: &Cli, mode: Mode, rows: &mut Vec<Row>) -> Result<()> {
+    let shape = Shape {
+        tenants: 1,
+        users: 20,
+        contacts: 30,
+        overlap: cli.overlap,
+        big_user_contacts: 0,
+    };
+    let budget = Budget::SCALED;
+    let estate = Estate::seed(shape, budget, ctx.latency).await?;
+    let client = Budget::Window {
+        requests: 1000,
+        window: Duration::from_secs(6),
+        in_flight: 4,
+    };
+    let run = Run {
+        client_budget: Some(client),
+        ..first(
+            "throttled",
+            &format!("client told {}: initial sync", client.label()),
+        )
+    };
+    rows.push(measure(ctx, &estate, budget, mode, run).await?);
+    Ok(())
+}
+
 /// Initial syncs as users grow and as contacts grow.
 async fn scaling(ctx: &Ctx, cli: &Cli, mode: Mode, rows: &mut Vec<Row>) -> Result<()> {
     let budget = cli.scale_budget.budget();
@@ -519,6 +551,7 @@ fn first<'a>(group: &'a str, scenario: &str) -> Run<'a> {
     Run {
         group,
         scenario: scenario.to_owned(),
+        client_budget: None,
         first_run: true,
         edited: 0,
         added: 0,
@@ -543,7 +576,8 @@ async fn measure(
     let before = estate.snapshot();
     // Every run starts with fresh budgets: graphsim's throttle is reset, and every run builds a new client.
     let label = run.group.replace(' ', "-");
-    let synced = fleet::sync(estate, budget, mode, &ctx.fleet, &label)
+    let client = run.client_budget.unwrap_or(budget);
+    let synced = fleet::sync(estate, client, mode, &ctx.fleet, &label)
         .await
         .with_context(|| format!("{} ({})", run.scenario, mode.label()))?;
     let after = estate.snapshot();
@@ -632,6 +666,7 @@ async fn measure(
         minimal,
         throttled: stats.throttled,
         early_retries: stats.early_retries,
+        early_retry_max_lateness_ms: stats.early_retry_max_lateness_ms,
         peak_in_flight: stats
             .mailboxes
             .values()

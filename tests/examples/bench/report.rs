@@ -53,6 +53,8 @@ pub struct Row {
     pub throttled: u64,
     /// Requests sent while a Retry-After for their mailbox was running.
     pub early_retries: u64,
+    /// How long after its Retry-After the latest early retry was sent, ms (a few: sent before the 429 was read).
+    pub early_retry_max_lateness_ms: f64,
     /// Most requests in flight at once to one mailbox.
     pub peak_in_flight: u32,
     /// The bench process without graphsim's threads (producer, plus the workers in embedded mode).
@@ -139,7 +141,14 @@ pub fn timing_table(rows: &[Row]) -> String {
             num(r.minimal.total()),
             opt(r.sent_over_minimal, 2),
             r.throttled,
-            r.early_retries,
+            if r.early_retries == 0 {
+                "0".to_owned()
+            } else {
+                format!(
+                    "{} (latest {:.0} ms in)",
+                    r.early_retries, r.early_retry_max_lateness_ms
+                )
+            },
             r.peak_in_flight,
         ));
     }
