@@ -45,6 +45,8 @@ pub struct Row {
     pub max_per_mailbox: u64,
     /// Mean requests per mailbox that received any.
     pub mean_per_mailbox: f64,
+    /// Requests of the busiest user mailbox (shared mailboxes left out: they carry the per-tenant constant).
+    pub max_per_user_mailbox: u64,
     /// What a perfect client needs.
     pub minimal: Minimal,
     /// `requests` / minimal total.
@@ -195,6 +197,82 @@ pub fn resources_table(rows: &[Row]) -> String {
             ),
         ));
     }
+    out
+}
+
+/// Issue 6's targets, judged row by row: (target, row, measured, met).
+pub fn targets(rows: &[Row]) -> String {
+    let mut out = String::from("| target | run | measured | met |\n|---|---|---|---|\n");
+    let mut line = |target: &str, r: &Row, measured: String, met: bool| {
+        out.push_str(&format!(
+            "| {target} | {} / {} | {measured} | {} |\n",
+            r.scenario,
+            r.mode,
+            if met { "yes" } else { "**no**" }
+        ));
+    };
+    for r in rows {
+        if r.group == "throughput" {
+            if let Some(v) = r.requests_per_worker_cpu_sec {
+                line(
+                    ">= 2,000 Graph requests per worker CPU second",
+                    r,
+                    format!("{v:.0}"),
+                    v >= 2000.0,
+                );
+            }
+            continue;
+        }
+        if r.scenario.ends_with("initial sync") && !r.group.starts_with("scaling") {
+            let floor = r.floors.ordered_secs.unwrap_or(r.floors.unordered_secs);
+            if floor >= MEANINGFUL_FLOOR_SECS {
+                if let Some(ratio) = r.wall_over_floor {
+                    line(
+                        "initial sync within 1.25x of the floor",
+                        r,
+                        format!("{ratio:.2}x"),
+                        ratio <= 1.25,
+                    );
+                }
+            }
+            if let Some(ratio) = r.sent_over_minimal {
+                line(
+                    "initial sync: sent / minimal <= 1.10",
+                    r,
+                    format!("{ratio:.2}"),
+                    ratio <= 1.10,
+                );
+            }
+        }
+        if r.scenario.contains("no change") {
+            line(
+                "no-change re-run: <= 2 requests per user mailbox, 0 writes",
+                r,
+                format!(
+                    "max {} per user mailbox, {} writes",
+                    r.max_per_user_mailbox, r.writes
+                ),
+                r.max_per_user_mailbox <= 2 && r.writes == 0,
+            );
+        }
+        if r.early_retries > 0 || r.peak_in_flight > 4 {
+            line(
+                "0 early retries, peak in flight <= 4",
+                r,
+                format!("{} early, peak {}", r.early_retries, r.peak_in_flight),
+                false,
+            );
+        }
+    }
+    let clean = rows
+        .iter()
+        .filter(|r| r.early_retries == 0 && r.peak_in_flight <= 4)
+        .count();
+    out.push_str(&format!(
+        "| 0 early retries, peak in flight <= 4 | all other runs | {clean} of {} runs clean | {} |\n",
+        rows.len(),
+        if clean == rows.len() { "yes" } else { "see above" }
+    ));
     out
 }
 
