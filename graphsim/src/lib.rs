@@ -195,6 +195,39 @@ impl Sim {
         Ok(mailbox.create_contact(f, body, clock).id.clone())
     }
 
+    /// Changes a contact as its owner would (Outlook, a phone): applies `patch` with PATCH semantics, bumps
+    /// `lastModifiedDateTime` and `changeKey`, and makes it show up in delta. Not counted or throttled, so
+    /// benchmarks can change an estate between runs without touching the figures.
+    pub fn update_contact(
+        &self,
+        tenant: &str,
+        user: &str,
+        id: &str,
+        patch: Value,
+    ) -> Result<(), String> {
+        let body = contact::parse_body(&patch)
+            .map_err(|e| format!("invalid contact body: {}", e.body.unwrap_or_default()))?;
+        let mut store = self.store();
+        let state::Store {
+            tenants,
+            tenant_index,
+            clock,
+            ..
+        } = &mut *store;
+        let t = tenant_index
+            .get(&tenant.to_lowercase())
+            .copied()
+            .ok_or_else(|| format!("unknown tenant {tenant}"))?;
+        let u = tenants[t]
+            .user_index(user)
+            .ok_or_else(|| format!("unknown user {user}"))?;
+        tenants[t].users[u]
+            .mailbox
+            .update_contact(id, body, clock)
+            .map(|_| ())
+            .ok_or_else(|| format!("no contact {id} in {user}"))
+    }
+
     /// Tenants with their users (id, upn, mailbox state), for the control surface.
     pub fn directory(&self) -> Value {
         let store = self.store();

@@ -116,6 +116,9 @@ pub struct Op {
     pub batch_item: bool,
     /// When the request (or batch item) arrived.
     pub received: chrono::DateTime<chrono::Utc>,
+    /// When the client sent it: the arrival of the HTTP request (for a batch item, of its envelope). Early
+    /// retries are judged by this, since a client cannot recall items of an envelope already sent.
+    pub sent: std::time::Instant,
 }
 
 impl Op {
@@ -149,6 +152,7 @@ impl Op {
             json_body: None,
             batch_item: false,
             received: chrono::Utc::now(),
+            sent: std::time::Instant::now(),
         }
     }
 

@@ -1,10 +1,12 @@
-//! Request counters, peak concurrency per mailbox, 429 counts and the request log.
+//! Request counters, peak concurrency per mailbox, 429 counts, early retries and the request log.
 //!
 //! Tests and benchmarks read these to check the client's behaviour (did it stay within four concurrent
-//! requests per mailbox, how many writes did a run cost, how often was it throttled).
+//! requests per mailbox, how many writes did a run cost, how often was it throttled, did it wait out every
+//! `Retry-After` it was given).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -24,6 +26,10 @@ pub struct MailboxStats {
     pub writes: u64,
     /// Writes that changed state (created, updated or deleted something).
     pub applied_writes: u64,
+    /// Requests sent while a `Retry-After` graphsim had answered for this mailbox was still running (a batch
+    /// item counts as sent when its envelope arrived). A client that honours `Retry-After` sends none; each one
+    /// prolongs Graph's penalty.
+    pub early_retries: u64,
 }
 
 /// A snapshot of all counters.
@@ -50,6 +56,11 @@ pub struct SimStats {
     pub applied_writes: u64,
     /// Injected faults served.
     pub injected_faults: u64,
+    /// Early retries of all mailboxes (see [`MailboxStats::early_retries`]).
+    pub early_retries: u64,
+    /// How long after its `Retry-After` was answered the latest early retry was sent, in milliseconds. A few
+    /// milliseconds means a request the client sent before it could read the 429; more means it ignored it.
+    pub early_retry_max_lateness_ms: f64,
     /// Per mailbox (lower-cased UPN).
     pub mailboxes: BTreeMap<String, MailboxStats>,
 }
@@ -103,6 +114,8 @@ pub struct LoggedRequest {
 struct Inner {
     stats: SimStats,
     in_flight: HashMap<String, u32>,
+    /// Per mailbox: running `Retry-After` periods (answered at, runs out at).
+    retry_periods: HashMap<String, Vec<(Instant, Instant)>>,
     log: VecDeque<LoggedRequest>,
     seq: u64,
 }
@@ -156,6 +169,8 @@ pub struct Outcome<'a> {
     pub applied: bool,
     /// Arrival time.
     pub received: chrono::DateTime<chrono::Utc>,
+    /// The `Retry-After` the answer carries, if any.
+    pub retry_after: Option<Duration>,
 }
 
 impl Recorder {
@@ -183,14 +198,35 @@ impl Recorder {
         });
     }
 
-    /// Marks a request to `mailbox` in progress.
+    /// Marks a request to `mailbox` in progress, sent now.
     pub fn enter(self: &Arc<Self>, mailbox: &str) -> InFlight {
+        self.enter_at(mailbox, Instant::now())
+    }
+
+    /// Marks a request to `mailbox`, sent by the client at `sent`, in progress; counts it as an early retry if
+    /// it was sent inside a `Retry-After` period answered for the mailbox before.
+    pub fn enter_at(self: &Arc<Self>, mailbox: &str, sent: Instant) -> InFlight {
         self.with(|i| {
+            let lateness = i.retry_periods.get_mut(mailbox).and_then(|periods| {
+                let now = Instant::now();
+                periods.retain(|(_, until)| *until > now || *until > sent);
+                periods
+                    .iter()
+                    .filter(|(issued, until)| *issued <= sent && sent < *until)
+                    .map(|(issued, _)| sent.duration_since(*issued))
+                    .max()
+            });
             let n = i.in_flight.entry(mailbox.to_owned()).or_default();
             *n += 1;
             let now = *n;
             let m = i.stats.mailboxes.entry(mailbox.to_owned()).or_default();
             m.peak_in_flight = m.peak_in_flight.max(now);
+            if let Some(late) = lateness {
+                m.early_retries += 1;
+                i.stats.early_retries += 1;
+                let ms = late.as_secs_f64() * 1000.0;
+                i.stats.early_retry_max_lateness_ms = i.stats.early_retry_max_lateness_ms.max(ms);
+            }
         });
         InFlight {
             recorder: Arc::clone(self),
@@ -200,8 +236,19 @@ impl Recorder {
 
     /// Records a finished Graph operation.
     pub fn finish(&self, o: Outcome<'_>) {
+        self.finish_at(o, Instant::now());
+    }
+
+    /// [`Recorder::finish`] with an explicit answer time (tests).
+    pub fn finish_at(&self, o: Outcome<'_>, answered: Instant) {
         let capacity = self.capacity;
         self.with(|i| {
+            if let (Some(mb), Some(wait)) = (o.mailbox, o.retry_after) {
+                i.retry_periods
+                    .entry(mb.to_owned())
+                    .or_default()
+                    .push((answered, answered + wait));
+            }
             let s = &mut i.stats;
             s.graph_operations += 1;
             *s.by_method.entry(o.method.to_owned()).or_default() += 1;
@@ -264,10 +311,12 @@ impl Recorder {
         self.with(|i| i.stats.clone()).unwrap_or_default()
     }
 
-    /// Zeroes counters and empties the log (requests in progress keep being tracked).
+    /// Zeroes counters, empties the log and forgets running `Retry-After` periods, so the next measurement
+    /// starts clean (requests in progress keep being tracked).
     pub fn reset(&self) {
         self.with(|i| {
             i.stats = SimStats::default();
+            i.retry_periods.clear();
             i.log.clear();
         });
     }
@@ -276,5 +325,89 @@ impl Recorder {
     pub fn log(&self) -> Vec<LoggedRequest> {
         self.with(|i| i.log.iter().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(mailbox: &str, status: u16, retry_after: Option<Duration>) -> Outcome<'_> {
+        Outcome {
+            method: "GET",
+            url: "/v1.0/users/a/contacts",
+            status,
+            error_code: None,
+            mailbox: Some(mailbox),
+            app_id: Some("app"),
+            batch_item: false,
+            client_request_id: None,
+            injected: false,
+            applied: false,
+            received: chrono::Utc::now(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn requests_inside_a_retry_after_are_early_and_later_ones_are_not() {
+        let r = Recorder::new(0);
+        let t0 = Instant::now();
+        drop(r.enter_at("a", t0));
+        r.finish_at(outcome("a", 429, Some(Duration::from_secs(2))), t0);
+        // Inside the two seconds: early, for this mailbox only.
+        drop(r.enter_at("a", t0 + Duration::from_millis(1_999)));
+        drop(r.enter_at("b", t0 + Duration::from_millis(10)));
+        // At and after the end: on time.
+        drop(r.enter_at("a", t0 + Duration::from_secs(2)));
+        drop(r.enter_at("a", t0 + Duration::from_secs(5)));
+        let s = r.snapshot();
+        assert_eq!(s.mailbox("a").early_retries, 1);
+        assert_eq!(s.mailbox("b").early_retries, 0);
+        assert_eq!(s.early_retries, 1);
+    }
+
+    #[test]
+    fn a_shorter_retry_after_never_shortens_a_running_one() {
+        let r = Recorder::new(0);
+        let t0 = Instant::now();
+        r.finish_at(outcome("a", 429, Some(Duration::from_secs(10))), t0);
+        r.finish_at(
+            outcome("a", 429, Some(Duration::from_secs(1))),
+            t0 + Duration::from_secs(1),
+        );
+        drop(r.enter_at("a", t0 + Duration::from_secs(5)));
+        assert_eq!(r.snapshot().mailbox("a").early_retries, 1);
+    }
+
+    #[test]
+    fn a_request_sent_before_the_429_was_answered_is_not_early() {
+        // A batch envelope sent at t0 whose first item was throttled at t0 + 5 ms: its later items arrive inside
+        // the period but were sent before it began.
+        let r = Recorder::new(0);
+        let t0 = Instant::now();
+        r.finish_at(
+            outcome("a", 429, Some(Duration::from_secs(6))),
+            t0 + Duration::from_millis(5),
+        );
+        drop(r.enter_at("a", t0));
+        assert_eq!(r.snapshot().early_retries, 0);
+        drop(r.enter_at("a", t0 + Duration::from_millis(505)));
+        let s = r.snapshot();
+        assert_eq!(s.early_retries, 1);
+        assert!((s.early_retry_max_lateness_ms - 500.0).abs() < 1.0, "{s:?}");
+    }
+
+    #[test]
+    fn answers_without_retry_after_set_no_period_and_reset_forgets_one() {
+        let r = Recorder::new(0);
+        let t0 = Instant::now();
+        r.finish_at(outcome("a", 500, None), t0);
+        drop(r.enter_at("a", t0 + Duration::from_millis(1)));
+        assert_eq!(r.snapshot().early_retries, 0);
+        r.finish_at(outcome("a", 429, Some(Duration::from_secs(60))), t0);
+        r.reset();
+        drop(r.enter_at("a", t0 + Duration::from_millis(2)));
+        assert_eq!(r.snapshot().early_retries, 0);
     }
 }

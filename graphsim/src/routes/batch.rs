@@ -141,10 +141,13 @@ pub async fn handle(shared: &Arc<Shared>, caller: &Caller, op: Op) -> Reply {
         Ok(b) => b,
         Err(e) => return e,
     };
-    let items = match parse(&body) {
+    let mut items = match parse(&body) {
         Ok(i) => i,
         Err(e) => return e,
     };
+    for item in &mut items {
+        item.op.sent = op.sent;
+    }
     let sequential = items.iter().any(|i| !i.depends_on.is_empty());
     let mut responses = Vec::with_capacity(items.len());
     if sequential {

@@ -124,7 +124,18 @@ fn record(
         injected,
         applied,
         received: op.received,
+        retry_after: retry_after(reply),
     });
+}
+
+/// The `Retry-After` of an answer as a duration (whole or fractional seconds), if it carries one.
+fn retry_after(reply: &Reply) -> Option<std::time::Duration> {
+    reply
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, value)| value.trim().parse::<f64>().ok())
+        .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok())
 }
 
 enum Target {
@@ -181,7 +192,7 @@ async fn run_target(
     target: &Target,
 ) -> (Reply, bool, bool) {
     let _in_flight = match target {
-        Target::Mailbox { upn, .. } => Some(shared.recorder.enter(&upn.to_lowercase())),
+        Target::Mailbox { upn, .. } => Some(shared.recorder.enter_at(&upn.to_lowercase(), op.sent)),
         Target::Tenant => None,
     };
     let scope = match target {

@@ -442,3 +442,35 @@ async fn paging_a_folder_of_2500_contacts() {
         "$top is capped at 1000"
     );
 }
+
+#[tokio::test]
+async fn an_owner_edit_through_the_rust_api_moves_the_change_markers_and_is_not_counted() {
+    let env = env().await;
+    let id = env.sim.add_contact(
+        TENANT,
+        ALICE,
+        None,
+        json!({"displayName": "Kim", "jobTitle": "Engineer"}),
+    );
+    let before = env.sim.contacts(TENANT, ALICE, None)[0].clone();
+    env.sim
+        .update_contact(TENANT, ALICE, &id, json!({"jobTitle": "CFO"}))
+        .expect("update");
+    let after = env.sim.contacts(TENANT, ALICE, None)[0].clone();
+    assert_eq!(after["jobTitle"], "CFO");
+    assert_eq!(after["displayName"], "Kim");
+    assert_ne!(after["changeKey"], before["changeKey"]);
+    assert!(
+        after["lastModifiedDateTime"].as_str() > before["lastModifiedDateTime"].as_str(),
+        "{before} -> {after}"
+    );
+    assert_eq!(env.sim.stats().graph_operations, 0);
+    assert!(env
+        .sim
+        .update_contact(TENANT, ALICE, "no-such-id", json!({"jobTitle": "x"}))
+        .is_err());
+    assert!(env
+        .sim
+        .update_contact(TENANT, ALICE, &id, json!({"nickname": "x"}))
+        .is_err());
+}

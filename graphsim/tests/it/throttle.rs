@@ -83,6 +83,43 @@ async fn a_burst_over_the_window_gets_429_and_retry_after_when_honoured_succeeds
         200,
         "honouring Retry-After succeeds"
     );
+    assert_eq!(
+        env.sim.stats().early_retries,
+        0,
+        "a client that waited is not early"
+    );
+}
+
+#[tokio::test]
+async fn requests_before_retry_after_has_run_out_are_early_retries_of_that_mailbox() {
+    let throttle = ThrottleConfig {
+        requests_per_window: 2,
+        window: Duration::from_secs(30),
+        max_in_flight: 4,
+    };
+    let env = env_with(SimConfig {
+        throttle,
+        ..SimConfig::default()
+    })
+    .await;
+    let path = format!("/users/{ALICE}/contacts");
+    for _ in 0..2 {
+        assert_eq!(env.get(&path).await.status, 200);
+    }
+    assert_eq!(
+        env.sim.stats().early_retries,
+        0,
+        "no 429 yet, nothing early"
+    );
+    assert_eq!(env.get(&path).await.status, 429);
+    // The 429 said to wait about 30 s; two more calls right away are early, Bob's is not.
+    env.get(&path).await;
+    env.get(&path).await;
+    assert_eq!(env.get(&format!("/users/{BOB}/contacts")).await.status, 200);
+    let stats = env.sim.stats();
+    assert_eq!(stats.mailbox(ALICE).early_retries, 2);
+    assert_eq!(stats.mailbox(BOB).early_retries, 0);
+    assert_eq!(stats.early_retries, 2);
 }
 
 #[tokio::test]
@@ -151,4 +188,42 @@ async fn batch_items_are_counted_and_throttled_individually() {
         4,
         "the 424 item never ran"
     );
+}
+
+#[tokio::test]
+async fn items_of_an_envelope_sent_before_the_429_are_not_early_but_the_next_request_is() {
+    let throttle = ThrottleConfig {
+        requests_per_window: 2,
+        window: Duration::from_secs(30),
+        max_in_flight: 4,
+    };
+    let env = env_with(SimConfig {
+        throttle,
+        ..SimConfig::default()
+    })
+    .await;
+    let requests: Vec<_> = (0..6)
+        .map(|i| json!({"id": i.to_string(), "method": "GET", "url": format!("/users/{ALICE}/contacts")}))
+        .collect();
+    let r = env.post("/$batch", json!({"requests": requests})).await;
+    assert_eq!(r.status, 200);
+    let throttled = r.body["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["status"] == 429)
+        .count();
+    assert_eq!(throttled, 4);
+    assert_eq!(
+        env.sim.stats().early_retries,
+        0,
+        "the whole envelope was sent before any 429"
+    );
+    assert_eq!(
+        env.get(&format!("/users/{ALICE}/contacts")).await.status,
+        429
+    );
+    let stats = env.sim.stats();
+    assert_eq!(stats.early_retries, 1);
+    assert!(stats.early_retry_max_lateness_ms < 30_000.0, "{stats:?}");
 }

@@ -1,0 +1,456 @@
+//! Running one real sync: embedded (`producer::run::execute` with in-process workers) or on RabbitMQ with real
+//! `contactmirror-worker` processes, measuring wall time, CPU and memory, and leaving no process or queue
+//! behind.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use graphsim::SimStats;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use producer::cli::RunArgs;
+use producer::summary::RunReport;
+use serde::Serialize;
+use shared::config::Settings;
+use shared::mq::Topology;
+
+use crate::estate::Estate;
+use crate::figures::Budget;
+use crate::probe::{self, PhaseMark, Usage};
+
+/// Where the jobs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Mode {
+    /// In-process workers, no broker.
+    Embedded {
+        /// Workers.
+        workers: usize,
+    },
+    /// RabbitMQ and this many `contactmirror-worker` processes.
+    Broker {
+        /// Processes.
+        processes: usize,
+    },
+}
+
+impl Mode {
+    /// Short label for tables.
+    pub fn label(&self) -> String {
+        match self {
+            Mode::Embedded { workers } => format!("embedded x{workers}"),
+            Mode::Broker { processes: 1 } => "broker, 1 process".to_owned(),
+            Mode::Broker { processes } => format!("broker, {processes} processes"),
+        }
+    }
+}
+
+/// How to reach the broker and the worker binary.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// AMQP URL for the producer and the workers.
+    pub amqp_url: String,
+    /// RabbitMQ management API base URL (for the clean-up sweep).
+    pub management_url: String,
+    /// Management API user and password.
+    pub management_auth: (String, String),
+    /// The `contactmirror-worker` executable.
+    pub worker_bin: PathBuf,
+    /// Jobs each worker process runs at once.
+    pub worker_concurrency: u16,
+    /// RUST_LOG of the worker processes.
+    pub worker_log: String,
+    /// Where worker configurations and logs go.
+    pub scratch: PathBuf,
+    /// The producer gives up after this long without any report.
+    pub idle_timeout_secs: u64,
+}
+
+/// CPU and memory of one worker process over one run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerUsage {
+    /// CPU seconds from ready to the end of the run.
+    pub cpu_secs: f64,
+    /// Peak RSS over the process's life, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// What one sync produced.
+pub struct Synced {
+    /// The producer's report.
+    pub report: RunReport,
+    /// Wall time of `execute`.
+    pub wall: Duration,
+    /// When `execute` started.
+    pub started: Instant,
+    /// graphsim's counters for the run.
+    pub stats: SimStats,
+    /// Phase-2 start per tenant.
+    pub marks: HashMap<String, PhaseMark>,
+    /// The bench process (producer, embedded workers) minus graphsim's threads: CPU over the run, peak RSS
+    /// (graphsim's state included: it lives in this process).
+    pub producer: Usage,
+    /// RSS of the bench process just before the run (mostly graphsim's estate), MiB.
+    pub baseline_rss_mib: f64,
+    /// graphsim's CPU seconds over the run.
+    pub sim_cpu_secs: f64,
+    /// Per worker process.
+    pub workers: Vec<WorkerUsage>,
+}
+
+/// Runs one sync of every tenant of `estate` in `mode`.
+pub async fn sync(
+    estate: &Estate,
+    budget: Budget,
+    mode: Mode,
+    opts: &FleetOptions,
+    label: &str,
+) -> Result<Synced> {
+    let settings = &estate.settings(budget)?;
+    match mode {
+        Mode::Embedded { workers } => {
+            let args = RunArgs {
+                workers,
+                idle_timeout_secs: opts.idle_timeout_secs,
+                ..RunArgs::embedded_default()
+            };
+            measured(estate, settings, &args, &mut []).await
+        }
+        Mode::Broker { processes } => {
+            let prefix = format!(
+                "bench-{}-{label}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            );
+            let result = broker_sync(estate, settings, budget, processes, opts, &prefix).await;
+            // Whatever happened, leave no queue behind.
+            if let Err(error) = delete_topology(opts, &prefix).await {
+                eprintln!("warning: cleaning up the queues of {prefix}: {error:#}");
+            }
+            result
+        }
+    }
+}
+
+async fn broker_sync(
+    estate: &Estate,
+    settings: &Settings,
+    budget: Budget,
+    processes: usize,
+    opts: &FleetOptions,
+    prefix: &str,
+) -> Result<Synced> {
+    let config = opts.scratch.join(format!("{prefix}.json"));
+    std::fs::write(&config, estate.config_json(budget).to_string())
+        .with_context(|| format!("writing {}", config.display()))?;
+    let mut workers = Vec::new();
+    for n in 0..processes {
+        workers.push(WorkerProcess::start(opts, &config, prefix, n)?);
+    }
+    for w in &mut workers {
+        w.wait_ready(Duration::from_secs(30)).await?;
+    }
+    let args = RunArgs {
+        amqp_url: Some(opts.amqp_url.clone()),
+        queue_prefix: prefix.to_owned(),
+        idle_timeout_secs: opts.idle_timeout_secs,
+        ..RunArgs::embedded_default()
+    };
+    let result = measured(estate, settings, &args, &mut workers).await;
+    let mut stopped = Vec::new();
+    for w in workers {
+        stopped.push(w.stop());
+    }
+    let mut synced = result?;
+    for (slot, usage) in synced.workers.iter_mut().zip(stopped) {
+        let usage = usage?;
+        slot.peak_rss_mib = usage.peak_rss_mib;
+    }
+    Ok(synced)
+}
+
+/// Runs `execute` with every figure around it; `workers` are sampled at the start and the end.
+async fn measured(
+    estate: &Estate,
+    settings: &Settings,
+    args: &RunArgs,
+    workers: &mut [WorkerProcess],
+) -> Result<Synced> {
+    let sim = estate.sim();
+    sim.reset_throttle();
+    sim.reset_stats();
+    let worker_start: Vec<Usage> = workers.iter().map(|w| w.usage()).collect::<Result<_>>()?;
+    probe::reset_peak_rss();
+    let bench_start = probe::process("self")?;
+    let sim_start = probe::threads_cpu(&estate.host.threads)?;
+    probe::watch_phases(sim);
+    let started = Instant::now();
+    let report = producer::run::execute(settings, args).await;
+    let wall = started.elapsed();
+    let marks = probe::take_phases();
+    let bench_end = probe::process("self")?;
+    let sim_end = probe::threads_cpu(&estate.host.threads)?;
+    let stats = sim.stats();
+    let mut worker_usage = Vec::new();
+    for (w, start) in workers.iter().zip(&worker_start) {
+        let end = w.usage()?;
+        worker_usage.push(WorkerUsage {
+            cpu_secs: end.cpu_secs - start.cpu_secs,
+            peak_rss_mib: end.peak_rss_mib,
+        });
+    }
+    let report = report.context("the producer's run failed")?;
+    let sim_cpu_secs = sim_end - sim_start;
+    Ok(Synced {
+        report,
+        wall,
+        started,
+        stats,
+        marks,
+        producer: Usage {
+            cpu_secs: (bench_end.cpu_secs - bench_start.cpu_secs - sim_cpu_secs).max(0.0),
+            peak_rss_mib: bench_end.peak_rss_mib,
+            rss_mib: bench_end.rss_mib,
+        },
+        baseline_rss_mib: bench_start.rss_mib,
+        sim_cpu_secs,
+        workers: worker_usage,
+    })
+}
+
+/// A running `contactmirror-worker`.
+struct WorkerProcess {
+    child: Child,
+    metrics_port: u16,
+    log: PathBuf,
+}
+
+impl WorkerProcess {
+    fn start(opts: &FleetOptions, config: &Path, prefix: &str, n: usize) -> Result<Self> {
+        let metrics_port = free_port()?;
+        let log = opts.scratch.join(format!("{prefix}-worker{n}.log"));
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone().context("duplicating the log handle")?;
+        let mut command = Command::new(&opts.worker_bin);
+        // Settings from this shell must not leak into the measured fleet.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            if name.starts_with("AUTOMATION_SYNCCONTACTS_")
+                || name.starts_with("CONTACTMIRROR_")
+                || name == "AMQP_URL"
+            {
+                command.env_remove(&name);
+            }
+        }
+        let child = command
+            .arg("--amqp-url")
+            .arg(&opts.amqp_url)
+            .arg("--config")
+            .arg(config)
+            .arg("--queue-prefix")
+            .arg(prefix)
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .arg("--concurrency")
+            .arg(opts.worker_concurrency.to_string())
+            .arg("--grace-secs")
+            .arg("10")
+            .env("RUST_LOG", &opts.worker_log)
+            .env("HOSTNAME", format!("{prefix}-{n}"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", opts.worker_bin.display()))?;
+        Ok(Self {
+            child,
+            metrics_port,
+            log,
+        })
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn usage(&self) -> Result<Usage> {
+        probe::process(&self.pid()).with_context(|| {
+            format!(
+                "sampling worker {} (log: {})",
+                self.pid(),
+                self.log.display()
+            )
+        })
+    }
+
+    /// Waits until the worker's `/readyz` says it consumes.
+    async fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().context("polling a worker")? {
+                bail!(
+                    "worker exited during start-up ({status}); log: {}",
+                    self.log.display()
+                );
+            }
+            if let Ok(r) = http.get(&url).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "worker not ready after {limit:?}; log: {}",
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Samples memory, sends SIGTERM and waits (SIGKILL after 30 s); returns the last sample.
+    fn stop(mut self) -> Result<Usage> {
+        let last = self.usage();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid()])
+            .status()
+            .context("running kill")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().context("waiting for a worker")? {
+                break Some(status);
+            }
+            if !sent.success() || Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        match status {
+            Some(s) if s.success() => last,
+            Some(s) => bail!(
+                "worker {} ended with {s}; log: {}",
+                self.pid(),
+                self.log.display()
+            ),
+            None => bail!(
+                "worker {} ignored SIGTERM and was killed; log: {}",
+                self.pid(),
+                self.log.display()
+            ),
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A port that was free a moment ago (the worker binds it right after).
+fn free_port() -> Result<u16> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("finding a free metrics port")?;
+    Ok(listener.local_addr().context("reading the port")?.port())
+}
+
+/// Deletes every queue and exchange of `prefix`: the known names through AMQP, then anything else with the
+/// prefix through the management API.
+async fn delete_topology(opts: &FleetOptions, prefix: &str) -> Result<()> {
+    let topology = Topology::new(prefix.to_owned());
+    let connection = shared::mq::connect(&opts.amqp_url, "contactmirror-bench-cleanup")
+        .await
+        .context("connecting to RabbitMQ for the clean-up")?;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    for queue in topology.all_queues() {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in shared::mq::topology::exchanges(&topology) {
+        let _ = channel
+            .exchange_delete(
+                exchange.name.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    sweep(opts, prefix).await
+}
+
+/// Deletes leftovers named `prefix*` through the management API.
+async fn sweep(opts: &FleetOptions, prefix: &str) -> Result<()> {
+    let http = reqwest::Client::new();
+    let (user, password) = &opts.management_auth;
+    for kind in ["queues", "exchanges"] {
+        let url = format!("{}/api/{kind}/%2F?columns=name", opts.management_url);
+        let names: Vec<serde_json::Value> = http
+            .get(&url)
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .with_context(|| format!("listing {kind} at {url}"))?
+            .error_for_status()
+            .with_context(|| format!("listing {kind}"))?
+            .json()
+            .await
+            .with_context(|| format!("reading the {kind} listing"))?;
+        for name in names.iter().filter_map(|v| v["name"].as_str()) {
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            let mut url =
+                reqwest::Url::parse(&opts.management_url).context("the management URL")?;
+            url.path_segments_mut()
+                .map_err(|()| anyhow::anyhow!("the management URL cannot have a path"))?
+                .extend(["api", kind, "/", name]);
+            http.delete(url)
+                .basic_auth(user, Some(password))
+                .send()
+                .await
+                .with_context(|| format!("deleting {kind} {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether any queue or exchange named `prefix*` is left (for the clean-up check at the end).
+pub async fn leftovers(opts: &FleetOptions, prefix: &str) -> Result<Vec<String>> {
+    let http = reqwest::Client::new();
+    let (user, password) = &opts.management_auth;
+    let mut left = Vec::new();
+    for kind in ["queues", "exchanges"] {
+        let url = format!("{}/api/{kind}/%2F?columns=name", opts.management_url);
+        let names: Vec<serde_json::Value> = http
+            .get(&url)
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .with_context(|| format!("listing {kind}"))?
+            .json()
+            .await
+            .with_context(|| format!("reading the {kind} listing"))?;
+        left.extend(
+            names
+                .iter()
+                .filter_map(|v| v["name"].as_str())
+                .filter(|n| n.starts_with(prefix))
+                .map(str::to_owned),
+        );
+    }
+    Ok(left)
+}

@@ -1,0 +1,858 @@
+//! The benchmark harness of issue 6: real syncs through the real fleet code (embedded, and on RabbitMQ with real
+//! worker processes) against a seeded graphsim, judged against Graph's throttling floor, against the fewest
+//! requests a perfect client needs, and against the PowerShell script it replaces.
+//!
+//! `cargo run --release -p contactmirror-tests --example bench -- --help` lists the parameters; without any, it
+//! runs the default scenario set (under 10 minutes on a 2-core machine) and writes `bench-out/bench.json`.
+//! Modules: `estate` (graphsim and the seeded data), `fleet` (running a sync, worker processes, clean-up),
+//! `probe` (/proc and the phase boundary), `figures` (floors, minimal requests, the script model), `report`.
+
+mod estate;
+mod figures;
+mod fleet;
+mod probe;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use estate::{Estate, FolderKey, Shape};
+use figures::{Budget, ScriptInput};
+use fleet::{FleetOptions, Mode};
+use report::Row;
+
+/// Graph's per-mailbox budget to simulate.
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Profile {
+    /// Graph's rate in a short window: 100 requests / 6 s per mailbox, 4 in flight.
+    Scaled,
+    /// Graph's real limits: 10,000 requests / 600 s per mailbox, 4 in flight.
+    Real,
+}
+
+impl Profile {
+    fn budget(self) -> Budget {
+        match self {
+            Profile::Scaled => Budget::SCALED,
+            Profile::Real => Budget::REAL,
+        }
+    }
+}
+
+/// Scenario groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Group {
+    /// Initial sync, re-run with no change, re-run after 1% changed, for every --modes entry.
+    Sync,
+    /// A tenant with one user holding --big-user-contacts contacts: initial sync and re-run.
+    BigUser,
+    /// --many-tenants tenants at once: initial sync and re-run.
+    Tenants,
+    /// Latency 0 and no budget, one worker process: Graph requests per worker CPU second.
+    Throughput,
+    /// Initial sync as users and as contacts grow, with the fitted exponent.
+    Scaling,
+    /// The client is told ten times graphsim's budget, so it meets 429s: are their Retry-After honoured?
+    Throttled,
+    /// Issue 6's stated target size: U=200, C=20, scaled budget, one embedded worker per mailbox (about 4
+    /// minutes; not in the default set).
+    Target,
+}
+
+/// Measures contactmirror against Graph's throttling floor, a perfect client and the replaced script.
+#[derive(Debug, Parser, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+#[command(name = "bench")]
+struct Cli {
+    /// Tenants of the main estate.
+    #[arg(long, default_value_t = 1)]
+    tenants: usize,
+    /// Users per tenant of the main estate.
+    #[arg(long, default_value_t = 30)]
+    users: usize,
+    /// Contacts per user of the main estate.
+    #[arg(long, default_value_t = 10)]
+    contacts: usize,
+    /// Share of seeded contacts that are copies of colleagues.
+    #[arg(long, default_value_t = 0.2)]
+    overlap: f64,
+    /// graphsim latency per Graph operation, in milliseconds.
+    #[arg(long, default_value_t = 2.0)]
+    latency_ms: f64,
+    /// Per-mailbox budget for graphsim and the client.
+    #[arg(long, value_enum, default_value = "scaled")]
+    budget: Profile,
+    /// In-process workers in embedded mode (the producer's default is 8).
+    #[arg(long, default_value_t = 8)]
+    embedded_workers: usize,
+    /// Jobs each worker process runs at once (the worker's default is 4).
+    #[arg(long, default_value_t = 4)]
+    worker_concurrency: u16,
+    /// Modes of the sync group: embedded, or brokerN for N worker processes.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "embedded,broker1,broker2,broker4"
+    )]
+    modes: Vec<String>,
+    /// Scenario groups to run.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sync,big-user,tenants,throttled,throughput,scaling"
+    )]
+    scenarios: Vec<Group>,
+    /// Share of the users' own contacts changed before the change re-run.
+    #[arg(long, default_value_t = 0.01)]
+    change_share: f64,
+    /// Contacts of the big user.
+    #[arg(long, default_value_t = 5000)]
+    big_user_contacts: usize,
+    /// Budget of the big-user group (a 5,000-request mailbox needs 50 scaled windows, 5 minutes).
+    #[arg(long, value_enum, default_value = "real")]
+    big_user_budget: Profile,
+    /// Tenants of the tenants group.
+    #[arg(long, default_value_t = 10)]
+    many_tenants: usize,
+    /// Users per tenant of the tenants group.
+    #[arg(long, default_value_t = 10)]
+    many_tenants_users: usize,
+    /// Users of the throughput estate.
+    #[arg(long, default_value_t = 100)]
+    throughput_users: usize,
+    /// Contacts per user of the throughput estate.
+    #[arg(long, default_value_t = 10)]
+    throughput_contacts: usize,
+    /// User counts of the scaling series (at --scale-contacts-base contacts).
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    scale_users: Vec<usize>,
+    /// Contacts of the user series.
+    #[arg(long, default_value_t = 1)]
+    scale_contacts_base: usize,
+    /// Contact counts of the scaling series (at --scale-users-base users).
+    #[arg(long, value_delimiter = ',', default_value = "5,50,500")]
+    scale_contacts: Vec<usize>,
+    /// Users of the contact series.
+    #[arg(long, default_value_t = 10)]
+    scale_users_base: usize,
+    /// Budget of the scaling group (the real one keeps 1,000 users inside the time limit; the scaled one makes
+    /// every point budget-bound).
+    #[arg(long, value_enum, default_value = "real")]
+    scale_budget: Profile,
+    /// Mode of the big-user, tenants and scaling groups.
+    #[arg(long, default_value = "embedded")]
+    other_mode: String,
+    /// Where to write the JSON document.
+    #[arg(long, default_value = "bench-out/bench.json")]
+    out: PathBuf,
+    /// AMQP URL of the broker.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// RabbitMQ management API (for the clean-up sweep).
+    #[arg(long, default_value = "http://127.0.0.1:15672")]
+    management_url: String,
+    /// Management API user.
+    #[arg(long, default_value = "guest")]
+    management_user: String,
+    /// Management API password.
+    #[arg(long, default_value = "guest")]
+    #[serde(skip)]
+    management_password: String,
+    /// The contactmirror-worker executable (default: built next to this bench, with the same profile).
+    #[arg(long)]
+    worker_bin: Option<PathBuf>,
+    /// Do not run `cargo build` for the worker binary first.
+    #[arg(long)]
+    no_build_worker: bool,
+    /// RUST_LOG of the worker processes.
+    #[arg(long, default_value = "warn")]
+    worker_log: String,
+    /// The producer gives up after this many seconds without a report.
+    #[arg(long, default_value_t = 120)]
+    idle_timeout_secs: u64,
+    /// Keep the worker logs and configurations (in the system temp dir) after a successful run.
+    #[arg(long)]
+    keep_scratch: bool,
+}
+
+fn parse_mode(text: &str, embedded_workers: usize) -> Result<Mode> {
+    if text == "embedded" {
+        return Ok(Mode::Embedded {
+            workers: embedded_workers,
+        });
+    }
+    match text.strip_prefix("broker").map(str::parse::<usize>) {
+        Some(Ok(processes)) if processes > 0 => Ok(Mode::Broker { processes }),
+        _ => bail!("mode {text:?}: expected embedded or brokerN (N worker processes, N >= 1)"),
+    }
+}
+
+/// Everything a run needs besides the estate.
+struct Ctx {
+    fleet: FleetOptions,
+    latency: Duration,
+    started: Instant,
+}
+
+/// What one measured run is.
+struct Run<'a> {
+    group: &'a str,
+    scenario: String,
+    /// The budget the client is configured with, when it differs from graphsim's.
+    client_budget: Option<Budget>,
+    first_run: bool,
+    edited: usize,
+    added: usize,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error")));
+    let phases = probe::PhaseLayer
+        .with_filter(Targets::new().with_target("producer::orchestrate", tracing::Level::INFO));
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(phases)
+        .init();
+
+    let started = Instant::now();
+    let sync_modes: Vec<Mode> = cli
+        .modes
+        .iter()
+        .map(|m| parse_mode(m, cli.embedded_workers))
+        .collect::<Result<_>>()?;
+    let other_mode = parse_mode(&cli.other_mode, cli.embedded_workers)?;
+    let needs_workers = cli.scenarios.contains(&Group::Throughput)
+        || (cli.scenarios.contains(&Group::Sync)
+            && sync_modes.iter().any(|m| matches!(m, Mode::Broker { .. })))
+        || matches!(other_mode, Mode::Broker { .. });
+    let worker_bin = worker_binary(&cli, needs_workers)?;
+    let scratch = std::env::temp_dir().join(format!(
+        "contactmirror-bench-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let latency = Duration::try_from_secs_f64(cli.latency_ms / 1000.0)
+        .context("--latency-ms must be a non-negative number")?;
+    let ctx = Ctx {
+        fleet: FleetOptions {
+            amqp_url: cli.amqp_url.clone(),
+            management_url: cli.management_url.trim_end_matches('/').to_owned(),
+            management_auth: (cli.management_user.clone(), cli.management_password.clone()),
+            worker_bin,
+            worker_concurrency: cli.worker_concurrency.max(1),
+            worker_log: cli.worker_log.clone(),
+            scratch: scratch.clone(),
+            idle_timeout_secs: cli.idle_timeout_secs.max(1),
+        },
+        latency,
+        started,
+    };
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    let main_shape = Shape {
+        tenants: cli.tenants,
+        users: cli.users,
+        contacts: cli.contacts,
+        overlap: cli.overlap,
+        big_user_contacts: 0,
+    };
+    for group in &cli.scenarios {
+        let result = match group {
+            Group::Sync => {
+                let mut result = Ok(());
+                for mode in &sync_modes {
+                    result = sync_group(&ctx, &cli, main_shape, *mode, &mut rows).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                result
+            }
+            Group::BigUser => {
+                let shape = Shape {
+                    tenants: 1,
+                    users: 1,
+                    contacts: cli.contacts,
+                    overlap: cli.overlap,
+                    big_user_contacts: cli.big_user_contacts,
+                };
+                let name = format!("1 user, {} contacts", cli.big_user_contacts);
+                two_runs(
+                    &ctx,
+                    shape,
+                    cli.big_user_budget.budget(),
+                    other_mode,
+                    ("big-user", &name),
+                    &mut rows,
+                )
+                .await
+            }
+            Group::Tenants => {
+                let shape = Shape {
+                    tenants: cli.many_tenants,
+                    users: cli.many_tenants_users,
+                    ..main_shape
+                };
+                let name = format!("{} tenants", cli.many_tenants);
+                two_runs(
+                    &ctx,
+                    shape,
+                    cli.budget.budget(),
+                    other_mode,
+                    ("tenants", &name),
+                    &mut rows,
+                )
+                .await
+            }
+            Group::Throughput => throughput(&ctx, &cli, &mut rows).await,
+            Group::Throttled => throttled(&ctx, &cli, other_mode, &mut rows).await,
+            Group::Target => {
+                let shape = Shape {
+                    tenants: 1,
+                    users: 200,
+                    contacts: 20,
+                    ..main_shape
+                };
+                two_runs(
+                    &ctx,
+                    shape,
+                    Budget::SCALED,
+                    Mode::Embedded { workers: 256 },
+                    ("target", "U=200 C=20"),
+                    &mut rows,
+                )
+                .await
+            }
+            Group::Scaling => scaling(&ctx, &cli, other_mode, &mut rows).await,
+        };
+        if let Err(error) = result {
+            let text = format!("{group:?}: {error:#}");
+            eprintln!("error: {text}");
+            errors.push(text);
+        }
+    }
+
+    let elapsed = started.elapsed();
+    print_and_write(&cli, &ctx, &rows, &errors, elapsed)?;
+    let leftovers = fleet::leftovers(&ctx.fleet, "bench-")
+        .await
+        .unwrap_or_default();
+    if !leftovers.is_empty() {
+        eprintln!(
+            "warning: RabbitMQ still has bench queues or exchanges: {}",
+            leftovers.join(", ")
+        );
+    }
+    if errors.is_empty() && !cli.keep_scratch {
+        let _ = std::fs::remove_dir_all(&scratch);
+    } else {
+        eprintln!("worker logs and configurations: {}", scratch.display());
+    }
+    if !errors.is_empty() {
+        bail!("{} scenario group(s) failed", errors.len());
+    }
+    Ok(())
+}
+
+/// The worker executable, built first (unless told not to) so a stale binary is never measured.
+fn worker_binary(cli: &Cli, needed: bool) -> Result<PathBuf> {
+    if let Some(path) = &cli.worker_bin {
+        return Ok(path.clone());
+    }
+    let exe = std::env::current_exe().context("locating the bench executable")?;
+    // <target>/<profile>/examples/bench
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the bench executable is not inside a cargo target directory")?;
+    let bin = profile_dir.join("contactmirror-worker");
+    if !needed {
+        return Ok(bin);
+    }
+    if !cli.no_build_worker {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "contactmirror-worker", "--bin"]);
+        build
+            .arg("contactmirror-worker")
+            .arg("--manifest-path")
+            .arg(&manifest);
+        match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => {}
+            Some("release") => {
+                build.arg("--release");
+            }
+            Some(other) => {
+                build.args(["--profile", other]);
+            }
+            None => {}
+        }
+        if let Some(target) = profile_dir.parent() {
+            build.env("CARGO_TARGET_DIR", target);
+        }
+        eprintln!("building contactmirror-worker ({})", profile_dir.display());
+        let status = build
+            .status()
+            .context("running cargo build for the worker")?;
+        if !status.success() {
+            bail!("building contactmirror-worker failed ({status})");
+        }
+    }
+    if !bin.exists() {
+        bail!(
+            "{} does not exist: build it with `cargo build --release -p contactmirror-worker` or pass --worker-bin",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Initial sync, re-run with no change, re-run after `change_share` changed, on a fresh estate.
+async fn sync_group(
+    ctx: &Ctx,
+    cli: &Cli,
+    shape: Shape,
+    mode: Mode,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let budget = cli.budget.budget();
+    let estate = Estate::seed(shape, budget, ctx.latency).await?;
+    rows.push(measure(ctx, &estate, budget, mode, first("sync", "initial sync")).await?);
+    rows.push(
+        measure(
+            ctx,
+            &estate,
+            budget,
+            mode,
+            again("sync", "re-run, no change"),
+        )
+        .await?,
+    );
+    let (edited, added) = estate.change(cli.change_share)?;
+    let pct = cli.change_share * 100.0;
+    let run = Run {
+        edited,
+        added,
+        ..again("sync", &format!("re-run, {pct}% changed"))
+    };
+    rows.push(measure(ctx, &estate, budget, mode, run).await?);
+    Ok(())
+}
+
+/// Initial sync and a no-change re-run of `shape`.
+async fn two_runs(
+    ctx: &Ctx,
+    shape: Shape,
+    budget: Budget,
+    mode: Mode,
+    (group, name): (&str, &str),
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let estate = Estate::seed(shape, budget, ctx.latency).await?;
+    let initial = first(group, &format!("{name}: initial sync"));
+    rows.push(measure(ctx, &estate, budget, mode, initial).await?);
+    let rerun = again(group, &format!("{name}: re-run, no change"));
+    rows.push(measure(ctx, &estate, budget, mode, rerun).await?);
+    Ok(())
+}
+
+/// The zero-latency, no-budget initial sync with one worker process.
+async fn throughput(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
+    let shape = Shape {
+        tenants: 1,
+        users: cli.throughput_users,
+        contacts: cli.throughput_contacts,
+        overlap: cli.overlap,
+        big_user_contacts: 0,
+    };
+    let quick = Ctx {
+        fleet: ctx.fleet.clone(),
+        latency: Duration::ZERO,
+        started: ctx.started,
+    };
+    let estate = Estate::seed(shape, Budget::Unlimited, Duration::ZERO).await?;
+    let run = first(
+        "throughput",
+        "throughput: initial sync, latency 0, no budget",
+    );
+    rows.push(
+        measure(
+            &quick,
+            &estate,
+            Budget::Unlimited,
+            Mode::Broker { processes: 1 },
+            run,
+        )
+        .await?,
+    );
+    Ok(())
+}
+
+/// An initial sync whose client believes it has ten times graphsim's budget.
+async fn throttled(ctx: &Ctx, cli: &Cli, mode: Mode, rows: &mut Vec<Row>) -> Result<()> {
+    let shape = Shape {
+        tenants: 1,
+        users: 20,
+        contacts: 30,
+        overlap: cli.overlap,
+        big_user_contacts: 0,
+    };
+    let budget = Budget::SCALED;
+    let estate = Estate::seed(shape, budget, ctx.latency).await?;
+    let client = Budget::Window {
+        requests: 1000,
+        window: Duration::from_secs(6),
+        in_flight: 4,
+    };
+    let run = Run {
+        client_budget: Some(client),
+        ..first(
+            "throttled",
+            &format!("client told {}: initial sync", client.label()),
+        )
+    };
+    rows.push(measure(ctx, &estate, budget, mode, run).await?);
+    Ok(())
+}
+
+/// Initial syncs as users grow and as contacts grow.
+async fn scaling(ctx: &Ctx, cli: &Cli, mode: Mode, rows: &mut Vec<Row>) -> Result<()> {
+    let budget = cli.scale_budget.budget();
+    for (axis, values) in [
+        ("users", &cli.scale_users),
+        ("contacts", &cli.scale_contacts),
+    ] {
+        for v in values {
+            let shape = if axis == "users" {
+                Shape {
+                    tenants: 1,
+                    users: *v,
+                    contacts: cli.scale_contacts_base,
+                    overlap: cli.overlap,
+                    big_user_contacts: 0,
+                }
+            } else {
+                Shape {
+                    tenants: 1,
+                    users: cli.scale_users_base,
+                    contacts: *v,
+                    overlap: cli.overlap,
+                    big_user_contacts: 0,
+                }
+            };
+            let estate = Estate::seed(shape, budget, ctx.latency).await?;
+            let name = format!("scaling {axis}: U={} C={}", shape.users, shape.contacts);
+            let group = format!("scaling-{axis}");
+            let run = first(&group, &name);
+            rows.push(measure(ctx, &estate, budget, mode, run).await?);
+        }
+    }
+    Ok(())
+}
+
+fn first<'a>(group: &'a str, scenario: &str) -> Run<'a> {
+    Run {
+        group,
+        scenario: scenario.to_owned(),
+        client_budget: None,
+        first_run: true,
+        edited: 0,
+        added: 0,
+    }
+}
+
+fn again<'a>(group: &'a str, scenario: &str) -> Run<'a> {
+    Run {
+        first_run: false,
+        ..first(group, scenario)
+    }
+}
+
+/// Runs one sync and turns it into a row.
+async fn measure(
+    ctx: &Ctx,
+    estate: &Estate,
+    budget: Budget,
+    mode: Mode,
+    run: Run<'_>,
+) -> Result<Row> {
+    let before = estate.snapshot();
+    // Every run starts with fresh budgets: graphsim's throttle is reset, and every run builds a new client.
+    let label = run.group.replace(' ', "-");
+    let client = run.client_budget.unwrap_or(budget);
+    let synced = fleet::sync(estate, client, mode, &ctx.fleet, &label)
+        .await
+        .with_context(|| format!("{} ({})", run.scenario, mode.label()))?;
+    let after = estate.snapshot();
+    let stats = &synced.stats;
+    let tenants = &estate.tenants;
+
+    let per: Vec<u64> = stats
+        .mailboxes
+        .values()
+        .map(|m| m.requests)
+        .filter(|n| *n > 0)
+        .collect();
+    let floors = figures::floors(tenants, stats, &synced.marks, budget, ctx.latency);
+    let (basis, floor) = match floors.ordered_secs {
+        Some(f) => ("ordered", f),
+        None => ("unordered", floors.unordered_secs),
+    };
+    let wall = synced.wall.as_secs_f64();
+    let minimal = figures::minimal(tenants, stats, &before, &after, run.first_run);
+    let inputs: Vec<ScriptInput> = tenants
+        .iter()
+        .map(|t| {
+            let central = FolderKey {
+                mailbox: t.shared_mailbox_upn.to_lowercase(),
+                central: true,
+            };
+            let user_sizes: Vec<u64> = t
+                .user_upns
+                .iter()
+                .map(|u| u.to_lowercase())
+                .filter(|u| stats.mailboxes.contains_key(u))
+                .map(|u| {
+                    before.size(&FolderKey {
+                        mailbox: u,
+                        central: false,
+                    }) as u64
+                })
+                .collect();
+            ScriptInput {
+                listed: user_sizes.len() as u64,
+                user_sizes,
+                central_before: before.size(&central) as u64,
+                central_after: after.size(&central) as u64,
+                create_folder: !before.has(&central),
+                added: (run.added as u64).div_ceil(tenants.len().max(1) as u64),
+                first_run: run.first_run,
+            }
+        })
+        .collect();
+    let script = figures::script(&inputs, budget, ctx.latency);
+    let central_contacts = inputs.iter().map(|i| i.central_after).max().unwrap_or(0);
+    let failed_mailboxes = synced
+        .report
+        .tenants
+        .iter()
+        .map(|t| {
+            usize::from(t.error.is_some())
+                + t.mailboxes.iter().filter(|m| m.outcome == "failed").count()
+        })
+        .sum();
+    let worker_cpu: f64 = synced.workers.iter().map(|w| w.cpu_secs).sum();
+    let row = Row {
+        group: run.group.to_owned(),
+        scenario: run.scenario,
+        mode: mode.label(),
+        shape: estate.shape,
+        budget: budget.label(),
+        latency_ms: ctx.latency.as_secs_f64() * 1000.0,
+        wall_secs: wall,
+        phase1_wall_secs: synced
+            .marks
+            .values()
+            .map(|m| m.at.duration_since(synced.started).as_secs_f64())
+            .reduce(f64::max),
+        floors,
+        ratio_basis: basis.to_owned(),
+        wall_over_floor: (floor > 0.0).then(|| wall / floor),
+        requests: stats.graph_operations,
+        http_requests: stats.http_requests,
+        writes: stats.total_writes(),
+        mailboxes: per.len(),
+        max_per_mailbox: per.iter().copied().max().unwrap_or(0),
+        mean_per_mailbox: per.iter().sum::<u64>() as f64 / per.len().max(1) as f64,
+        max_per_user_mailbox: {
+            let shared: Vec<String> = tenants
+                .iter()
+                .map(|t| t.shared_mailbox_upn.to_lowercase())
+                .collect();
+            stats
+                .mailboxes
+                .iter()
+                .filter(|(upn, _)| !shared.contains(upn))
+                .map(|(_, m)| m.requests)
+                .max()
+                .unwrap_or(0)
+        },
+        sent_over_minimal: (minimal.total() > 0)
+            .then(|| stats.graph_operations as f64 / minimal.total() as f64),
+        minimal,
+        throttled: stats.throttled,
+        early_retries: stats.early_retries,
+        early_retry_max_lateness_ms: stats.early_retry_max_lateness_ms,
+        peak_in_flight: stats
+            .mailboxes
+            .values()
+            .map(|m| m.peak_in_flight)
+            .max()
+            .unwrap_or(0),
+        producer: synced.producer,
+        baseline_rss_mib: synced.baseline_rss_mib,
+        sim_cpu_secs: synced.sim_cpu_secs,
+        requests_per_worker_cpu_sec: (worker_cpu > 0.0)
+            .then(|| stats.graph_operations as f64 / worker_cpu),
+        workers: synced.workers,
+        script,
+        central_contacts,
+        failed_mailboxes,
+        edited: run.edited,
+        added: run.added,
+    };
+    eprintln!(
+        "[{:>5.0}s] {} / {}: wall {:.1}s, floor {} s, {} Graph requests, {} failed mailboxes",
+        ctx.started.elapsed().as_secs_f64(),
+        row.scenario,
+        row.mode,
+        row.wall_secs,
+        row.floors
+            .ordered_secs
+            .map_or("n/a".to_owned(), |f| format!("{f:.1}")),
+        row.requests,
+        row.failed_mailboxes
+    );
+    Ok(row)
+}
+
+/// Prints the tables and writes the JSON document.
+fn print_and_write(
+    cli: &Cli,
+    ctx: &Ctx,
+    rows: &[Row],
+    errors: &[String],
+    elapsed: Duration,
+) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!(
+        "contactmirror bench: {cores} cores ({cpu}), {build} build, finished in {:.0} s",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "main estate: {} tenant(s) x {} users x {} contacts, overlap {}; graphsim latency {} ms; budget {}; \
+         embedded x{} workers; worker processes run {} jobs each\n",
+        cli.tenants,
+        cli.users,
+        cli.contacts,
+        cli.overlap,
+        cli.latency_ms,
+        cli.budget.budget().label(),
+        cli.embedded_workers,
+        cli.worker_concurrency
+    );
+    let main_rows: Vec<Row> = rows
+        .iter()
+        .filter(|r| !r.group.starts_with("scaling"))
+        .cloned()
+        .collect();
+    println!("{}", report::timing_table(&main_rows));
+    println!("{}", report::resources_table(&main_rows));
+    println!(
+        "wall/floor uses the phase-ordered floor: floor(central mailbox's phase-1 requests) + floor(busiest \
+         mailbox's phase-2 requests), per tenant; (u) marks rows where the phase boundary was not seen and the \
+         unordered floor (busiest mailbox's requests at its budget) is used; - marks a floor under 0.5 s, where fixed \
+         costs dominate and the ratio means nothing. Minimal = creates + updates + deletes \
+         (content compared before and after) + the fewest reads at 1,000 per page (re-runs: one delta request per \
+         folder). Producer = the bench process minus graphsim's threads; its RSS includes graphsim's estate."
+    );
+    let mut fits = json!({});
+    for axis in ["users", "contacts"] {
+        let series: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.group == format!("scaling-{axis}"))
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        let x = |r: &Row| {
+            if axis == "users" {
+                r.shape.users as f64
+            } else {
+                r.shape.contacts as f64
+            }
+        };
+        let f = report::fits(&series, x);
+        println!(
+            "\nScaling with {axis}:\n\n{}",
+            report::scaling_table(axis, &series, &f)
+        );
+        fits[axis] = serde_json::to_value(&f).context("serialising the fit")?;
+    }
+    for r in rows.iter().filter(|r| r.group == "throughput") {
+        let cpu: f64 = r.workers.iter().map(|w| w.cpu_secs).sum();
+        println!(
+            "\nThroughput, one worker process, graphsim latency 0, no budget: {} Graph operations ({} HTTP requests; \
+             $batch items count one each) in {cpu:.2} worker CPU seconds = {} operations per CPU second \
+             ({} HTTP requests per CPU second); target >= 2,000.",
+            r.requests,
+            r.http_requests,
+            r.requests_per_worker_cpu_sec
+                .map_or("n/a".to_owned(), |v| format!("{v:.0}")),
+            if cpu > 0.0 {
+                format!("{:.0}", r.http_requests as f64 / cpu)
+            } else {
+                "n/a".to_owned()
+            },
+        );
+    }
+    println!(
+        "\nIssue 6 targets (the scaled-profile target is stated for U=200, C=20; these rows are the sizes run):\n\n{}",
+        report::targets(rows)
+    );
+    for e in errors {
+        println!("FAILED: {e}");
+    }
+    let document = json!({
+        "machine": {"cores": cores, "cpu": cpu, "build": build},
+        "parameters": cli,
+        "budgets": {"main": cli.budget.budget(), "bigUser": cli.big_user_budget.budget(),
+                    "scaling": cli.scale_budget.budget()},
+        "workerBinary": ctx.fleet.worker_bin,
+        "elapsedSeconds": elapsed.as_secs_f64(),
+        "rows": rows,
+        "scalingFits": fits,
+        "errors": errors,
+    });
+    if let Some(dir) = cli.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(
+        &cli.out,
+        serde_json::to_vec_pretty(&document).context("serialising the results")?,
+    )
+    .with_context(|| format!("writing {}", cli.out.display()))?;
+    println!("\nwrote {}", cli.out.display());
+    Ok(())
+}
