@@ -296,35 +296,35 @@ impl JobRunner {
     ) -> Result<Done, AttemptResult> {
         let generation = job.cursors.central_generation;
         let prior = job.cursors.mailboxes.get(&mailbox.id);
-        let found = match prior {
-            // It will be read in full either way: phase 1's fresh link is the base to move past the writes from.
-            Some(prior) if !feed::phase2_may_skip(generation, Some(prior)) => FeedCheck {
-                check: Check::Unknown,
-                link: Some(prior.link.clone()),
-            },
-            _ => check_feed(
-                client,
-                mailbox,
-                &FolderRef::Default,
-                job.cursors.tracked,
-                prior,
-            )
-            .await
-            .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?,
-        };
         let kept = |link: DeltaLink, in_line_with| Cursors {
             tracked: true,
             mailboxes: [(mailbox.id.clone(), FolderFeed { link, in_line_with })].into(),
             ..Cursors::default()
         };
-        if feed::phase2_skip(generation, prior, found.check) {
+        if let Some(prior) = prior.filter(|p| feed::phase2_skip(generation, p)) {
             debug!(mailbox = %mailbox.upn, "in line with the central folder and unchanged since the last run");
             return Ok(Done {
-                cursors: found.link.map(|l| kept(l, generation)).unwrap_or_default(),
+                cursors: kept(prior.link.clone(), generation),
                 skipped: true,
                 ..Done::default()
             });
         }
+        let found = match prior {
+            // Phase 1 of this run checked the folder: its link is the base to move past this job's writes from.
+            Some(prior) => FeedCheck {
+                check: Check::Unknown,
+                link: Some(prior.link.clone()),
+            },
+            None => check_feed(
+                client,
+                mailbox,
+                &FolderRef::Default,
+                job.cursors.tracked,
+                None,
+            )
+            .await
+            .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?,
+        };
         let central_contacts = self
             .central
             .get_or_load(&job.tenant_id, job.run_id, central, || {

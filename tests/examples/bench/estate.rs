@@ -116,6 +116,9 @@ pub struct Estate {
     pub shape: Shape,
     /// Ids of each user's own seeded contacts (default folder, before any sync), per tenant and UPN, for edits.
     originals: Vec<BTreeMap<String, Vec<String>>>,
+    /// The producer's state directory for this estate: re-runs start from the change feeds the last run kept,
+    /// as a scheduled producer does.
+    pub state_dir: std::path::PathBuf,
 }
 
 impl Estate {
@@ -175,6 +178,10 @@ impl Estate {
             tenants,
             shape,
             originals,
+            state_dir: std::env::temp_dir().join(format!(
+                "contactmirror-bench-state-{}",
+                uuid::Uuid::new_v4().simple()
+            )),
         })
     }
 

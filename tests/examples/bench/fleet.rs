@@ -115,6 +115,7 @@ pub async fn sync(
             let args = RunArgs {
                 workers,
                 idle_timeout_secs: opts.idle_timeout_secs,
+                state_dir: Some(estate.state_dir.clone()),
                 ..RunArgs::embedded_default()
             };
             measured(estate, settings, &args, &mut []).await
@@ -156,6 +157,7 @@ async fn broker_sync(
         amqp_url: Some(opts.amqp_url.clone()),
         queue_prefix: prefix.to_owned(),
         idle_timeout_secs: opts.idle_timeout_secs,
+        state_dir: Some(estate.state_dir.clone()),
         ..RunArgs::embedded_default()
     };
     let result = measured(estate, settings, &args, &mut workers).await;

@@ -92,8 +92,8 @@ struct Cli {
     /// Per-mailbox budget for graphsim and the client.
     #[arg(long, value_enum, default_value = "scaled")]
     budget: Profile,
-    /// In-process workers in embedded mode (the producer's default is 8).
-    #[arg(long, default_value_t = 8)]
+    /// In-process workers in embedded mode (default: the producer's own default).
+    #[arg(long, default_value_t = producer::cli::EMBEDDED_WORKERS)]
     embedded_workers: usize,
     /// Jobs each worker process runs at once (the worker's default is 4).
     #[arg(long, default_value_t = 4)]
