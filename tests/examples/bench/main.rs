@@ -158,6 +158,7 @@ struct Cli {
     out: PathBuf,
     /// AMQP URL of the broker.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[serde(serialize_with = "redacted")]
     amqp_url: String,
     /// RabbitMQ management API (for the clean-up sweep).
     #[arg(long, default_value = "http://127.0.0.1:15672")]
@@ -184,6 +185,11 @@ struct Cli {
     /// Keep the worker logs and configurations (in the system temp dir) after a successful run.
     #[arg(long)]
     keep_scratch: bool,
+}
+
+/// Writes a URL without its password.
+fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&shared::mq::redact_url(url))
 }
 
 fn parse_mode(text: &str, embedded_workers: usize) -> Result<Mode> {
