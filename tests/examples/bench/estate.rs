@@ -224,7 +224,8 @@ impl Estate {
     }
 
     /// Changes `share` of the users' own contacts the way their owners would: three in four edits of an existing
-    /// contact (job title and mobile phone), one in four new contacts. Returns (edited, added).
+    /// contact (job title and mobile phone), one in four new contacts (the second change is the first new one, so
+    /// even a small estate gets both). Returns (edited, added).
     pub fn change(&self, share: f64) -> Result<(usize, usize)> {
         let (mut edited, mut added) = (0, 0);
         for (t, originals) in self.tenants.iter().zip(&self.originals) {
@@ -239,7 +240,7 @@ impl Estate {
             }
             for i in 0..wanted {
                 let (upn, ids) = users[i % users.len()];
-                if i % 4 == 3 {
+                if i % 4 == 1 {
                     self.sim()
                         .try_add_contact(
                             &t.tenant_id,

@@ -13,7 +13,11 @@ use crate::probe::PhaseMark;
 
 /// Graph's per-(app, mailbox) budget.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase", tag = "kind")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "kind"
+)]
 pub enum Budget {
     /// `requests` per sliding `window`, `in_flight` at a time.
     Window {

@@ -158,6 +158,7 @@ struct Cli {
     out: PathBuf,
     /// AMQP URL of the broker.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[serde(serialize_with = "redacted")]
     amqp_url: String,
     /// RabbitMQ management API (for the clean-up sweep).
     #[arg(long, default_value = "http://127.0.0.1:15672")]
@@ -186,6 +187,11 @@ struct Cli {
     keep_scratch: bool,
 }
 
+/// Writes a URL without its password.
+fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&shared::mq::redact_url(url))
+}
+
 fn parse_mode(text: &str, embedded_workers: usize) -> Result<Mode> {
     if text == "embedded" {
         return Ok(Mode::Embedded {
@@ -201,6 +207,8 @@ fn parse_mode(text: &str, embedded_workers: usize) -> Result<Mode> {
 /// Everything a run needs besides the estate.
 struct Ctx {
     fleet: FleetOptions,
+    /// The worker binary the private copy was taken from (for the record).
+    worker_source: PathBuf,
     latency: Duration,
     started: Instant,
 }
@@ -240,12 +248,20 @@ async fn main() -> Result<()> {
         || (cli.scenarios.contains(&Group::Sync)
             && sync_modes.iter().any(|m| matches!(m, Mode::Broker { .. })))
         || matches!(other_mode, Mode::Broker { .. });
-    let worker_bin = worker_binary(&cli, needs_workers)?;
     let scratch = std::env::temp_dir().join(format!(
         "contactmirror-bench-{}",
         uuid::Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let worker_source = worker_binary(&cli, needs_workers)?;
+    let mut worker_bin = worker_source.clone();
+    if needs_workers {
+        // A private copy: another build into a shared target directory must not swap the binary mid-run.
+        let copy = scratch.join("contactmirror-worker");
+        std::fs::copy(&worker_source, &copy)
+            .with_context(|| format!("copying {}", worker_source.display()))?;
+        worker_bin = copy;
+    }
     let latency = Duration::try_from_secs_f64(cli.latency_ms / 1000.0)
         .context("--latency-ms must be a non-negative number")?;
     let ctx = Ctx {
@@ -261,6 +277,7 @@ async fn main() -> Result<()> {
         },
         latency,
         started,
+        worker_source,
     };
 
     let mut rows: Vec<Row> = Vec::new();
@@ -486,6 +503,7 @@ async fn throughput(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         fleet: ctx.fleet.clone(),
         latency: Duration::ZERO,
         started: ctx.started,
+        worker_source: ctx.worker_source.clone(),
     };
     let estate = Estate::seed(shape, Budget::Unlimited, Duration::ZERO).await?;
     let run = first(
@@ -839,7 +857,7 @@ fn print_and_write(
         "parameters": cli,
         "budgets": {"main": cli.budget.budget(), "bigUser": cli.big_user_budget.budget(),
                     "scaling": cli.scale_budget.budget()},
-        "workerBinary": ctx.fleet.worker_bin,
+        "workerBinary": ctx.worker_source,
         "elapsedSeconds": elapsed.as_secs_f64(),
         "rows": rows,
         "scalingFits": fits,
