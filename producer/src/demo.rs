@@ -108,7 +108,7 @@ pub async fn command(args: DemoArgs) -> Result<ExitCode> {
     let per_mailbox = |ops: u64| ops as f64 / mailboxes.max(1) as f64;
     println!(
         "\ngraphsim saw, over {mailboxes} mailboxes:\n  first run:  {:>6} writes, {:>6} Graph requests ({:.1} per mailbox)\n  \
-         second run: {:>6} writes, {:>6} Graph requests ({:.1} per mailbox: one change check per folder and phase, \
+         second run: {:>6} writes, {:>6} Graph requests ({:.1} per mailbox: one change check per folder, \
          nothing read in full)",
         first_stats.total_writes(),
         first_stats.graph_operations,

@@ -14,7 +14,9 @@
 //! the app at 130,000 requests per 10 s; that limit is a plain rate, which governor's GCRA keeps.
 //!
 //! A window remembers its admissions in at most [`SLOTS`] slots per window length, each stamped with its latest
-//! admission, so memory per mailbox is bounded and every estimate errs on the safe side.
+//! admission, so memory per mailbox is bounded and every estimate errs on the safe side. When a request's answer
+//! has been read, its cells are dated by that moment instead (the latest Graph can have counted it), so a slow
+//! network or a busy machine never makes Graph see more in its window than the client allowed itself.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -113,6 +115,35 @@ impl WindowLog {
         // Unreachable while cells <= budget; wait a whole window rather than spin.
         Err(budget.window)
     }
+
+    /// Dates `cells` admitted at `admitted` by `now` instead (their answer came). They sit in the first slot
+    /// stamped at or after `admitted` (a slot's stamp is its latest admission); should that slot hold fewer, the
+    /// next ones give the rest. Every stamp moved only gets later, so the window never counts less than Graph.
+    fn restamp(&mut self, budget: Budget, admitted: Instant, now: Instant, cells: u32) {
+        let mut index = self.slots.partition_point(|(at, _)| *at < admitted);
+        let mut moved = 0;
+        while moved < cells && index < self.slots.len() {
+            let slot = &mut self.slots[index];
+            let take = slot.1.min(cells - moved);
+            slot.1 -= take;
+            moved += take;
+            if slot.1 == 0 {
+                self.slots.remove(index);
+            } else {
+                index += 1;
+            }
+        }
+        if moved == 0 {
+            return;
+        }
+        match self.slots.back_mut() {
+            Some((at, n)) if now.saturating_duration_since(*at) < budget.slot() => {
+                *at = (*at).max(now);
+                *n += moved;
+            }
+            _ => self.slots.push_back((now, moved)),
+        }
+    }
 }
 
 /// The state of one mailbox.
@@ -125,11 +156,13 @@ pub(crate) struct Gate {
     peak_in_flight: AtomicU32,
 }
 
-/// Held while a request is on the wire: its permits and its share of the in-flight count.
+/// Held while a request is on the wire: its permits, its share of the in-flight count and its budget cells.
 pub(crate) struct Pass {
     _permit: OwnedSemaphorePermit,
     gate: Arc<Gate>,
     permits: u32,
+    /// The budget the cells came from, how many and when (`None`: no rate limiting).
+    cells: Option<(Budget, u32, Instant)>,
 }
 
 impl Drop for Pass {
@@ -137,6 +170,15 @@ impl Drop for Pass {
         self.gate
             .in_flight
             .fetch_sub(self.permits, Ordering::SeqCst);
+        if let Some((budget, cells, admitted)) = self.cells {
+            // Graph counted the request when it arrived, somewhere between sending and now: from here on the
+            // window dates it by its answer, the latest that arrival can have been, however slow the way was.
+            self.gate
+                .window
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .restamp(budget, admitted, Instant::now(), cells);
+        }
     }
 }
 
@@ -185,9 +227,13 @@ impl Limits {
         let gate = self.gate(mailbox);
         let mut admission = Admission::default();
         admission.blocked += gate.wait_unblocked().await;
-        if let Some(budget) = self.budget {
-            gate.take_cells(budget, cells).await;
-        }
+        let taken = match self.budget {
+            Some(budget) => {
+                let (cells, admitted) = gate.take_cells(budget, cells).await;
+                Some((budget, cells, admitted))
+            }
+            None => None,
+        };
         if let Some(n) = NonZeroU32::new(cells.max(1)) {
             // Fails only when n exceeds the app quota's burst, which a `$batch` (20 items) never does.
             let _ = self.app.until_n_ready(n).await;
@@ -211,6 +257,7 @@ impl Limits {
                     _permit: permit,
                     gate,
                     permits,
+                    cells: taken,
                 },
                 admission,
             );
@@ -260,16 +307,18 @@ impl Gate {
         slept
     }
 
-    /// Sleeps until the window has room for `cells`, then takes them.
-    async fn take_cells(&self, budget: Budget, cells: u32) {
+    /// Sleeps until the window has room for `cells`, then takes them; returns how many it took, and when.
+    async fn take_cells(&self, budget: Budget, cells: u32) -> (u32, Instant) {
+        let cells = cells.clamp(1, budget.cells);
         loop {
+            let now = Instant::now();
             let outcome = self
                 .window
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .try_take(budget, Instant::now(), cells);
+                .try_take(budget, now, cells);
             match outcome {
-                Ok(()) => return,
+                Ok(()) => return (cells, now),
                 Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
             }
         }
@@ -316,6 +365,34 @@ mod tests {
             assert_eq!(log.try_take(budget, after, 1), Ok(()));
         }
         assert!(log.try_take(budget, after, 1).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_request_is_dated_by_its_answer() {
+        let budget = scaled();
+        let mut log = WindowLog::default();
+        let start = Instant::now();
+        assert_eq!(log.try_take(budget, start, 50), Ok(()));
+        let later = start + Duration::from_secs(3);
+        assert_eq!(log.try_take(budget, later, 50), Ok(()));
+        // One of the later ones was answered 2 s after it was sent: it, and not one of the oldest, moves.
+        log.restamp(budget, later, later + Duration::from_secs(2), 1);
+        assert_eq!(log.total, 100);
+        let at_six = start + Duration::from_secs(6);
+        assert_eq!(log.try_take(budget, at_six, 50), Ok(()));
+        assert!(log.try_take(budget, at_six, 1).is_err());
+        // At 9 s the 49 left at 3 s are gone, the one answered at 5 s is not.
+        let at_nine = start + Duration::from_secs(9);
+        assert_eq!(
+            log.try_take(budget, at_nine, 50),
+            Err(Duration::from_secs(2))
+        );
+        assert_eq!(log.try_take(budget, at_nine, 49), Ok(()));
+        // Restamping what the log no longer holds moves nothing.
+        let mut empty = WindowLog::default();
+        empty.restamp(budget, start, start, 3);
+        assert_eq!(empty.total, 0);
+        assert!(empty.slots.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
