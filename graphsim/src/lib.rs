@@ -177,14 +177,7 @@ impl Sim {
             clock,
             ..
         } = &mut *store;
-        let t = tenant_index
-            .get(&tenant.to_lowercase())
-            .copied()
-            .ok_or_else(|| format!("unknown tenant {tenant}"))?;
-        let u = tenants[t]
-            .user_index(user)
-            .ok_or_else(|| format!("unknown user {user}"))?;
-        let mailbox = &mut tenants[t].users[u].mailbox;
+        let mailbox = mailbox_of(tenants, tenant_index, tenant, user)?;
         let f = match folder {
             None => 0,
             Some(name) => match mailbox.child_named(0, name) {
@@ -214,15 +207,7 @@ impl Sim {
             clock,
             ..
         } = &mut *store;
-        let t = tenant_index
-            .get(&tenant.to_lowercase())
-            .copied()
-            .ok_or_else(|| format!("unknown tenant {tenant}"))?;
-        let u = tenants[t]
-            .user_index(user)
-            .ok_or_else(|| format!("unknown user {user}"))?;
-        tenants[t].users[u]
-            .mailbox
+        mailbox_of(tenants, tenant_index, tenant, user)?
             .update_contact(id, body, clock)
             .map(|_| ())
             .ok_or_else(|| format!("no contact {id} in {user}"))
@@ -400,4 +385,21 @@ impl Drop for Sim {
             let _ = stop.send(());
         }
     }
+}
+
+/// The mailbox of `user` in `tenant` (as the simulator indexes tenants, any case), or which of the two is unknown.
+fn mailbox_of<'a>(
+    tenants: &'a mut [state::Tenant],
+    tenant_index: &std::collections::HashMap<String, usize>,
+    tenant: &str,
+    user: &str,
+) -> Result<&'a mut state::Mailbox, String> {
+    let t = tenant_index
+        .get(&tenant.to_lowercase())
+        .copied()
+        .ok_or_else(|| format!("unknown tenant {tenant}"))?;
+    let u = tenants[t]
+        .user_index(user)
+        .ok_or_else(|| format!("unknown user {user}"))?;
+    Ok(&mut tenants[t].users[u].mailbox)
 }
