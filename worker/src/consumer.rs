@@ -28,6 +28,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::disposition::{RetryPolicy, Step};
+
+/// The longest a channel or connection close is waited for at the end of a session.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 use crate::job::JobRunner;
 
 /// Why [`Worker::run`] returned.
@@ -189,8 +192,12 @@ impl Worker {
                 "in-flight jobs did not finish in time; handing them back"
             );
         }
-        let _ = channel.close(200, "worker stopping".into()).await;
-        let _ = connection.close(200, "worker stopping".into()).await;
+        // On a connection that is already gone a close may never be answered; it must not keep the worker from
+        // reconnecting (or from exiting).
+        let _ =
+            tokio::time::timeout(CLOSE_WAIT, channel.close(200, "worker stopping".into())).await;
+        let _ =
+            tokio::time::timeout(CLOSE_WAIT, connection.close(200, "worker stopping".into())).await;
         outcome
     }
 }
