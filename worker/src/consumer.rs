@@ -31,6 +31,9 @@ use crate::disposition::{RetryPolicy, Step};
 
 /// The longest a channel or connection close is waited for at the end of a session.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a session checks that its connection is still up.
+const CONNECTION_CHECK: Duration = Duration::from_secs(2);
 use crate::job::JobRunner;
 
 /// Why [`Worker::run`] returned.
@@ -151,9 +154,19 @@ impl Worker {
         info!(broker = %mq::redact_url(&self.config.amqp_url), concurrency = self.config.concurrency, "consuming");
         let slots = Arc::new(Semaphore::new(usize::from(self.config.concurrency.max(1))));
         let tracker = TaskTracker::new();
+        // lapin does not always end the consumer stream when the socket dies (seen after a RabbitMQ restart: a
+        // reset connection, and the worker waiting on its consumers for ever), so the connection is looked at too.
+        let mut watch = tokio::time::interval(CONNECTION_CHECK);
         let outcome = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(StopReason::Shutdown),
+                _ = watch.tick() => if !connection.status().connected() {
+                    break Err(MqError::Amqp {
+                        context: "the broker connection was lost".into(),
+                        source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                            lapin::ConnectionState::Closed)),
+                    });
+                },
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         let permit = slots.clone().acquire_owned().await.map_err(|_| MqError::Nacked {
