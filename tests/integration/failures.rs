@@ -339,13 +339,7 @@ async fn a_broker_restart_mid_run_changes_nothing_in_the_end() {
         Process::worker(&config, &topology),
     ];
     let settings = estate.settings();
-    // While the broker restarts no report can arrive, and the workers first let their running jobs end, then
-    // reconnect with backoff: allow the producer the kind of quiet spell a real restart gives (its default is
-    // 900 s), not the 60 s the other tests use to fail fast.
-    let args = producer::cli::RunArgs {
-        idle_timeout_secs: 240,
-        ..broker_args(&topology)
-    };
+    let args = broker_args(&topology);
     let producer = tokio::spawn(async move { run(&settings, &args).await });
 
     wait_for_writes(&estate, 40).await;
