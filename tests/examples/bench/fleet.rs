@@ -399,27 +399,12 @@ async fn sweep(opts: &FleetOptions, prefix: &str) -> Result<()> {
     let http = reqwest::Client::new();
     let (user, password) = &opts.management_auth;
     for kind in ["queues", "exchanges"] {
-        let url = format!("{}/api/{kind}/%2F?columns=name", opts.management_url);
-        let names: Vec<serde_json::Value> = http
-            .get(&url)
-            .basic_auth(user, Some(password))
-            .send()
-            .await
-            .with_context(|| format!("listing {kind} at {url}"))?
-            .error_for_status()
-            .with_context(|| format!("listing {kind}"))?
-            .json()
-            .await
-            .with_context(|| format!("reading the {kind} listing"))?;
-        for name in names.iter().filter_map(|v| v["name"].as_str()) {
-            if !name.starts_with(prefix) {
-                continue;
-            }
+        for name in names_with_prefix(&http, opts, kind, prefix).await? {
             let mut url =
                 reqwest::Url::parse(&opts.management_url).context("the management URL")?;
             url.path_segments_mut()
                 .map_err(|()| anyhow::anyhow!("the management URL cannot have a path"))?
-                .extend(["api", kind, "/", name]);
+                .extend(["api", kind, "/", &name]);
             http.delete(url)
                 .basic_auth(user, Some(password))
                 .send()
@@ -433,26 +418,37 @@ async fn sweep(opts: &FleetOptions, prefix: &str) -> Result<()> {
 /// Whether any queue or exchange named `prefix*` is left (for the clean-up check at the end).
 pub async fn leftovers(opts: &FleetOptions, prefix: &str) -> Result<Vec<String>> {
     let http = reqwest::Client::new();
-    let (user, password) = &opts.management_auth;
     let mut left = Vec::new();
     for kind in ["queues", "exchanges"] {
-        let url = format!("{}/api/{kind}/%2F?columns=name", opts.management_url);
-        let names: Vec<serde_json::Value> = http
-            .get(&url)
-            .basic_auth(user, Some(password))
-            .send()
-            .await
-            .with_context(|| format!("listing {kind}"))?
-            .json()
-            .await
-            .with_context(|| format!("reading the {kind} listing"))?;
-        left.extend(
-            names
-                .iter()
-                .filter_map(|v| v["name"].as_str())
-                .filter(|n| n.starts_with(prefix))
-                .map(str::to_owned),
-        );
+        left.extend(names_with_prefix(&http, opts, kind, prefix).await?);
     }
     Ok(left)
+}
+
+/// The names of the management API's `kind` ("queues", "exchanges") in vhost `/` that start with `prefix`.
+async fn names_with_prefix(
+    http: &reqwest::Client,
+    opts: &FleetOptions,
+    kind: &str,
+    prefix: &str,
+) -> Result<Vec<String>> {
+    let (user, password) = &opts.management_auth;
+    let url = format!("{}/api/{kind}/%2F?columns=name", opts.management_url);
+    let names: Vec<serde_json::Value> = http
+        .get(&url)
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .with_context(|| format!("listing {kind} at {url}"))?
+        .error_for_status()
+        .with_context(|| format!("listing {kind}"))?
+        .json()
+        .await
+        .with_context(|| format!("reading the {kind} listing"))?;
+    Ok(names
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect())
 }
