@@ -281,8 +281,10 @@ impl BatchItemResponse {
 #[derive(Deserialize)]
 pub(crate) struct TokenResponse {
     pub access_token: String,
-    /// Seconds; some endpoints send it as a string.
-    pub expires_in: NumberOrString,
+    /// Seconds; some endpoints send it as a string. Anything else (negative, fractional, missing) is kept as
+    /// unknown rather than failing the token.
+    #[serde(default)]
+    pub expires_in: Option<NumberOrString>,
 }
 
 /// A number that may arrive as a JSON string.
@@ -291,6 +293,8 @@ pub(crate) struct TokenResponse {
 pub(crate) enum NumberOrString {
     Number(u64),
     Text(String),
+    /// Neither: a negative or fractional number, `null`, an object.
+    Other(serde::de::IgnoredAny),
 }
 
 impl NumberOrString {
@@ -298,6 +302,7 @@ impl NumberOrString {
         match self {
             NumberOrString::Number(n) => Some(*n),
             NumberOrString::Text(s) => s.trim().parse().ok(),
+            NumberOrString::Other(_) => None,
         }
     }
 }
