@@ -81,6 +81,30 @@ impl Faults {
         }
     }
 
+    /// Decides whether to fail a whole `$batch` envelope. Only a scripted fault whose `path_contains` names
+    /// `$batch` applies (an item's path never does, so faults aimed at items keep reaching items); with `commit`
+    /// the items run first and their answers are lost, as when Graph times out after running them.
+    pub fn decide_envelope(&self, method: &str, path: &str) -> Option<Fault> {
+        let mut q = self.scripted.lock().ok()?;
+        let pos = q.iter().position(|f| {
+            f.path_contains
+                .as_ref()
+                .is_some_and(|p| p.contains("$batch") && path.contains(p.as_str()))
+                && f.method
+                    .as_ref()
+                    .is_none_or(|m| m.eq_ignore_ascii_case(method))
+        })?;
+        let f = q.remove(pos)?;
+        let mut reply = error_reply(f.status, FaultProfile::Graph, false);
+        if let Some(ra) = f.retry_after {
+            reply = reply.with_header("Retry-After", ra);
+        }
+        Some(Fault {
+            reply,
+            commit: f.commit,
+        })
+    }
+
     /// Decides whether to fail an operation.
     pub fn decide(&self, method: &str, path: &str) -> Option<Fault> {
         if let Some(f) = self.take_scripted(method, path) {

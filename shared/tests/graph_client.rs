@@ -644,7 +644,7 @@ async fn ensure_folder_creates_once_and_recovers_from_a_409() {
         .expect("ensure again");
     assert_eq!(created.id, again.id);
 
-    // Graph creates the folder but answers 500; the retried POST gets 409 ErrorFolderExists; the client finds it.
+    // Graph creates the folder but answers 500; the create in doubt is looked up, not posted again.
     f.sim.push_fault(ScriptedFault {
         status: 500,
         retry_after: None,
@@ -656,7 +656,7 @@ async fn ensure_folder_creates_once_and_recovers_from_a_409() {
         .tenant
         .ensure_top_level_folder(BOB, "O'Brien & Co")
         .await
-        .expect("ensure after 409");
+        .expect("ensure after a create in doubt");
     assert_eq!(folder.display_name, "O'Brien & Co");
     let folders = f.sim.folders(TENANT, BOB);
     assert_eq!(folders.len(), 1, "{folders:?}");
@@ -667,7 +667,7 @@ async fn ensure_folder_creates_once_and_recovers_from_a_409() {
         .filter(|r| r.method == "POST" && r.url.contains("contactFolders"))
         .map(|r| r.status)
         .collect();
-    assert_eq!(statuses, vec![201, 500, 409]);
+    assert_eq!(statuses, vec![201, 500]);
 }
 
 #[tokio::test]
@@ -772,4 +772,197 @@ async fn debug_logs_show_requests_but_never_secrets_or_tokens() {
     assert!(!text.contains("another-secret-123"), "{text}");
     assert!(!text.to_lowercase().contains("bearer "), "{text}");
     assert!(!text.contains("access_token"), "{text}");
+}
+
+/// The stored contacts of `user` per sync id property value.
+fn sync_id_counts(f: &Fixture, user: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for contact in f.sim.contacts(TENANT, user, None) {
+        let notes = contact["personalNotes"].as_str().unwrap_or_default();
+        let sync = notes.trim_start_matches("SyncId=").to_owned();
+        *counts.entry(sync).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A commit-then-fail fault for the next POST to a contact collection.
+fn applied_then_failed(status: u16, path: &str, method: &str) -> ScriptedFault {
+    ScriptedFault {
+        status,
+        retry_after: (status == 503).then(|| "0.2".to_owned()),
+        commit: true,
+        path_contains: Some(path.into()),
+        method: Some(method.into()),
+    }
+}
+
+/// Failed before the fix: Graph applied three of the creates and answered 500, 503 and 504; the client sent them
+/// again in place, so those three people stood twice in the folder (each sync id twice).
+#[tokio::test]
+async fn batch_items_applied_then_failed_are_looked_up_not_created_twice() {
+    let f = fixture().await;
+    f.tenant.user(ALICE).await.expect("warm the token");
+    for status in [500, 503, 504] {
+        f.sim
+            .push_fault(applied_then_failed(status, "/contacts", "POST"));
+    }
+    let ops: Vec<WriteOp> = (0..5)
+        .map(|i| create(&format!("Person {i:02}"), &format!("sync-{i:02}")))
+        .collect();
+    let outcomes = f
+        .tenant
+        .write(ALICE, &FolderRef::Default, &ops)
+        .await
+        .expect("write");
+    let stored = f.sim.contacts(TENANT, ALICE, None);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let contact = outcome
+            .as_ref()
+            .expect("item ok")
+            .as_ref()
+            .expect("contact");
+        assert_eq!(
+            contact.sync_id_property.as_deref(),
+            Some(format!("sync-{i:02}").as_str())
+        );
+        assert!(
+            stored.iter().any(|c| c["id"] == contact.id.as_str()),
+            "the outcome names the stored contact"
+        );
+    }
+    let counts = sync_id_counts(&f, ALICE);
+    assert_eq!(counts.len(), 5, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    let posts = f
+        .sim
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "POST" && r.url.contains("/contacts"))
+        .count();
+    assert_eq!(posts, 5, "no create was sent twice");
+}
+
+/// Failed before the fix: the whole `$batch` was applied and answered 504; the client sent the envelope again
+/// (up to its attempt limit), writing every person once per envelope.
+#[tokio::test]
+async fn a_batch_envelope_applied_then_failed_writes_each_contact_once() {
+    let f = fixture().await;
+    f.tenant.user(ALICE).await.expect("warm the token");
+    let existing = f.sim.add_contact(TENANT, ALICE, None, contact_body(1));
+    let doomed = f.sim.add_contact(TENANT, ALICE, None, contact_body(2));
+    for _ in 0..2 {
+        f.sim.push_fault(applied_then_failed(504, "$batch", "POST"));
+    }
+    let mut ops: Vec<WriteOp> = (0..3)
+        .map(|i| create(&format!("Person {i:02}"), &format!("sync-{i:02}")))
+        .collect();
+    ops.push(WriteOp::Update {
+        id: existing.clone(),
+        write: ContactWrite {
+            fields: Some(ContactFields {
+                display_name: Some("Renamed".into()),
+                ..ContactFields::default()
+            }),
+            ..ContactWrite::default()
+        },
+    });
+    ops.push(WriteOp::Delete { id: doomed.clone() });
+    let outcomes = f
+        .tenant
+        .write(ALICE, &FolderRef::Default, &ops)
+        .await
+        .expect("write");
+    for outcome in &outcomes[..4] {
+        assert!(outcome.as_ref().expect("item ok").is_some());
+    }
+    // Deleted by the first envelope; the 404 of the later one means done.
+    assert!(outcomes[4].as_ref().expect("delete done").is_none());
+    let counts = sync_id_counts(&f, ALICE);
+    for i in 0..3 {
+        assert_eq!(counts.get(&format!("sync-{i:02}")), Some(&1), "{counts:?}");
+    }
+    let stored = f.sim.contacts(TENANT, ALICE, None);
+    assert_eq!(stored.len(), 4, "three created, one renamed, one deleted");
+    assert!(stored.iter().all(|c| c["id"] != doomed.as_str()));
+}
+
+/// Failed before the fix: a DELETE applied then answered 500 was sent again and its 404 reported as a failure.
+#[tokio::test]
+async fn a_delete_applied_then_failed_is_done() {
+    let f = fixture().await;
+    let doomed = f.sim.add_contact(TENANT, ALICE, None, contact_body(1));
+    f.tenant.user(ALICE).await.expect("warm the token");
+    f.sim
+        .push_fault(applied_then_failed(500, "/contacts", "DELETE"));
+    let outcomes = f
+        .tenant
+        .write(
+            ALICE,
+            &FolderRef::Default,
+            &[WriteOp::Delete { id: doomed }],
+        )
+        .await
+        .expect("write");
+    assert!(outcomes[0].as_ref().expect("done").is_none());
+    assert!(f.sim.contacts(TENANT, ALICE, None).is_empty());
+}
+
+/// Failed before the fix: a single POST applied then answered 500 was sent again (saved only by Graph's 409 for
+/// folder names). Now it is looked up instead, and never posted twice.
+#[tokio::test]
+async fn a_single_create_applied_then_failed_is_looked_up_not_sent_again() {
+    let f = fixture().await;
+    f.tenant.user(ALICE).await.expect("warm the token");
+    f.sim
+        .push_fault(applied_then_failed(502, "contactFolders", "POST"));
+    let folder = f
+        .tenant
+        .ensure_top_level_folder(BOB, "All Contacts")
+        .await
+        .expect("ensure");
+    assert_eq!(folder.display_name, "All Contacts");
+    assert_eq!(f.sim.folders(TENANT, BOB).len(), 1);
+    let posts: Vec<u16> = f
+        .sim
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "POST" && r.url.contains("contactFolders"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(posts, vec![502], "the create in doubt was not sent again");
+}
+
+/// Failed before the fix: `Retry-After: 18446744073709551615` panicked ("overflow when adding duration to
+/// instant"); now it, and `9999999999`, fail the call as throttled at once, with a bounded wait.
+#[tokio::test]
+async fn absurd_retry_after_values_fail_the_call_without_panicking() {
+    let f = fixture().await;
+    f.tenant.user(ALICE).await.expect("warm the token");
+    for (value, mailbox) in [("18446744073709551615", ALICE), ("9999999999", BOB)] {
+        f.sim.push_fault(ScriptedFault {
+            status: 429,
+            retry_after: Some(value.into()),
+            commit: false,
+            path_contains: Some("/contacts".into()),
+            method: Some("GET".into()),
+        });
+        let error = f
+            .tenant
+            .list_contacts(mailbox, &FolderRef::Default)
+            .await
+            .expect_err("throttled");
+        let wait = error
+            .retry_after()
+            .expect("the wait travels with the error");
+        assert!(wait > Duration::from_secs(300) && wait <= Duration::from_secs(86_400));
+        assert!(matches!(error.kind(), ErrorKind::Throttled { .. }));
+        // The mailbox stays blocked in this client: the next call fails without a request.
+        let sent = f.sim.request_log().len();
+        assert!(f
+            .tenant
+            .list_contacts(mailbox, &FolderRef::Default)
+            .await
+            .is_err());
+        assert_eq!(f.sim.request_log().len(), sent);
+    }
 }

@@ -134,7 +134,10 @@ mod tests {
             if self.refuse_first && self.refreshes == 0 {
                 return Step::Refused(GraphError::Protocol("401".into()));
             }
-            match self.failures.get(self.sent as usize - 1 - self.refreshes as usize) {
+            match self
+                .failures
+                .get(self.sent as usize - 1 - self.refreshes as usize)
+            {
                 Some(&failure) => Step::Failed {
                     failure,
                     error: GraphError::Protocol(format!("attempt {attempt}")),
@@ -168,7 +171,10 @@ mod tests {
         let mut exchange = Scripted::new(vec![status(429, Some(2)), status(500, None)]);
         let done = run(&mut exchange, &policy(), Effect::Idempotent).await;
         assert_eq!(done.expect("third attempt"), 3);
-        assert_eq!(exchange.paused[0], Wait::retry_after(Duration::from_secs(2)));
+        assert_eq!(
+            exchange.paused[0],
+            Wait::retry_after(Duration::from_secs(2))
+        );
         assert_eq!(exchange.paused[1].origin, WaitOrigin::Backoff);
     }
 
@@ -186,10 +192,7 @@ mod tests {
             let error = run(&mut exchange, &policy(), Effect::Create)
                 .await
                 .expect_err("ambiguous");
-            assert!(
-                matches!(error, GraphError::Ambiguous { .. }),
-                "{failure:?}"
-            );
+            assert!(matches!(error, GraphError::Ambiguous { .. }), "{failure:?}");
             assert_eq!(exchange.sent, 1, "{failure:?} was resent");
             assert!(error.is_transient());
         }

@@ -122,7 +122,11 @@ impl TenantInner {
     }
 
     /// [`send`](Self::send) with the effect given by the caller (a `$batch` is a create only when it carries one).
-    pub(crate) async fn send_as(&self, call: &Call<'_>, effect: Effect) -> Result<Reply, GraphError> {
+    pub(crate) async fn send_as(
+        &self,
+        call: &Call<'_>,
+        effect: Effect,
+    ) -> Result<Reply, GraphError> {
         let policy = self.shared.policy;
         let mut exchange = GraphExchange {
             inner: self,

@@ -163,6 +163,15 @@ pub(crate) fn contact_expand() -> String {
     )
 }
 
+/// The `$filter` that finds the contacts carrying `sync_id` in the sync id property (Graph's documented form).
+pub(crate) fn sync_id_filter(sync_id: &str) -> String {
+    format!(
+        "singleValueExtendedProperties/Any(ep: ep/id eq '{}' and ep/value eq '{}')",
+        odata_string(SYNC_ID_PROPERTY),
+        odata_string(sync_id)
+    )
+}
+
 /// Escapes a value for an OData string literal (`'` doubles).
 pub(crate) fn odata_string(value: &str) -> String {
     value.replace('\'', "''")
