@@ -33,14 +33,18 @@ struct Fixture {
 }
 
 fn settings(sim: &Sim, secret: &str) -> TenantSettings {
+    settings_at(&sim.authority_url(), &sim.graph_url(), secret)
+}
+
+fn settings_at(authority: &str, graph: &str, secret: &str) -> TenantSettings {
     TenantSettings {
         tenant_id: TENANT.into(),
         client_id: CLIENT.into(),
         client_secret: Secret::new(secret),
         global_address_book_user_id: ALICE.into(),
         test_user_list: None,
-        authority_host: Url::parse(&sim.authority_url()).expect("authority url"),
-        graph_endpoint: Url::parse(&sim.graph_url()).expect("graph url"),
+        authority_host: Url::parse(authority).expect("authority url"),
+        graph_endpoint: Url::parse(graph).expect("graph url"),
         mirror: MirrorOptions {
             central_folder_name: "All Contacts".into(),
             managed_category: None,
@@ -872,15 +876,15 @@ async fn a_batch_envelope_applied_then_failed_writes_each_contact_once() {
         .write(ALICE, &FolderRef::Default, &ops)
         .await
         .expect("write");
+    let counts = sync_id_counts(&f, ALICE);
+    for i in 0..3 {
+        assert_eq!(counts.get(&format!("sync-{i:02}")), Some(&1), "{counts:?}");
+    }
     for outcome in &outcomes[..4] {
         assert!(outcome.as_ref().expect("item ok").is_some());
     }
     // Deleted by the first envelope; the 404 of the later one means done.
     assert!(outcomes[4].as_ref().expect("delete done").is_none());
-    let counts = sync_id_counts(&f, ALICE);
-    for i in 0..3 {
-        assert_eq!(counts.get(&format!("sync-{i:02}")), Some(&1), "{counts:?}");
-    }
     let stored = f.sim.contacts(TENANT, ALICE, None);
     assert_eq!(stored.len(), 4, "three created, one renamed, one deleted");
     assert!(stored.iter().all(|c| c["id"] != doomed.as_str()));
@@ -965,4 +969,143 @@ async fn absurd_retry_after_values_fail_the_call_without_panicking() {
             .is_err());
         assert_eq!(f.sim.request_log().len(), sent);
     }
+}
+
+/// Serves `answer` for every request on a local port and counts the requests (a stand-in for Entra and Graph
+/// where graphsim cannot send the hostile answer).
+async fn stand_in(
+    answer: impl Fn(&axum::http::Method, &str) -> axum::response::Response
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+) -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let answer = answer.clone();
+        let log = log.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20)
+                .await
+                .unwrap_or_default();
+            log.lock().expect("log").push(format!(
+                "{} {} {}",
+                parts.method,
+                parts.uri.path(),
+                String::from_utf8_lossy(&body)
+            ));
+            answer(&parts.method, parts.uri.path())
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+fn json_answer(status: u16, body: serde_json::Value) -> axum::response::Response {
+    axum::response::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .expect("response")
+}
+
+fn redirect_to(location: &str) -> axum::response::Response {
+    axum::response::Response::builder()
+        .status(307)
+        .header("location", location)
+        .body(axum::body::Body::empty())
+        .expect("response")
+}
+
+fn user_answer() -> axum::response::Response {
+    json_answer(200, json!({"id": "u1", "userPrincipalName": ALICE}))
+}
+
+/// Failed before the fix: `expires_in` of 18446744073709551615 panicked ("overflow when adding duration to
+/// instant") and a negative one failed every call (the token response did not decode). Now each gives a token
+/// that is used, refreshed on a sane schedule.
+#[tokio::test]
+async fn hostile_token_lifetimes_neither_panic_nor_fail() {
+    for expires_in in [
+        json!(u64::MAX),
+        json!(0),
+        json!(-5),
+        json!("soon"),
+        json!(3599.5),
+        json!(null),
+    ] {
+        let lifetime = expires_in.clone();
+        let (url, seen) = stand_in(move |_method, path| {
+            if path.ends_with("/token") {
+                json_answer(
+                    200,
+                    json!({"token_type": "Bearer", "access_token": "t0k3n", "expires_in": lifetime}),
+                )
+            } else {
+                user_answer()
+            }
+        })
+        .await;
+        let graph = GraphClient::new(fast_options()).expect("client");
+        let tenant = graph.tenant(&settings_at(&url, &url, SECRET));
+        for _ in 0..2 {
+            let user = tenant.user(ALICE).await.expect("user");
+            assert_eq!(user.user_principal_name, ALICE, "{expires_in}");
+        }
+        let tokens = seen
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|r| r.contains("/token"))
+            .count();
+        assert!(
+            (1..=2).contains(&tokens),
+            "{expires_in}: {tokens} token requests"
+        );
+    }
+}
+
+/// Failed before the fix: the token endpoint's 307 was followed, and the client secret was posted to the
+/// redirect's target; a Graph 307 carried the bearer token there too. Now no redirect is followed.
+#[tokio::test]
+async fn redirects_are_never_followed_so_the_secret_stays_home() {
+    let (elsewhere, stolen) = stand_in(|_method, _path| user_answer()).await;
+    let target = format!("{elsewhere}/steal");
+    let (url, _) = stand_in(move |_method, _path| redirect_to(&target)).await;
+    let graph = GraphClient::new(fast_options()).expect("client");
+    let error = graph
+        .tenant(&settings_at(&url, &url, SECRET))
+        .user(ALICE)
+        .await
+        .expect_err("a redirected token call fails");
+    assert!(!format!("{error} {error:?}").contains(SECRET));
+
+    let target = format!("{elsewhere}/steal");
+    let (graph_url, _) = stand_in(move |_method, path| {
+        if path.ends_with("/token") {
+            json_answer(
+                200,
+                json!({"token_type": "Bearer", "access_token": "t0k3n", "expires_in": 3599}),
+            )
+        } else {
+            redirect_to(&target)
+        }
+    })
+    .await;
+    graph
+        .tenant(&settings_at(&graph_url, &graph_url, SECRET))
+        .user(ALICE)
+        .await
+        .expect_err("a redirected Graph call fails");
+    assert!(
+        stolen.lock().expect("log").is_empty(),
+        "nothing reached the redirect's target: {:?}",
+        stolen.lock().expect("log")
+    );
 }

@@ -381,6 +381,90 @@ mod tests {
     }
 
     #[test]
+    fn absurd_retry_after_values_read_as_one_day() {
+        for absurd in ["18446744073709551615", "9999999999", "86401.5"] {
+            assert_eq!(
+                parse_retry_after(absurd, now()),
+                Some(RETRY_AFTER_CEILING),
+                "{absurd}"
+            );
+        }
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now()),
+            Some(RETRY_AFTER_CEILING)
+        );
+    }
+
+    #[test]
+    fn creates_in_doubt_are_looked_up_and_refusals_retried() {
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            backoff: Backoff {
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(10),
+            },
+            max_retry_after: Duration::from_secs(60),
+        };
+        let mut rng = rand::rng();
+        let answered = |status, secs: Option<u64>| Failure::Answered {
+            status,
+            retry_after: secs.map(Duration::from_secs),
+        };
+        let wait = Wait::retry_after(Duration::from_secs(3));
+        assert_eq!(
+            next_step(&policy, 1, Effect::Create, answered(503, Some(3)), &mut rng),
+            Next::LookUp(wait)
+        );
+        // Even on the last attempt: finding it written makes the call a success.
+        assert!(matches!(
+            next_step(&policy, 2, Effect::Create, answered(500, None), &mut rng),
+            Next::LookUp(_)
+        ));
+        assert_eq!(
+            next_step(&policy, 1, Effect::Create, answered(429, Some(3)), &mut rng),
+            Next::Retry(wait)
+        );
+        assert_eq!(
+            next_step(
+                &policy,
+                1,
+                Effect::Idempotent,
+                answered(503, Some(3)),
+                &mut rng
+            ),
+            Next::Retry(wait)
+        );
+        assert_eq!(
+            next_step(
+                &policy,
+                2,
+                Effect::Idempotent,
+                answered(503, Some(3)),
+                &mut rng
+            ),
+            Next::Fail
+        );
+        assert_eq!(
+            next_step(
+                &policy,
+                1,
+                Effect::Idempotent,
+                answered(429, Some(61)),
+                &mut rng
+            ),
+            Next::Fail
+        );
+        assert_eq!(
+            next_step(&policy, 1, Effect::Create, answered(400, None), &mut rng),
+            Next::Fail
+        );
+        assert_eq!(Effect::of_method("POST"), Effect::Create);
+        assert_eq!(Effect::of_method("PATCH"), Effect::Idempotent);
+        assert_eq!(Effect::of_batch(["PATCH", "DELETE"]), Effect::Idempotent);
+        assert_eq!(Effect::of_batch(["DELETE", "POST"]), Effect::Create);
+    }
+
+    #[test]
     fn backoff_ceiling_doubles_then_caps() {
         let backoff = Backoff {
             base: Duration::from_millis(500),
@@ -420,6 +504,30 @@ mod tests {
             prop_assert!(delay <= backoff.ceiling(attempt));
             prop_assert!(delay <= Duration::from_millis(max_ms));
             prop_assert!(backoff.ceiling(attempt) <= backoff.ceiling(attempt + 1));
+        }
+
+        /// Failed before the fix: `18446744073709551615` parsed to a wait that overflowed `Instant + Duration`.
+        #[test]
+        fn retry_after_never_panics_and_stays_bounded(value in any::<String>()) {
+            if let Some(wait) = parse_retry_after(&value, now()) {
+                prop_assert!(wait <= RETRY_AFTER_CEILING);
+                prop_assert!(std::time::Instant::now().checked_add(wait).is_some());
+            }
+        }
+
+        #[test]
+        fn numeric_retry_after_is_clamped(seconds: u64, fraction in 0u32..1_000_000_000) {
+            let wait = parse_retry_after(&format!("{seconds}.{fraction:09}"), now()).expect("a number");
+            prop_assert!(wait <= RETRY_AFTER_CEILING);
+            let far = parse_retry_after(&seconds.to_string(), now()).expect("a number");
+            prop_assert_eq!(far, Duration::from_secs(seconds).min(RETRY_AFTER_CEILING));
+        }
+
+        #[test]
+        fn token_lifetimes_are_bounded(seconds in proptest::option::of(any::<u64>())) {
+            let lifetime = token_lifetime(seconds);
+            prop_assert!(lifetime >= Duration::from_secs(1) && lifetime <= Duration::from_secs(86_400));
+            prop_assert!(token_refresh_after(lifetime) <= lifetime);
         }
 
         #[test]
