@@ -1028,8 +1028,8 @@ fn user_answer() -> axum::response::Response {
 }
 
 /// Failed before the fix: `expires_in` of 18446744073709551615 panicked ("overflow when adding duration to
-/// instant") and a negative one failed every call (the token response did not decode). Now each gives a token
-/// that is used, refreshed on a sane schedule.
+/// instant"); a negative or fractional one could not be decoded, failing every call. Now each gives a token that
+/// is used and refreshed on a sane schedule (1 s to one day; 5 minutes when unreadable).
 #[tokio::test]
 async fn hostile_token_lifetimes_neither_panic_nor_fail() {
     for expires_in in [
