@@ -608,6 +608,12 @@ async fn batch_updates_deletes_and_per_item_errors() {
         .expect("contact");
     assert_eq!(updated.id, a);
     assert_eq!(updated.fields.display_name.as_deref(), Some("Renamed"));
+    let stored = f.sim.contacts(TENANT, ALICE, None);
+    assert_eq!(
+        stored[0]["changeKey"].as_str(),
+        updated.change_key.as_deref(),
+        "the write reports the version it made"
+    );
     assert_eq!(
         updated.fields.email_addresses.len(),
         0,
@@ -829,9 +835,12 @@ async fn batch_items_applied_then_failed_are_looked_up_not_created_twice() {
             contact.sync_id_property.as_deref(),
             Some(format!("sync-{i:02}").as_str())
         );
+        let change_key = contact.change_key.as_deref().expect("a change key");
         assert!(
-            stored.iter().any(|c| c["id"] == contact.id.as_str()),
-            "the outcome names the stored contact"
+            stored
+                .iter()
+                .any(|c| c["id"] == contact.id.as_str() && c["changeKey"] == change_key),
+            "the outcome names the stored contact and its version"
         );
     }
     let counts = sync_id_counts(&f, ALICE);

@@ -99,6 +99,8 @@ pub(crate) struct WireContact {
     categories: Option<Vec<String>>,
     #[serde(default)]
     single_value_extended_properties: Option<Vec<WireExtendedProperty>>,
+    #[serde(default)]
+    change_key: Option<String>,
     #[serde(flatten)]
     fields: ContactFields,
 }
@@ -126,6 +128,7 @@ impl From<WireContact> for Contact {
             personal_notes: wire.personal_notes,
             categories: wire.categories.unwrap_or_default(),
             sync_id_property,
+            change_key: wire.change_key,
         }
     }
 }
@@ -150,7 +153,13 @@ pub(crate) fn same_property_id(a: &str, b: &str) -> bool {
 
 /// The `$select` list for contact reads: what the model needs and nothing else.
 pub(crate) fn contact_select() -> String {
-    let mut names = vec!["id", "lastModifiedDateTime", "personalNotes", "categories"];
+    let mut names = vec![
+        "id",
+        "lastModifiedDateTime",
+        "changeKey",
+        "personalNotes",
+        "categories",
+    ];
     names.extend_from_slice(ContactFields::GRAPH_NAMES);
     names.join(",")
 }
@@ -610,10 +619,11 @@ mod tests {
     #[test]
     fn select_lists_exactly_the_needed_fields() {
         let select = contact_select();
-        assert!(select.starts_with("id,lastModifiedDateTime,personalNotes,categories,displayName"));
+        assert!(select
+            .starts_with("id,lastModifiedDateTime,changeKey,personalNotes,categories,displayName"));
         assert_eq!(
             select.split(',').count(),
-            4 + ContactFields::GRAPH_NAMES.len()
+            5 + ContactFields::GRAPH_NAMES.len()
         );
         assert_eq!(odata_string("O'Brien"), "O''Brien");
     }
