@@ -1118,3 +1118,54 @@ async fn redirects_are_never_followed_so_the_secret_stays_home() {
         stolen.lock().expect("log")
     );
 }
+
+/// Failed before the fix: a POST that the server applied but answered only after the client's timeout was sent
+/// again at once (this stand-in, like a contact create, has no 409 to stop a second copy). Now the timed-out
+/// create is looked up and found.
+#[tokio::test]
+async fn a_create_that_timed_out_is_looked_up_not_sent_again() {
+    let created = Arc::new(Mutex::new(false));
+    let posts = Arc::new(Mutex::new(0u32));
+    let (state, count) = (created.clone(), posts.clone());
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (state, count) = (state.clone(), count.clone());
+        async move {
+            let path = request.uri().path().to_owned();
+            let folder =
+                json!({"id": "AQMkF1", "displayName": "All Contacts", "parentFolderId": "root"});
+            if path.ends_with("/token") {
+                return json_answer(
+                    200,
+                    json!({"token_type": "Bearer", "access_token": "t0k3n", "expires_in": 3599}),
+                );
+            }
+            if request.method() == axum::http::Method::POST {
+                *count.lock().expect("count") += 1;
+                *state.lock().expect("state") = true;
+                // Applied, but the answer comes after the client gave up.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                return json_answer(201, folder);
+            }
+            let exists = *state.lock().expect("state");
+            let value = if exists { vec![folder] } else { Vec::new() };
+            json_answer(200, json!({ "value": value }))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let graph = GraphClient::new(ClientOptions {
+        request_timeout: Duration::from_millis(300),
+        ..fast_options()
+    })
+    .expect("client");
+    let folder = graph
+        .tenant(&settings_at(&url, &url, SECRET))
+        .ensure_top_level_folder(BOB, "All Contacts")
+        .await
+        .expect("found after the timeout");
+    assert_eq!(folder.id, "AQMkF1");
+    assert_eq!(*posts.lock().expect("count"), 1, "the create was sent once");
+}
