@@ -1120,8 +1120,8 @@ async fn redirects_are_never_followed_so_the_secret_stays_home() {
 }
 
 /// Failed before the fix: a POST that the server applied but answered only after the client's timeout was sent
-/// again at once (this stand-in, like a contact create, has no 409 to stop a second copy). Now the timed-out
-/// create is looked up and found.
+/// again until the attempts ran out (3 POSTs, then a timeout error; this stand-in, like a contact create, has no
+/// 409 to stop a second copy). Now the timed-out create is looked up and found.
 #[tokio::test]
 async fn a_create_that_timed_out_is_looked_up_not_sent_again() {
     let created = Arc::new(Mutex::new(false));
@@ -1168,4 +1168,31 @@ async fn a_create_that_timed_out_is_looked_up_not_sent_again() {
         .expect("found after the timeout");
     assert_eq!(folder.id, "AQMkF1");
     assert_eq!(*posts.lock().expect("count"), 1, "the create was sent once");
+}
+
+/// Failed before the fix (as issue 10 found it): every `$batch` envelope applied and then answered 5xx made the
+/// client send it again up to its attempt limit, one copy of every person per envelope.
+#[tokio::test]
+async fn every_envelope_applied_then_failed_still_writes_each_contact_once() {
+    let f = fixture().await;
+    f.tenant.user(ALICE).await.expect("warm the token");
+    f.sim.set_faults(FaultConfig {
+        commit_then_fail_rate: 1.0,
+        path_contains: Some("$batch".into()),
+        retry_after: graphsim::RetryAfter::Fractional(0.05),
+        ..FaultConfig::default()
+    });
+    let ops: Vec<WriteOp> = (0..25)
+        .map(|i| create(&format!("Person {i:02}"), &format!("sync-{i:02}")))
+        .collect();
+    let outcomes = f
+        .tenant
+        .write(ALICE, &FolderRef::Default, &ops)
+        .await
+        .expect("write");
+    let counts = sync_id_counts(&f, ALICE);
+    assert_eq!(counts.len(), 25, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(Some(_)))));
+    assert_eq!(f.sim.stats().batches, 2, "each envelope sent once");
 }
