@@ -1170,8 +1170,9 @@ async fn a_create_that_timed_out_is_looked_up_not_sent_again() {
     assert_eq!(*posts.lock().expect("count"), 1, "the create was sent once");
 }
 
-/// Failed before the fix (as issue 10 found it): every `$batch` envelope applied and then answered 5xx made the
-/// client send it again up to its attempt limit, one copy of every person per envelope.
+/// Failed before the fix (as issue 10 found it): every `$batch` envelope applied and then answered 5xx was sent
+/// again up to the attempt limit (3 here, each applied: one copy of every person per envelope), then the whole
+/// call failed with the 5xx.
 #[tokio::test]
 async fn every_envelope_applied_then_failed_still_writes_each_contact_once() {
     let f = fixture().await;
