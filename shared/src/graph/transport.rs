@@ -1,11 +1,12 @@
-//! Sending one Graph request well: token, mailbox gate, headers, timeout, error mapping and the retry loop.
+//! Sending one Graph request well: token, mailbox gate, headers, timeout and error mapping, as one attempt of
+//! the retry loop in [`pipeline`](super::pipeline).
 //!
 //! Every Graph call of the client goes through [`TenantInner::send`]. Per attempt it takes a token from the
 //! tenant's cache, passes the mailbox [`Gate`](super::limit) (Retry-After block, rate cells, in-flight permits),
-//! sends with `Authorization`, `client-request-id` and (for advanced directory queries) `ConsistencyLevel`, reads
-//! the whole body while still holding the permits, then applies [`retry::decide`](super::retry): a `Retry-After`
-//! blocks the whole mailbox for exactly that long; other retryable failures back off with jitter; a 401 refreshes
-//! the token once. Non-2xx answers become typed errors in [`api_error`] only.
+//! sends with `Authorization`, `client-request-id` and (for advanced directory queries) `ConsistencyLevel`, and
+//! reads the whole body while still holding the permits. A `Retry-After` blocks the whole mailbox for exactly that
+//! long; what happens next (wait, send again, look a create up, give up) is [`retry::next_step`](super::retry)'s
+//! decision; a 401 refreshes the token once. Non-2xx answers become typed errors in [`api_error`] only.
 
 use std::time::Duration;
 
