@@ -122,6 +122,25 @@ fn in_doubt(item: &BatchItem, wait: Wait, source: GraphError) -> GraphError {
     }
 }
 
+/// The contact a create in doubt made, if it was applied: found by its sync id. Without a sync id it cannot be
+/// found, and stays in doubt (the job re-reads and re-plans).
+async fn look_up(
+    inner: &TenantInner,
+    mailbox: &str,
+    folder: &FolderRef,
+    op: &WriteOp,
+) -> Result<Option<Contact>, GraphError> {
+    match op {
+        WriteOp::Create(ContactWrite {
+            sync_id: Some(sync_id),
+            ..
+        }) => inner.find_by_sync_id(mailbox, folder, sync_id).await,
+        _ => Err(GraphError::Protocol(
+            "a create without a sync id cannot be looked up".into(),
+        )),
+    }
+}
+
 /// Applies `ops` in `$batch`es of up to 20. Every item answer is decided by [`next_step`]; a create that may
 /// have been applied (its own 5xx, or a failed envelope) is looked up by its sync id first and sent again only
 /// if it is not there.
@@ -153,14 +172,10 @@ pub(crate) async fn write(
                 continue;
             }
             let state = &mut states[index];
-            let found = match &ops[index] {
-                WriteOp::Create(ContactWrite {
-                    sync_id: Some(sync_id),
-                    ..
-                }) => inner.find_by_sync_id(mailbox, folder, sync_id).await,
-                // Without a sync id it cannot be found: the job re-reads and re-plans.
-                _ => Err(GraphError::Protocol("a create without a sync id".into())),
-            };
+            let found = look_up(inner, mailbox, folder, &ops[index]).await;
+            if let Err(error) = &found {
+                tracing::debug!(mailbox, item = %items[index].id, %error, "create in doubt could not be looked up");
+            }
             match found {
                 Ok(Some(contact)) => {
                     tracing::debug!(mailbox, item = %items[index].id, "create in doubt was applied");
