@@ -1197,3 +1197,41 @@ async fn every_envelope_applied_then_failed_still_writes_each_contact_once() {
     assert!(outcomes.iter().all(|o| matches!(o, Ok(Some(_)))));
     assert_eq!(f.sim.stats().batches, 2, "each envelope sent once");
 }
+
+/// The other half of the rule: a create answered 500 that Graph did not apply is looked up, not found, and then
+/// sent again, so it is written exactly once.
+#[tokio::test]
+async fn a_create_that_failed_without_effect_is_sent_again_after_the_lookup() {
+    let f = fixture().await;
+    f.tenant.user(ALICE).await.expect("warm the token");
+    f.sim.push_fault(ScriptedFault {
+        status: 500,
+        retry_after: None,
+        commit: false,
+        path_contains: Some("/contacts".into()),
+        method: Some("POST".into()),
+    });
+    let outcomes = f
+        .tenant
+        .write(
+            ALICE,
+            &FolderRef::Default,
+            &[create("Person 00", "sync-00")],
+        )
+        .await
+        .expect("write");
+    assert!(matches!(outcomes[0], Ok(Some(_))));
+    assert_eq!(sync_id_counts(&f, ALICE).get("sync-00"), Some(&1));
+    let log = f.sim.request_log();
+    let posts: Vec<u16> = log
+        .iter()
+        .filter(|r| r.method == "POST" && r.url.contains("/contacts"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(posts, vec![500, 201]);
+    let lookups = log
+        .iter()
+        .filter(|r| r.method == "GET" && r.url.contains("singleValueExtendedProperties/Any"))
+        .count();
+    assert_eq!(lookups, 1, "looked up once before sending again");
+}
