@@ -174,7 +174,8 @@ pub struct ScriptedFault {
     /// Apply the write first, then answer with `status` ("commit then fail").
     #[serde(default)]
     pub commit: bool,
-    /// Only an operation whose path contains this text matches (any operation when absent).
+    /// Only an operation whose path contains this text matches (any operation when absent). Text naming
+    /// `$batch` aims the fault at a whole `$batch` envelope instead of an item.
     #[serde(default)]
     pub path_contains: Option<String>,
     /// Only an operation with this method matches (any method when absent).

@@ -81,6 +81,59 @@ impl Faults {
         }
     }
 
+    /// Decides whether to fail a whole `$batch` envelope. Only a fault whose `path_contains` names `$batch`
+    /// applies (an item's path never does, so faults aimed at items keep reaching items): a scripted one, or the
+    /// configured `commit_then_fail_rate`. With `commit` the items run first and their answers are lost, as when
+    /// Graph fails after running them.
+    pub fn decide_envelope(&self, method: &str, path: &str) -> Option<Fault> {
+        if let Some(fault) = self.take_scripted_envelope(method, path) {
+            return Some(fault);
+        }
+        let config = self.config.lock().ok()?.clone();
+        let aimed = config
+            .path_contains
+            .as_ref()
+            .is_some_and(|p| p.contains("$batch") && path.contains(p.as_str()));
+        if !aimed || !is_write(method) || config.commit_then_fail_rate <= 0.0 {
+            return None;
+        }
+        let mut rng = self.rng.lock().ok()?;
+        if !rng.random_bool(config.commit_then_fail_rate.clamp(0.0, 1.0)) {
+            return None;
+        }
+        let status = [500u16, 502, 503, 504][rng.random_range(0..4)];
+        let reply = decorate(
+            error_reply(status, config.profile, config.empty_body),
+            &config,
+            &mut rng,
+        );
+        Some(Fault {
+            reply,
+            commit: true,
+        })
+    }
+
+    fn take_scripted_envelope(&self, method: &str, path: &str) -> Option<Fault> {
+        let mut q = self.scripted.lock().ok()?;
+        let pos = q.iter().position(|f| {
+            f.path_contains
+                .as_ref()
+                .is_some_and(|p| p.contains("$batch") && path.contains(p.as_str()))
+                && f.method
+                    .as_ref()
+                    .is_none_or(|m| m.eq_ignore_ascii_case(method))
+        })?;
+        let f = q.remove(pos)?;
+        let mut reply = error_reply(f.status, FaultProfile::Graph, false);
+        if let Some(ra) = f.retry_after {
+            reply = reply.with_header("Retry-After", ra);
+        }
+        Some(Fault {
+            reply,
+            commit: f.commit,
+        })
+    }
+
     /// Decides whether to fail an operation.
     pub fn decide(&self, method: &str, path: &str) -> Option<Fault> {
         if let Some(f) = self.take_scripted(method, path) {

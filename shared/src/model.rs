@@ -174,6 +174,9 @@ pub struct Contact {
     pub categories: Vec<String>,
     /// The sync id from the [`SYNC_ID_PROPERTY`] extended property, if the item carries one.
     pub sync_id_property: Option<String>,
+    /// Graph's version of the item (`changeKey`): it changes with every edit, so the one a write returned tells
+    /// the job's own write from a later edit by the owner. `None` when Graph did not send one.
+    pub change_key: Option<String>,
 }
 
 /// What to write into a contact: the parts set to `Some` are written, the rest left as they are.

@@ -33,14 +33,18 @@ struct Fixture {
 }
 
 fn settings(sim: &Sim, secret: &str) -> TenantSettings {
+    settings_at(&sim.authority_url(), &sim.graph_url(), secret)
+}
+
+fn settings_at(authority: &str, graph: &str, secret: &str) -> TenantSettings {
     TenantSettings {
         tenant_id: TENANT.into(),
         client_id: CLIENT.into(),
         client_secret: Secret::new(secret),
         global_address_book_user_id: ALICE.into(),
         test_user_list: None,
-        authority_host: Url::parse(&sim.authority_url()).expect("authority url"),
-        graph_endpoint: Url::parse(&sim.graph_url()).expect("graph url"),
+        authority_host: Url::parse(authority).expect("authority url"),
+        graph_endpoint: Url::parse(graph).expect("graph url"),
         mirror: MirrorOptions {
             central_folder_name: "All Contacts".into(),
             managed_category: None,
@@ -604,6 +608,12 @@ async fn batch_updates_deletes_and_per_item_errors() {
         .expect("contact");
     assert_eq!(updated.id, a);
     assert_eq!(updated.fields.display_name.as_deref(), Some("Renamed"));
+    let stored = f.sim.contacts(TENANT, ALICE, None);
+    assert_eq!(
+        stored[0]["changeKey"].as_str(),
+        updated.change_key.as_deref(),
+        "the write reports the version it made"
+    );
     assert_eq!(
         updated.fields.email_addresses.len(),
         0,
@@ -644,7 +654,7 @@ async fn ensure_folder_creates_once_and_recovers_from_a_409() {
         .expect("ensure again");
     assert_eq!(created.id, again.id);
 
-    // Graph creates the folder but answers 500; the retried POST gets 409 ErrorFolderExists; the client finds it.
+    // Graph creates the folder but answers 500; the create in doubt is looked up, not posted again.
     f.sim.push_fault(ScriptedFault {
         status: 500,
         retry_after: None,
@@ -656,7 +666,7 @@ async fn ensure_folder_creates_once_and_recovers_from_a_409() {
         .tenant
         .ensure_top_level_folder(BOB, "O'Brien & Co")
         .await
-        .expect("ensure after 409");
+        .expect("ensure after a create in doubt");
     assert_eq!(folder.display_name, "O'Brien & Co");
     let folders = f.sim.folders(TENANT, BOB);
     assert_eq!(folders.len(), 1, "{folders:?}");
@@ -667,7 +677,7 @@ async fn ensure_folder_creates_once_and_recovers_from_a_409() {
         .filter(|r| r.method == "POST" && r.url.contains("contactFolders"))
         .map(|r| r.status)
         .collect();
-    assert_eq!(statuses, vec![201, 500, 409]);
+    assert_eq!(statuses, vec![201, 500]);
 }
 
 #[tokio::test]
@@ -772,4 +782,456 @@ async fn debug_logs_show_requests_but_never_secrets_or_tokens() {
     assert!(!text.contains("another-secret-123"), "{text}");
     assert!(!text.to_lowercase().contains("bearer "), "{text}");
     assert!(!text.contains("access_token"), "{text}");
+}
+
+/// The stored contacts of `user` per sync id property value.
+fn sync_id_counts(f: &Fixture, user: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for contact in f.sim.contacts(TENANT, user, None) {
+        let notes = contact["personalNotes"].as_str().unwrap_or_default();
+        let sync = notes.trim_start_matches("SyncId=").to_owned();
+        *counts.entry(sync).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A commit-then-fail fault for the next POST to a contact collection.
+fn applied_then_failed(status: u16, path: &str, method: &str) -> ScriptedFault {
+    ScriptedFault {
+        status,
+        retry_after: (status == 503).then(|| "0.2".to_owned()),
+        commit: true,
+        path_contains: Some(path.into()),
+        method: Some(method.into()),
+    }
+}
+
+/// Failed before the fix: Graph applied three of the creates and answered 500, 503 and 504; the client sent them
+/// again in place, so those three people stood twice in the folder (each sync id twice).
+#[tokio::test]
+async fn batch_items_applied_then_failed_are_looked_up_not_created_twice() {
+    let f = fixture().await;
+    f.tenant.user(ALICE).await.expect("warm the token");
+    for status in [500, 503, 504] {
+        f.sim
+            .push_fault(applied_then_failed(status, "/contacts", "POST"));
+    }
+    let ops: Vec<WriteOp> = (0..5)
+        .map(|i| create(&format!("Person {i:02}"), &format!("sync-{i:02}")))
+        .collect();
+    let outcomes = f
+        .tenant
+        .write(ALICE, &FolderRef::Default, &ops)
+        .await
+        .expect("write");
+    let stored = f.sim.contacts(TENANT, ALICE, None);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let contact = outcome
+            .as_ref()
+            .expect("item ok")
+            .as_ref()
+            .expect("contact");
+        assert_eq!(
+            contact.sync_id_property.as_deref(),
+            Some(format!("sync-{i:02}").as_str())
+        );
+        let change_key = contact.change_key.as_deref().expect("a change key");
+        assert!(
+            stored
+                .iter()
+                .any(|c| c["id"] == contact.id.as_str() && c["changeKey"] == change_key),
+            "the outcome names the stored contact and its version"
+        );
+    }
+    let counts = sync_id_counts(&f, ALICE);
+    assert_eq!(counts.len(), 5, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    let posts = f
+        .sim
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "POST" && r.url.contains("/contacts"))
+        .count();
+    assert_eq!(posts, 5, "no create was sent twice");
+}
+
+/// Failed before the fix: the whole `$batch` was applied and answered 504; the client sent the envelope again
+/// (up to its attempt limit), writing every person once per envelope.
+#[tokio::test]
+async fn a_batch_envelope_applied_then_failed_writes_each_contact_once() {
+    let f = fixture().await;
+    f.tenant.user(ALICE).await.expect("warm the token");
+    let existing = f.sim.add_contact(TENANT, ALICE, None, contact_body(1));
+    let doomed = f.sim.add_contact(TENANT, ALICE, None, contact_body(2));
+    for _ in 0..2 {
+        f.sim.push_fault(applied_then_failed(504, "$batch", "POST"));
+    }
+    let mut ops: Vec<WriteOp> = (0..3)
+        .map(|i| create(&format!("Person {i:02}"), &format!("sync-{i:02}")))
+        .collect();
+    ops.push(WriteOp::Update {
+        id: existing.clone(),
+        write: ContactWrite {
+            fields: Some(ContactFields {
+                display_name: Some("Renamed".into()),
+                ..ContactFields::default()
+            }),
+            ..ContactWrite::default()
+        },
+    });
+    ops.push(WriteOp::Delete { id: doomed.clone() });
+    let outcomes = f
+        .tenant
+        .write(ALICE, &FolderRef::Default, &ops)
+        .await
+        .expect("write");
+    let counts = sync_id_counts(&f, ALICE);
+    for i in 0..3 {
+        assert_eq!(counts.get(&format!("sync-{i:02}")), Some(&1), "{counts:?}");
+    }
+    for outcome in &outcomes[..4] {
+        assert!(outcome.as_ref().expect("item ok").is_some());
+    }
+    // Deleted by the first envelope; the 404 of the later one means done.
+    assert!(outcomes[4].as_ref().expect("delete done").is_none());
+    let stored = f.sim.contacts(TENANT, ALICE, None);
+    assert_eq!(stored.len(), 4, "three created, one renamed, one deleted");
+    assert!(stored.iter().all(|c| c["id"] != doomed.as_str()));
+}
+
+/// Failed before the fix: a DELETE applied then answered 500 was sent again and its 404 reported as a failure.
+#[tokio::test]
+async fn a_delete_applied_then_failed_is_done() {
+    let f = fixture().await;
+    let doomed = f.sim.add_contact(TENANT, ALICE, None, contact_body(1));
+    f.tenant.user(ALICE).await.expect("warm the token");
+    f.sim
+        .push_fault(applied_then_failed(500, "/contacts", "DELETE"));
+    let outcomes = f
+        .tenant
+        .write(
+            ALICE,
+            &FolderRef::Default,
+            &[WriteOp::Delete { id: doomed }],
+        )
+        .await
+        .expect("write");
+    assert!(outcomes[0].as_ref().expect("done").is_none());
+    assert!(f.sim.contacts(TENANT, ALICE, None).is_empty());
+}
+
+/// Failed before the fix: a single POST applied then answered 500 was sent again (saved only by Graph's 409 for
+/// folder names). Now it is looked up instead, and never posted twice.
+#[tokio::test]
+async fn a_single_create_applied_then_failed_is_looked_up_not_sent_again() {
+    let f = fixture().await;
+    f.tenant.user(ALICE).await.expect("warm the token");
+    f.sim
+        .push_fault(applied_then_failed(502, "contactFolders", "POST"));
+    let folder = f
+        .tenant
+        .ensure_top_level_folder(BOB, "All Contacts")
+        .await
+        .expect("ensure");
+    assert_eq!(folder.display_name, "All Contacts");
+    assert_eq!(f.sim.folders(TENANT, BOB).len(), 1);
+    let posts: Vec<u16> = f
+        .sim
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "POST" && r.url.contains("contactFolders"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(posts, vec![502], "the create in doubt was not sent again");
+}
+
+/// Failed before the fix: `Retry-After: 18446744073709551615` panicked ("overflow when adding duration to
+/// instant"); now it, and `9999999999`, fail the call as throttled at once, with a bounded wait.
+#[tokio::test]
+async fn absurd_retry_after_values_fail_the_call_without_panicking() {
+    let f = fixture().await;
+    f.tenant.user(ALICE).await.expect("warm the token");
+    for (value, mailbox) in [("18446744073709551615", ALICE), ("9999999999", BOB)] {
+        f.sim.push_fault(ScriptedFault {
+            status: 429,
+            retry_after: Some(value.into()),
+            commit: false,
+            path_contains: Some("/contacts".into()),
+            method: Some("GET".into()),
+        });
+        let error = f
+            .tenant
+            .list_contacts(mailbox, &FolderRef::Default)
+            .await
+            .expect_err("throttled");
+        let wait = error
+            .retry_after()
+            .expect("the wait travels with the error");
+        assert!(wait > Duration::from_secs(300) && wait <= Duration::from_secs(86_400));
+        assert!(matches!(error.kind(), ErrorKind::Throttled { .. }));
+        // The mailbox stays blocked in this client: the next call fails without a request.
+        let sent = f.sim.request_log().len();
+        assert!(f
+            .tenant
+            .list_contacts(mailbox, &FolderRef::Default)
+            .await
+            .is_err());
+        assert_eq!(f.sim.request_log().len(), sent);
+    }
+}
+
+/// Serves `answer` for every request on a local port and counts the requests (a stand-in for Entra and Graph
+/// where graphsim cannot send the hostile answer).
+async fn stand_in(
+    answer: impl Fn(&axum::http::Method, &str) -> axum::response::Response
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+) -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let answer = answer.clone();
+        let log = log.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20)
+                .await
+                .unwrap_or_default();
+            log.lock().expect("log").push(format!(
+                "{} {} {}",
+                parts.method,
+                parts.uri.path(),
+                String::from_utf8_lossy(&body)
+            ));
+            answer(&parts.method, parts.uri.path())
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+fn json_answer(status: u16, body: serde_json::Value) -> axum::response::Response {
+    axum::response::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .expect("response")
+}
+
+fn redirect_to(location: &str) -> axum::response::Response {
+    axum::response::Response::builder()
+        .status(307)
+        .header("location", location)
+        .body(axum::body::Body::empty())
+        .expect("response")
+}
+
+fn user_answer() -> axum::response::Response {
+    json_answer(200, json!({"id": "u1", "userPrincipalName": ALICE}))
+}
+
+/// Failed before the fix: `expires_in` of 18446744073709551615 panicked ("overflow when adding duration to
+/// instant"); a negative or fractional one could not be decoded, failing every call. Now each gives a token that
+/// is used and refreshed on a sane schedule (1 s to one day; 5 minutes when unreadable).
+#[tokio::test]
+async fn hostile_token_lifetimes_neither_panic_nor_fail() {
+    for expires_in in [
+        json!(u64::MAX),
+        json!(0),
+        json!(-5),
+        json!("soon"),
+        json!(3599.5),
+        json!(null),
+    ] {
+        let lifetime = expires_in.clone();
+        let (url, seen) = stand_in(move |_method, path| {
+            if path.ends_with("/token") {
+                json_answer(
+                    200,
+                    json!({"token_type": "Bearer", "access_token": "t0k3n", "expires_in": lifetime}),
+                )
+            } else {
+                user_answer()
+            }
+        })
+        .await;
+        let graph = GraphClient::new(fast_options()).expect("client");
+        let tenant = graph.tenant(&settings_at(&url, &url, SECRET));
+        for _ in 0..2 {
+            let user = tenant.user(ALICE).await.expect("user");
+            assert_eq!(user.user_principal_name, ALICE, "{expires_in}");
+        }
+        let tokens = seen
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|r| r.contains("/token"))
+            .count();
+        assert!(
+            (1..=2).contains(&tokens),
+            "{expires_in}: {tokens} token requests"
+        );
+    }
+}
+
+/// Failed before the fix: the token endpoint's 307 was followed, and the client secret was posted to the
+/// redirect's target; a Graph 307 carried the bearer token there too. Now no redirect is followed.
+#[tokio::test]
+async fn redirects_are_never_followed_so_the_secret_stays_home() {
+    let (elsewhere, stolen) = stand_in(|_method, _path| user_answer()).await;
+    let target = format!("{elsewhere}/steal");
+    let (url, _) = stand_in(move |_method, _path| redirect_to(&target)).await;
+    let graph = GraphClient::new(fast_options()).expect("client");
+    let error = graph
+        .tenant(&settings_at(&url, &url, SECRET))
+        .user(ALICE)
+        .await
+        .expect_err("a redirected token call fails");
+    assert!(!format!("{error} {error:?}").contains(SECRET));
+
+    let target = format!("{elsewhere}/steal");
+    let (graph_url, _) = stand_in(move |_method, path| {
+        if path.ends_with("/token") {
+            json_answer(
+                200,
+                json!({"token_type": "Bearer", "access_token": "t0k3n", "expires_in": 3599}),
+            )
+        } else {
+            redirect_to(&target)
+        }
+    })
+    .await;
+    graph
+        .tenant(&settings_at(&graph_url, &graph_url, SECRET))
+        .user(ALICE)
+        .await
+        .expect_err("a redirected Graph call fails");
+    assert!(
+        stolen.lock().expect("log").is_empty(),
+        "nothing reached the redirect's target: {:?}",
+        stolen.lock().expect("log")
+    );
+}
+
+/// Failed before the fix: a POST that the server applied but answered only after the client's timeout was sent
+/// again until the attempts ran out (3 POSTs, then a timeout error; this stand-in, like a contact create, has no
+/// 409 to stop a second copy). Now the timed-out create is looked up and found.
+#[tokio::test]
+async fn a_create_that_timed_out_is_looked_up_not_sent_again() {
+    let created = Arc::new(Mutex::new(false));
+    let posts = Arc::new(Mutex::new(0u32));
+    let (state, count) = (created.clone(), posts.clone());
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (state, count) = (state.clone(), count.clone());
+        async move {
+            let path = request.uri().path().to_owned();
+            let folder =
+                json!({"id": "AQMkF1", "displayName": "All Contacts", "parentFolderId": "root"});
+            if path.ends_with("/token") {
+                return json_answer(
+                    200,
+                    json!({"token_type": "Bearer", "access_token": "t0k3n", "expires_in": 3599}),
+                );
+            }
+            if request.method() == axum::http::Method::POST {
+                *count.lock().expect("count") += 1;
+                *state.lock().expect("state") = true;
+                // Applied, but the answer comes after the client gave up.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                return json_answer(201, folder);
+            }
+            let exists = *state.lock().expect("state");
+            let value = if exists { vec![folder] } else { Vec::new() };
+            json_answer(200, json!({ "value": value }))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let graph = GraphClient::new(ClientOptions {
+        request_timeout: Duration::from_millis(300),
+        ..fast_options()
+    })
+    .expect("client");
+    let folder = graph
+        .tenant(&settings_at(&url, &url, SECRET))
+        .ensure_top_level_folder(BOB, "All Contacts")
+        .await
+        .expect("found after the timeout");
+    assert_eq!(folder.id, "AQMkF1");
+    assert_eq!(*posts.lock().expect("count"), 1, "the create was sent once");
+}
+
+/// Failed before the fix (as issue 10 found it): every `$batch` envelope applied and then answered 5xx was sent
+/// again up to the attempt limit (3 here, each applied: one copy of every person per envelope), then the whole
+/// call failed with the 5xx.
+#[tokio::test]
+async fn every_envelope_applied_then_failed_still_writes_each_contact_once() {
+    let f = fixture().await;
+    f.tenant.user(ALICE).await.expect("warm the token");
+    f.sim.set_faults(FaultConfig {
+        commit_then_fail_rate: 1.0,
+        path_contains: Some("$batch".into()),
+        retry_after: graphsim::RetryAfter::Fractional(0.05),
+        ..FaultConfig::default()
+    });
+    let ops: Vec<WriteOp> = (0..25)
+        .map(|i| create(&format!("Person {i:02}"), &format!("sync-{i:02}")))
+        .collect();
+    let outcomes = f
+        .tenant
+        .write(ALICE, &FolderRef::Default, &ops)
+        .await
+        .expect("write");
+    let counts = sync_id_counts(&f, ALICE);
+    assert_eq!(counts.len(), 25, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(Some(_)))));
+    assert_eq!(f.sim.stats().batches, 2, "each envelope sent once");
+}
+
+/// The other half of the rule: a create answered 500 that Graph did not apply is looked up, not found, and then
+/// sent again, so it is written exactly once.
+#[tokio::test]
+async fn a_create_that_failed_without_effect_is_sent_again_after_the_lookup() {
+    let f = fixture().await;
+    f.tenant.user(ALICE).await.expect("warm the token");
+    f.sim.push_fault(ScriptedFault {
+        status: 500,
+        retry_after: None,
+        commit: false,
+        path_contains: Some("/contacts".into()),
+        method: Some("POST".into()),
+    });
+    let outcomes = f
+        .tenant
+        .write(
+            ALICE,
+            &FolderRef::Default,
+            &[create("Person 00", "sync-00")],
+        )
+        .await
+        .expect("write");
+    assert!(matches!(outcomes[0], Ok(Some(_))));
+    assert_eq!(sync_id_counts(&f, ALICE).get("sync-00"), Some(&1));
+    let log = f.sim.request_log();
+    let posts: Vec<u16> = log
+        .iter()
+        .filter(|r| r.method == "POST" && r.url.contains("/contacts"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(posts, vec![500, 201]);
+    let lookups = log
+        .iter()
+        .filter(|r| r.method == "GET" && r.url.contains("singleValueExtendedProperties/Any"))
+        .count();
+    assert_eq!(lookups, 1, "looked up once before sending again");
 }

@@ -61,7 +61,15 @@ pub async fn dispatch(shared: &Arc<Shared>, op: Op) -> Reply {
         }
     };
     if is_batch {
-        return batch::handle(shared, &caller, op).await;
+        return match shared.faults.decide_envelope(&op.method, &op.raw_path) {
+            None => batch::handle(shared, &caller, op).await,
+            Some(fault) => {
+                if fault.commit {
+                    let _ = batch::handle(shared, &caller, op).await;
+                }
+                fault.reply
+            }
+        };
     }
     run(shared, &caller, op).await
 }

@@ -10,9 +10,9 @@ use uuid::Uuid;
 use super::raw::{self, Fields, Loc, Node};
 use super::{
     ConfigError, DeletionPolicy, GraphLimits, MirrorOptions, Settings, TenantSettings,
-    ALLOW_INSECURE_GRAPH_VAR, CLIENT_ID_VAR, CLIENT_SECRET_FILE_VAR, CLIENT_SECRET_VAR,
-    CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST, DEFAULT_CENTRAL_FOLDER_NAME, DEFAULT_GRAPH_ENDPOINT,
-    DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR,
+    ALLOW_INSECURE_AUTHORITY_VAR, ALLOW_INSECURE_GRAPH_VAR, CLIENT_ID_VAR, CLIENT_SECRET_FILE_VAR,
+    CLIENT_SECRET_VAR, CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST, DEFAULT_CENTRAL_FOLDER_NAME,
+    DEFAULT_GRAPH_ENDPOINT, DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR,
     GLOBAL_ADDRESS_BOOK_USER_ID_VAR, MICROSOFT_TENANTS_JSON_VAR, TENANT_ID_VAR,
     TEST_USER_LIST_BY_TENANT_JSON_VAR,
 };
@@ -175,13 +175,14 @@ impl Layer {
 }
 
 impl<'a> Builder<'a> {
-    /// Plain `http://` endpoints are accepted for loopback hosts, and for any host only when
-    /// [`ALLOW_INSECURE_GRAPH_VAR`] is true (a lab such as docker-compose, where graphsim is `http://graphsim:8080`).
-    fn plain_http_allowed(&self, url: &Url, at: &Loc) -> Result<(), ConfigError> {
+    /// Plain `http://` endpoints are accepted for loopback hosts, and for any host only when `switch` is true (a
+    /// lab such as docker-compose, where graphsim is `http://graphsim:8080`): [`ALLOW_INSECURE_GRAPH_VAR`] for
+    /// the GraphEndpoint, [`ALLOW_INSECURE_AUTHORITY_VAR`] for the AuthorityHost, which receives the secret.
+    fn plain_http_allowed(&self, url: &Url, at: &Loc, switch: &str) -> Result<(), ConfigError> {
         if url.scheme() != "http" || is_loopback(url) {
             return Ok(());
         }
-        let allowed = (self.env)(ALLOW_INSECURE_GRAPH_VAR).is_some_and(|v| {
+        let allowed = (self.env)(switch).is_some_and(|v| {
             matches!(
                 v.trim().to_ascii_lowercase().as_str(),
                 "1" | "true" | "yes" | "y"
@@ -192,9 +193,7 @@ impl<'a> Builder<'a> {
         }
         Err(invalid(
             at,
-            &format!(
-                "{ENDPOINT} (or set {ALLOW_INSECURE_GRAPH_VAR}=1 to allow plain http in a lab)"
-            ),
+            &format!("{ENDPOINT} (or set {switch}=1 to allow plain http in a lab)"),
             raw::quoted(url.as_str()),
         ))
     }
@@ -434,12 +433,20 @@ impl<'a> Builder<'a> {
                 });
             }
         }
-        for (key, url) in [
-            ("AuthorityHost", &layer.authority_host),
-            ("GraphEndpoint", &layer.graph_endpoint),
+        for (key, url, switch) in [
+            (
+                "AuthorityHost",
+                &layer.authority_host,
+                ALLOW_INSECURE_AUTHORITY_VAR,
+            ),
+            (
+                "GraphEndpoint",
+                &layer.graph_endpoint,
+                ALLOW_INSECURE_GRAPH_VAR,
+            ),
         ] {
             if let Some(url) = url {
-                self.plain_http_allowed(url, &parent.key(key))?;
+                self.plain_http_allowed(url, &parent.key(key), switch)?;
             }
         }
         let defaults = GraphLimits::default();

@@ -70,8 +70,13 @@ pub const GLOBAL_ADDRESS_BOOK_USER_ID_VAR: &str =
     "AUTOMATION_SYNCCONTACTS_GLOBAL_ADDRESS_BOOK_USER_ID";
 /// Dry run, when the document does not set `DryRun`.
 pub const DRY_RUN_VAR: &str = "AUTOMATION_SYNCCONTACTS_DRY_RUN";
-/// Allows `http://` Graph and authority endpoints on hosts other than loopback (labs only, e.g. docker-compose).
+/// Allows an `http://` GraphEndpoint on a host other than loopback (labs only, e.g. docker-compose). Never the
+/// AuthorityHost: the token call carries the client secret.
 pub const ALLOW_INSECURE_GRAPH_VAR: &str = "CONTACTMIRROR_ALLOW_INSECURE_GRAPH";
+/// Allows an `http://` AuthorityHost on a host other than loopback: the client secret then travels in plain
+/// text, so only for a lab with a fake secret (docker-compose's graphsim). Separate from
+/// [`ALLOW_INSECURE_GRAPH_VAR`] so that switch can never expose a real secret.
+pub const ALLOW_INSECURE_AUTHORITY_VAR: &str = "CONTACTMIRROR_ALLOW_INSECURE_AUTHORITY";
 /// Test users per tenant: `{"<TenantId>":["upn",...]}`, merged into the tenants' `TestUserList`.
 pub const TEST_USER_LIST_BY_TENANT_JSON_VAR: &str =
     "AUTOMATION_SYNCCONTACTS_TEST_USER_LIST_BY_TENANT_JSON";

@@ -598,13 +598,49 @@ fn plain_http_to_a_lab_host_needs_the_explicit_switch() {
         &[
             (CONFIG_JSON_VAR, text),
             (ALLOW_INSECURE_GRAPH_VAR, "1".to_owned()),
+            (ALLOW_INSECURE_AUTHORITY_VAR, "1".to_owned()),
         ],
         None,
     )
-    .expect("allowed with the switch");
+    .expect("allowed with the switches");
     assert_eq!(
         settings.tenants[0].graph_endpoint.as_str(),
         "http://graphsim:8080/"
+    );
+}
+
+/// Failed before the fix: `CONTACTMIRROR_ALLOW_INSECURE_GRAPH=1` also allowed a plain-http AuthorityHost, so a
+/// switch meant for a lab's Graph stand-in sent the client secret unencrypted.
+#[test]
+fn the_graph_switch_never_allows_a_plain_http_authority() {
+    let doc = doc_with(|t| {
+        t.insert("AuthorityHost".into(), json!("http://login.example.com"));
+    });
+    let refused = load(
+        &[
+            (CONFIG_JSON_VAR, doc.to_string()),
+            (ALLOW_INSECURE_GRAPH_VAR, "1".to_owned()),
+        ],
+        None,
+    );
+    assert_error_contains(
+        refused,
+        &[
+            "MicrosoftTenants[0].AuthorityHost: expected an https URL",
+            "CONTACTMIRROR_ALLOW_INSECURE_AUTHORITY",
+        ],
+    );
+    let lab = load(
+        &[
+            (CONFIG_JSON_VAR, doc.to_string()),
+            (ALLOW_INSECURE_AUTHORITY_VAR, "1".to_owned()),
+        ],
+        None,
+    )
+    .expect("the authority's own lab switch");
+    assert_eq!(
+        lab.tenants[0].authority_host.as_str(),
+        "http://login.example.com/"
     );
 }
 

@@ -12,18 +12,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::Utc;
-use reqwest::header::RETRY_AFTER;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
 use super::error::{AuthProblem, GraphError};
-use super::retry::{
-    decide, decide_transport, parse_retry_after, token_refresh_after, Decision, RetryPolicy,
-};
+use super::pipeline::{self, Exchange, Step};
+use super::retry::{token_lifetime, token_refresh_after, Effect, Failure, RetryPolicy, Wait};
 use super::stats::Counters;
-use super::transport::transport_failure;
+use super::transport::{retry_after_header, retry_after_of, transport_failure};
 use super::wire::{decode, TokenErrorResponse, TokenResponse};
 use crate::secret::Secret;
 
@@ -94,7 +91,10 @@ impl TokenCache {
         );
         *slot = Some(Cached {
             token: token.clone(),
-            refresh_at: requested_at + token_refresh_after(lifetime),
+            // The lifetime is at most a day (`token_lifetime`); a clock that still cannot add it refreshes now.
+            refresh_at: requested_at
+                .checked_add(token_refresh_after(lifetime))
+                .unwrap_or(requested_at),
             generation,
         });
         Ok(AccessToken {
@@ -112,20 +112,31 @@ impl TokenCache {
     }
 }
 
-/// Asks the token endpoint, retrying 5xx, 429 and connection failures within the policy.
+/// Asks the token endpoint through the one retry loop: 5xx, 429, Entra's throttling codes and connection
+/// failures are tried again within the policy; a redirect is never followed (it would carry the secret).
 async fn fetch(context: &TokenContext<'_>) -> Result<(Secret, Duration), GraphError> {
-    let credentials = context.credentials;
-    let policy = context.policy;
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", credentials.client_id.as_str()),
-        ("client_secret", credentials.client_secret.expose()),
-        ("scope", credentials.scope.as_str()),
-    ];
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let sent = context
+    let mut exchange = TokenExchange { context };
+    pipeline::run(&mut exchange, context.policy, Effect::Idempotent).await
+}
+
+/// The token call as the pipeline attempts it.
+struct TokenExchange<'a, 'c> {
+    context: &'a TokenContext<'c>,
+}
+
+impl Exchange for TokenExchange<'_, '_> {
+    type Output = (Secret, Duration);
+
+    async fn attempt(&mut self, attempt: u32) -> Step<(Secret, Duration)> {
+        let credentials = self.context.credentials;
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", credentials.client_id.as_str()),
+            ("client_secret", credentials.client_secret.expose()),
+            ("scope", credentials.scope.as_str()),
+        ];
+        let sent = self
+            .context
             .http
             .post(credentials.token_url.clone())
             .form(&form)
@@ -134,11 +145,7 @@ async fn fetch(context: &TokenContext<'_>) -> Result<(Secret, Duration), GraphEr
         let answer = match sent {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, Utc::now()));
+                let retry_after = retry_after_header(response.headers());
                 response
                     .bytes()
                     .await
@@ -151,63 +158,79 @@ async fn fetch(context: &TokenContext<'_>) -> Result<(Secret, Duration), GraphEr
             Err(e) => {
                 let failure = transport_failure(&e);
                 tracing::debug!(tenant = %credentials.tenant_id, attempt, %failure, "token request failed");
-                if decide_transport(failure) == Decision::Backoff && attempt < policy.max_attempts {
-                    context.counters.retry(&credentials.tenant_id, None);
-                    let wait = policy.backoff.delay(attempt, &mut rand::rng());
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                return Err(GraphError::Transport {
-                    method: "POST".into(),
-                    path: credentials.token_url.path().to_owned(),
-                    failure,
-                    source: e.without_url(),
-                });
+                return Step::Failed {
+                    failure: Failure::NoAnswer(failure),
+                    error: GraphError::Transport {
+                        method: "POST".into(),
+                        path: credentials.token_url.path().to_owned(),
+                        failure,
+                        source: e.without_url(),
+                    },
+                };
             }
         };
         tracing::debug!(tenant = %credentials.tenant_id, attempt, status, "token request answered");
         if (200..300).contains(&status) {
-            let token: TokenResponse = decode("token response", &body)?;
-            let seconds = token.expires_in.as_u64().unwrap_or(0).max(1);
-            return Ok((
-                Secret::new(token.access_token),
-                Duration::from_secs(seconds),
-            ));
+            return match decode::<TokenResponse>("token response", &body) {
+                Ok(token) => {
+                    let lifetime =
+                        token_lifetime(token.expires_in.as_ref().and_then(|e| e.as_u64()));
+                    Step::Done((Secret::new(token.access_token), lifetime))
+                }
+                Err(error) => Step::Final(error),
+            };
         }
         let refusal: TokenErrorResponse = serde_json::from_slice(&body).unwrap_or_default();
         let mut problem = auth_problem(&refusal.error, &refusal.error_codes);
         let transient = problem == AuthProblem::Unavailable || status == 429 || status >= 500;
+        // Entra's throttling codes may come with any status: decided as the 503 they mean.
+        let decided_status = if transient && status < 500 && status != 429 {
+            503
+        } else {
+            status
+        };
         if transient {
             problem = AuthProblem::Unavailable;
-            let retry = match decide(status, retry_after) {
-                Decision::Fail | Decision::Backoff => {
-                    Some(policy.backoff.delay(attempt, &mut rand::rng()))
-                }
-                Decision::RetryAfter(wait) => (wait <= policy.max_retry_after).then_some(wait),
-            };
-            if let Some(wait) = retry.filter(|_| attempt < policy.max_attempts) {
-                context.counters.retry(&credentials.tenant_id, retry_after);
-                tokio::time::sleep(wait).await;
-                continue;
-            }
         }
         let description = if refusal.error_description.is_empty() {
             String::from_utf8_lossy(&body).into_owned()
         } else {
             refusal.error_description.clone()
         };
-        return Err(GraphError::Auth {
-            problem,
-            tenant_id: credentials.tenant_id.clone(),
-            client_id: credentials.client_id.clone(),
-            status: Some(status),
-            aadsts: refusal
-                .error_codes
-                .first()
-                .copied()
-                .or_else(|| aadsts_in(&refusal.error_description)),
-            description: scrub(&description, &credentials.client_secret),
-        });
+        Step::Failed {
+            failure: Failure::Answered {
+                status: decided_status,
+                retry_after,
+            },
+            error: GraphError::Auth {
+                problem,
+                tenant_id: credentials.tenant_id.clone(),
+                client_id: credentials.client_id.clone(),
+                status: Some(status),
+                aadsts: refusal
+                    .error_codes
+                    .first()
+                    .copied()
+                    .or_else(|| aadsts_in(&refusal.error_description)),
+                description: scrub(&description, &credentials.client_secret),
+            },
+        }
+    }
+
+    async fn pause(&mut self, wait: Wait) {
+        let context = self.context;
+        context
+            .counters
+            .retry(&context.credentials.tenant_id, retry_after_of(wait));
+        // No mailbox gate here: a Retry-After is slept out too.
+        pipeline::sleep_for(wait, true).await;
+    }
+
+    fn describe(&self) -> (String, String) {
+        (
+            "POST".into(),
+            self.context.credentials.token_url.path().to_owned(),
+        )
     }
 }
 

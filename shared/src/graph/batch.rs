@@ -1,5 +1,8 @@
 //! Writing contacts through JSON `$batch`, with per-item results and per-item retries.
 //!
+//! A create is never sent twice blindly (`retry::Effect`): when Graph may have applied it (a 5xx item answer, or
+//! a whole envelope answered 5xx or lost), it is looked up by its sync id first, and sent again only if absent.
+//!
 //! Graph evaluates each batch item against the mailbox limits on its own: an envelope `200` says nothing about
 //! the items, and a throttled item carries its own `Retry-After`. So the items of a call are sent in batches of up
 //! to 20; each answer is decided item by item ([`retry::decide`](super::retry)); retryable items go back into
@@ -16,14 +19,18 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::contacts::{FolderRef, WriteOutcome};
-use super::error::{api_error, GraphError};
-use super::retry::{decide, parse_retry_after, Decision};
-use super::transport::{relative_path, Call};
+use super::error::{api_error, ErrorKind, GraphError};
+use super::pipeline;
+use super::retry::{
+    decide, may_have_applied, next_step, parse_retry_after, Decision, Effect, Failure, Next, Wait,
+    WaitOrigin,
+};
+use super::transport::{relative_path, retry_after_of, Call};
 use super::wire::{
     create_body, decode_value, update_body, BatchItem, BatchRequest, BatchResponse, WireContact,
 };
 use super::TenantInner;
-use crate::model::{Contact, WriteOp};
+use crate::model::{Contact, ContactWrite, WriteOp};
 
 /// Graph's limit of requests per `$batch`.
 pub(crate) const MAX_BATCH: usize = 20;
@@ -92,6 +99,51 @@ fn success(op: &WriteOp, body: Option<Value>) -> WriteOutcome {
     Ok(Some(contact))
 }
 
+/// Where one item stands across the rounds of a call.
+#[derive(Default)]
+struct ItemState {
+    /// Attempts sent so far.
+    attempts: u32,
+    /// An earlier attempt may have been applied (a 5xx, or the envelope failed ambiguously).
+    may_be_applied: bool,
+    /// A create to look up by its sync id before it may be sent again.
+    look_up: bool,
+    /// Why the item is in doubt, kept as its result should it stay in doubt.
+    doubt: Option<GraphError>,
+}
+
+/// The error for an item that may have been applied.
+fn in_doubt(item: &BatchItem, wait: Wait, source: GraphError) -> GraphError {
+    GraphError::Ambiguous {
+        method: item.method.to_owned(),
+        path: item.url.clone(),
+        wait,
+        source: Box::new(source),
+    }
+}
+
+/// The contact a create in doubt made, if it was applied: found by its sync id. Without a sync id it cannot be
+/// found, and stays in doubt (the job re-reads and re-plans).
+async fn look_up(
+    inner: &TenantInner,
+    mailbox: &str,
+    folder: &FolderRef,
+    op: &WriteOp,
+) -> Result<Option<Contact>, GraphError> {
+    match op {
+        WriteOp::Create(ContactWrite {
+            sync_id: Some(sync_id),
+            ..
+        }) => inner.find_by_sync_id(mailbox, folder, sync_id).await,
+        _ => Err(GraphError::Protocol(
+            "a create without a sync id cannot be looked up".into(),
+        )),
+    }
+}
+
+/// Applies `ops` in `$batch`es of up to 20. Every item answer is decided by [`next_step`]; a create that may
+/// have been applied (its own 5xx, or a failed envelope) is looked up by its sync id first and sent again only
+/// if it is not there.
 pub(crate) async fn write(
     inner: &TenantInner,
     mailbox: &str,
@@ -109,32 +161,95 @@ pub(crate) async fn write(
         })
         .collect();
     let mut outcomes: Vec<Option<WriteOutcome>> = ops.iter().map(|_| None).collect();
-    let mut attempts = vec![0u32; ops.len()];
+    let mut states: Vec<ItemState> = ops.iter().map(|_| ItemState::default()).collect();
     let mut pending: VecDeque<usize> = (0..ops.len()).collect();
     let url = inner.url(&["$batch"], &[])?;
 
     while !pending.is_empty() {
+        // Creates in doubt are looked up before anything is sent again.
+        for &index in &pending {
+            if !std::mem::take(&mut states[index].look_up) {
+                continue;
+            }
+            let state = &mut states[index];
+            let found = look_up(inner, mailbox, folder, &ops[index]).await;
+            if let Err(error) = &found {
+                tracing::debug!(mailbox, item = %items[index].id, %error, "create in doubt could not be looked up");
+            }
+            match found {
+                Ok(Some(contact)) => {
+                    tracing::debug!(mailbox, item = %items[index].id, "create in doubt was applied");
+                    outcomes[index] = Some(Ok(Some(contact)));
+                }
+                Ok(None) if state.attempts < policy.max_attempts => {
+                    tracing::debug!(mailbox, item = %items[index].id, "create in doubt was not applied; sending again");
+                }
+                Ok(None) | Err(_) => {
+                    let doubt = state.doubt.take().unwrap_or_else(|| {
+                        GraphError::Protocol("a create in doubt stayed in doubt".into())
+                    });
+                    outcomes[index] = Some(Err(doubt));
+                }
+            }
+        }
+        pending.retain(|&index| outcomes[index].is_none());
+        if pending.is_empty() {
+            break;
+        }
+
         let take = pending.len().min(MAX_BATCH);
         let chunk: Vec<usize> = pending.drain(..take).collect();
         for &index in &chunk {
-            attempts[index] += 1;
+            states[index].attempts += 1;
         }
         let request = BatchRequest {
             requests: chunk.iter().map(|&i| items[i].clone()).collect(),
         };
         let body = serde_json::to_value(&request)
             .map_err(|e| GraphError::Protocol(format!("cannot serialise a $batch request: {e}")))?;
-        let reply = inner
-            .send(&Call {
-                method: Method::POST,
-                url: url.clone(),
-                body: Some(&body),
-                eventual: false,
-                mailbox,
-                batch_items: u32::try_from(chunk.len()).ok(),
-                prefer: None,
-            })
-            .await?;
+        let effect = Effect::of_batch(chunk.iter().map(|&i| items[i].method));
+        let sent = inner
+            .send_as(
+                &Call {
+                    method: Method::POST,
+                    url: url.clone(),
+                    body: Some(&body),
+                    eventual: false,
+                    mailbox,
+                    batch_items: u32::try_from(chunk.len()).ok(),
+                    prefer: None,
+                },
+                effect,
+            )
+            .await;
+        let reply = match sent {
+            Ok(reply) => reply,
+            Err(GraphError::Ambiguous { wait, source, .. }) => {
+                // The envelope may have run, all or in part: its creates are looked up, the rest sent again.
+                let why = source.to_string();
+                for &index in &chunk {
+                    let state = &mut states[index];
+                    state.may_be_applied = true;
+                    state.look_up = Effect::of_method(items[index].method) == Effect::Create;
+                    let envelope = GraphError::Protocol(format!("the $batch failed: {why}"));
+                    let doubt = in_doubt(&items[index], wait, envelope);
+                    if !state.look_up && state.attempts >= policy.max_attempts {
+                        outcomes[index] = Some(Err(doubt));
+                    } else {
+                        state.doubt = Some(doubt);
+                    }
+                }
+                for &index in chunk.iter().rev() {
+                    if outcomes[index].is_none() {
+                        pending.push_front(index);
+                    }
+                }
+                counters.retry(&inner.tenant_id, retry_after_of(wait));
+                pipeline::sleep_for(wait, false).await;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         let response: BatchResponse = super::wire::decode("$batch response", &reply.body)?;
         let mut answers: HashMap<String, _> = response
             .responses
@@ -142,8 +257,8 @@ pub(crate) async fn write(
             .map(|r| (r.id.clone(), r))
             .collect();
 
-        let mut longest_wait: Option<Duration> = None;
-        let mut backoff_attempt: Option<u32> = None;
+        let mut graph_wait = false;
+        let mut backoff: Option<Duration> = None;
         let mut retry_later = Vec::new();
         for &index in &chunk {
             let item = &items[index];
@@ -154,13 +269,14 @@ pub(crate) async fn write(
                 ))));
                 continue;
             };
+            let state = &mut states[index];
             counters.batch_item(item.method, answer.status);
             inner.tally.batch_item(answer.status);
             tracing::debug!(
                 method = item.method,
                 mailbox,
                 item = %item.id,
-                attempt = attempts[index],
+                attempt = state.attempts,
                 status = answer.status,
                 "graph batch item"
             );
@@ -174,41 +290,52 @@ pub(crate) async fn write(
             if answer.status == 429 {
                 counters.throttled_metric(&inner.tenant_id);
             }
+            if let Decision::RetryAfter(wait) = decide(answer.status, retry_after) {
+                // The gate makes every request for this mailbox wait, this call's next batch included.
+                inner.limits.block(mailbox, wait);
+            }
             let request_id = answer.header("request-id");
             let body = answer
                 .body
                 .map(|b| serde_json::to_vec(&b).unwrap_or_default())
                 .unwrap_or_default();
             let error = api_error(answer.status, &body, request_id, retry_after);
-            let may_retry = attempts[index] < policy.max_attempts;
-            match decide(answer.status, retry_after) {
-                Decision::RetryAfter(wait) if may_retry && wait <= policy.max_retry_after => {
-                    counters.retry(&inner.tenant_id, Some(wait));
-                    longest_wait = longest_wait.max(Some(wait));
-                    retry_later.push(index);
+            let failure = Failure::Answered {
+                status: answer.status,
+                retry_after,
+            };
+            state.may_be_applied |= may_have_applied(failure);
+            let effect = Effect::of_method(item.method);
+            let next = next_step(&policy, state.attempts, effect, failure, &mut rand::rng());
+            let wait = match next {
+                Next::Retry(wait) => wait,
+                Next::LookUp(wait) => {
+                    state.look_up = true;
+                    state.doubt = Some(in_doubt(item, wait, error));
+                    wait
                 }
-                Decision::Backoff if may_retry => {
-                    counters.retry(&inner.tenant_id, None);
-                    backoff_attempt = backoff_attempt.max(Some(attempts[index]));
-                    retry_later.push(index);
+                Next::Fail => {
+                    let done = item.method == "DELETE"
+                        && state.may_be_applied
+                        && error.kind() == ErrorKind::ItemNotFound;
+                    // A DELETE that finds nothing after an attempt that may have been applied is done.
+                    outcomes[index] = Some(if done { Ok(None) } else { Err(error) });
+                    continue;
                 }
-                Decision::RetryAfter(wait) => {
-                    inner.limits.block(mailbox, wait);
-                    outcomes[index] = Some(Err(error));
-                }
-                Decision::Backoff | Decision::Fail => outcomes[index] = Some(Err(error)),
+            };
+            counters.retry(&inner.tenant_id, retry_after_of(wait));
+            match wait.origin {
+                WaitOrigin::RetryAfter => graph_wait = true,
+                WaitOrigin::Backoff => backoff = backoff.max(Some(wait.duration)),
             }
+            retry_later.push(index);
         }
         if !retry_later.is_empty() {
             // Retried items go first, in their original order, so every item keeps moving.
             for index in retry_later.into_iter().rev() {
                 pending.push_front(index);
             }
-            if let Some(wait) = longest_wait {
-                // The gate makes every request for this mailbox wait, this call's next batch included.
-                inner.limits.block(mailbox, wait);
-            } else if let Some(attempt) = backoff_attempt {
-                let wait = policy.backoff.delay(attempt, &mut rand::rng());
+            if let Some(wait) = backoff.filter(|_| !graph_wait) {
                 tokio::time::sleep(wait).await;
             }
         }

@@ -7,8 +7,8 @@
 
 use super::batch;
 use super::error::GraphError;
-use super::wire::{contact_expand, contact_select, WireContact};
-use super::TenantClient;
+use super::wire::{contact_expand, contact_select, sync_id_filter, WireContact};
+use super::{TenantClient, TenantInner};
 use crate::model::{Contact, WriteOp};
 
 /// Which contact folder of a mailbox.
@@ -33,6 +33,33 @@ impl FolderRef {
 /// The result of one write: the contact as Graph stored it (creates and updates), nothing (deletes), or why
 /// that item failed.
 pub type WriteOutcome = Result<Option<Contact>, GraphError>;
+
+impl TenantInner {
+    /// The contact of `folder` carrying `sync_id` in its sync id property, if any (the first, should earlier
+    /// faults have left several). How a create in doubt is checked before it is sent again.
+    pub(crate) async fn find_by_sync_id(
+        &self,
+        mailbox: &str,
+        folder: &FolderRef,
+        sync_id: &str,
+    ) -> Result<Option<Contact>, GraphError> {
+        let select = contact_select();
+        let expand = contact_expand();
+        let filter = sync_id_filter(sync_id);
+        let url = self.url(
+            &folder.contacts_segments(mailbox),
+            &[
+                ("$filter", &filter),
+                ("$select", &select),
+                ("$expand", &expand),
+            ],
+        )?;
+        let found: Vec<WireContact> = self
+            .get_all("contact lookup page", url, mailbox, false)
+            .await?;
+        Ok(found.into_iter().next().map(Contact::from))
+    }
+}
 
 impl TenantClient {
     /// Every contact of `folder` in `mailbox`, across all pages. Any failure on any page is an error.

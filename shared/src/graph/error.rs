@@ -9,6 +9,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::retry::{Wait, WaitOrigin};
+
 /// A failed Graph or token call.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -75,6 +77,20 @@ pub enum GraphError {
         /// The underlying error (its URL is stripped).
         #[source]
         source: reqwest::Error,
+    },
+    /// A create that may have been applied (Graph answered 5xx or 408, or never answered) and so was not sent
+    /// again blindly (see `retry::Effect`). The caller looks it up, or the job re-reads and re-plans.
+    #[error("{method} {path} may have been applied and was not sent again: {source}")]
+    Ambiguous {
+        /// HTTP method.
+        method: String,
+        /// URL path (no query).
+        path: String,
+        /// The wait the failed attempt called for.
+        wait: Wait,
+        /// How the attempt failed.
+        #[source]
+        source: Box<GraphError>,
     },
     /// A body did not have the expected shape.
     #[error("could not decode {what} at `{path}`")]
@@ -178,6 +194,8 @@ pub enum ErrorKind {
     },
     /// A server or network failure that may pass (5xx, 408, timeout, connection).
     Transient,
+    /// A create may or may not have been applied: re-read before writing again (transient).
+    Ambiguous,
     /// The delta token is no longer valid: start again with a full read (410 `SyncStateNotFound`, ...).
     InvalidDeltaToken,
     /// The tenant's credentials are wrong.
@@ -205,6 +223,7 @@ impl GraphError {
                 TransportFailure::Other => ErrorKind::Permanent,
                 _ => ErrorKind::Transient,
             },
+            GraphError::Ambiguous { .. } => ErrorKind::Ambiguous,
             GraphError::Decode { .. } | GraphError::Protocol(_) => ErrorKind::Decode,
             GraphError::Setup(_) => ErrorKind::Permanent,
         }
@@ -214,14 +233,23 @@ impl GraphError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self.kind(),
-            ErrorKind::Throttled { .. } | ErrorKind::Transient
+            ErrorKind::Throttled { .. } | ErrorKind::Transient | ErrorKind::Ambiguous
         )
     }
 
     /// Graph's requested wait, when it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
+        self.wait()
+            .filter(|w| w.origin == WaitOrigin::RetryAfter)
+            .map(|w| w.duration)
+    }
+
+    /// The wait this failure calls for before trying again: Graph's `Retry-After`, or the backoff of an ambiguous
+    /// create. `None` when there is nothing to wait for.
+    pub fn wait(&self) -> Option<Wait> {
         match self {
-            GraphError::Throttled { retry_after, .. } => *retry_after,
+            GraphError::Throttled { retry_after, .. } => retry_after.map(Wait::retry_after),
+            GraphError::Ambiguous { wait, .. } => Some(*wait),
             _ => None,
         }
     }

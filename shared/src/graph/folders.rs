@@ -1,12 +1,17 @@
 //! The central contact folder: found by name among the top-level folders of a mailbox, created when missing.
 //!
 //! `/users/{m}/contactFolders` lists only the folders directly under the default Contacts folder, so a
-//! same-named nested folder is never picked. Creation handles the race (and the "5xx but created" case) where
-//! Graph answers 409 `ErrorFolderExists`: the folder is looked up again.
+//! same-named nested folder is never picked. Creation handles the race where Graph answers 409
+//! `ErrorFolderExists`, and a create in doubt (5xx or no answer: it may have been applied), by looking the folder
+//! up again before creating it again.
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use std::time::Duration;
+
 use super::error::GraphError;
+use super::pipeline;
+use super::retry::Wait;
 use super::transport::Call;
 use super::wire::{decode, odata_string};
 use super::TenantClient;
@@ -74,36 +79,55 @@ impl TenantClient {
         }
         let url = self.inner.url(&["users", mailbox, "contactFolders"], &[])?;
         let body = serde_json::json!({ "displayName": name });
-        let created = self
-            .inner
-            .send(&Call {
-                method: reqwest::Method::POST,
-                url,
-                body: Some(&body),
-                eventual: false,
-                mailbox,
-                batch_items: None,
-                prefer: None,
-            })
-            .await;
-        match created {
-            Ok(reply) => {
-                let folder: ContactFolder = decode("created contact folder", &reply.body)?;
-                tracing::info!(mailbox, folder = name, "contact folder created");
-                Ok(folder)
-            }
-            Err(error) if error.status() == Some(409) => {
-                tracing::debug!(
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let created = self
+                .inner
+                .send(&Call {
+                    method: reqwest::Method::POST,
+                    url: url.clone(),
+                    body: Some(&body),
+                    eventual: false,
                     mailbox,
-                    folder = name,
-                    "contact folder exists already; looking it up again"
-                );
-                match self.find_top_level_folder(mailbox, name).await? {
-                    Some(folder) => Ok(folder),
-                    None => Err(error),
+                    batch_items: None,
+                    prefer: None,
+                })
+                .await;
+            match created {
+                Ok(reply) => {
+                    let folder: ContactFolder = decode("created contact folder", &reply.body)?;
+                    tracing::info!(mailbox, folder = name, "contact folder created");
+                    return Ok(folder);
                 }
+                Err(error) if error.status() == Some(409) => {
+                    tracing::debug!(
+                        mailbox,
+                        folder = name,
+                        "contact folder exists already; looking it up again"
+                    );
+                    return match self.find_top_level_folder(mailbox, name).await? {
+                        Some(folder) => Ok(folder),
+                        None => Err(error),
+                    };
+                }
+                // The create may have been applied: look before creating again.
+                Err(error @ GraphError::Ambiguous { .. }) => {
+                    tracing::debug!(mailbox, folder = name, %error, "folder create in doubt; looking it up");
+                    if let Some(folder) = self.find_top_level_folder(mailbox, name).await? {
+                        return Ok(folder);
+                    }
+                    if attempts >= self.inner.shared.policy.max_attempts {
+                        return Err(error);
+                    }
+                    pipeline::sleep_for(
+                        error.wait().unwrap_or(Wait::backoff(Duration::ZERO)),
+                        false,
+                    )
+                    .await;
+                }
+                Err(error) => return Err(error),
             }
-            Err(error) => Err(error),
         }
     }
 }

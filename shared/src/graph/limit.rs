@@ -222,11 +222,19 @@ impl Limits {
     }
 
     /// Waits until a request for `mailbox` may be sent, taking `cells` from the mailbox's budget and `permits` of
-    /// its concurrency. Cancellation-safe: dropping the future gives back what it took (except budget cells).
-    pub async fn admit(&self, mailbox: &str, cells: u32, permits: u32) -> (Pass, Admission) {
+    /// its concurrency. A `Retry-After` block longer than `max_block` is not waited out (a concurrent answer may
+    /// set one while this request waits): the remaining block is returned instead. Cancellation-safe: dropping
+    /// the future gives back what it took (except budget cells).
+    pub async fn admit(
+        &self,
+        mailbox: &str,
+        cells: u32,
+        permits: u32,
+        max_block: Duration,
+    ) -> Result<(Pass, Admission), Duration> {
         let gate = self.gate(mailbox);
         let mut admission = Admission::default();
-        admission.blocked += gate.wait_unblocked().await;
+        admission.blocked += gate.wait_unblocked(max_block).await?;
         let taken = match self.budget {
             Some(budget) => {
                 let (cells, admitted) = gate.take_cells(budget, cells).await;
@@ -240,7 +248,7 @@ impl Limits {
         }
         let permits = permits.clamp(1, self.max_in_flight);
         loop {
-            admission.blocked += gate.wait_unblocked().await;
+            admission.blocked += gate.wait_unblocked(max_block).await?;
             let permit = match gate.semaphore.clone().acquire_many_owned(permits).await {
                 Ok(permit) => permit,
                 // The semaphore is never closed; if it were, go on without the cap rather than hang.
@@ -252,7 +260,7 @@ impl Limits {
             }
             let now = gate.in_flight.fetch_add(permits, Ordering::SeqCst) + permits;
             gate.peak_in_flight.fetch_max(now, Ordering::SeqCst);
-            return (
+            return Ok((
                 Pass {
                     _permit: permit,
                     gate,
@@ -260,14 +268,16 @@ impl Limits {
                     cells: taken,
                 },
                 admission,
-            );
+            ));
         }
     }
 
-    /// Blocks every request for `mailbox` for `wait` from now (never shortens an existing block).
+    /// Blocks every request for `mailbox` for `wait` from now (never shortens an existing block). `wait` comes
+    /// from outside: a sum that would overflow blocks until the furthest instant representable instead of
+    /// panicking.
     pub fn block(&self, mailbox: &str, wait: Duration) {
         let gate = self.gate(mailbox);
-        let until = Instant::now() + wait;
+        let until = later_by(Instant::now(), wait);
         let mut blocked = gate.blocked_until.lock().unwrap_or_else(|p| p.into_inner());
         if blocked.is_none_or(|current| current < until) {
             *blocked = Some(until);
@@ -297,14 +307,18 @@ impl Gate {
         (until > now).then(|| until - now)
     }
 
-    /// Sleeps until no block is in force; returns the time slept.
-    async fn wait_unblocked(&self) -> Duration {
+    /// Sleeps until no block is in force; returns the time slept, or the remaining block if it is longer than
+    /// `max_block`.
+    async fn wait_unblocked(&self, max_block: Duration) -> Result<Duration, Duration> {
         let mut slept = Duration::ZERO;
         while let Some(wait) = self.remaining_block() {
+            if wait > max_block {
+                return Err(wait);
+            }
             tokio::time::sleep(wait).await;
-            slept += wait;
+            slept = slept.saturating_add(wait);
         }
-        slept
+        Ok(slept)
     }
 
     /// Sleeps until the window has room for `cells`, then takes them; returns how many it took, and when.
@@ -325,6 +339,17 @@ impl Gate {
     }
 }
 
+/// `from + by`, or the furthest instant reachable by halving `by` when the sum overflows (never panics).
+fn later_by(from: Instant, by: Duration) -> Instant {
+    let mut by = by;
+    loop {
+        if let Some(at) = from.checked_add(by) {
+            return at;
+        }
+        by /= 2;
+    }
+}
+
 /// Graph's app-wide rate as a GCRA whose burst plus what refills over 10 s never exceeds the 10 s allowance.
 fn app_quota() -> Quota {
     const BURST: u32 = APP_REQUESTS_PER_10_SECONDS / 10;
@@ -337,6 +362,8 @@ fn app_quota() -> Quota {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     fn scaled() -> Budget {
         Budget {
@@ -443,15 +470,15 @@ mod tests {
         });
         let start = Instant::now();
         for _ in 0..3 {
-            drop(limits.admit("m", 1, 1).await);
+            drop(limits.admit("m", 1, 1, HOUR).await.expect("admitted"));
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
-        drop(limits.admit("m", 1, 1).await);
+        drop(limits.admit("m", 1, 1, HOUR).await.expect("admitted"));
         assert!(start.elapsed() >= Duration::from_secs(10));
         assert!(start.elapsed() < Duration::from_secs(11));
         // Another mailbox has its own window.
         let other = Instant::now();
-        drop(limits.admit("other", 1, 1).await);
+        drop(limits.admit("other", 1, 1, HOUR).await.expect("admitted"));
         assert_eq!(other.elapsed(), Duration::ZERO);
     }
 
@@ -460,16 +487,16 @@ mod tests {
         let limits = Arc::new(Limits::new(&GraphLimits::default()));
         let mut passes = Vec::new();
         for _ in 0..4 {
-            passes.push(limits.admit("m", 1, 1).await.0);
+            passes.push(limits.admit("m", 1, 1, HOUR).await.expect("admitted").0);
         }
         let fifth = {
             let limits = limits.clone();
-            tokio::spawn(async move { limits.admit("m", 1, 1).await.0 })
+            tokio::spawn(async move { limits.admit("m", 1, 1, HOUR).await.expect("admitted").0 })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!fifth.is_finished());
         // Another mailbox is not affected.
-        let other = limits.admit("other", 1, 1).await.0;
+        let other = limits.admit("other", 1, 1, HOUR).await.expect("admitted").0;
         passes.pop();
         let fifth = fifth.await.expect("task");
         drop((passes, fifth, other));
@@ -484,18 +511,34 @@ mod tests {
         limits.block("m", Duration::from_millis(1500));
         limits.block("m", Duration::from_millis(500)); // never shortens
         let start = Instant::now();
-        let (_pass, admission) = limits.admit("m", 1, 1).await;
+        let (_pass, admission) = limits.admit("m", 1, 1, HOUR).await.expect("admitted");
         assert!(start.elapsed() >= Duration::from_millis(1500));
         assert!(admission.blocked >= Duration::from_millis(1500));
         let start = Instant::now();
-        let _other = limits.admit("other", 1, 1).await;
+        let _other = limits.admit("other", 1, 1, HOUR).await.expect("admitted");
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
     async fn batch_permits_are_clamped_to_the_cap() {
         let limits = Limits::new(&GraphLimits::default());
-        let (pass, _) = limits.admit("m", 20, 20).await;
+        let (pass, _) = limits.admit("m", 20, 20, HOUR).await.expect("admitted");
         assert_eq!(pass.permits, 4);
+    }
+
+    /// Failed before the fix: `Retry-After: 18446744073709551615` panicked a worker thread with "overflow when
+    /// adding duration to instant" here; and a request already waiting at the gate slept out any block, however
+    /// long (`Retry-After: 9999999999` waited for ever).
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_block_neither_panics_nor_holds_a_request() {
+        let limits = Limits::new(&GraphLimits::default());
+        limits.block("m", Duration::MAX);
+        limits.block("m", Duration::from_secs(u64::MAX));
+        let remaining = limits.remaining_block("m").expect("blocked");
+        assert!(remaining > HOUR);
+        let refused = limits.admit("m", 1, 1, HOUR).await;
+        assert!(matches!(refused, Err(wait) if wait > HOUR));
+        // Other mailboxes are not affected.
+        assert!(limits.admit("other", 1, 1, HOUR).await.is_ok());
     }
 }

@@ -5,7 +5,8 @@
 //! so every job of a tenant draws on the same token and the same mailbox budgets, as Graph counts them.
 //!
 //! Layout (octocrab-style layers):
-//! - `transport`: one request (token, gate, headers, retry loop, error mapping); `page`: nextLink paging.
+//! - `transport`: one request (token, gate, headers, error mapping); `pipeline`: the one retry loop;
+//!   `page`: nextLink paging.
 //! - `auth`: client-credentials tokens; `limit`: Retry-After blocks, rate budget, in-flight cap per mailbox.
 //! - `retry`: the pure rules (classify, backoff, `Retry-After` parsing); `error`: [`GraphError`], [`ErrorKind`].
 //! - `users`, `folders`, `contacts`, `delta`, `batch`: the typed endpoints; `wire`: Graph's JSON shapes and the mapping
@@ -19,6 +20,7 @@ mod error;
 mod folders;
 mod limit;
 mod page;
+mod pipeline;
 mod retry;
 mod stats;
 mod transport;
@@ -36,6 +38,7 @@ pub use contacts::{FolderRef, WriteOutcome};
 pub use delta::DeltaRound;
 pub use error::{AuthProblem, ErrorKind, GraphError, TransportFailure};
 pub use folders::ContactFolder;
+pub use retry::{Wait, WaitOrigin};
 pub use stats::ClientStats;
 pub use users::DirectoryUser;
 
@@ -59,7 +62,8 @@ pub struct ClientOptions {
     /// `User-Agent` header (default `contactmirror/<version>`).
     pub user_agent: String,
     /// The longest `Retry-After` waited out inside a call (default 5 min). A longer one fails the call with
-    /// [`ErrorKind::Throttled`] carrying the wait, and the mailbox stays blocked in this client until then.
+    /// [`ErrorKind::Throttled`] carrying the wait, and the mailbox stays blocked in this client until then (a
+    /// `Retry-After` beyond one day reads as one day).
     pub max_retry_after: Duration,
 }
 
@@ -109,6 +113,9 @@ impl GraphClient {
             .timeout(options.request_timeout)
             .connect_timeout(options.request_timeout.min(Duration::from_secs(10)))
             .user_agent(options.user_agent.clone())
+            // A redirect would carry the client secret (token call) or the bearer token (Graph) to wherever it
+            // points: never follow one; the 3xx is answered as an error.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| GraphError::Setup(format!("cannot build the HTTP client: {e}")))?;
         let policy = RetryPolicy {

@@ -1,11 +1,12 @@
-//! Sending one Graph request well: token, mailbox gate, headers, timeout, error mapping and the retry loop.
+//! Sending one Graph request well: token, mailbox gate, headers, timeout and error mapping, as one attempt of
+//! the retry loop in [`pipeline`](super::pipeline).
 //!
 //! Every Graph call of the client goes through [`TenantInner::send`]. Per attempt it takes a token from the
 //! tenant's cache, passes the mailbox [`Gate`](super::limit) (Retry-After block, rate cells, in-flight permits),
-//! sends with `Authorization`, `client-request-id` and (for advanced directory queries) `ConsistencyLevel`, reads
-//! the whole body while still holding the permits, then applies [`retry::decide`](super::retry): a `Retry-After`
-//! blocks the whole mailbox for exactly that long; other retryable failures back off with jitter; a 401 refreshes
-//! the token once. Non-2xx answers become typed errors in [`api_error`] only.
+//! sends with `Authorization`, `client-request-id` and (for advanced directory queries) `ConsistencyLevel`, and
+//! reads the whole body while still holding the permits. A `Retry-After` blocks the whole mailbox for exactly that
+//! long; what happens next (wait, send again, look a create up, give up) is [`retry::next_step`](super::retry)'s
+//! decision; a 401 refreshes the token once. Non-2xx answers become typed errors in [`api_error`] only.
 
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ use serde_json::Value;
 use url::Url;
 
 use super::error::{api_error, GraphError, TransportFailure};
-use super::retry::{decide, decide_transport, parse_retry_after, Decision};
+use super::pipeline::{self, Exchange, Step};
+use super::retry::{decide, parse_retry_after, Decision, Effect, Failure, Wait, WaitOrigin};
 use super::TenantInner;
 
 /// One logical request.
@@ -112,117 +114,27 @@ impl TenantInner {
         Url::parse(&text).map_err(|e| GraphError::Setup(format!("cannot build a Graph URL: {e}")))
     }
 
-    /// Sends `call`, retrying within the client's policy. Cancellation-safe: dropping the future releases the
+    /// Sends `call` through the one retry loop ([`pipeline::run`]). A create that may have been applied comes
+    /// back as [`GraphError::Ambiguous`], never sent twice. Cancellation-safe: dropping the future releases the
     /// mailbox permits; a request already on the wire may still take effect at Graph.
     pub(crate) async fn send(&self, call: &Call<'_>) -> Result<Reply, GraphError> {
+        self.send_as(call, Effect::of_method(call.method.as_str()))
+            .await
+    }
+
+    /// [`send`](Self::send) with the effect given by the caller (a `$batch` is a create only when it carries one).
+    pub(crate) async fn send_as(
+        &self,
+        call: &Call<'_>,
+        effect: Effect,
+    ) -> Result<Reply, GraphError> {
         let policy = self.shared.policy;
-        let counters = &self.shared.counters;
-        let cells = call.batch_items.unwrap_or(1);
-        let permits = call
-            .batch_items
-            .unwrap_or(1)
-            .min(self.limits.max_in_flight());
-        let method = call.method.as_str();
-        let path = call.url.path();
-        let mut attempt = 0u32;
-        let mut refreshed = false;
-        loop {
-            attempt += 1;
-            if let Some(remaining) = self.limits.remaining_block(call.mailbox) {
-                if remaining > policy.max_retry_after {
-                    return Err(blocked_error(remaining));
-                }
-            }
-            let token = self.token().await?;
-            let (pass, admission) = self.limits.admit(call.mailbox, cells, permits).await;
-            counters.blocked(&self.tenant_id, admission.blocked);
-            let started = std::time::Instant::now();
-            let on_wire = counters.in_flight(&self.tenant_id);
-            let outcome = self.send_once(call, token.secret.expose()).await;
-            drop(on_wire);
-            drop(pass);
-            let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let (status, headers, body) = match outcome {
-                Ok(answer) => answer,
-                Err(error) => {
-                    let failure = transport_failure(&error);
-                    counters.request(method, None, call.batch_items);
-                    self.tally.request(None, call.batch_items);
-                    tracing::debug!(method, path, mailbox = call.mailbox, attempt, elapsed_ms, %failure, "graph request failed");
-                    if decide_transport(failure) == Decision::Backoff
-                        && attempt < policy.max_attempts
-                    {
-                        counters.retry(&self.tenant_id, None);
-                        let wait = policy.backoff.delay(attempt, &mut rand::rng());
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    return Err(GraphError::Transport {
-                        method: method.to_owned(),
-                        path: path.to_owned(),
-                        failure,
-                        source: error.without_url(),
-                    });
-                }
-            };
-            counters.request(method, Some(status), call.batch_items);
-            self.tally.request(Some(status), call.batch_items);
-            tracing::debug!(
-                method,
-                path,
-                mailbox = call.mailbox,
-                attempt,
-                status,
-                elapsed_ms,
-                "graph request"
-            );
-            if (200..300).contains(&status) {
-                return Ok(Reply { body });
-            }
-            let retry_after = retry_after_header(&headers);
-            let request_id = headers
-                .get("request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let error = api_error(status, &body, request_id, retry_after);
-            if status == 401 && !refreshed {
-                // The token expired early or was revoked: fetch a new one, once, without using an attempt.
-                refreshed = true;
-                attempt -= 1;
-                self.tokens.invalidate(token.generation).await;
-                continue;
-            }
-            if status == 429 {
-                counters.throttled_metric(&self.tenant_id);
-            }
-            match decide(status, retry_after) {
-                Decision::RetryAfter(wait) => {
-                    // Every request for this mailbox waits, not just this one.
-                    self.limits.block(call.mailbox, wait);
-                    if attempt < policy.max_attempts && wait <= policy.max_retry_after {
-                        counters.retry(&self.tenant_id, Some(wait));
-                        tracing::debug!(
-                            method,
-                            path,
-                            mailbox = call.mailbox,
-                            attempt,
-                            status,
-                            wait_ms = wait.as_millis() as u64,
-                            "graph asked to wait"
-                        );
-                        continue;
-                    }
-                    return Err(error);
-                }
-                Decision::Backoff if attempt < policy.max_attempts => {
-                    counters.retry(&self.tenant_id, None);
-                    let wait = policy.backoff.delay(attempt, &mut rand::rng());
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                Decision::Backoff | Decision::Fail => return Err(error),
-            }
-        }
+        let mut exchange = GraphExchange {
+            inner: self,
+            call,
+            token_generation: None,
+        };
+        pipeline::run(&mut exchange, &policy, effect).await
     }
 
     /// One HTTP exchange; the body is read completely.
@@ -252,6 +164,160 @@ impl TenantInner {
         let headers = response.headers().clone();
         let body = response.bytes().await?.to_vec();
         Ok((status, headers, body))
+    }
+}
+
+/// One Graph request as the pipeline attempts it.
+struct GraphExchange<'a, 'c> {
+    inner: &'a TenantInner,
+    call: &'a Call<'c>,
+    /// The token of the last attempt, to invalidate exactly that one on a 401.
+    token_generation: Option<u64>,
+}
+
+impl Exchange for GraphExchange<'_, '_> {
+    type Output = Reply;
+
+    async fn attempt(&mut self, attempt: u32) -> Step<Reply> {
+        let inner = self.inner;
+        let call = self.call;
+        let policy = inner.shared.policy;
+        let counters = &inner.shared.counters;
+        let cells = call.batch_items.unwrap_or(1);
+        let permits = call
+            .batch_items
+            .unwrap_or(1)
+            .min(inner.limits.max_in_flight());
+        let method = call.method.as_str();
+        let path = call.url.path();
+        if let Some(remaining) = inner.limits.remaining_block(call.mailbox) {
+            if remaining > policy.max_retry_after {
+                return blocked(remaining);
+            }
+        }
+        let token = match inner.token().await {
+            Ok(token) => token,
+            // The token call ran its own retries: its failure is this call's.
+            Err(error) => return Step::Final(error),
+        };
+        self.token_generation = Some(token.generation);
+        let (pass, admission) = match inner
+            .limits
+            .admit(call.mailbox, cells, permits, policy.max_retry_after)
+            .await
+        {
+            Ok(admitted) => admitted,
+            Err(remaining) => return blocked(remaining),
+        };
+        counters.blocked(&inner.tenant_id, admission.blocked);
+        let started = std::time::Instant::now();
+        let on_wire = counters.in_flight(&inner.tenant_id);
+        let outcome = inner.send_once(call, token.secret.expose()).await;
+        drop(on_wire);
+        drop(pass);
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (status, headers, body) = match outcome {
+            Ok(answer) => answer,
+            Err(error) => {
+                let failure = transport_failure(&error);
+                counters.request(method, None, call.batch_items);
+                inner.tally.request(None, call.batch_items);
+                tracing::debug!(method, path, mailbox = call.mailbox, attempt, elapsed_ms, %failure, "graph request failed");
+                return Step::Failed {
+                    failure: Failure::NoAnswer(failure),
+                    error: GraphError::Transport {
+                        method: method.to_owned(),
+                        path: path.to_owned(),
+                        failure,
+                        source: error.without_url(),
+                    },
+                };
+            }
+        };
+        counters.request(method, Some(status), call.batch_items);
+        inner.tally.request(Some(status), call.batch_items);
+        tracing::debug!(
+            method,
+            path,
+            mailbox = call.mailbox,
+            attempt,
+            status,
+            elapsed_ms,
+            "graph request"
+        );
+        if (200..300).contains(&status) {
+            return Step::Done(Reply { body });
+        }
+        let retry_after = retry_after_header(&headers);
+        let request_id = headers
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let error = api_error(status, &body, request_id, retry_after);
+        if status == 401 {
+            // The token expired early or was revoked.
+            return Step::Refused(error);
+        }
+        if status == 429 {
+            counters.throttled_metric(&inner.tenant_id);
+        }
+        if let Decision::RetryAfter(wait) = decide(status, retry_after) {
+            // Every request for this mailbox waits, not just this one (even when this call gives up).
+            inner.limits.block(call.mailbox, wait);
+            tracing::debug!(
+                method,
+                path,
+                mailbox = call.mailbox,
+                attempt,
+                status,
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "graph asked to wait"
+            );
+        }
+        Step::Failed {
+            failure: Failure::Answered {
+                status,
+                retry_after,
+            },
+            error,
+        }
+    }
+
+    async fn pause(&mut self, wait: Wait) {
+        self.inner
+            .shared
+            .counters
+            .retry(&self.inner.tenant_id, retry_after_of(wait));
+        pipeline::sleep_for(wait, false).await;
+    }
+
+    async fn refresh(&mut self) {
+        if let Some(generation) = self.token_generation {
+            self.inner.tokens.invalidate(generation).await;
+        }
+    }
+
+    fn describe(&self) -> (String, String) {
+        (
+            self.call.method.as_str().to_owned(),
+            self.call.url.path().to_owned(),
+        )
+    }
+}
+
+/// The counters' view of a wait: Graph's `Retry-After`, or none for a backoff.
+pub(crate) fn retry_after_of(wait: Wait) -> Option<Duration> {
+    (wait.origin == WaitOrigin::RetryAfter).then_some(wait.duration)
+}
+
+/// The step for a mailbox blocked longer than the client waits in-process: a throttling answer that is final.
+fn blocked<T>(remaining: Duration) -> Step<T> {
+    Step::Failed {
+        failure: Failure::Answered {
+            status: 429,
+            retry_after: Some(remaining),
+        },
+        error: blocked_error(remaining),
     }
 }
 

@@ -99,6 +99,8 @@ pub(crate) struct WireContact {
     categories: Option<Vec<String>>,
     #[serde(default)]
     single_value_extended_properties: Option<Vec<WireExtendedProperty>>,
+    #[serde(default)]
+    change_key: Option<String>,
     #[serde(flatten)]
     fields: ContactFields,
 }
@@ -126,6 +128,7 @@ impl From<WireContact> for Contact {
             personal_notes: wire.personal_notes,
             categories: wire.categories.unwrap_or_default(),
             sync_id_property,
+            change_key: wire.change_key,
         }
     }
 }
@@ -150,7 +153,13 @@ pub(crate) fn same_property_id(a: &str, b: &str) -> bool {
 
 /// The `$select` list for contact reads: what the model needs and nothing else.
 pub(crate) fn contact_select() -> String {
-    let mut names = vec!["id", "lastModifiedDateTime", "personalNotes", "categories"];
+    let mut names = vec![
+        "id",
+        "lastModifiedDateTime",
+        "changeKey",
+        "personalNotes",
+        "categories",
+    ];
     names.extend_from_slice(ContactFields::GRAPH_NAMES);
     names.join(",")
 }
@@ -160,6 +169,15 @@ pub(crate) fn contact_expand() -> String {
     format!(
         "singleValueExtendedProperties($filter=id eq '{}')",
         odata_string(SYNC_ID_PROPERTY)
+    )
+}
+
+/// The `$filter` that finds the contacts carrying `sync_id` in the sync id property (Graph's documented form).
+pub(crate) fn sync_id_filter(sync_id: &str) -> String {
+    format!(
+        "singleValueExtendedProperties/Any(ep: ep/id eq '{}' and ep/value eq '{}')",
+        odata_string(SYNC_ID_PROPERTY),
+        odata_string(sync_id)
     )
 }
 
@@ -281,8 +299,10 @@ impl BatchItemResponse {
 #[derive(Deserialize)]
 pub(crate) struct TokenResponse {
     pub access_token: String,
-    /// Seconds; some endpoints send it as a string.
-    pub expires_in: NumberOrString,
+    /// Seconds; some endpoints send it as a string. Anything else (negative, fractional, missing) is kept as
+    /// unknown rather than failing the token.
+    #[serde(default)]
+    pub expires_in: Option<NumberOrString>,
 }
 
 /// A number that may arrive as a JSON string.
@@ -291,6 +311,8 @@ pub(crate) struct TokenResponse {
 pub(crate) enum NumberOrString {
     Number(u64),
     Text(String),
+    /// Neither: a negative or fractional number, `null`, an object.
+    Other(serde::de::IgnoredAny),
 }
 
 impl NumberOrString {
@@ -298,6 +320,7 @@ impl NumberOrString {
         match self {
             NumberOrString::Number(n) => Some(*n),
             NumberOrString::Text(s) => s.trim().parse().ok(),
+            NumberOrString::Other(_) => None,
         }
     }
 }
@@ -596,10 +619,11 @@ mod tests {
     #[test]
     fn select_lists_exactly_the_needed_fields() {
         let select = contact_select();
-        assert!(select.starts_with("id,lastModifiedDateTime,personalNotes,categories,displayName"));
+        assert!(select
+            .starts_with("id,lastModifiedDateTime,changeKey,personalNotes,categories,displayName"));
         assert_eq!(
             select.split(',').count(),
-            4 + ContactFields::GRAPH_NAMES.len()
+            5 + ContactFields::GRAPH_NAMES.len()
         );
         assert_eq!(odata_string("O'Brien"), "O''Brien");
     }
