@@ -42,6 +42,14 @@ pub use retry::{Wait, WaitOrigin};
 pub use stats::ClientStats;
 pub use users::DirectoryUser;
 
+/// The pure parsers of what Graph sends back (`Retry-After` values, paging and delta links), reachable from the
+/// fuzz targets in `fuzz/`. Not an API: the client calls them itself.
+#[doc(hidden)]
+pub mod parsers {
+    pub use super::page::same_origin_url;
+    pub use super::retry::parse_retry_after;
+}
+
 use crate::config::TenantSettings;
 use auth::{AccessToken, Credentials, TokenCache, TokenContext};
 use limit::Limits;

@@ -26,7 +26,7 @@ pub(crate) fn next_url(base: &Url, current: &Url, link: &str) -> Result<Url, Gra
 
 /// `link` as a URL, if it is absolute and has the scheme, host and port of `base`: a link elsewhere would receive
 /// the bearer token.
-pub(crate) fn same_origin_url(base: &Url, what: &str, link: &str) -> Result<Url, GraphError> {
+pub fn same_origin_url(base: &Url, what: &str, link: &str) -> Result<Url, GraphError> {
     let url =
         Url::parse(link).map_err(|e| GraphError::Protocol(format!("{what} is not a URL ({e})")))?;
     let same_origin = url.scheme() == base.scheme()

@@ -197,7 +197,7 @@ pub(crate) fn decide_transport(failure: TransportFailure) -> Decision {
 
 /// Parses a `Retry-After` value: delta-seconds (integer or fractional, as Graph sends `2.128`) or an HTTP date
 /// (relative to `now`; a date in the past means "now"). Negative, non-finite or unparseable values give `None`.
-pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     if value.is_empty() {
         return None;
