@@ -15,6 +15,7 @@ use shared::run_status::RunStatus;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::lease::LeaseError;
 use crate::prepare::{prepare, PreparedTenant};
 use crate::progress::Progress;
 use crate::run_status::Tracked;
@@ -32,6 +33,15 @@ pub trait Dispatch {
     async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>>;
     /// "embedded" or "broker", for the report.
     fn mode(&self) -> &'static str;
+    /// Prepares to receive run `run_id`'s reports, before any job is submitted (the broker declares the run's
+    /// own report queue and names it in every job, so concurrent runs never take each other's reports).
+    async fn begin(&mut self, _run_id: Uuid) -> Result<()> {
+        Ok(())
+    }
+    /// Takes `tenant_id`'s lease for the rest of the run (see [`crate::lease`]), without waiting.
+    async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError>;
+    /// The run is over: gives back what [`Dispatch::begin`] and [`Dispatch::lease`] took.
+    async fn end(&mut self) {}
     /// Keeps the run's latest progress where `status` can read it. Nobody but this process can see an embedded
     /// run, so by default there is nothing to do.
     async fn publish_run_status(&mut self, _status: &RunStatus) -> Result<()> {
@@ -69,6 +79,7 @@ pub async fn run<D: Dispatch>(
     let started_at = Utc::now();
     let started = Instant::now();
     let mut dispatch = Tracked::new(dispatch, run_id, started_at, request.dry_run);
+    dispatch.begin(run_id).await?;
     let tenants: Vec<_> = request
         .settings
         .tenants
@@ -81,9 +92,25 @@ pub async fn run<D: Dispatch>(
                     .any(|id| id.eq_ignore_ascii_case(&t.tenant_id))
         })
         .collect();
-    let preparations =
-        futures_util::future::join_all(tenants.iter().map(|t| prepare(graph, t, request.dry_run)))
-            .await;
+    // The lease comes before anything is read or written (preparing may create the central folder). A dry run
+    // writes nothing and keeps no state, so it needs none and can run beside a real one.
+    let mut leases = Vec::with_capacity(tenants.len());
+    for tenant in &tenants {
+        leases.push(if request.dry_run {
+            Ok(())
+        } else {
+            dispatch.lease(&tenant.tenant_id).await
+        });
+    }
+    let preparations = futures_util::future::join_all(tenants.iter().zip(leases).map(
+        |(tenant, lease)| async move {
+            match lease {
+                Ok(()) => prepare(graph, tenant, request.dry_run).await,
+                Err(refused) => Err(refused.to_string()),
+            }
+        },
+    ))
+    .await;
     let mut reports: Vec<TenantReport> = Vec::new();
     let mut prepared: Vec<Option<PreparedTenant>> = Vec::new();
     let mut memories: Vec<Option<TenantMemory>> = Vec::new();

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::lease::LeaseError;
 use crate::orchestrate::Dispatch;
 use crate::summary::TenantReport;
 
@@ -249,10 +250,12 @@ impl<'a, D: Dispatch> Tracked<'a, D> {
         self.changed = true;
     }
 
-    /// The run is over: publishes the final snapshot.
+    /// The run is over: publishes the final snapshot, then lets the transport give back the run's leases and
+    /// report queue.
     pub async fn finish(&mut self) {
         self.progress.finish();
         self.publish().await;
+        self.inner.end().await;
     }
 
     async fn publish_if_due(&mut self) {
@@ -311,6 +314,18 @@ impl<D: Dispatch> Dispatch for Tracked<'_, D> {
 
     fn mode(&self) -> &'static str {
         self.inner.mode()
+    }
+
+    async fn begin(&mut self, run_id: Uuid) -> Result<()> {
+        self.inner.begin(run_id).await
+    }
+
+    async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError> {
+        self.inner.lease(tenant_id).await
+    }
+
+    async fn end(&mut self) {
+        self.inner.end().await
     }
 }
 
@@ -543,6 +558,10 @@ mod tests {
 
         fn mode(&self) -> &'static str {
             "broker"
+        }
+
+        async fn lease(&mut self, _tenant_id: &str) -> Result<(), LeaseError> {
+            Ok(())
         }
 
         async fn publish_run_status(&mut self, status: &RunStatus) -> Result<()> {

@@ -86,18 +86,10 @@ impl StateStore {
     }
 
     fn file(&self, tenant_id: &str) -> PathBuf {
-        let name: String = tenant_id
-            .to_lowercase()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join(format!("tenant-{name}.json"))
+        self.dir.join(format!(
+            "tenant-{}.json",
+            crate::lease::file_safe(tenant_id)
+        ))
     }
 
     /// What is remembered of `tenant_id` for `scope`; empty (a first run) when nothing usable is there.
@@ -125,12 +117,15 @@ impl StateStore {
         }
     }
 
-    /// Saves `memory` for `tenant_id`, replacing the previous file atomically.
+    /// Saves `memory` for `tenant_id`, replacing the previous file atomically. Called under the tenant's lease
+    /// (see [`crate::lease`]).
     pub fn save(&self, tenant_id: &str, memory: &TenantMemory) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
         let path = self.file(tenant_id);
-        let tmp = path.with_extension("json.tmp");
+        // A temporary name of its own: two processes saving at once (whatever the lease) never write into one
+        // file, and the rename makes the last complete one win.
+        let tmp = path.with_extension(format!("json.{}.tmp", Uuid::new_v4().simple()));
         let mut saved = memory.clone();
         saved.saved_at = Some(Utc::now());
         let json = serde_json::to_vec_pretty(&saved).context("serialising the state")?;

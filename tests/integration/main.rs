@@ -27,3 +27,6 @@ mod ops;
 
 // Poisoned job -> dead letter -> dlq list -> fix -> dlq requeue -> a worker completes it.
 mod dlq_replay;
+
+// Two producers at once: per-run report queues and per-tenant leases.
+mod concurrent_runs;
