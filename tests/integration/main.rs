@@ -30,3 +30,6 @@ mod dlq_replay;
 
 // Two producers at once: per-run report queues and per-tenant leases.
 mod concurrent_runs;
+
+// A job the broker can never take fails at once, naming the job.
+mod publish_errors;
