@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::lease::LeaseError;
-use crate::prepare::{prepare, PreparedTenant};
+use crate::prepare::{prepare, CentralExpectation, PreparedTenant};
 use crate::progress::Progress;
 use crate::run_status::Tracked;
 use crate::state::{self, StateStore, TenantMemory};
@@ -61,6 +61,8 @@ pub struct RunRequest<'a> {
     pub idle_timeout: Duration,
     /// Where feeds are kept between runs; `None` reads every folder in full every run. Not used in a dry run.
     pub state: Option<&'a StateStore>,
+    /// Restore lost central folders from the users' contacts (`run --rebuild-central`) instead of stopping.
+    pub rebuild_central: bool,
 }
 
 struct Pending {
@@ -104,8 +106,16 @@ pub async fn run<D: Dispatch>(
     }
     let preparations = futures_util::future::join_all(tenants.iter().zip(leases).map(
         |(tenant, lease)| async move {
+            let expected = if request.rebuild_central {
+                CentralExpectation::Rebuild
+            } else {
+                request
+                    .state
+                    .and_then(|store| store.filled_central(&tenant.tenant_id))
+                    .map_or(CentralExpectation::Unknown, CentralExpectation::Filled)
+            };
             match lease {
-                Ok(()) => prepare(graph, tenant, request.dry_run).await,
+                Ok(()) => prepare(graph, tenant, request.dry_run, &expected).await,
                 Err(refused) => Err(refused.to_string()),
             }
         },
@@ -140,6 +150,7 @@ pub async fn run<D: Dispatch>(
                 if let Some(memory) = &memory {
                     job.cursors = memory.phase1_cursors(&ready.users);
                 }
+                job.rebuild_central = request.rebuild_central;
                 memories.push(memory);
                 pending.insert(
                     job.job_id,
@@ -214,6 +225,7 @@ pub async fn run<D: Dispatch>(
         }
         if let Some(memory) = memories[tenant].as_mut() {
             memory.phase1_succeeded(&ready.users, &report.cursors);
+            memory.filled(&ready.central);
         }
         info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 complete; starting phase 2");
         progress.add(Phase::Phase2, ready.users.len() as u64);

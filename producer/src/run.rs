@@ -110,6 +110,7 @@ pub async fn execute(settings: &Settings, args: &RunArgs) -> Result<RunReport> {
         dry_run: settings.dry_run,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         state: store.as_ref(),
+        rebuild_central: args.rebuild_central,
     };
     match &args.amqp_url {
         None => {

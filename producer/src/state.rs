@@ -46,8 +46,22 @@ pub struct TenantMemory {
     central: Option<FolderFeed>,
     /// Users' default contacts folders, by mailbox id.
     mailboxes: BTreeMap<String, FolderFeed>,
+    /// The central folder a successful phase 1 last filled: if it is gone (deleted, renamed), the next run
+    /// must stop instead of filling a fresh folder (see [`crate::prepare::CentralExpectation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    filled_central: Option<KnownCentral>,
     /// When the state was saved.
     saved_at: Option<DateTime<Utc>>,
+}
+
+/// The central folder earlier runs filled: the shared mailbox's and the folder's Graph ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KnownCentral {
+    /// The shared mailbox's object id.
+    pub mailbox_id: String,
+    /// The folder's id.
+    pub folder_id: String,
 }
 
 /// The identity of what a tenant's feeds describe: Graph endpoint, shared mailbox, central folder and the
@@ -117,6 +131,16 @@ impl StateStore {
         }
     }
 
+    /// The central folder the last successful phase 1 of `tenant_id` filled, whatever the state's scope (a
+    /// lost folder changes the scope). `None` when no state says so.
+    pub fn filled_central(&self, tenant_id: &str) -> Option<KnownCentral> {
+        let bytes = std::fs::read(self.file(tenant_id)).ok()?;
+        serde_json::from_slice::<TenantMemory>(&bytes)
+            .ok()
+            .filter(|memory| memory.schema == STATE_SCHEMA)?
+            .filled_central
+    }
+
     /// Saves `memory` for `tenant_id`, replacing the previous file atomically. Called under the tenant's lease
     /// (see [`crate::lease`]).
     pub fn save(&self, tenant_id: &str, memory: &TenantMemory) -> Result<()> {
@@ -183,6 +207,14 @@ impl TenantMemory {
             .filter(|(id, _)| self.sources.contains(*id))
             .map(|(id, feed)| (id.clone(), feed.clone()))
             .collect();
+    }
+
+    /// A phase 1 succeeded on `central`: it is the folder later runs must find again.
+    pub fn filled(&mut self, central: &CentralFolder) {
+        self.filled_central = central.folder_id.as_ref().map(|folder_id| KnownCentral {
+            mailbox_id: central.mailbox.id.clone(),
+            folder_id: folder_id.clone(),
+        });
     }
 
     /// The cursors of `user`'s phase-2 job, from what phase 1 of this run reported.

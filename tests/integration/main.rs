@@ -33,3 +33,6 @@ mod concurrent_runs;
 
 // A job the broker can never take fails at once, naming the job.
 mod publish_errors;
+
+// The central folder deleted or renamed: the tenant stops and says how to rebuild.
+mod central_folder;
