@@ -225,7 +225,7 @@ pub async fn run<D: Dispatch>(
         }
         if let Some(memory) = memories[tenant].as_mut() {
             memory.phase1_succeeded(&ready.users, &report.cursors);
-            memory.filled(&ready.central);
+            memory.filled(&ready.central, &tenants[tenant].mirror.central_folder_name);
         }
         info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 complete; starting phase 2");
         progress.add(Phase::Phase2, ready.users.len() as u64);

@@ -36,11 +36,17 @@ pub enum CentralExpectation {
 impl CentralExpectation {
     /// The folder earlier runs filled, if `found` (the folder now by the configured name in `mailbox_id`) is not
     /// it: it was deleted or renamed. A fresh folder then would look to phase 2 as if every person had left it.
-    /// A changed shared mailbox (configuration) is a new start, not a loss.
-    pub fn lost<'a>(&'a self, mailbox_id: &str, found: Option<&str>) -> Option<&'a KnownCentral> {
+    /// A changed shared mailbox or folder name (configuration) is a new start, not a loss.
+    pub fn lost<'a>(
+        &'a self,
+        mailbox_id: &str,
+        folder_name: &str,
+        found: Option<&str>,
+    ) -> Option<&'a KnownCentral> {
         match self {
             CentralExpectation::Filled(known)
                 if known.mailbox_id.eq_ignore_ascii_case(mailbox_id)
+                    && known.folder_name == folder_name
                     && found != Some(known.folder_id.as_str()) =>
             {
                 Some(known)
@@ -104,7 +110,7 @@ pub async fn prepare(
             .await
             .map_err(|e| explain(tenant, &e, "looking for the central folder"))?
             .map(|f| f.id);
-        if let Some(known) = expected.lost(&shared_mailbox.id, found.as_deref()) {
+        if let Some(known) = expected.lost(&shared_mailbox.id, folder_name, found.as_deref()) {
             return Err(format!(
                 "tenant {}: the central folder \"{folder_name}\" in {} that earlier runs filled (id {}) is gone: \
                  it was deleted or renamed. Nothing was written. If it was renamed, give it its name back; \
@@ -166,23 +172,30 @@ mod tests {
         CentralExpectation::Filled(KnownCentral {
             mailbox_id: "Shared".into(),
             folder_id: "F1".into(),
+            folder_name: "All Contacts".into(),
         })
     }
 
     #[test]
     fn a_filled_folder_that_is_missing_or_another_is_lost() {
-        assert!(filled().lost("shared", Some("F1")).is_none());
+        let name = "All Contacts";
+        assert!(filled().lost("shared", name, Some("F1")).is_none());
         assert!(
-            filled().lost("shared", None).is_some(),
+            filled().lost("shared", name, None).is_some(),
             "deleted or renamed"
         );
         assert!(
-            filled().lost("shared", Some("F2")).is_some(),
+            filled().lost("shared", name, Some("F2")).is_some(),
             "a new folder by that name"
         );
-        // Another shared mailbox (a configuration change) is a new start.
-        assert!(filled().lost("other", None).is_none());
-        assert!(CentralExpectation::Unknown.lost("shared", None).is_none());
-        assert!(CentralExpectation::Rebuild.lost("shared", None).is_none());
+        // Another shared mailbox or folder name (a configuration change) is a new start.
+        assert!(filled().lost("other", name, None).is_none());
+        assert!(filled().lost("shared", "Firm", None).is_none());
+        assert!(CentralExpectation::Unknown
+            .lost("shared", name, None)
+            .is_none());
+        assert!(CentralExpectation::Rebuild
+            .lost("shared", name, None)
+            .is_none());
     }
 }

@@ -62,6 +62,8 @@ pub struct KnownCentral {
     pub mailbox_id: String,
     /// The folder's id.
     pub folder_id: String,
+    /// The name it was configured under (`CentralFolderName`): under another name, another folder is expected.
+    pub folder_name: String,
 }
 
 /// The identity of what a tenant's feeds describe: Graph endpoint, shared mailbox, central folder and the
@@ -209,11 +211,13 @@ impl TenantMemory {
             .collect();
     }
 
-    /// A phase 1 succeeded on `central`: it is the folder later runs must find again.
-    pub fn filled(&mut self, central: &CentralFolder) {
+    /// A phase 1 succeeded on `central`, configured as `folder_name`: it is the folder later runs must find
+    /// again.
+    pub fn filled(&mut self, central: &CentralFolder, folder_name: &str) {
         self.filled_central = central.folder_id.as_ref().map(|folder_id| KnownCentral {
             mailbox_id: central.mailbox.id.clone(),
             folder_id: folder_id.clone(),
+            folder_name: folder_name.to_owned(),
         });
     }
 
