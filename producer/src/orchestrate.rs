@@ -3,7 +3,6 @@
 //!
 //! Tenants proceed independently: one tenant's slow or failed phase 1 never holds another back.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -16,6 +15,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::lease::LeaseError;
+use crate::ledger::RunLedger;
 use crate::prepare::{prepare, CentralExpectation, PreparedTenant};
 use crate::progress::Progress;
 use crate::run_status::Tracked;
@@ -63,12 +63,6 @@ pub struct RunRequest<'a> {
     pub state: Option<&'a StateStore>,
     /// Restore lost central folders from the users' contacts (`run --rebuild-central`) instead of stopping.
     pub rebuild_central: bool,
-}
-
-struct Pending {
-    tenant: usize,
-    phase: Phase,
-    mailbox: String,
 }
 
 /// Runs every selected tenant to the end and returns the report.
@@ -124,7 +118,7 @@ pub async fn run<D: Dispatch>(
     let mut reports: Vec<TenantReport> = Vec::new();
     let mut prepared: Vec<Option<PreparedTenant>> = Vec::new();
     let mut memories: Vec<Option<TenantMemory>> = Vec::new();
-    let mut pending: HashMap<Uuid, Pending> = HashMap::new();
+    let mut ledger = RunLedger::new(run_id);
     let mut progress = Progress::new();
     for (tenant, outcome) in tenants.iter().zip(preparations) {
         let index = reports.len();
@@ -152,14 +146,7 @@ pub async fn run<D: Dispatch>(
                 }
                 job.rebuild_central = request.rebuild_central;
                 memories.push(memory);
-                pending.insert(
-                    job.job_id,
-                    Pending {
-                        tenant: index,
-                        phase: Phase::Phase1,
-                        mailbox: ready.central.mailbox.upn.clone(),
-                    },
-                );
+                ledger.expect(&job, index);
                 progress.add(Phase::Phase1, 1);
                 dispatch.submit(job).await?;
                 prepared.push(Some(ready));
@@ -175,33 +162,24 @@ pub async fn run<D: Dispatch>(
     }
     dispatch.prepared(&reports);
     let tenant_started: Vec<Instant> = tenants.iter().map(|_| Instant::now()).collect();
-    while !pending.is_empty() {
+    while ledger.waiting() > 0 {
         let Some(report) = dispatch.next_report(request.idle_timeout).await? else {
             warn!(
-                missing = pending.len(),
+                missing = ledger.waiting(),
                 "no report for {:?}; giving up on the missing jobs", request.idle_timeout
             );
-            for job in pending.values() {
-                reports[job.tenant].record_lost(
-                    &job.mailbox,
-                    job.phase,
-                    "no final report arrived (worker crash budget spent, or no worker running): check the dead-letter queues",
-                );
-            }
             break;
         };
-        if report.run_id != run_id {
-            continue;
-        }
-        let Some(job) = pending.get(&report.job_id) else {
+        // The one place that decides whether a report counts; everything below is fed from it.
+        let Some(accepted) = ledger.accept(&report) else {
             continue;
         };
-        let tenant = job.tenant;
+        let tenant = accepted.tenant;
         reports[tenant].record(&report);
-        if !report.outcome.is_final() {
+        dispatch.accepted(&report);
+        if !accepted.last {
             continue;
         }
-        pending.remove(&report.job_id);
         let succeeded = matches!(report.outcome, Outcome::Succeeded);
         if let (Some(memory), Phase::Phase2) = (memories[tenant].as_mut(), report.phase) {
             if succeeded {
@@ -242,16 +220,17 @@ pub async fn run<D: Dispatch>(
             if memories[tenant].is_some() {
                 job.cursors = TenantMemory::phase2_cursors(&report.cursors, user);
             }
-            pending.insert(
-                job.job_id,
-                Pending {
-                    tenant,
-                    phase: Phase::Phase2,
-                    mailbox: user.upn.clone(),
-                },
-            );
+            ledger.expect(&job, tenant);
             dispatch.submit(job).await?;
         }
+    }
+    let lost = ledger.give_up();
+    for job in &lost {
+        reports[job.tenant].record_lost(
+            &job.mailbox,
+            job.phase,
+            "no final report arrived (worker crash budget spent, or no worker running): check the dead-letter queues",
+        );
     }
     progress.finish();
     if let Some(store) = request.state {
@@ -264,7 +243,7 @@ pub async fn run<D: Dispatch>(
             }
         }
     }
-    dispatch.finish().await;
+    dispatch.finish(&lost).await;
     for report in &mut reports {
         report.mailboxes.sort_by(|a, b| {
             (b.outcome == "failed")
