@@ -92,3 +92,110 @@ async fn an_oversized_job_is_refused_at_once_with_an_error_naming_it() {
     let _ = connection.close(200, "done".into()).await;
     support::delete_topology(&topology).await;
 }
+
+/// Where a worker's report goes: the run's own queue when the job names exactly that, the shared queue for a name
+/// outside the worker's prefix (a forged job cannot make a worker write into another queue), and nowhere, without
+/// an error, when the run's queue is gone (its producer ended: failing would only run the job again for nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_go_to_the_runs_own_queue_and_only_inside_the_prefix() {
+    let _broker = BROKER.read().await;
+    let (topology, other) = (support::private_topology(), support::private_topology());
+    let connection = support::connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    shared::mq::declare(&channel, &topology)
+        .await
+        .expect("declare");
+    let publisher = shared::mq::Publisher::open(&connection, topology.clone())
+        .await
+        .expect("publisher");
+    let run_id = Uuid::now_v7();
+    let own = shared::mq::declare_run_reports(&channel, &topology, run_id)
+        .await
+        .expect("run queue");
+    let foreign = shared::mq::declare_run_reports(&channel, &other, run_id)
+        .await
+        .expect("another prefix's run queue");
+    let mut job = Job::new(
+        run_id,
+        "contoso.onmicrosoft.com",
+        false,
+        JobKind::Phase2 {
+            central: CentralFolder {
+                mailbox: mailbox(1),
+                folder_id: Some("folder".into()),
+            },
+            mailbox: mailbox(2),
+        },
+    );
+    let report = report_of(&job);
+    let count = |queue: String| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .expect("queue")
+                .message_count()
+        }
+    };
+
+    job.report_queue = Some(own.clone());
+    publisher.publish_report(&job, &report).await.expect("own");
+    job.report_queue = Some(foreign.clone());
+    publisher
+        .publish_report(&job, &report)
+        .await
+        .expect("forged");
+    assert_eq!(count(own.clone()).await, 1);
+    assert_eq!(
+        count(foreign.clone()).await,
+        0,
+        "a forged name was honoured"
+    );
+    assert_eq!(count(topology.reports_queue()).await, 1);
+
+    channel
+        .queue_delete(own.as_str().into(), Default::default())
+        .await
+        .expect("delete");
+    job.report_queue = Some(own);
+    publisher
+        .publish_report(&job, &report)
+        .await
+        .expect("a gone run's report is dropped, not an error");
+
+    let _ = channel
+        .queue_delete(foreign.as_str().into(), Default::default())
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    support::delete_topology(&topology).await;
+}
+
+fn report_of(job: &Job) -> shared::message::Report {
+    shared::message::Report {
+        schema: shared::message::SCHEMA_VERSION,
+        job_id: job.job_id,
+        run_id: job.run_id,
+        tenant_id: job.tenant_id.clone(),
+        phase: job.phase(),
+        mailbox: job.mailbox().clone(),
+        attempt: 1,
+        outcome: shared::message::Outcome::Succeeded,
+        counts: Default::default(),
+        failed_writes: 0,
+        source_failures: vec![],
+        planned: vec![],
+        graph: Default::default(),
+        cursors: Default::default(),
+        skipped: false,
+        duration_ms: 1,
+        finished_at: chrono::Utc::now(),
+    }
+}
