@@ -102,9 +102,11 @@ async fn reports_go_to_the_runs_own_queue_and_only_inside_the_prefix() {
     let (topology, other) = (support::private_topology(), support::private_topology());
     let connection = support::connect().await;
     let channel = connection.create_channel().await.expect("channel");
-    shared::mq::declare(&channel, &topology)
-        .await
-        .expect("declare");
+    for declared in [&topology, &other] {
+        shared::mq::declare(&channel, declared)
+            .await
+            .expect("declare");
+    }
     let publisher = shared::mq::Publisher::open(&connection, topology.clone())
         .await
         .expect("publisher");
@@ -176,6 +178,7 @@ async fn reports_go_to_the_runs_own_queue_and_only_inside_the_prefix() {
         .await;
     let _ = connection.close(200, "done".into()).await;
     support::delete_topology(&topology).await;
+    support::delete_topology(&other).await;
 }
 
 fn report_of(job: &Job) -> shared::message::Report {

@@ -123,7 +123,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, MqError> {
 }
 
 /// Declares run `run_id`'s own report queue (durable, so reports survive a broker restart; expiring, so an
-/// abandoned run's queue goes away by itself).
+/// abandoned run's queue goes away by itself) and binds it to the report exchange under the run's own routing key.
 pub async fn declare_run_reports(
     channel: &Channel,
     topology: &Topology,
@@ -142,6 +142,13 @@ pub async fn declare_run_reports(
         )
         .await
         .map_err(amqp(format!("declaring the run's report queue {name}")))?;
+    bind(
+        channel,
+        &name,
+        &topology.reports_exchange(),
+        &Topology::run_reports_routing_key(run_id),
+    )
+    .await?;
     Ok(name)
 }
 
@@ -369,7 +376,12 @@ impl Publisher {
                 )
                 .await;
         };
-        match self.publish("", &queue, report.to_json(), properties).await {
+        let exchange = self.topology.reports_exchange();
+        let routing_key = Topology::run_reports_routing_key(job.run_id);
+        match self
+            .publish(&exchange, &routing_key, report.to_json(), properties)
+            .await
+        {
             Err(MqError::Unroutable { .. }) => {
                 tracing::warn!(queue = %queue, job_id = %job.job_id,
                     "the run's report queue is gone (its producer ended); dropping the report");

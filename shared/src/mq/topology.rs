@@ -94,6 +94,12 @@ impl Topology {
         format!("{}.reports.{}", self.prefix, run_id)
     }
 
+    /// The routing key, on the report exchange, of run `run_id`'s reports: only its own queue is bound to it.
+    /// (The report exchange, not the default one: a least-privilege user has rights on `<prefix>.*` only.)
+    pub fn run_reports_routing_key(run_id: Uuid) -> String {
+        format!("run.{run_id}")
+    }
+
     /// Where a worker publishes `job`'s report: the run's own queue when the job names exactly the one of its
     /// run under this prefix, else (`None`) the shared report queue. A job is outside input, so any other name
     /// (another prefix, another run's queue, a job queue) is not published to.
@@ -399,6 +405,9 @@ mod tests {
             "t1.lease.contoso.onmicrosoft.com"
         );
         assert_eq!(t.lease_queue("a b/c"), "t1.lease.a_b_c");
+        // Neither the shared report queue (`report.#`) nor the runs queue sees a run's reports.
+        let key = Topology::run_reports_routing_key(run);
+        assert!(!key.starts_with("report.") && key != RUN_STATUS_ROUTING_KEY);
     }
 
     #[test]
