@@ -122,9 +122,16 @@ impl StateStore {
         };
         match serde_json::from_slice::<TenantMemory>(&bytes) {
             Ok(memory) if memory.schema == STATE_SCHEMA && memory.scope == scope => memory,
-            Ok(_) => {
+            Ok(other) => {
                 info!(tenant = tenant_id, "the kept state is for another folder, endpoint or policy; reading every folder in full");
-                fresh
+                // Which folder was last filled outlives the feeds: a rebuild that has not succeeded yet must not
+                // make the lost folder forgotten.
+                TenantMemory {
+                    filled_central: other
+                        .filled_central
+                        .filter(|_| other.schema == STATE_SCHEMA),
+                    ..fresh
+                }
             }
             Err(e) => {
                 warn!(path = %path.display(), error = %e, "state file is not valid; reading every folder in full");
@@ -365,6 +372,25 @@ mod tests {
                 .load("contoso.onmicrosoft.com", Uuid::new_v4())
                 .central,
             None
+        );
+        // The folder last filled is kept across scopes (a lost folder changes the scope).
+        let mut filled = loaded;
+        filled.filled(
+            &CentralFolder {
+                mailbox: mailbox("shared"),
+                folder_id: Some("F1".into()),
+            },
+            "All Contacts",
+        );
+        store
+            .save("contoso.onmicrosoft.com", &filled)
+            .expect("save");
+        let rescoped = store.load("contoso.onmicrosoft.com", Uuid::new_v4());
+        assert_eq!(rescoped.filled_central, filled.filled_central);
+        assert_eq!(rescoped.central, None);
+        assert_eq!(
+            store.filled_central("contoso.onmicrosoft.com"),
+            filled.filled_central
         );
         // A damaged file is ignored, not an error.
         let file = store.file("contoso.onmicrosoft.com");
