@@ -94,6 +94,9 @@ pub struct RunArgs {
     /// Keep no state: read every folder in full on every run.
     #[arg(long, env = "CONTACTMIRROR_NO_STATE")]
     pub no_state: bool,
+    /// The central folder was deleted or renamed (a run stops and says so): restore it from the users' contacts.
+    #[arg(long)]
+    pub rebuild_central: bool,
 }
 
 impl RunArgs {
@@ -112,6 +115,7 @@ impl RunArgs {
             max_attempts: 5,
             state_dir: None,
             no_state: false,
+            rebuild_central: false,
         }
     }
 }

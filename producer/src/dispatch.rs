@@ -1,33 +1,44 @@
 //! The two job transports behind [`Dispatch`]: the embedded in-process queue (default) and RabbitMQ.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, Consumer};
 use shared::message::{Job, Report};
 use shared::mq::{self, Publisher, Topology};
 use shared::run_status::RunStatus;
 use tracing::warn;
+use uuid::Uuid;
 use worker::disposition::RetryPolicy;
 use worker::embedded::EmbeddedQueue;
 use worker::job::JobRunner;
 
+use crate::lease::{FileLeases, LeaseError};
 use crate::orchestrate::Dispatch;
 
 /// Jobs run by in-process workers.
 pub struct Embedded {
     queue: EmbeddedQueue,
+    leases: Option<FileLeases>,
 }
 
 impl Embedded {
-    /// Starts `workers` in-process workers.
-    pub fn start(runner: Arc<JobRunner>, workers: usize, retry: RetryPolicy) -> Self {
+    /// Starts `workers` in-process workers; tenant leases are lock files in `lease_dir` (the state directory;
+    /// `None`: no lease is taken).
+    pub fn start(
+        runner: Arc<JobRunner>,
+        workers: usize,
+        retry: RetryPolicy,
+        lease_dir: Option<PathBuf>,
+    ) -> Self {
         Self {
             queue: EmbeddedQueue::start(runner, workers, retry),
+            leases: lease_dir.map(FileLeases::new),
         }
     }
 }
@@ -48,27 +59,53 @@ impl Dispatch for Embedded {
     fn mode(&self) -> &'static str {
         "embedded"
     }
+
+    async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError> {
+        match &mut self.leases {
+            Some(leases) => leases.take(tenant_id),
+            None => Ok(()),
+        }
+    }
+
+    async fn end(&mut self) {
+        if let Some(leases) = &mut self.leases {
+            leases.release();
+        }
+    }
 }
 
 /// How long the producer keeps trying to get its broker back before the run fails.
 const RECONNECT_FOR: Duration = Duration::from_secs(180);
 
-/// Jobs published to RabbitMQ, reports read back from the report queue.
+/// How often one job is published before the run gives up on the broker: a publish that keeps failing on fresh
+/// connections (a refused or unroutable message) will not succeed by trying for ever.
+const PUBLISH_ATTEMPTS: u32 = 5;
+
+/// How long closing a connection that is being replaced may take: a dead one may never answer.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Jobs published to RabbitMQ, reports read back from the run's own report queue.
 ///
 /// A lost connection (broker restart, network) is re-established with backoff and the failed step repeated: jobs
 /// and reports are durable, so nothing is lost, and a job published twice has the same id (its second report is
-/// ignored by the orchestrator, its second run writes nothing).
+/// ignored by the orchestrator, its second run writes nothing). The reconnect is this type's alone (lapin's own
+/// recovery is off, see [`mq::connect`]): the replaced connection is closed, so no consumer of it is left to
+/// take reports nobody reads. Tenant leases and the run's report queue are taken again on the new connection.
 pub struct Broker {
     url: String,
     topology: Topology,
     session: Session,
+    /// The run and its own report queue, once [`Dispatch::begin`] declared it.
+    run: Option<(Uuid, String)>,
+    /// Tenants whose lease this run holds, with their lease queue.
+    leases: Vec<(String, String)>,
 }
 
-/// One connection with its confirm channel and report consumer.
+/// One connection with its confirm channel and, once the run began, its report consumer.
 struct Session {
     connection: Connection,
     publisher: Publisher,
-    reports: Consumer,
+    reports: Option<Consumer>,
 }
 
 impl Session {
@@ -80,33 +117,44 @@ impl Session {
             .context("opening a channel")?;
         mq::declare(&setup, topology).await?;
         let publisher = Publisher::open(&connection, topology.clone()).await?;
-        let channel = connection
+        Ok(Self {
+            connection,
+            publisher,
+            reports: None,
+        })
+    }
+
+    /// Declares the run's report queue `run_id` and starts reading it.
+    async fn consume(&mut self, topology: &Topology, run_id: Uuid) -> Result<String> {
+        let channel = self
+            .connection
             .create_channel()
             .await
             .context("opening a report channel")?;
+        let queue = mq::declare_run_reports(&channel, topology, run_id).await?;
         channel
             .basic_qos(256, BasicQosOptions::default())
             .await
             .context("setting report prefetch")?;
         let reports = channel
             .basic_consume(
-                topology.reports_queue().as_str().into(),
+                queue.as_str().into(),
                 "contactmirror-producer".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .with_context(|| format!("consuming {}", topology.reports_queue()))?;
-        Ok(Self {
-            connection,
-            publisher,
-            reports,
-        })
+            .with_context(|| format!("consuming {queue}"))?;
+        self.reports = Some(reports);
+        Ok(queue)
     }
 
     /// The next report, `None` after `wait` without one. The wait is sliced so that a connection that died
     /// quietly (a consumer stream that just stops) is noticed within seconds, not after the whole idle timeout.
     async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>> {
+        let Some(reports) = self.reports.as_mut() else {
+            anyhow::bail!("no report queue: the run has not begun");
+        };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let now = tokio::time::Instant::now();
@@ -114,7 +162,7 @@ impl Session {
                 return Ok(None);
             }
             let slice = (deadline - now).min(Duration::from_secs(2));
-            let delivery = match tokio::time::timeout(slice, self.reports.next()).await {
+            let delivery = match tokio::time::timeout(slice, reports.next()).await {
                 Err(_) if !self.connection.status().connected() => {
                     anyhow::bail!("the broker connection is closed")
                 }
@@ -122,44 +170,55 @@ impl Session {
                 Ok(None) => anyhow::bail!("the broker closed the report consumer"),
                 Ok(Some(delivery)) => delivery.context("reading the report queue")?,
             };
-            // Reports are facts already recorded by the worker; acknowledging before use loses nothing the
-            // producer cannot rebuild (a lost report shows up as a job without a final report).
-            delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .context("acknowledging a report")?;
-            match Report::from_json(&delivery.data) {
+            let report = Report::from_json(&delivery.data);
+            // A report in hand is used even when its ack fails (the connection dying under it): the broker may
+            // have taken the ack, and then this is the only copy. If it did not, the report comes again and the
+            // ledger ignores the second copy of a final report.
+            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                warn!(%error, "could not acknowledge a report; it may be delivered again");
+            }
+            match report {
                 Ok(report) => return Ok(Some(report)),
                 Err(error) => warn!(%error, "skipping an unreadable report"),
             }
         }
     }
+
+    /// Closes the connection, waiting [`CLOSE_WAIT`] at most.
+    async fn close(&self, why: &str) {
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.connection.close(200, why.into())).await;
+    }
 }
 
 impl Broker {
-    /// Connects, declares the topology and starts reading reports.
+    /// Connects and declares the topology; reports are read once the run begins.
     pub async fn connect(url: &str, topology: Topology) -> Result<Self> {
         let session = Session::open(url, &topology).await?;
         Ok(Self {
             url: url.to_owned(),
             topology,
             session,
+            run: None,
+            leases: Vec::new(),
         })
     }
 
-    /// Replaces a broken session, retrying with backoff for up to [`RECONNECT_FOR`].
+    /// Replaces a broken session, retrying with backoff for up to [`RECONNECT_FOR`], and takes the run's leases
+    /// and report queue again. A lease another run took meanwhile ends this run: it may no longer write.
     async fn reconnect(&mut self, cause: &anyhow::Error) -> Result<()> {
         warn!(error = %format!("{cause:#}"), "lost the broker; reconnecting");
+        self.session.close("replaced after a broker failure").await;
         let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
         let mut delay = Duration::from_millis(250);
         loop {
             tokio::time::sleep(delay).await;
-            match Session::open(&self.url, &self.topology).await {
+            match self.reopen().await {
                 Ok(session) => {
                     self.session = session;
                     warn!("reconnected to the broker");
                     return Ok(());
                 }
+                Err(error) if error.downcast_ref::<LeaseError>().is_some() => return Err(error),
                 Err(error) if tokio::time::Instant::now() < deadline => {
                     warn!(error = %format!("{error:#}"), "broker still unreachable");
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -173,27 +232,52 @@ impl Broker {
             }
         }
     }
+
+    /// A new session holding everything the run held on the old one.
+    async fn reopen(&self) -> Result<Session> {
+        let mut session = Session::open(&self.url, &self.topology).await?;
+        for (tenant, queue) in &self.leases {
+            if !mq::take_lease(&session.connection, queue).await? {
+                session.close("lease lost").await;
+                return Err(LeaseError::Held {
+                    tenant: tenant.clone(),
+                    holder: format!(
+                        "the broker queue {queue}, taken while this run was reconnecting"
+                    ),
+                }
+                .into());
+            }
+        }
+        if let Some((run_id, _)) = &self.run {
+            session.consume(&self.topology, *run_id).await?;
+        }
+        Ok(session)
+    }
 }
 
 impl Dispatch for Broker {
-    async fn submit(&mut self, job: Job) -> Result<()> {
+    /// Publishes with a confirm, reconnecting as needed, at most [`PUBLISH_ATTEMPTS`] times; a message the broker
+    /// can never take (too large) fails at once. Either way the error names the job.
+    async fn submit(&mut self, mut job: Job) -> Result<()> {
+        job.report_queue = self.run.as_ref().map(|(_, queue)| queue.clone());
+        let mut attempt = 1;
         loop {
-            let published = self
-                .session
-                .publisher
-                .publish_job(&job, 1)
-                .await
-                .with_context(|| {
-                    format!(
-                        "publishing the {} job for {}",
-                        job.phase(),
-                        job.mailbox().upn
-                    )
-                });
-            match published {
+            let published = self.session.publisher.publish_job(&job, 1).await;
+            let error = match published {
                 Ok(()) => return Ok(()),
-                Err(error) => self.reconnect(&error).await?,
-            }
+                Err(error) if error.is_permanent() || attempt >= PUBLISH_ATTEMPTS => {
+                    return Err(anyhow::Error::new(error).context(format!(
+                        "could not publish the {} job {} for {} (tenant {}) after {attempt} attempt(s)",
+                        job.phase(),
+                        job.job_id,
+                        job.mailbox().upn,
+                        job.tenant_id
+                    )))
+                }
+                Err(error) => error,
+            };
+            attempt += 1;
+            self.reconnect(&error.into()).await?;
         }
     }
 
@@ -208,6 +292,58 @@ impl Dispatch for Broker {
 
     fn mode(&self) -> &'static str {
         "broker"
+    }
+
+    async fn begin(&mut self, run_id: Uuid) -> Result<()> {
+        loop {
+            match self.session.consume(&self.topology, run_id).await {
+                Ok(queue) => {
+                    self.run = Some((run_id, queue));
+                    return Ok(());
+                }
+                Err(error) => self.reconnect(&error).await?,
+            }
+        }
+    }
+
+    async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError> {
+        let queue = self.topology.lease_queue(tenant_id);
+        match mq::take_lease(&self.session.connection, &queue).await {
+            Ok(true) => {
+                self.leases.push((tenant_id.to_owned(), queue));
+                Ok(())
+            }
+            Ok(false) => Err(LeaseError::Held {
+                tenant: tenant_id.to_owned(),
+                holder: format!("the broker queue {queue}"),
+            }),
+            Err(error) => Err(LeaseError::Unavailable {
+                tenant: tenant_id.to_owned(),
+                detail: error.to_string(),
+            }),
+        }
+    }
+
+    /// Deletes the run's report queue and closes the connection, which releases the leases.
+    async fn end(&mut self) {
+        if let Some((_, queue)) = self.run.take() {
+            let deleted = async {
+                let channel = self.session.connection.create_channel().await?;
+                channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await
+            };
+            // A failure is harmless: the broker removes the queue once it has been unused for a while.
+            match tokio::time::timeout(CLOSE_WAIT, deleted).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    warn!(%error, queue = %queue, "could not delete the run's report queue")
+                }
+                Err(_) => warn!(queue = %queue, "deleting the run's report queue took too long"),
+            }
+        }
+        self.leases.clear();
+        self.session.close("run finished").await;
     }
 
     /// One confirmed publish, no reconnect: a snapshot is not worth delaying the run for, and the next job or

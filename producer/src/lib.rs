@@ -9,6 +9,8 @@
 //! - [`orchestrate`]: phase 1 then phase 2 per tenant over any [`orchestrate::Dispatch`].
 //! - [`dispatch`]: the two transports.
 //! - [`state`]: change feeds kept between runs (one JSON file per tenant).
+//! - [`lease`]: one run per tenant at a time (a broker lease or a file lock).
+//! - [`ledger`]: the one decision which reports count, feeding summary, progress, status and state.
 //! - [`summary`]: the run report and the exit status it implies.
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
 //! - [`run_status`]: per-tenant progress of the run, published on the broker for `status`.
@@ -20,6 +22,8 @@ pub mod cli;
 pub mod demo;
 pub mod dispatch;
 pub mod html;
+pub mod lease;
+pub mod ledger;
 pub mod ops;
 pub mod orchestrate;
 pub mod prepare;

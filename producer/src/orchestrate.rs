@@ -3,7 +3,6 @@
 //!
 //! Tenants proceed independently: one tenant's slow or failed phase 1 never holds another back.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -15,7 +14,9 @@ use shared::run_status::RunStatus;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::prepare::{prepare, PreparedTenant};
+use crate::lease::LeaseError;
+use crate::ledger::RunLedger;
+use crate::prepare::{prepare, CentralExpectation, PreparedTenant};
 use crate::progress::Progress;
 use crate::run_status::Tracked;
 use crate::state::{self, StateStore, TenantMemory};
@@ -32,6 +33,15 @@ pub trait Dispatch {
     async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>>;
     /// "embedded" or "broker", for the report.
     fn mode(&self) -> &'static str;
+    /// Prepares to receive run `run_id`'s reports, before any job is submitted (the broker declares the run's
+    /// own report queue and names it in every job, so concurrent runs never take each other's reports).
+    async fn begin(&mut self, _run_id: Uuid) -> Result<()> {
+        Ok(())
+    }
+    /// Takes `tenant_id`'s lease for the rest of the run (see [`crate::lease`]), without waiting.
+    async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError>;
+    /// The run is over: gives back what [`Dispatch::begin`] and [`Dispatch::lease`] took.
+    async fn end(&mut self) {}
     /// Keeps the run's latest progress where `status` can read it. Nobody but this process can see an embedded
     /// run, so by default there is nothing to do.
     async fn publish_run_status(&mut self, _status: &RunStatus) -> Result<()> {
@@ -51,12 +61,8 @@ pub struct RunRequest<'a> {
     pub idle_timeout: Duration,
     /// Where feeds are kept between runs; `None` reads every folder in full every run. Not used in a dry run.
     pub state: Option<&'a StateStore>,
-}
-
-struct Pending {
-    tenant: usize,
-    phase: Phase,
-    mailbox: String,
+    /// Restore lost central folders from the users' contacts (`run --rebuild-central`) instead of stopping.
+    pub rebuild_central: bool,
 }
 
 /// Runs every selected tenant to the end and returns the report.
@@ -69,6 +75,7 @@ pub async fn run<D: Dispatch>(
     let started_at = Utc::now();
     let started = Instant::now();
     let mut dispatch = Tracked::new(dispatch, run_id, started_at, request.dry_run);
+    dispatch.begin(run_id).await?;
     let tenants: Vec<_> = request
         .settings
         .tenants
@@ -81,13 +88,37 @@ pub async fn run<D: Dispatch>(
                     .any(|id| id.eq_ignore_ascii_case(&t.tenant_id))
         })
         .collect();
-    let preparations =
-        futures_util::future::join_all(tenants.iter().map(|t| prepare(graph, t, request.dry_run)))
-            .await;
+    // The lease comes before anything is read or written (preparing may create the central folder). A dry run
+    // writes nothing and keeps no state, so it needs none and can run beside a real one.
+    let mut leases = Vec::with_capacity(tenants.len());
+    for tenant in &tenants {
+        leases.push(if request.dry_run {
+            Ok(())
+        } else {
+            dispatch.lease(&tenant.tenant_id).await
+        });
+    }
+    let preparations = futures_util::future::join_all(tenants.iter().zip(leases).map(
+        |(tenant, lease)| async move {
+            let expected = if request.rebuild_central {
+                CentralExpectation::Rebuild
+            } else {
+                request
+                    .state
+                    .and_then(|store| store.filled_central(&tenant.tenant_id))
+                    .map_or(CentralExpectation::Unknown, CentralExpectation::Filled)
+            };
+            match lease {
+                Ok(()) => prepare(graph, tenant, request.dry_run, &expected).await,
+                Err(refused) => Err(refused.to_string()),
+            }
+        },
+    ))
+    .await;
     let mut reports: Vec<TenantReport> = Vec::new();
     let mut prepared: Vec<Option<PreparedTenant>> = Vec::new();
     let mut memories: Vec<Option<TenantMemory>> = Vec::new();
-    let mut pending: HashMap<Uuid, Pending> = HashMap::new();
+    let mut ledger = RunLedger::new(run_id);
     let mut progress = Progress::new();
     for (tenant, outcome) in tenants.iter().zip(preparations) {
         let index = reports.len();
@@ -113,15 +144,9 @@ pub async fn run<D: Dispatch>(
                 if let Some(memory) = &memory {
                     job.cursors = memory.phase1_cursors(&ready.users);
                 }
+                job.rebuild_central = request.rebuild_central;
                 memories.push(memory);
-                pending.insert(
-                    job.job_id,
-                    Pending {
-                        tenant: index,
-                        phase: Phase::Phase1,
-                        mailbox: ready.central.mailbox.upn.clone(),
-                    },
-                );
+                ledger.expect(&job, index);
                 progress.add(Phase::Phase1, 1);
                 dispatch.submit(job).await?;
                 prepared.push(Some(ready));
@@ -137,33 +162,24 @@ pub async fn run<D: Dispatch>(
     }
     dispatch.prepared(&reports);
     let tenant_started: Vec<Instant> = tenants.iter().map(|_| Instant::now()).collect();
-    while !pending.is_empty() {
+    while ledger.waiting() > 0 {
         let Some(report) = dispatch.next_report(request.idle_timeout).await? else {
             warn!(
-                missing = pending.len(),
+                missing = ledger.waiting(),
                 "no report for {:?}; giving up on the missing jobs", request.idle_timeout
             );
-            for job in pending.values() {
-                reports[job.tenant].record_lost(
-                    &job.mailbox,
-                    job.phase,
-                    "no final report arrived (worker crash budget spent, or no worker running): check the dead-letter queues",
-                );
-            }
             break;
         };
-        if report.run_id != run_id {
-            continue;
-        }
-        let Some(job) = pending.get(&report.job_id) else {
+        // The one place that decides whether a report counts; everything below is fed from it.
+        let Some(accepted) = ledger.accept(&report) else {
             continue;
         };
-        let tenant = job.tenant;
+        let tenant = accepted.tenant;
         reports[tenant].record(&report);
-        if !report.outcome.is_final() {
+        dispatch.accepted(&report);
+        if !accepted.last {
             continue;
         }
-        pending.remove(&report.job_id);
         let succeeded = matches!(report.outcome, Outcome::Succeeded);
         if let (Some(memory), Phase::Phase2) = (memories[tenant].as_mut(), report.phase) {
             if succeeded {
@@ -187,6 +203,7 @@ pub async fn run<D: Dispatch>(
         }
         if let Some(memory) = memories[tenant].as_mut() {
             memory.phase1_succeeded(&ready.users, &report.cursors);
+            memory.filled(&ready.central, &tenants[tenant].mirror.central_folder_name);
         }
         info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 complete; starting phase 2");
         progress.add(Phase::Phase2, ready.users.len() as u64);
@@ -203,16 +220,17 @@ pub async fn run<D: Dispatch>(
             if memories[tenant].is_some() {
                 job.cursors = TenantMemory::phase2_cursors(&report.cursors, user);
             }
-            pending.insert(
-                job.job_id,
-                Pending {
-                    tenant,
-                    phase: Phase::Phase2,
-                    mailbox: user.upn.clone(),
-                },
-            );
+            ledger.expect(&job, tenant);
             dispatch.submit(job).await?;
         }
+    }
+    let lost = ledger.give_up();
+    for job in &lost {
+        reports[job.tenant].record_lost(
+            &job.mailbox,
+            job.phase,
+            "no final report arrived (worker crash budget spent, or no worker running): check the dead-letter queues",
+        );
     }
     progress.finish();
     if let Some(store) = request.state {
@@ -225,7 +243,7 @@ pub async fn run<D: Dispatch>(
             }
         }
     }
-    dispatch.finish().await;
+    dispatch.finish(&lost).await;
     for report in &mut reports {
         report.mailboxes.sort_by(|a, b| {
             (b.outcome == "failed")

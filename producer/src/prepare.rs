@@ -9,6 +9,8 @@ use shared::message::CentralFolder;
 use shared::model::Mailbox;
 use tracing::info;
 
+use crate::state::KnownCentral;
+
 /// A tenant ready for its jobs.
 #[derive(Debug, Clone)]
 pub struct PreparedTenant {
@@ -20,11 +22,46 @@ pub struct PreparedTenant {
     pub users: Vec<Mailbox>,
 }
 
+/// What the producer knows of the central folder before preparing a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CentralExpectation {
+    /// No earlier run is known to have filled it (first run, no state): find it, or create it.
+    Unknown,
+    /// Earlier runs filled this folder: it must still be the folder by the configured name.
+    Filled(KnownCentral),
+    /// The operator asked to rebuild it (`run --rebuild-central`): find or create it, whatever the state says.
+    Rebuild,
+}
+
+impl CentralExpectation {
+    /// The folder earlier runs filled, if `found` (the folder now by the configured name in `mailbox_id`) is not
+    /// it: it was deleted or renamed. A fresh folder then would look to phase 2 as if every person had left it.
+    /// A changed shared mailbox or folder name (configuration) is a new start, not a loss.
+    pub fn lost<'a>(
+        &'a self,
+        mailbox_id: &str,
+        folder_name: &str,
+        found: Option<&str>,
+    ) -> Option<&'a KnownCentral> {
+        match self {
+            CentralExpectation::Filled(known)
+                if known.mailbox_id.eq_ignore_ascii_case(mailbox_id)
+                    && known.folder_name == folder_name
+                    && found != Some(known.folder_id.as_str()) =>
+            {
+                Some(known)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Prepares one tenant, or says precisely why it cannot run.
 pub async fn prepare(
     graph: &GraphClient,
     tenant: &TenantSettings,
     dry_run: bool,
+    expected: &CentralExpectation,
 ) -> Result<PreparedTenant, String> {
     let client = graph.tenant(tenant);
     let shared_user = client
@@ -67,6 +104,22 @@ pub async fn prepare(
     }
     users.sort();
     let folder_name = &tenant.mirror.central_folder_name;
+    if !matches!(expected, CentralExpectation::Unknown) {
+        let found = client
+            .find_top_level_folder(&shared_mailbox.id, folder_name)
+            .await
+            .map_err(|e| explain(tenant, &e, "looking for the central folder"))?
+            .map(|f| f.id);
+        if let Some(known) = expected.lost(&shared_mailbox.id, folder_name, found.as_deref()) {
+            return Err(format!(
+                "tenant {}: the central folder \"{folder_name}\" in {} that earlier runs filled (id {}) is gone: \
+                 it was deleted or renamed. Nothing was written. If it was renamed, give it its name back; \
+                 otherwise rebuild it from the users' contacts with `contactmirror-producer run \
+                 --rebuild-central --tenant {}`",
+                tenant.tenant_id, shared_mailbox.upn, known.folder_id, tenant.tenant_id
+            ));
+        }
+    }
     let folder_id = if dry_run {
         client
             .find_top_level_folder(&shared_mailbox.id, folder_name)
@@ -109,4 +162,40 @@ fn explain(tenant: &TenantSettings, error: &GraphError, doing: &str) -> String {
         _ => "Graph failed",
     };
     format!("tenant {}: {doing}: {hint} ({error})", tenant.tenant_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filled() -> CentralExpectation {
+        CentralExpectation::Filled(KnownCentral {
+            mailbox_id: "Shared".into(),
+            folder_id: "F1".into(),
+            folder_name: "All Contacts".into(),
+        })
+    }
+
+    #[test]
+    fn a_filled_folder_that_is_missing_or_another_is_lost() {
+        let name = "All Contacts";
+        assert!(filled().lost("shared", name, Some("F1")).is_none());
+        assert!(
+            filled().lost("shared", name, None).is_some(),
+            "deleted or renamed"
+        );
+        assert!(
+            filled().lost("shared", name, Some("F2")).is_some(),
+            "a new folder by that name"
+        );
+        // Another shared mailbox or folder name (a configuration change) is a new start.
+        assert!(filled().lost("other", name, None).is_none());
+        assert!(filled().lost("shared", "Firm", None).is_none());
+        assert!(CentralExpectation::Unknown
+            .lost("shared", name, None)
+            .is_none());
+        assert!(CentralExpectation::Rebuild
+            .lost("shared", name, None)
+            .is_none());
+    }
 }

@@ -30,7 +30,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
 }
 
 async fn run(mut args: RunArgs) -> Result<ExitCode> {
-    if args.state_dir.is_none() && !args.no_state {
+    // Even a run that keeps no state takes its tenant leases in the state directory (embedded mode).
+    if args.state_dir.is_none() {
         args.state_dir = StateStore::default_dir();
     }
     let settings = match load_settings(&args) {
@@ -109,11 +110,14 @@ pub async fn execute(settings: &Settings, args: &RunArgs) -> Result<RunReport> {
         dry_run: settings.dry_run,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         state: store.as_ref(),
+        rebuild_central: args.rebuild_central,
     };
     match &args.amqp_url {
         None => {
             let runner = Arc::new(JobRunner::new(graph.clone(), Arc::new(settings.clone())));
-            let mut embedded = Embedded::start(runner, args.workers, retry);
+            // Leases are lock files in the state directory (`run` always has one); a library caller without one
+            // (tests, the demo: a private graphsim) takes none.
+            let mut embedded = Embedded::start(runner, args.workers, retry, args.state_dir.clone());
             orchestrate::run(&mut embedded, &graph, request).await
         }
         Some(url) => {

@@ -1,16 +1,16 @@
 //! The last-run snapshot behind `status`: per-tenant progress, kept up to date from the jobs and reports the
 //! orchestrator exchanges with its transport, and handed to the transport to publish.
 //!
-//! [`Tracked`] wraps any [`Dispatch`] so the orchestrator only creates it, tells it the prepared tenants and
-//! finishes it; every job and report already passes through it. It accepts a report exactly when the
-//! orchestrator does (this run, a job still waiting for its final report), so its counts are the run report's.
+//! [`Tracked`] wraps any [`Dispatch`] so the orchestrator only creates it, tells it the prepared tenants, the
+//! reports its [`RunLedger`](crate::ledger::RunLedger) accepted and the jobs it gave up on; every job already
+//! passes through it. It decides nothing about reports itself, so its counts are the run report's.
 //!
 //! Cadence: a snapshot goes out before the first wait for reports, then at most every [`EVERY`] while something
 //! changes, every [`HEARTBEAT`] while nothing does (so an old `updated` on an unfinished run means the producer
 //! is gone, not quiet), and once at the end. Publishing is best effort: a failed snapshot is logged, never fails
 //! the run.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -21,6 +21,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::lease::LeaseError;
+use crate::ledger::Waiting;
 use crate::orchestrate::Dispatch;
 use crate::summary::TenantReport;
 
@@ -28,13 +30,6 @@ use crate::summary::TenantReport;
 pub const EVERY: Duration = Duration::from_secs(2);
 /// Longest time between two snapshots while nothing changes.
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
-
-/// A job that has no final report yet.
-struct Waiting {
-    tenant: usize,
-    phase: Phase,
-    mailbox: String,
-}
 
 /// Per-tenant bookkeeping of one run, with no I/O.
 pub struct RunProgress {
@@ -45,7 +40,6 @@ pub struct RunProgress {
     finished: bool,
     tenants: Vec<TenantStatus>,
     failed: Vec<BTreeSet<String>>,
-    waiting: HashMap<Uuid, Waiting>,
 }
 
 impl RunProgress {
@@ -59,7 +53,6 @@ impl RunProgress {
             finished: false,
             tenants: Vec::new(),
             failed: Vec::new(),
-            waiting: HashMap::new(),
         }
     }
 
@@ -90,14 +83,6 @@ impl RunProgress {
             }
             JobKind::Phase2 { .. } => entry.phase2.total += 1,
         }
-        self.waiting.insert(
-            job.job_id,
-            Waiting {
-                tenant,
-                phase: job.phase(),
-                mailbox: job.mailbox().upn.clone(),
-            },
-        );
     }
 
     /// Every tenant of the run, prepared or not, in configuration order (tenants whose preparation failed have
@@ -123,29 +108,15 @@ impl RunProgress {
             .map(|(old, (tenant, failed))| (old, tenant, failed))
             .collect();
         indexed.sort_by_key(|(old, tenant, _)| (order(&tenant.tenant_id), *old));
-        let moved: HashMap<usize, usize> = indexed
-            .iter()
-            .enumerate()
-            .map(|(new, (old, _, _))| (*old, new))
-            .collect();
         for (_, tenant, failed) in indexed {
             self.tenants.push(tenant);
             self.failed.push(failed);
         }
-        for job in self.waiting.values_mut() {
-            job.tenant = moved.get(&job.tenant).copied().unwrap_or(job.tenant);
-        }
     }
 
-    /// A report arrived; returns whether it belonged to this run's waiting jobs (and so changed anything).
-    pub fn reported(&mut self, report: &Report) -> bool {
-        if report.run_id != self.run_id {
-            return false;
-        }
-        let Some(job) = self.waiting.get(&report.job_id) else {
-            return false;
-        };
-        let (tenant, phase) = (job.tenant, job.phase);
+    /// A report the run's ledger accepted (see [`crate::ledger::RunLedger::accept`]).
+    pub fn reported(&mut self, report: &Report) {
+        let (tenant, phase) = (self.tenant(&report.tenant_id), report.phase);
         let entry = &mut self.tenants[tenant];
         let failed = &mut self.failed[tenant];
         match &report.outcome {
@@ -153,7 +124,7 @@ impl RunProgress {
                 if phase == Phase::Phase1 && entry.phase1 == Phase1State::Queued {
                     entry.phase1 = Phase1State::Running;
                 }
-                return true;
+                return;
             }
             Outcome::Succeeded => {
                 let refused = report.failed_writes > 0;
@@ -184,16 +155,15 @@ impl RunProgress {
             }
         }
         entry.failed_mailboxes = failed.len() as u64;
-        self.waiting.remove(&report.job_id);
-        true
     }
 
-    /// The run is over: jobs still without a final report are lost (the orchestrator gave up on them).
-    pub fn finish(&mut self) {
-        for (_, job) in self.waiting.drain() {
-            let entry = &mut self.tenants[job.tenant];
-            self.failed[job.tenant].insert(job.mailbox);
-            entry.failed_mailboxes = self.failed[job.tenant].len() as u64;
+    /// The run is over; `lost` are the jobs the ledger gave up on (no final report).
+    pub fn finish(&mut self, lost: &[Waiting]) {
+        for job in lost {
+            let tenant = self.tenant(&job.tenant_id);
+            let entry = &mut self.tenants[tenant];
+            self.failed[tenant].insert(job.mailbox.clone());
+            entry.failed_mailboxes = self.failed[tenant].len() as u64;
             match job.phase {
                 Phase::Phase1 => entry.phase1 = Phase1State::Failed,
                 Phase::Phase2 => {
@@ -249,10 +219,18 @@ impl<'a, D: Dispatch> Tracked<'a, D> {
         self.changed = true;
     }
 
-    /// The run is over: publishes the final snapshot.
-    pub async fn finish(&mut self) {
-        self.progress.finish();
+    /// A report the run's ledger accepted.
+    pub fn accepted(&mut self, report: &Report) {
+        self.progress.reported(report);
+        self.changed = true;
+    }
+
+    /// The run is over (`lost`: the jobs given up on): publishes the final snapshot, then lets the transport
+    /// give back the run's leases and report queue.
+    pub async fn finish(&mut self, lost: &[Waiting]) {
+        self.progress.finish(lost);
         self.publish().await;
+        self.inner.end().await;
     }
 
     async fn publish_if_due(&mut self) {
@@ -297,10 +275,7 @@ impl<D: Dispatch> Dispatch for Tracked<'_, D> {
             let slice_end = deadline.min(Instant::now() + EVERY);
             let slice = slice_end.saturating_duration_since(Instant::now());
             match self.inner.next_report(slice).await? {
-                Some(report) => {
-                    self.changed |= self.progress.reported(&report);
-                    return Ok(Some(report));
-                }
+                Some(report) => return Ok(Some(report)),
                 None if Instant::now() >= deadline || Instant::now() < slice_end => {
                     return Ok(None)
                 }
@@ -312,6 +287,18 @@ impl<D: Dispatch> Dispatch for Tracked<'_, D> {
     fn mode(&self) -> &'static str {
         self.inner.mode()
     }
+
+    async fn begin(&mut self, run_id: Uuid) -> Result<()> {
+        self.inner.begin(run_id).await
+    }
+
+    async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError> {
+        self.inner.lease(tenant_id).await
+    }
+
+    async fn end(&mut self) {
+        self.inner.end().await
+    }
 }
 
 #[cfg(test)]
@@ -321,6 +308,23 @@ mod tests {
     use shared::sync::PlanCounts;
 
     use super::*;
+
+    use crate::ledger::RunLedger;
+
+    /// A job handed to the transport, as the orchestrator records it.
+    fn submit(ledger: &mut RunLedger, progress: &mut RunProgress, job: &Job) {
+        ledger.expect(job, 0);
+        progress.submitted(job);
+    }
+
+    /// A report as the orchestrator passes it on: only when the ledger accepts it.
+    fn feed(ledger: &mut RunLedger, progress: &mut RunProgress, report: &Report) -> bool {
+        let accepted = ledger.accept(report).is_some();
+        if accepted {
+            progress.reported(report);
+        }
+        accepted
+    }
 
     fn mailbox(upn: &str) -> Mailbox {
         Mailbox {
@@ -403,10 +407,11 @@ mod tests {
     fn counts_follow_jobs_and_final_reports_per_tenant() {
         let run = Uuid::now_v7();
         let mut progress = RunProgress::new(run, "broker", false, Utc::now());
+        let mut ledger = RunLedger::new(run);
         let a1 = phase1(run, "a", &["u1@a", "u2@a", "u3@a"]);
         let b1 = phase1(run, "b", &["v1@b"]);
-        progress.submitted(&a1);
-        progress.submitted(&b1);
+        submit(&mut ledger, &mut progress, &a1);
+        submit(&mut ledger, &mut progress, &b1);
         progress.prepared(&[
             tenant_report("c", 0, Some("bad secret")),
             tenant_report("a", 3, None),
@@ -423,7 +428,7 @@ mod tests {
             after_secs: 1,
             error: "503".into(),
         };
-        assert!(progress.reported(&report(&a1, retry)));
+        assert!(feed(&mut ledger, &mut progress, &report(&a1, retry)));
         assert_eq!(
             progress.snapshot(Utc::now()).tenants[1].phase1,
             Phase1State::Running
@@ -434,9 +439,9 @@ mod tests {
             reason: FailureReason::NoMailbox,
             error: "404".into(),
         });
-        assert!(progress.reported(&a1_done));
+        assert!(feed(&mut ledger, &mut progress, &a1_done));
         assert!(
-            !progress.reported(&a1_done),
+            !feed(&mut ledger, &mut progress, &a1_done),
             "a duplicate final report changes nothing"
         );
         let jobs: Vec<Job> = ["u1@a", "u2@a", "u3@a"]
@@ -444,18 +449,34 @@ mod tests {
             .map(|u| phase2(run, "a", u))
             .collect();
         for job in &jobs {
-            progress.submitted(job);
+            submit(&mut ledger, &mut progress, job);
         }
-        assert!(progress.reported(&report(&jobs[0], Outcome::Succeeded)));
+        assert!(feed(
+            &mut ledger,
+            &mut progress,
+            &report(&jobs[0], Outcome::Succeeded)
+        ));
         let mut refused = report(&jobs[1], Outcome::Succeeded);
         refused.failed_writes = 2;
-        assert!(progress.reported(&refused));
-        assert!(progress.reported(&report(&jobs[2], dead(FailureReason::NoMailbox))));
-        assert!(progress.reported(&report(&b1, dead(FailureReason::Authentication))));
+        assert!(feed(&mut ledger, &mut progress, &refused));
+        assert!(feed(
+            &mut ledger,
+            &mut progress,
+            &report(&jobs[2], dead(FailureReason::NoMailbox))
+        ));
+        assert!(feed(
+            &mut ledger,
+            &mut progress,
+            &report(&b1, dead(FailureReason::Authentication))
+        ));
         let other_run = phase2(Uuid::now_v7(), "a", "u1@a");
-        assert!(!progress.reported(&report(&other_run, Outcome::Succeeded)));
+        assert!(!feed(
+            &mut ledger,
+            &mut progress,
+            &report(&other_run, Outcome::Succeeded)
+        ));
 
-        progress.finish();
+        progress.finish(&ledger.give_up());
         let snap = progress.snapshot(Utc::now());
         assert!(snap.finished);
         let a = &snap.tenants[1];
@@ -480,17 +501,18 @@ mod tests {
     fn jobs_without_a_final_report_count_as_failed_at_the_end() {
         let run = Uuid::now_v7();
         let mut progress = RunProgress::new(run, "broker", false, Utc::now());
+        let mut ledger = RunLedger::new(run);
         let a1 = phase1(run, "a", &["u1@a"]);
         let b1 = phase1(run, "b", &["v1@b", "v2@b"]);
-        progress.submitted(&a1);
-        progress.submitted(&b1);
-        progress.reported(&report(&b1, Outcome::Succeeded));
+        submit(&mut ledger, &mut progress, &a1);
+        submit(&mut ledger, &mut progress, &b1);
+        feed(&mut ledger, &mut progress, &report(&b1, Outcome::Succeeded));
         let lost = phase2(run, "b", "v1@b");
-        progress.submitted(&lost);
+        submit(&mut ledger, &mut progress, &lost);
         let snap = progress.snapshot(Utc::now());
         assert!(!snap.finished);
         assert_eq!(snap.tenants[1].phase2.done, 0);
-        progress.finish();
+        progress.finish(&ledger.give_up());
         let snap = progress.snapshot(Utc::now());
         assert_eq!(snap.tenants[0].phase1, Phase1State::Failed);
         assert_eq!(
@@ -545,6 +567,10 @@ mod tests {
             "broker"
         }
 
+        async fn lease(&mut self, _tenant_id: &str) -> Result<(), LeaseError> {
+            Ok(())
+        }
+
         async fn publish_run_status(&mut self, status: &RunStatus) -> Result<()> {
             self.published.push(status.clone());
             Ok(())
@@ -564,7 +590,10 @@ mod tests {
             tracked.submit(a1.clone()).await.expect("submit");
             tracked.prepared(&[tenant_report("a", 1, None)]);
             let got = tracked.next_report(Duration::from_secs(60)).await;
-            assert!(matches!(got, Ok(Some(_))));
+            let Ok(Some(got)) = got else {
+                panic!("no report: {got:?}")
+            };
+            tracked.accepted(&got);
             assert_eq!(tracked.inner.published.len(), 1, "one before waiting");
             assert_eq!(
                 tracked.inner.published[0].tenants[0].phase1,
@@ -576,7 +605,7 @@ mod tests {
             let published = &tracked.inner.published;
             assert_eq!(published.len(), 4, "change + 2 heartbeats: {published:?}");
             assert_eq!(published[1].tenants[0].phase1, Phase1State::Succeeded);
-            tracked.finish().await;
+            tracked.finish(&[]).await;
         }
         let last = recorder.published.last().expect("final snapshot");
         assert!(last.finished);

@@ -46,8 +46,24 @@ pub struct TenantMemory {
     central: Option<FolderFeed>,
     /// Users' default contacts folders, by mailbox id.
     mailboxes: BTreeMap<String, FolderFeed>,
+    /// The central folder a successful phase 1 last filled: if it is gone (deleted, renamed), the next run
+    /// must stop instead of filling a fresh folder (see [`crate::prepare::CentralExpectation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    filled_central: Option<KnownCentral>,
     /// When the state was saved.
     saved_at: Option<DateTime<Utc>>,
+}
+
+/// The central folder earlier runs filled: the shared mailbox's and the folder's Graph ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KnownCentral {
+    /// The shared mailbox's object id.
+    pub mailbox_id: String,
+    /// The folder's id.
+    pub folder_id: String,
+    /// The name it was configured under (`CentralFolderName`): under another name, another folder is expected.
+    pub folder_name: String,
 }
 
 /// The identity of what a tenant's feeds describe: Graph endpoint, shared mailbox, central folder and the
@@ -86,18 +102,10 @@ impl StateStore {
     }
 
     fn file(&self, tenant_id: &str) -> PathBuf {
-        let name: String = tenant_id
-            .to_lowercase()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join(format!("tenant-{name}.json"))
+        self.dir.join(format!(
+            "tenant-{}.json",
+            crate::lease::file_safe(tenant_id)
+        ))
     }
 
     /// What is remembered of `tenant_id` for `scope`; empty (a first run) when nothing usable is there.
@@ -114,9 +122,16 @@ impl StateStore {
         };
         match serde_json::from_slice::<TenantMemory>(&bytes) {
             Ok(memory) if memory.schema == STATE_SCHEMA && memory.scope == scope => memory,
-            Ok(_) => {
+            Ok(other) => {
                 info!(tenant = tenant_id, "the kept state is for another folder, endpoint or policy; reading every folder in full");
-                fresh
+                // Which folder was last filled outlives the feeds: a rebuild that has not succeeded yet must not
+                // make the lost folder forgotten.
+                TenantMemory {
+                    filled_central: other
+                        .filled_central
+                        .filter(|_| other.schema == STATE_SCHEMA),
+                    ..fresh
+                }
             }
             Err(e) => {
                 warn!(path = %path.display(), error = %e, "state file is not valid; reading every folder in full");
@@ -125,12 +140,25 @@ impl StateStore {
         }
     }
 
-    /// Saves `memory` for `tenant_id`, replacing the previous file atomically.
+    /// The central folder the last successful phase 1 of `tenant_id` filled, whatever the state's scope (a
+    /// lost folder changes the scope). `None` when no state says so.
+    pub fn filled_central(&self, tenant_id: &str) -> Option<KnownCentral> {
+        let bytes = std::fs::read(self.file(tenant_id)).ok()?;
+        serde_json::from_slice::<TenantMemory>(&bytes)
+            .ok()
+            .filter(|memory| memory.schema == STATE_SCHEMA)?
+            .filled_central
+    }
+
+    /// Saves `memory` for `tenant_id`, replacing the previous file atomically. Called under the tenant's lease
+    /// (see [`crate::lease`]).
     pub fn save(&self, tenant_id: &str, memory: &TenantMemory) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
         let path = self.file(tenant_id);
-        let tmp = path.with_extension("json.tmp");
+        // A temporary name of its own: two processes saving at once (whatever the lease) never write into one
+        // file, and the rename makes the last complete one win.
+        let tmp = path.with_extension(format!("json.{}.tmp", Uuid::new_v4().simple()));
         let mut saved = memory.clone();
         saved.saved_at = Some(Utc::now());
         let json = serde_json::to_vec_pretty(&saved).context("serialising the state")?;
@@ -188,6 +216,16 @@ impl TenantMemory {
             .filter(|(id, _)| self.sources.contains(*id))
             .map(|(id, feed)| (id.clone(), feed.clone()))
             .collect();
+    }
+
+    /// A phase 1 succeeded on `central`, configured as `folder_name`: it is the folder later runs must find
+    /// again.
+    pub fn filled(&mut self, central: &CentralFolder, folder_name: &str) {
+        self.filled_central = central.folder_id.as_ref().map(|folder_id| KnownCentral {
+            mailbox_id: central.mailbox.id.clone(),
+            folder_id: folder_id.clone(),
+            folder_name: folder_name.to_owned(),
+        });
     }
 
     /// The cursors of `user`'s phase-2 job, from what phase 1 of this run reported.
@@ -334,6 +372,25 @@ mod tests {
                 .load("contoso.onmicrosoft.com", Uuid::new_v4())
                 .central,
             None
+        );
+        // The folder last filled is kept across scopes (a lost folder changes the scope).
+        let mut filled = loaded;
+        filled.filled(
+            &CentralFolder {
+                mailbox: mailbox("shared"),
+                folder_id: Some("F1".into()),
+            },
+            "All Contacts",
+        );
+        store
+            .save("contoso.onmicrosoft.com", &filled)
+            .expect("save");
+        let rescoped = store.load("contoso.onmicrosoft.com", Uuid::new_v4());
+        assert_eq!(rescoped.filled_central, filled.filled_central);
+        assert_eq!(rescoped.central, None);
+        assert_eq!(
+            store.filled_central("contoso.onmicrosoft.com"),
+            filled.filled_central
         );
         // A damaged file is ignored, not an error.
         let file = store.file("contoso.onmicrosoft.com");

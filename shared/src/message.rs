@@ -99,6 +99,15 @@ pub struct Job {
     /// What the producer kept of the job's folders from earlier runs (empty: read everything).
     #[serde(default, skip_serializing_if = "Cursors::is_empty")]
     pub cursors: Cursors,
+    /// The queue this run reads its reports from (a run's own queue, so two runs on one broker never take each
+    /// other's reports); `None`, as in messages from older producers, means the shared report queue. A worker
+    /// only honours a name inside its own queue prefix (see [`crate::mq::Topology::report_queue_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_queue: Option<String>,
+    /// Phase 1 only: the central folder was lost and is being restored from the users' contacts (`run
+    /// --rebuild-central`), so stamped copies in users' mailboxes are sources to publish, never removals.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rebuild_central: bool,
     /// What to do.
     #[serde(flatten)]
     pub kind: JobKind,
@@ -115,6 +124,8 @@ impl Job {
             dry_run,
             enqueued_at: Utc::now(),
             cursors: Cursors::default(),
+            report_queue: None,
+            rebuild_central: false,
             kind,
         };
         let key = format!(
@@ -404,6 +415,22 @@ mod tests {
         assert_ne!(phase2_job(Uuid::now_v7()).job_id, job.job_id);
         let text = String::from_utf8(job.to_json()).expect("utf8");
         assert!(text.contains("\"phase\":\"phase2\""), "{text}");
+    }
+
+    #[test]
+    fn jobs_of_older_producers_still_parse() {
+        let job = phase2_job(Uuid::now_v7());
+        let mut value = serde_json::to_value(&job).expect("value");
+        let fields = value.as_object_mut().expect("object");
+        assert!(!fields.contains_key("report_queue") && !fields.contains_key("rebuild_central"));
+        fields.remove("report_queue");
+        let parsed = Job::from_json(&serde_json::to_vec(&value).expect("bytes")).expect("parse");
+        assert_eq!(parsed.report_queue, None);
+        assert!(!parsed.rebuild_central);
+        let mut routed = job.clone();
+        routed.report_queue = Some("cm.reports.x".into());
+        routed.rebuild_central = true;
+        assert_eq!(Job::from_json(&routed.to_json()).expect("parse"), routed);
     }
 
     #[test]

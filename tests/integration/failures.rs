@@ -6,7 +6,7 @@ use std::time::Duration;
 use graphsim::{EstateParams, FaultConfig, RetryAfter, SimConfig};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use shared::message::Phase;
+use shared::message::{FailureReason, Phase};
 use shared::mq::{self, Topology};
 
 use crate::fleet::{broker_args, embedded_args, run, snapshot};
@@ -348,6 +348,17 @@ async fn a_broker_restart_mid_run_changes_nothing_in_the_end() {
         .await
         .expect("the run finishes")
         .expect("producer task");
+    // Every report arrived: none given up on.
+    let lost: Vec<_> = report
+        .tenants
+        .iter()
+        .flat_map(|t| &t.mailboxes)
+        .filter(|m| m.reason == Some(FailureReason::NoReport))
+        .collect();
+    assert!(lost.is_empty(), "reports lost:\n{}", report.human());
+    // Exactly the consumers the two live workers hold (one per phase queue each), no recovered leftovers of the
+    // connections the restart broke, and the run's own report queue gone with the run.
+    assert_consumers_settle(&topology, 2).await;
     for worker in workers {
         let (status, output) = worker.terminate();
         assert!(status.success(), "{output}");
@@ -363,6 +374,60 @@ async fn a_broker_restart_mid_run_changes_nothing_in_the_end() {
         expected,
         "a broker restart changed the outcome"
     );
+}
+
+/// Waits (bounded: the management API samples its statistics) until every queue of `topology` shows the
+/// consumers of `workers` live workers and nothing else, then asserts it.
+async fn assert_consumers_settle(topology: &Topology, workers: u64) {
+    let management =
+        producer::ops::management::Management::new(&support::amqp_url(), None).expect("management");
+    let expected = |name: &str| {
+        if Phase::ALL.iter().any(|p| topology.job_queue(*p) == name) {
+            workers
+        } else {
+            0
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // Right after a restart the management listener may not answer yet.
+        let queues = match management.queues().await {
+            Ok(queues) => queues,
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "management API: {error:#}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let ours: Vec<_> = queues
+            .values()
+            .filter(|q| q.name.starts_with(&format!("{}.", topology.prefix())))
+            .collect();
+        let wrong: Vec<_> = ours
+            .iter()
+            .filter(|q| q.consumers != Some(expected(&q.name)))
+            .map(|q| (q.name.clone(), q.consumers))
+            .collect();
+        let leftover: Vec<_> = ours
+            .iter()
+            .filter(|q| {
+                q.name
+                    .starts_with(&format!("{}.", topology.reports_queue()))
+            })
+            .map(|q| q.name.clone())
+            .collect();
+        if wrong.is_empty() && leftover.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unexpected consumers {wrong:?} or leftover run queues {leftover:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Stops and starts the RabbitMQ application (every connection drops; durable queues survive).

@@ -27,3 +27,12 @@ mod ops;
 
 // Poisoned job -> dead letter -> dlq list -> fix -> dlq requeue -> a worker completes it.
 mod dlq_replay;
+
+// Two producers at once: per-run report queues and per-tenant leases.
+mod concurrent_runs;
+
+// A job the broker can never take fails at once, naming the job.
+mod publish_errors;
+
+// The central folder deleted or renamed: the tenant stops and says how to rebuild.
+mod central_folder;

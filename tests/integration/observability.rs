@@ -175,6 +175,7 @@ async fn produce(settings: Settings, topology: Topology) -> bool {
         only_tenants: &[],
         dry_run: false,
         idle_timeout: Duration::from_secs(60),
+        rebuild_central: false,
     };
     let report = orchestrate::run(&mut broker, &graph, request)
         .await

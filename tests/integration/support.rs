@@ -214,7 +214,7 @@ pub async fn delete_contact(
 
 /// One Graph request under `/v1.0/` with the tenant's own app token, as a user's client would send it; a
 /// failure fails the test.
-async fn user_request(
+pub async fn user_request(
     estate: &Estate,
     tenant: &SeededTenant,
     method: reqwest::Method,

@@ -281,7 +281,7 @@ async fn handle(
                         .await?
                 }
             }
-            publisher.publish_report(&report).await
+            publisher.publish_report(&job, &report).await
         }
         .await;
         info!(

@@ -256,6 +256,7 @@ impl JobRunner {
             owner: central.mailbox.clone(),
             options: tenant.mirror.clone(),
             now: Utc::now(),
+            // TODO(rules branch, issue 10 scenario 6): `rebuild_central: job.rebuild_central,` once merged.
         };
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
         let folder = match &central.folder_id {

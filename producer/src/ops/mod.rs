@@ -22,27 +22,16 @@ pub mod status;
 pub mod table;
 
 use anyhow::{Context, Result};
-use lapin::{Connection, ConnectionProperties};
-use shared::mq::{redact_url, Topology};
+use lapin::Connection;
+use shared::mq::Topology;
 
 use cli::BrokerArgs;
 
-/// Connects for an operator command; the error names the broker with its password redacted.
-///
-/// Unlike the fleet's `shared::mq::connect` this turns automatic recovery off: with it, lapin retries a refused
-/// connection 16 times with growing delays, which suits a worker riding out a broker restart but leaves an
-/// operator staring at a silent terminal for minutes. An operator command fails at once and can be re-run.
+/// Connects for an operator command; the error names the broker with its password redacted. Like every
+/// connection of the fleet (`shared::mq::connect`) it does not recover by itself: an operator command fails at
+/// once and can be re-run.
 pub async fn connect(broker: &BrokerArgs) -> Result<(Connection, Topology)> {
-    let properties =
-        ConnectionProperties::default().with_connection_name("contactmirror-producer-ops".into());
-    let connection = Connection::connect(&broker.amqp_url, properties)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to RabbitMQ at {}",
-                redact_url(&broker.amqp_url)
-            )
-        })?;
+    let connection = shared::mq::connect(&broker.amqp_url, "contactmirror-producer-ops").await?;
     Ok((connection, Topology::new(broker.queue_prefix.clone())))
 }
 

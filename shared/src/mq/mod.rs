@@ -30,6 +30,11 @@ pub const REASON_HEADER: &str = "x-cm-reason";
 /// Header carrying the error text of a dead-lettered job.
 pub const ERROR_HEADER: &str = "x-cm-error";
 
+/// The largest message this fleet publishes. RabbitMQ refuses bigger ones by closing the channel (its
+/// `max_message_size`, 16 MiB by default since 4.0), which would take every other publish on that channel down
+/// with it, so the size is checked before sending.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// A failure talking to the broker.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,6 +56,20 @@ pub enum MqError {
         /// Routing key.
         routing_key: String,
     },
+    /// The message does not fit the broker's limit (checked before publishing, so the channel stays usable).
+    #[error(
+        "a message for {exchange} ({routing_key}) is {size} bytes, over the {limit}-byte limit"
+    )]
+    TooLarge {
+        /// Exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+        /// The message's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The message matched no queue.
     #[error("message to {exchange} ({routing_key}) was unroutable: is the topology declared?")]
     Unroutable {
@@ -59,6 +78,13 @@ pub enum MqError {
         /// Routing key.
         routing_key: String,
     },
+}
+
+impl MqError {
+    /// Whether publishing the same message again can never succeed (so retrying it is pointless).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, MqError::TooLarge { .. })
+    }
 }
 
 fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> MqError {
@@ -79,17 +105,81 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Opens a connection named `name` (visible in the management UI) with lapin's automatic recovery on.
+/// Opens a connection named `name` (visible in the management UI), with lapin's automatic recovery **off**.
+///
+/// The producer and the worker each reconnect themselves (a new connection, channels and consumers, then the
+/// failed step again). With lapin's recovery on as well, the old connection came back by itself beside the new
+/// one and its recovered consumers took reports and jobs that nobody read, held unacknowledged until that
+/// connection died (a run waited its whole idle timeout for a report the old consumer held). One mechanism: a
+/// lost connection stays lost, and its owner replaces it.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, MqError> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .enable_auto_recover();
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, properties)
         .await
         .map_err(amqp(format!(
             "cannot connect to RabbitMQ at {}",
             redact_url(url)
         )))
+}
+
+/// Declares run `run_id`'s own report queue (durable, so reports survive a broker restart; expiring, so an
+/// abandoned run's queue goes away by itself) and binds it to the report exchange under the run's own routing key.
+pub async fn declare_run_reports(
+    channel: &Channel,
+    topology: &Topology,
+    run_id: uuid::Uuid,
+) -> Result<String, MqError> {
+    let name = topology.run_reports_queue(run_id);
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(
+            name.as_str().into(),
+            options,
+            field_table(&topology.run_reports_queue_arguments()),
+        )
+        .await
+        .map_err(amqp(format!("declaring the run's report queue {name}")))?;
+    bind(
+        channel,
+        &name,
+        &topology.reports_exchange(),
+        &Topology::run_reports_routing_key(run_id),
+    )
+    .await?;
+    Ok(name)
+}
+
+/// Takes the lease `queue` (see [`Topology::lease_queue`]) for as long as `connection` lives: `Ok(false)` when
+/// another connection holds it (the broker answers RESOURCE_LOCKED).
+pub async fn take_lease(connection: &Connection, queue: &str) -> Result<bool, MqError> {
+    // A refused declare closes its channel, so each attempt gets one of its own.
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp("opening a lease channel"))?;
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(error) if is_resource_locked(&error) => Ok(false),
+        Err(source) => Err(MqError::Amqp {
+            context: format!("declaring the lease queue {queue}"),
+            source,
+        }),
+    }
+}
+
+fn is_resource_locked(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 405)
 }
 
 fn string(value: &str) -> AMQPValue {
@@ -262,22 +352,43 @@ impl Publisher {
             .await
     }
 
-    /// Publishes a report to the report exchange.
-    pub async fn publish_report(&self, report: &Report) -> Result<(), MqError> {
+    /// Publishes `job`'s report: to its run's own queue when the job names one this topology owns (see
+    /// [`Topology::report_queue_of`]), else to the report exchange (older producers' shared queue).
+    ///
+    /// A run's queue that no longer exists means that run's producer is gone for good (it deletes the queue at
+    /// its end; the broker drops an abandoned one): nobody will read the report, so it is dropped with a warning
+    /// instead of failing the job, which would only run it again for nothing.
+    pub async fn publish_report(&self, job: &Job, report: &Report) -> Result<(), MqError> {
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_message_id(format!("{}:{}", report.job_id, report.attempt).into())
             .with_correlation_id(report.run_id.to_string().into())
             .with_type("contactmirror.report.v1".into());
+        let Some(queue) = self.topology.report_queue_of(job) else {
+            let exchange = self.topology.reports_exchange();
+            return self
+                .publish(
+                    &exchange,
+                    &report.routing_key(),
+                    report.to_json(),
+                    properties,
+                )
+                .await;
+        };
         let exchange = self.topology.reports_exchange();
-        self.publish(
-            &exchange,
-            &report.routing_key(),
-            report.to_json(),
-            properties,
-        )
-        .await
+        let routing_key = Topology::run_reports_routing_key(job.run_id);
+        match self
+            .publish(&exchange, &routing_key, report.to_json(), properties)
+            .await
+        {
+            Err(MqError::Unroutable { .. }) => {
+                tracing::warn!(queue = %queue, job_id = %job.job_id,
+                    "the run's report queue is gone (its producer ended); dropping the report");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Publishes a run-progress snapshot to the runs queue, where it replaces the previous one. Persistent, so the
@@ -306,6 +417,14 @@ impl Publisher {
         body: Vec<u8>,
         properties: BasicProperties,
     ) -> Result<(), MqError> {
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(MqError::TooLarge {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+                size: body.len(),
+                limit: MAX_MESSAGE_BYTES,
+            });
+        }
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()

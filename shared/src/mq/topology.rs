@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use crate::message::Phase;
+use uuid::Uuid;
+
+use crate::message::{Job, Phase};
 
 /// How many times a job may be delivered (crashes included) before the broker dead-letters it.
 pub const DELIVERY_LIMIT: i64 = 8;
@@ -17,6 +19,10 @@ pub const MAX_QUEUE_LENGTH: i64 = 1_000_000;
 /// Routing key of run-progress snapshots on the report exchange. It does not match the report queue's `report.#`,
 /// so snapshots reach only the runs queue.
 pub const RUN_STATUS_ROUTING_KEY: &str = "run.status";
+
+/// How long a run's own report queue outlives its last consumer. Longer than the producer's reconnect budget (a
+/// broker restart must not lose it), short enough that a producer killed mid-run leaves nothing behind for long.
+pub const RUN_REPORTS_EXPIRE: Duration = Duration::from_secs(30 * 60);
 
 /// The delay levels of the retry queues. A retry goes to the smallest level no shorter than the wait it needs.
 pub const RETRY_LEVELS: [Duration; 5] = [
@@ -80,6 +86,56 @@ impl Topology {
     /// The queue the producer reads reports from.
     pub fn reports_queue(&self) -> String {
         format!("{}.reports", self.prefix)
+    }
+
+    /// A run's own report queue: its jobs name it ([`Job::report_queue`]), so two runs on one broker (two
+    /// tenants, or a manual run beside the scheduled one) each receive only their own reports.
+    pub fn run_reports_queue(&self, run_id: Uuid) -> String {
+        format!("{}.reports.{}", self.prefix, run_id)
+    }
+
+    /// The routing key, on the report exchange, of run `run_id`'s reports: only its own queue is bound to it.
+    /// (The report exchange, not the default one: a least-privilege user has rights on `<prefix>.*` only.)
+    pub fn run_reports_routing_key(run_id: Uuid) -> String {
+        format!("run.{run_id}")
+    }
+
+    /// Where a worker publishes `job`'s report: the run's own queue when the job names exactly the one of its
+    /// run under this prefix, else (`None`) the shared report queue. A job is outside input, so any other name
+    /// (another prefix, another run's queue, a job queue) is not published to.
+    pub fn report_queue_of(&self, job: &Job) -> Option<String> {
+        let expected = self.run_reports_queue(job.run_id);
+        job.report_queue
+            .as_deref()
+            .filter(|named| *named == expected)
+            .map(|_| expected)
+    }
+
+    /// The arguments of a run's report queue: classic (one consumer, short-lived), removed by the broker once
+    /// unused for [`RUN_REPORTS_EXPIRE`].
+    pub fn run_reports_queue_arguments(&self) -> serde_json::Value {
+        serde_json::json!({
+            "x-queue-type": "classic",
+            "x-expires": i64::try_from(RUN_REPORTS_EXPIRE.as_millis()).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// The exclusive queue whose existence is a producer's lease on `tenant_id`: only one connection can hold
+    /// it, and the broker deletes it when that connection dies, so a crashed producer never blocks the next run.
+    pub fn lease_queue(&self, tenant_id: &str) -> String {
+        let tenant: String = tenant_id
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(200)
+            .collect();
+        format!("{}.lease.{tenant}", self.prefix)
     }
 
     /// The queue holding the latest run-progress snapshot (fed from the report exchange, see
@@ -308,6 +364,50 @@ mod tests {
         assert_eq!(t.retry_queue(Duration::from_secs(5)), "t1.retry.5s");
         assert_eq!(t.runs_queue(), "t1.runs");
         assert_eq!(t.all_queues().len(), 2 + RETRY_LEVELS.len() + 2 + 1 + 1);
+    }
+
+    #[test]
+    fn a_worker_publishes_only_to_the_report_queue_of_the_jobs_own_run() {
+        use crate::message::{CentralFolder, JobKind};
+        use crate::model::Mailbox;
+        let t = Topology::new("t1");
+        let mailbox = Mailbox {
+            id: "a".into(),
+            upn: "a@x".into(),
+        };
+        let run = Uuid::now_v7();
+        let mut job = Job::new(
+            run,
+            "x",
+            false,
+            JobKind::Phase2 {
+                central: CentralFolder {
+                    mailbox: mailbox.clone(),
+                    folder_id: None,
+                },
+                mailbox,
+            },
+        );
+        assert_eq!(t.report_queue_of(&job), None);
+        job.report_queue = Some(t.run_reports_queue(run));
+        assert_eq!(t.report_queue_of(&job), Some(format!("t1.reports.{run}")));
+        for forged in [
+            Topology::new("t2").run_reports_queue(run),
+            t.run_reports_queue(Uuid::now_v7()),
+            t.job_queue(Phase::Phase1),
+            t.reports_queue(),
+        ] {
+            job.report_queue = Some(forged.clone());
+            assert_eq!(t.report_queue_of(&job), None, "{forged}");
+        }
+        assert_eq!(
+            t.lease_queue("Contoso.onmicrosoft.com"),
+            "t1.lease.contoso.onmicrosoft.com"
+        );
+        assert_eq!(t.lease_queue("a b/c"), "t1.lease.a_b_c");
+        // Neither the shared report queue (`report.#`) nor the runs queue sees a run's reports.
+        let key = Topology::run_reports_routing_key(run);
+        assert!(!key.starts_with("report.") && key != RUN_STATUS_ROUTING_KEY);
     }
 
     #[test]
