@@ -256,6 +256,7 @@ impl JobRunner {
             owner: central.mailbox.clone(),
             options: tenant.mirror.clone(),
             now: Utc::now(),
+            rebuild_central: false,
         };
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
         let folder = match &central.folder_id {
@@ -340,6 +341,7 @@ impl JobRunner {
             owner: mailbox.clone(),
             options: tenant.mirror.clone(),
             now: Utc::now(),
+            rebuild_central: false,
         };
         let plan = sync::plan_distribution(&ctx, &central_contacts, mailbox, &target).map_err(
             |refusal| AttemptResult::Permanent {

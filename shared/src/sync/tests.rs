@@ -99,6 +99,7 @@ impl World {
             owner: owner.clone(),
             options: self.options.clone(),
             now: self.clock,
+            rebuild_central: false,
         }
     }
 
