@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
 
-use super::identity::{effective_sync_id, property_sync_id, SyncId};
+use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
 use super::normalize::{email_keys, has_category, name_key, normalize, NormalizedFields};
-use super::plan::{ActionKind, Plan, PlanContext, PlanItem, Reason};
+use super::plan::{deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, Reason};
 use super::stamp::{format_time, restamp, NotesStamp};
 
 /// One user's default-folder contacts, as read for phase 1.
@@ -68,7 +68,8 @@ struct Entry<'a> {
 
 /// A person not yet in the central folder, gathered from sources during planning.
 struct NewPerson {
-    sync: SyncId,
+    /// The sync id the person must keep: set only when rebuilding, from managed copies' extended property.
+    key: Option<SyncId>,
     members: Vec<usize>,
 }
 
@@ -200,28 +201,38 @@ fn settle(
 ///   deterministic.
 /// - A source with the opt-out category is skipped ([`Reason::OptedOut`]): it is never published.
 /// - *Identified* sources: a source with a sync id (extended property, else notes) that is in the central folder
-///   belongs to that central contact. A source without a sync id whose derived sync id is in the central folder is
-///   the original that central contact was created from (a retried job finds what it created).
+///   belongs to that central contact. A source without the extended property whose derived sync id is in the
+///   central folder is the original that central contact was created from (a retried job finds what it created).
 /// - The other sources match the central contact whose data, *as this plan leaves it*, shares the most email
 ///   addresses with them (the first by id on a tie), else the one with the same displayName when neither has an
-///   email (phase 2 adopts them the same way). A source whose sync id is no longer in the central folder and that
-///   matches no central contact was removed centrally and is skipped ([`Reason::RemovedCentrally`]; this covers
-///   managed copies, stamped owner originals and old-script stamps): it is never published again.
+///   email (phase 2 adopts them the same way). A source whose *extended property* names a sync id no longer in the
+///   central folder and that matches no central contact was removed centrally and is skipped
+///   ([`Reason::RemovedCentrally`]; managed copies and owners' contacts the tool stamped): it is never published
+///   again. Only the property is that proof, because only this tool writes it and only on contacts of a person
+///   the central folder held. A sync id only in the notes (the replaced script's stamps, or a line pasted by a
+///   user) proves nothing: such a contact is a candidate like any other (issue 10, scenario 5b).
 /// - An existing central contact is updated with the data of its newest matched source whose data differs, only
 ///   when that source is newer than the central contact: the newest edit wins wherever it was made (the owner's
 ///   original or anyone's copy). Updates and matches are settled together (a fixed point, see `settle`), so that
 ///   planning again after applying finds every source where it was and nothing to do.
 /// - The rest are new people: a source joins a person gathered earlier in this plan when it shares an email with
 ///   every member gathered so far (without emails: the same displayName), else it starts one, whose sync id is
-///   derived from it. A new person is created with the data of its newest member, the stamp (`CreatedBy` = the
+///   derived from it, unless a member's notes stamp carries a sync id that is consistent (see `new_people_ids`),
+///   which the person keeps so the replaced script's copies elsewhere match it. A new person is created with the
+///   data of its newest member, the stamp (`CreatedBy` = the
 ///   first member's owner, `LastUpdatedBy` = the newest member's owner), the managed category, and none of the
 ///   owners' note text or categories.
 /// - A central contact's identity stamp is completed when missing, in the same PATCH as a data change or alone:
 ///   the extended property (for contacts adopted from the old script, or created by hand in the central folder,
 ///   which get the id derived from themselves), the notes stamp when `stamp_notes`, the managed category.
-/// - Phase 1 never deletes: removing a person from the central folder is an administrator's decision, and a
-///   source that disappears may just be a user tidying their own list. Central contacts sharing a sync id are left
-///   as they are except the first by id ([`Reason::DuplicateSyncId`]).
+/// - Phase 1 never deletes a person: removing one from the central folder is an administrator's decision, and a
+///   source that disappears may just be a user tidying their own list. Of central contacts sharing a sync id the
+///   first by id is kept in sync; the others are deleted when they are managed copies ([`ownership`] in the shared
+///   mailbox) and `deletion.enabled`, at most [`deletion_allowance`] of the folder's managed copies per run (the
+///   rest on later runs), else left alone ([`Reason::DuplicateSyncId`]).
+/// - *Rebuild* (`ctx.rebuild_central`, after the central folder was lost): nothing counts as removed centrally,
+///   sources carrying the extended property are grouped by it and each group is created under that sync id (so
+///   every copy in every mailbox stays matched), other sources join them as above, and nothing is deleted.
 pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Contact]) -> Plan {
     let options = &ctx.options;
     let mut items = Vec::new();
@@ -259,7 +270,10 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
     candidates.sort_by(|a, b| (&a.mailbox.id, &a.contact.id).cmp(&(&b.mailbox.id, &b.contact.id)));
 
     // Identified sources join their central contact; the others wait for the central data to settle. Sources whose
-    // sync id left the central folder may join an existing person but are never published as a new one.
+    // sync id provably left the central folder may join an existing person but are never published as a new one.
+    // Only the extended property proves the central folder held a person (the tool writes it nowhere else); a
+    // notes stamp alone may be pasted or come from the replaced script, so its contact is a candidate like any
+    // other. When rebuilding a lost central folder, nothing counts as removed.
     let mut unidentified: Vec<usize> = Vec::new();
     let mut removed: BTreeSet<usize> = BTreeSet::new();
     for (si, source) in candidates.iter().enumerate() {
@@ -268,20 +282,23 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
             items.push(source_skip(source, Reason::OptedOut));
             continue;
         }
-        if let Some(sync) = effective_sync_id(contact) {
-            match by_sync.get(&sync) {
-                Some(&ci) => entries[ci].members.push(si),
-                None => {
-                    removed.insert(si);
-                    unidentified.push(si);
-                }
-            }
-            continue;
-        }
+        // A source belongs to the central contact with its sync id, else (when it has no extended property: a
+        // notes stamp may be any pasted id) to the one derived from itself: a retried job finds what it created.
+        let sync = effective_sync_id(contact);
+        let property = property_sync_id(contact);
         let derived = SyncId::derive(&ctx.tenant_id, &source.mailbox.id, &contact.id);
-        match by_sync.get(&derived) {
+        let central_match = sync
+            .as_ref()
+            .and_then(|s| by_sync.get(s))
+            .or_else(|| by_sync.get(&derived).filter(|_| property.is_none()));
+        match central_match {
             Some(&ci) => entries[ci].members.push(si),
-            None => unidentified.push(si),
+            None => {
+                if property.is_some() && !ctx.rebuild_central {
+                    removed.insert(si);
+                }
+                unidentified.push(si);
+            }
         }
     }
 
@@ -300,6 +317,18 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
             items.push(source_skip(source, Reason::RemovedCentrally));
             continue;
         }
+        // Rebuilding: a contact the tool stamped brings its person back under the same sync id, so every copy in
+        // every mailbox stays matched.
+        if let Some(key) = property_sync_id(source.contact).filter(|_| ctx.rebuild_central) {
+            match people.iter_mut().find(|p| p.key.as_ref() == Some(&key)) {
+                Some(person) => person.members.push(si),
+                None => people.push(NewPerson {
+                    key: Some(key),
+                    members: vec![si],
+                }),
+            }
+            continue;
+        }
         let gathered = people.iter_mut().find(|p| {
             if source.emails.is_empty() {
                 source.name.is_some()
@@ -313,13 +342,32 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         match gathered {
             Some(person) => person.members.push(si),
             None => people.push(NewPerson {
-                sync: SyncId::derive(&ctx.tenant_id, &source.mailbox.id, &source.contact.id),
+                key: None,
                 members: vec![si],
             }),
         }
     }
+    let people_ids = new_people_ids(ctx, &people, &candidates, by_sync.keys());
 
+    // Extra central copies of one person (an ambiguous create resent, say) are deleted when they are provably the
+    // tool's, within the deletion cap (the rest on later runs); never while rebuilding.
+    let is_managed = |entry: &Entry| {
+        ownership(&ctx.tenant_id, &ctx.owner, entry.c.contact) == Ownership::ManagedCopy
+    };
+    let mut duplicates_left = if options.deletion.enabled && !ctx.rebuild_central {
+        deletion_allowance(
+            entries.iter().filter(|e| is_managed(e)).count(),
+            options.deletion.max_share,
+        )
+    } else {
+        0
+    };
     for (ci, entry) in entries.iter().enumerate() {
+        if !entry.canonical && duplicates_left > 0 && is_managed(entry) {
+            duplicates_left -= 1;
+            items.push(duplicate_delete(entry));
+            continue;
+        }
         let mut members = entry.members.clone();
         members.extend(
             unidentified
@@ -331,7 +379,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         items.push(plan_entry(ctx, entry, &candidates, &members, updates[ci]));
     }
 
-    for person in &people {
+    for (person, sync) in people.iter().zip(&people_ids) {
         let Some(newest) =
             newest_index(person.members.iter().copied(), &candidates).map(|m| &candidates[m])
         else {
@@ -339,7 +387,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         };
         let first = &candidates[person.members[0]];
         let stamp = NotesStamp {
-            sync_id: Some(person.sync.clone()),
+            sync_id: Some(sync.clone()),
             created_by: Some(first.mailbox.upn.clone()),
             last_updated_at: Some(format_time(ctx.now)),
             last_updated_by: Some(newest.mailbox.upn.clone()),
@@ -351,13 +399,13 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
                 .managed_category
                 .as_ref()
                 .map(|c| vec![c.trim().to_owned()]),
-            sync_id: Some(person.sync.to_string()),
+            sync_id: Some(sync.to_string()),
         };
         items.push(PlanItem {
             op: Some(WriteOp::Create(write)),
             action: ActionKind::Create,
             reason: Reason::New,
-            sync_id: Some(person.sync.to_string()),
+            sync_id: Some(sync.to_string()),
             display_name: newest.contact.fields.display_name.clone(),
             contact_id: None,
             source: Some(newest.mailbox.upn.clone()),
@@ -366,6 +414,75 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
     }
 
     Plan { items }
+}
+
+/// The sync id of each new person, in order. A rebuilt person keeps its key. Otherwise a person keeps the notes
+/// stamp's sync id of its first stamped member when that is consistent: every source carrying that id is a member,
+/// and no other person or central contact has it (so the replaced script's copies elsewhere match it). Every other
+/// person gets the id derived from its first member.
+fn new_people_ids<'s>(
+    ctx: &PlanContext,
+    people: &[NewPerson],
+    candidates: &[Candidate],
+    central_ids: impl Iterator<Item = &'s SyncId>,
+) -> Vec<SyncId> {
+    let mut carriers: HashMap<SyncId, BTreeSet<usize>> = HashMap::new();
+    for (si, candidate) in candidates.iter().enumerate() {
+        if let Some(sync) = effective_sync_id(candidate.contact) {
+            carriers.entry(sync).or_default().insert(si);
+        }
+    }
+    let derived = |person: &NewPerson| {
+        let first = &candidates[person.members[0]];
+        SyncId::derive(&ctx.tenant_id, &first.mailbox.id, &first.contact.id)
+    };
+    let stamped = |person: &NewPerson| {
+        person.key.clone().or_else(|| {
+            person
+                .members
+                .iter()
+                .filter_map(|&m| effective_sync_id(candidates[m].contact))
+                .find(|sync| {
+                    carriers
+                        .get(sync)
+                        .is_some_and(|c| c.iter().all(|si| person.members.contains(si)))
+                })
+        })
+    };
+    let wanted: Vec<Option<SyncId>> = people.iter().map(stamped).collect();
+    // Ids taken before a stamped id may be kept: the central folder's and every derived id in use.
+    let mut used: BTreeSet<SyncId> = central_ids.cloned().collect();
+    for (person, wanted) in people.iter().zip(&wanted) {
+        if wanted.is_none() || person.key.is_none() {
+            used.insert(derived(person));
+        }
+    }
+    people
+        .iter()
+        .zip(wanted)
+        .map(|(person, wanted)| match wanted {
+            Some(key) if person.key.is_some() => key,
+            Some(sync) if used.insert(sync.clone()) => sync,
+            _ => derived(person),
+        })
+        .collect()
+}
+
+/// The deletion of an extra central copy of a person (not the first by id, which is kept in sync).
+fn duplicate_delete(entry: &Entry) -> PlanItem {
+    let contact = entry.c.contact;
+    PlanItem {
+        op: Some(WriteOp::Delete {
+            id: contact.id.clone(),
+        }),
+        action: ActionKind::Delete,
+        reason: Reason::DuplicateSyncId,
+        sync_id: Some(entry.sync.to_string()),
+        display_name: contact.fields.display_name.clone(),
+        contact_id: Some(contact.id.clone()),
+        source: None,
+        changed_fields: Vec::new(),
+    }
 }
 
 /// A skip about a source contact.

@@ -6,10 +6,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::config::MirrorOptions;
 use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
 
 use super::central::{with_category, Candidate};
-use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
+use super::identity::{
+    effective_sync_id, names_mailbox, ownership, property_sync_id, Ownership, SyncId,
+};
 use super::normalize::has_category;
 use super::plan::{
     deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, PlanRefusal, Reason,
@@ -62,11 +65,17 @@ struct Source<'a> {
 ///   id is not the contact's own derived id, such a contact is not stamped at all (it stays matched by email),
 ///   because a bare property would make it look like a managed copy.
 ///
-/// Deletion: a managed copy (see [`ownership`]) that no central person claimed and whose sync id is not in the
-/// central folder is deleted when `deletion.enabled` ([`Reason::NoLongerCentral`]); owner-created contacts,
-/// opted-out contacts and duplicates of a person still central are kept. Safety: when deletion is enabled and the
-/// central folder has no contact with a sync id while the mailbox holds managed copies, or the plan deletes more
-/// than [`deletion_allowance`] of the mailbox's managed copies, the whole plan is refused.
+/// Deletion, only ever of a managed copy (see [`ownership`]: it needs the extended property as proof, so a notes
+/// stamp alone never makes a contact deletable) that no central person claimed, when `deletion.enabled`:
+/// - its sync id is not in the central folder ([`Reason::NoLongerCentral`]);
+/// - it is an extra copy of a person still central ([`Reason::DuplicateSyncId`]: an ambiguous create resent, say).
+///   Of several targets with one sync id the owner's own contact is the one kept, else the one holding the central
+///   data, else the first by id. These go within what the cap leaves after the first kind, the rest on later runs,
+///   so duplicates never cause a refusal.
+///
+/// Owner-created and opted-out contacts are kept. Safety: when deletion is enabled and the central folder has no
+/// contact with a sync id while the mailbox holds managed copies, or the contacts no longer central are more than
+/// [`deletion_allowance`] of the mailbox's managed copies, the whole plan is refused.
 pub fn plan_distribution(
     ctx: &PlanContext,
     central: &[Contact],
@@ -129,7 +138,11 @@ pub fn plan_distribution(
     for (ti, t) in targets.iter().enumerate() {
         match (&t.property, &t.stamp.sync_id) {
             (Some(p), _) => by_property.entry(p).or_default().push(ti),
-            (None, Some(n)) => by_notes.entry(n).or_default().push(ti),
+            // A notes stamp may be any pasted id: the contact may also have been published under its own.
+            (None, Some(n)) => {
+                by_notes.entry(n).or_default().push(ti);
+                by_derived.entry(&t.derived).or_default().push(ti);
+            }
             (None, None) => by_derived.entry(&t.derived).or_default().push(ti),
         }
     }
@@ -147,12 +160,15 @@ pub fn plan_distribution(
             if !source.canonical || matched[si].is_some() {
                 continue;
             }
-            // Of several targets with one id (duplicates), the one already holding the same data is kept in sync.
+            // Of several targets with one id (duplicates), the owner's own contact is kept in sync (it can never
+            // be deleted, so keeping a managed copy beside it would leave two), else the one already holding the
+            // same data, else the first by id; the extra managed copies are deleted below.
             let free = index.get(&source.sync).and_then(|ts| {
-                let mut free = ts.iter().copied().filter(|&ti| !claimed[ti]);
-                let first = free.clone().next();
-                free.find(|&ti| targets[ti].c.norm == source.c.norm)
-                    .or(first)
+                let free = || ts.iter().copied().filter(|&ti| !claimed[ti]);
+                free()
+                    .find(|&ti| targets[ti].ownership.is_owner_created())
+                    .or_else(|| free().find(|&ti| targets[ti].c.norm == source.c.norm))
+                    .or_else(|| free().next())
             });
             if let Some(ti) = free {
                 matched[si] = Some(ti);
@@ -214,33 +230,43 @@ pub fn plan_distribution(
         items.push(plan_person(ctx, source, target));
     }
 
-    // Deletion.
+    // Deletion: managed copies whose person left the central folder, then extra managed copies of a person still
+    // central (an ambiguous create resent, say) within what the cap leaves; the rest of those go on later runs.
     let managed = targets
         .iter()
         .filter(|t| t.ownership == Ownership::ManagedCopy)
         .count();
-    for (ti, t) in targets.iter().enumerate() {
-        if claimed[ti] {
-            continue;
-        }
-        let Some(sync) = &t.effective else { continue };
+    let allowed = deletion_allowance(managed, options.deletion.max_share);
+    let unclaimed: Vec<(&Target, &SyncId)> = targets
+        .iter()
+        .zip(&claimed)
+        .filter(|(_, claimed)| !**claimed)
+        .filter_map(|(t, _)| t.effective.as_ref().map(|sync| (t, sync)))
+        .collect();
+    let gone = unclaimed
+        .iter()
+        .filter(|(t, sync)| deletable(t, options) && !central_ids.contains(*sync))
+        .count();
+    let mut duplicates_left = allowed.saturating_sub(gone);
+    for (t, sync) in unclaimed {
         let contact = t.c.contact;
-        let (reason, op) = if t.ownership.is_owner_created() {
-            (Reason::OwnerCreated, None)
-        } else if central_ids.contains(sync) {
-            (Reason::DuplicateSyncId, None)
+        let (reason, delete) = if t.ownership.is_owner_created() {
+            (Reason::OwnerCreated, false)
         } else if t.opted_out {
-            (Reason::OptedOut, None)
+            (Reason::OptedOut, false)
         } else if !options.deletion.enabled {
-            (Reason::DeletionDisabled, None)
+            (Reason::DeletionDisabled, false)
+        } else if !central_ids.contains(sync) {
+            (Reason::NoLongerCentral, true)
+        } else if duplicates_left > 0 {
+            duplicates_left -= 1;
+            (Reason::DuplicateSyncId, true)
         } else {
-            (
-                Reason::NoLongerCentral,
-                Some(WriteOp::Delete {
-                    id: contact.id.clone(),
-                }),
-            )
+            (Reason::DuplicateSyncId, false)
         };
+        let op = delete.then(|| WriteOp::Delete {
+            id: contact.id.clone(),
+        });
         items.push(PlanItem {
             action: if op.is_some() {
                 ActionKind::Delete
@@ -266,7 +292,6 @@ pub fn plan_distribution(
         });
     }
     let deletes = plan.counts().deleted;
-    let allowed = deletion_allowance(managed, options.deletion.max_share);
     if deletes > allowed {
         return Err(PlanRefusal::TooManyDeletions {
             mailbox: target_mailbox.upn.clone(),
@@ -278,6 +303,11 @@ pub fn plan_distribution(
         });
     }
     Ok(plan)
+}
+
+/// Whether the policy lets the tool delete `target` at all: a managed copy, not opted out, deletion enabled.
+fn deletable(target: &Target, options: &MirrorOptions) -> bool {
+    target.ownership == Ownership::ManagedCopy && !target.opted_out && options.deletion.enabled
 }
 
 /// The decision about one central person in this mailbox.
@@ -343,14 +373,15 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
     // A bare property would make an owner's contact look like a managed copy; only stamp when ownership survives.
     let may_stamp = !owner_created || options.stamp_notes || t.derived == source.sync;
     let needs_property = may_stamp && t.property.as_ref() != Some(&source.sync);
-    // An owner's contact carrying someone else's sync id is recognised as theirs only by `CreatedBy=<owner>`.
+    // An owner's contact carrying someone else's sync id is recognised as theirs by `CreatedBy` naming the owner;
+    // the tool writes the object id, which survives a rename.
     let owner_unproven = owner_created
         && t.derived != source.sync
         && !t
             .stamp
             .created_by
             .as_deref()
-            .is_some_and(|by| by.trim().eq_ignore_ascii_case(t.c.mailbox.upn.trim()));
+            .is_some_and(|by| names_mailbox(by, t.c.mailbox));
     let needs_notes = may_stamp
         && options.stamp_notes
         && (t.stamp.sync_id.as_ref() != Some(&source.sync) || owner_unproven);
@@ -368,7 +399,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
     }
 
     let created_by = if owner_created {
-        Some(t.c.mailbox.upn.clone())
+        Some(t.c.mailbox.id.clone())
     } else {
         source
             .stamp
