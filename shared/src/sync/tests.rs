@@ -1695,3 +1695,142 @@ proptest! {
         }
     }
 }
+
+/// Per mailbox of `world` (refused ones excepted): sync ids held by more than one managed copy that is not opted
+/// out, with their contact ids.
+fn managed_duplicates(world: &World) -> Vec<(String, SyncId, Vec<String>)> {
+    let refused: Vec<&str> = world
+        .refusals
+        .iter()
+        .map(|r| match r {
+            PlanRefusal::TooManyDeletions { mailbox, .. }
+            | PlanRefusal::CentralEmpty { mailbox, .. } => mailbox.as_str(),
+        })
+        .collect();
+    let mut found = Vec::new();
+    for (mailbox, contacts) in world
+        .users
+        .iter()
+        .filter(|(m, _)| !refused.contains(&m.upn.as_str()))
+    {
+        let mut by_id: std::collections::BTreeMap<SyncId, Vec<String>> = Default::default();
+        for c in contacts {
+            if ownership(TENANT, mailbox, c) == Ownership::ManagedCopy
+                && !has_category(&c.categories, "Private")
+            {
+                if let Some(sync) = super::effective_sync_id(c) {
+                    by_id.entry(sync).or_default().push(c.id.clone());
+                }
+            }
+        }
+        found.extend(
+            by_id
+                .into_iter()
+                .filter(|(_, ids)| ids.len() > 1)
+                .map(|(sync, ids)| (mailbox.upn.clone(), sync, ids)),
+        );
+    }
+    found
+}
+
+/// Every (user index, contact id) of a contact its mailbox owner created.
+fn owned_contacts(world: &World) -> Vec<(usize, String)> {
+    world
+        .users
+        .iter()
+        .enumerate()
+        .flat_map(|(u, (m, cs))| {
+            cs.iter()
+                .filter(|c| ownership(TENANT, m, c).is_owner_created())
+                .map(move |c| (u, c.id.clone()))
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Issue 10, scenario 1 over both phases: contacts resent as ambiguous creates (in the central folder and in
+    /// users' mailboxes) leave, after one run, no mailbox with two managed copies of one person; no owner's contact
+    /// is deleted or turned into a managed copy; the run after writes nothing.
+    #[test]
+    fn resent_creates_leave_one_managed_copy_per_person_and_owners_keep_theirs(
+        mut world in world_strategy(),
+        resends in prop::collection::vec((0..5usize, 0..8usize), 1..6),
+    ) {
+        world.run();
+        for (n, (u, i)) in resends.into_iter().enumerate() {
+            let id = format!("resent-{n}");
+            let copy = match u {
+                4 => {
+                    let len = world.central.len();
+                    world.central.get(i % len.max(1)).map(|c| resent(c, &id))
+                }
+                _ => pick(&mut world.users, u, i).map(|c| resent(c, &id)),
+            };
+            match (u, copy) {
+                (4, Some(c)) => world.central.push(c),
+                (_, Some(c)) => world.users[u].1.push(c),
+                _ => {}
+            }
+        }
+        let owned = owned_contacts(&world);
+        world.refusals.clear();
+        world.run();
+        let duplicates = managed_duplicates(&world);
+        prop_assert!(duplicates.is_empty(), "{:?}\n{}", duplicates, describe(&world));
+        for (u, id) in &owned {
+            let (mailbox, contacts) = &world.users[*u];
+            let kept = contacts.iter().find(|c| &c.id == id);
+            prop_assert!(kept.is_some(), "owner's contact {} deleted", id);
+            prop_assert!(
+                kept.is_some_and(|c| ownership(TENANT, mailbox, c).is_owner_created()),
+                "owner's contact {} turned into a managed copy", id
+            );
+        }
+        let before = world.clone();
+        if world.run() != 0 {
+            let mut replay = before.clone();
+            let p1 = replay.phase1();
+            let p2 = replay.phase2();
+            let writes: Vec<_> = std::iter::once(&p1).chain(&p2)
+                .flat_map(|p| p.items.iter().filter(|i| i.op.is_some()))
+                .map(|i| format!("{:?} {:?} {:?}", i.action, i.reason, i.contact_id))
+                .collect();
+            prop_assert!(false, "not settled: {:#?}\nbefore: {}", writes, describe(&before));
+        }
+    }
+
+    /// Issue 10, scenario 6: rebuilding a lost central folder deletes nothing, restores no sync id twice, keeps
+    /// every owner's contact, and the runs after it settle.
+    #[test]
+    fn a_rebuild_never_deletes_and_settles(mut world in world_strategy()) {
+        world.run();
+        let owned = owned_contacts(&world);
+        world.central.clear();
+        world.tick();
+        let mut ctx = world.ctx(&world.shared);
+        ctx.rebuild_central = true;
+        let plan = plan_central(&ctx, &world.sources(), &world.central);
+        prop_assert_eq!(plan.counts().deleted, 0);
+        apply(&plan, &mut world.central, world.clock).expect("applies");
+        let ids: Vec<SyncId> = world.central.iter().filter_map(super::effective_sync_id).collect();
+        let unique: std::collections::BTreeSet<&SyncId> = ids.iter().collect();
+        prop_assert_eq!(ids.len(), unique.len(), "a sync id restored twice");
+        // Every managed copy's person is back under its sync id, so the copy stays matched.
+        for (mailbox, contacts) in &world.users {
+            for c in contacts.iter().filter(|c| !has_category(&c.categories, "Private")) {
+                if ownership(TENANT, mailbox, c) == Ownership::ManagedCopy {
+                    let sync = super::effective_sync_id(c);
+                    prop_assert!(sync.as_ref().is_some_and(|s| unique.contains(s)), "{:?} not restored", sync);
+                }
+            }
+        }
+        world.refusals.clear();
+        world.run();
+        prop_assert_eq!(world.run(), 0, "did not settle after a rebuild\n{}", describe(&world));
+        for (u, id) in &owned {
+            prop_assert!(world.users[*u].1.iter().any(|c| &c.id == id), "owner's contact {} deleted", id);
+        }
+    }
+}
