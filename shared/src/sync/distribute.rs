@@ -11,7 +11,7 @@ use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
 
 use super::central::{with_category, Candidate};
 use super::identity::{
-    effective_sync_id, names_mailbox, ownership, property_sync_id, Ownership, SyncId,
+    effective_sync_id, names_mailbox, ownership, property_sync_id, OwnerReason, Ownership, SyncId,
 };
 use super::normalize::has_category;
 use super::plan::{
@@ -73,7 +73,9 @@ struct Source<'a> {
 ///   data, else the first by id. These go within what the cap leaves after the first kind, the rest on later runs,
 ///   so duplicates never cause a refusal.
 ///
-/// Owner-created and opted-out contacts are kept. Safety: when deletion is enabled and the central folder has no
+/// Owner-created and opted-out contacts are kept. A matched contact with the extended property whose `CreatedBy`
+/// is neither this mailbox nor the central person's creator counts as the owner's ([`OwnerReason::StampedAsOwn`]:
+/// an earlier version stamped it with the owner's UPN before a rename) and is re-stamped with the object id. Safety: when deletion is enabled and the central folder has no
 /// contact with a sync id while the mailbox holds managed copies, or the contacts no longer central are more than
 /// [`deletion_allowance`] of the mailbox's managed copies, the whole plan is refused.
 pub fn plan_distribution(
@@ -116,7 +118,7 @@ pub fn plan_distribution(
     // Target contacts, by id.
     let mut target_sorted: Vec<&Contact> = target.iter().collect();
     target_sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let targets: Vec<Target> = target_sorted
+    let mut targets: Vec<Target> = target_sorted
         .into_iter()
         .map(|contact| Target {
             c: Candidate::new(target_mailbox, contact),
@@ -222,6 +224,24 @@ pub fn plan_distribution(
         if matched[si].is_none() && !claimed[ti] {
             matched[si] = Some(ti);
             claimed[ti] = true;
+        }
+    }
+
+    // The tool copies the central person's `CreatedBy` into every copy it makes. A matched contact carrying the
+    // extended property but a different `CreatedBy` (naming neither this mailbox nor the person's creator) was not
+    // made from the central folder: it is an owner's contact the tool stamped with the owner's UPN before a rename.
+    // It stays the owner's, and its stamp is rewritten to the owner's object id, which no rename changes.
+    for (si, ti) in matched.iter().enumerate() {
+        let Some(ti) = *ti else { continue };
+        let creator = sources[si].stamp.created_by.as_deref();
+        let target = &mut targets[ti];
+        let stamped_by = target.stamp.created_by.as_deref();
+        if target.ownership == Ownership::ManagedCopy
+            && creator
+                .zip(stamped_by)
+                .is_some_and(|(creator, by)| !creator.trim().eq_ignore_ascii_case(by.trim()))
+        {
+            target.ownership = Ownership::OwnerCreated(OwnerReason::StampedAsOwn);
         }
     }
 

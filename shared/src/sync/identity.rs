@@ -87,6 +87,10 @@ pub enum OwnerReason {
     /// Its notes say `CreatedBy=<this mailbox>`, by object id (what the tool writes: it survives a rename) or by
     /// UPN (older stamps).
     CreatedByOwner,
+    /// Phase 2 only: it carries the extended property, but its `CreatedBy` is not the central person's (which the
+    /// tool copies into every copy it makes), so the tool stamped it as an owner's contact, under a UPN since
+    /// renamed.
+    StampedAsOwn,
 }
 
 /// Whose a contact is, as far as the tool may act on it.

@@ -883,8 +883,9 @@ fn mailbox_copies_sharing_a_sync_id_are_reduced_to_one_never_the_owners() {
 }
 
 /// Scenario 5: ownership survives renames. Cat's own contact stamped by the tool, eve's stamped by the replaced
-/// script with her object id, fay's stamped by the script with the UPN she had before a rename: after cat's rename,
-/// when the person leaves the central folder and the other sources, all three are still there, unchanged.
+/// script with her object id, fay's stamped by the script with the UPN she had before a rename, gus's stamped by an
+/// earlier version of the tool with the UPN he had before a rename: after cat's rename, when the person leaves the
+/// central folder and the other sources, all four are still there, unchanged.
 /// Failed before the fix: each counted as a managed copy (`CreatedBy` did not name the mailbox's current UPN), was
 /// re-stamped as someone else's and then deleted as no longer central.
 #[test]
@@ -898,6 +899,10 @@ fn own_contacts_stay_their_owners_across_renames() {
     e1.personal_notes = Some(format!("eve's\r\nSyncId={guid};CreatedBy=id-eve"));
     let mut f1 = contact("f1", "Bob (fay)", &["bob@x.com"], 0);
     f1.personal_notes = Some(format!("SyncId={guid};CreatedBy=fay.old@contoso.com"));
+    // Stamped by an earlier version of this tool as gus's own, under the UPN he had before a rename.
+    let mut g1 = contact("g1", "Bob (gus)", &["bob@x.com"], 0);
+    g1.personal_notes = Some(format!("SyncId={guid}\r\nCreatedBy=gus.old@contoso.com"));
+    g1.sync_id_property = Some(guid.into());
     let mut world = World::new(vec![
         (
             mailbox("ann"),
@@ -910,12 +915,13 @@ fn own_contacts_stay_their_owners_across_renames() {
         (mailbox("dan"), vec![]),
         (mailbox("eve"), vec![e1]),
         (mailbox("fay"), vec![f1]),
+        (mailbox("gus"), vec![g1]),
     ]);
     world.central = vec![central];
     world.run();
     assert_eq!(world.run(), 0);
-    // Cat, eve and fay: users 1, 3 and 4.
-    let owned: Vec<(usize, Contact)> = [1, 3, 4]
+    // Cat, eve, fay and gus: users 1, 3, 4 and 5.
+    let owned: Vec<(usize, Contact)> = [1, 3, 4, 5]
         .into_iter()
         .map(|u| (u, world.users[u].1[0].clone()))
         .collect();
