@@ -130,6 +130,11 @@ pub fn plan_distribution(
             opted_out: has_category(&contact.categories, &options.opt_out_category),
         })
         .collect();
+    // The cap's base: managed copies as `ownership` judges them on their own.
+    let managed = targets
+        .iter()
+        .filter(|t| t.ownership == Ownership::ManagedCopy)
+        .count();
 
     // Matching.
     let mut matched: Vec<Option<usize>> = vec![None; sources.len()];
@@ -252,10 +257,6 @@ pub fn plan_distribution(
 
     // Deletion: managed copies whose person left the central folder, then extra managed copies of a person still
     // central (an ambiguous create resent, say) within what the cap leaves; the rest of those go on later runs.
-    let managed = targets
-        .iter()
-        .filter(|t| t.ownership == Ownership::ManagedCopy)
-        .count();
     let allowed = deletion_allowance(managed, options.deletion.max_share);
     let unclaimed: Vec<(&Target, &SyncId)> = targets
         .iter()
