@@ -4,11 +4,12 @@
 //! with the newest edit made anywhere (an owner's original or anyone's distributed copy), and nothing a user kept
 //! private or anything removed centrally may come back. See [`plan_central`] for the rules.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
 
 use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
+use super::matching::DataIndex;
 use super::normalize::{email_keys, has_category, name_key, normalize, NormalizedFields};
 use super::plan::{deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, Reason};
 use super::stamp::{format_time, restamp, NotesStamp};
@@ -82,23 +83,6 @@ pub(crate) fn with_category(categories: &[String], category: &str) -> Vec<String
     out
 }
 
-/// The index of the entry sharing the most email addresses with `emails` (the first on a tie), among `index`.
-fn best_by_email(emails: &BTreeSet<String>, index: &HashMap<String, Vec<usize>>) -> Option<usize> {
-    let mut overlap: BTreeMap<usize, usize> = BTreeMap::new();
-    for email in emails {
-        for &i in index.get(email).into_iter().flatten() {
-            *overlap.entry(i).or_default() += 1;
-        }
-    }
-    overlap
-        .into_iter()
-        .fold(None, |best: Option<(usize, usize)>, (i, n)| match best {
-            Some((_, bn)) if n <= bn => best,
-            _ => Some((i, n)),
-        })
-        .map(|(i, _)| i)
-}
-
 /// How many rounds [`settle`] tries before falling back to updates from identified sources only.
 const SETTLE_ROUNDS: usize = 8;
 
@@ -137,35 +121,22 @@ fn drivers(
         .collect()
 }
 
-/// Matches each unidentified source to the central entry whose data after `updates` shares the most email
-/// addresses with it (the first entry on a tie), else to the first with the same displayName when neither has an
-/// email; `None` when it matches none.
+/// Matches each unidentified source to the central entry its data names after `updates` (see [`DataIndex`]: the
+/// most shared email addresses, the first entry on a tie, else the first with the same displayName when neither
+/// has an email); `None` when it matches none.
 fn assign(
     entries: &[Entry],
     candidates: &[Candidate],
     unidentified: &[usize],
     updates: &[Option<usize>],
 ) -> Vec<Option<usize>> {
-    let mut by_email: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut index = DataIndex::default();
     for (ci, entry) in entries.iter().enumerate().filter(|(_, e)| e.canonical) {
-        let after = updates[ci].map_or(&entry.c, |m| &candidates[m]);
-        for email in &after.emails {
-            by_email.entry(email.clone()).or_default().push(ci);
-        }
-        if let Some(name) = &after.name {
-            by_name.entry(name.clone()).or_default().push(ci);
-        }
+        index.insert(ci, updates[ci].map_or(&entry.c, |m| &candidates[m]));
     }
     unidentified
         .iter()
-        .map(|&si| {
-            let source = &candidates[si];
-            best_by_email(&source.emails, &by_email).or_else(|| {
-                let name = source.name.as_ref()?;
-                by_name.get(name)?.first().copied()
-            })
-        })
+        .map(|&si| index.best(&candidates[si]).map(|m| m.index))
         .collect()
 }
 

@@ -4,7 +4,7 @@
 //! newer than their own, keep their own notes, categories and newer edits, and lose only copies the tool manages
 //! when a person leaves the central folder, never en masse by accident. See [`plan_distribution`] for the rules.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use crate::config::MirrorOptions;
 use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
@@ -13,6 +13,7 @@ use super::central::{with_category, Candidate};
 use super::identity::{
     effective_sync_id, names_mailbox, ownership, property_sync_id, OwnerReason, Ownership, SyncId,
 };
+use super::matching::DataIndex;
 use super::normalize::has_category;
 use super::plan::{
     deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, PlanRefusal, Reason,
@@ -183,45 +184,21 @@ pub fn plan_distribution(
             }
         }
     }
-    // Email, then name: a target is matched only by the central person phase 1 matches it with (the one sharing the
-    // most addresses, the first by id on a tie; by name, the first with that name), so both phases agree on who
-    // it is. Of several targets for one person, the one sharing the most addresses (then the first by id) wins;
+    // Email, then name: a target is matched only by the central person phase 1 matches it with (one rule for both,
+    // in `matching`: the one sharing the most addresses, the first by id on a tie; by name, the first with that
+    // name), so both phases agree on who it is. Of several targets for one person, the one sharing the most addresses (then the first by id) wins;
     // the others are left alone.
-    let mut central_by_email: HashMap<&str, Vec<usize>> = HashMap::new();
-    let mut central_by_name: HashMap<&str, usize> = HashMap::new();
+    let mut index = DataIndex::default();
     for (si, source) in sources.iter().enumerate().filter(|(_, s)| s.canonical) {
-        for email in &source.c.emails {
-            central_by_email.entry(email).or_default().push(si);
-        }
-        if let Some(name) = &source.c.name {
-            central_by_name.entry(name).or_insert(si);
-        }
+        index.insert(si, &source.c);
     }
     let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
         if claimed[ti] || !adoptable[ti] {
             continue;
         }
-        let mut overlap: BTreeMap<usize, usize> = BTreeMap::new();
-        for email in &t.c.emails {
-            for &si in central_by_email.get(email.as_str()).into_iter().flatten() {
-                *overlap.entry(si).or_default() += 1;
-            }
-        }
-        let best =
-            overlap
-                .into_iter()
-                .fold(None, |best: Option<(usize, usize)>, (si, n)| match best {
-                    Some((_, bn)) if n <= bn => best,
-                    _ => Some((si, n)),
-                });
-        match best {
-            Some((si, n)) => pairs.push((n, si, ti)),
-            None => {
-                if let Some(&si) = t.c.name.as_deref().and_then(|n| central_by_name.get(n)) {
-                    pairs.push((0, si, ti));
-                }
-            }
+        if let Some(m) = index.best(&t.c) {
+            pairs.push((m.shared, m.index, ti));
         }
     }
     pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
