@@ -830,9 +830,22 @@ fn central_copies_sharing_a_sync_id_are_reduced_to_one_within_the_cap() {
                 .as_deref()
                 .is_some_and(|id| id.starts_with("dup-"))));
     world.options.deletion.max_share = 0.5;
+    // A copy stamped only in its notes is not provably the tool's: it stays (and is not distributed).
+    let mut by_hand = resent(&p0, "dup-by-hand");
+    by_hand.sync_id_property = None;
+    by_hand.personal_notes = Some(compose(
+        "",
+        &NotesStamp {
+            sync_id: super::effective_sync_id(&p0),
+            ..Default::default()
+        },
+    ));
+    world.central.push(by_hand);
     assert_eq!(world.phase1().counts().deleted, 3);
-    assert_eq!(world.central.len(), 10);
-    for i in 0..10 {
+    assert_eq!(world.central.len(), 11);
+    assert!(world.central.iter().any(|c| c.id == "dup-by-hand"));
+    assert_eq!(find(&world.central, "p0@x.com").len(), 2);
+    for i in 1..10 {
         assert_eq!(find(&world.central, &format!("p{i}@x.com")).len(), 1);
     }
     assert!(
