@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
 
 use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
-use super::matching::DataIndex;
+use super::matching::{agrees, DataIndex};
 use super::normalize::{email_keys, has_category, name_key, normalize, NormalizedFields};
 use super::plan::{deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, Reason};
 use super::stamp::{format_time, restamp, NotesStamp};
@@ -91,6 +91,7 @@ const SETTLE_ROUNDS: usize = 8;
 fn drivers(
     entries: &[Entry],
     candidates: &[Candidate],
+    unvouched: &BTreeSet<usize>,
     unidentified: &[usize],
     assignment: &[Option<usize>],
 ) -> Vec<Option<usize>> {
@@ -113,7 +114,7 @@ fn drivers(
             newest_index(
                 members
                     .into_iter()
-                    .filter(|&m| candidates[m].norm != entry.c.norm),
+                    .filter(|&m| candidates[m].norm != entry.c.norm && !unvouched.contains(&m)),
                 candidates,
             )
             .filter(|&m| candidates[m].contact.last_modified > entry.c.contact.last_modified)
@@ -148,14 +149,15 @@ fn assign(
 fn settle(
     entries: &[Entry],
     candidates: &[Candidate],
+    unvouched: &BTreeSet<usize>,
     unidentified: &[usize],
 ) -> (Vec<Option<usize>>, Vec<Option<usize>>) {
     let none = vec![None; unidentified.len()];
-    let identified_only = drivers(entries, candidates, unidentified, &none);
+    let identified_only = drivers(entries, candidates, unvouched, unidentified, &none);
     let mut updates = identified_only.clone();
     for _ in 0..SETTLE_ROUNDS {
         let assignment = assign(entries, candidates, unidentified, &updates);
-        let next = drivers(entries, candidates, unidentified, &assignment);
+        let next = drivers(entries, candidates, unvouched, unidentified, &assignment);
         if next == updates {
             return (updates, assignment);
         }
@@ -174,6 +176,8 @@ fn settle(
 /// - *Identified* sources: a source with a sync id (extended property, else notes) that is in the central folder
 ///   belongs to that central contact. A source without the extended property whose derived sync id is in the
 ///   central folder is the original that central contact was created from (a retried job finds what it created).
+///   A source known only by a notes stamp whose data does not agree with the central contact (no shared address,
+///   nor the same name without addresses: a pasted line) stays a member but never updates it.
 /// - The other sources match the central contact whose data, *as this plan leaves it*, shares the most email
 ///   addresses with them (the first by id on a tie), else the one with the same displayName when neither has an
 ///   email (phase 2 adopts them the same way). A source whose *extended property* names a sync id no longer in the
@@ -247,6 +251,9 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
     // other. When rebuilding a lost central folder, nothing counts as removed.
     let mut unidentified: Vec<usize> = Vec::new();
     let mut removed: BTreeSet<usize> = BTreeSet::new();
+    // Members known only by a notes stamp whose data is not the person's (a pasted line): they stay members, so they
+    // are never published as someone new, but their data never updates the person.
+    let mut unvouched: BTreeSet<usize> = BTreeSet::new();
     for (si, source) in candidates.iter().enumerate() {
         let contact = source.contact;
         if has_category(&contact.categories, &options.opt_out_category) {
@@ -258,12 +265,20 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         let sync = effective_sync_id(contact);
         let property = property_sync_id(contact);
         let derived = SyncId::derive(&ctx.tenant_id, &source.mailbox.id, &contact.id);
-        let central_match = sync
-            .as_ref()
-            .and_then(|s| by_sync.get(s))
-            .or_else(|| by_sync.get(&derived).filter(|_| property.is_none()));
+        let by_stamp = sync.as_ref().and_then(|s| by_sync.get(s));
+        let central_match =
+            by_stamp.or_else(|| by_sync.get(&derived).filter(|_| property.is_none()));
         match central_match {
-            Some(&ci) => entries[ci].members.push(si),
+            Some(&ci) => {
+                if property.is_none()
+                    && by_stamp.is_some()
+                    && derived != entries[ci].sync
+                    && !agrees(source, &entries[ci].c)
+                {
+                    unvouched.insert(si);
+                }
+                entries[ci].members.push(si);
+            }
             None => {
                 if property.is_some() && !ctx.rebuild_central {
                     removed.insert(si);
@@ -275,7 +290,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
 
     // Unidentified sources match the central data as this plan leaves it, and may themselves be the newest edit
     // that changes it: iterate to a fixed point (see `settle`).
-    let (updates, assignment) = settle(&entries, &candidates, &unidentified);
+    let (updates, assignment) = settle(&entries, &candidates, &unvouched, &unidentified);
 
     // Unidentified sources that match no central contact are new people.
     let mut people: Vec<NewPerson> = Vec::new();

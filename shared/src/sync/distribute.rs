@@ -13,7 +13,7 @@ use super::central::{with_category, Candidate};
 use super::identity::{
     effective_sync_id, names_mailbox, ownership, property_sync_id, OwnerReason, Ownership, SyncId,
 };
-use super::matching::DataIndex;
+use super::matching::{agrees, DataIndex};
 use super::normalize::has_category;
 use super::plan::{
     deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, PlanRefusal, Reason,
@@ -44,7 +44,8 @@ struct Source<'a> {
 ///
 /// Matching (each central person claims at most one target, each target serves at most one person), in passes
 /// over all central contacts so a weaker key never steals what a stronger key identifies: the extended property,
-/// then the notes `SyncId` (targets without the property), then the target whose derived sync id is the central
+/// then the notes `SyncId` (targets without the property, and only when the data agrees: anyone can paste a stamp
+/// line), then the target whose derived sync id is the central
 /// one (the unstamped original the person was first published from), then email addresses, then the displayName
 /// when neither side has an email. Email and name matches only consider targets without a sync id or whose sync id
 /// left the central folder (those are adopted: re-stamped instead of deleted and re-created), and pair a target
@@ -163,7 +164,13 @@ pub fn plan_distribution(
                 .is_none_or(|s| !central_ids.contains(s))
         })
         .collect();
-    for index in [&by_property, &by_notes, &by_derived] {
+    // A sync id only in the notes is trusted when the data agrees (anyone can paste a stamp line): a contact of
+    // someone else carrying a pasted stamp is left alone, never rewritten into the central person.
+    for (index, needs_agreement) in [
+        (&by_property, false),
+        (&by_notes, true),
+        (&by_derived, false),
+    ] {
         for (si, source) in sources.iter().enumerate() {
             if !source.canonical || matched[si].is_some() {
                 continue;
@@ -172,7 +179,11 @@ pub fn plan_distribution(
             // be deleted, so keeping a managed copy beside it would leave two), else the one already holding the
             // same data, else the first by id; the extra managed copies are deleted below.
             let free = index.get(&source.sync).and_then(|ts| {
-                let free = || ts.iter().copied().filter(|&ti| !claimed[ti]);
+                let free = || {
+                    ts.iter().copied().filter(|&ti| {
+                        !claimed[ti] && (!needs_agreement || agrees(&targets[ti].c, &source.c))
+                    })
+                };
                 free()
                     .find(|&ti| targets[ti].ownership.is_owner_created())
                     .or_else(|| free().find(|&ti| targets[ti].c.norm == source.c.norm))

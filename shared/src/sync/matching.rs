@@ -10,6 +10,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::central::Candidate;
 
+/// Whether two contacts can be one person by their data: a shared normalised address, or no address on either
+/// side and the same displayName. A sync id only in the notes (anyone can paste one) is trusted only with this.
+pub(crate) fn agrees(a: &Candidate<'_>, b: &Candidate<'_>) -> bool {
+    !a.emails.is_disjoint(&b.emails) || (a.name.is_some() && a.name == b.name)
+}
+
 /// A person found by data: its index and how many addresses it shares (0 for a match by name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DataMatch {

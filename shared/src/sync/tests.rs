@@ -1029,6 +1029,53 @@ fn stamped_contacts_met_for_the_first_time_are_published_never_deleted() {
     assert_eq!(world.run(), 0);
 }
 
+/// A stamp line of a person the central folder holds, pasted into a user's own contact of someone else: that contact
+/// is never rewritten into the person, and its data never replaces the person's in the central folder (a sync id
+/// only in the notes is trusted only when the data agrees). It is not published as a person of its own either
+/// (it stays tied to the pasted id; the conservative choice, see `plan_central`).
+/// Failed before the fix: phase 1 took the pasted contact as the person's newest edit and every mailbox's copy of
+/// Bob Stone became Carl Diaz.
+#[test]
+fn a_pasted_stamp_of_a_central_person_changes_neither_side() {
+    let mut world = World::new(vec![
+        (
+            mailbox("ann"),
+            vec![contact("a1", "Bob Stone", &["bob@x.com"], 1)],
+        ),
+        (mailbox("cat"), vec![]),
+        (mailbox("dan"), vec![]),
+    ]);
+    world.run();
+    let bob = world.central[0].clone();
+    let sync = super::effective_sync_id(&bob).expect("stamped");
+    let pasted_at = world.tick();
+    let mut d9 = contact("d9", "Carl Diaz", &["carl@x.com"], 0);
+    d9.last_modified = Some(pasted_at);
+    d9.personal_notes = Some(format!("mine\r\nSyncId={sync};CreatedBy=ann@contoso.com"));
+    let dan = world.user_mut("dan");
+    dan.clear();
+    dan.push(d9.clone());
+
+    world.run();
+    assert_eq!(world.run(), 0);
+    assert_eq!(world.central.len(), 1);
+    assert_eq!(world.central[0].fields, bob.fields, "central Bob unchanged");
+    for name in ["ann", "cat"] {
+        assert_eq!(
+            world.user(name)[0].fields,
+            bob.fields,
+            "{name}'s Bob unchanged"
+        );
+    }
+    let dan = world.user("dan");
+    assert_eq!(
+        dan.iter().find(|c| c.id == "d9"),
+        Some(&d9),
+        "dan's own contact untouched"
+    );
+    assert_eq!(find(dan, "bob@x.com").len(), 1, "dan receives Bob");
+}
+
 /// Scenario 6 (the rule): the central folder was deleted; a rebuild restores every person from the users'
 /// contacts (owners' originals and managed copies) under the sync ids the copies carry, once each, deleting
 /// nothing; phase 2 afterwards finds every copy where it is and writes nothing.
