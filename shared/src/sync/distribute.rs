@@ -319,6 +319,17 @@ fn deletable(target: &Target, options: &MirrorOptions) -> bool {
     target.ownership == Ownership::ManagedCopy && !target.opted_out && options.deletion.enabled
 }
 
+/// The `CreatedBy` to write into `mailbox`: the creator as the central folder names them, except that a creator
+/// naming this mailbox is written as its object id (a copy in its creator's mailbox counts as theirs, and the id
+/// survives a rename).
+fn recorded_creator(created_by: &str, mailbox: &Mailbox) -> String {
+    if names_mailbox(created_by, mailbox) {
+        mailbox.id.clone()
+    } else {
+        created_by.to_owned()
+    }
+}
+
 /// The decision about one central person in this mailbox.
 fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> PlanItem {
     let options = &ctx.options;
@@ -349,9 +360,14 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         .or_else(|| source.stamp.created_by.clone());
 
     let Some(t) = target else {
+        let created_by = source
+            .stamp
+            .created_by
+            .as_deref()
+            .map(|by| recorded_creator(by, &ctx.owner));
         let stamp = NotesStamp {
             sync_id: Some(source.sync.clone()),
-            created_by: source.stamp.created_by.clone(),
+            created_by,
             last_updated_at: Some(format_time(ctx.now)),
             last_updated_by,
         };
@@ -382,15 +398,15 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
     // A bare property would make an owner's contact look like a managed copy; only stamp when ownership survives.
     let may_stamp = !owner_created || options.stamp_notes || t.derived == source.sync;
     let needs_property = may_stamp && t.property.as_ref() != Some(&source.sync);
-    // An owner's contact carrying someone else's sync id is recognised as theirs by `CreatedBy` naming the owner;
-    // the tool writes the object id, which survives a rename.
+    // An owner's contact carrying someone else's sync id is recognised as theirs by `CreatedBy` naming the owner
+    // by object id, which survives a rename (an older stamp naming the UPN is rewritten once, before any rename).
     let owner_unproven = owner_created
         && t.derived != source.sync
         && !t
             .stamp
             .created_by
             .as_deref()
-            .is_some_and(|by| names_mailbox(by, t.c.mailbox));
+            .is_some_and(|by| by.trim().eq_ignore_ascii_case(t.c.mailbox.id.trim()));
     let needs_notes = may_stamp
         && options.stamp_notes
         && (t.stamp.sync_id.as_ref() != Some(&source.sync) || owner_unproven);
@@ -413,8 +429,9 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         source
             .stamp
             .created_by
-            .clone()
-            .or_else(|| t.stamp.created_by.clone())
+            .as_deref()
+            .or(t.stamp.created_by.as_deref())
+            .map(|by| recorded_creator(by, t.c.mailbox))
     };
     let stamp = NotesStamp {
         sync_id: Some(source.sync.clone()),

@@ -897,8 +897,9 @@ fn mailbox_copies_sharing_a_sync_id_are_reduced_to_one_never_the_owners() {
 
 /// Scenario 5: ownership survives renames. Cat's own contact stamped by the tool, eve's stamped by the replaced
 /// script with her object id, fay's stamped by the script with the UPN she had before a rename, gus's stamped by an
-/// earlier version of the tool with the UPN he had before a rename: after cat's rename, when the person leaves the
-/// central folder and the other sources, all four are still there, unchanged.
+/// earlier version of the tool with the UPN he had before a rename, hal's stamped by an earlier version with his
+/// current UPN: after cat's and hal's renames, when the person leaves the central folder and the other sources, all
+/// five are still there, unchanged.
 /// Failed before the fix: each counted as a managed copy (`CreatedBy` did not name the mailbox's current UPN), was
 /// re-stamped as someone else's and then deleted as no longer central.
 #[test]
@@ -916,6 +917,10 @@ fn own_contacts_stay_their_owners_across_renames() {
     let mut g1 = contact("g1", "Bob (gus)", &["bob@x.com"], 0);
     g1.personal_notes = Some(format!("SyncId={guid}\r\nCreatedBy=gus.old@contoso.com"));
     g1.sync_id_property = Some(guid.into());
+    // Stamped by an earlier version of this tool as hal's own, under his current UPN: renamed later.
+    let mut h1 = contact("h1", "Bob Stone", &["bob@x.com"], 1);
+    h1.personal_notes = Some(format!("SyncId={guid}\r\nCreatedBy=hal@contoso.com"));
+    h1.sync_id_property = Some(guid.into());
     let mut world = World::new(vec![
         (
             mailbox("ann"),
@@ -929,12 +934,13 @@ fn own_contacts_stay_their_owners_across_renames() {
         (mailbox("eve"), vec![e1]),
         (mailbox("fay"), vec![f1]),
         (mailbox("gus"), vec![g1]),
+        (mailbox("hal"), vec![h1]),
     ]);
     world.central = vec![central];
     world.run();
     assert_eq!(world.run(), 0);
-    // Cat, eve, fay and gus: users 1, 3, 4 and 5.
-    let owned: Vec<(usize, Contact)> = [1, 3, 4, 5]
+    // Cat, eve, fay, gus and hal: users 1, 3, 4, 5 and 6.
+    let owned: Vec<(usize, Contact)> = [1, 3, 4, 5, 6]
         .into_iter()
         .map(|u| (u, world.users[u].1[0].clone()))
         .collect();
@@ -942,6 +948,7 @@ fn own_contacts_stay_their_owners_across_renames() {
 
     // Cat is renamed; ann removes her contact; an administrator removes the person centrally.
     world.users[1].0.upn = "cathy@contoso.com".into();
+    world.users[6].0.upn = "harold@contoso.com".into();
     world.user_mut("ann").retain(|c| c.id != "a1");
     world
         .central
