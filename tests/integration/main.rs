@@ -16,6 +16,9 @@ mod report_html;
 // The producer's run, embedded and on RabbitMQ, checked on graphsim's mailboxes.
 mod fleet;
 
+// Copies sharing a sync id reduced to one; stamped own contacts published, never deleted (issue 10, rules).
+mod duplicates;
+
 // Runs from kept change feeds: cheap when nothing changed, the same result as full reads when something did.
 mod incremental;
 

@@ -217,7 +217,13 @@ impl JobRunner {
             }
         }
         let previous = prior.central.as_ref().and_then(|f| f.in_line_with);
-        if let Some(generation) = feed::phase1_skip(central_check.check, previous, &source_checks) {
+        // A rebuild always reads: the feeds say nothing about a folder that was lost.
+        let skip = if job.rebuild_central {
+            None
+        } else {
+            feed::phase1_skip(central_check.check, previous, &source_checks)
+        };
+        if let Some(generation) = skip {
             info!(mailbox = %central.mailbox.upn, sources = readable.len(), "nothing changed since the last run");
             cursors.central = central_check.link.map(|link| FolderFeed {
                 link,
@@ -256,7 +262,7 @@ impl JobRunner {
             owner: central.mailbox.clone(),
             options: tenant.mirror.clone(),
             now: Utc::now(),
-            // TODO(rules branch, issue 10 scenario 6): `rebuild_central: job.rebuild_central,` once merged.
+            rebuild_central: job.rebuild_central,
         };
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
         let folder = match &central.folder_id {
@@ -341,6 +347,7 @@ impl JobRunner {
             owner: mailbox.clone(),
             options: tenant.mirror.clone(),
             now: Utc::now(),
+            rebuild_central: false,
         };
         let plan = sync::plan_distribution(&ctx, &central_contacts, mailbox, &target).map_err(
             |refusal| AttemptResult::Permanent {

@@ -4,13 +4,14 @@
 //! with the newest edit made anywhere (an owner's original or anyone's distributed copy), and nothing a user kept
 //! private or anything removed centrally may come back. See [`plan_central`] for the rules.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
 
-use super::identity::{effective_sync_id, property_sync_id, SyncId};
+use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
+use super::matching::{agrees, DataIndex};
 use super::normalize::{email_keys, has_category, name_key, normalize, NormalizedFields};
-use super::plan::{ActionKind, Plan, PlanContext, PlanItem, Reason};
+use super::plan::{deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, Reason};
 use super::stamp::{format_time, restamp, NotesStamp};
 
 /// One user's default-folder contacts, as read for phase 1.
@@ -68,7 +69,8 @@ struct Entry<'a> {
 
 /// A person not yet in the central folder, gathered from sources during planning.
 struct NewPerson {
-    sync: SyncId,
+    /// The sync id the person must keep: set only when rebuilding, from managed copies' extended property.
+    key: Option<SyncId>,
     members: Vec<usize>,
 }
 
@@ -81,23 +83,6 @@ pub(crate) fn with_category(categories: &[String], category: &str) -> Vec<String
     out
 }
 
-/// The index of the entry sharing the most email addresses with `emails` (the first on a tie), among `index`.
-fn best_by_email(emails: &BTreeSet<String>, index: &HashMap<String, Vec<usize>>) -> Option<usize> {
-    let mut overlap: BTreeMap<usize, usize> = BTreeMap::new();
-    for email in emails {
-        for &i in index.get(email).into_iter().flatten() {
-            *overlap.entry(i).or_default() += 1;
-        }
-    }
-    overlap
-        .into_iter()
-        .fold(None, |best: Option<(usize, usize)>, (i, n)| match best {
-            Some((_, bn)) if n <= bn => best,
-            _ => Some((i, n)),
-        })
-        .map(|(i, _)| i)
-}
-
 /// How many rounds [`settle`] tries before falling back to updates from identified sources only.
 const SETTLE_ROUNDS: usize = 8;
 
@@ -106,6 +91,7 @@ const SETTLE_ROUNDS: usize = 8;
 fn drivers(
     entries: &[Entry],
     candidates: &[Candidate],
+    unvouched: &BTreeSet<usize>,
     unidentified: &[usize],
     assignment: &[Option<usize>],
 ) -> Vec<Option<usize>> {
@@ -128,7 +114,7 @@ fn drivers(
             newest_index(
                 members
                     .into_iter()
-                    .filter(|&m| candidates[m].norm != entry.c.norm),
+                    .filter(|&m| candidates[m].norm != entry.c.norm && !unvouched.contains(&m)),
                 candidates,
             )
             .filter(|&m| candidates[m].contact.last_modified > entry.c.contact.last_modified)
@@ -136,35 +122,22 @@ fn drivers(
         .collect()
 }
 
-/// Matches each unidentified source to the central entry whose data after `updates` shares the most email
-/// addresses with it (the first entry on a tie), else to the first with the same displayName when neither has an
-/// email; `None` when it matches none.
+/// Matches each unidentified source to the central entry its data names after `updates` (see [`DataIndex`]: the
+/// most shared email addresses, the first entry on a tie, else the first with the same displayName when neither
+/// has an email); `None` when it matches none.
 fn assign(
     entries: &[Entry],
     candidates: &[Candidate],
     unidentified: &[usize],
     updates: &[Option<usize>],
 ) -> Vec<Option<usize>> {
-    let mut by_email: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut index = DataIndex::default();
     for (ci, entry) in entries.iter().enumerate().filter(|(_, e)| e.canonical) {
-        let after = updates[ci].map_or(&entry.c, |m| &candidates[m]);
-        for email in &after.emails {
-            by_email.entry(email.clone()).or_default().push(ci);
-        }
-        if let Some(name) = &after.name {
-            by_name.entry(name.clone()).or_default().push(ci);
-        }
+        index.insert(ci, updates[ci].map_or(&entry.c, |m| &candidates[m]));
     }
     unidentified
         .iter()
-        .map(|&si| {
-            let source = &candidates[si];
-            best_by_email(&source.emails, &by_email).or_else(|| {
-                let name = source.name.as_ref()?;
-                by_name.get(name)?.first().copied()
-            })
-        })
+        .map(|&si| index.best(&candidates[si]).map(|m| m.index))
         .collect()
 }
 
@@ -176,14 +149,15 @@ fn assign(
 fn settle(
     entries: &[Entry],
     candidates: &[Candidate],
+    unvouched: &BTreeSet<usize>,
     unidentified: &[usize],
 ) -> (Vec<Option<usize>>, Vec<Option<usize>>) {
     let none = vec![None; unidentified.len()];
-    let identified_only = drivers(entries, candidates, unidentified, &none);
+    let identified_only = drivers(entries, candidates, unvouched, unidentified, &none);
     let mut updates = identified_only.clone();
     for _ in 0..SETTLE_ROUNDS {
         let assignment = assign(entries, candidates, unidentified, &updates);
-        let next = drivers(entries, candidates, unidentified, &assignment);
+        let next = drivers(entries, candidates, unvouched, unidentified, &assignment);
         if next == updates {
             return (updates, assignment);
         }
@@ -200,28 +174,40 @@ fn settle(
 ///   deterministic.
 /// - A source with the opt-out category is skipped ([`Reason::OptedOut`]): it is never published.
 /// - *Identified* sources: a source with a sync id (extended property, else notes) that is in the central folder
-///   belongs to that central contact. A source without a sync id whose derived sync id is in the central folder is
-///   the original that central contact was created from (a retried job finds what it created).
+///   belongs to that central contact. A source without the extended property whose derived sync id is in the
+///   central folder is the original that central contact was created from (a retried job finds what it created).
+///   A source known only by a notes stamp whose data does not agree with the central contact (no shared address,
+///   nor the same name without addresses: a pasted line) stays a member but never updates it.
 /// - The other sources match the central contact whose data, *as this plan leaves it*, shares the most email
 ///   addresses with them (the first by id on a tie), else the one with the same displayName when neither has an
-///   email (phase 2 adopts them the same way). A source whose sync id is no longer in the central folder and that
-///   matches no central contact was removed centrally and is skipped ([`Reason::RemovedCentrally`]; this covers
-///   managed copies, stamped owner originals and old-script stamps): it is never published again.
+///   email (phase 2 adopts them the same way). A source whose *extended property* names a sync id no longer in the
+///   central folder and that matches no central contact was removed centrally and is skipped
+///   ([`Reason::RemovedCentrally`]; managed copies and owners' contacts the tool stamped): it is never published
+///   again. Only the property is that proof, because only this tool writes it and only on contacts of a person
+///   the central folder held. A sync id only in the notes (the replaced script's stamps, or a line pasted by a
+///   user) proves nothing: such a contact is a candidate like any other (issue 10, scenario 5b).
 /// - An existing central contact is updated with the data of its newest matched source whose data differs, only
 ///   when that source is newer than the central contact: the newest edit wins wherever it was made (the owner's
 ///   original or anyone's copy). Updates and matches are settled together (a fixed point, see `settle`), so that
 ///   planning again after applying finds every source where it was and nothing to do.
 /// - The rest are new people: a source joins a person gathered earlier in this plan when it shares an email with
 ///   every member gathered so far (without emails: the same displayName), else it starts one, whose sync id is
-///   derived from it. A new person is created with the data of its newest member, the stamp (`CreatedBy` = the
+///   derived from it, unless a member's notes stamp carries a sync id that is consistent (see `new_people_ids`),
+///   which the person keeps so the replaced script's copies elsewhere match it. A new person is created with the
+///   data of its newest member, the stamp (`CreatedBy` = the
 ///   first member's owner, `LastUpdatedBy` = the newest member's owner), the managed category, and none of the
 ///   owners' note text or categories.
 /// - A central contact's identity stamp is completed when missing, in the same PATCH as a data change or alone:
 ///   the extended property (for contacts adopted from the old script, or created by hand in the central folder,
 ///   which get the id derived from themselves), the notes stamp when `stamp_notes`, the managed category.
-/// - Phase 1 never deletes: removing a person from the central folder is an administrator's decision, and a
-///   source that disappears may just be a user tidying their own list. Central contacts sharing a sync id are left
-///   as they are except the first by id ([`Reason::DuplicateSyncId`]).
+/// - Phase 1 never deletes a person: removing one from the central folder is an administrator's decision, and a
+///   source that disappears may just be a user tidying their own list. Of central contacts sharing a sync id the
+///   first by id is kept in sync; the others are deleted when they are managed copies ([`ownership`] in the shared
+///   mailbox) and `deletion.enabled`, at most [`deletion_allowance`] of the folder's managed copies per run (the
+///   rest on later runs), else left alone ([`Reason::DuplicateSyncId`]).
+/// - *Rebuild* (`ctx.rebuild_central`, after the central folder was lost): nothing counts as removed centrally,
+///   sources carrying the extended property are grouped by it and each group is created under that sync id (so
+///   every copy in every mailbox stays matched), other sources join them as above, and nothing is deleted.
 pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Contact]) -> Plan {
     let options = &ctx.options;
     let mut items = Vec::new();
@@ -259,35 +245,52 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
     candidates.sort_by(|a, b| (&a.mailbox.id, &a.contact.id).cmp(&(&b.mailbox.id, &b.contact.id)));
 
     // Identified sources join their central contact; the others wait for the central data to settle. Sources whose
-    // sync id left the central folder may join an existing person but are never published as a new one.
+    // sync id provably left the central folder may join an existing person but are never published as a new one.
+    // Only the extended property proves the central folder held a person (the tool writes it nowhere else); a
+    // notes stamp alone may be pasted or come from the replaced script, so its contact is a candidate like any
+    // other. When rebuilding a lost central folder, nothing counts as removed.
     let mut unidentified: Vec<usize> = Vec::new();
     let mut removed: BTreeSet<usize> = BTreeSet::new();
+    // Members known only by a notes stamp whose data is not the person's (a pasted line): they stay members, so they
+    // are never published as someone new, but their data never updates the person.
+    let mut unvouched: BTreeSet<usize> = BTreeSet::new();
     for (si, source) in candidates.iter().enumerate() {
         let contact = source.contact;
         if has_category(&contact.categories, &options.opt_out_category) {
             items.push(source_skip(source, Reason::OptedOut));
             continue;
         }
-        if let Some(sync) = effective_sync_id(contact) {
-            match by_sync.get(&sync) {
-                Some(&ci) => entries[ci].members.push(si),
-                None => {
-                    removed.insert(si);
-                    unidentified.push(si);
-                }
-            }
-            continue;
-        }
+        // A source belongs to the central contact with its sync id, else (when it has no extended property: a
+        // notes stamp may be any pasted id) to the one derived from itself: a retried job finds what it created.
+        let sync = effective_sync_id(contact);
+        let property = property_sync_id(contact);
         let derived = SyncId::derive(&ctx.tenant_id, &source.mailbox.id, &contact.id);
-        match by_sync.get(&derived) {
-            Some(&ci) => entries[ci].members.push(si),
-            None => unidentified.push(si),
+        let by_stamp = sync.as_ref().and_then(|s| by_sync.get(s));
+        let central_match =
+            by_stamp.or_else(|| by_sync.get(&derived).filter(|_| property.is_none()));
+        match central_match {
+            Some(&ci) => {
+                if property.is_none()
+                    && by_stamp.is_some()
+                    && derived != entries[ci].sync
+                    && !agrees(source, &entries[ci].c)
+                {
+                    unvouched.insert(si);
+                }
+                entries[ci].members.push(si);
+            }
+            None => {
+                if property.is_some() && !ctx.rebuild_central {
+                    removed.insert(si);
+                }
+                unidentified.push(si);
+            }
         }
     }
 
     // Unidentified sources match the central data as this plan leaves it, and may themselves be the newest edit
     // that changes it: iterate to a fixed point (see `settle`).
-    let (updates, assignment) = settle(&entries, &candidates, &unidentified);
+    let (updates, assignment) = settle(&entries, &candidates, &unvouched, &unidentified);
 
     // Unidentified sources that match no central contact are new people.
     let mut people: Vec<NewPerson> = Vec::new();
@@ -298,6 +301,18 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         let source = &candidates[si];
         if removed.contains(&si) {
             items.push(source_skip(source, Reason::RemovedCentrally));
+            continue;
+        }
+        // Rebuilding: a contact the tool stamped brings its person back under the same sync id, so every copy in
+        // every mailbox stays matched.
+        if let Some(key) = property_sync_id(source.contact).filter(|_| ctx.rebuild_central) {
+            match people.iter_mut().find(|p| p.key.as_ref() == Some(&key)) {
+                Some(person) => person.members.push(si),
+                None => people.push(NewPerson {
+                    key: Some(key),
+                    members: vec![si],
+                }),
+            }
             continue;
         }
         let gathered = people.iter_mut().find(|p| {
@@ -313,13 +328,32 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         match gathered {
             Some(person) => person.members.push(si),
             None => people.push(NewPerson {
-                sync: SyncId::derive(&ctx.tenant_id, &source.mailbox.id, &source.contact.id),
+                key: None,
                 members: vec![si],
             }),
         }
     }
+    let people_ids = new_people_ids(ctx, &people, &candidates, by_sync.keys());
 
+    // Extra central copies of one person (an ambiguous create resent, say) are deleted when they are provably the
+    // tool's, within the deletion cap (the rest on later runs); never while rebuilding.
+    let is_managed = |entry: &Entry| {
+        ownership(&ctx.tenant_id, &ctx.owner, entry.c.contact) == Ownership::ManagedCopy
+    };
+    let mut duplicates_left = if options.deletion.enabled && !ctx.rebuild_central {
+        deletion_allowance(
+            entries.iter().filter(|e| is_managed(e)).count(),
+            options.deletion.max_share,
+        )
+    } else {
+        0
+    };
     for (ci, entry) in entries.iter().enumerate() {
+        if !entry.canonical && duplicates_left > 0 && is_managed(entry) {
+            duplicates_left -= 1;
+            items.push(duplicate_delete(entry));
+            continue;
+        }
         let mut members = entry.members.clone();
         members.extend(
             unidentified
@@ -331,7 +365,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         items.push(plan_entry(ctx, entry, &candidates, &members, updates[ci]));
     }
 
-    for person in &people {
+    for (person, sync) in people.iter().zip(&people_ids) {
         let Some(newest) =
             newest_index(person.members.iter().copied(), &candidates).map(|m| &candidates[m])
         else {
@@ -339,7 +373,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         };
         let first = &candidates[person.members[0]];
         let stamp = NotesStamp {
-            sync_id: Some(person.sync.clone()),
+            sync_id: Some(sync.clone()),
             created_by: Some(first.mailbox.upn.clone()),
             last_updated_at: Some(format_time(ctx.now)),
             last_updated_by: Some(newest.mailbox.upn.clone()),
@@ -351,13 +385,13 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
                 .managed_category
                 .as_ref()
                 .map(|c| vec![c.trim().to_owned()]),
-            sync_id: Some(person.sync.to_string()),
+            sync_id: Some(sync.to_string()),
         };
         items.push(PlanItem {
             op: Some(WriteOp::Create(write)),
             action: ActionKind::Create,
             reason: Reason::New,
-            sync_id: Some(person.sync.to_string()),
+            sync_id: Some(sync.to_string()),
             display_name: newest.contact.fields.display_name.clone(),
             contact_id: None,
             source: Some(newest.mailbox.upn.clone()),
@@ -366,6 +400,75 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
     }
 
     Plan { items }
+}
+
+/// The sync id of each new person, in order. A rebuilt person keeps its key. Otherwise a person keeps the notes
+/// stamp's sync id of its first stamped member when that is consistent: every source carrying that id is a member,
+/// and no other person or central contact has it (so the replaced script's copies elsewhere match it). Every other
+/// person gets the id derived from its first member.
+fn new_people_ids<'s>(
+    ctx: &PlanContext,
+    people: &[NewPerson],
+    candidates: &[Candidate],
+    central_ids: impl Iterator<Item = &'s SyncId>,
+) -> Vec<SyncId> {
+    let mut carriers: HashMap<SyncId, BTreeSet<usize>> = HashMap::new();
+    for (si, candidate) in candidates.iter().enumerate() {
+        if let Some(sync) = effective_sync_id(candidate.contact) {
+            carriers.entry(sync).or_default().insert(si);
+        }
+    }
+    let derived = |person: &NewPerson| {
+        let first = &candidates[person.members[0]];
+        SyncId::derive(&ctx.tenant_id, &first.mailbox.id, &first.contact.id)
+    };
+    let stamped = |person: &NewPerson| {
+        person.key.clone().or_else(|| {
+            person
+                .members
+                .iter()
+                .filter_map(|&m| effective_sync_id(candidates[m].contact))
+                .find(|sync| {
+                    carriers
+                        .get(sync)
+                        .is_some_and(|c| c.iter().all(|si| person.members.contains(si)))
+                })
+        })
+    };
+    let wanted: Vec<Option<SyncId>> = people.iter().map(stamped).collect();
+    // Ids taken before a stamped id may be kept: the central folder's and every derived id in use.
+    let mut used: BTreeSet<SyncId> = central_ids.cloned().collect();
+    for (person, wanted) in people.iter().zip(&wanted) {
+        if wanted.is_none() || person.key.is_none() {
+            used.insert(derived(person));
+        }
+    }
+    people
+        .iter()
+        .zip(wanted)
+        .map(|(person, wanted)| match wanted {
+            Some(key) if person.key.is_some() => key,
+            Some(sync) if used.insert(sync.clone()) => sync,
+            _ => derived(person),
+        })
+        .collect()
+}
+
+/// The deletion of an extra central copy of a person (not the first by id, which is kept in sync).
+fn duplicate_delete(entry: &Entry) -> PlanItem {
+    let contact = entry.c.contact;
+    PlanItem {
+        op: Some(WriteOp::Delete {
+            id: contact.id.clone(),
+        }),
+        action: ActionKind::Delete,
+        reason: Reason::DuplicateSyncId,
+        sync_id: Some(entry.sync.to_string()),
+        display_name: contact.fields.display_name.clone(),
+        contact_id: Some(contact.id.clone()),
+        source: None,
+        changed_fields: Vec::new(),
+    }
 }
 
 /// A skip about a source contact.

@@ -4,12 +4,16 @@
 //! newer than their own, keep their own notes, categories and newer edits, and lose only copies the tool manages
 //! when a person leaves the central folder, never en masse by accident. See [`plan_distribution`] for the rules.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
+use crate::config::MirrorOptions;
 use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
 
 use super::central::{with_category, Candidate};
-use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
+use super::identity::{
+    effective_sync_id, names_mailbox, ownership, property_sync_id, OwnerReason, Ownership, SyncId,
+};
+use super::matching::{agrees, DataIndex};
 use super::normalize::has_category;
 use super::plan::{
     deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, PlanRefusal, Reason,
@@ -40,7 +44,8 @@ struct Source<'a> {
 ///
 /// Matching (each central person claims at most one target, each target serves at most one person), in passes
 /// over all central contacts so a weaker key never steals what a stronger key identifies: the extended property,
-/// then the notes `SyncId` (targets without the property), then the target whose derived sync id is the central
+/// then the notes `SyncId` (targets without the property, and only when the data agrees: anyone can paste a stamp
+/// line), then the target whose derived sync id is the central
 /// one (the unstamped original the person was first published from), then email addresses, then the displayName
 /// when neither side has an email. Email and name matches only consider targets without a sync id or whose sync id
 /// left the central folder (those are adopted: re-stamped instead of deleted and re-created), and pair a target
@@ -62,11 +67,19 @@ struct Source<'a> {
 ///   id is not the contact's own derived id, such a contact is not stamped at all (it stays matched by email),
 ///   because a bare property would make it look like a managed copy.
 ///
-/// Deletion: a managed copy (see [`ownership`]) that no central person claimed and whose sync id is not in the
-/// central folder is deleted when `deletion.enabled` ([`Reason::NoLongerCentral`]); owner-created contacts,
-/// opted-out contacts and duplicates of a person still central are kept. Safety: when deletion is enabled and the
-/// central folder has no contact with a sync id while the mailbox holds managed copies, or the plan deletes more
-/// than [`deletion_allowance`] of the mailbox's managed copies, the whole plan is refused.
+/// Deletion, only ever of a managed copy (see [`ownership`]: it needs the extended property as proof, so a notes
+/// stamp alone never makes a contact deletable) that no central person claimed, when `deletion.enabled`:
+/// - its sync id is not in the central folder ([`Reason::NoLongerCentral`]);
+/// - it is an extra copy of a person still central ([`Reason::DuplicateSyncId`]: an ambiguous create resent, say).
+///   Of several targets with one sync id the owner's own contact is the one kept, else the one holding the central
+///   data, else the first by id. These go within what the cap leaves after the first kind, the rest on later runs,
+///   so duplicates never cause a refusal.
+///
+/// Owner-created and opted-out contacts are kept. A matched contact with the extended property whose `CreatedBy`
+/// is neither this mailbox nor the central person's creator counts as the owner's ([`OwnerReason::StampedAsOwn`]:
+/// an earlier version stamped it with the owner's UPN before a rename) and is re-stamped with the object id. Safety: when deletion is enabled and the central folder has no
+/// contact with a sync id while the mailbox holds managed copies, or the contacts no longer central are more than
+/// [`deletion_allowance`] of the mailbox's managed copies, the whole plan is refused.
 pub fn plan_distribution(
     ctx: &PlanContext,
     central: &[Contact],
@@ -107,7 +120,7 @@ pub fn plan_distribution(
     // Target contacts, by id.
     let mut target_sorted: Vec<&Contact> = target.iter().collect();
     target_sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let targets: Vec<Target> = target_sorted
+    let mut targets: Vec<Target> = target_sorted
         .into_iter()
         .map(|contact| Target {
             c: Candidate::new(target_mailbox, contact),
@@ -119,6 +132,11 @@ pub fn plan_distribution(
             opted_out: has_category(&contact.categories, &options.opt_out_category),
         })
         .collect();
+    // The cap's base: managed copies as `ownership` judges them on their own.
+    let managed = targets
+        .iter()
+        .filter(|t| t.ownership == Ownership::ManagedCopy)
+        .count();
 
     // Matching.
     let mut matched: Vec<Option<usize>> = vec![None; sources.len()];
@@ -129,7 +147,11 @@ pub fn plan_distribution(
     for (ti, t) in targets.iter().enumerate() {
         match (&t.property, &t.stamp.sync_id) {
             (Some(p), _) => by_property.entry(p).or_default().push(ti),
-            (None, Some(n)) => by_notes.entry(n).or_default().push(ti),
+            // A notes stamp may be any pasted id: the contact may also have been published under its own.
+            (None, Some(n)) => {
+                by_notes.entry(n).or_default().push(ti);
+                by_derived.entry(&t.derived).or_default().push(ti);
+            }
             (None, None) => by_derived.entry(&t.derived).or_default().push(ti),
         }
     }
@@ -142,17 +164,30 @@ pub fn plan_distribution(
                 .is_none_or(|s| !central_ids.contains(s))
         })
         .collect();
-    for index in [&by_property, &by_notes, &by_derived] {
+    // A sync id only in the notes is trusted when the data agrees (anyone can paste a stamp line): a contact of
+    // someone else carrying a pasted stamp is left alone, never rewritten into the central person.
+    for (index, needs_agreement) in [
+        (&by_property, false),
+        (&by_notes, true),
+        (&by_derived, false),
+    ] {
         for (si, source) in sources.iter().enumerate() {
             if !source.canonical || matched[si].is_some() {
                 continue;
             }
-            // Of several targets with one id (duplicates), the one already holding the same data is kept in sync.
+            // Of several targets with one id (duplicates), the owner's own contact is kept in sync (it can never
+            // be deleted, so keeping a managed copy beside it would leave two), else the one already holding the
+            // same data, else the first by id; the extra managed copies are deleted below.
             let free = index.get(&source.sync).and_then(|ts| {
-                let mut free = ts.iter().copied().filter(|&ti| !claimed[ti]);
-                let first = free.clone().next();
-                free.find(|&ti| targets[ti].c.norm == source.c.norm)
-                    .or(first)
+                let free = || {
+                    ts.iter().copied().filter(|&ti| {
+                        !claimed[ti] && (!needs_agreement || agrees(&targets[ti].c, &source.c))
+                    })
+                };
+                free()
+                    .find(|&ti| targets[ti].ownership.is_owner_created())
+                    .or_else(|| free().find(|&ti| targets[ti].c.norm == source.c.norm))
+                    .or_else(|| free().next())
             });
             if let Some(ti) = free {
                 matched[si] = Some(ti);
@@ -160,45 +195,21 @@ pub fn plan_distribution(
             }
         }
     }
-    // Email, then name: a target is matched only by the central person phase 1 matches it with (the one sharing the
-    // most addresses, the first by id on a tie; by name, the first with that name), so both phases agree on who
-    // it is. Of several targets for one person, the one sharing the most addresses (then the first by id) wins;
+    // Email, then name: a target is matched only by the central person phase 1 matches it with (one rule for both,
+    // in `matching`: the one sharing the most addresses, the first by id on a tie; by name, the first with that
+    // name), so both phases agree on who it is. Of several targets for one person, the one sharing the most addresses (then the first by id) wins;
     // the others are left alone.
-    let mut central_by_email: HashMap<&str, Vec<usize>> = HashMap::new();
-    let mut central_by_name: HashMap<&str, usize> = HashMap::new();
+    let mut index = DataIndex::default();
     for (si, source) in sources.iter().enumerate().filter(|(_, s)| s.canonical) {
-        for email in &source.c.emails {
-            central_by_email.entry(email).or_default().push(si);
-        }
-        if let Some(name) = &source.c.name {
-            central_by_name.entry(name).or_insert(si);
-        }
+        index.insert(si, &source.c);
     }
     let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
         if claimed[ti] || !adoptable[ti] {
             continue;
         }
-        let mut overlap: BTreeMap<usize, usize> = BTreeMap::new();
-        for email in &t.c.emails {
-            for &si in central_by_email.get(email.as_str()).into_iter().flatten() {
-                *overlap.entry(si).or_default() += 1;
-            }
-        }
-        let best =
-            overlap
-                .into_iter()
-                .fold(None, |best: Option<(usize, usize)>, (si, n)| match best {
-                    Some((_, bn)) if n <= bn => best,
-                    _ => Some((si, n)),
-                });
-        match best {
-            Some((si, n)) => pairs.push((n, si, ti)),
-            None => {
-                if let Some(&si) = t.c.name.as_deref().and_then(|n| central_by_name.get(n)) {
-                    pairs.push((0, si, ti));
-                }
-            }
+        if let Some(m) = index.best(&t.c) {
+            pairs.push((m.shared, m.index, ti));
         }
     }
     pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
@@ -209,38 +220,62 @@ pub fn plan_distribution(
         }
     }
 
+    // The tool copies the central person's `CreatedBy` into every copy it makes. A matched contact carrying the
+    // extended property but a different `CreatedBy` (naming neither this mailbox nor the person's creator) was not
+    // made from the central folder: it is an owner's contact the tool stamped with the owner's UPN before a rename.
+    // It stays the owner's, and its stamp is rewritten to the owner's object id, which no rename changes.
+    for (si, ti) in matched.iter().enumerate() {
+        let Some(ti) = *ti else { continue };
+        let creator = sources[si].stamp.created_by.as_deref();
+        let target = &mut targets[ti];
+        let stamped_by = target.stamp.created_by.as_deref();
+        if target.ownership == Ownership::ManagedCopy
+            && creator
+                .zip(stamped_by)
+                .is_some_and(|(creator, by)| !creator.trim().eq_ignore_ascii_case(by.trim()))
+        {
+            target.ownership = Ownership::OwnerCreated(OwnerReason::StampedAsOwn);
+        }
+    }
+
     for (si, source) in sources.iter().enumerate() {
         let target = matched[si].map(|ti| &targets[ti]);
         items.push(plan_person(ctx, source, target));
     }
 
-    // Deletion.
-    let managed = targets
+    // Deletion: managed copies whose person left the central folder, then extra managed copies of a person still
+    // central (an ambiguous create resent, say) within what the cap leaves; the rest of those go on later runs.
+    let allowed = deletion_allowance(managed, options.deletion.max_share);
+    let unclaimed: Vec<(&Target, &SyncId)> = targets
         .iter()
-        .filter(|t| t.ownership == Ownership::ManagedCopy)
+        .zip(&claimed)
+        .filter(|(_, claimed)| !**claimed)
+        .filter_map(|(t, _)| t.effective.as_ref().map(|sync| (t, sync)))
+        .collect();
+    let gone = unclaimed
+        .iter()
+        .filter(|(t, sync)| deletable(t, options) && !central_ids.contains(*sync))
         .count();
-    for (ti, t) in targets.iter().enumerate() {
-        if claimed[ti] {
-            continue;
-        }
-        let Some(sync) = &t.effective else { continue };
+    let mut duplicates_left = allowed.saturating_sub(gone);
+    for (t, sync) in unclaimed {
         let contact = t.c.contact;
-        let (reason, op) = if t.ownership.is_owner_created() {
-            (Reason::OwnerCreated, None)
-        } else if central_ids.contains(sync) {
-            (Reason::DuplicateSyncId, None)
+        let (reason, delete) = if t.ownership.is_owner_created() {
+            (Reason::OwnerCreated, false)
         } else if t.opted_out {
-            (Reason::OptedOut, None)
+            (Reason::OptedOut, false)
         } else if !options.deletion.enabled {
-            (Reason::DeletionDisabled, None)
+            (Reason::DeletionDisabled, false)
+        } else if !central_ids.contains(sync) {
+            (Reason::NoLongerCentral, true)
+        } else if duplicates_left > 0 {
+            duplicates_left -= 1;
+            (Reason::DuplicateSyncId, true)
         } else {
-            (
-                Reason::NoLongerCentral,
-                Some(WriteOp::Delete {
-                    id: contact.id.clone(),
-                }),
-            )
+            (Reason::DuplicateSyncId, false)
         };
+        let op = delete.then(|| WriteOp::Delete {
+            id: contact.id.clone(),
+        });
         items.push(PlanItem {
             action: if op.is_some() {
                 ActionKind::Delete
@@ -266,7 +301,6 @@ pub fn plan_distribution(
         });
     }
     let deletes = plan.counts().deleted;
-    let allowed = deletion_allowance(managed, options.deletion.max_share);
     if deletes > allowed {
         return Err(PlanRefusal::TooManyDeletions {
             mailbox: target_mailbox.upn.clone(),
@@ -278,6 +312,22 @@ pub fn plan_distribution(
         });
     }
     Ok(plan)
+}
+
+/// Whether the policy lets the tool delete `target` at all: a managed copy, not opted out, deletion enabled.
+fn deletable(target: &Target, options: &MirrorOptions) -> bool {
+    target.ownership == Ownership::ManagedCopy && !target.opted_out && options.deletion.enabled
+}
+
+/// The `CreatedBy` to write into `mailbox`: the creator as the central folder names them, except that a creator
+/// naming this mailbox is written as its object id (a copy in its creator's mailbox counts as theirs, and the id
+/// survives a rename).
+fn recorded_creator(created_by: &str, mailbox: &Mailbox) -> String {
+    if names_mailbox(created_by, mailbox) {
+        mailbox.id.clone()
+    } else {
+        created_by.to_owned()
+    }
 }
 
 /// The decision about one central person in this mailbox.
@@ -310,9 +360,14 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         .or_else(|| source.stamp.created_by.clone());
 
     let Some(t) = target else {
+        let created_by = source
+            .stamp
+            .created_by
+            .as_deref()
+            .map(|by| recorded_creator(by, &ctx.owner));
         let stamp = NotesStamp {
             sync_id: Some(source.sync.clone()),
-            created_by: source.stamp.created_by.clone(),
+            created_by,
             last_updated_at: Some(format_time(ctx.now)),
             last_updated_by,
         };
@@ -343,14 +398,15 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
     // A bare property would make an owner's contact look like a managed copy; only stamp when ownership survives.
     let may_stamp = !owner_created || options.stamp_notes || t.derived == source.sync;
     let needs_property = may_stamp && t.property.as_ref() != Some(&source.sync);
-    // An owner's contact carrying someone else's sync id is recognised as theirs only by `CreatedBy=<owner>`.
+    // An owner's contact carrying someone else's sync id is recognised as theirs by `CreatedBy` naming the owner
+    // by object id, which survives a rename (an older stamp naming the UPN is rewritten once, before any rename).
     let owner_unproven = owner_created
         && t.derived != source.sync
         && !t
             .stamp
             .created_by
             .as_deref()
-            .is_some_and(|by| by.trim().eq_ignore_ascii_case(t.c.mailbox.upn.trim()));
+            .is_some_and(|by| by.trim().eq_ignore_ascii_case(t.c.mailbox.id.trim()));
     let needs_notes = may_stamp
         && options.stamp_notes
         && (t.stamp.sync_id.as_ref() != Some(&source.sync) || owner_unproven);
@@ -368,13 +424,14 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
     }
 
     let created_by = if owner_created {
-        Some(t.c.mailbox.upn.clone())
+        Some(t.c.mailbox.id.clone())
     } else {
         source
             .stamp
             .created_by
-            .clone()
-            .or_else(|| t.stamp.created_by.clone())
+            .as_deref()
+            .or(t.stamp.created_by.as_deref())
+            .map(|by| recorded_creator(by, t.c.mailbox))
     };
     let stamp = NotesStamp {
         sync_id: Some(source.sync.clone()),

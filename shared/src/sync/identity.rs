@@ -81,8 +81,16 @@ pub enum OwnerReason {
     Unstamped,
     /// Its sync id is the one derived from itself: it is the original the person was first published from.
     OwnOriginal,
-    /// Its notes say `CreatedBy=<this mailbox's UPN>` (the tool writes that when it stamps an owner's contact).
+    /// Its sync id is only in the notes: anyone can paste a stamp line, and the replaced script stamped owners'
+    /// own contacts that way, so a notes stamp proves nothing about who made the contact.
+    NotesStampOnly,
+    /// Its notes say `CreatedBy=<this mailbox>`, by object id (what the tool writes: it survives a rename) or by
+    /// UPN (older stamps).
     CreatedByOwner,
+    /// Phase 2 only: it carries the extended property, but its `CreatedBy` is not the central person's (which the
+    /// tool copies into every copy it makes), so the tool stamped it as an owner's contact, under a UPN since
+    /// renamed.
+    StampedAsOwn,
 }
 
 /// Whose a contact is, as far as the tool may act on it.
@@ -91,7 +99,7 @@ pub enum OwnerReason {
 pub enum Ownership {
     /// The mailbox owner created it; the tool never deletes it.
     OwnerCreated(OwnerReason),
-    /// A copy the tool distributed (or the old script did); deletable when its person leaves the central folder.
+    /// A copy the tool distributed; deletable when its person leaves the central folder.
     ManagedCopy,
 }
 
@@ -102,7 +110,18 @@ impl Ownership {
     }
 }
 
+/// Whether a `CreatedBy` stamp value names `mailbox`: its immutable object id, or its UPN (case-insensitive).
+pub fn names_mailbox(created_by: &str, mailbox: &Mailbox) -> bool {
+    let by = created_by.trim();
+    by.eq_ignore_ascii_case(mailbox.id.trim()) || by.eq_ignore_ascii_case(mailbox.upn.trim())
+}
+
 /// Classifies `contact` as it sits in `mailbox` of tenant `tenant_id`.
+///
+/// Fail safe: a contact is a managed copy only with proof. The proof is the sync-id extended property, which only
+/// this tool writes (on copies of a person the central folder held, and on owners' contacts matched to such a
+/// person, which are told apart by `CreatedBy`). Without it (no sync id, or one only in the notes) the contact is
+/// the owner's, and so is one whose stamp names this mailbox by object id or UPN.
 pub fn ownership(tenant_id: &str, mailbox: &Mailbox, contact: &Contact) -> Ownership {
     let stamp = NotesStamp::parse(contact.personal_notes.as_deref());
     let Some(id) = property_sync_id(contact).or_else(|| stamp.sync_id.clone()) else {
@@ -114,9 +133,12 @@ pub fn ownership(tenant_id: &str, mailbox: &Mailbox, contact: &Contact) -> Owner
     if stamp
         .created_by
         .as_deref()
-        .is_some_and(|by| by.trim().eq_ignore_ascii_case(mailbox.upn.trim()))
+        .is_some_and(|by| names_mailbox(by, mailbox))
     {
         return Ownership::OwnerCreated(OwnerReason::CreatedByOwner);
+    }
+    if property_sync_id(contact).is_none() {
+        return Ownership::OwnerCreated(OwnerReason::NotesStampOnly);
     }
     Ownership::ManagedCopy
 }

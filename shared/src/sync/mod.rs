@@ -16,6 +16,7 @@
 pub mod central;
 pub mod distribute;
 pub mod identity;
+mod matching;
 pub mod normalize;
 pub mod plan;
 pub mod simulate;

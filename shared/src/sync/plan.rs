@@ -22,6 +22,10 @@ pub struct PlanContext {
     pub options: MirrorOptions,
     /// The time of this job, written into `LastUpdatedAt` stamps.
     pub now: DateTime<Utc>,
+    /// Phase 1 only: the central folder was lost (deleted or renamed) and is restored from the users' contacts.
+    /// Managed copies then publish their person again under its sync id instead of counting as removed, and the
+    /// plan deletes nothing. `false` everywhere except an operator's explicit rebuild.
+    pub rebuild_central: bool,
 }
 
 /// What a plan item does.

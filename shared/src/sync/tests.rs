@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use crate::config::{DeletionPolicy, MirrorOptions};
 use crate::model::{Contact, ContactFields, EmailAddress, Mailbox, WriteOp};
 
-use super::identity::{ownership, Ownership};
+use super::identity::{ownership, OwnerReason, Ownership};
 use super::normalize::{email_keys, has_category};
 use super::plan::deletion_allowance;
 use super::simulate::apply;
@@ -100,6 +100,7 @@ impl World {
             owner: owner.clone(),
             options: self.options.clone(),
             now: self.clock,
+            rebuild_central: false,
         }
     }
 
@@ -463,8 +464,8 @@ fn notes_and_categories_stay_with_their_owner() {
     let stamp = NotesStamp::parse(cat.personal_notes.as_deref());
     assert_eq!(
         stamp.created_by.as_deref(),
-        Some("cat@contoso.com"),
-        "stays cat's own"
+        Some("id-cat"),
+        "stays cat's own, by object id"
     );
     assert_eq!(world.run(), 0);
 }
@@ -654,9 +655,11 @@ fn old_script_stamps_are_adopted_and_rewritten_once() {
         user_text(dan.personal_notes.as_deref().unwrap_or("")),
         "dan's line\r\n"
     );
+    // A notes stamp alone proves nothing about who made the contact (issue 10, scenario 5b): adopted as dan's own,
+    // recorded against his object id, and never deleted.
     assert_eq!(
         ownership(TENANT, &mailbox("dan"), dan),
-        Ownership::ManagedCopy
+        Ownership::OwnerCreated(OwnerReason::CreatedByOwner)
     );
     assert_eq!(world.run(), 0);
 
@@ -669,7 +672,7 @@ fn old_script_stamps_are_adopted_and_rewritten_once() {
     let notes = dan.personal_notes.as_deref().unwrap_or("");
     assert!(
         notes.starts_with(&format!(
-            "dan's line\r\n\r\nSyncId={guid}\r\nCreatedBy=ann@contoso.com\r\nLastUpdatedAt="
+            "dan's line\r\n\r\nSyncId={guid}\r\nCreatedBy=id-dan\r\nLastUpdatedAt="
         )),
         "{notes:?}"
     );
@@ -770,6 +773,355 @@ fn reports_carry_no_note_text() {
         "{lines:?}"
     );
     assert!(lines.iter().all(|l| !l.contains("PIN")));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Issue 10: duplicates, renames, stamped data met for the first time, rebuilding a lost central folder
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Ten people published from ann, distributed to everyone else.
+fn ten_people(others: &[&str]) -> World {
+    let people: Vec<Contact> = (0..10)
+        .map(|i| {
+            contact(
+                &format!("a{i}"),
+                &format!("P{i}"),
+                &[&format!("p{i}@x.com")],
+                1,
+            )
+        })
+        .collect();
+    let mut users = vec![(mailbox("ann"), people)];
+    users.extend(others.iter().map(|name| (mailbox(name), Vec::new())));
+    World::new(users)
+}
+
+/// A copy of `original` under a new Graph id, as an ambiguous create that Graph applied twice leaves it.
+fn resent(original: &Contact, id: &str) -> Contact {
+    Contact {
+        id: id.into(),
+        ..original.clone()
+    }
+}
+
+/// Scenario 1 in the central folder: copies sharing a sync id are reduced to one, within the deletion cap.
+/// Failed before the fix: the extra central copies were kept for ever (`DuplicateSyncId` skips), so an ambiguous
+/// create resent several times left every person several times in the central folder.
+#[test]
+fn central_copies_sharing_a_sync_id_are_reduced_to_one_within_the_cap() {
+    let mut world = ten_people(&["dan"]);
+    world.run();
+    let p0 = find(&world.central, "p0@x.com")[0].clone();
+    let p1 = find(&world.central, "p1@x.com")[0].clone();
+    world.central.extend([
+        resent(&p0, "dup-0a"),
+        resent(&p0, "dup-0b"),
+        resent(&p0, "dup-0c"),
+        resent(&p1, "dup-1a"),
+    ]);
+    // 14 managed central copies at the default 10%: one deletion per run, never a refusal.
+    let plan = world.phase1();
+    assert_eq!(plan.counts().deleted, 1);
+    assert!(plan
+        .items
+        .iter()
+        .filter(|i| i.action == ActionKind::Delete)
+        .all(|i| i.reason == Reason::DuplicateSyncId
+            && i.contact_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("dup-"))));
+    world.options.deletion.max_share = 0.5;
+    // A copy stamped only in its notes is not provably the tool's: it stays (and is not distributed).
+    let mut by_hand = resent(&p0, "dup-by-hand");
+    by_hand.sync_id_property = None;
+    by_hand.personal_notes = Some(compose(
+        "",
+        &NotesStamp {
+            sync_id: super::effective_sync_id(&p0),
+            ..Default::default()
+        },
+    ));
+    world.central.push(by_hand);
+    assert_eq!(world.phase1().counts().deleted, 3);
+    assert_eq!(world.central.len(), 11);
+    assert!(world.central.iter().any(|c| c.id == "dup-by-hand"));
+    assert_eq!(find(&world.central, "p0@x.com").len(), 2);
+    for i in 1..10 {
+        assert_eq!(find(&world.central, &format!("p{i}@x.com")).len(), 1);
+    }
+    assert!(
+        world.central.iter().any(|c| c.id == p0.id) && world.central.iter().any(|c| c.id == p1.id)
+    );
+    world.phase2();
+    assert_eq!(world.user("dan").len(), 10);
+    assert_eq!(world.run(), 0);
+}
+
+/// Scenario 1 in a user's mailbox: extra managed copies of a person are deleted (within the cap, never causing a
+/// refusal), the owner's own contact of that person is the one kept, and nothing of the owner's is touched.
+/// Failed before the fix: duplicates of a person still central were kept for ever.
+#[test]
+fn mailbox_copies_sharing_a_sync_id_are_reduced_to_one_never_the_owners() {
+    let mut world = ten_people(&["cat", "dan"]);
+    world
+        .user_mut("cat")
+        .push(contact("c1", "P3 (cat)", &["p3@x.com"], 0));
+    world.run();
+    assert_eq!(world.run(), 0);
+    let dan_p0 = find(world.user("dan"), "p0@x.com")[0].clone();
+    world
+        .user_mut("dan")
+        .extend([resent(&dan_p0, "AAA-dup-1"), resent(&dan_p0, "AAA-dup-2")]);
+    // A managed copy of P3 in cat's mailbox beside her own contact of P3, sorting before it.
+    let dan_p3 = find(world.user("dan"), "p3@x.com")[0].clone();
+    world.user_mut("cat").push(resent(&dan_p3, "AAA-dup-3"));
+    let cat_own = world
+        .user("cat")
+        .iter()
+        .find(|c| c.id == "c1")
+        .expect("cat's own")
+        .clone();
+
+    // 12 managed copies in dan's mailbox at 10%: one deletion per run.
+    let plans = world.phase2();
+    assert!(world.refusals.is_empty());
+    assert_eq!(plans.iter().map(|p| p.counts().deleted).sum::<usize>(), 2);
+    world.phase2();
+    assert!(world.refusals.is_empty());
+    assert_eq!(find(world.user("dan"), "p0@x.com").len(), 1);
+    assert_eq!(world.user("dan").len(), 10);
+    let cat_p3 = find(world.user("cat"), "p3@x.com");
+    assert_eq!(cat_p3.len(), 1);
+    assert_eq!(cat_p3[0], &cat_own, "cat's own contact unchanged");
+    assert_eq!(world.run(), 0);
+}
+
+/// Scenario 5: ownership survives renames. Cat's own contact stamped by the tool, eve's stamped by the replaced
+/// script with her object id, fay's stamped by the script with the UPN she had before a rename, gus's stamped by an
+/// earlier version of the tool with the UPN he had before a rename, hal's stamped by an earlier version with his
+/// current UPN: after cat's and hal's renames, when the person leaves the central folder and the other sources, all
+/// five are still there, unchanged.
+/// Failed before the fix: each counted as a managed copy (`CreatedBy` did not name the mailbox's current UPN), was
+/// re-stamped as someone else's and then deleted as no longer central.
+#[test]
+fn own_contacts_stay_their_owners_across_renames() {
+    let guid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let mut central = contact("s1", "Bob Stone", &["bob@x.com"], 1);
+    central.personal_notes = Some(format!("SyncId={guid};CreatedBy=ann@contoso.com"));
+    let mut a1 = contact("a1", "Bob Stone", &["bob@x.com"], 1);
+    a1.personal_notes = Some(format!("SyncId={guid};CreatedBy=ann@contoso.com"));
+    let mut e1 = contact("e1", "Bob (eve)", &["bob@x.com"], 0);
+    e1.personal_notes = Some(format!("eve's\r\nSyncId={guid};CreatedBy=id-eve"));
+    let mut f1 = contact("f1", "Bob (fay)", &["bob@x.com"], 0);
+    f1.personal_notes = Some(format!("SyncId={guid};CreatedBy=fay.old@contoso.com"));
+    // Stamped by an earlier version of this tool as gus's own, under the UPN he had before a rename.
+    let mut g1 = contact("g1", "Bob (gus)", &["bob@x.com"], 0);
+    g1.personal_notes = Some(format!("SyncId={guid}\r\nCreatedBy=gus.old@contoso.com"));
+    g1.sync_id_property = Some(guid.into());
+    // Stamped by an earlier version of this tool as hal's own, under his current UPN: renamed later.
+    let mut h1 = contact("h1", "Bob Stone", &["bob@x.com"], 1);
+    h1.personal_notes = Some(format!("SyncId={guid}\r\nCreatedBy=hal@contoso.com"));
+    h1.sync_id_property = Some(guid.into());
+    let mut world = World::new(vec![
+        (
+            mailbox("ann"),
+            vec![a1, contact("a2", "Other", &["o@x.com"], 1)],
+        ),
+        (
+            mailbox("cat"),
+            vec![contact("c1", "Bob (cat)", &["bob@x.com"], 0)],
+        ),
+        (mailbox("dan"), vec![]),
+        (mailbox("eve"), vec![e1]),
+        (mailbox("fay"), vec![f1]),
+        (mailbox("gus"), vec![g1]),
+        (mailbox("hal"), vec![h1]),
+    ]);
+    world.central = vec![central];
+    world.run();
+    assert_eq!(world.run(), 0);
+    // Cat, eve, fay, gus and hal: users 1, 3, 4, 5 and 6.
+    let owned: Vec<(usize, Contact)> = [1, 3, 4, 5, 6]
+        .into_iter()
+        .map(|u| (u, world.users[u].1[0].clone()))
+        .collect();
+    assert_eq!(find(world.user("dan"), "bob@x.com").len(), 1);
+
+    // Cat is renamed; ann removes her contact; an administrator removes the person centrally.
+    world.users[1].0.upn = "cathy@contoso.com".into();
+    world.users[6].0.upn = "harold@contoso.com".into();
+    world.user_mut("ann").retain(|c| c.id != "a1");
+    world
+        .central
+        .retain(|c| !email_keys(&c.fields).contains("bob@x.com"));
+    world.run();
+    world.run();
+    assert!(world.refusals.is_empty());
+    for (u, before) in &owned {
+        let (mailbox, contacts) = &world.users[*u];
+        assert_eq!(
+            contacts.iter().find(|c| c.id == before.id),
+            Some(before),
+            "{}'s own contact",
+            mailbox.upn
+        );
+        assert_eq!(find(contacts, "bob@x.com").len(), 1);
+    }
+    assert!(
+        find(world.user("dan"), "bob@x.com").is_empty(),
+        "dan's copy goes"
+    );
+    assert!(
+        find(&world.central, "bob@x.com").is_empty(),
+        "not published again"
+    );
+    assert_eq!(world.run(), 0);
+}
+
+/// Scenario 5b: the very first run of a fresh tenant meets stamped data. Ann's contact carries the replaced
+/// script's stamp, bob's own (different) contact carries a pasted copy of that stamp line, cat holds a script copy
+/// of a person the tool never held. None of them is deleted; all three people are published, once each; the script
+/// copy's person keeps its sync id.
+/// Failed before the fix: bob's contact was deleted as a managed copy no longer central, and ann's stamped original
+/// (and cat's) were never published (skipped as removed centrally).
+#[test]
+fn stamped_contacts_met_for_the_first_time_are_published_never_deleted() {
+    let g = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let h = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+    let mut a1 = contact("a1", "Bob Stone", &["bob@x.com"], 1);
+    a1.personal_notes = Some(format!("SyncId={g};CreatedBy=ann@contoso.com"));
+    let mut b1 = contact("b1", "Carl Diaz", &["carl@x.com"], 2);
+    b1.personal_notes = Some(format!(
+        "met at the fair\r\nSyncId={g};CreatedBy=ann@contoso.com"
+    ));
+    let mut c1 = contact("c1", "Erin Fox", &["erin@x.com"], 3);
+    c1.personal_notes = Some(format!("SyncId={h};CreatedBy=dan@contoso.com"));
+    let mut world = World::new(vec![
+        (mailbox("ann"), vec![a1]),
+        (
+            mailbox("bob"),
+            vec![b1.clone(), contact("b2", "Dora", &["dora@x.com"], 1)],
+        ),
+        (mailbox("cat"), vec![c1]),
+    ]);
+    world.run();
+    assert!(world.refusals.is_empty());
+    let bob_b1 = world
+        .user("bob")
+        .iter()
+        .find(|c| c.id == "b1")
+        .expect("bob's own contact is still there");
+    assert_eq!(bob_b1.fields, b1.fields);
+    assert_eq!(
+        user_text(bob_b1.personal_notes.as_deref().unwrap_or("")),
+        "met at the fair"
+    );
+    let emails = ["bob@x.com", "carl@x.com", "dora@x.com", "erin@x.com"];
+    assert_eq!(world.central.len(), 4);
+    for email in emails {
+        assert_eq!(
+            find(&world.central, email).len(),
+            1,
+            "{email} published once"
+        );
+        for (_, contacts) in &world.users {
+            assert_eq!(find(contacts, email).len(), 1, "{email} once per mailbox");
+        }
+    }
+    let erin = find(&world.central, "erin@x.com")[0];
+    assert_eq!(
+        erin.sync_id_property.as_deref(),
+        Some(h),
+        "consistent stamp kept"
+    );
+    assert_eq!(world.run(), 0);
+}
+
+/// A stamp line of a person the central folder holds, pasted into a user's own contact of someone else: that contact
+/// is never rewritten into the person, and its data never replaces the person's in the central folder (a sync id
+/// only in the notes is trusted only when the data agrees). It is not published as a person of its own either
+/// (it stays tied to the pasted id; the conservative choice, see `plan_central`).
+/// Failed before the fix: phase 1 took the pasted contact as the person's newest edit and every mailbox's copy of
+/// Bob Stone became Carl Diaz.
+#[test]
+fn a_pasted_stamp_of_a_central_person_changes_neither_side() {
+    let mut world = World::new(vec![
+        (
+            mailbox("ann"),
+            vec![contact("a1", "Bob Stone", &["bob@x.com"], 1)],
+        ),
+        (mailbox("cat"), vec![]),
+        (mailbox("dan"), vec![]),
+    ]);
+    world.run();
+    let bob = world.central[0].clone();
+    let sync = super::effective_sync_id(&bob).expect("stamped");
+    let pasted_at = world.tick();
+    let mut d9 = contact("d9", "Carl Diaz", &["carl@x.com"], 0);
+    d9.last_modified = Some(pasted_at);
+    d9.personal_notes = Some(format!("mine\r\nSyncId={sync};CreatedBy=ann@contoso.com"));
+    let dan = world.user_mut("dan");
+    dan.clear();
+    dan.push(d9.clone());
+
+    world.run();
+    assert_eq!(world.run(), 0);
+    assert_eq!(world.central.len(), 1);
+    assert_eq!(world.central[0].fields, bob.fields, "central Bob unchanged");
+    for name in ["ann", "cat"] {
+        assert_eq!(
+            world.user(name)[0].fields,
+            bob.fields,
+            "{name}'s Bob unchanged"
+        );
+    }
+    let dan = world.user("dan");
+    assert_eq!(
+        dan.iter().find(|c| c.id == "d9"),
+        Some(&d9),
+        "dan's own contact untouched"
+    );
+    assert_eq!(find(dan, "bob@x.com").len(), 1, "dan receives Bob");
+}
+
+/// Scenario 6 (the rule): the central folder was deleted; a rebuild restores every person from the users'
+/// contacts (owners' originals and managed copies) under the sync ids the copies carry, once each, deleting
+/// nothing; phase 2 afterwards finds every copy where it is and writes nothing.
+/// Failed before the fix: the rebuild flag was ignored, every stamped contact counted as removed centrally and
+/// nothing was published again.
+#[test]
+fn a_rebuild_restores_the_central_folder_under_the_same_sync_ids() {
+    let mut world = ten_people(&["cat", "dan"]);
+    world
+        .user_mut("cat")
+        .push(contact("c1", "P3 (cat)", &["p3@x.com"], 0));
+    world.user_mut("ann").retain(|c| c.id != "a5");
+    world.run();
+    world
+        .user_mut("ann")
+        .push(contact("a5", "P5", &["p5@x.com"], 1));
+    world.run();
+    assert_eq!(world.run(), 0);
+    let ids = |contacts: &[Contact]| -> std::collections::BTreeSet<Option<SyncId>> {
+        contacts.iter().map(super::effective_sync_id).collect()
+    };
+    let before_ids = ids(&world.central);
+    let users_before = world.users.clone();
+
+    world.central.clear();
+    world.tick();
+    let mut ctx = world.ctx(&world.shared);
+    ctx.rebuild_central = true;
+    let plan = plan_central(&ctx, &world.sources(), &world.central);
+    assert_eq!(plan.counts().deleted, 0);
+    assert_eq!(plan.counts().created, 10);
+    apply(&plan, &mut world.central, world.clock).expect("applies");
+    assert_eq!(ids(&world.central), before_ids);
+    let plans = world.phase2();
+    assert!(world.refusals.is_empty());
+    assert_eq!(plans.iter().map(|p| p.writes().count()).sum::<usize>(), 0);
+    assert_eq!(world.users, users_before);
+    assert_eq!(world.run(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1070,7 +1422,14 @@ proptest! {
         let plan = world.phase1();
         for item in &plan.items {
             match &item.op {
-                Some(WriteOp::Delete { .. }) => prop_assert!(false, "phase 1 deleted"),
+                Some(WriteOp::Delete { id }) => {
+                    // Only an extra managed copy of a person whose first central copy stays.
+                    let gone = before.iter().find(|c| &c.id == id).expect("exists");
+                    let sync = super::effective_sync_id(gone).expect("a duplicate has a sync id");
+                    prop_assert_eq!(ownership(TENANT, &world.shared, gone), Ownership::ManagedCopy);
+                    prop_assert!(world.central.iter().any(|c| super::effective_sync_id(c) == Some(sync.clone())));
+                    prop_assert!(before.iter().any(|c| &c.id < id && super::effective_sync_id(c) == Some(sync.clone())));
+                }
                 Some(WriteOp::Create(w)) | Some(WriteOp::Update { write: w, .. }) => {
                     let title = w.fields.as_ref().and_then(|f| f.job_title.clone()).unwrap_or_default();
                     prop_assert!(!title.contains("SECRET"), "published an opted-out contact");
@@ -1122,8 +1481,20 @@ proptest! {
                 prop_assert!(plan.counts().deleted <= deletion_allowance(managed, max_share));
                 let now = world.tick();
                 apply(&plan, &mut target, now).expect("applies");
-                world.tick();
-                let again = plan_distribution(&world.ctx(&eve), &world.central, &eve, &target).expect("replan");
+                // Extra copies of a person still central go within what the cap leaves, the rest on later runs;
+                // once they are gone, planning again plans nothing.
+                let mut again = Plan::default();
+                for _ in 0..=target.len() {
+                    world.tick();
+                    again = plan_distribution(&world.ctx(&eve), &world.central, &eve, &target).expect("replan");
+                    let capped_duplicates = again.items.iter().filter(|i| i.op.is_some())
+                        .all(|i| i.action == ActionKind::Delete && i.reason == Reason::DuplicateSyncId);
+                    if again.is_empty() || !capped_duplicates {
+                        break;
+                    }
+                    let now = world.tick();
+                    apply(&again, &mut target, now).expect("applies");
+                }
                 prop_assert!(again.is_empty(), "{:?}", again);
             }
             Err(PlanRefusal::TooManyDeletions { deletes, allowed, managed: m, .. }) => {
@@ -1408,6 +1779,145 @@ proptest! {
             for refusal in &world.refusals {
                 prop_assert!(matches!(refusal, PlanRefusal::CentralEmpty { .. }), "{:?}", refusal);
             }
+        }
+    }
+}
+
+/// Per mailbox of `world` (refused ones excepted): sync ids held by more than one managed copy that is not opted
+/// out, with their contact ids.
+fn managed_duplicates(world: &World) -> Vec<(String, SyncId, Vec<String>)> {
+    let refused: Vec<&str> = world
+        .refusals
+        .iter()
+        .map(|r| match r {
+            PlanRefusal::TooManyDeletions { mailbox, .. }
+            | PlanRefusal::CentralEmpty { mailbox, .. } => mailbox.as_str(),
+        })
+        .collect();
+    let mut found = Vec::new();
+    for (mailbox, contacts) in world
+        .users
+        .iter()
+        .filter(|(m, _)| !refused.contains(&m.upn.as_str()))
+    {
+        let mut by_id: std::collections::BTreeMap<SyncId, Vec<String>> = Default::default();
+        for c in contacts {
+            if ownership(TENANT, mailbox, c) == Ownership::ManagedCopy
+                && !has_category(&c.categories, "Private")
+            {
+                if let Some(sync) = super::effective_sync_id(c) {
+                    by_id.entry(sync).or_default().push(c.id.clone());
+                }
+            }
+        }
+        found.extend(
+            by_id
+                .into_iter()
+                .filter(|(_, ids)| ids.len() > 1)
+                .map(|(sync, ids)| (mailbox.upn.clone(), sync, ids)),
+        );
+    }
+    found
+}
+
+/// Every (user index, contact id) of a contact its mailbox owner created.
+fn owned_contacts(world: &World) -> Vec<(usize, String)> {
+    world
+        .users
+        .iter()
+        .enumerate()
+        .flat_map(|(u, (m, cs))| {
+            cs.iter()
+                .filter(|c| ownership(TENANT, m, c).is_owner_created())
+                .map(move |c| (u, c.id.clone()))
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Issue 10, scenario 1 over both phases: contacts resent as ambiguous creates (in the central folder and in
+    /// users' mailboxes) leave, after one run, no mailbox with two managed copies of one person; no owner's contact
+    /// is deleted or turned into a managed copy; the run after writes nothing.
+    #[test]
+    fn resent_creates_leave_one_managed_copy_per_person_and_owners_keep_theirs(
+        mut world in world_strategy(),
+        resends in prop::collection::vec((0..5usize, 0..8usize), 1..6),
+    ) {
+        world.run();
+        for (n, (u, i)) in resends.into_iter().enumerate() {
+            let id = format!("resent-{n}");
+            let copy = match u {
+                4 => {
+                    let len = world.central.len();
+                    world.central.get(i % len.max(1)).map(|c| resent(c, &id))
+                }
+                _ => pick(&mut world.users, u, i).map(|c| resent(c, &id)),
+            };
+            match (u, copy) {
+                (4, Some(c)) => world.central.push(c),
+                (_, Some(c)) => world.users[u].1.push(c),
+                _ => {}
+            }
+        }
+        let owned = owned_contacts(&world);
+        world.refusals.clear();
+        world.run();
+        let duplicates = managed_duplicates(&world);
+        prop_assert!(duplicates.is_empty(), "{:?}\n{}", duplicates, describe(&world));
+        for (u, id) in &owned {
+            let (mailbox, contacts) = &world.users[*u];
+            let kept = contacts.iter().find(|c| &c.id == id);
+            prop_assert!(kept.is_some(), "owner's contact {} deleted", id);
+            prop_assert!(
+                kept.is_some_and(|c| ownership(TENANT, mailbox, c).is_owner_created()),
+                "owner's contact {} turned into a managed copy", id
+            );
+        }
+        let before = world.clone();
+        if world.run() != 0 {
+            let mut replay = before.clone();
+            let p1 = replay.phase1();
+            let p2 = replay.phase2();
+            let writes: Vec<_> = std::iter::once(&p1).chain(&p2)
+                .flat_map(|p| p.items.iter().filter(|i| i.op.is_some()))
+                .map(|i| format!("{:?} {:?} {:?}", i.action, i.reason, i.contact_id))
+                .collect();
+            prop_assert!(false, "not settled: {:#?}\nbefore: {}", writes, describe(&before));
+        }
+    }
+
+    /// Issue 10, scenario 6: rebuilding a lost central folder deletes nothing, restores no sync id twice, keeps
+    /// every owner's contact, and the runs after it settle.
+    #[test]
+    fn a_rebuild_never_deletes_and_settles(mut world in world_strategy()) {
+        world.run();
+        let owned = owned_contacts(&world);
+        world.central.clear();
+        world.tick();
+        let mut ctx = world.ctx(&world.shared);
+        ctx.rebuild_central = true;
+        let plan = plan_central(&ctx, &world.sources(), &world.central);
+        prop_assert_eq!(plan.counts().deleted, 0);
+        apply(&plan, &mut world.central, world.clock).expect("applies");
+        let ids: Vec<SyncId> = world.central.iter().filter_map(super::effective_sync_id).collect();
+        let unique: std::collections::BTreeSet<&SyncId> = ids.iter().collect();
+        prop_assert_eq!(ids.len(), unique.len(), "a sync id restored twice");
+        // Every managed copy's person is back under its sync id, so the copy stays matched.
+        for (mailbox, contacts) in &world.users {
+            for c in contacts.iter().filter(|c| !has_category(&c.categories, "Private")) {
+                if ownership(TENANT, mailbox, c) == Ownership::ManagedCopy {
+                    let sync = super::effective_sync_id(c);
+                    prop_assert!(sync.as_ref().is_some_and(|s| unique.contains(s)), "{:?} not restored", sync);
+                }
+            }
+        }
+        world.refusals.clear();
+        world.run();
+        prop_assert_eq!(world.run(), 0, "did not settle after a rebuild\n{}", describe(&world));
+        for (u, id) in &owned {
+            prop_assert!(world.users[*u].1.iter().any(|c| &c.id == id), "owner's contact {} deleted", id);
         }
     }
 }
