@@ -91,6 +91,7 @@ mod tests {
             personal_notes: None,
             categories: Vec::new(),
             sync_id_property: None,
+            change_key: None,
         }
     }
 
