@@ -52,6 +52,7 @@ fn settings(sim: &Sim, secret: &str) -> TenantSettings {
             },
         },
         limits: GraphLimits::default(),
+        distribution: Default::default(),
     }
 }
 

@@ -332,6 +332,7 @@ mod tests {
                 },
             },
             limits: crate::config::GraphLimits::default(),
+            distribution: Default::default(),
         }
     }
 
