@@ -13,6 +13,7 @@
 
 pub mod config;
 mod contact;
+pub mod directory;
 mod faults;
 mod ids;
 mod odata;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+pub use directory::{GroupSeed, OrgContactSeed, DEFAULT_ROLES};
 pub use config::{FaultConfig, FaultProfile, RetryAfter, ScriptedFault, SimConfig, ThrottleConfig};
 pub use seed::{seed_estate, EstateParams, SeededTenant};
 pub use state::{MailboxState, TenantSeed, UserSeed, LICENSE_SKU};
@@ -103,7 +105,7 @@ impl Sim {
         self.addr
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, state::Store> {
+    pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, state::Store> {
         self.shared
             .store
             .lock()
