@@ -144,8 +144,15 @@ impl DirectoryState {
     }
 
     /// Whether user `id` shows in a delta round over `(since, upto]` with `select` (`None` = default properties:
-    /// any change counts).
-    pub fn user_in_round(&self, id: &str, since: u64, upto: u64, select: Option<&[String]>) -> bool {
+    /// any property change counts) and, with `manager` (`$expand=manager`), a change of manager.
+    pub fn user_in_round(
+        &self,
+        id: &str,
+        since: u64,
+        upto: u64,
+        select: Option<&[String]>,
+        manager: bool,
+    ) -> bool {
         let Some(changes) = self.changes.get(&id.to_lowercase()) else {
             return false;
         };
@@ -155,10 +162,11 @@ impl DirectoryState {
         }
         changes.props.iter().any(|(name, v)| {
             within(*v)
-                && select.is_none_or(|list| {
-                    list.iter().any(|s| s.eq_ignore_ascii_case(name))
-                        || (name == "manager" && list.iter().any(|s| s == "manager"))
-                })
+                && if name == "manager" {
+                    manager
+                } else {
+                    select.is_none_or(|list| list.iter().any(|s| s.eq_ignore_ascii_case(name)))
+                }
         })
     }
 
@@ -166,7 +174,9 @@ impl DirectoryState {
     pub fn group_index(&self, key: &str) -> Option<usize> {
         self.groups.iter().position(|g| {
             g.id.eq_ignore_ascii_case(key)
-                || g.mail.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(key))
+                || g.mail
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(key))
         })
     }
 
@@ -210,50 +220,6 @@ fn capitalised(s: &str) -> String {
     match chars.next() {
         Some(first) => first.to_uppercase().collect::<String>() + chars.as_str(),
         None => String::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn group(id: &str, members: &[&str]) -> Group {
-        Group {
-            id: id.into(),
-            display_name: id.into(),
-            mail: Some(format!("{id}@x.com")),
-            members: members.iter().map(|m| (*m).to_owned()).collect(),
-        }
-    }
-
-    #[test]
-    fn nested_membership_is_flattened_once_even_with_cycles() {
-        let mut d = DirectoryState::new("contoso.onmicrosoft.com");
-        d.groups = vec![
-            group("g1", &["u1", "g2", "u2"]),
-            group("g2", &["u2", "u3", "g1", "g3"]),
-            group("g3", &["u4"]),
-        ];
-        assert_eq!(
-            d.transitive_members(0),
-            vec!["u1", "g2", "u2", "u3", "g1", "g3", "u4"]
-        );
-        assert_eq!(d.organization_name, "Contoso");
-    }
-
-    #[test]
-    fn a_round_shows_only_selected_changes() {
-        let mut d = DirectoryState::new("x.com");
-        d.user_created("U1");
-        let after_create = d.version;
-        d.user_changed("u1", ["jobTitle".to_owned()]);
-        let upto = d.version;
-        let sel = vec!["displayName".to_owned()];
-        assert!(!d.user_in_round("u1", after_create, upto, Some(&sel)));
-        assert!(d.user_in_round("u1", after_create, upto, None));
-        let sel = vec!["JobTitle".to_owned()];
-        assert!(d.user_in_round("u1", after_create, upto, Some(&sel)));
-        assert!(d.user_in_round("u1", 0, upto, Some(&sel)));
     }
 }
 
@@ -308,7 +274,12 @@ impl crate::Sim {
     }
 
     /// Removes a direct member from a group (by id, UPN or mail).
-    pub fn remove_group_member(&self, tenant: &str, group: &str, member: &str) -> Result<(), String> {
+    pub fn remove_group_member(
+        &self,
+        tenant: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<(), String> {
         self.with_tenant(tenant, |t| {
             let id = member_id(t, member)?;
             let g = t
@@ -327,7 +298,9 @@ impl crate::Sim {
                 .iter()
                 .any(|p| p == k)
         }) {
-            return Err(format!("{bad} is not a property of microsoft.graph.orgContact"));
+            return Err(format!(
+                "{bad} is not a property of microsoft.graph.orgContact"
+            ));
         }
         self.with_tenant(tenant, |t| {
             let id = seed
@@ -353,9 +326,16 @@ impl crate::Sim {
     }
 
     /// Sets (or with `None` clears) a user's manager; shows in `/users/delta` as a change of `manager`.
-    pub fn set_manager(&self, tenant: &str, user: &str, manager: Option<&str>) -> Result<(), String> {
+    pub fn set_manager(
+        &self,
+        tenant: &str,
+        user: &str,
+        manager: Option<&str>,
+    ) -> Result<(), String> {
         self.with_tenant(tenant, |t| {
-            let u = t.user_index(user).ok_or_else(|| format!("unknown user {user}"))?;
+            let u = t
+                .user_index(user)
+                .ok_or_else(|| format!("unknown user {user}"))?;
             let id = t.users[u].id.clone();
             match manager {
                 Some(m) => {
@@ -374,9 +354,16 @@ impl crate::Sim {
 
     /// Changes directory properties of a user (an admin's edit, e.g. `{"accountEnabled": false}` to disable
     /// them); shows in `/users/delta` for rounds selecting a changed property.
-    pub fn update_user(&self, tenant: &str, user: &str, props: Map<String, Value>) -> Result<(), String> {
+    pub fn update_user(
+        &self,
+        tenant: &str,
+        user: &str,
+        props: Map<String, Value>,
+    ) -> Result<(), String> {
         self.with_tenant(tenant, |t| {
-            let u = t.user_index(user).ok_or_else(|| format!("unknown user {user}"))?;
+            let u = t
+                .user_index(user)
+                .ok_or_else(|| format!("unknown user {user}"))?;
             let mut changed = Vec::new();
             for (k, v) in props {
                 if k == "id" || k == "userPrincipalName" {
@@ -398,7 +385,9 @@ impl crate::Sim {
     /// Deletes a user (and their mailbox); `/users/delta` shows `@removed {"reason": "deleted"}`.
     pub fn remove_user(&self, tenant: &str, user: &str) -> Result<(), String> {
         self.with_tenant(tenant, |t| {
-            let u = t.user_index(user).ok_or_else(|| format!("unknown user {user}"))?;
+            let u = t
+                .user_index(user)
+                .ok_or_else(|| format!("unknown user {user}"))?;
             let removed = t.users.remove(u);
             t.index.clear();
             for (i, other) in t.users.iter().enumerate() {
@@ -446,4 +435,52 @@ fn member_id(t: &crate::state::Tenant, key: &str) -> Result<String, String> {
         }
     }
     Err(format!("no user, group or org contact {key}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(id: &str, members: &[&str]) -> Group {
+        Group {
+            id: id.into(),
+            display_name: id.into(),
+            mail: Some(format!("{id}@x.com")),
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn nested_membership_is_flattened_once_even_with_cycles() {
+        let mut d = DirectoryState::new("contoso.onmicrosoft.com");
+        d.groups = vec![
+            group("g1", &["u1", "g2", "u2"]),
+            group("g2", &["u2", "u3", "g1", "g3"]),
+            group("g3", &["u4"]),
+        ];
+        assert_eq!(
+            d.transitive_members(0),
+            vec!["u1", "g2", "u2", "u3", "g1", "g3", "u4"]
+        );
+        assert_eq!(d.organization_name, "Contoso");
+    }
+
+    #[test]
+    fn a_round_shows_only_selected_changes() {
+        let mut d = DirectoryState::new("x.com");
+        d.user_created("U1");
+        let after_create = d.version;
+        d.user_changed("u1", ["jobTitle".to_owned()]);
+        let upto = d.version;
+        let sel = vec!["displayName".to_owned()];
+        assert!(!d.user_in_round("u1", after_create, upto, Some(&sel), false));
+        assert!(d.user_in_round("u1", after_create, upto, None, false));
+        let sel = vec!["JobTitle".to_owned()];
+        assert!(d.user_in_round("u1", after_create, upto, Some(&sel), false));
+        assert!(d.user_in_round("u1", 0, upto, Some(&sel), false));
+        d.user_changed("u1", ["manager".to_owned()]);
+        let (before, upto) = (upto, d.version);
+        assert!(!d.user_in_round("u1", before, upto, None, false));
+        assert!(d.user_in_round("u1", before, upto, Some(&sel), true));
+    }
 }

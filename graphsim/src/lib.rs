@@ -14,6 +14,7 @@
 pub mod config;
 mod contact;
 pub mod directory;
+pub mod directory_seed;
 mod faults;
 mod ids;
 mod odata;
@@ -32,8 +33,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-pub use directory::{GroupSeed, OrgContactSeed, DEFAULT_ROLES};
 pub use config::{FaultConfig, FaultProfile, RetryAfter, ScriptedFault, SimConfig, ThrottleConfig};
+pub use directory::{GroupSeed, OrgContactSeed, DEFAULT_ROLES};
+pub use directory_seed::{seed_directory, DirectoryParams, SeededDirectory};
 pub use seed::{seed_estate, EstateParams, SeededTenant};
 pub use state::{MailboxState, TenantSeed, UserSeed, LICENSE_SKU};
 pub use stats::{LoggedRequest, MailboxStats, SimStats};

@@ -526,7 +526,11 @@ impl Store {
                 app_id: t.client_id.clone(),
                 expires: Instant::now() + lifetime,
                 consent: t.admin_consent,
-                roles: if t.admin_consent { t.dir.roles.clone() } else { Vec::new() },
+                roles: if t.admin_consent {
+                    t.dir.roles.clone()
+                } else {
+                    Vec::new()
+                },
             },
         );
         token

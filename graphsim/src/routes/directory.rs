@@ -144,15 +144,28 @@ fn manager(t: &Tenant, op: &Op, base: &str) -> Reply {
 }
 
 /// A page of already rendered items with a `$skiptoken` nextLink.
-fn page(items: Vec<Value>, offset: usize, size: usize, op: &Op, base: &str, context: &str) -> Reply {
+fn page(
+    items: Vec<Value>,
+    offset: usize,
+    size: usize,
+    op: &Op,
+    base: &str,
+    context: &str,
+) -> Reply {
     let total = items.len();
     let mut body = Map::new();
-    body.insert("@odata.context".into(), json!(format!("{base}/v1.0/$metadata#{context}")));
+    body.insert(
+        "@odata.context".into(),
+        json!(format!("{base}/v1.0/$metadata#{context}")),
+    );
     if offset.saturating_add(size) < total {
         let query = odata::rebuild_query(
             &op.raw_query,
             &["$skiptoken"],
-            &[("$skiptoken", users::encode_skiptoken(offset.saturating_add(size)))],
+            &[(
+                "$skiptoken",
+                users::encode_skiptoken(offset.saturating_add(size)),
+            )],
         );
         body.insert(
             "@odata.nextLink".into(),
@@ -169,8 +182,9 @@ fn page(items: Vec<Value>, offset: usize, size: usize, op: &Op, base: &str, cont
 fn offset(op: &Op) -> Result<usize, Reply> {
     match op.q("$skiptoken") {
         None => Ok(0),
-        Some(tok) => users::decode_skiptoken(tok)
-            .ok_or_else(|| graph_error(400, "Request_BadRequest", "Invalid or expired skip token.")),
+        Some(tok) => users::decode_skiptoken(tok).ok_or_else(|| {
+            graph_error(400, "Request_BadRequest", "Invalid or expired skip token.")
+        }),
     }
 }
 
@@ -254,7 +268,11 @@ fn org_contacts(t: &Tenant, op: &Op, base: &str) -> Reply {
         if op.segments.len() > 3 {
             return errors::unknown_segment(&op.segments[3]);
         }
-        return match t.dir.org_contact_index(key).filter(|_| uuid::Uuid::parse_str(key).is_ok()) {
+        return match t
+            .dir
+            .org_contact_index(key)
+            .filter(|_| uuid::Uuid::parse_str(key).is_ok())
+        {
             Some(i) => {
                 let mut body = pick(&t.dir.org_contacts[i], select.as_deref());
                 body.insert(
@@ -307,7 +325,9 @@ fn organization(t: &Tenant, base: &str) -> Reply {
 fn group_filter(raw: &str) -> Result<(String, String), Reply> {
     match odata::parse_filter(raw) {
         Some(Expr::Cmp(path, op, Literal::Str(value)))
-            if path.len() == 1 && op == "eq" && ["mail", "id", "displayName"].contains(&path[0].as_str()) =>
+            if path.len() == 1
+                && op == "eq"
+                && ["mail", "id", "displayName"].contains(&path[0].as_str()) =>
         {
             Ok((path[0].clone(), value))
         }
@@ -354,7 +374,12 @@ fn groups(t: &Tenant, op: &Op, base: &str) -> Reply {
             .collect();
         return page(items, offset, size, op, base, "groups");
     };
-    let Some(index) = t.dir.groups.iter().position(|g| g.id.eq_ignore_ascii_case(key)) else {
+    let Some(index) = t
+        .dir
+        .groups
+        .iter()
+        .position(|g| g.id.eq_ignore_ascii_case(key))
+    else {
         return not_found(key);
     };
     let group = &t.dir.groups[index];
@@ -415,17 +440,26 @@ fn transitive_members(
     let mut items = Vec::new();
     for member in t.dir.transitive_members(index) {
         let (kind, mut object) = if let Some(u) = t.user_index(&member) {
-            ("user", match users::project(&t.users[u].directory, select.as_deref()) {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            })
+            (
+                "user",
+                match users::project(&t.users[u].directory, select.as_deref()) {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                },
+            )
         } else if let Some(g) = t.dir.group_index(&member) {
-            ("group", match t.dir.groups[g].render() {
-                Value::Object(m) => pick(&m, select.as_deref()),
-                _ => Map::new(),
-            })
+            (
+                "group",
+                match t.dir.groups[g].render() {
+                    Value::Object(m) => pick(&m, select.as_deref()),
+                    _ => Map::new(),
+                },
+            )
         } else if let Some(c) = t.dir.org_contact_index(&member) {
-            ("orgContact", pick(&t.dir.org_contacts[c], select.as_deref()))
+            (
+                "orgContact",
+                pick(&t.dir.org_contacts[c], select.as_deref()),
+            )
         } else {
             continue;
         };
@@ -435,7 +469,10 @@ fn transitive_members(
         if !object.contains_key("id") {
             object.insert("id".into(), json!(member));
         }
-        object.insert("@odata.type".into(), json!(format!("#microsoft.graph.{kind}")));
+        object.insert(
+            "@odata.type".into(),
+            json!(format!("#microsoft.graph.{kind}")),
+        );
         items.push(Value::Object(object));
     }
     page(items, offset, size, op, base, "directoryObjects")
@@ -538,36 +575,41 @@ fn users_delta(t: &Tenant, epoch: u64, op: &Op, base: &str) -> Reply {
     };
     let size = prefer_max_page_size(op).unwrap_or(100);
     let mut items: Vec<Value> = Vec::new();
-    if !(latest && !is_delta_token) {
-        for user in &t.users {
-            let shows = if token.s == 0 {
-                true
-            } else {
-                t.dir.user_in_round(&user.id, token.s, token.u, token.sel.as_deref())
-            };
-            if !shows {
-                continue;
-            }
-            let mut body = match users::project(&user.directory, token.sel.as_deref()) {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            };
-            body.insert("id".into(), json!(user.id));
-            if let Some(manager_select) = &token.m {
-                if let Some(boss) = users::manager_of(t, &user.directory) {
-                    body.insert(
-                        "manager".into(),
-                        users::render_manager(boss, manager_select.as_deref()),
-                    );
-                }
-            }
-            items.push(Value::Object(body));
+    // `$deltatoken=latest` starts at the current version, so its round is empty.
+    for user in &t.users {
+        let shows = if token.s == 0 {
+            true
+        } else {
+            t.dir.user_in_round(
+                &user.id,
+                token.s,
+                token.u,
+                token.sel.as_deref(),
+                token.m.is_some(),
+            )
+        };
+        if !shows {
+            continue;
         }
-        if token.s > 0 {
-            for (v, id) in &t.dir.removed {
-                if *v > token.s && *v <= token.u {
-                    items.push(json!({"id": id, "@removed": {"reason": "deleted"}}));
-                }
+        let mut body = match users::project(&user.directory, token.sel.as_deref()) {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        body.insert("id".into(), json!(user.id));
+        if let Some(manager_select) = &token.m {
+            if let Some(boss) = users::manager_of(t, &user.directory) {
+                body.insert(
+                    "manager".into(),
+                    users::render_manager(boss, manager_select.as_deref()),
+                );
+            }
+        }
+        items.push(Value::Object(body));
+    }
+    if token.s > 0 {
+        for (v, id) in &t.dir.removed {
+            if *v > token.s && *v <= token.u {
+                items.push(json!({"id": id, "@removed": {"reason": "deleted"}}));
             }
         }
     }

@@ -217,7 +217,9 @@ async fn run_target(
         };
         return (reply, false, false);
     }
-    if let Err(reply) = directory::permitted(op, matches!(target, Target::Mailbox { .. }), &caller.roles) {
+    if let Err(reply) =
+        directory::permitted(op, matches!(target, Target::Mailbox { .. }), &caller.roles)
+    {
         return (reply, false, false);
     }
     if let Target::Mailbox { state, .. } = target {
@@ -271,7 +273,11 @@ fn resolve(shared: &Shared, caller: &Caller, op: &Op) -> Result<Target, Reply> {
     let seg = |i: usize| op.segments.get(i).map(String::as_str);
     match seg(1) {
         Some(s) if s.eq_ignore_ascii_case("users") => {}
-        Some(s) if directory::TENANT_COLLECTIONS.iter().any(|c| c.eq_ignore_ascii_case(s)) => {
+        Some(s)
+            if directory::TENANT_COLLECTIONS
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(s)) =>
+        {
             return Ok(Target::Tenant)
         }
         Some("me") => {

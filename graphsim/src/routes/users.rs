@@ -314,7 +314,10 @@ pub fn handle(store: &Store, tenant: usize, op: &Op, base: &str) -> Reply {
         let mut body = project(d, select.as_deref());
         if let (Some(manager_select), Value::Object(m)) = (&manager, &mut body) {
             if let Some(boss) = manager_of(t, d) {
-                m.insert("manager".into(), render_manager(boss, manager_select.as_deref()));
+                m.insert(
+                    "manager".into(),
+                    render_manager(boss, manager_select.as_deref()),
+                );
             }
         }
         body
