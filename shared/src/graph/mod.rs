@@ -15,6 +15,7 @@ mod auth;
 mod batch;
 mod contacts;
 mod delta;
+mod directory;
 mod error;
 mod folders;
 mod limit;
@@ -34,6 +35,7 @@ use url::Url;
 
 pub use contacts::{FolderRef, WriteOutcome};
 pub use delta::DeltaRound;
+pub use directory::{DirectoryError, DirectoryPermission, UserKind, UsersDeltaRound};
 pub use error::{AuthProblem, ErrorKind, GraphError, TransportFailure};
 pub use folders::ContactFolder;
 pub use stats::ClientStats;
