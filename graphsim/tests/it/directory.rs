@@ -550,3 +550,108 @@ async fn seeded_directory_has_every_kind_of_entry() {
     assert_eq!(d.members, e.members, "deterministic names");
     assert_eq!(d.tenant.client_secret, e.tenant.client_secret);
 }
+
+#[tokio::test]
+async fn the_control_surface_builds_and_edits_a_directory() {
+    let env = env().await;
+    let sim_url = |path: &str| format!("{}/_sim/{path}", env.sim.graph_url());
+    let call = |method: Method, path: &str, body: Value| {
+        let req = env.http.request(method, sim_url(path)).json(&body);
+        async move {
+            let resp = req.send().await.expect("control request");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, seeded) = call(
+        Method::POST,
+        "seed-directory",
+        json!({"domain": "lab.onmicrosoft.com", "members": 3, "guests": 1, "orgContacts": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{seeded}");
+    assert_eq!(seeded["members"].as_array().map(Vec::len), Some(3));
+    let t = "lab.onmicrosoft.com";
+    let member = seeded["members"][1].as_str().expect("member").to_owned();
+    let (status, group) = call(
+        Method::POST,
+        &format!("tenants/{t}/groups"),
+        json!({"displayName": "Phones", "mail": format!("phones@{t}"), "members": [member, seeded["staffGroup"]]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{group}");
+    let (status, _) = call(
+        Method::POST,
+        &format!("tenants/{t}/groups"),
+        json!({"displayName": "Bad", "members": ["nobody@nowhere"]}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, contact) = call(
+        Method::POST,
+        &format!("tenants/{t}/org-contacts"),
+        json!({"displayName": "Vendor", "mail": "v@vendor.example"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{contact}");
+    assert_eq!(
+        call(
+            Method::POST,
+            &format!("tenants/{t}/org-contacts"),
+            json!({"nickname": "x"})
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        call(
+            Method::PATCH,
+            &format!("tenants/{t}/users/{member}"),
+            json!({"accountEnabled": false})
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            Method::PUT,
+            &format!("tenants/{t}/users/{member}/manager"),
+            json!({"manager": null})
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            Method::PUT,
+            &format!("tenants/{t}/roles"),
+            json!({"roles": ["User.Read.All"]})
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            Method::DELETE,
+            &format!("tenants/{t}/users/{member}"),
+            json!({})
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            Method::DELETE,
+            &format!("tenants/{t}/users/{member}"),
+            json!({})
+        )
+        .await
+        .0,
+        400
+    );
+}
