@@ -290,6 +290,47 @@ impl Default for Distribution {
     }
 }
 
+impl fmt::Display for Distribution {
+    /// `mirror on, directory on (Member, Guest; 1 include group, user filter; from 1 tenant), receivers: 1 group,
+    /// folder "Company Directory"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let on = |b: bool| if b { "on" } else { "off" };
+        let d = &self.directory;
+        let types: Vec<&str> = d.member_types.iter().map(MemberType::as_str).collect();
+        let mut details = vec![types.join(", ")];
+        if !d.include_groups.is_empty() {
+            details.push(format!("{} include group(s)", d.include_groups.len()));
+        }
+        if !d.exclude_groups.is_empty() {
+            details.push(format!("{} exclude group(s)", d.exclude_groups.len()));
+        }
+        if d.user_filter.is_some() {
+            details.push("user filter".into());
+        }
+        if !d.exclude_hidden {
+            details.push("hidden users included".into());
+        }
+        if !d.from_tenants.is_empty() {
+            details.push(format!("from {} tenant(s)", d.from_tenants.len()));
+        }
+        let receivers = match &self.target_groups {
+            None => "every licensed user".to_owned(),
+            Some(groups) => format!("{} group(s)", groups.len()),
+        };
+        let folder = match &self.target_folder {
+            TargetFolder::DefaultContacts => "default Contacts".to_owned(),
+            TargetFolder::Named(name) => format!("{:?}", name.as_str()),
+        };
+        write!(
+            f,
+            "mirror {}, directory {} ({}), receivers: {receivers}, folder {folder}",
+            on(self.mirror_enabled),
+            on(d.enabled),
+            details.join("; ")
+        )
+    }
+}
+
 /// The distribution keys of one level (document root or tenant); `None` = not set here. `Directory` merges key by
 /// key, so a root `Directory.MemberTypes` and a tenant's `Directory.Enabled` combine.
 #[derive(Debug, Clone, Default)]

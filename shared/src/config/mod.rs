@@ -415,6 +415,7 @@ impl fmt::Display for TenantSettings {
             self.limits.max_in_flight,
             self.limits.requests_per_window,
             self.limits.window.as_secs(),
-        )
+        )?;
+        write!(f, ", {}", self.distribution)
     }
 }

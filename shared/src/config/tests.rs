@@ -1578,6 +1578,14 @@ fn every_directory_key_is_read_ignoring_case() {
         TargetFolder::Named(name) => assert_eq!(name.as_str(), "Company Directory"),
         other => panic!("expected a named folder, got {other:?}"),
     }
+    assert!(
+        settings.tenants[0].to_string().ends_with(
+            "mirror off, directory on (Member, Guest, Contact; 2 include group(s); 1 exclude group(s); user filter; \
+             hidden users included; from 1 tenant(s)), receivers: 1 group(s), folder \"Company Directory\""
+        ),
+        "{}",
+        settings.tenants[0]
+    );
     // The second tenant sets nothing: today's behaviour.
     assert_eq!(settings.tenants[1].distribution, Distribution::default());
 }
