@@ -426,3 +426,53 @@ async fn a_missing_permission_is_named() {
         }
     ));
 }
+
+#[tokio::test]
+async fn a_tenant_directory_is_read_once_in_a_constant_number_of_requests() {
+    let f = fixture().await;
+    let domain = f.d.tenant.tenant_id.clone();
+    let options = DirectoryOptions {
+        enabled: true,
+        member_types: MemberTypes::new([
+            MemberType::Member,
+            MemberType::Guest,
+            MemberType::Contact,
+        ])
+        .expect("non-empty"),
+        include_groups: vec![GroupRef::parse(&format!("staff@{domain}")).expect("mail")],
+        exclude_groups: vec![GroupRef::parse(&f.d.external_group).expect("GUID")],
+        ..DirectoryOptions::default()
+    };
+    let snapshot = f
+        .tenant
+        .read_directory(&options, Some(&f.d.tenant.shared_mailbox_upn))
+        .await
+        .expect("directory");
+    // Members, guests, managers, org contacts, the include group by mail (lookup + members), the exclude group
+    // by id (members), the organisation: 8, however many mailboxes will receive it.
+    assert_eq!(f.tenant.tally().0, 8);
+    let persons = select(&snapshot.read(), &options);
+    let mut got: Vec<String> = persons
+        .iter()
+        .filter_map(|p| p.user_principal_name.clone())
+        .collect();
+    got.sort();
+    // Staff holds every visible member and the first guest (through Sales); External removes the guest.
+    assert_eq!(got, sorted(f.d.members.clone()));
+    assert_eq!(
+        persons.len(),
+        f.d.members.len(),
+        "org contacts are not in Staff"
+    );
+    assert!(persons.iter().skip(1).any(|p| p.fields.manager.is_some()));
+
+    // The default settings: members, their managers and the organisation.
+    let tenant = client(&f.sim, &f.d);
+    let snapshot = tenant
+        .read_directory(&DirectoryOptions::default(), None)
+        .await
+        .expect("directory");
+    assert_eq!(tenant.tally().0, 3);
+    assert!(snapshot.org_contacts.is_empty());
+    assert_eq!(snapshot.organization_name.as_deref(), Some("Directory-s1"));
+}

@@ -78,6 +78,38 @@ pub struct DirectoryRead<'a> {
     pub shared_mailbox: Option<&'a str>,
 }
 
+/// A source tenant's directory as read once per run: the owned counterpart of [`DirectoryRead`], what
+/// `TenantClient::read_directory` returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectorySnapshot {
+    /// The source tenant's configured id.
+    pub tenant_id: String,
+    /// Users of the configured member types (enabled members and/or guests), managers filled in.
+    pub users: Vec<UserRecord>,
+    /// Org contacts (empty unless `Contact` is a member type).
+    pub org_contacts: Vec<OrgContactRecord>,
+    /// The resolved include/exclude groups.
+    pub groups: GroupFilter,
+    /// The organisation's display name.
+    pub organization_name: Option<String>,
+    /// The mirror's shared mailbox, if configured.
+    pub shared_mailbox: Option<String>,
+}
+
+impl DirectorySnapshot {
+    /// A borrowed view for [`select`].
+    pub fn read(&self) -> DirectoryRead<'_> {
+        DirectoryRead {
+            tenant_id: &self.tenant_id,
+            users: &self.users,
+            org_contacts: &self.org_contacts,
+            groups: &self.groups,
+            organization_name: self.organization_name.as_deref(),
+            shared_mailbox: self.shared_mailbox.as_deref(),
+        }
+    }
+}
+
 /// One person to distribute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectoryPerson {

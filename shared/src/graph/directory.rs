@@ -17,8 +17,8 @@ use super::page::{next_url, same_origin_url};
 use super::transport::{Call, DIRECTORY};
 use super::wire::{decode, Page};
 use super::TenantClient;
-use crate::config::{GroupRef, UserFilter};
-use crate::directory::{ManagerRef, OrgContactRecord, UserRecord};
+use crate::config::{DirectoryOptions, GroupRef, MemberType, UserFilter};
+use crate::directory::{DirectorySnapshot, GroupFilter, ManagerRef, OrgContactRecord, UserRecord};
 use crate::feed::DeltaLink;
 
 /// The application permission a directory read needs (least privileged).
@@ -171,6 +171,13 @@ const TOP: &str = "999";
 /// What the manager of a user is read as.
 const MANAGER_EXPAND: &str = "manager($select=id,displayName)";
 
+/// Fills each user's manager from the manager listing.
+fn attach_managers(users: &mut [UserRecord], managers: &HashMap<String, ManagerRef>) {
+    for user in users {
+        user.manager = managers.get(&user.id.to_lowercase()).cloned();
+    }
+}
+
 /// A string literal for an OData filter: quotes doubled.
 fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
@@ -182,6 +189,69 @@ impl TenantClient {
     /// Two listings: the advanced query (Graph refuses `$expand` with `ConsistencyLevel: eventual`), then every
     /// user's manager (`$expand=manager`), joined by id.
     pub async fn directory_users(
+        &self,
+        kind: UserKind,
+        filter: Option<&UserFilter>,
+    ) -> Result<Vec<UserRecord>, DirectoryError> {
+        let mut users = self.users_of(kind, filter).await?;
+        let managers = self.managers().await?;
+        attach_managers(&mut users, &managers);
+        Ok(users)
+    }
+
+    /// A tenant's directory as its `Directory` settings select it, read once: the users of the configured member
+    /// types (their managers from one listing), org contacts when `Contact` is listed, the include/exclude groups'
+    /// members, and the organisation's name. A constant number of listings per tenant, whatever the number of
+    /// receiving mailboxes.
+    pub async fn read_directory(
+        &self,
+        options: &DirectoryOptions,
+        shared_mailbox: Option<&str>,
+    ) -> Result<DirectorySnapshot, DirectoryError> {
+        let filter = options.user_filter.as_ref();
+        let mut users = Vec::new();
+        if options.member_types.contains(MemberType::Member) {
+            users.extend(self.users_of(UserKind::Members, filter).await?);
+        }
+        if options.member_types.contains(MemberType::Guest) {
+            users.extend(self.users_of(UserKind::Guests, filter).await?);
+        }
+        if !users.is_empty() {
+            let managers = self.managers().await?;
+            attach_managers(&mut users, &managers);
+        }
+        let org_contacts = if options.member_types.contains(MemberType::Contact) {
+            self.org_contacts().await?
+        } else {
+            Vec::new()
+        };
+        let include = if options.include_groups.is_empty() {
+            None
+        } else {
+            Some(self.members_of_any(&options.include_groups).await?)
+        };
+        let exclude = self.members_of_any(&options.exclude_groups).await?;
+        Ok(DirectorySnapshot {
+            tenant_id: self.tenant_id().to_owned(),
+            users,
+            org_contacts,
+            groups: GroupFilter::new(include, exclude),
+            organization_name: self.organization_name().await?,
+            shared_mailbox: shared_mailbox.map(str::to_owned),
+        })
+    }
+
+    /// The object ids of the transitive members of any of `groups` (`TargetGroups`, or a filter's groups).
+    pub async fn members_of_any(&self, groups: &[GroupRef]) -> Result<Vec<String>, DirectoryError> {
+        let mut out = Vec::new();
+        for group in groups {
+            out.extend(self.group_members(group).await?);
+        }
+        Ok(out)
+    }
+
+    /// Enabled users of `kind` with `filter` ANDed in, without managers.
+    async fn users_of(
         &self,
         kind: UserKind,
         filter: Option<&UserFilter>,
@@ -199,8 +269,7 @@ impl TenantClient {
                 ("$top", TOP),
             ],
         )?;
-        let mut users: Vec<UserRecord> = self
-            .inner
+        self.inner
             .get_all("directory user page", url, DIRECTORY, true)
             .await
             .map_err(|error| match (error.status(), filter) {
@@ -209,12 +278,7 @@ impl TenantClient {
                     source: error,
                 },
                 _ => needs(DirectoryPermission::UserReadAll)(error),
-            })?;
-        let managers = self.managers().await?;
-        for user in &mut users {
-            user.manager = managers.get(&user.id.to_lowercase()).cloned();
-        }
-        Ok(users)
+            })
     }
 
     /// Every user's manager (id and display name), by lower-cased user id; users without one are absent.
