@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{DirectoryOptions, MemberType};
-use crate::model::{ContactFields, Mailbox};
+use crate::model::{ContactFields, ContactWrite, Mailbox};
 use crate::sync::SyncId;
 
 use super::mapping::{org_contact_fields, user_fields};
@@ -123,6 +123,18 @@ pub struct DirectoryPerson {
     pub sync_id: SyncId,
     /// What a copy holds.
     pub fields: ContactFields,
+}
+
+impl DirectoryPerson {
+    /// What creating this person's copy writes: the mapped fields and the sync id property. Notes stamps and the
+    /// managed category are the planner's, as for mirrored copies.
+    pub fn contact_write(&self) -> ContactWrite {
+        ContactWrite {
+            fields: Some(self.fields.clone()),
+            sync_id: Some(self.sync_id.as_str().to_owned()),
+            ..ContactWrite::default()
+        }
+    }
 }
 
 /// Whether `user` is the shared mailbox given as UPN, mail or object id (ignoring case).
