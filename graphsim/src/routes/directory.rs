@@ -489,10 +489,10 @@ struct DeltaToken {
     o: usize,
     /// Delta epoch.
     e: u64,
-    /// `$select`.
+    /// `$select` (without `manager`).
     sel: Option<Vec<String>>,
-    /// `$expand=manager` and its `$select`.
-    m: Option<Option<Vec<String>>>,
+    /// Whether `manager` was selected: tracked and returned as `manager@delta`.
+    m: bool,
 }
 
 const DELTA_PREFIX: &str = "GSU1";
@@ -512,7 +512,20 @@ fn decode(s: &str) -> Option<DeltaToken> {
     serde_json::from_slice(&raw).ok()
 }
 
-/// `GET /users/delta`: `$select`, `$expand=manager`, pages by `Prefer: odata.maxpagesize` (default 100),
+/// `$select` of a users delta: user properties plus the navigation property `manager`, which delta tracks and
+/// returns as `manager@delta` (graph-facts.md section 2: no `$expand` on `/users/delta`).
+fn delta_select(op: &Op) -> Result<(Option<Vec<String>>, bool), Reply> {
+    let Some(raw) = op.q("$select") else {
+        return Ok((None, false));
+    };
+    let (managers, list): (Vec<String>, Vec<String>) = odata::parse_select(raw)
+        .into_iter()
+        .partition(|p| p.eq_ignore_ascii_case("manager"));
+    users::check_select(&list)?;
+    Ok((Some(list), !managers.is_empty()))
+}
+
+/// `GET /users/delta`: `$select` (with `manager` as `manager@delta`), pages by `Prefer: odata.maxpagesize` (default 100),
 /// `$deltatoken=latest`, `@removed {"reason":"deleted"}` for deleted users; a disabled user is a change of
 /// `accountEnabled`. Tokens of an older epoch answer 410 `SyncStateNotFound`.
 fn users_delta(t: &Tenant, epoch: u64, op: &Op, base: &str) -> Reply {
@@ -539,7 +552,7 @@ fn users_delta(t: &Tenant, epoch: u64, op: &Op, base: &str) -> Reply {
     let token = match token {
         Some(tok) => tok,
         None => {
-            for unsupported in ["$top", "$orderby", "$skip", "$search", "$count"] {
+            for unsupported in ["$top", "$orderby", "$skip", "$search", "$count", "$expand"] {
                 if op.q(unsupported).is_some() {
                     return graph_error(
                         400,
@@ -555,12 +568,8 @@ fn users_delta(t: &Tenant, epoch: u64, op: &Op, base: &str) -> Reply {
                     "graphsim supports no $filter on /users/delta (Graph allows only id eq '...').",
                 );
             }
-            let sel = match users::parse_select(op) {
+            let (sel, m) = match delta_select(op) {
                 Ok(s) => s,
-                Err(r) => return r,
-            };
-            let m = match users::manager_expand(op) {
-                Ok(m) => m,
                 Err(r) => return r,
             };
             DeltaToken {
@@ -580,13 +589,8 @@ fn users_delta(t: &Tenant, epoch: u64, op: &Op, base: &str) -> Reply {
         let shows = if token.s == 0 {
             true
         } else {
-            t.dir.user_in_round(
-                &user.id,
-                token.s,
-                token.u,
-                token.sel.as_deref(),
-                token.m.is_some(),
-            )
+            t.dir
+                .user_in_round(&user.id, token.s, token.u, token.sel.as_deref(), token.m)
         };
         if !shows {
             continue;
@@ -596,11 +600,11 @@ fn users_delta(t: &Tenant, epoch: u64, op: &Op, base: &str) -> Reply {
             _ => Map::new(),
         };
         body.insert("id".into(), json!(user.id));
-        if let Some(manager_select) = &token.m {
+        if token.m {
             if let Some(boss) = users::manager_of(t, &user.directory) {
                 body.insert(
-                    "manager".into(),
-                    users::render_manager(boss, manager_select.as_deref()),
+                    "manager@delta".into(),
+                    json!([{"@odata.type": "#microsoft.graph.user", "id": boss.get("id")}]),
                 );
             }
         }
@@ -627,7 +631,7 @@ fn users_delta(t: &Tenant, epoch: u64, op: &Op, base: &str) -> Reply {
             u: token.u,
             e: token.e,
             sel: token.sel.clone(),
-            m: token.m.clone(),
+            m: token.m,
         };
         let q = odata::rebuild_query("", &[], &[("$skiptoken", encode(&next))]);
         body.insert("@odata.nextLink".into(), json!(format!("{link_base}?{q}")));
@@ -638,7 +642,7 @@ fn users_delta(t: &Tenant, epoch: u64, op: &Op, base: &str) -> Reply {
             o: 0,
             e: token.e,
             sel: token.sel.clone(),
-            m: token.m.clone(),
+            m: token.m,
         };
         let q = odata::rebuild_query("", &[], &[("$deltatoken", encode(&next))]);
         body.insert("@odata.deltaLink".into(), json!(format!("{link_base}?{q}")));

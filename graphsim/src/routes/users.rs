@@ -272,7 +272,13 @@ pub(crate) fn parse_select(op: &Op) -> Result<Option<Vec<String>>, Reply> {
         return Ok(None);
     };
     let list = odata::parse_select(raw);
-    for p in &list {
+    check_select(&list)?;
+    Ok(Some(list))
+}
+
+/// Every name is a `microsoft.graph.user` property a collection may return.
+pub(crate) fn check_select(list: &[String]) -> Result<(), Reply> {
+    for p in list {
         if !USER_PROPERTIES.iter().any(|u| u.eq_ignore_ascii_case(p)) {
             return Err(graph_error(
                 400,
@@ -291,7 +297,7 @@ pub(crate) fn parse_select(op: &Op) -> Result<Option<Vec<String>>, Reply> {
             ));
         }
     }
-    Ok(Some(list))
+    Ok(())
 }
 
 /// Directory requests of a tenant.

@@ -343,16 +343,32 @@ async fn users_delta_pages_then_reports_disabled_changed_and_deleted_users() {
     let (env, d) = directory_env().await;
     let mut schemas = Schemas::load();
     let tenant = &d.tenant.tenant_id;
-    let start = env.url(
-        "/users/delta?$select=displayName,accountEnabled,mail&$expand=manager($select=displayName)",
-    );
+    let start = env.url("/users/delta?$select=displayName,accountEnabled,mail,manager");
     let (all, link) = delta_round(&env, &start, &mut schemas, "odata.maxpagesize=3").await;
     assert_eq!(all.len(), d.tenant.user_upns.len() + 1);
     assert!(
         all.iter().all(|u| u.get("jobTitle").is_none()),
         "only selected properties"
     );
-    assert!(all.iter().any(|u| u["manager"]["displayName"].is_string()));
+    // The manager navigation property comes as `manager@delta`: ids only.
+    let boss_id = all
+        .iter()
+        .find(|u| {
+            u["mail"]
+                .as_str()
+                .is_some_and(|m| m.eq_ignore_ascii_case(&d.members[0]))
+        })
+        .map(|u| u["id"].clone())
+        .expect("the manager");
+    let managed = all
+        .iter()
+        .filter(|u| u["manager@delta"][0]["id"] == boss_id)
+        .count();
+    assert_eq!(managed, d.members.len() - 1);
+    assert!(all
+        .iter()
+        .filter(|u| u["manager@delta"].is_array())
+        .all(|u| u["manager@delta"][0]["@odata.type"] == "#microsoft.graph.user"));
 
     let (nothing, link) = delta_round(&env, &link, &mut schemas, "odata.maxpagesize=3").await;
     assert!(nothing.is_empty(), "{nothing:?}");
@@ -386,7 +402,7 @@ async fn users_delta_pages_then_reports_disabled_changed_and_deleted_users() {
         404
     );
 
-    // A new manager is a change of the expanded navigation property.
+    // A new manager is a change of the selected navigation property.
     env.sim
         .set_manager(tenant, &d.members[4], Some(&d.members[1]))
         .expect("users");
@@ -403,6 +419,11 @@ async fn users_delta_pages_then_reports_disabled_changed_and_deleted_users() {
 
     // Unsupported options and foreign tokens.
     assert_eq!(env.get("/users/delta?$top=5").await.status, 400);
+    assert_eq!(
+        env.get("/users/delta?$expand=manager").await.status,
+        400,
+        "graph-facts.md: no $expand on /users/delta"
+    );
     assert_eq!(
         env.get("/users/delta?$filter=accountEnabled eq true")
             .await

@@ -15,7 +15,10 @@ pub mod selection;
 mod tests;
 
 pub use mapping::{org_contact_fields, user_fields, MAX_EMAIL_ADDRESSES};
-pub use record::{AssignedLicense, ManagerRef, OfficeAddress, OrgContactRecord, Phone, UserRecord};
+pub use record::{
+    resolve_manager_names, AssignedLicense, ManagerRef, OfficeAddress, OrgContactRecord, Phone,
+    UserRecord,
+};
 pub use selection::{
     directory_sync_id, persons_for, select, DirectoryPerson, DirectoryRead, DirectorySnapshot,
     GroupFilter, DIRECTORY_SYNC_NAMESPACE,

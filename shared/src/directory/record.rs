@@ -178,3 +178,21 @@ impl OrgContactRecord {
     pub const SELECT: &'static str =
         "id,displayName,givenName,surname,mail,companyName,department,jobTitle,proxyAddresses,phones,addresses";
 }
+
+/// Fills in the display name of every manager known only by id (what `/users/delta` returns) from the users of
+/// `users` themselves; a manager not among them keeps no name.
+pub fn resolve_manager_names(users: &mut [UserRecord]) {
+    let names: std::collections::HashMap<String, Option<String>> = users
+        .iter()
+        .map(|u| (u.id.to_lowercase(), u.display_name.clone()))
+        .collect();
+    for user in users.iter_mut() {
+        if let Some(manager) = &mut user.manager {
+            if manager.display_name.is_none() {
+                if let Some(id) = &manager.id {
+                    manager.display_name = names.get(&id.to_lowercase()).cloned().flatten();
+                }
+            }
+        }
+    }
+}

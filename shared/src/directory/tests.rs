@@ -576,3 +576,37 @@ proptest! {
         prop_assert_eq!(persons_for(&mailbox, &persons).len() + usize::from(persons.iter().any(|p| p.object_id.eq_ignore_ascii_case(receiver))), persons.len());
     }
 }
+
+#[test]
+fn manager_names_are_resolved_from_the_users_read() {
+    let mut users = vec![
+        UserRecord {
+            manager: Some(ManagerRef {
+                id: Some("B".into()),
+                display_name: None,
+            }),
+            ..user("a")
+        },
+        user("b"),
+        UserRecord {
+            manager: Some(ManagerRef {
+                id: Some("outside".into()),
+                display_name: None,
+            }),
+            ..user("c")
+        },
+        UserRecord {
+            manager: Some(ManagerRef {
+                id: Some("b".into()),
+                display_name: Some("Kept".into()),
+            }),
+            ..user("d")
+        },
+    ];
+    resolve_manager_names(&mut users);
+    let names: Vec<Option<&str>> = users
+        .iter()
+        .map(|u| u.manager.as_ref().and_then(|m| m.display_name.as_deref()))
+        .collect();
+    assert_eq!(names, vec![Some("User b"), None, None, Some("Kept")]);
+}

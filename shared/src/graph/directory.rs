@@ -18,7 +18,9 @@ use super::transport::{Call, DIRECTORY};
 use super::wire::{decode, Page};
 use super::TenantClient;
 use crate::config::{DirectoryOptions, GroupRef, MemberType, UserFilter};
-use crate::directory::{DirectorySnapshot, GroupFilter, ManagerRef, OrgContactRecord, UserRecord};
+use crate::directory::{
+    resolve_manager_names, DirectorySnapshot, GroupFilter, ManagerRef, OrgContactRecord, UserRecord,
+};
 use crate::feed::DeltaLink;
 
 /// The application permission a directory read needs (least privileged).
@@ -135,11 +137,14 @@ pub struct UsersDeltaRound {
     pub link: DeltaLink,
 }
 
-/// A delta item: a user, or an id with `@removed`.
+/// A delta item: a user, or an id with `@removed`. The manager comes as `manager@delta` (ids only): delta
+/// tracks navigation properties that way and has no `$expand`.
 #[derive(Debug, Deserialize)]
 struct DeltaItem {
     #[serde(rename = "@removed", default)]
     removed: Option<serde_json::Value>,
+    #[serde(rename = "manager@delta", default)]
+    manager_delta: Option<Vec<ManagerRef>>,
     #[serde(flatten)]
     user: UserRecord,
 }
@@ -170,6 +175,12 @@ struct Organization {
 const TOP: &str = "999";
 /// What the manager of a user is read as.
 const MANAGER_EXPAND: &str = "manager($select=id,displayName)";
+/// A users delta selects every mapped field and tracks the manager.
+const DELTA_SELECT: &str = concat!(
+    "id,userPrincipalName,displayName,givenName,surname,jobTitle,department,companyName,officeLocation,",
+    "businessPhones,mobilePhone,mail,proxyAddresses,streetAddress,city,state,postalCode,country,userType,",
+    "accountEnabled,showInAddressList,assignedLicenses,manager"
+);
 
 /// Fills each user's manager from the manager listing.
 fn attach_managers(users: &mut [UserRecord], managers: &HashMap<String, ManagerRef>) {
@@ -374,12 +385,13 @@ impl TenantClient {
     }
 
     /// Starts the users' change feed: a first round listing every user (with every mapped field and the manager)
-    /// that ends with the feed's first link.
+    /// that ends with the feed's first link. Managers arrive as ids; a round resolves the names it can from its own
+    /// users (a first round: all), the caller the rest against its kept snapshot
+    /// ([`crate::directory::resolve_manager_names`]).
     pub async fn users_delta_start(&self) -> Result<UsersDeltaRound, DirectoryError> {
-        let url = self.inner.url(
-            &["users", "delta"],
-            &[("$select", UserRecord::SELECT), ("$expand", MANAGER_EXPAND)],
-        )?;
+        let url = self
+            .inner
+            .url(&["users", "delta"], &[("$select", DELTA_SELECT)])?;
         self.users_delta_round(url).await
     }
 
@@ -428,10 +440,15 @@ impl TenantClient {
                         if item.removed.is_some() {
                             removed.push(item.user.id);
                         } else {
-                            changed.push(item.user);
+                            let mut user = item.user;
+                            user.manager = item
+                                .manager_delta
+                                .and_then(|m| m.into_iter().find(|m| m.id.is_some()));
+                            changed.push(user);
                         }
                     }
                     changed.reverse();
+                    resolve_manager_names(&mut changed);
                     removed.reverse();
                     return Ok(UsersDeltaRound {
                         changed,
