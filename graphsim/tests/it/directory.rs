@@ -676,3 +676,45 @@ async fn the_control_surface_builds_and_edits_a_directory() {
         400
     );
 }
+
+#[tokio::test]
+async fn malformed_directory_requests_get_graph_errors_not_crashes() {
+    let (env, d) = directory_env().await;
+    let staff = &d.staff_group;
+    let cases = [
+        "/groups?$filter=((".to_owned(),
+        "/groups?$filter=displayName ne 'x'".to_owned(),
+        "/groups?$top=0".to_owned(),
+        "/groups?$skiptoken=garbage".to_owned(),
+        format!("/groups/{staff}/transitiveMembers?$top=abc"),
+        format!("/groups/{staff}/transitiveMembers/microsoft.graph.device"),
+        format!("/groups/{staff}/transitiveMembers?$filter=id eq 'x'"),
+        format!("/groups/{staff}/owners"),
+        "/contacts?$top=1000".to_owned(),
+        "/contacts?$filter=mail eq 'x'".to_owned(),
+        "/contacts/not-a-guid".to_owned(),
+        "/contacts/00000000-0000-0000-0000-000000000000/manager".to_owned(),
+        "/users/delta?$deltatoken=".to_owned(),
+        "/users/delta?$skiptoken=GSU1%%%".to_owned(),
+        "/users/delta?$select=bogus".to_owned(),
+        format!("/users/{}/manager?$select=bogus", d.members[1]),
+        "/users/nobody@nowhere/manager".to_owned(),
+        "/users?$expand=manager(".to_owned(),
+        "/users?$expand=manager($top=1)".to_owned(),
+        "/organization/extra".to_owned(),
+    ];
+    for path in &cases {
+        let r = env.get(path).await;
+        assert!(
+            (400..500).contains(&r.status),
+            "{path}: {} {}",
+            r.status,
+            r.body
+        );
+        assert!(r.body["error"]["code"].is_string(), "{path}: {}", r.body);
+    }
+    for method in [Method::POST, Method::PATCH, Method::DELETE] {
+        let r = env.call(method.clone(), "/contacts", Some(json!({}))).await;
+        assert_eq!(r.status, 405, "{method} /contacts: {}", r.body);
+    }
+}
