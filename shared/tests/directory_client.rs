@@ -476,3 +476,49 @@ async fn a_tenant_directory_is_read_once_in_a_constant_number_of_requests() {
     assert!(snapshot.org_contacts.is_empty());
     assert_eq!(snapshot.organization_name.as_deref(), Some("Directory-s1"));
 }
+
+#[tokio::test]
+async fn another_tenants_directory_is_read_with_its_own_credentials_and_filters() {
+    let f = fixture().await;
+    let fabrikam = seed_directory(
+        &f.sim,
+        DirectoryParams {
+            domain: "fabrikam-dir.onmicrosoft.com".into(),
+            members: 3,
+            guests: 1,
+            org_contacts: 1,
+        },
+    );
+    let source = client(&f.sim, &fabrikam);
+    // Fabrikam's own settings decide what it exports: members and its org contacts.
+    let exported = DirectoryOptions {
+        member_types: MemberTypes::new([MemberType::Member, MemberType::Contact])
+            .expect("non-empty"),
+        ..DirectoryOptions::default()
+    };
+    let snapshot = source
+        .read_directory(&exported, Some(&fabrikam.tenant.shared_mailbox_upn))
+        .await
+        .expect("fabrikam's directory");
+    assert_eq!(
+        f.tenant.tally().0,
+        0,
+        "nothing asked of the receiving tenant"
+    );
+    let persons = select(&snapshot.read(), &exported);
+    assert_eq!(persons.len(), 3 + 1);
+    assert!(persons.iter().all(|p| p.sync_id
+        == shared::directory::directory_sync_id(&fabrikam.tenant.tenant_id, &p.object_id)));
+    // A receiving mailbox of another tenant gets every exported person.
+    let users = f
+        .tenant
+        .directory_users(UserKind::Members, None)
+        .await
+        .expect("receivers");
+    let receiver = &users[0];
+    let mailbox = Mailbox {
+        id: receiver.id.clone(),
+        upn: receiver.user_principal_name.clone().unwrap_or_default(),
+    };
+    assert_eq!(persons_for(&mailbox, &persons).len(), persons.len());
+}
