@@ -1828,3 +1828,16 @@ fn unknown_keys_inside_mirror_and_directory_are_refused() {
         &["MicrosoftTenants[0].Directory", "expected a JSON object"],
     );
 }
+
+#[test]
+fn a_secret_pasted_into_a_directory_key_never_shows() {
+    for directory in [
+        json!({"UserFilter": format!("mail eq '{SECRET}")}),
+        json!({"IncludeGroups": [SECRET]}),
+        json!({"MemberTypes": [SECRET]}),
+    ] {
+        let message = error_of(with_directory(directory)).to_string();
+        assert!(!message.contains(SECRET), "{message}");
+        assert!(message.contains("[redacted]"), "{message}");
+    }
+}
