@@ -13,6 +13,8 @@
 
 pub mod config;
 mod contact;
+pub mod directory;
+pub mod directory_seed;
 mod faults;
 mod ids;
 mod odata;
@@ -32,6 +34,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 pub use config::{FaultConfig, FaultProfile, RetryAfter, ScriptedFault, SimConfig, ThrottleConfig};
+pub use directory::{GroupSeed, OrgContactSeed, DEFAULT_ROLES};
+pub use directory_seed::{seed_directory, DirectoryParams, SeededDirectory};
 pub use seed::{seed_estate, EstateParams, SeededTenant};
 pub use state::{MailboxState, TenantSeed, UserSeed, LICENSE_SKU};
 pub use stats::{LoggedRequest, MailboxStats, SimStats};
@@ -103,7 +107,7 @@ impl Sim {
         self.addr
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, state::Store> {
+    pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, state::Store> {
         self.shared
             .store
             .lock()

@@ -190,19 +190,7 @@ pub fn seed_estate(sim: &Sim, params: EstateParams) -> Vec<SeededTenant> {
     let mut out = Vec::new();
     for t in 0..params.tenants {
         let domain = format!("tenant{t}-s{}.onmicrosoft.com", params.seed);
-        let client_id = uuid::Uuid::new_v5(
-            &uuid::Uuid::NAMESPACE_URL,
-            format!("app:{domain}").as_bytes(),
-        )
-        .to_string();
-        let client_secret = format!(
-            "sec~{}",
-            uuid::Uuid::new_v5(
-                &uuid::Uuid::NAMESPACE_URL,
-                format!("secret:{domain}").as_bytes()
-            )
-            .simple()
-        );
+        let (client_id, client_secret) = credentials(&domain);
         sim.add_tenant(TenantSeed::new(&domain, &client_id, &client_secret));
         let tenant_guid = sim.tenant_ids(&domain).map(|(g, _)| g).unwrap_or_default();
 
@@ -322,6 +310,25 @@ pub fn seed_estate(sim: &Sim, params: EstateParams) -> Vec<SeededTenant> {
         });
     }
     out
+}
+
+/// The stable app id and secret of a seeded tenant: the UUID v5 (URL namespace) of `app:{domain}`, and `sec~` +
+/// the simple UUID v5 of `secret:{domain}` (`deploy/compose/config.json` relies on them).
+pub(crate) fn credentials(domain: &str) -> (String, String) {
+    let client_id = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("app:{domain}").as_bytes(),
+    )
+    .to_string();
+    let client_secret = format!(
+        "sec~{}",
+        uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            format!("secret:{domain}").as_bytes()
+        )
+        .simple()
+    );
+    (client_id, client_secret)
 }
 
 fn capitalise(s: &str) -> String {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::contact::{Contact, ContactBody};
+use crate::directory::DirectoryState;
 use crate::ids::{self, Clock};
 
 /// SKU id given to licensed users (ENTERPRISEPACK, Office 365 E3).
@@ -332,6 +333,8 @@ pub struct Tenant {
     pub users: Vec<User>,
     /// Lower-cased UPN and id -> index in `users`.
     pub index: HashMap<String, usize>,
+    /// Groups, org contacts, the organisation, the app's roles and the users' change log.
+    pub dir: DirectoryState,
 }
 
 impl Tenant {
@@ -352,6 +355,8 @@ pub struct TokenInfo {
     pub expires: Instant,
     /// Whether the app had consent when the token was issued.
     pub consent: bool,
+    /// The application roles the token carries (empty without consent).
+    pub roles: Vec<String>,
 }
 
 /// All state.
@@ -399,6 +404,7 @@ impl Store {
             admin_consent: seed.admin_consent,
             users: Vec::new(),
             index: HashMap::new(),
+            dir: DirectoryState::new(&domain),
         };
         let index = match self.tenant(&guid) {
             Some(i) => {
@@ -483,6 +489,7 @@ impl Store {
         };
         t.index.insert(seed.upn.to_lowercase(), index);
         t.index.insert(id.to_lowercase(), index);
+        t.dir.user_created(&id);
         id
     }
 
@@ -501,7 +508,7 @@ impl Store {
             "iss": format!("https://sts.windows.net/{}/", t.guid),
             "tid": t.guid,
             "appid": t.client_id,
-            "roles": if t.admin_consent { json!(["Contacts.ReadWrite", "User.Read.All"]) } else { Value::Null },
+            "roles": if t.admin_consent { json!(t.dir.roles) } else { Value::Null },
             "uti": uuid::Uuid::new_v4().simple().to_string(),
         });
         use base64::Engine;
@@ -519,6 +526,11 @@ impl Store {
                 app_id: t.client_id.clone(),
                 expires: Instant::now() + lifetime,
                 consent: t.admin_consent,
+                roles: if t.admin_consent {
+                    t.dir.roles.clone()
+                } else {
+                    Vec::new()
+                },
             },
         );
         token

@@ -4,6 +4,7 @@
 //! - [`config`]: the `AUTOMATION_SYNCCONTACTS_*` variables and config files, validated into [`config::Settings`].
 //! - [`secret`]: a string type that never prints.
 //! - [`model`]: the contact data the rules reason about.
+//! - [`directory`]: the directory as a source (issue 11): selection, field mapping, sync ids. No I/O.
 //! - [`sync`]: the pure mirroring rules (what to create, update, skip or delete). No I/O.
 //! - [`graph`]: the Microsoft Graph client (token, limits, retries, paging, `$batch`).
 //! - [`feed`]: change feeds kept between runs, and the pure rules for skipping what did not change.
@@ -13,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod directory;
 pub mod feed;
 pub mod graph;
 pub mod message;

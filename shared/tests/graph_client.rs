@@ -56,6 +56,7 @@ fn settings_at(authority: &str, graph: &str, secret: &str) -> TenantSettings {
             },
         },
         limits: GraphLimits::default(),
+        distribution: Default::default(),
     }
 }
 

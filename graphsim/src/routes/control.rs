@@ -17,6 +17,11 @@
 //! | PUT | `/_sim/throttle` | `ThrottleConfig` (`window` in seconds); POST `/_sim/throttle/reset` |
 //! | PUT | `/_sim/token-lifetime`, `/_sim/latency` | `{"seconds": n}` |
 //! | POST | `/_sim/tokens/expire`, `/_sim/delta/invalidate` | |
+//! | POST | `/_sim/seed-directory` | `DirectoryParams` -> `SeededDirectory` |
+//! | POST | `/_sim/tenants/{t}/groups`, `/_sim/tenants/{t}/org-contacts` | `GroupSeed` / orgContact -> `{"id"}` |
+//! | PUT | `/_sim/tenants/{t}/roles` | `{"roles": ["User.Read.All", ...]}` |
+//! | PATCH, DELETE | `/_sim/tenants/{t}/users/{u}` | directory properties (e.g. `{"accountEnabled": false}`) / delete |
+//! | PUT | `/_sim/tenants/{t}/users/{u}/manager` | `{"manager": "upn" \| null}` |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +30,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use crate::config::{FaultConfig, ScriptedFault, ThrottleConfig};
+use crate::directory::GroupSeed;
+use crate::directory_seed::{seed_directory, DirectoryParams};
 use crate::reply::{graph_error, Reply};
 use crate::seed::{seed_estate, EstateParams};
 use crate::server::{Op, Shared};
@@ -42,6 +49,10 @@ fn seconds(op: &Op) -> Result<Duration, Reply> {
         .and_then(Value::as_f64)
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
         .ok_or_else(|| graph_error(400, "BadRequest", "expected {\"seconds\": number}"))
+}
+
+fn bad_request(e: String) -> Reply {
+    graph_error(400, "BadRequest", &e)
 }
 
 fn ok() -> Reply {
@@ -78,6 +89,51 @@ fn run(sim: &Sim, op: &Op) -> Result<Reply, Reply> {
             Reply::json(200, json!(seed_estate(sim, params)))
         }
         ("GET", ["tenants"]) => Reply::json(200, sim.directory()),
+        ("POST", ["seed-directory"]) => {
+            let params: DirectoryParams = body(op)?;
+            if params.members + params.guests + params.org_contacts > 100_000 {
+                return Err(graph_error(
+                    413,
+                    "RequestEntityTooLarge",
+                    "directory too large",
+                ));
+            }
+            Reply::json(200, json!(seed_directory(sim, params)))
+        }
+        ("POST", ["tenants", t, "groups"]) => {
+            let g: GroupSeed = body(op)?;
+            let id = sim.add_group(t, g).map_err(bad_request)?;
+            Reply::json(201, json!({"id": id}))
+        }
+        ("POST", ["tenants", t, "org-contacts"]) => {
+            let c: serde_json::Map<String, Value> = body(op)?;
+            let id = sim.add_org_contact(t, c).map_err(bad_request)?;
+            Reply::json(201, json!({"id": id}))
+        }
+        ("PUT", ["tenants", t, "roles"]) => {
+            let v: Value = body(op)?;
+            let roles: Vec<String> =
+                serde_json::from_value(v.get("roles").cloned().unwrap_or(Value::Null))
+                    .map_err(|e| graph_error(400, "BadRequest", &e.to_string()))?;
+            let refs: Vec<&str> = roles.iter().map(String::as_str).collect();
+            sim.set_app_roles(t, &refs).map_err(bad_request)?;
+            ok()
+        }
+        ("PATCH", ["tenants", t, "users", u]) => {
+            let props: serde_json::Map<String, Value> = body(op)?;
+            sim.update_user(t, u, props).map_err(bad_request)?;
+            ok()
+        }
+        ("DELETE", ["tenants", t, "users", u]) => {
+            sim.remove_user(t, u).map_err(bad_request)?;
+            ok()
+        }
+        ("PUT", ["tenants", t, "users", u, "manager"]) => {
+            let v: Value = body(op)?;
+            sim.set_manager(t, u, v.get("manager").and_then(Value::as_str))
+                .map_err(bad_request)?;
+            ok()
+        }
         ("POST", ["tenants"]) => {
             let t: TenantSeed = body(op)?;
             let id = t.tenant_id.clone();

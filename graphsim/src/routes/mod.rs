@@ -6,6 +6,7 @@ pub mod batch;
 pub mod contacts;
 pub mod control;
 pub mod delta;
+pub mod directory;
 pub mod token;
 pub mod users;
 
@@ -29,6 +30,8 @@ pub struct Caller {
     pub app_id: String,
     /// Whether the token carries application roles.
     pub consent: bool,
+    /// The application roles the token carries.
+    pub roles: Vec<String>,
 }
 
 /// Routes one HTTP request.
@@ -107,6 +110,7 @@ pub fn authenticate(shared: &Shared, op: &Op) -> Result<Caller, Reply> {
         tenant_guid: tenant.guid.clone(),
         app_id: info.app_id.clone(),
         consent: info.consent,
+        roles: info.roles.clone(),
     })
 }
 
@@ -221,6 +225,11 @@ async fn run_target(
         };
         return (reply, false, false);
     }
+    if let Err(reply) =
+        directory::permitted(op, matches!(target, Target::Mailbox { .. }), &caller.roles)
+    {
+        return (reply, false, false);
+    }
     if let Target::Mailbox { state, .. } = target {
         match state {
             MailboxState::Enabled => {}
@@ -254,7 +263,7 @@ async fn run_target(
     let reply = {
         let mut store = shared.store();
         match target {
-            Target::Tenant => users::handle(&store, caller.tenant, op, &base),
+            Target::Tenant => directory::handle(&store, caller.tenant, op, &base),
             Target::Mailbox { user, .. } => {
                 contacts::handle(&mut store, caller.tenant, *user, op, &base)
             }
@@ -272,6 +281,13 @@ fn resolve(shared: &Shared, caller: &Caller, op: &Op) -> Result<Target, Reply> {
     let seg = |i: usize| op.segments.get(i).map(String::as_str);
     match seg(1) {
         Some(s) if s.eq_ignore_ascii_case("users") => {}
+        Some(s)
+            if directory::TENANT_COLLECTIONS
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(s)) =>
+        {
+            return Ok(Target::Tenant)
+        }
         Some("me") => {
             return Err(graph_error(
                 400,
@@ -289,7 +305,7 @@ fn resolve(shared: &Shared, caller: &Caller, op: &Op) -> Result<Target, Reply> {
         Some(other) => return Err(errors::unknown_segment(other)),
         None => return Err(errors::unknown_segment("v1.0")),
     }
-    if op.segments.len() <= 3 {
+    if op.segments.len() <= 3 || directory::is_user_directory_path(&op.segments) {
         return Ok(Target::Tenant);
     }
     let key = &op.segments[2];

@@ -227,7 +227,7 @@ fn check(expr: &Expr) -> Result<Option<String>, Reply> {
     }
 }
 
-fn parse_top(op: &Op, default: usize, max: usize) -> Result<usize, Reply> {
+pub(crate) fn parse_top(op: &Op, default: usize, max: usize) -> Result<usize, Reply> {
     match op.q("$top") {
         None => Ok(default),
         Some(v) => match v.trim().parse::<usize>() {
@@ -243,7 +243,7 @@ fn parse_top(op: &Op, default: usize, max: usize) -> Result<usize, Reply> {
     }
 }
 
-fn project(user: &Map<String, Value>, select: Option<&[String]>) -> Value {
+pub(crate) fn project(user: &Map<String, Value>, select: Option<&[String]>) -> Value {
     let mut out = Map::new();
     match select {
         None => {
@@ -267,12 +267,18 @@ fn project(user: &Map<String, Value>, select: Option<&[String]>) -> Value {
     Value::Object(out)
 }
 
-fn parse_select(op: &Op) -> Result<Option<Vec<String>>, Reply> {
+pub(crate) fn parse_select(op: &Op) -> Result<Option<Vec<String>>, Reply> {
     let Some(raw) = op.q("$select") else {
         return Ok(None);
     };
     let list = odata::parse_select(raw);
-    for p in &list {
+    check_select(&list)?;
+    Ok(Some(list))
+}
+
+/// Every name is a `microsoft.graph.user` property a collection may return.
+pub(crate) fn check_select(list: &[String]) -> Result<(), Reply> {
+    for p in list {
         if !USER_PROPERTIES.iter().any(|u| u.eq_ignore_ascii_case(p)) {
             return Err(graph_error(
                 400,
@@ -291,7 +297,7 @@ fn parse_select(op: &Op) -> Result<Option<Vec<String>>, Reply> {
             ));
         }
     }
-    Ok(Some(list))
+    Ok(())
 }
 
 /// Directory requests of a tenant.
@@ -306,6 +312,22 @@ pub fn handle(store: &Store, tenant: usize, op: &Op, base: &str) -> Reply {
         Ok(s) => s,
         Err(r) => return r,
     };
+    let manager = match manager_expand(op) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let render = |d: &Map<String, Value>| {
+        let mut body = project(d, select.as_deref());
+        if let (Some(manager_select), Value::Object(m)) = (&manager, &mut body) {
+            if let Some(boss) = manager_of(t, d) {
+                m.insert(
+                    "manager".into(),
+                    render_manager(boss, manager_select.as_deref()),
+                );
+            }
+        }
+        body
+    };
     if let Some(key) = op.segments.get(2) {
         if key == "$count" || key == "delta" {
             return graph_error(
@@ -316,7 +338,7 @@ pub fn handle(store: &Store, tenant: usize, op: &Op, base: &str) -> Reply {
         }
         return match t.user_index(key) {
             Some(i) => {
-                let mut body = project(&t.users[i].directory, select.as_deref());
+                let mut body = render(&t.users[i].directory);
                 if let Value::Object(m) = &mut body {
                     m.insert("@odata.context".into(), Value::String(format!("{base}/v1.0/$metadata#users/$entity")));
                 }
@@ -350,6 +372,14 @@ pub fn handle(store: &Store, tenant: usize, op: &Op, base: &str) -> Reply {
             }
         }
     };
+    if manager.is_some() && advanced {
+        // Graph: "$expand is not supported with advanced queries" (graph-facts.md section 2).
+        return graph_error(
+            400,
+            "Request_UnsupportedQuery",
+            "Expand is not supported with advanced queries (ConsistencyLevel: eventual).",
+        );
+    }
     if op.q("$orderby").is_some() && filter.is_some() && !(advanced && count_requested) {
         return advanced_needed("OrderBy");
     }
@@ -387,7 +417,7 @@ pub fn handle(store: &Store, tenant: usize, op: &Op, base: &str) -> Reply {
         .iter()
         .skip(offset)
         .take(top)
-        .map(|d| project(d, select.as_deref()))
+        .map(|d| render(d))
         .collect();
     let mut body = Map::new();
     body.insert(
@@ -412,12 +442,12 @@ pub fn handle(store: &Store, tenant: usize, op: &Op, base: &str) -> Reply {
     Reply::json(200, Value::Object(body))
 }
 
-fn encode_skiptoken(offset: usize) -> String {
+pub(crate) fn encode_skiptoken(offset: usize) -> String {
     let raw = format!("RFNwdAIAAQAA:{offset}:{}", uuid::Uuid::new_v4().simple());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn decode_skiptoken(token: &str) -> Option<usize> {
+pub(crate) fn decode_skiptoken(token: &str) -> Option<usize> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token.trim())
         .ok()?;
@@ -425,4 +455,79 @@ fn decode_skiptoken(token: &str) -> Option<usize> {
     let mut parts = text.split(':');
     (parts.next()? == "RFNwdAIAAQAA").then_some(())?;
     parts.next()?.parse().ok()
+}
+
+/// `$expand=manager` or `$expand=manager($select=a,b)`: `Ok(None)` when not asked for, `Ok(Some(select))` when
+/// asked; any other navigation property is refused, as Graph refuses unknown ones.
+pub(crate) fn manager_expand(op: &Op) -> Result<Option<Option<Vec<String>>>, Reply> {
+    let Some(raw) = op.q("$expand") else {
+        return Ok(None);
+    };
+    let raw = raw.trim();
+    let (name, inner) = match raw.split_once('(') {
+        None => (raw, None),
+        Some((name, rest)) => match rest.strip_suffix(')') {
+            Some(inner) => (name.trim(), Some(inner)),
+            None => return Err(errors::invalid_filter_clause()),
+        },
+    };
+    if !name.eq_ignore_ascii_case("manager") {
+        return Err(graph_error(
+            400,
+            "Request_BadRequest",
+            &format!("Could not find a property named '{name}' on type 'microsoft.graph.user'."),
+        ));
+    }
+    let Some(inner) = inner else {
+        return Ok(Some(None));
+    };
+    let mut select = None;
+    for option in inner.split(';') {
+        match option.split_once('=') {
+            Some((k, v)) if k.trim().eq_ignore_ascii_case("$select") => {
+                let list = odata::parse_select(v);
+                if let Some(bad) = list
+                    .iter()
+                    .find(|p| !USER_PROPERTIES.iter().any(|u| u.eq_ignore_ascii_case(p)))
+                {
+                    return Err(graph_error(
+                        400,
+                        "Request_BadRequest",
+                        &format!("Could not find a property named '{bad}' on type 'microsoft.graph.directoryObject'."),
+                    ));
+                }
+                select = Some(list);
+            }
+            _ => {
+                return Err(graph_error(
+                    400,
+                    "Request_BadRequest",
+                    "Only $select is supported inside $expand=manager(...).",
+                ))
+            }
+        }
+    }
+    Ok(Some(select))
+}
+
+/// The manager of a user (by the user's directory object), if the user has one.
+pub(crate) fn manager_of<'a>(
+    t: &'a crate::state::Tenant,
+    user: &Map<String, Value>,
+) -> Option<&'a Map<String, Value>> {
+    let id = user.get("id").and_then(Value::as_str)?;
+    let boss = t.dir.managers.get(id)?;
+    t.user_index(boss).map(|i| &t.users[i].directory)
+}
+
+/// A manager as Graph expands it: a directory object cast to user, `id` always present.
+pub(crate) fn render_manager(boss: &Map<String, Value>, select: Option<&[String]>) -> Value {
+    let mut body = project(boss, select);
+    if let Value::Object(m) = &mut body {
+        m.insert("@odata.type".into(), json!("#microsoft.graph.user"));
+        if !m.contains_key("id") {
+            m.insert("id".into(), boss.get("id").cloned().unwrap_or(Value::Null));
+        }
+    }
+    body
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 use graphsim::{MailboxState, ScriptedFault, SimConfig, TenantSeed, UserSeed};
 
-fn graph_data(file: &str) -> Value {
+pub(crate) fn graph_data(file: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("graph-data")
         .join(file);
@@ -25,20 +25,20 @@ fn graph_data(file: &str) -> Value {
     serde_json::from_str(&text).expect("valid JSON")
 }
 
-struct Schemas {
+pub(crate) struct Schemas {
     root: Value,
     cache: HashMap<String, jsonschema::Validator>,
 }
 
 impl Schemas {
-    fn load() -> Self {
+    pub(crate) fn load() -> Self {
         Self {
             root: graph_data("graph-schemas.json"),
             cache: HashMap::new(),
         }
     }
 
-    fn errors(&mut self, def: &str, value: &Value) -> Vec<String> {
+    pub(crate) fn errors(&mut self, def: &str, value: &Value) -> Vec<String> {
         assert!(
             self.root["$defs"].get(def).is_some(),
             "no $defs entry {def}"

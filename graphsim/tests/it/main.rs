@@ -16,6 +16,8 @@ mod conformance;
 mod control;
 // Per-folder contact delta.
 mod delta;
+// The directory: groups, org contacts, /users/delta, managers, /organization, permissions.
+mod directory;
 // Injected faults and commit-then-fail.
 mod faults;
 // Malformed input never crashes the server.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use url::{Host, Url};
 use uuid::Uuid;
 
+use super::distribution;
 use super::raw::{self, Fields, Loc, Node};
 use super::{
     ConfigError, DeletionPolicy, GraphLimits, MirrorOptions, Settings, TenantSettings,
@@ -42,6 +43,10 @@ const OPTION_KEYS: &[&str] = &[
     "MaxInFlightPerMailbox",
     "RequestsPerWindow",
     "WindowSeconds",
+    "Mirror",
+    "Directory",
+    "TargetGroups",
+    "TargetFolder",
 ];
 
 const TENANT_ID: &str = "a tenant id (GUID) or verified domain such as contoso.onmicrosoft.com";
@@ -62,6 +67,8 @@ pub(super) struct Builder<'a> {
     pub(super) secrets: Vec<String>,
     /// Relative `ClientSecretFile` paths resolve against this (the config file's directory), else the working dir.
     base_dir: Option<PathBuf>,
+    /// Where each tenant (in order) gave `FromTenants`, checked once every tenant is known.
+    from_tenants_at: Vec<Option<Loc>>,
 }
 
 /// The optional settings of one level (document root or tenant); `None` means "not set here".
@@ -78,6 +85,7 @@ struct Layer {
     max_in_flight: Option<u32>,
     requests_per_window: Option<u32>,
     window_seconds: Option<u64>,
+    distribution: distribution::Layer,
 }
 
 impl Layer {
@@ -147,6 +155,7 @@ impl Layer {
                 "a whole number of seconds from 1 to 86400",
             )?;
         }
+        layer.distribution = distribution::Layer::read(fields)?;
         Ok(layer)
     }
 
@@ -170,6 +179,7 @@ impl Layer {
             max_in_flight: self.max_in_flight.or(base.max_in_flight),
             requests_per_window: self.requests_per_window.or(base.requests_per_window),
             window_seconds: self.window_seconds.or(base.window_seconds),
+            distribution: self.distribution.over(&base.distribution),
         }
     }
 }
@@ -203,6 +213,7 @@ impl<'a> Builder<'a> {
             env,
             secrets: Vec::new(),
             base_dir: None,
+            from_tenants_at: Vec::new(),
         }
     }
 
@@ -259,6 +270,12 @@ impl<'a> Builder<'a> {
                 });
             }
         }
+        let sources: Vec<(&str, &super::Distribution, Option<&Loc>)> = tenants
+            .iter()
+            .zip(&self.from_tenants_at)
+            .map(|((t, _), at)| (t.tenant_id.as_str(), &t.distribution, at.as_ref()))
+            .collect();
+        distribution::check_from_tenants(&sources)?;
         self.merge_test_users(&mut tenants)?;
         Ok(Settings {
             tenants: tenants.into_iter().map(|(tenant, _)| tenant).collect(),
@@ -412,13 +429,20 @@ impl<'a> Builder<'a> {
             Err(_) => return Err(invalid(&client_at, "a GUID", raw::quoted(&client_id))),
         };
         let client_secret = self.secret(fields, missing)?;
-        let (global_address_book_user_id, _) =
-            required(fields, "GlobalAddressBookUserId", missing, MAILBOX)?;
+        let layer = Layer::read(fields)?.over(defaults);
+        // A directory-only tenant (`Mirror.Enabled` false) touches no shared mailbox, so needs none.
+        let global_address_book_user_id = if layer.distribution.mirror_enabled() {
+            required(fields, "GlobalAddressBookUserId", missing, MAILBOX)?.0
+        } else {
+            match fields.get("GlobalAddressBookUserId") {
+                Some((node, at)) => raw::string(node, at, MAILBOX)?.unwrap_or_default(),
+                None => String::new(),
+            }
+        };
         let test_user_list = match fields.get("TestUserList") {
             Some((node, at)) => raw::user_list(node, at)?,
             None => None,
         };
-        let layer = Layer::read(fields)?.over(defaults);
         let opt_out_category = layer
             .opt_out_category
             .unwrap_or_else(|| DEFAULT_OPT_OUT_CATEGORY.to_owned());
@@ -449,6 +473,11 @@ impl<'a> Builder<'a> {
                 self.plain_http_allowed(url, &parent.key(key), switch)?;
             }
         }
+        let central_folder_name = layer
+            .central_folder_name
+            .unwrap_or_else(|| DEFAULT_CENTRAL_FOLDER_NAME.to_owned());
+        let (distribution, from_tenants_at) = layer.distribution.finish(&central_folder_name)?;
+        self.from_tenants_at.push(from_tenants_at);
         let defaults = GraphLimits::default();
         let tenant = TenantSettings {
             tenant_id,
@@ -463,9 +492,7 @@ impl<'a> Builder<'a> {
                 .graph_endpoint
                 .unwrap_or_else(|| default_url(DEFAULT_GRAPH_ENDPOINT)),
             mirror: MirrorOptions {
-                central_folder_name: layer
-                    .central_folder_name
-                    .unwrap_or_else(|| DEFAULT_CENTRAL_FOLDER_NAME.to_owned()),
+                central_folder_name,
                 managed_category: layer.managed_category,
                 stamp_notes: layer.stamp_notes.unwrap_or(true),
                 opt_out_category,
@@ -483,6 +510,7 @@ impl<'a> Builder<'a> {
                     .window_seconds
                     .map_or(defaults.window, Duration::from_secs),
             },
+            distribution,
         };
         Ok((tenant, tenant_at))
     }

@@ -24,8 +24,11 @@
 //! Per tenant: `TenantId`, `ClientId`, `ClientSecret` or `ClientSecretFile` (exactly one), `GlobalAddressBookUserId`,
 //! `TestUserList`, and the optional settings `AuthorityHost`, `GraphEndpoint`, `CentralFolderName`, `ManagedCategory`,
 //! `StampNotes`, `OptOutCategory`, `DeleteManagedCopies`, `MaxDeleteShare`, `MaxInFlightPerMailbox`,
-//! `RequestsPerWindow`, `WindowSeconds`. The optional settings may also be given at the top level of the document as
-//! run-wide defaults; a tenant's own value wins.
+//! `RequestsPerWindow`, `WindowSeconds`, and what is distributed where (issue 11, see [`Distribution`]): `Mirror`
+//! `{Enabled}` (default true; when false `GlobalAddressBookUserId` is not required), `Directory` `{Enabled,
+//! MemberTypes, IncludeGroups, ExcludeGroups, UserFilter, ExcludeHidden, FromTenants}`, `TargetGroups` and
+//! `TargetFolder`. The optional settings may also be given at the top level of the document as run-wide defaults;
+//! a tenant's own value wins (inside `Directory`, key by key).
 //!
 //! Keys match ignoring ASCII case (`tenantId` is `TenantId`), like PowerShell's property access that the script
 //! relied on. This is unambiguous because no two known keys differ only in case; an object holding the same key
@@ -48,7 +51,13 @@ use url::Url;
 
 use crate::secret::Secret;
 
+pub use distribution::{
+    DirectoryOptions, Distribution, FolderName, GroupRef, MemberType, MemberTypes, TargetFolder,
+    UserFilter,
+};
+
 mod build;
+mod distribution;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -256,7 +265,8 @@ pub struct TenantSettings {
     pub client_id: String,
     /// The app's client secret (inline or read from `ClientSecretFile`).
     pub client_secret: Secret,
-    /// The shared mailbox holding the central folder (UPN or object id).
+    /// The shared mailbox holding the central folder (UPN or object id). Empty only when `Mirror.Enabled` is
+    /// false and none was configured; read it through [`TenantSettings::shared_mailbox`].
     pub global_address_book_user_id: String,
     /// When set, both phases are restricted to these users (UPNs, compared case-insensitively).
     pub test_user_list: Option<Vec<String>>,
@@ -268,6 +278,8 @@ pub struct TenantSettings {
     pub mirror: MirrorOptions,
     /// Graph request limits per mailbox.
     pub limits: GraphLimits,
+    /// What the tenant distributes (mirror, directory) and where (issue 11). Default: today's mirror only.
+    pub distribution: Distribution,
 }
 
 /// The mirroring policy of a tenant.
@@ -363,6 +375,11 @@ impl fmt::Display for Settings {
 }
 
 impl TenantSettings {
+    /// The mirror's shared mailbox, when configured: the directory leaves it out even when the mirror is off.
+    pub fn shared_mailbox(&self) -> Option<&str> {
+        Some(self.global_address_book_user_id.as_str()).filter(|m| !m.is_empty())
+    }
+
     /// A one-line description for logs, without the secret (same as `Display`).
     pub fn redacted_summary(&self) -> String {
         self.to_string()
@@ -403,6 +420,7 @@ impl fmt::Display for TenantSettings {
             self.limits.max_in_flight,
             self.limits.requests_per_window,
             self.limits.window.as_secs(),
-        )
+        )?;
+        write!(f, ", {}", self.distribution)
     }
 }

@@ -1520,3 +1520,360 @@ fn debug_and_display_of_settings_hide_the_secret() {
     assert!(summary.contains("\"All Contacts\""), "{summary}");
     assert!(summary.contains("cap 10%"), "{summary}");
 }
+
+// ---- What a tenant distributes and where (issue 11): Mirror, Directory, TargetGroups, TargetFolder ----
+
+const GROUP_ID: &str = "0F6C1A2B-3C4D-4E5F-8A9B-0C1D2E3F4A5B";
+
+#[test]
+fn distribution_defaults_are_todays_mirror() {
+    let settings = load_doc(&doc_with(|_| {})).expect("valid");
+    let tenant = &settings.tenants[0];
+    assert_eq!(tenant.distribution, Distribution::default());
+    assert!(tenant.distribution.mirror_enabled);
+    assert!(!tenant.distribution.directory.enabled);
+    assert_eq!(
+        tenant
+            .distribution
+            .directory
+            .member_types
+            .iter()
+            .collect::<Vec<_>>(),
+        vec![MemberType::Member]
+    );
+    assert!(tenant.distribution.directory.exclude_hidden);
+    assert_eq!(tenant.distribution.target_groups, None);
+    assert_eq!(
+        tenant.distribution.target_folder,
+        TargetFolder::DefaultContacts
+    );
+    assert_eq!(tenant.shared_mailbox(), Some(MAILBOX));
+}
+
+fn two_tenants(
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> serde_json::Value {
+    let mut first = tenant_json();
+    if let Some(object) = first.as_object_mut() {
+        edit(object);
+    }
+    let mut second = tenant_json();
+    second["TenantId"] = json!("fabrikam.onmicrosoft.com");
+    json!({ "MicrosoftTenants": [first, second] })
+}
+
+#[test]
+fn every_directory_key_is_read_ignoring_case() {
+    let doc = two_tenants(|t| {
+        t.insert(
+            "directory".into(),
+            json!({
+                "enabled": "yes",
+                "memberTypes": ["member", "GUEST", "Contact", "guest"],
+                "IncludeGroups": [GROUP_ID, "Sales@Contoso.com"],
+                "excludegroups": "hidden@contoso.com",
+                "UserFilter": "  department eq 'Sales' and startswith(displayName,'A&B')  ",
+                "ExcludeHidden": false,
+                "FromTenants": ["Fabrikam.onmicrosoft.com"],
+            }),
+        );
+        t.insert("targetGroups".into(), json!(["phones@contoso.com"]));
+        t.insert("TargetFolder".into(), json!(" Company Directory "));
+        t.insert("mirror".into(), json!({"enabled": false}));
+    });
+    let settings = load_doc(&doc).expect("valid");
+    let d = &settings.tenants[0].distribution;
+    assert!(!d.mirror_enabled);
+    assert!(d.directory.enabled);
+    assert_eq!(
+        d.directory.member_types.iter().collect::<Vec<_>>(),
+        vec![MemberType::Member, MemberType::Guest, MemberType::Contact]
+    );
+    assert_eq!(
+        d.directory.include_groups,
+        vec![
+            GroupRef::Id(GROUP_ID.to_lowercase()),
+            GroupRef::Mail("sales@contoso.com".into())
+        ]
+    );
+    assert_eq!(
+        d.directory.exclude_groups,
+        vec![GroupRef::Mail("hidden@contoso.com".into())]
+    );
+    assert_eq!(
+        d.directory.user_filter.as_ref().map(UserFilter::as_str),
+        Some("department eq 'Sales' and startswith(displayName,'A&B')")
+    );
+    assert!(!d.directory.exclude_hidden);
+    assert_eq!(d.directory.from_tenants, vec!["fabrikam.onmicrosoft.com"]);
+    assert_eq!(
+        d.target_groups,
+        Some(vec![GroupRef::Mail("phones@contoso.com".into())])
+    );
+    match &d.target_folder {
+        TargetFolder::Named(name) => assert_eq!(name.as_str(), "Company Directory"),
+        other => panic!("expected a named folder, got {other:?}"),
+    }
+    assert!(
+        settings.tenants[0].to_string().ends_with(
+            "mirror off, directory on (Member, Guest, Contact; 2 include group(s); 1 exclude group(s); user filter; \
+             hidden users included; from 1 tenant(s)), receivers: 1 group(s), folder \"Company Directory\""
+        ),
+        "{}",
+        settings.tenants[0]
+    );
+    // The second tenant sets nothing: today's behaviour.
+    assert_eq!(settings.tenants[1].distribution, Distribution::default());
+}
+
+#[test]
+fn directory_only_tenant_needs_no_shared_mailbox() {
+    let settings = load_doc(&doc_with(|t| {
+        t.remove("GlobalAddressBookUserId");
+        t.insert("Mirror".into(), json!({"Enabled": false}));
+        t.insert("Directory".into(), json!({"Enabled": true}));
+    }))
+    .expect("valid");
+    let tenant = &settings.tenants[0];
+    assert!(!tenant.distribution.mirror_enabled);
+    assert_eq!(tenant.shared_mailbox(), None);
+    // With the mirror on (the default), the shared mailbox is still required.
+    assert_error_contains(
+        load_doc(&doc_with(|t| {
+            t.remove("GlobalAddressBookUserId");
+            t.insert("Directory".into(), json!({"Enabled": true}));
+        })),
+        &["MicrosoftTenants[0].GlobalAddressBookUserId", "missing"],
+    );
+}
+
+#[test]
+fn directory_defaults_at_the_top_level_merge_key_by_key() {
+    let mut doc = two_tenants(|t| {
+        t.insert("Directory".into(), json!({"Enabled": true}));
+        t.insert("TargetFolder".into(), json!("Own Folder"));
+    });
+    doc["Directory"] = json!({"MemberTypes": ["Contact"], "ExcludeHidden": false});
+    doc["TargetFolder"] = json!("Company Directory");
+    doc["Mirror"] = json!({"Enabled": "0"});
+    let settings = load_doc(&doc).expect("valid");
+    let first = &settings.tenants[0].distribution;
+    assert!(first.directory.enabled);
+    assert!(!first.directory.exclude_hidden);
+    assert!(first.directory.member_types.contains(MemberType::Contact));
+    assert!(!first.directory.member_types.contains(MemberType::Member));
+    assert!(!first.mirror_enabled);
+    assert!(matches!(&first.target_folder, TargetFolder::Named(n) if n.as_str() == "Own Folder"));
+    let second = &settings.tenants[1].distribution;
+    assert!(!second.directory.enabled);
+    assert!(second.directory.member_types.contains(MemberType::Contact));
+    assert!(
+        matches!(&second.target_folder, TargetFolder::Named(n) if n.as_str() == "Company Directory")
+    );
+}
+
+fn with_directory(directory: serde_json::Value) -> Result<Settings, ConfigError> {
+    load_doc(&two_tenants(|t| {
+        t.insert("Directory".into(), directory);
+    }))
+}
+
+#[test]
+fn rejects_bad_member_types() {
+    assert_error(
+        with_directory(json!({"MemberTypes": ["Member", "Staff"]})),
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].Directory.MemberTypes[1]: expected Member, \
+         Guest or Contact, got \"Staff\"",
+    );
+    assert_error(
+        with_directory(json!({"MemberTypes": []})),
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].Directory.MemberTypes: expected at least one \
+         member type (leave the key out for Member), got an empty array",
+    );
+    assert_error_contains(
+        with_directory(json!({"MemberTypes": 3})),
+        &[
+            "Directory.MemberTypes",
+            "an array of member types",
+            "got a number",
+        ],
+    );
+}
+
+#[test]
+fn rejects_bad_group_references() {
+    for bad in [
+        "Sales",
+        "sales@",
+        "@contoso.com",
+        "sales@contoso",
+        "a b@contoso.com",
+        "1234-5678",
+    ] {
+        assert_error_contains(
+            with_directory(json!({"ExcludeGroups": [GROUP_ID, bad]})),
+            &[
+                "MicrosoftTenants[0].Directory.ExcludeGroups[1]",
+                "a group object id (GUID) or mail address",
+                &format!("{bad:?}"),
+            ],
+        );
+    }
+    assert_error_contains(
+        load_doc(&doc_with(|t| {
+            t.insert("TargetGroups".into(), json!([]));
+        })),
+        &[
+            "MicrosoftTenants[0].TargetGroups",
+            "at least one group",
+            "an empty array",
+        ],
+    );
+    assert_error_contains(
+        load_doc(&doc_with(|t| {
+            t.insert("TargetGroups".into(), json!(["not a group"]));
+        })),
+        &["MicrosoftTenants[0].TargetGroups[0]", "a group object id"],
+    );
+}
+
+#[test]
+fn user_filters_are_checked_at_config_time() {
+    for good in [
+        "department eq 'Sales'",
+        "surname eq 'O''Brien'",
+        "(department eq 'Sales' or department eq 'HR') and accountEnabled eq true",
+        "startswith(displayName,'A&B (Ltd)')",
+        "assignedLicenses/$count ne 0",
+        "jobTitle eq 'What?#'",
+    ] {
+        let settings = with_directory(json!({"UserFilter": good})).expect(good);
+        assert_eq!(
+            settings.tenants[0]
+                .distribution
+                .directory
+                .user_filter
+                .as_ref()
+                .map(UserFilter::as_str),
+            Some(good)
+        );
+    }
+    for (bad, why) in [
+        ("department eq 'Sales", "unterminated string"),
+        ("(department eq 'Sales'", "'(' without its ')'"),
+        ("department eq 'Sales')", "')' without its '('"),
+        ("department eq 'Sales'&$top=1", "'&' outside a string"),
+        ("department eq 'Sales' $select=id", "'$' outside a string"),
+        ("department eq 'Sales'?x", "'?' outside a string"),
+        ("department eq 'Sales'\nor true", "control character"),
+    ] {
+        assert_error_contains(
+            with_directory(json!({"UserFilter": bad})),
+            &[
+                "MicrosoftTenants[0].Directory.UserFilter",
+                "an OData $filter expression",
+                why,
+            ],
+        );
+    }
+}
+
+#[test]
+fn from_tenants_must_name_another_configured_tenant() {
+    let settings =
+        with_directory(json!({"FromTenants": "FABRIKAM.onmicrosoft.com"})).expect("valid");
+    assert_eq!(
+        settings.tenants[0].distribution.directory.from_tenants,
+        vec!["fabrikam.onmicrosoft.com"]
+    );
+    assert_error_contains(
+        with_directory(json!({"FromTenants": ["northwind.onmicrosoft.com"]})),
+        &[
+            "MicrosoftTenants[0].Directory.FromTenants",
+            "a configured tenant (contoso.onmicrosoft.com, fabrikam.onmicrosoft.com)",
+            "\"northwind.onmicrosoft.com\"",
+        ],
+    );
+    assert_error_contains(
+        with_directory(json!({"FromTenants": ["Contoso.onmicrosoft.com"]})),
+        &[
+            "MicrosoftTenants[0].Directory.FromTenants",
+            "not tenant contoso.onmicrosoft.com itself",
+        ],
+    );
+}
+
+#[test]
+fn target_folder_is_one_plain_name_other_than_the_central_folder() {
+    for (bad, why) in [
+        ("Company/Directory", "a path"),
+        ("Company\\Directory", "a path"),
+        ("all contacts", "the central folder's name"),
+        ("Contacts", "the default folder's name"),
+    ] {
+        assert_error_contains(
+            load_doc(&doc_with(|t| {
+                t.insert("TargetFolder".into(), json!(bad));
+            })),
+            &[
+                "MicrosoftTenants[0].TargetFolder",
+                "a top-level contact folder name",
+                why,
+            ],
+        );
+    }
+    // The check follows a renamed central folder.
+    assert_error_contains(
+        load_doc(&doc_with(|t| {
+            t.insert("CentralFolderName".into(), json!("Everyone"));
+            t.insert("TargetFolder".into(), json!("EVERYONE"));
+        })),
+        &["TargetFolder", "the central folder's name \"Everyone\""],
+    );
+    let settings = load_doc(&doc_with(|t| {
+        t.insert("TargetFolder".into(), json!(""));
+    }))
+    .expect("an empty name is the default");
+    assert_eq!(
+        settings.tenants[0].distribution.target_folder,
+        TargetFolder::DefaultContacts
+    );
+}
+
+#[test]
+fn unknown_keys_inside_mirror_and_directory_are_refused() {
+    assert_error(
+        with_directory(json!({"MemberType": ["Member"]})),
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].Directory: unknown key \"MemberType\" (did you \
+         mean \"MemberTypes\"?)",
+    );
+    assert_error_contains(
+        with_directory(json!({"TargetFolder": "X"})),
+        &["unknown key \"TargetFolder\"", "belongs next to Directory"],
+    );
+    assert_error_contains(
+        load_doc(&doc_with(|t| {
+            t.insert("Mirror".into(), json!({"Enable": false}));
+        })),
+        &["MicrosoftTenants[0].Mirror: unknown key \"Enable\""],
+    );
+    assert_error_contains(
+        load_doc(&doc_with(|t| {
+            t.insert("Directory".into(), json!(true));
+        })),
+        &["MicrosoftTenants[0].Directory", "expected a JSON object"],
+    );
+}
+
+#[test]
+fn a_secret_pasted_into_a_directory_key_never_shows() {
+    for directory in [
+        json!({"UserFilter": format!("mail eq '{SECRET}")}),
+        json!({"IncludeGroups": [SECRET]}),
+        json!({"MemberTypes": [SECRET]}),
+    ] {
+        let message = error_of(with_directory(directory)).to_string();
+        assert!(!message.contains(SECRET), "{message}");
+        assert!(message.contains("[redacted]"), "{message}");
+    }
+}

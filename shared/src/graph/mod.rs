@@ -16,6 +16,7 @@ mod auth;
 mod batch;
 mod contacts;
 mod delta;
+mod directory;
 mod error;
 mod folders;
 mod limit;
@@ -36,6 +37,7 @@ use url::Url;
 
 pub use contacts::{FolderRef, WriteOutcome};
 pub use delta::DeltaRound;
+pub use directory::{DirectoryError, DirectoryPermission, UserKind, UsersDeltaRound};
 pub use error::{AuthProblem, ErrorKind, GraphError, TransportFailure};
 pub use folders::ContactFolder;
 pub use retry::{Wait, WaitOrigin};
@@ -347,6 +349,7 @@ mod tests {
                 },
             },
             limits: crate::config::GraphLimits::default(),
+            distribution: Default::default(),
         }
     }
 
