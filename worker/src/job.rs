@@ -19,19 +19,30 @@ use shared::message::{
 };
 use shared::model::{Contact, Mailbox, WriteOp};
 use shared::sync::{self, Plan, PlanContext, PlanCounts, SourceMailbox};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::central_cache::CentralCache;
 use crate::disposition::AttemptResult;
+use crate::trust::{self, CentralLocation, Locations};
 
 /// How many source mailboxes a phase-1 job reads at once (each has its own Graph budget).
 const SOURCE_READ_CONCURRENCY: usize = 16;
+
+/// Writes sent per call to Graph (one `$batch`); a cancelled attempt stops between two of them.
+const WRITE_BATCH: usize = 20;
+
+/// The most plan lines a dry-run report lists (writes only); the rest are counted in one last line. A dry run of
+/// 1,000 users x 5,000 contacts so reports a few hundred kilobytes, not gigabytes.
+pub const MAX_PLANNED_LINES: usize = 200;
 
 /// Runs jobs against Graph. Cheap to share: one per process.
 pub struct JobRunner {
     graph: GraphClient,
     settings: Arc<Settings>,
     central: CentralCache,
+    /// Where each tenant's central folder is by this worker's configuration (a job is checked against it).
+    locations: Locations,
 }
 
 /// The result of one attempt: the report to publish and what the queue should make of it.
@@ -74,6 +85,7 @@ impl JobRunner {
             graph,
             settings,
             central: CentralCache::default(),
+            locations: Locations::default(),
         }
     }
 
@@ -84,7 +96,11 @@ impl JobRunner {
 
     /// Runs attempt number `attempt` of `job`. Never panics on bad input; every failure becomes an
     /// [`AttemptResult`].
-    pub async fn run(&self, job: &Job, attempt: u32) -> Attempt {
+    ///
+    /// `cancel` stops the attempt: checked between write batches, and any Graph call still waiting when it fires
+    /// is dropped, so once this returns after a cancel the attempt writes nothing more (its delivery may already
+    /// be running elsewhere).
+    pub async fn run(&self, job: &Job, attempt: u32, cancel: &CancellationToken) -> Attempt {
         let started = Instant::now();
         // A client per job: its tally counts this job's requests only, however many jobs run beside it.
         let mut tally = (0, 0);
@@ -98,13 +114,23 @@ impl JobRunner {
             }),
             Some(tenant) => {
                 let client = self.graph.tenant(tenant);
-                let result = match &job.kind {
-                    JobKind::Phase1 { central, sources } => {
-                        self.phase1(tenant, &client, job, central, sources).await
+                let work = async {
+                    self.trusted(tenant, &client, job).await?;
+                    match &job.kind {
+                        JobKind::Phase1 { central, sources } => {
+                            self.phase1(tenant, &client, job, central, sources, cancel)
+                                .await
+                        }
+                        JobKind::Phase2 { central, mailbox } => {
+                            self.phase2(tenant, &client, job, central, mailbox, cancel)
+                                .await
+                        }
                     }
-                    JobKind::Phase2 { central, mailbox } => {
-                        self.phase2(tenant, &client, job, central, mailbox).await
-                    }
+                };
+                let result = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Err(AttemptResult::Cancelled),
+                    result = work => result,
                 };
                 tally = client.tally();
                 result
@@ -139,6 +165,46 @@ impl JobRunner {
         Attempt { report, result }
     }
 
+    /// Refuses a job whose central mailbox or folder is not where this worker's configuration says, or that
+    /// names a mailbox the worker does not mirror (see [`crate::trust`]). Resolves the configured location once
+    /// per tenant, and again when a job does not match (the folder may have been created since).
+    async fn trusted(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        job: &Job,
+    ) -> Result<(), AttemptResult> {
+        if let Some(known) = self.locations.get(&tenant.tenant_id) {
+            if trust::check(job, tenant, &known).is_ok() {
+                return Ok(());
+            }
+        }
+        let doing = format!(
+            "resolving the central folder {:?} of {}",
+            tenant.mirror.central_folder_name, tenant.global_address_book_user_id
+        );
+        let shared = client
+            .user(&tenant.global_address_book_user_id)
+            .await
+            .map_err(|e| classify(&e, &doing))?;
+        let folder = client
+            .find_top_level_folder(&shared.id, &tenant.mirror.central_folder_name)
+            .await
+            .map_err(|e| classify(&e, &doing))?;
+        let location = CentralLocation {
+            mailbox: shared.mailbox(),
+            folder_id: folder.map(|f| f.id),
+        };
+        self.locations.put(&tenant.tenant_id, location.clone());
+        trust::check(job, tenant, &location).map_err(|error| {
+            warn!(%error, "refusing a job that does not match this worker's configuration");
+            AttemptResult::Permanent {
+                reason: FailureReason::UntrustedJob,
+                error,
+            }
+        })
+    }
+
     async fn phase1(
         &self,
         tenant: &TenantSettings,
@@ -146,6 +212,7 @@ impl JobRunner {
         job: &Job,
         central: &CentralFolder,
         sources: &[Mailbox],
+        cancel: &CancellationToken,
     ) -> Result<Done, AttemptResult> {
         let prior = &job.cursors;
         let central_check = match &central.folder_id {
@@ -269,7 +336,7 @@ impl JobRunner {
             }
         };
         let mut done = self
-            .apply(client, job, &central.mailbox, &folder, &plan)
+            .apply(client, job, &central.mailbox, &folder, &plan, cancel)
             .await?;
         if let Some(link) = central_check.link {
             let writes = done.written.len() + done.deleted.len();
@@ -293,6 +360,7 @@ impl JobRunner {
         job: &Job,
         central: &CentralFolder,
         mailbox: &Mailbox,
+        cancel: &CancellationToken,
     ) -> Result<Done, AttemptResult> {
         let generation = job.cursors.central_generation;
         let prior = job.cursors.mailboxes.get(&mailbox.id);
@@ -348,7 +416,7 @@ impl JobRunner {
             },
         )?;
         let mut done = self
-            .apply(client, job, mailbox, &FolderRef::Default, &plan)
+            .apply(client, job, mailbox, &FolderRef::Default, &plan, cancel)
             .await?;
         if let Some(link) = found.link {
             let link = advance_past_own_writes(client, mailbox, link, &done).await;
@@ -366,10 +434,11 @@ impl JobRunner {
         mailbox: &Mailbox,
         folder: &FolderRef,
         plan: &Plan,
+        cancel: &CancellationToken,
     ) -> Result<Done, AttemptResult> {
         let counts = plan.counts();
         if job.dry_run {
-            let planned = plan.items.iter().map(|item| item.to_string()).collect();
+            let planned = planned_lines(plan);
             return Ok(Done {
                 counts,
                 planned,
@@ -383,10 +452,18 @@ impl JobRunner {
                 ..Done::default()
             });
         }
-        let outcomes = client
-            .write(&mailbox.id, folder, &ops)
-            .await
-            .map_err(|e| classify(&e, &format!("writing to {}", mailbox.upn)))?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for batch in ops.chunks(WRITE_BATCH) {
+            // Between batches: a cancelled attempt stops here, before its next write.
+            if cancel.is_cancelled() {
+                return Err(AttemptResult::Cancelled);
+            }
+            let answered = client
+                .write(&mailbox.id, folder, batch)
+                .await
+                .map_err(|e| classify(&e, &format!("writing to {}", mailbox.upn)))?;
+            outcomes.extend(answered);
+        }
         let mut failed_writes = 0u64;
         let mut retry_wait: Option<Duration> = None;
         let mut first_transient = None;
@@ -538,6 +615,22 @@ async fn read_central(
                 )
             }),
     }
+}
+
+/// The dry-run lines of `plan`: only the items that would write, at most [`MAX_PLANNED_LINES`], then one line
+/// counting the ones left out (the counts stay exact in the report's `counts`).
+pub fn planned_lines(plan: &Plan) -> Vec<String> {
+    let mut writes = plan.items.iter().filter(|item| item.op.is_some());
+    let mut lines: Vec<String> = writes
+        .by_ref()
+        .take(MAX_PLANNED_LINES)
+        .map(|item| item.to_string())
+        .collect();
+    let more = writes.count();
+    if more > 0 {
+        lines.push(format!("… and {more} more planned writes not listed"));
+    }
+    lines
 }
 
 /// Maps a Graph error to retry-or-not, keeping the error's text and Graph's requested wait.
