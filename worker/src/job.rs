@@ -20,6 +20,7 @@ use shared::message::{
 use shared::model::{Contact, Mailbox, WriteOp};
 use shared::sync::{self, Plan, PlanContext, PlanCounts, SourceMailbox};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::central_cache::CentralCache;
@@ -97,9 +98,9 @@ impl JobRunner {
     /// Runs attempt number `attempt` of `job`. Never panics on bad input; every failure becomes an
     /// [`AttemptResult`].
     ///
-    /// `cancel` stops the attempt: checked between write batches, and any Graph call still waiting when it fires
-    /// is dropped, so once this returns after a cancel the attempt writes nothing more (its delivery may already
-    /// be running elsewhere).
+    /// `cancel` stops the attempt at once: a read in progress is dropped, a write batch on the wire is let finish
+    /// (so no batch is half-sent), and no further batch starts. Once this returns, the attempt writes nothing
+    /// more; its delivery may then run elsewhere.
     pub async fn run(&self, job: &Job, attempt: u32, cancel: &CancellationToken) -> Attempt {
         let started = Instant::now();
         // A client per job: its tally counts this job's requests only, however many jobs run beside it.
@@ -114,15 +115,18 @@ impl JobRunner {
             }),
             Some(tenant) => {
                 let client = self.graph.tenant(tenant);
+                // The attempt's write batches run as tasks of their own: a cancel drops the attempt at once
+                // (reads included) but never a batch half-sent; it is waited for below.
+                let writes = TaskTracker::new();
                 let work = async {
                     self.trusted(tenant, &client, job).await?;
                     match &job.kind {
                         JobKind::Phase1 { central, sources } => {
-                            self.phase1(tenant, &client, job, central, sources, cancel)
+                            self.phase1(tenant, &client, job, central, sources, &writes)
                                 .await
                         }
                         JobKind::Phase2 { central, mailbox } => {
-                            self.phase2(tenant, &client, job, central, mailbox, cancel)
+                            self.phase2(tenant, &client, job, central, mailbox, &writes)
                                 .await
                         }
                     }
@@ -132,6 +136,9 @@ impl JobRunner {
                     _ = cancel.cancelled() => Err(AttemptResult::Cancelled),
                     result = work => result,
                 };
+                // Once this returns, nothing of this attempt is on the wire any more.
+                writes.close();
+                writes.wait().await;
                 tally = client.tally();
                 result
             }
@@ -212,7 +219,7 @@ impl JobRunner {
         job: &Job,
         central: &CentralFolder,
         sources: &[Mailbox],
-        cancel: &CancellationToken,
+        writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let prior = &job.cursors;
         let central_check = match &central.folder_id {
@@ -336,7 +343,7 @@ impl JobRunner {
             }
         };
         let mut done = self
-            .apply(client, job, &central.mailbox, &folder, &plan, cancel)
+            .apply(client, job, &central.mailbox, &folder, &plan, writes)
             .await?;
         if let Some(link) = central_check.link {
             let writes = done.written.len() + done.deleted.len();
@@ -360,7 +367,7 @@ impl JobRunner {
         job: &Job,
         central: &CentralFolder,
         mailbox: &Mailbox,
-        cancel: &CancellationToken,
+        writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let generation = job.cursors.central_generation;
         let prior = job.cursors.mailboxes.get(&mailbox.id);
@@ -416,7 +423,7 @@ impl JobRunner {
             },
         )?;
         let mut done = self
-            .apply(client, job, mailbox, &FolderRef::Default, &plan, cancel)
+            .apply(client, job, mailbox, &FolderRef::Default, &plan, writes)
             .await?;
         if let Some(link) = found.link {
             let link = advance_past_own_writes(client, mailbox, link, &done).await;
@@ -434,7 +441,7 @@ impl JobRunner {
         mailbox: &Mailbox,
         folder: &FolderRef,
         plan: &Plan,
-        cancel: &CancellationToken,
+        writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let counts = plan.counts();
         if job.dry_run {
@@ -454,13 +461,22 @@ impl JobRunner {
         }
         let mut outcomes = Vec::with_capacity(ops.len());
         for batch in ops.chunks(WRITE_BATCH) {
-            // Between batches: a cancelled attempt stops here, before its next write.
-            if cancel.is_cancelled() {
-                return Err(AttemptResult::Cancelled);
-            }
-            let answered = client
-                .write(&mailbox.id, folder, batch)
+            // A cancelled attempt is dropped while it awaits a batch; the batch itself runs to its end (see run).
+            let sending = writes.spawn({
+                let (client, mailbox, folder, batch) = (
+                    client.clone(),
+                    mailbox.id.clone(),
+                    folder.clone(),
+                    batch.to_vec(),
+                );
+                async move { client.write(&mailbox, &folder, &batch).await }
+            });
+            let answered = sending
                 .await
+                .map_err(|join| AttemptResult::Transient {
+                    wait: Duration::ZERO,
+                    error: format!("writing to {}: the write task failed: {join}", mailbox.upn),
+                })?
                 .map_err(|e| classify(&e, &format!("writing to {}", mailbox.upn)))?;
             outcomes.extend(answered);
         }
