@@ -27,3 +27,6 @@ mod ops;
 
 // Poisoned job -> dead letter -> dlq list -> fix -> dlq requeue -> a worker completes it.
 mod dlq_replay;
+
+// A job's message back in the queue while its attempt writes, a broken publish channel, forged jobs, metrics ports.
+mod redelivery;
