@@ -79,11 +79,10 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Opens a connection named `name` (visible in the management UI) with lapin's automatic recovery on.
+/// Opens a connection named `name` (visible in the management UI). No lapin auto-recovery: the callers reconnect
+/// themselves, and a recovered connection beside theirs held deliveries nobody read.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, MqError> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .enable_auto_recover();
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, properties)
         .await
         .map_err(amqp(format!(
