@@ -331,14 +331,7 @@ impl Delivery for Broker {
     }
 
     fn job(&self) -> Result<Job, (Phase, String)> {
-        let bytes = self.message.data.len();
-        if bytes > MAX_JOB_BYTES {
-            return Err((
-                self.phase(),
-                format!("a job message of {bytes} bytes is larger than the {MAX_JOB_BYTES} bytes a worker runs"),
-            ));
-        }
-        Job::from_json(&self.message.data).map_err(|error| (self.phase(), error.to_string()))
+        parse_job(&self.message.data).map_err(|error| (self.phase(), error))
     }
 
     async fn retry(
@@ -423,4 +416,63 @@ fn without_plan_lines(report: &Report) -> Report {
         "{left_out} plan lines left out: the report was larger than {MAX_REPORT_BYTES} bytes"
     )];
     smaller
+}
+
+/// A job from a message body, or why it is not one: the size is checked before the body is parsed.
+fn parse_job(body: &[u8]) -> Result<Job, String> {
+    let bytes = body.len();
+    if bytes > MAX_JOB_BYTES {
+        return Err(format!(
+            "a job message of {bytes} bytes is larger than the {MAX_JOB_BYTES} bytes a worker runs"
+        ));
+    }
+    Job::from_json(body).map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Failed before the fix: any body was handed to the JSON parser whatever its size.
+    #[test]
+    fn an_oversized_or_malformed_body_is_refused_with_a_reason() {
+        let huge = vec![b' '; MAX_JOB_BYTES + 1];
+        let refused = parse_job(&huge).expect_err("too large");
+        assert!(refused.contains("larger than"), "{refused}");
+        let refused = parse_job(b"{\"schema\":1,\"phase\":").expect_err("malformed");
+        assert!(refused.starts_with("malformed job"), "{refused}");
+    }
+
+    #[test]
+    fn a_report_too_large_keeps_its_counts_and_loses_its_plan_lines() {
+        let report = Report {
+            schema: shared::message::SCHEMA_VERSION,
+            job_id: uuid::Uuid::nil(),
+            run_id: uuid::Uuid::nil(),
+            tenant_id: "t".into(),
+            phase: Phase::Phase1,
+            mailbox: shared::model::Mailbox {
+                id: "m".into(),
+                upn: "m@t".into(),
+            },
+            attempt: 1,
+            outcome: shared::message::Outcome::Succeeded,
+            counts: shared::sync::PlanCounts {
+                created: 3,
+                ..Default::default()
+            },
+            failed_writes: 0,
+            source_failures: vec![],
+            planned: vec!["x".repeat(1_000); 10],
+            graph: Default::default(),
+            cursors: Default::default(),
+            skipped: false,
+            duration_ms: 0,
+            finished_at: chrono::Utc::now(),
+        };
+        let smaller = without_plan_lines(&report);
+        assert_eq!(smaller.counts, report.counts);
+        assert_eq!(smaller.planned.len(), 1);
+        assert!(smaller.planned[0].starts_with("10 plan lines left out"));
+    }
 }

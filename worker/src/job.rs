@@ -667,3 +667,54 @@ pub fn classify(error: &GraphError, doing: &str) -> AttemptResult {
         _ => permanent(FailureReason::GraphRejected),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use shared::sync::{ActionKind, PlanItem, Reason};
+
+    use super::*;
+
+    fn item(index: usize, write: bool) -> PlanItem {
+        PlanItem {
+            op: write.then(|| WriteOp::Delete {
+                id: format!("id-{index}"),
+            }),
+            action: if write {
+                ActionKind::Delete
+            } else {
+                ActionKind::Skip
+            },
+            reason: if write {
+                Reason::NoLongerCentral
+            } else {
+                Reason::Unchanged
+            },
+            sync_id: None,
+            display_name: Some(format!("Person {index}")),
+            contact_id: Some(format!("id-{index}")),
+            source: None,
+            changed_fields: Vec::new(),
+        }
+    }
+
+    /// Failed before the fix: a dry run reported every plan item, skips included, so a dry run of 1,000 users x
+    /// 5,000 contacts held millions of lines in memory and in one report.
+    #[test]
+    fn a_dry_run_lists_only_writes_capped_with_the_rest_counted() {
+        let mut items: Vec<PlanItem> = (0..5_000).map(|i| item(i, false)).collect();
+        items.extend((0..MAX_PLANNED_LINES + 7).map(|i| item(i, true)));
+        let lines = planned_lines(&Plan { items });
+        assert_eq!(lines.len(), MAX_PLANNED_LINES + 1);
+        assert!(lines[..MAX_PLANNED_LINES]
+            .iter()
+            .all(|line| line.starts_with("delete")));
+        assert_eq!(
+            lines[MAX_PLANNED_LINES],
+            "… and 7 more planned writes not listed"
+        );
+        let few = planned_lines(&Plan {
+            items: vec![item(1, false), item(2, true)],
+        });
+        assert_eq!(few.len(), 1, "{few:?}");
+    }
+}
