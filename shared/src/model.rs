@@ -174,6 +174,9 @@ pub struct Contact {
     pub categories: Vec<String>,
     /// The sync id from the [`SYNC_ID_PROPERTY`] extended property, if the item carries one.
     pub sync_id_property: Option<String>,
+    /// Exchange's version of the item (`changeKey`), when Graph sent it (a write's answer does): it tells the
+    /// tool's own write from a later edit of the same item.
+    pub change_key: Option<String>,
 }
 
 /// What to write into a contact: the parts set to `Some` are written, the rest left as they are.

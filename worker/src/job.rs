@@ -62,8 +62,8 @@ struct Done {
     failed_writes: u64,
     source_failures: Vec<SourceFailure>,
     planned: Vec<String>,
-    /// Ids of the items Graph created or updated for this attempt.
-    written: BTreeSet<String>,
+    /// The items Graph created or updated for this attempt, with the change key each write returned.
+    written: feed::Written,
     /// Ids of the items this attempt deleted.
     deleted: BTreeSet<String>,
     /// The feeds to keep for the next run.
@@ -483,17 +483,18 @@ impl JobRunner {
         let mut failed_writes = 0u64;
         let mut retry_wait: Option<Duration> = None;
         let mut first_transient = None;
-        let (mut written, mut deleted) = (BTreeSet::new(), BTreeSet::new());
+        let (mut written, mut deleted) = (feed::Written::new(), BTreeSet::new());
         for (op, outcome) in ops.iter().zip(&outcomes) {
             match (op, outcome) {
                 (WriteOp::Delete { id }, Ok(_)) => {
                     deleted.insert(id.clone());
                 }
-                (WriteOp::Update { id, .. }, Ok(_)) => {
-                    written.insert(id.clone());
+                (WriteOp::Update { id, .. }, Ok(answer)) => {
+                    let key = answer.as_ref().and_then(|c| c.change_key.clone());
+                    written.insert(id.clone(), key);
                 }
                 (WriteOp::Create(_), Ok(Some(created))) => {
-                    written.insert(created.id.clone());
+                    written.insert(created.id.clone(), created.change_key.clone());
                 }
                 _ => {}
             }

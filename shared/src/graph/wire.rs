@@ -99,6 +99,8 @@ pub(crate) struct WireContact {
     categories: Option<Vec<String>>,
     #[serde(default)]
     single_value_extended_properties: Option<Vec<WireExtendedProperty>>,
+    #[serde(default)]
+    change_key: Option<String>,
     #[serde(flatten)]
     fields: ContactFields,
 }
@@ -126,6 +128,7 @@ impl From<WireContact> for Contact {
             personal_notes: wire.personal_notes,
             categories: wire.categories.unwrap_or_default(),
             sync_id_property,
+            change_key: wire.change_key,
         }
     }
 }

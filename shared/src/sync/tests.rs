@@ -62,6 +62,7 @@ fn contact(id: &str, name: &str, emails: &[&str], minutes: i64) -> Contact {
         personal_notes: None,
         categories: Vec::new(),
         sync_id_property: None,
+        change_key: None,
     }
 }
 
@@ -888,6 +889,7 @@ fn build(prefix: &str, generated: Vec<Generated>) -> Vec<Contact> {
                 personal_notes: notes,
                 categories,
                 sync_id_property: None,
+                change_key: None,
             };
             match stamping {
                 Stamping::None => {}
