@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::central_cache::CentralCache;
-use crate::disposition::AttemptResult;
+use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
 use crate::trust::{self, CentralLocation, Locations};
 
 /// How many source mailboxes a phase-1 job reads at once (each has its own Graph budget).
@@ -661,9 +661,18 @@ pub fn classify(error: &GraphError, doing: &str) -> AttemptResult {
         ErrorKind::MailboxNotEnabled => permanent(FailureReason::NoMailbox),
         ErrorKind::AccessDenied => permanent(FailureReason::AccessDenied),
         ErrorKind::Auth(_) => permanent(FailureReason::Authentication),
-        _ if error.is_transient() => AttemptResult::Transient {
-            wait: error.retry_after().unwrap_or(Duration::ZERO),
-            error: text,
+        // A wait beyond the longest retry level is that mailbox's failure, not a job parked for ever; as a
+        // permanent failure it also skips just that source in phase 1.
+        _ if error.is_transient() => match error.retry_after().unwrap_or(Duration::ZERO) {
+            wait if wait > MAX_RETRY_WAIT => AttemptResult::Permanent {
+                reason: FailureReason::ThrottledTooLong,
+                error: format!(
+                    "{text} (Graph asked to wait {} s, longer than the longest retry, {} s)",
+                    wait.as_secs(),
+                    MAX_RETRY_WAIT.as_secs()
+                ),
+            },
+            wait => AttemptResult::Transient { wait, error: text },
         },
         _ => permanent(FailureReason::GraphRejected),
     }
@@ -696,6 +705,42 @@ mod tests {
             source: None,
             changed_fields: Vec::new(),
         }
+    }
+
+    fn throttled(wait_secs: u64) -> GraphError {
+        GraphError::Throttled {
+            status: 429,
+            code: "TooManyRequests".into(),
+            message: "slow down".into(),
+            request_id: None,
+            retry_after: Some(Duration::from_secs(wait_secs)),
+        }
+    }
+
+    /// Failed before the fix: `Retry-After: 9999999999` became a transient failure retried in the longest retry
+    /// level again and again; a phase-1 source throttled like that held the whole tenant's merge back.
+    #[test]
+    fn a_wait_beyond_the_longest_retry_is_that_mailboxs_failure() {
+        match classify(
+            &throttled(9_999_999_999),
+            "reading contacts of a@contoso.com",
+        ) {
+            AttemptResult::Permanent { reason, error } => {
+                assert_eq!(reason, FailureReason::ThrottledTooLong);
+                assert!(error.contains("9999999999 s"), "{error}");
+            }
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+        let source = Mailbox {
+            id: "a".into(),
+            upn: "a@contoso.com".into(),
+        };
+        let skipped = source_failure(&source, &throttled(9_999_999_999)).expect("skipped alone");
+        assert_eq!(skipped.reason, FailureReason::ThrottledTooLong);
+        assert!(matches!(
+            classify(&throttled(30), "reading"),
+            AttemptResult::Transient { .. }
+        ));
     }
 
     /// Failed before the fix: a dry run reported every plan item, skips included, so a dry run of 1,000 users x
