@@ -170,17 +170,23 @@ pub struct Changes {
     pub changed: BTreeSet<String>,
     /// Deleted items.
     pub removed: BTreeSet<String>,
+    /// The change key of each changed item, as the feed showed it (absent when Graph sent none).
+    pub change_keys: BTreeMap<String, String>,
 }
+
+/// The items a job created or updated: Graph id -> the change key the write's answer carried (`None` when the
+/// answer had none: such an item can never be proved the job's own).
+pub type Written = BTreeMap<String, Option<String>>;
 
 /// The feed may move past the tool's own writes only when every change it shows is one of them; a change by
 /// anyone else (which the plan may not have seen) keeps the feed where it was, so the next run looks again.
-pub fn only_own_writes(
-    seen: &Changes,
-    written: &BTreeSet<String>,
-    deleted: &BTreeSet<String>,
-) -> bool {
-    seen.changed.iter().all(|id| written.contains(id))
-        && seen.removed.iter().all(|id| deleted.contains(id))
+/// A changed item is the tool's own only when its change key is the one the tool's write returned: the same id
+/// with another key is someone's edit after that write.
+pub fn only_own_writes(seen: &Changes, written: &Written, deleted: &BTreeSet<String>) -> bool {
+    seen.changed.iter().all(|id| match written.get(id) {
+        Some(Some(key)) => seen.change_keys.get(id) == Some(key),
+        _ => false,
+    }) && seen.removed.iter().all(|id| deleted.contains(id))
 }
 
 #[cfg(test)]
@@ -273,13 +279,23 @@ mod tests {
         }
     }
 
+    fn keyed(list: &[(&str, &str)]) -> BTreeMap<String, String> {
+        list.iter()
+            .map(|(id, key)| ((*id).to_owned(), (*key).to_owned()))
+            .collect()
+    }
+
     #[test]
     fn the_feed_moves_past_own_writes_only() {
-        let written = ids(&["a", "b"]);
+        let written: Written = [("a", "ka"), ("b", "kb")]
+            .iter()
+            .map(|(id, key)| ((*id).to_owned(), Some((*key).to_owned())))
+            .collect();
         let deleted = ids(&["x"]);
         let seen = |changed: &[&str], removed: &[&str]| Changes {
             changed: ids(changed),
             removed: ids(removed),
+            change_keys: keyed(&[("a", "ka"), ("b", "kb"), ("c", "kc"), ("x", "kx")]),
         };
         assert!(only_own_writes(&seen(&[], &[]), &written, &deleted));
         assert!(only_own_writes(&seen(&["a"], &["x"]), &written, &deleted));
@@ -291,6 +307,33 @@ mod tests {
         assert!(!only_own_writes(&seen(&[], &["y"]), &written, &deleted));
         // An item we deleted showing as changed is someone else's doing.
         assert!(!only_own_writes(&seen(&["x"], &[]), &written, &deleted));
+    }
+
+    /// Failed before the fix: only ids were compared, so a user's edit of a contact right after the job wrote it
+    /// (same id, a newer change key) was taken for the job's own write and the feed moved past it: the next run
+    /// skipped the folder and the edit was never published.
+    #[test]
+    fn a_later_edit_of_an_item_the_job_wrote_is_someone_elses_change() {
+        let written: Written = [("a".to_owned(), Some("k1".to_owned()))].into();
+        let edited = Changes {
+            changed: ids(&["a"]),
+            change_keys: keyed(&[("a", "k2")]),
+            ..Changes::default()
+        };
+        assert!(!only_own_writes(&edited, &written, &BTreeSet::new()));
+        let own = Changes {
+            change_keys: keyed(&[("a", "k1")]),
+            ..edited.clone()
+        };
+        assert!(only_own_writes(&own, &written, &BTreeSet::new()));
+        // No key from the feed, or none from the write's answer: not provably ours.
+        let unkeyed = Changes {
+            change_keys: BTreeMap::new(),
+            ..edited
+        };
+        assert!(!only_own_writes(&unkeyed, &written, &BTreeSet::new()));
+        let unknown: Written = [("a".to_owned(), None)].into();
+        assert!(!only_own_writes(&own, &unknown, &BTreeSet::new()));
     }
 
     #[test]

@@ -228,6 +228,10 @@ pub enum FailureReason {
     GraphRejected,
     /// The job was lost: no report arrived (crash budget spent, or the run timed out).
     NoReport,
+    /// Graph asked for a wait longer than the retry queues' longest level: the mailbox is failed, not waited for.
+    ThrottledTooLong,
+    /// The job names a central mailbox or folder other than the worker's own configuration does (forged or stale).
+    UntrustedJob,
 }
 
 impl FailureReason {
@@ -243,6 +247,8 @@ impl FailureReason {
             FailureReason::DeletionCapExceeded => "deletion_cap_exceeded",
             FailureReason::GraphRejected => "graph_rejected",
             FailureReason::NoReport => "no_report",
+            FailureReason::ThrottledTooLong => "throttled_too_long",
+            FailureReason::UntrustedJob => "untrusted_job",
         }
     }
 }

@@ -135,11 +135,14 @@ fn all_failure_reasons() -> Vec<FailureReason> {
         DeletionCapExceeded,
         GraphRejected,
         NoReport,
+        ThrottledTooLong,
+        UntrustedJob,
     ];
     for reason in &all {
         match reason {
             NoMailbox | AccessDenied | Authentication | UnknownTenant | MalformedJob
-            | AttemptsExhausted | DeletionCapExceeded | GraphRejected | NoReport => {}
+            | AttemptsExhausted | DeletionCapExceeded | GraphRejected | NoReport
+            | ThrottledTooLong | UntrustedJob => {}
         }
     }
     all

@@ -39,3 +39,6 @@ mod publish_errors;
 
 // The central folder deleted or renamed: the tenant stops and says how to rebuild.
 mod central_folder;
+
+// A job's message back in the queue while its attempt writes, a broken publish channel, forged jobs, metrics ports.
+mod redelivery;

@@ -1,40 +1,58 @@
-//! The AMQP worker: consumes both phase queues, runs each job, publishes its report and acts on the
-//! [`Step`] the retry policy chose, acknowledging a delivery only after everything it published was confirmed.
+//! The AMQP worker: consumes both phase queues and hands each delivery to [`delivery::process`], which runs the
+//! job and settles it the same way the embedded queue does. This module is the broker's side of that: the
+//! [`Delivery`] for a RabbitMQ message, and the session that consumes, watches and reconnects.
 //!
 //! Failure handling, in order of appearance:
-//! - a message that does not parse is dead-lettered with reason `malformed_job` (never retried);
-//! - a transient failure is published to the retry level that fits the wait, as the next attempt;
-//! - a permanent failure (or the attempt budget spent) is dead-lettered with the reason in its headers;
-//! - if a publish fails, the delivery is handed back (`nack` with requeue) and the broker redelivers it; the
-//!   queue's `x-delivery-limit` bounds how often that can happen;
-//! - a lost connection is re-established with backoff; readiness is false meanwhile, so it is never silent.
+//! - a message that does not parse, or is larger than [`MAX_JOB_BYTES`], is dead-lettered with reason
+//!   `malformed_job` (never retried, never run);
+//! - a publish that fails hands the delivery back and ends the session: readiness goes false, the channels are
+//!   reopened and the topology declared again (a deleted exchange or queue comes back), with backoff. A worker
+//!   never goes on taking jobs it cannot report;
+//! - a lost connection, or a consume channel the broker closed (consumer timeout), ends the session too; its
+//!   deliveries are back in the queue, so the attempts still running are cancelled at once, and the session
+//!   waits for them to stop before reconnecting;
+//! - on shutdown, in-flight jobs may finish for the grace period; then they are cancelled the same way.
+//!
+//! Jobs run at once never exceed `concurrency`: the slots belong to the worker, not to a session, so attempts of
+//! a session that ended still count until they have stopped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
 use lapin::Consumer;
-use shared::message::{FailureReason, Job, Phase};
+use shared::message::{FailureReason, Job, Phase, Report};
 use shared::mq::{self, attempt_of, MqError, Publisher, Topology};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::disposition::{RetryPolicy, Step};
+use crate::delivery::{self, Delivery, DeliveryError};
+use crate::disposition::RetryPolicy;
+use crate::job::JobRunner;
 
-/// The longest a channel or connection close is waited for at the end of a session.
+/// The longest a channel or connection close, an ack or a nack is waited for.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// How often a session checks that its connection is still up.
+/// The longest a publish (with its confirm) is waited for; a broker that does not answer is a broken channel.
+const PUBLISH_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a session checks that its connection and channel are still up.
 const CONNECTION_CHECK: Duration = Duration::from_secs(2);
-use crate::job::JobRunner;
+
+/// The largest job message a worker runs. The producer's biggest (a phase-1 job of 10,000 users with their
+/// change-feed links) is a few megabytes; anything far beyond is not a job.
+pub const MAX_JOB_BYTES: usize = 32 * 1024 * 1024;
+
+/// The largest report a worker publishes (RabbitMQ's own limit is 128 MiB by default, and a message that big
+/// closes the channel). Dry-run plan lines are capped long before (`job::MAX_PLANNED_LINES`).
+pub const MAX_REPORT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Why [`Worker::run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,15 +84,19 @@ pub struct Worker {
     config: WorkerConfig,
     runner: Arc<JobRunner>,
     ready: Arc<AtomicBool>,
+    /// One per job running; shared by every session, so a reconnect never runs more than `concurrency` at once.
+    slots: Arc<Semaphore>,
 }
 
 impl Worker {
     /// A worker that runs jobs with `runner`.
     pub fn new(config: WorkerConfig, runner: Arc<JobRunner>) -> Self {
+        let slots = Arc::new(Semaphore::new(usize::from(config.concurrency.max(1))));
         Self {
             config,
             runner,
             ready: Arc::new(AtomicBool::new(false)),
+            slots,
         }
     }
 
@@ -83,10 +105,15 @@ impl Worker {
         self.ready.clone()
     }
 
+    /// Jobs running right now (attempts not yet stopped, whatever session took them).
+    pub fn running(&self) -> usize {
+        usize::from(self.config.concurrency.max(1)) - self.slots.available_permits()
+    }
+
     /// Consumes until `shutdown` is cancelled, reconnecting whenever the connection is lost.
     ///
-    /// On shutdown: stops consuming, lets in-flight jobs finish for up to the grace period, then hands the rest
-    /// back to the broker by closing the channel (their deliveries return to the queue).
+    /// On shutdown: stops consuming, lets in-flight jobs finish for up to the grace period, then cancels the rest
+    /// and hands them back to the broker.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<StopReason, MqError> {
         let mut delay = Duration::from_millis(500);
         loop {
@@ -152,59 +179,89 @@ impl Worker {
         let mut deliveries = futures_util::stream::select_all(consumers);
         self.ready.store(true, Ordering::SeqCst);
         info!(broker = %mq::redact_url(&self.config.amqp_url), concurrency = self.config.concurrency, "consuming");
-        let slots = Arc::new(Semaphore::new(usize::from(self.config.concurrency.max(1))));
+        // Cancelled when this session's deliveries can no longer be settled: their attempts must stop writing.
+        let attempts = CancellationToken::new();
+        // Cancelled by a delivery whose publish failed: the publish channel is not to be trusted any more.
+        let broken = CancellationToken::new();
         let tracker = TaskTracker::new();
         // lapin does not always end the consumer stream when the socket dies (seen after a RabbitMQ restart: a
         // reset connection, and the worker waiting on its consumers for ever), so the connection is looked at too.
         let mut watch = tokio::time::interval(CONNECTION_CHECK);
+        let lost = |context: &str| MqError::Amqp {
+            context: context.into(),
+            source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                lapin::ConnectionState::Closed,
+            )),
+        };
         let outcome = loop {
+            let next = async {
+                let slot = self.slots.clone().acquire_owned().await;
+                (slot, deliveries.next().await)
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(StopReason::Shutdown),
-                _ = watch.tick() => if !connection.status().connected() {
-                    break Err(MqError::Amqp {
-                        context: "the broker connection was lost".into(),
-                        source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-                            lapin::ConnectionState::Closed)),
-                    });
-                },
-                next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let permit = slots.clone().acquire_owned().await.map_err(|_| MqError::Nacked {
-                            exchange: String::new(), routing_key: String::new() })?;
+                _ = broken.cancelled() => break Err(lost("a publish failed; reopening the channels")),
+                _ = watch.tick() => {
+                    if !connection.status().connected() {
+                        break Err(lost("the broker connection was lost"));
+                    }
+                    if !channel.status().connected() {
+                        break Err(lost("the broker closed the consume channel (consumer timeout?)"));
+                    }
+                }
+                (slot, next) = next => match next {
+                    Some(Ok(message)) => {
+                        let Ok(slot) = slot else {
+                            break Err(lost("the job slots were closed"));
+                        };
+                        let delivery = Broker {
+                            message,
+                            publisher: publisher.clone(),
+                            broken: broken.clone(),
+                        };
                         let runner = self.runner.clone();
-                        let publisher = publisher.clone();
                         let retry = self.config.retry;
+                        let attempts = attempts.clone();
+                        let span = delivery.span();
                         tracker.spawn(async move {
-                            handle(delivery, &runner, &publisher, &retry).await;
-                            drop(permit);
+                            delivery::process(delivery, runner.as_ref(), &retry, &attempts)
+                                .instrument(span)
+                                .await;
+                            drop(slot);
                         });
                     }
                     Some(Err(source)) => break Err(MqError::Amqp { context: "consuming jobs".into(), source }),
-                    None => break Err(MqError::Amqp {
-                        context: "the broker cancelled the consumers".into(),
-                        source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-                            lapin::ConnectionState::Closed)),
-                    }),
+                    None => break Err(lost("the broker cancelled the consumers")),
                 }
             }
         };
         self.ready.store(false, Ordering::SeqCst);
-        for phase in Phase::ALL {
-            let tag = format!("{}-{}", self.config.name, phase);
-            let _ = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
-        }
         tracker.close();
-        if tokio::time::timeout(self.config.grace, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                grace_secs = self.config.grace.as_secs(),
-                "in-flight jobs did not finish in time; handing them back"
-            );
+        // On a lost connection or channel the deliveries are (or are about to be) back in the queue and may run
+        // elsewhere: no grace, their attempts stop writing now. On shutdown they may finish for the grace period.
+        if outcome.is_ok() {
+            for phase in Phase::ALL {
+                let tag = format!("{}-{}", self.config.name, phase);
+                let _ = tokio::time::timeout(
+                    CLOSE_WAIT,
+                    channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+                )
+                .await;
+            }
+            if tokio::time::timeout(self.config.grace, tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    grace_secs = self.config.grace.as_secs(),
+                    "in-flight jobs did not finish in time; cancelling them and handing them back"
+                );
+            }
         }
+        attempts.cancel();
+        // Every attempt has stopped once this returns (a cancelled attempt publishes nothing; its hand-back and
+        // every publish are bounded by CLOSE_WAIT and PUBLISH_WAIT).
+        tracker.wait().await;
         // On a connection that is already gone a close may never be answered; it must not keep the worker from
         // reconnecting (or from exiting).
         let _ =
@@ -215,104 +272,211 @@ impl Worker {
     }
 }
 
-/// Handles one delivery to the end: ack, retry, dead letter, or hand back.
-async fn handle(
-    delivery: Delivery,
-    runner: &JobRunner,
-    publisher: &Publisher,
-    retry: &RetryPolicy,
-) {
-    let attempt = attempt_of(&delivery.properties);
-    let phase = if delivery.routing_key.as_str() == Phase::Phase1.routing_key() {
-        Phase::Phase1
-    } else {
-        Phase::Phase2
-    };
-    let job = match Job::from_json(&delivery.data) {
-        Ok(job) => job,
-        Err(error) => {
-            // No run id, tenant or mailbox can be trusted from a body that does not parse; the delivery tag
-            // and phase are what an operator can find the message by.
-            let span =
-                info_span!("job", phase = %phase, attempt, delivery_tag = delivery.delivery_tag);
-            span.in_scope(|| {
-                crate::metrics::record_job(phase, "malformed", std::time::Duration::ZERO);
-                warn!(%error, "dead-lettering a malformed job");
-            });
-            let published = publisher
-                .publish_dead_letter(
-                    phase,
-                    &delivery.data,
-                    &delivery.properties,
-                    FailureReason::MalformedJob,
-                    &error.to_string(),
-                )
-                .instrument(span.clone())
-                .await;
-            settle(&delivery, published).instrument(span).await;
-            return;
-        }
-    };
-    let span = info_span!("job", run_id = %job.run_id, tenant = %job.tenant_id, mailbox = %job.mailbox().upn,
-        phase = %job.phase(), attempt);
-    async {
-        let started = std::time::Instant::now();
-        let attempt_result = runner.run(&job, attempt).await;
-        let step = retry.next_step(attempt, &attempt_result.result);
-        let mut report = attempt_result.report;
-        report.outcome = step.outcome(&attempt_result.result);
-        let outcome_label = crate::metrics::outcome_label(&step);
-        crate::metrics::record_job(job.phase(), outcome_label, started.elapsed());
-        let published = async {
-            match &step {
-                Step::Ack => {}
-                Step::Retry { attempt, wait } => {
-                    publisher.publish_retry(&job, *attempt, *wait).await?
-                }
-                Step::DeadLetter { reason, error } => {
-                    publisher
-                        .publish_dead_letter(
-                            job.phase(),
-                            &delivery.data,
-                            &delivery.properties,
-                            *reason,
-                            error,
-                        )
-                        .await?
-                }
-            }
-            publisher.publish_report(&job, &report).await
-        }
-        .await;
-        info!(
-            outcome = outcome_label,
-            created = report.counts.created,
-            updated = report.counts.updated,
-            deleted = report.counts.deleted,
-            "job finished"
-        );
-        settle(&delivery, published).await;
-    }
-    .instrument(span)
-    .await;
+/// A RabbitMQ delivery and the publisher its outcome goes through.
+struct Broker {
+    message: lapin::message::Delivery,
+    publisher: Publisher,
+    /// Cancelled when a publish fails, so the session reopens its channels before taking more jobs.
+    broken: CancellationToken,
 }
 
-/// Acknowledges when everything was published; otherwise hands the delivery back for redelivery.
-async fn settle(delivery: &Delivery, published: Result<(), MqError>) {
-    let settled = match published {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-        Err(error) => {
-            error!(%error, "could not publish; handing the job back to the broker");
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
+impl Broker {
+    fn phase(&self) -> Phase {
+        if self.message.routing_key.as_str() == Phase::Phase1.routing_key() {
+            Phase::Phase1
+        } else {
+            Phase::Phase2
         }
+    }
+
+    /// The job's span; before the body is parsed, the delivery tag and phase are what an operator can find the
+    /// message by (no run id, tenant or mailbox can be trusted from a body that may not parse).
+    fn span(&self) -> tracing::Span {
+        let attempt = attempt_of(&self.message.properties);
+        match self.job() {
+            Ok(job) => info_span!("job", run_id = %job.run_id, tenant = %job.tenant_id,
+                mailbox = %job.mailbox().upn, phase = %job.phase(), attempt),
+            Err((phase, _)) => info_span!("job", phase = %phase, attempt,
+                delivery_tag = self.message.delivery_tag),
+        }
+    }
+
+    /// Waits for a publish, bounded; a failure marks the publish channel broken.
+    async fn published(
+        &self,
+        publish: impl std::future::Future<Output = Result<(), MqError>>,
+    ) -> Result<(), DeliveryError> {
+        let result = match tokio::time::timeout(PUBLISH_WAIT, publish).await {
+            Ok(result) => result.map_err(DeliveryError::from),
+            Err(_) => Err(DeliveryError::Broker(MqError::Amqp {
+                context: format!(
+                    "no confirm within {} s; the publish channel is not answering",
+                    PUBLISH_WAIT.as_secs()
+                ),
+                source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                    lapin::ConnectionState::Closed,
+                )),
+            })),
+        };
+        if result.is_err() {
+            self.broken.cancel();
+        }
+        result
+    }
+}
+
+impl Delivery for Broker {
+    fn attempt(&self) -> u32 {
+        attempt_of(&self.message.properties)
+    }
+
+    fn job(&self) -> Result<Job, (Phase, String)> {
+        parse_job(&self.message.data).map_err(|error| (self.phase(), error))
+    }
+
+    async fn retry(
+        &mut self,
+        job: &Job,
+        attempt: u32,
+        wait: Duration,
+    ) -> Result<(), DeliveryError> {
+        self.published(self.publisher.publish_retry(job, attempt, wait))
+            .await
+    }
+
+    async fn dead_letter(
+        &mut self,
+        phase: Phase,
+        reason: FailureReason,
+        error: &str,
+    ) -> Result<(), DeliveryError> {
+        let publish = self.publisher.publish_dead_letter(
+            phase,
+            &self.message.data,
+            &self.message.properties,
+            reason,
+            error,
+        );
+        self.published(publish).await
+    }
+
+    async fn report(&mut self, job: &Job, report: &Report) -> Result<(), DeliveryError> {
+        publish_report(self, job, report).await
+    }
+
+    async fn ack(self) {
+        let acked =
+            tokio::time::timeout(CLOSE_WAIT, self.message.ack(BasicAckOptions::default())).await;
+        if !matches!(acked, Ok(Ok(_))) {
+            // The channel is gone; the broker requeues unacknowledged deliveries by itself.
+            warn!("could not acknowledge a delivery; the broker will redeliver it");
+        }
+    }
+
+    async fn hand_back(self) {
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        let nacked = tokio::time::timeout(CLOSE_WAIT, self.message.nack(options)).await;
+        if !matches!(nacked, Ok(Ok(_))) {
+            warn!("could not hand a delivery back; the broker requeues it when the channel goes");
+        }
+    }
+}
+
+/// The one place a worker publishes a report: its size is checked first (an oversized message would close the
+/// publish channel), then it goes to the queue of the job's run with a confirm.
+async fn publish_report(
+    delivery: &Broker,
+    job: &Job,
+    report: &Report,
+) -> Result<(), DeliveryError> {
+    let fitted;
+    let report = if report.to_json().len() > MAX_REPORT_BYTES {
+        fitted = without_plan_lines(report);
+        &fitted
+    } else {
+        report
     };
-    if let Err(error) = settled {
-        // The channel is gone; the broker requeues unacknowledged deliveries by itself.
-        warn!(%error, "could not settle a delivery; the broker will redeliver it");
+    let bytes = report.to_json().len();
+    if bytes > MAX_REPORT_BYTES {
+        return Err(DeliveryError::TooLarge {
+            what: "report",
+            bytes,
+            max: MAX_REPORT_BYTES,
+        });
+    }
+    delivery
+        .published(delivery.publisher.publish_report(job, report))
+        .await
+}
+
+/// `report` without its dry-run lines (the counts stay), for a report too large to publish whole.
+fn without_plan_lines(report: &Report) -> Report {
+    let mut smaller = report.clone();
+    let left_out = smaller.planned.len();
+    smaller.planned = vec![format!(
+        "{left_out} plan lines left out: the report was larger than {MAX_REPORT_BYTES} bytes"
+    )];
+    smaller
+}
+
+/// A job from a message body, or why it is not one: the size is checked before the body is parsed.
+fn parse_job(body: &[u8]) -> Result<Job, String> {
+    let bytes = body.len();
+    if bytes > MAX_JOB_BYTES {
+        return Err(format!(
+            "a job message of {bytes} bytes is larger than the {MAX_JOB_BYTES} bytes a worker runs"
+        ));
+    }
+    Job::from_json(body).map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Failed before the fix: any body was handed to the JSON parser whatever its size.
+    #[test]
+    fn an_oversized_or_malformed_body_is_refused_with_a_reason() {
+        let huge = vec![b' '; MAX_JOB_BYTES + 1];
+        let refused = parse_job(&huge).expect_err("too large");
+        assert!(refused.contains("larger than"), "{refused}");
+        let refused = parse_job(b"{\"schema\":1,\"phase\":").expect_err("malformed");
+        assert!(refused.starts_with("malformed job"), "{refused}");
+    }
+
+    #[test]
+    fn a_report_too_large_keeps_its_counts_and_loses_its_plan_lines() {
+        let report = Report {
+            schema: shared::message::SCHEMA_VERSION,
+            job_id: uuid::Uuid::nil(),
+            run_id: uuid::Uuid::nil(),
+            tenant_id: "t".into(),
+            phase: Phase::Phase1,
+            mailbox: shared::model::Mailbox {
+                id: "m".into(),
+                upn: "m@t".into(),
+            },
+            attempt: 1,
+            outcome: shared::message::Outcome::Succeeded,
+            counts: shared::sync::PlanCounts {
+                created: 3,
+                ..Default::default()
+            },
+            failed_writes: 0,
+            source_failures: vec![],
+            planned: vec!["x".repeat(1_000); 10],
+            graph: Default::default(),
+            cursors: Default::default(),
+            skipped: false,
+            duration_ms: 0,
+            finished_at: chrono::Utc::now(),
+        };
+        let smaller = without_plan_lines(&report);
+        assert_eq!(smaller.counts, report.counts);
+        assert_eq!(smaller.planned.len(), 1);
+        assert!(smaller.planned[0].starts_with("10 plan lines left out"));
     }
 }

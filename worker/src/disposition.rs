@@ -6,6 +6,12 @@
 use std::time::Duration;
 
 use shared::message::{FailureReason, Outcome};
+use shared::mq::RETRY_LEVELS;
+
+/// The longest wait a retry can be scheduled for: the retry queues' longest level. A longer wait Graph asks for
+/// (a hostile or broken `Retry-After`) fails that mailbox with [`FailureReason::ThrottledTooLong`] instead of
+/// parking the job for ever.
+pub const MAX_RETRY_WAIT: Duration = RETRY_LEVELS[RETRY_LEVELS.len() - 1];
 
 /// How an attempt ended, as the job runner sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +32,9 @@ pub enum AttemptResult {
         /// What went wrong.
         error: String,
     },
+    /// The attempt was stopped before it finished (its delivery is going back to the queue: connection lost,
+    /// drain over, channel closed); nothing is published for it.
+    Cancelled,
 }
 
 /// What the queue does with the job next.
@@ -47,6 +56,8 @@ pub enum Step {
         /// What went wrong.
         error: String,
     },
+    /// Hand the delivery back to the queue untouched (the attempt was cancelled); nothing is published.
+    HandBack,
 }
 
 /// Retry policy of the queue layer (the Graph client has its own, finer one inside an attempt).
@@ -81,6 +92,15 @@ impl RetryPolicy {
     pub fn next_step(&self, attempt: u32, result: &AttemptResult) -> Step {
         match result {
             AttemptResult::Done => Step::Ack,
+            AttemptResult::Cancelled => Step::HandBack,
+            AttemptResult::Transient { wait, error } if *wait > MAX_RETRY_WAIT => Step::DeadLetter {
+                reason: FailureReason::ThrottledTooLong,
+                error: format!(
+                    "Graph asked to wait {} s, longer than the longest retry ({} s); the mailbox is failed rather than waited for: {error}",
+                    wait.as_secs(),
+                    MAX_RETRY_WAIT.as_secs()
+                ),
+            },
             AttemptResult::Transient { wait, error } => {
                 if attempt >= self.max_attempts {
                     Step::DeadLetter {
@@ -120,6 +140,11 @@ impl Step {
             (Step::DeadLetter { reason, error }, _) => Outcome::Failed {
                 reason: *reason,
                 error: error.clone(),
+            },
+            // Never published: a handed-back delivery runs again and reports then.
+            (Step::HandBack, _) => Outcome::Retrying {
+                after_secs: 0,
+                error: "cancelled".into(),
             },
         }
     }
@@ -173,6 +198,33 @@ mod tests {
             }
             other => panic!("expected a dead letter, got {other:?}"),
         }
+    }
+
+    /// Failed before the fix: a `Retry-After` of 9999999999 s became a retry parked in the longest level again
+    /// and again, so the run never ended for that mailbox.
+    #[test]
+    fn a_wait_beyond_the_longest_retry_level_fails_the_mailbox() {
+        let policy = RetryPolicy::default();
+        match policy.next_step(1, &transient(9_999_999_999)) {
+            Step::DeadLetter { reason, error } => {
+                assert_eq!(reason, FailureReason::ThrottledTooLong);
+                assert!(error.contains("9999999999 s"), "{error}");
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+        assert!(matches!(
+            policy.next_step(1, &transient(MAX_RETRY_WAIT.as_secs())),
+            Step::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn a_cancelled_attempt_is_handed_back() {
+        let policy = RetryPolicy::default();
+        assert_eq!(
+            policy.next_step(1, &AttemptResult::Cancelled),
+            Step::HandBack
+        );
     }
 
     #[test]

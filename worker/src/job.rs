@@ -19,19 +19,31 @@ use shared::message::{
 };
 use shared::model::{Contact, Mailbox, WriteOp};
 use shared::sync::{self, Plan, PlanContext, PlanCounts, SourceMailbox};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::central_cache::CentralCache;
-use crate::disposition::AttemptResult;
+use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
+use crate::trust::{self, CentralLocation, Locations};
 
 /// How many source mailboxes a phase-1 job reads at once (each has its own Graph budget).
 const SOURCE_READ_CONCURRENCY: usize = 16;
+
+/// Writes sent per call to Graph (one `$batch`); a cancelled attempt stops between two of them.
+const WRITE_BATCH: usize = 20;
+
+/// The most plan lines a dry-run report lists (writes only); the rest are counted in one last line. A dry run of
+/// 1,000 users x 5,000 contacts so reports a few hundred kilobytes, not gigabytes.
+pub const MAX_PLANNED_LINES: usize = 200;
 
 /// Runs jobs against Graph. Cheap to share: one per process.
 pub struct JobRunner {
     graph: GraphClient,
     settings: Arc<Settings>,
     central: CentralCache,
+    /// Where each tenant's central folder is by this worker's configuration (a job is checked against it).
+    locations: Locations,
 }
 
 /// The result of one attempt: the report to publish and what the queue should make of it.
@@ -50,8 +62,8 @@ struct Done {
     failed_writes: u64,
     source_failures: Vec<SourceFailure>,
     planned: Vec<String>,
-    /// Ids of the items Graph created or updated for this attempt.
-    written: BTreeSet<String>,
+    /// The items Graph created or updated for this attempt, with the change key each write returned.
+    written: feed::Written,
     /// Ids of the items this attempt deleted.
     deleted: BTreeSet<String>,
     /// The feeds to keep for the next run.
@@ -74,6 +86,7 @@ impl JobRunner {
             graph,
             settings,
             central: CentralCache::default(),
+            locations: Locations::default(),
         }
     }
 
@@ -84,7 +97,11 @@ impl JobRunner {
 
     /// Runs attempt number `attempt` of `job`. Never panics on bad input; every failure becomes an
     /// [`AttemptResult`].
-    pub async fn run(&self, job: &Job, attempt: u32) -> Attempt {
+    ///
+    /// `cancel` stops the attempt at once: a read in progress is dropped, a write batch on the wire is let finish
+    /// (so no batch is half-sent), and no further batch starts. Once this returns, the attempt writes nothing
+    /// more; its delivery may then run elsewhere.
+    pub async fn run(&self, job: &Job, attempt: u32, cancel: &CancellationToken) -> Attempt {
         let started = Instant::now();
         // A client per job: its tally counts this job's requests only, however many jobs run beside it.
         let mut tally = (0, 0);
@@ -98,14 +115,30 @@ impl JobRunner {
             }),
             Some(tenant) => {
                 let client = self.graph.tenant(tenant);
-                let result = match &job.kind {
-                    JobKind::Phase1 { central, sources } => {
-                        self.phase1(tenant, &client, job, central, sources).await
-                    }
-                    JobKind::Phase2 { central, mailbox } => {
-                        self.phase2(tenant, &client, job, central, mailbox).await
+                // The attempt's write batches run as tasks of their own: a cancel drops the attempt at once
+                // (reads included) but never a batch half-sent; it is waited for below.
+                let writes = TaskTracker::new();
+                let work = async {
+                    self.trusted(tenant, &client, job).await?;
+                    match &job.kind {
+                        JobKind::Phase1 { central, sources } => {
+                            self.phase1(tenant, &client, job, central, sources, &writes)
+                                .await
+                        }
+                        JobKind::Phase2 { central, mailbox } => {
+                            self.phase2(tenant, &client, job, central, mailbox, &writes)
+                                .await
+                        }
                     }
                 };
+                let result = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Err(AttemptResult::Cancelled),
+                    result = work => result,
+                };
+                // Once this returns, nothing of this attempt is on the wire any more.
+                writes.close();
+                writes.wait().await;
                 tally = client.tally();
                 result
             }
@@ -139,6 +172,46 @@ impl JobRunner {
         Attempt { report, result }
     }
 
+    /// Refuses a job whose central mailbox or folder is not where this worker's configuration says, or that
+    /// names a mailbox the worker does not mirror (see [`crate::trust`]). Resolves the configured location once
+    /// per tenant, and again when a job does not match (the folder may have been created since).
+    async fn trusted(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        job: &Job,
+    ) -> Result<(), AttemptResult> {
+        if let Some(known) = self.locations.get(&tenant.tenant_id) {
+            if trust::check(job, tenant, &known).is_ok() {
+                return Ok(());
+            }
+        }
+        let doing = format!(
+            "resolving the central folder {:?} of {}",
+            tenant.mirror.central_folder_name, tenant.global_address_book_user_id
+        );
+        let shared = client
+            .user(&tenant.global_address_book_user_id)
+            .await
+            .map_err(|e| classify(&e, &doing))?;
+        let folder = client
+            .find_top_level_folder(&shared.id, &tenant.mirror.central_folder_name)
+            .await
+            .map_err(|e| classify(&e, &doing))?;
+        let location = CentralLocation {
+            mailbox: shared.mailbox(),
+            folder_id: folder.map(|f| f.id),
+        };
+        self.locations.put(&tenant.tenant_id, location.clone());
+        trust::check(job, tenant, &location).map_err(|error| {
+            warn!(%error, "refusing a job that does not match this worker's configuration");
+            AttemptResult::Permanent {
+                reason: FailureReason::UntrustedJob,
+                error,
+            }
+        })
+    }
+
     async fn phase1(
         &self,
         tenant: &TenantSettings,
@@ -146,6 +219,7 @@ impl JobRunner {
         job: &Job,
         central: &CentralFolder,
         sources: &[Mailbox],
+        writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let prior = &job.cursors;
         let central_check = match &central.folder_id {
@@ -276,7 +350,7 @@ impl JobRunner {
             }
         };
         let mut done = self
-            .apply(client, job, &central.mailbox, &folder, &plan)
+            .apply(client, job, &central.mailbox, &folder, &plan, writes)
             .await?;
         if let Some(link) = central_check.link {
             let writes = done.written.len() + done.deleted.len();
@@ -300,6 +374,7 @@ impl JobRunner {
         job: &Job,
         central: &CentralFolder,
         mailbox: &Mailbox,
+        writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let generation = job.cursors.central_generation;
         let prior = job.cursors.mailboxes.get(&mailbox.id);
@@ -356,7 +431,7 @@ impl JobRunner {
             },
         )?;
         let mut done = self
-            .apply(client, job, mailbox, &FolderRef::Default, &plan)
+            .apply(client, job, mailbox, &FolderRef::Default, &plan, writes)
             .await?;
         if let Some(link) = found.link {
             let link = advance_past_own_writes(client, mailbox, link, &done).await;
@@ -374,10 +449,11 @@ impl JobRunner {
         mailbox: &Mailbox,
         folder: &FolderRef,
         plan: &Plan,
+        writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let counts = plan.counts();
         if job.dry_run {
-            let planned = plan.items.iter().map(|item| item.to_string()).collect();
+            let planned = planned_lines(plan);
             return Ok(Done {
                 counts,
                 planned,
@@ -391,24 +467,42 @@ impl JobRunner {
                 ..Done::default()
             });
         }
-        let outcomes = client
-            .write(&mailbox.id, folder, &ops)
-            .await
-            .map_err(|e| classify(&e, &format!("writing to {}", mailbox.upn)))?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for batch in ops.chunks(WRITE_BATCH) {
+            // A cancelled attempt is dropped while it awaits a batch; the batch itself runs to its end (see run).
+            let sending = writes.spawn({
+                let (client, mailbox, folder, batch) = (
+                    client.clone(),
+                    mailbox.id.clone(),
+                    folder.clone(),
+                    batch.to_vec(),
+                );
+                async move { client.write(&mailbox, &folder, &batch).await }
+            });
+            let answered = sending
+                .await
+                .map_err(|join| AttemptResult::Transient {
+                    wait: Duration::ZERO,
+                    error: format!("writing to {}: the write task failed: {join}", mailbox.upn),
+                })?
+                .map_err(|e| classify(&e, &format!("writing to {}", mailbox.upn)))?;
+            outcomes.extend(answered);
+        }
         let mut failed_writes = 0u64;
         let mut retry_wait: Option<Duration> = None;
         let mut first_transient = None;
-        let (mut written, mut deleted) = (BTreeSet::new(), BTreeSet::new());
+        let (mut written, mut deleted) = (feed::Written::new(), BTreeSet::new());
         for (op, outcome) in ops.iter().zip(&outcomes) {
             match (op, outcome) {
                 (WriteOp::Delete { id }, Ok(_)) => {
                     deleted.insert(id.clone());
                 }
-                (WriteOp::Update { id, .. }, Ok(_)) => {
-                    written.insert(id.clone());
+                (WriteOp::Update { id, .. }, Ok(answer)) => {
+                    let key = answer.as_ref().and_then(|c| c.change_key.clone());
+                    written.insert(id.clone(), key);
                 }
                 (WriteOp::Create(_), Ok(Some(created))) => {
-                    written.insert(created.id.clone());
+                    written.insert(created.id.clone(), created.change_key.clone());
                 }
                 _ => {}
             }
@@ -548,6 +642,22 @@ async fn read_central(
     }
 }
 
+/// The dry-run lines of `plan`: only the items that would write, at most [`MAX_PLANNED_LINES`], then one line
+/// counting the ones left out (the counts stay exact in the report's `counts`).
+pub fn planned_lines(plan: &Plan) -> Vec<String> {
+    let mut writes = plan.items.iter().filter(|item| item.op.is_some());
+    let mut lines: Vec<String> = writes
+        .by_ref()
+        .take(MAX_PLANNED_LINES)
+        .map(|item| item.to_string())
+        .collect();
+    let more = writes.count();
+    if more > 0 {
+        lines.push(format!("… and {more} more planned writes not listed"));
+    }
+    lines
+}
+
 /// Maps a Graph error to retry-or-not, keeping the error's text and Graph's requested wait.
 pub fn classify(error: &GraphError, doing: &str) -> AttemptResult {
     let text = format!("{doing}: {error}");
@@ -559,10 +669,106 @@ pub fn classify(error: &GraphError, doing: &str) -> AttemptResult {
         ErrorKind::MailboxNotEnabled => permanent(FailureReason::NoMailbox),
         ErrorKind::AccessDenied => permanent(FailureReason::AccessDenied),
         ErrorKind::Auth(_) => permanent(FailureReason::Authentication),
-        _ if error.is_transient() => AttemptResult::Transient {
-            wait: error.retry_after().unwrap_or(Duration::ZERO),
-            error: text,
+        // A wait beyond the longest retry level is that mailbox's failure, not a job parked for ever; as a
+        // permanent failure it also skips just that source in phase 1.
+        _ if error.is_transient() => match error.retry_after().unwrap_or(Duration::ZERO) {
+            wait if wait > MAX_RETRY_WAIT => AttemptResult::Permanent {
+                reason: FailureReason::ThrottledTooLong,
+                error: format!(
+                    "{text} (Graph asked to wait {} s, longer than the longest retry, {} s)",
+                    wait.as_secs(),
+                    MAX_RETRY_WAIT.as_secs()
+                ),
+            },
+            wait => AttemptResult::Transient { wait, error: text },
         },
         _ => permanent(FailureReason::GraphRejected),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::sync::{ActionKind, PlanItem, Reason};
+
+    use super::*;
+
+    fn item(index: usize, write: bool) -> PlanItem {
+        PlanItem {
+            op: write.then(|| WriteOp::Delete {
+                id: format!("id-{index}"),
+            }),
+            action: if write {
+                ActionKind::Delete
+            } else {
+                ActionKind::Skip
+            },
+            reason: if write {
+                Reason::NoLongerCentral
+            } else {
+                Reason::Unchanged
+            },
+            sync_id: None,
+            display_name: Some(format!("Person {index}")),
+            contact_id: Some(format!("id-{index}")),
+            source: None,
+            changed_fields: Vec::new(),
+        }
+    }
+
+    fn throttled(wait_secs: u64) -> GraphError {
+        GraphError::Throttled {
+            status: 429,
+            code: "TooManyRequests".into(),
+            message: "slow down".into(),
+            request_id: None,
+            retry_after: Some(Duration::from_secs(wait_secs)),
+        }
+    }
+
+    /// Failed before the fix: `Retry-After: 9999999999` became a transient failure retried in the longest retry
+    /// level again and again; a phase-1 source throttled like that held the whole tenant's merge back.
+    #[test]
+    fn a_wait_beyond_the_longest_retry_is_that_mailboxs_failure() {
+        match classify(
+            &throttled(9_999_999_999),
+            "reading contacts of a@contoso.com",
+        ) {
+            AttemptResult::Permanent { reason, error } => {
+                assert_eq!(reason, FailureReason::ThrottledTooLong);
+                assert!(error.contains("9999999999 s"), "{error}");
+            }
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+        let source = Mailbox {
+            id: "a".into(),
+            upn: "a@contoso.com".into(),
+        };
+        let skipped = source_failure(&source, &throttled(9_999_999_999)).expect("skipped alone");
+        assert_eq!(skipped.reason, FailureReason::ThrottledTooLong);
+        assert!(matches!(
+            classify(&throttled(30), "reading"),
+            AttemptResult::Transient { .. }
+        ));
+    }
+
+    /// Failed before the fix: a dry run reported every plan item, skips included, so a dry run of 1,000 users x
+    /// 5,000 contacts held millions of lines in memory and in one report.
+    #[test]
+    fn a_dry_run_lists_only_writes_capped_with_the_rest_counted() {
+        let mut items: Vec<PlanItem> = (0..5_000).map(|i| item(i, false)).collect();
+        items.extend((0..MAX_PLANNED_LINES + 7).map(|i| item(i, true)));
+        let lines = planned_lines(&Plan { items });
+        assert_eq!(lines.len(), MAX_PLANNED_LINES + 1);
+        assert!(lines[..MAX_PLANNED_LINES]
+            .iter()
+            .all(|line| line.starts_with("delete")));
+        assert_eq!(
+            lines[MAX_PLANNED_LINES],
+            "… and 7 more planned writes not listed"
+        );
+        let few = planned_lines(&Plan {
+            items: vec![item(1, false), item(2, true)],
+        });
+        assert_eq!(few.len(), 1, "{few:?}");
     }
 }

@@ -3,6 +3,8 @@
 //! Layout:
 //! - [`job`]: one job from read to write ([`job::JobRunner`]); no queue code.
 //! - [`disposition`]: the pure retry/dead-letter rules ([`disposition::RetryPolicy`]).
+//! - [`delivery`]: one delivery from job to ack, written once for the broker and the embedded queue.
+//! - [`trust`]: a job is checked against the worker's own configuration before it runs.
 //! - [`central_cache`]: the central folder read once per worker per run.
 //! - [`consumer`]: the RabbitMQ worker ([`consumer::Worker`]).
 //! - [`embedded`]: the same jobs in one process, no broker ([`embedded::EmbeddedQueue`]).
@@ -12,8 +14,10 @@
 
 pub mod central_cache;
 pub mod consumer;
+pub mod delivery;
 pub mod disposition;
 pub mod embedded;
 pub mod health;
 pub mod job;
 pub mod metrics;
+pub mod trust;

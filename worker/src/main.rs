@@ -1,6 +1,7 @@
 //! `contactmirror-worker`: consumes per-mailbox jobs from RabbitMQ until SIGTERM/SIGINT. Thin wiring around
 //! [`worker::consumer::Worker`].
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -41,14 +42,15 @@ struct Cli {
     /// Log format: human or json.
     #[arg(long, env = "CONTACTMIRROR_LOG_FORMAT", default_value = "human")]
     log_format: LogFormat,
-    /// Address of the /metrics, /healthz and /readyz endpoint.
-    #[arg(
-        long,
-        env = "CONTACTMIRROR_METRICS_ADDR",
-        default_value = "0.0.0.0:9090"
-    )]
-    metrics_addr: std::net::SocketAddr,
+    /// Address of the /metrics, /healthz and /readyz endpoint. Default: 127.0.0.1:9090, or a free loopback port
+    /// when another worker on the host has it (containers and Kubernetes pass 0.0.0.0:9090 explicitly).
+    #[arg(long, env = "CONTACTMIRROR_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
+
+/// Loopback by default: the endpoint is unauthenticated, and outside a container nothing should scrape a worker
+/// from another host unless the operator says so.
+const DEFAULT_METRICS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -97,9 +99,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
     let metrics = worker::health::install_recorder().map_err(anyhow::Error::msg)?;
     // The health server outlives the shutdown signal: /readyz turns false while the worker drains, and /metrics
     // and /healthz keep answering until the drain is over.
-    let health = worker::health::HealthServer::start(cli.metrics_addr, metrics, worker.readiness())
-        .await
-        .with_context(|| format!("serving health and metrics on {}", cli.metrics_addr))?;
+    let health = serve_health(cli.metrics_addr, metrics, worker.readiness()).await?;
     let reason = worker.run(shutdown).await;
     if let Err(error) = health.stop().await {
         tracing::warn!(%error, "the health server ended with an error");
@@ -107,4 +107,33 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
     let reason = reason?;
     tracing::info!(?reason, "worker stopped");
     Ok(())
+}
+
+/// Starts the health server on `explicit`, or on [`DEFAULT_METRICS_ADDR`]; several workers started on one host
+/// with the default all run: when the default port is taken, a free loopback port is used (and logged).
+async fn serve_health(
+    explicit: Option<SocketAddr>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<worker::health::HealthServer> {
+    use worker::health::HealthServer;
+    if let Some(addr) = explicit {
+        return HealthServer::start(addr, metrics, ready)
+            .await
+            .with_context(|| format!("serving health and metrics on {addr}"));
+    }
+    match HealthServer::start(DEFAULT_METRICS_ADDR, metrics.clone(), ready.clone()).await {
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            let any_port = SocketAddr::new(DEFAULT_METRICS_ADDR.ip(), 0);
+            let server = HealthServer::start(any_port, metrics, ready)
+                .await
+                .with_context(|| format!("serving health and metrics on {any_port}"))?;
+            tracing::warn!(taken = %DEFAULT_METRICS_ADDR, addr = %server.local_addr(),
+                "the default metrics port is taken (another worker on this host?); serving on a free port instead");
+            Ok(server)
+        }
+        started => {
+            started.with_context(|| format!("serving health and metrics on {DEFAULT_METRICS_ADDR}"))
+        }
+    }
 }

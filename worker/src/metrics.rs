@@ -5,7 +5,7 @@
 //!
 //! | metric | type | labels | recorded in |
 //! | --- | --- | --- | --- |
-//! | `jobs_total` | counter | `phase`, `outcome` (`succeeded`, `retrying`, `failed`, `malformed`) | [`record_job`] |
+//! | `jobs_total` | counter | `phase`, `outcome` (`succeeded`, `retrying`, `failed`, `malformed`, `cancelled`) | [`record_job`] |
 //! | `job_duration_seconds` | histogram | `phase`, `outcome` | [`record_job`] |
 //! | `amqp_reconnects_total` | counter | | [`crate::consumer`] |
 //! | `graph_requests_total` | counter | `method`, `status` (class) | `shared::graph` |
@@ -94,6 +94,7 @@ pub fn outcome_label(step: &Step) -> &'static str {
         Step::Ack => "succeeded",
         Step::Retry { .. } => "retrying",
         Step::DeadLetter { .. } => "failed",
+        Step::HandBack => "cancelled",
     }
 }
 

@@ -43,6 +43,9 @@ struct DeltaItem {
     id: String,
     #[serde(rename = "@removed", default)]
     removed: Option<serde_json::Value>,
+    /// Tells the tool's own write from a later edit of the same item (see `feed::only_own_writes`).
+    #[serde(rename = "changeKey", default)]
+    change_key: Option<String>,
 }
 
 impl TenantClient {
@@ -66,7 +69,7 @@ impl TenantClient {
                 "contacts",
                 "delta",
             ],
-            &[("$select", "id")],
+            &[("$select", "id,changeKey")],
         )?;
         self.delta_round(mailbox, url).await
     }
@@ -104,9 +107,14 @@ impl TenantClient {
                 // Graph may replay an item in one round; the last word about it wins.
                 if item.removed.is_some() {
                     changes.changed.remove(&item.id);
+                    changes.change_keys.remove(&item.id);
                     changes.removed.insert(item.id);
                 } else {
                     changes.removed.remove(&item.id);
+                    match item.change_key {
+                        Some(key) => changes.change_keys.insert(item.id.clone(), key),
+                        None => changes.change_keys.remove(&item.id),
+                    };
                     changes.changed.insert(item.id);
                 }
             }

@@ -1,0 +1,530 @@
+//! A job's message going back to the queue while its attempt still writes (drain over, connection lost), a
+//! broken publish channel, and jobs that are not what the producer wrote: each against the real broker and
+//! graphsim, with an in-process worker (or real worker processes where the binary is what is tested).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use graphsim::{EstateParams, SimConfig};
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use shared::config::Settings;
+use shared::graph::{ClientOptions, GraphClient};
+use shared::message::{CentralFolder, Job, JobKind, Outcome, Phase, Report};
+use shared::model::Mailbox;
+use shared::mq::{self, Publisher, Topology, REASON_HEADER};
+use tokio_util::sync::CancellationToken;
+use worker::consumer::{Worker, WorkerConfig};
+
+use crate::support::{self, Estate, BROKER};
+
+/// A phase-1 job as the producer would write it: the configured shared mailbox, its central folder (created
+/// here), and every other user as a source.
+async fn phase1_job(settings: &Settings) -> Job {
+    let tenant = &settings.tenants[0];
+    let graph = GraphClient::new(ClientOptions::default()).expect("graph client");
+    let client = graph.tenant(tenant);
+    let shared = client
+        .user(&tenant.global_address_book_user_id)
+        .await
+        .expect("shared mailbox");
+    let folder = client
+        .ensure_top_level_folder(&shared.id, &tenant.mirror.central_folder_name)
+        .await
+        .expect("central folder");
+    let sources = client
+        .licensed_users()
+        .await
+        .expect("users")
+        .iter()
+        .map(|u| u.mailbox())
+        .filter(|m| m.id != shared.id)
+        .collect();
+    Job::new(
+        uuid::Uuid::now_v7(),
+        &tenant.tenant_id,
+        false,
+        JobKind::Phase1 {
+            central: CentralFolder {
+                mailbox: shared.mailbox(),
+                folder_id: Some(folder.id),
+            },
+            sources,
+        },
+    )
+}
+
+/// A worker running one job at a time, with a short drain.
+fn one_at_a_time(settings: &Settings, topology: &Topology, name: &str, grace: Duration) -> Worker {
+    let config = WorkerConfig {
+        amqp_url: support::amqp_url(),
+        topology: topology.clone(),
+        concurrency: 1,
+        retry: support::quick_retry(),
+        grace,
+        name: name.to_owned(),
+    };
+    Worker::new(config, support::runner(settings))
+}
+
+/// Declares `topology` and publishes `body` to the jobs exchange with `phase`'s routing key.
+async fn publish_raw(topology: &Topology, phase: Phase, body: &[u8]) {
+    let connection = support::connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    mq::declare(&channel, topology).await.expect("declare");
+    channel
+        .confirm_select(Default::default())
+        .await
+        .expect("confirms");
+    channel
+        .basic_publish(
+            topology.jobs_exchange().as_str().into(),
+            phase.routing_key().into(),
+            Default::default(),
+            body,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    let _ = connection.close(200, "done".into()).await;
+}
+
+async fn publish(topology: &Topology, job: &Job) {
+    let connection = support::connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    mq::declare(&channel, topology).await.expect("declare");
+    let _ = connection.close(200, "done".into()).await;
+    publish_declared(topology, job).await;
+}
+
+/// Publishes `job` without declaring anything (the topology is as the test left it).
+async fn publish_declared(topology: &Topology, job: &Job) {
+    let connection = support::connect().await;
+    let publisher = Publisher::open(&connection, topology.clone())
+        .await
+        .expect("publisher");
+    publisher.publish_job(job, 1).await.expect("publish job");
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// Messages ready in `queue`.
+async fn ready(queue: &str) -> u32 {
+    let connection = support::connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue exists");
+    let _ = connection.close(200, "done".into()).await;
+    declared.message_count()
+}
+
+/// Waits until `condition` holds, failing with `what` after a generous deadline (a guard, not a measurement).
+async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Takes messages from `queue` until one satisfies `pick`.
+async fn take(queue: &str, mut pick: impl FnMut(&lapin::message::BasicGetMessage) -> bool) {
+    let connection = support::connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    eventually(
+        &format!("no matching message arrived in {queue}"),
+        async || {
+            let got = channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get");
+            got.is_some_and(|message| pick(&message))
+        },
+    )
+    .await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// The final report of `job` from the topology's report queue.
+async fn final_report(topology: &Topology, job: &Job) -> Report {
+    let mut found = None;
+    take(
+        &topology.reports_queue(),
+        |message| match Report::from_json(&message.delivery.data) {
+            Ok(report) if report.job_id == job.job_id && report.outcome.is_final() => {
+                found = Some(report);
+                true
+            }
+            _ => false,
+        },
+    )
+    .await;
+    found.expect("a final report")
+}
+
+/// First e-mail address of every contact in the central folder.
+fn central_emails(estate: &Estate) -> Vec<String> {
+    let tenant = &estate.tenants[0];
+    estate
+        .sim
+        .contacts(
+            &tenant.tenant_id,
+            &tenant.shared_mailbox_upn,
+            Some("All Contacts"),
+        )
+        .iter()
+        .filter_map(|c| c["emailAddresses"][0]["address"].as_str())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// An estate whose phase 1 writes a few hundred contacts in many batches, each item slowed down.
+async fn slow_estate(seed: u64) -> Estate {
+    Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 1,
+            users_per_tenant: 3,
+            contacts_per_user: 80,
+            overlap: 0.0,
+            seed,
+        },
+    )
+    .await
+}
+
+/// Failed before the fix: when the drain's grace ended, the worker closed its channel and returned while the
+/// attempt went on writing in the background (graphsim's write count kept rising after `run` returned), so the
+/// job was back in the queue, free to run elsewhere, while this attempt still wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_worker_stops_writing_before_its_job_goes_back() {
+    let _broker = BROKER.read().await;
+    let estate = slow_estate(71).await;
+    let settings = estate.settings();
+    let topology = support::private_topology();
+    let job = phase1_job(&settings).await;
+    estate.sim.set_latency(Duration::from_millis(25));
+    let worker = one_at_a_time(&settings, &topology, "drain", Duration::from_secs(1));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { worker.run(shutdown).await }
+    });
+    publish(&topology, &job).await;
+    eventually("the job never started writing", async || {
+        estate.sim.stats().total_writes() > 0
+    })
+    .await;
+    shutdown.cancel();
+    running.await.expect("worker task").expect("worker stops");
+    let when_stopped = estate.sim.stats().total_writes();
+    let queue = topology.job_queue(Phase::Phase1);
+    eventually("the job did not go back to its queue", async || {
+        ready(&queue).await == 1
+    })
+    .await;
+    // Long enough for several more batches at this latency, had the attempt gone on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        estate.sim.stats().total_writes(),
+        when_stopped,
+        "the attempt went on writing after the worker stopped and its job went back to the queue"
+    );
+    assert_eq!(
+        ready(&topology.reports_queue()).await,
+        0,
+        "a report was published: the job finished before the drain, or the stopped attempt went on to the end"
+    );
+    estate.sim.set_latency(Duration::ZERO);
+    support::delete_topology(&topology).await;
+}
+
+/// The management API's URL of the AMQP connection named `name`, once the broker lists it.
+async fn connection_url(name: &str) -> reqwest::Url {
+    let http = reqwest::Client::new();
+    let base = std::env::var("RABBITMQ_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned());
+    let mut found = None;
+    eventually(
+        &format!("the connection {name} never showed in the management API"),
+        async || {
+            let Ok(answer) = http
+                .get(format!("{base}/api/connections"))
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let connections: Vec<serde_json::Value> = answer.json().await.unwrap_or_default();
+            found = connections
+                .iter()
+                .find(|c| c["client_properties"]["connection_name"].as_str() == Some(name))
+                .and_then(|c| c["name"].as_str())
+                .map(str::to_owned);
+            found.is_some()
+        },
+    )
+    .await;
+    let mut url = reqwest::Url::parse(&format!("{base}/api/connections")).expect("management url");
+    url.path_segments_mut()
+        .expect("an http url has segments")
+        .push(&found.expect("found"));
+    url
+}
+
+/// Closes a connection through the management API, as a broker or network failure would.
+async fn close_connection(url: reqwest::Url) {
+    let closed = reqwest::Client::new()
+        .delete(url)
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("management API");
+    assert!(
+        closed.status().is_success(),
+        "closing the connection: {closed:?}"
+    );
+}
+
+/// A lost connection mid-write: the attempt is cancelled (its batch on the wire finishes), the session waits for
+/// it before reconnecting, and the redelivered job then completes once, with nobody written twice.
+///
+/// Note: this does not reliably fail on the code before the fix (there the old attempt usually finished within the
+/// grace plus the reconnect delay); `a_drained_worker_stops_writing_before_its_job_goes_back` is the one that
+/// does. It did fail on an intermediate version whose connections used lapin's auto-recovery: the recovered
+/// connection's consumer held the redelivered job and nobody read it (no report within two minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_connection_stops_the_attempt_before_the_job_runs_again() {
+    let _broker = BROKER.read().await;
+    let estate = slow_estate(72).await;
+    let settings = estate.settings();
+    let topology = support::private_topology();
+    let job = phase1_job(&settings).await;
+    estate.sim.set_latency(Duration::from_millis(50));
+    let name = format!("redelivery-{}", uuid::Uuid::new_v4().simple());
+    // A grace shorter than the job: a lost connection must not wait for it anyway (the delivery is gone).
+    let worker = one_at_a_time(&settings, &topology, &name, Duration::from_secs(1));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { worker.run(shutdown).await }
+    });
+    let connection = connection_url(&name).await;
+    publish(&topology, &job).await;
+    eventually("the job never started writing", async || {
+        estate.sim.stats().total_writes() > 0
+    })
+    .await;
+    close_connection(connection).await;
+    let at_close = central_emails(&estate).len();
+    estate.sim.set_latency(Duration::from_millis(5));
+    let report = final_report(&topology, &job).await;
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    let emails = central_emails(&estate);
+    let unique: BTreeSet<&String> = emails.iter().collect();
+    assert_eq!(
+        emails.len(),
+        unique.len(),
+        "people stand twice in the central folder: two attempts wrote at once"
+    );
+    assert!(
+        at_close < emails.len(),
+        "the job had finished when the connection was closed; the test proves nothing"
+    );
+    shutdown.cancel();
+    running.await.expect("worker task").expect("worker stops");
+    estate.sim.set_latency(Duration::ZERO);
+    support::delete_topology(&topology).await;
+}
+
+/// Failed before the fix: with the report exchange deleted, every report publish failed on a closed channel, the
+/// delivery was handed back and taken again by the same still-"ready" worker, for ever; no report arrived. Now a
+/// failed publish ends the session: the worker goes unready, reconnects, declares the topology again, and the
+/// re-run's report arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broken_publish_channel_is_reopened_and_the_report_arrives() {
+    let _broker = BROKER.read().await;
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 1,
+            users_per_tenant: 3,
+            contacts_per_user: 3,
+            overlap: 0.0,
+            seed: 73,
+        },
+    )
+    .await;
+    let settings = estate.settings();
+    let topology = support::private_topology();
+    let job = phase1_job(&settings).await;
+    let worker = one_at_a_time(&settings, &topology, "reopen", Duration::from_secs(5));
+    let ready_flag = worker.readiness();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { worker.run(shutdown).await }
+    });
+    eventually("the worker never got ready", async || {
+        ready_flag.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    {
+        let connection = support::connect().await;
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .exchange_delete(
+                topology.reports_exchange().as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+            .expect("delete the report exchange");
+        let _ = connection.close(200, "done".into()).await;
+    }
+    publish_declared(&topology, &job).await;
+    let report = final_report(&topology, &job).await;
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    shutdown.cancel();
+    running.await.expect("worker task").expect("worker stops");
+    support::delete_topology(&topology).await;
+}
+
+/// Failed before the fix: a phase-1 job naming bob's mailbox and default folder as the "central folder" copied
+/// the other users' contacts into bob's own contacts. Now it is dead-lettered as `untrusted_job` and writes
+/// nothing; a body that is not a job is dead-lettered as `malformed_job`; the worker goes on with the next job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_and_malformed_jobs_are_dead_lettered_and_write_nothing() {
+    let _broker = BROKER.read().await;
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 1,
+            users_per_tenant: 3,
+            contacts_per_user: 4,
+            overlap: 0.0,
+            seed: 74,
+        },
+    )
+    .await;
+    let settings = estate.settings();
+    let tenant = estate.tenants[0].clone();
+    let topology = support::private_topology();
+    let genuine = phase1_job(&settings).await;
+    let JobKind::Phase1 { sources, .. } = &genuine.kind else {
+        unreachable!("a phase-1 job")
+    };
+    let victim: Mailbox = sources[0].clone();
+    let victim_folder = estate
+        .sim
+        .default_folder_id(&tenant.tenant_id, &victim.upn)
+        .expect("the victim's default folder");
+    let forged = Job::new(
+        uuid::Uuid::now_v7(),
+        &tenant.tenant_id,
+        false,
+        JobKind::Phase1 {
+            central: CentralFolder {
+                mailbox: victim.clone(),
+                folder_id: Some(victim_folder),
+            },
+            sources: sources[1..].to_vec(),
+        },
+    );
+    let before = estate
+        .sim
+        .contacts(&tenant.tenant_id, &victim.upn, None)
+        .len();
+    let (stop, worker) = support::spawn_worker(&settings, &topology, "untrusted");
+    publish_raw(&topology, Phase::Phase1, b"{\"schema\":1,\"phase\":").await;
+    publish(&topology, &forged).await;
+    let dead = topology.dead_letter_queue(Phase::Phase1);
+    let mut reasons = BTreeSet::new();
+    take(&dead, |message| {
+        if let Some(reason) = mq::header_str(&message.delivery.properties, REASON_HEADER) {
+            reasons.insert(reason);
+        }
+        reasons.len() == 2
+    })
+    .await;
+    assert_eq!(
+        reasons,
+        BTreeSet::from(["malformed_job".to_owned(), "untrusted_job".to_owned()])
+    );
+    assert_eq!(
+        estate
+            .sim
+            .contacts(&tenant.tenant_id, &victim.upn, None)
+            .len(),
+        before,
+        "the forged job wrote into the victim's mailbox"
+    );
+    // The worker is still there and runs the genuine job.
+    publish(&topology, &genuine).await;
+    let report = final_report(&topology, &genuine).await;
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    stop.cancel();
+    worker.await.expect("worker task");
+    support::delete_topology(&topology).await;
+}
+
+/// Failed before the fix: the second worker started on one host with the README's command (no
+/// `--metrics-addr`) exited 1 with `Address already in use`. Now both run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_on_one_host_with_the_default_metrics_address_all_run() {
+    let _broker = BROKER.read().await;
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 1,
+            users_per_tenant: 1,
+            contacts_per_user: 1,
+            overlap: 0.0,
+            seed: 75,
+        },
+    )
+    .await;
+    let topology = support::private_topology();
+    let config = estate.config_json().to_string();
+    let start = || {
+        support::Process::start(
+            "contactmirror-worker",
+            &[
+                "--amqp-url",
+                &support::amqp_url(),
+                "--queue-prefix",
+                topology.prefix(),
+            ],
+            &[("AUTOMATION_SYNCCONTACTS_CONFIG_JSON", config.as_str())],
+        )
+    };
+    let mut first = start();
+    let mut second = start();
+    for worker in [&mut first, &mut second] {
+        eventually("a worker did not start consuming", async || {
+            worker.output().contains("consuming")
+                || worker.child.try_wait().ok().flatten().is_some()
+        })
+        .await;
+        assert!(
+            worker.child.try_wait().expect("status").is_none(),
+            "a worker exited: {}",
+            worker.output()
+        );
+    }
+    let (status, _) = first.terminate();
+    assert!(status.success());
+    let (status, _) = second.terminate();
+    assert!(status.success());
+    support::delete_topology(&topology).await;
+}
