@@ -2,6 +2,8 @@
 //! the tenant stops with an error that says what happened and how to rebuild, and writes nothing; `run
 //! --rebuild-central` restores the folder.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use graphsim::{EstateParams, SimConfig};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use producer::cli::RunArgs;
@@ -68,8 +70,42 @@ fn assert_stopped(report: &RunReport, estate: &Estate, writes_before: u64) {
     );
 }
 
+/// Every sync id of the tenant's central folder, sorted, duplicates kept.
+fn central_sync_ids(estate: &Estate) -> Vec<String> {
+    let tenant = &estate.tenants[0];
+    let mut ids: Vec<String> = estate
+        .sim
+        .contacts(&tenant.tenant_id, &tenant.shared_mailbox_upn, Some(CENTRAL))
+        .iter()
+        .filter_map(support::sync_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Each mirrored user's default contacts: the ids of the items, and the sync ids they carry (sorted).
+fn mailboxes(estate: &Estate) -> BTreeMap<String, (BTreeSet<String>, Vec<String>)> {
+    let tenant = &estate.tenants[0];
+    tenant
+        .mirror_target_upns
+        .iter()
+        .map(|upn| {
+            let contacts = estate.sim.contacts(&tenant.tenant_id, upn, None);
+            let ids = contacts
+                .iter()
+                .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                .collect();
+            let mut sync_ids: Vec<String> = contacts.iter().filter_map(support::sync_id).collect();
+            sync_ids.sort();
+            (upn.clone(), (ids, sync_ids))
+        })
+        .collect()
+}
+
 /// Failed before the fix: the second run created a fresh "All Contacts" and went on as if every person had left
-/// the central folder.
+/// the central folder. `--rebuild-central` then restores every person under the sync id it had, once, creates and
+/// deletes nothing in users' mailboxes, and leaves a tenant whose next run writes nothing. (The planner's rebuild
+/// rule itself, for copies whose originals are gone, is `sync::tests::a_rebuild_restores_the_central_folder_under_the_same_sync_ids`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deleted_central_folder_stops_the_tenant_until_it_is_rebuilt() {
     let estate = seeded(61).await;
@@ -79,6 +115,9 @@ async fn a_deleted_central_folder_stops_the_tenant_until_it_is_rebuilt() {
     assert_only_unreachable_failed(&first, &estate);
     let tenant = &estate.tenants[0];
     let folder = folder_id(&estate, CENTRAL).expect("the first run made the folder");
+    let central_before = central_sync_ids(&estate);
+    assert!(!central_before.is_empty(), "the first run published nobody");
+    let mailboxes_before = mailboxes(&estate);
     user_request(
         &estate,
         tenant,
@@ -110,6 +149,28 @@ async fn a_deleted_central_folder_stops_the_tenant_until_it_is_rebuilt() {
     .await;
     assert!(rebuilt.tenants[0].error.is_none(), "{}", rebuilt.human());
     assert!(folder_id(&estate, CENTRAL).is_some(), "no folder rebuilt");
+    assert_eq!(
+        central_sync_ids(&estate),
+        central_before,
+        "the rebuilt folder does not hold every person once under the sync id it had"
+    );
+    let deleted: u64 = rebuilt.tenants[0].phases.values().map(|p| p.deleted).sum();
+    assert_eq!(deleted, 0, "the rebuild deleted:\n{}", rebuilt.human());
+    assert_eq!(
+        mailboxes(&estate),
+        mailboxes_before,
+        "the rebuild created or deleted contacts in users' mailboxes"
+    );
+    // And the tenant is back to normal: the next run finds nothing to do.
+    let writes = estate.sim.stats().total_writes();
+    let after = run(&settings, &with_state(&state)).await;
+    assert_only_unreachable_failed(&after, &estate);
+    assert_eq!(
+        estate.sim.stats().total_writes(),
+        writes,
+        "{}",
+        after.human()
+    );
     std::fs::remove_dir_all(&state).ok();
 }
 

@@ -8,24 +8,9 @@ use std::collections::BTreeMap;
 
 use graphsim::{EstateParams, SimConfig};
 use serde_json::Value;
-use shared::model::SYNC_ID_PROPERTY;
 
 use crate::fleet::{embedded_args, run};
-use crate::support::Estate;
-
-/// The sync id in a contact's extended property, as graphsim stores it.
-fn sync_id(contact: &Value) -> Option<String> {
-    contact["singleValueExtendedProperties"]
-        .as_array()?
-        .iter()
-        .find(|p| {
-            p["id"]
-                .as_str()
-                .is_some_and(|id| id.eq_ignore_ascii_case(SYNC_ID_PROPERTY))
-        })
-        .and_then(|p| p["value"].as_str())
-        .map(str::to_lowercase)
-}
+use crate::support::{sync_id, Estate};
 
 /// Sync ids held by more than one contact of `contacts`.
 fn shared_sync_ids(contacts: &[Value]) -> Vec<String> {

@@ -195,8 +195,10 @@ async fn kept_feeds_make_unchanged_mailboxes_cheap_and_changes_arrive_as_in_a_fu
         max_other <= 2,
         "an unreachable mailbox took {max_other} requests"
     );
+    // The shared mailbox: the producer's folder lookup, phase 1's feed check, and each worker's own lookup of the
+    // central folder it trusts (once per tenant per worker process, `worker/src/trust.rs`): a constant per tenant.
     for (upn, n) in &central {
-        assert!(*n <= 3, "{upn} (central) took {n} requests");
+        assert!(*n <= 4, "{upn} (central) took {n} requests");
     }
     assert!(skipped(&again) > 0, "no job reported a skip");
     sync(&full, &full_settings, &full_args).await;

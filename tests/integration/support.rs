@@ -356,3 +356,17 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// The sync id in a contact's extended property, as graphsim stores it (lower case).
+pub fn sync_id(contact: &serde_json::Value) -> Option<String> {
+    contact["singleValueExtendedProperties"]
+        .as_array()?
+        .iter()
+        .find(|p| {
+            p["id"]
+                .as_str()
+                .is_some_and(|id| id.eq_ignore_ascii_case(shared::model::SYNC_ID_PROPERTY))
+        })
+        .and_then(|p| p["value"].as_str())
+        .map(str::to_lowercase)
+}
