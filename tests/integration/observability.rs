@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use graphsim::{EstateParams, ScriptedFault, SimConfig};
@@ -128,12 +129,51 @@ impl Endpoint {
     }
 }
 
+/// The process-wide log capture, installed once as the global subscriber, and emptied for the caller.
+///
+/// Why global: a thread-local default (`set_default`) lost most of this test's lines when the whole suite ran
+/// beside it (the job's tasks were logged without ever reaching it), so the test failed only in full runs. Other
+/// tests' lines land here too while it runs (only then: the guard stops the capture), which only widens the
+/// no-secret check.
+fn captured_logs() -> (Captured, Capturing) {
+    static CAPTURE: OnceLock<Captured> = OnceLock::new();
+    let logs = CAPTURE.get_or_init(|| {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        tracing::subscriber::set_global_default(shared::telemetry::subscriber(
+            LogFormat::Json,
+            EnvFilter::new("info,shared=debug,worker=debug"),
+            move || writer.clone(),
+        ))
+        .expect("no other test installs a global subscriber");
+        logs
+    });
+    logs.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    CAPTURING.store(true, Ordering::SeqCst);
+    (logs.clone(), Capturing)
+}
+
+/// Whether [`Captured`] keeps what it is given.
+static CAPTURING: AtomicBool = AtomicBool::new(false);
+
+/// Stops the capture when dropped.
+struct Capturing;
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        CAPTURING.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Log lines captured in memory, as the JSON an operator's collector would read.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !CAPTURING.load(Ordering::SeqCst) {
+            return Ok(buf.len());
+        }
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -186,13 +226,7 @@ async fn produce(settings: Settings, topology: Topology) -> bool {
 #[tokio::test]
 async fn metrics_move_during_a_run_and_readiness_follows_the_broker_and_the_drain() {
     let _broker = support::BROKER.read().await;
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let _logging = tracing::subscriber::set_default(shared::telemetry::subscriber(
-        LogFormat::Json,
-        EnvFilter::new("info,shared=debug,worker=debug"),
-        move || writer.clone(),
-    ));
+    let (logs, _capturing) = captured_logs();
     let metrics = worker::health::install_recorder().expect("the Prometheus recorder installs");
 
     let users = 6;
