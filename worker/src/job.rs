@@ -447,8 +447,7 @@ impl JobRunner {
                     read_directory(tenant, client)
                 })
                 .await?;
-            let mine = directory::persons_for(mailbox, &persons);
-            directory::combine(mailbox, &central_contacts, &mine, Utc::now())
+            directory::combine(mailbox, &central_contacts, &persons, Utc::now())
         } else {
             central_contacts.to_vec()
         };

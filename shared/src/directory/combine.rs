@@ -8,21 +8,21 @@
 //! Precedence: a directory person and a central contact sharing any e-mail address (normalised as the matching
 //! rules do) are one contact. It keeps the central contact's identity (its sync id, notes stamp, categories), so
 //! copies already distributed stay matched; the directory wins for every field it has (it is the organisation's
-//! record) and the mirror fills the rest. In the mailbox of the user who created that mirrored contact, it is their
-//! own contact and stays exactly as the central folder has it. Directory persons sharing an address with an
-//! earlier one (by object id) are that person (a user and an org contact with one mail): the first is kept.
+//! record) and the mirror fills the rest. Like any newer edit of a mirrored person, the directory's fields also
+//! reach the users' own contacts of that person (their notes and categories never change, and they are never
+//! deleted); the next run's phase 1 publishes them into the central folder, after which nothing is written.
+//! Directory persons sharing an address with an earlier one (by object id) are that person (a user and an org
+//! contact with one mail): the first is kept.
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
 use crate::model::{Contact, ContactFields, EmailAddress, Mailbox};
-use crate::sync::identity::names_mailbox;
 use crate::sync::normalize::email_keys;
-use crate::sync::NotesStamp;
 
 use super::mapping::MAX_EMAIL_ADDRESSES;
-use super::selection::DirectoryPerson;
+use super::selection::{persons_for, DirectoryPerson};
 
 /// The id a directory person's entry has in the combined list (never a Graph id: it is not written anywhere).
 fn entry_id(person: &DirectoryPerson) -> String {
@@ -85,22 +85,34 @@ pub fn overlay(directory: &ContactFields, mirror: &ContactFields) -> ContactFiel
 }
 
 /// The combined list `receiver` is planned against: `central` (the mirror's folder; empty without a mirror) and
-/// `persons` (what [`super::persons_for`] gives `receiver`), each person once. `now` is the directory read's
-/// time: a directory entry counts as the newest edit, so its data reaches every copy.
+/// the selected `persons` but the receiver's own entry ([`super::persons_for`]), each person once. A central
+/// contact sharing an address with the receiver's own entry is left out too: nobody is given their own entry.
+/// `now` is the directory read's time: a directory entry counts as the newest edit, so its data reaches every
+/// copy.
 pub fn combine(
     receiver: &Mailbox,
     central: &[Contact],
-    persons: &[&DirectoryPerson],
+    persons: &[DirectoryPerson],
     now: DateTime<Utc>,
 ) -> Vec<Contact> {
-    let mut out: Vec<Contact> = central.to_vec();
+    let mine = persons_for(receiver, persons);
+    let own_keys: BTreeSet<String> = persons
+        .iter()
+        .filter(|p| !mine.iter().any(|m| std::ptr::eq(*m, *p)))
+        .flat_map(|p| email_keys(&p.fields))
+        .collect();
+    let mut out: Vec<Contact> = central
+        .iter()
+        .filter(|c| email_keys(&c.fields).is_disjoint(&own_keys))
+        .cloned()
+        .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     let central_keys: Vec<BTreeSet<String>> = out.iter().map(|c| email_keys(&c.fields)).collect();
     // The central contacts already claimed by a directory person, and the addresses directory entries hold.
     let mut claimed = vec![false; out.len()];
     let mut gone = vec![false; out.len()];
     let mut taken: BTreeSet<String> = BTreeSet::new();
-    let mut sorted: Vec<&DirectoryPerson> = persons.to_vec();
+    let mut sorted: Vec<&DirectoryPerson> = mine;
     sorted.sort_by(|a, b| a.object_id.cmp(&b.object_id));
     let mut added = Vec::new();
     for person in sorted {
@@ -124,12 +136,8 @@ pub fn combine(
         match kept {
             Some(i) => {
                 let contact = &mut out[i];
-                let created_by = NotesStamp::parse(contact.personal_notes.as_deref()).created_by;
-                let own = created_by.is_some_and(|by| names_mailbox(&by, receiver));
-                if !own {
-                    contact.fields = overlay(&person.fields, &contact.fields);
-                    contact.last_modified = contact.last_modified.max(Some(now));
-                }
+                contact.fields = overlay(&person.fields, &contact.fields);
+                contact.last_modified = contact.last_modified.max(Some(now));
                 taken.extend(email_keys(&contact.fields));
                 for &j in dropped.iter().chain([&i]) {
                     taken.extend(central_keys[j].iter().cloned());
