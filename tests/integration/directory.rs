@@ -147,6 +147,15 @@ async fn a_directory_only_tenant_gives_every_receiver_everyone_but_themselves_on
     for user in &d.tenant.mirror_target_upns {
         assert_holds_each_once(&sim, &d, user, None, &members_but(&d, user));
     }
+    // The directory is read once per worker process, not per mailbox: about one request per mailbox (its one
+    // page of contacts) plus a constant (users, managers, organisation).
+    let t = tenant(&again, &d.tenant.tenant_id);
+    let mailboxes = t.users as u64;
+    assert!(
+        t.graph.requests <= 2 * mailboxes + 6,
+        "{} requests for {mailboxes} mailboxes",
+        t.graph.requests
+    );
 }
 
 /// Issue 11: guests and org contacts arrive only when their member type is listed.
