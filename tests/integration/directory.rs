@@ -428,3 +428,43 @@ async fn a_directory_only_tenant_on_rabbitmq() {
         assert_holds_each_once(&sim, &d, user, None, &members_but(&d, user));
     }
 }
+
+/// Issue 11: a mass leave beyond the deletion cap is refused and reported per mailbox, naming it and how many
+/// deletions were refused; nothing is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mass_leave_beyond_the_cap_is_refused_and_reported() {
+    let sim = sim().await;
+    let d = seed_directory(&sim, DirectoryParams::default());
+    let settings = settings_from(&document(vec![tenant_entry(
+        &sim,
+        &d,
+        directory_only(json!({})),
+    )]));
+    assert_all_succeeded(&run(&settings, &embedded_args()).await);
+    let leavers = &d.members[3..];
+    for leaver in leavers {
+        let mut props = serde_json::Map::new();
+        props.insert("accountEnabled".into(), json!(false));
+        sim.update_user(&d.tenant.tenant_id, leaver, props)
+            .expect("disable");
+    }
+    let report = run(&settings, &embedded_args()).await;
+    let t = tenant(&report, &d.tenant.tenant_id);
+    let receiver = &d.members[0];
+    let refused = t
+        .mailboxes
+        .iter()
+        .find(|m| m.mailbox.eq_ignore_ascii_case(receiver))
+        .expect("the receiver's job");
+    assert_eq!(refused.outcome, "failed");
+    assert_eq!(
+        refused.reason,
+        Some(shared::message::FailureReason::DeletionCapExceeded)
+    );
+    let error = refused.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains(receiver.as_str()) && error.contains(&format!("delete {}", leavers.len())),
+        "{error}"
+    );
+    assert_holds_each_once(&sim, &d, receiver, None, &members_but(&d, receiver));
+}
