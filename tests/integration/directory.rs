@@ -468,3 +468,30 @@ async fn a_mass_leave_beyond_the_cap_is_refused_and_reported() {
     );
     assert_holds_each_once(&sim, &d, receiver, None, &members_but(&d, receiver));
 }
+
+/// Issue 11: include and exclude groups with nesting select exactly the expected persons (Staff holds Sales
+/// nested, so Staff without Sales is the second half of the members).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn include_and_exclude_groups_with_nesting_select_exactly_the_expected_persons() {
+    let sim = sim().await;
+    let d = seed_directory(&sim, DirectoryParams::default());
+    let domain = &d.tenant.tenant_id;
+    let settings = settings_from(&document(vec![tenant_entry(
+        &sim,
+        &d,
+        directory_only(json!({
+            "IncludeGroups": [format!("staff@{domain}")],
+            "ExcludeGroups": [d.sales_group.clone()],
+        })),
+    )]));
+    assert_all_succeeded(&run(&settings, &embedded_args()).await);
+    let second_half: Vec<String> = d.members[d.members.len().div_ceil(2)..].to_vec();
+    for user in &d.tenant.mirror_target_upns {
+        let expected: BTreeSet<String> = second_half
+            .iter()
+            .filter(|m| !m.eq_ignore_ascii_case(user))
+            .map(|m| mail_of(m))
+            .collect();
+        assert_holds_each_once(&sim, &d, user, None, &expected);
+    }
+}
