@@ -440,16 +440,19 @@ impl JobRunner {
             }
             None => Arc::default(),
         };
-        let sources = if directory_on {
+        // Without the directory the cached central list is planned against as it is (no copy per job).
+        let combined;
+        let sources: &[Contact] = if directory_on {
             let persons = self
                 .directory
                 .get_or_load(&job.tenant_id, job.run_id, || {
                     read_directory(tenant, client)
                 })
                 .await?;
-            directory::combine(mailbox, &central_contacts, &persons, Utc::now())
+            combined = directory::combine(mailbox, &central_contacts, &persons, Utc::now());
+            &combined
         } else {
-            central_contacts.to_vec()
+            &central_contacts
         };
         let folder = match named_folder {
             None => FolderRef::Default,
@@ -473,7 +476,7 @@ impl JobRunner {
                                 tenant,
                                 client,
                                 job,
-                                &sources,
+                                sources,
                                 mailbox,
                                 None,
                                 &[],
@@ -493,7 +496,7 @@ impl JobRunner {
                 tenant,
                 client,
                 job,
-                &sources,
+                sources,
                 mailbox,
                 Some(&folder),
                 &target,
