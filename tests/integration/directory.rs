@@ -495,3 +495,48 @@ async fn include_and_exclude_groups_with_nesting_select_exactly_the_expected_per
         assert_holds_each_once(&sim, &d, user, None, &expected);
     }
 }
+
+/// Issue 11 with the mirror on: `run --rebuild-central` restores the central folder from the copies in users'
+/// mailboxes, and the directory's copies there are not mirrored persons.
+///
+/// Failed before the fix: the rebuild published every directory copy into the central folder as a mirrored
+/// person, so a later leaver would have stayed in every mailbox through the mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuilt_central_folder_holds_no_directory_copy() {
+    let sim = sim().await;
+    let d = seed_directory(&sim, DirectoryParams::default());
+    let owner = d.members[0].clone();
+    sim.add_contact(
+        &d.tenant.tenant_id,
+        &owner,
+        None,
+        json!({ "displayName": "My dentist", "emailAddresses": [{ "address": "dentist@example.com" }] }),
+    );
+    let extra = json!({
+        "GlobalAddressBookUserId": d.tenant.shared_mailbox_upn,
+        "Directory": { "Enabled": true },
+    });
+    let settings = settings_from(&document(vec![tenant_entry(&sim, &d, extra)]));
+    assert_all_succeeded(&run(&settings, &embedded_args()).await);
+    let rebuilt = run(
+        &settings,
+        &producer::cli::RunArgs {
+            rebuild_central: true,
+            ..embedded_args()
+        },
+    )
+    .await;
+    assert_all_succeeded(&rebuilt);
+    let central = folder_view(&sim.contacts(
+        &d.tenant.tenant_id,
+        &d.tenant.shared_mailbox_upn,
+        Some("All Contacts"),
+    ));
+    assert_eq!(
+        central,
+        vec![(
+            "My dentist".to_owned(),
+            vec!["dentist@example.com".to_owned()]
+        )]
+    );
+}

@@ -342,6 +342,18 @@ impl JobRunner {
             }
         }
         source_mailboxes.sort_by(|a, b| a.mailbox.id.cmp(&b.mailbox.id));
+        if job.rebuild_central && tenant.distribution.directory.enabled {
+            // A rebuild publishes stamped copies; the directory's copies are not mirrored persons.
+            let persons = self
+                .directory
+                .get_or_load(&job.tenant_id, job.run_id, || {
+                    read_directory(tenant, client)
+                })
+                .await?;
+            for source in &mut source_mailboxes {
+                directory::drop_directory_copies(&mut source.contacts, &persons);
+            }
+        }
         let ctx = PlanContext {
             tenant_id: job.tenant_id.clone(),
             owner: central.mailbox.clone(),

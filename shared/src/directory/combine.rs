@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 
 use crate::model::{Contact, ContactFields, EmailAddress, Mailbox};
+use crate::sync::identity::property_sync_id;
 use crate::sync::normalize::email_keys;
 
 use super::mapping::MAX_EMAIL_ADDRESSES;
@@ -167,4 +168,12 @@ pub fn combine(
         .collect();
     out.extend(added);
     out
+}
+
+/// Leaves out of `contacts` the copies of a directory person (their extended property names one of `persons`'
+/// sync ids): when phase 1 rebuilds a lost central folder from the copies in users' mailboxes, a directory copy is
+/// not a mirrored person. (A leaver's copy is not recognised: its person is no longer read.)
+pub fn drop_directory_copies(contacts: &mut Vec<Contact>, persons: &[DirectoryPerson]) {
+    let ids: BTreeSet<&str> = persons.iter().map(|p| p.sync_id.as_str()).collect();
+    contacts.retain(|c| !property_sync_id(c).is_some_and(|id| ids.contains(id.as_str())));
 }

@@ -136,6 +136,17 @@ fn a_directory_only_person_carries_its_directory_sync_id() {
     assert_eq!(out[0].fields, p.fields);
 }
 
+#[test]
+fn only_directory_copies_are_dropped() {
+    let p = person("u1", &["ann@contoso.com".into()], None);
+    let mut copy = central("x1", &["ann@contoso.com".into()], None);
+    copy.sync_id_property = Some(p.sync_id.as_str().to_uppercase());
+    let mirrored = central("x2", &["bob@contoso.com".into()], None);
+    let mut contacts = vec![copy, mirrored.clone()];
+    drop_directory_copies(&mut contacts, std::slice::from_ref(&p));
+    assert_eq!(contacts, vec![mirrored]);
+}
+
 fn address() -> impl Strategy<Value = String> {
     (0u8..6).prop_map(|n| format!("p{n}@contoso.com"))
 }

@@ -16,7 +16,7 @@ mod combine_tests;
 #[cfg(test)]
 mod tests;
 
-pub use combine::{combine, overlay};
+pub use combine::{combine, drop_directory_copies, overlay};
 pub use mapping::{org_contact_fields, user_fields, MAX_EMAIL_ADDRESSES};
 pub use record::{
     resolve_manager_names, AssignedLicense, ManagerRef, OfficeAddress, OrgContactRecord, Phone,
