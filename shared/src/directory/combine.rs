@@ -136,8 +136,15 @@ pub fn combine(
         }
         match kept {
             Some(i) => {
+                // The addresses of the other central contacts of this person follow (within Outlook's slots).
+                let others: Vec<EmailAddress> = dropped
+                    .iter()
+                    .flat_map(|&d| out[d].fields.email_addresses.clone())
+                    .collect();
                 let contact = &mut out[i];
                 contact.fields = overlay(&person.fields, &contact.fields);
+                contact.fields.email_addresses =
+                    merged_emails(&contact.fields.email_addresses, &others);
                 contact.last_modified = contact.last_modified.max(Some(now));
                 taken.extend(email_keys(&contact.fields));
                 for &j in dropped.iter().chain([&i]) {

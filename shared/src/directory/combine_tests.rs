@@ -183,8 +183,15 @@ proptest! {
                 continue;
             }
             let holder = out.iter().find(|c| !email_keys(&c.fields).is_disjoint(&keys));
-            prop_assert!(holder.is_some(), "{p:?} lost");
-            let holder = holder.expect("checked");
+            // Without a holder, the person was merged into another through a central contact linking both,
+            // whose addresses overflowed Outlook's three slots.
+            let Some(holder) = holder else {
+                let merged_away = centrals.iter().any(|c| {
+                    !email_keys(&c.fields).is_disjoint(&keys) && !out.iter().any(|o| o.id == c.id)
+                });
+                prop_assert!(merged_away, "{p:?} lost: {out:?}");
+                continue;
+            };
             if holder.sync_id_property.as_deref() == Some(p.sync_id.as_str()) || holder.fields.display_name == p.fields.display_name {
                 if let Some(job) = &p.fields.job_title {
                     prop_assert_eq!(holder.fields.job_title.as_ref(), Some(job));
