@@ -292,7 +292,8 @@ async fn a_person_in_the_directory_and_in_personal_contacts_is_one_contact_per_m
     }
 }
 
-/// Issue 11: a tenant whose app lacks `GroupMember.Read.All` (needed by its `IncludeGroups`) fails with a message
+/// Issue 11: a tenant whose app lacks `GroupMember.Read.All` (needed by its `IncludeGroups`), and one lacking
+/// `OrgContact.Read.All` (needed by `MemberTypes` with `Contact`), each fail with a message
 /// naming the permission, before any job; the other tenant completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_missing_permission_fails_only_that_tenant_naming_the_permission() {
@@ -315,7 +316,7 @@ async fn a_missing_permission_fails_only_that_tenant_naming_the_permission() {
         ],
     )
     .expect("tenant");
-    let settings = settings_from(&document(vec![
+    let settings_document = document(vec![
         tenant_entry(
             &sim,
             &broken,
@@ -324,8 +325,40 @@ async fn a_missing_permission_fails_only_that_tenant_naming_the_permission() {
             ),
         ),
         tenant_entry(&sim, &healthy, directory_only(json!({}))),
-    ]));
+    ]);
+    let no_org = seed_directory(
+        &sim,
+        DirectoryParams {
+            domain: "directory-s3.onmicrosoft.com".into(),
+            ..DirectoryParams::default()
+        },
+    );
+    sim.set_app_roles(
+        &no_org.tenant.tenant_id,
+        &[
+            "Contacts.ReadWrite",
+            "User.Read.All",
+            "GroupMember.Read.All",
+            "Organization.Read.All",
+        ],
+    )
+    .expect("tenant");
+    let mut config = settings_document;
+    config["MicrosoftTenants"]
+        .as_array_mut()
+        .expect("tenants")
+        .push(tenant_entry(
+            &sim,
+            &no_org,
+            directory_only(json!({ "MemberTypes": ["Member", "Contact"] })),
+        ));
+    let settings = settings_from(&config);
     let report = run(&settings, &embedded_args()).await;
+    let error = tenant(&report, &no_org.tenant.tenant_id)
+        .error
+        .as_deref()
+        .expect("the tenant without OrgContact.Read.All failed");
+    assert!(error.contains("OrgContact.Read.All"), "{error}");
     let failed = tenant(&report, &broken.tenant.tenant_id);
     let error = failed.error.as_deref().expect("the tenant failed");
     assert!(error.contains("GroupMember.Read.All"), "{error}");
