@@ -37,6 +37,10 @@ struct Cli {
     /// Generator seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also seed a directory tenant (issue 11: members, a hidden and a disabled user, guests, org contacts,
+    /// groups) under this domain, and print what was seeded.
+    #[arg(long)]
+    seed_directory: Option<String>,
     /// Requests per (app, mailbox) per window.
     #[arg(long, default_value_t = 10_000)]
     requests_per_window: u32,
@@ -128,6 +132,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let tenants = graphsim::seed_estate(&sim, params);
             println!("{}", serde_json::to_string_pretty(&tenants).context("printing the estate")?);
+        }
+        if let Some(domain) = &cli.seed_directory {
+            let params = graphsim::DirectoryParams {
+                domain: domain.clone(),
+                ..graphsim::DirectoryParams::default()
+            };
+            let seeded = graphsim::seed_directory(&sim, params);
+            println!("{}", serde_json::to_string_pretty(&seeded).context("printing the directory")?);
         }
         eprintln!("graphsim listening on {} (graph {0}/v1.0, token {0}/{{tenant}}/oauth2/v2.0/token, control {0}/_sim/)", sim.graph_url());
         stop_signal().await?;

@@ -2,13 +2,14 @@
 //!
 //! Starts graphsim in-process, seeds tenants with a few hundred mailboxes (guests, disabled and unlicensed
 //! accounts, users without a mailbox, overlapping contacts), runs the embedded sync twice through exactly the code
-//! a real run uses, and shows what each run did: the first mirrors everything, the second writes nothing.
+//! a real run uses, and shows what each run did: the first mirrors everything, the second writes nothing. Beside
+//! the mirror tenants, a directory-only tenant (issue 11) gets its directory into every user's "Company Directory".
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use graphsim::{EstateParams, SimConfig};
+use graphsim::{DirectoryParams, EstateParams, SimConfig};
 use shared::config::Settings;
 
 use crate::cli::RunArgs;
@@ -58,23 +59,50 @@ pub async fn command(args: DemoArgs) -> Result<ExitCode> {
             seed: 2026,
         },
     );
-    let mailboxes: usize = tenants.iter().map(|t| t.user_upns.len() + 1).sum();
-    println!(
-        "graphsim is standing in for Microsoft Graph at {} with {} tenants and {mailboxes} mailboxes",
-        sim.graph_url(),
-        tenants.len()
+    let directory = graphsim::seed_directory(
+        &sim,
+        DirectoryParams {
+            domain: "directory-demo.onmicrosoft.com".into(),
+            ..DirectoryParams::default()
+        },
     );
-    let document = serde_json::json!({
-        "MicrosoftTenants": tenants.iter().map(|t| serde_json::json!({
-            "TenantId": t.tenant_id,
-            "ClientId": t.client_id,
-            "ClientSecret": t.client_secret,
-            "GlobalAddressBookUserId": t.shared_mailbox_upn,
-            "AuthorityHost": sim.authority_url(),
-            "GraphEndpoint": sim.graph_url(),
-        })).collect::<Vec<_>>(),
-    })
-    .to_string();
+    let mailboxes: usize = tenants
+        .iter()
+        .chain([&directory.tenant])
+        .map(|t| t.user_upns.len() + 1)
+        .sum();
+    println!(
+        "graphsim is standing in for Microsoft Graph at {} with {} mirror tenants, a directory-only tenant ({}) \
+         and {mailboxes} mailboxes",
+        sim.graph_url(),
+        tenants.len(),
+        directory.tenant.tenant_id
+    );
+    let mut entries: Vec<serde_json::Value> = tenants
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "TenantId": t.tenant_id,
+                "ClientId": t.client_id,
+                "ClientSecret": t.client_secret,
+                "GlobalAddressBookUserId": t.shared_mailbox_upn,
+                "AuthorityHost": sim.authority_url(),
+                "GraphEndpoint": sim.graph_url(),
+            })
+        })
+        .collect();
+    let d = &directory.tenant;
+    entries.push(serde_json::json!({
+        "TenantId": d.tenant_id,
+        "ClientId": d.client_id,
+        "ClientSecret": d.client_secret,
+        "AuthorityHost": sim.authority_url(),
+        "GraphEndpoint": sim.graph_url(),
+        "Mirror": { "Enabled": false },
+        "Directory": { "Enabled": true, "MemberTypes": ["Member", "Contact"] },
+        "TargetFolder": "Company Directory",
+    }));
+    let document = serde_json::json!({ "MicrosoftTenants": entries }).to_string();
     let env =
         move |name: &str| (name == "AUTOMATION_SYNCCONTACTS_CONFIG_JSON").then(|| document.clone());
     let settings = Settings::from_sources(&env, None).context("the demo configuration")?;
@@ -90,7 +118,10 @@ pub async fn command(args: DemoArgs) -> Result<ExitCode> {
         ..RunArgs::embedded_default()
     };
 
-    println!("\n== first run: mirror every user's contacts through the central folder\n");
+    println!(
+        "\n== first run: mirror every user's contacts through the central folder; the directory tenant's \
+         directory into every user's \"Company Directory\"\n"
+    );
     let first = execute(&settings, &run_args).await?;
     let status = finish(&first, args.report.as_deref(), args.report_html.as_deref())?;
     let first_stats = sim.stats();
@@ -109,7 +140,7 @@ pub async fn command(args: DemoArgs) -> Result<ExitCode> {
     println!(
         "\ngraphsim saw, over {mailboxes} mailboxes:\n  first run:  {:>6} writes, {:>6} Graph requests ({:.1} per mailbox)\n  \
          second run: {:>6} writes, {:>6} Graph requests ({:.1} per mailbox: one change check per folder, \
-         nothing read in full)",
+         nothing read in full, except the directory tenant's few mailboxes)",
         first_stats.total_writes(),
         first_stats.graph_operations,
         per_mailbox(first_stats.graph_operations),

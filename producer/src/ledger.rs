@@ -114,10 +114,10 @@ mod tests {
             "x",
             false,
             JobKind::Phase2 {
-                central: CentralFolder {
+                central: Some(CentralFolder {
                     mailbox: mailbox("shared"),
                     folder_id: None,
-                },
+                }),
                 mailbox: mailbox(user),
             },
         )

@@ -9,7 +9,8 @@ use anyhow::Result;
 use chrono::Utc;
 use shared::config::Settings;
 use shared::graph::GraphClient;
-use shared::message::{Job, JobKind, Outcome, Phase, Report};
+use shared::message::{CentralFolder, Job, JobKind, Outcome, Phase, Report};
+use shared::model::Mailbox;
 use shared::run_status::RunStatus;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -129,15 +130,30 @@ pub async fn run<D: Dispatch>(
         match outcome {
             Ok(ready) => {
                 report.users = ready.users.len();
-                let memory = request.state.filter(|_| !request.dry_run).map(|store| {
-                    store.load(&ready.tenant_id, state::scope(tenant, &ready.central))
-                });
+                let Some(central) = ready.central.clone() else {
+                    // No mirror: no phase 1; every receiving mailbox's job carries the directory alone. No feeds
+                    // are kept for it (each run reads the mailboxes in full).
+                    progress.add(Phase::Phase2, ready.users.len() as u64);
+                    for user in &ready.users {
+                        let job = phase2_job(run_id, &ready.tenant_id, request.dry_run, None, user);
+                        ledger.expect(&job, index);
+                        dispatch.submit(job).await?;
+                    }
+                    memories.push(None);
+                    prepared.push(Some(ready));
+                    reports.push(report);
+                    continue;
+                };
+                let memory = request
+                    .state
+                    .filter(|_| !request.dry_run)
+                    .map(|store| store.load(&ready.tenant_id, state::scope(tenant, &central)));
                 let mut job = Job::new(
                     run_id,
                     &ready.tenant_id,
                     request.dry_run,
                     JobKind::Phase1 {
-                        central: ready.central.clone(),
+                        central,
                         sources: ready.users.clone(),
                     },
                 );
@@ -194,7 +210,10 @@ pub async fn run<D: Dispatch>(
         if report.phase != Phase::Phase1 {
             continue;
         }
-        let Some(ready) = prepared[tenant].as_ref() else {
+        let Some((ready, central)) = prepared[tenant]
+            .as_ref()
+            .and_then(|ready| Some((ready, ready.central.clone()?)))
+        else {
             continue;
         };
         if !matches!(report.outcome, Outcome::Succeeded) {
@@ -203,19 +222,17 @@ pub async fn run<D: Dispatch>(
         }
         if let Some(memory) = memories[tenant].as_mut() {
             memory.phase1_succeeded(&ready.users, &report.cursors);
-            memory.filled(&ready.central, &tenants[tenant].mirror.central_folder_name);
+            memory.filled(&central, &tenants[tenant].mirror.central_folder_name);
         }
         info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 complete; starting phase 2");
         progress.add(Phase::Phase2, ready.users.len() as u64);
         for user in &ready.users {
-            let mut job = Job::new(
+            let mut job = phase2_job(
                 run_id,
                 &ready.tenant_id,
                 request.dry_run,
-                JobKind::Phase2 {
-                    central: ready.central.clone(),
-                    mailbox: user.clone(),
-                },
+                Some(central.clone()),
+                user,
             );
             if memories[tenant].is_some() {
                 job.cursors = TenantMemory::phase2_cursors(&report.cursors, user);
@@ -260,4 +277,24 @@ pub async fn run<D: Dispatch>(
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         tenants: reports,
     })
+}
+
+/// The job bringing `mailbox` in line with its sources: the central folder when the mirror is on (`central`), and
+/// the directory when the tenant's configuration enables it (the worker reads it).
+fn phase2_job(
+    run_id: Uuid,
+    tenant_id: &str,
+    dry_run: bool,
+    central: Option<CentralFolder>,
+    mailbox: &Mailbox,
+) -> Job {
+    Job::new(
+        run_id,
+        tenant_id,
+        dry_run,
+        JobKind::Phase2 {
+            central,
+            mailbox: mailbox.clone(),
+        },
+    )
 }

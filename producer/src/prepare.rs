@@ -1,7 +1,11 @@
 //! Step 1 of a tenant's run: check the credentials, find the shared mailbox, enumerate licensed users, and make
-//! sure the central folder exists (never in a dry run).
+//! sure the central folder exists (never in a dry run). A directory-only tenant (`Mirror.Enabled: false`) has no
+//! shared mailbox and no central folder; a tenant distributing its directory has it read once here, so a missing
+//! permission stops the tenant before any job, naming the permission.
 //!
 //! Every failure here stops that tenant alone, with a message naming the setting to fix and the Graph error behind it.
+
+use std::collections::BTreeSet;
 
 use shared::config::TenantSettings;
 use shared::graph::{AuthProblem, ErrorKind, GraphClient, GraphError};
@@ -16,9 +20,10 @@ use crate::state::KnownCentral;
 pub struct PreparedTenant {
     /// The configured tenant id.
     pub tenant_id: String,
-    /// The central folder (its id is `None` only in a dry run before the folder exists).
-    pub central: CentralFolder,
-    /// The users to mirror, shared mailbox excluded, test list applied.
+    /// The central folder (its id is `None` only in a dry run before the folder exists); `None` when the tenant's
+    /// mirror is off: then there is no phase 1 and the phase-2 jobs carry the directory alone.
+    pub central: Option<CentralFolder>,
+    /// The receiving users: licensed, shared mailbox excluded, test list and `TargetGroups` applied.
     pub users: Vec<Mailbox>,
 }
 
@@ -64,25 +69,49 @@ pub async fn prepare(
     expected: &CentralExpectation,
 ) -> Result<PreparedTenant, String> {
     let client = graph.tenant(tenant);
-    let shared_user = client
-        .user(&tenant.global_address_book_user_id)
-        .await
-        .map_err(|e| {
-            explain(
-                tenant,
-                &e,
-                "looking up the shared mailbox (GlobalAddressBookUserId)",
-            )
-        })?;
-    let shared_mailbox = shared_user.mailbox();
+    let mirror = tenant.distribution.mirror_enabled;
+    let shared_mailbox = match tenant.shared_mailbox().filter(|_| mirror) {
+        Some(shared) => Some(
+            client
+                .user(shared)
+                .await
+                .map_err(|e| {
+                    explain(
+                        tenant,
+                        &e,
+                        "looking up the shared mailbox (GlobalAddressBookUserId)",
+                    )
+                })?
+                .mailbox(),
+        ),
+        None => None,
+    };
+    // Without the mirror a configured shared mailbox is not looked up: it is left out by name.
+    let not_shared = |m: &Mailbox| match (&shared_mailbox, tenant.shared_mailbox()) {
+        (Some(shared), _) => !m.id.eq_ignore_ascii_case(&shared.id),
+        (None, Some(name)) => {
+            !(m.upn.eq_ignore_ascii_case(name) || m.id.eq_ignore_ascii_case(name))
+        }
+        (None, None) => true,
+    };
     let mut users: Vec<Mailbox> = client
         .licensed_users()
         .await
         .map_err(|e| explain(tenant, &e, "listing licensed users"))?
         .into_iter()
         .map(|u| u.mailbox())
-        .filter(|m| !m.id.eq_ignore_ascii_case(&shared_mailbox.id))
+        .filter(not_shared)
         .collect();
+    if let Some(groups) = &tenant.distribution.target_groups {
+        let members: BTreeSet<String> = client
+            .members_of_any(groups)
+            .await
+            .map_err(|e| format!("tenant {}: resolving TargetGroups: {e}", tenant.tenant_id))?
+            .into_iter()
+            .map(|id| id.to_lowercase())
+            .collect();
+        users.retain(|m| members.contains(&m.id.to_lowercase()));
+    }
     if let Some(list) = &tenant.test_user_list {
         users.retain(|m| {
             list.iter()
@@ -98,11 +127,27 @@ pub async fn prepare(
     }
     if users.is_empty() {
         return Err(format!(
-            "tenant {}: no licensed users found (is any user licensed for Exchange Online?)",
+            "tenant {}: no licensed users found (is any user licensed for Exchange Online, and in TargetGroups?)",
             tenant.tenant_id
         ));
     }
     users.sort();
+    if tenant.distribution.directory.enabled {
+        let read = client
+            .read_directory(&tenant.distribution.directory, tenant.shared_mailbox())
+            .await
+            .map_err(|e| format!("tenant {}: reading the directory: {e}", tenant.tenant_id))?;
+        let persons = shared::directory::select(&read.read(), &tenant.distribution.directory);
+        info!(tenant = %tenant.tenant_id, persons = persons.len(), "directory read");
+    }
+    let Some(shared_mailbox) = shared_mailbox else {
+        info!(tenant = %tenant.tenant_id, users = users.len(), "directory-only tenant prepared");
+        return Ok(PreparedTenant {
+            tenant_id: tenant.tenant_id.clone(),
+            central: None,
+            users,
+        });
+    };
     let folder_name = &tenant.mirror.central_folder_name;
     if !matches!(expected, CentralExpectation::Unknown) {
         let found = client
@@ -138,10 +183,10 @@ pub async fn prepare(
     info!(tenant = %tenant.tenant_id, users = users.len(), shared = %shared_mailbox.upn, "tenant prepared");
     Ok(PreparedTenant {
         tenant_id: tenant.tenant_id.clone(),
-        central: CentralFolder {
+        central: Some(CentralFolder {
             mailbox: shared_mailbox,
             folder_id,
-        },
+        }),
         users,
     })
 }

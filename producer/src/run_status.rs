@@ -359,7 +359,7 @@ mod tests {
             tenant,
             false,
             JobKind::Phase2 {
-                central: central(),
+                central: Some(central()),
                 mailbox: mailbox(user),
             },
         )

@@ -72,10 +72,13 @@ pub enum JobKind {
         /// The users whose contacts are published.
         sources: Vec<Mailbox>,
     },
-    /// Phase 2: bring one user's default contacts folder in line with the central folder.
+    /// Phase 2: bring one receiving mailbox in line with its sources: the central folder (the mirror) and/or the
+    /// tenant's directory (which the worker's own configuration enables; it is read there, never carried here).
     Phase2 {
-        /// The central folder.
-        central: CentralFolder,
+        /// The central folder; `None` when the tenant's mirror is off (a directory-only tenant has no shared
+        /// mailbox). Absent in JSON means `None`; messages of older producers always carry it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        central: Option<CentralFolder>,
         /// The user mailbox to write.
         mailbox: Mailbox,
     },
@@ -155,10 +158,11 @@ impl Job {
         }
     }
 
-    /// The central folder.
-    pub fn central(&self) -> &CentralFolder {
+    /// The central folder: always in phase 1; in phase 2 only when the mirror is a source of the mailbox.
+    pub fn central(&self) -> Option<&CentralFolder> {
         match &self.kind {
-            JobKind::Phase1 { central, .. } | JobKind::Phase2 { central, .. } => central,
+            JobKind::Phase1 { central, .. } => Some(central),
+            JobKind::Phase2 { central, .. } => central.as_ref(),
         }
     }
 
@@ -402,10 +406,10 @@ mod tests {
             "contoso.onmicrosoft.com",
             false,
             JobKind::Phase2 {
-                central: CentralFolder {
+                central: Some(CentralFolder {
                     mailbox: mailbox("shared"),
                     folder_id: Some("AAMk-folder".into()),
-                },
+                }),
                 mailbox: mailbox("alice"),
             },
         )
@@ -437,6 +441,30 @@ mod tests {
         routed.report_queue = Some("cm.reports.x".into());
         routed.rebuild_central = true;
         assert_eq!(Job::from_json(&routed.to_json()).expect("parse"), routed);
+    }
+
+    /// A directory-only tenant's job says "no mirror source" by leaving the central folder out, and reads back so.
+    #[test]
+    fn a_phase2_job_without_a_mirror_source_has_no_central_folder() {
+        let job = Job::new(
+            Uuid::now_v7(),
+            "contoso.onmicrosoft.com",
+            false,
+            JobKind::Phase2 {
+                central: None,
+                mailbox: mailbox("alice"),
+            },
+        );
+        let text = String::from_utf8(job.to_json()).expect("utf8");
+        assert!(!text.contains("central"), "{text}");
+        let parsed = Job::from_json(text.as_bytes()).expect("parse");
+        assert_eq!(parsed.central(), None);
+        assert_eq!(parsed, job);
+        let mirrored = phase2_job(Uuid::now_v7());
+        assert!(Job::from_json(&mirrored.to_json())
+            .expect("parse")
+            .central()
+            .is_some());
     }
 
     #[test]

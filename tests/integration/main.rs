@@ -42,3 +42,6 @@ mod central_folder;
 
 // A job's message back in the queue while its attempt writes, a broken publish channel, forged jobs, metrics ports.
 mod redelivery;
+
+// Issue 11: the directory as a source of the phase-2 jobs (directory-only tenants, both sources, leavers).
+mod directory;

@@ -194,7 +194,7 @@ fn job(tenant: &str, user: &str, phase: Phase) -> Job {
             sources: vec![mailbox(user)],
         },
         Phase::Phase2 => JobKind::Phase2 {
-            central,
+            central: Some(central),
             mailbox: mailbox(user),
         },
     };

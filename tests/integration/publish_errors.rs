@@ -63,10 +63,10 @@ async fn an_oversized_job_is_refused_at_once_with_an_error_naming_it() {
         "contoso.onmicrosoft.com",
         false,
         JobKind::Phase2 {
-            central: CentralFolder {
+            central: Some(CentralFolder {
                 mailbox: mailbox(1),
                 folder_id: Some("folder".into()),
-            },
+            }),
             mailbox: mailbox(2),
         },
     );
@@ -122,10 +122,10 @@ async fn reports_go_to_the_runs_own_queue_and_only_inside_the_prefix() {
         "contoso.onmicrosoft.com",
         false,
         JobKind::Phase2 {
-            central: CentralFolder {
+            central: Some(CentralFolder {
                 mailbox: mailbox(1),
                 folder_id: Some("folder".into()),
-            },
+            }),
             mailbox: mailbox(2),
         },
     );

@@ -233,13 +233,13 @@ mod tests {
             "contoso.onmicrosoft.com",
             false,
             JobKind::Phase2 {
-                central: CentralFolder {
+                central: Some(CentralFolder {
                     mailbox: Mailbox {
                         id: "shared".into(),
                         upn: "shared@contoso.com".into(),
                     },
                     folder_id: Some("folder".into()),
-                },
+                }),
                 mailbox,
             },
         )

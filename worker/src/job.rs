@@ -11,8 +11,10 @@ use std::collections::BTreeSet;
 
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
-use shared::config::{Settings, TenantSettings};
+use shared::config::{Settings, TargetFolder, TenantSettings};
+use shared::directory::{self as directory, DirectoryPerson};
 use shared::feed::{self, Check, Cursors, DeltaLink, FolderFeed, SourceCheck};
+use shared::graph::DirectoryError;
 use shared::graph::{ErrorKind, FolderRef, GraphClient, GraphError, TenantClient};
 use shared::message::{
     CentralFolder, FailureReason, GraphCounts, Job, JobKind, Report, SourceFailure, SCHEMA_VERSION,
@@ -24,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::central_cache::CentralCache;
+use crate::directory_cache::DirectoryCache;
 use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
 use crate::trust::{self, CentralLocation, Locations};
 
@@ -42,6 +45,8 @@ pub struct JobRunner {
     graph: GraphClient,
     settings: Arc<Settings>,
     central: CentralCache,
+    /// The selected directory persons, read once per tenant and run (directory tenants only).
+    directory: DirectoryCache,
     /// Where each tenant's central folder is by this worker's configuration (a job is checked against it).
     locations: Locations,
 }
@@ -86,6 +91,7 @@ impl JobRunner {
             graph,
             settings,
             central: CentralCache::default(),
+            directory: DirectoryCache::default(),
             locations: Locations::default(),
         }
     }
@@ -126,7 +132,7 @@ impl JobRunner {
                                 .await
                         }
                         JobKind::Phase2 { central, mailbox } => {
-                            self.phase2(tenant, &client, job, central, mailbox, &writes)
+                            self.phase2(tenant, &client, job, central.as_ref(), mailbox, &writes)
                                 .await
                         }
                     }
@@ -181,8 +187,19 @@ impl JobRunner {
         client: &TenantClient,
         job: &Job,
     ) -> Result<(), AttemptResult> {
+        let refuse = |error: String| {
+            warn!(%error, "refusing a job that does not match this worker's configuration");
+            AttemptResult::Permanent {
+                reason: FailureReason::UntrustedJob,
+                error,
+            }
+        };
+        if !tenant.distribution.mirror_enabled {
+            // No mirror, no shared mailbox to resolve: the job must name none.
+            return trust::check(job, tenant, None).map_err(refuse);
+        }
         if let Some(known) = self.locations.get(&tenant.tenant_id) {
-            if trust::check(job, tenant, &known).is_ok() {
+            if trust::check(job, tenant, Some(&known)).is_ok() {
                 return Ok(());
             }
         }
@@ -203,13 +220,7 @@ impl JobRunner {
             folder_id: folder.map(|f| f.id),
         };
         self.locations.put(&tenant.tenant_id, location.clone());
-        trust::check(job, tenant, &location).map_err(|error| {
-            warn!(%error, "refusing a job that does not match this worker's configuration");
-            AttemptResult::Permanent {
-                reason: FailureReason::UntrustedJob,
-                error,
-            }
-        })
+        trust::check(job, tenant, Some(&location)).map_err(refuse)
     }
 
     async fn phase1(
@@ -331,6 +342,18 @@ impl JobRunner {
             }
         }
         source_mailboxes.sort_by(|a, b| a.mailbox.id.cmp(&b.mailbox.id));
+        if job.rebuild_central && tenant.distribution.directory.enabled {
+            // A rebuild publishes stamped copies; the directory's copies are not mirrored persons.
+            let persons = self
+                .directory
+                .get_or_load(&job.tenant_id, job.run_id, || {
+                    read_directory(tenant, client)
+                })
+                .await?;
+            for source in &mut source_mailboxes {
+                directory::drop_directory_copies(&mut source.contacts, &persons);
+            }
+        }
         let ctx = PlanContext {
             tenant_id: job.tenant_id.clone(),
             owner: central.mailbox.clone(),
@@ -372,12 +395,24 @@ impl JobRunner {
         tenant: &TenantSettings,
         client: &TenantClient,
         job: &Job,
-        central: &CentralFolder,
+        central: Option<&CentralFolder>,
         mailbox: &Mailbox,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
-        let generation = job.cursors.central_generation;
-        let prior = job.cursors.mailboxes.get(&mailbox.id);
+        let directory_on = tenant.distribution.directory.enabled;
+        let named_folder = match &tenant.distribution.target_folder {
+            TargetFolder::DefaultContacts => None,
+            TargetFolder::Named(name) => Some(name.as_str()),
+        };
+        // The kept feeds follow the default Contacts folder and the central folder only: with the directory as a
+        // source or another target folder they prove nothing, so the mailbox is read in full.
+        let feeds_apply = !directory_on && named_folder.is_none();
+        let generation = job.cursors.central_generation.filter(|_| feeds_apply);
+        let prior = job
+            .cursors
+            .mailboxes
+            .get(&mailbox.id)
+            .filter(|_| feeds_apply);
         let kept = |link: DeltaLink, in_line_with| Cursors {
             tracked: true,
             mailboxes: [(mailbox.id.clone(), FolderFeed { link, in_line_with })].into(),
@@ -401,37 +436,84 @@ impl JobRunner {
                 client,
                 mailbox,
                 &FolderRef::Default,
-                job.cursors.tracked,
+                job.cursors.tracked && feeds_apply,
                 None,
             )
             .await
             .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?,
         };
-        let central_contacts = self
-            .central
-            .get_or_load(&job.tenant_id, job.run_id, central, || {
-                read_central(client, central)
-            })
-            .await?;
+        let central_contacts = match central {
+            Some(central) => {
+                self.central
+                    .get_or_load(&job.tenant_id, job.run_id, central, || {
+                        read_central(client, central)
+                    })
+                    .await?
+            }
+            None => Arc::default(),
+        };
+        // Without the directory the cached central list is planned against as it is (no copy per job).
+        let combined;
+        let sources: &[Contact] = if directory_on {
+            let persons = self
+                .directory
+                .get_or_load(&job.tenant_id, job.run_id, || {
+                    read_directory(tenant, client)
+                })
+                .await?;
+            combined = directory::combine(mailbox, &central_contacts, &persons, Utc::now());
+            &combined
+        } else {
+            &central_contacts
+        };
+        let folder = match named_folder {
+            None => FolderRef::Default,
+            Some(name) => {
+                let doing = format!("finding the folder {name:?} of {}", mailbox.upn);
+                let found = if job.dry_run {
+                    client.find_top_level_folder(&mailbox.id, name).await
+                } else {
+                    client
+                        .ensure_top_level_folder(&mailbox.id, name)
+                        .await
+                        .map(Some)
+                }
+                .map_err(|e| classify(&e, &doing))?;
+                match found {
+                    Some(folder) => FolderRef::Id(folder.id),
+                    // A dry run before the folder exists: it is empty, so everything would be created.
+                    None => {
+                        return self
+                            .plan_and_apply(
+                                tenant,
+                                client,
+                                job,
+                                sources,
+                                mailbox,
+                                None,
+                                &[],
+                                writes,
+                            )
+                            .await
+                    }
+                }
+            }
+        };
         let target = client
-            .list_contacts(&mailbox.id, &FolderRef::Default)
+            .list_contacts(&mailbox.id, &folder)
             .await
             .map_err(|e| classify(&e, &format!("reading contacts of {}", mailbox.upn)))?;
-        let ctx = PlanContext {
-            tenant_id: job.tenant_id.clone(),
-            owner: mailbox.clone(),
-            options: tenant.mirror.clone(),
-            now: Utc::now(),
-            rebuild_central: false,
-        };
-        let plan = sync::plan_distribution(&ctx, &central_contacts, mailbox, &target).map_err(
-            |refusal| AttemptResult::Permanent {
-                reason: FailureReason::DeletionCapExceeded,
-                error: refusal.to_string(),
-            },
-        )?;
         let mut done = self
-            .apply(client, job, mailbox, &FolderRef::Default, &plan, writes)
+            .plan_and_apply(
+                tenant,
+                client,
+                job,
+                sources,
+                mailbox,
+                Some(&folder),
+                &target,
+                writes,
+            )
             .await?;
         if let Some(link) = found.link {
             let link = advance_past_own_writes(client, mailbox, link, &done).await;
@@ -439,6 +521,39 @@ impl JobRunner {
             done.cursors = kept(link, in_line_with);
         }
         Ok(done)
+    }
+
+    /// Plans `mailbox` against its sources and writes the plan into `folder` (`None`: a dry run's folder that does
+    /// not exist yet, so nothing is written).
+    #[allow(clippy::too_many_arguments)]
+    async fn plan_and_apply(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        job: &Job,
+        sources: &[Contact],
+        mailbox: &Mailbox,
+        folder: Option<&FolderRef>,
+        target: &[Contact],
+        writes: &TaskTracker,
+    ) -> Result<Done, AttemptResult> {
+        let ctx = PlanContext {
+            tenant_id: job.tenant_id.clone(),
+            owner: mailbox.clone(),
+            options: tenant.mirror.clone(),
+            now: Utc::now(),
+            rebuild_central: false,
+        };
+        let plan = sync::plan_distribution(&ctx, sources, mailbox, target).map_err(|refusal| {
+            AttemptResult::Permanent {
+                reason: FailureReason::DeletionCapExceeded,
+                error: refusal.to_string(),
+            }
+        })?;
+        // Only a dry run has no folder, and a dry run writes nothing.
+        let folder = folder.cloned().unwrap_or(FolderRef::Default);
+        self.apply(client, job, mailbox, &folder, &plan, writes)
+            .await
     }
 
     /// Writes the plan (unless the job is a dry run) and counts what happened.
@@ -620,6 +735,36 @@ fn source_failure(mailbox: &Mailbox, error: &GraphError) -> Result<SourceFailure
             })
         }
         transient => Err(transient),
+    }
+}
+
+/// The persons `tenant`'s `Directory` settings select, read through Graph (a constant number of listings).
+async fn read_directory(
+    tenant: &TenantSettings,
+    client: &TenantClient,
+) -> Result<Vec<DirectoryPerson>, AttemptResult> {
+    let options = &tenant.distribution.directory;
+    let snapshot = client
+        .read_directory(options, tenant.shared_mailbox())
+        .await
+        .map_err(|e| directory_failure(&tenant.tenant_id, &e))?;
+    Ok(directory::select(&snapshot.read(), options))
+}
+
+/// A failed directory read: a missing permission, a refused `UserFilter` or an unknown group is the tenant's
+/// configuration to fix (permanent, the text names it); anything else is classified like any Graph error.
+pub fn directory_failure(tenant_id: &str, error: &DirectoryError) -> AttemptResult {
+    let doing = format!("reading the directory of {tenant_id}");
+    match error {
+        DirectoryError::Graph(graph) => classify(graph, &doing),
+        DirectoryError::MissingPermission { .. } => AttemptResult::Permanent {
+            reason: FailureReason::AccessDenied,
+            error: format!("{doing}: {error}"),
+        },
+        _ => AttemptResult::Permanent {
+            reason: FailureReason::GraphRejected,
+            error: format!("{doing}: {error}"),
+        },
     }
 }
 

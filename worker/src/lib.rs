@@ -15,6 +15,7 @@
 pub mod central_cache;
 pub mod consumer;
 pub mod delivery;
+pub mod directory_cache;
 pub mod disposition;
 pub mod embedded;
 pub mod health;

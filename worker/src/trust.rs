@@ -22,26 +22,51 @@ pub struct CentralLocation {
 }
 
 /// Why a job is refused; the text names what did not match, never a secret.
-pub fn check(job: &Job, tenant: &TenantSettings, expected: &CentralLocation) -> Result<(), String> {
-    let central = job.central();
-    if !central
-        .mailbox
-        .id
-        .eq_ignore_ascii_case(&expected.mailbox.id)
-    {
-        return Err(format!(
-            "the job's central mailbox {} is not this worker's GlobalAddressBookUserId {}",
-            central.mailbox.upn, tenant.global_address_book_user_id
-        ));
+///
+/// `expected` is where the tenant's central folder is, `None` when the tenant's mirror is off: a job must then name
+/// no central folder, and with the mirror on a phase-2 job must name it (a job leaving the mirror out would have
+/// every mirrored copy planned as gone).
+pub fn check(
+    job: &Job,
+    tenant: &TenantSettings,
+    expected: Option<&CentralLocation>,
+) -> Result<(), String> {
+    match (job.central(), expected) {
+        (Some(central), Some(expected)) => {
+            if !central
+                .mailbox
+                .id
+                .eq_ignore_ascii_case(&expected.mailbox.id)
+            {
+                return Err(format!(
+                    "the job's central mailbox {} is not this worker's GlobalAddressBookUserId {}",
+                    central.mailbox.upn, tenant.global_address_book_user_id
+                ));
+            }
+            if central.folder_id != expected.folder_id {
+                return Err(format!(
+                    "the job's central folder is not the folder named {:?} in {}",
+                    tenant.mirror.central_folder_name, tenant.global_address_book_user_id
+                ));
+            }
+        }
+        (Some(central), None) => {
+            return Err(format!(
+                "the job names a central mailbox {} but the tenant's mirror is off in this worker's configuration",
+                central.mailbox.upn
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(
+                "the job leaves out the central folder but the tenant's mirror is on in this worker's configuration"
+                    .into(),
+            )
+        }
+        (None, None) => {}
     }
-    if central.folder_id != expected.folder_id {
-        return Err(format!(
-            "the job's central folder is not the folder named {:?} in {}",
-            tenant.mirror.central_folder_name, tenant.global_address_book_user_id
-        ));
-    }
+    let shared = expected.map(|e| &e.mailbox);
     let allowed = |mailbox: &Mailbox| -> Result<(), String> {
-        if mailbox.id.eq_ignore_ascii_case(&expected.mailbox.id) {
+        if shared.is_some_and(|s| mailbox.id.eq_ignore_ascii_case(&s.id)) {
             return Err(format!(
                 "the job names the shared mailbox {} as a user mailbox",
                 mailbox.upn
@@ -147,7 +172,7 @@ mod tests {
 
     fn phase2(central: Mailbox, folder: &str, target: &str) -> Job {
         job(central, folder, |central| JobKind::Phase2 {
-            central,
+            central: Some(central),
             mailbox: mailbox(target),
         })
     }
@@ -159,7 +184,7 @@ mod tests {
             check(
                 &phase1(mailbox("shared"), "central", &["alice", "bob"]),
                 &t,
-                &expected()
+                Some(&expected())
             ),
             Ok(())
         );
@@ -167,7 +192,7 @@ mod tests {
             check(
                 &phase2(mailbox("shared"), "central", "alice"),
                 &t,
-                &expected()
+                Some(&expected())
             ),
             Ok(())
         );
@@ -181,7 +206,7 @@ mod tests {
         let forged = check(
             &phase1(mailbox("bob"), "bobs-folder", &["alice"]),
             &t,
-            &expected(),
+            Some(&expected()),
         );
         assert!(
             forged
@@ -192,7 +217,7 @@ mod tests {
         let other_folder = check(
             &phase2(mailbox("shared"), "private", "alice"),
             &t,
-            &expected(),
+            Some(&expected()),
         );
         assert!(
             other_folder
@@ -209,27 +234,57 @@ mod tests {
             check(
                 &phase2(mailbox("shared"), "central", "alice"),
                 &t,
-                &expected()
+                Some(&expected())
             ),
             Ok(())
         );
         assert!(check(
             &phase2(mailbox("shared"), "central", "carol"),
             &t,
-            &expected()
+            Some(&expected())
         )
         .is_err());
         assert!(check(
             &phase1(mailbox("shared"), "central", &["alice", "carol"]),
             &t,
-            &expected()
+            Some(&expected())
         )
         .is_err());
         let into_shared = check(
             &phase2(mailbox("shared"), "central", "shared"),
             &tenant(None),
-            &expected(),
+            Some(&expected()),
         );
         assert!(into_shared.is_err());
+    }
+
+    /// A directory-only tenant (mirror off) has no central folder: its jobs name none, and a job that does, or a
+    /// mirror tenant's job that leaves it out (every mirrored copy would look gone), is refused.
+    #[test]
+    fn the_central_folder_is_named_exactly_when_the_mirror_is_on() {
+        let t = tenant(None);
+        let directory_only = Job::new(
+            Uuid::now_v7(),
+            "contoso.onmicrosoft.com",
+            false,
+            JobKind::Phase2 {
+                central: None,
+                mailbox: mailbox("alice"),
+            },
+        );
+        assert_eq!(check(&directory_only, &t, None), Ok(()));
+        let without_mirror = check(&directory_only, &t, Some(&expected()));
+        assert!(
+            without_mirror
+                .as_ref()
+                .is_err_and(|e| e.contains("mirror is on")),
+            "{without_mirror:?}"
+        );
+        let forged = check(&phase2(mailbox("shared"), "central", "alice"), &t, None);
+        assert!(
+            forged.as_ref().is_err_and(|e| e.contains("mirror is off")),
+            "{forged:?}"
+        );
+        assert!(check(&phase1(mailbox("shared"), "central", &["alice"]), &t, None).is_err());
     }
 }

@@ -204,10 +204,10 @@ mod tests {
             "contoso.onmicrosoft.com",
             false,
             JobKind::Phase2 {
-                central: CentralFolder {
+                central: Some(CentralFolder {
                     mailbox: mailbox("shared"),
                     folder_id: Some("folder".into()),
-                },
+                }),
                 mailbox: mailbox("alice"),
             },
         )

@@ -3,17 +3,20 @@
 //! - [`record`]: users and org contacts as Graph returns them (what `graph::directory` decodes into);
 //! - [`selection`]: a tenant's `Directory` settings applied to what was read -> the exact persons to distribute,
 //!   and what one receiving mailbox gets (never its own entry); the deterministic sync id of a person;
-//! - [`mapping`]: a directory entry -> the fields of a contact (README, "field mapping").
-//!
-//! Not wired into jobs yet: the planners will take [`DirectoryPerson`]s beside the central folder's contacts.
+//! - [`mapping`]: a directory entry -> the fields of a contact (README, "field mapping");
+//! - [`combine`]: the central folder's contacts and one mailbox's persons -> the one list phase 2 plans against.
 
+pub mod combine;
 pub mod mapping;
 pub mod record;
 pub mod selection;
 
 #[cfg(test)]
+mod combine_tests;
+#[cfg(test)]
 mod tests;
 
+pub use combine::{combine, drop_directory_copies, overlay};
 pub use mapping::{org_contact_fields, user_fields, MAX_EMAIL_ADDRESSES};
 pub use record::{
     resolve_manager_names, AssignedLicense, ManagerRef, OfficeAddress, OrgContactRecord, Phone,

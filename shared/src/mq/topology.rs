@@ -381,10 +381,10 @@ mod tests {
             "x",
             false,
             JobKind::Phase2 {
-                central: CentralFolder {
+                central: Some(CentralFolder {
                     mailbox: mailbox.clone(),
                     folder_id: None,
-                },
+                }),
                 mailbox,
             },
         );

@@ -1,0 +1,102 @@
+//! The tenant's selected directory persons, read once per worker per run and shared by every phase-2 job of
+//! that run (issue 11): directory reads grow with the number of workers, never with the number of mailboxes.
+//!
+//! Its own small cache beside [`crate::central_cache`] because it holds another thing (persons, keyed by tenant and
+//! run only) and the central cache is tuned for memory separately. A failed load is not cached.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use shared::directory::DirectoryPerson;
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+/// How many (tenant, run) entries are kept; older ones are dropped.
+const MAX_ENTRIES: usize = 16;
+
+type Key = (String, Uuid);
+type Slot = Arc<OnceCell<Arc<Vec<DirectoryPerson>>>>;
+
+/// A per-process cache of the persons each tenant's `Directory` settings select.
+#[derive(Default)]
+pub struct DirectoryCache {
+    entries: Mutex<VecDeque<(Key, Slot)>>,
+}
+
+impl DirectoryCache {
+    /// The persons of `tenant` in `run`, loaded with `load` by the first caller; concurrent callers wait for that
+    /// one load.
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        tenant: &str,
+        run: Uuid,
+        load: F,
+    ) -> Result<Arc<Vec<DirectoryPerson>>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<DirectoryPerson>, E>>,
+    {
+        let slot = self.slot((tenant.to_ascii_lowercase(), run));
+        slot.get_or_try_init(|| async { load().await.map(Arc::new) })
+            .await
+            .cloned()
+    }
+
+    fn slot(&self, key: Key) -> Slot {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, slot)) = entries.iter().find(|(k, _)| *k == key) {
+            return slot.clone();
+        }
+        let slot: Slot = Arc::default();
+        entries.push_back((key, slot.clone()));
+        while entries.len() > MAX_ENTRIES {
+            entries.pop_front();
+        }
+        slot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn reads_once_per_tenant_and_run_and_never_keeps_a_failure() {
+        let cache = DirectoryCache::default();
+        let loads = AtomicUsize::new(0);
+        let run = Uuid::now_v7();
+        let load = || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            Ok::<_, ()>(Vec::new())
+        };
+        let (a, b) = tokio::join!(
+            cache.get_or_load("T", run, load),
+            cache.get_or_load("t", run, load)
+        );
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        cache
+            .get_or_load("t", Uuid::now_v7(), load)
+            .await
+            .expect("load");
+        assert_eq!(loads.load(Ordering::SeqCst), 2, "a new run reads again");
+        let other = Uuid::now_v7();
+        assert!(cache
+            .get_or_load("t", other, || async {
+                Err::<Vec<DirectoryPerson>, _>("403")
+            })
+            .await
+            .is_err());
+        cache
+            .get_or_load("t", other, load)
+            .await
+            .expect("tried again");
+        assert_eq!(loads.load(Ordering::SeqCst), 3);
+    }
+}
