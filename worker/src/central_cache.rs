@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use shared::message::CentralFolder;
 use shared::model::Contact;
+use shared::sync::PreparedCentral;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -19,7 +20,7 @@ use uuid::Uuid;
 /// seconds, so an entry idle this long belongs to a run that ended here.
 pub const IDLE: Duration = Duration::from_secs(120);
 
-type Slot = Arc<OnceCell<Arc<Vec<Contact>>>>;
+type Slot = Arc<OnceCell<Arc<PreparedCentral>>>;
 
 /// One tenant's cached folder.
 struct Entry {
@@ -58,14 +59,14 @@ impl CentralCache {
 
     /// The central folder of `tenant` in `run`, loaded with `load` by the first caller; concurrent callers wait
     /// for that one load. A failed load is not cached: the next caller tries again. Only the parts planning reads
-    /// are kept (see [`slim`]).
+    /// are kept (see [`slim`]), sorted and normalised once for every job ([`PreparedCentral`]).
     pub async fn get_or_load<F, Fut, E>(
         &self,
         tenant: &str,
         run: Uuid,
         central: &CentralFolder,
         load: F,
-    ) -> Result<Arc<Vec<Contact>>, E>
+    ) -> Result<Arc<PreparedCentral>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<Contact>, E>>,
@@ -73,9 +74,11 @@ impl CentralCache {
         let slot = self.slot(tenant, run, central.folder_id.as_deref(), Instant::now());
         self.ensure_sweeper();
         slot.get_or_try_init(|| async {
-            load()
-                .await
-                .map(|contacts| Arc::new(contacts.into_iter().map(slim).collect()))
+            load().await.map(|contacts| {
+                Arc::new(PreparedCentral::new(
+                    contacts.into_iter().map(slim).collect(),
+                ))
+            })
         })
         .await
         .cloned()
@@ -332,6 +335,6 @@ mod tests {
             })
             .await
             .expect("load");
-        assert_eq!(*got, vec![expected]);
+        assert_eq!(got.contacts(), [expected]);
     }
 }

@@ -424,12 +424,11 @@ impl JobRunner {
             now: Utc::now(),
             rebuild_central: false,
         };
-        let plan = sync::plan_distribution(&ctx, &central_contacts, mailbox, &target).map_err(
-            |refusal| AttemptResult::Permanent {
+        let plan = sync::plan_distribution_from(&ctx, &central_contacts, mailbox, &target)
+            .map_err(|refusal| AttemptResult::Permanent {
                 reason: FailureReason::DeletionCapExceeded,
                 error: refusal.to_string(),
-            },
-        )?;
+            })?;
         let mut done = self
             .apply(client, job, mailbox, &FolderRef::Default, &plan, writes)
             .await?;
