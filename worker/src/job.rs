@@ -312,25 +312,6 @@ impl JobRunner {
         }
 
         let central_contacts = read_central(client, central).await?;
-        let reads: Vec<(Mailbox, Result<Vec<Contact>, GraphError>)> = stream::iter(readable)
-            .map(|mailbox| async move {
-                let contacts = client.list_contacts(&mailbox.id, &FolderRef::Default).await;
-                (mailbox, contacts)
-            })
-            .buffer_unordered(SOURCE_READ_CONCURRENCY)
-            .collect()
-            .await;
-        let mut source_mailboxes = Vec::with_capacity(reads.len());
-        for (mailbox, read) in reads {
-            match read {
-                Ok(contacts) => source_mailboxes.push(SourceMailbox { mailbox, contacts }),
-                Err(error) => {
-                    cursors.mailboxes.remove(&mailbox.id);
-                    source_failures.push(source_failure(&mailbox, &error)?);
-                }
-            }
-        }
-        source_mailboxes.sort_by(|a, b| a.mailbox.id.cmp(&b.mailbox.id));
         let ctx = PlanContext {
             tenant_id: job.tenant_id.clone(),
             owner: central.mailbox.clone(),
@@ -338,6 +319,39 @@ impl JobRunner {
             now: Utc::now(),
             rebuild_central: job.rebuild_central,
         };
+        // Each source keeps only what can change the plan, dropped as soon as it is read (issue 10, scenario 10).
+        let central_keys = sync::CentralKeys::new(&ctx, &central_contacts);
+        let (keys, ctx_ref) = (&central_keys, &ctx);
+        let reads: Vec<(Mailbox, Result<SourceMailbox, GraphError>)> = stream::iter(readable)
+            .map(|mailbox| async move {
+                let read = client
+                    .list_contacts(&mailbox.id, &FolderRef::Default)
+                    .await
+                    .map(|contacts| {
+                        let mut source = SourceMailbox {
+                            mailbox: mailbox.clone(),
+                            contacts,
+                        };
+                        keys.retain_candidates(ctx_ref, &mut source);
+                        source
+                    });
+                (mailbox, read)
+            })
+            .buffer_unordered(SOURCE_READ_CONCURRENCY)
+            .collect()
+            .await;
+        let mut source_mailboxes = Vec::with_capacity(reads.len());
+        for (mailbox, read) in reads {
+            match read {
+                Ok(source) => source_mailboxes.push(source),
+                Err(error) => {
+                    cursors.mailboxes.remove(&mailbox.id);
+                    source_failures.push(source_failure(&mailbox, &error)?);
+                }
+            }
+        }
+        drop(central_keys);
+        source_mailboxes.sort_by(|a, b| a.mailbox.id.cmp(&b.mailbox.id));
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
         let folder = match &central.folder_id {
             Some(id) => FolderRef::Id(id.clone()),

@@ -82,6 +82,58 @@ impl std::ops::Deref for Candidate<'_> {
     }
 }
 
+/// Tells, while sources are read, the contacts phase 1 can do without: a source carrying the extended property of
+/// a person the central folder holds, with exactly that person's data, is a member that never updates it, never
+/// names its creator (it is not the original: its own derived id is another) and is never published, so
+/// [`plan_central`] plans the same without it. In a steady tenant that is every distributed copy in every mailbox,
+/// so phase 1 holds the central folder plus what differs from it, not users x central persons (issue 10,
+/// scenario 10; issue 13's 2.3 GiB job).
+pub struct CentralKeys {
+    /// The data of the central contact kept in sync for each sync id (the first by id, as [`plan_central`]).
+    by_sync: HashMap<SyncId, NormalizedFields>,
+}
+
+impl CentralKeys {
+    /// The keys of `central` (the folder [`plan_central`] will be given, with the same `ctx`).
+    pub fn new(ctx: &PlanContext, central: &[Contact]) -> Self {
+        let mut sorted: Vec<&Contact> = central.iter().collect();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut by_sync = HashMap::new();
+        for contact in sorted {
+            let sync = effective_sync_id(contact)
+                .unwrap_or_else(|| SyncId::derive(&ctx.tenant_id, &ctx.owner.id, &contact.id));
+            by_sync
+                .entry(sync)
+                .or_insert_with(|| normalize(&contact.fields));
+        }
+        CentralKeys { by_sync }
+    }
+
+    /// Whether [`plan_central`] plans the same without `contact` of `mailbox` (see [`CentralKeys`]).
+    pub fn is_inert(&self, ctx: &PlanContext, mailbox: &Mailbox, contact: &Contact) -> bool {
+        let Some(property) = property_sync_id(contact) else {
+            return false;
+        };
+        if has_category(&contact.categories, &ctx.options.opt_out_category)
+            || SyncId::derive(&ctx.tenant_id, &mailbox.id, &contact.id) == property
+        {
+            return false;
+        }
+        self.by_sync
+            .get(&property)
+            .is_some_and(|norm| *norm == normalize(&contact.fields))
+    }
+
+    /// Drops from `source` the contacts [`plan_central`] can do without.
+    pub fn retain_candidates(&self, ctx: &PlanContext, source: &mut SourceMailbox) {
+        let mailbox = &source.mailbox;
+        source
+            .contacts
+            .retain(|contact| !self.is_inert(ctx, mailbox, contact));
+        source.contacts.shrink_to_fit();
+    }
+}
+
 /// Of `members` (indices into `candidates`), the one with the newest `last_modified` (unknown counts as oldest);
 /// the first one on a tie.
 fn newest_index(
