@@ -69,7 +69,8 @@ enum Group {
     Target,
     /// Issue 10's memory case: one worker process, latency 0, no budget; a central folder of --memory-contacts
     /// (one user holds them) distributed to --memory-users, then a 1%-changed re-run (phase 1 reads every
-    /// source, phase 2 every mailbox); the worker's peak RSS is the figure (not in the default set).
+    /// source, phase 2 every mailbox); then phase 1 with many sources (--memory-sources users x 1 contact,
+    /// initial sync and a 1%-changed re-run); the worker's peak RSS is the figure (not in the default set).
     Memory,
 }
 
@@ -160,6 +161,9 @@ struct Cli {
     /// Users of the memory group (each receives the whole central folder).
     #[arg(long, default_value_t = 2)]
     memory_users: usize,
+    /// Users of the memory group's many-sources estate (1 contact each; every mailbox ends holding them all).
+    #[arg(long, default_value_t = 300)]
+    memory_sources: usize,
     /// Mode of the big-user, tenants and scaling groups.
     #[arg(long, default_value = "embedded")]
     other_mode: String,
@@ -559,6 +563,25 @@ async fn memory(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         "{} central contacts, {} users",
         cli.memory_contacts, shape.users
     );
+    let initial = first("memory", &format!("{name}: initial sync"));
+    rows.push(measure(&quick, &estate, budget, mode, initial).await?);
+    let (edited, added) = estate.change(0.01)?;
+    let run = Run {
+        edited,
+        added,
+        ..again("memory", &format!("{name}: re-run, 1% changed"))
+    };
+    rows.push(measure(&quick, &estate, budget, mode, run).await?);
+    drop(estate);
+
+    // Phase 1 with many sources: on the re-run every mailbox holds a copy of everyone.
+    let shape = Shape {
+        users: cli.memory_sources.max(1),
+        big_user_contacts: 0,
+        ..shape
+    };
+    let estate = Estate::seed(shape, budget, Duration::ZERO).await?;
+    let name = format!("{} sources x 1 contact", shape.users);
     let initial = first("memory", &format!("{name}: initial sync"));
     rows.push(measure(&quick, &estate, budget, mode, initial).await?);
     let (edited, added) = estate.change(0.01)?;
