@@ -20,7 +20,7 @@ use shared::message::{
     CentralFolder, FailureReason, GraphCounts, Job, JobKind, Report, SourceFailure, SCHEMA_VERSION,
 };
 use shared::model::{Contact, Mailbox, WriteOp};
-use shared::sync::{self, Plan, PlanContext, PlanCounts, SourceMailbox};
+use shared::sync::{self, Plan, PlanContext, PlanCounts, PreparedCentral, SourceMailbox};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -323,10 +323,30 @@ impl JobRunner {
         }
 
         let central_contacts = read_central(client, central).await?;
-        let reads: Vec<(Mailbox, Result<Vec<Contact>, GraphError>)> = stream::iter(readable)
+        let ctx = PlanContext {
+            tenant_id: job.tenant_id.clone(),
+            owner: central.mailbox.clone(),
+            options: tenant.mirror.clone(),
+            now: Utc::now(),
+            rebuild_central: job.rebuild_central,
+        };
+        // Each source keeps only what can change the plan, dropped as soon as it is read (issue 10, scenario 10).
+        let central_keys = sync::CentralKeys::new(&ctx, &central_contacts);
+        let (keys, ctx_ref) = (&central_keys, &ctx);
+        let reads: Vec<(Mailbox, Result<SourceMailbox, GraphError>)> = stream::iter(readable)
             .map(|mailbox| async move {
-                let contacts = client.list_contacts(&mailbox.id, &FolderRef::Default).await;
-                (mailbox, contacts)
+                let read = client
+                    .list_contacts(&mailbox.id, &FolderRef::Default)
+                    .await
+                    .map(|contacts| {
+                        let mut source = SourceMailbox {
+                            mailbox: mailbox.clone(),
+                            contacts,
+                        };
+                        keys.retain_candidates(ctx_ref, &mut source);
+                        source
+                    });
+                (mailbox, read)
             })
             .buffer_unordered(SOURCE_READ_CONCURRENCY)
             .collect()
@@ -334,13 +354,14 @@ impl JobRunner {
         let mut source_mailboxes = Vec::with_capacity(reads.len());
         for (mailbox, read) in reads {
             match read {
-                Ok(contacts) => source_mailboxes.push(SourceMailbox { mailbox, contacts }),
+                Ok(source) => source_mailboxes.push(source),
                 Err(error) => {
                     cursors.mailboxes.remove(&mailbox.id);
                     source_failures.push(source_failure(&mailbox, &error)?);
                 }
             }
         }
+        drop(central_keys);
         source_mailboxes.sort_by(|a, b| a.mailbox.id.cmp(&b.mailbox.id));
         if job.rebuild_central && tenant.distribution.directory.enabled {
             // A rebuild publishes stamped copies; the directory's copies are not mirrored persons.
@@ -354,13 +375,6 @@ impl JobRunner {
                 directory::drop_directory_copies(&mut source.contacts, &persons);
             }
         }
-        let ctx = PlanContext {
-            tenant_id: job.tenant_id.clone(),
-            owner: central.mailbox.clone(),
-            options: tenant.mirror.clone(),
-            now: Utc::now(),
-            rebuild_central: job.rebuild_central,
-        };
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
         let folder = match &central.folder_id {
             Some(id) => FolderRef::Id(id.clone()),
@@ -450,18 +464,24 @@ impl JobRunner {
                     })
                     .await?
             }
-            None => Arc::default(),
+            None => Arc::new(PreparedCentral::new(Vec::new())),
         };
-        // Without the directory the cached central list is planned against as it is (no copy per job).
+        // Without the directory the cached central folder, prepared once, is planned against as it is (no copy per
+        // job); with it, the combined list is prepared for this mailbox.
         let combined;
-        let sources: &[Contact] = if directory_on {
+        let sources: &PreparedCentral = if directory_on {
             let persons = self
                 .directory
                 .get_or_load(&job.tenant_id, job.run_id, || {
                     read_directory(tenant, client)
                 })
                 .await?;
-            combined = directory::combine(mailbox, &central_contacts, &persons, Utc::now());
+            combined = PreparedCentral::new(directory::combine(
+                mailbox,
+                central_contacts.contacts(),
+                &persons,
+                Utc::now(),
+            ));
             &combined
         } else {
             &central_contacts
@@ -531,7 +551,7 @@ impl JobRunner {
         tenant: &TenantSettings,
         client: &TenantClient,
         job: &Job,
-        sources: &[Contact],
+        sources: &PreparedCentral,
         mailbox: &Mailbox,
         folder: Option<&FolderRef>,
         target: &[Contact],
@@ -544,7 +564,7 @@ impl JobRunner {
             now: Utc::now(),
             rebuild_central: false,
         };
-        let plan = sync::plan_distribution(&ctx, sources, mailbox, target).map_err(|refusal| {
+        let plan = sync::plan_distribution_from(&ctx, sources, mailbox, target).map_err(|refusal| {
             AttemptResult::Permanent {
                 reason: FailureReason::DeletionCapExceeded,
                 error: refusal.to_string(),

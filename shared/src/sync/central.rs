@@ -4,6 +4,7 @@
 //! with the newest edit made anywhere (an owner's original or anyone's distributed copy), and nothing a user kept
 //! private or anything removed centrally may come back. See [`plan_central`] for the rules.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
 use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
@@ -23,13 +24,31 @@ pub struct SourceMailbox {
     pub contacts: Vec<Contact>,
 }
 
-/// A source contact with what matching needs precomputed.
-pub(crate) struct Candidate<'a> {
-    pub(crate) mailbox: &'a Mailbox,
-    pub(crate) contact: &'a Contact,
+/// What matching and comparing a contact need, computed from its fields once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchKeys {
     pub(crate) emails: BTreeSet<String>,
     pub(crate) name: Option<String>,
     pub(crate) norm: NormalizedFields,
+}
+
+impl MatchKeys {
+    /// The keys of `contact`.
+    pub fn of(contact: &Contact) -> Self {
+        MatchKeys {
+            emails: email_keys(&contact.fields),
+            name: name_key(&contact.fields),
+            norm: normalize(&contact.fields),
+        }
+    }
+}
+
+/// A source contact with what matching needs precomputed (its keys borrowed when computed earlier, e.g. once per
+/// cached central folder).
+pub(crate) struct Candidate<'a> {
+    pub(crate) mailbox: &'a Mailbox,
+    pub(crate) contact: &'a Contact,
+    keys: Cow<'a, MatchKeys>,
 }
 
 impl<'a> Candidate<'a> {
@@ -37,10 +56,81 @@ impl<'a> Candidate<'a> {
         Candidate {
             mailbox,
             contact,
-            emails: email_keys(&contact.fields),
-            name: name_key(&contact.fields),
-            norm: normalize(&contact.fields),
+            keys: Cow::Owned(MatchKeys::of(contact)),
         }
+    }
+
+    /// A candidate whose keys were computed before (they must be `contact`'s).
+    pub(crate) fn with_keys(
+        mailbox: &'a Mailbox,
+        contact: &'a Contact,
+        keys: &'a MatchKeys,
+    ) -> Self {
+        Candidate {
+            mailbox,
+            contact,
+            keys: Cow::Borrowed(keys),
+        }
+    }
+}
+
+impl std::ops::Deref for Candidate<'_> {
+    type Target = MatchKeys;
+
+    fn deref(&self) -> &MatchKeys {
+        &self.keys
+    }
+}
+
+/// Tells, while sources are read, the contacts phase 1 can do without: a source carrying the extended property of
+/// a person the central folder holds, with exactly that person's data, is a member that never updates it, never
+/// names its creator (it is not the original: its own derived id is another) and is never published, so
+/// [`plan_central`] plans the same without it. In a steady tenant that is every distributed copy in every mailbox,
+/// so phase 1 holds the central folder plus what differs from it, not users x central persons (issue 10,
+/// scenario 10; issue 13's 2.3 GiB job).
+pub struct CentralKeys {
+    /// The data of the central contact kept in sync for each sync id (the first by id, as [`plan_central`]).
+    by_sync: HashMap<SyncId, NormalizedFields>,
+}
+
+impl CentralKeys {
+    /// The keys of `central` (the folder [`plan_central`] will be given, with the same `ctx`).
+    pub fn new(ctx: &PlanContext, central: &[Contact]) -> Self {
+        let mut sorted: Vec<&Contact> = central.iter().collect();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut by_sync = HashMap::new();
+        for contact in sorted {
+            let sync = effective_sync_id(contact)
+                .unwrap_or_else(|| SyncId::derive(&ctx.tenant_id, &ctx.owner.id, &contact.id));
+            by_sync
+                .entry(sync)
+                .or_insert_with(|| normalize(&contact.fields));
+        }
+        CentralKeys { by_sync }
+    }
+
+    /// Whether [`plan_central`] plans the same without `contact` of `mailbox` (see [`CentralKeys`]).
+    pub fn is_inert(&self, ctx: &PlanContext, mailbox: &Mailbox, contact: &Contact) -> bool {
+        let Some(property) = property_sync_id(contact) else {
+            return false;
+        };
+        if has_category(&contact.categories, &ctx.options.opt_out_category)
+            || SyncId::derive(&ctx.tenant_id, &mailbox.id, &contact.id) == property
+        {
+            return false;
+        }
+        self.by_sync
+            .get(&property)
+            .is_some_and(|norm| *norm == normalize(&contact.fields))
+    }
+
+    /// Drops from `source` the contacts [`plan_central`] can do without.
+    pub fn retain_candidates(&self, ctx: &PlanContext, source: &mut SourceMailbox) {
+        let mailbox = &source.mailbox;
+        source
+            .contacts
+            .retain(|contact| !self.is_inert(ctx, mailbox, contact));
+        source.contacts.shrink_to_fit();
     }
 }
 
@@ -95,6 +185,7 @@ fn drivers(
     unidentified: &[usize],
     assignment: &[Option<usize>],
 ) -> Vec<Option<usize>> {
+    let mut assigned = assigned_members(entries.len(), unidentified, assignment);
     entries
         .iter()
         .enumerate()
@@ -103,13 +194,7 @@ fn drivers(
                 return None;
             }
             let mut members = entry.members.clone();
-            members.extend(
-                unidentified
-                    .iter()
-                    .zip(assignment)
-                    .filter(|(_, a)| **a == Some(ci))
-                    .map(|(&si, _)| si),
-            );
+            members.append(&mut assigned[ci]);
             members.sort_unstable();
             newest_index(
                 members
@@ -120,6 +205,81 @@ fn drivers(
             .filter(|&m| candidates[m].contact.last_modified > entry.c.contact.last_modified)
         })
         .collect()
+}
+
+/// Per central entry, the unidentified sources `assignment` matched with it, in `unidentified` order: one pass,
+/// where a scan of every source per entry made a 100,000-contact folder's plan quadratic.
+fn assigned_members(
+    entries: usize,
+    unidentified: &[usize],
+    assignment: &[Option<usize>],
+) -> Vec<Vec<usize>> {
+    let mut assigned = vec![Vec::new(); entries];
+    for (&si, a) in unidentified.iter().zip(assignment) {
+        if let Some(ci) = *a {
+            assigned[ci].push(si);
+        }
+    }
+    assigned
+}
+
+/// New people by their first member's keys. A person can only take a source sharing an email with every member
+/// (without emails: the same name), so the first member's keys find every person that can; looking there instead
+/// of scanning every person per source keeps gathering linear (100,000 new contacts took hours).
+#[derive(Default)]
+struct PeopleIndex<'c> {
+    by_email: HashMap<&'c str, Vec<usize>>,
+    by_name: HashMap<&'c str, Vec<usize>>,
+    by_key: HashMap<SyncId, usize>,
+}
+
+impl<'c> PeopleIndex<'c> {
+    /// Records person number `person`, whose first member is `first` and rebuild key `key`.
+    fn add(&mut self, person: usize, first: &'c Candidate, key: Option<&SyncId>) {
+        for email in &first.emails {
+            self.by_email.entry(email).or_default().push(person);
+        }
+        if let Some(name) = &first.name {
+            self.by_name.entry(name).or_default().push(person);
+        }
+        if let Some(key) = key {
+            self.by_key.entry(key.clone()).or_insert(person);
+        }
+    }
+
+    /// The first person (in creation order) `source` joins: every member shares an email with it, or, when it has
+    /// none, every member has its name.
+    fn gathering(
+        &self,
+        people: &[NewPerson],
+        candidates: &[Candidate],
+        source: &Candidate,
+    ) -> Option<usize> {
+        let mut found: Vec<usize> = if source.emails.is_empty() {
+            let name = source.name.as_deref()?;
+            self.by_name.get(name).cloned().unwrap_or_default()
+        } else {
+            source
+                .emails
+                .iter()
+                .filter_map(|e| self.by_email.get(e.as_str()))
+                .flatten()
+                .copied()
+                .collect()
+        };
+        found.sort_unstable();
+        found.dedup();
+        found.into_iter().find(|&p| {
+            let members = &people[p].members;
+            if source.emails.is_empty() {
+                members.iter().all(|&m| candidates[m].name == source.name)
+            } else {
+                members
+                    .iter()
+                    .all(|&m| !candidates[m].emails.is_disjoint(&source.emails))
+            }
+        })
+    }
 }
 
 /// Matches each unidentified source to the central entry its data names after `updates` (see [`DataIndex`]: the
@@ -294,6 +454,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
 
     // Unidentified sources that match no central contact are new people.
     let mut people: Vec<NewPerson> = Vec::new();
+    let mut index = PeopleIndex::default();
     for (&si, assigned) in unidentified.iter().zip(&assignment) {
         if assigned.is_some() {
             continue;
@@ -305,32 +466,20 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         }
         // Rebuilding: a contact the tool stamped brings its person back under the same sync id, so every copy in
         // every mailbox stays matched.
-        if let Some(key) = property_sync_id(source.contact).filter(|_| ctx.rebuild_central) {
-            match people.iter_mut().find(|p| p.key.as_ref() == Some(&key)) {
-                Some(person) => person.members.push(si),
-                None => people.push(NewPerson {
-                    key: Some(key),
-                    members: vec![si],
-                }),
-            }
-            continue;
-        }
-        let gathered = people.iter_mut().find(|p| {
-            if source.emails.is_empty() {
-                source.name.is_some()
-                    && p.members.iter().all(|&m| candidates[m].name == source.name)
-            } else {
-                p.members
-                    .iter()
-                    .all(|&m| !candidates[m].emails.is_disjoint(&source.emails))
-            }
-        });
+        let key = property_sync_id(source.contact).filter(|_| ctx.rebuild_central);
+        let gathered = match &key {
+            Some(key) => index.by_key.get(key).copied(),
+            None => index.gathering(&people, &candidates, source),
+        };
         match gathered {
-            Some(person) => person.members.push(si),
-            None => people.push(NewPerson {
-                key: None,
-                members: vec![si],
-            }),
+            Some(person) => people[person].members.push(si),
+            None => {
+                index.add(people.len(), source, key.as_ref());
+                people.push(NewPerson {
+                    key,
+                    members: vec![si],
+                });
+            }
         }
     }
     let people_ids = new_people_ids(ctx, &people, &candidates, by_sync.keys());
@@ -348,6 +497,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
     } else {
         0
     };
+    let mut assigned = assigned_members(entries.len(), &unidentified, &assignment);
     for (ci, entry) in entries.iter().enumerate() {
         if !entry.canonical && duplicates_left > 0 && is_managed(entry) {
             duplicates_left -= 1;
@@ -355,13 +505,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
             continue;
         }
         let mut members = entry.members.clone();
-        members.extend(
-            unidentified
-                .iter()
-                .zip(&assignment)
-                .filter(|(_, a)| **a == Some(ci))
-                .map(|(&si, _)| si),
-        );
+        members.append(&mut assigned[ci]);
         items.push(plan_entry(ctx, entry, &candidates, &members, updates[ci]));
     }
 

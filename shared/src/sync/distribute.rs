@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::config::MirrorOptions;
 use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
 
-use super::central::{with_category, Candidate};
+use super::central::{with_category, Candidate, MatchKeys};
 use super::identity::{
     effective_sync_id, names_mailbox, ownership, property_sync_id, OwnerReason, Ownership, SyncId,
 };
@@ -86,15 +86,52 @@ pub fn plan_distribution(
     target_mailbox: &Mailbox,
     target: &[Contact],
 ) -> Result<Plan, PlanRefusal> {
+    plan_distribution_from(
+        ctx,
+        &PreparedCentral::new(central.to_vec()),
+        target_mailbox,
+        target,
+    )
+}
+
+/// The central folder as phase 2 plans from it: sorted by id and normalised once, so the phase-2 jobs of a run
+/// that share one cached folder (100,000 contacts, say) do not each sort and normalise it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedCentral {
+    /// By id (a stable sort: contacts sharing an id keep their read order).
+    contacts: Vec<Contact>,
+    /// `keys[i]` are `contacts[i]`'s.
+    keys: Vec<MatchKeys>,
+}
+
+impl PreparedCentral {
+    /// Sorts and normalises `contacts` (a complete read of the central folder).
+    pub fn new(mut contacts: Vec<Contact>) -> Self {
+        contacts.sort_by(|a, b| a.id.cmp(&b.id));
+        let keys = contacts.iter().map(MatchKeys::of).collect();
+        PreparedCentral { contacts, keys }
+    }
+
+    /// The contacts, by id.
+    pub fn contacts(&self) -> &[Contact] {
+        &self.contacts
+    }
+}
+
+/// [`plan_distribution`] from a central folder prepared once ([`PreparedCentral`]); the same plan.
+pub fn plan_distribution_from(
+    ctx: &PlanContext,
+    central: &PreparedCentral,
+    target_mailbox: &Mailbox,
+    target: &[Contact],
+) -> Result<Plan, PlanRefusal> {
     let options = &ctx.options;
     let mut items = Vec::new();
 
     // Central persons, by id.
-    let mut central_sorted: Vec<&Contact> = central.iter().collect();
-    central_sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let mut sources: Vec<Source> = Vec::new();
     let mut central_ids: BTreeSet<SyncId> = BTreeSet::new();
-    for contact in central_sorted {
+    for (contact, keys) in central.contacts.iter().zip(&central.keys) {
         let Some(sync) = effective_sync_id(contact) else {
             items.push(PlanItem {
                 op: None,
@@ -110,7 +147,7 @@ pub fn plan_distribution(
         };
         let canonical = central_ids.insert(sync.clone());
         sources.push(Source {
-            c: Candidate::new(&ctx.owner, contact),
+            c: Candidate::with_keys(&ctx.owner, contact, keys),
             stamp: NotesStamp::parse(contact.personal_notes.as_deref()),
             sync,
             canonical,

@@ -25,8 +25,8 @@ pub mod stamp;
 #[cfg(test)]
 mod tests;
 
-pub use central::{plan_central, SourceMailbox};
-pub use distribute::plan_distribution;
+pub use central::{plan_central, CentralKeys, SourceMailbox};
+pub use distribute::{plan_distribution, plan_distribution_from, PreparedCentral};
 pub use identity::{effective_sync_id, ownership, OwnerReason, Ownership, SyncId};
 pub use plan::{ActionKind, Plan, PlanContext, PlanCounts, PlanItem, PlanRefusal, Reason};
 pub use stamp::NotesStamp;

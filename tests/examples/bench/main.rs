@@ -67,6 +67,11 @@ enum Group {
     /// Issue 6's stated target size: U=200, C=20, scaled budget, one embedded worker per mailbox (about 4
     /// minutes; not in the default set).
     Target,
+    /// Issue 10's memory case: one worker process, latency 0, no budget; a central folder of --memory-contacts
+    /// (one user holds them) distributed to --memory-users, then a 1%-changed re-run (phase 1 reads every
+    /// source, phase 2 every mailbox); then phase 1 with many sources (--memory-sources users x 1 contact,
+    /// initial sync and a 1%-changed re-run); the worker's peak RSS is the figure (not in the default set).
+    Memory,
 }
 
 /// Measures contactmirror against Graph's throttling floor, a perfect client and the replaced script.
@@ -150,6 +155,15 @@ struct Cli {
     /// every point budget-bound).
     #[arg(long, value_enum, default_value = "real")]
     scale_budget: Profile,
+    /// Contacts of the memory group's central folder (held by one user, so the initial sync fills it).
+    #[arg(long, default_value_t = 100_000)]
+    memory_contacts: usize,
+    /// Users of the memory group (each receives the whole central folder).
+    #[arg(long, default_value_t = 2)]
+    memory_users: usize,
+    /// Users of the memory group's many-sources estate (1 contact each; every mailbox ends holding them all).
+    #[arg(long, default_value_t = 300)]
+    memory_sources: usize,
     /// Mode of the big-user, tenants and scaling groups.
     #[arg(long, default_value = "embedded")]
     other_mode: String,
@@ -247,6 +261,7 @@ async fn main() -> Result<()> {
     let needs_workers = cli.scenarios.contains(&Group::Throughput)
         || (cli.scenarios.contains(&Group::Sync)
             && sync_modes.iter().any(|m| matches!(m, Mode::Broker { .. })))
+        || cli.scenarios.contains(&Group::Memory)
         || matches!(other_mode, Mode::Broker { .. });
     let scratch = std::env::temp_dir().join(format!(
         "contactmirror-bench-{}",
@@ -357,6 +372,7 @@ async fn main() -> Result<()> {
                 .await
             }
             Group::Scaling => scaling(&ctx, &cli, other_mode, &mut rows).await,
+            Group::Memory => memory(&ctx, &cli, &mut rows).await,
         };
         if let Err(error) = result {
             let text = format!("{group:?}: {error:#}");
@@ -520,6 +536,61 @@ async fn throughput(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         )
         .await?,
     );
+    Ok(())
+}
+
+/// Issue 10's memory case in one real worker process (its VmHWM is the figure; graphsim stays in the bench
+/// process): the initial sync of a --memory-contacts central folder to --memory-users, then a 1%-changed re-run,
+/// which reads every folder again.
+async fn memory(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
+    let shape = Shape {
+        tenants: 1,
+        users: cli.memory_users.max(1),
+        contacts: 1,
+        overlap: 0.0,
+        big_user_contacts: cli.memory_contacts,
+    };
+    let quick = Ctx {
+        fleet: ctx.fleet.clone(),
+        latency: Duration::ZERO,
+        started: ctx.started,
+        worker_source: ctx.worker_source.clone(),
+    };
+    let budget = Budget::Unlimited;
+    let mode = Mode::Broker { processes: 1 };
+    let estate = Estate::seed(shape, budget, Duration::ZERO).await?;
+    let name = format!(
+        "{} central contacts, {} users",
+        cli.memory_contacts, shape.users
+    );
+    let initial = first("memory", &format!("{name}: initial sync"));
+    rows.push(measure(&quick, &estate, budget, mode, initial).await?);
+    let (edited, added) = estate.change(0.01)?;
+    let run = Run {
+        edited,
+        added,
+        ..again("memory", &format!("{name}: re-run, 1% changed"))
+    };
+    rows.push(measure(&quick, &estate, budget, mode, run).await?);
+    drop(estate);
+
+    // Phase 1 with many sources: on the re-run every mailbox holds a copy of everyone.
+    let shape = Shape {
+        users: cli.memory_sources.max(1),
+        big_user_contacts: 0,
+        ..shape
+    };
+    let estate = Estate::seed(shape, budget, Duration::ZERO).await?;
+    let name = format!("{} sources x 1 contact", shape.users);
+    let initial = first("memory", &format!("{name}: initial sync"));
+    rows.push(measure(&quick, &estate, budget, mode, initial).await?);
+    let (edited, added) = estate.change(0.01)?;
+    let run = Run {
+        edited,
+        added,
+        ..again("memory", &format!("{name}: re-run, 1% changed"))
+    };
+    rows.push(measure(&quick, &estate, budget, mode, run).await?);
     Ok(())
 }
 
