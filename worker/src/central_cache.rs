@@ -1,60 +1,30 @@
 //! The central folder, read once per worker per run and shared by every phase-2 job of that run.
 //!
-//! Phase-2 reads of the shared mailbox so grow with the number of workers, not with the number of users. A central
-//! folder can hold 100,000 contacts (issue 10, scenario 10), so the cache is bounded and emptied: one entry per
-//! tenant (a newer run, or another folder, replaces the older entry), only what planning reads is kept, and an
-//! entry no job asked for during [`IDLE`] is dropped, so a worker between runs holds no folder.
+//! Phase-2 reads of the shared mailbox so grow with the number of workers, not with the number of users. The
+//! bounds and the emptying are [`RunCache`]'s (one entry per tenant, another run or folder replaces it, idle
+//! entries dropped); this keeps only what planning reads, sorted and normalised once ([`PreparedCentral`]).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shared::message::CentralFolder;
 use shared::model::Contact;
 use shared::sync::PreparedCentral;
-use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-/// How long an entry stays after the last job that asked for it: a run's phase-2 jobs follow one another within
-/// seconds, so an entry idle this long belongs to a run that ended here.
-pub const IDLE: Duration = Duration::from_secs(120);
-
-type Slot = Arc<OnceCell<Arc<PreparedCentral>>>;
-
-/// One tenant's cached folder.
-struct Entry {
-    run: Uuid,
-    folder_id: Option<String>,
-    slot: Slot,
-    last_used: Instant,
-}
-
-type Entries = Mutex<Vec<(String, Entry)>>;
+use crate::run_cache::RunCache;
+pub use crate::run_cache::IDLE;
 
 /// A per-process cache of central folder contents: at most one entry per tenant.
-pub struct CentralCache {
-    entries: Arc<Entries>,
-    /// Set while a sweeper task runs (one at a time).
-    sweeping: Arc<Mutex<bool>>,
-    /// How long an unused entry stays ([`IDLE`]).
-    idle: Duration,
-}
-
-impl Default for CentralCache {
-    fn default() -> Self {
-        Self::with_idle(IDLE)
-    }
-}
+#[derive(Default)]
+pub struct CentralCache(RunCache<PreparedCentral>);
 
 impl CentralCache {
     /// A cache whose entries are dropped after `idle` without use.
     pub fn with_idle(idle: Duration) -> Self {
-        Self {
-            entries: Arc::default(),
-            sweeping: Arc::default(),
-            idle,
-        }
+        Self(RunCache::with_idle(idle))
     }
 
     /// The central folder of `tenant` in `run`, loaded with `load` by the first caller; concurrent callers wait
@@ -71,104 +41,29 @@ impl CentralCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<Contact>, E>>,
     {
-        let slot = self.slot(tenant, run, central.folder_id.as_deref(), Instant::now());
-        self.ensure_sweeper();
-        slot.get_or_try_init(|| async {
-            load().await.map(|contacts| {
-                Arc::new(PreparedCentral::new(
-                    contacts.into_iter().map(slim).collect(),
-                ))
+        self.0
+            .get_or_load(tenant, run, central.folder_id.as_deref(), || async {
+                load()
+                    .await
+                    .map(|contacts| PreparedCentral::new(contacts.into_iter().map(slim).collect()))
             })
-        })
-        .await
-        .cloned()
+            .await
     }
 
     /// How many tenants have an entry (for tests and metrics).
     pub fn len(&self) -> usize {
-        lock(&self.entries).len()
+        self.0.len()
     }
 
     /// Whether no tenant has an entry.
     pub fn is_empty(&self) -> bool {
-        lock(&self.entries).is_empty()
+        self.0.is_empty()
     }
 
     /// Drops the entries no job asked for since `now - idle`. Jobs still holding a folder keep it until they end.
     pub fn evict_idle(&self, now: Instant, idle: Duration) {
-        evict(&self.entries, now, idle);
+        self.0.evict_idle(now, idle);
     }
-
-    fn slot(&self, tenant: &str, run: Uuid, folder_id: Option<&str>, now: Instant) -> Slot {
-        let tenant = tenant.to_ascii_lowercase();
-        let mut entries = lock(&self.entries);
-        if let Some((_, entry)) = entries.iter_mut().find(|(t, _)| *t == tenant) {
-            if entry.run == run && entry.folder_id.as_deref() == folder_id {
-                entry.last_used = now;
-                return entry.slot.clone();
-            }
-            // Another run (or folder) of this tenant: the older one is over for this worker.
-            *entry = Entry::new(run, folder_id, now);
-            return entry.slot.clone();
-        }
-        let entry = Entry::new(run, folder_id, now);
-        let slot = entry.slot.clone();
-        entries.push((tenant, entry));
-        slot
-    }
-
-    /// Starts the task that empties idle entries, unless one runs; it ends when the cache is empty or dropped.
-    fn ensure_sweeper(&self) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        {
-            let mut sweeping = lock(&self.sweeping);
-            if *sweeping {
-                return;
-            }
-            *sweeping = true;
-        }
-        let entries: Weak<Entries> = Arc::downgrade(&self.entries);
-        let sweeping = self.sweeping.clone();
-        let idle = self.idle;
-        handle.spawn(async move {
-            loop {
-                tokio::time::sleep(idle / 4).await;
-                let Some(entries) = entries.upgrade() else {
-                    return;
-                };
-                evict(&entries, Instant::now(), idle);
-                // Checked under the entries' lock, so an entry added meanwhile sees `sweeping` still set.
-                let guard = lock(&entries);
-                if guard.is_empty() {
-                    *lock(&sweeping) = false;
-                    return;
-                }
-            }
-        });
-    }
-}
-
-impl Entry {
-    fn new(run: Uuid, folder_id: Option<&str>, now: Instant) -> Self {
-        Entry {
-            run,
-            folder_id: folder_id.map(str::to_owned),
-            slot: Slot::default(),
-            last_used: now,
-        }
-    }
-}
-
-fn evict(entries: &Entries, now: Instant, idle: Duration) {
-    lock(entries).retain(|(_, e)| now.saturating_duration_since(e.last_used) < idle);
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A central contact as phase 2 plans from it: its change key only tells the job's own writes apart in the

@@ -1,28 +1,18 @@
 //! The tenant's selected directory persons, read once per worker per run and shared by every phase-2 job of
 //! that run (issue 11): directory reads grow with the number of workers, never with the number of mailboxes.
-//!
-//! Its own small cache beside [`crate::central_cache`] because it holds another thing (persons, keyed by tenant and
-//! run only) and the central cache is tuned for memory separately. A failed load is not cached.
+//! Bounded and emptied like the central folder ([`RunCache`]). A failed load is not cached.
 
-use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use shared::directory::DirectoryPerson;
-use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-/// How many (tenant, run) entries are kept; older ones are dropped.
-const MAX_ENTRIES: usize = 16;
+use crate::run_cache::RunCache;
 
-type Key = (String, Uuid);
-type Slot = Arc<OnceCell<Arc<Vec<DirectoryPerson>>>>;
-
-/// A per-process cache of the persons each tenant's `Directory` settings select.
+/// A per-process cache of the persons each tenant's `Directory` settings select: at most one entry per tenant.
 #[derive(Default)]
-pub struct DirectoryCache {
-    entries: Mutex<VecDeque<(Key, Slot)>>,
-}
+pub struct DirectoryCache(RunCache<Vec<DirectoryPerson>>);
 
 impl DirectoryCache {
     /// The persons of `tenant` in `run`, loaded with `load` by the first caller; concurrent callers wait for that
@@ -37,26 +27,7 @@ impl DirectoryCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<DirectoryPerson>, E>>,
     {
-        let slot = self.slot((tenant.to_ascii_lowercase(), run));
-        slot.get_or_try_init(|| async { load().await.map(Arc::new) })
-            .await
-            .cloned()
-    }
-
-    fn slot(&self, key: Key) -> Slot {
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, slot)) = entries.iter().find(|(k, _)| *k == key) {
-            return slot.clone();
-        }
-        let slot: Slot = Arc::default();
-        entries.push_back((key, slot.clone()));
-        while entries.len() > MAX_ENTRIES {
-            entries.pop_front();
-        }
-        slot
+        self.0.get_or_load(tenant, run, None, load).await
     }
 }
 

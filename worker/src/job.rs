@@ -564,12 +564,13 @@ impl JobRunner {
             now: Utc::now(),
             rebuild_central: false,
         };
-        let plan = sync::plan_distribution_from(&ctx, sources, mailbox, target).map_err(|refusal| {
-            AttemptResult::Permanent {
-                reason: FailureReason::DeletionCapExceeded,
-                error: refusal.to_string(),
-            }
-        })?;
+        let plan =
+            sync::plan_distribution_from(&ctx, sources, mailbox, target).map_err(|refusal| {
+                AttemptResult::Permanent {
+                    reason: FailureReason::DeletionCapExceeded,
+                    error: refusal.to_string(),
+                }
+            })?;
         // Only a dry run has no folder, and a dry run writes nothing.
         let folder = folder.cloned().unwrap_or(FolderRef::Default);
         self.apply(client, job, mailbox, &folder, &plan, writes)

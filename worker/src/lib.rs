@@ -21,4 +21,5 @@ pub mod embedded;
 pub mod health;
 pub mod job;
 pub mod metrics;
+pub mod run_cache;
 pub mod trust;
