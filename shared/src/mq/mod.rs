@@ -78,6 +78,14 @@ pub enum MqError {
         /// Routing key.
         routing_key: String,
     },
+    /// The broker did not answer in time (a connection handshake during a restart, say).
+    #[error("{what}: no answer within {}s", after.as_secs_f64())]
+    TimedOut {
+        /// What we were doing.
+        what: String,
+        /// How long we waited.
+        after: Duration,
+    },
 }
 
 impl MqError {
@@ -113,13 +121,26 @@ pub fn redact_url(url: &str) -> String {
 /// connection died (a run waited its whole idle timeout for a report the old consumer held). One mechanism: a
 /// lost connection stays lost, and its owner replaces it.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, MqError> {
+    connect_within(url, name, CONNECT_WAIT).await
+}
+
+/// How long a connection handshake may take. A broker caught mid-restart can accept the socket and never answer;
+/// without a bound the producer's or worker's reconnect would wait for ever instead of trying again.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(15);
+
+/// [`connect`], giving up after `wait`. No channel exists yet then, so nothing is left holding messages.
+pub async fn connect_within(url: &str, name: &str, wait: Duration) -> Result<Connection, MqError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties)
-        .await
-        .map_err(amqp(format!(
+    match tokio::time::timeout(wait, Connection::connect(url, properties)).await {
+        Ok(connected) => connected.map_err(amqp(format!(
             "cannot connect to RabbitMQ at {}",
             redact_url(url)
-        )))
+        ))),
+        Err(_) => Err(MqError::TimedOut {
+            what: format!("connecting to RabbitMQ at {}", redact_url(url)),
+            after: wait,
+        }),
+    }
 }
 
 /// Declares run `run_id`'s own report queue (durable, so reports survive a broker restart; expiring, so an
@@ -548,5 +569,30 @@ mod tests {
         let cut = truncate(&text, 5);
         assert!(cut.ends_with('…'));
         assert_eq!(truncate("short", 10), "short");
+    }
+
+    /// A listener that takes the socket and never speaks AMQP (a broker caught mid-restart): the handshake gives up
+    /// after the bound instead of waiting for ever (nothing bounded the handshake before).
+    #[tokio::test]
+    async fn a_silent_broker_is_given_up_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listener");
+        let port = listener.local_addr().expect("address").port();
+        let _held = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                sockets.push(socket);
+            }
+        });
+        let url = format!("amqp://guest:secret@127.0.0.1:{port}/%2f");
+        let result = connect_within(&url, "test", Duration::from_millis(300)).await;
+        match result {
+            Err(error @ MqError::TimedOut { .. }) => {
+                assert!(!error.to_string().contains("secret"), "{error}");
+            }
+            Err(other) => panic!("expected a timeout, got {other}"),
+            Ok(_) => panic!("a silent listener completed an AMQP handshake"),
+        }
     }
 }
