@@ -71,28 +71,11 @@ impl<'a> DataIndex<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Contact, ContactFields, EmailAddress, Mailbox};
+    use crate::model::{Contact, Mailbox};
 
+    /// A contact whose id is its name (the phase tests' builder).
     fn contact(name: &str, emails: &[&str]) -> Contact {
-        Contact {
-            id: name.into(),
-            last_modified: None,
-            fields: ContactFields {
-                display_name: Some(name.into()),
-                email_addresses: emails
-                    .iter()
-                    .map(|a| EmailAddress {
-                        name: None,
-                        address: Some((*a).into()),
-                    })
-                    .collect(),
-                ..Default::default()
-            },
-            personal_notes: None,
-            categories: Vec::new(),
-            sync_id_property: None,
-            change_key: None,
-        }
+        crate::sync::tests::contact(name, name, emails, 0)
     }
 
     #[test]

@@ -44,7 +44,7 @@ fn at(minutes: i64) -> DateTime<Utc> {
         + Duration::minutes(minutes)
 }
 
-fn contact(id: &str, name: &str, emails: &[&str], minutes: i64) -> Contact {
+pub(super) fn contact(id: &str, name: &str, emails: &[&str], minutes: i64) -> Contact {
     Contact {
         id: id.into(),
         last_modified: Some(at(minutes)),
