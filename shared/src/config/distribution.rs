@@ -278,6 +278,21 @@ pub struct Distribution {
     pub target_folder: TargetFolder,
 }
 
+impl Distribution {
+    /// Whether any directory reaches this tenant's mailboxes: its own (`Directory.Enabled`) or another tenant's
+    /// (`Directory.FromTenants`).
+    pub fn receives_directory(&self) -> bool {
+        self.directory.enabled || !self.directory.from_tenants.is_empty()
+    }
+
+    /// Whether this tenant's mailboxes receive anything. A tenant with `Mirror.Enabled` and `Directory.Enabled`
+    /// false and no `FromTenants` is a pure source: its directory is read for the tenants naming it in their
+    /// `FromTenants`, and no job runs for its own mailboxes.
+    pub fn receives(&self) -> bool {
+        self.mirror_enabled || self.receives_directory()
+    }
+}
+
 impl Default for Distribution {
     /// Today's behaviour: mirror on, directory off, every licensed user, default Contacts folder.
     fn default() -> Self {

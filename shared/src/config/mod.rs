@@ -380,6 +380,27 @@ impl TenantSettings {
         Some(self.global_address_book_user_id.as_str()).filter(|m| !m.is_empty())
     }
 
+    /// The tenants whose directory this tenant's mailboxes receive, each once: itself first when
+    /// `Directory.Enabled`, then its `FromTenants` in the configured order. Each is read with that tenant's own
+    /// credentials and `Directory` filters.
+    pub fn directory_sources(&self) -> Vec<&str> {
+        let own = self
+            .distribution
+            .directory
+            .enabled
+            .then_some(self.tenant_id.as_str());
+        own.into_iter()
+            .chain(
+                self.distribution
+                    .directory
+                    .from_tenants
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|source| !source.eq_ignore_ascii_case(&self.tenant_id)),
+            )
+            .collect()
+    }
+
     /// A one-line description for logs, without the secret (same as `Display`).
     pub fn redacted_summary(&self) -> String {
         self.to_string()

@@ -1803,6 +1803,40 @@ fn from_tenants_must_name_another_configured_tenant() {
     );
 }
 
+/// FromTenants: a tenant receives its own directory (when enabled) first, then each source once; a tenant with the
+/// mirror and the directory off and no source is a pure source (no jobs), one with a source still receives.
+#[test]
+fn directory_sources_list_the_tenant_itself_then_its_from_tenants_and_pure_sources_receive_nothing() {
+    let settings = with_directory(json!({
+        "Enabled": true,
+        "FromTenants": ["Fabrikam.onmicrosoft.com", "fabrikam.onmicrosoft.com"],
+    }))
+    .expect("valid");
+    let receiver = &settings.tenants[0];
+    assert_eq!(
+        receiver.directory_sources(),
+        vec!["contoso.onmicrosoft.com", "fabrikam.onmicrosoft.com"]
+    );
+    assert!(receiver.distribution.receives_directory());
+    let source = &settings.tenants[1];
+    assert!(source.directory_sources().is_empty());
+    assert!(source.distribution.receives(), "the mirror is on");
+
+    let mut pure = source.distribution.clone();
+    pure.mirror_enabled = false;
+    assert!(!pure.receives_directory() && !pure.receives());
+    pure.directory.from_tenants = vec!["contoso.onmicrosoft.com".into()];
+    assert!(pure.receives_directory() && pure.receives());
+
+    let only_others = with_directory(json!({ "FromTenants": ["fabrikam.onmicrosoft.com"] }))
+        .expect("valid");
+    assert_eq!(
+        only_others.tenants[0].directory_sources(),
+        vec!["fabrikam.onmicrosoft.com"],
+        "its own directory is not distributed unless enabled"
+    );
+}
+
 #[test]
 fn target_folder_is_one_plain_name_other_than_the_central_folder() {
     for (bad, why) in [
