@@ -363,16 +363,13 @@ impl JobRunner {
         }
         drop(central_keys);
         source_mailboxes.sort_by(|a, b| a.mailbox.id.cmp(&b.mailbox.id));
-        if job.rebuild_central && tenant.distribution.directory.enabled {
-            // A rebuild publishes stamped copies; the directory's copies are not mirrored persons.
-            let persons = self
-                .directory
-                .get_or_load(&job.tenant_id, job.run_id, || {
-                    read_directory(tenant, client)
-                })
-                .await?;
-            for source in &mut source_mailboxes {
-                directory::drop_directory_copies(&mut source.contacts, &persons);
+        if job.rebuild_central && tenant.distribution.receives_directory() {
+            // A rebuild publishes stamped copies; the directory's copies (any source tenant's) are not mirrored
+            // persons.
+            for persons in self.received_directory(tenant, client, job).await? {
+                for source in &mut source_mailboxes {
+                    directory::drop_directory_copies(&mut source.contacts, &persons);
+                }
             }
         }
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
@@ -413,7 +410,7 @@ impl JobRunner {
         mailbox: &Mailbox,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
-        let directory_on = tenant.distribution.directory.enabled;
+        let directory_on = tenant.distribution.receives_directory();
         let named_folder = match &tenant.distribution.target_folder {
             TargetFolder::DefaultContacts => None,
             TargetFolder::Named(name) => Some(name.as_str()),
@@ -470,16 +467,20 @@ impl JobRunner {
         // job); with it, the combined list is prepared for this mailbox.
         let combined;
         let sources: &PreparedCentral = if directory_on {
-            let persons = self
-                .directory
-                .get_or_load(&job.tenant_id, job.run_id, || {
-                    read_directory(tenant, client)
-                })
-                .await?;
+            let lists = self.received_directory(tenant, client, job).await?;
+            // One source is planned against as cached; several are put in one list (each source's persons once).
+            let joined: Vec<DirectoryPerson>;
+            let persons: &[DirectoryPerson] = match lists.as_slice() {
+                [one] => one,
+                _ => {
+                    joined = lists.iter().flat_map(|l| l.iter().cloned()).collect();
+                    &joined
+                }
+            };
             combined = PreparedCentral::new(directory::combine(
                 mailbox,
                 central_contacts.contacts(),
-                &persons,
+                persons,
                 Utc::now(),
             ));
             &combined
@@ -541,6 +542,52 @@ impl JobRunner {
             done.cursors = kept(link, in_line_with);
         }
         Ok(done)
+    }
+
+    /// The directory persons `tenant`'s mailboxes receive, one list per source tenant
+    /// ([`TenantSettings::directory_sources`]: itself when `Directory.Enabled`, then its `FromTenants`). Each
+    /// source is read with its own credentials and `Directory` filters from this worker's configuration (a job
+    /// never carries credentials), once per worker and run whichever tenant's jobs ask for it, and only read:
+    /// nothing is written in a source tenant. A source that cannot be read fails the job, naming that source and
+    /// the tenant receiving it: planning without it would take its people for leavers.
+    async fn received_directory(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        job: &Job,
+    ) -> Result<Vec<Arc<Vec<DirectoryPerson>>>, AttemptResult> {
+        let mut lists = Vec::new();
+        for source_id in tenant.directory_sources() {
+            if source_id.eq_ignore_ascii_case(&tenant.tenant_id) {
+                lists.push(
+                    self.directory
+                        .get_or_load(&tenant.tenant_id, job.run_id, || {
+                            read_directory(tenant, client)
+                        })
+                        .await?,
+                );
+                continue;
+            }
+            let Some(source) = self.settings.tenant(source_id) else {
+                return Err(AttemptResult::Permanent {
+                    reason: FailureReason::UnknownTenant,
+                    error: format!(
+                        "tenant {} receives the directory of {source_id} (Directory.FromTenants), which is not in this worker's configuration",
+                        tenant.tenant_id
+                    ),
+                });
+            };
+            let source_client = self.graph.tenant(source);
+            let persons = self
+                .directory
+                .get_or_load(&source.tenant_id, job.run_id, || {
+                    read_directory(source, &source_client)
+                })
+                .await
+                .map_err(|failure| from_source(failure, &tenant.tenant_id))?;
+            lists.push(persons);
+        }
+        Ok(lists)
     }
 
     /// Plans `mailbox` against its sources and writes the plan into `folder` (`None`: a dry run's folder that does
@@ -770,6 +817,23 @@ async fn read_directory(
         .await
         .map_err(|e| directory_failure(&tenant.tenant_id, &e))?;
     Ok(directory::select(&snapshot.read(), options))
+}
+
+/// A failed read of another tenant's directory, said as the receiving tenant's failure (the text already names
+/// the source tenant and what to fix there).
+fn from_source(failure: AttemptResult, receiver: &str) -> AttemptResult {
+    let context = |error: String| format!("{error} (Directory.FromTenants of {receiver})");
+    match failure {
+        AttemptResult::Permanent { reason, error } => AttemptResult::Permanent {
+            reason,
+            error: context(error),
+        },
+        AttemptResult::Transient { wait, error } => AttemptResult::Transient {
+            wait,
+            error: context(error),
+        },
+        other => other,
+    }
 }
 
 /// A failed directory read: a missing permission, a refused `UserFilter` or an unknown group is the tenant's

@@ -31,6 +31,14 @@ pub fn check(
     tenant: &TenantSettings,
     expected: Option<&CentralLocation>,
 ) -> Result<(), String> {
+    if !tenant.distribution.receives() {
+        // A pure source: planned against nothing, a mailbox would only lose its managed copies.
+        return Err(format!(
+            "tenant {} receives nothing by this worker's configuration (Mirror and Directory off, no \
+             Directory.FromTenants: its directory is only read for other tenants)",
+            tenant.tenant_id
+        ));
+    }
     match (job.central(), expected) {
         (Some(central), Some(expected)) => {
             if !central
@@ -286,5 +294,31 @@ mod tests {
             "{forged:?}"
         );
         assert!(check(&phase1(mailbox("shared"), "central", &["alice"]), &t, None).is_err());
+    }
+
+    /// A pure source (mirror and directory off, no FromTenants) has no jobs: one arriving is refused, so no
+    /// mailbox of it is planned against an empty list. With a FromTenants source it receives again.
+    #[test]
+    fn a_job_for_a_pure_source_tenant_is_refused() {
+        let mut t = tenant(None);
+        t.distribution.mirror_enabled = false;
+        let job = Job::new(
+            Uuid::now_v7(),
+            "contoso.onmicrosoft.com",
+            false,
+            JobKind::Phase2 {
+                central: None,
+                mailbox: mailbox("alice"),
+            },
+        );
+        let refused = check(&job, &t, None);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("receives nothing")),
+            "{refused:?}"
+        );
+        t.distribution.directory.from_tenants = vec!["fabrikam.onmicrosoft.com".into()];
+        assert_eq!(check(&job, &t, None), Ok(()));
     }
 }
