@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::lease::LeaseError;
 use crate::ledger::RunLedger;
-use crate::prepare::{prepare, CentralExpectation, PreparedTenant};
+use crate::prepare::{directory_sources, prepare, CentralExpectation, PreparedTenant};
 use crate::progress::Progress;
 use crate::run_status::Tracked;
 use crate::state::{self, StateStore, TenantMemory};
@@ -88,6 +88,13 @@ pub async fn run<D: Dispatch>(
                     .iter()
                     .any(|id| id.eq_ignore_ascii_case(&t.tenant_id))
         })
+        .filter(|t| {
+            let receives = t.distribution.receives();
+            if !receives {
+                info!(tenant = %t.tenant_id, "a pure source (Mirror and Directory off): read only for the tenants naming it in Directory.FromTenants, no jobs of its own");
+            }
+            receives
+        })
         .collect();
     // The lease comes before anything is read or written (preparing may create the central folder). A dry run
     // writes nothing and keeps no state, so it needs none and can run beside a real one.
@@ -110,7 +117,12 @@ pub async fn run<D: Dispatch>(
                     .map_or(CentralExpectation::Unknown, CentralExpectation::Filled)
             };
             match lease {
-                Ok(()) => prepare(graph, tenant, request.dry_run, &expected).await,
+                Ok(()) => match directory_sources(request.settings, tenant) {
+                    Ok(sources) => {
+                        prepare(graph, tenant, &sources, request.dry_run, &expected).await
+                    }
+                    Err(error) => Err(error),
+                },
                 Err(refused) => Err(refused.to_string()),
             }
         },

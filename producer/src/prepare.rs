@@ -1,14 +1,15 @@
 //! Step 1 of a tenant's run: check the credentials, find the shared mailbox, enumerate licensed users, and make
 //! sure the central folder exists (never in a dry run). A directory-only tenant (`Mirror.Enabled: false`) has no
-//! shared mailbox and no central folder; a tenant distributing its directory has it read once here, so a missing
-//! permission stops the tenant before any job, naming the permission.
+//! shared mailbox and no central folder; every directory the tenant receives (its own, and its `FromTenants`' with
+//! their own credentials) is read once here, so a missing permission stops the tenant before any job, naming the
+//! permission and the source tenant.
 //!
 //! Every failure here stops that tenant alone, with a message naming the setting to fix and the Graph error behind it.
 
 use std::collections::BTreeSet;
 
-use shared::config::TenantSettings;
-use shared::graph::{AuthProblem, ErrorKind, GraphClient, GraphError};
+use shared::config::{Settings, TenantSettings};
+use shared::graph::{AuthProblem, DirectoryError, ErrorKind, GraphClient, GraphError};
 use shared::message::CentralFolder;
 use shared::model::Mailbox;
 use tracing::info;
@@ -61,10 +62,33 @@ impl CentralExpectation {
     }
 }
 
-/// Prepares one tenant, or says precisely why it cannot run.
+/// The configured tenants whose directory `tenant`'s mailboxes receive ([`TenantSettings::directory_sources`]:
+/// itself when `Directory.Enabled`, then its `FromTenants`), each with its own credentials and filters.
+pub fn directory_sources<'a>(
+    settings: &'a Settings,
+    tenant: &TenantSettings,
+) -> Result<Vec<&'a TenantSettings>, String> {
+    tenant
+        .directory_sources()
+        .into_iter()
+        .map(|id| {
+            settings.tenant(id).ok_or_else(|| {
+                format!(
+                    "tenant {}: Directory.FromTenants names {id}, which is not a configured tenant",
+                    tenant.tenant_id
+                )
+            })
+        })
+        .collect()
+}
+
+/// Prepares one tenant, or says precisely why it cannot run. `sources` ([`directory_sources`]) are read once
+/// here, each with its own credentials, so a missing permission or bad credentials of any source stops the
+/// tenant before any job, naming the source tenant and what to fix; nothing is written in a source tenant.
 pub async fn prepare(
     graph: &GraphClient,
     tenant: &TenantSettings,
+    sources: &[&TenantSettings],
     dry_run: bool,
     expected: &CentralExpectation,
 ) -> Result<PreparedTenant, String> {
@@ -132,13 +156,30 @@ pub async fn prepare(
         ));
     }
     users.sort();
-    if tenant.distribution.directory.enabled {
-        let read = client
-            .read_directory(&tenant.distribution.directory, tenant.shared_mailbox())
+    for source in sources {
+        let own = source.tenant_id.eq_ignore_ascii_case(&tenant.tenant_id);
+        let options = &source.distribution.directory;
+        let read = graph
+            .tenant(source)
+            .read_directory(options, source.shared_mailbox())
             .await
-            .map_err(|e| format!("tenant {}: reading the directory: {e}", tenant.tenant_id))?;
-        let persons = shared::directory::select(&read.read(), &tenant.distribution.directory);
-        info!(tenant = %tenant.tenant_id, persons = persons.len(), "directory read");
+            .map_err(|e| {
+                let doing = if own {
+                    "reading the directory".to_owned()
+                } else {
+                    format!(
+                        "reading the directory of tenant {} (Directory.FromTenants) with that tenant's own \
+                         ClientId and ClientSecret",
+                        source.tenant_id
+                    )
+                };
+                match &e {
+                    DirectoryError::Graph(graph) => explain(tenant, graph, &doing),
+                    _ => format!("tenant {}: {doing}: {e}", tenant.tenant_id),
+                }
+            })?;
+        let persons = shared::directory::select(&read.read(), options);
+        info!(tenant = %tenant.tenant_id, source = %source.tenant_id, persons = persons.len(), "directory read");
     }
     let Some(shared_mailbox) = shared_mailbox else {
         info!(tenant = %tenant.tenant_id, users = users.len(), "directory-only tenant prepared");

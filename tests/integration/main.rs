@@ -45,3 +45,6 @@ mod redelivery;
 
 // Issue 11: the directory as a source of the phase-2 jobs (directory-only tenants, both sources, leavers).
 mod directory;
+
+// Issue 11: another tenant's directory (FromTenants), and the selection by groups and UserFilter.
+mod directory_sources;
