@@ -1806,7 +1806,8 @@ fn from_tenants_must_name_another_configured_tenant() {
 /// FromTenants: a tenant receives its own directory (when enabled) first, then each source once; a tenant with the
 /// mirror and the directory off and no source is a pure source (no jobs), one with a source still receives.
 #[test]
-fn directory_sources_list_the_tenant_itself_then_its_from_tenants_and_pure_sources_receive_nothing() {
+fn directory_sources_list_the_tenant_itself_then_its_from_tenants_and_pure_sources_receive_nothing()
+{
     let settings = with_directory(json!({
         "Enabled": true,
         "FromTenants": ["Fabrikam.onmicrosoft.com", "fabrikam.onmicrosoft.com"],
@@ -1828,8 +1829,8 @@ fn directory_sources_list_the_tenant_itself_then_its_from_tenants_and_pure_sourc
     pure.directory.from_tenants = vec!["contoso.onmicrosoft.com".into()];
     assert!(pure.receives_directory() && pure.receives());
 
-    let only_others = with_directory(json!({ "FromTenants": ["fabrikam.onmicrosoft.com"] }))
-        .expect("valid");
+    let only_others =
+        with_directory(json!({ "FromTenants": ["fabrikam.onmicrosoft.com"] })).expect("valid");
     assert_eq!(
         only_others.tenants[0].directory_sources(),
         vec!["fabrikam.onmicrosoft.com"],

@@ -96,12 +96,15 @@ pub fn combine(
     persons: &[DirectoryPerson],
     now: DateTime<Utc>,
 ) -> Vec<Contact> {
-    let mine = persons_for(receiver, persons);
+    let mut mine = persons_for(receiver, persons);
     let own_keys: BTreeSet<String> = persons
         .iter()
         .filter(|p| !mine.iter().any(|m| std::ptr::eq(*m, *p)))
         .flat_map(|p| email_keys(&p.fields))
         .collect();
+    // Another entry with one of the receiver's own addresses (an org contact or another tenant's guest for the
+    // same person) is the receiver too.
+    mine.retain(|p| email_keys(&p.fields).is_disjoint(&own_keys));
     let mut out: Vec<Contact> = central
         .iter()
         .filter(|c| email_keys(&c.fields).is_disjoint(&own_keys))

@@ -127,6 +127,26 @@ fn nobody_is_given_their_own_entry_from_either_source() {
     );
 }
 
+/// Found by `sync::tests::combined`: another entry with one of the receiver's own addresses (an org contact, or a
+/// second tenant's guest of the receiver) was given to the receiver as a contact of themselves.
+#[test]
+fn another_entry_with_the_receivers_own_address_is_not_given_to_the_receiver() {
+    let me = person("receiver-id", &["me@contoso.com".into()], None);
+    let my_org_contact = person("org-me", &["ME@contoso.com".into()], None);
+    let other = person("u2", &["bob@contoso.com".into()], None);
+    let out = combine(
+        &receiver(),
+        &[],
+        &[me, my_org_contact, other.clone()],
+        now(),
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        out[0].sync_id_property.as_deref(),
+        Some(other.sync_id.as_str())
+    );
+}
+
 #[test]
 fn a_directory_only_person_carries_its_directory_sync_id() {
     let p = person("u2", &["bob@contoso.com".into()], None);

@@ -211,12 +211,14 @@ pub fn select(read: &DirectoryRead<'_>, options: &DirectoryOptions) -> Vec<Direc
     out.into_values().collect()
 }
 
-/// What receiving mailbox `mailbox` gets: every person except its own entry (same object id or UPN, ignoring
-/// case). A user is never given their own contact.
+/// What receiving mailbox `mailbox` gets: every person except its own entry (same object id or UPN, or an
+/// e-mail address that is the mailbox's UPN, ignoring case). A user is never given their own contact, also not
+/// from another tenant's directory (`FromTenants`), where they may be a guest with another object id.
 pub fn persons_for<'a>(
     mailbox: &Mailbox,
     persons: &'a [DirectoryPerson],
 ) -> Vec<&'a DirectoryPerson> {
+    let upn = mailbox.upn.trim();
     persons
         .iter()
         .filter(|p| {
@@ -224,8 +226,14 @@ pub fn persons_for<'a>(
             let same_upn = p
                 .user_principal_name
                 .as_deref()
-                .is_some_and(|u| u.trim().eq_ignore_ascii_case(mailbox.upn.trim()));
-            !(same_id || same_upn)
+                .is_some_and(|u| u.trim().eq_ignore_ascii_case(upn));
+            let mails_upn = !upn.is_empty()
+                && p.fields.email_addresses.iter().any(|e| {
+                    e.address
+                        .as_deref()
+                        .is_some_and(|a| a.trim().eq_ignore_ascii_case(upn))
+                });
+            !(same_id || same_upn || mails_upn)
         })
         .collect()
 }

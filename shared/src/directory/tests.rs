@@ -266,6 +266,38 @@ fn a_mailbox_never_receives_its_own_entry() {
     assert_eq!(persons_for(&stranger, &persons).len(), persons.len());
 }
 
+/// FromTenants: a receiver who is a guest in the source tenant (another object id and UPN there, its own address
+/// as mail) is not given that guest entry.
+#[test]
+fn a_mailbox_never_receives_its_own_guest_entry_from_another_tenant() {
+    let mut as_guest = guest("guest-of-fabrikam");
+    as_guest.user_principal_name = Some("bob_contoso.com#EXT#@fabrikam.onmicrosoft.com".into());
+    as_guest.mail = Some("Bob@Contoso.com".into());
+    let persons = select(
+        &DirectoryRead {
+            tenant_id: "fabrikam.onmicrosoft.com",
+            users: &[as_guest, guest("carol")],
+            org_contacts: &[],
+            groups: &GroupFilter::default(),
+            organization_name: None,
+            shared_mailbox: None,
+        },
+        &options(&[MemberType::Guest]),
+    );
+    assert_eq!(persons.len(), 2);
+    let bob = Mailbox {
+        id: "bob-id-in-contoso".into(),
+        upn: "bob@contoso.com".into(),
+    };
+    assert_eq!(
+        ids(&persons_for(&bob, &persons)
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>()),
+        vec!["carol"]
+    );
+}
+
 #[test]
 fn sync_ids_are_deterministic_per_source_tenant_and_object() {
     let a = directory_sync_id(TENANT, "0F6C1A2B-3C4D-4E5F-8A9B-0C1D2E3F4A5B");

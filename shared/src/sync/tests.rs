@@ -1996,3 +1996,6 @@ proptest! {
         }
     }
 }
+
+// Issue 11: the combined plan of phase 2 (mirror + directory + a second tenant's directory).
+mod combined;
