@@ -214,12 +214,23 @@ mod tests {
             refused.contains("without --yes") && refused.contains("contoso.onmicrosoft.com"),
             "{refused}"
         );
-        let refused = parse(&["--yes"]).refusal().expect("refused without a tenant");
+        let refused = parse(&["--yes"])
+            .refusal()
+            .expect("refused without a tenant");
         assert!(refused.contains("--tenant"), "{refused}");
-        let ok = parse(&["--tenant", "t", "--yes", "--source", "directory", "--dry-run"]);
+        let ok = parse(&[
+            "--tenant",
+            "t",
+            "--yes",
+            "--source",
+            "directory",
+            "--dry-run",
+        ]);
         assert_eq!(ok.refusal(), None);
         assert_eq!(ok.source, CleanupSource::Directory);
         assert!(ok.run.dry_run);
-        assert!(Cli::try_parse_from(["contactmirror-producer", "cleanup", "--source", "both"]).is_err());
+        assert!(
+            Cli::try_parse_from(["contactmirror-producer", "cleanup", "--source", "both"]).is_err()
+        );
     }
 }

@@ -167,7 +167,8 @@ pub async fn run<D: Dispatch>(
     let mut progress = Progress::new();
     // Per tenant: where its copies move from, whether its phase 2 started and whether any of it failed, and (in a
     // cleanup) how many mailbox jobs are still out before the central folder's.
-    let move_from: Vec<Option<FolderChoice>> = tenants.iter().map(|t| request.move_from(t)).collect();
+    let move_from: Vec<Option<FolderChoice>> =
+        tenants.iter().map(|t| request.move_from(t)).collect();
     let mut phase2_started = vec![false; tenants.len()];
     let mut phase2_failed = vec![false; tenants.len()];
     let mut cleanup_waiting = vec![0usize; tenants.len()];

@@ -348,7 +348,10 @@ mod tests {
         store
             .save_target_folder("t", &FolderChoice::DefaultContacts)
             .expect("saved");
-        assert_eq!(store.target_folder("t"), Some(FolderChoice::DefaultContacts));
+        assert_eq!(
+            store.target_folder("t"),
+            Some(FolderChoice::DefaultContacts)
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

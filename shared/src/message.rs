@@ -486,7 +486,9 @@ mod tests {
         routed.rebuild_central = true;
         assert_eq!(Job::from_json(&routed.to_json()).expect("parse"), routed);
         assert!(!fields.contains_key("cleanup") && !fields.contains_key("move_from"));
-        assert!(parsed.cleanup.is_none() && parsed.move_from.is_none() && !parsed.allow_mass_delete);
+        assert!(
+            parsed.cleanup.is_none() && parsed.move_from.is_none() && !parsed.allow_mass_delete
+        );
         routed.cleanup = Some(CleanupSource::Directory);
         routed.move_from = Some(FolderChoice::Named("Company Directory".into()));
         routed.allow_mass_delete = true;

@@ -519,15 +519,20 @@ impl JobRunner {
         // The previous folder's contacts are read before anything is written: the new copies carry over what
         // users added to the old ones.
         let old = match moving {
-            Some(from) => find_folder(client, job, mailbox, from, false)
-                .await?
-                .map(|folder| async move {
-                    let contacts = client
-                        .list_contacts(&mailbox.id, &folder)
-                        .await
-                        .map_err(|e| classify(&e, &format!("reading contacts of {}", mailbox.upn)))?;
-                    Ok::<_, AttemptResult>((folder, contacts))
-                }),
+            Some(from) => {
+                find_folder(client, job, mailbox, from, false)
+                    .await?
+                    .map(|folder| async move {
+                        let contacts =
+                            client
+                                .list_contacts(&mailbox.id, &folder)
+                                .await
+                                .map_err(|e| {
+                                    classify(&e, &format!("reading contacts of {}", mailbox.upn))
+                                })?;
+                        Ok::<_, AttemptResult>((folder, contacts))
+                    })
+            }
             None => None,
         };
         let old = match old {
@@ -652,8 +657,8 @@ impl JobRunner {
             None => Arc::new(PreparedCentral::new(Vec::new())),
         };
         // The directory tells its persons' copies from the mirror's; without it every copy is the mirror's.
-        let directory_wanted = tenant.distribution.directory.enabled
-            || source == CleanupSource::Directory;
+        let directory_wanted =
+            tenant.distribution.directory.enabled || source == CleanupSource::Directory;
         let (persons, directory_ids) = if directory_wanted {
             let persons = self
                 .directory
@@ -713,7 +718,11 @@ impl JobRunner {
         central: &CentralFolder,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
-        let Some(id) = central.folder_id.as_ref().filter(|_| source.includes_central()) else {
+        let Some(id) = central
+            .folder_id
+            .as_ref()
+            .filter(|_| source.includes_central())
+        else {
             return Ok(Done::default());
         };
         let folder = FolderRef::Id(id.clone());
