@@ -158,7 +158,7 @@ async fn execute_as(
     let request = RunRequest {
         settings,
         only_tenants: &args.tenants,
-        dry_run: settings.dry_run,
+        dry_run: settings.dry_run || args.dry_run,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         state: store.as_ref(),
         rebuild_central: args.rebuild_central,
