@@ -179,7 +179,9 @@ async fn cleanup_leaves_every_mailbox_as_it_was_before_the_first_sync() {
         t.phases
     );
     assert!(
-        t.planned.iter().any(|line| line.starts_with("delete")),
+        t.planned.iter().any(|line| line
+            .to_lowercase()
+            .starts_with(&format!("{}: delete", d.members[3].to_lowercase()))),
         "{:?}",
         t.planned
     );
