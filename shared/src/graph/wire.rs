@@ -515,6 +515,8 @@ mod tests {
         assert_eq!(body["mobilePhone"], Value::Null);
         assert_eq!(body["businessPhones"], serde_json::json!([]));
         assert_eq!(body["categories"], serde_json::json!([]));
+        // Cleanup taking the stamp off notes that had no text: cleared, as before the stamp.
+        assert_eq!(body["personalNotes"], Value::Null);
     }
 
     #[test]
