@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use shared::sync::CleanupSource;
 use shared::telemetry::LogFormat;
 
 pub use crate::ops::cli::{BrokerArgs, DlqArgs, DlqCommand, StatusArgs};
@@ -40,6 +41,50 @@ pub enum Command {
     Report(ReportArgs),
     /// Try it all on this machine: graphsim in-process, a few hundred mailboxes, two embedded runs.
     Demo(crate::demo::DemoArgs),
+    /// Remove every managed copy this tool created in a tenant's mailboxes (users' own contacts and notes stay).
+    Cleanup(CleanupArgs),
+}
+
+/// Options of `cleanup`: the run options (configuration, transport, report, `--dry-run`), the tenants named with
+/// `--tenant`, which source's copies go, and the confirmation.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// How to run (the same options as `run`; `--tenant` is required).
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Whose copies to remove: mirror (and the central folder's contacts), directory, or all.
+    #[arg(long, default_value = "all", value_parser = clap::builder::ValueParser::new(parse_source))]
+    pub source: CleanupSource,
+    /// Confirms the cleanup; without it nothing is done.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+fn parse_source(value: &str) -> Result<CleanupSource, String> {
+    value.parse()
+}
+
+impl CleanupArgs {
+    /// Why the cleanup must not start, if it must not: no `--yes`, no `--tenant`, or a `run`-only option.
+    pub fn refusal(&self) -> Option<String> {
+        if self.run.tenants.is_empty() {
+            return Some(
+                "name the tenant(s) to clean up with --tenant (cleanup never runs on every tenant by default)"
+                    .into(),
+            );
+        }
+        if self.run.rebuild_central {
+            return Some("--rebuild-central is an option of run, not of cleanup".into());
+        }
+        if !self.yes {
+            return Some(format!(
+                "refusing to clean up {} without --yes: cleanup deletes every managed copy this tool created                  (source: {}) in the tenant's mailboxes; users' own contacts and note text are kept. Add --yes                  to proceed, or --dry-run --yes to list what it would remove",
+                self.run.tenants.join(", "),
+                self.source
+            ));
+        }
+        None
+    }
 }
 
 /// Options of `report`.
@@ -97,6 +142,10 @@ pub struct RunArgs {
     /// The central folder was deleted or renamed (a run stops and says so): restore it from the users' contacts.
     #[arg(long)]
     pub rebuild_central: bool,
+    /// Lift the deletion cap for this run: a mass leave (more deletions in a mailbox than MaxDeleteShare allows)
+    /// is carried out instead of refused. Also `"AllowMassDelete": true` in the configuration.
+    #[arg(long, env = "CONTACTMIRROR_ALLOW_MASS_DELETE")]
+    pub allow_mass_delete: bool,
 }
 
 impl RunArgs {
@@ -116,6 +165,7 @@ impl RunArgs {
             state_dir: None,
             no_state: false,
             rebuild_central: false,
+            allow_mass_delete: false,
         }
     }
 }
@@ -145,5 +195,42 @@ mod tests {
         parsed.config = None;
         let defaults = RunArgs::embedded_default();
         assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn cleanup_refuses_without_yes_or_a_tenant() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["contactmirror-producer", "cleanup"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).expect("parses").command {
+                Command::Cleanup(args) => args,
+                _ => panic!("not cleanup"),
+            }
+        };
+        let refused = parse(&["--tenant", "contoso.onmicrosoft.com"])
+            .refusal()
+            .expect("refused without --yes");
+        assert!(
+            refused.contains("without --yes") && refused.contains("contoso.onmicrosoft.com"),
+            "{refused}"
+        );
+        let refused = parse(&["--yes"])
+            .refusal()
+            .expect("refused without a tenant");
+        assert!(refused.contains("--tenant"), "{refused}");
+        let ok = parse(&[
+            "--tenant",
+            "t",
+            "--yes",
+            "--source",
+            "directory",
+            "--dry-run",
+        ]);
+        assert_eq!(ok.refusal(), None);
+        assert_eq!(ok.source, CleanupSource::Directory);
+        assert!(ok.run.dry_run);
+        assert!(
+            Cli::try_parse_from(["contactmirror-producer", "cleanup", "--source", "both"]).is_err()
+        );
     }
 }

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use chrono::Utc;
-use shared::config::Settings;
+use shared::config::{Settings, TenantSettings};
 use shared::graph::GraphClient;
-use shared::message::{CentralFolder, Job, JobKind, Outcome, Phase, Report};
+use shared::message::{CentralFolder, FolderChoice, Job, JobKind, Outcome, Phase, Report};
 use shared::model::Mailbox;
 use shared::run_status::RunStatus;
+use shared::sync::CleanupSource;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -64,6 +65,42 @@ pub struct RunRequest<'a> {
     pub state: Option<&'a StateStore>,
     /// Restore lost central folders from the users' contacts (`run --rebuild-central`) instead of stopping.
     pub rebuild_central: bool,
+    /// Lift the deletion cap for this run (`run --allow-mass-delete`, `AllowMassDelete`).
+    pub allow_mass_delete: bool,
+    /// `cleanup --source`: instead of syncing, every receiving mailbox's cleanup job, then (when all succeeded)
+    /// the central folder's. No feeds are kept.
+    pub cleanup: Option<CleanupSource>,
+}
+
+impl RunRequest<'_> {
+    /// Where `tenant`'s managed copies move from in this run: the folder recorded as last completed
+    /// ([`StateStore::target_folder`]; the default Contacts folder when a state is kept but names none, as
+    /// before `TargetFolder` existed) when the configured one is another. Nothing moves without a state or in a
+    /// cleanup.
+    fn move_from(&self, tenant: &TenantSettings) -> Option<FolderChoice> {
+        let store = self.state.filter(|_| self.cleanup.is_none())?;
+        let current = FolderChoice::from(&tenant.distribution.target_folder);
+        let previous = store
+            .target_folder(&tenant.tenant_id)
+            .unwrap_or(FolderChoice::DefaultContacts);
+        (previous != current).then_some(previous)
+    }
+
+    /// A phase-2 job of this run for `mailbox`, carrying `central` when the mirror is a source.
+    fn phase2_job(
+        &self,
+        run_id: Uuid,
+        tenant_id: &str,
+        central: Option<CentralFolder>,
+        mailbox: &Mailbox,
+        move_from: Option<&FolderChoice>,
+    ) -> Job {
+        let mut job = phase2_job(run_id, tenant_id, self.dry_run, central, mailbox);
+        job.allow_mass_delete = self.allow_mass_delete;
+        job.cleanup = self.cleanup;
+        job.move_from = move_from.cloned();
+        job
+    }
 }
 
 /// Runs every selected tenant to the end and returns the report.
@@ -108,7 +145,10 @@ pub async fn run<D: Dispatch>(
     }
     let preparations = futures_util::future::join_all(tenants.iter().zip(leases).map(
         |(tenant, lease)| async move {
-            let expected = if request.rebuild_central {
+            let expected = if request.cleanup.is_some() {
+                // Cleanup creates nothing and empties the folder it finds.
+                CentralExpectation::Unknown
+            } else if request.rebuild_central {
                 CentralExpectation::Rebuild
             } else {
                 request
@@ -117,9 +157,11 @@ pub async fn run<D: Dispatch>(
                     .map_or(CentralExpectation::Unknown, CentralExpectation::Filled)
             };
             match lease {
+                // Cleanup never creates a folder: it is prepared as a dry run is.
                 Ok(()) => match directory_sources(request.settings, tenant) {
                     Ok(sources) => {
-                        prepare(graph, tenant, &sources, request.dry_run, &expected).await
+                        let dry = request.dry_run || request.cleanup.is_some();
+                        prepare(graph, tenant, &sources, dry, &expected).await
                     }
                     Err(error) => Err(error),
                 },
@@ -133,6 +175,13 @@ pub async fn run<D: Dispatch>(
     let mut memories: Vec<Option<TenantMemory>> = Vec::new();
     let mut ledger = RunLedger::new(run_id);
     let mut progress = Progress::new();
+    // Per tenant: where its copies move from, whether its phase 2 started and whether any of it failed, and (in a
+    // cleanup) how many mailbox jobs are still out before the central folder's.
+    let move_from: Vec<Option<FolderChoice>> =
+        tenants.iter().map(|t| request.move_from(t)).collect();
+    let mut phase2_started = vec![false; tenants.len()];
+    let mut phase2_failed = vec![false; tenants.len()];
+    let mut cleanup_waiting = vec![0usize; tenants.len()];
     for (tenant, outcome) in tenants.iter().zip(preparations) {
         let index = reports.len();
         let mut report = TenantReport {
@@ -142,15 +191,42 @@ pub async fn run<D: Dispatch>(
         match outcome {
             Ok(ready) => {
                 report.users = ready.users.len();
+                if request.cleanup.is_some() {
+                    // Every mailbox first: their jobs judge copies against the central folder, emptied last.
+                    progress.add(Phase::Phase2, ready.users.len() as u64);
+                    for user in &ready.users {
+                        let job = request.phase2_job(
+                            run_id,
+                            &ready.tenant_id,
+                            ready.central.clone(),
+                            user,
+                            None,
+                        );
+                        ledger.expect(&job, index);
+                        dispatch.submit(job).await?;
+                    }
+                    cleanup_waiting[index] = ready.users.len();
+                    memories.push(None);
+                    prepared.push(Some(ready));
+                    reports.push(report);
+                    continue;
+                }
                 let Some(central) = ready.central.clone() else {
                     // No mirror: no phase 1; every receiving mailbox's job carries the directory alone. No feeds
                     // are kept for it (each run reads the mailboxes in full).
                     progress.add(Phase::Phase2, ready.users.len() as u64);
                     for user in &ready.users {
-                        let job = phase2_job(run_id, &ready.tenant_id, request.dry_run, None, user);
+                        let job = request.phase2_job(
+                            run_id,
+                            &ready.tenant_id,
+                            None,
+                            user,
+                            move_from[index].as_ref(),
+                        );
                         ledger.expect(&job, index);
                         dispatch.submit(job).await?;
                     }
+                    phase2_started[index] = true;
                     memories.push(None);
                     prepared.push(Some(ready));
                     reports.push(report);
@@ -173,6 +249,7 @@ pub async fn run<D: Dispatch>(
                     job.cursors = memory.phase1_cursors(&ready.users);
                 }
                 job.rebuild_central = request.rebuild_central;
+                job.allow_mass_delete = request.allow_mass_delete;
                 memories.push(memory);
                 ledger.expect(&job, index);
                 progress.add(Phase::Phase1, 1);
@@ -219,6 +296,37 @@ pub async fn run<D: Dispatch>(
         progress.done(report.phase, matches!(report.outcome, Outcome::Succeeded));
         reports[tenant].duration_ms =
             u64::try_from(tenant_started[tenant].elapsed().as_millis()).unwrap_or(u64::MAX);
+        if report.phase == Phase::Phase2 && (!succeeded || report.failed_writes > 0) {
+            phase2_failed[tenant] = true;
+        }
+        if let Some(source) = request.cleanup {
+            if report.phase == Phase::Phase2 {
+                cleanup_waiting[tenant] = cleanup_waiting[tenant].saturating_sub(1);
+                let central = prepared[tenant]
+                    .as_ref()
+                    .and_then(|ready| ready.central.clone())
+                    .filter(|_| source.includes_central());
+                if let (0, false, Some(central)) =
+                    (cleanup_waiting[tenant], phase2_failed[tenant], central)
+                {
+                    let mut job = Job::new(
+                        run_id,
+                        &tenants[tenant].tenant_id,
+                        request.dry_run,
+                        JobKind::Phase1 {
+                            central,
+                            sources: Vec::new(),
+                        },
+                    );
+                    job.cleanup = Some(source);
+                    info!(tenant = %tenants[tenant].tenant_id, "every mailbox cleaned up; cleaning up the central folder");
+                    progress.add(Phase::Phase1, 1);
+                    ledger.expect(&job, tenant);
+                    dispatch.submit(job).await?;
+                }
+            }
+            continue;
+        }
         if report.phase != Phase::Phase1 {
             continue;
         }
@@ -238,13 +346,14 @@ pub async fn run<D: Dispatch>(
         }
         info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 complete; starting phase 2");
         progress.add(Phase::Phase2, ready.users.len() as u64);
+        phase2_started[tenant] = true;
         for user in &ready.users {
-            let mut job = phase2_job(
+            let mut job = request.phase2_job(
                 run_id,
                 &ready.tenant_id,
-                request.dry_run,
                 Some(central.clone()),
                 user,
+                move_from[tenant].as_ref(),
             );
             if memories[tenant].is_some() {
                 job.cursors = TenantMemory::phase2_cursors(&report.cursors, user);
@@ -262,6 +371,21 @@ pub async fn run<D: Dispatch>(
         );
     }
     progress.finish();
+    for job in &lost {
+        phase2_failed[job.tenant] = true;
+    }
+    if let Some(store) = request.state.filter(|_| !request.dry_run) {
+        // Every mailbox now has its copies in the configured folder: a later change moves them from there.
+        for (i, tenant) in tenants.iter().enumerate() {
+            if !phase2_started[i] || phase2_failed[i] {
+                continue;
+            }
+            let folder = FolderChoice::from(&tenant.distribution.target_folder);
+            if let Err(error) = store.save_target_folder(&tenant.tenant_id, &folder) {
+                warn!(tenant = %tenant.tenant_id, error = %format!("{error:#}"), "could not record the target folder");
+            }
+        }
+    }
     if let Some(store) = request.state {
         for (memory, ready) in memories.iter().zip(&prepared) {
             if let (Some(memory), Some(ready)) = (memory, ready) {

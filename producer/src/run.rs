@@ -8,10 +8,11 @@ use anyhow::{Context, Result};
 use shared::config::Settings;
 use shared::graph::{ClientOptions, GraphClient};
 use shared::mq::Topology;
+use shared::sync::CleanupSource;
 use worker::disposition::RetryPolicy;
 use worker::job::JobRunner;
 
-use crate::cli::{Cli, Command, ReportArgs, RunArgs};
+use crate::cli::{CleanupArgs, Cli, Command, ReportArgs, RunArgs};
 use crate::dispatch::{Broker, Embedded};
 use crate::orchestrate::{self, RunRequest};
 use crate::state::StateStore;
@@ -26,7 +27,35 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => crate::demo::command(args).await,
         Command::Status(args) => crate::ops::status::command(args).await,
         Command::Dlq(args) => crate::ops::dlq::command(args).await,
+        Command::Cleanup(args) => cleanup(args).await,
     }
+}
+
+/// `cleanup`: refuses without `--yes` or `--tenant` (exit 2, nothing contacted); otherwise runs the cleanup jobs
+/// through the same transport as `run`, prints what each mailbox lost and writes the report where asked.
+async fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
+    if let Some(refusal) = args.refusal() {
+        eprintln!("cleanup: {refusal}");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let mut run = args.run;
+    if run.state_dir.is_none() {
+        run.state_dir = StateStore::default_dir();
+    }
+    let settings = match load_settings(&run) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("configuration error: {error:#}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let report = execute_cleanup(&settings, &run, args.source).await?;
+    for tenant in &report.tenants {
+        for line in &tenant.planned {
+            println!("{} {}: {line}", tenant.tenant_id, args.source);
+        }
+    }
+    finish(&report, run.report.as_deref(), run.report_html.as_deref())
 }
 
 async fn run(mut args: RunArgs) -> Result<ExitCode> {
@@ -94,6 +123,28 @@ pub fn load_settings(args: &RunArgs) -> Result<Settings> {
 /// Runs one sync with `settings` on the transport `args` select, keeping feeds in `args.state_dir` (none: every
 /// folder is read in full).
 pub async fn execute(settings: &Settings, args: &RunArgs) -> Result<RunReport> {
+    execute_as(settings, args, None).await
+}
+
+/// Runs `cleanup --source source` of the tenants `args` name, on the transport `args` select: every receiving
+/// mailbox first, then the central folder. Keeps no feeds. The deletion cap does not apply.
+pub async fn execute_cleanup(
+    settings: &Settings,
+    args: &RunArgs,
+    source: CleanupSource,
+) -> Result<RunReport> {
+    anyhow::ensure!(
+        !args.tenants.is_empty(),
+        "cleanup needs the tenants named (--tenant)"
+    );
+    execute_as(settings, args, Some(source)).await
+}
+
+async fn execute_as(
+    settings: &Settings,
+    args: &RunArgs,
+    cleanup: Option<CleanupSource>,
+) -> Result<RunReport> {
     let store = args
         .state_dir
         .as_ref()
@@ -107,10 +158,12 @@ pub async fn execute(settings: &Settings, args: &RunArgs) -> Result<RunReport> {
     let request = RunRequest {
         settings,
         only_tenants: &args.tenants,
-        dry_run: settings.dry_run,
+        dry_run: settings.dry_run || args.dry_run,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         state: store.as_ref(),
         rebuild_central: args.rebuild_central,
+        allow_mass_delete: args.allow_mass_delete || settings.allow_mass_delete,
+        cleanup,
     };
     match &args.amqp_url {
         None => {

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::config::TenantSettings;
 use shared::feed::{Cursors, FolderFeed};
-use shared::message::CentralFolder;
+use shared::message::{CentralFolder, FolderChoice};
 use shared::model::Mailbox;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -52,6 +52,15 @@ pub struct TenantMemory {
     filled_central: Option<KnownCentral>,
     /// When the state was saved.
     saved_at: Option<DateTime<Utc>>,
+}
+
+/// The target folder a tenant's copies were last completely brought into (its own file: see
+/// [`StateStore::target_folder`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KnownTargetFolder {
+    schema: u32,
+    target_folder: FolderChoice,
 }
 
 /// The central folder earlier runs filled: the shared mailbox's and the folder's Graph ids.
@@ -153,21 +162,54 @@ impl StateStore {
     /// Saves `memory` for `tenant_id`, replacing the previous file atomically. Called under the tenant's lease
     /// (see [`crate::lease`]).
     pub fn save(&self, tenant_id: &str, memory: &TenantMemory) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
-        let path = self.file(tenant_id);
-        // A temporary name of its own: two processes saving at once (whatever the lease) never write into one
-        // file, and the rename makes the last complete one win.
-        let tmp = path.with_extension(format!("json.{}.tmp", Uuid::new_v4().simple()));
         let mut saved = memory.clone();
         saved.saved_at = Some(Utc::now());
         let json = serde_json::to_vec_pretty(&saved).context("serialising the state")?;
+        self.replace(&self.file(tenant_id), &json)
+    }
+
+    fn folder_file(&self, tenant_id: &str) -> PathBuf {
+        self.dir.join(format!(
+            "target-folder-{}.json",
+            crate::lease::file_safe(tenant_id)
+        ))
+    }
+
+    /// The folder every receiving mailbox of `tenant_id` last had its managed copies brought into (its
+    /// `TargetFolder` then), whatever the feeds' scope; `None` when nothing is recorded. A changed `TargetFolder`
+    /// moves the copies from there.
+    pub fn target_folder(&self, tenant_id: &str) -> Option<FolderChoice> {
+        let bytes = std::fs::read(self.folder_file(tenant_id)).ok()?;
+        serde_json::from_slice::<KnownTargetFolder>(&bytes)
+            .ok()
+            .filter(|known| known.schema == STATE_SCHEMA)
+            .map(|known| known.target_folder)
+    }
+
+    /// Records `folder` as where every receiving mailbox of `tenant_id` now has its managed copies.
+    pub fn save_target_folder(&self, tenant_id: &str, folder: &FolderChoice) -> Result<()> {
+        let known = KnownTargetFolder {
+            schema: STATE_SCHEMA,
+            target_folder: folder.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&known).context("serialising the target folder")?;
+        self.replace(&self.folder_file(tenant_id), &json)
+    }
+
+    /// Replaces `path` with `bytes` atomically.
+    fn replace(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
+        // A temporary name of its own: two processes saving at once (whatever the lease) never write into one
+        // file, and the rename makes the last complete one win.
+        let tmp = path.with_extension(format!("json.{}.tmp", Uuid::new_v4().simple()));
+        let json = bytes;
         let mut file =
             std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        file.write_all(&json)
+        file.write_all(json)
             .and_then(|()| file.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
         Ok(())
     }
 }
@@ -292,6 +334,25 @@ mod tests {
                 .map(|u| ((*u).to_owned(), feed(u, None)))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn the_target_folder_is_remembered_apart_from_the_feeds() {
+        let dir = std::env::temp_dir().join(format!("cm-state-{}", Uuid::new_v4().simple()));
+        let store = StateStore::new(&dir);
+        assert_eq!(store.target_folder("t"), None);
+        let named = FolderChoice::Named("Company Directory".into());
+        store.save_target_folder("t", &named).expect("saved");
+        assert_eq!(store.target_folder("T2"), None);
+        assert_eq!(store.target_folder("t"), Some(named));
+        store
+            .save_target_folder("t", &FolderChoice::DefaultContacts)
+            .expect("saved");
+        assert_eq!(
+            store.target_folder("t"),
+            Some(FolderChoice::DefaultContacts)
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

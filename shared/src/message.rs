@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::TargetFolder;
 use crate::feed::Cursors;
 use crate::model::Mailbox;
-use crate::sync::PlanCounts;
+use crate::sync::{CleanupSource, PlanCounts};
 
 /// The version of the job and report schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -58,6 +59,34 @@ pub struct CentralFolder {
     pub mailbox: Mailbox,
     /// The folder's Graph id; `None` only in a dry run where the folder does not exist yet.
     pub folder_id: Option<String>,
+}
+
+/// A receiving mailbox's folder for managed copies, as a job names it (the configuration's `TargetFolder`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FolderChoice {
+    /// The default Contacts folder.
+    DefaultContacts,
+    /// A top-level contact folder of this name.
+    Named(String),
+}
+
+impl From<&TargetFolder> for FolderChoice {
+    fn from(folder: &TargetFolder) -> Self {
+        match folder {
+            TargetFolder::DefaultContacts => FolderChoice::DefaultContacts,
+            TargetFolder::Named(name) => FolderChoice::Named(name.as_str().to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for FolderChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FolderChoice::DefaultContacts => f.write_str("the default Contacts folder"),
+            FolderChoice::Named(name) => write!(f, "the folder {name:?}"),
+        }
+    }
 }
 
 /// What a job does. Tagged by `phase` in JSON.
@@ -111,6 +140,18 @@ pub struct Job {
     /// --rebuild-central`), so stamped copies in users' mailboxes are sources to publish, never removals.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rebuild_central: bool,
+    /// `contactmirror-producer cleanup`: instead of syncing, remove this source's managed copies (phase 2: from the
+    /// mailbox; phase 1: from the central folder) and take the tool's stamp off owners' contacts. No deletion cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<CleanupSource>,
+    /// Phase 2: the folder the tenant's managed copies were last brought into, when the configured `TargetFolder`
+    /// is another: its managed copies move (created in the new place, then deleted from this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub move_from: Option<FolderChoice>,
+    /// The deletion cap is lifted for this run (`run --allow-mass-delete`, or `AllowMassDelete` in the
+    /// configuration). The refusal of an empty source list stays.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_mass_delete: bool,
     /// What to do.
     #[serde(flatten)]
     pub kind: JobKind,
@@ -129,6 +170,9 @@ impl Job {
             cursors: Cursors::default(),
             report_queue: None,
             rebuild_central: false,
+            cleanup: None,
+            move_from: None,
+            allow_mass_delete: false,
             kind,
         };
         let key = format!(
@@ -433,6 +477,9 @@ mod tests {
         let mut value = serde_json::to_value(&job).expect("value");
         let fields = value.as_object_mut().expect("object");
         assert!(!fields.contains_key("report_queue") && !fields.contains_key("rebuild_central"));
+        assert!(!["cleanup", "move_from", "allow_mass_delete"]
+            .iter()
+            .any(|key| fields.contains_key(*key)));
         fields.remove("report_queue");
         let parsed = Job::from_json(&serde_json::to_vec(&value).expect("bytes")).expect("parse");
         assert_eq!(parsed.report_queue, None);
@@ -440,6 +487,13 @@ mod tests {
         let mut routed = job.clone();
         routed.report_queue = Some("cm.reports.x".into());
         routed.rebuild_central = true;
+        assert_eq!(Job::from_json(&routed.to_json()).expect("parse"), routed);
+        assert!(
+            parsed.cleanup.is_none() && parsed.move_from.is_none() && !parsed.allow_mass_delete
+        );
+        routed.cleanup = Some(CleanupSource::Directory);
+        routed.move_from = Some(FolderChoice::Named("Company Directory".into()));
+        routed.allow_mass_delete = true;
         assert_eq!(Job::from_json(&routed.to_json()).expect("parse"), routed);
     }
 

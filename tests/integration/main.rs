@@ -48,3 +48,6 @@ mod directory;
 
 // Issue 11: another tenant's directory (FromTenants), and the selection by groups and UserFilter.
 mod directory_sources;
+
+// Issue 11: `cleanup`, TargetFolder moves and `--allow-mass-delete`.
+mod cleanup;

@@ -216,6 +216,8 @@ async fn produce(settings: Settings, topology: Topology) -> bool {
         dry_run: false,
         idle_timeout: Duration::from_secs(60),
         rebuild_central: false,
+        allow_mass_delete: false,
+        cleanup: None,
     };
     let report = orchestrate::run(&mut broker, &graph, request)
         .await

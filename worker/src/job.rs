@@ -17,10 +17,14 @@ use shared::feed::{self, Check, Cursors, DeltaLink, FolderFeed, SourceCheck};
 use shared::graph::DirectoryError;
 use shared::graph::{ErrorKind, FolderRef, GraphClient, GraphError, TenantClient};
 use shared::message::{
-    CentralFolder, FailureReason, GraphCounts, Job, JobKind, Report, SourceFailure, SCHEMA_VERSION,
+    CentralFolder, FailureReason, FolderChoice, GraphCounts, Job, JobKind, Report, SourceFailure,
+    SCHEMA_VERSION,
 };
 use shared::model::{Contact, Mailbox, WriteOp};
-use shared::sync::{self, Plan, PlanContext, PlanCounts, PreparedCentral, SourceMailbox};
+use shared::sync::{
+    self, CleanupScope, CleanupSource, Plan, PlanContext, PlanCounts, PreparedCentral,
+    SourceMailbox, SyncId,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -75,6 +79,21 @@ struct Done {
     cursors: Cursors,
     /// Nothing changed since the last run: nothing was read or planned.
     skipped: bool,
+    /// The persons whose contact Graph confirmed created (in a dry run: planned), by sync id: a move deletes an
+    /// old copy only once this proves its replacement.
+    created: BTreeSet<SyncId>,
+}
+
+impl Done {
+    /// Adds what another write step of the same job did (counts, refused writes, plan lines).
+    fn absorb(&mut self, other: Done) {
+        self.counts.created += other.counts.created;
+        self.counts.updated += other.counts.updated;
+        self.counts.deleted += other.counts.deleted;
+        self.counts.skipped += other.counts.skipped;
+        self.failed_writes += other.failed_writes;
+        self.planned.extend(other.planned);
+    }
 }
 
 /// Where a folder's feed stands after checking it.
@@ -126,12 +145,21 @@ impl JobRunner {
                 let writes = TaskTracker::new();
                 let work = async {
                     self.trusted(tenant, &client, job).await?;
-                    match &job.kind {
-                        JobKind::Phase1 { central, sources } => {
+                    match (&job.kind, job.cleanup) {
+                        (JobKind::Phase1 { central, .. }, Some(source)) => {
+                            self.cleanup_central(tenant, &client, job, source, central, &writes)
+                                .await
+                        }
+                        (JobKind::Phase2 { central, mailbox }, Some(source)) => {
+                            let central = central.as_ref();
+                            self.cleanup_mailbox(tenant, &client, job, source, central, mailbox, &writes)
+                                .await
+                        }
+                        (JobKind::Phase1 { central, sources }, None) => {
                             self.phase1(tenant, &client, job, central, sources, &writes)
                                 .await
                         }
-                        JobKind::Phase2 { central, mailbox } => {
+                        (JobKind::Phase2 { central, mailbox }, None) => {
                             self.phase2(tenant, &client, job, central.as_ref(), mailbox, &writes)
                                 .await
                         }
@@ -324,11 +352,8 @@ impl JobRunner {
 
         let central_contacts = read_central(client, central).await?;
         let ctx = PlanContext {
-            tenant_id: job.tenant_id.clone(),
-            owner: central.mailbox.clone(),
-            options: tenant.mirror.clone(),
-            now: Utc::now(),
             rebuild_central: job.rebuild_central,
+            ..plan_context(tenant, job, &central.mailbox)
         };
         // Each source keeps only what can change the plan, dropped as soon as it is read (issue 10, scenario 10).
         let central_keys = sync::CentralKeys::new(&ctx, &central_contacts);
@@ -411,13 +436,18 @@ impl JobRunner {
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let directory_on = tenant.distribution.receives_directory();
-        let named_folder = match &tenant.distribution.target_folder {
-            TargetFolder::DefaultContacts => None,
-            TargetFolder::Named(name) => Some(name.as_str()),
-        };
+        let named_folder = !matches!(
+            tenant.distribution.target_folder,
+            TargetFolder::DefaultContacts
+        );
         // The kept feeds follow the default Contacts folder and the central folder only: with the directory as a
         // source or another target folder they prove nothing, so the mailbox is read in full.
-        let feeds_apply = !directory_on && named_folder.is_none();
+        let moving = job
+            .move_from
+            .as_ref()
+            .filter(|from| **from != FolderChoice::from(&tenant.distribution.target_folder));
+        // A pending move reads both folders: no skip.
+        let feeds_apply = !directory_on && !named_folder && moving.is_none();
         let generation = job.cursors.central_generation.filter(|_| feeds_apply);
         let prior = job
             .cursors
@@ -487,43 +517,40 @@ impl JobRunner {
         } else {
             &central_contacts
         };
-        let folder = match named_folder {
-            None => FolderRef::Default,
-            Some(name) => {
-                let doing = format!("finding the folder {name:?} of {}", mailbox.upn);
-                let found = if job.dry_run {
-                    client.find_top_level_folder(&mailbox.id, name).await
-                } else {
-                    client
-                        .ensure_top_level_folder(&mailbox.id, name)
-                        .await
-                        .map(Some)
-                }
-                .map_err(|e| classify(&e, &doing))?;
-                match found {
-                    Some(folder) => FolderRef::Id(folder.id),
-                    // A dry run before the folder exists: it is empty, so everything would be created.
-                    None => {
-                        return self
-                            .plan_and_apply(
-                                tenant,
-                                client,
-                                job,
-                                sources,
-                                mailbox,
-                                None,
-                                &[],
-                                writes,
-                            )
-                            .await
-                    }
-                }
+        // The previous folder's contacts are read before anything is written: the new copies carry over what
+        // users added to the old ones.
+        let old = match moving {
+            Some(from) => {
+                find_folder(client, job, mailbox, from, false)
+                    .await?
+                    .map(|folder| async move {
+                        let contacts =
+                            client
+                                .list_contacts(&mailbox.id, &folder)
+                                .await
+                                .map_err(|e| {
+                                    classify(&e, &format!("reading contacts of {}", mailbox.upn))
+                                })?;
+                        Ok::<_, AttemptResult>((folder, contacts))
+                    })
             }
+            None => None,
         };
-        let target = client
-            .list_contacts(&mailbox.id, &folder)
-            .await
-            .map_err(|e| classify(&e, &format!("reading contacts of {}", mailbox.upn)))?;
+        let old = match old {
+            Some(read) => Some(read.await?),
+            None => None,
+        };
+        let current = FolderChoice::from(&tenant.distribution.target_folder);
+        let folder = find_folder(client, job, mailbox, &current, !job.dry_run).await?;
+        let target = match &folder {
+            Some(folder) => client
+                .list_contacts(&mailbox.id, folder)
+                .await
+                .map_err(|e| classify(&e, &format!("reading contacts of {}", mailbox.upn)))?,
+            // A dry run before the folder exists: it is empty, so everything would be created.
+            None => Vec::new(),
+        };
+        let old_contacts = old.as_ref().map(|(_, contacts)| contacts.as_slice());
         let mut done = self
             .plan_and_apply(
                 tenant,
@@ -531,11 +558,32 @@ impl JobRunner {
                 job,
                 sources,
                 mailbox,
-                Some(&folder),
+                folder.as_ref(),
                 &target,
+                old_contacts,
                 writes,
             )
             .await?;
+        if let Some((old_folder, old_contacts)) = &old {
+            let ctx = plan_context(tenant, job, mailbox);
+            let out = sync::plan_move_out(
+                &ctx,
+                mailbox,
+                old_contacts,
+                &done.created,
+                sources.contacts(),
+            )
+            .map_err(|refusal| AttemptResult::Permanent {
+                reason: FailureReason::DeletionCapExceeded,
+                error: refusal.to_string(),
+            })?;
+            let moved = self
+                .apply(client, job, mailbox, old_folder, &out, writes)
+                .await?;
+            info!(mailbox = %mailbox.upn, from = %moving.map(ToString::to_string).unwrap_or_default(),
+                  deleted = moved.counts.deleted, "managed copies moved to the target folder");
+            done.absorb(moved);
+        }
         if let Some(link) = found.link {
             let link = advance_past_own_writes(client, mailbox, link, &done).await;
             let in_line_with = generation.filter(|_| done.failed_writes == 0);
@@ -602,26 +650,144 @@ impl JobRunner {
         mailbox: &Mailbox,
         folder: Option<&FolderRef>,
         target: &[Contact],
+        moving_from: Option<&[Contact]>,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
-        let ctx = PlanContext {
-            tenant_id: job.tenant_id.clone(),
-            owner: mailbox.clone(),
-            options: tenant.mirror.clone(),
-            now: Utc::now(),
-            rebuild_central: false,
-        };
-        let plan =
+        let ctx = plan_context(tenant, job, mailbox);
+        let mut plan =
             sync::plan_distribution_from(&ctx, sources, mailbox, target).map_err(|refusal| {
                 AttemptResult::Permanent {
                     reason: FailureReason::DeletionCapExceeded,
                     error: refusal.to_string(),
                 }
             })?;
+        if let Some(old) = moving_from {
+            sync::carry_over(&ctx, mailbox, &mut plan, old, sources.contacts());
+        }
         // Only a dry run has no folder, and a dry run writes nothing.
         let folder = folder.cloned().unwrap_or(FolderRef::Default);
-        self.apply(client, job, mailbox, &folder, &plan, writes)
-            .await
+        let mut done = self
+            .apply(client, job, mailbox, &folder, &plan, writes)
+            .await?;
+        done.created.extend(sync::matched_persons(&plan));
+        if job.dry_run {
+            done.created.extend(plan.writes().filter_map(|op| match op {
+                WriteOp::Create(write) => write.sync_id.as_deref().and_then(SyncId::parse),
+                _ => None,
+            }));
+        }
+        Ok(done)
+    }
+
+    /// Cleanup of one receiving mailbox (`cleanup`): the configured target folder, and the default Contacts folder
+    /// too when the target is another (copies made before `TargetFolder` was set). Judged against the persons
+    /// phase 2 plans the mailbox against, so ownership is decided as there. No cap: an explicit operator command.
+    #[allow(clippy::too_many_arguments)]
+    async fn cleanup_mailbox(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        job: &Job,
+        source: CleanupSource,
+        central: Option<&CentralFolder>,
+        mailbox: &Mailbox,
+        writes: &TaskTracker,
+    ) -> Result<Done, AttemptResult> {
+        let central_contacts = match central {
+            Some(central) => {
+                self.central
+                    .get_or_load(&job.tenant_id, job.run_id, central, || {
+                        read_central(client, central)
+                    })
+                    .await?
+            }
+            None => Arc::new(PreparedCentral::new(Vec::new())),
+        };
+        // The directory tells its persons' copies from the mirror's; without it every copy is the mirror's.
+        let directory_wanted =
+            tenant.distribution.directory.enabled || source == CleanupSource::Directory;
+        let (persons, directory_ids) = if directory_wanted {
+            let persons = self
+                .directory
+                .get_or_load(&job.tenant_id, job.run_id, || {
+                    read_directory(tenant, client)
+                })
+                .await?;
+            let ids: BTreeSet<SyncId> = persons.iter().map(|p| p.sync_id.clone()).collect();
+            let combined =
+                directory::combine(mailbox, central_contacts.contacts(), &persons, Utc::now());
+            (combined, ids)
+        } else {
+            (central_contacts.contacts().to_vec(), BTreeSet::new())
+        };
+        let scope = CleanupScope {
+            source,
+            directory_ids: &directory_ids,
+            persons: &persons,
+        };
+        let current = FolderChoice::from(&tenant.distribution.target_folder);
+        let mut folders = vec![current.clone()];
+        if current != FolderChoice::DefaultContacts {
+            folders.push(FolderChoice::DefaultContacts);
+        }
+        let ctx = plan_context(tenant, job, mailbox);
+        let mut done = Done::default();
+        for choice in &folders {
+            let Some(folder) = find_folder(client, job, mailbox, choice, false).await? else {
+                continue;
+            };
+            let contacts = client
+                .list_contacts(&mailbox.id, &folder)
+                .await
+                .map_err(|e| classify(&e, &format!("reading contacts of {}", mailbox.upn)))?;
+            let plan = sync::plan_cleanup(&ctx, mailbox, &contacts, &scope);
+            let mut step = self
+                .apply(client, job, mailbox, &folder, &plan, writes)
+                .await?;
+            // Cleanup reports what it removed, dry run or not, naming the mailbox.
+            step.planned = mailbox_lines(mailbox, &plan);
+            done.absorb(step);
+        }
+        info!(mailbox = %mailbox.upn, %source, removed = done.counts.deleted,
+              unstamped = done.counts.updated, "cleaned up");
+        Ok(done)
+    }
+
+    /// Cleanup of the central folder (`cleanup --source mirror|all`): its managed contacts, by the one ownership
+    /// rule judged in the shared mailbox. Sent after every mailbox's cleanup succeeded, which judged copies
+    /// against it.
+    async fn cleanup_central(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        job: &Job,
+        source: CleanupSource,
+        central: &CentralFolder,
+        writes: &TaskTracker,
+    ) -> Result<Done, AttemptResult> {
+        let Some(id) = central
+            .folder_id
+            .as_ref()
+            .filter(|_| source.includes_central())
+        else {
+            return Ok(Done::default());
+        };
+        let folder = FolderRef::Id(id.clone());
+        let contacts = read_central(client, central).await?;
+        let ctx = plan_context(tenant, job, &central.mailbox);
+        let none = BTreeSet::new();
+        let scope = CleanupScope {
+            source: CleanupSource::All,
+            directory_ids: &none,
+            persons: &[],
+        };
+        let plan = sync::plan_cleanup(&ctx, &central.mailbox, &contacts, &scope);
+        let mut done = self
+            .apply(client, job, &central.mailbox, &folder, &plan, writes)
+            .await?;
+        done.planned = mailbox_lines(&central.mailbox, &plan);
+        info!(mailbox = %central.mailbox.upn, removed = done.counts.deleted, "central folder cleaned up");
+        Ok(done)
     }
 
     /// Writes the plan (unless the job is a dry run) and counts what happened.
@@ -675,6 +841,7 @@ impl JobRunner {
         let mut retry_wait: Option<Duration> = None;
         let mut first_transient = None;
         let (mut written, mut deleted) = (feed::Written::new(), BTreeSet::new());
+        let mut confirmed = BTreeSet::new();
         for (op, outcome) in ops.iter().zip(&outcomes) {
             match (op, outcome) {
                 (WriteOp::Delete { id }, Ok(_)) => {
@@ -684,8 +851,11 @@ impl JobRunner {
                     let key = answer.as_ref().and_then(|c| c.change_key.clone());
                     written.insert(id.clone(), key);
                 }
-                (WriteOp::Create(_), Ok(Some(created))) => {
+                (WriteOp::Create(write), Ok(Some(created))) => {
                     written.insert(created.id.clone(), created.change_key.clone());
+                    if let Some(sync) = write.sync_id.as_deref().and_then(SyncId::parse) {
+                        confirmed.insert(sync);
+                    }
                 }
                 _ => {}
             }
@@ -714,9 +884,51 @@ impl JobRunner {
             failed_writes,
             written,
             deleted,
+            created: confirmed,
             ..Done::default()
         })
     }
+}
+
+/// The planning context of a job writing `owner`: the tenant's policy, with the deletion cap lifted when the run
+/// allows a mass deletion (`run --allow-mass-delete`).
+fn plan_context(tenant: &TenantSettings, job: &Job, owner: &Mailbox) -> PlanContext {
+    let mut options = tenant.mirror.clone();
+    if job.allow_mass_delete {
+        options.deletion.max_share = 1.0;
+    }
+    PlanContext {
+        tenant_id: job.tenant_id.clone(),
+        owner: owner.clone(),
+        options,
+        now: Utc::now(),
+        rebuild_central: false,
+    }
+}
+
+/// The folder `choice` names in `mailbox`: the default Contacts folder, or the top-level folder of that name,
+/// created when `create` (never in a dry run); `None` when it does not exist and is not created.
+async fn find_folder(
+    client: &TenantClient,
+    job: &Job,
+    mailbox: &Mailbox,
+    choice: &FolderChoice,
+    create: bool,
+) -> Result<Option<FolderRef>, AttemptResult> {
+    let FolderChoice::Named(name) = choice else {
+        return Ok(Some(FolderRef::Default));
+    };
+    let doing = format!("finding the folder {name:?} of {}", mailbox.upn);
+    let found = if create && !job.dry_run {
+        client
+            .ensure_top_level_folder(&mailbox.id, name)
+            .await
+            .map(Some)
+    } else {
+        client.find_top_level_folder(&mailbox.id, name).await
+    }
+    .map_err(|e| classify(&e, &doing))?;
+    Ok(found.map(|folder| FolderRef::Id(folder.id)))
 }
 
 /// Checks a folder's feed: what changed since `prior`, or, without a usable link, a new feed (and so
@@ -886,6 +1098,14 @@ pub fn planned_lines(plan: &Plan) -> Vec<String> {
         lines.push(format!("… and {more} more planned writes not listed"));
     }
     lines
+}
+
+/// [`planned_lines`] of `plan`, each naming `mailbox` (a cleanup's lines of every mailbox end up in one list).
+fn mailbox_lines(mailbox: &Mailbox, plan: &Plan) -> Vec<String> {
+    planned_lines(plan)
+        .into_iter()
+        .map(|line| format!("{}: {line}", mailbox.upn))
+        .collect()
 }
 
 /// Maps a Graph error to retry-or-not, keeping the error's text and Graph's requested wait.

@@ -20,7 +20,7 @@ use super::{
 use crate::secret::Secret;
 
 /// Keys of the document root only.
-const ROOT_KEYS: &[&str] = &["MicrosoftTenants", "DryRun"];
+const ROOT_KEYS: &[&str] = &["MicrosoftTenants", "DryRun", "AllowMassDelete"];
 /// Keys that describe one tenant.
 const TENANT_KEYS: &[&str] = &[
     "TenantId",
@@ -69,6 +69,8 @@ pub(super) struct Builder<'a> {
     base_dir: Option<PathBuf>,
     /// Where each tenant (in order) gave `FromTenants`, checked once every tenant is known.
     from_tenants_at: Vec<Option<Loc>>,
+    /// The document's run-wide `AllowMassDelete`, when it sets it.
+    allow_mass_delete: Option<bool>,
 }
 
 /// The optional settings of one level (document root or tenant); `None` means "not set here".
@@ -214,6 +216,7 @@ impl<'a> Builder<'a> {
             secrets: Vec::new(),
             base_dir: None,
             from_tenants_at: Vec::new(),
+            allow_mass_delete: None,
         }
     }
 
@@ -280,6 +283,7 @@ impl<'a> Builder<'a> {
         Ok(Settings {
             tenants: tenants.into_iter().map(|(tenant, _)| tenant).collect(),
             dry_run,
+            allow_mass_delete: self.allow_mass_delete.unwrap_or(false),
         })
     }
 
@@ -300,6 +304,9 @@ impl<'a> Builder<'a> {
             Some((node, at)) => raw::boolean(node, at)?,
             None => None,
         };
+        if let Some((node, at)) = root.get("AllowMassDelete") {
+            self.allow_mass_delete = raw::boolean(node, at)?;
+        }
         let defaults = Layer::read(&root)?;
         let Some((list, list_at)) = root.get("MicrosoftTenants") else {
             // The older flat form: the root is the one tenant.

@@ -254,6 +254,9 @@ pub struct Settings {
     pub tenants: Vec<TenantSettings>,
     /// Compute and report the plan, write nothing.
     pub dry_run: bool,
+    /// `AllowMassDelete` (run-wide, default false): lift the deletion cap for the run, like
+    /// `run --allow-mass-delete`.
+    pub allow_mass_delete: bool,
 }
 
 /// How to reach one tenant and how to mirror it.

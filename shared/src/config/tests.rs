@@ -128,6 +128,18 @@ fn config_json_multi_tenant_form() {
     assert_eq!(settings.tenants[1].test_user_list, None);
 }
 
+/// `AllowMassDelete` is run-wide (top level), off by default, and read like `DryRun`.
+#[test]
+fn allow_mass_delete_is_a_run_wide_switch_off_by_default() {
+    let mut doc = tenant_json();
+    assert!(!load_doc(&doc).expect("valid").allow_mass_delete);
+    doc["AllowMassDelete"] = json!("true");
+    assert!(load_doc(&doc).expect("valid").allow_mass_delete);
+    doc["AllowMassDelete"] = json!("perhaps");
+    let error = load_doc(&doc).expect_err("not a boolean").to_string();
+    assert!(error.contains("AllowMassDelete"), "{error}");
+}
+
 #[test]
 fn config_json_flat_single_tenant_form() {
     let mut doc = tenant_json();

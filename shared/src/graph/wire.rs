@@ -219,7 +219,13 @@ pub(crate) fn update_body(write: &ContactWrite) -> Value {
         None => Map::new(),
     };
     if let Some(notes) = &write.personal_notes {
-        body.insert("personalNotes".into(), Value::String(notes.clone()));
+        // Empty notes are cleared: a contact that had none before the tool stamped it reads as it did.
+        let notes = if notes.is_empty() {
+            Value::Null
+        } else {
+            Value::String(notes.clone())
+        };
+        body.insert("personalNotes".into(), notes);
     }
     if let Some(categories) = &write.categories {
         body.insert("categories".into(), Value::from(categories.clone()));
@@ -509,6 +515,8 @@ mod tests {
         assert_eq!(body["mobilePhone"], Value::Null);
         assert_eq!(body["businessPhones"], serde_json::json!([]));
         assert_eq!(body["categories"], serde_json::json!([]));
+        // Cleanup taking the stamp off notes that had no text: cleared, as before the stamp.
+        assert_eq!(body["personalNotes"], Value::Null);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
 
 use super::central::{with_category, Candidate, MatchKeys};
 use super::identity::{
-    effective_sync_id, names_mailbox, ownership, property_sync_id, OwnerReason, Ownership, SyncId,
+    effective_sync_id, names_mailbox, ownership, property_sync_id, stamped_as_own, OwnerReason,
+    Ownership, SyncId,
 };
 use super::matching::{agrees, DataIndex};
 use super::normalize::has_category;
@@ -265,12 +266,7 @@ pub fn plan_distribution_from(
         let Some(ti) = *ti else { continue };
         let creator = sources[si].stamp.created_by.as_deref();
         let target = &mut targets[ti];
-        let stamped_by = target.stamp.created_by.as_deref();
-        if target.ownership == Ownership::ManagedCopy
-            && creator
-                .zip(stamped_by)
-                .is_some_and(|(creator, by)| !creator.trim().eq_ignore_ascii_case(by.trim()))
-        {
+        if target.ownership == Ownership::ManagedCopy && stamped_as_own(&target.stamp, creator) {
             target.ownership = Ownership::OwnerCreated(OwnerReason::StampedAsOwn);
         }
     }

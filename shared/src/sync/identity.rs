@@ -5,6 +5,8 @@
 //! source contact id) so a job retried after a crash finds what it already created instead of creating it again.
 //! Ownership decides what the tool may ever delete: only managed copies, never what the mailbox owner created.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -141,6 +143,56 @@ pub fn ownership(tenant_id: &str, mailbox: &Mailbox, contact: &Contact) -> Owner
         return Ownership::OwnerCreated(OwnerReason::NotesStampOnly);
     }
     Ownership::ManagedCopy
+}
+
+/// Whether a contact carrying the extended property was stamped as an owner's own contact rather than copied from
+/// its person: the tool copies the person's `CreatedBy` into every copy it makes, so a `CreatedBy` naming someone
+/// else (an owner's UPN since renamed) proves an owner's contact ([`OwnerReason::StampedAsOwn`]). `person_creator`
+/// is the person's `CreatedBy` as its source holds it; without one on either side nothing is proven. Phase 2 and
+/// cleanup both decide with this.
+pub fn stamped_as_own(contact_stamp: &NotesStamp, person_creator: Option<&str>) -> bool {
+    person_creator
+        .zip(contact_stamp.created_by.as_deref())
+        .is_some_and(|(creator, by)| !creator.trim().eq_ignore_ascii_case(by.trim()))
+}
+
+/// Each person's `CreatedBy` by sync id, as `persons` (the list a mailbox is planned against) hold it; the first
+/// by id of several with one sync id, as phase 2 uses.
+pub fn creators_of(persons: &[Contact]) -> BTreeMap<SyncId, Option<String>> {
+    let mut sorted: Vec<&Contact> = persons.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut out = BTreeMap::new();
+    for person in sorted {
+        if let Some(id) = effective_sync_id(person) {
+            out.entry(id)
+                .or_insert_with(|| NotesStamp::parse(person.personal_notes.as_deref()).created_by);
+        }
+    }
+    out
+}
+
+/// [`ownership`], completed by [`stamped_as_own`] against the person the contact's property names (`creators`,
+/// from [`creators_of`]): how cleanup and moves judge a contact outside phase 2's matching, with phase 2's rule.
+pub fn ownership_among(
+    tenant_id: &str,
+    mailbox: &Mailbox,
+    contact: &Contact,
+    creators: &BTreeMap<SyncId, Option<String>>,
+) -> Ownership {
+    let judged = ownership(tenant_id, mailbox, contact);
+    let creator = property_sync_id(contact).and_then(|id| creators.get(&id));
+    match creator {
+        Some(creator)
+            if judged == Ownership::ManagedCopy
+                && stamped_as_own(
+                    &NotesStamp::parse(contact.personal_notes.as_deref()),
+                    creator.as_deref(),
+                ) =>
+        {
+            Ownership::OwnerCreated(OwnerReason::StampedAsOwn)
+        }
+        _ => judged,
+    }
 }
 
 #[cfg(test)]

@@ -70,6 +70,17 @@ pub enum Reason {
     NoSyncId,
     /// Another contact in the same folder carries the same sync id and is the one kept in sync.
     DuplicateSyncId,
+    /// A managed copy in the previous target folder whose replacement exists in the current one.
+    Moved,
+    /// A managed copy in the previous target folder whose replacement is not there yet: kept until it is.
+    AwaitingReplacement,
+    /// Cleanup: a managed copy the tool made, removed.
+    CleanedUp,
+    /// Cleanup: the owner's own contact carried the tool's stamp, which is taken off (notes text kept).
+    Unstamped,
+    /// Cleanup: a managed copy holding the owner's own note text is handed over to the owner (stamp taken off,
+    /// note kept) instead of deleted.
+    HandedOver,
 }
 
 impl std::fmt::Display for Reason {
@@ -87,6 +98,13 @@ impl std::fmt::Display for Reason {
             Reason::DeletionDisabled => "no longer in the central folder, but deletion is disabled",
             Reason::NoSyncId => "central contact without a sync id yet",
             Reason::DuplicateSyncId => "duplicate of another contact with the same sync id",
+            Reason::Moved => "moved: its replacement exists in the target folder",
+            Reason::AwaitingReplacement => {
+                "not moved yet: its replacement is not in the target folder"
+            }
+            Reason::CleanedUp => "managed copy removed by cleanup",
+            Reason::Unstamped => "own contact: the tool's stamp removed",
+            Reason::HandedOver => "managed copy with the owner's note: handed over, stamp removed",
         })
     }
 }
