@@ -38,6 +38,11 @@ pub enum Command {
     Dlq(DlqArgs),
     /// Turn a run report (`run --report FILE`) into a self-contained HTML page.
     Report(ReportArgs),
+    /// Show the kept runs (run id, when, duration, per tenant created/updated/deleted/failed), newest first.
+    History(crate::history::HistoryArgs),
+    /// Check each tenant without writing: token and permissions, shared mailbox, central folder, mailboxes,
+    /// and what the first run would cost. Exit 0 when every tenant is ready, 1 otherwise.
+    Check(crate::check::CheckArgs),
     /// Try it all on this machine: graphsim in-process, a few hundred mailboxes, two embedded runs.
     Demo(crate::demo::DemoArgs),
 }
@@ -97,6 +102,12 @@ pub struct RunArgs {
     /// The central folder was deleted or renamed (a run stops and says so): restore it from the users' contacts.
     #[arg(long)]
     pub rebuild_central: bool,
+    /// How many runs' reports the state directory keeps (`history`).
+    #[command(flatten)]
+    pub history: crate::history::KeepArgs,
+    /// Where and when to send a summary after the run.
+    #[command(flatten)]
+    pub notify: crate::notify::NotifyArgs,
 }
 
 impl RunArgs {
@@ -116,6 +127,8 @@ impl RunArgs {
             state_dir: None,
             no_state: false,
             rebuild_central: false,
+            history: crate::history::KeepArgs::default(),
+            notify: crate::notify::NotifyArgs::default(),
         }
     }
 }
