@@ -45,3 +45,9 @@ mod redelivery;
 
 // Issue 11: the directory as a source of the phase-2 jobs (directory-only tenants, both sources, leavers).
 mod directory;
+
+// `check`: a ready tenant, and a missing role, an unreachable shared mailbox, blocked mailboxes named with fixes.
+mod check;
+
+// Run history in the state directory (`history`) and notifications after a run (`--notify-url`).
+mod history_notify;
