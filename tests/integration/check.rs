@@ -55,15 +55,34 @@ async fn a_ready_tenant_is_ready_nothing_is_written_and_json_says_so() {
 
     let (code, table, stderr) = producer(&["check"], &config).await;
     assert_eq!(code, 0, "{table}\n{stderr}");
-    assert_eq!(line(&table, "tenant "), format!("tenant {}: ready", tenant.tenant_id));
-    assert!(line(&table, "token").contains("roles: Contacts.ReadWrite,"), "{table}");
     assert_eq!(
-        line(&table, "permission").split_whitespace().collect::<Vec<_>>(),
-        ["permission", "ok", "all", "needed:", "Contacts.ReadWrite,", "User.Read.All"]
+        line(&table, "tenant "),
+        format!("tenant {}: ready", tenant.tenant_id)
     );
-    assert!(line(&table, "shared mailbox").contains(&tenant.shared_mailbox_upn), "{table}");
     assert!(
-        line(&table, "central folder").contains("\"All Contacts\" does not exist yet: the first run creates it"),
+        line(&table, "token").contains("roles: Contacts.ReadWrite,"),
+        "{table}"
+    );
+    assert_eq!(
+        line(&table, "permission")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [
+            "permission",
+            "ok",
+            "all",
+            "needed:",
+            "Contacts.ReadWrite,",
+            "User.Read.All"
+        ]
+    );
+    assert!(
+        line(&table, "shared mailbox").contains(&tenant.shared_mailbox_upn),
+        "{table}"
+    );
+    assert!(
+        line(&table, "central folder")
+            .contains("\"All Contacts\" does not exist yet: the first run creates it"),
         "{table}"
     );
     assert!(
@@ -80,7 +99,10 @@ async fn a_ready_tenant_is_ready_nothing_is_written_and_json_says_so() {
     let t = &json["tenants"][0];
     assert_eq!(t["tenant_id"], tenant.tenant_id.as_str());
     assert_eq!(t["ready"], true);
-    assert!(t["roles"].as_array().unwrap().contains(&Value::from("User.Read.All")));
+    assert!(t["roles"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("User.Read.All")));
     assert_eq!(t["missing_permissions"], serde_json::json!([]));
     assert_eq!(t["mailboxes"]["taking_part"], 3);
     assert_eq!(t["mailboxes"]["probed"], 3);
@@ -96,11 +118,20 @@ async fn a_ready_tenant_is_ready_nothing_is_written_and_json_says_so() {
         .collect();
     assert_eq!(
         checks,
-        ["token", "permission", "shared_mailbox", "central_folder", "mailboxes", "estimate"]
+        [
+            "token",
+            "permission",
+            "shared_mailbox",
+            "central_folder",
+            "mailboxes",
+            "estimate"
+        ]
     );
 
     // Nothing written: no folder, and nothing but reads (and token requests) reached graphsim.
-    let folders = estate.sim.folders(&tenant.tenant_id, &tenant.shared_mailbox_upn);
+    let folders = estate
+        .sim
+        .folders(&tenant.tenant_id, &tenant.shared_mailbox_upn);
     assert!(
         !folders.iter().any(|f| f["displayName"] == "All Contacts"),
         "{folders:?}"
@@ -116,7 +147,8 @@ async fn a_ready_tenant_is_ready_nothing_is_written_and_json_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_role_an_unreachable_shared_mailbox_and_blocked_mailboxes_are_named_with_their_fix() {
+async fn a_missing_role_an_unreachable_shared_mailbox_and_blocked_mailboxes_are_named_with_their_fix(
+) {
     // Sixteen users per tenant, among them one without a mailbox (user 9) and one outside the app's scope (13).
     let estate = Estate::seed(SimConfig::default(), params(16, 2, 82)).await;
     let (broken, locked) = (estate.tenants[0].clone(), estate.tenants[1].clone());
@@ -124,18 +156,26 @@ async fn a_missing_role_an_unreachable_shared_mailbox_and_blocked_mailboxes_are_
         .sim
         .set_app_roles(
             &broken.tenant_id,
-            &["Contacts.ReadWrite", "User.Read.All", "Organization.Read.All"],
+            &[
+                "Contacts.ReadWrite",
+                "User.Read.All",
+                "Organization.Read.All",
+            ],
         )
         .unwrap();
     let mut config = estate.config_json();
     let first = &mut config["MicrosoftTenants"][0];
     first["GlobalAddressBookUserId"] = Value::from(format!("nobody@{}", broken.tenant_id));
-    first["Directory"] = serde_json::json!({ "Enabled": true, "MemberTypes": ["Member", "Contact"] });
+    first["Directory"] =
+        serde_json::json!({ "Enabled": true, "MemberTypes": ["Member", "Contact"] });
     config["MicrosoftTenants"][1]["ClientSecret"] = Value::from("not-the-secret-of-this-app");
 
     let (code, table, stderr) = producer(&["check", "--all"], &config).await;
     assert_eq!(code, 1, "{table}\n{stderr}");
-    assert_eq!(line(&table, "tenant "), format!("tenant {}: NOT READY", broken.tenant_id));
+    assert_eq!(
+        line(&table, "tenant "),
+        format!("tenant {}: NOT READY", broken.tenant_id)
+    );
     assert_eq!(
         line(&table, "permission").trim(),
         "permission      FAIL     OrgContact.Read.All missing (needed for Directory.MemberTypes Contact)"
@@ -165,13 +205,19 @@ async fn a_missing_role_an_unreachable_shared_mailbox_and_blocked_mailboxes_are_
         "{table}"
     );
     let no_mailbox = broken.user_upns.iter().find(|u| u.contains(".9@")).unwrap();
-    let blocked = broken.user_upns.iter().find(|u| u.contains(".13@")).unwrap();
+    let blocked = broken
+        .user_upns
+        .iter()
+        .find(|u| u.contains(".13@"))
+        .unwrap();
     assert!(
-        line(&table, &format!("404 {no_mailbox}")).ends_with("no Exchange Online mailbox (licensed without one, or not provisioned yet)"),
+        line(&table, &format!("404 {no_mailbox}"))
+            .ends_with("no Exchange Online mailbox (licensed without one, or not provisioned yet)"),
         "{table}"
     );
     assert!(
-        line(&table, &format!("403 {blocked}")).ends_with("access denied: outside the app's RBAC scope or application access policy"),
+        line(&table, &format!("403 {blocked}"))
+            .ends_with("access denied: outside the app's RBAC scope or application access policy"),
         "{table}"
     );
     // The second tenant stops at its token, naming the setting.
@@ -180,24 +226,44 @@ async fn a_missing_role_an_unreachable_shared_mailbox_and_blocked_mailboxes_are_
         .nth(1)
         .unwrap_or_else(|| panic!("no block for {}:\n{table}", locked.tenant_id));
     assert!(
-        line(locked_block, "token").contains("getting a token: the ClientSecret is wrong or expired"),
+        line(locked_block, "token")
+            .contains("getting a token: the ClientSecret is wrong or expired"),
         "{table}"
     );
-    assert!(!table.contains("not-the-secret-of-this-app") && !stderr.contains("not-the-secret-of-this-app"));
+    assert!(
+        !table.contains("not-the-secret-of-this-app")
+            && !stderr.contains("not-the-secret-of-this-app")
+    );
     assert_eq!(table.lines().last(), Some("0 of 2 tenant(s) ready"));
 
-    let (code, json, _) = producer(&["check", "--all", "--json", "--tenant", &broken.tenant_id], &config).await;
+    let (code, json, _) = producer(
+        &["check", "--all", "--json", "--tenant", &broken.tenant_id],
+        &config,
+    )
+    .await;
     assert_eq!(code, 1);
     let json: Value = serde_json::from_str(&json).expect("JSON");
     assert_eq!(json["ready"], false);
-    assert_eq!(json["tenants"].as_array().unwrap().len(), 1, "--tenant narrows");
+    assert_eq!(
+        json["tenants"].as_array().unwrap().len(),
+        1,
+        "--tenant narrows"
+    );
     let t = &json["tenants"][0];
-    assert_eq!(t["missing_permissions"][0]["permission"], "OrgContact.Read.All");
+    assert_eq!(
+        t["missing_permissions"][0]["permission"],
+        "OrgContact.Read.All"
+    );
     let unreachable: Vec<(u64, &str)> = t["mailboxes"]["unreachable"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|u| (u["status"].as_u64().unwrap(), u["mailbox"].as_str().unwrap()))
+        .map(|u| {
+            (
+                u["status"].as_u64().unwrap(),
+                u["mailbox"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(unreachable.len(), 2, "{unreachable:?}");
     assert!(unreachable.contains(&(404, no_mailbox.as_str())));

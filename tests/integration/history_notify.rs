@@ -22,7 +22,8 @@ fn params(users: usize, seed: u64) -> EstateParams {
 
 /// The run id of the JSON report at `path`.
 fn run_id(path: &std::path::Path) -> String {
-    let report: Value = serde_json::from_slice(&std::fs::read(path).expect("report")).expect("JSON");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(path).expect("report")).expect("JSON");
     report["run_id"].as_str().expect("run id").to_owned()
 }
 
@@ -37,14 +38,24 @@ async fn history_lists_the_newest_kept_runs() {
         let report = state.join(format!("report-{i}.json"));
         let report_arg = report.to_string_lossy().into_owned();
         let (code, out, err) = producer(
-            &["run", "--state-dir", &state_arg, "--keep-runs", "2", "--report", &report_arg],
+            &[
+                "run",
+                "--state-dir",
+                &state_arg,
+                "--keep-runs",
+                "2",
+                "--report",
+                &report_arg,
+            ],
             &config,
         )
         .await;
         assert_eq!(code, 0, "{out}\n{err}");
         ids.push(run_id(&report));
     }
-    let kept = std::fs::read_dir(state.join("runs")).expect("runs kept").count();
+    let kept = std::fs::read_dir(state.join("runs"))
+        .expect("runs kept")
+        .count();
     assert_eq!(kept, 2, "only the newest two runs are kept");
 
     let (code, table, err) = producer(&["history", "--state-dir", &state_arg], &config).await;
@@ -57,11 +68,21 @@ async fn history_lists_the_newest_kept_runs() {
     assert!(!table.contains(&ids[0]), "the oldest run is gone:\n{table}");
     let tenant = &estate.tenants[0].tenant_id;
     for line in &lines[1..] {
-        assert!(line.contains(tenant.as_str()) && line.ends_with("  ok"), "{table}");
+        assert!(
+            line.contains(tenant.as_str()) && line.ends_with("  ok"),
+            "{table}"
+        );
     }
 
     let (_, json, _) = producer(
-        &["history", "--state-dir", &state_arg, "--last", "1", "--json"],
+        &[
+            "history",
+            "--state-dir",
+            &state_arg,
+            "--last",
+            "1",
+            "--json",
+        ],
         &config,
     )
     .await;
@@ -74,7 +95,13 @@ async fn history_lists_the_newest_kept_runs() {
         assert!(runs[0]["tenants"][0][key].is_u64(), "{key}: {json}");
     }
     let (_, other, _) = producer(
-        &["history", "--state-dir", &state_arg, "--tenant", "someone-else.onmicrosoft.com"],
+        &[
+            "history",
+            "--state-dir",
+            &state_arg,
+            "--tenant",
+            "someone-else.onmicrosoft.com",
+        ],
         &config,
     )
     .await;
@@ -119,7 +146,8 @@ async fn a_failing_run_notifies_exactly_once_and_a_successful_one_does_not() {
     // Sixteen users include one without a mailbox and one blocked by policy: the run fails (exit 1).
     let failing = Estate::seed(SimConfig::default(), params(16, 92)).await;
     let hook = receiver(vec![]).await;
-    let (code, out, err) = producer(&["run", "--notify-url", &hook.url], &failing.config_json()).await;
+    let (code, out, err) =
+        producer(&["run", "--notify-url", &hook.url], &failing.config_json()).await;
     assert_eq!(code, 1, "{out}\n{err}");
     let bodies = hook.bodies.lock().unwrap().clone();
     assert_eq!(bodies.len(), 1, "exactly one notification: {bodies:?}");
@@ -137,13 +165,17 @@ async fn a_failing_run_notifies_exactly_once_and_a_successful_one_does_not() {
         .collect();
     assert_eq!(reasons, ["access_denied", "no_mailbox"], "{body}");
     let everything = format!("{out}{err}{body}");
-    assert!(!everything.contains("k3y-s3cret"), "the webhook key leaked:\n{everything}");
+    assert!(
+        !everything.contains("k3y-s3cret"),
+        "the webhook key leaked:\n{everything}"
+    );
     assert!(!everything.contains(&failing.tenants[0].client_secret));
 
     // A run that succeeds is not notified by default ...
     let fine = Estate::seed(SimConfig::default(), params(4, 93)).await;
     let quiet = receiver(vec![]).await;
-    let (code, out, err) = producer(&["run", "--notify-url", &quiet.url], &fine.config_json()).await;
+    let (code, out, err) =
+        producer(&["run", "--notify-url", &quiet.url], &fine.config_json()).await;
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(quiet.bodies.lock().unwrap().is_empty());
 
@@ -156,7 +188,11 @@ async fn a_failing_run_notifies_exactly_once_and_a_successful_one_does_not() {
     .await;
     assert_eq!(code, 0, "{out}\n{err}");
     let bodies = flaky.bodies.lock().unwrap().clone();
-    assert_eq!(bodies.len(), 2, "one failed attempt, one delivered: {bodies:?}");
+    assert_eq!(
+        bodies.len(),
+        2,
+        "one failed attempt, one delivered: {bodies:?}"
+    );
     assert_eq!(bodies[1]["status"], "succeeded");
     assert!(!format!("{out}{err}").contains("k3y-s3cret"));
 }

@@ -109,17 +109,30 @@ pub fn estimate(work: &Workload) -> Estimate {
     }
 }
 
-/// A duration for people: `< 1 min`, `14 min`, `2 h 5 min`.
+/// A duration for people: `under 1 min`, `≈ 14 min`, `≈ 2 h 5 min`.
 pub fn human_duration(seconds: u64) -> String {
     if seconds < 60 {
-        return "< 1 min".to_owned();
+        return "under 1 min".to_owned();
     }
     let minutes = seconds.div_ceil(60);
     if minutes < 60 {
-        format!("{minutes} min")
+        format!("≈ {minutes} min")
     } else {
-        format!("{} h {} min", minutes / 60, minutes % 60)
+        format!("≈ {} h {} min", minutes / 60, minutes % 60)
     }
+}
+
+/// A count with thousands separators: `9,876,543`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -182,10 +195,14 @@ mod tests {
 
     #[test]
     fn durations_read_at_a_glance() {
-        assert_eq!(human_duration(0), "< 1 min");
-        assert_eq!(human_duration(59), "< 1 min");
-        assert_eq!(human_duration(60), "1 min");
-        assert_eq!(human_duration(61), "2 min");
-        assert_eq!(human_duration(3_900), "1 h 5 min");
+        assert_eq!(human_duration(0), "under 1 min");
+        assert_eq!(human_duration(59), "under 1 min");
+        assert_eq!(human_duration(60), "≈ 1 min");
+        assert_eq!(human_duration(61), "≈ 2 min");
+        assert_eq!(human_duration(3_900), "≈ 1 h 5 min");
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(9_876_543), "9,876,543");
     }
 }

@@ -374,10 +374,10 @@ fn estimate_finding(estimate: &Estimate, survey: &MailboxSurvey) -> Finding {
         Check::Estimate,
         Status::Ok,
         format!(
-            "first run ≈ {} requests ({} on the shared mailbox), ≈ {} at Graph's budget \
+            "first run ≈ {} requests ({} on the shared mailbox), {} at Graph's budget \
              ({:.0} contacts per mailbox on average)",
-            estimate.requests,
-            estimate.shared_mailbox_requests,
+            estimate::thousands(estimate.requests),
+            estimate::thousands(estimate.shared_mailbox_requests),
             estimate::human_duration(estimate.seconds),
             survey.contacts_per_mailbox
         ),
