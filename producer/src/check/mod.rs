@@ -374,8 +374,8 @@ fn estimate_finding(estimate: &Estimate, survey: &MailboxSurvey) -> Finding {
         Check::Estimate,
         Status::Ok,
         format!(
-            "first run ≈ {} requests ({} on the shared mailbox), {} at Graph's budget \
-             ({:.0} contacts per mailbox on average)",
+            "first run: up to {} requests ({} on the shared mailbox), {} at Graph's budget \
+             ({:.0} contacts per mailbox on average, no overlap assumed)",
             estimate::thousands(estimate.requests),
             estimate::thousands(estimate.shared_mailbox_requests),
             estimate::human_duration(estimate.seconds),
