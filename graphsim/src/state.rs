@@ -503,14 +503,35 @@ impl Store {
     /// Issues a token.
     pub fn issue_token(&mut self, tenant: usize, lifetime: Duration) -> String {
         let t = &self.tenants[tenant];
-        let claims = json!({
+        let now = chrono::Utc::now().timestamp();
+        let issuer = format!("https://sts.windows.net/{}/", t.guid);
+        // The app's service principal: one object id per tenant and app, as Entra's `oid`/`sub` of app tokens.
+        let principal = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!("{}|{}", t.guid, t.client_id.to_lowercase()).as_bytes(),
+        )
+        .to_string();
+        // Entra's v1.0 app-only access token for Graph. `roles` is absent (not null, not empty) when the app
+        // holds no granted application permission, e.g. before admin consent.
+        let mut claims = json!({
             "aud": "https://graph.microsoft.com",
-            "iss": format!("https://sts.windows.net/{}/", t.guid),
-            "tid": t.guid,
+            "iss": issuer,
+            "iat": now,
+            "nbf": now,
+            "exp": now + i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX / 2),
             "appid": t.client_id,
-            "roles": if t.admin_consent { json!(t.dir.roles) } else { Value::Null },
+            "appidacr": "1",
+            "idp": issuer,
+            "idtyp": "app",
+            "oid": principal,
+            "sub": principal,
+            "tid": t.guid,
             "uti": uuid::Uuid::new_v4().simple().to_string(),
+            "ver": "1.0",
         });
+        if t.admin_consent && !t.dir.roles.is_empty() {
+            claims["roles"] = json!(t.dir.roles);
+        }
         use base64::Engine;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let token = format!(

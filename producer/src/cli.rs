@@ -39,6 +39,11 @@ pub enum Command {
     Dlq(DlqArgs),
     /// Turn a run report (`run --report FILE`) into a self-contained HTML page.
     Report(ReportArgs),
+    /// Show the kept runs (run id, when, duration, per tenant created/updated/deleted/failed), newest first.
+    History(crate::history::HistoryArgs),
+    /// Check each tenant without writing: token and permissions, shared mailbox, central folder, mailboxes,
+    /// and what the first run would cost. Exit 0 when every tenant is ready, 1 otherwise.
+    Check(crate::check::CheckArgs),
     /// Try it all on this machine: graphsim in-process, a few hundred mailboxes, two embedded runs.
     Demo(crate::demo::DemoArgs),
     /// Remove every managed copy this tool created in a tenant's mailboxes (users' own contacts and notes stay).
@@ -78,7 +83,9 @@ impl CleanupArgs {
         }
         if !self.yes {
             return Some(format!(
-                "refusing to clean up {} without --yes: cleanup deletes every managed copy this tool created                  (source: {}) in the tenant's mailboxes; users' own contacts and note text are kept. Add --yes                  to proceed, or --dry-run --yes to list what it would remove",
+                "refusing to clean up {} without --yes: cleanup deletes every managed copy this tool created \
+                 (source: {}) in the tenant's mailboxes; users' own contacts and note text are kept. Add --yes \
+                 to proceed, or --dry-run --yes to list what it would remove",
                 self.run.tenants.join(", "),
                 self.source
             ));
@@ -146,6 +153,12 @@ pub struct RunArgs {
     /// is carried out instead of refused. Also `"AllowMassDelete": true` in the configuration.
     #[arg(long, env = "CONTACTMIRROR_ALLOW_MASS_DELETE")]
     pub allow_mass_delete: bool,
+    /// How many runs' reports the state directory keeps (`history`).
+    #[command(flatten)]
+    pub history: crate::history::KeepArgs,
+    /// Where and when to send a summary after the run.
+    #[command(flatten)]
+    pub notify: crate::notify::NotifyArgs,
 }
 
 impl RunArgs {
@@ -166,6 +179,8 @@ impl RunArgs {
             no_state: false,
             rebuild_central: false,
             allow_mass_delete: false,
+            history: crate::history::KeepArgs::default(),
+            notify: crate::notify::NotifyArgs::default(),
         }
     }
 }

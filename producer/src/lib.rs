@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`cli`]: the command line.
+//! - [`check`]: `check`, whether each tenant is ready to run and what its first run costs (reads only).
 //! - [`demo`]: the whole product against an in-process graphsim.
 //! - [`run`]: the `run` command (settings -> transport -> report -> exit status).
 //! - [`prepare`]: step 1 of a tenant (credentials, shared mailbox, licensed users, central folder).
@@ -15,15 +16,20 @@
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
 //! - [`run_status`]: per-tenant progress of the run, published on the broker for `status`.
 //! - [`html`]: the run report as a self-contained HTML page.
+//! - [`history`]: every run's report kept in the state directory, and `history`.
+//! - [`notify`]: a summary POSTed to a webhook after a failed (or every) run.
 //! - [`ops`]: operator commands on a running fleet (`status`, `dlq list|show|requeue|purge`).
 #![deny(missing_docs)]
 
+pub mod check;
 pub mod cli;
 pub mod demo;
 pub mod dispatch;
+pub mod history;
 pub mod html;
 pub mod lease;
 pub mod ledger;
+pub mod notify;
 pub mod ops;
 pub mod orchestrate;
 pub mod prepare;

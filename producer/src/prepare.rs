@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 use shared::config::{Settings, TenantSettings};
-use shared::graph::{AuthProblem, DirectoryError, ErrorKind, GraphClient, GraphError};
+use shared::graph::{AuthProblem, DirectoryError, ErrorKind, GraphClient, GraphError, TenantClient};
 use shared::message::CentralFolder;
 use shared::model::Mailbox;
 use tracing::info;
@@ -93,69 +93,8 @@ pub async fn prepare(
     expected: &CentralExpectation,
 ) -> Result<PreparedTenant, String> {
     let client = graph.tenant(tenant);
-    let mirror = tenant.distribution.mirror_enabled;
-    let shared_mailbox = match tenant.shared_mailbox().filter(|_| mirror) {
-        Some(shared) => Some(
-            client
-                .user(shared)
-                .await
-                .map_err(|e| {
-                    explain(
-                        tenant,
-                        &e,
-                        "looking up the shared mailbox (GlobalAddressBookUserId)",
-                    )
-                })?
-                .mailbox(),
-        ),
-        None => None,
-    };
-    // Without the mirror a configured shared mailbox is not looked up: it is left out by name.
-    let not_shared = |m: &Mailbox| match (&shared_mailbox, tenant.shared_mailbox()) {
-        (Some(shared), _) => !m.id.eq_ignore_ascii_case(&shared.id),
-        (None, Some(name)) => {
-            !(m.upn.eq_ignore_ascii_case(name) || m.id.eq_ignore_ascii_case(name))
-        }
-        (None, None) => true,
-    };
-    let mut users: Vec<Mailbox> = client
-        .licensed_users()
-        .await
-        .map_err(|e| explain(tenant, &e, "listing licensed users"))?
-        .into_iter()
-        .map(|u| u.mailbox())
-        .filter(not_shared)
-        .collect();
-    if let Some(groups) = &tenant.distribution.target_groups {
-        let members: BTreeSet<String> = client
-            .members_of_any(groups)
-            .await
-            .map_err(|e| format!("tenant {}: resolving TargetGroups: {e}", tenant.tenant_id))?
-            .into_iter()
-            .map(|id| id.to_lowercase())
-            .collect();
-        users.retain(|m| members.contains(&m.id.to_lowercase()));
-    }
-    if let Some(list) = &tenant.test_user_list {
-        users.retain(|m| {
-            list.iter()
-                .any(|wanted| wanted.eq_ignore_ascii_case(&m.upn))
-        });
-        if users.is_empty() {
-            return Err(format!(
-                "tenant {}: none of the TestUserList entries ({}) is a licensed user other than the shared mailbox",
-                tenant.tenant_id,
-                list.join(", ")
-            ));
-        }
-    }
-    if users.is_empty() {
-        return Err(format!(
-            "tenant {}: no licensed users found (is any user licensed for Exchange Online, and in TargetGroups?)",
-            tenant.tenant_id
-        ));
-    }
-    users.sort();
+    let shared_mailbox = shared_mailbox(&client, tenant).await?;
+    let users = receiving_users(&client, tenant, shared_mailbox.as_ref()).await?;
     for source in sources {
         let own = source.tenant_id.eq_ignore_ascii_case(&tenant.tenant_id);
         let options = &source.distribution.directory;
@@ -232,8 +171,90 @@ pub async fn prepare(
     })
 }
 
+/// The shared mailbox (`GlobalAddressBookUserId`) looked up, when the tenant's mirror is on; `None` without it.
+pub async fn shared_mailbox(
+    client: &TenantClient,
+    tenant: &TenantSettings,
+) -> Result<Option<Mailbox>, String> {
+    match tenant
+        .shared_mailbox()
+        .filter(|_| tenant.distribution.mirror_enabled)
+    {
+        Some(shared) => Ok(Some(
+            client
+                .user(shared)
+                .await
+                .map_err(|e| {
+                    explain(
+                        tenant,
+                        &e,
+                        "looking up the shared mailbox (GlobalAddressBookUserId)",
+                    )
+                })?
+                .mailbox(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The receiving users, sorted: licensed, the shared mailbox (`shared_mailbox`, or by its configured name
+/// without the mirror) left out, `TargetGroups` and `TestUserList` applied; an empty result is an error.
+pub async fn receiving_users(
+    client: &TenantClient,
+    tenant: &TenantSettings,
+    shared_mailbox: Option<&Mailbox>,
+) -> Result<Vec<Mailbox>, String> {
+    // Without the mirror a configured shared mailbox is not looked up: it is left out by name.
+    let not_shared = |m: &Mailbox| match (shared_mailbox, tenant.shared_mailbox()) {
+        (Some(shared), _) => !m.id.eq_ignore_ascii_case(&shared.id),
+        (None, Some(name)) => {
+            !(m.upn.eq_ignore_ascii_case(name) || m.id.eq_ignore_ascii_case(name))
+        }
+        (None, None) => true,
+    };
+    let mut users: Vec<Mailbox> = client
+        .licensed_users()
+        .await
+        .map_err(|e| explain(tenant, &e, "listing licensed users"))?
+        .into_iter()
+        .map(|u| u.mailbox())
+        .filter(not_shared)
+        .collect();
+    if let Some(groups) = &tenant.distribution.target_groups {
+        let members: BTreeSet<String> = client
+            .members_of_any(groups)
+            .await
+            .map_err(|e| format!("tenant {}: resolving TargetGroups: {e}", tenant.tenant_id))?
+            .into_iter()
+            .map(|id| id.to_lowercase())
+            .collect();
+        users.retain(|m| members.contains(&m.id.to_lowercase()));
+    }
+    if let Some(list) = &tenant.test_user_list {
+        users.retain(|m| {
+            list.iter()
+                .any(|wanted| wanted.eq_ignore_ascii_case(&m.upn))
+        });
+        if users.is_empty() {
+            return Err(format!(
+                "tenant {}: none of the TestUserList entries ({}) is a licensed user other than the shared mailbox",
+                tenant.tenant_id,
+                list.join(", ")
+            ));
+        }
+    }
+    if users.is_empty() {
+        return Err(format!(
+            "tenant {}: no licensed users found (is any user licensed for Exchange Online, and in TargetGroups?)",
+            tenant.tenant_id
+        ));
+    }
+    users.sort();
+    Ok(users)
+}
+
 /// Turns a Graph error met while preparing a tenant into a message naming the setting to fix.
-fn explain(tenant: &TenantSettings, error: &GraphError, doing: &str) -> String {
+pub fn explain(tenant: &TenantSettings, error: &GraphError, doing: &str) -> String {
     let hint = match error.kind() {
         ErrorKind::Auth(AuthProblem::BadSecret) => "the ClientSecret is wrong or expired",
         ErrorKind::Auth(AuthProblem::UnknownClient) => "the ClientId is not an app registered in this tenant",

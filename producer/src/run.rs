@@ -14,6 +14,7 @@ use worker::job::JobRunner;
 
 use crate::cli::{CleanupArgs, Cli, Command, ReportArgs, RunArgs};
 use crate::dispatch::{Broker, Embedded};
+use crate::notify::Notifier;
 use crate::orchestrate::{self, RunRequest};
 use crate::state::StateStore;
 use crate::summary::RunReport;
@@ -28,6 +29,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => crate::ops::status::command(args).await,
         Command::Dlq(args) => crate::ops::dlq::command(args).await,
         Command::Cleanup(args) => cleanup(args).await,
+        Command::Check(args) => crate::check::command(args).await,
+        Command::History(args) => crate::history::command(args),
     }
 }
 
@@ -70,8 +73,20 @@ async fn run(mut args: RunArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
+    let notifier = match Notifier::new(&args.notify) {
+        Ok(notifier) => notifier,
+        Err(error) => {
+            eprintln!("configuration error: {error}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
     let report = execute(&settings, &args).await?;
-    finish(&report, args.report.as_deref(), args.report_html.as_deref())
+    let code = finish(&report, args.report.as_deref(), args.report_html.as_deref());
+    crate::history::keep_after_run(&report, args.state_dir.as_deref(), args.history.keep_runs);
+    if let Some(notifier) = notifier {
+        notifier.after_run(&report).await;
+    }
+    code
 }
 
 /// `report`: the JSON run report of an earlier run, as an HTML page. A missing or unreadable input is a usage
@@ -204,7 +219,7 @@ pub fn finish(
 }
 
 /// Writes through a temporary file and a rename, so a reader never sees half a report.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)

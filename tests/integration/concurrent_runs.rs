@@ -40,6 +40,8 @@ fn clone_args(args: &RunArgs) -> RunArgs {
         report_html: args.report_html.clone(),
         queue_prefix: args.queue_prefix.clone(),
         state_dir: args.state_dir.clone(),
+        history: args.history.clone(),
+        notify: args.notify.clone(),
         ..*args
     }
 }

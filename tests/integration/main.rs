@@ -51,3 +51,9 @@ mod directory_sources;
 
 // Issue 11: `cleanup`, TargetFolder moves and `--allow-mass-delete`.
 mod cleanup;
+
+// `check`: a ready tenant, and a missing role, an unreachable shared mailbox, blocked mailboxes named with fixes.
+mod check;
+
+// Run history in the state directory (`history`) and notifications after a run (`--notify-url`).
+mod history_notify;

@@ -291,3 +291,59 @@ async fn mailbox_states() {
     let me = env.call(Method::GET, "/me/contacts", None).await;
     assert_eq!(me.status, 400);
 }
+
+/// The payload of a JWT, decoded.
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+#[tokio::test]
+async fn tokens_carry_entra_app_claims_and_roles_only_when_granted() {
+    let env = env().await;
+    let form = [
+        ("client_id", CLIENT),
+        ("client_secret", SECRET),
+        ("scope", SCOPE),
+        ("grant_type", "client_credentials"),
+    ];
+    let (status, body) = token_request(&env, TENANT, &form).await;
+    assert_eq!(status, 200, "{body}");
+    let claims = jwt_claims(body["access_token"].as_str().unwrap());
+    let (guid, _) = env.sim.tenant_ids(TENANT).unwrap();
+    assert_eq!(claims["aud"], "https://graph.microsoft.com");
+    assert_eq!(claims["tid"], guid.as_str());
+    assert_eq!(claims["appid"], CLIENT);
+    assert_eq!(claims["idtyp"], "app");
+    assert_eq!(claims["ver"], "1.0");
+    assert_eq!(claims["oid"], claims["sub"]);
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap(),
+        claims["exp"].as_i64().unwrap(),
+    );
+    assert!(exp > iat, "{claims}");
+    let roles: Vec<&str> = claims["roles"]
+        .as_array()
+        .expect("roles granted")
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(roles, graphsim::DEFAULT_ROLES);
+
+    // No granted role: Entra leaves the claim out (not null, not empty).
+    env.sim.set_app_roles(TENANT, &[]).unwrap();
+    let (_, body) = token_request(&env, TENANT, &form).await;
+    let claims = jwt_claims(body["access_token"].as_str().unwrap());
+    assert!(claims.get("roles").is_none(), "{claims}");
+    env.sim
+        .set_app_roles(TENANT, graphsim::DEFAULT_ROLES)
+        .unwrap();
+    env.sim.set_admin_consent(TENANT, false);
+    let (_, body) = token_request(&env, TENANT, &form).await;
+    let claims = jwt_claims(body["access_token"].as_str().unwrap());
+    assert!(claims.get("roles").is_none(), "{claims}");
+}

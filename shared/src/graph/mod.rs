@@ -14,6 +14,7 @@
 
 mod auth;
 mod batch;
+mod claims;
 mod contacts;
 mod delta;
 mod directory;
