@@ -419,6 +419,7 @@ fn defaults() {
                 enabled: true,
                 max_share: 0.10
             },
+            update_existing: true,
         }
     );
     assert_eq!(tenant.limits, GraphLimits::default());

@@ -70,6 +70,8 @@ pub enum Reason {
     NoSyncId,
     /// Another contact in the same folder carries the same sync id and is the one kept in sync.
     DuplicateSyncId,
+    /// Would be updated, but the tenant creates only (`UpdateExisting` false).
+    UpdatesDisabled,
 }
 
 impl std::fmt::Display for Reason {
@@ -87,6 +89,7 @@ impl std::fmt::Display for Reason {
             Reason::DeletionDisabled => "no longer in the central folder, but deletion is disabled",
             Reason::NoSyncId => "central contact without a sync id yet",
             Reason::DuplicateSyncId => "duplicate of another contact with the same sync id",
+            Reason::UpdatesDisabled => "would be updated, but UpdateExisting is off",
         })
     }
 }
