@@ -10,12 +10,12 @@ use uuid::Uuid;
 use super::distribution;
 use super::raw::{self, Fields, Loc, Node};
 use super::{
-    ConfigError, DeletionPolicy, GraphLimits, InvalidTenant, MirrorOptions, Settings, TenantSettings,
-    ALLOW_INSECURE_AUTHORITY_VAR, ALLOW_INSECURE_GRAPH_VAR, CLIENT_ID_VAR, CLIENT_SECRET_FILE_VAR,
-    CLIENT_SECRET_VAR, CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST, DEFAULT_CENTRAL_FOLDER_NAME,
-    DEFAULT_GRAPH_ENDPOINT, DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR,
-    GLOBAL_ADDRESS_BOOK_USER_ID_VAR, MICROSOFT_TENANTS_JSON_VAR, TENANT_ID_VAR,
-    TEST_USER_LIST_BY_TENANT_JSON_VAR,
+    ConfigError, DeletionPolicy, GraphLimits, InvalidTenant, MirrorOptions, Settings,
+    TenantSettings, ALLOW_INSECURE_AUTHORITY_VAR, ALLOW_INSECURE_GRAPH_VAR, CLIENT_ID_VAR,
+    CLIENT_SECRET_FILE_VAR, CLIENT_SECRET_VAR, CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST,
+    DEFAULT_CENTRAL_FOLDER_NAME, DEFAULT_GRAPH_ENDPOINT, DEFAULT_MAX_DELETE_SHARE,
+    DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR, GLOBAL_ADDRESS_BOOK_USER_ID_VAR,
+    MICROSOFT_TENANTS_JSON_VAR, TENANT_ID_VAR, TEST_USER_LIST_BY_TENANT_JSON_VAR,
 };
 use crate::secret::Secret;
 
@@ -684,7 +684,11 @@ impl<'a> Builder<'a> {
             let key_at = at.key(&raw::quoted(key));
             let wanted = normalize_tenant_id(key);
             let Some(index) = tenants.iter().position(|(t, _)| t.is_known_as(&wanted)) else {
-                if self.invalid.iter().any(|t| t.name.eq_ignore_ascii_case(&wanted)) {
+                if self
+                    .invalid
+                    .iter()
+                    .any(|t| t.name.eq_ignore_ascii_case(&wanted))
+                {
                     // The tenant's entry is invalid and fails on its own; its test users have nowhere to go.
                     continue;
                 }
@@ -725,7 +729,9 @@ impl<'a> Builder<'a> {
 fn entry_name(node: &Node, at: &Loc) -> String {
     if let Node::Object(entries) = node {
         let id = entries.iter().find_map(|(key, value)| match value {
-            Node::String(id) if key.trim().eq_ignore_ascii_case("TenantId") && !id.trim().is_empty() => {
+            Node::String(id)
+                if key.trim().eq_ignore_ascii_case("TenantId") && !id.trim().is_empty() =>
+            {
                 Some(normalize_tenant_id(id))
             }
             _ => None,

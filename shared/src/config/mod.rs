@@ -434,7 +434,8 @@ impl fmt::Display for Settings {
 impl TenantSettings {
     /// Whether `name` (normalised) is this tenant's TenantId, PrimaryDomain or TenantDomain.
     pub fn is_known_as(&self, name: &str) -> bool {
-        self.tenant_id.eq_ignore_ascii_case(name) || self.domains.iter().any(|d| d.eq_ignore_ascii_case(name))
+        self.tenant_id.eq_ignore_ascii_case(name)
+            || self.domains.iter().any(|d| d.eq_ignore_ascii_case(name))
     }
 
     /// The mirror's shared mailbox, when configured: the directory leaves it out even when the mirror is off.
