@@ -69,7 +69,8 @@ pub struct RunArgs {
     /// Only these tenants (repeatable); default: every configured tenant.
     #[arg(long = "tenant", env = "CONTACTMIRROR_TENANTS", value_delimiter = ',')]
     pub tenants: Vec<String>,
-    /// Plan and report everything, write nothing (also set by the configuration's DryRun).
+    /// Plan and report everything, write nothing (also set by the configuration's DryRun or
+    /// AUTOMATION_SYNCCONTACTS_DRY_RUN; any of them saying dry run wins, nothing overrides it).
     #[arg(long, env = "CONTACTMIRROR_DRY_RUN")]
     pub dry_run: bool,
     /// Write the run report as JSON to this file.
@@ -97,6 +98,10 @@ pub struct RunArgs {
     /// The central folder was deleted or renamed (a run stops and says so): restore it from the users' contacts.
     #[arg(long)]
     pub rebuild_central: bool,
+    /// Fail a licensed user without an Exchange mailbox on every run (by default only the first run that sees it
+    /// fails; later runs list it as not applicable).
+    #[arg(long, env = "CONTACTMIRROR_STRICT")]
+    pub strict: bool,
 }
 
 impl RunArgs {
@@ -116,6 +121,7 @@ impl RunArgs {
             state_dir: None,
             no_state: false,
             rebuild_central: false,
+            strict: false,
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Tenants proceed independently: one tenant's slow or failed phase 1 never holds another back.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -56,7 +57,7 @@ pub struct RunRequest<'a> {
     pub settings: &'a Settings,
     /// Only these tenants (all when empty).
     pub only_tenants: &'a [String],
-    /// Write nothing.
+    /// Write nothing in any tenant (a tenant's own `DryRun` makes that tenant alone dry).
     pub dry_run: bool,
     /// Give up on jobs whose final report has not come after this long without any report.
     pub idle_timeout: Duration,
@@ -64,6 +65,9 @@ pub struct RunRequest<'a> {
     pub state: Option<&'a StateStore>,
     /// Restore lost central folders from the users' contacts (`run --rebuild-central`) instead of stopping.
     pub rebuild_central: bool,
+    /// Count a licensed user without an Exchange mailbox as failed on every run (`run --strict`), not only on the
+    /// first run that saw it.
+    pub strict: bool,
 }
 
 /// Runs every selected tenant to the end and returns the report.
@@ -77,23 +81,24 @@ pub async fn run<D: Dispatch>(
     let started = Instant::now();
     let mut dispatch = Tracked::new(dispatch, run_id, started_at, request.dry_run);
     dispatch.begin(run_id).await?;
-    let tenants: Vec<_> = request
+    let selected = |name: &str| {
+        request.only_tenants.is_empty()
+            || request
+                .only_tenants
+                .iter()
+                .any(|id| id.eq_ignore_ascii_case(name))
+    };
+    let (tenants, disabled): (Vec<_>, Vec<_>) = request
         .settings
         .tenants
         .iter()
-        .filter(|t| {
-            request.only_tenants.is_empty()
-                || request
-                    .only_tenants
-                    .iter()
-                    .any(|id| id.eq_ignore_ascii_case(&t.tenant_id))
-        })
-        .collect();
+        .filter(|t| selected(&t.tenant_id))
+        .partition(|t| t.enabled);
     // The lease comes before anything is read or written (preparing may create the central folder). A dry run
     // writes nothing and keeps no state, so it needs none and can run beside a real one.
     let mut leases = Vec::with_capacity(tenants.len());
     for tenant in &tenants {
-        leases.push(if request.dry_run {
+        leases.push(if tenant.dry_run {
             Ok(())
         } else {
             dispatch.lease(&tenant.tenant_id).await
@@ -110,7 +115,7 @@ pub async fn run<D: Dispatch>(
                     .map_or(CentralExpectation::Unknown, CentralExpectation::Filled)
             };
             match lease {
-                Ok(()) => prepare(graph, tenant, request.dry_run, &expected).await,
+                Ok(()) => prepare(graph, tenant, tenant.dry_run, &expected).await,
                 Err(refused) => Err(refused.to_string()),
             }
         },
@@ -121,21 +126,34 @@ pub async fn run<D: Dispatch>(
     let mut memories: Vec<Option<TenantMemory>> = Vec::new();
     let mut ledger = RunLedger::new(run_id);
     let mut progress = Progress::new();
+    // Mailboxes earlier runs found without an Exchange mailbox (read even in a dry run, which saves nothing).
+    let known_without_mailbox: Vec<BTreeSet<String>> = tenants
+        .iter()
+        .map(|t| {
+            request
+                .state
+                .map(|store| store.without_mailbox(&t.tenant_id))
+                .unwrap_or_default()
+        })
+        .collect();
     for (tenant, outcome) in tenants.iter().zip(preparations) {
         let index = reports.len();
+        let dry_run = tenant.dry_run;
         let mut report = TenantReport {
             tenant_id: tenant.tenant_id.clone(),
+            dry_run,
             ..TenantReport::default()
         };
         match outcome {
             Ok(ready) => {
                 report.users = ready.users.len();
+                report.warnings.clone_from(&ready.warnings);
                 let Some(central) = ready.central.clone() else {
                     // No mirror: no phase 1; every receiving mailbox's job carries the directory alone. No feeds
                     // are kept for it (each run reads the mailboxes in full).
                     progress.add(Phase::Phase2, ready.users.len() as u64);
                     for user in &ready.users {
-                        let job = phase2_job(run_id, &ready.tenant_id, request.dry_run, None, user);
+                        let job = phase2_job(run_id, &ready.tenant_id, dry_run, None, user);
                         ledger.expect(&job, index);
                         dispatch.submit(job).await?;
                     }
@@ -146,12 +164,12 @@ pub async fn run<D: Dispatch>(
                 };
                 let memory = request
                     .state
-                    .filter(|_| !request.dry_run)
+                    .filter(|_| !dry_run)
                     .map(|store| store.load(&ready.tenant_id, state::scope(tenant, &central)));
                 let mut job = Job::new(
                     run_id,
                     &ready.tenant_id,
-                    request.dry_run,
+                    dry_run,
                     JobKind::Phase1 {
                         central,
                         sources: ready.users.clone(),
@@ -230,7 +248,7 @@ pub async fn run<D: Dispatch>(
             let mut job = phase2_job(
                 run_id,
                 &ready.tenant_id,
-                request.dry_run,
+                tenants[tenant].dry_run,
                 Some(central.clone()),
                 user,
             );
@@ -250,6 +268,20 @@ pub async fn run<D: Dispatch>(
         );
     }
     progress.finish();
+    // Known-permanent: a licensed user without an Exchange mailbox is failed on the first run that sees it, then
+    // listed as not applicable until it gets one (or always failed, with --strict).
+    for ((report, known), memory) in reports
+        .iter_mut()
+        .zip(&known_without_mailbox)
+        .zip(&mut memories)
+    {
+        if !request.strict {
+            report.mark_not_applicable(known);
+        }
+        if let Some(memory) = memory {
+            memory.set_without_mailbox(report.without_mailbox());
+        }
+    }
     if let Some(store) = request.state {
         for (memory, ready) in memories.iter().zip(&prepared) {
             if let (Some(memory), Some(ready)) = (memory, ready) {
@@ -261,6 +293,23 @@ pub async fn run<D: Dispatch>(
         }
     }
     dispatch.finish(&lost).await;
+    for tenant in disabled {
+        info!(tenant = %tenant.tenant_id, "tenant disabled (Enabled: false); not run");
+        reports.push(TenantReport {
+            tenant_id: tenant.tenant_id.clone(),
+            disabled: true,
+            ..TenantReport::default()
+        });
+    }
+    for invalid in &request.settings.invalid_tenants {
+        if selected(&invalid.name) {
+            reports.push(TenantReport {
+                tenant_id: invalid.name.clone(),
+                error: Some(format!("configuration: {}", invalid.error)),
+                ..TenantReport::default()
+            });
+        }
+    }
     for report in &mut reports {
         report.mailboxes.sort_by(|a, b| {
             (b.outcome == "failed")

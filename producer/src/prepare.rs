@@ -8,10 +8,10 @@
 use std::collections::BTreeSet;
 
 use shared::config::TenantSettings;
-use shared::graph::{AuthProblem, ErrorKind, GraphClient, GraphError};
+use shared::graph::{AuthProblem, DirectoryUser, ErrorKind, GraphClient, GraphError};
 use shared::message::CentralFolder;
 use shared::model::Mailbox;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::state::KnownCentral;
 
@@ -25,6 +25,8 @@ pub struct PreparedTenant {
     pub central: Option<CentralFolder>,
     /// The receiving users: licensed, shared mailbox excluded, test list and `TargetGroups` applied.
     pub users: Vec<Mailbox>,
+    /// What the operator should know but does not stop the tenant (a test user matching nobody).
+    pub warnings: Vec<String>,
 }
 
 /// What the producer knows of the central folder before preparing a tenant.
@@ -94,14 +96,38 @@ pub async fn prepare(
         }
         (None, None) => true,
     };
-    let mut users: Vec<Mailbox> = client
+    let licensed: Vec<DirectoryUser> = client
         .licensed_users()
         .await
         .map_err(|e| explain(tenant, &e, "listing licensed users"))?
         .into_iter()
-        .map(|u| u.mailbox())
-        .filter(not_shared)
+        .filter(|u| not_shared(&u.mailbox()))
         .collect();
+    let mut warnings = Vec::new();
+    let mut licensed = match &tenant.test_user_list {
+        Some(list) => {
+            let (selected, unmatched) = select_test_users(licensed, list);
+            if !unmatched.is_empty() {
+                let warning = format!(
+                    "TestUserList: {} match(es) no licensed user other than the shared mailbox (by UPN, object id, \
+                     mail or alias): {}",
+                    unmatched.len(),
+                    unmatched.join(", ")
+                );
+                warn!(tenant = %tenant.tenant_id, "{warning}");
+                warnings.push(warning);
+            }
+            if selected.is_empty() {
+                return Err(format!(
+                    "tenant {}: none of the TestUserList entries ({}) is a licensed user other than the shared mailbox",
+                    tenant.tenant_id,
+                    list.join(", ")
+                ));
+            }
+            selected
+        }
+        None => licensed,
+    };
     if let Some(groups) = &tenant.distribution.target_groups {
         let members: BTreeSet<String> = client
             .members_of_any(groups)
@@ -110,21 +136,9 @@ pub async fn prepare(
             .into_iter()
             .map(|id| id.to_lowercase())
             .collect();
-        users.retain(|m| members.contains(&m.id.to_lowercase()));
+        licensed.retain(|u| members.contains(&u.id.to_lowercase()));
     }
-    if let Some(list) = &tenant.test_user_list {
-        users.retain(|m| {
-            list.iter()
-                .any(|wanted| wanted.eq_ignore_ascii_case(&m.upn))
-        });
-        if users.is_empty() {
-            return Err(format!(
-                "tenant {}: none of the TestUserList entries ({}) is a licensed user other than the shared mailbox",
-                tenant.tenant_id,
-                list.join(", ")
-            ));
-        }
-    }
+    let mut users: Vec<Mailbox> = licensed.iter().map(DirectoryUser::mailbox).collect();
     if users.is_empty() {
         return Err(format!(
             "tenant {}: no licensed users found (is any user licensed for Exchange Online, and in TargetGroups?)",
@@ -146,6 +160,7 @@ pub async fn prepare(
             tenant_id: tenant.tenant_id.clone(),
             central: None,
             users,
+            warnings,
         });
     };
     let folder_name = &tenant.mirror.central_folder_name;
@@ -188,7 +203,41 @@ pub async fn prepare(
             folder_id,
         }),
         users,
+        warnings,
     })
+}
+
+/// The licensed users a `TestUserList` names, each entry matched by UPN, object id, mail or alias (the part of
+/// the UPN or mail before `@`), ignoring case; and the entries that matched nobody, to be named in a warning.
+pub fn select_test_users(
+    users: Vec<DirectoryUser>,
+    list: &[String],
+) -> (Vec<DirectoryUser>, Vec<String>) {
+    let alias = |address: &str| address.split('@').next().unwrap_or_default().to_owned();
+    let matches = |wanted: &str, user: &DirectoryUser| {
+        let mut names = vec![
+            user.id.clone(),
+            user.user_principal_name.clone(),
+            alias(&user.user_principal_name),
+        ];
+        if let Some(mail) = &user.mail {
+            names.push(mail.clone());
+            names.push(alias(mail));
+        }
+        names
+            .iter()
+            .any(|name| !name.is_empty() && name.eq_ignore_ascii_case(wanted.trim()))
+    };
+    let unmatched = list
+        .iter()
+        .filter(|wanted| !users.iter().any(|user| matches(wanted, user)))
+        .cloned()
+        .collect();
+    let selected = users
+        .into_iter()
+        .filter(|user| list.iter().any(|wanted| matches(wanted, user)))
+        .collect();
+    (selected, unmatched)
 }
 
 /// Turns a Graph error met while preparing a tenant into a message naming the setting to fix.
@@ -219,6 +268,43 @@ mod tests {
             folder_id: "F1".into(),
             folder_name: "All Contacts".into(),
         })
+    }
+
+    fn user(id: &str, upn: &str, mail: Option<&str>) -> DirectoryUser {
+        DirectoryUser {
+            id: id.into(),
+            user_principal_name: upn.into(),
+            mail: mail.map(Into::into),
+            display_name: None,
+            user_type: None,
+        }
+    }
+
+    #[test]
+    fn test_users_match_by_upn_object_id_mail_or_alias_and_the_rest_are_named() {
+        let users = vec![
+            user(
+                "0a1b",
+                "ann@contoso.onmicrosoft.com",
+                Some("ann.smith@contoso.com"),
+            ),
+            user("2c3d", "bob@contoso.onmicrosoft.com", None),
+            user("4e5f", "cat@contoso.onmicrosoft.com", None),
+            user("6a7b", "dan@contoso.onmicrosoft.com", None),
+        ];
+        let list: Vec<String> = [
+            "ANN.SMITH",
+            "2C3D",
+            "cat@contoso.onmicrosoft.com",
+            "nobody",
+            "eve@contoso.com",
+        ]
+        .map(String::from)
+        .into();
+        let (selected, unmatched) = select_test_users(users, &list);
+        let ids: Vec<&str> = selected.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["0a1b", "2c3d", "4e5f"]);
+        assert_eq!(unmatched, ["nobody", "eve@contoso.com"]);
     }
 
     #[test]

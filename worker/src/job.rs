@@ -120,6 +120,18 @@ impl JobRunner {
                 ),
             }),
             Some(tenant) => {
+                // The worker's own configuration may say dry run too (a tenant being onboarded): any source that
+                // says dry run wins, so a job saying otherwise writes nothing here either.
+                let forced;
+                let job = if tenant.dry_run && !job.dry_run {
+                    forced = Job {
+                        dry_run: true,
+                        ..job.clone()
+                    };
+                    &forced
+                } else {
+                    job
+                };
                 let client = self.graph.tenant(tenant);
                 // The attempt's write batches run as tasks of their own: a cancel drops the attempt at once
                 // (reads included) but never a batch half-sent; it is waited for below.
