@@ -45,3 +45,6 @@ mod redelivery;
 
 // Issue 11: the directory as a source of the phase-2 jobs (directory-only tenants, both sources, leavers).
 mod directory;
+
+// Issue 12: one invalid tenant fails alone, the dry-run rule, UpdateExisting, not_applicable, DLQ retention, demo.
+mod isolation;
