@@ -292,11 +292,6 @@ impl<'a> Builder<'a> {
     /// A tenant configured twice cannot run under either entry (which one was meant?): every entry of it becomes
     /// invalid, naming the other.
     fn drop_duplicates(&mut self, tenants: &mut Tenants) {
-        let mut keep = Vec::with_capacity(tenants.len());
-        let mut at_of = Vec::with_capacity(tenants.len());
-        for (tenant, at) in tenants.iter() {
-            at_of.push((tenant.tenant_id.clone(), at.clone()));
-        }
         let shown = |at: &Loc| {
             if at.path().is_empty() {
                 at.to_string()
@@ -304,20 +299,29 @@ impl<'a> Builder<'a> {
                 at.path().to_owned()
             }
         };
-        for (i, (id, at)) in at_of.iter().enumerate() {
-            let others: Vec<String> = at_of
-                .iter()
-                .enumerate()
-                .filter(|(j, (other, _))| *j != i && other == id)
-                .map(|(_, (_, other_at))| shown(other_at))
-                .collect();
+        // Each entry's other places, if the tenant is configured more than once.
+        let others: Vec<Vec<String>> = tenants
+            .iter()
+            .enumerate()
+            .map(|(i, (tenant, _))| {
+                tenants
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, (other, _))| *j != i && other.tenant_id == tenant.tenant_id)
+                    .map(|(_, (_, at))| shown(at))
+                    .collect()
+            })
+            .collect();
+        let entries = std::mem::take(tenants);
+        let from_tenants_at = std::mem::take(&mut self.from_tenants_at);
+        for (((tenant, at), from), others) in entries.into_iter().zip(from_tenants_at).zip(others) {
             if others.is_empty() {
-                keep.push(true);
+                tenants.push((tenant, at));
+                self.from_tenants_at.push(from);
                 continue;
             }
-            keep.push(false);
+            let id = tenant.tenant_id;
             self.invalid.push(InvalidTenant {
-                name: id.clone(),
                 error: ConfigError::Conflict {
                     at: at.to_string(),
                     problem: format!(
@@ -325,22 +329,9 @@ impl<'a> Builder<'a> {
                         others.join(", ")
                     ),
                 },
+                name: id,
             });
         }
-        let mut index = 0;
-        let from_tenants_at = &mut self.from_tenants_at;
-        let mut kept_from = Vec::with_capacity(from_tenants_at.len());
-        for (i, at) in from_tenants_at.drain(..).enumerate() {
-            if keep.get(i).copied().unwrap_or(true) {
-                kept_from.push(at);
-            }
-        }
-        *from_tenants_at = kept_from;
-        tenants.retain(|_| {
-            let kept = keep[index];
-            index += 1;
-            kept
-        });
     }
 
     /// The `AUTOMATION_SYNCCONTACTS_CONFIG_JSON` document (or the file): `MicrosoftTenants` plus run-wide settings,
