@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use chrono::Utc;
-use shared::config::Settings;
+use shared::config::{Settings, TenantSettings};
 use shared::graph::GraphClient;
 use shared::message::{CentralFolder, Job, JobKind, Outcome, Phase, Report};
 use shared::model::Mailbox;
@@ -94,11 +94,13 @@ pub async fn run<D: Dispatch>(
         .iter()
         .filter(|t| selected(&t.tenant_id))
         .partition(|t| t.enabled);
+    // Any source saying dry run wins: the run's (`--dry-run`, the settings) or the tenant's own.
+    let dry = |tenant: &TenantSettings| tenant.dry_run || request.dry_run;
     // The lease comes before anything is read or written (preparing may create the central folder). A dry run
     // writes nothing and keeps no state, so it needs none and can run beside a real one.
     let mut leases = Vec::with_capacity(tenants.len());
     for tenant in &tenants {
-        leases.push(if tenant.dry_run {
+        leases.push(if dry(tenant) {
             Ok(())
         } else {
             dispatch.lease(&tenant.tenant_id).await
@@ -115,7 +117,7 @@ pub async fn run<D: Dispatch>(
                     .map_or(CentralExpectation::Unknown, CentralExpectation::Filled)
             };
             match lease {
-                Ok(()) => prepare(graph, tenant, tenant.dry_run, &expected).await,
+                Ok(()) => prepare(graph, tenant, dry(tenant), &expected).await,
                 Err(refused) => Err(refused.to_string()),
             }
         },
@@ -138,7 +140,7 @@ pub async fn run<D: Dispatch>(
         .collect();
     for (tenant, outcome) in tenants.iter().zip(preparations) {
         let index = reports.len();
-        let dry_run = tenant.dry_run;
+        let dry_run = dry(tenant);
         let mut report = TenantReport {
             tenant_id: tenant.tenant_id.clone(),
             dry_run,
@@ -248,7 +250,7 @@ pub async fn run<D: Dispatch>(
             let mut job = phase2_job(
                 run_id,
                 &ready.tenant_id,
-                tenants[tenant].dry_run,
+                dry(tenants[tenant]),
                 Some(central.clone()),
                 user,
             );
