@@ -281,7 +281,7 @@ pub async fn run<D: Dispatch>(
             report.mark_not_applicable(known);
         }
         if let Some(memory) = memory {
-            memory.set_without_mailbox(report.without_mailbox());
+            memory.set_without_mailbox(report.still_without_mailbox(known));
         }
     }
     if let Some(store) = request.state {

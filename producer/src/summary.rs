@@ -205,6 +205,20 @@ impl TenantReport {
             .collect()
     }
 
+    /// What the next run should know as mailbox-less: this run's, plus the ones known before that this run did
+    /// not reach (a failed phase 1 starts no phase 2); a mailbox that succeeded is forgotten.
+    pub fn still_without_mailbox(&self, known: &BTreeSet<String>) -> BTreeSet<String> {
+        let succeeded: BTreeSet<String> = self
+            .mailboxes
+            .iter()
+            .filter(|m| m.outcome == "succeeded")
+            .map(|m| m.mailbox.to_lowercase())
+            .collect();
+        let mut still = self.without_mailbox();
+        still.extend(known.iter().filter(|m| !succeeded.contains(*m)).cloned());
+        still
+    }
+
     /// Relabels the failures `expected` says were meant to happen (the demo's seeded mailboxes) as `expected`.
     pub fn mark_expected(&mut self, expected: &dyn Fn(&str, FailureReason) -> bool) {
         for m in &mut self.mailboxes {
@@ -516,8 +530,24 @@ mod tests {
         assert!(tenant.failed(), "bob is seen for the first time");
         tenant.mark_not_applicable(&BTreeSet::from(["bob@contoso.com".to_owned()]));
         assert!(!tenant.failed());
-        // Still remembered for the next run, and listed.
+        // Still remembered for the next run, and listed; one that got a mailbox since is forgotten, one this run
+        // did not reach is kept.
         assert_eq!(tenant.without_mailbox().len(), 2);
+        tenant.mailboxes.push(MailboxOutcome {
+            outcome: "succeeded".into(),
+            reason: None,
+            error: None,
+            ..failed("cat@contoso.com", Phase::Phase2, FailureReason::NoMailbox)
+        });
+        let known = BTreeSet::from(["cat@contoso.com".to_owned(), "dan@contoso.com".to_owned()]);
+        assert_eq!(
+            tenant.still_without_mailbox(&known),
+            BTreeSet::from([
+                "ann@contoso.com".to_owned(),
+                "bob@contoso.com".to_owned(),
+                "dan@contoso.com".to_owned()
+            ])
+        );
         let text = run(vec![tenant], false).human();
         assert!(text.contains(
             "    not applicable (no Exchange mailbox, known from earlier runs): 2 mailbox(es): Ann@contoso.com, bob@contoso.com\n"
