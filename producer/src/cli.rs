@@ -121,7 +121,8 @@ pub struct RunArgs {
     /// Only these tenants (repeatable); default: every configured tenant.
     #[arg(long = "tenant", env = "CONTACTMIRROR_TENANTS", value_delimiter = ',')]
     pub tenants: Vec<String>,
-    /// Plan and report everything, write nothing (also set by the configuration's DryRun).
+    /// Plan and report everything, write nothing (also set by the configuration's DryRun or
+    /// AUTOMATION_SYNCCONTACTS_DRY_RUN; any of them saying dry run wins, nothing overrides it).
     #[arg(long, env = "CONTACTMIRROR_DRY_RUN")]
     pub dry_run: bool,
     /// Write the run report as JSON to this file.
@@ -159,6 +160,10 @@ pub struct RunArgs {
     /// Where and when to send a summary after the run.
     #[command(flatten)]
     pub notify: crate::notify::NotifyArgs,
+    /// Fail a licensed user without an Exchange mailbox on every run (by default only the first run that sees it
+    /// fails; later runs list it as not applicable).
+    #[arg(long, env = "CONTACTMIRROR_STRICT")]
+    pub strict: bool,
 }
 
 impl RunArgs {
@@ -181,6 +186,7 @@ impl RunArgs {
             allow_mass_delete: false,
             history: crate::history::KeepArgs::default(),
             notify: crate::notify::NotifyArgs::default(),
+            strict: false,
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Tenants proceed independently: one tenant's slow or failed phase 1 never holds another back.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -57,7 +58,7 @@ pub struct RunRequest<'a> {
     pub settings: &'a Settings,
     /// Only these tenants (all when empty).
     pub only_tenants: &'a [String],
-    /// Write nothing.
+    /// Write nothing in any tenant (a tenant's own `DryRun` makes that tenant alone dry).
     pub dry_run: bool,
     /// Give up on jobs whose final report has not come after this long without any report.
     pub idle_timeout: Duration,
@@ -70,6 +71,9 @@ pub struct RunRequest<'a> {
     /// `cleanup --source`: instead of syncing, every receiving mailbox's cleanup job, then (when all succeeded)
     /// the central folder's. No feeds are kept.
     pub cleanup: Option<CleanupSource>,
+    /// Count a licensed user without an Exchange mailbox as failed on every run (`run --strict`), not only on the
+    /// first run that saw it.
+    pub strict: bool,
 }
 
 impl RunRequest<'_> {
@@ -91,11 +95,12 @@ impl RunRequest<'_> {
         &self,
         run_id: Uuid,
         tenant_id: &str,
+        dry_run: bool,
         central: Option<CentralFolder>,
         mailbox: &Mailbox,
         move_from: Option<&FolderChoice>,
     ) -> Job {
-        let mut job = phase2_job(run_id, tenant_id, self.dry_run, central, mailbox);
+        let mut job = phase2_job(run_id, tenant_id, dry_run, central, mailbox);
         job.allow_mass_delete = self.allow_mass_delete;
         job.cleanup = self.cleanup;
         job.move_from = move_from.cloned();
@@ -114,17 +119,18 @@ pub async fn run<D: Dispatch>(
     let started = Instant::now();
     let mut dispatch = Tracked::new(dispatch, run_id, started_at, request.dry_run);
     dispatch.begin(run_id).await?;
-    let tenants: Vec<_> = request
+    let selected = |name: &str| {
+        request.only_tenants.is_empty()
+            || request
+                .only_tenants
+                .iter()
+                .any(|id| id.eq_ignore_ascii_case(name))
+    };
+    let (tenants, disabled): (Vec<_>, Vec<_>) = request
         .settings
         .tenants
         .iter()
-        .filter(|t| {
-            request.only_tenants.is_empty()
-                || request
-                    .only_tenants
-                    .iter()
-                    .any(|id| id.eq_ignore_ascii_case(&t.tenant_id))
-        })
+        .filter(|t| selected(&t.tenant_id))
         .filter(|t| {
             let receives = t.distribution.receives();
             if !receives {
@@ -132,12 +138,14 @@ pub async fn run<D: Dispatch>(
             }
             receives
         })
-        .collect();
+        .partition(|t| t.enabled);
+    // Any source saying dry run wins: the run's (`--dry-run`, the settings) or the tenant's own.
+    let dry = |tenant: &TenantSettings| tenant.dry_run || request.dry_run;
     // The lease comes before anything is read or written (preparing may create the central folder). A dry run
     // writes nothing and keeps no state, so it needs none and can run beside a real one.
     let mut leases = Vec::with_capacity(tenants.len());
     for tenant in &tenants {
-        leases.push(if request.dry_run {
+        leases.push(if dry(tenant) {
             Ok(())
         } else {
             dispatch.lease(&tenant.tenant_id).await
@@ -160,7 +168,7 @@ pub async fn run<D: Dispatch>(
                 // Cleanup never creates a folder: it is prepared as a dry run is.
                 Ok(()) => match directory_sources(request.settings, tenant) {
                     Ok(sources) => {
-                        let dry = request.dry_run || request.cleanup.is_some();
+                        let dry = dry(tenant) || request.cleanup.is_some();
                         prepare(graph, tenant, &sources, dry, &expected).await
                     }
                     Err(error) => Err(error),
@@ -182,15 +190,28 @@ pub async fn run<D: Dispatch>(
     let mut phase2_started = vec![false; tenants.len()];
     let mut phase2_failed = vec![false; tenants.len()];
     let mut cleanup_waiting = vec![0usize; tenants.len()];
+    // Mailboxes earlier runs found without an Exchange mailbox (read even in a dry run, which saves nothing).
+    let known_without_mailbox: Vec<BTreeSet<String>> = tenants
+        .iter()
+        .map(|t| {
+            request
+                .state
+                .map(|store| store.without_mailbox(&t.tenant_id))
+                .unwrap_or_default()
+        })
+        .collect();
     for (tenant, outcome) in tenants.iter().zip(preparations) {
         let index = reports.len();
+        let dry_run = dry(tenant);
         let mut report = TenantReport {
             tenant_id: tenant.tenant_id.clone(),
+            dry_run,
             ..TenantReport::default()
         };
         match outcome {
             Ok(ready) => {
                 report.users = ready.users.len();
+                report.warnings.clone_from(&ready.warnings);
                 if request.cleanup.is_some() {
                     // Every mailbox first: their jobs judge copies against the central folder, emptied last.
                     progress.add(Phase::Phase2, ready.users.len() as u64);
@@ -198,6 +219,7 @@ pub async fn run<D: Dispatch>(
                         let job = request.phase2_job(
                             run_id,
                             &ready.tenant_id,
+                            dry_run,
                             ready.central.clone(),
                             user,
                             None,
@@ -219,6 +241,7 @@ pub async fn run<D: Dispatch>(
                         let job = request.phase2_job(
                             run_id,
                             &ready.tenant_id,
+                            dry_run,
                             None,
                             user,
                             move_from[index].as_ref(),
@@ -234,12 +257,12 @@ pub async fn run<D: Dispatch>(
                 };
                 let memory = request
                     .state
-                    .filter(|_| !request.dry_run)
+                    .filter(|_| !dry_run)
                     .map(|store| store.load(&ready.tenant_id, state::scope(tenant, &central)));
                 let mut job = Job::new(
                     run_id,
                     &ready.tenant_id,
-                    request.dry_run,
+                    dry_run,
                     JobKind::Phase1 {
                         central,
                         sources: ready.users.clone(),
@@ -312,7 +335,7 @@ pub async fn run<D: Dispatch>(
                     let mut job = Job::new(
                         run_id,
                         &tenants[tenant].tenant_id,
-                        request.dry_run,
+                        dry(tenants[tenant]),
                         JobKind::Phase1 {
                             central,
                             sources: Vec::new(),
@@ -351,6 +374,7 @@ pub async fn run<D: Dispatch>(
             let mut job = request.phase2_job(
                 run_id,
                 &ready.tenant_id,
+                dry(tenants[tenant]),
                 Some(central.clone()),
                 user,
                 move_from[tenant].as_ref(),
@@ -374,16 +398,30 @@ pub async fn run<D: Dispatch>(
     for job in &lost {
         phase2_failed[job.tenant] = true;
     }
-    if let Some(store) = request.state.filter(|_| !request.dry_run) {
+    if let Some(store) = request.state {
         // Every mailbox now has its copies in the configured folder: a later change moves them from there.
         for (i, tenant) in tenants.iter().enumerate() {
-            if !phase2_started[i] || phase2_failed[i] {
+            if !phase2_started[i] || phase2_failed[i] || dry(tenant) {
                 continue;
             }
             let folder = FolderChoice::from(&tenant.distribution.target_folder);
             if let Err(error) = store.save_target_folder(&tenant.tenant_id, &folder) {
                 warn!(tenant = %tenant.tenant_id, error = %format!("{error:#}"), "could not record the target folder");
             }
+        }
+    }
+    // Known-permanent: a licensed user without an Exchange mailbox is failed on the first run that sees it, then
+    // listed as not applicable until it gets one (or always failed, with --strict).
+    for ((report, known), memory) in reports
+        .iter_mut()
+        .zip(&known_without_mailbox)
+        .zip(&mut memories)
+    {
+        if !request.strict {
+            report.mark_not_applicable(known);
+        }
+        if let Some(memory) = memory {
+            memory.set_without_mailbox(report.still_without_mailbox(known));
         }
     }
     if let Some(store) = request.state {
@@ -397,6 +435,23 @@ pub async fn run<D: Dispatch>(
         }
     }
     dispatch.finish(&lost).await;
+    for tenant in disabled {
+        info!(tenant = %tenant.tenant_id, "tenant disabled (Enabled: false); not run");
+        reports.push(TenantReport {
+            tenant_id: tenant.tenant_id.clone(),
+            disabled: true,
+            ..TenantReport::default()
+        });
+    }
+    for invalid in &request.settings.invalid_tenants {
+        if selected(&invalid.name) {
+            reports.push(TenantReport {
+                tenant_id: invalid.name.clone(),
+                error: Some(format!("configuration: {}", invalid.error)),
+                ..TenantReport::default()
+            });
+        }
+    }
     for report in &mut reports {
         report.mailboxes.sort_by(|a, b| {
             (b.outcome == "failed")

@@ -9,10 +9,12 @@
 use std::collections::BTreeSet;
 
 use shared::config::{Settings, TenantSettings};
-use shared::graph::{AuthProblem, DirectoryError, ErrorKind, GraphClient, GraphError, TenantClient};
+use shared::graph::{
+    AuthProblem, DirectoryError, DirectoryUser, ErrorKind, GraphClient, GraphError, TenantClient,
+};
 use shared::message::CentralFolder;
 use shared::model::Mailbox;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::state::KnownCentral;
 
@@ -26,6 +28,8 @@ pub struct PreparedTenant {
     pub central: Option<CentralFolder>,
     /// The receiving users: licensed, shared mailbox excluded, test list and `TargetGroups` applied.
     pub users: Vec<Mailbox>,
+    /// What the operator should know but does not stop the tenant (a test user matching nobody).
+    pub warnings: Vec<String>,
 }
 
 /// What the producer knows of the central folder before preparing a tenant.
@@ -94,7 +98,7 @@ pub async fn prepare(
 ) -> Result<PreparedTenant, String> {
     let client = graph.tenant(tenant);
     let shared_mailbox = shared_mailbox(&client, tenant).await?;
-    let users = receiving_users(&client, tenant, shared_mailbox.as_ref()).await?;
+    let (users, warnings) = receiving_users(&client, tenant, shared_mailbox.as_ref()).await?;
     for source in sources {
         let own = source.tenant_id.eq_ignore_ascii_case(&tenant.tenant_id);
         let options = &source.distribution.directory;
@@ -126,6 +130,7 @@ pub async fn prepare(
             tenant_id: tenant.tenant_id.clone(),
             central: None,
             users,
+            warnings,
         });
     };
     let folder_name = &tenant.mirror.central_folder_name;
@@ -168,6 +173,7 @@ pub async fn prepare(
             folder_id,
         }),
         users,
+        warnings,
     })
 }
 
@@ -198,12 +204,13 @@ pub async fn shared_mailbox(
 }
 
 /// The receiving users, sorted: licensed, the shared mailbox (`shared_mailbox`, or by its configured name
-/// without the mirror) left out, `TargetGroups` and `TestUserList` applied; an empty result is an error.
+/// without the mirror) left out, `TestUserList` and `TargetGroups` applied; an empty result is an error. Also the
+/// warnings the operator should see (test-list entries matching nobody).
 pub async fn receiving_users(
     client: &TenantClient,
     tenant: &TenantSettings,
     shared_mailbox: Option<&Mailbox>,
-) -> Result<Vec<Mailbox>, String> {
+) -> Result<(Vec<Mailbox>, Vec<String>), String> {
     // Without the mirror a configured shared mailbox is not looked up: it is left out by name.
     let not_shared = |m: &Mailbox| match (shared_mailbox, tenant.shared_mailbox()) {
         (Some(shared), _) => !m.id.eq_ignore_ascii_case(&shared.id),
@@ -212,14 +219,38 @@ pub async fn receiving_users(
         }
         (None, None) => true,
     };
-    let mut users: Vec<Mailbox> = client
+    let licensed: Vec<DirectoryUser> = client
         .licensed_users()
         .await
         .map_err(|e| explain(tenant, &e, "listing licensed users"))?
         .into_iter()
-        .map(|u| u.mailbox())
-        .filter(not_shared)
+        .filter(|u| not_shared(&u.mailbox()))
         .collect();
+    let mut warnings = Vec::new();
+    let mut licensed = match &tenant.test_user_list {
+        Some(list) => {
+            let (selected, unmatched) = select_test_users(licensed, list);
+            if !unmatched.is_empty() {
+                let warning = format!(
+                    "TestUserList: {} match(es) no licensed user other than the shared mailbox (by UPN, object id, \
+                     mail or alias): {}",
+                    unmatched.len(),
+                    unmatched.join(", ")
+                );
+                warn!(tenant = %tenant.tenant_id, "{warning}");
+                warnings.push(warning);
+            }
+            if selected.is_empty() {
+                return Err(format!(
+                    "tenant {}: none of the TestUserList entries ({}) is a licensed user other than the shared mailbox",
+                    tenant.tenant_id,
+                    list.join(", ")
+                ));
+            }
+            selected
+        }
+        None => licensed,
+    };
     if let Some(groups) = &tenant.distribution.target_groups {
         let members: BTreeSet<String> = client
             .members_of_any(groups)
@@ -228,21 +259,9 @@ pub async fn receiving_users(
             .into_iter()
             .map(|id| id.to_lowercase())
             .collect();
-        users.retain(|m| members.contains(&m.id.to_lowercase()));
+        licensed.retain(|u| members.contains(&u.id.to_lowercase()));
     }
-    if let Some(list) = &tenant.test_user_list {
-        users.retain(|m| {
-            list.iter()
-                .any(|wanted| wanted.eq_ignore_ascii_case(&m.upn))
-        });
-        if users.is_empty() {
-            return Err(format!(
-                "tenant {}: none of the TestUserList entries ({}) is a licensed user other than the shared mailbox",
-                tenant.tenant_id,
-                list.join(", ")
-            ));
-        }
-    }
+    let mut users: Vec<Mailbox> = licensed.iter().map(DirectoryUser::mailbox).collect();
     if users.is_empty() {
         return Err(format!(
             "tenant {}: no licensed users found (is any user licensed for Exchange Online, and in TargetGroups?)",
@@ -250,7 +269,40 @@ pub async fn receiving_users(
         ));
     }
     users.sort();
-    Ok(users)
+    Ok((users, warnings))
+}
+
+/// The licensed users a `TestUserList` names, each entry matched by UPN, object id, mail or alias (the part of
+/// the UPN or mail before `@`), ignoring case; and the entries that matched nobody, to be named in a warning.
+pub fn select_test_users(
+    users: Vec<DirectoryUser>,
+    list: &[String],
+) -> (Vec<DirectoryUser>, Vec<String>) {
+    let alias = |address: &str| address.split('@').next().unwrap_or_default().to_owned();
+    let matches = |wanted: &str, user: &DirectoryUser| {
+        let mut names = vec![
+            user.id.clone(),
+            user.user_principal_name.clone(),
+            alias(&user.user_principal_name),
+        ];
+        if let Some(mail) = &user.mail {
+            names.push(mail.clone());
+            names.push(alias(mail));
+        }
+        names
+            .iter()
+            .any(|name| !name.is_empty() && name.eq_ignore_ascii_case(wanted.trim()))
+    };
+    let unmatched = list
+        .iter()
+        .filter(|wanted| !users.iter().any(|user| matches(wanted, user)))
+        .cloned()
+        .collect();
+    let selected = users
+        .into_iter()
+        .filter(|user| list.iter().any(|wanted| matches(wanted, user)))
+        .collect();
+    (selected, unmatched)
 }
 
 /// Turns a Graph error met while preparing a tenant into a message naming the setting to fix.
@@ -281,6 +333,43 @@ mod tests {
             folder_id: "F1".into(),
             folder_name: "All Contacts".into(),
         })
+    }
+
+    fn user(id: &str, upn: &str, mail: Option<&str>) -> DirectoryUser {
+        DirectoryUser {
+            id: id.into(),
+            user_principal_name: upn.into(),
+            mail: mail.map(Into::into),
+            display_name: None,
+            user_type: None,
+        }
+    }
+
+    #[test]
+    fn test_users_match_by_upn_object_id_mail_or_alias_and_the_rest_are_named() {
+        let users = vec![
+            user(
+                "0a1b",
+                "ann@contoso.onmicrosoft.com",
+                Some("ann.smith@contoso.com"),
+            ),
+            user("2c3d", "bob@contoso.onmicrosoft.com", None),
+            user("4e5f", "cat@contoso.onmicrosoft.com", None),
+            user("6a7b", "dan@contoso.onmicrosoft.com", None),
+        ];
+        let list: Vec<String> = [
+            "ANN.SMITH",
+            "2C3D",
+            "cat@contoso.onmicrosoft.com",
+            "nobody",
+            "eve@contoso.com",
+        ]
+        .map(String::from)
+        .into();
+        let (selected, unmatched) = select_test_users(users, &list);
+        let ids: Vec<&str> = selected.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["0a1b", "2c3d", "4e5f"]);
+        assert_eq!(unmatched, ["nobody", "eve@contoso.com"]);
     }
 
     #[test]

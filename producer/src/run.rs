@@ -120,15 +120,18 @@ fn write_html(report: &RunReport, path: &std::path::Path) -> Result<()> {
         .with_context(|| format!("writing the HTML report to {}", path.display()))
 }
 
-/// Loads settings from `--config` or the environment; `--dry-run` can only add dryness, never remove it.
+/// Loads settings from `--config` or the environment; `--dry-run` can only add dryness, never remove it. Invalid
+/// tenant entries come back in [`Settings::invalid_tenants`]: the run fails them and runs the others.
 pub fn load_settings(args: &RunArgs) -> Result<Settings> {
     let mut settings = match &args.config {
         Some(path) => Settings::from_file(path)?,
         None => Settings::from_env()?,
     };
-    settings.dry_run |= args.dry_run;
+    if args.dry_run {
+        settings.force_dry_run();
+    }
     for wanted in &args.tenants {
-        if settings.tenant(wanted).is_none() {
+        if !settings.names_tenant(wanted) {
             anyhow::bail!("--tenant {wanted}: no such tenant in the configuration");
         }
     }
@@ -179,6 +182,7 @@ async fn execute_as(
         rebuild_central: args.rebuild_central,
         allow_mass_delete: args.allow_mass_delete || settings.allow_mass_delete,
         cleanup,
+        strict: args.strict,
     };
     match &args.amqp_url {
         None => {

@@ -50,6 +50,10 @@ pub struct TenantMemory {
     /// must stop instead of filling a fresh folder (see [`crate::prepare::CentralExpectation`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     filled_central: Option<KnownCentral>,
+    /// Licensed users the last run found without an Exchange mailbox (UPNs, lowercase): the next run lists them as
+    /// not applicable instead of failing (see [`crate::summary::TenantReport::mark_not_applicable`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    without_mailbox: BTreeSet<String>,
     /// When the state was saved.
     saved_at: Option<DateTime<Utc>>,
 }
@@ -135,10 +139,14 @@ impl StateStore {
                 info!(tenant = tenant_id, "the kept state is for another folder, endpoint or policy; reading every folder in full");
                 // Which folder was last filled outlives the feeds: a rebuild that has not succeeded yet must not
                 // make the lost folder forgotten.
+                let own = other.schema == STATE_SCHEMA;
                 TenantMemory {
-                    filled_central: other
-                        .filled_central
-                        .filter(|_| other.schema == STATE_SCHEMA),
+                    filled_central: other.filled_central.filter(|_| own),
+                    without_mailbox: if own {
+                        other.without_mailbox
+                    } else {
+                        BTreeSet::new()
+                    },
                     ..fresh
                 }
             }
@@ -157,6 +165,17 @@ impl StateStore {
             .ok()
             .filter(|memory| memory.schema == STATE_SCHEMA)?
             .filled_central
+    }
+
+    /// The users the last saved run of `tenant_id` found without an Exchange mailbox (UPNs, lowercase), whatever
+    /// the state's scope; empty when no state says so.
+    pub fn without_mailbox(&self, tenant_id: &str) -> BTreeSet<String> {
+        std::fs::read(self.file(tenant_id))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<TenantMemory>(&bytes).ok())
+            .filter(|memory| memory.schema == STATE_SCHEMA)
+            .map(|memory| memory.without_mailbox)
+            .unwrap_or_default()
     }
 
     /// Saves `memory` for `tenant_id`, replacing the previous file atomically. Called under the tenant's lease
@@ -268,6 +287,12 @@ impl TenantMemory {
             folder_id: folder_id.clone(),
             folder_name: folder_name.to_owned(),
         });
+    }
+
+    /// Remembers the users this run found without an Exchange mailbox (replacing the last run's: one that got a
+    /// mailbox since is forgotten).
+    pub fn set_without_mailbox(&mut self, users: BTreeSet<String>) {
+        self.without_mailbox = users;
     }
 
     /// The cursors of `user`'s phase-2 job, from what phase 1 of this run reported.
@@ -446,8 +471,17 @@ mod tests {
         store
             .save("contoso.onmicrosoft.com", &filled)
             .expect("save");
+        filled.set_without_mailbox(BTreeSet::from(["ann@contoso.com".to_owned()]));
+        store
+            .save("contoso.onmicrosoft.com", &filled)
+            .expect("save");
+        assert_eq!(
+            store.without_mailbox("contoso.onmicrosoft.com"),
+            BTreeSet::from(["ann@contoso.com".to_owned()])
+        );
         let rescoped = store.load("contoso.onmicrosoft.com", Uuid::new_v4());
         assert_eq!(rescoped.filled_central, filled.filled_central);
+        assert_eq!(rescoped.without_mailbox, filled.without_mailbox);
         assert_eq!(rescoped.central, None);
         assert_eq!(
             store.filled_central("contoso.onmicrosoft.com"),

@@ -1,7 +1,7 @@
 //! The run report: what every job of every tenant did, aggregated from the workers' reports, as JSON for
 //! `--report` and as a short human summary; plus the exit status it implies.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -44,7 +44,8 @@ pub struct MailboxOutcome {
     pub mailbox: String,
     /// The phase.
     pub phase: Phase,
-    /// "succeeded" or "failed".
+    /// "succeeded", "failed", "not_applicable" (a licensed user without an Exchange mailbox that an earlier run
+    /// already saw: listed and counted, not a failure) or "expected" (a failure the demo seeded on purpose).
     pub outcome: String,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,6 +65,15 @@ pub struct TenantReport {
     /// Why the tenant could not run at all, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Configured with `Enabled: false`: not run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// This tenant wrote nothing (its own `DryRun`, or the run's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// What the operator should know that did not stop the tenant (a test user matching nobody).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Users enumerated.
     pub users: usize,
     /// Per phase counts.
@@ -118,7 +128,12 @@ impl TenantReport {
                         .or_default()
                         .mailboxes_unchanged += 1;
                 }
-                self.planned.extend(report.planned.iter().cloned());
+                self.planned.extend(
+                    report
+                        .planned
+                        .iter()
+                        .map(|line| format!("{}: {line}", report.mailbox.upn)),
+                );
                 let failed = report.failed_writes > 0;
                 self.mailboxes.push(MailboxOutcome {
                     mailbox: report.mailbox.upn.clone(),
@@ -167,6 +182,137 @@ impl TenantReport {
     pub fn failed(&self) -> bool {
         self.error.is_some() || self.mailboxes.iter().any(|m| m.outcome == "failed")
     }
+
+    /// Relabels the failures of mailboxes earlier runs already found without an Exchange mailbox (`known`: UPNs,
+    /// lowercase) as `not_applicable`: listed and counted, but no longer failing every run.
+    pub fn mark_not_applicable(&mut self, known: &BTreeSet<String>) {
+        for m in &mut self.mailboxes {
+            if m.outcome == "failed"
+                && m.reason == Some(FailureReason::NoMailbox)
+                && known.contains(&m.mailbox.to_lowercase())
+            {
+                m.outcome = NOT_APPLICABLE.to_owned();
+            }
+        }
+    }
+
+    /// The mailboxes this run found without an Exchange mailbox (UPNs, lowercase), for the next run.
+    pub fn without_mailbox(&self) -> BTreeSet<String> {
+        self.mailboxes
+            .iter()
+            .filter(|m| m.reason == Some(FailureReason::NoMailbox))
+            .map(|m| m.mailbox.to_lowercase())
+            .collect()
+    }
+
+    /// What the next run should know as mailbox-less: this run's, plus the ones known before that this run did
+    /// not reach (a failed phase 1 starts no phase 2); a mailbox that succeeded is forgotten.
+    pub fn still_without_mailbox(&self, known: &BTreeSet<String>) -> BTreeSet<String> {
+        let succeeded: BTreeSet<String> = self
+            .mailboxes
+            .iter()
+            .filter(|m| m.outcome == "succeeded")
+            .map(|m| m.mailbox.to_lowercase())
+            .collect();
+        let mut still = self.without_mailbox();
+        still.extend(known.iter().filter(|m| !succeeded.contains(*m)).cloned());
+        still
+    }
+
+    /// Relabels the failures `expected` says were meant to happen (the demo's seeded mailboxes) as `expected`.
+    pub fn mark_expected(&mut self, expected: &dyn Fn(&str, FailureReason) -> bool) {
+        for m in &mut self.mailboxes {
+            if let (true, Some(reason)) = (m.outcome == "failed", m.reason) {
+                if expected(&m.mailbox, reason) {
+                    m.outcome = EXPECTED.to_owned();
+                }
+            }
+        }
+    }
+
+    /// The tenant's one summary line (after the run id header).
+    fn line(&self, verb: &str) -> String {
+        let name = &self.tenant_id;
+        if self.disabled {
+            return format!("[disabled] {name}: Enabled is false, not run");
+        }
+        let status = if self.failed() {
+            "[FAILED]  "
+        } else {
+            "[ok]      "
+        };
+        let mut parts = vec![format!("{} users", self.users)];
+        if let Some(error) = &self.error {
+            return format!("{status}{name}: {error}");
+        }
+        for (phase, c) in &self.phases {
+            let mut part = format!(
+                "{phase} {} {verb}created, {} {verb}updated, {} {verb}deleted",
+                c.created, c.updated, c.deleted
+            );
+            if c.failed > 0 {
+                part.push_str(&format!(", {} writes refused", c.failed));
+            }
+            if c.mailboxes_unchanged > 0 {
+                part.push_str(&format!(" ({} mailboxes unchanged)", c.mailboxes_unchanged));
+            }
+            parts.push(part);
+        }
+        parts.push(format!(
+            "{} requests ({} throttled, {} retries)",
+            self.graph.requests, self.graph.throttled, self.retries
+        ));
+        let dry = if self.dry_run { " (dry run)" } else { "" };
+        format!("{status}{name}{dry}: {}", parts.join("; "))
+    }
+}
+
+/// `MailboxOutcome::outcome` of a known mailbox-less user.
+pub const NOT_APPLICABLE: &str = "not_applicable";
+/// `MailboxOutcome::outcome` of a failure the demo seeded on purpose.
+pub const EXPECTED: &str = "expected";
+/// Mailboxes named per group in the console summary; the rest are counted.
+const NAMED: usize = 3;
+/// Dry-run plan lines printed on the console per tenant; the rest are counted (all are in `--report`).
+const PLAN_LINES: usize = 10;
+
+/// `mailbox a, b, c and 4 more`.
+fn named(mut mailboxes: Vec<&str>) -> String {
+    mailboxes.sort_unstable();
+    mailboxes.dedup();
+    let more = mailboxes.len().saturating_sub(NAMED);
+    let mut text = mailboxes
+        .iter()
+        .take(NAMED)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
+}
+
+/// A worker's plan line (`create "Ann" sync=…: new person`) in the mailbox `upn`, as the console shows it:
+/// `would create "Ann" in upn`. `None` for the worker's "… and N more" line.
+fn console_plan_line(upn: &str, line: &str) -> Option<String> {
+    let (action, rest) = line.split_once(' ')?;
+    if !rest.starts_with('"') {
+        return None;
+    }
+    let mut escaped = false;
+    let end = rest.char_indices().skip(1).find_map(|(i, c)| match c {
+        '\\' if !escaped => {
+            escaped = true;
+            None
+        }
+        '"' if !escaped => Some(i),
+        _ => {
+            escaped = false;
+            None
+        }
+    })?;
+    Some(format!("would {action} {} in {upn}", &rest[..=end]))
 }
 
 /// The whole run.
@@ -194,12 +340,14 @@ impl RunReport {
         !self.tenants.iter().any(TenantReport::failed)
     }
 
-    /// A short human summary, one block per tenant, failures named with their reason.
+    /// The console summary: one line per tenant, then under it the failures grouped by reason (the first few
+    /// mailboxes named, the rest counted), not-applicable and expected mailboxes the same way, warnings, and in a
+    /// dry run the first plan lines. Every detail stays in the JSON report.
     pub fn human(&self) -> String {
-        let mut out = String::new();
         let verb = if self.dry_run { "would be " } else { "" };
-        out.push_str(&format!(
-            "run {} ({}{}) finished in {:.1}s\n",
+        let failed = self.tenants.iter().filter(|t| t.failed()).count();
+        let mut out = format!(
+            "run {} ({}{}) finished in {:.1}s: {} tenant(s), {} ok, {} failed\n",
             self.run_id,
             self.mode,
             if self.dry_run {
@@ -207,68 +355,64 @@ impl RunReport {
             } else {
                 ""
             },
-            self.duration_ms as f64 / 1000.0
-        ));
+            self.duration_ms as f64 / 1000.0,
+            self.tenants.len(),
+            self.tenants.len() - failed,
+            failed,
+        );
         for tenant in &self.tenants {
-            let status = if tenant.failed() { "FAILED" } else { "ok" };
-            out.push_str(&format!(
-                "tenant {} [{}]: {} users\n",
-                tenant.tenant_id, status, tenant.users
-            ));
-            if let Some(error) = &tenant.error {
-                out.push_str(&format!("  error: {error}\n"));
+            let verb = if tenant.dry_run { "would be " } else { verb };
+            out.push_str(&tenant.line(verb));
+            out.push('\n');
+            for warning in &tenant.warnings {
+                out.push_str(&format!("    warning: {warning}\n"));
             }
-            for (phase, c) in &tenant.phases {
+            // One group per (outcome, reason); a mailbox failing both phases for one reason counts once.
+            let mut groups: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+            for m in tenant.mailboxes.iter().filter(|m| m.outcome != "succeeded") {
+                let reason = m.reason.map_or("unknown", FailureReason::as_str);
+                groups
+                    .entry((m.outcome.as_str(), reason))
+                    .or_default()
+                    .push(&m.mailbox);
+            }
+            for ((outcome, reason), mut mailboxes) in groups {
+                mailboxes.sort_unstable();
+                mailboxes.dedup();
+                let label = match outcome {
+                    NOT_APPLICABLE => {
+                        "not applicable (no Exchange mailbox, known from earlier runs)".to_owned()
+                    }
+                    EXPECTED => format!("expected ({reason}, seeded by the demo)"),
+                    _ => format!("failed: {reason}"),
+                };
                 out.push_str(&format!(
-                    "  {phase}: {} {verb}created, {} {verb}updated, {} {verb}deleted, {} unchanged, {} failed",
-                    c.created, c.updated, c.deleted, c.skipped, c.failed
-                ));
-                if c.mailboxes_unchanged > 0 {
-                    out.push_str(&format!(
-                        "; {} mailbox(es) unchanged since the last run, not read",
-                        c.mailboxes_unchanged
-                    ));
-                }
-                out.push('\n');
-            }
-            out.push_str(&format!(
-                "  graph: {} requests, {} throttled (429), {} retries\n",
-                tenant.graph.requests, tenant.graph.throttled, tenant.retries
-            ));
-            // A mailbox that cannot be reached fails both phases for the same reason: one line for it, not two.
-            let mut failures: Vec<(&MailboxOutcome, Vec<Phase>)> = Vec::new();
-            for m in tenant.mailboxes.iter().filter(|m| m.outcome == "failed") {
-                match failures
-                    .iter_mut()
-                    .find(|(f, _)| f.mailbox == m.mailbox && f.reason == m.reason)
-                {
-                    Some((_, phases)) => phases.push(m.phase),
-                    None => failures.push((m, vec![m.phase])),
-                }
-            }
-            if !failures.is_empty() {
-                let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
-                for (m, _) in &failures {
-                    *by_reason
-                        .entry(m.reason.map(|r| r.as_str()).unwrap_or("unknown"))
-                        .or_default() += 1;
-                }
-                let reasons: Vec<String> =
-                    by_reason.iter().map(|(r, n)| format!("{n} {r}")).collect();
-                out.push_str(&format!(
-                    "  {} mailbox(es) failed ({}):\n",
-                    failures.len(),
-                    reasons.join(", ")
+                    "    {label}: {} mailbox(es): {}\n",
+                    mailboxes.len(),
+                    named(mailboxes)
                 ));
             }
-            for (m, phases) in failures {
-                let phases: Vec<String> = phases.iter().map(Phase::to_string).collect();
+            let plan: Vec<String> = tenant
+                .planned
+                .iter()
+                .filter_map(|line| {
+                    let (upn, line) = line.split_once(": ")?;
+                    console_plan_line(upn, line)
+                })
+                .collect();
+            for line in plan.iter().take(PLAN_LINES) {
+                out.push_str(&format!("    {line}\n"));
+            }
+            let writes: u64 = tenant
+                .phases
+                .values()
+                .map(|c| c.created + c.updated + c.deleted)
+                .sum();
+            let shown = plan.len().min(PLAN_LINES) as u64;
+            if tenant.dry_run && writes > shown {
                 out.push_str(&format!(
-                    "  failed: {} ({}): {}: {}\n",
-                    m.mailbox,
-                    phases.join(", "),
-                    m.reason.map(|r| r.as_str()).unwrap_or("unknown"),
-                    m.error.as_deref().unwrap_or("")
+                    "    … and {} more planned writes (every line in --report)\n",
+                    writes - shown
                 ));
             }
         }
@@ -291,35 +435,162 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_mailbox_failing_both_phases_for_one_reason_is_one_line() {
-        let tenant = TenantReport {
-            tenant_id: "contoso.onmicrosoft.com".into(),
-            users: 3,
-            mailboxes: vec![
-                failed("a@contoso.com", Phase::Phase1, FailureReason::NoMailbox),
-                failed("a@contoso.com", Phase::Phase2, FailureReason::NoMailbox),
-                failed("b@contoso.com", Phase::Phase2, FailureReason::AccessDenied),
-                failed("b@contoso.com", Phase::Phase1, FailureReason::NoReport),
-            ],
-            ..TenantReport::default()
-        };
-        let report = RunReport {
+    fn run(tenants: Vec<TenantReport>, dry_run: bool) -> RunReport {
+        RunReport {
             run_id: Uuid::nil(),
             mode: "embedded".into(),
-            dry_run: false,
+            dry_run,
             started_at: Utc::now(),
             finished_at: Utc::now(),
             duration_ms: 10,
-            tenants: vec![tenant],
-        };
-        let text = report.human();
-        assert!(text.contains("3 mailbox(es) failed (1 access_denied, 1 no_mailbox, 1 no_report):"));
-        assert!(text.contains(
-            "  failed: a@contoso.com (phase1, phase2): no_mailbox: a@contoso.com says no\n"
+            tenants,
+        }
+    }
+
+    #[test]
+    fn one_line_per_tenant_and_failures_grouped_by_reason_with_the_first_few_named() {
+        let mut mailboxes: Vec<MailboxOutcome> = ["e", "d", "c", "b", "a"]
+            .iter()
+            .flat_map(|m| {
+                let upn = format!("{m}@contoso.com");
+                [
+                    failed(&upn, Phase::Phase1, FailureReason::NoMailbox),
+                    failed(&upn, Phase::Phase2, FailureReason::NoMailbox),
+                ]
+            })
+            .collect();
+        mailboxes.push(failed(
+            "x@contoso.com",
+            Phase::Phase2,
+            FailureReason::AccessDenied,
         ));
-        assert!(text.contains("  failed: b@contoso.com (phase2): access_denied:"));
-        assert!(text.contains("  failed: b@contoso.com (phase1): no_report:"));
-        assert_eq!(text.matches("failed: a@contoso.com").count(), 1);
+        let tenant = TenantReport {
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            users: 30,
+            mailboxes,
+            warnings: vec!["TestUserList: 1 match(es) no licensed user: nobody".into()],
+            ..TenantReport::default()
+        };
+        let fine = TenantReport {
+            tenant_id: "fabrikam.onmicrosoft.com".into(),
+            users: 2,
+            ..TenantReport::default()
+        };
+        let off = TenantReport {
+            tenant_id: "woodgrove.com".into(),
+            disabled: true,
+            ..TenantReport::default()
+        };
+        let text = run(vec![tenant, fine, off], false).human();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("3 tenant(s), 2 ok, 1 failed"), "{text}");
+        assert!(
+            lines[1].starts_with("[FAILED]  contoso.onmicrosoft.com: 30 users;"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[2],
+            "    warning: TestUserList: 1 match(es) no licensed user: nobody"
+        );
+        assert_eq!(
+            lines[3],
+            "    failed: access_denied: 1 mailbox(es): x@contoso.com"
+        );
+        assert_eq!(
+            lines[4],
+            "    failed: no_mailbox: 5 mailbox(es): a@contoso.com, b@contoso.com, c@contoso.com and 2 more"
+        );
+        assert!(
+            lines[5].starts_with("[ok]      fabrikam.onmicrosoft.com: 2 users;"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[6],
+            "[disabled] woodgrove.com: Enabled is false, not run"
+        );
+        assert_eq!(lines.len(), 7, "{text}");
+    }
+
+    #[test]
+    fn a_known_mailbox_less_user_is_not_applicable_listed_and_not_a_failure() {
+        let mut tenant = TenantReport {
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            mailboxes: vec![
+                failed("Ann@contoso.com", Phase::Phase1, FailureReason::NoMailbox),
+                failed("Ann@contoso.com", Phase::Phase2, FailureReason::NoMailbox),
+                failed("bob@contoso.com", Phase::Phase2, FailureReason::NoMailbox),
+            ],
+            ..TenantReport::default()
+        };
+        assert_eq!(
+            tenant.without_mailbox(),
+            BTreeSet::from(["ann@contoso.com".to_owned(), "bob@contoso.com".to_owned()])
+        );
+        tenant.mark_not_applicable(&BTreeSet::from(["ann@contoso.com".to_owned()]));
+        assert!(tenant.failed(), "bob is seen for the first time");
+        tenant.mark_not_applicable(&BTreeSet::from(["bob@contoso.com".to_owned()]));
+        assert!(!tenant.failed());
+        // Still remembered for the next run, and listed; one that got a mailbox since is forgotten, one this run
+        // did not reach is kept.
+        assert_eq!(tenant.without_mailbox().len(), 2);
+        tenant.mailboxes.push(MailboxOutcome {
+            outcome: "succeeded".into(),
+            reason: None,
+            error: None,
+            ..failed("cat@contoso.com", Phase::Phase2, FailureReason::NoMailbox)
+        });
+        let known = BTreeSet::from(["cat@contoso.com".to_owned(), "dan@contoso.com".to_owned()]);
+        assert_eq!(
+            tenant.still_without_mailbox(&known),
+            BTreeSet::from([
+                "ann@contoso.com".to_owned(),
+                "bob@contoso.com".to_owned(),
+                "dan@contoso.com".to_owned()
+            ])
+        );
+        let text = run(vec![tenant], false).human();
+        assert!(text.contains(
+            "    not applicable (no Exchange mailbox, known from earlier runs): 2 mailbox(es): Ann@contoso.com, bob@contoso.com\n"
+        ), "{text}");
+        assert!(text.contains("[ok]"), "{text}");
+    }
+
+    #[test]
+    fn a_dry_run_prints_its_plan_per_mailbox_capped_with_a_count() {
+        let mut tenant = TenantReport {
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            dry_run: true,
+            ..TenantReport::default()
+        };
+        tenant.phases.insert(
+            Phase::Phase2,
+            PhaseCounts {
+                created: 14,
+                updated: 1,
+                ..PhaseCounts::default()
+            },
+        );
+        for i in 0..14 {
+            tenant.planned.push(format!(
+                "u{i}@contoso.com: create \"Ann \\\"A\\\" {i}\" sync=1 contact=2: new person"
+            ));
+        }
+        tenant
+            .planned
+            .push("u1@contoso.com: … and 1 more planned writes not listed".into());
+        let text = run(vec![tenant], true).human();
+        assert!(
+            text.contains("    would create \"Ann \\\"A\\\" 0\" in u0@contoso.com\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("    would ").count(), 10, "{text}");
+        assert!(
+            text.contains("    … and 5 more planned writes (every line in --report)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("14 would be created, 1 would be updated"),
+            "{text}"
+        );
     }
 }

@@ -32,6 +32,9 @@ fn settings(sim: &Sim, d: &SeededDirectory) -> TenantSettings {
         client_secret: Secret::new(&d.tenant.client_secret),
         global_address_book_user_id: d.tenant.shared_mailbox_upn.clone(),
         test_user_list: None,
+        domains: Vec::new(),
+        enabled: true,
+        dry_run: false,
         authority_host: Url::parse(&sim.authority_url()).expect("authority url"),
         graph_endpoint: Url::parse(&sim.graph_url()).expect("graph url"),
         mirror: shared::config::MirrorOptions {
@@ -43,6 +46,7 @@ fn settings(sim: &Sim, d: &SeededDirectory) -> TenantSettings {
                 enabled: true,
                 max_share: 0.1,
             },
+            update_existing: true,
         },
         limits: shared::config::GraphLimits::default(),
         distribution: Default::default(),

@@ -43,6 +43,9 @@ fn settings_at(authority: &str, graph: &str, secret: &str) -> TenantSettings {
         client_secret: Secret::new(secret),
         global_address_book_user_id: ALICE.into(),
         test_user_list: None,
+        domains: Vec::new(),
+        enabled: true,
+        dry_run: false,
         authority_host: Url::parse(authority).expect("authority url"),
         graph_endpoint: Url::parse(graph).expect("graph url"),
         mirror: MirrorOptions {
@@ -54,6 +57,7 @@ fn settings_at(authority: &str, graph: &str, secret: &str) -> TenantSettings {
                 enabled: true,
                 max_share: 0.1,
             },
+            update_existing: true,
         },
         limits: GraphLimits::default(),
         distribution: Default::default(),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use shared::message::{FailureReason, Phase};
-use shared::mq::topology::{exchanges, queue_arguments};
+use shared::mq::topology::{dead_letter_policy, exchanges, queue_arguments};
 use shared::mq::Topology;
 
 fn repo_root() -> PathBuf {
@@ -992,4 +992,20 @@ fn runbook_covers_every_dead_letter_reason_and_the_tools() {
         )),
         "deploy/README.md quotes a grace period other than the ConfigMap's"
     );
+}
+
+#[test]
+fn rabbitmq_definitions_keep_dead_letters_for_a_bounded_time_by_policy() {
+    let definitions: Value = serde_json::from_str(&read("deploy/rabbitmq/definitions.json"))
+        .expect("definitions.json is JSON");
+    let policy = dead_letter_policy(&Topology::default());
+    let policies = definitions["policies"].as_array().expect("policies");
+    assert_eq!(policies.len(), 1, "{policies:?}");
+    let defined = &policies[0];
+    assert_eq!(defined["vhost"], "/");
+    assert_eq!(defined["name"], policy.name.as_str());
+    assert_eq!(defined["pattern"], policy.pattern.as_str());
+    assert_eq!(defined["apply-to"], policy.apply_to);
+    assert_eq!(defined["priority"], policy.priority);
+    assert_eq!(defined["definition"], policy.definition);
 }

@@ -57,3 +57,6 @@ mod check;
 
 // Run history in the state directory (`history`) and notifications after a run (`--notify-url`).
 mod history_notify;
+
+// Issue 12: one invalid tenant fails alone, the dry-run rule, UpdateExisting, not_applicable, DLQ retention, demo.
+mod isolation;

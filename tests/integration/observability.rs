@@ -218,6 +218,7 @@ async fn produce(settings: Settings, topology: Topology) -> bool {
         rebuild_central: false,
         allow_mass_delete: false,
         cleanup: None,
+        strict: false,
     };
     let report = orchestrate::run(&mut broker, &graph, request)
         .await

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use shared::message::{FailureReason, Job, Phase, Report};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::disposition::{RetryPolicy, Step};
 use crate::job::{Attempt, JobRunner};
@@ -136,7 +136,8 @@ pub async fn process<D: Delivery>(
     report.outcome = step.outcome(&result);
     let label = crate::metrics::outcome_label(&step);
     crate::metrics::record_job(job.phase(), label, started.elapsed());
-    info!(
+    // One line per job: debug, so a run of thousands of mailboxes reads at a glance (the report has it all).
+    debug!(
         outcome = label,
         created = report.counts.created,
         updated = report.counts.updated,

@@ -27,7 +27,7 @@ use shared::sync::{
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::central_cache::CentralCache;
 use crate::directory_cache::DirectoryCache;
@@ -139,6 +139,18 @@ impl JobRunner {
                 ),
             }),
             Some(tenant) => {
+                // The worker's own configuration may say dry run too (a tenant being onboarded): any source that
+                // says dry run wins, so a job saying otherwise writes nothing here either.
+                let forced;
+                let job = if tenant.dry_run && !job.dry_run {
+                    forced = Job {
+                        dry_run: true,
+                        ..job.clone()
+                    };
+                    &forced
+                } else {
+                    job
+                };
                 let client = self.graph.tenant(tenant);
                 // The attempt's write batches run as tasks of their own: a cancel drops the attempt at once
                 // (reads included) but never a batch half-sent; it is waited for below.
@@ -337,7 +349,7 @@ impl JobRunner {
             feed::phase1_skip(central_check.check, previous, &source_checks)
         };
         if let Some(generation) = skip {
-            info!(mailbox = %central.mailbox.upn, sources = readable.len(), "nothing changed since the last run");
+            debug!(mailbox = %central.mailbox.upn, sources = readable.len(), "nothing changed since the last run");
             cursors.central = central_check.link.map(|link| FolderFeed {
                 link,
                 in_line_with: Some(generation),
@@ -866,7 +878,7 @@ impl JobRunner {
                         first_transient.get_or_insert(error);
                     }
                     _ => {
-                        warn!(mailbox = %mailbox.upn, %error, "write refused");
+                        debug!(mailbox = %mailbox.upn, %error, "write refused");
                         failed_writes += 1;
                     }
                 }
@@ -877,7 +889,7 @@ impl JobRunner {
             // found, not written again.
             return Err(AttemptResult::Transient { wait, error });
         }
-        info!(mailbox = %mailbox.upn, created = counts.created, updated = counts.updated,
+        debug!(mailbox = %mailbox.upn, created = counts.created, updated = counts.updated,
               deleted = counts.deleted, failed = failed_writes, "applied");
         Ok(Done {
             counts,
@@ -964,7 +976,7 @@ async fn check_feed(
                 if matches!(error.kind(), ErrorKind::InvalidDeltaToken)
                     || matches!(error, GraphError::Protocol(_)) =>
             {
-                info!(mailbox = %mailbox.upn, %error, "kept delta link not usable; starting a new feed");
+                debug!(mailbox = %mailbox.upn, %error, "kept delta link not usable; starting a new feed");
             }
             Err(error) => return Err(error),
         }
@@ -992,11 +1004,11 @@ async fn advance_past_own_writes(
             round.link
         }
         Ok(_) => {
-            info!(mailbox = %mailbox.upn, "changed by someone else meanwhile; the next run reads it again");
+            debug!(mailbox = %mailbox.upn, "changed by someone else meanwhile; the next run reads it again");
             before
         }
         Err(error) => {
-            warn!(mailbox = %mailbox.upn, %error, "could not move the feed past this run's writes; the next run reads it again");
+            debug!(mailbox = %mailbox.upn, %error, "could not move the feed past this run's writes; the next run reads it again");
             before
         }
     }
@@ -1007,7 +1019,7 @@ async fn advance_past_own_writes(
 fn source_failure(mailbox: &Mailbox, error: &GraphError) -> Result<SourceFailure, AttemptResult> {
     match classify(error, &format!("reading contacts of {}", mailbox.upn)) {
         AttemptResult::Permanent { reason, error } => {
-            warn!(mailbox = %mailbox.upn, %reason, %error, "source mailbox skipped");
+            debug!(mailbox = %mailbox.upn, %reason, %error, "source mailbox skipped");
             Ok(SourceFailure {
                 mailbox: mailbox.clone(),
                 reason,

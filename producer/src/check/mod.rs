@@ -144,7 +144,7 @@ pub async fn check_tenant(
     let shared = shared_mailbox_findings(&client, tenant, &mut findings).await;
     let (survey, estimate) = match prepare::receiving_users(&client, tenant, shared.as_ref()).await
     {
-        Ok(users) => {
+        Ok((users, _warnings)) => {
             let survey = survey(&client, &users, sample).await;
             findings.push(mailbox_finding(&survey));
             let estimate = estimate::estimate(&Workload {

@@ -10,12 +10,12 @@ use uuid::Uuid;
 use super::distribution;
 use super::raw::{self, Fields, Loc, Node};
 use super::{
-    ConfigError, DeletionPolicy, GraphLimits, MirrorOptions, Settings, TenantSettings,
-    ALLOW_INSECURE_AUTHORITY_VAR, ALLOW_INSECURE_GRAPH_VAR, CLIENT_ID_VAR, CLIENT_SECRET_FILE_VAR,
-    CLIENT_SECRET_VAR, CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST, DEFAULT_CENTRAL_FOLDER_NAME,
-    DEFAULT_GRAPH_ENDPOINT, DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR,
-    GLOBAL_ADDRESS_BOOK_USER_ID_VAR, MICROSOFT_TENANTS_JSON_VAR, TENANT_ID_VAR,
-    TEST_USER_LIST_BY_TENANT_JSON_VAR,
+    ConfigError, DeletionPolicy, GraphLimits, InvalidTenant, MirrorOptions, Settings,
+    TenantSettings, ALLOW_INSECURE_AUTHORITY_VAR, ALLOW_INSECURE_GRAPH_VAR, CLIENT_ID_VAR,
+    CLIENT_SECRET_FILE_VAR, CLIENT_SECRET_VAR, CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST,
+    DEFAULT_CENTRAL_FOLDER_NAME, DEFAULT_GRAPH_ENDPOINT, DEFAULT_MAX_DELETE_SHARE,
+    DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR, GLOBAL_ADDRESS_BOOK_USER_ID_VAR,
+    MICROSOFT_TENANTS_JSON_VAR, TENANT_ID_VAR, TEST_USER_LIST_BY_TENANT_JSON_VAR,
 };
 use crate::secret::Secret;
 
@@ -29,7 +29,12 @@ const TENANT_KEYS: &[&str] = &[
     "ClientSecretFile",
     "GlobalAddressBookUserId",
     "TestUserList",
+    "PrimaryDomain",
+    "TenantDomain",
+    "Enabled",
 ];
+/// Keys of a `MicrosoftTenants` entry only: at the document root `DryRun` is run-wide.
+const ENTRY_KEYS: &[&str] = &["DryRun"];
 /// Optional keys, per tenant or as run-wide defaults at the document root.
 const OPTION_KEYS: &[&str] = &[
     "AuthorityHost",
@@ -47,6 +52,7 @@ const OPTION_KEYS: &[&str] = &[
     "Directory",
     "TargetGroups",
     "TargetFolder",
+    "UpdateExisting",
 ];
 
 const TENANT_ID: &str = "a tenant id (GUID) or verified domain such as contoso.onmicrosoft.com";
@@ -71,6 +77,8 @@ pub(super) struct Builder<'a> {
     from_tenants_at: Vec<Option<Loc>>,
     /// The document's run-wide `AllowMassDelete`, when it sets it.
     allow_mass_delete: Option<bool>,
+    /// Tenant entries that parse but cannot run, each with its error: the other tenants still run.
+    invalid: Vec<InvalidTenant>,
 }
 
 /// The optional settings of one level (document root or tenant); `None` means "not set here".
@@ -87,6 +95,7 @@ struct Layer {
     max_in_flight: Option<u32>,
     requests_per_window: Option<u32>,
     window_seconds: Option<u64>,
+    update_existing: Option<bool>,
     distribution: distribution::Layer,
 }
 
@@ -157,6 +166,9 @@ impl Layer {
                 "a whole number of seconds from 1 to 86400",
             )?;
         }
+        if let Some((node, at)) = fields.get("UpdateExisting") {
+            layer.update_existing = raw::boolean(node, at)?;
+        }
         layer.distribution = distribution::Layer::read(fields)?;
         Ok(layer)
     }
@@ -181,6 +193,7 @@ impl Layer {
             max_in_flight: self.max_in_flight.or(base.max_in_flight),
             requests_per_window: self.requests_per_window.or(base.requests_per_window),
             window_seconds: self.window_seconds.or(base.window_seconds),
+            update_existing: self.update_existing.or(base.update_existing),
             distribution: self.distribution.over(&base.distribution),
         }
     }
@@ -217,6 +230,7 @@ impl<'a> Builder<'a> {
             base_dir: None,
             from_tenants_at: Vec::new(),
             allow_mass_delete: None,
+            invalid: Vec::new(),
         }
     }
 
@@ -245,32 +259,23 @@ impl<'a> Builder<'a> {
         } else {
             (self.single_tenant_variables()?, None)
         };
-        let dry_run = match dry_run {
-            Some(dry_run) => dry_run,
-            None => match self.var(DRY_RUN_VAR) {
-                Some(value) => {
-                    raw::boolean(&Node::String(value), &Loc::new(DRY_RUN_VAR))?.unwrap_or(false)
-                }
-                None => false,
-            },
+        // Safety rule: any source that says dry run wins. A document saying `"DryRun": false` never overrides
+        // AUTOMATION_SYNCCONTACTS_DRY_RUN=true (nor `--dry-run`, applied by the caller).
+        let env_dry_run = match self.var(DRY_RUN_VAR) {
+            Some(value) => {
+                raw::boolean(&Node::String(value), &Loc::new(DRY_RUN_VAR))?.unwrap_or(false)
+            }
+            None => false,
         };
-        for (i, (tenant, at)) in tenants.iter().enumerate() {
-            if let Some((_, first)) = tenants[..i]
-                .iter()
-                .find(|(other, _)| other.tenant_id == tenant.tenant_id)
-            {
-                return Err(ConfigError::Conflict {
-                    at: at.to_string(),
-                    problem: format!(
-                        "tenant {:?} is configured twice (also at {}), expected each tenant once",
-                        tenant.tenant_id,
-                        if first.path().is_empty() {
-                            first.to_string()
-                        } else {
-                            first.path().to_owned()
-                        }
-                    ),
-                });
+        let dry_run = dry_run.unwrap_or(false) || env_dry_run;
+        for (tenant, _) in &mut tenants {
+            tenant.dry_run |= dry_run;
+        }
+        self.drop_duplicates(&mut tenants);
+        if tenants.is_empty() {
+            // No tenant can run: the configuration as a whole is wrong (exit 2), as before isolation.
+            if let Some(first) = self.invalid.drain(..).next() {
+                return Err(first.error);
             }
         }
         let sources: Vec<(&str, &super::Distribution, Option<&Loc>)> = tenants
@@ -284,7 +289,53 @@ impl<'a> Builder<'a> {
             tenants: tenants.into_iter().map(|(tenant, _)| tenant).collect(),
             dry_run,
             allow_mass_delete: self.allow_mass_delete.unwrap_or(false),
+            invalid_tenants: std::mem::take(&mut self.invalid),
         })
+    }
+
+    /// A tenant configured twice cannot run under either entry (which one was meant?): every entry of it becomes
+    /// invalid, naming the other.
+    fn drop_duplicates(&mut self, tenants: &mut Tenants) {
+        let shown = |at: &Loc| {
+            if at.path().is_empty() {
+                at.to_string()
+            } else {
+                at.path().to_owned()
+            }
+        };
+        // Each entry's other places, if the tenant is configured more than once.
+        let others: Vec<Vec<String>> = tenants
+            .iter()
+            .enumerate()
+            .map(|(i, (tenant, _))| {
+                tenants
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, (other, _))| *j != i && other.tenant_id == tenant.tenant_id)
+                    .map(|(_, (_, at))| shown(at))
+                    .collect()
+            })
+            .collect();
+        let entries = std::mem::take(tenants);
+        let from_tenants_at = std::mem::take(&mut self.from_tenants_at);
+        for (((tenant, at), from), others) in entries.into_iter().zip(from_tenants_at).zip(others) {
+            if others.is_empty() {
+                tenants.push((tenant, at));
+                self.from_tenants_at.push(from);
+                continue;
+            }
+            let id = tenant.tenant_id;
+            self.invalid.push(InvalidTenant {
+                error: ConfigError::Conflict {
+                    at: at.to_string(),
+                    problem: format!(
+                        "tenant {id:?} is configured twice (also at {}), expected each tenant once",
+                        others.join(", ")
+                    ),
+                },
+                name: id,
+            });
+        }
     }
 
     /// The `AUTOMATION_SYNCCONTACTS_CONFIG_JSON` document (or the file): `MicrosoftTenants` plus run-wide settings,
@@ -334,11 +385,7 @@ impl<'a> Builder<'a> {
         let at = Loc::new(MICROSOFT_TENANTS_JSON_VAR);
         let node = raw::parse(text, &at)?;
         node.collect_secrets(&mut self.secrets);
-        let hint = |key: &str| {
-            key.eq_ignore_ascii_case("DryRun")
-                .then(|| format!("set the run-wide {DRY_RUN_VAR} instead"))
-        };
-        self.tenants(&node, &at, &hint, &Layer::default())
+        self.tenants(&node, &at, &|_| None, &Layer::default())
     }
 
     /// A tenant array (or one tenant object, as PowerShell's `ConvertTo-Json` writes a one-element array).
@@ -371,11 +418,20 @@ impl<'a> Builder<'a> {
                 got: "an empty array".into(),
             });
         }
-        let known: Vec<&'static str> = [TENANT_KEYS, OPTION_KEYS].concat();
+        let known: Vec<&'static str> = [TENANT_KEYS, ENTRY_KEYS, OPTION_KEYS].concat();
         let mut tenants = Vec::with_capacity(entries.len());
+        // Each entry stands alone: one that cannot run is set aside with its error, the others still run.
         for (node, tenant_at) in entries {
-            let fields = Fields::from_object(node, &tenant_at, &known, hint)?;
-            tenants.push(self.tenant(&fields, &tenant_at, &|key| tenant_at.key(key), defaults)?);
+            let tenant = Fields::from_object(node, &tenant_at, &known, hint).and_then(|fields| {
+                self.tenant(&fields, &tenant_at, &|key| tenant_at.key(key), defaults)
+            });
+            match tenant {
+                Ok(tenant) => tenants.push(tenant),
+                Err(error) => self.invalid.push(InvalidTenant {
+                    name: entry_name(node, &tenant_at),
+                    error,
+                }),
+            }
         }
         Ok(tenants)
     }
@@ -450,6 +506,29 @@ impl<'a> Builder<'a> {
             Some((node, at)) => raw::user_list(node, at)?,
             None => None,
         };
+        let mut domains = Vec::new();
+        for key in ["PrimaryDomain", "TenantDomain"] {
+            if let Some((node, at)) = fields.get(key) {
+                const DOMAIN: &str = "a verified domain such as contoso.com";
+                if let Some(domain) = raw::string(node, at, DOMAIN)? {
+                    if !is_domain(&domain) {
+                        return Err(invalid(at, DOMAIN, raw::quoted(&domain)));
+                    }
+                    let domain = domain.to_ascii_lowercase();
+                    if domain != tenant_id && !domains.contains(&domain) {
+                        domains.push(domain);
+                    }
+                }
+            }
+        }
+        let enabled = match fields.get("Enabled") {
+            Some((node, at)) => raw::boolean(node, at)?.unwrap_or(true),
+            None => true,
+        };
+        let dry_run = match fields.get("DryRun") {
+            Some((node, at)) => raw::boolean(node, at)?.unwrap_or(false),
+            None => false,
+        };
         let opt_out_category = layer
             .opt_out_category
             .unwrap_or_else(|| DEFAULT_OPT_OUT_CATEGORY.to_owned());
@@ -492,6 +571,9 @@ impl<'a> Builder<'a> {
             client_secret,
             global_address_book_user_id,
             test_user_list,
+            domains,
+            enabled,
+            dry_run,
             authority_host: layer
                 .authority_host
                 .unwrap_or_else(|| default_url(DEFAULT_AUTHORITY_HOST)),
@@ -507,6 +589,7 @@ impl<'a> Builder<'a> {
                     enabled: layer.delete_managed_copies.unwrap_or(true),
                     max_share: layer.max_delete_share.unwrap_or(DEFAULT_MAX_DELETE_SHARE),
                 },
+                update_existing: layer.update_existing.unwrap_or(true),
             },
             limits: GraphLimits {
                 max_in_flight: layer.max_in_flight.unwrap_or(defaults.max_in_flight),
@@ -598,16 +681,21 @@ impl<'a> Builder<'a> {
         for (key, value) in entries {
             let key_at = at.key(&raw::quoted(key));
             let wanted = normalize_tenant_id(key);
-            let Some(index) = tenants
-                .iter()
-                .position(|(t, _)| t.tenant_id.eq_ignore_ascii_case(&wanted))
-            else {
+            let Some(index) = tenants.iter().position(|(t, _)| t.is_known_as(&wanted)) else {
+                if self
+                    .invalid
+                    .iter()
+                    .any(|t| t.name.eq_ignore_ascii_case(&wanted))
+                {
+                    // The tenant's entry is invalid and fails on its own; its test users have nowhere to go.
+                    continue;
+                }
                 let configured: Vec<&str> =
                     tenants.iter().map(|(t, _)| t.tenant_id.as_str()).collect();
                 return Err(invalid(
                     &key_at,
                     &format!(
-                        "the TenantId of a configured tenant ({})",
+                        "the TenantId, PrimaryDomain or TenantDomain of a configured tenant ({})",
                         configured.join(", ")
                     ),
                     raw::quoted(key),
@@ -632,6 +720,28 @@ impl<'a> Builder<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// How an entry that cannot run is named: its TenantId when it has a readable one, else its place in the list.
+fn entry_name(node: &Node, at: &Loc) -> String {
+    if let Node::Object(entries) = node {
+        let id = entries.iter().find_map(|(key, value)| match value {
+            Node::String(id)
+                if key.trim().eq_ignore_ascii_case("TenantId") && !id.trim().is_empty() =>
+            {
+                Some(normalize_tenant_id(id))
+            }
+            _ => None,
+        });
+        if let Some(id) = id {
+            return id;
+        }
+    }
+    if at.path().is_empty() {
+        at.to_string()
+    } else {
+        at.path().to_owned()
     }
 }
 

@@ -15,14 +15,25 @@
 //! 4. the single-tenant variables [`TENANT_ID_VAR`], [`CLIENT_ID_VAR`], [`CLIENT_SECRET_VAR`] (or
 //!    [`CLIENT_SECRET_FILE_VAR`]) and [`GLOBAL_ADDRESS_BOOK_USER_ID_VAR`].
 //!
-//! `DryRun` comes from the document when it sets it, else from [`DRY_RUN_VAR`], else false.
+//! Dry run: any source that says dry run wins, and none can take it back. The run is dry when the document's
+//! `DryRun` or [`DRY_RUN_VAR`] says true (or `--dry-run` is given); a document saying `"DryRun": false` never
+//! overrides the variable. A tenant entry's own `DryRun: true` makes that tenant alone dry (onboarding a customer
+//! while the others write); its `DryRun: false` cannot make a dry run write.
+//!
+//! # One tenant's mistake is that tenant's
+//! A `MicrosoftTenants` entry that parses but cannot run (a missing key, an invalid value, a tenant configured
+//! twice) is set aside in [`Settings::invalid_tenants`] with its error; every other tenant runs. Malformed JSON, an
+//! invalid run-wide setting or a document where no tenant is valid stays an error of the whole configuration.
 //! [`TEST_USER_LIST_BY_TENANT_JSON_VAR`] (`{"contoso.onmicrosoft.com":["user1@contoso.com"]}`) applies to every
 //! form: its users are added to the `TestUserList` of the tenant whose TenantId matches the key (ignoring case); a
 //! key naming no configured tenant is an error.
 //!
 //! # Keys
 //! Per tenant: `TenantId`, `ClientId`, `ClientSecret` or `ClientSecretFile` (exactly one), `GlobalAddressBookUserId`,
-//! `TestUserList`, and the optional settings `AuthorityHost`, `GraphEndpoint`, `CentralFolderName`, `ManagedCategory`,
+//! `TestUserList` (UPNs, object ids or aliases; `[]` or absent: every user), `PrimaryDomain` / `TenantDomain`
+//! (other names [`TEST_USER_LIST_BY_TENANT_JSON_VAR`] may use for the tenant), `Enabled` (default true; false:
+//! configured but not run), `DryRun` (this tenant only), and the optional settings `UpdateExisting` (default true;
+//! false: create missing contacts, never change an existing one), `AuthorityHost`, `GraphEndpoint`, `CentralFolderName`, `ManagedCategory`,
 //! `StampNotes`, `OptOutCategory`, `DeleteManagedCopies`, `MaxDeleteShare`, `MaxInFlightPerMailbox`,
 //! `RequestsPerWindow`, `WindowSeconds`, and what is distributed where (issue 11, see [`Distribution`]): `Mirror`
 //! `{Enabled}` (default true; when false `GlobalAddressBookUserId` is not required), `Directory` `{Enabled,
@@ -252,11 +263,22 @@ impl ConfigError {
 pub struct Settings {
     /// The tenants to mirror, in configuration order.
     pub tenants: Vec<TenantSettings>,
-    /// Compute and report the plan, write nothing.
+    /// Compute and report the plan, write nothing (every tenant).
     pub dry_run: bool,
     /// `AllowMassDelete` (run-wide, default false): lift the deletion cap for the run, like
     /// `run --allow-mass-delete`.
     pub allow_mass_delete: bool,
+    /// Tenant entries that cannot run, each failed alone with its error while the others run.
+    pub invalid_tenants: Vec<InvalidTenant>,
+}
+
+/// A tenant entry that parses but cannot run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidTenant {
+    /// Its TenantId when readable, else its place in the list (`MicrosoftTenants[2]`).
+    pub name: String,
+    /// What is wrong, naming the key at fault.
+    pub error: ConfigError,
 }
 
 /// How to reach one tenant and how to mirror it.
@@ -271,8 +293,15 @@ pub struct TenantSettings {
     /// The shared mailbox holding the central folder (UPN or object id). Empty only when `Mirror.Enabled` is
     /// false and none was configured; read it through [`TenantSettings::shared_mailbox`].
     pub global_address_book_user_id: String,
-    /// When set, both phases are restricted to these users (UPNs, compared case-insensitively).
+    /// When set, both phases are restricted to these users (UPNs, object ids or aliases, compared
+    /// case-insensitively).
     pub test_user_list: Option<Vec<String>>,
+    /// Other names of the tenant (`PrimaryDomain`, `TenantDomain`), lowercase: the test-user map may use them.
+    pub domains: Vec<String>,
+    /// Run this tenant (`Enabled`, default true).
+    pub enabled: bool,
+    /// Write nothing in this tenant: its own `DryRun`, or the run's (which it cannot override).
+    pub dry_run: bool,
     /// Entra authority, default `https://login.microsoftonline.com`.
     pub authority_host: Url,
     /// Graph endpoint, default `https://graph.microsoft.com`.
@@ -298,6 +327,8 @@ pub struct MirrorOptions {
     pub opt_out_category: String,
     /// What phase 2 may delete.
     pub deletion: DeletionPolicy,
+    /// Change existing contacts when their source changed (`UpdateExisting`, default true); false: create only.
+    pub update_existing: bool,
 }
 
 /// Whether and how much the tool may delete from one mailbox in one job.
@@ -353,7 +384,33 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         let mut builder = build::Builder::new(env);
         let result = builder.load(file);
-        result.map_err(|error| error.scrub(&builder.secrets))
+        match result {
+            Ok(mut settings) => {
+                for invalid in &mut settings.invalid_tenants {
+                    invalid.error = invalid.error.clone().scrub(&builder.secrets);
+                }
+                Ok(settings)
+            }
+            Err(error) => Err(error.scrub(&builder.secrets)),
+        }
+    }
+
+    /// Makes every tenant dry (`--dry-run`): dryness can be added, never taken away.
+    pub fn force_dry_run(&mut self) {
+        self.dry_run = true;
+        for tenant in &mut self.tenants {
+            tenant.dry_run = true;
+        }
+    }
+
+    /// Whether `id` names a configured tenant, valid or not.
+    pub fn names_tenant(&self, id: &str) -> bool {
+        let wanted = build::normalize_tenant_id(id);
+        self.tenant(id).is_some()
+            || self
+                .invalid_tenants
+                .iter()
+                .any(|t| t.name.eq_ignore_ascii_case(&wanted))
     }
 
     /// The tenant with this id, ignoring case (GUIDs in any accepted spelling).
@@ -378,6 +435,12 @@ impl fmt::Display for Settings {
 }
 
 impl TenantSettings {
+    /// Whether `name` (normalised) is this tenant's TenantId, PrimaryDomain or TenantDomain.
+    pub fn is_known_as(&self, name: &str) -> bool {
+        self.tenant_id.eq_ignore_ascii_case(name)
+            || self.domains.iter().any(|d| d.eq_ignore_ascii_case(name))
+    }
+
     /// The mirror's shared mailbox, when configured: the directory leaves it out even when the mirror is off.
     pub fn shared_mailbox(&self) -> Option<&str> {
         Some(self.global_address_book_user_id.as_str()).filter(|m| !m.is_empty())
@@ -445,6 +508,16 @@ impl fmt::Display for TenantSettings {
             self.limits.requests_per_window,
             self.limits.window.as_secs(),
         )?;
-        write!(f, ", {}", self.distribution)
+        write!(f, ", {}", self.distribution)?;
+        if !self.mirror.update_existing {
+            f.write_str(", creates only (UpdateExisting false)")?;
+        }
+        if !self.enabled {
+            f.write_str(", disabled")?;
+        }
+        if self.dry_run {
+            f.write_str(", dry run")?;
+        }
+        Ok(())
     }
 }

@@ -404,11 +404,11 @@ pub(super) fn integer(
 }
 
 /// What one test user looks like, for error messages.
-pub(super) const USER: &str = "a user (UPN)";
+pub(super) const USER: &str = "a user (UPN, object id or alias)";
 
 /// A list of users (non-empty strings); a single string counts as a one-element list (PowerShell's `ConvertTo-Json`
-/// writes a one-element array that way). Duplicates (ignoring case) are dropped. `Ok(None)` when missing; an empty
-/// array is an error, because an empty test list would silently widen a test run to every user.
+/// writes a one-element array that way). Duplicates (ignoring case) are dropped. `Ok(None)` when missing or an empty
+/// array: the script's `"TestUserList": []` means every user.
 pub(super) fn user_list(node: &Node, at: &Loc) -> Result<Option<Vec<String>>, ConfigError> {
     let items: Vec<(&Node, Loc)> = match node {
         Node::Array(items) => items
@@ -428,11 +428,7 @@ pub(super) fn user_list(node: &Node, at: &Loc) -> Result<Option<Vec<String>>, Co
         }
     };
     if items.is_empty() {
-        return Err(ConfigError::Invalid {
-            at: at.to_string(),
-            expected: "at least one user (leave the key out to include every user)".into(),
-            got: "an empty array".into(),
-        });
+        return Ok(None);
     }
     let mut out: Vec<String> = Vec::with_capacity(items.len());
     for (item, item_at) in items {

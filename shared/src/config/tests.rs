@@ -68,8 +68,13 @@ impl Drop for TempFile {
     }
 }
 
+/// The error of the whole configuration, or else that of its first invalid tenant entry (the other tenants of
+/// the document run; see `one_invalid_tenant_is_set_aside_and_the_others_run`).
 fn error_of(result: Result<Settings, ConfigError>) -> ConfigError {
     match result {
+        Ok(mut settings) if !settings.invalid_tenants.is_empty() => {
+            settings.invalid_tenants.remove(0).error
+        }
         Ok(settings) => panic!("expected an error, got {settings:?}"),
         Err(error) => error,
     }
@@ -431,6 +436,7 @@ fn defaults() {
                 enabled: true,
                 max_share: 0.10
             },
+            update_existing: true,
         }
     );
     assert_eq!(tenant.limits, GraphLimits::default());
@@ -832,8 +838,8 @@ fn rejects_test_users_for_unknown_tenant() {
     ));
     assert_error(
         load(&vars, None),
-        "AUTOMATION_SYNCCONTACTS_TEST_USER_LIST_BY_TENANT_JSON: \"fabrikam.onmicrosoft.com\": expected the TenantId \
-         of a configured tenant (contoso.onmicrosoft.com), got \"fabrikam.onmicrosoft.com\"",
+        "AUTOMATION_SYNCCONTACTS_TEST_USER_LIST_BY_TENANT_JSON: \"fabrikam.onmicrosoft.com\": expected the TenantId, \
+         PrimaryDomain or TenantDomain of a configured tenant (contoso.onmicrosoft.com), got \"fabrikam.onmicrosoft.com\"",
     );
 }
 
@@ -847,7 +853,7 @@ fn rejects_bad_test_user_lists() {
     assert_error(
         load(&vars, None),
         "AUTOMATION_SYNCCONTACTS_TEST_USER_LIST_BY_TENANT_JSON: \"contoso.onmicrosoft.com\"[1]: missing, expected \
-         a user (UPN)",
+         a user (UPN, object id or alias)",
     );
     let mut vars = single_vars();
     vars.push((
@@ -876,20 +882,13 @@ fn rejects_bad_test_user_lists() {
         load_doc(&doc_with(|t| {
             t.insert("TestUserList".into(), json!(["a@contoso.com", " "]));
         })),
-        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].TestUserList[1]: missing, expected a user (UPN)",
-    );
-    assert_error(
-        load_doc(&doc_with(|t| {
-            t.insert("TestUserList".into(), json!([]));
-        })),
-        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].TestUserList: expected at least one user \
-         (leave the key out to include every user), got an empty array",
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].TestUserList[1]: missing, expected a user (UPN, object id or alias)",
     );
     assert_error(
         load_doc(&doc_with(|t| {
             t.insert("TestUserList".into(), json!(["a@contoso.com", 7]));
         })),
-        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].TestUserList[1]: expected a user (UPN), got a number",
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].TestUserList[1]: expected a user (UPN, object id or alias), got a number",
     );
 }
 
@@ -1040,8 +1039,8 @@ fn rejects_duplicate_tenants() {
     second["TenantId"] = json!("CONTOSO.onmicrosoft.com");
     assert_error(
         load_doc(&json!({ "MicrosoftTenants": [tenant_json(), second] })),
-        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[1].TenantId: tenant \"contoso.onmicrosoft.com\" is \
-         configured twice (also at MicrosoftTenants[0].TenantId), expected each tenant once",
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].TenantId: tenant \"contoso.onmicrosoft.com\" is \
+         configured twice (also at MicrosoftTenants[1].TenantId), expected each tenant once",
     );
 }
 
@@ -1056,10 +1055,10 @@ fn rejects_unknown_keys() {
     );
     assert_error(
         load_doc(&doc_with(|t| {
-            t.insert("DryRun".into(), json!("true"));
+            t.insert("MicrosoftTenants".into(), json!([]));
         })),
-        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0]: unknown key \"DryRun\" (DryRun is run-wide: set it \
-         at the top level of the document)",
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0]: unknown key \"MicrosoftTenants\" (MicrosoftTenants \
+         is run-wide: set it at the top level of the document)",
     );
     let mut doc = doc_with(|_| {});
     doc["Colour"] = json!("blue");
@@ -1074,11 +1073,10 @@ fn rejects_unknown_keys() {
         "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: unknown key \"MaxDeleteShares\" (did you mean \"MaxDeleteShare\"?)",
     );
     let mut tenant = tenant_json();
-    tenant["DryRun"] = json!(true);
+    tenant["DryRunn"] = json!(true);
     assert_error(
         load(&[(MICROSOFT_TENANTS_JSON_VAR, json!([tenant]).to_string())], None),
-        "AUTOMATION_SYNCCONTACTS_MICROSOFT_TENANTS_JSON: [0]: unknown key \"DryRun\" (set the run-wide \
-         AUTOMATION_SYNCCONTACTS_DRY_RUN instead)",
+        "AUTOMATION_SYNCCONTACTS_MICROSOFT_TENANTS_JSON: [0]: unknown key \"DryRunn\" (did you mean \"DryRun\"?)",
     );
 }
 
@@ -1923,4 +1921,221 @@ fn a_secret_pasted_into_a_directory_key_never_shows() {
         assert!(!message.contains(SECRET), "{message}");
         assert!(message.contains("[redacted]"), "{message}");
     }
+}
+
+// ---------- per-tenant isolation and lifecycle (issue 12) ----------
+
+fn second_tenant() -> serde_json::Value {
+    json!({
+        "TenantId": "fabrikam.onmicrosoft.com",
+        "ClientId": CLIENT,
+        "ClientSecret": SECRET,
+        "GlobalAddressBookUserId": "contacts@fabrikam.com",
+    })
+}
+
+#[test]
+fn one_invalid_tenant_is_set_aside_and_the_others_run() {
+    let mut broken = second_tenant();
+    broken["ClientId"] = json!(SECRET);
+    let doc = json!({ "MicrosoftTenants": [tenant_json(), broken, "not a tenant", second_tenant_named("woodgrove.com")] });
+    let settings = load_doc(&doc).expect("the valid tenants run");
+    let ids: Vec<&str> = settings
+        .tenants
+        .iter()
+        .map(|t| t.tenant_id.as_str())
+        .collect();
+    assert_eq!(ids, [TENANT, "woodgrove.com"]);
+    let invalid: Vec<(String, String)> = settings
+        .invalid_tenants
+        .iter()
+        .map(|t| (t.name.clone(), t.error.to_string()))
+        .collect();
+    assert_eq!(
+        invalid,
+        [
+            (
+                "fabrikam.onmicrosoft.com".to_owned(),
+                "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[1].ClientId: expected a GUID, got \"[redacted]\""
+                    .to_owned()
+            ),
+            (
+                "MicrosoftTenants[2]".to_owned(),
+                "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[2]: expected a JSON object, got a string"
+                    .to_owned()
+            ),
+        ]
+    );
+    assert!(settings.names_tenant("FABRIKAM.onmicrosoft.com"));
+    assert!(!settings.names_tenant("other.onmicrosoft.com"));
+}
+
+fn second_tenant_named(id: &str) -> serde_json::Value {
+    let mut tenant = second_tenant();
+    tenant["TenantId"] = json!(id);
+    tenant
+}
+
+#[test]
+fn malformed_json_a_bad_run_wide_setting_or_no_valid_tenant_fails_the_whole_configuration() {
+    assert!(matches!(
+        load(
+            &[(CONFIG_JSON_VAR, "{\"MicrosoftTenants\": [".into())],
+            None
+        ),
+        Err(ConfigError::Json { .. })
+    ));
+    let mut doc = json!({ "MicrosoftTenants": [tenant_json(), second_tenant()] });
+    doc["MaxDeleteShare"] = json!(3);
+    assert_error(
+        load_doc(&doc),
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MaxDeleteShare: expected a share greater than 0 and at most 1 \
+         (0.1 allows 10%), got 3",
+    );
+    let mut broken = tenant_json();
+    broken["ClientId"] = json!("nope");
+    assert!(load_doc(&json!({ "MicrosoftTenants": [broken] })).is_err());
+    // An invalid dry-run variable is run-wide: it never silently means "write".
+    let vars = [
+        (
+            CONFIG_JSON_VAR,
+            json!({ "MicrosoftTenants": [tenant_json()], "DryRun": true }).to_string(),
+        ),
+        (DRY_RUN_VAR, "perhaps".into()),
+    ];
+    assert!(load(&vars, None).is_err());
+}
+
+#[test]
+fn any_source_saying_dry_run_wins_and_nothing_overrides_it() {
+    let mut quiet = second_tenant();
+    quiet["DryRun"] = json!(false);
+    let doc = json!({ "MicrosoftTenants": [tenant_json(), quiet], "DryRun": false });
+    for env in ["true", "1", "yes"] {
+        let settings = load(
+            &[
+                (CONFIG_JSON_VAR, doc.to_string()),
+                (DRY_RUN_VAR, env.into()),
+            ],
+            None,
+        )
+        .expect("valid");
+        assert!(
+            settings.dry_run,
+            "the variable {env} wins over the document's false"
+        );
+        assert!(
+            settings.tenants.iter().all(|t| t.dry_run),
+            "no tenant's false overrides it"
+        );
+    }
+    let file = TempFile::new(&doc.to_string());
+    let settings = load(&[(DRY_RUN_VAR, "true".into())], Some(&file.0)).expect("valid");
+    assert!(settings.dry_run && settings.tenants.iter().all(|t| t.dry_run));
+    // A tenant onboarded in dry run while the others write.
+    let mut onboarding = second_tenant();
+    onboarding["DryRun"] = json!("yes");
+    let mut settings =
+        load_doc(&json!({ "MicrosoftTenants": [tenant_json(), onboarding] })).expect("valid");
+    assert!(!settings.dry_run);
+    assert_eq!(
+        settings
+            .tenants
+            .iter()
+            .map(|t| t.dry_run)
+            .collect::<Vec<_>>(),
+        [false, true]
+    );
+    // `--dry-run` adds dryness everywhere.
+    settings.force_dry_run();
+    assert!(settings.dry_run && settings.tenants.iter().all(|t| t.dry_run));
+    // The document's own true holds against the variable's false.
+    let settings = load(
+        &[
+            (
+                CONFIG_JSON_VAR,
+                json!({ "MicrosoftTenants": [tenant_json()], "DryRun": true }).to_string(),
+            ),
+            (DRY_RUN_VAR, "false".into()),
+        ],
+        None,
+    )
+    .expect("valid");
+    assert!(settings.dry_run && settings.tenants[0].dry_run);
+}
+
+#[test]
+fn enabled_and_update_existing_default_to_true_and_layer() {
+    let settings = load_doc(&doc_with(|_| {})).expect("valid");
+    assert!(settings.tenants[0].enabled);
+    assert!(settings.tenants[0].mirror.update_existing);
+    let mut off = second_tenant();
+    off["Enabled"] = json!(false);
+    off["UpdateExisting"] = json!(true);
+    let doc = json!({ "MicrosoftTenants": [tenant_json(), off], "UpdateExisting": "no" });
+    let settings = load_doc(&doc).expect("valid");
+    assert_eq!(
+        settings
+            .tenants
+            .iter()
+            .map(|t| (t.enabled, t.mirror.update_existing))
+            .collect::<Vec<_>>(),
+        [(true, false), (false, true)]
+    );
+    assert!(settings.tenants[0]
+        .to_string()
+        .contains("creates only (UpdateExisting false)"));
+    assert!(settings.tenants[1].to_string().contains("disabled"));
+    assert_error(
+        load_doc(&doc_with(|t| {
+            t.insert("Enabled".into(), json!("sometimes"));
+        })),
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].Enabled: expected a boolean (true/false, 1/0, \
+         yes/no or y/n), got \"sometimes\"",
+    );
+}
+
+#[test]
+fn test_users_are_looked_up_by_tenant_id_primary_domain_or_tenant_domain() {
+    let mut first = tenant_json();
+    first["TenantId"] = json!(GUID_TENANT);
+    first["PrimaryDomain"] = json!("Contoso.com");
+    let mut second = second_tenant();
+    second["TenantDomain"] = json!("fabrikam.com");
+    let vars = [
+        (
+            CONFIG_JSON_VAR,
+            json!({ "MicrosoftTenants": [first, second] }).to_string(),
+        ),
+        (
+            TEST_USER_LIST_BY_TENANT_JSON_VAR,
+            json!({ "contoso.com": ["ann@contoso.com"], "FABRIKAM.com": ["bob"] }).to_string(),
+        ),
+    ];
+    let settings = load(&vars, None).expect("valid");
+    assert_eq!(settings.tenants[0].domains, ["contoso.com"]);
+    assert_eq!(
+        settings.tenants[0].test_user_list,
+        Some(vec!["ann@contoso.com".to_owned()])
+    );
+    assert_eq!(
+        settings.tenants[1].test_user_list,
+        Some(vec!["bob".to_owned()])
+    );
+    assert_error(
+        load_doc(&doc_with(|t| {
+            t.insert("PrimaryDomain".into(), json!("not a domain"));
+        })),
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].PrimaryDomain: expected a verified domain such \
+         as contoso.com, got \"not a domain\"",
+    );
+}
+
+#[test]
+fn an_empty_test_user_list_means_every_user() {
+    let settings = load_doc(&doc_with(|t| {
+        t.insert("TestUserList".into(), json!([]));
+    }))
+    .expect("valid");
+    assert_eq!(settings.tenants[0].test_user_list, None);
 }

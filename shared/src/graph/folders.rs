@@ -97,7 +97,7 @@ impl TenantClient {
             match created {
                 Ok(reply) => {
                     let folder: ContactFolder = decode("created contact folder", &reply.body)?;
-                    tracing::info!(mailbox, folder = name, "contact folder created");
+                    tracing::debug!(mailbox, folder = name, "contact folder created");
                     return Ok(folder);
                 }
                 Err(error) if error.status() == Some(409) => {

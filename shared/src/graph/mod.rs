@@ -337,6 +337,9 @@ mod tests {
             client_secret: crate::secret::Secret::new("very-secret-value"),
             global_address_book_user_id: "shared@contoso.com".into(),
             test_user_list: None,
+            domains: Vec::new(),
+            enabled: true,
+            dry_run: false,
             authority_host: url("https://login.microsoftonline.com"),
             graph_endpoint: url("https://graph.microsoft.com"),
             mirror: crate::config::MirrorOptions {
@@ -348,6 +351,7 @@ mod tests {
                     enabled: true,
                     max_share: 0.1,
                 },
+                update_existing: true,
             },
             limits: crate::config::GraphLimits::default(),
             distribution: Default::default(),

@@ -24,6 +24,13 @@ pub const RUN_STATUS_ROUTING_KEY: &str = "run.status";
 /// broker restart must not lose it), short enough that a producer killed mid-run leaves nothing behind for long.
 pub const RUN_REPORTS_EXPIRE: Duration = Duration::from_secs(30 * 60);
 
+/// How long a dead letter is kept: long enough to be looked at and requeued after a holiday, bounded so that
+/// known-permanent failures (a mailbox-less user dead-lettered every run) never pile up for ever.
+pub const DEAD_LETTER_TTL: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// The most dead letters kept per phase; past it the oldest go first (`drop-head`).
+pub const DEAD_LETTER_MAX_LENGTH: i64 = 100_000;
+
 /// The delay levels of the retry queues. A retry goes to the smallest level no shorter than the wait it needs.
 pub const RETRY_LEVELS: [Duration; 5] = [
     Duration::from_secs(1),
@@ -213,6 +220,59 @@ pub struct QueueSpec {
     pub arguments: serde_json::Value,
     /// Where its messages come from.
     pub bindings: Vec<BindingSpec>,
+}
+
+/// A broker policy: how an operator sets it (`rabbitmqctl set_policy`, the management API or a definitions file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySpec {
+    /// Name.
+    pub name: String,
+    /// Regular expression over queue names.
+    pub pattern: String,
+    /// What it applies to ("queues").
+    pub apply_to: &'static str,
+    /// Among policies matching one queue, the highest priority wins.
+    pub priority: i64,
+    /// The policy keys (`message-ttl`, `max-length`, ...).
+    pub definition: serde_json::Value,
+}
+
+/// The dead-letter queues' retention: [`DEAD_LETTER_TTL`] and [`DEAD_LETTER_MAX_LENGTH`].
+///
+/// A policy, not queue arguments: arguments are fixed when a queue is first declared, so a queue from an older
+/// release redeclared with new ones fails with PRECONDITION_FAILED (and closes the channel). A policy applies to
+/// queues old and new, can be changed at any time, and RabbitMQ 3.10 honours `message-ttl` and `max-length` on
+/// quorum queues. It lives in `deploy/rabbitmq/definitions.json`; brokers that do not load that file get it with
+/// `rabbitmqctl set_policy` (see deploy/README.md).
+pub fn dead_letter_policy(topology: &Topology) -> PolicySpec {
+    let phases: Vec<String> = Phase::ALL.iter().map(ToString::to_string).collect();
+    PolicySpec {
+        name: format!("{}.dead-letter-retention", topology.prefix),
+        pattern: format!(
+            "^{}\\.({})\\.dead$",
+            regex_escape(&topology.prefix),
+            phases.join("|")
+        ),
+        apply_to: "queues",
+        priority: 10,
+        definition: serde_json::json!({
+            "message-ttl": i64::try_from(DEAD_LETTER_TTL.as_millis()).unwrap_or(i64::MAX),
+            "max-length": DEAD_LETTER_MAX_LENGTH,
+            "overflow": "drop-head",
+        }),
+    }
+}
+
+/// `text` with every regular-expression metacharacter escaped (a prefix may hold dots or dashes).
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$-".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Every exchange of `topology`, in declaration order.
@@ -449,6 +509,34 @@ mod tests {
         assert_ne!(
             runs.bindings[0].routing_key, "report.#",
             "snapshots must not reach the report queue"
+        );
+    }
+
+    #[test]
+    fn dead_letter_retention_is_a_policy_over_exactly_the_dead_letter_queues() {
+        let policy = dead_letter_policy(&Topology::new("cm"));
+        assert_eq!(policy.name, "cm.dead-letter-retention");
+        assert_eq!(policy.pattern, r"^cm\.(phase1|phase2)\.dead$");
+        assert_eq!(policy.apply_to, "queues");
+        assert_eq!(policy.definition["message-ttl"], 1_209_600_000_i64);
+        assert_eq!(policy.definition["max-length"], DEAD_LETTER_MAX_LENGTH);
+        assert_eq!(policy.definition["overflow"], "drop-head");
+        // The queues themselves keep their arguments, so an existing install redeclares them unchanged.
+        let topology = Topology::new("cm");
+        for spec in queue_arguments(&topology) {
+            if Phase::ALL
+                .iter()
+                .any(|p| spec.name == topology.dead_letter_queue(*p))
+            {
+                assert_eq!(
+                    spec.arguments,
+                    serde_json::json!({ "x-queue-type": "quorum" })
+                );
+            }
+        }
+        assert_eq!(
+            dead_letter_policy(&Topology::new("it-1.a")).pattern,
+            r"^it\-1\.a\.(phase1|phase2)\.dead$"
         );
     }
 }

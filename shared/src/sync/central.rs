@@ -711,6 +711,11 @@ fn plan_entry(
             .map(|cat| with_category(&central.categories, cat)),
         sync_id: needs_property.then(|| entry.sync.to_string()),
     };
+    if !options.update_existing {
+        // Create only: an existing contact is never changed, not even its stamp.
+        item.reason = Reason::UpdatesDisabled;
+        return item;
+    }
     item.op = Some(WriteOp::Update {
         id: central.id.clone(),
         write,

@@ -483,6 +483,11 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             .map(|cat| with_category(&contact.categories, cat)),
         sync_id: needs_property.then(|| source.sync.to_string()),
     };
+    if !options.update_existing {
+        // Create only: an existing contact is never changed, not even its stamp.
+        item.reason = Reason::UpdatesDisabled;
+        return item;
+    }
     item.op = Some(WriteOp::Update {
         id: contact.id.clone(),
         write,

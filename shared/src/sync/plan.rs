@@ -81,6 +81,8 @@ pub enum Reason {
     /// Cleanup: a managed copy holding the owner's own note text is handed over to the owner (stamp taken off,
     /// note kept) instead of deleted.
     HandedOver,
+    /// Would be updated, but the tenant creates only (`UpdateExisting` false).
+    UpdatesDisabled,
 }
 
 impl std::fmt::Display for Reason {
@@ -105,6 +107,7 @@ impl std::fmt::Display for Reason {
             Reason::CleanedUp => "managed copy removed by cleanup",
             Reason::Unstamped => "own contact: the tool's stamp removed",
             Reason::HandedOver => "managed copy with the owner's note: handed over, stamp removed",
+            Reason::UpdatesDisabled => "would be updated, but UpdateExisting is off",
         })
     }
 }

@@ -27,6 +27,7 @@ fn options() -> MirrorOptions {
             enabled: true,
             max_share: 0.10,
         },
+        update_existing: true,
     }
 }
 
@@ -1999,3 +2000,39 @@ proptest! {
 
 // Issue 11: the combined plan of phase 2 (mirror + directory + a second tenant's directory).
 mod combined;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// `UpdateExisting: false` (create only): whatever the folders hold and however the sources changed, no plan of
+    /// either phase changes an existing contact, and phase 1 still creates exactly what it would with updates on.
+    #[test]
+    fn with_update_existing_off_no_plan_updates_and_creates_stay(mut world in world_strategy()) {
+        world.run();
+        let later = world.tick();
+        for (_, contacts) in &mut world.users {
+            for c in contacts.iter_mut() {
+                c.fields.job_title = Some(format!("edited {}", c.id));
+                c.last_modified = Some(later);
+            }
+        }
+        for c in &mut world.central {
+            c.fields.department = Some("moved".into());
+            c.last_modified = Some(later);
+        }
+        let mut on = world.clone();
+        let mut off = world;
+        off.options.update_existing = false;
+        let creates = |plan: &Plan| -> Vec<Option<String>> {
+            plan.items.iter().filter(|i| i.action == ActionKind::Create).map(|i| i.sync_id.clone()).collect()
+        };
+        let (plan_on, plan_off) = (on.plan1(), off.plan1());
+        prop_assert!(plan_off.items.iter().all(|i| i.action != ActionKind::Update), "{:?}", plan_off);
+        prop_assert_eq!(creates(&plan_on), creates(&plan_off));
+        let now = off.clock;
+        apply(&plan_off, &mut off.central, now).expect("phase 1 applies");
+        for plan in off.phase2() {
+            prop_assert!(plan.items.iter().all(|i| i.action != ActionKind::Update), "{:?}", plan);
+        }
+    }
+}
