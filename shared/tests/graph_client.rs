@@ -16,6 +16,7 @@ use shared::graph::{
 };
 use shared::model::{ContactFields, ContactWrite, WriteOp, SYNC_ID_PROPERTY};
 use shared::secret::Secret;
+use shared::credential::Credential;
 use url::Url;
 
 const TENANT: &str = "contoso.onmicrosoft.com";
@@ -40,7 +41,7 @@ fn settings_at(authority: &str, graph: &str, secret: &str) -> TenantSettings {
     TenantSettings {
         tenant_id: TENANT.into(),
         client_id: CLIENT.into(),
-        client_secret: Secret::new(secret),
+        credential: Credential::Secret(Secret::new(secret)),
         global_address_book_user_id: ALICE.into(),
         test_user_list: None,
         authority_host: Url::parse(authority).expect("authority url"),
