@@ -177,12 +177,7 @@ impl Jwt {
             return Err(malformed());
         };
         let at = now.timestamp();
-        let fmt = |t: i64| {
-            DateTime::<Utc>::from_timestamp(t, 0)
-                .unwrap_or_default()
-                .format("%Y-%m-%dT%H:%M:%S%.7fZ")
-                .to_string()
-        };
+        let fmt = |t: i64| entra_time(DateTime::<Utc>::from_timestamp(t, 0).unwrap_or_default());
         if at > exp + CLOCK_SKEW_SECS || nbf.is_some_and(|nbf| at + CLOCK_SKEW_SECS < nbf) {
             return Err(refuse(
                 401,
@@ -192,7 +187,7 @@ impl Jwt {
                     "Client assertion is not within its valid time range. Current time: {}, assertion valid from {}, \
                      expiry time of assertion {}. Review the documentation at \
                      https://learn.microsoft.com/entra/identity-platform/certificate-credentials .",
-                    now.format("%Y-%m-%dT%H:%M:%S%.7fZ"),
+                    entra_time(now),
                     fmt(nbf.unwrap_or(0)),
                     fmt(exp)
                 ),
@@ -200,6 +195,15 @@ impl Jwt {
         }
         Ok(())
     }
+}
+
+/// `2024-10-02T22:05:03.6755165Z`: Entra's seven fractional digits.
+fn entra_time(t: DateTime<Utc>) -> String {
+    format!(
+        "{}.{:07}Z",
+        t.format("%Y-%m-%dT%H:%M:%S"),
+        t.timestamp_subsec_nanos() / 100
+    )
 }
 
 /// AADSTS50027, Entra's answer to an assertion it cannot use as a JWT for this request (status assumed 400).
