@@ -70,7 +70,9 @@ impl AppCertificate {
             sha1: digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, der.as_ref())
                 .as_ref()
                 .to_vec(),
-            sha256: digest::digest(&digest::SHA256, der.as_ref()).as_ref().to_vec(),
+            sha256: digest::digest(&digest::SHA256, der.as_ref())
+                .as_ref()
+                .to_vec(),
             public_key: parsed.public_key().subject_public_key.data.to_vec(),
             not_before: time(&parsed.validity().not_before)?,
             not_after: time(&parsed.validity().not_after)?,
@@ -230,7 +232,14 @@ pub fn check_assertion(
     let jwt = decode(assertion).ok_or_else(malformed)?;
     let issuer = jwt.claim("iss").unwrap_or_default();
     if issuer.eq_ignore_ascii_case(client_id) {
-        check_certificate_assertion(&jwt, client_id, token_url_host, tenant_in_path, certificates, now)
+        check_certificate_assertion(
+            &jwt,
+            client_id,
+            token_url_host,
+            tenant_in_path,
+            certificates,
+            now,
+        )
     } else {
         check_federated_token(&jwt, federated, now)
     }
@@ -245,7 +254,10 @@ fn check_certificate_assertion(
     certificates: &[AppCertificate],
     now: DateTime<Utc>,
 ) -> Result<(), Refusal> {
-    if !jwt.claim("sub").is_some_and(|s| s.eq_ignore_ascii_case(client_id)) {
+    if !jwt
+        .claim("sub")
+        .is_some_and(|s| s.eq_ignore_ascii_case(client_id))
+    {
         return Err(refuse(
             401,
             "invalid_client",
@@ -253,14 +265,19 @@ fn check_certificate_assertion(
             "Subject must match the issuer claim in the client assertion.".to_owned(),
         ));
     }
-    let audience_ok = jwt.claim("aud").and_then(|a| url::Url::parse(a).ok()).is_some_and(|aud| {
-        let authority = match aud.port() {
-            Some(port) => format!("{}:{port}", aud.host_str().unwrap_or_default()),
-            None => aud.host_str().unwrap_or_default().to_owned(),
-        };
-        authority.eq_ignore_ascii_case(host)
-            && aud.path().eq_ignore_ascii_case(&format!("/{tenant_in_path}/oauth2/v2.0/token"))
-    });
+    let audience_ok = jwt
+        .claim("aud")
+        .and_then(|a| url::Url::parse(a).ok())
+        .is_some_and(|aud| {
+            let authority = match aud.port() {
+                Some(port) => format!("{}:{port}", aud.host_str().unwrap_or_default()),
+                None => aud.host_str().unwrap_or_default().to_owned(),
+            };
+            authority.eq_ignore_ascii_case(host)
+                && aud
+                    .path()
+                    .eq_ignore_ascii_case(&format!("/{tenant_in_path}/oauth2/v2.0/token"))
+        });
     if !audience_ok {
         return Err(malformed());
     }
@@ -282,7 +299,8 @@ fn check_certificate_assertion(
         .map(|b| b.iter().map(|x| format!("{x:02X}")).collect::<String>())
         .unwrap_or_default();
     let found = certificates.iter().find(|c| {
-        by_s256.as_deref() == Some(c.sha256.as_slice()) || by_sha1.as_deref() == Some(c.sha1.as_slice())
+        by_s256.as_deref() == Some(c.sha256.as_slice())
+            || by_sha1.as_deref() == Some(c.sha1.as_slice())
     });
     let invalid = |reason: &str, found: Option<&AppCertificate>| {
         refuse(
@@ -322,7 +340,10 @@ fn check_federated_token(
     let subject = jwt.claim("sub").unwrap_or_default();
     let check = "Please check your federated identity credential Subject, Audience and Issuer against the presented \
                  assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation";
-    let by_issuer: Vec<&FederatedCredential> = federated.iter().filter(|f| f.seed.issuer == issuer).collect();
+    let by_issuer: Vec<&FederatedCredential> = federated
+        .iter()
+        .filter(|f| f.seed.issuer == issuer)
+        .collect();
     if by_issuer.is_empty() {
         return Err(refuse(
             401,
@@ -331,7 +352,10 @@ fn check_federated_token(
             format!("No matching federated identity record found for presented assertion issuer '{issuer}'. {check}"),
         ));
     }
-    if !by_issuer.iter().any(|f| jwt.verifies_with(&f.issuer_key.public_key)) {
+    if !by_issuer
+        .iter()
+        .any(|f| jwt.verifies_with(&f.issuer_key.public_key))
+    {
         return Err(refuse(
             401,
             "invalid_client",
@@ -340,7 +364,10 @@ fn check_federated_token(
         ));
     }
     jwt.check_time(now)?;
-    let by_subject: Vec<&&FederatedCredential> = by_issuer.iter().filter(|f| f.seed.subject == subject).collect();
+    let by_subject: Vec<&&FederatedCredential> = by_issuer
+        .iter()
+        .filter(|f| f.seed.subject == subject)
+        .collect();
     if by_subject.is_empty() {
         return Err(refuse(
             401,
@@ -354,9 +381,11 @@ fn check_federated_token(
         Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
         _ => Vec::new(),
     };
-    let matched = by_subject
-        .iter()
-        .any(|f| audiences.iter().any(|a| f.seed.audiences.iter().any(|want| want == a)));
+    let matched = by_subject.iter().any(|f| {
+        audiences
+            .iter()
+            .any(|a| f.seed.audiences.iter().any(|want| want == a))
+    });
     if !matched {
         return Err(refuse(
             401,

@@ -24,8 +24,8 @@ mod routes;
 pub mod seed;
 mod server;
 mod state;
-pub mod test_credentials;
 pub mod stats;
+pub mod test_credentials;
 mod throttle;
 
 use std::net::SocketAddr;
@@ -288,7 +288,9 @@ impl Sim {
     pub fn add_app_certificate(&self, tenant: &str, pem: &str) -> Result<(), String> {
         let certificate = credentials::AppCertificate::from_pem(pem)?;
         let mut store = self.store();
-        let t = store.tenant(tenant).ok_or_else(|| format!("no tenant {tenant}"))?;
+        let t = store
+            .tenant(tenant)
+            .ok_or_else(|| format!("no tenant {tenant}"))?;
         store.tenants[t].certificates.push(certificate);
         Ok(())
     }
@@ -301,7 +303,9 @@ impl Sim {
     ) -> Result<(), String> {
         let credential = credentials::FederatedCredential::new(credential)?;
         let mut store = self.store();
-        let t = store.tenant(tenant).ok_or_else(|| format!("no tenant {tenant}"))?;
+        let t = store
+            .tenant(tenant)
+            .ok_or_else(|| format!("no tenant {tenant}"))?;
         store.tenants[t].federated.push(credential);
         Ok(())
     }

@@ -30,11 +30,23 @@ impl std::fmt::Debug for TestCertificate {
 impl TestCertificate {
     /// A 2048-bit RSA certificate for `CN=<common_name>`, valid from `not_before` to `not_after` (whole days).
     pub fn new(common_name: &str, not_before: DateTime<Utc>, not_after: DateTime<Utc>) -> Self {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key generation");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("certificate parameters");
-        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
-        params.not_before = rcgen::date_time_ymd(not_before.year(), not_before.month() as u8, not_before.day() as u8);
-        params.not_after = rcgen::date_time_ymd(not_after.year(), not_after.month() as u8, not_after.day() as u8);
+        let key =
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key generation");
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("certificate parameters");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.not_before = rcgen::date_time_ymd(
+            not_before.year(),
+            not_before.month() as u8,
+            not_before.day() as u8,
+        );
+        params.not_after = rcgen::date_time_ymd(
+            not_after.year(),
+            not_after.month() as u8,
+            not_after.day() as u8,
+        );
         let certificate = params.self_signed(&key).expect("self-signed certificate");
         let certificate_pem = certificate.pem();
         Self {
@@ -49,25 +61,56 @@ impl TestCertificate {
     /// Valid from yesterday for `days` days.
     pub fn valid_for_days(common_name: &str, days: i64) -> Self {
         let now = Utc::now();
-        Self::new(common_name, now - chrono::Duration::days(1), now + chrono::Duration::days(days))
+        Self::new(
+            common_name,
+            now - chrono::Duration::days(1),
+            now + chrono::Duration::days(days),
+        )
     }
 
     /// Expired since `days` days.
     pub fn expired_since_days(common_name: &str, days: i64) -> Self {
         let now = Utc::now();
-        Self::new(common_name, now - chrono::Duration::days(days + 365), now - chrono::Duration::days(days))
+        Self::new(
+            common_name,
+            now - chrono::Duration::days(days + 365),
+            now - chrono::Duration::days(days),
+        )
+    }
+
+    /// `x5t`: base64url of the certificate's SHA-1.
+    pub fn x5t(&self) -> String {
+        let digest = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            &self.certificate_der,
+        );
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+    }
+
+    /// `x5t#S256`: base64url of the certificate's SHA-256.
+    pub fn x5t_s256(&self) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.certificate_der);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
     }
 
     /// An RS256 JWT with these claims, signed with this certificate's key (a federated issuer's token).
     pub fn sign_jwt(&self, claims: &serde_json::Value) -> String {
+        self.sign_jwt_with(
+            &json!({"alg": "RS256", "typ": "JWT", "kid": "test"}),
+            claims,
+        )
+    }
+
+    /// An RS256 JWT with this header and these claims, signed with this certificate's key.
+    pub fn sign_jwt_with(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let header = json!({"alg": "RS256", "typ": "JWT", "kid": "test"});
         let input = format!(
             "{}.{}",
             engine.encode(header.to_string()),
             engine.encode(claims.to_string())
         );
-        let pair = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&self.key.serialize_der()).expect("RSA key");
+        let pair = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&self.key.serialize_der())
+            .expect("RSA key");
         let mut signature = vec![0u8; pair.public_modulus_len()];
         pair.sign(
             &aws_lc_rs::signature::RSA_PKCS1_SHA256,

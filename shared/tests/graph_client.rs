@@ -11,12 +11,12 @@ use graphsim::{
 };
 use serde_json::json;
 use shared::config::{DeletionPolicy, GraphLimits, MirrorOptions, TenantSettings};
+use shared::credential::Credential;
 use shared::graph::{
     AuthProblem, ClientOptions, ErrorKind, FolderRef, GraphClient, GraphError, TenantClient,
 };
 use shared::model::{ContactFields, ContactWrite, WriteOp, SYNC_ID_PROPERTY};
 use shared::secret::Secret;
-use shared::credential::Credential;
 use url::Url;
 
 const TENANT: &str = "contoso.onmicrosoft.com";

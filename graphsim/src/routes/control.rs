@@ -161,7 +161,11 @@ fn run(sim: &Sim, op: &Op) -> Result<Reply, Reply> {
             let text = String::from_utf8_lossy(&op.body).into_owned();
             let pem = serde_json::from_str::<Value>(&text)
                 .ok()
-                .and_then(|v| v.get("certificate").and_then(Value::as_str).map(str::to_owned))
+                .and_then(|v| {
+                    v.get("certificate")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
                 .unwrap_or(text);
             sim.add_app_certificate(t, &pem).map_err(bad_request)?;
             Reply::json(201, json!({}))

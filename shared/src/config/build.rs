@@ -12,10 +12,10 @@ use super::raw::{self, Fields, Loc, Node};
 use super::{
     ConfigError, DeletionPolicy, GraphLimits, MirrorOptions, Settings, TenantSettings,
     ALLOW_INSECURE_AUTHORITY_VAR, ALLOW_INSECURE_GRAPH_VAR, CERTIFICATE_FILE_VAR,
-    CERTIFICATE_PASSWORD_FILE_VAR, CLIENT_ID_VAR, CLIENT_SECRET_FILE_VAR,
-    CLIENT_SECRET_VAR, CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST, DEFAULT_CENTRAL_FOLDER_NAME,
-    DEFAULT_GRAPH_ENDPOINT, DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR,
-    FEDERATED_TOKEN_FILE_VAR, GLOBAL_ADDRESS_BOOK_USER_ID_VAR, MICROSOFT_TENANTS_JSON_VAR, TENANT_ID_VAR,
+    CERTIFICATE_PASSWORD_FILE_VAR, CLIENT_ID_VAR, CLIENT_SECRET_FILE_VAR, CLIENT_SECRET_VAR,
+    CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST, DEFAULT_CENTRAL_FOLDER_NAME, DEFAULT_GRAPH_ENDPOINT,
+    DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR, FEDERATED_TOKEN_FILE_VAR,
+    GLOBAL_ADDRESS_BOOK_USER_ID_VAR, MICROSOFT_TENANTS_JSON_VAR, TENANT_ID_VAR,
     TEST_USER_LIST_BY_TENANT_JSON_VAR,
 };
 use crate::credential::{ClientCertificate, Credential, FederatedTokenFile};
@@ -57,7 +57,8 @@ const OPTION_KEYS: &[&str] = &[
 const TENANT_ID: &str = "a tenant id (GUID) or verified domain such as contoso.onmicrosoft.com";
 const CLIENT_ID: &str = "the app registration's client id (a GUID)";
 const MAILBOX: &str = "the shared mailbox holding the central folder (UPN or object id)";
-const SECRET: &str = "a credential: ClientSecret, ClientSecretFile, CertificateFile or FederatedTokenFile";
+const SECRET: &str =
+    "a credential: ClientSecret, ClientSecretFile, CertificateFile or FederatedTokenFile";
 /// The keys of which a tenant names exactly one.
 const CREDENTIAL_KEYS: [&str; 4] = [
     "ClientSecret",
@@ -564,7 +565,9 @@ impl<'a> Builder<'a> {
         match given.first().copied() {
             Some("CertificateFile") => self.certificate(fields),
             Some("FederatedTokenFile") => {
-                let (node, at) = fields.get("FederatedTokenFile").expect("the key is present");
+                let (node, at) = fields
+                    .get("FederatedTokenFile")
+                    .expect("the key is present");
                 let path = self.credential_path(node, at)?;
                 let file = FederatedTokenFile::new(&path);
                 // Read once now so a wrong path stops here; the token itself is read again for every request.

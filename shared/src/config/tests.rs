@@ -115,7 +115,14 @@ fn config_json_multi_tenant_form() {
     let first = &settings.tenants[0];
     assert_eq!(first.tenant_id, TENANT);
     assert_eq!(first.client_id, CLIENT);
-    assert_eq!(first.credential.client_secret().expect("a client secret").expose(), SECRET);
+    assert_eq!(
+        first
+            .credential
+            .client_secret()
+            .expect("a client secret")
+            .expose(),
+        SECRET
+    );
     assert_eq!(first.global_address_book_user_id, MAILBOX);
     assert_eq!(
         first.test_user_list,
@@ -136,7 +143,14 @@ fn config_json_flat_single_tenant_form() {
     assert!(!settings.dry_run);
     assert_eq!(settings.tenants.len(), 1);
     assert_eq!(settings.tenants[0].tenant_id, TENANT);
-    assert_eq!(settings.tenants[0].credential.client_secret().expect("a client secret").expose(), SECRET);
+    assert_eq!(
+        settings.tenants[0]
+            .credential
+            .client_secret()
+            .expect("a client secret")
+            .expose(),
+        SECRET
+    );
 }
 
 #[test]
@@ -187,7 +201,14 @@ fn single_tenant_variables() {
     let tenant = &settings.tenants[0];
     assert_eq!(tenant.tenant_id, TENANT);
     assert_eq!(tenant.client_id, CLIENT);
-    assert_eq!(tenant.credential.client_secret().expect("a client secret").expose(), SECRET);
+    assert_eq!(
+        tenant
+            .credential
+            .client_secret()
+            .expect("a client secret")
+            .expose(),
+        SECRET
+    );
     assert_eq!(tenant.global_address_book_user_id, MAILBOX);
 }
 
@@ -198,7 +219,14 @@ fn single_tenant_variables_with_secret_file() {
     vars.retain(|(k, _)| *k != CLIENT_SECRET_VAR);
     vars.push((CLIENT_SECRET_FILE_VAR, secret.0.display().to_string()));
     let settings = load(&vars, None).expect("valid");
-    assert_eq!(settings.tenants[0].credential.client_secret().expect("a client secret").expose(), SECRET);
+    assert_eq!(
+        settings.tenants[0]
+            .credential
+            .client_secret()
+            .expect("a client secret")
+            .expose(),
+        SECRET
+    );
 }
 
 #[test]
@@ -695,7 +723,14 @@ fn client_secret_file_trims_trailing_newline() {
             );
         }))
         .expect("valid");
-        assert_eq!(settings.tenants[0].credential.client_secret().expect("a client secret").expose(), SECRET);
+        assert_eq!(
+            settings.tenants[0]
+                .credential
+                .client_secret()
+                .expect("a client secret")
+                .expose(),
+            SECRET
+        );
     }
 }
 
@@ -716,7 +751,14 @@ fn client_secret_file_relative_to_config_file() {
         .to_string(),
     );
     let settings = load(&[], Some(&config.0)).expect("valid");
-    assert_eq!(settings.tenants[0].credential.client_secret().expect("a client secret").expose(), SECRET);
+    assert_eq!(
+        settings.tenants[0]
+            .credential
+            .client_secret()
+            .expect("a client secret")
+            .expose(),
+        SECRET
+    );
 }
 
 #[test]

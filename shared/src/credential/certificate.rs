@@ -91,16 +91,16 @@ impl ClientCertificate {
     /// follow; the certificate matching the key is used).
     pub fn from_pem(pem: &[u8]) -> Result<Self, CertificateError> {
         let text = String::from_utf8_lossy(pem);
-        if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+            || text.contains("Proc-Type: 4,ENCRYPTED")
+        {
             return Err(CertificateError::EncryptedPem);
         }
         let key = match PrivateKeyDer::from_pem_slice(pem) {
-            Ok(PrivateKeyDer::Pkcs8(der)) => {
-                RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).map_err(|_| CertificateError::NotRsa)?
-            }
-            Ok(PrivateKeyDer::Pkcs1(der)) => {
-                RsaKeyPair::from_der(der.secret_pkcs1_der()).map_err(|_| CertificateError::NotRsa)?
-            }
+            Ok(PrivateKeyDer::Pkcs8(der)) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
+                .map_err(|_| CertificateError::NotRsa)?,
+            Ok(PrivateKeyDer::Pkcs1(der)) => RsaKeyPair::from_der(der.secret_pkcs1_der())
+                .map_err(|_| CertificateError::NotRsa)?,
             Ok(_) => return Err(CertificateError::NotRsa),
             Err(_) => return Err(CertificateError::NoPrivateKey),
         };
@@ -121,7 +121,8 @@ impl ClientCertificate {
         let key = RsaKeyPair::from_pkcs8(chain.key())
             .or_else(|_| RsaKeyPair::from_der(chain.key()))
             .map_err(|_| CertificateError::NotRsa)?;
-        let certificates: Vec<Vec<u8>> = chain.chain().iter().map(|c| c.as_der().to_vec()).collect();
+        let certificates: Vec<Vec<u8>> =
+            chain.chain().iter().map(|c| c.as_der().to_vec()).collect();
         Self::pair(key, &certificates)
     }
 
@@ -136,7 +137,9 @@ impl ClientCertificate {
             match parse(der) {
                 Ok(parsed) if parsed.public_key == public => {
                     let mut sha1 = [0u8; 20];
-                    sha1.copy_from_slice(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref());
+                    sha1.copy_from_slice(
+                        digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref(),
+                    );
                     let mut sha256 = [0u8; 32];
                     sha256.copy_from_slice(digest::digest(&digest::SHA256, der).as_ref());
                     return Ok(Self {
@@ -199,7 +202,12 @@ impl ClientCertificate {
         let mut signature = vec![0u8; self.inner.key.public_modulus_len()];
         self.inner
             .key
-            .sign(&RSA_PSS_SHA256, &SystemRandom::new(), message, &mut signature)
+            .sign(
+                &RSA_PSS_SHA256,
+                &SystemRandom::new(),
+                message,
+                &mut signature,
+            )
             .map_err(|_| CertificateError::NotRsa)?;
         Ok(signature)
     }

@@ -81,7 +81,9 @@ impl fmt::Display for Credential {
         match self {
             Credential::Secret(secret) => write!(f, "secret {secret}"),
             Credential::Certificate(certificate) => write!(f, "{certificate}"),
-            Credential::FederatedToken(file) => write!(f, "federated token file {}", file.path().display()),
+            Credential::FederatedToken(file) => {
+                write!(f, "federated token file {}", file.path().display())
+            }
         }
     }
 }
