@@ -40,6 +40,19 @@ pub enum Command {
     Report(ReportArgs),
     /// Try it all on this machine: graphsim in-process, a few hundred mailboxes, two embedded runs.
     Demo(crate::demo::DemoArgs),
+    /// Print the admin-consent URL of a tenant's app (for the customer's administrator to open once).
+    ConsentUrl(ConsentUrlArgs),
+}
+
+/// Options of `consent-url`.
+#[derive(Debug, Args)]
+pub struct ConsentUrlArgs {
+    /// Configuration file (the same JSON as AUTOMATION_SYNCCONTACTS_CONFIG_JSON); default: the environment.
+    #[arg(long, env = "CONTACTMIRROR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The tenant (its TenantId as configured).
+    #[arg(long)]
+    pub tenant: String,
 }
 
 /// Options of `report`.

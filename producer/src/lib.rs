@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`cli`]: the command line.
 //! - [`demo`]: the whole product against an in-process graphsim.
+//! - [`consent`]: `consent-url`, the admin-consent URL of a tenant's app.
 //! - [`run`]: the `run` command (settings -> transport -> report -> exit status).
 //! - [`prepare`]: step 1 of a tenant (credentials, shared mailbox, licensed users, central folder).
 //! - [`orchestrate`]: phase 1 then phase 2 per tenant over any [`orchestrate::Dispatch`].
@@ -19,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod consent;
 pub mod demo;
 pub mod dispatch;
 pub mod html;

@@ -127,6 +127,15 @@ pub async fn run<D: Dispatch>(
             tenant_id: tenant.tenant_id.clone(),
             ..TenantReport::default()
         };
+        // Once per run: a certificate about to expire (an expired one fails the tenant's token instead).
+        if let Some(warning) = shared::credential::expiry_warning(
+            &tenant.tenant_id,
+            &tenant.credential,
+            chrono::Utc::now(),
+        ) {
+            warn!(tenant = %tenant.tenant_id, "{warning}");
+            report.warnings.push(warning);
+        }
         match outcome {
             Ok(ready) => {
                 report.users = ready.users.len();

@@ -26,6 +26,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => crate::demo::command(args).await,
         Command::Status(args) => crate::ops::status::command(args).await,
         Command::Dlq(args) => crate::ops::dlq::command(args).await,
+        Command::ConsentUrl(args) => crate::consent::command(&args),
     }
 }
 

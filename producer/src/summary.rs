@@ -64,6 +64,9 @@ pub struct TenantReport {
     /// Why the tenant could not run at all, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What an operator should act on soon although the run went on (a certificate about to expire).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Users enumerated.
     pub users: usize,
     /// Per phase counts.
@@ -217,6 +220,9 @@ impl RunReport {
             ));
             if let Some(error) = &tenant.error {
                 out.push_str(&format!("  error: {error}\n"));
+            }
+            for warning in &tenant.warnings {
+                out.push_str(&format!("  warning: {warning}\n"));
             }
             for (phase, c) in &tenant.phases {
                 out.push_str(&format!(

@@ -88,6 +88,26 @@ impl fmt::Display for Credential {
     }
 }
 
+/// The warning a run gives (once, in the log and the run report) for a tenant whose certificate expires within
+/// [`EXPIRY_WARNING_DAYS`]; `None` for any other credential or a certificate with time left. An expired one
+/// gets no warning: its token request fails the tenant, naming the fix.
+pub fn expiry_warning(
+    tenant_id: &str,
+    credential: &Credential,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<String> {
+    let certificate = credential.certificate()?;
+    match certificate.expiry(now) {
+        Expiry::ExpiresSoon { days_left } => Some(format!(
+            "tenant {tenant_id}: the certificate {} expires on {} (in {days_left} day(s)): create a new one, upload \
+             its public part to the app registration and point CertificateFile at it before then",
+            certificate.thumbprint(),
+            certificate.not_after().format("%Y-%m-%d"),
+        )),
+        Expiry::Valid | Expiry::Expired => None,
+    }
+}
+
 /// The file a workload-identity token is projected into. Its content is a bearer credential: read only to send
 /// it, never shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
