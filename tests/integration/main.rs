@@ -45,3 +45,6 @@ mod redelivery;
 
 // Issue 11: the directory as a source of the phase-2 jobs (directory-only tenants, both sources, leavers).
 mod directory;
+
+// Issue 12: certificate tenants in one run; each certificate mistake fails only its tenant.
+mod credentials;
