@@ -455,6 +455,58 @@ mod tests {
     }
 
     #[test]
+    fn the_same_code_names_the_fix_of_the_credential_in_use() {
+        use CredentialKind::{Certificate, FederatedToken, Secret};
+        let cert = |codes: &[u32], text: &str| {
+            auth_problem_for(Certificate, "invalid_client", codes, text)
+        };
+        assert_eq!(
+            cert(&[700_027], "AADSTS700027: ... The key was not found."),
+            AuthProblem::CertificateRejected
+        );
+        assert_eq!(
+            cert(&[700_027], "AADSTS700027: Client assertion contains an invalid signature. [Reason - The key used is expired., ...]"),
+            AuthProblem::CertificateExpired
+        );
+        assert_eq!(cert(&[700_024], ""), AuthProblem::AssertionTime);
+        assert_eq!(cert(&[50_027], ""), AuthProblem::AssertionAudience);
+        // No code: the description's, then `error`; a certificate is never called a bad secret.
+        assert_eq!(
+            cert(&[], "AADSTS50027: JWT token is invalid or malformed."),
+            AuthProblem::AssertionAudience
+        );
+        assert_eq!(cert(&[], ""), AuthProblem::CertificateRejected);
+        assert_eq!(cert(&[700_016], ""), AuthProblem::UnknownClient);
+        let federated = |code: u32| auth_problem_for(FederatedToken, "invalid_client", &[code], "");
+        assert_eq!(federated(700_024), AuthProblem::FederatedTokenTime);
+        assert_eq!(federated(700_211), AuthProblem::FederatedIssuer);
+        assert_eq!(federated(700_212), AuthProblem::FederatedAudience);
+        assert_eq!(federated(700_213), AuthProblem::FederatedSubject);
+        assert_eq!(federated(700_027), AuthProblem::FederatedSignature);
+        assert_eq!(federated(90_002), AuthProblem::UnknownTenant);
+        assert_eq!(
+            auth_problem_for(Secret, "invalid_client", &[7_000_215], ""),
+            AuthProblem::BadSecret
+        );
+    }
+
+    #[test]
+    fn an_assertion_echoed_in_a_description_is_scrubbed_part_by_part() {
+        let assertion = Secret::new(format!(
+            "{}.{}.{}",
+            "h".repeat(20),
+            "c".repeat(30),
+            "s".repeat(40)
+        ));
+        let clean = scrub(
+            &format!("bad signature {} here", "s".repeat(40)),
+            &assertion,
+        );
+        assert!(!clean.contains(&"s".repeat(40)), "{clean}");
+        assert!(clean.contains("[redacted]"), "{clean}");
+    }
+
+    #[test]
     fn aadsts_number_is_found() {
         assert_eq!(
             aadsts_in("AADSTS7000215: Invalid client secret provided."),
