@@ -795,7 +795,8 @@ fn rejects_client_secret_file_problems() {
             t.insert("ClientSecretFile".into(), json!(file.0.display().to_string()));
         })),
         "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].ClientSecretFile: both ClientSecret and \
-         ClientSecretFile are set, expected exactly one",
+         ClientSecretFile are set, expected exactly one of ClientSecret, ClientSecretFile, CertificateFile, \
+         FederatedTokenFile",
     );
     assert_error(
         load_doc(&doc_with(|t| {
@@ -956,7 +957,7 @@ fn rejects_incomplete_single_tenant_variables() {
         (CLIENT_ID_VAR, "the app registration's client id (a GUID)"),
         (
             CLIENT_SECRET_VAR,
-            "a client secret (ClientSecret, or ClientSecretFile naming a file that holds it)",
+            "a credential: ClientSecret, ClientSecretFile, CertificateFile or FederatedTokenFile",
         ),
         (
             GLOBAL_ADDRESS_BOOK_USER_ID_VAR,
