@@ -802,8 +802,8 @@ fn rejects_client_secret_file_problems() {
         load_doc(&doc_with(|t| {
             t.remove("ClientSecret");
         })),
-        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].ClientSecret: missing, expected a client secret \
-         (ClientSecret, or ClientSecretFile naming a file that holds it)",
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].ClientSecret: missing, expected a credential: \
+         ClientSecret, ClientSecretFile, CertificateFile or FederatedTokenFile",
     );
 }
 
