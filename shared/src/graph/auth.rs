@@ -232,7 +232,16 @@ impl Exchange for TokenExchange<'_, '_> {
                     .first()
                     .copied()
                     .or_else(|| aadsts_in(&refusal.error_description)),
-                description: scrub(&description, &proof),
+                description: match credentials.credential.certificate() {
+                    // The portal lists uploaded certificates by SHA-1 thumbprint: name ours the same way.
+                    Some(certificate) => format!(
+                        "CertificateFile holds certificate {} ({}); {}",
+                        certificate.thumbprint(),
+                        certificate.subject(),
+                        scrub(&description, &proof)
+                    ),
+                    None => scrub(&description, &proof),
+                },
             },
         }
     }

@@ -168,8 +168,8 @@ impl fmt::Display for AuthProblem {
             AuthProblem::TokenRejected => "graph rejected a freshly issued token",
             AuthProblem::Unavailable => "the token endpoint is unavailable",
             AuthProblem::CertificateRejected => {
-                "the certificate was refused: upload the public part of CertificateFile (its thumbprint is below) to \
-                 the app registration (Certificates & secrets), or point CertificateFile at the certificate uploaded there"
+                "the certificate was refused: upload the public part of CertificateFile (thumbprint below) to the app \
+                 registration (Certificates & secrets), or point CertificateFile at the certificate uploaded there"
             }
             AuthProblem::CertificateExpired => {
                 "the certificate has expired: create a new one, upload its public part to the app registration \
