@@ -13,6 +13,7 @@
 
 pub mod config;
 mod contact;
+pub mod credentials;
 pub mod directory;
 pub mod directory_seed;
 mod faults;
@@ -24,6 +25,7 @@ pub mod seed;
 mod server;
 mod state;
 pub mod stats;
+pub mod test_credentials;
 mod throttle;
 
 use std::net::SocketAddr;
@@ -280,6 +282,32 @@ impl Sim {
         if let Some(u) = self.store().user_mut(tenant, user) {
             u.mailbox_state = state;
         }
+    }
+
+    /// Uploads a certificate (PEM; only its public part is kept) to the tenant's app registration.
+    pub fn add_app_certificate(&self, tenant: &str, pem: &str) -> Result<(), String> {
+        let certificate = credentials::AppCertificate::from_pem(pem)?;
+        let mut store = self.store();
+        let t = store
+            .tenant(tenant)
+            .ok_or_else(|| format!("no tenant {tenant}"))?;
+        store.tenants[t].certificates.push(certificate);
+        Ok(())
+    }
+
+    /// Adds a federated identity credential to the tenant's app registration.
+    pub fn add_federated_credential(
+        &self,
+        tenant: &str,
+        credential: credentials::FederatedCredentialSeed,
+    ) -> Result<(), String> {
+        let credential = credentials::FederatedCredential::new(credential)?;
+        let mut store = self.store();
+        let t = store
+            .tenant(tenant)
+            .ok_or_else(|| format!("no tenant {tenant}"))?;
+        store.tenants[t].federated.push(credential);
+        Ok(())
     }
 
     /// Grants or revokes admin consent; affects tokens issued afterwards.

@@ -3,6 +3,7 @@
 //! One `Store` sits behind a mutex; handlers lock it for the length of one synchronous operation and never
 //! across an `.await`.
 
+use crate::credentials::{AppCertificate, FederatedCredential, FederatedCredentialSeed};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,13 @@ pub struct TenantSeed {
     /// are issued but Graph answers 403.
     #[serde(default = "yes")]
     pub admin_consent: bool,
+    /// Certificates uploaded to the app (PEM; only the public part is kept). Assertions signed with their keys
+    /// are accepted instead of the secret.
+    #[serde(default)]
+    pub certificates: Vec<String>,
+    /// Federated identity credentials of the app (workload identity).
+    #[serde(default)]
+    pub federated_credentials: Vec<FederatedCredentialSeed>,
 }
 
 fn yes() -> bool {
@@ -44,6 +52,8 @@ impl TenantSeed {
             client_id: client_id.to_owned(),
             client_secret: client_secret.to_owned(),
             admin_consent: true,
+            certificates: Vec::new(),
+            federated_credentials: Vec::new(),
         }
     }
 }
@@ -329,6 +339,10 @@ pub struct Tenant {
     pub client_secret: String,
     /// Admin consent granted.
     pub admin_consent: bool,
+    /// Certificates uploaded to the app.
+    pub certificates: Vec<AppCertificate>,
+    /// Federated identity credentials of the app.
+    pub federated: Vec<FederatedCredential>,
     /// Users in creation order.
     pub users: Vec<User>,
     /// Lower-cased UPN and id -> index in `users`.
@@ -402,6 +416,25 @@ impl Store {
             client_id: seed.client_id,
             client_secret: seed.client_secret,
             admin_consent: seed.admin_consent,
+            // A seed is test set-up: an unusable certificate is left out (and logged), so tokens are refused.
+            certificates: seed
+                .certificates
+                .iter()
+                .filter_map(|pem| {
+                    AppCertificate::from_pem(pem)
+                        .map_err(|e| tracing::warn!("graphsim: certificate left out: {e}"))
+                        .ok()
+                })
+                .collect(),
+            federated: seed
+                .federated_credentials
+                .into_iter()
+                .filter_map(|f| {
+                    FederatedCredential::new(f)
+                        .map_err(|e| tracing::warn!("graphsim: federated credential left out: {e}"))
+                        .ok()
+                })
+                .collect(),
             users: Vec::new(),
             index: HashMap::new(),
             dir: DirectoryState::new(&domain),

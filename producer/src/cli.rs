@@ -48,6 +48,8 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Remove every managed copy this tool created in a tenant's mailboxes (users' own contacts and notes stay).
     Cleanup(CleanupArgs),
+    /// Print the admin-consent URL of a tenant's app (for the customer's administrator to open once).
+    ConsentUrl(ConsentUrlArgs),
 }
 
 /// Options of `cleanup`: the run options (configuration, transport, report, `--dry-run`), the tenants named with
@@ -92,6 +94,17 @@ impl CleanupArgs {
         }
         None
     }
+}
+
+/// Options of `consent-url`.
+#[derive(Debug, Args)]
+pub struct ConsentUrlArgs {
+    /// Configuration file (the same JSON as AUTOMATION_SYNCCONTACTS_CONFIG_JSON); default: the environment.
+    #[arg(long, env = "CONTACTMIRROR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The tenant (its TenantId as configured).
+    #[arg(long)]
+    pub tenant: String,
 }
 
 /// Options of `report`.

@@ -5,6 +5,7 @@
 //! - [`cli`]: the command line.
 //! - [`check`]: `check`, whether each tenant is ready to run and what its first run costs (reads only).
 //! - [`demo`]: the whole product against an in-process graphsim.
+//! - [`consent`]: `consent-url`, the admin-consent URL of a tenant's app.
 //! - [`run`]: the `run` command (settings -> transport -> report -> exit status).
 //! - [`prepare`]: step 1 of a tenant (credentials, shared mailbox, licensed users, central folder).
 //! - [`orchestrate`]: phase 1 then phase 2 per tenant over any [`orchestrate::Dispatch`].
@@ -23,6 +24,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod consent;
 pub mod demo;
 pub mod dispatch;
 pub mod history;

@@ -208,6 +208,15 @@ pub async fn run<D: Dispatch>(
             dry_run,
             ..TenantReport::default()
         };
+        // Once per run: a certificate about to expire (an expired one fails the tenant's token instead).
+        if let Some(warning) = shared::credential::expiry_warning(
+            &tenant.tenant_id,
+            &tenant.credential,
+            chrono::Utc::now(),
+        ) {
+            warn!(tenant = %tenant.tenant_id, "{warning}");
+            report.warnings.push(warning);
+        }
         match outcome {
             Ok(ready) => {
                 report.users = ready.users.len();

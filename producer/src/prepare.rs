@@ -112,7 +112,7 @@ pub async fn prepare(
                 } else {
                     format!(
                         "reading the directory of tenant {} (Directory.FromTenants) with that tenant's own \
-                         ClientId and ClientSecret",
+                         ClientId and credential",
                         source.tenant_id
                     )
                 };

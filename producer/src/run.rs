@@ -31,6 +31,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Cleanup(args) => cleanup(args).await,
         Command::Check(args) => crate::check::command(args).await,
         Command::History(args) => crate::history::command(args),
+        Command::ConsentUrl(args) => crate::consent::command(&args),
     }
 }
 

@@ -71,7 +71,8 @@ pub struct TenantReport {
     /// This tenant wrote nothing (its own `DryRun`, or the run's).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
-    /// What the operator should know that did not stop the tenant (a test user matching nobody).
+    /// What the operator should know that did not stop the tenant (a test user matching nobody, a
+    /// certificate about to expire).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// Users enumerated.

@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`config`]: the `AUTOMATION_SYNCCONTACTS_*` variables and config files, validated into [`config::Settings`].
 //! - [`secret`]: a string type that never prints.
+//! - [`credential`]: a tenant's client secret, certificate or federated token, and the client assertion.
 //! - [`model`]: the contact data the rules reason about.
 //! - [`directory`]: the directory as a source (issue 11): selection, field mapping, sync ids. No I/O.
 //! - [`sync`]: the pure mirroring rules (what to create, update, skip or delete). No I/O.
@@ -14,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod credential;
 pub mod directory;
 pub mod feed;
 pub mod graph;

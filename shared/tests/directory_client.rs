@@ -29,7 +29,7 @@ fn settings(sim: &Sim, d: &SeededDirectory) -> TenantSettings {
     TenantSettings {
         tenant_id: d.tenant.tenant_id.clone(),
         client_id: d.tenant.client_id.clone(),
-        client_secret: Secret::new(&d.tenant.client_secret),
+        credential: shared::credential::Credential::Secret(Secret::new(&d.tenant.client_secret)),
         global_address_book_user_id: d.tenant.shared_mailbox_upn.clone(),
         test_user_list: None,
         domains: Vec::new(),

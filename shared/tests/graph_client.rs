@@ -11,6 +11,7 @@ use graphsim::{
 };
 use serde_json::json;
 use shared::config::{DeletionPolicy, GraphLimits, MirrorOptions, TenantSettings};
+use shared::credential::Credential;
 use shared::graph::{
     AuthProblem, ClientOptions, ErrorKind, FolderRef, GraphClient, GraphError, TenantClient,
 };
@@ -40,7 +41,7 @@ fn settings_at(authority: &str, graph: &str, secret: &str) -> TenantSettings {
     TenantSettings {
         tenant_id: TENANT.into(),
         client_id: CLIENT.into(),
-        client_secret: Secret::new(secret),
+        credential: Credential::Secret(Secret::new(secret)),
         global_address_book_user_id: ALICE.into(),
         test_user_list: None,
         domains: Vec::new(),

@@ -60,3 +60,6 @@ mod history_notify;
 
 // Issue 12: one invalid tenant fails alone, the dry-run rule, UpdateExisting, not_applicable, DLQ retention, demo.
 mod isolation;
+
+// Issue 12: certificate tenants in one run; each certificate mistake fails only its tenant.
+mod credentials;

@@ -156,6 +156,25 @@ fn run(sim: &Sim, op: &Op) -> Result<Reply, Reply> {
             sim.set_mailbox_state(t, u, state);
             ok()
         }
+        ("POST", ["tenants", t, "certificates"]) => {
+            // The PEM itself (as `curl --data-binary @cert.pem` sends it), or {"certificate": PEM}.
+            let text = String::from_utf8_lossy(&op.body).into_owned();
+            let pem = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    v.get("certificate")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .unwrap_or(text);
+            sim.add_app_certificate(t, &pem).map_err(bad_request)?;
+            Reply::json(201, json!({}))
+        }
+        ("POST", ["tenants", t, "federated-credentials"]) => {
+            let f: crate::credentials::FederatedCredentialSeed = body(op)?;
+            sim.add_federated_credential(t, f).map_err(bad_request)?;
+            Reply::json(201, json!({}))
+        }
         ("PUT", ["tenants", t, "consent"]) => {
             let v: Value = body(op)?;
             sim.set_admin_consent(

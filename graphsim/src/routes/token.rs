@@ -1,5 +1,6 @@
 //! The Entra ID v2.0 token endpoint, client-credentials grant with a client secret (form body or HTTP
-//! Basic), answering AADSTS error bodies exactly as `graph-facts.md` §1 lists them.
+//! Basic) or a client assertion (a JWT signed with one of the app's certificates, or a federated token; checked
+//! in `crate::credentials`), answering AADSTS error bodies exactly as `graph-facts.md` §1 lists them.
 
 use base64::Engine;
 use serde_json::json;
@@ -145,15 +146,30 @@ pub fn handle(shared: &Shared, op: &Op) -> Reply {
             &format!("The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."),
         );
     }
-    if field("client_assertion").is_some() && secret.is_none() {
-        return aadsts(
-            401,
-            "invalid_client",
-            700027,
-            "Client assertion failed signature validation.",
+    if let Some(assertion) = field("client_assertion") {
+        if field("client_assertion_type").as_deref()
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return aadsts(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'client_assertion_type'.",
+            );
+        }
+        let checked = crate::credentials::check_assertion(
+            &assertion,
+            &client_id,
+            op.header("host").unwrap_or_default(),
+            &tenant_key,
+            &t.certificates,
+            &t.federated,
+            chrono::Utc::now(),
         );
-    }
-    if secret.as_deref() != Some(t.client_secret.as_str()) {
+        if let Err(refusal) = checked {
+            return aadsts(refusal.status, refusal.error, refusal.code, &refusal.text);
+        }
+    } else if secret.as_deref() != Some(t.client_secret.as_str()) {
         return aadsts(
             401,
             "invalid_client",

@@ -4,6 +4,8 @@ mod support;
 
 // Token endpoint, bearer validation, consent and mailbox states.
 mod auth;
+// Client assertions: uploaded certificates and federated credentials.
+mod assertions;
 // The graphsim binary.
 mod cli;
 // $batch envelopes, limits, dependsOn and per-item throttling.

@@ -11,12 +11,14 @@ use super::distribution;
 use super::raw::{self, Fields, Loc, Node};
 use super::{
     ConfigError, DeletionPolicy, GraphLimits, InvalidTenant, MirrorOptions, Settings,
-    TenantSettings, ALLOW_INSECURE_AUTHORITY_VAR, ALLOW_INSECURE_GRAPH_VAR, CLIENT_ID_VAR,
-    CLIENT_SECRET_FILE_VAR, CLIENT_SECRET_VAR, CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST,
-    DEFAULT_CENTRAL_FOLDER_NAME, DEFAULT_GRAPH_ENDPOINT, DEFAULT_MAX_DELETE_SHARE,
-    DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR, GLOBAL_ADDRESS_BOOK_USER_ID_VAR,
-    MICROSOFT_TENANTS_JSON_VAR, TENANT_ID_VAR, TEST_USER_LIST_BY_TENANT_JSON_VAR,
+    TenantSettings, ALLOW_INSECURE_AUTHORITY_VAR, ALLOW_INSECURE_GRAPH_VAR, CERTIFICATE_FILE_VAR,
+    CERTIFICATE_PASSWORD_FILE_VAR, CLIENT_ID_VAR, CLIENT_SECRET_FILE_VAR, CLIENT_SECRET_VAR,
+    CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST, DEFAULT_CENTRAL_FOLDER_NAME, DEFAULT_GRAPH_ENDPOINT,
+    DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR, FEDERATED_TOKEN_FILE_VAR,
+    GLOBAL_ADDRESS_BOOK_USER_ID_VAR, MICROSOFT_TENANTS_JSON_VAR, TENANT_ID_VAR,
+    TEST_USER_LIST_BY_TENANT_JSON_VAR,
 };
+use crate::credential::{ClientCertificate, Credential, FederatedTokenFile};
 use crate::secret::Secret;
 
 /// Keys of the document root only.
@@ -27,6 +29,9 @@ const TENANT_KEYS: &[&str] = &[
     "ClientId",
     "ClientSecret",
     "ClientSecretFile",
+    "CertificateFile",
+    "CertificatePasswordFile",
+    "FederatedTokenFile",
     "GlobalAddressBookUserId",
     "TestUserList",
     "PrimaryDomain",
@@ -59,7 +64,14 @@ const TENANT_ID: &str = "a tenant id (GUID) or verified domain such as contoso.o
 const CLIENT_ID: &str = "the app registration's client id (a GUID)";
 const MAILBOX: &str = "the shared mailbox holding the central folder (UPN or object id)";
 const SECRET: &str =
-    "a client secret (ClientSecret, or ClientSecretFile naming a file that holds it)";
+    "a credential: ClientSecret, ClientSecretFile, CertificateFile or FederatedTokenFile";
+/// The keys of which a tenant names exactly one.
+const CREDENTIAL_KEYS: [&str; 4] = [
+    "ClientSecret",
+    "ClientSecretFile",
+    "CertificateFile",
+    "FederatedTokenFile",
+];
 const ENDPOINT: &str =
     "an https URL (http:// only for a loopback host: localhost, 127.0.0.0/8 or ::1)";
 
@@ -444,6 +456,9 @@ impl<'a> Builder<'a> {
             ("ClientId", CLIENT_ID_VAR),
             ("ClientSecret", CLIENT_SECRET_VAR),
             ("ClientSecretFile", CLIENT_SECRET_FILE_VAR),
+            ("CertificateFile", CERTIFICATE_FILE_VAR),
+            ("CertificatePasswordFile", CERTIFICATE_PASSWORD_FILE_VAR),
+            ("FederatedTokenFile", FEDERATED_TOKEN_FILE_VAR),
             ("GlobalAddressBookUserId", GLOBAL_ADDRESS_BOOK_USER_ID_VAR),
         ];
         let mut fields = Fields::empty();
@@ -491,7 +506,7 @@ impl<'a> Builder<'a> {
             Ok(guid) => guid.hyphenated().to_string(),
             Err(_) => return Err(invalid(&client_at, "a GUID", raw::quoted(&client_id))),
         };
-        let client_secret = self.secret(fields, missing)?;
+        let credential = self.credential(fields, missing)?;
         let layer = Layer::read(fields)?.over(defaults);
         // A directory-only tenant (`Mirror.Enabled` false) touches no shared mailbox, so needs none.
         let global_address_book_user_id = if layer.distribution.mirror_enabled() {
@@ -568,7 +583,7 @@ impl<'a> Builder<'a> {
         let tenant = TenantSettings {
             tenant_id,
             client_id,
-            client_secret,
+            credential,
             global_address_book_user_id,
             test_user_list,
             domains,
@@ -605,8 +620,105 @@ impl<'a> Builder<'a> {
         Ok((tenant, tenant_at))
     }
 
-    /// Exactly one of `ClientSecret` (used as given, minus trailing line breaks) and `ClientSecretFile` (the file's
-    /// content minus trailing line breaks).
+    /// Exactly one of `ClientSecret`, `ClientSecretFile`, `CertificateFile` (with `CertificatePasswordFile` for a
+    /// password-protected PKCS#12) and `FederatedTokenFile`. Two or none name the keys.
+    fn credential(
+        &mut self,
+        fields: &Fields,
+        missing: &dyn Fn(&str) -> Loc,
+    ) -> Result<Credential, ConfigError> {
+        let given: Vec<&str> = CREDENTIAL_KEYS
+            .iter()
+            .copied()
+            .filter(|key| fields.has(key))
+            .collect();
+        if let [first, second, ..] = given.as_slice() {
+            let (_, at) = fields.get(second).expect("the key is present");
+            return Err(ConfigError::Conflict {
+                at: at.to_string(),
+                problem: format!(
+                    "both {first} and {second} are set, expected exactly one of {}",
+                    CREDENTIAL_KEYS.join(", ")
+                ),
+            });
+        }
+        if let Some((_, at)) = fields.get("CertificatePasswordFile") {
+            if !fields.has("CertificateFile") {
+                return Err(ConfigError::Conflict {
+                    at: at.to_string(),
+                    problem: "CertificatePasswordFile is set without CertificateFile, expected it only next to \
+                              a PKCS#12 CertificateFile"
+                        .into(),
+                });
+            }
+        }
+        match given.first().copied() {
+            Some("CertificateFile") => self.certificate(fields),
+            Some("FederatedTokenFile") => {
+                let (node, at) = fields
+                    .get("FederatedTokenFile")
+                    .expect("the key is present");
+                let path = self.credential_path(node, at)?;
+                let file = FederatedTokenFile::new(&path);
+                // Read once now so a wrong path stops here; the token itself is read again for every request.
+                file.read().map_err(|reason| ConfigError::CredentialFile {
+                    at: at.to_string(),
+                    file: path.display().to_string(),
+                    reason: reason
+                        .rsplit_once(": ")
+                        .map_or(reason.clone(), |(_, why)| why.to_owned()),
+                })?;
+                Ok(Credential::FederatedToken(file))
+            }
+            _ => self.secret(fields, missing).map(Credential::Secret),
+        }
+    }
+
+    /// A path from a credential key, relative to the configuration file's directory.
+    fn credential_path(&self, node: &Node, at: &Loc) -> Result<PathBuf, ConfigError> {
+        let Some(name) = raw::string(node, at, "a file path")? else {
+            return Err(ConfigError::Missing {
+                at: at.to_string(),
+                expected: SECRET.into(),
+            });
+        };
+        Ok(match &self.base_dir {
+            Some(dir) if Path::new(&name).is_relative() => dir.join(&name),
+            _ => PathBuf::from(&name),
+        })
+    }
+
+    /// `CertificateFile`: PEM with key and certificate, or PKCS#12 opened with `CertificatePasswordFile`'s
+    /// content (none: an empty password). An expired certificate loads: the tenant fails at its token request,
+    /// naming the fix, while the others run.
+    fn certificate(&mut self, fields: &Fields) -> Result<Credential, ConfigError> {
+        let (node, at) = fields.get("CertificateFile").expect("the key is present");
+        let path = self.credential_path(node, at)?;
+        let file_error = |at: &Loc, path: &Path, reason: String| ConfigError::CredentialFile {
+            at: at.to_string(),
+            file: path.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(&path).map_err(|e| file_error(at, &path, io_reason(&e)))?;
+        let password = match fields.get("CertificatePasswordFile") {
+            Some((node, password_at)) => {
+                let password_path = self.credential_path(node, password_at)?;
+                let text = std::fs::read_to_string(&password_path)
+                    .map_err(|e| file_error(password_at, &password_path, io_reason(&e)))?;
+                self.secrets.push(text.clone());
+                let password = text.trim_end_matches(['\r', '\n']).to_owned();
+                self.secrets.push(password.clone());
+                Some(password)
+            }
+            None => None,
+        };
+        let certificate = ClientCertificate::from_bytes(&bytes, password.as_deref())
+            .map_err(|e| file_error(at, &path, e.to_string()))?;
+        Ok(Credential::Certificate(certificate))
+    }
+
+    /// `ClientSecret` (used as given, minus trailing line breaks) or `ClientSecretFile` (the file's content minus
+    /// trailing line breaks).
     fn secret(
         &mut self,
         fields: &Fields,

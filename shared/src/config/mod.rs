@@ -29,7 +29,8 @@
 //! key naming no configured tenant is an error.
 //!
 //! # Keys
-//! Per tenant: `TenantId`, `ClientId`, `ClientSecret` or `ClientSecretFile` (exactly one), `GlobalAddressBookUserId`,
+//! Per tenant: `TenantId`, `ClientId`, one credential (`ClientSecret`, `ClientSecretFile`, `CertificateFile` with
+//! an optional `CertificatePasswordFile` for PKCS#12, or `FederatedTokenFile`), `GlobalAddressBookUserId`,
 //! `TestUserList` (UPNs, object ids or aliases; `[]` or absent: every user), `PrimaryDomain` / `TenantDomain`
 //! (other names [`TEST_USER_LIST_BY_TENANT_JSON_VAR`] may use for the tenant), `Enabled` (default true; false:
 //! configured but not run), `DryRun` (this tenant only), and the optional settings `UpdateExisting` (default true;
@@ -60,7 +61,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::secret::Secret;
+use crate::credential::Credential;
 
 pub use distribution::{
     DirectoryOptions, Distribution, FolderName, GroupRef, MemberType, MemberTypes, TargetFolder,
@@ -85,6 +86,12 @@ pub const CLIENT_ID_VAR: &str = "AUTOMATION_SYNCCONTACTS_CLIENT_ID";
 pub const CLIENT_SECRET_VAR: &str = "AUTOMATION_SYNCCONTACTS_CLIENT_SECRET";
 /// Single-tenant form: a file holding the client secret (instead of [`CLIENT_SECRET_VAR`]).
 pub const CLIENT_SECRET_FILE_VAR: &str = "AUTOMATION_SYNCCONTACTS_CLIENT_SECRET_FILE";
+/// Single-tenant form: a PEM (key and certificate) or PKCS#12 file (instead of a client secret).
+pub const CERTIFICATE_FILE_VAR: &str = "AUTOMATION_SYNCCONTACTS_CERTIFICATE_FILE";
+/// Single-tenant form: a file holding the password of a PKCS#12 [`CERTIFICATE_FILE_VAR`].
+pub const CERTIFICATE_PASSWORD_FILE_VAR: &str = "AUTOMATION_SYNCCONTACTS_CERTIFICATE_PASSWORD_FILE";
+/// Single-tenant form: a workload-identity token file, re-read for every token (instead of a client secret).
+pub const FEDERATED_TOKEN_FILE_VAR: &str = "AUTOMATION_SYNCCONTACTS_FEDERATED_TOKEN_FILE";
 /// Single-tenant form: the shared mailbox holding the central folder.
 pub const GLOBAL_ADDRESS_BOOK_USER_ID_VAR: &str =
     "AUTOMATION_SYNCCONTACTS_GLOBAL_ADDRESS_BOOK_USER_ID";
@@ -181,6 +188,16 @@ pub enum ConfigError {
         /// What is wrong and what was expected.
         problem: String,
     },
+    /// The file named by `CertificateFile`, `CertificatePasswordFile` or `FederatedTokenFile` cannot be used.
+    #[error("{at}: cannot use {file}: {reason}")]
+    CredentialFile {
+        /// The variable or file and JSON path of the key.
+        at: String,
+        /// The file.
+        file: String,
+        /// Why (never content).
+        reason: String,
+    },
     /// The file named by `ClientSecretFile` cannot be used.
     #[error("{at}: cannot read the client secret from {file}: {reason}")]
     SecretFile {
@@ -254,6 +271,11 @@ impl ConfigError {
                 file: clean(file),
                 reason: clean(reason),
             },
+            ConfigError::CredentialFile { at, file, reason } => ConfigError::CredentialFile {
+                at: clean(at),
+                file: clean(file),
+                reason: clean(reason),
+            },
         }
     }
 }
@@ -288,8 +310,8 @@ pub struct TenantSettings {
     pub tenant_id: String,
     /// The app registration's client id.
     pub client_id: String,
-    /// The app's client secret (inline or read from `ClientSecretFile`).
-    pub client_secret: Secret,
+    /// How the app authenticates: client secret, certificate or federated token (exactly one).
+    pub credential: Credential,
     /// The shared mailbox holding the central folder (UPN or object id). Empty only when `Mirror.Enabled` is
     /// false and none was configured; read it through [`TenantSettings::shared_mailbox`].
     pub global_address_book_user_id: String,
@@ -491,12 +513,12 @@ impl fmt::Display for TenantSettings {
         };
         write!(
             f,
-            "tenant {}: client {}, secret {}, shared mailbox {}, {users}, authority {}, graph {}, folder {:?}, \
+            "tenant {}: client {}, {}, shared mailbox {}, {users}, authority {}, graph {}, folder {:?}, \
              managed category {}, notes stamped: {}, opt-out category {:?}, {deletes}, \
              limits {} in flight and {} requests per {} s per mailbox",
             self.tenant_id,
             self.client_id,
-            self.client_secret,
+            self.credential,
             self.global_address_book_user_id,
             self.authority_host,
             self.graph_endpoint,

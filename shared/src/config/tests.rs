@@ -120,7 +120,14 @@ fn config_json_multi_tenant_form() {
     let first = &settings.tenants[0];
     assert_eq!(first.tenant_id, TENANT);
     assert_eq!(first.client_id, CLIENT);
-    assert_eq!(first.client_secret.expose(), SECRET);
+    assert_eq!(
+        first
+            .credential
+            .client_secret()
+            .expect("a client secret")
+            .expose(),
+        SECRET
+    );
     assert_eq!(first.global_address_book_user_id, MAILBOX);
     assert_eq!(
         first.test_user_list,
@@ -153,7 +160,14 @@ fn config_json_flat_single_tenant_form() {
     assert!(!settings.dry_run);
     assert_eq!(settings.tenants.len(), 1);
     assert_eq!(settings.tenants[0].tenant_id, TENANT);
-    assert_eq!(settings.tenants[0].client_secret.expose(), SECRET);
+    assert_eq!(
+        settings.tenants[0]
+            .credential
+            .client_secret()
+            .expect("a client secret")
+            .expose(),
+        SECRET
+    );
 }
 
 #[test]
@@ -204,7 +218,14 @@ fn single_tenant_variables() {
     let tenant = &settings.tenants[0];
     assert_eq!(tenant.tenant_id, TENANT);
     assert_eq!(tenant.client_id, CLIENT);
-    assert_eq!(tenant.client_secret.expose(), SECRET);
+    assert_eq!(
+        tenant
+            .credential
+            .client_secret()
+            .expect("a client secret")
+            .expose(),
+        SECRET
+    );
     assert_eq!(tenant.global_address_book_user_id, MAILBOX);
 }
 
@@ -215,7 +236,14 @@ fn single_tenant_variables_with_secret_file() {
     vars.retain(|(k, _)| *k != CLIENT_SECRET_VAR);
     vars.push((CLIENT_SECRET_FILE_VAR, secret.0.display().to_string()));
     let settings = load(&vars, None).expect("valid");
-    assert_eq!(settings.tenants[0].client_secret.expose(), SECRET);
+    assert_eq!(
+        settings.tenants[0]
+            .credential
+            .client_secret()
+            .expect("a client secret")
+            .expose(),
+        SECRET
+    );
 }
 
 #[test]
@@ -713,7 +741,14 @@ fn client_secret_file_trims_trailing_newline() {
             );
         }))
         .expect("valid");
-        assert_eq!(settings.tenants[0].client_secret.expose(), SECRET);
+        assert_eq!(
+            settings.tenants[0]
+                .credential
+                .client_secret()
+                .expect("a client secret")
+                .expose(),
+            SECRET
+        );
     }
 }
 
@@ -734,7 +769,14 @@ fn client_secret_file_relative_to_config_file() {
         .to_string(),
     );
     let settings = load(&[], Some(&config.0)).expect("valid");
-    assert_eq!(settings.tenants[0].client_secret.expose(), SECRET);
+    assert_eq!(
+        settings.tenants[0]
+            .credential
+            .client_secret()
+            .expect("a client secret")
+            .expose(),
+        SECRET
+    );
 }
 
 #[test]
@@ -771,14 +813,15 @@ fn rejects_client_secret_file_problems() {
             t.insert("ClientSecretFile".into(), json!(file.0.display().to_string()));
         })),
         "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].ClientSecretFile: both ClientSecret and \
-         ClientSecretFile are set, expected exactly one",
+         ClientSecretFile are set, expected exactly one of ClientSecret, ClientSecretFile, CertificateFile, \
+         FederatedTokenFile",
     );
     assert_error(
         load_doc(&doc_with(|t| {
             t.remove("ClientSecret");
         })),
-        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].ClientSecret: missing, expected a client secret \
-         (ClientSecret, or ClientSecretFile naming a file that holds it)",
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].ClientSecret: missing, expected a credential: \
+         ClientSecret, ClientSecretFile, CertificateFile or FederatedTokenFile",
     );
 }
 
@@ -925,7 +968,7 @@ fn rejects_incomplete_single_tenant_variables() {
         (CLIENT_ID_VAR, "the app registration's client id (a GUID)"),
         (
             CLIENT_SECRET_VAR,
-            "a client secret (ClientSecret, or ClientSecretFile naming a file that holds it)",
+            "a credential: ClientSecret, ClientSecretFile, CertificateFile or FederatedTokenFile",
         ),
         (
             GLOBAL_ADDRESS_BOOK_USER_ID_VAR,

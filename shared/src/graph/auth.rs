@@ -1,4 +1,6 @@
-//! Client-credentials tokens: fetched from Entra, cached per tenant, refreshed before they expire.
+//! Client-credentials tokens: fetched from Entra, cached per tenant, refreshed before they expire. The app proves
+//! itself with its client secret, a client assertion signed with its certificate (built fresh for every request),
+//! or a federated token read from its file for every request (the file is rotated underneath us).
 //!
 //! A run can outlive one token (60-90 minutes), so every request asks the cache, which refreshes five minutes
 //! before expiry (or at half the lifetime, if that is earlier). Concurrent callers wait on one async mutex, so a
@@ -22,6 +24,8 @@ use super::retry::{token_lifetime, token_refresh_after, Effect, Failure, RetryPo
 use super::stats::Counters;
 use super::transport::{retry_after_header, retry_after_of, transport_failure};
 use super::wire::{decode, TokenErrorResponse, TokenResponse};
+use crate::credential::assertion::{client_assertion, JWT_BEARER};
+use crate::credential::{Credential, CredentialKind, Expiry};
 use crate::secret::Secret;
 
 /// What the token endpoint needs to know about a tenant.
@@ -29,7 +33,7 @@ use crate::secret::Secret;
 pub(crate) struct Credentials {
     pub tenant_id: String,
     pub client_id: String,
-    pub client_secret: Secret,
+    pub credential: Credential,
     /// `{authority}/{tenant}/oauth2/v2.0/token`.
     pub token_url: Url,
     /// `{graph_endpoint}/.default`.
@@ -129,12 +133,23 @@ impl Exchange for TokenExchange<'_, '_> {
 
     async fn attempt(&mut self, attempt: u32) -> Step<(Secret, Duration)> {
         let credentials = self.context.credentials;
-        let form = [
+        // What proves the app this time: the secret, a fresh assertion, or the token file as it is now.
+        let proof = match proof(credentials) {
+            Ok(proof) => proof,
+            Err(error) => return Step::Final(error),
+        };
+        let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_id", credentials.client_id.as_str()),
-            ("client_secret", credentials.client_secret.expose()),
             ("scope", credentials.scope.as_str()),
         ];
+        match credentials.credential.kind() {
+            CredentialKind::Secret => form.push(("client_secret", proof.expose())),
+            CredentialKind::Certificate | CredentialKind::FederatedToken => {
+                form.push(("client_assertion_type", JWT_BEARER));
+                form.push(("client_assertion", proof.expose()));
+            }
+        }
         let sent = self
             .context
             .http
@@ -181,7 +196,12 @@ impl Exchange for TokenExchange<'_, '_> {
             };
         }
         let refusal: TokenErrorResponse = serde_json::from_slice(&body).unwrap_or_default();
-        let mut problem = auth_problem(&refusal.error, &refusal.error_codes);
+        let mut problem = auth_problem_for(
+            credentials.credential.kind(),
+            &refusal.error,
+            &refusal.error_codes,
+            &refusal.error_description,
+        );
         let transient = problem == AuthProblem::Unavailable || status == 429 || status >= 500;
         // Entra's throttling codes may come with any status: decided as the 503 they mean.
         let decided_status = if transient && status < 500 && status != 429 {
@@ -212,7 +232,16 @@ impl Exchange for TokenExchange<'_, '_> {
                     .first()
                     .copied()
                     .or_else(|| aadsts_in(&refusal.error_description)),
-                description: scrub(&description, &credentials.client_secret),
+                description: match credentials.credential.certificate() {
+                    // The portal lists uploaded certificates by SHA-1 thumbprint: name ours the same way.
+                    Some(certificate) => format!(
+                        "CertificateFile holds certificate {} ({}); {}",
+                        certificate.thumbprint(),
+                        certificate.subject(),
+                        scrub(&description, &proof)
+                    ),
+                    None => scrub(&description, &proof),
+                },
             },
         }
     }
@@ -231,6 +260,96 @@ impl Exchange for TokenExchange<'_, '_> {
             "POST".into(),
             self.context.credentials.token_url.path().to_owned(),
         )
+    }
+}
+
+/// The credential's proof for one token request: the client secret, a client assertion signed now, or the
+/// federated token as its file holds it now. An expired certificate or an unreadable token file ends the call
+/// here (Entra would refuse it; nothing is sent), naming the fix.
+fn proof(credentials: &Credentials) -> Result<Secret, GraphError> {
+    let refused = |problem: AuthProblem, description: String| GraphError::Auth {
+        problem,
+        tenant_id: credentials.tenant_id.clone(),
+        client_id: credentials.client_id.clone(),
+        status: None,
+        aadsts: None,
+        description,
+    };
+    match &credentials.credential {
+        Credential::Secret(secret) => Ok(secret.clone()),
+        Credential::Certificate(certificate) => {
+            let now = chrono::Utc::now();
+            if certificate.expiry(now) == Expiry::Expired {
+                return Err(refused(
+                    AuthProblem::CertificateExpired,
+                    format!(
+                        "certificate {} ({}) is valid until {}, now is {}",
+                        certificate.thumbprint(),
+                        certificate.subject(),
+                        certificate.not_after().format("%Y-%m-%d %H:%M:%SZ"),
+                        now.format("%Y-%m-%d %H:%M:%SZ")
+                    ),
+                ));
+            }
+            let jti = uuid::Uuid::new_v4().to_string();
+            client_assertion(
+                certificate,
+                &credentials.client_id,
+                credentials.token_url.as_str(),
+                now,
+                &jti,
+            )
+            .map(Secret::new)
+            .map_err(|e| GraphError::Setup(format!("cannot sign the client assertion: {e}")))
+        }
+        Credential::FederatedToken(file) => file
+            .read()
+            .map_err(|reason| refused(AuthProblem::FederatedTokenUnreadable, reason)),
+    }
+}
+
+/// [`auth_problem`] for a credential kind: the same code means a different fix for a certificate or a
+/// federated token than for a secret.
+pub(crate) fn auth_problem_for(
+    kind: CredentialKind,
+    error: &str,
+    codes: &[u32],
+    description: &str,
+) -> AuthProblem {
+    let code = codes
+        .first()
+        .copied()
+        .or_else(|| aadsts_in(description))
+        .unwrap_or(0);
+    match kind {
+        CredentialKind::Secret => auth_problem(error, codes),
+        CredentialKind::Certificate => match code {
+            700_027 | 50_013 if description.contains("key used is expired") => {
+                AuthProblem::CertificateExpired
+            }
+            700_027 | 50_013 | 50_012 => AuthProblem::CertificateRejected,
+            700_024 => AuthProblem::AssertionTime,
+            50_027 => AuthProblem::AssertionAudience,
+            _ => match auth_problem(error, codes) {
+                AuthProblem::BadSecret | AuthProblem::ExpiredSecret => {
+                    AuthProblem::CertificateRejected
+                }
+                other => other,
+            },
+        },
+        CredentialKind::FederatedToken => match code {
+            700_024 => AuthProblem::FederatedTokenTime,
+            700_211 => AuthProblem::FederatedIssuer,
+            700_212 => AuthProblem::FederatedAudience,
+            700_213 | 7_002_137 | 7_002_138 | 70_021 => AuthProblem::FederatedSubject,
+            700_027 | 50_027 => AuthProblem::FederatedSignature,
+            _ => match auth_problem(error, codes) {
+                AuthProblem::BadSecret | AuthProblem::ExpiredSecret => {
+                    AuthProblem::FederatedSignature
+                }
+                other => other,
+            },
+        },
     }
 }
 
@@ -270,6 +389,19 @@ fn aadsts_in(description: &str) -> Option<u32> {
 
 /// The first line of `text`, at most 300 characters, with any occurrence of the secret replaced.
 pub(crate) fn scrub(text: &str, secret: &Secret) -> String {
+    // An assertion's signature part alone is enough to recognise it in an echo: scrub the whole and each part.
+    let value = secret.expose();
+    if value.matches('.').count() == 2 {
+        let mut line = scrub_one(text, secret);
+        for part in value.split('.').filter(|p| p.len() >= 16) {
+            line = line.replace(part, "[redacted]");
+        }
+        return line;
+    }
+    scrub_one(text, secret)
+}
+
+fn scrub_one(text: &str, secret: &Secret) -> String {
     let first_line = text.lines().next().unwrap_or("").trim();
     let mut line: String = first_line.chars().take(300).collect();
     let value = secret.expose();
@@ -329,6 +461,58 @@ mod tests {
             AuthProblem::Unavailable
         );
         assert_eq!(auth_problem("something", &[1]), AuthProblem::Other);
+    }
+
+    #[test]
+    fn the_same_code_names_the_fix_of_the_credential_in_use() {
+        use CredentialKind::{Certificate, FederatedToken, Secret};
+        let cert = |codes: &[u32], text: &str| {
+            auth_problem_for(Certificate, "invalid_client", codes, text)
+        };
+        assert_eq!(
+            cert(&[700_027], "AADSTS700027: ... The key was not found."),
+            AuthProblem::CertificateRejected
+        );
+        assert_eq!(
+            cert(&[700_027], "AADSTS700027: Client assertion contains an invalid signature. [Reason - The key used is expired., ...]"),
+            AuthProblem::CertificateExpired
+        );
+        assert_eq!(cert(&[700_024], ""), AuthProblem::AssertionTime);
+        assert_eq!(cert(&[50_027], ""), AuthProblem::AssertionAudience);
+        // No code: the description's, then `error`; a certificate is never called a bad secret.
+        assert_eq!(
+            cert(&[], "AADSTS50027: JWT token is invalid or malformed."),
+            AuthProblem::AssertionAudience
+        );
+        assert_eq!(cert(&[], ""), AuthProblem::CertificateRejected);
+        assert_eq!(cert(&[700_016], ""), AuthProblem::UnknownClient);
+        let federated = |code: u32| auth_problem_for(FederatedToken, "invalid_client", &[code], "");
+        assert_eq!(federated(700_024), AuthProblem::FederatedTokenTime);
+        assert_eq!(federated(700_211), AuthProblem::FederatedIssuer);
+        assert_eq!(federated(700_212), AuthProblem::FederatedAudience);
+        assert_eq!(federated(700_213), AuthProblem::FederatedSubject);
+        assert_eq!(federated(700_027), AuthProblem::FederatedSignature);
+        assert_eq!(federated(90_002), AuthProblem::UnknownTenant);
+        assert_eq!(
+            auth_problem_for(Secret, "invalid_client", &[7_000_215], ""),
+            AuthProblem::BadSecret
+        );
+    }
+
+    #[test]
+    fn an_assertion_echoed_in_a_description_is_scrubbed_part_by_part() {
+        let assertion = Secret::new(format!(
+            "{}.{}.{}",
+            "h".repeat(20),
+            "c".repeat(30),
+            "s".repeat(40)
+        ));
+        let clean = scrub(
+            &format!("bad signature {} here", "s".repeat(40)),
+            &assertion,
+        );
+        assert!(!clean.contains(&"s".repeat(40)), "{clean}");
+        assert!(clean.contains("[redacted]"), "{clean}");
     }
 
     #[test]

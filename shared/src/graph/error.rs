@@ -48,8 +48,9 @@ pub enum GraphError {
     },
     /// The token endpoint refused the tenant's credentials, or Graph refused a fresh token.
     #[error(
-        "token for tenant {tenant_id} (client {client_id}): {problem}{}",
-        Aadsts(aadsts)
+        "token for tenant {tenant_id} (client {client_id}): {problem}{}{}",
+        Aadsts(aadsts),
+        Detail(problem, description)
     )]
     Auth {
         /// Which setting is wrong.
@@ -130,6 +131,26 @@ pub enum AuthProblem {
     TokenRejected,
     /// The token endpoint kept failing (5xx, throttling) after the allowed attempts: transient.
     Unavailable,
+    /// AADSTS700027 (the certificate is not among the app's, or the signature does not verify with it).
+    CertificateRejected,
+    /// The certificate has expired (found before asking, or AADSTS700027 "The key used is expired").
+    CertificateExpired,
+    /// AADSTS700024: the client assertion is outside its valid time range (this machine's clock).
+    AssertionTime,
+    /// AADSTS50027: the client assertion was refused as malformed, mostly its audience (the token endpoint).
+    AssertionAudience,
+    /// The federated token file cannot be read or is empty.
+    FederatedTokenUnreadable,
+    /// AADSTS700024 for a federated token: it expired (its file is no longer refreshed) or the clock is off.
+    FederatedTokenTime,
+    /// AADSTS700211: no federated credential on the app trusts the token's issuer.
+    FederatedIssuer,
+    /// AADSTS700212: no federated credential on the app lists the token's audience.
+    FederatedAudience,
+    /// AADSTS700213: no federated credential on the app names the token's subject.
+    FederatedSubject,
+    /// The federated token's signature was refused.
+    FederatedSignature,
     /// Any other refusal.
     Other,
 }
@@ -146,6 +167,44 @@ impl fmt::Display for AuthProblem {
             AuthProblem::BadScope => "the token scope was refused (check GraphEndpoint)",
             AuthProblem::TokenRejected => "graph rejected a freshly issued token",
             AuthProblem::Unavailable => "the token endpoint is unavailable",
+            AuthProblem::CertificateRejected => {
+                "the certificate was refused: upload the public part of CertificateFile (thumbprint below) to the app \
+                 registration (Certificates & secrets), or point CertificateFile at the certificate uploaded there"
+            }
+            AuthProblem::CertificateExpired => {
+                "the certificate has expired: create a new one, upload its public part to the app registration \
+                 (Certificates & secrets) and point CertificateFile at it"
+            }
+            AuthProblem::AssertionTime => {
+                "the client assertion is outside its valid time range: set this machine's clock right (NTP)"
+            }
+            AuthProblem::AssertionAudience => {
+                "the client assertion's audience (the token endpoint) was refused: AuthorityHost must be the login \
+                 host of the tenant's cloud (https://login.microsoftonline.com, or the national cloud's)"
+            }
+            AuthProblem::FederatedTokenUnreadable => {
+                "the federated token cannot be read: check FederatedTokenFile and the projected token volume"
+            }
+            AuthProblem::FederatedTokenTime => {
+                "the federated token has expired or is not yet valid: check that the token in FederatedTokenFile is \
+                 refreshed (a projected service-account token) and this machine's clock"
+            }
+            AuthProblem::FederatedIssuer => {
+                "no federated credential of the app trusts the token's issuer: add one whose Issuer is the \
+                 cluster's OIDC issuer URL"
+            }
+            AuthProblem::FederatedAudience => {
+                "the federated token's audience matches no federated credential of the app: project the token with \
+                 audience api://AzureADTokenExchange, the audience the federated credential lists"
+            }
+            AuthProblem::FederatedSubject => {
+                "no federated credential of the app names the token's subject: its Subject must be \
+                 system:serviceaccount:<namespace>:<service account> (case-sensitive)"
+            }
+            AuthProblem::FederatedSignature => {
+                "the federated token's signature was refused: the federated credential's Issuer must be the issuer \
+                 that signs the tokens in FederatedTokenFile"
+            }
             AuthProblem::Other => "the token request was refused",
         })
     }
@@ -370,6 +429,33 @@ impl fmt::Display for RetryAfter<'_> {
 }
 
 /// Formats ` [AADSTSnnnn]` when present.
+/// Entra's (scrubbed) description where it helps the fix: for certificate and federated problems it names the
+/// thumbprint, the validity or the issuer/subject/audience Entra saw.
+struct Detail<'a>(&'a AuthProblem, &'a String);
+
+impl fmt::Display for Detail<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = matches!(
+            self.0,
+            AuthProblem::CertificateRejected
+                | AuthProblem::CertificateExpired
+                | AuthProblem::AssertionTime
+                | AuthProblem::AssertionAudience
+                | AuthProblem::FederatedTokenUnreadable
+                | AuthProblem::FederatedTokenTime
+                | AuthProblem::FederatedIssuer
+                | AuthProblem::FederatedAudience
+                | AuthProblem::FederatedSubject
+                | AuthProblem::FederatedSignature
+        );
+        if shown && !self.1.is_empty() {
+            write!(f, "; {}", self.1)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 struct Aadsts<'a>(&'a Option<u32>);
 
 impl fmt::Display for Aadsts<'_> {

@@ -185,7 +185,7 @@ impl GraphClient {
             .map(|token_url| Credentials {
                 tenant_id: settings.tenant_id.clone(),
                 client_id: settings.client_id.clone(),
-                client_secret: settings.client_secret.clone(),
+                credential: settings.credential.clone(),
                 token_url,
                 scope: token_scope(&settings.graph_endpoint),
             })
@@ -334,7 +334,9 @@ mod tests {
         TenantSettings {
             tenant_id: "contoso.onmicrosoft.com".into(),
             client_id: "app".into(),
-            client_secret: crate::secret::Secret::new("very-secret-value"),
+            credential: crate::credential::Credential::Secret(crate::secret::Secret::new(
+                "very-secret-value",
+            )),
             global_address_book_user_id: "shared@contoso.com".into(),
             test_user_list: None,
             domains: Vec::new(),
