@@ -6,16 +6,15 @@
 //! permission (`GroupMember.Read.All`, `OrgContact.Read.All`, ...), and Graph's 400 for a `UserFilter` is a
 //! configuration error of that key, not a Graph outage.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Deserialize;
 use url::Url;
 
 use super::error::GraphError;
-use super::page::{next_url, same_origin_url};
-use super::transport::{Call, DIRECTORY};
-use super::wire::{decode, Page};
+use super::page::same_origin_url;
+use super::transport::DIRECTORY;
 use super::TenantClient;
 use crate::config::{DirectoryOptions, GroupRef, MemberType, UserFilter};
 use crate::directory::{
@@ -133,6 +132,9 @@ pub struct UsersDeltaRound {
     pub changed: Vec<UserRecord>,
     /// Object ids of deleted users.
     pub removed: Vec<String>,
+    /// Lower-cased ids of changed users whose manager the round removed. A changed user with no manager and
+    /// not listed here keeps the manager known before (Graph reports a relationship when it changes).
+    pub manager_removed: BTreeSet<String>,
     /// The link for the next round.
     pub link: DeltaLink,
 }
@@ -144,9 +146,18 @@ struct DeltaItem {
     #[serde(rename = "@removed", default)]
     removed: Option<serde_json::Value>,
     #[serde(rename = "manager@delta", default)]
-    manager_delta: Option<Vec<ManagerRef>>,
+    manager_delta: Option<Vec<ManagerDelta>>,
     #[serde(flatten)]
     user: UserRecord,
+}
+
+/// One entry of `manager@delta`: the manager, or (with `@removed`) the one the user no longer has.
+#[derive(Debug, Deserialize)]
+struct ManagerDelta {
+    #[serde(rename = "@removed", default)]
+    removed: Option<serde_json::Value>,
+    #[serde(flatten)]
+    manager: ManagerRef,
 }
 
 /// An id and the expanded manager, from the manager listing.
@@ -407,63 +418,44 @@ impl TenantClient {
     }
 
     async fn users_delta_round(&self, first: Url) -> Result<UsersDeltaRound, DirectoryError> {
-        let base = self.inner.base()?;
-        let mut url = first;
         // Graph may replay an object within a round: the last word about each id wins (sorted out at the end).
         let mut items: Vec<DeltaItem> = Vec::new();
-        loop {
-            let reply = self
-                .inner
-                .send(&Call {
-                    method: reqwest::Method::GET,
-                    url: url.clone(),
-                    body: None,
-                    eventual: false,
-                    mailbox: DIRECTORY,
-                    batch_items: None,
-                    prefer: None,
-                })
-                .await
-                .map_err(needs(DirectoryPermission::UserReadAll))?;
-            let page: Page<DeltaItem> = decode("users delta page", &reply.body)?;
-            items.extend(page.value);
-            match (page.next_link, page.delta_link) {
-                (Some(next), _) => url = next_url(&base, &url, &next)?,
-                (None, Some(link)) => {
-                    let link = same_origin_url(&base, "@odata.deltaLink", &link)?;
-                    let mut seen = std::collections::HashSet::new();
-                    let (mut changed, mut removed) = (Vec::new(), Vec::new());
-                    for item in items.into_iter().rev() {
-                        if !seen.insert(item.user.id.to_lowercase()) {
-                            continue;
-                        }
-                        if item.removed.is_some() {
-                            removed.push(item.user.id);
-                        } else {
-                            let mut user = item.user;
-                            user.manager = item
-                                .manager_delta
-                                .and_then(|m| m.into_iter().find(|m| m.id.is_some()));
-                            changed.push(user);
-                        }
-                    }
-                    changed.reverse();
-                    resolve_manager_names(&mut changed);
-                    removed.reverse();
-                    return Ok(UsersDeltaRound {
-                        changed,
-                        removed,
-                        link: DeltaLink::new(link.as_str()),
-                    });
-                }
-                (None, None) => {
-                    return Err(GraphError::Protocol(
-                        "a users delta page carried neither @odata.nextLink nor @odata.deltaLink"
-                            .into(),
-                    )
-                    .into())
-                }
+        let link = self
+            .follow_delta(first, DIRECTORY, None, "users delta page", |page| {
+                items.extend(page)
+            })
+            .await
+            .map_err(needs(DirectoryPermission::UserReadAll))?;
+        let mut seen = std::collections::HashSet::new();
+        let (mut changed, mut removed) = (Vec::new(), Vec::new());
+        let mut manager_removed = BTreeSet::new();
+        for item in items.into_iter().rev() {
+            if !seen.insert(item.user.id.to_lowercase()) {
+                continue;
             }
+            if item.removed.is_some() {
+                removed.push(item.user.id);
+                continue;
+            }
+            let mut user = item.user;
+            let entries = item.manager_delta.unwrap_or_default();
+            user.manager = entries
+                .iter()
+                .find(|m| m.removed.is_none() && m.manager.id.is_some())
+                .map(|m| m.manager.clone());
+            if user.manager.is_none() && entries.iter().any(|m| m.removed.is_some()) {
+                manager_removed.insert(user.id.to_lowercase());
+            }
+            changed.push(user);
         }
+        changed.reverse();
+        resolve_manager_names(&mut changed);
+        removed.reverse();
+        Ok(UsersDeltaRound {
+            changed,
+            removed,
+            manager_removed,
+            link,
+        })
     }
 }
