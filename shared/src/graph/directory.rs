@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Deserialize;
+use tracing::info;
 use url::Url;
 
 use super::error::GraphError;
@@ -18,7 +19,8 @@ use super::transport::DIRECTORY;
 use super::TenantClient;
 use crate::config::{DirectoryOptions, GroupRef, MemberType, UserFilter};
 use crate::directory::{
-    resolve_manager_names, DirectorySnapshot, GroupFilter, ManagerRef, OrgContactRecord, UserRecord,
+    resolve_manager_names, DirectorySnapshot, GroupFilter, KeptUsers, ManagerRef, OrgContactRecord,
+    UserRecord, UsersChanges,
 };
 use crate::feed::DeltaLink;
 
@@ -139,6 +141,17 @@ pub struct UsersDeltaRound {
     pub link: DeltaLink,
 }
 
+impl UsersDeltaRound {
+    /// What the round changed, for [`KeptUsers::apply`].
+    pub fn into_changes(self) -> UsersChanges {
+        UsersChanges {
+            changed: self.changed,
+            removed: self.removed,
+            manager_removed: self.manager_removed,
+        }
+    }
+}
+
 /// A delta item: a user, or an id with `@removed`. The manager comes as `manager@delta` (ids only): delta
 /// tracks navigation properties that way and has no `$expand`.
 #[derive(Debug, Deserialize)]
@@ -242,6 +255,70 @@ impl TenantClient {
             let managers = self.managers().await?;
             attach_managers(&mut users, &managers);
         }
+        self.directory_around(options, shared_mailbox, users).await
+    }
+
+    /// The directory as [`TenantClient::read_directory`] reads it, its users taken from the users' change feed
+    /// `kept` (the last run's, brought up to date by one `/users/delta` round: one request when nothing changed)
+    /// instead of two listings; returns the feed to keep. A link Graph no longer knows (410 `SyncStateNotFound`)
+    /// or none starts a new feed, which lists every user once. With a `UserFilter` no feed is used (`/users/delta`
+    /// takes no `$filter`): the users are listed as `read_directory` lists them and no feed is returned.
+    /// Org contacts and group memberships have no such feed here: they are read in full, only when the settings
+    /// use them (`Contact`, `IncludeGroups`, `ExcludeGroups`).
+    pub async fn read_directory_kept(
+        &self,
+        options: &DirectoryOptions,
+        shared_mailbox: Option<&str>,
+        kept: Option<KeptUsers>,
+    ) -> Result<(DirectorySnapshot, Option<KeptUsers>), DirectoryError> {
+        if options.user_filter.is_some() {
+            return Ok((self.read_directory(options, shared_mailbox).await?, None));
+        }
+        let kept = self.users_feed(kept).await?;
+        let users = if options.member_types.contains(MemberType::Member)
+            || options.member_types.contains(MemberType::Guest)
+        {
+            kept.users()
+        } else {
+            Vec::new()
+        };
+        let snapshot = self
+            .directory_around(options, shared_mailbox, users)
+            .await?;
+        Ok((snapshot, Some(kept)))
+    }
+
+    /// The users' change feed brought up to date: one round from `kept`'s link applied to it, or, without a
+    /// usable link, a new feed listing every user.
+    pub async fn users_feed(&self, kept: Option<KeptUsers>) -> Result<KeptUsers, DirectoryError> {
+        if let Some(mut kept) = kept {
+            match self.users_delta_since(&kept.link).await {
+                Ok(round) => {
+                    let link = round.link.clone();
+                    kept.apply(round.into_changes(), link);
+                    return Ok(kept);
+                }
+                Err(DirectoryError::Graph(error))
+                    if matches!(error.kind(), super::ErrorKind::InvalidDeltaToken)
+                        || matches!(error, GraphError::Protocol(_)) =>
+                {
+                    info!(tenant = %self.tenant_id(), %error, "kept users delta link not usable; listing every user again");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let round = self.users_delta_start().await?;
+        Ok(KeptUsers::start(round.changed, round.link))
+    }
+
+    /// Everything of a directory but its users: org contacts (when `Contact` is listed), the include/exclude
+    /// groups' members, the organisation's name.
+    async fn directory_around(
+        &self,
+        options: &DirectoryOptions,
+        shared_mailbox: Option<&str>,
+        users: Vec<UserRecord>,
+    ) -> Result<DirectorySnapshot, DirectoryError> {
         let org_contacts = if options.member_types.contains(MemberType::Contact) {
             self.org_contacts().await?
         } else {
