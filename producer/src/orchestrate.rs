@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::lease::LeaseError;
 use crate::ledger::RunLedger;
-use crate::prepare::{prepare, CentralExpectation, PreparedTenant};
+use crate::prepare::{prepare_kept, CentralExpectation, PreparedTenant};
 use crate::progress::Progress;
 use crate::run_status::Tracked;
 use crate::state::{self, StateStore, TenantMemory};
@@ -109,10 +109,25 @@ pub async fn run<D: Dispatch>(
                     .and_then(|store| store.filled_central(&tenant.tenant_id))
                     .map_or(CentralExpectation::Unknown, CentralExpectation::Filled)
             };
-            match lease {
-                Ok(()) => prepare(graph, tenant, request.dry_run, &expected).await,
+            // The users feed an earlier run kept (a dry run keeps none, so it lists every user).
+            let store = request.state.filter(|_| !request.dry_run);
+            let kept = store
+                .filter(|_| tenant.distribution.directory.enabled)
+                .and_then(|store| store.load_users(tenant));
+            let ready = match lease {
+                Ok(()) => prepare_kept(graph, tenant, request.dry_run, &expected, kept).await,
                 Err(refused) => Err(refused.to_string()),
+            };
+            if let (Ok(ready), Some(store)) = (&ready, store) {
+                if let Some(users) = ready.directory.as_ref().and_then(|d| d.users.as_ref()) {
+                    // Kept at once: it describes the directory, whatever the jobs do. A failure to keep it only
+                    // makes the next run list every user.
+                    if let Err(error) = store.save_users(tenant, users) {
+                        warn!(tenant = %tenant.tenant_id, error = %format!("{error:#}"), "could not keep the users feed");
+                    }
+                }
             }
+            ready
         },
     ))
     .await;
@@ -130,16 +145,28 @@ pub async fn run<D: Dispatch>(
         match outcome {
             Ok(ready) => {
                 report.users = ready.users.len();
+                let directory_generation = ready.directory.as_ref().and_then(|d| d.generation);
                 let Some(central) = ready.central.clone() else {
-                    // No mirror: no phase 1; every receiving mailbox's job carries the directory alone. No feeds
-                    // are kept for it (each run reads the mailboxes in full).
+                    // No mirror: no phase 1; every receiving mailbox's job carries the directory alone, with the
+                    // mailbox's kept feed, which the job checks itself.
+                    let mut memory = request
+                        .state
+                        .filter(|_| !request.dry_run)
+                        .map(|store| store.load(&ready.tenant_id, state::directory_scope(tenant)));
+                    if let Some(memory) = memory.as_mut() {
+                        memory.receivers(&ready.users);
+                    }
                     progress.add(Phase::Phase2, ready.users.len() as u64);
                     for user in &ready.users {
-                        let job = phase2_job(run_id, &ready.tenant_id, request.dry_run, None, user);
+                        let mut job =
+                            phase2_job(run_id, &ready.tenant_id, request.dry_run, None, user);
+                        if let Some(memory) = &memory {
+                            job.cursors = memory.directory_only_cursors(user, directory_generation);
+                        }
                         ledger.expect(&job, index);
                         dispatch.submit(job).await?;
                     }
-                    memories.push(None);
+                    memories.push(memory);
                     prepared.push(Some(ready));
                     reports.push(report);
                     continue;
@@ -235,7 +262,11 @@ pub async fn run<D: Dispatch>(
                 user,
             );
             if memories[tenant].is_some() {
-                job.cursors = TenantMemory::phase2_cursors(&report.cursors, user);
+                job.cursors = TenantMemory::phase2_cursors(
+                    &report.cursors,
+                    user,
+                    ready.directory.as_ref().and_then(|d| d.generation),
+                );
             }
             ledger.expect(&job, tenant);
             dispatch.submit(job).await?;

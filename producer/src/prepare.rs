@@ -8,6 +8,8 @@
 use std::collections::BTreeSet;
 
 use shared::config::TenantSettings;
+use shared::directory::KeptUsers;
+use shared::feed::Generation;
 use shared::graph::{AuthProblem, ErrorKind, GraphClient, GraphError};
 use shared::message::CentralFolder;
 use shared::model::Mailbox;
@@ -25,6 +27,19 @@ pub struct PreparedTenant {
     pub central: Option<CentralFolder>,
     /// The receiving users: licensed, shared mailbox excluded, test list and `TargetGroups` applied.
     pub users: Vec<Mailbox>,
+    /// The directory as read for this run, when the tenant distributes it.
+    pub directory: Option<PreparedDirectory>,
+}
+
+/// The directory as the producer read it for this run (issue 11).
+#[derive(Debug, Clone)]
+pub struct PreparedDirectory {
+    /// The generation of the selected persons, which a receiving mailbox's phase 2 compares with the one it was
+    /// last brought in line with. `None` with `FromTenants`: the other tenants' directories are read by the
+    /// workers only, so no mailbox can be proved in line.
+    pub generation: Option<Generation>,
+    /// The users feed to keep for the next run (`None` with a `UserFilter`: no feed is used).
+    pub users: Option<KeptUsers>,
 }
 
 /// What the producer knows of the central folder before preparing a tenant.
@@ -61,12 +76,23 @@ impl CentralExpectation {
     }
 }
 
-/// Prepares one tenant, or says precisely why it cannot run.
+/// Prepares one tenant, or says precisely why it cannot run. The directory's users are listed in full.
 pub async fn prepare(
     graph: &GraphClient,
     tenant: &TenantSettings,
     dry_run: bool,
     expected: &CentralExpectation,
+) -> Result<PreparedTenant, String> {
+    prepare_kept(graph, tenant, dry_run, expected, None).await
+}
+
+/// [`prepare`], the directory's users brought up to date from the users feed an earlier run kept.
+pub async fn prepare_kept(
+    graph: &GraphClient,
+    tenant: &TenantSettings,
+    dry_run: bool,
+    expected: &CentralExpectation,
+    kept_users: Option<KeptUsers>,
 ) -> Result<PreparedTenant, String> {
     let client = graph.tenant(tenant);
     let mirror = tenant.distribution.mirror_enabled;
@@ -132,20 +158,31 @@ pub async fn prepare(
         ));
     }
     users.sort();
-    if tenant.distribution.directory.enabled {
-        let read = client
-            .read_directory(&tenant.distribution.directory, tenant.shared_mailbox())
+    let directory = if tenant.distribution.directory.enabled {
+        let options = &tenant.distribution.directory;
+        let (read, users) = client
+            .read_directory_kept(options, tenant.shared_mailbox(), kept_users)
             .await
             .map_err(|e| format!("tenant {}: reading the directory: {e}", tenant.tenant_id))?;
-        let persons = shared::directory::select(&read.read(), &tenant.distribution.directory);
+        let persons = shared::directory::select(&read.read(), options);
         info!(tenant = %tenant.tenant_id, persons = persons.len(), "directory read");
-    }
+        Some(PreparedDirectory {
+            generation: options
+                .from_tenants
+                .is_empty()
+                .then(|| shared::directory::persons_generation(&persons)),
+            users,
+        })
+    } else {
+        None
+    };
     let Some(shared_mailbox) = shared_mailbox else {
         info!(tenant = %tenant.tenant_id, users = users.len(), "directory-only tenant prepared");
         return Ok(PreparedTenant {
             tenant_id: tenant.tenant_id.clone(),
             central: None,
             users,
+            directory,
         });
     };
     let folder_name = &tenant.mirror.central_folder_name;
@@ -188,6 +225,7 @@ pub async fn prepare(
             folder_id,
         }),
         users,
+        directory,
     })
 }
 

@@ -15,7 +15,8 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::config::TenantSettings;
-use shared::feed::{Cursors, FolderFeed};
+use shared::directory::KeptUsers;
+use shared::feed::{Cursors, FolderFeed, Generation};
 use shared::message::CentralFolder;
 use shared::model::Mailbox;
 use tracing::{info, warn};
@@ -81,6 +82,38 @@ pub fn scope(tenant: &TenantSettings, central: &CentralFolder) -> Uuid {
     Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
 }
 
+/// The identity of a tenant's state when it has no mirror (a directory-only tenant): Graph endpoint and the
+/// folder the directory is distributed into. Another `TargetFolder` makes the kept feeds meaningless.
+pub fn directory_scope(tenant: &TenantSettings) -> Uuid {
+    let key = format!(
+        "{}|{}|directory-only|{:?}",
+        tenant.tenant_id.to_lowercase(),
+        tenant.graph_endpoint.as_str().trim_end_matches('/'),
+        tenant.distribution.target_folder,
+    );
+    Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
+}
+
+/// The identity of a tenant's users feed: the tenant and its Graph endpoint (the feed lists every user, whatever
+/// the settings select).
+fn users_scope(tenant: &TenantSettings) -> Uuid {
+    let key = format!(
+        "{}|{}|users",
+        tenant.tenant_id.to_lowercase(),
+        tenant.graph_endpoint.as_str().trim_end_matches('/'),
+    );
+    Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
+}
+
+/// The users feed file: the tenant's users as `/users/delta` last showed them, with the link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsersMemory {
+    schema: u32,
+    scope: Uuid,
+    kept: KeptUsers,
+}
+
 impl StateStore {
     /// A store in `dir` (created when first saved to).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -99,6 +132,49 @@ impl StateStore {
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The users feed kept for `tenant` (see [`KeptUsers`]); `None` when there is none usable (first run, another
+    /// endpoint, damaged file): the run then lists every user once.
+    pub fn load_users(&self, tenant: &TenantSettings) -> Option<KeptUsers> {
+        let path = self.users_file(&tenant.tenant_id);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "users feed unreadable; listing every user");
+                return None;
+            }
+        };
+        match serde_json::from_slice::<UsersMemory>(&bytes) {
+            Ok(memory) if memory.schema == STATE_SCHEMA && memory.scope == users_scope(tenant) => {
+                Some(memory.kept)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "users feed is not valid; listing every user");
+                None
+            }
+        }
+    }
+
+    /// Keeps `kept` as `tenant`'s users feed, replacing the previous file atomically.
+    pub fn save_users(&self, tenant: &TenantSettings, kept: &KeptUsers) -> Result<()> {
+        let memory = UsersMemory {
+            schema: STATE_SCHEMA,
+            scope: users_scope(tenant),
+            kept: kept.clone(),
+        };
+        // Compact: a tenant of 50,000 users makes a file of some tens of megabytes.
+        let json = serde_json::to_vec(&memory).context("serialising the users feed")?;
+        self.replace(&self.users_file(&tenant.tenant_id), &json)
+    }
+
+    fn users_file(&self, tenant_id: &str) -> PathBuf {
+        self.dir.join(format!(
+            "tenant-{}.users.json",
+            crate::lease::file_safe(tenant_id)
+        ))
     }
 
     fn file(&self, tenant_id: &str) -> PathBuf {
@@ -153,21 +229,25 @@ impl StateStore {
     /// Saves `memory` for `tenant_id`, replacing the previous file atomically. Called under the tenant's lease
     /// (see [`crate::lease`]).
     pub fn save(&self, tenant_id: &str, memory: &TenantMemory) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
-        let path = self.file(tenant_id);
-        // A temporary name of its own: two processes saving at once (whatever the lease) never write into one
-        // file, and the rename makes the last complete one win.
-        let tmp = path.with_extension(format!("json.{}.tmp", Uuid::new_v4().simple()));
         let mut saved = memory.clone();
         saved.saved_at = Some(Utc::now());
         let json = serde_json::to_vec_pretty(&saved).context("serialising the state")?;
+        self.replace(&self.file(tenant_id), &json)
+    }
+
+    /// Writes `json` to `path` atomically: a temporary file, fsync, rename.
+    fn replace(&self, path: &Path, json: &[u8]) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
+        // A temporary name of its own: two processes saving at once (whatever the lease) never write into one
+        // file, and the rename makes the last complete one win.
+        let tmp = path.with_extension(format!("json.{}.tmp", Uuid::new_v4().simple()));
         let mut file =
             std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        file.write_all(&json)
+        file.write_all(json)
             .and_then(|()| file.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
         Ok(())
     }
 }
@@ -196,6 +276,7 @@ impl TenantMemory {
             tracked: true,
             central,
             central_generation: None,
+            directory_generation: None,
             mailboxes: self
                 .mailboxes
                 .iter()
@@ -228,11 +309,35 @@ impl TenantMemory {
         });
     }
 
-    /// The cursors of `user`'s phase-2 job, from what phase 1 of this run reported.
-    pub fn phase2_cursors(phase1: &Cursors, user: &Mailbox) -> Cursors {
+    /// The cursors of `user`'s phase-2 job in a tenant without the mirror: its kept feed (no phase 1 checked it:
+    /// the job does) and the directory's generation this run.
+    pub fn directory_only_cursors(&self, user: &Mailbox, directory: Option<Generation>) -> Cursors {
+        Cursors {
+            tracked: true,
+            directory_generation: directory,
+            mailboxes: self
+                .mailboxes
+                .get(&user.id)
+                .map(|feed| (user.id.clone(), feed.clone()))
+                .into_iter()
+                .collect(),
+            ..Cursors::default()
+        }
+    }
+
+    /// Forgets the feeds of mailboxes no longer receiving (a tenant without the mirror has no phase 1 to do it).
+    pub fn receivers(&mut self, users: &[Mailbox]) {
+        let ids: BTreeSet<&str> = users.iter().map(|m| m.id.as_str()).collect();
+        self.mailboxes.retain(|id, _| ids.contains(id.as_str()));
+    }
+
+    /// The cursors of `user`'s phase-2 job, from what phase 1 of this run reported, and the directory's generation
+    /// this run when the tenant distributes it.
+    pub fn phase2_cursors(phase1: &Cursors, user: &Mailbox, directory: Option<Generation>) -> Cursors {
         Cursors {
             tracked: true,
             central: None,
+            directory_generation: directory,
             central_generation: phase1.central.as_ref().and_then(|f| f.in_line_with),
             mailboxes: phase1
                 .mailboxes
@@ -264,7 +369,7 @@ impl TenantMemory {
 
 #[cfg(test)]
 mod tests {
-    use shared::feed::{DeltaLink, Generation};
+    use shared::feed::DeltaLink;
 
     use super::*;
 
@@ -287,6 +392,7 @@ mod tests {
             tracked: true,
             central: Some(feed("central", Some(g))),
             central_generation: None,
+            directory_generation: None,
             mailboxes: users
                 .iter()
                 .map(|u| ((*u).to_owned(), feed(u, None)))
@@ -303,7 +409,7 @@ mod tests {
         assert!(first.tracked && first.central.is_none() && first.mailboxes.is_empty());
         let reported = phase1_report(g, &["a", "b"]);
         memory.phase1_succeeded(&sources, &reported);
-        let phase2 = TenantMemory::phase2_cursors(&reported, &sources[0]);
+        let phase2 = TenantMemory::phase2_cursors(&reported, &sources[0], None);
         assert_eq!(phase2.central_generation, Some(g));
         assert_eq!(phase2.mailboxes.len(), 1);
         memory.phase2_succeeded(

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
 use shared::config::{Settings, TargetFolder, TenantSettings};
-use shared::directory::{self as directory, DirectoryPerson};
+use shared::directory as directory;
 use shared::feed::{self, Check, Cursors, DeltaLink, FolderFeed, SourceCheck};
 use shared::graph::DirectoryError;
 use shared::graph::{ErrorKind, FolderRef, GraphClient, GraphError, TenantClient};
@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::central_cache::CentralCache;
-use crate::directory_cache::DirectoryCache;
+use crate::directory_cache::{DirectoryCache, Selected};
 use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
 use crate::trust::{self, CentralLocation, Locations};
 
@@ -372,7 +372,7 @@ impl JobRunner {
                 })
                 .await?;
             for source in &mut source_mailboxes {
-                directory::drop_directory_copies(&mut source.contacts, &persons);
+                directory::drop_directory_copies(&mut source.contacts, &persons.persons);
             }
         }
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
@@ -414,48 +414,47 @@ impl JobRunner {
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let directory_on = tenant.distribution.directory.enabled;
+        let mirror = central.is_some();
         let named_folder = match &tenant.distribution.target_folder {
             TargetFolder::DefaultContacts => None,
             TargetFolder::Named(name) => Some(name.as_str()),
         };
-        // The kept feeds follow the default Contacts folder and the central folder only: with the directory as a
-        // source or another target folder they prove nothing, so the mailbox is read in full.
-        let feeds_apply = !directory_on && named_folder.is_none();
-        let generation = job.cursors.central_generation.filter(|_| feeds_apply);
-        let prior = job
-            .cursors
-            .mailboxes
-            .get(&mailbox.id)
-            .filter(|_| feeds_apply);
+        // The kept feeds follow the default Contacts folder, which phase 1 checks, or, without the mirror, the
+        // target folder itself, which this job checks. A mirror tenant writing into another folder has no feed for
+        // it: the mailbox is read in full.
+        let feeds_apply = job.cursors.tracked && (named_folder.is_none() || !mirror);
+        // What the mailbox must have been brought in line with to be skipped: the central generation and/or the
+        // directory's content, as the producer found them in this run.
+        let current = feed::phase2_sources(
+            mirror,
+            job.cursors.central_generation,
+            directory_on,
+            job.cursors.directory_generation,
+        );
         let kept = |link: DeltaLink, in_line_with| Cursors {
             tracked: true,
             mailboxes: [(mailbox.id.clone(), FolderFeed { link, in_line_with })].into(),
             ..Cursors::default()
         };
-        if let Some(prior) = prior.filter(|p| feed::phase2_skip(generation, p)) {
-            debug!(mailbox = %mailbox.upn, "in line with the central folder and unchanged since the last run");
+        let prior = job
+            .cursors
+            .mailboxes
+            .get(&mailbox.id)
+            .filter(|_| feeds_apply);
+        // Phase 1 of this run checked the default folder, clearing `in_line_with` on any change; without the
+        // mirror nobody did, so the job checks it now (one request when nothing changed).
+        let prior = match (mirror, prior) {
+            (false, Some(prior)) => check_kept(client, mailbox, prior).await?,
+            (_, prior) => prior.cloned(),
+        };
+        if let Some(prior) = prior.as_ref().filter(|p| feed::phase2_skip(current, p)) {
+            debug!(mailbox = %mailbox.upn, "in line with its sources and unchanged since the last run");
             return Ok(Done {
-                cursors: kept(prior.link.clone(), generation),
+                cursors: kept(prior.link.clone(), current),
                 skipped: true,
                 ..Done::default()
             });
         }
-        let found = match prior {
-            // Phase 1 of this run checked the folder: its link is the base to move past this job's writes from.
-            Some(prior) => FeedCheck {
-                check: Check::Unknown,
-                link: Some(prior.link.clone()),
-            },
-            None => check_feed(
-                client,
-                mailbox,
-                &FolderRef::Default,
-                job.cursors.tracked && feeds_apply,
-                None,
-            )
-            .await
-            .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?,
-        };
         let central_contacts = match central {
             Some(central) => {
                 self.central
@@ -469,23 +468,32 @@ impl JobRunner {
         // Without the directory the cached central folder, prepared once, is planned against as it is (no copy per
         // job); with it, the combined list is prepared for this mailbox.
         let combined;
+        let mut directory_generation = None;
         let sources: &PreparedCentral = if directory_on {
-            let persons = self
+            let selected = self
                 .directory
                 .get_or_load(&job.tenant_id, job.run_id, || {
                     read_directory(tenant, client)
                 })
                 .await?;
+            directory_generation = Some(selected.generation);
             combined = PreparedCentral::new(directory::combine(
                 mailbox,
                 central_contacts.contacts(),
-                &persons,
+                &selected.persons,
                 Utc::now(),
             ));
             &combined
         } else {
             &central_contacts
         };
+        // What this job brings the mailbox in line with: the sources it planned against.
+        let in_line = feed::phase2_sources(
+            mirror,
+            job.cursors.central_generation,
+            directory_on,
+            directory_generation,
+        );
         let folder = match named_folder {
             None => FolderRef::Default,
             Some(name) => {
@@ -519,6 +527,18 @@ impl JobRunner {
                 }
             }
         };
+        // The feed's link comes before the read: a change after the read is after the link.
+        let link = match prior {
+            Some(prior) => Some(prior.link),
+            None if feeds_apply => Some(
+                client
+                    .delta_start(&mailbox.id, &folder)
+                    .await
+                    .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?
+                    .link,
+            ),
+            None => None,
+        };
         let target = client
             .list_contacts(&mailbox.id, &folder)
             .await
@@ -535,9 +555,9 @@ impl JobRunner {
                 writes,
             )
             .await?;
-        if let Some(link) = found.link {
+        if let Some(link) = link {
             let link = advance_past_own_writes(client, mailbox, link, &done).await;
-            let in_line_with = generation.filter(|_| done.failed_writes == 0);
+            let in_line_with = in_line.filter(|_| done.failed_writes == 0);
             done.cursors = kept(link, in_line_with);
         }
         Ok(done)
@@ -717,6 +737,35 @@ async fn check_feed(
     })
 }
 
+/// A receiving mailbox's kept feed checked by its own phase-2 job (no phase 1 did): the feed moved to now, still
+/// in line only if it shows no change; `None` when the link is not usable any more (Graph no longer knows it, or
+/// the folder it follows is gone), which means a full read and a new feed.
+async fn check_kept(
+    client: &TenantClient,
+    mailbox: &Mailbox,
+    prior: &FolderFeed,
+) -> Result<Option<FolderFeed>, AttemptResult> {
+    match client.delta_since(&mailbox.id, &prior.link).await {
+        Ok(round) => Ok(Some(FolderFeed {
+            in_line_with: prior.in_line_with.filter(|_| round.is_empty()),
+            link: round.link,
+        })),
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::InvalidDeltaToken | ErrorKind::ItemNotFound
+            ) || matches!(error, GraphError::Protocol(_)) =>
+        {
+            info!(mailbox = %mailbox.upn, %error, "kept delta link not usable; reading the mailbox in full");
+            Ok(None)
+        }
+        Err(error) => Err(classify(
+            &error,
+            &format!("checking contacts of {}", mailbox.upn),
+        )),
+    }
+}
+
 /// The feed after the attempt's own writes: moved past them if the feed shows nothing else, else where it was
 /// (the next run then reads the folder again, which is always safe).
 async fn advance_past_own_writes(
@@ -763,13 +812,13 @@ fn source_failure(mailbox: &Mailbox, error: &GraphError) -> Result<SourceFailure
 async fn read_directory(
     tenant: &TenantSettings,
     client: &TenantClient,
-) -> Result<Vec<DirectoryPerson>, AttemptResult> {
+) -> Result<Selected, AttemptResult> {
     let options = &tenant.distribution.directory;
     let snapshot = client
         .read_directory(options, tenant.shared_mailbox())
         .await
         .map_err(|e| directory_failure(&tenant.tenant_id, &e))?;
-    Ok(directory::select(&snapshot.read(), options))
+    Ok(Selected::new(directory::select(&snapshot.read(), options)))
 }
 
 /// A failed directory read: a missing permission, a refused `UserFilter` or an unknown group is the tenant's
