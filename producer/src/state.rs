@@ -333,7 +333,11 @@ impl TenantMemory {
 
     /// The cursors of `user`'s phase-2 job, from what phase 1 of this run reported, and the directory's generation
     /// this run when the tenant distributes it.
-    pub fn phase2_cursors(phase1: &Cursors, user: &Mailbox, directory: Option<Generation>) -> Cursors {
+    pub fn phase2_cursors(
+        phase1: &Cursors,
+        user: &Mailbox,
+        directory: Option<Generation>,
+    ) -> Cursors {
         Cursors {
             tracked: true,
             central: None,

@@ -12,14 +12,14 @@ use shared::message::Phase;
 use crate::fleet::{broker_args, embedded_args, folder_view, run};
 use crate::support::{self, settings_from, BROKER};
 
-async fn sim() -> Sim {
+pub(crate) async fn sim() -> Sim {
     graphsim::spawn(SimConfig::default())
         .await
         .expect("graphsim starts")
 }
 
 /// A tenant entry for `d` with `extra` keys (Mirror, Directory, TargetGroups, TargetFolder, ...).
-fn tenant_entry(sim: &Sim, d: &SeededDirectory, extra: Value) -> Value {
+pub(crate) fn tenant_entry(sim: &Sim, d: &SeededDirectory, extra: Value) -> Value {
     let mut entry = json!({
         "TenantId": d.tenant.tenant_id,
         "ClientId": d.tenant.client_id,
@@ -33,12 +33,12 @@ fn tenant_entry(sim: &Sim, d: &SeededDirectory, extra: Value) -> Value {
     entry
 }
 
-fn document(tenants: Vec<Value>) -> Value {
+pub(crate) fn document(tenants: Vec<Value>) -> Value {
     json!({ "MicrosoftTenants": tenants, "DryRun": "false" })
 }
 
 /// A directory-only tenant: no mirror, no shared mailbox configured.
-fn directory_only(extra_directory: Value) -> Value {
+pub(crate) fn directory_only(extra_directory: Value) -> Value {
     let mut directory = json!({ "Enabled": true });
     for (key, value) in extra_directory.as_object().cloned().unwrap_or_default() {
         directory[key] = value;
@@ -46,7 +46,7 @@ fn directory_only(extra_directory: Value) -> Value {
     json!({ "Mirror": { "Enabled": false }, "Directory": directory })
 }
 
-fn tenant<'a>(report: &'a RunReport, id: &str) -> &'a TenantReport {
+pub(crate) fn tenant<'a>(report: &'a RunReport, id: &str) -> &'a TenantReport {
     report
         .tenants
         .iter()
@@ -55,7 +55,7 @@ fn tenant<'a>(report: &'a RunReport, id: &str) -> &'a TenantReport {
 }
 
 /// Every job of every tenant succeeded.
-fn assert_all_succeeded(report: &RunReport) {
+pub(crate) fn assert_all_succeeded(report: &RunReport) {
     for t in &report.tenants {
         assert_eq!(t.error, None, "{}", t.tenant_id);
         for m in &t.mailboxes {
@@ -65,7 +65,7 @@ fn assert_all_succeeded(report: &RunReport) {
 }
 
 /// Contacts created, updated and deleted in all phases of `report`.
-fn writes(report: &RunReport) -> u64 {
+pub(crate) fn writes(report: &RunReport) -> u64 {
     report
         .tenants
         .iter()
@@ -75,13 +75,13 @@ fn writes(report: &RunReport) -> u64 {
 }
 
 /// The primary address (lower case) of a directory user given by UPN: graphsim's seed uses the UPN's local part.
-fn mail_of(upn: &str) -> String {
+pub(crate) fn mail_of(upn: &str) -> String {
     upn.to_lowercase()
 }
 
 /// `user`'s folder (`None`: default Contacts) holds exactly one contact per address in `expected`, and nothing
 /// else.
-fn assert_holds_each_once(
+pub(crate) fn assert_holds_each_once(
     sim: &Sim,
     d: &SeededDirectory,
     user: &str,
@@ -100,7 +100,7 @@ fn assert_holds_each_once(
 }
 
 /// The members' addresses but `except`'s.
-fn members_but(d: &SeededDirectory, except: &str) -> BTreeSet<String> {
+pub(crate) fn members_but(d: &SeededDirectory, except: &str) -> BTreeSet<String> {
     d.members
         .iter()
         .filter(|m| !m.eq_ignore_ascii_case(except))

@@ -81,9 +81,7 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 2, "a new run reads again");
         let other = Uuid::now_v7();
         assert!(cache
-            .get_or_load("t", other, || async {
-                Err::<Selected, _>("403")
-            })
+            .get_or_load("t", other, || async { Err::<Selected, _>("403") })
             .await
             .is_err());
         cache

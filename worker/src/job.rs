@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
 use shared::config::{Settings, TargetFolder, TenantSettings};
-use shared::directory as directory;
+use shared::directory;
 use shared::feed::{self, Check, Cursors, DeltaLink, FolderFeed, SourceCheck};
 use shared::graph::DirectoryError;
 use shared::graph::{ErrorKind, FolderRef, GraphClient, GraphError, TenantClient};
