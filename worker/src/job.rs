@@ -455,6 +455,36 @@ impl JobRunner {
                 ..Done::default()
             });
         }
+        // The folder and its feed come first: a mailbox that cannot be reached fails before anything is loaded
+        // for it. `None`: a dry run before the named folder exists (it is empty, so everything would be created).
+        let folder = match named_folder {
+            None => Some(FolderRef::Default),
+            Some(name) => {
+                let doing = format!("finding the folder {name:?} of {}", mailbox.upn);
+                if job.dry_run {
+                    client.find_top_level_folder(&mailbox.id, name).await
+                } else {
+                    client
+                        .ensure_top_level_folder(&mailbox.id, name)
+                        .await
+                        .map(Some)
+                }
+                .map_err(|e| classify(&e, &doing))?
+                .map(|folder| FolderRef::Id(folder.id))
+            }
+        };
+        // The feed's link comes before the read: a change after the read is after the link.
+        let link = match (prior, &folder) {
+            (Some(prior), _) => Some(prior.link),
+            (None, Some(folder)) if feeds_apply => Some(
+                client
+                    .delta_start(&mailbox.id, folder)
+                    .await
+                    .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?
+                    .link,
+            ),
+            (None, _) => None,
+        };
         let central_contacts = match central {
             Some(central) => {
                 self.central
@@ -494,50 +524,10 @@ impl JobRunner {
             directory_on,
             directory_generation,
         );
-        let folder = match named_folder {
-            None => FolderRef::Default,
-            Some(name) => {
-                let doing = format!("finding the folder {name:?} of {}", mailbox.upn);
-                let found = if job.dry_run {
-                    client.find_top_level_folder(&mailbox.id, name).await
-                } else {
-                    client
-                        .ensure_top_level_folder(&mailbox.id, name)
-                        .await
-                        .map(Some)
-                }
-                .map_err(|e| classify(&e, &doing))?;
-                match found {
-                    Some(folder) => FolderRef::Id(folder.id),
-                    // A dry run before the folder exists: it is empty, so everything would be created.
-                    None => {
-                        return self
-                            .plan_and_apply(
-                                tenant,
-                                client,
-                                job,
-                                sources,
-                                mailbox,
-                                None,
-                                &[],
-                                writes,
-                            )
-                            .await
-                    }
-                }
-            }
-        };
-        // The feed's link comes before the read: a change after the read is after the link.
-        let link = match prior {
-            Some(prior) => Some(prior.link),
-            None if feeds_apply => Some(
-                client
-                    .delta_start(&mailbox.id, &folder)
-                    .await
-                    .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?
-                    .link,
-            ),
-            None => None,
+        let Some(folder) = folder else {
+            return self
+                .plan_and_apply(tenant, client, job, sources, mailbox, None, &[], writes)
+                .await;
         };
         let target = client
             .list_contacts(&mailbox.id, &folder)
