@@ -220,7 +220,8 @@ impl Estate {
     pub fn rename_directory_users(&self, n: usize) -> Result<usize> {
         let t = self.tenants.first().context("no tenant seeded")?;
         let mut renamed = 0;
-        for upn in t.mirror_target_upns.iter().take(n) {
+        // The first member manages the others: renaming them would change every subordinate's copies too.
+        for upn in t.mirror_target_upns.iter().skip(1).take(n) {
             let props = json!({"displayName": format!("Renamed {renamed}"), "jobTitle": "Renamed"});
             self.sim()
                 .update_user(
