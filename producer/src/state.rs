@@ -509,4 +509,95 @@ mod tests {
         assert!(!file.with_extension("json.tmp").exists());
         std::fs::remove_dir_all(&dir).ok();
     }
+
+    fn directory_tenant(target_folder: Option<&str>) -> TenantSettings {
+        let mut entry = serde_json::json!({
+            "TenantId": "contoso.onmicrosoft.com",
+            "ClientId": "00000000-0000-0000-0000-000000000001",
+            "ClientSecret": "not-a-real-secret",
+            "Mirror": {"Enabled": false},
+            "Directory": {"Enabled": true},
+        });
+        if let Some(folder) = target_folder {
+            entry["TargetFolder"] = folder.into();
+        }
+        let document = serde_json::json!({ "MicrosoftTenants": [entry] }).to_string();
+        let env = move |name: &str| {
+            (name == "AUTOMATION_SYNCCONTACTS_CONFIG_JSON").then(|| document.clone())
+        };
+        let settings =
+            shared::config::Settings::from_sources(&env, None).expect("valid configuration");
+        settings.tenants[0].clone()
+    }
+
+    #[test]
+    fn a_directory_only_tenant_offers_each_receiver_its_feed_and_the_directory_generation() {
+        let g = Generation::fresh();
+        let d = Generation::of_content(b"persons");
+        let mut memory = TenantMemory::new(Uuid::nil());
+        memory.phase2_succeeded(
+            "a",
+            &Cursors {
+                mailboxes: [("a".to_owned(), feed("a", Some(g)))].into(),
+                ..Cursors::default()
+            },
+        );
+        memory.phase2_succeeded(
+            "gone",
+            &Cursors {
+                mailboxes: [("gone".to_owned(), feed("gone", Some(g)))].into(),
+                ..Cursors::default()
+            },
+        );
+        memory.receivers(&[mailbox("a"), mailbox("b")]);
+        let a = memory.directory_only_cursors(&mailbox("a"), Some(d));
+        assert!(a.tracked);
+        assert_eq!(a.directory_generation, Some(d));
+        assert_eq!(a.central_generation, None);
+        assert_eq!(a.mailboxes["a"], feed("a", Some(g)));
+        let b = memory.directory_only_cursors(&mailbox("b"), Some(d));
+        assert!(b.mailboxes.is_empty(), "no feed yet: a full read");
+        assert!(
+            !memory.mailboxes.contains_key("gone"),
+            "a mailbox no longer receiving is forgotten"
+        );
+    }
+
+    #[test]
+    fn the_directory_scope_follows_the_target_folder() {
+        assert_eq!(
+            directory_scope(&directory_tenant(None)),
+            directory_scope(&directory_tenant(None))
+        );
+        assert_ne!(
+            directory_scope(&directory_tenant(None)),
+            directory_scope(&directory_tenant(Some("Company Directory")))
+        );
+    }
+
+    #[test]
+    fn the_users_feed_round_trips_and_ignores_a_damaged_file() {
+        let dir = std::env::temp_dir().join(format!("cm-users-{}", Uuid::new_v4()));
+        let store = StateStore::new(&dir);
+        let tenant = directory_tenant(None);
+        assert_eq!(store.load_users(&tenant), None);
+        let kept = KeptUsers::start(
+            vec![shared::directory::UserRecord {
+                id: "u1".into(),
+                display_name: Some("Ann".into()),
+                ..Default::default()
+            }],
+            DeltaLink::new("https://graph.example/users/delta?$deltatoken=1"),
+        );
+        store.save_users(&tenant, &kept).expect("save");
+        assert_eq!(store.load_users(&tenant), Some(kept));
+        // The tenant's other state is a file of its own.
+        assert_eq!(
+            store.load("contoso.onmicrosoft.com", Uuid::nil()).central,
+            None
+        );
+        std::fs::write(store.users_file(&tenant.tenant_id), b"{not json").expect("write");
+        assert_eq!(store.load_users(&tenant), None);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
