@@ -4,6 +4,7 @@
 //! through the feed on the next run; a link Graph no longer knows falls back to a full read.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use graphsim::{seed_directory, DirectoryParams, SeededDirectory, Sim, UserSeed};
 use producer::cli::RunArgs;
@@ -16,8 +17,8 @@ use crate::directory::{
     assert_all_succeeded, assert_holds_each_once, directory_only, document, mail_of, sim, tenant,
     tenant_entry, writes,
 };
-use crate::fleet::{embedded_args, run};
-use crate::support::{self, settings_from};
+use crate::fleet::{broker_args, embedded_args, run};
+use crate::support::{self, settings_from, BROKER};
 
 /// Own contacts of one receiver: three pages of a full read, so reading that mailbox again costs 3 requests.
 const OWN_CONTACTS: usize = 2_100;
@@ -266,4 +267,81 @@ async fn an_expired_users_delta_link_falls_back_to_a_full_read() {
 
     f.assert_a_quiet_rerun_is_cheap().await;
     std::fs::remove_dir_all(&f.state).ok();
+}
+
+/// The same on RabbitMQ with two worker processes' worth of workers: the kept users feed and the mailboxes' feeds
+/// travel in the jobs, a rename arrives, and the quiet run after it skips every mailbox and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_rabbitmq_a_rename_arrives_and_a_quiet_rerun_skips_every_mailbox() {
+    let _broker = BROKER.read().await;
+    let sim = sim().await;
+    let d = seed_directory(&sim, DirectoryParams::default());
+    let domain = d.tenant.tenant_id.clone();
+    let settings = settings_from(&document(vec![tenant_entry(
+        &sim,
+        &d,
+        directory_only(json!({})),
+    )]));
+    let state = support::scratch_dir("directory-delta-broker");
+    let topology = support::private_topology();
+    let workers: Vec<_> = (0..2)
+        .map(|i| support::spawn_worker(&settings, &topology, &format!("dd{i}")))
+        .collect();
+    let args = RunArgs {
+        state_dir: Some(state.clone()),
+        ..broker_args(&topology)
+    };
+    let first = run(&settings, &args).await;
+    let renamed = d.members[3].clone();
+    sim.update_user(
+        &domain,
+        &renamed,
+        json!({"displayName": "Renamed On Broker"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    )
+    .expect("user");
+    let changed = run(&settings, &args).await;
+    sim.reset_stats();
+    let quiet = run(&settings, &args).await;
+    let quiet_stats = sim.stats();
+    for (stop, handle) in workers {
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("worker stops")
+            .expect("worker task");
+    }
+    support::delete_topology(&topology).await;
+    std::fs::remove_dir_all(&state).ok();
+    for report in [&first, &changed, &quiet] {
+        assert_eq!(report.mode, "broker");
+        assert_all_succeeded(report);
+    }
+    assert!(writes(&changed) > 0);
+    let copy = sim
+        .contacts(&domain, &d.members[0], None)
+        .into_iter()
+        .find(|c| c.to_string().to_lowercase().contains(&mail_of(&renamed)))
+        .expect("the renamed colleague's copy");
+    assert_eq!(copy["displayName"], "Renamed On Broker", "{copy}");
+    assert_eq!(writes(&quiet), 0);
+    assert_eq!(quiet_stats.total_writes(), 0);
+    let t = tenant(&quiet, &domain);
+    let skipped = t
+        .phases
+        .get(&Phase::Phase2)
+        .map_or(0, |c| c.mailboxes_unchanged);
+    assert_eq!(
+        skipped, t.users as u64,
+        "every receiving mailbox is skipped"
+    );
+    let busiest = quiet_stats
+        .mailboxes
+        .values()
+        .map(|m| m.requests)
+        .max()
+        .unwrap_or(0);
+    assert!(busiest <= 1, "a mailbox took {busiest} requests");
 }
