@@ -164,17 +164,30 @@ pub async fn run<D: Dispatch>(
                     .and_then(|store| store.filled_central(&tenant.tenant_id))
                     .map_or(CentralExpectation::Unknown, CentralExpectation::Filled)
             };
-            match lease {
-                // Cleanup never creates a folder: it is prepared as a dry run is.
+            // The users feed an earlier run kept (a dry run or a cleanup keeps none, so it lists every user).
+            // Cleanup never creates a folder: it is prepared as a dry run is.
+            let dry = dry(tenant) || request.cleanup.is_some();
+            let store = request.state.filter(|_| !dry);
+            let kept = store
+                .filter(|_| tenant.distribution.directory.enabled)
+                .and_then(|store| store.load_users(tenant));
+            let ready = match lease {
                 Ok(()) => match directory_sources(request.settings, tenant) {
-                    Ok(sources) => {
-                        let dry = dry(tenant) || request.cleanup.is_some();
-                        prepare(graph, tenant, &sources, dry, &expected).await
-                    }
+                    Ok(sources) => prepare(graph, tenant, &sources, dry, &expected, kept).await,
                     Err(error) => Err(error),
                 },
                 Err(refused) => Err(refused.to_string()),
+            };
+            if let (Ok(ready), Some(store)) = (&ready, store) {
+                if let Some(users) = ready.directory.as_ref().and_then(|d| d.users.as_ref()) {
+                    // Kept at once: it describes the directory, whatever the jobs do. A failure to keep it only
+                    // makes the next run list every user.
+                    if let Err(error) = store.save_users(tenant, users) {
+                        warn!(tenant = %tenant.tenant_id, error = %format!("{error:#}"), "could not keep the users feed");
+                    }
+                }
             }
+            ready
         },
     ))
     .await;
@@ -242,12 +255,20 @@ pub async fn run<D: Dispatch>(
                     reports.push(report);
                     continue;
                 }
+                let directory_generation = ready.directory.as_ref().and_then(|d| d.generation);
                 let Some(central) = ready.central.clone() else {
-                    // No mirror: no phase 1; every receiving mailbox's job carries the directory alone. No feeds
-                    // are kept for it (each run reads the mailboxes in full).
+                    // No mirror: no phase 1; every receiving mailbox's job carries the directory alone, with the
+                    // mailbox's kept feed, which the job checks itself.
+                    let mut memory = request
+                        .state
+                        .filter(|_| !dry_run)
+                        .map(|store| store.load(&ready.tenant_id, state::directory_scope(tenant)));
+                    if let Some(memory) = memory.as_mut() {
+                        memory.receivers(&ready.users);
+                    }
                     progress.add(Phase::Phase2, ready.users.len() as u64);
                     for user in &ready.users {
-                        let job = request.phase2_job(
+                        let mut job = request.phase2_job(
                             run_id,
                             &ready.tenant_id,
                             dry_run,
@@ -255,11 +276,14 @@ pub async fn run<D: Dispatch>(
                             user,
                             move_from[index].as_ref(),
                         );
+                        if let Some(memory) = &memory {
+                            job.cursors = memory.directory_only_cursors(user, directory_generation);
+                        }
                         ledger.expect(&job, index);
                         dispatch.submit(job).await?;
                     }
                     phase2_started[index] = true;
-                    memories.push(None);
+                    memories.push(memory);
                     prepared.push(Some(ready));
                     reports.push(report);
                     continue;
@@ -389,7 +413,11 @@ pub async fn run<D: Dispatch>(
                 move_from[tenant].as_ref(),
             );
             if memories[tenant].is_some() {
-                job.cursors = TenantMemory::phase2_cursors(&report.cursors, user);
+                job.cursors = TenantMemory::phase2_cursors(
+                    &report.cursors,
+                    user,
+                    ready.directory.as_ref().and_then(|d| d.generation),
+                );
             }
             ledger.expect(&job, tenant);
             dispatch.submit(job).await?;

@@ -9,6 +9,8 @@
 use std::collections::BTreeSet;
 
 use shared::config::{Settings, TenantSettings};
+use shared::directory::KeptUsers;
+use shared::feed::Generation;
 use shared::graph::{
     AuthProblem, DirectoryError, DirectoryUser, ErrorKind, GraphClient, GraphError, TenantClient,
 };
@@ -30,6 +32,19 @@ pub struct PreparedTenant {
     pub users: Vec<Mailbox>,
     /// What the operator should know but does not stop the tenant (a test user matching nobody).
     pub warnings: Vec<String>,
+    /// The tenant's own directory as read for this run, when the tenant distributes it.
+    pub directory: Option<PreparedDirectory>,
+}
+
+/// The directory as the producer read it for this run (issue 11).
+#[derive(Debug, Clone)]
+pub struct PreparedDirectory {
+    /// The generation of the selected persons, which a receiving mailbox's phase 2 compares with the one it was
+    /// last brought in line with. `None` with `FromTenants`: the other tenants' directories are read by the
+    /// workers only, so no mailbox can be proved in line.
+    pub generation: Option<Generation>,
+    /// The users feed to keep for the next run (`None` with a `UserFilter`: no feed is used).
+    pub users: Option<KeptUsers>,
 }
 
 /// What the producer knows of the central folder before preparing a tenant.
@@ -89,24 +104,24 @@ pub fn directory_sources<'a>(
 /// Prepares one tenant, or says precisely why it cannot run. `sources` ([`directory_sources`]) are read once
 /// here, each with its own credentials, so a missing permission or bad credentials of any source stops the
 /// tenant before any job, naming the source tenant and what to fix; nothing is written in a source tenant.
+/// The tenant's own directory is brought up to date from `kept_users`, the users feed an earlier run kept.
 pub async fn prepare(
     graph: &GraphClient,
     tenant: &TenantSettings,
     sources: &[&TenantSettings],
     dry_run: bool,
     expected: &CentralExpectation,
+    mut kept_users: Option<KeptUsers>,
 ) -> Result<PreparedTenant, String> {
     let client = graph.tenant(tenant);
     let shared_mailbox = shared_mailbox(&client, tenant).await?;
     let (users, warnings) = receiving_users(&client, tenant, shared_mailbox.as_ref()).await?;
+    let mut directory = None;
     for source in sources {
         let own = source.tenant_id.eq_ignore_ascii_case(&tenant.tenant_id);
         let options = &source.distribution.directory;
-        let read = graph
-            .tenant(source)
-            .read_directory(options, source.shared_mailbox())
-            .await
-            .map_err(|e| {
+        let source_client = graph.tenant(source);
+        let failed = |e: DirectoryError| {
                 let doing = if own {
                     "reading the directory".to_owned()
                 } else {
@@ -120,8 +135,30 @@ pub async fn prepare(
                     DirectoryError::Graph(graph) => explain(tenant, graph, &doing),
                     _ => format!("tenant {}: {doing}: {e}", tenant.tenant_id),
                 }
-            })?;
-        let persons = shared::directory::select(&read.read(), options);
+            };
+        let persons = if own {
+            let (read, users) = source_client
+                .read_directory_kept(options, source.shared_mailbox(), kept_users.take())
+                .await
+                .map_err(failed)?;
+            let persons = shared::directory::select(&read.read(), options);
+            directory = Some(PreparedDirectory {
+                generation: tenant
+                    .distribution
+                    .directory
+                    .from_tenants
+                    .is_empty()
+                    .then(|| shared::directory::persons_generation(&persons)),
+                users,
+            });
+            persons
+        } else {
+            let read = source_client
+                .read_directory(options, source.shared_mailbox())
+                .await
+                .map_err(failed)?;
+            shared::directory::select(&read.read(), options)
+        };
         info!(tenant = %tenant.tenant_id, source = %source.tenant_id, persons = persons.len(), "directory read");
     }
     let Some(shared_mailbox) = shared_mailbox else {
@@ -131,6 +168,7 @@ pub async fn prepare(
             central: None,
             users,
             warnings,
+            directory,
         });
     };
     let folder_name = &tenant.mirror.central_folder_name;
@@ -174,6 +212,7 @@ pub async fn prepare(
         }),
         users,
         warnings,
+        directory,
     })
 }
 

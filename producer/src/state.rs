@@ -15,7 +15,8 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::config::TenantSettings;
-use shared::feed::{Cursors, FolderFeed};
+use shared::directory::KeptUsers;
+use shared::feed::{Cursors, FolderFeed, Generation};
 use shared::message::{CentralFolder, FolderChoice};
 use shared::model::Mailbox;
 use tracing::{info, warn};
@@ -94,6 +95,38 @@ pub fn scope(tenant: &TenantSettings, central: &CentralFolder) -> Uuid {
     Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
 }
 
+/// The identity of a tenant's state when it has no mirror (a directory-only tenant): Graph endpoint and the
+/// folder the directory is distributed into. Another `TargetFolder` makes the kept feeds meaningless.
+pub fn directory_scope(tenant: &TenantSettings) -> Uuid {
+    let key = format!(
+        "{}|{}|directory-only|{:?}",
+        tenant.tenant_id.to_lowercase(),
+        tenant.graph_endpoint.as_str().trim_end_matches('/'),
+        tenant.distribution.target_folder,
+    );
+    Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
+}
+
+/// The identity of a tenant's users feed: the tenant and its Graph endpoint (the feed lists every user, whatever
+/// the settings select).
+fn users_scope(tenant: &TenantSettings) -> Uuid {
+    let key = format!(
+        "{}|{}|users",
+        tenant.tenant_id.to_lowercase(),
+        tenant.graph_endpoint.as_str().trim_end_matches('/'),
+    );
+    Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
+}
+
+/// The users feed file: the tenant's users as `/users/delta` last showed them, with the link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsersMemory {
+    schema: u32,
+    scope: Uuid,
+    kept: KeptUsers,
+}
+
 impl StateStore {
     /// A store in `dir` (created when first saved to).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -112,6 +145,49 @@ impl StateStore {
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The users feed kept for `tenant` (see [`KeptUsers`]); `None` when there is none usable (first run, another
+    /// endpoint, damaged file): the run then lists every user once.
+    pub fn load_users(&self, tenant: &TenantSettings) -> Option<KeptUsers> {
+        let path = self.users_file(&tenant.tenant_id);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "users feed unreadable; listing every user");
+                return None;
+            }
+        };
+        match serde_json::from_slice::<UsersMemory>(&bytes) {
+            Ok(memory) if memory.schema == STATE_SCHEMA && memory.scope == users_scope(tenant) => {
+                Some(memory.kept)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "users feed is not valid; listing every user");
+                None
+            }
+        }
+    }
+
+    /// Keeps `kept` as `tenant`'s users feed, replacing the previous file atomically.
+    pub fn save_users(&self, tenant: &TenantSettings, kept: &KeptUsers) -> Result<()> {
+        let memory = UsersMemory {
+            schema: STATE_SCHEMA,
+            scope: users_scope(tenant),
+            kept: kept.clone(),
+        };
+        // Compact: a tenant of 50,000 users makes a file of some tens of megabytes.
+        let json = serde_json::to_vec(&memory).context("serialising the users feed")?;
+        self.replace(&self.users_file(&tenant.tenant_id), &json)
+    }
+
+    fn users_file(&self, tenant_id: &str) -> PathBuf {
+        self.dir.join(format!(
+            "tenant-{}.users.json",
+            crate::lease::file_safe(tenant_id)
+        ))
     }
 
     fn file(&self, tenant_id: &str) -> PathBuf {
@@ -215,14 +291,13 @@ impl StateStore {
         self.replace(&self.folder_file(tenant_id), &json)
     }
 
-    /// Replaces `path` with `bytes` atomically.
-    fn replace(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+    /// Writes `json` to `path` atomically: a temporary file, fsync, rename.
+    fn replace(&self, path: &Path, json: &[u8]) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
         // A temporary name of its own: two processes saving at once (whatever the lease) never write into one
         // file, and the rename makes the last complete one win.
         let tmp = path.with_extension(format!("json.{}.tmp", Uuid::new_v4().simple()));
-        let json = bytes;
         let mut file =
             std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         file.write_all(json)
@@ -257,6 +332,7 @@ impl TenantMemory {
             tracked: true,
             central,
             central_generation: None,
+            directory_generation: None,
             mailboxes: self
                 .mailboxes
                 .iter()
@@ -295,11 +371,39 @@ impl TenantMemory {
         self.without_mailbox = users;
     }
 
-    /// The cursors of `user`'s phase-2 job, from what phase 1 of this run reported.
-    pub fn phase2_cursors(phase1: &Cursors, user: &Mailbox) -> Cursors {
+    /// The cursors of `user`'s phase-2 job in a tenant without the mirror: its kept feed (no phase 1 checked it:
+    /// the job does) and the directory's generation this run.
+    pub fn directory_only_cursors(&self, user: &Mailbox, directory: Option<Generation>) -> Cursors {
+        Cursors {
+            tracked: true,
+            directory_generation: directory,
+            mailboxes: self
+                .mailboxes
+                .get(&user.id)
+                .map(|feed| (user.id.clone(), feed.clone()))
+                .into_iter()
+                .collect(),
+            ..Cursors::default()
+        }
+    }
+
+    /// Forgets the feeds of mailboxes no longer receiving (a tenant without the mirror has no phase 1 to do it).
+    pub fn receivers(&mut self, users: &[Mailbox]) {
+        let ids: BTreeSet<&str> = users.iter().map(|m| m.id.as_str()).collect();
+        self.mailboxes.retain(|id, _| ids.contains(id.as_str()));
+    }
+
+    /// The cursors of `user`'s phase-2 job, from what phase 1 of this run reported, and the directory's generation
+    /// this run when the tenant distributes it.
+    pub fn phase2_cursors(
+        phase1: &Cursors,
+        user: &Mailbox,
+        directory: Option<Generation>,
+    ) -> Cursors {
         Cursors {
             tracked: true,
             central: None,
+            directory_generation: directory,
             central_generation: phase1.central.as_ref().and_then(|f| f.in_line_with),
             mailboxes: phase1
                 .mailboxes
@@ -331,7 +435,7 @@ impl TenantMemory {
 
 #[cfg(test)]
 mod tests {
-    use shared::feed::{DeltaLink, Generation};
+    use shared::feed::DeltaLink;
 
     use super::*;
 
@@ -354,6 +458,7 @@ mod tests {
             tracked: true,
             central: Some(feed("central", Some(g))),
             central_generation: None,
+            directory_generation: None,
             mailboxes: users
                 .iter()
                 .map(|u| ((*u).to_owned(), feed(u, None)))
@@ -389,7 +494,7 @@ mod tests {
         assert!(first.tracked && first.central.is_none() && first.mailboxes.is_empty());
         let reported = phase1_report(g, &["a", "b"]);
         memory.phase1_succeeded(&sources, &reported);
-        let phase2 = TenantMemory::phase2_cursors(&reported, &sources[0]);
+        let phase2 = TenantMemory::phase2_cursors(&reported, &sources[0], None);
         assert_eq!(phase2.central_generation, Some(g));
         assert_eq!(phase2.mailboxes.len(), 1);
         memory.phase2_succeeded(
@@ -492,6 +597,97 @@ mod tests {
         std::fs::write(&file, b"{not json").expect("write");
         assert_eq!(store.load("contoso.onmicrosoft.com", scope).central, None);
         assert!(!file.with_extension("json.tmp").exists());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn directory_tenant(target_folder: Option<&str>) -> TenantSettings {
+        let mut entry = serde_json::json!({
+            "TenantId": "contoso.onmicrosoft.com",
+            "ClientId": "00000000-0000-0000-0000-000000000001",
+            "ClientSecret": "not-a-real-secret",
+            "Mirror": {"Enabled": false},
+            "Directory": {"Enabled": true},
+        });
+        if let Some(folder) = target_folder {
+            entry["TargetFolder"] = folder.into();
+        }
+        let document = serde_json::json!({ "MicrosoftTenants": [entry] }).to_string();
+        let env = move |name: &str| {
+            (name == "AUTOMATION_SYNCCONTACTS_CONFIG_JSON").then(|| document.clone())
+        };
+        let settings =
+            shared::config::Settings::from_sources(&env, None).expect("valid configuration");
+        settings.tenants[0].clone()
+    }
+
+    #[test]
+    fn a_directory_only_tenant_offers_each_receiver_its_feed_and_the_directory_generation() {
+        let g = Generation::fresh();
+        let d = Generation::of_content(b"persons");
+        let mut memory = TenantMemory::new(Uuid::nil());
+        memory.phase2_succeeded(
+            "a",
+            &Cursors {
+                mailboxes: [("a".to_owned(), feed("a", Some(g)))].into(),
+                ..Cursors::default()
+            },
+        );
+        memory.phase2_succeeded(
+            "gone",
+            &Cursors {
+                mailboxes: [("gone".to_owned(), feed("gone", Some(g)))].into(),
+                ..Cursors::default()
+            },
+        );
+        memory.receivers(&[mailbox("a"), mailbox("b")]);
+        let a = memory.directory_only_cursors(&mailbox("a"), Some(d));
+        assert!(a.tracked);
+        assert_eq!(a.directory_generation, Some(d));
+        assert_eq!(a.central_generation, None);
+        assert_eq!(a.mailboxes["a"], feed("a", Some(g)));
+        let b = memory.directory_only_cursors(&mailbox("b"), Some(d));
+        assert!(b.mailboxes.is_empty(), "no feed yet: a full read");
+        assert!(
+            !memory.mailboxes.contains_key("gone"),
+            "a mailbox no longer receiving is forgotten"
+        );
+    }
+
+    #[test]
+    fn the_directory_scope_follows_the_target_folder() {
+        assert_eq!(
+            directory_scope(&directory_tenant(None)),
+            directory_scope(&directory_tenant(None))
+        );
+        assert_ne!(
+            directory_scope(&directory_tenant(None)),
+            directory_scope(&directory_tenant(Some("Company Directory")))
+        );
+    }
+
+    #[test]
+    fn the_users_feed_round_trips_and_ignores_a_damaged_file() {
+        let dir = std::env::temp_dir().join(format!("cm-users-{}", Uuid::new_v4()));
+        let store = StateStore::new(&dir);
+        let tenant = directory_tenant(None);
+        assert_eq!(store.load_users(&tenant), None);
+        let kept = KeptUsers::start(
+            vec![shared::directory::UserRecord {
+                id: "u1".into(),
+                display_name: Some("Ann".into()),
+                ..Default::default()
+            }],
+            DeltaLink::new("https://graph.example/users/delta?$deltatoken=1"),
+        );
+        store.save_users(&tenant, &kept).expect("save");
+        assert_eq!(store.load_users(&tenant), Some(kept));
+        // The tenant's other state is a file of its own.
+        assert_eq!(
+            store.load("contoso.onmicrosoft.com", Uuid::nil()).central,
+            None
+        );
+        std::fs::write(store.users_file(&tenant.tenant_id), b"{not json").expect("write");
+        assert_eq!(store.load_users(&tenant), None);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

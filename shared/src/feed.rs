@@ -49,10 +49,31 @@ impl fmt::Debug for DeltaLink {
 #[serde(transparent)]
 pub struct Generation(Uuid);
 
+/// Namespace of the generations derived from content ([`Generation::of_content`], [`Generation::combined`]).
+const CONTENT_NAMESPACE: Uuid = Uuid::from_u128(0x3c9e_51a2_7d04_4f6b_9e18_b2c7_40d5_a961);
+
 impl Generation {
     /// A new generation, different from every earlier one.
     pub fn fresh() -> Self {
         Self(Uuid::now_v7())
+    }
+
+    /// The generation of a content given by its canonical bytes: equal contents, equal generations, whoever
+    /// computed them (the producer from its kept directory, a worker from its own read).
+    pub fn of_content(bytes: &[u8]) -> Self {
+        Self(Uuid::new_v5(&CONTENT_NAMESPACE, bytes))
+    }
+
+    /// What a receiving mailbox is brought in line with when the directory is one of its sources: the central
+    /// generation (`None` without the mirror) and the directory's content together.
+    pub fn combined(central: Option<Generation>, directory: Generation) -> Self {
+        let central = central.map(|g| g.0).unwrap_or_default();
+        let mut bytes = Vec::with_capacity(34);
+        bytes.extend_from_slice(b"c");
+        bytes.extend_from_slice(central.as_bytes());
+        bytes.extend_from_slice(b"d");
+        bytes.extend_from_slice(directory.0.as_bytes());
+        Self::of_content(&bytes)
     }
 }
 
@@ -89,6 +110,10 @@ pub struct Cursors {
     /// The central generation phase 1 of this run left (phase 2 jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub central_generation: Option<Generation>,
+    /// The content of the tenant's selected directory as the producer read it in this run (phase 2 jobs of a
+    /// tenant distributing its directory; see [`Generation::of_content`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_generation: Option<Generation>,
     /// Default contacts folders by mailbox id: the sources (phase 1) or the target (phase 2).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub mailboxes: BTreeMap<String, FolderFeed>,
@@ -100,6 +125,7 @@ impl Cursors {
         !self.tracked
             && self.central.is_none()
             && self.central_generation.is_none()
+            && self.directory_generation.is_none()
             && self.mailboxes.is_empty()
     }
 }
@@ -161,6 +187,22 @@ pub fn next_generation(central: Check, previous: Option<Generation>, writes: usi
 /// phase 1 sees it: skipping never loses it.
 pub fn phase2_skip(current: Option<Generation>, feed: &FolderFeed) -> bool {
     current.is_some() && current == feed.in_line_with
+}
+
+/// What a receiving mailbox's content must be in line with for phase 2 to skip it: the central generation when the
+/// mirror is on, combined with the directory's content when the directory is on. `None` (never skip) when a needed
+/// part is unknown, or when the mailbox receives nothing at all.
+pub fn phase2_sources(
+    mirror: bool,
+    central: Option<Generation>,
+    directory_on: bool,
+    directory: Option<Generation>,
+) -> Option<Generation> {
+    let central = if mirror { Some(central?) } else { None };
+    match (directory_on, central) {
+        (false, central) => central,
+        (true, central) => Some(Generation::combined(central, directory?)),
+    }
 }
 
 /// What a folder's feed showed after the tool wrote to it: changed and removed item ids.
@@ -279,6 +321,63 @@ mod tests {
         }
     }
 
+    #[test]
+    fn content_generations_are_equal_exactly_for_equal_content() {
+        assert_eq!(Generation::of_content(b"a"), Generation::of_content(b"a"));
+        assert_ne!(Generation::of_content(b"a"), Generation::of_content(b"b"));
+        let (c, d, e) = (
+            Generation::fresh(),
+            Generation::of_content(b"d"),
+            Generation::of_content(b"e"),
+        );
+        assert_eq!(
+            Generation::combined(Some(c), d),
+            Generation::combined(Some(c), d)
+        );
+        assert_ne!(
+            Generation::combined(Some(c), d),
+            Generation::combined(Some(c), e)
+        );
+        assert_ne!(
+            Generation::combined(Some(c), d),
+            Generation::combined(None, d)
+        );
+        assert_ne!(
+            Generation::combined(Some(c), d),
+            Generation::combined(Some(Generation::fresh()), d)
+        );
+        // A combined generation is never the central one alone: turning the directory on re-plans every mailbox.
+        assert_ne!(Generation::combined(Some(c), d), c);
+    }
+
+    /// Every combination: phase 2 may skip only against a generation covering every source the mailbox has.
+    #[test]
+    fn phase2_sources_need_every_part_the_mailbox_receives() {
+        let c = Generation::fresh();
+        let d = Generation::of_content(b"persons");
+        for mirror in [false, true] {
+            for central in [None, Some(c)] {
+                for directory_on in [false, true] {
+                    for directory in [None, Some(d)] {
+                        let got = phase2_sources(mirror, central, directory_on, directory);
+                        let expected = match (mirror, directory_on) {
+                            (true, false) => central,
+                            (true, true) => central
+                                .zip(directory)
+                                .map(|(c, d)| Generation::combined(Some(c), d)),
+                            (false, true) => directory.map(|d| Generation::combined(None, d)),
+                            (false, false) => None,
+                        };
+                        assert_eq!(
+                            got, expected,
+                            "{mirror} {central:?} {directory_on} {directory:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn keyed(list: &[(&str, &str)]) -> BTreeMap<String, String> {
         list.iter()
             .map(|(id, key)| ((*id).to_owned(), (*key).to_owned()))
@@ -347,6 +446,7 @@ mod tests {
                 in_line_with: Some(Generation::fresh()),
             }),
             central_generation: Some(Generation::fresh()),
+            directory_generation: Some(Generation::of_content(b"persons")),
             mailboxes: [(
                 "u1".to_owned(),
                 FolderFeed {

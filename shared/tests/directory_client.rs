@@ -10,7 +10,9 @@ use serde_json::{json, Map};
 use shared::config::{
     DirectoryOptions, GroupRef, MemberType, MemberTypes, TenantSettings, UserFilter,
 };
-use shared::directory::{persons_for, select, DirectoryRead, GroupFilter, UserRecord};
+use shared::directory::{
+    persons_for, persons_generation, select, DirectoryRead, GroupFilter, UserRecord,
+};
 use shared::graph::{
     ClientOptions, DirectoryError, DirectoryPermission, ErrorKind, GraphClient, TenantClient,
     UserKind,
@@ -525,4 +527,51 @@ async fn another_tenants_directory_is_read_with_its_own_credentials_and_filters(
         upn: receiver.user_principal_name.clone().unwrap_or_default(),
     };
     assert_eq!(persons_for(&mailbox, &persons).len(), persons.len());
+}
+
+/// The producer reads the directory from its users feed, a worker with listings: both must select exactly the same
+/// persons, field for field, or no mailbox could ever be proved in line (`persons_generation` compares them). A
+/// kept feed with nothing changed costs one users request and selects the same again.
+#[tokio::test]
+async fn the_users_feed_selects_exactly_what_the_listings_select() {
+    let f = fixture().await;
+    let shared_mailbox = Some(f.d.tenant.shared_mailbox_upn.as_str());
+    let every = MemberTypes::new([MemberType::Member, MemberType::Guest, MemberType::Contact])
+        .expect("non-empty");
+    for options in [
+        DirectoryOptions::default(),
+        DirectoryOptions {
+            member_types: every,
+            exclude_hidden: false,
+            ..DirectoryOptions::default()
+        },
+    ] {
+        let listed = f
+            .tenant
+            .read_directory(&options, shared_mailbox)
+            .await
+            .expect("listings");
+        let listed = select(&listed.read(), &options);
+        assert!(listed.len() > 2, "{listed:?}");
+        let (fed, kept) = f
+            .tenant
+            .read_directory_kept(&options, shared_mailbox, None)
+            .await
+            .expect("users feed");
+        assert_eq!(select(&fed.read(), &options), listed);
+        assert_eq!(
+            persons_generation(&select(&fed.read(), &options)),
+            persons_generation(&listed)
+        );
+        let before = f.tenant.tally().0;
+        let (again, _) = f
+            .tenant
+            .read_directory_kept(&options, shared_mailbox, kept)
+            .await
+            .expect("from the kept link");
+        assert_eq!(select(&again.read(), &options), listed);
+        let users_requests = f.tenant.tally().0 - before;
+        // One users delta round, the organisation, and org contacts when listed.
+        assert!(users_requests <= 3, "{users_requests} requests");
+    }
 }

@@ -22,6 +22,9 @@ mod duplicates;
 // Runs from kept change feeds: cheap when nothing changed, the same result as full reads when something did.
 mod incremental;
 
+// The directory's users feed kept between runs: quiet re-runs cost a request per mailbox; changes arrive.
+mod directory_delta;
+
 // Unreachable mailboxes, killed workers, a restarting broker, Graph faults; secrets never leak.
 mod failures;
 

@@ -6,13 +6,35 @@ use std::future::Future;
 use std::sync::Arc;
 
 use shared::directory::DirectoryPerson;
+use shared::feed::Generation;
 use uuid::Uuid;
 
 use crate::run_cache::RunCache;
 
+/// The persons a tenant's `Directory` settings select, and their generation (computed once, not per job): what a
+/// mailbox brought in line with them reports, so the next run can tell whether the directory changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected {
+    /// The persons, ordered by object id.
+    pub persons: Vec<DirectoryPerson>,
+    /// [`shared::directory::persons_generation`] of `persons`.
+    pub generation: Generation,
+}
+
+impl Selected {
+    /// The persons with their generation.
+    pub fn new(persons: Vec<DirectoryPerson>) -> Self {
+        let generation = shared::directory::persons_generation(&persons);
+        Self {
+            persons,
+            generation,
+        }
+    }
+}
+
 /// A per-process cache of the persons each tenant's `Directory` settings select: at most one entry per tenant.
 #[derive(Default)]
-pub struct DirectoryCache(RunCache<Vec<DirectoryPerson>>);
+pub struct DirectoryCache(RunCache<Selected>);
 
 impl DirectoryCache {
     /// The persons of `tenant` in `run`, loaded with `load` by the first caller; concurrent callers wait for that
@@ -22,10 +44,10 @@ impl DirectoryCache {
         tenant: &str,
         run: Uuid,
         load: F,
-    ) -> Result<Arc<Vec<DirectoryPerson>>, E>
+    ) -> Result<Arc<Selected>, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Vec<DirectoryPerson>, E>>,
+        Fut: Future<Output = Result<Selected, E>>,
     {
         self.0.get_or_load(tenant, run, None, load).await
     }
@@ -44,7 +66,7 @@ mod tests {
         let load = || async {
             loads.fetch_add(1, Ordering::SeqCst);
             tokio::task::yield_now().await;
-            Ok::<_, ()>(Vec::new())
+            Ok::<_, ()>(Selected::new(Vec::new()))
         };
         let (a, b) = tokio::join!(
             cache.get_or_load("T", run, load),
@@ -59,9 +81,7 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 2, "a new run reads again");
         let other = Uuid::now_v7();
         assert!(cache
-            .get_or_load("t", other, || async {
-                Err::<Vec<DirectoryPerson>, _>("403")
-            })
+            .get_or_load("t", other, || async { Err::<Selected, _>("403") })
             .await
             .is_err());
         cache

@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::central_cache::CentralCache;
-use crate::directory_cache::DirectoryCache;
+use crate::directory_cache::{DirectoryCache, Selected};
 use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
 use crate::trust::{self, CentralLocation, Locations};
 
@@ -405,7 +405,7 @@ impl JobRunner {
             // persons.
             for persons in self.received_directory(tenant, client, job).await? {
                 for source in &mut source_mailboxes {
-                    directory::drop_directory_copies(&mut source.contacts, &persons);
+                    directory::drop_directory_copies(&mut source.contacts, &persons.persons);
                 }
             }
         }
@@ -448,52 +448,70 @@ impl JobRunner {
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let directory_on = tenant.distribution.receives_directory();
+        let mirror = central.is_some();
         let named_folder = !matches!(
             tenant.distribution.target_folder,
             TargetFolder::DefaultContacts
         );
-        // The kept feeds follow the default Contacts folder and the central folder only: with the directory as a
-        // source or another target folder they prove nothing, so the mailbox is read in full.
         let moving = job
             .move_from
             .as_ref()
             .filter(|from| **from != FolderChoice::from(&tenant.distribution.target_folder));
-        // A pending move reads both folders: no skip.
-        let feeds_apply = !directory_on && !named_folder && moving.is_none();
-        let generation = job.cursors.central_generation.filter(|_| feeds_apply);
-        let prior = job
-            .cursors
-            .mailboxes
-            .get(&mailbox.id)
-            .filter(|_| feeds_apply);
+        // The kept feeds follow the default Contacts folder, which phase 1 checks, or, without the mirror, the
+        // target folder itself, which this job checks. A mirror tenant writing into another folder has no feed for
+        // it, and a pending move reads both folders: the mailbox is read in full.
+        let feeds_apply =
+            job.cursors.tracked && (!named_folder || !mirror) && moving.is_none();
+        // What the mailbox must have been brought in line with to be skipped: the central generation and/or the
+        // directory's content, as the producer found them in this run (none with `FromTenants`: never skipped).
+        let in_line_before = feed::phase2_sources(
+            mirror,
+            job.cursors.central_generation,
+            directory_on,
+            job.cursors.directory_generation,
+        );
         let kept = |link: DeltaLink, in_line_with| Cursors {
             tracked: true,
             mailboxes: [(mailbox.id.clone(), FolderFeed { link, in_line_with })].into(),
             ..Cursors::default()
         };
-        if let Some(prior) = prior.filter(|p| feed::phase2_skip(generation, p)) {
-            debug!(mailbox = %mailbox.upn, "in line with the central folder and unchanged since the last run");
+        let prior = job
+            .cursors
+            .mailboxes
+            .get(&mailbox.id)
+            .filter(|_| feeds_apply);
+        // Phase 1 of this run checked the default folder, clearing `in_line_with` on any change; without the
+        // mirror nobody did, so the job checks it now (one request when nothing changed).
+        let prior = match (mirror, prior) {
+            (false, Some(prior)) => check_kept(client, mailbox, prior).await?,
+            (_, prior) => prior.cloned(),
+        };
+        if let Some(prior) = prior
+            .as_ref()
+            .filter(|p| feed::phase2_skip(in_line_before, p))
+        {
+            debug!(mailbox = %mailbox.upn, "in line with its sources and unchanged since the last run");
             return Ok(Done {
-                cursors: kept(prior.link.clone(), generation),
+                cursors: kept(prior.link.clone(), in_line_before),
                 skipped: true,
                 ..Done::default()
             });
         }
-        let found = match prior {
-            // Phase 1 of this run checked the folder: its link is the base to move past this job's writes from.
-            Some(prior) => FeedCheck {
-                check: Check::Unknown,
-                link: Some(prior.link.clone()),
-            },
-            None => check_feed(
-                client,
-                mailbox,
-                &FolderRef::Default,
-                job.cursors.tracked && feeds_apply,
-                None,
-            )
-            .await
-            .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?,
+        // The folder and its feed come first: a mailbox that cannot be reached fails before anything is loaded
+        // for it. `None`: a dry run before the named folder exists (it is empty, so everything would be created).
+        let current = FolderChoice::from(&tenant.distribution.target_folder);
+        let folder = find_folder(client, job, mailbox, &current, !job.dry_run).await?;
+        // The feed's link comes before the read: a change after the read is after the link.
+        let link = match (prior, &folder) {
+            (Some(prior), _) => Some(prior.link),
+            (None, Some(folder)) if feeds_apply => Some(
+                client
+                    .delta_start(&mailbox.id, folder)
+                    .await
+                    .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?
+                    .link,
+            ),
+            (None, _) => None,
         };
         let central_contacts = match central {
             Some(central) => {
@@ -508,14 +526,24 @@ impl JobRunner {
         // Without the directory the cached central folder, prepared once, is planned against as it is (no copy per
         // job); with it, the combined list is prepared for this mailbox.
         let combined;
+        let mut directory_generation = None;
         let sources: &PreparedCentral = if directory_on {
             let lists = self.received_directory(tenant, client, job).await?;
             // One source is planned against as cached; several are put in one list (each source's persons once).
+            // Only the tenant's own directory alone has a generation the producer offers (see `prepare`).
             let joined: Vec<DirectoryPerson>;
             let persons: &[DirectoryPerson] = match lists.as_slice() {
-                [one] => one,
+                [one] => {
+                    if tenant.distribution.directory.from_tenants.is_empty() {
+                        directory_generation = Some(one.generation);
+                    }
+                    &one.persons
+                }
                 _ => {
-                    joined = lists.iter().flat_map(|l| l.iter().cloned()).collect();
+                    joined = lists
+                        .iter()
+                        .flat_map(|l| l.persons.iter().cloned())
+                        .collect();
                     &joined
                 }
             };
@@ -552,8 +580,13 @@ impl JobRunner {
             Some(read) => Some(read.await?),
             None => None,
         };
-        let current = FolderChoice::from(&tenant.distribution.target_folder);
-        let folder = find_folder(client, job, mailbox, &current, !job.dry_run).await?;
+        // What this job brings the mailbox in line with: the sources it planned against.
+        let in_line = feed::phase2_sources(
+            mirror,
+            job.cursors.central_generation,
+            directory_on,
+            directory_generation,
+        );
         let target = match &folder {
             Some(folder) => client
                 .list_contacts(&mailbox.id, folder)
@@ -596,9 +629,9 @@ impl JobRunner {
                   deleted = moved.counts.deleted, "managed copies moved to the target folder");
             done.absorb(moved);
         }
-        if let Some(link) = found.link {
+        if let Some(link) = link {
             let link = advance_past_own_writes(client, mailbox, link, &done).await;
-            let in_line_with = generation.filter(|_| done.failed_writes == 0);
+            let in_line_with = in_line.filter(|_| done.failed_writes == 0);
             done.cursors = kept(link, in_line_with);
         }
         Ok(done)
@@ -615,7 +648,7 @@ impl JobRunner {
         tenant: &TenantSettings,
         client: &TenantClient,
         job: &Job,
-    ) -> Result<Vec<Arc<Vec<DirectoryPerson>>>, AttemptResult> {
+    ) -> Result<Vec<Arc<Selected>>, AttemptResult> {
         let mut lists = Vec::new();
         for source_id in tenant.directory_sources() {
             if source_id.eq_ignore_ascii_case(&tenant.tenant_id) {
@@ -943,6 +976,35 @@ async fn find_folder(
     Ok(found.map(|folder| FolderRef::Id(folder.id)))
 }
 
+/// A receiving mailbox's kept feed checked by its own phase-2 job (no phase 1 did): the feed moved to now, still
+/// in line only if it shows no change; `None` when the link is not usable any more (Graph no longer knows it, or
+/// the folder it follows is gone), which means a full read and a new feed.
+async fn check_kept(
+    client: &TenantClient,
+    mailbox: &Mailbox,
+    prior: &FolderFeed,
+) -> Result<Option<FolderFeed>, AttemptResult> {
+    match client.delta_since(&mailbox.id, &prior.link).await {
+        Ok(round) => Ok(Some(FolderFeed {
+            in_line_with: prior.in_line_with.filter(|_| round.is_empty()),
+            link: round.link,
+        })),
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::InvalidDeltaToken | ErrorKind::ItemNotFound
+            ) || matches!(error, GraphError::Protocol(_)) =>
+        {
+            info!(mailbox = %mailbox.upn, %error, "kept delta link not usable; reading the mailbox in full");
+            Ok(None)
+        }
+        Err(error) => Err(classify(
+            &error,
+            &format!("checking contacts of {}", mailbox.upn),
+        )),
+    }
+}
+
 /// Checks a folder's feed: what changed since `prior`, or, without a usable link, a new feed (and so
 /// [`Check::Unknown`]). A link Graph no longer knows, or one that points elsewhere, is dropped, not an error.
 /// When the producer keeps no feeds (`tracked` false) nothing is sent and nothing is known.
@@ -1034,13 +1096,13 @@ fn source_failure(mailbox: &Mailbox, error: &GraphError) -> Result<SourceFailure
 async fn read_directory(
     tenant: &TenantSettings,
     client: &TenantClient,
-) -> Result<Vec<DirectoryPerson>, AttemptResult> {
+) -> Result<Selected, AttemptResult> {
     let options = &tenant.distribution.directory;
     let snapshot = client
         .read_directory(options, tenant.shared_mailbox())
         .await
         .map_err(|e| directory_failure(&tenant.tenant_id, &e))?;
-    Ok(directory::select(&snapshot.read(), options))
+    Ok(Selected::new(directory::select(&snapshot.read(), options)))
 }
 
 /// A failed read of another tenant's directory, said as the receiving tenant's failure (the text already names

@@ -7,6 +7,7 @@
 //! verbatim and only on the tenant's Graph host. A link Graph no longer knows answers 410 (`SyncStateNotFound`),
 //! [`ErrorKind::InvalidDeltaToken`](super::ErrorKind::InvalidDeltaToken): the caller starts a new feed.
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
@@ -86,9 +87,48 @@ impl TenantClient {
     }
 
     async fn delta_round(&self, mailbox: &str, first: Url) -> Result<DeltaRound, GraphError> {
+        let mut changes = Changes::default();
+        let link = self
+            .follow_delta(
+                first,
+                mailbox,
+                Some(PREFER_PAGE_SIZE),
+                "contact delta page",
+                |items: Vec<DeltaItem>| {
+                    for item in items {
+                        // Graph may replay an item in one round; the last word about it wins.
+                        if item.removed.is_some() {
+                            changes.changed.remove(&item.id);
+                            changes.change_keys.remove(&item.id);
+                            changes.removed.insert(item.id);
+                        } else {
+                            changes.removed.remove(&item.id);
+                            match item.change_key {
+                                Some(key) => changes.change_keys.insert(item.id.clone(), key),
+                                None => changes.change_keys.remove(&item.id),
+                            };
+                            changes.changed.insert(item.id);
+                        }
+                    }
+                },
+            )
+            .await?;
+        Ok(DeltaRound { changes, link })
+    }
+
+    /// The one delta round loop, for every feed (a folder's contacts, the tenant's users): GET `first`, hand each
+    /// page's items to `on_page`, follow `@odata.nextLink` until `@odata.deltaLink`, which is returned. Every link
+    /// is followed only on the tenant's Graph host; a page with neither link is a protocol error, never an end.
+    pub(super) async fn follow_delta<T: DeserializeOwned>(
+        &self,
+        first: Url,
+        mailbox: &str,
+        prefer: Option<&'static str>,
+        what: &'static str,
+        mut on_page: impl FnMut(Vec<T>),
+    ) -> Result<DeltaLink, GraphError> {
         let base = self.inner.base()?;
         let mut url = first;
-        let mut changes = Changes::default();
         loop {
             let reply = self
                 .inner
@@ -99,39 +139,21 @@ impl TenantClient {
                     eventual: false,
                     mailbox,
                     batch_items: None,
-                    prefer: Some(PREFER_PAGE_SIZE),
+                    prefer,
                 })
                 .await?;
-            let page: Page<DeltaItem> = decode("contact delta page", &reply.body)?;
-            for item in page.value {
-                // Graph may replay an item in one round; the last word about it wins.
-                if item.removed.is_some() {
-                    changes.changed.remove(&item.id);
-                    changes.change_keys.remove(&item.id);
-                    changes.removed.insert(item.id);
-                } else {
-                    changes.removed.remove(&item.id);
-                    match item.change_key {
-                        Some(key) => changes.change_keys.insert(item.id.clone(), key),
-                        None => changes.change_keys.remove(&item.id),
-                    };
-                    changes.changed.insert(item.id);
-                }
-            }
+            let page: Page<T> = decode(what, &reply.body)?;
+            on_page(page.value);
             match (page.next_link, page.delta_link) {
                 (Some(next), _) => url = next_url(&base, &url, &next)?,
                 (None, Some(link)) => {
                     let link = same_origin_url(&base, "@odata.deltaLink", &link)?;
-                    return Ok(DeltaRound {
-                        changes,
-                        link: DeltaLink::new(link.as_str()),
-                    });
+                    return Ok(DeltaLink::new(link.as_str()));
                 }
                 (None, None) => {
-                    return Err(GraphError::Protocol(
-                        "a contact delta page carried neither @odata.nextLink nor @odata.deltaLink"
-                            .into(),
-                    ))
+                    return Err(GraphError::Protocol(format!(
+                        "a {what} carried neither @odata.nextLink nor @odata.deltaLink"
+                    )))
                 }
             }
         }

@@ -6,20 +6,21 @@
 //! permission (`GroupMember.Read.All`, `OrgContact.Read.All`, ...), and Graph's 400 for a `UserFilter` is a
 //! configuration error of that key, not a Graph outage.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Deserialize;
+use tracing::info;
 use url::Url;
 
 use super::error::GraphError;
-use super::page::{next_url, same_origin_url};
-use super::transport::{Call, DIRECTORY};
-use super::wire::{decode, Page};
+use super::page::same_origin_url;
+use super::transport::DIRECTORY;
 use super::TenantClient;
 use crate::config::{DirectoryOptions, GroupRef, MemberType, UserFilter};
 use crate::directory::{
-    resolve_manager_names, DirectorySnapshot, GroupFilter, ManagerRef, OrgContactRecord, UserRecord,
+    resolve_manager_names, DirectorySnapshot, GroupFilter, KeptUsers, ManagerRef, OrgContactRecord,
+    UserRecord, UsersChanges,
 };
 use crate::feed::DeltaLink;
 
@@ -133,8 +134,22 @@ pub struct UsersDeltaRound {
     pub changed: Vec<UserRecord>,
     /// Object ids of deleted users.
     pub removed: Vec<String>,
+    /// Lower-cased ids of changed users whose manager the round removed. A changed user with no manager and
+    /// not listed here keeps the manager known before (Graph reports a relationship when it changes).
+    pub manager_removed: BTreeSet<String>,
     /// The link for the next round.
     pub link: DeltaLink,
+}
+
+impl UsersDeltaRound {
+    /// What the round changed, for [`KeptUsers::apply`].
+    pub fn into_changes(self) -> UsersChanges {
+        UsersChanges {
+            changed: self.changed,
+            removed: self.removed,
+            manager_removed: self.manager_removed,
+        }
+    }
 }
 
 /// A delta item: a user, or an id with `@removed`. The manager comes as `manager@delta` (ids only): delta
@@ -144,9 +159,18 @@ struct DeltaItem {
     #[serde(rename = "@removed", default)]
     removed: Option<serde_json::Value>,
     #[serde(rename = "manager@delta", default)]
-    manager_delta: Option<Vec<ManagerRef>>,
+    manager_delta: Option<Vec<ManagerDelta>>,
     #[serde(flatten)]
     user: UserRecord,
+}
+
+/// One entry of `manager@delta`: the manager, or (with `@removed`) the one the user no longer has.
+#[derive(Debug, Deserialize)]
+struct ManagerDelta {
+    #[serde(rename = "@removed", default)]
+    removed: Option<serde_json::Value>,
+    #[serde(flatten)]
+    manager: ManagerRef,
 }
 
 /// An id and the expanded manager, from the manager listing.
@@ -231,6 +255,70 @@ impl TenantClient {
             let managers = self.managers().await?;
             attach_managers(&mut users, &managers);
         }
+        self.directory_around(options, shared_mailbox, users).await
+    }
+
+    /// The directory as [`TenantClient::read_directory`] reads it, its users taken from the users' change feed
+    /// `kept` (the last run's, brought up to date by one `/users/delta` round: one request when nothing changed)
+    /// instead of two listings; returns the feed to keep. A link Graph no longer knows (410 `SyncStateNotFound`)
+    /// or none starts a new feed, which lists every user once. With a `UserFilter` no feed is used (`/users/delta`
+    /// takes no `$filter`): the users are listed as `read_directory` lists them and no feed is returned.
+    /// Org contacts and group memberships have no such feed here: they are read in full, only when the settings
+    /// use them (`Contact`, `IncludeGroups`, `ExcludeGroups`).
+    pub async fn read_directory_kept(
+        &self,
+        options: &DirectoryOptions,
+        shared_mailbox: Option<&str>,
+        kept: Option<KeptUsers>,
+    ) -> Result<(DirectorySnapshot, Option<KeptUsers>), DirectoryError> {
+        if options.user_filter.is_some() {
+            return Ok((self.read_directory(options, shared_mailbox).await?, None));
+        }
+        let kept = self.users_feed(kept).await?;
+        let users = if options.member_types.contains(MemberType::Member)
+            || options.member_types.contains(MemberType::Guest)
+        {
+            kept.users()
+        } else {
+            Vec::new()
+        };
+        let snapshot = self
+            .directory_around(options, shared_mailbox, users)
+            .await?;
+        Ok((snapshot, Some(kept)))
+    }
+
+    /// The users' change feed brought up to date: one round from `kept`'s link applied to it, or, without a
+    /// usable link, a new feed listing every user.
+    pub async fn users_feed(&self, kept: Option<KeptUsers>) -> Result<KeptUsers, DirectoryError> {
+        if let Some(mut kept) = kept {
+            match self.users_delta_since(&kept.link).await {
+                Ok(round) => {
+                    let link = round.link.clone();
+                    kept.apply(round.into_changes(), link);
+                    return Ok(kept);
+                }
+                Err(DirectoryError::Graph(error))
+                    if matches!(error.kind(), super::ErrorKind::InvalidDeltaToken)
+                        || matches!(error, GraphError::Protocol(_)) =>
+                {
+                    info!(tenant = %self.tenant_id(), %error, "kept users delta link not usable; listing every user again");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let round = self.users_delta_start().await?;
+        Ok(KeptUsers::start(round.changed, round.link))
+    }
+
+    /// Everything of a directory but its users: org contacts (when `Contact` is listed), the include/exclude
+    /// groups' members, the organisation's name.
+    async fn directory_around(
+        &self,
+        options: &DirectoryOptions,
+        shared_mailbox: Option<&str>,
+        users: Vec<UserRecord>,
+    ) -> Result<DirectorySnapshot, DirectoryError> {
         let org_contacts = if options.member_types.contains(MemberType::Contact) {
             self.org_contacts().await?
         } else {
@@ -407,63 +495,44 @@ impl TenantClient {
     }
 
     async fn users_delta_round(&self, first: Url) -> Result<UsersDeltaRound, DirectoryError> {
-        let base = self.inner.base()?;
-        let mut url = first;
         // Graph may replay an object within a round: the last word about each id wins (sorted out at the end).
         let mut items: Vec<DeltaItem> = Vec::new();
-        loop {
-            let reply = self
-                .inner
-                .send(&Call {
-                    method: reqwest::Method::GET,
-                    url: url.clone(),
-                    body: None,
-                    eventual: false,
-                    mailbox: DIRECTORY,
-                    batch_items: None,
-                    prefer: None,
-                })
-                .await
-                .map_err(needs(DirectoryPermission::UserReadAll))?;
-            let page: Page<DeltaItem> = decode("users delta page", &reply.body)?;
-            items.extend(page.value);
-            match (page.next_link, page.delta_link) {
-                (Some(next), _) => url = next_url(&base, &url, &next)?,
-                (None, Some(link)) => {
-                    let link = same_origin_url(&base, "@odata.deltaLink", &link)?;
-                    let mut seen = std::collections::HashSet::new();
-                    let (mut changed, mut removed) = (Vec::new(), Vec::new());
-                    for item in items.into_iter().rev() {
-                        if !seen.insert(item.user.id.to_lowercase()) {
-                            continue;
-                        }
-                        if item.removed.is_some() {
-                            removed.push(item.user.id);
-                        } else {
-                            let mut user = item.user;
-                            user.manager = item
-                                .manager_delta
-                                .and_then(|m| m.into_iter().find(|m| m.id.is_some()));
-                            changed.push(user);
-                        }
-                    }
-                    changed.reverse();
-                    resolve_manager_names(&mut changed);
-                    removed.reverse();
-                    return Ok(UsersDeltaRound {
-                        changed,
-                        removed,
-                        link: DeltaLink::new(link.as_str()),
-                    });
-                }
-                (None, None) => {
-                    return Err(GraphError::Protocol(
-                        "a users delta page carried neither @odata.nextLink nor @odata.deltaLink"
-                            .into(),
-                    )
-                    .into())
-                }
+        let link = self
+            .follow_delta(first, DIRECTORY, None, "users delta page", |page| {
+                items.extend(page)
+            })
+            .await
+            .map_err(needs(DirectoryPermission::UserReadAll))?;
+        let mut seen = std::collections::HashSet::new();
+        let (mut changed, mut removed) = (Vec::new(), Vec::new());
+        let mut manager_removed = BTreeSet::new();
+        for item in items.into_iter().rev() {
+            if !seen.insert(item.user.id.to_lowercase()) {
+                continue;
             }
+            if item.removed.is_some() {
+                removed.push(item.user.id);
+                continue;
+            }
+            let mut user = item.user;
+            let entries = item.manager_delta.unwrap_or_default();
+            user.manager = entries
+                .iter()
+                .find(|m| m.removed.is_none() && m.manager.id.is_some())
+                .map(|m| m.manager.clone());
+            if user.manager.is_none() && entries.iter().any(|m| m.removed.is_some()) {
+                manager_removed.insert(user.id.to_lowercase());
+            }
+            changed.push(user);
         }
+        changed.reverse();
+        resolve_manager_names(&mut changed);
+        removed.reverse();
+        Ok(UsersDeltaRound {
+            changed,
+            removed,
+            manager_removed,
+            link,
+        })
     }
 }

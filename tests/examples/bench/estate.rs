@@ -119,6 +119,8 @@ pub struct Estate {
     /// The producer's state directory for this estate: re-runs start from the change feeds the last run kept,
     /// as a scheduled producer does.
     pub state_dir: std::path::PathBuf,
+    /// A directory-only tenant (issue 11): no mirror, every member receives the directory.
+    pub directory: bool,
 }
 
 impl Estate {
@@ -178,11 +180,60 @@ impl Estate {
             tenants,
             shape,
             originals,
-            state_dir: std::env::temp_dir().join(format!(
-                "contactmirror-bench-state-{}",
-                uuid::Uuid::new_v4().simple()
-            )),
+            state_dir: scratch_state_dir(),
+            directory: false,
         })
+    }
+
+    /// Starts graphsim and seeds one directory-only tenant of `members` visible, licensed members (graphsim's
+    /// directory seed: a manager, full profiles, one hidden member, a few other accounts left out by the
+    /// selection), every one of them receiving.
+    pub async fn seed_directory(members: usize, budget: Budget, latency: Duration) -> Result<Self> {
+        let host = SimHost::start(budget, latency).await?;
+        let d = graphsim::seed_directory(
+            &host.sim,
+            graphsim::DirectoryParams {
+                members: members.max(2),
+                guests: 0,
+                org_contacts: 0,
+                ..graphsim::DirectoryParams::default()
+            },
+        );
+        Ok(Self {
+            host,
+            tenants: vec![d.tenant],
+            shape: Shape {
+                tenants: 1,
+                users: members,
+                contacts: 0,
+                overlap: 0.0,
+                big_user_contacts: 0,
+            },
+            originals: Vec::new(),
+            state_dir: scratch_state_dir(),
+            directory: true,
+        })
+    }
+
+    /// An admin renames `n` directory members (display name and job title): the next run brings each change to
+    /// every other mailbox through the users delta.
+    pub fn rename_directory_users(&self, n: usize) -> Result<usize> {
+        let t = self.tenants.first().context("no tenant seeded")?;
+        let mut renamed = 0;
+        // The first member manages the others: renaming them would change every subordinate's copies too.
+        for upn in t.mirror_target_upns.iter().skip(1).take(n) {
+            let props = json!({"displayName": format!("Renamed {renamed}"), "jobTitle": "Renamed"});
+            self.sim()
+                .update_user(
+                    &t.tenant_id,
+                    upn,
+                    props.as_object().cloned().unwrap_or_default(),
+                )
+                .map_err(anyhow::Error::msg)
+                .context("renaming a directory user")?;
+            renamed += 1;
+        }
+        Ok(renamed)
     }
 
     /// The simulator.
@@ -203,6 +254,13 @@ impl Estate {
             .tenants
             .iter()
             .map(|t| {
+                if self.directory {
+                    return json!({
+                        "TenantId": t.tenant_id, "ClientId": t.client_id, "ClientSecret": t.client_secret,
+                        "Mirror": {"Enabled": false}, "Directory": {"Enabled": true},
+                        "AuthorityHost": self.sim().authority_url(), "GraphEndpoint": self.sim().graph_url(),
+                    });
+                }
                 json!({
                     "TenantId": t.tenant_id, "ClientId": t.client_id, "ClientSecret": t.client_secret,
                     "GlobalAddressBookUserId": t.shared_mailbox_upn,
@@ -304,6 +362,14 @@ impl Estate {
     }
 }
 
+/// A fresh state directory for one estate.
+fn scratch_state_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "contactmirror-bench-state-{}",
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
 /// A folder: mailbox (lower-cased UPN) and whether it is the central folder (else the default folder).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FolderKey {
@@ -314,7 +380,7 @@ pub struct FolderKey {
 }
 
 impl FolderKey {
-    fn new(upn: &str, central: bool) -> Self {
+    pub fn new(upn: &str, central: bool) -> Self {
         Self {
             mailbox: upn.to_lowercase(),
             central,

@@ -173,6 +173,33 @@ pub struct Minimal {
 }
 
 impl Minimal {
+    /// The fewest reads of a directory-only tenant (issue 11): the licensed-user list and the organisation's name,
+    /// the directory's users (every user at 999 per page on a first run, one delta request on a re-run), then every
+    /// receiving mailbox once (in full, or one delta request). No shared mailbox, no central folder.
+    fn add_directory_reads(
+        &mut self,
+        t: &SeededTenant,
+        stats: &SimStats,
+        before: &Snapshot,
+        first_run: bool,
+    ) {
+        let users: Vec<String> = t
+            .user_upns
+            .iter()
+            .map(|u| u.to_lowercase())
+            .filter(|u| stats.mailboxes.contains_key(u))
+            .collect();
+        let all_users = t.user_upns.len() as u64;
+        let fixed = pages(all_users, 999) + 1;
+        let mut full = fixed + pages(all_users, 999);
+        for u in &users {
+            full += pages(before.size(&FolderKey::new(u, false)) as u64, 1000);
+        }
+        let delta = fixed + 1 + users.len() as u64;
+        self.reads_without_delta += full;
+        self.reads += if first_run { full } else { delta };
+    }
+
     /// Writes plus reads.
     pub fn total(&self) -> u64 {
         self.writes + self.reads
@@ -187,10 +214,15 @@ pub fn minimal(
     before: &Snapshot,
     after: &Snapshot,
     first_run: bool,
+    directory: bool,
 ) -> Minimal {
     let changes = before.changes(after);
     let mut m = Minimal::default();
     for t in tenants {
+        if directory {
+            m.add_directory_reads(t, stats, before, first_run);
+            continue;
+        }
         let central = FolderKey {
             mailbox: t.shared_mailbox_upn.to_lowercase(),
             central: true,

@@ -67,6 +67,10 @@ enum Group {
     /// Issue 6's stated target size: U=200, C=20, scaled budget, one embedded worker per mailbox (about 4
     /// minutes; not in the default set).
     Target,
+    /// Issue 11's directory: one directory-only tenant of --directory-users members, every one receiving all the
+    /// others; initial sync, a no-change re-run, and a re-run after one user was renamed (real budget; not in the
+    /// default set).
+    Directory,
     /// Issue 10's memory case: one worker process, latency 0, no budget; a central folder of --memory-contacts
     /// (one user holds them) distributed to --memory-users, then a 1%-changed re-run (phase 1 reads every
     /// source, phase 2 every mailbox); then phase 1 with many sources (--memory-sources users x 1 contact,
@@ -164,7 +168,10 @@ struct Cli {
     /// Users of the memory group's many-sources estate (1 contact each; every mailbox ends holding them all).
     #[arg(long, default_value_t = 300)]
     memory_sources: usize,
-    /// Mode of the big-user, tenants and scaling groups.
+    /// Members of the directory group's tenant (each receives every other one).
+    #[arg(long, default_value_t = 500)]
+    directory_users: usize,
+    /// Mode of the big-user, tenants, scaling and directory groups.
     #[arg(long, default_value = "embedded")]
     other_mode: String,
     /// Where to write the JSON document.
@@ -373,6 +380,7 @@ async fn main() -> Result<()> {
             }
             Group::Scaling => scaling(&ctx, &cli, other_mode, &mut rows).await,
             Group::Memory => memory(&ctx, &cli, &mut rows).await,
+            Group::Directory => directory(&ctx, &cli, other_mode, &mut rows).await,
         };
         if let Err(error) = result {
             let text = format!("{group:?}: {error:#}");
@@ -503,6 +511,25 @@ async fn two_runs(
     rows.push(measure(ctx, &estate, budget, mode, initial).await?);
     let rerun = again(group, &format!("{name}: re-run, no change"));
     rows.push(measure(ctx, &estate, budget, mode, rerun).await?);
+    Ok(())
+}
+
+/// Issue 11: a directory-only tenant, initial sync, no-change re-run (the users delta and one feed check per
+/// mailbox), and a re-run after one user was renamed.
+async fn directory(ctx: &Ctx, cli: &Cli, mode: Mode, rows: &mut Vec<Row>) -> Result<()> {
+    let budget = Budget::REAL;
+    let estate = Estate::seed_directory(cli.directory_users, budget, ctx.latency).await?;
+    let name = format!("directory, {} users", cli.directory_users);
+    let initial = first("directory", &format!("{name}: initial sync"));
+    rows.push(measure(ctx, &estate, budget, mode, initial).await?);
+    let rerun = again("directory", &format!("{name}: re-run, no change"));
+    rows.push(measure(ctx, &estate, budget, mode, rerun).await?);
+    let edited = estate.rename_directory_users(1)?;
+    let renamed = Run {
+        edited,
+        ..again("directory", &format!("{name}: re-run, 1 user renamed"))
+    };
+    rows.push(measure(ctx, &estate, budget, mode, renamed).await?);
     Ok(())
 }
 
@@ -705,7 +732,14 @@ async fn measure(
         None => ("unordered", floors.unordered_secs),
     };
     let wall = synced.wall.as_secs_f64();
-    let minimal = figures::minimal(tenants, stats, &before, &after, run.first_run);
+    let minimal = figures::minimal(
+        tenants,
+        stats,
+        &before,
+        &after,
+        run.first_run,
+        estate.directory,
+    );
     let inputs: Vec<ScriptInput> = tenants
         .iter()
         .map(|t| {
@@ -736,7 +770,12 @@ async fn measure(
             }
         })
         .collect();
-    let script = figures::script(&inputs, budget, ctx.latency);
+    // The replaced script had no directory source: nothing to compare a directory tenant with.
+    let script = if estate.directory {
+        figures::Script::default()
+    } else {
+        figures::script(&inputs, budget, ctx.latency)
+    };
     let central_contacts = inputs.iter().map(|i| i.central_after).max().unwrap_or(0);
     let failed_mailboxes = synced
         .report
