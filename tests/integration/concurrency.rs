@@ -282,6 +282,8 @@ async fn concurrency_never_exceeds_the_limit_across_a_consumer_timeout() {
     let producer = tokio::spawn(async move { run(&settings, &args).await });
 
     wait_for("phase 2 never started writing", || phase2_writing(&estate)).await;
+    // Slow enough that two jobs are still unacknowledged when the timeout comes.
+    estate.sim.set_latency(Duration::from_millis(300));
     // Channels opened from now on time out after one second; a short tick makes the broker look every 200 ms.
     let tick = BrokerSetting::set("channel_tick_interval", 200);
     let timeout = BrokerSetting::set("consumer_timeout", 1_000);
@@ -298,6 +300,7 @@ async fn concurrency_never_exceeds_the_limit_across_a_consumer_timeout() {
         worker.sessions_ended.load(Ordering::SeqCst) >= 2
     })
     .await;
+    estate.sim.set_latency(Duration::from_millis(5));
     let report = tokio::time::timeout(Duration::from_secs(300), producer)
         .await
         .expect("the run finishes")

@@ -4,7 +4,9 @@
 //! JSON file alike. Counted in lines, not timed.
 
 use graphsim::{EstateParams, SimConfig, UserSeed};
-use producer::cli::RunArgs;
+use clap::Parser;
+use producer::cli::Cli;
+use producer::summary::RunReport;
 use producer::summary::MAX_TENANT_PLAN_LINES;
 use worker::job::MAX_PLANNED_LINES;
 
@@ -22,8 +24,8 @@ async fn a_dry_run_report_stays_bounded_however_many_mailboxes_would_be_written(
         SimConfig::default(),
         EstateParams {
             tenants: 1,
-            users_per_tenant: 8,
-            contacts_per_user: 50,
+            users_per_tenant: 6,
+            contacts_per_user: 160,
             overlap: 0.0,
             seed: 91,
         },
@@ -59,12 +61,29 @@ async fn a_dry_run_report_stays_bounded_however_many_mailboxes_would_be_written(
     let writes_before = estate.sim.stats().total_writes();
     let dir = support::scratch_dir("dry-run");
     let path = dir.join("report.json");
-    let args = RunArgs {
-        dry_run: true,
-        report: Some(path.clone()),
-        ..embedded_args()
-    };
-    let report = run(&settings, &args).await;
+    let config = dir.join("config.json");
+    std::fs::write(&config, estate.config_json().to_string()).expect("config file");
+    let text = |p: &std::path::Path| p.to_str().expect("UTF-8 temp path").to_owned();
+    // The command line an operator runs, in-process: the JSON file is what it writes.
+    let argv = [
+        "contactmirror-producer".to_owned(),
+        "run".to_owned(),
+        "--dry-run".to_owned(),
+        "--config".to_owned(),
+        text(&config),
+        "--report".to_owned(),
+        text(&path),
+        "--state-dir".to_owned(),
+        text(&dir),
+        "--workers".to_owned(),
+        "4".to_owned(),
+    ];
+    let cli = Cli::try_parse_from(&argv).expect("command line");
+    producer::run::dispatch(cli)
+        .await
+        .expect("the run completes");
+    let report: RunReport =
+        serde_json::from_slice(&std::fs::read(&path).expect("the JSON report")).expect("a report");
     assert_only_unreachable_failed(&report, &estate);
     assert_eq!(
         estate.sim.stats().total_writes(),
