@@ -71,13 +71,21 @@ impl FileLeases {
         match file.try_lock() {
             Ok(()) => {
                 // Who holds it, for the run that is refused (best effort: the lock is what counts).
-                let _ = file.set_len(0).and_then(|()| (&file).write_all(holder_note().as_bytes()));
+                let _ = file
+                    .set_len(0)
+                    .and_then(|()| (&file).write_all(holder_note().as_bytes()));
                 self.held.push(file);
                 Ok(())
             }
             Err(TryLockError::WouldBlock) => {
                 let note = std::fs::read_to_string(&path).unwrap_or_default();
-                let note: String = note.lines().next().unwrap_or_default().chars().take(200).collect();
+                let note: String = note
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect();
                 let holder = if note.is_empty() {
                     format!("the lock file {}", path.display())
                 } else {

@@ -3,8 +3,8 @@
 //! most `producer::summary::MAX_TENANT_PLAN_LINES` of them (and counts the rest): in the run report and in the
 //! JSON file alike. Counted in lines, not timed.
 
-use graphsim::{EstateParams, SimConfig, UserSeed};
 use clap::Parser;
+use graphsim::{EstateParams, SimConfig, UserSeed};
 use producer::cli::Cli;
 use producer::summary::RunReport;
 use producer::summary::MAX_TENANT_PLAN_LINES;
@@ -117,11 +117,7 @@ async fn a_dry_run_report_stays_bounded_however_many_mailboxes_would_be_written(
         "no job counted its unlisted lines"
     );
     // The counts still say how much would be written in all: every newcomer gets every person.
-    let would_create: u64 = report.tenants[0]
-        .phases
-        .values()
-        .map(|c| c.created)
-        .sum();
+    let would_create: u64 = report.tenants[0].phases.values().map(|c| c.created).sum();
     assert_eq!(
         would_create,
         (NEW_USERS * people) as u64,

@@ -160,10 +160,9 @@ pub async fn bounded_by<T>(
 /// Opens a channel on `connection`, bounded; `what` says what it is for.
 pub async fn open_channel(connection: &Connection, what: &str) -> Result<Channel, MqError> {
     let context = format!("opening a {what} channel");
-    bounded(
-        context.clone(),
-        async move { connection.create_channel().await.map_err(amqp(context)) },
-    )
+    bounded(context.clone(), async move {
+        connection.create_channel().await.map_err(amqp(context))
+    })
     .await
 }
 
