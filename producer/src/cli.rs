@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// The central folder was deleted or renamed (a run stops and says so): restore it from the users' contacts.
     #[arg(long)]
     pub rebuild_central: bool,
+    /// When another run holds a tenant's lease, wait up to this many seconds for it before leaving the tenant
+    /// alone (0: do not wait).
+    #[arg(long, env = "CONTACTMIRROR_WAIT_FOR_LEASE", default_value_t = 0)]
+    pub wait_for_lease: u64,
 }
 
 impl RunArgs {
@@ -116,6 +120,7 @@ impl RunArgs {
             state_dir: None,
             no_state: false,
             rebuild_central: false,
+            wait_for_lease: 0,
         }
     }
 }

@@ -64,6 +64,37 @@ pub struct RunRequest<'a> {
     pub state: Option<&'a StateStore>,
     /// Restore lost central folders from the users' contacts (`run --rebuild-central`) instead of stopping.
     pub rebuild_central: bool,
+    /// How long to wait for a tenant's lease another run holds (`run --wait-for-lease`); zero: not at all.
+    pub wait_for_lease: Duration,
+}
+
+/// How often a held lease is asked for again while waiting for it.
+const LEASE_POLL: Duration = Duration::from_secs(2);
+
+/// Takes `tenant_id`'s lease; while another run holds it, asks again every [`LEASE_POLL`] for up to `wait`.
+async fn take_lease<D: Dispatch>(
+    dispatch: &mut D,
+    tenant_id: &str,
+    wait: Duration,
+) -> Result<(), LeaseError> {
+    let deadline = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match dispatch.lease(tenant_id).await {
+            Err(LeaseError::Held { .. }) if Instant::now() < deadline => {
+                if !told {
+                    info!(
+                        tenant = tenant_id,
+                        wait_secs = wait.as_secs(),
+                        "another run holds the tenant's lease; waiting for it"
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(LEASE_POLL.min(deadline - Instant::now())).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Runs every selected tenant to the end and returns the report.
@@ -96,7 +127,7 @@ pub async fn run<D: Dispatch>(
         leases.push(if request.dry_run {
             Ok(())
         } else {
-            dispatch.lease(&tenant.tenant_id).await
+            take_lease(&mut dispatch, &tenant.tenant_id, request.wait_for_lease).await
         });
     }
     let preparations = futures_util::future::join_all(tenants.iter().zip(leases).map(

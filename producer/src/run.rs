@@ -111,6 +111,7 @@ pub async fn execute(settings: &Settings, args: &RunArgs) -> Result<RunReport> {
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         state: store.as_ref(),
         rebuild_central: args.rebuild_central,
+        wait_for_lease: Duration::from_secs(args.wait_for_lease),
     };
     match &args.amqp_url {
         None => {

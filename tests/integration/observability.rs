@@ -216,6 +216,7 @@ async fn produce(settings: Settings, topology: Topology) -> bool {
         dry_run: false,
         idle_timeout: Duration::from_secs(60),
         rebuild_central: false,
+        wait_for_lease: Duration::ZERO,
     };
     let report = orchestrate::run(&mut broker, &graph, request)
         .await
