@@ -177,6 +177,10 @@ pub struct RunArgs {
     /// fails; later runs list it as not applicable).
     #[arg(long, env = "CONTACTMIRROR_STRICT")]
     pub strict: bool,
+    /// When another run holds a tenant's lease, wait up to this many seconds for it before leaving the tenant
+    /// alone (0: do not wait).
+    #[arg(long, env = "CONTACTMIRROR_WAIT_FOR_LEASE", default_value_t = 0)]
+    pub wait_for_lease: u64,
 }
 
 impl RunArgs {
@@ -200,6 +204,7 @@ impl RunArgs {
             history: crate::history::KeepArgs::default(),
             notify: crate::notify::NotifyArgs::default(),
             strict: false,
+            wait_for_lease: 0,
         }
     }
 }

@@ -10,7 +10,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::types::FieldTable;
 use lapin::{Connection, Consumer};
 use shared::message::{Job, Report};
-use shared::mq::{self, Publisher, Topology};
+use shared::mq::{self, MqError, Publisher, Topology};
 use shared::run_status::RunStatus;
 use tracing::warn;
 use uuid::Uuid;
@@ -110,11 +110,10 @@ struct Session {
 
 impl Session {
     async fn open(url: &str, topology: &Topology) -> Result<Self> {
+        // Every step here and in `consume` is bounded (`mq::OPERATION_WAIT`): a broker caught mid-restart that
+        // takes the socket and never answers fails the step, and the reconnect loop tries again.
         let connection = mq::connect(url, "contactmirror-producer").await?;
-        let setup = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
+        let setup = mq::open_channel(&connection, "setup").await?;
         mq::declare(&setup, topology).await?;
         let publisher = Publisher::open(&connection, topology.clone()).await?;
         Ok(Self {
@@ -126,25 +125,30 @@ impl Session {
 
     /// Declares the run's report queue `run_id` and starts reading it.
     async fn consume(&mut self, topology: &Topology, run_id: Uuid) -> Result<String> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .context("opening a report channel")?;
+        let channel = mq::open_channel(&self.connection, "report").await?;
         let queue = mq::declare_run_reports(&channel, topology, run_id).await?;
-        channel
-            .basic_qos(256, BasicQosOptions::default())
-            .await
-            .context("setting report prefetch")?;
-        let reports = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "contactmirror-producer".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("consuming {queue}"))?;
+        let consume = async {
+            channel
+                .basic_qos(256, BasicQosOptions::default())
+                .await
+                .map_err(|source| MqError::Amqp {
+                    context: "setting report prefetch".into(),
+                    source,
+                })?;
+            channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "contactmirror-producer".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|source| MqError::Amqp {
+                    context: format!("consuming {queue}"),
+                    source,
+                })
+        };
+        let reports = mq::bounded(format!("consuming {queue}"), consume).await?;
         self.reports = Some(reports);
         Ok(queue)
     }
@@ -174,8 +178,12 @@ impl Session {
             // A report in hand is used even when its ack fails (the connection dying under it): the broker may
             // have taken the ack, and then this is the only copy. If it did not, the report comes again and the
             // ledger ignores the second copy of a final report.
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                warn!(%error, "could not acknowledge a report; it may be delivered again");
+            match tokio::time::timeout(CLOSE_WAIT, delivery.ack(BasicAckOptions::default())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    warn!(%error, "could not acknowledge a report; it may be delivered again")
+                }
+                Err(_) => warn!("acknowledging a report took too long; it may be delivered again"),
             }
             match report {
                 Ok(report) => return Ok(Some(report)),
@@ -315,7 +323,9 @@ impl Dispatch for Broker {
             }
             Ok(false) => Err(LeaseError::Held {
                 tenant: tenant_id.to_owned(),
-                holder: format!("the broker queue {queue}"),
+                holder: format!(
+                    "the exclusive broker queue {queue}; the management UI shows the connection that owns it"
+                ),
             }),
             Err(error) => Err(LeaseError::Unavailable {
                 tenant: tenant_id.to_owned(),

@@ -5,6 +5,7 @@
 //! A lease that is taken stops that tenant with [`LeaseError::Held`]; the other tenants of the run go on.
 
 use std::fs::{File, TryLockError};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Why a run could not take a tenant's lease.
@@ -69,13 +70,32 @@ impl FileLeases {
             .map_err(|e| unavailable(format!("opening {}: {e}", path.display())))?;
         match file.try_lock() {
             Ok(()) => {
+                // Who holds it, for the run that is refused (best effort: the lock is what counts).
+                let _ = file
+                    .set_len(0)
+                    .and_then(|()| (&file).write_all(holder_note().as_bytes()));
                 self.held.push(file);
                 Ok(())
             }
-            Err(TryLockError::WouldBlock) => Err(LeaseError::Held {
-                tenant: tenant_id.to_owned(),
-                holder: format!("the lock file {}", path.display()),
-            }),
+            Err(TryLockError::WouldBlock) => {
+                let note = std::fs::read_to_string(&path).unwrap_or_default();
+                let note: String = note
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect();
+                let holder = if note.is_empty() {
+                    format!("the lock file {}", path.display())
+                } else {
+                    format!("the lock file {}: {note}", path.display())
+                };
+                Err(LeaseError::Held {
+                    tenant: tenant_id.to_owned(),
+                    holder,
+                })
+            }
             Err(TryLockError::Error(e)) => {
                 Err(unavailable(format!("locking {}: {e}", path.display())))
             }
@@ -86,6 +106,21 @@ impl FileLeases {
     pub fn release(&mut self) {
         self.held.clear();
     }
+}
+
+/// What a lock file says about its holder: process, host and since when.
+fn holder_note() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "an unknown host".to_owned());
+    format!(
+        "taken by process {} on {host} at {}",
+        std::process::id(),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+    )
 }
 
 /// A tenant id as a file-name part: lower case, anything but letters, digits, dots and dashes replaced.
@@ -119,6 +154,13 @@ mod tests {
         assert!(matches!(refused, LeaseError::Held { .. }));
         assert!(
             refused.to_string().contains("contoso.onmicrosoft.com"),
+            "{refused}"
+        );
+        // It names the holder, so the operator knows which run to wait for.
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("taken by process {} on ", std::process::id())),
             "{refused}"
         );
         // Another tenant is not affected.

@@ -74,6 +74,8 @@ pub struct RunRequest<'a> {
     /// Count a licensed user without an Exchange mailbox as failed on every run (`run --strict`), not only on the
     /// first run that saw it.
     pub strict: bool,
+    /// How long to wait for a tenant's lease another run holds (`run --wait-for-lease`); zero: not at all.
+    pub wait_for_lease: Duration,
 }
 
 impl RunRequest<'_> {
@@ -105,6 +107,36 @@ impl RunRequest<'_> {
         job.cleanup = self.cleanup;
         job.move_from = move_from.cloned();
         job
+
+    }
+}
+
+/// How often a held lease is asked for again while waiting for it.
+const LEASE_POLL: Duration = Duration::from_secs(2);
+
+/// Takes `tenant_id`'s lease; while another run holds it, asks again every [`LEASE_POLL`] for up to `wait`.
+async fn take_lease<D: Dispatch>(
+    dispatch: &mut D,
+    tenant_id: &str,
+    wait: Duration,
+) -> Result<(), LeaseError> {
+    let deadline = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match dispatch.lease(tenant_id).await {
+            Err(LeaseError::Held { .. }) if Instant::now() < deadline => {
+                if !told {
+                    info!(
+                        tenant = tenant_id,
+                        wait_secs = wait.as_secs(),
+                        "another run holds the tenant's lease; waiting for it"
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(LEASE_POLL.min(deadline - Instant::now())).await;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -148,7 +180,7 @@ pub async fn run<D: Dispatch>(
         leases.push(if dry(tenant) {
             Ok(())
         } else {
-            dispatch.lease(&tenant.tenant_id).await
+            take_lease(&mut dispatch, &tenant.tenant_id, request.wait_for_lease).await
         });
     }
     let preparations = futures_util::future::join_all(tenants.iter().zip(leases).map(

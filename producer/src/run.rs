@@ -184,6 +184,7 @@ async fn execute_as(
         allow_mass_delete: args.allow_mass_delete || settings.allow_mass_delete,
         cleanup,
         strict: args.strict,
+        wait_for_lease: Duration::from_secs(args.wait_for_lease),
     };
     match &args.amqp_url {
         None => {

@@ -87,13 +87,26 @@ pub struct TenantReport {
     pub retries: u64,
     /// Wall time from preparation to the last report.
     pub duration_ms: u64,
-    /// In a dry run: the plan, one line per item.
+    /// In a dry run: the plan lines the workers reported (writes only, each job's own capped), at most
+    /// [`MAX_TENANT_PLAN_LINES`]; the counts say how much would be written in all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub planned: Vec<String>,
+    /// Plan lines the workers reported beyond [`MAX_TENANT_PLAN_LINES`], counted instead of kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub planned_left_out: u64,
     /// When 429s happened: one sample per job report that saw any, for the report's throttling-over-time chart.
     /// Costs one entry per throttled attempt and nothing when Graph never throttled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub throttle_timeline: Vec<ThrottleSample>,
+}
+
+/// The most dry-run plan lines one tenant's report keeps. Each job reports at most
+/// `worker::job::MAX_PLANNED_LINES` (and counts the rest), but a tenant of 1,000 mailboxes would still gather
+/// 200,000; the run report stays a few hundred kilobytes however large the tenant.
+pub const MAX_TENANT_PLAN_LINES: usize = 1_000;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// 429s seen by one job attempt, stamped with when its report was written.
@@ -129,12 +142,15 @@ impl TenantReport {
                         .or_default()
                         .mailboxes_unchanged += 1;
                 }
+                let room = MAX_TENANT_PLAN_LINES.saturating_sub(self.planned.len());
+                let kept = report.planned.len().min(room);
                 self.planned.extend(
-                    report
-                        .planned
+                    report.planned[..kept]
                         .iter()
                         .map(|line| format!("{}: {line}", report.mailbox.upn)),
                 );
+                self.planned_left_out +=
+                    u64::try_from(report.planned.len() - kept).unwrap_or(u64::MAX);
                 let failed = report.failed_writes > 0;
                 self.mailboxes.push(MailboxOutcome {
                     mailbox: report.mailbox.upn.clone(),
@@ -593,5 +609,45 @@ mod tests {
             text.contains("14 would be created, 1 would be updated"),
             "{text}"
         );
+    }
+
+    /// Failed before the fix: every job's plan lines were appended, so a dry run of 1,000 mailboxes kept 201,000
+    /// lines in memory and in the JSON report.
+    #[test]
+    fn a_tenants_plan_lines_are_capped_and_the_rest_counted() {
+        let report = |lines: usize| Report {
+            schema: shared::message::SCHEMA_VERSION,
+            job_id: Uuid::nil(),
+            run_id: Uuid::nil(),
+            tenant_id: "t".into(),
+            phase: Phase::Phase2,
+            mailbox: shared::model::Mailbox {
+                id: "m".into(),
+                upn: "m@t".into(),
+            },
+            attempt: 1,
+            outcome: Outcome::Succeeded,
+            counts: PlanCounts::default(),
+            failed_writes: 0,
+            source_failures: vec![],
+            planned: (0..lines).map(|i| format!("create {i}")).collect(),
+            graph: GraphCounts::default(),
+            cursors: Default::default(),
+            skipped: false,
+            duration_ms: 0,
+            finished_at: Utc::now(),
+        };
+        let mut tenant = TenantReport::default();
+        for _ in 0..7 {
+            tenant.record(&report(201));
+        }
+        assert_eq!(tenant.planned.len(), MAX_TENANT_PLAN_LINES);
+        assert_eq!(tenant.planned_left_out, 7 * 201 - 1_000);
+        // The JSON report says so too; a report without plan lines leaves both out.
+        let json = serde_json::to_value(&tenant).expect("json");
+        assert_eq!(json["planned_left_out"].as_u64(), Some(407));
+        assert_eq!(json["planned"].as_array().map(Vec::len), Some(1_000));
+        let quiet = serde_json::to_value(TenantReport::default()).expect("json");
+        assert!(quiet.get("planned").is_none() && quiet.get("planned_left_out").is_none());
     }
 }

@@ -215,3 +215,39 @@ async fn a_second_embedded_run_of_a_tenant_is_refused_while_the_first_holds_the_
     assert_only_unreachable_failed(&third, &estate);
     std::fs::remove_dir_all(&state).ok();
 }
+
+/// `run --wait-for-lease`: a run that finds its tenant's lease held waits for it and syncs the tenant once the
+/// holder lets go (the same run without the wait is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_told_to_wait_for_a_held_lease_syncs_once_it_is_released() {
+    let estate = Estate::seed(SimConfig::default(), params(1, 34)).await;
+    let settings = estate.settings();
+    let tenant = estate.tenants[0].tenant_id.clone();
+    let state = support::scratch_dir("lease-wait");
+    // Another run holds the tenant (its lock file) and lets go a few seconds later.
+    let mut holder = producer::lease::FileLeases::new(&state);
+    holder.take(&tenant).expect("the lease is free");
+    let args = RunArgs {
+        state_dir: Some(state.clone()),
+        ..embedded_args()
+    };
+    let refused = run(&settings, &args).await;
+    assert_refused(&refused, &tenant);
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        holder.release();
+    });
+    let waiting = RunArgs {
+        wait_for_lease: 120,
+        ..clone_args(&args)
+    };
+    let report = run(&settings, &waiting).await;
+    release.await.expect("the holder lets go");
+    assert_only_unreachable_failed(&report, &estate);
+    assert!(
+        !report.tenants[0].mailboxes.is_empty(),
+        "the tenant was not synced:\n{}",
+        report.human()
+    );
+    std::fs::remove_dir_all(&state).ok();
+}

@@ -244,7 +244,7 @@ async fn unreachable_mailboxes_fail_alone_are_dead_lettered_and_nothing_leaks() 
 }
 
 /// The final state of a clean embedded run of `params`, to compare disrupted runs with.
-async fn reference_state(params: EstateParams) -> crate::fleet::Snapshot {
+pub(crate) async fn reference_state(params: EstateParams) -> crate::fleet::Snapshot {
     let estate = Estate::seed(SimConfig::default(), params).await;
     let report = run(&estate.settings(), &embedded_args()).await;
     assert!(

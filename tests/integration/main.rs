@@ -46,6 +46,15 @@ mod central_folder;
 // A job's message back in the queue while its attempt writes, a broken publish channel, forged jobs, metrics ports.
 mod redelivery;
 
+// A broker connection that goes silent: every wait on it is bounded, the producer reconnects and goes on.
+mod silent_broker;
+
+// A worker never runs more than --concurrency jobs at once, across a lost connection and a consumer timeout.
+mod concurrency;
+
+// A dry run's report stays bounded however many mailboxes would be written (issue 10, scenario 7).
+mod dry_run;
+
 // Issue 11: the directory as a source of the phase-2 jobs (directory-only tenants, both sources, leavers).
 mod directory;
 

@@ -219,6 +219,7 @@ async fn produce(settings: Settings, topology: Topology) -> bool {
         allow_mass_delete: false,
         cleanup: None,
         strict: false,
+        wait_for_lease: Duration::ZERO,
     };
     let report = orchestrate::run(&mut broker, &graph, request)
         .await

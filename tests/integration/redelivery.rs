@@ -250,7 +250,7 @@ async fn a_drained_worker_stops_writing_before_its_job_goes_back() {
 }
 
 /// The management API's URL of the AMQP connection named `name`, once the broker lists it.
-async fn connection_url(name: &str) -> reqwest::Url {
+pub(crate) async fn connection_url(name: &str) -> reqwest::Url {
     let http = reqwest::Client::new();
     let base = std::env::var("RABBITMQ_MANAGEMENT_URL")
         .unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned());
@@ -284,7 +284,7 @@ async fn connection_url(name: &str) -> reqwest::Url {
 }
 
 /// Closes a connection through the management API, as a broker or network failure would.
-async fn close_connection(url: reqwest::Url) {
+pub(crate) async fn close_connection(url: reqwest::Url) {
     let closed = reqwest::Client::new()
         .delete(url)
         .basic_auth("guest", Some("guest"))

@@ -40,9 +40,6 @@ use crate::job::JobRunner;
 /// The longest a channel or connection close, an ack or a nack is waited for.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// The longest a publish (with its confirm) is waited for; a broker that does not answer is a broken channel.
-const PUBLISH_WAIT: Duration = Duration::from_secs(30);
-
 /// How often a session checks that its connection and channel are still up.
 const CONNECTION_CHECK: Duration = Duration::from_secs(2);
 
@@ -115,11 +112,17 @@ impl Worker {
     /// On shutdown: stops consuming, lets in-flight jobs finish for up to the grace period, then cancels the rest
     /// and hands them back to the broker.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<StopReason, MqError> {
-        let mut delay = Duration::from_millis(500);
+        const FIRST_DELAY: Duration = Duration::from_millis(500);
+        let mut delay = FIRST_DELAY;
         loop {
             match self.session(&shutdown).await {
                 Ok(reason) => return Ok(reason),
-                Err(error) => {
+                Err(SessionEnd { error, consumed }) => {
+                    // A session that got to consume was a success: the next failure starts the backoff again
+                    // (else a worker that lived through a few restarts waited 30 s before each reconnect).
+                    if consumed {
+                        delay = FIRST_DELAY;
+                    }
                     self.ready.store(false, Ordering::SeqCst);
                     metrics::counter!(crate::metrics::AMQP_RECONNECTS_TOTAL).increment(1);
                     error!(error = %error, retry_in_ms = delay.as_millis() as u64, "broker session ended; reconnecting");
@@ -134,48 +137,17 @@ impl Worker {
     }
 
     /// One connection's lifetime: returns `Ok` on shutdown, `Err` when the connection must be re-established.
-    async fn session(&self, shutdown: &CancellationToken) -> Result<StopReason, MqError> {
-        let connection = mq::connect(&self.config.amqp_url, &self.config.name).await?;
-        let setup = connection
-            .create_channel()
-            .await
-            .map_err(|source| MqError::Amqp {
-                context: "opening a setup channel".into(),
-                source,
-            })?;
-        mq::declare(&setup, &self.config.topology).await?;
-        let publisher = Publisher::open(&connection, self.config.topology.clone()).await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|source| MqError::Amqp {
-                context: "opening a consume channel".into(),
-                source,
-            })?;
-        channel
-            .basic_qos(self.config.concurrency, BasicQosOptions::default())
-            .await
-            .map_err(|source| MqError::Amqp {
-                context: "setting prefetch".into(),
-                source,
-            })?;
-        let mut consumers = Vec::new();
-        for phase in Phase::ALL {
-            let queue = self.config.topology.job_queue(phase);
-            let consumer: Consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    format!("{}-{}", self.config.name, phase).into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|source| MqError::Amqp {
-                    context: format!("consuming {queue}"),
-                    source,
-                })?;
-            consumers.push(consumer);
-        }
+    async fn session(&self, shutdown: &CancellationToken) -> Result<StopReason, SessionEnd> {
+        // Every step of the set-up is bounded (`mq::OPERATION_WAIT`), and a shutdown does not wait for it.
+        let Opened {
+            connection,
+            publisher,
+            channel,
+            consumers,
+        } = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(StopReason::Shutdown),
+            opened = self.open() => opened.map_err(|error| SessionEnd { error, consumed: false })?,
+        };
         let mut deliveries = futures_util::stream::select_all(consumers);
         self.ready.store(true, Ordering::SeqCst);
         info!(broker = %mq::redact_url(&self.config.amqp_url), concurrency = self.config.concurrency, "consuming");
@@ -184,15 +156,7 @@ impl Worker {
         // Cancelled by a delivery whose publish failed: the publish channel is not to be trusted any more.
         let broken = CancellationToken::new();
         let tracker = TaskTracker::new();
-        // lapin does not always end the consumer stream when the socket dies (seen after a RabbitMQ restart: a
-        // reset connection, and the worker waiting on its consumers for ever), so the connection is looked at too.
-        let mut watch = tokio::time::interval(CONNECTION_CHECK);
-        let lost = |context: &str| MqError::Amqp {
-            context: context.into(),
-            source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-                lapin::ConnectionState::Closed,
-            )),
-        };
+        let mut watch = Watch::new(&connection, &channel);
         let outcome = loop {
             let next = async {
                 let slot = self.slots.clone().acquire_owned().await;
@@ -201,14 +165,7 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(StopReason::Shutdown),
                 _ = broken.cancelled() => break Err(lost("a publish failed; reopening the channels")),
-                _ = watch.tick() => {
-                    if !connection.status().connected() {
-                        break Err(lost("the broker connection was lost"));
-                    }
-                    if !channel.status().connected() {
-                        break Err(lost("the broker closed the consume channel (consumer timeout?)"));
-                    }
-                }
+                error = watch.lost() => break Err(error),
                 (slot, next) = next => match next {
                     Some(Ok(message)) => {
                         let Ok(slot) = slot else {
@@ -248,19 +205,21 @@ impl Worker {
                 )
                 .await;
             }
-            if tokio::time::timeout(self.config.grace, tracker.wait())
-                .await
-                .is_err()
-            {
-                warn!(
+            // The grace holds only while the deliveries are still this worker's: a connection or channel lost
+            // meanwhile put them back in the queue, so their attempts stop at once.
+            tokio::select! {
+                _ = tracker.wait() => {}
+                _ = tokio::time::sleep(self.config.grace) => warn!(
                     grace_secs = self.config.grace.as_secs(),
                     "in-flight jobs did not finish in time; cancelling them and handing them back"
-                );
+                ),
+                error = watch.lost() => warn!(%error,
+                    "the broker took the in-flight jobs back during the grace period; cancelling them"),
             }
         }
         attempts.cancel();
         // Every attempt has stopped once this returns (a cancelled attempt publishes nothing; its hand-back and
-        // every publish are bounded by CLOSE_WAIT and PUBLISH_WAIT).
+        // every publish are bounded by CLOSE_WAIT and mq::OPERATION_WAIT).
         tracker.wait().await;
         // On a connection that is already gone a close may never be answered; it must not keep the worker from
         // reconnecting (or from exiting).
@@ -268,7 +227,132 @@ impl Worker {
             tokio::time::timeout(CLOSE_WAIT, channel.close(200, "worker stopping".into())).await;
         let _ =
             tokio::time::timeout(CLOSE_WAIT, connection.close(200, "worker stopping".into())).await;
-        outcome
+        outcome.map_err(|error| SessionEnd {
+            error,
+            consumed: true,
+        })
+    }
+}
+
+/// Notices, as soon as lapin reports it, that the broker closed the session's connection or one of its channels
+/// (the consume channel closed on a consumer timeout, say): from then on its deliveries are back in the queue.
+/// lapin does not always end the consumer stream when the socket dies (seen after a RabbitMQ restart: a reset
+/// connection, and the worker waiting on its consumers for ever), so the status is also looked at every
+/// [`CONNECTION_CHECK`].
+struct Watch<'a> {
+    connection: &'a lapin::Connection,
+    channel: &'a lapin::Channel,
+    events: futures_util::stream::BoxStream<'static, lapin::Event>,
+    tick: tokio::time::Interval,
+}
+
+impl<'a> Watch<'a> {
+    fn new(connection: &'a lapin::Connection, channel: &'a lapin::Channel) -> Self {
+        Self {
+            connection,
+            channel,
+            events: Box::pin(connection.events_listener()),
+            tick: tokio::time::interval(CONNECTION_CHECK),
+        }
+    }
+
+    /// Resolves once the connection or a channel of it is lost, with what was lost.
+    async fn lost(&mut self) -> MqError {
+        loop {
+            tokio::select! {
+                event = self.events.next() => match event {
+                    Some(lapin::Event::Error(error)) => {
+                        return MqError::Amqp {
+                            context: "the broker closed the connection or one of its channels".into(),
+                            source: error,
+                        }
+                    }
+                    Some(_) => {}
+                    // No more events: the connection is gone; the status check below says so.
+                    None => self.events = Box::pin(futures_util::stream::pending()),
+                },
+                _ = self.tick.tick() => {
+                    if !self.connection.status().connected() {
+                        return lost("the broker connection was lost");
+                    }
+                    if !self.channel.status().connected() {
+                        return lost("the broker closed the consume channel (consumer timeout?)");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a session that must be replaced ended.
+struct SessionEnd {
+    error: MqError,
+    /// Whether it got as far as consuming.
+    consumed: bool,
+}
+
+/// A lost connection or channel, as an error naming `context`.
+fn lost(context: &str) -> MqError {
+    MqError::Amqp {
+        context: context.into(),
+        source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+            lapin::ConnectionState::Closed,
+        )),
+    }
+}
+
+/// What a session consumes and publishes through.
+struct Opened {
+    connection: lapin::Connection,
+    publisher: Publisher,
+    channel: lapin::Channel,
+    consumers: Vec<Consumer>,
+}
+
+impl Worker {
+    /// Connects, declares the topology, opens the publish channel and consumes both phase queues; each step
+    /// bounded, so a broker that takes a socket and goes quiet makes the session fail and reconnect.
+    async fn open(&self) -> Result<Opened, MqError> {
+        let connection = mq::connect(&self.config.amqp_url, &self.config.name).await?;
+        let setup = mq::open_channel(&connection, "setup").await?;
+        mq::declare(&setup, &self.config.topology).await?;
+        let publisher = Publisher::open(&connection, self.config.topology.clone()).await?;
+        let channel = mq::open_channel(&connection, "consume").await?;
+        mq::bounded("setting prefetch", async {
+            channel
+                .basic_qos(self.config.concurrency, BasicQosOptions::default())
+                .await
+                .map_err(|source| MqError::Amqp {
+                    context: "setting prefetch".into(),
+                    source,
+                })
+        })
+        .await?;
+        let mut consumers = Vec::new();
+        for phase in Phase::ALL {
+            let queue = self.config.topology.job_queue(phase);
+            let consume = async {
+                channel
+                    .basic_consume(
+                        queue.as_str().into(),
+                        format!("{}-{}", self.config.name, phase).into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|source| MqError::Amqp {
+                        context: format!("consuming {queue}"),
+                        source,
+                    })
+            };
+            consumers.push(mq::bounded(format!("consuming {queue}"), consume).await?);
+        }
+        Ok(Opened {
+            connection,
+            publisher,
+            channel,
+            consumers,
+        })
     }
 }
 
@@ -301,23 +385,12 @@ impl Broker {
         }
     }
 
-    /// Waits for a publish, bounded; a failure marks the publish channel broken.
+    /// Waits for a publish (bounded by `mq::OPERATION_WAIT`); a failure marks the publish channel broken.
     async fn published(
         &self,
         publish: impl std::future::Future<Output = Result<(), MqError>>,
     ) -> Result<(), DeliveryError> {
-        let result = match tokio::time::timeout(PUBLISH_WAIT, publish).await {
-            Ok(result) => result.map_err(DeliveryError::from),
-            Err(_) => Err(DeliveryError::Broker(MqError::Amqp {
-                context: format!(
-                    "no confirm within {} s; the publish channel is not answering",
-                    PUBLISH_WAIT.as_secs()
-                ),
-                source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-                    lapin::ConnectionState::Closed,
-                )),
-            })),
-        };
+        let result = publish.await.map_err(DeliveryError::from);
         if result.is_err() {
             self.broken.cancel();
         }

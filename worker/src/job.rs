@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 use crate::central_cache::CentralCache;
 use crate::directory_cache::{DirectoryCache, Selected};
 use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
+use crate::in_flight::InFlight;
 use crate::trust::{self, CentralLocation, Locations};
 
 /// How many source mailboxes a phase-1 job reads at once (each has its own Graph budget).
@@ -53,6 +54,8 @@ pub struct JobRunner {
     directory: DirectoryCache,
     /// Where each tenant's central folder is by this worker's configuration (a job is checked against it).
     locations: Locations,
+    /// Attempts in progress.
+    in_flight: InFlight,
 }
 
 /// The result of one attempt: the report to publish and what the queue should make of it.
@@ -112,12 +115,18 @@ impl JobRunner {
             central: CentralCache::default(),
             directory: DirectoryCache::default(),
             locations: Locations::default(),
+            in_flight: InFlight::default(),
         }
     }
 
     /// The Graph client (for stats).
     pub fn graph(&self) -> &GraphClient {
         &self.graph
+    }
+
+    /// Attempts of this runner in progress, and the most at once.
+    pub fn in_flight(&self) -> &InFlight {
+        &self.in_flight
     }
 
     /// Runs attempt number `attempt` of `job`. Never panics on bad input; every failure becomes an
@@ -127,6 +136,7 @@ impl JobRunner {
     /// (so no batch is half-sent), and no further batch starts. Once this returns, the attempt writes nothing
     /// more; its delivery may then run elsewhere.
     pub async fn run(&self, job: &Job, attempt: u32, cancel: &CancellationToken) -> Attempt {
+        let _in_flight = self.in_flight.enter();
         let started = Instant::now();
         // A client per job: its tally counts this job's requests only, however many jobs run beside it.
         let mut tally = (0, 0);

@@ -8,6 +8,7 @@
 //! - [`central_cache`]: the central folder read once per worker per run.
 //! - [`consumer`]: the RabbitMQ worker ([`consumer::Worker`]).
 //! - [`embedded`]: the same jobs in one process, no broker ([`embedded::EmbeddedQueue`]).
+//! - [`in_flight`]: attempts in progress, counted where they run (the `--concurrency` promise, checked).
 //! - [`health`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: the Prometheus metric names and where each is recorded.
 #![deny(missing_docs)]
@@ -19,6 +20,7 @@ pub mod directory_cache;
 pub mod disposition;
 pub mod embedded;
 pub mod health;
+pub mod in_flight;
 pub mod job;
 pub mod metrics;
 pub mod run_cache;

@@ -8,6 +8,7 @@
 //! | `jobs_total` | counter | `phase`, `outcome` (`succeeded`, `retrying`, `failed`, `malformed`, `cancelled`) | [`record_job`] |
 //! | `job_duration_seconds` | histogram | `phase`, `outcome` | [`record_job`] |
 //! | `amqp_reconnects_total` | counter | | [`crate::consumer`] |
+//! | `jobs_in_flight` | gauge | | [`crate::in_flight`] (attempts in progress; never above `--concurrency`) |
 //! | `graph_requests_total` | counter | `method`, `status` (class) | `shared::graph` |
 //! | `graph_batch_items_total` | counter | `method`, `status` (class) | `shared::graph` |
 //! | `graph_throttled_total` | counter | `tenant` | `shared::graph` (every 429) |
@@ -30,6 +31,8 @@ pub const JOBS_TOTAL: &str = "jobs_total";
 pub const JOB_DURATION_SECONDS: &str = "job_duration_seconds";
 /// Broker sessions lost and re-established.
 pub const AMQP_RECONNECTS_TOTAL: &str = "amqp_reconnects_total";
+/// Job attempts in progress.
+pub const JOBS_IN_FLIGHT: &str = "jobs_in_flight";
 
 /// Histogram buckets in seconds: sub-second Graph round trips up to phase-1 jobs of large tenants, which read
 /// every mailbox and may wait out several `Retry-After`s (an hour is the top bucket before `+Inf`).
@@ -46,6 +49,10 @@ pub fn describe() {
         JOB_DURATION_SECONDS,
         Unit::Seconds,
         "Wall time of one job attempt, by phase and outcome."
+    );
+    describe_gauge!(
+        JOBS_IN_FLIGHT,
+        "Job attempts in progress (a worker never runs more than --concurrency at once)."
     );
     describe_counter!(
         AMQP_RECONNECTS_TOTAL,

@@ -128,6 +128,44 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, MqError> {
 /// without a bound the producer's or worker's reconnect would wait for ever instead of trying again.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(15);
 
+/// The longest one broker operation on an open connection is waited for: opening a channel, declaring, starting
+/// a consumer, a publish with its confirm, an ack. A broker caught mid-restart, or a socket that died without
+/// lapin noticing, may never answer; past this bound the operation fails as [`MqError::TimedOut`], which every
+/// caller treats like a lost connection (it reconnects), so no wait on the broker is unbounded.
+pub const OPERATION_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits for `operation` at most [`OPERATION_WAIT`]; `what` names it in the error.
+pub async fn bounded<T>(
+    what: impl Into<String>,
+    operation: impl std::future::Future<Output = Result<T, MqError>>,
+) -> Result<T, MqError> {
+    bounded_by(OPERATION_WAIT, what, operation).await
+}
+
+/// [`bounded`] with a wait of the caller's.
+pub async fn bounded_by<T>(
+    wait: Duration,
+    what: impl Into<String>,
+    operation: impl std::future::Future<Output = Result<T, MqError>>,
+) -> Result<T, MqError> {
+    match tokio::time::timeout(wait, operation).await {
+        Ok(result) => result,
+        Err(_) => Err(MqError::TimedOut {
+            what: what.into(),
+            after: wait,
+        }),
+    }
+}
+
+/// Opens a channel on `connection`, bounded; `what` says what it is for.
+pub async fn open_channel(connection: &Connection, what: &str) -> Result<Channel, MqError> {
+    let context = format!("opening a {what} channel");
+    bounded(context.clone(), async move {
+        connection.create_channel().await.map_err(amqp(context))
+    })
+    .await
+}
+
 /// [`connect`], giving up after `wait`. No channel exists yet then, so nothing is left holding messages.
 pub async fn connect_within(url: &str, name: &str, wait: Duration) -> Result<Connection, MqError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
@@ -151,6 +189,20 @@ pub async fn declare_run_reports(
     run_id: uuid::Uuid,
 ) -> Result<String, MqError> {
     let name = topology.run_reports_queue(run_id);
+    bounded(
+        format!("declaring the run's report queue {name}"),
+        declare_run_reports_unbounded(channel, topology, run_id, name.clone()),
+    )
+    .await?;
+    Ok(name)
+}
+
+async fn declare_run_reports_unbounded(
+    channel: &Channel,
+    topology: &Topology,
+    run_id: uuid::Uuid,
+    name: String,
+) -> Result<(), MqError> {
     let options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
@@ -169,34 +221,33 @@ pub async fn declare_run_reports(
         &topology.reports_exchange(),
         &Topology::run_reports_routing_key(run_id),
     )
-    .await?;
-    Ok(name)
+    .await
 }
 
 /// Takes the lease `queue` (see [`Topology::lease_queue`]) for as long as `connection` lives: `Ok(false)` when
 /// another connection holds it (the broker answers RESOURCE_LOCKED).
 pub async fn take_lease(connection: &Connection, queue: &str) -> Result<bool, MqError> {
     // A refused declare closes its channel, so each attempt gets one of its own.
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(amqp("opening a lease channel"))?;
+    let channel = open_channel(connection, "lease").await?;
     let options = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,
         ..QueueDeclareOptions::default()
     };
-    match channel
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(error) if is_resource_locked(&error) => Ok(false),
-        Err(source) => Err(MqError::Amqp {
-            context: format!("declaring the lease queue {queue}"),
-            source,
-        }),
-    }
+    let declare = async {
+        match channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(error) if is_resource_locked(&error) => Ok(false),
+            Err(source) => Err(MqError::Amqp {
+                context: format!("declaring the lease queue {queue}"),
+                source,
+            }),
+        }
+    };
+    bounded(format!("declaring the lease queue {queue}"), declare).await
 }
 
 fn is_resource_locked(error: &lapin::Error) -> bool {
@@ -233,6 +284,14 @@ fn field_table(arguments: &serde_json::Value) -> FieldTable {
 /// What is declared is [`topology::exchanges`] and [`topology::queue_arguments`], the same data
 /// `deploy/rabbitmq/definitions.json` is checked against.
 pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), MqError> {
+    bounded(
+        format!("declaring the topology {}", topology.prefix()),
+        declare_unbounded(channel, topology),
+    )
+    .await
+}
+
+async fn declare_unbounded(channel: &Channel, topology: &Topology) -> Result<(), MqError> {
     let queue_options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
@@ -307,14 +366,14 @@ pub struct Publisher {
 impl Publisher {
     /// Opens a confirm-mode channel on `connection`.
     pub async fn open(connection: &Connection, topology: Topology) -> Result<Self, MqError> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(amqp("opening a publish channel"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(amqp("enabling publisher confirms"))?;
+        let channel = open_channel(connection, "publish").await?;
+        bounded("enabling publisher confirms", async {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(amqp("enabling publisher confirms"))
+        })
+        .await?;
         Ok(Self { channel, topology })
     }
 
@@ -450,21 +509,27 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirm = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                &body,
-                properties,
-            )
-            .await
-            .map_err(amqp(format!("publishing to {exchange}")))?
-            .await
-            .map_err(amqp(format!(
-                "waiting for the confirm of a publish to {exchange}"
-            )))?;
+        let publish = async {
+            self.channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    &body,
+                    properties,
+                )
+                .await
+                .map_err(amqp(format!("publishing to {exchange}")))?
+                .await
+                .map_err(amqp(format!(
+                    "waiting for the confirm of a publish to {exchange}"
+                )))
+        };
+        let confirm = bounded(
+            format!("publishing to {exchange} (the broker's confirm)"),
+            publish,
+        )
+        .await?;
         if confirm.is_nack() {
             return Err(MqError::Nacked {
                 exchange: exchange.into(),
