@@ -107,7 +107,6 @@ impl RunRequest<'_> {
         job.cleanup = self.cleanup;
         job.move_from = move_from.cloned();
         job
-
     }
 }
 

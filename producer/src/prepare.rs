@@ -122,20 +122,20 @@ pub async fn prepare(
         let options = &source.distribution.directory;
         let source_client = graph.tenant(source);
         let failed = |e: DirectoryError| {
-                let doing = if own {
-                    "reading the directory".to_owned()
-                } else {
-                    format!(
+            let doing = if own {
+                "reading the directory".to_owned()
+            } else {
+                format!(
                         "reading the directory of tenant {} (Directory.FromTenants) with that tenant's own \
                          ClientId and credential",
                         source.tenant_id
                     )
-                };
-                match &e {
-                    DirectoryError::Graph(graph) => explain(tenant, graph, &doing),
-                    _ => format!("tenant {}: {doing}: {e}", tenant.tenant_id),
-                }
             };
+            match &e {
+                DirectoryError::Graph(graph) => explain(tenant, graph, &doing),
+                _ => format!("tenant {}: {doing}: {e}", tenant.tenant_id),
+            }
+        };
         let persons = if own {
             let (read, users) = source_client
                 .read_directory_kept(options, source.shared_mailbox(), kept_users.take())

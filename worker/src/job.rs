@@ -27,7 +27,7 @@ use shared::sync::{
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::central_cache::CentralCache;
 use crate::directory_cache::{DirectoryCache, Selected};
@@ -470,8 +470,7 @@ impl JobRunner {
         // The kept feeds follow the default Contacts folder, which phase 1 checks, or, without the mirror, the
         // target folder itself, which this job checks. A mirror tenant writing into another folder has no feed for
         // it, and a pending move reads both folders: the mailbox is read in full.
-        let feeds_apply =
-            job.cursors.tracked && (!named_folder || !mirror) && moving.is_none();
+        let feeds_apply = job.cursors.tracked && (!named_folder || !mirror) && moving.is_none();
         // What the mailbox must have been brought in line with to be skipped: the central generation and/or the
         // directory's content, as the producer found them in this run (none with `FromTenants`: never skipped).
         let in_line_before = feed::phase2_sources(
@@ -759,15 +758,25 @@ impl JobRunner {
             None => Arc::new(PreparedCentral::new(Vec::new())),
         };
         // The directory tells its persons' copies from the mirror's; without it every copy is the mirror's.
-        let directory_wanted =
-            tenant.distribution.directory.enabled || source == CleanupSource::Directory;
-        let (persons, directory_ids) = if directory_wanted {
-            let persons = self
-                .directory
-                .get_or_load(&job.tenant_id, job.run_id, || {
-                    read_directory(tenant, client)
-                })
-                .await?;
+        // Every directory the tenant receives (its own and its `FromTenants`'); with none, its own as its
+        // `Directory` settings select now.
+        let receives = tenant.distribution.receives_directory();
+        let (persons, directory_ids) = if receives || source == CleanupSource::Directory {
+            let lists = if receives {
+                self.received_directory(tenant, client, job).await?
+            } else {
+                vec![
+                    self.directory
+                        .get_or_load(&job.tenant_id, job.run_id, || {
+                            read_directory(tenant, client)
+                        })
+                        .await?,
+                ]
+            };
+            let persons: Vec<DirectoryPerson> = lists
+                .iter()
+                .flat_map(|l| l.persons.iter().cloned())
+                .collect();
             let ids: BTreeSet<SyncId> = persons.iter().map(|p| p.sync_id.clone()).collect();
             let combined =
                 directory::combine(mailbox, central_contacts.contacts(), &persons, Utc::now());

@@ -23,6 +23,7 @@ fn options() -> MirrorOptions {
         managed_category: Some("Company".into()),
         stamp_notes: true,
         opt_out_category: "Private".into(),
+        update_existing: true,
         deletion: DeletionPolicy {
             enabled: true,
             max_share: 0.10,
