@@ -93,7 +93,7 @@ impl RunHistory {
             .with_context(|| format!("creating {}", self.dir.display()))?;
         let path = self.file_of(report);
         let json = serde_json::to_vec_pretty(report).context("serialising the run report")?;
-        crate::run::write_atomically(&path, &json)
+        crate::files::write_atomically(&path, &json)
             .with_context(|| format!("writing {}", path.display()))?;
         let files = self.files()?;
         for old in files.iter().skip(keep) {

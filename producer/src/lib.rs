@@ -27,6 +27,7 @@ pub mod cli;
 pub mod consent;
 pub mod demo;
 pub mod dispatch;
+pub mod files;
 pub mod history;
 pub mod html;
 pub mod lease;

@@ -264,7 +264,7 @@ pub async fn run<D: Dispatch>(
         match outcome {
             Ok(ready) => {
                 report.users = ready.users.len();
-                report.warnings.clone_from(&ready.warnings);
+                report.warnings.extend(ready.warnings.iter().cloned());
                 if request.cleanup.is_some() {
                     // Every mailbox first: their jobs judge copies against the central folder, emptied last.
                     progress.add(Phase::Phase2, ready.users.len() as u64);

@@ -117,7 +117,7 @@ fn report(args: &ReportArgs) -> Result<ExitCode> {
 
 /// Renders and writes the HTML page of `report`.
 fn write_html(report: &RunReport, path: &std::path::Path) -> Result<()> {
-    write_atomically(path, crate::html::render(report).as_bytes())
+    crate::files::write_atomically(path, crate::html::render(report).as_bytes())
         .with_context(|| format!("writing the HTML report to {}", path.display()))
 }
 
@@ -211,7 +211,7 @@ pub fn finish(
     print!("{}", report.human());
     if let Some(path) = path {
         let json = serde_json::to_vec_pretty(report).context("serialising the run report")?;
-        write_atomically(path, &json)
+        crate::files::write_atomically(path, &json)
             .with_context(|| format!("writing the run report to {}", path.display()))?;
     }
     if let Some(html) = html {
@@ -222,11 +222,4 @@ pub fn finish(
     } else {
         EXIT_FAILURES
     }))
-}
-
-/// Writes through a temporary file and a rename, so a reader never sees half a report.
-pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }

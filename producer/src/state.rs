@@ -8,7 +8,6 @@
 //! reads everything, as a first run does. Nothing here is a secret.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -291,20 +290,12 @@ impl StateStore {
         self.replace(&self.folder_file(tenant_id), &json)
     }
 
-    /// Writes `json` to `path` atomically: a temporary file, fsync, rename.
+    /// Writes `json` to `path` atomically ([`crate::files::write_atomically`]), creating the state directory.
     fn replace(&self, path: &Path, json: &[u8]) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
-        // A temporary name of its own: two processes saving at once (whatever the lease) never write into one
-        // file, and the rename makes the last complete one win.
-        let tmp = path.with_extension(format!("json.{}.tmp", Uuid::new_v4().simple()));
-        let mut file =
-            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        file.write_all(json)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-        Ok(())
+        crate::files::write_atomically(path, json)
+            .with_context(|| format!("replacing {}", path.display()))
     }
 }
 

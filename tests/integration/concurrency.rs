@@ -133,7 +133,9 @@ fn phase2_writing(estate: &Estate) -> bool {
 async fn slow_estate(seed: u64) -> Estate {
     Estate::seed(
         SimConfig {
-            latency: Duration::from_millis(20),
+            // Slow enough that phase 2 is still running after two reconnects on a loaded machine (at 20 ms a full
+            // test suite beside it once let phase 2 finish before the second one).
+            latency: Duration::from_millis(60),
             ..SimConfig::default()
         },
         params(seed),

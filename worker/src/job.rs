@@ -808,8 +808,8 @@ impl JobRunner {
             let mut step = self
                 .apply(client, job, mailbox, &folder, &plan, writes)
                 .await?;
-            // Cleanup reports what it removed, dry run or not, naming the mailbox.
-            step.planned = mailbox_lines(mailbox, &plan);
+            // Cleanup reports what it removed, dry run or not (the run's summary names the mailbox).
+            step.planned = planned_lines(&plan);
             done.absorb(step);
         }
         info!(mailbox = %mailbox.upn, %source, removed = done.counts.deleted,
@@ -849,7 +849,7 @@ impl JobRunner {
         let mut done = self
             .apply(client, job, &central.mailbox, &folder, &plan, writes)
             .await?;
-        done.planned = mailbox_lines(&central.mailbox, &plan);
+        done.planned = planned_lines(&plan);
         info!(mailbox = %central.mailbox.upn, removed = done.counts.deleted, "central folder cleaned up");
         Ok(done)
     }
@@ -1191,14 +1191,6 @@ pub fn planned_lines(plan: &Plan) -> Vec<String> {
         lines.push(format!("… and {more} more planned writes not listed"));
     }
     lines
-}
-
-/// [`planned_lines`] of `plan`, each naming `mailbox` (a cleanup's lines of every mailbox end up in one list).
-fn mailbox_lines(mailbox: &Mailbox, plan: &Plan) -> Vec<String> {
-    planned_lines(plan)
-        .into_iter()
-        .map(|line| format!("{}: {line}", mailbox.upn))
-        .collect()
 }
 
 /// Maps a Graph error to retry-or-not, keeping the error's text and Graph's requested wait.
