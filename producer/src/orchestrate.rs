@@ -81,10 +81,12 @@ pub struct RunRequest<'a> {
 impl RunRequest<'_> {
     /// Where `tenant`'s managed copies move from in this run: the folder recorded as last completed
     /// ([`StateStore::target_folder`]; the default Contacts folder when a state is kept but names none, as
-    /// before `TargetFolder` existed) when the configured one is another. Nothing moves without a state or in a
-    /// cleanup.
+    /// before `TargetFolder` existed) when the configured one is another. Nothing moves without a state, on a
+    /// tenant's first run (no copies anywhere yet) or in a cleanup.
     fn move_from(&self, tenant: &TenantSettings) -> Option<FolderChoice> {
-        let store = self.state.filter(|_| self.cleanup.is_none())?;
+        let store = self
+            .state
+            .filter(|store| self.cleanup.is_none() && store.knows(&tenant.tenant_id))?;
         let current = FolderChoice::from(&tenant.distribution.target_folder);
         let previous = store
             .target_folder(&tenant.tenant_id)

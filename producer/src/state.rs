@@ -269,6 +269,11 @@ impl StateStore {
         ))
     }
 
+    /// Whether any run kept a state for `tenant_id` here (a tenant never seen has no copies anywhere yet).
+    pub fn knows(&self, tenant_id: &str) -> bool {
+        self.file(tenant_id).exists() || self.folder_file(tenant_id).exists()
+    }
+
     /// The folder every receiving mailbox of `tenant_id` last had its managed copies brought into (its
     /// `TargetFolder` then), whatever the feeds' scope; `None` when nothing is recorded. A changed `TargetFolder`
     /// moves the copies from there.
@@ -462,8 +467,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cm-state-{}", Uuid::new_v4().simple()));
         let store = StateStore::new(&dir);
         assert_eq!(store.target_folder("t"), None);
+        assert!(!store.knows("t"), "a tenant never run has nothing to move");
         let named = FolderChoice::Named("Company Directory".into());
         store.save_target_folder("t", &named).expect("saved");
+        assert!(store.knows("t") && !store.knows("T2"));
         assert_eq!(store.target_folder("T2"), None);
         assert_eq!(store.target_folder("t"), Some(named));
         store
