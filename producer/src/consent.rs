@@ -30,11 +30,7 @@ pub fn consent_url(tenant: &TenantSettings) -> Url {
 
 /// Prints the URL; an unknown tenant or a bad configuration is a usage error (exit 2).
 pub fn command(args: &ConsentUrlArgs) -> Result<ExitCode> {
-    let settings = match &args.config {
-        Some(path) => Settings::from_file(path),
-        None => Settings::from_env(),
-    };
-    let settings = match settings {
+    let settings = match Settings::load(args.config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("configuration error: {error}");

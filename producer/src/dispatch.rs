@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::{Connection, Consumer};
 use shared::message::{Job, Report};
 use shared::mq::{self, MqError, Publisher, Topology};
@@ -127,28 +126,17 @@ impl Session {
     async fn consume(&mut self, topology: &Topology, run_id: Uuid) -> Result<String> {
         let channel = mq::open_channel(&self.connection, "report").await?;
         let queue = mq::declare_run_reports(&channel, topology, run_id).await?;
-        let consume = async {
+        let prefetch = async {
             channel
                 .basic_qos(256, BasicQosOptions::default())
                 .await
                 .map_err(|source| MqError::Amqp {
                     context: "setting report prefetch".into(),
                     source,
-                })?;
-            channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    "contactmirror-producer".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|source| MqError::Amqp {
-                    context: format!("consuming {queue}"),
-                    source,
                 })
         };
-        let reports = mq::bounded(format!("consuming {queue}"), consume).await?;
+        mq::bounded("setting report prefetch", prefetch).await?;
+        let reports = mq::consume(&channel, &queue, "contactmirror-producer").await?;
         self.reports = Some(reports);
         Ok(queue)
     }

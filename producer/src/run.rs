@@ -124,10 +124,7 @@ fn write_html(report: &RunReport, path: &std::path::Path) -> Result<()> {
 /// Loads settings from `--config` or the environment; `--dry-run` can only add dryness, never remove it. Invalid
 /// tenant entries come back in [`Settings::invalid_tenants`]: the run fails them and runs the others.
 pub fn load_settings(args: &RunArgs) -> Result<Settings> {
-    let mut settings = match &args.config {
-        Some(path) => Settings::from_file(path)?,
-        None => Settings::from_env()?,
-    };
+    let mut settings = Settings::load(args.config.as_deref())?;
     if args.dry_run {
         settings.force_dry_run();
     }

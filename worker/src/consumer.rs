@@ -21,10 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicQosOptions};
 use lapin::Consumer;
 use shared::message::{FailureReason, Job, Phase, Report};
 use shared::mq::{self, attempt_of, MqError, Publisher, Topology};
@@ -331,21 +328,8 @@ impl Worker {
         let mut consumers = Vec::new();
         for phase in Phase::ALL {
             let queue = self.config.topology.job_queue(phase);
-            let consume = async {
-                channel
-                    .basic_consume(
-                        queue.as_str().into(),
-                        format!("{}-{}", self.config.name, phase).into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(|source| MqError::Amqp {
-                        context: format!("consuming {queue}"),
-                        source,
-                    })
-            };
-            consumers.push(mq::bounded(format!("consuming {queue}"), consume).await?);
+            let tag = format!("{}-{}", self.config.name, phase);
+            consumers.push(mq::consume(&channel, &queue, &tag).await?);
         }
         Ok(Opened {
             connection,

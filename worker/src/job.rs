@@ -522,16 +522,7 @@ impl JobRunner {
             ),
             (None, _) => None,
         };
-        let central_contacts = match central {
-            Some(central) => {
-                self.central
-                    .get_or_load(&job.tenant_id, job.run_id, central, || {
-                        read_central(client, central)
-                    })
-                    .await?
-            }
-            None => Arc::new(PreparedCentral::new(Vec::new())),
-        };
+        let central_contacts = self.central_contacts(client, job, central).await?;
         // Without the directory the cached central folder, prepared once, is planned against as it is (no copy per
         // job); with it, the combined list is prepared for this mailbox.
         let combined;
@@ -549,10 +540,7 @@ impl JobRunner {
                     &one.persons
                 }
                 _ => {
-                    joined = lists
-                        .iter()
-                        .flat_map(|l| l.persons.iter().cloned())
-                        .collect();
+                    joined = joined_persons(&lists);
                     &joined
                 }
             };
@@ -644,6 +632,25 @@ impl JobRunner {
             done.cursors = kept(link, in_line_with);
         }
         Ok(done)
+    }
+
+    /// The central folder's contacts prepared for planning (cached per worker and run); none without the mirror.
+    async fn central_contacts(
+        &self,
+        client: &TenantClient,
+        job: &Job,
+        central: Option<&CentralFolder>,
+    ) -> Result<Arc<PreparedCentral>, AttemptResult> {
+        match central {
+            Some(central) => {
+                self.central
+                    .get_or_load(&job.tenant_id, job.run_id, central, || {
+                        read_central(client, central)
+                    })
+                    .await
+            }
+            None => Ok(Arc::new(PreparedCentral::new(Vec::new()))),
+        }
     }
 
     /// The directory persons `tenant`'s mailboxes receive, one list per source tenant
@@ -747,16 +754,7 @@ impl JobRunner {
         mailbox: &Mailbox,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
-        let central_contacts = match central {
-            Some(central) => {
-                self.central
-                    .get_or_load(&job.tenant_id, job.run_id, central, || {
-                        read_central(client, central)
-                    })
-                    .await?
-            }
-            None => Arc::new(PreparedCentral::new(Vec::new())),
-        };
+        let central_contacts = self.central_contacts(client, job, central).await?;
         // The directory tells its persons' copies from the mirror's; without it every copy is the mirror's.
         // Every directory the tenant receives (its own and its `FromTenants`'); with none, its own as its
         // `Directory` settings select now.
@@ -773,10 +771,7 @@ impl JobRunner {
                         .await?,
                 ]
             };
-            let persons: Vec<DirectoryPerson> = lists
-                .iter()
-                .flat_map(|l| l.persons.iter().cloned())
-                .collect();
+            let persons = joined_persons(&lists);
             let ids: BTreeSet<SyncId> = persons.iter().map(|p| p.sync_id.clone()).collect();
             let combined =
                 directory::combine(mailbox, central_contacts.contacts(), &persons, Utc::now());
@@ -1122,6 +1117,14 @@ async fn read_directory(
         .await
         .map_err(|e| directory_failure(&tenant.tenant_id, &e))?;
     Ok(Selected::new(directory::select(&snapshot.read(), options)))
+}
+
+/// Several sources' persons in one list (each source's persons once, in source order).
+fn joined_persons(lists: &[Arc<Selected>]) -> Vec<DirectoryPerson> {
+    lists
+        .iter()
+        .flat_map(|list| list.persons.iter().cloned())
+        .collect()
 }
 
 /// A failed read of another tenant's directory, said as the receiving tenant's failure (the text already names

@@ -56,11 +56,7 @@ const DEFAULT_METRICS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LO
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     shared::telemetry::init(cli.log_format);
-    let settings = match &cli.config {
-        Some(path) => Settings::from_file(path),
-        None => Settings::from_env(),
-    };
-    let settings = match settings {
+    let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("configuration error: {error}");

@@ -395,7 +395,13 @@ impl Settings {
     /// still supplies `AUTOMATION_SYNCCONTACTS_DRY_RUN` (when the file has no `DryRun`) and
     /// `AUTOMATION_SYNCCONTACTS_TEST_USER_LIST_BY_TENANT_JSON`.
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        Self::from_sources(&|name| std::env::var(name).ok(), Some(path))
+        Self::load(Some(path))
+    }
+
+    /// [`Settings::from_file`] when a `--config` file is given, else [`Settings::from_env`]: what every binary
+    /// does with its `--config` option.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::from_sources(&|name| std::env::var(name).ok(), file)
     }
 
     /// The loader itself: `env` looks variables up, `file` (when given) replaces the environment's tenant

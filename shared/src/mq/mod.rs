@@ -9,8 +9,8 @@ pub mod topology;
 use std::time::Duration;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -162,6 +162,27 @@ pub async fn open_channel(connection: &Connection, what: &str) -> Result<Channel
     let context = format!("opening a {what} channel");
     bounded(context.clone(), async move {
         connection.create_channel().await.map_err(amqp(context))
+    })
+    .await
+}
+
+/// Starts consuming `queue` on `channel` as `tag`, bounded like every broker wait.
+pub async fn consume(
+    channel: &Channel,
+    queue: &str,
+    tag: &str,
+) -> Result<lapin::Consumer, MqError> {
+    let context = format!("consuming {queue}");
+    bounded(context.clone(), async move {
+        channel
+            .basic_consume(
+                queue.into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp(context))
     })
     .await
 }
