@@ -95,14 +95,16 @@ pub fn scope(tenant: &TenantSettings, central: &CentralFolder) -> Uuid {
     Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
 }
 
-/// The identity of a tenant's state when it has no mirror (a directory-only tenant): Graph endpoint and the
-/// folder the directory is distributed into. Another `TargetFolder` makes the kept feeds meaningless.
+/// The identity of a tenant's state when it has no mirror (a directory-only tenant): Graph endpoint, the folder
+/// the directory is distributed into and the field policy. Another `TargetFolder` makes the kept feeds
+/// meaningless; another `Fields` means mailboxes "in line" were brought in line under other rules.
 pub fn directory_scope(tenant: &TenantSettings) -> Uuid {
     let key = format!(
-        "{}|{}|directory-only|{:?}",
+        "{}|{}|directory-only|{:?}|{:?}",
         tenant.tenant_id.to_lowercase(),
         tenant.graph_endpoint.as_str().trim_end_matches('/'),
         tenant.distribution.target_folder,
+        tenant.mirror.fields.policy,
     );
     Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
 }

@@ -59,6 +59,7 @@ fn settings_at(authority: &str, graph: &str, secret: &str) -> TenantSettings {
                 max_share: 0.1,
             },
             update_existing: true,
+            fields: Default::default(),
         },
         limits: GraphLimits::default(),
         distribution: Default::default(),

@@ -524,9 +524,12 @@ impl JobRunner {
         };
         let central_contacts = match central {
             Some(central) => {
+                // Phase 2 passes on only what may be published, even before phase 1 cleared a contact.
                 self.central
-                    .get_or_load(&job.tenant_id, job.run_id, central, || {
-                        read_central(client, central)
+                    .get_or_load(&job.tenant_id, job.run_id, central, || async {
+                        read_central(client, central).await.map(|contacts| {
+                            sync::fields::central_folder_view(contacts, tenant.mirror.fields.central)
+                        })
                     })
                     .await?
             }
@@ -749,9 +752,12 @@ impl JobRunner {
     ) -> Result<Done, AttemptResult> {
         let central_contacts = match central {
             Some(central) => {
+                // Phase 2 passes on only what may be published, even before phase 1 cleared a contact.
                 self.central
-                    .get_or_load(&job.tenant_id, job.run_id, central, || {
-                        read_central(client, central)
+                    .get_or_load(&job.tenant_id, job.run_id, central, || async {
+                        read_central(client, central).await.map(|contacts| {
+                            sync::fields::central_folder_view(contacts, tenant.mirror.fields.central)
+                        })
                     })
                     .await?
             }

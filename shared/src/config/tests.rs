@@ -465,6 +465,7 @@ fn defaults() {
                 max_share: 0.10
             },
             update_existing: true,
+            fields: Default::default(),
         }
     );
     assert_eq!(tenant.limits, GraphLimits::default());

@@ -7,9 +7,13 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
-use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
+use crate::config::CentralFields;
+use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, WriteOp};
 
-use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
+use super::fields;
+use super::identity::{
+    effective_sync_id, names_mailbox, ownership, property_sync_id, Ownership, SyncId,
+};
 use super::matching::{agrees, DataIndex};
 use super::normalize::{email_keys, has_category, name_key, normalize, NormalizedFields};
 use super::plan::{deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, Reason};
@@ -41,6 +45,16 @@ impl MatchKeys {
             norm: normalize(&contact.fields),
         }
     }
+
+    /// The keys of `contact` as the central folder may hold it ([`fields::central_view`]): the fields outside
+    /// `central` count as empty (the match keys are always central fields).
+    fn central(contact: &Contact, central: CentralFields) -> Self {
+        let keys = MatchKeys::of(contact);
+        MatchKeys {
+            norm: keys.norm.masked(central.set()),
+            ..keys
+        }
+    }
 }
 
 /// A source contact with what matching needs precomputed (its keys borrowed when computed earlier, e.g. once per
@@ -57,6 +71,15 @@ impl<'a> Candidate<'a> {
             mailbox,
             contact,
             keys: Cow::Owned(MatchKeys::of(contact)),
+        }
+    }
+
+    /// A phase-1 candidate: compared as the central folder may hold it (see [`MatchKeys::central`]).
+    fn central(mailbox: &'a Mailbox, contact: &'a Contact, central: CentralFields) -> Self {
+        Candidate {
+            mailbox,
+            contact,
+            keys: Cow::Owned(MatchKeys::central(contact, central)),
         }
     }
 
@@ -104,7 +127,7 @@ impl CentralKeys {
                 .unwrap_or_else(|| SyncId::derive(&ctx.tenant_id, &ctx.owner.id, &contact.id));
             by_sync
                 .entry(sync)
-                .or_insert_with(|| normalize(&contact.fields));
+                .or_insert_with(|| MatchKeys::central(contact, ctx.options.fields.central).norm);
         }
         CentralKeys { by_sync }
     }
@@ -119,9 +142,9 @@ impl CentralKeys {
         {
             return false;
         }
-        self.by_sync
-            .get(&property)
-            .is_some_and(|norm| *norm == normalize(&contact.fields))
+        self.by_sync.get(&property).is_some_and(|norm| {
+            *norm == MatchKeys::central(contact, ctx.options.fields.central).norm
+        })
     }
 
     /// Drops from `source` the contacts [`plan_central`] can do without.
@@ -150,7 +173,10 @@ fn newest_index(
 
 /// A contact of the central folder during planning.
 struct Entry<'a> {
+    /// Compared as the central folder may hold it.
     c: Candidate<'a>,
+    /// It holds a field outside `CentralFields` (from an earlier run or configuration): cleared by an update.
+    private: bool,
     sync: SyncId,
     canonical: bool,
     stamp: NotesStamp,
@@ -176,9 +202,38 @@ pub(crate) fn with_category(categories: &[String], category: &str) -> Vec<String
 /// How many rounds [`settle`] tries before falling back to updates from identified sources only.
 const SETTLE_ROUNDS: usize = 8;
 
+/// The fields phase 1 takes from `member` for `entry`'s person ([`fields::published_by`]).
+fn published(ctx: &PlanContext, entry: &Entry, member: &Candidate) -> FieldSet {
+    let rules = &ctx.options.fields;
+    if rules.policy.all_overwritten() {
+        return rules.central.set();
+    }
+    fields::published_by(rules, is_origin(ctx, entry, member))
+}
+
+/// Whether `member` is the contact `entry`'s person was first published from: its own derived id is the person's,
+/// or the person's `CreatedBy` names its mailbox and it is not a managed copy of the person.
+fn is_origin(ctx: &PlanContext, entry: &Entry, member: &Candidate) -> bool {
+    SyncId::derive(&ctx.tenant_id, &member.mailbox.id, &member.contact.id) == entry.sync
+        || (entry
+            .stamp
+            .created_by
+            .as_deref()
+            .is_some_and(|by| names_mailbox(by, member.mailbox))
+            && property_sync_id(member.contact).as_ref() != Some(&entry.sync))
+}
+
+/// Whether `member` holds an edit of `entry`'s person: a published field differs.
+fn differs(ctx: &PlanContext, entry: &Entry, member: &Candidate) -> bool {
+    member
+        .norm
+        .differs_in(&entry.c.norm, published(ctx, entry, member))
+}
+
 /// For each central entry, the member whose data updates it: the newest member whose data differs, when newer
 /// than the central contact.
 fn drivers(
+    ctx: &PlanContext,
     entries: &[Entry],
     candidates: &[Candidate],
     unvouched: &BTreeSet<usize>,
@@ -199,7 +254,9 @@ fn drivers(
             newest_index(
                 members
                     .into_iter()
-                    .filter(|&m| candidates[m].norm != entry.c.norm && !unvouched.contains(&m)),
+                    .filter(|&m| {
+                        differs(ctx, entry, &candidates[m]) && !unvouched.contains(&m)
+                    }),
                 candidates,
             )
             .filter(|&m| candidates[m].contact.last_modified > entry.c.contact.last_modified)
@@ -307,17 +364,18 @@ fn assign(
 /// find nothing to do. Found by iteration from the identified sources' updates; if it does not settle within
 /// [`SETTLE_ROUNDS`], only identified sources update (unidentified ones then count once phase 2 has stamped them).
 fn settle(
+    ctx: &PlanContext,
     entries: &[Entry],
     candidates: &[Candidate],
     unvouched: &BTreeSet<usize>,
     unidentified: &[usize],
 ) -> (Vec<Option<usize>>, Vec<Option<usize>>) {
     let none = vec![None; unidentified.len()];
-    let identified_only = drivers(entries, candidates, unvouched, unidentified, &none);
+    let identified_only = drivers(ctx, entries, candidates, unvouched, unidentified, &none);
     let mut updates = identified_only.clone();
     for _ in 0..SETTLE_ROUNDS {
         let assignment = assign(entries, candidates, unidentified, &updates);
-        let next = drivers(entries, candidates, unvouched, unidentified, &assignment);
+        let next = drivers(ctx, entries, candidates, unvouched, unidentified, &assignment);
         if next == updates {
             return (updates, assignment);
         }
@@ -384,9 +442,11 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         if canonical {
             by_sync.insert(sync.clone(), entries.len());
         }
+        let c = Candidate::central(&ctx.owner, contact, options.fields.central);
         entries.push(Entry {
             stamp: NotesStamp::parse(contact.personal_notes.as_deref()),
-            c: Candidate::new(&ctx.owner, contact),
+            private: c.norm != normalize(&contact.fields),
+            c,
             sync,
             canonical,
             members: Vec::new(),
@@ -399,7 +459,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         .flat_map(|s| {
             s.contacts
                 .iter()
-                .map(move |c| Candidate::new(&s.mailbox, c))
+                .map(move |c| Candidate::central(&s.mailbox, c, options.fields.central))
         })
         .collect();
     candidates.sort_by(|a, b| (&a.mailbox.id, &a.contact.id).cmp(&(&b.mailbox.id, &b.contact.id)));
@@ -450,7 +510,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
 
     // Unidentified sources match the central data as this plan leaves it, and may themselves be the newest edit
     // that changes it: iterate to a fixed point (see `settle`).
-    let (updates, assignment) = settle(&entries, &candidates, &unvouched, &unidentified);
+    let (updates, assignment) = settle(ctx, &entries, &candidates, &unvouched, &unidentified);
 
     // Unidentified sources that match no central contact are new people.
     let mut people: Vec<NewPerson> = Vec::new();
@@ -523,7 +583,10 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
             last_updated_by: Some(newest.mailbox.upn.clone()),
         };
         let write = ContactWrite {
-            fields: Some(newest.contact.fields.clone()),
+            fields: Some(fields::central_view(
+                &newest.contact.fields,
+                options.fields.central,
+            )),
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
                 .managed_category
@@ -655,7 +718,7 @@ fn plan_entry(
     }
 
     let members = || members.iter().map(|&m| &candidates[m]);
-    let differing = members().any(|m| m.norm != entry.c.norm);
+    let differing = members().any(|m| differs(ctx, entry, m));
     let update_from = update_from.map(|m| &candidates[m]);
 
     let needs_property = property_sync_id(central).as_ref() != Some(&entry.sync);
@@ -665,7 +728,12 @@ fn plan_entry(
         .as_deref()
         .is_some_and(|cat| !has_category(&central.categories, cat));
 
-    if update_from.is_none() && !needs_property && !needs_notes && !needs_category {
+    if update_from.is_none()
+        && !entry.private
+        && !needs_property
+        && !needs_notes
+        && !needs_category
+    {
         if differing {
             item.reason = Reason::TargetNewer;
         }
@@ -700,8 +768,24 @@ fn plan_entry(
             created_by: Some(created_by),
         },
     };
+    // The newest edit's published fields, or (a contact holding fields outside `CentralFields`) its own view.
+    let fields = match update_from {
+        Some(source) => Some(fields::for_central(
+            &options.fields,
+            &source.contact.fields,
+            &central.fields,
+            published(ctx, entry, source),
+        )),
+        None => entry
+            .private
+            .then(|| fields::central_view(&central.fields, options.fields.central)),
+    };
+    let changed_fields = fields
+        .as_ref()
+        .map(|f| normalize(f).changed(&normalize(&central.fields)))
+        .unwrap_or_default();
     let write = ContactWrite {
-        fields: update_from.map(|s| s.contact.fields.clone()),
+        fields,
         personal_notes: (options.stamp_notes && (update_from.is_some() || needs_notes))
             .then(|| restamp(central.personal_notes.as_deref(), &stamp)),
         categories: options
@@ -721,12 +805,13 @@ fn plan_entry(
         write,
     });
     item.action = ActionKind::Update;
+    item.changed_fields = changed_fields;
     match update_from {
         Some(source) => {
             item.reason = Reason::SourceNewer;
             item.source = Some(source.mailbox.upn.clone());
-            item.changed_fields = source.norm.changed(&entry.c.norm);
         }
+        None if entry.private => item.reason = Reason::OutsideCentralFields,
         None => item.reason = Reason::StampMissing,
     }
     item

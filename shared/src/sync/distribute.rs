@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::config::MirrorOptions;
+use crate::config::{CentralFields, MirrorOptions};
 use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
 
 use super::central::{with_category, Candidate, MatchKeys};
@@ -14,8 +14,9 @@ use super::identity::{
     effective_sync_id, names_mailbox, ownership, property_sync_id, stamped_as_own, OwnerReason,
     Ownership, SyncId,
 };
+use super::fields::{self, Data, Existing};
 use super::matching::{agrees, DataIndex};
-use super::normalize::has_category;
+use super::normalize::{has_category, normalize};
 use super::plan::{
     deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, PlanRefusal, Reason,
 };
@@ -89,7 +90,7 @@ pub fn plan_distribution(
 ) -> Result<Plan, PlanRefusal> {
     plan_distribution_from(
         ctx,
-        &PreparedCentral::new(central.to_vec()),
+        &PreparedCentral::of_central_folder(central.to_vec(), ctx.options.fields.central),
         target_mailbox,
         target,
     )
@@ -111,6 +112,11 @@ impl PreparedCentral {
         contacts.sort_by(|a, b| a.id.cmp(&b.id));
         let keys = contacts.iter().map(MatchKeys::of).collect();
         PreparedCentral { contacts, keys }
+    }
+
+    /// The central folder's contacts as phase 2 may distribute them ([`fields::central_folder_view`]).
+    pub fn of_central_folder(contacts: Vec<Contact>, central: CentralFields) -> Self {
+        Self::new(fields::central_folder_view(contacts, central))
     }
 
     /// The contacts, by id.
@@ -405,7 +411,14 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             last_updated_by,
         };
         item.op = Some(WriteOp::Create(ContactWrite {
-            fields: Some(central.fields.clone()),
+            fields: Some(fields::for_target(
+                &options.fields,
+                Data {
+                    fields: &central.fields,
+                    norm: &source.c.norm,
+                },
+                None,
+            )),
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
                 .managed_category
@@ -423,11 +436,32 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         return item;
     }
     let contact = t.c.contact;
-    let differs = t.c.norm != source.c.norm;
+    let owner_created = t.ownership.is_owner_created();
+    // What the policy makes of the target's fields; computed only when they differ from the source's at all
+    // (equal data stays equal under every policy).
+    let desired = (t.c.norm != source.c.norm).then(|| {
+        let fields = fields::for_target(
+            &options.fields,
+            Data {
+                fields: &central.fields,
+                norm: &source.c.norm,
+            },
+            Some(Existing {
+                data: Data {
+                    fields: &contact.fields,
+                    norm: &t.c.norm,
+                },
+                owner_created,
+            }),
+        );
+        let norm = normalize(&fields);
+        (fields, norm)
+    });
+    let desired = desired.filter(|(_, norm)| *norm != t.c.norm);
+    let differs = desired.is_some();
     // Ties (equal or both unknown timestamps) go to the central folder: phase 1 publishes only strictly newer
     // edits, so a tie left alone here would be stamped, look newer next run and flip the person back.
     let write_data = differs && central.last_modified >= contact.last_modified;
-    let owner_created = t.ownership.is_owner_created();
     // A bare property would make an owner's contact look like a managed copy; only stamp when ownership survives.
     let may_stamp = !owner_created || options.stamp_notes || t.derived == source.sync;
     let needs_property = may_stamp && t.property.as_ref() != Some(&source.sync);
@@ -473,7 +507,10 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         last_updated_by,
     };
     let write = ContactWrite {
-        fields: write_data.then(|| central.fields.clone()),
+        fields: desired
+            .as_ref()
+            .filter(|_| write_data)
+            .map(|(fields, _)| fields.clone()),
         personal_notes: (may_stamp && options.stamp_notes && (write_data || needs_notes))
             .then(|| restamp(contact.personal_notes.as_deref(), &stamp)),
         categories: options
@@ -495,7 +532,10 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
     item.action = ActionKind::Update;
     if write_data {
         item.reason = Reason::SourceNewer;
-        item.changed_fields = source.c.norm.changed(&t.c.norm);
+        item.changed_fields = desired
+            .as_ref()
+            .map(|(_, norm)| norm.changed(&t.c.norm))
+            .unwrap_or_default();
     } else {
         item.reason = Reason::StampMissing;
     }

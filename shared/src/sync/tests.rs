@@ -28,6 +28,7 @@ fn options() -> MirrorOptions {
             max_share: 0.10,
         },
         update_existing: true,
+        fields: Default::default(),
     }
 }
 
