@@ -11,9 +11,7 @@ use crate::config::CentralFields;
 use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, WriteOp};
 
 use super::fields;
-use super::identity::{
-    effective_sync_id, names_mailbox, ownership, property_sync_id, Ownership, SyncId,
-};
+use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
 use super::matching::{agrees, DataIndex};
 use super::normalize::{email_keys, has_category, name_key, normalize, NormalizedFields};
 use super::plan::{deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, Reason};
@@ -211,16 +209,10 @@ fn published(ctx: &PlanContext, entry: &Entry, member: &Candidate) -> FieldSet {
     fields::published_by(rules, is_origin(ctx, entry, member))
 }
 
-/// Whether `member` is the contact `entry`'s person was first published from: its own derived id is the person's,
-/// or the person's `CreatedBy` names its mailbox and it is not a managed copy of the person.
+/// Whether `member` is the contact `entry`'s person was first published from (its own derived id is the person's):
+/// the one contact whose `FillEmpty` and `Ignore` fields are the person's own (see [`fields::published_by`]).
 fn is_origin(ctx: &PlanContext, entry: &Entry, member: &Candidate) -> bool {
     SyncId::derive(&ctx.tenant_id, &member.mailbox.id, &member.contact.id) == entry.sync
-        || (entry
-            .stamp
-            .created_by
-            .as_deref()
-            .is_some_and(|by| names_mailbox(by, member.mailbox))
-            && property_sync_id(member.contact).as_ref() != Some(&entry.sync))
 }
 
 /// Whether `member` holds an edit of `entry`'s person: a published field differs.
@@ -582,11 +574,22 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
             last_updated_at: Some(format_time(ctx.now)),
             last_updated_by: Some(newest.mailbox.upn.clone()),
         };
-        let write = ContactWrite {
-            fields: Some(fields::central_view(
+        // The newest edit's fields; those only an origin publishes (`FillEmpty`, `Ignore`) from the member the
+        // person is derived from, when there is one, so a later plan does not take them from it as an edit.
+        let origin = person.members.iter().map(|&m| &candidates[m]).find(|m| {
+            SyncId::derive(&ctx.tenant_id, &m.mailbox.id, &m.contact.id) == *sync
+        });
+        let fields = match origin {
+            Some(origin) => fields::for_central(
+                &options.fields,
                 &newest.contact.fields,
-                options.fields.central,
-            )),
+                &origin.contact.fields,
+                fields::published_by(&options.fields, false),
+            ),
+            None => fields::central_view(&newest.contact.fields, options.fields.central),
+        };
+        let write = ContactWrite {
+            fields: Some(fields),
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
                 .managed_category
@@ -714,6 +717,21 @@ fn plan_entry(
     };
     if !entry.canonical {
         item.reason = Reason::DuplicateSyncId;
+        // Not kept in sync nor distributed, but it is in the central folder: what it holds beyond
+        // `CentralFields` goes.
+        if entry.private && options.update_existing {
+            let fields = fields::central_view(&central.fields, options.fields.central);
+            item.changed_fields = normalize(&fields).changed(&normalize(&central.fields));
+            item.op = Some(WriteOp::Update {
+                id: central.id.clone(),
+                write: ContactWrite {
+                    fields: Some(fields),
+                    ..ContactWrite::default()
+                },
+            });
+            item.action = ActionKind::Update;
+            item.reason = Reason::OutsideCentralFields;
+        }
         return item;
     }
 

@@ -2037,3 +2037,6 @@ proptest! {
         }
     }
 }
+
+// Issue 14: what travels (`CentralFields`, `Fields`) through both phases.
+mod field_rules;
