@@ -303,7 +303,10 @@ impl FieldSet {
 
     /// The fields, in [`Field::ALL`] order.
     pub fn iter(self) -> impl Iterator<Item = Field> {
-        Field::ALL.iter().copied().filter(move |f| self.contains(*f))
+        Field::ALL
+            .iter()
+            .copied()
+            .filter(move |f| self.contains(*f))
     }
 }
 
@@ -315,7 +318,9 @@ impl FromIterator<Field> for FieldSet {
 
 impl std::fmt::Debug for FieldSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.iter().map(Field::graph_name)).finish()
+        f.debug_set()
+            .entries(self.iter().map(Field::graph_name))
+            .finish()
     }
 }
 
@@ -396,7 +401,10 @@ mod tests {
         assert_eq!(names, ContactFields::GRAPH_NAMES);
         for (i, field) in Field::ALL.iter().enumerate() {
             assert_eq!(*field as usize, i);
-            assert_eq!(Field::from_graph_name(&field.graph_name().to_uppercase()), Some(*field));
+            assert_eq!(
+                Field::from_graph_name(&field.graph_name().to_uppercase()),
+                Some(*field)
+            );
             // Copying one field from a full contact into an empty one changes exactly that Graph property.
             let full = ContactFields {
                 display_name: Some("x".into()),
@@ -455,7 +463,10 @@ mod tests {
         assert_eq!(set.complement().complement(), set);
         assert_eq!(set.complement().intersection(set), FieldSet::empty());
         assert_eq!(FieldSet::all().iter().count(), Field::ALL.len());
-        assert_eq!(set.without(Field::Birthday).iter().collect::<Vec<_>>(), vec![Field::HomeAddress]);
+        assert_eq!(
+            set.without(Field::Birthday).iter().collect::<Vec<_>>(),
+            vec![Field::HomeAddress]
+        );
         assert_eq!(format!("{set:?}"), r#"{"homeAddress", "birthday"}"#);
     }
 }

@@ -29,7 +29,10 @@ async fn estate(seed: u64) -> Estate {
 }
 
 /// The estate's configuration with `edit` applied to its tenant.
-fn settings_with(estate: &Estate, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Settings {
+fn settings_with(
+    estate: &Estate,
+    edit: impl FnOnce(&mut serde_json::Map<String, Value>),
+) -> Settings {
     let mut doc = estate.config_json();
     if let Some(tenant) = doc["MicrosoftTenants"][0].as_object_mut() {
         edit(tenant);
@@ -58,7 +61,13 @@ async fn settle(estate: &Estate, settings: &Settings, args: &RunArgs, limit: usi
 }
 
 /// The contact holding `address` in `upn`'s default folder (`folder` for the central one).
-fn find(estate: &Estate, t: &SeededTenant, upn: &str, folder: Option<&str>, address: &str) -> Value {
+fn find(
+    estate: &Estate,
+    t: &SeededTenant,
+    upn: &str,
+    folder: Option<&str>,
+    address: &str,
+) -> Value {
     estate
         .sim
         .contacts(&t.tenant_id, upn, folder)
@@ -85,7 +94,8 @@ fn empty(value: &Value) -> bool {
 const PRIVATE: &str = "pia.private@example.org";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_home_address_never_reaches_the_central_folder_or_another_mailbox_and_earlier_ones_are_cleared() {
+async fn a_home_address_never_reaches_the_central_folder_or_another_mailbox_and_earlier_ones_are_cleared(
+) {
     let estate = estate(141).await;
     let t = estate.tenants[0].clone();
     let users = t.mirror_target_upns.clone();
@@ -120,23 +130,47 @@ async fn a_home_address_never_reaches_the_central_folder_or_another_mailbox_and_
         t.insert("CentralFields".into(), json!(everything));
     });
     settle(&estate, &open, &args, 3).await;
-    let central = find(&estate, &t, &t.shared_mailbox_upn, Some("All Contacts"), PRIVATE);
-    assert_eq!(central["homeAddress"]["street"], "1 Home Lane", "the open list lets it through");
-    assert_eq!(find(&estate, &t, &users[1], None, PRIVATE)["spouseName"], "Sam");
+    let central = find(
+        &estate,
+        &t,
+        &t.shared_mailbox_upn,
+        Some("All Contacts"),
+        PRIVATE,
+    );
+    assert_eq!(
+        central["homeAddress"]["street"], "1 Home Lane",
+        "the open list lets it through"
+    );
+    assert_eq!(
+        find(&estate, &t, &users[1], None, PRIVATE)["spouseName"],
+        "Sam"
+    );
 
     // The default: the next run clears the central contact (an update, the same contact) and every copy; the kept
     // feeds do not let the changed configuration skip anything.
     let default = settings_with(&estate, |_| {});
     settle(&estate, &default, &args, 3).await;
-    let cleared = find(&estate, &t, &t.shared_mailbox_upn, Some("All Contacts"), PRIVATE);
-    assert_eq!(cleared["id"], central["id"], "cleared in place, not deleted and created again");
+    let cleared = find(
+        &estate,
+        &t,
+        &t.shared_mailbox_upn,
+        Some("All Contacts"),
+        PRIVATE,
+    );
+    assert_eq!(
+        cleared["id"], central["id"],
+        "cleared in place, not deleted and created again"
+    );
     for holder in std::iter::once(&t.shared_mailbox_upn).chain(&users[1..]) {
         let folder = (holder == &t.shared_mailbox_upn).then_some("All Contacts");
         let c = find(&estate, &t, holder, folder, PRIVATE);
         for private in ["homeAddress", "birthday", "spouseName", "nickName"] {
             assert!(empty(&c[private]), "{private} of Pia reached {holder}: {c}");
         }
-        assert_eq!(c["mobilePhone"], "+1 555 0142", "work data still travels to {holder}");
+        assert_eq!(
+            c["mobilePhone"], "+1 555 0142",
+            "work data still travels to {holder}"
+        );
         assert_eq!(c["jobTitle"], "Notary");
     }
     let own = estate
@@ -145,7 +179,10 @@ async fn a_home_address_never_reaches_the_central_folder_or_another_mailbox_and_
         .into_iter()
         .find(|c| c["id"] == own_id.as_str())
         .expect("the owner's own contact is kept");
-    assert_eq!(own["homeAddress"]["street"], "1 Home Lane", "the owner's own data stays");
+    assert_eq!(
+        own["homeAddress"]["street"], "1 Home Lane",
+        "the owner's own data stays"
+    );
     assert_eq!(own["spouseName"], "Sam");
     assert!(!empty(&own["birthday"]));
 
@@ -166,11 +203,20 @@ async fn a_home_address_never_reaches_the_central_folder_or_another_mailbox_and_
     for holder in std::iter::once(&t.shared_mailbox_upn).chain(&users) {
         let folder = (holder == &t.shared_mailbox_upn).then_some("All Contacts");
         for c in estate.sim.contacts(&t.tenant_id, holder, folder) {
-            if c["id"].as_str().is_some_and(|id| own_ids.iter().any(|o| o == id)) {
+            if c["id"]
+                .as_str()
+                .is_some_and(|id| own_ids.iter().any(|o| o == id))
+            {
                 continue;
             }
-            assert!(empty(&c["homeAddress"]), "a home address reached {holder}: {c}");
-            assert!(empty(&c["homePhones"]), "a home phone reached {holder}: {c}");
+            assert!(
+                empty(&c["homeAddress"]),
+                "a home address reached {holder}: {c}"
+            );
+            assert!(
+                empty(&c["homePhones"]),
+                "a home phone reached {holder}: {c}"
+            );
             assert!(empty(&c["birthday"]), "a birthday reached {holder}: {c}");
         }
     }
@@ -209,11 +255,23 @@ async fn fill_empty_keeps_users_values_ignore_never_writes_and_a_new_phone_repla
     settle(&estate, &settings, &args, 3).await;
     for user in [editor, clearer, bystander] {
         let copy = find(&estate, &t, user, None, PAT);
-        assert_eq!(copy["jobTitle"], "Engineer", "FillEmpty fills an empty field");
-        assert!(empty(&copy["department"]), "Ignore never writes, not even a new copy: {copy}");
+        assert_eq!(
+            copy["jobTitle"], "Engineer",
+            "FillEmpty fills an empty field"
+        );
+        assert!(
+            empty(&copy["department"]),
+            "Ignore never writes, not even a new copy: {copy}"
+        );
     }
     assert_eq!(
-        find(&estate, &t, &t.shared_mailbox_upn, Some("All Contacts"), PAT)["department"],
+        find(
+            &estate,
+            &t,
+            &t.shared_mailbox_upn,
+            Some("All Contacts"),
+            PAT
+        )["department"],
         "R&D",
         "the central folder keeps the person's value"
     );
@@ -229,7 +287,14 @@ async fn fill_empty_keeps_users_values_ignore_never_writes_and_a_new_phone_repla
     )
     .await;
     let copy = find(&estate, &t, clearer, None, PAT);
-    support::patch_contact(&estate, &t, clearer, copy["id"].as_str().expect("id"), json!({"jobTitle": null})).await;
+    support::patch_contact(
+        &estate,
+        &t,
+        clearer,
+        copy["id"].as_str().expect("id"),
+        json!({"jobTitle": null}),
+    )
+    .await;
     support::patch_contact(
         &estate,
         &t,
@@ -240,14 +305,33 @@ async fn fill_empty_keeps_users_values_ignore_never_writes_and_a_new_phone_repla
     .await;
     settle(&estate, &settings, &args, 3).await;
 
-    let central = find(&estate, &t, &t.shared_mailbox_upn, Some("All Contacts"), PAT);
-    assert_eq!(central["jobTitle"], "CTO", "the owner's edit is the person's");
+    let central = find(
+        &estate,
+        &t,
+        &t.shared_mailbox_upn,
+        Some("All Contacts"),
+        PAT,
+    );
+    assert_eq!(
+        central["jobTitle"], "CTO",
+        "the owner's edit is the person's"
+    );
     assert_eq!(central["department"], "Board");
     let edited = find(&estate, &t, editor, None, PAT);
-    assert_eq!(edited["jobTitle"], "Our plumber", "FillEmpty never overwrites a user's value");
+    assert_eq!(
+        edited["jobTitle"], "Our plumber",
+        "FillEmpty never overwrites a user's value"
+    );
     assert_eq!(edited["department"], "Plumbing", "Ignore never writes");
-    assert_eq!(find(&estate, &t, clearer, None, PAT)["jobTitle"], "CTO", "an emptied field is filled");
-    assert_eq!(find(&estate, &t, bystander, None, PAT)["jobTitle"], "Engineer");
+    assert_eq!(
+        find(&estate, &t, clearer, None, PAT)["jobTitle"],
+        "CTO",
+        "an emptied field is filled"
+    );
+    assert_eq!(
+        find(&estate, &t, bystander, None, PAT)["jobTitle"],
+        "Engineer"
+    );
     for user in [editor, clearer, bystander] {
         let copy = find(&estate, &t, user, None, PAT);
         assert_eq!(
@@ -255,7 +339,10 @@ async fn fill_empty_keeps_users_values_ignore_never_writes_and_a_new_phone_repla
             json!(["+1 555 0199"]),
             "the new number replaces the old one in {user}"
         );
-        assert!(empty(&copy["mobilePhone"]), "a cleared number is cleared under Overwrite in {user}");
+        assert!(
+            empty(&copy["mobilePhone"]),
+            "a cleared number is cleared under Overwrite in {user}"
+        );
         if user != editor {
             assert!(empty(&copy["department"]), "Ignore never writes: {copy}");
         }

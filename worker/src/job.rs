@@ -528,7 +528,10 @@ impl JobRunner {
                 self.central
                     .get_or_load(&job.tenant_id, job.run_id, central, || async {
                         read_central(client, central).await.map(|contacts| {
-                            sync::fields::central_folder_view(contacts, tenant.mirror.fields.central)
+                            sync::fields::central_folder_view(
+                                contacts,
+                                tenant.mirror.fields.central,
+                            )
                         })
                     })
                     .await?
@@ -756,7 +759,10 @@ impl JobRunner {
                 self.central
                     .get_or_load(&job.tenant_id, job.run_id, central, || async {
                         read_central(client, central).await.map(|contacts| {
-                            sync::fields::central_folder_view(contacts, tenant.mirror.fields.central)
+                            sync::fields::central_folder_view(
+                                contacts,
+                                tenant.mirror.fields.central,
+                            )
                         })
                     })
                     .await?

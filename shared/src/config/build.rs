@@ -12,8 +12,9 @@ use super::distribution;
 use super::field_rules;
 use super::raw::{self, Fields, Loc, Node};
 use super::{
-    CentralFields, ConfigError, DeletionPolicy, FieldPolicies, FieldPolicy, FieldRules, GraphLimits, InvalidTenant, MirrorOptions, Settings,
-    TenantSettings, ALLOW_INSECURE_AUTHORITY_VAR, ALLOW_INSECURE_GRAPH_VAR, CERTIFICATE_FILE_VAR,
+    CentralFields, ConfigError, DeletionPolicy, FieldPolicies, FieldPolicy, FieldRules,
+    GraphLimits, InvalidTenant, MirrorOptions, Settings, TenantSettings,
+    ALLOW_INSECURE_AUTHORITY_VAR, ALLOW_INSECURE_GRAPH_VAR, CERTIFICATE_FILE_VAR,
     CERTIFICATE_PASSWORD_FILE_VAR, CLIENT_ID_VAR, CLIENT_SECRET_FILE_VAR, CLIENT_SECRET_VAR,
     CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST, DEFAULT_CENTRAL_FOLDER_NAME, DEFAULT_GRAPH_ENDPOINT,
     DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR, FEDERATED_TOKEN_FILE_VAR,

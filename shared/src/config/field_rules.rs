@@ -114,7 +114,9 @@ impl FieldPolicies {
 
     /// The fields under [`FieldPolicy::Overwrite`].
     pub fn overwritten(&self) -> FieldSet {
-        self.fill_empty.complement().intersection(self.ignore.complement())
+        self.fill_empty
+            .complement()
+            .intersection(self.ignore.complement())
     }
 
     /// Whether every field is overwritten (today's behaviour).
@@ -342,7 +344,10 @@ mod tests {
         assert!(!policies.all_overwritten());
         assert!(FieldPolicies::default().all_overwritten());
         assert_eq!(
-            FieldPolicies::new(&BTreeMap::from([(Field::EmailAddresses, FieldPolicy::Ignore)])),
+            FieldPolicies::new(&BTreeMap::from([(
+                Field::EmailAddresses,
+                FieldPolicy::Ignore
+            )])),
             Err(Field::EmailAddresses)
         );
         assert_eq!(

@@ -2188,7 +2188,11 @@ fn an_empty_test_user_list_means_every_user() {
 
 fn tenant_of(doc: &serde_json::Value) -> TenantSettings {
     let settings = load_doc(doc).expect("valid configuration");
-    assert!(settings.invalid_tenants.is_empty(), "{:?}", settings.invalid_tenants);
+    assert!(
+        settings.invalid_tenants.is_empty(),
+        "{:?}",
+        settings.invalid_tenants
+    );
     settings.tenants[0].clone()
 }
 
@@ -2206,7 +2210,10 @@ fn field_rules_default_to_the_privacy_list_and_overwrite() {
 fn central_fields_and_fields_are_read_per_tenant_and_run_wide() {
     use crate::model::Field;
     let mut doc = doc_with(|t| {
-        t.insert("fields".into(), json!({"JobTitle": "fillempty", "homePhones": "Ignore"}));
+        t.insert(
+            "fields".into(),
+            json!({"JobTitle": "fillempty", "homePhones": "Ignore"}),
+        );
     });
     doc["CentralFields"] = json!(["displayName", "EMAILADDRESSES", "birthday"]);
     doc["Fields"] = json!({"jobTitle": "Ignore", "businessPhones": "FillEmpty"});
@@ -2219,7 +2226,10 @@ fn central_fields_and_fields_are_read_per_tenant_and_run_wide() {
     // Key by key: the tenant's own policy of a field wins, the run-wide ones it does not name stay.
     assert_eq!(rules.policy.get(Field::JobTitle), FieldPolicy::FillEmpty);
     assert_eq!(rules.policy.get(Field::HomePhones), FieldPolicy::Ignore);
-    assert_eq!(rules.policy.get(Field::BusinessPhones), FieldPolicy::FillEmpty);
+    assert_eq!(
+        rules.policy.get(Field::BusinessPhones),
+        FieldPolicy::FillEmpty
+    );
     assert_eq!(rules.policy.get(Field::Surname), FieldPolicy::Overwrite);
     // A tenant's own CentralFields replaces the run-wide list; a single name is a one-element list.
     let mut doc = doc_with(|t| {
@@ -2245,24 +2255,47 @@ fn field_rule_mistakes_name_the_key_and_suggest_the_field() {
     };
     let unknown = err(json!({"Fields": {"homeAdress": "Ignore"}}));
     assert!(unknown.contains("MicrosoftTenants[0].Fields"), "{unknown}");
-    assert!(unknown.contains("\"homeAdress\"") && unknown.contains("did you mean \"homeAddress\"?"), "{unknown}");
+    assert!(
+        unknown.contains("\"homeAdress\"") && unknown.contains("did you mean \"homeAddress\"?"),
+        "{unknown}"
+    );
     let unknown = err(json!({"CentralFields": ["displayName", "emailAddresses", "jobtitel"]}));
-    assert!(unknown.contains("CentralFields[2]") && unknown.contains("did you mean \"jobTitle\"?"), "{unknown}");
+    assert!(
+        unknown.contains("CentralFields[2]") && unknown.contains("did you mean \"jobTitle\"?"),
+        "{unknown}"
+    );
     let notes = err(json!({"CentralFields": ["displayName", "emailAddresses", "personalNotes"]}));
-    assert!(notes.contains("personalNotes never leaves its mailbox"), "{notes}");
+    assert!(
+        notes.contains("personalNotes never leaves its mailbox"),
+        "{notes}"
+    );
     let policy = err(json!({"Fields": {"jobTitle": "FillEmtpy"}}));
     assert!(
-        policy.contains("Fields.jobTitle") && policy.contains("Overwrite, FillEmpty or Ignore") && policy.contains("did you mean \"FillEmpty\"?"),
+        policy.contains("Fields.jobTitle")
+            && policy.contains("Overwrite, FillEmpty or Ignore")
+            && policy.contains("did you mean \"FillEmpty\"?"),
         "{policy}"
     );
     let matched = err(json!({"Fields": {"emailAddresses": "FillEmpty"}}));
-    assert!(matched.contains("Fields.emailAddresses") && matched.contains("matched"), "{matched}");
+    assert!(
+        matched.contains("Fields.emailAddresses") && matched.contains("matched"),
+        "{matched}"
+    );
     let missing = err(json!({"CentralFields": ["displayName", "jobTitle"]}));
-    assert!(missing.contains("CentralFields") && missing.contains("without emailAddresses"), "{missing}");
+    assert!(
+        missing.contains("CentralFields") && missing.contains("without emailAddresses"),
+        "{missing}"
+    );
     let twice = err(json!({"Fields": {"jobTitle": "Ignore", "JOBTITLE": "Overwrite"}}));
     assert!(twice.contains("given twice"), "{twice}");
     let shape = err(json!({"Fields": ["jobTitle"]}));
-    assert!(shape.contains("Fields") && shape.contains("an array"), "{shape}");
+    assert!(
+        shape.contains("Fields") && shape.contains("an array"),
+        "{shape}"
+    );
     let shape = err(json!({"CentralFields": {"jobTitle": true}}));
-    assert!(shape.contains("CentralFields") && shape.contains("an object"), "{shape}");
+    assert!(
+        shape.contains("CentralFields") && shape.contains("an object"),
+        "{shape}"
+    );
 }

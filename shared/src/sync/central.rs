@@ -246,9 +246,7 @@ fn drivers(
             newest_index(
                 members
                     .into_iter()
-                    .filter(|&m| {
-                        differs(ctx, entry, &candidates[m]) && !unvouched.contains(&m)
-                    }),
+                    .filter(|&m| differs(ctx, entry, &candidates[m]) && !unvouched.contains(&m)),
                 candidates,
             )
             .filter(|&m| candidates[m].contact.last_modified > entry.c.contact.last_modified)
@@ -367,7 +365,14 @@ fn settle(
     let mut updates = identified_only.clone();
     for _ in 0..SETTLE_ROUNDS {
         let assignment = assign(entries, candidates, unidentified, &updates);
-        let next = drivers(ctx, entries, candidates, unvouched, unidentified, &assignment);
+        let next = drivers(
+            ctx,
+            entries,
+            candidates,
+            unvouched,
+            unidentified,
+            &assignment,
+        );
         if next == updates {
             return (updates, assignment);
         }
@@ -415,6 +420,11 @@ fn settle(
 ///   first by id is kept in sync; the others are deleted when they are managed copies ([`ownership`] in the shared
 ///   mailbox) and `deletion.enabled`, at most [`deletion_allowance`] of the folder's managed copies per run (the
 ///   rest on later runs), else left alone ([`Reason::DuplicateSyncId`]).
+/// - *What travels* (issue 14, [`fields`]): every source and central contact is compared as the central folder may
+///   hold it (`CentralFields` only), and only that is written; a central contact holding more (an earlier run's
+///   data) is cleared by an update ([`Reason::OutsideCentralFields`], duplicates too). `FillEmpty` and `Ignore`
+///   fields count as an edit only in the person's origin (the source its sync id is derived from; a new person
+///   takes them from it): elsewhere phase 2 may have left a user's own value there.
 /// - *Rebuild* (`ctx.rebuild_central`, after the central folder was lost): nothing counts as removed centrally,
 ///   sources carrying the extended property are grouped by it and each group is created under that sync id (so
 ///   every copy in every mailbox stays matched), other sources join them as above, and nothing is deleted.
@@ -576,9 +586,11 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         };
         // The newest edit's fields; those only an origin publishes (`FillEmpty`, `Ignore`) from the member the
         // person is derived from, when there is one, so a later plan does not take them from it as an edit.
-        let origin = person.members.iter().map(|&m| &candidates[m]).find(|m| {
-            SyncId::derive(&ctx.tenant_id, &m.mailbox.id, &m.contact.id) == *sync
-        });
+        let origin = person
+            .members
+            .iter()
+            .map(|&m| &candidates[m])
+            .find(|m| SyncId::derive(&ctx.tenant_id, &m.mailbox.id, &m.contact.id) == *sync);
         let fields = match origin {
             Some(origin) => fields::for_central(
                 &options.fields,
@@ -746,11 +758,7 @@ fn plan_entry(
         .as_deref()
         .is_some_and(|cat| !has_category(&central.categories, cat));
 
-    if update_from.is_none()
-        && !entry.private
-        && !needs_property
-        && !needs_notes
-        && !needs_category
+    if update_from.is_none() && !entry.private && !needs_property && !needs_notes && !needs_category
     {
         if differing {
             item.reason = Reason::TargetNewer;

@@ -10,11 +10,11 @@ use crate::config::{CentralFields, MirrorOptions};
 use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
 
 use super::central::{with_category, Candidate, MatchKeys};
+use super::fields::{self, Data, Existing};
 use super::identity::{
     effective_sync_id, names_mailbox, ownership, property_sync_id, stamped_as_own, OwnerReason,
     Ownership, SyncId,
 };
-use super::fields::{self, Data, Existing};
 use super::matching::{agrees, DataIndex};
 use super::normalize::{has_category, normalize};
 use super::plan::{
@@ -61,7 +61,10 @@ struct Source<'a> {
 /// - no target: create it with the central data, the sync id (property and, when `stamp_notes`, notes with
 ///   `CreatedBy` from the central stamp), the managed category;
 /// - target carries the opt-out category: left alone;
-/// - data differs and central is newer (or as new: ties go to the central folder): PATCH the data (fields written whole, cleared fields as null);
+/// - what the field policy makes of the target ([`fields::for_target`]: `Overwrite` fields take the central value,
+///   `Ignore` fields and filled `FillEmpty` fields keep the target's, an owner's contact keeps what lies outside
+///   `CentralFields`) differs and central is newer (or as new: ties go to the central folder): PATCH the data
+///   (fields written whole, cleared fields as null, lists replaced; a new copy never gets an `Ignore` field);
 ///   the target's own note text and categories are preserved exactly: only stamp lines are rewritten and the
 ///   managed category is added to managed copies (never to the owner's own contacts);
 /// - the identity stamp is missing or outdated: completed in the same PATCH, or alone. Stamping a contact the

@@ -222,7 +222,11 @@ mod tests {
             })
     }
 
-    fn written(rules: &FieldRules, source: &ContactFields, target: Option<(&ContactFields, bool)>) -> ContactFields {
+    fn written(
+        rules: &FieldRules,
+        source: &ContactFields,
+        target: Option<(&ContactFields, bool)>,
+    ) -> ContactFields {
         let source_norm = normalize(source);
         let target_norm = target.map(|(t, _)| normalize(t));
         for_target(
@@ -231,10 +235,12 @@ mod tests {
                 fields: source,
                 norm: &source_norm,
             },
-            target.zip(target_norm.as_ref()).map(|((t, owner_created), norm)| Existing {
-                data: Data { fields: t, norm },
-                owner_created,
-            }),
+            target
+                .zip(target_norm.as_ref())
+                .map(|((t, owner_created), norm)| Existing {
+                    data: Data { fields: t, norm },
+                    owner_created,
+                }),
         )
     }
 
@@ -343,6 +349,9 @@ mod tests {
         };
         let out = written(&rules, &source, Some((&target, false)));
         assert_eq!(out.business_phones, vec!["+1 555 0100".to_owned()]);
-        assert_eq!(out.mobile_phone, None, "a cleared source field clears the copy");
+        assert_eq!(
+            out.mobile_phone, None,
+            "a cleared source field clears the copy"
+        );
     }
 }

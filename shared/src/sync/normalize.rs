@@ -173,7 +173,11 @@ impl NormalizedFields {
 
     /// The fields that hold a value.
     pub fn filled(&self) -> FieldSet {
-        Field::ALL.iter().copied().filter(|&f| !self.is_empty(f)).collect()
+        Field::ALL
+            .iter()
+            .copied()
+            .filter(|&f| !self.is_empty(f))
+            .collect()
     }
 
     /// The same values with every field outside `keep` emptied: `normalize(f).masked(s)` equals the normalised

@@ -103,11 +103,17 @@ fn check_policies(
                         match rules.policy.get(field) {
                             FieldPolicy::Ignore => prop_assert!(
                                 !norm.differs_in(&old, one),
-                                "{} of {} in {} written under Ignore", field, c.id, mailbox.upn
+                                "{} of {} in {} written under Ignore",
+                                field,
+                                c.id,
+                                mailbox.upn
                             ),
                             FieldPolicy::FillEmpty if !old.is_empty(field) => prop_assert!(
                                 !norm.differs_in(&old, one),
-                                "{} of {} in {} overwritten under FillEmpty", field, c.id, mailbox.upn
+                                "{} of {} in {} overwritten under FillEmpty",
+                                field,
+                                c.id,
+                                mailbox.upn
                             ),
                             _ => {}
                         }
@@ -117,12 +123,23 @@ fn check_policies(
                 None => {
                     for &field in Field::ALL {
                         if rules.policy.get(field) == FieldPolicy::Ignore {
-                            prop_assert!(norm.is_empty(field), "{} given to the new {} in {}", field, c.id, mailbox.upn);
+                            prop_assert!(
+                                norm.is_empty(field),
+                                "{} given to the new {} in {}",
+                                field,
+                                c.id,
+                                mailbox.upn
+                            );
                         }
                     }
                 }
             }
-            prop_assert!(!foreign_home(mailbox, c), "another user's home address reached {}: {:?}", mailbox.upn, c);
+            prop_assert!(
+                !foreign_home(mailbox, c),
+                "another user's home address reached {}: {:?}",
+                mailbox.upn,
+                c
+            );
         }
     }
     Ok(())
@@ -211,17 +228,31 @@ fn fields_outside_central_fields_are_cleared_from_the_central_folder_and_the_cop
 
     world.options.fields = FieldRules::default();
     let plan = world.phase1();
-    let item = plan.items.iter().find(|i| i.op.is_some()).expect("an update");
+    let item = plan
+        .items
+        .iter()
+        .find(|i| i.op.is_some())
+        .expect("an update");
     assert_eq!(item.action, ActionKind::Update);
     assert_eq!(item.reason, Reason::OutsideCentralFields);
     assert_eq!(item.changed_fields, vec!["homeAddress", "birthday"]);
     world.phase2();
     assert_eq!(world.central.len(), 1);
     assert_eq!(world.central[0].fields.home_address, None);
-    assert_eq!(world.user("cat")[0].fields.home_address, None, "the copy is cleared");
+    assert_eq!(
+        world.user("cat")[0].fields.home_address,
+        None,
+        "the copy is cleared"
+    );
     assert_eq!(world.user("cat")[0].fields.birthday, None);
-    assert!(world.user("ann")[0].fields.home_address.is_some(), "the owner keeps hers");
-    assert_eq!(world.user("ann")[0].fields.birthday.as_deref(), Some("1970-01-01"));
+    assert!(
+        world.user("ann")[0].fields.home_address.is_some(),
+        "the owner keeps hers"
+    );
+    assert_eq!(
+        world.user("ann")[0].fields.birthday.as_deref(),
+        Some("1970-01-01")
+    );
     assert_eq!(world.run(), 0);
 }
 
@@ -236,11 +267,9 @@ fn fill_empty_keeps_the_users_value_and_phones_are_replaced_whole() {
         (mailbox("cat"), Vec::new()),
         (mailbox("dan"), Vec::new()),
     ]);
-    world.options.fields.policy = FieldPolicies::new(&BTreeMap::from([(
-        Field::JobTitle,
-        FieldPolicy::FillEmpty,
-    )]))
-    .expect("valid");
+    world.options.fields.policy =
+        FieldPolicies::new(&BTreeMap::from([(Field::JobTitle, FieldPolicy::FillEmpty)]))
+            .expect("valid");
     world.run();
     // Cat types her own job title into her copy; dan's copy has it emptied.
     let now = world.tick();
@@ -258,10 +287,19 @@ fn fill_empty_keeps_the_users_value_and_phones_are_replaced_whole() {
     own.last_modified = Some(now);
     world.run();
     assert_eq!(world.central[0].fields.job_title.as_deref(), Some("CTO"));
-    assert_eq!(world.user("cat")[0].fields.job_title.as_deref(), Some("Our plumber"));
-    assert_eq!(world.user("dan")[0].fields.job_title.as_deref(), Some("CTO"));
+    assert_eq!(
+        world.user("cat")[0].fields.job_title.as_deref(),
+        Some("Our plumber")
+    );
+    assert_eq!(
+        world.user("dan")[0].fields.job_title.as_deref(),
+        Some("CTO")
+    );
     for user in ["cat", "dan"] {
-        assert_eq!(world.user(user)[0].fields.business_phones, vec!["+1 555 0199".to_owned()]);
+        assert_eq!(
+            world.user(user)[0].fields.business_phones,
+            vec!["+1 555 0199".to_owned()]
+        );
     }
     assert_eq!(world.run(), 0);
 }
