@@ -667,6 +667,30 @@ mod tests {
         );
     }
 
+    /// Issue 14: kept feeds say a mailbox is in line under the rules of the run that brought it in line; another
+    /// `CentralFields` or `Fields` must make the next run read and plan everything again.
+    #[test]
+    fn the_scopes_follow_what_travels() {
+        use shared::config::{CentralFields, FieldPolicies, FieldPolicy};
+        use shared::model::{Field, FieldSet};
+        let central = CentralFolder {
+            mailbox: mailbox("shared"),
+            folder_id: Some("F1".into()),
+        };
+        let tenant = directory_tenant(None);
+        let mut wider = tenant.clone();
+        wider.mirror.fields.central =
+            CentralFields::new(FieldSet::all()).expect("holds the match fields");
+        let mut policy = tenant.clone();
+        policy.mirror.fields.policy =
+            FieldPolicies::new(&[(Field::JobTitle, FieldPolicy::FillEmpty)].into())
+                .expect("valid");
+        assert_eq!(scope(&tenant, &central), scope(&tenant.clone(), &central));
+        assert_ne!(scope(&tenant, &central), scope(&wider, &central));
+        assert_ne!(scope(&tenant, &central), scope(&policy, &central));
+        assert_ne!(directory_scope(&tenant), directory_scope(&policy));
+    }
+
     #[test]
     fn the_users_feed_round_trips_and_ignores_a_damaged_file() {
         let dir = std::env::temp_dir().join(format!("cm-users-{}", Uuid::new_v4()));
