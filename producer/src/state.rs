@@ -683,8 +683,7 @@ mod tests {
             CentralFields::new(FieldSet::all()).expect("holds the match fields");
         let mut policy = tenant.clone();
         policy.mirror.fields.policy =
-            FieldPolicies::new(&[(Field::JobTitle, FieldPolicy::FillEmpty)].into())
-                .expect("valid");
+            FieldPolicies::new(&[(Field::JobTitle, FieldPolicy::FillEmpty)].into()).expect("valid");
         assert_eq!(scope(&tenant, &central), scope(&tenant.clone(), &central));
         assert_ne!(scope(&tenant, &central), scope(&wider, &central));
         assert_ne!(scope(&tenant, &central), scope(&policy, &central));

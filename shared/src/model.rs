@@ -349,6 +349,9 @@ pub struct Contact {
 pub struct ContactWrite {
     /// All mirrored fields, written whole (a `None` inside clears that field at the target).
     pub fields: Option<ContactFields>,
+    /// Mirrored fields of `fields` the write leaves as the contact has them (not sent): where the field policy keeps
+    /// the copy's own value (`Ignore`, a filled `FillEmpty`), so it is never written, not even unchanged.
+    pub unchanged: FieldSet,
     /// The new personal notes (the owner's text with the stamp lines rewritten).
     pub personal_notes: Option<String>,
     /// The new categories.

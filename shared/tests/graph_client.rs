@@ -499,6 +499,7 @@ async fn a_failure_on_a_later_page_fails_the_whole_read() {
 
 fn create(name: &str, sync_id: &str) -> WriteOp {
     WriteOp::Create(ContactWrite {
+        unchanged: Default::default(),
         fields: Some(ContactFields {
             display_name: Some(name.into()),
             given_name: Some(name.into()),

@@ -601,6 +601,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
             None => fields::central_view(&newest.contact.fields, options.fields.central),
         };
         let write = ContactWrite {
+            unchanged: FieldSet::empty(),
             fields: Some(fields),
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
@@ -811,6 +812,7 @@ fn plan_entry(
         .map(|f| normalize(f).changed(&normalize(&central.fields)))
         .unwrap_or_default();
     let write = ContactWrite {
+        unchanged: FieldSet::empty(),
         fields,
         personal_notes: (options.stamp_notes && (update_from.is_some() || needs_notes))
             .then(|| restamp(central.personal_notes.as_deref(), &stamp)),

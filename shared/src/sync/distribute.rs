@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::config::{CentralFields, MirrorOptions};
-use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
+use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, WriteOp};
 
 use super::central::{with_category, Candidate, MatchKeys};
 use super::fields::{self, Data, Existing};
@@ -413,15 +413,17 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             last_updated_at: Some(format_time(ctx.now)),
             last_updated_by,
         };
+        let (fields, unchanged) = fields::for_target(
+            &options.fields,
+            Data {
+                fields: &central.fields,
+                norm: &source.c.norm,
+            },
+            None,
+        );
         item.op = Some(WriteOp::Create(ContactWrite {
-            fields: Some(fields::for_target(
-                &options.fields,
-                Data {
-                    fields: &central.fields,
-                    norm: &source.c.norm,
-                },
-                None,
-            )),
+            fields: Some(fields),
+            unchanged,
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
                 .managed_category
@@ -457,7 +459,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
                 owner_created,
             }),
         );
-        let norm = normalize(&fields);
+        let norm = normalize(&fields.0);
         (fields, norm)
     });
     let desired = desired.filter(|(_, norm)| *norm != t.c.norm);
@@ -513,7 +515,11 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         fields: desired
             .as_ref()
             .filter(|_| write_data)
-            .map(|(fields, _)| fields.clone()),
+            .map(|((fields, _), _)| fields.clone()),
+        unchanged: desired
+            .as_ref()
+            .filter(|_| write_data)
+            .map_or(FieldSet::empty(), |((_, kept), _)| *kept),
         personal_notes: (may_stamp && options.stamp_notes && (write_data || needs_notes))
             .then(|| restamp(contact.personal_notes.as_deref(), &stamp)),
         categories: options

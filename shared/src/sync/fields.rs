@@ -88,19 +88,22 @@ pub struct Existing<'a> {
 /// source's data without its `Ignore` fields; an existing one the source's data where the policy overwrites, its
 /// own where the policy is `Ignore` or `FillEmpty` finds a value, and, when it is the owner's own contact, its own
 /// wherever the source lacks a field outside `CentralFields` (the central folder never holds those, so an empty
-/// one there says nothing). Idempotent: applied to its own result it changes nothing.
+/// one there says nothing). Idempotent: applied to its own result it changes nothing. Also returns the fields
+/// left as the target has them (for a new contact, the `Ignore` ones): a write does not send them.
 pub fn for_target(
     rules: &FieldRules,
     source: Data<'_>,
     target: Option<Existing<'_>>,
-) -> ContactFields {
+) -> (ContactFields, FieldSet) {
     let mut out = source.fields.clone();
+    let mut kept = FieldSet::empty();
     let private = rules.central.set().complement();
     for &field in crate::model::Field::ALL {
         let policy = rules.policy.get(field);
         let Some(existing) = target else {
             if policy == FieldPolicy::Ignore {
                 field.clear(&mut out);
+                kept = kept.with(field);
             }
             continue;
         };
@@ -113,9 +116,10 @@ pub fn for_target(
         };
         if keep {
             field.copy(existing.data.fields, &mut out);
+            kept = kept.with(field);
         }
     }
-    out
+    (out, kept)
 }
 
 #[cfg(test)]
@@ -226,7 +230,7 @@ mod tests {
         rules: &FieldRules,
         source: &ContactFields,
         target: Option<(&ContactFields, bool)>,
-    ) -> ContactFields {
+    ) -> (ContactFields, FieldSet) {
         let source_norm = normalize(source);
         let target_norm = target.map(|(t, _)| normalize(t));
         for_target(
@@ -271,15 +275,23 @@ mod tests {
             target in fields(),
             owner_created in any::<bool>(),
         ) {
-            let out = normalize(&written(&rules, &source, Some((&target, owner_created))));
-            let created = normalize(&written(&rules, &source, None));
+            let (out, kept) = written(&rules, &source, Some((&target, owner_created)));
+            let out = normalize(&out);
+            let (created, created_kept) = written(&rules, &source, None);
+            let created = normalize(&created);
             let (s, t) = (normalize(&source), normalize(&target));
             let one = |f: Field| FieldSet::empty().with(f);
             for &field in Field::ALL {
                 let from_source = !out.differs_in(&s, one(field));
                 let from_target = !out.differs_in(&t, one(field));
+                // A field left unsent holds the target's value; an `Ignore` field is never sent.
+                if kept.contains(field) {
+                    prop_assert!(from_target);
+                }
+                prop_assert_eq!(created_kept.contains(field), rules.policy.get(field) == FieldPolicy::Ignore);
                 match rules.policy.get(field) {
                     FieldPolicy::Ignore => {
+                        prop_assert!(kept.contains(field), "{} sent", field);
                         prop_assert!(from_target, "{} written", field);
                         prop_assert!(created.is_empty(field), "{} created", field);
                     }
@@ -306,8 +318,8 @@ mod tests {
             target in fields(),
             owner_created in any::<bool>(),
         ) {
-            let once = written(&rules, &source, Some((&target, owner_created)));
-            let twice = written(&rules, &source, Some((&once, owner_created)));
+            let (once, _) = written(&rules, &source, Some((&target, owner_created)));
+            let (twice, _) = written(&rules, &source, Some((&once, owner_created)));
             prop_assert_eq!(normalize(&once), normalize(&twice));
         }
 
@@ -347,7 +359,8 @@ mod tests {
             mobile_phone: Some("+1 555 0111".into()),
             ..Default::default()
         };
-        let out = written(&rules, &source, Some((&target, false)));
+        let (out, kept) = written(&rules, &source, Some((&target, false)));
+        assert!(kept.is_empty(), "everything is overwritten by default");
         assert_eq!(out.business_phones, vec!["+1 555 0100".to_owned()]);
         assert_eq!(
             out.mobile_phone, None,
