@@ -200,26 +200,20 @@ pub(crate) fn with_category(categories: &[String], category: &str) -> Vec<String
 /// How many rounds [`settle`] tries before falling back to updates from identified sources only.
 const SETTLE_ROUNDS: usize = 8;
 
-/// The fields phase 1 takes from `member` for `entry`'s person ([`fields::published_by`]).
-fn published(ctx: &PlanContext, entry: &Entry, member: &Candidate) -> FieldSet {
-    let rules = &ctx.options.fields;
-    if rules.policy.all_overwritten() {
-        return rules.central.set();
-    }
-    fields::published_by(rules, is_origin(ctx, entry, member))
+/// The fields in which the newest edit wins: the central ones the policy overwrites. The others (`FillEmpty`,
+/// `Ignore`) are the person's origin's ([`fields::origin_fields`]).
+fn newest_wins(ctx: &PlanContext) -> FieldSet {
+    fields::newest_wins(&ctx.options.fields)
 }
 
-/// Whether `member` is the contact `entry`'s person was first published from (its own derived id is the person's):
-/// the one contact whose `FillEmpty` and `Ignore` fields are the person's own (see [`fields::published_by`]).
+/// Whether `member` is the contact `entry`'s person was first published from (its own derived id is the person's).
 fn is_origin(ctx: &PlanContext, entry: &Entry, member: &Candidate) -> bool {
     SyncId::derive(&ctx.tenant_id, &member.mailbox.id, &member.contact.id) == entry.sync
 }
 
-/// Whether `member` holds an edit of `entry`'s person: a published field differs.
+/// Whether `member` holds an edit of `entry`'s person: a field where the newest edit wins differs.
 fn differs(ctx: &PlanContext, entry: &Entry, member: &Candidate) -> bool {
-    member
-        .norm
-        .differs_in(&entry.c.norm, published(ctx, entry, member))
+    member.norm.differs_in(&entry.c.norm, newest_wins(ctx))
 }
 
 /// For each central entry, the member whose data updates it: the newest member whose data differs, when newer
@@ -422,9 +416,10 @@ fn settle(
 ///   rest on later runs), else left alone ([`Reason::DuplicateSyncId`]).
 /// - *What travels* (issue 14, [`fields`]): every source and central contact is compared as the central folder may
 ///   hold it (`CentralFields` only), and only that is written; a central contact holding more (an earlier run's
-///   data) is cleared by an update ([`Reason::OutsideCentralFields`], duplicates too). `FillEmpty` and `Ignore`
-///   fields count as an edit only in the person's origin (the source its sync id is derived from; a new person
-///   takes them from it): elsewhere phase 2 may have left a user's own value there.
+///   data) is cleared by an update ([`Reason::OutsideCentralFields`], duplicates too). The newest edit wins only
+///   in the fields the policy overwrites; `FillEmpty` and `Ignore` fields are the person's origin's (the source
+///   its sync id is derived from), whoever edited last: elsewhere phase 2 may have left a user's own value there,
+///   and it never writes them into the origin, so no timestamp says anything about them.
 /// - *Rebuild* (`ctx.rebuild_central`, after the central folder was lost): nothing counts as removed centrally,
 ///   sources carrying the extended property are grouped by it and each group is created under that sync id (so
 ///   every copy in every mailbox stays matched), other sources join them as above, and nothing is deleted.
@@ -584,8 +579,8 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
             last_updated_at: Some(format_time(ctx.now)),
             last_updated_by: Some(newest.mailbox.upn.clone()),
         };
-        // The newest edit's fields; those only an origin publishes (`FillEmpty`, `Ignore`) from the member the
-        // person is derived from, when there is one, so a later plan does not take them from it as an edit.
+        // The newest edit's fields; the origin's own (`FillEmpty`, `Ignore`) from the member the person is derived
+        // from, when there is one.
         let origin = person
             .members
             .iter()
@@ -596,7 +591,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
                 &options.fields,
                 &newest.contact.fields,
                 &origin.contact.fields,
-                fields::published_by(&options.fields, false),
+                fields::newest_wins(&options.fields),
             ),
             None => fields::central_view(&newest.contact.fields, options.fields.central),
         };
@@ -751,6 +746,12 @@ fn plan_entry(
     let members = || members.iter().map(|&m| &candidates[m]);
     let differing = members().any(|m| differs(ctx, entry, m));
     let update_from = update_from.map(|m| &candidates[m]);
+    // The origin's `FillEmpty` and `Ignore` fields are the person's, whoever edited last (phase 2 never writes
+    // them there, so its timestamps say nothing about them).
+    let origin_fields = fields::origin_fields(&options.fields);
+    let origin = members()
+        .filter(|m| !origin_fields.is_empty() && is_origin(ctx, entry, m))
+        .find(|m| m.norm.differs_in(&entry.c.norm, origin_fields));
 
     let needs_property = property_sync_id(central).as_ref() != Some(&entry.sync);
     let needs_notes = options.stamp_notes && entry.stamp.sync_id.as_ref() != Some(&entry.sync);
@@ -759,7 +760,12 @@ fn plan_entry(
         .as_deref()
         .is_some_and(|cat| !has_category(&central.categories, cat));
 
-    if update_from.is_none() && !entry.private && !needs_property && !needs_notes && !needs_category
+    if update_from.is_none()
+        && origin.is_none()
+        && !entry.private
+        && !needs_property
+        && !needs_notes
+        && !needs_category
     {
         if differing {
             item.reason = Reason::TargetNewer;
@@ -795,18 +801,28 @@ fn plan_entry(
             created_by: Some(created_by),
         },
     };
-    // The newest edit's published fields, or (a contact holding fields outside `CentralFields`) its own view.
-    let fields = match update_from {
-        Some(source) => Some(fields::for_central(
-            &options.fields,
-            &source.contact.fields,
-            &central.fields,
-            published(ctx, entry, source),
-        )),
-        None => entry
-            .private
-            .then(|| fields::central_view(&central.fields, options.fields.central)),
-    };
+    // The newest edit's fields, the origin's own ones, or (a contact holding fields outside `CentralFields`) its
+    // own view.
+    let fields = (update_from.is_some() || origin.is_some() || entry.private).then(|| {
+        let newest = match update_from {
+            Some(source) => fields::for_central(
+                &options.fields,
+                &source.contact.fields,
+                &central.fields,
+                newest_wins(ctx),
+            ),
+            None => fields::central_view(&central.fields, options.fields.central),
+        };
+        match origin {
+            Some(origin) => fields::for_central(
+                &options.fields,
+                &origin.contact.fields,
+                &newest,
+                origin_fields,
+            ),
+            None => newest,
+        }
+    });
     let changed_fields = fields
         .as_ref()
         .map(|f| normalize(f).changed(&normalize(&central.fields)))
@@ -834,7 +850,7 @@ fn plan_entry(
     });
     item.action = ActionKind::Update;
     item.changed_fields = changed_fields;
-    match update_from {
+    match update_from.or(origin) {
         Some(source) => {
             item.reason = Reason::SourceNewer;
             item.source = Some(source.mailbox.upn.clone());
