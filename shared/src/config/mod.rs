@@ -542,6 +542,13 @@ impl fmt::Display for TenantSettings {
         if !self.mirror.update_existing {
             f.write_str(", creates only (UpdateExisting false)")?;
         }
+        let fields = &self.mirror.fields;
+        if fields.central != CentralFields::default() {
+            write!(f, ", CentralFields {:?}", fields.central.set())?;
+        }
+        for field in fields.policy.overwritten().complement().iter() {
+            write!(f, ", {field} {}", fields.policy.get(field).as_str())?;
+        }
         if !self.enabled {
             f.write_str(", disabled")?;
         }

@@ -2231,6 +2231,18 @@ fn central_fields_and_fields_are_read_per_tenant_and_run_wide() {
         FieldPolicy::FillEmpty
     );
     assert_eq!(rules.policy.get(Field::Surname), FieldPolicy::Overwrite);
+    let shown = tenant.to_string();
+    assert!(
+        shown.contains("jobTitle FillEmpty") && shown.contains("homePhones Ignore"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(r#"CentralFields {"displayName", "emailAddresses", "birthday"}"#),
+        "{shown}"
+    );
+    assert!(!tenant_of(&doc_with(|_| {}))
+        .to_string()
+        .contains("CentralFields"));
     // A tenant's own CentralFields replaces the run-wide list; a single name is a one-element list.
     let mut doc = doc_with(|t| {
         t.insert(
