@@ -94,14 +94,16 @@ pub fn scope(tenant: &TenantSettings, central: &CentralFolder) -> Uuid {
     Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
 }
 
-/// The identity of a tenant's state when it has no mirror (a directory-only tenant): Graph endpoint and the
-/// folder the directory is distributed into. Another `TargetFolder` makes the kept feeds meaningless.
+/// The identity of a tenant's state when it has no mirror (a directory-only tenant): Graph endpoint, the folder
+/// the directory is distributed into and the field policy. Another `TargetFolder` makes the kept feeds
+/// meaningless; another `Fields` means mailboxes "in line" were brought in line under other rules.
 pub fn directory_scope(tenant: &TenantSettings) -> Uuid {
     let key = format!(
-        "{}|{}|directory-only|{:?}",
+        "{}|{}|directory-only|{:?}|{:?}",
         tenant.tenant_id.to_lowercase(),
         tenant.graph_endpoint.as_str().trim_end_matches('/'),
         tenant.distribution.target_folder,
+        tenant.mirror.fields.policy,
     );
     Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
 }
@@ -661,6 +663,29 @@ mod tests {
             directory_scope(&directory_tenant(None)),
             directory_scope(&directory_tenant(Some("Company Directory")))
         );
+    }
+
+    /// Issue 14: kept feeds say a mailbox is in line under the rules of the run that brought it in line; another
+    /// `CentralFields` or `Fields` must make the next run read and plan everything again.
+    #[test]
+    fn the_scopes_follow_what_travels() {
+        use shared::config::{CentralFields, FieldPolicies, FieldPolicy};
+        use shared::model::{Field, FieldSet};
+        let central = CentralFolder {
+            mailbox: mailbox("shared"),
+            folder_id: Some("F1".into()),
+        };
+        let tenant = directory_tenant(None);
+        let mut wider = tenant.clone();
+        wider.mirror.fields.central =
+            CentralFields::new(FieldSet::all()).expect("holds the match fields");
+        let mut policy = tenant.clone();
+        policy.mirror.fields.policy =
+            FieldPolicies::new(&[(Field::JobTitle, FieldPolicy::FillEmpty)].into()).expect("valid");
+        assert_eq!(scope(&tenant, &central), scope(&tenant.clone(), &central));
+        assert_ne!(scope(&tenant, &central), scope(&wider, &central));
+        assert_ne!(scope(&tenant, &central), scope(&policy, &central));
+        assert_ne!(directory_scope(&tenant), directory_scope(&policy));
     }
 
     #[test]

@@ -159,6 +159,171 @@ impl ContactFields {
     ];
 }
 
+/// Declares [`Field`] from one table, so the enum, the Graph names and the per-field copy can never disagree.
+macro_rules! fields {
+    ($($variant:ident => $member:ident, $graph:literal;)*) => {
+        /// One mirrored field of [`ContactFields`], by its Graph property name: what the field policy (`Fields`)
+        /// and the privacy list (`CentralFields`) are made of.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[allow(missing_docs)] // The variants are Graph's property names.
+        pub enum Field {
+            $($variant),*
+        }
+
+        impl Field {
+            /// Every field, in [`ContactFields::GRAPH_NAMES`] order (a field's index is its discriminant).
+            pub const ALL: &'static [Field] = &[$(Field::$variant),*];
+
+            /// Graph's property name (`homeAddress`).
+            pub fn graph_name(self) -> &'static str {
+                match self {
+                    $(Field::$variant => $graph),*
+                }
+            }
+
+            /// Sets this field of `to` to its value in `from`.
+            pub fn copy(self, from: &ContactFields, to: &mut ContactFields) {
+                match self {
+                    $(Field::$variant => to.$member = from.$member.clone()),*
+                }
+            }
+
+            /// Empties this field of `fields` (`null`, or `[]` for a list: a write then clears it).
+            pub fn clear(self, fields: &mut ContactFields) {
+                match self {
+                    $(Field::$variant => fields.$member = Default::default()),*
+                }
+            }
+        }
+    };
+}
+
+fields! {
+    DisplayName => display_name, "displayName";
+    GivenName => given_name, "givenName";
+    Surname => surname, "surname";
+    MiddleName => middle_name, "middleName";
+    NickName => nick_name, "nickName";
+    Title => title, "title";
+    Initials => initials, "initials";
+    Generation => generation, "generation";
+    FileAs => file_as, "fileAs";
+    YomiGivenName => yomi_given_name, "yomiGivenName";
+    YomiSurname => yomi_surname, "yomiSurname";
+    YomiCompanyName => yomi_company_name, "yomiCompanyName";
+    CompanyName => company_name, "companyName";
+    Department => department, "department";
+    JobTitle => job_title, "jobTitle";
+    OfficeLocation => office_location, "officeLocation";
+    Profession => profession, "profession";
+    Manager => manager, "manager";
+    AssistantName => assistant_name, "assistantName";
+    BusinessHomePage => business_home_page, "businessHomePage";
+    EmailAddresses => email_addresses, "emailAddresses";
+    ImAddresses => im_addresses, "imAddresses";
+    BusinessPhones => business_phones, "businessPhones";
+    HomePhones => home_phones, "homePhones";
+    MobilePhone => mobile_phone, "mobilePhone";
+    BusinessAddress => business_address, "businessAddress";
+    HomeAddress => home_address, "homeAddress";
+    OtherAddress => other_address, "otherAddress";
+    Birthday => birthday, "birthday";
+    SpouseName => spouse_name, "spouseName";
+}
+
+impl Field {
+    /// The field whose Graph name is `name`, ignoring ASCII case.
+    pub fn from_graph_name(name: &str) -> Option<Field> {
+        Field::ALL
+            .iter()
+            .copied()
+            .find(|f| f.graph_name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// This field's bit in a [`FieldSet`].
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.graph_name())
+    }
+}
+
+/// A set of [`Field`]s (a bit per field: cheap to copy and compare, ordered like [`Field::ALL`]).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FieldSet(u32);
+
+impl FieldSet {
+    /// No field.
+    pub const fn empty() -> Self {
+        FieldSet(0)
+    }
+
+    /// Every field.
+    pub fn all() -> Self {
+        Field::ALL.iter().copied().collect()
+    }
+
+    /// Whether `field` is in the set.
+    pub fn contains(self, field: Field) -> bool {
+        self.0 & field.bit() != 0
+    }
+
+    /// The set with `field` added.
+    #[must_use]
+    pub fn with(self, field: Field) -> Self {
+        FieldSet(self.0 | field.bit())
+    }
+
+    /// The set without `field`.
+    #[must_use]
+    pub fn without(self, field: Field) -> Self {
+        FieldSet(self.0 & !field.bit())
+    }
+
+    /// The fields in both sets.
+    #[must_use]
+    pub fn intersection(self, other: FieldSet) -> Self {
+        FieldSet(self.0 & other.0)
+    }
+
+    /// The fields not in the set.
+    #[must_use]
+    pub fn complement(self) -> Self {
+        FieldSet(Self::all().0 & !self.0)
+    }
+
+    /// Whether the set holds no field.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The fields, in [`Field::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Field> {
+        Field::ALL
+            .iter()
+            .copied()
+            .filter(move |f| self.contains(*f))
+    }
+}
+
+impl FromIterator<Field> for FieldSet {
+    fn from_iter<I: IntoIterator<Item = Field>>(iter: I) -> Self {
+        iter.into_iter().fold(FieldSet::empty(), FieldSet::with)
+    }
+}
+
+impl std::fmt::Debug for FieldSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set()
+            .entries(self.iter().map(Field::graph_name))
+            .finish()
+    }
+}
+
 /// A contact as read from a mailbox folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Contact {
@@ -184,6 +349,9 @@ pub struct Contact {
 pub struct ContactWrite {
     /// All mirrored fields, written whole (a `None` inside clears that field at the target).
     pub fields: Option<ContactFields>,
+    /// Mirrored fields of `fields` the write leaves as the contact has them (not sent): where the field policy keeps
+    /// the copy's own value (`Ignore`, a filled `FillEmpty`), so it is never written, not even unchanged.
+    pub unchanged: FieldSet,
     /// The new personal notes (the owner's text with the stamp lines rewritten).
     pub personal_notes: Option<String>,
     /// The new categories.
@@ -228,5 +396,80 @@ mod tests {
         let mut listed: Vec<&str> = ContactFields::GRAPH_NAMES.to_vec();
         listed.sort_unstable();
         assert_eq!(names, listed);
+    }
+
+    #[test]
+    fn fields_are_the_graph_names_in_order_and_copy_only_themselves() {
+        let names: Vec<&str> = Field::ALL.iter().map(|f| f.graph_name()).collect();
+        assert_eq!(names, ContactFields::GRAPH_NAMES);
+        for (i, field) in Field::ALL.iter().enumerate() {
+            assert_eq!(*field as usize, i);
+            assert_eq!(
+                Field::from_graph_name(&field.graph_name().to_uppercase()),
+                Some(*field)
+            );
+            // Copying one field from a full contact into an empty one changes exactly that Graph property.
+            let full = ContactFields {
+                display_name: Some("x".into()),
+                given_name: Some("x".into()),
+                surname: Some("x".into()),
+                middle_name: Some("x".into()),
+                nick_name: Some("x".into()),
+                title: Some("x".into()),
+                initials: Some("x".into()),
+                generation: Some("x".into()),
+                file_as: Some("x".into()),
+                yomi_given_name: Some("x".into()),
+                yomi_surname: Some("x".into()),
+                yomi_company_name: Some("x".into()),
+                company_name: Some("x".into()),
+                department: Some("x".into()),
+                job_title: Some("x".into()),
+                office_location: Some("x".into()),
+                profession: Some("x".into()),
+                manager: Some("x".into()),
+                assistant_name: Some("x".into()),
+                business_home_page: Some("x".into()),
+                email_addresses: vec![EmailAddress::default()],
+                im_addresses: vec!["x".into()],
+                business_phones: vec!["x".into()],
+                home_phones: vec!["x".into()],
+                mobile_phone: Some("x".into()),
+                business_address: Some(PhysicalAddress::default()),
+                home_address: Some(PhysicalAddress::default()),
+                other_address: Some(PhysicalAddress::default()),
+                birthday: Some("x".into()),
+                spouse_name: Some("x".into()),
+            };
+            let mut one = ContactFields::default();
+            field.copy(&full, &mut one);
+            let json = serde_json::to_value(&one).expect("serialise");
+            let empty = serde_json::to_value(ContactFields::default()).expect("serialise");
+            let differing: Vec<&String> = json
+                .as_object()
+                .expect("object")
+                .iter()
+                .filter(|(k, v)| empty[k.as_str()] != **v)
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(differing, vec![field.graph_name()]);
+            field.clear(&mut one);
+            assert_eq!(one, ContactFields::default());
+        }
+        assert_eq!(Field::from_graph_name("homeadress"), None);
+    }
+
+    #[test]
+    fn field_sets() {
+        let set: FieldSet = [Field::HomeAddress, Field::Birthday].into_iter().collect();
+        assert!(set.contains(Field::Birthday) && !set.contains(Field::JobTitle));
+        assert_eq!(set.complement().complement(), set);
+        assert_eq!(set.complement().intersection(set), FieldSet::empty());
+        assert_eq!(FieldSet::all().iter().count(), Field::ALL.len());
+        assert_eq!(
+            set.without(Field::Birthday).iter().collect::<Vec<_>>(),
+            vec![Field::HomeAddress]
+        );
+        assert_eq!(format!("{set:?}"), r#"{"homeAddress", "birthday"}"#);
     }
 }

@@ -49,6 +49,7 @@ fn settings(sim: &Sim, d: &SeededDirectory) -> TenantSettings {
                 max_share: 0.1,
             },
             update_existing: true,
+            fields: Default::default(),
         },
         limits: shared::config::GraphLimits::default(),
         distribution: Default::default(),

@@ -59,6 +59,7 @@ fn settings_at(authority: &str, graph: &str, secret: &str) -> TenantSettings {
                 max_share: 0.1,
             },
             update_existing: true,
+            fields: Default::default(),
         },
         limits: GraphLimits::default(),
         distribution: Default::default(),
@@ -498,6 +499,7 @@ async fn a_failure_on_a_later_page_fails_the_whole_read() {
 
 fn create(name: &str, sync_id: &str) -> WriteOp {
     WriteOp::Create(ContactWrite {
+        unchanged: Default::default(),
         fields: Some(ContactFields {
             display_name: Some(name.into()),
             given_name: Some(name.into()),

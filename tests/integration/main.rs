@@ -75,3 +75,6 @@ mod isolation;
 
 // Issue 12: certificate tenants in one run; each certificate mistake fails only its tenant.
 mod credentials;
+
+// Issue 14: what travels: the privacy default of phase 1 (`CentralFields`) and the field policy (`Fields`).
+mod field_rules;

@@ -522,7 +522,7 @@ impl JobRunner {
             ),
             (None, _) => None,
         };
-        let central_contacts = self.central_contacts(client, job, central).await?;
+        let central_contacts = self.central_contacts(tenant, client, job, central).await?;
         // Without the directory the cached central folder, prepared once, is planned against as it is (no copy per
         // job); with it, the combined list is prepared for this mailbox.
         let combined;
@@ -635,8 +635,10 @@ impl JobRunner {
     }
 
     /// The central folder's contacts prepared for planning (cached per worker and run); none without the mirror.
+    /// Phase 2 passes on only what may be published (`CentralFields`), even before phase 1 cleared a contact.
     async fn central_contacts(
         &self,
+        tenant: &TenantSettings,
         client: &TenantClient,
         job: &Job,
         central: Option<&CentralFolder>,
@@ -644,8 +646,13 @@ impl JobRunner {
         match central {
             Some(central) => {
                 self.central
-                    .get_or_load(&job.tenant_id, job.run_id, central, || {
-                        read_central(client, central)
+                    .get_or_load(&job.tenant_id, job.run_id, central, || async {
+                        read_central(client, central).await.map(|contacts| {
+                            sync::fields::central_folder_view(
+                                contacts,
+                                tenant.mirror.fields.central,
+                            )
+                        })
                     })
                     .await
             }
@@ -754,7 +761,7 @@ impl JobRunner {
         mailbox: &Mailbox,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
-        let central_contacts = self.central_contacts(client, job, central).await?;
+        let central_contacts = self.central_contacts(tenant, client, job, central).await?;
         // The directory tells its persons' copies from the mirror's; without it every copy is the mirror's.
         // Every directory the tenant receives (its own and its `FromTenants`'); with none, its own as its
         // `Directory` settings select now.

@@ -1,6 +1,7 @@
 //! From the variables or the file to validated [`Settings`]: which form applies, run-wide defaults, per-tenant
 //! validation, the test-user merge and the duplicate check.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,10 +9,12 @@ use url::{Host, Url};
 use uuid::Uuid;
 
 use super::distribution;
+use super::field_rules;
 use super::raw::{self, Fields, Loc, Node};
 use super::{
-    ConfigError, DeletionPolicy, GraphLimits, InvalidTenant, MirrorOptions, Settings,
-    TenantSettings, ALLOW_INSECURE_AUTHORITY_VAR, ALLOW_INSECURE_GRAPH_VAR, CERTIFICATE_FILE_VAR,
+    CentralFields, ConfigError, DeletionPolicy, FieldPolicies, FieldPolicy, FieldRules,
+    GraphLimits, InvalidTenant, MirrorOptions, Settings, TenantSettings,
+    ALLOW_INSECURE_AUTHORITY_VAR, ALLOW_INSECURE_GRAPH_VAR, CERTIFICATE_FILE_VAR,
     CERTIFICATE_PASSWORD_FILE_VAR, CLIENT_ID_VAR, CLIENT_SECRET_FILE_VAR, CLIENT_SECRET_VAR,
     CONFIG_JSON_VAR, DEFAULT_AUTHORITY_HOST, DEFAULT_CENTRAL_FOLDER_NAME, DEFAULT_GRAPH_ENDPOINT,
     DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPT_OUT_CATEGORY, DRY_RUN_VAR, FEDERATED_TOKEN_FILE_VAR,
@@ -19,6 +22,7 @@ use super::{
     TEST_USER_LIST_BY_TENANT_JSON_VAR,
 };
 use crate::credential::{ClientCertificate, Credential, FederatedTokenFile};
+use crate::model::Field;
 use crate::secret::Secret;
 
 /// Keys of the document root only.
@@ -58,6 +62,8 @@ const OPTION_KEYS: &[&str] = &[
     "TargetGroups",
     "TargetFolder",
     "UpdateExisting",
+    "CentralFields",
+    "Fields",
 ];
 
 const TENANT_ID: &str = "a tenant id (GUID) or verified domain such as contoso.onmicrosoft.com";
@@ -108,6 +114,9 @@ struct Layer {
     requests_per_window: Option<u32>,
     window_seconds: Option<u64>,
     update_existing: Option<bool>,
+    central_fields: Option<CentralFields>,
+    /// `Fields` as configured at this level; merged key by key with the level below.
+    field_policies: BTreeMap<Field, FieldPolicy>,
     distribution: distribution::Layer,
 }
 
@@ -181,6 +190,12 @@ impl Layer {
         if let Some((node, at)) = fields.get("UpdateExisting") {
             layer.update_existing = raw::boolean(node, at)?;
         }
+        if let Some((node, at)) = fields.get("CentralFields") {
+            layer.central_fields = Some(field_rules::read_central_fields(node, at)?);
+        }
+        if let Some((node, at)) = fields.get("Fields") {
+            layer.field_policies = field_rules::read_field_policies(node, at)?;
+        }
         layer.distribution = distribution::Layer::read(fields)?;
         Ok(layer)
     }
@@ -206,6 +221,13 @@ impl Layer {
             requests_per_window: self.requests_per_window.or(base.requests_per_window),
             window_seconds: self.window_seconds.or(base.window_seconds),
             update_existing: self.update_existing.or(base.update_existing),
+            central_fields: self.central_fields.or(base.central_fields),
+            field_policies: base
+                .field_policies
+                .iter()
+                .map(|(f, p)| (*f, *p))
+                .chain(self.field_policies)
+                .collect(),
             distribution: self.distribution.over(&base.distribution),
         }
     }
@@ -605,6 +627,17 @@ impl<'a> Builder<'a> {
                     max_share: layer.max_delete_share.unwrap_or(DEFAULT_MAX_DELETE_SHARE),
                 },
                 update_existing: layer.update_existing.unwrap_or(true),
+                fields: FieldRules {
+                    central: layer.central_fields.unwrap_or_default(),
+                    // Each level's policies were checked when read; merged they hold only those values.
+                    policy: FieldPolicies::new(&layer.field_policies).map_err(|field| {
+                        invalid(
+                            &parent.key("Fields").key(field.graph_name()),
+                            "Overwrite",
+                            raw::quoted(field.graph_name()),
+                        )
+                    })?,
+                },
             },
             limits: GraphLimits {
                 max_in_flight: layer.max_in_flight.unwrap_or(defaults.max_in_flight),

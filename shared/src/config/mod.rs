@@ -36,7 +36,9 @@
 //! configured but not run), `DryRun` (this tenant only), and the optional settings `UpdateExisting` (default true;
 //! false: create missing contacts, never change an existing one), `AuthorityHost`, `GraphEndpoint`, `CentralFolderName`, `ManagedCategory`,
 //! `StampNotes`, `OptOutCategory`, `DeleteManagedCopies`, `MaxDeleteShare`, `MaxInFlightPerMailbox`,
-//! `RequestsPerWindow`, `WindowSeconds`, and what is distributed where (issue 11, see [`Distribution`]): `Mirror`
+//! `RequestsPerWindow`, `WindowSeconds`, what travels (issue 14, see [`FieldRules`]): `CentralFields` (Graph names
+//! of the fields a personal contact may publish) and `Fields` (`{"<Graph name>": "Overwrite"|"FillEmpty"|"Ignore"}`,
+//! merged key by key with the run-wide one), and what is distributed where (issue 11, see [`Distribution`]): `Mirror`
 //! `{Enabled}` (default true; when false `GlobalAddressBookUserId` is not required), `Directory` `{Enabled,
 //! MemberTypes, IncludeGroups, ExcludeGroups, UserFilter, ExcludeHidden, FromTenants}`, `TargetGroups` and
 //! `TargetFolder`. The optional settings may also be given at the top level of the document as run-wide defaults;
@@ -67,9 +69,13 @@ pub use distribution::{
     DirectoryOptions, Distribution, FolderName, GroupRef, MemberType, MemberTypes, TargetFolder,
     UserFilter,
 };
+pub use field_rules::{
+    CentralFields, FieldPolicies, FieldPolicy, FieldRules, DEFAULT_CENTRAL_FIELDS, MATCH_FIELDS,
+};
 
 mod build;
 mod distribution;
+mod field_rules;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -351,6 +357,8 @@ pub struct MirrorOptions {
     pub deletion: DeletionPolicy,
     /// Change existing contacts when their source changed (`UpdateExisting`, default true); false: create only.
     pub update_existing: bool,
+    /// What travels (`CentralFields`, `Fields`; issue 14). Default: the privacy default, every field overwritten.
+    pub fields: FieldRules,
 }
 
 /// Whether and how much the tool may delete from one mailbox in one job.
@@ -539,6 +547,13 @@ impl fmt::Display for TenantSettings {
         write!(f, ", {}", self.distribution)?;
         if !self.mirror.update_existing {
             f.write_str(", creates only (UpdateExisting false)")?;
+        }
+        let fields = &self.mirror.fields;
+        if fields.central != CentralFields::default() {
+            write!(f, ", CentralFields {:?}", fields.central.set())?;
+        }
+        for field in fields.policy.overwritten().complement().iter() {
+            write!(f, ", {field} {}", fields.policy.get(field).as_str())?;
         }
         if !self.enabled {
             f.write_str(", disabled")?;

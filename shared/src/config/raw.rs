@@ -272,7 +272,7 @@ pub(super) fn is_blank(node: &Node) -> bool {
 }
 
 /// The known key closest to a misspelt one, if it is close enough to be a typo.
-fn closest(key: &str, known: &[&'static str]) -> Option<&'static str> {
+pub(super) fn closest(key: &str, known: &[&'static str]) -> Option<&'static str> {
     let key = key.to_ascii_lowercase();
     known
         .iter()

@@ -465,6 +465,7 @@ fn defaults() {
                 max_share: 0.10
             },
             update_existing: true,
+            fields: Default::default(),
         }
     );
     assert_eq!(tenant.limits, GraphLimits::default());
@@ -2181,4 +2182,132 @@ fn an_empty_test_user_list_means_every_user() {
     }))
     .expect("valid");
     assert_eq!(settings.tenants[0].test_user_list, None);
+}
+
+// Issue 14: `CentralFields` and `Fields`.
+
+fn tenant_of(doc: &serde_json::Value) -> TenantSettings {
+    let settings = load_doc(doc).expect("valid configuration");
+    assert!(
+        settings.invalid_tenants.is_empty(),
+        "{:?}",
+        settings.invalid_tenants
+    );
+    settings.tenants[0].clone()
+}
+
+#[test]
+fn field_rules_default_to_the_privacy_list_and_overwrite() {
+    let tenant = tenant_of(&doc_with(|_| {}));
+    assert_eq!(tenant.mirror.fields, FieldRules::default());
+    let central = tenant.mirror.fields.central.set();
+    assert!(!central.contains(crate::model::Field::HomeAddress));
+    assert!(central.contains(crate::model::Field::MobilePhone));
+    assert!(tenant.mirror.fields.policy.all_overwritten());
+}
+
+#[test]
+fn central_fields_and_fields_are_read_per_tenant_and_run_wide() {
+    use crate::model::Field;
+    let mut doc = doc_with(|t| {
+        t.insert(
+            "fields".into(),
+            json!({"JobTitle": "fillempty", "homePhones": "Ignore"}),
+        );
+    });
+    doc["CentralFields"] = json!(["displayName", "EMAILADDRESSES", "birthday"]);
+    doc["Fields"] = json!({"jobTitle": "Ignore", "businessPhones": "FillEmpty"});
+    let tenant = tenant_of(&doc);
+    let rules = tenant.mirror.fields;
+    assert_eq!(
+        rules.central.set().iter().collect::<Vec<_>>(),
+        vec![Field::DisplayName, Field::EmailAddresses, Field::Birthday]
+    );
+    // Key by key: the tenant's own policy of a field wins, the run-wide ones it does not name stay.
+    assert_eq!(rules.policy.get(Field::JobTitle), FieldPolicy::FillEmpty);
+    assert_eq!(rules.policy.get(Field::HomePhones), FieldPolicy::Ignore);
+    assert_eq!(
+        rules.policy.get(Field::BusinessPhones),
+        FieldPolicy::FillEmpty
+    );
+    assert_eq!(rules.policy.get(Field::Surname), FieldPolicy::Overwrite);
+    let shown = tenant.to_string();
+    assert!(
+        shown.contains("jobTitle FillEmpty") && shown.contains("homePhones Ignore"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(r#"CentralFields {"displayName", "emailAddresses", "birthday"}"#),
+        "{shown}"
+    );
+    assert!(!tenant_of(&doc_with(|_| {}))
+        .to_string()
+        .contains("CentralFields"));
+    // A tenant's own CentralFields replaces the run-wide list; a single name is a one-element list.
+    let mut doc = doc_with(|t| {
+        t.insert(
+            "CentralFields".into(),
+            json!(["displayName", "emailAddresses", "jobTitle"]),
+        );
+    });
+    doc["CentralFields"] = json!(["displayName", "emailAddresses", "homeAddress"]);
+    let set = tenant_of(&doc).mirror.fields.central.set();
+    assert!(set.contains(Field::JobTitle) && !set.contains(Field::HomeAddress));
+}
+
+#[test]
+fn field_rule_mistakes_name_the_key_and_suggest_the_field() {
+    let err = |edit: serde_json::Value| {
+        let doc = doc_with(|t| {
+            for (k, v) in edit.as_object().expect("object") {
+                t.insert(k.clone(), v.clone());
+            }
+        });
+        error_of(load_doc(&doc)).to_string()
+    };
+    let unknown = err(json!({"Fields": {"homeAdress": "Ignore"}}));
+    assert!(unknown.contains("MicrosoftTenants[0].Fields"), "{unknown}");
+    assert!(
+        unknown.contains("\"homeAdress\"") && unknown.contains("did you mean \"homeAddress\"?"),
+        "{unknown}"
+    );
+    let unknown = err(json!({"CentralFields": ["displayName", "emailAddresses", "jobtitel"]}));
+    assert!(
+        unknown.contains("CentralFields[2]") && unknown.contains("did you mean \"jobTitle\"?"),
+        "{unknown}"
+    );
+    let notes = err(json!({"CentralFields": ["displayName", "emailAddresses", "personalNotes"]}));
+    assert!(
+        notes.contains("personalNotes never leaves its mailbox"),
+        "{notes}"
+    );
+    let policy = err(json!({"Fields": {"jobTitle": "FillEmtpy"}}));
+    assert!(
+        policy.contains("Fields.jobTitle")
+            && policy.contains("Overwrite, FillEmpty or Ignore")
+            && policy.contains("did you mean \"FillEmpty\"?"),
+        "{policy}"
+    );
+    let matched = err(json!({"Fields": {"emailAddresses": "FillEmpty"}}));
+    assert!(
+        matched.contains("Fields.emailAddresses") && matched.contains("matched"),
+        "{matched}"
+    );
+    let missing = err(json!({"CentralFields": ["displayName", "jobTitle"]}));
+    assert!(
+        missing.contains("CentralFields") && missing.contains("without emailAddresses"),
+        "{missing}"
+    );
+    let twice = err(json!({"Fields": {"jobTitle": "Ignore", "JOBTITLE": "Overwrite"}}));
+    assert!(twice.contains("given twice"), "{twice}");
+    let shape = err(json!({"Fields": ["jobTitle"]}));
+    assert!(
+        shape.contains("Fields") && shape.contains("an array"),
+        "{shape}"
+    );
+    let shape = err(json!({"CentralFields": {"jobTitle": true}}));
+    assert!(
+        shape.contains("CentralFields") && shape.contains("an object"),
+        "{shape}"
+    );
 }

@@ -354,6 +354,7 @@ mod tests {
                     max_share: 0.1,
                 },
                 update_existing: true,
+                fields: Default::default(),
             },
             limits: crate::config::GraphLimits::default(),
             distribution: Default::default(),

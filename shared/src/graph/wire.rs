@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::GraphError;
-use crate::model::{Contact, ContactFields, ContactWrite, SYNC_ID_PROPERTY};
+use crate::model::{Contact, ContactFields, ContactWrite, FieldSet, SYNC_ID_PROPERTY};
 
 /// Decodes `bytes` as `T`, naming the failing path in the error.
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, GraphError> {
@@ -190,7 +190,7 @@ pub(crate) fn odata_string(value: &str) -> String {
 /// categories and the sync id property.
 pub(crate) fn create_body(write: &ContactWrite) -> Value {
     let fields = write.fields.clone().unwrap_or_default();
-    let mut body = fields_object(&fields);
+    let mut body = fields_object(&fields, write.unchanged);
     body.insert(
         "personalNotes".into(),
         write
@@ -215,7 +215,7 @@ pub(crate) fn create_body(write: &ContactWrite) -> Value {
 /// source is sent as `null` (or `[]`) and cleared at the target.
 pub(crate) fn update_body(write: &ContactWrite) -> Value {
     let mut body = match &write.fields {
-        Some(fields) => fields_object(fields),
+        Some(fields) => fields_object(fields, write.unchanged),
         None => Map::new(),
     };
     if let Some(notes) = &write.personal_notes {
@@ -239,12 +239,17 @@ pub(crate) fn update_body(write: &ContactWrite) -> Value {
     Value::Object(body)
 }
 
-fn fields_object(fields: &ContactFields) -> Map<String, Value> {
-    match serde_json::to_value(fields) {
+/// The mirrored fields as a JSON object, without the `unchanged` ones (the field policy leaves them alone).
+fn fields_object(fields: &ContactFields, unchanged: FieldSet) -> Map<String, Value> {
+    let mut map = match serde_json::to_value(fields) {
         Ok(Value::Object(map)) => map,
         // ContactFields is a plain struct of strings and lists: it always serialises to an object.
         _ => Map::new(),
+    };
+    for field in unchanged.iter() {
+        map.remove(field.graph_name());
     }
+    map
 }
 
 fn sync_id_properties(sync_id: &str) -> Value {
@@ -429,6 +434,7 @@ mod tests {
 
     fn every_part() -> ContactWrite {
         ContactWrite {
+            unchanged: FieldSet::empty(),
             fields: Some(every_field()),
             personal_notes: Some("Met at the Royal Society.\nSyncId=6c1b...".into()),
             categories: Some(vec!["Managed".into(), "VIP".into()]),
@@ -503,6 +509,7 @@ mod tests {
     fn update_clearing_fields_validates() {
         let validator = schema_validator();
         let write = ContactWrite {
+            unchanged: FieldSet::empty(),
             fields: Some(ContactFields::default()),
             personal_notes: Some(String::new()),
             categories: Some(Vec::new()),
@@ -517,6 +524,32 @@ mod tests {
         assert_eq!(body["categories"], serde_json::json!([]));
         // Cleanup taking the stamp off notes that had no text: cleared, as before the stamp.
         assert_eq!(body["personalNotes"], Value::Null);
+    }
+
+    #[test]
+    fn fields_the_policy_leaves_alone_are_not_sent() {
+        let validator = schema_validator();
+        let unchanged: FieldSet = [
+            crate::model::Field::JobTitle,
+            crate::model::Field::HomeAddress,
+        ]
+        .into_iter()
+        .collect();
+        let write = ContactWrite {
+            unchanged,
+            ..every_part()
+        };
+        for body in [update_body(&write), create_body(&write)] {
+            assert_valid(&validator, &body);
+            assert!(
+                body.get("jobTitle").is_none() && body.get("homeAddress").is_none(),
+                "{body}"
+            );
+            assert_eq!(
+                body["department"],
+                every_field().department.expect("set").as_str()
+            );
+        }
     }
 
     #[test]

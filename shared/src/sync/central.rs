@@ -7,8 +7,10 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
-use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
+use crate::config::CentralFields;
+use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, WriteOp};
 
+use super::fields;
 use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
 use super::matching::{agrees, DataIndex};
 use super::normalize::{email_keys, has_category, name_key, normalize, NormalizedFields};
@@ -41,6 +43,16 @@ impl MatchKeys {
             norm: normalize(&contact.fields),
         }
     }
+
+    /// The keys of `contact` as the central folder may hold it ([`fields::central_view`]): the fields outside
+    /// `central` count as empty (the match keys are always central fields).
+    fn central(contact: &Contact, central: CentralFields) -> Self {
+        let keys = MatchKeys::of(contact);
+        MatchKeys {
+            norm: keys.norm.masked(central.set()),
+            ..keys
+        }
+    }
 }
 
 /// A source contact with what matching needs precomputed (its keys borrowed when computed earlier, e.g. once per
@@ -57,6 +69,15 @@ impl<'a> Candidate<'a> {
             mailbox,
             contact,
             keys: Cow::Owned(MatchKeys::of(contact)),
+        }
+    }
+
+    /// A phase-1 candidate: compared as the central folder may hold it (see [`MatchKeys::central`]).
+    fn central(mailbox: &'a Mailbox, contact: &'a Contact, central: CentralFields) -> Self {
+        Candidate {
+            mailbox,
+            contact,
+            keys: Cow::Owned(MatchKeys::central(contact, central)),
         }
     }
 
@@ -104,7 +125,7 @@ impl CentralKeys {
                 .unwrap_or_else(|| SyncId::derive(&ctx.tenant_id, &ctx.owner.id, &contact.id));
             by_sync
                 .entry(sync)
-                .or_insert_with(|| normalize(&contact.fields));
+                .or_insert_with(|| MatchKeys::central(contact, ctx.options.fields.central).norm);
         }
         CentralKeys { by_sync }
     }
@@ -119,9 +140,9 @@ impl CentralKeys {
         {
             return false;
         }
-        self.by_sync
-            .get(&property)
-            .is_some_and(|norm| *norm == normalize(&contact.fields))
+        self.by_sync.get(&property).is_some_and(|norm| {
+            *norm == MatchKeys::central(contact, ctx.options.fields.central).norm
+        })
     }
 
     /// Drops from `source` the contacts [`plan_central`] can do without.
@@ -150,7 +171,10 @@ fn newest_index(
 
 /// A contact of the central folder during planning.
 struct Entry<'a> {
+    /// Compared as the central folder may hold it.
     c: Candidate<'a>,
+    /// It holds a field outside `CentralFields` (from an earlier run or configuration): cleared by an update.
+    private: bool,
     sync: SyncId,
     canonical: bool,
     stamp: NotesStamp,
@@ -176,9 +200,26 @@ pub(crate) fn with_category(categories: &[String], category: &str) -> Vec<String
 /// How many rounds [`settle`] tries before falling back to updates from identified sources only.
 const SETTLE_ROUNDS: usize = 8;
 
+/// The fields in which the newest edit wins: the central ones the policy overwrites. The others (`FillEmpty`,
+/// `Ignore`) are the person's origin's ([`fields::origin_fields`]).
+fn newest_wins(ctx: &PlanContext) -> FieldSet {
+    fields::newest_wins(&ctx.options.fields)
+}
+
+/// Whether `member` is the contact `entry`'s person was first published from (its own derived id is the person's).
+fn is_origin(ctx: &PlanContext, entry: &Entry, member: &Candidate) -> bool {
+    SyncId::derive(&ctx.tenant_id, &member.mailbox.id, &member.contact.id) == entry.sync
+}
+
+/// Whether `member` holds an edit of `entry`'s person: a field where the newest edit wins differs.
+fn differs(ctx: &PlanContext, entry: &Entry, member: &Candidate) -> bool {
+    member.norm.differs_in(&entry.c.norm, newest_wins(ctx))
+}
+
 /// For each central entry, the member whose data updates it: the newest member whose data differs, when newer
 /// than the central contact.
 fn drivers(
+    ctx: &PlanContext,
     entries: &[Entry],
     candidates: &[Candidate],
     unvouched: &BTreeSet<usize>,
@@ -199,7 +240,7 @@ fn drivers(
             newest_index(
                 members
                     .into_iter()
-                    .filter(|&m| candidates[m].norm != entry.c.norm && !unvouched.contains(&m)),
+                    .filter(|&m| differs(ctx, entry, &candidates[m]) && !unvouched.contains(&m)),
                 candidates,
             )
             .filter(|&m| candidates[m].contact.last_modified > entry.c.contact.last_modified)
@@ -307,17 +348,25 @@ fn assign(
 /// find nothing to do. Found by iteration from the identified sources' updates; if it does not settle within
 /// [`SETTLE_ROUNDS`], only identified sources update (unidentified ones then count once phase 2 has stamped them).
 fn settle(
+    ctx: &PlanContext,
     entries: &[Entry],
     candidates: &[Candidate],
     unvouched: &BTreeSet<usize>,
     unidentified: &[usize],
 ) -> (Vec<Option<usize>>, Vec<Option<usize>>) {
     let none = vec![None; unidentified.len()];
-    let identified_only = drivers(entries, candidates, unvouched, unidentified, &none);
+    let identified_only = drivers(ctx, entries, candidates, unvouched, unidentified, &none);
     let mut updates = identified_only.clone();
     for _ in 0..SETTLE_ROUNDS {
         let assignment = assign(entries, candidates, unidentified, &updates);
-        let next = drivers(entries, candidates, unvouched, unidentified, &assignment);
+        let next = drivers(
+            ctx,
+            entries,
+            candidates,
+            unvouched,
+            unidentified,
+            &assignment,
+        );
         if next == updates {
             return (updates, assignment);
         }
@@ -365,6 +414,12 @@ fn settle(
 ///   first by id is kept in sync; the others are deleted when they are managed copies ([`ownership`] in the shared
 ///   mailbox) and `deletion.enabled`, at most [`deletion_allowance`] of the folder's managed copies per run (the
 ///   rest on later runs), else left alone ([`Reason::DuplicateSyncId`]).
+/// - *What travels* (issue 14, [`fields`]): every source and central contact is compared as the central folder may
+///   hold it (`CentralFields` only), and only that is written; a central contact holding more (an earlier run's
+///   data) is cleared by an update ([`Reason::OutsideCentralFields`], duplicates too). The newest edit wins only
+///   in the fields the policy overwrites; `FillEmpty` and `Ignore` fields are the person's origin's (the source
+///   its sync id is derived from), whoever edited last: elsewhere phase 2 may have left a user's own value there,
+///   and it never writes them into the origin, so no timestamp says anything about them.
 /// - *Rebuild* (`ctx.rebuild_central`, after the central folder was lost): nothing counts as removed centrally,
 ///   sources carrying the extended property are grouped by it and each group is created under that sync id (so
 ///   every copy in every mailbox stays matched), other sources join them as above, and nothing is deleted.
@@ -384,9 +439,11 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         if canonical {
             by_sync.insert(sync.clone(), entries.len());
         }
+        let c = Candidate::central(&ctx.owner, contact, options.fields.central);
         entries.push(Entry {
             stamp: NotesStamp::parse(contact.personal_notes.as_deref()),
-            c: Candidate::new(&ctx.owner, contact),
+            private: c.norm != normalize(&contact.fields),
+            c,
             sync,
             canonical,
             members: Vec::new(),
@@ -399,7 +456,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         .flat_map(|s| {
             s.contacts
                 .iter()
-                .map(move |c| Candidate::new(&s.mailbox, c))
+                .map(move |c| Candidate::central(&s.mailbox, c, options.fields.central))
         })
         .collect();
     candidates.sort_by(|a, b| (&a.mailbox.id, &a.contact.id).cmp(&(&b.mailbox.id, &b.contact.id)));
@@ -450,7 +507,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
 
     // Unidentified sources match the central data as this plan leaves it, and may themselves be the newest edit
     // that changes it: iterate to a fixed point (see `settle`).
-    let (updates, assignment) = settle(&entries, &candidates, &unvouched, &unidentified);
+    let (updates, assignment) = settle(ctx, &entries, &candidates, &unvouched, &unidentified);
 
     // Unidentified sources that match no central contact are new people.
     let mut people: Vec<NewPerson> = Vec::new();
@@ -522,8 +579,25 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
             last_updated_at: Some(format_time(ctx.now)),
             last_updated_by: Some(newest.mailbox.upn.clone()),
         };
+        // The newest edit's fields; the origin's own (`FillEmpty`, `Ignore`) from the member the person is derived
+        // from, when there is one.
+        let origin = person
+            .members
+            .iter()
+            .map(|&m| &candidates[m])
+            .find(|m| SyncId::derive(&ctx.tenant_id, &m.mailbox.id, &m.contact.id) == *sync);
+        let fields = match origin {
+            Some(origin) => fields::for_central(
+                &options.fields,
+                &newest.contact.fields,
+                &origin.contact.fields,
+                fields::newest_wins(&options.fields),
+            ),
+            None => fields::central_view(&newest.contact.fields, options.fields.central),
+        };
         let write = ContactWrite {
-            fields: Some(newest.contact.fields.clone()),
+            unchanged: FieldSet::empty(),
+            fields: Some(fields),
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
                 .managed_category
@@ -651,12 +725,33 @@ fn plan_entry(
     };
     if !entry.canonical {
         item.reason = Reason::DuplicateSyncId;
+        // Not kept in sync nor distributed, but it is in the central folder: what it holds beyond
+        // `CentralFields` goes.
+        if entry.private && options.update_existing {
+            let fields = fields::central_view(&central.fields, options.fields.central);
+            item.changed_fields = normalize(&fields).changed(&normalize(&central.fields));
+            item.op = Some(WriteOp::Update {
+                id: central.id.clone(),
+                write: ContactWrite {
+                    fields: Some(fields),
+                    ..ContactWrite::default()
+                },
+            });
+            item.action = ActionKind::Update;
+            item.reason = Reason::OutsideCentralFields;
+        }
         return item;
     }
 
     let members = || members.iter().map(|&m| &candidates[m]);
-    let differing = members().any(|m| m.norm != entry.c.norm);
+    let differing = members().any(|m| differs(ctx, entry, m));
     let update_from = update_from.map(|m| &candidates[m]);
+    // The origin's `FillEmpty` and `Ignore` fields are the person's, whoever edited last (phase 2 never writes
+    // them there, so its timestamps say nothing about them).
+    let origin_fields = fields::origin_fields(&options.fields);
+    let origin = members()
+        .filter(|m| !origin_fields.is_empty() && is_origin(ctx, entry, m))
+        .find(|m| m.norm.differs_in(&entry.c.norm, origin_fields));
 
     let needs_property = property_sync_id(central).as_ref() != Some(&entry.sync);
     let needs_notes = options.stamp_notes && entry.stamp.sync_id.as_ref() != Some(&entry.sync);
@@ -665,7 +760,13 @@ fn plan_entry(
         .as_deref()
         .is_some_and(|cat| !has_category(&central.categories, cat));
 
-    if update_from.is_none() && !needs_property && !needs_notes && !needs_category {
+    if update_from.is_none()
+        && origin.is_none()
+        && !entry.private
+        && !needs_property
+        && !needs_notes
+        && !needs_category
+    {
         if differing {
             item.reason = Reason::TargetNewer;
         }
@@ -700,8 +801,35 @@ fn plan_entry(
             created_by: Some(created_by),
         },
     };
+    // The newest edit's fields, the origin's own ones, or (a contact holding fields outside `CentralFields`) its
+    // own view.
+    let fields = (update_from.is_some() || origin.is_some() || entry.private).then(|| {
+        let newest = match update_from {
+            Some(source) => fields::for_central(
+                &options.fields,
+                &source.contact.fields,
+                &central.fields,
+                newest_wins(ctx),
+            ),
+            None => fields::central_view(&central.fields, options.fields.central),
+        };
+        match origin {
+            Some(origin) => fields::for_central(
+                &options.fields,
+                &origin.contact.fields,
+                &newest,
+                origin_fields,
+            ),
+            None => newest,
+        }
+    });
+    let changed_fields = fields
+        .as_ref()
+        .map(|f| normalize(f).changed(&normalize(&central.fields)))
+        .unwrap_or_default();
     let write = ContactWrite {
-        fields: update_from.map(|s| s.contact.fields.clone()),
+        unchanged: FieldSet::empty(),
+        fields,
         personal_notes: (options.stamp_notes && (update_from.is_some() || needs_notes))
             .then(|| restamp(central.personal_notes.as_deref(), &stamp)),
         categories: options
@@ -721,12 +849,13 @@ fn plan_entry(
         write,
     });
     item.action = ActionKind::Update;
-    match update_from {
+    item.changed_fields = changed_fields;
+    match update_from.or(origin) {
         Some(source) => {
             item.reason = Reason::SourceNewer;
             item.source = Some(source.mailbox.upn.clone());
-            item.changed_fields = source.norm.changed(&entry.c.norm);
         }
+        None if entry.private => item.reason = Reason::OutsideCentralFields,
         None => item.reason = Reason::StampMissing,
     }
     item

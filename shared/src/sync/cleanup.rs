@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
+use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, WriteOp};
 
 use super::identity::{creators_of, ownership_among, property_sync_id, Ownership, SyncId};
 use super::normalize::has_category;
@@ -129,6 +129,7 @@ pub fn plan_cleanup(
         let notes = contact.personal_notes.as_deref();
         let stamped_notes = notes.is_some_and(has_stamp_lines);
         let unstamp = |categories: Option<Vec<String>>| ContactWrite {
+            unchanged: FieldSet::empty(),
             fields: None,
             personal_notes: notes.filter(|_| stamped_notes).map(user_text),
             categories,

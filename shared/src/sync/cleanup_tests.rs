@@ -24,6 +24,7 @@ fn options() -> MirrorOptions {
         stamp_notes: true,
         opt_out_category: "Private".into(),
         update_existing: true,
+        fields: Default::default(),
         deletion: DeletionPolicy {
             enabled: true,
             max_share: 0.10,

@@ -6,16 +6,17 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::config::MirrorOptions;
-use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
+use crate::config::{CentralFields, MirrorOptions};
+use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, WriteOp};
 
 use super::central::{with_category, Candidate, MatchKeys};
+use super::fields::{self, Data, Existing};
 use super::identity::{
     effective_sync_id, names_mailbox, ownership, property_sync_id, stamped_as_own, OwnerReason,
     Ownership, SyncId,
 };
 use super::matching::{agrees, DataIndex};
-use super::normalize::has_category;
+use super::normalize::{has_category, normalize};
 use super::plan::{
     deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, PlanRefusal, Reason,
 };
@@ -60,7 +61,10 @@ struct Source<'a> {
 /// - no target: create it with the central data, the sync id (property and, when `stamp_notes`, notes with
 ///   `CreatedBy` from the central stamp), the managed category;
 /// - target carries the opt-out category: left alone;
-/// - data differs and central is newer (or as new: ties go to the central folder): PATCH the data (fields written whole, cleared fields as null);
+/// - what the field policy makes of the target ([`fields::for_target`]: `Overwrite` fields take the central value,
+///   `Ignore` fields and filled `FillEmpty` fields keep the target's, an owner's contact keeps what lies outside
+///   `CentralFields`) differs and central is newer (or as new: ties go to the central folder): PATCH the data
+///   (fields written whole, cleared fields as null, lists replaced; a new copy never gets an `Ignore` field);
 ///   the target's own note text and categories are preserved exactly: only stamp lines are rewritten and the
 ///   managed category is added to managed copies (never to the owner's own contacts);
 /// - the identity stamp is missing or outdated: completed in the same PATCH, or alone. Stamping a contact the
@@ -89,7 +93,7 @@ pub fn plan_distribution(
 ) -> Result<Plan, PlanRefusal> {
     plan_distribution_from(
         ctx,
-        &PreparedCentral::new(central.to_vec()),
+        &PreparedCentral::of_central_folder(central.to_vec(), ctx.options.fields.central),
         target_mailbox,
         target,
     )
@@ -111,6 +115,11 @@ impl PreparedCentral {
         contacts.sort_by(|a, b| a.id.cmp(&b.id));
         let keys = contacts.iter().map(MatchKeys::of).collect();
         PreparedCentral { contacts, keys }
+    }
+
+    /// The central folder's contacts as phase 2 may distribute them ([`fields::central_folder_view`]).
+    pub fn of_central_folder(contacts: Vec<Contact>, central: CentralFields) -> Self {
+        Self::new(fields::central_folder_view(contacts, central))
     }
 
     /// The contacts, by id.
@@ -404,8 +413,17 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             last_updated_at: Some(format_time(ctx.now)),
             last_updated_by,
         };
+        let (fields, unchanged) = fields::for_target(
+            &options.fields,
+            Data {
+                fields: &central.fields,
+                norm: &source.c.norm,
+            },
+            None,
+        );
         item.op = Some(WriteOp::Create(ContactWrite {
-            fields: Some(central.fields.clone()),
+            fields: Some(fields),
+            unchanged,
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
                 .managed_category
@@ -423,11 +441,32 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         return item;
     }
     let contact = t.c.contact;
-    let differs = t.c.norm != source.c.norm;
+    let owner_created = t.ownership.is_owner_created();
+    // What the policy makes of the target's fields; computed only when they differ from the source's at all
+    // (equal data stays equal under every policy).
+    let desired = (t.c.norm != source.c.norm).then(|| {
+        let fields = fields::for_target(
+            &options.fields,
+            Data {
+                fields: &central.fields,
+                norm: &source.c.norm,
+            },
+            Some(Existing {
+                data: Data {
+                    fields: &contact.fields,
+                    norm: &t.c.norm,
+                },
+                owner_created,
+            }),
+        );
+        let norm = normalize(&fields.0);
+        (fields, norm)
+    });
+    let desired = desired.filter(|(_, norm)| *norm != t.c.norm);
+    let differs = desired.is_some();
     // Ties (equal or both unknown timestamps) go to the central folder: phase 1 publishes only strictly newer
     // edits, so a tie left alone here would be stamped, look newer next run and flip the person back.
     let write_data = differs && central.last_modified >= contact.last_modified;
-    let owner_created = t.ownership.is_owner_created();
     // A bare property would make an owner's contact look like a managed copy; only stamp when ownership survives.
     let may_stamp = !owner_created || options.stamp_notes || t.derived == source.sync;
     let needs_property = may_stamp && t.property.as_ref() != Some(&source.sync);
@@ -473,7 +512,14 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         last_updated_by,
     };
     let write = ContactWrite {
-        fields: write_data.then(|| central.fields.clone()),
+        fields: desired
+            .as_ref()
+            .filter(|_| write_data)
+            .map(|((fields, _), _)| fields.clone()),
+        unchanged: desired
+            .as_ref()
+            .filter(|_| write_data)
+            .map_or(FieldSet::empty(), |((_, kept), _)| *kept),
         personal_notes: (may_stamp && options.stamp_notes && (write_data || needs_notes))
             .then(|| restamp(contact.personal_notes.as_deref(), &stamp)),
         categories: options
@@ -495,7 +541,10 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
     item.action = ActionKind::Update;
     if write_data {
         item.reason = Reason::SourceNewer;
-        item.changed_fields = source.c.norm.changed(&t.c.norm);
+        item.changed_fields = desired
+            .as_ref()
+            .map(|(_, norm)| norm.changed(&t.c.norm))
+            .unwrap_or_default();
     } else {
         item.reason = Reason::StampMissing;
     }

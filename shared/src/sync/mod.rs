@@ -17,6 +17,7 @@
 pub mod central;
 pub mod cleanup;
 pub mod distribute;
+pub mod fields;
 pub mod identity;
 mod matching;
 pub mod normalize;

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::{ContactFields, EmailAddress, PhysicalAddress};
+use crate::model::{ContactFields, EmailAddress, Field, FieldSet, PhysicalAddress};
 
 /// One normalised field value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,9 +22,10 @@ enum Value {
     Address(Option<[Option<String>; 5]>),
 }
 
-/// The mirrored fields of a contact after normalisation; two contacts hold the same data iff these are equal.
+/// The mirrored fields of a contact after normalisation, one value per [`Field`] in [`Field::ALL`] order; two
+/// contacts hold the same data iff these are equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NormalizedFields(Vec<(&'static str, Value)>);
+pub struct NormalizedFields(Vec<Value>);
 
 fn text(value: &Option<String>) -> Option<String> {
     value
@@ -81,52 +82,113 @@ fn birthday(value: &Option<String>) -> Option<String> {
     Some(date.map(str::to_owned).unwrap_or(value))
 }
 
+/// The normalised value of one field of `f`.
+fn value(field: Field, f: &ContactFields) -> Value {
+    use Value::{Address, Emails, List, Text};
+    match field {
+        Field::DisplayName => Text(text(&f.display_name)),
+        Field::GivenName => Text(text(&f.given_name)),
+        Field::Surname => Text(text(&f.surname)),
+        Field::MiddleName => Text(text(&f.middle_name)),
+        Field::NickName => Text(text(&f.nick_name)),
+        Field::Title => Text(text(&f.title)),
+        Field::Initials => Text(text(&f.initials)),
+        Field::Generation => Text(text(&f.generation)),
+        Field::FileAs => Text(text(&f.file_as)),
+        Field::YomiGivenName => Text(text(&f.yomi_given_name)),
+        Field::YomiSurname => Text(text(&f.yomi_surname)),
+        Field::YomiCompanyName => Text(text(&f.yomi_company_name)),
+        Field::CompanyName => Text(text(&f.company_name)),
+        Field::Department => Text(text(&f.department)),
+        Field::JobTitle => Text(text(&f.job_title)),
+        Field::OfficeLocation => Text(text(&f.office_location)),
+        Field::Profession => Text(text(&f.profession)),
+        Field::Manager => Text(text(&f.manager)),
+        Field::AssistantName => Text(text(&f.assistant_name)),
+        Field::BusinessHomePage => Text(text(&f.business_home_page)),
+        Field::EmailAddresses => Emails(emails(&f.email_addresses)),
+        Field::ImAddresses => List(list(&f.im_addresses)),
+        Field::BusinessPhones => List(list(&f.business_phones)),
+        Field::HomePhones => List(list(&f.home_phones)),
+        Field::MobilePhone => Text(text(&f.mobile_phone)),
+        Field::BusinessAddress => Address(address(&f.business_address)),
+        Field::HomeAddress => Address(address(&f.home_address)),
+        Field::OtherAddress => Address(address(&f.other_address)),
+        Field::Birthday => Text(birthday(&f.birthday)),
+        Field::SpouseName => Text(text(&f.spouse_name)),
+    }
+}
+
+impl Value {
+    /// Whether the value is absent (what a cleared field normalises to).
+    fn is_empty(&self) -> bool {
+        match self {
+            Value::Text(t) => t.is_none(),
+            Value::Emails(e) => e.is_empty(),
+            Value::List(l) => l.is_empty(),
+            Value::Address(a) => a.is_none(),
+        }
+    }
+
+    /// The absent value of the same kind.
+    fn emptied(&self) -> Value {
+        match self {
+            Value::Text(_) => Value::Text(None),
+            Value::Emails(_) => Value::Emails(BTreeSet::new()),
+            Value::List(_) => Value::List(Vec::new()),
+            Value::Address(_) => Value::Address(None),
+        }
+    }
+}
+
 /// Normalises the mirrored fields for comparison (see the module docs for the rules).
 pub fn normalize(f: &ContactFields) -> NormalizedFields {
-    use Value::{Address, Emails, List, Text};
-    NormalizedFields(vec![
-        ("displayName", Text(text(&f.display_name))),
-        ("givenName", Text(text(&f.given_name))),
-        ("surname", Text(text(&f.surname))),
-        ("middleName", Text(text(&f.middle_name))),
-        ("nickName", Text(text(&f.nick_name))),
-        ("title", Text(text(&f.title))),
-        ("initials", Text(text(&f.initials))),
-        ("generation", Text(text(&f.generation))),
-        ("fileAs", Text(text(&f.file_as))),
-        ("yomiGivenName", Text(text(&f.yomi_given_name))),
-        ("yomiSurname", Text(text(&f.yomi_surname))),
-        ("yomiCompanyName", Text(text(&f.yomi_company_name))),
-        ("companyName", Text(text(&f.company_name))),
-        ("department", Text(text(&f.department))),
-        ("jobTitle", Text(text(&f.job_title))),
-        ("officeLocation", Text(text(&f.office_location))),
-        ("profession", Text(text(&f.profession))),
-        ("manager", Text(text(&f.manager))),
-        ("assistantName", Text(text(&f.assistant_name))),
-        ("businessHomePage", Text(text(&f.business_home_page))),
-        ("emailAddresses", Emails(emails(&f.email_addresses))),
-        ("imAddresses", List(list(&f.im_addresses))),
-        ("businessPhones", List(list(&f.business_phones))),
-        ("homePhones", List(list(&f.home_phones))),
-        ("mobilePhone", Text(text(&f.mobile_phone))),
-        ("businessAddress", Address(address(&f.business_address))),
-        ("homeAddress", Address(address(&f.home_address))),
-        ("otherAddress", Address(address(&f.other_address))),
-        ("birthday", Text(birthday(&f.birthday))),
-        ("spouseName", Text(text(&f.spouse_name))),
-    ])
+    NormalizedFields(Field::ALL.iter().map(|&field| value(field, f)).collect())
 }
 
 impl NormalizedFields {
     /// Graph names of the fields whose normalised values differ.
     pub fn changed(&self, other: &NormalizedFields) -> Vec<&'static str> {
-        self.0
-            .iter()
-            .zip(&other.0)
-            .filter(|(a, b)| a.1 != b.1)
-            .map(|(a, _)| a.0)
+        self.changed_in(other, FieldSet::all())
+    }
+
+    /// Graph names of the fields of `set` whose normalised values differ.
+    pub fn changed_in(&self, other: &NormalizedFields, set: FieldSet) -> Vec<&'static str> {
+        set.iter()
+            .filter(|&f| self.0[f as usize] != other.0[f as usize])
+            .map(Field::graph_name)
             .collect()
+    }
+
+    /// Whether any field of `set` differs.
+    pub fn differs_in(&self, other: &NormalizedFields, set: FieldSet) -> bool {
+        set.iter()
+            .any(|f| self.0[f as usize] != other.0[f as usize])
+    }
+
+    /// Whether `field` is empty (absent, blank, or a list of blanks).
+    pub fn is_empty(&self, field: Field) -> bool {
+        self.0[field as usize].is_empty()
+    }
+
+    /// The fields that hold a value.
+    pub fn filled(&self) -> FieldSet {
+        Field::ALL
+            .iter()
+            .copied()
+            .filter(|&f| !self.is_empty(f))
+            .collect()
+    }
+
+    /// The same values with every field outside `keep` emptied: `normalize(f).masked(s)` equals the normalised
+    /// `f` with the fields outside `s` cleared.
+    #[must_use]
+    pub fn masked(mut self, keep: FieldSet) -> NormalizedFields {
+        for field in keep.complement().iter() {
+            let slot = &mut self.0[field as usize];
+            *slot = slot.emptied();
+        }
+        self
     }
 }
 

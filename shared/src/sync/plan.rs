@@ -83,6 +83,8 @@ pub enum Reason {
     HandedOver,
     /// Would be updated, but the tenant creates only (`UpdateExisting` false).
     UpdatesDisabled,
+    /// A central contact held fields outside `CentralFields` (from an earlier run or configuration): cleared.
+    OutsideCentralFields,
 }
 
 impl std::fmt::Display for Reason {
@@ -108,6 +110,7 @@ impl std::fmt::Display for Reason {
             Reason::Unstamped => "own contact: the tool's stamp removed",
             Reason::HandedOver => "managed copy with the owner's note: handed over, stamp removed",
             Reason::UpdatesDisabled => "would be updated, but UpdateExisting is off",
+            Reason::OutsideCentralFields => "held fields outside CentralFields; cleared",
         })
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Why this exists: the rules promise convergence (apply a plan, plan again, nothing to do), crash safety and
 //! ownership across runs. Checking those promises needs a folder that reacts to writes the way a mailbox does:
-//! a POST gets a new id, every write bumps `lastModifiedDateTime`, `fields` are replaced whole, and the sync id
+//! a POST gets a new id, every write bumps `lastModifiedDateTime`, `fields` are replaced whole (but the `unchanged`
+//! ones, which are not sent), and the sync id
 //! lands in the extended property. This module is that model; it is deliberately simple (no normalisation by the
 //! server, no throttling) and is no substitute for `graphsim` when testing the Graph client.
 
@@ -85,7 +86,10 @@ pub fn apply_ops<'a>(
 /// Sets the parts of `write` that are present.
 fn merge(contact: &mut Contact, write: &ContactWrite) {
     if let Some(fields) = &write.fields {
-        contact.fields = fields.clone();
+        let before = std::mem::replace(&mut contact.fields, fields.clone());
+        for field in write.unchanged.iter() {
+            field.copy(&before, &mut contact.fields);
+        }
     }
     if let Some(notes) = &write.personal_notes {
         contact.personal_notes = Some(notes.clone());

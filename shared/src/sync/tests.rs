@@ -28,6 +28,7 @@ fn options() -> MirrorOptions {
             max_share: 0.10,
         },
         update_existing: true,
+        fields: Default::default(),
     }
 }
 
@@ -2036,3 +2037,6 @@ proptest! {
         }
     }
 }
+
+// Issue 14: what travels (`CentralFields`, `Fields`) through both phases.
+mod field_rules;
