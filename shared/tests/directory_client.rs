@@ -51,6 +51,7 @@ fn settings(sim: &Sim, d: &SeededDirectory) -> TenantSettings {
             update_existing: true,
         },
         limits: shared::config::GraphLimits::default(),
+        photos: false,
         distribution: Default::default(),
     }
 }

@@ -61,6 +61,7 @@ fn settings_at(authority: &str, graph: &str, secret: &str) -> TenantSettings {
             update_existing: true,
         },
         limits: GraphLimits::default(),
+        photos: false,
         distribution: Default::default(),
     }
 }

@@ -58,6 +58,9 @@ const OPTION_KEYS: &[&str] = &[
     "TargetGroups",
     "TargetFolder",
     "UpdateExisting",
+    "Photos",
+    "UploadBytesPerWindow",
+    "UploadWindowSeconds",
 ];
 
 const TENANT_ID: &str = "a tenant id (GUID) or verified domain such as contoso.onmicrosoft.com";
@@ -108,6 +111,9 @@ struct Layer {
     requests_per_window: Option<u32>,
     window_seconds: Option<u64>,
     update_existing: Option<bool>,
+    photos: Option<bool>,
+    upload_bytes_per_window: Option<u32>,
+    upload_window_seconds: Option<u64>,
     distribution: distribution::Layer,
 }
 
@@ -181,6 +187,28 @@ impl Layer {
         if let Some((node, at)) = fields.get("UpdateExisting") {
             layer.update_existing = raw::boolean(node, at)?;
         }
+        if let Some((node, at)) = fields.get("Photos") {
+            layer.photos = raw::boolean(node, at)?;
+        }
+        if let Some((node, at)) = fields.get("UploadBytesPerWindow") {
+            layer.upload_bytes_per_window = raw::integer(
+                node,
+                at,
+                1,
+                u64::from(u32::MAX),
+                "a whole number of bytes, at least 1 (Graph allows 150 MB per 5 minutes)",
+            )?
+            .and_then(|v| u32::try_from(v).ok());
+        }
+        if let Some((node, at)) = fields.get("UploadWindowSeconds") {
+            layer.upload_window_seconds = raw::integer(
+                node,
+                at,
+                1,
+                86_400,
+                "a whole number of seconds from 1 to 86400",
+            )?;
+        }
         layer.distribution = distribution::Layer::read(fields)?;
         Ok(layer)
     }
@@ -206,6 +234,11 @@ impl Layer {
             requests_per_window: self.requests_per_window.or(base.requests_per_window),
             window_seconds: self.window_seconds.or(base.window_seconds),
             update_existing: self.update_existing.or(base.update_existing),
+            photos: self.photos.or(base.photos),
+            upload_bytes_per_window: self
+                .upload_bytes_per_window
+                .or(base.upload_bytes_per_window),
+            upload_window_seconds: self.upload_window_seconds.or(base.upload_window_seconds),
             distribution: self.distribution.over(&base.distribution),
         }
     }
@@ -614,7 +647,14 @@ impl<'a> Builder<'a> {
                 window: layer
                     .window_seconds
                     .map_or(defaults.window, Duration::from_secs),
+                upload_bytes_per_window: layer
+                    .upload_bytes_per_window
+                    .unwrap_or(defaults.upload_bytes_per_window),
+                upload_window: layer
+                    .upload_window_seconds
+                    .map_or(defaults.upload_window, Duration::from_secs),
             },
+            photos: layer.photos.unwrap_or(false),
             distribution,
         };
         Ok((tenant, tenant_at))

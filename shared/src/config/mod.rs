@@ -36,7 +36,8 @@
 //! configured but not run), `DryRun` (this tenant only), and the optional settings `UpdateExisting` (default true;
 //! false: create missing contacts, never change an existing one), `AuthorityHost`, `GraphEndpoint`, `CentralFolderName`, `ManagedCategory`,
 //! `StampNotes`, `OptOutCategory`, `DeleteManagedCopies`, `MaxDeleteShare`, `MaxInFlightPerMailbox`,
-//! `RequestsPerWindow`, `WindowSeconds`, and what is distributed where (issue 11, see [`Distribution`]): `Mirror`
+//! `RequestsPerWindow`, `WindowSeconds`, `Photos` (default false: directory users' photos on their copies), `UploadBytesPerWindow` and
+//! `UploadWindowSeconds` (the per-mailbox upload budget, default 150,000,000 bytes per 300 s), and what is distributed where (issue 11, see [`Distribution`]): `Mirror`
 //! `{Enabled}` (default true; when false `GlobalAddressBookUserId` is not required), `Directory` `{Enabled,
 //! MemberTypes, IncludeGroups, ExcludeGroups, UserFilter, ExcludeHidden, FromTenants}`, `TargetGroups` and
 //! `TargetFolder`. The optional settings may also be given at the top level of the document as run-wide defaults;
@@ -332,6 +333,8 @@ pub struct TenantSettings {
     pub mirror: MirrorOptions,
     /// Graph request limits per mailbox.
     pub limits: GraphLimits,
+    /// Write directory users' photos to their managed copies (`Photos`, default false; issue 14).
+    pub photos: bool,
     /// What the tenant distributes (mirror, directory) and where (issue 11). Default: today's mirror only.
     pub distribution: Distribution,
 }
@@ -373,6 +376,11 @@ pub struct GraphLimits {
     pub requests_per_window: u32,
     /// The window (default 600 s).
     pub window: Duration,
+    /// Bytes uploaded (PUT, POST, PATCH bodies; photos are what counts) per upload window per mailbox (default
+    /// 150,000,000: Graph's 150 MB, read as decimal megabytes so the client never passes Graph's count).
+    pub upload_bytes_per_window: u32,
+    /// The upload window (default 300 s).
+    pub upload_window: Duration,
 }
 
 impl Default for GraphLimits {
@@ -381,6 +389,8 @@ impl Default for GraphLimits {
             max_in_flight: 4,
             requests_per_window: 10_000,
             window: Duration::from_secs(600),
+            upload_bytes_per_window: 150_000_000,
+            upload_window: Duration::from_secs(300),
         }
     }
 }
@@ -533,6 +543,9 @@ impl fmt::Display for TenantSettings {
         write!(f, ", {}", self.distribution)?;
         if !self.mirror.update_existing {
             f.write_str(", creates only (UpdateExisting false)")?;
+        }
+        if self.photos {
+            f.write_str(", photos")?;
         }
         if !self.enabled {
             f.write_str(", disabled")?;

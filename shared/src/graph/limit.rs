@@ -467,6 +467,7 @@ mod tests {
             requests_per_window: 3,
             window: Duration::from_secs(10),
             max_in_flight: 4,
+            ..GraphLimits::default()
         });
         let start = Instant::now();
         for _ in 0..3 {

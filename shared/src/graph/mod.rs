@@ -356,6 +356,7 @@ mod tests {
                 update_existing: true,
             },
             limits: crate::config::GraphLimits::default(),
+            photos: false,
             distribution: Default::default(),
         }
     }
