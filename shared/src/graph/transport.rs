@@ -34,6 +34,16 @@ pub(crate) struct Call<'a> {
     pub batch_items: Option<u32>,
     /// A `Prefer` header (`odata.maxpagesize=N` for delta pages).
     pub prefer: Option<&'a str>,
+    /// A body that is not JSON (a photo's bytes), with its content type; its size is spent from the mailbox's
+    /// upload budget. `body` is `None` when this is set.
+    pub raw: Option<RawBody<'a>>,
+}
+
+/// Bytes sent as they are (a photo), with their `Content-Type`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawBody<'a> {
+    pub bytes: &'a [u8],
+    pub content_type: &'static str,
 }
 
 /// The limiter key of directory requests (`/users`), which are not mailbox requests.
@@ -159,6 +169,11 @@ impl TenantInner {
         if let Some(body) = call.body {
             request = request.json(body);
         }
+        if let Some(raw) = call.raw {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, raw.content_type)
+                .body(raw.bytes.to_vec());
+        }
         let response = request.send().await?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -201,9 +216,12 @@ impl Exchange for GraphExchange<'_, '_> {
             Err(error) => return Step::Final(error),
         };
         self.token_generation = Some(token.generation);
+        let upload = call
+            .raw
+            .map_or(0, |raw| u32::try_from(raw.bytes.len()).unwrap_or(u32::MAX));
         let (pass, admission) = match inner
             .limits
-            .admit(call.mailbox, cells, permits, policy.max_retry_after)
+            .admit(call.mailbox, cells, permits, upload, policy.max_retry_after)
             .await
         {
             Ok(admitted) => admitted,

@@ -20,6 +20,7 @@ pub mod distribute;
 pub mod identity;
 mod matching;
 pub mod normalize;
+pub mod photo;
 pub mod plan;
 pub mod relocate;
 pub mod simulate;
