@@ -25,7 +25,16 @@ pub struct PhaseCounts {
     /// Mailboxes whose change feeds showed nothing new since the last run, so nothing was read or planned.
     #[serde(default)]
     pub mailboxes_unchanged: u64,
+    /// Photos put on copies (`Photos` on).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub photos_sent: u64,
+    /// Photos removed from copies.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub photos_removed: u64,
 }
+
+/// At most this many photo lines (a photo not sent, and why) are kept per tenant as warnings.
+const MAX_PHOTO_WARNINGS: usize = 100;
 
 impl PhaseCounts {
     fn add(&mut self, counts: &PlanCounts, failed: u64) {
@@ -136,6 +145,15 @@ impl TenantReport {
                     .entry(report.phase)
                     .or_default()
                     .add(&report.counts, report.failed_writes);
+                let phase = self.phases.entry(report.phase).or_default();
+                phase.photos_sent += report.photos.sent;
+                phase.photos_removed += report.photos.removed;
+                for line in &report.photos.skipped {
+                    // Every mailbox meets the same too-large photo: the tenant says it once.
+                    if self.warnings.len() < MAX_PHOTO_WARNINGS && !self.warnings.contains(line) {
+                        self.warnings.push(line.clone());
+                    }
+                }
                 if report.skipped {
                     self.phases
                         .entry(report.phase)
@@ -460,6 +478,7 @@ mod tests {
             started_at: Utc::now(),
             finished_at: Utc::now(),
             duration_ms: 10,
+            photos: Default::default(),
             tenants,
         }
     }
@@ -635,6 +654,7 @@ mod tests {
             cursors: Default::default(),
             skipped: false,
             duration_ms: 0,
+            photos: Default::default(),
             finished_at: Utc::now(),
         };
         let mut tenant = TenantReport::default();

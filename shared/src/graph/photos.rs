@@ -2,6 +2,9 @@
 //! property written, each one request through the one retry loop. A photo's bytes are spent from the target
 //! mailbox's upload budget (`limit.rs`) before it is sent.
 
+use std::collections::BTreeMap;
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use reqwest::Method;
 use serde_json::json;
 
@@ -10,8 +13,15 @@ use super::error::GraphError;
 use super::transport::{Call, RawBody};
 use super::wire::{decode, WireContact};
 use super::TenantClient;
+use crate::config::MemberType;
+use crate::directory::DirectoryPerson;
 use crate::model::Contact;
 use crate::sync::photo::{PhotoHash, PHOTO_HASH_PROPERTY};
+use crate::sync::SyncId;
+
+/// Directory users' photos read at once: each from the user's own mailbox budget, so this is about the tenant's
+/// users, not one mailbox's 4 in flight.
+const PHOTO_READS_AT_ONCE: usize = 16;
 
 /// The `Content-Type` of a photo by its first bytes: PNG's signature, else JPEG (what Graph stores users' and
 /// contacts' photos as).
@@ -59,6 +69,33 @@ impl TenantClient {
             Err(error) if no_photo(&error) => Ok(None),
             Err(error) => Err(error),
         }
+    }
+
+    /// The photos of the users among `persons` (org contacts have none), by their copies' sync id: one request
+    /// per user, `None` answers left out. Any other failure fails the read (a photo read as missing would be
+    /// removed from every copy).
+    pub async fn directory_photos(
+        &self,
+        persons: &[DirectoryPerson],
+    ) -> Result<BTreeMap<SyncId, Vec<u8>>, GraphError> {
+        // Owned inputs: the futures must not borrow `persons` (they are polled as one `Send` stream).
+        let users: Vec<(String, SyncId)> = persons
+            .iter()
+            .filter(|p| matches!(p.kind, MemberType::Member | MemberType::Guest))
+            .map(|p| (p.object_id.clone(), p.sync_id.clone()))
+            .collect();
+        let reads = users.into_iter().map(|(object_id, sync_id)| {
+            let client = self.clone();
+            async move {
+                let photo = client.user_photo(&object_id).await?;
+                Ok::<_, GraphError>(photo.map(|bytes| (sync_id, bytes)))
+            }
+        });
+        let found: Vec<Option<(SyncId, Vec<u8>)>> = stream::iter(reads)
+            .buffer_unordered(PHOTO_READS_AT_ONCE)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// Puts `bytes` as the photo of contact `contact_id` (`PUT …/contacts/{id}/photo/$value`). The caller keeps
