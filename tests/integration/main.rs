@@ -75,3 +75,6 @@ mod isolation;
 
 // Issue 12: certificate tenants in one run; each certificate mistake fails only its tenant.
 mod credentials;
+
+// Issue 14: directory users' photos on every copy, sent only when changed, within the upload budget.
+mod photos;
