@@ -478,7 +478,6 @@ mod tests {
             started_at: Utc::now(),
             finished_at: Utc::now(),
             duration_ms: 10,
-            photos: Default::default(),
             tenants,
         }
     }
@@ -669,5 +668,47 @@ mod tests {
         assert_eq!(json["planned"].as_array().map(Vec::len), Some(1_000));
         let quiet = serde_json::to_value(TenantReport::default()).expect("json");
         assert!(quiet.get("planned").is_none() && quiet.get("planned_left_out").is_none());
+    }
+
+    /// Issue 14: photo counts add up per phase, and a photo every mailbox could not be sent is one warning.
+    #[test]
+    fn photo_counts_add_up_and_a_skipped_photo_is_one_warning() {
+        let report = |n: u64| Report {
+            schema: shared::message::SCHEMA_VERSION,
+            job_id: Uuid::nil(),
+            run_id: Uuid::nil(),
+            tenant_id: "t".into(),
+            phase: Phase::Phase2,
+            mailbox: shared::model::Mailbox {
+                id: format!("m{n}"),
+                upn: format!("m{n}@t"),
+            },
+            attempt: 1,
+            outcome: Outcome::Succeeded,
+            counts: PlanCounts::default(),
+            failed_writes: 0,
+            source_failures: vec![],
+            planned: vec![],
+            graph: GraphCounts::default(),
+            cursors: Default::default(),
+            skipped: false,
+            duration_ms: 0,
+            photos: shared::message::PhotoReport {
+                sent: n,
+                removed: 1,
+                skipped: vec!["photo of big@t not sent: 5000000 bytes is over Graph's 4 MB request limit".into()],
+            },
+            finished_at: Utc::now(),
+        };
+        let mut tenant = TenantReport::default();
+        for n in 1..=3 {
+            tenant.record(&report(n));
+        }
+        let phase = tenant.phases[&Phase::Phase2];
+        assert_eq!((phase.photos_sent, phase.photos_removed), (6, 3));
+        assert_eq!(tenant.warnings.len(), 1, "{:?}", tenant.warnings);
+        assert!(tenant.mailboxes.iter().all(|m| m.outcome == "succeeded"));
+        let json = serde_json::to_value(TenantReport::default()).expect("json");
+        assert!(json.to_string().find("photos").is_none(), "no photo keys without photos: {json}");
     }
 }
