@@ -288,6 +288,12 @@ impl TenantReport {
             if c.failed > 0 {
                 part.push_str(&format!(", {} writes refused", c.failed));
             }
+            if c.photos_sent + c.photos_removed > 0 {
+                part.push_str(&format!(
+                    ", {} photos sent, {} removed",
+                    c.photos_sent, c.photos_removed
+                ));
+            }
             if c.mailboxes_unchanged > 0 {
                 part.push_str(&format!(" ({} mailboxes unchanged)", c.mailboxes_unchanged));
             }
@@ -707,6 +713,11 @@ mod tests {
         let phase = tenant.phases[&Phase::Phase2];
         assert_eq!((phase.photos_sent, phase.photos_removed), (6, 3));
         assert_eq!(tenant.warnings.len(), 1, "{:?}", tenant.warnings);
+        assert!(
+            tenant.line("").contains("6 photos sent, 3 removed"),
+            "{}",
+            tenant.line("")
+        );
         assert!(tenant.mailboxes.iter().all(|m| m.outcome == "succeeded"));
         let json = serde_json::to_value(TenantReport::default()).expect("json");
         assert!(json.to_string().find("photos").is_none(), "no photo keys without photos: {json}");
