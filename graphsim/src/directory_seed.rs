@@ -72,7 +72,9 @@ pub struct SeededDirectory {
 pub fn sample_jpeg(tag: &str, size: usize) -> Vec<u8> {
     let size = size.max(8);
     let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0];
-    let seed = tag.bytes().fold(0x811C_9DC5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let seed = tag.bytes().fold(0x811C_9DC5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     let mut state = seed;
     while bytes.len() < size - 2 {
         state ^= state << 13;

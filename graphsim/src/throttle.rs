@@ -91,11 +91,21 @@ impl Throttle {
         if bytes == 0 {
             return Ok(());
         }
-        let (budget, window) = self.upload_budget.lock().map(|b| *b).unwrap_or(DEFAULT_UPLOAD_BUDGET);
+        let (budget, window) = self
+            .upload_budget
+            .lock()
+            .map(|b| *b)
+            .unwrap_or(DEFAULT_UPLOAD_BUDGET);
         let now = Instant::now();
-        let mut uploads = self.uploads.lock().map_err(|_| errors::mailbox_concurrency())?;
+        let mut uploads = self
+            .uploads
+            .lock()
+            .map_err(|_| errors::mailbox_concurrency())?;
         let log = uploads.entry(key.clone()).or_default();
-        while log.front().is_some_and(|(t, _)| now.duration_since(*t) >= window) {
+        while log
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= window)
+        {
             log.pop_front();
         }
         let used: u64 = log.iter().map(|(_, n)| n).sum();

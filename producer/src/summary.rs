@@ -702,7 +702,10 @@ mod tests {
             photos: shared::message::PhotoReport {
                 sent: n,
                 removed: 1,
-                skipped: vec!["photo of big@t not sent: 5000000 bytes is over Graph's 4 MB request limit".into()],
+                skipped: vec![
+                    "photo of big@t not sent: 5000000 bytes is over Graph's 4 MB request limit"
+                        .into(),
+                ],
             },
             finished_at: Utc::now(),
         };
@@ -720,6 +723,9 @@ mod tests {
         );
         assert!(tenant.mailboxes.iter().all(|m| m.outcome == "succeeded"));
         let json = serde_json::to_value(TenantReport::default()).expect("json");
-        assert!(json.to_string().find("photos").is_none(), "no photo keys without photos: {json}");
+        assert!(
+            json.to_string().find("photos").is_none(),
+            "no photo keys without photos: {json}"
+        );
     }
 }

@@ -22,9 +22,10 @@ fn photo_on_copy(sim: &Sim, d: &SeededDirectory, receiver: &str, person: &str) -
     let copy = contacts
         .iter()
         .find(|c| {
-            c["emailAddresses"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|e| e["address"].as_str().map(str::to_lowercase) == Some(mail.clone())))
+            c["emailAddresses"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|e| e["address"].as_str().map(str::to_lowercase) == Some(mail.clone()))
+            })
         })
         .unwrap_or_else(|| panic!("{receiver} holds no copy of {person}"));
     let id = copy["id"].as_str().expect("contact id");
@@ -66,7 +67,11 @@ fn photos_tenant(sim: &Sim, d: &SeededDirectory, extra: Value) -> shared::config
 async fn a_directory_users_photo_reaches_every_copy_once_follows_changes_and_removals() {
     let sim = sim().await;
     let d = seed_directory(&sim, DirectoryParams::default());
-    assert!(d.photo_members.len() >= 2, "the seed gives photos: {:?}", d.photo_members);
+    assert!(
+        d.photo_members.len() >= 2,
+        "the seed gives photos: {:?}",
+        d.photo_members
+    );
     let settings = photos_tenant(&sim, &d, json!({}));
     let receivers = d.tenant.mirror_target_upns.len();
     // With the state kept, as in production: an unchanged mailbox is skipped without a read.
@@ -89,7 +94,11 @@ async fn a_directory_users_photo_reaches_every_copy_once_follows_changes_and_rem
         .values()
         .map(|p| p.photos_sent)
         .sum();
-    assert_eq!(sent as usize, d.photo_members.len() * (receivers - 1), "one photo per copy");
+    assert_eq!(
+        sent as usize,
+        d.photo_members.len() * (receivers - 1),
+        "one photo per copy"
+    );
 
     // Nothing changed: no photo request on any mailbox, nothing written; the producer reads each user's photo
     // once to see that (a photo change shows nowhere else in Graph).
@@ -107,7 +116,11 @@ async fn a_directory_users_photo_reaches_every_copy_once_follows_changes_and_rem
     );
     assert_eq!(writes(&again), 0);
     for method in ["GET", "PUT", "DELETE", "PATCH"] {
-        assert_eq!(contact_photo_requests(&sim, method), 0, "{method} on a contact photo");
+        assert_eq!(
+            contact_photo_requests(&sim, method),
+            0,
+            "{method} on a contact photo"
+        );
     }
     let user_photo_reads = sim
         .request_log()
@@ -143,7 +156,10 @@ async fn a_directory_users_photo_reaches_every_copy_once_follows_changes_and_rem
     sim.reset_stats();
     let settled = run(&settings, &args).await;
     assert_all_succeeded(&settled);
-    assert_eq!(contact_photo_requests(&sim, "DELETE") + contact_photo_requests(&sim, "PUT"), 0);
+    assert_eq!(
+        contact_photo_requests(&sim, "DELETE") + contact_photo_requests(&sim, "PUT"),
+        0
+    );
 }
 
 /// A photo over Graph's 4 MB request limit is not sent: the report names it, every mailbox succeeds, and the
@@ -158,11 +174,19 @@ async fn an_oversized_photo_is_reported_and_fails_no_mailbox() {
     assert_all_succeeded(&first);
     let before = sample_jpeg(big, 2_048);
 
-    sim.set_user_photo(&d.tenant.tenant_id, big, Some(sample_jpeg("huge", 4 * 1024 * 1024 + 1)));
+    sim.set_user_photo(
+        &d.tenant.tenant_id,
+        big,
+        Some(sample_jpeg("huge", 4 * 1024 * 1024 + 1)),
+    );
     sim.reset_stats();
     let report = run(&settings, &embedded_args()).await;
     assert_all_succeeded(&report);
-    assert_eq!(contact_photo_requests(&sim, "PUT"), 0, "the oversized photo is never sent");
+    assert_eq!(
+        contact_photo_requests(&sim, "PUT"),
+        0,
+        "the oversized photo is never sent"
+    );
     let warnings = &tenant(&report, &d.tenant.tenant_id).warnings;
     assert!(
         warnings
@@ -188,7 +212,11 @@ async fn the_upload_budget_is_never_exceeded_with_50_photos_into_50_mailboxes() 
         },
     );
     for member in &d.members {
-        sim.set_user_photo(&d.tenant.tenant_id, member, Some(sample_jpeg(member, PHOTO)));
+        sim.set_user_photo(
+            &d.tenant.tenant_id,
+            member,
+            Some(sample_jpeg(member, PHOTO)),
+        );
     }
     // The budget binds: each mailbox receives more than one window's worth.
     assert!((d.members.len() - 1) * PHOTO > 2 * BUDGET as usize);
@@ -201,7 +229,11 @@ async fn the_upload_budget_is_never_exceeded_with_50_photos_into_50_mailboxes() 
 
     let report = run(&settings, &embedded_args()).await;
     assert_all_succeeded(&report);
-    assert_eq!(sim.upload_refusals(), 0, "graphsim refused an upload: the budget was exceeded");
+    assert_eq!(
+        sim.upload_refusals(),
+        0,
+        "graphsim refused an upload: the budget was exceeded"
+    );
     for member in d.members.iter().step_by(7) {
         assert_every_copy_has(&sim, &d, member, Some(&sample_jpeg(member, PHOTO)));
     }

@@ -630,7 +630,16 @@ impl JobRunner {
             .await?;
         if let (false, Some(folder)) = (photo_lists.is_empty() || job.dry_run, folder.as_ref()) {
             let photos = self
-                .apply_photos(tenant, client, mailbox, folder, &target, &done, &photo_lists, writes)
+                .apply_photos(
+                    tenant,
+                    client,
+                    mailbox,
+                    folder,
+                    &target,
+                    &done,
+                    &photo_lists,
+                    writes,
+                )
                 .await?;
             done.failed_writes += photos.failed_writes;
             done.written.extend(photos.written);
@@ -1014,7 +1023,8 @@ impl JobRunner {
             let Some(sync_id) = contact.sync_id_property.as_deref().and_then(SyncId::parse) else {
                 continue;
             };
-            let managed = sync::ownership(&tenant.tenant_id, mailbox, contact) == Ownership::ManagedCopy;
+            let managed =
+                sync::ownership(&tenant.tenant_id, mailbox, contact) == Ownership::ManagedCopy;
             if !managed || !names.contains_key(&sync_id) || done.deleted.contains(&contact.id) {
                 continue;
             }
@@ -1063,8 +1073,12 @@ impl JobRunner {
                                     .await?
                             }
                             None => {
-                                client.delete_contact_photo(&mailbox_id, &folder, &id).await?;
-                                client.set_photo_hash(&mailbox_id, &folder, &id, None).await?
+                                client
+                                    .delete_contact_photo(&mailbox_id, &folder, &id)
+                                    .await?;
+                                client
+                                    .set_photo_hash(&mailbox_id, &folder, &id, None)
+                                    .await?
                             }
                         };
                         Ok::<_, GraphError>((send.is_some(), stored))
@@ -1077,7 +1091,10 @@ impl JobRunner {
         for task in sending {
             let answered = task.await.map_err(|join| AttemptResult::Transient {
                 wait: Duration::ZERO,
-                error: format!("writing photos to {}: the write task failed: {join}", mailbox.upn),
+                error: format!(
+                    "writing photos to {}: the write task failed: {join}",
+                    mailbox.upn
+                ),
             })?;
             match answered {
                 Ok((sent, stored)) => {
@@ -1086,9 +1103,11 @@ impl JobRunner {
                     } else {
                         out.photos.removed += 1;
                     }
-                    out.written.insert(stored.id.clone(), stored.change_key.clone());
+                    out.written
+                        .insert(stored.id.clone(), stored.change_key.clone());
                 }
-                Err(error) => match classify(&error, &format!("writing photos to {}", mailbox.upn)) {
+                Err(error) => match classify(&error, &format!("writing photos to {}", mailbox.upn))
+                {
                     transient @ AttemptResult::Transient { .. } => {
                         first_transient.get_or_insert(transient);
                     }

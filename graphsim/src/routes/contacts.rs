@@ -169,7 +169,9 @@ pub fn handle(store: &mut Store, tenant: usize, user: usize, op: &Op, base: &str
             }
             Err(e) => e,
         },
-        (Resource::ContactPhoto(f, id), method) => contact_photo(mailbox, f, &id, method, op, clock),
+        (Resource::ContactPhoto(f, id), method) => {
+            contact_photo(mailbox, f, &id, method, op, clock)
+        }
         _ => errors::method_not_allowed(),
     }
 }
@@ -285,7 +287,13 @@ fn photo_body(op: &Op) -> Result<Vec<u8>, Reply> {
     }
     let content_type = op
         .header("content-type")
-        .map(|t| t.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default();
     let bytes = op.body.to_vec();
     let format_ok = match content_type.as_str() {
@@ -300,7 +308,11 @@ fn photo_body(op: &Op) -> Result<Vec<u8>, Reply> {
         }
     };
     if !format_ok {
-        return Err(graph_error(400, "ErrorInvalidImage", "The image is not valid."));
+        return Err(graph_error(
+            400,
+            "ErrorInvalidImage",
+            "The image is not valid.",
+        ));
     }
     Ok(bytes)
 }

@@ -10,10 +10,20 @@ use crate::support::*;
 use graphsim::sample_jpeg;
 
 /// One binary request: status, content type and the raw body.
-async fn raw(env: &Env, method: Method, path: &str, body: Option<(&[u8], &str)>) -> (u16, String, Vec<u8>) {
-    let mut req = env.http.request(method, env.url(path)).bearer_auth(&env.token);
+async fn raw(
+    env: &Env,
+    method: Method,
+    path: &str,
+    body: Option<(&[u8], &str)>,
+) -> (u16, String, Vec<u8>) {
+    let mut req = env
+        .http
+        .request(method, env.url(path))
+        .bearer_auth(&env.token);
     if let Some((bytes, content_type)) = body {
-        req = req.header("content-type", content_type).body(bytes.to_vec());
+        req = req
+            .header("content-type", content_type)
+            .body(bytes.to_vec());
     }
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
@@ -23,13 +33,23 @@ async fn raw(env: &Env, method: Method, path: &str, body: Option<(&[u8], &str)>)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    (status, content_type, resp.bytes().await.expect("body").to_vec())
+    (
+        status,
+        content_type,
+        resp.bytes().await.expect("body").to_vec(),
+    )
 }
 
 fn error_code(body: &[u8]) -> String {
     let value: serde_json::Value = serde_json::from_slice(body).expect("a JSON error");
-    assert!(value["error"]["innerError"]["request-id"].is_string(), "{value}");
-    value["error"]["code"].as_str().unwrap_or_default().to_owned()
+    assert!(
+        value["error"]["innerError"]["request-id"].is_string(),
+        "{value}"
+    );
+    value["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -49,7 +69,10 @@ async fn user_photos_are_bytes_or_404_image_not_found() {
 async fn contact_photos_are_put_read_and_deleted_and_move_the_change_key() {
     let env = env().await;
     let created = env
-        .post(&format!("/users/{ALICE}/contacts"), json!({"displayName": "Ann"}))
+        .post(
+            &format!("/users/{ALICE}/contacts"),
+            json!({"displayName": "Ann"}),
+        )
         .await;
     assert_eq!(created.status, 201);
     let id = created.body["id"].as_str().expect("id").to_owned();
@@ -63,8 +86,13 @@ async fn contact_photos_are_put_read_and_deleted_and_move_the_change_key() {
     assert_eq!(status, 200);
     let (status, _, body) = raw(&env, Method::GET, &path, None).await;
     assert_eq!((status, body), (200, photo));
-    let after = env.get(&format!("/users/{ALICE}/contacts/{}", enc(&id))).await;
-    assert_ne!(after.body["changeKey"], key, "a photo is a change of the contact");
+    let after = env
+        .get(&format!("/users/{ALICE}/contacts/{}", enc(&id)))
+        .await;
+    assert_ne!(
+        after.body["changeKey"], key,
+        "a photo is a change of the contact"
+    );
 
     // The contactFolders form names the same photo.
     let folder = env.sim.default_folder_id(TENANT, ALICE).expect("folder");
@@ -85,17 +113,35 @@ async fn contact_photos_are_put_read_and_deleted_and_move_the_change_key() {
 async fn photo_bodies_are_checked_like_graph() {
     let env = env().await;
     let created = env
-        .post(&format!("/users/{ALICE}/contacts"), json!({"displayName": "Ann"}))
+        .post(
+            &format!("/users/{ALICE}/contacts"),
+            json!({"displayName": "Ann"}),
+        )
         .await;
     let id = created.body["id"].as_str().expect("id").to_owned();
     let path = format!("/users/{ALICE}/contacts/{}/photo/$value", enc(&id));
-    let (status, _, _) = raw(&env, Method::PUT, &path, Some((b"plain text", "text/plain"))).await;
+    let (status, _, _) = raw(
+        &env,
+        Method::PUT,
+        &path,
+        Some((b"plain text", "text/plain")),
+    )
+    .await;
     assert_eq!(status, 415);
-    let (status, _, _) = raw(&env, Method::PUT, &path, Some((b"not a jpeg", "image/jpeg"))).await;
+    let (status, _, _) = raw(
+        &env,
+        Method::PUT,
+        &path,
+        Some((b"not a jpeg", "image/jpeg")),
+    )
+    .await;
     assert_eq!(status, 400);
     let big = sample_jpeg("big", 4 * 1024 * 1024 + 1);
     let (status, _, body) = raw(&env, Method::PUT, &path, Some((&big, "image/jpeg"))).await;
-    assert_eq!((status, error_code(&body).as_str()), (413, "RequestEntityTooLarge"));
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (413, "RequestEntityTooLarge")
+    );
     assert!(env.sim.contact_photo(TENANT, ALICE, &id).is_none());
 }
 
@@ -106,14 +152,23 @@ async fn the_upload_budget_answers_429_with_retry_after_per_mailbox() {
     let mut ids = Vec::new();
     for user in [ALICE, BOB] {
         let created = env
-            .post(&format!("/users/{user}/contacts"), json!({"displayName": "Ann"}))
+            .post(
+                &format!("/users/{user}/contacts"),
+                json!({"displayName": "Ann"}),
+            )
             .await;
         ids.push((user, created.body["id"].as_str().expect("id").to_owned()));
     }
     let photo = sample_jpeg("p", 1_000);
     let put = |user: &str, id: &str| format!("/users/{user}/contacts/{}/photo/$value", enc(id));
     let (alice, alice_id) = &ids[0];
-    let (status, _, _) = raw(&env, Method::PUT, &put(alice, alice_id), Some((&photo, "image/jpeg"))).await;
+    let (status, _, _) = raw(
+        &env,
+        Method::PUT,
+        &put(alice, alice_id),
+        Some((&photo, "image/jpeg")),
+    )
+    .await;
     assert_eq!(status, 200);
     let resp = env
         .http
@@ -136,9 +191,21 @@ async fn the_upload_budget_answers_429_with_retry_after_per_mailbox() {
     assert_eq!(env.sim.upload_refusals(), 1);
     // Bob's mailbox has its own budget.
     let (bob, bob_id) = &ids[1];
-    let (status, _, _) = raw(&env, Method::PUT, &put(bob, bob_id), Some((&photo, "image/jpeg"))).await;
+    let (status, _, _) = raw(
+        &env,
+        Method::PUT,
+        &put(bob, bob_id),
+        Some((&photo, "image/jpeg")),
+    )
+    .await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_millis(2_100)).await;
-    let (status, _, _) = raw(&env, Method::PUT, &put(alice, alice_id), Some((&photo, "image/jpeg"))).await;
+    let (status, _, _) = raw(
+        &env,
+        Method::PUT,
+        &put(alice, alice_id),
+        Some((&photo, "image/jpeg")),
+    )
+    .await;
     assert_eq!(status, 200, "room again once the window passed");
 }

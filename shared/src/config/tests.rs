@@ -2143,7 +2143,10 @@ fn enabled_and_update_existing_default_to_true_and_layer() {
 fn photos_default_off_layer_per_tenant_and_name_a_bad_value() {
     let settings = load_doc(&doc_with(|_| {})).expect("valid");
     assert!(!settings.tenants[0].photos);
-    assert_eq!(settings.tenants[0].limits.upload_bytes_per_window, 150_000_000);
+    assert_eq!(
+        settings.tenants[0].limits.upload_bytes_per_window,
+        150_000_000
+    );
     assert_eq!(
         settings.tenants[0].limits.upload_window,
         Duration::from_secs(300)
@@ -2156,8 +2159,14 @@ fn photos_default_off_layer_per_tenant_and_name_a_bad_value() {
     let settings = load_doc(&doc).expect("valid");
     assert!(settings.tenants[0].photos && !settings.tenants[1].photos);
     assert!(settings.tenants[0].to_string().contains(", photos"));
-    assert_eq!(settings.tenants[1].limits.upload_bytes_per_window, 1_000_000);
-    assert_eq!(settings.tenants[1].limits.upload_window, Duration::from_secs(5));
+    assert_eq!(
+        settings.tenants[1].limits.upload_bytes_per_window,
+        1_000_000
+    );
+    assert_eq!(
+        settings.tenants[1].limits.upload_window,
+        Duration::from_secs(5)
+    );
     assert_error(
         load_doc(&doc_with(|t| {
             t.insert("Photos".into(), json!("always"));

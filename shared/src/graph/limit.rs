@@ -360,7 +360,12 @@ impl Gate {
     }
 
     /// [`take_cells`](Self::take_cells) from `log` (the request window or the upload window).
-    async fn take_from(&self, log: &Mutex<WindowLog>, budget: Budget, cells: u32) -> (u32, Instant) {
+    async fn take_from(
+        &self,
+        log: &Mutex<WindowLog>,
+        budget: Budget,
+        cells: u32,
+    ) -> (u32, Instant) {
         let cells = cells.clamp(1, budget.cells);
         loop {
             let now = Instant::now();
@@ -516,7 +521,12 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(11));
         // Another mailbox has its own window.
         let other = Instant::now();
-        drop(limits.admit("other", 1, 1, 0, HOUR).await.expect("admitted"));
+        drop(
+            limits
+                .admit("other", 1, 1, 0, HOUR)
+                .await
+                .expect("admitted"),
+        );
         assert_eq!(other.elapsed(), Duration::ZERO);
     }
 
@@ -530,13 +540,25 @@ mod tests {
         let start = Instant::now();
         drop(limits.admit("m", 1, 1, 600, HOUR).await.expect("admitted"));
         drop(limits.admit("m", 1, 1, 400, HOUR).await.expect("admitted"));
-        assert_eq!(start.elapsed(), Duration::ZERO, "1,000 bytes fit the window");
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "1,000 bytes fit the window"
+        );
         // A request without upload is not held by the spent byte budget, nor is another mailbox's upload.
         drop(limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted"));
-        drop(limits.admit("other", 1, 1, 900, HOUR).await.expect("admitted"));
+        drop(
+            limits
+                .admit("other", 1, 1, 900, HOUR)
+                .await
+                .expect("admitted"),
+        );
         assert_eq!(start.elapsed(), Duration::ZERO);
         drop(limits.admit("m", 1, 1, 1, HOUR).await.expect("admitted"));
-        assert!(start.elapsed() >= Duration::from_secs(10), "one byte more waits for the window");
+        assert!(
+            start.elapsed() >= Duration::from_secs(10),
+            "one byte more waits for the window"
+        );
         assert!(start.elapsed() < Duration::from_secs(11));
         assert!(Budget::upload_of(&GraphLimits {
             upload_bytes_per_window: 0,
@@ -559,7 +581,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!fifth.is_finished());
         // Another mailbox is not affected.
-        let other = limits.admit("other", 1, 1, 0, HOUR).await.expect("admitted").0;
+        let other = limits
+            .admit("other", 1, 1, 0, HOUR)
+            .await
+            .expect("admitted")
+            .0;
         passes.pop();
         let fifth = fifth.await.expect("task");
         drop((passes, fifth, other));
@@ -578,7 +604,10 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(1500));
         assert!(admission.blocked >= Duration::from_millis(1500));
         let start = Instant::now();
-        let _other = limits.admit("other", 1, 1, 0, HOUR).await.expect("admitted");
+        let _other = limits
+            .admit("other", 1, 1, 0, HOUR)
+            .await
+            .expect("admitted");
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 

@@ -140,7 +140,9 @@ impl TenantInner {
     ) -> Result<Reply, GraphError> {
         let policy = self.shared.policy;
         // Encoded once: its size is what the mailbox's upload budget is charged for a write.
-        let json = call.body.map(|body| serde_json::to_vec(body).unwrap_or_default());
+        let json = call
+            .body
+            .map(|body| serde_json::to_vec(body).unwrap_or_default());
         let mut exchange = GraphExchange {
             inner: self,
             call,

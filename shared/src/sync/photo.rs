@@ -89,7 +89,9 @@ pub enum PhotoAction {
 pub fn decide(source: Option<&SourcePhoto>, copy: Option<&PhotoHash>) -> PhotoAction {
     match (source, copy) {
         (Some(source), Some(copy)) if source.hash == *copy => PhotoAction::Keep,
-        (Some(source), _) if source.size > MAX_PHOTO_BYTES => PhotoAction::TooLarge { size: source.size },
+        (Some(source), _) if source.size > MAX_PHOTO_BYTES => {
+            PhotoAction::TooLarge { size: source.size }
+        }
         (Some(_), _) => PhotoAction::Send,
         (None, Some(_)) => PhotoAction::Remove,
         (None, None) => PhotoAction::Keep,
@@ -137,7 +139,11 @@ pub fn plan_photos(
 }
 
 /// The hash a copy holds once `step` was applied (what the next run reads in its property).
-pub fn after(step: &PhotoStep, source: Option<&SourcePhoto>, before: Option<&PhotoHash>) -> Option<PhotoHash> {
+pub fn after(
+    step: &PhotoStep,
+    source: Option<&SourcePhoto>,
+    before: Option<&PhotoHash>,
+) -> Option<PhotoHash> {
     match step.action {
         PhotoAction::Send => source.map(|s| s.hash.clone()),
         PhotoAction::Remove => None,
@@ -162,7 +168,11 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(PhotoHash::parse(&hash.as_str().to_uppercase()), Some(hash));
-        assert_eq!(PhotoHash::parse(""), None, "an emptied property is no photo");
+        assert_eq!(
+            PhotoHash::parse(""),
+            None,
+            "an emptied property is no photo"
+        );
         assert_eq!(PhotoHash::parse("not a hash"), None);
     }
 
@@ -195,12 +205,16 @@ mod tests {
     fn source() -> impl Strategy<Value = Option<SourcePhoto>> {
         prop_oneof![
             Just(None),
-            (0u8..4, prop_oneof![1usize..1_000, Just(MAX_PHOTO_BYTES + 10)]).prop_map(|(n, size)| {
-                Some(SourcePhoto {
-                    hash: PhotoHash::of(&[n]),
-                    size,
-                })
-            }),
+            (
+                0u8..4,
+                prop_oneof![1usize..1_000, Just(MAX_PHOTO_BYTES + 10)]
+            )
+                .prop_map(|(n, size)| {
+                    Some(SourcePhoto {
+                        hash: PhotoHash::of(&[n]),
+                        size,
+                    })
+                }),
         ]
     }
 

@@ -210,8 +210,11 @@ impl Estate {
         );
         if let Some(size) = photo_bytes {
             for member in &d.members {
-                host.sim
-                    .set_user_photo(&d.tenant.tenant_id, member, Some(graphsim::sample_jpeg(member, size)));
+                host.sim.set_user_photo(
+                    &d.tenant.tenant_id,
+                    member,
+                    Some(graphsim::sample_jpeg(member, size)),
+                );
             }
         }
         Ok(Self {
