@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use crate::directory::{
     assert_all_succeeded, directory_only, document, mail_of, sim, tenant, tenant_entry, writes,
 };
-use crate::fleet::{embedded_args, run};
-use crate::support::{self, settings_from};
+use crate::fleet::{broker_args, embedded_args, run};
+use crate::support::{self, settings_from, BROKER};
 use producer::cli::RunArgs;
 
 /// The photo bytes on the copy of `person` (by address) in `receiver`'s default folder; `None` without a photo.
@@ -245,4 +245,49 @@ async fn the_upload_budget_is_never_exceeded_with_50_photos_into_50_mailboxes() 
     let receivers = d.tenant.mirror_target_upns.len() as u64;
     // Every member's photo on every other receiver's copy (the hidden receiver gets all 50).
     assert_eq!(sent, 50 * (receivers - 1));
+}
+
+/// On RabbitMQ, with workers consuming from the broker (reading `Photos` from their own configuration): the
+/// photos arrive, the reports carry the counts to the producer, and a re-run sends no photo request to any mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn photos_on_rabbitmq_arrive_and_are_counted() {
+    let _broker = BROKER.read().await;
+    let sim = sim().await;
+    let d = seed_directory(&sim, DirectoryParams::default());
+    let settings = photos_tenant(&sim, &d, json!({}));
+    let topology = support::private_topology();
+    let workers: Vec<_> = (0..2)
+        .map(|i| support::spawn_worker(&settings, &topology, &format!("p{i}")))
+        .collect();
+    let args = RunArgs {
+        state_dir: Some(support::scratch_dir("photos-broker")),
+        ..broker_args(&topology)
+    };
+    let first = run(&settings, &args).await;
+    sim.reset_stats();
+    let again = run(&settings, &args).await;
+    let photo_writes = contact_photo_requests(&sim, "PUT") + contact_photo_requests(&sim, "DELETE");
+    for (stop, handle) in workers {
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("worker stops")
+            .expect("worker task");
+    }
+    support::delete_topology(&topology).await;
+    assert_eq!(first.mode, "broker");
+    assert_all_succeeded(&first);
+    assert_all_succeeded(&again);
+    let receivers = d.tenant.mirror_target_upns.len();
+    let sent: u64 = tenant(&first, &d.tenant.tenant_id)
+        .phases
+        .values()
+        .map(|p| p.photos_sent)
+        .sum();
+    assert_eq!(sent as usize, d.photo_members.len() * (receivers - 1));
+    for member in &d.photo_members {
+        assert_every_copy_has(&sim, &d, member, Some(&sample_jpeg(member, 2_048)));
+    }
+    assert_eq!(photo_writes, 0, "the re-run sent photos");
+    assert_eq!(contact_photo_requests(&sim, "GET"), 0);
 }

@@ -1062,33 +1062,36 @@ impl JobRunner {
                     let (client, mailbox_id, folder) =
                         (client.clone(), mailbox.id.clone(), folder.clone());
                     let id = step.contact_id.clone();
-                    sending.push(writes.spawn(async move {
-                        let stored = match &send {
-                            Some(photo) => {
-                                client
-                                    .put_contact_photo(&mailbox_id, &folder, &id, photo)
-                                    .await?;
-                                client
-                                    .set_photo_hash(&mailbox_id, &folder, &id, hash.as_ref())
-                                    .await?
-                            }
-                            None => {
-                                client
-                                    .delete_contact_photo(&mailbox_id, &folder, &id)
-                                    .await?;
-                                client
-                                    .set_photo_hash(&mailbox_id, &folder, &id, None)
-                                    .await?
-                            }
-                        };
-                        Ok::<_, GraphError>((send.is_some(), stored))
-                    }));
+                    sending.push((
+                        name,
+                        writes.spawn(async move {
+                            let stored = match &send {
+                                Some(photo) => {
+                                    client
+                                        .put_contact_photo(&mailbox_id, &folder, &id, photo)
+                                        .await?;
+                                    client
+                                        .set_photo_hash(&mailbox_id, &folder, &id, hash.as_ref())
+                                        .await?
+                                }
+                                None => {
+                                    client
+                                        .delete_contact_photo(&mailbox_id, &folder, &id)
+                                        .await?;
+                                    client
+                                        .set_photo_hash(&mailbox_id, &folder, &id, None)
+                                        .await?
+                                }
+                            };
+                            Ok::<_, GraphError>((send.is_some(), stored))
+                        }),
+                    ));
                 }
                 PhotoAction::Keep => {}
             }
         }
         let mut first_transient = None;
-        for task in sending {
+        for (name, task) in sending {
             let answered = task.await.map_err(|join| AttemptResult::Transient {
                 wait: Duration::ZERO,
                 error: format!(
@@ -1111,6 +1114,10 @@ impl JobRunner {
                     transient @ AttemptResult::Transient { .. } => {
                         first_transient.get_or_insert(transient);
                     }
+                    // Graph's request size limit, should it be lower than ours: not sent, reported, not a failure.
+                    _ if error.status() == Some(413) => out.photos.skipped.push(format!(
+                        "photo of {name} not sent: Graph refused it as too large (413)"
+                    )),
                     _ => {
                         debug!(mailbox = %mailbox.upn, %error, "photo write refused");
                         out.failed_writes += 1;
