@@ -291,3 +291,55 @@ async fn photos_on_rabbitmq_arrive_and_are_counted() {
     assert_eq!(photo_writes, 0, "the re-run sent photos");
     assert_eq!(contact_photo_requests(&sim, "GET"), 0);
 }
+
+/// A user's own contact of a directory person with a photo is never given the photo, not even one the tool
+/// stamped with the person's sync id (its `CreatedBy` names its owner): photos go to managed copies only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_users_own_contact_of_a_directory_person_never_gets_a_photo() {
+    let sim = sim().await;
+    let d = seed_directory(&sim, DirectoryParams::default());
+    let person = d.photo_members[0].clone();
+    let mut others = d.members.iter().filter(|m| **m != person);
+    let owner = others.next().expect("a second member").clone();
+    let witness = others.next().expect("a third member").clone();
+    // A first run without photos gives the person's copies their sync id.
+    let plain = settings_from(&document(vec![tenant_entry(
+        &sim,
+        &d,
+        directory_only(json!({})),
+    )]));
+    assert_all_succeeded(&run(&plain, &embedded_args()).await);
+    let copy = sim
+        .contacts(&d.tenant.tenant_id, &witness, None)
+        .into_iter()
+        .find(|c| c.to_string().to_lowercase().contains(&mail_of(&person)))
+        .expect("the witness's copy");
+    let sync = support::sync_id(&copy).expect("a managed copy's sync id");
+    let own = sim.add_contact(
+        &d.tenant.tenant_id,
+        &owner,
+        None,
+        json!({
+            "displayName": "My colleague",
+            "emailAddresses": [{"address": mail_of(&person), "name": "x"}],
+            "personalNotes": format!("lunch on Fridays\r\nSyncId={sync};CreatedBy={owner}"),
+            "singleValueExtendedProperties": [{"id": shared::model::SYNC_ID_PROPERTY, "value": sync}],
+        }),
+    );
+
+    let settings = photos_tenant(&sim, &d, json!({}));
+    assert_all_succeeded(&run(&settings, &embedded_args()).await);
+    assert_eq!(sim.contact_photo(&d.tenant.tenant_id, &owner, &own), None);
+    let own_state = sim
+        .contacts(&d.tenant.tenant_id, &owner, None)
+        .into_iter()
+        .find(|c| c["id"] == own.as_str())
+        .expect("the own contact is kept");
+    let properties = own_state["singleValueExtendedProperties"].to_string();
+    assert!(!properties.contains("PhotoHash"), "{properties}");
+    assert_eq!(
+        photo_on_copy(&sim, &d, &witness, &person),
+        Some(sample_jpeg(&person, 2_048)),
+        "the managed copies get it"
+    );
+}
