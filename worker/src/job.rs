@@ -628,7 +628,11 @@ impl JobRunner {
                 writes,
             )
             .await?;
-        if let (false, Some(folder)) = (photo_lists.is_empty() || job.dry_run, folder.as_ref()) {
+        // Photos (`Photos` on) once the copies exist; a dry run writes none.
+        let photo_folder = folder
+            .as_ref()
+            .filter(|_| !photo_lists.is_empty() && !job.dry_run);
+        if let Some(folder) = photo_folder {
             let photos = self
                 .apply_photos(
                     tenant,
