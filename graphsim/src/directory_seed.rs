@@ -62,6 +62,28 @@ pub struct SeededDirectory {
     pub staff_group: String,
     /// Group `external@{domain}`: every guest and every org contact.
     pub external_group: String,
+    /// The members with a photo (`/users/{id}/photo/$value`): every other one, the manager first.
+    #[serde(default)]
+    pub photo_members: Vec<String>,
+}
+
+/// A small JPEG-shaped photo (SOI marker, `size` bytes in all, EOI marker) whose content follows `tag`: equal tags
+/// give equal bytes, different tags different ones.
+pub fn sample_jpeg(tag: &str, size: usize) -> Vec<u8> {
+    let size = size.max(8);
+    let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    let seed = tag.bytes().fold(0x811C_9DC5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let mut state = seed;
+    while bytes.len() < size - 2 {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        bytes.push(state.to_le_bytes()[0]);
+    }
+    bytes.extend_from_slice(&[0xFF, 0xD9]);
+    bytes
 }
 
 const GIVEN: &[&str] = &[
@@ -204,6 +226,10 @@ pub fn seed_directory(sim: &Sim, params: DirectoryParams) -> SeededDirectory {
     external.extend(org_contacts.iter().cloned());
     let external_group = group("External", external);
 
+    let photo_members: Vec<String> = members.iter().step_by(2).cloned().collect();
+    for member in &photo_members {
+        sim.set_user_photo(&domain, member, Some(sample_jpeg(member, 2_048)));
+    }
     let mut user_upns = members.clone();
     user_upns.extend([hidden.clone(), disabled.clone(), unlicensed.clone()]);
     user_upns.extend(guests.iter().cloned());
@@ -228,6 +254,7 @@ pub fn seed_directory(sim: &Sim, params: DirectoryParams) -> SeededDirectory {
         sales_group,
         staff_group,
         external_group,
+        photo_members,
     }
 }
 

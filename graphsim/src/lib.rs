@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 
 pub use config::{FaultConfig, FaultProfile, RetryAfter, ScriptedFault, SimConfig, ThrottleConfig};
 pub use directory::{GroupSeed, OrgContactSeed, DEFAULT_ROLES};
-pub use directory_seed::{seed_directory, DirectoryParams, SeededDirectory};
+pub use directory_seed::{sample_jpeg, seed_directory, DirectoryParams, SeededDirectory};
 pub use seed::{seed_estate, EstateParams, SeededTenant};
 pub use state::{MailboxState, TenantSeed, UserSeed, LICENSE_SKU};
 pub use stats::{LoggedRequest, MailboxStats, SimStats};
@@ -341,6 +341,30 @@ impl Sim {
     /// Queues a one-off fault for the next matching operation.
     pub fn push_fault(&self, f: ScriptedFault) {
         self.shared.faults.push(f);
+    }
+
+    /// Sets (or with `None` removes) a user's own photo (`/users/{id}/photo/$value`).
+    pub fn set_user_photo(&self, tenant: &str, user: &str, photo: Option<Vec<u8>>) {
+        if let Some(u) = self.store().user_mut(tenant, user) {
+            u.mailbox.user_photo = photo;
+        }
+    }
+
+    /// The photo of a contact in `user`'s mailbox, if it has one.
+    pub fn contact_photo(&self, tenant: &str, user: &str, contact_id: &str) -> Option<Vec<u8>> {
+        self.store()
+            .user_mut(tenant, user)
+            .and_then(|u| u.mailbox.photos.get(contact_id).cloned())
+    }
+
+    /// Replaces the per-mailbox upload budget (bytes of PATCH/POST/PUT bodies per window; Graph: 150 MB / 5 min).
+    pub fn set_upload_budget(&self, bytes: u64, window: Duration) {
+        self.shared.throttle.set_upload_budget(bytes, window);
+    }
+
+    /// How many uploads graphsim refused with 429 because a mailbox's upload budget was spent.
+    pub fn upload_refusals(&self) -> u64 {
+        self.shared.throttle.upload_refusals()
     }
 
     /// Replaces the throttle limits.

@@ -16,6 +16,8 @@ pub struct Reply {
     pub body: Option<Value>,
     /// The body is an OAuth (token endpoint) body, not a Graph one: plain `application/json`.
     pub plain_json: bool,
+    /// A body that is not JSON (a photo's bytes) and its content type; `body` is `None` then.
+    pub raw: Option<(Vec<u8>, String)>,
 }
 
 impl Reply {
@@ -26,6 +28,18 @@ impl Reply {
             headers: Vec::new(),
             body: Some(body),
             plain_json: false,
+            raw: None,
+        }
+    }
+
+    /// A binary answer (`GET …/photo/$value`).
+    pub fn bytes(status: u16, bytes: Vec<u8>, content_type: &str) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: None,
+            plain_json: false,
+            raw: Some((bytes, content_type.to_owned())),
         }
     }
 
@@ -36,6 +50,7 @@ impl Reply {
             headers: Vec::new(),
             body: None,
             plain_json: false,
+            raw: None,
         }
     }
 
@@ -258,6 +273,26 @@ pub mod errors {
             "Application is over its MailboxConcurrency limit.",
         )
         .with_header("Retry-After", "1")
+        .with_header("Cache-Control", "private")
+    }
+
+    /// 404 for a photo that does not exist, as Graph answers for a user or contact without one.
+    pub fn image_not_found() -> Reply {
+        graph_error(
+            404,
+            "ImageNotFound",
+            "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was thrown.",
+        )
+    }
+
+    /// 429 for the per-mailbox upload budget (bytes of PATCH, POST and PUT bodies per window).
+    pub fn upload_window(retry_after_secs: u64) -> Reply {
+        graph_error(
+            429,
+            "ApplicationThrottled",
+            "Application is over its IncomingBytes limit.",
+        )
+        .with_header("Retry-After", retry_after_secs.to_string())
         .with_header("Cache-Control", "private")
     }
 

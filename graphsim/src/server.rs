@@ -243,11 +243,15 @@ pub fn finish_reply(reply: &mut Reply, request_id: &str, client_request_id: &str
 
 fn write(mut reply: Reply, request_id: &str, client_request_id: &str) -> Response<Body> {
     finish_reply(&mut reply, request_id, client_request_id);
-    let body = reply
-        .body
-        .as_ref()
-        .map(|b| serde_json::to_vec(b).unwrap_or_default())
-        .unwrap_or_default();
+    let raw_type = reply.raw.as_ref().map(|(_, t)| t.clone());
+    let body = match reply.raw.take() {
+        Some((bytes, _)) => bytes,
+        None => reply
+            .body
+            .as_ref()
+            .map(|b| serde_json::to_vec(b).unwrap_or_default())
+            .unwrap_or_default(),
+    };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -283,6 +287,9 @@ fn write(mut reply: Reply, request_id: &str, client_request_id: &str) -> Respons
         put("odata-version", "4.0");
         if reply.body.is_some() {
             put("content-type", GRAPH_CONTENT_TYPE);
+        }
+        if let Some(content_type) = &raw_type {
+            put("content-type", content_type);
         }
     }
     for (name, value) in &reply.headers {

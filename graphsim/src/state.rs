@@ -152,6 +152,10 @@ pub struct Mailbox {
     pub version: u64,
     /// Creation counter for contacts.
     pub next_seq: u64,
+    /// Contact photos by contact id (`…/contacts/{id}/photo/$value`).
+    pub photos: HashMap<String, Vec<u8>>,
+    /// The mailbox owner's own photo (`/users/{id}/photo/$value`).
+    pub user_photo: Option<Vec<u8>>,
 }
 
 impl Mailbox {
@@ -169,6 +173,8 @@ impl Mailbox {
             contacts: HashMap::new(),
             version: 0,
             next_seq: 0,
+            photos: HashMap::new(),
+            user_photo: None,
         }
     }
 
@@ -294,6 +300,7 @@ impl Mailbox {
         let Some(contact) = self.contacts.remove(id) else {
             return false;
         };
+        self.photos.remove(id);
         self.version += 1;
         if let Some(folder) = self.folders.iter_mut().find(|f| f.id == contact.folder_id) {
             folder.contacts.remove(&contact.seq);

@@ -32,7 +32,16 @@ struct Bucket {
 pub struct Throttle {
     config: Mutex<ThrottleConfig>,
     buckets: Mutex<HashMap<ThrottleKey, Bucket>>,
+    /// The upload budget: bytes per window (Graph: 150 MB per 5 minutes per app and mailbox).
+    upload_budget: Mutex<(u64, Duration)>,
+    /// Bytes admitted per key inside the upload window, oldest first.
+    uploads: Mutex<HashMap<ThrottleKey, VecDeque<(Instant, u64)>>>,
+    /// Uploads refused with 429 because the budget was spent.
+    upload_refusals: std::sync::atomic::AtomicU64,
 }
+
+/// Graph's upload budget per (app, mailbox): 150 MB per 5 minutes (taken as 150 * 2^20 bytes).
+pub const DEFAULT_UPLOAD_BUDGET: (u64, Duration) = (150 * 1024 * 1024, Duration::from_secs(300));
 
 /// Releases an admitted request's in-flight slot when dropped.
 #[derive(Debug)]
@@ -57,7 +66,67 @@ impl Throttle {
         Arc::new(Self {
             config: Mutex::new(config),
             buckets: Mutex::new(HashMap::new()),
+            upload_budget: Mutex::new(DEFAULT_UPLOAD_BUDGET),
+            uploads: Mutex::new(HashMap::new()),
+            upload_refusals: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Changes the upload budget (bytes per window).
+    pub fn set_upload_budget(&self, bytes: u64, window: Duration) {
+        if let Ok(mut b) = self.upload_budget.lock() {
+            *b = (bytes, window);
+        }
+    }
+
+    /// How many uploads were refused because the budget was spent.
+    pub fn upload_refusals(&self) -> u64 {
+        self.upload_refusals
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counts `bytes` of a request body against `key`'s upload budget, or answers 429 with the wait until they
+    /// fit. A refused body is not counted (it was not taken in).
+    pub fn admit_upload(&self, key: &ThrottleKey, bytes: u64) -> Result<(), Reply> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let (budget, window) = self
+            .upload_budget
+            .lock()
+            .map(|b| *b)
+            .unwrap_or(DEFAULT_UPLOAD_BUDGET);
+        let now = Instant::now();
+        let mut uploads = self
+            .uploads
+            .lock()
+            .map_err(|_| errors::mailbox_concurrency())?;
+        let log = uploads.entry(key.clone()).or_default();
+        while log
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= window)
+        {
+            log.pop_front();
+        }
+        let used: u64 = log.iter().map(|(_, n)| n).sum();
+        if used.saturating_add(bytes) <= budget {
+            log.push_back((now, bytes));
+            return Ok(());
+        }
+        self.upload_refusals
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Room comes when enough of the oldest uploads have left the window.
+        let needed = used.saturating_add(bytes).saturating_sub(budget);
+        let mut freed = 0;
+        let mut wait = window;
+        for (at, n) in log.iter() {
+            freed += n;
+            if freed >= needed {
+                wait = (*at + window).saturating_duration_since(now);
+                break;
+            }
+        }
+        Err(errors::upload_window(ceil_secs(wait)))
     }
 
     /// Changes the limits (counts already recorded stay).
@@ -74,6 +143,9 @@ impl Throttle {
             for bucket in b.values_mut() {
                 bucket.arrivals.clear();
             }
+        }
+        if let Ok(mut u) = self.uploads.lock() {
+            u.clear();
         }
     }
 

@@ -141,6 +141,7 @@ mod tests {
             cursors: Cursors::default(),
             skipped: false,
             duration_ms: 1,
+            photos: Default::default(),
             finished_at: Utc::now(),
         }
     }

@@ -142,13 +142,27 @@ pub async fn prepare(
                 .await
                 .map_err(failed)?;
             let persons = shared::directory::select(&read.read(), options);
+            let mut generation = shared::directory::persons_generation(&persons);
+            if tenant.photos {
+                // The photos are part of what a mailbox is in line with: a changed one plans its holders
+                // again. Read once per run here (one request per user), hashed, the bytes dropped.
+                let photos = source_client
+                    .directory_photos(&persons)
+                    .await
+                    .map_err(|e| failed(DirectoryError::Graph(e)))?;
+                let hashes = photos
+                    .iter()
+                    .map(|(id, bytes)| (id.clone(), shared::sync::photo::PhotoHash::of(bytes)))
+                    .collect();
+                generation = shared::directory::with_photos(generation, &hashes);
+            }
             directory = Some(PreparedDirectory {
                 generation: tenant
                     .distribution
                     .directory
                     .from_tenants
                     .is_empty()
-                    .then(|| shared::directory::persons_generation(&persons)),
+                    .then_some(generation),
                 users,
             });
             persons

@@ -383,6 +383,7 @@ mod tests {
             cursors: Default::default(),
             skipped: false,
             duration_ms: 1,
+            photos: Default::default(),
             finished_at: Utc::now(),
         }
     }

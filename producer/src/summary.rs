@@ -25,7 +25,16 @@ pub struct PhaseCounts {
     /// Mailboxes whose change feeds showed nothing new since the last run, so nothing was read or planned.
     #[serde(default)]
     pub mailboxes_unchanged: u64,
+    /// Photos put on copies (`Photos` on).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub photos_sent: u64,
+    /// Photos removed from copies.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub photos_removed: u64,
 }
+
+/// At most this many photo lines (a photo not sent, and why) are kept per tenant as warnings.
+const MAX_PHOTO_WARNINGS: usize = 100;
 
 impl PhaseCounts {
     fn add(&mut self, counts: &PlanCounts, failed: u64) {
@@ -136,6 +145,15 @@ impl TenantReport {
                     .entry(report.phase)
                     .or_default()
                     .add(&report.counts, report.failed_writes);
+                let phase = self.phases.entry(report.phase).or_default();
+                phase.photos_sent += report.photos.sent;
+                phase.photos_removed += report.photos.removed;
+                for line in &report.photos.skipped {
+                    // Every mailbox meets the same too-large photo: the tenant says it once.
+                    if self.warnings.len() < MAX_PHOTO_WARNINGS && !self.warnings.contains(line) {
+                        self.warnings.push(line.clone());
+                    }
+                }
                 if report.skipped {
                     self.phases
                         .entry(report.phase)
@@ -269,6 +287,12 @@ impl TenantReport {
             );
             if c.failed > 0 {
                 part.push_str(&format!(", {} writes refused", c.failed));
+            }
+            if c.photos_sent + c.photos_removed > 0 {
+                part.push_str(&format!(
+                    ", {} photos sent, {} removed",
+                    c.photos_sent, c.photos_removed
+                ));
             }
             if c.mailboxes_unchanged > 0 {
                 part.push_str(&format!(" ({} mailboxes unchanged)", c.mailboxes_unchanged));
@@ -635,6 +659,7 @@ mod tests {
             cursors: Default::default(),
             skipped: false,
             duration_ms: 0,
+            photos: Default::default(),
             finished_at: Utc::now(),
         };
         let mut tenant = TenantReport::default();
@@ -649,5 +674,58 @@ mod tests {
         assert_eq!(json["planned"].as_array().map(Vec::len), Some(1_000));
         let quiet = serde_json::to_value(TenantReport::default()).expect("json");
         assert!(quiet.get("planned").is_none() && quiet.get("planned_left_out").is_none());
+    }
+
+    /// Issue 14: photo counts add up per phase, and a photo every mailbox could not be sent is one warning.
+    #[test]
+    fn photo_counts_add_up_and_a_skipped_photo_is_one_warning() {
+        let report = |n: u64| Report {
+            schema: shared::message::SCHEMA_VERSION,
+            job_id: Uuid::nil(),
+            run_id: Uuid::nil(),
+            tenant_id: "t".into(),
+            phase: Phase::Phase2,
+            mailbox: shared::model::Mailbox {
+                id: format!("m{n}"),
+                upn: format!("m{n}@t"),
+            },
+            attempt: 1,
+            outcome: Outcome::Succeeded,
+            counts: PlanCounts::default(),
+            failed_writes: 0,
+            source_failures: vec![],
+            planned: vec![],
+            graph: GraphCounts::default(),
+            cursors: Default::default(),
+            skipped: false,
+            duration_ms: 0,
+            photos: shared::message::PhotoReport {
+                sent: n,
+                removed: 1,
+                skipped: vec![
+                    "photo of big@t not sent: 5000000 bytes is over Graph's 4 MB request limit"
+                        .into(),
+                ],
+            },
+            finished_at: Utc::now(),
+        };
+        let mut tenant = TenantReport::default();
+        for n in 1..=3 {
+            tenant.record(&report(n));
+        }
+        let phase = tenant.phases[&Phase::Phase2];
+        assert_eq!((phase.photos_sent, phase.photos_removed), (6, 3));
+        assert_eq!(tenant.warnings.len(), 1, "{:?}", tenant.warnings);
+        assert!(
+            tenant.line("").contains("6 photos sent, 3 removed"),
+            "{}",
+            tenant.line("")
+        );
+        assert!(tenant.mailboxes.iter().all(|m| m.outcome == "succeeded"));
+        let json = serde_json::to_value(TenantReport::default()).expect("json");
+        assert!(
+            json.to_string().find("photos").is_none(),
+            "no photo keys without photos: {json}"
+        );
     }
 }

@@ -347,6 +347,27 @@ pub struct SourceFailure {
     pub error: String,
 }
 
+/// What one job did with photos (issue 14).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhotoReport {
+    /// Photos put on copies.
+    #[serde(default)]
+    pub sent: u64,
+    /// Photos removed from copies (gone at the source).
+    #[serde(default)]
+    pub removed: u64,
+    /// Photos not sent, each with why (over Graph's 4 MB request limit), naming the person.
+    #[serde(default)]
+    pub skipped: Vec<String>,
+}
+
+impl PhotoReport {
+    /// Nothing done, nothing skipped.
+    pub fn is_empty(&self) -> bool {
+        self.sent == 0 && self.removed == 0 && self.skipped.is_empty()
+    }
+}
+
 /// Counts of Graph traffic caused by one job attempt.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GraphCounts {
@@ -394,6 +415,9 @@ pub struct Report {
     /// The feeds showed nothing changed since the last run, so nothing was read or planned.
     #[serde(default)]
     pub skipped: bool,
+    /// Photos written to the mailbox's copies (`Photos` on), and those not sent with why.
+    #[serde(default, skip_serializing_if = "PhotoReport::is_empty")]
+    pub photos: PhotoReport,
     /// Wall time of the attempt.
     pub duration_ms: u64,
     /// When the attempt finished.
@@ -562,6 +586,7 @@ mod tests {
             cursors: Cursors::default(),
             skipped: false,
             duration_ms: 5,
+            photos: Default::default(),
             finished_at: Utc::now(),
         };
         assert_eq!(report.routing_key(), "report.phase2.failed");

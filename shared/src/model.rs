@@ -339,6 +339,9 @@ pub struct Contact {
     pub categories: Vec<String>,
     /// The sync id from the [`SYNC_ID_PROPERTY`] extended property, if the item carries one.
     pub sync_id_property: Option<String>,
+    /// The photo hash the tool last put on this copy ([`crate::sync::photo::PHOTO_HASH_PROPERTY`]); `None` when
+    /// it has none of the tool's (or the property was emptied).
+    pub photo_hash: Option<crate::sync::photo::PhotoHash>,
     /// Graph's version of the item (`changeKey`): it changes with every edit, so the one a write returned tells
     /// the job's own write from a later edit by the owner. `None` when Graph did not send one.
     pub change_key: Option<String>,

@@ -52,6 +52,7 @@ fn settings(sim: &Sim, d: &SeededDirectory) -> TenantSettings {
             fields: Default::default(),
         },
         limits: shared::config::GraphLimits::default(),
+        photos: false,
         distribution: Default::default(),
     }
 }

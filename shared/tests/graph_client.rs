@@ -62,6 +62,7 @@ fn settings_at(authority: &str, graph: &str, secret: &str) -> TenantSettings {
             fields: Default::default(),
         },
         limits: GraphLimits::default(),
+        photos: false,
         distribution: Default::default(),
     }
 }

@@ -78,3 +78,6 @@ mod credentials;
 
 // Issue 14: what travels: the privacy default of phase 1 (`CentralFields`) and the field policy (`Fields`).
 mod field_rules;
+
+// Issue 14: directory users' photos on every copy, sent only when changed, within the upload budget.
+mod photos;

@@ -199,6 +199,7 @@ fn report_of(job: &Job) -> shared::message::Report {
         cursors: Default::default(),
         skipped: false,
         duration_ms: 1,
+        photos: Default::default(),
         finished_at: chrono::Utc::now(),
     }
 }

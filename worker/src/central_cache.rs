@@ -219,6 +219,7 @@ mod tests {
             fields: Default::default(),
             categories: Vec::new(),
             sync_id_property: Some("x".into()),
+            photo_hash: None,
         };
         let expected = Contact {
             change_key: None,

@@ -529,6 +529,7 @@ mod tests {
             cursors: Default::default(),
             skipped: false,
             duration_ms: 0,
+            photos: Default::default(),
             finished_at: chrono::Utc::now(),
         };
         let smaller = without_plan_lines(&report);

@@ -352,6 +352,7 @@ mod tests {
                     cursors: Cursors::default(),
                     skipped: false,
                     duration_ms: 0,
+                    photos: Default::default(),
                     finished_at: Utc::now(),
                 },
                 result: self.result.clone(),

@@ -2,11 +2,14 @@
 //! that run (issue 11): directory reads grow with the number of workers, never with the number of mailboxes.
 //! Bounded and emptied like the central folder ([`RunCache`]). A failed load is not cached.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use shared::directory::DirectoryPerson;
 use shared::feed::Generation;
+use shared::sync::photo::SourcePhoto;
+use shared::sync::SyncId;
 use uuid::Uuid;
 
 use crate::run_cache::RunCache;
@@ -17,17 +20,56 @@ use crate::run_cache::RunCache;
 pub struct Selected {
     /// The persons, ordered by object id.
     pub persons: Vec<DirectoryPerson>,
-    /// [`shared::directory::persons_generation`] of `persons`.
+    /// [`shared::directory::persons_generation`] of `persons` (with their photos' hashes when `Photos` is on).
     pub generation: Generation,
+    /// The users' photos by their copies' sync id (`Photos` on; empty otherwise), bytes kept for the run.
+    pub photos: BTreeMap<SyncId, LoadedPhoto>,
+}
+
+/// A directory user's photo: what the decision needs and the bytes to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedPhoto {
+    /// Hash and size.
+    pub source: SourcePhoto,
+    /// The bytes (shared by every job of the run that sends them).
+    pub bytes: Arc<Vec<u8>>,
 }
 
 impl Selected {
-    /// The persons with their generation.
+    /// The persons with their generation (no photos).
     pub fn new(persons: Vec<DirectoryPerson>) -> Self {
         let generation = shared::directory::persons_generation(&persons);
         Self {
             persons,
             generation,
+            photos: BTreeMap::new(),
+        }
+    }
+
+    /// The persons and their photos (`Photos` on), with the generation the producer computes for them too.
+    pub fn with_photos(persons: Vec<DirectoryPerson>, photos: BTreeMap<SyncId, Vec<u8>>) -> Self {
+        let photos: BTreeMap<SyncId, LoadedPhoto> = photos
+            .into_iter()
+            .map(|(id, bytes)| {
+                let photo = LoadedPhoto {
+                    source: SourcePhoto::of(&bytes),
+                    bytes: Arc::new(bytes),
+                };
+                (id, photo)
+            })
+            .collect();
+        let hashes = photos
+            .iter()
+            .map(|(id, p)| (id.clone(), p.source.hash.clone()))
+            .collect();
+        let generation = shared::directory::with_photos(
+            shared::directory::persons_generation(&persons),
+            &hashes,
+        );
+        Self {
+            persons,
+            generation,
+            photos,
         }
     }
 }

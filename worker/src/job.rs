@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
@@ -17,12 +17,13 @@ use shared::feed::{self, Check, Cursors, DeltaLink, FolderFeed, SourceCheck};
 use shared::graph::DirectoryError;
 use shared::graph::{ErrorKind, FolderRef, GraphClient, GraphError, TenantClient};
 use shared::message::{
-    CentralFolder, FailureReason, FolderChoice, GraphCounts, Job, JobKind, Report, SourceFailure,
-    SCHEMA_VERSION,
+    CentralFolder, FailureReason, FolderChoice, GraphCounts, Job, JobKind, PhotoReport, Report,
+    SourceFailure, SCHEMA_VERSION,
 };
 use shared::model::{Contact, Mailbox, WriteOp};
+use shared::sync::photo::{self, CopyPhoto, PhotoAction};
 use shared::sync::{
-    self, CleanupScope, CleanupSource, Plan, PlanContext, PlanCounts, PreparedCentral,
+    self, CleanupScope, CleanupSource, Ownership, Plan, PlanContext, PlanCounts, PreparedCentral,
     SourceMailbox, SyncId,
 };
 use tokio_util::sync::CancellationToken;
@@ -85,6 +86,10 @@ struct Done {
     /// The persons whose contact Graph confirmed created (in a dry run: planned), by sync id: a move deletes an
     /// old copy only once this proves its replacement.
     created: BTreeSet<SyncId>,
+    /// The ids Graph gave the copies it created, by sync id (a new copy's photo is sent to it).
+    created_ids: BTreeMap<SyncId, String>,
+    /// What was done with photos.
+    photos: PhotoReport,
 }
 
 impl Done {
@@ -223,6 +228,7 @@ impl JobRunner {
             cursors: done.cursors,
             skipped: done.skipped,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            photos: done.photos,
             finished_at: Utc::now(),
         };
         Attempt { report, result }
@@ -527,8 +533,12 @@ impl JobRunner {
         // job); with it, the combined list is prepared for this mailbox.
         let combined;
         let mut directory_generation = None;
+        let mut photo_lists = Vec::new();
         let sources: &PreparedCentral = if directory_on {
             let lists = self.received_directory(tenant, client, job).await?;
+            if tenant.photos {
+                photo_lists = lists.clone();
+            }
             // One source is planned against as cached; several are put in one list (each source's persons once).
             // Only the tenant's own directory alone has a generation the producer offers (see `prepare`).
             let joined: Vec<DirectoryPerson>;
@@ -606,6 +616,27 @@ impl JobRunner {
                 writes,
             )
             .await?;
+        // Photos (`Photos` on) once the copies exist; a dry run writes none.
+        let photo_folder = folder
+            .as_ref()
+            .filter(|_| !photo_lists.is_empty() && !job.dry_run);
+        if let Some(folder) = photo_folder {
+            let photos = self
+                .apply_photos(
+                    tenant,
+                    client,
+                    mailbox,
+                    folder,
+                    &target,
+                    &done,
+                    &photo_lists,
+                    writes,
+                )
+                .await?;
+            done.failed_writes += photos.failed_writes;
+            done.written.extend(photos.written);
+            done.photos = photos.photos;
+        }
         if let Some((old_folder, old_contacts)) = &old {
             let ctx = plan_context(tenant, job, mailbox);
             let out = sync::plan_move_out(
@@ -908,6 +939,7 @@ impl JobRunner {
         let mut first_transient = None;
         let (mut written, mut deleted) = (feed::Written::new(), BTreeSet::new());
         let mut confirmed = BTreeSet::new();
+        let mut created_ids = BTreeMap::new();
         for (op, outcome) in ops.iter().zip(&outcomes) {
             match (op, outcome) {
                 (WriteOp::Delete { id }, Ok(_)) => {
@@ -920,6 +952,7 @@ impl JobRunner {
                 (WriteOp::Create(write), Ok(Some(created))) => {
                     written.insert(created.id.clone(), created.change_key.clone());
                     if let Some(sync) = write.sync_id.as_deref().and_then(SyncId::parse) {
+                        created_ids.insert(sync.clone(), created.id.clone());
                         confirmed.insert(sync);
                     }
                 }
@@ -951,8 +984,159 @@ impl JobRunner {
             written,
             deleted,
             created: confirmed,
+            created_ids,
             ..Done::default()
         })
+    }
+
+    /// Brings the photos of the directory persons' managed copies in `folder` in line with `photos` (`Photos`
+    /// on): `target` is the folder as read before this job's writes, `done` what they did (created copies get
+    /// their photo now). Only managed copies (the sync id property proves them) are touched, never an owner's
+    /// contact. Each send is the photo PUT, then the hash written into the copy's property (a failure between the
+    /// two sends the photo again next run, which is harmless); the pair runs as a task of `writes`, so a
+    /// cancelled attempt never leaves one half-sent. A transient failure fails the attempt (retried: what was
+    /// sent is found by its hash); a refused photo is counted as a refused write.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_photos(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        mailbox: &Mailbox,
+        folder: &FolderRef,
+        target: &[Contact],
+        done: &Done,
+        lists: &[Arc<Selected>],
+        writes: &TaskTracker,
+    ) -> Result<Done, AttemptResult> {
+        let mut names: BTreeMap<SyncId, String> = BTreeMap::new();
+        let mut sources = BTreeMap::new();
+        let mut bytes = BTreeMap::new();
+        for list in lists {
+            for person in &list.persons {
+                let name = person
+                    .user_principal_name
+                    .clone()
+                    .unwrap_or_else(|| person.object_id.clone());
+                names.insert(person.sync_id.clone(), name);
+            }
+            for (sync_id, photo) in &list.photos {
+                sources.insert(sync_id.clone(), photo.source.clone());
+                bytes.insert(sync_id.clone(), photo.bytes.clone());
+            }
+        }
+        let mut copies = BTreeMap::new();
+        for contact in target {
+            let Some(sync_id) = contact.sync_id_property.as_deref().and_then(SyncId::parse) else {
+                continue;
+            };
+            let managed =
+                sync::ownership(&tenant.tenant_id, mailbox, contact) == Ownership::ManagedCopy;
+            if !managed || !names.contains_key(&sync_id) || done.deleted.contains(&contact.id) {
+                continue;
+            }
+            copies.entry(sync_id).or_insert_with(|| CopyPhoto {
+                contact_id: contact.id.clone(),
+                hash: contact.photo_hash.clone(),
+            });
+        }
+        for (sync_id, id) in &done.created_ids {
+            if names.contains_key(sync_id) {
+                copies.insert(
+                    sync_id.clone(),
+                    CopyPhoto {
+                        contact_id: id.clone(),
+                        hash: None,
+                    },
+                );
+            }
+        }
+        let steps = photo::plan_photos(&sources, &copies);
+        let mut out = Done::default();
+        let mut sending = Vec::new();
+        for step in steps {
+            let name = names.get(&step.sync_id).cloned().unwrap_or_default();
+            match step.action {
+                PhotoAction::TooLarge { size } => out.photos.skipped.push(format!(
+                    "photo of {name} not sent: {size} bytes is over Graph's 4 MB request limit"
+                )),
+                PhotoAction::Send | PhotoAction::Remove => {
+                    let send = match step.action {
+                        PhotoAction::Send => bytes.get(&step.sync_id).cloned(),
+                        _ => None,
+                    };
+                    let hash = sources.get(&step.sync_id).map(|s| s.hash.clone());
+                    let (client, mailbox_id, folder) =
+                        (client.clone(), mailbox.id.clone(), folder.clone());
+                    let id = step.contact_id.clone();
+                    sending.push((
+                        name,
+                        writes.spawn(async move {
+                            let stored = match &send {
+                                Some(photo) => {
+                                    client
+                                        .put_contact_photo(&mailbox_id, &folder, &id, photo)
+                                        .await?;
+                                    client
+                                        .set_photo_hash(&mailbox_id, &folder, &id, hash.as_ref())
+                                        .await?
+                                }
+                                None => {
+                                    client
+                                        .delete_contact_photo(&mailbox_id, &folder, &id)
+                                        .await?;
+                                    client
+                                        .set_photo_hash(&mailbox_id, &folder, &id, None)
+                                        .await?
+                                }
+                            };
+                            Ok::<_, GraphError>((send.is_some(), stored))
+                        }),
+                    ));
+                }
+                PhotoAction::Keep => {}
+            }
+        }
+        let mut first_transient = None;
+        for (name, task) in sending {
+            let answered = task.await.map_err(|join| AttemptResult::Transient {
+                wait: Duration::ZERO,
+                error: format!(
+                    "writing photos to {}: the write task failed: {join}",
+                    mailbox.upn
+                ),
+            })?;
+            match answered {
+                Ok((sent, stored)) => {
+                    if sent {
+                        out.photos.sent += 1;
+                    } else {
+                        out.photos.removed += 1;
+                    }
+                    out.written
+                        .insert(stored.id.clone(), stored.change_key.clone());
+                }
+                Err(error) => match classify(&error, &format!("writing photos to {}", mailbox.upn))
+                {
+                    transient @ AttemptResult::Transient { .. } => {
+                        first_transient.get_or_insert(transient);
+                    }
+                    // Graph's request size limit, should it be lower than ours: not sent, reported, not a failure.
+                    _ if error.status() == Some(413) => out.photos.skipped.push(format!(
+                        "photo of {name} not sent: Graph refused it as too large (413)"
+                    )),
+                    _ => {
+                        debug!(mailbox = %mailbox.upn, %error, "photo write refused");
+                        out.failed_writes += 1;
+                    }
+                },
+            }
+        }
+        if let Some(transient) = first_transient {
+            return Err(transient);
+        }
+        debug!(mailbox = %mailbox.upn, sent = out.photos.sent, removed = out.photos.removed,
+               skipped = out.photos.skipped.len(), "photos");
+        Ok(out)
     }
 }
 
@@ -1123,7 +1307,15 @@ async fn read_directory(
         .read_directory(options, tenant.shared_mailbox())
         .await
         .map_err(|e| directory_failure(&tenant.tenant_id, &e))?;
-    Ok(Selected::new(directory::select(&snapshot.read(), options)))
+    let persons = directory::select(&snapshot.read(), options);
+    if !tenant.photos {
+        return Ok(Selected::new(persons));
+    }
+    let photos = client
+        .directory_photos(&persons)
+        .await
+        .map_err(|e| classify(&e, "reading the directory users' photos"))?;
+    Ok(Selected::with_photos(persons, photos))
 }
 
 /// Several sources' persons in one list (each source's persons once, in source order).

@@ -18,7 +18,16 @@ enum Resource {
     Folder(usize),
     Contacts(usize),
     Contact(Option<usize>, String),
+    /// `…/contacts/{id}/photo/$value`.
+    ContactPhoto(Option<usize>, String),
+    /// `/users/{id}/photo/$value`: the mailbox owner's photo.
+    UserPhoto,
     Delta(usize),
+}
+
+/// Whether `rest` is `photo/$value`.
+fn is_photo_value(rest: &[String]) -> bool {
+    rest.len() == 2 && rest[0].eq_ignore_ascii_case("photo") && rest[1] == "$value"
 }
 
 fn folder_ref(mailbox: &Mailbox, id: &str, parent: Option<usize>) -> Result<usize, Reply> {
@@ -41,11 +50,17 @@ fn folder_ref(mailbox: &Mailbox, id: &str, parent: Option<usize>) -> Result<usiz
 
 fn parse(mailbox: &Mailbox, rest: &[String]) -> Result<Resource, Reply> {
     let s = |i: usize| rest.get(i).map(String::as_str);
+    if is_photo_value(rest) {
+        return Ok(Resource::UserPhoto);
+    }
     match s(0) {
         Some(c) if c.eq_ignore_ascii_case("contacts") => match (s(1), rest.len()) {
             (None, _) => Ok(Resource::Contacts(0)),
             (Some("delta"), 2) => Ok(Resource::Delta(0)),
             (Some(id), 2) => Ok(Resource::Contact(None, id.to_owned())),
+            (Some(id), 4) if is_photo_value(&rest[2..]) => {
+                Ok(Resource::ContactPhoto(None, id.to_owned()))
+            }
             _ => Err(errors::unknown_segment(&rest[2])),
         },
         Some(c) if c.eq_ignore_ascii_case("contactFolders") => {
@@ -76,6 +91,9 @@ fn parse(mailbox: &Mailbox, rest: &[String]) -> Result<Resource, Reply> {
                             (None, _) => Ok(Resource::Contacts(folder)),
                             (Some("delta"), 2) => Ok(Resource::Delta(folder)),
                             (Some(id), 2) => Ok(Resource::Contact(Some(folder), id.to_owned())),
+                            (Some(id), 4) if is_photo_value(&rest[i + 2..]) => {
+                                Ok(Resource::ContactPhoto(Some(folder), id.to_owned()))
+                            }
                             _ => Err(errors::unknown_segment(&rest[i + 2])),
                         };
                     }
@@ -140,6 +158,20 @@ pub fn handle(store: &mut Store, tenant: usize, user: usize, op: &Op, base: &str
             contact_item(mailbox, f, &id, method, op, &ctx, clock)
         }
         (Resource::Delta(f), "GET") => delta::handle(mailbox, f, op, base, &ctx, delta_epoch),
+        (Resource::UserPhoto, "GET") => match &mailbox.user_photo {
+            Some(bytes) => Reply::bytes(200, bytes.clone(), image_type(bytes)),
+            None => errors::image_not_found(),
+        },
+        (Resource::UserPhoto, "PUT") => match photo_body(op) {
+            Ok(bytes) => {
+                mailbox.user_photo = Some(bytes);
+                Reply::empty(200)
+            }
+            Err(e) => e,
+        },
+        (Resource::ContactPhoto(f, id), method) => {
+            contact_photo(mailbox, f, &id, method, op, clock)
+        }
         _ => errors::method_not_allowed(),
     }
 }
@@ -229,6 +261,94 @@ fn contact_item(
             } else {
                 errors::item_not_found()
             }
+        }
+        _ => errors::method_not_allowed(),
+    }
+}
+
+/// The content type of stored photo bytes (PNG by its signature, else JPEG).
+fn image_type(bytes: &[u8]) -> &'static str {
+    if bytes.starts_with(&[0x89, b'P', b'N', b'G']) {
+        "image/png"
+    } else {
+        "image/jpeg"
+    }
+}
+
+/// The bytes of a photo PUT: a plain request (not a `$batch` item) with `Content-Type: image/jpeg` or
+/// `image/png` and a body of that format. (Bodies over the 4 MB request limit never get here: 413.)
+fn photo_body(op: &Op) -> Result<Vec<u8>, Reply> {
+    if op.batch_item {
+        return Err(graph_error(
+            400,
+            "BadRequest",
+            "Binary request bodies are not supported in a JSON batch by graphsim.",
+        ));
+    }
+    let content_type = op
+        .header("content-type")
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let bytes = op.body.to_vec();
+    let format_ok = match content_type.as_str() {
+        "image/jpeg" | "image/jpg" => bytes.starts_with(&[0xFF, 0xD8]),
+        "image/png" => bytes.starts_with(&[0x89, b'P', b'N', b'G']),
+        _ => {
+            return Err(graph_error(
+                415,
+                "UnsupportedMediaType",
+                &format!("Content type '{content_type}' is not supported for a photo; use image/jpeg or image/png."),
+            ))
+        }
+    };
+    if !format_ok {
+        return Err(graph_error(
+            400,
+            "ErrorInvalidImage",
+            "The image is not valid.",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `GET|PUT|DELETE …/contacts/{id}/photo/$value`. Putting or removing a photo is a change of the contact: its
+/// change key and `lastModifiedDateTime` move, and its feed shows it.
+fn contact_photo(
+    mailbox: &mut Mailbox,
+    folder: Option<usize>,
+    id: &str,
+    method: &str,
+    op: &Op,
+    clock: &mut crate::ids::Clock,
+) -> Reply {
+    if let Err(e) = find_contact(mailbox, folder, id) {
+        return e;
+    }
+    match method {
+        "GET" => match mailbox.photos.get(id) {
+            Some(bytes) => Reply::bytes(200, bytes.clone(), image_type(bytes)),
+            None => errors::image_not_found(),
+        },
+        "PUT" => match photo_body(op) {
+            Ok(bytes) => {
+                mailbox.photos.insert(id.to_owned(), bytes);
+                mailbox.update_contact(id, contact::ContactBody::default(), clock);
+                Reply::empty(200)
+            }
+            Err(e) => e,
+        },
+        "DELETE" => {
+            if mailbox.photos.remove(id).is_none() {
+                return errors::image_not_found();
+            }
+            mailbox.update_contact(id, contact::ContactBody::default(), clock);
+            Reply::empty(204)
         }
         _ => errors::method_not_allowed(),
     }

@@ -61,6 +61,17 @@ pub fn permitted(op: &Op, mailbox: bool, roles: &[String]) -> Result<(), Reply> 
             .iter()
             .any(|r| allowed.iter().any(|a| a.eq_ignore_ascii_case(r)))
     };
+    // A user's own photo is a profile read (User.Read.All or ProfilePhoto.Read.All), though Outlook holds it.
+    let user_photo = op.segments.len() == 5
+        && op.segments[3].eq_ignore_ascii_case("photo")
+        && op.segments[4] == "$value";
+    if mailbox && user_photo && op.method == "GET" {
+        return if has(USER_ROLES) || has(&["ProfilePhoto.Read.All", "ProfilePhoto.ReadWrite.All"]) {
+            Ok(())
+        } else {
+            Err(errors::directory_access_denied())
+        };
+    }
     if mailbox {
         let needed = if op.method == "GET" {
             CONTACT_READ_ROLES

@@ -211,13 +211,26 @@ async fn run_target(
         Target::Mailbox { id, .. } => id.clone(),
         Target::Tenant => format!("tenant:{}", caller.tenant_guid),
     };
-    let _permit = match shared.throttle.admit(ThrottleKey {
+    let key = ThrottleKey {
         app: caller.app_id.clone(),
         scope,
-    }) {
+    };
+    let _permit = match shared.throttle.admit(key.clone()) {
         Ok(p) => p,
         Err(reply) => return (reply, false, false),
     };
+    if matches!(target, Target::Mailbox { .. })
+        && matches!(op.method.as_str(), "POST" | "PATCH" | "PUT")
+    {
+        // Outlook's upload limit counts the bytes of every body written to the mailbox.
+        let bytes = match &op.json_body {
+            Some(json) if op.batch_item => serde_json::to_vec(json).map_or(0, |b| b.len()),
+            _ => op.body.len(),
+        };
+        if let Err(reply) = shared.throttle.admit_upload(&key, bytes as u64) {
+            return (reply, false, false);
+        }
+    }
     if !caller.consent {
         let reply = match target {
             Target::Tenant => errors::directory_access_denied(),

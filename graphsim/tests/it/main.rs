@@ -28,3 +28,5 @@ mod robustness;
 mod throttle;
 // /users directory queries.
 mod users;
+// Photos: bytes, ImageNotFound, the 4 MB limit and the upload budget.
+mod photos;

@@ -64,6 +64,9 @@ const OPTION_KEYS: &[&str] = &[
     "UpdateExisting",
     "CentralFields",
     "Fields",
+    "Photos",
+    "UploadBytesPerWindow",
+    "UploadWindowSeconds",
 ];
 
 const TENANT_ID: &str = "a tenant id (GUID) or verified domain such as contoso.onmicrosoft.com";
@@ -117,6 +120,9 @@ struct Layer {
     central_fields: Option<CentralFields>,
     /// `Fields` as configured at this level; merged key by key with the level below.
     field_policies: BTreeMap<Field, FieldPolicy>,
+    photos: Option<bool>,
+    upload_bytes_per_window: Option<u32>,
+    upload_window_seconds: Option<u64>,
     distribution: distribution::Layer,
 }
 
@@ -196,6 +202,28 @@ impl Layer {
         if let Some((node, at)) = fields.get("Fields") {
             layer.field_policies = field_rules::read_field_policies(node, at)?;
         }
+        if let Some((node, at)) = fields.get("Photos") {
+            layer.photos = raw::boolean(node, at)?;
+        }
+        if let Some((node, at)) = fields.get("UploadBytesPerWindow") {
+            layer.upload_bytes_per_window = raw::integer(
+                node,
+                at,
+                1,
+                u64::from(u32::MAX),
+                "a whole number of bytes, at least 1 (Graph allows 150 MB per 5 minutes)",
+            )?
+            .and_then(|v| u32::try_from(v).ok());
+        }
+        if let Some((node, at)) = fields.get("UploadWindowSeconds") {
+            layer.upload_window_seconds = raw::integer(
+                node,
+                at,
+                1,
+                86_400,
+                "a whole number of seconds from 1 to 86400",
+            )?;
+        }
         layer.distribution = distribution::Layer::read(fields)?;
         Ok(layer)
     }
@@ -228,6 +256,11 @@ impl Layer {
                 .map(|(f, p)| (*f, *p))
                 .chain(self.field_policies)
                 .collect(),
+            photos: self.photos.or(base.photos),
+            upload_bytes_per_window: self
+                .upload_bytes_per_window
+                .or(base.upload_bytes_per_window),
+            upload_window_seconds: self.upload_window_seconds.or(base.upload_window_seconds),
             distribution: self.distribution.over(&base.distribution),
         }
     }
@@ -647,7 +680,14 @@ impl<'a> Builder<'a> {
                 window: layer
                     .window_seconds
                     .map_or(defaults.window, Duration::from_secs),
+                upload_bytes_per_window: layer
+                    .upload_bytes_per_window
+                    .unwrap_or(defaults.upload_bytes_per_window),
+                upload_window: layer
+                    .upload_window_seconds
+                    .map_or(defaults.upload_window, Duration::from_secs),
             },
+            photos: layer.photos.unwrap_or(false),
             distribution,
         };
         Ok((tenant, tenant_at))

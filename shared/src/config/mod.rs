@@ -36,7 +36,9 @@
 //! configured but not run), `DryRun` (this tenant only), and the optional settings `UpdateExisting` (default true;
 //! false: create missing contacts, never change an existing one), `AuthorityHost`, `GraphEndpoint`, `CentralFolderName`, `ManagedCategory`,
 //! `StampNotes`, `OptOutCategory`, `DeleteManagedCopies`, `MaxDeleteShare`, `MaxInFlightPerMailbox`,
-//! `RequestsPerWindow`, `WindowSeconds`, what travels (issue 14, see [`FieldRules`]): `CentralFields` (Graph names
+//! `RequestsPerWindow`, `WindowSeconds`, `Photos` (default false: directory users' photos on their copies),
+//! `UploadBytesPerWindow` and `UploadWindowSeconds` (the per-mailbox upload budget, default 150,000,000 bytes per
+//! 300 s), what travels (issue 14, see [`FieldRules`]): `CentralFields` (Graph names
 //! of the fields a personal contact may publish) and `Fields` (`{"<Graph name>": "Overwrite"|"FillEmpty"|"Ignore"}`,
 //! merged key by key with the run-wide one), and what is distributed where (issue 11, see [`Distribution`]): `Mirror`
 //! `{Enabled}` (default true; when false `GlobalAddressBookUserId` is not required), `Directory` `{Enabled,
@@ -338,6 +340,8 @@ pub struct TenantSettings {
     pub mirror: MirrorOptions,
     /// Graph request limits per mailbox.
     pub limits: GraphLimits,
+    /// Write directory users' photos to their managed copies (`Photos`, default false; issue 14).
+    pub photos: bool,
     /// What the tenant distributes (mirror, directory) and where (issue 11). Default: today's mirror only.
     pub distribution: Distribution,
 }
@@ -381,6 +385,11 @@ pub struct GraphLimits {
     pub requests_per_window: u32,
     /// The window (default 600 s).
     pub window: Duration,
+    /// Bytes uploaded (PUT, POST, PATCH bodies; photos are what counts) per upload window per mailbox (default
+    /// 150,000,000: Graph's 150 MB, read as decimal megabytes so the client never passes Graph's count).
+    pub upload_bytes_per_window: u32,
+    /// The upload window (default 300 s).
+    pub upload_window: Duration,
 }
 
 impl Default for GraphLimits {
@@ -389,6 +398,8 @@ impl Default for GraphLimits {
             max_in_flight: 4,
             requests_per_window: 10_000,
             window: Duration::from_secs(600),
+            upload_bytes_per_window: 150_000_000,
+            upload_window: Duration::from_secs(300),
         }
     }
 }
@@ -554,6 +565,9 @@ impl fmt::Display for TenantSettings {
         }
         for field in fields.policy.overwritten().complement().iter() {
             write!(f, ", {field} {}", fields.policy.get(field).as_str())?;
+        }
+        if self.photos {
+            f.write_str(", photos")?;
         }
         if !self.enabled {
             f.write_str(", disabled")?;

@@ -536,7 +536,8 @@ fn every_option_per_tenant() {
         GraphLimits {
             max_in_flight: 2,
             requests_per_window: 5000,
-            window: Duration::from_secs(300)
+            window: Duration::from_secs(300),
+            ..GraphLimits::default()
         }
     );
 }
@@ -2136,6 +2137,49 @@ fn enabled_and_update_existing_default_to_true_and_layer() {
         })),
         "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].Enabled: expected a boolean (true/false, 1/0, \
          yes/no or y/n), got \"sometimes\"",
+    );
+}
+
+#[test]
+fn photos_default_off_layer_per_tenant_and_name_a_bad_value() {
+    let settings = load_doc(&doc_with(|_| {})).expect("valid");
+    assert!(!settings.tenants[0].photos);
+    assert_eq!(
+        settings.tenants[0].limits.upload_bytes_per_window,
+        150_000_000
+    );
+    assert_eq!(
+        settings.tenants[0].limits.upload_window,
+        Duration::from_secs(300)
+    );
+    let mut off = second_tenant();
+    off["Photos"] = json!(false);
+    off["UploadBytesPerWindow"] = json!(1_000_000);
+    off["UploadWindowSeconds"] = json!(5);
+    let doc = json!({ "MicrosoftTenants": [tenant_json(), off], "Photos": "yes" });
+    let settings = load_doc(&doc).expect("valid");
+    assert!(settings.tenants[0].photos && !settings.tenants[1].photos);
+    assert!(settings.tenants[0].to_string().contains(", photos"));
+    assert_eq!(
+        settings.tenants[1].limits.upload_bytes_per_window,
+        1_000_000
+    );
+    assert_eq!(
+        settings.tenants[1].limits.upload_window,
+        Duration::from_secs(5)
+    );
+    assert_error(
+        load_doc(&doc_with(|t| {
+            t.insert("Photos".into(), json!("always"));
+        })),
+        "AUTOMATION_SYNCCONTACTS_CONFIG_JSON: MicrosoftTenants[0].Photos: expected a boolean (true/false, 1/0, \
+         yes/no or y/n), got \"always\"",
+    );
+    assert_error_contains(
+        load_doc(&doc_with(|t| {
+            t.insert("UploadBytesPerWindow".into(), json!(0));
+        })),
+        &["MicrosoftTenants[0].UploadBytesPerWindow", "at least 1"],
     );
 }
 

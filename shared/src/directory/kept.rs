@@ -127,6 +127,19 @@ pub fn persons_generation(persons: &[DirectoryPerson]) -> Generation {
     Generation::of_content(&bytes)
 }
 
+/// [`persons_generation`] with the persons' photos (`Photos` on): a changed, new or removed photo is a new
+/// generation, so the mailboxes holding that person are planned again rather than skipped.
+pub fn with_photos(
+    persons: Generation,
+    photos: &std::collections::BTreeMap<crate::sync::SyncId, crate::sync::photo::PhotoHash>,
+) -> Generation {
+    let mut bytes = serde_json::to_vec(&persons).unwrap_or_default();
+    for (sync_id, hash) in photos {
+        bytes.extend_from_slice(format!("\n{}={}", sync_id.as_str(), hash.as_str()).as_bytes());
+    }
+    Generation::of_content(&bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ mod combine_tests;
 mod tests;
 
 pub use combine::{combine, drop_directory_copies, overlay};
-pub use kept::{persons_generation, KeptUsers, UsersChanges};
+pub use kept::{persons_generation, with_photos, KeptUsers, UsersChanges};
 pub use mapping::{org_contact_fields, user_fields, MAX_EMAIL_ADDRESSES};
 pub use record::{
     resolve_manager_names, AssignedLicense, ManagerRef, OfficeAddress, OrgContactRecord, Phone,

@@ -218,6 +218,7 @@ pub(crate) async fn write(
                     mailbox,
                     batch_items: u32::try_from(chunk.len()).ok(),
                     prefer: None,
+                    raw: None,
                 },
                 effect,
             )

@@ -107,6 +107,7 @@ impl TenantClient {
                 mailbox,
                 batch_items: None,
                 prefer: None,
+                raw: None,
             })
             .await?;
         let counted: Counted = decode("contact count", &reply.body)?;

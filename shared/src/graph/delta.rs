@@ -140,6 +140,7 @@ impl TenantClient {
                     mailbox,
                     batch_items: None,
                     prefer,
+                    raw: None,
                 })
                 .await?;
             let page: Page<T> = decode(what, &reply.body)?;

@@ -92,6 +92,7 @@ impl TenantClient {
                     mailbox,
                     batch_items: None,
                     prefer: None,
+                    raw: None,
                 })
                 .await;
             match created {

@@ -42,6 +42,8 @@ const APP_REQUESTS_PER_10_SECONDS: u32 = 130_000;
 pub(crate) struct Limits {
     /// The per-mailbox budget; `None` when the configured window or budget is zero (no rate limiting).
     budget: Option<Budget>,
+    /// The per-mailbox upload budget in bytes (Graph: 150 MB per 5 minutes); `None` when zero.
+    upload: Option<Budget>,
     /// Graph's app-wide request rate.
     app: DefaultDirectRateLimiter,
     /// Permits per mailbox.
@@ -64,6 +66,15 @@ impl Budget {
         (limits.requests_per_window > 0 && !limits.window.is_zero()).then_some(Self {
             cells: limits.requests_per_window,
             window: limits.window + limits.window / 100,
+        })
+    }
+
+    /// The upload budget of `limits` (cells are bytes), or `None` when they disable it; the window is kept 1%
+    /// longer than Graph's, as for requests.
+    pub fn upload_of(limits: &GraphLimits) -> Option<Self> {
+        (limits.upload_bytes_per_window > 0 && !limits.upload_window.is_zero()).then_some(Self {
+            cells: limits.upload_bytes_per_window,
+            window: limits.upload_window + limits.upload_window / 100,
         })
     }
 
@@ -152,6 +163,8 @@ pub(crate) struct Gate {
     /// No request may be sent before this instant (Graph's `Retry-After`).
     blocked_until: Mutex<Option<Instant>>,
     window: Mutex<WindowLog>,
+    /// Bytes uploaded inside the upload window.
+    uploads: Mutex<WindowLog>,
     in_flight: AtomicU32,
     peak_in_flight: AtomicU32,
 }
@@ -163,6 +176,8 @@ pub(crate) struct Pass {
     permits: u32,
     /// The budget the cells came from, how many and when (`None`: no rate limiting).
     cells: Option<(Budget, u32, Instant)>,
+    /// Likewise for the uploaded bytes (`None`: nothing uploaded, or no upload budget).
+    uploaded: Option<(Budget, u32, Instant)>,
 }
 
 impl Drop for Pass {
@@ -179,6 +194,13 @@ impl Drop for Pass {
                 .unwrap_or_else(|p| p.into_inner())
                 .restamp(budget, admitted, Instant::now(), cells);
         }
+        if let Some((budget, bytes, admitted)) = self.uploaded {
+            self.gate
+                .uploads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .restamp(budget, admitted, Instant::now(), bytes);
+        }
     }
 }
 
@@ -194,6 +216,7 @@ impl Limits {
     pub fn new(limits: &GraphLimits) -> Self {
         Self {
             budget: Budget::of(limits),
+            upload: Budget::upload_of(limits),
             app: RateLimiter::direct(app_quota()),
             max_in_flight: limits.max_in_flight.max(1),
             gates: Mutex::new(HashMap::new()),
@@ -214,6 +237,7 @@ impl Limits {
                     semaphore: Arc::new(Semaphore::new(self.max_in_flight as usize)),
                     blocked_until: Mutex::new(None),
                     window: Mutex::new(WindowLog::default()),
+                    uploads: Mutex::new(WindowLog::default()),
                     in_flight: AtomicU32::new(0),
                     peak_in_flight: AtomicU32::new(0),
                 })
@@ -221,8 +245,8 @@ impl Limits {
             .clone()
     }
 
-    /// Waits until a request for `mailbox` may be sent, taking `cells` from the mailbox's budget and `permits` of
-    /// its concurrency. A `Retry-After` block longer than `max_block` is not waited out (a concurrent answer may
+    /// Waits until a request for `mailbox` may be sent, taking `cells` from the mailbox's budget, `upload` bytes
+    /// from its upload budget (a photo's size; 0 for other requests) and `permits` of its concurrency. A `Retry-After` block longer than `max_block` is not waited out (a concurrent answer may
     /// set one while this request waits): the remaining block is returned instead. Cancellation-safe: dropping
     /// the future gives back what it took (except budget cells).
     pub async fn admit(
@@ -230,6 +254,7 @@ impl Limits {
         mailbox: &str,
         cells: u32,
         permits: u32,
+        upload: u32,
         max_block: Duration,
     ) -> Result<(Pass, Admission), Duration> {
         let gate = self.gate(mailbox);
@@ -239,6 +264,13 @@ impl Limits {
             Some(budget) => {
                 let (cells, admitted) = gate.take_cells(budget, cells).await;
                 Some((budget, cells, admitted))
+            }
+            None => None,
+        };
+        let uploaded = match self.upload.filter(|_| upload > 0) {
+            Some(budget) => {
+                let (bytes, admitted) = gate.take_from(&gate.uploads, budget, upload).await;
+                Some((budget, bytes, admitted))
             }
             None => None,
         };
@@ -266,6 +298,7 @@ impl Limits {
                     gate,
                     permits,
                     cells: taken,
+                    uploaded,
                 },
                 admission,
             ));
@@ -323,11 +356,20 @@ impl Gate {
 
     /// Sleeps until the window has room for `cells`, then takes them; returns how many it took, and when.
     async fn take_cells(&self, budget: Budget, cells: u32) -> (u32, Instant) {
+        self.take_from(&self.window, budget, cells).await
+    }
+
+    /// [`take_cells`](Self::take_cells) from `log` (the request window or the upload window).
+    async fn take_from(
+        &self,
+        log: &Mutex<WindowLog>,
+        budget: Budget,
+        cells: u32,
+    ) -> (u32, Instant) {
         let cells = cells.clamp(1, budget.cells);
         loop {
             let now = Instant::now();
-            let outcome = self
-                .window
+            let outcome = log
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .try_take(budget, now, cells);
@@ -467,19 +509,62 @@ mod tests {
             requests_per_window: 3,
             window: Duration::from_secs(10),
             max_in_flight: 4,
+            ..GraphLimits::default()
         });
         let start = Instant::now();
         for _ in 0..3 {
-            drop(limits.admit("m", 1, 1, HOUR).await.expect("admitted"));
+            drop(limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted"));
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
-        drop(limits.admit("m", 1, 1, HOUR).await.expect("admitted"));
+        drop(limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted"));
         assert!(start.elapsed() >= Duration::from_secs(10));
         assert!(start.elapsed() < Duration::from_secs(11));
         // Another mailbox has its own window.
         let other = Instant::now();
-        drop(limits.admit("other", 1, 1, HOUR).await.expect("admitted"));
+        drop(
+            limits
+                .admit("other", 1, 1, 0, HOUR)
+                .await
+                .expect("admitted"),
+        );
         assert_eq!(other.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn uploads_wait_for_the_byte_window_and_other_requests_do_not() {
+        let limits = Limits::new(&GraphLimits {
+            upload_bytes_per_window: 1_000,
+            upload_window: Duration::from_secs(10),
+            ..GraphLimits::default()
+        });
+        let start = Instant::now();
+        drop(limits.admit("m", 1, 1, 600, HOUR).await.expect("admitted"));
+        drop(limits.admit("m", 1, 1, 400, HOUR).await.expect("admitted"));
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "1,000 bytes fit the window"
+        );
+        // A request without upload is not held by the spent byte budget, nor is another mailbox's upload.
+        drop(limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted"));
+        drop(
+            limits
+                .admit("other", 1, 1, 900, HOUR)
+                .await
+                .expect("admitted"),
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        drop(limits.admit("m", 1, 1, 1, HOUR).await.expect("admitted"));
+        assert!(
+            start.elapsed() >= Duration::from_secs(10),
+            "one byte more waits for the window"
+        );
+        assert!(start.elapsed() < Duration::from_secs(11));
+        assert!(Budget::upload_of(&GraphLimits {
+            upload_bytes_per_window: 0,
+            ..GraphLimits::default()
+        })
+        .is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -487,16 +572,20 @@ mod tests {
         let limits = Arc::new(Limits::new(&GraphLimits::default()));
         let mut passes = Vec::new();
         for _ in 0..4 {
-            passes.push(limits.admit("m", 1, 1, HOUR).await.expect("admitted").0);
+            passes.push(limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted").0);
         }
         let fifth = {
             let limits = limits.clone();
-            tokio::spawn(async move { limits.admit("m", 1, 1, HOUR).await.expect("admitted").0 })
+            tokio::spawn(async move { limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted").0 })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!fifth.is_finished());
         // Another mailbox is not affected.
-        let other = limits.admit("other", 1, 1, HOUR).await.expect("admitted").0;
+        let other = limits
+            .admit("other", 1, 1, 0, HOUR)
+            .await
+            .expect("admitted")
+            .0;
         passes.pop();
         let fifth = fifth.await.expect("task");
         drop((passes, fifth, other));
@@ -511,18 +600,21 @@ mod tests {
         limits.block("m", Duration::from_millis(1500));
         limits.block("m", Duration::from_millis(500)); // never shortens
         let start = Instant::now();
-        let (_pass, admission) = limits.admit("m", 1, 1, HOUR).await.expect("admitted");
+        let (_pass, admission) = limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted");
         assert!(start.elapsed() >= Duration::from_millis(1500));
         assert!(admission.blocked >= Duration::from_millis(1500));
         let start = Instant::now();
-        let _other = limits.admit("other", 1, 1, HOUR).await.expect("admitted");
+        let _other = limits
+            .admit("other", 1, 1, 0, HOUR)
+            .await
+            .expect("admitted");
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
     async fn batch_permits_are_clamped_to_the_cap() {
         let limits = Limits::new(&GraphLimits::default());
-        let (pass, _) = limits.admit("m", 20, 20, HOUR).await.expect("admitted");
+        let (pass, _) = limits.admit("m", 20, 20, 0, HOUR).await.expect("admitted");
         assert_eq!(pass.permits, 4);
     }
 
@@ -536,9 +628,9 @@ mod tests {
         limits.block("m", Duration::from_secs(u64::MAX));
         let remaining = limits.remaining_block("m").expect("blocked");
         assert!(remaining > HOUR);
-        let refused = limits.admit("m", 1, 1, HOUR).await;
+        let refused = limits.admit("m", 1, 1, 0, HOUR).await;
         assert!(matches!(refused, Err(wait) if wait > HOUR));
         // Other mailboxes are not affected.
-        assert!(limits.admit("other", 1, 1, HOUR).await.is_ok());
+        assert!(limits.admit("other", 1, 1, 0, HOUR).await.is_ok());
     }
 }

@@ -22,6 +22,7 @@ mod error;
 mod folders;
 mod limit;
 mod page;
+mod photos;
 mod pipeline;
 mod retry;
 mod stats;
@@ -41,6 +42,7 @@ pub use delta::DeltaRound;
 pub use directory::{DirectoryError, DirectoryPermission, UserKind, UsersDeltaRound};
 pub use error::{AuthProblem, ErrorKind, GraphError, TransportFailure};
 pub use folders::ContactFolder;
+pub use photos::photo_content_type;
 pub use retry::{Wait, WaitOrigin};
 pub use stats::ClientStats;
 pub use users::DirectoryUser;
@@ -357,6 +359,7 @@ mod tests {
                 fields: Default::default(),
             },
             limits: crate::config::GraphLimits::default(),
+            photos: false,
             distribution: Default::default(),
         }
     }

@@ -64,6 +64,7 @@ impl TenantInner {
                     mailbox,
                     batch_items: None,
                     prefer: None,
+                    raw: None,
                 })
                 .await?;
             let page: Page<T> = decode(what, &reply.body)?;

@@ -34,6 +34,16 @@ pub(crate) struct Call<'a> {
     pub batch_items: Option<u32>,
     /// A `Prefer` header (`odata.maxpagesize=N` for delta pages).
     pub prefer: Option<&'a str>,
+    /// A body that is not JSON (a photo's bytes), with its content type; its size is spent from the mailbox's
+    /// upload budget. `body` is `None` when this is set.
+    pub raw: Option<RawBody<'a>>,
+}
+
+/// Bytes sent as they are (a photo), with their `Content-Type`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawBody<'a> {
+    pub bytes: &'a [u8],
+    pub content_type: &'static str,
 }
 
 /// The limiter key of directory requests (`/users`), which are not mailbox requests.
@@ -129,18 +139,24 @@ impl TenantInner {
         effect: Effect,
     ) -> Result<Reply, GraphError> {
         let policy = self.shared.policy;
+        // Encoded once: its size is what the mailbox's upload budget is charged for a write.
+        let json = call
+            .body
+            .map(|body| serde_json::to_vec(body).unwrap_or_default());
         let mut exchange = GraphExchange {
             inner: self,
             call,
+            json,
             token_generation: None,
         };
         pipeline::run(&mut exchange, &policy, effect).await
     }
 
-    /// One HTTP exchange; the body is read completely.
+    /// One HTTP exchange (`json`: the call's JSON body, encoded); the answer's body is read completely.
     async fn send_once(
         &self,
         call: &Call<'_>,
+        json: Option<&[u8]>,
         token: &str,
     ) -> Result<(u16, HeaderMap, Vec<u8>), reqwest::Error> {
         let mut request = self
@@ -156,8 +172,15 @@ impl TenantInner {
         if let Some(prefer) = call.prefer {
             request = request.header("Prefer", prefer);
         }
-        if let Some(body) = call.body {
-            request = request.json(body);
+        if let Some(body) = json {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+        }
+        if let Some(raw) = call.raw {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, raw.content_type)
+                .body(raw.bytes.to_vec());
         }
         let response = request.send().await?;
         let status = response.status().as_u16();
@@ -171,6 +194,8 @@ impl TenantInner {
 struct GraphExchange<'a, 'c> {
     inner: &'a TenantInner,
     call: &'a Call<'c>,
+    /// The JSON body, encoded once for every attempt.
+    json: Option<Vec<u8>>,
     /// The token of the last attempt, to invalidate exactly that one on a 401.
     token_generation: Option<u64>,
 }
@@ -201,9 +226,21 @@ impl Exchange for GraphExchange<'_, '_> {
             Err(error) => return Step::Final(error),
         };
         self.token_generation = Some(token.generation);
+        // Outlook counts the bytes of every body written (PATCH, POST, PUT) against the mailbox's upload limit.
+        let written = matches!(call.method, Method::POST | Method::PATCH | Method::PUT);
+        let body_len = call
+            .raw
+            .map(|raw| raw.bytes.len())
+            .or(self.json.as_ref().map(Vec::len))
+            .unwrap_or(0);
+        let upload = if written {
+            u32::try_from(body_len).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
         let (pass, admission) = match inner
             .limits
-            .admit(call.mailbox, cells, permits, policy.max_retry_after)
+            .admit(call.mailbox, cells, permits, upload, policy.max_retry_after)
             .await
         {
             Ok(admitted) => admitted,
@@ -212,7 +249,9 @@ impl Exchange for GraphExchange<'_, '_> {
         counters.blocked(&inner.tenant_id, admission.blocked);
         let started = std::time::Instant::now();
         let on_wire = counters.in_flight(&inner.tenant_id);
-        let outcome = inner.send_once(call, token.secret.expose()).await;
+        let outcome = inner
+            .send_once(call, self.json.as_deref(), token.secret.expose())
+            .await;
         drop(on_wire);
         drop(pass);
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -79,6 +79,7 @@ impl TenantClient {
                 mailbox: DIRECTORY,
                 batch_items: None,
                 prefer: None,
+                raw: None,
             })
             .await?;
         decode("user", &reply.body)

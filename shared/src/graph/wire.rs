@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use super::error::GraphError;
 use crate::model::{Contact, ContactFields, ContactWrite, FieldSet, SYNC_ID_PROPERTY};
+use crate::sync::photo::{PhotoHash, PHOTO_HASH_PROPERTY};
 
 /// Decodes `bytes` as `T`, naming the failing path in the error.
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, GraphError> {
@@ -115,12 +116,15 @@ pub(crate) struct WireExtendedProperty {
 
 impl From<WireContact> for Contact {
     fn from(wire: WireContact) -> Self {
-        let sync_id_property = wire
-            .single_value_extended_properties
-            .unwrap_or_default()
-            .into_iter()
-            .find(|p| same_property_id(&p.id, SYNC_ID_PROPERTY))
-            .and_then(|p| p.value);
+        let properties = wire.single_value_extended_properties.unwrap_or_default();
+        let value_of = |id: &str| {
+            properties
+                .iter()
+                .find(|p| same_property_id(&p.id, id))
+                .and_then(|p| p.value.clone())
+        };
+        let sync_id_property = value_of(SYNC_ID_PROPERTY);
+        let photo_hash = value_of(PHOTO_HASH_PROPERTY).and_then(|v| PhotoHash::parse(&v));
         Contact {
             id: wire.id,
             last_modified: wire.last_modified_date_time,
@@ -128,6 +132,7 @@ impl From<WireContact> for Contact {
             personal_notes: wire.personal_notes,
             categories: wire.categories.unwrap_or_default(),
             sync_id_property,
+            photo_hash,
             change_key: wire.change_key,
         }
     }
@@ -164,11 +169,12 @@ pub(crate) fn contact_select() -> String {
     names.join(",")
 }
 
-/// The `$expand` that returns the sync id property with each contact.
+/// The `$expand` that returns the sync id and photo hash properties with each contact.
 pub(crate) fn contact_expand() -> String {
     format!(
-        "singleValueExtendedProperties($filter=id eq '{}')",
-        odata_string(SYNC_ID_PROPERTY)
+        "singleValueExtendedProperties($filter=id eq '{}' or id eq '{}')",
+        odata_string(SYNC_ID_PROPERTY),
+        odata_string(PHOTO_HASH_PROPERTY)
     )
 }
 

@@ -57,6 +57,7 @@ pub fn apply_ops<'a>(
                     personal_notes: None,
                     categories: Vec::new(),
                     sync_id_property: None,
+                    photo_hash: None,
                     change_key: None,
                 };
                 merge(&mut contact, write);

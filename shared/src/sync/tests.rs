@@ -64,6 +64,7 @@ pub(super) fn contact(id: &str, name: &str, emails: &[&str], minutes: i64) -> Co
         personal_notes: None,
         categories: Vec::new(),
         sync_id_property: None,
+        photo_hash: None,
         change_key: None,
     }
 }
@@ -1318,6 +1319,7 @@ fn build(prefix: &str, generated: Vec<Generated>) -> Vec<Contact> {
                 personal_notes: notes,
                 categories,
                 sync_id_property: None,
+                photo_hash: None,
                 change_key: None,
             };
             match stamping {

@@ -121,6 +121,8 @@ pub struct Estate {
     pub state_dir: std::path::PathBuf,
     /// A directory-only tenant (issue 11): no mirror, every member receives the directory.
     pub directory: bool,
+    /// `Photos` on (issue 14): every member has a photo, written to every copy.
+    pub photos: bool,
 }
 
 impl Estate {
@@ -182,13 +184,20 @@ impl Estate {
             originals,
             state_dir: scratch_state_dir(),
             directory: false,
+            photos: false,
         })
     }
 
     /// Starts graphsim and seeds one directory-only tenant of `members` visible, licensed members (graphsim's
     /// directory seed: a manager, full profiles, one hidden member, a few other accounts left out by the
     /// selection), every one of them receiving.
-    pub async fn seed_directory(members: usize, budget: Budget, latency: Duration) -> Result<Self> {
+    /// With `photo_bytes`, every member has a photo of that size and `Photos` is on.
+    pub async fn seed_directory(
+        members: usize,
+        budget: Budget,
+        latency: Duration,
+        photo_bytes: Option<usize>,
+    ) -> Result<Self> {
         let host = SimHost::start(budget, latency).await?;
         let d = graphsim::seed_directory(
             &host.sim,
@@ -199,6 +208,15 @@ impl Estate {
                 ..graphsim::DirectoryParams::default()
             },
         );
+        if let Some(size) = photo_bytes {
+            for member in &d.members {
+                host.sim.set_user_photo(
+                    &d.tenant.tenant_id,
+                    member,
+                    Some(graphsim::sample_jpeg(member, size)),
+                );
+            }
+        }
         Ok(Self {
             host,
             tenants: vec![d.tenant],
@@ -212,6 +230,7 @@ impl Estate {
             originals: Vec::new(),
             state_dir: scratch_state_dir(),
             directory: true,
+            photos: photo_bytes.is_some(),
         })
     }
 
@@ -257,7 +276,7 @@ impl Estate {
                 if self.directory {
                     return json!({
                         "TenantId": t.tenant_id, "ClientId": t.client_id, "ClientSecret": t.client_secret,
-                        "Mirror": {"Enabled": false}, "Directory": {"Enabled": true},
+                        "Mirror": {"Enabled": false}, "Directory": {"Enabled": true}, "Photos": self.photos,
                         "AuthorityHost": self.sim().authority_url(), "GraphEndpoint": self.sim().graph_url(),
                     });
                 }

@@ -171,6 +171,9 @@ struct Cli {
     /// Members of the directory group's tenant (each receives every other one).
     #[arg(long, default_value_t = 500)]
     directory_users: usize,
+    /// Size of each member's photo in the directory group's "with photos" rows (issue 14); 0 leaves them out.
+    #[arg(long, default_value_t = 50_000)]
+    photo_bytes: usize,
     /// Mode of the big-user, tenants, scaling and directory groups.
     #[arg(long, default_value = "embedded")]
     other_mode: String,
@@ -518,7 +521,7 @@ async fn two_runs(
 /// mailbox), and a re-run after one user was renamed.
 async fn directory(ctx: &Ctx, cli: &Cli, mode: Mode, rows: &mut Vec<Row>) -> Result<()> {
     let budget = Budget::REAL;
-    let estate = Estate::seed_directory(cli.directory_users, budget, ctx.latency).await?;
+    let estate = Estate::seed_directory(cli.directory_users, budget, ctx.latency, None).await?;
     let name = format!("directory, {} users", cli.directory_users);
     let initial = first("directory", &format!("{name}: initial sync"));
     rows.push(measure(ctx, &estate, budget, mode, initial).await?);
@@ -530,6 +533,22 @@ async fn directory(ctx: &Ctx, cli: &Cli, mode: Mode, rows: &mut Vec<Row>) -> Res
         ..again("directory", &format!("{name}: re-run, 1 user renamed"))
     };
     rows.push(measure(ctx, &estate, budget, mode, renamed).await?);
+    if cli.photo_bytes == 0 {
+        return Ok(());
+    }
+    // Issue 14: the same tenant with `Photos` on, every member with a photo.
+    let estate = Estate::seed_directory(
+        cli.directory_users,
+        budget,
+        ctx.latency,
+        Some(cli.photo_bytes),
+    )
+    .await?;
+    let name = format!("{name}, with photos ({} bytes each)", cli.photo_bytes);
+    let initial = first("directory", &format!("{name}: initial sync"));
+    rows.push(measure(ctx, &estate, budget, mode, initial).await?);
+    let rerun = again("directory", &format!("{name}: re-run, no change"));
+    rows.push(measure(ctx, &estate, budget, mode, rerun).await?);
     Ok(())
 }
 
