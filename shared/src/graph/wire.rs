@@ -189,8 +189,7 @@ pub(crate) fn odata_string(value: &str) -> String {
 /// The body of a POST that creates a contact: every mirrored field (`null` or `[]` when empty), the notes, the
 /// categories and the sync id property.
 pub(crate) fn create_body(write: &ContactWrite) -> Value {
-    let fields = write.fields.clone().unwrap_or_default();
-    let mut body = fields_object(&fields);
+    let mut body = fields_object(write.fields.as_deref().unwrap_or(&ContactFields::default()));
     body.insert(
         "personalNotes".into(),
         write
@@ -429,7 +428,7 @@ mod tests {
 
     fn every_part() -> ContactWrite {
         ContactWrite {
-            fields: Some(every_field()),
+            fields: Some(Box::new(every_field())),
             personal_notes: Some("Met at the Royal Society.\nSyncId=6c1b...".into()),
             categories: Some(vec!["Managed".into(), "VIP".into()]),
             sync_id: Some("0b8f7b52-3c4f-5d6e-8f90-123456789abc".into()),
@@ -503,7 +502,7 @@ mod tests {
     fn update_clearing_fields_validates() {
         let validator = schema_validator();
         let write = ContactWrite {
-            fields: Some(ContactFields::default()),
+            fields: Some(Box::default()),
             personal_notes: Some(String::new()),
             categories: Some(Vec::new()),
             sync_id: None,

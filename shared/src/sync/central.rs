@@ -11,7 +11,7 @@ use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
 
 use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
 use super::matching::{agrees, DataIndex};
-use super::normalize::{email_keys, has_category, name_key, normalize, NormalizedFields};
+use super::normalize::{has_category, name_key, normalize, EmailKeys, NormalizedFields};
 use super::plan::{deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, Reason};
 use super::stamp::{format_time, restamp, NotesStamp};
 
@@ -24,11 +24,12 @@ pub struct SourceMailbox {
     pub contacts: Vec<Contact>,
 }
 
-/// What matching and comparing a contact need, computed from its fields once.
+/// What matching and comparing a contact need, computed from its fields once (compact: a whole central folder's
+/// keys are held at once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatchKeys {
-    pub(crate) emails: BTreeSet<String>,
-    pub(crate) name: Option<String>,
+    pub(crate) emails: EmailKeys,
+    pub(crate) name: Option<Box<str>>,
     pub(crate) norm: NormalizedFields,
 }
 
@@ -36,8 +37,8 @@ impl MatchKeys {
     /// The keys of `contact`.
     pub fn of(contact: &Contact) -> Self {
         MatchKeys {
-            emails: email_keys(&contact.fields),
-            name: name_key(&contact.fields),
+            emails: EmailKeys::of(&contact.fields),
+            name: name_key(&contact.fields).map(String::into_boxed_str),
             norm: normalize(&contact.fields),
         }
     }
@@ -236,7 +237,7 @@ struct PeopleIndex<'c> {
 impl<'c> PeopleIndex<'c> {
     /// Records person number `person`, whose first member is `first` and rebuild key `key`.
     fn add(&mut self, person: usize, first: &'c Candidate, key: Option<&SyncId>) {
-        for email in &first.emails {
+        for email in first.emails.iter() {
             self.by_email.entry(email).or_default().push(person);
         }
         if let Some(name) = &first.name {
@@ -262,7 +263,7 @@ impl<'c> PeopleIndex<'c> {
             source
                 .emails
                 .iter()
-                .filter_map(|e| self.by_email.get(e.as_str()))
+                .filter_map(|e| self.by_email.get(e))
                 .flatten()
                 .copied()
                 .collect()
@@ -523,7 +524,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
             last_updated_by: Some(newest.mailbox.upn.clone()),
         };
         let write = ContactWrite {
-            fields: Some(newest.contact.fields.clone()),
+            fields: Some(Box::new(newest.contact.fields.clone())),
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
                 .managed_category
@@ -701,7 +702,7 @@ fn plan_entry(
         },
     };
     let write = ContactWrite {
-        fields: update_from.map(|s| s.contact.fields.clone()),
+        fields: update_from.map(|s| Box::new(s.contact.fields.clone())),
         personal_notes: (options.stamp_notes && (update_from.is_some() || needs_notes))
             .then(|| restamp(central.personal_notes.as_deref(), &stamp)),
         categories: options

@@ -405,7 +405,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             last_updated_by,
         };
         item.op = Some(WriteOp::Create(ContactWrite {
-            fields: Some(central.fields.clone()),
+            fields: Some(Box::new(central.fields.clone())),
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
                 .managed_category
@@ -473,7 +473,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         last_updated_by,
     };
     let write = ContactWrite {
-        fields: write_data.then(|| central.fields.clone()),
+        fields: write_data.then(|| Box::new(central.fields.clone())),
         personal_notes: (may_stamp && options.stamp_notes && (write_data || needs_notes))
             .then(|| restamp(contact.personal_notes.as_deref(), &stamp)),
         categories: options

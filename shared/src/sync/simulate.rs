@@ -85,7 +85,7 @@ pub fn apply_ops<'a>(
 /// Sets the parts of `write` that are present.
 fn merge(contact: &mut Contact, write: &ContactWrite) {
     if let Some(fields) = &write.fields {
-        contact.fields = fields.clone();
+        contact.fields = (**fields).clone();
     }
     if let Some(notes) = &write.personal_notes {
         contact.personal_notes = Some(notes.clone());
