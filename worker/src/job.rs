@@ -377,21 +377,20 @@ impl JobRunner {
             rebuild_central: job.rebuild_central,
             ..plan_context(tenant, job, &central.mailbox)
         };
-        // Each source keeps only what can change the plan, dropped as soon as it is read (issue 10, scenario 10).
+        // Each source keeps only what can change the plan, judged page by page as it is read (issue 10, scenario
+        // 10): a mailbox of distributed copies is never held whole.
         let central_keys = sync::CentralKeys::new(&ctx, &central_contacts);
         let (keys, ctx_ref) = (&central_keys, &ctx);
         let reads: Vec<(Mailbox, Result<SourceMailbox, GraphError>)> = stream::iter(readable)
             .map(|mailbox| async move {
                 let read = client
-                    .list_contacts(&mailbox.id, &FolderRef::Default)
+                    .list_contacts_where(&mailbox.id, &FolderRef::Default, |contact| {
+                        !keys.is_inert(ctx_ref, &mailbox, contact)
+                    })
                     .await
-                    .map(|contacts| {
-                        let mut source = SourceMailbox {
-                            mailbox: mailbox.clone(),
-                            contacts,
-                        };
-                        keys.retain_candidates(ctx_ref, &mut source);
-                        source
+                    .map(|contacts| SourceMailbox {
+                        mailbox: mailbox.clone(),
+                        contacts,
                     });
                 (mailbox, read)
             })
@@ -873,23 +872,26 @@ impl JobRunner {
                 ..Done::default()
             });
         }
-        let ops: Vec<WriteOp> = plan.writes().cloned().collect();
+        // Sent a batch at a time, each answer reduced at once to what the feed needs (id and change key): a
+        // 100,000-contact plan is neither copied whole nor its answers held whole (issue 10, scenario 10).
+        let ops: Vec<&WriteOp> = plan.writes().collect();
         if ops.is_empty() {
             return Ok(Done {
                 counts,
                 ..Done::default()
             });
         }
-        let mut outcomes = Vec::with_capacity(ops.len());
+        let mut failed_writes = 0u64;
+        let mut retry_wait: Option<Duration> = None;
+        let mut first_transient = None;
+        let (mut written, mut deleted) = (feed::Written::new(), BTreeSet::new());
+        let mut confirmed = BTreeSet::new();
         for batch in ops.chunks(WRITE_BATCH) {
             // A cancelled attempt is dropped while it awaits a batch; the batch itself runs to its end (see run).
             let sending = writes.spawn({
-                let (client, mailbox, folder, batch) = (
-                    client.clone(),
-                    mailbox.id.clone(),
-                    folder.clone(),
-                    batch.to_vec(),
-                );
+                let (client, mailbox, folder) =
+                    (client.clone(), mailbox.id.clone(), folder.clone());
+                let batch: Vec<WriteOp> = batch.iter().map(|op| (*op).clone()).collect();
                 async move { client.write(&mailbox, &folder, &batch).await }
             });
             let answered = sending
@@ -899,39 +901,32 @@ impl JobRunner {
                     error: format!("writing to {}: the write task failed: {join}", mailbox.upn),
                 })?
                 .map_err(|e| classify(&e, &format!("writing to {}", mailbox.upn)))?;
-            outcomes.extend(answered);
-        }
-        let mut failed_writes = 0u64;
-        let mut retry_wait: Option<Duration> = None;
-        let mut first_transient = None;
-        let (mut written, mut deleted) = (feed::Written::new(), BTreeSet::new());
-        let mut confirmed = BTreeSet::new();
-        for (op, outcome) in ops.iter().zip(&outcomes) {
-            match (op, outcome) {
-                (WriteOp::Delete { id }, Ok(_)) => {
-                    deleted.insert(id.clone());
-                }
-                (WriteOp::Update { id, .. }, Ok(answer)) => {
-                    let key = answer.as_ref().and_then(|c| c.change_key.clone());
-                    written.insert(id.clone(), key);
-                }
-                (WriteOp::Create(write), Ok(Some(created))) => {
-                    written.insert(created.id.clone(), created.change_key.clone());
-                    if let Some(sync) = write.sync_id.as_deref().and_then(SyncId::parse) {
-                        confirmed.insert(sync);
+            for (op, outcome) in batch.iter().zip(answered) {
+                match (op, outcome) {
+                    (WriteOp::Delete { id }, Ok(_)) => {
+                        deleted.insert(id.clone());
                     }
-                }
-                _ => {}
-            }
-            if let Err(error) = outcome {
-                match classify(error, &format!("writing to {}", mailbox.upn)) {
-                    AttemptResult::Transient { wait, error } => {
-                        retry_wait = Some(retry_wait.map_or(wait, |w| w.max(wait)));
-                        first_transient.get_or_insert(error);
+                    (WriteOp::Update { id, .. }, Ok(answer)) => {
+                        written.insert(id.clone(), answer.and_then(|c| c.change_key));
                     }
-                    _ => {
-                        debug!(mailbox = %mailbox.upn, %error, "write refused");
-                        failed_writes += 1;
+                    (WriteOp::Create(write), Ok(Some(created))) => {
+                        written.insert(created.id, created.change_key);
+                        if let Some(sync) = write.sync_id.as_deref().and_then(SyncId::parse) {
+                            confirmed.insert(sync);
+                        }
+                    }
+                    (_, Ok(_)) => {}
+                    (_, Err(error)) => {
+                        match classify(&error, &format!("writing to {}", mailbox.upn)) {
+                            AttemptResult::Transient { wait, error } => {
+                                retry_wait = Some(retry_wait.map_or(wait, |w| w.max(wait)));
+                                first_transient.get_or_insert(error);
+                            }
+                            _ => {
+                                debug!(mailbox = %mailbox.upn, %error, "write refused");
+                                failed_writes += 1;
+                            }
+                        }
                     }
                 }
             }

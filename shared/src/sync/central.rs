@@ -84,14 +84,23 @@ impl std::ops::Deref for Candidate<'_> {
 }
 
 /// Tells, while sources are read, the contacts phase 1 can do without: a source carrying the extended property of
-/// a person the central folder holds, with exactly that person's data, is a member that never updates it, never
-/// names its creator (it is not the original: its own derived id is another) and is never published, so
-/// [`plan_central`] plans the same without it. In a steady tenant that is every distributed copy in every mailbox,
-/// so phase 1 holds the central folder plus what differs from it, not users x central persons (issue 10,
-/// scenario 10; issue 13's 2.3 GiB job).
+/// a person the central folder holds, with exactly that person's data, is a member that never updates it and is
+/// never published, so [`plan_central`] plans the same without it. A distributed copy never names the person's
+/// creator either (its own derived id is another); the original does, so it is kept only when the central stamp
+/// does not name the creator and stamps are written (`plan_entry` then looks for it). In a steady tenant that is
+/// every distributed copy and every original in every mailbox, so phase 1 holds the central folder plus what
+/// differs from it, not users x central persons, nor a large source's own contacts (issue 10, scenario 10; issue
+/// 13's 2.3 GiB job).
 pub struct CentralKeys {
-    /// The data of the central contact kept in sync for each sync id (the first by id, as [`plan_central`]).
-    by_sync: HashMap<SyncId, NormalizedFields>,
+    /// The person kept in sync for each sync id (the first by id, as [`plan_central`]).
+    by_sync: HashMap<SyncId, CentralPerson>,
+}
+
+/// What [`CentralKeys`] knows of one central person.
+struct CentralPerson {
+    norm: NormalizedFields,
+    /// Its notes stamp names its creator (else `plan_entry` looks for the original among the sources).
+    creator_known: bool,
 }
 
 impl CentralKeys {
@@ -103,9 +112,12 @@ impl CentralKeys {
         for contact in sorted {
             let sync = effective_sync_id(contact)
                 .unwrap_or_else(|| SyncId::derive(&ctx.tenant_id, &ctx.owner.id, &contact.id));
-            by_sync
-                .entry(sync)
-                .or_insert_with(|| normalize(&contact.fields));
+            by_sync.entry(sync).or_insert_with(|| CentralPerson {
+                norm: normalize(&contact.fields),
+                creator_known: NotesStamp::parse(contact.personal_notes.as_deref())
+                    .created_by
+                    .is_some(),
+            });
         }
         CentralKeys { by_sync }
     }
@@ -115,14 +127,15 @@ impl CentralKeys {
         let Some(property) = property_sync_id(contact) else {
             return false;
         };
-        if has_category(&contact.categories, &ctx.options.opt_out_category)
-            || SyncId::derive(&ctx.tenant_id, &mailbox.id, &contact.id) == property
-        {
+        if has_category(&contact.categories, &ctx.options.opt_out_category) {
             return false;
         }
-        self.by_sync
-            .get(&property)
-            .is_some_and(|norm| *norm == normalize(&contact.fields))
+        let Some(person) = self.by_sync.get(&property) else {
+            return false;
+        };
+        let original = SyncId::derive(&ctx.tenant_id, &mailbox.id, &contact.id) == property;
+        let names_creator = original && ctx.options.stamp_notes && !person.creator_known;
+        !names_creator && person.norm == normalize(&contact.fields)
     }
 
     /// Drops from `source` the contacts [`plan_central`] can do without.
