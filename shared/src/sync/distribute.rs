@@ -4,7 +4,7 @@
 //! newer than their own, keep their own notes, categories and newer edits, and lose only copies the tool manages
 //! when a person leaves the central folder, never en masse by accident. See [`plan_distribution`] for the rules.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 
 use crate::config::MirrorOptions;
 use crate::model::{Contact, ContactWrite, Mailbox, WriteOp};
@@ -26,17 +26,23 @@ struct Target<'a> {
     c: Candidate<'a>,
     property: Option<SyncId>,
     stamp: NotesStamp,
-    effective: Option<SyncId>,
     derived: SyncId,
     ownership: Ownership,
     opted_out: bool,
 }
 
-/// A central contact during planning.
+impl Target<'_> {
+    /// Its sync id: the extended property, else the notes stamp's (as [`effective_sync_id`]).
+    fn effective(&self) -> Option<&SyncId> {
+        self.property.as_ref().or(self.stamp.sync_id.as_ref())
+    }
+}
+
+/// A central contact during planning (borrowing what [`PreparedCentral`] computed once for every job).
 struct Source<'a> {
     c: Candidate<'a>,
-    sync: SyncId,
-    stamp: NotesStamp,
+    sync: &'a SyncId,
+    stamp: &'a NotesStamp,
     canonical: bool,
 }
 
@@ -95,22 +101,38 @@ pub fn plan_distribution(
     )
 }
 
-/// The central folder as phase 2 plans from it: sorted by id and normalised once, so the phase-2 jobs of a run
-/// that share one cached folder (100,000 contacts, say) do not each sort and normalise it again.
+/// The central folder as phase 2 plans from it: sorted by id, normalised and its stamps read once, so the phase-2
+/// jobs of a run that share one cached folder (100,000 contacts, say) do not each sort, normalise and parse it
+/// again, nor each hold a copy of what that produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedCentral {
     /// By id (a stable sort: contacts sharing an id keep their read order).
     contacts: Vec<Contact>,
     /// `keys[i]` are `contacts[i]`'s.
     keys: Vec<MatchKeys>,
+    /// `stamps[i]` is `contacts[i]`'s notes stamp.
+    stamps: Vec<NotesStamp>,
+    /// `syncs[i]` is `contacts[i]`'s sync id ([`effective_sync_id`]).
+    syncs: Vec<Option<SyncId>>,
 }
 
 impl PreparedCentral {
     /// Sorts and normalises `contacts` (a complete read of the central folder).
     pub fn new(mut contacts: Vec<Contact>) -> Self {
         contacts.sort_by(|a, b| a.id.cmp(&b.id));
+        contacts.shrink_to_fit();
         let keys = contacts.iter().map(MatchKeys::of).collect();
-        PreparedCentral { contacts, keys }
+        let stamps = contacts
+            .iter()
+            .map(|c| NotesStamp::parse(c.personal_notes.as_deref()))
+            .collect();
+        let syncs = contacts.iter().map(effective_sync_id).collect();
+        PreparedCentral {
+            contacts,
+            keys,
+            stamps,
+            syncs,
+        }
     }
 
     /// The contacts, by id.
@@ -130,10 +152,16 @@ pub fn plan_distribution_from(
     let mut items = Vec::new();
 
     // Central persons, by id.
-    let mut sources: Vec<Source> = Vec::new();
-    let mut central_ids: BTreeSet<SyncId> = BTreeSet::new();
-    for (contact, keys) in central.contacts.iter().zip(&central.keys) {
-        let Some(sync) = effective_sync_id(contact) else {
+    let mut sources: Vec<Source> = Vec::with_capacity(central.contacts.len());
+    let mut central_ids: HashSet<&SyncId> = HashSet::with_capacity(central.contacts.len());
+    for (((contact, keys), stamp), sync) in central
+        .contacts
+        .iter()
+        .zip(&central.keys)
+        .zip(&central.stamps)
+        .zip(&central.syncs)
+    {
+        let Some(sync) = sync else {
             items.push(PlanItem {
                 op: None,
                 action: ActionKind::Skip,
@@ -146,10 +174,10 @@ pub fn plan_distribution_from(
             });
             continue;
         };
-        let canonical = central_ids.insert(sync.clone());
+        let canonical = central_ids.insert(sync);
         sources.push(Source {
             c: Candidate::with_keys(&ctx.owner, contact, keys),
-            stamp: NotesStamp::parse(contact.personal_notes.as_deref()),
+            stamp,
             sync,
             canonical,
         });
@@ -164,7 +192,6 @@ pub fn plan_distribution_from(
             c: Candidate::new(target_mailbox, contact),
             property: property_sync_id(contact),
             stamp: NotesStamp::parse(contact.personal_notes.as_deref()),
-            effective: effective_sync_id(contact),
             derived: SyncId::derive(&ctx.tenant_id, &target_mailbox.id, &contact.id),
             ownership: ownership(&ctx.tenant_id, target_mailbox, contact),
             opted_out: has_category(&contact.categories, &options.opt_out_category),
@@ -196,11 +223,7 @@ pub fn plan_distribution_from(
     // Email and name matches only consider targets without a sync id, or whose sync id left the central folder.
     let adoptable: Vec<bool> = targets
         .iter()
-        .map(|t| {
-            t.effective
-                .as_ref()
-                .is_none_or(|s| !central_ids.contains(s))
-        })
+        .map(|t| t.effective().is_none_or(|s| !central_ids.contains(s)))
         .collect();
     // A sync id only in the notes is trusted when the data agrees (anyone can paste a stamp line): a contact of
     // someone else carrying a pasted stamp is left alone, never rewritten into the central person.
@@ -216,7 +239,7 @@ pub fn plan_distribution_from(
             // Of several targets with one id (duplicates), the owner's own contact is kept in sync (it can never
             // be deleted, so keeping a managed copy beside it would leave two), else the one already holding the
             // same data, else the first by id; the extra managed copies are deleted below.
-            let free = index.get(&source.sync).and_then(|ts| {
+            let free = index.get(source.sync).and_then(|ts| {
                 let free = || {
                     ts.iter().copied().filter(|&ti| {
                         !claimed[ti] && (!needs_agreement || agrees(&targets[ti].c, &source.c))
@@ -283,7 +306,7 @@ pub fn plan_distribution_from(
         .iter()
         .zip(&claimed)
         .filter(|(_, claimed)| !**claimed)
-        .filter_map(|(t, _)| t.effective.as_ref().map(|sync| (t, sync)))
+        .filter_map(|(t, _)| t.effective().map(|sync| (t, sync)))
         .collect();
     let gone = unclaimed
         .iter()
@@ -429,12 +452,12 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
     let write_data = differs && central.last_modified >= contact.last_modified;
     let owner_created = t.ownership.is_owner_created();
     // A bare property would make an owner's contact look like a managed copy; only stamp when ownership survives.
-    let may_stamp = !owner_created || options.stamp_notes || t.derived == source.sync;
-    let needs_property = may_stamp && t.property.as_ref() != Some(&source.sync);
+    let may_stamp = !owner_created || options.stamp_notes || t.derived == *source.sync;
+    let needs_property = may_stamp && t.property.as_ref() != Some(source.sync);
     // An owner's contact carrying someone else's sync id is recognised as theirs by `CreatedBy` naming the owner
     // by object id, which survives a rename (an older stamp naming the UPN is rewritten once, before any rename).
     let owner_unproven = owner_created
-        && t.derived != source.sync
+        && t.derived != *source.sync
         && !t
             .stamp
             .created_by
@@ -442,7 +465,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             .is_some_and(|by| by.trim().eq_ignore_ascii_case(t.c.mailbox.id.trim()));
     let needs_notes = may_stamp
         && options.stamp_notes
-        && (t.stamp.sync_id.as_ref() != Some(&source.sync) || owner_unproven);
+        && (t.stamp.sync_id.as_ref() != Some(source.sync) || owner_unproven);
     let needs_category = !owner_created
         && options
             .managed_category
