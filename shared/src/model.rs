@@ -35,7 +35,8 @@ pub struct EmailAddress {
     pub address: Option<String>,
 }
 
-/// A postal address (Graph's `physicalAddress`).
+/// A postal address (Graph's `physicalAddress`). Boxed in [`ContactFields`]: most contacts have none, and inline
+/// the three took 360 bytes of every contact of a 100,000-contact folder (issue 10, scenario 10).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PhysicalAddress {
@@ -112,11 +113,11 @@ pub struct ContactFields {
     #[serde(default)]
     pub mobile_phone: Option<String>,
     #[serde(default)]
-    pub business_address: Option<PhysicalAddress>,
+    pub business_address: Option<Box<PhysicalAddress>>,
     #[serde(default)]
-    pub home_address: Option<PhysicalAddress>,
+    pub home_address: Option<Box<PhysicalAddress>>,
     #[serde(default)]
-    pub other_address: Option<PhysicalAddress>,
+    pub other_address: Option<Box<PhysicalAddress>>,
     #[serde(default)]
     pub birthday: Option<String>,
     #[serde(default)]

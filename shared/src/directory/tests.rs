@@ -406,8 +406,8 @@ fn user_fields_follow_the_mapping_table() {
         ]
     );
     assert_eq!(
-        fields.business_address,
-        Some(PhysicalAddress {
+        fields.business_address.as_deref(),
+        Some(&PhysicalAddress {
             street: Some("1 Bahnhofstrasse".into()),
             city: Some("Zürich".into()),
             state: Some("ZH".into()),

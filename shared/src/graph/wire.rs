@@ -418,9 +418,9 @@ mod tests {
             business_phones: vec!["+44 20 1234 5678".into()],
             home_phones: vec!["+44 20 8765 4321".into(), "+44 20 0000 0000".into()],
             mobile_phone: Some("+44 7700 900000".into()),
-            business_address: Some(address("business")),
-            home_address: Some(address("home")),
-            other_address: Some(PhysicalAddress::default()),
+            business_address: Some(Box::new(address("business"))),
+            home_address: Some(Box::new(address("home"))),
+            other_address: Some(Box::default()),
             birthday: Some("1815-12-10T00:00:00Z".into()),
             spouse_name: Some("William King".into()),
         }
@@ -573,10 +573,7 @@ mod tests {
         let contact = Contact::from(wire);
         assert_eq!(contact.id, "AAMkAGI2TG93AAA=");
         assert_eq!(contact.fields.display_name.as_deref(), Some("Ada Lovelace"));
-        assert_eq!(
-            contact.fields.home_address,
-            Some(PhysicalAddress::default())
-        );
+        assert_eq!(contact.fields.home_address, Some(Box::default()));
         assert_eq!(contact.personal_notes.as_deref(), Some("note"));
         assert_eq!(contact.categories, vec!["VIP".to_string()]);
         assert_eq!(contact.sync_id_property.as_deref(), Some("sync-1"));

@@ -215,7 +215,7 @@ pub fn normalize(f: &ContactFields) -> NormalizedFields {
     e.text(text(&f.mobile_phone));
     for value in [&f.business_address, &f.home_address, &f.other_address] {
         e.field(|out| {
-            for p in address(value.as_ref()).iter().flatten() {
+            for p in address(value.as_deref()).iter().flatten() {
                 optional_part(out, p.as_deref());
             }
         });
@@ -356,7 +356,7 @@ mod tests {
             job_title: Some("".into()),
             email_addresses: vec![email("Ann@X.com", None), email("b@y.org", Some("b@Y.org"))],
             business_phones: vec!["2".into(), "1 ".into()],
-            home_address: Some(PhysicalAddress::default()),
+            home_address: Some(Box::default()),
             birthday: Some("1974-07-22T11:59:00Z".into()),
             ..Default::default()
         };
@@ -423,9 +423,9 @@ mod tests {
             out.push(List(list(&f.business_phones)));
             out.push(List(list(&f.home_phones)));
             out.push(Text(text(&f.mobile_phone)));
-            out.push(Address(address(f.business_address.as_ref())));
-            out.push(Address(address(f.home_address.as_ref())));
-            out.push(Address(address(f.other_address.as_ref())));
+            out.push(Address(address(f.business_address.as_deref())));
+            out.push(Address(address(f.home_address.as_deref())));
+            out.push(Address(address(f.other_address.as_deref())));
             out.push(Text(birthday(&f.birthday)));
             out.push(Text(text(&f.spouse_name)));
             out
@@ -456,14 +456,16 @@ mod tests {
         prop::collection::vec(piece().prop_map(Option::unwrap_or_default), 0..4)
     }
 
-    fn postal() -> impl Strategy<Value = Option<PhysicalAddress>> {
+    fn postal() -> impl Strategy<Value = Option<Box<PhysicalAddress>>> {
         prop::option::of((piece(), piece(), piece(), piece(), piece()).prop_map(
-            |(street, city, state, country_or_region, postal_code)| PhysicalAddress {
-                street,
-                city,
-                state,
-                country_or_region,
-                postal_code,
+            |(street, city, state, country_or_region, postal_code)| {
+                Box::new(PhysicalAddress {
+                    street,
+                    city,
+                    state,
+                    country_or_region,
+                    postal_code,
+                })
             },
         ))
     }
