@@ -260,17 +260,22 @@ pub fn plan_distribution_from(
     // in `matching`: the one sharing the most addresses, the first by id on a tie; by name, the first with that
     // name), so both phases agree on who it is. Of several targets for one person, the one sharing the most addresses (then the first by id) wins;
     // the others are left alone.
-    let mut index = DataIndex::default();
-    for (si, source) in sources.iter().enumerate().filter(|(_, s)| s.canonical) {
-        index.insert(si, &source.c);
-    }
+    // The index of every central person is built only when some target is left to match by data: in a mailbox
+    // already in line every target was claimed by its sync id, and a 100,000-person index would be built for
+    // nothing (issue 10, scenario 10).
+    let open: Vec<usize> = (0..targets.len())
+        .filter(|&ti| !claimed[ti] && adoptable[ti])
+        .collect();
     let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
-    for (ti, t) in targets.iter().enumerate() {
-        if claimed[ti] || !adoptable[ti] {
-            continue;
+    if !open.is_empty() {
+        let mut index = DataIndex::default();
+        for (si, source) in sources.iter().enumerate().filter(|(_, s)| s.canonical) {
+            index.insert(si, &source.c);
         }
-        if let Some(m) = index.best(&t.c) {
-            pairs.push((m.shared, m.index, ti));
+        for ti in open {
+            if let Some(m) = index.best(&targets[ti].c) {
+                pairs.push((m.shared, m.index, ti));
+            }
         }
     }
     pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
