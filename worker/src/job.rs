@@ -722,6 +722,11 @@ impl JobRunner {
         let mut done = self
             .apply(client, job, mailbox, &folder, &plan, writes)
             .await?;
+        // Only a move needs to know which persons have a copy here (the old folder's copies of them go).
+        if moving_from.is_none() {
+            done.created.clear();
+            return Ok(done);
+        }
         done.created.extend(sync::matched_persons(&plan));
         if job.dry_run {
             done.created.extend(plan.writes().filter_map(|op| match op {
@@ -911,7 +916,13 @@ impl JobRunner {
                     }
                     (WriteOp::Create(write), Ok(Some(created))) => {
                         written.insert(created.id, created.change_key);
-                        if let Some(sync) = write.sync_id.as_deref().and_then(SyncId::parse) {
+                        // Kept only for a job that may move copies (see `plan_move_out`).
+                        if let Some(sync) = write
+                            .sync_id
+                            .as_deref()
+                            .filter(|_| job.move_from.is_some())
+                            .and_then(SyncId::parse)
+                        {
                             confirmed.insert(sync);
                         }
                     }
