@@ -33,6 +33,7 @@ use crate::central_cache::CentralCache;
 use crate::directory_cache::{DirectoryCache, Selected};
 use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
 use crate::in_flight::InFlight;
+use crate::planning_budget::{Planning, PlanningBudget};
 use crate::trust::{self, CentralLocation, Locations};
 
 /// How many source mailboxes a phase-1 job reads at once (each has its own Graph budget).
@@ -56,6 +57,8 @@ pub struct JobRunner {
     locations: Locations,
     /// Attempts in progress.
     in_flight: InFlight,
+    /// Contacts planned against at once (see [`crate::planning_budget`]).
+    planning: PlanningBudget,
 }
 
 /// The result of one attempt: the report to publish and what the queue should make of it.
@@ -116,6 +119,7 @@ impl JobRunner {
             directory: DirectoryCache::default(),
             locations: Locations::default(),
             in_flight: InFlight::default(),
+            planning: PlanningBudget::default(),
         }
     }
 
@@ -373,6 +377,8 @@ impl JobRunner {
         }
 
         let central_contacts = read_central(client, central).await?;
+        // Held from here until the plan is made (see `planning_budget`).
+        let planning = self.planning.take(central_contacts.len()).await;
         let ctx = PlanContext {
             rebuild_central: job.rebuild_central,
             ..plan_context(tenant, job, &central.mailbox)
@@ -419,6 +425,8 @@ impl JobRunner {
             }
         }
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
+        // The plan holds what the writes need: what was read goes before the (long) writing starts.
+        drop((source_mailboxes, central_contacts, planning));
         let folder = match &central.folder_id {
             Some(id) => FolderRef::Id(id.clone()),
             None if job.dry_run => FolderRef::Default,
@@ -565,6 +573,8 @@ impl JobRunner {
         } else {
             &central_contacts
         };
+        // Held from before the mailbox is read until its plan is made (see `planning_budget`).
+        let planning = self.planning.take(sources.contacts().len()).await;
         // The previous folder's contacts are read before anything is written: the new copies carry over what
         // users added to the old ones.
         let old = match moving {
@@ -612,8 +622,9 @@ impl JobRunner {
                 sources,
                 mailbox,
                 folder.as_ref(),
-                &target,
+                target,
                 old_contacts,
+                planning,
                 writes,
             )
             .await?;
@@ -702,13 +713,14 @@ impl JobRunner {
         sources: &PreparedCentral,
         mailbox: &Mailbox,
         folder: Option<&FolderRef>,
-        target: &[Contact],
+        target: Vec<Contact>,
         moving_from: Option<&[Contact]>,
+        planning: Planning,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let ctx = plan_context(tenant, job, mailbox);
         let mut plan =
-            sync::plan_distribution_from(&ctx, sources, mailbox, target).map_err(|refusal| {
+            sync::plan_distribution_from(&ctx, sources, mailbox, &target).map_err(|refusal| {
                 AttemptResult::Permanent {
                     reason: FailureReason::DeletionCapExceeded,
                     error: refusal.to_string(),
@@ -717,6 +729,9 @@ impl JobRunner {
         if let Some(old) = moving_from {
             sync::carry_over(&ctx, mailbox, &mut plan, old, sources.contacts());
         }
+        // The plan holds what the writes need: the mailbox's contacts and the planning units go before the (long)
+        // writing starts.
+        drop((target, planning));
         // Only a dry run has no folder, and a dry run writes nothing.
         let folder = folder.cloned().unwrap_or(FolderRef::Default);
         let mut done = self

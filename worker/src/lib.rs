@@ -9,6 +9,7 @@
 //! - [`consumer`]: the RabbitMQ worker ([`consumer::Worker`]).
 //! - [`embedded`]: the same jobs in one process, no broker ([`embedded::EmbeddedQueue`]).
 //! - [`in_flight`]: attempts in progress, counted where they run (the `--concurrency` promise, checked).
+//! - [`planning_budget`]: how many contacts a worker plans against at once (bounded memory).
 //! - [`health`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: the Prometheus metric names and where each is recorded.
 #![deny(missing_docs)]
@@ -23,5 +24,6 @@ pub mod health;
 pub mod in_flight;
 pub mod job;
 pub mod metrics;
+pub mod planning_budget;
 pub mod run_cache;
 pub mod trust;
