@@ -4,6 +4,7 @@
 //! never touches a queue; what happens next is decided from its [`AttemptResult`] by
 //! [`crate::disposition`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -799,9 +800,10 @@ impl JobRunner {
             let ids: BTreeSet<SyncId> = persons.iter().map(|p| p.sync_id.clone()).collect();
             let combined =
                 directory::combine(mailbox, central_contacts.contacts(), &persons, Utc::now());
-            (combined, ids)
+            (Cow::Owned(combined), ids)
         } else {
-            (central_contacts.contacts().to_vec(), BTreeSet::new())
+            // The cached folder as it is: no copy of it per job.
+            (Cow::Borrowed(central_contacts.contacts()), BTreeSet::new())
         };
         let scope = CleanupScope {
             source,
