@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use crate::central_cache::CentralCache;
 use crate::directory_cache::{DirectoryCache, Selected};
 use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
+use crate::heap;
 use crate::in_flight::InFlight;
 use crate::planning_budget::{Planning, PlanningBudget};
 use crate::trust::{self, CentralLocation, Locations};
@@ -208,6 +209,11 @@ impl JobRunner {
             Ok(done) => (done, AttemptResult::Done),
             Err(failure) => (Done::default(), failure),
         };
+        // The attempt's plan is gone: a large one's pages go back to the system (see `heap`).
+        let c = &done.counts;
+        if c.created + c.updated + c.deleted + c.skipped >= heap::LARGE {
+            heap::release_freed();
+        }
         let report = Report {
             schema: SCHEMA_VERSION,
             job_id: job.job_id,
@@ -427,7 +433,11 @@ impl JobRunner {
         }
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
         // The plan holds what the writes need: what was read goes before the (long) writing starts.
+        let large = central_contacts.len().max(plan.items.len()) >= heap::LARGE;
         drop((source_mailboxes, central_contacts, planning));
+        if large {
+            heap::release_freed();
+        }
         let folder = match &central.folder_id {
             Some(id) => FolderRef::Id(id.clone()),
             None if job.dry_run => FolderRef::Default,
@@ -732,7 +742,11 @@ impl JobRunner {
         }
         // The plan holds what the writes need: the mailbox's contacts and the planning units go before the (long)
         // writing starts.
+        let large = target.len().max(plan.items.len()) >= heap::LARGE;
         drop((target, planning));
+        if large {
+            heap::release_freed();
+        }
         // Only a dry run has no folder, and a dry run writes nothing.
         let folder = folder.cloned().unwrap_or(FolderRef::Default);
         let mut done = self

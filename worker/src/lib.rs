@@ -11,6 +11,7 @@
 //! - [`in_flight`]: attempts in progress, counted where they run (the `--concurrency` promise, checked).
 //! - [`planning_budget`]: how many contacts a worker plans against at once (bounded memory).
 //! - [`health`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`heap`]: the allocator kept close to what the worker holds (bounded memory).
 //! - [`metrics`]: the Prometheus metric names and where each is recorded.
 #![deny(missing_docs)]
 
@@ -21,6 +22,7 @@ pub mod directory_cache;
 pub mod disposition;
 pub mod embedded;
 pub mod health;
+pub mod heap;
 pub mod in_flight;
 pub mod job;
 pub mod metrics;
