@@ -13,7 +13,7 @@ pub const LARGE: usize = 10_000;
 
 /// Allocator arenas at most: contention is low (jobs mostly wait on Graph), memory matters more.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const ARENAS: libc::c_int = 1;
+const ARENAS: libc::c_int = 2;
 
 /// Limits the allocator's arenas; call first thing in `main`.
 pub fn limit_arenas() {
