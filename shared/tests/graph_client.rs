@@ -338,10 +338,10 @@ async fn batches_stay_within_the_mailbox_concurrency() {
             let ops: Vec<WriteOp> = (0..8)
                 .map(|i| {
                     WriteOp::Create(ContactWrite {
-                        fields: Some(ContactFields {
+                        fields: Some(Box::new(ContactFields {
                             display_name: Some(format!("B{n}-{i}")),
                             ..ContactFields::default()
-                        }),
+                        })),
                         ..ContactWrite::default()
                     })
                 })
@@ -501,7 +501,7 @@ async fn a_failure_on_a_later_page_fails_the_whole_read() {
 fn create(name: &str, sync_id: &str) -> WriteOp {
     WriteOp::Create(ContactWrite {
         unchanged: Default::default(),
-        fields: Some(ContactFields {
+        fields: Some(Box::new(ContactFields {
             display_name: Some(name.into()),
             given_name: Some(name.into()),
             email_addresses: vec![shared::model::EmailAddress {
@@ -512,7 +512,7 @@ fn create(name: &str, sync_id: &str) -> WriteOp {
                 )),
             }],
             ..ContactFields::default()
-        }),
+        })),
         personal_notes: Some(format!("SyncId={sync_id}")),
         categories: Some(vec!["Managed".into()]),
         sync_id: Some(sync_id.into()),
@@ -593,10 +593,10 @@ async fn batch_updates_deletes_and_per_item_errors() {
         WriteOp::Update {
             id: a.clone(),
             write: ContactWrite {
-                fields: Some(ContactFields {
+                fields: Some(Box::new(ContactFields {
                     display_name: Some("Renamed".into()),
                     ..ContactFields::default()
-                }),
+                })),
                 ..ContactWrite::default()
             },
         },
@@ -881,10 +881,10 @@ async fn a_batch_envelope_applied_then_failed_writes_each_contact_once() {
     ops.push(WriteOp::Update {
         id: existing.clone(),
         write: ContactWrite {
-            fields: Some(ContactFields {
+            fields: Some(Box::new(ContactFields {
                 display_name: Some("Renamed".into()),
                 ..ContactFields::default()
-            }),
+            })),
             ..ContactWrite::default()
         },
     });

@@ -4,6 +4,7 @@
 //! never touches a queue; what happens next is decided from its [`AttemptResult`] by
 //! [`crate::disposition`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,9 @@ use tracing::{debug, info, warn};
 use crate::central_cache::CentralCache;
 use crate::directory_cache::{DirectoryCache, Selected};
 use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
+use crate::heap;
 use crate::in_flight::InFlight;
+use crate::planning_budget::{Planning, PlanningBudget};
 use crate::trust::{self, CentralLocation, Locations};
 
 /// How many source mailboxes a phase-1 job reads at once (each has its own Graph budget).
@@ -57,6 +60,8 @@ pub struct JobRunner {
     locations: Locations,
     /// Attempts in progress.
     in_flight: InFlight,
+    /// Contacts planned against at once (see [`crate::planning_budget`]).
+    planning: PlanningBudget,
 }
 
 /// The result of one attempt: the report to publish and what the queue should make of it.
@@ -121,6 +126,7 @@ impl JobRunner {
             directory: DirectoryCache::default(),
             locations: Locations::default(),
             in_flight: InFlight::default(),
+            planning: PlanningBudget::default(),
         }
     }
 
@@ -208,6 +214,11 @@ impl JobRunner {
             Ok(done) => (done, AttemptResult::Done),
             Err(failure) => (Done::default(), failure),
         };
+        // The attempt's plan is gone: a large one's pages go back to the system (see `heap`).
+        let c = &done.counts;
+        if c.created + c.updated + c.deleted + c.skipped >= heap::LARGE {
+            heap::release_freed();
+        }
         let report = Report {
             schema: SCHEMA_VERSION,
             job_id: job.job_id,
@@ -379,25 +390,26 @@ impl JobRunner {
         }
 
         let central_contacts = read_central(client, central).await?;
+        // Held from here until the plan is made (see `planning_budget`).
+        let planning = self.planning.take(central_contacts.len()).await;
         let ctx = PlanContext {
             rebuild_central: job.rebuild_central,
             ..plan_context(tenant, job, &central.mailbox)
         };
-        // Each source keeps only what can change the plan, dropped as soon as it is read (issue 10, scenario 10).
+        // Each source keeps only what can change the plan, judged page by page as it is read (issue 10, scenario
+        // 10): a mailbox of distributed copies is never held whole.
         let central_keys = sync::CentralKeys::new(&ctx, &central_contacts);
         let (keys, ctx_ref) = (&central_keys, &ctx);
         let reads: Vec<(Mailbox, Result<SourceMailbox, GraphError>)> = stream::iter(readable)
             .map(|mailbox| async move {
                 let read = client
-                    .list_contacts(&mailbox.id, &FolderRef::Default)
+                    .list_contacts_where(&mailbox.id, &FolderRef::Default, |contact| {
+                        !keys.is_inert(ctx_ref, &mailbox, contact)
+                    })
                     .await
-                    .map(|contacts| {
-                        let mut source = SourceMailbox {
-                            mailbox: mailbox.clone(),
-                            contacts,
-                        };
-                        keys.retain_candidates(ctx_ref, &mut source);
-                        source
+                    .map(|contacts| SourceMailbox {
+                        mailbox: mailbox.clone(),
+                        contacts,
                     });
                 (mailbox, read)
             })
@@ -426,6 +438,12 @@ impl JobRunner {
             }
         }
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
+        // The plan holds what the writes need: what was read goes before the (long) writing starts.
+        let large = central_contacts.len().max(plan.items.len()) >= heap::LARGE;
+        drop((source_mailboxes, central_contacts, planning));
+        if large {
+            heap::release_freed();
+        }
         let folder = match &central.folder_id {
             Some(id) => FolderRef::Id(id.clone()),
             None if job.dry_run => FolderRef::Default,
@@ -564,6 +582,8 @@ impl JobRunner {
         } else {
             &central_contacts
         };
+        // Held from before the mailbox is read until its plan is made (see `planning_budget`).
+        let planning = self.planning.take(sources.contacts().len()).await;
         // The previous folder's contacts are read before anything is written: the new copies carry over what
         // users added to the old ones.
         let old = match moving {
@@ -603,6 +623,17 @@ impl JobRunner {
             None => Vec::new(),
         };
         let old_contacts = old.as_ref().map(|(_, contacts)| contacts.as_slice());
+        // The photos step needs the copies as read (their photo hashes) after the plan has dropped the folder:
+        // with `Photos` on, the contacts carrying a sync id are kept for it.
+        let photo_targets: Vec<Contact> = if photo_lists.is_empty() {
+            Vec::new()
+        } else {
+            target
+                .iter()
+                .filter(|c| c.sync_id_property.is_some())
+                .cloned()
+                .collect()
+        };
         let mut done = self
             .plan_and_apply(
                 tenant,
@@ -611,8 +642,9 @@ impl JobRunner {
                 sources,
                 mailbox,
                 folder.as_ref(),
-                &target,
+                target,
                 old_contacts,
+                planning,
                 writes,
             )
             .await?;
@@ -627,7 +659,7 @@ impl JobRunner {
                     client,
                     mailbox,
                     folder,
-                    &target,
+                    &photo_targets,
                     &done,
                     &photo_lists,
                     writes,
@@ -748,13 +780,14 @@ impl JobRunner {
         sources: &PreparedCentral,
         mailbox: &Mailbox,
         folder: Option<&FolderRef>,
-        target: &[Contact],
+        target: Vec<Contact>,
         moving_from: Option<&[Contact]>,
+        planning: Planning,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let ctx = plan_context(tenant, job, mailbox);
         let mut plan =
-            sync::plan_distribution_from(&ctx, sources, mailbox, target).map_err(|refusal| {
+            sync::plan_distribution_from(&ctx, sources, mailbox, &target).map_err(|refusal| {
                 AttemptResult::Permanent {
                     reason: FailureReason::DeletionCapExceeded,
                     error: refusal.to_string(),
@@ -763,11 +796,23 @@ impl JobRunner {
         if let Some(old) = moving_from {
             sync::carry_over(&ctx, mailbox, &mut plan, old, sources.contacts());
         }
+        // The plan holds what the writes need: the mailbox's contacts and the planning units go before the (long)
+        // writing starts.
+        let large = target.len().max(plan.items.len()) >= heap::LARGE;
+        drop((target, planning));
+        if large {
+            heap::release_freed();
+        }
         // Only a dry run has no folder, and a dry run writes nothing.
         let folder = folder.cloned().unwrap_or(FolderRef::Default);
         let mut done = self
             .apply(client, job, mailbox, &folder, &plan, writes)
             .await?;
+        // Only a move needs to know which persons have a copy here (the old folder's copies of them go).
+        if moving_from.is_none() {
+            done.created.clear();
+            return Ok(done);
+        }
         done.created.extend(sync::matched_persons(&plan));
         if job.dry_run {
             done.created.extend(plan.writes().filter_map(|op| match op {
@@ -813,9 +858,10 @@ impl JobRunner {
             let ids: BTreeSet<SyncId> = persons.iter().map(|p| p.sync_id.clone()).collect();
             let combined =
                 directory::combine(mailbox, central_contacts.contacts(), &persons, Utc::now());
-            (combined, ids)
+            (Cow::Owned(combined), ids)
         } else {
-            (central_contacts.contacts().to_vec(), BTreeSet::new())
+            // The cached folder as it is: no copy of it per job.
+            (Cow::Borrowed(central_contacts.contacts()), BTreeSet::new())
         };
         let scope = CleanupScope {
             source,
@@ -906,23 +952,28 @@ impl JobRunner {
                 ..Done::default()
             });
         }
-        let ops: Vec<WriteOp> = plan.writes().cloned().collect();
+        // Sent a batch at a time, each answer reduced at once to what the feed needs (id and change key): a
+        // 100,000-contact plan is neither copied whole nor its answers held whole (issue 10, scenario 10).
+        let ops: Vec<&WriteOp> = plan.writes().collect();
         if ops.is_empty() {
             return Ok(Done {
                 counts,
                 ..Done::default()
             });
         }
-        let mut outcomes = Vec::with_capacity(ops.len());
+        let mut failed_writes = 0u64;
+        let mut retry_wait: Option<Duration> = None;
+        let mut first_transient = None;
+        let (mut written, mut deleted) = (feed::Written::new(), BTreeSet::new());
+        let mut confirmed = BTreeSet::new();
+        // Every confirmed create's id by sync id: the photos of created copies are sent after the writes.
+        let mut created_ids = BTreeMap::new();
         for batch in ops.chunks(WRITE_BATCH) {
             // A cancelled attempt is dropped while it awaits a batch; the batch itself runs to its end (see run).
             let sending = writes.spawn({
-                let (client, mailbox, folder, batch) = (
-                    client.clone(),
-                    mailbox.id.clone(),
-                    folder.clone(),
-                    batch.to_vec(),
-                );
+                let (client, mailbox, folder) =
+                    (client.clone(), mailbox.id.clone(), folder.clone());
+                let batch: Vec<WriteOp> = batch.iter().map(|op| (*op).clone()).collect();
                 async move { client.write(&mailbox, &folder, &batch).await }
             });
             let answered = sending
@@ -932,41 +983,36 @@ impl JobRunner {
                     error: format!("writing to {}: the write task failed: {join}", mailbox.upn),
                 })?
                 .map_err(|e| classify(&e, &format!("writing to {}", mailbox.upn)))?;
-            outcomes.extend(answered);
-        }
-        let mut failed_writes = 0u64;
-        let mut retry_wait: Option<Duration> = None;
-        let mut first_transient = None;
-        let (mut written, mut deleted) = (feed::Written::new(), BTreeSet::new());
-        let mut confirmed = BTreeSet::new();
-        let mut created_ids = BTreeMap::new();
-        for (op, outcome) in ops.iter().zip(&outcomes) {
-            match (op, outcome) {
-                (WriteOp::Delete { id }, Ok(_)) => {
-                    deleted.insert(id.clone());
-                }
-                (WriteOp::Update { id, .. }, Ok(answer)) => {
-                    let key = answer.as_ref().and_then(|c| c.change_key.clone());
-                    written.insert(id.clone(), key);
-                }
-                (WriteOp::Create(write), Ok(Some(created))) => {
-                    written.insert(created.id.clone(), created.change_key.clone());
-                    if let Some(sync) = write.sync_id.as_deref().and_then(SyncId::parse) {
-                        created_ids.insert(sync.clone(), created.id.clone());
-                        confirmed.insert(sync);
+            for (op, outcome) in batch.iter().zip(answered) {
+                match (op, outcome) {
+                    (WriteOp::Delete { id }, Ok(_)) => {
+                        deleted.insert(id.clone());
                     }
-                }
-                _ => {}
-            }
-            if let Err(error) = outcome {
-                match classify(error, &format!("writing to {}", mailbox.upn)) {
-                    AttemptResult::Transient { wait, error } => {
-                        retry_wait = Some(retry_wait.map_or(wait, |w| w.max(wait)));
-                        first_transient.get_or_insert(error);
+                    (WriteOp::Update { id, .. }, Ok(answer)) => {
+                        written.insert(id.clone(), answer.and_then(|c| c.change_key));
                     }
-                    _ => {
-                        debug!(mailbox = %mailbox.upn, %error, "write refused");
-                        failed_writes += 1;
+                    (WriteOp::Create(write), Ok(Some(created))) => {
+                        if let Some(sync) = write.sync_id.as_deref().and_then(SyncId::parse) {
+                            // Kept only for a job that may move copies (see `plan_move_out`).
+                            if job.move_from.is_some() {
+                                confirmed.insert(sync.clone());
+                            }
+                            created_ids.insert(sync, created.id.clone());
+                        }
+                        written.insert(created.id, created.change_key);
+                    }
+                    (_, Ok(_)) => {}
+                    (_, Err(error)) => {
+                        match classify(&error, &format!("writing to {}", mailbox.upn)) {
+                            AttemptResult::Transient { wait, error } => {
+                                retry_wait = Some(retry_wait.map_or(wait, |w| w.max(wait)));
+                                first_transient.get_or_insert(error);
+                            }
+                            _ => {
+                                debug!(mailbox = %mailbox.upn, %error, "write refused");
+                                failed_writes += 1;
+                            }
+                        }
                     }
                 }
             }

@@ -9,7 +9,9 @@
 //! - [`consumer`]: the RabbitMQ worker ([`consumer::Worker`]).
 //! - [`embedded`]: the same jobs in one process, no broker ([`embedded::EmbeddedQueue`]).
 //! - [`in_flight`]: attempts in progress, counted where they run (the `--concurrency` promise, checked).
+//! - [`planning_budget`]: how many contacts a worker plans against at once (bounded memory).
 //! - [`health`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`heap`]: the allocator kept close to what the worker holds (bounded memory).
 //! - [`metrics`]: the Prometheus metric names and where each is recorded.
 #![deny(missing_docs)]
 
@@ -20,8 +22,10 @@ pub mod directory_cache;
 pub mod disposition;
 pub mod embedded;
 pub mod health;
+pub mod heap;
 pub mod in_flight;
 pub mod job;
 pub mod metrics;
+pub mod planning_budget;
 pub mod run_cache;
 pub mod trust;

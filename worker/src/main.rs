@@ -54,6 +54,7 @@ const DEFAULT_METRICS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LO
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    worker::heap::limit_arenas();
     let cli = Cli::parse();
     shared::telemetry::init(cli.log_format);
     let settings = match Settings::load(cli.config.as_deref()) {

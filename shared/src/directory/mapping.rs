@@ -96,7 +96,7 @@ fn address(
     state: &Option<String>,
     postal_code: &Option<String>,
     country: &Option<String>,
-) -> Option<PhysicalAddress> {
+) -> Option<Box<PhysicalAddress>> {
     let a = PhysicalAddress {
         street: text(street),
         city: text(city),
@@ -104,7 +104,7 @@ fn address(
         country_or_region: text(country),
         postal_code: text(postal_code),
     };
-    (a != PhysicalAddress::default()).then_some(a)
+    (a != PhysicalAddress::default()).then(|| Box::new(a))
 }
 
 /// A directory user's contact fields. `organization_name` fills `companyName` when the user has none.

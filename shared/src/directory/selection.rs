@@ -130,7 +130,7 @@ impl DirectoryPerson {
     /// managed category are the planner's, as for mirrored copies.
     pub fn contact_write(&self) -> ContactWrite {
         ContactWrite {
-            fields: Some(self.fields.clone()),
+            fields: Some(Box::new(self.fields.clone())),
             sync_id: Some(self.sync_id.as_str().to_owned()),
             ..ContactWrite::default()
         }

@@ -338,7 +338,7 @@ fn sync_ids_are_deterministic_per_source_tenant_and_object() {
     assert_eq!(persons[0].sync_id, directory_sync_id(TENANT, "a"));
     let write = persons[0].contact_write();
     assert_eq!(write.sync_id.as_deref(), Some(persons[0].sync_id.as_str()));
-    assert_eq!(write.fields.as_ref(), Some(&persons[0].fields));
+    assert_eq!(write.fields.as_deref(), Some(&persons[0].fields));
     assert_eq!(
         (write.personal_notes, write.categories),
         (None, None),
@@ -406,8 +406,8 @@ fn user_fields_follow_the_mapping_table() {
         ]
     );
     assert_eq!(
-        fields.business_address,
-        Some(PhysicalAddress {
+        fields.business_address.as_deref(),
+        Some(&PhysicalAddress {
             street: Some("1 Bahnhofstrasse".into()),
             city: Some("Zürich".into()),
             state: Some("ZH".into()),

@@ -69,17 +69,33 @@ impl TenantClient {
         mailbox: &str,
         folder: &FolderRef,
     ) -> Result<Vec<Contact>, GraphError> {
+        self.list_contacts_where(mailbox, folder, |_| true).await
+    }
+
+    /// The contacts of `folder` in `mailbox` that `keep` accepts, judged page by page as they are read: a caller
+    /// that needs only some of a large folder never holds all of it. Any failure on any page is an error.
+    pub async fn list_contacts_where(
+        &self,
+        mailbox: &str,
+        folder: &FolderRef,
+        mut keep: impl FnMut(&Contact) -> bool,
+    ) -> Result<Vec<Contact>, GraphError> {
         let select = contact_select();
         let expand = contact_expand();
         let url = self.inner.url(
             &folder.contacts_segments(mailbox),
             &[("$top", "1000"), ("$select", &select), ("$expand", &expand)],
         )?;
-        let contacts: Vec<WireContact> = self
-            .inner
-            .get_all("contact list page", url, mailbox, false)
-            .await?;
-        Ok(contacts.into_iter().map(Contact::from).collect())
+        // Each page becomes contacts as it arrives: the wire form of a whole folder is never held beside them.
+        self.inner
+            .get_each(
+                "contact list page",
+                url,
+                mailbox,
+                false,
+                |wire: WireContact| Some(Contact::from(wire)).filter(|contact| keep(contact)),
+            )
+            .await
     }
 
     /// How many contacts the default Contacts folder of `mailbox` holds (`$count=true`, one item selected): one

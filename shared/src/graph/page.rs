@@ -50,6 +50,19 @@ impl TenantInner {
         mailbox: &str,
         eventual: bool,
     ) -> Result<Vec<T>, GraphError> {
+        self.get_each(what, first, mailbox, eventual, Some).await
+    }
+
+    /// What `keep` makes of each item of the collection at `first`, across all pages, dropping the `None`s. Each
+    /// page is reduced as it arrives, so a large collection is never held whole in its wire form (issue 10).
+    pub(crate) async fn get_each<T: DeserializeOwned, U>(
+        &self,
+        what: &str,
+        first: Url,
+        mailbox: &str,
+        eventual: bool,
+        mut keep: impl FnMut(T) -> Option<U>,
+    ) -> Result<Vec<U>, GraphError> {
         let base = self.base()?;
         let mut url = first;
         let mut items = Vec::new();
@@ -68,11 +81,13 @@ impl TenantInner {
                 })
                 .await?;
             let page: Page<T> = decode(what, &reply.body)?;
+            drop(reply);
             pages += 1;
-            items.extend(page.value);
+            items.extend(page.value.into_iter().filter_map(&mut keep));
             match page.next_link {
                 None => {
                     tracing::debug!(what, pages, items = items.len(), "collection read");
+                    items.shrink_to_fit();
                     return Ok(items);
                 }
                 Some(link) => url = next_url(&base, &url, &link)?,

@@ -195,8 +195,10 @@ pub(crate) fn odata_string(value: &str) -> String {
 /// The body of a POST that creates a contact: every mirrored field (`null` or `[]` when empty), the notes, the
 /// categories and the sync id property.
 pub(crate) fn create_body(write: &ContactWrite) -> Value {
-    let fields = write.fields.clone().unwrap_or_default();
-    let mut body = fields_object(&fields, write.unchanged);
+    let mut body = fields_object(
+        write.fields.as_deref().unwrap_or(&ContactFields::default()),
+        write.unchanged,
+    );
     body.insert(
         "personalNotes".into(),
         write
@@ -430,9 +432,9 @@ mod tests {
             business_phones: vec!["+44 20 1234 5678".into()],
             home_phones: vec!["+44 20 8765 4321".into(), "+44 20 0000 0000".into()],
             mobile_phone: Some("+44 7700 900000".into()),
-            business_address: Some(address("business")),
-            home_address: Some(address("home")),
-            other_address: Some(PhysicalAddress::default()),
+            business_address: Some(Box::new(address("business"))),
+            home_address: Some(Box::new(address("home"))),
+            other_address: Some(Box::default()),
             birthday: Some("1815-12-10T00:00:00Z".into()),
             spouse_name: Some("William King".into()),
         }
@@ -441,7 +443,7 @@ mod tests {
     fn every_part() -> ContactWrite {
         ContactWrite {
             unchanged: FieldSet::empty(),
-            fields: Some(every_field()),
+            fields: Some(Box::new(every_field())),
             personal_notes: Some("Met at the Royal Society.\nSyncId=6c1b...".into()),
             categories: Some(vec!["Managed".into(), "VIP".into()]),
             sync_id: Some("0b8f7b52-3c4f-5d6e-8f90-123456789abc".into()),
@@ -516,7 +518,7 @@ mod tests {
         let validator = schema_validator();
         let write = ContactWrite {
             unchanged: FieldSet::empty(),
-            fields: Some(ContactFields::default()),
+            fields: Some(Box::default()),
             personal_notes: Some(String::new()),
             categories: Some(Vec::new()),
             sync_id: None,
@@ -613,10 +615,7 @@ mod tests {
         let contact = Contact::from(wire);
         assert_eq!(contact.id, "AAMkAGI2TG93AAA=");
         assert_eq!(contact.fields.display_name.as_deref(), Some("Ada Lovelace"));
-        assert_eq!(
-            contact.fields.home_address,
-            Some(PhysicalAddress::default())
-        );
+        assert_eq!(contact.fields.home_address, Some(Box::default()));
         assert_eq!(contact.personal_notes.as_deref(), Some("note"));
         assert_eq!(contact.categories, vec!["VIP".to_string()]);
         assert_eq!(contact.sync_id_property.as_deref(), Some("sync-1"));

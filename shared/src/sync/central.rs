@@ -13,7 +13,7 @@ use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, WriteOp};
 use super::fields;
 use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
 use super::matching::{agrees, DataIndex};
-use super::normalize::{email_keys, has_category, name_key, normalize, NormalizedFields};
+use super::normalize::{has_category, name_key, normalize, EmailKeys, NormalizedFields};
 use super::plan::{deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, Reason};
 use super::stamp::{format_time, restamp, NotesStamp};
 
@@ -26,11 +26,12 @@ pub struct SourceMailbox {
     pub contacts: Vec<Contact>,
 }
 
-/// What matching and comparing a contact need, computed from its fields once.
+/// What matching and comparing a contact need, computed from its fields once (compact: a whole central folder's
+/// keys are held at once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatchKeys {
-    pub(crate) emails: BTreeSet<String>,
-    pub(crate) name: Option<String>,
+    pub(crate) emails: EmailKeys,
+    pub(crate) name: Option<Box<str>>,
     pub(crate) norm: NormalizedFields,
 }
 
@@ -38,8 +39,8 @@ impl MatchKeys {
     /// The keys of `contact`.
     pub fn of(contact: &Contact) -> Self {
         MatchKeys {
-            emails: email_keys(&contact.fields),
-            name: name_key(&contact.fields),
+            emails: EmailKeys::of(&contact.fields),
+            name: name_key(&contact.fields).map(String::into_boxed_str),
             norm: normalize(&contact.fields),
         }
     }
@@ -104,14 +105,23 @@ impl std::ops::Deref for Candidate<'_> {
 }
 
 /// Tells, while sources are read, the contacts phase 1 can do without: a source carrying the extended property of
-/// a person the central folder holds, with exactly that person's data, is a member that never updates it, never
-/// names its creator (it is not the original: its own derived id is another) and is never published, so
-/// [`plan_central`] plans the same without it. In a steady tenant that is every distributed copy in every mailbox,
-/// so phase 1 holds the central folder plus what differs from it, not users x central persons (issue 10,
-/// scenario 10; issue 13's 2.3 GiB job).
+/// a person the central folder holds, with exactly that person's data, is a member that never updates it and is
+/// never published, so [`plan_central`] plans the same without it. A distributed copy never names the person's
+/// creator either (its own derived id is another); the original does, so it is kept only when the central stamp
+/// does not name the creator and stamps are written (`plan_entry` then looks for it). In a steady tenant that is
+/// every distributed copy and every original in every mailbox, so phase 1 holds the central folder plus what
+/// differs from it, not users x central persons, nor a large source's own contacts (issue 10, scenario 10; issue
+/// 13's 2.3 GiB job).
 pub struct CentralKeys {
-    /// The data of the central contact kept in sync for each sync id (the first by id, as [`plan_central`]).
-    by_sync: HashMap<SyncId, NormalizedFields>,
+    /// The person kept in sync for each sync id (the first by id, as [`plan_central`]).
+    by_sync: HashMap<SyncId, CentralPerson>,
+}
+
+/// What [`CentralKeys`] knows of one central person.
+struct CentralPerson {
+    norm: NormalizedFields,
+    /// Its notes stamp names its creator (else `plan_entry` looks for the original among the sources).
+    creator_known: bool,
 }
 
 impl CentralKeys {
@@ -123,9 +133,12 @@ impl CentralKeys {
         for contact in sorted {
             let sync = effective_sync_id(contact)
                 .unwrap_or_else(|| SyncId::derive(&ctx.tenant_id, &ctx.owner.id, &contact.id));
-            by_sync
-                .entry(sync)
-                .or_insert_with(|| MatchKeys::central(contact, ctx.options.fields.central).norm);
+            by_sync.entry(sync).or_insert_with(|| CentralPerson {
+                norm: MatchKeys::central(contact, ctx.options.fields.central).norm,
+                creator_known: NotesStamp::parse(contact.personal_notes.as_deref())
+                    .created_by
+                    .is_some(),
+            });
         }
         CentralKeys { by_sync }
     }
@@ -135,14 +148,16 @@ impl CentralKeys {
         let Some(property) = property_sync_id(contact) else {
             return false;
         };
-        if has_category(&contact.categories, &ctx.options.opt_out_category)
-            || SyncId::derive(&ctx.tenant_id, &mailbox.id, &contact.id) == property
-        {
+        if has_category(&contact.categories, &ctx.options.opt_out_category) {
             return false;
         }
-        self.by_sync.get(&property).is_some_and(|norm| {
-            *norm == MatchKeys::central(contact, ctx.options.fields.central).norm
-        })
+        let Some(person) = self.by_sync.get(&property) else {
+            return false;
+        };
+        let original = SyncId::derive(&ctx.tenant_id, &mailbox.id, &contact.id) == property;
+        let names_creator = original && ctx.options.stamp_notes && !person.creator_known;
+        !names_creator
+            && person.norm == MatchKeys::central(contact, ctx.options.fields.central).norm
     }
 
     /// Drops from `source` the contacts [`plan_central`] can do without.
@@ -277,7 +292,7 @@ struct PeopleIndex<'c> {
 impl<'c> PeopleIndex<'c> {
     /// Records person number `person`, whose first member is `first` and rebuild key `key`.
     fn add(&mut self, person: usize, first: &'c Candidate, key: Option<&SyncId>) {
-        for email in &first.emails {
+        for email in first.emails.iter() {
             self.by_email.entry(email).or_default().push(person);
         }
         if let Some(name) = &first.name {
@@ -303,7 +318,7 @@ impl<'c> PeopleIndex<'c> {
             source
                 .emails
                 .iter()
-                .filter_map(|e| self.by_email.get(e.as_str()))
+                .filter_map(|e| self.by_email.get(e))
                 .flatten()
                 .copied()
                 .collect()
@@ -597,7 +612,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         };
         let write = ContactWrite {
             unchanged: FieldSet::empty(),
-            fields: Some(fields),
+            fields: Some(Box::new(fields)),
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
                 .managed_category
@@ -733,7 +748,7 @@ fn plan_entry(
             item.op = Some(WriteOp::Update {
                 id: central.id.clone(),
                 write: ContactWrite {
-                    fields: Some(fields),
+                    fields: Some(Box::new(fields)),
                     ..ContactWrite::default()
                 },
             });
@@ -829,7 +844,7 @@ fn plan_entry(
         .unwrap_or_default();
     let write = ContactWrite {
         unchanged: FieldSet::empty(),
-        fields,
+        fields: fields.map(Box::new),
         personal_notes: (options.stamp_notes && (update_from.is_some() || needs_notes))
             .then(|| restamp(central.personal_notes.as_deref(), &stamp)),
         categories: options

@@ -4,7 +4,7 @@
 //! newer than their own, keep their own notes, categories and newer edits, and lose only copies the tool manages
 //! when a person leaves the central folder, never en masse by accident. See [`plan_distribution`] for the rules.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 
 use crate::config::{CentralFields, MirrorOptions};
 use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, WriteOp};
@@ -27,17 +27,23 @@ struct Target<'a> {
     c: Candidate<'a>,
     property: Option<SyncId>,
     stamp: NotesStamp,
-    effective: Option<SyncId>,
     derived: SyncId,
     ownership: Ownership,
     opted_out: bool,
 }
 
-/// A central contact during planning.
+impl Target<'_> {
+    /// Its sync id: the extended property, else the notes stamp's (as [`effective_sync_id`]).
+    fn effective(&self) -> Option<&SyncId> {
+        self.property.as_ref().or(self.stamp.sync_id.as_ref())
+    }
+}
+
+/// A central contact during planning (borrowing what [`PreparedCentral`] computed once for every job).
 struct Source<'a> {
     c: Candidate<'a>,
-    sync: SyncId,
-    stamp: NotesStamp,
+    sync: &'a SyncId,
+    stamp: &'a NotesStamp,
     canonical: bool,
 }
 
@@ -99,22 +105,38 @@ pub fn plan_distribution(
     )
 }
 
-/// The central folder as phase 2 plans from it: sorted by id and normalised once, so the phase-2 jobs of a run
-/// that share one cached folder (100,000 contacts, say) do not each sort and normalise it again.
+/// The central folder as phase 2 plans from it: sorted by id, normalised and its stamps read once, so the phase-2
+/// jobs of a run that share one cached folder (100,000 contacts, say) do not each sort, normalise and parse it
+/// again, nor each hold a copy of what that produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedCentral {
     /// By id (a stable sort: contacts sharing an id keep their read order).
     contacts: Vec<Contact>,
     /// `keys[i]` are `contacts[i]`'s.
     keys: Vec<MatchKeys>,
+    /// `stamps[i]` is `contacts[i]`'s notes stamp.
+    stamps: Vec<NotesStamp>,
+    /// `syncs[i]` is `contacts[i]`'s sync id ([`effective_sync_id`]).
+    syncs: Vec<Option<SyncId>>,
 }
 
 impl PreparedCentral {
     /// Sorts and normalises `contacts` (a complete read of the central folder).
     pub fn new(mut contacts: Vec<Contact>) -> Self {
         contacts.sort_by(|a, b| a.id.cmp(&b.id));
+        contacts.shrink_to_fit();
         let keys = contacts.iter().map(MatchKeys::of).collect();
-        PreparedCentral { contacts, keys }
+        let stamps = contacts
+            .iter()
+            .map(|c| NotesStamp::parse(c.personal_notes.as_deref()))
+            .collect();
+        let syncs = contacts.iter().map(effective_sync_id).collect();
+        PreparedCentral {
+            contacts,
+            keys,
+            stamps,
+            syncs,
+        }
     }
 
     /// The central folder's contacts as phase 2 may distribute them ([`fields::central_folder_view`]).
@@ -139,10 +161,16 @@ pub fn plan_distribution_from(
     let mut items = Vec::new();
 
     // Central persons, by id.
-    let mut sources: Vec<Source> = Vec::new();
-    let mut central_ids: BTreeSet<SyncId> = BTreeSet::new();
-    for (contact, keys) in central.contacts.iter().zip(&central.keys) {
-        let Some(sync) = effective_sync_id(contact) else {
+    let mut sources: Vec<Source> = Vec::with_capacity(central.contacts.len());
+    let mut central_ids: HashSet<&SyncId> = HashSet::with_capacity(central.contacts.len());
+    for (((contact, keys), stamp), sync) in central
+        .contacts
+        .iter()
+        .zip(&central.keys)
+        .zip(&central.stamps)
+        .zip(&central.syncs)
+    {
+        let Some(sync) = sync else {
             items.push(PlanItem {
                 op: None,
                 action: ActionKind::Skip,
@@ -155,10 +183,10 @@ pub fn plan_distribution_from(
             });
             continue;
         };
-        let canonical = central_ids.insert(sync.clone());
+        let canonical = central_ids.insert(sync);
         sources.push(Source {
             c: Candidate::with_keys(&ctx.owner, contact, keys),
-            stamp: NotesStamp::parse(contact.personal_notes.as_deref()),
+            stamp,
             sync,
             canonical,
         });
@@ -173,7 +201,6 @@ pub fn plan_distribution_from(
             c: Candidate::new(target_mailbox, contact),
             property: property_sync_id(contact),
             stamp: NotesStamp::parse(contact.personal_notes.as_deref()),
-            effective: effective_sync_id(contact),
             derived: SyncId::derive(&ctx.tenant_id, &target_mailbox.id, &contact.id),
             ownership: ownership(&ctx.tenant_id, target_mailbox, contact),
             opted_out: has_category(&contact.categories, &options.opt_out_category),
@@ -205,11 +232,7 @@ pub fn plan_distribution_from(
     // Email and name matches only consider targets without a sync id, or whose sync id left the central folder.
     let adoptable: Vec<bool> = targets
         .iter()
-        .map(|t| {
-            t.effective
-                .as_ref()
-                .is_none_or(|s| !central_ids.contains(s))
-        })
+        .map(|t| t.effective().is_none_or(|s| !central_ids.contains(s)))
         .collect();
     // A sync id only in the notes is trusted when the data agrees (anyone can paste a stamp line): a contact of
     // someone else carrying a pasted stamp is left alone, never rewritten into the central person.
@@ -225,7 +248,7 @@ pub fn plan_distribution_from(
             // Of several targets with one id (duplicates), the owner's own contact is kept in sync (it can never
             // be deleted, so keeping a managed copy beside it would leave two), else the one already holding the
             // same data, else the first by id; the extra managed copies are deleted below.
-            let free = index.get(&source.sync).and_then(|ts| {
+            let free = index.get(source.sync).and_then(|ts| {
                 let free = || {
                     ts.iter().copied().filter(|&ti| {
                         !claimed[ti] && (!needs_agreement || agrees(&targets[ti].c, &source.c))
@@ -246,17 +269,22 @@ pub fn plan_distribution_from(
     // in `matching`: the one sharing the most addresses, the first by id on a tie; by name, the first with that
     // name), so both phases agree on who it is. Of several targets for one person, the one sharing the most addresses (then the first by id) wins;
     // the others are left alone.
-    let mut index = DataIndex::default();
-    for (si, source) in sources.iter().enumerate().filter(|(_, s)| s.canonical) {
-        index.insert(si, &source.c);
-    }
+    // The index of every central person is built only when some target is left to match by data: in a mailbox
+    // already in line every target was claimed by its sync id, and a 100,000-person index would be built for
+    // nothing (issue 10, scenario 10).
+    let open: Vec<usize> = (0..targets.len())
+        .filter(|&ti| !claimed[ti] && adoptable[ti])
+        .collect();
     let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
-    for (ti, t) in targets.iter().enumerate() {
-        if claimed[ti] || !adoptable[ti] {
-            continue;
+    if !open.is_empty() {
+        let mut index = DataIndex::default();
+        for (si, source) in sources.iter().enumerate().filter(|(_, s)| s.canonical) {
+            index.insert(si, &source.c);
         }
-        if let Some(m) = index.best(&t.c) {
-            pairs.push((m.shared, m.index, ti));
+        for ti in open {
+            if let Some(m) = index.best(&targets[ti].c) {
+                pairs.push((m.shared, m.index, ti));
+            }
         }
     }
     pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
@@ -292,7 +320,7 @@ pub fn plan_distribution_from(
         .iter()
         .zip(&claimed)
         .filter(|(_, claimed)| !**claimed)
-        .filter_map(|(t, _)| t.effective.as_ref().map(|sync| (t, sync)))
+        .filter_map(|(t, _)| t.effective().map(|sync| (t, sync)))
         .collect();
     let gone = unclaimed
         .iter()
@@ -422,7 +450,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             None,
         );
         item.op = Some(WriteOp::Create(ContactWrite {
-            fields: Some(fields),
+            fields: Some(Box::new(fields)),
             unchanged,
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
@@ -468,12 +496,12 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
     // edits, so a tie left alone here would be stamped, look newer next run and flip the person back.
     let write_data = differs && central.last_modified >= contact.last_modified;
     // A bare property would make an owner's contact look like a managed copy; only stamp when ownership survives.
-    let may_stamp = !owner_created || options.stamp_notes || t.derived == source.sync;
-    let needs_property = may_stamp && t.property.as_ref() != Some(&source.sync);
+    let may_stamp = !owner_created || options.stamp_notes || t.derived == *source.sync;
+    let needs_property = may_stamp && t.property.as_ref() != Some(source.sync);
     // An owner's contact carrying someone else's sync id is recognised as theirs by `CreatedBy` naming the owner
     // by object id, which survives a rename (an older stamp naming the UPN is rewritten once, before any rename).
     let owner_unproven = owner_created
-        && t.derived != source.sync
+        && t.derived != *source.sync
         && !t
             .stamp
             .created_by
@@ -481,7 +509,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             .is_some_and(|by| by.trim().eq_ignore_ascii_case(t.c.mailbox.id.trim()));
     let needs_notes = may_stamp
         && options.stamp_notes
-        && (t.stamp.sync_id.as_ref() != Some(&source.sync) || owner_unproven);
+        && (t.stamp.sync_id.as_ref() != Some(source.sync) || owner_unproven);
     let needs_category = !owner_created
         && options
             .managed_category
@@ -515,7 +543,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         fields: desired
             .as_ref()
             .filter(|_| write_data)
-            .map(|((fields, _), _)| fields.clone()),
+            .map(|((fields, _), _)| Box::new(fields.clone())),
         unchanged: desired
             .as_ref()
             .filter(|_| write_data)

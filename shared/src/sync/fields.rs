@@ -184,8 +184,8 @@ mod tests {
                     business_phones,
                     home_phones,
                     mobile_phone,
-                    home_address,
-                    business_address,
+                    home_address: home_address.map(Box::new),
+                    business_address: business_address.map(Box::new),
                     spouse_name,
                     email_addresses: emails
                         .into_iter()

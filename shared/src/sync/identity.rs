@@ -17,10 +17,11 @@ use super::stamp::NotesStamp;
 /// The UUID v5 namespace of derived sync ids. Fixed forever: changing it would give every contact a new identity.
 pub const SYNC_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_2c4e_93a7_4d58_b0e2_7c1d_5a9f_3e60);
 
-/// A contact's identity across mailboxes: a UUID string, compared in lower case.
+/// A contact's identity across mailboxes: a UUID string, compared in lower case. A boxed `str`: a phase-2 plan
+/// holds several per contact, so the exact size matters (issue 10, scenario 10).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct SyncId(String);
+pub struct SyncId(Box<str>);
 
 impl SyncId {
     /// The sync id of a person first published from `contact_id` in `source_mailbox_id`:
@@ -35,7 +36,8 @@ impl SyncId {
         SyncId(
             Uuid::new_v5(&SYNC_ID_NAMESPACE, name.as_bytes())
                 .hyphenated()
-                .to_string(),
+                .to_string()
+                .into_boxed_str(),
         )
     }
 
@@ -47,8 +49,8 @@ impl SyncId {
             return None;
         }
         Some(match Uuid::try_parse(value) {
-            Ok(uuid) => SyncId(uuid.hyphenated().to_string()),
-            Err(_) => SyncId(value.to_lowercase()),
+            Ok(uuid) => SyncId(uuid.hyphenated().to_string().into_boxed_str()),
+            Err(_) => SyncId(value.to_lowercase().into_boxed_str()),
         })
     }
 

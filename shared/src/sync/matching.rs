@@ -36,7 +36,7 @@ pub(crate) struct DataIndex<'a> {
 impl<'a> DataIndex<'a> {
     /// Adds person `index` with the data of `person`.
     pub(crate) fn insert(&mut self, index: usize, person: &'a Candidate<'_>) {
-        for email in &person.emails {
+        for email in person.emails.iter() {
             self.by_email.entry(email).or_default().push(index);
         }
         if let Some(name) = &person.name {
@@ -47,8 +47,8 @@ impl<'a> DataIndex<'a> {
     /// The person `contact` is by its data, if any.
     pub(crate) fn best(&self, contact: &Candidate<'_>) -> Option<DataMatch> {
         let mut overlap: BTreeMap<usize, usize> = BTreeMap::new();
-        for email in &contact.emails {
-            for &i in self.by_email.get(email.as_str()).into_iter().flatten() {
+        for email in contact.emails.iter() {
+            for &i in self.by_email.get(email).into_iter().flatten() {
                 *overlap.entry(i).or_default() += 1;
             }
         }

@@ -78,7 +78,7 @@ pub fn carry_over(
         }
         write.categories = Some(categories);
         if has_category(&old.categories, &ctx.options.opt_out_category) {
-            write.fields = Some(old.fields.clone());
+            write.fields = Some(Box::new(old.fields.clone()));
         }
     }
 }

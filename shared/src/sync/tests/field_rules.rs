@@ -14,11 +14,11 @@ use crate::model::{Field, FieldSet, PhysicalAddress};
 use crate::sync::normalize::normalize;
 
 /// A home address naming whose contact it is.
-fn home(owner: &str, id: &str) -> Option<PhysicalAddress> {
-    Some(PhysicalAddress {
+fn home(owner: &str, id: &str) -> Option<Box<PhysicalAddress>> {
+    Some(Box::new(PhysicalAddress {
         street: Some(format!("home of {id} kept by {owner}")),
         ..Default::default()
-    })
+    }))
 }
 
 fn policy() -> impl Strategy<Value = FieldPolicy> {
