@@ -533,7 +533,8 @@ pub(super) fn check_from_tenants(
 
 /// A list of non-empty strings with their locations; a single string counts as a one-element list (PowerShell's
 /// `ConvertTo-Json` writes one-element arrays that way). An empty array is an empty list.
-fn strings(
+/// A list of strings (a single string counts as a one-element list), each with where it stands.
+pub(super) fn strings(
     node: &Node,
     at: &Loc,
     expected: &str,

@@ -204,29 +204,8 @@ fn field_hint(name: &str) -> Option<String> {
 
 /// `CentralFields`: an array of Graph names (a single name counts as a one-element array).
 pub(super) fn read_central_fields(node: &Node, at: &Loc) -> Result<CentralFields, ConfigError> {
-    let items: Vec<(&Node, Loc)> = match node {
-        Node::Array(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n, at.index(i)))
-            .collect(),
-        Node::String(_) => vec![(node, at.clone())],
-        other => {
-            return Err(ConfigError::Invalid {
-                at: at.to_string(),
-                expected: FIELD_LIST.into(),
-                got: other.kind().into(),
-            })
-        }
-    };
     let mut set = FieldSet::empty();
-    for (item, item_at) in items {
-        let Some(name) = raw::string(item, &item_at, FIELD)? else {
-            return Err(ConfigError::Missing {
-                at: item_at.to_string(),
-                expected: FIELD.into(),
-            });
-        };
+    for (name, item_at) in super::distribution::strings(node, at, FIELD_LIST, FIELD)? {
         set = set.with(field(&name, &item_at)?);
     }
     CentralFields::new(set).map_err(|missing| ConfigError::Invalid {
