@@ -8,8 +8,8 @@
 //! - Phase 1 (mirror on) reads every source mailbox (16 at a time) and writes every person once into the central
 //!   folder, one request per person against the shared mailbox's budget. Persons are at most the sources'
 //!   contacts (no overlap assumed: an upper bound).
-//! - Phase 2 reads every receiving mailbox and writes every person there (the directory's persons too, one per
-//!   receiving user, when `Directory` is on): one request per person per mailbox, each against its own budget,
+//! - Phase 2 reads every receiving mailbox and writes every person there (the directory's persons too, as many
+//!   as the tenant's own `Directory` settings select now, when it is on): one request per person per mailbox, each against its own budget,
 //!   `workers` mailboxes at a time.
 //! - Time per mailbox: a read page takes 0.25 s and a `$batch` of 20 writes 1 s, 4 at once; beyond 10,000
 //!   requests every further 10,000 waits for the next 10-minute window. The whole run is phase 1 (sources,
@@ -43,8 +43,8 @@ pub struct Workload {
     pub mailboxes: u64,
     /// Whether the mirror (phase 1, the central folder) is on.
     pub mirror: bool,
-    /// Whether the directory is distributed.
-    pub directory: bool,
+    /// The directory persons each receiving mailbox gets (0 when the directory is not distributed).
+    pub directory_persons: u64,
     /// Contacts per mailbox, on average.
     pub contacts_per_mailbox: f64,
     /// Mailboxes worked on at once in phase 2.
@@ -87,7 +87,7 @@ pub fn estimate(work: &Workload) -> Estimate {
     let contacts = work.contacts_per_mailbox.max(0.0).round() as u64;
     let m = work.mailboxes;
     let mirrored = if work.mirror { contacts * m } else { 0 };
-    let persons = mirrored + if work.directory { m } else { 0 };
+    let persons = mirrored + work.directory_persons;
     let (phase1_requests, shared_requests, phase1_secs) = if work.mirror {
         let source_reads = m * pages(contacts);
         let central = 1 + mirrored;
@@ -143,7 +143,7 @@ mod tests {
         Workload {
             mailboxes,
             mirror: true,
-            directory: false,
+            directory_persons: 0,
             contacts_per_mailbox: contacts,
             workers: 64,
         }
@@ -185,7 +185,7 @@ mod tests {
     fn without_the_mirror_nothing_is_asked_of_the_shared_mailbox() {
         let e = estimate(&Workload {
             mirror: false,
-            directory: true,
+            directory_persons: 20,
             ..work(20, 100.0)
         });
         assert_eq!(e.shared_mailbox_requests, 0);

@@ -98,6 +98,27 @@ pub async fn command(args: CheckArgs) -> Result<ExitCode> {
     }))
 }
 
+/// How many directory persons each receiving mailbox would get: the tenant's own directory as its `Directory`
+/// settings select now (read here; a few requests), else the receiving users as a stand-in when it cannot be
+/// read (the permission finding says why). `FromTenants` sources are not counted.
+async fn directory_persons(
+    client: &shared::graph::TenantClient,
+    tenant: &TenantSettings,
+    receiving: usize,
+) -> u64 {
+    let options = &tenant.distribution.directory;
+    if !options.enabled {
+        return 0;
+    }
+    match client
+        .read_directory(options, tenant.shared_mailbox())
+        .await
+    {
+        Ok(read) => shared::directory::select(&read.read(), options).len() as u64,
+        Err(_) => receiving as u64,
+    }
+}
+
 /// Checks one tenant; reads only. `sample`: mailboxes to probe (`None`: all).
 pub async fn check_tenant(
     graph: &GraphClient,
@@ -150,7 +171,7 @@ pub async fn check_tenant(
             let estimate = estimate::estimate(&Workload {
                 mailboxes: users.len() as u64,
                 mirror: tenant.distribution.mirror_enabled,
-                directory: tenant.distribution.directory.enabled,
+                directory_persons: directory_persons(&client, tenant, users.len()).await,
                 contacts_per_mailbox: survey.contacts_per_mailbox,
                 workers: EMBEDDED_WORKERS as u64,
             });
