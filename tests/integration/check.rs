@@ -90,7 +90,7 @@ async fn a_ready_tenant_is_ready_nothing_is_written_and_json_says_so() {
         "{table}"
     );
     assert!(
-        line(&table, "estimate").contains("first run: up to "),
+        line(&table, "estimate").contains("first run: about "),
         "{table}"
     );
     assert_eq!(table.lines().last(), Some("1 of 1 tenant(s) ready"));

@@ -395,8 +395,9 @@ fn estimate_finding(estimate: &Estimate, survey: &MailboxSurvey) -> Finding {
         Check::Estimate,
         Status::Ok,
         format!(
-            "first run: up to {} requests ({} on the shared mailbox), {} at Graph's budget \
-             ({:.0} contacts per mailbox on average, no overlap assumed)",
+            "first run: about {} requests ({} on the shared mailbox), {} at Graph's budget \
+             ({:.0} contacts per mailbox on average, no overlap assumed; folder lookups and change feeds add a \
+             few per mailbox)",
             estimate::thousands(estimate.requests),
             estimate::thousands(estimate.shared_mailbox_requests),
             estimate::human_duration(estimate.seconds),
