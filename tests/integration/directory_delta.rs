@@ -345,3 +345,47 @@ async fn on_rabbitmq_a_rename_arrives_and_a_quiet_rerun_skips_every_mailbox() {
         .unwrap_or(0);
     assert!(busiest <= 1, "a mailbox took {busiest} requests");
 }
+
+/// A `TargetFolder` tenant's first run moves nothing (no copies exist anywhere yet), so its very next run already
+/// skips every mailbox with one request each.
+///
+/// Failed before the fix: with a state directory but no target folder recorded yet, the first run was taken for a
+/// move from the default Contacts folder; a move keeps no feeds, so the second run read every mailbox in full
+/// (the README's quick start: 25 requests for 7 mailboxes instead of 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_folder_tenants_second_run_already_skips_every_mailbox() {
+    let sim = sim().await;
+    let d = seed_directory(&sim, DirectoryParams::default());
+    let mut extra = directory_only(json!({}));
+    extra["TargetFolder"] = json!("Company Directory");
+    let settings = settings_from(&document(vec![tenant_entry(&sim, &d, extra)]));
+    let state = support::scratch_dir("directory-target-folder-state");
+    let args = with_state(&state);
+
+    let first = run(&settings, &args).await;
+    assert_all_succeeded(&first);
+    assert!(writes(&first) > 0, "the first run fills the folders");
+
+    sim.reset_stats();
+    let second = run(&settings, &args).await;
+    assert_all_succeeded(&second);
+    assert_eq!(writes(&second), 0);
+    let t = tenant(&second, &d.tenant.tenant_id);
+    let skipped = t
+        .phases
+        .get(&Phase::Phase2)
+        .map_or(0, |c| c.mailboxes_unchanged);
+    assert_eq!(
+        skipped, t.users as u64,
+        "every receiving mailbox is skipped"
+    );
+    let busiest = sim
+        .stats()
+        .mailboxes
+        .values()
+        .map(|m| m.requests)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(busiest, 1, "one feed check per mailbox");
+    let _ = std::fs::remove_dir_all(&state);
+}
