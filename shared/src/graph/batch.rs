@@ -211,14 +211,9 @@ pub(crate) async fn write(
         let sent = inner
             .send_as(
                 &Call {
-                    method: Method::POST,
-                    url: url.clone(),
                     body: Some(&body),
-                    eventual: false,
-                    mailbox,
                     batch_items: u32::try_from(chunk.len()).ok(),
-                    prefer: None,
-                    raw: None,
+                    ..Call::new(Method::POST, url.clone(), mailbox)
                 },
                 effect,
             )

@@ -115,16 +115,7 @@ impl TenantClient {
         )?;
         let reply = self
             .inner
-            .send(&Call {
-                method: reqwest::Method::GET,
-                url,
-                body: None,
-                eventual: false,
-                mailbox,
-                batch_items: None,
-                prefer: None,
-                raw: None,
-            })
+            .send(&Call::new(reqwest::Method::GET, url, mailbox))
             .await?;
         let counted: Counted = decode("contact count", &reply.body)?;
         // A Graph that leaves the count out still answered: at least what it showed.

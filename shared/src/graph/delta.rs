@@ -133,14 +133,8 @@ impl TenantClient {
             let reply = self
                 .inner
                 .send(&Call {
-                    method: reqwest::Method::GET,
-                    url: url.clone(),
-                    body: None,
-                    eventual: false,
-                    mailbox,
-                    batch_items: None,
                     prefer,
-                    raw: None,
+                    ..Call::new(reqwest::Method::GET, url.clone(), mailbox)
                 })
                 .await?;
             let page: Page<T> = decode(what, &reply.body)?;

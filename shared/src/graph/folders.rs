@@ -85,14 +85,8 @@ impl TenantClient {
             let created = self
                 .inner
                 .send(&Call {
-                    method: reqwest::Method::POST,
-                    url: url.clone(),
                     body: Some(&body),
-                    eventual: false,
-                    mailbox,
-                    batch_items: None,
-                    prefer: None,
-                    raw: None,
+                    ..Call::new(reqwest::Method::POST, url.clone(), mailbox)
                 })
                 .await;
             match created {

@@ -70,14 +70,8 @@ impl TenantInner {
         loop {
             let reply = self
                 .send(&Call {
-                    method: reqwest::Method::GET,
-                    url: url.clone(),
-                    body: None,
                     eventual,
-                    mailbox,
-                    batch_items: None,
-                    prefer: None,
-                    raw: None,
+                    ..Call::new(reqwest::Method::GET, url.clone(), mailbox)
                 })
                 .await?;
             let page: Page<T> = decode(what, &reply.body)?;

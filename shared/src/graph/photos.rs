@@ -51,19 +51,7 @@ impl TenantClient {
         let url = self
             .inner
             .url(&["users", user_id, "photo", "$value"], &[])?;
-        let sent = self
-            .inner
-            .send(&Call {
-                method: Method::GET,
-                url,
-                body: None,
-                eventual: false,
-                mailbox: user_id,
-                batch_items: None,
-                prefer: None,
-                raw: None,
-            })
-            .await;
+        let sent = self.inner.send(&Call::new(Method::GET, url, user_id)).await;
         match sent {
             Ok(reply) => Ok(Some(reply.body)),
             Err(error) if no_photo(&error) => Ok(None),
@@ -110,17 +98,11 @@ impl TenantClient {
         let url = self.photo_url(mailbox, folder, contact_id)?;
         self.inner
             .send(&Call {
-                method: Method::PUT,
-                url,
-                body: None,
-                eventual: false,
-                mailbox,
-                batch_items: None,
-                prefer: None,
                 raw: Some(RawBody {
                     bytes,
                     content_type: photo_content_type(bytes),
                 }),
+                ..Call::new(Method::PUT, url, mailbox)
             })
             .await
             .map(drop)
@@ -137,16 +119,7 @@ impl TenantClient {
         let url = self.photo_url(mailbox, folder, contact_id)?;
         let sent = self
             .inner
-            .send(&Call {
-                method: Method::DELETE,
-                url,
-                body: None,
-                eventual: false,
-                mailbox,
-                batch_items: None,
-                prefer: None,
-                raw: None,
-            })
+            .send(&Call::new(Method::DELETE, url, mailbox))
             .await;
         match sent {
             Err(error) if !no_photo(&error) => Err(error),
@@ -175,14 +148,8 @@ impl TenantClient {
         let reply = self
             .inner
             .send(&Call {
-                method: Method::PATCH,
-                url,
                 body: Some(&body),
-                eventual: false,
-                mailbox,
-                batch_items: None,
-                prefer: None,
-                raw: None,
+                ..Call::new(Method::PATCH, url, mailbox)
             })
             .await?;
         let contact: WireContact = decode("photo hash update", &reply.body)?;

@@ -39,6 +39,22 @@ pub(crate) struct Call<'a> {
     pub raw: Option<RawBody<'a>>,
 }
 
+impl<'a> Call<'a> {
+    /// A request without a body or special headers; the other fields are set with struct update syntax.
+    pub fn new(method: Method, url: Url, mailbox: &'a str) -> Self {
+        Call {
+            method,
+            url,
+            body: None,
+            eventual: false,
+            mailbox,
+            batch_items: None,
+            prefer: None,
+            raw: None,
+        }
+    }
+}
+
 /// Bytes sent as they are (a photo), with their `Content-Type`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RawBody<'a> {

@@ -71,16 +71,7 @@ impl TenantClient {
             .url(&["users", id_or_upn], &[("$select", USER_SELECT)])?;
         let reply = self
             .inner
-            .send(&Call {
-                method: reqwest::Method::GET,
-                url,
-                body: None,
-                eventual: false,
-                mailbox: DIRECTORY,
-                batch_items: None,
-                prefer: None,
-                raw: None,
-            })
+            .send(&Call::new(reqwest::Method::GET, url, DIRECTORY))
             .await?;
         decode("user", &reply.body)
     }
