@@ -213,7 +213,11 @@ async fn a_drained_worker_stops_writing_before_its_job_goes_back() {
     let settings = estate.settings();
     let topology = support::private_topology();
     let job = phase1_job(&settings).await;
-    estate.sim.set_latency(Duration::from_millis(25));
+    // The job must still be writing when the grace ends, however late this test sees its first write on a loaded
+    // machine: at 100 ms per request its 240 creates take about 6 s (four at a time), and once writing is seen
+    // every further request takes 500 ms. (At 25 ms throughout, the writes took 1.5 s: a poll delayed by load let
+    // the job finish inside the 1 s grace and be acknowledged, so it never went back to its queue.)
+    estate.sim.set_latency(Duration::from_millis(100));
     let worker = one_at_a_time(&settings, &topology, "drain", Duration::from_secs(1));
     let shutdown = CancellationToken::new();
     let running = tokio::spawn({
@@ -225,6 +229,7 @@ async fn a_drained_worker_stops_writing_before_its_job_goes_back() {
         estate.sim.stats().total_writes() > 0
     })
     .await;
+    estate.sim.set_latency(Duration::from_millis(500));
     shutdown.cancel();
     running.await.expect("worker task").expect("worker stops");
     let when_stopped = estate.sim.stats().total_writes();
