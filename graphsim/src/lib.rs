@@ -367,6 +367,21 @@ impl Sim {
         self.shared.throttle.upload_refusals()
     }
 
+    /// Replaces Graph's global limit per app (requests per window across all tenants; default 130,000 / 10 s).
+    pub fn set_app_limit(&self, requests: u32, window: Duration) {
+        self.shared.throttle.set_app_limit(requests, window);
+    }
+
+    /// The most requests one app made inside one global-limit window so far.
+    pub fn app_peak(&self) -> u64 {
+        self.shared.throttle.app_peak()
+    }
+
+    /// How many requests graphsim refused because their app was over its global limit.
+    pub fn app_refusals(&self) -> u64 {
+        self.shared.throttle.app_refusals()
+    }
+
     /// Replaces the throttle limits.
     pub fn set_throttle(&self, t: ThrottleConfig) {
         self.shared.throttle.set_config(t);

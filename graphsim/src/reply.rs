@@ -296,6 +296,13 @@ pub mod errors {
         .with_header("Cache-Control", "private")
     }
 
+    /// 429 for Graph's global limit of one app across all tenants (Graph's generic throttling answer).
+    pub fn app_limit(retry_after_secs: u64) -> Reply {
+        graph_error(429, "TooManyRequests", "Please retry again later.")
+            .with_header("Retry-After", retry_after_secs.to_string())
+            .with_header("Cache-Control", "private")
+    }
+
     /// 429 for the request window.
     pub fn request_window(retry_after_secs: u64) -> Reply {
         graph_error(

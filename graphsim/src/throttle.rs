@@ -1,7 +1,9 @@
 //! The Outlook throttle model: a sliding request window and a concurrency cap per (app id, mailbox).
 //!
 //! Every request counts, throttled ones included, as Graph keeps logging usage while a client is throttled.
-//! `/users` requests use a per-(app id, tenant) key. Other keys are never affected.
+//! `/users` requests use a per-(app id, tenant) key. Other keys are never affected. Above both, one app may make
+//! at most 130,000 requests per 10 s across every tenant and mailbox (Graph's global limit); graphsim keeps the
+//! largest count any app reached in that window, so a benchmark can show a whole fleet stayed under it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -38,7 +40,18 @@ pub struct Throttle {
     uploads: Mutex<HashMap<ThrottleKey, VecDeque<(Instant, u64)>>>,
     /// Uploads refused with 429 because the budget was spent.
     upload_refusals: std::sync::atomic::AtomicU64,
+    /// Graph's global limit per app: requests per window, across all tenants and mailboxes.
+    app_limit: Mutex<(u32, Duration)>,
+    /// Arrivals per app id inside the app window, oldest first.
+    app_arrivals: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// The most requests one app made inside one app window.
+    app_peak: std::sync::atomic::AtomicU64,
+    /// Requests refused with 429 because their app was over its global limit.
+    app_refusals: std::sync::atomic::AtomicU64,
 }
+
+/// Graph's global limit per app across all tenants: 130,000 requests per 10 s.
+pub const DEFAULT_APP_LIMIT: (u32, Duration) = (130_000, Duration::from_secs(10));
 
 /// Graph's upload budget per (app, mailbox): 150 MB per 5 minutes (taken as 150 * 2^20 bytes).
 pub const DEFAULT_UPLOAD_BUDGET: (u64, Duration) = (150 * 1024 * 1024, Duration::from_secs(300));
@@ -69,7 +82,64 @@ impl Throttle {
             upload_budget: Mutex::new(DEFAULT_UPLOAD_BUDGET),
             uploads: Mutex::new(HashMap::new()),
             upload_refusals: std::sync::atomic::AtomicU64::new(0),
+            app_limit: Mutex::new(DEFAULT_APP_LIMIT),
+            app_arrivals: Mutex::new(HashMap::new()),
+            app_peak: std::sync::atomic::AtomicU64::new(0),
+            app_refusals: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Changes Graph's global limit per app (requests per window).
+    pub fn set_app_limit(&self, requests: u32, window: Duration) {
+        if let Ok(mut l) = self.app_limit.lock() {
+            *l = (requests, window);
+        }
+    }
+
+    /// The most requests one app made inside one app window so far.
+    pub fn app_peak(&self) -> u64 {
+        self.app_peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many requests were refused because their app was over its global limit.
+    pub fn app_refusals(&self) -> u64 {
+        self.app_refusals.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counts a request against its app's global limit, or answers 429 (a refused request counts too, as
+    /// Graph keeps logging usage while it throttles).
+    fn admit_app(&self, app: &str) -> Result<(), Reply> {
+        let (limit, window) = self
+            .app_limit
+            .lock()
+            .map(|l| *l)
+            .unwrap_or(DEFAULT_APP_LIMIT);
+        let now = Instant::now();
+        let mut apps = self
+            .app_arrivals
+            .lock()
+            .map_err(|_| errors::mailbox_concurrency())?;
+        let log = apps.entry(app.to_owned()).or_default();
+        while log
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            log.pop_front();
+        }
+        log.push_back(now);
+        let count = log.len();
+        self.app_peak
+            .fetch_max(count as u64, std::sync::atomic::Ordering::SeqCst);
+        let limit = limit as usize;
+        if count > limit {
+            self.app_refusals
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let pivot = log[count - limit.max(1)];
+            return Err(errors::app_limit(ceil_secs(
+                (pivot + window).saturating_duration_since(now),
+            )));
+        }
+        Ok(())
     }
 
     /// Changes the upload budget (bytes per window).
@@ -147,10 +217,14 @@ impl Throttle {
         if let Ok(mut u) = self.uploads.lock() {
             u.clear();
         }
+        if let Ok(mut a) = self.app_arrivals.lock() {
+            a.clear();
+        }
     }
 
     /// Counts a request against `key` and admits it, or answers 429.
     pub fn admit(self: &Arc<Self>, key: ThrottleKey) -> Result<Permit, Reply> {
+        self.admit_app(&key.app)?;
         let config = self.config.lock().map(|c| *c).unwrap_or_default();
         let now = Instant::now();
         let mut buckets = self
@@ -200,6 +274,24 @@ mod tests {
             app: "app".into(),
             scope: scope.into(),
         }
+    }
+
+    #[test]
+    fn one_app_is_capped_across_all_its_mailboxes_and_tenants() {
+        let t = Throttle::new(ThrottleConfig::unlimited());
+        t.set_app_limit(3, Duration::from_secs(10));
+        for scope in ["a", "b", "tenant:x"] {
+            drop(t.admit(key(scope)).unwrap());
+        }
+        let err = t.admit(key("c")).unwrap_err();
+        assert_eq!(err.status, 429);
+        assert_eq!(t.app_refusals(), 1);
+        assert_eq!(t.app_peak(), 4, "the refused request counts too");
+        let other_app = ThrottleKey {
+            app: "other".into(),
+            scope: "a".into(),
+        };
+        assert!(t.admit(other_app).is_ok(), "another app has its own limit");
     }
 
     #[test]

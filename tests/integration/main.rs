@@ -16,6 +16,9 @@ mod report_html;
 // The producer's run, embedded and on RabbitMQ, checked on graphsim's mailboxes.
 mod fleet;
 
+// Graph's app-wide ceiling held by the whole fleet: each worker process keeps its share.
+mod app_budget;
+
 // Copies sharing a sync id reduced to one; stamped own contacts published, never deleted (issue 10, rules).
 mod duplicates;
 

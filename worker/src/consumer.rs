@@ -32,6 +32,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::delivery::{self, Delivery, DeliveryError};
 use crate::disposition::RetryPolicy;
+use crate::fleet_size;
 use crate::job::JobRunner;
 
 /// The longest a channel or connection close, an ack or a nack is waited for.
@@ -154,6 +155,8 @@ impl Worker {
         let broken = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut watch = Watch::new(&connection, &channel);
+        let fleet = fleet_size::follow(&connection, &self.config.topology, self.runner.graph());
+        tokio::pin!(fleet);
         let outcome = loop {
             let next = async {
                 let slot = self.slots.clone().acquire_owned().await;
@@ -163,6 +166,7 @@ impl Worker {
                 _ = shutdown.cancelled() => break Ok(StopReason::Shutdown),
                 _ = broken.cancelled() => break Err(lost("a publish failed; reopening the channels")),
                 error = watch.lost() => break Err(error),
+                never = &mut fleet => match never {},
                 (slot, next) = next => match next {
                     Some(Ok(message)) => {
                         let Ok(slot) = slot else {

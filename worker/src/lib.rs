@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod directory_cache;
 pub mod disposition;
 pub mod embedded;
+pub mod fleet_size;
 pub mod health;
 pub mod heap;
 pub mod in_flight;

@@ -19,11 +19,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 use lapin::{Channel, Connection};
 use shared::message::Phase;
-use shared::mq::{Publisher, Topology};
+use shared::mq::{self, Publisher, Topology};
 
 use super::dead_letter::{DeadLetter, Filter};
 
@@ -155,17 +154,12 @@ async fn scan_queue(
 
 /// How many ready messages `queue` holds (a passive declare, which fails if the queue does not exist).
 async fn depth(channel: &Channel, queue: &str) -> Result<u32> {
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .with_context(|| {
-            format!("queue {queue} is not there: wrong --queue-prefix, or the topology was never declared")
-        })?;
-    Ok(declared.message_count())
+    let counts = mq::queue_counts(channel, queue).await.with_context(|| {
+        format!(
+            "queue {queue} is not there: wrong --queue-prefix, or the topology was never declared"
+        )
+    })?;
+    Ok(counts.ready)
 }
 
 /// Empties the dead-letter queues of `phases` in one call each; returns how many messages went.

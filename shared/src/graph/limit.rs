@@ -10,8 +10,9 @@
 //! The budget is a sliding window, as Graph counts it: at most `requests_per_window` cells in any window, so a
 //! mailbox may spend its whole budget at once and then one cell for each that leaves the window. (A GCRA such as
 //! governor's can only promise "never more than the budget per window" by halving either the burst or the rate;
-//! measured, that doubled the initial sync of a busy mailbox.) Across all mailboxes of one app, Graph also caps
-//! the app at 130,000 requests per 10 s; that limit is a plain rate, which governor's GCRA keeps.
+//! measured, that doubled the initial sync of a busy mailbox.) Across all tenants and mailboxes, Graph also caps
+//! one app at 130,000 requests per 10 s; that limit is a plain rate, which governor's GCRA keeps ([`AppRate`]),
+//! and it is the whole fleet's: each process keeps its share of it.
 //!
 //! A window remembers its admissions in at most [`SLOTS`] slots per window length, each stamped with its latest
 //! admission, so memory per mailbox is bounded and every estimate errs on the safe side. When a request's answer
@@ -21,7 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -33,10 +34,72 @@ use crate::config::GraphLimits;
 /// Slots a window's log is kept in (its resolution: a window of 600 s forgets in steps of 0.6 s).
 const SLOTS: u32 = 1_000;
 
-/// Graph's app-wide ceiling: 130,000 requests per 10 seconds across all mailboxes of a tenant.
-const APP_REQUESTS_PER_10_SECONDS: u32 = 130_000;
+/// Graph's app-wide ceiling: 130,000 requests per 10 seconds per app, across all tenants and mailboxes.
+pub const APP_REQUESTS_PER_10_SECONDS: u32 = 130_000;
 
-/// The limits of one app in one tenant: a sliding window and a [`Gate`] per mailbox, and the app-wide rate.
+/// The most cells one admission takes (a full `$batch`); an app's burst is never smaller, or such a batch could
+/// never be admitted.
+const LARGEST_ADMISSION: u32 = 20;
+
+/// One app's share of Graph's app-wide rate in this process, across every tenant it serves. Graph counts the app
+/// across every process of the fleet, so a process keeps `ceiling / processes`; the fleet's size is learned while
+/// running (the worker counts the job queues' consumers) and may change, which replaces the limiter (a fresh one
+/// starts with its burst: the estimate errs by at most one burst per change).
+pub(crate) struct AppRate {
+    ceiling: u32,
+    current: RwLock<Share>,
+}
+
+struct Share {
+    processes: u32,
+    limiter: Arc<DefaultDirectRateLimiter>,
+}
+
+impl AppRate {
+    /// `ceiling` requests per 10 s for the whole fleet, of which this process is one of `processes`.
+    pub fn new(ceiling: u32, processes: u32) -> Self {
+        let processes = processes.max(1);
+        Self {
+            ceiling,
+            current: RwLock::new(Share {
+                processes,
+                limiter: Arc::new(RateLimiter::direct(app_quota(ceiling / processes))),
+            }),
+        }
+    }
+
+    /// The fleet now has `processes` processes (at least one).
+    pub fn set_processes(&self, processes: u32) {
+        let processes = processes.max(1);
+        let mut share = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if share.processes != processes {
+            *share = Share {
+                processes,
+                limiter: Arc::new(RateLimiter::direct(app_quota(self.ceiling / processes))),
+            };
+        }
+    }
+
+    /// This process's requests per 10 s.
+    #[cfg(test)]
+    fn allowance(&self) -> u32 {
+        let share = self.current.read().unwrap_or_else(|p| p.into_inner());
+        self.ceiling / share.processes
+    }
+
+    /// Waits until `cells` requests fit this process's share.
+    async fn take(&self, cells: NonZeroU32) {
+        let limiter = {
+            let share = self.current.read().unwrap_or_else(|p| p.into_inner());
+            share.limiter.clone()
+        };
+        // Fails only when `cells` exceeds the burst, which is never smaller than a full `$batch`.
+        let _ = limiter.until_n_ready(cells).await;
+    }
+}
+
+/// The limits of one app in one tenant: a sliding window and a [`Gate`] per mailbox, and the app's share of its
+/// app-wide rate (shared with the app's other tenants).
 /// Mailbox keys compare case-insensitively; a caller should address one mailbox consistently (by id or by UPN,
 /// not both).
 pub(crate) struct Limits {
@@ -44,8 +107,8 @@ pub(crate) struct Limits {
     budget: Option<Budget>,
     /// The per-mailbox upload budget in bytes (Graph: 150 MB per 5 minutes); `None` when zero.
     upload: Option<Budget>,
-    /// Graph's app-wide request rate.
-    app: DefaultDirectRateLimiter,
+    /// This process's share of Graph's app-wide request rate.
+    app: Arc<AppRate>,
     /// Permits per mailbox.
     max_in_flight: u32,
     gates: Mutex<HashMap<String, Arc<Gate>>>,
@@ -213,11 +276,11 @@ pub(crate) struct Admission {
 
 impl Limits {
     /// Limits from a tenant's settings.
-    pub fn new(limits: &GraphLimits) -> Self {
+    pub fn new(limits: &GraphLimits, app: Arc<AppRate>) -> Self {
         Self {
             budget: Budget::of(limits),
             upload: Budget::upload_of(limits),
-            app: RateLimiter::direct(app_quota()),
+            app,
             max_in_flight: limits.max_in_flight.max(1),
             gates: Mutex::new(HashMap::new()),
         }
@@ -275,8 +338,7 @@ impl Limits {
             None => None,
         };
         if let Some(n) = NonZeroU32::new(cells.max(1)) {
-            // Fails only when n exceeds the app quota's burst, which a `$batch` (20 items) never does.
-            let _ = self.app.until_n_ready(n).await;
+            self.app.take(n).await;
         }
         let permits = permits.clamp(1, self.max_in_flight);
         loop {
@@ -393,10 +455,12 @@ fn later_by(from: Instant, by: Duration) -> Instant {
 }
 
 /// Graph's app-wide rate as a GCRA whose burst plus what refills over 10 s never exceeds the 10 s allowance.
-fn app_quota() -> Quota {
-    const BURST: u32 = APP_REQUESTS_PER_10_SECONDS / 10;
-    let refill_per_second = (APP_REQUESTS_PER_10_SECONDS - BURST) / 10;
-    let burst = NonZeroU32::new(BURST).unwrap_or(NonZeroU32::MIN);
+fn app_quota(per_10_seconds: u32) -> Quota {
+    let burst = (per_10_seconds / 10).max(LARGEST_ADMISSION);
+    // 1% kept back, as for a mailbox's window: Graph counts a request when it arrives, the client when it sends.
+    let kept_back = per_10_seconds / 100;
+    let refill_per_second = per_10_seconds.saturating_sub(kept_back + burst) / 10;
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
     Quota::per_second(NonZeroU32::new(refill_per_second).unwrap_or(NonZeroU32::MIN))
         .allow_burst(burst)
 }
@@ -406,6 +470,67 @@ mod tests {
     use super::*;
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    fn one_app() -> Arc<AppRate> {
+        Arc::new(AppRate::new(APP_REQUESTS_PER_10_SECONDS, 1))
+    }
+
+    /// Requests a limiter built from `app_quota(per_10_seconds)` admits in any 10 s, asked once a millisecond
+    /// for 30 s (governor keeps its own clock: a fake one here).
+    fn most_in_10_seconds(per_10_seconds: u32) -> usize {
+        let clock = governor::clock::FakeRelativeClock::default();
+        let limiter = RateLimiter::direct_with_clock(app_quota(per_10_seconds), clock.clone());
+        let mut admitted = Vec::new();
+        for ms in 0..30_000u64 {
+            while limiter.check().is_ok() {
+                admitted.push(ms);
+            }
+            clock.advance(Duration::from_millis(1));
+        }
+        let (mut most, mut first) = (0, 0);
+        for (last, at) in admitted.iter().enumerate() {
+            while admitted[first] + 10_000 <= *at {
+                first += 1;
+            }
+            most = most.max(last + 1 - first);
+        }
+        most
+    }
+
+    #[test]
+    fn the_app_rate_never_admits_more_than_its_allowance_in_10_seconds() {
+        for allowance in [1_000, 250, 130_000 / 7] {
+            let most = most_in_10_seconds(allowance);
+            assert!(most <= allowance as usize, "{allowance}: {most} in 10 s");
+            assert!(
+                most >= allowance as usize * 97 / 100,
+                "{allowance}: only {most} in 10 s"
+            );
+        }
+    }
+
+    #[test]
+    fn a_process_keeps_its_share_of_the_app_rate_and_follows_the_fleet() {
+        let app = AppRate::new(1_000, 1);
+        assert_eq!(app.allowance(), 1_000);
+        app.set_processes(4);
+        assert_eq!(app.allowance(), 250);
+        app.set_processes(0);
+        assert_eq!(
+            app.allowance(),
+            1_000,
+            "a fleet is never smaller than this process"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_small_share_still_admits_a_full_batch() {
+        let app = AppRate::new(40, 4);
+        let n = NonZeroU32::new(LARGEST_ADMISSION).expect("non-zero");
+        tokio::time::timeout(Duration::from_secs(5), app.take(n))
+            .await
+            .expect("a full batch is admitted");
+    }
 
     fn scaled() -> Budget {
         Budget {
@@ -505,12 +630,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn admit_waits_for_the_window() {
-        let limits = Limits::new(&GraphLimits {
-            requests_per_window: 3,
-            window: Duration::from_secs(10),
-            max_in_flight: 4,
-            ..GraphLimits::default()
-        });
+        let limits = Limits::new(
+            &GraphLimits {
+                requests_per_window: 3,
+                window: Duration::from_secs(10),
+                max_in_flight: 4,
+                ..GraphLimits::default()
+            },
+            one_app(),
+        );
         let start = Instant::now();
         for _ in 0..3 {
             drop(limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted"));
@@ -532,11 +660,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn uploads_wait_for_the_byte_window_and_other_requests_do_not() {
-        let limits = Limits::new(&GraphLimits {
-            upload_bytes_per_window: 1_000,
-            upload_window: Duration::from_secs(10),
-            ..GraphLimits::default()
-        });
+        let limits = Limits::new(
+            &GraphLimits {
+                upload_bytes_per_window: 1_000,
+                upload_window: Duration::from_secs(10),
+                ..GraphLimits::default()
+            },
+            one_app(),
+        );
         let start = Instant::now();
         drop(limits.admit("m", 1, 1, 600, HOUR).await.expect("admitted"));
         drop(limits.admit("m", 1, 1, 400, HOUR).await.expect("admitted"));
@@ -569,7 +700,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrency_is_capped_and_peak_recorded() {
-        let limits = Arc::new(Limits::new(&GraphLimits::default()));
+        let limits = Arc::new(Limits::new(&GraphLimits::default(), one_app()));
         let mut passes = Vec::new();
         for _ in 0..4 {
             passes.push(limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted").0);
@@ -596,7 +727,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_block_holds_every_request_of_the_mailbox() {
-        let limits = Limits::new(&GraphLimits::default());
+        let limits = Limits::new(&GraphLimits::default(), one_app());
         limits.block("m", Duration::from_millis(1500));
         limits.block("m", Duration::from_millis(500)); // never shortens
         let start = Instant::now();
@@ -613,7 +744,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn batch_permits_are_clamped_to_the_cap() {
-        let limits = Limits::new(&GraphLimits::default());
+        let limits = Limits::new(&GraphLimits::default(), one_app());
         let (pass, _) = limits.admit("m", 20, 20, 0, HOUR).await.expect("admitted");
         assert_eq!(pass.permits, 4);
     }
@@ -623,7 +754,7 @@ mod tests {
     /// long (`Retry-After: 9999999999` waited for ever).
     #[tokio::test(start_paused = true)]
     async fn an_absurd_block_neither_panics_nor_holds_a_request() {
-        let limits = Limits::new(&GraphLimits::default());
+        let limits = Limits::new(&GraphLimits::default(), one_app());
         limits.block("m", Duration::MAX);
         limits.block("m", Duration::from_secs(u64::MAX));
         let remaining = limits.remaining_block("m").expect("blocked");

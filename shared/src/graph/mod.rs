@@ -32,6 +32,7 @@ mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ pub mod parsers {
 
 use crate::config::TenantSettings;
 use auth::{AccessToken, Credentials, TokenCache, TokenContext};
-use limit::Limits;
+use limit::{AppRate, Limits};
 use retry::{Backoff, RetryPolicy};
 use stats::Counters;
 
@@ -78,6 +79,9 @@ pub struct ClientOptions {
     /// [`ErrorKind::Throttled`] carrying the wait, and the mailbox stays blocked in this client until then (a
     /// `Retry-After` beyond one day reads as one day).
     pub max_retry_after: Duration,
+    /// Graph's app-wide ceiling, requests per 10 s per app across all tenants (default 130,000; lower in tests).
+    /// The whole fleet shares it: see [`GraphClient::set_fleet_size`].
+    pub app_requests_per_10_seconds: u32,
 }
 
 impl Default for ClientOptions {
@@ -89,6 +93,7 @@ impl Default for ClientOptions {
             backoff_max: Duration::from_secs(60),
             user_agent: concat!("contactmirror/", env!("CARGO_PKG_VERSION")).to_owned(),
             max_retry_after: Duration::from_secs(300),
+            app_requests_per_10_seconds: limit::APP_REQUESTS_PER_10_SECONDS,
         }
     }
 }
@@ -103,6 +108,10 @@ pub(crate) struct Shared {
     tokens: Mutex<HashMap<(String, String, String), Arc<TokenCache>>>,
     /// Limits by (tenant, client id): Graph counts per app and mailbox.
     limits: Mutex<HashMap<(String, String), Arc<Limits>>>,
+    /// This process's share of each app's app-wide rate, by client id: Graph counts an app across tenants.
+    apps: Mutex<HashMap<String, Arc<AppRate>>>,
+    /// Processes of the fleet sharing the apps' rates (1 until told otherwise).
+    fleet_size: AtomicU32,
 }
 
 /// The process-wide Graph client. Cheap to clone (an `Arc` inside).
@@ -147,6 +156,8 @@ impl GraphClient {
                 counters: Counters::default(),
                 tokens: Mutex::new(HashMap::new()),
                 limits: Mutex::new(HashMap::new()),
+                apps: Mutex::new(HashMap::new()),
+                fleet_size: AtomicU32::new(1),
             }),
         })
     }
@@ -173,10 +184,21 @@ impl GraphClient {
                 .or_default()
                 .clone()
         };
+        let app = {
+            let mut apps = self.shared.apps.lock().unwrap_or_else(|p| p.into_inner());
+            apps.entry(client_key.clone())
+                .or_insert_with(|| {
+                    Arc::new(AppRate::new(
+                        self.shared.options.app_requests_per_10_seconds,
+                        self.shared.fleet_size.load(Ordering::SeqCst),
+                    ))
+                })
+                .clone()
+        };
         let limits = {
             let mut all = self.shared.limits.lock().unwrap_or_else(|p| p.into_inner());
             all.entry((tenant_key, client_key))
-                .or_insert_with(|| Arc::new(Limits::new(&settings.limits)))
+                .or_insert_with(|| Arc::new(Limits::new(&settings.limits, app)))
                 .clone()
         };
         let token_url = format!(
@@ -204,6 +226,17 @@ impl GraphClient {
                 limits,
                 tally: stats::Tally::default(),
             }),
+        }
+    }
+
+    /// The fleet now has `processes` processes using the same apps (at least one): from now on this process
+    /// keeps `1 / processes` of each app's app-wide rate, so the fleet together stays within Graph's ceiling.
+    pub fn set_fleet_size(&self, processes: u32) {
+        let processes = processes.max(1);
+        self.shared.fleet_size.store(processes, Ordering::SeqCst);
+        let apps = self.shared.apps.lock().unwrap_or_else(|p| p.into_inner());
+        for app in apps.values() {
+            app.set_processes(processes);
         }
     }
 

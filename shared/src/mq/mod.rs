@@ -166,6 +166,36 @@ pub async fn open_channel(connection: &Connection, what: &str) -> Result<Channel
     .await
 }
 
+/// A queue's live counts, read by a passive declare (bounded). A missing queue is an error, and the broker closes
+/// `channel` with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Messages ready to be delivered.
+    pub ready: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
+/// Reads `queue`'s [`QueueCounts`] on `channel`.
+pub async fn queue_counts(channel: &Channel, queue: &str) -> Result<QueueCounts, MqError> {
+    let context = format!("reading the counts of queue {queue}");
+    bounded(context.clone(), async move {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .map_err(amqp(context))?;
+        Ok(QueueCounts {
+            ready: declared.message_count(),
+            consumers: declared.consumer_count(),
+        })
+    })
+    .await
+}
+
 /// Starts consuming `queue` on `channel` as `tag`, bounded like every broker wait.
 pub async fn consume(
     channel: &Channel,
