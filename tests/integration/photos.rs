@@ -374,7 +374,7 @@ async fn mirror_with_photo(seed: u64, photo: &[u8]) -> (Estate, SeededTenant, St
         None,
         json!({"displayName": "Pat Photo", "emailAddresses": [{"address": PAT}]}),
     );
-    support::set_contact_photo(&estate, &t, &owner, &id, Some(photo)).await;
+    support::set_contact_photo(&estate.sim, &t, &owner, &id, Some(photo)).await;
     (estate, t, owner, id)
 }
 
@@ -475,7 +475,7 @@ async fn a_changed_personal_photo_is_sent_once_per_copy_and_a_removed_one_is_rem
     assert_pat_everywhere(&estate, &t, &owner, Some(&photo));
 
     let changed = sample_jpeg("pat, newer", 3_000);
-    support::set_contact_photo(&estate, &t, &owner, &own, Some(&changed)).await;
+    support::set_contact_photo(&estate.sim, &t, &owner, &own, Some(&changed)).await;
     estate.sim.reset_stats();
     let report = run(&settings, &args).await;
     assert_all_succeeded(&report);
@@ -483,7 +483,7 @@ async fn a_changed_personal_photo_is_sent_once_per_copy_and_a_removed_one_is_rem
     assert_eq!(contact_photo_requests(&estate.sim, "DELETE"), 0);
     assert_pat_everywhere(&estate, &t, &owner, Some(&changed));
 
-    support::set_contact_photo(&estate, &t, &owner, &own, None).await;
+    support::set_contact_photo(&estate.sim, &t, &owner, &own, None).await;
     estate.sim.reset_stats();
     let report = run(&settings, &args).await;
     assert_all_succeeded(&report);
@@ -520,4 +520,57 @@ async fn with_photos_off_no_photo_of_a_personal_contact_is_requested_and_on_it_t
     // although no feed shows a change.
     assert_all_succeeded(&run(&mirror_settings(&estate, true), &args).await);
     assert_pat_everywhere(&estate, &t, &owner, Some(&photo));
+}
+
+/// A person both in the directory and in a user's personal contacts is one contact per mailbox under the mirror's
+/// sync id: its copies take the directory user's photo (the directory wins, as for fields), while the central
+/// contact holds the personal contact's; a re-run sends no photo (no flip-flop between the two). Failed before
+/// (such a copy got no photo: its sync id was the mirror's, and only directory sync ids had photos).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_in_the_directory_and_in_personal_contacts_gets_the_directorys_photo() {
+    let sim = sim().await;
+    let d = seed_directory(&sim, DirectoryParams::default());
+    let person = d.photo_members[1].clone();
+    let owner = d
+        .members
+        .iter()
+        .find(|m| !d.photo_members.contains(m))
+        .expect("a member without a photo")
+        .clone();
+    let own = sim.add_contact(
+        &d.tenant.tenant_id,
+        &owner,
+        None,
+        json!({"displayName": "Colleague", "emailAddresses": [{"address": mail_of(&person)}]}),
+    );
+    let personal = sample_jpeg("my own picture of them", 1_500);
+    support::set_contact_photo(&sim, &d.tenant, &owner, &own, Some(&personal)).await;
+    let extra = json!({
+        "GlobalAddressBookUserId": d.tenant.shared_mailbox_upn,
+        "Directory": { "Enabled": true },
+        "Photos": true,
+    });
+    let settings = settings_from(&document(vec![tenant_entry(&sim, &d, extra)]));
+    let args = RunArgs {
+        state_dir: Some(support::scratch_dir("photos-merged")),
+        ..embedded_args()
+    };
+    assert_all_succeeded(&run(&settings, &args).await);
+    let directory_photo = sample_jpeg(&person, 2_048);
+    for receiver in d.tenant.mirror_target_upns.iter().filter(|r| **r != person && **r != owner) {
+        assert_eq!(
+            photo_on_copy(&sim, &d, receiver, &person).as_deref(),
+            Some(directory_photo.as_slice()),
+            "{receiver}'s copy of {person}"
+        );
+    }
+    assert_eq!(sim.contact_photo(&d.tenant.tenant_id, &owner, &own), Some(personal));
+
+    sim.reset_stats();
+    assert_all_succeeded(&run(&settings, &args).await);
+    assert_eq!(
+        contact_photo_requests(&sim, "PUT") + contact_photo_requests(&sim, "DELETE"),
+        0,
+        "a re-run sends no photo"
+    );
 }

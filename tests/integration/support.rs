@@ -215,7 +215,7 @@ pub async fn delete_contact(
 /// Puts (`Some`) or removes (`None`) the photo of a contact the way its owner's Outlook would, through graphsim's
 /// Graph API (`PUT|DELETE …/contacts/{id}/photo/$value`).
 pub async fn set_contact_photo(
-    estate: &Estate,
+    sim: &Sim,
     tenant: &SeededTenant,
     mailbox: &str,
     contact_id: &str,
@@ -225,11 +225,11 @@ pub async fn set_contact_photo(
     match photo {
         Some(bytes) => {
             let body = RequestBody::Bytes(bytes.to_vec(), "image/jpeg");
-            send_as_app(estate, tenant, reqwest::Method::PUT, &segments, body).await;
+            send_as_app(sim, tenant, reqwest::Method::PUT, &segments, body).await;
         }
         None => {
             let method = reqwest::Method::DELETE;
-            send_as_app(estate, tenant, method, &segments, RequestBody::None).await;
+            send_as_app(sim, tenant, method, &segments, RequestBody::None).await;
         }
     }
 }
@@ -244,7 +244,7 @@ pub async fn user_request(
     body: Option<serde_json::Value>,
 ) {
     let body = body.map_or(RequestBody::None, RequestBody::Json);
-    send_as_app(estate, tenant, method, segments, body).await;
+    send_as_app(&estate.sim, tenant, method, segments, body).await;
 }
 
 /// What a request made by [`send_as_app`] carries.
@@ -255,7 +255,7 @@ enum RequestBody {
 }
 
 async fn send_as_app(
-    estate: &Estate,
+    sim: &Sim,
     tenant: &SeededTenant,
     method: reqwest::Method,
     segments: &[&str],
@@ -265,7 +265,7 @@ async fn send_as_app(
     let token: serde_json::Value = http
         .post(format!(
             "{}/{}/oauth2/v2.0/token",
-            estate.sim.authority_url(),
+            sim.authority_url(),
             tenant.tenant_id
         ))
         .form(&[
@@ -281,7 +281,7 @@ async fn send_as_app(
         .await
         .expect("token body");
     let access = token["access_token"].as_str().expect("access token");
-    let mut url = reqwest::Url::parse(&estate.sim.graph_url()).expect("graphsim URL");
+    let mut url = reqwest::Url::parse(&sim.graph_url()).expect("graphsim URL");
     url.path_segments_mut()
         .expect("base URL")
         .push("v1.0")

@@ -1232,8 +1232,20 @@ impl JobRunner {
         let mut names: BTreeMap<SyncId, String> = BTreeMap::new();
         let mut sources = BTreeMap::new();
         let mut bytes: BTreeMap<SyncId, PhotoBytes> = BTreeMap::new();
-        // The mirror's persons first: a person both sources know is the central contact's (its sync id), and the
-        // directory's entries, which never share a sync id with a central one, come after.
+        // A directory user's photo by each of the user's addresses: a person both sources know (one contact under
+        // the mirror's sync id, see `directory::combine`) takes the directory's photo, as it takes its fields.
+        let mut directory_photos = BTreeMap::new();
+        for list in from.lists {
+            for person in &list.persons {
+                if let Some(photo) = list.photos.get(&person.sync_id) {
+                    for key in shared::sync::normalize::email_keys(&person.fields) {
+                        directory_photos.entry(key).or_insert(photo);
+                    }
+                }
+            }
+        }
+        // The mirror's persons first; the directory's entries, which never share a sync id with a central one, come
+        // after.
         if let Some((central, contacts)) = from.central {
             for contact in contacts.contacts() {
                 // The directory's own entries in a combined list are not central contacts.
@@ -1245,7 +1257,13 @@ impl JobRunner {
                 };
                 let name = contact.fields.display_name.clone().unwrap_or_default();
                 names.insert(sync_id.clone(), name);
-                if let Some(hash) = &contact.photo_hash {
+                let merged = shared::sync::normalize::email_keys(&contact.fields)
+                    .iter()
+                    .find_map(|key| directory_photos.get(key).copied());
+                if let Some(photo) = merged {
+                    sources.insert(sync_id.clone(), photo.source.clone());
+                    bytes.insert(sync_id, PhotoBytes::Loaded(photo.bytes.clone()));
+                } else if let Some(hash) = &contact.photo_hash {
                     sources.insert(sync_id.clone(), SourcePhoto::central(hash.clone()));
                     let read = CentralPhotoRead {
                         cache: self.central_photos.clone(),
