@@ -392,7 +392,12 @@ fn mirror_args(what: &str) -> RunArgs {
 }
 
 /// The photo on the contact holding [`PAT`] in `upn`'s folder (`Some("All Contacts")`: the central one).
-fn pat_photo(estate: &Estate, t: &SeededTenant, upn: &str, folder: Option<&str>) -> Option<Vec<u8>> {
+fn pat_photo(
+    estate: &Estate,
+    t: &SeededTenant,
+    upn: &str,
+    folder: Option<&str>,
+) -> Option<Vec<u8>> {
     let contacts = estate.sim.contacts(&t.tenant_id, upn, folder);
     let pat = contacts
         .iter()
@@ -427,7 +432,8 @@ fn any_photo_requests(sim: &Sim) -> usize {
 /// A personal contact's photo reaches the central folder and every other user's copy (the owner's own contact
 /// keeps its photo, untouched); a re-run makes no photo request at all and writes nothing. Failed before photos of personal contacts were mirrored (no photo left the owner's mailbox).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_personal_contacts_photo_reaches_the_central_folder_and_every_copy_and_a_rerun_writes_none() {
+async fn a_personal_contacts_photo_reaches_the_central_folder_and_every_copy_and_a_rerun_writes_none(
+) {
     let photo = sample_jpeg("pat", 2_000);
     let (estate, t, owner, own) = mirror_with_photo(1401, &photo).await;
     let settings = mirror_settings(&estate, true);
@@ -448,7 +454,11 @@ async fn a_personal_contacts_photo_reaches_the_central_folder_and_every_copy_and
         1 + copies,
         "one photo into the central folder, one per copy"
     );
-    assert_eq!(contact_photo_requests(&estate.sim, "GET"), 2, "the origin's photo once, the central one once");
+    assert_eq!(
+        contact_photo_requests(&estate.sim, "GET"),
+        2,
+        "the origin's photo once, the central one once"
+    );
 
     // A re-run: no photo request at all (no photo read, sent or removed anywhere), nothing written.
     estate.sim.reset_stats();
@@ -498,7 +508,11 @@ async fn a_changed_personal_photo_is_sent_once_per_copy_and_a_removed_one_is_rem
 
     estate.sim.reset_stats();
     assert_all_succeeded(&run(&settings, &args).await);
-    assert_eq!(any_photo_requests(&estate.sim), 0, "removed photos stay removed");
+    assert_eq!(
+        any_photo_requests(&estate.sim),
+        0,
+        "removed photos stay removed"
+    );
 }
 
 /// With `Photos` off (the default), a personal contact's photo goes nowhere and no photo is requested at all;
@@ -557,14 +571,22 @@ async fn a_person_in_the_directory_and_in_personal_contacts_gets_the_directorys_
     };
     assert_all_succeeded(&run(&settings, &args).await);
     let directory_photo = sample_jpeg(&person, 2_048);
-    for receiver in d.tenant.mirror_target_upns.iter().filter(|r| **r != person && **r != owner) {
+    for receiver in d
+        .tenant
+        .mirror_target_upns
+        .iter()
+        .filter(|r| **r != person && **r != owner)
+    {
         assert_eq!(
             photo_on_copy(&sim, &d, receiver, &person).as_deref(),
             Some(directory_photo.as_slice()),
             "{receiver}'s copy of {person}"
         );
     }
-    assert_eq!(sim.contact_photo(&d.tenant.tenant_id, &owner, &own), Some(personal));
+    assert_eq!(
+        sim.contact_photo(&d.tenant.tenant_id, &owner, &own),
+        Some(personal)
+    );
 
     sim.reset_stats();
     assert_all_succeeded(&run(&settings, &args).await);

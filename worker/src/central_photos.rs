@@ -66,7 +66,9 @@ mod tests {
         let reads = AtomicUsize::new(0);
         let run = Uuid::now_v7();
         let failed = cache
-            .get_or_read("t", run, Some("f"), "c1", || async { Err::<Option<Vec<u8>>, _>("down") })
+            .get_or_read("t", run, Some("f"), "c1", || async {
+                Err::<Option<Vec<u8>>, _>("down")
+            })
             .await;
         assert_eq!(failed, Err("down"));
         for _ in 0..3 {

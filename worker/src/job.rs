@@ -409,29 +409,31 @@ impl JobRunner {
         // With `Photos` on, each person's origin (the user's own contact its sync id is derived from) is noted as
         // it goes by, inert or not: a photo-only change leaves its data equal to the central person's.
         let photos_on = tenant.photos;
-        let reads: Vec<(Mailbox, Result<(SourceMailbox, Vec<(SyncId, OriginPhoto)>), GraphError>)> =
-            stream::iter(readable)
-                .map(|mailbox| async move {
-                    let mut origins = Vec::new();
-                    let read = client
-                        .list_contacts_where(&mailbox.id, &FolderRef::Default, |contact| {
-                            if photos_on {
-                                if let Some(origin) = origin_photo(ctx_ref, keys, &mailbox, contact) {
-                                    origins.push(origin);
-                                }
+        let reads: Vec<(
+            Mailbox,
+            Result<(SourceMailbox, Vec<(SyncId, OriginPhoto)>), GraphError>,
+        )> = stream::iter(readable)
+            .map(|mailbox| async move {
+                let mut origins = Vec::new();
+                let read = client
+                    .list_contacts_where(&mailbox.id, &FolderRef::Default, |contact| {
+                        if photos_on {
+                            if let Some(origin) = origin_photo(ctx_ref, keys, &mailbox, contact) {
+                                origins.push(origin);
                             }
-                            !keys.is_inert(ctx_ref, &mailbox, contact)
-                        })
-                        .await
-                        .map(|contacts| SourceMailbox {
-                            mailbox: mailbox.clone(),
-                            contacts,
-                        });
-                    (mailbox, read.map(|source| (source, origins)))
-                })
-                .buffer_unordered(SOURCE_READ_CONCURRENCY)
-                .collect()
-                .await;
+                        }
+                        !keys.is_inert(ctx_ref, &mailbox, contact)
+                    })
+                    .await
+                    .map(|contacts| SourceMailbox {
+                        mailbox: mailbox.clone(),
+                        contacts,
+                    });
+                (mailbox, read.map(|source| (source, origins)))
+            })
+            .buffer_unordered(SOURCE_READ_CONCURRENCY)
+            .collect()
+            .await;
         let mut source_mailboxes = Vec::with_capacity(reads.len());
         let mut origins: BTreeMap<SyncId, OriginPhoto> = BTreeMap::new();
         for (mailbox, read) in reads {
@@ -494,7 +496,8 @@ impl JobRunner {
                 )
                 .await?;
             // Only a photo put or removed changes what phase 2 copies; a recorded change key alone does not.
-            changed += usize::try_from(photos.photos.sent + photos.photos.removed).unwrap_or(usize::MAX);
+            changed +=
+                usize::try_from(photos.photos.sent + photos.photos.removed).unwrap_or(usize::MAX);
             done.failed_writes += photos.failed_writes;
             done.written.extend(photos.written);
             done.photos = photos.photos;
@@ -691,9 +694,7 @@ impl JobRunner {
             )
             .await?;
         // Photos (`Photos` on) once the copies exist; a dry run writes none.
-        let photo_folder = folder
-            .as_ref()
-            .filter(|_| tenant.photos && !job.dry_run);
+        let photo_folder = folder.as_ref().filter(|_| tenant.photos && !job.dry_run);
         if let Some(folder) = photo_folder {
             let photos = self
                 .apply_photos(
@@ -1135,9 +1136,15 @@ impl JobRunner {
                 writes.spawn(async move {
                     let (central, origin) = (&step.central, &step.origin);
                     let read = match step.check {
-                        OriginCheck::Read => client
-                            .contact_photo(&origin.mailbox_id, &FolderRef::Default, &origin.contact_id)
-                            .await?,
+                        OriginCheck::Read => {
+                            client
+                                .contact_photo(
+                                    &origin.mailbox_id,
+                                    &FolderRef::Default,
+                                    &origin.contact_id,
+                                )
+                                .await?
+                        }
                         OriginCheck::Remove | OriginCheck::Keep => None,
                     };
                     let source = read.as_deref().map(SourcePhoto::of);
@@ -1146,10 +1153,14 @@ impl JobRunner {
                     match &action {
                         PhotoAction::Send => {
                             let bytes = read.as_deref().unwrap_or_default();
-                            client.put_contact_photo(&mailbox_id, &folder, id, bytes).await?;
+                            client
+                                .put_contact_photo(&mailbox_id, &folder, id, bytes)
+                                .await?;
                         }
                         PhotoAction::Remove => {
-                            client.delete_contact_photo(&mailbox_id, &folder, id).await?;
+                            client
+                                .delete_contact_photo(&mailbox_id, &folder, id)
+                                .await?;
                         }
                         PhotoAction::Keep | PhotoAction::TooLarge { .. } => {}
                     }
@@ -1171,7 +1182,10 @@ impl JobRunner {
         for (name, task) in tasks {
             let answered = task.await.map_err(|join| AttemptResult::Transient {
                 wait: Duration::ZERO,
-                error: format!("writing photos to {}: the write task failed: {join}", mailbox.upn),
+                error: format!(
+                    "writing photos to {}: the write task failed: {join}",
+                    mailbox.upn
+                ),
             })?;
             match answered {
                 Ok((action, stored)) => {
@@ -1183,9 +1197,11 @@ impl JobRunner {
                         )),
                         PhotoAction::Keep => {}
                     }
-                    out.written.insert(stored.id.clone(), stored.change_key.clone());
+                    out.written
+                        .insert(stored.id.clone(), stored.change_key.clone());
                 }
-                Err(error) => match classify(&error, &format!("writing photos to {}", mailbox.upn)) {
+                Err(error) => match classify(&error, &format!("writing photos to {}", mailbox.upn))
+                {
                     transient @ AttemptResult::Transient { .. } => {
                         first_transient.get_or_insert(transient);
                     }
@@ -1347,7 +1363,13 @@ impl JobRunner {
                                         .put_contact_photo(&mailbox_id, &folder, &id, &photo)
                                         .await?;
                                     let stored = client
-                                        .set_photo_hash(&mailbox_id, &folder, &id, hash.as_ref(), None)
+                                        .set_photo_hash(
+                                            &mailbox_id,
+                                            &folder,
+                                            &id,
+                                            hash.as_ref(),
+                                            None,
+                                        )
                                         .await?;
                                     (true, stored)
                                 }
@@ -1449,9 +1471,13 @@ impl PhotoBytes {
                     None => FolderRef::Default,
                 };
                 read.cache
-                    .get_or_read(&read.tenant, read.run, read.folder.as_deref(), &read.contact_id, || {
-                        client.contact_photo(&read.mailbox, &folder, &read.contact_id)
-                    })
+                    .get_or_read(
+                        &read.tenant,
+                        read.run,
+                        read.folder.as_deref(),
+                        &read.contact_id,
+                        || client.contact_photo(&read.mailbox, &folder, &read.contact_id),
+                    )
                     .await
             }
         }

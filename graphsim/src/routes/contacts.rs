@@ -317,18 +317,6 @@ fn photo_body(op: &Op) -> Result<Vec<u8>, Reply> {
     Ok(bytes)
 }
 
-/// MAPI's `PidLidHasPicture` as Graph names it for `$expand`: Exchange keeps it with the photo attachment.
-pub const HAS_PICTURE_PROPERTY: &str = "Boolean {00062004-0000-0000-C000-000000000046} Id 0x8015";
-
-/// The change a photo put (`true`) or removed (`false`) makes to its contact: the photo is an attachment of the
-/// item, so the item changes and its `PidLidHasPicture` says whether it has one.
-fn has_picture(present: bool) -> contact::ContactBody {
-    contact::ContactBody {
-        extended: vec![(HAS_PICTURE_PROPERTY.to_owned(), Some(present.to_string()))],
-        ..contact::ContactBody::default()
-    }
-}
-
 /// `GET|PUT|DELETE …/contacts/{id}/photo/$value`. Putting or removing a photo is a change of the contact: its
 /// change key and `lastModifiedDateTime` move, its feed shows it, and its `PidLidHasPicture` follows.
 fn contact_photo(
@@ -349,17 +337,15 @@ fn contact_photo(
         },
         "PUT" => match photo_body(op) {
             Ok(bytes) => {
-                mailbox.photos.insert(id.to_owned(), bytes);
-                mailbox.update_contact(id, has_picture(true), clock);
+                mailbox.put_photo(id, bytes, clock);
                 Reply::empty(200)
             }
             Err(e) => e,
         },
         "DELETE" => {
-            if mailbox.photos.remove(id).is_none() {
+            if !mailbox.remove_photo(id, clock) {
                 return errors::image_not_found();
             }
-            mailbox.update_contact(id, has_picture(false), clock);
             Reply::empty(204)
         }
         _ => errors::method_not_allowed(),

@@ -238,7 +238,10 @@ async fn a_contact_photo_sets_pid_lid_has_picture_with_a_new_change_key() {
         }
         let got = env.get(&expanded).await;
         assert_eq!(got.status, 200, "{}", got.body);
-        assert_eq!(schemas.errors("microsoft.graph.contact", &got.body), Vec::<String>::new());
+        assert_eq!(
+            schemas.errors("microsoft.graph.contact", &got.body),
+            Vec::<String>::new()
+        );
         let value = got.body["singleValueExtendedProperties"]
             .as_array()
             .and_then(|p| p.iter().find(|p| p["id"] == HAS_PICTURE))
@@ -247,6 +250,12 @@ async fn a_contact_photo_sets_pid_lid_has_picture_with_a_new_change_key() {
     }
     let values: Vec<Option<&str>> = states.iter().map(|(v, _)| v.as_deref()).collect();
     assert_eq!(values, [None, Some("true"), Some("false")]);
-    assert_ne!(states[0].1, states[1].1, "a photo put is a change of the contact");
-    assert_ne!(states[1].1, states[2].1, "a photo removed is a change of the contact");
+    assert_ne!(
+        states[0].1, states[1].1,
+        "a photo put is a change of the contact"
+    );
+    assert_ne!(
+        states[1].1, states[2].1,
+        "a photo removed is a change of the contact"
+    );
 }

@@ -14,7 +14,9 @@ use serde_json::{Map, Value};
 
 use super::error::GraphError;
 use crate::model::{Contact, ContactFields, ContactWrite, FieldSet, SYNC_ID_PROPERTY};
-use crate::sync::photo::{PhotoHash, HAS_PICTURE_PROPERTY, PHOTO_HASH_PROPERTY, PHOTO_SOURCE_PROPERTY};
+use crate::sync::photo::{
+    PhotoHash, HAS_PICTURE_PROPERTY, PHOTO_HASH_PROPERTY, PHOTO_SOURCE_PROPERTY,
+};
 
 /// Decodes `bytes` as `T`, naming the failing path in the error.
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, GraphError> {
@@ -127,8 +129,8 @@ impl From<WireContact> for Contact {
         let photo_hash = value_of(PHOTO_HASH_PROPERTY).and_then(|v| PhotoHash::parse(&v));
         let photo_source = value_of(PHOTO_SOURCE_PROPERTY).filter(|v| !v.trim().is_empty());
         // Exchange answers a Boolean property as "true"/"false"; absent means no photo was ever put.
-        let has_picture = value_of(HAS_PICTURE_PROPERTY)
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let has_picture =
+            value_of(HAS_PICTURE_PROPERTY).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         Contact {
             id: wire.id,
             last_modified: wire.last_modified_date_time,
@@ -661,7 +663,9 @@ mod tests {
     fn photo_properties_are_read_with_the_contact() {
         let read = |props: Value| -> Contact {
             let body = serde_json::json!({"id": "c1", "singleValueExtendedProperties": props});
-            Contact::from(decode::<WireContact>("contact", body.to_string().as_bytes()).expect("decodes"))
+            Contact::from(
+                decode::<WireContact>("contact", body.to_string().as_bytes()).expect("decodes"),
+            )
         };
         let with = read(serde_json::json!([
             {"id": "Boolean {00062004-0000-0000-c000-000000000046} Id 0x8015", "value": "True"},
