@@ -409,10 +409,7 @@ impl JobRunner {
         // With `Photos` on, each person's origin (the user's own contact its sync id is derived from) is noted as
         // it goes by, inert or not: a photo-only change leaves its data equal to the central person's.
         let photos_on = tenant.photos;
-        let reads: Vec<(
-            Mailbox,
-            Result<(SourceMailbox, Vec<(SyncId, OriginPhoto)>), GraphError>,
-        )> = stream::iter(readable)
+        let reads: Vec<(Mailbox, Result<SourceRead, GraphError>)> = stream::iter(readable)
             .map(|mailbox| async move {
                 let mut origins = Vec::new();
                 let read = client
@@ -1434,6 +1431,10 @@ impl JobRunner {
         Ok(out)
     }
 }
+
+/// A source mailbox as phase 1 read it: the contacts that can change the plan, and the origins it holds
+/// (`Photos` on; see `origin_photo`).
+type SourceRead = (SourceMailbox, Vec<(SyncId, OriginPhoto)>);
 
 /// Where phase 2's photos come from: the directories' users (their bytes loaded with the persons) and the central
 /// folder with the list the mailbox was planned against (its central contacts' `PhotoHash`).
