@@ -430,7 +430,8 @@ fn any_photo_requests(sim: &Sim) -> usize {
 }
 
 /// A personal contact's photo reaches the central folder and every other user's copy (the owner's own contact
-/// keeps its photo, untouched); a re-run makes no photo request at all and writes nothing. Failed before photos of personal contacts were mirrored (no photo left the owner's mailbox).
+/// keeps its photo, untouched); a re-run makes no photo request at all and writes nothing. Failed before photos
+/// of personal contacts were mirrored (no photo left the owner's mailbox).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_personal_contacts_photo_reaches_the_central_folder_and_every_copy_and_a_rerun_writes_none(
 ) {
