@@ -350,6 +350,36 @@ impl Sim {
         }
     }
 
+    /// Puts (`Some`) or removes (`None`) the photo of a contact in `user`'s mailbox as its owner's Outlook would:
+    /// the contact changes as with `PUT|DELETE …/photo/$value` (change key, delta, `PidLidHasPicture`). Not
+    /// counted or throttled, so benchmarks can change an estate between runs without touching the figures.
+    pub fn set_contact_photo(
+        &self,
+        tenant: &str,
+        user: &str,
+        contact_id: &str,
+        photo: Option<Vec<u8>>,
+    ) -> Result<(), String> {
+        let mut store = self.store();
+        let state::Store {
+            tenants,
+            tenant_index,
+            clock,
+            ..
+        } = &mut *store;
+        let mailbox = mailbox_of(tenants, tenant_index, tenant, user)?;
+        if !mailbox.contacts.contains_key(contact_id) {
+            return Err(format!("no contact {contact_id} in {user}"));
+        }
+        match photo {
+            Some(bytes) => mailbox.put_photo(contact_id, bytes, clock),
+            None => {
+                mailbox.remove_photo(contact_id, clock);
+            }
+        }
+        Ok(())
+    }
+
     /// The photo of a contact in `user`'s mailbox, if it has one.
     pub fn contact_photo(&self, tenant: &str, user: &str, contact_id: &str) -> Option<Vec<u8>> {
         self.store()

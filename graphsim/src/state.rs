@@ -295,6 +295,22 @@ impl Mailbox {
         Some(contact)
     }
 
+    /// Puts `bytes` as contact `id`'s photo. The photo is an attachment of the item, so the item changes (change
+    /// key, `lastModifiedDateTime`, delta) and its `PidLidHasPicture` says it has one.
+    pub fn put_photo(&mut self, id: &str, bytes: Vec<u8>, clock: &mut Clock) {
+        self.photos.insert(id.to_owned(), bytes);
+        self.update_contact(id, has_picture(true), clock);
+    }
+
+    /// Removes contact `id`'s photo (a change of the item, `PidLidHasPicture` false); `false` when it had none.
+    pub fn remove_photo(&mut self, id: &str, clock: &mut Clock) -> bool {
+        if self.photos.remove(id).is_none() {
+            return false;
+        }
+        self.update_contact(id, has_picture(false), clock);
+        true
+    }
+
     /// Deletes a contact, leaving a tombstone for delta.
     pub fn delete_contact(&mut self, id: &str) -> bool {
         let Some(contact) = self.contacts.remove(id) else {
@@ -595,5 +611,16 @@ impl Store {
             },
         );
         token
+    }
+}
+
+/// MAPI's `PidLidHasPicture` as Graph names it for `$expand`: Exchange keeps it with the photo attachment.
+pub const HAS_PICTURE_PROPERTY: &str = "Boolean {00062004-0000-0000-C000-000000000046} Id 0x8015";
+
+/// The change a photo put (`true`) or removed (`false`) makes to its contact's properties.
+fn has_picture(present: bool) -> ContactBody {
+    ContactBody {
+        extended: vec![(HAS_PICTURE_PROPERTY.to_owned(), Some(present.to_string()))],
+        ..ContactBody::default()
     }
 }

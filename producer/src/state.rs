@@ -83,7 +83,7 @@ pub struct KnownCentral {
 /// mirroring policy. Changing any of them (a new folder name, another opt-out category) makes the remembered
 /// state meaningless, so the next run reads everything again.
 pub fn scope(tenant: &TenantSettings, central: &CentralFolder) -> Uuid {
-    let key = format!(
+    let mut key = format!(
         "{}|{}|{}|{}|{:?}",
         tenant.tenant_id.to_lowercase(),
         tenant.graph_endpoint.as_str().trim_end_matches('/'),
@@ -91,6 +91,11 @@ pub fn scope(tenant: &TenantSettings, central: &CentralFolder) -> Uuid {
         central.folder_id.as_deref().unwrap_or_default(),
         tenant.mirror,
     );
+    // `Photos` turned on must read every folder once (photos already there are nothing the feeds show); only
+    // then, so a tenant without photos keeps the scope it had.
+    if tenant.photos {
+        key.push_str("|photos");
+    }
     Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
 }
 

@@ -343,6 +343,13 @@ pub struct Contact {
     /// The photo hash the tool last put on this copy ([`crate::sync::photo::PHOTO_HASH_PROPERTY`]); `None` when
     /// it has none of the tool's (or the property was emptied).
     pub photo_hash: Option<crate::sync::photo::PhotoHash>,
+    /// A central contact only: the change key of the origin (the user's contact the person was first published
+    /// from) at which the tool last read its photo ([`crate::sync::photo::PHOTO_SOURCE_PROPERTY`]), so an origin
+    /// that did not change since costs no photo read.
+    pub photo_source: Option<String>,
+    /// Exchange says the contact has a photo (MAPI `PidLidHasPicture`,
+    /// [`crate::sync::photo::HAS_PICTURE_PROPERTY`]), read with the contact at no extra request.
+    pub has_picture: bool,
     /// Graph's version of the item (`changeKey`): it changes with every edit, so the one a write returned tells
     /// the job's own write from a later edit by the owner. `None` when Graph did not send one.
     pub change_key: Option<String>,

@@ -104,6 +104,8 @@ fn originals(n: usize) -> Vec<Contact> {
             categories: Vec::new(),
             sync_id_property: None,
             photo_hash: None,
+            photo_source: None,
+            has_picture: false,
             change_key: None,
         })
         .collect()
@@ -129,6 +131,8 @@ fn applied(plan: &Plan, mut folder: Vec<Contact>, prefix: &str) -> Vec<Contact> 
                     categories: Vec::new(),
                     sync_id_property: None,
                     photo_hash: None,
+                    photo_source: None,
+                    has_picture: false,
                     change_key: None,
                 });
                 (folder.last_mut().expect("just pushed"), write)

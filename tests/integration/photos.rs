@@ -1,17 +1,20 @@
 //! Issue 14, photos: directory users' photos on every managed copy, sent only when they changed, removed when
 //! removed, skipped with a reason when over Graph's 4 MB limit, and within each mailbox's upload budget as
-//! graphsim counts it.
+//! graphsim counts it; and users' personal contacts' photos through the central folder to every managed copy.
 
 use std::time::Duration;
 
-use graphsim::{sample_jpeg, seed_directory, DirectoryParams, SeededDirectory, Sim};
+use graphsim::{
+    sample_jpeg, seed_directory, DirectoryParams, EstateParams, SeededDirectory, SeededTenant, Sim,
+    SimConfig,
+};
 use serde_json::{json, Value};
 
 use crate::directory::{
     assert_all_succeeded, directory_only, document, mail_of, sim, tenant, tenant_entry, writes,
 };
 use crate::fleet::{broker_args, embedded_args, run};
-use crate::support::{self, settings_from, BROKER};
+use crate::support::{self, settings_from, Estate, BROKER};
 use producer::cli::RunArgs;
 
 /// The photo bytes on the copy of `person` (by address) in `receiver`'s default folder; `None` without a photo.
@@ -341,5 +344,256 @@ async fn a_users_own_contact_of_a_directory_person_never_gets_a_photo() {
         photo_on_copy(&sim, &d, &witness, &person),
         Some(sample_jpeg(&person, 2_048)),
         "the managed copies get it"
+    );
+}
+
+// Mirrored personal contacts: a user's own contact's photo goes to the central folder (phase 1), then to every
+// managed copy (phase 2).
+
+const PAT: &str = "pat.photo@example.org";
+
+/// A mirror tenant (no directory) of 5 users whose first user holds "Pat Photo" with `photo`: the estate, the
+/// tenant, the owner and the contact's id.
+async fn mirror_with_photo(seed: u64, photo: &[u8]) -> (Estate, SeededTenant, String, String) {
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 1,
+            users_per_tenant: 5,
+            contacts_per_user: 2,
+            overlap: 0.0,
+            seed,
+        },
+    )
+    .await;
+    let t = estate.tenants[0].clone();
+    let owner = t.mirror_target_upns[0].clone();
+    let id = estate.sim.add_contact(
+        &t.tenant_id,
+        &owner,
+        None,
+        json!({"displayName": "Pat Photo", "emailAddresses": [{"address": PAT}]}),
+    );
+    support::set_contact_photo(&estate.sim, &t, &owner, &id, Some(photo)).await;
+    (estate, t, owner, id)
+}
+
+fn mirror_settings(estate: &Estate, photos: bool) -> shared::config::Settings {
+    let mut doc = estate.config_json();
+    doc["MicrosoftTenants"][0]["Photos"] = json!(photos);
+    settings_from(&doc)
+}
+
+fn mirror_args(what: &str) -> RunArgs {
+    RunArgs {
+        state_dir: Some(support::scratch_dir(what)),
+        ..embedded_args()
+    }
+}
+
+/// The photo on the contact holding [`PAT`] in `upn`'s folder (`Some("All Contacts")`: the central one).
+fn pat_photo(
+    estate: &Estate,
+    t: &SeededTenant,
+    upn: &str,
+    folder: Option<&str>,
+) -> Option<Vec<u8>> {
+    let contacts = estate.sim.contacts(&t.tenant_id, upn, folder);
+    let pat = contacts
+        .iter()
+        .find(|c| c["emailAddresses"].to_string().contains(PAT))
+        .unwrap_or_else(|| panic!("{upn} ({folder:?}) holds no contact of {PAT}"));
+    estate
+        .sim
+        .contact_photo(&t.tenant_id, upn, pat["id"].as_str().expect("id"))
+}
+
+/// Pat's photo is `expected` in the central folder and on every other user's managed copy.
+fn assert_pat_everywhere(estate: &Estate, t: &SeededTenant, owner: &str, expected: Option<&[u8]>) {
+    let central = pat_photo(estate, t, &t.shared_mailbox_upn, Some("All Contacts"));
+    assert_eq!(central.as_deref(), expected, "the central contact's photo");
+    for user in t.mirror_target_upns.iter().filter(|u| *u != owner) {
+        assert_eq!(
+            pat_photo(estate, t, user, None).as_deref(),
+            expected,
+            "the photo on {user}'s copy"
+        );
+    }
+}
+
+/// Every request graphsim logged to any photo (users' or contacts').
+fn any_photo_requests(sim: &Sim) -> usize {
+    sim.request_log()
+        .iter()
+        .filter(|r| r.url.contains("/photo/"))
+        .count()
+}
+
+/// A personal contact's photo reaches the central folder and every other user's copy (the owner's own contact
+/// keeps its photo, untouched); a re-run makes no photo request at all and writes nothing. Failed before photos
+/// of personal contacts were mirrored (no photo left the owner's mailbox).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_personal_contacts_photo_reaches_the_central_folder_and_every_copy_and_a_rerun_writes_none(
+) {
+    let photo = sample_jpeg("pat", 2_000);
+    let (estate, t, owner, own) = mirror_with_photo(1401, &photo).await;
+    let settings = mirror_settings(&estate, true);
+    let args = mirror_args("photos-mirror");
+    let copies = t.mirror_target_upns.len() - 1;
+
+    estate.sim.reset_stats();
+    let first = run(&settings, &args).await;
+    assert_all_succeeded(&first);
+    assert_pat_everywhere(&estate, &t, &owner, Some(&photo));
+    assert_eq!(
+        estate.sim.contact_photo(&t.tenant_id, &owner, &own),
+        Some(photo.clone()),
+        "the owner's own contact keeps its photo"
+    );
+    assert_eq!(
+        contact_photo_requests(&estate.sim, "PUT"),
+        1 + copies,
+        "one photo into the central folder, one per copy"
+    );
+    assert_eq!(
+        contact_photo_requests(&estate.sim, "GET"),
+        2,
+        "the origin's photo once, the central one once"
+    );
+
+    // A re-run: no photo request at all (no photo read, sent or removed anywhere), nothing written.
+    estate.sim.reset_stats();
+    let again = run(&settings, &args).await;
+    assert_all_succeeded(&again);
+    assert_eq!(any_photo_requests(&estate.sim), 0);
+    assert_eq!(estate.sim.stats().total_writes(), 0);
+    assert_pat_everywhere(&estate, &t, &owner, Some(&photo));
+}
+
+/// A changed personal photo is sent once into the central folder and once to each copy; a removed one is removed
+/// from the central folder and from every copy, and stays removed. Failed before photos of personal contacts were
+/// mirrored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_personal_photo_is_sent_once_per_copy_and_a_removed_one_is_removed_everywhere() {
+    let photo = sample_jpeg("pat", 2_000);
+    let (estate, t, owner, own) = mirror_with_photo(1402, &photo).await;
+    let settings = mirror_settings(&estate, true);
+    let args = mirror_args("photos-mirror-changes");
+    let copies = t.mirror_target_upns.len() - 1;
+    for _ in 0..2 {
+        assert_all_succeeded(&run(&settings, &args).await);
+    }
+    assert_pat_everywhere(&estate, &t, &owner, Some(&photo));
+
+    let changed = sample_jpeg("pat, newer", 3_000);
+    support::set_contact_photo(&estate.sim, &t, &owner, &own, Some(&changed)).await;
+    estate.sim.reset_stats();
+    let report = run(&settings, &args).await;
+    assert_all_succeeded(&report);
+    assert_eq!(contact_photo_requests(&estate.sim, "PUT"), 1 + copies);
+    assert_eq!(contact_photo_requests(&estate.sim, "DELETE"), 0);
+    assert_pat_everywhere(&estate, &t, &owner, Some(&changed));
+
+    support::set_contact_photo(&estate.sim, &t, &owner, &own, None).await;
+    estate.sim.reset_stats();
+    let report = run(&settings, &args).await;
+    assert_all_succeeded(&report);
+    assert_eq!(contact_photo_requests(&estate.sim, "DELETE"), 1 + copies);
+    assert_eq!(contact_photo_requests(&estate.sim, "PUT"), 0);
+    assert_eq!(
+        contact_photo_requests(&estate.sim, "GET"),
+        0,
+        "PidLidHasPicture says it is gone: nothing to read"
+    );
+    assert_pat_everywhere(&estate, &t, &owner, None);
+
+    estate.sim.reset_stats();
+    assert_all_succeeded(&run(&settings, &args).await);
+    assert_eq!(
+        any_photo_requests(&estate.sim),
+        0,
+        "removed photos stay removed"
+    );
+}
+
+/// With `Photos` off (the default), a personal contact's photo goes nowhere and no photo is requested at all;
+/// turned on, the same estate's next run (state kept) brings it to the central folder and every copy. Failed
+/// before photos of personal contacts were mirrored and before `Photos` was part of the state's scope (the
+/// second half); the first half fails if the photo step ran with `Photos` off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_photos_off_no_photo_of_a_personal_contact_is_requested_and_on_it_travels() {
+    let photo = sample_jpeg("pat", 2_000);
+    let (estate, t, owner, _own) = mirror_with_photo(1403, &photo).await;
+    let args = mirror_args("photos-mirror-off");
+    estate.sim.reset_stats();
+    let off = run(&mirror_settings(&estate, false), &args).await;
+    assert_all_succeeded(&off);
+    assert_eq!(any_photo_requests(&estate.sim), 0);
+    assert_pat_everywhere(&estate, &t, &owner, None);
+
+    // Turned on, with the state kept: `Photos` is part of the state's scope, so the next run reads every folder
+    // although no feed shows a change.
+    assert_all_succeeded(&run(&mirror_settings(&estate, true), &args).await);
+    assert_pat_everywhere(&estate, &t, &owner, Some(&photo));
+}
+
+/// A person both in the directory and in a user's personal contacts is one contact per mailbox under the mirror's
+/// sync id: its copies take the directory user's photo (the directory wins, as for fields), while the central
+/// contact holds the personal contact's; a re-run sends no photo (no flip-flop between the two). Failed before
+/// (such a copy got no photo: its sync id was the mirror's, and only directory sync ids had photos).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_in_the_directory_and_in_personal_contacts_gets_the_directorys_photo() {
+    let sim = sim().await;
+    let d = seed_directory(&sim, DirectoryParams::default());
+    let person = d.photo_members[1].clone();
+    let owner = d
+        .members
+        .iter()
+        .find(|m| !d.photo_members.contains(m))
+        .expect("a member without a photo")
+        .clone();
+    let own = sim.add_contact(
+        &d.tenant.tenant_id,
+        &owner,
+        None,
+        json!({"displayName": "Colleague", "emailAddresses": [{"address": mail_of(&person)}]}),
+    );
+    let personal = sample_jpeg("my own picture of them", 1_500);
+    support::set_contact_photo(&sim, &d.tenant, &owner, &own, Some(&personal)).await;
+    let extra = json!({
+        "GlobalAddressBookUserId": d.tenant.shared_mailbox_upn,
+        "Directory": { "Enabled": true },
+        "Photos": true,
+    });
+    let settings = settings_from(&document(vec![tenant_entry(&sim, &d, extra)]));
+    let args = RunArgs {
+        state_dir: Some(support::scratch_dir("photos-merged")),
+        ..embedded_args()
+    };
+    assert_all_succeeded(&run(&settings, &args).await);
+    let directory_photo = sample_jpeg(&person, 2_048);
+    for receiver in d
+        .tenant
+        .mirror_target_upns
+        .iter()
+        .filter(|r| **r != person && **r != owner)
+    {
+        assert_eq!(
+            photo_on_copy(&sim, &d, receiver, &person).as_deref(),
+            Some(directory_photo.as_slice()),
+            "{receiver}'s copy of {person}"
+        );
+    }
+    assert_eq!(
+        sim.contact_photo(&d.tenant.tenant_id, &owner, &own),
+        Some(personal)
+    );
+
+    sim.reset_stats();
+    assert_all_succeeded(&run(&settings, &args).await);
+    assert_eq!(
+        contact_photo_requests(&sim, "PUT") + contact_photo_requests(&sim, "DELETE"),
+        0,
+        "a re-run sends no photo"
     );
 }

@@ -212,6 +212,28 @@ pub async fn delete_contact(
     .await;
 }
 
+/// Puts (`Some`) or removes (`None`) the photo of a contact the way its owner's Outlook would, through graphsim's
+/// Graph API (`PUT|DELETE …/contacts/{id}/photo/$value`).
+pub async fn set_contact_photo(
+    sim: &Sim,
+    tenant: &SeededTenant,
+    mailbox: &str,
+    contact_id: &str,
+    photo: Option<&[u8]>,
+) {
+    let segments = ["users", mailbox, "contacts", contact_id, "photo", "$value"];
+    match photo {
+        Some(bytes) => {
+            let body = RequestBody::Bytes(bytes.to_vec(), "image/jpeg");
+            send_as_app(sim, tenant, reqwest::Method::PUT, &segments, body).await;
+        }
+        None => {
+            let method = reqwest::Method::DELETE;
+            send_as_app(sim, tenant, method, &segments, RequestBody::None).await;
+        }
+    }
+}
+
 /// One Graph request under `/v1.0/` with the tenant's own app token, as a user's client would send it; a
 /// failure fails the test.
 pub async fn user_request(
@@ -221,11 +243,29 @@ pub async fn user_request(
     segments: &[&str],
     body: Option<serde_json::Value>,
 ) {
+    let body = body.map_or(RequestBody::None, RequestBody::Json);
+    send_as_app(&estate.sim, tenant, method, segments, body).await;
+}
+
+/// What a request made by [`send_as_app`] carries.
+enum RequestBody {
+    None,
+    Json(serde_json::Value),
+    Bytes(Vec<u8>, &'static str),
+}
+
+async fn send_as_app(
+    sim: &Sim,
+    tenant: &SeededTenant,
+    method: reqwest::Method,
+    segments: &[&str],
+    body: RequestBody,
+) {
     let http = reqwest::Client::new();
     let token: serde_json::Value = http
         .post(format!(
             "{}/{}/oauth2/v2.0/token",
-            estate.sim.authority_url(),
+            sim.authority_url(),
             tenant.tenant_id
         ))
         .form(&[
@@ -241,15 +281,19 @@ pub async fn user_request(
         .await
         .expect("token body");
     let access = token["access_token"].as_str().expect("access token");
-    let mut url = reqwest::Url::parse(&estate.sim.graph_url()).expect("graphsim URL");
+    let mut url = reqwest::Url::parse(&sim.graph_url()).expect("graphsim URL");
     url.path_segments_mut()
         .expect("base URL")
         .push("v1.0")
         .extend(segments);
     let mut request = http.request(method.clone(), url).bearer_auth(access);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
+    request = match body {
+        RequestBody::None => request,
+        RequestBody::Json(body) => request.json(&body),
+        RequestBody::Bytes(bytes, content_type) => {
+            request.header("content-type", content_type).body(bytes)
+        }
+    };
     let response = request.send().await.expect("Graph request");
     assert!(
         response.status().is_success(),

@@ -220,6 +220,8 @@ mod tests {
             categories: Vec::new(),
             sync_id_property: Some("x".into()),
             photo_hash: None,
+            photo_source: None,
+            has_picture: false,
         };
         let expected = Contact {
             change_key: None,

@@ -22,7 +22,9 @@ use shared::message::{
     SourceFailure, SCHEMA_VERSION,
 };
 use shared::model::{Contact, Mailbox, WriteOp};
-use shared::sync::photo::{self, CopyPhoto, PhotoAction};
+use shared::sync::photo::{
+    self, CentralPhoto, CopyPhoto, OriginCheck, OriginPhoto, PhotoAction, SourcePhoto,
+};
 use shared::sync::{
     self, CleanupScope, CleanupSource, Ownership, Plan, PlanContext, PlanCounts, PreparedCentral,
     SourceMailbox, SyncId,
@@ -32,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::central_cache::CentralCache;
+use crate::central_photos::CentralPhotos;
 use crate::directory_cache::{DirectoryCache, Selected};
 use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
 use crate::heap;
@@ -62,6 +65,8 @@ pub struct JobRunner {
     in_flight: InFlight,
     /// Contacts planned against at once (see [`crate::planning_budget`]).
     planning: PlanningBudget,
+    /// The central contacts' photos phase 2 sends, read once per worker and run (`Photos` on).
+    central_photos: Arc<CentralPhotos>,
 }
 
 /// The result of one attempt: the report to publish and what the queue should make of it.
@@ -127,6 +132,7 @@ impl JobRunner {
             locations: Locations::default(),
             in_flight: InFlight::default(),
             planning: PlanningBudget::default(),
+            central_photos: Arc::default(),
         }
     }
 
@@ -400,10 +406,19 @@ impl JobRunner {
         // 10): a mailbox of distributed copies is never held whole.
         let central_keys = sync::CentralKeys::new(&ctx, &central_contacts);
         let (keys, ctx_ref) = (&central_keys, &ctx);
-        let reads: Vec<(Mailbox, Result<SourceMailbox, GraphError>)> = stream::iter(readable)
+        // With `Photos` on, each person's origin (the user's own contact its sync id is derived from) is noted as
+        // it goes by, inert or not: a photo-only change leaves its data equal to the central person's.
+        let photos_on = tenant.photos;
+        let reads: Vec<(Mailbox, Result<SourceRead, GraphError>)> = stream::iter(readable)
             .map(|mailbox| async move {
+                let mut origins = Vec::new();
                 let read = client
                     .list_contacts_where(&mailbox.id, &FolderRef::Default, |contact| {
+                        if photos_on {
+                            if let Some(origin) = origin_photo(ctx_ref, keys, &mailbox, contact) {
+                                origins.push(origin);
+                            }
+                        }
                         !keys.is_inert(ctx_ref, &mailbox, contact)
                     })
                     .await
@@ -411,15 +426,19 @@ impl JobRunner {
                         mailbox: mailbox.clone(),
                         contacts,
                     });
-                (mailbox, read)
+                (mailbox, read.map(|source| (source, origins)))
             })
             .buffer_unordered(SOURCE_READ_CONCURRENCY)
             .collect()
             .await;
         let mut source_mailboxes = Vec::with_capacity(reads.len());
+        let mut origins: BTreeMap<SyncId, OriginPhoto> = BTreeMap::new();
         for (mailbox, read) in reads {
             match read {
-                Ok(source) => source_mailboxes.push(source),
+                Ok((source, seen)) => {
+                    source_mailboxes.push(source);
+                    origins.extend(seen);
+                }
                 Err(error) => {
                     cursors.mailboxes.remove(&mailbox.id);
                     source_failures.push(source_failure(&mailbox, &error)?);
@@ -438,6 +457,8 @@ impl JobRunner {
             }
         }
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
+        // What the central photo step needs of the folder as read: the persons whose origin was read.
+        let central_photos = central_photo_targets(&ctx, &central_contacts, &origins);
         // The plan holds what the writes need: what was read goes before the (long) writing starts.
         let large = central_contacts.len().max(plan.items.len()) >= heap::LARGE;
         drop((source_mailboxes, central_contacts, planning));
@@ -457,8 +478,29 @@ impl JobRunner {
         let mut done = self
             .apply(client, job, &central.mailbox, &folder, &plan, writes)
             .await?;
+        let mut changed = done.written.len() + done.deleted.len();
+        if tenant.photos && !job.dry_run {
+            let photos = self
+                .apply_central_photos(
+                    client,
+                    &central.mailbox,
+                    &folder,
+                    central_photos,
+                    &plan,
+                    &origins,
+                    &done,
+                    writes,
+                )
+                .await?;
+            // Only a photo put or removed changes what phase 2 copies; a recorded change key alone does not.
+            changed +=
+                usize::try_from(photos.photos.sent + photos.photos.removed).unwrap_or(usize::MAX);
+            done.failed_writes += photos.failed_writes;
+            done.written.extend(photos.written);
+            done.photos = photos.photos;
+        }
         if let Some(link) = central_check.link {
-            let writes = done.written.len() + done.deleted.len();
+            let writes = changed;
             let generation = feed::next_generation(central_check.check, previous, writes);
             let link = advance_past_own_writes(client, &central.mailbox, link, &done).await;
             cursors.central = Some(FolderFeed {
@@ -555,7 +597,7 @@ impl JobRunner {
         let sources: &PreparedCentral = if directory_on {
             let lists = self.received_directory(tenant, client, job).await?;
             if tenant.photos {
-                photo_lists = lists.clone();
+                photo_lists.clone_from(&lists);
             }
             // One source is planned against as cached; several are put in one list (each source's persons once).
             // Only the tenant's own directory alone has a generation the producer offers (see `prepare`).
@@ -625,7 +667,7 @@ impl JobRunner {
         let old_contacts = old.as_ref().map(|(_, contacts)| contacts.as_slice());
         // The photos step needs the copies as read (their photo hashes) after the plan has dropped the folder:
         // with `Photos` on, the contacts carrying a sync id are kept for it.
-        let photo_targets: Vec<Contact> = if photo_lists.is_empty() {
+        let photo_targets: Vec<Contact> = if !tenant.photos {
             Vec::new()
         } else {
             target
@@ -649,19 +691,21 @@ impl JobRunner {
             )
             .await?;
         // Photos (`Photos` on) once the copies exist; a dry run writes none.
-        let photo_folder = folder
-            .as_ref()
-            .filter(|_| !photo_lists.is_empty() && !job.dry_run);
+        let photo_folder = folder.as_ref().filter(|_| tenant.photos && !job.dry_run);
         if let Some(folder) = photo_folder {
             let photos = self
                 .apply_photos(
                     tenant,
                     client,
+                    job,
                     mailbox,
                     folder,
                     &photo_targets,
                     &done,
-                    &photo_lists,
+                    PhotoSources {
+                        lists: &photo_lists,
+                        central: central.map(|c| (c, sources)),
+                    },
                     writes,
                 )
                 .await?;
@@ -1035,8 +1079,151 @@ impl JobRunner {
         })
     }
 
-    /// Brings the photos of the directory persons' managed copies in `folder` in line with `photos` (`Photos`
-    /// on): `target` is the folder as read before this job's writes, `done` what they did (created copies get
+    /// Brings the central folder's photos in line with their persons' origins (phase 1, `Photos` on): `targets`
+    /// the central persons as read (see `central_photo_targets`), `done` what the plan's writes did (created
+    /// persons get their origin's photo now, deleted duplicates none). An origin's photo is read (on its own
+    /// mailbox's budget) only when [`photo::check_origin`] says so; then the photo is put or removed as
+    /// [`photo::decide`] says, and the hash with the origin's change key recorded in one PATCH, as a task of
+    /// `writes` (a cancel never leaves one half-done; a failure between the two reads the origin again next run).
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_central_photos(
+        &self,
+        client: &TenantClient,
+        mailbox: &Mailbox,
+        folder: &FolderRef,
+        mut targets: BTreeMap<SyncId, (CentralPhoto, String)>,
+        plan: &Plan,
+        origins: &BTreeMap<SyncId, OriginPhoto>,
+        done: &Done,
+        writes: &TaskTracker,
+    ) -> Result<Done, AttemptResult> {
+        targets.retain(|_, (target, _)| !done.deleted.contains(&target.contact_id));
+        for (sync_id, id) in &done.created_ids {
+            if !origins.contains_key(sync_id) {
+                continue;
+            }
+            let name = plan
+                .items
+                .iter()
+                .find(|item| item.sync_id.as_deref() == Some(sync_id.as_str()))
+                .and_then(|item| item.display_name.clone())
+                .unwrap_or_default();
+            let created = CentralPhoto {
+                contact_id: id.clone(),
+                hash: None,
+                source: None,
+            };
+            targets.insert(sync_id.clone(), (created, name));
+        }
+        let names: BTreeMap<SyncId, String> = targets
+            .iter()
+            .map(|(sync_id, (_, name))| (sync_id.clone(), name.clone()))
+            .collect();
+        let central: BTreeMap<SyncId, CentralPhoto> = targets
+            .into_iter()
+            .map(|(sync_id, (target, _))| (sync_id, target))
+            .collect();
+        let steps = photo::plan_central_photos(origins, &central);
+        let mut tasks = Vec::with_capacity(steps.len());
+        for step in steps {
+            let name = names.get(&step.sync_id).cloned().unwrap_or_default();
+            let (client, mailbox_id, folder) = (client.clone(), mailbox.id.clone(), folder.clone());
+            tasks.push((
+                name,
+                writes.spawn(async move {
+                    let (central, origin) = (&step.central, &step.origin);
+                    let read = match step.check {
+                        OriginCheck::Read => {
+                            client
+                                .contact_photo(
+                                    &origin.mailbox_id,
+                                    &FolderRef::Default,
+                                    &origin.contact_id,
+                                )
+                                .await?
+                        }
+                        OriginCheck::Remove | OriginCheck::Keep => None,
+                    };
+                    let source = read.as_deref().map(SourcePhoto::of);
+                    let action = photo::decide(source.as_ref(), central.hash.as_ref());
+                    let id = &central.contact_id;
+                    match &action {
+                        PhotoAction::Send => {
+                            let bytes = read.as_deref().unwrap_or_default();
+                            client
+                                .put_contact_photo(&mailbox_id, &folder, id, bytes)
+                                .await?;
+                        }
+                        PhotoAction::Remove => {
+                            client
+                                .delete_contact_photo(&mailbox_id, &folder, id)
+                                .await?;
+                        }
+                        PhotoAction::Keep | PhotoAction::TooLarge { .. } => {}
+                    }
+                    let hash = match &action {
+                        PhotoAction::Send => source.as_ref().map(|s| s.hash.clone()),
+                        PhotoAction::Remove => None,
+                        PhotoAction::Keep | PhotoAction::TooLarge { .. } => central.hash.clone(),
+                    };
+                    let read_at = origin.change_key.as_deref().unwrap_or_default();
+                    let stored = client
+                        .set_photo_hash(&mailbox_id, &folder, id, hash.as_ref(), Some(read_at))
+                        .await?;
+                    Ok::<_, GraphError>((action, stored))
+                }),
+            ));
+        }
+        let mut out = Done::default();
+        let mut first_transient = None;
+        for (name, task) in tasks {
+            let answered = task.await.map_err(|join| AttemptResult::Transient {
+                wait: Duration::ZERO,
+                error: format!(
+                    "writing photos to {}: the write task failed: {join}",
+                    mailbox.upn
+                ),
+            })?;
+            match answered {
+                Ok((action, stored)) => {
+                    match action {
+                        PhotoAction::Send => out.photos.sent += 1,
+                        PhotoAction::Remove => out.photos.removed += 1,
+                        PhotoAction::TooLarge { size } => out.photos.skipped.push(format!(
+                            "photo of {name} not sent: {size} bytes is over Graph's 4 MB request limit"
+                        )),
+                        PhotoAction::Keep => {}
+                    }
+                    out.written
+                        .insert(stored.id.clone(), stored.change_key.clone());
+                }
+                Err(error) => match classify(&error, &format!("writing photos to {}", mailbox.upn))
+                {
+                    transient @ AttemptResult::Transient { .. } => {
+                        first_transient.get_or_insert(transient);
+                    }
+                    _ if error.status() == Some(413) => out.photos.skipped.push(format!(
+                        "photo of {name} not sent: Graph refused it as too large (413)"
+                    )),
+                    _ => {
+                        debug!(mailbox = %mailbox.upn, %error, "central photo write refused");
+                        out.failed_writes += 1;
+                    }
+                },
+            }
+        }
+        if let Some(transient) = first_transient {
+            return Err(transient);
+        }
+        debug!(mailbox = %mailbox.upn, sent = out.photos.sent, removed = out.photos.removed,
+               skipped = out.photos.skipped.len(), "central photos");
+        Ok(out)
+    }
+
+    /// Brings the photos of the managed copies in `folder` in line with their persons' (`Photos` on): directory
+    /// users' photos from `from.lists`, mirrored persons' from the central folder (`from.central`: each central
+    /// contact's `PhotoHash` is its person's photo, the bytes read once per worker and run when a copy needs
+    /// them). `target` is the folder as read before this job's writes, `done` what they did (created copies get
     /// their photo now). Only managed copies (the sync id property proves them) are touched, never an owner's
     /// contact. Each send is the photo PUT, then the hash written into the copy's property (a failure between the
     /// two sends the photo again next run, which is harmless); the pair runs as a task of `writes`, so a
@@ -1047,17 +1234,63 @@ impl JobRunner {
         &self,
         tenant: &TenantSettings,
         client: &TenantClient,
+        job: &Job,
         mailbox: &Mailbox,
         folder: &FolderRef,
         target: &[Contact],
         done: &Done,
-        lists: &[Arc<Selected>],
+        from: PhotoSources<'_>,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let mut names: BTreeMap<SyncId, String> = BTreeMap::new();
         let mut sources = BTreeMap::new();
-        let mut bytes = BTreeMap::new();
-        for list in lists {
+        let mut bytes: BTreeMap<SyncId, PhotoBytes> = BTreeMap::new();
+        // A directory user's photo by each of the user's addresses: a person both sources know (one contact under
+        // the mirror's sync id, see `directory::combine`) takes the directory's photo, as it takes its fields.
+        let mut directory_photos = BTreeMap::new();
+        for list in from.lists {
+            for person in &list.persons {
+                if let Some(photo) = list.photos.get(&person.sync_id) {
+                    for key in shared::sync::normalize::email_keys(&person.fields) {
+                        directory_photos.entry(key).or_insert(photo);
+                    }
+                }
+            }
+        }
+        // The mirror's persons first; the directory's entries, which never share a sync id with a central one, come
+        // after.
+        if let Some((central, contacts)) = from.central {
+            for contact in contacts.contacts() {
+                // The directory's own entries in a combined list are not central contacts.
+                if contact.id.starts_with("directory:") {
+                    continue;
+                }
+                let Some(sync_id) = sync::effective_sync_id(contact) else {
+                    continue;
+                };
+                let name = contact.fields.display_name.clone().unwrap_or_default();
+                names.insert(sync_id.clone(), name);
+                let merged = shared::sync::normalize::email_keys(&contact.fields)
+                    .iter()
+                    .find_map(|key| directory_photos.get(key).copied());
+                if let Some(photo) = merged {
+                    sources.insert(sync_id.clone(), photo.source.clone());
+                    bytes.insert(sync_id, PhotoBytes::Loaded(photo.bytes.clone()));
+                } else if let Some(hash) = &contact.photo_hash {
+                    sources.insert(sync_id.clone(), SourcePhoto::central(hash.clone()));
+                    let read = CentralPhotoRead {
+                        cache: self.central_photos.clone(),
+                        tenant: job.tenant_id.clone(),
+                        run: job.run_id,
+                        mailbox: central.mailbox.id.clone(),
+                        folder: central.folder_id.clone(),
+                        contact_id: contact.id.clone(),
+                    };
+                    bytes.insert(sync_id, PhotoBytes::Central(read));
+                }
+            }
+        }
+        for list in from.lists {
             for person in &list.persons {
                 let name = person
                     .user_principal_name
@@ -1067,7 +1300,7 @@ impl JobRunner {
             }
             for (sync_id, photo) in &list.photos {
                 sources.insert(sync_id.clone(), photo.source.clone());
-                bytes.insert(sync_id.clone(), photo.bytes.clone());
+                bytes.insert(sync_id.clone(), PhotoBytes::Loaded(photo.bytes.clone()));
             }
         }
         let mut copies = BTreeMap::new();
@@ -1117,25 +1350,37 @@ impl JobRunner {
                     sending.push((
                         name,
                         writes.spawn(async move {
-                            let stored = match &send {
+                            let stored = match send {
                                 Some(photo) => {
+                                    // A central photo gone since the folder was read: nothing to send now.
+                                    let Some(photo) = photo.get(&client).await? else {
+                                        return Ok(None);
+                                    };
                                     client
-                                        .put_contact_photo(&mailbox_id, &folder, &id, photo)
+                                        .put_contact_photo(&mailbox_id, &folder, &id, &photo)
                                         .await?;
-                                    client
-                                        .set_photo_hash(&mailbox_id, &folder, &id, hash.as_ref())
-                                        .await?
+                                    let stored = client
+                                        .set_photo_hash(
+                                            &mailbox_id,
+                                            &folder,
+                                            &id,
+                                            hash.as_ref(),
+                                            None,
+                                        )
+                                        .await?;
+                                    (true, stored)
                                 }
                                 None => {
                                     client
                                         .delete_contact_photo(&mailbox_id, &folder, &id)
                                         .await?;
-                                    client
-                                        .set_photo_hash(&mailbox_id, &folder, &id, None)
-                                        .await?
+                                    let stored = client
+                                        .set_photo_hash(&mailbox_id, &folder, &id, None, None)
+                                        .await?;
+                                    (false, stored)
                                 }
                             };
-                            Ok::<_, GraphError>((send.is_some(), stored))
+                            Ok::<_, GraphError>(Some(stored))
                         }),
                     ));
                 }
@@ -1152,7 +1397,8 @@ impl JobRunner {
                 ),
             })?;
             match answered {
-                Ok((sent, stored)) => {
+                Ok(None) => {}
+                Ok(Some((sent, stored))) => {
                     if sent {
                         out.photos.sent += 1;
                     } else {
@@ -1184,6 +1430,113 @@ impl JobRunner {
                skipped = out.photos.skipped.len(), "photos");
         Ok(out)
     }
+}
+
+/// A source mailbox as phase 1 read it: the contacts that can change the plan, and the origins it holds
+/// (`Photos` on; see `origin_photo`).
+type SourceRead = (SourceMailbox, Vec<(SyncId, OriginPhoto)>);
+
+/// Where phase 2's photos come from: the directories' users (their bytes loaded with the persons) and the central
+/// folder with the list the mailbox was planned against (its central contacts' `PhotoHash`).
+struct PhotoSources<'a> {
+    lists: &'a [Arc<Selected>],
+    central: Option<(&'a CentralFolder, &'a PreparedCentral)>,
+}
+
+/// A photo to send: loaded already (a directory user's), or a central contact's, read once per worker and run.
+#[derive(Clone)]
+enum PhotoBytes {
+    Loaded(Arc<Vec<u8>>),
+    Central(CentralPhotoRead),
+}
+
+/// How to read a central contact's photo through the worker's cache.
+#[derive(Clone)]
+struct CentralPhotoRead {
+    cache: Arc<CentralPhotos>,
+    tenant: String,
+    run: uuid::Uuid,
+    mailbox: String,
+    folder: Option<String>,
+    contact_id: String,
+}
+
+impl PhotoBytes {
+    /// The bytes; `None` when a central contact has no photo any more.
+    async fn get(self, client: &TenantClient) -> Result<Option<Arc<Vec<u8>>>, GraphError> {
+        match self {
+            PhotoBytes::Loaded(bytes) => Ok(Some(bytes)),
+            PhotoBytes::Central(read) => {
+                let folder = match &read.folder {
+                    Some(id) => FolderRef::Id(id.clone()),
+                    None => FolderRef::Default,
+                };
+                read.cache
+                    .get_or_read(
+                        &read.tenant,
+                        read.run,
+                        read.folder.as_deref(),
+                        &read.contact_id,
+                        || client.contact_photo(&read.mailbox, &folder, &read.contact_id),
+                    )
+                    .await
+            }
+        }
+    }
+}
+
+/// The person `contact` of `mailbox` is the origin of, noted for the central photo step (`Photos` on): a user's own
+/// contact (never a managed copy, never one carrying the opt-out category) whose derived sync id is a central
+/// person's (its photo, or that it has none, is that person's), or that has a photo (a person it starts in this
+/// run gets it once created).
+fn origin_photo(
+    ctx: &PlanContext,
+    keys: &sync::CentralKeys,
+    mailbox: &Mailbox,
+    contact: &Contact,
+) -> Option<(SyncId, OriginPhoto)> {
+    if shared::sync::normalize::has_category(&contact.categories, &ctx.options.opt_out_category)
+        || sync::ownership(&ctx.tenant_id, mailbox, contact) == Ownership::ManagedCopy
+    {
+        return None;
+    }
+    let derived = SyncId::derive(&ctx.tenant_id, &mailbox.id, &contact.id);
+    (contact.has_picture || keys.holds(&derived)).then(|| {
+        let origin = OriginPhoto {
+            mailbox_id: mailbox.id.clone(),
+            contact_id: contact.id.clone(),
+            change_key: contact.change_key.clone(),
+            has_picture: contact.has_picture,
+        };
+        (derived, origin)
+    })
+}
+
+/// The central persons whose origin phase 1 read, with their photo properties and display name: the contact kept
+/// in sync for each sync id (the first by id, as `plan_central` keeps it).
+fn central_photo_targets(
+    ctx: &PlanContext,
+    central: &[Contact],
+    origins: &BTreeMap<SyncId, OriginPhoto>,
+) -> BTreeMap<SyncId, (CentralPhoto, String)> {
+    let mut sorted: Vec<&Contact> = central.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut out = BTreeMap::new();
+    for contact in sorted {
+        let sync = sync::effective_sync_id(contact)
+            .unwrap_or_else(|| SyncId::derive(&ctx.tenant_id, &ctx.owner.id, &contact.id));
+        if !origins.contains_key(&sync) || out.contains_key(&sync) {
+            continue;
+        }
+        let target = CentralPhoto {
+            contact_id: contact.id.clone(),
+            hash: contact.photo_hash.clone(),
+            source: contact.photo_source.clone(),
+        };
+        let name = contact.fields.display_name.clone().unwrap_or_default();
+        out.insert(sync, (target, name));
+    }
+    out
 }
 
 /// The planning context of a job writing `owner`: the tenant's policy, with the deletion cap lifted when the run

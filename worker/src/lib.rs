@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod central_cache;
+pub mod central_photos;
 pub mod consumer;
 pub mod delivery;
 pub mod directory_cache;

@@ -318,7 +318,7 @@ fn photo_body(op: &Op) -> Result<Vec<u8>, Reply> {
 }
 
 /// `GET|PUT|DELETE …/contacts/{id}/photo/$value`. Putting or removing a photo is a change of the contact: its
-/// change key and `lastModifiedDateTime` move, and its feed shows it.
+/// change key and `lastModifiedDateTime` move, its feed shows it, and its `PidLidHasPicture` follows.
 fn contact_photo(
     mailbox: &mut Mailbox,
     folder: Option<usize>,
@@ -337,17 +337,15 @@ fn contact_photo(
         },
         "PUT" => match photo_body(op) {
             Ok(bytes) => {
-                mailbox.photos.insert(id.to_owned(), bytes);
-                mailbox.update_contact(id, contact::ContactBody::default(), clock);
+                mailbox.put_photo(id, bytes, clock);
                 Reply::empty(200)
             }
             Err(e) => e,
         },
         "DELETE" => {
-            if mailbox.photos.remove(id).is_none() {
+            if !mailbox.remove_photo(id, clock) {
                 return errors::image_not_found();
             }
-            mailbox.update_contact(id, contact::ContactBody::default(), clock);
             Reply::empty(204)
         }
         _ => errors::method_not_allowed(),

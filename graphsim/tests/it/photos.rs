@@ -209,3 +209,53 @@ async fn the_upload_budget_answers_429_with_retry_after_per_mailbox() {
     .await;
     assert_eq!(status, 200, "room again once the window passed");
 }
+
+/// Exchange keeps a contact's photo as an attachment and says so in MAPI's `PidLidHasPicture`, expandable like any
+/// single-value extended property: absent before any photo, "true" once one is put, "false" once it is removed,
+/// each time with a new change key (schema-checked). Failed before graphsim set it with the photo.
+#[tokio::test]
+async fn a_contact_photo_sets_pid_lid_has_picture_with_a_new_change_key() {
+    const HAS_PICTURE: &str = "Boolean {00062004-0000-0000-C000-000000000046} Id 0x8015";
+    let env = env().await;
+    let created = env
+        .post(
+            &format!("/users/{ALICE}/contacts"),
+            json!({"displayName": "Bea"}),
+        )
+        .await;
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    let item = format!("/users/{ALICE}/contacts/{}", enc(&id));
+    let expanded =
+        format!("{item}?$expand=singleValueExtendedProperties($filter=id eq '{HAS_PICTURE}')");
+    let mut schemas = crate::conformance::Schemas::load();
+    let mut states = Vec::new();
+    for step in [None, Some(Method::PUT), Some(Method::DELETE)] {
+        if let Some(method) = step {
+            let photo = sample_jpeg("bea", 600);
+            let body = (method == Method::PUT).then_some((photo.as_slice(), "image/jpeg"));
+            let (status, _, _) = raw(&env, method, &format!("{item}/photo/$value"), body).await;
+            assert!(status == 200 || status == 204, "{status}");
+        }
+        let got = env.get(&expanded).await;
+        assert_eq!(got.status, 200, "{}", got.body);
+        assert_eq!(
+            schemas.errors("microsoft.graph.contact", &got.body),
+            Vec::<String>::new()
+        );
+        let value = got.body["singleValueExtendedProperties"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["id"] == HAS_PICTURE))
+            .and_then(|p| p["value"].as_str().map(str::to_owned));
+        states.push((value, got.body["changeKey"].clone()));
+    }
+    let values: Vec<Option<&str>> = states.iter().map(|(v, _)| v.as_deref()).collect();
+    assert_eq!(values, [None, Some("true"), Some("false")]);
+    assert_ne!(
+        states[0].1, states[1].1,
+        "a photo put is a change of the contact"
+    );
+    assert_ne!(
+        states[1].1, states[2].1,
+        "a photo removed is a change of the contact"
+    );
+}

@@ -164,6 +164,8 @@ pub fn combine(
                     categories: Vec::new(),
                     sync_id_property: Some(person.sync_id.as_str().to_owned()),
                     photo_hash: None,
+                    photo_source: None,
+                    has_picture: false,
                     change_key: None,
                 });
             }

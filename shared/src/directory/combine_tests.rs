@@ -62,6 +62,8 @@ fn central(id: &str, addresses: &[String], notes: Option<&str>) -> Contact {
         categories: Vec::new(),
         sync_id_property: Some(SyncId::derive(TENANT, "m", id).as_str().to_owned()),
         photo_hash: None,
+        photo_source: None,
+        has_picture: false,
         change_key: None,
     }
 }

@@ -1,5 +1,5 @@
-//! Photos (issue 14): a directory user's photo read, a contact's photo put or removed, and the photo hash
-//! property written, each one request through the one retry loop. A photo's bytes are spent from the target
+//! Photos (issue 14): a directory user's or a contact's photo read, a contact's photo put or removed, and the
+//! photo properties written, each one request through the one retry loop. A photo's bytes are spent from the target
 //! mailbox's upload budget (`limit.rs`) before it is sent.
 
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use super::TenantClient;
 use crate::config::MemberType;
 use crate::directory::DirectoryPerson;
 use crate::model::Contact;
-use crate::sync::photo::{PhotoHash, PHOTO_HASH_PROPERTY};
+use crate::sync::photo::{PhotoHash, PHOTO_HASH_PROPERTY, PHOTO_SOURCE_PROPERTY};
 use crate::sync::SyncId;
 
 /// Directory users' photos read at once: each from the user's own mailbox budget, so this is about the tenant's
@@ -86,6 +86,22 @@ impl TenantClient {
         Ok(found.into_iter().flatten().collect())
     }
 
+    /// The photo of contact `contact_id` (`GET …/contacts/{id}/photo/$value`), or `None` when it has none (404
+    /// `ImageNotFound`). Spends `mailbox`'s budget.
+    pub async fn contact_photo(
+        &self,
+        mailbox: &str,
+        folder: &FolderRef,
+        contact_id: &str,
+    ) -> Result<Option<Vec<u8>>, GraphError> {
+        let url = self.photo_url(mailbox, folder, contact_id)?;
+        match self.inner.send(&Call::new(Method::GET, url, mailbox)).await {
+            Ok(reply) => Ok(Some(reply.body)),
+            Err(error) if no_photo(&error) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Puts `bytes` as the photo of contact `contact_id` (`PUT …/contacts/{id}/photo/$value`). The caller keeps
     /// photos over Graph's 4 MB request limit back (`sync::photo::decide`).
     pub async fn put_contact_photo(
@@ -127,24 +143,29 @@ impl TenantClient {
         }
     }
 
-    /// Writes `hash` into the copy's photo hash property (an empty value for none: Graph cannot remove an
-    /// extended property) and returns the contact as Graph stored it, whose change key is the job's own write.
+    /// Writes `hash` into the contact's photo hash property (an empty value for none: Graph cannot remove an
+    /// extended property) and, for a central contact, `source` (the origin's change key its photo was read at)
+    /// into [`PHOTO_SOURCE_PROPERTY`], in one PATCH; returns the contact as Graph stored it, whose change key is
+    /// the job's own write.
     pub async fn set_photo_hash(
         &self,
         mailbox: &str,
         folder: &FolderRef,
         contact_id: &str,
         hash: Option<&PhotoHash>,
+        source: Option<&str>,
     ) -> Result<Contact, GraphError> {
         let mut segments = folder.contacts_segments(mailbox);
         segments.push(contact_id);
         let url = self.inner.url(&segments, &[])?;
-        let body = json!({
-            "singleValueExtendedProperties": [{
-                "id": PHOTO_HASH_PROPERTY,
-                "value": hash.map(PhotoHash::as_str).unwrap_or_default(),
-            }]
-        });
+        let mut properties = vec![json!({
+            "id": PHOTO_HASH_PROPERTY,
+            "value": hash.map(PhotoHash::as_str).unwrap_or_default(),
+        })];
+        if let Some(source) = source {
+            properties.push(json!({"id": PHOTO_SOURCE_PROPERTY, "value": source}));
+        }
+        let body = json!({ "singleValueExtendedProperties": properties });
         let reply = self
             .inner
             .send(&Call {

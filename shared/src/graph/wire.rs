@@ -14,7 +14,9 @@ use serde_json::{Map, Value};
 
 use super::error::GraphError;
 use crate::model::{Contact, ContactFields, ContactWrite, FieldSet, SYNC_ID_PROPERTY};
-use crate::sync::photo::{PhotoHash, PHOTO_HASH_PROPERTY};
+use crate::sync::photo::{
+    PhotoHash, HAS_PICTURE_PROPERTY, PHOTO_HASH_PROPERTY, PHOTO_SOURCE_PROPERTY,
+};
 
 /// Decodes `bytes` as `T`, naming the failing path in the error.
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, GraphError> {
@@ -125,6 +127,10 @@ impl From<WireContact> for Contact {
         };
         let sync_id_property = value_of(SYNC_ID_PROPERTY);
         let photo_hash = value_of(PHOTO_HASH_PROPERTY).and_then(|v| PhotoHash::parse(&v));
+        let photo_source = value_of(PHOTO_SOURCE_PROPERTY).filter(|v| !v.trim().is_empty());
+        // Exchange answers a Boolean property as "true"/"false"; absent means no photo was ever put.
+        let has_picture =
+            value_of(HAS_PICTURE_PROPERTY).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         Contact {
             id: wire.id,
             last_modified: wire.last_modified_date_time,
@@ -133,6 +139,8 @@ impl From<WireContact> for Contact {
             categories: wire.categories.unwrap_or_default(),
             sync_id_property,
             photo_hash,
+            photo_source,
+            has_picture,
             change_key: wire.change_key,
         }
     }
@@ -147,8 +155,10 @@ pub(crate) fn same_property_id(a: &str, b: &str) -> bool {
         return false;
     }
     let last = a.len() - 1;
+    // A property named by number (`Id 0x8015`) compares its hex digits in any case.
+    let by_number = last > 0 && a[last - 1].eq_ignore_ascii_case("Id");
     a.iter().zip(&b).enumerate().all(|(i, (x, y))| {
-        if i == last {
+        if i == last && !by_number {
             x == y
         } else {
             x.eq_ignore_ascii_case(y)
@@ -169,12 +179,15 @@ pub(crate) fn contact_select() -> String {
     names.join(",")
 }
 
-/// The `$expand` that returns the sync id and photo hash properties with each contact.
+/// The `$expand` that returns the sync id, the photo properties and whether Exchange holds a photo
+/// (`PidLidHasPicture`) with each contact: one list request tells which contacts' photos may have changed.
 pub(crate) fn contact_expand() -> String {
     format!(
-        "singleValueExtendedProperties($filter=id eq '{}' or id eq '{}')",
+        "singleValueExtendedProperties($filter=id eq '{}' or id eq '{}' or id eq '{}' or id eq '{}')",
         odata_string(SYNC_ID_PROPERTY),
-        odata_string(PHOTO_HASH_PROPERTY)
+        odata_string(PHOTO_HASH_PROPERTY),
+        odata_string(PHOTO_SOURCE_PROPERTY),
+        odata_string(HAS_PICTURE_PROPERTY)
     )
 }
 
@@ -638,6 +651,35 @@ mod tests {
             SYNC_ID_PROPERTY
         ));
         assert!(!same_property_id("", SYNC_ID_PROPERTY));
+        assert!(same_property_id(
+            "Boolean {00062004-0000-0000-c000-000000000046} Id 0X8015",
+            HAS_PICTURE_PROPERTY
+        ));
+    }
+
+    /// Exchange's `PidLidHasPicture` and the photo properties are read with the contact: "true" in any case is a
+    /// photo, "false" or absence none; an emptied source change key is none.
+    #[test]
+    fn photo_properties_are_read_with_the_contact() {
+        let read = |props: Value| -> Contact {
+            let body = serde_json::json!({"id": "c1", "singleValueExtendedProperties": props});
+            Contact::from(
+                decode::<WireContact>("contact", body.to_string().as_bytes()).expect("decodes"),
+            )
+        };
+        let with = read(serde_json::json!([
+            {"id": "Boolean {00062004-0000-0000-c000-000000000046} Id 0x8015", "value": "True"},
+            {"id": PHOTO_SOURCE_PROPERTY, "value": "ck-1"},
+        ]));
+        assert!(with.has_picture);
+        assert_eq!(with.photo_source.as_deref(), Some("ck-1"));
+        let without = read(serde_json::json!([
+            {"id": HAS_PICTURE_PROPERTY, "value": "false"},
+            {"id": PHOTO_SOURCE_PROPERTY, "value": ""},
+        ]));
+        assert!(!without.has_picture);
+        assert_eq!(without.photo_source, None);
+        assert!(!read(serde_json::json!([])).has_picture);
     }
 
     #[test]

@@ -143,6 +143,12 @@ impl CentralKeys {
         CentralKeys { by_sync }
     }
 
+    /// Whether the central folder holds the person `sync_id` (photos: a contact whose derived id it is, is that
+    /// person's origin).
+    pub fn holds(&self, sync_id: &SyncId) -> bool {
+        self.by_sync.contains_key(sync_id)
+    }
+
     /// Whether [`plan_central`] plans the same without `contact` of `mailbox` (see [`CentralKeys`]).
     pub fn is_inert(&self, ctx: &PlanContext, mailbox: &Mailbox, contact: &Contact) -> bool {
         let Some(property) = property_sync_id(contact) else {

@@ -58,6 +58,8 @@ pub fn apply_ops<'a>(
                     categories: Vec::new(),
                     sync_id_property: None,
                     photo_hash: None,
+                    photo_source: None,
+                    has_picture: false,
                     change_key: None,
                 };
                 merge(&mut contact, write);

@@ -65,6 +65,8 @@ pub(super) fn contact(id: &str, name: &str, emails: &[&str], minutes: i64) -> Co
         categories: Vec::new(),
         sync_id_property: None,
         photo_hash: None,
+        photo_source: None,
+        has_picture: false,
         change_key: None,
     }
 }
@@ -1334,6 +1336,8 @@ fn build(prefix: &str, generated: Vec<Generated>) -> Vec<Contact> {
                 categories,
                 sync_id_property: None,
                 photo_hash: None,
+                photo_source: None,
+                has_picture: false,
                 change_key: None,
             };
             match stamping {

@@ -234,6 +234,46 @@ impl Estate {
         })
     }
 
+    /// Issue 14, mirrored photos: every user's own seeded contact gets a photo of `size` bytes (as its owner's
+    /// Outlook would put it) and `Photos` is on.
+    pub fn with_personal_photos(mut self, size: usize) -> Result<Self> {
+        for (t, originals) in self.tenants.iter().zip(&self.originals) {
+            for (upn, ids) in originals {
+                for id in ids {
+                    let photo = graphsim::sample_jpeg(id, size);
+                    self.sim()
+                        .set_contact_photo(&t.tenant_id, upn, id, Some(photo))
+                        .map_err(anyhow::Error::msg)
+                        .context("putting a photo on a user's contact")?;
+                }
+            }
+        }
+        self.photos = true;
+        Ok(self)
+    }
+
+    /// Replaces the photo of `share` of the users' own contacts (at least one) with another of `size` bytes, as
+    /// their owners would. Returns how many changed.
+    pub fn change_personal_photos(&self, share: f64, size: usize) -> Result<usize> {
+        let mut changed = 0;
+        for (t, originals) in self.tenants.iter().zip(&self.originals) {
+            let all: Vec<(&String, &String)> = originals
+                .iter()
+                .flat_map(|(upn, ids)| ids.iter().map(move |id| (upn, id)))
+                .collect();
+            let wanted = ((all.len() as f64) * share).ceil() as usize;
+            for (upn, id) in all.into_iter().take(wanted) {
+                let photo = graphsim::sample_jpeg(&format!("{id} changed"), size);
+                self.sim()
+                    .set_contact_photo(&t.tenant_id, upn, id, Some(photo))
+                    .map_err(anyhow::Error::msg)
+                    .context("changing a photo")?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// An admin renames `n` directory members (display name and job title): the next run brings each change to
     /// every other mailbox through the users delta.
     pub fn rename_directory_users(&self, n: usize) -> Result<usize> {
@@ -282,7 +322,7 @@ impl Estate {
                 }
                 json!({
                     "TenantId": t.tenant_id, "ClientId": t.client_id, "ClientSecret": t.client_secret,
-                    "GlobalAddressBookUserId": t.shared_mailbox_upn,
+                    "GlobalAddressBookUserId": t.shared_mailbox_upn, "Photos": self.photos,
                     "AuthorityHost": self.sim().authority_url(), "GraphEndpoint": self.sim().graph_url(),
                 })
             })

@@ -71,6 +71,10 @@ enum Group {
     /// others; initial sync, a no-change re-run, and a re-run after one user was renamed (real budget; not in the
     /// default set).
     Directory,
+    /// Issue 14's mirrored photos: the main shape with a --photo-bytes photo on every user's own contact and
+    /// `Photos` on; initial sync, a no-change re-run, a re-run after 1 % of the photos changed (not in the default
+    /// set).
+    MirrorPhotos,
     /// Issue 10's memory case: one worker process, latency 0, no budget; a central folder of --memory-contacts
     /// (one user holds them) distributed to --memory-users, then a 1%-changed re-run (phase 1 reads every
     /// source, phase 2 every mailbox); then phase 1 with many sources (--memory-sources users x 1 contact,
@@ -384,6 +388,9 @@ async fn main() -> Result<()> {
             Group::Scaling => scaling(&ctx, &cli, other_mode, &mut rows).await,
             Group::Memory => memory(&ctx, &cli, &mut rows).await,
             Group::Directory => directory(&ctx, &cli, other_mode, &mut rows).await,
+            Group::MirrorPhotos => {
+                mirror_photos(&ctx, &cli, main_shape, other_mode, &mut rows).await
+            }
         };
         if let Err(error) = result {
             let text = format!("{group:?}: {error:#}");
@@ -514,6 +521,39 @@ async fn two_runs(
     rows.push(measure(ctx, &estate, budget, mode, initial).await?);
     let rerun = again(group, &format!("{name}: re-run, no change"));
     rows.push(measure(ctx, &estate, budget, mode, rerun).await?);
+    Ok(())
+}
+
+/// Issue 14: users' own contacts with photos, mirrored through the central folder to every copy; initial sync,
+/// a no-change re-run, and a re-run after 1 % of the photos changed.
+async fn mirror_photos(
+    ctx: &Ctx,
+    cli: &Cli,
+    shape: Shape,
+    mode: Mode,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let budget = cli.budget.budget();
+    let estate = Estate::seed(shape, budget, ctx.latency)
+        .await?
+        .with_personal_photos(cli.photo_bytes)?;
+    let name = format!(
+        "{} users x {} contacts, each with a photo ({} bytes)",
+        shape.users, shape.contacts, cli.photo_bytes
+    );
+    let initial = first("mirror-photos", &format!("{name}: initial sync"));
+    rows.push(measure(ctx, &estate, budget, mode, initial).await?);
+    let rerun = again("mirror-photos", &format!("{name}: re-run, no change"));
+    rows.push(measure(ctx, &estate, budget, mode, rerun).await?);
+    let edited = estate.change_personal_photos(0.01, cli.photo_bytes)?;
+    let changed = Run {
+        edited,
+        ..again(
+            "mirror-photos",
+            &format!("{name}: re-run, 1 % of photos changed"),
+        )
+    };
+    rows.push(measure(ctx, &estate, budget, mode, changed).await?);
     Ok(())
 }
 
