@@ -198,10 +198,10 @@ struct Cli {
     /// Worker processes of the fair group's broker mode.
     #[arg(long, default_value_t = 2)]
     fair_processes: usize,
-    /// `--tenant-jobs` of the fair group's broker runs (default: twice the pool's job slots, as the README
-    /// advises).
-    #[arg(long)]
-    fair_tenant_jobs: Option<usize>,
+    /// `--tenant-jobs` of the fair group's broker runs, one set of rows each (default: twice the pool's job
+    /// slots, as the README advises).
+    #[arg(long, value_delimiter = ',')]
+    fair_tenant_jobs: Vec<usize>,
     /// Also measure the broker runs with `--tenant-jobs 1000000`: every job queued at once, as before issue 13.
     #[arg(long)]
     fair_fifo: bool,
@@ -515,7 +515,10 @@ async fn fair_group(ctx: &Ctx, cli: &Cli) -> Result<Vec<fair::FairRow>> {
     };
     let processes = cli.fair_processes.max(1);
     let slots = processes * usize::from(ctx.fleet.worker_concurrency);
-    let mut broker = vec![Some(cli.fair_tenant_jobs.unwrap_or(2 * slots))];
+    let mut broker: Vec<Option<usize>> = cli.fair_tenant_jobs.iter().copied().map(Some).collect();
+    if broker.is_empty() {
+        broker.push(Some(2 * slots));
+    }
     if cli.fair_fifo {
         broker.push(Some(1_000_000));
     }
