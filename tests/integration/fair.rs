@@ -135,7 +135,10 @@ fn large_mailboxes_after_the_small_tenants(estate: &Estate) -> (usize, usize) {
 /// At least `share` of the large tenant's mailboxes were written after the small tenants were done.
 fn assert_small_tenants_not_behind(estate: &Estate, share: f64) {
     let (after, written) = large_mailboxes_after_the_small_tenants(estate);
-    assert!(written >= 8, "the large tenant wrote only {written} mailboxes");
+    assert!(
+        written >= 8,
+        "the large tenant wrote only {written} mailboxes"
+    );
     // FIFO dispatch runs every large job queued first (none after); fair dispatch lets at most the limit of
     // them go ahead of each small job.
     assert!(

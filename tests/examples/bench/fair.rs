@@ -83,10 +83,24 @@ pub async fn group(
             }
         })
         .await?;
-        rows.push(row(*mode, "each small tenant alone", None, &alone_secs, None, None));
+        rows.push(row(
+            *mode,
+            "each small tenant alone",
+            None,
+            &alone_secs,
+            None,
+            None,
+        ));
         for tenant_jobs in variants {
-            together_and_apart(shape, (budget, latency), (*mode, *tenant_jobs), opts, &alone_secs, &mut rows)
-                .await?;
+            together_and_apart(
+                shape,
+                (budget, latency),
+                (*mode, *tenant_jobs),
+                opts,
+                &alone_secs,
+                &mut rows,
+            )
+            .await?;
         }
     }
     println!("{}", table(&rows));

@@ -196,7 +196,8 @@ impl Pool {
 
     /// Stops every worker (their last samples) and, whatever happened, deletes the pool's queues.
     pub async fn stop(self) -> Result<Vec<Usage>> {
-        let stopped: Result<Vec<Usage>> = self.workers.into_iter().map(WorkerProcess::stop).collect();
+        let stopped: Result<Vec<Usage>> =
+            self.workers.into_iter().map(WorkerProcess::stop).collect();
         if let Err(error) = delete_topology(&self.opts, &self.prefix).await {
             eprintln!(
                 "warning: cleaning up the queues of {}: {error:#}",
