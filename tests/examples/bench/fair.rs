@@ -244,10 +244,24 @@ async fn timed(estate: &Estate, budget: Budget, args: RunArgs) -> Result<(RunRep
     Ok((report, started.elapsed()))
 }
 
-/// A run that failed a tenant measures nothing.
+/// A run that failed a tenant, or gave up waiting for a job's report, measures nothing.
 fn check(report: &RunReport) -> Result<()> {
     if let Some(t) = report.tenants.iter().find(|t| t.error.is_some()) {
         bail!("tenant {} failed: {:?}", t.tenant_id, t.error);
+    }
+    let lost = report
+        .tenants
+        .iter()
+        .flat_map(|t| t.mailboxes.iter())
+        .filter(|m| {
+            m.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("no final report"))
+        })
+        .map(|m| format!("{} ({})", m.mailbox, m.phase))
+        .collect::<Vec<_>>();
+    if !lost.is_empty() {
+        bail!("no report for {} job(s), e.g. {}", lost.len(), lost[0]);
     }
     Ok(())
 }
