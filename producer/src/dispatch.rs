@@ -1,5 +1,6 @@
 //! The two job transports behind [`Dispatch`]: the embedded in-process queue (default) and RabbitMQ.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use worker::disposition::RetryPolicy;
 use worker::embedded::EmbeddedQueue;
 use worker::job::JobRunner;
 
+use crate::fair::Limits;
 use crate::lease::{FileLeases, LeaseError};
 use crate::orchestrate::Dispatch;
 
@@ -24,6 +26,7 @@ use crate::orchestrate::Dispatch;
 pub struct Embedded {
     queue: EmbeddedQueue,
     leases: Option<FileLeases>,
+    limits: Limits,
 }
 
 impl Embedded {
@@ -38,7 +41,17 @@ impl Embedded {
         Self {
             queue: EmbeddedQueue::start(runner, workers, retry),
             leases: lease_dir.map(FileLeases::new),
+            limits: Limits::embedded(workers, None),
         }
+    }
+
+    /// At most `per_tenant` jobs of one tenant run at once (`--tenant-jobs`); default: every worker.
+    pub fn tenant_jobs(mut self, per_tenant: Option<NonZeroUsize>) -> Self {
+        self.limits = Limits {
+            per_tenant: per_tenant.unwrap_or(self.limits.per_tenant),
+            ..self.limits
+        };
+        self
     }
 }
 
@@ -57,6 +70,10 @@ impl Dispatch for Embedded {
 
     fn mode(&self) -> &'static str {
         "embedded"
+    }
+
+    fn limits(&self) -> Limits {
+        self.limits
     }
 
     async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError> {
@@ -98,6 +115,7 @@ pub struct Broker {
     run: Option<(Uuid, String)>,
     /// Tenants whose lease this run holds, with their lease queue.
     leases: Vec<(String, String)>,
+    limits: Limits,
 }
 
 /// One connection with its confirm channel and, once the run began, its report consumer.
@@ -196,7 +214,15 @@ impl Broker {
             session,
             run: None,
             leases: Vec::new(),
+            limits: Limits::broker(None),
         })
+    }
+
+    /// At most `per_tenant` jobs of one tenant on the broker at once (`--tenant-jobs`); default
+    /// [`crate::fair::BROKER_PER_TENANT`].
+    pub fn tenant_jobs(mut self, per_tenant: Option<NonZeroUsize>) -> Self {
+        self.limits = Limits::broker(per_tenant);
+        self
     }
 
     /// Replaces a broken session, retrying with backoff for up to [`RECONNECT_FOR`], and takes the run's leases
@@ -288,6 +314,10 @@ impl Dispatch for Broker {
 
     fn mode(&self) -> &'static str {
         "broker"
+    }
+
+    fn limits(&self) -> Limits {
+        self.limits
     }
 
     async fn begin(&mut self, run_id: Uuid) -> Result<()> {

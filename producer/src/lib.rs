@@ -10,6 +10,7 @@
 //! - [`prepare`]: step 1 of a tenant (credentials, shared mailbox, licensed users, central folder).
 //! - [`orchestrate`]: phase 1 then phase 2 per tenant over any [`orchestrate::Dispatch`].
 //! - [`dispatch`]: the two transports.
+//! - [`fair`]: fair tenants: each tenant's jobs handed out in turn, a bounded number out at once.
 //! - [`state`]: change feeds kept between runs (one JSON file per tenant).
 //! - [`lease`]: one run per tenant at a time (a broker lease or a file lock).
 //! - [`ledger`]: the one decision which reports count, feeding summary, progress, status and state.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod consent;
 pub mod demo;
 pub mod dispatch;
+pub mod fair;
 pub mod files;
 pub mod history;
 pub mod html;

@@ -17,6 +17,7 @@ use shared::sync::CleanupSource;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::fair::{FairQueue, Limits};
 use crate::lease::LeaseError;
 use crate::ledger::RunLedger;
 use crate::prepare::{directory_sources, prepare, CentralExpectation, PreparedTenant};
@@ -36,6 +37,10 @@ pub trait Dispatch {
     async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>>;
     /// "embedded" or "broker", for the report.
     fn mode(&self) -> &'static str;
+    /// How many of the run's jobs may be out at once, per tenant and in all ([`crate::fair`]).
+    fn limits(&self) -> Limits {
+        Limits::broker(None)
+    }
     /// Prepares to receive run `run_id`'s reports, before any job is submitted (the broker declares the run's
     /// own report queue and names it in every job, so concurrent runs never take each other's reports).
     async fn begin(&mut self, _run_id: Uuid) -> Result<()> {
@@ -228,6 +233,8 @@ pub async fn run<D: Dispatch>(
     let mut prepared: Vec<Option<PreparedTenant>> = Vec::new();
     let mut memories: Vec<Option<TenantMemory>> = Vec::new();
     let mut ledger = RunLedger::new(run_id);
+    // Every job goes through the fair queue: tenants take turns, each with a bounded number out.
+    let mut fair = FairQueue::new(tenants.len(), dispatch.limits());
     let mut progress = Progress::new();
     // Per tenant: where its copies move from, whether its phase 2 started and whether any of it failed, and (in a
     // cleanup) how many mailbox jobs are still out before the central folder's.
@@ -280,7 +287,7 @@ pub async fn run<D: Dispatch>(
                             None,
                         );
                         ledger.expect(&job, index);
-                        dispatch.submit(job).await?;
+                        fair.push(index, job);
                     }
                     cleanup_waiting[index] = ready.users.len();
                     memories.push(None);
@@ -313,7 +320,7 @@ pub async fn run<D: Dispatch>(
                             job.cursors = memory.directory_only_cursors(user, directory_generation);
                         }
                         ledger.expect(&job, index);
-                        dispatch.submit(job).await?;
+                        fair.push(index, job);
                     }
                     phase2_started[index] = true;
                     memories.push(memory);
@@ -342,7 +349,7 @@ pub async fn run<D: Dispatch>(
                 memories.push(memory);
                 ledger.expect(&job, index);
                 progress.add(Phase::Phase1, 1);
-                dispatch.submit(job).await?;
+                fair.push(index, job);
                 prepared.push(Some(ready));
             }
             Err(error) => {
@@ -355,6 +362,7 @@ pub async fn run<D: Dispatch>(
         reports.push(report);
     }
     dispatch.prepared(&reports);
+    submit_released(&mut fair, &mut dispatch).await?;
     let tenant_started: Vec<Instant> = tenants.iter().map(|_| Instant::now()).collect();
     while ledger.waiting() > 0 {
         let Some(report) = dispatch.next_report(request.idle_timeout).await? else {
@@ -374,6 +382,9 @@ pub async fn run<D: Dispatch>(
         if !accepted.last {
             continue;
         }
+        fair.finished(tenant);
+        // Whatever this report leads to below, the freed turn goes out first or with it (at the loop's end).
+        submit_released(&mut fair, &mut dispatch).await?;
         let succeeded = matches!(report.outcome, Outcome::Succeeded);
         if let (Some(memory), Phase::Phase2) = (memories[tenant].as_mut(), report.phase) {
             if succeeded {
@@ -411,7 +422,8 @@ pub async fn run<D: Dispatch>(
                     info!(tenant = %tenants[tenant].tenant_id, "every mailbox cleaned up; cleaning up the central folder");
                     progress.add(Phase::Phase1, 1);
                     ledger.expect(&job, tenant);
-                    dispatch.submit(job).await?;
+                    fair.push(tenant, job);
+                    submit_released(&mut fair, &mut dispatch).await?;
                 }
             }
             continue;
@@ -453,8 +465,9 @@ pub async fn run<D: Dispatch>(
                 );
             }
             ledger.expect(&job, tenant);
-            dispatch.submit(job).await?;
+            fair.push(tenant, job);
         }
+        submit_released(&mut fair, &mut dispatch).await?;
     }
     let lost = ledger.give_up();
     for job in &lost {
@@ -538,6 +551,14 @@ pub async fn run<D: Dispatch>(
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         tenants: reports,
     })
+}
+
+/// Submits every job the fair queue lets go now.
+async fn submit_released<D: Dispatch>(fair: &mut FairQueue<Job>, dispatch: &mut D) -> Result<()> {
+    while let Some(job) = fair.release() {
+        dispatch.submit(job).await?;
+    }
+    Ok(())
 }
 
 /// The job bringing `mailbox` in line with its sources: the central folder when the mirror is on (`central`), and

@@ -188,11 +188,14 @@ async fn execute_as(
             let runner = Arc::new(JobRunner::new(graph.clone(), Arc::new(settings.clone())));
             // Leases are lock files in the state directory (`run` always has one); a library caller without one
             // (tests, the demo: a private graphsim) takes none.
-            let mut embedded = Embedded::start(runner, args.workers, retry, args.state_dir.clone());
+            let mut embedded = Embedded::start(runner, args.workers, retry, args.state_dir.clone())
+                .tenant_jobs(args.tenant_jobs);
             orchestrate::run(&mut embedded, &graph, request).await
         }
         Some(url) => {
-            let mut broker = Broker::connect(url, Topology::new(args.queue_prefix.clone())).await?;
+            let mut broker = Broker::connect(url, Topology::new(args.queue_prefix.clone()))
+                .await?
+                .tenant_jobs(args.tenant_jobs);
             orchestrate::run(&mut broker, &graph, request).await
         }
     }

@@ -288,6 +288,10 @@ impl<D: Dispatch> Dispatch for Tracked<'_, D> {
         self.inner.mode()
     }
 
+    fn limits(&self) -> crate::fair::Limits {
+        self.inner.limits()
+    }
+
     async fn begin(&mut self, run_id: Uuid) -> Result<()> {
         self.inner.begin(run_id).await
     }

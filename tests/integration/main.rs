@@ -40,6 +40,9 @@ mod dlq_replay;
 // Two producers at once: per-run report queues and per-tenant leases.
 mod concurrent_runs;
 
+// Fair tenants: a large tenant's jobs never hold the small tenants' behind them (issue 13).
+mod fair;
+
 // A job the broker can never take fails at once, naming the job.
 mod publish_errors;
 

@@ -188,6 +188,70 @@ impl Estate {
         })
     }
 
+    /// Issue 13's fair-tenants estate: one large tenant (first) of `large_users` users, of whom one holds
+    /// `large_contacts` contacts and the others none (so its phase 2 is many short jobs, not days of writes), then
+    /// `small_tenants` tenants of `small_users` users holding `small_contacts` each.
+    pub async fn seed_fair(
+        (large_users, large_contacts): (usize, usize),
+        (small_tenants, small_users, small_contacts): (usize, usize, usize),
+        budget: Budget,
+        latency: Duration,
+    ) -> Result<Self> {
+        let host = SimHost::start(budget, latency).await?;
+        let mut tenants = graphsim::seed_estate(
+            &host.sim,
+            EstateParams {
+                tenants: 1,
+                users_per_tenant: large_users,
+                contacts_per_user: 0,
+                overlap: 0.0,
+                seed: 13,
+            },
+        );
+        let large = tenants.first().context("no large tenant seeded")?;
+        let holder = large
+            .mirror_target_upns
+            .first()
+            .context("the large tenant has no regular user")?;
+        for i in 0..large_contacts {
+            host.sim
+                .try_add_contact(
+                    &large.tenant_id,
+                    holder,
+                    None,
+                    json!({"displayName": format!("Partner {i}"),
+                           "emailAddresses": [{"address": format!("partner.{i}@example.org")}]}),
+                )
+                .map_err(anyhow::Error::msg)
+                .context("seeding the large tenant's contacts")?;
+        }
+        tenants.extend(graphsim::seed_estate(
+            &host.sim,
+            EstateParams {
+                tenants: small_tenants,
+                users_per_tenant: small_users,
+                contacts_per_user: small_contacts,
+                overlap: 0.2,
+                seed: 14,
+            },
+        ));
+        Ok(Self {
+            host,
+            tenants,
+            shape: Shape {
+                tenants: 1 + small_tenants,
+                users: large_users,
+                contacts: small_contacts,
+                overlap: 0.2,
+                big_user_contacts: large_contacts,
+            },
+            originals: Vec::new(),
+            state_dir: scratch_state_dir(),
+            directory: false,
+            photos: false,
+        })
+    }
+
     /// Starts graphsim and seeds one directory-only tenant of `members` visible, licensed members (graphsim's
     /// directory seed: a manager, full profiles, one hidden member, a few other accounts left out by the
     /// selection), every one of them receiving.

@@ -121,56 +121,91 @@ pub async fn sync(
             measured(estate, settings, &args, &mut []).await
         }
         Mode::Broker { processes } => {
-            let prefix = format!(
-                "bench-{}-{label}",
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            );
-            let result = broker_sync(estate, settings, budget, processes, opts, &prefix).await;
-            // Whatever happened, leave no queue behind.
-            if let Err(error) = delete_topology(opts, &prefix).await {
-                eprintln!("warning: cleaning up the queues of {prefix}: {error:#}");
+            let mut pool = Pool::start(estate, budget, processes, opts, label).await?;
+            let args = pool.args(estate);
+            let result = measured(estate, settings, &args, &mut pool.workers).await;
+            let stopped = pool.stop().await;
+            let mut synced = result?;
+            for (slot, usage) in synced.workers.iter_mut().zip(stopped?) {
+                slot.peak_rss_mib = usage.peak_rss_mib;
             }
-            result
+            Ok(synced)
         }
     }
 }
 
-async fn broker_sync(
-    estate: &Estate,
-    settings: &Settings,
-    budget: Budget,
-    processes: usize,
-    opts: &FleetOptions,
-    prefix: &str,
-) -> Result<Synced> {
-    let config = opts.scratch.join(format!("{prefix}.json"));
-    std::fs::write(&config, estate.config_json(budget).to_string())
-        .with_context(|| format!("writing {}", config.display()))?;
-    let mut workers = Vec::new();
-    for n in 0..processes {
-        workers.push(WorkerProcess::start(opts, &config, prefix, n)?);
+/// Worker processes on a queue prefix of their own. [`sync`] starts one per run; issue 13's fair-tenants group
+/// starts several producer runs against one.
+pub struct Pool {
+    workers: Vec<WorkerProcess>,
+    prefix: String,
+    opts: FleetOptions,
+}
+
+impl Pool {
+    /// Starts `processes` workers configured for `estate` and waits until each consumes.
+    pub async fn start(
+        estate: &Estate,
+        budget: Budget,
+        processes: usize,
+        opts: &FleetOptions,
+        label: &str,
+    ) -> Result<Self> {
+        let prefix = format!(
+            "bench-{}-{label}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut pool = Self {
+            workers: Vec::new(),
+            prefix,
+            opts: opts.clone(),
+        };
+        let config = opts.scratch.join(format!("{}.json", pool.prefix));
+        let started = async {
+            std::fs::write(&config, estate.config_json(budget).to_string())
+                .with_context(|| format!("writing {}", config.display()))?;
+            for n in 0..processes {
+                pool.workers
+                    .push(WorkerProcess::start(opts, &config, &pool.prefix, n)?);
+            }
+            for w in &mut pool.workers {
+                w.wait_ready(Duration::from_secs(30)).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        match started {
+            Ok(()) => Ok(pool),
+            Err(error) => {
+                let _ = pool.stop().await;
+                Err(error)
+            }
+        }
     }
-    for w in &mut workers {
-        w.wait_ready(Duration::from_secs(30)).await?;
+
+    /// `run` arguments for a producer on this pool's queues, keeping `estate`'s state.
+    pub fn args(&self, estate: &Estate) -> RunArgs {
+        RunArgs {
+            amqp_url: Some(self.opts.amqp_url.clone()),
+            queue_prefix: self.prefix.clone(),
+            idle_timeout_secs: self.opts.idle_timeout_secs,
+            state_dir: Some(estate.state_dir.clone()),
+            ..RunArgs::embedded_default()
+        }
     }
-    let args = RunArgs {
-        amqp_url: Some(opts.amqp_url.clone()),
-        queue_prefix: prefix.to_owned(),
-        idle_timeout_secs: opts.idle_timeout_secs,
-        state_dir: Some(estate.state_dir.clone()),
-        ..RunArgs::embedded_default()
-    };
-    let result = measured(estate, settings, &args, &mut workers).await;
-    let mut stopped = Vec::new();
-    for w in workers {
-        stopped.push(w.stop());
+
+    /// Stops every worker (their last samples) and, whatever happened, deletes the pool's queues.
+    pub async fn stop(self) -> Result<Vec<Usage>> {
+        let stopped: Result<Vec<Usage>> =
+            self.workers.into_iter().map(WorkerProcess::stop).collect();
+        if let Err(error) = delete_topology(&self.opts, &self.prefix).await {
+            eprintln!(
+                "warning: cleaning up the queues of {}: {error:#}",
+                self.prefix
+            );
+        }
+        stopped
     }
-    let mut synced = result?;
-    for (slot, usage) in synced.workers.iter_mut().zip(stopped) {
-        let usage = usage?;
-        slot.peak_rss_mib = usage.peak_rss_mib;
-    }
-    Ok(synced)
 }
 
 /// Runs `execute` with every figure around it; `workers` are sampled at the start and the end.

@@ -8,6 +8,7 @@
 //! `probe` (/proc and the phase boundary), `figures` (floors, minimal requests, the script model), `report`.
 
 mod estate;
+mod fair;
 mod figures;
 mod fleet;
 mod probe;
@@ -80,6 +81,11 @@ enum Group {
     /// source, phase 2 every mailbox); then phase 1 with many sources (--memory-sources users x 1 contact,
     /// initial sync and a 1%-changed re-run); the worker's peak RSS is the figure (not in the default set).
     Memory,
+    /// Issue 13's fair tenants: one tenant of --fair-large-users beside --fair-small-tenants of
+    /// --fair-small-users; each small tenant's time alone, in one run with the large one, and (broker) in runs of
+    /// its own started while the large tenant's phase 2 is under way; embedded and --fair-processes worker
+    /// processes (not in the default set).
+    Fair,
 }
 
 /// Measures contactmirror against Graph's throttling floor, a perfect client and the replaced script.
@@ -178,6 +184,31 @@ struct Cli {
     /// Size of each member's photo in the directory group's "with photos" rows (issue 14); 0 leaves them out.
     #[arg(long, default_value_t = 50_000)]
     photo_bytes: usize,
+    /// Users of the fair group's large tenant.
+    #[arg(long, default_value_t = 2000)]
+    fair_large_users: usize,
+    /// Contacts of the fair group's large tenant (one user holds them, so its phase 2 is many short jobs).
+    #[arg(long, default_value_t = 20)]
+    fair_large_contacts: usize,
+    /// Small tenants of the fair group.
+    #[arg(long, default_value_t = 9)]
+    fair_small_tenants: usize,
+    /// Users per small tenant of the fair group.
+    #[arg(long, default_value_t = 20)]
+    fair_small_users: usize,
+    /// Contacts per user of the fair group's small tenants.
+    #[arg(long, default_value_t = 2)]
+    fair_small_contacts: usize,
+    /// Worker processes of the fair group's broker mode.
+    #[arg(long, default_value_t = 2)]
+    fair_processes: usize,
+    /// `--tenant-jobs` of the fair group's broker runs, one set of rows each (default: twice the pool's job
+    /// slots, as the README advises).
+    #[arg(long, value_delimiter = ',')]
+    fair_tenant_jobs: Vec<usize>,
+    /// Also measure the broker runs with `--tenant-jobs 1000000`: every job queued at once, as before issue 13.
+    #[arg(long)]
+    fair_fifo: bool,
     /// Mode of the big-user, tenants, scaling and directory groups.
     #[arg(long, default_value = "embedded")]
     other_mode: String,
@@ -276,6 +307,7 @@ async fn main() -> Result<()> {
         || (cli.scenarios.contains(&Group::Sync)
             && sync_modes.iter().any(|m| matches!(m, Mode::Broker { .. })))
         || cli.scenarios.contains(&Group::Memory)
+        || cli.scenarios.contains(&Group::Fair)
         || matches!(other_mode, Mode::Broker { .. });
     let scratch = std::env::temp_dir().join(format!(
         "contactmirror-bench-{}",
@@ -310,6 +342,7 @@ async fn main() -> Result<()> {
     };
 
     let mut rows: Vec<Row> = Vec::new();
+    let mut fair_rows: Vec<fair::FairRow> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
     let main_shape = Shape {
         tenants: cli.tenants,
@@ -391,6 +424,9 @@ async fn main() -> Result<()> {
             Group::MirrorPhotos => {
                 mirror_photos(&ctx, &cli, main_shape, other_mode, &mut rows).await
             }
+            Group::Fair => fair_group(&ctx, &cli)
+                .await
+                .map(|measured| fair_rows = measured),
         };
         if let Err(error) = result {
             let text = format!("{group:?}: {error:#}");
@@ -400,7 +436,7 @@ async fn main() -> Result<()> {
     }
 
     let elapsed = started.elapsed();
-    print_and_write(&cli, &ctx, &rows, &errors, elapsed)?;
+    print_and_write(&cli, &ctx, (&rows, &fair_rows), &errors, elapsed)?;
     let leftovers = fleet::leftovers(&ctx.fleet, "bench-")
         .await
         .unwrap_or_default();
@@ -473,6 +509,36 @@ fn worker_binary(cli: &Cli, needed: bool) -> Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// Issue 13's fair tenants, embedded and on RabbitMQ (see `fair.rs`).
+async fn fair_group(ctx: &Ctx, cli: &Cli) -> Result<Vec<fair::FairRow>> {
+    let shape = fair::FairShape {
+        large_users: cli.fair_large_users,
+        large_contacts: cli.fair_large_contacts,
+        small_tenants: cli.fair_small_tenants.max(1),
+        small_users: cli.fair_small_users,
+        small_contacts: cli.fair_small_contacts,
+    };
+    let processes = cli.fair_processes.max(1);
+    let slots = processes * usize::from(ctx.fleet.worker_concurrency);
+    let mut broker: Vec<Option<usize>> = cli.fair_tenant_jobs.iter().copied().map(Some).collect();
+    if broker.is_empty() {
+        broker.push(Some(2 * slots));
+    }
+    if cli.fair_fifo {
+        broker.push(Some(1_000_000));
+    }
+    let modes = [
+        (
+            Mode::Embedded {
+                workers: cli.embedded_workers,
+            },
+            vec![None],
+        ),
+        (Mode::Broker { processes }, broker),
+    ];
+    fair::group(shape, cli.budget.budget(), ctx.latency, &modes, &ctx.fleet).await
 }
 
 /// Initial sync, re-run with no change, re-run after `change_share` changed, on a fresh estate.
@@ -924,7 +990,7 @@ async fn measure(
 fn print_and_write(
     cli: &Cli,
     ctx: &Ctx,
-    rows: &[Row],
+    (rows, fair_rows): (&[Row], &[fair::FairRow]),
     errors: &[String],
     elapsed: Duration,
 ) -> Result<()> {
@@ -1030,6 +1096,7 @@ fn print_and_write(
         "elapsedSeconds": elapsed.as_secs_f64(),
         "rows": rows,
         "scalingFits": fits,
+        "fair": fair_rows,
         "errors": errors,
     });
     if let Some(dir) = cli.out.parent().filter(|d| !d.as_os_str().is_empty()) {

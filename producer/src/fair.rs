@@ -1,0 +1,232 @@
+//! Fair tenants (issue 13): which of a run's jobs go to the transport now, and which wait their turn.
+//!
+//! The job queues are first-in-first-out (RabbitMQ 3.10 quorum queues have no priorities), so a tenant whose
+//! 2,000 jobs were queued first would hold every other tenant's jobs behind them. Instead the producer keeps each
+//! tenant's jobs in a lane of its own and hands them out round-robin, at most [`Limits::per_tenant`] of a tenant
+//! outstanding (submitted, no final report yet) at a time; the next one goes when a final report comes back. Any
+//! job queued later, by this run or another run on the same broker, then waits behind at most that many jobs of
+//! each other tenant. [`Limits::total`] bounds the run as a whole: the embedded mode sets it to its worker count,
+//! so a released job never waits in the channel and each free worker goes to the next tenant in turn.
+//!
+//! Pure: no I/O. Held jobs are already in the run's ledger (they wait for a report like any other).
+
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
+
+/// How many jobs may be outstanding at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Per tenant.
+    pub per_tenant: NonZeroUsize,
+    /// For the whole run; `None`: only the per-tenant limit.
+    pub total: Option<NonZeroUsize>,
+}
+
+/// Default per-tenant limit on RabbitMQ: twice the job slots of the largest pool `deploy/k8s` scales to (16
+/// workers x 4 jobs), which is also the phase-2 depth at which KEDA asks for that pool (8 jobs per worker): a lone
+/// tenant still fills the whole fleet, and a job queued behind it waits for about one job per slot.
+pub const BROKER_PER_TENANT: NonZeroUsize = match NonZeroUsize::new(128) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+impl Limits {
+    /// The embedded mode's limits: each of `workers` in-process workers takes the next tenant's job in turn when
+    /// it frees up; `per_tenant` (`--tenant-jobs`) defaults to all of them, so a lone tenant uses every worker.
+    pub fn embedded(workers: usize, per_tenant: Option<NonZeroUsize>) -> Self {
+        let workers = NonZeroUsize::new(workers).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            per_tenant: per_tenant.unwrap_or(workers),
+            total: Some(workers),
+        }
+    }
+
+    /// The broker mode's limits: `per_tenant` (`--tenant-jobs`), by default [`BROKER_PER_TENANT`]; no run-wide
+    /// limit (the fleet's size is KEDA's, not the producer's, to know).
+    pub fn broker(per_tenant: Option<NonZeroUsize>) -> Self {
+        Self {
+            per_tenant: per_tenant.unwrap_or(BROKER_PER_TENANT),
+            total: None,
+        }
+    }
+}
+
+/// One tenant's jobs: those waiting their turn and how many are out.
+#[derive(Debug)]
+struct Lane<T> {
+    held: VecDeque<T>,
+    outstanding: usize,
+}
+
+/// The run's jobs per tenant, handed out round-robin within [`Limits`].
+#[derive(Debug)]
+pub struct FairQueue<T> {
+    lanes: Vec<Lane<T>>,
+    limits: Limits,
+    /// The lane asked first on the next release (modulo the lanes): the one after the lane that released last.
+    next: usize,
+    outstanding: usize,
+}
+
+impl<T> FairQueue<T> {
+    /// An empty queue for `tenants` tenants (numbered as in the run).
+    pub fn new(tenants: usize, limits: Limits) -> Self {
+        Self {
+            lanes: (0..tenants)
+                .map(|_| Lane {
+                    held: VecDeque::new(),
+                    outstanding: 0,
+                })
+                .collect(),
+            limits,
+            next: 0,
+            outstanding: 0,
+        }
+    }
+
+    /// Queues `job` of tenant number `tenant` behind that tenant's earlier jobs.
+    pub fn push(&mut self, tenant: usize, job: T) {
+        if tenant >= self.lanes.len() {
+            self.lanes.resize_with(tenant + 1, || Lane {
+                held: VecDeque::new(),
+                outstanding: 0,
+            });
+        }
+        self.lanes[tenant].held.push_back(job);
+    }
+
+    /// The next job to submit, taken from the next tenant in turn that has one and is under its limit; `None`
+    /// while the run is at its limit or every lane is empty or full. The job counts as outstanding from now.
+    pub fn release(&mut self) -> Option<T> {
+        if self
+            .limits
+            .total
+            .is_some_and(|total| self.outstanding >= total.get())
+        {
+            return None;
+        }
+        let count = self.lanes.len();
+        for step in 0..count {
+            let index = (self.next + step) % count;
+            let lane = &mut self.lanes[index];
+            if lane.outstanding >= self.limits.per_tenant.get() {
+                continue;
+            }
+            if let Some(job) = lane.held.pop_front() {
+                lane.outstanding += 1;
+                self.outstanding += 1;
+                self.next = index + 1;
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    /// A job of tenant number `tenant` got its final report (or was given up on): the tenant may have another out.
+    pub fn finished(&mut self, tenant: usize) {
+        if let Some(lane) = self.lanes.get_mut(tenant) {
+            if lane.outstanding > 0 {
+                lane.outstanding -= 1;
+                self.outstanding -= 1;
+            }
+        }
+    }
+
+    /// Jobs still waiting their turn.
+    pub fn held(&self) -> usize {
+        self.lanes.iter().map(|lane| lane.held.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_tenant: usize, total: Option<usize>) -> Limits {
+        Limits {
+            per_tenant: NonZeroUsize::new(per_tenant).expect("positive"),
+            total: total.and_then(NonZeroUsize::new),
+        }
+    }
+
+    fn drain(queue: &mut FairQueue<(usize, u32)>) -> Vec<(usize, u32)> {
+        std::iter::from_fn(|| queue.release()).collect()
+    }
+
+    /// A large tenant queued first no longer holds a small one behind all its jobs (fails on a FIFO).
+    #[test]
+    fn tenants_take_turns_and_each_stays_within_its_limit() {
+        let mut queue = FairQueue::new(2, limits(2, None));
+        for i in 0..5 {
+            queue.push(0, (0, i));
+        }
+        for i in 0..3 {
+            queue.push(1, (1, i));
+        }
+        assert_eq!(drain(&mut queue), vec![(0, 0), (1, 0), (0, 1), (1, 1)]);
+        assert_eq!(queue.held(), 4);
+        queue.finished(0);
+        assert_eq!(drain(&mut queue), vec![(0, 2)]);
+        queue.finished(1);
+        queue.finished(1);
+        assert_eq!(drain(&mut queue), vec![(1, 2)]);
+        for _ in 0..3 {
+            queue.finished(0);
+        }
+        assert_eq!(drain(&mut queue), vec![(0, 3), (0, 4)]);
+        assert_eq!(queue.held(), 0);
+    }
+
+    #[test]
+    fn the_run_limit_hands_each_free_slot_to_the_next_tenant_in_turn() {
+        let mut queue = FairQueue::new(3, limits(10, Some(2)));
+        for tenant in 0..3 {
+            for i in 0..3 {
+                queue.push(tenant, (tenant, i));
+            }
+        }
+        assert_eq!(drain(&mut queue), vec![(0, 0), (1, 0)]);
+        queue.finished(0);
+        assert_eq!(drain(&mut queue), vec![(2, 0)]);
+        queue.finished(1);
+        assert_eq!(drain(&mut queue), vec![(0, 1)]);
+        queue.finished(2);
+        queue.finished(0);
+        assert_eq!(drain(&mut queue), vec![(1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn a_lone_tenant_uses_every_slot_and_late_lanes_join_the_turns() {
+        let mut queue = FairQueue::new(1, Limits::embedded(3, None));
+        for i in 0..5 {
+            queue.push(0, (0, i));
+        }
+        assert_eq!(drain(&mut queue).len(), 3);
+        queue.push(1, (1, 0));
+        queue.finished(0);
+        assert_eq!(drain(&mut queue), vec![(1, 0)], "the newcomer goes first");
+        queue.finished(5);
+        queue.finished(1);
+        assert_eq!(drain(&mut queue), vec![(0, 3)]);
+    }
+
+    #[test]
+    fn finishing_more_than_was_released_never_lifts_a_limit() {
+        let mut queue = FairQueue::new(1, limits(1, None));
+        queue.push(0, (0, 0));
+        queue.push(0, (0, 1));
+        queue.finished(0);
+        assert_eq!(drain(&mut queue), vec![(0, 0)]);
+        assert_eq!(drain(&mut queue), vec![]);
+    }
+
+    #[test]
+    fn limits_default_per_mode() {
+        assert_eq!(Limits::embedded(0, None), limits(1, Some(1)));
+        assert_eq!(
+            Limits::embedded(64, NonZeroUsize::new(8)),
+            limits(8, Some(64))
+        );
+        assert_eq!(Limits::broker(None), limits(128, None));
+    }
+}

@@ -1,0 +1,266 @@
+//! Fair tenants (issue 13): a large tenant's jobs no longer hold a small tenant's behind them, in one run and
+//! across runs on one broker, and the mailboxes end as when each tenant runs alone.
+//!
+//! The order is read from graphsim's request log: with one job slot, jobs run one after another, so the writes
+//! into a user's mailbox mark when its phase-2 job ran. No timing is asserted.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use graphsim::{EstateParams, LoggedRequest, SimConfig};
+use producer::cli::RunArgs;
+use shared::config::Settings;
+use shared::mq::Topology;
+use tokio_util::sync::CancellationToken;
+use worker::consumer::{Worker, WorkerConfig};
+
+use crate::fleet::{self, assert_only_unreachable_failed, broker_args, embedded_args, snapshot};
+use crate::support::{self, Estate, BROKER};
+
+/// Users of each small tenant (the large one keeps every seeded user).
+const SMALL_USERS: usize = 3;
+
+/// One large tenant (index 0) and `tenants - 1` small ones.
+fn params(tenants: usize, seed: u64) -> EstateParams {
+    EstateParams {
+        tenants,
+        // Not 16: graphsim's 16th user shares an earlier user's mail, which `TestUserList` would select too.
+        users_per_tenant: 15,
+        contacts_per_user: 4,
+        overlap: 0.0,
+        seed,
+    }
+}
+
+/// A graphsim slow enough (20 ms per request) that the large tenant's jobs are not over before the next run
+/// has prepared.
+async fn seed(tenants: usize, seed: u64) -> Estate {
+    let config = SimConfig {
+        latency: Duration::from_millis(20),
+        ..SimConfig::default()
+    };
+    Estate::seed(config, params(tenants, seed)).await
+}
+
+/// The small tenants narrowed to their first [`SMALL_USERS`] users by `TestUserList`.
+fn settings(estate: &Estate) -> Settings {
+    let mut document = estate.config_json();
+    let entries = document["MicrosoftTenants"]
+        .as_array_mut()
+        .expect("a tenant list");
+    for (entry, seeded) in entries.iter_mut().zip(&estate.tenants).skip(1) {
+        entry["TestUserList"] = serde_json::json!(seeded.user_upns[..SMALL_USERS]);
+    }
+    support::settings_from(&document)
+}
+
+/// One worker process with one job slot, so jobs run in the order the queue hands them out.
+fn one_slot_worker(
+    settings: &Settings,
+    topology: &Topology,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let worker = Worker::new(
+        WorkerConfig {
+            amqp_url: support::amqp_url(),
+            topology: topology.clone(),
+            concurrency: 1,
+            retry: support::quick_retry(),
+            grace: Duration::from_secs(10),
+            name: "one-slot".into(),
+        },
+        support::runner(settings),
+    );
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let handle = tokio::spawn(async move {
+        worker.run(token).await.expect("worker runs");
+    });
+    (stop, handle)
+}
+
+async fn stop(worker: (CancellationToken, tokio::task::JoinHandle<()>)) {
+    worker.0.cancel();
+    tokio::time::timeout(Duration::from_secs(30), worker.1)
+        .await
+        .expect("worker stops")
+        .expect("worker task");
+}
+
+/// Broker arguments with a small per-tenant limit: about twice the fleet's one job slot, as documented.
+fn fair_broker_args(topology: &Topology, tenants: &[&str]) -> RunArgs {
+    RunArgs {
+        tenant_jobs: NonZeroUsize::new(2),
+        tenants: tenants.iter().map(|t| (*t).to_owned()).collect(),
+        ..broker_args(topology)
+    }
+}
+
+fn is_write(entry: &LoggedRequest) -> bool {
+    entry.method != "GET"
+}
+
+/// Log positions of the writes into each of `upns`'s own mailbox (each mailbox's, in log order).
+fn writes_into<'a>(
+    log: &'a [LoggedRequest],
+    upns: &'a [String],
+) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+    log.iter().filter(|e| is_write(e)).filter_map(move |e| {
+        let mailbox = e.mailbox.as_deref()?;
+        upns.iter()
+            .find(|u| u.eq_ignore_ascii_case(mailbox))
+            .map(|u| (u.as_str(), e.seq))
+    })
+}
+
+/// The order check: how many of the large tenant's written mailboxes got their first write after the last write
+/// into any small tenant's mailbox, out of how many it wrote.
+fn large_mailboxes_after_the_small_tenants(estate: &Estate) -> (usize, usize) {
+    let log = estate.sim.request_log();
+    let small: Vec<String> = estate.tenants[1..]
+        .iter()
+        .flat_map(|t| t.user_upns[..SMALL_USERS].iter().cloned())
+        .collect();
+    let small_done = writes_into(&log, &small)
+        .map(|(_, seq)| seq)
+        .max()
+        .expect("the small tenants' mailboxes were written");
+    let mut first = std::collections::BTreeMap::new();
+    for (mailbox, seq) in writes_into(&log, &estate.tenants[0].user_upns) {
+        first.entry(mailbox).or_insert(seq);
+    }
+    let after = first.values().filter(|seq| **seq > small_done).count();
+    (after, first.len())
+}
+
+/// At least `share` of the large tenant's mailboxes were written after the small tenants were done.
+fn assert_small_tenants_not_behind(estate: &Estate, share: f64) {
+    let (after, written) = large_mailboxes_after_the_small_tenants(estate);
+    assert!(
+        written >= 8,
+        "the large tenant wrote only {written} mailboxes"
+    );
+    // FIFO dispatch runs every large job queued first (none after); fair dispatch lets at most the limit of
+    // them go ahead of each small job.
+    assert!(
+        after > 0 && after as f64 >= share * written as f64,
+        "the small tenants finished after {} of the large tenant's {written} mailboxes: they waited behind it",
+        written - after
+    );
+}
+
+/// Fails on FIFO dispatch: every large phase-2 job was queued before the small tenants' phase 1 ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_rabbitmq_one_runs_small_tenants_are_not_all_behind_the_large_one() {
+    let _broker = BROKER.read().await;
+    let estate = seed(3, 1301).await;
+    let settings = settings(&estate);
+    let topology = support::private_topology();
+    let worker = one_slot_worker(&settings, &topology);
+    let report = fleet::run(&settings, &fair_broker_args(&topology, &[])).await;
+    stop(worker).await;
+    support::delete_topology(&topology).await;
+    assert!(report.tenants.iter().all(|t| t.error.is_none()));
+    assert_small_tenants_not_behind(&estate, 0.5);
+}
+
+/// Fails on FIFO dispatch (the embedded channel took every job at once, in submission order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_one_runs_small_tenants_are_not_all_behind_the_large_one() {
+    let estate = seed(3, 1302).await;
+    let settings = settings(&estate);
+    let args = RunArgs {
+        workers: 1,
+        ..embedded_args()
+    };
+    let report = fleet::run(&settings, &args).await;
+    assert!(report.tenants.iter().all(|t| t.error.is_none()));
+    assert_small_tenants_not_behind(&estate, 0.5);
+}
+
+/// The large tenant's run starts first (its CronJob); the small tenants' runs start once its phase 2 has begun.
+/// Fails on FIFO dispatch: the large run had queued every phase-2 job before the small runs queued theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_rabbitmq_runs_started_after_a_large_one_are_not_all_behind_it() {
+    let _broker = BROKER.read().await;
+    let estate = seed(3, 1303).await;
+    let settings = settings(&estate);
+    let topology = support::private_topology();
+    let worker = one_slot_worker(&settings, &topology);
+    let ids: Vec<String> = estate.tenants.iter().map(|t| t.tenant_id.clone()).collect();
+    let large = {
+        let settings = settings.clone();
+        let args = fair_broker_args(&topology, &[&ids[0]]);
+        tokio::spawn(async move { fleet::run(&settings, &args).await })
+    };
+    let large_users = estate.tenants[0].user_upns.clone();
+    // Two of its mailboxes written: its phase 2 is under way (on FIFO dispatch, every phase-2 job is queued).
+    let mut waited = 0;
+    while writes_into(&estate.sim.request_log(), &large_users)
+        .map(|(mailbox, _)| mailbox)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        < 2
+    {
+        assert!(waited < 3_000, "the large tenant's phase 2 never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    let smalls = ids[1..].iter().map(|id| {
+        let args = fair_broker_args(&topology, &[id]);
+        let settings = &settings;
+        async move { fleet::run(settings, &args).await }
+    });
+    let small_reports = futures_util::future::join_all(smalls).await;
+    let large_report = large.await.expect("the large run");
+    stop(worker).await;
+    support::delete_topology(&topology).await;
+    for report in small_reports.iter().chain([&large_report]) {
+        assert!(report.tenants.iter().all(|t| t.error.is_none()));
+    }
+    // The small runs prepare and run phase 1 while the large run goes on, so only some of it is left.
+    assert_small_tenants_not_behind(&estate, 0.0);
+}
+
+/// Same seed, same rules: the mailboxes after one fair run over every tenant (two workers, one job of a tenant
+/// out at a time) equal those after each tenant ran alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fair_run_over_every_tenant_ends_as_each_tenant_run_alone() {
+    let _broker = BROKER.read().await;
+    let together = seed(3, 1304).await;
+    let alone = seed(3, 1304).await;
+
+    let settings_together = settings(&together);
+    let topology = support::private_topology();
+    let workers: Vec<_> = (0..2)
+        .map(|i| support::spawn_worker(&settings_together, &topology, &format!("fair{i}")))
+        .collect();
+    let args = RunArgs {
+        tenant_jobs: NonZeroUsize::new(1),
+        ..broker_args(&topology)
+    };
+    let report = fleet::run(&settings_together, &args).await;
+    for worker in workers {
+        stop(worker).await;
+    }
+    support::delete_topology(&topology).await;
+    assert_only_unreachable_failed(&report, &together);
+
+    let settings_alone = settings(&alone);
+    for tenant in &alone.tenants {
+        let args = RunArgs {
+            tenants: vec![tenant.tenant_id.clone()],
+            ..embedded_args()
+        };
+        let report = fleet::run(&settings_alone, &args).await;
+        assert!(report.tenants.iter().all(|t| t.error.is_none()));
+    }
+    let (together, alone) = (
+        snapshot(&together, "All Contacts"),
+        snapshot(&alone, "All Contacts"),
+    );
+    assert!(
+        together.values().any(|folder| !folder.is_empty()),
+        "nothing was mirrored"
+    );
+    assert_eq!(together, alone);
+}
