@@ -49,7 +49,7 @@ async fn two_worker_processes_stay_within_the_apps_ceiling_together() {
                 ..ClientOptions::default()
             };
             let graph = GraphClient::new(options).expect("graph client");
-            let runner = Arc::new(JobRunner::new(graph, Arc::new(settings.clone())));
+            let runner = Arc::new(JobRunner::new(graph.clone(), Arc::new(settings.clone())));
             let worker = Worker::new(
                 WorkerConfig {
                     amqp_url: support::amqp_url(),
@@ -66,11 +66,21 @@ async fn two_worker_processes_stay_within_the_apps_ceiling_together() {
                 let stop = stop.clone();
                 async move { worker.run(stop).await.expect("worker runs") }
             });
-            (stop, handle)
+            (stop, handle, graph)
         })
         .collect();
+    // Each worker learns the fleet's size when it starts consuming and every few seconds after; the test is
+    // about two processes sharing the ceiling, not about one that starts while the other already runs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !workers.iter().all(|(_, _, graph)| graph.fleet_size() == 2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workers never counted each other"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let report = run(&settings, &broker_args(&topology)).await;
-    for (stop, handle) in workers {
+    for (stop, handle, _) in workers {
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(30), handle)
             .await

@@ -15,7 +15,7 @@ use shared::mq::{self, Topology};
 use tracing::{debug, info, warn};
 
 /// How often the fleet's size is read again.
-pub const FLEET_CHECK: Duration = Duration::from_secs(5);
+pub const FLEET_CHECK: Duration = Duration::from_secs(2);
 
 /// Keeps `graph`'s share of the app-wide rate in step with the worker processes consuming `topology`'s job
 /// queues, until dropped (the session that runs it ends).

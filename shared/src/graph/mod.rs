@@ -240,6 +240,11 @@ impl GraphClient {
         }
     }
 
+    /// The processes this one shares each app's app-wide rate with, itself included.
+    pub fn fleet_size(&self) -> u32 {
+        self.shared.fleet_size.load(Ordering::SeqCst)
+    }
+
     /// What the client has done since it was created.
     pub fn stats(&self) -> ClientStats {
         let mut peaks = BTreeMap::new();
