@@ -13,7 +13,7 @@ use crate::support::{self, Estate};
 /// Failed before the fix: the producer selected Ann (named by her mail), the seeded user named by alias, and
 /// Ann's second account (whose mail is Ann's UPN), but the worker compared job UPNs with the list, so phase 1
 /// was dead-lettered `untrusted_job` and the run failed. Now the run succeeds with exactly the users the
-/// entries name, the shared `team@` mail selects nobody, and both are reported as warnings.
+/// entries name, the shared `team@` mail selects nobody, and both are reported as warnings (by `check` too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn users_named_by_mail_or_alias_take_part_and_a_shared_mail_selects_nobody() {
     let estate = Estate::seed(
@@ -54,6 +54,13 @@ async fn users_named_by_mail_or_alias_take_part_and_a_shared_mail_selects_nobody
         format!("team@{domain}"),
     ]);
     let settings = support::settings_from(&document);
+
+    // `check` tells the operator before any run.
+    let (_, table, stderr) = crate::check::producer(&["check"], &document).await;
+    assert!(
+        table.contains(&format!("team@{domain} is ambiguous")),
+        "{table}\n{stderr}"
+    );
 
     let report = run(&settings, &embedded_args()).await;
 
