@@ -32,7 +32,11 @@ pub struct Selection {
 const KINDS: [fn(&DirectoryUser, &str) -> bool; 4] = [
     |user, wanted| user.id.eq_ignore_ascii_case(wanted),
     |user, wanted| user.user_principal_name.eq_ignore_ascii_case(wanted),
-    |user, wanted| user.mail.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(wanted)),
+    |user, wanted| {
+        user.mail
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case(wanted))
+    },
     |user, wanted| {
         std::iter::once(user.user_principal_name.as_str())
             .chain(user.mail.as_deref())
@@ -66,7 +70,10 @@ pub fn select(candidates: &[DirectoryUser], list: &[String]) -> Selection {
             continue;
         };
         let upns = |users: &[&DirectoryUser]| -> Vec<String> {
-            users.iter().map(|u| u.user_principal_name.clone()).collect()
+            users
+                .iter()
+                .map(|u| u.user_principal_name.clone())
+                .collect()
         };
         match found.as_slice() {
             [one] => {
@@ -194,7 +201,12 @@ mod tests {
                 "eve@contoso.com",
             ]),
         );
-        for (id, selected) in [("0a1b", true), ("2c3d", true), ("4e5f", true), ("6a7b", false)] {
+        for (id, selected) in [
+            ("0a1b", true),
+            ("2c3d", true),
+            ("4e5f", true),
+            ("6a7b", false),
+        ] {
             assert_eq!(selection.contains(&mailbox(id)), selected, "{id}");
         }
         assert_eq!(selection.unmatched, ["nobody", "eve@contoso.com"]);
@@ -219,7 +231,10 @@ mod tests {
             &list(&["ann@contoso.com", "team@contoso.com", "robert"]),
         );
         assert!(selection.contains(&mailbox("a")));
-        assert!(!selection.contains(&mailbox("a2")), "Ann's mail is not the entry's meaning");
+        assert!(
+            !selection.contains(&mailbox("a2")),
+            "Ann's mail is not the entry's meaning"
+        );
         assert!(selection.contains(&mailbox("b")), "named by mail alias");
         assert!(!selection.contains(&mailbox("c")) && !selection.contains(&mailbox("d")));
         assert_eq!(
@@ -237,13 +252,19 @@ mod tests {
             )]
         );
         let warnings = selection.warnings().join("\n");
-        assert!(warnings.contains("team@contoso.com is ambiguous"), "{warnings}");
+        assert!(
+            warnings.contains("team@contoso.com is ambiguous"),
+            "{warnings}"
+        );
         assert!(warnings.contains("ann.admin@contoso.com"), "{warnings}");
     }
 
     #[test]
     fn a_job_mailbox_is_recognised_by_object_id_not_by_its_upn_label() {
-        let users = [user("a", "ann@contoso.com", None), user("b", "bob@contoso.com", None)];
+        let users = [
+            user("a", "ann@contoso.com", None),
+            user("b", "bob@contoso.com", None),
+        ];
         let selection = select(&users, &list(&["ann@contoso.com"]));
         let forged = Mailbox {
             id: "b".into(),

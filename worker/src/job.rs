@@ -22,7 +22,6 @@ use shared::message::{
     SourceFailure, SCHEMA_VERSION,
 };
 use shared::model::{Contact, Mailbox, WriteOp};
-use shared::test_users;
 use shared::sync::photo::{
     self, CentralPhoto, CopyPhoto, OriginCheck, OriginPhoto, PhotoAction, SourcePhoto,
 };
@@ -30,6 +29,7 @@ use shared::sync::{
     self, CleanupScope, CleanupSource, Ownership, Plan, PlanContext, PlanCounts, PreparedCentral,
     SourceMailbox, SyncId,
 };
+use shared::test_users;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};

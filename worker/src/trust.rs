@@ -349,12 +349,21 @@ mod tests {
                 .is_err_and(|e| e.contains("mirror is on")),
             "{without_mirror:?}"
         );
-        let forged = check(&phase2(mailbox("shared"), "central", "alice"), &t, &unmirrored());
+        let forged = check(
+            &phase2(mailbox("shared"), "central", "alice"),
+            &t,
+            &unmirrored(),
+        );
         assert!(
             forged.as_ref().is_err_and(|e| e.contains("mirror is off")),
             "{forged:?}"
         );
-        assert!(check(&phase1(mailbox("shared"), "central", &["alice"]), &t, &unmirrored()).is_err());
+        assert!(check(
+            &phase1(mailbox("shared"), "central", &["alice"]),
+            &t,
+            &unmirrored()
+        )
+        .is_err());
     }
 
     /// A pure source (mirror and directory off, no FromTenants) has no jobs: one arriving is refused, so no
