@@ -16,6 +16,7 @@ use shared::graph::{
 };
 use shared::message::CentralFolder;
 use shared::model::Mailbox;
+use shared::test_users;
 use tracing::{info, warn};
 
 use crate::state::KnownCentral;
@@ -258,49 +259,40 @@ pub async fn shared_mailbox(
 
 /// The receiving users, sorted: licensed, the shared mailbox (`shared_mailbox`, or by its configured name
 /// without the mirror) left out, `TestUserList` and `TargetGroups` applied; an empty result is an error. Also the
-/// warnings the operator should see (test-list entries matching nobody).
+/// warnings the operator should see (test-list entries matching nobody or several users, see [`test_users`]).
 pub async fn receiving_users(
     client: &TenantClient,
     tenant: &TenantSettings,
     shared_mailbox: Option<&Mailbox>,
 ) -> Result<(Vec<Mailbox>, Vec<String>), String> {
-    // Without the mirror a configured shared mailbox is not looked up: it is left out by name.
-    let not_shared = |m: &Mailbox| match (shared_mailbox, tenant.shared_mailbox()) {
-        (Some(shared), _) => !m.id.eq_ignore_ascii_case(&shared.id),
-        (None, Some(name)) => {
-            !(m.upn.eq_ignore_ascii_case(name) || m.id.eq_ignore_ascii_case(name))
-        }
-        (None, None) => true,
-    };
-    let licensed: Vec<DirectoryUser> = client
-        .licensed_users()
-        .await
-        .map_err(|e| explain(tenant, &e, "listing licensed users"))?
-        .into_iter()
-        .filter(|u| not_shared(&u.mailbox()))
-        .collect();
+    let licensed = test_users::candidates(
+        client
+            .licensed_users()
+            .await
+            .map_err(|e| explain(tenant, &e, "listing licensed users"))?,
+        tenant,
+        shared_mailbox,
+    );
     let mut warnings = Vec::new();
     let mut licensed = match &tenant.test_user_list {
         Some(list) => {
-            let (selected, unmatched) = select_test_users(licensed, list);
-            if !unmatched.is_empty() {
-                let warning = format!(
-                    "TestUserList: {} match(es) no licensed user other than the shared mailbox (by UPN, object id, \
-                     mail or alias): {}",
-                    unmatched.len(),
-                    unmatched.join(", ")
-                );
+            let selection = test_users::select(&licensed, list);
+            for warning in selection.warnings() {
                 warn!(tenant = %tenant.tenant_id, "{warning}");
                 warnings.push(warning);
             }
-            if selected.is_empty() {
+            if selection.is_empty() {
                 return Err(format!(
-                    "tenant {}: none of the TestUserList entries ({}) is a licensed user other than the shared mailbox",
+                    "tenant {}: none of the TestUserList entries ({}) names one licensed user other than the \
+                     shared mailbox",
                     tenant.tenant_id,
                     list.join(", ")
                 ));
             }
-            selected
+            licensed
+                .into_iter()
+                .filter(|u| selection.contains(&u.mailbox()))
+                .collect()
         }
         None => licensed,
     };
@@ -323,39 +315,6 @@ pub async fn receiving_users(
     }
     users.sort();
     Ok((users, warnings))
-}
-
-/// The licensed users a `TestUserList` names, each entry matched by UPN, object id, mail or alias (the part of
-/// the UPN or mail before `@`), ignoring case; and the entries that matched nobody, to be named in a warning.
-pub fn select_test_users(
-    users: Vec<DirectoryUser>,
-    list: &[String],
-) -> (Vec<DirectoryUser>, Vec<String>) {
-    let alias = |address: &str| address.split('@').next().unwrap_or_default().to_owned();
-    let matches = |wanted: &str, user: &DirectoryUser| {
-        let mut names = vec![
-            user.id.clone(),
-            user.user_principal_name.clone(),
-            alias(&user.user_principal_name),
-        ];
-        if let Some(mail) = &user.mail {
-            names.push(mail.clone());
-            names.push(alias(mail));
-        }
-        names
-            .iter()
-            .any(|name| !name.is_empty() && name.eq_ignore_ascii_case(wanted.trim()))
-    };
-    let unmatched = list
-        .iter()
-        .filter(|wanted| !users.iter().any(|user| matches(wanted, user)))
-        .cloned()
-        .collect();
-    let selected = users
-        .into_iter()
-        .filter(|user| list.iter().any(|wanted| matches(wanted, user)))
-        .collect();
-    (selected, unmatched)
 }
 
 /// Turns a Graph error met while preparing a tenant into a message naming the setting to fix.
@@ -386,43 +345,6 @@ mod tests {
             folder_id: "F1".into(),
             folder_name: "All Contacts".into(),
         })
-    }
-
-    fn user(id: &str, upn: &str, mail: Option<&str>) -> DirectoryUser {
-        DirectoryUser {
-            id: id.into(),
-            user_principal_name: upn.into(),
-            mail: mail.map(Into::into),
-            display_name: None,
-            user_type: None,
-        }
-    }
-
-    #[test]
-    fn test_users_match_by_upn_object_id_mail_or_alias_and_the_rest_are_named() {
-        let users = vec![
-            user(
-                "0a1b",
-                "ann@contoso.onmicrosoft.com",
-                Some("ann.smith@contoso.com"),
-            ),
-            user("2c3d", "bob@contoso.onmicrosoft.com", None),
-            user("4e5f", "cat@contoso.onmicrosoft.com", None),
-            user("6a7b", "dan@contoso.onmicrosoft.com", None),
-        ];
-        let list: Vec<String> = [
-            "ANN.SMITH",
-            "2C3D",
-            "cat@contoso.onmicrosoft.com",
-            "nobody",
-            "eve@contoso.com",
-        ]
-        .map(String::from)
-        .into();
-        let (selected, unmatched) = select_test_users(users, &list);
-        let ids: Vec<&str> = selected.iter().map(|u| u.id.as_str()).collect();
-        assert_eq!(ids, ["0a1b", "2c3d", "4e5f"]);
-        assert_eq!(unmatched, ["nobody", "eve@contoso.com"]);
     }
 
     #[test]

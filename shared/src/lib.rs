@@ -12,6 +12,7 @@
 //! - [`message`]: job and report messages exchanged over the queues.
 //! - [`mq`]: RabbitMQ topology and confirmed publishing.
 //! - [`run_status`]: the last run's per-tenant progress, kept on the broker for `status`.
+//! - [`test_users`]: which users a `TestUserList` names, one rule for the producer and the worker.
 #![deny(missing_docs)]
 
 pub mod config;
@@ -27,3 +28,4 @@ pub mod secret;
 pub mod shutdown;
 pub mod sync;
 pub mod telemetry;
+pub mod test_users;

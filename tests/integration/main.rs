@@ -79,6 +79,9 @@ mod history_notify;
 // Issue 12: one invalid tenant fails alone, the dry-run rule, UpdateExisting, not_applicable, DLQ retention, demo.
 mod isolation;
 
+// TestUserList entries by mail or alias: what the producer selects, the worker accepts; shared mails select nobody.
+mod test_users;
+
 // Issue 12: certificate tenants in one run; each certificate mistake fails only its tenant.
 mod credentials;
 

@@ -29,6 +29,7 @@ use shared::sync::{
     self, CleanupScope, CleanupSource, Ownership, Plan, PlanContext, PlanCounts, PreparedCentral,
     SourceMailbox, SyncId,
 };
+use shared::test_users;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -40,7 +41,7 @@ use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
 use crate::heap;
 use crate::in_flight::InFlight;
 use crate::planning_budget::{Planning, PlanningBudget};
-use crate::trust::{self, CentralLocation, Locations};
+use crate::trust::{self, CentralLocation, Locations, Receivers, Resolved};
 
 /// How many source mailboxes a phase-1 job reads at once (each has its own Graph budget).
 const SOURCE_READ_CONCURRENCY: usize = 16;
@@ -252,8 +253,9 @@ impl JobRunner {
     }
 
     /// Refuses a job whose central mailbox or folder is not where this worker's configuration says, or that
-    /// names a mailbox the worker does not mirror (see [`crate::trust`]). Resolves the configured location once
-    /// per tenant, and again when a job does not match (the folder may have been created since).
+    /// names a mailbox the worker does not mirror (see [`crate::trust`]). Resolves the configured location and
+    /// the `TestUserList`'s users once per tenant, and again when a job does not match (the folder may have been
+    /// created since, a user may have joined).
     async fn trusted(
         &self,
         tenant: &TenantSettings,
@@ -267,33 +269,47 @@ impl JobRunner {
                 error,
             }
         };
-        if !tenant.distribution.mirror_enabled {
-            // No mirror, no shared mailbox to resolve: the job must name none.
-            return trust::check(job, tenant, None).map_err(refuse);
-        }
         if let Some(known) = self.locations.get(&tenant.tenant_id) {
-            if trust::check(job, tenant, Some(&known)).is_ok() {
+            if trust::check(job, tenant, &known).is_ok() {
                 return Ok(());
             }
         }
-        let doing = format!(
-            "resolving the central folder {:?} of {}",
-            tenant.mirror.central_folder_name, tenant.global_address_book_user_id
-        );
-        let shared = client
-            .user(&tenant.global_address_book_user_id)
-            .await
-            .map_err(|e| classify(&e, &doing))?;
-        let folder = client
-            .find_top_level_folder(&shared.id, &tenant.mirror.central_folder_name)
-            .await
-            .map_err(|e| classify(&e, &doing))?;
-        let location = CentralLocation {
-            mailbox: shared.mailbox(),
-            folder_id: folder.map(|f| f.id),
+        // No mirror, no shared mailbox to resolve: the job must name none.
+        let central = if tenant.distribution.mirror_enabled {
+            let doing = format!(
+                "resolving the central folder {:?} of {}",
+                tenant.mirror.central_folder_name, tenant.global_address_book_user_id
+            );
+            let shared = client
+                .user(&tenant.global_address_book_user_id)
+                .await
+                .map_err(|e| classify(&e, &doing))?;
+            let folder = client
+                .find_top_level_folder(&shared.id, &tenant.mirror.central_folder_name)
+                .await
+                .map_err(|e| classify(&e, &doing))?;
+            Some(CentralLocation {
+                mailbox: shared.mailbox(),
+                folder_id: folder.map(|f| f.id),
+            })
+        } else {
+            None
         };
-        self.locations.put(&tenant.tenant_id, location.clone());
-        trust::check(job, tenant, Some(&location)).map_err(refuse)
+        let receivers = match &tenant.test_user_list {
+            None => Receivers::Everyone,
+            Some(list) => {
+                let licensed = client
+                    .licensed_users()
+                    .await
+                    .map_err(|e| classify(&e, "listing licensed users for the TestUserList"))?;
+                let candidates =
+                    test_users::candidates(licensed, tenant, central.as_ref().map(|c| &c.mailbox));
+                Receivers::Selected(test_users::select(&candidates, list))
+            }
+        };
+        let resolved = Resolved { central, receivers };
+        self.locations.put(&tenant.tenant_id, resolved.clone());
+        trust::check(job, tenant, &resolved).map_err(refuse)
     }
 
     async fn phase1(

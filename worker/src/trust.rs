@@ -3,6 +3,10 @@
 //! `CentralFolderName`) and refuses a job that names others, so a forged job cannot copy one user's contacts into
 //! another mailbox or a foreign folder into everyone's contacts.
 //!
+//! Likewise the user mailboxes: with a `TestUserList` the worker applies the producer's rule
+//! ([`shared::test_users`]) to the tenant's directory itself and accepts only the users it selects, by object id
+//! (the UPN in a job is only a label).
+//!
 //! The checks here are pure; [`Locations`] caches what the worker resolved through Graph per tenant.
 
 use std::collections::HashMap;
@@ -11,6 +15,7 @@ use std::sync::Mutex;
 use shared::config::TenantSettings;
 use shared::message::{Job, JobKind};
 use shared::model::Mailbox;
+use shared::test_users::Selection;
 
 /// Where this worker's configuration says a tenant's central folder is, as resolved through Graph.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,16 +26,31 @@ pub struct CentralLocation {
     pub folder_id: Option<String>,
 }
 
+/// Whose mailboxes a job of the tenant may name, by this worker's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Receivers {
+    /// No `TestUserList`: every user but the shared mailbox.
+    Everyone,
+    /// The users the `TestUserList` selects in the tenant's directory, as the producer selects them.
+    Selected(Selection),
+}
+
+/// What the worker resolved of a tenant through Graph to check its jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Where the central folder is; `None` when the tenant's mirror is off.
+    pub central: Option<CentralLocation>,
+    /// Whose mailboxes a job may name.
+    pub receivers: Receivers,
+}
+
 /// Why a job is refused; the text names what did not match, never a secret.
 ///
 /// `expected` is where the tenant's central folder is, `None` when the tenant's mirror is off: a job must then name
 /// no central folder, and with the mirror on a phase-2 job must name it (a job leaving the mirror out would have
 /// every mirrored copy planned as gone).
-pub fn check(
-    job: &Job,
-    tenant: &TenantSettings,
-    expected: Option<&CentralLocation>,
-) -> Result<(), String> {
+pub fn check(job: &Job, tenant: &TenantSettings, resolved: &Resolved) -> Result<(), String> {
+    let expected = resolved.central.as_ref();
     if !tenant.distribution.receives() {
         // A pure source: planned against nothing, a mailbox would only lose its managed copies.
         return Err(format!(
@@ -80,10 +100,11 @@ pub fn check(
                 mailbox.upn
             ));
         }
-        match &tenant.test_user_list {
-            Some(list) if !list.iter().any(|u| u.eq_ignore_ascii_case(&mailbox.upn)) => Err(
-                format!("{} is not in this worker's TestUserList", mailbox.upn),
-            ),
+        match &resolved.receivers {
+            Receivers::Selected(selection) if !selection.contains(mailbox) => Err(format!(
+                "{} (object id {}) is not a user this worker's TestUserList selects",
+                mailbox.upn, mailbox.id
+            )),
             _ => Ok(()),
         }
     };
@@ -93,25 +114,25 @@ pub fn check(
     }
 }
 
-/// The central locations resolved so far, per tenant (lower-cased id). Resolved again when a job does not match,
-/// so a folder recreated by the producer is picked up.
+/// What was resolved so far, per tenant (lower-cased id). Resolved again when a job does not match, so a folder
+/// recreated by the producer or a user who joined the directory is picked up.
 #[derive(Default)]
 pub struct Locations {
-    entries: Mutex<HashMap<String, CentralLocation>>,
+    entries: Mutex<HashMap<String, Resolved>>,
 }
 
 impl Locations {
     /// What was resolved for `tenant`, if anything.
-    pub fn get(&self, tenant: &str) -> Option<CentralLocation> {
+    pub fn get(&self, tenant: &str) -> Option<Resolved> {
         self.lock().get(&tenant.to_ascii_lowercase()).cloned()
     }
 
     /// Keeps what was resolved for `tenant`.
-    pub fn put(&self, tenant: &str, location: CentralLocation) {
-        self.lock().insert(tenant.to_ascii_lowercase(), location);
+    pub fn put(&self, tenant: &str, resolved: Resolved) {
+        self.lock().insert(tenant.to_ascii_lowercase(), resolved);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CentralLocation>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Resolved>> {
         self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -120,7 +141,9 @@ impl Locations {
 
 #[cfg(test)]
 mod tests {
+    use shared::graph::DirectoryUser;
     use shared::message::CentralFolder;
+    use shared::test_users;
     use uuid::Uuid;
 
     use super::*;
@@ -132,7 +155,7 @@ mod tests {
         }
     }
 
-    fn tenant(test_users: Option<Vec<String>>) -> TenantSettings {
+    fn tenant() -> TenantSettings {
         let document = serde_json::json!({ "MicrosoftTenants": [{
             "TenantId": "contoso.onmicrosoft.com",
             "ClientId": "00000000-0000-0000-0000-000000000001",
@@ -145,15 +168,29 @@ mod tests {
         };
         let settings =
             shared::config::Settings::from_sources(&env, None).expect("valid configuration");
-        let mut tenant = settings.tenants[0].clone();
-        tenant.test_user_list = test_users;
-        tenant
+        settings.tenants[0].clone()
     }
 
     fn expected() -> CentralLocation {
         CentralLocation {
             mailbox: mailbox("shared"),
             folder_id: Some("central".into()),
+        }
+    }
+
+    /// A mirror tenant without a `TestUserList`.
+    fn mirrored() -> Resolved {
+        Resolved {
+            central: Some(expected()),
+            receivers: Receivers::Everyone,
+        }
+    }
+
+    /// A tenant whose mirror is off, without a `TestUserList`.
+    fn unmirrored() -> Resolved {
+        Resolved {
+            central: None,
+            receivers: Receivers::Everyone,
         }
     }
 
@@ -187,12 +224,12 @@ mod tests {
 
     #[test]
     fn the_producers_jobs_pass() {
-        let t = tenant(None);
+        let t = tenant();
         assert_eq!(
             check(
                 &phase1(mailbox("shared"), "central", &["alice", "bob"]),
                 &t,
-                Some(&expected())
+                &mirrored()
             ),
             Ok(())
         );
@@ -200,7 +237,7 @@ mod tests {
             check(
                 &phase2(mailbox("shared"), "central", "alice"),
                 &t,
-                Some(&expected())
+                &mirrored()
             ),
             Ok(())
         );
@@ -210,11 +247,11 @@ mod tests {
     /// alice's contacts into bob's folder.
     #[test]
     fn a_job_naming_another_central_mailbox_or_folder_is_refused() {
-        let t = tenant(None);
+        let t = tenant();
         let forged = check(
             &phase1(mailbox("bob"), "bobs-folder", &["alice"]),
             &t,
-            Some(&expected()),
+            &mirrored(),
         );
         assert!(
             forged
@@ -225,7 +262,7 @@ mod tests {
         let other_folder = check(
             &phase2(mailbox("shared"), "private", "alice"),
             &t,
-            Some(&expected()),
+            &mirrored(),
         );
         assert!(
             other_folder
@@ -237,31 +274,55 @@ mod tests {
 
     #[test]
     fn user_mailboxes_must_be_users_this_worker_mirrors() {
-        let t = tenant(Some(vec!["Alice@contoso.com".into()]));
+        let t = tenant();
+        let directory: Vec<DirectoryUser> = ["alice", "carol"]
+            .iter()
+            .map(|id| DirectoryUser {
+                id: (*id).into(),
+                user_principal_name: format!("{id}@contoso.com"),
+                mail: Some(format!("{id}.mail@contoso.com")),
+                display_name: None,
+                user_type: None,
+            })
+            .collect();
+        // Alice named by mail: the producer selects her, so the worker accepts her.
+        let only_alice = Resolved {
+            central: Some(expected()),
+            receivers: Receivers::Selected(test_users::select(
+                &directory,
+                &["Alice.Mail@contoso.com".to_owned()],
+            )),
+        };
         assert_eq!(
             check(
                 &phase2(mailbox("shared"), "central", "alice"),
                 &t,
-                Some(&expected())
+                &only_alice
             ),
             Ok(())
         );
         assert!(check(
             &phase2(mailbox("shared"), "central", "carol"),
             &t,
-            Some(&expected())
+            &only_alice
         )
         .is_err());
         assert!(check(
             &phase1(mailbox("shared"), "central", &["alice", "carol"]),
             &t,
-            Some(&expected())
+            &only_alice
         )
         .is_err());
+        // A forged label: Alice's UPN over Carol's object id.
+        let mut carol_as_alice = phase2(mailbox("shared"), "central", "carol");
+        if let JobKind::Phase2 { mailbox, .. } = &mut carol_as_alice.kind {
+            mailbox.upn = "alice@contoso.com".into();
+        }
+        assert!(check(&carol_as_alice, &t, &only_alice).is_err());
         let into_shared = check(
             &phase2(mailbox("shared"), "central", "shared"),
-            &tenant(None),
-            Some(&expected()),
+            &tenant(),
+            &mirrored(),
         );
         assert!(into_shared.is_err());
     }
@@ -270,7 +331,7 @@ mod tests {
     /// mirror tenant's job that leaves it out (every mirrored copy would look gone), is refused.
     #[test]
     fn the_central_folder_is_named_exactly_when_the_mirror_is_on() {
-        let t = tenant(None);
+        let t = tenant();
         let directory_only = Job::new(
             Uuid::now_v7(),
             "contoso.onmicrosoft.com",
@@ -280,27 +341,36 @@ mod tests {
                 mailbox: mailbox("alice"),
             },
         );
-        assert_eq!(check(&directory_only, &t, None), Ok(()));
-        let without_mirror = check(&directory_only, &t, Some(&expected()));
+        assert_eq!(check(&directory_only, &t, &unmirrored()), Ok(()));
+        let without_mirror = check(&directory_only, &t, &mirrored());
         assert!(
             without_mirror
                 .as_ref()
                 .is_err_and(|e| e.contains("mirror is on")),
             "{without_mirror:?}"
         );
-        let forged = check(&phase2(mailbox("shared"), "central", "alice"), &t, None);
+        let forged = check(
+            &phase2(mailbox("shared"), "central", "alice"),
+            &t,
+            &unmirrored(),
+        );
         assert!(
             forged.as_ref().is_err_and(|e| e.contains("mirror is off")),
             "{forged:?}"
         );
-        assert!(check(&phase1(mailbox("shared"), "central", &["alice"]), &t, None).is_err());
+        assert!(check(
+            &phase1(mailbox("shared"), "central", &["alice"]),
+            &t,
+            &unmirrored()
+        )
+        .is_err());
     }
 
     /// A pure source (mirror and directory off, no FromTenants) has no jobs: one arriving is refused, so no
     /// mailbox of it is planned against an empty list. With a FromTenants source it receives again.
     #[test]
     fn a_job_for_a_pure_source_tenant_is_refused() {
-        let mut t = tenant(None);
+        let mut t = tenant();
         t.distribution.mirror_enabled = false;
         let job = Job::new(
             Uuid::now_v7(),
@@ -311,7 +381,7 @@ mod tests {
                 mailbox: mailbox("alice"),
             },
         );
-        let refused = check(&job, &t, None);
+        let refused = check(&job, &t, &unmirrored());
         assert!(
             refused
                 .as_ref()
@@ -319,6 +389,6 @@ mod tests {
             "{refused:?}"
         );
         t.distribution.directory.from_tenants = vec!["fabrikam.onmicrosoft.com".into()];
-        assert_eq!(check(&job, &t, None), Ok(()));
+        assert_eq!(check(&job, &t, &unmirrored()), Ok(()));
     }
 }

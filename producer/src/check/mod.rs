@@ -165,7 +165,13 @@ pub async fn check_tenant(
     let shared = shared_mailbox_findings(&client, tenant, &mut findings).await;
     let (survey, estimate) = match prepare::receiving_users(&client, tenant, shared.as_ref()).await
     {
-        Ok((users, _warnings)) => {
+        Ok((users, warnings)) => {
+            // A TestUserList entry matching nobody or several users: worth fixing before the run.
+            findings.extend(
+                warnings
+                    .into_iter()
+                    .map(|warning| Finding::new(Check::Mailboxes, Status::Warn, warning)),
+            );
             let survey = survey(&client, &users, sample).await;
             findings.push(mailbox_finding(&survey));
             let estimate = estimate::estimate(&Workload {

@@ -31,7 +31,7 @@
 //! # Keys
 //! Per tenant: `TenantId`, `ClientId`, one credential (`ClientSecret`, `ClientSecretFile`, `CertificateFile` with
 //! an optional `CertificatePasswordFile` for PKCS#12, or `FederatedTokenFile`), `GlobalAddressBookUserId`,
-//! `TestUserList` (UPNs, object ids or aliases; `[]` or absent: every user), `PrimaryDomain` / `TenantDomain`
+//! `TestUserList` (object ids, UPNs, mails or aliases, see [`crate::test_users`]; `[]` or absent: every user), `PrimaryDomain` / `TenantDomain`
 //! (other names [`TEST_USER_LIST_BY_TENANT_JSON_VAR`] may use for the tenant), `Enabled` (default true; false:
 //! configured but not run), `DryRun` (this tenant only), and the optional settings `UpdateExisting` (default true;
 //! false: create missing contacts, never change an existing one), `AuthorityHost`, `GraphEndpoint`, `CentralFolderName`, `ManagedCategory`,
@@ -323,8 +323,8 @@ pub struct TenantSettings {
     /// The shared mailbox holding the central folder (UPN or object id). Empty only when `Mirror.Enabled` is
     /// false and none was configured; read it through [`TenantSettings::shared_mailbox`].
     pub global_address_book_user_id: String,
-    /// When set, both phases are restricted to these users (UPNs, object ids or aliases, compared
-    /// case-insensitively).
+    /// When set, both phases are restricted to these users (object ids, UPNs, mails or aliases, compared
+    /// case-insensitively; [`crate::test_users`] is the one rule applying it).
     pub test_user_list: Option<Vec<String>>,
     /// Other names of the tenant (`PrimaryDomain`, `TenantDomain`), lowercase: the test-user map may use them.
     pub domains: Vec<String>,
