@@ -24,7 +24,8 @@ const SMALL_USERS: usize = 3;
 fn params(tenants: usize, seed: u64) -> EstateParams {
     EstateParams {
         tenants,
-        // Not 16: graphsim's 16th user shares an earlier user's mail, which `TestUserList` would select too.
+        // Not 16: graphsim's 16th user shares an earlier user's mail, so a `TestUserList` entry naming that mail
+        // would select nobody (an ambiguous entry is only warned about).
         users_per_tenant: 15,
         contacts_per_user: 4,
         overlap: 0.0,
