@@ -91,13 +91,13 @@ fn originals(n: usize) -> Vec<Contact> {
             last_modified: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single(),
             fields: ContactFields {
                 given_name: Some("Bulk".into()),
-                surname: Some(format!("Person {i}")),
-                display_name: Some(format!("Bulk Person {i}")),
+                surname: Some(format!("Person {i}").into()),
+                display_name: Some(format!("Bulk Person {i}").into()),
                 email_addresses: vec![EmailAddress {
                     name: None,
                     address: Some(format!("bulk.{i}@example.org")),
                 }],
-                mobile_phone: Some(format!("+41 79 {i:07}")),
+                mobile_phone: Some(format!("+41 79 {i:07}").into()),
                 ..ContactFields::default()
             },
             personal_notes: None,

@@ -1491,7 +1491,7 @@ mod tests {
                 Reason::Unchanged
             },
             sync_id: None,
-            display_name: Some(format!("Person {index}")),
+            display_name: Some(format!("Person {index}").into()),
             contact_id: Some(format!("id-{index}")),
             source: None,
             changed_fields: Vec::new(),

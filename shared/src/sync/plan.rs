@@ -128,7 +128,7 @@ pub struct PlanItem {
     /// The person's sync id, when known.
     pub sync_id: Option<String>,
     /// The person's display name, for humans.
-    pub display_name: Option<String>,
+    pub display_name: Option<Box<str>>,
     /// The Graph id of the existing contact the item is about (updated, deleted or skipped), if any.
     pub contact_id: Option<String>,
     /// The UPN of the mailbox the data (or the skipped contact) comes from, when not the central folder.
