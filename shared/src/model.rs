@@ -63,45 +63,45 @@ pub struct PhysicalAddress {
 #[allow(missing_docs)] // Field names are Graph's property names; Graph's docs describe them.
 pub struct ContactFields {
     #[serde(default)]
-    pub display_name: Option<String>,
+    pub display_name: Option<Box<str>>,
     #[serde(default)]
-    pub given_name: Option<String>,
+    pub given_name: Option<Box<str>>,
     #[serde(default)]
-    pub surname: Option<String>,
+    pub surname: Option<Box<str>>,
     #[serde(default)]
-    pub middle_name: Option<String>,
+    pub middle_name: Option<Box<str>>,
     #[serde(default)]
-    pub nick_name: Option<String>,
+    pub nick_name: Option<Box<str>>,
     #[serde(default)]
-    pub title: Option<String>,
+    pub title: Option<Box<str>>,
     #[serde(default)]
-    pub initials: Option<String>,
+    pub initials: Option<Box<str>>,
     #[serde(default)]
-    pub generation: Option<String>,
+    pub generation: Option<Box<str>>,
     #[serde(default)]
-    pub file_as: Option<String>,
+    pub file_as: Option<Box<str>>,
     #[serde(default)]
-    pub yomi_given_name: Option<String>,
+    pub yomi_given_name: Option<Box<str>>,
     #[serde(default)]
-    pub yomi_surname: Option<String>,
+    pub yomi_surname: Option<Box<str>>,
     #[serde(default)]
-    pub yomi_company_name: Option<String>,
+    pub yomi_company_name: Option<Box<str>>,
     #[serde(default)]
-    pub company_name: Option<String>,
+    pub company_name: Option<Box<str>>,
     #[serde(default)]
-    pub department: Option<String>,
+    pub department: Option<Box<str>>,
     #[serde(default)]
-    pub job_title: Option<String>,
+    pub job_title: Option<Box<str>>,
     #[serde(default)]
-    pub office_location: Option<String>,
+    pub office_location: Option<Box<str>>,
     #[serde(default)]
-    pub profession: Option<String>,
+    pub profession: Option<Box<str>>,
     #[serde(default)]
-    pub manager: Option<String>,
+    pub manager: Option<Box<str>>,
     #[serde(default)]
-    pub assistant_name: Option<String>,
+    pub assistant_name: Option<Box<str>>,
     #[serde(default)]
-    pub business_home_page: Option<String>,
+    pub business_home_page: Option<Box<str>>,
     #[serde(default)]
     pub email_addresses: Vec<EmailAddress>,
     #[serde(default)]
@@ -111,7 +111,7 @@ pub struct ContactFields {
     #[serde(default)]
     pub home_phones: Vec<String>,
     #[serde(default)]
-    pub mobile_phone: Option<String>,
+    pub mobile_phone: Option<Box<str>>,
     #[serde(default)]
     pub business_address: Option<Box<PhysicalAddress>>,
     #[serde(default)]
@@ -119,9 +119,9 @@ pub struct ContactFields {
     #[serde(default)]
     pub other_address: Option<Box<PhysicalAddress>>,
     #[serde(default)]
-    pub birthday: Option<String>,
+    pub birthday: Option<Box<str>>,
     #[serde(default)]
-    pub spouse_name: Option<String>,
+    pub spouse_name: Option<Box<str>>,
 }
 
 impl ContactFields {

@@ -339,7 +339,7 @@ async fn batches_stay_within_the_mailbox_concurrency() {
                 .map(|i| {
                     WriteOp::Create(ContactWrite {
                         fields: Some(Box::new(ContactFields {
-                            display_name: Some(format!("B{n}-{i}")),
+                            display_name: Some(format!("B{n}-{i}").into()),
                             ..ContactFields::default()
                         })),
                         ..ContactWrite::default()

@@ -91,13 +91,13 @@ fn originals(n: usize) -> Vec<Contact> {
             last_modified: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single(),
             fields: ContactFields {
                 given_name: Some("Bulk".into()),
-                surname: Some(format!("Person {i}")),
-                display_name: Some(format!("Bulk Person {i}")),
+                surname: Some(format!("Person {i}").into()),
+                display_name: Some(format!("Bulk Person {i}").into()),
                 email_addresses: vec![EmailAddress {
                     name: None,
                     address: Some(format!("bulk.{i}@example.org")),
                 }],
-                mobile_phone: Some(format!("+41 79 {i:07}")),
+                mobile_phone: Some(format!("+41 79 {i:07}").into()),
                 ..ContactFields::default()
             },
             personal_notes: None,
@@ -157,6 +157,13 @@ fn applied(plan: &Plan, mut folder: Vec<Contact>, prefix: &str) -> Vec<Contact> 
     folder
 }
 
+/// Heap bytes `value` holds, measured by dropping it.
+fn held_by<T>(value: T) -> usize {
+    let live = LIVE.load(Ordering::SeqCst);
+    drop(value);
+    live - LIVE.load(Ordering::SeqCst)
+}
+
 /// Heap bytes `contacts` hold (what reading them costs), measured by building a copy.
 fn held(contacts: &[Contact]) -> usize {
     let (copy, bytes) = peak_over_live(|| contacts.to_vec());
@@ -186,7 +193,7 @@ fn planning_a_large_folder_costs_a_bounded_amount_per_contact() {
         plan_distribution_from(&ctx(&ann), &prepared, &ann, &sources[0].contacts).expect("plans")
     });
     assert_eq!(plan.counts().updated, CONTACTS);
-    drop(plan);
+    let stamping = (held_by(plan.clone()), held_by(plan.into_writes()));
     let (plan, create) =
         peak_over_live(|| plan_distribution_from(&ctx(&bob), &prepared, &bob, &[]).expect("plans"));
     assert_eq!(plan.counts().created, CONTACTS);
@@ -196,7 +203,7 @@ fn planning_a_large_folder_costs_a_bounded_amount_per_contact() {
         plan_distribution_from(&ctx(&bob), &prepared, &bob, &copies).expect("plans")
     });
     assert_eq!(plan.counts().skipped, CONTACTS);
-    drop(plan);
+    let unchanged = (held_by(plan.clone()), held_by(plan.into_writes()));
 
     let per = |bytes: usize| bytes / CONTACTS;
     eprintln!(
@@ -207,6 +214,25 @@ fn planning_a_large_folder_costs_a_bounded_amount_per_contact() {
         per(stamp),
         per(create),
         per(steady)
+    );
+    eprintln!(
+        "held through the writes per contact, plan -> its writes: stamping originals {} -> {} B, unchanged {} -> \
+         {} B",
+        per(stamping.0),
+        per(stamping.1),
+        per(unchanged.0),
+        per(unchanged.1)
+    );
+    // Failed before the compact text fields (`Option<Box<str>>`, not `Option<String>`): a read contact took 949 B.
+    assert!(folder <= 850, "a read contact holds {folder} B");
+    // Failed before `Plan::into_writes`: the worker held the whole plan through its writes (skips, names and ids
+    // included), beside the next job's planning.
+    assert_eq!(unchanged.1, 0, "an unchanged mailbox's writes hold nothing");
+    assert!(
+        stamping.1 * 4 <= stamping.0 * 3,
+        "writing holds {} B per item, the plan {} B",
+        per(stamping.1),
+        per(stamping.0)
     );
     // Before the compact forms: about 4,300 B per normalised contact and 1,232 B per plan item.
     for (what, bytes) in [

@@ -15,12 +15,20 @@ pub const LARGE: usize = 10_000;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const ARENAS: libc::c_int = 2;
 
-/// Limits the allocator's arenas; call first thing in `main`.
+/// Allocations from this size are mapped on their own and unmapped when freed (glibc's initial threshold, kept
+/// fixed). glibc otherwise raises the threshold to each large block freed (up to 32 MiB), so a page body or a
+/// growing `Vec` of contacts lands inside the heap, and the hole it leaves is pinned by the small strings
+/// allocated after it: resident memory no trim can hand back.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_FROM: libc::c_int = 128 * 1024;
+
+/// Limits the allocator's arenas and keeps large blocks out of its heap; call first thing in `main`.
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only sets a tuning parameter of glibc's allocator; any value is valid for M_ARENA_MAX.
+    // SAFETY: `mallopt` only sets tuning parameters of glibc's allocator; any positive value is valid for both.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM);
     }
 }
 
@@ -36,6 +44,25 @@ pub fn release_freed() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Failed before the fixed threshold: once a large block was freed, glibc raised its threshold to that size,
+    /// and the next large block (a page body, a growing list of contacts) was placed inside the heap, not mapped.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn large_blocks_stay_mapped_after_a_large_block_was_freed() {
+        limit_arenas();
+        drop(std::hint::black_box(vec![1u8; 4 << 20]));
+        // SAFETY: `mallinfo2` only reads the allocator's statistics.
+        let mapped = || unsafe { libc::mallinfo2() }.hblkhd;
+        let before = mapped();
+        let block = std::hint::black_box(vec![1u8; 1 << 20]);
+        let after = mapped();
+        drop(block);
+        assert!(
+            after >= before + (1 << 20),
+            "a 1 MiB block after a 4 MiB one was freed is not mapped on its own ({before} -> {after} bytes mapped)"
+        );
+    }
 
     /// Both are safe to call at any time, any number of times, with memory in use.
     #[test]

@@ -27,7 +27,7 @@ use shared::sync::photo::{
 };
 use shared::sync::{
     self, CleanupScope, CleanupSource, Ownership, Plan, PlanContext, PlanCounts, PreparedCentral,
-    SourceMailbox, SyncId,
+    SourceMailbox, SyncId, Writes,
 };
 use shared::test_users;
 use tokio_util::sync::CancellationToken;
@@ -492,7 +492,7 @@ impl JobRunner {
             }
         };
         let mut done = self
-            .apply(client, job, &central.mailbox, &folder, &plan, writes)
+            .apply(client, job, &central.mailbox, &folder, plan, writes)
             .await?;
         let mut changed = done.written.len() + done.deleted.len();
         if tenant.photos && !job.dry_run {
@@ -743,7 +743,7 @@ impl JobRunner {
                 error: refusal.to_string(),
             })?;
             let moved = self
-                .apply(client, job, mailbox, old_folder, &out, writes)
+                .apply(client, job, mailbox, old_folder, out, writes)
                 .await?;
             info!(mailbox = %mailbox.upn, from = %moving.map(ToString::to_string).unwrap_or_default(),
                   deleted = moved.counts.deleted, "managed copies moved to the target folder");
@@ -863,23 +863,29 @@ impl JobRunner {
         if large {
             heap::release_freed();
         }
+        // Only a move needs to know which persons have a copy here (the old folder's copies of them go): those
+        // the plan matched, and in a dry run those it would create (a real run's confirmed creates come from the
+        // writes).
+        let mut have_copy = BTreeSet::new();
+        if moving_from.is_some() {
+            have_copy = sync::matched_persons(&plan);
+            if job.dry_run {
+                have_copy.extend(plan.writes().filter_map(|op| match op {
+                    WriteOp::Create(write) => write.sync_id.as_deref().and_then(SyncId::parse),
+                    _ => None,
+                }));
+            }
+        }
         // Only a dry run has no folder, and a dry run writes nothing.
         let folder = folder.cloned().unwrap_or(FolderRef::Default);
         let mut done = self
-            .apply(client, job, mailbox, &folder, &plan, writes)
+            .apply(client, job, mailbox, &folder, plan, writes)
             .await?;
-        // Only a move needs to know which persons have a copy here (the old folder's copies of them go).
         if moving_from.is_none() {
             done.created.clear();
             return Ok(done);
         }
-        done.created.extend(sync::matched_persons(&plan));
-        if job.dry_run {
-            done.created.extend(plan.writes().filter_map(|op| match op {
-                WriteOp::Create(write) => write.sync_id.as_deref().and_then(SyncId::parse),
-                _ => None,
-            }));
-        }
+        done.created.extend(have_copy);
         Ok(done)
     }
 
@@ -944,11 +950,12 @@ impl JobRunner {
                 .await
                 .map_err(|e| classify(&e, &format!("reading contacts of {}", mailbox.upn)))?;
             let plan = sync::plan_cleanup(&ctx, mailbox, &contacts, &scope);
-            let mut step = self
-                .apply(client, job, mailbox, &folder, &plan, writes)
-                .await?;
             // Cleanup reports what it removed, dry run or not (the run's summary names the mailbox).
-            step.planned = planned_lines(&plan);
+            let planned = planned_lines(&plan);
+            let mut step = self
+                .apply(client, job, mailbox, &folder, plan, writes)
+                .await?;
+            step.planned = planned;
             done.absorb(step);
         }
         info!(mailbox = %mailbox.upn, %source, removed = done.counts.deleted,
@@ -985,10 +992,11 @@ impl JobRunner {
             persons: &[],
         };
         let plan = sync::plan_cleanup(&ctx, &central.mailbox, &contacts, &scope);
+        let planned = planned_lines(&plan);
         let mut done = self
-            .apply(client, job, &central.mailbox, &folder, &plan, writes)
+            .apply(client, job, &central.mailbox, &folder, plan, writes)
             .await?;
-        done.planned = planned_lines(&plan);
+        done.planned = planned;
         info!(mailbox = %central.mailbox.upn, removed = done.counts.deleted, "central folder cleaned up");
         Ok(done)
     }
@@ -1000,21 +1008,20 @@ impl JobRunner {
         job: &Job,
         mailbox: &Mailbox,
         folder: &FolderRef,
-        plan: &Plan,
+        plan: Plan,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
-        let counts = plan.counts();
         if job.dry_run {
-            let planned = planned_lines(plan);
             return Ok(Done {
-                counts,
-                planned,
+                counts: plan.counts(),
+                planned: planned_lines(&plan),
                 ..Done::default()
             });
         }
-        // Sent a batch at a time, each answer reduced at once to what the feed needs (id and change key): a
-        // 100,000-contact plan is neither copied whole nor its answers held whole (issue 10, scenario 10).
-        let ops: Vec<&WriteOp> = plan.writes().collect();
+        // Only the writes are held while they are sent, and each batch's writes are dropped once answered,
+        // reduced at once to what the feed needs (id and change key): a 100,000-contact plan is neither copied
+        // whole nor its answers held whole (issue 10, scenario 10).
+        let Writes { counts, ops } = plan.into_writes();
         if ops.is_empty() {
             return Ok(Done {
                 counts,
@@ -1028,21 +1035,27 @@ impl JobRunner {
         let mut confirmed = BTreeSet::new();
         // Every confirmed create's id by sync id: the photos of created copies are sent after the writes.
         let mut created_ids = BTreeMap::new();
-        for batch in ops.chunks(WRITE_BATCH) {
+        let mut ops = ops.into_iter();
+        loop {
+            let batch: Vec<WriteOp> = ops.by_ref().take(WRITE_BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
             // A cancelled attempt is dropped while it awaits a batch; the batch itself runs to its end (see run).
             let sending = writes.spawn({
                 let (client, mailbox, folder) =
                     (client.clone(), mailbox.id.clone(), folder.clone());
-                let batch: Vec<WriteOp> = batch.iter().map(|op| (*op).clone()).collect();
-                async move { client.write(&mailbox, &folder, &batch).await }
+                async move {
+                    let answered = client.write(&mailbox, &folder, &batch).await;
+                    (batch, answered)
+                }
             });
-            let answered = sending
-                .await
-                .map_err(|join| AttemptResult::Transient {
-                    wait: Duration::ZERO,
-                    error: format!("writing to {}: the write task failed: {join}", mailbox.upn),
-                })?
-                .map_err(|e| classify(&e, &format!("writing to {}", mailbox.upn)))?;
+            let (batch, answered) = sending.await.map_err(|join| AttemptResult::Transient {
+                wait: Duration::ZERO,
+                error: format!("writing to {}: the write task failed: {join}", mailbox.upn),
+            })?;
+            let answered =
+                answered.map_err(|e| classify(&e, &format!("writing to {}", mailbox.upn)))?;
             for (op, outcome) in batch.iter().zip(answered) {
                 match (op, outcome) {
                     (WriteOp::Delete { id }, Ok(_)) => {
@@ -1860,7 +1873,7 @@ mod tests {
                 Reason::Unchanged
             },
             sync_id: None,
-            display_name: Some(format!("Person {index}")),
+            display_name: Some(format!("Person {index}").into()),
             contact_id: Some(format!("id-{index}")),
             source: None,
             changed_fields: Vec::new(),

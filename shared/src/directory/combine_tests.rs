@@ -35,8 +35,8 @@ fn person(id: &str, addresses: &[String], job: Option<&str>) -> DirectoryPerson 
         user_principal_name: None,
         sync_id: directory_sync_id(TENANT, id),
         fields: ContactFields {
-            display_name: Some(format!("Dir {id}")),
-            job_title: job.map(str::to_owned),
+            display_name: Some(format!("Dir {id}").into()),
+            job_title: job.map(Into::into),
             email_addresses: emails(addresses),
             ..ContactFields::default()
         },
@@ -52,7 +52,7 @@ fn central(id: &str, addresses: &[String], notes: Option<&str>) -> Contact {
                 .expect("date"),
         ),
         fields: ContactFields {
-            display_name: Some(format!("Mirror {id}")),
+            display_name: Some(format!("Mirror {id}").into()),
             job_title: Some("mirror title".into()),
             nick_name: Some("nick".into()),
             email_addresses: emails(addresses),

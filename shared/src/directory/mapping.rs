@@ -21,6 +21,11 @@ fn text(value: &Option<String>) -> Option<String> {
 }
 
 /// The SMTP addresses of `proxyAddresses`, primary (`SMTP:`) first, then the others in their order.
+/// A text field as [`ContactFields`] holds it.
+fn boxed(value: Option<String>) -> Option<Box<str>> {
+    value.map(String::into_boxed_str)
+}
+
 fn smtp_proxies(proxies: &[String]) -> Vec<String> {
     let mut primary = Vec::new();
     let mut others = Vec::new();
@@ -112,14 +117,20 @@ pub fn user_fields(user: &UserRecord, organization_name: Option<&str>) -> Contac
     let name = text(&user.display_name);
     let emails = email_addresses(&user.mail, &user.proxy_addresses, &name);
     ContactFields {
-        display_name: display_name(&user.display_name, &user.given_name, &user.surname, &emails),
-        given_name: text(&user.given_name),
-        surname: text(&user.surname),
-        job_title: text(&user.job_title),
-        department: text(&user.department),
-        company_name: text(&user.company_name)
-            .or_else(|| text(&organization_name.map(str::to_owned))),
-        office_location: text(&user.office_location),
+        display_name: boxed(display_name(
+            &user.display_name,
+            &user.given_name,
+            &user.surname,
+            &emails,
+        )),
+        given_name: boxed(text(&user.given_name)),
+        surname: boxed(text(&user.surname)),
+        job_title: boxed(text(&user.job_title)),
+        department: boxed(text(&user.department)),
+        company_name: boxed(
+            text(&user.company_name).or_else(|| text(&organization_name.map(str::to_owned))),
+        ),
+        office_location: boxed(text(&user.office_location)),
         business_phones: user
             .business_phones
             .iter()
@@ -127,7 +138,7 @@ pub fn user_fields(user: &UserRecord, organization_name: Option<&str>) -> Contac
             .filter(|p| !p.is_empty())
             .map(str::to_owned)
             .collect(),
-        mobile_phone: text(&user.mobile_phone),
+        mobile_phone: boxed(text(&user.mobile_phone)),
         email_addresses: emails,
         business_address: address(
             &user.street_address,
@@ -136,7 +147,7 @@ pub fn user_fields(user: &UserRecord, organization_name: Option<&str>) -> Contac
             &user.postal_code,
             &user.country,
         ),
-        manager: user.manager.as_ref().and_then(|m| text(&m.display_name)),
+        manager: boxed(user.manager.as_ref().and_then(|m| text(&m.display_name))),
         ..ContactFields::default()
     }
 }
@@ -160,21 +171,21 @@ pub fn org_contact_fields(contact: &OrgContactRecord) -> ContactFields {
     };
     let first = contact.addresses.first();
     ContactFields {
-        display_name: display_name(
+        display_name: boxed(display_name(
             &contact.display_name,
             &contact.given_name,
             &contact.surname,
             &emails,
-        ),
-        given_name: text(&contact.given_name),
-        surname: text(&contact.surname),
-        job_title: text(&contact.job_title),
-        department: text(&contact.department),
-        company_name: text(&contact.company_name),
-        office_location: first.and_then(|a| text(&a.office_location)),
+        )),
+        given_name: boxed(text(&contact.given_name)),
+        surname: boxed(text(&contact.surname)),
+        job_title: boxed(text(&contact.job_title)),
+        department: boxed(text(&contact.department)),
+        company_name: boxed(text(&contact.company_name)),
+        office_location: boxed(first.and_then(|a| text(&a.office_location))),
         business_phones: phones("business"),
         home_phones: phones("home"),
-        mobile_phone: phones("mobile").into_iter().next(),
+        mobile_phone: boxed(phones("mobile").into_iter().next()),
         email_addresses: emails,
         business_address: first.and_then(|a| {
             address(

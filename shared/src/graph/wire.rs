@@ -568,7 +568,7 @@ mod tests {
             );
             assert_eq!(
                 body["department"],
-                every_field().department.expect("set").as_str()
+                every_field().department.expect("set").as_ref()
             );
         }
     }

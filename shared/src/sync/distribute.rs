@@ -43,8 +43,26 @@ impl Target<'_> {
 struct Source<'a> {
     c: Candidate<'a>,
     sync: &'a SyncId,
-    stamp: &'a NotesStamp,
+    stamp: &'a CentralStamp,
     canonical: bool,
+}
+
+/// What phase 2 reads of a central person's notes stamp: who created the person and whose edit its data came from.
+/// Its sync id is [`PreparedCentral`]'s `syncs`, and the rest is never read: a whole central folder's stamps are
+/// cached for the run, so only these are kept (issue 10, scenario 10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CentralStamp {
+    created_by: Option<Box<str>>,
+    last_updated_by: Option<Box<str>>,
+}
+
+impl CentralStamp {
+    fn of(stamp: NotesStamp) -> Self {
+        CentralStamp {
+            created_by: stamp.created_by.map(String::into_boxed_str),
+            last_updated_by: stamp.last_updated_by.map(String::into_boxed_str),
+        }
+    }
 }
 
 /// Plans phase 2 for one user: what to write into `target_mailbox`'s default contacts (`target`) so that it mirrors
@@ -114,8 +132,8 @@ pub struct PreparedCentral {
     contacts: Vec<Contact>,
     /// `keys[i]` are `contacts[i]`'s.
     keys: Vec<MatchKeys>,
-    /// `stamps[i]` is `contacts[i]`'s notes stamp.
-    stamps: Vec<NotesStamp>,
+    /// `stamps[i]` is what phase 2 reads of `contacts[i]`'s notes stamp.
+    stamps: Vec<CentralStamp>,
     /// `syncs[i]` is `contacts[i]`'s sync id ([`effective_sync_id`]).
     syncs: Vec<Option<SyncId>>,
 }
@@ -128,7 +146,7 @@ impl PreparedCentral {
         let keys = contacts.iter().map(MatchKeys::of).collect();
         let stamps = contacts
             .iter()
-            .map(|c| NotesStamp::parse(c.personal_notes.as_deref()))
+            .map(|c| CentralStamp::of(NotesStamp::parse(c.personal_notes.as_deref())))
             .collect();
         let syncs = contacts.iter().map(effective_sync_id).collect();
         PreparedCentral {
@@ -426,8 +444,9 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
     let last_updated_by = source
         .stamp
         .last_updated_by
-        .clone()
-        .or_else(|| source.stamp.created_by.clone());
+        .as_deref()
+        .or(source.stamp.created_by.as_deref())
+        .map(str::to_owned);
 
     let Some(t) = target else {
         let created_by = source

@@ -177,16 +177,16 @@ mod tests {
                     (home_address, business_address, spouse_name),
                     emails,
                 )| ContactFields {
-                    display_name,
-                    job_title,
-                    nick_name,
-                    birthday,
+                    display_name: display_name.map(Into::into),
+                    job_title: job_title.map(Into::into),
+                    nick_name: nick_name.map(Into::into),
+                    birthday: birthday.map(Into::into),
                     business_phones,
                     home_phones,
-                    mobile_phone,
+                    mobile_phone: mobile_phone.map(Into::into),
                     home_address: home_address.map(Box::new),
                     business_address: business_address.map(Box::new),
-                    spouse_name,
+                    spouse_name: spouse_name.map(Into::into),
                     email_addresses: emails
                         .into_iter()
                         .map(|a| EmailAddress {

@@ -121,9 +121,8 @@ fn optional_part(out: &mut Vec<u8>, value: Option<&str>) {
     }
 }
 
-fn text(value: &Option<String>) -> Option<String> {
+fn text(value: Option<&str>) -> Option<String> {
     value
-        .as_deref()
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
@@ -144,8 +143,8 @@ fn emails(values: &[EmailAddress]) -> BTreeSet<(Option<String>, Option<String>)>
     values
         .iter()
         .filter_map(|e| {
-            let address = text(&e.address).map(|a| a.to_lowercase());
-            let name = text(&e.name).filter(|n| Some(n.to_lowercase()) != address);
+            let address = text(e.address.as_deref()).map(|a| a.to_lowercase());
+            let name = text(e.name.as_deref()).filter(|n| Some(n.to_lowercase()) != address);
             (address.is_some() || name.is_some()).then_some((address, name))
         })
         .collect()
@@ -154,17 +153,17 @@ fn emails(values: &[EmailAddress]) -> BTreeSet<(Option<String>, Option<String>)>
 fn address(value: Option<&PhysicalAddress>) -> Option<[Option<String>; 5]> {
     let a = value?;
     let parts = [
-        text(&a.street),
-        text(&a.city),
-        text(&a.state),
-        text(&a.country_or_region),
-        text(&a.postal_code),
+        text(a.street.as_deref()),
+        text(a.city.as_deref()),
+        text(a.state.as_deref()),
+        text(a.country_or_region.as_deref()),
+        text(a.postal_code.as_deref()),
     ];
     parts.iter().any(Option::is_some).then_some(parts)
 }
 
 /// The date part of a birthday (`1974-07-22`, `1974-07-22T00:00:00Z` and `1974-07-22T11:59:00Z` are one date).
-fn birthday(value: &Option<String>) -> Option<String> {
+fn birthday(value: Option<&str>) -> Option<String> {
     let value = text(value)?;
     let date = value.get(..10).filter(|d| {
         chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok()
@@ -201,7 +200,7 @@ pub fn normalize(f: &ContactFields) -> NormalizedFields {
         &f.assistant_name,
         &f.business_home_page,
     ] {
-        e.text(text(value));
+        e.text(text(value.as_deref()));
     }
     e.field(|out| {
         for (address, name) in emails(&f.email_addresses) {
@@ -212,7 +211,7 @@ pub fn normalize(f: &ContactFields) -> NormalizedFields {
     for values in [&f.im_addresses, &f.business_phones, &f.home_phones] {
         e.field(|out| list(values).iter().for_each(|v| part(out, v)));
     }
-    e.text(text(&f.mobile_phone));
+    e.text(text(f.mobile_phone.as_deref()));
     for value in [&f.business_address, &f.home_address, &f.other_address] {
         e.field(|out| {
             for p in address(value.as_deref()).iter().flatten() {
@@ -220,8 +219,8 @@ pub fn normalize(f: &ContactFields) -> NormalizedFields {
             }
         });
     }
-    e.text(birthday(&f.birthday));
-    e.text(text(&f.spouse_name));
+    e.text(birthday(f.birthday.as_deref()));
+    e.text(text(f.spouse_name.as_deref()));
     debug_assert_eq!(usize::from(e.next), FIELDS, "one entry per mirrored field");
     e.finish()
 }
@@ -315,7 +314,7 @@ pub fn changed_fields(a: &ContactFields, b: &ContactFields) -> Vec<&'static str>
 pub fn email_keys(f: &ContactFields) -> BTreeSet<String> {
     f.email_addresses
         .iter()
-        .filter_map(|e| text(&e.address))
+        .filter_map(|e| text(e.address.as_deref()))
         .map(|a| a.to_lowercase())
         .collect()
 }
@@ -369,7 +368,7 @@ pub fn name_key(f: &ContactFields) -> Option<String> {
     if !email_keys(f).is_empty() {
         return None;
     }
-    text(&f.display_name).map(|n| n.to_lowercase())
+    text(f.display_name.as_deref()).map(|n| n.to_lowercase())
 }
 
 /// Whether `categories` contains `category` (trimmed, case-insensitive).
@@ -467,18 +466,18 @@ mod tests {
                 &f.business_home_page,
             ]
             .into_iter()
-            .map(|v| Text(text(v)))
+            .map(|v| Text(text(v.as_deref())))
             .collect();
             out.push(Emails(emails(&f.email_addresses)));
             out.push(List(list(&f.im_addresses)));
             out.push(List(list(&f.business_phones)));
             out.push(List(list(&f.home_phones)));
-            out.push(Text(text(&f.mobile_phone)));
+            out.push(Text(text(f.mobile_phone.as_deref())));
             out.push(Address(address(f.business_address.as_deref())));
             out.push(Address(address(f.home_address.as_deref())));
             out.push(Address(address(f.other_address.as_deref())));
-            out.push(Text(birthday(&f.birthday)));
-            out.push(Text(text(&f.spouse_name)));
+            out.push(Text(birthday(f.birthday.as_deref())));
+            out.push(Text(text(f.spouse_name.as_deref())));
             out
         }
     }
@@ -541,7 +540,7 @@ mod tests {
             .prop_map(
                 |(t, email_addresses, im_addresses, business_phones, home_phones, b, h, o)| {
                     let mut t = t.into_iter();
-                    let mut next = || t.next().flatten();
+                    let mut next = || t.next().flatten().map(String::into_boxed_str);
                     ContactFields {
                         display_name: next(),
                         given_name: next(),

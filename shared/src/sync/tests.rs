@@ -1264,7 +1264,7 @@ fn fields() -> impl Strategy<Value = ContactFields> {
         )),
     )
         .prop_map(|(name, emails, job, phones, birthday)| ContactFields {
-            display_name: Some(name.to_string()),
+            display_name: Some(name.to_string().into()),
             email_addresses: emails
                 .into_iter()
                 .map(|a| EmailAddress {
@@ -1512,7 +1512,7 @@ proptest! {
     fn phase_1_is_idempotent_and_publishes_nothing_private(mut world in world_strategy()) {
         for (_, contacts) in &mut world.users {
             for c in contacts.iter_mut().filter(|c| has_category(&c.categories, "Private")) {
-                c.fields.job_title = Some(format!("SECRET {}", c.id));
+                c.fields.job_title = Some(format!("SECRET {}", c.id).into());
             }
         }
         let before = world.central.clone();
@@ -1634,7 +1634,7 @@ proptest! {
             if let Some((_, contacts)) = world.users.get_mut(u) {
                 if !contacts.is_empty() {
                     let i = c % contacts.len();
-                    contacts[i].fields.job_title = Some(title.to_string());
+                    contacts[i].fields.job_title = Some(title.to_string().into());
                     contacts[i].last_modified = Some(now);
                 }
             }
@@ -1764,7 +1764,7 @@ impl World {
             Change::OptOut(u, i) => {
                 if let Some(c) = pick(&mut self.users, *u, *i) {
                     c.categories.push("Private".into());
-                    c.fields.job_title = Some(format!("SECRET {serial}"));
+                    c.fields.job_title = Some(format!("SECRET {serial}").into());
                     c.last_modified = Some(now);
                 }
             }
@@ -2033,7 +2033,7 @@ proptest! {
         let later = world.tick();
         for (_, contacts) in &mut world.users {
             for c in contacts.iter_mut() {
-                c.fields.job_title = Some(format!("edited {}", c.id));
+                c.fields.job_title = Some(format!("edited {}", c.id).into());
                 c.last_modified = Some(later);
             }
         }
