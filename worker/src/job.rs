@@ -491,6 +491,21 @@ impl JobRunner {
                 })
             }
         };
+        // The central photo step names the persons this plan creates with a photo; the plan goes to `apply`.
+        let created_names: BTreeMap<String, String> = if tenant.photos && !job.dry_run {
+            plan.items
+                .iter()
+                .filter_map(|item| {
+                    let sync_id = item.sync_id.as_ref()?;
+                    origins.contains_key(&SyncId::parse(sync_id)?).then(|| {
+                        let name = item.display_name.as_deref().unwrap_or_default();
+                        (sync_id.clone(), name.to_owned())
+                    })
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         let mut done = self
             .apply(client, job, &central.mailbox, &folder, plan, writes)
             .await?;
@@ -502,7 +517,7 @@ impl JobRunner {
                     &central.mailbox,
                     &folder,
                     central_photos,
-                    &plan,
+                    &created_names,
                     &origins,
                     &done,
                     writes,
@@ -1121,7 +1136,7 @@ impl JobRunner {
         mailbox: &Mailbox,
         folder: &FolderRef,
         mut targets: BTreeMap<SyncId, (CentralPhoto, String)>,
-        plan: &Plan,
+        created_names: &BTreeMap<String, String>,
         origins: &BTreeMap<SyncId, OriginPhoto>,
         done: &Done,
         writes: &TaskTracker,
@@ -1131,11 +1146,9 @@ impl JobRunner {
             if !origins.contains_key(sync_id) {
                 continue;
             }
-            let name = plan
-                .items
-                .iter()
-                .find(|item| item.sync_id.as_deref() == Some(sync_id.as_str()))
-                .and_then(|item| item.display_name.clone())
+            let name = created_names
+                .get(sync_id.as_str())
+                .cloned()
                 .unwrap_or_default();
             let created = CentralPhoto {
                 contact_id: id.clone(),
@@ -1297,8 +1310,8 @@ impl JobRunner {
                 let Some(sync_id) = sync::effective_sync_id(contact) else {
                     continue;
                 };
-                let name = contact.fields.display_name.clone().unwrap_or_default();
-                names.insert(sync_id.clone(), name);
+                let name = contact.fields.display_name.as_deref().unwrap_or_default();
+                names.insert(sync_id.clone(), name.to_owned());
                 let merged = shared::sync::normalize::email_keys(&contact.fields)
                     .iter()
                     .find_map(|key| directory_photos.get(key).copied());
@@ -1562,8 +1575,8 @@ fn central_photo_targets(
             hash: contact.photo_hash.clone(),
             source: contact.photo_source.clone(),
         };
-        let name = contact.fields.display_name.clone().unwrap_or_default();
-        out.insert(sync, (target, name));
+        let name = contact.fields.display_name.as_deref().unwrap_or_default();
+        out.insert(sync, (target, name.to_owned()));
     }
     out
 }
