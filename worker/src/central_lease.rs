@@ -67,7 +67,12 @@ impl CentralLeases {
         loop {
             {
                 let mut held = self.held.lock().await;
-                if let Some(lease) = held.get(&queue).and_then(Weak::upgrade) {
+                // A lease whose connection died is no lease any more: take it again on a new connection.
+                if let Some(lease) = held
+                    .get(&queue)
+                    .and_then(Weak::upgrade)
+                    .filter(|lease| lease.connection.status().connected())
+                {
                     return Ok(Held(lease));
                 }
                 let connection = self.connection().await?;
@@ -94,6 +99,7 @@ impl CentralLeases {
             tokio::time::sleep(POLL).await;
         }
     }
+
     /// The lease connection, opened again when it was lost.
     async fn connection(&self) -> Result<Arc<Connection>, MqError> {
         let mut guard = self.connection.lock().await;
