@@ -19,6 +19,9 @@ mod fleet;
 // Graph's app-wide ceiling held by the whole fleet: each worker process keeps its share.
 mod app_budget;
 
+// The shared mailbox's 4 in flight held by the whole fleet: one worker process at a time reads it (broker lease).
+mod central_budget;
+
 // Copies sharing a sync id reduced to one; stamped own contacts published, never deleted (issue 10, rules).
 mod duplicates;
 

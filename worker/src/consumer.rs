@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
+use crate::central_lease::CentralLeases;
 use crate::delivery::{self, Delivery, DeliveryError};
 use crate::disposition::RetryPolicy;
 use crate::fleet_size;
@@ -86,6 +87,12 @@ pub struct Worker {
 impl Worker {
     /// A worker that runs jobs with `runner`.
     pub fn new(config: WorkerConfig, runner: Arc<JobRunner>) -> Self {
+        // Every process of the fleet reads a shared mailbox under its broker lease (issue 13).
+        runner.share_central_reads(CentralLeases::new(
+            config.amqp_url.clone(),
+            config.topology.clone(),
+            config.name.clone(),
+        ));
         let slots = Arc::new(Semaphore::new(usize::from(config.concurrency.max(1))));
         Self {
             config,

@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::central_cache::CentralCache;
+use crate::central_lease::CentralLeases;
 use crate::central_photos::CentralPhotos;
 use crate::directory_cache::{DirectoryCache, Selected};
 use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
@@ -68,6 +69,9 @@ pub struct JobRunner {
     planning: PlanningBudget,
     /// The central contacts' photos phase 2 sends, read once per worker and run (`Photos` on).
     central_photos: Arc<CentralPhotos>,
+    /// In a fleet, the broker leases that let one worker process at a time read a shared mailbox for phase 2
+    /// (unset in one process: its own limit already holds the mailbox to 4 in flight).
+    central_leases: std::sync::OnceLock<CentralLeases>,
 }
 
 /// The result of one attempt: the report to publish and what the queue should make of it.
@@ -134,7 +138,14 @@ impl JobRunner {
             in_flight: InFlight::default(),
             planning: PlanningBudget::default(),
             central_photos: Arc::default(),
+            central_leases: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes phase 2 read a shared mailbox only while holding its broker lease, so however many worker
+    /// processes run, one reads it at a time. The first call wins; the worker sets it once for its broker.
+    pub fn share_central_reads(&self, leases: CentralLeases) {
+        let _ = self.central_leases.set(leases);
     }
 
     /// The Graph client (for stats).
@@ -280,6 +291,10 @@ impl JobRunner {
                 "resolving the central folder {:?} of {}",
                 tenant.mirror.central_folder_name, tenant.global_address_book_user_id
             );
+            // Every worker process resolves it when its first job of the tenant starts: N at once in a fleet.
+            let _lease = self
+                .shared_mailbox_lease(&tenant.tenant_id, &tenant.global_address_book_user_id)
+                .await?;
             let shared = client
                 .user(&tenant.global_address_book_user_id)
                 .await
@@ -785,6 +800,9 @@ impl JobRunner {
             Some(central) => {
                 self.central
                     .get_or_load(&job.tenant_id, job.run_id, central, || async {
+                        let _lease = self
+                            .shared_mailbox_lease(&job.tenant_id, &central.mailbox.upn)
+                            .await?;
                         read_central(client, central).await.map(|contacts| {
                             sync::fields::central_folder_view(
                                 contacts,
@@ -796,6 +814,30 @@ impl JobRunner {
             }
             None => Ok(Arc::new(PreparedCentral::new(Vec::new()))),
         }
+    }
+
+    /// `tenant_id`'s central lease when this worker is one of a fleet, held until dropped: every read of the shared
+    /// mailbox `mailbox` a worker makes outside phase 1's own job is made under it (see [`crate::central_lease`]).
+    /// A broker that cannot be asked is a transient failure: reading without the lease could put the shared
+    /// mailbox over its limit.
+    async fn shared_mailbox_lease(
+        &self,
+        tenant_id: &str,
+        mailbox: &str,
+    ) -> Result<Option<crate::central_lease::Held>, AttemptResult> {
+        let Some(leases) = self.central_leases.get() else {
+            return Ok(None);
+        };
+        leases
+            .hold(tenant_id)
+            .await
+            .map(Some)
+            .map_err(|error| AttemptResult::Transient {
+                wait: Duration::from_secs(5),
+                error: format!(
+                    "taking the broker lease to read the shared mailbox {mailbox}: {error}"
+                ),
+            })
     }
 
     /// The directory persons `tenant`'s mailboxes receive, one list per source tenant

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -299,6 +299,22 @@ pub async fn take_lease(connection: &Connection, queue: &str) -> Result<bool, Mq
         }
     };
     bounded(format!("declaring the lease queue {queue}"), declare).await
+}
+
+/// Gives up the lease `queue` taken with [`take_lease`] on `connection` (deletes the queue), so another
+/// connection may take it without this one closing.
+pub async fn release_lease(connection: &Connection, queue: &str) -> Result<(), MqError> {
+    let channel = open_channel(connection, "lease release").await?;
+    let context = format!("deleting the lease queue {queue}");
+    let delete = async {
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .map_err(amqp(context.clone()))?;
+        let _ = channel.close(200, "released".into()).await;
+        Ok(())
+    };
+    bounded(context.clone(), delete).await
 }
 
 fn is_resource_locked(error: &lapin::Error) -> bool {

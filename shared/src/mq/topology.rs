@@ -130,19 +130,14 @@ impl Topology {
     /// The exclusive queue whose existence is a producer's lease on `tenant_id`: only one connection can hold
     /// it, and the broker deletes it when that connection dies, so a crashed producer never blocks the next run.
     pub fn lease_queue(&self, tenant_id: &str) -> String {
-        let tenant: String = tenant_id
-            .to_ascii_lowercase()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(200)
-            .collect();
-        format!("{}.lease.{tenant}", self.prefix)
+        format!("{}.lease.{}", self.prefix, queue_safe(tenant_id))
+    }
+
+    /// The exclusive queue whose existence lets one worker process read `tenant_id`'s shared mailbox for phase
+    /// 2: however many processes run, one reads it at a time, so the mailbox sees at most one process's 4
+    /// requests in flight. Like [`Self::lease_queue`], it dies with its holder's connection.
+    pub fn central_lease_queue(&self, tenant_id: &str) -> String {
+        format!("{}.central-lease.{}", self.prefix, queue_safe(tenant_id))
     }
 
     /// The queue holding the latest run-progress snapshot (fed from the report exchange, see
@@ -392,6 +387,23 @@ fn level_label(level: Duration) -> String {
     }
 }
 
+/// A tenant id as a queue-name part: lower case, anything but letters, digits, dots and dashes replaced, at most
+/// 200 characters (a queue name holds 255 bytes).
+fn queue_safe(tenant_id: &str) -> String {
+    tenant_id
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(200)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +477,10 @@ mod tests {
             "t1.lease.contoso.onmicrosoft.com"
         );
         assert_eq!(t.lease_queue("a b/c"), "t1.lease.a_b_c");
+        assert_eq!(
+            t.central_lease_queue("Contoso.onmicrosoft.com"),
+            "t1.central-lease.contoso.onmicrosoft.com"
+        );
         // Neither the shared report queue (`report.#`) nor the runs queue sees a run's reports.
         let key = Topology::run_reports_routing_key(run);
         assert!(!key.starts_with("report.") && key != RUN_STATUS_ROUTING_KEY);

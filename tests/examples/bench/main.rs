@@ -959,6 +959,28 @@ async fn measure(
             .map(|m| m.peak_in_flight)
             .max()
             .unwrap_or(0),
+        mailbox_pressure: stats
+            .mailboxes
+            .iter()
+            .filter(|(upn, m)| {
+                m.peak_in_flight > 4
+                    || m.throttled > 0
+                    || m.early_retries > 0
+                    || tenants
+                        .iter()
+                        .any(|t| t.shared_mailbox_upn.eq_ignore_ascii_case(upn))
+            })
+            .map(|(upn, m)| {
+                (
+                    upn.clone(),
+                    report::MailboxPressure {
+                        peak_in_flight: m.peak_in_flight,
+                        throttled: m.throttled,
+                        early_retries: m.early_retries,
+                    },
+                )
+            })
+            .collect(),
         producer: synced.producer,
         baseline_rss_mib: synced.baseline_rss_mib,
         sim_cpu_secs: synced.sim_cpu_secs,

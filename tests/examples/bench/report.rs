@@ -7,6 +7,18 @@ use crate::figures::{Floors, Minimal, Script};
 use crate::fleet::WorkerUsage;
 use crate::probe::Usage;
 
+/// What one mailbox saw of the limits.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxPressure {
+    /// Most requests in flight at once.
+    pub peak_in_flight: u32,
+    /// 429 answers.
+    pub throttled: u64,
+    /// Requests sent inside a Retry-After.
+    pub early_retries: u64,
+}
+
 /// Everything measured about one run.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -59,6 +71,9 @@ pub struct Row {
     pub early_retry_max_lateness_ms: f64,
     /// Most requests in flight at once to one mailbox.
     pub peak_in_flight: u32,
+    /// The mailboxes that saw more than 4 requests in flight, a 429 or an early retry, and the shared mailboxes
+    /// always (issue 13: which mailbox went over, and is it the shared one).
+    pub mailbox_pressure: std::collections::BTreeMap<String, MailboxPressure>,
     /// The bench process without graphsim's threads (producer, plus the workers in embedded mode).
     pub producer: Usage,
     /// RSS before the run (graphsim's estate and the runtime), MiB.

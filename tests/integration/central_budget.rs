@@ -1,0 +1,141 @@
+//! The shared (central) mailbox's budget held by the whole fleet (issue 13): however many worker processes read
+//! the central folder for their phase-2 jobs, the shared mailbox never has more than 4 requests in flight.
+
+use std::time::Duration;
+
+use graphsim::{EstateParams, SimConfig};
+use worker::central_lease::CentralLeases;
+
+use crate::fleet::{assert_only_unreachable_failed, broker_args, embedded_args, run, snapshot};
+use crate::support::{self, Estate, BROKER};
+
+/// Worker processes: one more than the mailbox's 4 in flight, so their phase-2 reads of the central folder (one
+/// page at a time each) overlap beyond the limit as soon as they start together.
+const WORKERS: usize = 5;
+
+/// Five worker processes, each with its own Graph client and so its own limit of 4 per mailbox, start a run's
+/// phase-2 jobs together and each reads the central folder (two pages): graphsim sees at most 4 requests in flight on
+/// the shared mailbox and answers it no 429, and every mailbox ends as in the embedded run.
+///
+/// Failed before the central lease (`worker/src/central_lease.rs`): the five reads overlapped, graphsim saw 5 in
+/// flight on the shared mailbox and answered 429 `MailboxConcurrency`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_worker_processes_keep_the_shared_mailbox_within_4_in_flight() {
+    let _broker = BROKER.read().await;
+    let params = EstateParams {
+        tenants: 1,
+        users_per_tenant: 12,
+        contacts_per_user: 400,
+        overlap: 0.0,
+        seed: 1313,
+    };
+    let embedded = Estate::seed(SimConfig::default(), params.clone()).await;
+    let report = run(&embedded.settings(), &embedded_args()).await;
+    assert_only_unreachable_failed(&report, &embedded);
+
+    // Latency makes each page read last, so the processes' reads overlap.
+    let brokered = Estate::seed(
+        SimConfig {
+            latency: Duration::from_millis(40),
+            ..SimConfig::default()
+        },
+        params,
+    )
+    .await;
+    let settings = brokered.settings();
+    let topology = support::private_topology();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|i| support::spawn_worker(&settings, &topology, &format!("central-{i}")))
+        .collect();
+    let report = run(&settings, &broker_args(&topology)).await;
+    for (stop, handle) in workers {
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("worker stops")
+            .expect("worker task");
+    }
+    support::delete_topology(&topology).await;
+    assert_only_unreachable_failed(&report, &brokered);
+
+    let stats = brokered.sim.stats();
+    let shared = brokered.tenants[0].shared_mailbox_upn.to_lowercase();
+    let central = stats
+        .mailboxes
+        .get(&shared)
+        .expect("the shared mailbox was used");
+    assert!(
+        central.peak_in_flight <= 4,
+        "the shared mailbox had {} requests in flight at once (429s: {})",
+        central.peak_in_flight,
+        central.throttled
+    );
+    assert_eq!(central.throttled, 0, "the shared mailbox was answered 429");
+    let central_contacts = brokered
+        .sim
+        .contacts(
+            &brokered.tenants[0].tenant_id,
+            &shared,
+            Some("All Contacts"),
+        )
+        .len();
+    assert!(
+        central_contacts > 1000,
+        "{central_contacts} central contacts fit one page: the reads are too short to overlap, the test proves nothing"
+    );
+
+    // Same seed, same rules: identical mailboxes whichever transport ran the jobs.
+    assert_eq!(
+        snapshot(&embedded, "All Contacts"),
+        snapshot(&brokered, "All Contacts")
+    );
+}
+
+/// A process that took a tenant's central lease and died (its connection gone, as when the pod is killed) does
+/// not block the others: the broker drops the lease with the connection and the next process takes it.
+///
+/// Would fail if a lease outlived its holder's connection (the second `hold` waiting for ever) or if a dropped
+/// lease were not given back (the third holder never taking it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_that_dies_does_not_block_the_others() {
+    let _broker = BROKER.read().await;
+    let topology = support::private_topology();
+    let tenant = "contoso.onmicrosoft.com";
+    let queue = topology.central_lease_queue(tenant);
+
+    let dying = support::connect().await;
+    assert!(
+        shared::mq::take_lease(&dying, &queue).await.expect("lease"),
+        "the lease was free"
+    );
+    let leases = CentralLeases::new(support::amqp_url(), topology.clone(), "survivor");
+    let waiting = tokio::spawn(async move {
+        let held = leases.hold(tenant).await.expect("lease taken");
+        drop(held);
+        leases
+    });
+    // The holder is alive: the other process waits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the lease was taken twice");
+
+    // The holder dies (its connection goes): the waiting process gets the lease.
+    dying.close(200, "killed".into()).await.expect("close");
+    let leases = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the lease was freed with its holder's connection")
+        .expect("task");
+
+    // Released on drop: a third holder takes it at once, and then the one before waits again.
+    let third = support::connect().await;
+    let mut taken = false;
+    for _ in 0..100 {
+        if shared::mq::take_lease(&third, &queue).await.expect("ask") {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(taken, "a dropped lease was never released");
+    drop(leases);
+    let _ = third.close(200, "done".into()).await;
+}

@@ -1,0 +1,150 @@
+//! One worker process at a time reads a tenant's shared mailbox for phase 2, fleet-wide (issue 13).
+//!
+//! Each process reads the central folder once per run ([`crate::central_cache`]) within its own limit of 4 requests
+//! in flight per mailbox; N processes starting a run's phase-2 jobs together would give the shared mailbox up to 4N.
+//! Before reading, a process takes the tenant's central lease on the broker ([`Topology::central_lease_queue`], an
+//! exclusive queue, the producer's lease mechanism [`mq::take_lease`]) and gives it up once the folder is read, so
+//! the reads follow one another. The lease lives on a connection of its own: a worker killed while reading releases
+//! it with its socket (the broker drops exclusive queues with their connection), and a session reconnecting for its
+//! jobs does not take a read's lease away.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use lapin::Connection;
+use shared::mq::{self, MqError, Topology};
+use tokio::sync::Mutex;
+use tracing::debug;
+
+/// How often a taken lease is asked for again (a read of a 5,000-contact folder takes 5 pages).
+const POLL: Duration = Duration::from_millis(100);
+
+/// The broker leases on tenants' shared mailboxes, taken on a connection this value opens when first needed.
+pub struct CentralLeases {
+    amqp_url: String,
+    name: String,
+    topology: Topology,
+    connection: Mutex<Option<Arc<Connection>>>,
+    /// The leases this process holds, by queue: the jobs of one process share one (they are within the process's
+    /// own limit of 4 per mailbox), and the last to finish gives it up. The broker cannot count holders itself: the
+    /// same connection may declare its exclusive queue again.
+    held: Arc<Leases>,
+}
+
+type Leases = Mutex<HashMap<String, Weak<Lease>>>;
+
+/// A lease this process holds on the broker; given up when the last [`Held`] of it is dropped.
+struct Lease {
+    connection: Arc<Connection>,
+    queue: String,
+    /// The process's leases: a release runs under their lock, so a holder arriving meanwhile takes the lease
+    /// again only once it is given up (else the release would delete the queue under it).
+    held: Arc<Leases>,
+}
+
+/// A held lease: given up when the last holder in this process drops it (or when its connection dies).
+#[must_use = "the lease is given up when this is dropped"]
+pub struct Held(#[allow(dead_code)] Arc<Lease>);
+
+impl CentralLeases {
+    /// Leases on the broker at `amqp_url` (may hold a password: never logged as is), among `topology`'s queues;
+    /// `name` names the connection in the management UI.
+    pub fn new(amqp_url: impl Into<String>, topology: Topology, name: impl Into<String>) -> Self {
+        Self {
+            amqp_url: amqp_url.into(),
+            name: format!("{} central leases", name.into()),
+            topology,
+            connection: Mutex::new(None),
+            held: Arc::default(),
+        }
+    }
+
+    /// Waits until this process holds `tenant_id`'s central lease. A broker that cannot be reached is an error
+    /// (reading without the lease could put the shared mailbox over its limit); dropping the future gives up.
+    pub async fn hold(&self, tenant_id: &str) -> Result<Held, MqError> {
+        let queue = self.topology.central_lease_queue(tenant_id);
+        loop {
+            {
+                let mut held = self.held.lock().await;
+                // A lease whose connection died is no lease any more: take it again on a new connection.
+                if let Some(lease) = held
+                    .get(&queue)
+                    .and_then(Weak::upgrade)
+                    .filter(|lease| lease.connection.status().connected())
+                {
+                    return Ok(Held(lease));
+                }
+                let connection = self.connection().await?;
+                match mq::take_lease(&connection, &queue).await {
+                    Ok(true) => {
+                        let lease = Arc::new(Lease {
+                            connection,
+                            queue: queue.clone(),
+                            held: self.held.clone(),
+                        });
+                        held.insert(queue, Arc::downgrade(&lease));
+                        return Ok(Held(lease));
+                    }
+                    Ok(false) => {
+                        debug!(%queue, "another worker process reads the shared mailbox; waiting");
+                    }
+                    Err(error) => {
+                        // The next call opens a new connection; this one is not to be trusted any more.
+                        self.forget(&connection).await;
+                        return Err(error);
+                    }
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The lease connection, opened again when it was lost.
+    async fn connection(&self) -> Result<Arc<Connection>, MqError> {
+        let mut guard = self.connection.lock().await;
+        if let Some(connection) = guard.as_ref() {
+            if connection.status().connected() {
+                return Ok(connection.clone());
+            }
+        }
+        let connection = Arc::new(mq::connect(&self.amqp_url, &self.name).await?);
+        *guard = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn forget(&self, connection: &Arc<Connection>) {
+        let mut guard = self.connection.lock().await;
+        if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
+            *guard = None;
+        }
+    }
+}
+
+impl Drop for Lease {
+    /// Deletes the lease queue in the background, unless this process took the lease again meanwhile; if the
+    /// delete fails, the connection is closed, which ends the lease too.
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let connection = self.connection.clone();
+        let queue = std::mem::take(&mut self.queue);
+        let held = self.held.clone();
+        runtime.spawn(async move {
+            let mut held = held.lock().await;
+            if held.get(&queue).and_then(Weak::upgrade).is_some() {
+                return;
+            }
+            held.remove(&queue);
+            if let Err(error) = mq::release_lease(&connection, &queue).await {
+                debug!(%error, %queue, "could not release the central lease; closing its connection");
+                let _ = tokio::time::timeout(
+                    mq::OPERATION_WAIT,
+                    connection.close(200, "central lease not released".into()),
+                )
+                .await;
+            }
+        });
+    }
+}
