@@ -80,13 +80,13 @@ async fn two_worker_processes_stay_within_the_apps_ceiling_together() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let report = run(&settings, &broker_args(&topology)).await;
-    for (stop, handle, _) in workers {
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), handle)
-            .await
-            .expect("worker stops")
-            .expect("worker task");
-    }
+    support::stop_workers(
+        workers
+            .into_iter()
+            .map(|(stop, handle, _)| (stop, handle))
+            .collect(),
+    )
+    .await;
     support::delete_topology(&topology).await;
     assert_only_unreachable_failed(&report, &estate);
     let requests = estate.sim.stats().graph_operations;

@@ -48,13 +48,7 @@ async fn five_worker_processes_keep_the_shared_mailbox_within_4_in_flight() {
         .map(|i| support::spawn_worker(&settings, &topology, &format!("central-{i}")))
         .collect();
     let report = run(&settings, &broker_args(&topology)).await;
-    for (stop, handle) in workers {
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), handle)
-            .await
-            .expect("worker stops")
-            .expect("worker task");
-    }
+    support::stop_workers(workers).await;
     support::delete_topology(&topology).await;
     assert_only_unreachable_failed(&report, &brokered);
 

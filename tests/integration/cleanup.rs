@@ -3,7 +3,6 @@
 //! graphsim ends up with.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use graphsim::{seed_directory, DirectoryParams, SeededDirectory, Sim};
 use producer::cli::RunArgs;
@@ -275,13 +274,7 @@ async fn cleanup_on_rabbitmq() {
         CleanupSource::All,
     )
     .await;
-    for (stop, handle) in workers {
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), handle)
-            .await
-            .expect("worker stops")
-            .expect("worker task");
-    }
+    support::stop_workers(workers).await;
     support::delete_topology(&topology).await;
     assert_all_succeeded(&synced);
     assert_eq!(cleaned.mode, "broker");

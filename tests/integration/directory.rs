@@ -2,7 +2,6 @@
 //! mailboxes graphsim ends up with (embedded, and one run on RabbitMQ).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use graphsim::{seed_directory, DirectoryParams, SeededDirectory, Sim, SimConfig};
 use producer::summary::{RunReport, TenantReport};
@@ -445,13 +444,7 @@ async fn a_directory_only_tenant_on_rabbitmq() {
         .collect();
     let first = run(&settings, &broker_args(&topology)).await;
     let again = run(&settings, &broker_args(&topology)).await;
-    for (stop, handle) in workers {
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), handle)
-            .await
-            .expect("worker stops")
-            .expect("worker task");
-    }
+    support::stop_workers(workers).await;
     support::delete_topology(&topology).await;
     assert_eq!(first.mode, "broker");
     assert_all_succeeded(&first);

@@ -4,7 +4,6 @@
 //! through the feed on the next run; a link Graph no longer knows falls back to a full read.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use graphsim::{seed_directory, DirectoryParams, SeededDirectory, Sim, UserSeed};
 use producer::cli::RunArgs;
@@ -306,13 +305,7 @@ async fn on_rabbitmq_a_rename_arrives_and_a_quiet_rerun_skips_every_mailbox() {
     sim.reset_stats();
     let quiet = run(&settings, &args).await;
     let quiet_stats = sim.stats();
-    for (stop, handle) in workers {
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), handle)
-            .await
-            .expect("worker stops")
-            .expect("worker task");
-    }
+    support::stop_workers(workers).await;
     support::delete_topology(&topology).await;
     std::fs::remove_dir_all(&state).ok();
     for report in [&first, &changed, &quiet] {

@@ -2,7 +2,6 @@
 //! selection by groups and `UserFilter`, checked on the mailboxes graphsim ends up with.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use graphsim::{seed_directory, DirectoryParams, SeededDirectory, Sim};
 use producer::summary::RunReport;
@@ -153,13 +152,7 @@ async fn from_tenants_on_rabbitmq() {
         .collect();
     let first = run(&settings, &broker_args(&topology)).await;
     let again = run(&settings, &broker_args(&topology)).await;
-    for (stop, handle) in workers {
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), handle)
-            .await
-            .expect("worker stops")
-            .expect("worker task");
-    }
+    support::stop_workers(workers).await;
     support::delete_topology(&topology).await;
     assert_eq!(first.mode, "broker");
     assert_all_succeeded(&first);

@@ -3,7 +3,6 @@
 //! The assertions are about the mailboxes graphsim ends up with, not about what the code says it did.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use graphsim::{EstateParams, SimConfig};
 use producer::cli::RunArgs;
@@ -254,13 +253,7 @@ async fn broker_run_reaches_the_same_state_as_embedded() {
         .map(|i| support::spawn_worker(&settings, &topology, &format!("w{i}")))
         .collect();
     let report = run(&settings, &broker_args(&topology)).await;
-    for (stop, handle) in workers {
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), handle)
-            .await
-            .expect("worker stops")
-            .expect("worker task");
-    }
+    support::stop_workers(workers).await;
     support::delete_topology(&topology).await;
     assert_only_unreachable_failed(&report, &brokered);
     assert_eq!(report.mode, "broker");

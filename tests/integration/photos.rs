@@ -270,13 +270,7 @@ async fn photos_on_rabbitmq_arrive_and_are_counted() {
     sim.reset_stats();
     let again = run(&settings, &args).await;
     let photo_writes = contact_photo_requests(&sim, "PUT") + contact_photo_requests(&sim, "DELETE");
-    for (stop, handle) in workers {
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), handle)
-            .await
-            .expect("worker stops")
-            .expect("worker task");
-    }
+    support::stop_workers(workers).await;
     support::delete_topology(&topology).await;
     assert_eq!(first.mode, "broker");
     assert_all_succeeded(&first);

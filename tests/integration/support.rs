@@ -148,6 +148,17 @@ pub fn spawn_worker(
     (token, handle)
 }
 
+/// Stops workers started by [`spawn_worker`] and waits for each to end (a guard of 30 s each).
+pub async fn stop_workers<T>(workers: Vec<(CancellationToken, tokio::task::JoinHandle<T>)>) {
+    for (stop, handle) in workers {
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("worker stops")
+            .expect("worker task");
+    }
+}
+
 /// An AMQP worker on the test broker, not started (for tests that need its readiness flag first).
 pub fn worker(settings: &Settings, topology: &Topology, name: &str) -> Worker {
     let config = WorkerConfig {

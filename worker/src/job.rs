@@ -1281,27 +1281,12 @@ impl JobRunner {
                     out.written
                         .insert(stored.id.clone(), stored.change_key.clone());
                 }
-                Err(error) => match classify(&error, &format!("writing photos to {}", mailbox.upn))
-                {
-                    transient @ AttemptResult::Transient { .. } => {
-                        first_transient.get_or_insert(transient);
-                    }
-                    _ if error.status() == Some(413) => out.photos.skipped.push(format!(
-                        "photo of {name} not sent: Graph refused it as too large (413)"
-                    )),
-                    _ => {
-                        debug!(mailbox = %mailbox.upn, %error, "central photo write refused");
-                        out.failed_writes += 1;
-                    }
-                },
+                Err(error) => {
+                    photo_write_failed(&mut out, &mut first_transient, mailbox, &name, &error)
+                }
             }
         }
-        if let Some(transient) = first_transient {
-            return Err(transient);
-        }
-        debug!(mailbox = %mailbox.upn, sent = out.photos.sent, removed = out.photos.removed,
-               skipped = out.photos.skipped.len(), "central photos");
-        Ok(out)
+        photos_done(out, first_transient, mailbox, "central photos")
     }
 
     /// Brings the photos of the managed copies in `folder` in line with their persons' (`Photos` on): directory
@@ -1491,28 +1476,12 @@ impl JobRunner {
                     out.written
                         .insert(stored.id.clone(), stored.change_key.clone());
                 }
-                Err(error) => match classify(&error, &format!("writing photos to {}", mailbox.upn))
-                {
-                    transient @ AttemptResult::Transient { .. } => {
-                        first_transient.get_or_insert(transient);
-                    }
-                    // Graph's request size limit, should it be lower than ours: not sent, reported, not a failure.
-                    _ if error.status() == Some(413) => out.photos.skipped.push(format!(
-                        "photo of {name} not sent: Graph refused it as too large (413)"
-                    )),
-                    _ => {
-                        debug!(mailbox = %mailbox.upn, %error, "photo write refused");
-                        out.failed_writes += 1;
-                    }
-                },
+                Err(error) => {
+                    photo_write_failed(&mut out, &mut first_transient, mailbox, &name, &error)
+                }
             }
         }
-        if let Some(transient) = first_transient {
-            return Err(transient);
-        }
-        debug!(mailbox = %mailbox.upn, sent = out.photos.sent, removed = out.photos.removed,
-               skipped = out.photos.skipped.len(), "photos");
-        Ok(out)
+        photos_done(out, first_transient, mailbox, "photos")
     }
 }
 
@@ -1573,6 +1542,46 @@ impl PhotoBytes {
 /// contact (never a managed copy, never one carrying the opt-out category) whose derived sync id is a central
 /// person's (its photo, or that it has none, is that person's), or that has a photo (a person it starts in this
 /// run gets it once created).
+/// Files a failed photo write of `name` in `out`: a transient failure is kept in `transient` (the first one fails
+/// the job once the others are answered), Graph's 413 is a photo skipped and reported (its request size limit,
+/// should it be lower than ours: not a failure), anything else a refused write.
+fn photo_write_failed(
+    out: &mut Done,
+    transient: &mut Option<AttemptResult>,
+    mailbox: &Mailbox,
+    name: &str,
+    error: &GraphError,
+) {
+    match classify(error, &format!("writing photos to {}", mailbox.upn)) {
+        failed @ AttemptResult::Transient { .. } => {
+            transient.get_or_insert(failed);
+        }
+        _ if error.status() == Some(413) => out.photos.skipped.push(format!(
+            "photo of {name} not sent: Graph refused it as too large (413)"
+        )),
+        _ => {
+            debug!(mailbox = %mailbox.upn, %error, "photo write refused");
+            out.failed_writes += 1;
+        }
+    }
+}
+
+/// What a job's photo writes (`what`: the central folder's or the copies') come to: `out`, or the first transient
+/// failure among them.
+fn photos_done(
+    out: Done,
+    transient: Option<AttemptResult>,
+    mailbox: &Mailbox,
+    what: &str,
+) -> Result<Done, AttemptResult> {
+    if let Some(transient) = transient {
+        return Err(transient);
+    }
+    debug!(mailbox = %mailbox.upn, sent = out.photos.sent, removed = out.photos.removed,
+           skipped = out.photos.skipped.len(), "{what}");
+    Ok(out)
+}
+
 fn origin_photo(
     ctx: &PlanContext,
     keys: &sync::CentralKeys,
