@@ -1107,10 +1107,7 @@ impl JobRunner {
                     (batch, answered)
                 }
             });
-            let (batch, answered) = sending.await.map_err(|join| AttemptResult::Transient {
-                wait: Duration::ZERO,
-                error: format!("writing to {}: the write task failed: {join}", mailbox.upn),
-            })?;
+            let (batch, answered) = joined(sending.await, &format!("writing to {}", mailbox.upn))?;
             let answered =
                 answered.map_err(|e| classify(&e, &format!("writing to {}", mailbox.upn)))?;
             for (op, outcome) in batch.iter().zip(answered) {
@@ -1261,13 +1258,7 @@ impl JobRunner {
         let mut out = Done::default();
         let mut first_transient = None;
         for (name, task) in tasks {
-            let answered = task.await.map_err(|join| AttemptResult::Transient {
-                wait: Duration::ZERO,
-                error: format!(
-                    "writing photos to {}: the write task failed: {join}",
-                    mailbox.upn
-                ),
-            })?;
+            let answered = joined(task.await, &format!("writing photos to {}", mailbox.upn))?;
             match answered {
                 Ok((action, stored)) => {
                     match action {
@@ -1458,13 +1449,7 @@ impl JobRunner {
         }
         let mut first_transient = None;
         for (name, task) in sending {
-            let answered = task.await.map_err(|join| AttemptResult::Transient {
-                wait: Duration::ZERO,
-                error: format!(
-                    "writing photos to {}: the write task failed: {join}",
-                    mailbox.upn
-                ),
-            })?;
+            let answered = joined(task.await, &format!("writing photos to {}", mailbox.upn))?;
             match answered {
                 Ok(None) => {}
                 Ok(Some((sent, stored))) => {
@@ -1542,6 +1527,15 @@ impl PhotoBytes {
 /// contact (never a managed copy, never one carrying the opt-out category) whose derived sync id is a central
 /// person's (its photo, or that it has none, is that person's), or that has a photo (a person it starts in this
 /// run gets it once created).
+/// A write task's answer, or, when the task itself failed (panicked or was aborted), a transient failure of the job
+/// saying what it was `doing`.
+fn joined<T>(answer: Result<T, tokio::task::JoinError>, doing: &str) -> Result<T, AttemptResult> {
+    answer.map_err(|join| AttemptResult::Transient {
+        wait: Duration::ZERO,
+        error: format!("{doing}: the write task failed: {join}"),
+    })
+}
+
 /// Files a failed photo write of `name` in `out`: a transient failure is kept in `transient` (the first one fails
 /// the job once the others are answered), Graph's 413 is a photo skipped and reported (its request size limit,
 /// should it be lower than ours: not a failure), anything else a refused write.
