@@ -214,10 +214,10 @@ async fn a_drained_worker_stops_writing_before_its_job_goes_back() {
     let topology = support::private_topology();
     let job = phase1_job(&settings).await;
     // The job must still be writing when the grace ends, however late this test sees its first write on a loaded
-    // machine: at 100 ms per request its 240 creates take about 6 s (four at a time), and once writing is seen
+    // machine: at 300 ms per request its 240 creates take about 18 s (four at a time), and once writing is seen
     // every further request takes 500 ms. (At 25 ms throughout, the writes took 1.5 s: a poll delayed by load let
     // the job finish inside the 1 s grace and be acknowledged, so it never went back to its queue.)
-    estate.sim.set_latency(Duration::from_millis(100));
+    estate.sim.set_latency(Duration::from_millis(300));
     let worker = one_at_a_time(&settings, &topology, "drain", Duration::from_secs(1));
     let shutdown = CancellationToken::new();
     let running = tokio::spawn({
@@ -234,10 +234,32 @@ async fn a_drained_worker_stops_writing_before_its_job_goes_back() {
     running.await.expect("worker task").expect("worker stops");
     let when_stopped = estate.sim.stats().total_writes();
     let queue = topology.job_queue(Phase::Phase1);
-    eventually("the job did not go back to its queue", async || {
-        ready(&queue).await == 1
-    })
-    .await;
+    // Where the job went instead, should it not come back (this test failed twice in many full runs, cause not
+    // yet traced: the counts say whether it was finished, retried or dead-lettered).
+    let mut elsewhere = vec![
+        topology.reports_queue(),
+        topology.dead_letter_queue(Phase::Phase1),
+    ];
+    elsewhere.extend(
+        mq::RETRY_LEVELS
+            .iter()
+            .map(|level| topology.retry_queue(*level)),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while ready(&queue).await != 1 {
+        if tokio::time::Instant::now() >= deadline {
+            let mut counts = Vec::new();
+            for name in &elsewhere {
+                counts.push(format!("{name}: {}", ready(name).await));
+            }
+            panic!(
+                "the job did not go back to its queue (writes when stopped: {when_stopped}, now: {}; ready elsewhere: {})",
+                estate.sim.stats().total_writes(),
+                counts.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Long enough for several more batches at this latency, had the attempt gone on.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
