@@ -14,10 +14,12 @@
 //! one app at 130,000 requests per 10 s; that limit is a plain rate, which governor's GCRA keeps ([`AppRate`]),
 //! and it is the whole fleet's: each process keeps its share of it.
 //!
-//! A window remembers its admissions in at most [`SLOTS`] slots per window length, each stamped with its latest
-//! admission, so memory per mailbox is bounded and every estimate errs on the safe side. When a request's answer
-//! has been read, its cells are dated by that moment instead (the latest Graph can have counted it), so a slow
-//! network or a busy machine never makes Graph see more in its window than the client allowed itself.
+//! A request's cells count from the moment they are taken until its answer has been read, however long it waits
+//! for a permit or the network; then they are dated by that answer (the latest moment Graph can have counted the
+//! request) and leave the window a window later. So a slow network or a busy machine never makes Graph see more in
+//! its window than the client allowed itself. A window remembers dated cells in at most [`SLOTS`] slots per
+//! window length, each stamped with its latest answer, so memory per mailbox is bounded and every estimate errs on
+//! the safe side.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -147,15 +149,21 @@ impl Budget {
     }
 }
 
-/// The admissions of one mailbox still inside the window: (latest admission of the slot, cells).
+/// The cells of one mailbox that count against its window: those dated (answered requests, by their answer,
+/// kept while inside the window) and those held (taken, not yet answered: they count whatever time passes, since
+/// Graph counts a request when it arrives, which may be any moment until its answer).
 #[derive(Debug, Default)]
 struct WindowLog {
+    /// (latest answer of the slot, cells), oldest first.
     slots: VecDeque<(Instant, u32)>,
+    /// Cells in `slots`.
     total: u32,
+    /// Cells taken by requests not yet answered.
+    held: u32,
 }
 
 impl WindowLog {
-    /// Takes `cells` at `now` if the window has room; otherwise says how long until it will.
+    /// Holds `cells` if the window has room at `now`; otherwise says how long until it may.
     fn try_take(&mut self, budget: Budget, now: Instant, cells: u32) -> Result<(), Duration> {
         let cells = cells.clamp(1, budget.cells);
         while let Some(&(at, n)) = self.slots.front() {
@@ -165,58 +173,62 @@ impl WindowLog {
             self.slots.pop_front();
             self.total -= n;
         }
-        if self.total + cells <= budget.cells {
-            match self.slots.back_mut() {
-                Some((at, n)) if now.saturating_duration_since(*at) < budget.slot() => {
-                    // Stamping the slot with its latest admission makes it leave the window late, never early.
-                    *at = now;
-                    *n += cells;
-                }
-                _ => self.slots.push_back((now, cells)),
-            }
-            self.total += cells;
+        let counted = self.total + self.held;
+        if counted + cells <= budget.cells {
+            self.held += cells;
             return Ok(());
         }
         // Room comes when enough of the oldest slots have left the window.
         let mut freed = 0;
-        let needed = self.total + cells - budget.cells;
+        let needed = counted + cells - budget.cells;
         for &(at, n) in &self.slots {
             freed += n;
             if freed >= needed {
                 return Err((at + budget.window).saturating_duration_since(now));
             }
         }
-        // Unreachable while cells <= budget; wait a whole window rather than spin.
-        Err(budget.window)
+        // Requests still unanswered hold the rest: look again one slot later.
+        Err(budget.slot())
     }
 
-    /// Dates `cells` admitted at `admitted` by `now` instead (their answer came). They sit in the first slot
-    /// stamped at or after `admitted` (a slot's stamp is its latest admission); should that slot hold fewer, the
-    /// next ones give the rest. Every stamp moved only gets later, so the window never counts less than Graph.
-    fn restamp(&mut self, budget: Budget, admitted: Instant, now: Instant, cells: u32) {
-        let mut index = self.slots.partition_point(|(at, _)| *at < admitted);
-        let mut moved = 0;
-        while moved < cells && index < self.slots.len() {
-            let slot = &mut self.slots[index];
-            let take = slot.1.min(cells - moved);
-            slot.1 -= take;
-            moved += take;
-            if slot.1 == 0 {
-                self.slots.remove(index);
-            } else {
-                index += 1;
-            }
-        }
-        if moved == 0 {
-            return;
-        }
+    /// Dates `cells` held by a request by `now`, its answer (the latest moment Graph can have counted it).
+    fn settle(&mut self, budget: Budget, now: Instant, cells: u32) {
+        self.held = self.held.saturating_sub(cells);
         match self.slots.back_mut() {
             Some((at, n)) if now.saturating_duration_since(*at) < budget.slot() => {
+                // Stamping the slot with its latest answer makes it leave the window late, never early.
                 *at = (*at).max(now);
-                *n += moved;
+                *n += cells;
             }
-            _ => self.slots.push_back((now, moved)),
+            _ => self.slots.push_back((now, cells)),
         }
+        self.total += cells;
+    }
+}
+
+/// Which of a gate's windows cells were taken from.
+#[derive(Debug, Clone, Copy)]
+enum Window {
+    Requests,
+    Uploads,
+}
+
+/// Cells held in one of a mailbox's windows until dropped, which dates them (the request was answered, or given
+/// up before it was sent: either way, counting it until then is never less than Graph counts).
+struct Held {
+    gate: Arc<Gate>,
+    window: Window,
+    budget: Budget,
+    cells: u32,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gate
+            .log(self.window)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .settle(self.budget, Instant::now(), self.cells);
     }
 }
 
@@ -237,10 +249,10 @@ pub(crate) struct Pass {
     _permit: OwnedSemaphorePermit,
     gate: Arc<Gate>,
     permits: u32,
-    /// The budget the cells came from, how many and when (`None`: no rate limiting).
-    cells: Option<(Budget, u32, Instant)>,
+    /// The request's cells (`None`: no rate limiting); dated when the pass is dropped.
+    _cells: Option<Held>,
     /// Likewise for the uploaded bytes (`None`: nothing uploaded, or no upload budget).
-    uploaded: Option<(Budget, u32, Instant)>,
+    _uploaded: Option<Held>,
 }
 
 impl Drop for Pass {
@@ -248,22 +260,6 @@ impl Drop for Pass {
         self.gate
             .in_flight
             .fetch_sub(self.permits, Ordering::SeqCst);
-        if let Some((budget, cells, admitted)) = self.cells {
-            // Graph counted the request when it arrived, somewhere between sending and now: from here on the
-            // window dates it by its answer, the latest that arrival can have been, however slow the way was.
-            self.gate
-                .window
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .restamp(budget, admitted, Instant::now(), cells);
-        }
-        if let Some((budget, bytes, admitted)) = self.uploaded {
-            self.gate
-                .uploads
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .restamp(budget, admitted, Instant::now(), bytes);
-        }
     }
 }
 
@@ -311,7 +307,7 @@ impl Limits {
     /// Waits until a request for `mailbox` may be sent, taking `cells` from the mailbox's budget, `upload` bytes
     /// from its upload budget (a photo's size; 0 for other requests) and `permits` of its concurrency. A `Retry-After` block longer than `max_block` is not waited out (a concurrent answer may
     /// set one while this request waits): the remaining block is returned instead. Cancellation-safe: dropping
-    /// the future gives back what it took (except budget cells).
+    /// the future gives back what it took (budget cells already taken are dated then, as if answered).
     pub async fn admit(
         &self,
         mailbox: &str,
@@ -324,17 +320,11 @@ impl Limits {
         let mut admission = Admission::default();
         admission.blocked += gate.wait_unblocked(max_block).await?;
         let taken = match self.budget {
-            Some(budget) => {
-                let (cells, admitted) = gate.take_cells(budget, cells).await;
-                Some((budget, cells, admitted))
-            }
+            Some(budget) => Some(gate.hold(Window::Requests, budget, cells).await),
             None => None,
         };
         let uploaded = match self.upload.filter(|_| upload > 0) {
-            Some(budget) => {
-                let (bytes, admitted) = gate.take_from(&gate.uploads, budget, upload).await;
-                Some((budget, bytes, admitted))
-            }
+            Some(budget) => Some(gate.hold(Window::Uploads, budget, upload).await),
             None => None,
         };
         if let Some(n) = NonZeroU32::new(cells.max(1)) {
@@ -359,8 +349,8 @@ impl Limits {
                     _permit: permit,
                     gate,
                     permits,
-                    cells: taken,
-                    uploaded,
+                    _cells: taken,
+                    _uploaded: uploaded,
                 },
                 admission,
             ));
@@ -416,27 +406,31 @@ impl Gate {
         Ok(slept)
     }
 
-    /// Sleeps until the window has room for `cells`, then takes them; returns how many it took, and when.
-    async fn take_cells(&self, budget: Budget, cells: u32) -> (u32, Instant) {
-        self.take_from(&self.window, budget, cells).await
+    fn log(&self, window: Window) -> &Mutex<WindowLog> {
+        match window {
+            Window::Requests => &self.window,
+            Window::Uploads => &self.uploads,
+        }
     }
 
-    /// [`take_cells`](Self::take_cells) from `log` (the request window or the upload window).
-    async fn take_from(
-        &self,
-        log: &Mutex<WindowLog>,
-        budget: Budget,
-        cells: u32,
-    ) -> (u32, Instant) {
+    /// Sleeps until `window` has room for `cells`, then holds them until the returned guard is dropped.
+    async fn hold(self: &Arc<Self>, window: Window, budget: Budget, cells: u32) -> Held {
         let cells = cells.clamp(1, budget.cells);
         loop {
-            let now = Instant::now();
-            let outcome = log
+            let outcome = self
+                .log(window)
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .try_take(budget, now, cells);
+                .try_take(budget, Instant::now(), cells);
             match outcome {
-                Ok(()) => return (cells, now),
+                Ok(()) => {
+                    return Held {
+                        gate: Arc::clone(self),
+                        window,
+                        budget,
+                        cells,
+                    }
+                }
                 Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
             }
         }
@@ -539,13 +533,25 @@ mod tests {
         }
     }
 
+    /// Takes `cells` at `now` and settles them at once (a request answered instantly).
+    fn answered(
+        log: &mut WindowLog,
+        budget: Budget,
+        now: Instant,
+        cells: u32,
+    ) -> Result<(), Duration> {
+        log.try_take(budget, now, cells)?;
+        log.settle(budget, now, cells);
+        Ok(())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_whole_budget_may_be_spent_at_once_then_one_cell_per_cell_that_leaves() {
         let budget = scaled();
         let mut log = WindowLog::default();
         let start = Instant::now();
         for _ in 0..100 {
-            assert_eq!(log.try_take(budget, start, 1), Ok(()));
+            assert_eq!(answered(&mut log, budget, start, 1), Ok(()));
         }
         // Full: the next cell waits until the first admissions leave the window, a whole window later.
         assert_eq!(log.try_take(budget, start, 1), Err(Duration::from_secs(6)));
@@ -556,61 +562,82 @@ mod tests {
         );
         let after = start + Duration::from_secs(6);
         for _ in 0..100 {
-            assert_eq!(log.try_take(budget, after, 1), Ok(()));
+            assert_eq!(answered(&mut log, budget, after, 1), Ok(()));
         }
         assert!(log.try_take(budget, after, 1).is_err());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_answered_request_is_dated_by_its_answer() {
+    async fn an_unanswered_request_counts_until_its_answer_and_a_window_after() {
         let budget = scaled();
         let mut log = WindowLog::default();
         let start = Instant::now();
-        assert_eq!(log.try_take(budget, start, 50), Ok(()));
-        let later = start + Duration::from_secs(3);
-        assert_eq!(log.try_take(budget, later, 50), Ok(()));
-        // One of the later ones was answered 2 s after it was sent: it, and not one of the oldest, moves.
-        log.restamp(budget, later, later + Duration::from_secs(2), 1);
-        assert_eq!(log.total, 100);
-        let at_six = start + Duration::from_secs(6);
-        assert_eq!(log.try_take(budget, at_six, 50), Ok(()));
-        assert!(log.try_take(budget, at_six, 1).is_err());
-        // At 9 s the 49 left at 3 s are gone, the one answered at 5 s is not.
+        assert_eq!(answered(&mut log, budget, start, 50), Ok(()));
+        // 50 taken at 1 s; one of them is answered only at 20 s, three windows later (a long wait for a permit,
+        // a slow network): until then it counts, whatever time passes.
+        let sent = start + Duration::from_secs(1);
+        assert_eq!(log.try_take(budget, sent, 50), Ok(()));
+        log.settle(budget, sent + Duration::from_secs(2), 49);
         let at_nine = start + Duration::from_secs(9);
-        assert_eq!(
-            log.try_take(budget, at_nine, 50),
-            Err(Duration::from_secs(2))
+        assert_eq!(answered(&mut log, budget, at_nine, 99), Ok(()));
+        assert!(
+            log.try_take(budget, at_nine, 1).is_err(),
+            "the unanswered one still counts"
         );
-        assert_eq!(log.try_take(budget, at_nine, 49), Ok(()));
-        // Restamping what the log no longer holds moves nothing.
-        let mut empty = WindowLog::default();
-        empty.restamp(budget, start, start, 3);
-        assert_eq!(empty.total, 0);
-        assert!(empty.slots.is_empty());
+        let answer = start + Duration::from_secs(20);
+        log.settle(budget, answer, 1);
+        // At 20 s the 99 taken at 9 s have left; the one answered at 20 s counts until 26 s.
+        assert_eq!(
+            log.try_take(budget, answer, 100),
+            Err(Duration::from_secs(6))
+        );
+        assert_eq!(answered(&mut log, budget, answer, 99), Ok(()));
+        assert_eq!(
+            log.try_take(budget, answer + Duration::from_secs(6), 100),
+            Ok(())
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn no_window_ever_holds_more_than_the_budget() {
-        // Admissions spread unevenly over three windows: count every window that starts at an admission.
+        // Requests taken unevenly over three windows, each answered some time later (sometimes longer than a
+        // window): every window that starts at an answer holds at most the budget of requests Graph may have
+        // counted in it (a request counts at any moment between its taking and its answer).
         let budget = scaled();
         let mut log = WindowLog::default();
         let start = Instant::now();
-        let mut admitted = Vec::new();
+        // (taken, answered, cells)
+        let mut requests: Vec<(Instant, Instant, u32)> = Vec::new();
+        let mut unanswered: Vec<(Instant, Instant, u32)> = Vec::new();
         let mut now = start;
+        let mut i = 0u64;
         while now < start + Duration::from_secs(18) {
-            let cells = 1 + (admitted.len() as u32 % 7);
+            unanswered.retain(|&(taken, answer, cells)| {
+                if answer <= now {
+                    log.settle(budget, answer, cells);
+                    requests.push((taken, answer, cells));
+                    false
+                } else {
+                    true
+                }
+            });
+            let cells = 1 + (i as u32 % 7);
             if log.try_take(budget, now, cells).is_ok() {
-                admitted.push((now, cells));
+                let flight = Duration::from_millis(if i % 13 == 0 { 7_000 } else { 40 + i % 300 });
+                unanswered.push((now, now + flight, cells));
             }
-            now += Duration::from_millis(3 + (admitted.len() as u64 % 11));
+            i += 1;
+            now += Duration::from_millis(3 + (i % 11));
         }
-        let total: u32 = admitted.iter().map(|(_, n)| n).sum();
+        let total: u32 = requests.iter().map(|r| r.2).sum();
         assert!(total > 250, "the budget was not used: {total}");
-        for (i, &(from, _)) in admitted.iter().enumerate() {
-            let inside: u32 = admitted[i..]
+        // Graph's worst case: each request counted at its answer... or as early as its taking; a window
+        // [from, from + window) may hold any request whose [taken, answered] span meets it.
+        for &(_, from, _) in &requests {
+            let inside: u32 = requests
                 .iter()
-                .take_while(|(at, _)| *at < from + budget.window)
-                .map(|(_, n)| n)
+                .filter(|(taken, answer, _)| *answer >= from && *taken < from + budget.window)
+                .map(|r| r.2)
                 .sum();
             assert!(inside <= budget.cells, "{inside} cells in one window");
         }
@@ -656,6 +683,44 @@ mod tests {
                 .expect("admitted"),
         );
         assert_eq!(other.elapsed(), Duration::ZERO);
+    }
+
+    /// Failed before: a request's cells were dated when taken and left the window a window later even while the
+    /// request still waited for a permit (or for its answer), so with the upload budget spent by photos queued
+    /// behind the mailbox's 4 permits, a further photo was admitted while the queued ones had not even been sent:
+    /// graphsim counted more bytes in its window than the budget (photos test, under load).
+    #[tokio::test(start_paused = true)]
+    async fn a_request_still_waiting_for_a_permit_keeps_its_cells() {
+        let limits = Arc::new(Limits::new(
+            &GraphLimits {
+                requests_per_window: 2,
+                window: Duration::from_secs(1),
+                max_in_flight: 1,
+                ..GraphLimits::default()
+            },
+            one_app(),
+        ));
+        // One request on the wire, one waiting for the mailbox's only permit: the budget of 2 is held.
+        let (first, _) = limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted");
+        let queued = tokio::spawn({
+            let limits = Arc::clone(&limits);
+            async move { limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted").0 }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Five windows later, neither has been answered: a third may not be admitted.
+        let third =
+            tokio::time::timeout(Duration::from_secs(5), limits.admit("m", 1, 1, 0, HOUR)).await;
+        assert!(
+            third.is_err(),
+            "admitted while two unanswered requests held the budget"
+        );
+        drop(first);
+        let second = queued.await.expect("task");
+        drop(second);
+        // Both answered now: the third waits a window from their answers, then goes.
+        let answered = Instant::now();
+        drop(limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted"));
+        assert!(answered.elapsed() >= Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
