@@ -104,6 +104,9 @@ pub struct Shape {
     pub overlap: f64,
     /// One user of the first tenant holds this many contacts instead (0: none).
     pub big_user_contacts: usize,
+    /// The big user's contacts go to one user of every tenant, not only the first (the MSP-scale estate where
+    /// only a few mailboxes hold contacts).
+    pub big_user_in_every_tenant: bool,
 }
 
 /// A seeded estate.
@@ -140,24 +143,30 @@ impl Estate {
             },
         );
         if shape.big_user_contacts > shape.contacts {
-            let t = tenants.first().context("no tenant seeded")?;
-            let upn = t
-                .mirror_target_upns
-                .first()
-                .context("the first tenant has no regular user")?;
-            for i in shape.contacts..shape.big_user_contacts {
-                host.sim
-                    .try_add_contact(
-                        &t.tenant_id,
-                        upn,
-                        None,
-                        json!({"givenName": "Bulk", "surname": format!("Person {i}"),
-                               "displayName": format!("Bulk Person {i}"),
-                               "emailAddresses": [{"address": format!("bulk.{i}@example.org")}],
-                               "mobilePhone": format!("+41 79 {:07}", i)}),
-                    )
-                    .map_err(anyhow::Error::msg)
-                    .context("seeding the big user")?;
+            let holders = if shape.big_user_in_every_tenant {
+                tenants.len()
+            } else {
+                1
+            };
+            for t in tenants.iter().take(holders) {
+                let upn = t
+                    .mirror_target_upns
+                    .first()
+                    .with_context(|| format!("tenant {} has no regular user", t.tenant_id))?;
+                for i in shape.contacts..shape.big_user_contacts {
+                    host.sim
+                        .try_add_contact(
+                            &t.tenant_id,
+                            upn,
+                            None,
+                            json!({"givenName": "Bulk", "surname": format!("Person {i}"),
+                                   "displayName": format!("Bulk Person {i}"),
+                                   "emailAddresses": [{"address": format!("bulk.{i}@example.org")}],
+                                   "mobilePhone": format!("+41 79 {:07}", i)}),
+                        )
+                        .map_err(anyhow::Error::msg)
+                        .context("seeding the big user")?;
+                }
             }
         }
         let originals = tenants
@@ -244,6 +253,7 @@ impl Estate {
                 contacts: small_contacts,
                 overlap: 0.2,
                 big_user_contacts: large_contacts,
+                big_user_in_every_tenant: false,
             },
             originals: Vec::new(),
             state_dir: scratch_state_dir(),
@@ -290,6 +300,7 @@ impl Estate {
                 contacts: 0,
                 overlap: 0.0,
                 big_user_contacts: 0,
+                big_user_in_every_tenant: false,
             },
             originals: Vec::new(),
             state_dir: scratch_state_dir(),

@@ -86,6 +86,11 @@ enum Group {
     /// its own started while the large tenant's phase 2 is under way; embedded and --fair-processes worker
     /// processes (not in the default set).
     Fair,
+    /// Issue 13's MSP-scale runs: one tenant of --msp-users users with a --msp-central-contact central set
+    /// (initial sync, each of --msp-modes), then --msp-tenants tenants of --msp-tenant-users where one user per
+    /// tenant holds --msp-few-contacts (initial sync and a no-change re-run); graphsim latency --msp-latency-ms,
+    /// real budget (not in the default set: tens of minutes).
+    Msp,
 }
 
 /// Measures contactmirror against Graph's throttling floor, a perfect client and the replaced script.
@@ -178,6 +183,27 @@ struct Cli {
     /// Users of the memory group's many-sources estate (1 contact each; every mailbox ends holding them all).
     #[arg(long, default_value_t = 300)]
     memory_sources: usize,
+    /// Users of the MSP group's one-tenant run.
+    #[arg(long, default_value_t = 1_000)]
+    msp_users: usize,
+    /// Contacts of the MSP group's central set (one user holds them, so every other mailbox receives them all).
+    #[arg(long, default_value_t = 1_000)]
+    msp_central_contacts: usize,
+    /// Modes of the MSP group's one-tenant run.
+    #[arg(long, value_delimiter = ',', default_value = "embedded,broker4")]
+    msp_modes: Vec<String>,
+    /// Tenants of the MSP group's many-mailbox run.
+    #[arg(long, default_value_t = 10)]
+    msp_tenants: usize,
+    /// Users per tenant of the MSP group's many-mailbox run.
+    #[arg(long, default_value_t = 1_000)]
+    msp_tenant_users: usize,
+    /// Contacts of the one user per tenant who holds any in the many-mailbox run.
+    #[arg(long, default_value_t = 10)]
+    msp_few_contacts: usize,
+    /// graphsim latency per Graph operation in the MSP group, in milliseconds.
+    #[arg(long, default_value_t = 20.0)]
+    msp_latency_ms: f64,
     /// Members of the directory group's tenant (each receives every other one).
     #[arg(long, default_value_t = 500)]
     directory_users: usize,
@@ -308,6 +334,7 @@ async fn main() -> Result<()> {
             && sync_modes.iter().any(|m| matches!(m, Mode::Broker { .. })))
         || cli.scenarios.contains(&Group::Memory)
         || cli.scenarios.contains(&Group::Fair)
+        || cli.scenarios.contains(&Group::Msp)
         || matches!(other_mode, Mode::Broker { .. });
     let scratch = std::env::temp_dir().join(format!(
         "contactmirror-bench-{}",
@@ -350,6 +377,7 @@ async fn main() -> Result<()> {
         contacts: cli.contacts,
         overlap: cli.overlap,
         big_user_contacts: 0,
+        big_user_in_every_tenant: false,
     };
     for group in &cli.scenarios {
         let result = match group {
@@ -370,6 +398,7 @@ async fn main() -> Result<()> {
                     contacts: cli.contacts,
                     overlap: cli.overlap,
                     big_user_contacts: cli.big_user_contacts,
+                    big_user_in_every_tenant: false,
                 };
                 let name = format!("1 user, {} contacts", cli.big_user_contacts);
                 two_runs(
@@ -424,6 +453,7 @@ async fn main() -> Result<()> {
             Group::MirrorPhotos => {
                 mirror_photos(&ctx, &cli, main_shape, other_mode, &mut rows).await
             }
+            Group::Msp => msp(&ctx, &cli, &mut rows).await,
             Group::Fair => fair_group(&ctx, &cli)
                 .await
                 .map(|measured| fair_rows = measured),
@@ -666,6 +696,7 @@ async fn throughput(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         contacts: cli.throughput_contacts,
         overlap: cli.overlap,
         big_user_contacts: 0,
+        big_user_in_every_tenant: false,
     };
     let quick = Ctx {
         fleet: ctx.fleet.clone(),
@@ -691,6 +722,55 @@ async fn throughput(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// Issue 13's MSP-scale runs (see [`Group::Msp`]), each on a fresh estate with the real budget.
+async fn msp(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
+    let latency = Duration::try_from_secs_f64(cli.msp_latency_ms / 1000.0)
+        .context("--msp-latency-ms must be a non-negative number")?;
+    let msp_ctx = Ctx {
+        fleet: ctx.fleet.clone(),
+        latency,
+        started: ctx.started,
+        worker_source: ctx.worker_source.clone(),
+    };
+    let budget = Budget::REAL;
+    let one_tenant = Shape {
+        tenants: 1,
+        users: cli.msp_users,
+        contacts: 0,
+        overlap: 0.0,
+        big_user_contacts: cli.msp_central_contacts,
+        big_user_in_every_tenant: false,
+    };
+    let name = format!(
+        "1 tenant x {} users, {}-contact central set: initial sync",
+        cli.msp_users, cli.msp_central_contacts
+    );
+    for mode in &cli.msp_modes {
+        let mode = parse_mode(mode, cli.embedded_workers)?;
+        let estate = Estate::seed(one_tenant, budget, latency).await?;
+        rows.push(measure(&msp_ctx, &estate, budget, mode, first("msp", &name)).await?);
+    }
+    let many = Shape {
+        tenants: cli.msp_tenants,
+        users: cli.msp_tenant_users,
+        contacts: 0,
+        overlap: 0.0,
+        big_user_contacts: cli.msp_few_contacts,
+        big_user_in_every_tenant: true,
+    };
+    let name = format!(
+        "{} tenants x {} users, one user per tenant with {} contacts",
+        cli.msp_tenants, cli.msp_tenant_users, cli.msp_few_contacts
+    );
+    let mode = match cli.msp_modes.last() {
+        Some(mode) => parse_mode(mode, cli.embedded_workers)?,
+        None => Mode::Embedded {
+            workers: cli.embedded_workers,
+        },
+    };
+    two_runs(&msp_ctx, many, budget, mode, ("msp", &name), rows).await
+}
+
 /// Issue 10's memory case in one real worker process (its VmHWM is the figure; graphsim stays in the bench
 /// process): the initial sync of a --memory-contacts central folder to --memory-users, then a 1%-changed re-run,
 /// which reads every folder again.
@@ -701,6 +781,7 @@ async fn memory(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         contacts: 1,
         overlap: 0.0,
         big_user_contacts: cli.memory_contacts,
+        big_user_in_every_tenant: false,
     };
     let quick = Ctx {
         fleet: ctx.fleet.clone(),
@@ -730,6 +811,7 @@ async fn memory(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
     let shape = Shape {
         users: cli.memory_sources.max(1),
         big_user_contacts: 0,
+        big_user_in_every_tenant: false,
         ..shape
     };
     let estate = Estate::seed(shape, budget, Duration::ZERO).await?;
@@ -754,6 +836,7 @@ async fn throttled(ctx: &Ctx, cli: &Cli, mode: Mode, rows: &mut Vec<Row>) -> Res
         contacts: 30,
         overlap: cli.overlap,
         big_user_contacts: 0,
+        big_user_in_every_tenant: false,
     };
     let budget = Budget::SCALED;
     let estate = Estate::seed(shape, budget, ctx.latency).await?;
@@ -788,6 +871,7 @@ async fn scaling(ctx: &Ctx, cli: &Cli, mode: Mode, rows: &mut Vec<Row>) -> Resul
                     contacts: cli.scale_contacts_base,
                     overlap: cli.overlap,
                     big_user_contacts: 0,
+                    big_user_in_every_tenant: false,
                 }
             } else {
                 Shape {
@@ -796,6 +880,7 @@ async fn scaling(ctx: &Ctx, cli: &Cli, mode: Mode, rows: &mut Vec<Row>) -> Resul
                     contacts: *v,
                     overlap: cli.overlap,
                     big_user_contacts: 0,
+                    big_user_in_every_tenant: false,
                 }
             };
             let estate = Estate::seed(shape, budget, ctx.latency).await?;
@@ -1062,6 +1147,11 @@ fn print_and_write(
          (content compared before and after) + the fewest reads at 1,000 per page (re-runs: one delta request per \
          folder). Producer = the bench process minus graphsim's threads; its RSS includes graphsim's estate."
     );
+    let msp_rows: Vec<Row> = rows.iter().filter(|r| r.group == "msp").cloned().collect();
+    if !msp_rows.is_empty() {
+        println!("\nIssue 13's MSP-scale runs (in embedded mode the producer's figures include the workers):\n");
+        println!("{}", report::scale_table(&msp_rows));
+    }
     let mut fits = json!({});
     for axis in ["users", "contacts"] {
         let series: Vec<&Row> = rows

@@ -215,6 +215,45 @@ pub fn resources_table(rows: &[Row]) -> String {
     out
 }
 
+/// Issue 13's MSP-scale figures per row: what a run costs per mailbox and per 1,000 mailboxes. The producer's
+/// own memory is the bench process's peak RSS over its RSS before the run (graphsim's estate lives in the same
+/// process: an upper bound, graphsim's growth during the run included).
+pub fn scale_table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| scenario | mode | mailboxes | wall s | wall/floor | Graph requests | per mailbox (mean) | producer peak RSS MiB over its start | worker peak RSS MiB (max) | CPU s per 1,000 mailboxes (producer + workers, graphsim excluded) |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let worker_rss = r
+            .workers
+            .iter()
+            .map(|w| w.peak_rss_mib)
+            .fold(None::<f64>, |m, v| Some(m.map_or(v, |m| m.max(v))));
+        let cpu = r.producer.cpu_secs + r.workers.iter().map(|w| w.cpu_secs).sum::<f64>();
+        let per_thousand = (r.mailboxes > 0).then(|| cpu * 1_000.0 / r.mailboxes as f64);
+        let floor = r.floors.ordered_secs.unwrap_or(r.floors.unordered_secs);
+        let ratio = if floor < MEANINGFUL_FLOOR_SECS {
+            "-".to_owned()
+        } else {
+            opt(r.wall_over_floor, 2)
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {} | {} |\n",
+            r.scenario,
+            r.mode,
+            num(r.mailboxes as u64),
+            secs(r.wall_secs),
+            ratio,
+            num(r.requests),
+            r.mean_per_mailbox,
+            (r.producer.peak_rss_mib - r.baseline_rss_mib).max(0.0),
+            opt(worker_rss, 0),
+            opt(per_thousand, 2),
+        ));
+    }
+    out
+}
+
 /// Issue 6's targets, judged row by row: (target, row, measured, met).
 pub fn targets(rows: &[Row]) -> String {
     let mut out = String::from("| target | run | measured | met |\n|---|---|---|---|\n");
