@@ -128,6 +128,21 @@ async fn ready(queue: &str) -> u32 {
     declared.message_count()
 }
 
+/// What the management API says at `path` (under `/api/`), for a failure's message; never fails.
+async fn management(path: &str) -> String {
+    let base = std::env::var("RABBITMQ_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned());
+    let answer = reqwest::Client::new()
+        .get(format!("{base}/api/{path}"))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await;
+    match answer {
+        Ok(answer) => answer.text().await.unwrap_or_else(|e| e.to_string()),
+        Err(error) => error.to_string(),
+    }
+}
+
 /// Waits until `condition` holds, failing with `what` after a generous deadline (a guard, not a measurement).
 async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -208,6 +223,13 @@ async fn slow_estate(seed: u64) -> Estate {
 /// job was back in the queue, free to run elsewhere, while this attempt still wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drained_worker_stops_writing_before_its_job_goes_back() {
+    // The worker's and lapin's log, shown if this test fails (captured otherwise).
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "worker=debug,shared::mq=debug,lapin=debug",
+        ))
+        .try_init();
     let _broker = BROKER.read().await;
     let estate = slow_estate(71).await;
     let settings = estate.settings();
@@ -224,9 +246,11 @@ async fn a_drained_worker_stops_writing_before_its_job_goes_back() {
         let shutdown = shutdown.clone();
         async move { worker.run(shutdown).await }
     });
+    // Making the job created the central folder: a write, not the job's.
+    let before_the_job = estate.sim.stats().total_writes();
     publish(&topology, &job).await;
     eventually("the job never started writing", async || {
-        estate.sim.stats().total_writes() > 0
+        estate.sim.stats().total_writes() > before_the_job
     })
     .await;
     estate.sim.set_latency(Duration::from_millis(500));
@@ -253,9 +277,12 @@ async fn a_drained_worker_stops_writing_before_its_job_goes_back() {
                 counts.push(format!("{name}: {}", ready(name).await));
             }
             panic!(
-                "the job did not go back to its queue (writes when stopped: {when_stopped}, now: {}; ready elsewhere: {})",
+                "the job did not go back to its queue (writes when stopped: {when_stopped}, now: {}; ready elsewhere: {}; \
+                 the job queue as the management API shows it: {}; connections: {})",
                 estate.sim.stats().total_writes(),
-                counts.join(", ")
+                counts.join(", "),
+                management(&format!("queues/%2F/{queue}")).await,
+                management("connections?columns=name,client_properties.connection_name,channels").await,
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -348,9 +375,11 @@ async fn a_lost_connection_stops_the_attempt_before_the_job_runs_again() {
         async move { worker.run(shutdown).await }
     });
     let connection = connection_url(&name).await;
+    // Making the job created the central folder: a write, not the job's.
+    let before_the_job = estate.sim.stats().total_writes();
     publish(&topology, &job).await;
     eventually("the job never started writing", async || {
-        estate.sim.stats().total_writes() > 0
+        estate.sim.stats().total_writes() > before_the_job
     })
     .await;
     close_connection(connection).await;

@@ -321,11 +321,16 @@ impl Worker {
     /// Connects, declares the topology, opens the publish channel and consumes both phase queues; each step
     /// bounded, so a broker that takes a socket and goes quiet makes the session fail and reconnect.
     async fn open(&self) -> Result<Opened, MqError> {
-        let connection = mq::connect(&self.config.amqp_url, &self.config.name).await?;
-        let setup = mq::open_channel(&connection, "setup").await?;
+        let half_open = HalfOpen(Some(
+            mq::connect(&self.config.amqp_url, &self.config.name).await?,
+        ));
+        let Some(connection) = half_open.0.as_ref() else {
+            return Err(lost("the connection was gone before it was set up"));
+        };
+        let setup = mq::open_channel(connection, "setup").await?;
         mq::declare(&setup, &self.config.topology).await?;
-        let publisher = Publisher::open(&connection, self.config.topology.clone()).await?;
-        let channel = mq::open_channel(&connection, "consume").await?;
+        let publisher = Publisher::open(connection, self.config.topology.clone()).await?;
+        let channel = mq::open_channel(connection, "consume").await?;
         mq::bounded("setting prefetch", async {
             channel
                 .basic_qos(self.config.concurrency, BasicQosOptions::default())
@@ -342,12 +347,46 @@ impl Worker {
             let tag = format!("{}-{}", self.config.name, phase);
             consumers.push(mq::consume(&channel, &queue, &tag).await?);
         }
+        let Some(connection) = half_open.keep() else {
+            return Err(lost("the connection was gone before it was set up"));
+        };
         Ok(Opened {
             connection,
             publisher,
             channel,
             consumers,
         })
+    }
+}
+
+/// A connection [`Worker::open`] is still setting up. Should the set-up fail or be dropped half-way (a shutdown
+/// does not wait for it), the connection is closed: lapin keeps a dropped connection open, and one whose first
+/// consumer was already registered held its prefetched jobs unacknowledged, in no queue, until the process
+/// exited (seen in `redelivery::a_drained_worker_stops_writing_before_its_job_goes_back`: a shutdown between the
+/// two phases' `basic_consume`).
+struct HalfOpen(Option<lapin::Connection>);
+
+impl HalfOpen {
+    /// The set-up is done: the connection is the session's.
+    fn keep(mut self) -> Option<lapin::Connection> {
+        self.0.take()
+    }
+}
+
+impl Drop for HalfOpen {
+    fn drop(&mut self) {
+        let Some(connection) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(
+                    CLOSE_WAIT,
+                    connection.close(200, "worker stopping".into()),
+                )
+                .await;
+            });
+        }
     }
 }
 
@@ -504,6 +543,119 @@ fn parse_job(body: &[u8]) -> Result<Job, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The test broker (RabbitMQ at 127.0.0.1:5672 unless `AMQP_URL` says otherwise).
+    fn amqp_url() -> String {
+        std::env::var("AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    }
+
+    /// Ready messages of `queue`, asked on a connection of its own.
+    async fn ready(queue: &str) -> u32 {
+        let connection = mq::connect(&amqp_url(), "half-open-test-probe")
+            .await
+            .expect("RabbitMQ must run at AMQP_URL (default 127.0.0.1:5672)");
+        let channel = connection.create_channel().await.expect("channel");
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        let _ = connection.close(200, "done".into()).await;
+        declared.message_count()
+    }
+
+    /// Failed before the fix (the drain test, about one run in ten under load): a shutdown while the session
+    /// was being set up dropped the half-open connection after its first consumer had taken a job; lapin kept the
+    /// connection open and the job stayed unacknowledged, in no queue, until the process exited. Dropping a
+    /// [`HalfOpen`] now closes it and the job is back in its queue.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_half_open_connection_dropped_gives_its_delivered_jobs_back() {
+        let queue = format!("half-open-{}", uuid::Uuid::new_v4().simple());
+        let admin = mq::connect(&amqp_url(), "half-open-test-admin")
+            .await
+            .expect("RabbitMQ must run at AMQP_URL (default 127.0.0.1:5672)");
+        let admin_channel = admin.create_channel().await.expect("channel");
+        admin_channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("declare");
+        admin_channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirms");
+        admin_channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                Default::default(),
+                b"job",
+                Default::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+
+        let half_open = HalfOpen(Some(
+            mq::connect(&amqp_url(), "half-open-test")
+                .await
+                .expect("connect"),
+        ));
+        let channel = half_open
+            .0
+            .as_ref()
+            .expect("just connected")
+            .create_channel()
+            .await
+            .expect("channel");
+        channel
+            .basic_qos(1, BasicQosOptions::default())
+            .await
+            .expect("prefetch");
+        let mut consumer = mq::consume(&channel, &queue, "half-open")
+            .await
+            .expect("consume");
+        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("the job is delivered")
+            .expect("a delivery")
+            .expect("not an error");
+        assert_eq!(delivery.data, b"job");
+        assert_eq!(ready(&queue).await, 0, "the consumer holds the job");
+        // The shutdown comes while the next queue's `basic_consume` is on the wire: its future is dropped after
+        // sending it (lapin then keeps the connection alive), then everything the `open` future held.
+        let abandoned = futures_util::FutureExt::now_or_never(mq::consume(
+            &channel,
+            &queue,
+            "half-open-second",
+        ));
+        assert!(abandoned.is_none(), "the second consume was not in flight");
+        drop((delivery, consumer, channel, half_open));
+        let mut waited = Duration::ZERO;
+        while ready(&queue).await != 1 {
+            assert!(
+                waited < Duration::from_secs(30),
+                "the job did not go back to its queue: the half-open connection kept it"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += Duration::from_millis(100);
+        }
+        let _ = admin_channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
+        let _ = admin.close(200, "done".into()).await;
+    }
 
     /// Failed before the fix: any body was handed to the JSON parser whatever its size.
     #[test]
