@@ -623,7 +623,11 @@ mod tests {
             });
             let cells = 1 + (i as u32 % 7);
             if log.try_take(budget, now, cells).is_ok() {
-                let flight = Duration::from_millis(if i % 13 == 0 { 7_000 } else { 40 + i % 300 });
+                let flight = Duration::from_millis(if i.is_multiple_of(13) {
+                    7_000
+                } else {
+                    40 + i % 300
+                });
                 unanswered.push((now, now + flight, cells));
             }
             i += 1;
