@@ -76,7 +76,15 @@ impl CentralLeases {
                     return Ok(Held(lease));
                 }
                 let connection = self.connection().await?;
-                match mq::take_lease(&connection, &queue).await {
+                let asking = Asking {
+                    connection: connection.clone(),
+                    queue: queue.clone(),
+                    held: self.held.clone(),
+                    unanswered: true,
+                };
+                let taken = mq::take_lease(&connection, &queue).await;
+                asking.answered();
+                match taken {
                     Ok(true) => {
                         let lease = Arc::new(Lease {
                             connection,
@@ -121,6 +129,49 @@ impl CentralLeases {
     }
 }
 
+/// A lease asked for and not yet answered. Should the asking future be dropped (its job cancelled) after the
+/// declare went out, the broker may have given the lease to the shared lease connection with nobody in this process
+/// holding it: every other process would wait for it until this one exited. Dropped unanswered, it gives the lease
+/// up as a [`Lease`] would, except that a failed delete (the lease was someone else's, or the connection is gone)
+/// leaves the shared connection, and this process's other leases on it, alone.
+struct Asking {
+    connection: Arc<Connection>,
+    queue: String,
+    held: Arc<Leases>,
+    /// False once the broker answered.
+    unanswered: bool,
+}
+
+impl Asking {
+    /// The broker answered: whatever it said, the caller knows and acts on it.
+    fn answered(mut self) {
+        self.unanswered = false;
+    }
+}
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        if !self.unanswered {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let connection = self.connection.clone();
+        let queue = std::mem::take(&mut self.queue);
+        let held = self.held.clone();
+        runtime.spawn(async move {
+            let held = held.lock().await;
+            if held.get(&queue).and_then(Weak::upgrade).is_some() {
+                return;
+            }
+            if let Err(error) = mq::release_lease(&connection, &queue).await {
+                debug!(%error, %queue, "an abandoned lease request left nothing to give up");
+            }
+        });
+    }
+}
+
 impl Drop for Lease {
     /// Deletes the lease queue in the background, unless this process took the lease again meanwhile; if the
     /// delete fails, the connection is closed, which ends the lease too.
@@ -146,5 +197,45 @@ impl Drop for Lease {
                 .await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn amqp_url() -> String {
+        std::env::var("AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    }
+
+    /// Failed before the fix (another process waited for the lease for ever): the broker gave the lease to a
+    /// request whose future was dropped before the answer was read (its job cancelled), so the lease sat on the
+    /// shared lease connection with nobody holding it. Dropped unanswered, the request now gives it up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_asked_for_and_abandoned_is_given_up() {
+        let topology = Topology::new(format!("test-{}", uuid::Uuid::new_v4().simple()));
+        let abandoning = CentralLeases::new(amqp_url(), topology.clone(), "abandoning");
+        let connection = abandoning
+            .connection()
+            .await
+            .expect("RabbitMQ must run at AMQP_URL (default 127.0.0.1:5672)");
+        let queue = topology.central_lease_queue("tenant");
+        let asking = Asking {
+            connection: connection.clone(),
+            queue: queue.clone(),
+            held: abandoning.held.clone(),
+            unanswered: true,
+        };
+        // The declare went out and the broker said yes, but nobody read the answer.
+        assert!(mq::take_lease(&connection, &queue).await.expect("declare"));
+        drop(asking);
+        let other = CentralLeases::new(amqp_url(), topology.clone(), "other");
+        let held = tokio::time::timeout(Duration::from_secs(30), other.hold("tenant"))
+            .await
+            .expect("the abandoned lease was never given up")
+            .expect("broker");
+        drop(held);
+        let _ = connection.close(200, "done".into()).await;
     }
 }
