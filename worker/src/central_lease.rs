@@ -151,44 +151,53 @@ impl Asking {
 
 impl Drop for Asking {
     fn drop(&mut self) {
-        if !self.unanswered {
-            return;
+        if self.unanswered {
+            give_up(
+                self.connection.clone(),
+                std::mem::take(&mut self.queue),
+                self.held.clone(),
+                Unreleased::Leave,
+            );
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let connection = self.connection.clone();
-        let queue = std::mem::take(&mut self.queue);
-        let held = self.held.clone();
-        runtime.spawn(async move {
-            let held = held.lock().await;
-            if held.get(&queue).and_then(Weak::upgrade).is_some() {
-                return;
-            }
-            if let Err(error) = mq::release_lease(&connection, &queue).await {
-                debug!(%error, %queue, "an abandoned lease request left nothing to give up");
-            }
-        });
     }
 }
 
 impl Drop for Lease {
-    /// Deletes the lease queue in the background, unless this process took the lease again meanwhile; if the
-    /// delete fails, the connection is closed, which ends the lease too.
     fn drop(&mut self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        give_up(
+            self.connection.clone(),
+            std::mem::take(&mut self.queue),
+            self.held.clone(),
+            Unreleased::CloseConnection,
+        );
+    }
+}
+
+/// What giving a lease up does when the broker would not delete its queue.
+#[derive(Debug, Clone, Copy)]
+enum Unreleased {
+    /// Close the lease connection, which ends the lease too (a lease this process held).
+    CloseConnection,
+    /// Nothing: the lease was another process's, or the connection is gone (a request nobody heard answered).
+    Leave,
+}
+
+/// Deletes the lease queue in the background, unless this process took the lease again meanwhile.
+fn give_up(connection: Arc<Connection>, queue: String, held: Arc<Leases>, unreleased: Unreleased) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut held = held.lock().await;
+        if held.get(&queue).and_then(Weak::upgrade).is_some() {
+            return;
+        }
+        held.remove(&queue);
+        let Err(error) = mq::release_lease(&connection, &queue).await else {
             return;
         };
-        let connection = self.connection.clone();
-        let queue = std::mem::take(&mut self.queue);
-        let held = self.held.clone();
-        runtime.spawn(async move {
-            let mut held = held.lock().await;
-            if held.get(&queue).and_then(Weak::upgrade).is_some() {
-                return;
-            }
-            held.remove(&queue);
-            if let Err(error) = mq::release_lease(&connection, &queue).await {
+        match unreleased {
+            Unreleased::CloseConnection => {
                 debug!(%error, %queue, "could not release the central lease; closing its connection");
                 let _ = tokio::time::timeout(
                     mq::OPERATION_WAIT,
@@ -196,8 +205,11 @@ impl Drop for Lease {
                 )
                 .await;
             }
-        });
-    }
+            Unreleased::Leave => {
+                debug!(%error, %queue, "an abandoned lease request left nothing to give up");
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -125,6 +125,16 @@ fn secs(v: f64) -> String {
 /// says nothing about throttling.
 pub const MEANINGFUL_FLOOR_SECS: f64 = 0.5;
 
+/// A row's wall / floor, or "-" where the floor is too small for the ratio to mean anything.
+fn wall_over_floor(r: &Row) -> String {
+    let floor = r.floors.ordered_secs.unwrap_or(r.floors.unordered_secs);
+    if floor < MEANINGFUL_FLOOR_SECS {
+        "-".to_owned()
+    } else {
+        opt(r.wall_over_floor, 2)
+    }
+}
+
 /// The timing and request table.
 pub fn timing_table(rows: &[Row]) -> String {
     let mut out = String::from(
@@ -132,12 +142,7 @@ pub fn timing_table(rows: &[Row]) -> String {
          |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
-        let floor = r.floors.ordered_secs.unwrap_or(r.floors.unordered_secs);
-        let ratio = if floor < MEANINGFUL_FLOOR_SECS {
-            "-".to_owned()
-        } else {
-            opt(r.wall_over_floor, 2)
-        };
+        let ratio = wall_over_floor(r);
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {}{} | {} | {} / {:.1} | {} | {} | {} | {} | {} |\n",
             r.scenario,
@@ -231,12 +236,7 @@ pub fn scale_table(rows: &[Row]) -> String {
             .fold(None::<f64>, |m, v| Some(m.map_or(v, |m| m.max(v))));
         let cpu = r.producer.cpu_secs + r.workers.iter().map(|w| w.cpu_secs).sum::<f64>();
         let per_thousand = (r.mailboxes > 0).then(|| cpu * 1_000.0 / r.mailboxes as f64);
-        let floor = r.floors.ordered_secs.unwrap_or(r.floors.unordered_secs);
-        let ratio = if floor < MEANINGFUL_FLOOR_SECS {
-            "-".to_owned()
-        } else {
-            opt(r.wall_over_floor, 2)
-        };
+        let ratio = wall_over_floor(r);
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {} | {} |\n",
             r.scenario,
