@@ -183,7 +183,7 @@ pub struct RunArgs {
     pub wait_for_lease: u64,
     /// Fair tenants: at most this many jobs of one tenant out at once (on the broker, or running embedded); the
     /// tenants' next jobs go in turn as reports come back, so a large tenant never queues every other tenant's
-    /// jobs behind its own. Default: every embedded worker; on RabbitMQ 128, twice the job slots of the largest
+    /// jobs behind its own. Default: every embedded worker; on RabbitMQ 1024, twice the job slots of the largest
     /// pool deploy/k8s scales to (set it to about twice your fleet's workers x concurrency).
     #[arg(long, env = "CONTACTMIRROR_TENANT_JOBS")]
     pub tenant_jobs: Option<std::num::NonZeroUsize>,

@@ -23,9 +23,10 @@ pub struct Limits {
 }
 
 /// Default per-tenant limit on RabbitMQ: twice the job slots of the largest pool `deploy/k8s` scales to (16
-/// workers x 4 jobs), which is also the phase-2 depth at which KEDA asks for that pool (8 jobs per worker): a lone
-/// tenant still fills the whole fleet, and a job queued behind it waits for about one job per slot.
-pub const BROKER_PER_TENANT: NonZeroUsize = match NonZeroUsize::new(128) {
+/// workers x 32 jobs, the worker's default concurrency), which is also the phase-2 depth at which KEDA asks for
+/// that pool (64 jobs per worker): a lone tenant still fills the whole fleet, and a job queued behind it waits for
+/// about one job per slot.
+pub const BROKER_PER_TENANT: NonZeroUsize = match NonZeroUsize::new(1024) {
     Some(n) => n,
     None => unreachable!(),
 };
@@ -227,6 +228,6 @@ mod tests {
             Limits::embedded(64, NonZeroUsize::new(8)),
             limits(8, Some(64))
         );
-        assert_eq!(Limits::broker(None), limits(128, None));
+        assert_eq!(Limits::broker(None), limits(1024, None));
     }
 }

@@ -1009,3 +1009,68 @@ fn rabbitmq_definitions_keep_dead_letters_for_a_bounded_time_by_policy() {
     assert_eq!(defined["priority"], policy.priority);
     assert_eq!(defined["definition"], policy.definition);
 }
+
+/// The worker's job slots are named in five places that only work in step (issue 13): the worker's default
+/// concurrency K, the ConfigMap's and docker-compose's `CONTACTMIRROR_CONCURRENCY` (K), the KEDA triggers (phase 1:
+/// one worker per K jobs; phase 2: per 2K, K running and about K waiting each) and the producer's per-tenant limit
+/// (CronJob and code default: twice the largest pool's slots, 2 x `maxReplicaCount` x K, so a lone tenant's depth
+/// reaches the pool's maximum). Passes on the code before issue 13 too (K = 4: 4, 8 and 128); fails when one of
+/// them moves alone, as raising the default to 32 with the phase-2 trigger left at 8 did while this was written.
+#[test]
+fn worker_slots_the_triggers_and_the_tenant_limit_are_in_step() {
+    let k = i64::from(worker::consumer::DEFAULT_CONCURRENCY);
+    let number = |what: &str, text: &str| -> i64 {
+        text.parse()
+            .unwrap_or_else(|_| panic!("{what} {text:?} is not a number"))
+    };
+    let cm = configmap();
+    assert_eq!(
+        number(
+            "the ConfigMap's concurrency",
+            &cm["CONTACTMIRROR_CONCURRENCY"]
+        ),
+        k,
+        "the ConfigMap's CONTACTMIRROR_CONCURRENCY is not the worker's default"
+    );
+    let compose = &yaml_docs("docker-compose.yml")[0];
+    let compose_k = str_at(
+        compose,
+        "/services/worker/environment/CONTACTMIRROR_CONCURRENCY",
+    );
+    assert_eq!(number("docker-compose's concurrency", compose_k), k);
+
+    let scaled = doc_of_kind("deploy/k8s/worker-scaledobject.yaml", "ScaledObject");
+    let topology = Topology::default();
+    let triggers = scaled["spec"]["triggers"].as_array().expect("triggers");
+    for (phase, per_worker) in [(Phase::Phase1, k), (Phase::Phase2, 2 * k)] {
+        let queue = topology.job_queue(phase);
+        let trigger = triggers
+            .iter()
+            .find(|t| t["metadata"]["queueName"] == queue.as_str())
+            .unwrap_or_else(|| panic!("no trigger watches {queue}"));
+        let value = str_at(trigger, "/metadata/value");
+        assert_eq!(
+            number("a trigger value", value),
+            per_worker,
+            "the {queue} trigger asks for one worker per {value} jobs, not {per_worker}"
+        );
+    }
+
+    let max = int_at(&scaled, "/spec/maxReplicaCount");
+    let cron = doc_of_kind("deploy/k8s/producer-cronjob.yaml", "CronJob");
+    let env = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("the producer's env");
+    let tenant_jobs = env
+        .iter()
+        .find(|e| e["name"] == "CONTACTMIRROR_TENANT_JOBS")
+        .map(|e| str_at(e, "/value"))
+        .expect("the CronJob sets CONTACTMIRROR_TENANT_JOBS");
+    let expected = 2 * max * k;
+    assert_eq!(number("CONTACTMIRROR_TENANT_JOBS", tenant_jobs), expected);
+    assert_eq!(
+        i64::try_from(producer::fair::BROKER_PER_TENANT.get()).expect("fits"),
+        expected,
+        "the producer's default per-tenant limit is not the CronJob's"
+    );
+}

@@ -164,6 +164,8 @@ pub fn worker(settings: &Settings, topology: &Topology, name: &str) -> Worker {
     let config = WorkerConfig {
         amqp_url: amqp_url(),
         topology: topology.clone(),
+        // Not the worker's default (`DEFAULT_CONCURRENCY`): tests that start several workers need the jobs spread
+        // over all of them (a few slots each), or one worker would take every job of a small estate.
         concurrency: 4,
         retry: quick_retry(),
         grace: Duration::from_secs(10),
@@ -372,6 +374,9 @@ impl Process {
                 "127.0.0.1:0",
                 "--grace-secs",
                 "20",
+                // A few slots each, as `worker` above: a test killing one of two workers needs both holding jobs.
+                "--concurrency",
+                "4",
             ],
             &[
                 ("AUTOMATION_SYNCCONTACTS_CONFIG_JSON", config.as_str()),

@@ -50,6 +50,15 @@ pub const MAX_JOB_BYTES: usize = 32 * 1024 * 1024;
 /// closes the channel). Dry-run plan lines are capped long before (`job::MAX_PLANNED_LINES`).
 pub const MAX_REPORT_BYTES: usize = 8 * 1024 * 1024;
 
+/// Jobs a worker process runs at once when `--concurrency` is not given (issue 13). A job spends almost all its
+/// time waiting on its mailbox's Graph budget (4 in flight, 10,000 requests per 10 minutes), not on the CPU: one
+/// process at 32 syncs the benchmark's 30 mailboxes at 1.04x the throttling floor using about 2 % of one core,
+/// where at 4 it took 3.57x and four processes still 1.54x. Memory, not CPU, bounds it: a running job holds its
+/// plan's writes while it writes them (about 1 KiB per contact created; [`crate::planning_budget`] bounds only the
+/// planning), so 32 initial-sync jobs of a 10,000-person central set peak near 400 MiB, within the 512 Mi of
+/// `deploy/k8s/worker-deployment.yaml` (README, Performance, *Worker concurrency*).
+pub const DEFAULT_CONCURRENCY: u16 = 32;
+
 /// Why [`Worker::run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -13,7 +13,7 @@ use shared::config::Settings;
 use shared::graph::{ClientOptions, GraphClient};
 use shared::mq::Topology;
 use shared::telemetry::LogFormat;
-use worker::consumer::{Worker, WorkerConfig};
+use worker::consumer::{Worker, WorkerConfig, DEFAULT_CONCURRENCY};
 use worker::disposition::RetryPolicy;
 use worker::job::JobRunner;
 
@@ -28,7 +28,7 @@ struct Cli {
     #[arg(long, env = "CONTACTMIRROR_CONFIG")]
     config: Option<PathBuf>,
     /// Jobs run at once (and the prefetch).
-    #[arg(long, env = "CONTACTMIRROR_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "CONTACTMIRROR_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
     concurrency: u16,
     /// Prefix of every queue and exchange name.
     #[arg(long, env = "CONTACTMIRROR_QUEUE_PREFIX", default_value = "cm")]

@@ -119,8 +119,8 @@ struct Cli {
     /// In-process workers in embedded mode (default: the producer's own default).
     #[arg(long, default_value_t = producer::cli::EMBEDDED_WORKERS)]
     embedded_workers: usize,
-    /// Jobs each worker process runs at once (the worker's default is 4).
-    #[arg(long, default_value_t = 4)]
+    /// Jobs each worker process runs at once (default: the worker's own default).
+    #[arg(long, default_value_t = worker::consumer::DEFAULT_CONCURRENCY)]
     worker_concurrency: u16,
     /// Modes of the sync group: embedded, or brokerN for N worker processes.
     #[arg(
