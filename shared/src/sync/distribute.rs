@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::config::{CentralFields, MirrorOptions};
-use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, WriteOp};
+use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, PackedFields, WriteOp};
 
 use super::central::{with_category, Candidate, MatchKeys};
 use super::fields::{self, Data, Existing};
@@ -26,7 +26,7 @@ use super::stamp::{format_time, restamp, NotesStamp};
 struct Target<'a> {
     c: Candidate<'a>,
     property: Option<SyncId>,
-    stamp: NotesStamp,
+    stamp: TargetStamp,
     derived: SyncId,
     ownership: Ownership,
     opted_out: bool,
@@ -36,6 +36,22 @@ impl Target<'_> {
     /// Its sync id: the extended property, else the notes stamp's (as [`effective_sync_id`]).
     fn effective(&self) -> Option<&SyncId> {
         self.property.as_ref().or(self.stamp.sync_id.as_ref())
+    }
+}
+
+/// What phase 2 reads of a target's notes stamp: its sync id and creator (the rest of a parsed [`NotesStamp`],
+/// 88 bytes a contact, is never read, and a whole mailbox is planned at once: issue 10, scenario 10).
+struct TargetStamp {
+    sync_id: Option<SyncId>,
+    created_by: Option<Box<str>>,
+}
+
+impl TargetStamp {
+    fn of(stamp: NotesStamp) -> Self {
+        TargetStamp {
+            sync_id: stamp.sync_id,
+            created_by: stamp.created_by.map(String::into_boxed_str),
+        }
     }
 }
 
@@ -218,7 +234,7 @@ pub fn plan_distribution_from(
         .map(|contact| Target {
             c: Candidate::new(target_mailbox, contact),
             property: property_sync_id(contact),
-            stamp: NotesStamp::parse(contact.personal_notes.as_deref()),
+            stamp: TargetStamp::of(NotesStamp::parse(contact.personal_notes.as_deref())),
             derived: SyncId::derive(&ctx.tenant_id, &target_mailbox.id, &contact.id),
             ownership: ownership(&ctx.tenant_id, target_mailbox, contact),
             opted_out: has_category(&contact.categories, &options.opt_out_category),
@@ -321,7 +337,9 @@ pub fn plan_distribution_from(
         let Some(ti) = *ti else { continue };
         let creator = sources[si].stamp.created_by.as_deref();
         let target = &mut targets[ti];
-        if target.ownership == Ownership::ManagedCopy && stamped_as_own(&target.stamp, creator) {
+        if target.ownership == Ownership::ManagedCopy
+            && stamped_as_own(target.stamp.created_by.as_deref(), creator)
+        {
             target.ownership = Ownership::OwnerCreated(OwnerReason::StampedAsOwn);
         }
     }
@@ -469,7 +487,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             None,
         );
         item.op = Some(WriteOp::Create(ContactWrite {
-            fields: Some(Box::new(fields)),
+            fields: Some(PackedFields::pack(&fields)),
             unchanged,
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
@@ -562,7 +580,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         fields: desired
             .as_ref()
             .filter(|_| write_data)
-            .map(|((fields, _), _)| Box::new(fields.clone())),
+            .map(|((fields, _), _)| PackedFields::pack(fields)),
         unchanged: desired
             .as_ref()
             .filter(|_| write_data)
