@@ -15,7 +15,7 @@ use shared::credential::Credential;
 use shared::graph::{
     AuthProblem, ClientOptions, ErrorKind, FolderRef, GraphClient, GraphError, TenantClient,
 };
-use shared::model::{ContactFields, ContactWrite, WriteOp, SYNC_ID_PROPERTY};
+use shared::model::{ContactFields, ContactWrite, PackedFields, WriteOp, SYNC_ID_PROPERTY};
 use shared::secret::Secret;
 use url::Url;
 
@@ -338,7 +338,7 @@ async fn batches_stay_within_the_mailbox_concurrency() {
             let ops: Vec<WriteOp> = (0..8)
                 .map(|i| {
                     WriteOp::Create(ContactWrite {
-                        fields: Some(Box::new(ContactFields {
+                        fields: Some(PackedFields::pack(&ContactFields {
                             display_name: Some(format!("B{n}-{i}").into()),
                             ..ContactFields::default()
                         })),
@@ -501,7 +501,7 @@ async fn a_failure_on_a_later_page_fails_the_whole_read() {
 fn create(name: &str, sync_id: &str) -> WriteOp {
     WriteOp::Create(ContactWrite {
         unchanged: Default::default(),
-        fields: Some(Box::new(ContactFields {
+        fields: Some(PackedFields::pack(&ContactFields {
             display_name: Some(name.into()),
             given_name: Some(name.into()),
             email_addresses: vec![shared::model::EmailAddress {
@@ -593,7 +593,7 @@ async fn batch_updates_deletes_and_per_item_errors() {
         WriteOp::Update {
             id: a.clone(),
             write: ContactWrite {
-                fields: Some(Box::new(ContactFields {
+                fields: Some(PackedFields::pack(&ContactFields {
                     display_name: Some("Renamed".into()),
                     ..ContactFields::default()
                 })),
@@ -881,7 +881,7 @@ async fn a_batch_envelope_applied_then_failed_writes_each_contact_once() {
     ops.push(WriteOp::Update {
         id: existing.clone(),
         write: ContactWrite {
-            fields: Some(Box::new(ContactFields {
+            fields: Some(PackedFields::pack(&ContactFields {
                 display_name: Some("Renamed".into()),
                 ..ContactFields::default()
             })),

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{DirectoryOptions, MemberType};
-use crate::model::{ContactFields, ContactWrite, Mailbox};
+use crate::model::{ContactFields, ContactWrite, Mailbox, PackedFields};
 use crate::sync::SyncId;
 
 use super::mapping::{org_contact_fields, user_fields};
@@ -130,7 +130,7 @@ impl DirectoryPerson {
     /// managed category are the planner's, as for mirrored copies.
     pub fn contact_write(&self) -> ContactWrite {
         ContactWrite {
-            fields: Some(Box::new(self.fields.clone())),
+            fields: Some(PackedFields::pack(&self.fields)),
             sync_id: Some(self.sync_id.as_str().to_owned()),
             ..ContactWrite::default()
         }

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::GraphError;
-use crate::model::{Contact, ContactFields, ContactWrite, FieldSet, SYNC_ID_PROPERTY};
+use crate::model::{
+    Contact, ContactFields, ContactWrite, FieldSet, PackedFields, SYNC_ID_PROPERTY,
+};
 use crate::sync::photo::{
     PhotoHash, HAS_PICTURE_PROPERTY, PHOTO_HASH_PROPERTY, PHOTO_SOURCE_PROPERTY,
 };
@@ -209,7 +211,11 @@ pub(crate) fn odata_string(value: &str) -> String {
 /// categories and the sync id property.
 pub(crate) fn create_body(write: &ContactWrite) -> Value {
     let mut body = fields_object(
-        write.fields.as_deref().unwrap_or(&ContactFields::default()),
+        &write
+            .fields
+            .as_ref()
+            .map(PackedFields::unpack)
+            .unwrap_or_default(),
         write.unchanged,
     );
     body.insert(
@@ -236,7 +242,7 @@ pub(crate) fn create_body(write: &ContactWrite) -> Value {
 /// source is sent as `null` (or `[]`) and cleared at the target.
 pub(crate) fn update_body(write: &ContactWrite) -> Value {
     let mut body = match &write.fields {
-        Some(fields) => fields_object(fields, write.unchanged),
+        Some(fields) => fields_object(&fields.unpack(), write.unchanged),
         None => Map::new(),
     };
     if let Some(notes) = &write.personal_notes {
@@ -456,7 +462,7 @@ mod tests {
     fn every_part() -> ContactWrite {
         ContactWrite {
             unchanged: FieldSet::empty(),
-            fields: Some(Box::new(every_field())),
+            fields: Some(PackedFields::pack(&every_field())),
             personal_notes: Some("Met at the Royal Society.\nSyncId=6c1b...".into()),
             categories: Some(vec!["Managed".into(), "VIP".into()]),
             sync_id: Some("0b8f7b52-3c4f-5d6e-8f90-123456789abc".into()),
@@ -531,7 +537,7 @@ mod tests {
         let validator = schema_validator();
         let write = ContactWrite {
             unchanged: FieldSet::empty(),
-            fields: Some(Box::default()),
+            fields: Some(PackedFields::pack(&ContactFields::default())),
             personal_notes: Some(String::new()),
             categories: Some(Vec::new()),
             sync_id: None,

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
 use crate::config::CentralFields;
-use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, WriteOp};
+use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, PackedFields, WriteOp};
 
 use super::fields;
 use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership, SyncId};
@@ -618,7 +618,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         };
         let write = ContactWrite {
             unchanged: FieldSet::empty(),
-            fields: Some(Box::new(fields)),
+            fields: Some(PackedFields::pack(&fields)),
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
                 .managed_category
@@ -754,7 +754,7 @@ fn plan_entry(
             item.op = Some(WriteOp::Update {
                 id: central.id.clone(),
                 write: ContactWrite {
-                    fields: Some(Box::new(fields)),
+                    fields: Some(PackedFields::pack(&fields)),
                     ..ContactWrite::default()
                 },
             });
@@ -850,7 +850,7 @@ fn plan_entry(
         .unwrap_or_default();
     let write = ContactWrite {
         unchanged: FieldSet::empty(),
-        fields: fields.map(Box::new),
+        fields: fields.as_ref().map(PackedFields::pack),
         personal_notes: (options.stamp_notes && (update_from.is_some() || needs_notes))
             .then(|| restamp(central.personal_notes.as_deref(), &stamp)),
         categories: options

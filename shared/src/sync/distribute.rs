@@ -4,10 +4,10 @@
 //! newer than their own, keep their own notes, categories and newer edits, and lose only copies the tool manages
 //! when a person leaves the central folder, never en masse by accident. See [`plan_distribution`] for the rules.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crate::config::{CentralFields, MirrorOptions};
-use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, WriteOp};
+use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, PackedFields, WriteOp};
 
 use super::central::{with_category, Candidate, MatchKeys};
 use super::fields::{self, Data, Existing};
@@ -26,7 +26,7 @@ use super::stamp::{format_time, restamp, NotesStamp};
 struct Target<'a> {
     c: Candidate<'a>,
     property: Option<SyncId>,
-    stamp: NotesStamp,
+    stamp: TargetStamp,
     derived: SyncId,
     ownership: Ownership,
     opted_out: bool,
@@ -36,6 +36,52 @@ impl Target<'_> {
     /// Its sync id: the extended property, else the notes stamp's (as [`effective_sync_id`]).
     fn effective(&self) -> Option<&SyncId> {
         self.property.as_ref().or(self.stamp.sync_id.as_ref())
+    }
+}
+
+/// Targets by a sync id they carry: each id's targets in index order. A sorted list of pairs, not a map of lists:
+/// a mailbox's every contact is in one (its derived id), and a map entry with its own list took about 70 bytes a
+/// contact against 16 (issue 10, scenario 10).
+struct TargetsById<'a>(Vec<(&'a SyncId, usize)>);
+
+impl<'a> TargetsById<'a> {
+    fn new() -> Self {
+        TargetsById(Vec::new())
+    }
+
+    /// Adds target `ti`; targets are added in index order.
+    fn push(&mut self, id: &'a SyncId, ti: usize) {
+        self.0.push((id, ti));
+    }
+
+    /// Ready for [`TargetsById::get`] (a stable sort keeps each id's targets in index order).
+    fn sorted(mut self) -> Self {
+        self.0.sort_by(|a, b| a.0.cmp(b.0));
+        self.0.shrink_to_fit();
+        self
+    }
+
+    /// The targets carrying `id`, in index order; `None` when there are none.
+    fn get(&self, id: &SyncId) -> Option<impl Iterator<Item = usize> + Clone + '_> {
+        let start = self.0.partition_point(|(other, _)| *other < id);
+        let end = start + self.0[start..].partition_point(|(other, _)| *other == id);
+        (end > start).then(|| self.0[start..end].iter().map(|&(_, ti)| ti))
+    }
+}
+
+/// What phase 2 reads of a target's notes stamp: its sync id and creator (the rest of a parsed [`NotesStamp`],
+/// 88 bytes a contact, is never read, and a whole mailbox is planned at once: issue 10, scenario 10).
+struct TargetStamp {
+    sync_id: Option<SyncId>,
+    created_by: Option<Box<str>>,
+}
+
+impl TargetStamp {
+    fn of(stamp: NotesStamp) -> Self {
+        TargetStamp {
+            sync_id: stamp.sync_id,
+            created_by: stamp.created_by.map(String::into_boxed_str),
+        }
     }
 }
 
@@ -218,7 +264,7 @@ pub fn plan_distribution_from(
         .map(|contact| Target {
             c: Candidate::new(target_mailbox, contact),
             property: property_sync_id(contact),
-            stamp: NotesStamp::parse(contact.personal_notes.as_deref()),
+            stamp: TargetStamp::of(NotesStamp::parse(contact.personal_notes.as_deref())),
             derived: SyncId::derive(&ctx.tenant_id, &target_mailbox.id, &contact.id),
             ownership: ownership(&ctx.tenant_id, target_mailbox, contact),
             opted_out: has_category(&contact.categories, &options.opt_out_category),
@@ -233,20 +279,21 @@ pub fn plan_distribution_from(
     // Matching.
     let mut matched: Vec<Option<usize>> = vec![None; sources.len()];
     let mut claimed: Vec<bool> = vec![false; targets.len()];
-    let mut by_property: HashMap<&SyncId, Vec<usize>> = HashMap::new();
-    let mut by_notes: HashMap<&SyncId, Vec<usize>> = HashMap::new();
-    let mut by_derived: HashMap<&SyncId, Vec<usize>> = HashMap::new();
+    let (mut by_property, mut by_notes, mut by_derived) =
+        (TargetsById::new(), TargetsById::new(), TargetsById::new());
     for (ti, t) in targets.iter().enumerate() {
         match (&t.property, &t.stamp.sync_id) {
-            (Some(p), _) => by_property.entry(p).or_default().push(ti),
+            (Some(p), _) => by_property.push(p, ti),
             // A notes stamp may be any pasted id: the contact may also have been published under its own.
             (None, Some(n)) => {
-                by_notes.entry(n).or_default().push(ti);
-                by_derived.entry(&t.derived).or_default().push(ti);
+                by_notes.push(n, ti);
+                by_derived.push(&t.derived, ti);
             }
-            (None, None) => by_derived.entry(&t.derived).or_default().push(ti),
+            (None, None) => by_derived.push(&t.derived, ti),
         }
     }
+    let (by_property, by_notes, by_derived) =
+        (by_property.sorted(), by_notes.sorted(), by_derived.sorted());
     // Email and name matches only consider targets without a sync id, or whose sync id left the central folder.
     let adoptable: Vec<bool> = targets
         .iter()
@@ -268,7 +315,7 @@ pub fn plan_distribution_from(
             // same data, else the first by id; the extra managed copies are deleted below.
             let free = index.get(source.sync).and_then(|ts| {
                 let free = || {
-                    ts.iter().copied().filter(|&ti| {
+                    ts.clone().filter(|&ti| {
                         !claimed[ti] && (!needs_agreement || agrees(&targets[ti].c, &source.c))
                     })
                 };
@@ -321,7 +368,9 @@ pub fn plan_distribution_from(
         let Some(ti) = *ti else { continue };
         let creator = sources[si].stamp.created_by.as_deref();
         let target = &mut targets[ti];
-        if target.ownership == Ownership::ManagedCopy && stamped_as_own(&target.stamp, creator) {
+        if target.ownership == Ownership::ManagedCopy
+            && stamped_as_own(target.stamp.created_by.as_deref(), creator)
+        {
             target.ownership = Ownership::OwnerCreated(OwnerReason::StampedAsOwn);
         }
     }
@@ -469,7 +518,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             None,
         );
         item.op = Some(WriteOp::Create(ContactWrite {
-            fields: Some(Box::new(fields)),
+            fields: Some(PackedFields::pack(&fields)),
             unchanged,
             personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
             categories: options
@@ -562,7 +611,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         fields: desired
             .as_ref()
             .filter(|_| write_data)
-            .map(|((fields, _), _)| Box::new(fields.clone())),
+            .map(|((fields, _), _)| PackedFields::pack(fields)),
         unchanged: desired
             .as_ref()
             .filter(|_| write_data)

@@ -150,11 +150,11 @@ pub fn ownership(tenant_id: &str, mailbox: &Mailbox, contact: &Contact) -> Owner
 /// Whether a contact carrying the extended property was stamped as an owner's own contact rather than copied from
 /// its person: the tool copies the person's `CreatedBy` into every copy it makes, so a `CreatedBy` naming someone
 /// else (an owner's UPN since renamed) proves an owner's contact ([`OwnerReason::StampedAsOwn`]). `person_creator`
-/// is the person's `CreatedBy` as its source holds it; without one on either side nothing is proven. Phase 2 and
-/// cleanup both decide with this.
-pub fn stamped_as_own(contact_stamp: &NotesStamp, person_creator: Option<&str>) -> bool {
+/// is the person's `CreatedBy` as its source holds it, `contact_created_by` the contact's notes stamp's; without
+/// one on either side nothing is proven. Phase 2 and cleanup both decide with this.
+pub fn stamped_as_own(contact_created_by: Option<&str>, person_creator: Option<&str>) -> bool {
     person_creator
-        .zip(contact_stamp.created_by.as_deref())
+        .zip(contact_created_by)
         .is_some_and(|(creator, by)| !creator.trim().eq_ignore_ascii_case(by.trim()))
 }
 
@@ -187,7 +187,9 @@ pub fn ownership_among(
         Some(creator)
             if judged == Ownership::ManagedCopy
                 && stamped_as_own(
-                    &NotesStamp::parse(contact.personal_notes.as_deref()),
+                    NotesStamp::parse(contact.personal_notes.as_deref())
+                        .created_by
+                        .as_deref(),
                     creator.as_deref(),
                 ) =>
         {

@@ -378,7 +378,7 @@ pub fn has_category(categories: &[String], category: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The encoding indexes fields by [`Field`]'s discriminant: it must be their place in [`FIELD_NAMES`].
@@ -521,7 +521,7 @@ mod tests {
     }
 
     /// Any fields, from a small pool of values so that two draws often hold the same data spelt differently.
-    fn any_fields() -> impl Strategy<Value = ContactFields> {
+    pub(crate) fn any_fields() -> impl Strategy<Value = ContactFields> {
         let texts = prop::collection::vec(piece(), 23);
         let mails = prop::collection::vec(
             (piece(), piece()).prop_map(|(address, name)| EmailAddress { name, address }),

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{Contact, Mailbox, WriteOp};
+use crate::model::{Contact, Mailbox, PackedFields, WriteOp};
 
 use super::identity::{
     creators_of, effective_sync_id, ownership_among, property_sync_id, Ownership, SyncId,
@@ -78,7 +78,7 @@ pub fn carry_over(
         }
         write.categories = Some(categories);
         if has_category(&old.categories, &ctx.options.opt_out_category) {
-            write.fields = Some(Box::new(old.fields.clone()));
+            write.fields = Some(PackedFields::pack(&old.fields));
         }
     }
 }

@@ -89,7 +89,7 @@ pub fn apply_ops<'a>(
 /// Sets the parts of `write` that are present.
 fn merge(contact: &mut Contact, write: &ContactWrite) {
     if let Some(fields) = &write.fields {
-        let before = std::mem::replace(&mut contact.fields, (**fields).clone());
+        let before = std::mem::replace(&mut contact.fields, fields.unpack());
         for field in write.unchanged.iter() {
             field.copy(&before, &mut contact.fields);
         }

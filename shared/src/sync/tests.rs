@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 
 use crate::config::{DeletionPolicy, MirrorOptions};
-use crate::model::{Contact, ContactFields, EmailAddress, Mailbox, WriteOp};
+use crate::model::{Contact, ContactFields, EmailAddress, Mailbox, PackedFields, WriteOp};
 
 use super::identity::{ownership, OwnerReason, Ownership};
 use super::normalize::{email_keys, has_category};
@@ -365,8 +365,8 @@ fn central_newer_reaches_every_copy_and_a_cleared_field_is_cleared() {
         let Some(WriteOp::Update { write, .. }) = plan.writes().next() else {
             panic!("update expected");
         };
-        let fields = write.fields.as_ref().expect("fields written");
-        let json = serde_json::to_value(fields).expect("json");
+        let fields = write.fields.as_ref().expect("fields written").unpack();
+        let json = serde_json::to_value(&fields).expect("json");
         assert_eq!(json["jobTitle"], serde_json::Value::Null);
         assert_eq!(json["businessPhones"], serde_json::json!([]));
     }
@@ -1447,7 +1447,8 @@ fn check_distribution_plan(
                     );
                 }
                 // Matched by identity, or the same person by email, or email-less namesakes.
-                if let Some(fields) = &write.fields {
+                if let Some(fields) = write.fields.as_ref().map(PackedFields::unpack) {
+                    let fields = &fields;
                     let same_id = item
                         .sync_id
                         .as_deref()
@@ -1528,7 +1529,7 @@ proptest! {
                     prop_assert!(before.iter().any(|c| &c.id < id && super::effective_sync_id(c) == Some(sync.clone())));
                 }
                 Some(WriteOp::Create(w)) | Some(WriteOp::Update { write: w, .. }) => {
-                    let title = w.fields.as_ref().and_then(|f| f.job_title.clone()).unwrap_or_default();
+                    let title = w.fields.as_ref().and_then(|f| f.unpack().job_title).unwrap_or_default();
                     prop_assert!(!title.contains("SECRET"), "published an opted-out contact");
                     if let (Some(WriteOp::Update { id, .. }), Some(notes)) = (&item.op, &w.personal_notes) {
                         let old = before.iter().find(|c| &c.id == id).expect("exists");
