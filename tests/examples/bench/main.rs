@@ -298,6 +298,18 @@ struct Ctx {
     started: Instant,
 }
 
+impl Ctx {
+    /// The same context with graphsim at `latency` (groups that set their own).
+    fn with_latency(&self, latency: Duration) -> Ctx {
+        Ctx {
+            fleet: self.fleet.clone(),
+            latency,
+            started: self.started,
+            worker_source: self.worker_source.clone(),
+        }
+    }
+}
+
 /// What one measured run is.
 struct Run<'a> {
     group: &'a str,
@@ -698,12 +710,7 @@ async fn throughput(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         big_user_contacts: 0,
         big_user_in_every_tenant: false,
     };
-    let quick = Ctx {
-        fleet: ctx.fleet.clone(),
-        latency: Duration::ZERO,
-        started: ctx.started,
-        worker_source: ctx.worker_source.clone(),
-    };
+    let quick = ctx.with_latency(Duration::ZERO);
     let estate = Estate::seed(shape, Budget::Unlimited, Duration::ZERO).await?;
     let run = first(
         "throughput",
@@ -726,12 +733,7 @@ async fn throughput(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
 async fn msp(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
     let latency = Duration::try_from_secs_f64(cli.msp_latency_ms / 1000.0)
         .context("--msp-latency-ms must be a non-negative number")?;
-    let msp_ctx = Ctx {
-        fleet: ctx.fleet.clone(),
-        latency,
-        started: ctx.started,
-        worker_source: ctx.worker_source.clone(),
-    };
+    let msp_ctx = ctx.with_latency(latency);
     let budget = Budget::REAL;
     let one_tenant = Shape {
         tenants: 1,
@@ -783,12 +785,7 @@ async fn memory(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         big_user_contacts: cli.memory_contacts,
         big_user_in_every_tenant: false,
     };
-    let quick = Ctx {
-        fleet: ctx.fleet.clone(),
-        latency: Duration::ZERO,
-        started: ctx.started,
-        worker_source: ctx.worker_source.clone(),
-    };
+    let quick = ctx.with_latency(Duration::ZERO);
     let budget = Budget::Unlimited;
     let mode = Mode::Broker { processes: 1 };
     let estate = Estate::seed(shape, budget, Duration::ZERO).await?;
