@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use producer::{cli, run, EXIT_FAILURES};
 
+/// The jobs of the embedded default run in this process: the worker's allocator.
+#[global_allocator]
+static ALLOCATOR: worker::heap::Allocator = worker::heap::Allocator;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();

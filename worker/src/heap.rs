@@ -1,43 +1,58 @@
 //! Keeping the process's resident memory close to what it holds (issue 10, scenario 10: bounded memory).
 //!
-//! glibc's allocator gives each thread that contends for it an arena of its own (up to 8 per core) and keeps what
-//! is freed for reuse inside that arena. A job's future moves between the runtime's threads, so a large plan freed
-//! in one arena was not reused by the next job's plan in another, and the worker's peak resident memory grew to
-//! the sum of what each arena once held (measured: 707 MiB for about 380 MiB live in the 100,000-contact bench).
-//! Two arenas, and freed pages handed back to the system once a large folder's planning state is dropped, keep
-//! the peak near what is live. A no-op on other allocators.
+//! Both binaries run jobs (the worker, and the producer in its embedded default), and a job planning a large
+//! folder allocates and frees hundreds of megabytes of small strings. glibc's allocator kept what was freed: a
+//! freed page stayed resident while one small string on it lived, and each arena kept its own free lists, so the
+//! worker's peak resident memory depended on how jobs interleaved (454-587 MiB for the same run of the
+//! 100,000-contact benchmark, with arenas limited, large blocks mapped on their own and `malloc_trim` after each
+//! large plan). jemalloc groups allocations by size class and hands a page back once it is free; with the options
+//! below the peak stays near what is live.
+//!
+//! Install it in a binary with `#[global_allocator] static ALLOCATOR: worker::heap::Allocator =
+//! worker::heap::Allocator;`.
+
+use std::ffi::c_char;
+
+/// The allocator of both binaries.
+pub use tikv_jemallocator::Jemalloc as Allocator;
+
+/// jemalloc's options, read at its first allocation (before `main`):
+/// - `narenas:1`: one arena. A job's future moves between the runtime's threads; with an arena per thread, what one
+///   job freed in one arena was not reused by the next job planning in another. Contention is low (jobs mostly
+///   wait on Graph).
+/// - `background_thread:true`: freed pages are handed back by jemalloc's own thread, also while jobs wait.
+/// - `dirty_decay_ms:1000,muzzy_decay_ms:0`: a freed page is kept for reuse for about a second, then handed back
+///   (jemalloc's default keeps it for 10 s, long enough for a second large plan to start beside it).
+const OPTIONS: &std::ffi::CStr =
+    c"narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+
+/// The symbol jemalloc reads its compiled-in options from (`malloc_conf`, prefixed as tikv-jemalloc-sys builds it).
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: Option<&'static c_char> = Some(
+    // SAFETY: `OPTIONS` is a static, NUL-terminated string; jemalloc only reads it.
+    unsafe { &*OPTIONS.as_ptr() },
+);
 
 /// Contacts from which a job's freed planning state is handed back at once (smaller jobs free too little to
-/// matter, and trimming has a cost).
+/// matter, and purging has a cost).
 pub const LARGE: usize = 10_000;
 
-/// Allocator arenas at most: contention is low (jobs mostly wait on Graph), memory matters more.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const ARENAS: libc::c_int = 2;
-
-/// Allocations from this size are mapped on their own and unmapped when freed (glibc's initial threshold, kept
-/// fixed). glibc otherwise raises the threshold to each large block freed (up to 32 MiB), so a page body or a
-/// growing `Vec` of contacts lands inside the heap, and the hole it leaves is pinned by the small strings
-/// allocated after it: resident memory no trim can hand back.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_FROM: libc::c_int = 128 * 1024;
-
-/// Limits the allocator's arenas and keeps large blocks out of its heap; call first thing in `main`.
-pub fn limit_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only sets tuning parameters of glibc's allocator; any positive value is valid for both.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_FROM);
-    }
-}
-
-/// Hands the allocator's free pages back to the system (after a large folder's planning state was dropped).
+/// Hands the allocator's free pages back to the system at once (after a large folder's planning state was
+/// dropped), rather than within the decay time: the next large plan may start at once.
 pub fn release_freed() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` only returns free memory to the system; it never touches memory in use.
+    // "arena.<MALLCTL_ARENAS_ALL>.purge": every arena's unused dirty pages.
+    const PURGE_ALL: &std::ffi::CStr = c"arena.4096.purge";
+    // SAFETY: a purge takes no value and returns none (every pointer null, lengths zero); it only hands unused
+    // pages back to the system. Its status is ignored: a purge that failed leaves the pages to the decay.
     unsafe {
-        libc::malloc_trim(0);
+        tikv_jemalloc_sys::mallctl(
+            PURGE_ALL.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
     }
 }
 
@@ -45,30 +60,43 @@ pub fn release_freed() {
 mod tests {
     use super::*;
 
-    /// Failed before the fixed threshold: once a large block was freed, glibc raised its threshold to that size,
-    /// and the next large block (a page body, a growing list of contacts) was placed inside the heap, not mapped.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[global_allocator]
+    static ALLOCATOR: Allocator = Allocator;
+
+    /// Fails if jemalloc did not pick the options up (a misspelt symbol leaves its defaults: 4 arenas per core).
     #[test]
-    fn large_blocks_stay_mapped_after_a_large_block_was_freed() {
-        limit_arenas();
-        drop(std::hint::black_box(vec![1u8; 4 << 20]));
-        // SAFETY: `mallinfo2` only reads the allocator's statistics.
-        let mapped = || unsafe { libc::mallinfo2() }.hblkhd;
-        let before = mapped();
-        let block = std::hint::black_box(vec![1u8; 1 << 20]);
-        let after = mapped();
-        drop(block);
-        assert!(
-            after >= before + (1 << 20),
-            "a 1 MiB block after a 4 MiB one was freed is not mapped on its own ({before} -> {after} bytes mapped)"
+    fn jemalloc_runs_with_the_options() {
+        assert_eq!(tikv_jemalloc_ctl::opt::narenas::read().ok(), Some(1));
+        assert_eq!(
+            tikv_jemalloc_ctl::opt::background_thread::read().ok(),
+            Some(true)
         );
     }
 
-    /// Both are safe to call at any time, any number of times, with memory in use.
+    /// Freed pages go back to the system: resident memory falls once a large allocation is freed and purged.
     #[test]
-    fn limiting_and_releasing_keep_memory_in_use_intact() {
+    fn freed_memory_is_handed_back() {
+        let resident = || {
+            tikv_jemalloc_ctl::epoch::advance().ok();
+            tikv_jemalloc_ctl::stats::resident::read().unwrap_or(0)
+        };
+        let strings: Vec<String> = (0..200_000)
+            .map(|i| format!("contact number {i}"))
+            .collect();
+        let held = resident();
+        drop(std::hint::black_box(strings));
+        release_freed();
+        let after = resident();
+        assert!(
+            after + (4 << 20) < held,
+            "200,000 freed strings were not handed back: {held} bytes resident before, {after} after"
+        );
+    }
+
+    /// Safe to call at any time, any number of times, with memory in use.
+    #[test]
+    fn releasing_keeps_memory_in_use_intact() {
         let kept: Vec<String> = (0..10_000).map(|i| format!("contact {i}")).collect();
-        limit_arenas();
         let freed: Vec<String> = (0..100_000).map(|i| format!("freed {i}")).collect();
         drop(freed);
         release_freed();

@@ -490,9 +490,10 @@ impl JobRunner {
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
         // What the central photo step needs of the folder as read: the persons whose origin was read.
         let central_photos = central_photo_targets(&ctx, &central_contacts, &origins);
-        // The plan holds what the writes need: what was read goes before the (long) writing starts.
+        // The plan holds what the writes need: what was read goes before the (long) writing starts, and the
+        // planning units are kept for the writes' share only (see `apply`).
         let large = central_contacts.len().max(plan.items.len()) >= heap::LARGE;
-        drop((source_mailboxes, central_contacts, planning));
+        drop((source_mailboxes, central_contacts));
         if large {
             heap::release_freed();
         }
@@ -528,6 +529,7 @@ impl JobRunner {
                 &central.mailbox,
                 &folder,
                 plan,
+                planning,
                 tenant.photos,
                 writes,
             )
@@ -781,7 +783,16 @@ impl JobRunner {
                 error: refusal.to_string(),
             })?;
             let moved = self
-                .apply(client, job, mailbox, old_folder, out, false, writes)
+                .apply(
+                    client,
+                    job,
+                    mailbox,
+                    old_folder,
+                    out,
+                    Planning::none(),
+                    false,
+                    writes,
+                )
                 .await?;
             info!(mailbox = %mailbox.upn, from = %moving.map(ToString::to_string).unwrap_or_default(),
                   deleted = moved.counts.deleted, "managed copies moved to the target folder");
@@ -921,10 +932,10 @@ impl JobRunner {
         if let Some(old) = moving_from {
             sync::carry_over(&ctx, mailbox, &mut plan, old, sources.contacts());
         }
-        // The plan holds what the writes need: the mailbox's contacts and the planning units go before the (long)
-        // writing starts.
+        // The plan holds what the writes need: the mailbox's contacts go before the (long) writing starts, and
+        // the planning units are kept for the writes' share only (see `apply`).
         let large = target.len().max(plan.items.len()) >= heap::LARGE;
-        drop((target, planning));
+        drop(target);
         if large {
             heap::release_freed();
         }
@@ -944,7 +955,16 @@ impl JobRunner {
         // Only a dry run has no folder, and a dry run writes nothing.
         let folder = folder.cloned().unwrap_or(FolderRef::Default);
         let mut done = self
-            .apply(client, job, mailbox, &folder, plan, tenant.photos, writes)
+            .apply(
+                client,
+                job,
+                mailbox,
+                &folder,
+                plan,
+                planning,
+                tenant.photos,
+                writes,
+            )
             .await?;
         if moving_from.is_none() {
             done.created.clear();
@@ -1018,7 +1038,16 @@ impl JobRunner {
             // Cleanup reports what it removed, dry run or not (the run's summary names the mailbox).
             let planned = planned_lines(&plan);
             let mut step = self
-                .apply(client, job, mailbox, &folder, plan, false, writes)
+                .apply(
+                    client,
+                    job,
+                    mailbox,
+                    &folder,
+                    plan,
+                    Planning::none(),
+                    false,
+                    writes,
+                )
                 .await?;
             step.planned = planned;
             done.absorb(step);
@@ -1059,7 +1088,16 @@ impl JobRunner {
         let plan = sync::plan_cleanup(&ctx, &central.mailbox, &contacts, &scope);
         let planned = planned_lines(&plan);
         let mut done = self
-            .apply(client, job, &central.mailbox, &folder, plan, false, writes)
+            .apply(
+                client,
+                job,
+                &central.mailbox,
+                &folder,
+                plan,
+                Planning::none(),
+                false,
+                writes,
+            )
             .await?;
         done.planned = planned;
         info!(mailbox = %central.mailbox.upn, removed = done.counts.deleted, "central folder cleaned up");
@@ -1077,6 +1115,7 @@ impl JobRunner {
         mailbox: &Mailbox,
         folder: &FolderRef,
         plan: Plan,
+        planning: Planning,
         photos: bool,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
@@ -1091,6 +1130,9 @@ impl JobRunner {
         // reduced at once to what the feed needs (id and change key): a 100,000-contact plan is neither copied
         // whole nor its answers held whole (issue 10, scenario 10).
         let Writes { counts, ops } = plan.into_writes();
+        // The planning units become the held writes' share, given back as batches are answered (see
+        // `planning_budget`): the next large plan waits for these writes rather than adding its state to them.
+        let mut held = planning.into_writes(ops.len());
         if ops.is_empty() {
             return Ok(Done {
                 counts,
@@ -1157,6 +1199,9 @@ impl JobRunner {
                     }
                 }
             }
+            let answered = batch.len();
+            drop(batch);
+            held.answered(answered);
         }
         if let (Some(wait), Some(error)) = (retry_wait, first_transient) {
             // Re-running the job is safe: sync ids are deterministic and matched first, so what was written is

@@ -17,6 +17,9 @@ use worker::consumer::{Worker, WorkerConfig, DEFAULT_CONCURRENCY};
 use worker::disposition::RetryPolicy;
 use worker::job::JobRunner;
 
+#[global_allocator]
+static ALLOCATOR: worker::heap::Allocator = worker::heap::Allocator;
+
 /// Consumes contactmirror jobs from RabbitMQ.
 #[derive(Debug, Parser)]
 #[command(name = "contactmirror-worker", version, about)]
@@ -54,7 +57,6 @@ const DEFAULT_METRICS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LO
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    worker::heap::limit_arenas();
     let cli = Cli::parse();
     shared::telemetry::init(cli.log_format);
     let settings = match Settings::load(cli.config.as_deref()) {
