@@ -1,0 +1,222 @@
+//! Writing a plan: `$batch`es of writes sent as tasks of the attempt (a cancel never leaves one half-sent), their
+//! answers counted and reduced to what the feed needs. Its own file because every step writes through it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use shared::config::TenantSettings;
+use shared::feed;
+use shared::graph::{FolderRef, TenantClient};
+use shared::message::{FailureReason, Job};
+use shared::model::{Contact, Mailbox, WriteOp};
+use shared::sync::{self, Plan, PreparedCentral, SyncId, Writes};
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::{classify, plan_context, planned_lines, Done, JobRunner};
+use crate::disposition::AttemptResult;
+use crate::heap;
+use crate::planning_budget::Planning;
+
+/// Writes sent per call to Graph (one `$batch`); a cancelled attempt stops between two of them.
+const WRITE_BATCH: usize = 20;
+
+impl JobRunner {
+    /// Plans `mailbox` against its sources and writes the plan into `folder` (`None`: a dry run's folder that does
+    /// not exist yet, so nothing is written).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn plan_and_apply(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        job: &Job,
+        sources: &PreparedCentral,
+        mailbox: &Mailbox,
+        folder: Option<&FolderRef>,
+        target: Vec<Contact>,
+        moving_from: Option<&[Contact]>,
+        planning: Planning,
+        writes: &TaskTracker,
+    ) -> Result<Done, AttemptResult> {
+        let ctx = plan_context(tenant, job, mailbox);
+        let mut plan =
+            sync::plan_distribution_from(&ctx, sources, mailbox, &target).map_err(|refusal| {
+                AttemptResult::Permanent {
+                    reason: FailureReason::DeletionCapExceeded,
+                    error: refusal.to_string(),
+                }
+            })?;
+        if let Some(old) = moving_from {
+            sync::carry_over(&ctx, mailbox, &mut plan, old, sources.contacts());
+        }
+        // The plan holds what the writes need: the mailbox's contacts go before the (long) writing starts, and
+        // the planning units are kept for the writes' share only (see `apply`).
+        let large = target.len().max(plan.items.len()) >= heap::LARGE;
+        drop(target);
+        if large {
+            heap::release_freed();
+        }
+        // Only a move needs to know which persons have a copy here (the old folder's copies of them go): those
+        // the plan matched, and in a dry run those it would create (a real run's confirmed creates come from the
+        // writes).
+        let mut have_copy = BTreeSet::new();
+        if moving_from.is_some() {
+            have_copy = sync::matched_persons(&plan);
+            if job.dry_run {
+                have_copy.extend(plan.writes().filter_map(|op| match op {
+                    WriteOp::Create(write) => write.sync_id.as_deref().and_then(SyncId::parse),
+                    _ => None,
+                }));
+            }
+        }
+        // Only a dry run has no folder, and a dry run writes nothing.
+        let folder = folder.cloned().unwrap_or(FolderRef::Default);
+        let mut done = self
+            .apply(
+                client,
+                job,
+                mailbox,
+                &folder,
+                plan,
+                planning,
+                tenant.photos,
+                writes,
+            )
+            .await?;
+        if moving_from.is_none() {
+            done.created.clear();
+            return Ok(done);
+        }
+        done.created.extend(have_copy);
+        Ok(done)
+    }
+
+    /// Writes the plan (unless the job is a dry run) and counts what happened. `photos`: a photo step follows, so
+    /// the ids of created contacts are kept ([`Done::created_ids`]); without one they are not (100,000 creates'
+    /// ids and sync ids, held until the job ends: issue 10, scenario 10).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn apply(
+        &self,
+        client: &TenantClient,
+        job: &Job,
+        mailbox: &Mailbox,
+        folder: &FolderRef,
+        plan: Plan,
+        planning: Planning,
+        photos: bool,
+        writes: &TaskTracker,
+    ) -> Result<Done, AttemptResult> {
+        if job.dry_run {
+            return Ok(Done {
+                counts: plan.counts(),
+                planned: planned_lines(&plan),
+                ..Done::default()
+            });
+        }
+        // Only the writes are held while they are sent, and each batch's writes are dropped once answered,
+        // reduced at once to what the feed needs (id and change key): a 100,000-contact plan is neither copied
+        // whole nor its answers held whole (issue 10, scenario 10).
+        let Writes { counts, ops } = plan.into_writes();
+        // The planning units become the held writes' share, given back as batches are answered (see
+        // `planning_budget`): the next large plan waits for these writes rather than adding its state to them.
+        let mut held = planning.into_writes(ops.len());
+        if ops.is_empty() {
+            return Ok(Done {
+                counts,
+                ..Done::default()
+            });
+        }
+        let mut failed_writes = 0u64;
+        let mut retry_wait: Option<Duration> = None;
+        let mut first_transient = None;
+        let (mut written, mut deleted) = (feed::Written::new(), BTreeSet::new());
+        let mut confirmed = BTreeSet::new();
+        // Every confirmed create's id by sync id: the photos of created copies are sent after the writes.
+        let mut created_ids = BTreeMap::new();
+        let mut ops = ops.into_iter();
+        loop {
+            let batch: Vec<WriteOp> = ops.by_ref().take(WRITE_BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
+            // A cancelled attempt is dropped while it awaits a batch; the batch itself runs to its end (see run).
+            let sending = writes.spawn({
+                let (client, mailbox, folder) =
+                    (client.clone(), mailbox.id.clone(), folder.clone());
+                async move {
+                    let answered = client.write(&mailbox, &folder, &batch).await;
+                    (batch, answered)
+                }
+            });
+            let (batch, answered) = joined(sending.await, &format!("writing to {}", mailbox.upn))?;
+            let answered =
+                answered.map_err(|e| classify(&e, &format!("writing to {}", mailbox.upn)))?;
+            for (op, outcome) in batch.iter().zip(answered) {
+                match (op, outcome) {
+                    (WriteOp::Delete { id }, Ok(_)) => {
+                        deleted.insert(id.clone());
+                    }
+                    (WriteOp::Update { id, .. }, Ok(answer)) => {
+                        written.insert(id.clone(), answer.and_then(|c| c.change_key));
+                    }
+                    (WriteOp::Create(write), Ok(Some(created))) => {
+                        if let Some(sync) = write.sync_id.as_deref().and_then(SyncId::parse) {
+                            // Kept only for a job that may move copies (see `plan_move_out`).
+                            if job.move_from.is_some() {
+                                confirmed.insert(sync.clone());
+                            }
+                            if photos {
+                                created_ids.insert(sync, created.id.clone());
+                            }
+                        }
+                        written.insert(created.id, created.change_key);
+                    }
+                    (_, Ok(_)) => {}
+                    (_, Err(error)) => {
+                        match classify(&error, &format!("writing to {}", mailbox.upn)) {
+                            AttemptResult::Transient { wait, error } => {
+                                retry_wait = Some(retry_wait.map_or(wait, |w| w.max(wait)));
+                                first_transient.get_or_insert(error);
+                            }
+                            _ => {
+                                debug!(mailbox = %mailbox.upn, %error, "write refused");
+                                failed_writes += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            let answered = batch.len();
+            drop(batch);
+            held.answered(answered);
+        }
+        if let (Some(wait), Some(error)) = (retry_wait, first_transient) {
+            // Re-running the job is safe: sync ids are deterministic and matched first, so what was written is
+            // found, not written again.
+            return Err(AttemptResult::Transient { wait, error });
+        }
+        debug!(mailbox = %mailbox.upn, created = counts.created, updated = counts.updated,
+              deleted = counts.deleted, failed = failed_writes, "applied");
+        Ok(Done {
+            counts,
+            failed_writes,
+            written,
+            deleted,
+            created: confirmed,
+            created_ids,
+            ..Done::default()
+        })
+    }
+}
+
+/// A write task's answer, or, when the task itself failed (panicked or was aborted), a transient failure of the job
+/// saying what it was `doing`.
+pub(super) fn joined<T>(
+    answer: Result<T, tokio::task::JoinError>,
+    doing: &str,
+) -> Result<T, AttemptResult> {
+    answer.map_err(|join| AttemptResult::Transient {
+        wait: Duration::ZERO,
+        error: format!("{doing}: the write task failed: {join}"),
+    })
+}

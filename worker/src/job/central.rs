@@ -1,0 +1,88 @@
+//! The central folder as jobs other than phase 1's read it: once per worker and run (`central_cache`), under the
+//! fleet's lease on the shared mailbox (`central_lease`), and the one read of the folder every step uses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::config::TenantSettings;
+use shared::graph::{FolderRef, TenantClient};
+use shared::message::{CentralFolder, Job};
+use shared::model::Contact;
+use shared::sync::{self, PreparedCentral};
+
+use super::{classify, JobRunner};
+use crate::disposition::AttemptResult;
+
+impl JobRunner {
+    /// The central folder's contacts prepared for planning (cached per worker and run); none without the mirror.
+    /// Phase 2 passes on only what may be published (`CentralFields`), even before phase 1 cleared a contact.
+    pub(super) async fn central_contacts(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        job: &Job,
+        central: Option<&CentralFolder>,
+    ) -> Result<Arc<PreparedCentral>, AttemptResult> {
+        match central {
+            Some(central) => {
+                self.central
+                    .get_or_load(&job.tenant_id, job.run_id, central, || async {
+                        let _lease = self
+                            .shared_mailbox_lease(&job.tenant_id, &central.mailbox.upn)
+                            .await?;
+                        read_central(client, central).await.map(|contacts| {
+                            sync::fields::central_folder_view(
+                                contacts,
+                                tenant.mirror.fields.central,
+                            )
+                        })
+                    })
+                    .await
+            }
+            None => Ok(Arc::new(PreparedCentral::new(Vec::new()))),
+        }
+    }
+
+    /// `tenant_id`'s central lease when this worker is one of a fleet, held until dropped: every read of the shared
+    /// mailbox `mailbox` a worker makes outside phase 1's own job is made under it (see [`crate::central_lease`]).
+    /// A broker that cannot be asked is a transient failure: reading without the lease could put the shared
+    /// mailbox over its limit.
+    pub(super) async fn shared_mailbox_lease(
+        &self,
+        tenant_id: &str,
+        mailbox: &str,
+    ) -> Result<Option<crate::central_lease::Held>, AttemptResult> {
+        let Some(leases) = self.central_leases.get() else {
+            return Ok(None);
+        };
+        leases
+            .hold(tenant_id)
+            .await
+            .map(Some)
+            .map_err(|error| AttemptResult::Transient {
+                wait: Duration::from_secs(5),
+                error: format!(
+                    "taking the broker lease to read the shared mailbox {mailbox}: {error}"
+                ),
+            })
+    }
+}
+
+pub(super) async fn read_central(
+    client: &TenantClient,
+    central: &CentralFolder,
+) -> Result<Vec<Contact>, AttemptResult> {
+    match &central.folder_id {
+        // Dry run before the folder exists: the central folder is empty by definition.
+        None => Ok(Vec::new()),
+        Some(id) => client
+            .list_contacts(&central.mailbox.id, &FolderRef::Id(id.clone()))
+            .await
+            .map_err(|e| {
+                classify(
+                    &e,
+                    &format!("reading the central folder of {}", central.mailbox.upn),
+                )
+            }),
+    }
+}

@@ -1,0 +1,478 @@
+//! One job, start to finish: read, plan with the pure rules, write, and say how it went.
+//!
+//! This is the code every mode runs: the AMQP consumer and the embedded queue both call [`JobRunner::run`]. It
+//! never touches a queue; what happens next is decided from its [`AttemptResult`] by
+//! [`crate::disposition`].
+//!
+//! This file holds the runner, the dispatch of a job to its step, the trust check before it, and the rules every
+//! step shares (how a Graph error is classified, the planning context, the dry-run lines). Each step has its own
+//! file:
+//! - `phase1`: the central folder merged from every source mailbox.
+//! - `phase2`: one receiving mailbox brought in line with the central folder and the directory.
+//! - `cleanup`: the managed copies removed from a mailbox or the central folder (`Job::cleanup`).
+//! - `central`: the central folder read once per worker and run, under the fleet's lease.
+//! - `directory`: the directory persons a tenant receives, from itself and its `FromTenants`.
+//! - `apply`: a plan written in `$batch`es, counted.
+//! - `photos` and `origin_photos`: the photos of phase 2's copies and of phase 1's central persons.
+//! - `folders`: the folders a job reads and writes, and their change feeds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::Utc;
+use shared::config::{Settings, TenantSettings};
+use shared::feed::{Cursors, Written};
+use shared::graph::{ErrorKind, GraphClient, GraphError, TenantClient};
+use shared::message::{
+    FailureReason, GraphCounts, Job, JobKind, PhotoReport, Report, SourceFailure, SCHEMA_VERSION,
+};
+use shared::model::Mailbox;
+use shared::sync::{Plan, PlanContext, PlanCounts, SyncId};
+use shared::test_users;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::central_cache::CentralCache;
+use crate::central_lease::CentralLeases;
+use crate::central_photos::CentralPhotos;
+use crate::directory_cache::DirectoryCache;
+use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
+use crate::heap;
+use crate::in_flight::InFlight;
+use crate::planning_budget::PlanningBudget;
+use crate::trust::{self, CentralLocation, Locations, Receivers, Resolved};
+
+mod apply;
+mod central;
+mod cleanup;
+mod directory;
+mod folders;
+mod origin_photos;
+mod phase1;
+mod phase2;
+mod photos;
+
+pub use directory::directory_failure;
+
+/// The most plan lines a dry-run report lists (writes only); the rest are counted in one last line. A dry run of
+/// 1,000 users x 5,000 contacts so reports a few hundred kilobytes, not gigabytes.
+pub const MAX_PLANNED_LINES: usize = 200;
+
+/// Runs jobs against Graph. Cheap to share: one per process.
+pub struct JobRunner {
+    graph: GraphClient,
+    settings: Arc<Settings>,
+    central: CentralCache,
+    /// The selected directory persons, read once per tenant and run (directory tenants only).
+    directory: DirectoryCache,
+    /// Where each tenant's central folder is by this worker's configuration (a job is checked against it).
+    locations: Locations,
+    /// Attempts in progress.
+    in_flight: InFlight,
+    /// Contacts planned against at once (see [`crate::planning_budget`]).
+    planning: PlanningBudget,
+    /// The central contacts' photos phase 2 sends, read once per worker and run (`Photos` on).
+    central_photos: Arc<CentralPhotos>,
+    /// In a fleet, the broker leases that let one worker process at a time read a shared mailbox for phase 2
+    /// (unset in one process: its own limit already holds the mailbox to 4 in flight).
+    central_leases: std::sync::OnceLock<CentralLeases>,
+}
+
+/// The result of one attempt: the report to publish and what the queue should make of it.
+#[derive(Debug)]
+pub struct Attempt {
+    /// The report (its outcome is filled in by the caller once the next step is known).
+    pub report: Report,
+    /// How the attempt ended.
+    pub result: AttemptResult,
+}
+
+/// What a successful attempt did.
+#[derive(Default)]
+struct Done {
+    counts: PlanCounts,
+    failed_writes: u64,
+    source_failures: Vec<SourceFailure>,
+    planned: Vec<String>,
+    /// The items Graph created or updated for this attempt, with the change key each write returned.
+    written: Written,
+    /// Ids of the items this attempt deleted.
+    deleted: BTreeSet<String>,
+    /// The feeds to keep for the next run.
+    cursors: Cursors,
+    /// Nothing changed since the last run: nothing was read or planned.
+    skipped: bool,
+    /// The persons whose contact Graph confirmed created (in a dry run: planned), by sync id: a move deletes an
+    /// old copy only once this proves its replacement.
+    created: BTreeSet<SyncId>,
+    /// The ids Graph gave the copies it created, by sync id (a new copy's photo is sent to it).
+    created_ids: BTreeMap<SyncId, String>,
+    /// What was done with photos.
+    photos: PhotoReport,
+}
+
+impl Done {
+    /// Adds what another write step of the same job did (counts, refused writes, plan lines).
+    fn absorb(&mut self, other: Done) {
+        self.counts.created += other.counts.created;
+        self.counts.updated += other.counts.updated;
+        self.counts.deleted += other.counts.deleted;
+        self.counts.skipped += other.counts.skipped;
+        self.failed_writes += other.failed_writes;
+        self.planned.extend(other.planned);
+    }
+}
+
+impl JobRunner {
+    /// A runner for the tenants in `settings`, sharing `graph` (and so its tokens and limits) with other runners.
+    pub fn new(graph: GraphClient, settings: Arc<Settings>) -> Self {
+        Self {
+            graph,
+            settings,
+            central: CentralCache::default(),
+            directory: DirectoryCache::default(),
+            locations: Locations::default(),
+            in_flight: InFlight::default(),
+            planning: PlanningBudget::default(),
+            central_photos: Arc::default(),
+            central_leases: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Makes phase 2 read a shared mailbox only while holding its broker lease, so however many worker
+    /// processes run, one reads it at a time. The first call wins; the worker sets it once for its broker.
+    pub fn share_central_reads(&self, leases: CentralLeases) {
+        let _ = self.central_leases.set(leases);
+    }
+
+    /// The Graph client (for stats).
+    pub fn graph(&self) -> &GraphClient {
+        &self.graph
+    }
+
+    /// Attempts of this runner in progress, and the most at once.
+    pub fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
+
+    /// Runs attempt number `attempt` of `job`. Never panics on bad input; every failure becomes an
+    /// [`AttemptResult`].
+    ///
+    /// `cancel` stops the attempt at once: a read in progress is dropped, a write batch on the wire is let finish
+    /// (so no batch is half-sent), and no further batch starts. Once this returns, the attempt writes nothing
+    /// more; its delivery may then run elsewhere.
+    pub async fn run(&self, job: &Job, attempt: u32, cancel: &CancellationToken) -> Attempt {
+        let _in_flight = self.in_flight.enter();
+        let started = Instant::now();
+        // A client per job: its tally counts this job's requests only, however many jobs run beside it.
+        let mut tally = (0, 0);
+        let result = match self.settings.tenant(&job.tenant_id) {
+            None => Err(AttemptResult::Permanent {
+                reason: FailureReason::UnknownTenant,
+                error: format!(
+                    "tenant {} is not in this worker's configuration (check the worker's AUTOMATION_SYNCCONTACTS_* settings)",
+                    job.tenant_id
+                ),
+            }),
+            Some(tenant) => {
+                // The worker's own configuration may say dry run too (a tenant being onboarded): any source that
+                // says dry run wins, so a job saying otherwise writes nothing here either.
+                let forced;
+                let job = if tenant.dry_run && !job.dry_run {
+                    forced = Job {
+                        dry_run: true,
+                        ..job.clone()
+                    };
+                    &forced
+                } else {
+                    job
+                };
+                let client = self.graph.tenant(tenant);
+                // The attempt's write batches run as tasks of their own: a cancel drops the attempt at once
+                // (reads included) but never a batch half-sent; it is waited for below.
+                let writes = TaskTracker::new();
+                let work = async {
+                    self.trusted(tenant, &client, job).await?;
+                    match (&job.kind, job.cleanup) {
+                        (JobKind::Phase1 { central, .. }, Some(source)) => {
+                            self.cleanup_central(tenant, &client, job, source, central, &writes)
+                                .await
+                        }
+                        (JobKind::Phase2 { central, mailbox }, Some(source)) => {
+                            let central = central.as_ref();
+                            self.cleanup_mailbox(tenant, &client, job, source, central, mailbox, &writes)
+                                .await
+                        }
+                        (JobKind::Phase1 { central, sources }, None) => {
+                            self.phase1(tenant, &client, job, central, sources, &writes)
+                                .await
+                        }
+                        (JobKind::Phase2 { central, mailbox }, None) => {
+                            self.phase2(tenant, &client, job, central.as_ref(), mailbox, &writes)
+                                .await
+                        }
+                    }
+                };
+                let result = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Err(AttemptResult::Cancelled),
+                    result = work => result,
+                };
+                // Once this returns, nothing of this attempt is on the wire any more.
+                writes.close();
+                writes.wait().await;
+                tally = client.tally();
+                result
+            }
+        };
+        let (done, result) = match result {
+            Ok(done) => (done, AttemptResult::Done),
+            Err(failure) => (Done::default(), failure),
+        };
+        // The attempt's plan is gone: a large one's pages go back to the system (see `heap`).
+        let c = &done.counts;
+        if c.created + c.updated + c.deleted + c.skipped >= heap::LARGE {
+            heap::release_freed();
+        }
+        let report = Report {
+            schema: SCHEMA_VERSION,
+            job_id: job.job_id,
+            run_id: job.run_id,
+            tenant_id: job.tenant_id.clone(),
+            phase: job.phase(),
+            mailbox: job.mailbox().clone(),
+            attempt,
+            outcome: shared::message::Outcome::Succeeded,
+            counts: done.counts,
+            failed_writes: done.failed_writes,
+            source_failures: done.source_failures,
+            planned: done.planned,
+            graph: GraphCounts {
+                requests: tally.0,
+                throttled: tally.1,
+            },
+            cursors: done.cursors,
+            skipped: done.skipped,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            photos: done.photos,
+            finished_at: Utc::now(),
+        };
+        Attempt { report, result }
+    }
+
+    /// Refuses a job whose central mailbox or folder is not where this worker's configuration says, or that
+    /// names a mailbox the worker does not mirror (see [`crate::trust`]). Resolves the configured location and
+    /// the `TestUserList`'s users once per tenant, and again when a job does not match (the folder may have been
+    /// created since, a user may have joined).
+    async fn trusted(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        job: &Job,
+    ) -> Result<(), AttemptResult> {
+        let refuse = |error: String| {
+            warn!(%error, "refusing a job that does not match this worker's configuration");
+            AttemptResult::Permanent {
+                reason: FailureReason::UntrustedJob,
+                error,
+            }
+        };
+        if let Some(known) = self.locations.get(&tenant.tenant_id) {
+            if trust::check(job, tenant, &known).is_ok() {
+                return Ok(());
+            }
+        }
+        // No mirror, no shared mailbox to resolve: the job must name none.
+        let central = if tenant.distribution.mirror_enabled {
+            let doing = format!(
+                "resolving the central folder {:?} of {}",
+                tenant.mirror.central_folder_name, tenant.global_address_book_user_id
+            );
+            // Every worker process resolves it when its first job of the tenant starts: N at once in a fleet.
+            let _lease = self
+                .shared_mailbox_lease(&tenant.tenant_id, &tenant.global_address_book_user_id)
+                .await?;
+            let shared = client
+                .user(&tenant.global_address_book_user_id)
+                .await
+                .map_err(|e| classify(&e, &doing))?;
+            let folder = client
+                .find_top_level_folder(&shared.id, &tenant.mirror.central_folder_name)
+                .await
+                .map_err(|e| classify(&e, &doing))?;
+            Some(CentralLocation {
+                mailbox: shared.mailbox(),
+                folder_id: folder.map(|f| f.id),
+            })
+        } else {
+            None
+        };
+        let receivers = match &tenant.test_user_list {
+            None => Receivers::Everyone,
+            Some(list) => {
+                let licensed = client
+                    .licensed_users()
+                    .await
+                    .map_err(|e| classify(&e, "listing licensed users for the TestUserList"))?;
+                let candidates =
+                    test_users::candidates(licensed, tenant, central.as_ref().map(|c| &c.mailbox));
+                Receivers::Selected(test_users::select(&candidates, list))
+            }
+        };
+        let resolved = Resolved { central, receivers };
+        self.locations.put(&tenant.tenant_id, resolved.clone());
+        trust::check(job, tenant, &resolved).map_err(refuse)
+    }
+}
+
+/// The planning context of a job writing `owner`: the tenant's policy, with the deletion cap lifted when the run
+/// allows a mass deletion (`run --allow-mass-delete`).
+fn plan_context(tenant: &TenantSettings, job: &Job, owner: &Mailbox) -> PlanContext {
+    let mut options = tenant.mirror.clone();
+    if job.allow_mass_delete {
+        options.deletion.max_share = 1.0;
+    }
+    PlanContext {
+        tenant_id: job.tenant_id.clone(),
+        owner: owner.clone(),
+        options,
+        now: Utc::now(),
+        rebuild_central: false,
+    }
+}
+
+/// The dry-run lines of `plan`: only the items that would write, at most [`MAX_PLANNED_LINES`], then one line
+/// counting the ones left out (the counts stay exact in the report's `counts`).
+pub fn planned_lines(plan: &Plan) -> Vec<String> {
+    let mut writes = plan.items.iter().filter(|item| item.op.is_some());
+    let mut lines: Vec<String> = writes
+        .by_ref()
+        .take(MAX_PLANNED_LINES)
+        .map(|item| item.to_string())
+        .collect();
+    let more = writes.count();
+    if more > 0 {
+        lines.push(format!("… and {more} more planned writes not listed"));
+    }
+    lines
+}
+
+/// Maps a Graph error to retry-or-not, keeping the error's text and Graph's requested wait.
+pub fn classify(error: &GraphError, doing: &str) -> AttemptResult {
+    let text = format!("{doing}: {error}");
+    let permanent = |reason| AttemptResult::Permanent {
+        reason,
+        error: text.clone(),
+    };
+    match error.kind() {
+        ErrorKind::MailboxNotEnabled => permanent(FailureReason::NoMailbox),
+        ErrorKind::AccessDenied => permanent(FailureReason::AccessDenied),
+        ErrorKind::Auth(_) => permanent(FailureReason::Authentication),
+        // A wait beyond the longest retry level is that mailbox's failure, not a job parked for ever; as a
+        // permanent failure it also skips just that source in phase 1.
+        _ if error.is_transient() => match error.retry_after().unwrap_or(Duration::ZERO) {
+            wait if wait > MAX_RETRY_WAIT => AttemptResult::Permanent {
+                reason: FailureReason::ThrottledTooLong,
+                error: format!(
+                    "{text} (Graph asked to wait {} s, longer than the longest retry, {} s)",
+                    wait.as_secs(),
+                    MAX_RETRY_WAIT.as_secs()
+                ),
+            },
+            wait => AttemptResult::Transient { wait, error: text },
+        },
+        _ => permanent(FailureReason::GraphRejected),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::model::WriteOp;
+    use shared::sync::{ActionKind, PlanItem, Reason};
+
+    use super::phase1::source_failure;
+    use super::*;
+
+    fn item(index: usize, write: bool) -> PlanItem {
+        PlanItem {
+            op: write.then(|| WriteOp::Delete {
+                id: format!("id-{index}"),
+            }),
+            action: if write {
+                ActionKind::Delete
+            } else {
+                ActionKind::Skip
+            },
+            reason: if write {
+                Reason::NoLongerCentral
+            } else {
+                Reason::Unchanged
+            },
+            sync_id: None,
+            display_name: Some(format!("Person {index}").into()),
+            contact_id: Some(format!("id-{index}")),
+            source: None,
+            changed_fields: Vec::new(),
+        }
+    }
+
+    fn throttled(wait_secs: u64) -> GraphError {
+        GraphError::Throttled {
+            status: 429,
+            code: "TooManyRequests".into(),
+            message: "slow down".into(),
+            request_id: None,
+            retry_after: Some(Duration::from_secs(wait_secs)),
+        }
+    }
+
+    /// Failed before the fix: `Retry-After: 9999999999` became a transient failure retried in the longest retry
+    /// level again and again; a phase-1 source throttled like that held the whole tenant's merge back.
+    #[test]
+    fn a_wait_beyond_the_longest_retry_is_that_mailboxs_failure() {
+        match classify(
+            &throttled(9_999_999_999),
+            "reading contacts of a@contoso.com",
+        ) {
+            AttemptResult::Permanent { reason, error } => {
+                assert_eq!(reason, FailureReason::ThrottledTooLong);
+                assert!(error.contains("9999999999 s"), "{error}");
+            }
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+        let source = Mailbox {
+            id: "a".into(),
+            upn: "a@contoso.com".into(),
+        };
+        let skipped = source_failure(&source, &throttled(9_999_999_999)).expect("skipped alone");
+        assert_eq!(skipped.reason, FailureReason::ThrottledTooLong);
+        assert!(matches!(
+            classify(&throttled(30), "reading"),
+            AttemptResult::Transient { .. }
+        ));
+    }
+
+    /// Failed before the fix: a dry run reported every plan item, skips included, so a dry run of 1,000 users x
+    /// 5,000 contacts held millions of lines in memory and in one report.
+    #[test]
+    fn a_dry_run_lists_only_writes_capped_with_the_rest_counted() {
+        let mut items: Vec<PlanItem> = (0..5_000).map(|i| item(i, false)).collect();
+        items.extend((0..MAX_PLANNED_LINES + 7).map(|i| item(i, true)));
+        let lines = planned_lines(&Plan { items });
+        assert_eq!(lines.len(), MAX_PLANNED_LINES + 1);
+        assert!(lines[..MAX_PLANNED_LINES]
+            .iter()
+            .all(|line| line.starts_with("delete")));
+        assert_eq!(
+            lines[MAX_PLANNED_LINES],
+            "… and 7 more planned writes not listed"
+        );
+        let few = planned_lines(&Plan {
+            items: vec![item(1, false), item(2, true)],
+        });
+        assert_eq!(few.len(), 1, "{few:?}");
+    }
+}

@@ -1,0 +1,294 @@
+//! Phase 1: every source mailbox's contacts merged into the central folder, de-duplicated. Its own file because
+//! it is the one step that reads many mailboxes (16 at a time) and skips the merge when no feed changed.
+
+use std::collections::BTreeMap;
+
+use futures_util::stream::{self, StreamExt};
+use shared::config::TenantSettings;
+use shared::directory;
+use shared::feed::{self, Check, Cursors, FolderFeed, SourceCheck};
+use shared::graph::{FolderRef, GraphError, TenantClient};
+use shared::message::{CentralFolder, FailureReason, Job, SourceFailure};
+use shared::model::Mailbox;
+use shared::sync::photo::OriginPhoto;
+use shared::sync::{self, PlanContext, SourceMailbox, SyncId};
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::central::read_central;
+use super::folders::{advance_past_own_writes, check_feed, FeedCheck};
+use super::origin_photos::{central_photo_targets, origin_photo};
+use super::{classify, plan_context, Done, JobRunner};
+use crate::disposition::AttemptResult;
+use crate::heap;
+
+/// How many source mailboxes a phase-1 job reads at once (each has its own Graph budget).
+const SOURCE_READ_CONCURRENCY: usize = 16;
+
+/// A source mailbox as phase 1 read it: the contacts that can change the plan, and the origins it holds
+/// (`Photos` on; see `origin_photo`).
+type SourceRead = (SourceMailbox, Vec<(SyncId, OriginPhoto)>);
+
+impl JobRunner {
+    pub(super) async fn phase1(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        job: &Job,
+        central: &CentralFolder,
+        sources: &[Mailbox],
+        writes: &TaskTracker,
+    ) -> Result<Done, AttemptResult> {
+        let prior = &job.cursors;
+        let central_check = match &central.folder_id {
+            Some(id) => check_feed(
+                client,
+                &central.mailbox,
+                &FolderRef::Id(id.clone()),
+                prior.tracked,
+                prior.central.as_ref(),
+            )
+            .await
+            .map_err(|e| {
+                classify(
+                    &e,
+                    &format!("checking the central folder of {}", central.mailbox.upn),
+                )
+            })?,
+            None => FeedCheck {
+                check: Check::Unknown,
+                link: None,
+            },
+        };
+        let checks: Vec<(Mailbox, Result<FeedCheck, GraphError>)> =
+            stream::iter(sources.iter().cloned())
+                .map(|mailbox| async move {
+                    let feed = prior.mailboxes.get(&mailbox.id);
+                    let check =
+                        check_feed(client, &mailbox, &FolderRef::Default, prior.tracked, feed)
+                            .await;
+                    (mailbox, check)
+                })
+                .buffer_unordered(SOURCE_READ_CONCURRENCY)
+                .collect()
+                .await;
+        let mut readable = Vec::with_capacity(checks.len());
+        let mut source_checks = Vec::with_capacity(checks.len());
+        let mut source_failures = Vec::new();
+        let mut cursors = Cursors {
+            tracked: prior.tracked,
+            ..Cursors::default()
+        };
+        for (mailbox, check) in checks {
+            match check {
+                Ok(found) => {
+                    source_checks.push(SourceCheck::Read(found.check));
+                    if let Some(link) = found.link {
+                        // A source unchanged since it was last brought in line is still in line; phase 2 uses this.
+                        let in_line_with = (found.check == Check::Unchanged)
+                            .then(|| {
+                                prior
+                                    .mailboxes
+                                    .get(&mailbox.id)
+                                    .and_then(|f| f.in_line_with)
+                            })
+                            .flatten();
+                        cursors
+                            .mailboxes
+                            .insert(mailbox.id.clone(), FolderFeed { link, in_line_with });
+                    }
+                    readable.push(mailbox);
+                }
+                Err(error) => {
+                    let failure = source_failure(&mailbox, &error)?;
+                    source_checks.push(SourceCheck::Unreadable {
+                        had_feed: prior.mailboxes.contains_key(&mailbox.id),
+                    });
+                    source_failures.push(failure);
+                }
+            }
+        }
+        let previous = prior.central.as_ref().and_then(|f| f.in_line_with);
+        // A rebuild always reads: the feeds say nothing about a folder that was lost.
+        let skip = if job.rebuild_central {
+            None
+        } else {
+            feed::phase1_skip(central_check.check, previous, &source_checks)
+        };
+        if let Some(generation) = skip {
+            debug!(mailbox = %central.mailbox.upn, sources = readable.len(), "nothing changed since the last run");
+            cursors.central = central_check.link.map(|link| FolderFeed {
+                link,
+                in_line_with: Some(generation),
+            });
+            return Ok(Done {
+                source_failures,
+                cursors,
+                skipped: true,
+                ..Done::default()
+            });
+        }
+
+        let central_contacts = read_central(client, central).await?;
+        // Held from here until the plan is made (see `planning_budget`).
+        let planning = self.planning.take(central_contacts.len()).await;
+        let ctx = PlanContext {
+            rebuild_central: job.rebuild_central,
+            ..plan_context(tenant, job, &central.mailbox)
+        };
+        // Each source keeps only what can change the plan, judged page by page as it is read (issue 10, scenario
+        // 10): a mailbox of distributed copies is never held whole.
+        let central_keys = sync::CentralKeys::new(&ctx, &central_contacts);
+        let (keys, ctx_ref) = (&central_keys, &ctx);
+        // With `Photos` on, each person's origin (the user's own contact its sync id is derived from) is noted as
+        // it goes by, inert or not: a photo-only change leaves its data equal to the central person's.
+        let photos_on = tenant.photos;
+        let reads: Vec<(Mailbox, Result<SourceRead, GraphError>)> = stream::iter(readable)
+            .map(|mailbox| async move {
+                let mut origins = Vec::new();
+                let read = client
+                    .list_contacts_where(&mailbox.id, &FolderRef::Default, |contact| {
+                        if photos_on {
+                            if let Some(origin) = origin_photo(ctx_ref, keys, &mailbox, contact) {
+                                origins.push(origin);
+                            }
+                        }
+                        !keys.is_inert(ctx_ref, &mailbox, contact)
+                    })
+                    .await
+                    .map(|contacts| SourceMailbox {
+                        mailbox: mailbox.clone(),
+                        contacts,
+                    });
+                (mailbox, read.map(|source| (source, origins)))
+            })
+            .buffer_unordered(SOURCE_READ_CONCURRENCY)
+            .collect()
+            .await;
+        let mut source_mailboxes = Vec::with_capacity(reads.len());
+        let mut origins: BTreeMap<SyncId, OriginPhoto> = BTreeMap::new();
+        for (mailbox, read) in reads {
+            match read {
+                Ok((source, seen)) => {
+                    source_mailboxes.push(source);
+                    origins.extend(seen);
+                }
+                Err(error) => {
+                    cursors.mailboxes.remove(&mailbox.id);
+                    source_failures.push(source_failure(&mailbox, &error)?);
+                }
+            }
+        }
+        drop(central_keys);
+        source_mailboxes.sort_by(|a, b| a.mailbox.id.cmp(&b.mailbox.id));
+        if job.rebuild_central && tenant.distribution.receives_directory() {
+            // A rebuild publishes stamped copies; the directory's copies (any source tenant's) are not mirrored
+            // persons.
+            for persons in self.received_directory(tenant, client, job).await? {
+                for source in &mut source_mailboxes {
+                    directory::drop_directory_copies(&mut source.contacts, &persons.persons);
+                }
+            }
+        }
+        let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
+        // What the central photo step needs of the folder as read: the persons whose origin was read.
+        let central_photos = central_photo_targets(&ctx, &central_contacts, &origins);
+        // The plan holds what the writes need: what was read goes before the (long) writing starts, and the
+        // planning units are kept for the writes' share only (see `apply`).
+        let large = central_contacts.len().max(plan.items.len()) >= heap::LARGE;
+        drop((source_mailboxes, central_contacts));
+        if large {
+            heap::release_freed();
+        }
+        let folder = match &central.folder_id {
+            Some(id) => FolderRef::Id(id.clone()),
+            None if job.dry_run => FolderRef::Default,
+            None => {
+                return Err(AttemptResult::Permanent {
+                    reason: FailureReason::MalformedJob,
+                    error: "phase-1 job without a central folder id outside a dry run".into(),
+                })
+            }
+        };
+        // The central photo step names the persons this plan creates with a photo; the plan goes to `apply`.
+        let created_names: BTreeMap<String, String> = if tenant.photos && !job.dry_run {
+            plan.items
+                .iter()
+                .filter_map(|item| {
+                    let sync_id = item.sync_id.as_ref()?;
+                    origins.contains_key(&SyncId::parse(sync_id)?).then(|| {
+                        let name = item.display_name.as_deref().unwrap_or_default();
+                        (sync_id.clone(), name.to_owned())
+                    })
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let mut done = self
+            .apply(
+                client,
+                job,
+                &central.mailbox,
+                &folder,
+                plan,
+                planning,
+                tenant.photos,
+                writes,
+            )
+            .await?;
+        let mut changed = done.written.len() + done.deleted.len();
+        if tenant.photos && !job.dry_run {
+            let photos = self
+                .apply_central_photos(
+                    client,
+                    &central.mailbox,
+                    &folder,
+                    central_photos,
+                    &created_names,
+                    &origins,
+                    &done,
+                    writes,
+                )
+                .await?;
+            // Only a photo put or removed changes what phase 2 copies; a recorded change key alone does not.
+            changed +=
+                usize::try_from(photos.photos.sent + photos.photos.removed).unwrap_or(usize::MAX);
+            done.failed_writes += photos.failed_writes;
+            done.written.extend(photos.written);
+            done.photos = photos.photos;
+        }
+        if let Some(link) = central_check.link {
+            let writes = changed;
+            let generation = feed::next_generation(central_check.check, previous, writes);
+            let link = advance_past_own_writes(client, &central.mailbox, link, &done).await;
+            cursors.central = Some(FolderFeed {
+                link,
+                // A refused write leaves the folder short of the plan: read it all again next time.
+                in_line_with: (done.failed_writes == 0).then_some(generation),
+            });
+        }
+        done.source_failures = source_failures;
+        done.cursors = cursors;
+        Ok(done)
+    }
+}
+
+/// A source mailbox that cannot be read: a permanent failure of that source alone, or a transient one that
+/// retries the whole job (a source missing from the merge would unpublish its contacts).
+pub(super) fn source_failure(
+    mailbox: &Mailbox,
+    error: &GraphError,
+) -> Result<SourceFailure, AttemptResult> {
+    match classify(error, &format!("reading contacts of {}", mailbox.upn)) {
+        AttemptResult::Permanent { reason, error } => {
+            debug!(mailbox = %mailbox.upn, %reason, %error, "source mailbox skipped");
+            Ok(SourceFailure {
+                mailbox: mailbox.clone(),
+                reason,
+                error,
+            })
+        }
+        transient => Err(transient),
+    }
+}

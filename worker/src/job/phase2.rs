@@ -1,0 +1,259 @@
+//! Phase 2: one receiving mailbox brought in line with its sources (the central folder, the directories it
+//! receives), skipped when its feed shows no change since it was last in line; a changed `TargetFolder` moves the
+//! managed copies. Its own file because it decides what the mailbox is planned against and in which folder.
+
+use chrono::Utc;
+use shared::config::{TargetFolder, TenantSettings};
+use shared::directory::{self, DirectoryPerson};
+use shared::feed::{self, Cursors, DeltaLink, FolderFeed};
+use shared::graph::TenantClient;
+use shared::message::{CentralFolder, FailureReason, FolderChoice, Job};
+use shared::model::{Contact, Mailbox};
+use shared::sync::{self, PreparedCentral};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
+
+use super::directory::joined_persons;
+use super::folders::{advance_past_own_writes, check_kept, find_folder};
+use super::photos::PhotoSources;
+use super::{classify, plan_context, Done, JobRunner};
+use crate::disposition::AttemptResult;
+use crate::planning_budget::Planning;
+
+impl JobRunner {
+    pub(super) async fn phase2(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        job: &Job,
+        central: Option<&CentralFolder>,
+        mailbox: &Mailbox,
+        writes: &TaskTracker,
+    ) -> Result<Done, AttemptResult> {
+        let directory_on = tenant.distribution.receives_directory();
+        let mirror = central.is_some();
+        let named_folder = !matches!(
+            tenant.distribution.target_folder,
+            TargetFolder::DefaultContacts
+        );
+        let moving = job
+            .move_from
+            .as_ref()
+            .filter(|from| **from != FolderChoice::from(&tenant.distribution.target_folder));
+        // The kept feeds follow the default Contacts folder, which phase 1 checks, or, without the mirror, the
+        // target folder itself, which this job checks. A mirror tenant writing into another folder has no feed for
+        // it, and a pending move reads both folders: the mailbox is read in full.
+        let feeds_apply = job.cursors.tracked && (!named_folder || !mirror) && moving.is_none();
+        // What the mailbox must have been brought in line with to be skipped: the central generation and/or the
+        // directory's content, as the producer found them in this run (none with `FromTenants`: never skipped).
+        let in_line_before = feed::phase2_sources(
+            mirror,
+            job.cursors.central_generation,
+            directory_on,
+            job.cursors.directory_generation,
+        );
+        let kept = |link: DeltaLink, in_line_with| Cursors {
+            tracked: true,
+            mailboxes: [(mailbox.id.clone(), FolderFeed { link, in_line_with })].into(),
+            ..Cursors::default()
+        };
+        let prior = job
+            .cursors
+            .mailboxes
+            .get(&mailbox.id)
+            .filter(|_| feeds_apply);
+        // Phase 1 of this run checked the default folder, clearing `in_line_with` on any change; without the
+        // mirror nobody did, so the job checks it now (one request when nothing changed).
+        let prior = match (mirror, prior) {
+            (false, Some(prior)) => check_kept(client, mailbox, prior).await?,
+            (_, prior) => prior.cloned(),
+        };
+        if let Some(prior) = prior
+            .as_ref()
+            .filter(|p| feed::phase2_skip(in_line_before, p))
+        {
+            debug!(mailbox = %mailbox.upn, "in line with its sources and unchanged since the last run");
+            return Ok(Done {
+                cursors: kept(prior.link.clone(), in_line_before),
+                skipped: true,
+                ..Done::default()
+            });
+        }
+        // The folder and its feed come first: a mailbox that cannot be reached fails before anything is loaded
+        // for it. `None`: a dry run before the named folder exists (it is empty, so everything would be created).
+        let current = FolderChoice::from(&tenant.distribution.target_folder);
+        let folder = find_folder(client, job, mailbox, &current, !job.dry_run).await?;
+        // The feed's link comes before the read: a change after the read is after the link.
+        let link = match (prior, &folder) {
+            (Some(prior), _) => Some(prior.link),
+            (None, Some(folder)) if feeds_apply => Some(
+                client
+                    .delta_start(&mailbox.id, folder)
+                    .await
+                    .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?
+                    .link,
+            ),
+            (None, _) => None,
+        };
+        let central_contacts = self.central_contacts(tenant, client, job, central).await?;
+        // Without the directory the cached central folder, prepared once, is planned against as it is (no copy per
+        // job); with it, the combined list is prepared for this mailbox.
+        let combined;
+        let mut directory_generation = None;
+        let mut photo_lists = Vec::new();
+        let sources: &PreparedCentral = if directory_on {
+            let lists = self.received_directory(tenant, client, job).await?;
+            if tenant.photos {
+                photo_lists.clone_from(&lists);
+            }
+            // One source is planned against as cached; several are put in one list (each source's persons once).
+            // Only the tenant's own directory alone has a generation the producer offers (see `prepare`).
+            let joined: Vec<DirectoryPerson>;
+            let persons: &[DirectoryPerson] = match lists.as_slice() {
+                [one] => {
+                    if tenant.distribution.directory.from_tenants.is_empty() {
+                        directory_generation = Some(one.generation);
+                    }
+                    &one.persons
+                }
+                _ => {
+                    joined = joined_persons(&lists);
+                    &joined
+                }
+            };
+            combined = PreparedCentral::new(directory::combine(
+                mailbox,
+                central_contacts.contacts(),
+                persons,
+                Utc::now(),
+            ));
+            &combined
+        } else {
+            &central_contacts
+        };
+        // Held from before the mailbox is read until its plan is made (see `planning_budget`).
+        let planning = self.planning.take(sources.contacts().len()).await;
+        // The previous folder's contacts are read before anything is written: the new copies carry over what
+        // users added to the old ones.
+        let old = match moving {
+            Some(from) => {
+                find_folder(client, job, mailbox, from, false)
+                    .await?
+                    .map(|folder| async move {
+                        let contacts =
+                            client
+                                .list_contacts(&mailbox.id, &folder)
+                                .await
+                                .map_err(|e| {
+                                    classify(&e, &format!("reading contacts of {}", mailbox.upn))
+                                })?;
+                        Ok::<_, AttemptResult>((folder, contacts))
+                    })
+            }
+            None => None,
+        };
+        let old = match old {
+            Some(read) => Some(read.await?),
+            None => None,
+        };
+        // What this job brings the mailbox in line with: the sources it planned against.
+        let in_line = feed::phase2_sources(
+            mirror,
+            job.cursors.central_generation,
+            directory_on,
+            directory_generation,
+        );
+        let target = match &folder {
+            Some(folder) => client
+                .list_contacts(&mailbox.id, folder)
+                .await
+                .map_err(|e| classify(&e, &format!("reading contacts of {}", mailbox.upn)))?,
+            // A dry run before the folder exists: it is empty, so everything would be created.
+            None => Vec::new(),
+        };
+        let old_contacts = old.as_ref().map(|(_, contacts)| contacts.as_slice());
+        // The photos step needs the copies as read (their photo hashes) after the plan has dropped the folder:
+        // with `Photos` on, the contacts carrying a sync id are kept for it.
+        let photo_targets: Vec<Contact> = if !tenant.photos {
+            Vec::new()
+        } else {
+            target
+                .iter()
+                .filter(|c| c.sync_id_property.is_some())
+                .cloned()
+                .collect()
+        };
+        let mut done = self
+            .plan_and_apply(
+                tenant,
+                client,
+                job,
+                sources,
+                mailbox,
+                folder.as_ref(),
+                target,
+                old_contacts,
+                planning,
+                writes,
+            )
+            .await?;
+        // Photos (`Photos` on) once the copies exist; a dry run writes none.
+        let photo_folder = folder.as_ref().filter(|_| tenant.photos && !job.dry_run);
+        if let Some(folder) = photo_folder {
+            let photos = self
+                .apply_photos(
+                    tenant,
+                    client,
+                    job,
+                    mailbox,
+                    folder,
+                    &photo_targets,
+                    &done,
+                    PhotoSources {
+                        lists: &photo_lists,
+                        central: central.map(|c| (c, sources)),
+                    },
+                    writes,
+                )
+                .await?;
+            done.failed_writes += photos.failed_writes;
+            done.written.extend(photos.written);
+            done.photos = photos.photos;
+        }
+        if let Some((old_folder, old_contacts)) = &old {
+            let ctx = plan_context(tenant, job, mailbox);
+            let out = sync::plan_move_out(
+                &ctx,
+                mailbox,
+                old_contacts,
+                &done.created,
+                sources.contacts(),
+            )
+            .map_err(|refusal| AttemptResult::Permanent {
+                reason: FailureReason::DeletionCapExceeded,
+                error: refusal.to_string(),
+            })?;
+            let moved = self
+                .apply(
+                    client,
+                    job,
+                    mailbox,
+                    old_folder,
+                    out,
+                    Planning::none(),
+                    false,
+                    writes,
+                )
+                .await?;
+            info!(mailbox = %mailbox.upn, from = %moving.map(ToString::to_string).unwrap_or_default(),
+                  deleted = moved.counts.deleted, "managed copies moved to the target folder");
+            done.absorb(moved);
+        }
+        if let Some(link) = link {
+            let link = advance_past_own_writes(client, mailbox, link, &done).await;
+            let in_line_with = in_line.filter(|_| done.failed_writes == 0);
+            done.cursors = kept(link, in_line_with);
+        }
+        Ok(done)
+    }
+}
