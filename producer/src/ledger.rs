@@ -96,11 +96,8 @@ impl RunLedger {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use shared::feed::Cursors;
-    use shared::message::{CentralFolder, GraphCounts, JobKind, Outcome, SCHEMA_VERSION};
+    use shared::message::{CentralFolder, JobKind, Outcome};
     use shared::model::Mailbox;
-    use shared::sync::PlanCounts;
 
     use super::*;
 
@@ -125,24 +122,8 @@ mod tests {
 
     fn report(job: &Job, attempt: u32, outcome: Outcome) -> Report {
         Report {
-            schema: SCHEMA_VERSION,
-            job_id: job.job_id,
-            run_id: job.run_id,
-            tenant_id: job.tenant_id.clone(),
-            phase: job.phase(),
-            mailbox: job.mailbox().clone(),
-            attempt,
-            outcome,
-            counts: PlanCounts::default(),
-            failed_writes: 0,
-            source_failures: vec![],
-            planned: vec![],
-            graph: GraphCounts::default(),
-            cursors: Cursors::default(),
-            skipped: false,
             duration_ms: 1,
-            photos: Default::default(),
-            finished_at: Utc::now(),
+            ..Report::of(job, attempt, outcome)
         }
     }
 

@@ -307,9 +307,8 @@ impl<D: Dispatch> Dispatch for Tracked<'_, D> {
 
 #[cfg(test)]
 mod tests {
-    use shared::message::{CentralFolder, FailureReason, GraphCounts, SourceFailure};
+    use shared::message::{CentralFolder, FailureReason, SourceFailure};
     use shared::model::Mailbox;
-    use shared::sync::PlanCounts;
 
     use super::*;
 
@@ -371,24 +370,8 @@ mod tests {
 
     fn report(job: &Job, outcome: Outcome) -> Report {
         Report {
-            schema: shared::message::SCHEMA_VERSION,
-            job_id: job.job_id,
-            run_id: job.run_id,
-            tenant_id: job.tenant_id.clone(),
-            phase: job.phase(),
-            mailbox: job.mailbox().clone(),
-            attempt: 1,
-            outcome,
-            counts: PlanCounts::default(),
-            failed_writes: 0,
-            source_failures: Vec::new(),
-            planned: Vec::new(),
-            graph: GraphCounts::default(),
-            cursors: Default::default(),
-            skipped: false,
             duration_ms: 1,
-            photos: Default::default(),
-            finished_at: Utc::now(),
+            ..Report::of(job, 1, outcome)
         }
     }
 

@@ -425,6 +425,31 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of `job`'s attempt `attempt` that ended with `outcome`, with nothing counted yet: the one place
+    /// a report takes its job's identity (ids, tenant, phase, mailbox).
+    pub fn of(job: &Job, attempt: u32, outcome: Outcome) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            job_id: job.job_id,
+            run_id: job.run_id,
+            tenant_id: job.tenant_id.clone(),
+            phase: job.phase(),
+            mailbox: job.mailbox().clone(),
+            attempt,
+            outcome,
+            counts: PlanCounts::default(),
+            failed_writes: 0,
+            source_failures: Vec::new(),
+            planned: Vec::new(),
+            graph: GraphCounts::default(),
+            cursors: Cursors::default(),
+            skipped: false,
+            photos: PhotoReport::default(),
+            duration_ms: 0,
+            finished_at: Utc::now(),
+        }
+    }
+
     /// Serialises the report for the wire.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
@@ -566,29 +591,14 @@ mod tests {
     #[test]
     fn report_routing_keys_name_phase_and_outcome() {
         let job = phase2_job(Uuid::now_v7());
-        let report = Report {
-            schema: SCHEMA_VERSION,
-            job_id: job.job_id,
-            run_id: job.run_id,
-            tenant_id: job.tenant_id.clone(),
-            phase: job.phase(),
-            mailbox: job.mailbox().clone(),
-            attempt: 1,
-            outcome: Outcome::Failed {
+        let report = Report::of(
+            &job,
+            1,
+            Outcome::Failed {
                 reason: FailureReason::NoMailbox,
                 error: "404".into(),
             },
-            counts: PlanCounts::default(),
-            failed_writes: 0,
-            source_failures: vec![],
-            planned: vec![],
-            graph: GraphCounts::default(),
-            cursors: Cursors::default(),
-            skipped: false,
-            duration_ms: 5,
-            photos: Default::default(),
-            finished_at: Utc::now(),
-        };
+        );
         assert_eq!(report.routing_key(), "report.phase2.failed");
         let parsed = Report::from_json(&report.to_json()).expect("parse");
         assert_eq!(parsed, report);

@@ -183,23 +183,7 @@ async fn reports_go_to_the_runs_own_queue_and_only_inside_the_prefix() {
 
 fn report_of(job: &Job) -> shared::message::Report {
     shared::message::Report {
-        schema: shared::message::SCHEMA_VERSION,
-        job_id: job.job_id,
-        run_id: job.run_id,
-        tenant_id: job.tenant_id.clone(),
-        phase: job.phase(),
-        mailbox: job.mailbox().clone(),
-        attempt: 1,
-        outcome: shared::message::Outcome::Succeeded,
-        counts: Default::default(),
-        failed_writes: 0,
-        source_failures: vec![],
-        planned: vec![],
-        graph: Default::default(),
-        cursors: Default::default(),
-        skipped: false,
         duration_ms: 1,
-        photos: Default::default(),
-        finished_at: chrono::Utc::now(),
+        ..shared::message::Report::of(job, 1, shared::message::Outcome::Succeeded)
     }
 }

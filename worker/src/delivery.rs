@@ -194,11 +194,8 @@ async fn settle<D: Delivery>(delivery: D, published: Result<(), DeliveryError>) 
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use chrono::Utc;
-    use shared::feed::Cursors;
-    use shared::message::{CentralFolder, GraphCounts, JobKind, Outcome, SCHEMA_VERSION};
+    use shared::message::{CentralFolder, JobKind, Outcome};
     use shared::model::Mailbox;
-    use shared::sync::PlanCounts;
     use uuid::Uuid;
 
     use super::*;
@@ -335,26 +332,7 @@ mod tests {
                 token.cancel();
             }
             Attempt {
-                report: Report {
-                    schema: SCHEMA_VERSION,
-                    job_id: job.job_id,
-                    run_id: job.run_id,
-                    tenant_id: job.tenant_id.clone(),
-                    phase: job.phase(),
-                    mailbox: job.mailbox().clone(),
-                    attempt,
-                    outcome: Outcome::Succeeded,
-                    counts: PlanCounts::default(),
-                    failed_writes: 0,
-                    source_failures: vec![],
-                    planned: vec![],
-                    graph: GraphCounts::default(),
-                    cursors: Cursors::default(),
-                    skipped: false,
-                    duration_ms: 0,
-                    photos: Default::default(),
-                    finished_at: Utc::now(),
-                },
+                report: Report::of(job, attempt, Outcome::Succeeded),
                 result: self.result.clone(),
             }
         }

@@ -26,7 +26,7 @@ use shared::config::{Settings, TenantSettings};
 use shared::feed::{Cursors, Written};
 use shared::graph::{ErrorKind, GraphClient, GraphError, TenantClient};
 use shared::message::{
-    FailureReason, GraphCounts, Job, JobKind, PhotoReport, Report, SourceFailure, SCHEMA_VERSION,
+    FailureReason, GraphCounts, Job, JobKind, PhotoReport, Report, SourceFailure,
 };
 use shared::model::Mailbox;
 use shared::sync::{Plan, PlanContext, PlanCounts, SyncId};
@@ -238,14 +238,6 @@ impl JobRunner {
             heap::release_freed();
         }
         let report = Report {
-            schema: SCHEMA_VERSION,
-            job_id: job.job_id,
-            run_id: job.run_id,
-            tenant_id: job.tenant_id.clone(),
-            phase: job.phase(),
-            mailbox: job.mailbox().clone(),
-            attempt,
-            outcome: shared::message::Outcome::Succeeded,
             counts: done.counts,
             failed_writes: done.failed_writes,
             source_failures: done.source_failures,
@@ -258,7 +250,7 @@ impl JobRunner {
             skipped: done.skipped,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             photos: done.photos,
-            finished_at: Utc::now(),
+            ..Report::of(job, attempt, shared::message::Outcome::Succeeded)
         };
         Attempt { report, result }
     }
