@@ -75,7 +75,10 @@ impl Mode {
     pub fn label(&self) -> String {
         let (processes, producer) = match self {
             Mode::Embedded { workers } => return format!("embedded x{workers}"),
-            Mode::Broker { processes, producer } => (*processes, *producer),
+            Mode::Broker {
+                processes,
+                producer,
+            } => (*processes, *producer),
         };
         let fleet = if processes == 1 {
             "broker, 1 process".to_owned()

@@ -792,16 +792,7 @@ async fn throughput(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         "throughput",
         "throughput: initial sync, latency 0, no budget",
     );
-    rows.push(
-        measure(
-            &quick,
-            &estate,
-            Budget::Unlimited,
-            Mode::broker(1),
-            run,
-        )
-        .await?,
-    );
+    rows.push(measure(&quick, &estate, Budget::Unlimited, Mode::broker(1), run).await?);
     Ok(())
 }
 
@@ -883,7 +874,16 @@ async fn slice(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         "slice of a 10,000-user tenant: {} users, {}-person central set: initial sync",
         cli.slice_users, cli.slice_central_contacts
     );
-    rows.push(measure(&ctx.with_latency(latency), &estate, budget, mode, first("slice", &name)).await?);
+    rows.push(
+        measure(
+            &ctx.with_latency(latency),
+            &estate,
+            budget,
+            mode,
+            first("slice", &name),
+        )
+        .await?,
+    );
     Ok(())
 }
 
@@ -1266,7 +1266,11 @@ fn print_and_write(
         );
         println!("{}", report::scale_table(&msp_rows));
     }
-    let slice_rows: Vec<Row> = rows.iter().filter(|r| r.group == "slice").cloned().collect();
+    let slice_rows: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.group == "slice")
+        .cloned()
+        .collect();
     if !slice_rows.is_empty() {
         println!("\nIssue 13's slice of the largest customer (the producer as its own process):\n");
         println!("{}", report::slice_table(&slice_rows));

@@ -250,7 +250,9 @@ mod tests {
     #[test]
     fn a_notification_url_never_goes_on_a_command_line() {
         let mut args = RunArgs::embedded_default();
-        args.notify.notify_url = Some(shared::secret::Secret::new("https://hooks.example/secret-token"));
+        args.notify.notify_url = Some(shared::secret::Secret::new(
+            "https://hooks.example/secret-token",
+        ));
         let error = command_line(&args).expect_err("refused");
         assert!(!format!("{error:#}").contains("secret-token"));
     }
