@@ -155,7 +155,7 @@ async fn together_and_apart(
         together.prepared_secs = Some(prepared);
         rows.push(together);
     }
-    if let Mode::Broker { processes } = mode {
+    if let Mode::Broker { processes, .. } = mode {
         let apart = seeded(shape, budget, latency).await?;
         let pool = Pool::start(&apart, budget, processes, opts, "fair").await?;
         let measured = separate_runs(&apart, &pool, budget, tenant_jobs).await;
@@ -225,7 +225,7 @@ where
             })
             .await
         }
-        Mode::Broker { processes } => {
+        Mode::Broker { processes, .. } => {
             let pool = Pool::start(estate, budget, processes, opts, "fair").await?;
             let result = body(pool.args(estate)).await;
             pool.stop().await?;

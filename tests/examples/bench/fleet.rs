@@ -1,6 +1,6 @@
 //! Running one real sync: embedded (`producer::run::execute` with in-process workers) or on RabbitMQ with real
-//! `contactmirror-worker` processes, measuring wall time, CPU and memory, and leaving no process or queue
-//! behind.
+//! `contactmirror-worker` processes, the producer in the bench process or as its own `contactmirror-producer`
+//! process (`producer_process.rs`), measuring wall time, CPU and memory, and leaving no process or queue behind.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ use shared::mq::Topology;
 use crate::estate::Estate;
 use crate::figures::Budget;
 use crate::probe::{self, PhaseMark, Usage};
+use crate::producer_process;
 
 /// Where the jobs run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,16 +34,60 @@ pub enum Mode {
     Broker {
         /// Processes.
         processes: usize,
+        /// Where the producer runs.
+        producer: ProducerAt,
     },
 }
 
+/// Where a broker run's producer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ProducerAt {
+    /// `producer::run::execute` in the bench process, beside graphsim: its peak RSS includes graphsim's estate.
+    Bench,
+    /// The `contactmirror-producer` binary as its own process: its peak RSS is its own (issue 13).
+    Process,
+}
+
 impl Mode {
+    /// RabbitMQ with `processes` workers and the producer in the bench process (every group but `msp` and
+    /// `slice`, so their rows stay comparable with earlier runs).
+    pub fn broker(processes: usize) -> Self {
+        Mode::Broker {
+            processes,
+            producer: ProducerAt::Bench,
+        }
+    }
+
+    /// The same mode with a broker run's producer as its own process; embedded stays as it is (its producer and
+    /// workers are one process by definition).
+    pub fn with_producer_process(self) -> Self {
+        match self {
+            Mode::Broker { processes, .. } => Mode::Broker {
+                processes,
+                producer: ProducerAt::Process,
+            },
+            embedded => embedded,
+        }
+    }
+
     /// Short label for tables.
     pub fn label(&self) -> String {
-        match self {
-            Mode::Embedded { workers } => format!("embedded x{workers}"),
-            Mode::Broker { processes: 1 } => "broker, 1 process".to_owned(),
-            Mode::Broker { processes } => format!("broker, {processes} processes"),
+        let (processes, producer) = match self {
+            Mode::Embedded { workers } => return format!("embedded x{workers}"),
+            Mode::Broker {
+                processes,
+                producer,
+            } => (*processes, *producer),
+        };
+        let fleet = if processes == 1 {
+            "broker, 1 process".to_owned()
+        } else {
+            format!("broker, {processes} processes")
+        };
+        match producer {
+            ProducerAt::Bench => fleet,
+            ProducerAt::Process => format!("{fleet}, producer process"),
         }
     }
 }
@@ -58,6 +103,8 @@ pub struct FleetOptions {
     pub management_auth: (String, String),
     /// The `contactmirror-worker` executable.
     pub worker_bin: PathBuf,
+    /// The `contactmirror-producer` executable (for [`ProducerAt::Process`]).
+    pub producer_bin: PathBuf,
     /// Jobs each worker process runs at once.
     pub worker_concurrency: u16,
     /// RUST_LOG of the worker processes.
@@ -90,10 +137,12 @@ pub struct Synced {
     pub stats: SimStats,
     /// Phase-2 start per tenant.
     pub marks: HashMap<String, PhaseMark>,
-    /// The bench process (producer, embedded workers) minus graphsim's threads: CPU over the run, peak RSS
-    /// (graphsim's state included: it lives in this process).
+    /// In the bench process: the bench process (producer, embedded workers) minus graphsim's threads, CPU over
+    /// the run and peak RSS (graphsim's state included: it lives in this process). As its own process: the
+    /// producer process's CPU over its life and its own peak RSS.
     pub producer: Usage,
-    /// RSS of the bench process just before the run (mostly graphsim's estate), MiB.
+    /// RSS of the bench process just before the run (mostly graphsim's estate), MiB; 0 for a producer process
+    /// (its peak is all its own).
     pub baseline_rss_mib: f64,
     /// graphsim's CPU seconds over the run.
     pub sim_cpu_secs: f64,
@@ -118,12 +167,22 @@ pub async fn sync(
                 state_dir: Some(estate.state_dir.clone()),
                 ..RunArgs::embedded_default()
             };
-            measured(estate, settings, &args, &mut []).await
+            measured(estate, Producer::Bench(settings), &args, &mut []).await
         }
-        Mode::Broker { processes } => {
+        Mode::Broker {
+            processes,
+            producer,
+        } => {
             let mut pool = Pool::start(estate, budget, processes, opts, label).await?;
             let args = pool.args(estate);
-            let result = measured(estate, settings, &args, &mut pool.workers).await;
+            let producer = match producer {
+                ProducerAt::Bench => Producer::Bench(settings),
+                ProducerAt::Process => Producer::Process {
+                    bin: &opts.producer_bin,
+                    log: opts.scratch.join(format!("{}-producer.log", pool.prefix)),
+                },
+            };
+            let result = measured(estate, producer, &args, &mut pool.workers).await;
             let stopped = pool.stop().await;
             let mut synced = result?;
             for (slot, usage) in synced.workers.iter_mut().zip(stopped?) {
@@ -139,6 +198,8 @@ pub async fn sync(
 pub struct Pool {
     workers: Vec<WorkerProcess>,
     prefix: String,
+    /// The configuration document the workers (and a producer process) read.
+    config: PathBuf,
     opts: FleetOptions,
 }
 
@@ -155,18 +216,19 @@ impl Pool {
             "bench-{}-{label}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        let config = opts.scratch.join(format!("{prefix}.json"));
         let mut pool = Self {
             workers: Vec::new(),
             prefix,
+            config,
             opts: opts.clone(),
         };
-        let config = opts.scratch.join(format!("{}.json", pool.prefix));
         let started = async {
-            std::fs::write(&config, estate.config_json(budget).to_string())
-                .with_context(|| format!("writing {}", config.display()))?;
+            std::fs::write(&pool.config, estate.config_json(budget).to_string())
+                .with_context(|| format!("writing {}", pool.config.display()))?;
             for n in 0..processes {
                 pool.workers
-                    .push(WorkerProcess::start(opts, &config, &pool.prefix, n)?);
+                    .push(WorkerProcess::start(opts, &pool.config, &pool.prefix, n)?);
             }
             for w in &mut pool.workers {
                 w.wait_ready(Duration::from_secs(30)).await?;
@@ -183,9 +245,18 @@ impl Pool {
         }
     }
 
-    /// `run` arguments for a producer on this pool's queues, keeping `estate`'s state.
+    /// `run` arguments for a producer on this pool's queues, keeping `estate`'s state: the one description of a
+    /// broker run. A producer in the bench process is given the settings of the same document the configuration
+    /// file holds (`Estate::settings`, `Estate::config_json`) and writes no report file; a producer process reads
+    /// the file and writes the report there ([`crate::producer_process::command_line`]).
     pub fn args(&self, estate: &Estate) -> RunArgs {
         RunArgs {
+            config: Some(self.config.clone()),
+            report: Some(
+                self.opts
+                    .scratch
+                    .join(format!("{}-report.json", self.prefix)),
+            ),
             amqp_url: Some(self.opts.amqp_url.clone()),
             queue_prefix: self.prefix.clone(),
             idle_timeout_secs: self.opts.idle_timeout_secs,
@@ -208,10 +279,18 @@ impl Pool {
     }
 }
 
-/// Runs `execute` with every figure around it; `workers` are sampled at the start and the end.
+/// Where [`measured`] runs the producer.
+enum Producer<'a> {
+    /// `producer::run::execute` in the bench process, with these settings.
+    Bench(&'a Settings),
+    /// `contactmirror-producer run` as its own process, its log in `log`.
+    Process { bin: &'a Path, log: PathBuf },
+}
+
+/// Runs the producer with every figure around it; `workers` are sampled at the start and the end.
 async fn measured(
     estate: &Estate,
-    settings: &Settings,
+    producer: Producer<'_>,
     args: &RunArgs,
     workers: &mut [WorkerProcess],
 ) -> Result<Synced> {
@@ -224,7 +303,13 @@ async fn measured(
     let sim_start = probe::threads_cpu(&estate.host.threads)?;
     probe::watch_phases(sim);
     let started = Instant::now();
-    let report = producer::run::execute(settings, args).await;
+    let (report, own) = match producer {
+        Producer::Bench(settings) => (producer::run::execute(settings, args).await, None),
+        Producer::Process { bin, log } => match producer_process::run(bin, args, &log).await {
+            Ok(run) => (Ok(run.report), Some(run.usage)),
+            Err(error) => (Err(error), None),
+        },
+    };
     let wall = started.elapsed();
     let marks = probe::take_phases();
     let bench_end = probe::process("self")?;
@@ -240,18 +325,25 @@ async fn measured(
     }
     let report = report.context("the producer's run failed")?;
     let sim_cpu_secs = sim_end - sim_start;
+    let (producer, baseline_rss_mib) = match own {
+        Some(usage) => (usage, 0.0),
+        None => (
+            Usage {
+                cpu_secs: (bench_end.cpu_secs - bench_start.cpu_secs - sim_cpu_secs).max(0.0),
+                peak_rss_mib: bench_end.peak_rss_mib,
+                rss_mib: bench_end.rss_mib,
+            },
+            bench_start.rss_mib,
+        ),
+    };
     Ok(Synced {
         report,
         wall,
         started,
         stats,
         marks,
-        producer: Usage {
-            cpu_secs: (bench_end.cpu_secs - bench_start.cpu_secs - sim_cpu_secs).max(0.0),
-            peak_rss_mib: bench_end.peak_rss_mib,
-            rss_mib: bench_end.rss_mib,
-        },
-        baseline_rss_mib: bench_start.rss_mib,
+        producer,
+        baseline_rss_mib,
         sim_cpu_secs,
         workers: worker_usage,
     })
@@ -271,18 +363,7 @@ impl WorkerProcess {
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone().context("duplicating the log handle")?;
-        let mut command = Command::new(&opts.worker_bin);
-        // Settings from this shell must not leak into the measured fleet.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy().into_owned();
-            if name.starts_with("AUTOMATION_SYNCCONTACTS_")
-                || name.starts_with("CONTACTMIRROR_")
-                || name == "AMQP_URL"
-            {
-                command.env_remove(&name);
-            }
-        }
-        let child = command
+        let child = fleet_command(&opts.worker_bin)
             .arg("--amqp-url")
             .arg(&opts.amqp_url)
             .arg("--config")
@@ -392,6 +473,22 @@ impl Drop for WorkerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A command for one of the fleet's binaries, without the settings of this shell: they must not leak into the
+/// measured fleet (every setting comes from the bench's configuration file and flags).
+pub fn fleet_command(bin: &Path) -> Command {
+    let mut command = Command::new(bin);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("AUTOMATION_SYNCCONTACTS_")
+            || name.starts_with("CONTACTMIRROR_")
+            || name == "AMQP_URL"
+        {
+            command.env_remove(&name);
+        }
+    }
+    command
 }
 
 /// A port that was free a moment ago (the worker binds it right after).

@@ -5,13 +5,15 @@
 //! `cargo run --release -p contactmirror-tests --example bench -- --help` lists the parameters; without any, it
 //! runs the default scenario set (under 10 minutes on a 2-core machine) and writes `bench-out/bench.json`.
 //! Modules: `estate` (graphsim and the seeded data), `fleet` (running a sync, worker processes, clean-up),
-//! `probe` (/proc and the phase boundary), `figures` (floors, minimal requests, the script model), `report`.
+//! `producer_process` (the producer binary as its own process), `probe` (/proc and the phase boundary), `figures`
+//! (floors, minimal requests, the script model), `report`.
 
 mod estate;
 mod fair;
 mod figures;
 mod fleet;
 mod probe;
+mod producer_process;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -89,8 +91,16 @@ enum Group {
     /// Issue 13's MSP-scale runs: one tenant of --msp-users users with a --msp-central-contact central set
     /// (initial sync, each of --msp-modes), then --msp-tenants tenants of --msp-tenant-users where one user per
     /// tenant holds --msp-few-contacts (initial sync and a no-change re-run); graphsim latency --msp-latency-ms,
-    /// real budget (not in the default set: tens of minutes).
+    /// real budget; broker modes run the producer binary as its own process, so its peak RSS is its own (not in
+    /// the default set: tens of minutes).
     Msp,
+    /// Issue 13's simulated slice of the largest customer an MSP meets (a 10,000-user tenant with a 10,000-person
+    /// set): --slice-users users of one tenant where one user holds --slice-central-contacts (so every other
+    /// mailbox receives about that many creates), real budget, graphsim latency --msp-latency-ms,
+    /// --slice-processes worker processes and the producer binary as its own process; initial sync (not in the
+    /// default set: each mailbox's creates fill its 10-minute window, so at least 20 minutes; pass
+    /// --idle-timeout-secs 1800).
+    Slice,
 }
 
 /// Measures contactmirror against Graph's throttling floor, a perfect client and the replaced script.
@@ -201,9 +211,18 @@ struct Cli {
     /// Contacts of the one user per tenant who holds any in the many-mailbox run.
     #[arg(long, default_value_t = 10)]
     msp_few_contacts: usize,
-    /// graphsim latency per Graph operation in the MSP group, in milliseconds.
+    /// graphsim latency per Graph operation in the MSP and slice groups, in milliseconds.
     #[arg(long, default_value_t = 20.0)]
     msp_latency_ms: f64,
+    /// Users of the slice group's tenant (a slice of a 10,000-user tenant).
+    #[arg(long, default_value_t = 100)]
+    slice_users: usize,
+    /// Persons of the slice group's central set (one user holds them, so every other mailbox receives them all).
+    #[arg(long, default_value_t = 10_000)]
+    slice_central_contacts: usize,
+    /// Worker processes of the slice group.
+    #[arg(long, default_value_t = 4)]
+    slice_processes: usize,
     /// Members of the directory group's tenant (each receives every other one).
     #[arg(long, default_value_t = 500)]
     directory_users: usize,
@@ -258,9 +277,13 @@ struct Cli {
     /// The contactmirror-worker executable (default: built next to this bench, with the same profile).
     #[arg(long)]
     worker_bin: Option<PathBuf>,
-    /// Do not run `cargo build` for the worker binary first.
+    /// The contactmirror-producer executable of the runs with a producer process (msp's broker modes, slice;
+    /// default: built next to this bench, with the same profile).
     #[arg(long)]
-    no_build_worker: bool,
+    producer_bin: Option<PathBuf>,
+    /// Do not run `cargo build` for the fleet's binaries (worker and producer) first.
+    #[arg(long = "no-build", alias = "no-build-worker")]
+    no_build: bool,
     /// RUST_LOG of the worker processes.
     #[arg(long, default_value = "warn")]
     worker_log: String,
@@ -284,16 +307,48 @@ fn parse_mode(text: &str, embedded_workers: usize) -> Result<Mode> {
         });
     }
     match text.strip_prefix("broker").map(str::parse::<usize>) {
-        Some(Ok(processes)) if processes > 0 => Ok(Mode::Broker { processes }),
+        Some(Ok(processes)) if processes > 0 => Ok(Mode::broker(processes)),
         _ => bail!("mode {text:?}: expected embedded or brokerN (N worker processes, N >= 1)"),
     }
 }
 
+/// The fleet's executables.
+#[derive(Debug, Clone)]
+struct FleetBinaries {
+    /// `contactmirror-worker`.
+    worker: PathBuf,
+    /// `contactmirror-producer`.
+    producer: PathBuf,
+}
+
+impl FleetBinaries {
+    /// Private copies in `scratch` of the `needed` ones (the others stay as they are, unused): another build into
+    /// a shared target directory must not swap a binary mid-run.
+    fn copied_to(&self, scratch: &Path, needed: &[&str]) -> Result<FleetBinaries> {
+        let copy = |source: &PathBuf, name: &str| -> Result<PathBuf> {
+            if !needed.contains(&name) {
+                return Ok(source.clone());
+            }
+            let copy = scratch.join(name);
+            std::fs::copy(source, &copy)
+                .with_context(|| format!("copying {}", source.display()))?;
+            Ok(copy)
+        };
+        Ok(FleetBinaries {
+            worker: copy(&self.worker, WORKER_BIN)?,
+            producer: copy(&self.producer, PRODUCER_BIN)?,
+        })
+    }
+}
+
+const WORKER_BIN: &str = "contactmirror-worker";
+const PRODUCER_BIN: &str = "contactmirror-producer";
+
 /// Everything a run needs besides the estate.
 struct Ctx {
     fleet: FleetOptions,
-    /// The worker binary the private copy was taken from (for the record).
-    worker_source: PathBuf,
+    /// The binaries the private copies were taken from (for the record).
+    sources: FleetBinaries,
     latency: Duration,
     started: Instant,
 }
@@ -305,7 +360,7 @@ impl Ctx {
             fleet: self.fleet.clone(),
             latency,
             started: self.started,
-            worker_source: self.worker_source.clone(),
+            sources: self.sources.clone(),
         }
     }
 }
@@ -347,21 +402,22 @@ async fn main() -> Result<()> {
         || cli.scenarios.contains(&Group::Memory)
         || cli.scenarios.contains(&Group::Fair)
         || cli.scenarios.contains(&Group::Msp)
+        || cli.scenarios.contains(&Group::Slice)
         || matches!(other_mode, Mode::Broker { .. });
     let scratch = std::env::temp_dir().join(format!(
         "contactmirror-bench-{}",
         uuid::Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    let worker_source = worker_binary(&cli, needs_workers)?;
-    let mut worker_bin = worker_source.clone();
-    if needs_workers {
-        // A private copy: another build into a shared target directory must not swap the binary mid-run.
-        let copy = scratch.join("contactmirror-worker");
-        std::fs::copy(&worker_source, &copy)
-            .with_context(|| format!("copying {}", worker_source.display()))?;
-        worker_bin = copy;
-    }
+    // The groups whose broker runs start the producer binary (`Mode::with_producer_process`).
+    let needs_producer =
+        cli.scenarios.contains(&Group::Msp) || cli.scenarios.contains(&Group::Slice);
+    let needed: Vec<&str> = [(WORKER_BIN, needs_workers), (PRODUCER_BIN, needs_producer)]
+        .into_iter()
+        .filter_map(|(name, needed)| needed.then_some(name))
+        .collect();
+    let sources = fleet_binaries(&cli, &needed)?;
+    let binaries = sources.copied_to(&scratch, &needed)?;
     let latency = Duration::try_from_secs_f64(cli.latency_ms / 1000.0)
         .context("--latency-ms must be a non-negative number")?;
     let ctx = Ctx {
@@ -369,7 +425,8 @@ async fn main() -> Result<()> {
             amqp_url: cli.amqp_url.clone(),
             management_url: cli.management_url.trim_end_matches('/').to_owned(),
             management_auth: (cli.management_user.clone(), cli.management_password.clone()),
-            worker_bin,
+            worker_bin: binaries.worker,
+            producer_bin: binaries.producer,
             worker_concurrency: cli.worker_concurrency.max(1),
             worker_log: cli.worker_log.clone(),
             scratch: scratch.clone(),
@@ -377,7 +434,7 @@ async fn main() -> Result<()> {
         },
         latency,
         started,
-        worker_source,
+        sources,
     };
 
     let mut rows: Vec<Row> = Vec::new();
@@ -466,6 +523,7 @@ async fn main() -> Result<()> {
                 mirror_photos(&ctx, &cli, main_shape, other_mode, &mut rows).await
             }
             Group::Msp => msp(&ctx, &cli, &mut rows).await,
+            Group::Slice => slice(&ctx, &cli, &mut rows).await,
             Group::Fair => fair_group(&ctx, &cli)
                 .await
                 .map(|measured| fair_rows = measured),
@@ -499,30 +557,38 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// The worker executable, built first (unless told not to) so a stale binary is never measured.
-fn worker_binary(cli: &Cli, needed: bool) -> Result<PathBuf> {
-    if let Some(path) = &cli.worker_bin {
-        return Ok(path.clone());
-    }
+/// The fleet's executables, each the one given (`--worker-bin`, `--producer-bin`) or the one next to this bench;
+/// of the `needed` ones, those not given are built first with the bench's profile (unless `--no-build`) so a
+/// stale binary is never measured.
+fn fleet_binaries(cli: &Cli, needed: &[&str]) -> Result<FleetBinaries> {
     let exe = std::env::current_exe().context("locating the bench executable")?;
     // <target>/<profile>/examples/bench
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .context("the bench executable is not inside a cargo target directory")?;
-    let bin = profile_dir.join("contactmirror-worker");
-    if !needed {
-        return Ok(bin);
-    }
-    if !cli.no_build_worker {
+    let given = [
+        (WORKER_BIN, cli.worker_bin.as_ref()),
+        (PRODUCER_BIN, cli.producer_bin.as_ref()),
+    ];
+    let [worker, producer] =
+        given.map(|(name, path)| path.cloned().unwrap_or_else(|| profile_dir.join(name)));
+    let binaries = FleetBinaries { worker, producer };
+    // Each binary's package is named as the binary.
+    let to_build: Vec<&str> = given
+        .iter()
+        .filter(|(name, path)| path.is_none() && needed.contains(name))
+        .map(|(name, _)| *name)
+        .collect();
+    if !cli.no_build && !to_build.is_empty() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut build = std::process::Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "contactmirror-worker", "--bin"]);
-        build
-            .arg("contactmirror-worker")
-            .arg("--manifest-path")
-            .arg(&manifest);
+        build.args(["build", "--quiet"]);
+        for name in &to_build {
+            build.args(["-p", name, "--bin", name]);
+        }
+        build.arg("--manifest-path").arg(&manifest);
         match profile_dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") => {}
             Some("release") => {
@@ -536,21 +602,31 @@ fn worker_binary(cli: &Cli, needed: bool) -> Result<PathBuf> {
         if let Some(target) = profile_dir.parent() {
             build.env("CARGO_TARGET_DIR", target);
         }
-        eprintln!("building contactmirror-worker ({})", profile_dir.display());
+        eprintln!(
+            "building {} ({})",
+            to_build.join(", "),
+            profile_dir.display()
+        );
         let status = build
             .status()
-            .context("running cargo build for the worker")?;
+            .context("running cargo build for the fleet's binaries")?;
         if !status.success() {
-            bail!("building contactmirror-worker failed ({status})");
+            bail!("building {} failed ({status})", to_build.join(", "));
         }
     }
-    if !bin.exists() {
-        bail!(
-            "{} does not exist: build it with `cargo build --release -p contactmirror-worker` or pass --worker-bin",
-            bin.display()
-        );
+    for (bin, name, flag) in [
+        (&binaries.worker, WORKER_BIN, "--worker-bin"),
+        (&binaries.producer, PRODUCER_BIN, "--producer-bin"),
+    ] {
+        if needed.contains(&name) && !bin.exists() {
+            bail!(
+                "{} does not exist: build it with `cargo build --release -p contactmirror-worker -p \
+                 contactmirror-producer --bins` or pass {flag}",
+                bin.display()
+            );
+        }
     }
-    Ok(bin)
+    Ok(binaries)
 }
 
 /// Issue 13's fair tenants, embedded and on RabbitMQ (see `fair.rs`).
@@ -578,7 +654,7 @@ async fn fair_group(ctx: &Ctx, cli: &Cli) -> Result<Vec<fair::FairRow>> {
             },
             vec![None],
         ),
-        (Mode::Broker { processes }, broker),
+        (Mode::broker(processes), broker),
     ];
     fair::group(shape, cli.budget.budget(), ctx.latency, &modes, &ctx.fleet).await
 }
@@ -716,39 +792,42 @@ async fn throughput(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         "throughput",
         "throughput: initial sync, latency 0, no budget",
     );
-    rows.push(
-        measure(
-            &quick,
-            &estate,
-            Budget::Unlimited,
-            Mode::Broker { processes: 1 },
-            run,
-        )
-        .await?,
-    );
+    rows.push(measure(&quick, &estate, Budget::Unlimited, Mode::broker(1), run).await?);
     Ok(())
 }
 
-/// Issue 13's MSP-scale runs (see [`Group::Msp`]), each on a fresh estate with the real budget.
-async fn msp(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
-    let latency = Duration::try_from_secs_f64(cli.msp_latency_ms / 1000.0)
-        .context("--msp-latency-ms must be a non-negative number")?;
-    let msp_ctx = ctx.with_latency(latency);
-    let budget = Budget::REAL;
-    let one_tenant = Shape {
+/// The MSP and slice groups' graphsim latency.
+fn msp_latency(cli: &Cli) -> Result<Duration> {
+    Duration::try_from_secs_f64(cli.msp_latency_ms / 1000.0)
+        .context("--msp-latency-ms must be a non-negative number")
+}
+
+/// One tenant of `users` where one user holds `central` persons and the others none, so every other reachable
+/// mailbox receives the whole central set (the MSP group's one-tenant run and the slice).
+fn one_tenant_with_central_set(users: usize, central: usize) -> Shape {
+    Shape {
         tenants: 1,
-        users: cli.msp_users,
+        users,
         contacts: 0,
         overlap: 0.0,
-        big_user_contacts: cli.msp_central_contacts,
+        big_user_contacts: central,
         big_user_in_every_tenant: false,
-    };
+    }
+}
+
+/// Issue 13's MSP-scale runs (see [`Group::Msp`]), each on a fresh estate with the real budget; a broker mode's
+/// producer runs as its own process.
+async fn msp(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
+    let latency = msp_latency(cli)?;
+    let msp_ctx = ctx.with_latency(latency);
+    let budget = Budget::REAL;
+    let one_tenant = one_tenant_with_central_set(cli.msp_users, cli.msp_central_contacts);
     let name = format!(
         "1 tenant x {} users, {}-contact central set: initial sync",
         cli.msp_users, cli.msp_central_contacts
     );
     for mode in &cli.msp_modes {
-        let mode = parse_mode(mode, cli.embedded_workers)?;
+        let mode = parse_mode(mode, cli.embedded_workers)?.with_producer_process();
         let estate = Estate::seed(one_tenant, budget, latency).await?;
         rows.push(measure(&msp_ctx, &estate, budget, mode, first("msp", &name)).await?);
     }
@@ -765,12 +844,47 @@ async fn msp(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         cli.msp_tenants, cli.msp_tenant_users, cli.msp_few_contacts
     );
     let mode = match cli.msp_modes.last() {
-        Some(mode) => parse_mode(mode, cli.embedded_workers)?,
+        Some(mode) => parse_mode(mode, cli.embedded_workers)?.with_producer_process(),
         None => Mode::Embedded {
             workers: cli.embedded_workers,
         },
     };
     two_runs(&msp_ctx, many, budget, mode, ("msp", &name), rows).await
+}
+
+/// The least idle timeout for the slice: its phase-1 job writes the whole central set to the shared mailbox, more
+/// than one 10-minute window of requests, before it reports anything.
+const SLICE_IDLE_TIMEOUT_SECS: u64 = 1200;
+
+/// Issue 13's simulated slice of the largest customer (see [`Group::Slice`]): one initial sync.
+async fn slice(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
+    if ctx.fleet.idle_timeout_secs < SLICE_IDLE_TIMEOUT_SECS {
+        bail!(
+            "the slice needs --idle-timeout-secs of at least {SLICE_IDLE_TIMEOUT_SECS} (1800 advised): its \
+             phase-1 job writes {} contacts to the shared mailbox, more than its 10-minute window, before it reports",
+            cli.slice_central_contacts
+        );
+    }
+    let latency = msp_latency(cli)?;
+    let budget = Budget::REAL;
+    let shape = one_tenant_with_central_set(cli.slice_users, cli.slice_central_contacts);
+    let mode = Mode::broker(cli.slice_processes.max(1)).with_producer_process();
+    let estate = Estate::seed(shape, budget, latency).await?;
+    let name = format!(
+        "slice of a 10,000-user tenant: {} users, {}-person central set: initial sync",
+        cli.slice_users, cli.slice_central_contacts
+    );
+    rows.push(
+        measure(
+            &ctx.with_latency(latency),
+            &estate,
+            budget,
+            mode,
+            first("slice", &name),
+        )
+        .await?,
+    );
+    Ok(())
 }
 
 /// Issue 10's memory case in one real worker process (its VmHWM is the figure; graphsim stays in the bench
@@ -787,7 +901,7 @@ async fn memory(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
     };
     let quick = ctx.with_latency(Duration::ZERO);
     let budget = Budget::Unlimited;
-    let mode = Mode::Broker { processes: 1 };
+    let mode = Mode::broker(1);
     let estate = Estate::seed(shape, budget, Duration::ZERO).await?;
     let name = format!(
         "{} central contacts, {} users",
@@ -1146,8 +1260,20 @@ fn print_and_write(
     );
     let msp_rows: Vec<Row> = rows.iter().filter(|r| r.group == "msp").cloned().collect();
     if !msp_rows.is_empty() {
-        println!("\nIssue 13's MSP-scale runs (in embedded mode the producer's figures include the workers):\n");
+        println!(
+            "\nIssue 13's MSP-scale runs (in embedded mode the producer's figures include the workers and graphsim; \
+             with a producer process they are its own):\n"
+        );
         println!("{}", report::scale_table(&msp_rows));
+    }
+    let slice_rows: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.group == "slice")
+        .cloned()
+        .collect();
+    if !slice_rows.is_empty() {
+        println!("\nIssue 13's slice of the largest customer (the producer as its own process):\n");
+        println!("{}", report::slice_table(&slice_rows));
     }
     let mut fits = json!({});
     for axis in ["users", "contacts"] {
@@ -1201,7 +1327,8 @@ fn print_and_write(
         "parameters": cli,
         "budgets": {"main": cli.budget.budget(), "bigUser": cli.big_user_budget.budget(),
                     "scaling": cli.scale_budget.budget()},
-        "workerBinary": ctx.worker_source,
+        "workerBinary": ctx.sources.worker,
+        "producerBinary": ctx.sources.producer,
         "elapsedSeconds": elapsed.as_secs_f64(),
         "rows": rows,
         "scalingFits": fits,

@@ -174,15 +174,88 @@ impl<S: Subscriber> Layer<S> for PhaseLayer {
         if !fields.message.contains(PHASE_TWO_MESSAGE) || fields.tenant.is_empty() {
             return;
         }
-        let at = Instant::now();
-        let mut m = marks().lock().unwrap_or_else(|p| p.into_inner());
-        let Some(sim) = m.sim.clone() else {
-            return;
-        };
-        // Taken before the producer submits the tenant's first phase-2 job (the line is logged just before).
-        let stats = sim.stats();
-        m.by_tenant
-            .entry(fields.tenant.to_lowercase())
-            .or_insert(PhaseMark { at, stats });
+        // In the bench process the mark is taken before the producer submits the tenant's first phase-2 job
+        // (the line is logged just before).
+        mark_phase_two(&fields.tenant);
+    }
+}
+
+/// Records that `tenant`'s phase 2 starts now, with graphsim's counters at this moment (the first mark of a
+/// tenant counts). Fed by [`PhaseLayer`] in the bench process and by a producer process's log lines
+/// ([`phase_two_tenant`]).
+pub fn mark_phase_two(tenant: &str) {
+    let at = Instant::now();
+    let mut m = marks().lock().unwrap_or_else(|p| p.into_inner());
+    let Some(sim) = m.sim.clone() else {
+        return;
+    };
+    let stats = sim.stats();
+    m.by_tenant
+        .entry(tenant.to_lowercase())
+        .or_insert(PhaseMark { at, stats });
+}
+
+/// The tenant whose phase 2 a producer process's JSON log line (`--log-format json`) opens, if it is that line.
+pub fn phase_two_tenant(line: &str) -> Option<String> {
+    let event: serde_json::Value = serde_json::from_str(line).ok()?;
+    let message = event.get("message")?.as_str()?;
+    let tenant = event.get("tenant")?.as_str()?;
+    (message.contains(PHASE_TWO_MESSAGE) && !tenant.is_empty()).then(|| tenant.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use shared::telemetry::LogFormat;
+    use tracing_subscriber::filter::EnvFilter;
+
+    use super::*;
+
+    /// A writer the test reads back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_producer_processs_json_phase_line_names_its_tenant_and_no_other_line_does() {
+        let captured = Captured::default();
+        // The subscriber the producer binary installs, in the format the bench asks it for.
+        let subscriber = shared::telemetry::subscriber(
+            LogFormat::Json,
+            EnvFilter::new("info"),
+            captured.clone(),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("run", run_id = "r1");
+            let _entered = span.enter();
+            tracing::info!(tenant = %"Contoso-ID", users = 3, "phase 1 complete; starting phase 2");
+            tracing::info!(tenant = %"Contoso-ID", "phase 1 job submitted");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .expect("the log is text");
+        let found: Vec<Option<String>> = text.lines().map(phase_two_tenant).collect();
+        assert_eq!(found, vec![Some("Contoso-ID".to_owned()), None]);
+        assert_eq!(phase_two_tenant("starting phase 2 tenant=x"), None);
     }
 }

@@ -74,9 +74,10 @@ pub struct Row {
     /// The mailboxes that saw more than 4 requests in flight, a 429 or an early retry, and the shared mailboxes
     /// always (issue 13: which mailbox went over, and is it the shared one).
     pub mailbox_pressure: std::collections::BTreeMap<String, MailboxPressure>,
-    /// The bench process without graphsim's threads (producer, plus the workers in embedded mode).
+    /// The bench process without graphsim's threads (producer, plus the workers in embedded mode), or the
+    /// producer process's own figures when it runs as one (`fleet::ProducerAt::Process`).
     pub producer: Usage,
-    /// RSS before the run (graphsim's estate and the runtime), MiB.
+    /// RSS before the run (graphsim's estate and the runtime), MiB; 0 with a producer process.
     pub baseline_rss_mib: f64,
     /// graphsim's own CPU seconds.
     pub sim_cpu_secs: f64,
@@ -221,11 +222,11 @@ pub fn resources_table(rows: &[Row]) -> String {
 }
 
 /// Issue 13's MSP-scale figures per row: what a run costs per mailbox and per 1,000 mailboxes. The producer's
-/// own memory is the bench process's peak RSS over its RSS before the run (graphsim's estate lives in the same
-/// process: an upper bound, graphsim's growth during the run included).
+/// memory is a producer process's own peak RSS, or, with the producer in the bench process, the bench process's
+/// peak RSS over its RSS before the run (an upper bound: graphsim's growth during the run included).
 pub fn scale_table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| scenario | mode | mailboxes | wall s | wall/floor | Graph requests | per mailbox (mean) | producer peak RSS MiB over its start | worker peak RSS MiB (max) | CPU s per 1,000 mailboxes (producer + workers, graphsim excluded) |\n\
+        "| scenario | mode | mailboxes | wall s | wall/floor | Graph requests | per mailbox (mean) | producer peak RSS MiB (a producer process: its own; in the bench: over its start) | worker peak RSS MiB (max) | CPU s per 1,000 mailboxes (producer + workers, graphsim excluded) |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
@@ -249,6 +250,37 @@ pub fn scale_table(rows: &[Row]) -> String {
             (r.producer.peak_rss_mib - r.baseline_rss_mib).max(0.0),
             opt(worker_rss, 0),
             opt(per_thousand, 2),
+        ));
+    }
+    out
+}
+
+/// Issue 13's slice of the largest customer: what the fleet sent per worker CPU second, and each process's peak
+/// RSS (the producer's its own: it runs as its own process there).
+pub fn slice_table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| scenario | mode | wall s | floor s (ordered) | wall/floor | Graph requests | Graph requests / worker CPU s | worker CPU s (all) | worker peak RSS MiB (each) | producer peak RSS MiB | producer CPU s |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|\n",
+    );
+    for r in rows {
+        let workers: Vec<String> = r
+            .workers
+            .iter()
+            .map(|w| format!("{:.0}", w.peak_rss_mib))
+            .collect();
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.0} | {} |\n",
+            r.scenario,
+            r.mode,
+            secs(r.wall_secs),
+            opt(r.floors.ordered_secs, 1),
+            wall_over_floor(r),
+            num(r.requests),
+            opt(r.requests_per_worker_cpu_sec, 0),
+            r.workers.iter().map(|w| w.cpu_secs).sum::<f64>(),
+            workers.join(" / "),
+            (r.producer.peak_rss_mib - r.baseline_rss_mib).max(0.0),
+            secs(r.producer.cpu_secs),
         ));
     }
     out
