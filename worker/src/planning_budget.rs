@@ -101,8 +101,9 @@ impl HeldWrites {
         }
     }
 
-    /// Units still held (for tests and logs).
-    pub fn units(&self) -> usize {
+    /// Units still held.
+    #[cfg(test)]
+    fn units(&self) -> usize {
         self.units
             .as_ref()
             .map_or(0, OwnedSemaphorePermit::num_permits)

@@ -186,9 +186,9 @@ impl JobRunner {
                     }
                 }
             }
-            let answered = batch.len();
+            let sent = batch.len();
             drop(batch);
-            held.answered(answered);
+            held.answered(sent);
         }
         if let (Some(wait), Some(error)) = (retry_wait, first_transient) {
             // Re-running the job is safe: sync ids are deterministic and matched first, so what was written is
