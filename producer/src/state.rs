@@ -450,10 +450,10 @@ mod tests {
     }
 
     fn feed(name: &str, in_line_with: Option<Generation>) -> FolderFeed {
-        FolderFeed {
-            link: DeltaLink::new(format!("https://graph.example/{name}?$deltatoken=1")),
+        FolderFeed::at(
+            DeltaLink::new(format!("https://graph.example/{name}?$deltatoken=1")),
             in_line_with,
-        }
+        )
     }
 
     fn phase1_report(g: Generation, users: &[&str]) -> Cursors {

@@ -93,6 +93,90 @@ pub struct FolderFeed {
     /// For the central folder: the generation of its content at `link`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_line_with: Option<Generation>,
+    /// The tool's own writes after `link`, which the next check recognises instead of a request moving the link
+    /// past them now (see [`OwnWrites`]). Absent: every change after `link` is someone else's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_writes: Option<OwnWrites>,
+}
+
+impl FolderFeed {
+    /// A feed at `link`, with nothing of the tool's own after it.
+    pub fn at(link: DeltaLink, in_line_with: Option<Generation>) -> Self {
+        Self {
+            link,
+            in_line_with,
+            own_writes: None,
+        }
+    }
+
+    /// Whether a round following `link` shows no change but the tool's own writes: what was true of the folder
+    /// (`in_line_with`) still is.
+    pub fn still_as_left(&self, seen: &Changes) -> bool {
+        let nothing = seen.changed.is_empty() && seen.removed.is_empty();
+        nothing || self.own_writes.is_some_and(|own| own.are(seen))
+    }
+}
+
+/// A fingerprint of the items a job wrote to a folder after its feed's link: each created or updated item with the
+/// change key its write returned, and each deleted item.
+///
+/// Why: moving a feed past a job's own writes cost one delta request per written folder and run (and a feed the
+/// job could not move made the next run read the folder in full). Kept with the link instead, the next run's
+/// check, which is sent anyway, recognises them: a round showing exactly these items, at exactly these change
+/// keys, is the tool's own; any other item, key or removal is someone's change and means a full read, as before.
+/// A fingerprint, not the list, so a feed stays a few dozen bytes in the producer's state and in every job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OwnWrites(Uuid);
+
+/// Namespace of [`OwnWrites`] fingerprints.
+const OWN_WRITES_NAMESPACE: Uuid = Uuid::from_u128(0x8f1d_2b6e_5a43_4c97_b0e2_71c8_d93a_4e15);
+
+impl OwnWrites {
+    /// The fingerprint of a job's writes; `None` when there were none, or when a written item's change key is
+    /// unknown (such an item can never be proved the job's own).
+    pub fn of(written: &Written, deleted: &BTreeSet<String>) -> Option<Self> {
+        if written.is_empty() && deleted.is_empty() {
+            return None;
+        }
+        let written = written
+            .iter()
+            .map(|(id, key)| Some((id.as_str(), key.as_deref()?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self::fingerprint(written, deleted))
+    }
+
+    /// Whether `seen` shows exactly these writes.
+    pub fn are(&self, seen: &Changes) -> bool {
+        let changed = seen
+            .changed
+            .iter()
+            .map(|id| Some((id.as_str(), seen.change_keys.get(id)?.as_str())))
+            .collect::<Option<Vec<_>>>();
+        changed.is_some_and(|changed| Self::fingerprint(changed, &seen.removed) == *self)
+    }
+
+    /// Both sides list items in id order (`BTreeMap`, `BTreeSet`); lengths prefix every string, so no two lists
+    /// give the same bytes.
+    fn fingerprint<'a>(
+        changed: impl IntoIterator<Item = (&'a str, &'a str)>,
+        removed: &BTreeSet<String>,
+    ) -> Self {
+        let mut bytes = Vec::new();
+        let mut put = |tag: u8, text: &str| {
+            bytes.push(tag);
+            bytes.extend_from_slice(&(text.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(text.as_bytes());
+        };
+        for (id, key) in changed {
+            put(b'c', id);
+            put(b'k', key);
+        }
+        for id in removed {
+            put(b'r', id);
+        }
+        Self(Uuid::new_v5(&OWN_WRITES_NAMESPACE, &bytes))
+    }
 }
 
 /// The feeds a job starts from (from the producer) or ends with (in its report). Empty on a first run or
@@ -220,17 +304,6 @@ pub struct Changes {
 /// answer had none: such an item can never be proved the job's own).
 pub type Written = BTreeMap<String, Option<String>>;
 
-/// The feed may move past the tool's own writes only when every change it shows is one of them; a change by
-/// anyone else (which the plan may not have seen) keeps the feed where it was, so the next run looks again.
-/// A changed item is the tool's own only when its change key is the one the tool's write returned: the same id
-/// with another key is someone's edit after that write.
-pub fn only_own_writes(seen: &Changes, written: &Written, deleted: &BTreeSet<String>) -> bool {
-    seen.changed.iter().all(|id| match written.get(id) {
-        Some(Some(key)) => seen.change_keys.get(id) == Some(key),
-        _ => false,
-    }) && seen.removed.iter().all(|id| deleted.contains(id))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,10 +381,8 @@ mod tests {
     fn phase2_skips_only_a_mailbox_in_line_with_the_standing_generation() {
         let g = Generation::fresh();
         let h = Generation::fresh();
-        let feed = |in_line_with| FolderFeed {
-            link: DeltaLink::new("https://graph.example/x"),
-            in_line_with,
-        };
+        let feed =
+            |in_line_with| FolderFeed::at(DeltaLink::new("https://graph.example/x"), in_line_with);
         for current in [None, Some(g), Some(h)] {
             for then in [None, Some(g), Some(h)] {
                 let f = feed(then);
@@ -384,55 +455,88 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn the_feed_moves_past_own_writes_only() {
-        let written: Written = [("a", "ka"), ("b", "kb")]
-            .iter()
+    fn written(list: &[(&str, &str)]) -> Written {
+        list.iter()
             .map(|(id, key)| ((*id).to_owned(), Some((*key).to_owned())))
-            .collect();
-        let deleted = ids(&["x"]);
-        let seen = |changed: &[&str], removed: &[&str]| Changes {
+            .collect()
+    }
+
+    /// A feed left after writing `a` and `b` (change keys `ka`, `kb`) and deleting `x`.
+    fn left_after_writes() -> FolderFeed {
+        FolderFeed {
+            own_writes: OwnWrites::of(&written(&[("a", "ka"), ("b", "kb")]), &ids(&["x"])),
+            ..FolderFeed::at(DeltaLink::new("l"), Some(Generation::fresh()))
+        }
+    }
+
+    fn seen(changed: &[&str], removed: &[&str]) -> Changes {
+        Changes {
             changed: ids(changed),
             removed: ids(removed),
             change_keys: keyed(&[("a", "ka"), ("b", "kb"), ("c", "kc"), ("x", "kx")]),
-        };
-        assert!(only_own_writes(&seen(&[], &[]), &written, &deleted));
-        assert!(only_own_writes(&seen(&["a"], &["x"]), &written, &deleted));
-        assert!(!only_own_writes(
-            &seen(&["a", "c"], &[]),
-            &written,
-            &deleted
-        ));
-        assert!(!only_own_writes(&seen(&[], &["y"]), &written, &deleted));
-        // An item we deleted showing as changed is someone else's doing.
-        assert!(!only_own_writes(&seen(&["x"], &[]), &written, &deleted));
+        }
     }
 
-    /// Failed before the fix: only ids were compared, so a user's edit of a contact right after the job wrote it
-    /// (same id, a newer change key) was taken for the job's own write and the feed moved past it: the next run
-    /// skipped the folder and the edit was never published.
+    #[test]
+    fn the_next_check_recognises_exactly_the_jobs_own_writes() {
+        let feed = left_after_writes();
+        assert!(feed.own_writes.is_some());
+        assert!(feed.still_as_left(&seen(&[], &[])));
+        assert!(feed.still_as_left(&seen(&["a", "b"], &["x"])));
+        // Anything more, less or else is someone's change (or not provably ours): a full read.
+        assert!(!feed.still_as_left(&seen(&["a", "b", "c"], &["x"])));
+        assert!(!feed.still_as_left(&seen(&["a", "b"], &["x", "y"])));
+        assert!(!feed.still_as_left(&seen(&["a", "b"], &[])));
+        assert!(!feed.still_as_left(&seen(&["a"], &["x"])));
+        // An item the job deleted showing as changed, or one it wrote showing as removed (a user deleted a copy).
+        assert!(!feed.still_as_left(&seen(&["a", "b", "x"], &[])));
+        assert!(!feed.still_as_left(&seen(&["a"], &["b", "x"])));
+        // Without own writes, only an empty round leaves the feed as it was.
+        let plain = FolderFeed::at(DeltaLink::new("l"), None);
+        assert!(plain.still_as_left(&seen(&[], &[])));
+        assert!(!plain.still_as_left(&seen(&["a", "b"], &["x"])));
+        assert_eq!(OwnWrites::of(&Written::new(), &BTreeSet::new()), None);
+    }
+
+    /// A user's edit of a contact right after the job wrote it (same id, a newer change key) must never be taken
+    /// for the job's own write: the next run would skip the folder and the edit would never be published.
     #[test]
     fn a_later_edit_of_an_item_the_job_wrote_is_someone_elses_change() {
-        let written: Written = [("a".to_owned(), Some("k1".to_owned()))].into();
+        let feed = FolderFeed {
+            own_writes: OwnWrites::of(&written(&[("a", "k1")]), &BTreeSet::new()),
+            ..FolderFeed::at(DeltaLink::new("l"), None)
+        };
         let edited = Changes {
             changed: ids(&["a"]),
             change_keys: keyed(&[("a", "k2")]),
             ..Changes::default()
         };
-        assert!(!only_own_writes(&edited, &written, &BTreeSet::new()));
+        assert!(!feed.still_as_left(&edited));
         let own = Changes {
             change_keys: keyed(&[("a", "k1")]),
             ..edited.clone()
         };
-        assert!(only_own_writes(&own, &written, &BTreeSet::new()));
+        assert!(feed.still_as_left(&own));
         // No key from the feed, or none from the write's answer: not provably ours.
         let unkeyed = Changes {
             change_keys: BTreeMap::new(),
             ..edited
         };
-        assert!(!only_own_writes(&unkeyed, &written, &BTreeSet::new()));
+        assert!(!feed.still_as_left(&unkeyed));
         let unknown: Written = [("a".to_owned(), None)].into();
-        assert!(!only_own_writes(&own, &unknown, &BTreeSet::new()));
+        assert_eq!(OwnWrites::of(&unknown, &BTreeSet::new()), None);
+    }
+
+    /// Ids and keys are length-prefixed: moving characters between an id and its key, or between items, gives
+    /// another fingerprint.
+    #[test]
+    fn fingerprints_tell_apart_lists_that_concatenate_alike() {
+        let one = OwnWrites::of(&written(&[("ab", "c")]), &BTreeSet::new());
+        let other = OwnWrites::of(&written(&[("a", "bc")]), &BTreeSet::new());
+        assert_ne!(one, other);
+        let deleted = OwnWrites::of(&Written::new(), &ids(&["ab"]));
+        let created = OwnWrites::of(&written(&[("ab", "")]), &BTreeSet::new());
+        assert_ne!(deleted, created);
     }
 
     #[test]
@@ -442,17 +546,23 @@ mod tests {
         let full = Cursors {
             tracked: true,
             central: Some(FolderFeed {
-                link: DeltaLink::new("https://graph.example/central?$deltatoken=1"),
-                in_line_with: Some(Generation::fresh()),
+                own_writes: OwnWrites::of(
+                    &[("c1".to_owned(), Some("k".to_owned()))].into(),
+                    &BTreeSet::new(),
+                ),
+                ..FolderFeed::at(
+                    DeltaLink::new("https://graph.example/central?$deltatoken=1"),
+                    Some(Generation::fresh()),
+                )
             }),
             central_generation: Some(Generation::fresh()),
             directory_generation: Some(Generation::of_content(b"persons")),
             mailboxes: [(
                 "u1".to_owned(),
-                FolderFeed {
-                    link: DeltaLink::new("https://graph.example/u1?$deltatoken=2"),
-                    in_line_with: None,
-                },
+                FolderFeed::at(
+                    DeltaLink::new("https://graph.example/u1?$deltatoken=2"),
+                    None,
+                ),
             )]
             .into(),
         };

@@ -225,6 +225,30 @@ async fn kept_feeds_make_unchanged_mailboxes_cheap_and_changes_arrive_as_in_a_fu
     );
     assert_eq!(snapshot(&kept, FOLDER), snapshot(&full, FOLDER));
 
+    // Those runs wrote a few contacts per mailbox, so each feed kept them as a fingerprint for the next check
+    // instead of a request moving it past them (`feed::OwnWrites`). The same kind of user-side changes on top of
+    // those writes (a copy just written deleted among them) still arrive as in a full run, and a quiet run after
+    // them costs one request per mirrored mailbox: the check recognised the tool's own writes.
+    change(&kept, &kept_own).await;
+    change(&full, &full_own).await;
+    sync(&kept, &kept_settings, &kept_args).await;
+    let kept_writes = kept.sim.stats().writes;
+    sync(&full, &full_settings, &full_args).await;
+    assert_eq!(
+        kept_writes,
+        full.sim.stats().writes,
+        "fingerprinted feeds changed what was written"
+    );
+    assert_eq!(snapshot(&kept, FOLDER), snapshot(&full, FOLDER));
+    let quiet = sync(&kept, &kept_settings, &kept_args).await;
+    let (max_user, _, _) = requests_per_mailbox(&kept);
+    assert_eq!(kept.sim.stats().total_writes(), 0);
+    assert_eq!(
+        max_user, 1,
+        "after the tool's own small writes a mirrored mailbox took {max_user} requests"
+    );
+    assert!(skipped(&quiet) > 0, "no job reported a skip");
+
     // Graph forgets every delta token: the next run reads everything, writes nothing, and keeps fresh feeds.
     kept.sim.invalidate_delta_tokens();
     sync(&kept, &kept_settings, &kept_args).await;

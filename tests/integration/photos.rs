@@ -115,7 +115,7 @@ async fn a_directory_users_photo_reaches_every_copy_once_follows_changes_and_rem
         .sum();
     assert_eq!(
         unchanged as usize, receivers,
-        "the photo writes are the job's own: every feed moved past them"
+        "the photo writes are the job's own: every feed recognises them"
     );
     assert_eq!(writes(&again), 0);
     for method in ["GET", "PUT", "DELETE", "PATCH"] {

@@ -22,6 +22,9 @@ use crate::feed::{Changes, DeltaLink};
 /// Delta pages as large as Graph serves them for contacts (corso uses 500).
 const PREFER_PAGE_SIZE: &str = "odata.maxpagesize=500";
 
+/// How many items one page of a contact delta round holds (the page size the client asks for).
+pub const DELTA_PAGE_ITEMS: usize = 500;
+
 /// One round of a folder's feed: what changed, and the link to ask next time.
 #[derive(Debug, Clone)]
 pub struct DeltaRound {
@@ -44,7 +47,7 @@ struct DeltaItem {
     id: String,
     #[serde(rename = "@removed", default)]
     removed: Option<serde_json::Value>,
-    /// Tells the tool's own write from a later edit of the same item (see `feed::only_own_writes`).
+    /// Tells the tool's own write from a later edit of the same item (see `feed::OwnWrites`).
     #[serde(rename = "changeKey", default)]
     change_key: Option<String>,
 }
@@ -152,5 +155,18 @@ impl TenantClient {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_size_asked_for_is_the_one_the_feed_counts_with() {
+        assert_eq!(
+            PREFER_PAGE_SIZE,
+            format!("odata.maxpagesize={DELTA_PAGE_ITEMS}")
+        );
     }
 }

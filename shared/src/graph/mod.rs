@@ -39,7 +39,7 @@ use std::time::Duration;
 use url::Url;
 
 pub use contacts::{FolderRef, WriteOutcome};
-pub use delta::DeltaRound;
+pub use delta::{DeltaRound, DELTA_PAGE_ITEMS};
 pub use directory::{DirectoryError, DirectoryPermission, UserKind, UsersDeltaRound};
 pub use error::{AuthProblem, ErrorKind, GraphError, TransportFailure};
 pub use folders::ContactFolder;

@@ -1,9 +1,9 @@
 //! The folders a job reads and writes, and their change feeds: finding (or creating) a named folder, checking a
-//! folder's feed before reading, and moving it past the job's own writes after. Kept apart from the steps because
+//! folder's feed before reading, and the feed a job leaves after its own writes. Kept apart from the steps because
 //! phase 1, phase 2 and cleanup share them.
 
-use shared::feed::{self, Check, DeltaLink, FolderFeed};
-use shared::graph::{ErrorKind, FolderRef, GraphError, TenantClient};
+use shared::feed::{self, Check, DeltaLink, FolderFeed, Generation};
+use shared::graph::{ErrorKind, FolderRef, GraphError, TenantClient, DELTA_PAGE_ITEMS};
 use shared::message::{FolderChoice, Job};
 use shared::model::Mailbox;
 use tracing::{debug, info};
@@ -52,10 +52,12 @@ pub(super) async fn check_kept(
     prior: &FolderFeed,
 ) -> Result<Option<FolderFeed>, AttemptResult> {
     match client.delta_since(&mailbox.id, &prior.link).await {
-        Ok(round) => Ok(Some(FolderFeed {
-            in_line_with: prior.in_line_with.filter(|_| round.is_empty()),
-            link: round.link,
-        })),
+        Ok(round) => Ok(Some(FolderFeed::at(
+            round.link,
+            prior
+                .in_line_with
+                .filter(|_| prior.still_as_left(&round.changes)),
+        ))),
         Err(error)
             if matches!(
                 error.kind(),
@@ -91,7 +93,7 @@ pub(super) async fn check_feed(
     if let Some(prior) = prior {
         match client.delta_since(&mailbox.id, &prior.link).await {
             Ok(round) => {
-                let check = if round.is_empty() {
+                let check = if prior.still_as_left(&round.changes) {
                     Check::Unchanged
                 } else {
                     Check::Changed
@@ -117,28 +119,39 @@ pub(super) async fn check_feed(
     })
 }
 
-/// The feed after the attempt's own writes: moved past them if the feed shows nothing else, else where it was
-/// (the next run then reads the folder again, which is always safe).
-pub(super) async fn advance_past_own_writes(
+/// The feed a job leaves after writing to the folder; `in_line_with` is what the folder holds once its writes
+/// are in. Writes that fit in one page of the next run's check stay after the link as a fingerprint that check
+/// recognises (see [`feed::OwnWrites`]): no request now, and the check costs its one request anyway. More than
+/// that would add pages to the next run's check, so the feed is moved past them now, with one round that must
+/// show exactly them; a round showing anything else leaves it where it was (the next run reads the folder again,
+/// which is always safe).
+pub(super) async fn feed_after_writes(
     client: &TenantClient,
     mailbox: &Mailbox,
     before: DeltaLink,
+    in_line_with: Option<Generation>,
     done: &Done,
-) -> DeltaLink {
-    if done.written.is_empty() && done.deleted.is_empty() {
-        return before;
+) -> FolderFeed {
+    let writes = done.written.len() + done.deleted.len();
+    let Some(own) = feed::OwnWrites::of(&done.written, &done.deleted) else {
+        // Nothing written, or a write Graph answered without a change key: the next check decides.
+        return FolderFeed::at(before, in_line_with);
+    };
+    if writes < DELTA_PAGE_ITEMS {
+        return FolderFeed {
+            own_writes: Some(own),
+            ..FolderFeed::at(before, in_line_with)
+        };
     }
     match client.delta_since(&mailbox.id, &before).await {
-        Ok(round) if feed::only_own_writes(&round.changes, &done.written, &done.deleted) => {
-            round.link
-        }
+        Ok(round) if own.are(&round.changes) => FolderFeed::at(round.link, in_line_with),
         Ok(_) => {
             debug!(mailbox = %mailbox.upn, "changed by someone else meanwhile; the next run reads it again");
-            before
+            FolderFeed::at(before, in_line_with)
         }
         Err(error) => {
             debug!(mailbox = %mailbox.upn, %error, "could not move the feed past this run's writes; the next run reads it again");
-            before
+            FolderFeed::at(before, in_line_with)
         }
     }
 }

@@ -195,6 +195,9 @@ impl JobRunner {
                 // (reads included) but never a batch half-sent; it is waited for below.
                 let writes = TaskTracker::new();
                 let work = async {
+                    if let Some(done) = phase2::in_line_without_request(tenant, job) {
+                        return Ok(done);
+                    }
                     self.trusted(tenant, &client, job).await?;
                     match (&job.kind, job.cleanup) {
                         (JobKind::Phase1 { central, .. }, Some(source)) => {

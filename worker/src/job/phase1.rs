@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::central::read_central;
-use super::folders::{advance_past_own_writes, check_feed, FeedCheck};
+use super::folders::{check_feed, feed_after_writes, FeedCheck};
 use super::origin_photos::{central_photo_targets, origin_photo};
 use super::{classify, plan_context, Done, JobRunner};
 use crate::disposition::AttemptResult;
@@ -95,7 +95,7 @@ impl JobRunner {
                             .flatten();
                         cursors
                             .mailboxes
-                            .insert(mailbox.id.clone(), FolderFeed { link, in_line_with });
+                            .insert(mailbox.id.clone(), FolderFeed::at(link, in_line_with));
                     }
                     readable.push(mailbox);
                 }
@@ -117,10 +117,9 @@ impl JobRunner {
         };
         if let Some(generation) = skip {
             debug!(mailbox = %central.mailbox.upn, sources = readable.len(), "nothing changed since the last run");
-            cursors.central = central_check.link.map(|link| FolderFeed {
-                link,
-                in_line_with: Some(generation),
-            });
+            cursors.central = central_check
+                .link
+                .map(|link| FolderFeed::at(link, Some(generation)));
             return Ok(Done {
                 source_failures,
                 cursors,
@@ -261,12 +260,10 @@ impl JobRunner {
         if let Some(link) = central_check.link {
             let writes = changed;
             let generation = feed::next_generation(central_check.check, previous, writes);
-            let link = advance_past_own_writes(client, &central.mailbox, link, &done).await;
-            cursors.central = Some(FolderFeed {
-                link,
-                // A refused write leaves the folder short of the plan: read it all again next time.
-                in_line_with: (done.failed_writes == 0).then_some(generation),
-            });
+            // A refused write leaves the folder short of the plan: read it all again next time.
+            let in_line_with = (done.failed_writes == 0).then_some(generation);
+            cursors.central =
+                Some(feed_after_writes(client, &central.mailbox, link, in_line_with, &done).await);
         }
         done.source_failures = source_failures;
         done.cursors = cursors;

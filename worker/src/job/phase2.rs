@@ -5,16 +5,16 @@
 use chrono::Utc;
 use shared::config::{TargetFolder, TenantSettings};
 use shared::directory::{self, DirectoryPerson};
-use shared::feed::{self, Cursors, DeltaLink, FolderFeed};
+use shared::feed::{self, Cursors, FolderFeed, Generation};
 use shared::graph::TenantClient;
-use shared::message::{CentralFolder, FailureReason, FolderChoice, Job};
+use shared::message::{CentralFolder, FailureReason, FolderChoice, Job, JobKind};
 use shared::model::{Contact, Mailbox};
 use shared::sync::{self, PreparedCentral};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use super::directory::joined_persons;
-use super::folders::{advance_past_own_writes, check_kept, find_folder};
+use super::folders::{check_kept, feed_after_writes, find_folder};
 use super::photos::PhotoSources;
 use super::{classify, plan_context, Done, JobRunner};
 use crate::disposition::AttemptResult;
@@ -32,31 +32,11 @@ impl JobRunner {
     ) -> Result<Done, AttemptResult> {
         let directory_on = tenant.distribution.receives_directory();
         let mirror = central.is_some();
-        let named_folder = !matches!(
-            tenant.distribution.target_folder,
-            TargetFolder::DefaultContacts
-        );
-        let moving = job
-            .move_from
-            .as_ref()
-            .filter(|from| **from != FolderChoice::from(&tenant.distribution.target_folder));
-        // The kept feeds follow the default Contacts folder, which phase 1 checks, or, without the mirror, the
-        // target folder itself, which this job checks. A mirror tenant writing into another folder has no feed for
-        // it, and a pending move reads both folders: the mailbox is read in full.
-        let feeds_apply = job.cursors.tracked && (!named_folder || !mirror) && moving.is_none();
-        // What the mailbox must have been brought in line with to be skipped: the central generation and/or the
-        // directory's content, as the producer found them in this run (none with `FromTenants`: never skipped).
-        let in_line_before = feed::phase2_sources(
-            mirror,
-            job.cursors.central_generation,
-            directory_on,
-            job.cursors.directory_generation,
-        );
-        let kept = |link: DeltaLink, in_line_with| Cursors {
-            tracked: true,
-            mailboxes: [(mailbox.id.clone(), FolderFeed { link, in_line_with })].into(),
-            ..Cursors::default()
-        };
+        let standing = Standing::of(tenant, job, mirror);
+        let moving = standing.moving;
+        let feeds_apply = standing.feeds_apply;
+        let in_line_before = standing.in_line_before;
+        let kept = |feed: FolderFeed| kept(mailbox, feed);
         let prior = job
             .cursors
             .mailboxes
@@ -68,16 +48,11 @@ impl JobRunner {
             (false, Some(prior)) => check_kept(client, mailbox, prior).await?,
             (_, prior) => prior.cloned(),
         };
-        if let Some(prior) = prior
+        if let Some(done) = prior
             .as_ref()
-            .filter(|p| feed::phase2_skip(in_line_before, p))
+            .and_then(|p| skipped(mailbox, in_line_before, p))
         {
-            debug!(mailbox = %mailbox.upn, "in line with its sources and unchanged since the last run");
-            return Ok(Done {
-                cursors: kept(prior.link.clone(), in_line_before),
-                skipped: true,
-                ..Done::default()
-            });
+            return Ok(done);
         }
         // The folder and its feed come first: a mailbox that cannot be reached fails before anything is loaded
         // for it. `None`: a dry run before the named folder exists (it is empty, so everything would be created).
@@ -250,10 +225,97 @@ impl JobRunner {
             done.absorb(moved);
         }
         if let Some(link) = link {
-            let link = advance_past_own_writes(client, mailbox, link, &done).await;
             let in_line_with = in_line.filter(|_| done.failed_writes == 0);
-            done.cursors = kept(link, in_line_with);
+            done.cursors =
+                kept(feed_after_writes(client, mailbox, link, in_line_with, &done).await);
         }
         Ok(done)
     }
+}
+
+/// What decides whether a phase-2 job may skip its mailbox, known from the job and the configuration alone.
+struct Standing<'a> {
+    /// The kept feeds follow the default Contacts folder, which phase 1 checks, or, without the mirror, the
+    /// target folder itself, which the job checks. A mirror tenant writing into another folder has no feed for
+    /// it, and a pending move reads both folders: the mailbox is read in full.
+    feeds_apply: bool,
+    /// What the mailbox must have been brought in line with to be skipped: the central generation and/or the
+    /// directory's content, as the producer found them in this run (none with `FromTenants`: never skipped).
+    in_line_before: Option<Generation>,
+    /// Where the managed copies move from (a changed `TargetFolder`).
+    moving: Option<&'a FolderChoice>,
+}
+
+impl<'a> Standing<'a> {
+    fn of(tenant: &TenantSettings, job: &'a Job, mirror: bool) -> Self {
+        let named_folder = !matches!(
+            tenant.distribution.target_folder,
+            TargetFolder::DefaultContacts
+        );
+        let moving = job
+            .move_from
+            .as_ref()
+            .filter(|from| **from != FolderChoice::from(&tenant.distribution.target_folder));
+        let in_line_before = feed::phase2_sources(
+            mirror,
+            job.cursors.central_generation,
+            tenant.distribution.receives_directory(),
+            job.cursors.directory_generation,
+        );
+        Self {
+            feeds_apply: job.cursors.tracked && (!named_folder || !mirror) && moving.is_none(),
+            in_line_before,
+            moving,
+        }
+    }
+}
+
+/// The cursors a phase-2 job reports: its mailbox's feed.
+fn kept(mailbox: &Mailbox, feed: FolderFeed) -> Cursors {
+    Cursors {
+        tracked: true,
+        mailboxes: [(mailbox.id.clone(), feed)].into(),
+        ..Cursors::default()
+    }
+}
+
+/// The mailbox is in line with its sources and unchanged since: nothing to read, plan or write.
+fn skipped(
+    mailbox: &Mailbox,
+    in_line_before: Option<Generation>,
+    prior: &FolderFeed,
+) -> Option<Done> {
+    feed::phase2_skip(in_line_before, prior).then(|| {
+        debug!(mailbox = %mailbox.upn, "in line with its sources and unchanged since the last run");
+        Done {
+            cursors: kept(mailbox, FolderFeed::at(prior.link.clone(), in_line_before)),
+            skipped: true,
+            ..Done::default()
+        }
+    })
+}
+
+/// A mirror tenant's phase-2 job that phase 1 of its run found in line, decided from the job alone: it sends no
+/// request, so it needs neither the trust check nor the central folder. Why: every worker process resolved the
+/// shared mailbox for its first job of a run (two requests on the shared mailbox under the fleet's lease, one
+/// process after another) even when all its jobs skipped. Such a job reads and writes nothing, and what it reports
+/// is what the job said, so a forged one gains nothing it did not bring.
+pub(super) fn in_line_without_request(tenant: &TenantSettings, job: &Job) -> Option<Done> {
+    let (
+        JobKind::Phase2 {
+            central: Some(_),
+            mailbox,
+        },
+        None,
+    ) = (&job.kind, job.cleanup)
+    else {
+        return None;
+    };
+    let standing = Standing::of(tenant, job, true);
+    let prior = job
+        .cursors
+        .mailboxes
+        .get(&mailbox.id)
+        .filter(|_| standing.feeds_apply)?;
+    skipped(mailbox, standing.in_line_before, prior)
 }
