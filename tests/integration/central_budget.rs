@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use graphsim::{EstateParams, SimConfig};
+use producer::cli::RunArgs;
+use producer::summary::RunReport;
 use worker::central_lease::CentralLeases;
 
 use crate::fleet::{assert_only_unreachable_failed, broker_args, embedded_args, run, snapshot};
@@ -83,6 +85,94 @@ async fn five_worker_processes_keep_the_shared_mailbox_within_4_in_flight() {
         snapshot(&embedded, "All Contacts"),
         snapshot(&brokered, "All Contacts")
     );
+}
+
+/// A quiet re-run costs the shared mailbox no more requests with five worker processes than with one: a phase-2
+/// job that phase 1 found in line is skipped from the job alone, so a worker process whose jobs all skip never
+/// resolves the central folder.
+///
+/// Failed before (`job/phase2.rs::in_line_without_request`): every worker process that took a job resolved the
+/// shared mailbox and its folder first (two requests each, one process after another under the central lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiet_rerun_costs_the_shared_mailbox_no_more_on_five_processes_than_on_one() {
+    let _broker = BROKER.read().await;
+    let params = EstateParams {
+        tenants: 1,
+        // Users 9 and 13 of a seeded tenant have no usable mailbox (their jobs fail with a request, after the
+        // trust check); nine users keep every job of the quiet run skippable.
+        users_per_tenant: 9,
+        contacts_per_user: 3,
+        overlap: 0.0,
+        seed: 2424,
+    };
+    let skipped = |report: &RunReport| -> u64 {
+        report
+            .tenants
+            .iter()
+            .flat_map(|t| t.phases.values())
+            .map(|p| p.mailboxes_unchanged)
+            .sum()
+    };
+    let shared_requests = |estate: &Estate| {
+        let shared = estate.tenants[0].shared_mailbox_upn.to_lowercase();
+        estate
+            .sim
+            .stats()
+            .mailboxes
+            .get(&shared)
+            .map_or(0, |m| m.requests)
+    };
+    let with_state = |args: RunArgs, dir: &std::path::Path| RunArgs {
+        state_dir: Some(dir.to_owned()),
+        ..args
+    };
+
+    let embedded = Estate::seed(SimConfig::default(), params.clone()).await;
+    let embedded_state = support::scratch_dir("quiet-embedded");
+    let args = with_state(embedded_args(), &embedded_state);
+    let first = run(&embedded.settings(), &args).await;
+    assert_only_unreachable_failed(&first, &embedded);
+    embedded.sim.reset_stats();
+    let quiet = run(&embedded.settings(), &args).await;
+    assert_only_unreachable_failed(&quiet, &embedded);
+    let one_process = shared_requests(&embedded);
+    let skipped_by_one = skipped(&quiet);
+
+    let brokered = Estate::seed(SimConfig::default(), params).await;
+    let settings = brokered.settings();
+    let topology = support::private_topology();
+    let broker_state = support::scratch_dir("quiet-broker");
+    let args = with_state(broker_args(&topology), &broker_state);
+    let fleet = |run_name: &str| -> Vec<_> {
+        (0..WORKERS)
+            .map(|i| support::spawn_worker(&settings, &topology, &format!("{run_name}-{i}")))
+            .collect()
+    };
+    let workers = fleet("first");
+    let first = run(&settings, &args).await;
+    support::stop_workers(workers).await;
+    assert_only_unreachable_failed(&first, &brokered);
+    // New worker processes, as after KEDA scaled the pool to zero between nightly runs: nothing resolved yet.
+    let workers = fleet("quiet");
+    brokered.sim.reset_stats();
+    let quiet = run(&settings, &args).await;
+    support::stop_workers(workers).await;
+    support::delete_topology(&topology).await;
+    assert_only_unreachable_failed(&quiet, &brokered);
+    let five_processes = shared_requests(&brokered);
+    assert_eq!(brokered.sim.stats().total_writes(), 0, "a quiet run wrote");
+    assert!(
+        skipped_by_one >= 5,
+        "only {skipped_by_one} mailboxes were skipped"
+    );
+    assert_eq!(skipped(&quiet), skipped_by_one, "mailboxes skipped");
+    // (The embedded run's producer and worker are one process, so it may count one lookup more, never fewer.)
+    assert!(
+        five_processes <= one_process,
+        "a quiet run sent the shared mailbox {five_processes} requests with five worker processes, {one_process} with one"
+    );
+    std::fs::remove_dir_all(&embedded_state).ok();
+    std::fs::remove_dir_all(&broker_state).ok();
 }
 
 /// A process that took a tenant's central lease and died (its connection gone, as when the pod is killed) does
