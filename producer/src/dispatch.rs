@@ -56,8 +56,10 @@ impl Embedded {
 }
 
 impl Dispatch for Embedded {
-    async fn submit(&mut self, job: Job) -> Result<()> {
-        self.queue.submit(job);
+    async fn submit(&mut self, jobs: Vec<Job>) -> Result<()> {
+        for job in jobs {
+            self.queue.submit(job);
+        }
         Ok(())
     }
 
@@ -278,28 +280,49 @@ impl Broker {
 }
 
 impl Dispatch for Broker {
-    /// Publishes with a confirm, reconnecting as needed, at most [`PUBLISH_ATTEMPTS`] times; a message the broker
-    /// can never take (too large) fails at once. Either way the error names the job.
-    async fn submit(&mut self, mut job: Job) -> Result<()> {
-        job.report_queue = self.run.as_ref().map(|(_, queue)| queue.clone());
+    /// Publishes in order and waits for the confirms together ([`mq::Publisher::publish_jobs`]), reconnecting as
+    /// needed and sending again only the jobs not confirmed, each at most [`PUBLISH_ATTEMPTS`] times; a message
+    /// the broker can never take (too large) fails at once. Either way the error names the job.
+    async fn submit(&mut self, jobs: Vec<Job>) -> Result<()> {
+        let report_queue = self.run.as_ref().map(|(_, queue)| queue.clone());
+        let mut pending: Vec<Job> = jobs
+            .into_iter()
+            .map(|job| Job {
+                report_queue: report_queue.clone(),
+                ..job
+            })
+            .collect();
         let mut attempt = 1;
         loop {
-            let published = self.session.publisher.publish_job(&job, 1).await;
-            let error = match published {
-                Ok(()) => return Ok(()),
-                Err(error) if error.is_permanent() || attempt >= PUBLISH_ATTEMPTS => {
-                    return Err(anyhow::Error::new(error).context(format!(
-                        "could not publish the {} job {} for {} (tenant {}) after {attempt} attempt(s)",
-                        job.phase(),
-                        job.job_id,
-                        job.mailbox().upn,
-                        job.tenant_id
-                    )))
+            let results = self.session.publisher.publish_jobs(&pending, 1).await;
+            let mut failed = Vec::new();
+            let mut cause = None;
+            for (job, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {}
+                    Err(error) if error.is_permanent() || attempt >= PUBLISH_ATTEMPTS => {
+                        return Err(anyhow::Error::new(error).context(format!(
+                            "could not publish the {} job {} for {} (tenant {}) after {attempt} attempt(s)",
+                            job.phase(),
+                            job.job_id,
+                            job.mailbox().upn,
+                            job.tenant_id
+                        )));
+                    }
+                    Err(error) => {
+                        cause.get_or_insert(error);
+                        failed.push(job);
+                    }
                 }
-                Err(error) => error,
+            }
+            let Some(cause) = cause else {
+                return Ok(());
             };
+            // Those confirmed are on the broker; the others go again on a new connection (a job published twice
+            // has the same id: its second copy writes nothing).
+            pending = failed;
             attempt += 1;
-            self.reconnect(&error.into()).await?;
+            self.reconnect(&cause.into()).await?;
         }
     }
 

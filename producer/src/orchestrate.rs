@@ -31,8 +31,8 @@ use crate::summary::{RunReport, TenantReport};
 /// Only used from the producer's own task, so the futures need no `Send` bound.
 #[allow(async_fn_in_trait)]
 pub trait Dispatch {
-    /// Queues a job (returns once the transport has accepted it).
-    async fn submit(&mut self, job: Job) -> Result<()>;
+    /// Queues jobs in their order (returns once the transport has accepted every one).
+    async fn submit(&mut self, jobs: Vec<Job>) -> Result<()>;
     /// The next report of this run, or `None` if none arrived within `wait`.
     async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>>;
     /// "embedded" or "broker", for the report.
@@ -553,12 +553,13 @@ pub async fn run<D: Dispatch>(
     })
 }
 
-/// Submits every job the fair queue lets go now.
+/// Submits every job the fair queue lets go now, together (the broker then waits for their confirms at once).
 async fn submit_released<D: Dispatch>(fair: &mut FairQueue<Job>, dispatch: &mut D) -> Result<()> {
-    while let Some(job) = fair.release() {
-        dispatch.submit(job).await?;
+    let released: Vec<Job> = std::iter::from_fn(|| fair.release()).collect();
+    if released.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    dispatch.submit(released).await
 }
 
 /// The job bringing `mailbox` in line with its sources: the central folder when the mirror is on (`central`), and

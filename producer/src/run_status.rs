@@ -260,10 +260,12 @@ impl<'a, D: Dispatch> Tracked<'a, D> {
 }
 
 impl<D: Dispatch> Dispatch for Tracked<'_, D> {
-    async fn submit(&mut self, job: Job) -> Result<()> {
-        self.progress.submitted(&job);
+    async fn submit(&mut self, jobs: Vec<Job>) -> Result<()> {
+        for job in &jobs {
+            self.progress.submitted(job);
+        }
         self.changed = true;
-        self.inner.submit(job).await
+        self.inner.submit(jobs).await
     }
 
     /// Waits in slices of [`EVERY`] at most, publishing a due snapshot between them. A `None` before the slice
@@ -530,7 +532,7 @@ mod tests {
     }
 
     impl Dispatch for Recorder {
-        async fn submit(&mut self, _job: Job) -> Result<()> {
+        async fn submit(&mut self, _jobs: Vec<Job>) -> Result<()> {
             Ok(())
         }
 
@@ -575,7 +577,7 @@ mod tests {
         };
         {
             let mut tracked = Tracked::new(&mut recorder, run, Utc::now(), false);
-            tracked.submit(a1.clone()).await.expect("submit");
+            tracked.submit(vec![a1.clone()]).await.expect("submit");
             tracked.prepared(&[tenant_report("a", 1, None)]);
             let got = tracked.next_report(Duration::from_secs(60)).await;
             let Ok(Some(got)) = got else {

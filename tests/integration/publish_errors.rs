@@ -48,7 +48,7 @@ async fn an_oversized_job_is_refused_at_once_with_an_error_naming_it() {
     );
     assert!(job.to_json().len() > MAX_MESSAGE_BYTES);
     let job_id = job.job_id;
-    let refused = tokio::time::timeout(Duration::from_secs(120), broker.submit(job))
+    let refused = tokio::time::timeout(Duration::from_secs(120), broker.submit(vec![job]))
         .await
         .expect("the producer gave up instead of retrying for ever")
         .expect_err("an oversized job must be refused");
@@ -71,7 +71,7 @@ async fn an_oversized_job_is_refused_at_once_with_an_error_naming_it() {
         },
     );
     broker
-        .submit(small)
+        .submit(vec![small])
         .await
         .expect("a normal job still goes out");
     let connection = support::connect().await;
@@ -88,6 +88,62 @@ async fn an_oversized_job_is_refused_at_once_with_an_error_naming_it() {
         .await
         .expect("phase-1 queue");
     assert_eq!(phase1.message_count(), 0);
+    broker.end().await;
+    let _ = connection.close(200, "done".into()).await;
+    support::delete_topology(&topology).await;
+}
+
+/// Jobs submitted together go out in their order, each once, though their confirms are waited for together
+/// (`mq::Publisher::publish_jobs`): the fair queue's order is the order workers see them in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_submitted_together_arrive_once_each_in_their_order() {
+    let _broker = BROKER.read().await;
+    let topology = support::private_topology();
+    let mut broker = Broker::connect(&support::amqp_url(), topology.clone())
+        .await
+        .expect("connects");
+    let run_id = Uuid::now_v7();
+    broker.begin(run_id).await.expect("begins");
+    let jobs: Vec<Job> = (0..300)
+        .map(|i| {
+            Job::new(
+                run_id,
+                "contoso.onmicrosoft.com",
+                false,
+                JobKind::Phase2 {
+                    central: Some(CentralFolder {
+                        mailbox: mailbox(1),
+                        folder_id: Some("folder".into()),
+                    }),
+                    mailbox: mailbox(10 + i),
+                },
+            )
+        })
+        .collect();
+    let ids: Vec<String> = jobs.iter().map(|job| job.job_id.to_string()).collect();
+    broker.submit(jobs).await.expect("submitted");
+    let connection = support::connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    let queue = topology.job_queue(Phase::Phase2);
+    let mut arrived = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            queue.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("get")
+    {
+        let id = message
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(ToString::to_string)
+            .expect("every job carries its id");
+        arrived.push(id);
+    }
+    assert_eq!(arrived, ids);
     broker.end().await;
     let _ = connection.close(200, "done".into()).await;
     support::delete_topology(&topology).await;

@@ -143,7 +143,7 @@ async fn a_publish_on_a_silent_connection_is_given_up_and_sent_on_a_new_one() {
     broker.begin(run_id).await.expect("begins");
     relay.silence();
     let submitted =
-        tokio::time::timeout(Duration::from_secs(120), broker.submit(job(run_id))).await;
+        tokio::time::timeout(Duration::from_secs(120), broker.submit(vec![job(run_id)])).await;
     assert!(
         submitted.is_ok(),
         "the publish waited on the silent connection for two minutes"

@@ -70,6 +70,12 @@ pub enum MqError {
         /// The limit.
         limit: usize,
     },
+    /// A message of a batch not sent because an earlier one could not be (the connection broke under it).
+    #[error("not sent: an earlier message of the batch could not be ({cause})")]
+    NotSent {
+        /// Why the earlier one failed.
+        cause: String,
+    },
     /// The message matched no queue.
     #[error("message to {exchange} ({routing_key}) was unroutable: is the topology declared?")]
     Unroutable {
@@ -557,6 +563,46 @@ impl Publisher {
         .await
     }
 
+    /// Publishes jobs in their order, as attempt `attempt`, and waits for the broker's confirms together: one
+    /// result per job, in the same order. Why: a confirm of a quorum queue waits for the broker to commit the
+    /// message to disk, about a millisecond; one publish after another cost a run of 10,000 mailboxes seconds of
+    /// round trips. The messages leave in order (each is handed to the connection before the next); only the
+    /// waits for their confirms overlap. A job after a send that failed is not sent; its result is that error.
+    pub async fn publish_jobs(&self, jobs: &[Job], attempt: u32) -> Vec<Result<(), MqError>> {
+        let exchange = self.topology.jobs_exchange();
+        let mut sent = Vec::with_capacity(jobs.len());
+        let mut broken: Option<String> = None;
+        for job in jobs {
+            let result = match &broken {
+                Some(error) => Err(MqError::NotSent {
+                    cause: error.clone(),
+                }),
+                None => {
+                    self.send(
+                        &exchange,
+                        job.phase().routing_key(),
+                        job.to_json(),
+                        job_properties(job, attempt),
+                    )
+                    .await
+                }
+            };
+            if let Err(error) = &result {
+                if !error.is_permanent() && broken.is_none() {
+                    broken = Some(error.to_string());
+                }
+            }
+            sent.push(result);
+        }
+        futures_util::future::join_all(sent.into_iter().map(|sent| async move {
+            match sent {
+                Ok(sent) => sent.confirmed().await,
+                Err(error) => Err(error),
+            }
+        }))
+        .await
+    }
+
     async fn publish(
         &self,
         exchange: &str,
@@ -564,6 +610,20 @@ impl Publisher {
         body: Vec<u8>,
         properties: BasicProperties,
     ) -> Result<(), MqError> {
+        self.send(exchange, routing_key, body, properties)
+            .await?
+            .confirmed()
+            .await
+    }
+
+    /// Hands a message to the connection; its [`Sent::confirmed`] waits for the broker's word.
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: Vec<u8>,
+        properties: BasicProperties,
+    ) -> Result<Sent, MqError> {
         if body.len() > MAX_MESSAGE_BYTES {
             return Err(MqError::TooLarge {
                 exchange: exchange.into(),
@@ -576,7 +636,7 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let publish = async {
+        let confirm = bounded(format!("publishing to {exchange}"), async {
             self.channel
                 .basic_publish(
                     exchange.into(),
@@ -586,27 +646,51 @@ impl Publisher {
                     properties,
                 )
                 .await
-                .map_err(amqp(format!("publishing to {exchange}")))?
-                .await
-                .map_err(amqp(format!(
-                    "waiting for the confirm of a publish to {exchange}"
-                )))
-        };
+                .map_err(amqp(format!("publishing to {exchange}")))
+        })
+        .await?;
+        Ok(Sent {
+            confirm,
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        })
+    }
+}
+
+/// A message handed to the connection, its confirm not yet in.
+struct Sent {
+    confirm: lapin::PublisherConfirm,
+    exchange: String,
+    routing_key: String,
+}
+
+impl Sent {
+    /// Waits for the broker's confirm: a nack or a returned (unroutable) message is an error.
+    async fn confirmed(self) -> Result<(), MqError> {
+        let Sent {
+            confirm,
+            exchange,
+            routing_key,
+        } = self;
         let confirm = bounded(
             format!("publishing to {exchange} (the broker's confirm)"),
-            publish,
+            async {
+                confirm.await.map_err(amqp(format!(
+                    "waiting for the confirm of a publish to {exchange}"
+                )))
+            },
         )
         .await?;
         if confirm.is_nack() {
             return Err(MqError::Nacked {
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
+                exchange,
+                routing_key,
             });
         }
         if confirm.take_message().is_some() {
             return Err(MqError::Unroutable {
-                exchange: exchange.into(),
-                routing_key: routing_key.into(),
+                exchange,
+                routing_key,
             });
         }
         Ok(())
