@@ -175,6 +175,59 @@ async fn a_quiet_rerun_costs_the_shared_mailbox_no_more_on_five_processes_than_o
     std::fs::remove_dir_all(&broker_state).ok();
 }
 
+/// A worker process resolves a tenant's central folder once, however many of its jobs start together: the jobs a
+/// process takes at once (a run's first batch, all published together) wait for one resolution and use it.
+///
+/// Failed before the fix (`trust::Locations::turn`): each job that started before the first resolution was kept
+/// resolved again, so a fresh process taking its slots' worth of phase-2 jobs sent the shared mailbox that many
+/// folder lookups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_starting_together_in_a_process_resolve_the_central_folder_once() {
+    let _broker = BROKER.read().await;
+    let params = EstateParams {
+        tenants: 1,
+        users_per_tenant: 18,
+        contacts_per_user: 2,
+        overlap: 0.0,
+        seed: 1818,
+    };
+    // Latency makes each lookup last, so jobs starting together overlap it.
+    let estate = Estate::seed(
+        SimConfig {
+            latency: Duration::from_millis(30),
+            ..SimConfig::default()
+        },
+        params,
+    )
+    .await;
+    let settings = estate.settings();
+    let topology = support::private_topology();
+    let processes = 2;
+    let workers: Vec<_> = (0..processes)
+        .map(|i| support::spawn_worker(&settings, &topology, &format!("resolve-{i}")))
+        .collect();
+    let report = run(&settings, &broker_args(&topology)).await;
+    support::stop_workers(workers).await;
+    support::delete_topology(&topology).await;
+    assert_only_unreachable_failed(&report, &estate);
+    // Lookups of the central folder by its name ("All Contacts", however the query encodes the space).
+    let lookups = estate
+        .sim
+        .request_log()
+        .iter()
+        .filter(|r| {
+            let url = r.url.to_lowercase().replace("%20", " ").replace('+', " ");
+            r.method == "GET" && url.contains("/contactfolders?") && url.contains("all contacts")
+        })
+        .count();
+    assert!(lookups >= 1, "no lookup of the central folder was logged");
+    // The producer's own lookup, and one per worker process.
+    assert!(
+        lookups <= 1 + processes,
+        "{lookups} lookups of the central folder by the producer and {processes} worker processes"
+    );
+}
+
 /// A process that took a tenant's central lease and died (its connection gone, as when the pod is killed) does
 /// not block the others: the broker drops the lease with the connection and the next process takes it.
 ///

@@ -10,7 +10,7 @@
 //! The checks here are pure; [`Locations`] caches what the worker resolved through Graph per tenant.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use shared::config::TenantSettings;
 use shared::message::{Job, JobKind};
@@ -119,9 +119,25 @@ pub fn check(job: &Job, tenant: &TenantSettings, resolved: &Resolved) -> Result<
 #[derive(Default)]
 pub struct Locations {
     entries: Mutex<HashMap<String, Resolved>>,
+    /// One resolution of a tenant at a time: the jobs a process takes at once (up to its concurrency, all of a
+    /// run's first batch) would otherwise each resolve the shared mailbox before the first had kept its answer.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Locations {
+    /// Waits for the turn to resolve `tenant`; whoever held it before may have kept what this job needs, so look
+    /// again with [`Locations::get`] before resolving.
+    pub async fn turn(&self, tenant: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = self
+            .turns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(tenant.to_ascii_lowercase())
+            .or_default()
+            .clone();
+        turn.lock_owned().await
+    }
+
     /// What was resolved for `tenant`, if anything.
     pub fn get(&self, tenant: &str) -> Option<Resolved> {
         self.lock().get(&tenant.to_ascii_lowercase()).cloned()

@@ -275,10 +275,18 @@ impl JobRunner {
                 error,
             }
         };
-        if let Some(known) = self.locations.get(&tenant.tenant_id) {
-            if trust::check(job, tenant, &known).is_ok() {
-                return Ok(());
-            }
+        let known_and_fits = || {
+            self.locations
+                .get(&tenant.tenant_id)
+                .is_some_and(|known| trust::check(job, tenant, &known).is_ok())
+        };
+        if known_and_fits() {
+            return Ok(());
+        }
+        // One job of the tenant resolves at a time; the others then find its answer.
+        let _turn = self.locations.turn(&tenant.tenant_id).await;
+        if known_and_fits() {
+            return Ok(());
         }
         // No mirror, no shared mailbox to resolve: the job must name none.
         let central = if tenant.distribution.mirror_enabled {
