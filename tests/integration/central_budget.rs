@@ -8,7 +8,9 @@ use producer::cli::RunArgs;
 use producer::summary::RunReport;
 use worker::central_lease::CentralLeases;
 
-use crate::fleet::{assert_only_unreachable_failed, broker_args, embedded_args, run, snapshot};
+use crate::fleet::{
+    assert_only_unreachable_failed, broker_args, embedded_args, run, snapshot, total,
+};
 use crate::support::{self, Estate, BROKER};
 
 /// Worker processes: one more than the mailbox's 4 in flight, so their phase-2 reads of the central folder (one
@@ -105,14 +107,7 @@ async fn a_quiet_rerun_costs_the_shared_mailbox_no_more_on_five_processes_than_o
         overlap: 0.0,
         seed: 2424,
     };
-    let skipped = |report: &RunReport| -> u64 {
-        report
-            .tenants
-            .iter()
-            .flat_map(|t| t.phases.values())
-            .map(|p| p.mailboxes_unchanged)
-            .sum()
-    };
+    let skipped = |report: &RunReport| total(report, |c| c.mailboxes_unchanged);
     let shared_requests = |estate: &Estate| {
         let shared = estate.tenants[0].shared_mailbox_upn.to_lowercase();
         estate

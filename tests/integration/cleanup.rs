@@ -16,7 +16,7 @@ use crate::directory::{
     assert_all_succeeded, assert_holds_each_once, directory_only, document, mail_of, members_but,
     sim, tenant, tenant_entry, writes,
 };
-use crate::fleet::{broker_args, embedded_args, run};
+use crate::fleet::{broker_args, embedded_args, run, total};
 use crate::support::{self, settings_from, BROKER};
 
 /// What a user sees of a folder, by contact id: every property Outlook returns except what the server changes
@@ -120,12 +120,7 @@ async fn cleanup(settings: &Settings, args: &RunArgs, source: CleanupSource) -> 
 }
 
 fn deleted(report: &RunReport) -> u64 {
-    report
-        .tenants
-        .iter()
-        .flat_map(|t| t.phases.values())
-        .map(|c| c.deleted)
-        .sum()
+    total(report, |c| c.deleted)
 }
 
 /// Issue 11: `cleanup` leaves each mailbox exactly as it was before the first sync (own contacts, their notes and

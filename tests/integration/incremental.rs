@@ -77,12 +77,7 @@ fn requests_per_mailbox(estate: &Estate) -> (u64, u64, Vec<(String, u64)>) {
 }
 
 fn skipped(report: &RunReport) -> u64 {
-    report
-        .tenants
-        .iter()
-        .flat_map(|t| t.phases.values())
-        .map(|c| c.mailboxes_unchanged)
-        .sum()
+    total(report, |c| c.mailboxes_unchanged)
 }
 
 /// The id of the first contact in `user`'s default folder (by display name) that `pick` accepts.

@@ -19,17 +19,39 @@ fn mailbox(i: usize) -> Mailbox {
     }
 }
 
-/// Failed before the fix: a job over the fleet's message limit was sent as it was (RabbitMQ 4 refuses it by
-/// closing the channel, and the producer reconnected and sent it again, for ever).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_job_is_refused_at_once_with_an_error_naming_it() {
-    let _broker = BROKER.read().await;
+/// A phase-2 job of run `run_id` for `mailbox(number)`.
+fn phase2_job(run_id: Uuid, number: usize) -> Job {
+    Job::new(
+        run_id,
+        "contoso.onmicrosoft.com",
+        false,
+        JobKind::Phase2 {
+            central: Some(CentralFolder {
+                mailbox: mailbox(1),
+                folder_id: Some("folder".into()),
+            }),
+            mailbox: mailbox(number),
+        },
+    )
+}
+
+/// A producer's broker on a private topology with a run begun (its report queue declared).
+async fn begun_run() -> (Broker, shared::mq::Topology, Uuid) {
     let topology = support::private_topology();
     let mut broker = Broker::connect(&support::amqp_url(), topology.clone())
         .await
         .expect("connects");
     let run_id = Uuid::now_v7();
     broker.begin(run_id).await.expect("begins");
+    (broker, topology, run_id)
+}
+
+/// Failed before the fix: a job over the fleet's message limit was sent as it was (RabbitMQ 4 refuses it by
+/// closing the channel, and the producer reconnected and sent it again, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_job_is_refused_at_once_with_an_error_naming_it() {
+    let _broker = BROKER.read().await;
+    let (mut broker, topology, run_id) = begun_run().await;
     let per_source = mailbox(0).id.len() + mailbox(0).upn.len();
     let sources: Vec<Mailbox> = (0..MAX_MESSAGE_BYTES / per_source + 1)
         .map(mailbox)
@@ -58,18 +80,7 @@ async fn an_oversized_job_is_refused_at_once_with_an_error_naming_it() {
         "{text}"
     );
     // Nothing reached the queue, and the connection is still usable for the next job.
-    let small = Job::new(
-        run_id,
-        "contoso.onmicrosoft.com",
-        false,
-        JobKind::Phase2 {
-            central: Some(CentralFolder {
-                mailbox: mailbox(1),
-                folder_id: Some("folder".into()),
-            }),
-            mailbox: mailbox(2),
-        },
-    );
+    let small = phase2_job(run_id, 2);
     broker
         .submit(vec![small])
         .await
@@ -98,28 +109,8 @@ async fn an_oversized_job_is_refused_at_once_with_an_error_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_submitted_together_arrive_once_each_in_their_order() {
     let _broker = BROKER.read().await;
-    let topology = support::private_topology();
-    let mut broker = Broker::connect(&support::amqp_url(), topology.clone())
-        .await
-        .expect("connects");
-    let run_id = Uuid::now_v7();
-    broker.begin(run_id).await.expect("begins");
-    let jobs: Vec<Job> = (0..300)
-        .map(|i| {
-            Job::new(
-                run_id,
-                "contoso.onmicrosoft.com",
-                false,
-                JobKind::Phase2 {
-                    central: Some(CentralFolder {
-                        mailbox: mailbox(1),
-                        folder_id: Some("folder".into()),
-                    }),
-                    mailbox: mailbox(10 + i),
-                },
-            )
-        })
-        .collect();
+    let (mut broker, topology, run_id) = begun_run().await;
+    let jobs: Vec<Job> = (0..300).map(|i| phase2_job(run_id, 10 + i)).collect();
     let ids: Vec<String> = jobs.iter().map(|job| job.job_id.to_string()).collect();
     broker.submit(jobs).await.expect("submitted");
     let connection = support::connect().await;
@@ -173,18 +164,7 @@ async fn reports_go_to_the_runs_own_queue_and_only_inside_the_prefix() {
     let foreign = shared::mq::declare_run_reports(&channel, &other, run_id)
         .await
         .expect("another prefix's run queue");
-    let mut job = Job::new(
-        run_id,
-        "contoso.onmicrosoft.com",
-        false,
-        JobKind::Phase2 {
-            central: Some(CentralFolder {
-                mailbox: mailbox(1),
-                folder_id: Some("folder".into()),
-            }),
-            mailbox: mailbox(2),
-        },
-    );
+    let mut job = phase2_job(run_id, 2);
     let report = report_of(&job);
     let count = |queue: String| {
         let channel = channel.clone();

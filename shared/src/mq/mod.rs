@@ -457,14 +457,9 @@ impl Publisher {
 
     /// Publishes a job to its phase queue as attempt `attempt`.
     pub async fn publish_job(&self, job: &Job, attempt: u32) -> Result<(), MqError> {
-        let exchange = self.topology.jobs_exchange();
-        self.publish(
-            &exchange,
-            job.phase().routing_key(),
-            job.to_json(),
-            job_properties(job, attempt),
-        )
-        .await
+        // One result per job: the batch of one has exactly one.
+        let mut results = self.publish_jobs(std::slice::from_ref(job), attempt).await;
+        results.pop().unwrap_or(Ok(()))
     }
 
     /// Publishes a job to the retry level that fits `wait`; it comes back to its phase queue when the level's TTL
