@@ -223,8 +223,8 @@ async fn jobs_starting_together_in_a_process_resolve_the_central_folder_once() {
     );
 }
 
-/// A process that took a tenant's central lease and died (its connection gone, as when the pod is killed) does
-/// not block the others: the broker drops the lease with the connection and the next process takes it.
+/// A process that took a tenant's central leases and died (its connection gone, as when the pod is killed) does
+/// not block the others: the broker drops the leases with the connection and the next process takes one.
 ///
 /// Would fail if a lease outlived its holder's connection (the second `hold` waiting for ever) or if a dropped
 /// lease were not given back (the third holder never taking it).
@@ -233,13 +233,17 @@ async fn a_lease_holder_that_dies_does_not_block_the_others() {
     let _broker = BROKER.read().await;
     let topology = support::private_topology();
     let tenant = "contoso.onmicrosoft.com";
-    let queue = topology.central_lease_queue(tenant);
-
+    // The dying process holds every one of the tenant's leases.
     let dying = support::connect().await;
-    assert!(
-        shared::mq::take_lease(&dying, &queue).await.expect("lease"),
-        "the lease was free"
-    );
+    for slot in 0..worker::central_lease::SLOTS {
+        let queue = topology.central_lease_queue(tenant, slot);
+        assert!(
+            shared::mq::take_lease(&dying, &queue).await.expect("lease"),
+            "the lease was free"
+        );
+    }
+    // The survivor takes the first free one, slot 0.
+    let queue = topology.central_lease_queue(tenant, 0);
     let leases = CentralLeases::new(support::amqp_url(), topology.clone(), "survivor");
     let waiting = tokio::spawn(async move {
         let held = leases.hold(tenant).await.expect("lease taken");

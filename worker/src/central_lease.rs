@@ -1,12 +1,13 @@
-//! One worker process at a time reads a tenant's shared mailbox for phase 2, fleet-wide (issue 13).
+//! At most [`SLOTS`] readers of a tenant's shared mailbox for phase 2 at once, fleet-wide (issue 13).
 //!
 //! Each process reads the central folder once per run ([`crate::central_cache`]) within its own limit of 4 requests
 //! in flight per mailbox; N processes starting a run's phase-2 jobs together would give the shared mailbox up to 4N.
-//! Before reading, a process takes the tenant's central lease on the broker ([`Topology::central_lease_queue`], an
-//! exclusive queue, the producer's lease mechanism [`mq::take_lease`]) and gives it up once the folder is read, so
-//! the reads follow one another. The lease lives on a connection of its own: a worker killed while reading releases
-//! it with its socket (the broker drops exclusive queues with their connection), and a session reconnecting for its
-//! jobs does not take a read's lease away.
+//! Before reading, a reader takes one of the tenant's central leases on the broker
+//! ([`Topology::central_lease_queue`], exclusive queues, the producer's lease mechanism [`mq::take_lease`]) and gives
+//! it up once done. A reader sends one request at a time, so the mailbox sees at most [`SLOTS`] in flight. The
+//! leases live on a connection of their own: a worker killed while reading releases them with its socket (the broker
+//! drops exclusive queues with their connection), and a session reconnecting for its jobs does not take a read's
+//! lease away.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -27,15 +28,21 @@ const POLL_FIRST: Duration = Duration::from_millis(10);
 /// The longest wait between two attempts (a read of a 5,000-contact folder takes 5 pages).
 const POLL_MAX: Duration = Duration::from_millis(100);
 
+/// How many holders may read a tenant's shared mailbox at once, fleet-wide: Graph's 4 requests in flight per
+/// mailbox. Each holder sends one request at a time (the central folder's pages follow one another, and a
+/// process resolves the folder once: `trust::Locations::turn`), so 4 leases hold the mailbox to 4 in flight
+/// however many processes run, and 4 processes read at once instead of one after another (with many processes and
+/// a large folder, each read takes seconds).
+pub const SLOTS: u32 = 4;
+
 /// The broker leases on tenants' shared mailboxes, taken on a connection this value opens when first needed.
 pub struct CentralLeases {
     amqp_url: String,
     name: String,
     topology: Topology,
     connection: Mutex<Option<Arc<Connection>>>,
-    /// The leases this process holds, by queue: the jobs of one process share one (they are within the process's
-    /// own limit of 4 per mailbox), and the last to finish gives it up. The broker cannot count holders itself: the
-    /// same connection may declare its exclusive queue again.
+    /// The leases this process holds, by queue, one holder each. The broker cannot tell this process's holders apart
+    /// (the same connection may declare its exclusive queue again), so a slot held here is skipped here.
     held: Arc<Leases>,
 }
 
@@ -50,7 +57,7 @@ struct Lease {
     held: Arc<Leases>,
 }
 
-/// A held lease: given up when the last holder in this process drops it (or when its connection dies).
+/// A held lease: given up when dropped (or when its connection dies).
 #[must_use = "the lease is given up when this is dropped"]
 pub struct Held(#[allow(dead_code)] Arc<Lease>);
 
@@ -67,50 +74,53 @@ impl CentralLeases {
         }
     }
 
-    /// Waits until this process holds `tenant_id`'s central lease. A broker that cannot be reached is an error
-    /// (reading without the lease could put the shared mailbox over its limit); dropping the future gives up.
+    /// Waits until this caller holds one of `tenant_id`'s [`SLOTS`] central leases. A broker that cannot be
+    /// reached is an error (reading without a lease could put the shared mailbox over its limit); dropping the
+    /// future gives up.
     pub async fn hold(&self, tenant_id: &str) -> Result<Held, MqError> {
-        let queue = self.topology.central_lease_queue(tenant_id);
         let mut poll = POLL_FIRST;
         loop {
             {
                 let mut held = self.held.lock().await;
-                // A lease whose connection died is no lease any more: take it again on a new connection.
-                if let Some(lease) = held
-                    .get(&queue)
-                    .and_then(Weak::upgrade)
-                    .filter(|lease| lease.connection.status().connected())
-                {
-                    return Ok(Held(lease));
+                for slot in 0..SLOTS {
+                    let queue = self.topology.central_lease_queue(tenant_id, slot);
+                    // Held by another caller of this process (one request at a time each): the next slot. A lease
+                    // whose connection died is no lease any more: take it again on a new connection.
+                    if held
+                        .get(&queue)
+                        .and_then(Weak::upgrade)
+                        .is_some_and(|lease| lease.connection.status().connected())
+                    {
+                        continue;
+                    }
+                    let connection = self.connection().await?;
+                    let asking = Asking {
+                        connection: connection.clone(),
+                        queue: queue.clone(),
+                        held: self.held.clone(),
+                        unanswered: true,
+                    };
+                    let taken = mq::take_lease(&connection, &queue).await;
+                    asking.answered();
+                    match taken {
+                        Ok(true) => {
+                            let lease = Arc::new(Lease {
+                                connection,
+                                queue: queue.clone(),
+                                held: self.held.clone(),
+                            });
+                            held.insert(queue, Arc::downgrade(&lease));
+                            return Ok(Held(lease));
+                        }
+                        Ok(false) => {}
+                        Err(error) => {
+                            // The next call opens a new connection; this one is not to be trusted any more.
+                            self.forget(&connection).await;
+                            return Err(error);
+                        }
+                    }
                 }
-                let connection = self.connection().await?;
-                let asking = Asking {
-                    connection: connection.clone(),
-                    queue: queue.clone(),
-                    held: self.held.clone(),
-                    unanswered: true,
-                };
-                let taken = mq::take_lease(&connection, &queue).await;
-                asking.answered();
-                match taken {
-                    Ok(true) => {
-                        let lease = Arc::new(Lease {
-                            connection,
-                            queue: queue.clone(),
-                            held: self.held.clone(),
-                        });
-                        held.insert(queue, Arc::downgrade(&lease));
-                        return Ok(Held(lease));
-                    }
-                    Ok(false) => {
-                        debug!(%queue, "another worker process reads the shared mailbox; waiting");
-                    }
-                    Err(error) => {
-                        // The next call opens a new connection; this one is not to be trusted any more.
-                        self.forget(&connection).await;
-                        return Err(error);
-                    }
-                }
+                debug!(tenant = tenant_id, "every central lease is held; waiting");
             }
             tokio::time::sleep(poll).await;
             poll = (poll * 2).min(POLL_MAX);
@@ -230,6 +240,41 @@ mod tests {
             .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
     }
 
+    /// Four holders read at once, wherever they are; a fifth waits until one of them is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn four_hold_a_tenants_leases_at_once_and_a_fifth_waits_for_one() {
+        let topology = Topology::new(format!("test-{}", uuid::Uuid::new_v4().simple()));
+        let leases = Arc::new(CentralLeases::new(amqp_url(), topology.clone(), "one"));
+        let other = CentralLeases::new(amqp_url(), topology.clone(), "other");
+        let mut holding = Vec::new();
+        for _ in 0..3 {
+            holding.push(
+                tokio::time::timeout(Duration::from_secs(30), leases.hold("tenant"))
+                    .await
+                    .expect("a free lease was waited for")
+                    .expect("RabbitMQ must run at AMQP_URL (default 127.0.0.1:5672)"),
+            );
+        }
+        // The fourth from another process.
+        let fourth = tokio::time::timeout(Duration::from_secs(30), other.hold("tenant"))
+            .await
+            .expect("a free lease was waited for")
+            .expect("broker");
+        let fifth = {
+            let leases = leases.clone();
+            tokio::spawn(async move { leases.hold("tenant").await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!fifth.is_finished(), "a fifth holder got a lease");
+        drop(fourth);
+        tokio::time::timeout(Duration::from_secs(30), fifth)
+            .await
+            .expect("a given-up lease was never taken again")
+            .expect("task")
+            .expect("broker");
+        drop(holding);
+    }
+
     /// Failed before the fix (another process waited for the lease for ever): the broker gave the lease to a
     /// request whose future was dropped before the answer was read (its job cancelled), so the lease sat on the
     /// shared lease connection with nobody holding it. Dropped unanswered, the request now gives it up.
@@ -241,7 +286,7 @@ mod tests {
             .connection()
             .await
             .expect("RabbitMQ must run at AMQP_URL (default 127.0.0.1:5672)");
-        let queue = topology.central_lease_queue("tenant");
+        let queue = topology.central_lease_queue("tenant", 0);
         let asking = Asking {
             connection: connection.clone(),
             queue: queue.clone(),
@@ -251,6 +296,14 @@ mod tests {
         // The declare went out and the broker said yes, but nobody read the answer.
         assert!(mq::take_lease(&connection, &queue).await.expect("declare"));
         drop(asking);
+        // The other slots are held by readers elsewhere: only the abandoned one can become free.
+        let elsewhere = mq::connect(&amqp_url(), "elsewhere")
+            .await
+            .expect("connect");
+        for slot in 1..SLOTS {
+            let queue = topology.central_lease_queue("tenant", slot);
+            assert!(mq::take_lease(&elsewhere, &queue).await.expect("declare"));
+        }
         let other = CentralLeases::new(amqp_url(), topology.clone(), "other");
         let held = tokio::time::timeout(Duration::from_secs(30), other.hold("tenant"))
             .await
@@ -258,5 +311,6 @@ mod tests {
             .expect("broker");
         drop(held);
         let _ = connection.close(200, "done".into()).await;
+        let _ = elsewhere.close(200, "done".into()).await;
     }
 }

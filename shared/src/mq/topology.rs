@@ -136,8 +136,16 @@ impl Topology {
     /// The exclusive queue whose existence lets one worker process read `tenant_id`'s shared mailbox for phase
     /// 2: however many processes run, one reads it at a time, so the mailbox sees at most one process's 4
     /// requests in flight. Like [`Self::lease_queue`], it dies with its holder's connection.
-    pub fn central_lease_queue(&self, tenant_id: &str) -> String {
-        format!("{}.central-lease.{}", self.prefix, queue_safe(tenant_id))
+    ///
+    /// `slot` numbers the leases of one tenant (see the worker's `central_lease::SLOTS`); slot 0 keeps the name of the
+    /// single lease of earlier releases, so during a rolling upgrade an old worker and the new ones still exclude
+    /// each other on it.
+    pub fn central_lease_queue(&self, tenant_id: &str, slot: u32) -> String {
+        let tenant = queue_safe(tenant_id);
+        match slot {
+            0 => format!("{}.central-lease.{tenant}", self.prefix),
+            n => format!("{}.central-lease.{tenant}.{n}", self.prefix),
+        }
     }
 
     /// The queue holding the latest run-progress snapshot (fed from the report exchange, see
@@ -478,8 +486,12 @@ mod tests {
         );
         assert_eq!(t.lease_queue("a b/c"), "t1.lease.a_b_c");
         assert_eq!(
-            t.central_lease_queue("Contoso.onmicrosoft.com"),
+            t.central_lease_queue("Contoso.onmicrosoft.com", 0),
             "t1.central-lease.contoso.onmicrosoft.com"
+        );
+        assert_eq!(
+            t.central_lease_queue("Contoso.onmicrosoft.com", 3),
+            "t1.central-lease.contoso.onmicrosoft.com.3"
         );
         // Neither the shared report queue (`report.#`) nor the runs queue sees a run's reports.
         let key = Topology::run_reports_routing_key(run);

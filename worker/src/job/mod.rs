@@ -142,8 +142,8 @@ impl JobRunner {
         }
     }
 
-    /// Makes phase 2 read a shared mailbox only while holding its broker lease, so however many worker
-    /// processes run, one reads it at a time. The first call wins; the worker sets it once for its broker.
+    /// Makes phase 2 read a shared mailbox only while holding one of its broker leases, so however many worker
+    /// processes run, at most four read it at once. The first call wins; the worker sets it once for its broker.
     pub fn share_central_reads(&self, leases: CentralLeases) {
         let _ = self.central_leases.set(leases);
     }
