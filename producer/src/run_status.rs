@@ -201,6 +201,12 @@ pub struct Tracked<'a, D> {
 }
 
 impl<'a, D: Dispatch> Tracked<'a, D> {
+    /// `job` was settled by the producer without the transport (see `Job::in_line_report`): counted as submitted.
+    pub fn settled_here(&mut self, job: &Job) {
+        self.progress.submitted(job);
+        self.changed = true;
+    }
+
     /// Starts tracking run `run_id` over `inner`.
     pub fn new(inner: &'a mut D, run_id: Uuid, started_at: DateTime<Utc>, dry_run: bool) -> Self {
         let progress = RunProgress::new(run_id, inner.mode(), dry_run, started_at);

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::TargetFolder;
-use crate::feed::Cursors;
+use crate::feed::{self, Cursors};
 use crate::model::Mailbox;
 use crate::sync::{CleanupSource, PlanCounts};
 
@@ -200,6 +200,57 @@ impl Job {
             JobKind::Phase1 { central, .. } => &central.mailbox,
             JobKind::Phase2 { mailbox, .. } => mailbox,
         }
+    }
+
+    /// The report of a mirror tenant's phase-2 job whose mailbox phase 1 of the run found in line, decided from the
+    /// job alone: such a mailbox needs no read, no plan and no request, so whoever holds the job can settle it
+    /// (the producer, before sending it; a worker, before its trust check). `None`: the job must run.
+    ///
+    /// `receives_directory` and `default_target_folder` are the tenant's configuration: with the directory the
+    /// mailbox must also be in line with the directory's content; a mirror tenant writing into another folder
+    /// keeps no feed for it, and a pending move reads both folders.
+    pub fn in_line_report(
+        &self,
+        receives_directory: bool,
+        default_target_folder: bool,
+    ) -> Option<Report> {
+        let (
+            JobKind::Phase2 {
+                central: Some(_),
+                mailbox,
+            },
+            None,
+        ) = (&self.kind, self.cleanup)
+        else {
+            return None;
+        };
+        let moving = self
+            .move_from
+            .as_ref()
+            .is_some_and(|from| *from != FolderChoice::DefaultContacts);
+        if !self.cursors.tracked || !default_target_folder || moving {
+            return None;
+        }
+        let in_line_before = feed::phase2_sources(
+            true,
+            self.cursors.central_generation,
+            receives_directory,
+            self.cursors.directory_generation,
+        );
+        let prior = self.cursors.mailboxes.get(&mailbox.id)?;
+        feed::phase2_skip(in_line_before, prior).then(|| Report {
+            cursors: Cursors {
+                tracked: true,
+                mailboxes: [(
+                    mailbox.id.clone(),
+                    feed::FolderFeed::at(prior.link.clone(), in_line_before),
+                )]
+                .into(),
+                ..Cursors::default()
+            },
+            skipped: true,
+            ..Report::of(self, 1, Outcome::Succeeded)
+        })
     }
 
     /// The central folder: always in phase 1; in phase 2 only when the mirror is a source of the mailbox.
@@ -506,6 +557,69 @@ mod tests {
                 mailbox: mailbox("alice"),
             },
         )
+    }
+
+    /// Every condition of the rule, each on its own: only a tracked mirror job into the default folder, no move,
+    /// no cleanup, whose mailbox is in line with this run's generation (and directory) is settled without a request.
+    #[test]
+    fn only_a_job_whose_mailbox_phase1_found_in_line_is_settled_without_a_request() {
+        use crate::feed::{DeltaLink, FolderFeed, Generation};
+        let g = Generation::fresh();
+        let d = Generation::of_content(b"directory");
+        let in_line = |in_line_with| {
+            let mut job = phase2_job(Uuid::now_v7());
+            job.cursors = Cursors {
+                tracked: true,
+                central_generation: Some(g),
+                directory_generation: Some(d),
+                mailboxes: [(
+                    "alice".to_owned(),
+                    FolderFeed::at(DeltaLink::new("https://graph.example/a"), in_line_with),
+                )]
+                .into(),
+                ..Cursors::default()
+            };
+            job
+        };
+        let job = in_line(Some(g));
+        let report = job.in_line_report(false, true).expect("settled");
+        assert!(report.skipped);
+        assert_eq!(report.outcome, Outcome::Succeeded);
+        assert_eq!((report.job_id, report.attempt), (job.job_id, 1));
+        assert_eq!(report.cursors.mailboxes["alice"].in_line_with, Some(g));
+        assert_eq!(report.graph.requests, 0);
+        // In line with the directory too, when the mailbox receives it.
+        let with_directory = Generation::combined(Some(g), d);
+        assert!(in_line(Some(with_directory))
+            .in_line_report(true, true)
+            .is_some());
+        assert!(
+            job.in_line_report(true, true).is_none(),
+            "the directory part is missing"
+        );
+        // Each condition alone turns it off.
+        assert!(in_line(None).in_line_report(false, true).is_none());
+        assert!(in_line(Some(Generation::fresh()))
+            .in_line_report(false, true)
+            .is_none());
+        assert!(
+            job.in_line_report(false, false).is_none(),
+            "another target folder"
+        );
+        let mut moving = job.clone();
+        moving.move_from = Some(FolderChoice::Named("Old".into()));
+        assert!(moving.in_line_report(false, true).is_none());
+        let mut cleanup = job.clone();
+        cleanup.cleanup = Some(CleanupSource::All);
+        assert!(cleanup.in_line_report(false, true).is_none());
+        let mut untracked = job.clone();
+        untracked.cursors.tracked = false;
+        assert!(untracked.in_line_report(false, true).is_none());
+        let mut no_mirror = job.clone();
+        if let JobKind::Phase2 { central, .. } = &mut no_mirror.kind {
+            *central = None;
+        }
+        assert!(no_mirror.in_line_report(false, true).is_none());
     }
 
     #[test]

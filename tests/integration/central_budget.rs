@@ -93,7 +93,7 @@ async fn five_worker_processes_keep_the_shared_mailbox_within_4_in_flight() {
 /// job that phase 1 found in line is skipped from the job alone, so a worker process whose jobs all skip never
 /// resolves the central folder.
 ///
-/// Failed before (`job/phase2.rs::in_line_without_request`): every worker process that took a job resolved the
+/// Failed before (`Job::in_line_report`, applied by the producer and the worker): every worker process that took a job resolved the
 /// shared mailbox and its folder first (two requests each, one process after another under the central lease).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quiet_rerun_costs_the_shared_mailbox_no_more_on_five_processes_than_on_one() {

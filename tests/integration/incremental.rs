@@ -257,3 +257,120 @@ async fn kept_feeds_make_unchanged_mailboxes_cheap_and_changes_arrive_as_in_a_fu
     assert_eq!(total(&settled, |c| c.created + c.updated + c.deleted), 0);
     std::fs::remove_dir_all(&state).ok();
 }
+
+/// The embedded transport, counting the phase-2 jobs the producer hands it.
+struct CountingPhase2 {
+    inner: producer::dispatch::Embedded,
+    phase2: usize,
+}
+
+impl producer::orchestrate::Dispatch for CountingPhase2 {
+    async fn submit(&mut self, jobs: Vec<shared::message::Job>) -> anyhow::Result<()> {
+        self.phase2 += jobs
+            .iter()
+            .filter(|job| job.phase() == shared::message::Phase::Phase2)
+            .count();
+        self.inner.submit(jobs).await
+    }
+    async fn next_report(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> anyhow::Result<Option<shared::message::Report>> {
+        self.inner.next_report(wait).await
+    }
+    fn mode(&self) -> &'static str {
+        self.inner.mode()
+    }
+    fn limits(&self) -> producer::fair::Limits {
+        self.inner.limits()
+    }
+    async fn lease(&mut self, tenant_id: &str) -> Result<(), producer::lease::LeaseError> {
+        self.inner.lease(tenant_id).await
+    }
+}
+
+/// Runs one sync of `settings` through [`CountingPhase2`], keeping feeds in `state`; returns the report and how
+/// many phase-2 jobs went to the transport.
+async fn counted_sync(settings: &Settings, state: &std::path::Path) -> (RunReport, usize) {
+    let graph = shared::graph::GraphClient::new(shared::graph::ClientOptions::default())
+        .expect("graph client");
+    let runner = std::sync::Arc::new(worker::job::JobRunner::new(
+        graph.clone(),
+        std::sync::Arc::new(settings.clone()),
+    ));
+    let mut dispatch = CountingPhase2 {
+        inner: producer::dispatch::Embedded::start(
+            runner,
+            4,
+            worker::disposition::RetryPolicy::default(),
+            None,
+        ),
+        phase2: 0,
+    };
+    let store = producer::state::StateStore::new(state);
+    let request = producer::orchestrate::RunRequest {
+        settings,
+        only_tenants: &[],
+        dry_run: false,
+        idle_timeout: std::time::Duration::from_secs(60),
+        state: Some(&store),
+        rebuild_central: false,
+        allow_mass_delete: false,
+        cleanup: None,
+        strict: false,
+        wait_for_lease: std::time::Duration::ZERO,
+    };
+    let report = producer::orchestrate::run(&mut dispatch, &graph, request)
+        .await
+        .expect("the run completes");
+    (report, dispatch.phase2)
+}
+
+/// A quiet re-run hands the transport no phase-2 job for a mailbox phase 1 found in line: the producer settles it
+/// itself (`Job::in_line_report`), so on RabbitMQ neither the job nor its report crosses the broker. A changed
+/// mailbox's job still goes out.
+///
+/// Failed before the fix: every receiving mailbox's job was sent, and its worker found it in line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiet_rerun_sends_no_phase2_job_for_a_mailbox_in_line() {
+    let estate = estate().await;
+    let settings = estate.settings();
+    let state = support::scratch_dir("settled-here");
+    let originals = originals(&estate);
+    let (first, sent_first) = counted_sync(&settings, &state).await;
+    assert_only_unreachable_failed(&first, &estate);
+    assert!(sent_first > 0, "the first run sent no phase-2 job");
+
+    let (quiet, sent_quiet) = counted_sync(&settings, &state).await;
+    assert_only_unreachable_failed(&quiet, &estate);
+    let skipped: u64 = quiet
+        .tenants
+        .iter()
+        .filter_map(|t| t.phases.get(&shared::message::Phase::Phase2))
+        .map(|c| c.mailboxes_unchanged)
+        .sum();
+    assert!(skipped > 0, "no mailbox was found in line");
+    assert_eq!(
+        sent_quiet as u64 + skipped,
+        sent_first as u64,
+        "every mailbox is either settled by the producer or sent"
+    );
+    assert!(
+        sent_quiet < sent_first,
+        "{sent_quiet} of {sent_first} phase-2 jobs were sent on a quiet run"
+    );
+
+    // A changed mailbox still gets its job, and the changes are written.
+    change(&estate, &originals).await;
+    let (changed, sent_changed) = counted_sync(&settings, &state).await;
+    assert_only_unreachable_failed(&changed, &estate);
+    assert!(
+        sent_changed > sent_quiet,
+        "a changed tenant sent only {sent_changed} phase-2 jobs"
+    );
+    assert!(
+        total(&changed, |c| c.created + c.updated + c.deleted) > 0,
+        "the changes wrote nothing"
+    );
+    std::fs::remove_dir_all(&state).ok();
+}

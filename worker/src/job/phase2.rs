@@ -7,7 +7,7 @@ use shared::config::{TargetFolder, TenantSettings};
 use shared::directory::{self, DirectoryPerson};
 use shared::feed::{self, Cursors, FolderFeed, Generation};
 use shared::graph::TenantClient;
-use shared::message::{CentralFolder, FailureReason, FolderChoice, Job, JobKind};
+use shared::message::{CentralFolder, FailureReason, FolderChoice, Job};
 use shared::model::{Contact, Mailbox};
 use shared::sync::{self, PreparedCentral};
 use tokio_util::task::TaskTracker;
@@ -293,29 +293,4 @@ fn skipped(
             ..Done::default()
         }
     })
-}
-
-/// A mirror tenant's phase-2 job that phase 1 of its run found in line, decided from the job alone: it sends no
-/// request, so it needs neither the trust check nor the central folder. Why: every worker process resolved the
-/// shared mailbox for its first job of a run (two requests on the shared mailbox under the fleet's lease, one
-/// process after another) even when all its jobs skipped. Such a job reads and writes nothing, and what it reports
-/// is what the job said, so a forged one gains nothing it did not bring.
-pub(super) fn in_line_without_request(tenant: &TenantSettings, job: &Job) -> Option<Done> {
-    let (
-        JobKind::Phase2 {
-            central: Some(_),
-            mailbox,
-        },
-        None,
-    ) = (&job.kind, job.cleanup)
-    else {
-        return None;
-    };
-    let standing = Standing::of(tenant, job, true);
-    let prior = job
-        .cursors
-        .mailboxes
-        .get(&mailbox.id)
-        .filter(|_| standing.feeds_apply)?;
-    skipped(mailbox, standing.in_line_before, prior)
 }
