@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use chrono::Utc;
-use shared::config::{Settings, TargetFolder, TenantSettings};
+use shared::config::{Settings, TenantSettings};
 use shared::graph::GraphClient;
 use shared::message::{CentralFolder, FolderChoice, Job, JobKind, Outcome, Phase, Report};
 use shared::model::Mailbox;
@@ -481,10 +481,7 @@ pub async fn run<D: Dispatch>(
             let settings = tenants[tenant];
             match job.in_line_report(
                 settings.distribution.receives_directory(),
-                matches!(
-                    settings.distribution.target_folder,
-                    TargetFolder::DefaultContacts
-                ),
+                &FolderChoice::from(&settings.distribution.target_folder),
             ) {
                 Some(settled) => {
                     dispatch.settled_here(&job);

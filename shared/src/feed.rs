@@ -204,6 +204,15 @@ pub struct Cursors {
 }
 
 impl Cursors {
+    /// The cursors a phase-2 job reports: its mailbox's feed.
+    pub fn of_mailbox(mailbox_id: &str, feed: FolderFeed) -> Self {
+        Self {
+            tracked: true,
+            mailboxes: [(mailbox_id.to_owned(), feed)].into(),
+            ..Self::default()
+        }
+    }
+
     /// Nothing known.
     pub fn is_empty(&self) -> bool {
         !self.tracked
@@ -271,6 +280,17 @@ pub fn next_generation(central: Check, previous: Option<Generation>, writes: usi
 /// phase 1 sees it: skipping never loses it.
 pub fn phase2_skip(current: Option<Generation>, feed: &FolderFeed) -> bool {
     current.is_some() && current == feed.in_line_with
+}
+
+/// The cursors of a phase-2 job that skips its mailbox ([`phase2_skip`]): its feed where it stands, still in line
+/// with `current`. `None`: the mailbox must be brought in line.
+pub fn phase2_skipped(
+    mailbox_id: &str,
+    current: Option<Generation>,
+    feed: &FolderFeed,
+) -> Option<Cursors> {
+    phase2_skip(current, feed)
+        .then(|| Cursors::of_mailbox(mailbox_id, FolderFeed::at(feed.link.clone(), current)))
 }
 
 /// What a receiving mailbox's content must be in line with for phase 2 to skip it: the central generation when the

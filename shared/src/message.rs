@@ -157,6 +157,20 @@ pub struct Job {
     pub kind: JobKind,
 }
 
+/// What decides whether a phase-2 job may skip its mailbox ([`Job::phase2_standing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phase2Standing<'a> {
+    /// The kept feeds follow the default Contacts folder, which phase 1 checks, or, without the mirror, the target
+    /// folder itself, which the job checks. A mirror tenant writing into another folder has no feed for it, and a
+    /// pending move reads both folders: the mailbox is read in full.
+    pub feeds_apply: bool,
+    /// What the mailbox must have been brought in line with to be skipped: the central generation and/or the
+    /// directory's content, as the producer found them in this run (none with `FromTenants`: never skipped).
+    pub in_line_before: Option<feed::Generation>,
+    /// Where the managed copies move from (a changed `TargetFolder`).
+    pub moving: Option<&'a FolderChoice>,
+}
+
 impl Job {
     /// Builds a job with its deterministic id.
     pub fn new(run_id: Uuid, tenant_id: &str, dry_run: bool, kind: JobKind) -> Self {
@@ -202,17 +216,38 @@ impl Job {
         }
     }
 
+    /// What decides whether this phase-2 job may skip its mailbox, from the job and the tenant's configuration:
+    /// whether the mirror is a source (`mirror`), the directory too (`receives_directory`), and the folder it writes
+    /// (`target`). The one place both the producer and the worker take it from.
+    pub fn phase2_standing(
+        &self,
+        mirror: bool,
+        receives_directory: bool,
+        target: &FolderChoice,
+    ) -> Phase2Standing<'_> {
+        let moving = self.move_from.as_ref().filter(|from| *from != target);
+        let in_line_before = feed::phase2_sources(
+            mirror,
+            self.cursors.central_generation,
+            receives_directory,
+            self.cursors.directory_generation,
+        );
+        Phase2Standing {
+            feeds_apply: self.cursors.tracked
+                && (*target == FolderChoice::DefaultContacts || !mirror)
+                && moving.is_none(),
+            in_line_before,
+            moving,
+        }
+    }
+
     /// The report of a mirror tenant's phase-2 job whose mailbox phase 1 of the run found in line, decided from the
     /// job alone: such a mailbox needs no read, no plan and no request, so whoever holds the job can settle it
     /// (the producer, before sending it; a worker, before its trust check). `None`: the job must run.
-    ///
-    /// `receives_directory` and `default_target_folder` are the tenant's configuration: with the directory the
-    /// mailbox must also be in line with the directory's content; a mirror tenant writing into another folder
-    /// keeps no feed for it, and a pending move reads both folders.
     pub fn in_line_report(
         &self,
         receives_directory: bool,
-        default_target_folder: bool,
+        target: &FolderChoice,
     ) -> Option<Report> {
         let (
             JobKind::Phase2 {
@@ -224,30 +259,15 @@ impl Job {
         else {
             return None;
         };
-        let moving = self
-            .move_from
-            .as_ref()
-            .is_some_and(|from| *from != FolderChoice::DefaultContacts);
-        if !self.cursors.tracked || !default_target_folder || moving {
-            return None;
-        }
-        let in_line_before = feed::phase2_sources(
-            true,
-            self.cursors.central_generation,
-            receives_directory,
-            self.cursors.directory_generation,
-        );
-        let prior = self.cursors.mailboxes.get(&mailbox.id)?;
-        feed::phase2_skip(in_line_before, prior).then(|| Report {
-            cursors: Cursors {
-                tracked: true,
-                mailboxes: [(
-                    mailbox.id.clone(),
-                    feed::FolderFeed::at(prior.link.clone(), in_line_before),
-                )]
-                .into(),
-                ..Cursors::default()
-            },
+        let standing = self.phase2_standing(true, receives_directory, target);
+        let prior = self
+            .cursors
+            .mailboxes
+            .get(&mailbox.id)
+            .filter(|_| standing.feeds_apply)?;
+        let cursors = feed::phase2_skipped(&mailbox.id, standing.in_line_before, prior)?;
+        Some(Report {
+            cursors,
             skipped: true,
             ..Report::of(self, 1, Outcome::Succeeded)
         })
@@ -566,6 +586,7 @@ mod tests {
         use crate::feed::{DeltaLink, FolderFeed, Generation};
         let g = Generation::fresh();
         let d = Generation::of_content(b"directory");
+        let default = FolderChoice::DefaultContacts;
         let in_line = |in_line_with| {
             let mut job = phase2_job(Uuid::now_v7());
             job.cursors = Cursors {
@@ -582,7 +603,7 @@ mod tests {
             job
         };
         let job = in_line(Some(g));
-        let report = job.in_line_report(false, true).expect("settled");
+        let report = job.in_line_report(false, &default).expect("settled");
         assert!(report.skipped);
         assert_eq!(report.outcome, Outcome::Succeeded);
         assert_eq!((report.job_id, report.attempt), (job.job_id, 1));
@@ -591,35 +612,36 @@ mod tests {
         // In line with the directory too, when the mailbox receives it.
         let with_directory = Generation::combined(Some(g), d);
         assert!(in_line(Some(with_directory))
-            .in_line_report(true, true)
+            .in_line_report(true, &default)
             .is_some());
         assert!(
-            job.in_line_report(true, true).is_none(),
+            job.in_line_report(true, &default).is_none(),
             "the directory part is missing"
         );
         // Each condition alone turns it off.
-        assert!(in_line(None).in_line_report(false, true).is_none());
+        assert!(in_line(None).in_line_report(false, &default).is_none());
         assert!(in_line(Some(Generation::fresh()))
-            .in_line_report(false, true)
+            .in_line_report(false, &default)
             .is_none());
         assert!(
-            job.in_line_report(false, false).is_none(),
+            job.in_line_report(false, &FolderChoice::Named("Phones".into()))
+                .is_none(),
             "another target folder"
         );
         let mut moving = job.clone();
         moving.move_from = Some(FolderChoice::Named("Old".into()));
-        assert!(moving.in_line_report(false, true).is_none());
+        assert!(moving.in_line_report(false, &default).is_none());
         let mut cleanup = job.clone();
         cleanup.cleanup = Some(CleanupSource::All);
-        assert!(cleanup.in_line_report(false, true).is_none());
+        assert!(cleanup.in_line_report(false, &default).is_none());
         let mut untracked = job.clone();
         untracked.cursors.tracked = false;
-        assert!(untracked.in_line_report(false, true).is_none());
+        assert!(untracked.in_line_report(false, &default).is_none());
         let mut no_mirror = job.clone();
         if let JobKind::Phase2 { central, .. } = &mut no_mirror.kind {
             *central = None;
         }
-        assert!(no_mirror.in_line_report(false, true).is_none());
+        assert!(no_mirror.in_line_report(false, &default).is_none());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use shared::directory;
 use shared::graph::{FolderRef, TenantClient};
 use shared::message::{CentralFolder, FolderChoice, Job};
 use shared::model::Mailbox;
-use shared::sync::{self, CleanupScope, CleanupSource, SyncId};
+use shared::sync::{self, CleanupScope, CleanupSource, Plan, SyncId};
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
@@ -83,21 +83,9 @@ impl JobRunner {
                 .await
                 .map_err(|e| classify(&e, &format!("reading contacts of {}", mailbox.upn)))?;
             let plan = sync::plan_cleanup(&ctx, mailbox, &contacts, &scope);
-            // Cleanup reports what it removed, dry run or not (the run's summary names the mailbox).
-            let planned = planned_lines(&plan);
-            let mut step = self
-                .apply(
-                    client,
-                    job,
-                    mailbox,
-                    &folder,
-                    plan,
-                    Planning::none(),
-                    false,
-                    writes,
-                )
+            let step = self
+                .apply_cleanup(client, job, mailbox, &folder, plan, writes)
                 .await?;
-            step.planned = planned;
             done.absorb(step);
         }
         info!(mailbox = %mailbox.upn, %source, removed = done.counts.deleted,
@@ -134,13 +122,31 @@ impl JobRunner {
             persons: &[],
         };
         let plan = sync::plan_cleanup(&ctx, &central.mailbox, &contacts, &scope);
+        let done = self
+            .apply_cleanup(client, job, &central.mailbox, &folder, plan, writes)
+            .await?;
+        info!(mailbox = %central.mailbox.upn, removed = done.counts.deleted, "central folder cleaned up");
+        Ok(done)
+    }
+
+    /// Writes a cleanup plan (no planning budget, no photos) and reports what it removed, dry run or not: the
+    /// run's summary names the mailbox and each removal.
+    async fn apply_cleanup(
+        &self,
+        client: &TenantClient,
+        job: &Job,
+        mailbox: &Mailbox,
+        folder: &FolderRef,
+        plan: Plan,
+        writes: &TaskTracker,
+    ) -> Result<Done, AttemptResult> {
         let planned = planned_lines(&plan);
         let mut done = self
             .apply(
                 client,
                 job,
-                &central.mailbox,
-                &folder,
+                mailbox,
+                folder,
                 plan,
                 Planning::none(),
                 false,
@@ -148,7 +154,6 @@ impl JobRunner {
             )
             .await?;
         done.planned = planned;
-        info!(mailbox = %central.mailbox.upn, removed = done.counts.deleted, "central folder cleaned up");
         Ok(done)
     }
 }

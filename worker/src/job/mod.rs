@@ -26,7 +26,7 @@ use shared::config::{Settings, TenantSettings};
 use shared::feed::{Cursors, Written};
 use shared::graph::{ErrorKind, GraphClient, GraphError, TenantClient};
 use shared::message::{
-    FailureReason, GraphCounts, Job, JobKind, PhotoReport, Report, SourceFailure,
+    FailureReason, FolderChoice, GraphCounts, Job, JobKind, PhotoReport, Report, SourceFailure,
 };
 use shared::model::Mailbox;
 use shared::sync::{Plan, PlanContext, PlanCounts, SyncId};
@@ -198,13 +198,10 @@ impl JobRunner {
                     // Phase 1 found the mailbox in line: nothing to read or write, so no trust check and no
                     // shared-mailbox lookup either (a forged job gains nothing it did not bring). The producer
                     // settles such jobs itself; an older producer's still come here.
-                    let default_folder = matches!(
-                        tenant.distribution.target_folder,
-                        shared::config::TargetFolder::DefaultContacts
-                    );
-                    if let Some(report) =
-                        job.in_line_report(tenant.distribution.receives_directory(), default_folder)
-                    {
+                    if let Some(report) = job.in_line_report(
+                        tenant.distribution.receives_directory(),
+                        &FolderChoice::from(&tenant.distribution.target_folder),
+                    ) {
                         return Ok(Done {
                             cursors: report.cursors,
                             skipped: true,

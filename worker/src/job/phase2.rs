@@ -3,7 +3,7 @@
 //! managed copies. Its own file because it decides what the mailbox is planned against and in which folder.
 
 use chrono::Utc;
-use shared::config::{TargetFolder, TenantSettings};
+use shared::config::TenantSettings;
 use shared::directory::{self, DirectoryPerson};
 use shared::feed::{self, Cursors, FolderFeed, Generation};
 use shared::graph::TenantClient;
@@ -32,11 +32,12 @@ impl JobRunner {
     ) -> Result<Done, AttemptResult> {
         let directory_on = tenant.distribution.receives_directory();
         let mirror = central.is_some();
-        let standing = Standing::of(tenant, job, mirror);
+        let current = FolderChoice::from(&tenant.distribution.target_folder);
+        let standing = job.phase2_standing(mirror, directory_on, &current);
         let moving = standing.moving;
         let feeds_apply = standing.feeds_apply;
         let in_line_before = standing.in_line_before;
-        let kept = |feed: FolderFeed| kept(mailbox, feed);
+        let kept = |feed: FolderFeed| Cursors::of_mailbox(&mailbox.id, feed);
         let prior = job
             .cursors
             .mailboxes
@@ -56,7 +57,6 @@ impl JobRunner {
         }
         // The folder and its feed come first: a mailbox that cannot be reached fails before anything is loaded
         // for it. `None`: a dry run before the named folder exists (it is empty, so everything would be created).
-        let current = FolderChoice::from(&tenant.distribution.target_folder);
         let folder = find_folder(client, job, mailbox, &current, !job.dry_run).await?;
         // The feed's link comes before the read: a change after the read is after the link.
         let link = match (prior, &folder) {
@@ -233,64 +233,17 @@ impl JobRunner {
     }
 }
 
-/// What decides whether a phase-2 job may skip its mailbox, known from the job and the configuration alone.
-struct Standing<'a> {
-    /// The kept feeds follow the default Contacts folder, which phase 1 checks, or, without the mirror, the
-    /// target folder itself, which the job checks. A mirror tenant writing into another folder has no feed for
-    /// it, and a pending move reads both folders: the mailbox is read in full.
-    feeds_apply: bool,
-    /// What the mailbox must have been brought in line with to be skipped: the central generation and/or the
-    /// directory's content, as the producer found them in this run (none with `FromTenants`: never skipped).
-    in_line_before: Option<Generation>,
-    /// Where the managed copies move from (a changed `TargetFolder`).
-    moving: Option<&'a FolderChoice>,
-}
-
-impl<'a> Standing<'a> {
-    fn of(tenant: &TenantSettings, job: &'a Job, mirror: bool) -> Self {
-        let named_folder = !matches!(
-            tenant.distribution.target_folder,
-            TargetFolder::DefaultContacts
-        );
-        let moving = job
-            .move_from
-            .as_ref()
-            .filter(|from| **from != FolderChoice::from(&tenant.distribution.target_folder));
-        let in_line_before = feed::phase2_sources(
-            mirror,
-            job.cursors.central_generation,
-            tenant.distribution.receives_directory(),
-            job.cursors.directory_generation,
-        );
-        Self {
-            feeds_apply: job.cursors.tracked && (!named_folder || !mirror) && moving.is_none(),
-            in_line_before,
-            moving,
-        }
-    }
-}
-
-/// The cursors a phase-2 job reports: its mailbox's feed.
-fn kept(mailbox: &Mailbox, feed: FolderFeed) -> Cursors {
-    Cursors {
-        tracked: true,
-        mailboxes: [(mailbox.id.clone(), feed)].into(),
-        ..Cursors::default()
-    }
-}
-
 /// The mailbox is in line with its sources and unchanged since: nothing to read, plan or write.
 fn skipped(
     mailbox: &Mailbox,
     in_line_before: Option<Generation>,
     prior: &FolderFeed,
 ) -> Option<Done> {
-    feed::phase2_skip(in_line_before, prior).then(|| {
-        debug!(mailbox = %mailbox.upn, "in line with its sources and unchanged since the last run");
-        Done {
-            cursors: kept(mailbox, FolderFeed::at(prior.link.clone(), in_line_before)),
-            skipped: true,
-            ..Done::default()
-        }
+    let cursors = feed::phase2_skipped(&mailbox.id, in_line_before, prior)?;
+    debug!(mailbox = %mailbox.upn, "in line with its sources and unchanged since the last run");
+    Some(Done {
+        cursors,
+        skipped: true,
+        ..Done::default()
     })
 }
