@@ -195,6 +195,27 @@ macro_rules! fields {
                     $(Field::$variant => fields.$member = Default::default()),*
                 }
             }
+
+            /// The field whose Graph name is exactly `name` (as Graph writes it in a response).
+            pub fn from_exact_graph_name(name: &str) -> Option<Field> {
+                match name {
+                    $($graph => Some(Field::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// Sets this field of `to` from the value `map` holds next (a response's property, decoded as the
+            /// field's type: `null` is an empty scalar, as with the derived decoder).
+            pub fn read_value<'de, A: serde::de::MapAccess<'de>>(
+                self,
+                map: &mut A,
+                to: &mut ContactFields,
+            ) -> Result<(), A::Error> {
+                match self {
+                    $(Field::$variant => to.$member = map.next_value()?),*
+                }
+                Ok(())
+            }
         }
     };
 }

@@ -32,6 +32,11 @@ use figures::{Budget, ScriptInput};
 use fleet::{FleetOptions, Mode};
 use report::Row;
 
+/// The embedded rows run the producer's jobs in this process: with the producer binary's allocator, so they
+/// measure what that binary does (graphsim, in this process too, uses it as well).
+#[global_allocator]
+static ALLOCATOR: worker::heap::Allocator = worker::heap::Allocator;
+
 /// Graph's per-mailbox budget to simulate.
 #[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
