@@ -160,10 +160,13 @@ impl CentralKeys {
         let Some(person) = self.by_sync.get(&property) else {
             return false;
         };
-        let original = SyncId::derive(&ctx.tenant_id, &mailbox.id, &contact.id) == property;
-        let names_creator = original && ctx.options.stamp_notes && !person.creator_known;
+        // Every contact of every source read comes through here: the derived id (a SHA-1) is computed only when
+        // it can matter, and only the normalised fields (not the match keys) are compared.
+        let names_creator = ctx.options.stamp_notes
+            && !person.creator_known
+            && SyncId::derive(&ctx.tenant_id, &mailbox.id, &contact.id) == property;
         !names_creator
-            && person.norm == MatchKeys::central(contact, ctx.options.fields.central).norm
+            && person.norm == normalize(&contact.fields).masked(ctx.options.fields.central.set())
     }
 
     /// Drops from `source` the contacts [`plan_central`] can do without.
