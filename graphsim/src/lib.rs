@@ -109,11 +109,8 @@ impl Sim {
         self.addr
     }
 
-    pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, state::Store> {
-        self.shared
-            .store
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub(crate) fn store(&self) -> std::sync::RwLockWriteGuard<'_, state::Store> {
+        self.shared.store()
     }
 
     /// Adds (or replaces) a tenant and its app registration.

@@ -2,7 +2,7 @@
 //! `/_sim/` control), and writes the reply with Graph's common headers.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body, Bytes};
@@ -38,8 +38,9 @@ pub struct Runtime {
 /// Everything the handlers share.
 #[derive(Debug)]
 pub struct Shared {
-    /// Directory and mailboxes.
-    pub store: Mutex<Store>,
+    /// Directory and mailboxes. Read-only requests (list and delta pages, look-ups, the directory) share it, so a
+    /// folder read's rendering runs on every thread of the runtime rather than one at a time.
+    pub store: RwLock<Store>,
     /// Throttle model.
     pub throttle: Arc<Throttle>,
     /// Counters and log.
@@ -58,7 +59,7 @@ impl Shared {
     /// Shared state for a server at `base_url`.
     pub fn new(config: &SimConfig, base_url: String) -> Arc<Self> {
         Arc::new(Self {
-            store: Mutex::new(Store::default()),
+            store: RwLock::new(Store::default()),
             throttle: Throttle::new(config.throttle),
             recorder: Recorder::new(config.request_log_capacity),
             faults: Faults::new(config.faults.clone()),
@@ -74,10 +75,17 @@ impl Shared {
         })
     }
 
-    /// The store, also after a panic elsewhere poisoned its lock (state stays usable).
-    pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+    /// The store to change, also after a panic elsewhere poisoned its lock (state stays usable).
+    pub fn store(&self) -> std::sync::RwLockWriteGuard<'_, Store> {
         self.store
-            .lock()
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The store to read, beside other readers (also after a poisoning panic).
+    pub fn store_read(&self) -> std::sync::RwLockReadGuard<'_, Store> {
+        self.store
+            .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 

@@ -106,6 +106,36 @@ fn parse(mailbox: &Mailbox, rest: &[String]) -> Result<Resource, Reply> {
     }
 }
 
+/// The mailbox reads that change nothing (folder and contact lists, a folder, delta pages), served from a shared
+/// borrow of the store; `None` for anything else, which [`handle`] serves. A path that does not parse is left to
+/// [`handle`] too, so every error is answered in one place.
+pub fn handle_read(
+    store: &Store,
+    tenant: usize,
+    user: usize,
+    op: &Op,
+    base: &str,
+) -> Option<Reply> {
+    let u = store.tenants.get(tenant)?.users.get(user)?;
+    let mailbox = &u.mailbox;
+    let resource = parse(mailbox, &op.segments[3..]).ok()?;
+    let ctx = format!("{base}/v1.0/$metadata#users('{}')", u.id);
+    match resource {
+        Resource::Folders(parent) => Some(list_folders(mailbox, parent, op, base, &ctx)),
+        Resource::Folder(f) => Some(folder_reply(mailbox, f, &ctx)),
+        Resource::Contacts(f) => Some(list_contacts(mailbox, f, op, base, &ctx)),
+        Resource::Delta(f) => Some(delta::handle(mailbox, f, op, base, &ctx, store.delta_epoch)),
+        _ => None,
+    }
+}
+
+/// A folder as Graph answers `GET …/contactFolders/{id}`.
+fn folder_reply(mailbox: &Mailbox, folder: usize, ctx: &str) -> Reply {
+    let mut body = mailbox.folders[folder].render();
+    body["@odata.context"] = json!(format!("{ctx}/contactFolders/$entity"));
+    Reply::json(200, body)
+}
+
 /// Mailbox requests.
 pub fn handle(store: &mut Store, tenant: usize, user: usize, op: &Op, base: &str) -> Reply {
     let rest = &op.segments[3..];
@@ -124,11 +154,7 @@ pub fn handle(store: &mut Store, tenant: usize, user: usize, op: &Op, base: &str
     match (resource, op.method.as_str()) {
         (Resource::Folders(parent), "GET") => list_folders(mailbox, parent, op, base, &ctx),
         (Resource::Folders(parent), "POST") => create_folder(mailbox, parent, op, &ctx),
-        (Resource::Folder(f), "GET") => {
-            let mut body = mailbox.folders[f].render();
-            body["@odata.context"] = json!(format!("{ctx}/contactFolders/$entity"));
-            Reply::json(200, body)
-        }
+        (Resource::Folder(f), "GET") => folder_reply(mailbox, f, &ctx),
         (Resource::Folder(f), "PATCH") => rename_folder(mailbox, f, op),
         (Resource::Folder(f), "DELETE") => {
             if mailbox.delete_folder(f) {

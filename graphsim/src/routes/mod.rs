@@ -90,7 +90,7 @@ pub fn authenticate(shared: &Shared, op: &Op) -> Result<Caller, Reply> {
         }
         _ => return Err(errors::unauthenticated("Access token is empty.")),
     };
-    let store = shared.store();
+    let store = shared.store_read();
     let Some(info) = store.tokens.get(token) else {
         return Err(errors::unauthenticated(
             "Access token validation failure. Invalid audience.",
@@ -273,13 +273,19 @@ async fn run_target(
         }
     }
     let base = shared.base_url.clone();
-    let reply = {
-        let mut store = shared.store();
-        match target {
-            Target::Tenant => directory::handle(&store, caller.tenant, op, &base),
-            Target::Mailbox { user, .. } => {
-                contacts::handle(&mut store, caller.tenant, *user, op, &base)
-            }
+    let reply = match target {
+        Target::Tenant => directory::handle(&shared.store_read(), caller.tenant, op, &base),
+        Target::Mailbox { user, .. } => {
+            // A read takes the store beside other reads; anything else (or a read `handle_read` does not
+            // serve) takes it alone.
+            let read = (op.method == "GET")
+                .then(|| {
+                    contacts::handle_read(&shared.store_read(), caller.tenant, *user, op, &base)
+                })
+                .flatten();
+            read.unwrap_or_else(|| {
+                contacts::handle(&mut shared.store(), caller.tenant, *user, op, &base)
+            })
         }
     };
     let applied =
@@ -322,7 +328,7 @@ fn resolve(shared: &Shared, caller: &Caller, op: &Op) -> Result<Target, Reply> {
         return Ok(Target::Tenant);
     }
     let key = &op.segments[2];
-    let store = shared.store();
+    let store = shared.store_read();
     let tenant = store
         .tenants
         .get(caller.tenant)
