@@ -12,21 +12,26 @@ use lapin::{Connection, Consumer};
 use shared::message::{Job, Report};
 use shared::mq::{self, MqError, Publisher, Topology};
 use shared::run_status::RunStatus;
+use tokio::sync::mpsc;
 use tracing::warn;
 use uuid::Uuid;
 use worker::disposition::RetryPolicy;
 use worker::embedded::EmbeddedQueue;
 use worker::job::JobRunner;
+use worker::overlap::{Ended, Planned};
 
 use crate::fair::Limits;
 use crate::lease::{FileLeases, LeaseError};
-use crate::orchestrate::Dispatch;
+use crate::orchestrate::{Dispatch, Event};
 
 /// Jobs run by in-process workers.
 pub struct Embedded {
     queue: EmbeddedQueue,
     leases: Option<FileLeases>,
     limits: Limits,
+    runner: Arc<JobRunner>,
+    /// Phase-1 plans, with overlapped phases on ([`Embedded::overlap_phases`]).
+    news: Option<mpsc::UnboundedReceiver<Planned>>,
 }
 
 impl Embedded {
@@ -39,10 +44,21 @@ impl Embedded {
         lease_dir: Option<PathBuf>,
     ) -> Self {
         Self {
-            queue: EmbeddedQueue::start(runner, workers, retry),
+            queue: EmbeddedQueue::start(runner.clone(), workers, retry),
             leases: lease_dir.map(FileLeases::new),
             limits: Limits::embedded(workers, None),
+            runner,
+            news: None,
         }
+    }
+
+    /// Overlapped phases (issue 13): a tenant's phase-2 jobs go out once its phase 1 planned, and copy each new
+    /// person as Graph confirms its central create (`worker::overlap`, `shared::sync::overlap`).
+    pub fn overlap_phases(mut self, on: bool) -> Self {
+        if on && self.news.is_none() {
+            self.news = self.runner.boards().enable();
+        }
+        self
     }
 
     /// At most `per_tenant` jobs of one tenant run at once (`--tenant-jobs`); default: every worker.
@@ -63,11 +79,30 @@ impl Dispatch for Embedded {
         Ok(())
     }
 
-    async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>> {
-        Ok(tokio::time::timeout(wait, self.queue.next_report())
-            .await
-            .ok()
-            .flatten())
+    async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>> {
+        let Self { queue, news, .. } = self;
+        let next = async {
+            match news {
+                Some(plans) => tokio::select! {
+                    biased;
+                    Some(planned) = plans.recv() => Some(Event::Planned(planned)),
+                    report = queue.next_report() => report.map(|r| Event::Report(Box::new(r))),
+                },
+                None => queue
+                    .next_report()
+                    .await
+                    .map(|r| Event::Report(Box::new(r))),
+            }
+        };
+        Ok(tokio::time::timeout(wait, next).await.ok().flatten())
+    }
+
+    fn overlaps_phases(&self) -> bool {
+        self.news.is_some()
+    }
+
+    fn phase1_ended(&mut self, tenant_id: &str, run_id: Uuid, ended: Ended) {
+        self.runner.boards().ended(tenant_id, run_id, ended);
     }
 
     fn mode(&self) -> &'static str {
@@ -326,10 +361,10 @@ impl Dispatch for Broker {
         }
     }
 
-    async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>> {
+    async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>> {
         loop {
             match self.session.next_report(wait).await {
-                Ok(report) => return Ok(report),
+                Ok(report) => return Ok(report.map(|r| Event::Report(Box::new(r)))),
                 Err(error) => self.reconnect(&error).await?,
             }
         }

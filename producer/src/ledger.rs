@@ -81,6 +81,13 @@ impl RunLedger {
         Some(Accepted { tenant, last })
     }
 
+    /// The tenant (index) of a job of `run_id` still waiting for its final report.
+    pub fn tenant_of(&self, run_id: Uuid, job_id: Uuid) -> Option<usize> {
+        (run_id == self.run_id)
+            .then(|| self.waiting.get(&job_id).map(|job| job.tenant))
+            .flatten()
+    }
+
     /// Jobs still waiting.
     pub fn waiting(&self) -> usize {
         self.waiting.len()

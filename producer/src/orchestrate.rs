@@ -16,6 +16,7 @@ use shared::run_status::RunStatus;
 use shared::sync::CleanupSource;
 use tracing::{info, warn};
 use uuid::Uuid;
+use worker::overlap::{Ended, Planned};
 
 use crate::fair::{FairQueue, Limits};
 use crate::lease::LeaseError;
@@ -33,8 +34,9 @@ use crate::summary::{RunReport, TenantReport};
 pub trait Dispatch {
     /// Queues jobs in their order (returns once the transport has accepted every one).
     async fn submit(&mut self, jobs: Vec<Job>) -> Result<()>;
-    /// The next report of this run, or `None` if none arrived within `wait`.
-    async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>>;
+    /// The next report of this run (or, with overlapped phases, news of a phase-1 plan), or `None` if nothing
+    /// arrived within `wait`.
+    async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>>;
     /// "embedded" or "broker", for the report.
     fn mode(&self) -> &'static str;
     /// How many of the run's jobs may be out at once, per tenant and in all ([`crate::fair`]).
@@ -50,11 +52,29 @@ pub trait Dispatch {
     async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError>;
     /// The run is over: gives back what [`Dispatch::begin`] and [`Dispatch::lease`] took.
     async fn end(&mut self) {}
+    /// Whether a tenant's phase-2 jobs may go out once its phase 1 planned, overlapping its writes (issue 13):
+    /// only in one process, where the phase-1 job can tell them each confirmed create (`worker::overlap`).
+    fn overlaps_phases(&self) -> bool {
+        false
+    }
+    /// An overlapped tenant's phase 1 is over (from its final report): its phase-2 jobs, already out, settle, or
+    /// undo what they sent early when it failed. (Its job says so itself when it succeeds; this also covers an
+    /// attempt that ended without saying, and a job that failed for good.)
+    fn phase1_ended(&mut self, _tenant_id: &str, _run_id: Uuid, _ended: Ended) {}
     /// Keeps the run's latest progress where `status` can read it. Nobody but this process can see an embedded
     /// run, so by default there is nothing to do.
     async fn publish_run_status(&mut self, _status: &RunStatus) -> Result<()> {
         Ok(())
     }
+}
+
+/// What the transport hands the orchestrator.
+#[derive(Debug)]
+pub enum Event {
+    /// A job's report (boxed: most of a run's events, and a report is large beside a plan's news).
+    Report(Box<Report>),
+    /// A tenant's phase-1 job made its plan (overlapped phases only): its phase-2 jobs may go out.
+    Planned(Planned),
 }
 
 /// What one run covers.
@@ -346,6 +366,8 @@ pub async fn run<D: Dispatch>(
                 }
                 job.rebuild_central = request.rebuild_central;
                 job.allow_mass_delete = request.allow_mass_delete;
+                job.overlapped = dispatch.overlaps_phases()
+                    && job.may_overlap(tenant, move_from[index].is_some());
                 memories.push(memory);
                 ledger.expect(&job, index);
                 progress.add(Phase::Phase1, 1);
@@ -369,8 +391,48 @@ pub async fn run<D: Dispatch>(
     while ledger.waiting() > 0 {
         let (report, dispatched) = match settled_here.pop_front() {
             Some(report) => (report, false),
-            None => match dispatch.next_report(request.idle_timeout).await? {
-                Some(report) => (report, true),
+            None => match dispatch.next_event(request.idle_timeout).await? {
+                Some(Event::Report(report)) => (*report, true),
+                Some(Event::Planned(planned)) => {
+                    // An overlapped tenant's phase 1 planned: its phase-2 jobs go out now (once; a later attempt's
+                    // plan finds them out already).
+                    let Some(tenant) = ledger.tenant_of(planned.run_id, planned.job_id) else {
+                        continue;
+                    };
+                    let Some((ready, central)) = prepared[tenant]
+                        .as_ref()
+                        .and_then(|ready| Some((ready, ready.central.clone()?)))
+                    else {
+                        continue;
+                    };
+                    if phase2_started[tenant] {
+                        continue;
+                    }
+                    info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 planned; starting phase 2 beside its writes");
+                    phase2_started[tenant] = true;
+                    let start = Phase2Start {
+                        run_id,
+                        tenant: tenants[tenant],
+                        index: tenant,
+                        ready,
+                        central,
+                        phase1: &planned.cursors,
+                        kept: memories[tenant].is_some(),
+                        move_from: move_from[tenant].as_ref(),
+                        dry_run: dry(tenants[tenant]),
+                        overlapped: true,
+                    };
+                    start.send(
+                        &request,
+                        &mut ledger,
+                        &mut fair,
+                        &mut settled_here,
+                        &mut dispatch,
+                        &mut progress,
+                    );
+                    submit_released(&mut fair, &mut dispatch).await?;
+                    continue;
+                }
                 None => {
                     warn!(
                         missing = ledger.waiting(),
@@ -447,49 +509,54 @@ pub async fn run<D: Dispatch>(
         else {
             continue;
         };
-        if !matches!(report.outcome, Outcome::Succeeded) {
-            warn!(tenant = %ready.tenant_id, "phase 1 failed; phase 2 not started for this tenant");
+        if phase2_started[tenant] {
+            // Overlapped: its phase-2 jobs are out and wait for this.
+            let ended = if succeeded {
+                Ended::Written {
+                    in_line_with: report.cursors.central.as_ref().and_then(|f| f.in_line_with),
+                }
+            } else {
+                warn!(tenant = %ready.tenant_id, "phase 1 failed; its overlapped phase-2 jobs undo what they sent");
+                Ended::Failed
+            };
+            dispatch.phase1_ended(&ready.tenant_id, run_id, ended);
+        }
+        if !succeeded {
+            if !phase2_started[tenant] {
+                warn!(tenant = %ready.tenant_id, "phase 1 failed; phase 2 not started for this tenant");
+            }
             continue;
         }
         if let Some(memory) = memories[tenant].as_mut() {
             memory.phase1_succeeded(&ready.users, &report.cursors);
             memory.filled(&central, &tenants[tenant].mirror.central_folder_name);
         }
-        info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 complete; starting phase 2");
-        progress.add(Phase::Phase2, ready.users.len() as u64);
-        phase2_started[tenant] = true;
-        for user in &ready.users {
-            let mut job = request.phase2_job(
-                run_id,
-                &ready.tenant_id,
-                dry(tenants[tenant]),
-                Some(central.clone()),
-                user,
-                move_from[tenant].as_ref(),
-            );
-            if memories[tenant].is_some() {
-                job.cursors = TenantMemory::phase2_cursors(
-                    &report.cursors,
-                    user,
-                    ready.directory.as_ref().and_then(|d| d.generation),
-                );
-            }
-            ledger.expect(&job, tenant);
-            // A mailbox phase 1 found in line needs no request: settled here, by the rule a worker would apply,
-            // so a quiet run sends the broker no phase-2 job at all (8,510 jobs and their reports were most of a
-            // 10,000-mailbox quiet run's time).
-            let settings = tenants[tenant];
-            match job.in_line_report(
-                settings.distribution.receives_directory(),
-                &FolderChoice::from(&settings.distribution.target_folder),
-            ) {
-                Some(settled) => {
-                    dispatch.settled_here(&job);
-                    settled_here.push_back(settled);
-                }
-                None => fair.push(tenant, job),
-            }
+        if phase2_started[tenant] {
+            // Overlapped: its phase-2 jobs went out when phase 1 planned.
+            continue;
         }
+        info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 complete; starting phase 2");
+        phase2_started[tenant] = true;
+        let start = Phase2Start {
+            run_id,
+            tenant: tenants[tenant],
+            index: tenant,
+            ready,
+            central,
+            phase1: &report.cursors,
+            kept: memories[tenant].is_some(),
+            move_from: move_from[tenant].as_ref(),
+            dry_run: dry(tenants[tenant]),
+            overlapped: false,
+        };
+        start.send(
+            &request,
+            &mut ledger,
+            &mut fair,
+            &mut settled_here,
+            &mut dispatch,
+            &mut progress,
+        );
         submit_released(&mut fair, &mut dispatch).await?;
     }
     let lost = ledger.give_up();
@@ -603,4 +670,71 @@ fn phase2_job(
             mailbox: mailbox.clone(),
         },
     )
+}
+
+/// What a tenant's phase-2 jobs are made from: its phase 1's cursors, from its final report or, overlapped, from
+/// its plan ([`Event::Planned`]).
+struct Phase2Start<'a> {
+    run_id: Uuid,
+    tenant: &'a TenantSettings,
+    index: usize,
+    ready: &'a PreparedTenant,
+    central: CentralFolder,
+    phase1: &'a shared::feed::Cursors,
+    /// A state is kept: the jobs carry the feeds.
+    kept: bool,
+    move_from: Option<&'a FolderChoice>,
+    dry_run: bool,
+    /// Sent while phase 1 writes (`Job::overlapped`).
+    overlapped: bool,
+}
+
+impl Phase2Start<'_> {
+    /// Makes one phase-2 job per user: expected by the ledger, then queued fairly, or settled here when phase 1
+    /// found the mailbox in line.
+    fn send<D: Dispatch>(
+        self,
+        request: &RunRequest<'_>,
+        ledger: &mut RunLedger,
+        fair: &mut FairQueue<Job>,
+        settled_here: &mut VecDeque<Report>,
+        dispatch: &mut Tracked<'_, D>,
+        progress: &mut Progress,
+    ) {
+        let ready = self.ready;
+        progress.add(Phase::Phase2, ready.users.len() as u64);
+        for user in &ready.users {
+            let mut job = request.phase2_job(
+                self.run_id,
+                &ready.tenant_id,
+                self.dry_run,
+                Some(self.central.clone()),
+                user,
+                self.move_from,
+            );
+            job.overlapped = self.overlapped;
+            if self.kept {
+                job.cursors = TenantMemory::phase2_cursors(
+                    self.phase1,
+                    user,
+                    ready.directory.as_ref().and_then(|d| d.generation),
+                );
+            }
+            ledger.expect(&job, self.index);
+            // A mailbox phase 1 found in line needs no request: settled here, by the rule a worker would apply,
+            // so a quiet run sends the broker no phase-2 job at all (8,510 jobs and their reports were most of a
+            // 10,000-mailbox quiet run's time).
+            let settings = self.tenant;
+            match job.in_line_report(
+                settings.distribution.receives_directory(),
+                &FolderChoice::from(&settings.distribution.target_folder),
+            ) {
+                Some(settled) => {
+                    dispatch.settled_here(&job);
+                    settled_here.push_back(settled);
+                }
+                None => fair.push(self.index, job),
+            }
+        }
+    }
 }

@@ -189,7 +189,8 @@ async fn execute_as(
             // Leases are lock files in the state directory (`run` always has one); a library caller without one
             // (tests, the demo: a private graphsim) takes none.
             let mut embedded = Embedded::start(runner, args.workers, retry, args.state_dir.clone())
-                .tenant_jobs(args.tenant_jobs);
+                .tenant_jobs(args.tenant_jobs)
+                .overlap_phases(args.overlap_phases);
             orchestrate::run(&mut embedded, &graph, request).await
         }
         Some(url) => {

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::lease::LeaseError;
 use crate::ledger::Waiting;
-use crate::orchestrate::Dispatch;
+use crate::orchestrate::{Dispatch, Event};
 use crate::summary::TenantReport;
 
 /// Shortest time between two snapshots while reports arrive.
@@ -276,14 +276,14 @@ impl<D: Dispatch> Dispatch for Tracked<'_, D> {
 
     /// Waits in slices of [`EVERY`] at most, publishing a due snapshot between them. A `None` before the slice
     /// ran out means the transport has nothing more to give (the embedded workers are gone), not a timeout.
-    async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>> {
+    async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>> {
         let deadline = Instant::now() + wait;
         loop {
             self.publish_if_due().await;
             let slice_end = deadline.min(Instant::now() + EVERY);
             let slice = slice_end.saturating_duration_since(Instant::now());
-            match self.inner.next_report(slice).await? {
-                Some(report) => return Ok(Some(report)),
+            match self.inner.next_event(slice).await? {
+                Some(event) => return Ok(Some(event)),
                 None if Instant::now() >= deadline || Instant::now() < slice_end => {
                     return Ok(None)
                 }
@@ -298,6 +298,14 @@ impl<D: Dispatch> Dispatch for Tracked<'_, D> {
 
     fn limits(&self) -> crate::fair::Limits {
         self.inner.limits()
+    }
+
+    fn overlaps_phases(&self) -> bool {
+        self.inner.overlaps_phases()
+    }
+
+    fn phase1_ended(&mut self, tenant_id: &str, run_id: Uuid, ended: worker::overlap::Ended) {
+        self.inner.phase1_ended(tenant_id, run_id, ended);
     }
 
     async fn begin(&mut self, run_id: Uuid) -> Result<()> {
@@ -533,7 +541,7 @@ mod tests {
         published: Vec<RunStatus>,
         /// Answers `None` at once, like the embedded queue once its workers are gone.
         closed: bool,
-        /// Calls of `next_report` while closed.
+        /// Calls of `next_event` while closed.
         closed_calls: u32,
     }
 
@@ -542,9 +550,9 @@ mod tests {
             Ok(())
         }
 
-        async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>> {
+        async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>> {
             match self.reports.pop() {
-                Some(report) => Ok(Some(report)),
+                Some(report) => Ok(Some(Event::Report(Box::new(report)))),
                 None => {
                     if self.closed {
                         self.closed_calls += 1;
@@ -585,8 +593,8 @@ mod tests {
             let mut tracked = Tracked::new(&mut recorder, run, Utc::now(), false);
             tracked.submit(vec![a1.clone()]).await.expect("submit");
             tracked.prepared(&[tenant_report("a", 1, None)]);
-            let got = tracked.next_report(Duration::from_secs(60)).await;
-            let Ok(Some(got)) = got else {
+            let got = tracked.next_event(Duration::from_secs(60)).await;
+            let Ok(Some(Event::Report(got))) = got else {
                 panic!("no report: {got:?}")
             };
             tracked.accepted(&got);
@@ -596,7 +604,7 @@ mod tests {
                 Phase1State::Queued
             );
             // The change is published after EVERY, then only heartbeats while nothing changes.
-            let none = tracked.next_report(Duration::from_secs(65)).await;
+            let none = tracked.next_event(Duration::from_secs(65)).await;
             assert!(matches!(none, Ok(None)));
             let published = &tracked.inner.published;
             assert_eq!(published.len(), 4, "change + 2 heartbeats: {published:?}");
@@ -616,7 +624,7 @@ mod tests {
         };
         let mut tracked = Tracked::new(&mut recorder, Uuid::now_v7(), Utc::now(), false);
         let started = Instant::now();
-        let got = tracked.next_report(Duration::from_secs(900)).await;
+        let got = tracked.next_event(Duration::from_secs(900)).await;
         assert!(matches!(got, Ok(None)));
         assert_eq!(tracked.inner.closed_calls, 1);
         assert!(

@@ -152,6 +152,12 @@ pub struct Job {
     /// configuration). The refusal of an empty source list stays.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_mass_delete: bool,
+    /// Phases overlap (issue 13; embedded mode only): a phase-1 job tells its process's phase-2 jobs its plan and
+    /// each confirmed central create, and a phase-2 job sent before phase 1 ended sends those persons' copies as
+    /// they come, then settles against the folder phase 1 left (`sync::overlap`). Meaningless between
+    /// processes: a worker that keeps no such board ignores it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overlapped: bool,
     /// What to do.
     #[serde(flatten)]
     pub kind: JobKind,
@@ -187,6 +193,7 @@ impl Job {
             cleanup: None,
             move_from: None,
             allow_mass_delete: false,
+            overlapped: false,
             kind,
         };
         let key = format!(
@@ -214,6 +221,23 @@ impl Job {
             JobKind::Phase1 { central, .. } => &central.mailbox,
             JobKind::Phase2 { mailbox, .. } => mailbox,
         }
+    }
+
+    /// Whether this job's phases may overlap (`Job::overlapped`), whatever the flag says: the plain mirror into
+    /// the default Contacts folder of a real sync. The directory, photos, a `TargetFolder`, a move, a rebuild and
+    /// a cleanup have steps of their own around the plan. The one rule the producer (marking a tenant's phase-1
+    /// job, with `moving`: whether its phase-2 jobs move copies) and the worker (before overlapping) apply.
+    pub fn may_overlap(&self, tenant: &crate::config::TenantSettings, moving: bool) -> bool {
+        !self.dry_run
+            && self.cleanup.is_none()
+            && self.move_from.is_none()
+            && !moving
+            && !self.rebuild_central
+            && tenant.distribution.mirror_enabled
+            && !tenant.photos
+            && !tenant.distribution.receives_directory()
+            && FolderChoice::from(&tenant.distribution.target_folder)
+                == FolderChoice::DefaultContacts
     }
 
     /// What decides whether this phase-2 job may skip its mailbox, from the job and the tenant's configuration:
@@ -351,6 +375,9 @@ pub enum FailureReason {
     ThrottledTooLong,
     /// The job names a central mailbox or folder other than the worker's own configuration does (forged or stale).
     UntrustedJob,
+    /// An overlapped phase-2 job whose tenant's phase 1 failed: as in an ordered run, the mailbox is left as it
+    /// was (the copies it had sent early were deleted).
+    Phase1Failed,
 }
 
 impl FailureReason {
@@ -368,6 +395,7 @@ impl FailureReason {
             FailureReason::NoReport => "no_report",
             FailureReason::ThrottledTooLong => "throttled_too_long",
             FailureReason::UntrustedJob => "untrusted_job",
+            FailureReason::Phase1Failed => "phase1_failed",
         }
     }
 }

@@ -137,12 +137,13 @@ fn all_failure_reasons() -> Vec<FailureReason> {
         NoReport,
         ThrottledTooLong,
         UntrustedJob,
+        Phase1Failed,
     ];
     for reason in &all {
         match reason {
             NoMailbox | AccessDenied | Authentication | UnknownTenant | MalformedJob
             | AttemptsExhausted | DeletionCapExceeded | GraphRejected | NoReport
-            | ThrottledTooLong | UntrustedJob => {}
+            | ThrottledTooLong | UntrustedJob | Phase1Failed => {}
         }
     }
     all

@@ -99,7 +99,7 @@ fn find(
 }
 
 /// Ids of the contacts each user of the first tenant held before any sync (their own, not copies).
-fn originals(estate: &Estate) -> BTreeSet<String> {
+pub(crate) fn originals(estate: &Estate) -> BTreeSet<String> {
     let t = &estate.tenants[0];
     t.mirror_target_upns
         .iter()
@@ -109,7 +109,7 @@ fn originals(estate: &Estate) -> BTreeSet<String> {
 }
 
 /// The same user-side changes in an estate: an edit, a deleted copy, a new contact, a deleted original.
-async fn change(estate: &Estate, originals: &BTreeSet<String>) {
+pub(crate) async fn change(estate: &Estate, originals: &BTreeSet<String>) {
     let t = estate.tenants[0].clone();
     let users = &t.mirror_target_upns;
     let own = |c: &serde_json::Value| c["id"].as_str().is_some_and(|id| originals.contains(id));
@@ -272,11 +272,11 @@ impl producer::orchestrate::Dispatch for CountingPhase2 {
             .count();
         self.inner.submit(jobs).await
     }
-    async fn next_report(
+    async fn next_event(
         &mut self,
         wait: std::time::Duration,
-    ) -> anyhow::Result<Option<shared::message::Report>> {
-        self.inner.next_report(wait).await
+    ) -> anyhow::Result<Option<producer::orchestrate::Event>> {
+        self.inner.next_event(wait).await
     }
     fn mode(&self) -> &'static str {
         self.inner.mode()

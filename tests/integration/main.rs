@@ -25,6 +25,9 @@ mod central_budget;
 // Copies sharing a sync id reduced to one; stamped own contacts published, never deleted (issue 10, rules).
 mod duplicates;
 
+// Overlapped phases (embedded): copies sent as phase 1 confirms each person, mailboxes as an ordered run's.
+mod overlap;
+
 // Runs from kept change feeds: cheap when nothing changed, the same result as full reads when something did.
 mod incremental;
 

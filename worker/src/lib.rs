@@ -30,6 +30,7 @@ pub mod heap;
 pub mod in_flight;
 pub mod job;
 pub mod metrics;
+pub mod overlap;
 pub mod planning_budget;
 pub mod run_cache;
 pub mod trust;

@@ -21,6 +21,7 @@ pub mod fields;
 pub mod identity;
 mod matching;
 pub mod normalize;
+pub mod overlap;
 pub mod photo;
 pub mod plan;
 pub mod relocate;

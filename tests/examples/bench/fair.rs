@@ -216,9 +216,10 @@ where
     Fut: std::future::Future<Output = Result<T>>,
 {
     match mode {
-        Mode::Embedded { workers } => {
+        Mode::Embedded { workers, overlap } => {
             body(RunArgs {
                 workers,
+                overlap_phases: overlap,
                 idle_timeout_secs: opts.idle_timeout_secs,
                 state_dir: Some(estate.state_dir.clone()),
                 ..RunArgs::embedded_default()

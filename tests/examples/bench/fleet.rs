@@ -29,6 +29,8 @@ pub enum Mode {
     Embedded {
         /// Workers.
         workers: usize,
+        /// Phases overlapped (`run --overlap-phases`).
+        overlap: bool,
     },
     /// RabbitMQ and this many `contactmirror-worker` processes.
     Broker {
@@ -74,7 +76,14 @@ impl Mode {
     /// Short label for tables.
     pub fn label(&self) -> String {
         let (processes, producer) = match self {
-            Mode::Embedded { workers } => return format!("embedded x{workers}"),
+            Mode::Embedded {
+                workers,
+                overlap: false,
+            } => return format!("embedded x{workers}"),
+            Mode::Embedded {
+                workers,
+                overlap: true,
+            } => return format!("embedded x{workers}, overlapped"),
             Mode::Broker {
                 processes,
                 producer,
@@ -160,9 +169,10 @@ pub async fn sync(
 ) -> Result<Synced> {
     let settings = &estate.settings(budget)?;
     match mode {
-        Mode::Embedded { workers } => {
+        Mode::Embedded { workers, overlap } => {
             let args = RunArgs {
                 workers,
+                overlap_phases: overlap,
                 idle_timeout_secs: opts.idle_timeout_secs,
                 state_dir: Some(estate.state_dir.clone()),
                 ..RunArgs::embedded_default()

@@ -306,14 +306,15 @@ fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
 }
 
 fn parse_mode(text: &str, embedded_workers: usize) -> Result<Mode> {
-    if text == "embedded" {
+    if text == "embedded" || text == "embedded-overlap" {
         return Ok(Mode::Embedded {
             workers: embedded_workers,
+            overlap: text == "embedded-overlap",
         });
     }
     match text.strip_prefix("broker").map(str::parse::<usize>) {
         Some(Ok(processes)) if processes > 0 => Ok(Mode::broker(processes)),
-        _ => bail!("mode {text:?}: expected embedded or brokerN (N worker processes, N >= 1)"),
+        _ => bail!("mode {text:?}: expected embedded, embedded-overlap or brokerN (N worker processes, N >= 1)"),
     }
 }
 
@@ -515,7 +516,10 @@ async fn main() -> Result<()> {
                     &ctx,
                     shape,
                     Budget::SCALED,
-                    Mode::Embedded { workers: 256 },
+                    Mode::Embedded {
+                        workers: 256,
+                        overlap: false,
+                    },
                     ("target", "U=200 C=20"),
                     &mut rows,
                 )
@@ -656,6 +660,7 @@ async fn fair_group(ctx: &Ctx, cli: &Cli) -> Result<Vec<fair::FairRow>> {
         (
             Mode::Embedded {
                 workers: cli.embedded_workers,
+                overlap: false,
             },
             vec![None],
         ),
@@ -852,6 +857,7 @@ async fn msp(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         Some(mode) => parse_mode(mode, cli.embedded_workers)?.with_producer_process(),
         None => Mode::Embedded {
             workers: cli.embedded_workers,
+            overlap: false,
         },
     };
     two_runs(&msp_ctx, many, budget, mode, ("msp", &name), rows).await

@@ -16,6 +16,7 @@ use tracing::debug;
 use super::{classify, plan_context, planned_lines, Done, JobRunner};
 use crate::disposition::AttemptResult;
 use crate::heap;
+use crate::overlap::Board;
 use crate::planning_budget::Planning;
 
 /// Writes sent per call to Graph (one `$batch`); a cancelled attempt stops between two of them.
@@ -116,7 +117,38 @@ impl JobRunner {
         // Only the writes are held while they are sent, and each batch's writes are dropped once answered,
         // reduced at once to what the feed needs (id and change key): a 100,000-contact plan is neither copied
         // whole nor its answers held whole (issue 10, scenario 10).
-        let Writes { counts, ops } = plan.into_writes();
+        let keep = Keep {
+            ids: photos,
+            confirm: None,
+        };
+        self.send(
+            client,
+            job,
+            mailbox,
+            folder,
+            plan.into_writes(),
+            planning,
+            keep,
+            writes,
+        )
+        .await
+    }
+
+    /// Sends `writes` (never in a dry run: [`JobRunner::apply`] says what a dry run does) a batch at a time and
+    /// counts what happened; `keep` says what is kept of the answers beyond what the feed needs.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send(
+        &self,
+        client: &TenantClient,
+        job: &Job,
+        mailbox: &Mailbox,
+        folder: &FolderRef,
+        writes_to_send: Writes,
+        planning: Planning,
+        keep: Keep<'_>,
+        writes: &TaskTracker,
+    ) -> Result<Done, AttemptResult> {
+        let Writes { counts, ops } = writes_to_send;
         // The planning units become the held writes' share, given back as batches are answered (see
         // `planning_budget`): the next large plan waits for these writes rather than adding its state to them.
         let mut held = planning.into_writes(ops.len());
@@ -133,6 +165,8 @@ impl JobRunner {
         let mut confirmed = BTreeSet::new();
         // Every confirmed create's id by sync id: the photos of created copies are sent after the writes.
         let mut created_ids = BTreeMap::new();
+        // This batch's confirmed creates, told to the overlapping phase-2 jobs once the batch is answered.
+        let mut confirmed_here = Vec::new();
         let mut ops = ops.into_iter();
         loop {
             let batch: Vec<WriteOp> = ops.by_ref().take(WRITE_BATCH).collect();
@@ -165,7 +199,10 @@ impl JobRunner {
                             if job.move_from.is_some() {
                                 confirmed.insert(sync.clone());
                             }
-                            if photos {
+                            if keep.confirm.is_some() {
+                                confirmed_here.push(sync.clone());
+                            }
+                            if keep.ids {
                                 created_ids.insert(sync, created.id.clone());
                             }
                         }
@@ -189,6 +226,9 @@ impl JobRunner {
             let sent = batch.len();
             drop(batch);
             held.answered(sent);
+            if let Some(board) = keep.confirm {
+                board.confirmed(confirmed_here.drain(..));
+            }
         }
         if let (Some(wait), Some(error)) = (retry_wait, first_transient) {
             // Re-running the job is safe: sync ids are deterministic and matched first, so what was written is
@@ -207,6 +247,14 @@ impl JobRunner {
             ..Done::default()
         })
     }
+}
+
+/// What [`JobRunner::send`] keeps of the answers beyond what the feed needs.
+pub(super) struct Keep<'a> {
+    /// The ids Graph gave created contacts, by sync id ([`Done::created_ids`]: a photo step or an undo follows).
+    pub ids: bool,
+    /// Phase 1 of overlapped phases: each batch's confirmed creates are told here.
+    pub confirm: Option<&'a Board>,
 }
 
 /// A write task's answer, or, when the task itself failed (panicked or was aborted), a transient failure of the job

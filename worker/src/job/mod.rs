@@ -42,6 +42,7 @@ use crate::directory_cache::DirectoryCache;
 use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
 use crate::heap;
 use crate::in_flight::InFlight;
+use crate::overlap::Boards;
 use crate::planning_budget::PlanningBudget;
 use crate::trust::{self, CentralLocation, Locations, Receivers, Resolved};
 
@@ -51,6 +52,7 @@ mod cleanup;
 mod directory;
 mod folders;
 mod origin_photos;
+mod overlapped;
 mod phase1;
 mod phase2;
 mod photos;
@@ -79,6 +81,8 @@ pub struct JobRunner {
     /// In a fleet, the broker leases that let one worker process at a time read a shared mailbox for phase 2
     /// (unset in one process: its own limit already holds the mailbox to 4 in flight).
     central_leases: std::sync::OnceLock<CentralLeases>,
+    /// Overlapped phases in this process (embedded mode; see [`crate::overlap`]).
+    boards: Boards,
 }
 
 /// The result of one attempt: the report to publish and what the queue should make of it.
@@ -139,7 +143,13 @@ impl JobRunner {
             planning: PlanningBudget::default(),
             central_photos: Arc::default(),
             central_leases: std::sync::OnceLock::new(),
+            boards: Boards::default(),
         }
+    }
+
+    /// Overlapped phases: off until the embedded queue's producer enables them ([`Boards::enable`]).
+    pub fn boards(&self) -> &Boards {
+        &self.boards
     }
 
     /// Makes phase 2 read a shared mailbox only while holding one of its broker leases, so however many worker

@@ -11,16 +11,18 @@ use shared::graph::{FolderRef, GraphError, TenantClient};
 use shared::message::{CentralFolder, FailureReason, Job, SourceFailure};
 use shared::model::Mailbox;
 use shared::sync::photo::OriginPhoto;
-use shared::sync::{self, PlanContext, SourceMailbox, SyncId};
+use shared::sync::{self, overlap, PlanContext, SourceMailbox, SyncId};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::apply::Keep;
 use super::central::read_central;
 use super::folders::{check_feed, feed_after_writes, FeedCheck};
 use super::origin_photos::{central_photo_targets, origin_photo};
 use super::{classify, plan_context, Done, JobRunner};
 use crate::disposition::AttemptResult;
 use crate::heap;
+use crate::overlap::{CentralPlan, Ended, Planned, Publishing};
 
 /// How many source mailboxes a phase-1 job checks and reads at once (each has its own Graph budget). At Graph's
 /// latency the checks and reads follow one another in rounds of this many: with 16, a 255-mailbox tenant at 200 ms
@@ -45,6 +47,14 @@ impl JobRunner {
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let prior = &job.cursors;
+        // Overlapped phases (embedded mode): this attempt's plan and confirmed creates go on the tenant's board;
+        // leaving early in any way tells the waiting phase-2 jobs the attempt is over (`Publishing`'s drop).
+        let board = if job.overlapped && job.may_overlap(tenant, false) {
+            self.boards.board(&job.tenant_id, job.run_id)
+        } else {
+            None
+        };
+        let publishing = Publishing::on(board.as_deref());
         let central_check = match &central.folder_id {
             Some(id) => check_feed(
                 client,
@@ -125,6 +135,9 @@ impl JobRunner {
             cursors.central = central_check
                 .link
                 .map(|link| FolderFeed::at(link, Some(generation)));
+            publishing.finish(Ended::Written {
+                in_line_with: Some(generation),
+            });
             return Ok(Done {
                 source_failures,
                 cursors,
@@ -195,6 +208,35 @@ impl JobRunner {
             }
         }
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
+        // Overlapped: the phase-2 jobs are sent now and learn each create as Graph confirms it. They carry no
+        // central generation (no mailbox is in line with what is still being written); they take the one the
+        // folder ends in line with from the board when phase 1 is over.
+        let overlapping = match publishing
+            .board()
+            .filter(|_| plan.writes().next().is_some())
+        {
+            Some(board) => {
+                match overlap::planned_folder(central_contacts.clone(), &plan, ctx.now) {
+                    Some(folder) => {
+                        board.planned(CentralPlan {
+                            folder: sync::PreparedCentral::new(folder),
+                            created: overlap::created_persons(&plan),
+                        });
+                        let mut announced = cursors.clone();
+                        announced.central = None;
+                        self.boards.announce(Planned {
+                            tenant_id: job.tenant_id.clone(),
+                            run_id: job.run_id,
+                            job_id: job.job_id,
+                            cursors: announced,
+                        });
+                        Some(board)
+                    }
+                    None => None,
+                }
+            }
+            None => None,
+        };
         // What the central photo step needs of the folder as read: the persons whose origin was read.
         let central_photos = central_photo_targets(&ctx, &central_contacts, &origins);
         // The plan holds what the writes need: what was read goes before the (long) writing starts, and the
@@ -229,18 +271,39 @@ impl JobRunner {
         } else {
             BTreeMap::new()
         };
-        let mut done = self
-            .apply(
-                client,
-                job,
-                &central.mailbox,
-                &folder,
-                plan,
-                planning,
-                tenant.photos,
-                writes,
-            )
-            .await?;
+        let mut done = match overlapping {
+            Some(board) => {
+                let keep = Keep {
+                    ids: tenant.photos,
+                    confirm: Some(board),
+                };
+                let writes_to_send = plan.into_writes();
+                self.send(
+                    client,
+                    job,
+                    &central.mailbox,
+                    &folder,
+                    writes_to_send,
+                    planning,
+                    keep,
+                    writes,
+                )
+                .await?
+            }
+            None => {
+                self.apply(
+                    client,
+                    job,
+                    &central.mailbox,
+                    &folder,
+                    plan,
+                    planning,
+                    tenant.photos,
+                    writes,
+                )
+                .await?
+            }
+        };
         let mut changed = done.written.len() + done.deleted.len();
         if tenant.photos && !job.dry_run {
             let photos = self
@@ -271,6 +334,9 @@ impl JobRunner {
                 Some(feed_after_writes(client, &central.mailbox, link, in_line_with, &done).await);
         }
         done.source_failures = source_failures;
+        publishing.finish(Ended::Written {
+            in_line_with: cursors.central.as_ref().and_then(|f| f.in_line_with),
+        });
         done.cursors = cursors;
         Ok(done)
     }

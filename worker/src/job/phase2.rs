@@ -15,6 +15,7 @@ use tracing::{debug, info};
 
 use super::directory::joined_persons;
 use super::folders::{check_kept, feed_after_writes, find_folder};
+use super::overlapped;
 use super::photos::PhotoSources;
 use super::{classify, plan_context, Done, JobRunner};
 use crate::disposition::AttemptResult;
@@ -30,6 +31,19 @@ impl JobRunner {
         mailbox: &Mailbox,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
+        // Sent while phase 1 writes (embedded mode): the overlapped step (see `overlapped`); a job the rule does
+        // not let overlap waits for phase 1's end, never reading a central folder phase 1 is still writing.
+        let board = central
+            .filter(|_| job.overlapped)
+            .and_then(|_| self.boards.board(&job.tenant_id, job.run_id));
+        if let (Some(central), Some(board)) = (central, board) {
+            if job.may_overlap(tenant, false) {
+                return self
+                    .phase2_overlapped(tenant, client, job, central, mailbox, board, writes)
+                    .await;
+            }
+            overlapped::wait_for_end(&mut board.watch()).await;
+        }
         let directory_on = tenant.distribution.receives_directory();
         let mirror = central.is_some();
         let current = FolderChoice::from(&tenant.distribution.target_folder);

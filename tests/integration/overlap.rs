@@ -1,0 +1,486 @@
+//! Overlapped phases (issue 13, embedded mode): a tenant's phase-2 jobs start once phase 1 planned and copy each
+//! new person as Graph confirms it in the central folder. The mailboxes must end exactly as an ordered run leaves
+//! them (names, addresses, sync ids, categories), also when phase 1's central writes fail and are retried, and a
+//! phase 1 that fails for good must leave the users' mailboxes as they were. Order, not timing, shows the overlap:
+//! graphsim's request log has copies written into users' mailboxes before the central folder's last write.
+
+use std::collections::BTreeMap;
+
+use graphsim::{EstateParams, FaultConfig, LoggedRequest, RetryAfter, ScriptedFault, SimConfig};
+use producer::cli::RunArgs;
+
+use shared::message::Phase;
+
+use crate::fleet::{embedded_args, run};
+use crate::incremental::{change, originals};
+use crate::support::{self, Estate};
+
+const CENTRAL: &str = "All Contacts";
+
+/// Several users sharing contacts (so phase 1 merges and phase 2 meets users' own contacts of central persons).
+fn params(seed: u64) -> EstateParams {
+    EstateParams {
+        tenants: 1,
+        users_per_tenant: 8,
+        contacts_per_user: 12,
+        overlap: 0.3,
+        seed,
+    }
+}
+
+/// More persons, for three or more central batches of 20: the first fails, the next are confirmed while the
+/// last is written, and graphsim's 10 ms a request leaves the phase-2 jobs time to copy them meanwhile.
+fn three_batches(seed: u64) -> (SimConfig, EstateParams) {
+    let config = SimConfig {
+        latency: std::time::Duration::from_millis(10),
+        ..SimConfig::default()
+    };
+    let params = EstateParams {
+        contacts_per_user: 24,
+        ..params(seed)
+    };
+    (config, params)
+}
+
+fn overlapped() -> RunArgs {
+    RunArgs {
+        overlap_phases: true,
+        ..embedded_args()
+    }
+}
+
+/// A contact as compared: display name, addresses, the central person its sync id names (its name and addresses:
+/// sync ids derive from graphsim's item ids, which differ between two estates of one seed), categories.
+type View = (String, Vec<String>, Option<String>, Vec<String>);
+
+fn emails_of(c: &serde_json::Value) -> Vec<String> {
+    let mut emails: Vec<String> = c["emailAddresses"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|e| e["address"].as_str())
+                .map(str::to_lowercase)
+                .collect()
+        })
+        .unwrap_or_default();
+    emails.sort();
+    emails
+}
+
+fn name_of(c: &serde_json::Value) -> String {
+    c["displayName"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Every user's default folder and the central folder, contacts in a stable order.
+fn mailboxes(estate: &Estate) -> BTreeMap<String, Vec<View>> {
+    let mut out = BTreeMap::new();
+    for tenant in &estate.tenants {
+        let central =
+            estate
+                .sim
+                .contacts(&tenant.tenant_id, &tenant.shared_mailbox_upn, Some(CENTRAL));
+        let persons: BTreeMap<String, String> = central
+            .iter()
+            .filter_map(|c| {
+                let id = support::sync_id(c)?;
+                Some((id, format!("{} {:?}", name_of(c), emails_of(c))))
+            })
+            .collect();
+        let view = |contacts: Vec<serde_json::Value>| {
+            let mut all: Vec<View> = contacts
+                .iter()
+                .map(|c| {
+                    let mut categories: Vec<String> = c["categories"]
+                        .as_array()
+                        .map(|list| {
+                            list.iter()
+                                .filter_map(|v| v.as_str())
+                                .map(String::from)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    categories.sort();
+                    let person = support::sync_id(c).map(|id| {
+                        persons
+                            .get(&id)
+                            .cloned()
+                            .unwrap_or_else(|| format!("no central person {id}"))
+                    });
+                    (name_of(c), emails_of(c), person, categories)
+                })
+                .collect();
+            all.sort();
+            all
+        };
+        out.insert(
+            format!("{}/central", tenant.tenant_id),
+            view(central.clone()),
+        );
+        for user in &tenant.user_upns {
+            let contacts = estate.sim.contacts(&tenant.tenant_id, user, None);
+            out.insert(format!("{}/{user}", tenant.tenant_id), view(contacts));
+        }
+    }
+    out
+}
+
+/// Asserts `got` equals `expected`, naming only the mailboxes that differ and how.
+fn assert_same(
+    got: &BTreeMap<String, Vec<View>>,
+    expected: &BTreeMap<String, Vec<View>>,
+    what: &str,
+) {
+    let mut differences = Vec::new();
+    for key in expected
+        .keys()
+        .chain(got.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let (a, b) = (got.get(key), expected.get(key));
+        if a != b {
+            let a = a.cloned().unwrap_or_default();
+            let b = b.cloned().unwrap_or_default();
+            let extra: Vec<_> = a.iter().filter(|c| !b.contains(c)).collect();
+            let missing: Vec<_> = b.iter().filter(|c| !a.contains(c)).collect();
+            differences.push(format!(
+                "{key}: {} vs {} contacts; extra {extra:?}; missing {missing:?}",
+                a.len(),
+                b.len()
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{what}:\n{}",
+        differences.join("\n")
+    );
+}
+
+/// Log positions of answered writes (a 2xx POST, PATCH or DELETE) into the central folder and into users' folders.
+fn writes(log: &[LoggedRequest]) -> (Vec<u64>, Vec<u64>) {
+    let answered = |e: &&LoggedRequest| e.method != "GET" && (200..300).contains(&e.status);
+    let central = log
+        .iter()
+        .filter(answered)
+        .filter(|e| e.url.contains("/contactFolders/"))
+        .map(|e| e.seq)
+        .collect();
+    let users = log
+        .iter()
+        .filter(answered)
+        .filter(|e| e.url.contains("/contacts") && !e.url.contains("/contactFolders/"))
+        .map(|e| e.seq)
+        .collect();
+    (central, users)
+}
+
+/// The ordered run's mailboxes on a fresh estate of `seed`: the reference.
+async fn ordered(config: SimConfig, params: EstateParams) -> BTreeMap<String, Vec<View>> {
+    let estate = Estate::seed(config, params).await;
+    let report = run(&estate.settings(), &embedded_args()).await;
+    assert!(
+        report.tenants.iter().all(|t| t.error.is_none()),
+        "{}",
+        report.human()
+    );
+    mailboxes(&estate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlapped_phases_end_as_ordered_ones_with_copies_sent_before_phase_1_ended() {
+    let (config, params) = three_batches(61);
+    let ordered = Estate::seed(config.clone(), params.clone()).await;
+    let overlapping = Estate::seed(config, params).await;
+    let (ordered_own, overlapping_own) = (originals(&ordered), originals(&overlapping));
+    let (ordered_state, overlapping_state) = (
+        support::scratch_dir("overlap-ordered"),
+        support::scratch_dir("overlap-overlapped"),
+    );
+    let ordered_args = RunArgs {
+        state_dir: Some(ordered_state),
+        ..embedded_args()
+    };
+    let overlapping_args = RunArgs {
+        state_dir: Some(overlapping_state),
+        ..overlapped()
+    };
+    let both = |what: &'static str| {
+        let (ordered, overlapping) = (&ordered, &overlapping);
+        let (ordered_args, overlapping_args) = (&ordered_args, &overlapping_args);
+        async move {
+            ordered.sim.reset_stats();
+            overlapping.sim.reset_stats();
+            let a = run(&ordered.settings(), ordered_args).await;
+            let b = run(&overlapping.settings(), overlapping_args).await;
+            for report in [&a, &b] {
+                assert!(
+                    report.tenants.iter().all(|t| t.error.is_none()),
+                    "{what}: {}",
+                    report.human()
+                );
+            }
+            assert_same(&mailboxes(overlapping), &mailboxes(ordered), what);
+            (a, b)
+        }
+    };
+
+    // The initial sync: phase 2 copies persons while phase 1 still writes.
+    both("initial sync").await;
+    let (central, users) = writes(&overlapping.sim.request_log());
+    let last_central = central
+        .iter()
+        .max()
+        .copied()
+        .expect("phase 1 wrote the central folder");
+    assert!(
+        users.iter().any(|&seq| seq < last_central),
+        "no copy was written before phase 1's last central write: the phases did not overlap"
+    );
+    // Users' edits (an edit, a deleted copy, a new contact, a deleted original): a run that updates, creates and
+    // deletes central persons.
+    change(&ordered, &ordered_own).await;
+    change(&overlapping, &overlapping_own).await;
+    both("after users' edits").await;
+    // Nothing changed since: both leave every mailbox alone, with the same requests (the overlapped run kept the
+    // generation its phase-2 jobs brought the mailboxes in line with).
+    let (a, b) = both("a quiet re-run").await;
+    let unchanged = |r: &producer::summary::RunReport| {
+        r.tenants[0]
+            .phases
+            .get(&Phase::Phase2)
+            .map(|p| p.mailboxes_unchanged)
+    };
+    assert!(unchanged(&a).is_some_and(|n| n > 0), "{}", a.human());
+    assert_eq!(unchanged(&b), unchanged(&a), "{}", b.human());
+    assert_eq!(b.tenants[0].graph.requests, a.tenants[0].graph.requests);
+}
+
+/// Queues `attempts` x 20 failures (503, `Retry-After: 0`) of creates in a central folder: the next `$batch` of
+/// 20 creates fails every one of its client's 8 attempts (`ClientOptions::max_attempts`), so the phase-1 attempt
+/// writing it ends with a transient failure after its other batches were confirmed.
+fn fail_one_central_batch(estate: &Estate, attempts: usize) {
+    for _ in 0..attempts * 20 {
+        estate.sim.push_fault(ScriptedFault {
+            status: 503,
+            retry_after: Some("0".into()),
+            commit: false,
+            path_contains: Some("/contactFolders/".into()),
+            method: Some("POST".into()),
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_phase_1_attempt_that_fails_and_runs_again_changes_nothing_of_the_outcome() {
+    let (config, params) = three_batches(62);
+    let expected = ordered(config.clone(), params.clone()).await;
+    let estate = Estate::seed(config, params).await;
+    fail_one_central_batch(&estate, 8);
+    let report = run(&estate.settings(), &overlapped()).await;
+    assert!(
+        report.tenants.iter().all(|t| t.error.is_none()),
+        "{}",
+        report.human()
+    );
+    let retries: u64 = report.tenants.iter().map(|t| t.retries).sum();
+    assert!(retries > 0, "phase 1 never ran again:\n{}", report.human());
+    let (central, users) = writes(&estate.sim.request_log());
+    let last_central = central.iter().max().copied().expect("phase 1 wrote");
+    assert!(
+        users.iter().any(|&seq| seq < last_central),
+        "no copy was written before phase 1's last central write"
+    );
+    assert_same(
+        &mailboxes(&estate),
+        &expected,
+        "a phase-1 attempt that failed changed the outcome",
+    );
+}
+
+/// Renames the own contacts (`originals`) of the last user the way their Outlook would, once phase 1's first
+/// attempt has failed (its batch of creates refused 8 times over: `fail_one_central_batch`) and before the next
+/// one (5 s later). The other users' mailboxes stay as they were read, so only the settling can tell that the
+/// copies of those persons they got early are not the ordered run's.
+async fn rename_between_attempts(estate: &Estate, originals: &std::collections::BTreeSet<String>) {
+    loop {
+        let refused = estate
+            .sim
+            .request_log()
+            .iter()
+            .filter(|e| e.method == "POST" && e.url.contains("/contactFolders/") && e.status == 503)
+            .count();
+        if refused >= 160 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let t = estate.tenants[0].clone();
+    for user in t.mirror_target_upns.iter().rev().take(1) {
+        for contact in estate.sim.contacts(&t.tenant_id, user, None) {
+            let (Some(id), Some(name)) = (contact["id"].as_str(), contact["displayName"].as_str())
+            else {
+                continue;
+            };
+            if originals.contains(id) {
+                let body = serde_json::json!({ "displayName": format!("{name} (renamed)") });
+                support::patch_contact(estate, &t, user, id, body).await;
+            }
+        }
+    }
+}
+
+/// The last mirrored user of an estate of `params` (lower-cased, as graphsim's log names mailboxes).
+async fn last_user(config: &SimConfig, params: &EstateParams) -> String {
+    let estate = Estate::seed(config.clone(), params.clone()).await;
+    let users = &estate.tenants[0].mirror_target_upns;
+    users[users.len() - 1].to_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn persons_changed_between_phase_1_attempts_reach_the_copies_sent_early_as_in_an_ordered_run()
+{
+    // The early copies carry the first attempt's data; the second attempt updates those persons, so the ordered
+    // plan's creates differ from what was sent: the early copies are deleted and the plan written whole.
+    let (config, params) = three_batches(65);
+    let mut results = Vec::new();
+    // A worker per mailbox, so every phase-2 job runs beside phase 1's first attempt.
+    let workers = |args: RunArgs| RunArgs {
+        workers: 16,
+        ..args
+    };
+    for args in [workers(embedded_args()), workers(overlapped())] {
+        let estate = Estate::seed(config.clone(), params.clone()).await;
+        let own = originals(&estate);
+        fail_one_central_batch(&estate, 8);
+        let settings = estate.settings();
+        let (report, ()) = tokio::join!(
+            run(&settings, &args),
+            rename_between_attempts(&estate, &own)
+        );
+        assert!(
+            report.tenants.iter().all(|t| t.error.is_none()),
+            "{}",
+            report.human()
+        );
+        let retries: u64 = report.tenants.iter().map(|t| t.retries).sum();
+        assert!(retries > 0, "phase 1 never ran again:\n{}", report.human());
+        results.push((mailboxes(&estate), estate.sim.request_log()));
+    }
+    let (overlapped_log, ordered_log) = (&results[1].1, &results[0].1);
+    let renamed_user = last_user(&config, &params).await;
+    let early_deleted = overlapped_log
+        .iter()
+        .filter(|e| e.method == "DELETE" && (200..300).contains(&e.status))
+        .filter(|e| !e.url.contains("/contactFolders/"))
+        .filter(|e| e.mailbox.as_deref().is_some_and(|m| m != renamed_user))
+        .count();
+    assert!(
+        early_deleted > 0,
+        "no early copy was undone in a mailbox other than {renamed_user}'s: the test shows nothing"
+    );
+    assert!(
+        ordered_log.iter().all(|e| e.method != "DELETE"),
+        "the ordered run deleted something: not the reference meant"
+    );
+    assert_same(
+        &results[1].0,
+        &results[0].0,
+        "persons changed between attempts",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn throttling_and_server_errors_everywhere_change_nothing_of_the_outcome() {
+    let expected = ordered(SimConfig::default(), params(64)).await;
+    let estate = Estate::seed(
+        SimConfig {
+            faults: FaultConfig {
+                statuses: vec![429, 500, 502, 503, 504],
+                retry_after: RetryAfter::Integer(0),
+                ..FaultConfig::devproxy(0.08)
+            },
+            ..SimConfig::default()
+        },
+        params(64),
+    )
+    .await;
+    let report = run(&estate.settings(), &overlapped()).await;
+    assert!(
+        report.tenants.iter().all(|t| t.error.is_none()),
+        "{}",
+        report.human()
+    );
+    assert!(
+        estate.sim.stats().injected_faults > 10,
+        "too few faults injected"
+    );
+    assert_same(&mailboxes(&estate), &expected, "faults changed the outcome");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_phase_1_that_fails_for_good_leaves_the_users_mailboxes_as_they_were() {
+    // Many central batches: the first copies go out while phase 1 still has batches to write.
+    let (config, params) = three_batches(63);
+    let params = EstateParams {
+        contacts_per_user: 40,
+        ..params
+    };
+    let estate = Estate::seed(config, params).await;
+    let before = mailboxes(&estate);
+    let args = RunArgs {
+        max_attempts: 2,
+        ..overlapped()
+    };
+    // Once a copy is in a user's mailbox, every operation on the central folder fails (503): the attempt writing
+    // ends, the next cannot read the folder, and with two attempts phase 1 fails for good.
+    let break_central = async {
+        loop {
+            let (_, users) = writes(&estate.sim.request_log());
+            if !users.is_empty() {
+                estate.sim.set_faults(FaultConfig {
+                    rate: 1.0,
+                    statuses: vec![503],
+                    retry_after: RetryAfter::Integer(0),
+                    path_contains: Some("/contactFolders/".into()),
+                    ..FaultConfig::default()
+                });
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    let settings = estate.settings();
+    let (report, ()) = tokio::join!(run(&settings, &args), break_central);
+    let log = estate.sim.request_log();
+    let (_, users) = writes(&log);
+    let deletes_into_users = log
+        .iter()
+        .filter(|e| e.method == "DELETE" && (200..300).contains(&e.status))
+        .filter(|e| !e.url.contains("/contactFolders/"))
+        .count();
+    assert!(
+        !users.is_empty() && deletes_into_users > 0,
+        "no copy was sent early and deleted again: the test shows nothing ({} user writes)\n{}",
+        users.len(),
+        report.human()
+    );
+    let tenant = &report.tenants[0];
+    assert!(
+        tenant.mailboxes.iter().any(|m| m.outcome == "failed"
+            && m.reason == Some(shared::message::FailureReason::Phase1Failed)),
+        "no mailbox reports phase1_failed:\n{}",
+        report.human()
+    );
+    let after = mailboxes(&estate);
+    for (mailbox, contacts) in &before {
+        if mailbox.ends_with("/central") {
+            continue;
+        }
+        assert_eq!(
+            after.get(mailbox),
+            Some(contacts),
+            "{mailbox} changed though phase 1 failed"
+        );
+    }
+}

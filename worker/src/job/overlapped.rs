@@ -1,0 +1,307 @@
+//! Phase 2 overlapping phase 1 (issue 13, embedded mode): the mailbox is read and planned against the folder phase
+//! 1's plan leaves, each new person's copy is sent once Graph confirmed its central create, and once phase 1 is
+//! over the job settles against the folder it left (`shared::sync::overlap`), so the mailbox ends as an ordered
+//! run leaves it. Its own file because it is the one step that waits on another job.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use shared::feed;
+use shared::graph::{FolderRef, TenantClient};
+use shared::message::{CentralFolder, FailureReason, FolderChoice, Job};
+use shared::model::{Contact, Mailbox, WriteOp};
+use shared::sync::overlap::{self, Settled};
+use shared::sync::{self, PlanCounts, Writes};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use shared::config::TenantSettings;
+
+use super::apply::Keep;
+use super::folders::feed_after_writes;
+use super::{classify, plan_context, Done, JobRunner};
+use crate::disposition::AttemptResult;
+use crate::overlap::{Board, Ended, Stage};
+use crate::planning_budget::Planning;
+
+impl JobRunner {
+    /// Phase 2 of `mailbox` while phase 1 (on `board`) may still be writing.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn phase2_overlapped(
+        &self,
+        tenant: &TenantSettings,
+        client: &TenantClient,
+        job: &Job,
+        central: &CentralFolder,
+        mailbox: &Mailbox,
+        board: Arc<Board>,
+        writes: &TaskTracker,
+    ) -> Result<Done, AttemptResult> {
+        let folder = FolderRef::Default;
+        let read = || async {
+            client
+                .list_contacts(&mailbox.id, &folder)
+                .await
+                .map_err(|e| classify(&e, &format!("reading contacts of {}", mailbox.upn)))
+        };
+        let standing = job.phase2_standing(true, false, &FolderChoice::DefaultContacts);
+        // The feed's link comes before the read: phase 1 checked the folder and its link is in the job.
+        let link = match job.cursors.mailboxes.get(&mailbox.id) {
+            Some(prior) if standing.feeds_apply => Some(prior.link.clone()),
+            _ if standing.feeds_apply => Some(
+                client
+                    .delta_start(&mailbox.id, &folder)
+                    .await
+                    .map_err(|e| classify(&e, &format!("checking contacts of {}", mailbox.upn)))?
+                    .link,
+            ),
+            _ => None,
+        };
+        let early = read().await?;
+        let ctx = plan_context(tenant, job, mailbox);
+        let mut stage = board.watch();
+        let plan = stage.borrow_and_update().plan.clone();
+        // The creates of persons phase 1 creates, planned against the folder its plan leaves (a refusal sends
+        // nothing early: the ordered plan below decides).
+        let mut pending = plan
+            .as_ref()
+            .and_then(|plan| {
+                let planned = sync::plan_distribution_from(&ctx, &plan.folder, mailbox, &early);
+                Some(overlap::early_creates(planned.ok()?, &plan.created))
+            })
+            .unwrap_or_default();
+        // Of the mailbox as read, only what tells a later change apart is kept through the wait.
+        let before: BTreeSet<(String, Option<String>)> = early.iter().map(version).collect();
+        drop(early);
+        let mut done = Done::default();
+        let mut sent: Vec<WriteOp> = Vec::new();
+        // Each copy once its person's central create is confirmed, while the attempt that planned still writes.
+        while !pending.is_empty() {
+            let now = stage.borrow_and_update().clone();
+            if !still_writing(&now, plan.as_ref()) {
+                break;
+            }
+            let (ready, waiting): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .partition(|(person, _)| now.confirmed.contains(person));
+            pending = waiting;
+            if ready.is_empty() {
+                if stage.changed().await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            let ops: Vec<WriteOp> = ready.into_iter().map(|(_, op)| op).collect();
+            let batch = Writes {
+                counts: PlanCounts::default(),
+                ops: ops.clone(),
+            };
+            let keep = Keep {
+                ids: true,
+                confirm: None,
+            };
+            let part = self
+                .send(
+                    client,
+                    job,
+                    mailbox,
+                    &folder,
+                    batch,
+                    Planning::none(),
+                    keep,
+                    writes,
+                )
+                .await?;
+            // Only what Graph created is in the mailbox; a refused create is the ordered plan's to send again.
+            sent.extend(ops.into_iter().filter(|op| {
+                match op {
+                    WriteOp::Create(write) => write
+                        .sync_id
+                        .as_deref()
+                        .and_then(sync::SyncId::parse)
+                        .is_some_and(|person| part.created_ids.contains_key(&person)),
+                    _ => false,
+                }
+            }));
+            done.written.extend(part.written);
+            done.created_ids.extend(part.created_ids);
+        }
+        drop(pending);
+        let ended = wait_for_end(&mut stage).await;
+        let early_copies: Vec<String> = done.created_ids.values().cloned().collect();
+        debug!(mailbox = %mailbox.upn, early = early_copies.len(), ?ended, "phase 1 over");
+        let in_line_with = match ended {
+            Ended::Written { in_line_with } => in_line_with,
+            Ended::Failed => {
+                self.undo(client, job, mailbox, &folder, &early_copies, writes)
+                    .await?;
+                return Err(AttemptResult::Permanent {
+                    reason: FailureReason::Phase1Failed,
+                    error: format!(
+                        "phase 1 of tenant {} failed; {} copies sent to {} while it ran were deleted again",
+                        job.tenant_id,
+                        early_copies.len(),
+                        mailbox.upn
+                    ),
+                });
+            }
+        };
+        // The mailbox as the ordered run reads it: read now (a user's edit during phase 1 is planned with, as an
+        // ordered run would), without the early copies. The early copies stand only when nothing else changed since
+        // the first read (same ids, same change keys, and exactly those copies).
+        let now = read().await?;
+        let unchanged = holds_exactly(&now, &before, &done);
+        drop(before);
+        let gone: BTreeSet<&String> = early_copies.iter().collect();
+        let base: Vec<Contact> = now.into_iter().filter(|c| !gone.contains(&c.id)).collect();
+        let central_contacts = self
+            .central_contacts(tenant, client, job, Some(central))
+            .await?;
+        let planning = self.planning.take(central_contacts.contacts().len()).await;
+        let ordered = match sync::plan_distribution_from(&ctx, &central_contacts, mailbox, &base) {
+            Ok(plan) => plan,
+            Err(refusal) => {
+                self.undo(client, job, mailbox, &folder, &early_copies, writes)
+                    .await?;
+                return Err(AttemptResult::Permanent {
+                    reason: FailureReason::DeletionCapExceeded,
+                    error: refusal.to_string(),
+                });
+            }
+        };
+        drop(base);
+        let settled = if unchanged {
+            overlap::settle(&sent, ordered)
+        } else {
+            Settled::Undo(ordered.into_writes())
+        };
+        let rest = match settled {
+            Settled::Rest(rest) => rest,
+            Settled::Undo(all) => {
+                debug!(mailbox = %mailbox.upn, "early copies are not the ordered plan's: deleted, then the plan whole");
+                let undone = self
+                    .undo(client, job, mailbox, &folder, &early_copies, writes)
+                    .await?;
+                for id in &undone {
+                    done.written.remove(id);
+                }
+                done.deleted.extend(undone);
+                all
+            }
+        };
+        let keep = Keep {
+            ids: false,
+            confirm: None,
+        };
+        let last = self
+            .send(client, job, mailbox, &folder, rest, planning, keep, writes)
+            .await?;
+        done.counts = last.counts;
+        done.failed_writes = last.failed_writes;
+        done.written.extend(last.written);
+        done.deleted.extend(last.deleted);
+        done.created_ids.clear();
+        if let Some(link) = link {
+            let in_line = feed::phase2_sources(true, in_line_with, false, None)
+                .filter(|_| done.failed_writes == 0);
+            done.cursors = shared::feed::Cursors::of_mailbox(
+                &mailbox.id,
+                feed_after_writes(client, mailbox, link, in_line, &done).await,
+            );
+        }
+        Ok(done)
+    }
+
+    /// Deletes the copies this job sent early (`ids`); returns those Graph deleted. A copy Graph would not delete
+    /// fails the job: it is left for the next attempt to find.
+    async fn undo(
+        &self,
+        client: &TenantClient,
+        job: &Job,
+        mailbox: &Mailbox,
+        folder: &FolderRef,
+        ids: &[String],
+        writes: &TaskTracker,
+    ) -> Result<BTreeSet<String>, AttemptResult> {
+        if ids.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let deletes = Writes {
+            counts: PlanCounts::default(),
+            ops: ids
+                .iter()
+                .map(|id| WriteOp::Delete { id: id.clone() })
+                .collect(),
+        };
+        let keep = Keep {
+            ids: false,
+            confirm: None,
+        };
+        let undone = self
+            .send(
+                client,
+                job,
+                mailbox,
+                folder,
+                deletes,
+                Planning::none(),
+                keep,
+                writes,
+            )
+            .await?;
+        if undone.failed_writes > 0 {
+            return Err(AttemptResult::Transient {
+                wait: std::time::Duration::ZERO,
+                error: format!(
+                    "{} of the copies sent early to {} could not be deleted",
+                    undone.failed_writes, mailbox.upn
+                ),
+            });
+        }
+        Ok(undone.deleted)
+    }
+}
+
+/// Whether the attempt that made `plan` still writes: no later plan, not interrupted, phase 1 not over.
+fn still_writing(stage: &Stage, plan: Option<&Arc<crate::overlap::CentralPlan>>) -> bool {
+    let same_plan = match (&stage.plan, plan) {
+        (Some(now), Some(then)) => Arc::ptr_eq(now, then),
+        _ => false,
+    };
+    same_plan && !stage.interrupted && stage.ended.is_none()
+}
+
+/// Waits until phase 1 is over. A board whose phase 1 can no longer end (its sender gone) counts as failed.
+pub(super) async fn wait_for_end(stage: &mut watch::Receiver<Stage>) -> Ended {
+    loop {
+        if let Some(ended) = stage.borrow_and_update().ended {
+            return ended;
+        }
+        if stage.changed().await.is_err() {
+            return Ended::Failed;
+        }
+    }
+}
+
+/// What tells a contact's version apart: its id and change key.
+fn version(contact: &Contact) -> (String, Option<String>) {
+    (contact.id.clone(), contact.change_key.clone())
+}
+
+/// Whether the mailbox read `now` holds exactly the versions read `before` and the copies the job created since
+/// (ids and change keys as Graph answered their creates).
+fn holds_exactly(
+    now: &[Contact],
+    before: &BTreeSet<(String, Option<String>)>,
+    done: &Done,
+) -> bool {
+    let created = done
+        .created_ids
+        .values()
+        .map(|id| (id.clone(), done.written.get(id).cloned().flatten()));
+    let expected: BTreeSet<(String, Option<String>)> =
+        before.iter().cloned().chain(created).collect();
+    let found: BTreeSet<(String, Option<String>)> = now.iter().map(version).collect();
+    now.len() == expected.len() && found == expected
+}
