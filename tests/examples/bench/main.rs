@@ -137,7 +137,7 @@ struct Cli {
     /// Jobs each worker process runs at once (default: the worker's own default).
     #[arg(long, default_value_t = worker::consumer::DEFAULT_CONCURRENCY)]
     worker_concurrency: u16,
-    /// Modes of the sync group: embedded, or brokerN for N worker processes.
+    /// Modes of the sync group: embedded, embedded-overlap (`run --overlap-phases`), or brokerN for N worker processes.
     #[arg(
         long,
         value_delimiter = ',',

@@ -20,7 +20,7 @@ use crate::overlap::Board;
 use crate::planning_budget::Planning;
 
 /// Writes sent per call to Graph (one `$batch`); a cancelled attempt stops between two of them.
-const WRITE_BATCH: usize = 20;
+pub(super) const WRITE_BATCH: usize = 20;
 
 impl JobRunner {
     /// Plans `mailbox` against its sources and writes the plan into `folder` (`None`: a dry run's folder that does

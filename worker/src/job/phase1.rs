@@ -15,7 +15,7 @@ use shared::sync::{self, overlap, PlanContext, SourceMailbox, SyncId};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::apply::Keep;
+use super::apply::{Keep, WRITE_BATCH};
 use super::central::read_central;
 use super::folders::{check_feed, feed_after_writes, FeedCheck};
 use super::origin_photos::{central_photo_targets, origin_photo};
@@ -210,10 +210,12 @@ impl JobRunner {
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
         // Overlapped: the phase-2 jobs are sent now and learn each create as Graph confirms it. They carry no
         // central generation (no mailbox is in line with what is still being written); they take the one the
-        // folder ends in line with from the board when phase 1 is over.
+        // folder ends in line with from the board when phase 1 is over. Only a plan of more than one batch: no
+        // copy can go before the first batch is answered, and with one batch phase 1 is over by then, so the
+        // phase-2 jobs would only read their mailboxes twice (a 1 %-changed re-run: 163 requests against 142).
         let overlapping = match publishing
             .board()
-            .filter(|_| plan.writes().next().is_some())
+            .filter(|_| plan.writes().nth(WRITE_BATCH).is_some())
         {
             Some(board) => {
                 match overlap::planned_folder(central_contacts.clone(), &plan, ctx.now) {
