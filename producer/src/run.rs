@@ -190,7 +190,7 @@ async fn execute_as(
             // (tests, the demo: a private graphsim) takes none.
             let mut embedded = Embedded::start(runner, args.workers, retry, args.state_dir.clone())
                 .tenant_jobs(args.tenant_jobs)
-                .overlap_phases(args.overlap_phases);
+                .overlap_phases(!args.ordered_phases);
             orchestrate::run(&mut embedded, &graph, request).await
         }
         Some(url) => {

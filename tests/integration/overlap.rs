@@ -42,9 +42,18 @@ fn three_batches(seed: u64) -> (SimConfig, EstateParams) {
     (config, params)
 }
 
+/// The default embedded run: phases overlapped.
 fn overlapped() -> RunArgs {
     RunArgs {
-        overlap_phases: true,
+        ordered_phases: false,
+        ..embedded_args()
+    }
+}
+
+/// The reference: phases one after the other (`run --ordered-phases`).
+fn in_order() -> RunArgs {
+    RunArgs {
+        ordered_phases: true,
         ..embedded_args()
     }
 }
@@ -177,7 +186,7 @@ fn writes(log: &[LoggedRequest]) -> (Vec<u64>, Vec<u64>) {
 /// The ordered run's mailboxes on a fresh estate of `seed`: the reference.
 async fn ordered(config: SimConfig, params: EstateParams) -> BTreeMap<String, Vec<View>> {
     let estate = Estate::seed(config, params).await;
-    let report = run(&estate.settings(), &embedded_args()).await;
+    let report = run(&estate.settings(), &in_order()).await;
     assert!(
         report.tenants.iter().all(|t| t.error.is_none()),
         "{}",
@@ -198,7 +207,7 @@ async fn overlapped_phases_end_as_ordered_ones_with_copies_sent_before_phase_1_e
     );
     let ordered_args = RunArgs {
         state_dir: Some(ordered_state),
-        ..embedded_args()
+        ..in_order()
     };
     let overlapping_args = RunArgs {
         state_dir: Some(overlapping_state),
@@ -349,7 +358,7 @@ async fn persons_changed_between_phase_1_attempts_reach_the_copies_sent_early_as
         workers: 16,
         ..args
     };
-    for args in [workers(embedded_args()), workers(overlapped())] {
+    for args in [workers(in_order()), workers(overlapped())] {
         let estate = Estate::seed(config.clone(), params.clone()).await;
         let own = originals(&estate);
         fail_one_central_batch(&estate, 8);

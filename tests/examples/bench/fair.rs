@@ -219,7 +219,7 @@ where
         Mode::Embedded { workers, overlap } => {
             body(RunArgs {
                 workers,
-                overlap_phases: overlap,
+                ordered_phases: !overlap,
                 idle_timeout_secs: opts.idle_timeout_secs,
                 state_dir: Some(estate.state_dir.clone()),
                 ..RunArgs::embedded_default()

@@ -29,7 +29,7 @@ pub enum Mode {
     Embedded {
         /// Workers.
         workers: usize,
-        /// Phases overlapped (`run --overlap-phases`).
+        /// Phases overlapped (the default; `false`: `run --ordered-phases`).
         overlap: bool,
     },
     /// RabbitMQ and this many `contactmirror-worker` processes.
@@ -78,12 +78,12 @@ impl Mode {
         let (processes, producer) = match self {
             Mode::Embedded {
                 workers,
-                overlap: false,
+                overlap: true,
             } => return format!("embedded x{workers}"),
             Mode::Embedded {
                 workers,
-                overlap: true,
-            } => return format!("embedded x{workers}, overlapped"),
+                overlap: false,
+            } => return format!("embedded x{workers}, ordered"),
             Mode::Broker {
                 processes,
                 producer,
@@ -172,7 +172,7 @@ pub async fn sync(
         Mode::Embedded { workers, overlap } => {
             let args = RunArgs {
                 workers,
-                overlap_phases: overlap,
+                ordered_phases: !overlap,
                 idle_timeout_secs: opts.idle_timeout_secs,
                 state_dir: Some(estate.state_dir.clone()),
                 ..RunArgs::embedded_default()

@@ -137,7 +137,7 @@ struct Cli {
     /// Jobs each worker process runs at once (default: the worker's own default).
     #[arg(long, default_value_t = worker::consumer::DEFAULT_CONCURRENCY)]
     worker_concurrency: u16,
-    /// Modes of the sync group: embedded, embedded-overlap (`run --overlap-phases`), or brokerN for N worker processes.
+    /// Modes of the sync group: embedded (phases overlapped, the default), embedded-ordered (`run --ordered-phases`), or brokerN for N worker processes.
     #[arg(
         long,
         value_delimiter = ',',
@@ -306,15 +306,15 @@ fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
 }
 
 fn parse_mode(text: &str, embedded_workers: usize) -> Result<Mode> {
-    if text == "embedded" || text == "embedded-overlap" {
+    if text == "embedded" || text == "embedded-ordered" {
         return Ok(Mode::Embedded {
             workers: embedded_workers,
-            overlap: text == "embedded-overlap",
+            overlap: text == "embedded",
         });
     }
     match text.strip_prefix("broker").map(str::parse::<usize>) {
         Some(Ok(processes)) if processes > 0 => Ok(Mode::broker(processes)),
-        _ => bail!("mode {text:?}: expected embedded, embedded-overlap or brokerN (N worker processes, N >= 1)"),
+        _ => bail!("mode {text:?}: expected embedded, embedded-ordered or brokerN (N worker processes, N >= 1)"),
     }
 }
 
@@ -518,7 +518,7 @@ async fn main() -> Result<()> {
                     Budget::SCALED,
                     Mode::Embedded {
                         workers: 256,
-                        overlap: false,
+                        overlap: true,
                     },
                     ("target", "U=200 C=20"),
                     &mut rows,
@@ -660,7 +660,7 @@ async fn fair_group(ctx: &Ctx, cli: &Cli) -> Result<Vec<fair::FairRow>> {
         (
             Mode::Embedded {
                 workers: cli.embedded_workers,
-                overlap: false,
+                overlap: true,
             },
             vec![None],
         ),
@@ -857,7 +857,7 @@ async fn msp(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
         Some(mode) => parse_mode(mode, cli.embedded_workers)?.with_producer_process(),
         None => Mode::Embedded {
             workers: cli.embedded_workers,
-            overlap: false,
+            overlap: true,
         },
     };
     two_runs(&msp_ctx, many, budget, mode, ("msp", &name), rows).await

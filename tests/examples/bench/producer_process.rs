@@ -42,7 +42,7 @@ pub fn command_line(args: &RunArgs) -> Result<Vec<OsString>> {
         strict,
         wait_for_lease,
         tenant_jobs,
-        overlap_phases,
+        ordered_phases,
     } = args;
     if notify.notify_url.is_some() {
         bail!("a producer process is never given --notify-url: a secret on a command line is visible to every user");
@@ -90,7 +90,7 @@ pub fn command_line(args: &RunArgs) -> Result<Vec<OsString>> {
         (*rebuild_central, "--rebuild-central"),
         (*allow_mass_delete, "--allow-mass-delete"),
         (*strict, "--strict"),
-        (*overlap_phases, "--overlap-phases"),
+        (*ordered_phases, "--ordered-phases"),
     ] {
         if set {
             out.push(flag.into());
