@@ -120,7 +120,8 @@ impl CentralStamp {
 /// line), then the target whose derived sync id is the central
 /// one (the unstamped original the person was first published from), then email addresses, then the displayName
 /// when neither side has an email. Email and name matches only consider targets without a sync id or whose sync id
-/// left the central folder (those are adopted: re-stamped instead of deleted and re-created), and pair a target
+/// left the central folder (those are adopted: re-stamped instead of deleted and re-created; a managed copy only by
+/// a person not opted out, which takes no copy but its own), and pair a target
 /// only with the central person phase 1 would match it with (most shared addresses, first by id on a tie; by name,
 /// the first with that name), so both phases agree; of several such targets the one sharing the most addresses,
 /// then the first by id, is the person's, and the others are left alone.
@@ -346,8 +347,22 @@ pub fn plan_distribution_from(
         for (si, source) in sources.iter().enumerate().filter(|(_, s)| s.canonical) {
             index.insert(si, &source.c);
         }
+        // A managed copy whose person left is adopted only by a person that takes copies: an opted-out one keeps
+        // its own (claimed above by sync id) and takes no other, or the stale copy would stay beside the copy the
+        // next person sharing its address gets (proptest `combined_runs_keep_owners_contacts_…`). An owner's
+        // contact still meets every person, as phase 1 matches it.
+        let takes_copies: Vec<bool> = sources
+            .iter()
+            .map(|s| !has_category(&s.c.contact.categories, &options.opt_out_category))
+            .collect();
         for ti in open {
-            if let Some(m) = index.best(&targets[ti].c) {
+            let target = &targets[ti];
+            let found = if target.ownership == Ownership::ManagedCopy {
+                index.best_where(&target.c, |si| takes_copies[si])
+            } else {
+                index.best(&target.c)
+            };
+            if let Some(m) = found {
                 pairs.push((m.shared, m.index, ti));
             }
         }

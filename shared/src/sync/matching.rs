@@ -30,7 +30,7 @@ pub(crate) struct DataMatch {
 #[derive(Default)]
 pub(crate) struct DataIndex<'a> {
     by_email: HashMap<&'a str, Vec<usize>>,
-    by_name: HashMap<&'a str, usize>,
+    by_name: HashMap<&'a str, Vec<usize>>,
 }
 
 impl<'a> DataIndex<'a> {
@@ -40,16 +40,28 @@ impl<'a> DataIndex<'a> {
             self.by_email.entry(email).or_default().push(index);
         }
         if let Some(name) = &person.name {
-            self.by_name.entry(name).or_insert(index);
+            self.by_name.entry(name).or_default().push(index);
         }
     }
 
     /// The person `contact` is by its data, if any.
     pub(crate) fn best(&self, contact: &Candidate<'_>) -> Option<DataMatch> {
+        self.best_where(contact, |_| true)
+    }
+
+    /// The person `contact` is by its data among those `eligible` says may take it, if any (the same rule as
+    /// [`DataIndex::best`] over fewer people).
+    pub(crate) fn best_where(
+        &self,
+        contact: &Candidate<'_>,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<DataMatch> {
         let mut overlap: BTreeMap<usize, usize> = BTreeMap::new();
         for email in contact.emails.iter() {
             for &i in self.by_email.get(email).into_iter().flatten() {
-                *overlap.entry(i).or_default() += 1;
+                if eligible(i) {
+                    *overlap.entry(i).or_default() += 1;
+                }
             }
         }
         let by_email = overlap.into_iter().fold(
@@ -62,8 +74,11 @@ impl<'a> DataIndex<'a> {
         by_email.or_else(|| {
             let name = contact.name.as_deref()?;
             self.by_name
-                .get(name)
-                .map(|&index| DataMatch { index, shared: 0 })
+                .get(name)?
+                .iter()
+                .copied()
+                .find(|&index| eligible(index))
+                .map(|index| DataMatch { index, shared: 0 })
         })
     }
 }

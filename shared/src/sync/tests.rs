@@ -541,6 +541,37 @@ fn removed_centrally_is_deleted_from_copies_but_never_from_owners_or_republished
 }
 
 #[test]
+fn a_stale_copy_is_adopted_by_the_person_sharing_its_address_not_kept_for_an_opted_out_one() {
+    // Found by `combined_runs_keep_owners_contacts_…`: a managed copy whose person left the central folder shares
+    // one address with an opted-out person and one with another. Paired with the opted-out one (first by id on the
+    // tie) it was kept as it was, and the other person got a second copy beside it.
+    let person = SyncId::derive(TENANT, "id-bob", "b1");
+    let gone = SyncId::derive(TENANT, "id-bob", "b0");
+    let mut private = contact("c1", "Max Müller", &["cy@z.net"], 0);
+    private.categories = vec!["Private".into()];
+    private.sync_id_property = Some(SyncId::derive(TENANT, "id-cat", "c0").to_string());
+    let mut other = contact("c2", "Max Müller", &["ann@x.com", "dee@w.io"], 0);
+    other.sync_id_property = Some(person.to_string());
+    let mut stale = contact("t1", "Max Müller", &["cy@z.net", "dee@w.io"], 0);
+    stale.sync_id_property = Some(gone.to_string());
+    let mut world = World::new(vec![(mailbox("ann"), vec![stale])]);
+    world.central = vec![private, other];
+    let plan = world.plan2(0).expect("plan");
+    assert!(
+        plan.writes().all(|op| !matches!(op, WriteOp::Create(_))),
+        "a second copy beside the stale one: {plan:#?}"
+    );
+    let adopted = plan
+        .writes()
+        .find_map(|op| match op {
+            WriteOp::Update { id, write } if id == "t1" => write.sync_id.clone(),
+            _ => None,
+        })
+        .expect("the stale copy is adopted");
+    assert_eq!(adopted, person.to_string());
+}
+
+#[test]
 fn the_deletion_cap_and_the_empty_central_rule_refuse_the_whole_plan() {
     let people: Vec<Contact> = (0..20)
         .map(|i| {
