@@ -136,15 +136,7 @@ impl JobRunner {
             Ended::Failed => {
                 self.undo(client, job, mailbox, &folder, &early_copies, writes)
                     .await?;
-                return Err(AttemptResult::Permanent {
-                    reason: FailureReason::Phase1Failed,
-                    error: format!(
-                        "phase 1 of tenant {} failed; {} copies sent to {} while it ran were deleted again",
-                        job.tenant_id,
-                        early_copies.len(),
-                        mailbox.upn
-                    ),
-                });
+                return Err(phase1_failed(job, mailbox, early_copies.len()));
             }
         };
         // The mailbox as the ordered run reads it: read now (a user's edit during phase 1 is planned with, as an
@@ -260,6 +252,38 @@ impl JobRunner {
             });
         }
         Ok(undone.deleted)
+    }
+}
+
+/// An overlapped job that runs once phase 1 is over, as the ordered job it then is: not overlapped, with the
+/// generation the central folder ended in line with. A phase 1 that failed for good fails it, the mailbox as it was
+/// (an ordered run sends no phase-2 job then).
+pub(super) fn after_phase1(
+    job: &Job,
+    mailbox: &Mailbox,
+    ended: Ended,
+) -> Result<Job, AttemptResult> {
+    match ended {
+        Ended::Written { in_line_with } => Ok(Job {
+            overlapped: false,
+            cursors: shared::feed::Cursors {
+                central_generation: in_line_with,
+                ..job.cursors.clone()
+            },
+            ..job.clone()
+        }),
+        Ended::Failed => Err(phase1_failed(job, mailbox, 0)),
+    }
+}
+
+/// The failure of a job whose tenant's phase 1 failed for good, having deleted the `undone` copies it sent early.
+fn phase1_failed(job: &Job, mailbox: &Mailbox, undone: usize) -> AttemptResult {
+    AttemptResult::Permanent {
+        reason: FailureReason::Phase1Failed,
+        error: format!(
+            "phase 1 of tenant {} failed; {} left as it was ({undone} copies sent early deleted again)",
+            job.tenant_id, mailbox.upn
+        ),
     }
 }
 

@@ -31,19 +31,31 @@ impl JobRunner {
         mailbox: &Mailbox,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
-        // Sent while phase 1 writes (embedded mode): the overlapped step (see `overlapped`); a job the rule does
-        // not let overlap waits for phase 1's end, never reading a central folder phase 1 is still writing.
+        // Sent while phase 1 writes (embedded mode): the overlapped step (see `overlapped`) while phase 1 still
+        // writes. Once it is over (a job that started late), or for a job the rule does not let overlap (it waits for
+        // that, never reading a central folder still being written), an ordered job with the generation the folder
+        // ended in line with: reading and planning the mailbox twice would buy nothing.
         let board = central
             .filter(|_| job.overlapped)
             .and_then(|_| self.boards.board(&job.tenant_id, job.run_id));
-        if let (Some(central), Some(board)) = (central, board) {
-            if job.may_overlap(tenant, false) {
-                return self
-                    .phase2_overlapped(tenant, client, job, central, mailbox, board, writes)
-                    .await;
+        let after_phase1;
+        let job = match (central, board) {
+            (Some(central), Some(board)) => {
+                let ended = board.watch().borrow().ended;
+                if ended.is_none() && job.may_overlap(tenant, false) {
+                    return self
+                        .phase2_overlapped(tenant, client, job, central, mailbox, board, writes)
+                        .await;
+                }
+                let ended = match ended {
+                    Some(ended) => ended,
+                    None => overlapped::wait_for_end(&mut board.watch()).await,
+                };
+                after_phase1 = overlapped::after_phase1(job, mailbox, ended)?;
+                &after_phase1
             }
-            overlapped::wait_for_end(&mut board.watch()).await;
-        }
+            _ => job,
+        };
         let directory_on = tenant.distribution.receives_directory();
         let mirror = central.is_some();
         let current = FolderChoice::from(&tenant.distribution.target_folder);
