@@ -18,14 +18,48 @@ use tracing::debug;
 
 use shared::config::TenantSettings;
 
-use super::apply::Keep;
+use super::apply::{Keep, WRITE_BATCH};
 use super::folders::feed_after_writes;
 use super::{classify, plan_context, Done, JobRunner};
 use crate::disposition::AttemptResult;
-use crate::overlap::{Board, Ended, Stage};
+use crate::overlap::{Board, CentralPlan, Ended, Planned, Stage};
 use crate::planning_budget::Planning;
 
 impl JobRunner {
+    /// Phase 1's side: puts on `board` the folder `plan` leaves (from `read`, the folder as read) and the persons
+    /// it creates, and tells the producer, whose phase-2 jobs then go out carrying `cursors` without the central
+    /// folder's (no mailbox is in line with what is still being written; they take the generation the folder ends
+    /// in line with from the board). Returns the board the writes confirm creates on; `None` (nothing announced)
+    /// for a plan of one batch or less: no copy could go before its first batch is answered, and by then phase 1
+    /// is over, so phase-2 jobs would only read their mailboxes twice (a 1 %-changed re-run: 163 requests against
+    /// 142).
+    pub(super) fn announce_plan<'b>(
+        &self,
+        job: &Job,
+        board: &'b Board,
+        read: Vec<Contact>,
+        plan: &sync::Plan,
+        now: chrono::DateTime<chrono::Utc>,
+        cursors: &shared::feed::Cursors,
+    ) -> Option<&'b Board> {
+        // More than one batch of writes.
+        plan.writes().nth(WRITE_BATCH)?;
+        let folder = overlap::planned_folder(read, plan, now)?;
+        board.planned(CentralPlan {
+            folder: sync::PreparedCentral::new(folder),
+            created: overlap::created_persons(plan),
+        });
+        let mut announced = cursors.clone();
+        announced.central = None;
+        self.boards.announce(Planned {
+            tenant_id: job.tenant_id.clone(),
+            run_id: job.run_id,
+            job_id: job.job_id,
+            cursors: announced,
+        });
+        Some(board)
+    }
+
     /// Phase 2 of `mailbox` while phase 1 (on `board`) may still be writing.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn phase2_overlapped(

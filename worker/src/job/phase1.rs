@@ -11,18 +11,18 @@ use shared::graph::{FolderRef, GraphError, TenantClient};
 use shared::message::{CentralFolder, FailureReason, Job, SourceFailure};
 use shared::model::Mailbox;
 use shared::sync::photo::OriginPhoto;
-use shared::sync::{self, overlap, PlanContext, SourceMailbox, SyncId};
+use shared::sync::{self, PlanContext, SourceMailbox, SyncId};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::apply::{Keep, WRITE_BATCH};
+use super::apply::Keep;
 use super::central::read_central;
 use super::folders::{check_feed, feed_after_writes, FeedCheck};
 use super::origin_photos::{central_photo_targets, origin_photo};
 use super::{classify, plan_context, Done, JobRunner};
 use crate::disposition::AttemptResult;
 use crate::heap;
-use crate::overlap::{CentralPlan, Ended, Planned, Publishing};
+use crate::overlap::{Ended, Publishing};
 
 /// How many source mailboxes a phase-1 job checks and reads at once (each has its own Graph budget). At Graph's
 /// latency the checks and reads follow one another in rounds of this many: with 16, a 255-mailbox tenant at 200 ms
@@ -208,43 +208,22 @@ impl JobRunner {
             }
         }
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
-        // Overlapped: the phase-2 jobs are sent now and learn each create as Graph confirms it. They carry no
-        // central generation (no mailbox is in line with what is still being written); they take the one the
-        // folder ends in line with from the board when phase 1 is over. Only a plan of more than one batch: no
-        // copy can go before the first batch is answered, and with one batch phase 1 is over by then, so the
-        // phase-2 jobs would only read their mailboxes twice (a 1 %-changed re-run: 163 requests against 142).
-        let overlapping = match publishing
-            .board()
-            .filter(|_| plan.writes().nth(WRITE_BATCH).is_some())
-        {
-            Some(board) => {
-                match overlap::planned_folder(central_contacts.clone(), &plan, ctx.now) {
-                    Some(folder) => {
-                        board.planned(CentralPlan {
-                            folder: sync::PreparedCentral::new(folder),
-                            created: overlap::created_persons(&plan),
-                        });
-                        let mut announced = cursors.clone();
-                        announced.central = None;
-                        self.boards.announce(Planned {
-                            tenant_id: job.tenant_id.clone(),
-                            run_id: job.run_id,
-                            job_id: job.job_id,
-                            cursors: announced,
-                        });
-                        Some(board)
-                    }
-                    None => None,
-                }
-            }
-            None => None,
-        };
         // What the central photo step needs of the folder as read: the persons whose origin was read.
         let central_photos = central_photo_targets(&ctx, &central_contacts, &origins);
         // The plan holds what the writes need: what was read goes before the (long) writing starts, and the
         // planning units are kept for the writes' share only (see `apply`).
         let large = central_contacts.len().max(plan.items.len()) >= heap::LARGE;
-        drop((source_mailboxes, central_contacts));
+        drop(source_mailboxes);
+        // Overlapped: the phase-2 jobs go now (the folder as read becomes the folder the plan leaves).
+        let overlapping = match publishing.board() {
+            Some(board) => {
+                self.announce_plan(job, board, central_contacts, &plan, ctx.now, &cursors)
+            }
+            None => {
+                drop(central_contacts);
+                None
+            }
+        };
         if large {
             heap::release_freed();
         }
