@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use chrono::Utc;
 use shared::config::{Settings, TenantSettings};
+use shared::feed::Cursors;
 use shared::graph::GraphClient;
 use shared::message::{CentralFolder, FolderChoice, Job, JobKind, Outcome, Phase, Report};
 use shared::model::Mailbox;
@@ -388,7 +389,47 @@ pub async fn run<D: Dispatch>(
     let tenant_started: Vec<Instant> = tenants.iter().map(|_| Instant::now()).collect();
     // Reports of jobs the producer settled itself, taken before the transport's.
     let mut settled_here: VecDeque<Report> = VecDeque::new();
-    while ledger.waiting() > 0 {
+    // The tenant whose phase-2 jobs go out next, with its phase 1's cursors: from its final report, or (overlapped)
+    // from its plan.
+    let mut start_next: Option<(usize, Cursors, bool)> = None;
+    loop {
+        if let Some((tenant, phase1, overlapped)) = start_next.take() {
+            if let Some((ready, central)) = prepared[tenant]
+                .as_ref()
+                .and_then(|ready| Some((ready, ready.central.clone()?)))
+            {
+                if overlapped {
+                    info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 planned; starting phase 2 beside its writes");
+                } else {
+                    info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 complete; starting phase 2");
+                }
+                phase2_started[tenant] = true;
+                let start = Phase2Start {
+                    run_id,
+                    tenant: tenants[tenant],
+                    index: tenant,
+                    ready,
+                    central,
+                    phase1: &phase1,
+                    kept: memories[tenant].is_some(),
+                    move_from: move_from[tenant].as_ref(),
+                    dry_run: dry(tenants[tenant]),
+                    overlapped,
+                };
+                start.send(
+                    &request,
+                    &mut ledger,
+                    &mut fair,
+                    &mut settled_here,
+                    &mut dispatch,
+                    &mut progress,
+                );
+                submit_released(&mut fair, &mut dispatch).await?;
+            }
+        }
+        if ledger.waiting() == 0 {
+            break;
+        }
         let (report, dispatched) = match settled_here.pop_front() {
             Some(report) => (report, false),
             None => match dispatch.next_event(request.idle_timeout).await? {
@@ -396,41 +437,11 @@ pub async fn run<D: Dispatch>(
                 Some(Event::Planned(planned)) => {
                     // An overlapped tenant's phase 1 planned: its phase-2 jobs go out now (once; a later attempt's
                     // plan finds them out already).
-                    let Some(tenant) = ledger.tenant_of(planned.run_id, planned.job_id) else {
-                        continue;
-                    };
-                    let Some((ready, central)) = prepared[tenant]
-                        .as_ref()
-                        .and_then(|ready| Some((ready, ready.central.clone()?)))
-                    else {
-                        continue;
-                    };
-                    if phase2_started[tenant] {
-                        continue;
+                    if let Some(tenant) = ledger.tenant_of(planned.run_id, planned.job_id) {
+                        if !phase2_started[tenant] {
+                            start_next = Some((tenant, planned.cursors, true));
+                        }
                     }
-                    info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 planned; starting phase 2 beside its writes");
-                    phase2_started[tenant] = true;
-                    let start = Phase2Start {
-                        run_id,
-                        tenant: tenants[tenant],
-                        index: tenant,
-                        ready,
-                        central,
-                        phase1: &planned.cursors,
-                        kept: memories[tenant].is_some(),
-                        move_from: move_from[tenant].as_ref(),
-                        dry_run: dry(tenants[tenant]),
-                        overlapped: true,
-                    };
-                    start.send(
-                        &request,
-                        &mut ledger,
-                        &mut fair,
-                        &mut settled_here,
-                        &mut dispatch,
-                        &mut progress,
-                    );
-                    submit_released(&mut fair, &mut dispatch).await?;
                     continue;
                 }
                 None => {
@@ -531,33 +542,10 @@ pub async fn run<D: Dispatch>(
             memory.phase1_succeeded(&ready.users, &report.cursors);
             memory.filled(&central, &tenants[tenant].mirror.central_folder_name);
         }
-        if phase2_started[tenant] {
-            // Overlapped: its phase-2 jobs went out when phase 1 planned.
-            continue;
+        // Unless overlapped (they went out when phase 1 planned), its phase-2 jobs go out now.
+        if !phase2_started[tenant] {
+            start_next = Some((tenant, report.cursors.clone(), false));
         }
-        info!(tenant = %ready.tenant_id, users = ready.users.len(), "phase 1 complete; starting phase 2");
-        phase2_started[tenant] = true;
-        let start = Phase2Start {
-            run_id,
-            tenant: tenants[tenant],
-            index: tenant,
-            ready,
-            central,
-            phase1: &report.cursors,
-            kept: memories[tenant].is_some(),
-            move_from: move_from[tenant].as_ref(),
-            dry_run: dry(tenants[tenant]),
-            overlapped: false,
-        };
-        start.send(
-            &request,
-            &mut ledger,
-            &mut fair,
-            &mut settled_here,
-            &mut dispatch,
-            &mut progress,
-        );
-        submit_released(&mut fair, &mut dispatch).await?;
     }
     let lost = ledger.give_up();
     for job in &lost {
@@ -680,7 +668,7 @@ struct Phase2Start<'a> {
     index: usize,
     ready: &'a PreparedTenant,
     central: CentralFolder,
-    phase1: &'a shared::feed::Cursors,
+    phase1: &'a Cursors,
     /// A state is kept: the jobs carry the feeds.
     kept: bool,
     move_from: Option<&'a FolderChoice>,

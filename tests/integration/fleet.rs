@@ -46,21 +46,26 @@ pub fn folder_view(contacts: &[serde_json::Value]) -> Vec<(String, Vec<String>)>
         .iter()
         .map(|c| {
             let name = c["displayName"].as_str().unwrap_or_default().to_owned();
-            let mut emails: Vec<String> = c["emailAddresses"]
-                .as_array()
-                .map(|list| {
-                    list.iter()
-                        .filter_map(|e| e["address"].as_str())
-                        .map(str::to_lowercase)
-                        .collect()
-                })
-                .unwrap_or_default();
-            emails.sort();
-            (name, emails)
+            (name, addresses_of(c))
         })
         .collect();
     view.sort();
     view
+}
+
+/// A contact's addresses, lower-cased and sorted.
+pub fn addresses_of(contact: &serde_json::Value) -> Vec<String> {
+    let mut emails: Vec<String> = contact["emailAddresses"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|e| e["address"].as_str())
+                .map(str::to_lowercase)
+                .collect()
+        })
+        .unwrap_or_default();
+    emails.sort();
+    emails
 }
 
 /// Every target mailbox's default folder and the central folder of every tenant.
@@ -318,18 +323,6 @@ fn full(estate: &Estate, tenant: &str, user: &str, folder: Option<&str>) -> Vec<
     estate.sim.contacts(tenant, user, folder)
 }
 
-fn addresses(contact: &serde_json::Value) -> Vec<String> {
-    contact["emailAddresses"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|e| e["address"].as_str())
-                .map(str::to_lowercase)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlapping_tenants_mirror_each_person_once_and_edits_propagate() {
     let estate = Estate::seed(
@@ -421,7 +414,7 @@ async fn overlapping_tenants_mirror_each_person_once_and_edits_propagate() {
         }
         let mut nameless_names = BTreeSet::new();
         for c in &central {
-            if addresses(c).is_empty() {
+            if addresses_of(c).is_empty() {
                 let name = c["displayName"].as_str().unwrap_or_default().to_owned();
                 assert!(
                     nameless_names.insert(name.clone()),
@@ -434,12 +427,12 @@ async fn overlapping_tenants_mirror_each_person_once_and_edits_propagate() {
         for user in &tenant.mirror_target_upns {
             let mine = full(&estate, &tenant.tenant_id, user, None);
             for c in &central {
-                let emails = addresses(c);
+                let emails = addresses_of(c);
                 let same = |m: &&serde_json::Value| {
                     if emails.is_empty() {
-                        addresses(m).is_empty() && m["displayName"] == c["displayName"]
+                        addresses_of(m).is_empty() && m["displayName"] == c["displayName"]
                     } else {
-                        addresses(m).iter().any(|a| emails.contains(a))
+                        addresses_of(m).iter().any(|a| emails.contains(a))
                     }
                 };
                 let had = own_contacts[user].iter().filter(same).count();
@@ -498,7 +491,7 @@ async fn overlapping_tenants_mirror_each_person_once_and_edits_propagate() {
     );
     let copy = central
         .iter()
-        .find(|c| addresses(c) == ["edit.me@example.org"])
+        .find(|c| addresses_of(c) == ["edit.me@example.org"])
         .expect("the edited contact is central");
     assert_eq!(
         copy["jobTitle"], "After",
@@ -508,7 +501,7 @@ async fn overlapping_tenants_mirror_each_person_once_and_edits_propagate() {
         let mine = full(&estate, &t0.tenant_id, user, None);
         let copy = mine
             .iter()
-            .find(|c| addresses(c) == ["edit.me@example.org"])
+            .find(|c| addresses_of(c) == ["edit.me@example.org"])
             .unwrap_or_else(|| panic!("{user} lost the edited contact"));
         assert_eq!(copy["jobTitle"], "After", "the edit did not reach {user}");
     }

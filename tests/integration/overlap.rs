@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 
 use graphsim::{EstateParams, FaultConfig, LoggedRequest, RetryAfter, ScriptedFault, SimConfig};
 use producer::cli::RunArgs;
+use producer::summary::RunReport;
 
 use shared::message::Phase;
 
-use crate::fleet::{embedded_args, run};
+use crate::fleet::{addresses_of, embedded_args, run};
 use crate::incremental::{change, originals};
 use crate::support::{self, Estate};
 
@@ -62,20 +63,6 @@ fn in_order() -> RunArgs {
 /// sync ids derive from graphsim's item ids, which differ between two estates of one seed), categories.
 type View = (String, Vec<String>, Option<String>, Vec<String>);
 
-fn emails_of(c: &serde_json::Value) -> Vec<String> {
-    let mut emails: Vec<String> = c["emailAddresses"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|e| e["address"].as_str())
-                .map(str::to_lowercase)
-                .collect()
-        })
-        .unwrap_or_default();
-    emails.sort();
-    emails
-}
-
 fn name_of(c: &serde_json::Value) -> String {
     c["displayName"].as_str().unwrap_or_default().to_owned()
 }
@@ -92,7 +79,7 @@ fn mailboxes(estate: &Estate) -> BTreeMap<String, Vec<View>> {
             .iter()
             .filter_map(|c| {
                 let id = support::sync_id(c)?;
-                Some((id, format!("{} {:?}", name_of(c), emails_of(c))))
+                Some((id, format!("{} {:?}", name_of(c), addresses_of(c))))
             })
             .collect();
         let view = |contacts: Vec<serde_json::Value>| {
@@ -115,7 +102,7 @@ fn mailboxes(estate: &Estate) -> BTreeMap<String, Vec<View>> {
                             .cloned()
                             .unwrap_or_else(|| format!("no central person {id}"))
                     });
-                    (name_of(c), emails_of(c), person, categories)
+                    (name_of(c), addresses_of(c), person, categories)
                 })
                 .collect();
             all.sort();
@@ -131,6 +118,22 @@ fn mailboxes(estate: &Estate) -> BTreeMap<String, Vec<View>> {
         }
     }
     out
+}
+
+/// Every tenant of `report` ran (no tenant-level error).
+fn assert_every_tenant_ran(report: &RunReport) {
+    assert!(
+        report.tenants.iter().all(|t| t.error.is_none()),
+        "{}",
+        report.human()
+    );
+}
+
+/// Every tenant ran and a job of the run was tried again (phase 1's first attempt failed).
+fn assert_phase1_ran_again(report: &RunReport) {
+    assert_every_tenant_ran(report);
+    let retries: u64 = report.tenants.iter().map(|t| t.retries).sum();
+    assert!(retries > 0, "phase 1 never ran again:\n{}", report.human());
 }
 
 /// Asserts `got` equals `expected`, naming only the mailboxes that differ and how.
@@ -187,11 +190,7 @@ fn writes(log: &[LoggedRequest]) -> (Vec<u64>, Vec<u64>) {
 async fn ordered(config: SimConfig, params: EstateParams) -> BTreeMap<String, Vec<View>> {
     let estate = Estate::seed(config, params).await;
     let report = run(&estate.settings(), &in_order()).await;
-    assert!(
-        report.tenants.iter().all(|t| t.error.is_none()),
-        "{}",
-        report.human()
-    );
+    assert_every_tenant_ran(&report);
     mailboxes(&estate)
 }
 
@@ -221,13 +220,8 @@ async fn overlapped_phases_end_as_ordered_ones_with_copies_sent_before_phase_1_e
             overlapping.sim.reset_stats();
             let a = run(&ordered.settings(), ordered_args).await;
             let b = run(&overlapping.settings(), overlapping_args).await;
-            for report in [&a, &b] {
-                assert!(
-                    report.tenants.iter().all(|t| t.error.is_none()),
-                    "{what}: {}",
-                    report.human()
-                );
-            }
+            assert_every_tenant_ran(&a);
+            assert_every_tenant_ran(&b);
             assert_same(&mailboxes(overlapping), &mailboxes(ordered), what);
             (a, b)
         }
@@ -286,13 +280,7 @@ async fn a_phase_1_attempt_that_fails_and_runs_again_changes_nothing_of_the_outc
     let estate = Estate::seed(config, params).await;
     fail_one_central_batch(&estate, 8);
     let report = run(&estate.settings(), &overlapped()).await;
-    assert!(
-        report.tenants.iter().all(|t| t.error.is_none()),
-        "{}",
-        report.human()
-    );
-    let retries: u64 = report.tenants.iter().map(|t| t.retries).sum();
-    assert!(retries > 0, "phase 1 never ran again:\n{}", report.human());
+    assert_phase1_ran_again(&report);
     let (central, users) = writes(&estate.sim.request_log());
     let last_central = central.iter().max().copied().expect("phase 1 wrote");
     assert!(
@@ -367,13 +355,7 @@ async fn persons_changed_between_phase_1_attempts_reach_the_copies_sent_early_as
             run(&settings, &args),
             rename_between_attempts(&estate, &own)
         );
-        assert!(
-            report.tenants.iter().all(|t| t.error.is_none()),
-            "{}",
-            report.human()
-        );
-        let retries: u64 = report.tenants.iter().map(|t| t.retries).sum();
-        assert!(retries > 0, "phase 1 never ran again:\n{}", report.human());
+        assert_phase1_ran_again(&report);
         results.push((mailboxes(&estate), estate.sim.request_log()));
     }
     let (overlapped_log, ordered_log) = (&results[1].1, &results[0].1);
@@ -415,11 +397,7 @@ async fn throttling_and_server_errors_everywhere_change_nothing_of_the_outcome()
     )
     .await;
     let report = run(&estate.settings(), &overlapped()).await;
-    assert!(
-        report.tenants.iter().all(|t| t.error.is_none()),
-        "{}",
-        report.human()
-    );
+    assert_every_tenant_ran(&report);
     assert!(
         estate.sim.stats().injected_faults > 10,
         "too few faults injected"

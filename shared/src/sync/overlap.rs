@@ -224,18 +224,7 @@ mod tests {
     #[test]
     fn the_planned_folder_is_the_read_one_with_the_plan_applied() {
         let a = person(1);
-        let read = vec![Contact {
-            id: "gone".into(),
-            last_modified: None,
-            fields: ContactFields::default(),
-            personal_notes: None,
-            categories: Vec::new(),
-            sync_id_property: None,
-            photo_hash: None,
-            photo_source: None,
-            has_picture: false,
-            change_key: None,
-        }];
+        let read = vec![crate::sync::tests::contact("gone", "Gone", &[], 0)];
         let central = plan(vec![create(&a, "A"), WriteOp::Delete { id: "gone".into() }]);
         let folder = planned_folder(read.clone(), &central, Utc::now()).expect("applies");
         assert_eq!(folder.len(), 1);
