@@ -86,12 +86,9 @@ impl Dispatch for Embedded {
                 Some(plans) => tokio::select! {
                     biased;
                     Some(planned) = plans.recv() => Some(Event::Planned(planned)),
-                    report = queue.next_report() => report.map(|r| Event::Report(Box::new(r))),
+                    report = queue.next_report() => report.map(Event::from),
                 },
-                None => queue
-                    .next_report()
-                    .await
-                    .map(|r| Event::Report(Box::new(r))),
+                None => queue.next_report().await.map(Event::from),
             }
         };
         Ok(tokio::time::timeout(wait, next).await.ok().flatten())
@@ -364,7 +361,7 @@ impl Dispatch for Broker {
     async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>> {
         loop {
             match self.session.next_report(wait).await {
-                Ok(report) => return Ok(report.map(|r| Event::Report(Box::new(r)))),
+                Ok(report) => return Ok(report.map(Event::from)),
                 Err(error) => self.reconnect(&error).await?,
             }
         }

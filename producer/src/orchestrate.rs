@@ -78,6 +78,12 @@ pub enum Event {
     Planned(Planned),
 }
 
+impl From<Report> for Event {
+    fn from(report: Report) -> Self {
+        Event::Report(Box::new(report))
+    }
+}
+
 /// What one run covers.
 pub struct RunRequest<'a> {
     /// The validated settings.

@@ -552,7 +552,7 @@ mod tests {
 
         async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>> {
             match self.reports.pop() {
-                Some(report) => Ok(Some(Event::Report(Box::new(report)))),
+                Some(report) => Ok(Some(Event::from(report))),
                 None => {
                     if self.closed {
                         self.closed_calls += 1;

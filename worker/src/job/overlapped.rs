@@ -6,7 +6,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use shared::feed;
+use shared::config::TenantSettings;
+use shared::feed::{self, Cursors};
 use shared::graph::{FolderRef, TenantClient};
 use shared::message::{CentralFolder, FailureReason, FolderChoice, Job};
 use shared::model::{Contact, Mailbox, WriteOp};
@@ -15,8 +16,6 @@ use shared::sync::{self, PlanCounts, Writes};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
-
-use shared::config::TenantSettings;
 
 use super::apply::{Keep, WRITE_BATCH};
 use super::folders::feed_after_writes;
@@ -40,7 +39,7 @@ impl JobRunner {
         read: Vec<Contact>,
         plan: &sync::Plan,
         now: chrono::DateTime<chrono::Utc>,
-        cursors: &shared::feed::Cursors,
+        cursors: &Cursors,
     ) -> Option<&'b Board> {
         // More than one batch of writes.
         plan.writes().nth(WRITE_BATCH)?;
@@ -231,7 +230,7 @@ impl JobRunner {
         if let Some(link) = link {
             let in_line = feed::phase2_sources(true, in_line_with, false, None)
                 .filter(|_| done.failed_writes == 0);
-            done.cursors = shared::feed::Cursors::of_mailbox(
+            done.cursors = Cursors::of_mailbox(
                 &mailbox.id,
                 feed_after_writes(client, mailbox, link, in_line, &done).await,
             );
@@ -300,7 +299,7 @@ pub(super) fn after_phase1(
     match ended {
         Ended::Written { in_line_with } => Ok(Job {
             overlapped: false,
-            cursors: shared::feed::Cursors {
+            cursors: Cursors {
                 central_generation: in_line_with,
                 ..job.cursors.clone()
             },
