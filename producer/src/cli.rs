@@ -187,10 +187,11 @@ pub struct RunArgs {
     /// pool deploy/k8s scales to (set it to about twice your fleet's workers x concurrency).
     #[arg(long, env = "CONTACTMIRROR_TENANT_JOBS")]
     pub tenant_jobs: Option<std::num::NonZeroUsize>,
-    /// Embedded mode: run each tenant's phases one after the other. By default they overlap: a tenant's phase-2
-    /// jobs start once phase 1 has planned and copy each new person as soon as Graph confirmed it in the central
-    /// folder, then settle against the folder phase 1 left, so mailboxes end as in an ordered run. Only the plain
-    /// mirror overlaps (no directory, photos, TargetFolder or move); a fleet on RabbitMQ always runs in order.
+    /// Run each tenant's phases one after the other. By default they overlap: a tenant's phase-2 jobs start once
+    /// phase 1 has planned and copy each new person as soon as Graph confirmed it in the central folder, then
+    /// settle against the folder phase 1 left, so mailboxes end as in an ordered run. Only the plain mirror
+    /// overlaps (no directory, photos, TargetFolder or move). On RabbitMQ the phase-1 job's board is a stream the
+    /// workers follow; upgrade the workers before the producer.
     #[arg(long, env = "CONTACTMIRROR_ORDERED_PHASES")]
     pub ordered_phases: bool,
 }

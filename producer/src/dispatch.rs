@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::{Connection, Consumer};
 use shared::message::{Job, Report};
-use shared::mq::{self, MqError, Publisher, Topology};
+use shared::mq::{self, board, MqError, Publisher, Topology};
 use shared::run_status::RunStatus;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -98,8 +98,9 @@ impl Dispatch for Embedded {
         self.news.is_some()
     }
 
-    fn phase1_ended(&mut self, tenant_id: &str, run_id: Uuid, ended: Ended) {
+    async fn phase1_ended(&mut self, tenant_id: &str, run_id: Uuid, ended: Ended) -> Result<()> {
         self.runner.boards().ended(tenant_id, run_id, ended);
+        Ok(())
     }
 
     fn mode(&self) -> &'static str {
@@ -150,6 +151,10 @@ pub struct Broker {
     /// Tenants whose lease this run holds, with their lease queue.
     leases: Vec<(String, String)>,
     limits: Limits,
+    /// Overlapped phases across the fleet ([`Broker::overlap_phases`]).
+    overlap: bool,
+    /// The tenants whose phase 1 put a board on the broker this run (deleted at its end).
+    boards: Vec<String>,
 }
 
 /// One connection with its confirm channel and, once the run began, its report consumer.
@@ -193,9 +198,9 @@ impl Session {
         Ok(queue)
     }
 
-    /// The next report, `None` after `wait` without one. The wait is sliced so that a connection that died
+    /// The next report (or news of a phase-1 plan), `None` after `wait` without one. The wait is sliced so that a connection that died
     /// quietly (a consumer stream that just stops) is noticed within seconds, not after the whole idle timeout.
-    async fn next_report(&mut self, wait: Duration) -> Result<Option<Report>> {
+    async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>> {
         let Some(reports) = self.reports.as_mut() else {
             anyhow::bail!("no report queue: the run has not begun");
         };
@@ -214,7 +219,20 @@ impl Session {
                 Ok(None) => anyhow::bail!("the broker closed the report consumer"),
                 Ok(Some(delivery)) => delivery.context("reading the report queue")?,
             };
-            let report = Report::from_json(&delivery.data);
+            let planned = delivery
+                .properties
+                .kind()
+                .as_ref()
+                .is_some_and(|kind| kind.as_str() == board::PLANNED_TYPE);
+            let event = if planned {
+                serde_json::from_slice::<Planned>(&delivery.data)
+                    .map(Event::Planned)
+                    .map_err(|error| error.to_string())
+            } else {
+                Report::from_json(&delivery.data)
+                    .map(Event::from)
+                    .map_err(|error| error.to_string())
+            };
             // A report in hand is used even when its ack fails (the connection dying under it): the broker may
             // have taken the ack, and then this is the only copy. If it did not, the report comes again and the
             // ledger ignores the second copy of a final report.
@@ -225,8 +243,8 @@ impl Session {
                 }
                 Err(_) => warn!("acknowledging a report took too long; it may be delivered again"),
             }
-            match report {
-                Ok(report) => return Ok(Some(report)),
+            match event {
+                Ok(event) => return Ok(Some(event)),
                 Err(error) => warn!(%error, "skipping an unreadable report"),
             }
         }
@@ -249,7 +267,17 @@ impl Broker {
             run: None,
             leases: Vec::new(),
             limits: Limits::broker(None),
+            overlap: false,
+            boards: Vec::new(),
         })
+    }
+
+    /// Overlapped phases across the fleet (issue 13): a tenant's phase-2 jobs go out once its phase 1 planned, and
+    /// follow its board on the broker (`worker::overlap::relay`); the producer appends phase 1's end to it and
+    /// deletes it when the run ends.
+    pub fn overlap_phases(mut self, on: bool) -> Self {
+        self.overlap = on;
+        self
     }
 
     /// At most `per_tenant` jobs of one tenant on the broker at once (`--tenant-jobs`); default
@@ -360,9 +388,49 @@ impl Dispatch for Broker {
 
     async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>> {
         loop {
-            match self.session.next_report(wait).await {
-                Ok(report) => return Ok(report.map(Event::from)),
+            match self.session.next_event(wait).await {
+                Ok(Some(Event::Planned(planned))) => {
+                    if !self.boards.contains(&planned.tenant_id) {
+                        self.boards.push(planned.tenant_id.clone());
+                    }
+                    return Ok(Some(Event::Planned(planned)));
+                }
+                Ok(event) => return Ok(event),
                 Err(error) => self.reconnect(&error).await?,
+            }
+        }
+    }
+
+    fn overlaps_phases(&self) -> bool {
+        self.overlap
+    }
+
+    /// Appends phase 1's end to the tenant's board, reconnecting as for a job: the phase-2 jobs following it
+    /// wait for this (or for the phase-1 job's own word, which a job that failed for good never says).
+    async fn phase1_ended(&mut self, tenant_id: &str, run_id: Uuid, ended: Ended) -> Result<()> {
+        let entry = worker::overlap::relay::ended_entry(ended);
+        let mut attempt = 1;
+        loop {
+            let appended = async {
+                let channel = mq::open_channel(&self.session.connection, "board").await?;
+                board::declare_board(&channel, &self.topology, run_id, tenant_id).await?;
+                let _ = channel.close(200, "declared".into()).await;
+                self.session
+                    .publisher
+                    .publish_board(run_id, tenant_id, entry.clone())
+                    .await
+            };
+            match appended.await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_permanent() || attempt >= PUBLISH_ATTEMPTS => {
+                    return Err(anyhow::Error::new(error).context(format!(
+                        "could not tell tenant {tenant_id}'s phase-2 jobs that its phase 1 ended"
+                    )))
+                }
+                Err(error) => {
+                    attempt += 1;
+                    self.reconnect(&error.into()).await?;
+                }
             }
         }
     }
@@ -407,9 +475,23 @@ impl Dispatch for Broker {
         }
     }
 
-    /// Deletes the run's report queue and closes the connection, which releases the leases.
+    /// Deletes the run's boards and report queue and closes the connection, which releases the leases.
     async fn end(&mut self) {
-        if let Some((_, queue)) = self.run.take() {
+        let run = self.run.take();
+        if let Some((run_id, _)) = &run {
+            for tenant in std::mem::take(&mut self.boards) {
+                let stream = self.topology.board_stream(*run_id, &tenant);
+                let deleted = async {
+                    let channel = mq::open_channel(&self.session.connection, "board").await?;
+                    board::delete_board(&channel, &stream).await
+                };
+                // A board left behind only holds a day of entries (`Topology::board_stream_arguments`).
+                if let Err(error) = deleted.await {
+                    warn!(%error, stream = %stream, "could not delete a phase-1 board");
+                }
+            }
+        }
+        if let Some((_, queue)) = run {
             let deleted = async {
                 let channel = self.session.connection.create_channel().await?;
                 channel

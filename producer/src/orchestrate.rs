@@ -53,15 +53,17 @@ pub trait Dispatch {
     async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError>;
     /// The run is over: gives back what [`Dispatch::begin`] and [`Dispatch::lease`] took.
     async fn end(&mut self) {}
-    /// Whether a tenant's phase-2 jobs may go out once its phase 1 planned, overlapping its writes (issue 13):
-    /// only in one process, where the phase-1 job can tell them each confirmed create (`worker::overlap`).
+    /// Whether a tenant's phase-2 jobs may go out once its phase 1 planned, overlapping its writes (issue 13): the
+    /// phase-1 job tells them each confirmed create on its board (`worker::overlap`), in memory or on the broker.
     fn overlaps_phases(&self) -> bool {
         false
     }
     /// An overlapped tenant's phase 1 is over (from its final report): its phase-2 jobs, already out, settle, or
     /// undo what they sent early when it failed. (Its job says so itself when it succeeds; this also covers an
     /// attempt that ended without saying, and a job that failed for good.)
-    fn phase1_ended(&mut self, _tenant_id: &str, _run_id: Uuid, _ended: Ended) {}
+    async fn phase1_ended(&mut self, _tenant_id: &str, _run_id: Uuid, _ended: Ended) -> Result<()> {
+        Ok(())
+    }
     /// Keeps the run's latest progress where `status` can read it. Nobody but this process can see an embedded
     /// run, so by default there is nothing to do.
     async fn publish_run_status(&mut self, _status: &RunStatus) -> Result<()> {
@@ -536,7 +538,7 @@ pub async fn run<D: Dispatch>(
                 warn!(tenant = %ready.tenant_id, "phase 1 failed; its overlapped phase-2 jobs undo what they sent");
                 Ended::Failed
             };
-            dispatch.phase1_ended(&ready.tenant_id, run_id, ended);
+            dispatch.phase1_ended(&ready.tenant_id, run_id, ended).await?;
         }
         if !succeeded {
             if !phase2_started[tenant] {

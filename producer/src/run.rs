@@ -196,7 +196,8 @@ async fn execute_as(
         Some(url) => {
             let mut broker = Broker::connect(url, Topology::new(args.queue_prefix.clone()))
                 .await?
-                .tenant_jobs(args.tenant_jobs);
+                .tenant_jobs(args.tenant_jobs)
+                .overlap_phases(!args.ordered_phases);
             orchestrate::run(&mut broker, &graph, request).await
         }
     }

@@ -304,8 +304,13 @@ impl<D: Dispatch> Dispatch for Tracked<'_, D> {
         self.inner.overlaps_phases()
     }
 
-    fn phase1_ended(&mut self, tenant_id: &str, run_id: Uuid, ended: worker::overlap::Ended) {
-        self.inner.phase1_ended(tenant_id, run_id, ended);
+    async fn phase1_ended(
+        &mut self,
+        tenant_id: &str,
+        run_id: Uuid,
+        ended: worker::overlap::Ended,
+    ) -> Result<()> {
+        self.inner.phase1_ended(tenant_id, run_id, ended).await
     }
 
     async fn begin(&mut self, run_id: Uuid) -> Result<()> {

@@ -346,8 +346,10 @@ impl std::fmt::Debug for FieldSet {
     }
 }
 
-/// A contact as read from a mailbox folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A contact as read from a mailbox folder. Its serde form is the fleet's own (a phase-1 plan's folder on the
+/// board stream, `worker::overlap::relay`), not Graph's: Graph's is `graph::wire`'s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Contact {
     /// Graph's item id (opaque; unique within the mailbox).
     pub id: String,

@@ -35,6 +35,7 @@ use crate::delivery::{self, Delivery, DeliveryError};
 use crate::disposition::RetryPolicy;
 use crate::fleet_size;
 use crate::job::JobRunner;
+use crate::overlap::relay::Relay;
 
 /// The longest a channel or connection close, an ack or a nack is waited for.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -102,6 +103,17 @@ impl Worker {
             config.topology.clone(),
             config.name.clone(),
         ));
+        // Overlapped phases across the fleet (issue 13): tenants' phase-1 boards are on the broker, and one job slot
+        // stays free of jobs waiting on a phase 1, for phase-1 jobs (`overlap::Boards::relay`).
+        let waiting = usize::from(config.concurrency.max(1)) - 1;
+        runner.boards().relay(
+            Relay::new(
+                config.amqp_url.clone(),
+                config.topology.clone(),
+                config.name.clone(),
+            ),
+            waiting,
+        );
         let slots = Arc::new(Semaphore::new(usize::from(config.concurrency.max(1))));
         Self {
             config,

@@ -32,6 +32,15 @@ pub enum AttemptResult {
         /// What went wrong.
         error: String,
     },
+    /// Not now, and not a failure: the job goes back to the queue for `wait` as the same attempt (a phase-2 job
+    /// that would wait on its tenant's phase 1 while every place for waiting jobs is taken, see
+    /// `overlap::Boards::waiting_place`).
+    Deferred {
+        /// How long it stays out.
+        wait: Duration,
+        /// Why, for the report.
+        why: String,
+    },
     /// The attempt was stopped before it finished (its delivery is going back to the queue: connection lost,
     /// drain over, channel closed); nothing is published for it.
     Cancelled,
@@ -93,6 +102,10 @@ impl RetryPolicy {
         match result {
             AttemptResult::Done => Step::Ack,
             AttemptResult::Cancelled => Step::HandBack,
+            AttemptResult::Deferred { wait, .. } => Step::Retry {
+                attempt,
+                wait: *wait,
+            },
             AttemptResult::Transient { wait, error } if *wait > MAX_RETRY_WAIT => Step::DeadLetter {
                 reason: FailureReason::ThrottledTooLong,
                 error: format!(
@@ -133,6 +146,10 @@ impl Step {
                     error: error.clone(),
                 }
             }
+            (Step::Retry { wait, .. }, AttemptResult::Deferred { why, .. }) => Outcome::Retrying {
+                after_secs: wait.as_secs(),
+                error: why.clone(),
+            },
             (Step::Retry { wait, .. }, _) => Outcome::Retrying {
                 after_secs: wait.as_secs(),
                 error: String::new(),
@@ -216,6 +233,27 @@ mod tests {
             policy.next_step(1, &transient(MAX_RETRY_WAIT.as_secs())),
             Step::Retry { .. }
         ));
+    }
+
+    #[test]
+    fn a_deferred_job_comes_back_as_the_same_attempt_even_at_the_last() {
+        let policy = RetryPolicy::default();
+        let deferred = AttemptResult::Deferred {
+            wait: Duration::from_secs(5),
+            why: "waiting places taken".into(),
+        };
+        let step = policy.next_step(policy.max_attempts, &deferred);
+        assert_eq!(
+            step,
+            Step::Retry {
+                attempt: policy.max_attempts,
+                wait: Duration::from_secs(5)
+            }
+        );
+        match step.outcome(&deferred) {
+            Outcome::Retrying { after_secs: 5, error } => assert_eq!(error, "waiting places taken"),
+            other => panic!("expected a retry, got {other:?}"),
+        }
     }
 
     #[test]

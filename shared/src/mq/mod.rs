@@ -4,6 +4,7 @@
 //! Every publish here waits for the broker's confirm and treats an unroutable (returned) message as an error,
 //! because "acked" alone does not mean "routed" (see `../shared/docs/rabbitmq-and-peers.md` §B.4).
 
+pub mod board;
 pub mod topology;
 
 use std::time::Duration;

@@ -148,6 +148,30 @@ impl Topology {
         }
     }
 
+    /// The stream carrying a tenant's phase-1 board in run `run_id` (overlapped phases in a fleet, issue 13): the
+    /// phase-1 job's plan and confirmed creates, and how phase 1 ended, for the tenant's phase-2 jobs on any worker
+    /// process. A stream, so a job that starts late reads it from the first entry; the producer deletes it when the
+    /// run ends.
+    pub fn board_stream(&self, run_id: Uuid, tenant_id: &str) -> String {
+        format!("{}.board.{run_id}.{}", self.prefix, queue_safe(tenant_id))
+    }
+
+    /// The routing key, on the report exchange, of [`Self::board_stream`]'s entries (published through the report
+    /// exchange, not the default one: a least-privilege user has rights on `<prefix>.*` only).
+    pub fn board_routing_key(run_id: Uuid, tenant_id: &str) -> String {
+        format!("board.{run_id}.{}", queue_safe(tenant_id))
+    }
+
+    /// The arguments of a board stream: entries older than a day go (a run lasts hours at most; the producer deletes
+    /// the stream at the run's end, this bounds one a crashed producer left), in small segments.
+    pub fn board_stream_arguments(&self) -> serde_json::Value {
+        serde_json::json!({
+            "x-queue-type": "stream",
+            "x-max-age": "1D",
+            "x-stream-max-segment-size-bytes": 8 * 1024 * 1024,
+        })
+    }
+
     /// The queue holding the latest run-progress snapshot (fed from the report exchange, see
     /// [`RUN_STATUS_ROUTING_KEY`]).
     pub fn runs_queue(&self) -> String {

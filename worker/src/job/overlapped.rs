@@ -21,7 +21,7 @@ use super::apply::{Keep, WRITE_BATCH};
 use super::folders::feed_after_writes;
 use super::{classify, plan_context, Done, JobRunner};
 use crate::disposition::AttemptResult;
-use crate::overlap::{Board, CentralPlan, Ended, Planned, Stage};
+use crate::overlap::{Board, Ended, Planned, Stage};
 use crate::planning_budget::Planning;
 
 impl JobRunner {
@@ -44,18 +44,20 @@ impl JobRunner {
         // More than one batch of writes.
         plan.writes().nth(WRITE_BATCH)?;
         let folder = overlap::planned_folder(read, plan, now)?;
-        board.planned(CentralPlan {
-            folder: sync::PreparedCentral::new(folder),
-            created: overlap::created_persons(plan),
-        });
         let mut announced = cursors.clone();
         announced.central = None;
-        self.boards.announce(Planned {
+        let news = Planned {
             tenant_id: job.tenant_id.clone(),
             run_id: job.run_id,
             job_id: job.job_id,
             cursors: announced,
-        });
+        };
+        board.planned(
+            folder,
+            overlap::created_persons(plan),
+            news,
+            job.report_queue.clone(),
+        );
         Some(board)
     }
 
@@ -161,15 +163,21 @@ impl JobRunner {
             done.created_ids.extend(part.created_ids);
         }
         drop(pending);
-        let ended = wait_for_end(&mut stage).await;
+        let waited = wait_for_end(&mut stage, self.boards.wait_limit()).await;
         let early_copies: Vec<String> = done.created_ids.values().cloned().collect();
-        debug!(mailbox = %mailbox.upn, early = early_copies.len(), ?ended, "phase 1 over");
-        let in_line_with = match ended {
-            Ended::Written { in_line_with } => in_line_with,
-            Ended::Failed => {
+        debug!(mailbox = %mailbox.upn, early = early_copies.len(), ?waited, "done waiting on phase 1");
+        let in_line_with = match waited {
+            Waited::Ended(Ended::Written { in_line_with }) => in_line_with,
+            Waited::Ended(Ended::Failed) => {
                 self.undo(client, job, mailbox, &folder, &early_copies, writes)
                     .await?;
                 return Err(phase1_failed(job, mailbox, early_copies.len()));
+            }
+            other => {
+                // Nothing is left half-done: the early copies go, and the job comes again.
+                self.undo(client, job, mailbox, &folder, &early_copies, writes)
+                    .await?;
+                return Err(not_waiting(job, other));
             }
         };
         // The mailbox as the ordered run reads it: read now (a user's edit during phase 1 is planned with, as an
@@ -320,24 +328,86 @@ fn phase1_failed(job: &Job, mailbox: &Mailbox, undone: usize) -> AttemptResult {
     }
 }
 
-/// Whether the attempt that made `plan` still writes: no later plan, not interrupted, phase 1 not over.
+/// Whether the attempt that made `plan` still writes: no later plan, not interrupted, phase 1 not over, the
+/// board still followed.
 fn still_writing(stage: &Stage, plan: Option<&Arc<crate::overlap::CentralPlan>>) -> bool {
     let same_plan = match (&stage.plan, plan) {
         (Some(now), Some(then)) => Arc::ptr_eq(now, then),
         _ => false,
     };
-    same_plan && !stage.interrupted && stage.ended.is_none()
+    same_plan && !stage.interrupted && stage.ended.is_none() && !stage.lost
 }
 
-/// Waits until phase 1 is over. A board whose phase 1 can no longer end (its sender gone) counts as failed.
-pub(super) async fn wait_for_end(stage: &mut watch::Receiver<Stage>) -> Ended {
-    loop {
-        if let Some(ended) = stage.borrow_and_update().ended {
-            return ended;
+/// How a wait on phase 1 ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Waited {
+    /// Phase 1 is over.
+    Ended(Ended),
+    /// The board was lost (a fleet's stream gone, or the broker away): nobody will say.
+    Lost,
+    /// The wait's limit passed first (a fleet: [`crate::overlap::FLEET_WAIT`]).
+    TimedOut,
+}
+
+/// Waits until phase 1 is over, the board is lost, or `limit` passed.
+pub(super) async fn wait_for_end(
+    stage: &mut watch::Receiver<Stage>,
+    limit: Option<std::time::Duration>,
+) -> Waited {
+    let wait = async {
+        loop {
+            {
+                let now = stage.borrow_and_update();
+                if let Some(ended) = now.ended {
+                    return Waited::Ended(ended);
+                }
+                if now.lost {
+                    return Waited::Lost;
+                }
+            }
+            if stage.changed().await.is_err() {
+                return Waited::Lost;
+            }
         }
-        if stage.changed().await.is_err() {
-            return Ended::Failed;
-        }
+    };
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, wait)
+            .await
+            .unwrap_or(Waited::TimedOut),
+        None => wait.await,
+    }
+}
+
+/// A job that stopped waiting on its tenant's phase 1 without its end (`waited`): it comes again, as the same
+/// attempt when only the wait's limit passed, as a new one when the board was lost.
+pub(super) fn not_waiting(job: &Job, waited: Waited) -> AttemptResult {
+    match waited {
+        Waited::TimedOut => AttemptResult::Deferred {
+            wait: crate::overlap::DEFER_FOR,
+            why: format!(
+                "phase 1 of tenant {} still writing after {} min; this mailbox comes again later",
+                job.tenant_id,
+                crate::overlap::FLEET_WAIT.as_secs() / 60
+            ),
+        },
+        _ => AttemptResult::Transient {
+            wait: crate::overlap::DEFER_FOR,
+            error: format!(
+                "lost the board of tenant {}'s phase 1 (its stream is gone or the broker unreachable)",
+                job.tenant_id
+            ),
+        },
+    }
+}
+
+/// A job that would wait on its tenant's phase 1 while every waiting place of its worker process is taken.
+pub(super) fn no_place(job: &Job) -> AttemptResult {
+    AttemptResult::Deferred {
+        wait: crate::overlap::DEFER_FOR,
+        why: format!(
+            "every place for jobs waiting on phase 1 is taken (tenant {}); the worker keeps a slot for phase-1 jobs",
+            job.tenant_id
+        ),
     }
 }
 

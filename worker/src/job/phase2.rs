@@ -42,6 +42,14 @@ impl JobRunner {
         let job = match (central, board) {
             (Some(central), Some(board)) => {
                 let ended = board.watch().borrow().ended;
+                // A job about to wait takes a place among the waiting (a fleet keeps slots free for phase 1).
+                let _place = match ended {
+                    None => self
+                        .boards
+                        .waiting_place()
+                        .map_err(|_| overlapped::no_place(job))?,
+                    Some(_) => None,
+                };
                 if ended.is_none() && job.may_overlap(tenant, false) {
                     return self
                         .phase2_overlapped(tenant, client, job, central, mailbox, board, writes)
@@ -49,7 +57,14 @@ impl JobRunner {
                 }
                 let ended = match ended {
                     Some(ended) => ended,
-                    None => overlapped::wait_for_end(&mut board.watch()).await,
+                    None => {
+                        match overlapped::wait_for_end(&mut board.watch(), self.boards.wait_limit())
+                            .await
+                        {
+                            overlapped::Waited::Ended(ended) => ended,
+                            other => return Err(overlapped::not_waiting(job, other)),
+                        }
+                    }
                 };
                 after_phase1 = overlapped::after_phase1(job, mailbox, ended)?;
                 &after_phase1

@@ -1,0 +1,479 @@
+//! Overlapped phases (issue 13): what a tenant's phase-1 job tells the phase-2 jobs of the same run while it
+//! writes the central folder.
+//!
+//! One board per tenant and run. In one process (the embedded mode) the board is memory the phase-1 job and the
+//! phase-2 jobs share; in a fleet it is a RabbitMQ stream ([`relay`]) the phase-1 job appends to and each worker
+//! process follows into the same memory, so a job reads its board the same way in both. The rules (what may go
+//! early, how a job settles) are `shared::sync::overlap`'s.
+
+pub mod relay;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shared::feed::{Cursors, Generation};
+use shared::model::Contact;
+use shared::sync::{PreparedCentral, SyncId};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+/// A phase-1 job has its plan: the producer may send the tenant's phase-2 jobs now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Planned {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The run.
+    pub run_id: Uuid,
+    /// The phase-1 job.
+    pub job_id: Uuid,
+    /// The feeds as phase 1 checked them, without the central folder's (no mailbox is in line with what phase 1
+    /// is still writing): what the tenant's phase-2 jobs carry, as they would from its final report.
+    pub cursors: Cursors,
+}
+
+/// What phase 1's plan leaves in the central folder when every write succeeds.
+#[derive(Debug)]
+pub struct CentralPlan {
+    /// The central folder as the plan leaves it (`sync::overlap::planned_folder`), prepared for phase 2.
+    pub folder: PreparedCentral,
+    /// The persons the plan creates.
+    pub created: BTreeSet<SyncId>,
+}
+
+/// How phase 1 ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "outcome")]
+pub enum Ended {
+    /// Its job succeeded (some writes may have been refused); the central folder is what it is now, in line with
+    /// this generation when every write succeeded.
+    #[serde(rename_all = "camelCase")]
+    Written {
+        /// What a phase-2 job brings its mailbox in line with.
+        in_line_with: Option<Generation>,
+    },
+    /// Its job failed for good: an ordered run would send no phase-2 job.
+    Failed,
+}
+
+/// A tenant's phase 1 in this run, as its phase-2 jobs see it.
+#[derive(Debug, Clone, Default)]
+pub struct Stage {
+    /// The plan of the attempt writing now; replaced when a later attempt plans again.
+    pub plan: Option<Arc<CentralPlan>>,
+    /// Persons of `plan` whose central create Graph confirmed.
+    pub confirmed: Arc<BTreeSet<SyncId>>,
+    /// The attempt that made `plan` ended without finishing (a later attempt may plan again).
+    pub interrupted: bool,
+    /// Phase 1 is over.
+    pub ended: Option<Ended>,
+    /// The board can no longer be followed (a fleet's stream is gone or the broker unreachable): nothing more will
+    /// come, and a job waiting on it gives up its early copies and tries again later.
+    pub lost: bool,
+}
+
+impl Stage {
+    /// An attempt planned: its plan replaces any earlier one, with nothing confirmed yet.
+    fn plan(&mut self, plan: CentralPlan) {
+        self.plan = Some(Arc::new(plan));
+        self.confirmed = Arc::default();
+        self.interrupted = false;
+    }
+
+    /// Graph confirmed these persons' central creates.
+    fn confirm(&mut self, persons: impl IntoIterator<Item = SyncId>) {
+        Arc::make_mut(&mut self.confirmed).extend(persons);
+    }
+
+    /// Phase 1 is over; the first word counts (the phase-1 job and the producer may both say it).
+    fn end(&mut self, ended: Ended) {
+        self.ended.get_or_insert(ended);
+    }
+}
+
+/// One tenant's phase 1 in one run.
+pub struct Board {
+    run_id: Uuid,
+    tenant_id: String,
+    stage: Arc<watch::Sender<Stage>>,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Board {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Board")
+            .field("run_id", &self.run_id)
+            .field("tenant_id", &self.tenant_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a board's news go and where its stage comes from.
+enum Backend {
+    /// One process: the board is this memory; plans are announced on the producer's channel.
+    InProcess { news: mpsc::UnboundedSender<Planned> },
+    /// A fleet: the phase-1 job's words go to the tenant's stream; the stage is followed from it once a job reads
+    /// it.
+    Relayed {
+        relay: Arc<relay::Relay>,
+        /// The phase-1 attempt writing from this process (its words name it).
+        attempt: Mutex<Option<Uuid>>,
+        outbox: OnceLock<relay::Outbox>,
+        following: std::sync::Once,
+    },
+}
+
+impl Board {
+    /// Follows the stage (in a fleet, from the tenant's stream, read from its first entry by this process once).
+    pub fn watch(&self) -> watch::Receiver<Stage> {
+        if let Backend::Relayed {
+            relay, following, ..
+        } = &self.backend
+        {
+            following.call_once(|| {
+                relay::follow(
+                    relay.clone(),
+                    self.run_id,
+                    self.tenant_id.clone(),
+                    self.stage.clone(),
+                )
+            });
+        }
+        self.stage.subscribe()
+    }
+
+    /// An attempt planned `folder` (the central folder as the plan leaves it) creating `created`: its plan
+    /// replaces any earlier one, with nothing confirmed yet; then the producer hears of it (`news`, for the run's
+    /// report queue `report_queue` as the job names it), never before.
+    pub fn planned(
+        &self,
+        folder: Vec<Contact>,
+        created: BTreeSet<SyncId>,
+        news: Planned,
+        report_queue: Option<String>,
+    ) {
+        match &self.backend {
+            Backend::InProcess { news: producer } => {
+                let plan = CentralPlan {
+                    folder: PreparedCentral::new(folder),
+                    created,
+                };
+                self.stage.send_modify(|stage| stage.plan(plan));
+                // The producer's end is gone only when it stopped listening: nobody then sends phase-2 jobs early.
+                let _ = producer.send(news);
+            }
+            Backend::Relayed { attempt, .. } => {
+                let id = Uuid::now_v7();
+                if let Ok(mut attempt) = attempt.lock() {
+                    *attempt = Some(id);
+                }
+                self.send(relay::Outgoing::Plan {
+                    attempt: id,
+                    folder,
+                    created,
+                });
+                self.send(relay::Outgoing::News { news, report_queue });
+            }
+        }
+    }
+
+    /// Graph confirmed these persons' central creates.
+    pub fn confirmed(&self, persons: impl IntoIterator<Item = SyncId>) {
+        let mut persons = persons.into_iter().peekable();
+        if persons.peek().is_none() {
+            return;
+        }
+        match &self.backend {
+            Backend::InProcess { .. } => self.stage.send_modify(|stage| stage.confirm(persons)),
+            Backend::Relayed { .. } => {
+                if let Some(attempt) = self.attempt() {
+                    let persons = persons.collect();
+                    self.send(relay::Entry::Confirmed { attempt, persons });
+                }
+            }
+        }
+    }
+
+    /// The attempt writing now ended without finishing.
+    pub fn interrupted(&self) {
+        match &self.backend {
+            Backend::InProcess { .. } => self.stage.send_modify(|stage| stage.interrupted = true),
+            Backend::Relayed { .. } => {
+                if let Some(attempt) = self.attempt() {
+                    self.send(relay::Entry::Interrupted { attempt });
+                }
+            }
+        }
+    }
+
+    /// Phase 1 is over.
+    pub fn ended(&self, ended: Ended) {
+        match &self.backend {
+            Backend::InProcess { .. } => self.stage.send_modify(|stage| stage.end(ended)),
+            Backend::Relayed { .. } => self.send(relay::Entry::Ended { ended }),
+        }
+    }
+
+    fn attempt(&self) -> Option<Uuid> {
+        match &self.backend {
+            Backend::Relayed { attempt, .. } => attempt.lock().ok().and_then(|a| *a),
+            Backend::InProcess { .. } => None,
+        }
+    }
+
+    /// Hands `outgoing` to the board's outbox (started on first use), which sends in order.
+    fn send(&self, outgoing: impl Into<relay::Outgoing>) {
+        if let Backend::Relayed { relay, outbox, .. } = &self.backend {
+            outbox
+                .get_or_init(|| relay::Outbox::start(relay.clone(), self.run_id, &self.tenant_id))
+                .send(outgoing.into());
+        }
+    }
+}
+
+/// Marks the board's attempt interrupted unless [`Publishing::finish`] was called: a phase-1 attempt that returns
+/// early, fails or is cancelled after planning never leaves phase-2 jobs waiting for confirmations.
+pub struct Publishing<'a>(Option<&'a Board>);
+
+impl<'a> Publishing<'a> {
+    /// Publishing on `board` (none: nothing to do).
+    pub fn on(board: Option<&'a Board>) -> Self {
+        Self(board)
+    }
+
+    /// The board, if any.
+    pub fn board(&self) -> Option<&'a Board> {
+        self.0
+    }
+
+    /// Phase 1's job succeeded.
+    pub fn finish(mut self, ended: Ended) {
+        if let Some(board) = self.0.take() {
+            board.ended(ended);
+        }
+    }
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        if let Some(board) = self.0 {
+            board.interrupted();
+        }
+    }
+}
+
+/// Every tenant's board of the latest run this process saw, and the producer's news of plans. Off until
+/// [`Boards::enable`] (embedded) or [`Boards::relay`] (a worker of a fleet).
+pub struct Boards {
+    by_tenant: Mutex<HashMap<String, Arc<Board>>>,
+    news: mpsc::UnboundedSender<Planned>,
+    news_rx: Mutex<Option<mpsc::UnboundedReceiver<Planned>>>,
+    enabled: std::sync::atomic::AtomicBool,
+    /// A fleet's broker, once [`Boards::relay`] was called.
+    relay: OnceLock<Arc<relay::Relay>>,
+    /// In a fleet, the places of jobs waiting on a board (see [`Boards::waiting_place`]).
+    waiting: OnceLock<Arc<Semaphore>>,
+}
+
+impl std::fmt::Debug for Boards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Boards")
+            .field("enabled", &self.enabled())
+            .field("relayed", &self.relay.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Boards {
+    fn default() -> Self {
+        let (news, news_rx) = mpsc::unbounded_channel();
+        Self {
+            by_tenant: Mutex::default(),
+            news,
+            news_rx: Mutex::new(Some(news_rx)),
+            enabled: std::sync::atomic::AtomicBool::new(false),
+            relay: OnceLock::new(),
+            waiting: OnceLock::new(),
+        }
+    }
+}
+
+/// How long a job of a fleet waits on its tenant's phase 1 before it deletes its early copies and comes back
+/// later ([`DEFER_FOR`]): well within RabbitMQ's `consumer_timeout` (30 minutes by default), past which the broker
+/// would take back every delivery of the worker's channel.
+pub const FLEET_WAIT: Duration = Duration::from_secs(10 * 60);
+
+/// How long a job that may not wait now stays out of the way (the shortest retry level but one).
+pub const DEFER_FOR: Duration = Duration::from_secs(5);
+
+/// Every place for a job waiting on a board is taken: the job goes back to the queue for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoPlace;
+
+impl Boards {
+    /// Lets jobs marked `overlapped` overlap in this process; returns where plans are announced (once: `None`
+    /// after the first call).
+    pub fn enable(&self) -> Option<mpsc::UnboundedReceiver<Planned>> {
+        self.enabled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.news_rx.lock().ok()?.take()
+    }
+
+    /// Lets jobs marked `overlapped` overlap across a fleet: boards live on the broker ([`relay`]). At most `waiting`
+    /// jobs of this process wait on a board at once: the rest of its job slots stay free for phase-1 jobs (a
+    /// phase-1 attempt run again, or handed back by a worker that died, needs a slot while the tenant's phase-2
+    /// jobs wait for it: with every slot of every process waiting, it would never get one).
+    pub fn relay(&self, relay: relay::Relay, waiting: usize) {
+        if self.relay.set(Arc::new(relay)).is_ok() {
+            let _ = self.waiting.set(Arc::new(Semaphore::new(waiting)));
+            self.enabled
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Whether boards are on ([`Boards::enable`] or [`Boards::relay`]).
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether boards are a fleet's ([`Boards::relay`]): a wait on one is bounded, and takes a place.
+    pub fn relayed(&self) -> bool {
+        self.relay.get().is_some()
+    }
+
+    /// How long a job may wait on a board: bounded in a fleet ([`FLEET_WAIT`]), not in one process.
+    pub fn wait_limit(&self) -> Option<Duration> {
+        self.relayed().then_some(FLEET_WAIT)
+    }
+
+    /// A place among the jobs waiting on a board, held while it waits: `Ok(None)` in one process (no limit: the
+    /// embedded queue never has more jobs out than workers), [`NoPlace`] when a fleet's are all taken.
+    pub fn waiting_place(&self) -> Result<Option<OwnedSemaphorePermit>, NoPlace> {
+        match self.waiting.get() {
+            None => Ok(None),
+            Some(places) => places.clone().try_acquire_owned().map(Some).map_err(|_| NoPlace),
+        }
+    }
+
+    /// `tenant`'s board for `run`, made when missing; a newer run replaces an older one's (whose jobs keep theirs).
+    pub fn board(&self, tenant: &str, run_id: Uuid) -> Option<Arc<Board>> {
+        if !self.enabled() {
+            return None;
+        }
+        let mut map = self.by_tenant.lock().ok()?;
+        let key = tenant.to_ascii_lowercase();
+        match map.get(&key) {
+            Some(board) if board.run_id == run_id => Some(board.clone()),
+            _ => {
+                let backend = match self.relay.get() {
+                    Some(relay) => Backend::Relayed {
+                        relay: relay.clone(),
+                        attempt: Mutex::new(None),
+                        outbox: OnceLock::new(),
+                        following: std::sync::Once::new(),
+                    },
+                    None => Backend::InProcess {
+                        news: self.news.clone(),
+                    },
+                };
+                let board = Arc::new(Board {
+                    run_id,
+                    tenant_id: tenant.to_owned(),
+                    stage: Arc::new(watch::Sender::new(Stage::default())),
+                    backend,
+                });
+                map.insert(key, board.clone());
+                Some(board)
+            }
+        }
+    }
+
+    /// Phase 1 of `tenant` in `run` is over, as its final report says (the embedded producer learns it there; a
+    /// fleet's producer appends it to the tenant's stream, [`relay::ended_entry`]).
+    pub fn ended(&self, tenant: &str, run_id: Uuid, ended: Ended) {
+        if let Some(board) = self.board(tenant, run_id) {
+            board.ended(ended);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(n: u128) -> SyncId {
+        SyncId::parse(&Uuid::from_u128(n).to_string()).expect("a uuid is a sync id")
+    }
+
+    #[test]
+    fn a_board_exists_only_once_enabled_and_per_tenant_and_run() {
+        let boards = Boards::default();
+        let run = Uuid::now_v7();
+        assert!(boards.board("t", run).is_none(), "off by default");
+        assert!(boards.enable().is_some());
+        assert!(boards.enable().is_none(), "the news go to one listener");
+        let a = boards.board("T", run).expect("on");
+        let b = boards.board("t", run).expect("on");
+        assert!(Arc::ptr_eq(&a, &b), "one board per tenant and run");
+        let later = boards.board("t", Uuid::now_v7()).expect("on");
+        assert!(!Arc::ptr_eq(&a, &later), "a newer run has its own");
+    }
+
+    #[test]
+    fn an_attempt_that_stops_without_finishing_says_so_and_a_new_plan_starts_over() {
+        let boards = Boards::default();
+        boards.enable();
+        let board = boards.board("t", Uuid::now_v7()).expect("on");
+        let watch = board.watch();
+        let news = || Planned {
+            tenant_id: "t".into(),
+            run_id: Uuid::now_v7(),
+            job_id: Uuid::now_v7(),
+            cursors: Cursors::default(),
+        };
+        let plan = || (Vec::new(), [person(1)].into(), news(), None);
+        {
+            let publishing = Publishing::on(Some(&board));
+            let (folder, created, news, queue) = plan();
+            board.planned(folder, created, news, queue);
+            board.confirmed([person(1)]);
+            assert!(watch.borrow().confirmed.contains(&person(1)));
+            drop(publishing);
+        }
+        assert!(watch.borrow().interrupted);
+        let (folder, created, news, queue) = plan();
+        board.planned(folder, created, news, queue);
+        assert!(!watch.borrow().interrupted);
+        assert!(
+            watch.borrow().confirmed.is_empty(),
+            "a new plan starts over"
+        );
+        Publishing::on(Some(&board)).finish(Ended::Written { in_line_with: None });
+        let stage = watch.borrow().clone();
+        assert_eq!(stage.ended, Some(Ended::Written { in_line_with: None }));
+        assert!(!stage.interrupted, "finished is not interrupted");
+        board.ended(Ended::Failed);
+        assert_eq!(
+            watch.borrow().ended,
+            Some(Ended::Written { in_line_with: None }),
+            "the first end stands"
+        );
+    }
+
+    #[test]
+    fn a_fleet_keeps_places_for_waiting_jobs_and_bounds_their_wait() {
+        let boards = Boards::default();
+        assert_eq!(boards.waiting_place().map(|p| p.is_some()), Ok(false), "one process: no limit");
+        assert_eq!(boards.wait_limit(), None);
+        let relay = relay::Relay::new("amqp://127.0.0.1:5672", shared::mq::Topology::new("test"), "t");
+        boards.relay(relay, 1);
+        assert!(boards.enabled() && boards.relayed());
+        let held = boards.waiting_place().expect("one place").expect("limited");
+        assert_eq!(boards.waiting_place().err(), Some(NoPlace), "the second job has none");
+        drop(held);
+        assert!(boards.waiting_place().is_ok(), "a place given back is free again");
+        assert_eq!(boards.wait_limit(), Some(FLEET_WAIT));
+    }
+}

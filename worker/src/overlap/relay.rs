@@ -1,0 +1,614 @@
+//! A fleet's boards on the broker (issue 13): overlapped phases across worker processes.
+//!
+//! A tenant's board in a run is a RabbitMQ stream (`shared::mq::board`). The phase-1 job's words (its plan's
+//! folder in parts, the persons it creates, each batch's confirmed creates, an attempt interrupted, its end) go
+//! through the board's [`Outbox`], one task sending them in order; news of the plan goes to the producer after
+//! the plan is on the stream, so no phase-2 job can start before it. Each worker process running a phase-2 job
+//! of the tenant follows the stream from its first entry ([`follow`]) into the board's memory, which the job then
+//! reads as in one process. The producer appends the end too, from phase 1's final report ([`ended_entry`]),
+//! and deletes the stream when its run ends.
+//!
+//! Losing an entry is never a wrong mailbox: a phase-2 job settles against the folder phase 1 left, whatever it
+//! sent early (`shared::sync::overlap::settle`). An entry that cannot be sent is logged and dropped: a lost plan
+//! or news leaves the tenant's phase 2 to start after phase 1 as in order, a lost confirmation sends a copy later,
+//! a lost end is the producer's to say.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use serde::{Deserialize, Serialize};
+use shared::model::Contact;
+use shared::mq::{self, board, MqError, Publisher, Topology};
+use shared::sync::{PreparedCentral, SyncId};
+use tokio::sync::{mpsc, watch, Mutex};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::{CentralPlan, Ended, Planned, Stage};
+
+/// Contacts per folder part: a part of a large folder stays far below the broker's message limit
+/// (`mq::MAX_MESSAGE_BYTES`; a contact is a few hundred bytes to a few KiB).
+const PART_CONTACTS: usize = 1_000;
+
+/// How long a follower tries to get its stream back after the broker went away, before the board counts as lost.
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
+/// How long a board may stay silent before it counts as lost: a phase 1 confirms every batch and a run's end
+/// deletes the stream, so this long without a word means its producer is gone.
+const SILENT_FOR: Duration = Duration::from_secs(60 * 60);
+
+/// One entry of a board stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Entry {
+    /// Part of the folder attempt `attempt`'s plan leaves; its [`Entry::Planned`] follows the parts.
+    #[serde(rename_all = "camelCase")]
+    FolderPart {
+        /// The phase-1 attempt.
+        attempt: Uuid,
+        /// The part's contacts.
+        contacts: Vec<Contact>,
+    },
+    /// Attempt `attempt` planned: the folder is its parts, `contacts` in all.
+    #[serde(rename_all = "camelCase")]
+    Planned {
+        /// The phase-1 attempt.
+        attempt: Uuid,
+        /// How many contacts its parts hold (a reader that saw another number does not use the plan).
+        contacts: usize,
+        /// The persons the plan creates.
+        created: BTreeSet<SyncId>,
+    },
+    /// Graph confirmed these persons' central creates of attempt `attempt`.
+    #[serde(rename_all = "camelCase")]
+    Confirmed {
+        /// The phase-1 attempt.
+        attempt: Uuid,
+        /// The persons.
+        persons: Vec<SyncId>,
+    },
+    /// Attempt `attempt` ended without finishing.
+    #[serde(rename_all = "camelCase")]
+    Interrupted {
+        /// The phase-1 attempt.
+        attempt: Uuid,
+    },
+    /// Phase 1 is over.
+    #[serde(rename_all = "camelCase")]
+    Ended {
+        /// How.
+        ended: Ended,
+    },
+}
+
+/// The stream entry saying phase 1 ended (the producer appends it from phase 1's final report).
+pub fn ended_entry(ended: Ended) -> Vec<u8> {
+    encode(&Entry::Ended { ended })
+}
+
+fn encode(entry: &Entry) -> Vec<u8> {
+    // An enum of plain data always serialises.
+    serde_json::to_vec(entry).unwrap_or_default()
+}
+
+/// What a board's outbox sends, in order.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// An attempt's plan: sent as folder parts, then [`Entry::Planned`].
+    Plan {
+        /// The phase-1 attempt.
+        attempt: Uuid,
+        /// The folder the plan leaves.
+        folder: Vec<Contact>,
+        /// The persons it creates.
+        created: BTreeSet<SyncId>,
+    },
+    /// One entry.
+    Entry(Entry),
+    /// News of the plan, for the producer.
+    News {
+        /// The news.
+        news: Planned,
+        /// The run's report queue, as the job names it.
+        report_queue: Option<String>,
+    },
+}
+
+impl From<Entry> for Outgoing {
+    fn from(entry: Entry) -> Self {
+        Outgoing::Entry(entry)
+    }
+}
+
+/// The broker a fleet's boards live on, reached on a connection of their own opened when first needed.
+pub struct Relay {
+    amqp_url: String,
+    topology: Topology,
+    name: String,
+    session: Mutex<Option<Session>>,
+}
+
+#[derive(Clone)]
+struct Session {
+    connection: Arc<Connection>,
+    publisher: Publisher,
+}
+
+impl Relay {
+    /// Boards on the broker at `amqp_url` (may hold a password: never logged as is), among `topology`'s queues;
+    /// `name` names the connection in the management UI.
+    pub fn new(amqp_url: impl Into<String>, topology: Topology, name: impl Into<String>) -> Self {
+        Self {
+            amqp_url: amqp_url.into(),
+            topology,
+            name: format!("{} boards", name.into()),
+            session: Mutex::new(None),
+        }
+    }
+
+    /// The open session, opened again when its connection died.
+    async fn session(&self) -> Result<Session, MqError> {
+        let mut session = self.session.lock().await;
+        if let Some(open) = session.as_ref() {
+            if open.connection.status().connected() {
+                return Ok(open.clone());
+            }
+        }
+        let connection = Arc::new(mq::connect(&self.amqp_url, &self.name).await?);
+        let publisher = Publisher::open(&connection, self.topology.clone()).await?;
+        let open = Session {
+            connection,
+            publisher,
+        };
+        *session = Some(open.clone());
+        Ok(open)
+    }
+
+    /// Forgets the session (the next use opens a new one).
+    async fn reset(&self) {
+        if let Some(old) = self.session.lock().await.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                old.connection.close(200, "replaced".into()),
+            )
+            .await;
+        }
+    }
+}
+
+/// A board's sender: one task sends its words in order.
+#[derive(Debug)]
+pub struct Outbox(mpsc::UnboundedSender<Outgoing>);
+
+impl Outbox {
+    /// Starts `tenant`'s outbox for run `run_id`.
+    pub fn start(relay: Arc<Relay>, run_id: Uuid, tenant: &str) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(deliver(relay, run_id, tenant.to_owned(), rx));
+        Self(tx)
+    }
+
+    /// Queues `outgoing`.
+    pub fn send(&self, outgoing: Outgoing) {
+        // The task ends only with the runtime.
+        let _ = self.0.send(outgoing);
+    }
+}
+
+/// A message of the outbox, encoded.
+enum Message {
+    Entry(Vec<u8>),
+    News {
+        job_id: Uuid,
+        report_queue: Option<String>,
+        body: Vec<u8>,
+    },
+}
+
+/// `outgoing` as the messages that carry it.
+fn messages(outgoing: Outgoing) -> Vec<Message> {
+    match outgoing {
+        Outgoing::Plan {
+            attempt,
+            folder,
+            created,
+        } => {
+            let contacts = folder.len();
+            let mut messages: Vec<Message> = folder
+                .chunks(PART_CONTACTS)
+                .map(|part| {
+                    Message::Entry(encode(&Entry::FolderPart {
+                        attempt,
+                        contacts: part.to_vec(),
+                    }))
+                })
+                .collect();
+            messages.push(Message::Entry(encode(&Entry::Planned {
+                attempt,
+                contacts,
+                created,
+            })));
+            messages
+        }
+        Outgoing::Entry(entry) => vec![Message::Entry(encode(&entry))],
+        Outgoing::News { news, report_queue } => vec![Message::News {
+            job_id: news.job_id,
+            report_queue,
+            // A struct of plain data always serialises.
+            body: serde_json::to_vec(&news).unwrap_or_default(),
+        }],
+    }
+}
+
+/// The outbox task: declares the stream, then sends each message, trying once more on a fresh connection.
+async fn deliver(
+    relay: Arc<Relay>,
+    run_id: Uuid,
+    tenant: String,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let mut declared = false;
+    while let Some(outgoing) = rx.recv().await {
+        for message in messages(outgoing) {
+            for attempt in 1..=2 {
+                match send(&relay, run_id, &tenant, &mut declared, &message).await {
+                    Ok(()) => break,
+                    Err(error) if attempt == 1 => {
+                        debug!(%error, %tenant, "board entry not sent; reconnecting");
+                        relay.reset().await;
+                        declared = false;
+                    }
+                    Err(error) => {
+                        warn!(%error, %tenant, "a board entry could not be sent; phase 2 settles without it")
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn send(
+    relay: &Relay,
+    run_id: Uuid,
+    tenant: &str,
+    declared: &mut bool,
+    message: &Message,
+) -> Result<(), MqError> {
+    let session = relay.session().await?;
+    if !*declared {
+        let channel = mq::open_channel(&session.connection, "board").await?;
+        board::declare_board(&channel, &relay.topology, run_id, tenant).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        *declared = true;
+    }
+    match message {
+        Message::Entry(body) => {
+            session
+                .publisher
+                .publish_board(run_id, tenant, body.clone())
+                .await
+        }
+        Message::News {
+            job_id,
+            report_queue,
+            body,
+        } => {
+            session
+                .publisher
+                .publish_planned(run_id, *job_id, report_queue.as_deref(), body.clone())
+                .await
+        }
+    }
+}
+
+/// What a reader keeps between entries: the attempt it follows and the folder parts read so far.
+#[derive(Debug, Default)]
+pub struct Reader {
+    attempt: Option<Uuid>,
+    parts: Vec<Contact>,
+}
+
+impl Reader {
+    /// Applies `entry` to `stage`; returns whether the stage changed (a folder part alone does not).
+    pub fn apply(&mut self, stage: &mut Stage, entry: Entry) -> bool {
+        match entry {
+            Entry::FolderPart { attempt, contacts } => {
+                if self.attempt != Some(attempt) {
+                    self.attempt = Some(attempt);
+                    self.parts.clear();
+                }
+                self.parts.extend(contacts);
+                false
+            }
+            Entry::Planned {
+                attempt,
+                contacts,
+                created,
+            } => {
+                let folder = if self.attempt == Some(attempt) {
+                    std::mem::take(&mut self.parts)
+                } else {
+                    Vec::new()
+                };
+                self.attempt = Some(attempt);
+                if folder.len() == contacts {
+                    stage.plan(CentralPlan {
+                        folder: PreparedCentral::new(folder),
+                        created,
+                    });
+                } else {
+                    // Parts missing: nothing of this plan goes early (the earlier plan's attempt is over).
+                    warn!(
+                        expected = contacts,
+                        read = folder.len(),
+                        "a board's plan came incomplete; nothing is sent early"
+                    );
+                    stage.interrupted = true;
+                }
+                true
+            }
+            Entry::Confirmed { attempt, persons } => {
+                let current = self.attempt == Some(attempt) && stage.plan.is_some();
+                if current {
+                    stage.confirm(persons);
+                }
+                current
+            }
+            Entry::Interrupted { attempt } => {
+                let current = self.attempt == Some(attempt);
+                if current {
+                    stage.interrupted = true;
+                }
+                current
+            }
+            Entry::Ended { ended } => {
+                stage.end(ended);
+                true
+            }
+        }
+    }
+}
+
+/// Follows `tenant`'s stream of run `run_id` into `stage` until phase 1 ended, the stream is gone or the broker
+/// stays away (then the stage is marked lost).
+pub fn follow(relay: Arc<Relay>, run_id: Uuid, tenant: String, stage: Arc<watch::Sender<Stage>>) {
+    tokio::spawn(async move {
+        let mut reader = Reader::default();
+        let mut next = 0u64;
+        let mut broken_since: Option<tokio::time::Instant> = None;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match follow_once(&relay, run_id, &tenant, &stage, &mut reader, &mut next).await {
+                Ok(()) => return,
+                Err(Stop::Lost(why)) => {
+                    warn!(%tenant, %run_id, why, "lost the tenant's phase-1 board");
+                    stage.send_modify(|stage| stage.lost = true);
+                    return;
+                }
+                Err(Stop::Broken(error)) => {
+                    let since = *broken_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > RECONNECT_FOR {
+                        warn!(%tenant, %run_id, %error, "lost the tenant's phase-1 board: the broker stayed away");
+                        stage.send_modify(|stage| stage.lost = true);
+                        return;
+                    }
+                    debug!(%tenant, %error, "following a board again");
+                    relay.reset().await;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
+}
+
+/// Why following stopped before phase 1's end.
+enum Stop {
+    /// For good: the stream is gone or silent.
+    Lost(&'static str),
+    /// The connection or channel broke: follow again from the next entry.
+    Broken(MqError),
+}
+
+impl From<MqError> for Stop {
+    fn from(error: MqError) -> Self {
+        Stop::Broken(error)
+    }
+}
+
+async fn follow_once(
+    relay: &Relay,
+    run_id: Uuid,
+    tenant: &str,
+    stage: &watch::Sender<Stage>,
+    reader: &mut Reader,
+    next: &mut u64,
+) -> Result<(), Stop> {
+    let session = relay.session().await?;
+    let stream = relay.topology.board_stream(run_id, tenant);
+    // Passive: a stream that is not there was deleted with its run (a declare would make an empty one).
+    let channel = mq::open_channel(&session.connection, "board").await?;
+    let exists = mq::bounded(format!("looking up the board stream {stream}"), async {
+        Ok(channel
+            .queue_declare(
+                stream.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await)
+    })
+    .await?;
+    if exists.is_err() {
+        return Err(Stop::Lost("its stream is gone"));
+    }
+    let tag = format!("{}-{}", relay.name, Uuid::now_v7());
+    let mut entries = board::follow_board(&channel, &stream, &tag, *next).await?;
+    loop {
+        let delivery = match tokio::time::timeout(SILENT_FOR, entries.next()).await {
+            Err(_) => return Err(Stop::Lost("it stayed silent")),
+            Ok(None) if !session.connection.status().connected() => {
+                return Err(Stop::Broken(lost("the connection was lost")))
+            }
+            // The broker cancels the consumer when the stream is deleted.
+            Ok(None) => return Err(Stop::Lost("its stream was deleted")),
+            Ok(Some(Err(source))) => {
+                return Err(Stop::Broken(MqError::Amqp {
+                    context: format!("reading the board stream {stream}"),
+                    source,
+                }))
+            }
+            Ok(Some(Ok(delivery))) => delivery,
+        };
+        if let Some(offset) = board::offset_of(&delivery.properties) {
+            *next = offset + 1;
+        }
+        let entry = serde_json::from_slice::<Entry>(&delivery.data);
+        let _ = delivery.ack(BasicAckOptions::default()).await;
+        match entry {
+            Ok(entry) => {
+                stage.send_if_modified(|stage| reader.apply(stage, entry));
+            }
+            Err(error) => warn!(%error, %stream, "skipping an unreadable board entry"),
+        }
+        if stage.borrow().ended.is_some() {
+            let _ = channel.close(200, "phase 1 ended".into()).await;
+            return Ok(());
+        }
+    }
+}
+
+fn lost(context: &str) -> MqError {
+    MqError::Amqp {
+        context: context.into(),
+        source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+            lapin::ConnectionState::Closed,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(n: u128) -> SyncId {
+        SyncId::parse(&Uuid::from_u128(n).to_string()).expect("a uuid is a sync id")
+    }
+
+    fn contact(id: &str) -> Contact {
+        Contact {
+            id: id.into(),
+            last_modified: None,
+            fields: Default::default(),
+            personal_notes: Some("notes".into()),
+            categories: vec!["c".into()],
+            sync_id_property: Some(Uuid::from_u128(7).to_string()),
+            photo_hash: None,
+            photo_source: None,
+            has_picture: false,
+            change_key: Some("k".into()),
+        }
+    }
+
+    /// What the outbox sends for `outgoing`, read back as entries.
+    fn sent(outgoing: Outgoing) -> Vec<Entry> {
+        messages(outgoing)
+            .into_iter()
+            .map(|message| match message {
+                Message::Entry(body) => serde_json::from_slice(&body).expect("an entry reads back"),
+                Message::News { .. } => panic!("only entries expected"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_plan_travels_in_parts_and_reads_back_whole() {
+        let attempt = Uuid::now_v7();
+        let folder: Vec<Contact> = (0..2_500).map(|n| contact(&format!("id{n}"))).collect();
+        let entries = sent(Outgoing::Plan {
+            attempt,
+            folder: folder.clone(),
+            created: [person(1)].into(),
+        });
+        assert_eq!(entries.len(), 4, "three parts of at most 1,000, then the plan");
+        let mut reader = Reader::default();
+        let mut stage = Stage::default();
+        for entry in entries {
+            reader.apply(&mut stage, entry);
+        }
+        let plan = stage.plan.expect("planned");
+        assert_eq!(plan.created, [person(1)].into());
+        let mut expected = folder;
+        expected.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(plan.folder.contacts(), expected, "contacts read back as sent");
+    }
+
+    #[test]
+    fn confirmations_count_only_for_the_attempt_planned_last_and_the_first_end_stands() {
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        let plan = |attempt| Entry::Planned {
+            attempt,
+            contacts: 0,
+            created: [person(1), person(2)].into(),
+        };
+        let mut reader = Reader::default();
+        let mut stage = Stage::default();
+        reader.apply(&mut stage, plan(first));
+        reader.apply(
+            &mut stage,
+            Entry::Confirmed {
+                attempt: first,
+                persons: vec![person(1)],
+            },
+        );
+        assert!(stage.confirmed.contains(&person(1)));
+        reader.apply(&mut stage, Entry::Interrupted { attempt: first });
+        assert!(stage.interrupted);
+        reader.apply(&mut stage, plan(second));
+        assert!(!stage.interrupted && stage.confirmed.is_empty(), "a new plan starts over");
+        let late = Entry::Confirmed {
+            attempt: first,
+            persons: vec![person(2)],
+        };
+        assert!(!reader.apply(&mut stage, late), "the first attempt's word is stale");
+        assert!(stage.confirmed.is_empty());
+        reader.apply(&mut stage, Entry::Ended { ended: Ended::Failed });
+        reader.apply(
+            &mut stage,
+            serde_json::from_slice(&ended_entry(Ended::Written { in_line_with: None }))
+                .expect("reads back"),
+        );
+        assert_eq!(stage.ended, Some(Ended::Failed), "the first end stands");
+    }
+
+    #[test]
+    fn a_plan_whose_parts_went_missing_sends_nothing_early() {
+        let attempt = Uuid::now_v7();
+        let mut reader = Reader::default();
+        let mut stage = Stage::default();
+        reader.apply(
+            &mut stage,
+            Entry::FolderPart {
+                attempt,
+                contacts: vec![contact("a")],
+            },
+        );
+        reader.apply(
+            &mut stage,
+            Entry::Planned {
+                attempt,
+                contacts: 2,
+                created: [person(1)].into(),
+            },
+        );
+        assert!(stage.plan.is_none());
+        assert!(stage.interrupted);
+    }
+}
