@@ -538,7 +538,9 @@ pub async fn run<D: Dispatch>(
                 warn!(tenant = %ready.tenant_id, "phase 1 failed; its overlapped phase-2 jobs undo what they sent");
                 Ended::Failed
             };
-            dispatch.phase1_ended(&ready.tenant_id, run_id, ended).await?;
+            dispatch
+                .phase1_ended(&ready.tenant_id, run_id, ended)
+                .await?;
         }
         if !succeeded {
             if !phase2_started[tenant] {

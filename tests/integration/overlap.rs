@@ -12,9 +12,9 @@ use producer::summary::RunReport;
 
 use shared::message::Phase;
 
-use crate::fleet::{addresses_of, embedded_args, run};
+use crate::fleet::{addresses_of, broker_args, embedded_args, run};
 use crate::incremental::{change, originals};
-use crate::support::{self, Estate};
+use crate::support::{self, Estate, BROKER};
 
 const CENTRAL: &str = "All Contacts";
 
@@ -339,7 +339,7 @@ async fn persons_changed_between_phase_1_attempts_reach_the_copies_sent_early_as
 {
     // The early copies carry the first attempt's data; the second attempt updates those persons, so the ordered
     // plan's creates differ from what was sent: the early copies are deleted and the plan written whole.
-    let (config, params) = three_batches(65);
+    let (config, params) = across_a_fleet(65);
     let mut results = Vec::new();
     // A worker per mailbox, so every phase-2 job runs beside phase 1's first attempt.
     let workers = |args: RunArgs| RunArgs {
@@ -470,4 +470,97 @@ async fn a_phase_1_that_fails_for_good_leaves_the_users_mailboxes_as_they_were()
             "{mailbox} changed though phase 1 failed"
         );
     }
+}
+
+/// Whether queue `name` exists on the test broker (a passive declare).
+async fn queue_exists(name: &str) -> bool {
+    let connection = support::connect().await;
+    let channel = connection.create_channel().await.expect("a channel");
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let exists = channel
+        .queue_declare(name.into(), options, lapin::types::FieldTable::default())
+        .await
+        .is_ok();
+    let _ = connection.close(200, "done".into()).await;
+    exists
+}
+
+/// One run on RabbitMQ with `workers` worker processes of `slots` job slots (in this process, each with its own
+/// connections and boards), phases overlapped; the tenant's board stream must be gone once the run ended.
+async fn fleet_run(estate: &Estate, workers: usize, slots: u16) -> RunReport {
+    let settings = estate.settings();
+    let topology = support::private_topology();
+    let fleet: Vec<_> = (0..workers)
+        .map(|i| {
+            let name = format!("overlap-{i}");
+            support::spawn_worker_of(support::worker_with_slots(
+                &settings, &topology, &name, slots,
+            ))
+        })
+        .collect();
+    let args = RunArgs {
+        ordered_phases: false,
+        ..broker_args(&topology)
+    };
+    let report = run(&settings, &args).await;
+    support::stop_workers(fleet).await;
+    let board = topology.board_stream(report.run_id, &estate.tenants[0].tenant_id);
+    let left = queue_exists(&board).await;
+    support::delete_topology(&topology).await;
+    assert!(!left, "the run's board {board} outlived it");
+    report
+}
+
+/// [`three_batches`] with each request taking 50 ms: a fleet's phase-2 jobs start after a few broker round
+/// trips more than in one process (the news, the jobs, the board's stream), and phase 1's writes must still be
+/// going by then for the test to see them overlap.
+fn across_a_fleet(seed: u64) -> (SimConfig, EstateParams) {
+    let (config, params) = three_batches(seed);
+    let config = SimConfig {
+        latency: std::time::Duration::from_millis(50),
+        ..config
+    };
+    (config, params)
+}
+
+/// Across worker processes the phase-1 board travels on the broker (`worker::overlap::relay`): the copies still go
+/// before phase 1's last central write, and the mailboxes end as an ordered run leaves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_overlaps_its_phases_through_the_broker_and_ends_as_an_ordered_run() {
+    let _broker = BROKER.read().await;
+    let (config, params) = across_a_fleet(64);
+    let expected = ordered(config.clone(), params.clone()).await;
+    let estate = Estate::seed(config, params).await;
+    let report = fleet_run(&estate, 3, 4).await;
+    assert_every_tenant_ran(&report);
+    let (central, users) = writes(&estate.sim.request_log());
+    let last_central = central.iter().max().copied().expect("phase 1 wrote");
+    assert!(
+        users.iter().any(|&seq| seq < last_central),
+        "no copy was written before phase 1's last central write: the fleet did not overlap"
+    );
+    assert_same(&mailboxes(&estate), &expected, "a fleet's overlapped run");
+}
+
+/// A fleet's phase-1 attempt that fails after early copies went out runs again (in the slot each worker keeps free
+/// of jobs waiting on phase 1) and the outcome is the ordered run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_whose_phase_1_attempt_fails_runs_it_again_and_ends_as_an_ordered_run() {
+    let _broker = BROKER.read().await;
+    let (config, params) = across_a_fleet(65);
+    let expected = ordered(config.clone(), params.clone()).await;
+    let estate = Estate::seed(config, params).await;
+    fail_one_central_batch(&estate, 8);
+    // One process of 2 slots: the attempt run again needs the slot kept free of waiting jobs (with both waiting,
+    // it would find none until they gave up after `overlap::FLEET_WAIT`, and the run times out first).
+    let report = fleet_run(&estate, 1, 2).await;
+    assert_phase1_ran_again(&report);
+    assert_same(
+        &mailboxes(&estate),
+        &expected,
+        "a fleet's phase-1 attempt that failed changed the outcome",
+    );
 }

@@ -139,7 +139,11 @@ pub fn spawn_worker(
     topology: &Topology,
     name: &str,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let worker = worker(settings, topology, name);
+    spawn_worker_of(worker(settings, topology, name))
+}
+
+/// Starts `worker`; cancel the token to stop it.
+pub fn spawn_worker_of(worker: Worker) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let token = CancellationToken::new();
     let stop = token.clone();
     let handle = tokio::spawn(async move {
@@ -161,12 +165,22 @@ pub async fn stop_workers<T>(workers: Vec<(CancellationToken, tokio::task::JoinH
 
 /// An AMQP worker on the test broker, not started (for tests that need its readiness flag first).
 pub fn worker(settings: &Settings, topology: &Topology, name: &str) -> Worker {
+    // Not the worker's default (`DEFAULT_CONCURRENCY`): tests that start several workers need the jobs spread over
+    // all of them (a few slots each), or one worker would take every job of a small estate.
+    worker_with_slots(settings, topology, name, 4)
+}
+
+/// [`worker`] running at most `concurrency` jobs at once.
+pub fn worker_with_slots(
+    settings: &Settings,
+    topology: &Topology,
+    name: &str,
+    concurrency: u16,
+) -> Worker {
     let config = WorkerConfig {
         amqp_url: amqp_url(),
         topology: topology.clone(),
-        // Not the worker's default (`DEFAULT_CONCURRENCY`): tests that start several workers need the jobs spread
-        // over all of them (a few slots each), or one worker would take every job of a small estate.
-        concurrency: 4,
+        concurrency,
         retry: quick_retry(),
         grace: Duration::from_secs(10),
         name: name.to_owned(),

@@ -251,7 +251,10 @@ mod tests {
             }
         );
         match step.outcome(&deferred) {
-            Outcome::Retrying { after_secs: 5, error } => assert_eq!(error, "waiting places taken"),
+            Outcome::Retrying {
+                after_secs: 5,
+                error,
+            } => assert_eq!(error, "waiting places taken"),
             other => panic!("expected a retry, got {other:?}"),
         }
     }

@@ -38,7 +38,9 @@ pub const HAS_PICTURE_PROPERTY: &str = "Boolean {00062004-0000-0000-C000-0000000
 pub const MAX_PHOTO_BYTES: usize = 4 * 1024 * 1024;
 
 /// The SHA-256 of a photo's bytes, as 64 lowercase hex digits: what [`PHOTO_HASH_PROPERTY`] holds.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct PhotoHash(String);
 

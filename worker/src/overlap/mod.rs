@@ -113,7 +113,9 @@ impl std::fmt::Debug for Board {
 /// Where a board's news go and where its stage comes from.
 enum Backend {
     /// One process: the board is this memory; plans are announced on the producer's channel.
-    InProcess { news: mpsc::UnboundedSender<Planned> },
+    InProcess {
+        news: mpsc::UnboundedSender<Planned>,
+    },
     /// A fleet: the phase-1 job's words go to the tenant's stream; the stage is followed from it once a job reads
     /// it.
     Relayed {
@@ -353,7 +355,11 @@ impl Boards {
     pub fn waiting_place(&self) -> Result<Option<OwnedSemaphorePermit>, NoPlace> {
         match self.waiting.get() {
             None => Ok(None),
-            Some(places) => places.clone().try_acquire_owned().map(Some).map_err(|_| NoPlace),
+            Some(places) => places
+                .clone()
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|_| NoPlace),
         }
     }
 
@@ -465,15 +471,30 @@ mod tests {
     #[test]
     fn a_fleet_keeps_places_for_waiting_jobs_and_bounds_their_wait() {
         let boards = Boards::default();
-        assert_eq!(boards.waiting_place().map(|p| p.is_some()), Ok(false), "one process: no limit");
+        assert_eq!(
+            boards.waiting_place().map(|p| p.is_some()),
+            Ok(false),
+            "one process: no limit"
+        );
         assert_eq!(boards.wait_limit(), None);
-        let relay = relay::Relay::new("amqp://127.0.0.1:5672", shared::mq::Topology::new("test"), "t");
+        let relay = relay::Relay::new(
+            "amqp://127.0.0.1:5672",
+            shared::mq::Topology::new("test"),
+            "t",
+        );
         boards.relay(relay, 1);
         assert!(boards.enabled() && boards.relayed());
         let held = boards.waiting_place().expect("one place").expect("limited");
-        assert_eq!(boards.waiting_place().err(), Some(NoPlace), "the second job has none");
+        assert_eq!(
+            boards.waiting_place().err(),
+            Some(NoPlace),
+            "the second job has none"
+        );
         drop(held);
-        assert!(boards.waiting_place().is_ok(), "a place given back is free again");
+        assert!(
+            boards.waiting_place().is_ok(),
+            "a place given back is free again"
+        );
         assert_eq!(boards.wait_limit(), Some(FLEET_WAIT));
     }
 }

@@ -537,7 +537,11 @@ mod tests {
             folder: folder.clone(),
             created: [person(1)].into(),
         });
-        assert_eq!(entries.len(), 4, "three parts of at most 1,000, then the plan");
+        assert_eq!(
+            entries.len(),
+            4,
+            "three parts of at most 1,000, then the plan"
+        );
         let mut reader = Reader::default();
         let mut stage = Stage::default();
         for entry in entries {
@@ -547,7 +551,11 @@ mod tests {
         assert_eq!(plan.created, [person(1)].into());
         let mut expected = folder;
         expected.sort_by(|a, b| a.id.cmp(&b.id));
-        assert_eq!(plan.folder.contacts(), expected, "contacts read back as sent");
+        assert_eq!(
+            plan.folder.contacts(),
+            expected,
+            "contacts read back as sent"
+        );
     }
 
     #[test]
@@ -572,14 +580,25 @@ mod tests {
         reader.apply(&mut stage, Entry::Interrupted { attempt: first });
         assert!(stage.interrupted);
         reader.apply(&mut stage, plan(second));
-        assert!(!stage.interrupted && stage.confirmed.is_empty(), "a new plan starts over");
+        assert!(
+            !stage.interrupted && stage.confirmed.is_empty(),
+            "a new plan starts over"
+        );
         let late = Entry::Confirmed {
             attempt: first,
             persons: vec![person(2)],
         };
-        assert!(!reader.apply(&mut stage, late), "the first attempt's word is stale");
+        assert!(
+            !reader.apply(&mut stage, late),
+            "the first attempt's word is stale"
+        );
         assert!(stage.confirmed.is_empty());
-        reader.apply(&mut stage, Entry::Ended { ended: Ended::Failed });
+        reader.apply(
+            &mut stage,
+            Entry::Ended {
+                ended: Ended::Failed,
+            },
+        );
         reader.apply(
             &mut stage,
             serde_json::from_slice(&ended_entry(Ended::Written { in_line_with: None }))
