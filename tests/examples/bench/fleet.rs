@@ -38,6 +38,8 @@ pub enum Mode {
         processes: usize,
         /// Where the producer runs.
         producer: ProducerAt,
+        /// Phases overlapped (the default; `false`: `run --ordered-phases`).
+        overlap: bool,
     },
 }
 
@@ -58,6 +60,26 @@ impl Mode {
         Mode::Broker {
             processes,
             producer: ProducerAt::Bench,
+            overlap: true,
+        }
+    }
+
+    /// The same mode with its phases in order (`run --ordered-phases`).
+    pub fn ordered(self) -> Self {
+        match self {
+            Mode::Embedded { workers, .. } => Mode::Embedded {
+                workers,
+                overlap: false,
+            },
+            Mode::Broker {
+                processes,
+                producer,
+                ..
+            } => Mode::Broker {
+                processes,
+                producer,
+                overlap: false,
+            },
         }
     }
 
@@ -65,9 +87,12 @@ impl Mode {
     /// workers are one process by definition).
     pub fn with_producer_process(self) -> Self {
         match self {
-            Mode::Broker { processes, .. } => Mode::Broker {
+            Mode::Broker {
+                processes, overlap, ..
+            } => Mode::Broker {
                 processes,
                 producer: ProducerAt::Process,
+                overlap,
             },
             embedded => embedded,
         }
@@ -75,7 +100,7 @@ impl Mode {
 
     /// Short label for tables.
     pub fn label(&self) -> String {
-        let (processes, producer) = match self {
+        let (processes, producer, overlap) = match self {
             Mode::Embedded {
                 workers,
                 overlap: true,
@@ -87,16 +112,22 @@ impl Mode {
             Mode::Broker {
                 processes,
                 producer,
-            } => (*processes, *producer),
+                overlap,
+            } => (*processes, *producer, *overlap),
         };
         let fleet = if processes == 1 {
             "broker, 1 process".to_owned()
         } else {
             format!("broker, {processes} processes")
         };
-        match producer {
+        let fleet = match producer {
             ProducerAt::Bench => fleet,
             ProducerAt::Process => format!("{fleet}, producer process"),
+        };
+        if overlap {
+            fleet
+        } else {
+            format!("{fleet}, ordered")
         }
     }
 }
@@ -182,9 +213,13 @@ pub async fn sync(
         Mode::Broker {
             processes,
             producer,
+            overlap,
         } => {
             let mut pool = Pool::start(estate, budget, processes, opts, label).await?;
-            let args = pool.args(estate);
+            let args = RunArgs {
+                ordered_phases: !overlap,
+                ..pool.args(estate)
+            };
             let producer = match producer {
                 ProducerAt::Bench => Producer::Bench(settings),
                 ProducerAt::Process => Producer::Process {

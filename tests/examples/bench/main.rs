@@ -137,7 +137,7 @@ struct Cli {
     /// Jobs each worker process runs at once (default: the worker's own default).
     #[arg(long, default_value_t = worker::consumer::DEFAULT_CONCURRENCY)]
     worker_concurrency: u16,
-    /// Modes of the sync group: embedded (phases overlapped, the default), embedded-ordered (`run --ordered-phases`), or brokerN for N worker processes.
+    /// Modes of the sync group: embedded (phases overlapped, the default), embedded-ordered (`run --ordered-phases`), brokerN for N worker processes (overlapped) or brokerN-ordered.
     #[arg(
         long,
         value_delimiter = ',',
@@ -312,9 +312,14 @@ fn parse_mode(text: &str, embedded_workers: usize) -> Result<Mode> {
             overlap: text == "embedded",
         });
     }
-    match text.strip_prefix("broker").map(str::parse::<usize>) {
+    let (fleet, ordered) = match text.strip_suffix("-ordered") {
+        Some(fleet) => (fleet, true),
+        None => (text, false),
+    };
+    match fleet.strip_prefix("broker").map(str::parse::<usize>) {
+        Some(Ok(processes)) if processes > 0 && ordered => Ok(Mode::broker(processes).ordered()),
         Some(Ok(processes)) if processes > 0 => Ok(Mode::broker(processes)),
-        _ => bail!("mode {text:?}: expected embedded, embedded-ordered or brokerN (N worker processes, N >= 1)"),
+        _ => bail!("mode {text:?}: expected embedded, embedded-ordered, brokerN or brokerN-ordered (N worker processes, N >= 1)"),
     }
 }
 

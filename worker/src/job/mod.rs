@@ -218,7 +218,10 @@ impl JobRunner {
                             ..Done::default()
                         });
                     }
-                    self.trusted(tenant, &client, job).await?;
+                    let trust_later = self.may_trust_later(tenant, job);
+                    if !trust_later {
+                        self.trusted(tenant, &client, job).await?;
+                    }
                     match (&job.kind, job.cleanup) {
                         (JobKind::Phase1 { central, .. }, Some(source)) => {
                             self.cleanup_central(tenant, &client, job, source, central, &writes)
@@ -234,7 +237,8 @@ impl JobRunner {
                                 .await
                         }
                         (JobKind::Phase2 { central, mailbox }, None) => {
-                            self.phase2(tenant, &client, job, central.as_ref(), mailbox, &writes)
+                            let central = central.as_ref();
+                            self.phase2(tenant, &client, job, central, mailbox, trust_later, &writes)
                                 .await
                         }
                     }
@@ -278,11 +282,43 @@ impl JobRunner {
         Attempt { report, result }
     }
 
+    /// Whether `job`'s trust check waits until its tenant's phase 1 is over (see [`Self::trusted`]): a fleet's
+    /// overlapped phase-2 job in a worker process that has not resolved the tenant (or resolved it before phase 1
+    /// made the folder) would otherwise ask the shared mailbox while phase 1 writes it with every request Graph
+    /// allows in flight (5 and 429s with five worker processes, `central_budget`). Meanwhile the job only copies into
+    /// its own mailbox what the run's phase 1 put on its board, and it checks before anything else, deleting those
+    /// copies if refused. Only without a `TestUserList` (who receives is then everyone but the shared mailbox, told
+    /// from the configuration alone).
+    fn may_trust_later(&self, tenant: &TenantSettings, job: &Job) -> bool {
+        let JobKind::Phase2 {
+            central: Some(_),
+            mailbox,
+        } = &job.kind
+        else {
+            return false;
+        };
+        job.overlapped
+            && job.cleanup.is_none()
+            && self.boards.relayed()
+            && tenant.test_user_list.is_none()
+            && !mailbox
+                .upn
+                .eq_ignore_ascii_case(&tenant.global_address_book_user_id)
+            && self
+                .locations
+                .get(&tenant.tenant_id)
+                .is_none_or(|known| trust::check(job, tenant, &known).is_err())
+            && self
+                .boards
+                .board(&job.tenant_id, job.run_id)
+                .is_some_and(|board| board.watch().borrow().ended.is_none())
+    }
+
     /// Refuses a job whose central mailbox or folder is not where this worker's configuration says, or that
     /// names a mailbox the worker does not mirror (see [`crate::trust`]). Resolves the configured location and
     /// the `TestUserList`'s users once per tenant, and again when a job does not match (the folder may have been
     /// created since, a user may have joined).
-    async fn trusted(
+    pub(super) async fn trusted(
         &self,
         tenant: &TenantSettings,
         client: &TenantClient,

@@ -24,6 +24,18 @@ use crate::disposition::AttemptResult;
 use crate::overlap::{Board, Ended, Planned, Stage};
 use crate::planning_budget::Planning;
 
+/// What an overlapped phase-2 job works on.
+pub(super) struct Step<'a> {
+    /// The tenant's central folder, as the job names it.
+    pub central: &'a CentralFolder,
+    /// The mailbox.
+    pub mailbox: &'a Mailbox,
+    /// The tenant's phase-1 board.
+    pub board: Arc<Board>,
+    /// The job's trust check waits for phase 1's end ([`JobRunner::may_trust_later`]).
+    pub trust_later: bool,
+}
+
 impl JobRunner {
     /// Phase 1's side: puts on `board` the folder `plan` leaves (from `read`, the folder as read) and the persons
     /// it creates, and tells the producer, whose phase-2 jobs then go out carrying `cursors` without the central
@@ -61,18 +73,21 @@ impl JobRunner {
         Some(board)
     }
 
-    /// Phase 2 of `mailbox` while phase 1 (on `board`) may still be writing.
-    #[allow(clippy::too_many_arguments)]
+    /// Phase 2 of `step.mailbox` while phase 1 (on `step.board`) may still be writing.
     pub(super) async fn phase2_overlapped(
         &self,
         tenant: &TenantSettings,
         client: &TenantClient,
         job: &Job,
-        central: &CentralFolder,
-        mailbox: &Mailbox,
-        board: Arc<Board>,
+        step: Step<'_>,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
+        let Step {
+            central,
+            mailbox,
+            board,
+            trust_later,
+        } = step;
         let folder = FolderRef::Default;
         let read = || async {
             client
@@ -167,6 +182,15 @@ impl JobRunner {
         let early_copies: Vec<String> = done.created_ids.values().cloned().collect();
         debug!(mailbox = %mailbox.upn, early = early_copies.len(), ?waited, "done waiting on phase 1");
         let in_line_with = match waited {
+            Waited::Ended(Ended::Written { in_line_with }) if trust_later => {
+                // The check waited for phase 1's end (`JobRunner::may_trust_later`): a refusal takes the copies back.
+                if let Err(refused) = self.trusted(tenant, client, job).await {
+                    self.undo(client, job, mailbox, &folder, &early_copies, writes)
+                        .await?;
+                    return Err(refused);
+                }
+                in_line_with
+            }
             Waited::Ended(Ended::Written { in_line_with }) => in_line_with,
             Waited::Ended(Ended::Failed) => {
                 self.undo(client, job, mailbox, &folder, &early_copies, writes)

@@ -22,6 +22,8 @@ use crate::disposition::AttemptResult;
 use crate::planning_budget::Planning;
 
 impl JobRunner {
+    // `trust_later` is `run`'s answer, taken once: asked again here it could change with the board.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn phase2(
         &self,
         tenant: &TenantSettings,
@@ -29,6 +31,7 @@ impl JobRunner {
         job: &Job,
         central: Option<&CentralFolder>,
         mailbox: &Mailbox,
+        trust_later: bool,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         // Sent while phase 1 writes (embedded mode): the overlapped step (see `overlapped`) while phase 1 still
@@ -51,8 +54,14 @@ impl JobRunner {
                     Some(_) => None,
                 };
                 if ended.is_none() && job.may_overlap(tenant, false) {
+                    let step = overlapped::Step {
+                        central,
+                        mailbox,
+                        board,
+                        trust_later,
+                    };
                     return self
-                        .phase2_overlapped(tenant, client, job, central, mailbox, board, writes)
+                        .phase2_overlapped(tenant, client, job, step, writes)
                         .await;
                 }
                 let ended = match ended {
@@ -66,10 +75,18 @@ impl JobRunner {
                         }
                     }
                 };
+                if trust_later {
+                    self.trusted(tenant, client, job).await?;
+                }
                 after_phase1 = overlapped::after_phase1(job, mailbox, ended)?;
                 &after_phase1
             }
-            _ => job,
+            _ => {
+                if trust_later {
+                    self.trusted(tenant, client, job).await?;
+                }
+                job
+            }
         };
         let directory_on = tenant.distribution.receives_directory();
         let mirror = central.is_some();

@@ -449,8 +449,37 @@ async fn follow_once(
     if exists.is_err() {
         return Err(Stop::Lost("its stream is gone"));
     }
-    let tag = format!("{}-{}", relay.name, Uuid::now_v7());
-    let mut entries = board::follow_board(&channel, &stream, &tag, *next).await?;
+    let followed = read_entries(
+        &channel,
+        &stream,
+        &relay.name,
+        &session,
+        stage,
+        reader,
+        next,
+    )
+    .await;
+    // Closed whichever way it ended: one channel a board would otherwise be left per run on a long-lived connection.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        channel.close(200, "board done".into()),
+    )
+    .await;
+    followed
+}
+
+/// Reads board entries from `next` into `stage` until phase 1 ended.
+async fn read_entries(
+    channel: &lapin::Channel,
+    stream: &str,
+    name: &str,
+    session: &Session,
+    stage: &watch::Sender<Stage>,
+    reader: &mut Reader,
+    next: &mut u64,
+) -> Result<(), Stop> {
+    let tag = format!("{name}-{}", Uuid::now_v7());
+    let mut entries = board::follow_board(channel, stream, &tag, *next).await?;
     loop {
         let delivery = match tokio::time::timeout(SILENT_FOR, entries.next()).await {
             Err(_) => return Err(Stop::Lost("it stayed silent")),
@@ -479,7 +508,6 @@ async fn follow_once(
             Err(error) => warn!(%error, %stream, "skipping an unreadable board entry"),
         }
         if stage.borrow().ended.is_some() {
-            let _ = channel.close(200, "phase 1 ended".into()).await;
             return Ok(());
         }
     }
