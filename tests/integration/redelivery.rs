@@ -584,3 +584,148 @@ async fn several_workers_on_one_host_with_the_default_metrics_address_all_run() 
     assert!(status.success());
     support::delete_topology(&topology).await;
 }
+
+/// A forged overlapped phase-2 job (issue 13, a fleet): its worker process has not resolved the tenant, so its
+/// trust check waits for the end of the phase 1 it names (the shared mailbox is not asked while phase 1 writes it).
+/// Meanwhile it copies what that board says into its mailbox; once the check refuses it (its "central folder" is
+/// another user's default folder), the copy is deleted again and the job dead-lettered `untrusted_job`. Without the
+/// check after the wait it went on to read the victim's contacts as the central folder and copy them over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_overlapped_job_checked_after_phase_1_takes_its_early_copy_back() {
+    use worker::overlap::relay::Entry;
+    use worker::overlap::Ended;
+
+    let _broker = BROKER.read().await;
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 1,
+            users_per_tenant: 3,
+            contacts_per_user: 4,
+            overlap: 0.0,
+            seed: 75,
+        },
+    )
+    .await;
+    let settings = estate.settings();
+    let tenant = estate.tenants[0].clone();
+    let topology = support::private_topology();
+    let genuine = phase1_job(&settings).await;
+    let JobKind::Phase1 { sources, .. } = &genuine.kind else {
+        unreachable!("a phase-1 job")
+    };
+    let (victim, receiver) = (sources[0].clone(), sources[1].clone());
+    let victim_folder = estate
+        .sim
+        .default_folder_id(&tenant.tenant_id, &victim.upn)
+        .expect("the victim's default folder");
+    let before = estate.sim.contacts(&tenant.tenant_id, &receiver.upn, None);
+
+    // A board for a run of the forger's: one person, created and confirmed.
+    let run_id = uuid::Uuid::now_v7();
+    let attempt = uuid::Uuid::now_v7();
+    let person = uuid::Uuid::new_v4().to_string();
+    let contact: shared::model::Contact = serde_json::from_value(serde_json::json!({
+        "id": "forged-central-item",
+        "lastModified": null,
+        "fields": { "displayName": "Forged Person" },
+        "personalNotes": null,
+        "categories": [],
+        "syncIdProperty": person,
+        "photoHash": null,
+        "photoSource": null,
+        "hasPicture": false,
+        "changeKey": null
+    }))
+    .expect("a contact");
+    let sync_id = shared::sync::SyncId::parse(&person).expect("a sync id");
+    let connection = support::connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    mq::declare(&channel, &topology).await.expect("declare");
+    mq::board::declare_board(&channel, &topology, run_id, &tenant.tenant_id)
+        .await
+        .expect("board");
+    let publisher = Publisher::open(&connection, topology.clone())
+        .await
+        .expect("publisher");
+    let append = |entry: Entry| {
+        let publisher = publisher.clone();
+        let tenant_id = tenant.tenant_id.clone();
+        async move {
+            let body = serde_json::to_vec(&entry).expect("an entry");
+            publisher
+                .publish_board(run_id, &tenant_id, body)
+                .await
+                .expect("appended");
+        }
+    };
+    append(Entry::FolderPart {
+        attempt,
+        contacts: vec![contact],
+    })
+    .await;
+    append(Entry::Planned {
+        attempt,
+        contacts: 1,
+        created: [sync_id.clone()].into(),
+    })
+    .await;
+    append(Entry::Confirmed {
+        attempt,
+        persons: vec![sync_id],
+    })
+    .await;
+
+    let mut forged = Job::new(
+        run_id,
+        &tenant.tenant_id,
+        false,
+        JobKind::Phase2 {
+            central: Some(CentralFolder {
+                mailbox: victim.clone(),
+                folder_id: Some(victim_folder),
+            }),
+            mailbox: receiver.clone(),
+        },
+    );
+    forged.overlapped = true;
+    let (stop, worker) = support::spawn_worker(&settings, &topology, "forged-overlap");
+    publish_declared(&topology, &forged).await;
+    let names = |estate: &Estate| -> Vec<String> {
+        estate
+            .sim
+            .contacts(&tenant.tenant_id, &receiver.upn, None)
+            .iter()
+            .filter_map(|c| c["displayName"].as_str().map(String::from))
+            .collect()
+    };
+    eventually("the forged job copied nothing early", async || {
+        names(&estate).iter().any(|n| n == "Forged Person")
+    })
+    .await;
+    append(Entry::Ended {
+        ended: Ended::Written { in_line_with: None },
+    })
+    .await;
+    let dead = topology.dead_letter_queue(Phase::Phase2);
+    let mut reason = None;
+    take(&dead, |message| {
+        reason = mq::header_str(&message.delivery.properties, REASON_HEADER);
+        reason.is_some()
+    })
+    .await;
+    assert_eq!(reason.as_deref(), Some("untrusted_job"));
+    let after = estate.sim.contacts(&tenant.tenant_id, &receiver.upn, None);
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "the early copy stayed, or the victim's contacts were copied: {:?}",
+        names(&estate)
+    );
+    stop.cancel();
+    worker.await.expect("worker task");
+    let stream = topology.board_stream(run_id, &tenant.tenant_id);
+    let _ = mq::board::delete_board(&channel, &stream).await;
+    let _ = connection.close(200, "done".into()).await;
+    support::delete_topology(&topology).await;
+}

@@ -24,6 +24,10 @@ use crate::disposition::AttemptResult;
 use crate::overlap::{Board, Ended, Planned, Stage};
 use crate::planning_budget::Planning;
 
+/// How long an overlapped job waits for its board to show the plan it was sent for (read from the broker's
+/// stream in a fleet: milliseconds); without one it copies nothing early and settles as usual.
+const PLAN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What an overlapped phase-2 job works on.
 pub(super) struct Step<'a> {
     /// The tenant's central folder, as the job names it.
@@ -111,6 +115,13 @@ impl JobRunner {
         let early = read().await?;
         let ctx = plan_context(tenant, job, mailbox);
         let mut stage = board.watch();
+        // The job went out because phase 1 planned, so the plan is on the board; in a fleet this process may only
+        // just have started following it (`relay::follow`), so it waits for the plan a little.
+        let _ = tokio::time::timeout(
+            PLAN_WAIT,
+            stage.wait_for(|now| now.plan.is_some() || now.ended.is_some() || now.lost),
+        )
+        .await;
         let plan = stage.borrow_and_update().plan.clone();
         // The creates of persons phase 1 creates, planned against the folder its plan leaves (a refusal sends
         // nothing early: the ordered plan below decides).
