@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use graphsim::{EstateParams, SimConfig};
+use producer::cli::RunArgs;
 use shared::message::FailureReason;
 use tokio_util::sync::CancellationToken;
 use worker::consumer::{Worker, WorkerConfig};
@@ -183,7 +184,12 @@ async fn concurrency_never_exceeds_the_limit_across_lost_connections() {
     let worker = Watched::start(&estate, &topology, &name);
     worker.until_ready().await;
     let settings = estate.settings();
-    let args = broker_args(&topology);
+    // Phases in order: the faults must fall while two phase-2 jobs write, which overlapped phases (a job waiting on
+    // phase 1 holds a slot, others deferred) make a matter of timing.
+    let args = RunArgs {
+        ordered_phases: true,
+        ..broker_args(&topology)
+    };
     let producer = tokio::spawn(async move { run(&settings, &args).await });
 
     for _ in 0..2 {
@@ -280,7 +286,12 @@ async fn concurrency_never_exceeds_the_limit_across_a_consumer_timeout() {
     let worker = Watched::start(&estate, &topology, &name);
     worker.until_ready().await;
     let settings = estate.settings();
-    let args = broker_args(&topology);
+    // Phases in order: the faults must fall while two phase-2 jobs write, which overlapped phases (a job waiting on
+    // phase 1 holds a slot, others deferred) make a matter of timing.
+    let args = RunArgs {
+        ordered_phases: true,
+        ..broker_args(&topology)
+    };
     let producer = tokio::spawn(async move { run(&settings, &args).await });
 
     wait_for("phase 2 never started writing", || phase2_writing(&estate)).await;

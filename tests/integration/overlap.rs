@@ -339,7 +339,7 @@ async fn persons_changed_between_phase_1_attempts_reach_the_copies_sent_early_as
 {
     // The early copies carry the first attempt's data; the second attempt updates those persons, so the ordered
     // plan's creates differ from what was sent: the early copies are deleted and the plan written whole.
-    let (config, params) = across_a_fleet(65);
+    let (config, params) = three_batches(65);
     let mut results = Vec::new();
     // A worker per mailbox, so every phase-2 job runs beside phase 1's first attempt.
     let workers = |args: RunArgs| RunArgs {
@@ -550,7 +550,7 @@ async fn a_fleet_overlaps_its_phases_through_the_broker_and_ends_as_an_ordered_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_whose_phase_1_attempt_fails_runs_it_again_and_ends_as_an_ordered_run() {
     let _broker = BROKER.read().await;
-    let (config, params) = across_a_fleet(65);
+    let (config, params) = across_a_fleet(66);
     let expected = ordered(config.clone(), params.clone()).await;
     let estate = Estate::seed(config, params).await;
     fail_one_central_batch(&estate, 8);

@@ -456,35 +456,70 @@ async fn a_broken_publish_channel_is_reopened_and_the_report_arrives() {
     support::delete_topology(&topology).await;
 }
 
+/// A small estate, a private topology and what a forger needs: a genuine phase-1 job, its sources and the first
+/// source's default folder (the victim's).
+struct Forgery {
+    estate: Estate,
+    settings: Settings,
+    tenant: graphsim::SeededTenant,
+    topology: Topology,
+    genuine: Job,
+    sources: Vec<Mailbox>,
+    victim_folder: String,
+}
+
+impl Forgery {
+    async fn seed(seed: u64) -> Self {
+        let estate = Estate::seed(
+            SimConfig::default(),
+            EstateParams {
+                tenants: 1,
+                users_per_tenant: 3,
+                contacts_per_user: 4,
+                overlap: 0.0,
+                seed,
+            },
+        )
+        .await;
+        let settings = estate.settings();
+        let tenant = estate.tenants[0].clone();
+        let genuine = phase1_job(&settings).await;
+        let JobKind::Phase1 { sources, .. } = &genuine.kind else {
+            unreachable!("a phase-1 job")
+        };
+        let sources = sources.clone();
+        let victim_folder = estate
+            .sim
+            .default_folder_id(&tenant.tenant_id, &sources[0].upn)
+            .expect("the victim's default folder");
+        Self {
+            estate,
+            settings,
+            tenant,
+            topology: support::private_topology(),
+            genuine,
+            sources,
+            victim_folder,
+        }
+    }
+}
+
 /// Failed before the fix: a phase-1 job naming bob's mailbox and default folder as the "central folder" copied
 /// the other users' contacts into bob's own contacts. Now it is dead-lettered as `untrusted_job` and writes
 /// nothing; a body that is not a job is dead-lettered as `malformed_job`; the worker goes on with the next job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_and_malformed_jobs_are_dead_lettered_and_write_nothing() {
     let _broker = BROKER.read().await;
-    let estate = Estate::seed(
-        SimConfig::default(),
-        EstateParams {
-            tenants: 1,
-            users_per_tenant: 3,
-            contacts_per_user: 4,
-            overlap: 0.0,
-            seed: 74,
-        },
-    )
-    .await;
-    let settings = estate.settings();
-    let tenant = estate.tenants[0].clone();
-    let topology = support::private_topology();
-    let genuine = phase1_job(&settings).await;
-    let JobKind::Phase1 { sources, .. } = &genuine.kind else {
-        unreachable!("a phase-1 job")
-    };
+    let Forgery {
+        estate,
+        settings,
+        tenant,
+        topology,
+        genuine,
+        sources,
+        victim_folder,
+    } = Forgery::seed(74).await;
     let victim: Mailbox = sources[0].clone();
-    let victim_folder = estate
-        .sim
-        .default_folder_id(&tenant.tenant_id, &victim.upn)
-        .expect("the victim's default folder");
     let forged = Job::new(
         uuid::Uuid::now_v7(),
         &tenant.tenant_id,
@@ -596,29 +631,16 @@ async fn a_forged_overlapped_job_checked_after_phase_1_takes_its_early_copy_back
     use worker::overlap::Ended;
 
     let _broker = BROKER.read().await;
-    let estate = Estate::seed(
-        SimConfig::default(),
-        EstateParams {
-            tenants: 1,
-            users_per_tenant: 3,
-            contacts_per_user: 4,
-            overlap: 0.0,
-            seed: 75,
-        },
-    )
-    .await;
-    let settings = estate.settings();
-    let tenant = estate.tenants[0].clone();
-    let topology = support::private_topology();
-    let genuine = phase1_job(&settings).await;
-    let JobKind::Phase1 { sources, .. } = &genuine.kind else {
-        unreachable!("a phase-1 job")
-    };
+    let Forgery {
+        estate,
+        settings,
+        tenant,
+        topology,
+        sources,
+        victim_folder,
+        ..
+    } = Forgery::seed(75).await;
     let (victim, receiver) = (sources[0].clone(), sources[1].clone());
-    let victim_folder = estate
-        .sim
-        .default_folder_id(&tenant.tenant_id, &victim.upn)
-        .expect("the victim's default folder");
     let before = estate.sim.contacts(&tenant.tenant_id, &receiver.upn, None);
 
     // A board for a run of the forger's: one person, created and confirmed.

@@ -3,12 +3,12 @@
 //! its first entry, on whichever worker process it runs; news of a plan goes to the run's report queue. What the
 //! entries say is the worker's (`worker::overlap::relay`); this module only moves bytes.
 
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use uuid::Uuid;
 
-use super::{amqp, bind, bounded, field_table, MqError, Publisher, Topology};
+use super::{amqp, bounded, declare_bound, MqError, Publisher, Topology};
 
 /// The AMQP `type` of a board entry.
 pub const BOARD_TYPE: &str = "contactmirror.board.v1";
@@ -30,28 +30,13 @@ pub async fn declare_board(
 ) -> Result<String, MqError> {
     let name = topology.board_stream(run_id, tenant_id);
     let context = format!("declaring the board stream {name}");
-    let declare = async {
-        let options = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(
-                name.as_str().into(),
-                options,
-                field_table(&topology.board_stream_arguments()),
-            )
-            .await
-            .map_err(amqp(context.clone()))?;
-        bind(
-            channel,
-            &name,
-            &topology.reports_exchange(),
-            &Topology::board_routing_key(run_id, tenant_id),
-        )
-        .await
-    };
-    bounded(context.clone(), declare).await?;
+    let (arguments, exchange) = (
+        topology.board_stream_arguments(),
+        topology.reports_exchange(),
+    );
+    let routing_key = Topology::board_routing_key(run_id, tenant_id);
+    let declare = declare_bound(channel, &name, &arguments, &exchange, &routing_key);
+    bounded(context, declare).await?;
     Ok(name)
 }
 

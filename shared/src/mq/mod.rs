@@ -261,25 +261,34 @@ async fn declare_run_reports_unbounded(
     run_id: uuid::Uuid,
     name: String,
 ) -> Result<(), MqError> {
+    declare_bound(
+        channel,
+        &name,
+        &topology.run_reports_queue_arguments(),
+        &topology.reports_exchange(),
+        &Topology::run_reports_routing_key(run_id),
+    )
+    .await
+}
+
+/// Declares durable queue `name` with `arguments` and binds it to `exchange` under `routing_key` (a run's own
+/// queues: its report queue, its tenants' boards). Unbounded: the caller bounds it.
+async fn declare_bound(
+    channel: &Channel,
+    name: &str,
+    arguments: &serde_json::Value,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), MqError> {
     let options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
     channel
-        .queue_declare(
-            name.as_str().into(),
-            options,
-            field_table(&topology.run_reports_queue_arguments()),
-        )
+        .queue_declare(name.into(), options, field_table(arguments))
         .await
-        .map_err(amqp(format!("declaring the run's report queue {name}")))?;
-    bind(
-        channel,
-        &name,
-        &topology.reports_exchange(),
-        &Topology::run_reports_routing_key(run_id),
-    )
-    .await
+        .map_err(amqp(format!("declaring the queue {name}")))?;
+    bind(channel, name, exchange, routing_key).await
 }
 
 /// Takes the lease `queue` (see [`Topology::lease_queue`]) for as long as `connection` lives: `Ok(false)` when
