@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::{Connection, Consumer};
-use shared::message::{Job, Report};
+use shared::message::{Job, JobKind, Report};
 use shared::mq::{self, board, MqError, Publisher, Topology};
 use shared::run_status::RunStatus;
 use tokio::sync::mpsc;
@@ -153,7 +153,8 @@ pub struct Broker {
     limits: Limits,
     /// Overlapped phases across the fleet ([`Broker::overlap_phases`]).
     overlap: bool,
-    /// The tenants whose phase 1 put a board on the broker this run (deleted at its end).
+    /// The tenants whose phase-1 job went out overlapped this run: each may have a board on the broker, deleted at
+    /// the run's end.
     boards: Vec<String>,
 }
 
@@ -345,6 +346,14 @@ impl Dispatch for Broker {
     /// the broker can never take (too large) fails at once. Either way the error names the job.
     async fn submit(&mut self, jobs: Vec<Job>) -> Result<()> {
         let report_queue = self.run.as_ref().map(|(_, queue)| queue.clone());
+        // An overlapped phase-1 job may put a board on the broker (whether or not its news arrives): deleted at the
+        // run's end.
+        for job in &jobs {
+            let overlapped_phase1 = job.overlapped && matches!(job.kind, JobKind::Phase1 { .. });
+            if overlapped_phase1 && !self.boards.contains(&job.tenant_id) {
+                self.boards.push(job.tenant_id.clone());
+            }
+        }
         let mut pending: Vec<Job> = jobs
             .into_iter()
             .map(|job| Job {
@@ -389,12 +398,6 @@ impl Dispatch for Broker {
     async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>> {
         loop {
             match self.session.next_event(wait).await {
-                Ok(Some(Event::Planned(planned))) => {
-                    if !self.boards.contains(&planned.tenant_id) {
-                        self.boards.push(planned.tenant_id.clone());
-                    }
-                    return Ok(Some(Event::Planned(planned)));
-                }
                 Ok(event) => return Ok(event),
                 Err(error) => self.reconnect(&error).await?,
             }
@@ -478,17 +481,20 @@ impl Dispatch for Broker {
     /// Deletes the run's boards and report queue and closes the connection, which releases the leases.
     async fn end(&mut self) {
         let run = self.run.take();
-        if let Some((run_id, _)) = &run {
-            for tenant in std::mem::take(&mut self.boards) {
-                let stream = self.topology.board_stream(*run_id, &tenant);
-                let deleted = async {
-                    let channel = mq::open_channel(&self.session.connection, "board").await?;
-                    board::delete_board(&channel, &stream).await
-                };
-                // A board left behind only holds a day of entries (`Topology::board_stream_arguments`).
-                if let Err(error) = deleted.await {
-                    warn!(%error, stream = %stream, "could not delete a phase-1 board");
+        let boards = std::mem::take(&mut self.boards);
+        if let (Some((run_id, _)), false) = (&run, boards.is_empty()) {
+            let deleted = async {
+                let channel = mq::open_channel(&self.session.connection, "board").await?;
+                for tenant in &boards {
+                    board::delete_board(&channel, &self.topology.board_stream(*run_id, tenant))
+                        .await?;
                 }
+                let _ = channel.close(200, "boards deleted".into()).await;
+                Ok::<(), MqError>(())
+            };
+            // A board left behind only holds a day of entries (`Topology::board_stream_arguments`).
+            if let Err(error) = deleted.await {
+                warn!(%error, run = %run_id, "could not delete the run's phase-1 boards");
             }
         }
         if let Some((_, queue)) = run {

@@ -564,3 +564,31 @@ async fn a_fleet_whose_phase_1_attempt_fails_runs_it_again_and_ends_as_an_ordere
         "a fleet's phase-1 attempt that failed changed the outcome",
     );
 }
+
+/// The producer deletes the board of every tenant whose phase-1 job went out overlapped, also when that job never
+/// made one (a plan of one batch or less): deleting a stream that is not there must not fail the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_board_that_was_never_made_is_no_error() {
+    let _broker = BROKER.read().await;
+    let topology = support::private_topology();
+    let connection = support::connect().await;
+    let channel = connection.create_channel().await.expect("a channel");
+    shared::mq::declare(&channel, &topology)
+        .await
+        .expect("topology");
+    let run_id = uuid::Uuid::now_v7();
+    let made = shared::mq::board::declare_board(&channel, &topology, run_id, "made")
+        .await
+        .expect("declared");
+    let never = topology.board_stream(run_id, "never-made");
+    shared::mq::board::delete_board(&channel, &never)
+        .await
+        .expect("a missing board deletes without error");
+    shared::mq::board::delete_board(&channel, &made)
+        .await
+        .expect("the channel is still good");
+    let _ = connection.close(200, "done".into()).await;
+    let left = queue_exists(&made).await;
+    support::delete_topology(&topology).await;
+    assert!(!left, "the made board was not deleted");
+}
