@@ -152,10 +152,10 @@ pub struct Job {
     /// configuration). The refusal of an empty source list stays.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_mass_delete: bool,
-    /// Phases overlap (issue 13; embedded mode only): a phase-1 job tells its process's phase-2 jobs its plan and
-    /// each confirmed central create, and a phase-2 job sent before phase 1 ended sends those persons' copies as
-    /// they come, then settles against the folder phase 1 left (`sync::overlap`). Meaningless between
-    /// processes: a worker that keeps no such board ignores it.
+    /// Phases overlap (issue 13): a phase-1 job tells the tenant's phase-2 jobs its plan and each confirmed
+    /// central create on its board (memory in one process, a RabbitMQ stream in a fleet), and a phase-2 job sent
+    /// before phase 1 ended sends those persons' copies as they come, then settles against the folder phase 1 left
+    /// (`sync::overlap`). A worker from before fleet boards ignores it (upgrade workers before the producer).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overlapped: bool,
     /// What to do.

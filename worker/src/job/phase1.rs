@@ -47,7 +47,7 @@ impl JobRunner {
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
         let prior = &job.cursors;
-        // Overlapped phases (embedded mode): this attempt's plan and confirmed creates go on the tenant's board;
+        // Overlapped phases: this attempt's plan and confirmed creates go on the tenant's board;
         // leaving early in any way tells the waiting phase-2 jobs the attempt is over (`Publishing`'s drop).
         let board = if job.overlapped && job.may_overlap(tenant, false) {
             self.boards.board(&job.tenant_id, job.run_id)

@@ -34,7 +34,7 @@ impl JobRunner {
         trust_later: bool,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
-        // Sent while phase 1 writes (embedded mode): the overlapped step (see `overlapped`) while phase 1 still
+        // Sent while phase 1 writes (overlapped phases): the overlapped step (see `overlapped`) while phase 1 still
         // writes. Once it is over (a job that started late), or for a job the rule does not let overlap (it waits for
         // that, never reading a central folder still being written), an ordered job with the generation the folder
         // ended in line with: reading and planning the mailbox twice would buy nothing.
