@@ -169,15 +169,22 @@ impl Relay {
         Ok(open)
     }
 
-    /// Forgets the session (the next use opens a new one).
-    async fn reset(&self) {
-        if let Some(old) = self.session.lock().await.take() {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(5),
-                old.connection.close(200, "replaced".into()),
-            )
-            .await;
+    /// Forgets `failed` (the next use opens a new session) and closes its connection, unless another board already
+    /// replaced it: one failure never takes down the session the others moved on to.
+    async fn forget(&self, failed: &Session) {
+        let mut session = self.session.lock().await;
+        if session
+            .as_ref()
+            .is_some_and(|now| Arc::ptr_eq(&now.connection, &failed.connection))
+        {
+            *session = None;
         }
+        drop(session);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            failed.connection.close(200, "replaced".into()),
+        )
+        .await;
     }
 }
 
@@ -256,14 +263,22 @@ async fn deliver(
     while let Some(outgoing) = rx.recv().await {
         for message in messages(outgoing) {
             for attempt in 1..=2 {
-                match send(&relay, run_id, &tenant, &mut declared, &message).await {
+                let sent = match relay.session().await {
+                    Ok(session) => send(&relay, &session, run_id, &tenant, &mut declared, &message)
+                        .await
+                        .map_err(|error| (Some(session), error)),
+                    Err(error) => Err((None, error)),
+                };
+                match sent {
                     Ok(()) => break,
-                    Err(error) if attempt == 1 => {
+                    Err((session, error)) if attempt == 1 => {
                         debug!(%error, %tenant, "board entry not sent; reconnecting");
-                        relay.reset().await;
+                        if let Some(session) = session {
+                            relay.forget(&session).await;
+                        }
                         declared = false;
                     }
-                    Err(error) => {
+                    Err((_, error)) => {
                         warn!(%error, %tenant, "a board entry could not be sent; phase 2 settles without it")
                     }
                 }
@@ -274,12 +289,12 @@ async fn deliver(
 
 async fn send(
     relay: &Relay,
+    session: &Session,
     run_id: Uuid,
     tenant: &str,
     declared: &mut bool,
     message: &Message,
 ) -> Result<(), MqError> {
-    let session = relay.session().await?;
     if !*declared {
         let channel = mq::open_channel(&session.connection, "board").await?;
         board::declare_board(&channel, &relay.topology, run_id, tenant).await?;
@@ -383,7 +398,29 @@ pub fn follow(relay: Arc<Relay>, run_id: Uuid, tenant: String, stage: Arc<watch:
         let mut broken_since: Option<tokio::time::Instant> = None;
         let mut delay = Duration::from_millis(100);
         loop {
-            match follow_once(&relay, run_id, &tenant, &stage, &mut reader, &mut next).await {
+            let followed = match relay.session().await {
+                Ok(session) => {
+                    let followed = follow_once(
+                        &relay,
+                        &session,
+                        run_id,
+                        &tenant,
+                        &stage,
+                        &mut reader,
+                        &mut next,
+                    )
+                    .await;
+                    // A channel closed on a live connection needs only a new channel.
+                    if matches!(followed, Err(Stop::Broken(_)))
+                        && !session.connection.status().connected()
+                    {
+                        relay.forget(&session).await;
+                    }
+                    followed
+                }
+                Err(error) => Err(Stop::Broken(error)),
+            };
+            match followed {
                 Ok(()) => return,
                 Err(Stop::Lost(why)) => {
                     warn!(%tenant, %run_id, why, "lost the tenant's phase-1 board");
@@ -398,7 +435,6 @@ pub fn follow(relay: Arc<Relay>, run_id: Uuid, tenant: String, stage: Arc<watch:
                         return;
                     }
                     debug!(%tenant, %error, "following a board again");
-                    relay.reset().await;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -423,13 +459,13 @@ impl From<MqError> for Stop {
 
 async fn follow_once(
     relay: &Relay,
+    session: &Session,
     run_id: Uuid,
     tenant: &str,
     stage: &watch::Sender<Stage>,
     reader: &mut Reader,
     next: &mut u64,
 ) -> Result<(), Stop> {
-    let session = relay.session().await?;
     let stream = relay.topology.board_stream(run_id, tenant);
     // Passive: a stream that is not there was deleted with its run (a declare would make an empty one).
     let channel = mq::open_channel(&session.connection, "board").await?;
@@ -449,16 +485,7 @@ async fn follow_once(
     if exists.is_err() {
         return Err(Stop::Lost("its stream is gone"));
     }
-    let followed = read_entries(
-        &channel,
-        &stream,
-        &relay.name,
-        &session,
-        stage,
-        reader,
-        next,
-    )
-    .await;
+    let followed = read_entries(&channel, &stream, &relay.name, session, stage, reader, next).await;
     // Closed whichever way it ended: one channel a board would otherwise be left per run on a long-lived connection.
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
