@@ -340,44 +340,55 @@ async fn persons_changed_between_phase_1_attempts_reach_the_copies_sent_early_as
     // The early copies carry the first attempt's data; the second attempt updates those persons, so the ordered
     // plan's creates differ from what was sent: the early copies are deleted and the plan written whole.
     let (config, params) = three_batches(65);
-    let mut results = Vec::new();
-    // A worker per mailbox, so every phase-2 job runs beside phase 1's first attempt.
-    let workers = |args: RunArgs| RunArgs {
-        workers: 16,
-        ..args
-    };
-    for args in [workers(in_order()), workers(overlapped())] {
-        let estate = Estate::seed(config.clone(), params.clone()).await;
-        let own = originals(&estate);
-        fail_one_central_batch(&estate, 8);
-        let settings = estate.settings();
-        let (report, ()) = tokio::join!(
-            run(&settings, &args),
-            rename_between_attempts(&estate, &own)
-        );
-        assert_phase1_ran_again(&report);
-        results.push((mailboxes(&estate), estate.sim.request_log()));
-    }
-    let (overlapped_log, ordered_log) = (&results[1].1, &results[0].1);
     let renamed_user = last_user(&config, &params).await;
-    let early_deleted = overlapped_log
-        .iter()
-        .filter(|e| e.method == "DELETE" && (200..300).contains(&e.status))
-        .filter(|e| !e.url.contains("/contactFolders/"))
-        .filter(|e| e.mailbox.as_deref().is_some_and(|m| m != renamed_user))
-        .count();
+    // Which persons the first attempt confirms, and whether the phase-2 jobs copied some of the renamed ones by then,
+    // depends on which of the concurrent central batches the scripted faults hit (about 2 pairs in 5 show none): the
+    // pair of runs is made again (at most 5 times) until one shows an early copy undone. Every pair must end the
+    // same either way.
+    let mut undone_in = None;
+    for round in 1..=5 {
+        let mut results = Vec::new();
+        // A worker per mailbox, so every phase-2 job runs beside phase 1's first attempt.
+        let workers = |args: RunArgs| RunArgs {
+            workers: 16,
+            ..args
+        };
+        for args in [workers(in_order()), workers(overlapped())] {
+            let estate = Estate::seed(config.clone(), params.clone()).await;
+            let own = originals(&estate);
+            fail_one_central_batch(&estate, 8);
+            let settings = estate.settings();
+            let (report, ()) = tokio::join!(
+                run(&settings, &args),
+                rename_between_attempts(&estate, &own)
+            );
+            assert_phase1_ran_again(&report);
+            results.push((mailboxes(&estate), estate.sim.request_log()));
+        }
+        let (overlapped_log, ordered_log) = (&results[1].1, &results[0].1);
+        assert!(
+            ordered_log.iter().all(|e| e.method != "DELETE"),
+            "the ordered run deleted something: not the reference meant"
+        );
+        assert_same(
+            &results[1].0,
+            &results[0].0,
+            "persons changed between attempts",
+        );
+        let early_deleted = overlapped_log
+            .iter()
+            .filter(|e| e.method == "DELETE" && (200..300).contains(&e.status))
+            .filter(|e| !e.url.contains("/contactFolders/"))
+            .filter(|e| e.mailbox.as_deref().is_some_and(|m| m != renamed_user))
+            .count();
+        if early_deleted > 0 {
+            undone_in = Some(round);
+            break;
+        }
+    }
     assert!(
-        early_deleted > 0,
-        "no early copy was undone in a mailbox other than {renamed_user}'s: the test shows nothing"
-    );
-    assert!(
-        ordered_log.iter().all(|e| e.method != "DELETE"),
-        "the ordered run deleted something: not the reference meant"
-    );
-    assert_same(
-        &results[1].0,
-        &results[0].0,
-        "persons changed between attempts",
+        undone_in.is_some(),
+        "in 5 rounds no early copy was undone in a mailbox other than {renamed_user}'s: the test shows nothing"
     );
 }
 
