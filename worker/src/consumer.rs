@@ -192,13 +192,13 @@ impl Worker {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(StopReason::Shutdown),
-                _ = broken.cancelled() => break Err(lost("a publish failed; reopening the channels")),
+                _ = broken.cancelled() => break Err(MqError::lost("a publish failed; reopening the channels")),
                 error = watch.lost() => break Err(error),
                 never = &mut fleet => match never {},
                 (slot, next) = next => match next {
                     Some(Ok(message)) => {
                         let Ok(slot) = slot else {
-                            break Err(lost("the job slots were closed"));
+                            break Err(MqError::lost("the job slots were closed"));
                         };
                         let delivery = Broker {
                             message,
@@ -217,7 +217,7 @@ impl Worker {
                         });
                     }
                     Some(Err(source)) => break Err(MqError::Amqp { context: "consuming jobs".into(), source }),
-                    None => break Err(lost("the broker cancelled the consumers")),
+                    None => break Err(MqError::lost("the broker cancelled the consumers")),
                 }
             }
         };
@@ -302,10 +302,10 @@ impl<'a> Watch<'a> {
                 },
                 _ = self.tick.tick() => {
                     if !self.connection.status().connected() {
-                        return lost("the broker connection was lost");
+                        return MqError::lost("the broker connection was lost");
                     }
                     if !self.channel.status().connected() {
-                        return lost("the broker closed the consume channel (consumer timeout?)");
+                        return MqError::lost("the broker closed the consume channel (consumer timeout?)");
                     }
                 }
             }
@@ -318,16 +318,6 @@ struct SessionEnd {
     error: MqError,
     /// Whether it got as far as consuming.
     consumed: bool,
-}
-
-/// A lost connection or channel, as an error naming `context`.
-fn lost(context: &str) -> MqError {
-    MqError::Amqp {
-        context: context.into(),
-        source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-            lapin::ConnectionState::Closed,
-        )),
-    }
 }
 
 /// What a session consumes and publishes through.
@@ -346,7 +336,9 @@ impl Worker {
             mq::connect(&self.config.amqp_url, &self.config.name).await?,
         ));
         let Some(connection) = half_open.0.as_ref() else {
-            return Err(lost("the connection was gone before it was set up"));
+            return Err(MqError::lost(
+                "the connection was gone before it was set up",
+            ));
         };
         let setup = mq::open_channel(connection, "setup").await?;
         mq::declare(&setup, &self.config.topology).await?;
@@ -369,7 +361,9 @@ impl Worker {
             consumers.push(mq::consume(&channel, &queue, &tag).await?);
         }
         let Some(connection) = half_open.keep() else {
-            return Err(lost("the connection was gone before it was set up"));
+            return Err(MqError::lost(
+                "the connection was gone before it was set up",
+            ));
         };
         Ok(Opened {
             connection,

@@ -110,7 +110,11 @@ impl Publisher {
         report_queue: Option<&str>,
         news: Vec<u8>,
     ) -> Result<(), MqError> {
-        if report_queue != Some(self.topology.run_reports_queue(run_id).as_str()) {
+        if self
+            .topology
+            .report_queue_named(run_id, report_queue)
+            .is_none()
+        {
             return Ok(());
         }
         let properties = BasicProperties::default()

@@ -96,6 +96,17 @@ pub enum MqError {
 }
 
 impl MqError {
+    /// A lost connection or channel, as an error naming `context` (noticed by a status check or an ended consumer,
+    /// where lapin gives no error of its own).
+    pub fn lost(context: impl Into<String>) -> Self {
+        MqError::Amqp {
+            context: context.into(),
+            source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                lapin::ConnectionState::Closed,
+            )),
+        }
+    }
+
     /// Whether publishing the same message again can never succeed (so retrying it is pointless).
     pub fn is_permanent(&self) -> bool {
         matches!(self, MqError::TooLarge { .. })

@@ -111,11 +111,13 @@ impl Topology {
     /// run under this prefix, else (`None`) the shared report queue. A job is outside input, so any other name
     /// (another prefix, another run's queue, a job queue) is not published to.
     pub fn report_queue_of(&self, job: &Job) -> Option<String> {
-        let expected = self.run_reports_queue(job.run_id);
-        job.report_queue
-            .as_deref()
-            .filter(|named| *named == expected)
-            .map(|_| expected)
+        self.report_queue_named(job.run_id, job.report_queue.as_deref())
+    }
+
+    /// [`Self::report_queue_of`] for run `run_id` and the queue a job of it names (`named`).
+    pub fn report_queue_named(&self, run_id: Uuid, named: Option<&str>) -> Option<String> {
+        let expected = self.run_reports_queue(run_id);
+        named.filter(|named| *named == expected).map(|_| expected)
     }
 
     /// The arguments of a run's report queue: classic (one consumer, short-lived), removed by the broker once

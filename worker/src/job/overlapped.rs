@@ -41,42 +41,6 @@ pub(super) struct Step<'a> {
 }
 
 impl JobRunner {
-    /// Phase 1's side: puts on `board` the folder `plan` leaves (from `read`, the folder as read) and the persons
-    /// it creates, and tells the producer, whose phase-2 jobs then go out carrying `cursors` without the central
-    /// folder's (no mailbox is in line with what is still being written; they take the generation the folder ends
-    /// in line with from the board). Returns the board the writes confirm creates on; `None` (nothing announced)
-    /// for a plan of one batch or less: no copy could go before its first batch is answered, and by then phase 1
-    /// is over, so phase-2 jobs would only read their mailboxes twice (a 1 %-changed re-run: 163 requests against
-    /// 142).
-    pub(super) fn announce_plan<'b>(
-        &self,
-        job: &Job,
-        board: &'b Board,
-        read: Vec<Contact>,
-        plan: &sync::Plan,
-        now: chrono::DateTime<chrono::Utc>,
-        cursors: &Cursors,
-    ) -> Option<&'b Board> {
-        // More than one batch of writes.
-        plan.writes().nth(WRITE_BATCH)?;
-        let folder = overlap::planned_folder(read, plan, now)?;
-        let mut announced = cursors.clone();
-        announced.central = None;
-        let news = Planned {
-            tenant_id: job.tenant_id.clone(),
-            run_id: job.run_id,
-            job_id: job.job_id,
-            cursors: announced,
-        };
-        board.planned(
-            folder,
-            overlap::created_persons(plan),
-            news,
-            job.report_queue.clone(),
-        );
-        Some(board)
-    }
-
     /// Phase 2 of `step.mailbox` while phase 1 (on `step.board`) may still be writing.
     pub(super) async fn phase2_overlapped(
         &self,
@@ -329,6 +293,41 @@ impl JobRunner {
         }
         Ok(undone.deleted)
     }
+}
+
+/// Phase 1's side: puts on `board` the folder `plan` leaves (from `read`, the folder as read) and the persons
+/// it creates, and tells the producer, whose phase-2 jobs then go out carrying `cursors` without the central
+/// folder's (no mailbox is in line with what is still being written; they take the generation the folder ends
+/// in line with from the board). Returns the board the writes confirm creates on; `None` (nothing announced)
+/// for a plan of one batch or less: no copy could go before its first batch is answered, and by then phase 1
+/// is over, so phase-2 jobs would only read their mailboxes twice (a 1 %-changed re-run: 163 requests against
+/// 142).
+pub(super) fn announce_plan<'b>(
+    job: &Job,
+    board: &'b Board,
+    read: Vec<Contact>,
+    plan: &sync::Plan,
+    now: chrono::DateTime<chrono::Utc>,
+    cursors: &Cursors,
+) -> Option<&'b Board> {
+    // More than one batch of writes.
+    plan.writes().nth(WRITE_BATCH)?;
+    let folder = overlap::planned_folder(read, plan, now)?;
+    let mut announced = cursors.clone();
+    announced.central = None;
+    let news = Planned {
+        tenant_id: job.tenant_id.clone(),
+        run_id: job.run_id,
+        job_id: job.job_id,
+        cursors: announced,
+    };
+    board.planned(
+        folder,
+        overlap::created_persons(plan),
+        news,
+        job.report_queue.clone(),
+    );
+    Some(board)
 }
 
 /// An overlapped job that runs once phase 1 is over, as the ordered job it then is: not overlapped, with the

@@ -216,9 +216,14 @@ impl JobRunner {
         drop(source_mailboxes);
         // Overlapped: the phase-2 jobs go now (the folder as read becomes the folder the plan leaves).
         let overlapping = match publishing.board() {
-            Some(board) => {
-                self.announce_plan(job, board, central_contacts, &plan, ctx.now, &cursors)
-            }
+            Some(board) => super::overlapped::announce_plan(
+                job,
+                board,
+                central_contacts,
+                &plan,
+                ctx.now,
+                &cursors,
+            ),
             None => {
                 drop(central_contacts);
                 None

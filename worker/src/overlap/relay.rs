@@ -511,7 +511,7 @@ async fn read_entries(
         let delivery = match tokio::time::timeout(SILENT_FOR, entries.next()).await {
             Err(_) => return Err(Stop::Lost("it stayed silent")),
             Ok(None) if !session.connection.status().connected() => {
-                return Err(Stop::Broken(lost("the connection was lost")))
+                return Err(Stop::Broken(MqError::lost("the connection was lost")))
             }
             // The broker cancels the consumer when the stream is deleted.
             Ok(None) => return Err(Stop::Lost("its stream was deleted")),
@@ -537,15 +537,6 @@ async fn read_entries(
         if stage.borrow().ended.is_some() {
             return Ok(());
         }
-    }
-}
-
-fn lost(context: &str) -> MqError {
-    MqError::Amqp {
-        context: context.into(),
-        source: lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-            lapin::ConnectionState::Closed,
-        )),
     }
 }
 
