@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use graphsim::{EstateParams, FaultConfig, RetryAfter, SimConfig};
+use graphsim::{EstateParams, RetryAfter, SimConfig};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use shared::message::{FailureReason, Phase};
@@ -459,13 +459,7 @@ async fn graph_throttling_and_server_errors_change_timing_not_the_result() {
     let expected = reference_state(params.clone()).await;
     let estate = Estate::seed(
         SimConfig {
-            // Dev Proxy's vocabulary and rate of throttling and transient 5xx. (Its random 507 on writes is left
-            // out: on Graph 507 means a full mailbox, which the fleet reports as a refused write, not retries.)
-            faults: FaultConfig {
-                statuses: vec![429, 500, 502, 503, 504],
-                retry_after: RetryAfter::Integer(1),
-                ..FaultConfig::devproxy(0.08)
-            },
+            faults: support::devproxy_faults(RetryAfter::Integer(1)),
             ..SimConfig::default()
         },
         params,

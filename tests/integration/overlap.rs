@@ -397,11 +397,7 @@ async fn throttling_and_server_errors_everywhere_change_nothing_of_the_outcome()
     let expected = ordered(SimConfig::default(), params(64)).await;
     let estate = Estate::seed(
         SimConfig {
-            faults: FaultConfig {
-                statuses: vec![429, 500, 502, 503, 504],
-                retry_after: RetryAfter::Integer(0),
-                ..FaultConfig::devproxy(0.08)
-            },
+            faults: support::devproxy_faults(RetryAfter::Integer(0)),
             ..SimConfig::default()
         },
         params(64),

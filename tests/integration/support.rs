@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use graphsim::{EstateParams, SeededTenant, Sim, SimConfig};
+use graphsim::{EstateParams, FaultConfig, RetryAfter, SeededTenant, Sim, SimConfig};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use shared::config::Settings;
 use shared::graph::{ClientOptions, GraphClient};
@@ -443,4 +443,15 @@ pub fn sync_id(contact: &serde_json::Value) -> Option<String> {
         })
         .and_then(|p| p["value"].as_str())
         .map(str::to_lowercase)
+}
+
+/// Dev Proxy's vocabulary and rate of throttling and transient 5xx (8 %), each answer asking to wait `retry_after`.
+/// (Its random 507 on writes is left out: on Graph 507 means a full mailbox, which the fleet reports as a refused
+/// write, not retries.)
+pub fn devproxy_faults(retry_after: RetryAfter) -> FaultConfig {
+    FaultConfig {
+        statuses: vec![429, 500, 502, 503, 504],
+        retry_after,
+        ..FaultConfig::devproxy(0.08)
+    }
 }
