@@ -13,7 +13,7 @@ use shared::message::{Job, JobKind, Report};
 use shared::mq::{self, board, MqError, Publisher, Topology};
 use shared::run_status::RunStatus;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 use uuid::Uuid;
 use worker::disposition::RetryPolicy;
 use worker::embedded::EmbeddedQueue;
@@ -23,6 +23,7 @@ use worker::overlap::{Ended, Planned};
 use crate::fair::Limits;
 use crate::lease::{FileLeases, LeaseError};
 use crate::orchestrate::{Dispatch, Event};
+use crate::state::StateStore;
 
 /// Jobs run by in-process workers.
 pub struct Embedded {
@@ -156,6 +157,8 @@ pub struct Broker {
     /// The tenants whose phase-1 job went out overlapped this run: each may have a board on the broker, deleted at
     /// the run's end.
     boards: Vec<String>,
+    /// Where the boards that may be on the broker are noted per tenant ([`Broker::note_boards_in`]).
+    board_notes: Option<StateStore>,
 }
 
 /// One connection with its confirm channel and, once the run began, its report consumer.
@@ -270,7 +273,59 @@ impl Broker {
             limits: Limits::broker(None),
             overlap: false,
             boards: Vec::new(),
+            board_notes: None,
         })
+    }
+
+    /// Notes each tenant's board in `store` while it may be on the broker, so that a run that could not delete
+    /// its boards (the producer crashed, or lost the broker at its end) has them deleted by the tenant's next run,
+    /// once that run holds the tenant's lease. `None` (no state kept): such a board stays until deleted by hand.
+    pub fn note_boards_in(mut self, store: Option<StateStore>) -> Self {
+        self.board_notes = store;
+        self
+    }
+
+    /// Adds `stream` to (or removes it from) `tenant_id`'s note; a failure only warns (the board is then deleted
+    /// at the run's end as always, or by hand after a crash).
+    fn note_board(&self, tenant_id: &str, stream: &str, on_broker: bool) {
+        let Some(store) = &self.board_notes else {
+            return;
+        };
+        let mut streams = store.boards(tenant_id);
+        let changed = if on_broker {
+            streams.insert(stream.to_owned())
+        } else {
+            streams.remove(stream)
+        };
+        if changed {
+            if let Err(error) = store.save_boards(tenant_id, &streams) {
+                warn!(tenant = tenant_id, error = %format!("{error:#}"), "could not note the tenant's phase-1 board");
+            }
+        }
+    }
+
+    /// Deletes the boards earlier runs of `tenant_id` noted and left (called under the tenant's lease: no other
+    /// run of the tenant is live, so nobody follows them).
+    async fn delete_left_boards(&self, tenant_id: &str) {
+        let Some(left) = self.board_notes.as_ref().map(|s| s.boards(tenant_id)) else {
+            return;
+        };
+        if left.is_empty() {
+            return;
+        }
+        let deleted = async {
+            let channel = mq::open_channel(&self.session.connection, "board").await?;
+            for stream in &left {
+                board::delete_board(&channel, stream).await?;
+                info!(tenant = tenant_id, stream = %stream, "deleted a phase-1 board an earlier run left");
+                self.note_board(tenant_id, stream, false);
+            }
+            let _ = channel.close(200, "boards deleted".into()).await;
+            Ok::<(), MqError>(())
+        };
+        if let Err(error) = deleted.await {
+            warn!(tenant = tenant_id, %error, "could not delete the phase-1 boards an earlier run left; the next run tries again");
+        }
     }
 
     /// Overlapped phases across the fleet (issue 13): a tenant's phase-2 jobs go out once its phase 1 planned, and
@@ -351,6 +406,10 @@ impl Dispatch for Broker {
         for job in &jobs {
             let overlapped_phase1 = job.overlapped && matches!(job.kind, JobKind::Phase1 { .. });
             if overlapped_phase1 && !self.boards.contains(&job.tenant_id) {
+                if let Some((run_id, _)) = &self.run {
+                    let stream = self.topology.board_stream(*run_id, &job.tenant_id);
+                    self.note_board(&job.tenant_id, &stream, true);
+                }
                 self.boards.push(job.tenant_id.clone());
             }
         }
@@ -463,6 +522,7 @@ impl Dispatch for Broker {
         match mq::take_lease(&self.session.connection, &queue).await {
             Ok(true) => {
                 self.leases.push((tenant_id.to_owned(), queue));
+                self.delete_left_boards(tenant_id).await;
                 Ok(())
             }
             Ok(false) => Err(LeaseError::Held {
@@ -486,8 +546,9 @@ impl Dispatch for Broker {
             let deleted = async {
                 let channel = mq::open_channel(&self.session.connection, "board").await?;
                 for tenant in &boards {
-                    board::delete_board(&channel, &self.topology.board_stream(*run_id, tenant))
-                        .await?;
+                    let stream = self.topology.board_stream(*run_id, tenant);
+                    board::delete_board(&channel, &stream).await?;
+                    self.note_board(tenant, &stream, false);
                 }
                 let _ = channel.close(200, "boards deleted".into()).await;
                 Ok::<(), MqError>(())

@@ -197,7 +197,9 @@ async fn execute_as(
             let mut broker = Broker::connect(url, Topology::new(args.queue_prefix.clone()))
                 .await?
                 .tenant_jobs(args.tenant_jobs)
-                .overlap_phases(!args.ordered_phases);
+                .overlap_phases(!args.ordered_phases)
+                // Kept with `--no-state` too: like the leases, this is about the broker, not about feeds.
+                .note_boards_in(args.state_dir.clone().map(StateStore::new));
             orchestrate::run(&mut broker, &graph, request).await
         }
     }

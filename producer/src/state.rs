@@ -67,6 +67,14 @@ struct KnownTargetFolder {
     target_folder: FolderChoice,
 }
 
+/// Board streams that may still be on the broker (see [`StateStore::boards`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KnownBoards {
+    schema: u32,
+    streams: BTreeSet<String>,
+}
+
 /// The central folder earlier runs filled: the shared mailbox's and the folder's Graph ids.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -302,6 +310,44 @@ impl StateStore {
         self.replace(&self.folder_file(tenant_id), &json)
     }
 
+    fn boards_file(&self, tenant_id: &str) -> PathBuf {
+        self.dir.join(format!(
+            "boards-{}.json",
+            crate::lease::file_safe(tenant_id)
+        ))
+    }
+
+    /// The phase-1 board streams runs of `tenant_id` put on the broker and did not delete (a producer that
+    /// crashed, or lost the broker at its end): the next run of the tenant deletes them. Empty when none is noted
+    /// or the note is unreadable (a stream then stays until deleted by hand, as before notes were kept).
+    pub fn boards(&self, tenant_id: &str) -> BTreeSet<String> {
+        std::fs::read(self.boards_file(tenant_id))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<KnownBoards>(&bytes).ok())
+            .filter(|known| known.schema == STATE_SCHEMA)
+            .map(|known| known.streams)
+            .unwrap_or_default()
+    }
+
+    /// Notes `streams` as `tenant_id`'s boards that may be on the broker; none removes the note.
+    pub fn save_boards(&self, tenant_id: &str, streams: &BTreeSet<String>) -> Result<()> {
+        let path = self.boards_file(tenant_id);
+        if streams.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", path.display()))
+                }
+                _ => Ok(()),
+            };
+        }
+        let known = KnownBoards {
+            schema: STATE_SCHEMA,
+            streams: streams.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&known).context("serialising the boards")?;
+        self.replace(&path, &json)
+    }
+
     /// Writes `json` to `path` atomically ([`crate::files::write_atomically`]), creating the state directory.
     fn replace(&self, path: &Path, json: &[u8]) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
@@ -487,6 +533,27 @@ mod tests {
             store.target_folder("t"),
             Some(FolderChoice::DefaultContacts)
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn boards_are_noted_per_tenant_and_the_note_goes_when_none_is_left() {
+        let dir = std::env::temp_dir().join(format!("cm-state-{}", Uuid::new_v4().simple()));
+        let store = StateStore::new(&dir);
+        assert!(store.boards("t").is_empty());
+        let streams: BTreeSet<String> =
+            ["cm.board.r1.t".to_owned(), "cm.board.r2.t".to_owned()].into();
+        store.save_boards("t", &streams).expect("noted");
+        assert_eq!(store.boards("t"), streams);
+        assert!(store.boards("other").is_empty(), "another tenant's boards");
+        store.save_boards("t", &BTreeSet::new()).expect("cleared");
+        assert!(store.boards("t").is_empty());
+        assert!(!store.boards_file("t").exists(), "an empty note is removed");
+        store
+            .save_boards("t", &BTreeSet::new())
+            .expect("clearing twice is no error");
+        std::fs::write(store.boards_file("t"), b"{not json").expect("damaged");
+        assert!(store.boards("t").is_empty(), "a damaged note names nothing");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -599,3 +599,56 @@ async fn deleting_a_board_that_was_never_made_is_no_error() {
     support::delete_topology(&topology).await;
     assert!(!left, "the made board was not deleted");
 }
+
+/// A board a run could not delete (its producer crashed) is noted in the state directory, and the tenant's next
+/// run deletes it once it holds the tenant's lease; that run's own board goes, and leaves the note, at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_board_a_crashed_run_left_is_deleted_by_the_tenants_next_run() {
+    let _broker = BROKER.read().await;
+    let (config, params) = three_batches(67);
+    let estate = Estate::seed(config, params).await;
+    let settings = estate.settings();
+    let tenant = estate.tenants[0].tenant_id.clone();
+    let topology = support::private_topology();
+    // The crashed run's board, on the broker and noted as that run's producer notes it.
+    let connection = support::connect().await;
+    let channel = connection.create_channel().await.expect("a channel");
+    shared::mq::declare(&channel, &topology)
+        .await
+        .expect("topology");
+    let left = shared::mq::board::declare_board(&channel, &topology, uuid::Uuid::now_v7(), &tenant)
+        .await
+        .expect("declared");
+    let _ = connection.close(200, "done".into()).await;
+    let state_dir =
+        std::env::temp_dir().join(format!("cm-state-{}", uuid::Uuid::new_v4().simple()));
+    let store = producer::state::StateStore::new(&state_dir);
+    store
+        .save_boards(&tenant, &[left.clone()].into())
+        .expect("noted");
+    let fleet = vec![support::spawn_worker_of(support::worker_with_slots(
+        &settings, &topology, "boards", 4,
+    ))];
+    let args = RunArgs {
+        ordered_phases: false,
+        state_dir: Some(state_dir.clone()),
+        ..broker_args(&topology)
+    };
+    let report = run(&settings, &args).await;
+    support::stop_workers(fleet).await;
+    let own = topology.board_stream(report.run_id, &tenant);
+    let (left_stays, own_stays) = (queue_exists(&left).await, queue_exists(&own).await);
+    let noted = store.boards(&tenant);
+    support::delete_topology(&topology).await;
+    let _ = std::fs::remove_dir_all(&state_dir);
+    assert_every_tenant_ran(&report);
+    assert!(
+        !left_stays,
+        "the crashed run's board {left} outlived the next run"
+    );
+    assert!(!own_stays, "the run's own board {own} outlived it");
+    assert!(
+        noted.is_empty(),
+        "boards still noted after the run: {noted:?}"
+    );
+}
