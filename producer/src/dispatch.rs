@@ -561,9 +561,13 @@ impl Dispatch for Broker {
         if let Some((_, queue)) = run {
             let deleted = async {
                 let channel = self.session.connection.create_channel().await?;
-                channel
+                let deleted = channel
                     .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await
+                    .await;
+                // Closed here, not on drop: lapin closes a dropped channel in the background, which then races
+                // the connection's close below and logs a connection error.
+                let _ = channel.close(200, "report queue deleted".into()).await;
+                deleted
             };
             // A failure is harmless: the broker removes the queue once it has been unused for a while.
             match tokio::time::timeout(CLOSE_WAIT, deleted).await {
