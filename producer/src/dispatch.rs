@@ -553,9 +553,15 @@ impl Dispatch for Broker {
                 let _ = channel.close(200, "boards deleted".into()).await;
                 Ok::<(), MqError>(())
             };
-            // A board left behind only holds a day of entries (`Topology::board_stream_arguments`).
-            if let Err(error) = deleted.await {
-                warn!(%error, run = %run_id, "could not delete the run's phase-1 boards");
+            // Bounded: a board left behind stays noted, and the tenant's next run deletes it.
+            match tokio::time::timeout(CLOSE_WAIT, deleted).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    warn!(%error, run = %run_id, "could not delete the run's phase-1 boards; the tenants' next runs will")
+                }
+                Err(_) => {
+                    warn!(run = %run_id, "deleting the run's phase-1 boards took too long; the tenants' next runs will")
+                }
             }
         }
         if let Some((_, queue)) = run {

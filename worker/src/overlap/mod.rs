@@ -210,11 +210,18 @@ impl Board {
         }
     }
 
-    /// Phase 1 is over.
+    /// Phase 1 is over. On the broker, said only by a process that planned on the board: with no plan there, no
+    /// phase-2 job follows it but those an earlier attempt's plan sent, and the producer tells them (its
+    /// `phase1_ended`), so a run whose phase 1 planned nothing (nothing changed, a plan too small to overlap) puts
+    /// no stream on the broker.
     pub fn ended(&self, ended: Ended) {
         match &self.backend {
             Backend::InProcess { .. } => self.stage.send_modify(|stage| stage.end(ended)),
-            Backend::Relayed { .. } => self.send(relay::Entry::Ended { ended }),
+            Backend::Relayed { .. } => {
+                if self.attempt().is_some() {
+                    self.send(relay::Entry::Ended { ended });
+                }
+            }
         }
     }
 
@@ -496,5 +503,35 @@ mod tests {
             "a place given back is free again"
         );
         assert_eq!(boards.wait_limit(), Some(FLEET_WAIT));
+    }
+
+    /// Whether the board's outbox (which declares the tenant's stream on the broker) was started.
+    fn sends(board: &Board) -> bool {
+        matches!(&board.backend, Backend::Relayed { outbox, .. } if outbox.get().is_some())
+    }
+
+    #[tokio::test]
+    async fn a_fleet_board_stays_off_the_broker_until_a_plan_is_made_there() {
+        let boards = Boards::default();
+        // Nothing listens there: the outbox, once started, only fails to connect in the background.
+        let relay = relay::Relay::new("amqp://127.0.0.1:1", shared::mq::Topology::new("test"), "t");
+        boards.relay(relay, 1);
+        let board = boards.board("t", Uuid::now_v7()).expect("on");
+        Publishing::on(Some(&board)).finish(Ended::Written { in_line_with: None });
+        assert!(
+            !sends(&board),
+            "a phase 1 that planned nothing (nothing changed) put its end on the broker"
+        );
+        drop(Publishing::on(Some(&board)));
+        assert!(!sends(&board), "nor an interruption");
+        let news = Planned {
+            tenant_id: "t".into(),
+            run_id: board.run_id,
+            job_id: Uuid::now_v7(),
+            cursors: Cursors::default(),
+        };
+        board.planned(Vec::new(), [person(1)].into(), news, None);
+        Publishing::on(Some(&board)).finish(Ended::Written { in_line_with: None });
+        assert!(sends(&board), "a plan and its end go to the broker");
     }
 }
