@@ -578,11 +578,7 @@ async fn a_fleet_whose_phase_1_attempt_fails_runs_it_again_and_ends_as_an_ordere
 async fn deleting_a_board_that_was_never_made_is_no_error() {
     let _broker = BROKER.read().await;
     let topology = support::private_topology();
-    let connection = support::connect().await;
-    let channel = connection.create_channel().await.expect("a channel");
-    shared::mq::declare(&channel, &topology)
-        .await
-        .expect("topology");
+    let (connection, channel) = support::declared(&topology).await;
     let run_id = uuid::Uuid::now_v7();
     let made = shared::mq::board::declare_board(&channel, &topology, run_id, "made")
         .await
@@ -611,11 +607,7 @@ async fn a_board_a_crashed_run_left_is_deleted_by_the_tenants_next_run() {
     let tenant = estate.tenants[0].tenant_id.clone();
     let topology = support::private_topology();
     // The crashed run's board, on the broker and noted as that run's producer notes it.
-    let connection = support::connect().await;
-    let channel = connection.create_channel().await.expect("a channel");
-    shared::mq::declare(&channel, &topology)
-        .await
-        .expect("topology");
+    let (connection, channel) = support::declared(&topology).await;
     let left = shared::mq::board::declare_board(&channel, &topology, uuid::Uuid::now_v7(), &tenant)
         .await
         .expect("declared");

@@ -69,9 +69,7 @@ fn one_at_a_time(settings: &Settings, topology: &Topology, name: &str, grace: Du
 
 /// Declares `topology` and publishes `body` to the jobs exchange with `phase`'s routing key.
 async fn publish_raw(topology: &Topology, phase: Phase, body: &[u8]) {
-    let connection = support::connect().await;
-    let channel = connection.create_channel().await.expect("channel");
-    mq::declare(&channel, topology).await.expect("declare");
+    let (connection, channel) = support::declared(topology).await;
     channel
         .confirm_select(Default::default())
         .await
@@ -92,9 +90,7 @@ async fn publish_raw(topology: &Topology, phase: Phase, body: &[u8]) {
 }
 
 async fn publish(topology: &Topology, job: &Job) {
-    let connection = support::connect().await;
-    let channel = connection.create_channel().await.expect("channel");
-    mq::declare(&channel, topology).await.expect("declare");
+    let (connection, _channel) = support::declared(topology).await;
     let _ = connection.close(200, "done".into()).await;
     publish_declared(topology, job).await;
 }

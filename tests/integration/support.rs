@@ -27,6 +27,14 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
+/// A connection to the test broker with a channel on which `topology` is declared.
+pub async fn declared(topology: &Topology) -> (lapin::Connection, lapin::Channel) {
+    let connection = connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    mq::declare(&channel, topology).await.expect("declare");
+    (connection, channel)
+}
+
 /// Connects to the test broker or fails with a message that says what to do.
 pub async fn connect() -> lapin::Connection {
     match mq::connect(&amqp_url(), "contactmirror-tests").await {
