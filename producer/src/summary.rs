@@ -294,8 +294,10 @@ impl TenantReport {
                     c.photos_sent, c.photos_removed
                 ));
             }
-            if c.mailboxes_unchanged > 0 {
-                part.push_str(&format!(" ({} mailboxes unchanged)", c.mailboxes_unchanged));
+            match c.mailboxes_unchanged {
+                0 => {}
+                1 => part.push_str(" (1 mailbox unchanged)"),
+                n => part.push_str(&format!(" ({n} mailboxes unchanged)")),
             }
             parts.push(part);
         }
@@ -550,6 +552,26 @@ mod tests {
             "[disabled] woodgrove.com: Enabled is false, not run"
         );
         assert_eq!(lines.len(), 7, "{text}");
+    }
+
+    #[test]
+    fn unchanged_mailboxes_are_counted_in_words_that_agree() {
+        let counts = |n: u64| PhaseCounts {
+            mailboxes_unchanged: n,
+            ..PhaseCounts::default()
+        };
+        let tenant = TenantReport {
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            users: 76,
+            phases: [(Phase::Phase1, counts(1)), (Phase::Phase2, counts(75))].into(),
+            ..TenantReport::default()
+        };
+        let text = run(vec![tenant], false).human();
+        assert!(
+            text.contains("phase1 0 created, 0 updated, 0 deleted (1 mailbox unchanged);"),
+            "{text}"
+        );
+        assert!(text.contains("(75 mailboxes unchanged);"), "{text}");
     }
 
     #[test]
