@@ -153,6 +153,8 @@ pub struct FleetOptions {
     pub scratch: PathBuf,
     /// The producer gives up after this long without any report.
     pub idle_timeout_secs: u64,
+    /// Keep a broker run's worker processes up for the estate's next run (`--warm-pool`).
+    pub warm_pool: bool,
 }
 
 /// CPU and memory of one worker process over one run.
@@ -190,13 +192,63 @@ pub struct Synced {
     pub workers: Vec<WorkerUsage>,
 }
 
-/// Runs one sync of every tenant of `estate` in `mode`.
+/// The worker processes kept up between the runs of one estate (`--warm-pool`), as a deployment keeps its pool up
+/// between runs (`minReplicaCount: 1` in `deploy/k8s/worker-scaledobject.yaml`): a re-run then finds them running,
+/// with their broker connections, tokens and resolved tenants, instead of starting them.
+#[derive(Default)]
+pub struct Standing(tokio::sync::Mutex<Option<(String, Pool)>>);
+
+impl Standing {
+    /// The pool for `key`: the standing one when it was started for the same key, else a new one (a standing pool
+    /// of another key is stopped first).
+    async fn take(
+        &self,
+        key: &str,
+        start: impl std::future::Future<Output = Result<Pool>>,
+    ) -> Result<Pool> {
+        let standing = self.0.lock().await.take();
+        match standing {
+            Some((k, pool)) if k == key => Ok(pool),
+            other => {
+                if let Some((_, pool)) = other {
+                    stop_quietly(pool).await;
+                }
+                start.await
+            }
+        }
+    }
+
+    /// Keeps `pool` up for the next run of `key`.
+    async fn keep(&self, key: String, pool: Pool) {
+        if let Some((_, old)) = self.0.lock().await.replace((key, pool)) {
+            stop_quietly(old).await;
+        }
+    }
+
+    /// Stops the standing pool, if any.
+    pub async fn stop(&self) {
+        if let Some((_, pool)) = self.0.lock().await.take() {
+            stop_quietly(pool).await;
+        }
+    }
+}
+
+/// Stops `pool`, reporting a failure as a warning (its runs were measured already).
+async fn stop_quietly(pool: Pool) {
+    if let Err(error) = pool.stop().await {
+        eprintln!("warning: stopping a standing worker pool: {error:#}");
+    }
+}
+
+/// Runs one sync of every tenant of `estate` in `mode`; with `--warm-pool` (`opts.warm_pool`) a broker run's
+/// worker processes stay up in `standing` for the estate's next run.
 pub async fn sync(
     estate: &Estate,
     budget: Budget,
     mode: Mode,
     opts: &FleetOptions,
     label: &str,
+    standing: &Standing,
 ) -> Result<Synced> {
     let settings = &estate.settings(budget)?;
     match mode {
@@ -215,7 +267,16 @@ pub async fn sync(
             producer,
             overlap,
         } => {
-            let mut pool = Pool::start(estate, budget, processes, opts, label).await?;
+            let key = format!(
+                "{}|{budget:?}|{processes}|{label}",
+                estate.state_dir.display()
+            );
+            let start = Pool::start(estate, budget, processes, opts, label);
+            let mut pool = if opts.warm_pool {
+                standing.take(&key, start).await?
+            } else {
+                start.await?
+            };
             let args = RunArgs {
                 ordered_phases: !overlap,
                 ..pool.args(estate)
@@ -228,6 +289,11 @@ pub async fn sync(
                 },
             };
             let result = measured(estate, producer, &args, &mut pool.workers).await;
+            if opts.warm_pool && result.is_ok() {
+                // The peaks were taken at the run's end (each worker's was reset at its start).
+                standing.keep(key, pool).await;
+                return result;
+            }
             let stopped = pool.stop().await;
             let mut synced = result?;
             for (slot, usage) in synced.workers.iter_mut().zip(stopped?) {
@@ -343,6 +409,10 @@ async fn measured(
     sim.reset_throttle();
     sim.reset_stats();
     let worker_start: Vec<Usage> = workers.iter().map(|w| w.usage()).collect::<Result<_>>()?;
+    // A standing pool's workers ran earlier runs: each peak covers this run only.
+    for w in workers.iter() {
+        probe::reset_peak_rss_of(&w.pid());
+    }
     probe::reset_peak_rss();
     let bench_start = probe::process("self")?;
     let sim_start = probe::threads_cpu(&estate.host.threads)?;

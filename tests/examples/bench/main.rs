@@ -17,6 +17,7 @@ mod producer_process;
 mod report;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -298,6 +299,10 @@ struct Cli {
     /// Keep the worker logs and configurations (in the system temp dir) after a successful run.
     #[arg(long)]
     keep_scratch: bool,
+    /// Keep a broker mode's worker processes up from one run of an estate to the next (initial sync, then its
+    /// re-runs), as a deployment keeps its pool up between runs; default: new processes for every run.
+    #[arg(long)]
+    warm_pool: bool,
 }
 
 /// Writes a URL without its password.
@@ -358,6 +363,8 @@ const PRODUCER_BIN: &str = "contactmirror-producer";
 /// Everything a run needs besides the estate.
 struct Ctx {
     fleet: FleetOptions,
+    /// Worker processes kept up between runs (`--warm-pool`).
+    standing: Arc<fleet::Standing>,
     /// The binaries the private copies were taken from (for the record).
     sources: FleetBinaries,
     latency: Duration,
@@ -369,6 +376,7 @@ impl Ctx {
     fn with_latency(&self, latency: Duration) -> Ctx {
         Ctx {
             fleet: self.fleet.clone(),
+            standing: self.standing.clone(),
             latency,
             started: self.started,
             sources: self.sources.clone(),
@@ -442,10 +450,12 @@ async fn main() -> Result<()> {
             worker_log: cli.worker_log.clone(),
             scratch: scratch.clone(),
             idle_timeout_secs: cli.idle_timeout_secs.max(1),
+            warm_pool: cli.warm_pool,
         },
         latency,
         started,
         sources,
+        standing: Arc::default(),
     };
 
     let mut rows: Vec<Row> = Vec::new();
@@ -549,6 +559,7 @@ async fn main() -> Result<()> {
         }
     }
 
+    ctx.standing.stop().await;
     let elapsed = started.elapsed();
     print_and_write(&cli, &ctx, (&rows, &fair_rows), &errors, elapsed)?;
     let leftovers = fleet::leftovers(&ctx.fleet, "bench-")
@@ -1050,7 +1061,7 @@ async fn measure(
     // Every run starts with fresh budgets: graphsim's throttle is reset, and every run builds a new client.
     let label = run.group.replace(' ', "-");
     let client = run.client_budget.unwrap_or(budget);
-    let synced = fleet::sync(estate, client, mode, &ctx.fleet, &label)
+    let synced = fleet::sync(estate, client, mode, &ctx.fleet, &label, &ctx.standing)
         .await
         .with_context(|| format!("{} ({})", run.scenario, mode.label()))?;
     let after = estate.snapshot();

@@ -97,9 +97,14 @@ pub fn threads_cpu(prefix: &str) -> Result<f64> {
 
 /// Resets this process's peak RSS to its current RSS, so the next VmHWM reading covers one scenario only.
 pub fn reset_peak_rss() {
+    reset_peak_rss_of("self");
+}
+
+/// The same for process `pid` (this user's).
+pub fn reset_peak_rss_of(pid: &str) {
     // "5" resets VmHWM (Linux >= 4.0); without it the peak covers the whole process lifetime, which only
     // overstates the figure.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
 /// One tenant's phase boundary: when the producer started its phase 2, and graphsim's counters at that moment.
