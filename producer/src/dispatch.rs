@@ -313,19 +313,48 @@ impl Broker {
         if left.is_empty() {
             return;
         }
+        // On a connection of its own, and bounded: a broker that refuses (a stream's coordinator busy closes the
+        // connection) must not take the run's session, which holds the lease, with it, nor hold the run up.
+        let left: Vec<(String, String)> = left
+            .into_iter()
+            .map(|stream| (tenant_id.to_owned(), stream))
+            .collect();
         let deleted = async {
-            let channel = mq::open_channel(&self.session.connection, "board").await?;
-            for stream in &left {
-                board::delete_board(&channel, stream).await?;
-                info!(tenant = tenant_id, stream = %stream, "deleted a phase-1 board an earlier run left");
-                self.note_board(tenant_id, stream, false);
-            }
-            let _ = channel.close(200, "boards deleted".into()).await;
-            Ok::<(), MqError>(())
+            let connection = mq::connect(&self.url, "contactmirror-producer (boards)").await?;
+            let deleted = self.delete_boards(&connection, &left).await;
+            let _ = connection.close(200, "boards deleted".into()).await;
+            deleted
         };
-        if let Err(error) = deleted.await {
-            warn!(tenant = tenant_id, %error, "could not delete the phase-1 boards an earlier run left; the next run tries again");
+        match tokio::time::timeout(CLOSE_WAIT, deleted).await {
+            Ok(Ok(())) => {
+                info!(
+                    tenant = tenant_id,
+                    boards = left.len(),
+                    "deleted the phase-1 boards earlier runs left"
+                )
+            }
+            Ok(Err(error)) => {
+                warn!(tenant = tenant_id, %error, "could not delete the phase-1 boards an earlier run left; the next run tries again")
+            }
+            Err(_) => {
+                warn!(tenant = tenant_id, "deleting the phase-1 boards an earlier run left took too long; the next run tries again")
+            }
         }
+    }
+
+    /// Deletes `boards` (tenant, stream) on `connection`, taking each off its tenant's note once it is gone.
+    async fn delete_boards(
+        &self,
+        connection: &Connection,
+        boards: &[(String, String)],
+    ) -> Result<(), MqError> {
+        let channel = mq::open_channel(connection, "board").await?;
+        for (tenant, stream) in boards {
+            board::delete_board(&channel, stream).await?;
+            self.note_board(tenant, stream, false);
+        }
+        let _ = channel.close(200, "boards deleted".into()).await;
+        Ok(())
     }
 
     /// Overlapped phases across the fleet (issue 13): a tenant's phase-2 jobs go out once its phase 1 planned, and
@@ -543,16 +572,14 @@ impl Dispatch for Broker {
         let run = self.run.take();
         let boards = std::mem::take(&mut self.boards);
         if let (Some((run_id, _)), false) = (&run, boards.is_empty()) {
-            let deleted = async {
-                let channel = mq::open_channel(&self.session.connection, "board").await?;
-                for tenant in &boards {
-                    let stream = self.topology.board_stream(*run_id, tenant);
-                    board::delete_board(&channel, &stream).await?;
-                    self.note_board(tenant, &stream, false);
-                }
-                let _ = channel.close(200, "boards deleted".into()).await;
-                Ok::<(), MqError>(())
-            };
+            let boards: Vec<(String, String)> = boards
+                .into_iter()
+                .map(|tenant| {
+                    let stream = self.topology.board_stream(*run_id, &tenant);
+                    (tenant, stream)
+                })
+                .collect();
+            let deleted = self.delete_boards(&self.session.connection, &boards);
             // Bounded: a board left behind stays noted, and the tenant's next run deletes it.
             match tokio::time::timeout(CLOSE_WAIT, deleted).await {
                 Ok(Ok(())) => {}
