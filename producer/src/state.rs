@@ -250,20 +250,13 @@ impl StateStore {
     /// The central folder the last successful phase 1 of `tenant_id` filled, whatever the state's scope (a
     /// lost folder changes the scope). `None` when no state says so.
     pub fn filled_central(&self, tenant_id: &str) -> Option<KnownCentral> {
-        let bytes = std::fs::read(self.file(tenant_id)).ok()?;
-        serde_json::from_slice::<TenantMemory>(&bytes)
-            .ok()
-            .filter(|memory| memory.schema == STATE_SCHEMA)?
-            .filled_central
+        read_own(&self.file(tenant_id), |m: &TenantMemory| m.schema)?.filled_central
     }
 
     /// The users the last saved run of `tenant_id` found without an Exchange mailbox (UPNs, lowercase), whatever
     /// the state's scope; empty when no state says so.
     pub fn without_mailbox(&self, tenant_id: &str) -> BTreeSet<String> {
-        std::fs::read(self.file(tenant_id))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<TenantMemory>(&bytes).ok())
-            .filter(|memory| memory.schema == STATE_SCHEMA)
+        read_own(&self.file(tenant_id), |m: &TenantMemory| m.schema)
             .map(|memory| memory.without_mailbox)
             .unwrap_or_default()
     }
@@ -293,11 +286,10 @@ impl StateStore {
     /// `TargetFolder` then), whatever the feeds' scope; `None` when nothing is recorded. A changed `TargetFolder`
     /// moves the copies from there.
     pub fn target_folder(&self, tenant_id: &str) -> Option<FolderChoice> {
-        let bytes = std::fs::read(self.folder_file(tenant_id)).ok()?;
-        serde_json::from_slice::<KnownTargetFolder>(&bytes)
-            .ok()
-            .filter(|known| known.schema == STATE_SCHEMA)
-            .map(|known| known.target_folder)
+        read_own(&self.folder_file(tenant_id), |k: &KnownTargetFolder| {
+            k.schema
+        })
+        .map(|known| known.target_folder)
     }
 
     /// Records `folder` as where every receiving mailbox of `tenant_id` now has its managed copies.
@@ -321,10 +313,7 @@ impl StateStore {
     /// crashed, or lost the broker at its end): the next run of the tenant deletes them. Empty when none is noted
     /// or the note is unreadable (a stream then stays until deleted by hand, as before notes were kept).
     pub fn boards(&self, tenant_id: &str) -> BTreeSet<String> {
-        std::fs::read(self.boards_file(tenant_id))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<KnownBoards>(&bytes).ok())
-            .filter(|known| known.schema == STATE_SCHEMA)
+        read_own(&self.boards_file(tenant_id), |k: &KnownBoards| k.schema)
             .map(|known| known.streams)
             .unwrap_or_default()
     }
@@ -355,6 +344,15 @@ impl StateStore {
         crate::files::write_atomically(path, json)
             .with_context(|| format!("replacing {}", path.display()))
     }
+}
+
+/// The document at `path` when it reads as a `T` of this build's schema (`schema` tells a document's); `None` when
+/// it is missing, unreadable or foreign, which callers take as "nothing known".
+fn read_own<T: serde::de::DeserializeOwned>(path: &Path, schema: impl Fn(&T) -> u32) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice::<T>(&bytes)
+        .ok()
+        .filter(|doc| schema(doc) == STATE_SCHEMA)
 }
 
 impl TenantMemory {
