@@ -554,6 +554,7 @@ mod tests {
         assert_eq!(lines.len(), 7, "{text}");
     }
 
+    /// Failed before the fix: every quiet run's summary said "(1 mailboxes unchanged)" for phase 1.
     #[test]
     fn unchanged_mailboxes_are_counted_in_words_that_agree() {
         let counts = |n: u64| PhaseCounts {

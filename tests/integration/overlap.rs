@@ -598,6 +598,7 @@ async fn deleting_a_board_that_was_never_made_is_no_error() {
 
 /// A board a run could not delete (its producer crashed) is noted in the state directory, and the tenant's next
 /// run deletes it once it holds the tenant's lease; that run's own board goes, and leaves the note, at its end.
+/// Failed before the fix: the crashed run's stream stayed on the broker until deleted by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_board_a_crashed_run_left_is_deleted_by_the_tenants_next_run() {
     let _broker = BROKER.read().await;

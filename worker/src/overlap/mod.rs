@@ -510,6 +510,9 @@ mod tests {
         matches!(&board.backend, Backend::Relayed { outbox, .. } if outbox.get().is_some())
     }
 
+    /// Failed before the fix: a fleet's phase 1 that planned nothing (a no-change run) still sent its end, which
+    /// declared the tenant's stream only for the producer to delete it moments later (once refused by RabbitMQ with
+    /// `coordinator_unavailable` after 30 s, holding the run's end).
     #[tokio::test]
     async fn a_fleet_board_stays_off_the_broker_until_a_plan_is_made_there() {
         let boards = Boards::default();
