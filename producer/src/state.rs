@@ -476,6 +476,7 @@ impl TenantMemory {
     pub fn phase2_failed(&mut self, user: &str) {
         if let Some(feed) = self.mailboxes.get_mut(user) {
             feed.in_line_with = None;
+            feed.only_copies = false;
         }
     }
 }

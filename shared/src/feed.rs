@@ -97,6 +97,12 @@ pub struct FolderFeed {
     /// past them now (see [`OwnWrites`]). Absent: every change after `link` is someone else's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_writes: Option<OwnWrites>,
+    /// For a user's folder in line (`in_line_with`): when it was brought in line it held nothing but copies
+    /// phase 1 does without (`sync::CentralKeys::is_inert` against the central folder of that generation), so
+    /// while it stays unchanged and that generation stands, phase 1 need not read it ([`source_unread`]).
+    /// Meaningless without `in_line_with`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub only_copies: bool,
 }
 
 impl FolderFeed {
@@ -106,6 +112,25 @@ impl FolderFeed {
             link,
             in_line_with,
             own_writes: None,
+            only_copies: false,
+        }
+    }
+
+    /// This feed, noting whether the folder holds nothing but copies phase 1 does without (kept only while the
+    /// folder is in line).
+    pub fn holding_only_copies(self, only_copies: bool) -> Self {
+        Self {
+            only_copies: only_copies && self.in_line_with.is_some(),
+            ..self
+        }
+    }
+
+    /// This feed moved to `link` by a round that showed no change but the tool's own writes
+    /// ([`FolderFeed::still_as_left`]): what was true of the folder still is.
+    pub fn moved_as_left(&self, link: DeltaLink) -> Self {
+        Self {
+            only_copies: self.only_copies && self.in_line_with.is_some(),
+            ..Self::at(link, self.in_line_with)
         }
     }
 
@@ -265,6 +290,29 @@ pub fn phase1_skip(
     (central == Check::Unchanged && sources_as_before).then_some(generation)
 }
 
+/// Phase 1 need not read a source that, when last brought in line with the central generation that still stands,
+/// held nothing but copies phase 1 does without, and shows no change since: its read would add nothing to the
+/// plan (every contact dropped as inert), so the plan is the same without it. `feed` is the source's feed as this
+/// run's check left it ([`FolderFeed::moved_as_left`] when unchanged); `central` and `generation` are the central
+/// folder's check and the generation it stood at. Errs towards reading: any doubt reads.
+///
+/// Why it is safe: an inert contact is a copy equal to a person the central folder holds; the central folder is
+/// as it was when the copies were made (unchanged, same generation), and the source is as the job that made them
+/// left it (no change but its own writes), so every contact is still inert.
+pub fn source_unread(
+    central: Check,
+    generation: Option<Generation>,
+    source: Check,
+    feed: Option<&FolderFeed>,
+) -> bool {
+    let Some(generation) = generation else {
+        return false;
+    };
+    central == Check::Unchanged
+        && source == Check::Unchanged
+        && feed.is_some_and(|f| f.only_copies && f.in_line_with == Some(generation))
+}
+
 /// The central generation phase 1 leaves: the old one when it wrote nothing and the folder had not changed under
 /// it, a fresh one otherwise.
 pub fn next_generation(central: Check, previous: Option<Generation>, writes: usize) -> Generation {
@@ -290,7 +338,7 @@ pub fn phase2_skipped(
     feed: &FolderFeed,
 ) -> Option<Cursors> {
     phase2_skip(current, feed)
-        .then(|| Cursors::of_mailbox(mailbox_id, FolderFeed::at(feed.link.clone(), current)))
+        .then(|| Cursors::of_mailbox(mailbox_id, feed.moved_as_left(feed.link.clone())))
 }
 
 /// What a receiving mailbox's content must be in line with for phase 2 to skip it: the central generation when the
@@ -410,6 +458,69 @@ mod tests {
                 assert_eq!(phase2_skip(current, &f), expected, "{current:?} {then:?}");
             }
         }
+    }
+
+    /// Issue 13: a source goes unread only when the central folder and the source are as they were when phase 2
+    /// left it holding only copies of the generation that stands; every other combination reads.
+    #[test]
+    fn a_source_goes_unread_only_as_left_holding_copies_of_the_standing_generation() {
+        let (g, h) = (Generation::fresh(), Generation::fresh());
+        let link = || DeltaLink::new("https://graph.example/x");
+        for central in CHECKS {
+            for source in CHECKS {
+                for generation in [None, Some(g)] {
+                    for in_line_with in [None, Some(g), Some(h)] {
+                        for only_copies in [false, true] {
+                            let feed = FolderFeed {
+                                only_copies,
+                                ..FolderFeed::at(link(), in_line_with)
+                            };
+                            let expected = central == Check::Unchanged
+                                && source == Check::Unchanged
+                                && generation.is_some()
+                                && in_line_with == generation
+                                && only_copies;
+                            assert_eq!(
+                                source_unread(central, generation, source, Some(&feed)),
+                                expected,
+                                "{central:?} {source:?} {generation:?} {in_line_with:?} {only_copies}"
+                            );
+                        }
+                    }
+                }
+                assert!(!source_unread(central, Some(g), source, None));
+            }
+        }
+    }
+
+    /// What phase 2 notes goes with the folder only while it is in line, and is carried by an unchanged check, a
+    /// skipped phase 2 and the producer's state (older state without it reads as `false`).
+    #[test]
+    fn only_copies_is_kept_with_the_folder_in_line_and_nowhere_else() {
+        let g = Generation::fresh();
+        let link = DeltaLink::new("https://graph.example/x");
+        let in_line = FolderFeed::at(link.clone(), Some(g)).holding_only_copies(true);
+        assert!(in_line.only_copies);
+        assert!(
+            !FolderFeed::at(link.clone(), None)
+                .holding_only_copies(true)
+                .only_copies
+        );
+        let moved = in_line.moved_as_left(DeltaLink::new("https://graph.example/y"));
+        assert!(moved.only_copies && moved.in_line_with == Some(g));
+        let skipped = phase2_skipped("m", Some(g), &in_line).expect("in line");
+        assert!(skipped.mailboxes["m"].only_copies);
+        let json = serde_json::to_value(&in_line).expect("json");
+        assert_eq!(json["onlyCopies"], true);
+        let back: FolderFeed = serde_json::from_value(json).expect("back");
+        assert_eq!(back, in_line);
+        let older: FolderFeed =
+            serde_json::from_value(serde_json::json!({"link": "https://graph.example/x"}))
+                .expect("older state");
+        assert!(!older.only_copies);
+        assert!(!serde_json::to_string(&older)
+            .expect("json")
+            .contains("onlyCopies"));
     }
 
     #[test]

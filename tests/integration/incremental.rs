@@ -374,3 +374,169 @@ async fn a_quiet_rerun_sends_no_phase2_job_for_a_mailbox_in_line() {
     );
     std::fs::remove_dir_all(&state).ok();
 }
+
+/// The UPNs (lower-case) of the mailboxes of `tenant` that phase 2 last left holding nothing but copies phase 1
+/// does without, as the producer's state keeps them (`FolderFeed::only_copies`).
+fn left_holding_only_copies(
+    estate: &Estate,
+    tenant: usize,
+    state: &std::path::Path,
+) -> BTreeSet<String> {
+    let t = &estate.tenants[tenant];
+    let file = state.join(format!(
+        "tenant-{}.json",
+        producer::lease::file_safe(&t.tenant_id)
+    ));
+    let memory: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("state file")).expect("state json");
+    let directory = estate.sim.directory();
+    let upn_of = |id: &str| {
+        directory
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|t| t["users"].as_array().into_iter().flatten())
+            .find(|u| u["id"] == id)
+            .and_then(|u| u["userPrincipalName"].as_str())
+            .map(str::to_lowercase)
+    };
+    memory["mailboxes"]
+        .as_object()
+        .expect("mailbox feeds")
+        .iter()
+        .filter(|(_, feed)| feed["onlyCopies"] == true)
+        .filter_map(|(id, _)| upn_of(id))
+        .collect()
+}
+
+/// Since the last reset, the full reads (contact lists, not change checks) each mailbox received.
+fn full_reads(estate: &Estate) -> std::collections::BTreeMap<String, usize> {
+    let mut reads = std::collections::BTreeMap::new();
+    for request in estate.sim.request_log() {
+        let list = request.method == "GET"
+            && request.url.contains("/contacts")
+            && !request.url.contains("delta");
+        if let (true, Some(mailbox)) = (list, request.mailbox) {
+            *reads.entry(mailbox).or_insert(0) += 1;
+        }
+    }
+    reads
+}
+
+/// The second mirrored user of the first tenant renames one of their own contacts; returns that user (lower-case).
+async fn rename_an_original(estate: &Estate, own: &BTreeSet<String>) -> String {
+    let t = estate.tenants[0].clone();
+    let user = t.mirror_target_upns[1].clone();
+    let id = find(estate, 0, &user, |c| {
+        c["id"].as_str().is_some_and(|id| own.contains(id))
+    });
+    support::patch_contact(
+        estate,
+        &t,
+        &user,
+        &id,
+        serde_json::json!({"displayName": "Renamed By Owner"}),
+    )
+    .await;
+    user.to_lowercase()
+}
+
+/// Issue 13: a changed run reads a mailbox phase 2 left holding nothing but copies (and stamped originals) equal to
+/// their persons, unchanged since, once (phase 2) instead of twice: phase 1 knows from its change check and the
+/// kept feed that the read would add nothing (`feed::source_unread`). The run ends as one that reads everything,
+/// and an own contact added to such a mailbox afterwards is read and published by the next run.
+///
+/// Failed before the change: every mirrored mailbox of a changed run took two full reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_run_reads_a_mailbox_left_holding_only_copies_once() {
+    let kept = Estate::seed(SimConfig::default(), params()).await;
+    let full = Estate::seed(SimConfig::default(), params()).await;
+    let state = support::scratch_dir("only-copies-state");
+    let (kept_settings, full_settings) = (kept.settings(), full.settings());
+    let (kept_own, full_own) = (originals(&kept), originals(&full));
+    let kept_args = with_state(&state);
+    let full_args = embedded_args();
+    sync(&kept, &kept_settings, &kept_args).await;
+    sync(&full, &full_settings, &full_args).await;
+    sync(&kept, &kept_settings, &kept_args).await;
+    let only = left_holding_only_copies(&kept, 0, &state);
+    assert!(
+        only.len() >= 2,
+        "phase 2 left no mailbox holding only copies: {only:?}"
+    );
+
+    // One owner renames an original: its person changes in every mailbox of the tenant.
+    let edited = rename_an_original(&kept, &kept_own).await;
+    rename_an_original(&full, &full_own).await;
+    sync(&kept, &kept_settings, &kept_args).await;
+    let reads = full_reads(&kept);
+    let kept_writes = kept.sim.stats().writes;
+    sync(&full, &full_settings, &full_args).await;
+    assert_eq!(
+        kept_writes,
+        full.sim.stats().writes,
+        "leaving mailboxes unread changed what was written"
+    );
+    assert!(
+        kept_writes.values().sum::<u64>() > 0,
+        "the rename wrote nothing"
+    );
+    assert_eq!(snapshot(&kept, FOLDER), snapshot(&full, FOLDER));
+    let mut unread = 0;
+    for upn in kept.tenants[0]
+        .mirror_target_upns
+        .iter()
+        .map(|u| u.to_lowercase())
+    {
+        let expected = if only.contains(&upn) && upn != edited {
+            1
+        } else {
+            2
+        };
+        unread += usize::from(expected == 1);
+        assert_eq!(
+            reads.get(&upn).copied().unwrap_or(0),
+            expected,
+            "full reads of {upn}: {reads:?}"
+        );
+    }
+    assert!(unread > 0, "no mailbox went unread in phase 1");
+
+    // A mailbox left unread gets a contact of its own: the next run reads it and publishes it, as a full run does.
+    let quiet = only
+        .iter()
+        .find(|upn| **upn != edited)
+        .expect("an unread mailbox")
+        .clone();
+    for estate in [&kept, &full] {
+        let t = &estate.tenants[0];
+        let user = t
+            .mirror_target_upns
+            .iter()
+            .find(|u| u.to_lowercase() == quiet)
+            .expect("the quiet user");
+        estate.sim.add_contact(
+            &t.tenant_id,
+            user,
+            None,
+            serde_json::json!({"displayName": "Met Since", "emailAddresses": [{"address": "met.since@example.org"}]}),
+        );
+    }
+    sync(&kept, &kept_settings, &kept_args).await;
+    assert_eq!(
+        full_reads(&kept).get(&quiet).copied(),
+        Some(2),
+        "the changed mailbox was not read"
+    );
+    sync(&full, &full_settings, &full_args).await;
+    assert_eq!(snapshot(&kept, FOLDER), snapshot(&full, FOLDER));
+    let t = &kept.tenants[0];
+    let central = kept
+        .sim
+        .contacts(&t.tenant_id, &t.shared_mailbox_upn, Some(FOLDER));
+    assert!(
+        central.iter().any(|c| c["displayName"] == "Met Since"),
+        "the new contact was not published"
+    );
+    std::fs::remove_dir_all(&state).ok();
+}

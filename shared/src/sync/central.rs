@@ -5,7 +5,7 @@
 //! private or anything removed centrally may come back. See [`plan_central`] for the rules.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::config::CentralFields;
 use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, PackedFields, WriteOp};
@@ -15,6 +15,7 @@ use super::identity::{effective_sync_id, ownership, property_sync_id, Ownership,
 use super::matching::{agrees, DataIndex};
 use super::normalize::{has_category, name_key, normalize, EmailKeys, NormalizedFields};
 use super::plan::{deletion_allowance, ActionKind, Plan, PlanContext, PlanItem, Reason};
+use super::simulate;
 use super::stamp::{format_time, restamp, NotesStamp};
 
 /// One user's default-folder contacts, as read for phase 1.
@@ -112,12 +113,14 @@ impl std::ops::Deref for Candidate<'_> {
 /// every distributed copy and every original in every mailbox, so phase 1 holds the central folder plus what
 /// differs from it, not users x central persons, nor a large source's own contacts (issue 10, scenario 10; issue
 /// 13's 2.3 GiB job).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CentralKeys {
     /// The person kept in sync for each sync id (the first by id, as [`plan_central`]).
     by_sync: HashMap<SyncId, CentralPerson>,
 }
 
 /// What [`CentralKeys`] knows of one central person.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct CentralPerson {
     norm: NormalizedFields,
     /// Its notes stamp names its creator (else `plan_entry` looks for the original among the sources).
@@ -167,6 +170,56 @@ impl CentralKeys {
             && SyncId::derive(&ctx.tenant_id, &mailbox.id, &contact.id) == property;
         !names_creator
             && person.norm == normalize(&contact.fields).masked(ctx.options.fields.central.set())
+    }
+
+    /// Whether `mailbox`'s folder, `target` as read with `plan`'s writes in, holds nothing but contacts
+    /// [`Self::is_inert`] drops: phase 1 then plans the same without reading it, as long as it and the central
+    /// folder these keys are of stay as they are (`feed::source_unread`). What the writes leave is taken from the
+    /// writes themselves (Graph's rules as [`simulate`] models them); a contact written twice, or a write naming a
+    /// contact not read, answers `false`.
+    pub fn leaves_only_inert(
+        &self,
+        ctx: &PlanContext,
+        mailbox: &Mailbox,
+        target: &[Contact],
+        plan: &Plan,
+    ) -> bool {
+        let mut updated: HashMap<&str, &ContactWrite> = HashMap::new();
+        let mut deleted: HashSet<&str> = HashSet::new();
+        for op in plan.writes() {
+            let once = match op {
+                WriteOp::Create(write) => {
+                    let copy = simulate::created_contact(String::new(), write, ctx.now);
+                    if !self.is_inert(ctx, mailbox, &copy) {
+                        return false;
+                    }
+                    true
+                }
+                WriteOp::Update { id, write } => {
+                    !deleted.contains(id.as_str()) && updated.insert(id, write).is_none()
+                }
+                WriteOp::Delete { id } => !updated.contains_key(id.as_str()) && deleted.insert(id),
+            };
+            if !once {
+                return false;
+            }
+        }
+        let named = target
+            .iter()
+            .filter(|c| updated.contains_key(c.id.as_str()) || deleted.contains(c.id.as_str()))
+            .count();
+        named == updated.len() + deleted.len()
+            && target
+                .iter()
+                .filter(|c| !deleted.contains(c.id.as_str()))
+                .all(|c| match updated.get(c.id.as_str()) {
+                    Some(write) => {
+                        let mut after = c.clone();
+                        simulate::merge(&mut after, write);
+                        self.is_inert(ctx, mailbox, &after)
+                    }
+                    None => self.is_inert(ctx, mailbox, c),
+                })
     }
 
     /// Drops from `source` the contacts [`plan_central`] can do without.

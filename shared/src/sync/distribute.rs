@@ -5,11 +5,12 @@
 //! when a person leaves the central folder, never en masse by accident. See [`plan_distribution`] for the rules.
 
 use std::collections::HashSet;
+use std::sync::OnceLock;
 
 use crate::config::{CentralFields, MirrorOptions};
 use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, PackedFields, WriteOp};
 
-use super::central::{with_category, Candidate, MatchKeys};
+use super::central::{with_category, Candidate, CentralKeys, MatchKeys};
 use super::fields::{self, Data, Existing};
 use super::identity::{
     effective_sync_id, names_mailbox, ownership, property_sync_id, stamped_as_own, OwnerReason,
@@ -183,6 +184,8 @@ pub struct PreparedCentral {
     stamps: Vec<CentralStamp>,
     /// `syncs[i]` is `contacts[i]`'s sync id ([`effective_sync_id`]).
     syncs: Vec<Option<SyncId>>,
+    /// What phase 1 drops as inert against this folder, built by the first job that asks ([`Self::central_keys`]).
+    inert: OnceLock<CentralKeys>,
 }
 
 impl PreparedCentral {
@@ -201,7 +204,16 @@ impl PreparedCentral {
             keys,
             stamps,
             syncs,
+            inert: OnceLock::new(),
         }
+    }
+
+    /// What phase 1 would drop as inert against this folder ([`CentralKeys`]), built once for every phase-2 job
+    /// that shares it. `ctx` is phase 1's (its owner the shared mailbox, whose contacts' derived ids it gives);
+    /// every job of one run passes the same.
+    pub fn central_keys(&self, ctx: &PlanContext) -> &CentralKeys {
+        self.inert
+            .get_or_init(|| CentralKeys::new(ctx, &self.contacts))
     }
 
     /// The central folder's contacts as phase 2 may distribute them ([`fields::central_folder_view`]).

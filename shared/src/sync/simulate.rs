@@ -5,7 +5,9 @@
 //! a POST gets a new id, every write bumps `lastModifiedDateTime`, `fields` are replaced whole (but the `unchanged`
 //! ones, which are not sent), and the sync id
 //! lands in the extended property. This module is that model; it is deliberately simple (no normalisation by the
-//! server, no throttling) and is no substitute for `graphsim` when testing the Graph client.
+//! server, no throttling) and is no substitute for `graphsim` when testing the Graph client. Phase 2 also uses its
+//! write rules ([`created_contact`], [`merge`]) to tell what a folder holds once its plan is written
+//! (`CentralKeys::leaves_only_inert`).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -50,20 +52,7 @@ pub fn apply_ops<'a>(
         match op {
             WriteOp::Create(write) => {
                 let id = new_id(folder, now, n);
-                let mut contact = Contact {
-                    id: id.clone(),
-                    last_modified: Some(now),
-                    fields: Default::default(),
-                    personal_notes: None,
-                    categories: Vec::new(),
-                    sync_id_property: None,
-                    photo_hash: None,
-                    photo_source: None,
-                    has_picture: false,
-                    change_key: None,
-                };
-                merge(&mut contact, write);
-                folder.push(contact);
+                folder.push(created_contact(id.clone(), write, now));
                 created.push(id);
             }
             WriteOp::Update { id, write } => {
@@ -86,8 +75,26 @@ pub fn apply_ops<'a>(
     Ok(created)
 }
 
+/// The contact a create of `write` makes, under `id`.
+pub(crate) fn created_contact(id: String, write: &ContactWrite, now: DateTime<Utc>) -> Contact {
+    let mut contact = Contact {
+        id,
+        last_modified: Some(now),
+        fields: Default::default(),
+        personal_notes: None,
+        categories: Vec::new(),
+        sync_id_property: None,
+        photo_hash: None,
+        photo_source: None,
+        has_picture: false,
+        change_key: None,
+    };
+    merge(&mut contact, write);
+    contact
+}
+
 /// Sets the parts of `write` that are present.
-fn merge(contact: &mut Contact, write: &ContactWrite) {
+pub(crate) fn merge(contact: &mut Contact, write: &ContactWrite) {
     if let Some(fields) = &write.fields {
         let before = std::mem::replace(&mut contact.fields, fields.unpack());
         for field in write.unchanged.iter() {

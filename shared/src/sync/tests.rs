@@ -2,6 +2,8 @@
 //! tenants (overlapping emails in different case, contacts without email, namesakes, old-script stamps, arbitrary
 //! note text, opt-out categories) run through both phases with the [`super::simulate`] model of Graph.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 
@@ -80,6 +82,12 @@ struct World {
     users: Vec<(Mailbox, Vec<Contact>)>,
     clock: DateTime<Utc>,
     refusals: Vec<PlanRefusal>,
+    /// Per user: the folder phase 2 left and the central folder it was planned from, when
+    /// `CentralKeys::leaves_only_inert` said it left nothing but copies phase 1 does without. While both stay as
+    /// they were, phase 1 need not read that user (`feed::source_unread`); `plan1` checks it plans the same.
+    only_copies: BTreeMap<usize, (Vec<Contact>, Vec<Contact>)>,
+    /// How many sources `plan1` found it could leave unread, over the world's life.
+    unread: usize,
 }
 
 impl World {
@@ -91,6 +99,8 @@ impl World {
             users,
             clock: at(1_000),
             refusals: Vec::new(),
+            only_copies: BTreeMap::new(),
+            unread: 0,
         }
     }
 
@@ -134,6 +144,21 @@ impl World {
             plan,
             "dropping inert sources changed the plan"
         );
+        // And that not reading the users phase 2 left holding only such copies, unchanged since, changes nothing.
+        let mut unread = self.sources();
+        let mut skipped = 0;
+        for (user, (left, central)) in &self.only_copies {
+            if *left == self.users[*user].1 && *central == self.central {
+                unread[*user].contacts.clear();
+                skipped += 1;
+            }
+        }
+        self.unread += skipped;
+        assert_eq!(
+            plan_central(&ctx, &unread, &self.central),
+            plan,
+            "leaving unread the users left holding only copies changed the plan"
+        );
         plan
     }
 
@@ -157,7 +182,28 @@ impl World {
             match self.plan2(user) {
                 Ok(plan) => {
                     let now = self.clock;
+                    // As a worker asks it: keys of the central folder as phase 2 holds it, phase 1's context.
+                    let view = fields::central_folder_view(
+                        self.central.clone(),
+                        self.options.fields.central,
+                    );
+                    let keys = central::CentralKeys::new(&self.ctx(&self.shared), &view);
+                    let (mailbox, read) = &self.users[user];
+                    let only = keys.leaves_only_inert(&self.ctx(mailbox), mailbox, read, &plan);
                     apply(&plan, &mut self.users[user].1, now).expect("phase 2 applies");
+                    let (mailbox, left) = &self.users[user];
+                    let ctx = self.ctx(mailbox);
+                    assert_eq!(
+                        only,
+                        left.iter().all(|c| keys.is_inert(&ctx, mailbox, c)),
+                        "leaves_only_inert disagrees with the folder the writes left"
+                    );
+                    if only {
+                        self.only_copies
+                            .insert(user, (left.clone(), self.central.clone()));
+                    } else {
+                        self.only_copies.remove(&user);
+                    }
                     plans.push(plan);
                 }
                 Err(refusal) => self.refusals.push(refusal),
@@ -887,6 +933,42 @@ fn phase1_drops_distributed_copies_equal_to_their_person() {
         plan.counts().updated,
         1,
         "bob's edit still reaches the central folder"
+    );
+}
+
+/// Issue 13: phase 1 need not read a user phase 2 left holding nothing but contacts it drops as inert, while that
+/// user and the central folder stay as they were (`CentralKeys::leaves_only_inert`, `feed::source_unread`);
+/// `World::plan1` checks in every scenario of this file that the plan is the same without them. Here: the users of
+/// copies go unread on the next run, one who edits a copy is read again (and the edit still travels), and a user
+/// holding a contact of their own that is never published is never left unread.
+#[test]
+fn users_left_holding_only_copies_go_unread_while_they_and_the_central_folder_stay() {
+    let mut world = ten_people(&["bob", "cy", "dee"]);
+    let mut private = contact("d1", "Dee's dentist", &["dentist@x.com"], 1);
+    private.categories = vec!["Private".into()];
+    world.user_mut("dee").push(private);
+    world.run();
+    let left: Vec<usize> = world.only_copies.keys().copied().collect();
+    assert!(
+        left.contains(&1) && left.contains(&2) && !left.contains(&3),
+        "bob and cy hold only copies, dee her own private contact too: {left:?}"
+    );
+    world.plan1();
+    assert!(world.unread >= 2, "bob and cy unread: {}", world.unread);
+    let before = world.unread;
+    let edited = world.tick();
+    world.user_mut("bob")[0].fields.job_title = Some("edited by bob".into());
+    world.user_mut("bob")[0].last_modified = Some(edited);
+    let plan = world.plan1();
+    assert_eq!(
+        plan.counts().updated,
+        1,
+        "bob's edit reaches the central folder"
+    );
+    assert_eq!(
+        world.unread - before,
+        before - 1,
+        "bob is read again, the others stay unread"
     );
 }
 

@@ -9,7 +9,7 @@ use shared::feed;
 use shared::graph::{FolderRef, TenantClient};
 use shared::message::{FailureReason, Job};
 use shared::model::{Contact, Mailbox, WriteOp};
-use shared::sync::{self, Plan, PreparedCentral, SyncId, Writes};
+use shared::sync::{self, CentralKeys, Plan, PreparedCentral, SyncId, Writes};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
@@ -38,6 +38,7 @@ impl JobRunner {
         moving_from: Option<&[Contact]>,
         planning: Planning,
         writes: &TaskTracker,
+        only_copies: Option<&CentralKeys>,
     ) -> Result<Done, AttemptResult> {
         let ctx = plan_context(tenant, job, mailbox);
         let mut plan =
@@ -50,6 +51,9 @@ impl JobRunner {
         if let Some(old) = moving_from {
             sync::carry_over(&ctx, mailbox, &mut plan, old, sources.contacts());
         }
+        // Asked: whether the folder will hold nothing but copies phase 1 does without (see `FolderFeed::only_copies`).
+        let only_copies =
+            only_copies.is_some_and(|keys| keys.leaves_only_inert(&ctx, mailbox, &target, &plan));
         // The plan holds what the writes need: the mailbox's contacts go before the (long) writing starts, and
         // the planning units are kept for the writes' share only (see `apply`).
         let large = target.len().max(plan.items.len()) >= heap::LARGE;
@@ -84,6 +88,7 @@ impl JobRunner {
                 writes,
             )
             .await?;
+        done.only_copies = only_copies;
         if moving_from.is_none() {
             done.created.clear();
             return Ok(done);

@@ -52,12 +52,10 @@ pub(super) async fn check_kept(
     prior: &FolderFeed,
 ) -> Result<Option<FolderFeed>, AttemptResult> {
     match client.delta_since(&mailbox.id, &prior.link).await {
-        Ok(round) => Ok(Some(FolderFeed::at(
-            round.link,
-            prior
-                .in_line_with
-                .filter(|_| prior.still_as_left(&round.changes)),
-        ))),
+        Ok(round) if prior.still_as_left(&round.changes) => {
+            Ok(Some(prior.moved_as_left(round.link)))
+        }
+        Ok(round) => Ok(Some(FolderFeed::at(round.link, None))),
         Err(error)
             if matches!(
                 error.kind(),

@@ -116,6 +116,8 @@ struct Done {
     created_ids: BTreeMap<SyncId, String>,
     /// What was done with photos.
     photos: PhotoReport,
+    /// Phase 2 was asked, and its plan leaves the folder holding nothing but copies phase 1 does without.
+    only_copies: bool,
 }
 
 impl Done {

@@ -202,6 +202,13 @@ impl JobRunner {
                 });
             }
         };
+        // Whether the mailbox is left holding nothing but copies phase 1 does without (see `phase2`).
+        let only_copies = link.is_some()
+            && !tenant.photos
+            && !job.dry_run
+            && central_contacts
+                .central_keys(&plan_context(tenant, job, &central.mailbox))
+                .leaves_only_inert(&ctx, mailbox, &base, &ordered);
         drop(base);
         let settled = if unchanged {
             overlap::settle(&sent, ordered)
@@ -237,10 +244,8 @@ impl JobRunner {
         if let Some(link) = link {
             let in_line = feed::phase2_sources(true, in_line_with, false, None)
                 .filter(|_| done.failed_writes == 0);
-            done.cursors = Cursors::of_mailbox(
-                &mailbox.id,
-                feed_after_writes(client, mailbox, link, in_line, &done).await,
-            );
+            let feed = feed_after_writes(client, mailbox, link, in_line, &done).await;
+            done.cursors = Cursors::of_mailbox(&mailbox.id, feed.holding_only_copies(only_copies));
         }
         Ok(done)
     }

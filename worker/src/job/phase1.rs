@@ -100,19 +100,15 @@ impl JobRunner {
                     source_checks.push(SourceCheck::Read(found.check));
                     if let Some(link) = found.link {
                         // A source unchanged since it was last brought in line is still in line; phase 2 uses this.
-                        let in_line_with = (found.check == Check::Unchanged)
-                            .then(|| {
-                                prior
-                                    .mailboxes
-                                    .get(&mailbox.id)
-                                    .and_then(|f| f.in_line_with)
-                            })
-                            .flatten();
-                        cursors
-                            .mailboxes
-                            .insert(mailbox.id.clone(), FolderFeed::at(link, in_line_with));
+                        let feed = match prior.mailboxes.get(&mailbox.id) {
+                            Some(kept) if found.check == Check::Unchanged => {
+                                kept.moved_as_left(link)
+                            }
+                            _ => FolderFeed::at(link, None),
+                        };
+                        cursors.mailboxes.insert(mailbox.id.clone(), feed);
                     }
-                    readable.push(mailbox);
+                    readable.push((mailbox, found.check));
                 }
                 Err(error) => {
                     let failure = source_failure(&mailbox, &error)?;
@@ -146,6 +142,21 @@ impl JobRunner {
             });
         }
 
+        // A source that holds nothing but copies of the standing generation's persons, unchanged since, is not
+        // read: its read would be dropped contact by contact as inert (`feed::source_unread`). Photos are noted
+        // from every contact read, and a rebuild publishes copies, so both read everything.
+        let (unread, readable): (Vec<_>, Vec<_>) =
+            readable.into_iter().partition(|(mailbox, check)| {
+                !tenant.photos
+                    && !job.rebuild_central
+                    && feed::source_unread(
+                        central_check.check,
+                        previous,
+                        *check,
+                        cursors.mailboxes.get(&mailbox.id),
+                    )
+            });
+        debug!(mailbox = %central.mailbox.upn, read = readable.len(), unread = unread.len(), "reading the sources that may change the plan");
         let central_contacts = read_central(client, central).await?;
         // Held from here until the plan is made (see `planning_budget`).
         let planning = self.planning.take(central_contacts.len()).await;
@@ -161,7 +172,7 @@ impl JobRunner {
         // it goes by, inert or not: a photo-only change leaves its data equal to the central person's.
         let photos_on = tenant.photos;
         let reads: Vec<(Mailbox, Result<SourceRead, GraphError>)> = stream::iter(readable)
-            .map(|mailbox| async move {
+            .map(|(mailbox, _)| async move {
                 let mut origins = Vec::new();
                 let read = client
                     .list_contacts_where(&mailbox.id, &FolderRef::Default, |contact| {
@@ -182,7 +193,15 @@ impl JobRunner {
             .buffer_unordered(SOURCE_READ_CONCURRENCY)
             .collect()
             .await;
-        let mut source_mailboxes = Vec::with_capacity(reads.len());
+        // An unread source plans as a read one whose every contact was dropped as inert.
+        let mut source_mailboxes: Vec<SourceMailbox> = unread
+            .into_iter()
+            .map(|(mailbox, _)| SourceMailbox {
+                mailbox,
+                contacts: Vec::new(),
+            })
+            .collect();
+        source_mailboxes.reserve(reads.len());
         let mut origins: BTreeMap<SyncId, OriginPhoto> = BTreeMap::new();
         for (mailbox, read) in reads {
             match read {

@@ -205,6 +205,14 @@ impl JobRunner {
             None => Vec::new(),
         };
         let old_contacts = old.as_ref().map(|(_, contacts)| contacts.as_slice());
+        // Whether the plan leaves nothing but copies phase 1 does without is asked only where phase 1 can use the
+        // answer (`feed::source_unread`): the mirror alone, into the default folder whose feed is kept, no photos.
+        let only_copies = match central {
+            Some(central) if !directory_on && !tenant.photos && !job.dry_run && link.is_some() => {
+                Some(sources.central_keys(&plan_context(tenant, job, &central.mailbox)))
+            }
+            _ => None,
+        };
         // The photos step needs the copies as read (their photo hashes) after the plan has dropped the folder:
         // with `Photos` on, the contacts carrying a sync id are kept for it.
         let photo_targets: Vec<Contact> = if !tenant.photos {
@@ -228,6 +236,7 @@ impl JobRunner {
                 old_contacts,
                 planning,
                 writes,
+                only_copies,
             )
             .await?;
         // Photos (`Photos` on) once the copies exist; a dry run writes none.
@@ -284,8 +293,8 @@ impl JobRunner {
         }
         if let Some(link) = link {
             let in_line_with = in_line.filter(|_| done.failed_writes == 0);
-            done.cursors =
-                kept(feed_after_writes(client, mailbox, link, in_line_with, &done).await);
+            let feed = feed_after_writes(client, mailbox, link, in_line_with, &done).await;
+            done.cursors = kept(feed.holding_only_copies(done.only_copies));
         }
         Ok(done)
     }
