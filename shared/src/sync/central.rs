@@ -125,11 +125,24 @@ struct CentralPerson {
     norm: NormalizedFields,
     /// Its notes stamp names its creator (else `plan_entry` looks for the original among the sources).
     creator_known: bool,
+    /// Its fields packed ([`CentralKeys::for_copies`] only).
+    packed: Option<PackedFields>,
 }
 
 impl CentralKeys {
     /// The keys of `central` (the folder [`plan_central`] will be given, with the same `ctx`).
     pub fn new(ctx: &PlanContext, central: &[Contact]) -> Self {
+        Self::build(ctx, central, false)
+    }
+
+    /// The keys of `central` for [`Self::leaves_only_inert`]: each person also keeps its fields packed, so the
+    /// creates of a copy written whole from them (most of every phase-2 plan of an initial sync) are told inert by
+    /// comparing bytes instead of normalising each copy.
+    pub fn for_copies(ctx: &PlanContext, central: &[Contact]) -> Self {
+        Self::build(ctx, central, true)
+    }
+
+    fn build(ctx: &PlanContext, central: &[Contact], packed: bool) -> Self {
         let mut sorted: Vec<&Contact> = central.iter().collect();
         sorted.sort_by(|a, b| a.id.cmp(&b.id));
         let mut by_sync = HashMap::new();
@@ -141,6 +154,7 @@ impl CentralKeys {
                 creator_known: NotesStamp::parse(contact.personal_notes.as_deref())
                     .created_by
                     .is_some(),
+                packed: packed.then(|| PackedFields::pack(&contact.fields)),
             });
         }
         CentralKeys { by_sync }
@@ -154,10 +168,33 @@ impl CentralKeys {
 
     /// Whether [`plan_central`] plans the same without `contact` of `mailbox` (see [`CentralKeys`]).
     pub fn is_inert(&self, ctx: &PlanContext, mailbox: &Mailbox, contact: &Contact) -> bool {
-        let Some(property) = property_sync_id(contact) else {
+        let property = property_sync_id(contact);
+        self.inert_with(
+            ctx,
+            mailbox,
+            &contact.id,
+            property,
+            &contact.categories,
+            |person| {
+                person.norm == normalize(&contact.fields).masked(ctx.options.fields.central.set())
+            },
+        )
+    }
+
+    /// [`Self::is_inert`] of a contact given by its parts; `same_fields` compares its fields with its person's.
+    fn inert_with(
+        &self,
+        ctx: &PlanContext,
+        mailbox: &Mailbox,
+        id: &str,
+        property: Option<SyncId>,
+        categories: &[String],
+        same_fields: impl FnOnce(&CentralPerson) -> bool,
+    ) -> bool {
+        let Some(property) = property else {
             return false;
         };
-        if has_category(&contact.categories, &ctx.options.opt_out_category) {
+        if has_category(categories, &ctx.options.opt_out_category) {
             return false;
         }
         let Some(person) = self.by_sync.get(&property) else {
@@ -167,9 +204,25 @@ impl CentralKeys {
         // it can matter, and only the normalised fields (not the match keys) are compared.
         let names_creator = ctx.options.stamp_notes
             && !person.creator_known
-            && SyncId::derive(&ctx.tenant_id, &mailbox.id, &contact.id) == property;
-        !names_creator
-            && person.norm == normalize(&contact.fields).masked(ctx.options.fields.central.set())
+            && SyncId::derive(&ctx.tenant_id, &mailbox.id, id) == property;
+        !names_creator && same_fields(person)
+    }
+
+    /// [`Self::is_inert`] of the contact a create of `write` makes (its id not known yet: no id is its own
+    /// derived one). A copy whose fields are its person's, packed byte for byte ([`Self::for_copies`]), is equal
+    /// to it without being normalised.
+    fn create_is_inert(&self, ctx: &PlanContext, mailbox: &Mailbox, write: &ContactWrite) -> bool {
+        let property = write.sync_id.as_deref().and_then(SyncId::parse);
+        let categories = write.categories.as_deref().unwrap_or_default();
+        self.inert_with(ctx, mailbox, "", property, categories, |person| {
+            let whole = write.unchanged.is_empty()
+                && person.packed.is_some()
+                && person.packed.as_ref() == write.fields.as_ref();
+            whole || {
+                let copy = simulate::created_contact(String::new(), write, ctx.now);
+                person.norm == normalize(&copy.fields).masked(ctx.options.fields.central.set())
+            }
+        })
     }
 
     /// Whether `mailbox`'s folder, `target` as read with `plan`'s writes in, holds nothing but contacts
@@ -189,8 +242,7 @@ impl CentralKeys {
         for op in plan.writes() {
             let once = match op {
                 WriteOp::Create(write) => {
-                    let copy = simulate::created_contact(String::new(), write, ctx.now);
-                    if !self.is_inert(ctx, mailbox, &copy) {
+                    if !self.create_is_inert(ctx, mailbox, write) {
                         return false;
                     }
                     true

@@ -213,7 +213,7 @@ impl PreparedCentral {
     /// every job of one run passes the same.
     pub fn central_keys(&self, ctx: &PlanContext) -> &CentralKeys {
         self.inert
-            .get_or_init(|| CentralKeys::new(ctx, &self.contacts))
+            .get_or_init(|| CentralKeys::for_copies(ctx, &self.contacts))
     }
 
     /// The central folder's contacts as phase 2 may distribute them ([`fields::central_folder_view`]).

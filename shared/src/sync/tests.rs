@@ -187,7 +187,7 @@ impl World {
                         self.central.clone(),
                         self.options.fields.central,
                     );
-                    let keys = central::CentralKeys::new(&self.ctx(&self.shared), &view);
+                    let keys = central::CentralKeys::for_copies(&self.ctx(&self.shared), &view);
                     let (mailbox, read) = &self.users[user];
                     let only = keys.leaves_only_inert(&self.ctx(mailbox), mailbox, read, &plan);
                     apply(&plan, &mut self.users[user].1, now).expect("phase 2 applies");
