@@ -8,7 +8,9 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 
 use crate::config::{DeletionPolicy, MirrorOptions};
-use crate::model::{Contact, ContactFields, EmailAddress, Mailbox, PackedFields, WriteOp};
+use crate::model::{
+    Contact, ContactFields, ContactWrite, EmailAddress, Mailbox, PackedFields, WriteOp,
+};
 
 use super::identity::{ownership, OwnerReason, Ownership};
 use super::normalize::{email_keys, has_category};
@@ -970,6 +972,83 @@ fn users_left_holding_only_copies_go_unread_while_they_and_the_central_folder_st
         before - 1,
         "bob is read again, the others stay unread"
     );
+}
+
+/// A plan of `ops` alone (what `leaves_only_inert` reads of a plan).
+fn plan_of(ops: Vec<WriteOp>) -> Plan {
+    Plan {
+        items: ops
+            .into_iter()
+            .map(|op| PlanItem {
+                op: Some(op),
+                action: ActionKind::Create,
+                reason: Reason::New,
+                sync_id: None,
+                display_name: None,
+                contact_id: None,
+                source: None,
+                changed_fields: Vec::new(),
+            })
+            .collect(),
+    }
+}
+
+/// `CentralKeys::for_copies` keeps packed fields only up to `PACKED_PERSONS` persons (memory); above it a create
+/// is normalised instead. Both tell the same: a copy written whole from its person is inert, one with another
+/// value, or the opt-out category, or no sync id, is not.
+#[test]
+fn creates_are_told_inert_alike_with_or_without_packed_fields() {
+    let world = World::new(Vec::new());
+    let ctx = world.ctx(&world.shared);
+    let bob = mailbox("bob");
+    for persons in [3, central::PACKED_PERSONS + 1] {
+        let folder: Vec<Contact> = (0..persons)
+            .map(|i| {
+                let mut c = contact(
+                    &format!("c{i}"),
+                    &format!("P{i}"),
+                    &[&format!("p{i}@x.com")],
+                    1,
+                );
+                c.sync_id_property = Some(
+                    SyncId::derive(TENANT, "id-ann", &format!("a{i}"))
+                        .as_str()
+                        .to_owned(),
+                );
+                c
+            })
+            .collect();
+        let keys = CentralKeys::for_copies(&ctx, &folder);
+        let person = &folder[1];
+        let create = |fields: &ContactFields, categories: Option<Vec<String>>, sync: bool| {
+            WriteOp::Create(ContactWrite {
+                fields: Some(PackedFields::pack(fields)),
+                unchanged: crate::model::FieldSet::empty(),
+                personal_notes: None,
+                categories,
+                sync_id: person.sync_id_property.clone().filter(|_| sync),
+            })
+        };
+        let inert = |op| keys.leaves_only_inert(&world.ctx(&bob), &bob, &[], &plan_of(vec![op]));
+        assert!(
+            inert(create(&person.fields, None, true)),
+            "{persons}: a whole copy"
+        );
+        let mut other = person.fields.clone();
+        other.job_title = Some("another".into());
+        assert!(
+            !inert(create(&other, None, true)),
+            "{persons}: another value"
+        );
+        assert!(
+            !inert(create(&person.fields, Some(vec!["Private".into()]), true)),
+            "{persons}: opted out"
+        );
+        assert!(
+            !inert(create(&person.fields, None, false)),
+            "{persons}: no sync id"
+        );
+    }
 }
 
 /// A copy of `original` under a new Graph id, as an ambiguous create that Graph applied twice leaves it.
