@@ -10,12 +10,13 @@ use std::sync::OnceLock;
 use crate::config::{CentralFields, MirrorOptions};
 use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, PackedFields, WriteOp};
 
-use super::central::{with_category, Candidate, CentralKeys, MatchKeys};
+use super::central::{with_category, Candidate, MatchKeys};
 use super::fields::{self, Data, Existing};
 use super::identity::{
     effective_sync_id, names_mailbox, ownership, property_sync_id, stamped_as_own, OwnerReason,
     Ownership, SyncId,
 };
+use super::inert::CentralKeys;
 use super::matching::{agrees, DataIndex};
 use super::normalize::{has_category, normalize};
 use super::plan::{

@@ -19,6 +19,7 @@ pub mod cleanup;
 pub mod distribute;
 pub mod fields;
 pub mod identity;
+pub mod inert;
 mod matching;
 pub mod normalize;
 pub mod overlap;
@@ -33,10 +34,11 @@ mod cleanup_tests;
 #[cfg(test)]
 mod tests;
 
-pub use central::{plan_central, CentralKeys, SourceMailbox};
+pub use central::{plan_central, SourceMailbox};
 pub use cleanup::{plan_cleanup, CleanupScope, CleanupSource};
 pub use distribute::{plan_distribution, plan_distribution_from, PreparedCentral};
 pub use identity::{effective_sync_id, ownership, OwnerReason, Ownership, SyncId};
+pub use inert::CentralKeys;
 pub use plan::{ActionKind, Plan, PlanContext, PlanCounts, PlanItem, PlanRefusal, Reason, Writes};
 pub use relocate::{carry_over, matched_persons, plan_move_out};
 pub use stamp::NotesStamp;

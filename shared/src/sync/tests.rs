@@ -136,7 +136,7 @@ impl World {
         let ctx = self.ctx(&self.shared);
         let plan = plan_central(&ctx, &self.sources(), &self.central);
         // Every scenario also checks that the contacts the worker drops while reading change nothing.
-        let keys = central::CentralKeys::new(&ctx, &self.central);
+        let keys = inert::CentralKeys::new(&ctx, &self.central);
         let mut lean = self.sources();
         for source in &mut lean {
             keys.retain_candidates(&ctx, source);
@@ -189,7 +189,7 @@ impl World {
                         self.central.clone(),
                         self.options.fields.central,
                     );
-                    let keys = central::CentralKeys::for_copies(&self.ctx(&self.shared), &view);
+                    let keys = inert::CentralKeys::for_copies(&self.ctx(&self.shared), &view);
                     let (mailbox, read) = &self.users[user];
                     let only = keys.leaves_only_inert(&self.ctx(mailbox), mailbox, read, &plan);
                     apply(&plan, &mut self.users[user].1, now).expect("phase 2 applies");
@@ -1001,7 +1001,7 @@ fn creates_are_told_inert_alike_with_or_without_packed_fields() {
     let world = World::new(Vec::new());
     let ctx = world.ctx(&world.shared);
     let bob = mailbox("bob");
-    for persons in [3, central::PACKED_PERSONS + 1] {
+    for persons in [3, inert::PACKED_PERSONS + 1] {
         let folder: Vec<Contact> = (0..persons)
             .map(|i| {
                 let mut c = contact(
