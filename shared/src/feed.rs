@@ -128,10 +128,7 @@ impl FolderFeed {
     /// This feed moved to `link` by a round that showed no change but the tool's own writes
     /// ([`FolderFeed::still_as_left`]): what was true of the folder still is.
     pub fn moved_as_left(&self, link: DeltaLink) -> Self {
-        Self {
-            only_copies: self.only_copies && self.in_line_with.is_some(),
-            ..Self::at(link, self.in_line_with)
-        }
+        Self::at(link, self.in_line_with).holding_only_copies(self.only_copies)
     }
 
     /// Whether a round following `link` shows no change but the tool's own writes: what was true of the folder

@@ -153,13 +153,9 @@ impl CentralKeys {
         let mut updated: HashMap<&str, &ContactWrite> = HashMap::new();
         let mut deleted: HashSet<&str> = HashSet::new();
         for op in plan.writes() {
+            // A create is judged as it comes; an update or delete once the contact it names is found, and only once.
             let once = match op {
-                WriteOp::Create(write) => {
-                    if !self.create_is_inert(ctx, mailbox, write) {
-                        return false;
-                    }
-                    true
-                }
+                WriteOp::Create(write) => self.create_is_inert(ctx, mailbox, write),
                 WriteOp::Update { id, write } => {
                     !deleted.contains(id.as_str()) && updated.insert(id, write).is_none()
                 }

@@ -8,10 +8,26 @@ use shared::config::TenantSettings;
 use shared::graph::{FolderRef, TenantClient};
 use shared::message::{CentralFolder, Job};
 use shared::model::Contact;
-use shared::sync::{self, PreparedCentral};
+use shared::sync::{self, CentralKeys, PreparedCentral};
 
-use super::{classify, JobRunner};
+use super::{classify, plan_context, JobRunner};
 use crate::disposition::AttemptResult;
+
+/// The keys a phase-2 job asks whether its plan leaves the mailbox holding nothing but copies phase 1 does without
+/// (`FolderFeed::only_copies`), or `None` where phase 1 cannot use the answer (`feed::source_unread`): the folder's
+/// feed is not kept (`feeds_kept` false), the directory is received too (the mailbox is in line with a combined
+/// generation), photos are on (phase 1 reads every source for them), or a dry run (nothing is written).
+pub(super) fn only_copies_keys<'a>(
+    tenant: &TenantSettings,
+    job: &Job,
+    central: &CentralFolder,
+    sources: &'a PreparedCentral,
+    feeds_kept: bool,
+) -> Option<&'a CentralKeys> {
+    let asked =
+        feeds_kept && !tenant.distribution.receives_directory() && !tenant.photos && !job.dry_run;
+    asked.then(|| sources.central_keys(&plan_context(tenant, job, &central.mailbox)))
+}
 
 impl JobRunner {
     /// The central folder's contacts prepared for planning (cached per worker and run); none without the mirror.

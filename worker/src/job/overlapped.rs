@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::apply::{Keep, WRITE_BATCH};
+use super::central::only_copies_keys;
 use super::folders::feed_after_writes;
 use super::{classify, plan_context, Done, JobRunner};
 use crate::disposition::AttemptResult;
@@ -202,13 +203,8 @@ impl JobRunner {
                 });
             }
         };
-        // Whether the mailbox is left holding nothing but copies phase 1 does without (see `phase2`).
-        let only_copies = link.is_some()
-            && !tenant.photos
-            && !job.dry_run
-            && central_contacts
-                .central_keys(&plan_context(tenant, job, &central.mailbox))
-                .leaves_only_inert(&ctx, mailbox, &base, &ordered);
+        let only_copies = only_copies_keys(tenant, job, central, &central_contacts, link.is_some())
+            .is_some_and(|keys| keys.leaves_only_inert(&ctx, mailbox, &base, &ordered));
         drop(base);
         let settled = if unchanged {
             overlap::settle(&sent, ordered)

@@ -13,6 +13,7 @@ use shared::sync::{self, PreparedCentral};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use super::central::only_copies_keys;
 use super::directory::joined_persons;
 use super::folders::{check_kept, feed_after_writes, find_folder};
 use super::overlapped;
@@ -205,14 +206,8 @@ impl JobRunner {
             None => Vec::new(),
         };
         let old_contacts = old.as_ref().map(|(_, contacts)| contacts.as_slice());
-        // Whether the plan leaves nothing but copies phase 1 does without is asked only where phase 1 can use the
-        // answer (`feed::source_unread`): the mirror alone, into the default folder whose feed is kept, no photos.
-        let only_copies = match central {
-            Some(central) if !directory_on && !tenant.photos && !job.dry_run && link.is_some() => {
-                Some(sources.central_keys(&plan_context(tenant, job, &central.mailbox)))
-            }
-            _ => None,
-        };
+        let only_copies =
+            central.and_then(|c| only_copies_keys(tenant, job, c, sources, link.is_some()));
         // The photos step needs the copies as read (their photo hashes) after the plan has dropped the folder:
         // with `Photos` on, the contacts carrying a sync id are kept for it.
         let photo_targets: Vec<Contact> = if !tenant.photos {
