@@ -1,5 +1,5 @@
 //! The `microsoft.graph.contact` entity: which properties a body may carry, how they are checked and
-//! merged, and how a stored contact is rendered the way Outlook returns it.
+//! merged. How a stored contact is rendered the way Outlook returns it: [`crate::contact_json`].
 //!
 //! Property names and types follow `graphsim/graph-data/graph-schemas.json` (`microsoft.graph.contact`), so a
 //! misspelt property is a 400 here exactly as it is against Graph.
@@ -13,11 +13,15 @@ use crate::reply::{errors, Reply};
 /// The entity type name Outlook uses in body errors.
 pub const TYPE_NAME: &str = "Microsoft.OutlookServices.Contact";
 
-/// [`PROPERTIES`] by name.
-fn property_kinds() -> &'static std::collections::HashMap<&'static str, Kind> {
+/// The kind of writable property `name`; `None` when it is not one. Looked up by hash: a folder read asks for
+/// every `$select`ed name of every contact.
+pub fn property_kind(name: &str) -> Option<Kind> {
     static KINDS: std::sync::OnceLock<std::collections::HashMap<&'static str, Kind>> =
         std::sync::OnceLock::new();
-    KINDS.get_or_init(|| PROPERTIES.iter().copied().collect())
+    KINDS
+        .get_or_init(|| PROPERTIES.iter().copied().collect())
+        .get(name)
+        .copied()
 }
 
 /// Kind of a writable contact property.
@@ -363,87 +367,11 @@ impl Contact {
         format!("W/\"{}\"", self.change_key)
     }
 
-    /// Full rendering as Outlook returns it (no extended properties). With `$select`, only the names it lists are
-    /// looked at (each by hash), not every property against every listed name: a folder read renders hundreds of
-    /// contacts, and the benchmark's CPU is shared with the client it measures.
-    pub fn render(&self, select: Option<&[String]>) -> Map<String, Value> {
-        let mut out = Map::new();
-        out.insert("@odata.etag".into(), Value::String(self.etag()));
-        out.insert("id".into(), Value::String(self.id.clone()));
-        match select {
-            None => {
-                for name in [
-                    "createdDateTime",
-                    "lastModifiedDateTime",
-                    "changeKey",
-                    "parentFolderId",
-                ] {
-                    self.render_server(&mut out, name);
-                }
-                for &(name, kind) in PROPERTIES {
-                    self.render_property(&mut out, name, kind, false);
-                }
-            }
-            Some(names) => {
-                for name in names {
-                    if !self.render_server(&mut out, name) {
-                        if let Some(&kind) = property_kinds().get(name.as_str()) {
-                            self.render_property(&mut out, name, kind, true);
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Puts server-managed property `name` into `out`; false when `name` is not one.
-    fn render_server(&self, out: &mut Map<String, Value>, name: &str) -> bool {
-        let value = match name {
-            "createdDateTime" => &self.created,
-            "lastModifiedDateTime" => &self.modified,
-            "changeKey" => &self.change_key,
-            "parentFolderId" => &self.folder_id,
-            _ => return false,
-        };
-        out.insert(name.into(), Value::String(value.clone()));
-        true
-    }
-
-    /// Puts writable property `name` into `out` as Outlook renders it when unset (`selected`: named by `$select`,
-    /// where an unset e-mail property is `null` rather than left out).
-    fn render_property(
-        &self,
-        out: &mut Map<String, Value>,
-        name: &str,
-        kind: Kind,
-        selected: bool,
-    ) {
-        let value = match (self.props.get(name), kind) {
-            (Some(v), _) => v.clone(),
-            (None, Kind::TextList | Kind::EmailList) => Value::Array(Vec::new()),
-            (None, Kind::Address) => Value::Object(Map::new()),
-            (None, Kind::Text) if name == "fileAs" => Value::String(String::new()),
-            (None, Kind::Email) if !selected => return,
-            (None, _) => Value::Null,
-        };
-        out.insert(name.into(), value);
-    }
-
-    /// The `singleValueExtendedProperties` matching an `$expand` filter (ids compared case-sensitively).
-    pub fn expanded(&self, ids: &[String]) -> Vec<Value> {
-        ids.iter()
-            .filter_map(|id| {
-                self.extended
-                    .get(id)
-                    .map(|v| serde_json::json!({"id": id, "value": v}))
-            })
-            .collect()
-    }
-
     /// Everything stored, for the control surface and [`crate::Sim::contacts`].
     pub fn full_state(&self) -> Value {
-        let mut out = self.render(None);
+        let mut out = crate::contact_json::Layout::new(None, None)
+            .of(self)
+            .to_map();
         for (k, v) in &self.other_navigation {
             out.insert(k.clone(), v.clone());
         }
@@ -489,56 +417,5 @@ mod tests {
         ));
         assert!(!extended_id_valid("SyncId"));
         assert!(!extended_id_valid("String {nope} Name X"));
-    }
-
-    /// Outlook's rendering: without `$select` every property (an unset e-mail property left out, `parentFolderId`
-    /// given); with it exactly the listed names besides `@odata.etag` and `id` (an unset e-mail property `null`).
-    #[test]
-    fn render_gives_what_select_names() {
-        let contact = Contact {
-            id: "c1".into(),
-            folder_id: "f1".into(),
-            change_key: "ck".into(),
-            created: "2026-01-01T00:00:00Z".into(),
-            modified: "2026-01-02T00:00:00Z".into(),
-            props: serde_json::from_value(json!({"displayName": "Ada"})).expect("map"),
-            extended: BTreeMap::new(),
-            other_navigation: Map::new(),
-            version: 1,
-            seq: 1,
-        };
-        let all = contact.render(None);
-        assert_eq!(all["parentFolderId"], json!("f1"));
-        assert_eq!(all["changeKey"], json!("ck"));
-        assert_eq!(all["fileAs"], json!(""));
-        assert_eq!(all["businessPhones"], json!([]));
-        assert!(!all.contains_key("primaryEmailAddress"));
-        assert_eq!(all.len(), 2 + 4 + PROPERTIES.len() - 3);
-
-        let select: Vec<String> = [
-            "displayName",
-            "primaryEmailAddress",
-            "homeAddress",
-            "lastModifiedDateTime",
-        ]
-        .map(String::from)
-        .to_vec();
-        let some = contact.render(Some(&select));
-        let mut keys: Vec<&str> = some.keys().map(String::as_str).collect();
-        keys.sort_unstable();
-        assert_eq!(
-            keys,
-            [
-                "@odata.etag",
-                "displayName",
-                "homeAddress",
-                "id",
-                "lastModifiedDateTime",
-                "primaryEmailAddress"
-            ]
-        );
-        assert_eq!(some["primaryEmailAddress"], Value::Null);
-        assert_eq!(some["homeAddress"], json!({}));
-        assert_eq!(some["displayName"], json!("Ada"));
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod config;
 mod contact;
+mod contact_json;
 pub mod credentials;
 pub mod directory;
 pub mod directory_seed;

@@ -16,8 +16,17 @@ pub struct Reply {
     pub body: Option<Value>,
     /// The body is an OAuth (token endpoint) body, not a Graph one: plain `application/json`.
     pub plain_json: bool,
-    /// A body that is not JSON (a photo's bytes) and its content type; `body` is `None` then.
-    pub raw: Option<(Vec<u8>, String)>,
+    /// A body already serialised; `body` is `None` then.
+    pub raw: Option<Serialized>,
+}
+
+/// A body sent as it is.
+#[derive(Debug, Clone)]
+pub enum Serialized {
+    /// JSON text (contacts rendered straight from the store, [`crate::contact_json`]).
+    Json(Vec<u8>),
+    /// Bytes that are not JSON (a photo) and their content type.
+    Other(Vec<u8>, String),
 }
 
 impl Reply {
@@ -32,6 +41,23 @@ impl Reply {
         }
     }
 
+    /// A JSON answer serialised from `body` now; a body that cannot be serialised is a 500, as Graph answers an
+    /// error of its own.
+    pub fn serialized(status: u16, body: &impl serde::Serialize) -> Self {
+        match serde_json::to_vec(body) {
+            Ok(text) => Self {
+                raw: Some(Serialized::Json(text)),
+                ..Self::empty(status)
+            },
+            Err(e) => graph_error(500, "generalException", &format!("rendering failed: {e}")),
+        }
+    }
+
+    /// Whether the answer has a JSON body.
+    pub fn has_json_body(&self) -> bool {
+        self.body.is_some() || matches!(self.raw, Some(Serialized::Json(_)))
+    }
+
     /// A binary answer (`GET …/photo/$value`).
     pub fn bytes(status: u16, bytes: Vec<u8>, content_type: &str) -> Self {
         Self {
@@ -39,7 +65,7 @@ impl Reply {
             headers: Vec::new(),
             body: None,
             plain_json: false,
-            raw: Some((bytes, content_type.to_owned())),
+            raw: Some(Serialized::Other(bytes, content_type.to_owned())),
         }
     }
 

@@ -13,7 +13,7 @@ use axum::Router;
 use crate::config::SimConfig;
 use crate::faults::Faults;
 use crate::odata::percent_decode;
-use crate::reply::{errors, graph_error, Reply};
+use crate::reply::{errors, graph_error, Reply, Serialized};
 use crate::routes;
 use crate::state::Store;
 use crate::stats::Recorder;
@@ -251,14 +251,18 @@ pub fn finish_reply(reply: &mut Reply, request_id: &str, client_request_id: &str
 
 fn write(mut reply: Reply, request_id: &str, client_request_id: &str) -> Response<Body> {
     finish_reply(&mut reply, request_id, client_request_id);
-    let raw_type = reply.raw.as_ref().map(|(_, t)| t.clone());
-    let body = match reply.raw.take() {
-        Some((bytes, _)) => bytes,
-        None => reply
-            .body
-            .as_ref()
-            .map(|b| serde_json::to_vec(b).unwrap_or_default())
-            .unwrap_or_default(),
+    let has_json_body = reply.has_json_body();
+    let (body, raw_type) = match reply.raw.take() {
+        Some(Serialized::Json(text)) => (text, None),
+        Some(Serialized::Other(bytes, content_type)) => (bytes, Some(content_type)),
+        None => (
+            reply
+                .body
+                .as_ref()
+                .map(|b| serde_json::to_vec(b).unwrap_or_default())
+                .unwrap_or_default(),
+            None,
+        ),
     };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() =
@@ -282,7 +286,7 @@ fn write(mut reply: Reply, request_id: &str, client_request_id: &str) -> Respons
     );
     if reply.plain_json {
         put("cache-control", "no-store, no-cache");
-        if reply.body.is_some() {
+        if has_json_body {
             put("content-type", "application/json; charset=utf-8");
         }
     } else {
@@ -293,7 +297,7 @@ fn write(mut reply: Reply, request_id: &str, client_request_id: &str) -> Respons
         );
         put("cache-control", "private");
         put("odata-version", "4.0");
-        if reply.body.is_some() {
+        if has_json_body {
             put("content-type", GRAPH_CONTENT_TYPE);
         }
         if let Some(content_type) = &raw_type {

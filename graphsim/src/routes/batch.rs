@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
-use crate::reply::{graph_error, Reply};
+use crate::reply::{graph_error, Reply, Serialized};
 use crate::routes::{run, Caller};
 use crate::server::{finish_reply, Op, Shared};
 
@@ -116,7 +116,7 @@ fn item_response(id: &str, mut reply: Reply) -> Value {
     let request_id = uuid::Uuid::new_v4().to_string();
     finish_reply(&mut reply, &request_id, &request_id);
     let mut headers = serde_json::Map::new();
-    if reply.body.is_some() {
+    if reply.has_json_body() {
         headers.insert(
             "Content-Type".into(),
             json!("application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"),
@@ -126,7 +126,12 @@ fn item_response(id: &str, mut reply: Reply) -> Value {
         headers.insert(k.clone(), json!(v));
     }
     let mut out = json!({"id": id, "status": reply.status, "headers": headers});
-    if let Some(body) = reply.body {
+    // A body serialised straight from the store is read back: a batch answer embeds it as JSON.
+    let body = match reply.raw.take() {
+        Some(Serialized::Json(text)) => serde_json::from_slice(&text).ok(),
+        _ => reply.body.take(),
+    };
+    if let Some(body) = body {
         out["body"] = body;
     }
     out

@@ -4,6 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::contact::{self, Contact};
+use crate::contact_json::{ContactJson, Layout};
 use crate::ids::{self, CONTACT_PREFIX, FOLDER_PREFIX};
 use crate::odata::{self, EvalOptions, Expr, Literal};
 use crate::reply::{errors, graph_error, Reply};
@@ -171,12 +172,13 @@ pub fn handle(store: &mut Store, tenant: usize, user: usize, op: &Op, base: &str
         (Resource::Contacts(f), "POST") => match op.json().and_then(|b| contact::parse_body(&b)) {
             Ok(body) => {
                 let c = mailbox.create_contact(f, body, clock);
-                let mut out = c.render(None);
-                out.insert(
-                    "@odata.context".into(),
-                    json!(format!("{ctx}/contacts/$entity")),
-                );
-                Reply::json(201, Value::Object(out))
+                let context = format!("{ctx}/contacts/$entity");
+                Reply::serialized(
+                    201,
+                    &Layout::new(None, None)
+                        .annotated("@odata.context", &context)
+                        .of(c),
+                )
             }
             Err(e) => e,
         },
@@ -251,12 +253,13 @@ fn contact_item(
                 Ok(v) => v,
                 Err(e) => return e,
             };
-            let mut out = render(current, select.as_deref(), expand.as_deref());
-            out.insert(
-                "@odata.context".into(),
-                json!(format!("{ctx}/contacts/$entity")),
-            );
-            Reply::json(200, Value::Object(out))
+            let context = format!("{ctx}/contacts/$entity");
+            Reply::serialized(
+                200,
+                &Layout::new(select.as_deref(), expand.as_deref())
+                    .annotated("@odata.context", &context)
+                    .of(current),
+            )
         }
         "PATCH" => {
             if !if_match_ok(op, current) {
@@ -268,12 +271,13 @@ fn contact_item(
             };
             match mailbox.update_contact(id, body, clock) {
                 Some(c) => {
-                    let mut out = c.render(None);
-                    out.insert(
-                        "@odata.context".into(),
-                        json!(format!("{ctx}/contacts/$entity")),
-                    );
-                    Reply::json(200, Value::Object(out))
+                    let context = format!("{ctx}/contacts/$entity");
+                    Reply::serialized(
+                        200,
+                        &Layout::new(None, None)
+                            .annotated("@odata.context", &context)
+                            .of(c),
+                    )
                 }
                 None => errors::item_not_found(),
             }
@@ -422,22 +426,6 @@ fn bad_expand() -> Reply {
     )
 }
 
-/// Renders a contact with `$select` and the expanded extended properties (omitted when none match).
-pub fn render(
-    c: &Contact,
-    select: Option<&[String]>,
-    expand: Option<&[String]>,
-) -> Map<String, Value> {
-    let mut out = c.render(select);
-    if let Some(ids) = expand {
-        let found = c.expanded(ids);
-        if !found.is_empty() {
-            out.insert("singleValueExtendedProperties".into(), Value::Array(found));
-        }
-    }
-    out
-}
-
 fn check_contact_filter(expr: &Expr) -> bool {
     match expr {
         Expr::And(items) => items.iter().all(check_contact_filter),
@@ -567,28 +555,35 @@ fn list_contacts(mailbox: &Mailbox, folder: usize, op: &Op, base: &str, ctx: &st
             matching.reverse();
         }
     }
-    let page: Vec<Value> = matching
-        .iter()
-        .skip(offset)
-        .take(size)
-        .map(|c| Value::Object(render(c, select.as_deref(), expand.as_deref())))
-        .collect();
-    let mut body = Map::new();
-    body.insert("@odata.context".into(), json!(format!("{ctx}/contacts")));
-    if op
-        .q("$count")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    {
-        body.insert("@odata.count".into(), json!(matching.len()));
-    }
-    body.insert("value".into(), Value::Array(page));
-    if offset.saturating_add(size) < matching.len() {
-        body.insert(
-            "@odata.nextLink".into(),
-            json!(next_link(op, base, offset.saturating_add(size))),
-        );
-    }
-    Reply::json(200, Value::Object(body))
+    let layout = Layout::new(select.as_deref(), expand.as_deref());
+    let page = ContactPage {
+        context: format!("{ctx}/contacts"),
+        count: op
+            .q("$count")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            .then_some(matching.len()),
+        next_link: (offset.saturating_add(size) < matching.len())
+            .then(|| next_link(op, base, offset.saturating_add(size))),
+        value: matching
+            .iter()
+            .skip(offset)
+            .take(size)
+            .map(|c| layout.of(c))
+            .collect(),
+    };
+    Reply::serialized(200, &page)
+}
+
+/// A page of a contact list, members in the order a `serde_json::Map` writes them (see [`crate::contact_json`]).
+#[derive(serde::Serialize)]
+struct ContactPage<'a> {
+    #[serde(rename = "@odata.context")]
+    context: String,
+    #[serde(rename = "@odata.count", skip_serializing_if = "Option::is_none")]
+    count: Option<usize>,
+    #[serde(rename = "@odata.nextLink", skip_serializing_if = "Option::is_none")]
+    next_link: Option<String>,
+    value: Vec<ContactJson<'a>>,
 }
 
 fn list_folders(mailbox: &Mailbox, parent: usize, op: &Op, base: &str, ctx: &str) -> Reply {

@@ -9,9 +9,13 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use crate::contact_json::Layout;
 use crate::odata;
 use crate::reply::{errors, Reply};
-use crate::routes::contacts::{page_size, render, select_and_expand};
+use crate::routes::contacts::{page_size, select_and_expand};
+
+/// The `@odata.type` of every delta item.
+const CONTACT_TYPE: &str = "#microsoft.graph.contact";
 use crate::server::Op;
 use crate::state::Mailbox;
 
@@ -103,23 +107,32 @@ pub fn handle(
         .filter(|c| c.version > token.s && c.version <= token.u)
         .collect();
     changed.sort_by_key(|c| c.version);
-    let mut items: Vec<Value> = changed
+    // Changed items, then removed ones; only the page asked for is rendered.
+    let removed: Vec<&String> = if token.s > 0 {
+        mailbox.folders[folder]
+            .tombstones
+            .iter()
+            .filter(|(v, _)| *v > token.s && *v <= token.u)
+            .map(|(_, id)| id)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let total = changed.len() + removed.len();
+    let layout = Layout::new(token.sel.as_deref(), None).annotated("@odata.type", CONTACT_TYPE);
+    let page: Vec<Value> = changed
         .iter()
-        .map(|c| {
-            let mut m = render(c, token.sel.as_deref(), None);
-            m.insert("@odata.type".into(), json!("#microsoft.graph.contact"));
-            Value::Object(m)
+        .map(Ok)
+        .chain(removed.iter().map(|id| Err(*id)))
+        .skip(token.o)
+        .take(size)
+        .map(|item| match item {
+            Ok(c) => Value::Object(layout.of(c).to_map()),
+            Err(id) => {
+                json!({"@odata.type": CONTACT_TYPE, "id": id, "@removed": {"reason": "deleted"}})
+            }
         })
         .collect();
-    if token.s > 0 {
-        for (v, id) in &mailbox.folders[folder].tombstones {
-            if *v > token.s && *v <= token.u {
-                items.push(json!({"@odata.type": "#microsoft.graph.contact", "id": id, "@removed": {"reason": "deleted"}}));
-            }
-        }
-    }
-    let total = items.len();
-    let page: Vec<Value> = items.into_iter().skip(token.o).take(size).collect();
     let mut body = Map::new();
     body.insert(
         "@odata.context".into(),
