@@ -1,5 +1,6 @@
 //! Phase 1: every source mailbox's contacts merged into the central folder, de-duplicated. Its own file because
-//! it is the one step that reads many mailboxes ([`SOURCE_READ_CONCURRENCY`] at a time) and skips the merge when no feed changed.
+//! it is the one step that checks and reads many mailboxes ([`SOURCE_CHECK_CONCURRENCY`] and
+//! [`SOURCE_READ_CONCURRENCY`] at a time) and skips the merge when no feed changed.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,11 @@ use crate::overlap::{Ended, Publishing};
 /// as received and decoded), so 32 keep that under 80 MB beside a large central folder; 64 were faster still but
 /// would double it within the worker's 512 Mi.
 const SOURCE_READ_CONCURRENCY: usize = 32;
+
+/// How many source mailboxes a phase-1 job checks at once. A check is one delta request per mailbox (each has its
+/// own Graph budget) whose answer is a few ids (`$select=id,changeKey`, at most 500 a page, about 100 KB), so
+/// checks go four times as wide as reads: at Graph's latency a quiet run is its rounds of checks.
+const SOURCE_CHECK_CONCURRENCY: usize = 4 * SOURCE_READ_CONCURRENCY;
 
 /// A source mailbox as phase 1 read it: the contacts that can change the plan, and the origins it holds
 /// (`Photos` on; see `origin_photo`).
@@ -84,7 +90,7 @@ impl JobRunner {
                             .await;
                     (mailbox, check)
                 })
-                .buffer_unordered(SOURCE_READ_CONCURRENCY)
+                .buffer_unordered(SOURCE_CHECK_CONCURRENCY)
                 .collect()
                 .await;
         let mut readable = Vec::with_capacity(checks.len());
