@@ -172,13 +172,7 @@ pub fn handle(store: &mut Store, tenant: usize, user: usize, op: &Op, base: &str
         (Resource::Contacts(f), "POST") => match op.json().and_then(|b| contact::parse_body(&b)) {
             Ok(body) => {
                 let c = mailbox.create_contact(f, body, clock);
-                let context = format!("{ctx}/contacts/$entity");
-                Reply::serialized(
-                    201,
-                    &Layout::new(None, None)
-                        .annotated("@odata.context", &context)
-                        .of(c),
-                )
+                entity(201, c, &ctx, Layout::new(None, None))
             }
             Err(e) => e,
         },
@@ -253,12 +247,11 @@ fn contact_item(
                 Ok(v) => v,
                 Err(e) => return e,
             };
-            let context = format!("{ctx}/contacts/$entity");
-            Reply::serialized(
+            entity(
                 200,
-                &Layout::new(select.as_deref(), expand.as_deref())
-                    .annotated("@odata.context", &context)
-                    .of(current),
+                current,
+                ctx,
+                Layout::new(select.as_deref(), expand.as_deref()),
             )
         }
         "PATCH" => {
@@ -270,15 +263,7 @@ fn contact_item(
                 Err(e) => return e,
             };
             match mailbox.update_contact(id, body, clock) {
-                Some(c) => {
-                    let context = format!("{ctx}/contacts/$entity");
-                    Reply::serialized(
-                        200,
-                        &Layout::new(None, None)
-                            .annotated("@odata.context", &context)
-                            .of(c),
-                    )
-                }
+                Some(c) => entity(200, c, ctx, Layout::new(None, None)),
                 None => errors::item_not_found(),
             }
         }
@@ -572,6 +557,15 @@ fn list_contacts(mailbox: &Mailbox, folder: usize, op: &Op, base: &str, ctx: &st
             .collect(),
     };
     Reply::serialized(200, &page)
+}
+
+/// One contact as Graph answers a read, create or update of it: rendered with `layout`, in its entity context.
+fn entity(status: u16, contact: &Contact, ctx: &str, layout: Layout<'_>) -> Reply {
+    let context = format!("{ctx}/contacts/$entity");
+    Reply::serialized(
+        status,
+        &layout.annotated("@odata.context", &context).of(contact),
+    )
 }
 
 /// A page of a contact list, members in the order a `serde_json::Map` writes them (see [`crate::contact_json`]).
