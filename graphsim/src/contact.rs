@@ -366,26 +366,6 @@ impl Contact {
     pub fn etag(&self) -> String {
         format!("W/\"{}\"", self.change_key)
     }
-
-    /// Everything stored, for the control surface and [`crate::Sim::contacts`].
-    pub fn full_state(&self) -> Value {
-        let mut out = crate::contact_json::Layout::new(None, None)
-            .of(self)
-            .to_map();
-        for (k, v) in &self.other_navigation {
-            out.insert(k.clone(), v.clone());
-        }
-        out.insert(
-            "singleValueExtendedProperties".into(),
-            Value::Array(
-                self.extended
-                    .iter()
-                    .map(|(id, v)| serde_json::json!({"id": id, "value": v}))
-                    .collect(),
-            ),
-        );
-        Value::Object(out)
-    }
 }
 
 #[cfg(test)]

@@ -161,6 +161,26 @@ fn is_server(name: &str) -> bool {
     SERVER.contains(&name)
 }
 
+/// Everything stored of `contact`, for [`crate::Sim::contacts`]: its full rendering, the other navigation data kept
+/// from bodies, and every extended property.
+pub fn full_state(contact: &Contact) -> Value {
+    let mut out = Layout::new(None, None).of(contact).to_map();
+    for (k, v) in &contact.other_navigation {
+        out.insert(k.clone(), v.clone());
+    }
+    out.insert(
+        "singleValueExtendedProperties".into(),
+        Value::Array(
+            contact
+                .extended
+                .iter()
+                .map(|(id, v)| serde_json::json!({"id": id, "value": v}))
+                .collect(),
+        ),
+    );
+    Value::Object(out)
+}
+
 /// The value of server-managed property `name`; `None` when `name` is not one.
 fn server_value<'a>(c: &'a Contact, name: &str) -> Option<&'a str> {
     match name {

@@ -249,8 +249,13 @@ impl Sim {
             None => Some(0),
             Some(name) => mailbox.child_named(0, name),
         };
-        f.map(|f| mailbox.folder_contacts(f).map(|c| c.full_state()).collect())
-            .unwrap_or_default()
+        f.map(|f| {
+            mailbox
+                .folder_contacts(f)
+                .map(contact_json::full_state)
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// Every folder below the default `Contacts` folder (nested ones too), with `parentFolderId`.
