@@ -13,7 +13,7 @@ use crate::model::{Contact, ContactWrite, FieldSet, Mailbox, PackedFields, Write
 use super::central::{with_category, Candidate, MatchKeys};
 use super::fields::{self, Data, Existing};
 use super::identity::{
-    effective_sync_id, names_mailbox, ownership, property_sync_id, stamped_as_own, OwnerReason,
+    effective_sync_id, names_mailbox, ownership_of, property_sync_id, stamped_as_own, OwnerReason,
     Ownership, SyncId,
 };
 use super::inert::CentralKeys;
@@ -145,7 +145,7 @@ impl CentralStamp {
 ///   id is not the contact's own derived id, such a contact is not stamped at all (it stays matched by email),
 ///   because a bare property would make it look like a managed copy.
 ///
-/// Deletion, only ever of a managed copy (see [`ownership`]: it needs the extended property as proof, so a notes
+/// Deletion, only ever of a managed copy (see [`super::ownership`]: it needs the extended property as proof, so a notes
 /// stamp alone never makes a contact deletable) that no central person claimed, when `deletion.enabled`:
 /// - its sync id is not in the central folder ([`Reason::NoLongerCentral`]);
 /// - it is an extra copy of a person still central ([`Reason::DuplicateSyncId`]: an ambiguous create resent, say).
@@ -275,13 +275,18 @@ pub fn plan_distribution_from(
     target_sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let mut targets: Vec<Target> = target_sorted
         .into_iter()
-        .map(|contact| Target {
-            c: Candidate::new(target_mailbox, contact),
-            property: property_sync_id(contact),
-            stamp: TargetStamp::of(NotesStamp::parse(contact.personal_notes.as_deref())),
-            derived: SyncId::derive(&ctx.tenant_id, &target_mailbox.id, &contact.id),
-            ownership: ownership(&ctx.tenant_id, target_mailbox, contact),
-            opted_out: has_category(&contact.categories, &options.opt_out_category),
+        .map(|contact| {
+            let property = property_sync_id(contact);
+            let stamp = NotesStamp::parse(contact.personal_notes.as_deref());
+            let derived = SyncId::derive(&ctx.tenant_id, &target_mailbox.id, &contact.id);
+            Target {
+                c: Candidate::new(target_mailbox, contact),
+                ownership: ownership_of(target_mailbox, property.as_ref(), &stamp, &derived),
+                property,
+                stamp: TargetStamp::of(stamp),
+                derived,
+                opted_out: has_category(&contact.categories, &options.opt_out_category),
+            }
         })
         .collect();
     // The cap's base: managed copies as `ownership` judges them on their own.

@@ -128,10 +128,27 @@ pub fn names_mailbox(created_by: &str, mailbox: &Mailbox) -> bool {
 /// the owner's, and so is one whose stamp names this mailbox by object id or UPN.
 pub fn ownership(tenant_id: &str, mailbox: &Mailbox, contact: &Contact) -> Ownership {
     let stamp = NotesStamp::parse(contact.personal_notes.as_deref());
-    let Some(id) = property_sync_id(contact).or_else(|| stamp.sync_id.clone()) else {
+    let property = property_sync_id(contact);
+    if property.is_none() && stamp.sync_id.is_none() {
+        // Decided without the derived id (a SHA-1).
+        return Ownership::OwnerCreated(OwnerReason::Unstamped);
+    }
+    let derived = SyncId::derive(tenant_id, &mailbox.id, &contact.id);
+    ownership_of(mailbox, property.as_ref(), &stamp, &derived)
+}
+
+/// [`ownership`] from what a caller has computed of the contact already: its property sync id, its parsed notes
+/// stamp and its derived sync id (phase 2 needs all three for matching, and plans every contact of a mailbox).
+pub fn ownership_of(
+    mailbox: &Mailbox,
+    property: Option<&SyncId>,
+    stamp: &NotesStamp,
+    derived: &SyncId,
+) -> Ownership {
+    let Some(id) = property.or(stamp.sync_id.as_ref()) else {
         return Ownership::OwnerCreated(OwnerReason::Unstamped);
     };
-    if id == SyncId::derive(tenant_id, &mailbox.id, &contact.id) {
+    if id == derived {
         return Ownership::OwnerCreated(OwnerReason::OwnOriginal);
     }
     if stamp
@@ -141,7 +158,7 @@ pub fn ownership(tenant_id: &str, mailbox: &Mailbox, contact: &Contact) -> Owner
     {
         return Ownership::OwnerCreated(OwnerReason::CreatedByOwner);
     }
-    if property_sync_id(contact).is_none() {
+    if property.is_none() {
         return Ownership::OwnerCreated(OwnerReason::NotesStampOnly);
     }
     Ownership::ManagedCopy
@@ -214,4 +231,83 @@ mod tests {
         assert_eq!(SyncId::parse(&format!("{{{a}}}")), Some(a));
         assert_eq!(SyncId::parse("  "), None);
     }
+
+    /// Each way a contact is judged, from what it carries (the extended property, the notes stamp's `SyncId` and
+    /// `CreatedBy`); phase 2 reaches the same answers through [`ownership_of`] with the parts it computed itself.
+    #[test]
+    fn ownership_tells_each_kind_of_contact() {
+        let mailbox = Mailbox {
+            id: "m-dan".into(),
+            upn: "dan@contoso.com".into(),
+        };
+        let person = SyncId::derive(TENANT, "m-ada", "c-ada");
+        let contact = |property: Option<&SyncId>, stamp_id: Option<&SyncId>, by: Option<&str>| {
+            let stamp = NotesStamp {
+                sync_id: stamp_id.cloned(),
+                created_by: by.map(str::to_owned),
+                ..NotesStamp::default()
+            };
+            Contact {
+                id: "c-dan".into(),
+                last_modified: None,
+                fields: crate::model::ContactFields::default(),
+                personal_notes: Some(stamp.lines().join("\n")).filter(|n| !n.is_empty()),
+                categories: Vec::new(),
+                sync_id_property: property.map(|p| p.as_str().to_owned()),
+                photo_hash: None,
+                photo_source: None,
+                has_picture: false,
+                change_key: None,
+            }
+        };
+        let own = SyncId::derive(TENANT, "m-dan", "c-dan");
+        let cases = [
+            (
+                contact(None, None, None),
+                Ownership::OwnerCreated(OwnerReason::Unstamped),
+            ),
+            (
+                contact(Some(&own), None, Some("ada@contoso.com")),
+                Ownership::OwnerCreated(OwnerReason::OwnOriginal),
+            ),
+            (
+                contact(None, Some(&own), None),
+                Ownership::OwnerCreated(OwnerReason::OwnOriginal),
+            ),
+            (
+                contact(Some(&person), None, Some("DAN@contoso.com")),
+                Ownership::OwnerCreated(OwnerReason::CreatedByOwner),
+            ),
+            (
+                contact(None, Some(&person), Some("ada@contoso.com")),
+                Ownership::OwnerCreated(OwnerReason::NotesStampOnly),
+            ),
+            (
+                contact(Some(&person), Some(&person), Some("ada@contoso.com")),
+                Ownership::ManagedCopy,
+            ),
+            (contact(Some(&person), None, None), Ownership::ManagedCopy),
+        ];
+        for (contact, expected) in cases {
+            assert_eq!(
+                ownership(TENANT, &mailbox, &contact),
+                expected,
+                "{contact:?}"
+            );
+            let stamp = NotesStamp::parse(contact.personal_notes.as_deref());
+            let derived = SyncId::derive(TENANT, &mailbox.id, &contact.id);
+            assert_eq!(
+                ownership_of(
+                    &mailbox,
+                    property_sync_id(&contact).as_ref(),
+                    &stamp,
+                    &derived
+                ),
+                expected,
+                "{contact:?}"
+            );
+        }
+    }
+
+    const TENANT: &str = "contoso.onmicrosoft.com";
 }
