@@ -6,6 +6,8 @@
 //! in the order a `serde_json::Map` writes them (sorted by name; the crate is built without `preserve_order`), a
 //! name given twice written once with its last value.
 
+use std::sync::OnceLock;
+
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
@@ -164,7 +166,10 @@ fn is_server(name: &str) -> bool {
 /// Everything stored of `contact`, for [`crate::Sim::contacts`]: its full rendering, the other navigation data kept
 /// from bodies, and every extended property.
 pub fn full_state(contact: &Contact) -> Value {
-    let mut out = Layout::new(None, None).of(contact).to_map();
+    // One layout for every call: the bench snapshots hundreds of thousands of contacts this way.
+    static EVERYTHING: OnceLock<Layout<'static>> = OnceLock::new();
+    let everything = EVERYTHING.get_or_init(|| Layout::new(None, None));
+    let mut out = everything.of(contact).to_map();
     for (k, v) in &contact.other_navigation {
         out.insert(k.clone(), v.clone());
     }

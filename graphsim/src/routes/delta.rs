@@ -107,7 +107,8 @@ pub fn handle(
         .filter(|c| c.version > token.s && c.version <= token.u)
         .collect();
     changed.sort_by_key(|c| c.version);
-    // Changed items, then removed ones; only the page asked for is rendered.
+    // Changed items (`Ok`), then removed ones (`Err`); tagged first and rendered after the page is cut, so only the
+    // page asked for is rendered.
     let removed: Vec<&String> = if token.s > 0 {
         mailbox.folders[folder]
             .tombstones
