@@ -540,3 +540,194 @@ async fn a_changed_run_reads_a_mailbox_left_holding_only_copies_once() {
     );
     std::fs::remove_dir_all(&state).ok();
 }
+
+/// Since the last reset, the change checks (delta requests) each mailbox received.
+fn change_checks(estate: &Estate) -> std::collections::BTreeMap<String, usize> {
+    let mut checks = std::collections::BTreeMap::new();
+    for request in estate.sim.request_log() {
+        let delta = request.method == "GET" && request.url.contains("/delta");
+        if let (true, Some(mailbox)) = (delta, request.mailbox) {
+            *checks.entry(mailbox).or_insert(0) += 1;
+        }
+    }
+    checks
+}
+
+/// Issue 13: once a run's checks show a change, phase 1 checks no more mailboxes left holding only copies: their
+/// phase-2 jobs read them anyway (one request instead of two) and tell from what they read whether phase 1 could
+/// have done without them (`feed::source_deferrable`, `CentralKeys::before`). Where an owner changed such a
+/// mailbox meanwhile (a contact of their own added, a copy edited), its job writes nothing there and the next run's
+/// phase 1 reads it: the edit is never overwritten, and after that run the estate is as a twin that reads
+/// everything left it.
+///
+/// Failed before the change: every such mailbox got its change check (and one full read) in the changed run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_run_leaves_mailboxes_of_copies_unchecked_and_what_their_owners_changed_still_travels(
+) {
+    let kept = Estate::seed(SimConfig::default(), params()).await;
+    let full = Estate::seed(SimConfig::default(), params()).await;
+    // One owner keeps a private contact: never published, so that mailbox never holds only copies.
+    for estate in [&kept, &full] {
+        let t = &estate.tenants[0];
+        estate.sim.add_contact(
+            &t.tenant_id,
+            &t.mirror_target_upns[1],
+            None,
+            serde_json::json!({"displayName": "Kept Private", "categories": ["Private"]}),
+        );
+    }
+    let state = support::scratch_dir("unchecked-state");
+    let (kept_settings, full_settings) = (kept.settings(), full.settings());
+    let (kept_own, full_own) = (originals(&kept), originals(&full));
+    let kept_args = with_state(&state);
+    let full_args = embedded_args();
+    sync(&kept, &kept_settings, &kept_args).await;
+    sync(&full, &full_settings, &full_args).await;
+    // A quiet run: the feeds move past the first run's own writes.
+    sync(&kept, &kept_settings, &kept_args).await;
+    let only = left_holding_only_copies(&kept, 0, &state);
+    let users: Vec<String> = kept.tenants[0]
+        .mirror_target_upns
+        .iter()
+        .map(|u| u.to_lowercase())
+        .collect();
+    let renamer = users[1].clone();
+    assert!(
+        !only.contains(&renamer),
+        "the mailbox with a private contact holds only copies"
+    );
+    let mut quiet = only.iter();
+    let (adder, editor) = match (quiet.next(), quiet.next()) {
+        (Some(a), Some(e)) => (a.clone(), e.clone()),
+        _ => panic!("fewer than two mailboxes left holding only copies: {only:?}"),
+    };
+
+    // The change that makes the run write: an owner renames a contact of their own. Meanwhile one owner of a
+    // mailbox of copies adds a contact of their own, another edits a copy (not of the renamed person).
+    let upn_of = |estate: &Estate, lower: &str| {
+        estate.tenants[0]
+            .user_upns
+            .iter()
+            .find(|u| u.to_lowercase() == lower)
+            .expect("user")
+            .clone()
+    };
+    let renamed_id = find(&kept, 0, &upn_of(&kept, &renamer), |c| {
+        c["id"].as_str().is_some_and(|id| kept_own.contains(id))
+    });
+    let renamed_name = kept
+        .sim
+        .contacts(&kept.tenants[0].tenant_id, &upn_of(&kept, &renamer), None)
+        .into_iter()
+        .find(|c| c["id"] == renamed_id.as_str())
+        .and_then(|c| c["displayName"].as_str().map(str::to_owned))
+        .expect("the renamed contact's name");
+    for (estate, own) in [(&kept, &kept_own), (&full, &full_own)] {
+        let t = estate.tenants[0].clone();
+        let id = find(estate, 0, &upn_of(estate, &renamer), |c| {
+            c["id"].as_str().is_some_and(|id| own.contains(id))
+        });
+        support::patch_contact(
+            estate,
+            &t,
+            &upn_of(estate, &renamer),
+            &id,
+            serde_json::json!({"displayName": "Renamed By Owner"}),
+        )
+        .await;
+        estate.sim.add_contact(
+            &t.tenant_id,
+            &upn_of(estate, &adder),
+            None,
+            serde_json::json!({"displayName": "Met Since", "emailAddresses": [{"address": "met.since@example.org"}]}),
+        );
+        let copy = find(estate, 0, &upn_of(estate, &editor), |c| {
+            c["id"].as_str().is_some_and(|id| !own.contains(id))
+                && c["displayName"] != renamed_name.as_str()
+        });
+        support::patch_contact(
+            estate,
+            &t,
+            &upn_of(estate, &editor),
+            &copy,
+            serde_json::json!({"displayName": "Edited In A Copy"}),
+        )
+        .await;
+    }
+
+    let report = sync(&kept, &kept_settings, &kept_args).await;
+    let (checks, reads, stats) = (change_checks(&kept), full_reads(&kept), kept.sim.stats());
+    for upn in &only {
+        assert_eq!(checks.get(upn), None, "{upn} was checked: {checks:?}");
+        assert_eq!(reads.get(upn), Some(&1), "full reads of {upn}: {reads:?}");
+    }
+    assert_eq!(
+        checks.get(&renamer),
+        Some(&1),
+        "the renamer's mailbox is checked"
+    );
+    for upn in [&adder, &editor] {
+        assert_eq!(
+            stats.mailboxes.get(upn.as_str()).map_or(0, |m| m.writes),
+            0,
+            "{upn} was written although its owner changed it"
+        );
+    }
+    assert_eq!(
+        total(&report, |c| c.mailboxes_left_for_next_run),
+        2,
+        "the two changed mailboxes are left for the next run"
+    );
+    assert!(
+        report
+            .human()
+            .contains("2 mailboxes changed by their owners, left for the next run"),
+        "{}",
+        report.human()
+    );
+    let edited_copy = kept
+        .sim
+        .contacts(&kept.tenants[0].tenant_id, &upn_of(&kept, &editor), None);
+    assert!(
+        edited_copy
+            .iter()
+            .any(|c| c["displayName"] == "Edited In A Copy"),
+        "the edit in the copy was overwritten"
+    );
+    let unchanged_copy_holder = only
+        .iter()
+        .find(|u| **u != adder && **u != editor)
+        .expect("a third mailbox of copies");
+    assert!(
+        stats
+            .mailboxes
+            .get(unchanged_copy_holder.as_str())
+            .is_some_and(|m| m.writes > 0),
+        "the rename did not reach {unchanged_copy_holder}"
+    );
+
+    // The next run reads both in phase 1 and everything travels: the estate is as the twin left it.
+    sync(&full, &full_settings, &full_args).await;
+    sync(&kept, &kept_settings, &kept_args).await;
+    let reads = full_reads(&kept);
+    for upn in [&adder, &editor] {
+        assert_eq!(
+            reads.get(upn.as_str()),
+            Some(&2),
+            "full reads of {upn}: {reads:?}"
+        );
+    }
+    sync(&full, &full_settings, &full_args).await;
+    assert_eq!(snapshot(&kept, FOLDER), snapshot(&full, FOLDER));
+    let t = &kept.tenants[0];
+    let central = kept
+        .sim
+        .contacts(&t.tenant_id, &t.shared_mailbox_upn, Some(FOLDER));
+    for name in ["Met Since", "Edited In A Copy", "Renamed By Owner"] {
+        assert!(
+            central.iter().any(|c| c["displayName"] == name),
+            "{name} is not in the central folder"
+        );
+    }
+    std::fs::remove_dir_all(&state).ok();
+}

@@ -167,8 +167,43 @@ impl World {
     /// Phase 1: plans and applies; returns the plan.
     fn phase1(&mut self) -> Plan {
         let plan = self.plan1();
+        let before = self.central.clone();
         apply(&plan, &mut self.central, self.clock).expect("phase 1 applies");
+        self.check_keys_before(&before, &plan);
         plan
+    }
+
+    /// Every scenario also checks that the keys of the central folder before phase 1's plan, as a phase-2 job
+    /// makes them from the folder it reads after the plan (all of its writes in, or only some) and the persons the
+    /// plan wrote as they were (`inert::superseded`), tell every contact of every user as the keys of the folder
+    /// before the plan do: what phase 2 judges a mailbox phase 1 left unchecked by (`feed::source_deferrable`).
+    fn check_keys_before(&self, before: &[Contact], plan: &Plan) {
+        let ctx = self.ctx(&self.shared);
+        let Some(superseded) = inert::superseded(&ctx, before, plan) else {
+            return;
+        };
+        let truth = inert::CentralKeys::new(&ctx, before);
+        let writes = plan.writes().count();
+        for applied in [writes, writes / 2] {
+            let mut after = before.to_vec();
+            super::simulate::apply_ops(plan.writes().take(applied), &mut after, self.clock)
+                .expect("partial");
+            let view = fields::central_folder_view(after, self.options.fields.central);
+            let keys = inert::CentralKeys::for_copies(&ctx, &view);
+            let prior = keys.before(&ctx, &superseded);
+            for (mailbox, contacts) in &self.users {
+                let ctx = self.ctx(mailbox);
+                for contact in contacts {
+                    assert_eq!(
+                        prior.is_inert(&ctx, mailbox, contact),
+                        truth.is_inert(&ctx, mailbox, contact),
+                        "the keys before the plan ({applied} of {writes} writes in) tell {} of {} otherwise",
+                        contact.id,
+                        mailbox.upn
+                    );
+                }
+            }
+        }
     }
 
     fn plan2(&mut self, user: usize) -> Result<Plan, PlanRefusal> {
@@ -991,6 +1026,117 @@ fn plan_of(ops: Vec<WriteOp>) -> Plan {
             })
             .collect(),
     }
+}
+
+/// The persons a phase-1 plan writes are handed on as they were, each sync id a write touches (the one a contact held
+/// before an update or delete, the one it holds after, a create's), so the keys a phase-2 job makes of the folder
+/// before the plan tell copies as the folder before the plan does; a plan whose persons cannot be told hands on
+/// nothing (a create without a sync id, a write naming a contact the folder does not hold).
+#[test]
+fn the_persons_a_plan_writes_are_handed_on_as_they_were() {
+    let world = World::new(Vec::new());
+    let ctx = world.ctx(&world.shared);
+    let bob = mailbox("bob");
+    let sync = |name: &str| SyncId::derive(TENANT, "id-ann", name).as_str().to_owned();
+    let person = |id: &str, name: &str, s: &str| {
+        let mut c = contact(id, name, &[&format!("{name}@x.com")], 1);
+        c.sync_id_property = Some(sync(s));
+        c
+    };
+    let before = vec![
+        person("c1", "one", "s1"),
+        person("c2", "two", "s2"),
+        person("c3", "three", "s3"),
+    ];
+    let write = |c: &Contact, s: &str| ContactWrite {
+        fields: Some(PackedFields::pack(&c.fields)),
+        unchanged: crate::model::FieldSet::empty(),
+        personal_notes: None,
+        categories: None,
+        sync_id: Some(sync(s)),
+    };
+    let mut renamed = before[0].clone();
+    renamed.fields.job_title = Some("moved on".into());
+    let newcomer = person("", "four", "s4");
+    let plan = plan_of(vec![
+        // c1 now carries another sync id, s5, and another job title.
+        WriteOp::Update {
+            id: "c1".into(),
+            write: write(&renamed, "s5"),
+        },
+        WriteOp::Delete { id: "c2".into() },
+        WriteOp::Create(write(&newcomer, "s4")),
+    ]);
+    let superseded = inert::superseded(&ctx, &before, &plan).expect("told");
+    assert_eq!(
+        superseded.len(),
+        4,
+        "s1, s5 (updated), s2 (deleted), s4 (created)"
+    );
+    let mut after = before.clone();
+    apply(&plan, &mut after, world.clock).expect("applies");
+    let keys = CentralKeys::for_copies(&ctx, &after);
+    let prior = keys.before(&ctx, &superseded);
+    let truth = CentralKeys::new(&ctx, &before);
+    let copy = |c: &Contact, s: &str| Contact {
+        id: format!("copy-{}", c.id),
+        sync_id_property: Some(sync(s)),
+        ..c.clone()
+    };
+    let mut renamed_after = renamed.clone();
+    renamed_after.id = "c1".into();
+    let copies = [
+        (copy(&before[0], "s1"), true),
+        (copy(&renamed_after, "s5"), false),
+        (copy(&before[1], "s2"), true),
+        (copy(&before[2], "s3"), true),
+        (copy(&newcomer, "s4"), false),
+    ];
+    for (copy, inert_before) in &copies {
+        let ctx = world.ctx(&bob);
+        assert_eq!(
+            truth.is_inert(&ctx, &bob, copy),
+            *inert_before,
+            "{}",
+            copy.id
+        );
+        assert_eq!(
+            prior.is_inert(&ctx, &bob, copy),
+            *inert_before,
+            "{}",
+            copy.id
+        );
+    }
+    assert!(
+        keys.is_inert(&world.ctx(&bob), &bob, &copies[1].0),
+        "after the plan, the copy of c1 as renamed is inert"
+    );
+    assert!(prior.hold_only_inert(
+        &world.ctx(&bob),
+        &bob,
+        &[copies[0].0.clone(), copies[3].0.clone()]
+    ));
+    assert!(!prior.hold_only_inert(
+        &world.ctx(&bob),
+        &bob,
+        &[copies[0].0.clone(), copies[4].0.clone()]
+    ));
+    let unstamped = ContactWrite {
+        sync_id: None,
+        ..write(&newcomer, "s4")
+    };
+    assert_eq!(
+        inert::superseded(&ctx, &before, &plan_of(vec![WriteOp::Create(unstamped)])),
+        None
+    );
+    assert_eq!(
+        inert::superseded(
+            &ctx,
+            &before,
+            &plan_of(vec![WriteOp::Delete { id: "nope".into() }])
+        ),
+        None
+    );
 }
 
 /// `CentralKeys::for_copies` keeps packed fields only up to `PACKED_PERSONS` persons (memory); above it a create
