@@ -1,6 +1,7 @@
 //! Phase 1: every source mailbox's contacts merged into the central folder, de-duplicated. Its own file because
 //! it is the one step that checks and reads many mailboxes ([`SOURCE_CHECK_CONCURRENCY`] and
-//! [`SOURCE_READ_CONCURRENCY`] at a time) and skips the merge when no feed changed.
+//! [`SOURCE_READ_CONCURRENCY`] at a time), skips the merge when no feed changed, and leaves mailboxes holding only
+//! copies unchecked once the run is known to change something (their phase-2 jobs read them anyway).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
