@@ -323,11 +323,17 @@ pub fn phase1_skip(
     sources: &[SourceCheck],
 ) -> Option<Generation> {
     let generation = generation?;
-    let sources_as_before = sources.iter().all(|s| match s {
-        SourceCheck::Read(check) => *check == Check::Unchanged,
-        SourceCheck::Unreadable { had_feed } => !had_feed,
-    });
-    (central == Check::Unchanged && sources_as_before).then_some(generation)
+    (central == Check::Unchanged && !sources_changed(sources)).then_some(generation)
+}
+
+/// Whether the sources' checks show a change since the content the central folder was made from: a folder changed
+/// or unknown, or one that contributed and cannot be read now (one that never could is no change: every run meets
+/// the same unreachable mailboxes).
+pub fn sources_changed(sources: &[SourceCheck]) -> bool {
+    sources.iter().any(|s| match s {
+        SourceCheck::Read(check) => *check != Check::Unchanged,
+        SourceCheck::Unreadable { had_feed } => *had_feed,
+    })
 }
 
 /// Phase 1 need not read a source that, when last brought in line with the central generation that still stands,
@@ -470,6 +476,7 @@ mod tests {
                             expected,
                             "{central:?} {generation:?} {a:?} {b:?}"
                         );
+                        assert_eq!(sources_changed(&[*a, *b]), !(fine(a) && fine(b)));
                         if let Some(kept) = skip {
                             assert_eq!(kept, g);
                         }

@@ -463,11 +463,9 @@ impl Checked {
         }
     }
 
-    /// Whether a check so far showed a change (or failed).
+    /// Whether a check so far showed a change (`feed::sources_changed`).
     fn any_change(&self) -> bool {
-        self.source_checks
-            .iter()
-            .any(|check| *check != SourceCheck::Read(Check::Unchanged))
+        feed::sources_changed(&self.source_checks)
     }
 
     /// Takes in checks of sources whose feeds `prior` kept; a transient failure retries the whole job.
