@@ -380,7 +380,6 @@ impl TenantMemory {
             central,
             central_generation: None,
             directory_generation: None,
-            central_before: None,
             mailboxes: self
                 .mailboxes
                 .iter()
@@ -399,7 +398,7 @@ impl TenantMemory {
             .mailboxes
             .iter()
             .filter(|(id, _)| self.sources.contains(*id))
-            .map(|(id, feed)| (id.clone(), feed.as_found()))
+            .map(|(id, feed)| (id.clone(), feed.clone()))
             .collect();
     }
 
@@ -448,21 +447,17 @@ impl TenantMemory {
         user: &Mailbox,
         directory: Option<Generation>,
     ) -> Cursors {
-        let feed = phase1.mailboxes.get(&user.id);
         Cursors {
             tracked: true,
             central: None,
             directory_generation: directory,
             central_generation: phase1.central.as_ref().and_then(|f| f.in_line_with),
-            mailboxes: feed
+            mailboxes: phase1
+                .mailboxes
+                .get(&user.id)
                 .map(|feed| (user.id.clone(), feed.clone()))
                 .into_iter()
                 .collect(),
-            // Only the job of a mailbox phase 1 left unchecked judges it against the folder before the plan.
-            central_before: phase1
-                .central_before
-                .clone()
-                .filter(|_| feed.is_some_and(|f| f.unchecked)),
         }
     }
 
@@ -488,7 +483,7 @@ impl TenantMemory {
 
 #[cfg(test)]
 mod tests {
-    use shared::feed::{CentralBefore, DeltaLink};
+    use shared::feed::DeltaLink;
 
     use super::*;
 
@@ -516,37 +511,7 @@ mod tests {
                 .iter()
                 .map(|u| ((*u).to_owned(), feed(u, None)))
                 .collect(),
-            central_before: None,
         }
-    }
-
-    /// The folder before phase 1's plan goes only into the jobs of the mailboxes phase 1 left unchecked, and the
-    /// state never keeps the mark.
-    #[test]
-    fn only_the_job_of_an_unchecked_mailbox_gets_the_folder_before_the_plan() {
-        let g = Generation::fresh();
-        let sources = [mailbox("a"), mailbox("b")];
-        let mut reported = phase1_report(Generation::fresh(), &["a"]);
-        reported.mailboxes.insert(
-            "b".into(),
-            feed("b", Some(g))
-                .holding_only_copies(true)
-                .left_unchecked(),
-        );
-        let before = CentralBefore {
-            generation: g,
-            persons: serde_json::from_value(serde_json::json!({"persons": []})).expect("none"),
-        };
-        reported.central_before = Some(Box::new(before.clone()));
-        let a = TenantMemory::phase2_cursors(&reported, &sources[0], None);
-        let b = TenantMemory::phase2_cursors(&reported, &sources[1], None);
-        assert_eq!(a.central_before, None);
-        assert_eq!(b.central_before.as_deref(), Some(&before));
-        assert!(b.mailboxes["b"].unchecked);
-        let mut memory = TenantMemory::new(Uuid::nil());
-        memory.phase1_succeeded(&sources, &reported);
-        assert!(!memory.mailboxes["b"].unchecked);
-        assert_eq!(memory.mailboxes["b"].in_line_with, Some(g));
     }
 
     #[test]

@@ -25,10 +25,6 @@ pub struct PhaseCounts {
     /// Mailboxes whose change feeds showed nothing new since the last run, so nothing was read or planned.
     #[serde(default)]
     pub mailboxes_unchanged: u64,
-    /// Mailboxes phase 2 left for the next run: changed by their owners since the last run, which phase 1 had left
-    /// unchecked (its next run reads them).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub mailboxes_left_for_next_run: u64,
     /// Photos put on copies (`Photos` on).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub photos_sent: u64,
@@ -163,12 +159,6 @@ impl TenantReport {
                         .entry(report.phase)
                         .or_default()
                         .mailboxes_unchanged += 1;
-                }
-                if report.left_for_next_run {
-                    self.phases
-                        .entry(report.phase)
-                        .or_default()
-                        .mailboxes_left_for_next_run += 1;
                 }
                 let room = MAX_TENANT_PLAN_LINES.saturating_sub(self.planned.len());
                 let kept = report.planned.len().min(room);
@@ -308,13 +298,6 @@ impl TenantReport {
                 0 => {}
                 1 => part.push_str(" (1 mailbox unchanged)"),
                 n => part.push_str(&format!(" ({n} mailboxes unchanged)")),
-            }
-            match c.mailboxes_left_for_next_run {
-                0 => {}
-                1 => part.push_str(" (1 mailbox changed by its owner, left for the next run)"),
-                n => part.push_str(&format!(
-                    " ({n} mailboxes changed by their owners, left for the next run)"
-                )),
             }
             parts.push(part);
         }
@@ -698,7 +681,6 @@ mod tests {
             graph: GraphCounts::default(),
             cursors: Default::default(),
             skipped: false,
-            left_for_next_run: false,
             duration_ms: 0,
             photos: Default::default(),
             finished_at: Utc::now(),
@@ -739,7 +721,6 @@ mod tests {
             graph: GraphCounts::default(),
             cursors: Default::default(),
             skipped: false,
-            left_for_next_run: false,
             duration_ms: 0,
             photos: shared::message::PhotoReport {
                 sent: n,

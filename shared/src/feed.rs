@@ -16,8 +16,6 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::sync::Superseded;
-
 /// Graph's opaque `@odata.deltaLink` for one folder: following it returns what changed since it was issued.
 /// It holds no credential; the client still follows it only when it points at the tenant's Graph endpoint.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,12 +103,6 @@ pub struct FolderFeed {
     /// Meaningless without `in_line_with`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub only_copies: bool,
-    /// Phase 1 of this run left the folder unchecked ([`source_deferrable`]): the link is an earlier run's, and
-    /// the phase-2 job that reads the folder must tell whether phase 1 could have done without it
-    /// ([`Cursors::central_before`]) before it writes there. Travels from phase 1's report to the phase-2 job only;
-    /// any feed made from this one drops it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub unchecked: bool,
 }
 
 impl FolderFeed {
@@ -121,24 +113,6 @@ impl FolderFeed {
             in_line_with,
             own_writes: None,
             only_copies: false,
-            unchecked: false,
-        }
-    }
-
-    /// This feed, as phase 1 hands on a source it left unchecked ([`source_deferrable`]).
-    pub fn left_unchecked(&self) -> Self {
-        Self {
-            unchecked: true,
-            ..self.clone()
-        }
-    }
-
-    /// This feed where it stands, for a phase-2 job that leaves the folder as it found it: still as phase 1
-    /// last knew it, no longer marked unchecked (the next run's phase 1 checks it from this link).
-    pub fn as_found(&self) -> Self {
-        Self {
-            unchecked: false,
-            ..self.clone()
         }
     }
 
@@ -249,22 +223,6 @@ pub struct Cursors {
     /// Default contacts folders by mailbox id: the sources (phase 1) or the target (phase 2).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub mailboxes: BTreeMap<String, FolderFeed>,
-    /// When phase 1 left sources unchecked ([`FolderFeed::unchecked`]): the central folder before its plan
-    /// (phase 1 reports, phase 2 jobs). Boxed: rare, and every job and report carries cursors.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub central_before: Option<Box<CentralBefore>>,
-}
-
-/// The central folder as it stood before a phase-1 plan that left sources unchecked: the generation it was at and
-/// the persons the plan wrote as they were then. With the folder as a phase-2 job reads it, that is the folder
-/// phase 1 would have judged an unchecked source against (`sync::CentralKeys::before`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CentralBefore {
-    /// The generation the central folder stood at, which every unchecked source was in line with.
-    pub generation: Generation,
-    /// The persons the plan wrote, as they were.
-    pub persons: Superseded,
 }
 
 impl Cursors {
@@ -284,7 +242,6 @@ impl Cursors {
             && self.central_generation.is_none()
             && self.directory_generation.is_none()
             && self.mailboxes.is_empty()
-            && self.central_before.is_none()
     }
 }
 
@@ -323,17 +280,11 @@ pub fn phase1_skip(
     sources: &[SourceCheck],
 ) -> Option<Generation> {
     let generation = generation?;
-    (central == Check::Unchanged && !sources_changed(sources)).then_some(generation)
-}
-
-/// Whether the sources' checks show a change since the content the central folder was made from: a folder changed
-/// or unknown, or one that contributed and cannot be read now (one that never could is no change: every run meets
-/// the same unreachable mailboxes).
-pub fn sources_changed(sources: &[SourceCheck]) -> bool {
-    sources.iter().any(|s| match s {
-        SourceCheck::Read(check) => *check != Check::Unchanged,
-        SourceCheck::Unreadable { had_feed } => *had_feed,
-    })
+    let sources_as_before = sources.iter().all(|s| match s {
+        SourceCheck::Read(check) => *check == Check::Unchanged,
+        SourceCheck::Unreadable { had_feed } => !had_feed,
+    });
+    (central == Check::Unchanged && sources_as_before).then_some(generation)
 }
 
 /// Phase 1 need not read a source that, when last brought in line with the central generation that still stands,
@@ -357,21 +308,6 @@ pub fn source_unread(
     central == Check::Unchanged
         && source == Check::Unchanged
         && feed.is_some_and(|f| f.only_copies && f.in_line_with == Some(generation))
-}
-
-/// Phase 1 may leave a source unchecked when its plan writes the central folder (issue 13): a source it would not
-/// read if unchanged ([`source_unread`]: held only copies when brought in line with the generation that stands,
-/// the central folder unchanged since) is read by its phase-2 job anyway, which then tells from what it reads
-/// whether phase 1 could have done without it, and writes nothing there if not. One request less per such
-/// mailbox in a run that changes something. Only a feed with none of the tool's own writes after its link
-/// (`own_writes`): the phase-2 job's writes are then the only ones after it, which the feed it leaves can name.
-pub fn source_deferrable(
-    central: Check,
-    generation: Option<Generation>,
-    feed: Option<&FolderFeed>,
-) -> bool {
-    source_unread(central, generation, Check::Unchanged, feed)
-        && feed.is_some_and(|f| f.own_writes.is_none())
 }
 
 /// The central generation phase 1 leaves: the old one when it wrote nothing and the folder had not changed under
@@ -476,7 +412,6 @@ mod tests {
                             expected,
                             "{central:?} {generation:?} {a:?} {b:?}"
                         );
-                        assert_eq!(sources_changed(&[*a, *b]), !(fine(a) && fine(b)));
                         if let Some(kept) = skip {
                             assert_eq!(kept, g);
                         }
@@ -553,73 +488,6 @@ mod tests {
                 assert!(!source_unread(central, Some(g), source, None));
             }
         }
-    }
-
-    /// A source is left unchecked only where it would go unread if its check showed no change, and only with
-    /// none of the tool's own writes after its link (every combination).
-    #[test]
-    fn a_source_is_left_unchecked_only_as_it_would_go_unread_and_with_no_own_writes_after_its_link()
-    {
-        let (g, h) = (Generation::fresh(), Generation::fresh());
-        let link = || DeltaLink::new("https://graph.example/x");
-        let own = OwnWrites::of(
-            &[("c1".to_owned(), Some("k".to_owned()))].into(),
-            &BTreeSet::new(),
-        );
-        for central in CHECKS {
-            for generation in [None, Some(g)] {
-                for in_line_with in [None, Some(g), Some(h)] {
-                    for only_copies in [false, true] {
-                        for own_writes in [None, own] {
-                            let feed = FolderFeed {
-                                only_copies,
-                                own_writes,
-                                ..FolderFeed::at(link(), in_line_with)
-                            };
-                            let expected = central == Check::Unchanged
-                                && generation.is_some()
-                                && in_line_with == generation
-                                && only_copies
-                                && own_writes.is_none();
-                            assert_eq!(
-                                source_deferrable(central, generation, Some(&feed)),
-                                expected,
-                                "{central:?} {generation:?} {in_line_with:?} {only_copies} {own_writes:?}"
-                            );
-                        }
-                    }
-                }
-            }
-            assert!(!source_deferrable(central, Some(g), None));
-        }
-    }
-
-    /// The mark goes out with phase 1's report and into the phase-2 job, and no feed made from the marked one
-    /// keeps it: a skipped phase 2, a moved feed, one left as found (older state without it reads as `false`).
-    #[test]
-    fn unchecked_travels_to_the_phase2_job_and_no_further() {
-        let g = Generation::fresh();
-        let in_line = FolderFeed::at(DeltaLink::new("https://graph.example/x"), Some(g))
-            .holding_only_copies(true);
-        let marked = in_line.left_unchecked();
-        assert!(marked.unchecked && marked.only_copies && marked.in_line_with == Some(g));
-        let json = serde_json::to_value(&marked).expect("json");
-        assert_eq!(json["unchecked"], true);
-        assert_eq!(
-            serde_json::from_value::<FolderFeed>(json).expect("back"),
-            marked
-        );
-        assert_eq!(marked.as_found(), in_line);
-        assert!(
-            !marked
-                .moved_as_left(DeltaLink::new("https://graph.example/y"))
-                .unchecked
-        );
-        let skipped = phase2_skipped("m", Some(g), &marked).expect("in line");
-        assert!(!skipped.mailboxes["m"].unchecked);
-        assert!(!serde_json::to_string(&in_line)
-            .expect("json")
-            .contains("unchecked"));
     }
 
     /// What phase 2 notes goes with the folder only while it is in line, and is carried by an unchanged check, a
@@ -825,13 +693,6 @@ mod tests {
                 ),
             )]
             .into(),
-            central_before: Some(Box::new(CentralBefore {
-                generation: Generation::fresh(),
-                persons: serde_json::from_value(serde_json::json!({
-                    "persons": [{"syncId": "s1"}]
-                }))
-                .expect("superseded"),
-            })),
         };
         let json = serde_json::to_string(&full).expect("json");
         assert_eq!(serde_json::from_str::<Cursors>(&json).expect("parse"), full);

@@ -514,10 +514,6 @@ pub struct Report {
     /// The feeds showed nothing changed since the last run, so nothing was read or planned.
     #[serde(default)]
     pub skipped: bool,
-    /// Phase 2 of a mailbox phase 1 left unchecked (`FolderFeed::unchecked`) found it changed by its owner since
-    /// the last run: nothing was written there, and the next run's phase 1 reads it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub left_for_next_run: bool,
     /// Photos written to the mailbox's copies (`Photos` on), and those not sent with why.
     #[serde(default, skip_serializing_if = "PhotoReport::is_empty")]
     pub photos: PhotoReport,
@@ -547,7 +543,6 @@ impl Report {
             graph: GraphCounts::default(),
             cursors: Cursors::default(),
             skipped: false,
-            left_for_next_run: false,
             photos: PhotoReport::default(),
             duration_ms: 0,
             finished_at: Utc::now(),

@@ -706,7 +706,6 @@ mod tests {
             graph: Default::default(),
             cursors: Default::default(),
             skipped: false,
-            left_for_next_run: false,
             duration_ms: 0,
             photos: Default::default(),
             finished_at: chrono::Utc::now(),

@@ -2,14 +2,11 @@
 //! it need not read at all. Its own file because both phases ask it: phase 1 of each contact it reads, phase 2 of the
 //! folder its plan leaves (`FolderFeed::only_copies`), and the two must give the same answer.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-
-use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 
 use crate::model::{Contact, ContactWrite, Mailbox, PackedFields, WriteOp};
 
 use super::central::{MatchKeys, SourceMailbox};
-use super::fields;
 use super::identity::{effective_sync_id, property_sync_id, SyncId};
 use super::normalize::{has_category, normalize, NormalizedFields};
 use super::plan::{Plan, PlanContext};
@@ -59,10 +56,20 @@ impl CentralKeys {
     }
 
     fn build(ctx: &PlanContext, central: &[Contact], packed: bool) -> Self {
-        let by_sync = first_by_sync_id(ctx, central)
-            .into_iter()
-            .map(|(sync, contact)| (sync, CentralPerson::of(ctx, contact, packed)))
-            .collect();
+        let mut sorted: Vec<&Contact> = central.iter().collect();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut by_sync = HashMap::new();
+        for contact in sorted {
+            let sync = effective_sync_id(contact)
+                .unwrap_or_else(|| SyncId::derive(&ctx.tenant_id, &ctx.owner.id, &contact.id));
+            by_sync.entry(sync).or_insert_with(|| CentralPerson {
+                norm: MatchKeys::central(contact, ctx.options.fields.central).norm,
+                creator_known: NotesStamp::parse(contact.personal_notes.as_deref())
+                    .created_by
+                    .is_some(),
+                packed: packed.then(|| PackedFields::pack(&contact.fields)),
+            });
+        }
         CentralKeys { by_sync }
     }
 
@@ -74,7 +81,17 @@ impl CentralKeys {
 
     /// Whether [`plan_central`](super::plan_central) plans the same without `contact` of `mailbox` (see [`CentralKeys`]).
     pub fn is_inert(&self, ctx: &PlanContext, mailbox: &Mailbox, contact: &Contact) -> bool {
-        contact_is_inert(ctx, mailbox, contact, |sync| self.by_sync.get(sync))
+        let property = property_sync_id(contact);
+        self.inert_with(
+            ctx,
+            mailbox,
+            &contact.id,
+            property,
+            &contact.categories,
+            |person| {
+                person.norm == normalize(&contact.fields).masked(ctx.options.fields.central.set())
+            },
+        )
     }
 
     /// [`Self::is_inert`] of a contact given by its parts; `same_fields` compares its fields with its person's.
@@ -87,35 +104,21 @@ impl CentralKeys {
         categories: &[String],
         same_fields: impl FnOnce(&CentralPerson) -> bool,
     ) -> bool {
-        inert_with(
-            ctx,
-            mailbox,
-            id,
-            property,
-            categories,
-            |sync| self.by_sync.get(sync),
-            same_fields,
-        )
-    }
-
-    /// The keys of the central folder as it was before a phase-1 plan wrote it, from these keys of the folder
-    /// after it (with the writes in, all or some) and the persons the plan wrote as they were before
-    /// ([`superseded`]): every other person is the same in both.
-    pub fn before<'a>(&'a self, ctx: &PlanContext, superseded: &Superseded) -> PriorKeys<'a> {
-        PriorKeys {
-            after: self,
-            superseded: superseded
-                .persons
-                .iter()
-                .map(|person| {
-                    let before = person
-                        .before
-                        .as_ref()
-                        .map(|contact| CentralPerson::of(ctx, contact, false));
-                    (person.sync_id.clone(), before)
-                })
-                .collect(),
+        let Some(property) = property else {
+            return false;
+        };
+        if has_category(categories, &ctx.options.opt_out_category) {
+            return false;
         }
+        let Some(person) = self.by_sync.get(&property) else {
+            return false;
+        };
+        // Every contact of every source read comes through here: the derived id (a SHA-1) is computed only when
+        // it can matter, and only the normalised fields (not the match keys) are compared.
+        let names_creator = ctx.options.stamp_notes
+            && !person.creator_known
+            && SyncId::derive(&ctx.tenant_id, &mailbox.id, id) == property;
+        !names_creator && same_fields(person)
     }
 
     /// [`Self::is_inert`] of the contact a create of `write` makes (its id not known yet: no id is its own
@@ -187,187 +190,5 @@ impl CentralKeys {
             .contacts
             .retain(|contact| !self.is_inert(ctx, mailbox, contact));
         source.contacts.shrink_to_fit();
-    }
-}
-
-impl CentralPerson {
-    /// What the keys keep of the central contact `contact` (its fields `packed` too, see [`CentralKeys::for_copies`]).
-    fn of(ctx: &PlanContext, contact: &Contact, packed: bool) -> Self {
-        CentralPerson {
-            norm: MatchKeys::central(contact, ctx.options.fields.central).norm,
-            creator_known: NotesStamp::parse(contact.personal_notes.as_deref())
-                .created_by
-                .is_some(),
-            packed: packed.then(|| PackedFields::pack(&contact.fields)),
-        }
-    }
-}
-
-/// The sync id a central contact is kept in sync for: its own, or (never stamped) the one derived from it.
-fn central_sync_id(ctx: &PlanContext, contact: &Contact) -> SyncId {
-    effective_sync_id(contact)
-        .unwrap_or_else(|| SyncId::derive(&ctx.tenant_id, &ctx.owner.id, &contact.id))
-}
-
-/// Each sync id of `central` with the contact kept in sync for it: the first by id, as
-/// [`plan_central`](super::plan_central) takes it.
-fn first_by_sync_id<'a>(ctx: &PlanContext, central: &'a [Contact]) -> HashMap<SyncId, &'a Contact> {
-    let mut sorted: Vec<&Contact> = central.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut by_sync = HashMap::new();
-    for contact in sorted {
-        by_sync
-            .entry(central_sync_id(ctx, contact))
-            .or_insert(contact);
-    }
-    by_sync
-}
-
-/// Whether `contact` of `mailbox` is inert against the central person `person_of` gives for its sync id.
-fn contact_is_inert<'p>(
-    ctx: &PlanContext,
-    mailbox: &Mailbox,
-    contact: &Contact,
-    person_of: impl FnOnce(&SyncId) -> Option<&'p CentralPerson>,
-) -> bool {
-    inert_with(
-        ctx,
-        mailbox,
-        &contact.id,
-        property_sync_id(contact),
-        &contact.categories,
-        person_of,
-        |person| person.norm == normalize(&contact.fields).masked(ctx.options.fields.central.set()),
-    )
-}
-
-/// [`CentralKeys::is_inert`] of a contact given by its parts, its person from `person_of`; `same_fields` compares
-/// its fields with its person's.
-fn inert_with<'p>(
-    ctx: &PlanContext,
-    mailbox: &Mailbox,
-    id: &str,
-    property: Option<SyncId>,
-    categories: &[String],
-    person_of: impl FnOnce(&SyncId) -> Option<&'p CentralPerson>,
-    same_fields: impl FnOnce(&CentralPerson) -> bool,
-) -> bool {
-    let Some(property) = property else {
-        return false;
-    };
-    if has_category(categories, &ctx.options.opt_out_category) {
-        return false;
-    }
-    let Some(person) = person_of(&property) else {
-        return false;
-    };
-    // Every contact of every source read comes through here: the derived id (a SHA-1) is computed only when
-    // it can matter, and only the normalised fields (not the match keys) are compared.
-    let names_creator = ctx.options.stamp_notes
-        && !person.creator_known
-        && SyncId::derive(&ctx.tenant_id, &mailbox.id, id) == property;
-    !names_creator && same_fields(person)
-}
-
-/// The central persons a phase-1 plan writes, each as the folder held it before the plan (none: the plan creates
-/// it), with only the fields the folder publishes (`CentralFields`). Why: phase 1 may leave a source holding only
-/// copies unchecked when its plan writes the central folder (`feed::source_deferrable`); the phase-2 job that reads
-/// that mailbox anyway must then tell whether phase 1 could have done without it, which is a question about the
-/// folder before the plan ([`CentralKeys::before`]). Small by construction: phase 1 leaves sources unchecked only
-/// for a plan of one `$batch` at most.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Superseded {
-    persons: Vec<SupersededPerson>,
-}
-
-/// One person of [`Superseded`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SupersededPerson {
-    sync_id: SyncId,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    before: Option<Contact>,
-}
-
-impl Superseded {
-    /// How many persons it names.
-    pub fn len(&self) -> usize {
-        self.persons.len()
-    }
-
-    /// Whether it names none.
-    pub fn is_empty(&self) -> bool {
-        self.persons.is_empty()
-    }
-}
-
-/// The persons `plan` writes in `central` (the folder it was planned against, with the same `ctx`), as they were:
-/// every sync id a write touches (the one a contact held before an update or delete, the one it holds after an
-/// update or create) with the contact that held it first by id. `None` when that cannot be told: a write naming a
-/// contact not in `central`, or a create whose sync id would be derived from the id Graph gives it.
-pub fn superseded(ctx: &PlanContext, central: &[Contact], plan: &Plan) -> Option<Superseded> {
-    let by_id: HashMap<&str, &Contact> = central.iter().map(|c| (c.id.as_str(), c)).collect();
-    let mut touched: BTreeMap<SyncId, Option<Contact>> = BTreeMap::new();
-    for op in plan.writes() {
-        match op {
-            WriteOp::Create(write) => {
-                let created = simulate::created_contact(String::new(), write, ctx.now);
-                touched.insert(effective_sync_id(&created)?, None);
-            }
-            WriteOp::Update { id, write } => {
-                let before = by_id.get(id.as_str())?;
-                let mut after = (*before).clone();
-                simulate::merge(&mut after, write);
-                touched.insert(central_sync_id(ctx, before), None);
-                touched.insert(central_sync_id(ctx, &after), None);
-            }
-            WriteOp::Delete { id } => {
-                touched.insert(central_sync_id(ctx, by_id.get(id.as_str())?), None);
-            }
-        }
-    }
-    for (sync, contact) in first_by_sync_id(ctx, central) {
-        if let Some(slot) = touched.get_mut(&sync) {
-            let central_set = ctx.options.fields.central;
-            *slot = fields::central_folder_view(vec![contact.clone()], central_set).pop();
-        }
-    }
-    Some(Superseded {
-        persons: touched
-            .into_iter()
-            .map(|(sync_id, before)| SupersededPerson { sync_id, before })
-            .collect(),
-    })
-}
-
-/// The keys of the central folder before a phase-1 plan ([`CentralKeys::before`]).
-#[derive(Debug)]
-pub struct PriorKeys<'a> {
-    after: &'a CentralKeys,
-    /// The persons the plan wrote, as they were (`None`: not in the folder then).
-    superseded: HashMap<SyncId, Option<CentralPerson>>,
-}
-
-impl PriorKeys<'_> {
-    /// [`CentralKeys::is_inert`] against the folder as it was before the plan.
-    pub fn is_inert(&self, ctx: &PlanContext, mailbox: &Mailbox, contact: &Contact) -> bool {
-        contact_is_inert(ctx, mailbox, contact, |sync| {
-            match self.superseded.get(sync) {
-                Some(before) => before.as_ref(),
-                None => self.after.by_sync.get(sync),
-            }
-        })
-    }
-
-    /// Whether `mailbox`'s folder, `contacts` as read, holds nothing but contacts phase 1 would have dropped as
-    /// inert had it read them before its plan: it then planned the same without them.
-    pub fn hold_only_inert(
-        &self,
-        ctx: &PlanContext,
-        mailbox: &Mailbox,
-        contacts: &[Contact],
-    ) -> bool {
-        contacts.iter().all(|c| self.is_inert(ctx, mailbox, c))
     }
 }

@@ -38,7 +38,7 @@ pub use central::{plan_central, SourceMailbox};
 pub use cleanup::{plan_cleanup, CleanupScope, CleanupSource};
 pub use distribute::{plan_distribution, plan_distribution_from, PreparedCentral};
 pub use identity::{effective_sync_id, ownership, OwnerReason, Ownership, SyncId};
-pub use inert::{superseded, CentralKeys, PriorKeys, Superseded};
+pub use inert::CentralKeys;
 pub use plan::{ActionKind, Plan, PlanContext, PlanCounts, PlanItem, PlanRefusal, Reason, Writes};
 pub use relocate::{carry_over, matched_persons, plan_move_out};
 pub use stamp::NotesStamp;

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::config::TenantSettings;
-use shared::feed::FolderFeed;
 use shared::graph::{FolderRef, TenantClient};
 use shared::message::{CentralFolder, Job};
-use shared::model::{Contact, Mailbox};
+use shared::model::Contact;
 use shared::sync::{self, CentralKeys, PreparedCentral};
 
 use super::{classify, plan_context, JobRunner};
@@ -28,36 +27,6 @@ pub(super) fn only_copies_keys<'a>(
     let asked =
         feeds_kept && !tenant.distribution.receives_directory() && !tenant.photos && !job.dry_run;
     asked.then(|| sources.central_keys(&plan_context(tenant, job, &central.mailbox)))
-}
-
-/// Whether `mailbox`'s folder, `target` as read by a phase-2 job whose phase 1 left it unchecked (`feed`), holds
-/// nothing but contacts phase 1 would have dropped as inert against the central folder before its plan: phase 1
-/// then planned the same as if it had checked and read it, and the job may write its plan. `false` whenever that
-/// cannot be told (the job carries no folder before the plan, or one of another generation than the feed's, or
-/// the mailbox receives more than the mirror).
-pub(super) fn held_only_copies(
-    tenant: &TenantSettings,
-    job: &Job,
-    central: &CentralFolder,
-    sources: &PreparedCentral,
-    mailbox: &Mailbox,
-    feed: &FolderFeed,
-    target: &[Contact],
-) -> bool {
-    let before = job
-        .cursors
-        .central_before
-        .as_ref()
-        .filter(|before| feed.in_line_with == Some(before.generation));
-    let (Some(before), Some(keys)) = (
-        before,
-        only_copies_keys(tenant, job, central, sources, true),
-    ) else {
-        return false;
-    };
-    let ctx = plan_context(tenant, job, &central.mailbox);
-    keys.before(&ctx, &before.persons)
-        .hold_only_inert(&ctx, mailbox, target)
 }
 
 impl JobRunner {

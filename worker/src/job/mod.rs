@@ -109,8 +109,6 @@ struct Done {
     cursors: Cursors,
     /// Nothing changed since the last run: nothing was read or planned.
     skipped: bool,
-    /// Phase 2 left a mailbox phase 1 did not check as it found it (see `Report::left_for_next_run`).
-    left_for_next_run: bool,
     /// The persons whose contact Graph confirmed created (in a dry run: planned), by sync id: a move deletes an
     /// old copy only once this proves its replacement.
     created: BTreeSet<SyncId>,
@@ -279,7 +277,6 @@ impl JobRunner {
             },
             cursors: done.cursors,
             skipped: done.skipped,
-            left_for_next_run: done.left_for_next_run,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             photos: done.photos,
             ..Report::of(job, attempt, shared::message::Outcome::Succeeded)

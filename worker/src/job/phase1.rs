@@ -1,26 +1,22 @@
 //! Phase 1: every source mailbox's contacts merged into the central folder, de-duplicated. Its own file because
 //! it is the one step that checks and reads many mailboxes ([`SOURCE_CHECK_CONCURRENCY`] and
-//! [`SOURCE_READ_CONCURRENCY`] at a time), skips the merge when no feed changed, and leaves mailboxes holding only
-//! copies unchecked once the run is known to change something (their phase-2 jobs read them anyway).
+//! [`SOURCE_READ_CONCURRENCY`] at a time) and skips the merge when no feed changed.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::stream::{self, StreamExt};
 use shared::config::TenantSettings;
 use shared::directory;
-use shared::feed::{self, CentralBefore, Check, Cursors, FolderFeed, SourceCheck};
+use shared::feed::{self, Check, Cursors, FolderFeed, SourceCheck};
 use shared::graph::{FolderRef, GraphError, TenantClient};
-use shared::message::{CentralFolder, FailureReason, FolderChoice, Job, SourceFailure};
+use shared::message::{CentralFolder, FailureReason, Job, SourceFailure};
 use shared::model::Mailbox;
 use shared::sync::photo::OriginPhoto;
 use shared::sync::{self, PlanContext, SourceMailbox, SyncId};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::apply::{Keep, WRITE_BATCH};
+use super::apply::Keep;
 use super::central::read_central;
 use super::folders::{check_feed, feed_after_writes, FeedCheck};
 use super::origin_photos::{central_photo_targets, origin_photo};
@@ -85,49 +81,51 @@ impl JobRunner {
                 link: None,
             },
         };
-        let previous = prior.central.as_ref().and_then(|f| f.in_line_with);
-        // Sources phase 1 may leave to their phase-2 jobs unchecked if its plan writes the central folder
-        // (`feed::source_deferrable`); the plain mirror only (photos and a rebuild read every source, the
-        // directory and a target folder are planned against more than the central folder).
-        let plain = !tenant.photos
-            && !job.rebuild_central
-            && !job.dry_run
-            && !tenant.distribution.receives_directory()
-            && FolderChoice::from(&tenant.distribution.target_folder)
-                == FolderChoice::DefaultContacts;
-        let (candidates, to_check): (Vec<Mailbox>, Vec<Mailbox>) =
-            sources.iter().cloned().partition(|mailbox| {
-                plain
-                    && feed::source_deferrable(
-                        central_check.check,
-                        previous,
-                        prior.mailboxes.get(&mailbox.id),
-                    )
-            });
-        let mut checked = Checked::new(prior.tracked);
-        checked.absorb(prior, check_sources(client, prior, to_check).await)?;
-        // The others are checked only until one check shows a change: the rest are left to their phase-2 jobs.
-        let (rest, mut deferred) = check_until_changed(
-            client,
-            prior,
-            in_run_order(candidates, job.run_id),
-            checked.any_change(),
-        )
-        .await;
-        checked.absorb(prior, rest)?;
-        // With nothing else changed this is a quiet run unless one of them changed, which only their checks tell.
-        if !deferred.is_empty()
-            && feed::phase1_skip(central_check.check, previous, &checked.source_checks).is_some()
-        {
-            let rest = check_sources(client, prior, std::mem::take(&mut deferred)).await;
-            checked.absorb(prior, rest)?;
+        let checks: Vec<(Mailbox, Result<FeedCheck, GraphError>)> =
+            stream::iter(sources.iter().cloned())
+                .map(|mailbox| async move {
+                    let feed = prior.mailboxes.get(&mailbox.id);
+                    let check =
+                        check_feed(client, &mailbox, &FolderRef::Default, prior.tracked, feed)
+                            .await;
+                    (mailbox, check)
+                })
+                .buffer_unordered(SOURCE_CHECK_CONCURRENCY)
+                .collect()
+                .await;
+        let mut readable = Vec::with_capacity(checks.len());
+        let mut source_checks = Vec::with_capacity(checks.len());
+        let mut source_failures = Vec::new();
+        let mut cursors = Cursors {
+            tracked: prior.tracked,
+            ..Cursors::default()
+        };
+        for (mailbox, check) in checks {
+            match check {
+                Ok(found) => {
+                    source_checks.push(SourceCheck::Read(found.check));
+                    if let Some(link) = found.link {
+                        // A source unchanged since it was last brought in line is still in line; phase 2 uses this.
+                        let feed = match prior.mailboxes.get(&mailbox.id) {
+                            Some(kept) if found.check == Check::Unchanged => {
+                                kept.moved_as_left(link)
+                            }
+                            _ => FolderFeed::at(link, None),
+                        };
+                        cursors.mailboxes.insert(mailbox.id.clone(), feed);
+                    }
+                    readable.push((mailbox, found.check));
+                }
+                Err(error) => {
+                    let failure = source_failure(&mailbox, &error)?;
+                    source_checks.push(SourceCheck::Unreadable {
+                        had_feed: prior.mailboxes.contains_key(&mailbox.id),
+                    });
+                    source_failures.push(failure);
+                }
+            }
         }
-        let Checked {
-            readable,
-            source_checks,
-            mut source_failures,
-            mut cursors,
-        } = checked;
+        let previous = prior.central.as_ref().and_then(|f| f.in_line_with);
         // A rebuild always reads: the feeds say nothing about a folder that was lost.
         let skip = if job.rebuild_central {
             None
@@ -175,83 +173,66 @@ impl JobRunner {
         // Each source keeps only what can change the plan, judged page by page as it is read (issue 10, scenario
         // 10): a mailbox of distributed copies is never held whole.
         let central_keys = sync::CentralKeys::new(&ctx, &central_contacts);
-        let reading = Reading {
-            client,
-            ctx: &ctx,
-            keys: &central_keys,
-            photos: tenant.photos,
-        };
-        let readable = readable.into_iter().map(|(mailbox, _)| mailbox).collect();
-        // An unread source plans as a read one whose every contact was dropped as inert; so does a deferred one
-        // unless the plan says otherwise below.
-        let mut sources_read = SourcesRead::unread(unread.into_iter().map(|(mailbox, _)| mailbox));
-        sources_read.add_unread(deferred.iter().cloned());
-        sources_read.absorb(reading.read(readable).await, &mut cursors)?;
-        if job.rebuild_central && tenant.distribution.receives_directory() {
-            // A rebuild publishes stamped copies; the directory's copies (any source tenant's) are not mirrored
-            // persons.
-            for persons in self.received_directory(tenant, client, job).await? {
-                for source in &mut sources_read.sources {
-                    directory::drop_directory_copies(&mut source.contacts, &persons.persons);
-                }
-            }
-        }
-        let mut plan = sync::plan_central(&ctx, sources_read.sorted(), &central_contacts);
-        if !deferred.is_empty() {
-            // Left to their phase-2 jobs only by a plan that writes, one `$batch` at most (it is then written
-            // before any phase-2 job goes: no overlap) and whose persons can be handed on as they were.
-            let writes = plan.writes().count();
-            let before = previous
-                .filter(|_| (1..=WRITE_BATCH).contains(&writes))
-                .and_then(|generation| {
-                    let persons = sync::superseded(&ctx, &central_contacts, &plan)?;
-                    Some(CentralBefore {
-                        generation,
-                        persons,
-                    })
-                });
-            match before {
-                Some(before) => {
-                    debug!(mailbox = %central.mailbox.upn, unchecked = deferred.len(), "sources holding only copies left to their phase-2 jobs");
-                    for mailbox in &deferred {
-                        if let Some(feed) = prior.mailboxes.get(&mailbox.id) {
-                            cursors
-                                .mailboxes
-                                .insert(mailbox.id.clone(), feed.left_unchecked());
+        let (keys, ctx_ref) = (&central_keys, &ctx);
+        // With `Photos` on, each person's origin (the user's own contact its sync id is derived from) is noted as
+        // it goes by, inert or not: a photo-only change leaves its data equal to the central person's.
+        let photos_on = tenant.photos;
+        let reads: Vec<(Mailbox, Result<SourceRead, GraphError>)> = stream::iter(readable)
+            .map(|(mailbox, _)| async move {
+                let mut origins = Vec::new();
+                let read = client
+                    .list_contacts_where(&mailbox.id, &FolderRef::Default, |contact| {
+                        if photos_on {
+                            if let Some(origin) = origin_photo(ctx_ref, keys, &mailbox, contact) {
+                                origins.push(origin);
+                            }
                         }
-                    }
-                    cursors.central_before = Some(Box::new(before));
+                        !keys.is_inert(ctx_ref, &mailbox, contact)
+                    })
+                    .await
+                    .map(|contacts| SourceMailbox {
+                        mailbox: mailbox.clone(),
+                        contacts,
+                    });
+                (mailbox, read.map(|source| (source, origins)))
+            })
+            .buffer_unordered(SOURCE_READ_CONCURRENCY)
+            .collect()
+            .await;
+        // An unread source plans as a read one whose every contact was dropped as inert.
+        let mut source_mailboxes: Vec<SourceMailbox> = unread
+            .into_iter()
+            .map(|(mailbox, _)| SourceMailbox {
+                mailbox,
+                contacts: Vec::new(),
+            })
+            .collect();
+        source_mailboxes.reserve(reads.len());
+        let mut origins: BTreeMap<SyncId, OriginPhoto> = BTreeMap::new();
+        for (mailbox, read) in reads {
+            match read {
+                Ok((source, seen)) => {
+                    source_mailboxes.push(source);
+                    origins.extend(seen);
                 }
-                None => {
-                    // Checked as every other source after all: read where they changed, and planned again.
-                    sources_read.forget(&deferred);
-                    let mut late = Checked::new(prior.tracked);
-                    late.absorb(prior, check_sources(client, prior, deferred).await)?;
-                    cursors.mailboxes.append(&mut late.cursors.mailboxes);
-                    source_failures.append(&mut late.source_failures);
-                    let (unread, readable): (Vec<_>, Vec<_>) =
-                        late.readable.into_iter().partition(|(mailbox, check)| {
-                            feed::source_unread(
-                                central_check.check,
-                                previous,
-                                *check,
-                                cursors.mailboxes.get(&mailbox.id),
-                            )
-                        });
-                    sources_read.add_unread(unread.into_iter().map(|(mailbox, _)| mailbox));
-                    let readable = readable.into_iter().map(|(mailbox, _)| mailbox).collect();
-                    sources_read.absorb(reading.read(readable).await, &mut cursors)?;
-                    plan = sync::plan_central(&ctx, sources_read.sorted(), &central_contacts);
+                Err(error) => {
+                    cursors.mailboxes.remove(&mailbox.id);
+                    source_failures.push(source_failure(&mailbox, &error)?);
                 }
             }
         }
         drop(central_keys);
-        let SourcesRead {
-            sources: source_mailboxes,
-            origins,
-            failures,
-        } = sources_read;
-        source_failures.extend(failures);
+        source_mailboxes.sort_by(|a, b| a.mailbox.id.cmp(&b.mailbox.id));
+        if job.rebuild_central && tenant.distribution.receives_directory() {
+            // A rebuild publishes stamped copies; the directory's copies (any source tenant's) are not mirrored
+            // persons.
+            for persons in self.received_directory(tenant, client, job).await? {
+                for source in &mut source_mailboxes {
+                    directory::drop_directory_copies(&mut source.contacts, &persons.persons);
+                }
+            }
+        }
+        let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
         // What the central photo step needs of the folder as read: the persons whose origin was read.
         let central_photos = central_photo_targets(&ctx, &central_contacts, &origins);
         // The plan holds what the writes need: what was read goes before the (long) writing starts, and the
@@ -369,243 +350,6 @@ impl JobRunner {
         });
         done.cursors = cursors;
         Ok(done)
-    }
-}
-
-/// Checks each source's feed, [`SOURCE_CHECK_CONCURRENCY`] at a time.
-async fn check_sources(
-    client: &TenantClient,
-    prior: &Cursors,
-    sources: Vec<Mailbox>,
-) -> Vec<(Mailbox, Result<FeedCheck, GraphError>)> {
-    stream::iter(sources)
-        .map(|mailbox| async move {
-            let feed = prior.mailboxes.get(&mailbox.id);
-            let check =
-                check_feed(client, &mailbox, &FolderRef::Default, prior.tracked, feed).await;
-            (mailbox, check)
-        })
-        .buffer_unordered(SOURCE_CHECK_CONCURRENCY)
-        .collect()
-        .await
-}
-
-/// Checks `sources` ([`SOURCE_CHECK_CONCURRENCY`] at a time, in order) until one shows a change, or from the start
-/// when `changed` already: those not checked then are returned apart, left to their phase-2 jobs. A change is
-/// anything but a check showing none (a failure too: errs towards leaving more to phase 2, which always reads).
-async fn check_until_changed(
-    client: &TenantClient,
-    prior: &Cursors,
-    sources: Vec<Mailbox>,
-    changed: bool,
-) -> (Vec<(Mailbox, Result<FeedCheck, GraphError>)>, Vec<Mailbox>) {
-    let changed = AtomicBool::new(changed);
-    let results: Vec<(Mailbox, Option<Result<FeedCheck, GraphError>>)> = stream::iter(sources)
-        .map(|mailbox| {
-            let changed = &changed;
-            async move {
-                if changed.load(Ordering::Relaxed) {
-                    return (mailbox, None);
-                }
-                let feed = prior.mailboxes.get(&mailbox.id);
-                let check =
-                    check_feed(client, &mailbox, &FolderRef::Default, prior.tracked, feed).await;
-                if !matches!(&check, Ok(found) if found.check == Check::Unchanged) {
-                    changed.store(true, Ordering::Relaxed);
-                }
-                (mailbox, Some(check))
-            }
-        })
-        .buffer_unordered(SOURCE_CHECK_CONCURRENCY)
-        .collect()
-        .await;
-    let mut checks = Vec::with_capacity(results.len());
-    let mut unchecked = Vec::new();
-    for (mailbox, check) in results {
-        match check {
-            Some(check) => checks.push((mailbox, check)),
-            None => unchecked.push(mailbox),
-        }
-    }
-    (checks, unchecked)
-}
-
-/// `sources` in an order of this run's own: the ones left unchecked differ from run to run, so no mailbox's
-/// owner always waits a run longer than the others'.
-fn in_run_order(mut sources: Vec<Mailbox>, run_id: uuid::Uuid) -> Vec<Mailbox> {
-    sources.sort_by_cached_key(|mailbox| {
-        let mut hasher = DefaultHasher::new();
-        (run_id, &mailbox.id).hash(&mut hasher);
-        hasher.finish()
-    });
-    sources
-}
-
-/// What the sources' checks found: those that can be read (with their check), what each check says for the
-/// skip, those that cannot be read at all, and their feeds as the checks left them.
-struct Checked {
-    readable: Vec<(Mailbox, Check)>,
-    source_checks: Vec<SourceCheck>,
-    source_failures: Vec<SourceFailure>,
-    cursors: Cursors,
-}
-
-impl Checked {
-    fn new(tracked: bool) -> Self {
-        Self {
-            readable: Vec::new(),
-            source_checks: Vec::new(),
-            source_failures: Vec::new(),
-            cursors: Cursors {
-                tracked,
-                ..Cursors::default()
-            },
-        }
-    }
-
-    /// Whether a check so far showed a change (`feed::sources_changed`).
-    fn any_change(&self) -> bool {
-        feed::sources_changed(&self.source_checks)
-    }
-
-    /// Takes in checks of sources whose feeds `prior` kept; a transient failure retries the whole job.
-    fn absorb(
-        &mut self,
-        prior: &Cursors,
-        checks: Vec<(Mailbox, Result<FeedCheck, GraphError>)>,
-    ) -> Result<(), AttemptResult> {
-        for (mailbox, check) in checks {
-            match check {
-                Ok(found) => {
-                    self.source_checks.push(SourceCheck::Read(found.check));
-                    if let Some(link) = found.link {
-                        // A source unchanged since it was last brought in line is still in line; phase 2 uses this.
-                        let feed = match prior.mailboxes.get(&mailbox.id) {
-                            Some(kept) if found.check == Check::Unchanged => {
-                                kept.moved_as_left(link)
-                            }
-                            _ => FolderFeed::at(link, None),
-                        };
-                        self.cursors.mailboxes.insert(mailbox.id.clone(), feed);
-                    }
-                    self.readable.push((mailbox, found.check));
-                }
-                Err(error) => {
-                    let failure = source_failure(&mailbox, &error)?;
-                    self.source_checks.push(SourceCheck::Unreadable {
-                        had_feed: prior.mailboxes.contains_key(&mailbox.id),
-                    });
-                    self.source_failures.push(failure);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// How phase 1 reads sources: keeping of each only what can change the plan (`keys`), noting origins with
-/// `Photos` on.
-struct Reading<'a> {
-    client: &'a TenantClient,
-    ctx: &'a PlanContext,
-    keys: &'a sync::CentralKeys,
-    photos: bool,
-}
-
-impl Reading<'_> {
-    /// Reads `sources`, [`SOURCE_READ_CONCURRENCY`] at a time.
-    async fn read(&self, sources: Vec<Mailbox>) -> Vec<(Mailbox, Result<SourceRead, GraphError>)> {
-        stream::iter(sources)
-            .map(|mailbox| async move {
-                let mut origins = Vec::new();
-                let read = self
-                    .client
-                    .list_contacts_where(&mailbox.id, &FolderRef::Default, |contact| {
-                        // With `Photos` on, each person's origin (the user's own contact its sync id is derived
-                        // from) is noted as it goes by, inert or not: a photo-only change leaves its data equal
-                        // to the central person's.
-                        if self.photos {
-                            if let Some(origin) =
-                                origin_photo(self.ctx, self.keys, &mailbox, contact)
-                            {
-                                origins.push(origin);
-                            }
-                        }
-                        !self.keys.is_inert(self.ctx, &mailbox, contact)
-                    })
-                    .await
-                    .map(|contacts| SourceMailbox {
-                        mailbox: mailbox.clone(),
-                        contacts,
-                    });
-                (mailbox, read.map(|source| (source, origins)))
-            })
-            .buffer_unordered(SOURCE_READ_CONCURRENCY)
-            .collect()
-            .await
-    }
-}
-
-/// The sources as phase 1 plans them: each read one with what can change the plan, each one not read (or left
-/// unchecked) with nothing, and the origins seen; sources that could not be read are left out and named.
-struct SourcesRead {
-    sources: Vec<SourceMailbox>,
-    origins: BTreeMap<SyncId, OriginPhoto>,
-    failures: Vec<SourceFailure>,
-}
-
-impl SourcesRead {
-    fn unread(mailboxes: impl IntoIterator<Item = Mailbox>) -> Self {
-        let mut read = Self {
-            sources: Vec::new(),
-            origins: BTreeMap::new(),
-            failures: Vec::new(),
-        };
-        read.add_unread(mailboxes);
-        read
-    }
-
-    /// Sources planned as read ones whose every contact was dropped as inert.
-    fn add_unread(&mut self, mailboxes: impl IntoIterator<Item = Mailbox>) {
-        self.sources
-            .extend(mailboxes.into_iter().map(|mailbox| SourceMailbox {
-                mailbox,
-                contacts: Vec::new(),
-            }));
-    }
-
-    /// Takes in reads; a source that could not be read loses its feed (read in full next time).
-    fn absorb(
-        &mut self,
-        reads: Vec<(Mailbox, Result<SourceRead, GraphError>)>,
-        cursors: &mut Cursors,
-    ) -> Result<(), AttemptResult> {
-        self.sources.reserve(reads.len());
-        for (mailbox, read) in reads {
-            match read {
-                Ok((source, seen)) => {
-                    self.sources.push(source);
-                    self.origins.extend(seen);
-                }
-                Err(error) => {
-                    cursors.mailboxes.remove(&mailbox.id);
-                    self.failures.push(source_failure(&mailbox, &error)?);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Leaves `mailboxes` out again.
-    fn forget(&mut self, mailboxes: &[Mailbox]) {
-        self.sources
-            .retain(|source| mailboxes.iter().all(|m| m.id != source.mailbox.id));
-    }
-
-    /// The sources in mailbox-id order, as the plan takes them.
-    fn sorted(&mut self) -> &[SourceMailbox] {
-        self.sources.sort_by(|a, b| a.mailbox.id.cmp(&b.mailbox.id));
-        &self.sources
     }
 }
 

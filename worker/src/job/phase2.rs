@@ -13,7 +13,7 @@ use shared::sync::{self, PreparedCentral};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use super::central::{held_only_copies, only_copies_keys};
+use super::central::only_copies_keys;
 use super::directory::joined_persons;
 use super::folders::{check_kept, feed_after_writes, find_folder};
 use super::overlapped;
@@ -54,13 +54,7 @@ impl JobRunner {
                         .map_err(|_| overlapped::no_place(job))?,
                     Some(_) => None,
                 };
-                // A mailbox phase 1 left unchecked is judged against the folder before the plan, after it.
-                let unchecked = job
-                    .cursors
-                    .mailboxes
-                    .get(&mailbox.id)
-                    .is_some_and(|feed| feed.unchecked);
-                if ended.is_none() && job.may_overlap(tenant, false) && !unchecked {
+                if ended.is_none() && job.may_overlap(tenant, false) {
                     let step = overlapped::Step {
                         central,
                         mailbox,
@@ -120,8 +114,6 @@ impl JobRunner {
         {
             return Ok(done);
         }
-        // Phase 1 left it unchecked: written only if phase 1 could have done without it (below).
-        let unchecked = prior.as_ref().filter(|p| p.unchecked).cloned();
         // The folder and its feed come first: a mailbox that cannot be reached fails before anything is loaded
         // for it. `None`: a dry run before the named folder exists (it is empty, so everything would be created).
         let folder = find_folder(client, job, mailbox, &current, !job.dry_run).await?;
@@ -213,22 +205,6 @@ impl JobRunner {
             // A dry run before the folder exists: it is empty, so everything would be created.
             None => Vec::new(),
         };
-        if let Some(found) = unchecked {
-            let held = central.is_some_and(|central| {
-                held_only_copies(tenant, job, central, sources, mailbox, &found, &target)
-            });
-            if !held {
-                // Its owner changed it since the last run, and phase 1 planned without it: writing the plan here
-                // could overwrite the change before it travels. The next run's phase 1 reads it (the feed stays in
-                // line with the generation before this run's).
-                info!(mailbox = %mailbox.upn, "changed by its owner since the last run; left for the next run");
-                return Ok(Done {
-                    cursors: kept(found.as_found()),
-                    left_for_next_run: true,
-                    ..Done::default()
-                });
-            }
-        }
         let old_contacts = old.as_ref().map(|(_, contacts)| contacts.as_slice());
         let only_copies =
             central.and_then(|c| only_copies_keys(tenant, job, c, sources, link.is_some()));
