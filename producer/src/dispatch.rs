@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::{Connection, Consumer};
+use shared::config::TenantSettings;
 use shared::message::{Job, JobKind, Report};
 use shared::mq::{self, board, MqError, Publisher, Topology};
 use shared::run_status::RunStatus;
@@ -23,6 +24,7 @@ use worker::overlap::{Ended, Planned};
 use crate::fair::Limits;
 use crate::lease::{FileLeases, LeaseError};
 use crate::orchestrate::{Dispatch, Event};
+use crate::prepare::PreparedTenant;
 use crate::state::StateStore;
 
 /// Jobs run by in-process workers.
@@ -97,6 +99,10 @@ impl Dispatch for Embedded {
 
     fn overlaps_phases(&self) -> bool {
         self.news.is_some()
+    }
+
+    fn tenant_prepared(&mut self, tenant: &TenantSettings, ready: &PreparedTenant) {
+        self.runner.knows(tenant, ready.central.as_ref());
     }
 
     async fn phase1_ended(&mut self, tenant_id: &str, run_id: Uuid, ended: Ended) -> Result<()> {

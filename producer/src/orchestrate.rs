@@ -49,6 +49,10 @@ pub trait Dispatch {
     async fn begin(&mut self, _run_id: Uuid) -> Result<()> {
         Ok(())
     }
+    /// `tenant` was prepared as `ready`. An in-process transport's workers take its shared mailbox and central
+    /// folder as their own resolution (the same configuration, read moments before), instead of asking Graph again
+    /// before their first job; a broker's workers never trust what reaches them through it.
+    fn tenant_prepared(&mut self, _tenant: &TenantSettings, _ready: &PreparedTenant) {}
     /// Takes `tenant_id`'s lease for the rest of the run (see [`crate::lease`]), without waiting.
     async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError>;
     /// The run is over: gives back what [`Dispatch::begin`] and [`Dispatch::lease`] took.
@@ -301,6 +305,7 @@ pub async fn run<D: Dispatch>(
         }
         match outcome {
             Ok(ready) => {
+                dispatch.tenant_prepared(tenant, &ready);
                 report.users = ready.users.len();
                 report.warnings.extend(ready.warnings.iter().cloned());
                 if request.cleanup.is_some() {

@@ -187,6 +187,8 @@ pub async fn prepare(
         });
     };
     let folder_name = &tenant.mirror.central_folder_name;
+    // Looked up once: what the check for a lost folder found is the folder (or its absence) the run goes on with.
+    let mut looked_up: Option<Option<String>> = None;
     if !matches!(expected, CentralExpectation::Unknown) {
         let found = client
             .find_top_level_folder(&shared_mailbox.id, folder_name)
@@ -202,21 +204,23 @@ pub async fn prepare(
                 tenant.tenant_id, shared_mailbox.upn, known.folder_id, tenant.tenant_id
             ));
         }
+        looked_up = Some(found);
     }
-    let folder_id = if dry_run {
-        client
+    let folder_id = match (looked_up, dry_run) {
+        (Some(Some(found)), _) => Some(found),
+        (Some(None), true) => None,
+        (None, true) => client
             .find_top_level_folder(&shared_mailbox.id, folder_name)
             .await
             .map_err(|e| explain(tenant, &e, "looking for the central folder"))?
-            .map(|f| f.id)
-    } else {
-        Some(
+            .map(|f| f.id),
+        (_, false) => Some(
             client
                 .ensure_top_level_folder(&shared_mailbox.id, folder_name)
                 .await
                 .map_err(|e| explain(tenant, &e, "creating the central folder"))?
                 .id,
-        )
+        ),
     };
     info!(tenant = %tenant.tenant_id, users = users.len(), shared = %shared_mailbox.upn, "tenant prepared");
     Ok(PreparedTenant {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
+use shared::config::TenantSettings;
 use shared::message::{Job, JobKind, Outcome, Phase, Report};
 use shared::run_status::{Phase1State, Phase2Progress, RunStatus, TenantStatus, SCHEMA_VERSION};
 use tokio::time::Instant;
@@ -24,6 +25,7 @@ use uuid::Uuid;
 use crate::lease::LeaseError;
 use crate::ledger::Waiting;
 use crate::orchestrate::{Dispatch, Event};
+use crate::prepare::PreparedTenant;
 use crate::summary::TenantReport;
 
 /// Shortest time between two snapshots while reports arrive.
@@ -315,6 +317,10 @@ impl<D: Dispatch> Dispatch for Tracked<'_, D> {
 
     async fn begin(&mut self, run_id: Uuid) -> Result<()> {
         self.inner.begin(run_id).await
+    }
+
+    fn tenant_prepared(&mut self, tenant: &TenantSettings, ready: &PreparedTenant) {
+        self.inner.tenant_prepared(tenant, ready);
     }
 
     async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError> {

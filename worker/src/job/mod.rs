@@ -26,7 +26,8 @@ use shared::config::{Settings, TenantSettings};
 use shared::feed::{Cursors, Written};
 use shared::graph::{ErrorKind, GraphClient, GraphError, TenantClient};
 use shared::message::{
-    FailureReason, FolderChoice, GraphCounts, Job, JobKind, PhotoReport, Report, SourceFailure,
+    CentralFolder, FailureReason, FolderChoice, GraphCounts, Job, JobKind, PhotoReport, Report,
+    SourceFailure,
 };
 use shared::model::Mailbox;
 use shared::sync::{Plan, PlanContext, PlanCounts, SyncId};
@@ -314,6 +315,28 @@ impl JobRunner {
                 .boards
                 .board(&job.tenant_id, job.run_id)
                 .is_some_and(|board| board.watch().borrow().ended.is_none())
+    }
+
+    /// Takes `tenant`'s shared mailbox and central folder as its producer in this process found them (embedded
+    /// mode: the same configuration, resolved moments before), so [`Self::trusted`] need not ask Graph again
+    /// before the tenant's first job: two requests, one after the other, at the start of every embedded run. A
+    /// `TestUserList` tenant still resolves its users itself. A job that does not fit what is kept resolves again,
+    /// as always.
+    pub fn knows(&self, tenant: &TenantSettings, central: Option<&CentralFolder>) {
+        if tenant.test_user_list.is_some() {
+            return;
+        }
+        let central = central
+            .filter(|_| tenant.distribution.mirror_enabled)
+            .map(|c| CentralLocation {
+                mailbox: c.mailbox.clone(),
+                folder_id: c.folder_id.clone(),
+            });
+        let resolved = Resolved {
+            central,
+            receivers: Receivers::Everyone,
+        };
+        self.locations.put(&tenant.tenant_id, resolved);
     }
 
     /// Refuses a job whose central mailbox or folder is not where this worker's configuration says, or that
