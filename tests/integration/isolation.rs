@@ -479,6 +479,72 @@ async fn rabbitmq_expires_dead_letters_by_the_retention_policy_and_redeclares_un
     redeclared.expect("the topology redeclares unchanged under the retention policy");
 }
 
+/// An install whose queue was changed by hand: the first jobs queue already exists as a plain classic queue, which
+/// RabbitMQ refuses to redeclare with the topology's arguments (PRECONDITION_FAILED, inequivalent arg). Declaring the topology (as the producer and every worker do on
+/// connecting) fails with an error that names that queue and keeps the broker's reason, and the worker's log says
+/// both, so the operator knows what to delete or migrate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_changed_by_hand_is_named_with_the_brokers_reason_when_the_topology_is_declared() {
+    let _shared = BROKER.read().await;
+    let topology = support::private_topology();
+    let connection = support::connect().await;
+    let refused = topology.job_queue(Phase::ALL[0]);
+    let by_hand = connection.create_channel().await.expect("channel");
+    by_hand
+        .queue_declare(
+            refused.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("a classic queue of the same name");
+    let channel = connection.create_channel().await.expect("channel");
+    let declared = shared::mq::declare(&channel, &topology).await;
+    // A worker declares the same topology on connecting: it stays unready and says why in its log.
+    let estate = Estate::seed(SimConfig::default(), estate_params(1, 1)).await;
+    let worker = Process::worker(&estate.config_json(), &topology);
+    let mut logged = String::new();
+    for _ in 0..100 {
+        logged = worker.output();
+        if logged.contains("broker session ended") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(worker);
+    let _ = connection.close(200, "done".into()).await;
+    support::delete_topology(&topology).await;
+    let reason = logged
+        .lines()
+        .find(|line| line.contains("broker session ended"))
+        .unwrap_or_else(|| panic!("the worker logged no failed session in 10 s:\n{logged}"));
+    assert!(
+        reason.contains(&format!("declaring queue {refused}"))
+            && reason.contains("PRECONDITION_FAILED"),
+        "the worker's log names the queue and the broker's reason: {reason}"
+    );
+    let error = declared
+        .expect_err("a plain classic queue cannot be redeclared with the topology's arguments");
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("declaring queue {refused}")),
+        "the error names the refused queue: {message}"
+    );
+    assert!(
+        message.contains("PRECONDITION_FAILED") || message.contains("inequivalent"),
+        "the broker's reason is kept: {message}"
+    );
+}
 #[test]
 fn the_demo_ends_with_exit_status_0() {
     let mut process = Process::start(

@@ -151,7 +151,9 @@ impl Worker {
                     }
                     self.ready.store(false, Ordering::SeqCst);
                     metrics::counter!(crate::metrics::AMQP_RECONNECTS_TOTAL).increment(1);
-                    error!(error = %error, retry_in_ms = delay.as_millis() as u64, "broker session ended; reconnecting");
+                    // With its causes: the context alone ("declaring queue …") would hide the broker's reason.
+                    let error = format!("{:#}", anyhow::Error::from(error));
+                    error!(%error, retry_in_ms = delay.as_millis() as u64, "broker session ended; reconnecting");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(StopReason::Shutdown),
                         _ = tokio::time::sleep(delay) => {}
