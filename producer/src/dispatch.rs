@@ -13,6 +13,7 @@ use shared::config::TenantSettings;
 use shared::message::{Job, JobKind, Report};
 use shared::mq::{self, board, MqError, Publisher, Topology};
 use shared::run_status::RunStatus;
+use shared::telemetry::with_causes;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -249,7 +250,7 @@ impl Session {
             match tokio::time::timeout(CLOSE_WAIT, delivery.ack(BasicAckOptions::default())).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => {
-                    warn!(%error, "could not acknowledge a report; it may be delivered again")
+                    warn!(error = %with_causes(&error), "could not acknowledge a report; it may be delivered again")
                 }
                 Err(_) => warn!("acknowledging a report took too long; it may be delivered again"),
             }
@@ -340,7 +341,7 @@ impl Broker {
                 )
             }
             Ok(Err(error)) => {
-                warn!(tenant = tenant_id, %error, "could not delete the phase-1 boards an earlier run left; the next run tries again")
+                warn!(tenant = tenant_id, error = %with_causes(&error), "could not delete the phase-1 boards an earlier run left; the next run tries again")
             }
             Err(_) => {
                 warn!(tenant = tenant_id, "deleting the phase-1 boards an earlier run left took too long; the next run tries again")
@@ -590,7 +591,7 @@ impl Dispatch for Broker {
             match tokio::time::timeout(CLOSE_WAIT, deleted).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
-                    warn!(%error, run = %run_id, "could not delete the run's phase-1 boards; the tenants' next runs will")
+                    warn!(error = %with_causes(&error), run = %run_id, "could not delete the run's phase-1 boards; the tenants' next runs will")
                 }
                 Err(_) => {
                     warn!(run = %run_id, "deleting the run's phase-1 boards took too long; the tenants' next runs will")
@@ -612,7 +613,7 @@ impl Dispatch for Broker {
             match tokio::time::timeout(CLOSE_WAIT, deleted).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => {
-                    warn!(%error, queue = %queue, "could not delete the run's report queue")
+                    warn!(error = %with_causes(&error), queue = %queue, "could not delete the run's report queue")
                 }
                 Err(_) => warn!(queue = %queue, "deleting the run's report queue took too long"),
             }

@@ -17,7 +17,8 @@ async fn main() -> ExitCode {
     match run::dispatch(cli).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Each cause once: a broker error's text repeats its source's, which `{:#}` would print twice.
+            eprintln!("error: {}", shared::telemetry::with_causes(error.as_ref()));
             ExitCode::from(EXIT_FAILURES)
         }
     }

@@ -78,3 +78,57 @@ where
         ),
     }
 }
+
+/// `error` with its causes, `context: cause: cause`, for a log field. An error whose message is its context alone
+/// (`MqError::Amqp`: "declaring queue …", the broker's reason in its source) would otherwise log without the
+/// reason; `anyhow`'s `{:#}` does the same for the errors the binaries own.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source in their own message: said once.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_causes;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{context}")]
+    struct Contextual {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Repeating(#[source] std::io::Error);
+
+    #[test]
+    fn a_context_only_error_logs_with_its_causes_each_once() {
+        let io = || std::io::Error::other("PRECONDITION_FAILED - inequivalent arg");
+        let contextual = Contextual {
+            context: "declaring queue cm.phase1".into(),
+            source: io(),
+        };
+        assert_eq!(
+            with_causes(&contextual),
+            "declaring queue cm.phase1: PRECONDITION_FAILED - inequivalent arg"
+        );
+        assert_eq!(
+            with_causes(&Repeating(io())),
+            "outer: PRECONDITION_FAILED - inequivalent arg",
+            "a cause the message already ends with is not repeated"
+        );
+        assert_eq!(with_causes(&io()), "PRECONDITION_FAILED - inequivalent arg");
+    }
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use lapin::Connection;
 use shared::mq::{self, MqError, Topology};
+use shared::telemetry::with_causes;
 use tokio::sync::Mutex;
 use tracing::debug;
 
@@ -217,7 +218,7 @@ fn give_up(connection: Arc<Connection>, queue: String, held: Arc<Leases>, unrele
         };
         match unreleased {
             Unreleased::CloseConnection => {
-                debug!(%error, %queue, "could not release the central lease; closing its connection");
+                debug!(error = %with_causes(&error), %queue, "could not release the central lease; closing its connection");
                 let _ = tokio::time::timeout(
                     mq::OPERATION_WAIT,
                     connection.close(200, "central lease not released".into()),
@@ -225,7 +226,7 @@ fn give_up(connection: Arc<Connection>, queue: String, held: Arc<Leases>, unrele
                 .await;
             }
             Unreleased::Leave => {
-                debug!(%error, %queue, "an abandoned lease request left nothing to give up");
+                debug!(error = %with_causes(&error), %queue, "an abandoned lease request left nothing to give up");
             }
         }
     });

@@ -152,7 +152,7 @@ impl Worker {
                     self.ready.store(false, Ordering::SeqCst);
                     metrics::counter!(crate::metrics::AMQP_RECONNECTS_TOTAL).increment(1);
                     // With its causes: the context alone ("declaring queue …") would hide the broker's reason.
-                    let error = format!("{:#}", anyhow::Error::from(error));
+                    let error = shared::telemetry::with_causes(&error);
                     error!(%error, retry_in_ms = delay.as_millis() as u64, "broker session ended; reconnecting");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(StopReason::Shutdown),
@@ -244,7 +244,7 @@ impl Worker {
                     grace_secs = self.config.grace.as_secs(),
                     "in-flight jobs did not finish in time; cancelling them and handing them back"
                 ),
-                error = watch.lost() => warn!(%error,
+                error = watch.lost() => warn!(error = %shared::telemetry::with_causes(&error),
                     "the broker took the in-flight jobs back during the grace period; cancelling them"),
             }
         }

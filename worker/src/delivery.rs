@@ -15,6 +15,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use shared::message::{FailureReason, Job, Phase, Report};
+use shared::telemetry::with_causes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -161,7 +162,7 @@ pub async fn process<D: Delivery>(
             // The retry is in the queue: acking now is what keeps one attempt from becoming two. The report is
             // not final (the retry reports again), so losing it loses nothing.
             if let Err(error) = delivery.report(&job, &report).await {
-                warn!(%error, "the retry is scheduled but its report was not published");
+                warn!(error = %with_causes(&error), "the retry is scheduled but its report was not published");
             }
             settle(delivery, Ok(())).await
         }
@@ -183,7 +184,7 @@ async fn settle<D: Delivery>(delivery: D, published: Result<(), DeliveryError>) 
             Settled::Acked
         }
         Err(error) => {
-            error!(%error, "could not publish; handing the job back");
+            error!(error = %with_causes(&error), "could not publish; handing the job back");
             delivery.hand_back().await;
             Settled::HandedBack
         }

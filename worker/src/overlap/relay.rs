@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use shared::model::Contact;
 use shared::mq::{self, board, MqError, Publisher, Topology};
 use shared::sync::{PreparedCentral, SyncId};
+use shared::telemetry::with_causes;
 use tokio::sync::{mpsc, watch, Mutex};
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -272,14 +273,14 @@ async fn deliver(
                 match sent {
                     Ok(()) => break,
                     Err((session, error)) if attempt == 1 => {
-                        debug!(%error, %tenant, "board entry not sent; reconnecting");
+                        debug!(error = %with_causes(&error), %tenant, "board entry not sent; reconnecting");
                         if let Some(session) = session {
                             relay.forget(&session).await;
                         }
                         declared = false;
                     }
                     Err((_, error)) => {
-                        warn!(%error, %tenant, "a board entry could not be sent; phase 2 settles without it")
+                        warn!(error = %with_causes(&error), %tenant, "a board entry could not be sent; phase 2 settles without it")
                     }
                 }
             }
@@ -430,11 +431,11 @@ pub fn follow(relay: Arc<Relay>, run_id: Uuid, tenant: String, stage: Arc<watch:
                 Err(Stop::Broken(error)) => {
                     let since = *broken_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() > RECONNECT_FOR {
-                        warn!(%tenant, %run_id, %error, "lost the tenant's phase-1 board: the broker stayed away");
+                        warn!(%tenant, %run_id, error = %with_causes(&error), "lost the tenant's phase-1 board: the broker stayed away");
                         stage.send_modify(|stage| stage.lost = true);
                         return;
                     }
-                    debug!(%tenant, %error, "following a board again");
+                    debug!(%tenant, error = %with_causes(&error), "following a board again");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
