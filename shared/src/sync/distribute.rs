@@ -397,11 +397,16 @@ pub fn plan_distribution_from(
     // extended property but a different `CreatedBy` (naming neither this mailbox nor the person's creator) was not
     // made from the central folder: it is an owner's contact the tool stamped with the owner's UPN before a rename.
     // It stays the owner's, and its stamp is rewritten to the owner's object id, which no rename changes.
+    // Only against the person its property names, as `identity::ownership_among` judges for cleanup: a copy of a
+    // person who left, matched by address to another, was stamped with the other person's creator, and taken for
+    // an owner's contact it kept the old sync id under the new data, so the next phase 1 read it as a newer source
+    // of the person who left (proptest `two_runs_converge_and_owners_keep_their_contacts`, case ba1a10ed).
     for (si, ti) in matched.iter().enumerate() {
         let Some(ti) = *ti else { continue };
         let creator = sources[si].stamp.created_by.as_deref();
         let target = &mut targets[ti];
         if target.ownership == Ownership::ManagedCopy
+            && target.property.as_ref() == Some(sources[si].sync)
             && stamped_as_own(target.stamp.created_by.as_deref(), creator)
         {
             target.ownership = Ownership::OwnerCreated(OwnerReason::StampedAsOwn);

@@ -620,6 +620,43 @@ fn a_stale_copy_is_adopted_by_the_person_sharing_its_address_not_kept_for_an_opt
     assert_eq!(adopted, person.to_string());
 }
 
+/// Reproduces what `two_runs_converge_and_owners_keep_their_contacts` found (case `ba1a10ed` in
+/// proptest-regressions), notes stamps off: a copy of a person who left, stamped `CreatedBy` its person's creator,
+/// is matched by address to another person whose creator is someone else. Judged by `stamped_as_own` against that
+/// other person, it was taken for the owner's own contact: its fields were rewritten but not its sync id, so the
+/// next phase 1 read it as a newer edit of the person who left and wrote it into the central folder. Failed before
+/// `distribute.rs` judged `stamped_as_own` only against the person the copy's property names.
+#[test]
+fn a_stale_copy_matched_by_address_takes_the_new_persons_sync_id() {
+    let person = SyncId::derive(TENANT, "id-cat", "c0");
+    let gone = SyncId::derive(TENANT, "id-bob", "b0");
+    let mut other = contact("s1", "Max Müller", &["ann@x.com"], 0);
+    other.personal_notes = Some(format!("SyncId={person};CreatedBy=cat@contoso.com"));
+    other.sync_id_property = Some(person.to_string());
+    let mut stale = contact("t1", "Max Müller", &["ann@x.com"], 0);
+    stale.personal_notes = Some(format!("SyncId={gone}\r\nCreatedBy=bob@contoso.com"));
+    stale.sync_id_property = Some(gone.to_string());
+    let mut world = World::new(vec![(mailbox("ann"), vec![stale])]);
+    world.options.stamp_notes = false;
+    world.central = vec![other];
+    world.tick();
+    world.central[0].last_modified = Some(world.tick());
+    world.central[0].fields.business_phones = vec!["1".into()];
+    let plan = world.plan2(0).expect("plan");
+    let adopted = plan
+        .writes()
+        .find_map(|op| match op {
+            WriteOp::Update { id, write } if id == "t1" => Some(write.sync_id.clone()),
+            _ => None,
+        })
+        .expect("the stale copy is updated");
+    assert_eq!(
+        adopted,
+        Some(person.to_string()),
+        "the copy keeps the old sync id: {plan:#?}"
+    );
+}
+
 #[test]
 fn the_deletion_cap_and_the_empty_central_rule_refuse_the_whole_plan() {
     let people: Vec<Contact> = (0..20)
