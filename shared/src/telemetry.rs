@@ -79,9 +79,10 @@ where
     }
 }
 
-/// `error` with its causes, `context: cause: cause`, for a log field. An error whose message is its context alone
-/// (`MqError::Amqp`: "declaring queue …", the broker's reason in its source) would otherwise log without the
-/// reason; `anyhow`'s `{:#}` does the same for the errors the binaries own.
+/// `error` with its causes, `context: cause: cause`, for a log field or the producer's final error. An error whose
+/// message is its context alone (`MqError::Amqp`: "declaring queue …", the broker's reason in its source) would
+/// otherwise log without the reason; `anyhow`'s `{:#}` lists the causes too, but repeats one an error's own message
+/// already ends with (lapin's do).
 pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

@@ -480,9 +480,10 @@ async fn rabbitmq_expires_dead_letters_by_the_retention_policy_and_redeclares_un
 }
 
 /// An install whose queue was changed by hand: the first jobs queue already exists as a plain classic queue, which
-/// RabbitMQ refuses to redeclare with the topology's arguments (PRECONDITION_FAILED, inequivalent arg). Declaring the topology (as the producer and every worker do on
-/// connecting) fails with an error that names that queue and keeps the broker's reason, and the worker's log says
-/// both, so the operator knows what to delete or migrate.
+/// RabbitMQ refuses to redeclare with the topology's arguments (PRECONDITION_FAILED, inequivalent arg). Declaring
+/// the topology (as the producer and every worker do on connecting) fails with an error that names that queue and
+/// keeps the broker's reason, and the worker's log says both, so the operator knows what to delete or migrate.
+/// Reproduces a worker log that said only "declaring queue …" (its error's context, the reason in its source).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_changed_by_hand_is_named_with_the_brokers_reason_when_the_topology_is_declared() {
     let _shared = BROKER.read().await;
@@ -528,12 +529,7 @@ async fn a_queue_changed_by_hand_is_named_with_the_brokers_reason_when_the_topol
     );
     let error = declared
         .expect_err("a plain classic queue cannot be redeclared with the topology's arguments");
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
+    let message = shared::telemetry::with_causes(&error);
     assert!(
         error
             .to_string()
@@ -545,6 +541,7 @@ async fn a_queue_changed_by_hand_is_named_with_the_brokers_reason_when_the_topol
         "the broker's reason is kept: {message}"
     );
 }
+
 #[test]
 fn the_demo_ends_with_exit_status_0() {
     let mut process = Process::start(
