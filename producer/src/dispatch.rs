@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::{Connection, Consumer};
 use shared::config::TenantSettings;
-use shared::message::{Job, JobKind, Report};
+use shared::message::{FailureReason, Job, JobKind, Report};
 use shared::mq::{self, board, MqError, Publisher, Topology};
 use shared::run_status::RunStatus;
 use shared::telemetry::with_causes;
@@ -501,6 +501,55 @@ impl Dispatch for Broker {
 
     fn overlaps_phases(&self) -> bool {
         self.overlap
+    }
+
+    /// Publishes the letters, reconnecting as for jobs: those confirmed are in the queue, the others go again on
+    /// a new connection.
+    async fn dead_letter(&mut self, letters: Vec<(Job, FailureReason, String)>) -> Result<()> {
+        // Named as a sent job is: a letter requeued while the run lasts reports to it.
+        let report_queue = self.run.as_ref().map(|(_, queue)| queue.clone());
+        let mut pending: Vec<_> = letters
+            .into_iter()
+            .map(|(job, reason, error)| {
+                let job = Job {
+                    report_queue: report_queue.clone(),
+                    ..job
+                };
+                (job, reason, error)
+            })
+            .collect();
+        let mut attempt = 1;
+        while !pending.is_empty() {
+            let results = self.session.publisher.dead_letter_unsent(&pending).await;
+            let mut failed = Vec::new();
+            let mut cause = None;
+            for (letter, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {}
+                    Err(error) if error.is_permanent() || attempt >= PUBLISH_ATTEMPTS => {
+                        let (job, reason, _) = letter;
+                        return Err(anyhow::Error::new(error).context(format!(
+                            "could not dead-letter the {} job {} for {} (tenant {}, {reason}) after {attempt} \
+                             attempt(s)",
+                            job.phase(),
+                            job.job_id,
+                            job.mailbox().upn,
+                            job.tenant_id
+                        )));
+                    }
+                    Err(error) => {
+                        cause.get_or_insert(error);
+                        failed.push(letter);
+                    }
+                }
+            }
+            pending = failed;
+            if let Some(cause) = cause {
+                attempt += 1;
+                self.reconnect(&cause.into()).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Appends phase 1's end to the tenant's board, reconnecting as for a job: the phase-2 jobs following it

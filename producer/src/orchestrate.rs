@@ -11,7 +11,9 @@ use chrono::Utc;
 use shared::config::{Settings, TenantSettings};
 use shared::feed::Cursors;
 use shared::graph::GraphClient;
-use shared::message::{CentralFolder, FolderChoice, Job, JobKind, Outcome, Phase, Report};
+use shared::message::{
+    CentralFolder, FailureReason, FolderChoice, Job, JobKind, Outcome, Phase, Report, SourceFailure,
+};
 use shared::model::Mailbox;
 use shared::run_status::RunStatus;
 use shared::sync::CleanupSource;
@@ -66,6 +68,13 @@ pub trait Dispatch {
     /// undo what they sent early when it failed. (Its job says so itself when it succeeds; this also covers an
     /// attempt that ended without saying, and a job that failed for good.)
     async fn phase1_ended(&mut self, _tenant_id: &str, _run_id: Uuid, _ended: Ended) -> Result<()> {
+        Ok(())
+    }
+    /// Jobs the producer failed for good without sending them, each with its reason and error (their mailbox is
+    /// one this run's phase 1 could not read, see `Job::unreadable_report`): a broker puts each in its phase's
+    /// dead-letter queue, where operators find every job that failed for good. An embedded run has no such queue
+    /// (the run's summary names them, as it names every failed mailbox).
+    async fn dead_letter(&mut self, _letters: Vec<(Job, FailureReason, String)>) -> Result<()> {
         Ok(())
     }
     /// Keeps the run's latest progress where `status` can read it. Nobody but this process can see an embedded
@@ -402,11 +411,16 @@ pub async fn run<D: Dispatch>(
     let tenant_started: Vec<Instant> = tenants.iter().map(|_| Instant::now()).collect();
     // Reports of jobs the producer settled itself, taken before the transport's.
     let mut settled_here: VecDeque<Report> = VecDeque::new();
-    // The tenant whose phase-2 jobs go out next, with its phase 1's cursors: from its final report, or (overlapped)
-    // from its plan.
-    let mut start_next: Option<(usize, Cursors, bool)> = None;
+    // The tenant whose phase-2 jobs go out next.
+    let mut start_next: Option<Phase1Said> = None;
     loop {
-        if let Some((tenant, phase1, overlapped)) = start_next.take() {
+        if let Some(Phase1Said {
+            tenant,
+            cursors: phase1,
+            unreadable,
+            overlapped,
+        }) = start_next.take()
+        {
             if let Some((ready, central)) = prepared[tenant]
                 .as_ref()
                 .and_then(|ready| Some((ready, ready.central.clone()?)))
@@ -424,12 +438,13 @@ pub async fn run<D: Dispatch>(
                     ready,
                     central,
                     phase1: &phase1,
+                    unreadable: &unreadable,
                     kept: memories[tenant].is_some(),
                     move_from: move_from[tenant].as_ref(),
                     dry_run: dry(tenants[tenant]),
                     overlapped,
                 };
-                start.send(
+                let letters = start.send(
                     &request,
                     &mut ledger,
                     &mut fair,
@@ -437,6 +452,7 @@ pub async fn run<D: Dispatch>(
                     &mut dispatch,
                     &mut progress,
                 );
+                dispatch.dead_letter(letters).await?;
                 submit_released(&mut fair, &mut dispatch).await?;
             }
         }
@@ -452,7 +468,12 @@ pub async fn run<D: Dispatch>(
                     // plan finds them out already).
                     if let Some(tenant) = ledger.tenant_of(planned.run_id, planned.job_id) {
                         if !phase2_started[tenant] {
-                            start_next = Some((tenant, planned.cursors, true));
+                            start_next = Some(Phase1Said {
+                                tenant,
+                                cursors: planned.cursors,
+                                unreadable: planned.source_failures,
+                                overlapped: true,
+                            });
                         }
                     }
                     continue;
@@ -559,7 +580,12 @@ pub async fn run<D: Dispatch>(
         }
         // Unless overlapped (they went out when phase 1 planned), its phase-2 jobs go out now.
         if !phase2_started[tenant] {
-            start_next = Some((tenant, report.cursors.clone(), false));
+            start_next = Some(Phase1Said {
+                tenant,
+                cursors: report.cursors.clone(),
+                unreadable: report.source_failures.clone(),
+                overlapped: false,
+            });
         }
     }
     let lost = ledger.give_up();
@@ -675,8 +701,19 @@ fn phase2_job(
     )
 }
 
-/// What a tenant's phase-2 jobs are made from: its phase 1's cursors, from its final report or, overlapped, from
-/// its plan ([`Event::Planned`]).
+/// What a tenant's phase 1 said its phase-2 jobs need: from its final report or, overlapped, from its plan
+/// ([`Event::Planned`]).
+struct Phase1Said {
+    tenant: usize,
+    /// The feeds as phase 1 left them.
+    cursors: Cursors,
+    /// The sources it could not read.
+    unreadable: Vec<SourceFailure>,
+    /// Said by its plan, while it writes.
+    overlapped: bool,
+}
+
+/// What a tenant's phase-2 jobs are made from ([`Phase1Said`]).
 struct Phase2Start<'a> {
     run_id: Uuid,
     tenant: &'a TenantSettings,
@@ -684,6 +721,8 @@ struct Phase2Start<'a> {
     ready: &'a PreparedTenant,
     central: CentralFolder,
     phase1: &'a Cursors,
+    /// The sources phase 1 could not read: a mailbox among them for a reason it has itself is failed here.
+    unreadable: &'a [SourceFailure],
     /// A state is kept: the jobs carry the feeds.
     kept: bool,
     move_from: Option<&'a FolderChoice>,
@@ -694,7 +733,9 @@ struct Phase2Start<'a> {
 
 impl Phase2Start<'_> {
     /// Makes one phase-2 job per user: expected by the ledger, then queued fairly, or settled here when phase 1
-    /// found the mailbox in line.
+    /// found the mailbox in line, or could not read it for a reason the mailbox has itself (no Exchange mailbox,
+    /// access refused): the job would fail on its first request, so it fails here with phase 1's reason and is
+    /// returned with it, for the transport's dead-letter queue ([`Dispatch::dead_letter`]).
     fn send<D: Dispatch>(
         self,
         request: &RunRequest<'_>,
@@ -703,8 +744,9 @@ impl Phase2Start<'_> {
         settled_here: &mut VecDeque<Report>,
         dispatch: &mut Tracked<'_, D>,
         progress: &mut Progress,
-    ) {
+    ) -> Vec<(Job, FailureReason, String)> {
         let ready = self.ready;
+        let mut letters = Vec::new();
         progress.add(Phase::Phase2, ready.users.len() as u64);
         for user in &ready.users {
             let mut job = request.phase2_job(
@@ -724,6 +766,16 @@ impl Phase2Start<'_> {
                 );
             }
             ledger.expect(&job, self.index);
+            let unreadable = self
+                .unreadable
+                .iter()
+                .find_map(|failure| Some((job.unreadable_report(failure)?, failure)));
+            if let Some((failed, failure)) = unreadable {
+                dispatch.settled_here(&job);
+                settled_here.push_back(failed);
+                letters.push((job, failure.reason, failure.error.clone()));
+                continue;
+            }
             // A mailbox phase 1 found in line needs no request: settled here, by the rule a worker would apply,
             // so a quiet run sends the broker no phase-2 job at all (8,510 jobs and their reports were most of a
             // 10,000-mailbox quiet run's time).
@@ -739,5 +791,6 @@ impl Phase2Start<'_> {
                 None => fair.push(self.index, job),
             }
         }
+        letters
     }
 }

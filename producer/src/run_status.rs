@@ -319,6 +319,13 @@ impl<D: Dispatch> Dispatch for Tracked<'_, D> {
         self.inner.begin(run_id).await
     }
 
+    async fn dead_letter(
+        &mut self,
+        letters: Vec<(Job, shared::message::FailureReason, String)>,
+    ) -> Result<()> {
+        self.inner.dead_letter(letters).await
+    }
+
     fn tenant_prepared(&mut self, tenant: &TenantSettings, ready: &PreparedTenant) {
         self.inner.tenant_prepared(tenant, ready);
     }

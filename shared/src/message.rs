@@ -297,6 +297,27 @@ impl Job {
         })
     }
 
+    /// The report of a phase-2 job whose mailbox this run's phase 1 could not read for a reason the mailbox
+    /// itself has (`failure`, from phase 1's report or its plan's news; see
+    /// [`FailureReason::bars_the_mailbox`]): failed with phase 1's reason and error, without a request, as the job
+    /// would fail on its first read. `None`: the job must run (another mailbox, another reason, a cleanup).
+    pub fn unreadable_report(&self, failure: &SourceFailure) -> Option<Report> {
+        let (JobKind::Phase2 { mailbox, .. }, None) = (&self.kind, self.cleanup) else {
+            return None;
+        };
+        if mailbox.id != failure.mailbox.id || !failure.reason.bars_the_mailbox() {
+            return None;
+        }
+        Some(Report::of(
+            self,
+            1,
+            Outcome::Failed {
+                reason: failure.reason,
+                error: failure.error.clone(),
+            },
+        ))
+    }
+
     /// The central folder: always in phase 1; in phase 2 only when the mirror is a source of the mailbox.
     pub fn central(&self) -> Option<&CentralFolder> {
         match &self.kind {
@@ -397,6 +418,15 @@ impl FailureReason {
             FailureReason::UntrustedJob => "untrusted_job",
             FailureReason::Phase1Failed => "phase1_failed",
         }
+    }
+}
+
+impl FailureReason {
+    /// Whether this reason is the mailbox's own, whatever the job: it has no Exchange mailbox, or Graph refuses
+    /// the app access to it. A mailbox phase 1 could not read for such a reason fails its phase-2 job the same
+    /// way in the same run, so the producer settles that job without sending it ([`Job::unreadable_report`]).
+    pub fn bars_the_mailbox(self) -> bool {
+        matches!(self, FailureReason::NoMailbox | FailureReason::AccessDenied)
     }
 }
 
@@ -749,6 +779,80 @@ mod tests {
                 what: "job",
                 found: 99
             })
+        );
+    }
+
+    /// Only the job's own mailbox, only a reason the mailbox itself has, never a cleanup; the report carries
+    /// phase 1's reason and error as the job's final failure.
+    #[test]
+    fn a_mailbox_phase1_could_not_read_fails_its_phase2_job_without_running_it() {
+        let job = phase2_job(Uuid::now_v7());
+        let failure = |id: &str, reason| SourceFailure {
+            mailbox: mailbox(id),
+            reason,
+            error: "reading contacts of alice@contoso.com: MailboxNotEnabledForRESTAPI".into(),
+        };
+        let settled = job
+            .unreadable_report(&failure("alice", FailureReason::NoMailbox))
+            .expect("settled");
+        assert_eq!(
+            settled.outcome,
+            Outcome::Failed {
+                reason: FailureReason::NoMailbox,
+                error: "reading contacts of alice@contoso.com: MailboxNotEnabledForRESTAPI".into()
+            }
+        );
+        assert_eq!(
+            (
+                settled.job_id,
+                settled.phase,
+                settled.attempt,
+                settled.graph.requests
+            ),
+            (job.job_id, Phase::Phase2, 1, 0)
+        );
+        assert!(job
+            .unreadable_report(&failure("alice", FailureReason::AccessDenied))
+            .is_some());
+        assert_eq!(
+            job.unreadable_report(&failure("bob", FailureReason::NoMailbox)),
+            None,
+            "another mailbox"
+        );
+        for reason in [
+            FailureReason::GraphRejected,
+            FailureReason::AttemptsExhausted,
+            FailureReason::Authentication,
+        ] {
+            assert_eq!(
+                job.unreadable_report(&failure("alice", reason)),
+                None,
+                "{reason} says nothing of the mailbox"
+            );
+        }
+        let cleanup = Job {
+            cleanup: Some(CleanupSource::All),
+            ..job.clone()
+        };
+        assert_eq!(
+            cleanup.unreadable_report(&failure("alice", FailureReason::NoMailbox)),
+            None
+        );
+        let phase1 = Job::new(
+            job.run_id,
+            &job.tenant_id,
+            false,
+            JobKind::Phase1 {
+                central: CentralFolder {
+                    mailbox: mailbox("alice"),
+                    folder_id: None,
+                },
+                sources: vec![mailbox("alice")],
+            },
+        );
+        assert_eq!(
+            phase1.unreadable_report(&failure("alice", FailureReason::NoMailbox)),
+            None
         );
     }
 

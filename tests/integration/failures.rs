@@ -100,6 +100,9 @@ fn assert_no_secret(secret: &str, place: &str, text: &str) {
     );
 }
 
+/// A fleet run over an estate with a mailbox-less user and a policy-blocked one: only those two fail, each with
+/// its reason, in the summary and in the phase-2 dead-letter queue (the producer puts them there: phase 1 found
+/// them unreadable, so their jobs are never sent), and no secret crosses the broker or reaches a log or report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unreachable_mailboxes_fail_alone_are_dead_lettered_and_nothing_leaks() {
     let _broker = BROKER.read().await;
@@ -199,6 +202,17 @@ async fn unreachable_mailboxes_fail_alone_are_dead_lettered_and_nothing_leaks() 
         "the summary names the failed mailbox {}:\n{producer_output}",
         failed[0].0
     );
+
+    // Phase 1 found both unreadable; the producer failed their phase-2 jobs without sending them (their one
+    // request is phase 1's read) and dead-lettered them as a worker would.
+    let stats = estate.sim.stats();
+    for (mailbox, reason) in &failed {
+        assert_eq!(
+            stats.mailbox(mailbox).requests,
+            1,
+            "{mailbox} ({reason}) was sent more than phase 1's read"
+        );
+    }
 
     // Both jobs wait in the phase-2 dead-letter queue with their reason.
     let dead = drain(&connection, &topology.dead_letter_queue(Phase::Phase2)).await;

@@ -333,6 +333,70 @@ async fn a_user_without_a_mailbox_is_not_applicable_after_the_first_run_unless_s
     let _ = std::fs::remove_dir_all(&state);
 }
 
+/// A mailbox phase 1 could not read for a reason of its own (no Exchange mailbox, access refused by policy) is
+/// failed in phase 2 with that reason without a second request: its one Graph request of a run is phase 1's. Both
+/// ways phase 2 learns it: from phase 1's plan (the first run overlaps, its plan writes many batches) and from its
+/// final report (the quiet second run's plan writes nothing, so its phase-2 jobs wait for the report).
+/// Reproduces phase 2 sending each such mailbox a job that read once and failed as phase 1 had (100 requests and
+/// jobs of a 1,000-user quiet run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mailbox_phase1_could_not_read_is_failed_in_phase2_without_a_request() {
+    let estate = Estate::seed(SimConfig::default(), estate_params(1, 20)).await;
+    let tenant = &estate.tenants[0];
+    let mut everyone = entry(&estate, tenant);
+    everyone
+        .as_object_mut()
+        .expect("object")
+        .remove("TestUserList");
+    let settings = load(&json!({ "MicrosoftTenants": [everyone] }), &[]);
+    for (run_name, expect_writes) in [("first (overlapped)", true), ("quiet", false)] {
+        estate.sim.reset_stats();
+        let report = run(&settings, &embedded_args()).await;
+        let stats = estate.sim.stats();
+        assert_eq!(
+            stats.total_writes() > 0,
+            expect_writes,
+            "{run_name} run: {}",
+            report.human()
+        );
+        let unreadable: Vec<_> = report.tenants[0]
+            .mailboxes
+            .iter()
+            .filter(|m| {
+                m.phase == Phase::Phase2
+                    && m.outcome == "failed"
+                    && m.reason.is_some_and(FailureReason::bars_the_mailbox)
+            })
+            .collect();
+        let reasons: BTreeSet<&str> = unreadable
+            .iter()
+            .filter_map(|m| m.reason.map(FailureReason::as_str))
+            .collect();
+        assert_eq!(
+            reasons,
+            ["access_denied", "no_mailbox"].into(),
+            "{run_name} run: graphsim seeds both kinds: {}",
+            report.human()
+        );
+        for failed in unreadable {
+            assert_eq!(
+                stats.mailbox(&failed.mailbox).requests,
+                1,
+                "{run_name} run: {} ({:?}) was sent more than phase 1's read",
+                failed.mailbox,
+                failed.reason
+            );
+            assert!(
+                failed
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.contains(&failed.mailbox)),
+                "{run_name} run: phase 1's error, naming the mailbox: {failed:?}"
+            );
+        }
+    }
+}
+
 /// `RunArgs` is not `Clone`; the fields these tests set, copied.
 trait CloneForTest {
     fn clone_for_test(&self) -> RunArgs;

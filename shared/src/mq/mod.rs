@@ -512,13 +512,31 @@ impl Publisher {
         reason: FailureReason,
         error: &str,
     ) -> Result<(), MqError> {
-        let mut headers = original.headers().clone().unwrap_or_default();
-        headers.insert(REASON_HEADER.into(), string(reason.as_str()));
-        headers.insert(ERROR_HEADER.into(), string(&truncate(error, 2_000)));
-        let properties = original.clone().with_headers(headers).with_delivery_mode(2);
+        let properties = dead_letter_properties(original, reason, error);
         let exchange = self.topology.dead_letter_exchange();
         self.publish(&exchange, phase.routing_key(), body.to_vec(), properties)
             .await
+    }
+
+    /// Puts jobs that were never sent in their phase's dead-letter queue, each with its reason and error, as a
+    /// worker's dead letter of its first attempt looks (the producer settled them as failed: their mailbox's phase
+    /// 1 could not read it, see `Job::unreadable_report`). One result per letter, in order, as
+    /// [`Publisher::publish_jobs`].
+    pub async fn dead_letter_unsent(
+        &self,
+        letters: &[(Job, FailureReason, String)],
+    ) -> Vec<Result<(), MqError>> {
+        let exchange = self.topology.dead_letter_exchange();
+        self.publish_all(letters.iter().map(|(job, reason, error)| {
+            let properties = dead_letter_properties(&job_properties(job, 1), *reason, error);
+            (
+                exchange.as_str(),
+                job.phase().routing_key(),
+                job.to_json(),
+                properties,
+            )
+        }))
+        .await
     }
 
     /// Publishes `job`'s report: to its run's own queue when the job names one this topology owns (see
@@ -586,22 +604,32 @@ impl Publisher {
     /// waits for their confirms overlap. A job after a send that failed is not sent; its result is that error.
     pub async fn publish_jobs(&self, jobs: &[Job], attempt: u32) -> Vec<Result<(), MqError>> {
         let exchange = self.topology.jobs_exchange();
-        let mut sent = Vec::with_capacity(jobs.len());
+        self.publish_all(jobs.iter().map(|job| {
+            (
+                exchange.as_str(),
+                job.phase().routing_key(),
+                job.to_json(),
+                job_properties(job, attempt),
+            )
+        }))
+        .await
+    }
+
+    /// Publishes `messages` (exchange, routing key, body, properties) in their order and waits for the broker's
+    /// confirms together (see [`Publisher::publish_jobs`] for why): one result per message, in order; a message
+    /// after a send that failed is not sent, its result is that error.
+    async fn publish_all<'e>(
+        &self,
+        messages: impl Iterator<Item = (&'e str, &'e str, Vec<u8>, BasicProperties)>,
+    ) -> Vec<Result<(), MqError>> {
+        let mut sent = Vec::new();
         let mut broken: Option<String> = None;
-        for job in jobs {
+        for (exchange, routing_key, body, properties) in messages {
             let result = match &broken {
                 Some(error) => Err(MqError::NotSent {
                     cause: error.clone(),
                 }),
-                None => {
-                    self.send(
-                        &exchange,
-                        job.phase().routing_key(),
-                        job.to_json(),
-                        job_properties(job, attempt),
-                    )
-                    .await
-                }
+                None => self.send(exchange, routing_key, body, properties).await,
             };
             if let Err(error) = &result {
                 if !error.is_permanent() && broken.is_none() {
@@ -728,6 +756,18 @@ fn job_properties(job: &Job, attempt: u32) -> BasicProperties {
         .with_type(format!("contactmirror.{}.v1", job.phase()).into())
         .with_timestamp(u64::try_from(job.enqueued_at.timestamp()).unwrap_or_default())
         .with_headers(headers)
+}
+
+/// `original` with the dead letter's reason and error headers, persistent.
+fn dead_letter_properties(
+    original: &BasicProperties,
+    reason: FailureReason,
+    error: &str,
+) -> BasicProperties {
+    let mut headers = original.headers().clone().unwrap_or_default();
+    headers.insert(REASON_HEADER.into(), string(reason.as_str()));
+    headers.insert(ERROR_HEADER.into(), string(&truncate(error, 2_000)));
+    original.clone().with_headers(headers).with_delivery_mode(2)
 }
 
 fn truncate(text: &str, max: usize) -> String {

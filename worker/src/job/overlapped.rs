@@ -9,7 +9,7 @@ use std::sync::Arc;
 use shared::config::TenantSettings;
 use shared::feed::{self, Cursors};
 use shared::graph::{FolderRef, TenantClient};
-use shared::message::{CentralFolder, FailureReason, FolderChoice, Job};
+use shared::message::{CentralFolder, FailureReason, FolderChoice, Job, SourceFailure};
 use shared::model::{Contact, Mailbox, WriteOp};
 use shared::sync::overlap::{self, Settled};
 use shared::sync::{self, PlanCounts, Writes};
@@ -299,7 +299,7 @@ impl JobRunner {
 /// Phase 1's side: puts on `board` the folder `plan` leaves (from `read`, the folder as read) and the persons
 /// it creates, and tells the producer, whose phase-2 jobs then go out carrying `cursors` without the central
 /// folder's (no mailbox is in line with what is still being written; they take the generation the folder ends
-/// in line with from the board). Returns the board the writes confirm creates on; `None` (nothing announced)
+/// in line with from the board) and the sources it could not read (`source_failures`). Returns the board the writes confirm creates on; `None` (nothing announced)
 /// for a plan of one batch or less: no copy could go before its first batch is answered, and by then phase 1
 /// is over, so phase-2 jobs would only read their mailboxes twice (a 1 %-changed re-run: 163 requests against
 /// 142).
@@ -310,6 +310,7 @@ pub(super) fn announce_plan<'b>(
     plan: &sync::Plan,
     now: chrono::DateTime<chrono::Utc>,
     cursors: &Cursors,
+    source_failures: &[SourceFailure],
 ) -> Option<&'b Board> {
     // More than one batch of writes.
     plan.writes().nth(WRITE_BATCH)?;
@@ -321,6 +322,7 @@ pub(super) fn announce_plan<'b>(
         run_id: job.run_id,
         job_id: job.job_id,
         cursors: announced,
+        source_failures: source_failures.to_vec(),
     };
     board.planned(
         folder,

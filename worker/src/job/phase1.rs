@@ -248,6 +248,7 @@ impl JobRunner {
                 &plan,
                 ctx.now,
                 &cursors,
+                &source_failures,
             ),
             None => {
                 drop(central_contacts);

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shared::feed::{Cursors, Generation};
+use shared::message::SourceFailure;
 use shared::model::Contact;
 use shared::sync::{PreparedCentral, SyncId};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -32,6 +33,10 @@ pub struct Planned {
     /// The feeds as phase 1 checked them, without the central folder's (no mailbox is in line with what phase 1
     /// is still writing): what the tenant's phase-2 jobs carry, as they would from its final report.
     pub cursors: Cursors,
+    /// The source mailboxes phase 1 could not read, as its final report will list them: the producer settles
+    /// the phase-2 job of each one the reason bars (`Job::unreadable_report`) instead of sending it.
+    #[serde(default)]
+    pub source_failures: Vec<SourceFailure>,
 }
 
 /// What phase 1's plan leaves in the central folder when every write succeeds.
@@ -445,6 +450,7 @@ mod tests {
             run_id: Uuid::now_v7(),
             job_id: Uuid::now_v7(),
             cursors: Cursors::default(),
+            source_failures: Vec::new(),
         };
         let plan = || (Vec::new(), [person(1)].into(), news(), None);
         {
@@ -532,6 +538,7 @@ mod tests {
             run_id: board.run_id,
             job_id: Uuid::now_v7(),
             cursors: Cursors::default(),
+            source_failures: Vec::new(),
         };
         board.planned(Vec::new(), [person(1)].into(), news, None);
         Publishing::on(Some(&board)).finish(Ended::Written { in_line_with: None });
