@@ -431,10 +431,90 @@ impl Broker {
     }
 }
 
+/// What the producer publishes and must see confirmed: jobs for the workers, and jobs it failed itself for the
+/// dead-letter queue.
+trait Outgoing: Sized {
+    /// The job it carries.
+    fn job(&self) -> &Job;
+    /// Publishes `items` in order, one result each.
+    async fn publish(publisher: &Publisher, items: &[Self]) -> Vec<Result<(), MqError>>;
+    /// What could not be done, for the error.
+    fn failing(&self) -> String;
+}
+
+impl Outgoing for Job {
+    fn job(&self) -> &Job {
+        self
+    }
+
+    async fn publish(publisher: &Publisher, items: &[Self]) -> Vec<Result<(), MqError>> {
+        publisher.publish_jobs(items, 1).await
+    }
+
+    fn failing(&self) -> String {
+        "publish".into()
+    }
+}
+
+impl Outgoing for (Job, FailureReason, String) {
+    fn job(&self) -> &Job {
+        &self.0
+    }
+
+    async fn publish(publisher: &Publisher, items: &[Self]) -> Vec<Result<(), MqError>> {
+        publisher.dead_letter_unsent(items).await
+    }
+
+    fn failing(&self) -> String {
+        format!("dead-letter ({})", self.1)
+    }
+}
+
+impl Broker {
+    /// Publishes `pending` and waits for the broker's confirms, reconnecting as needed and sending again only what
+    /// was not confirmed, each at most [`PUBLISH_ATTEMPTS`] times; a message the broker can never take (too large)
+    /// fails at once. Either way the error names the job. The one publishing loop of jobs and dead letters.
+    async fn publish_confirmed<T: Outgoing>(&mut self, mut pending: Vec<T>) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            let results = T::publish(&self.session.publisher, &pending).await;
+            let mut failed = Vec::new();
+            let mut cause = None;
+            for (item, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {}
+                    Err(error) if error.is_permanent() || attempt >= PUBLISH_ATTEMPTS => {
+                        let job = item.job();
+                        return Err(anyhow::Error::new(error).context(format!(
+                            "could not {} the {} job {} for {} (tenant {}) after {attempt} attempt(s)",
+                            item.failing(),
+                            job.phase(),
+                            job.job_id,
+                            job.mailbox().upn,
+                            job.tenant_id
+                        )));
+                    }
+                    Err(error) => {
+                        cause.get_or_insert(error);
+                        failed.push(item);
+                    }
+                }
+            }
+            let Some(cause) = cause else {
+                return Ok(());
+            };
+            // Those confirmed are on the broker; the others go again on a new connection (a job published twice
+            // has the same id: its second copy writes nothing).
+            pending = failed;
+            attempt += 1;
+            self.reconnect(&cause.into()).await?;
+        }
+    }
+}
+
 impl Dispatch for Broker {
-    /// Publishes in order and waits for the confirms together ([`mq::Publisher::publish_jobs`]), reconnecting as
-    /// needed and sending again only the jobs not confirmed, each at most [`PUBLISH_ATTEMPTS`] times; a message
-    /// the broker can never take (too large) fails at once. Either way the error names the job.
+    /// Publishes in order and waits for the confirms together ([`mq::Publisher::publish_jobs`], through
+    /// `Broker::publish_confirmed`).
     async fn submit(&mut self, jobs: Vec<Job>) -> Result<()> {
         let report_queue = self.run.as_ref().map(|(_, queue)| queue.clone());
         // An overlapped phase-1 job may put a board on the broker (whether or not its news arrives): deleted at the
@@ -449,45 +529,14 @@ impl Dispatch for Broker {
                 self.boards.push(job.tenant_id.clone());
             }
         }
-        let mut pending: Vec<Job> = jobs
+        let pending: Vec<Job> = jobs
             .into_iter()
             .map(|job| Job {
                 report_queue: report_queue.clone(),
                 ..job
             })
             .collect();
-        let mut attempt = 1;
-        loop {
-            let results = self.session.publisher.publish_jobs(&pending, 1).await;
-            let mut failed = Vec::new();
-            let mut cause = None;
-            for (job, result) in pending.into_iter().zip(results) {
-                match result {
-                    Ok(()) => {}
-                    Err(error) if error.is_permanent() || attempt >= PUBLISH_ATTEMPTS => {
-                        return Err(anyhow::Error::new(error).context(format!(
-                            "could not publish the {} job {} for {} (tenant {}) after {attempt} attempt(s)",
-                            job.phase(),
-                            job.job_id,
-                            job.mailbox().upn,
-                            job.tenant_id
-                        )));
-                    }
-                    Err(error) => {
-                        cause.get_or_insert(error);
-                        failed.push(job);
-                    }
-                }
-            }
-            let Some(cause) = cause else {
-                return Ok(());
-            };
-            // Those confirmed are on the broker; the others go again on a new connection (a job published twice
-            // has the same id: its second copy writes nothing).
-            pending = failed;
-            attempt += 1;
-            self.reconnect(&cause.into()).await?;
-        }
+        self.publish_confirmed(pending).await
     }
 
     async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>> {
@@ -503,12 +552,11 @@ impl Dispatch for Broker {
         self.overlap
     }
 
-    /// Publishes the letters, reconnecting as for jobs: those confirmed are in the queue, the others go again on
-    /// a new connection.
+    /// Publishes the letters as jobs are published (`Broker::publish_confirmed`).
     async fn dead_letter(&mut self, letters: Vec<(Job, FailureReason, String)>) -> Result<()> {
         // Named as a sent job is: a letter requeued while the run lasts reports to it.
         let report_queue = self.run.as_ref().map(|(_, queue)| queue.clone());
-        let mut pending: Vec<_> = letters
+        let pending: Vec<_> = letters
             .into_iter()
             .map(|(job, reason, error)| {
                 let job = Job {
@@ -518,38 +566,7 @@ impl Dispatch for Broker {
                 (job, reason, error)
             })
             .collect();
-        let mut attempt = 1;
-        while !pending.is_empty() {
-            let results = self.session.publisher.dead_letter_unsent(&pending).await;
-            let mut failed = Vec::new();
-            let mut cause = None;
-            for (letter, result) in pending.into_iter().zip(results) {
-                match result {
-                    Ok(()) => {}
-                    Err(error) if error.is_permanent() || attempt >= PUBLISH_ATTEMPTS => {
-                        let (job, reason, _) = letter;
-                        return Err(anyhow::Error::new(error).context(format!(
-                            "could not dead-letter the {} job {} for {} (tenant {}, {reason}) after {attempt} \
-                             attempt(s)",
-                            job.phase(),
-                            job.job_id,
-                            job.mailbox().upn,
-                            job.tenant_id
-                        )));
-                    }
-                    Err(error) => {
-                        cause.get_or_insert(error);
-                        failed.push(letter);
-                    }
-                }
-            }
-            pending = failed;
-            if let Some(cause) = cause {
-                attempt += 1;
-                self.reconnect(&cause.into()).await?;
-            }
-        }
-        Ok(())
+        self.publish_confirmed(pending).await
     }
 
     /// Appends phase 1's end to the tenant's board, reconnecting as for a job: the phase-2 jobs following it

@@ -299,10 +299,10 @@ impl JobRunner {
 /// Phase 1's side: puts on `board` the folder `plan` leaves (from `read`, the folder as read) and the persons
 /// it creates, and tells the producer, whose phase-2 jobs then go out carrying `cursors` without the central
 /// folder's (no mailbox is in line with what is still being written; they take the generation the folder ends
-/// in line with from the board) and the sources it could not read (`source_failures`). Returns the board the writes confirm creates on; `None` (nothing announced)
-/// for a plan of one batch or less: no copy could go before its first batch is answered, and by then phase 1
-/// is over, so phase-2 jobs would only read their mailboxes twice (a 1 %-changed re-run: 163 requests against
-/// 142).
+/// in line with from the board), and the sources it could not read (`source_failures`: their jobs are failed
+/// unsent). Returns the board the writes confirm creates on; `None` (nothing announced) for a plan of one batch
+/// or less: no copy could go before its first batch is answered, and by then phase 1 is over, so phase-2 jobs
+/// would only read their mailboxes twice (a 1 %-changed re-run: 163 requests against 142).
 pub(super) fn announce_plan<'b>(
     job: &Job,
     board: &'b Board,
