@@ -3,7 +3,7 @@
 //!
 //! Tenants proceed independently: one tenant's slow or failed phase 1 never holds another back.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -747,6 +747,12 @@ impl Phase2Start<'_> {
     ) -> Vec<(Job, FailureReason, String)> {
         let ready = self.ready;
         let mut letters = Vec::new();
+        // By mailbox id: a look-up per user, not a scan of the list (a large tenant's users × its unreadable ones).
+        let unreadable: BTreeMap<&str, &SourceFailure> = self
+            .unreadable
+            .iter()
+            .map(|failure| (failure.mailbox.id.as_str(), failure))
+            .collect();
         progress.add(Phase::Phase2, ready.users.len() as u64);
         for user in &ready.users {
             let mut job = request.phase2_job(
@@ -766,10 +772,9 @@ impl Phase2Start<'_> {
                 );
             }
             ledger.expect(&job, self.index);
-            let unreadable = self
-                .unreadable
-                .iter()
-                .find_map(|failure| Some((job.unreadable_report(failure)?, failure)));
+            let unreadable = unreadable
+                .get(user.id.as_str())
+                .and_then(|failure| Some((job.unreadable_report(failure)?, failure)));
             if let Some((failed, failure)) = unreadable {
                 dispatch.settled_here(&job);
                 settled_here.push_back(failed);
