@@ -11,7 +11,7 @@ use lapin::options::{BasicAckOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::{Connection, Consumer};
 use shared::config::TenantSettings;
 use shared::message::{FailureReason, Job, JobKind, Report};
-use shared::mq::{self, board, MqError, Publisher, Topology};
+use shared::mq::{self, board, MqError, Publisher, Topology, CLOSE_WAIT};
 use shared::run_status::RunStatus;
 use shared::telemetry::with_causes;
 use tokio::sync::mpsc;
@@ -140,9 +140,6 @@ const RECONNECT_FOR: Duration = Duration::from_secs(180);
 /// connections (a refused or unroutable message) will not succeed by trying for ever.
 const PUBLISH_ATTEMPTS: u32 = 5;
 
-/// How long closing a connection that is being replaced may take: a dead one may never answer.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
-
 /// Jobs published to RabbitMQ, reports read back from the run's own report queue.
 ///
 /// A lost connection (broker restart, network) is re-established with backoff and the failed step repeated: jobs
@@ -261,9 +258,9 @@ impl Session {
         }
     }
 
-    /// Closes the connection, waiting [`CLOSE_WAIT`] at most.
+    /// Closes the connection, waiting [`mq::CLOSE_WAIT`] at most.
     async fn close(&self, why: &str) {
-        let _ = tokio::time::timeout(CLOSE_WAIT, self.connection.close(200, why.into())).await;
+        let _ = mq::close_connection(&self.connection, why).await;
     }
 }
 
@@ -329,7 +326,7 @@ impl Broker {
         let deleted = async {
             let connection = mq::connect(&self.url, "contactmirror-producer (boards)").await?;
             let deleted = self.delete_boards(&connection, &left).await;
-            let _ = connection.close(200, "boards deleted".into()).await;
+            let _ = mq::close_connection(&connection, "boards deleted").await;
             deleted
         };
         match tokio::time::timeout(CLOSE_WAIT, deleted).await {
@@ -360,7 +357,7 @@ impl Broker {
             board::delete_board(&channel, stream).await?;
             self.note_board(tenant, stream, false);
         }
-        let _ = channel.close(200, "boards deleted".into()).await;
+        let _ = mq::close_channel(&channel, "boards deleted").await;
         Ok(())
     }
 
@@ -578,7 +575,7 @@ impl Dispatch for Broker {
             let appended = async {
                 let channel = mq::open_channel(&self.session.connection, "board").await?;
                 board::declare_board(&channel, &self.topology, run_id, tenant_id).await?;
-                let _ = channel.close(200, "declared".into()).await;
+                let _ = mq::close_channel(&channel, "declared").await;
                 self.session
                     .publisher
                     .publish_board(run_id, tenant_id, entry.clone())
@@ -672,7 +669,7 @@ impl Dispatch for Broker {
                     .await;
                 // Closed here, not on drop: lapin closes a dropped channel in the background, which then races
                 // the connection's close below and logs a connection error.
-                let _ = channel.close(200, "report queue deleted".into()).await;
+                let _ = mq::close_channel(&channel, "report queue deleted").await;
                 deleted
             };
             // A failure is harmless: the broker removes the queue once it has been unused for a while.

@@ -231,7 +231,11 @@ async fn a_lease_holder_that_dies_does_not_block_the_others() {
     let topology = support::private_topology();
     let tenant = "contoso.onmicrosoft.com";
     // The dying process holds every one of the tenant's leases.
-    let dying = support::connect().await;
+    let dying_name = format!("dying-{}", uuid::Uuid::new_v4().simple());
+    let dying = shared::mq::connect(&support::amqp_url(), &dying_name)
+        .await
+        .expect("RabbitMQ must run at AMQP_URL");
+    let dying_url = crate::redelivery::connection_url(&dying_name).await;
     for slot in 0..worker::central_lease::SLOTS {
         let queue = topology.central_lease_queue(tenant, slot);
         assert!(
@@ -251,8 +255,9 @@ async fn a_lease_holder_that_dies_does_not_block_the_others() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "the lease was taken twice");
 
-    // The holder dies (its connection goes): the waiting process gets the lease.
-    dying.close(200, "killed".into()).await.expect("close");
+    // The holder dies: the broker sees its connection go (closed from the broker's side, as when the pod's socket
+    // goes; no close handshake of the holder's), and the waiting process gets the lease.
+    crate::redelivery::close_connection(dying_url).await;
     let leases = tokio::time::timeout(Duration::from_secs(30), waiting)
         .await
         .expect("the lease was freed with its holder's connection")
@@ -270,5 +275,5 @@ async fn a_lease_holder_that_dies_does_not_block_the_others() {
     }
     assert!(taken, "a dropped lease was never released");
     drop(leases);
-    let _ = third.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&third, "done").await;
 }

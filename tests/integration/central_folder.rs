@@ -249,6 +249,6 @@ async fn rebuild_central_is_carried_in_the_phase1_job() {
         .expect("ack");
     let job = Job::from_json(&message.delivery.data).expect("a job");
     assert!(job.rebuild_central);
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     support::delete_topology(&topology).await;
 }

@@ -177,7 +177,7 @@ async fn a_second_broker_run_of_a_tenant_is_refused_while_the_first_holds_the_le
         token.cancel();
         let _ = handle.await;
     }
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     support::delete_topology(&topology).await;
 }
 

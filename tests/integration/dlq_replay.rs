@@ -147,6 +147,6 @@ async fn a_dead_lettered_job_requeued_after_the_fix_completes() {
     assert_eq!(dead.message_count(), 0, "the dead letter is still there");
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     support::delete_topology(&topology).await;
 }

@@ -252,7 +252,7 @@ async fn unreachable_mailboxes_fail_alone_are_dead_lettered_and_nothing_leaks() 
         !worker_output.contains("Bearer ey") && !worker_output.contains("access_token"),
         "a token appears in a worker's log"
     );
-    let _ = connection.close(200, "done".into()).await;
+    let _ = mq::close_connection(&connection, "done").await;
     support::delete_topology(&topology).await;
     let _ = std::fs::remove_file(report_path);
 }

@@ -537,7 +537,7 @@ async fn rabbitmq_expires_dead_letters_by_the_retention_policy_and_redeclares_un
     // An existing install redeclares its queues unchanged under the policy (no PRECONDITION_FAILED).
     let redeclared = shared::mq::declare(&channel, &topology).await;
     rabbitmqctl(&["-q", "clear_policy", &policy.name]);
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     support::delete_topology(&topology).await;
     assert_eq!(left, 0, "the dead letter outlived the policy's message-ttl");
     redeclared.expect("the topology redeclares unchanged under the retention policy");
@@ -580,7 +580,7 @@ async fn a_queue_changed_by_hand_is_named_with_the_brokers_reason_when_the_topol
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(worker);
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     support::delete_topology(&topology).await;
     let reason = logged
         .lines()

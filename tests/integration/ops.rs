@@ -54,7 +54,7 @@ impl Fleet {
     }
 
     async fn finish(self) {
-        let _ = self.connection.close(200, "test done".into()).await;
+        let _ = mq::close_connection(&self.connection, "test done").await;
         delete_topology(&self.topology).await;
     }
 
@@ -175,7 +175,7 @@ async fn ready(connection: &Connection, queue: &str) -> u32 {
         .queue_declare(queue.into(), options, FieldTable::default())
         .await
         .expect("queue exists");
-    let _ = channel.close(200, "".into()).await;
+    let _ = mq::close_channel(&channel, "done").await;
     declared.message_count()
 }
 
@@ -684,7 +684,7 @@ async fn status_numbers_match_the_brokers_own() {
     assert!(!table.contains("guest:guest"), "{table}");
 
     drop(held);
-    let _ = consumer_channel.close(200, "".into()).await;
+    let _ = mq::close_channel(&consumer_channel, "done").await;
     fleet.finish().await;
 }
 
@@ -1100,7 +1100,7 @@ async fn status_shows_the_last_runs_progress_per_tenant_as_the_run_report_counts
         (last["runId"].clone(), 1),
         "reading twice changes nothing"
     );
-    let _ = connection.close(200, "done".into()).await;
+    let _ = mq::close_connection(&connection, "done").await;
     delete_topology(&topology).await;
     let _ = std::fs::remove_dir_all(report_path.parent().expect("scratch dir"));
 }
@@ -1186,6 +1186,6 @@ async fn a_run_in_progress_shows_in_status_before_any_worker_took_a_job() {
         2
     );
     drop(producer);
-    let _ = connection.close(200, "done".into()).await;
+    let _ = mq::close_connection(&connection, "done").await;
     delete_topology(&topology).await;
 }

@@ -491,7 +491,7 @@ async fn queue_exists(name: &str) -> bool {
         .queue_declare(name.into(), options, lapin::types::FieldTable::default())
         .await
         .is_ok();
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     exists
 }
 
@@ -590,7 +590,7 @@ async fn deleting_a_board_that_was_never_made_is_no_error() {
     shared::mq::board::delete_board(&channel, &made)
         .await
         .expect("the channel is still good");
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     let left = queue_exists(&made).await;
     support::delete_topology(&topology).await;
     assert!(!left, "the made board was not deleted");
@@ -612,7 +612,7 @@ async fn a_board_a_crashed_run_left_is_deleted_by_the_tenants_next_run() {
     let left = shared::mq::board::declare_board(&channel, &topology, uuid::Uuid::now_v7(), &tenant)
         .await
         .expect("declared");
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     let state_dir =
         std::env::temp_dir().join(format!("cm-state-{}", uuid::Uuid::new_v4().simple()));
     let store = producer::state::StateStore::new(&state_dir);

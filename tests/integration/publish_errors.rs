@@ -100,7 +100,7 @@ async fn an_oversized_job_is_refused_at_once_with_an_error_naming_it() {
         .expect("phase-1 queue");
     assert_eq!(phase1.message_count(), 0);
     broker.end().await;
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     support::delete_topology(&topology).await;
 }
 
@@ -136,7 +136,7 @@ async fn jobs_submitted_together_arrive_once_each_in_their_order() {
     }
     assert_eq!(arrived, ids);
     broker.end().await;
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     support::delete_topology(&topology).await;
 }
 
@@ -212,7 +212,7 @@ async fn reports_go_to_the_runs_own_queue_and_only_inside_the_prefix() {
     let _ = channel
         .queue_delete(foreign.as_str().into(), Default::default())
         .await;
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     support::delete_topology(&topology).await;
     support::delete_topology(&other).await;
 }

@@ -86,12 +86,12 @@ async fn publish_raw(topology: &Topology, phase: Phase, body: &[u8]) {
         .expect("publish")
         .await
         .expect("confirm");
-    let _ = connection.close(200, "done".into()).await;
+    let _ = mq::close_connection(&connection, "done").await;
 }
 
 async fn publish(topology: &Topology, job: &Job) {
     let (connection, _channel) = support::declared(topology).await;
-    let _ = connection.close(200, "done".into()).await;
+    let _ = mq::close_connection(&connection, "done").await;
     publish_declared(topology, job).await;
 }
 
@@ -102,7 +102,7 @@ async fn publish_declared(topology: &Topology, job: &Job) {
         .await
         .expect("publisher");
     publisher.publish_job(job, 1).await.expect("publish job");
-    let _ = connection.close(200, "done".into()).await;
+    let _ = mq::close_connection(&connection, "done").await;
 }
 
 /// Messages ready in `queue`.
@@ -120,7 +120,7 @@ async fn ready(queue: &str) -> u32 {
         )
         .await
         .expect("queue exists");
-    let _ = connection.close(200, "done".into()).await;
+    let _ = mq::close_connection(&connection, "done").await;
     declared.message_count()
 }
 
@@ -163,7 +163,7 @@ async fn take(queue: &str, mut pick: impl FnMut(&lapin::message::BasicGetMessage
         },
     )
     .await;
-    let _ = connection.close(200, "done".into()).await;
+    let _ = mq::close_connection(&connection, "done").await;
 }
 
 /// The final report of `job` from the topology's report queue.
@@ -442,7 +442,7 @@ async fn a_broken_publish_channel_is_reopened_and_the_report_arrives() {
             )
             .await
             .expect("delete the report exchange");
-        let _ = connection.close(200, "done".into()).await;
+        let _ = mq::close_connection(&connection, "done").await;
     }
     publish_declared(&topology, &job).await;
     let report = final_report(&topology, &job).await;
@@ -744,6 +744,6 @@ async fn a_forged_overlapped_job_checked_after_phase_1_takes_its_early_copy_back
     worker.await.expect("worker task");
     let stream = topology.board_stream(run_id, &tenant.tenant_id);
     let _ = mq::board::delete_board(&channel, &stream).await;
-    let _ = connection.close(200, "done".into()).await;
+    let _ = mq::close_connection(&connection, "done").await;
     support::delete_topology(&topology).await;
 }

@@ -167,7 +167,7 @@ async fn a_publish_on_a_silent_connection_is_given_up_and_sent_on_a_new_one() {
         .await
         .expect("the job queue exists");
     assert_eq!(declared.message_count(), 1);
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     broker.end().await;
     support::delete_topology(&topology).await;
 }

@@ -4,6 +4,7 @@
 //! RabbitMQ is part of the test environment (`.ci/run` starts it): an unreachable broker fails the test loudly
 //! with instructions, it never skips.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,14 +14,71 @@ use shared::config::Settings;
 use shared::graph::{ClientOptions, GraphClient};
 use shared::message::Phase;
 use shared::mq::{self, Topology, RETRY_LEVELS};
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio_util::sync::CancellationToken;
 use worker::consumer::{Worker, WorkerConfig};
 use worker::disposition::RetryPolicy;
 use worker::job::JobRunner;
 
 /// Broker-disruptive tests (restarting RabbitMQ) take this for writing; every other broker test for reading.
-pub static BROKER: RwLock<()> = RwLock::const_new(());
+pub static BROKER: BrokerTurns = BrokerTurns(RwLock::const_new(()));
+
+/// Turns on the test broker: many tests share it (`read`), a test that restarts it or changes a node-wide setting
+/// holds it alone (`write`). Each turn is watched: see [`TURN_LIMIT`].
+pub struct BrokerTurns(RwLock<()>);
+
+impl BrokerTurns {
+    /// A turn shared with the other tests that only add their own queues.
+    pub async fn read(&'static self) -> Turn<RwLockReadGuard<'static, ()>> {
+        let guard = self.0.read().await;
+        Turn::watched(guard)
+    }
+
+    /// The broker alone, until the turn is dropped.
+    pub async fn write(&'static self) -> Turn<RwLockWriteGuard<'static, ()>> {
+        let guard = self.0.write().await;
+        Turn::watched(guard)
+    }
+}
+
+/// The longest a test may hold its turn on the broker; the slowest broker test takes about two minutes. A test
+/// that hangs while holding a turn holds every test waiting for the broker alone, and with it the whole run, until
+/// CI's own limit kills it with nothing said. Past this limit the test binary aborts, naming the test.
+const TURN_LIMIT: Duration = Duration::from_secs(600);
+
+/// A turn on the broker, watched by a thread of its own until it is dropped.
+#[must_use = "the turn ends when this is dropped"]
+pub struct Turn<G> {
+    _guard: G,
+    /// Dropped with the turn, which tells the watching thread the test got past its turn.
+    _done: std::sync::mpsc::Sender<()>,
+}
+
+impl<G> Turn<G> {
+    fn watched(guard: G) -> Self {
+        // libtest runs each test on a thread named after it, and `#[tokio::test]` polls the test body there.
+        let test = std::thread::current().name().unwrap_or("a test").to_owned();
+        let (done, watched) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                watched.recv_timeout(TURN_LIMIT)
+            {
+                // Straight to stderr: libtest captures what `eprintln!` prints, and the abort would lose it.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n{test} held its turn on the broker for {} s without finishing: it hangs. Aborting the test \
+                     binary so the run fails here, naming it, instead of waiting for CI's time limit.",
+                    TURN_LIMIT.as_secs_f32()
+                );
+                std::process::abort();
+            }
+        });
+        Self {
+            _guard: guard,
+            _done: done,
+        }
+    }
+}
 
 /// The broker the tests use.
 pub fn amqp_url() -> String {
@@ -74,7 +132,7 @@ pub async fn delete_topology(topology: &Topology) {
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await;
     }
-    let _ = connection.close(200, "done".into()).await;
+    let _ = mq::close_connection(&connection, "done").await;
 }
 
 /// A graphsim with a seeded estate.

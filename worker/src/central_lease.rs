@@ -219,11 +219,7 @@ fn give_up(connection: Arc<Connection>, queue: String, held: Arc<Leases>, unrele
         match unreleased {
             Unreleased::CloseConnection => {
                 debug!(error = %with_causes(&error), %queue, "could not release the central lease; closing its connection");
-                let _ = tokio::time::timeout(
-                    mq::OPERATION_WAIT,
-                    connection.close(200, "central lease not released".into()),
-                )
-                .await;
+                let _ = mq::close_connection(&connection, "central lease not released").await;
             }
             Unreleased::Leave => {
                 debug!(error = %with_causes(&error), %queue, "an abandoned lease request left nothing to give up");
@@ -311,7 +307,7 @@ mod tests {
             .expect("the abandoned lease was never given up")
             .expect("broker");
         drop(held);
-        let _ = connection.close(200, "done".into()).await;
-        let _ = elsewhere.close(200, "done".into()).await;
+        let _ = mq::close_connection(&connection, "done").await;
+        let _ = mq::close_connection(&elsewhere, "done").await;
     }
 }

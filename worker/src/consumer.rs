@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicQosOptions};
 use lapin::Consumer;
 use shared::message::{FailureReason, Job, Phase, Report};
-use shared::mq::{self, attempt_of, MqError, Publisher, Topology};
+use shared::mq::{self, attempt_of, MqError, Publisher, Topology, CLOSE_WAIT};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,9 +36,6 @@ use crate::disposition::RetryPolicy;
 use crate::fleet_size;
 use crate::job::JobRunner;
 use crate::overlap::relay::Relay;
-
-/// The longest a channel or connection close, an ack or a nack is waited for.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// How often a session checks that its connection and channel are still up.
 const CONNECTION_CHECK: Duration = Duration::from_secs(2);
@@ -254,10 +251,8 @@ impl Worker {
         tracker.wait().await;
         // On a connection that is already gone a close may never be answered; it must not keep the worker from
         // reconnecting (or from exiting).
-        let _ =
-            tokio::time::timeout(CLOSE_WAIT, channel.close(200, "worker stopping".into())).await;
-        let _ =
-            tokio::time::timeout(CLOSE_WAIT, connection.close(200, "worker stopping".into())).await;
+        let _ = mq::close_channel(&channel, "worker stopping").await;
+        let _ = mq::close_connection(&connection, "worker stopping").await;
         outcome.map_err(|error| SessionEnd {
             error,
             consumed: true,
@@ -397,11 +392,7 @@ impl Drop for HalfOpen {
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = tokio::time::timeout(
-                    CLOSE_WAIT,
-                    connection.close(200, "worker stopping".into()),
-                )
-                .await;
+                let _ = mq::close_connection(&connection, "worker stopping").await;
             });
         }
     }
@@ -584,7 +575,7 @@ mod tests {
             )
             .await
             .expect("queue exists");
-        let _ = connection.close(200, "done".into()).await;
+        let _ = mq::close_connection(&connection, "done").await;
         declared.message_count()
     }
 
@@ -671,7 +662,7 @@ mod tests {
         let _ = admin_channel
             .queue_delete(queue.as_str().into(), Default::default())
             .await;
-        let _ = admin.close(200, "done".into()).await;
+        let _ = mq::close_connection(&admin, "done").await;
     }
 
     /// Failed before the fix: any body was handed to the JSON parser whatever its size.

@@ -59,15 +59,6 @@ async fn processes(
         debug!(%phase, consumers = counts.consumers, "job queue consumers");
         largest = largest.max(counts.consumers);
     }
-    let _ = mq::bounded("closing the fleet size channel", async {
-        channel
-            .close(200, "counted".into())
-            .await
-            .map_err(|source| mq::MqError::Amqp {
-                context: "closing the fleet size channel".into(),
-                source,
-            })
-    })
-    .await;
+    let _ = mq::close_channel(&channel, "fleet size counted").await;
     Ok(largest)
 }

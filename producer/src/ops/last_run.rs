@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 use lapin::Connection;
 use serde::Serialize;
-use shared::mq::Topology;
+use shared::mq::{self, Topology};
 use shared::run_status::RunStatus;
 
 use super::table::{self, Align};
@@ -90,7 +90,7 @@ async fn get_all(connection: &Connection, queue: &str) -> Result<Vec<Vec<u8>>> {
             .with_context(|| format!("handing the last run back to {queue}"))?;
     }
     // Closing also requeues anything still unacknowledged.
-    let _ = channel.close(200, "last run read".into()).await;
+    let _ = mq::close_channel(&channel, "last run read").await;
     Ok(bodies)
 }
 

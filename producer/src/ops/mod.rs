@@ -23,7 +23,7 @@ pub mod table;
 
 use anyhow::{Context, Result};
 use lapin::Connection;
-use shared::mq::Topology;
+use shared::mq::{self, Topology};
 
 use cli::BrokerArgs;
 
@@ -53,5 +53,5 @@ pub fn print(text: &str) -> Result<()> {
 
 /// Closes the connection politely; a failure here changes nothing the command did, so it is ignored.
 pub async fn disconnect(connection: Connection) {
-    let _ = connection.close(200, "operator command done".into()).await;
+    let _ = mq::close_connection(&connection, "operator command done").await;
 }

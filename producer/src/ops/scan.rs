@@ -66,7 +66,7 @@ pub async fn scan(
         let removed_before = scan.removed;
         let result = scan_queue(&channel, topology, phase, filter, action, &mut scan).await;
         // Closing hands every message read but not acknowledged back to the queue, in the order it was read.
-        let closed = channel.close(200, "dead-letter scan done".into()).await;
+        let closed = mq::close_channel(&channel, "dead-letter scan done").await;
         result?;
         closed.context("closing the dead-letter scan channel")?;
         let queue = topology.dead_letter_queue(phase);
@@ -90,7 +90,7 @@ async fn settle(connection: &Connection, queue: &str, expected: u32) -> Result<(
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let _ = channel.close(200, "checked".into()).await;
+    let _ = mq::close_channel(&channel, "checked").await;
     Ok(())
 }
 
@@ -183,6 +183,6 @@ pub async fn purge_queues(
                 .with_context(|| format!("purging {queue}"))?,
         );
     }
-    let _ = channel.close(200, "purge done".into()).await;
+    let _ = mq::close_channel(&channel, "purge done").await;
     Ok(purged)
 }

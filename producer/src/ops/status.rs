@@ -14,7 +14,7 @@ use lapin::types::FieldTable;
 use lapin::Connection;
 use serde::Serialize;
 use shared::message::Phase;
-use shared::mq::{Topology, RETRY_LEVELS};
+use shared::mq::{self, Topology, RETRY_LEVELS};
 
 use super::cli::StatusArgs;
 use super::last_run::{self, LastRun};
@@ -182,7 +182,7 @@ async fn passive(connection: &Connection, name: &str) -> Result<QueueStatus> {
         .await;
     let status = match declared {
         Ok(queue) => {
-            let _ = channel.close(200, "status read".into()).await;
+            let _ = mq::close_channel(&channel, "status read").await;
             QueueStatus {
                 name: name.to_owned(),
                 role: String::new(),

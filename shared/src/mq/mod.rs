@@ -184,6 +184,35 @@ pub async fn open_channel(connection: &Connection, what: &str) -> Result<Channel
     .await
 }
 
+/// How long a close, or an ack, nack or cancel on the way out, is waited for. A close waits for the broker's
+/// close-ok; one that never comes (a broker mid-restart, a socket lapin has not seen die) would hold whoever
+/// closes for ever, so past this bound the channel or connection is left to be dropped, which ends it on the
+/// client's side.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes `channel` (`why` is what the broker logs), waiting at most [`CLOSE_WAIT`]. Closing hands the channel's
+/// unacknowledged deliveries back to their queues; the error says when that may not have happened.
+pub async fn close_channel(channel: &Channel, why: &str) -> Result<(), MqError> {
+    let context = format!("closing the channel ({why})");
+    bounded_by(CLOSE_WAIT, context.clone(), async move {
+        channel.close(200, why.into()).await.map_err(amqp(context))
+    })
+    .await
+}
+
+/// Closes `connection` (`why` is what the broker logs), waiting at most [`CLOSE_WAIT`]: the one way this code base
+/// closes a connection, so no close waits for ever on a broker that does not answer.
+pub async fn close_connection(connection: &Connection, why: &str) -> Result<(), MqError> {
+    let context = format!("closing the connection ({why})");
+    bounded_by(CLOSE_WAIT, context.clone(), async move {
+        connection
+            .close(200, why.into())
+            .await
+            .map_err(amqp(context))
+    })
+    .await
+}
+
 /// A queue's live counts, read by a passive declare (bounded). A missing queue is an error, and the broker closes
 /// `channel` with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,7 +367,7 @@ pub async fn release_lease(connection: &Connection, queue: &str) -> Result<(), M
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await
             .map_err(amqp(context.clone()))?;
-        let _ = channel.close(200, "released".into()).await;
+        let _ = close_channel(&channel, "released").await;
         Ok(())
     };
     bounded(context.clone(), delete).await

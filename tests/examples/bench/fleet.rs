@@ -637,7 +637,7 @@ async fn delete_topology(opts: &FleetOptions, prefix: &str) -> Result<()> {
             )
             .await;
     }
-    let _ = connection.close(200, "done".into()).await;
+    let _ = shared::mq::close_connection(&connection, "done").await;
     sweep(opts, prefix).await
 }
 

@@ -181,11 +181,7 @@ impl Relay {
             *session = None;
         }
         drop(session);
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            failed.connection.close(200, "replaced".into()),
-        )
-        .await;
+        let _ = mq::close_connection(&failed.connection, "replaced").await;
     }
 }
 
@@ -299,7 +295,7 @@ async fn send(
     if !*declared {
         let channel = mq::open_channel(&session.connection, "board").await?;
         board::declare_board(&channel, &relay.topology, run_id, tenant).await?;
-        let _ = channel.close(200, "declared".into()).await;
+        let _ = mq::close_channel(&channel, "declared").await;
         *declared = true;
     }
     match message {
@@ -488,11 +484,7 @@ async fn follow_once(
     }
     let followed = read_entries(&channel, &stream, &relay.name, session, stage, reader, next).await;
     // Closed whichever way it ended: one channel a board would otherwise be left per run on a long-lived connection.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        channel.close(200, "board done".into()),
-    )
-    .await;
+    let _ = mq::close_channel(&channel, "board done").await;
     followed
 }
 
