@@ -1,4 +1,5 @@
-//! The two job transports behind [`Dispatch`]: the embedded in-process queue (default) and RabbitMQ.
+//! How a run's jobs travel ([`Dispatch`], what the orchestrator asks of a transport) and the two transports: the
+//! embedded in-process queue (default) and RabbitMQ.
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -24,9 +25,77 @@ use worker::overlap::{Ended, Planned};
 
 use crate::fair::Limits;
 use crate::lease::{FileLeases, LeaseError};
-use crate::orchestrate::{Dispatch, Event};
 use crate::prepare::PreparedTenant;
 use crate::state::StateStore;
+
+/// A job transport: the embedded queue or RabbitMQ.
+///
+/// Only used from the producer's own task, so the futures need no `Send` bound.
+#[allow(async_fn_in_trait)]
+pub trait Dispatch {
+    /// Queues jobs in their order (returns once the transport has accepted every one).
+    async fn submit(&mut self, jobs: Vec<Job>) -> Result<()>;
+    /// The next report of this run (or, with overlapped phases, news of a phase-1 plan), or `None` if nothing
+    /// arrived within `wait`.
+    async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>>;
+    /// "embedded" or "broker", for the report.
+    fn mode(&self) -> &'static str;
+    /// How many of the run's jobs may be out at once, per tenant and in all ([`crate::fair`]).
+    fn limits(&self) -> Limits {
+        Limits::broker(None)
+    }
+    /// Prepares to receive run `run_id`'s reports, before any job is submitted (the broker declares the run's
+    /// own report queue and names it in every job, so concurrent runs never take each other's reports).
+    async fn begin(&mut self, _run_id: Uuid) -> Result<()> {
+        Ok(())
+    }
+    /// `tenant` was prepared as `ready`. An in-process transport's workers take its shared mailbox and central
+    /// folder as their own resolution (the same configuration, read moments before), instead of asking Graph again
+    /// before their first job; a broker's workers never trust what reaches them through it.
+    fn tenant_prepared(&mut self, _tenant: &TenantSettings, _ready: &PreparedTenant) {}
+    /// Takes `tenant_id`'s lease for the rest of the run (see [`crate::lease`]), without waiting.
+    async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError>;
+    /// The run is over: gives back what [`Dispatch::begin`] and [`Dispatch::lease`] took.
+    async fn end(&mut self) {}
+    /// Whether a tenant's phase-2 jobs may go out once its phase 1 planned, overlapping its writes (issue 13): the
+    /// phase-1 job tells them each confirmed create on its board (`worker::overlap`), in memory or on the broker.
+    fn overlaps_phases(&self) -> bool {
+        false
+    }
+    /// An overlapped tenant's phase 1 is over (from its final report): its phase-2 jobs, already out, settle, or
+    /// undo what they sent early when it failed. (Its job says so itself when it succeeds; this also covers an
+    /// attempt that ended without saying, and a job that failed for good.)
+    async fn phase1_ended(&mut self, _tenant_id: &str, _run_id: Uuid, _ended: Ended) -> Result<()> {
+        Ok(())
+    }
+    /// Jobs the producer failed for good without sending them, each with its reason and error (their mailbox is
+    /// one this run's phase 1 could not read, see `Job::unreadable_report`): a broker puts each in its phase's
+    /// dead-letter queue, where operators find every job that failed for good. An embedded run has no such queue
+    /// (the run's summary names them, as it names every failed mailbox).
+    async fn dead_letter(&mut self, _letters: Vec<(Job, FailureReason, String)>) -> Result<()> {
+        Ok(())
+    }
+    /// Keeps the run's latest progress where `status` can read it. Nobody but this process can see an embedded
+    /// run, so by default there is nothing to do.
+    async fn publish_run_status(&mut self, _status: &RunStatus) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What the transport hands the orchestrator.
+#[derive(Debug)]
+pub enum Event {
+    /// A job's report (boxed: most of a run's events, and a report is large beside a plan's news).
+    Report(Box<Report>),
+    /// A tenant's phase-1 job made its plan (overlapped phases only): its phase-2 jobs may go out.
+    Planned(Planned),
+}
+
+impl From<Report> for Event {
+    fn from(report: Report) -> Self {
+        Event::Report(Box::new(report))
+    }
+}
 
 /// Jobs run by in-process workers.
 pub struct Embedded {

@@ -8,7 +8,7 @@
 //! - [`consent`]: `consent-url`, the admin-consent URL of a tenant's app.
 //! - [`run`]: the `run` command (settings -> transport -> report -> exit status).
 //! - [`prepare`]: step 1 of a tenant (credentials, shared mailbox, licensed users, central folder).
-//! - [`orchestrate`]: phase 1 then phase 2 per tenant over any [`orchestrate::Dispatch`].
+//! - [`orchestrate`]: phase 1 then phase 2 per tenant over any [`dispatch::Dispatch`].
 //! - [`dispatch`]: the two transports.
 //! - [`fair`]: fair tenants: each tenant's jobs handed out in turn, a bounded number out at once.
 //! - [`state`]: change feeds kept between runs (one JSON file per tenant).

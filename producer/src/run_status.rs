@@ -22,9 +22,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::dispatch::{Dispatch, Event};
 use crate::lease::LeaseError;
 use crate::ledger::Waiting;
-use crate::orchestrate::{Dispatch, Event};
 use crate::prepare::PreparedTenant;
 use crate::summary::TenantReport;
 

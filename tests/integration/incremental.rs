@@ -264,7 +264,7 @@ struct CountingPhase2 {
     phase2: usize,
 }
 
-impl producer::orchestrate::Dispatch for CountingPhase2 {
+impl producer::dispatch::Dispatch for CountingPhase2 {
     async fn submit(&mut self, jobs: Vec<shared::message::Job>) -> anyhow::Result<()> {
         self.phase2 += jobs
             .iter()
@@ -275,7 +275,7 @@ impl producer::orchestrate::Dispatch for CountingPhase2 {
     async fn next_event(
         &mut self,
         wait: std::time::Duration,
-    ) -> anyhow::Result<Option<producer::orchestrate::Event>> {
+    ) -> anyhow::Result<Option<producer::dispatch::Event>> {
         self.inner.next_event(wait).await
     }
     fn mode(&self) -> &'static str {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use producer::dispatch::Broker;
-use producer::orchestrate::Dispatch;
+use producer::dispatch::Dispatch;
 use shared::message::{CentralFolder, Job, JobKind, Phase};
 use shared::model::Mailbox;
 use shared::mq::MAX_MESSAGE_BYTES;

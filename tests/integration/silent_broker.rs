@@ -10,7 +10,7 @@ use std::time::Duration;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use producer::dispatch::Broker;
-use producer::orchestrate::Dispatch;
+use producer::dispatch::Dispatch;
 use shared::message::{Job, JobKind, Phase};
 use shared::model::Mailbox;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

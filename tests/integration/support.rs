@@ -41,7 +41,7 @@ impl BrokerTurns {
     }
 }
 
-/// The longest a test may hold its turn on the broker; every broker test takes under a minute here. A test
+/// The longest a test may hold its turn on the broker; the slowest tests take one to two minutes here. A test
 /// that hangs while holding a turn holds every test waiting for the broker alone, and with it the whole run, until
 /// CI's own limit kills it with nothing said. Past this limit the test binary aborts, naming the test.
 const TURN_LIMIT: Duration = Duration::from_secs(600);

@@ -8,14 +8,17 @@ use std::time::Instant;
 use anyhow::Result;
 use shared::config::TenantSettings;
 use shared::feed::Cursors;
-use shared::message::{FolderChoice, Job, JobKind, Outcome, Phase, Report, SourceFailure};
+use shared::message::{
+    CentralFolder, FolderChoice, Job, JobKind, Outcome, Phase, Report, SourceFailure,
+};
 use shared::sync::CleanupSource;
 use tracing::{info, warn};
 use uuid::Uuid;
 use worker::overlap::{Ended, Planned};
 
 use super::phase2::Phase2Start;
-use super::{Dispatch, Event, RunRequest};
+use super::request::RunRequest;
+use crate::dispatch::{Dispatch, Event};
 use crate::fair::{FairQueue, Limits};
 use crate::ledger::RunLedger;
 use crate::prepare::PreparedTenant;
@@ -306,11 +309,7 @@ impl<'r, 'a> Course<'r, 'a> {
     ) -> Result<()> {
         let index = said.tenant;
         let tenant = &mut self.tenants[index];
-        let Some((ready, central)) = tenant
-            .ready
-            .as_ref()
-            .and_then(|ready| Some((ready, ready.central.clone()?)))
-        else {
+        let Some((ready, central)) = mirrored(&tenant.ready) else {
             return Ok(());
         };
         if said.overlapped {
@@ -427,11 +426,7 @@ impl<'r, 'a> Course<'r, 'a> {
         dispatch: &mut Tracked<'_, D>,
     ) -> Result<Option<Phase1Said>> {
         let tenant = &mut self.tenants[index];
-        let Some((ready, central)) = tenant
-            .ready
-            .as_ref()
-            .and_then(|ready| Some((ready, ready.central.clone()?)))
-        else {
+        let Some((ready, central)) = mirrored(&tenant.ready) else {
             return Ok(None);
         };
         let succeeded = report.outcome == Outcome::Succeeded;
@@ -542,4 +537,11 @@ impl TenantRun<'_> {
             }
         }
     }
+}
+
+/// A tenant as prepared, with its central folder: `None` when preparing it failed or its mirror is off (it has no
+/// phase 1). Takes the field alone, so the rest of the tenant stays free to change.
+fn mirrored(ready: &Option<PreparedTenant>) -> Option<(&PreparedTenant, CentralFolder)> {
+    let ready = ready.as_ref()?;
+    Some((ready, ready.central.clone()?))
 }

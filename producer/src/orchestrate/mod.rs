@@ -4,202 +4,29 @@
 //!
 //! Tenants proceed independently: one tenant's slow or failed phase 1 never holds another back. [`run`] takes the
 //! leases and prepares the tenants; `course` follows the run's jobs to their end; `phase2` makes a tenant's phase-2
-//! jobs.
+//! jobs; `request` says what the run covers.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use chrono::Utc;
-use shared::config::{Settings, TenantSettings};
+use shared::config::TenantSettings;
 use shared::graph::GraphClient;
-use shared::message::{CentralFolder, FailureReason, FolderChoice, Job, JobKind, Report};
-use shared::model::Mailbox;
-use shared::run_status::RunStatus;
-use shared::sync::CleanupSource;
 use tracing::{info, warn};
 use uuid::Uuid;
-use worker::overlap::{Ended, Planned};
 
-use crate::fair::Limits;
+use crate::dispatch::Dispatch;
 use crate::lease::LeaseError;
 use crate::prepare::{directory_sources, prepare, CentralExpectation, PreparedTenant};
 use crate::run_status::Tracked;
-use crate::state::StateStore;
 use crate::summary::{RunReport, TenantReport};
 
 mod course;
 mod phase2;
+mod request;
 
 use course::Course;
-
-/// A job transport: the embedded queue or RabbitMQ.
-///
-/// Only used from the producer's own task, so the futures need no `Send` bound.
-#[allow(async_fn_in_trait)]
-pub trait Dispatch {
-    /// Queues jobs in their order (returns once the transport has accepted every one).
-    async fn submit(&mut self, jobs: Vec<Job>) -> Result<()>;
-    /// The next report of this run (or, with overlapped phases, news of a phase-1 plan), or `None` if nothing
-    /// arrived within `wait`.
-    async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>>;
-    /// "embedded" or "broker", for the report.
-    fn mode(&self) -> &'static str;
-    /// How many of the run's jobs may be out at once, per tenant and in all ([`crate::fair`]).
-    fn limits(&self) -> Limits {
-        Limits::broker(None)
-    }
-    /// Prepares to receive run `run_id`'s reports, before any job is submitted (the broker declares the run's
-    /// own report queue and names it in every job, so concurrent runs never take each other's reports).
-    async fn begin(&mut self, _run_id: Uuid) -> Result<()> {
-        Ok(())
-    }
-    /// `tenant` was prepared as `ready`. An in-process transport's workers take its shared mailbox and central
-    /// folder as their own resolution (the same configuration, read moments before), instead of asking Graph again
-    /// before their first job; a broker's workers never trust what reaches them through it.
-    fn tenant_prepared(&mut self, _tenant: &TenantSettings, _ready: &PreparedTenant) {}
-    /// Takes `tenant_id`'s lease for the rest of the run (see [`crate::lease`]), without waiting.
-    async fn lease(&mut self, tenant_id: &str) -> Result<(), LeaseError>;
-    /// The run is over: gives back what [`Dispatch::begin`] and [`Dispatch::lease`] took.
-    async fn end(&mut self) {}
-    /// Whether a tenant's phase-2 jobs may go out once its phase 1 planned, overlapping its writes (issue 13): the
-    /// phase-1 job tells them each confirmed create on its board (`worker::overlap`), in memory or on the broker.
-    fn overlaps_phases(&self) -> bool {
-        false
-    }
-    /// An overlapped tenant's phase 1 is over (from its final report): its phase-2 jobs, already out, settle, or
-    /// undo what they sent early when it failed. (Its job says so itself when it succeeds; this also covers an
-    /// attempt that ended without saying, and a job that failed for good.)
-    async fn phase1_ended(&mut self, _tenant_id: &str, _run_id: Uuid, _ended: Ended) -> Result<()> {
-        Ok(())
-    }
-    /// Jobs the producer failed for good without sending them, each with its reason and error (their mailbox is
-    /// one this run's phase 1 could not read, see `Job::unreadable_report`): a broker puts each in its phase's
-    /// dead-letter queue, where operators find every job that failed for good. An embedded run has no such queue
-    /// (the run's summary names them, as it names every failed mailbox).
-    async fn dead_letter(&mut self, _letters: Vec<(Job, FailureReason, String)>) -> Result<()> {
-        Ok(())
-    }
-    /// Keeps the run's latest progress where `status` can read it. Nobody but this process can see an embedded
-    /// run, so by default there is nothing to do.
-    async fn publish_run_status(&mut self, _status: &RunStatus) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// What the transport hands the orchestrator.
-#[derive(Debug)]
-pub enum Event {
-    /// A job's report (boxed: most of a run's events, and a report is large beside a plan's news).
-    Report(Box<Report>),
-    /// A tenant's phase-1 job made its plan (overlapped phases only): its phase-2 jobs may go out.
-    Planned(Planned),
-}
-
-impl From<Report> for Event {
-    fn from(report: Report) -> Self {
-        Event::Report(Box::new(report))
-    }
-}
-
-/// What one run covers.
-pub struct RunRequest<'a> {
-    /// The validated settings.
-    pub settings: &'a Settings,
-    /// Only these tenants (all when empty).
-    pub only_tenants: &'a [String],
-    /// Write nothing in any tenant (a tenant's own `DryRun` makes that tenant alone dry).
-    pub dry_run: bool,
-    /// Give up on jobs whose final report has not come after this long without any report.
-    pub idle_timeout: Duration,
-    /// Where feeds are kept between runs; `None` reads every folder in full every run. Not used in a dry run.
-    pub state: Option<&'a StateStore>,
-    /// Restore lost central folders from the users' contacts (`run --rebuild-central`) instead of stopping.
-    pub rebuild_central: bool,
-    /// Lift the deletion cap for this run (`run --allow-mass-delete`, `AllowMassDelete`).
-    pub allow_mass_delete: bool,
-    /// `cleanup --source`: instead of syncing, every receiving mailbox's cleanup job, then (when all succeeded)
-    /// the central folder's. No feeds are kept.
-    pub cleanup: Option<CleanupSource>,
-    /// Count a licensed user without an Exchange mailbox as failed on every run (`run --strict`), not only on the
-    /// first run that saw it.
-    pub strict: bool,
-    /// How long to wait for a tenant's lease another run holds (`run --wait-for-lease`); zero: not at all.
-    pub wait_for_lease: Duration,
-}
-
-impl<'a> RunRequest<'a> {
-    /// Whether the run covers the tenant named `name` (`--tenant`; every tenant when none is named).
-    fn selects(&self, name: &str) -> bool {
-        self.only_tenants.is_empty()
-            || self
-                .only_tenants
-                .iter()
-                .any(|id| id.eq_ignore_ascii_case(name))
-    }
-
-    /// The selected tenants that receive contacts: the enabled ones, then the disabled ones.
-    fn tenants(&self) -> (Vec<&'a TenantSettings>, Vec<&'a TenantSettings>) {
-        self.settings
-            .tenants
-            .iter()
-            .filter(|t| self.selects(&t.tenant_id))
-            .filter(|t| {
-                let receives = t.distribution.receives();
-                if !receives {
-                    info!(tenant = %t.tenant_id, "a pure source (Mirror and Directory off): read only for the tenants naming it in Directory.FromTenants, no jobs of its own");
-                }
-                receives
-            })
-            .partition(|t| t.enabled)
-    }
-
-    /// Whether `tenant` writes nothing in this run: any source saying dry run wins, the run's (`--dry-run`, the
-    /// settings) or the tenant's own.
-    fn dry(&self, tenant: &TenantSettings) -> bool {
-        tenant.dry_run || self.dry_run
-    }
-
-    /// Where `tenant`'s managed copies move from in this run: the folder recorded as last completed
-    /// ([`StateStore::target_folder`]; the default Contacts folder when a state is kept but names none, as
-    /// before `TargetFolder` existed) when the configured one is another. Nothing moves without a state, on a
-    /// tenant's first run (no copies anywhere yet) or in a cleanup.
-    fn move_from(&self, tenant: &TenantSettings) -> Option<FolderChoice> {
-        let store = self
-            .state
-            .filter(|store| self.cleanup.is_none() && store.knows(&tenant.tenant_id))?;
-        let current = FolderChoice::from(&tenant.distribution.target_folder);
-        let previous = store
-            .target_folder(&tenant.tenant_id)
-            .unwrap_or(FolderChoice::DefaultContacts);
-        (previous != current).then_some(previous)
-    }
-
-    /// A phase-2 job of this run bringing `mailbox` in line with its sources: the central folder when the mirror
-    /// is on (`central`), and the directory when the tenant's configuration enables it (the worker reads it).
-    fn phase2_job(
-        &self,
-        run_id: Uuid,
-        tenant_id: &str,
-        dry_run: bool,
-        central: Option<CentralFolder>,
-        mailbox: &Mailbox,
-        move_from: Option<&FolderChoice>,
-    ) -> Job {
-        let mut job = Job::new(
-            run_id,
-            tenant_id,
-            dry_run,
-            JobKind::Phase2 {
-                central,
-                mailbox: mailbox.clone(),
-            },
-        );
-        job.allow_mass_delete = self.allow_mass_delete;
-        job.cleanup = self.cleanup;
-        job.move_from = move_from.cloned();
-        job
-    }
-}
+pub use request::RunRequest;
 
 /// How often a held lease is asked for again while waiting for it.
 const LEASE_POLL: Duration = Duration::from_secs(2);

@@ -10,7 +10,8 @@ use shared::message::{
 };
 use uuid::Uuid;
 
-use super::{Dispatch, RunRequest};
+use super::request::RunRequest;
+use crate::dispatch::Dispatch;
 use crate::fair::FairQueue;
 use crate::ledger::RunLedger;
 use crate::prepare::PreparedTenant;

@@ -141,8 +141,9 @@ pub fn take_phases() -> HashMap<String, PhaseMark> {
     std::mem::take(&mut m.by_tenant)
 }
 
-/// The text of the producer's log line that opens a tenant's phase 2 (producer/src/orchestrate.rs). If it
-/// changes, no marks arrive and the bench reports the ordered floor as unknown instead of guessing.
+/// The text of the producer's log line that opens a tenant's phase 2 (`Course::start_phase2`,
+/// producer/src/orchestrate/course.rs). If it changes, no marks arrive and the bench reports the ordered floor as
+/// unknown instead of guessing.
 pub const PHASE_TWO_MESSAGE: &str = "starting phase 2";
 
 /// A tracing layer that snapshots graphsim's counters when the producer starts a tenant's phase 2.
