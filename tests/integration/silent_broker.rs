@@ -171,3 +171,30 @@ async fn a_publish_on_a_silent_connection_is_given_up_and_sent_on_a_new_one() {
     broker.end().await;
     support::delete_topology(&topology).await;
 }
+
+/// A close on a connection that no longer answers is given up after `mq::CLOSE_WAIT` instead of waiting for the
+/// broker's close-ok for ever (lapin's own close has no bound): the producer's and workers' reconnects and exits
+/// close their old connection first, and a CI run once hung in a test that closed a connection. Checked failing:
+/// with `close_channel` calling lapin's close unbounded, the close was still waiting after 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_on_a_silent_connection_is_given_up() {
+    let _broker = BROKER.read().await;
+    let relay = Relay::start().await;
+    let connection = shared::mq::connect(&relay.url(), "contactmirror-tests silent close")
+        .await
+        .expect("connects through the relay");
+    let channel = connection.create_channel().await.expect("channel");
+    relay.silence();
+    let bound = shared::mq::CLOSE_WAIT * 3;
+    let closed = tokio::time::timeout(bound, shared::mq::close_channel(&channel, "test")).await;
+    assert!(
+        matches!(closed, Ok(Err(shared::mq::MqError::TimedOut { .. }))),
+        "closing a channel on a silent connection: {closed:?} (Err(Elapsed): still waiting after {bound:?})"
+    );
+    let closed =
+        tokio::time::timeout(bound, shared::mq::close_connection(&connection, "test")).await;
+    assert!(
+        matches!(closed, Ok(Err(shared::mq::MqError::TimedOut { .. }))),
+        "closing a silent connection: {closed:?} (Err(Elapsed): still waiting after {bound:?})"
+    );
+}
