@@ -732,10 +732,15 @@ impl Dispatch for Broker {
         }
         if let Some((_, queue)) = run {
             let deleted = async {
-                let channel = self.session.connection.create_channel().await?;
+                let channel =
+                    mq::open_channel(&self.session.connection, "report queue deletion").await?;
                 let deleted = channel
                     .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
+                    .await
+                    .map_err(|source| MqError::Amqp {
+                        context: format!("deleting the run's report queue {queue}"),
+                        source,
+                    });
                 // Closed here, not on drop: lapin closes a dropped channel in the background, which then races
                 // the connection's close below and logs a connection error.
                 let _ = mq::close_channel(&channel, "report queue deleted").await;

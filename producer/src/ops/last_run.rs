@@ -54,10 +54,7 @@ pub async fn peek(connection: &Connection, topology: &Topology) -> Result<LastRu
 
 /// Takes up to [`MAX_PEEK`] messages unacknowledged, then hands them all back in one nack.
 async fn get_all(connection: &Connection, queue: &str) -> Result<Vec<Vec<u8>>> {
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a channel to read the last run")?;
+    let channel = mq::open_channel(connection, "last run").await?;
     let mut bodies = Vec::new();
     let mut last_tag = None;
     while bodies.len() < MAX_PEEK {

@@ -59,10 +59,7 @@ pub async fn scan(
 ) -> Result<Scan> {
     let mut scan = Scan::default();
     for phase in filter.phases() {
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening a channel to read dead letters")?;
+        let channel = mq::open_channel(connection, "dead-letter scan").await?;
         let removed_before = scan.removed;
         let result = scan_queue(&channel, topology, phase, filter, action, &mut scan).await;
         // Closing hands every message read but not acknowledged back to the queue, in the order it was read.
@@ -80,10 +77,7 @@ pub async fn scan(
 /// log, after the channel close is confirmed, so a command run right after a scan could otherwise see them
 /// missing.
 async fn settle(connection: &Connection, queue: &str, expected: u32) -> Result<()> {
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a channel to check a dead-letter queue")?;
+    let channel = mq::open_channel(connection, "dead-letter check").await?;
     for _ in 0..100 {
         if depth(&channel, queue).await? >= expected {
             break;
@@ -168,10 +162,7 @@ pub async fn purge_queues(
     topology: &Topology,
     phases: &[Phase],
 ) -> Result<u64> {
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a channel to purge dead letters")?;
+    let channel = mq::open_channel(connection, "dead-letter purge").await?;
     let mut purged = 0u64;
     for phase in phases {
         let queue = topology.dead_letter_queue(*phase);

@@ -169,10 +169,7 @@ fn roles(topology: &Topology) -> Vec<(String, String)> {
 
 /// One queue's live counts by passive declare, on a channel of its own: a missing queue closes the channel.
 async fn passive(connection: &Connection, name: &str) -> Result<QueueStatus> {
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a channel to read queue counts")?;
+    let channel = mq::open_channel(connection, "queue counts").await?;
     let options = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
