@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 use lapin::Connection;
 use serde::Serialize;
-use shared::mq::{self, Topology};
+use shared::mq::{self, MqError, Topology};
 use shared::run_status::RunStatus;
 
 use super::table::{self, Align};
@@ -58,10 +58,16 @@ async fn get_all(connection: &Connection, queue: &str) -> Result<Vec<Vec<u8>>> {
     let mut bodies = Vec::new();
     let mut last_tag = None;
     while bodies.len() < MAX_PEEK {
-        match channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-            .await
-        {
+        let get = async {
+            channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(|source| MqError::Amqp {
+                    context: format!("reading {queue}"),
+                    source,
+                })
+        };
+        match mq::bounded(format!("reading {queue}"), get).await {
             Ok(Some(message)) => {
                 last_tag = Some(message.delivery.delivery_tag);
                 bodies.push(message.delivery.data);
@@ -70,21 +76,30 @@ async fn get_all(connection: &Connection, queue: &str) -> Result<Vec<Vec<u8>>> {
             Err(error) if !connection.status().connected() => {
                 return Err(error).with_context(|| format!("reading {queue}: connection lost"));
             }
+            // A broker that stopped answering says nothing about the queue.
+            Err(error @ MqError::TimedOut { .. }) => return Err(error.into()),
             // The queue does not exist (the broker closed the channel): nothing was recorded.
             Err(_) => return Ok(Vec::new()),
         }
     }
     if let Some(tag) = last_tag {
-        channel
-            .basic_nack(
-                tag,
-                BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                },
-            )
-            .await
-            .with_context(|| format!("handing the last run back to {queue}"))?;
+        let what = format!("handing the last run back to {queue}");
+        let nack = async {
+            channel
+                .basic_nack(
+                    tag,
+                    BasicNackOptions {
+                        multiple: true,
+                        requeue: true,
+                    },
+                )
+                .await
+                .map_err(|source| MqError::Amqp {
+                    context: what.clone(),
+                    source,
+                })
+        };
+        mq::bounded(what.clone(), nack).await?;
     }
     // Closing also requeues anything still unacknowledged.
     let _ = mq::close_channel(&channel, "last run read").await;

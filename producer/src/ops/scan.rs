@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 use lapin::{Channel, Connection};
 use shared::message::Phase;
-use shared::mq::{self, Publisher, Topology};
+use shared::mq::{self, MqError, Publisher, Topology};
 
 use super::dead_letter::{DeadLetter, Filter};
 
@@ -101,11 +101,16 @@ async fn scan_queue(
     scan.depths.insert(queue.clone(), depth);
     for _ in 0..depth {
         let options = BasicGetOptions { no_ack: false };
-        let Some(message) = channel
-            .basic_get(queue.as_str().into(), options)
-            .await
-            .with_context(|| format!("reading {queue}"))?
-        else {
+        let get = async {
+            channel
+                .basic_get(queue.as_str().into(), options)
+                .await
+                .map_err(|source| MqError::Amqp {
+                    context: format!("reading {queue}"),
+                    source,
+                })
+        };
+        let Some(message) = mq::bounded(format!("reading {queue}"), get).await? else {
             break; // someone else emptied it meanwhile
         };
         let letter = DeadLetter::from_delivery(&queue, phase, &message.delivery);
@@ -115,12 +120,18 @@ async fn scan_queue(
         if full || !filter.matches(&letter) {
             continue; // stays unacknowledged: back in place when the channel closes
         }
-        let ack = || async {
-            message
-                .delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .with_context(|| format!("acknowledging a dead letter in {queue}"))
+        let ack = || {
+            let what = format!("acknowledging a dead letter in {queue}");
+            mq::bounded(what.clone(), async {
+                message
+                    .delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(|source| MqError::Amqp {
+                        context: what,
+                        source,
+                    })
+            })
         };
         match action {
             Action::Read => scan.matched.push(letter),
@@ -167,12 +178,16 @@ pub async fn purge_queues(
     for phase in phases {
         let queue = topology.dead_letter_queue(*phase);
         depth(&channel, &queue).await?;
-        purged += u64::from(
+        let purge = async {
             channel
                 .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
                 .await
-                .with_context(|| format!("purging {queue}"))?,
-        );
+                .map_err(|source| MqError::Amqp {
+                    context: format!("purging {queue}"),
+                    source,
+                })
+        };
+        purged += u64::from(mq::bounded(format!("purging {queue}"), purge).await?);
     }
     let _ = mq::close_channel(&channel, "purge done").await;
     Ok(purged)

@@ -9,8 +9,6 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::Connection;
 use serde::Serialize;
 use shared::message::Phase;
@@ -170,29 +168,24 @@ fn roles(topology: &Topology) -> Vec<(String, String)> {
 /// One queue's live counts by passive declare, on a channel of its own: a missing queue closes the channel.
 async fn passive(connection: &Connection, name: &str) -> Result<QueueStatus> {
     let channel = mq::open_channel(connection, "queue counts").await?;
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = channel
-        .queue_declare(name.into(), options, FieldTable::default())
-        .await;
-    let status = match declared {
-        Ok(queue) => {
+    let status = match mq::queue_counts(&channel, name).await {
+        Ok(counts) => {
             let _ = mq::close_channel(&channel, "status read").await;
             QueueStatus {
                 name: name.to_owned(),
                 role: String::new(),
                 exists: true,
-                ready: Some(u64::from(queue.message_count())),
+                ready: Some(u64::from(counts.ready)),
                 unacked: None,
-                consumers: Some(u64::from(queue.consumer_count())),
+                consumers: Some(u64::from(counts.consumers)),
             }
         }
         // A lost connection is an error; otherwise the broker answered NOT_FOUND and closed the channel.
         Err(error) if !connection.status().connected() => {
             return Err(error).with_context(|| format!("reading queue {name}: connection lost"));
         }
+        // A broker that stopped answering says nothing about the queue.
+        Err(error @ mq::MqError::TimedOut { .. }) => return Err(error.into()),
         Err(_) => QueueStatus {
             name: name.to_owned(),
             role: String::new(),
