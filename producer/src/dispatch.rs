@@ -264,10 +264,7 @@ impl Session {
             channel
                 .basic_qos(256, BasicQosOptions::default())
                 .await
-                .map_err(|source| MqError::Amqp {
-                    context: "setting report prefetch".into(),
-                    source,
-                })
+                .map_err(mq::amqp("setting report prefetch"))
         };
         mq::bounded("setting report prefetch", prefetch).await?;
         let reports = mq::consume(&channel, &queue, "contactmirror-producer").await?;
@@ -737,10 +734,7 @@ impl Dispatch for Broker {
                 let deleted = channel
                     .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                     .await
-                    .map_err(|source| MqError::Amqp {
-                        context: format!("deleting the run's report queue {queue}"),
-                        source,
-                    });
+                    .map_err(mq::amqp(format!("deleting the run's report queue {queue}")));
                 // Closed here, not on drop: lapin closes a dropped channel in the background, which then races
                 // the connection's close below and logs a connection error.
                 let _ = mq::close_channel(&channel, "report queue deleted").await;

@@ -345,10 +345,7 @@ impl Worker {
             channel
                 .basic_qos(self.config.concurrency, BasicQosOptions::default())
                 .await
-                .map_err(|source| MqError::Amqp {
-                    context: "setting prefetch".into(),
-                    source,
-                })
+                .map_err(mq::amqp("setting prefetch"))
         })
         .await?;
         let mut consumers = Vec::new();

@@ -62,10 +62,7 @@ async fn get_all(connection: &Connection, queue: &str) -> Result<Vec<Vec<u8>>> {
             channel
                 .basic_get(queue.into(), BasicGetOptions { no_ack: false })
                 .await
-                .map_err(|source| MqError::Amqp {
-                    context: format!("reading {queue}"),
-                    source,
-                })
+                .map_err(mq::amqp(format!("reading {queue}")))
         };
         match mq::bounded(format!("reading {queue}"), get).await {
             Ok(Some(message)) => {
@@ -94,10 +91,7 @@ async fn get_all(connection: &Connection, queue: &str) -> Result<Vec<Vec<u8>>> {
                     },
                 )
                 .await
-                .map_err(|source| MqError::Amqp {
-                    context: what.clone(),
-                    source,
-                })
+                .map_err(mq::amqp(what.clone()))
         };
         mq::bounded(what.clone(), nack).await?;
     }

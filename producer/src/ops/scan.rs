@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 use lapin::{Channel, Connection};
 use shared::message::Phase;
-use shared::mq::{self, MqError, Publisher, Topology};
+use shared::mq::{self, Publisher, Topology};
 
 use super::dead_letter::{DeadLetter, Filter};
 
@@ -105,10 +105,7 @@ async fn scan_queue(
             channel
                 .basic_get(queue.as_str().into(), options)
                 .await
-                .map_err(|source| MqError::Amqp {
-                    context: format!("reading {queue}"),
-                    source,
-                })
+                .map_err(mq::amqp(format!("reading {queue}")))
         };
         let Some(message) = mq::bounded(format!("reading {queue}"), get).await? else {
             break; // someone else emptied it meanwhile
@@ -127,10 +124,7 @@ async fn scan_queue(
                     .delivery
                     .ack(BasicAckOptions::default())
                     .await
-                    .map_err(|source| MqError::Amqp {
-                        context: what,
-                        source,
-                    })
+                    .map_err(mq::amqp(what))
             })
         };
         match action {
@@ -182,10 +176,7 @@ pub async fn purge_queues(
             channel
                 .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
                 .await
-                .map_err(|source| MqError::Amqp {
-                    context: format!("purging {queue}"),
-                    source,
-                })
+                .map_err(mq::amqp(format!("purging {queue}")))
         };
         purged += u64::from(mq::bounded(format!("purging {queue}"), purge).await?);
     }

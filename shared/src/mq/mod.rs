@@ -113,7 +113,8 @@ impl MqError {
     }
 }
 
-fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> MqError {
+/// Wraps a lapin error with what was being done: `.map_err(mq::amqp("declaring ..."))`.
+pub fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> MqError {
     let context = context.into();
     move |source| MqError::Amqp { context, source }
 }
