@@ -1,6 +1,6 @@
 //! Logging set-up shared by every binary: human-readable lines by default, JSON lines for log collectors.
 //!
-//! Filtered by `RUST_LOG` (default `info`). Nothing logged anywhere in the crate carries a secret: secrets are
+//! Filtered by `RUST_LOG` (default [`default_filter`]: `info`, without lapin's channel module). Nothing logged anywhere in the crate carries a secret: secrets are
 //! [`crate::secret::Secret`]s, which print as `[redacted]`.
 
 use std::io::IsTerminal;
@@ -44,9 +44,18 @@ pub fn init_with_writer<W>(format: LogFormat, writer: W)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter());
     // `try_init` also forwards the `log` records of dependencies (lapin) when that feature is on.
     let _ = subscriber(format, filter, writer).try_init();
+}
+
+/// What is logged when `RUST_LOG` is not set (it replaces all of this): `info`, without lapin's channel module. lapin
+/// logs every channel the broker closes at ERROR, including the answers this code expects and handles: a lease held
+/// elsewhere (RESOURCE_LOCKED, on every poll of a busy shared mailbox's leases) and a passive declare of a queue
+/// that is not there (NOT_FOUND, in `status`). An operator's alert on ERROR lines would fire on a healthy fleet; what
+/// does go wrong on a channel reaches the code as the operation's error and is logged there with its context.
+pub fn default_filter() -> EnvFilter {
+    EnvFilter::new("info,lapin::channel=off")
 }
 
 /// The subscriber [`init`] installs, writing to `writer`: built apart so tests can capture the exact lines an
@@ -100,7 +109,55 @@ pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::with_causes;
+    use std::sync::{Arc, Mutex};
+
+    use super::{default_filter, subscriber, with_causes, LogFormat};
+
+    /// Keeps what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    /// Failed with the default filter at plain `info`: the lease refusal lapin logs at ERROR was written.
+    #[test]
+    fn by_default_a_channel_the_broker_closed_is_not_an_error_line_and_everything_else_is_kept() {
+        let captured = Captured::default();
+        let subscriber = subscriber(LogFormat::Human, default_filter(), captured.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "lapin::channel", "Channel closed: RESOURCE_LOCKED - cannot obtain exclusive access");
+            tracing::error!(target: "lapin::io_loop", "error doing IO");
+            tracing::warn!(target: "worker::consumer", "the broker connection was lost; reconnecting");
+            tracing::info!(target: "producer::orchestrate", "phase 1 complete; starting phase 2");
+            tracing::debug!(target: "producer::orchestrate", "a debug line");
+        });
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        assert!(!text.contains("RESOURCE_LOCKED"), "{text}");
+        for kept in ["error doing IO", "reconnecting", "starting phase 2"] {
+            assert!(text.contains(kept), "{kept:?} missing from {text}");
+        }
+        assert!(!text.contains("a debug line"), "{text}");
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("{context}")]
