@@ -4,6 +4,7 @@
 //! [`crate::secret::Secret`]s, which print as `[redacted]`.
 
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -88,6 +89,44 @@ where
     }
 }
 
+/// A log writer that keeps what it is given, for tests that read the log lines back (what an operator's collector
+/// would see). Clones share one buffer: hand one to the subscriber, read the other.
+#[derive(Debug, Clone, Default)]
+pub struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    /// Everything written so far, as text.
+    pub fn text(&self) -> String {
+        let bytes = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
 /// `error` with its causes, `context: cause: cause`, for a log field or the producer's final error. An error whose
 /// message is its context alone (`MqError::Amqp`: "declaring queue …", the broker's reason in its source) would
 /// otherwise log without the reason; `anyhow`'s `{:#}` lists the causes too, but repeats one an error's own message
@@ -109,40 +148,12 @@ pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use super::{default_filter, subscriber, with_causes, LogFormat};
-
-    /// Keeps what the subscriber writes.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::Error::other("poisoned"))?
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Captured;
-
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
+    use super::{default_filter, subscriber, with_causes, CapturedLog, LogFormat};
 
     /// Failed with the default filter at plain `info`: the lease refusal lapin logs at ERROR was written.
     #[test]
     fn by_default_a_channel_the_broker_closed_is_not_an_error_line_and_everything_else_is_kept() {
-        let captured = Captured::default();
+        let captured = CapturedLog::default();
         let subscriber = subscriber(LogFormat::Human, default_filter(), captured.clone());
         tracing::subscriber::with_default(subscriber, || {
             tracing::error!(target: "lapin::channel", "Channel closed: RESOURCE_LOCKED - cannot obtain exclusive access");
@@ -151,7 +162,7 @@ mod tests {
             tracing::info!(target: "producer::orchestrate", "phase 1 complete; starting phase 2");
             tracing::debug!(target: "producer::orchestrate", "a debug line");
         });
-        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        let text = captured.text();
         assert!(!text.contains("RESOURCE_LOCKED"), "{text}");
         for kept in ["error doing IO", "reconnecting", "starting phase 2"] {
             assert!(text.contains(kept), "{kept:?} missing from {text}");

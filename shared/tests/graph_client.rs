@@ -749,26 +749,9 @@ async fn licensed_users_only_and_typed_mailbox_errors() {
     );
 }
 
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn debug_logs_show_requests_but_never_secrets_or_tokens() {
-    let capture = Capture::default();
+    let capture = shared::telemetry::CapturedLog::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -784,8 +767,7 @@ async fn debug_logs_show_requests_but_never_secrets_or_tokens() {
         .expect("list");
     let wrong = f.graph.tenant(&settings(&f.sim, "another-secret-123"));
     let _ = wrong.user(ALICE).await;
-    let text =
-        String::from_utf8_lossy(&capture.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    let text = capture.text();
     assert!(text.contains("graph request"), "{text}");
     assert!(!text.contains(SECRET), "{text}");
     assert!(!text.contains("another-secret-123"), "{text}");

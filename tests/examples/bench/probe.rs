@@ -211,41 +211,14 @@ pub fn phase_two_tenant(line: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
-    use shared::telemetry::LogFormat;
+    use shared::telemetry::{CapturedLog, LogFormat};
     use tracing_subscriber::filter::EnvFilter;
 
     use super::*;
 
-    /// A writer the test reads back.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
-
     #[test]
     fn a_producer_processs_json_phase_line_names_its_tenant_and_no_other_line_does() {
-        let captured = Captured::default();
+        let captured = CapturedLog::default();
         // The subscriber the producer binary installs, in the format the bench asks it for.
         let subscriber = shared::telemetry::subscriber(
             LogFormat::Json,
@@ -258,8 +231,7 @@ mod tests {
             tracing::info!(tenant = %"Contoso-ID", users = 3, "phase 1 complete; starting phase 2");
             tracing::info!(tenant = %"Contoso-ID", "phase 1 job submitted");
         });
-        let text = String::from_utf8(captured.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .expect("the log is text");
+        let text = captured.text();
         let found: Vec<Option<String>> = text.lines().map(phase_two_tenant).collect();
         assert_eq!(found, vec![Some("Contoso-ID".to_owned()), None]);
         assert_eq!(phase_two_tenant("starting phase 2 tenant=x"), None);

@@ -229,6 +229,7 @@ mod tests {
             strict: true,
             wait_for_lease: 9,
             tenant_jobs: std::num::NonZeroUsize::new(11),
+            ordered_phases: true,
         }
     }
 
