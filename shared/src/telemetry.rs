@@ -1,7 +1,7 @@
 //! Logging set-up shared by every binary: human-readable lines by default, JSON lines for log collectors.
 //!
-//! Filtered by `RUST_LOG` (default [`default_filter`]: `info`, without lapin's channel module). Nothing logged anywhere in the crate carries a secret: secrets are
-//! [`crate::secret::Secret`]s, which print as `[redacted]`.
+//! Filtered by `RUST_LOG` (default [`default_filter`]: `info`, without lapin's channel module). Nothing logged
+//! anywhere in the crate carries a secret: secrets are [`crate::secret::Secret`]s, which print as `[redacted]`.
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -102,6 +102,14 @@ impl CapturedLog {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Forgets everything written so far (a capture installed once, read by several callers in turn).
+    pub fn clear(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use graphsim::{EstateParams, ScriptedFault, SimConfig};
@@ -17,7 +17,7 @@ use producer::orchestrate::{self, RunRequest};
 use shared::config::Settings;
 use shared::graph::{ClientOptions, GraphClient};
 use shared::mq::Topology;
-use shared::telemetry::LogFormat;
+use shared::telemetry::{CapturedLog, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use worker::health::HealthServer;
@@ -148,7 +148,7 @@ fn captured_logs() -> (Captured, Capturing) {
         .expect("no other test installs a global subscriber");
         logs
     });
-    logs.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    logs.0.clear();
     CAPTURING.store(true, Ordering::SeqCst);
     (logs.clone(), Capturing)
 }
@@ -165,20 +165,16 @@ impl Drop for Capturing {
     }
 }
 
-/// Log lines captured in memory, as the JSON an operator's collector would read.
+/// Log lines captured in memory, as the JSON an operator's collector would read; kept only while [`CAPTURING`].
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+struct Captured(CapturedLog);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if !CAPTURING.load(Ordering::SeqCst) {
             return Ok(buf.len());
         }
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
+        self.0.write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -188,8 +184,7 @@ impl Write for Captured {
 
 impl Captured {
     fn lines(&self) -> Vec<serde_json::Value> {
-        let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        String::from_utf8_lossy(&bytes)
+        self.text()
             .lines()
             .map(|line| {
                 serde_json::from_str(line)
@@ -199,7 +194,7 @@ impl Captured {
     }
 
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        self.0.text()
     }
 }
 
