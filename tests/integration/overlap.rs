@@ -552,6 +552,22 @@ async fn a_fleet_overlaps_its_phases_through_the_broker_and_ends_as_an_ordered_r
     assert_same(&mailboxes(&estate), &expected, "a fleet's overlapped run");
 }
 
+/// A worker process takes no more phase-2 jobs than it lets wait on a phase 1 (`worker::consumer::phase2_places`):
+/// with two processes of two slots, the one without the phase-1 job took two phase-2 jobs, and the second, finding
+/// the one waiting place taken while phase 1 still wrote, was put off for 5 s (a retry in the report).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_phase_2_job_of_a_fleet_is_put_off_for_want_of_a_place_to_wait() {
+    let _broker = BROKER.read().await;
+    let (config, params) = across_a_fleet(67);
+    let expected = ordered(config.clone(), params.clone()).await;
+    let estate = Estate::seed(config, params).await;
+    let report = fleet_run(&estate, 2, 2).await;
+    assert_every_tenant_ran(&report);
+    let retries: u64 = report.tenants.iter().map(|t| t.retries).sum();
+    assert_eq!(retries, 0, "a job was put off:\n{}", report.human());
+    assert_same(&mailboxes(&estate), &expected, "two processes of two slots");
+}
+
 /// A fleet's phase-1 attempt that fails after early copies went out runs again (in the slot each worker keeps free
 /// of jobs waiting on phase 1) and the outcome is the ordered run's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -57,6 +57,24 @@ pub const MAX_REPORT_BYTES: usize = 8 * 1024 * 1024;
 /// `deploy/k8s/worker-deployment.yaml` (README, Performance, *Worker concurrency*).
 pub const DEFAULT_CONCURRENCY: u16 = 32;
 
+/// How many jobs of a process of `concurrency` slots may wait on a tenant's phase 1 at once: all slots but one,
+/// which stays free for phase-1 jobs (a phase-1 attempt run again, or handed back by a worker that died, needs a
+/// slot while its tenant's phase-2 jobs wait for it; `overlap::Boards::relay`).
+pub fn phase2_places(concurrency: u16) -> usize {
+    usize::from(concurrency.max(1)) - 1
+}
+
+/// The prefetch of `phase`'s consumer in a process of `concurrency` slots. Phase 2 takes no more jobs than
+/// [`phase2_places`] (at least one), so a phase-2 job never lands in the slot kept for phase 1: it would find
+/// every waiting place taken while its tenant's phase 1 still writes and be put off for `overlap::DEFER_FOR`
+/// (5 s; a whole run's tail on a short phase 1, and on a long one a stream of jobs put off and taken again).
+fn prefetch(phase: Phase, concurrency: u16) -> u16 {
+    match phase {
+        Phase::Phase1 => concurrency.max(1),
+        Phase::Phase2 => concurrency.saturating_sub(1).max(1),
+    }
+}
+
 /// Why [`Worker::run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -72,7 +90,7 @@ pub struct WorkerConfig {
     pub amqp_url: String,
     /// Queue names.
     pub topology: Topology,
-    /// Jobs run at once; also the prefetch.
+    /// Jobs run at once; also phase 1's prefetch (phase 2's is one less: [`prefetch`]).
     pub concurrency: u16,
     /// Queue-level retry policy.
     pub retry: RetryPolicy,
@@ -102,14 +120,13 @@ impl Worker {
         ));
         // Overlapped phases across the fleet (issue 13): tenants' phase-1 boards are on the broker, and one job slot
         // stays free of jobs waiting on a phase 1, for phase-1 jobs (`overlap::Boards::relay`).
-        let waiting = usize::from(config.concurrency.max(1)) - 1;
         runner.boards().relay(
             Relay::new(
                 config.amqp_url.clone(),
                 config.topology.clone(),
                 config.name.clone(),
             ),
-            waiting,
+            phase2_places(config.concurrency),
         );
         let slots = Arc::new(Semaphore::new(usize::from(config.concurrency.max(1))));
         Self {
@@ -341,15 +358,17 @@ impl Worker {
         mq::declare(&setup, &self.config.topology).await?;
         let publisher = Publisher::open(connection, self.config.topology.clone()).await?;
         let channel = mq::open_channel(connection, "consume").await?;
-        mq::bounded("setting prefetch", async {
-            channel
-                .basic_qos(self.config.concurrency, BasicQosOptions::default())
-                .await
-                .map_err(mq::amqp("setting prefetch"))
-        })
-        .await?;
         let mut consumers = Vec::new();
         for phase in Phase::ALL {
+            // Each consumer gets the prefetch set before it (RabbitMQ's per-consumer `basic.qos`).
+            let prefetch = prefetch(phase, self.config.concurrency);
+            mq::bounded("setting prefetch", async {
+                channel
+                    .basic_qos(prefetch, BasicQosOptions::default())
+                    .await
+                    .map_err(mq::amqp("setting prefetch"))
+            })
+            .await?;
             let queue = self.config.topology.job_queue(phase);
             let tag = format!("{}-{}", self.config.name, phase);
             consumers.push(mq::consume(&channel, &queue, &tag).await?);
@@ -548,6 +567,22 @@ fn parse_job(body: &[u8]) -> Result<Job, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Phase 2's consumer never fills the slot kept for phase 1, and a process of one slot still takes both.
+    #[test]
+    fn phase_2_takes_no_more_jobs_than_may_wait_and_phase_1_every_slot() {
+        for concurrency in [1u16, 2, 3, 4, 32, 256] {
+            let phase2 = usize::from(prefetch(Phase::Phase2, concurrency));
+            assert_eq!(prefetch(Phase::Phase1, concurrency), concurrency);
+            assert!(phase2 >= 1, "prefetch 0 is unlimited to RabbitMQ");
+            assert!(
+                phase2 <= phase2_places(concurrency).max(1),
+                "{concurrency} slots: phase 2 takes {phase2} jobs, {} may wait",
+                phase2_places(concurrency)
+            );
+        }
+        assert_eq!(prefetch(Phase::Phase2, 32), 31);
+    }
 
     /// The test broker (RabbitMQ at 127.0.0.1:5672 unless `AMQP_URL` says otherwise).
     fn amqp_url() -> String {
