@@ -6,7 +6,7 @@ use std::time::Duration;
 use graphsim::{EstateParams, SimConfig};
 use shared::graph::{ClientOptions, GraphClient};
 use tokio_util::sync::CancellationToken;
-use worker::consumer::{Worker, WorkerConfig};
+use worker::consumer::Worker;
 use worker::job::JobRunner;
 
 use crate::fleet::{assert_only_unreachable_failed, broker_args, run};
@@ -51,14 +51,7 @@ async fn two_worker_processes_stay_within_the_apps_ceiling_together() {
             let graph = GraphClient::new(options).expect("graph client");
             let runner = Arc::new(JobRunner::new(graph.clone(), Arc::new(settings.clone())));
             let worker = Worker::new(
-                WorkerConfig {
-                    amqp_url: support::amqp_url(),
-                    topology: topology.clone(),
-                    concurrency: 4,
-                    retry: support::quick_retry(),
-                    grace: Duration::from_secs(10),
-                    name: format!("app-budget-{i}"),
-                },
+                support::worker_config(&topology, &format!("app-budget-{i}"), 4),
                 runner,
             );
             let stop = CancellationToken::new();

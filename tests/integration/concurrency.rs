@@ -13,7 +13,7 @@ use graphsim::{EstateParams, SimConfig};
 use producer::cli::RunArgs;
 use shared::message::FailureReason;
 use tokio_util::sync::CancellationToken;
-use worker::consumer::{Worker, WorkerConfig};
+use worker::consumer::Worker;
 use worker::job::JobRunner;
 
 use crate::failures::reference_state;
@@ -56,14 +56,7 @@ impl Watched {
     fn start(estate: &Estate, topology: &shared::mq::Topology, name: &str) -> Self {
         let runner = support::runner(&estate.settings());
         let worker = Worker::new(
-            WorkerConfig {
-                amqp_url: support::amqp_url(),
-                topology: topology.clone(),
-                concurrency: CONCURRENCY,
-                retry: support::quick_retry(),
-                grace: Duration::from_secs(10),
-                name: name.to_owned(),
-            },
+            support::worker_config(topology, name, CONCURRENCY),
             runner.clone(),
         );
         let ready = worker.readiness();

@@ -12,7 +12,7 @@ use producer::cli::RunArgs;
 use shared::config::Settings;
 use shared::mq::Topology;
 use tokio_util::sync::CancellationToken;
-use worker::consumer::{Worker, WorkerConfig};
+use worker::consumer::Worker;
 
 use crate::fleet::{self, assert_only_unreachable_failed, broker_args, embedded_args, snapshot};
 use crate::support::{self, Estate, BROKER};
@@ -64,14 +64,7 @@ fn one_slot_worker(
     topology: &Topology,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let worker = Worker::new(
-        WorkerConfig {
-            amqp_url: support::amqp_url(),
-            topology: topology.clone(),
-            concurrency: 1,
-            retry: support::quick_retry(),
-            grace: Duration::from_secs(10),
-            name: "one-slot".into(),
-        },
+        support::worker_config(topology, "one-slot", 1),
         support::runner(settings),
     );
     let stop = CancellationToken::new();

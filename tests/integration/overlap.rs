@@ -5,6 +5,7 @@
 //! graphsim's request log has copies written into users' mailboxes before the central folder's last write.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use graphsim::{EstateParams, FaultConfig, LoggedRequest, RetryAfter, ScriptedFault, SimConfig};
 use producer::cli::RunArgs;
@@ -15,6 +16,8 @@ use shared::message::Phase;
 use crate::fleet::{addresses_of, broker_args, embedded_args, run};
 use crate::incremental::{change, originals};
 use crate::support::{self, Estate, BROKER};
+use worker::consumer::Worker;
+use worker::planning_budget::PlanningBudget;
 
 const CENTRAL: &str = "All Contacts";
 
@@ -566,6 +569,45 @@ async fn no_phase_2_job_of_a_fleet_is_put_off_for_want_of_a_place_to_wait() {
     let retries: u64 = report.tenants.iter().map(|t| t.retries).sum();
     assert_eq!(retries, 0, "a job was put off:\n{}", report.human());
     assert_same(&mailboxes(&estate), &expected, "two processes of two slots");
+}
+
+/// An overlapped phase-2 job reads and plans early within its worker's planning budget, as every plan does
+/// (`JobRunner::early_units`): with the budget spent by phase 1's held writes it sends nothing early, never waits
+/// for units through its wait for phase 1, and ends as an ordered run. Before, the early read and plan took no
+/// units, so a 100,000-contact central folder's overlapped run peaked at 833 MiB in one worker (470 ordered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn early_copies_wait_for_the_planning_budget_phase_1_holds() {
+    let _broker = BROKER.read().await;
+    let (config, params) = across_a_fleet(68);
+    let expected = ordered(config.clone(), params.clone()).await;
+    let estate = Estate::seed(config, params).await;
+    let settings = estate.settings();
+    let topology = support::private_topology();
+    // Five contacts' worth: phase 1's plan takes all of it and its held writes keep it until its last batches.
+    let runner = support::runner_of(&settings).with_planning_budget(PlanningBudget::new(5));
+    let fleet = vec![support::spawn_worker_of(Worker::new(
+        support::worker_config(&topology, "overlap-budget", 4),
+        Arc::new(runner),
+    ))];
+    let args = RunArgs {
+        ordered_phases: false,
+        ..broker_args(&topology)
+    };
+    let report = run(&settings, &args).await;
+    support::stop_workers(fleet).await;
+    support::delete_topology(&topology).await;
+    assert_every_tenant_ran(&report);
+    let (central, users) = writes(&estate.sim.request_log());
+    let last_central = central.iter().max().copied().expect("phase 1 wrote");
+    assert!(
+        users.iter().all(|&seq| seq > last_central),
+        "a copy went out before phase 1's last central write while phase 1 held the whole planning budget"
+    );
+    assert_same(
+        &mailboxes(&estate),
+        &expected,
+        "an overlapped run within a spent budget",
+    );
 }
 
 /// A fleet's phase-1 attempt that fails after early copies went out runs again (in the slot each worker keeps free

@@ -57,12 +57,8 @@ async fn phase1_job(settings: &Settings) -> Job {
 /// A worker running one job at a time, with a short drain.
 fn one_at_a_time(settings: &Settings, topology: &Topology, name: &str, grace: Duration) -> Worker {
     let config = WorkerConfig {
-        amqp_url: support::amqp_url(),
-        topology: topology.clone(),
-        concurrency: 1,
-        retry: support::quick_retry(),
         grace,
-        name: name.to_owned(),
+        ..support::worker_config(topology, name, 1)
     };
     Worker::new(config, support::runner(settings))
 }

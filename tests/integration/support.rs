@@ -195,8 +195,13 @@ pub fn quick_retry() -> RetryPolicy {
 
 /// A job runner for `settings`.
 pub fn runner(settings: &Settings) -> Arc<JobRunner> {
+    Arc::new(runner_of(settings))
+}
+
+/// [`runner`], not yet shared (to set it up further first).
+pub fn runner_of(settings: &Settings) -> JobRunner {
     let graph = GraphClient::new(ClientOptions::default()).expect("graph client");
-    Arc::new(JobRunner::new(graph, Arc::new(settings.clone())))
+    JobRunner::new(graph, Arc::new(settings.clone()))
 }
 
 /// An in-process AMQP worker; cancel the token to stop it.
@@ -243,15 +248,19 @@ pub fn worker_with_slots(
     name: &str,
     concurrency: u16,
 ) -> Worker {
-    let config = WorkerConfig {
+    Worker::new(worker_config(topology, name, concurrency), runner(settings))
+}
+
+/// The settings of a test worker named `name` on the test broker, running `concurrency` jobs at once.
+pub fn worker_config(topology: &Topology, name: &str, concurrency: u16) -> WorkerConfig {
+    WorkerConfig {
         amqp_url: amqp_url(),
         topology: topology.clone(),
         concurrency,
         retry: quick_retry(),
         grace: Duration::from_secs(10),
         name: name.to_owned(),
-    };
-    Worker::new(config, runner(settings))
+    }
 }
 
 /// A fresh scratch directory under the system temp dir (removed by the test when it is done).

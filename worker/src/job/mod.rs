@@ -150,6 +150,13 @@ impl JobRunner {
         }
     }
 
+    /// The same runner planning within `budget` instead of [`PlanningBudget::default`] (tests: a budget smaller
+    /// than their folders makes plans take turns).
+    pub fn with_planning_budget(mut self, budget: PlanningBudget) -> Self {
+        self.planning = budget;
+        self
+    }
+
     /// Overlapped phases: off until the embedded queue's producer enables them ([`Boards::enable`]).
     pub fn boards(&self) -> &Boards {
         &self.boards

@@ -77,7 +77,6 @@ impl JobRunner {
             ),
             _ => None,
         };
-        let early = read().await?;
         let ctx = plan_context(tenant, job, mailbox);
         let mut stage = board.watch();
         // The job went out because phase 1 planned, so the plan is on the board; in a fleet this process may only
@@ -88,18 +87,28 @@ impl JobRunner {
         )
         .await;
         let plan = stage.borrow_and_update().plan.clone();
-        // The creates of persons phase 1 creates, planned against the folder its plan leaves (a refusal sends
-        // nothing early: the ordered plan below decides).
-        let mut pending = plan
-            .as_ref()
-            .and_then(|plan| {
-                let planned = sync::plan_distribution_from(&ctx, &plan.folder, mailbox, &early);
-                Some(overlap::early_creates(planned.ok()?, &plan.created))
-            })
-            .unwrap_or_default();
-        // Of the mailbox as read, only what tells a later change apart is kept through the wait.
-        let before: BTreeSet<(String, Option<String>)> = early.iter().map(version).collect();
-        drop(early);
+        // The early read and plan take the worker's planning budget as every plan does; without units before the
+        // attempt that planned stops writing, the job sends nothing early and plans once, after phase 1.
+        let units = match plan.as_ref() {
+            Some(plan) => self.early_units(&mut stage, plan).await,
+            None => None,
+        };
+        let (mut pending, before, held) = match (plan.as_ref(), units) {
+            (Some(plan), Some(units)) => {
+                let early = read().await?;
+                // The creates of persons phase 1 creates, planned against the folder its plan leaves (a refusal
+                // sends nothing early: the ordered plan below decides).
+                let pending = sync::plan_distribution_from(&ctx, &plan.folder, mailbox, &early)
+                    .map(|planned| overlap::early_creates(planned, &plan.created))
+                    .unwrap_or_default();
+                // Of the mailbox as read, only what tells a later change apart is kept through the wait.
+                let before: BTreeSet<(String, Option<String>)> =
+                    early.iter().map(version).collect();
+                let held = units.into_writes(pending.len());
+                (pending, before, Some(held))
+            }
+            _ => (Vec::new(), BTreeSet::new(), None),
+        };
         let mut done = Done::default();
         let mut sent: Vec<WriteOp> = Vec::new();
         // Each copy once its person's central create is confirmed, while the attempt that planned still writes.
@@ -154,6 +163,8 @@ impl JobRunner {
             done.created_ids.extend(part.created_ids);
         }
         drop(pending);
+        // Units are never held through the wait: a phase-1 attempt run again in this process may need them.
+        drop(held);
         let waited = wait_for_end(&mut stage, self.boards.wait_limit()).await;
         let early_copies: Vec<String> = done.created_ids.values().cloned().collect();
         debug!(mailbox = %mailbox.upn, early = early_copies.len(), ?waited, "done waiting on phase 1");
@@ -184,7 +195,8 @@ impl JobRunner {
         // ordered run would), without the early copies. The early copies stand only when nothing else changed since
         // the first read (same ids, same change keys, and exactly those copies).
         let now = read().await?;
-        let unchanged = holds_exactly(&now, &before, &done);
+        // Nothing sent early (no units, no plan, or nothing to create) leaves nothing to compare.
+        let unchanged = early_copies.is_empty() || holds_exactly(&now, &before, &done);
         drop(before);
         let gone: BTreeSet<&String> = early_copies.iter().collect();
         let base: Vec<Contact> = now.into_iter().filter(|c| !gone.contains(&c.id)).collect();
@@ -244,6 +256,22 @@ impl JobRunner {
             done.cursors = Cursors::of_mailbox(&mailbox.id, feed.holding_only_copies(only_copies));
         }
         Ok(done)
+    }
+
+    /// Units of the planning budget for an early read and plan against `plan`'s folder, waited for only while
+    /// the attempt that made `plan` still writes: `None` once it stopped (phase 1 over, failed or run again, the
+    /// board lost), so a job never waits for units that phase 1 itself holds and never holds any through its
+    /// wait for phase 1.
+    async fn early_units(
+        &self,
+        stage: &mut watch::Receiver<Stage>,
+        plan: &Arc<crate::overlap::CentralPlan>,
+    ) -> Option<Planning> {
+        let contacts = plan.folder.contacts().len();
+        tokio::select! {
+            units = self.planning.take(contacts) => Some(units),
+            _ = stage.wait_for(|now| !still_writing(now, Some(plan))) => None,
+        }
     }
 
     /// Deletes the copies this job sent early (`ids`); returns those Graph deleted. A copy Graph would not delete
