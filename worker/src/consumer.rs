@@ -54,7 +54,7 @@ pub const MAX_REPORT_BYTES: usize = 8 * 1024 * 1024;
 /// where at 4 it took 3.57x and four processes still 1.54x. Memory, not CPU, bounds it: a running job holds its
 /// plan's writes while it writes them (about 1 KiB per contact created; [`crate::planning_budget`] bounds only the
 /// planning), so 32 initial-sync jobs of a 10,000-person central set peak near 400 MiB, within the 512 Mi of
-/// `deploy/k8s/worker-deployment.yaml` (README, Performance, *Worker concurrency*).
+/// `deploy/k8s/worker-deployment.yaml` (`tests/examples/bench/MEASUREMENTS.md`, *Worker concurrency*).
 pub const DEFAULT_CONCURRENCY: u16 = 32;
 
 /// How many jobs of a process of `concurrency` slots may wait on a tenant's phase 1 at once: all slots but one,

@@ -199,6 +199,9 @@ struct Cli {
     /// Users of the memory group's many-sources estate (1 contact each; every mailbox ends holding them all).
     #[arg(long, default_value_t = 300)]
     memory_sources: usize,
+    /// The memory group's one worker process: broker1 (phases overlapped, the default) or broker1-ordered.
+    #[arg(long, default_value = "broker1")]
+    memory_mode: String,
     /// Users of the MSP group's one-tenant run.
     #[arg(long, default_value_t = 1_000)]
     msp_users: usize,
@@ -928,7 +931,13 @@ async fn memory(ctx: &Ctx, cli: &Cli, rows: &mut Vec<Row>) -> Result<()> {
     };
     let quick = ctx.with_latency(Duration::ZERO);
     let budget = Budget::Unlimited;
-    let mode = Mode::broker(1);
+    let mode = match parse_mode(&cli.memory_mode, cli.embedded_workers)? {
+        mode @ Mode::Broker { processes: 1, .. } => mode,
+        _ => bail!(
+            "--memory-mode {:?}: the memory group measures one worker process (broker1 or broker1-ordered)",
+            cli.memory_mode
+        ),
+    };
     let estate = Estate::seed(shape, budget, Duration::ZERO).await?;
     let name = format!(
         "{} central contacts, {} users",
