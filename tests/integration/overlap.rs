@@ -11,7 +11,9 @@ use graphsim::{EstateParams, FaultConfig, LoggedRequest, RetryAfter, ScriptedFau
 use producer::cli::RunArgs;
 use producer::summary::RunReport;
 
+use shared::config::Settings;
 use shared::message::Phase;
+use shared::mq::Topology;
 
 use crate::fleet::{addresses_of, broker_args, embedded_args, run};
 use crate::incremental::{change, originals};
@@ -501,15 +503,24 @@ async fn queue_exists(name: &str) -> bool {
 /// One run on RabbitMQ with `workers` worker processes of `slots` job slots (in this process, each with its own
 /// connections and boards), phases overlapped; the tenant's board stream must be gone once the run ended.
 async fn fleet_run(estate: &Estate, workers: usize, slots: u16) -> RunReport {
+    fleet_run_of(estate, |settings, topology| {
+        (0..workers)
+            .map(|i| support::worker_with_slots(settings, topology, &format!("overlap-{i}"), slots))
+            .collect()
+    })
+    .await
+}
+
+/// [`fleet_run`] with the worker processes `fleet` makes for the estate's settings and the run's topology.
+async fn fleet_run_of(
+    estate: &Estate,
+    fleet: impl FnOnce(&Settings, &Topology) -> Vec<Worker>,
+) -> RunReport {
     let settings = estate.settings();
     let topology = support::private_topology();
-    let fleet: Vec<_> = (0..workers)
-        .map(|i| {
-            let name = format!("overlap-{i}");
-            support::spawn_worker_of(support::worker_with_slots(
-                &settings, &topology, &name, slots,
-            ))
-        })
+    let fleet: Vec<_> = fleet(&settings, &topology)
+        .into_iter()
+        .map(support::spawn_worker_of)
         .collect();
     let args = RunArgs {
         ordered_phases: false,
@@ -581,21 +592,15 @@ async fn early_copies_wait_for_the_planning_budget_phase_1_holds() {
     let (config, params) = across_a_fleet(68);
     let expected = ordered(config.clone(), params.clone()).await;
     let estate = Estate::seed(config, params).await;
-    let settings = estate.settings();
-    let topology = support::private_topology();
-    // Five contacts' worth: phase 1's plan takes all of it and its held writes keep it until its last batches.
-    let runner = support::runner_of(&settings).with_planning_budget(PlanningBudget::new(5));
-    let fleet = vec![support::spawn_worker_of(Worker::new(
-        support::worker_config(&topology, "overlap-budget", 4),
-        Arc::new(runner),
-    ))];
-    let args = RunArgs {
-        ordered_phases: false,
-        ..broker_args(&topology)
-    };
-    let report = run(&settings, &args).await;
-    support::stop_workers(fleet).await;
-    support::delete_topology(&topology).await;
+    let report = fleet_run_of(&estate, |settings, topology| {
+        // Five contacts' worth: phase 1's plan takes all of it and its held writes keep it until its last batches.
+        let runner = support::runner_of(settings).with_planning_budget(PlanningBudget::new(5));
+        vec![Worker::new(
+            support::worker_config(topology, "overlap-budget", 4),
+            Arc::new(runner),
+        )]
+    })
+    .await;
     assert_every_tenant_ran(&report);
     let (central, users) = writes(&estate.sim.request_log());
     let last_central = central.iter().max().copied().expect("phase 1 wrote");
