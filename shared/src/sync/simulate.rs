@@ -9,6 +9,8 @@
 //! write rules ([`created_contact`], [`merge`]) to tell what a folder holds once its plan is written
 //! (`CentralKeys::leaves_only_inert`).
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -42,37 +44,57 @@ pub fn apply(
 }
 
 /// Applies writes to `folder` at time `now` (use a prefix of a plan's writes to model a job that crashed midway).
+/// Contacts are found by id through an index built once, so a plan of N writes against a folder of M contacts
+/// costs about N + M, not N x M (a 100,000-person plan's creates took most of a worker's CPU otherwise).
 pub fn apply_ops<'a>(
     ops: impl IntoIterator<Item = &'a WriteOp>,
     folder: &mut Vec<Contact>,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, NotFound> {
+    let mut at: HashMap<String, usize> = folder
+        .iter()
+        .enumerate()
+        .map(|(n, c)| (c.id.clone(), n))
+        .collect();
+    // Deleted contacts leave the folder at the end, in one pass that keeps the others' order.
+    let mut gone: HashSet<usize> = HashSet::new();
     let mut created = Vec::new();
+    let mut outcome = Ok(());
     for (n, op) in ops.into_iter().enumerate() {
         match op {
             WriteOp::Create(write) => {
-                let id = new_id(folder, now, n);
+                let id = new_id(&at, now, n, folder.len() - gone.len());
+                at.insert(id.clone(), folder.len());
                 folder.push(created_contact(id.clone(), write, now));
                 created.push(id);
             }
             WriteOp::Update { id, write } => {
-                let contact = folder
-                    .iter_mut()
-                    .find(|c| &c.id == id)
-                    .ok_or_else(|| NotFound { id: id.clone() })?;
+                let Some(&n) = at.get(id) else {
+                    outcome = Err(NotFound { id: id.clone() });
+                    break;
+                };
+                let contact = &mut folder[n];
                 merge(contact, write);
                 contact.last_modified = Some(now);
             }
             WriteOp::Delete { id } => {
-                let at = folder
-                    .iter()
-                    .position(|c| &c.id == id)
-                    .ok_or_else(|| NotFound { id: id.clone() })?;
-                folder.remove(at);
+                let Some(n) = at.remove(id) else {
+                    outcome = Err(NotFound { id: id.clone() });
+                    break;
+                };
+                gone.insert(n);
             }
         }
     }
-    Ok(created)
+    if !gone.is_empty() {
+        let mut n = 0;
+        folder.retain(|_| {
+            let keep = !gone.contains(&n);
+            n += 1;
+            keep
+        });
+    }
+    outcome.map(|()| created)
 }
 
 /// The contact a create of `write` makes, under `id`.
@@ -112,8 +134,9 @@ pub(crate) fn merge(contact: &mut Contact, write: &ContactWrite) {
     }
 }
 
-/// A fresh id not used in the folder (deterministic, like a server's, but unrelated to any sync id).
-fn new_id(folder: &[Contact], now: DateTime<Utc>, n: usize) -> String {
+/// A fresh id not used in the folder (`taken`: its ids; `len`: how many contacts it holds), deterministic like a
+/// server's but unrelated to any sync id.
+fn new_id(taken: &HashMap<String, usize>, now: DateTime<Utc>, n: usize, len: usize) -> String {
     let namespace = Uuid::from_u128(0x3d2c_8f41_0b6e_4a7d_9e15_c2a4_6f80_b931);
     (0u64..)
         .map(|salt| {
@@ -121,11 +144,11 @@ fn new_id(folder: &[Contact], now: DateTime<Utc>, n: usize) -> String {
                 "{}|{}|{}|{}",
                 now.timestamp_nanos_opt().unwrap_or_default(),
                 n,
-                folder.len(),
+                len,
                 salt
             );
             format!("AAMk{}", Uuid::new_v5(&namespace, name.as_bytes()).simple())
         })
-        .find(|id| folder.iter().all(|c| &c.id != id))
+        .find(|id| !taken.contains_key(id))
         .unwrap_or_default()
 }
