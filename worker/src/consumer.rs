@@ -71,7 +71,9 @@ pub fn phase2_places(concurrency: u16) -> usize {
 fn prefetch(phase: Phase, concurrency: u16) -> u16 {
     match phase {
         Phase::Phase1 => concurrency.max(1),
-        Phase::Phase2 => concurrency.saturating_sub(1).max(1),
+        Phase::Phase2 => u16::try_from(phase2_places(concurrency))
+            .unwrap_or(u16::MAX)
+            .max(1),
     }
 }
 
