@@ -1143,6 +1143,22 @@ async fn measure(
                 + t.mailboxes.iter().filter(|m| m.outcome == "failed").count()
         })
         .sum();
+    // A failure is a finding, not a figure: say what failed and why beside the row.
+    for tenant in &synced.report.tenants {
+        if let Some(error) = &tenant.error {
+            eprintln!("  failed: tenant {}: {error}", tenant.tenant_id);
+        }
+        for m in tenant.mailboxes.iter().filter(|m| m.outcome == "failed") {
+            eprintln!(
+                "  failed: {} ({:?}, {} attempts): {:?} {}",
+                m.mailbox,
+                m.phase,
+                m.attempts,
+                m.reason,
+                m.error.as_deref().unwrap_or_default()
+            );
+        }
+    }
     let worker_cpu: f64 = synced.workers.iter().map(|w| w.cpu_secs).sum();
     let row = Row {
         group: run.group.to_owned(),

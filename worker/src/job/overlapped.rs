@@ -162,9 +162,9 @@ impl JobRunner {
             done.written.extend(part.written);
             done.created_ids.extend(part.created_ids);
         }
-        drop(pending);
-        // Units are never held through the wait: a phase-1 attempt run again in this process may need them.
-        drop(held);
+        // Neither the units nor the plan's folder (as large as the central folder) are held through the wait: a
+        // phase-1 attempt run again in this process may need the units, and the ordered plan below reads the folder.
+        drop((pending, held, plan));
         let waited = wait_for_end(&mut stage, self.boards.wait_limit()).await;
         let early_copies: Vec<String> = done.created_ids.values().cloned().collect();
         debug!(mailbox = %mailbox.upn, early = early_copies.len(), ?waited, "done waiting on phase 1");

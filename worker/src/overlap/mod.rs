@@ -80,8 +80,12 @@ pub struct Stage {
 }
 
 impl Stage {
-    /// An attempt planned: its plan replaces any earlier one, with nothing confirmed yet.
+    /// An attempt planned: its plan replaces any earlier one, with nothing confirmed yet. Once phase 1 is over a
+    /// plan is of no use (see [`Stage::end`]) and is not kept.
     fn plan(&mut self, plan: CentralPlan) {
+        if self.ended.is_some() {
+            return;
+        }
         self.plan = Some(Arc::new(plan));
         self.confirmed = Arc::default();
         self.interrupted = false;
@@ -92,9 +96,13 @@ impl Stage {
         Arc::make_mut(&mut self.confirmed).extend(persons);
     }
 
-    /// Phase 1 is over; the first word counts (the phase-1 job and the producer may both say it).
+    /// Phase 1 is over; the first word counts (the phase-1 job and the producer may both say it). The plan and
+    /// its confirmations go: every job from now on plans against the folder as read, and a large plan's folder
+    /// (100,000 contacts: hundreds of MiB) is not held beside the folders those jobs read.
     fn end(&mut self, ended: Ended) {
         self.ended.get_or_insert(ended);
+        self.plan = None;
+        self.confirmed = Arc::default();
     }
 }
 
@@ -473,6 +481,13 @@ mod tests {
         let stage = watch.borrow().clone();
         assert_eq!(stage.ended, Some(Ended::Written { in_line_with: None }));
         assert!(!stage.interrupted, "finished is not interrupted");
+        assert!(
+            stage.plan.is_none() && stage.confirmed.is_empty(),
+            "phase 1 over: its plan is not held"
+        );
+        let (folder, created, news, queue) = plan();
+        board.planned(folder, created, news, queue);
+        assert!(watch.borrow().plan.is_none(), "nor a plan that came late");
         board.ended(Ended::Failed);
         assert_eq!(
             watch.borrow().ended,

@@ -214,8 +214,9 @@ enum Message {
     },
 }
 
-/// `outgoing` as the messages that carry it.
-fn messages(outgoing: Outgoing) -> Vec<Message> {
+/// `outgoing` as the messages that carry it, each encoded only when it is next to go: a 100,000-contact plan
+/// encoded whole at once was a second copy of its folder, about 100 MB of JSON, beside the first.
+fn messages(outgoing: Outgoing) -> Box<dyn Iterator<Item = Message> + Send> {
     match outgoing {
         Outgoing::Plan {
             attempt,
@@ -223,29 +224,29 @@ fn messages(outgoing: Outgoing) -> Vec<Message> {
             created,
         } => {
             let contacts = folder.len();
-            let mut messages: Vec<Message> = folder
-                .chunks(PART_CONTACTS)
-                .map(|part| {
-                    Message::Entry(encode(&Entry::FolderPart {
-                        attempt,
-                        contacts: part.to_vec(),
-                    }))
-                })
-                .collect();
-            messages.push(Message::Entry(encode(&Entry::Planned {
-                attempt,
-                contacts,
-                created,
-            })));
-            messages
+            let parts = (0..contacts.div_ceil(PART_CONTACTS)).map(move |at| {
+                let part = &folder[at * PART_CONTACTS..contacts.min((at + 1) * PART_CONTACTS)];
+                Message::Entry(encode(&Entry::FolderPart {
+                    attempt,
+                    contacts: part.to_vec(),
+                }))
+            });
+            let planned = std::iter::once_with(move || {
+                Message::Entry(encode(&Entry::Planned {
+                    attempt,
+                    contacts,
+                    created,
+                }))
+            });
+            Box::new(parts.chain(planned))
         }
-        Outgoing::Entry(entry) => vec![Message::Entry(encode(&entry))],
-        Outgoing::News { news, report_queue } => vec![Message::News {
+        Outgoing::Entry(entry) => Box::new(std::iter::once(Message::Entry(encode(&entry)))),
+        Outgoing::News { news, report_queue } => Box::new(std::iter::once(Message::News {
             job_id: news.job_id,
             report_queue,
             // A struct of plain data always serialises.
             body: serde_json::to_vec(&news).unwrap_or_default(),
-        }],
+        })),
     }
 }
 
@@ -559,7 +560,6 @@ mod tests {
     /// What the outbox sends for `outgoing`, read back as entries.
     fn sent(outgoing: Outgoing) -> Vec<Entry> {
         messages(outgoing)
-            .into_iter()
             .map(|message| match message {
                 Message::Entry(body) => serde_json::from_slice(&body).expect("an entry reads back"),
                 Message::News { .. } => panic!("only entries expected"),
