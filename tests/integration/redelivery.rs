@@ -619,6 +619,26 @@ async fn several_workers_on_one_host_with_the_default_metrics_address_all_run() 
 /// check after the wait it went on to read the victim's contacts as the central folder and copy them over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forged_overlapped_job_checked_after_phase_1_takes_its_early_copy_back() {
+    let creates = forged_overlapped_job(false).await;
+    assert!(creates > 0, "the forged job sent nothing early");
+}
+
+/// The same forged job on a board whose creates are all confirmed: phase 1's writes are done, so the job sends
+/// nothing early (its early plan would only be a second one held beside phase 1's last step) and is refused once
+/// phase 1 ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_overlapped_job_whose_plan_is_all_confirmed_sends_nothing_early() {
+    let creates = forged_overlapped_job(true).await;
+    assert_eq!(
+        creates, 0,
+        "copies went early after every create was confirmed"
+    );
+}
+
+/// Runs a forged overlapped phase-2 job against a board of two created persons, the first confirmed (both with
+/// `confirm_all`), ends phase 1, and checks it is dead-lettered `untrusted_job` with its mailbox as it was;
+/// returns the creates it sent to that mailbox.
+async fn forged_overlapped_job(confirm_all: bool) -> usize {
     use worker::overlap::relay::Entry;
     use worker::overlap::Ended;
 
@@ -635,24 +655,32 @@ async fn a_forged_overlapped_job_checked_after_phase_1_takes_its_early_copy_back
     let (victim, receiver) = (sources[0].clone(), sources[1].clone());
     let before = estate.sim.contacts(&tenant.tenant_id, &receiver.upn, None);
 
-    // A board for a run of the forger's: one person, created and confirmed.
+    // A board for a run of the forger's: two persons created, one of them confirmed (a plan whose creates are all
+    // confirmed sends nothing early: phase 1's writes are done).
     let run_id = uuid::Uuid::now_v7();
     let attempt = uuid::Uuid::now_v7();
-    let person = uuid::Uuid::new_v4().to_string();
-    let contact: shared::model::Contact = serde_json::from_value(serde_json::json!({
-        "id": "forged-central-item",
-        "lastModified": null,
-        "fields": { "displayName": "Forged Person" },
-        "personalNotes": null,
-        "categories": [],
-        "syncIdProperty": person,
-        "photoHash": null,
-        "photoSource": null,
-        "hasPicture": false,
-        "changeKey": null
-    }))
-    .expect("a contact");
-    let sync_id = shared::sync::SyncId::parse(&person).expect("a sync id");
+    let forged_person = |n: usize, name: &str| {
+        let person = uuid::Uuid::new_v4().to_string();
+        let contact: shared::model::Contact = serde_json::from_value(serde_json::json!({
+            "id": format!("forged-central-item-{n}"),
+            "lastModified": null,
+            "fields": { "displayName": name },
+            "personalNotes": null,
+            "categories": [],
+            "syncIdProperty": person,
+            "photoHash": null,
+            "photoSource": null,
+            "hasPicture": false,
+            "changeKey": null
+        }))
+        .expect("a contact");
+        (
+            contact,
+            shared::sync::SyncId::parse(&person).expect("a sync id"),
+        )
+    };
+    let (contact, sync_id) = forged_person(1, "Forged Person");
+    let (unconfirmed_contact, unconfirmed) = forged_person(2, "Forged Person Unconfirmed");
     let connection = support::connect().await;
     let channel = connection.create_channel().await.expect("channel");
     mq::declare(&channel, &topology).await.expect("declare");
@@ -675,18 +703,23 @@ async fn a_forged_overlapped_job_checked_after_phase_1_takes_its_early_copy_back
     };
     append(Entry::FolderPart {
         attempt,
-        contacts: vec![contact],
+        contacts: vec![contact, unconfirmed_contact],
     })
     .await;
     append(Entry::Planned {
         attempt,
-        contacts: 1,
-        created: [sync_id.clone()].into(),
+        contacts: 2,
+        created: [sync_id.clone(), unconfirmed.clone()].into(),
     })
     .await;
+    let confirmed = if confirm_all {
+        vec![sync_id, unconfirmed.clone()]
+    } else {
+        vec![sync_id]
+    };
     append(Entry::Confirmed {
         attempt,
-        persons: vec![sync_id],
+        persons: confirmed,
     })
     .await;
 
@@ -703,7 +736,21 @@ async fn a_forged_overlapped_job_checked_after_phase_1_takes_its_early_copy_back
         },
     );
     forged.overlapped = true;
-    let (stop, worker) = support::spawn_worker(&settings, &topology, "forged-overlap");
+    // With every create confirmed, the job gets its planning units only once its board shows them all (the test
+    // holds them meanwhile), as in a large run where phase 1's writes gave them back.
+    let budget = worker::planning_budget::PlanningBudget::new(10);
+    let held = if confirm_all {
+        Some(budget.take(10).await)
+    } else {
+        None
+    };
+    let runner = support::runner_of(&settings).with_planning_budget(budget);
+    let (stop, worker) = support::spawn_worker_of(Worker::new(
+        support::worker_config(&topology, "forged-overlap", 4),
+        std::sync::Arc::new(runner),
+    ));
+    // Only the job's own requests are counted.
+    estate.sim.reset_stats();
     publish_declared(&topology, &forged).await;
     let names = |estate: &Estate| -> Vec<String> {
         estate
@@ -713,10 +760,17 @@ async fn a_forged_overlapped_job_checked_after_phase_1_takes_its_early_copy_back
             .filter_map(|c| c["displayName"].as_str().map(String::from))
             .collect()
     };
-    eventually("the forged job copied nothing early", async || {
-        names(&estate).iter().any(|n| n == "Forged Person")
-    })
-    .await;
+    if let Some(held) = held {
+        // Time for the job to read its whole board, then for it to copy, were it to.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(held);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    } else {
+        eventually("the forged job copied nothing early", async || {
+            names(&estate).iter().any(|n| n == "Forged Person")
+        })
+        .await;
+    }
     append(Entry::Ended {
         ended: Ended::Written { in_line_with: None },
     })
@@ -736,10 +790,22 @@ async fn a_forged_overlapped_job_checked_after_phase_1_takes_its_early_copy_back
         "the early copy stayed, or the victim's contacts were copied: {:?}",
         names(&estate)
     );
+    let receiver_upn = receiver.upn.to_lowercase();
+    let creates = estate
+        .sim
+        .request_log()
+        .iter()
+        .filter(|r| {
+            r.method == "POST"
+                && r.mailbox.as_deref() == Some(receiver_upn.as_str())
+                && r.url.ends_with("/contacts")
+        })
+        .count();
     stop.cancel();
     worker.await.expect("worker task");
     let stream = topology.board_stream(run_id, &tenant.tenant_id);
     let _ = mq::board::delete_board(&channel, &stream).await;
     let _ = mq::close_connection(&connection, "done").await;
     support::delete_topology(&topology).await;
+    creates
 }

@@ -260,18 +260,24 @@ impl JobRunner {
 
     /// Units of the planning budget for an early read and plan against `plan`'s folder, waited for only while
     /// the attempt that made `plan` still writes: `None` once it stopped (phase 1 over, failed or run again, the
-    /// board lost), so a job never waits for units that phase 1 itself holds and never holds any through its
-    /// wait for phase 1.
+    /// board lost) or once every create it makes is confirmed, so a job never waits for units that phase 1 itself
+    /// holds, never holds any through its wait for phase 1, and never plans early what it could not send early.
     async fn early_units(
         &self,
         stage: &mut watch::Receiver<Stage>,
         plan: &Arc<crate::overlap::CentralPlan>,
     ) -> Option<Planning> {
         let contacts = plan.folder.contacts().len();
-        tokio::select! {
-            units = self.planning.take(contacts) => Some(units),
-            _ = stage.wait_for(|now| !still_writing(now, Some(plan))) => None,
-        }
+        let units = tokio::select! {
+            units = self.planning.take(contacts) => units,
+            _ = stage.wait_for(|now| !still_writing(now, Some(plan))) => return None,
+        };
+        // Units that come once every create of the plan is confirmed come too late: nothing is left to send before
+        // phase 1's end, and an early plan would only be a second plan held beside phase 1's last step (the
+        // 100,000-contact benchmark: its receiving job got the units phase 1's writes gave back and planned
+        // 100,000 creates early, the run's peak).
+        let all_confirmed = plan.created.is_subset(&stage.borrow().confirmed);
+        (!all_confirmed).then_some(units)
     }
 
     /// Deletes the copies this job sent early (`ids`); returns those Graph deleted. A copy Graph would not delete

@@ -214,8 +214,10 @@ enum Message {
     },
 }
 
-/// `outgoing` as the messages that carry it, each encoded only when it is next to go: a 100,000-contact plan
-/// encoded whole at once was a second copy of its folder, about 100 MB of JSON, beside the first.
+/// `outgoing` as the messages that carry it, each encoded only when it is next to go, a plan's contacts let go
+/// part by part as they are: a process following its own board reads the folder back while it is sent, and a
+/// 100,000-contact plan encoded whole at once was two more copies of its folder (the parts, about 100 MB of JSON)
+/// beside the one read back.
 fn messages(outgoing: Outgoing) -> Box<dyn Iterator<Item = Message> + Send> {
     match outgoing {
         Outgoing::Plan {
@@ -224,12 +226,15 @@ fn messages(outgoing: Outgoing) -> Box<dyn Iterator<Item = Message> + Send> {
             created,
         } => {
             let contacts = folder.len();
-            let parts = (0..contacts.div_ceil(PART_CONTACTS)).map(move |at| {
-                let part = &folder[at * PART_CONTACTS..contacts.min((at + 1) * PART_CONTACTS)];
-                Message::Entry(encode(&Entry::FolderPart {
-                    attempt,
-                    contacts: part.to_vec(),
-                }))
+            let mut rest = folder.into_iter();
+            let parts = std::iter::from_fn(move || {
+                let part: Vec<Contact> = rest.by_ref().take(PART_CONTACTS).collect();
+                (!part.is_empty()).then(|| {
+                    Message::Entry(encode(&Entry::FolderPart {
+                        attempt,
+                        contacts: part,
+                    }))
+                })
             });
             let planned = std::iter::once_with(move || {
                 Message::Entry(encode(&Entry::Planned {
