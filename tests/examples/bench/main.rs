@@ -1143,21 +1143,22 @@ async fn measure(
                 + t.mailboxes.iter().filter(|m| m.outcome == "failed").count()
         })
         .sum();
-    // A failure is a finding, not a figure: say what failed and why beside the row.
+    // A failure is a finding, not a figure: say why beside the row, by reason with one example each (the seeded
+    // estates hold unreachable mailboxes on purpose: access denied, no mailbox).
+    let mut reasons: std::collections::BTreeMap<String, (usize, String)> = Default::default();
     for tenant in &synced.report.tenants {
         if let Some(error) = &tenant.error {
             eprintln!("  failed: tenant {}: {error}", tenant.tenant_id);
         }
         for m in tenant.mailboxes.iter().filter(|m| m.outcome == "failed") {
-            eprintln!(
-                "  failed: {} ({:?}, {} attempts): {:?} {}",
-                m.mailbox,
-                m.phase,
-                m.attempts,
-                m.reason,
-                m.error.as_deref().unwrap_or_default()
-            );
+            let reason = reasons
+                .entry(format!("{:?} {:?}", m.phase, m.reason))
+                .or_insert_with(|| (0, m.error.clone().unwrap_or_default()));
+            reason.0 += 1;
         }
+    }
+    for (reason, (count, example)) in &reasons {
+        eprintln!("  failed: {count} x {reason}, e.g. {example}");
     }
     let worker_cpu: f64 = synced.workers.iter().map(|w| w.cpu_secs).sum();
     let row = Row {
