@@ -5,7 +5,6 @@
 //! graphsim's request log has copies written into users' mailboxes before the central folder's last write.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use graphsim::{EstateParams, FaultConfig, LoggedRequest, RetryAfter, ScriptedFault, SimConfig};
 use producer::cli::RunArgs;
@@ -594,10 +593,13 @@ async fn early_copies_wait_for_the_planning_budget_phase_1_holds() {
     let estate = Estate::seed(config, params).await;
     let report = fleet_run_of(&estate, |settings, topology| {
         // Five contacts' worth: phase 1's plan takes all of it and its held writes keep it until its last batches.
-        let runner = support::runner_of(settings).with_planning_budget(PlanningBudget::new(5));
-        vec![Worker::new(
-            support::worker_config(topology, "overlap-budget", 4),
-            Arc::new(runner),
+        let budget = PlanningBudget::new(5);
+        vec![support::worker_with_budget(
+            settings,
+            topology,
+            "overlap-budget",
+            4,
+            budget,
         )]
     })
     .await;

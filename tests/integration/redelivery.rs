@@ -625,7 +625,8 @@ async fn a_forged_overlapped_job_checked_after_phase_1_takes_its_early_copy_back
 
 /// The same forged job on a board whose creates are all confirmed: phase 1's writes are done, so the job sends
 /// nothing early (its early plan would only be a second one held beside phase 1's last step) and is refused once
-/// phase 1 ends.
+/// phase 1 ends. Reproduces the 100,000-contact benchmark's peak: before `JobRunner::early_units` declined such
+/// units, the job planned early and sent both creates (2 POSTs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_overlapped_job_whose_plan_is_all_confirmed_sends_nothing_early() {
     let creates = forged_overlapped_job(true).await;
@@ -744,10 +745,12 @@ async fn forged_overlapped_job(confirm_all: bool) -> usize {
     } else {
         None
     };
-    let runner = support::runner_of(&settings).with_planning_budget(budget);
-    let (stop, worker) = support::spawn_worker_of(Worker::new(
-        support::worker_config(&topology, "forged-overlap", 4),
-        std::sync::Arc::new(runner),
+    let (stop, worker) = support::spawn_worker_of(support::worker_with_budget(
+        &settings,
+        &topology,
+        "forged-overlap",
+        4,
+        budget,
     ));
     // Only the job's own requests are counted.
     estate.sim.reset_stats();

@@ -251,6 +251,18 @@ pub fn worker_with_slots(
     Worker::new(worker_config(topology, name, concurrency), runner(settings))
 }
 
+/// [`worker_with_slots`] planning within `budget` (a budget smaller than the folders makes plans take turns).
+pub fn worker_with_budget(
+    settings: &Settings,
+    topology: &Topology,
+    name: &str,
+    concurrency: u16,
+    budget: worker::planning_budget::PlanningBudget,
+) -> Worker {
+    let runner = runner_of(settings).with_planning_budget(budget);
+    Worker::new(worker_config(topology, name, concurrency), Arc::new(runner))
+}
+
 /// The settings of a test worker named `name` on the test broker, running `concurrency` jobs at once.
 pub fn worker_config(topology: &Topology, name: &str, concurrency: u16) -> WorkerConfig {
     WorkerConfig {
