@@ -62,11 +62,29 @@ impl PlanningBudget {
     /// Waits until a plan against `contacts` contacts fits, then holds its units. A folder larger than the whole
     /// budget takes all of it (it plans alone, never waits for ever).
     pub async fn take(&self, contacts: usize) -> Planning {
-        let units = u32::try_from(contacts)
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.capacity);
         // The semaphore is never closed; were it, planning would go on unbounded rather than fail the job.
-        Planning(Arc::clone(&self.units).acquire_many_owned(units).await.ok())
+        Planning(
+            Arc::clone(&self.units)
+                .acquire_many_owned(self.units_for(contacts))
+                .await
+                .ok(),
+        )
+    }
+
+    /// Units for `contacts` contacts if they are free now, never waiting: for a job that already holds state (a
+    /// phase-1 job holding its plan), which must never wait on jobs that may be waiting on it.
+    pub fn try_take(&self, contacts: usize) -> Option<Planning> {
+        Arc::clone(&self.units)
+            .try_acquire_many_owned(self.units_for(contacts))
+            .ok()
+            .map(|units| Planning(Some(units)))
+    }
+
+    /// The units `contacts` contacts weigh: at least one, at most the whole budget (a larger folder plans alone).
+    fn units_for(&self, contacts: usize) -> u32 {
+        u32::try_from(contacts)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.capacity)
     }
 }
 
@@ -147,6 +165,20 @@ mod tests {
         assert!((&mut second).now_or_never().is_none(), "waits");
         drop(first);
         assert!(second.now_or_never().is_some(), "starts once given back");
+    }
+
+    #[tokio::test]
+    async fn trying_never_waits_and_takes_nothing_when_short() {
+        let budget = PlanningBudget::new(10);
+        let held = budget.try_take(4).expect("free");
+        assert!(budget.try_take(7).is_none(), "6 free: 7 are not taken");
+        let rest = budget.try_take(6).expect("the 6 left");
+        assert!(budget.try_take(1).is_none(), "spent");
+        drop((held, rest));
+        assert!(
+            budget.try_take(1_000).is_some(),
+            "a folder larger than the budget takes all of it once free"
+        );
     }
 
     /// Failed before held writes kept units: the second large plan started at once, beside the first's writes.

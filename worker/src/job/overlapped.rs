@@ -23,7 +23,7 @@ use super::folders::feed_after_writes;
 use super::{classify, plan_context, Done, JobRunner};
 use crate::disposition::AttemptResult;
 use crate::overlap::{Board, Ended, Planned, Stage};
-use crate::planning_budget::Planning;
+use crate::planning_budget::{Planning, PlanningBudget};
 
 /// How long an overlapped job waits for its board to show the plan it was sent for (read from the broker's
 /// stream in a fleet: milliseconds); without one it copies nothing early and settles as usual.
@@ -83,14 +83,18 @@ impl JobRunner {
         // just have started following it (`relay::follow`), so it waits for the plan a little.
         let _ = tokio::time::timeout(
             PLAN_WAIT,
-            stage.wait_for(|now| now.plan.is_some() || now.ended.is_some() || now.lost),
+            stage.wait_for(|now| now.plans > 0 || now.ended.is_some() || now.lost),
         )
         .await;
-        let plan = stage.borrow_and_update().plan.clone();
+        // The plan, while one can still be copied from (see `Stage::plan`), and which it is.
+        let (plan, made) = {
+            let now = stage.borrow_and_update();
+            (now.plan.clone(), now.plans)
+        };
         // The early read and plan take the worker's planning budget as every plan does; without units before the
         // attempt that planned stops writing, the job sends nothing early and plans once, after phase 1.
         let units = match plan.as_ref() {
-            Some(plan) => self.early_units(&mut stage, plan).await,
+            Some(plan) => self.early_units(&mut stage, plan, made).await,
             None => None,
         };
         let (mut pending, before, held) = match (plan.as_ref(), units) {
@@ -114,7 +118,7 @@ impl JobRunner {
         // Each copy once its person's central create is confirmed, while the attempt that planned still writes.
         while !pending.is_empty() {
             let now = stage.borrow_and_update().clone();
-            if !still_writing(&now, plan.as_ref()) {
+            if !still_writing(&now, made) {
                 break;
             }
             let (ready, waiting): (Vec<_>, Vec<_>) = pending
@@ -191,6 +195,13 @@ impl JobRunner {
                 return Err(not_waiting(job, other));
             }
         };
+        // The folder phase 1 left (read once per run and process, shared by its jobs), then the units to plan
+        // against it, before the mailbox is read: a job waiting for units holds no mailbox (the 100,000-contact
+        // benchmark's second peak was a job holding its 100,000 contacts while it waited).
+        let central_contacts = self
+            .central_contacts(tenant, client, job, Some(central))
+            .await?;
+        let planning = self.planning.take(central_contacts.contacts().len()).await;
         // The mailbox as the ordered run reads it: read now (a user's edit during phase 1 is planned with, as an
         // ordered run would), without the early copies. The early copies stand only when nothing else changed since
         // the first read (same ids, same change keys, and exactly those copies).
@@ -200,10 +211,6 @@ impl JobRunner {
         drop(before);
         let gone: BTreeSet<&String> = early_copies.iter().collect();
         let base: Vec<Contact> = now.into_iter().filter(|c| !gone.contains(&c.id)).collect();
-        let central_contacts = self
-            .central_contacts(tenant, client, job, Some(central))
-            .await?;
-        let planning = self.planning.take(central_contacts.contacts().len()).await;
         let ordered = match sync::plan_distribution_from(&ctx, &central_contacts, mailbox, &base) {
             Ok(plan) => plan,
             Err(refusal) => {
@@ -258,26 +265,26 @@ impl JobRunner {
         Ok(done)
     }
 
-    /// Units of the planning budget for an early read and plan against `plan`'s folder, waited for only while
-    /// the attempt that made `plan` still writes: `None` once it stopped (phase 1 over, failed or run again, the
-    /// board lost) or once every create it makes is confirmed, so a job never waits for units that phase 1 itself
+    /// Units of the planning budget for an early read and plan against `plan` (the board's `made`th), waited for
+    /// only while the board still holds it: `None` once its attempt stopped (phase 1 over, failed or run again,
+    /// the board lost) or every create it makes is confirmed, so a job never waits for units that phase 1 itself
     /// holds, never holds any through its wait for phase 1, and never plans early what it could not send early.
     async fn early_units(
         &self,
         stage: &mut watch::Receiver<Stage>,
-        plan: &Arc<crate::overlap::CentralPlan>,
+        plan: &crate::overlap::CentralPlan,
+        made: u32,
     ) -> Option<Planning> {
         let contacts = plan.folder.contacts().len();
         let units = tokio::select! {
             units = self.planning.take(contacts) => units,
-            _ = stage.wait_for(|now| !still_writing(now, Some(plan))) => return None,
+            _ = stage.wait_for(|now| !copyable(now, made)) => return None,
         };
         // Units that come once every create of the plan is confirmed come too late: nothing is left to send before
         // phase 1's end, and an early plan would only be a second plan held beside phase 1's last step (the
         // 100,000-contact benchmark: its receiving job got the units phase 1's writes gave back and planned
         // 100,000 creates early, the run's peak).
-        let all_confirmed = plan.created.is_subset(&stage.borrow().confirmed);
-        (!all_confirmed).then_some(units)
+        copyable(&stage.borrow(), made).then_some(units)
     }
 
     /// Deletes the copies this job sent early (`ids`); returns those Graph deleted. A copy Graph would not delete
@@ -336,10 +343,14 @@ impl JobRunner {
 /// in line with from the board), and the sources it could not read (`source_failures`: their jobs are failed
 /// unsent). Returns the board the writes confirm creates on; `None` (nothing announced) for a plan of one batch
 /// or less: no copy could go before its first batch is answered, and by then phase 1 is over, so phase-2 jobs
-/// would only read their mailboxes twice (a 1 %-changed re-run: 163 requests against 142).
+/// would only read their mailboxes twice (a 1 %-changed re-run: 163 requests against 142); and for a plan whose
+/// folder does not fit in `budget` now (it is never waited for: phase 1 holds its plan): the run goes in order
+/// rather than holding the folder on the board beside what the process plans already.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn announce_plan<'b>(
     job: &Job,
     board: &'b Board,
+    budget: &PlanningBudget,
     read: Vec<Contact>,
     plan: &sync::Plan,
     now: chrono::DateTime<chrono::Utc>,
@@ -349,6 +360,7 @@ pub(super) fn announce_plan<'b>(
     // More than one batch of writes.
     plan.writes().nth(WRITE_BATCH)?;
     let folder = overlap::planned_folder(read, plan, now)?;
+    let units = budget.try_take(folder.len())?;
     let mut announced = cursors.clone();
     announced.central = None;
     let news = Planned {
@@ -361,6 +373,7 @@ pub(super) fn announce_plan<'b>(
     board.planned(
         folder,
         overlap::created_persons(plan),
+        units,
         news,
         job.report_queue.clone(),
     );
@@ -399,14 +412,16 @@ fn phase1_failed(job: &Job, mailbox: &Mailbox, undone: usize) -> AttemptResult {
     }
 }
 
-/// Whether the attempt that made `plan` still writes: no later plan, not interrupted, phase 1 not over, the
-/// board still followed.
-fn still_writing(stage: &Stage, plan: Option<&Arc<crate::overlap::CentralPlan>>) -> bool {
-    let same_plan = match (&stage.plan, plan) {
-        (Some(now), Some(then)) => Arc::ptr_eq(now, then),
-        _ => false,
-    };
-    same_plan && !stage.interrupted && stage.ended.is_none() && !stage.lost
+/// Whether the attempt that made the board's `made`th plan still writes: no later plan, not interrupted, phase 1
+/// not over, the board still followed.
+fn still_writing(stage: &Stage, made: u32) -> bool {
+    stage.plans == made && !stage.interrupted && stage.ended.is_none() && !stage.lost
+}
+
+/// Whether something of the board's `made`th plan may still be copied early: its attempt still writes and the
+/// board still holds the plan (some of its creates are not confirmed yet).
+fn copyable(stage: &Stage, made: u32) -> bool {
+    still_writing(stage, made) && stage.plan.is_some()
 }
 
 /// How a wait on phase 1 ended.

@@ -244,6 +244,7 @@ impl JobRunner {
             Some(board) => super::overlapped::announce_plan(
                 job,
                 board,
+                &self.planning,
                 central_contacts,
                 &plan,
                 ctx.now,

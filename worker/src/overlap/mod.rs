@@ -20,6 +20,8 @@ use shared::sync::{PreparedCentral, SyncId};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
+use crate::planning_budget::Planning;
+
 /// A phase-1 job has its plan: the producer may send the tenant's phase-2 jobs now.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -66,11 +68,16 @@ pub enum Ended {
 /// A tenant's phase 1 in this run, as its phase-2 jobs see it.
 #[derive(Debug, Clone, Default)]
 pub struct Stage {
-    /// The plan of the attempt writing now; replaced when a later attempt plans again.
+    /// The plan of the attempt writing now, held only while a job could still copy something early from it: let
+    /// go once every create it makes is confirmed, once its attempt stops, and at phase 1's end, so a large plan's
+    /// folder (100,000 contacts: about 140 MiB) is not held through phase 1's last step nor beside the folders
+    /// later jobs read.
     pub plan: Option<Arc<CentralPlan>>,
-    /// Persons of `plan` whose central create Graph confirmed.
+    /// How many plans were made on this board: tells one attempt's plan from the next after `plan` was let go.
+    pub plans: u32,
+    /// Persons of the latest plan whose central create Graph confirmed.
     pub confirmed: Arc<BTreeSet<SyncId>>,
-    /// The attempt that made `plan` ended without finishing (a later attempt may plan again).
+    /// The attempt that made the latest plan ended without finishing (a later attempt may plan again).
     pub interrupted: bool,
     /// Phase 1 is over.
     pub ended: Option<Ended>,
@@ -86,19 +93,34 @@ impl Stage {
         if self.ended.is_some() {
             return;
         }
-        self.plan = Some(Arc::new(plan));
+        self.plans += 1;
         self.confirmed = Arc::default();
         self.interrupted = false;
+        // A plan that creates nobody has nothing to copy early.
+        self.plan = (!plan.created.is_empty()).then(|| Arc::new(plan));
     }
 
-    /// Graph confirmed these persons' central creates.
+    /// Graph confirmed these persons' central creates; the plan goes once all of its creates are. Words with no
+    /// plan held (after its end or its last create) change nothing.
     fn confirm(&mut self, persons: impl IntoIterator<Item = SyncId>) {
-        Arc::make_mut(&mut self.confirmed).extend(persons);
+        let Some(plan) = &self.plan else {
+            return;
+        };
+        let confirmed = Arc::make_mut(&mut self.confirmed);
+        confirmed.extend(persons);
+        if plan.created.is_subset(confirmed) {
+            self.plan = None;
+        }
+    }
+
+    /// The attempt that made the latest plan stopped without finishing: nothing more goes early from its plan.
+    fn interrupt(&mut self) {
+        self.interrupted = true;
+        self.plan = None;
     }
 
     /// Phase 1 is over; the first word counts (the phase-1 job and the producer may both say it). The plan and
-    /// its confirmations go: every job from now on plans against the folder as read, and a large plan's folder
-    /// (100,000 contacts: hundreds of MiB) is not held beside the folders those jobs read.
+    /// its confirmations go: every job from now on plans against the folder as read.
     fn end(&mut self, ended: Ended) {
         self.ended.get_or_insert(ended);
         self.plan = None;
@@ -112,7 +134,28 @@ pub struct Board {
     tenant_id: String,
     stage: Arc<watch::Sender<Stage>>,
     backend: Backend,
+    /// Phase 1's side: what its latest plan holds of this process's planning budget.
+    held: Mutex<Option<HeldPlan>>,
 }
+
+/// The planning units a plan's folder weighs, held by the phase-1 job's process from the plan until nothing of it
+/// is left to copy early (see [`Board::give_back`]): the folder is held on the board meanwhile, beside the early
+/// plans phase-2 jobs make against it, and a job that got units before the board let the plan go would plan early
+/// for nothing (the 100,000-contact benchmark's peak: a phase-2 job planned the whole folder early while phase 1
+/// was at its last step).
+struct HeldPlan {
+    /// Given back when dropped.
+    _units: Planning,
+    /// The plan's creates not confirmed yet.
+    unconfirmed: BTreeSet<SyncId>,
+    /// How many creates the plan makes.
+    created: usize,
+}
+
+/// How long a fleet's phase-1 process waits for its own copy of the board to show that a plan's units may go
+/// (its follower reads the words back from the stream): past it they go anyway, so a word lost on the way never
+/// keeps them.
+const GIVE_BACK_WITHIN: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Board {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,16 +202,26 @@ impl Board {
         self.stage.subscribe()
     }
 
-    /// An attempt planned `folder` (the central folder as the plan leaves it) creating `created`: its plan
-    /// replaces any earlier one, with nothing confirmed yet; then the producer hears of it (`news`, for the run's
-    /// report queue `report_queue` as the job names it), never before.
+    /// An attempt planned `folder` (the central folder as the plan leaves it) creating `created`, holding `units`
+    /// of the planning budget for it (given back by [`Board::give_back`]): its plan replaces any earlier one, with
+    /// nothing confirmed yet; then the producer hears of it (`news`, for the run's report queue `report_queue` as
+    /// the job names it), never before.
     pub fn planned(
         &self,
         folder: Vec<Contact>,
         created: BTreeSet<SyncId>,
+        units: Planning,
         news: Planned,
         report_queue: Option<String>,
     ) {
+        let held = HeldPlan {
+            _units: units,
+            created: created.len(),
+            unconfirmed: created.clone(),
+        };
+        if let Ok(mut slot) = self.held.lock() {
+            *slot = Some(held);
+        }
         match &self.backend {
             Backend::InProcess { news: producer } => {
                 let plan = CentralPlan {
@@ -196,30 +249,68 @@ impl Board {
 
     /// Graph confirmed these persons' central creates.
     pub fn confirmed(&self, persons: impl IntoIterator<Item = SyncId>) {
-        let mut persons = persons.into_iter().peekable();
-        if persons.peek().is_none() {
+        let persons: Vec<SyncId> = persons.into_iter().collect();
+        if persons.is_empty() {
             return;
         }
+        let all_confirmed = self.held.lock().ok().is_some_and(|mut held| {
+            held.as_mut().is_some_and(|held| {
+                for person in &persons {
+                    held.unconfirmed.remove(person);
+                }
+                held.unconfirmed.is_empty()
+            })
+        });
         match &self.backend {
             Backend::InProcess { .. } => self.stage.send_modify(|stage| stage.confirm(persons)),
             Backend::Relayed { .. } => {
                 if let Some(attempt) = self.attempt() {
-                    let persons = persons.collect();
                     self.send(relay::Entry::Confirmed { attempt, persons });
                 }
             }
+        }
+        if all_confirmed {
+            self.give_back();
         }
     }
 
     /// The attempt writing now ended without finishing.
     pub fn interrupted(&self) {
         match &self.backend {
-            Backend::InProcess { .. } => self.stage.send_modify(|stage| stage.interrupted = true),
+            Backend::InProcess { .. } => self.stage.send_modify(Stage::interrupt),
             Backend::Relayed { .. } => {
                 if let Some(attempt) = self.attempt() {
                     self.send(relay::Entry::Interrupted { attempt });
                 }
             }
+        }
+        self.give_back();
+    }
+
+    /// Gives the latest plan's units back once this process's board no longer holds the plan (every create
+    /// confirmed, its attempt stopped, phase 1 over): at once in one process, where the stage changed with the
+    /// word; in a fleet once this process's follower read the word back (within [`GIVE_BACK_WITHIN`]), or at once
+    /// when it follows no board.
+    fn give_back(&self) {
+        let Some(held) = self.held.lock().ok().and_then(|mut held| held.take()) else {
+            return;
+        };
+        match &self.backend {
+            Backend::Relayed { following, .. } if following.is_completed() => {
+                let mut stage = self.stage.subscribe();
+                let created = held.created;
+                tokio::spawn(async move {
+                    let let_go = |now: &Stage| {
+                        now.ended.is_some()
+                            || now.lost
+                            || now.interrupted
+                            || (now.plan.is_none() && now.confirmed.len() >= created)
+                    };
+                    let _ = tokio::time::timeout(GIVE_BACK_WITHIN, stage.wait_for(let_go)).await;
+                    drop(held);
+                });
+            }
+            _ => drop(held),
         }
     }
 
@@ -236,6 +327,7 @@ impl Board {
                 }
             }
         }
+        self.give_back();
     }
 
     fn attempt(&self) -> Option<Uuid> {
@@ -409,6 +501,7 @@ impl Boards {
                     tenant_id: tenant.to_owned(),
                     stage: Arc::new(watch::Sender::new(Stage::default())),
                     backend,
+                    held: Mutex::default(),
                 });
                 map.insert(key, board.clone());
                 Some(board)
@@ -464,14 +557,14 @@ mod tests {
         {
             let publishing = Publishing::on(Some(&board));
             let (folder, created, news, queue) = plan();
-            board.planned(folder, created, news, queue);
+            board.planned(folder, created, Planning::none(), news, queue);
             board.confirmed([person(1)]);
             assert!(watch.borrow().confirmed.contains(&person(1)));
             drop(publishing);
         }
         assert!(watch.borrow().interrupted);
         let (folder, created, news, queue) = plan();
-        board.planned(folder, created, news, queue);
+        board.planned(folder, created, Planning::none(), news, queue);
         assert!(!watch.borrow().interrupted);
         assert!(
             watch.borrow().confirmed.is_empty(),
@@ -486,7 +579,7 @@ mod tests {
             "phase 1 over: its plan is not held"
         );
         let (folder, created, news, queue) = plan();
-        board.planned(folder, created, news, queue);
+        board.planned(folder, created, Planning::none(), news, queue);
         assert!(watch.borrow().plan.is_none(), "nor a plan that came late");
         board.ended(Ended::Failed);
         assert_eq!(
@@ -494,6 +587,85 @@ mod tests {
             Some(Ended::Written { in_line_with: None }),
             "the first end stands"
         );
+    }
+
+    /// The 100,000-contact benchmark's peak before the fix: the plan's folder stayed on the board through phase 1's
+    /// last step (its delta read), after every create it makes was confirmed and nothing was left to copy early.
+    #[test]
+    fn a_board_lets_its_plan_go_once_nothing_is_left_to_copy_early() {
+        let mut stage = Stage::default();
+        let plan = |created: &[u128]| CentralPlan {
+            folder: PreparedCentral::new(Vec::new()),
+            created: created.iter().copied().map(person).collect(),
+        };
+        stage.plan(plan(&[1, 2]));
+        stage.confirm([person(1)]);
+        assert!(stage.plan.is_some(), "person 2 may still go early");
+        stage.confirm([person(2)]);
+        assert!(
+            stage.plan.is_none(),
+            "every create confirmed: the plan went"
+        );
+        assert_eq!(stage.plans, 1, "which plan it was stays known");
+        assert!(
+            stage.confirmed.contains(&person(1)) && stage.confirmed.contains(&person(2)),
+            "jobs still sending read the confirmations"
+        );
+        stage.plan(plan(&[]));
+        assert!(stage.plan.is_none(), "a plan creating nobody is not held");
+        assert_eq!(stage.plans, 2);
+        stage.plan(plan(&[3]));
+        stage.interrupt();
+        assert!(
+            stage.plan.is_none() && stage.interrupted,
+            "an interrupted attempt's plan is not held"
+        );
+        stage.confirm([person(3)]);
+        assert!(
+            stage.confirmed.is_empty(),
+            "a word after the plan went changes nothing"
+        );
+    }
+
+    /// Phase 1's process holds the units its plan's folder weighs until nothing of it is left to copy early: a
+    /// phase-2 job of the process cannot get them (and plan early for nothing) before the board let the plan go.
+    #[test]
+    fn a_plans_units_go_back_once_its_creates_are_confirmed_or_it_stops() {
+        let boards = Boards::default();
+        boards.enable();
+        let board = boards.board("t", Uuid::now_v7()).expect("on");
+        let budget = crate::planning_budget::PlanningBudget::new(10);
+        let news = || Planned {
+            tenant_id: "t".into(),
+            run_id: board.run_id,
+            job_id: Uuid::now_v7(),
+            cursors: Cursors::default(),
+            source_failures: Vec::new(),
+        };
+        let units = budget.try_take(10).expect("free");
+        board.planned(Vec::new(), [person(1), person(2)].into(), units, news(), None);
+        board.confirmed([person(1)]);
+        assert!(budget.try_take(1).is_none(), "person 2 may still go early");
+        board.confirmed([person(2)]);
+        assert!(
+            board.watch().borrow().plan.is_none(),
+            "the board let the plan go"
+        );
+        assert!(
+            budget.try_take(10).is_some(),
+            "every create confirmed: the units are back"
+        );
+        let units = budget.try_take(10).expect("free");
+        board.planned(Vec::new(), [person(3)].into(), units, news(), None);
+        board.interrupted();
+        assert!(
+            budget.try_take(10).is_some(),
+            "an interrupted attempt gives its plan's units back"
+        );
+        let units = budget.try_take(10).expect("free");
+        board.planned(Vec::new(), [person(4)].into(), units, news(), None);
+        board.ended(Ended::Written { in_line_with: None });
+        assert!(budget.try_take(10).is_some(), "so does phase 1's end");
     }
 
     #[test]
@@ -555,7 +727,7 @@ mod tests {
             cursors: Cursors::default(),
             source_failures: Vec::new(),
         };
-        board.planned(Vec::new(), [person(1)].into(), news, None);
+        board.planned(Vec::new(), [person(1)].into(), Planning::none(), news, None);
         Publishing::on(Some(&board)).finish(Ended::Written { in_line_with: None });
         assert!(sends(&board), "a plan and its end go to the broker");
     }
