@@ -582,9 +582,10 @@ async fn no_phase_2_job_of_a_fleet_is_put_off_for_want_of_a_place_to_wait() {
 }
 
 /// An overlapped phase-2 job reads and plans early within its worker's planning budget, as every plan does
-/// (`JobRunner::early_units`): with the budget spent by phase 1's held writes it sends nothing early, never waits
-/// for units through its wait for phase 1, and ends as an ordered run. Before, the early read and plan took no
-/// units (three users receiving a 100,000-contact folder: 1,111 MiB in one worker, 917 since).
+/// (`JobRunner::early_units`), and the board's folder is held within it too (`overlap::CentralPlan::units`): with
+/// the budget spent by phase 1 it sends nothing early, never waits for units through its wait for phase 1, and ends
+/// as an ordered run. Before, the early read and plan took no units (three users receiving a 100,000-contact
+/// folder: 1,111 MiB in one worker, 917 since).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn early_copies_wait_for_the_planning_budget_phase_1_holds() {
     let _broker = BROKER.read().await;

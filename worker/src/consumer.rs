@@ -129,6 +129,7 @@ impl Worker {
                 config.name.clone(),
             ),
             phase2_places(config.concurrency),
+            runner.planning_budget().clone(),
         );
         let slots = Arc::new(Semaphore::new(usize::from(config.concurrency.max(1))));
         Self {

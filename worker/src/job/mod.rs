@@ -157,6 +157,11 @@ impl JobRunner {
         self
     }
 
+    /// The budget this runner plans within (a fleet's boards hold their plans' folders within it too).
+    pub fn planning_budget(&self) -> &PlanningBudget {
+        &self.planning
+    }
+
     /// Overlapped phases: off until the embedded queue's producer enables them ([`Boards::enable`]).
     pub fn boards(&self) -> &Boards {
         &self.boards

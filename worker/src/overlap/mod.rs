@@ -20,7 +20,7 @@ use shared::sync::{PreparedCentral, SyncId};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use crate::planning_budget::Planning;
+use crate::planning_budget::{Planning, PlanningBudget};
 
 /// A phase-1 job has its plan: the producer may send the tenant's phase-2 jobs now.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +48,11 @@ pub struct CentralPlan {
     pub folder: PreparedCentral,
     /// The persons the plan creates.
     pub created: BTreeSet<SyncId>,
+    /// The units of this process's planning budget the folder weighs, given back when the last holder of the plan
+    /// lets it go: a phase-2 job waiting for units gets them only once the board no longer holds the plan, so it
+    /// never plans early for nothing (the 100,000-contact benchmark's peak: a job planned the whole folder early
+    /// while phase 1 was at its last step), and the folder never sits uncounted beside the plans jobs make.
+    pub units: Planning,
 }
 
 /// How phase 1 ended.
@@ -87,9 +92,10 @@ pub struct Stage {
 }
 
 impl Stage {
-    /// An attempt planned: its plan replaces any earlier one, with nothing confirmed yet. Once phase 1 is over a
-    /// plan is of no use (see [`Stage::end`]) and is not kept.
-    fn plan(&mut self, plan: CentralPlan) {
+    /// An attempt planned: its plan replaces any earlier one, with nothing confirmed yet; `None` when this process
+    /// holds no copy of it (no planning units were free for its folder), so its jobs copy nothing early. Once
+    /// phase 1 is over a plan is of no use (see [`Stage::end`]) and is not kept.
+    fn plan(&mut self, plan: Option<CentralPlan>) {
         if self.ended.is_some() {
             return;
         }
@@ -97,7 +103,9 @@ impl Stage {
         self.confirmed = Arc::default();
         self.interrupted = false;
         // A plan that creates nobody has nothing to copy early.
-        self.plan = (!plan.created.is_empty()).then(|| Arc::new(plan));
+        self.plan = plan
+            .filter(|plan| !plan.created.is_empty())
+            .map(Arc::new);
     }
 
     /// Graph confirmed these persons' central creates; the plan goes once all of its creates are. Words with no
@@ -134,28 +142,7 @@ pub struct Board {
     tenant_id: String,
     stage: Arc<watch::Sender<Stage>>,
     backend: Backend,
-    /// Phase 1's side: what its latest plan holds of this process's planning budget.
-    held: Mutex<Option<HeldPlan>>,
 }
-
-/// The planning units a plan's folder weighs, held by the phase-1 job's process from the plan until nothing of it
-/// is left to copy early (see [`Board::give_back`]): the folder is held on the board meanwhile, beside the early
-/// plans phase-2 jobs make against it, and a job that got units before the board let the plan go would plan early
-/// for nothing (the 100,000-contact benchmark's peak: a phase-2 job planned the whole folder early while phase 1
-/// was at its last step).
-struct HeldPlan {
-    /// Given back when dropped.
-    _units: Planning,
-    /// The plan's creates not confirmed yet.
-    unconfirmed: BTreeSet<SyncId>,
-    /// How many creates the plan makes.
-    created: usize,
-}
-
-/// How long a fleet's phase-1 process waits for its own copy of the board to show that a plan's units may go
-/// (its follower reads the words back from the stream): past it they go anyway, so a word lost on the way never
-/// keeps them.
-const GIVE_BACK_WITHIN: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Board {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,6 +163,8 @@ enum Backend {
     /// it.
     Relayed {
         relay: Arc<relay::Relay>,
+        /// This process's planning budget, which the followed plan's folder is held within.
+        budget: PlanningBudget,
         /// The phase-1 attempt writing from this process (its words name it).
         attempt: Mutex<Option<Uuid>>,
         outbox: OnceLock<relay::Outbox>,
@@ -187,7 +176,10 @@ impl Board {
     /// Follows the stage (in a fleet, from the tenant's stream, read from its first entry by this process once).
     pub fn watch(&self) -> watch::Receiver<Stage> {
         if let Backend::Relayed {
-            relay, following, ..
+            relay,
+            following,
+            budget,
+            ..
         } = &self.backend
         {
             following.call_once(|| {
@@ -196,6 +188,7 @@ impl Board {
                     self.run_id,
                     self.tenant_id.clone(),
                     self.stage.clone(),
+                    budget.clone(),
                 )
             });
         }
@@ -203,7 +196,7 @@ impl Board {
     }
 
     /// An attempt planned `folder` (the central folder as the plan leaves it) creating `created`, holding `units`
-    /// of the planning budget for it (given back by [`Board::give_back`]): its plan replaces any earlier one, with
+    /// of the planning budget for it until the folder is let go: its plan replaces any earlier one, with
     /// nothing confirmed yet; then the producer hears of it (`news`, for the run's report queue `report_queue` as
     /// the job names it), never before.
     pub fn planned(
@@ -214,21 +207,14 @@ impl Board {
         news: Planned,
         report_queue: Option<String>,
     ) {
-        let held = HeldPlan {
-            _units: units,
-            created: created.len(),
-            unconfirmed: created.clone(),
-        };
-        if let Ok(mut slot) = self.held.lock() {
-            *slot = Some(held);
-        }
         match &self.backend {
             Backend::InProcess { news: producer } => {
                 let plan = CentralPlan {
                     folder: PreparedCentral::new(folder),
                     created,
+                    units,
                 };
-                self.stage.send_modify(|stage| stage.plan(plan));
+                self.stage.send_modify(|stage| stage.plan(Some(plan)));
                 // The producer's end is gone only when it stopped listening: nobody then sends phase-2 jobs early.
                 let _ = producer.send(news);
             }
@@ -241,6 +227,7 @@ impl Board {
                     attempt: id,
                     folder,
                     created,
+                    units,
                 });
                 self.send(relay::Outgoing::News { news, report_queue });
             }
@@ -253,14 +240,6 @@ impl Board {
         if persons.is_empty() {
             return;
         }
-        let all_confirmed = self.held.lock().ok().is_some_and(|mut held| {
-            held.as_mut().is_some_and(|held| {
-                for person in &persons {
-                    held.unconfirmed.remove(person);
-                }
-                held.unconfirmed.is_empty()
-            })
-        });
         match &self.backend {
             Backend::InProcess { .. } => self.stage.send_modify(|stage| stage.confirm(persons)),
             Backend::Relayed { .. } => {
@@ -268,9 +247,6 @@ impl Board {
                     self.send(relay::Entry::Confirmed { attempt, persons });
                 }
             }
-        }
-        if all_confirmed {
-            self.give_back();
         }
     }
 
@@ -283,34 +259,6 @@ impl Board {
                     self.send(relay::Entry::Interrupted { attempt });
                 }
             }
-        }
-        self.give_back();
-    }
-
-    /// Gives the latest plan's units back once this process's board no longer holds the plan (every create
-    /// confirmed, its attempt stopped, phase 1 over): at once in one process, where the stage changed with the
-    /// word; in a fleet once this process's follower read the word back (within [`GIVE_BACK_WITHIN`]), or at once
-    /// when it follows no board.
-    fn give_back(&self) {
-        let Some(held) = self.held.lock().ok().and_then(|mut held| held.take()) else {
-            return;
-        };
-        match &self.backend {
-            Backend::Relayed { following, .. } if following.is_completed() => {
-                let mut stage = self.stage.subscribe();
-                let created = held.created;
-                tokio::spawn(async move {
-                    let let_go = |now: &Stage| {
-                        now.ended.is_some()
-                            || now.lost
-                            || now.interrupted
-                            || (now.plan.is_none() && now.confirmed.len() >= created)
-                    };
-                    let _ = tokio::time::timeout(GIVE_BACK_WITHIN, stage.wait_for(let_go)).await;
-                    drop(held);
-                });
-            }
-            _ => drop(held),
         }
     }
 
@@ -327,7 +275,6 @@ impl Board {
                 }
             }
         }
-        self.give_back();
     }
 
     fn attempt(&self) -> Option<Uuid> {
@@ -385,8 +332,8 @@ pub struct Boards {
     news: mpsc::UnboundedSender<Planned>,
     news_rx: Mutex<Option<mpsc::UnboundedReceiver<Planned>>>,
     enabled: std::sync::atomic::AtomicBool,
-    /// A fleet's broker, once [`Boards::relay`] was called.
-    relay: OnceLock<Arc<relay::Relay>>,
+    /// A fleet's broker and this process's planning budget, once [`Boards::relay`] was called.
+    relay: OnceLock<(Arc<relay::Relay>, PlanningBudget)>,
     /// In a fleet, the places of jobs waiting on a board (see [`Boards::waiting_place`]).
     waiting: OnceLock<Arc<Semaphore>>,
 }
@@ -438,9 +385,10 @@ impl Boards {
     /// Lets jobs marked `overlapped` overlap across a fleet: boards live on the broker ([`relay`]). At most `waiting`
     /// jobs of this process wait on a board at once: the rest of its job slots stay free for phase-1 jobs (a
     /// phase-1 attempt run again, or handed back by a worker that died, needs a slot while the tenant's phase-2
-    /// jobs wait for it: with every slot of every process waiting, it would never get one).
-    pub fn relay(&self, relay: relay::Relay, waiting: usize) {
-        if self.relay.set(Arc::new(relay)).is_ok() {
+    /// jobs wait for it: with every slot of every process waiting, it would never get one). A plan's folder followed
+    /// from the broker is held within `budget` (the process's planning budget).
+    pub fn relay(&self, relay: relay::Relay, waiting: usize, budget: PlanningBudget) {
+        if self.relay.set((Arc::new(relay), budget)).is_ok() {
             let _ = self.waiting.set(Arc::new(Semaphore::new(waiting)));
             self.enabled
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -486,8 +434,9 @@ impl Boards {
             Some(board) if board.run_id == run_id => Some(board.clone()),
             _ => {
                 let backend = match self.relay.get() {
-                    Some(relay) => Backend::Relayed {
+                    Some((relay, budget)) => Backend::Relayed {
                         relay: relay.clone(),
+                        budget: budget.clone(),
                         attempt: Mutex::new(None),
                         outbox: OnceLock::new(),
                         following: std::sync::Once::new(),
@@ -501,7 +450,6 @@ impl Boards {
                     tenant_id: tenant.to_owned(),
                     stage: Arc::new(watch::Sender::new(Stage::default())),
                     backend,
-                    held: Mutex::default(),
                 });
                 map.insert(key, board.clone());
                 Some(board)
@@ -594,9 +542,12 @@ mod tests {
     #[test]
     fn a_board_lets_its_plan_go_once_nothing_is_left_to_copy_early() {
         let mut stage = Stage::default();
-        let plan = |created: &[u128]| CentralPlan {
-            folder: PreparedCentral::new(Vec::new()),
-            created: created.iter().copied().map(person).collect(),
+        let plan = |created: &[u128]| {
+            Some(CentralPlan {
+                folder: PreparedCentral::new(Vec::new()),
+                created: created.iter().copied().map(person).collect(),
+                units: Planning::none(),
+            })
         };
         stage.plan(plan(&[1, 2]));
         stage.confirm([person(1)]);
@@ -614,6 +565,11 @@ mod tests {
         stage.plan(plan(&[]));
         assert!(stage.plan.is_none(), "a plan creating nobody is not held");
         assert_eq!(stage.plans, 2);
+        stage.plan(None);
+        assert!(
+            stage.plan.is_none() && stage.plans == 3,
+            "a plan this process holds no copy of counts, and is not held"
+        );
         stage.plan(plan(&[3]));
         stage.interrupt();
         assert!(
@@ -663,6 +619,16 @@ mod tests {
             "an interrupted attempt gives its plan's units back"
         );
         let units = budget.try_take(10).expect("free");
+        board.planned(Vec::new(), [person(5)].into(), units, news(), None);
+        let copy = board.watch().borrow().plan.clone();
+        board.confirmed([person(5)]);
+        assert!(
+            budget.try_take(1).is_none(),
+            "a job still holding the plan keeps its units"
+        );
+        drop(copy);
+        assert!(budget.try_take(10).is_some(), "given back with the last copy");
+        let units = budget.try_take(10).expect("free");
         board.planned(Vec::new(), [person(4)].into(), units, news(), None);
         board.ended(Ended::Written { in_line_with: None });
         assert!(budget.try_take(10).is_some(), "so does phase 1's end");
@@ -682,7 +648,7 @@ mod tests {
             shared::mq::Topology::new("test"),
             "t",
         );
-        boards.relay(relay, 1);
+        boards.relay(relay, 1, PlanningBudget::default());
         assert!(boards.enabled() && boards.relayed());
         let held = boards.waiting_place().expect("one place").expect("limited");
         assert_eq!(
@@ -711,7 +677,7 @@ mod tests {
         let boards = Boards::default();
         // Nothing listens there: the outbox, once started, only fails to connect in the background.
         let relay = relay::Relay::new("amqp://127.0.0.1:1", shared::mq::Topology::new("test"), "t");
-        boards.relay(relay, 1);
+        boards.relay(relay, 1, PlanningBudget::default());
         let board = boards.board("t", Uuid::now_v7()).expect("on");
         Publishing::on(Some(&board)).finish(Ended::Written { in_line_with: None });
         assert!(

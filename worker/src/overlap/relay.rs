@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::{CentralPlan, Ended, Planned, Stage};
+use crate::planning_budget::{Planning, PlanningBudget};
 
 /// Contacts per folder part: a part of a large folder stays far below the broker's message limit
 /// (`mq::MAX_MESSAGE_BYTES`; a contact is a few hundred bytes to a few KiB).
@@ -108,6 +109,8 @@ pub enum Outgoing {
         folder: Vec<Contact>,
         /// The persons it creates.
         created: BTreeSet<SyncId>,
+        /// The planning units the folder weighs, held until it is sent.
+        units: Planning,
     },
     /// One entry.
     Entry(Entry),
@@ -224,6 +227,7 @@ fn messages(outgoing: Outgoing) -> Box<dyn Iterator<Item = Message> + Send> {
             attempt,
             folder,
             created,
+            units,
         } => {
             let contacts = folder.len();
             let mut rest = folder.into_iter();
@@ -237,6 +241,8 @@ fn messages(outgoing: Outgoing) -> Box<dyn Iterator<Item = Message> + Send> {
                 })
             });
             let planned = std::iter::once_with(move || {
+                // Every part is encoded: the folder is let go.
+                drop(units);
                 Message::Entry(encode(&Entry::Planned {
                     attempt,
                     contacts,
@@ -375,9 +381,19 @@ async fn send(
 pub struct Reader {
     attempt: Option<Uuid>,
     parts: Vec<Contact>,
+    /// This process's planning budget, which a plan's folder is held within (see [`CentralPlan::units`]).
+    budget: PlanningBudget,
 }
 
 impl Reader {
+    /// A reader holding plans' folders within `budget`.
+    pub fn within(budget: PlanningBudget) -> Self {
+        Self {
+            budget,
+            ..Self::default()
+        }
+    }
+
     /// Applies `entry` to `stage`; returns whether the stage changed (a folder part alone does not).
     pub fn apply(&mut self, stage: &mut Stage, entry: Entry) -> bool {
         match entry {
@@ -401,10 +417,16 @@ impl Reader {
                 };
                 self.attempt = Some(attempt);
                 if folder.len() == contacts {
-                    stage.plan(CentralPlan {
+                    // Without units free for the folder this process keeps no copy: its jobs copy nothing early.
+                    let plan = self.budget.try_take(contacts).map(|units| CentralPlan {
                         folder: PreparedCentral::new(folder),
                         created,
+                        units,
                     });
+                    if plan.is_none() {
+                        debug!(contacts, "no planning units free for a board's plan: this process copies nothing early from it");
+                    }
+                    stage.plan(plan);
                 } else {
                     // Parts missing: nothing of this plan goes early (the earlier plan's attempt is over).
                     warn!(
@@ -440,9 +462,15 @@ impl Reader {
 
 /// Follows `tenant`'s stream of run `run_id` into `stage` until phase 1 ended, the stream is gone or the broker
 /// stays away (then the stage is marked lost).
-pub fn follow(relay: Arc<Relay>, run_id: Uuid, tenant: String, stage: Arc<watch::Sender<Stage>>) {
+pub fn follow(
+    relay: Arc<Relay>,
+    run_id: Uuid,
+    tenant: String,
+    stage: Arc<watch::Sender<Stage>>,
+    budget: PlanningBudget,
+) {
     tokio::spawn(async move {
-        let mut reader = Reader::default();
+        let mut reader = Reader::within(budget);
         let mut next = 0u64;
         let mut broken_since: Option<tokio::time::Instant> = None;
         let mut delay = Duration::from_millis(100);
@@ -626,6 +654,7 @@ mod tests {
             attempt,
             folder: folder.clone(),
             created: [person(1)].into(),
+            units: Planning::none(),
         });
         assert_eq!(
             entries.len(),
@@ -740,6 +769,58 @@ mod tests {
             &mut rx,
         );
         assert!(matches!(other, Outgoing::Entry(Entry::Interrupted { .. })) && next.is_none());
+    }
+
+    /// A follower holds a plan's folder within its process's planning budget: without units free it keeps no copy
+    /// (the process's jobs copy nothing early), and the units it took go back once the board lets the plan go.
+    #[test]
+    fn a_followed_plan_is_held_within_the_planning_budget() {
+        let budget = PlanningBudget::new(10);
+        let plan = |attempt| {
+            [
+                Entry::FolderPart {
+                    attempt,
+                    contacts: vec![contact("a"), contact("b")],
+                },
+                Entry::Planned {
+                    attempt,
+                    contacts: 2,
+                    created: [person(1)].into(),
+                },
+            ]
+        };
+        let mut reader = Reader::within(budget.clone());
+        let mut stage = Stage::default();
+        let spent = budget.try_take(9).expect("free");
+        for entry in plan(Uuid::now_v7()) {
+            reader.apply(&mut stage, entry);
+        }
+        assert!(
+            stage.plan.is_none() && stage.plans == 1,
+            "no units free: no copy kept, the plan still counted"
+        );
+        drop(spent);
+        let attempt = Uuid::now_v7();
+        for entry in plan(attempt) {
+            reader.apply(&mut stage, entry);
+        }
+        assert!(stage.plan.is_some(), "units free: the plan is held");
+        assert!(
+            budget.try_take(9).is_none(),
+            "its folder's units are taken"
+        );
+        reader.apply(
+            &mut stage,
+            Entry::Confirmed {
+                attempt,
+                persons: vec![person(1)],
+            },
+        );
+        assert!(stage.plan.is_none());
+        assert!(
+            budget.try_take(10).is_some(),
+            "every create confirmed: the units are back"
+        );
     }
 
     #[test]
