@@ -17,7 +17,7 @@ use super::page::{next_url, same_origin_url};
 use super::transport::Call;
 use super::wire::{decode, Page};
 use super::TenantClient;
-use crate::feed::{Changes, DeltaLink};
+use crate::feed::{Changes, DeltaLink, OwnWritesCheck};
 
 /// Delta pages as large as Graph serves them for contacts (corso uses 500).
 const PREFER_PAGE_SIZE: &str = "odata.maxpagesize=500";
@@ -84,9 +84,37 @@ impl TenantClient {
         mailbox: &str,
         link: &DeltaLink,
     ) -> Result<DeltaRound, GraphError> {
-        let base = self.inner.base()?;
-        let url = same_origin_url(&base, "the kept delta link", link.as_str())?;
+        let url = self.kept_link(link)?;
         self.delta_round(mailbox, url).await
+    }
+
+    /// One round of the folder behind `link`, each item told to `check` as it goes by, nothing of the round held
+    /// (a round after a large write is as long as the write); returns where the feed stands after it.
+    pub async fn delta_since_checked(
+        &self,
+        mailbox: &str,
+        link: &DeltaLink,
+        check: &mut OwnWritesCheck<'_>,
+    ) -> Result<DeltaLink, GraphError> {
+        let url = self.kept_link(link)?;
+        self.follow_delta(
+            url,
+            mailbox,
+            Some(PREFER_PAGE_SIZE),
+            "contact delta page",
+            |items: Vec<DeltaItem>| {
+                for item in items {
+                    check.saw(&item.id, item.removed.is_some(), item.change_key.as_deref());
+                }
+            },
+        )
+        .await
+    }
+
+    /// A kept link, followed only on the tenant's Graph host.
+    fn kept_link(&self, link: &DeltaLink) -> Result<Url, GraphError> {
+        let base = self.inner.base()?;
+        same_origin_url(&base, "the kept delta link", link.as_str())
     }
 
     async fn delta_round(&self, mailbox: &str, first: Url) -> Result<DeltaRound, GraphError> {

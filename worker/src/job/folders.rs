@@ -141,8 +141,13 @@ pub(super) async fn feed_after_writes(
             ..FolderFeed::at(before, in_line_with)
         };
     }
-    match client.delta_since(&mailbox.id, &before).await {
-        Ok(round) if own.are(&round.changes) => FolderFeed::at(round.link, in_line_with),
+    // Checked item by item as the round goes by: a round as long as the writes is never held.
+    let mut check = feed::OwnWritesCheck::new(&done.written, &done.deleted);
+    match client
+        .delta_since_checked(&mailbox.id, &before, &mut check)
+        .await
+    {
+        Ok(link) if check.only_own() => FolderFeed::at(link, in_line_with),
         Ok(_) => {
             debug!(mailbox = %mailbox.upn, "changed by someone else meanwhile; the next run reads it again");
             FolderFeed::at(before, in_line_with)

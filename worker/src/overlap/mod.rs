@@ -103,9 +103,7 @@ impl Stage {
         self.confirmed = Arc::default();
         self.interrupted = false;
         // A plan that creates nobody has nothing to copy early.
-        self.plan = plan
-            .filter(|plan| !plan.created.is_empty())
-            .map(Arc::new);
+        self.plan = plan.filter(|plan| !plan.created.is_empty()).map(Arc::new);
     }
 
     /// Graph confirmed these persons' central creates; the plan goes once all of its creates are. Words with no
@@ -599,7 +597,13 @@ mod tests {
             source_failures: Vec::new(),
         };
         let units = budget.try_take(10).expect("free");
-        board.planned(Vec::new(), [person(1), person(2)].into(), units, news(), None);
+        board.planned(
+            Vec::new(),
+            [person(1), person(2)].into(),
+            units,
+            news(),
+            None,
+        );
         board.confirmed([person(1)]);
         assert!(budget.try_take(1).is_none(), "person 2 may still go early");
         board.confirmed([person(2)]);
@@ -627,7 +631,10 @@ mod tests {
             "a job still holding the plan keeps its units"
         );
         drop(copy);
-        assert!(budget.try_take(10).is_some(), "given back with the last copy");
+        assert!(
+            budget.try_take(10).is_some(),
+            "given back with the last copy"
+        );
         let units = budget.try_take(10).expect("free");
         board.planned(Vec::new(), [person(4)].into(), units, news(), None);
         board.ended(Ended::Written { in_line_with: None });

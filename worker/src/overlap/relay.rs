@@ -805,10 +805,7 @@ mod tests {
             reader.apply(&mut stage, entry);
         }
         assert!(stage.plan.is_some(), "units free: the plan is held");
-        assert!(
-            budget.try_take(9).is_none(),
-            "its folder's units are taken"
-        );
+        assert!(budget.try_take(9).is_none(), "its folder's units are taken");
         reader.apply(
             &mut stage,
             Entry::Confirmed {
