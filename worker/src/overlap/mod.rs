@@ -234,14 +234,15 @@ impl Board {
 
     /// Graph confirmed these persons' central creates.
     pub fn confirmed(&self, persons: impl IntoIterator<Item = SyncId>) {
-        let persons: Vec<SyncId> = persons.into_iter().collect();
-        if persons.is_empty() {
+        let mut persons = persons.into_iter().peekable();
+        if persons.peek().is_none() {
             return;
         }
         match &self.backend {
             Backend::InProcess { .. } => self.stage.send_modify(|stage| stage.confirm(persons)),
             Backend::Relayed { .. } => {
                 if let Some(attempt) = self.attempt() {
+                    let persons = persons.collect();
                     self.send(relay::Entry::Confirmed { attempt, persons });
                 }
             }
