@@ -581,11 +581,12 @@ async fn no_phase_2_job_of_a_fleet_is_put_off_for_want_of_a_place_to_wait() {
     assert_same(&mailboxes(&estate), &expected, "two processes of two slots");
 }
 
-/// An overlapped phase-2 job reads and plans early within its worker's planning budget, as every plan does
-/// (`JobRunner::early_units`), and the board's folder is held within it too (`overlap::CentralPlan::units`): with
-/// the budget spent by phase 1 it sends nothing early, never waits for units through its wait for phase 1, and ends
-/// as an ordered run. Before, the early read and plan took no units (three users receiving a 100,000-contact
-/// folder: 1,111 MiB in one worker, 917 since).
+/// Overlapping stays within the worker's planning budget: an early read and plan take units as every plan does
+/// (`JobRunner::early_units`), and so does the folder phase 1's plan leaves on the board (`overlap::CentralPlan::units`).
+/// With a budget smaller than that folder the plan is not put on the board at all: no copy goes before phase 1's
+/// last central write, no job waits for units through its wait for phase 1, and the run ends as an ordered one.
+/// Before, the early read and plan took no units (three users receiving a 100,000-contact folder: 1,111 MiB in one
+/// worker, 917 since), and the board's folder none (496 MiB since).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn early_copies_wait_for_the_planning_budget_phase_1_holds() {
     let _broker = BROKER.read().await;
@@ -593,7 +594,7 @@ async fn early_copies_wait_for_the_planning_budget_phase_1_holds() {
     let expected = ordered(config.clone(), params.clone()).await;
     let estate = Estate::seed(config, params).await;
     let report = fleet_run_of(&estate, |settings, topology| {
-        // Five contacts' worth: phase 1's plan takes all of it and its held writes keep it until its last batches.
+        // Five contacts' worth, less than the folder phase 1's plan leaves: it never fits beside what phase 1 holds.
         let budget = PlanningBudget::new(5);
         vec![support::worker_with_budget(
             settings,

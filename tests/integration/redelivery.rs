@@ -738,7 +738,9 @@ async fn forged_overlapped_job(confirm_all: bool) -> usize {
     );
     forged.overlapped = true;
     // With every create confirmed, the job gets its planning units only once its board shows them all (the test
-    // holds them meanwhile), as in a large run where phase 1's writes gave them back.
+    // holds them meanwhile), as in a large run where phase 1's writes gave them back. (Its process's copy of the
+    // board is held within the same budget: with none free it keeps none, and it lets one go once every create is
+    // confirmed; either way nothing may go early.)
     let budget = worker::planning_budget::PlanningBudget::new(10);
     let held = if confirm_all {
         Some(budget.take(10).await)
