@@ -97,17 +97,9 @@ impl TenantClient {
         check: &mut OwnWritesCheck<'_>,
     ) -> Result<DeltaLink, GraphError> {
         let url = self.kept_link(link)?;
-        self.follow_delta(
-            url,
-            mailbox,
-            Some(PREFER_PAGE_SIZE),
-            "contact delta page",
-            |items: Vec<DeltaItem>| {
-                for item in items {
-                    check.saw(&item.id, item.removed.is_some(), item.change_key.as_deref());
-                }
-            },
-        )
+        self.contact_round(mailbox, url, |item| {
+            check.saw(&item.id, item.removed.is_some(), item.change_key.as_deref());
+        })
         .await
     }
 
@@ -120,31 +112,40 @@ impl TenantClient {
     async fn delta_round(&self, mailbox: &str, first: Url) -> Result<DeltaRound, GraphError> {
         let mut changes = Changes::default();
         let link = self
-            .follow_delta(
-                first,
-                mailbox,
-                Some(PREFER_PAGE_SIZE),
-                "contact delta page",
-                |items: Vec<DeltaItem>| {
-                    for item in items {
-                        // Graph may replay an item in one round; the last word about it wins.
-                        if item.removed.is_some() {
-                            changes.changed.remove(&item.id);
-                            changes.change_keys.remove(&item.id);
-                            changes.removed.insert(item.id);
-                        } else {
-                            changes.removed.remove(&item.id);
-                            match item.change_key {
-                                Some(key) => changes.change_keys.insert(item.id.clone(), key),
-                                None => changes.change_keys.remove(&item.id),
-                            };
-                            changes.changed.insert(item.id);
-                        }
-                    }
-                },
-            )
+            .contact_round(mailbox, first, |item| {
+                // Graph may replay an item in one round; the last word about it wins.
+                if item.removed.is_some() {
+                    changes.changed.remove(&item.id);
+                    changes.change_keys.remove(&item.id);
+                    changes.removed.insert(item.id);
+                } else {
+                    changes.removed.remove(&item.id);
+                    match item.change_key {
+                        Some(key) => changes.change_keys.insert(item.id.clone(), key),
+                        None => changes.change_keys.remove(&item.id),
+                    };
+                    changes.changed.insert(item.id);
+                }
+            })
             .await?;
         Ok(DeltaRound { changes, link })
+    }
+
+    /// One round of a folder's contact feed from `first`, each item handed to `on_item` in the order Graph sent it.
+    async fn contact_round(
+        &self,
+        mailbox: &str,
+        first: Url,
+        mut on_item: impl FnMut(DeltaItem),
+    ) -> Result<DeltaLink, GraphError> {
+        self.follow_delta(
+            first,
+            mailbox,
+            Some(PREFER_PAGE_SIZE),
+            "contact delta page",
+            |items: Vec<DeltaItem>| items.into_iter().for_each(&mut on_item),
+        )
+        .await
     }
 
     /// The one delta round loop, for every feed (a folder's contacts, the tenant's users): GET `first`, hand each
