@@ -411,6 +411,25 @@ pub struct Changes {
     pub change_keys: BTreeMap<String, String>,
 }
 
+impl Changes {
+    /// A delta round showed item `id`, removed or changed (at `change_key`). Graph may replay an item in one round;
+    /// the last word about it wins.
+    pub fn saw(&mut self, id: String, removed: bool, change_key: Option<String>) {
+        if removed {
+            self.changed.remove(&id);
+            self.change_keys.remove(&id);
+            self.removed.insert(id);
+        } else {
+            self.removed.remove(&id);
+            match change_key {
+                Some(key) => self.change_keys.insert(id.clone(), key),
+                None => self.change_keys.remove(&id),
+            };
+            self.changed.insert(id);
+        }
+    }
+}
+
 /// The items a job created or updated: Graph id -> the change key the write's answer carried (`None` when the
 /// answer had none: such an item can never be proved the job's own).
 pub type Written = BTreeMap<String, Option<String>>;
@@ -718,19 +737,7 @@ mod tests {
             let mut check = OwnWritesCheck::new(&job, &gone);
             for (id, removed, key) in &words {
                 check.saw(id, *removed, *key);
-                let id = (*id).to_owned();
-                if *removed {
-                    whole.changed.remove(&id);
-                    whole.change_keys.remove(&id);
-                    whole.removed.insert(id);
-                } else {
-                    whole.removed.remove(&id);
-                    match key {
-                        Some(key) => whole.change_keys.insert(id.clone(), (*key).to_owned()),
-                        None => whole.change_keys.remove(&id),
-                    };
-                    whole.changed.insert(id);
-                }
+                whole.saw((*id).to_owned(), *removed, key.map(str::to_owned));
             }
             assert_eq!(check.only_own(), own.are(&whole), "{what}");
         }

@@ -113,19 +113,7 @@ impl TenantClient {
         let mut changes = Changes::default();
         let link = self
             .contact_round(mailbox, first, |item| {
-                // Graph may replay an item in one round; the last word about it wins.
-                if item.removed.is_some() {
-                    changes.changed.remove(&item.id);
-                    changes.change_keys.remove(&item.id);
-                    changes.removed.insert(item.id);
-                } else {
-                    changes.removed.remove(&item.id);
-                    match item.change_key {
-                        Some(key) => changes.change_keys.insert(item.id.clone(), key),
-                        None => changes.change_keys.remove(&item.id),
-                    };
-                    changes.changed.insert(item.id);
-                }
+                changes.saw(item.id, item.removed.is_some(), item.change_key)
             })
             .await?;
         Ok(DeltaRound { changes, link })
