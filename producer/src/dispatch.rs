@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::{Connection, Consumer};
 use shared::config::TenantSettings;
-use shared::message::{FailureReason, Job, JobKind, Report};
+use shared::message::{FailureReason, Job, JobKind, Lane, Phase, Report};
 use shared::mq::{self, board, MqError, Publisher, Topology, CLOSE_WAIT};
 use shared::run_status::RunStatus;
 use shared::telemetry::with_causes;
@@ -23,7 +23,7 @@ use worker::embedded::EmbeddedQueue;
 use worker::job::JobRunner;
 use worker::overlap::{Ended, Planned};
 
-use crate::fair::Limits;
+use crate::fair::{self, Limits};
 use crate::lease::{FileLeases, LeaseError};
 use crate::prepare::PreparedTenant;
 use crate::state::StateStore;
@@ -224,6 +224,8 @@ pub struct Broker {
     run: Option<(Uuid, String)>,
     /// Tenants whose lease this run holds, with their lease queue.
     leases: Vec<(String, String)>,
+    /// The job queues this run's jobs travel in ([`Lane`]), chosen when it begins.
+    lane: Lane,
     limits: Limits,
     /// Overlapped phases across the fleet ([`Broker::overlap_phases`]).
     overlap: bool,
@@ -340,6 +342,7 @@ impl Broker {
             session,
             run: None,
             leases: Vec::new(),
+            lane: Lane::FIRST,
             limits: Limits::broker(None),
             overlap: false,
             boards: Vec::new(),
@@ -442,6 +445,30 @@ impl Broker {
         self
     }
 
+    /// The lane of the job queues this run's jobs travel in: the first one no other run holds, now held by this
+    /// run's connection (fair tenants across runs, issue 13: a run started beside another does not queue its
+    /// jobs behind the other's); when every lane is held, the one with the fewest jobs waiting.
+    async fn choose_lane(&self) -> Result<Lane> {
+        let connection = &self.session.connection;
+        for lane in Lane::all() {
+            if mq::take_lease(connection, &self.topology.lane_hold_queue(lane)).await? {
+                return Ok(lane);
+            }
+        }
+        let channel = mq::open_channel(connection, "lane depths").await?;
+        let mut waiting = Vec::new();
+        for lane in Lane::all() {
+            let mut jobs = 0;
+            for phase in Phase::ALL {
+                let queue = self.topology.lane_queue(phase, lane);
+                jobs += u64::from(mq::queue_counts(&channel, &queue).await?.ready);
+            }
+            waiting.push(jobs);
+        }
+        let _ = mq::close_channel(&channel, "lane depths read").await;
+        Ok(fair::least_waiting(&waiting))
+    }
+
     /// Replaces a broken session, retrying with backoff for up to [`RECONNECT_FOR`], and takes the run's leases
     /// and report queue again. A lease another run took meanwhile ends this run: it may no longer write.
     async fn reconnect(&mut self, cause: &anyhow::Error) -> Result<()> {
@@ -489,6 +516,12 @@ impl Broker {
         }
         if let Some((run_id, _)) = &self.run {
             session.consume(&self.topology, *run_id).await?;
+            // Held again if still free; if another run took it meanwhile, both share it: only fairness suffers.
+            let _ = mq::take_lease(
+                &session.connection,
+                &self.topology.lane_hold_queue(self.lane),
+            )
+            .await?;
         }
         Ok(session)
     }
@@ -596,6 +629,7 @@ impl Dispatch for Broker {
             .into_iter()
             .map(|job| Job {
                 report_queue: report_queue.clone(),
+                lane: self.lane,
                 ..job
             })
             .collect();
@@ -672,9 +706,16 @@ impl Dispatch for Broker {
 
     async fn begin(&mut self, run_id: Uuid) -> Result<()> {
         loop {
-            match self.session.consume(&self.topology, run_id).await {
-                Ok(queue) => {
+            let begun = async {
+                let queue = self.session.consume(&self.topology, run_id).await?;
+                let lane = self.choose_lane().await?;
+                Ok::<_, anyhow::Error>((queue, lane))
+            };
+            match begun.await {
+                Ok((queue, lane)) => {
+                    info!(run = %run_id, %lane, "this run's jobs go in their own lane of the job queues");
                     self.run = Some((run_id, queue));
+                    self.lane = lane;
                     return Ok(());
                 }
                 Err(error) => self.reconnect(&error).await?,

@@ -2,16 +2,32 @@
 //!
 //! The job queues are first-in-first-out (RabbitMQ 3.10 quorum queues have no priorities), so a tenant whose
 //! 2,000 jobs were queued first would hold every other tenant's jobs behind them. Instead the producer keeps each
-//! tenant's jobs in a lane of its own and hands them out round-robin, at most [`Limits::per_tenant`] of a tenant
+//! tenant's jobs in a line of its own and hands them out round-robin, at most [`Limits::per_tenant`] of a tenant
 //! outstanding (submitted, no final report yet) at a time; the next one goes when a final report comes back. Any
 //! job queued later, by this run or another run on the same broker, then waits behind at most that many jobs of
 //! each other tenant. [`Limits::total`] bounds the run as a whole: the embedded mode sets it to its worker count,
 //! so a released job never waits in the channel and each free worker goes to the next tenant in turn.
 //!
+//! Across runs on one broker, each run's jobs travel in a lane of their own ([`Lane`], `Broker::begin`), which
+//! every worker consumes in turn with the others; [`least_waiting`] picks one when every lane is held.
+//!
 //! Pure: no I/O. Held jobs are already in the run's ledger (they wait for a report like any other).
 
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
+
+use shared::message::Lane;
+
+/// The lane for a run on RabbitMQ when every lane is held by another run: the one with the fewest jobs waiting
+/// (`waiting`, lane by lane, both phases added), the lowest-numbered on a tie. Across runs, the job queues are what
+/// is first in, first out; a run normally holds a lane of its own (`Broker::begin`), so this is for the fifth run
+/// at once.
+pub fn least_waiting(waiting: &[u64]) -> Lane {
+    Lane::all()
+        .zip(waiting)
+        .min_by_key(|(lane, waiting)| (**waiting, *lane))
+        .map_or(Lane::FIRST, |(lane, _)| lane)
+}
 
 /// How many jobs may be outstanding at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +70,7 @@ impl Limits {
 
 /// One tenant's jobs: those waiting their turn and how many are out.
 #[derive(Debug)]
-struct Lane<T> {
+struct Line<T> {
     held: VecDeque<T>,
     outstanding: usize,
 }
@@ -62,9 +78,9 @@ struct Lane<T> {
 /// The run's jobs per tenant, handed out round-robin within [`Limits`].
 #[derive(Debug)]
 pub struct FairQueue<T> {
-    lanes: Vec<Lane<T>>,
+    lines: Vec<Line<T>>,
     limits: Limits,
-    /// The lane asked first on the next release (modulo the lanes): the one after the lane that released last.
+    /// The line asked first on the next release (modulo the lines): the one after the line that released last.
     next: usize,
     outstanding: usize,
 }
@@ -73,8 +89,8 @@ impl<T> FairQueue<T> {
     /// An empty queue for `tenants` tenants (numbered as in the run).
     pub fn new(tenants: usize, limits: Limits) -> Self {
         Self {
-            lanes: (0..tenants)
-                .map(|_| Lane {
+            lines: (0..tenants)
+                .map(|_| Line {
                     held: VecDeque::new(),
                     outstanding: 0,
                 })
@@ -87,17 +103,17 @@ impl<T> FairQueue<T> {
 
     /// Queues `job` of tenant number `tenant` behind that tenant's earlier jobs.
     pub fn push(&mut self, tenant: usize, job: T) {
-        if tenant >= self.lanes.len() {
-            self.lanes.resize_with(tenant + 1, || Lane {
+        if tenant >= self.lines.len() {
+            self.lines.resize_with(tenant + 1, || Line {
                 held: VecDeque::new(),
                 outstanding: 0,
             });
         }
-        self.lanes[tenant].held.push_back(job);
+        self.lines[tenant].held.push_back(job);
     }
 
     /// The next job to submit, taken from the next tenant in turn that has one and is under its limit; `None`
-    /// while the run is at its limit or every lane is empty or full. The job counts as outstanding from now.
+    /// while the run is at its limit or every line is empty or full. The job counts as outstanding from now.
     pub fn release(&mut self) -> Option<T> {
         if self
             .limits
@@ -106,15 +122,15 @@ impl<T> FairQueue<T> {
         {
             return None;
         }
-        let count = self.lanes.len();
+        let count = self.lines.len();
         for step in 0..count {
             let index = (self.next + step) % count;
-            let lane = &mut self.lanes[index];
-            if lane.outstanding >= self.limits.per_tenant.get() {
+            let line = &mut self.lines[index];
+            if line.outstanding >= self.limits.per_tenant.get() {
                 continue;
             }
-            if let Some(job) = lane.held.pop_front() {
-                lane.outstanding += 1;
+            if let Some(job) = line.held.pop_front() {
+                line.outstanding += 1;
                 self.outstanding += 1;
                 self.next = index + 1;
                 return Some(job);
@@ -125,9 +141,9 @@ impl<T> FairQueue<T> {
 
     /// A job of tenant number `tenant` got its final report (or was given up on): the tenant may have another out.
     pub fn finished(&mut self, tenant: usize) {
-        if let Some(lane) = self.lanes.get_mut(tenant) {
-            if lane.outstanding > 0 {
-                lane.outstanding -= 1;
+        if let Some(line) = self.lines.get_mut(tenant) {
+            if line.outstanding > 0 {
+                line.outstanding -= 1;
                 self.outstanding -= 1;
             }
         }
@@ -135,7 +151,7 @@ impl<T> FairQueue<T> {
 
     /// Jobs still waiting their turn.
     pub fn held(&self) -> usize {
-        self.lanes.iter().map(|lane| lane.held.len()).sum()
+        self.lines.iter().map(|line| line.held.len()).sum()
     }
 }
 
@@ -197,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_tenant_uses_every_slot_and_late_lanes_join_the_turns() {
+    fn a_lone_tenant_uses_every_slot_and_late_lines_join_the_turns() {
         let mut queue = FairQueue::new(1, Limits::embedded(3, None));
         for i in 0..5 {
             queue.push(0, (0, i));
@@ -219,6 +235,15 @@ mod tests {
         queue.finished(0);
         assert_eq!(drain(&mut queue), vec![(0, 0)]);
         assert_eq!(drain(&mut queue), vec![]);
+    }
+
+    #[test]
+    fn without_a_lane_of_its_own_a_run_takes_the_least_waiting_one() {
+        let lane = |n| Lane::new(n).expect("lane");
+        assert_eq!(least_waiting(&[900, 3, 40, 3]), lane(1));
+        assert_eq!(least_waiting(&[0, 0, 0, 0]), Lane::FIRST);
+        assert_eq!(least_waiting(&[5, 7, 9, 2]), lane(3));
+        assert_eq!(least_waiting(&[]), Lane::FIRST);
     }
 
     #[test]

@@ -52,6 +52,96 @@ impl fmt::Display for Phase {
     }
 }
 
+/// Which of a phase's job queues a job travels in (issue 13, fair tenants across runs).
+///
+/// Each phase has [`Lane::COUNT`] job queues, consumed in turn by every worker process. A run on RabbitMQ holds a
+/// lane no other run holds (or, with every lane held, takes the one with the fewest jobs waiting), so a run started
+/// while another run's thousands of jobs wait does not queue behind them: RabbitMQ 3.10's quorum queues are first
+/// in, first out and have no priorities, and a worker takes the next job of every non-empty lane in turn. Lane 0 is the phase's queue of
+/// earlier releases (same name and routing key), so a job without a lane, from an older producer, still runs.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(try_from = "u8", into = "u8")]
+pub struct Lane(u8);
+
+impl Lane {
+    /// The job queues per phase. Few, because each is a quorum queue (a Raft group on every broker node): enough
+    /// that a run started beside one or two large runs finds a lane of its own.
+    pub const COUNT: u8 = 4;
+
+    /// Lane 0: the phase's queue of earlier releases.
+    pub const FIRST: Lane = Lane(0);
+
+    /// Lane `number`, if there is one.
+    pub fn new(number: u8) -> Option<Self> {
+        (number < Self::COUNT).then_some(Self(number))
+    }
+
+    /// Every lane, in order.
+    pub fn all() -> impl Iterator<Item = Lane> {
+        (0..Self::COUNT).map(Lane)
+    }
+
+    /// The lane's number, from 0.
+    pub fn number(self) -> u8 {
+        self.0
+    }
+
+    /// The routing key of `phase`'s queue in this lane: [`Phase::routing_key`] for lane 0, with `.lane<n>` after it
+    /// for the others. A retried job keeps its routing key, so it comes back to its own lane.
+    pub fn routing_key(self, phase: Phase) -> String {
+        match self.0 {
+            0 => phase.routing_key().to_owned(),
+            n => format!("{}.lane{n}", phase.routing_key()),
+        }
+    }
+
+    /// The phase and lane a routing key made by [`Lane::routing_key`] names; `None` for any other key.
+    pub fn of_routing_key(key: &str) -> Option<(Phase, Lane)> {
+        Phase::ALL.into_iter().find_map(|phase| {
+            let rest = key.strip_prefix(phase.routing_key())?;
+            if rest.is_empty() {
+                return Some((phase, Lane::FIRST));
+            }
+            let number: u8 = rest.strip_prefix(".lane")?.parse().ok()?;
+            Lane::new(number)
+                .filter(|lane| lane.0 != 0 && rest == format!(".lane{number}"))
+                .map(|lane| (phase, lane))
+        })
+    }
+
+    /// Whether this is lane 0 (left out of a job's JSON, as in messages of earlier releases).
+    pub fn is_first(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl TryFrom<u8> for Lane {
+    type Error = String;
+
+    fn try_from(number: u8) -> Result<Self, Self::Error> {
+        Lane::new(number).ok_or_else(|| {
+            format!(
+                "lane {number} does not exist: lanes are 0 to {}",
+                Lane::COUNT - 1
+            )
+        })
+    }
+}
+
+impl From<Lane> for u8 {
+    fn from(lane: Lane) -> Self {
+        lane.0
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "lane {}", self.0)
+    }
+}
+
 /// Where the central folder lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CentralFolder {
@@ -158,6 +248,10 @@ pub struct Job {
     /// (`sync::overlap`). A worker from before fleet boards ignores it (upgrade workers before the producer).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overlapped: bool,
+    /// The job queue of its phase it travels in ([`Lane`]); the producer picks it per tenant. Absent in JSON
+    /// means lane 0.
+    #[serde(default, skip_serializing_if = "Lane::is_first")]
+    pub lane: Lane,
     /// What to do.
     #[serde(flatten)]
     pub kind: JobKind,
@@ -194,6 +288,7 @@ impl Job {
             move_from: None,
             allow_mass_delete: false,
             overlapped: false,
+            lane: Lane::FIRST,
             kind,
         };
         let key = format!(
@@ -213,6 +308,11 @@ impl Job {
             JobKind::Phase1 { .. } => Phase::Phase1,
             JobKind::Phase2 { .. } => Phase::Phase2,
         }
+    }
+
+    /// The routing key of the job queue it travels in: its phase's, in its lane.
+    pub fn routing_key(&self) -> String {
+        self.lane.routing_key(self.phase())
     }
 
     /// The mailbox the job writes: the shared mailbox in phase 1, the user in phase 2.
@@ -738,6 +838,46 @@ mod tests {
         routed.move_from = Some(FolderChoice::Named("Company Directory".into()));
         routed.allow_mass_delete = true;
         assert_eq!(Job::from_json(&routed.to_json()).expect("parse"), routed);
+    }
+
+    /// A lane's routing key names its phase and lane and nothing else; lane 0 keeps the phase's key of earlier
+    /// releases, and a job's lane travels in its JSON (absent: lane 0, as from an older producer).
+    #[test]
+    fn lanes_route_by_phase_and_read_back() {
+        for phase in Phase::ALL {
+            assert_eq!(Lane::FIRST.routing_key(phase), phase.routing_key());
+            for lane in Lane::all() {
+                assert_eq!(
+                    Lane::of_routing_key(&lane.routing_key(phase)),
+                    Some((phase, lane))
+                );
+            }
+        }
+        assert_eq!(Lane::new(Lane::COUNT), None);
+        for key in [
+            "sync.phase2.lane0",
+            "sync.phase2.lane9",
+            "sync.phase2.lane01",
+            "sync.phase2.lane",
+            "sync.phase3",
+            "sync.phase1x",
+            "",
+        ] {
+            assert_eq!(Lane::of_routing_key(key), None, "{key}");
+        }
+        let mut job = phase2_job(Uuid::now_v7());
+        let value = serde_json::to_value(&job).expect("json");
+        assert!(value.get("lane").is_none(), "lane 0 is left out");
+        job.lane = Lane::new(2).expect("lane 2");
+        assert_eq!(job.routing_key(), "sync.phase2.lane2");
+        assert_eq!(Job::from_json(&job.to_json()).expect("parse"), job);
+        let mut value = serde_json::to_value(&job).expect("json");
+        value["lane"] = serde_json::json!(Lane::COUNT);
+        let refused = Job::from_json(&serde_json::to_vec(&value).expect("bytes"));
+        assert!(
+            refused.is_err_and(|error| error.to_string().contains("lane")),
+            "a lane that does not exist is refused by name"
+        );
     }
 
     /// A directory-only tenant's job says "no mirror source" by leaving the central folder out, and reads back so.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use shared::message::{FailureReason, Phase};
+use shared::message::{FailureReason, Lane, Phase};
 use shared::mq::topology::{dead_letter_policy, exchanges, queue_arguments};
 use shared::mq::Topology;
 
@@ -465,12 +465,10 @@ fn scaledobject_scales_the_worker_on_the_declared_job_queues() {
         "the ScaledObject must scale the worker Deployment"
     );
     let topology = Topology::default();
-    let expected: BTreeSet<String> = [Phase::Phase1, Phase::Phase2]
-        .into_iter()
-        .map(|p| topology.job_queue(p))
-        .collect();
+    // Every queue the code declares, so a pattern that also matched a dead-letter or retry queue shows.
+    let declared = topology.all_queues();
     let triggers = scaled["spec"]["triggers"].as_array().expect("triggers");
-    let mut queues = BTreeSet::new();
+    let mut watched = BTreeSet::new();
     for trigger in triggers {
         assert_eq!(trigger["type"], "rabbitmq");
         let metadata = trigger["metadata"].as_object().expect("trigger metadata");
@@ -500,16 +498,31 @@ fn scaledobject_scales_the_worker_on_the_declared_job_queues() {
             trigger["authenticationRef"]["name"],
             auth["metadata"]["name"]
         );
-        queues.insert(
-            metadata["queueName"]
-                .as_str()
-                .expect("queueName")
-                .to_owned(),
+        // A phase's lanes are added up: each lane holds one run's share of the phase's backlog.
+        assert_eq!(metadata["useRegex"], "true");
+        assert_eq!(metadata["operation"], "sum");
+        let pattern = metadata["queueName"].as_str().expect("queueName");
+        let pattern = regex::Regex::new(pattern).expect("queueName is a regular expression");
+        let matched: BTreeSet<String> = declared
+            .iter()
+            .filter(|queue| pattern.is_match(queue))
+            .cloned()
+            .collect();
+        let phase = Phase::ALL
+            .into_iter()
+            .find(|phase| matched.contains(&topology.job_queue(*phase)))
+            .unwrap_or_else(|| panic!("{pattern} watches no phase's first lane"));
+        assert_eq!(
+            matched,
+            topology.lane_queues(phase).into_iter().collect(),
+            "{pattern} must watch exactly {phase}'s lanes"
         );
+        watched.insert(phase);
     }
     assert_eq!(
-        queues, expected,
-        "the triggers must watch exactly the job queues the code declares"
+        watched,
+        Phase::ALL.into_iter().collect(),
+        "the triggers must watch both phases' job queues"
     );
     // The management URL comes from a Secret key the example defines.
     let secrets = example_secret_keys();
@@ -731,22 +744,26 @@ fn queue_specs_agree_with_the_topology_helpers() {
     let topology = Topology::default();
     let specs = queue_arguments(&topology);
     for phase in [Phase::Phase1, Phase::Phase2] {
-        let job = specs
-            .iter()
-            .find(|s| s.name == topology.job_queue(phase))
-            .expect("job queue");
-        assert_eq!(job.bindings[0].exchange, topology.jobs_exchange());
-        assert_eq!(job.bindings[0].routing_key, phase.routing_key());
-        assert_eq!(
-            job.arguments["x-dead-letter-exchange"],
-            topology.dead_letter_exchange()
-        );
         let dead = specs
             .iter()
             .find(|s| s.name == topology.dead_letter_queue(phase))
             .expect("dead-letter queue");
-        assert_eq!(dead.bindings[0].exchange, topology.dead_letter_exchange());
-        assert_eq!(dead.bindings[0].routing_key, phase.routing_key());
+        for lane in Lane::all() {
+            let job = specs
+                .iter()
+                .find(|s| s.name == topology.lane_queue(phase, lane))
+                .expect("job queue");
+            assert_eq!(job.bindings[0].exchange, topology.jobs_exchange());
+            assert_eq!(job.bindings[0].routing_key, lane.routing_key(phase));
+            assert_eq!(
+                job.arguments["x-dead-letter-exchange"],
+                topology.dead_letter_exchange()
+            );
+            assert!(dead.bindings.iter().any(|binding| binding.exchange
+                == topology.dead_letter_exchange()
+                && binding.routing_key == lane.routing_key(phase)));
+        }
+        assert_eq!(dead.bindings.len(), usize::from(Lane::COUNT));
     }
     for level in shared::mq::RETRY_LEVELS {
         let retry = specs
@@ -1047,7 +1064,12 @@ fn worker_slots_the_triggers_and_the_tenant_limit_are_in_step() {
         let queue = topology.job_queue(phase);
         let trigger = triggers
             .iter()
-            .find(|t| t["metadata"]["queueName"] == queue.as_str())
+            .find(|t| {
+                t["metadata"]["queueName"]
+                    .as_str()
+                    .and_then(|pattern| regex::Regex::new(pattern).ok())
+                    .is_some_and(|pattern| pattern.is_match(&queue))
+            })
             .unwrap_or_else(|| panic!("no trigger watches {queue}"));
         let value = str_at(trigger, "/metadata/value");
         assert_eq!(

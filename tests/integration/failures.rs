@@ -396,7 +396,10 @@ async fn assert_consumers_settle(topology: &Topology, workers: u64) {
     let management =
         producer::ops::management::Management::new(&support::amqp_url(), None).expect("management");
     let expected = |name: &str| {
-        if Phase::ALL.iter().any(|p| topology.job_queue(*p) == name) {
+        if Phase::ALL
+            .iter()
+            .any(|p| topology.lane_queues(*p).iter().any(|lane| lane == name))
+        {
             workers
         } else {
             0

@@ -1,6 +1,6 @@
-//! The AMQP worker: consumes both phase queues and hands each delivery to [`delivery::process`], which runs the
-//! job and settles it the same way the embedded queue does. This module is the broker's side of that: the
-//! [`Delivery`] for a RabbitMQ message, and the session that consumes, watches and reconnects.
+//! The AMQP worker: consumes every lane of both phase queues and hands each delivery to [`delivery::process`],
+//! which runs the job and settles it the same way the embedded queue does. This module is the broker's side of
+//! that: the [`Delivery`] for a RabbitMQ message, and the session that consumes, watches and reconnects.
 //!
 //! Failure handling, in order of appearance:
 //! - a message that does not parse, or is larger than [`MAX_JOB_BYTES`], is dead-lettered with reason
@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicQosOptions};
 use lapin::Consumer;
-use shared::message::{FailureReason, Job, Phase, Report};
+use shared::message::{FailureReason, Job, Lane, Phase, Report};
 use shared::mq::{self, attempt_of, MqError, Publisher, Topology, CLOSE_WAIT};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -64,10 +64,15 @@ pub fn phase2_places(concurrency: u16) -> usize {
     usize::from(concurrency.max(1)) - 1
 }
 
-/// The prefetch of `phase`'s consumer in a process of `concurrency` slots. Phase 2 takes no more jobs than
-/// [`phase2_places`] (at least one), so a phase-2 job never lands in the slot kept for phase 1: it would find
-/// every waiting place taken while its tenant's phase 1 still writes and be put off for `overlap::DEFER_FOR`
-/// (5 s; a whole run's tail on a short phase 1, and on a long one a stream of jobs put off and taken again).
+/// The prefetch of each of `phase`'s lane consumers in a process of `concurrency` slots: enough for one lane to
+/// fill the process. Phase 2 runs no more jobs at once than [`phase2_places`] (at least one; `Worker::places`),
+/// so a phase-2 job never lands in the slot kept for phase 1: it would find every waiting place taken while its
+/// tenant's phase 1 still writes and be put off for `overlap::DEFER_FOR` (5 s; a whole run's tail on a short phase
+/// 1, and on a long one a stream of jobs put off and taken again).
+///
+/// A lane's jobs beyond the free slots wait in the process, in lapin's consumer buffer, unacknowledged; the
+/// session takes the next job from the lanes in turn, so a run in a lane of its own is not behind another's
+/// buffered jobs (fair tenants across runs, issue 13; [`shared::message::Lane`]).
 fn prefetch(phase: Phase, concurrency: u16) -> u16 {
     match phase {
         Phase::Phase1 => concurrency.max(1),
@@ -109,6 +114,8 @@ pub struct Worker {
     ready: Arc<AtomicBool>,
     /// One per job running; shared by every session, so a reconnect never runs more than `concurrency` at once.
     slots: Arc<Semaphore>,
+    /// One per phase-2 job running ([`phase2_places`]): one slot always stays free for phase 1.
+    places: Arc<Semaphore>,
 }
 
 impl Worker {
@@ -132,11 +139,13 @@ impl Worker {
             runner.planning_budget().clone(),
         );
         let slots = Arc::new(Semaphore::new(usize::from(config.concurrency.max(1))));
+        let places = Arc::new(Semaphore::new(phase2_places(config.concurrency).max(1)));
         Self {
             config,
             runner,
             ready: Arc::new(AtomicBool::new(false)),
             slots,
+            places,
         }
     }
 
@@ -188,12 +197,15 @@ impl Worker {
             connection,
             publisher,
             channel,
-            consumers,
+            phase1,
+            phase2,
         } = tokio::select! {
             _ = shutdown.cancelled() => return Ok(StopReason::Shutdown),
             opened = self.open() => opened.map_err(|error| SessionEnd { error, consumed: false })?,
         };
-        let mut deliveries = futures_util::stream::select_all(consumers);
+        // Each phase's lanes in turn (`select_all` polls the streams that have a delivery one after another).
+        let mut phase1 = futures_util::stream::select_all(phase1);
+        let mut phase2 = futures_util::stream::select_all(phase2);
         self.ready.store(true, Ordering::SeqCst);
         info!(broker = %mq::redact_url(&self.config.amqp_url), concurrency = self.config.concurrency, "consuming");
         // Cancelled when this session's deliveries can no longer be settled: their attempts must stop writing.
@@ -205,18 +217,26 @@ impl Worker {
         let fleet = fleet_size::follow(&connection, &self.config.topology, self.runner.graph());
         tokio::pin!(fleet);
         let outcome = loop {
+            // A free slot, then the next delivery of phase 1, or of phase 2 while a phase-2 place is free too.
+            // Dropping the losing branch loses nothing: a stream's `next` is cancel-safe.
             let next = async {
                 let slot = self.slots.clone().acquire_owned().await;
-                (slot, deliveries.next().await)
+                tokio::select! {
+                    next = phase1.next() => (slot, None, next),
+                    (place, next) = async {
+                        let place = self.places.clone().acquire_owned().await;
+                        (place, phase2.next().await)
+                    } => (slot, Some(place), next),
+                }
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(StopReason::Shutdown),
                 _ = broken.cancelled() => break Err(MqError::lost("a publish failed; reopening the channels")),
                 error = watch.lost() => break Err(error),
                 never = &mut fleet => match never {},
-                (slot, next) = next => match next {
+                (slot, place, next) = next => match next {
                     Some(Ok(message)) => {
-                        let Ok(slot) = slot else {
+                        let (Ok(slot), Ok(place)) = (slot, place.transpose()) else {
                             break Err(MqError::lost("the job slots were closed"));
                         };
                         let delivery = Broker {
@@ -232,7 +252,7 @@ impl Worker {
                             delivery::process(delivery, runner.as_ref(), &retry, &attempts)
                                 .instrument(span)
                                 .await;
-                            drop(slot);
+                            drop((slot, place));
                         });
                     }
                     Some(Err(source)) => break Err(MqError::Amqp { context: "consuming jobs".into(), source }),
@@ -245,8 +265,8 @@ impl Worker {
         // On a lost connection or channel the deliveries are (or are about to be) back in the queue and may run
         // elsewhere: no grace, their attempts stop writing now. On shutdown they may finish for the grace period.
         if outcome.is_ok() {
-            for phase in Phase::ALL {
-                let tag = format!("{}-{}", self.config.name, phase);
+            for (phase, lane) in lanes() {
+                let tag = consumer_tag(&self.config.name, phase, lane);
                 let _ = tokio::time::timeout(
                     CLOSE_WAIT,
                     channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
@@ -342,7 +362,24 @@ struct Opened {
     connection: lapin::Connection,
     publisher: Publisher,
     channel: lapin::Channel,
-    consumers: Vec<Consumer>,
+    /// One consumer per lane of each phase.
+    phase1: Vec<Consumer>,
+    phase2: Vec<Consumer>,
+}
+
+/// Every job queue a worker consumes: each phase's lanes.
+fn lanes() -> impl Iterator<Item = (Phase, Lane)> {
+    Phase::ALL
+        .into_iter()
+        .flat_map(|phase| Lane::all().map(move |lane| (phase, lane)))
+}
+
+/// The consumer tag of `phase`'s `lane` in worker `name`: lane 0 keeps the tag of earlier releases.
+fn consumer_tag(name: &str, phase: Phase, lane: Lane) -> String {
+    match lane.number() {
+        0 => format!("{name}-{phase}"),
+        n => format!("{name}-{phase}-lane{n}"),
+    }
 }
 
 impl Worker {
@@ -361,8 +398,8 @@ impl Worker {
         mq::declare(&setup, &self.config.topology).await?;
         let publisher = Publisher::open(connection, self.config.topology.clone()).await?;
         let channel = mq::open_channel(connection, "consume").await?;
-        let mut consumers = Vec::new();
-        for phase in Phase::ALL {
+        let (mut phase1, mut phase2) = (Vec::new(), Vec::new());
+        for (phase, lane) in lanes() {
             // Each consumer gets the prefetch set before it (RabbitMQ's per-consumer `basic.qos`).
             let prefetch = prefetch(phase, self.config.concurrency);
             mq::bounded("setting prefetch", async {
@@ -372,9 +409,13 @@ impl Worker {
                     .map_err(mq::amqp("setting prefetch"))
             })
             .await?;
-            let queue = self.config.topology.job_queue(phase);
-            let tag = format!("{}-{}", self.config.name, phase);
-            consumers.push(mq::consume(&channel, &queue, &tag).await?);
+            let queue = self.config.topology.lane_queue(phase, lane);
+            let tag = consumer_tag(&self.config.name, phase, lane);
+            let consumer = mq::consume(&channel, &queue, &tag).await?;
+            match phase {
+                Phase::Phase1 => phase1.push(consumer),
+                Phase::Phase2 => phase2.push(consumer),
+            }
         }
         let Some(connection) = half_open.keep() else {
             return Err(MqError::lost(
@@ -385,7 +426,8 @@ impl Worker {
             connection,
             publisher,
             channel,
-            consumers,
+            phase1,
+            phase2,
         })
     }
 }
@@ -426,12 +468,10 @@ struct Broker {
 }
 
 impl Broker {
+    /// The phase its routing key names; phase 2 for a key no producer makes (a message published by hand).
     fn phase(&self) -> Phase {
-        if self.message.routing_key.as_str() == Phase::Phase1.routing_key() {
-            Phase::Phase1
-        } else {
-            Phase::Phase2
-        }
+        Lane::of_routing_key(self.message.routing_key.as_str())
+            .map_or(Phase::Phase2, |(phase, _)| phase)
     }
 
     /// The job's span; before the body is parsed, the delivery tag and phase are what an operator can find the

@@ -137,8 +137,13 @@ async fn scan_queue(
             Action::Requeue(publisher) => match &letter.job {
                 None => scan.skipped.push(letter),
                 Some(job) => {
+                    // Into its phase's first lane: the run that chose its lane is over.
+                    let first_lane = shared::message::Job {
+                        lane: shared::message::Lane::FIRST,
+                        ..job.clone()
+                    };
                     publisher
-                        .publish_job(job, 1)
+                        .publish_job(&first_lane, 1)
                         .await
                         .with_context(|| format!("requeueing job {}", job.job_id))?;
                     ack().await?;

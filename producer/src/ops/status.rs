@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use lapin::Connection;
 use serde::Serialize;
-use shared::message::Phase;
+use shared::message::{Lane, Phase};
 use shared::mq::{self, Topology, RETRY_LEVELS};
 
 use super::cli::StatusArgs;
@@ -142,7 +142,13 @@ pub async fn collect(
 fn roles(topology: &Topology) -> Vec<(String, String)> {
     let mut roles: HashMap<String, String> = HashMap::new();
     for phase in Phase::ALL {
-        roles.insert(topology.job_queue(phase), format!("jobs {phase}"));
+        for lane in Lane::all() {
+            let role = match lane.number() {
+                0 => format!("jobs {phase}"),
+                n => format!("jobs {phase} lane {n}"),
+            };
+            roles.insert(topology.lane_queue(phase, lane), role);
+        }
         roles.insert(
             topology.dead_letter_queue(phase),
             format!("dead letters {phase}"),

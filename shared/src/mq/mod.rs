@@ -524,7 +524,7 @@ impl Publisher {
         let exchange = self.topology.retry_queue(retry_level_for(wait));
         self.publish(
             &exchange,
-            job.phase().routing_key(),
+            &job.routing_key(),
             job.to_json(),
             job_properties(job, attempt),
         )
@@ -634,10 +634,11 @@ impl Publisher {
     /// waits for their confirms overlap. A job after a send that failed is not sent; its result is that error.
     pub async fn publish_jobs(&self, jobs: &[Job], attempt: u32) -> Vec<Result<(), MqError>> {
         let exchange = self.topology.jobs_exchange();
-        self.publish_all(jobs.iter().map(|job| {
+        let keys: Vec<String> = jobs.iter().map(Job::routing_key).collect();
+        self.publish_all(jobs.iter().zip(&keys).map(|(job, key)| {
             (
                 exchange.as_str(),
-                job.phase().routing_key(),
+                key.as_str(),
                 job.to_json(),
                 job_properties(job, attempt),
             )

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::message::{Job, Phase};
+use crate::message::{Job, Lane, Phase};
 
 /// How many times a job may be delivered (crashes included) before the broker dead-letters it.
 pub const DELIVERY_LIMIT: i64 = 8;
@@ -70,9 +70,24 @@ impl Topology {
         format!("{}.jobs", self.prefix)
     }
 
-    /// The job queue of a phase.
+    /// The job queue of a phase's first lane: the phase's one queue of earlier releases (see [`Lane`]).
     pub fn job_queue(&self, phase: Phase) -> String {
-        format!("{}.{}", self.prefix, phase)
+        self.lane_queue(phase, Lane::FIRST)
+    }
+
+    /// The job queue of `phase` in `lane`: `<prefix>.<phase>` for lane 0, `<prefix>.<phase>.lane<n>` for the others.
+    pub fn lane_queue(&self, phase: Phase, lane: Lane) -> String {
+        match lane.number() {
+            0 => format!("{}.{}", self.prefix, phase),
+            n => format!("{}.{}.lane{n}", self.prefix, phase),
+        }
+    }
+
+    /// Every job queue of `phase`, lane by lane.
+    pub fn lane_queues(&self, phase: Phase) -> Vec<String> {
+        Lane::all()
+            .map(|lane| self.lane_queue(phase, lane))
+            .collect()
     }
 
     /// Direct exchange for dead letters (routing key = the phase's routing key).
@@ -135,6 +150,13 @@ impl Topology {
         format!("{}.lease.{}", self.prefix, queue_safe(tenant_id))
     }
 
+    /// The exclusive queue whose existence is a running producer's hold on `lane` (see [`Lane`]): a run takes the
+    /// first lane no other run holds, so runs started separately queue their jobs apart. Like
+    /// [`Self::lease_queue`], it dies with its holder's connection.
+    pub fn lane_hold_queue(&self, lane: Lane) -> String {
+        format!("{}.lane-hold.{}", self.prefix, lane.number())
+    }
+
     /// The exclusive queue whose existence lets one worker process read `tenant_id`'s shared mailbox for phase
     /// 2: however many processes run, one reads it at a time, so the mailbox sees at most one process's 4
     /// requests in flight. Like [`Self::lease_queue`], it dies with its holder's connection.
@@ -187,7 +209,10 @@ impl Topology {
 
     /// Every queue, for status listings: jobs, retries, dead letters, reports, the last run.
     pub fn all_queues(&self) -> Vec<String> {
-        let mut queues: Vec<String> = Phase::ALL.iter().map(|p| self.job_queue(*p)).collect();
+        let mut queues: Vec<String> = Phase::ALL
+            .iter()
+            .flat_map(|p| self.lane_queues(*p))
+            .collect();
         queues.extend(RETRY_LEVELS.iter().map(|l| self.retry_queue(*l)));
         queues.extend(Phase::ALL.iter().map(|p| self.dead_letter_queue(*p)));
         queues.push(self.reports_queue());
@@ -344,7 +369,10 @@ pub fn queue_arguments(topology: &Topology) -> Vec<QueueSpec> {
     };
     let mut all: Vec<QueueSpec> = Phase::ALL
         .iter()
-        .map(|phase| {
+        .flat_map(|phase| Lane::all().map(move |lane| (*phase, lane)))
+        .map(|(phase, lane)| {
+            // A job that reaches its delivery limit is dead-lettered with its routing key: its phase's dead-letter
+            // queue is bound to every lane's key.
             let arguments = serde_json::json!({
                 "x-queue-type": "quorum",
                 "x-delivery-limit": DELIVERY_LIMIT,
@@ -354,18 +382,18 @@ pub fn queue_arguments(topology: &Topology) -> Vec<QueueSpec> {
                 "x-max-length": MAX_QUEUE_LENGTH,
             });
             queue(
-                topology.job_queue(*phase),
+                topology.lane_queue(phase, lane),
                 arguments,
                 topology.jobs_exchange(),
-                phase.routing_key(),
+                &lane.routing_key(phase),
             )
         })
         .collect();
     all.extend(RETRY_LEVELS.iter().map(|level| {
         let name = topology.retry_queue(*level);
         let ttl = i64::try_from(level.as_millis()).unwrap_or(i64::MAX);
-        // No x-dead-letter-routing-key: an expired retry keeps its original routing key (`sync.<phase>`), so it
-        // goes back to its own phase queue.
+        // No x-dead-letter-routing-key: an expired retry keeps its original routing key (`sync.<phase>[.lane<n>]`),
+        // so it goes back to its own phase queue, in its own lane.
         let arguments = serde_json::json!({
             "x-queue-type": "quorum",
             "x-message-ttl": ttl,
@@ -377,12 +405,17 @@ pub fn queue_arguments(topology: &Topology) -> Vec<QueueSpec> {
         queue(name.clone(), arguments, name, "")
     }));
     all.extend(Phase::ALL.iter().map(|phase| {
-        queue(
-            topology.dead_letter_queue(*phase),
-            serde_json::json!({ "x-queue-type": "quorum" }),
-            topology.dead_letter_exchange(),
-            phase.routing_key(),
-        )
+        QueueSpec {
+            name: topology.dead_letter_queue(*phase),
+            durable: true,
+            arguments: serde_json::json!({ "x-queue-type": "quorum" }),
+            bindings: Lane::all()
+                .map(|lane| BindingSpec {
+                    exchange: topology.dead_letter_exchange(),
+                    routing_key: lane.routing_key(*phase),
+                })
+                .collect(),
+        }
     }));
     all.push(queue(
         topology.reports_queue(),
@@ -461,6 +494,45 @@ mod tests {
         );
     }
 
+    /// Every lane has a queue bound to its own key, and a job dead-lettered from any lane reaches its phase's
+    /// dead-letter queue (fails if a lane's key is left unbound there).
+    #[test]
+    fn every_lane_has_its_queue_and_reaches_its_dead_letter_queue() {
+        let t = Topology::new("t1");
+        let specs = queue_arguments(&t);
+        for phase in Phase::ALL {
+            for lane in Lane::all() {
+                let name = t.lane_queue(phase, lane);
+                let spec = specs.iter().find(|q| q.name == name).expect("declared");
+                assert_eq!(spec.bindings.len(), 1);
+                assert_eq!(spec.bindings[0].exchange, t.jobs_exchange());
+                assert_eq!(spec.bindings[0].routing_key, lane.routing_key(phase));
+                let dead = specs
+                    .iter()
+                    .find(|q| q.name == t.dead_letter_queue(phase))
+                    .expect("dead-letter queue");
+                assert!(
+                    dead.bindings
+                        .iter()
+                        .any(|b| b.exchange == t.dead_letter_exchange()
+                            && b.routing_key == lane.routing_key(phase)),
+                    "{name}'s dead letters are routed"
+                );
+            }
+        }
+        assert_eq!(t.lane_queue(Phase::Phase2, Lane::FIRST), "t1.phase2");
+        assert_eq!(
+            t.lane_queue(Phase::Phase2, Lane::new(3).expect("lane 3")),
+            "t1.phase2.lane3"
+        );
+        let all = t.all_queues();
+        assert_eq!(
+            all.iter().filter(|q| q.starts_with("t1.phase")).count(),
+            2 * usize::from(Lane::COUNT) + 2,
+            "every lane and the dead-letter queues are listed: {all:?}"
+        );
+    }
+
     #[test]
     fn names_follow_the_prefix() {
         let t = Topology::new("t1");
@@ -469,7 +541,10 @@ mod tests {
         assert_eq!(t.retry_queue(Duration::from_secs(120)), "t1.retry.2m");
         assert_eq!(t.retry_queue(Duration::from_secs(5)), "t1.retry.5s");
         assert_eq!(t.runs_queue(), "t1.runs");
-        assert_eq!(t.all_queues().len(), 2 + RETRY_LEVELS.len() + 2 + 1 + 1);
+        assert_eq!(
+            t.all_queues().len(),
+            2 * usize::from(Lane::COUNT) + RETRY_LEVELS.len() + 2 + 1 + 1
+        );
     }
 
     #[test]
@@ -539,12 +614,15 @@ mod tests {
                 "quorum"
             };
             assert_eq!(spec.arguments["x-queue-type"], kind, "{}", spec.name);
-            assert_eq!(spec.bindings.len(), 1, "{}", spec.name);
-            assert!(
-                exchange_names.contains(&spec.bindings[0].exchange),
-                "{}",
-                spec.name
-            );
+            let bindings = if spec.name.ends_with(".dead") {
+                usize::from(Lane::COUNT)
+            } else {
+                1
+            };
+            assert_eq!(spec.bindings.len(), bindings, "{}", spec.name);
+            for binding in &spec.bindings {
+                assert!(exchange_names.contains(&binding.exchange), "{}", spec.name);
+            }
         }
         let phase1 = &specs[0];
         assert_eq!(phase1.arguments["x-delivery-limit"], DELIVERY_LIMIT);
