@@ -16,7 +16,7 @@ use producer::ops::last_run::LastRun;
 use producer::ops::management::Management;
 use producer::ops::status::{self, ManagementUse};
 use producer::summary::RunReport;
-use shared::message::{CentralFolder, FailureReason, Job, JobKind, Phase};
+use shared::message::{CentralFolder, FailureReason, Job, JobKind, Lane, Phase};
 use shared::model::Mailbox;
 use shared::mq::{self, attempt_of, header_str, Publisher, Topology, REASON_HEADER};
 use shared::run_status::RunStatus;
@@ -211,6 +211,65 @@ pub(crate) async fn producer(args: &[&str]) -> anyhow::Result<ExitCode> {
     argv.extend_from_slice(args);
     let cli = producer::cli::Cli::try_parse_from(argv).expect("valid command line");
     producer::run::dispatch(cli).await
+}
+
+/// A job in a lane other than 0 (a run started beside another) travels in that lane's queue, comes back to it
+/// from a retry level, and when the broker dead-letters it, lands in its phase's one dead-letter queue; `dlq
+/// requeue` then puts it in the phase's first lane. Fails if a lane's key is left unbound anywhere on that path.
+#[tokio::test]
+async fn a_lanes_job_is_retried_into_its_lane_and_dead_lettered_into_its_phases_queue() {
+    let _broker = BROKER.read().await;
+    let fleet = Fleet::new().await;
+    let lane = Lane::new(2).expect("lane 2");
+    let mut laned = job("a.example", "alice", Phase::Phase2);
+    laned.lane = lane;
+    let lane_queue = fleet.topology.lane_queue(Phase::Phase2, lane);
+    let first_lane = fleet.topology.job_queue(Phase::Phase2);
+
+    fleet
+        .publisher
+        .publish_job(&laned, 1)
+        .await
+        .expect("publish");
+    fleet.expect_ready(&lane_queue, 1).await;
+    fleet.expect_ready(&first_lane, 0).await;
+    let delivery = fleet.take(&lane_queue).await;
+    delivery.ack(Default::default()).await.expect("ack");
+
+    fleet
+        .publisher
+        .publish_retry(&laned, 2, Duration::from_millis(500))
+        .await
+        .expect("retry");
+    let delivery = fleet.take(&lane_queue).await;
+    assert_eq!(attempt_of(&delivery.properties), 2, "the retry came back");
+    delivery
+        .nack(BasicNackOptions {
+            requeue: false,
+            ..BasicNackOptions::default()
+        })
+        .await
+        .expect("reject");
+    let dead = fleet.topology.dead_letter_queue(Phase::Phase2);
+    fleet.expect_ready(&dead, 1).await;
+
+    let selection = Filter {
+        phase: Some(Phase::Phase2),
+        ..Filter::default()
+    };
+    let scan = dlq::requeue(&fleet.connection, &fleet.topology, &selection)
+        .await
+        .expect("requeue");
+    assert_eq!(scan.matched.len(), 1);
+    fleet.expect_ready(&dead, 0).await;
+    let back = Job::from_json(&fleet.take(&first_lane).await.data).expect("a job");
+    assert_eq!(
+        (back.job_id, back.lane),
+        (laned.job_id, Lane::FIRST),
+        "requeued into the first lane"
+    );
+    fleet.expect_ready(&lane_queue, 0).await;
+    fleet.finish().await;
 }
 
 #[tokio::test]
