@@ -20,12 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicQosOptions};
 use lapin::Consumer;
 use shared::message::{FailureReason, Job, Lane, Phase, Report};
 use shared::mq::{self, attempt_of, MqError, Publisher, Topology, CLOSE_WAIT};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -36,6 +36,7 @@ use crate::disposition::RetryPolicy;
 use crate::fleet_size;
 use crate::job::JobRunner;
 use crate::overlap::relay::Relay;
+use crate::turns::Turns;
 
 /// How often a session checks that its connection and channel are still up.
 const CONNECTION_CHECK: Duration = Duration::from_secs(2);
@@ -70,9 +71,10 @@ pub fn phase2_places(concurrency: u16) -> usize {
 /// tenant's phase 1 still writes and be put off for `overlap::DEFER_FOR` (5 s; a whole run's tail on a short phase
 /// 1, and on a long one a stream of jobs put off and taken again).
 ///
-/// A lane's jobs beyond the free slots wait in the process, in lapin's consumer buffer, unacknowledged; the
-/// session takes the next job from the lanes in turn, so a run in a lane of its own is not behind another's
-/// buffered jobs (fair tenants across runs, issue 13; [`shared::message::Lane`]).
+/// A lane's jobs beyond the free slots wait in the process, unacknowledged, and the session starts the next job
+/// from the lane with the fewest running ([`crate::turns`]), so a run in a lane of its own is not behind another's
+/// jobs (fair tenants across runs, issue 13; [`shared::message::Lane`]). On shutdown the waiting ones go back to
+/// their queues at once, for other workers, rather than at the end of the grace period.
 fn prefetch(phase: Phase, concurrency: u16) -> u16 {
     match phase {
         Phase::Phase1 => concurrency.max(1),
@@ -197,15 +199,20 @@ impl Worker {
             connection,
             publisher,
             channel,
-            phase1,
-            phase2,
+            consumers,
         } = tokio::select! {
             _ = shutdown.cancelled() => return Ok(StopReason::Shutdown),
             opened = self.open() => opened.map_err(|error| SessionEnd { error, consumed: false })?,
         };
-        // Each phase's lanes in turn (`select_all` polls the streams that have a delivery one after another).
-        let mut phase1 = futures_util::stream::select_all(phase1);
-        let mut phase2 = futures_util::stream::select_all(phase2);
+        // Every lane's deliveries, each with its phase and lane, into `turns` as they come.
+        let mut deliveries = futures_util::stream::select_all(
+            consumers
+                .into_iter()
+                .map(|(phase, lane, consumer)| consumer.map(move |next| (phase, lane, next))),
+        );
+        let mut turns = Turns::default();
+        // A started job's lane, sent when it stops (before its slot is free again).
+        let (stopped, mut stops) = mpsc::unbounded_channel::<Lane>();
         self.ready.store(true, Ordering::SeqCst);
         info!(broker = %mq::redact_url(&self.config.amqp_url), concurrency = self.config.concurrency, "consuming");
         // Cancelled when this session's deliveries can no longer be settled: their attempts must stop writing.
@@ -217,46 +224,56 @@ impl Worker {
         let fleet = fleet_size::follow(&connection, &self.config.topology, self.runner.graph());
         tokio::pin!(fleet);
         let outcome = loop {
-            // A free slot, then the next delivery of phase 1, or of phase 2 while a phase-2 place is free too.
-            // Dropping the losing branch loses nothing: a stream's `next` is cancel-safe.
-            let next = async {
+            // A job may start once a slot is free and, for a phase-2 job, a place too (one slot stays free for
+            // phase 1): with no phase-1 job waiting, wait for both. Dropped unfinished, it gives back what it took.
+            let phase2_only = !turns.phase1_waiting();
+            let free = async {
                 let slot = self.slots.clone().acquire_owned().await;
-                tokio::select! {
-                    next = phase1.next() => (slot, None, next),
-                    (place, next) = async {
-                        let place = self.places.clone().acquire_owned().await;
-                        (place, phase2.next().await)
-                    } => (slot, Some(place), next),
-                }
+                let place = if phase2_only {
+                    Some(self.places.clone().acquire_owned().await)
+                } else {
+                    self.places.clone().try_acquire_owned().ok().map(Ok)
+                };
+                (slot, place)
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(StopReason::Shutdown),
                 _ = broken.cancelled() => break Err(MqError::lost("a publish failed; reopening the channels")),
                 error = watch.lost() => break Err(error),
                 never = &mut fleet => match never {},
-                (slot, place, next) = next => match next {
-                    Some(Ok(message)) => {
-                        let (Ok(slot), Ok(place)) = (slot, place.transpose()) else {
-                            break Err(MqError::lost("the job slots were closed"));
-                        };
-                        let delivery = Broker {
-                            message,
-                            publisher: publisher.clone(),
-                            broken: broken.clone(),
-                        };
-                        let runner = self.runner.clone();
-                        let retry = self.config.retry;
-                        let attempts = attempts.clone();
-                        let span = delivery.span();
-                        tracker.spawn(async move {
-                            delivery::process(delivery, runner.as_ref(), &retry, &attempts)
-                                .instrument(span)
-                                .await;
-                            drop((slot, place));
-                        });
-                    }
-                    Some(Err(source)) => break Err(MqError::Amqp { context: "consuming jobs".into(), source }),
+                next = deliveries.next() => match next {
+                    Some((phase, lane, Ok(message))) => turns.push(phase, lane, message),
+                    Some((_, _, Err(source))) => break Err(MqError::Amqp { context: "consuming jobs".into(), source }),
                     None => break Err(MqError::lost("the broker cancelled the consumers")),
+                },
+                (slot, place) = free, if turns.any_waiting() => {
+                    let (Ok(slot), Ok(place)) = (slot, place.transpose()) else {
+                        break Err(MqError::lost("the job slots were closed"));
+                    };
+                    while let Ok(lane) = stops.try_recv() {
+                        turns.finished(lane);
+                    }
+                    let Some((phase, lane, message)) = turns.start(place.is_some()) else {
+                        continue;
+                    };
+                    let place = place.filter(|_| phase == Phase::Phase2);
+                    let delivery = Broker {
+                        message,
+                        publisher: publisher.clone(),
+                        broken: broken.clone(),
+                    };
+                    let runner = self.runner.clone();
+                    let retry = self.config.retry;
+                    let attempts = attempts.clone();
+                    let stopped = stopped.clone();
+                    let span = delivery.span();
+                    tracker.spawn(async move {
+                        delivery::process(delivery, runner.as_ref(), &retry, &attempts)
+                            .instrument(span)
+                            .await;
+                        let _ = stopped.send(lane);
+                        drop((slot, place));
+                    });
                 }
             }
         };
@@ -270,6 +287,21 @@ impl Worker {
                 let _ = tokio::time::timeout(
                     CLOSE_WAIT,
                     channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+                )
+                .await;
+            }
+            // Jobs delivered and not started go back now: another worker may take them during the grace period.
+            let mut waiting = turns.drain();
+            while let Some(Some((_, _, Ok(message)))) = deliveries.next().now_or_never() {
+                waiting.push(message);
+            }
+            for message in waiting {
+                let _ = tokio::time::timeout(
+                    CLOSE_WAIT,
+                    message.nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    }),
                 )
                 .await;
             }
@@ -363,8 +395,7 @@ struct Opened {
     publisher: Publisher,
     channel: lapin::Channel,
     /// One consumer per lane of each phase.
-    phase1: Vec<Consumer>,
-    phase2: Vec<Consumer>,
+    consumers: Vec<(Phase, Lane, Consumer)>,
 }
 
 /// Every job queue a worker consumes: each phase's lanes.
@@ -398,7 +429,7 @@ impl Worker {
         mq::declare(&setup, &self.config.topology).await?;
         let publisher = Publisher::open(connection, self.config.topology.clone()).await?;
         let channel = mq::open_channel(connection, "consume").await?;
-        let (mut phase1, mut phase2) = (Vec::new(), Vec::new());
+        let mut consumers = Vec::new();
         for (phase, lane) in lanes() {
             // Each consumer gets the prefetch set before it (RabbitMQ's per-consumer `basic.qos`).
             let prefetch = prefetch(phase, self.config.concurrency);
@@ -411,11 +442,7 @@ impl Worker {
             .await?;
             let queue = self.config.topology.lane_queue(phase, lane);
             let tag = consumer_tag(&self.config.name, phase, lane);
-            let consumer = mq::consume(&channel, &queue, &tag).await?;
-            match phase {
-                Phase::Phase1 => phase1.push(consumer),
-                Phase::Phase2 => phase2.push(consumer),
-            }
+            consumers.push((phase, lane, mq::consume(&channel, &queue, &tag).await?));
         }
         let Some(connection) = half_open.keep() else {
             return Err(MqError::lost(
@@ -426,8 +453,7 @@ impl Worker {
             connection,
             publisher,
             channel,
-            phase1,
-            phase2,
+            consumers,
         })
     }
 }

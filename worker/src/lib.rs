@@ -34,3 +34,4 @@ pub mod overlap;
 pub mod planning_budget;
 pub mod run_cache;
 pub mod trust;
+pub mod turns;
