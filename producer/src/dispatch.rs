@@ -447,8 +447,9 @@ impl Broker {
 
     /// The lane of the job queues this run's jobs travel in: the first one no other run holds, now held by this
     /// run's connection (fair tenants across runs, issue 13: a run started beside another does not queue its
-    /// jobs behind the other's); when every lane is held, the one with the fewest jobs waiting.
-    async fn choose_lane(&self) -> Result<Lane> {
+    /// jobs behind the other's); when every lane is held, the one with the fewest jobs waiting, ties spread by the
+    /// run's id.
+    async fn choose_lane(&self, run_id: Uuid) -> Result<Lane> {
         let connection = &self.session.connection;
         for lane in Lane::all() {
             if mq::take_lease(connection, &self.topology.lane_hold_queue(lane)).await? {
@@ -466,7 +467,9 @@ impl Broker {
             waiting.push(jobs);
         }
         let _ = mq::close_channel(&channel, "lane depths read").await;
-        Ok(fair::least_waiting(&waiting))
+        // UUID v7: its last bits are random.
+        let pick = usize::try_from(run_id.as_u128() % 1024).unwrap_or(0);
+        Ok(fair::least_waiting(&waiting, pick))
     }
 
     /// Replaces a broken session, retrying with backoff for up to [`RECONNECT_FOR`], and takes the run's leases
@@ -708,7 +711,7 @@ impl Dispatch for Broker {
         loop {
             let begun = async {
                 let queue = self.session.consume(&self.topology, run_id).await?;
-                let lane = self.choose_lane().await?;
+                let lane = self.choose_lane(run_id).await?;
                 Ok::<_, anyhow::Error>((queue, lane))
             };
             match begun.await {

@@ -18,15 +18,23 @@ use std::num::NonZeroUsize;
 
 use shared::message::Lane;
 
-/// The lane for a run on RabbitMQ when every lane is held by another run: the one with the fewest jobs waiting
-/// (`waiting`, lane by lane, both phases added), the lowest-numbered on a tie. Across runs, the job queues are what
-/// is first in, first out; a run normally holds a lane of its own (`Broker::begin`), so this is for the fifth run
-/// at once.
-pub fn least_waiting(waiting: &[u64]) -> Lane {
-    Lane::all()
+/// The lane for a run on RabbitMQ when every lane is held by another run: one with the fewest jobs waiting
+/// (`waiting`, lane by lane, both phases added); on a tie, number `pick` of the tied lanes (modulo their number;
+/// the caller derives it from the run's id). Several runs started together all see empty lanes beside a large
+/// run's, and a fixed choice would put them all in one lane, behind each other (seen: seven of nine in lane 1).
+/// A run normally holds a lane of its own (`Broker::choose_lane`), so this is for the fifth run at once.
+pub fn least_waiting(waiting: &[u64], pick: usize) -> Lane {
+    let Some(fewest) = waiting.iter().take(usize::from(Lane::COUNT)).min() else {
+        return Lane::FIRST;
+    };
+    let tied: Vec<Lane> = Lane::all()
         .zip(waiting)
-        .min_by_key(|(lane, waiting)| (**waiting, *lane))
-        .map_or(Lane::FIRST, |(lane, _)| lane)
+        .filter(|(_, waiting)| *waiting == fewest)
+        .map(|(lane, _)| lane)
+        .collect();
+    tied.get(pick % tied.len().max(1))
+        .copied()
+        .unwrap_or(Lane::FIRST)
 }
 
 /// How many jobs may be outstanding at once.
@@ -240,10 +248,22 @@ mod tests {
     #[test]
     fn without_a_lane_of_its_own_a_run_takes_the_least_waiting_one() {
         let lane = |n| Lane::new(n).expect("lane");
-        assert_eq!(least_waiting(&[900, 3, 40, 3]), lane(1));
-        assert_eq!(least_waiting(&[0, 0, 0, 0]), Lane::FIRST);
-        assert_eq!(least_waiting(&[5, 7, 9, 2]), lane(3));
-        assert_eq!(least_waiting(&[]), Lane::FIRST);
+        assert_eq!(least_waiting(&[900, 3, 40, 3], 0), lane(1));
+        assert_eq!(least_waiting(&[900, 3, 40, 3], 1), lane(3));
+        assert_eq!(least_waiting(&[900, 3, 40, 3], 2), lane(1));
+        assert_eq!(least_waiting(&[5, 7, 9, 2], 1), lane(3));
+        assert_eq!(least_waiting(&[], 3), Lane::FIRST);
+    }
+
+    /// Runs started together beside a large one spread over the empty lanes (fails with a fixed tie-break: every
+    /// run in lane 1).
+    #[test]
+    fn runs_that_find_equal_lanes_spread_over_them() {
+        let waiting = [1_800, 0, 0, 0];
+        let chosen: Vec<u8> = (0..9)
+            .map(|pick| least_waiting(&waiting, pick).number())
+            .collect();
+        assert_eq!(chosen, [1, 2, 3, 1, 2, 3, 1, 2, 3]);
     }
 
     #[test]
