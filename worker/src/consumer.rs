@@ -24,7 +24,9 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicQosOptions};
 use lapin::Consumer;
 use shared::message::{FailureReason, Job, Lane, Phase, Report};
-use shared::mq::{self, attempt_of, MqError, Publisher, Topology, CLOSE_WAIT};
+use shared::mq::{
+    self, attempt_of, header_str, MqError, Publisher, Topology, CLOSE_WAIT, TENANT_HEADER,
+};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -72,7 +74,7 @@ pub fn phase2_places(concurrency: u16) -> usize {
 /// 1, and on a long one a stream of jobs put off and taken again).
 ///
 /// A lane's jobs beyond the free slots wait in the process, unacknowledged, and the session starts the next job
-/// from the lane with the fewest running ([`crate::turns`]), so a run in a lane of its own is not behind another's
+/// of the tenant with the fewest running ([`crate::turns`]), so a run in a lane of its own is not behind another's
 /// jobs (fair tenants across runs, issue 13; [`shared::message::Lane`]). On shutdown the waiting ones go back to
 /// their queues at once, for other workers, rather than at the end of the grace period.
 fn prefetch(phase: Phase, concurrency: u16) -> u16 {
@@ -204,15 +206,15 @@ impl Worker {
             _ = shutdown.cancelled() => return Ok(StopReason::Shutdown),
             opened = self.open() => opened.map_err(|error| SessionEnd { error, consumed: false })?,
         };
-        // Every lane's deliveries, each with its phase and lane, into `turns` as they come.
+        // Every lane's deliveries, each with its phase, into `turns` as they come.
         let mut deliveries = futures_util::stream::select_all(
             consumers
                 .into_iter()
-                .map(|(phase, lane, consumer)| consumer.map(move |next| (phase, lane, next))),
+                .map(|(phase, consumer)| consumer.map(move |next| (phase, next))),
         );
         let mut turns = Turns::default();
-        // A started job's lane, sent when it stops (before its slot is free again).
-        let (stopped, mut stops) = mpsc::unbounded_channel::<Lane>();
+        // A started job's tenant, sent when it stops (before its slot is free again).
+        let (stopped, mut stops) = mpsc::unbounded_channel::<String>();
         self.ready.store(true, Ordering::SeqCst);
         info!(broker = %mq::redact_url(&self.config.amqp_url), concurrency = self.config.concurrency, "consuming");
         // Cancelled when this session's deliveries can no longer be settled: their attempts must stop writing.
@@ -242,18 +244,23 @@ impl Worker {
                 error = watch.lost() => break Err(error),
                 never = &mut fleet => match never {},
                 next = deliveries.next() => match next {
-                    Some((phase, lane, Ok(message))) => turns.push(phase, lane, message),
-                    Some((_, _, Err(source))) => break Err(MqError::Amqp { context: "consuming jobs".into(), source }),
+                    // Grouped by the tenant the producer names in the header; a message without one (published
+                    // by hand) is grouped with the others like it.
+                    Some((phase, Ok(message))) => {
+                        let tenant = header_str(&message.properties, TENANT_HEADER).unwrap_or_default();
+                        turns.push(&tenant, phase, message);
+                    }
+                    Some((_, Err(source))) => break Err(MqError::Amqp { context: "consuming jobs".into(), source }),
                     None => break Err(MqError::lost("the broker cancelled the consumers")),
                 },
                 (slot, place) = free, if turns.any_waiting() => {
                     let (Ok(slot), Ok(place)) = (slot, place.transpose()) else {
                         break Err(MqError::lost("the job slots were closed"));
                     };
-                    while let Ok(lane) = stops.try_recv() {
-                        turns.finished(lane);
+                    while let Ok(tenant) = stops.try_recv() {
+                        turns.finished(&tenant);
                     }
-                    let Some((phase, lane, message)) = turns.start(place.is_some()) else {
+                    let Some((tenant, phase, message)) = turns.start(place.is_some()) else {
                         continue;
                     };
                     let place = place.filter(|_| phase == Phase::Phase2);
@@ -271,7 +278,7 @@ impl Worker {
                         delivery::process(delivery, runner.as_ref(), &retry, &attempts)
                             .instrument(span)
                             .await;
-                        let _ = stopped.send(lane);
+                        let _ = stopped.send(tenant);
                         drop((slot, place));
                     });
                 }
@@ -292,7 +299,7 @@ impl Worker {
             }
             // Jobs delivered and not started go back now: another worker may take them during the grace period.
             let mut waiting = turns.drain();
-            while let Some(Some((_, _, Ok(message)))) = deliveries.next().now_or_never() {
+            while let Some(Some((_, Ok(message)))) = deliveries.next().now_or_never() {
                 waiting.push(message);
             }
             for message in waiting {
@@ -395,7 +402,7 @@ struct Opened {
     publisher: Publisher,
     channel: lapin::Channel,
     /// One consumer per lane of each phase.
-    consumers: Vec<(Phase, Lane, Consumer)>,
+    consumers: Vec<(Phase, Consumer)>,
 }
 
 /// Every job queue a worker consumes: each phase's lanes.
@@ -442,7 +449,7 @@ impl Worker {
             .await?;
             let queue = self.config.topology.lane_queue(phase, lane);
             let tag = consumer_tag(&self.config.name, phase, lane);
-            consumers.push((phase, lane, mq::consume(&channel, &queue, &tag).await?));
+            consumers.push((phase, mq::consume(&channel, &queue, &tag).await?));
         }
         let Some(connection) = half_open.keep() else {
             return Err(MqError::lost(

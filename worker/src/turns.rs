@@ -1,39 +1,52 @@
-//! Which delivered job a worker process starts next, when it holds jobs of several lanes (fair tenants across
-//! runs, issue 13; `shared::message::Lane`).
+//! Which delivered job a worker process starts next, when it holds jobs of several tenants (fair tenants across
+//! runs, issue 13).
 //!
-//! Each lane is one run's share of a phase's jobs. A worker prefetches every lane's jobs and starts them as slots
-//! free up; taking the lanes in turn would give a small run started beside a large one only its lane's share of
-//! the slots that free up, so its 20 jobs would wait behind a dozen of the large run's each. Instead the next job
-//! comes from the lane with the fewest jobs running in this process (then the one after the lane started last),
-//! so a newcomer's jobs take the freed slots until it runs as many as the others: the slots are shared evenly
-//! between the runs that have work, whatever their backlog. Within a lane, phase 1 goes first (its tenant's phase
-//! 2 depends on it), and each phase keeps its delivery order.
+//! A worker prefetches the jobs of every lane (`shared::message::Lane`: one run's share of a phase's jobs) and
+//! starts them as slots free up. Taken in delivery order, a small run's jobs would wait behind the large run's
+//! already delivered, and taken lane by lane in turn, runs sharing a lane would still queue behind each other and
+//! a small run would get only its lane's share of the slots that free up. Instead the next job comes from the
+//! tenant with the fewest jobs running in this process (then the tenant after the one started last), so a
+//! newcomer's jobs take the freed slots until it runs as many as the others: the slots are shared evenly between
+//! the tenants that have work, whatever their backlog. Within a tenant, phase 1 goes first (its phase 2 depends on
+//! it), and each phase keeps its delivery order.
 //!
 //! Pure: no I/O, generic over what is queued, so the rule is tested on its own (the consumer holds lapin
-//! deliveries in it).
+//! deliveries in it, grouped by their `x-tenant` header).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
-use shared::message::{Lane, Phase};
+use shared::message::Phase;
 
-/// The jobs a worker process has been delivered and not yet started, by lane and phase, and how many of each
-/// lane's it runs.
+/// One tenant's jobs: waiting (phase 1's, then phase 2's) and how many run.
+#[derive(Debug)]
+struct Tenant<T> {
+    waiting: [VecDeque<T>; 2],
+    running: usize,
+}
+
+impl<T> Default for Tenant<T> {
+    fn default() -> Self {
+        Self {
+            waiting: Default::default(),
+            running: 0,
+        }
+    }
+}
+
+/// The jobs a worker process has been delivered and not yet started, by tenant and phase, and how many of each
+/// tenant's it runs. A tenant with nothing waiting and nothing running is forgotten.
 #[derive(Debug)]
 pub struct Turns<T> {
-    /// Per lane: phase 1's waiting jobs, then phase 2's.
-    waiting: Vec<[VecDeque<T>; 2]>,
-    running: Vec<usize>,
-    /// The lane started last, for ties.
-    last: usize,
+    tenants: BTreeMap<String, Tenant<T>>,
+    /// The tenant started last, for ties.
+    last: Option<String>,
 }
 
 impl<T> Default for Turns<T> {
     fn default() -> Self {
-        let lanes = usize::from(Lane::COUNT);
         Self {
-            waiting: (0..lanes).map(|_| Default::default()).collect(),
-            running: vec![0; lanes],
-            last: lanes - 1,
+            tenants: BTreeMap::new(),
+            last: None,
         }
     }
 }
@@ -46,59 +59,78 @@ fn index(phase: Phase) -> usize {
 }
 
 impl<T> Turns<T> {
-    /// Queues a delivered job of `phase` in `lane`, behind the others of the same lane and phase.
-    pub fn push(&mut self, phase: Phase, lane: Lane, job: T) {
-        self.waiting[usize::from(lane.number())][index(phase)].push_back(job);
+    /// Queues a delivered job of `tenant` and `phase`, behind the tenant's others of that phase.
+    pub fn push(&mut self, tenant: &str, phase: Phase, job: T) {
+        self.tenants.entry(tenant.to_owned()).or_default().waiting[index(phase)].push_back(job);
     }
 
     /// Whether a phase-1 job waits (it may start in the slot kept free of phase-2 jobs).
     pub fn phase1_waiting(&self) -> bool {
-        self.waiting.iter().any(|phases| !phases[0].is_empty())
+        self.tenants.values().any(|t| !t.waiting[0].is_empty())
     }
 
     /// Whether any job waits.
     pub fn any_waiting(&self) -> bool {
-        self.waiting
-            .iter()
-            .any(|phases| phases.iter().any(|jobs| !jobs.is_empty()))
+        self.tenants
+            .values()
+            .any(|t| t.waiting.iter().any(|jobs| !jobs.is_empty()))
     }
 
-    /// The job to start now, counted as running in its lane until [`Turns::finished`]: from the lane with the
-    /// fewest running that has a job it may start (phase 2 only if `phase2_allowed`), the lane after the last one
-    /// started on a tie; phase 1 first within a lane. `None` if nothing may start.
-    pub fn start(&mut self, phase2_allowed: bool) -> Option<(Phase, Lane, T)> {
-        let lanes = self.waiting.len();
-        let startable = |phases: &[VecDeque<T>; 2]| {
-            !phases[0].is_empty() || (phase2_allowed && !phases[1].is_empty())
+    /// The job to start now, with its tenant and phase, counted as running until [`Turns::finished`]: from the
+    /// tenant with the fewest running that has a job it may start (phase 2 only if `phase2_allowed`), on a tie the
+    /// first after the tenant started last (in name order, wrapping); phase 1 first within a tenant. `None` if
+    /// nothing may start.
+    pub fn start(&mut self, phase2_allowed: bool) -> Option<(String, Phase, T)> {
+        let startable = |tenant: &Tenant<T>| {
+            !tenant.waiting[0].is_empty() || (phase2_allowed && !tenant.waiting[1].is_empty())
         };
-        let lane = (1..=lanes)
-            .map(|step| (self.last + step) % lanes)
-            .filter(|lane| startable(&self.waiting[*lane]))
-            .min_by_key(|lane| self.running[*lane])?;
-        let phase = if self.waiting[lane][0].is_empty() {
+        let after_last = |name: &String| match &self.last {
+            Some(last) => name <= last,
+            None => false,
+        };
+        // Names after the last one started come first, then the rest: `false < true`.
+        let name = self
+            .tenants
+            .iter()
+            .filter(|(_, tenant)| startable(tenant))
+            .min_by_key(|(name, tenant)| (tenant.running, after_last(name), name.as_str()))
+            .map(|(name, _)| name.clone())?;
+        let tenant = self.tenants.get_mut(&name)?;
+        let phase = if tenant.waiting[0].is_empty() {
             Phase::Phase2
         } else {
             Phase::Phase1
         };
-        let job = self.waiting[lane][index(phase)].pop_front()?;
-        self.running[lane] += 1;
-        self.last = lane;
-        let number = u8::try_from(lane).ok().and_then(Lane::new)?;
-        Some((phase, number, job))
+        let job = tenant.waiting[index(phase)].pop_front()?;
+        tenant.running += 1;
+        self.last = Some(name.clone());
+        Some((name, phase, job))
     }
 
-    /// Every waiting job, in lane order, phase 1 first; none waits after.
+    /// A job of `tenant` started by [`Turns::start`] has stopped.
+    pub fn finished(&mut self, tenant: &str) {
+        if let Some(entry) = self.tenants.get_mut(tenant) {
+            entry.running = entry.running.saturating_sub(1);
+            if entry.running == 0 && entry.waiting.iter().all(VecDeque::is_empty) {
+                self.tenants.remove(tenant);
+            }
+        }
+    }
+
+    /// Every waiting job, tenant by tenant, phase 1 first; none waits after.
     pub fn drain(&mut self) -> Vec<T> {
-        self.waiting
-            .iter_mut()
-            .flat_map(|phases| phases.iter_mut().flat_map(|jobs| jobs.drain(..)))
-            .collect()
+        let jobs = self
+            .tenants
+            .values_mut()
+            .flat_map(|tenant| tenant.waiting.iter_mut().flat_map(|jobs| jobs.drain(..)))
+            .collect();
+        self.tenants.retain(|_, tenant| tenant.running > 0);
+        jobs
     }
 
-    /// A job of `lane` started by [`Turns::start`] has stopped.
-    pub fn finished(&mut self, lane: Lane) {
-        let running = &mut self.running[usize::from(lane.number())];
-        *running = running.saturating_sub(1);
+    /// Tenants known (waiting or running).
+    pub fn tenants(&self) -> usize {
+        self.tenants.len()
     }
 }
 
@@ -106,71 +138,101 @@ impl<T> Turns<T> {
 mod tests {
     use super::*;
 
-    fn lane(n: u8) -> Lane {
-        Lane::new(n).expect("lane")
+    fn started(turns: &mut Turns<u32>, phase2_allowed: bool) -> Option<(String, Phase, u32)> {
+        turns.start(phase2_allowed)
     }
 
-    fn started(turns: &mut Turns<u32>, phase2_allowed: bool) -> Option<(Phase, u8, u32)> {
-        turns
-            .start(phase2_allowed)
-            .map(|(phase, lane, job)| (phase, lane.number(), job))
+    fn tenant_of(turns: &mut Turns<u32>) -> Option<String> {
+        started(turns, true).map(|(tenant, _, _)| tenant)
     }
 
-    /// A newcomer's jobs take the freed slots until it runs as many as the lane that was there first (fails when
-    /// the lanes only take turns: the large lane would get every other slot).
+    /// A newcomer's jobs take the freed slots until it runs as many as the tenant that was there first, whatever
+    /// the order they were delivered in (fails in delivery order, and when tenants only take turns: the large one
+    /// would get every other slot).
     #[test]
-    fn the_lane_with_the_fewest_running_goes_first() {
+    fn the_tenant_with_the_fewest_running_goes_first() {
         let mut turns = Turns::default();
         for job in 0..10 {
-            turns.push(Phase::Phase2, lane(0), job);
+            turns.push("large", Phase::Phase2, job);
         }
         for _ in 0..4 {
-            assert_eq!(started(&mut turns, true).map(|s| s.1), Some(0));
+            assert_eq!(tenant_of(&mut turns).as_deref(), Some("large"));
         }
         for job in 100..103 {
-            turns.push(Phase::Phase2, lane(2), job);
+            turns.push("small", Phase::Phase2, job);
         }
-        turns.finished(lane(0));
-        turns.finished(lane(0));
-        assert_eq!(started(&mut turns, true), Some((Phase::Phase2, 2, 100)));
-        assert_eq!(started(&mut turns, true), Some((Phase::Phase2, 2, 101)));
-        // 2 running each now: ties go to the lane after the one started last.
-        assert_eq!(started(&mut turns, true), Some((Phase::Phase2, 0, 4)));
-        assert_eq!(started(&mut turns, true), Some((Phase::Phase2, 2, 102)));
-        assert_eq!(started(&mut turns, true), Some((Phase::Phase2, 0, 5)));
+        turns.finished("large");
+        turns.finished("large");
+        assert_eq!(
+            started(&mut turns, true),
+            Some(("small".into(), Phase::Phase2, 100))
+        );
+        assert_eq!(
+            started(&mut turns, true),
+            Some(("small".into(), Phase::Phase2, 101))
+        );
+        // 2 running each now: ties go to the tenant after the one started last, wrapping.
+        assert_eq!(
+            started(&mut turns, true),
+            Some(("large".into(), Phase::Phase2, 4))
+        );
+        assert_eq!(
+            started(&mut turns, true),
+            Some(("small".into(), Phase::Phase2, 102))
+        );
+        assert_eq!(
+            started(&mut turns, true),
+            Some(("large".into(), Phase::Phase2, 5))
+        );
     }
 
     #[test]
-    fn phase_1_goes_first_within_a_lane_and_alone_when_phase_2_may_not_start() {
+    fn phase_1_goes_first_within_a_tenant_and_alone_when_phase_2_may_not_start() {
         let mut turns = Turns::default();
-        turns.push(Phase::Phase2, lane(1), 20);
-        turns.push(Phase::Phase1, lane(1), 10);
-        turns.push(Phase::Phase2, lane(3), 30);
+        turns.push("b", Phase::Phase2, 20);
+        turns.push("b", Phase::Phase1, 10);
+        turns.push("d", Phase::Phase2, 30);
         assert!(turns.phase1_waiting());
-        assert_eq!(started(&mut turns, false), Some((Phase::Phase1, 1, 10)));
+        assert_eq!(
+            started(&mut turns, false),
+            Some(("b".into(), Phase::Phase1, 10))
+        );
         assert!(!turns.phase1_waiting());
         assert_eq!(started(&mut turns, false), None, "no place for phase 2");
         assert!(turns.any_waiting());
-        assert_eq!(started(&mut turns, true), Some((Phase::Phase2, 3, 30)));
-        assert_eq!(started(&mut turns, true), Some((Phase::Phase2, 1, 20)));
+        assert_eq!(
+            started(&mut turns, true),
+            Some(("d".into(), Phase::Phase2, 30))
+        );
+        assert_eq!(
+            started(&mut turns, true),
+            Some(("b".into(), Phase::Phase2, 20))
+        );
         assert!(!turns.any_waiting());
         assert_eq!(started(&mut turns, true), None);
-        turns.push(Phase::Phase2, lane(2), 40);
-        turns.push(Phase::Phase1, lane(2), 41);
-        turns.push(Phase::Phase2, lane(0), 42);
+        turns.push("c", Phase::Phase2, 40);
+        turns.push("c", Phase::Phase1, 41);
+        turns.push("a", Phase::Phase2, 42);
         assert_eq!(turns.drain(), vec![42, 41, 40]);
         assert!(!turns.any_waiting());
     }
 
     #[test]
-    fn finishing_more_than_was_started_never_goes_below_zero() {
+    fn a_tenant_with_nothing_left_is_forgotten_and_counts_never_go_below_zero() {
         let mut turns = Turns::default();
-        turns.finished(lane(1));
-        turns.push(Phase::Phase2, lane(0), 1);
-        turns.push(Phase::Phase2, lane(0), 2);
-        turns.push(Phase::Phase2, lane(1), 3);
-        assert_eq!(started(&mut turns, true).map(|s| s.1), Some(0));
-        assert_eq!(started(&mut turns, true).map(|s| s.1), Some(1));
-        assert_eq!(started(&mut turns, true).map(|s| s.1), Some(0));
+        turns.finished("nobody");
+        turns.push("a", Phase::Phase2, 1);
+        turns.push("a", Phase::Phase2, 2);
+        turns.push("b", Phase::Phase2, 3);
+        assert_eq!(tenant_of(&mut turns).as_deref(), Some("a"));
+        assert_eq!(tenant_of(&mut turns).as_deref(), Some("b"));
+        assert_eq!(tenant_of(&mut turns).as_deref(), Some("a"));
+        assert_eq!(turns.tenants(), 2);
+        turns.finished("b");
+        turns.finished("b");
+        assert_eq!(turns.tenants(), 1, "b has nothing left");
+        turns.finished("a");
+        turns.finished("a");
+        assert_eq!(turns.tenants(), 0);
     }
 }
