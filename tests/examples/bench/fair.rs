@@ -3,7 +3,8 @@
 //! The estate is one large tenant and several small ones ([`Estate::seed_fair`]). Each figure is a fresh estate
 //! (every run is an initial sync): the small tenants each alone; all tenants in one producer run; and on RabbitMQ
 //! the large tenant's run first, then, once its phase 2 is under way, one run per small tenant beside it (two
-//! CronJobs). A small tenant's time is from its run's start to its last final report.
+//! CronJobs), and the same small runs started together without the large one (what they cost each other). A small
+//! tenant's time is from its run's start to its last final report.
 
 use std::time::{Duration, Instant};
 
@@ -167,6 +168,23 @@ async fn together_and_apart(
         );
         apart.prepared_secs = Some(prepared.into_iter().fold(0.0, f64::max));
         rows.push(apart);
+        // The same small runs started together without the large one: what they cost each other, so the row
+        // above tells the large run's share from the fleet's size.
+        let smalls_only = seeded(shape, budget, latency).await?;
+        let pool = Pool::start(&smalls_only, budget, processes, opts, "fair").await?;
+        let measured = small_runs_together(&smalls_only, &pool, budget, tenant_jobs).await;
+        pool.stop().await?;
+        let (walls, prepared): (Vec<f64>, Vec<f64>) = measured?.into_iter().unzip();
+        let mut together = row(
+            mode,
+            "one run per small tenant, all started together, no large run",
+            tenant_jobs,
+            &walls,
+            Some(alone_secs),
+            None,
+        );
+        together.prepared_secs = Some(prepared.into_iter().fold(0.0, f64::max));
+        rows.push(together);
     }
     Ok(())
 }
@@ -314,6 +332,32 @@ async fn separate_runs(
     let (report, wall) = large?;
     check(&report)?;
     Ok((wall.as_secs_f64(), smalls?))
+}
+
+/// One run per small tenant, all started at once: (wall, preparation) seconds of each.
+async fn small_runs_together(
+    estate: &Estate,
+    pool: &Pool,
+    budget: Budget,
+    tenant_jobs: Option<usize>,
+) -> Result<Vec<(f64, f64)>> {
+    let runs = estate.tenants[1..].iter().map(|t| {
+        let args = RunArgs {
+            tenants: vec![t.tenant_id.clone()],
+            tenant_jobs: tenant_jobs.and_then(std::num::NonZeroUsize::new),
+            ..pool.args(estate)
+        };
+        timed(estate, budget, args)
+    });
+    futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| {
+            let (report, wall) = r?;
+            check(&report)?;
+            Ok((wall.as_secs_f64(), preparation_secs(&report)))
+        })
+        .collect()
 }
 
 /// Seconds of a run before its tenants' jobs went out: the run's time less its longest tenant's.
