@@ -85,13 +85,15 @@ impl Fleet {
         delivery.ack(Default::default()).await.expect("ack");
     }
 
-    /// Dead-letters a message the way the broker does: a consumer rejects it without requeue.
+    /// Dead-letters a message the way the broker does: a consumer rejects it, taken from its lane, without requeue.
     async fn broker_dead_letter(&self, job: &Job) {
         self.publisher
             .publish_job(job, 1)
             .await
             .expect("publish job");
-        let delivery = self.take(&self.topology.job_queue(job.phase())).await;
+        let delivery = self
+            .take(&self.topology.lane_queue(job.phase(), job.lane))
+            .await;
         delivery
             .nack(BasicNackOptions {
                 requeue: false,
@@ -243,13 +245,8 @@ async fn a_lanes_job_is_retried_into_its_lane_and_dead_lettered_into_its_phases_
         .expect("retry");
     let delivery = fleet.take(&lane_queue).await;
     assert_eq!(attempt_of(&delivery.properties), 2, "the retry came back");
-    delivery
-        .nack(BasicNackOptions {
-            requeue: false,
-            ..BasicNackOptions::default()
-        })
-        .await
-        .expect("reject");
+    delivery.ack(Default::default()).await.expect("ack");
+    fleet.broker_dead_letter(&laned).await;
     let dead = fleet.topology.dead_letter_queue(Phase::Phase2);
     fleet.expect_ready(&dead, 1).await;
 

@@ -315,18 +315,7 @@ async fn separate_runs(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let runs = estate.tenants[1..]
-            .iter()
-            .map(|t| timed(estate, budget, only(&t.tenant_id)));
-        futures_util::future::join_all(runs)
-            .await
-            .into_iter()
-            .map(|r| {
-                let (report, wall) = r?;
-                check(&report)?;
-                Ok((wall.as_secs_f64(), preparation_secs(&report)))
-            })
-            .collect::<Result<Vec<(f64, f64)>>>()
+        small_runs_together(estate, pool, budget, tenant_jobs).await
     };
     let (large, smalls) = tokio::join!(large_run, small_runs);
     let (report, wall) = large?;
