@@ -83,6 +83,13 @@ impl Lane {
         (0..Self::COUNT).map(Lane)
     }
 
+    /// Every job queue: each phase's lanes, phase 1 first.
+    pub fn of_every_phase() -> impl Iterator<Item = (Phase, Lane)> {
+        Phase::ALL
+            .into_iter()
+            .flat_map(|phase| Lane::all().map(move |lane| (phase, lane)))
+    }
+
     /// The lane's number, from 0.
     pub fn number(self) -> u8 {
         self.0

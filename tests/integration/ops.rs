@@ -71,7 +71,9 @@ impl Fleet {
             .publish_job(job, attempt)
             .await
             .expect("publish job");
-        let delivery = self.take(&self.topology.job_queue(job.phase())).await;
+        let delivery = self
+            .take(&self.topology.lane_queue(job.phase(), job.lane))
+            .await;
         self.publisher
             .publish_dead_letter(
                 job.phase(),

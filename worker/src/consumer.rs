@@ -289,7 +289,7 @@ impl Worker {
         // On a lost connection or channel the deliveries are (or are about to be) back in the queue and may run
         // elsewhere: no grace, their attempts stop writing now. On shutdown they may finish for the grace period.
         if outcome.is_ok() {
-            for (phase, lane) in lanes() {
+            for (phase, lane) in Lane::of_every_phase() {
                 let tag = consumer_tag(&self.config.name, phase, lane);
                 let _ = tokio::time::timeout(
                     CLOSE_WAIT,
@@ -405,13 +405,6 @@ struct Opened {
     consumers: Vec<(Phase, Consumer)>,
 }
 
-/// Every job queue a worker consumes: each phase's lanes.
-fn lanes() -> impl Iterator<Item = (Phase, Lane)> {
-    Phase::ALL
-        .into_iter()
-        .flat_map(|phase| Lane::all().map(move |lane| (phase, lane)))
-}
-
 /// The consumer tag of `phase`'s `lane` in worker `name`: lane 0 keeps the tag of earlier releases.
 fn consumer_tag(name: &str, phase: Phase, lane: Lane) -> String {
     match lane.number() {
@@ -437,7 +430,7 @@ impl Worker {
         let publisher = Publisher::open(connection, self.config.topology.clone()).await?;
         let channel = mq::open_channel(connection, "consume").await?;
         let mut consumers = Vec::new();
-        for (phase, lane) in lanes() {
+        for (phase, lane) in Lane::of_every_phase() {
             // Each consumer gets the prefetch set before it (RabbitMQ's per-consumer `basic.qos`).
             let prefetch = prefetch(phase, self.config.concurrency);
             mq::bounded("setting prefetch", async {

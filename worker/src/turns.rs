@@ -129,7 +129,8 @@ impl<T> Turns<T> {
     }
 
     /// Tenants known (waiting or running).
-    pub fn tenants(&self) -> usize {
+    #[cfg(test)]
+    fn tenants(&self) -> usize {
         self.tenants.len()
     }
 }

@@ -367,9 +367,7 @@ pub fn queue_arguments(topology: &Topology) -> Vec<QueueSpec> {
             routing_key: routing_key.to_owned(),
         }],
     };
-    let mut all: Vec<QueueSpec> = Phase::ALL
-        .iter()
-        .flat_map(|phase| Lane::all().map(move |lane| (*phase, lane)))
+    let mut all: Vec<QueueSpec> = Lane::of_every_phase()
         .map(|(phase, lane)| {
             // A job that reaches its delivery limit is dead-lettered with its routing key: its phase's dead-letter
             // queue is bound to every lane's key.
