@@ -12,7 +12,7 @@ use producer::cli::RunArgs;
 use shared::config::Settings;
 use shared::mq::Topology;
 use tokio_util::sync::CancellationToken;
-use worker::consumer::Worker;
+use worker::consumer::{Worker, WorkerConfig};
 
 use crate::fleet::{self, assert_only_unreachable_failed, broker_args, embedded_args, snapshot};
 use crate::support::{self, Estate, BROKER};
@@ -58,15 +58,17 @@ fn settings(estate: &Estate) -> Settings {
     support::settings_from(&document)
 }
 
-/// One worker process with one job slot, so jobs run in the order the queue hands them out.
+/// One worker process with one job slot, so jobs run in the order the queue hands them out, and `spare_slots`.
 fn one_slot_worker(
     settings: &Settings,
     topology: &Topology,
+    spare_slots: u16,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let worker = Worker::new(
-        support::worker_config(topology, "one-slot", 1),
-        support::runner(settings),
-    );
+    let config = WorkerConfig {
+        spare_slots,
+        ..support::worker_config(topology, "one-slot", 1)
+    };
+    let worker = Worker::new(config, support::runner(settings));
     let stop = CancellationToken::new();
     let token = stop.clone();
     let handle = tokio::spawn(async move {
@@ -152,7 +154,7 @@ async fn on_rabbitmq_one_runs_small_tenants_are_not_all_behind_the_large_one() {
     let estate = seed(3, 1301).await;
     let settings = settings(&estate);
     let topology = support::private_topology();
-    let worker = one_slot_worker(&settings, &topology);
+    let worker = one_slot_worker(&settings, &topology, 0);
     let report = fleet::run(&settings, &fair_broker_args(&topology, &[])).await;
     stop(worker).await;
     support::delete_topology(&topology).await;
@@ -183,16 +185,72 @@ async fn embedded_one_runs_small_tenants_are_not_all_behind_the_large_one() {
 async fn on_rabbitmq_runs_started_after_a_large_one_are_not_behind_it_and_end_as_alone() {
     let _broker = BROKER.read().await;
     let estate = seed(3, 1303).await;
-    let settings = settings(&estate);
     let topology = support::private_topology();
-    let worker = one_slot_worker(&settings, &topology);
+    let worker = one_slot_worker(&settings(&estate), &topology, 0);
+    small_runs_after_a_large_one(&estate, &topology).await;
+    stop(worker).await;
+    support::delete_topology(&topology).await;
+    // The small runs prepare and run phase 1 while the large run goes on, so only some of it is left.
+    assert_small_tenants_not_behind(&estate, 0.0);
+
+    assert_ends_as_each_tenant_alone(&estate, seed(3, 1303).await).await;
+}
+
+/// A small tenant's run started while the large tenant's job holds the worker's one slot runs in its spare slot
+/// at once: writes into its mailboxes come between the first and last write of a large job (fails with no spare
+/// slot: with one slot, jobs run one after another). The mailboxes then end as when each tenant ran alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_rabbitmq_a_run_started_while_long_jobs_hold_every_slot_starts_in_a_spare_slot() {
+    let _broker = BROKER.read().await;
+    let estate = seed(2, 1305).await;
+    let topology = support::private_topology();
+    let worker = one_slot_worker(&settings(&estate), &topology, 1);
+    small_runs_after_a_large_one(&estate, &topology).await;
+    stop(worker).await;
+    support::delete_topology(&topology).await;
+
+    let log = estate.sim.request_log();
+    let mut large_jobs = std::collections::BTreeMap::<&str, (u64, u64)>::new();
+    for (mailbox, seq) in writes_into(&log, &estate.tenants[0].user_upns) {
+        let span = large_jobs.entry(mailbox).or_insert((seq, seq));
+        span.1 = seq;
+    }
+    let small = &estate.tenants[1].user_upns[..SMALL_USERS];
+    let small_writes: Vec<u64> = writes_into(&log, small).map(|(_, seq)| seq).collect();
+    assert!(
+        !small_writes.is_empty(),
+        "the small tenant was not mirrored"
+    );
+    let during = small_writes
+        .iter()
+        .filter(|seq| {
+            large_jobs
+                .values()
+                .any(|(first, last)| first < *seq && *seq < last)
+        })
+        .count();
+    assert!(
+        during > 0,
+        "none of the small tenant's {} writes came during one of the large tenant's {} jobs: it waited for a slot",
+        small_writes.len(),
+        large_jobs.len()
+    );
+
+    assert_ends_as_each_tenant_alone(&estate, seed(2, 1305).await).await;
+}
+
+/// Runs the large tenant (index 0) alone, and once two of its mailboxes are written (its phase 2 is under way)
+/// one run per small tenant, each in its phases' order; all on `topology`'s broker, every run error-free.
+///
+/// Phases in order: with one job slot an overlapped phase-2 job finds no place to wait for its phase 1 and is put
+/// off for 5 s, behind whatever is queued then, which would reorder the jobs without any lane.
+async fn small_runs_after_a_large_one(estate: &Estate, topology: &Topology) {
+    let settings = settings(estate);
     let ids: Vec<String> = estate.tenants.iter().map(|t| t.tenant_id.clone()).collect();
-    // Phases in order: with one job slot an overlapped phase-2 job finds no place to wait for its phase 1 and is
-    // put off for 5 s, behind whatever is queued then, which would reorder the jobs without any lane.
     let run_args = |tenant: &str| RunArgs {
         tenants: vec![tenant.to_owned()],
         ordered_phases: true,
-        ..broker_args(&topology)
+        ..broker_args(topology)
     };
     let large = {
         let settings = settings.clone();
@@ -219,15 +277,9 @@ async fn on_rabbitmq_runs_started_after_a_large_one_are_not_behind_it_and_end_as
     });
     let small_reports = futures_util::future::join_all(smalls).await;
     let large_report = large.await.expect("the large run");
-    stop(worker).await;
-    support::delete_topology(&topology).await;
     for report in small_reports.iter().chain([&large_report]) {
         assert!(report.tenants.iter().all(|t| t.error.is_none()));
     }
-    // The small runs prepare and run phase 1 while the large run goes on, so only some of it is left.
-    assert_small_tenants_not_behind(&estate, 0.0);
-
-    assert_ends_as_each_tenant_alone(&estate, seed(3, 1303).await).await;
 }
 
 /// `together`'s mailboxes equal those of `alone`, the same seed, after each of its tenants ran alone.

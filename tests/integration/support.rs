@@ -269,6 +269,7 @@ pub fn worker_config(topology: &Topology, name: &str, concurrency: u16) -> Worke
         amqp_url: amqp_url(),
         topology: topology.clone(),
         concurrency,
+        spare_slots: worker::consumer::default_spare_slots(concurrency),
         retry: quick_retry(),
         grace: Duration::from_secs(10),
         name: name.to_owned(),

@@ -60,6 +60,15 @@ pub const MAX_REPORT_BYTES: usize = 8 * 1024 * 1024;
 /// `deploy/k8s/worker-deployment.yaml` (`tests/examples/bench/MEASUREMENTS.md`, *Worker concurrency*).
 pub const DEFAULT_CONCURRENCY: u16 = 32;
 
+/// Spare slots of a process of `concurrency` slots when `--spare-slots` is not given: a quarter more, taken only by
+/// a tenant that runs fewer jobs than the busiest ([`crate::turns`]), so a customer whose run starts while another's
+/// long jobs hold every slot starts at once. A tenant alone never takes one, so a process runs more than
+/// `concurrency` jobs (and holds their memory) only while two tenants have work in it
+/// (`tests/examples/bench/MEASUREMENTS.md`, *Spare slots*).
+pub fn default_spare_slots(concurrency: u16) -> u16 {
+    concurrency / 4
+}
+
 /// How many jobs of a process of `concurrency` slots may wait on a tenant's phase 1 at once: all slots but one,
 /// which stays free for phase-1 jobs (a phase-1 attempt run again, or handed back by a worker that died, needs a
 /// slot while its tenant's phase-2 jobs wait for it; `overlap::Boards::relay`).
@@ -103,6 +112,9 @@ pub struct WorkerConfig {
     pub topology: Topology,
     /// Jobs run at once; also phase 1's prefetch (phase 2's is one less: [`prefetch`]).
     pub concurrency: u16,
+    /// Jobs run at once beyond `concurrency`, by tenants that run fewer than the busiest
+    /// ([`default_spare_slots`]).
+    pub spare_slots: u16,
     /// Queue-level retry policy.
     pub retry: RetryPolicy,
     /// How long in-flight jobs may run on after shutdown is requested before they are handed back.
@@ -118,8 +130,10 @@ pub struct Worker {
     ready: Arc<AtomicBool>,
     /// One per job running; shared by every session, so a reconnect never runs more than `concurrency` at once.
     slots: Arc<Semaphore>,
-    /// One per phase-2 job running ([`phase2_places`]): one slot always stays free for phase 1.
+    /// One per phase-2 job running in a slot ([`phase2_places`]): one slot always stays free for phase 1.
     places: Arc<Semaphore>,
+    /// One per job running in a spare slot ([`WorkerConfig::spare_slots`]).
+    spare: Arc<Semaphore>,
 }
 
 impl Worker {
@@ -139,17 +153,19 @@ impl Worker {
                 config.topology.clone(),
                 config.name.clone(),
             ),
-            phase2_places(config.concurrency),
+            phase2_places(config.concurrency) + usize::from(config.spare_slots),
             runner.planning_budget().clone(),
         );
         let slots = Arc::new(Semaphore::new(usize::from(config.concurrency.max(1))));
         let places = Arc::new(Semaphore::new(phase2_places(config.concurrency).max(1)));
+        let spare = Arc::new(Semaphore::new(usize::from(config.spare_slots)));
         Self {
             config,
             runner,
             ready: Arc::new(AtomicBool::new(false)),
             slots,
             places,
+            spare,
         }
     }
 
@@ -161,6 +177,8 @@ impl Worker {
     /// Jobs running right now (attempts not yet stopped, whatever session took them).
     pub fn running(&self) -> usize {
         usize::from(self.config.concurrency.max(1)) - self.slots.available_permits()
+            + usize::from(self.config.spare_slots)
+            - self.spare.available_permits()
     }
 
     /// Consumes until `shutdown` is cancelled, reconnecting whenever the connection is lost.
@@ -229,6 +247,12 @@ impl Worker {
             // A job may start once a slot is free and, for a phase-2 job, a place too (one slot stays free for
             // phase 1): with no phase-1 job waiting, wait for both. Dropped unfinished, it gives back what it took.
             let phase2_only = !turns.phase1_waiting();
+            // A spare slot is for a tenant that runs fewer jobs than the busiest, and only while no slot would
+            // take its job now (a stop wakes the loop, so this is looked at again whenever a job ends).
+            let spare_wanted = turns.spare_waiting()
+                && (self.slots.available_permits() == 0
+                    || (phase2_only && self.places.available_permits() == 0));
+            let spare = self.spare.clone().acquire_owned();
             let free = async {
                 let slot = self.slots.clone().acquire_owned().await;
                 let place = if phase2_only {
@@ -238,6 +262,8 @@ impl Worker {
                 };
                 (slot, place)
             };
+            // The job to start, with the permits it gives back when it stops.
+            let mut started = None;
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(StopReason::Shutdown),
                 _ = broken.cancelled() => break Err(MqError::lost("a publish failed; reopening the channels")),
@@ -253,6 +279,7 @@ impl Worker {
                     Some((_, Err(source))) => break Err(MqError::Amqp { context: "consuming jobs".into(), source }),
                     None => break Err(MqError::lost("the broker cancelled the consumers")),
                 },
+                Some(tenant) = stops.recv() => turns.finished(&tenant),
                 (slot, place) = free, if turns.any_waiting() => {
                     let (Ok(slot), Ok(place)) = (slot, place.transpose()) else {
                         break Err(MqError::lost("the job slots were closed"));
@@ -264,24 +291,39 @@ impl Worker {
                         continue;
                     };
                     let place = place.filter(|_| phase == Phase::Phase2);
-                    let delivery = Broker {
-                        message,
-                        publisher: publisher.clone(),
-                        broken: broken.clone(),
-                    };
-                    let runner = self.runner.clone();
-                    let retry = self.config.retry;
-                    let attempts = attempts.clone();
-                    let stopped = stopped.clone();
-                    let span = delivery.span();
-                    tracker.spawn(async move {
-                        delivery::process(delivery, runner.as_ref(), &retry, &attempts)
-                            .instrument(span)
-                            .await;
-                        let _ = stopped.send(tenant);
-                        drop((slot, place));
-                    });
+                    started = Some((tenant, message, (slot, place)));
                 }
+                spare = spare, if spare_wanted => {
+                    let Ok(spare) = spare else {
+                        break Err(MqError::lost("the spare job slots were closed"));
+                    };
+                    while let Ok(tenant) = stops.try_recv() {
+                        turns.finished(&tenant);
+                    }
+                    let Some((tenant, _, message)) = turns.start_spare() else {
+                        continue;
+                    };
+                    started = Some((tenant, message, (spare, None)));
+                }
+            }
+            if let Some((tenant, message, permits)) = started {
+                let delivery = Broker {
+                    message,
+                    publisher: publisher.clone(),
+                    broken: broken.clone(),
+                };
+                let runner = self.runner.clone();
+                let retry = self.config.retry;
+                let attempts = attempts.clone();
+                let stopped = stopped.clone();
+                let span = delivery.span();
+                tracker.spawn(async move {
+                    delivery::process(delivery, runner.as_ref(), &retry, &attempts)
+                        .instrument(span)
+                        .await;
+                    let _ = stopped.send(tenant);
+                    drop(permits);
+                });
             }
         };
         self.ready.store(false, Ordering::SeqCst);

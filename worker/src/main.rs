@@ -13,7 +13,7 @@ use shared::config::Settings;
 use shared::graph::{ClientOptions, GraphClient};
 use shared::mq::Topology;
 use shared::telemetry::LogFormat;
-use worker::consumer::{Worker, WorkerConfig, DEFAULT_CONCURRENCY};
+use worker::consumer::{default_spare_slots, Worker, WorkerConfig, DEFAULT_CONCURRENCY};
 use worker::disposition::RetryPolicy;
 use worker::job::JobRunner;
 
@@ -33,6 +33,11 @@ struct Cli {
     /// Jobs run at once (and the prefetch).
     #[arg(long, env = "CONTACTMIRROR_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
     concurrency: u16,
+    /// Job slots beyond --concurrency, taken only by a tenant that runs fewer jobs here than the busiest one: a
+    /// customer whose run starts while another's long jobs hold every slot starts at once. Default: a quarter of
+    /// --concurrency. A tenant alone never uses them.
+    #[arg(long, env = "CONTACTMIRROR_SPARE_SLOTS")]
+    spare_slots: Option<u16>,
     /// Prefix of every queue and exchange name.
     #[arg(long, env = "CONTACTMIRROR_QUEUE_PREFIX", default_value = "cm")]
     queue_prefix: String,
@@ -86,6 +91,9 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
         amqp_url: cli.amqp_url.clone(),
         topology: Topology::new(cli.queue_prefix.clone()),
         concurrency: cli.concurrency.max(1),
+        spare_slots: cli
+            .spare_slots
+            .unwrap_or_else(|| default_spare_slots(cli.concurrency.max(1))),
         retry: RetryPolicy {
             max_attempts: cli.max_attempts.max(1),
             ..RetryPolicy::default()

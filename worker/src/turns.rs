@@ -10,6 +10,11 @@
 //! the tenants that have work, whatever their backlog. Within a tenant, phase 1 goes first (its phase 2 depends on
 //! it), and each phase keeps its delivery order.
 //!
+//! Slots free up only as jobs end, and a job that writes hundreds of contacts waits on its mailbox's budget for
+//! seconds: a tenant whose run starts while another's long jobs hold every slot would wait for them. So a worker
+//! also has a few spare slots ([`Turns::start_spare`]), taken only by a tenant that runs fewer jobs than the
+//! busiest one: it starts at once, and a tenant alone still runs in the normal slots only.
+//!
 //! Pure: no I/O, generic over what is queued, so the rule is tested on its own (the consumer holds lapin
 //! deliveries in it, grouped by their `x-tenant` header).
 
@@ -81,8 +86,36 @@ impl<T> Turns<T> {
     /// first after the tenant started last (in name order, wrapping); phase 1 first within a tenant. `None` if
     /// nothing may start.
     pub fn start(&mut self, phase2_allowed: bool) -> Option<(String, Phase, T)> {
+        self.start_below(phase2_allowed, usize::MAX)
+    }
+
+    /// Whether a tenant that runs fewer jobs than the busiest tenant has a job waiting: it may start in a spare
+    /// slot ([`Turns::start_spare`]).
+    pub fn spare_waiting(&self) -> bool {
+        let busiest = self.busiest();
+        self.tenants
+            .values()
+            .any(|t| t.running < busiest && t.waiting.iter().any(|jobs| !jobs.is_empty()))
+    }
+
+    /// The job to start now in a spare slot: as [`Turns::start`], among the tenants that run fewer jobs than the
+    /// busiest one. So a tenant alone, or the busiest, never takes one: spare slots are for the tenants that came
+    /// while another's jobs held every slot.
+    pub fn start_spare(&mut self) -> Option<(String, Phase, T)> {
+        self.start_below(true, self.busiest())
+    }
+
+    /// Jobs running of the tenant that runs the most.
+    fn busiest(&self) -> usize {
+        self.tenants.values().map(|t| t.running).max().unwrap_or(0)
+    }
+
+    /// [`Turns::start`] among the tenants that run fewer than `limit` jobs.
+    fn start_below(&mut self, phase2_allowed: bool, limit: usize) -> Option<(String, Phase, T)> {
         let startable = |tenant: &Tenant<T>| {
-            !tenant.waiting[0].is_empty() || (phase2_allowed && !tenant.waiting[1].is_empty())
+            tenant.running < limit
+                && (!tenant.waiting[0].is_empty()
+                    || (phase2_allowed && !tenant.waiting[1].is_empty()))
         };
         let after_last = |name: &String| match &self.last {
             Some(last) => name <= last,
@@ -216,6 +249,45 @@ mod tests {
         turns.push("a", Phase::Phase2, 42);
         assert_eq!(turns.drain(), vec![42, 41, 40]);
         assert!(!turns.any_waiting());
+    }
+
+    /// A tenant alone, or the busiest, never takes a spare slot; one that runs fewer does, until it runs as many
+    /// (fails when spare slots go to any tenant: the large one would take them first, its jobs came first).
+    #[test]
+    fn spare_slots_go_only_to_tenants_that_run_fewer_than_the_busiest() {
+        let mut turns = Turns::default();
+        for job in 0..10 {
+            turns.push("large", Phase::Phase2, job);
+        }
+        assert!(!turns.spare_waiting(), "nothing runs yet");
+        assert_eq!(turns.start_spare(), None);
+        assert_eq!(tenant_of(&mut turns).as_deref(), Some("large"));
+        assert_eq!(tenant_of(&mut turns).as_deref(), Some("large"));
+        assert!(!turns.spare_waiting(), "the large tenant is the busiest");
+        assert_eq!(turns.start_spare(), None);
+        turns.push("small", Phase::Phase2, 100);
+        turns.push("small", Phase::Phase1, 101);
+        turns.push("small", Phase::Phase2, 102);
+        assert!(turns.spare_waiting());
+        assert_eq!(
+            turns.start_spare(),
+            Some(("small".into(), Phase::Phase1, 101)),
+            "phase 1 first, and phase 2 may follow in a spare slot"
+        );
+        assert_eq!(
+            turns.start_spare(),
+            Some(("small".into(), Phase::Phase2, 100))
+        );
+        assert!(!turns.spare_waiting(), "2 running each");
+        assert_eq!(turns.start_spare(), None);
+        turns.finished("small");
+        assert_eq!(
+            turns.start_spare(),
+            Some(("small".into(), Phase::Phase2, 102))
+        );
+        assert!(!turns.spare_waiting());
+        // The large one's jobs still wait for a slot of its own.
+        assert_eq!(tenant_of(&mut turns).as_deref(), Some("large"));
     }
 
     #[test]

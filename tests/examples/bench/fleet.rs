@@ -147,6 +147,8 @@ pub struct FleetOptions {
     pub producer_bin: PathBuf,
     /// Jobs each worker process runs at once.
     pub worker_concurrency: u16,
+    /// Spare slots of each worker process (`None`: the worker's default).
+    pub worker_spare_slots: Option<u16>,
     /// RUST_LOG of the worker processes.
     pub worker_log: String,
     /// Where worker configurations and logs go.
@@ -489,6 +491,12 @@ impl WorkerProcess {
             .arg(format!("127.0.0.1:{metrics_port}"))
             .arg("--concurrency")
             .arg(opts.worker_concurrency.to_string())
+            .args(
+                opts.worker_spare_slots
+                    .map(|spare| ["--spare-slots".to_owned(), spare.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--grace-secs")
             .arg("10")
             .env("RUST_LOG", &opts.worker_log)

@@ -138,6 +138,9 @@ struct Cli {
     /// Jobs each worker process runs at once (default: the worker's own default).
     #[arg(long, default_value_t = worker::consumer::DEFAULT_CONCURRENCY)]
     worker_concurrency: u16,
+    /// Spare slots of each worker process (default: the worker's own, a quarter of --worker-concurrency).
+    #[arg(long)]
+    worker_spare_slots: Option<u16>,
     /// Modes of the sync group: embedded (phases overlapped, the default), embedded-ordered (`run --ordered-phases`), brokerN for N worker processes (overlapped) or brokerN-ordered.
     #[arg(
         long,
@@ -450,6 +453,7 @@ async fn main() -> Result<()> {
             worker_bin: binaries.worker,
             producer_bin: binaries.producer,
             worker_concurrency: cli.worker_concurrency.max(1),
+            worker_spare_slots: cli.worker_spare_slots,
             worker_log: cli.worker_log.clone(),
             scratch: scratch.clone(),
             idle_timeout_secs: cli.idle_timeout_secs.max(1),
@@ -1286,7 +1290,7 @@ fn print_and_write(
     );
     println!(
         "main estate: {} tenant(s) x {} users x {} contacts, overlap {}; graphsim latency {} ms; budget {}; \
-         embedded x{} workers; worker processes run {} jobs each\n",
+         embedded x{} workers; worker processes run {} jobs each, {} spare slots\n",
         cli.tenants,
         cli.users,
         cli.contacts,
@@ -1294,7 +1298,9 @@ fn print_and_write(
         cli.latency_ms,
         cli.budget.budget().label(),
         cli.embedded_workers,
-        cli.worker_concurrency
+        cli.worker_concurrency,
+        cli.worker_spare_slots
+            .unwrap_or_else(|| worker::consumer::default_spare_slots(cli.worker_concurrency))
     );
     let main_rows: Vec<Row> = rows
         .iter()
