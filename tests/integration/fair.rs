@@ -198,7 +198,8 @@ async fn on_rabbitmq_runs_started_after_a_large_one_are_not_behind_it_and_end_as
 
 /// A small tenant's run started while the large tenant's job holds the worker's one slot runs in its spare slot
 /// at once: writes into its mailboxes come between the first and last write of a large job (fails with no spare
-/// slot: with one slot, jobs run one after another). The mailboxes then end as when each tenant ran alone.
+/// slot: with one slot, jobs run one after another), while the large tenant alone kept to its one slot. The
+/// mailboxes then end as when each tenant ran alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_rabbitmq_a_run_started_while_long_jobs_hold_every_slot_starts_in_a_spare_slot() {
     let _broker = BROKER.read().await;
@@ -234,6 +235,35 @@ async fn on_rabbitmq_a_run_started_while_long_jobs_hold_every_slot_starts_in_a_s
         "none of the small tenant's {} writes came during one of the large tenant's {} jobs: it waited for a slot",
         small_writes.len(),
         large_jobs.len()
+    );
+
+    // Alone, the large tenant kept to its one slot: the jobs it started before the small one came ran one after
+    // another. Two things keep it so: its lane's prefetch (a lone tenant is delivered no more jobs than its slots
+    // take) and the spare rule (`turns::tests` checks the rule alone).
+    let small_came = log
+        .iter()
+        .filter(|e| {
+            e.mailbox
+                .as_deref()
+                .is_some_and(|m| small.iter().any(|u| u.eq_ignore_ascii_case(m)))
+        })
+        .map(|e| e.seq)
+        .min()
+        .expect("the small tenant's mailboxes were read");
+    let mut alone: Vec<(u64, u64)> = large_jobs
+        .values()
+        .copied()
+        .filter(|(first, _)| *first < small_came)
+        .collect();
+    alone.sort_unstable();
+    assert!(
+        alone.len() >= 2,
+        "the large tenant wrote {} mailboxes alone",
+        alone.len()
+    );
+    assert!(
+        alone.windows(2).all(|pair| pair[0].1 < pair[1].0),
+        "two of the large tenant's jobs ran at once while it was alone: {alone:?}"
     );
 
     assert_ends_as_each_tenant_alone(&estate, seed(2, 1305).await).await;
