@@ -13,8 +13,9 @@
 //!   waits for them to stop before reconnecting;
 //! - on shutdown, in-flight jobs may finish for the grace period; then they are cancelled the same way.
 //!
-//! Jobs run at once never exceed `concurrency`: the slots belong to the worker, not to a session, so attempts of
-//! a session that ended still count until they have stopped.
+//! Jobs run at once never exceed `concurrency` (plus `spare_slots`, for tenants other than the busiest: [`Turns`]):
+//! the slots belong to the worker, not to a session, so attempts of a session that ended still count until they
+//! have stopped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -8,7 +8,7 @@
 //! | `jobs_total` | counter | `phase`, `outcome` (`succeeded`, `retrying`, `failed`, `malformed`, `cancelled`) | [`record_job`] |
 //! | `job_duration_seconds` | histogram | `phase`, `outcome` | [`record_job`] |
 //! | `amqp_reconnects_total` | counter | | [`crate::consumer`] |
-//! | `jobs_in_flight` | gauge | | [`crate::in_flight`] (attempts in progress; never above `--concurrency`) |
+//! | `jobs_in_flight` | gauge | | [`crate::in_flight`] (attempts in progress; never above `--concurrency` + `--spare-slots`) |
 //! | `graph_requests_total` | counter | `method`, `status` (class) | `shared::graph` |
 //! | `graph_batch_items_total` | counter | `method`, `status` (class) | `shared::graph` |
 //! | `graph_throttled_total` | counter | `tenant` | `shared::graph` (every 429) |
@@ -52,7 +52,7 @@ pub fn describe() {
     );
     describe_gauge!(
         JOBS_IN_FLIGHT,
-        "Job attempts in progress (a worker never runs more than --concurrency at once)."
+        "Job attempts in progress (a worker never runs more than --concurrency + --spare-slots at once)."
     );
     describe_counter!(
         AMQP_RECONNECTS_TOTAL,
