@@ -286,6 +286,12 @@ fn configmap_matches_the_code_defaults() {
         assert!(n >= 1, "{key} must be positive");
     }
     configmap_port(&cm["CONTACTMIRROR_METRICS_ADDR"]);
+    // The spare slots are the worker's default for the configured concurrency, so both move together.
+    let concurrency: u16 = cm["CONTACTMIRROR_CONCURRENCY"].parse().expect("a number");
+    assert_eq!(
+        cm["CONTACTMIRROR_SPARE_SLOTS"],
+        worker::consumer::default_spare_slots(concurrency).to_string()
+    );
 }
 
 /// Resolves a probe's port (a number or a container port name) to a number.
