@@ -235,7 +235,12 @@ impl Worker {
         // A started job's tenant, sent when it stops (before its slot is free again).
         let (stopped, mut stops) = mpsc::unbounded_channel::<String>();
         self.ready.store(true, Ordering::SeqCst);
-        info!(broker = %mq::redact_url(&self.config.amqp_url), concurrency = self.config.concurrency, "consuming");
+        info!(
+            broker = %mq::redact_url(&self.config.amqp_url),
+            concurrency = self.config.concurrency,
+            spare_slots = self.config.spare_slots,
+            "consuming"
+        );
         // Cancelled when this session's deliveries can no longer be settled: their attempts must stop writing.
         let attempts = CancellationToken::new();
         // Cancelled by a delivery whose publish failed: the publish channel is not to be trusted any more.
