@@ -185,11 +185,7 @@ async fn embedded_one_runs_small_tenants_are_not_all_behind_the_large_one() {
 async fn on_rabbitmq_runs_started_after_a_large_one_are_not_behind_it_and_end_as_alone() {
     let _broker = BROKER.read().await;
     let estate = seed(3, 1303).await;
-    let topology = support::private_topology();
-    let worker = one_slot_worker(&settings(&estate), &topology, 0);
-    small_runs_after_a_large_one(&estate, &topology).await;
-    stop(worker).await;
-    support::delete_topology(&topology).await;
+    small_runs_after_a_large_one(&estate, 0).await;
     // The small runs prepare and run phase 1 while the large run goes on, so only some of it is left.
     assert_small_tenants_not_behind(&estate, 0.0);
 
@@ -204,11 +200,7 @@ async fn on_rabbitmq_runs_started_after_a_large_one_are_not_behind_it_and_end_as
 async fn on_rabbitmq_a_run_started_while_long_jobs_hold_every_slot_starts_in_a_spare_slot() {
     let _broker = BROKER.read().await;
     let estate = seed(2, 1305).await;
-    let topology = support::private_topology();
-    let worker = one_slot_worker(&settings(&estate), &topology, 1);
-    small_runs_after_a_large_one(&estate, &topology).await;
-    stop(worker).await;
-    support::delete_topology(&topology).await;
+    small_runs_after_a_large_one(&estate, 1).await;
 
     let log = estate.sim.request_log();
     let mut large_jobs = std::collections::BTreeMap::<&str, (u64, u64)>::new();
@@ -270,17 +262,20 @@ async fn on_rabbitmq_a_run_started_while_long_jobs_hold_every_slot_starts_in_a_s
 }
 
 /// Runs the large tenant (index 0) alone, and once two of its mailboxes are written (its phase 2 is under way)
-/// one run per small tenant, each in its phases' order; all on `topology`'s broker, every run error-free.
+/// one run per small tenant, each in its phases' order; every run error-free, on a private topology consumed by
+/// one worker with one job slot and `spare_slots`.
 ///
 /// Phases in order: with one job slot an overlapped phase-2 job finds no place to wait for its phase 1 and is put
 /// off for 5 s, behind whatever is queued then, which would reorder the jobs without any lane.
-async fn small_runs_after_a_large_one(estate: &Estate, topology: &Topology) {
+async fn small_runs_after_a_large_one(estate: &Estate, spare_slots: u16) {
     let settings = settings(estate);
+    let topology = support::private_topology();
+    let worker = one_slot_worker(&settings, &topology, spare_slots);
     let ids: Vec<String> = estate.tenants.iter().map(|t| t.tenant_id.clone()).collect();
     let run_args = |tenant: &str| RunArgs {
         tenants: vec![tenant.to_owned()],
         ordered_phases: true,
-        ..broker_args(topology)
+        ..broker_args(&topology)
     };
     let large = {
         let settings = settings.clone();
@@ -307,6 +302,8 @@ async fn small_runs_after_a_large_one(estate: &Estate, topology: &Topology) {
     });
     let small_reports = futures_util::future::join_all(smalls).await;
     let large_report = large.await.expect("the large run");
+    stop(worker).await;
+    support::delete_topology(&topology).await;
     for report in small_reports.iter().chain([&large_report]) {
         assert!(report.tenants.iter().all(|t| t.error.is_none()));
     }

@@ -176,6 +176,11 @@ mod tests {
         turns.start(phase2_allowed)
     }
 
+    /// What [`Turns::start`] returns for `tenant`'s job `n` of `phase`.
+    fn job(tenant: &str, phase: Phase, n: u32) -> Option<(String, Phase, u32)> {
+        Some((tenant.to_owned(), phase, n))
+    }
+
     fn tenant_of(turns: &mut Turns<u32>) -> Option<String> {
         started(turns, true).map(|(tenant, _, _)| tenant)
     }
@@ -197,26 +202,17 @@ mod tests {
         }
         turns.finished("large");
         turns.finished("large");
+        let order: Vec<_> = (0..5).map(|_| started(&mut turns, true)).collect();
         assert_eq!(
-            started(&mut turns, true),
-            Some(("small".into(), Phase::Phase2, 100))
-        );
-        assert_eq!(
-            started(&mut turns, true),
-            Some(("small".into(), Phase::Phase2, 101))
-        );
-        // 2 running each now: ties go to the tenant after the one started last, wrapping.
-        assert_eq!(
-            started(&mut turns, true),
-            Some(("large".into(), Phase::Phase2, 4))
-        );
-        assert_eq!(
-            started(&mut turns, true),
-            Some(("small".into(), Phase::Phase2, 102))
-        );
-        assert_eq!(
-            started(&mut turns, true),
-            Some(("large".into(), Phase::Phase2, 5))
+            order,
+            vec![
+                job("small", Phase::Phase2, 100),
+                job("small", Phase::Phase2, 101),
+                // 2 running each now: ties go to the tenant after the one started last, wrapping.
+                job("large", Phase::Phase2, 4),
+                job("small", Phase::Phase2, 102),
+                job("large", Phase::Phase2, 5),
+            ]
         );
     }
 
@@ -227,21 +223,12 @@ mod tests {
         turns.push("b", Phase::Phase1, 10);
         turns.push("d", Phase::Phase2, 30);
         assert!(turns.phase1_waiting());
-        assert_eq!(
-            started(&mut turns, false),
-            Some(("b".into(), Phase::Phase1, 10))
-        );
+        assert_eq!(started(&mut turns, false), job("b", Phase::Phase1, 10));
         assert!(!turns.phase1_waiting());
         assert_eq!(started(&mut turns, false), None, "no place for phase 2");
         assert!(turns.any_waiting());
-        assert_eq!(
-            started(&mut turns, true),
-            Some(("d".into(), Phase::Phase2, 30))
-        );
-        assert_eq!(
-            started(&mut turns, true),
-            Some(("b".into(), Phase::Phase2, 20))
-        );
+        assert_eq!(started(&mut turns, true), job("d", Phase::Phase2, 30));
+        assert_eq!(started(&mut turns, true), job("b", Phase::Phase2, 20));
         assert!(!turns.any_waiting());
         assert_eq!(started(&mut turns, true), None);
         turns.push("c", Phase::Phase2, 40);
@@ -271,20 +258,14 @@ mod tests {
         assert!(turns.spare_waiting());
         assert_eq!(
             turns.start_spare(),
-            Some(("small".into(), Phase::Phase1, 101)),
+            job("small", Phase::Phase1, 101),
             "phase 1 first, and phase 2 may follow in a spare slot"
         );
-        assert_eq!(
-            turns.start_spare(),
-            Some(("small".into(), Phase::Phase2, 100))
-        );
+        assert_eq!(turns.start_spare(), job("small", Phase::Phase2, 100));
         assert!(!turns.spare_waiting(), "2 running each");
         assert_eq!(turns.start_spare(), None);
         turns.finished("small");
-        assert_eq!(
-            turns.start_spare(),
-            Some(("small".into(), Phase::Phase2, 102))
-        );
+        assert_eq!(turns.start_spare(), job("small", Phase::Phase2, 102));
         assert!(!turns.spare_waiting());
         // The large one's jobs still wait for a slot of its own.
         assert_eq!(tenant_of(&mut turns).as_deref(), Some("large"));
