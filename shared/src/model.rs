@@ -463,6 +463,10 @@ pub enum WriteOp {
         id: String,
         /// What to change.
         write: ContactWrite,
+        /// The change key the contact must still have, sent as `If-Match` (Graph answers 412
+        /// `ErrorIrresolvableConflict` otherwise): set on a write planned long before it is sent (an early identity
+        /// stamp, `sync::overlap::early_writes`), so an edit the owner made meanwhile is never overwritten.
+        if_match: Option<Box<str>>,
     },
     /// DELETE a contact.
     Delete {

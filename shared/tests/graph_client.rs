@@ -584,6 +584,71 @@ async fn batch_items_answered_429_are_retried_after_their_retry_after() {
     assert_eq!(syncs[0], "sync-00");
 }
 
+/// An update carrying the change key it was planned against (`if_match`) applies only while the contact still has
+/// it: an edit made since is answered 412 and kept as it is (an early identity stamp never overwrites an owner's
+/// edit).
+#[tokio::test]
+async fn an_update_with_a_stale_change_key_is_refused_and_changes_nothing() {
+    let f = fixture().await;
+    let id = f.sim.add_contact(TENANT, ALICE, None, contact_body(1));
+    let read = f.sim.contacts(TENANT, ALICE, None);
+    let planned_against: Box<str> = read[0]["changeKey"].as_str().expect("a change key").into();
+    let stamp = |key: &str| WriteOp::Update {
+        id: id.clone(),
+        write: ContactWrite {
+            personal_notes: Some("SyncId: s-1".into()),
+            ..ContactWrite::default()
+        },
+        if_match: Some(key.into()),
+    };
+    // The owner edits the contact after it was read.
+    let edited = f
+        .tenant
+        .write(
+            ALICE,
+            &FolderRef::Default,
+            &[WriteOp::Update {
+                id: id.clone(),
+                write: ContactWrite {
+                    personal_notes: Some("call back on Monday".into()),
+                    ..ContactWrite::default()
+                },
+                if_match: None,
+            }],
+        )
+        .await
+        .expect("write");
+    let current = edited[0]
+        .as_ref()
+        .expect("the owner's edit")
+        .as_ref()
+        .and_then(|c| c.change_key.clone())
+        .expect("a new change key");
+    let refused = f
+        .tenant
+        .write(ALICE, &FolderRef::Default, &[stamp(&planned_against)])
+        .await
+        .expect("write");
+    let error = refused[0].as_ref().expect_err("a stale change key");
+    assert!(
+        error.to_string().contains("ErrorIrresolvableConflict"),
+        "{error}"
+    );
+    let stored = f.sim.contacts(TENANT, ALICE, None);
+    assert_eq!(
+        stored[0]["personalNotes"], "call back on Monday",
+        "the edit stays"
+    );
+    let applied = f
+        .tenant
+        .write(ALICE, &FolderRef::Default, &[stamp(&current)])
+        .await
+        .expect("write");
+    assert!(applied[0].is_ok(), "{:?}", applied[0]);
+    let stored = f.sim.contacts(TENANT, ALICE, None);
+    assert_eq!(stored[0]["personalNotes"], "SyncId: s-1");
+}
+
 #[tokio::test]
 async fn batch_updates_deletes_and_per_item_errors() {
     let f = fixture().await;
@@ -599,6 +664,7 @@ async fn batch_updates_deletes_and_per_item_errors() {
                 })),
                 ..ContactWrite::default()
             },
+            if_match: None,
         },
         WriteOp::Delete { id: b.clone() },
         WriteOp::Delete {
@@ -869,6 +935,7 @@ async fn a_batch_envelope_applied_then_failed_writes_each_contact_once() {
             })),
             ..ContactWrite::default()
         },
+        if_match: None,
     });
     ops.push(WriteOp::Delete { id: doomed.clone() });
     let outcomes = f

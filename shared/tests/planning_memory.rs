@@ -137,7 +137,7 @@ fn applied(plan: &Plan, mut folder: Vec<Contact>, prefix: &str) -> Vec<Contact> 
                 });
                 (folder.last_mut().expect("just pushed"), write)
             }
-            WriteOp::Update { id, write } => (&mut folder[at[id]], write),
+            WriteOp::Update { id, write, .. } => (&mut folder[at[id]], write),
             WriteOp::Delete { .. } => panic!("no deletes expected"),
         };
         contact.last_modified = now;

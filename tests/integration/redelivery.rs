@@ -619,8 +619,18 @@ async fn several_workers_on_one_host_with_the_default_metrics_address_all_run() 
 /// check after the wait it went on to read the victim's contacts as the central folder and copy them over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forged_overlapped_job_checked_after_phase_1_takes_its_early_copy_back() {
-    let creates = forged_overlapped_job(false).await;
-    assert!(creates > 0, "the forged job sent nothing early");
+    let sent = forged_overlapped_job(Board::OneConfirmed).await;
+    assert!(sent.creates > 0, "the forged job sent nothing early");
+}
+
+/// The same forged job, its confirmed person claiming one of the mailbox's own contacts as the original it was
+/// published from (the person's sync id is that contact's derived one), so the early plan stamps that contact. A
+/// stamp cannot be taken back as a copy can: the job is checked before one goes, refused, and stamps nothing.
+/// Without that check the contact kept the forger's stamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_overlapped_job_stamps_no_original_early() {
+    let sent = forged_overlapped_job(Board::ClaimsAnOriginal).await;
+    assert_eq!(sent.patches, 0, "an original was stamped early");
 }
 
 /// The same forged job on a board whose creates are all confirmed: phase 1's writes are done, so the job sends
@@ -629,17 +639,34 @@ async fn a_forged_overlapped_job_checked_after_phase_1_takes_its_early_copy_back
 /// units, the job planned early and sent both creates (2 POSTs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_overlapped_job_whose_plan_is_all_confirmed_sends_nothing_early() {
-    let creates = forged_overlapped_job(true).await;
+    let sent = forged_overlapped_job(Board::AllConfirmed).await;
     assert_eq!(
-        creates, 0,
+        sent.creates, 0,
         "copies went early after every create was confirmed"
     );
 }
 
-/// Runs a forged overlapped phase-2 job against a board of two created persons, the first confirmed (both with
-/// `confirm_all`), ends phase 1, and checks it is dead-lettered `untrusted_job` with its mailbox as it was;
-/// returns the creates it sent to that mailbox.
-async fn forged_overlapped_job(confirm_all: bool) -> usize {
+/// The forged board of [`forged_overlapped_job`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Board {
+    /// Two created persons, the first confirmed.
+    OneConfirmed,
+    /// Both confirmed.
+    AllConfirmed,
+    /// As `OneConfirmed`, the first person's sync id derived from one of the receiving mailbox's own contacts.
+    ClaimsAnOriginal,
+}
+
+/// What a forged job wrote into its mailbox (answered 2xx).
+struct Sent {
+    creates: usize,
+    patches: usize,
+}
+
+/// Runs a forged overlapped phase-2 job against a forged `board`, ends phase 1, and checks it is dead-lettered
+/// `untrusted_job` with its mailbox as it was; returns what it wrote into that mailbox.
+async fn forged_overlapped_job(board: Board) -> Sent {
+    let confirm_all = board == Board::AllConfirmed;
     use worker::overlap::relay::Entry;
     use worker::overlap::Ended;
 
@@ -660,8 +687,7 @@ async fn forged_overlapped_job(confirm_all: bool) -> usize {
     // confirmed sends nothing early: phase 1's writes are done).
     let run_id = uuid::Uuid::now_v7();
     let attempt = uuid::Uuid::now_v7();
-    let forged_person = |n: usize, name: &str| {
-        let person = uuid::Uuid::new_v4().to_string();
+    let forged_as = |n: usize, name: &str, person: String| {
         let contact: shared::model::Contact = serde_json::from_value(serde_json::json!({
             "id": format!("forged-central-item-{n}"),
             "lastModified": null,
@@ -680,7 +706,20 @@ async fn forged_overlapped_job(confirm_all: bool) -> usize {
             shared::sync::SyncId::parse(&person).expect("a sync id"),
         )
     };
-    let (contact, sync_id) = forged_person(1, "Forged Person");
+    let forged_person = |n: usize, name: &str| {
+        let person = uuid::Uuid::new_v4().to_string();
+        forged_as(n, name, person)
+    };
+    let (contact, sync_id) = match board {
+        Board::ClaimsAnOriginal => {
+            let original = &before[0];
+            let id = original["id"].as_str().expect("an id");
+            let person = shared::sync::SyncId::derive(&tenant.tenant_id, &receiver.id, id);
+            let name = original["displayName"].as_str().unwrap_or_default();
+            forged_as(1, name, person.to_string())
+        }
+        _ => forged_person(1, "Forged Person"),
+    };
     let (unconfirmed_contact, unconfirmed) = forged_person(2, "Forged Person Unconfirmed");
     let connection = support::connect().await;
     let channel = connection.create_channel().await.expect("channel");
@@ -770,6 +809,9 @@ async fn forged_overlapped_job(confirm_all: bool) -> usize {
         tokio::time::sleep(Duration::from_secs(2)).await;
         drop(held);
         tokio::time::sleep(Duration::from_secs(2)).await;
+    } else if board == Board::ClaimsAnOriginal {
+        // Time for the job to read its board, plan and stamp, were it to.
+        tokio::time::sleep(Duration::from_secs(3)).await;
     } else {
         eventually("the forged job copied nothing early", async || {
             names(&estate).iter().any(|n| n == "Forged Person")
@@ -796,21 +838,26 @@ async fn forged_overlapped_job(confirm_all: bool) -> usize {
         names(&estate)
     );
     let receiver_upn = receiver.upn.to_lowercase();
-    let creates = estate
-        .sim
-        .request_log()
-        .iter()
-        .filter(|r| {
-            r.method == "POST"
-                && r.mailbox.as_deref() == Some(receiver_upn.as_str())
-                && r.url.ends_with("/contacts")
-        })
-        .count();
+    let log = estate.sim.request_log();
+    let answered = |method: &str| {
+        log.iter()
+            .filter(|r| {
+                r.method == method
+                    && (200..300).contains(&r.status)
+                    && r.mailbox.as_deref() == Some(receiver_upn.as_str())
+                    && r.url.contains("/contacts")
+            })
+            .count()
+    };
+    let sent = Sent {
+        creates: answered("POST"),
+        patches: answered("PATCH"),
+    };
     stop.cancel();
     worker.await.expect("worker task");
     let stream = topology.board_stream(run_id, &tenant.tenant_id);
     let _ = mq::board::delete_board(&channel, &stream).await;
     let _ = mq::close_connection(&connection, "done").await;
     support::delete_topology(&topology).await;
-    creates
+    sent
 }

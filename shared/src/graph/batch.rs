@@ -52,14 +52,23 @@ pub(crate) fn item_for(op: &WriteOp, mailbox: &str, folder: &FolderRef) -> Batch
             headers: json_headers(),
             body: Some(create_body(write)),
         },
-        WriteOp::Update { id, write } => {
+        WriteOp::Update {
+            id,
+            write,
+            if_match,
+        } => {
             let mut segments = collection.clone();
             segments.push(id);
+            let mut headers = json_headers();
+            if let (Some(headers), Some(change_key)) = (headers.as_mut(), if_match) {
+                // The etag form Graph answers with: `W/"<changeKey>"`.
+                headers.insert("If-Match".to_owned(), format!("W/\"{change_key}\""));
+            }
             BatchItem {
                 id: String::new(),
                 method: "PATCH",
                 url: relative_path(&segments),
-                headers: json_headers(),
+                headers,
                 body: Some(update_body(write)),
             }
         }
@@ -366,6 +375,7 @@ mod tests {
             &WriteOp::Update {
                 id: "AAMk+c/1=".into(),
                 write: ContactWrite::default(),
+                if_match: None,
             },
             "u@x.com",
             &folder,
@@ -375,6 +385,18 @@ mod tests {
             update.url,
             "/users/u@x.com/contactFolders/AQMk%2Ffold%3D/contacts/AAMk%2Bc%2F1%3D"
         );
+        let if_match = |item: &BatchItem| item.headers.as_ref()?.get("If-Match").cloned();
+        assert_eq!(if_match(&update), None, "no precondition unless asked");
+        let guarded = item_for(
+            &WriteOp::Update {
+                id: "c1".into(),
+                write: ContactWrite::default(),
+                if_match: Some("EQAAABYAAAD".into()),
+            },
+            "u",
+            &FolderRef::Default,
+        );
+        assert_eq!(if_match(&guarded).as_deref(), Some("W/\"EQAAABYAAAD\""));
 
         let delete = item_for(
             &WriteOp::Delete { id: "c1".into() },

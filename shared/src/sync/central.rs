@@ -685,6 +685,7 @@ fn plan_entry(
                     fields: Some(PackedFields::pack(&fields)),
                     ..ContactWrite::default()
                 },
+                if_match: None,
             });
             item.action = ActionKind::Update;
             item.reason = Reason::OutsideCentralFields;
@@ -796,6 +797,7 @@ fn plan_entry(
     item.op = Some(WriteOp::Update {
         id: central.id.clone(),
         write,
+        if_match: None,
     });
     item.action = ActionKind::Update;
     item.changed_fields = changed_fields;

@@ -154,6 +154,7 @@ pub fn plan_cleanup(
                     item.op = Some(WriteOp::Update {
                         id: contact.id.clone(),
                         write: unstamp(categories),
+                        if_match: None,
                     });
                     item.action = ActionKind::Update;
                     item.reason = Reason::HandedOver;
@@ -169,6 +170,7 @@ pub fn plan_cleanup(
                 item.op = Some(WriteOp::Update {
                     id: contact.id.clone(),
                     write: unstamp(None),
+                    if_match: None,
                 });
                 item.action = ActionKind::Update;
                 item.reason = Reason::Unstamped;

@@ -671,6 +671,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
     item.op = Some(WriteOp::Update {
         id: contact.id.clone(),
         write,
+        if_match: None,
     });
     item.action = ActionKind::Update;
     if write_data {

@@ -156,7 +156,7 @@ impl CentralKeys {
             // A create is judged as it comes; an update or delete once the contact it names is found, and only once.
             let once = match op {
                 WriteOp::Create(write) => self.create_is_inert(ctx, mailbox, write),
-                WriteOp::Update { id, write } => {
+                WriteOp::Update { id, write, .. } => {
                     !deleted.contains(id.as_str()) && updated.insert(id, write).is_none()
                 }
                 WriteOp::Delete { id } => !updated.contains_key(id.as_str()) && deleted.insert(id),

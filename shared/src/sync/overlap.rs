@@ -1,6 +1,7 @@
-//! Pipelined phases (issue 13): a mailbox's phase 2 sends the copies of the persons phase 1 creates as soon as
-//! Graph confirms each central create, instead of waiting for the whole central folder to be written; once phase 1
-//! is over it checks that what it sent is what the ordered run sends, and undoes it when not.
+//! Pipelined phases (issue 13): a mailbox's phase 2 sends the copies of the persons phase 1 creates, and the
+//! identity stamps of the owner's originals of them ([`early_writes`]), as soon as Graph confirms each central
+//! create, instead of waiting for the whole central folder to be written; once phase 1 is over it checks that the
+//! copies it sent are what the ordered run sends, and undoes them when not.
 //!
 //! Why the check and not a proof: phase 2's plan depends on the central folder as a whole (ties between persons
 //! are broken by their central ids, which Graph gives only on create; a person phase 1 fails to write changes whom
@@ -14,10 +15,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Contact, WriteOp};
+use crate::model::{Contact, Mailbox, WriteOp};
 
 use super::identity::SyncId;
-use super::plan::{ActionKind, Plan, Writes};
+use super::plan::{ActionKind, Plan, Reason, Writes};
 use super::simulate;
 
 /// The central folder phase 1's `plan` leaves when every write succeeds: `read` (the folder as phase 1 read it)
@@ -41,20 +42,56 @@ pub fn created_persons(plan: &Plan) -> BTreeSet<SyncId> {
         .collect()
 }
 
-/// Of a mailbox's plan against the [`planned_folder`], the creates of persons in `created` (phase 1 creates
-/// them), each with its person, in plan order: what may be sent once that person's central create is confirmed.
-/// Nothing else goes early: an update or delete could not be undone exactly.
-pub fn early_creates(plan: Plan, created: &BTreeSet<SyncId>) -> Vec<(SyncId, WriteOp)> {
+/// Of a mailbox's plan against the [`planned_folder`], what may be sent once its person's central create is
+/// confirmed, each with its person, in plan order:
+/// - the creates of persons in `created` (phase 1 creates them);
+/// - the identity stamps of the owner's own originals of those persons: the contact a person was first published
+///   from (its derived sync id is the person's), stamped and nothing else. Such a stamp changes nothing of who
+///   the contact is (both phases read an unstamped contact as its derived id, and it stays the owner's), so it
+///   stands whatever phase 1's outcome; it is sent only while the contact still has the change key `read` gave
+///   it (`If-Match`), so an edit the owner makes meanwhile is never overwritten. A mailbox holding thousands of
+///   originals (the largest customer's slice) stamps them while phase 1 writes instead of after it, in a second
+///   window of its own budget.
+///
+/// Nothing else goes early: any other update, or a delete, could not be undone exactly.
+pub fn early_writes(
+    plan: Plan,
+    created: &BTreeSet<SyncId>,
+    tenant_id: &str,
+    mailbox: &Mailbox,
+    read: &[Contact],
+) -> Vec<(SyncId, WriteOp)> {
+    let change_keys: HashMap<&str, &str> = read
+        .iter()
+        .filter_map(|c| Some((c.id.as_str(), c.change_key.as_deref()?)))
+        .collect();
     plan.items
         .into_iter()
-        .filter_map(|item| match item.op {
-            Some(WriteOp::Create(write)) => {
-                let person = SyncId::parse(write.sync_id.as_deref()?)?;
-                created
-                    .contains(&person)
-                    .then_some((person, WriteOp::Create(write)))
+        .filter_map(|item| {
+            let person = SyncId::parse(item.sync_id.as_deref()?)?;
+            if !created.contains(&person) {
+                return None;
             }
-            _ => None,
+            match item.op? {
+                WriteOp::Create(write) => Some((person, WriteOp::Create(write))),
+                WriteOp::Update { id, write, .. }
+                    if item.reason == Reason::StampMissing
+                        && write.fields.is_none()
+                        && write.categories.is_none()
+                        && SyncId::derive(tenant_id, &mailbox.id, &id) == person =>
+                {
+                    let if_match = Some((*change_keys.get(id.as_str())?).into());
+                    Some((
+                        person,
+                        WriteOp::Update {
+                            id,
+                            write,
+                            if_match,
+                        },
+                    ))
+                }
+                _ => None,
+            }
         })
         .collect()
 }
@@ -68,10 +105,30 @@ pub enum Settled {
     Undo(Writes),
 }
 
-/// Compares the creates sent early (`sent`, each confirmed by Graph) with the `ordered` plan, made against the
-/// central folder phase 1 left and the mailbox as read before the early creates.
-pub fn settle(sent: &[WriteOp], ordered: Plan) -> Settled {
-    let writes = ordered.into_writes();
+/// The `ordered` plan's writes, made against the central folder phase 1 left and the mailbox as read once phase 1
+/// is over, without the early creates. The originals stamped early (`stamped`, by id) are in that mailbox, so the
+/// plan is made from them as they are; an ordered run would have stamped each of them, so each one the plan leaves
+/// alone counts as updated rather than skipped, and the report reads as the ordered run's.
+pub fn ordered_writes(ordered: Plan, stamped: &BTreeSet<String>) -> Writes {
+    let restamped: usize = ordered
+        .items
+        .iter()
+        .filter(|item| item.op.is_none() && item.sync_id.is_some())
+        .filter(|item| {
+            item.contact_id
+                .as_ref()
+                .is_some_and(|id| stamped.contains(id))
+        })
+        .count();
+    let mut writes = ordered.into_writes();
+    writes.counts.updated += restamped;
+    writes.counts.skipped = writes.counts.skipped.saturating_sub(restamped);
+    writes
+}
+
+/// Compares the creates sent early (`sent`, each confirmed by Graph) with the ordered plan's `writes`
+/// ([`ordered_writes`]). Early stamps are not compared: they are in the mailbox the ordered plan was made from.
+pub fn settle(sent: &[WriteOp], writes: Writes) -> Settled {
     // The ordered plan's creates by person: at most one each (a person claims at most one target).
     let mut creates: HashMap<&str, Vec<usize>> = HashMap::new();
     for (at, op) in writes.ops.iter().enumerate() {
@@ -172,7 +229,7 @@ mod tests {
         let (a, b) = (person(1), person(2));
         let delete = WriteOp::Delete { id: "old".into() };
         let ordered = plan(vec![create(&a, "A"), delete.clone(), create(&b, "B")]);
-        match settle(&[create(&b, "B")], ordered) {
+        match settle(&[create(&b, "B")], ordered.into_writes()) {
             Settled::Rest(rest) => {
                 assert_eq!(rest.ops, vec![create(&a, "A"), delete]);
                 assert_eq!(rest.counts.created, 2, "the counts are the ordered plan's");
@@ -192,13 +249,13 @@ mod tests {
             vec![create(&a, "A"), create(&a, "A")],
             vec![WriteOp::Delete { id: "x".into() }],
         ] {
-            match settle(&sent, ordered.clone()) {
+            match settle(&sent, ordered.clone().into_writes()) {
                 Settled::Undo(all) => assert_eq!(all.ops, vec![create(&a, "A")]),
                 other => panic!("{sent:?}: expected an undo, got {other:?}"),
             }
         }
         assert_eq!(
-            settle(&[], ordered.clone()),
+            settle(&[], ordered.clone().into_writes()),
             Settled::Rest(ordered.into_writes()),
             "nothing sent early: the ordered plan whole"
         );
@@ -210,15 +267,117 @@ mod tests {
         let update = WriteOp::Update {
             id: "copy".into(),
             write: ContactWrite::default(),
+            if_match: None,
         };
         let mailbox_plan = plan(vec![create(&a, "A"), update, create(&b, "B")]);
         let created: BTreeSet<SyncId> = [b.clone()].into();
         assert_eq!(
-            early_creates(mailbox_plan, &created),
+            early_writes(mailbox_plan, &created, TENANT, &owner(), &[]),
             vec![(b.clone(), create(&b, "B"))]
         );
         let central = plan(vec![create(&a, "A"), WriteOp::Delete { id: "gone".into() }]);
         assert_eq!(created_persons(&central), [a].into());
+    }
+
+    const TENANT: &str = "tenant";
+
+    fn owner() -> Mailbox {
+        Mailbox {
+            id: "owner-id".into(),
+            upn: "owner@example.com".into(),
+        }
+    }
+
+    /// A stamp-only update of contact `id` for `person` (as phase 2 plans one: reason `StampMissing`).
+    fn stamp(id: &str, person: &SyncId) -> PlanItem {
+        PlanItem {
+            op: Some(WriteOp::Update {
+                id: id.into(),
+                write: ContactWrite {
+                    personal_notes: Some(format!("SyncId: {person}")),
+                    sync_id: Some(person.to_string()),
+                    ..ContactWrite::default()
+                },
+                if_match: None,
+            }),
+            action: ActionKind::Update,
+            reason: Reason::StampMissing,
+            sync_id: Some(person.to_string()),
+            display_name: None,
+            contact_id: Some(id.into()),
+            source: None,
+            changed_fields: Vec::new(),
+        }
+    }
+
+    fn read_as(id: &str, change_key: &str) -> Contact {
+        Contact {
+            change_key: Some(change_key.into()),
+            ..crate::sync::tests::contact(id, "Own", &[], 0)
+        }
+    }
+
+    #[test]
+    fn an_owners_original_of_a_person_phase_1_creates_is_stamped_early_against_its_change_key() {
+        let own = SyncId::derive(TENANT, &owner().id, "original");
+        let other = SyncId::derive(TENANT, "someone-else", "theirs");
+        let not_created = SyncId::derive(TENANT, &owner().id, "older");
+        let created: BTreeSet<SyncId> = [own.clone(), other.clone()].into();
+        let read = vec![
+            read_as("original", "ck-1"),
+            read_as("matched", "ck-2"),
+            read_as("older", "ck-3"),
+        ];
+        let with_data = {
+            let mut item = stamp("original", &own);
+            if let Some(WriteOp::Update { write, .. }) = item.op.as_mut() {
+                write.fields = Some(ContactFields::default().into());
+            }
+            item.reason = Reason::SourceNewer;
+            item
+        };
+        let guarded = |id: &str, person: &SyncId, key: &str| match stamp(id, person).op {
+            Some(WriteOp::Update { id, write, .. }) => WriteOp::Update {
+                id,
+                write,
+                if_match: Some(key.into()),
+            },
+            other => panic!("{other:?}"),
+        };
+        let early = |items: Vec<PlanItem>, read: &[Contact]| {
+            early_writes(Plan { items }, &created, TENANT, &owner(), read)
+        };
+        // The original of a person phase 1 creates: stamped early, against the change key read.
+        assert_eq!(
+            early(vec![stamp("original", &own)], &read),
+            vec![(own.clone(), guarded("original", &own, "ck-1"))]
+        );
+        // Not early: another's person matched by address (not the contact's own identity), a person phase 1 does
+        // not create, a stamp that writes data too, a contact read without a change key.
+        assert!(early(vec![stamp("matched", &other)], &read).is_empty());
+        assert!(early(vec![stamp("older", &not_created)], &read).is_empty());
+        assert!(early(vec![with_data], &read).is_empty());
+        assert!(early(vec![stamp("original", &own)], &[]).is_empty());
+    }
+
+    #[test]
+    fn originals_stamped_early_count_as_the_ordered_run_counts_them() {
+        let own = person(1);
+        let unchanged = PlanItem {
+            op: None,
+            action: ActionKind::Skip,
+            reason: Reason::Unchanged,
+            ..stamp("original", &own)
+        };
+        let ordered = Plan {
+            items: vec![unchanged.clone()],
+        };
+        let stamped: BTreeSet<String> = ["original".to_owned()].into();
+        let writes = ordered_writes(ordered.clone(), &stamped);
+        assert!(writes.ops.is_empty());
+        assert_eq!((writes.counts.updated, writes.counts.skipped), (1, 0));
+        let writes = ordered_writes(ordered, &BTreeSet::new());
+        assert_eq!((writes.counts.updated, writes.counts.skipped), (0, 1));
     }
 
     #[test]

@@ -186,7 +186,7 @@ fn serialize_op<S: Serializer>(op: &Option<WriteOp>, serializer: S) -> Result<S:
     let summary = op.as_ref().map(|op| {
         let (kind, id, write) = match op {
             WriteOp::Create(w) => ("create", None, Some(w)),
-            WriteOp::Update { id, write } => ("update", Some(id.as_str()), Some(write)),
+            WriteOp::Update { id, write, .. } => ("update", Some(id.as_str()), Some(write)),
             WriteOp::Delete { id } => ("delete", Some(id.as_str()), None),
         };
         let mut sets = Vec::new();

@@ -68,7 +68,7 @@ pub fn apply_ops<'a>(
                 folder.push(created_contact(id.clone(), write, now));
                 created.push(id);
             }
-            WriteOp::Update { id, write } => {
+            WriteOp::Update { id, write, .. } => {
                 let Some(&n) = at.get(id) else {
                     outcome = Err(NotFound { id: id.clone() });
                     break;

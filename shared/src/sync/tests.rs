@@ -613,7 +613,7 @@ fn a_stale_copy_is_adopted_by_the_person_sharing_its_address_not_kept_for_an_opt
     let adopted = plan
         .writes()
         .find_map(|op| match op {
-            WriteOp::Update { id, write } if id == "t1" => write.sync_id.clone(),
+            WriteOp::Update { id, write, .. } if id == "t1" => write.sync_id.clone(),
             _ => None,
         })
         .expect("the stale copy is adopted");
@@ -646,7 +646,7 @@ fn a_stale_copy_matched_by_address_takes_the_new_persons_sync_id() {
     let adopted = plan
         .writes()
         .find_map(|op| match op {
-            WriteOp::Update { id, write } if id == "t1" => Some(write.sync_id.clone()),
+            WriteOp::Update { id, write, .. } if id == "t1" => Some(write.sync_id.clone()),
             _ => None,
         })
         .expect("the stale copy is updated");
@@ -1645,7 +1645,7 @@ fn check_distribution_plan(
                 prop_assert_eq!(ownership(TENANT, mailbox, deleted), Ownership::ManagedCopy);
                 prop_assert!(!has_category(&deleted.categories, "Private"));
             }
-            Some(WriteOp::Update { id, write }) => {
+            Some(WriteOp::Update { id, write, .. }) => {
                 let before = target.iter().find(|c| &c.id == id).expect("updated exists");
                 prop_assert!(
                     !has_category(&before.categories, "Private"),

@@ -1,5 +1,6 @@
 //! Phase 2 overlapping phase 1 (issue 13; in one process or across a fleet, `crate::overlap`): the mailbox is read
-//! and planned against the folder phase 1's plan leaves, each new person's copy is sent once Graph confirmed its central create, and once phase 1 is
+//! and planned against the folder phase 1's plan leaves, each new person's copy (and the stamp of the owner's
+//! original of it) is sent once Graph confirmed its central create, and once phase 1 is
 //! over the job settles against the folder it left (`shared::sync::overlap`), so the mailbox ends as an ordered
 //! run leaves it. Its own file because it is the one step that waits on another job.
 
@@ -55,7 +56,7 @@ impl JobRunner {
             central,
             mailbox,
             board,
-            trust_later,
+            mut trust_later,
         } = step;
         let folder = FolderRef::Default;
         let read = || async {
@@ -100,11 +101,28 @@ impl JobRunner {
         let (mut pending, before, held) = match (plan.as_ref(), units) {
             (Some(plan), Some(units)) => {
                 let early = read().await?;
-                // The creates of persons phase 1 creates, planned against the folder its plan leaves (a refusal
-                // sends nothing early: the ordered plan below decides).
-                let pending = sync::plan_distribution_from(&ctx, &plan.folder, mailbox, &early)
-                    .map(|planned| overlap::early_creates(planned, &plan.created))
+                // The creates of persons phase 1 creates and the stamps of their originals here, planned against
+                // the folder its plan leaves (a refusal sends nothing early: the ordered plan below decides).
+                let mut pending = sync::plan_distribution_from(&ctx, &plan.folder, mailbox, &early)
+                    .map(|planned| {
+                        overlap::early_writes(
+                            planned,
+                            &plan.created,
+                            &ctx.tenant_id,
+                            mailbox,
+                            &early,
+                        )
+                    })
                     .unwrap_or_default();
+                // A stamp cannot be taken back as a copy can: it goes early only for a job already checked.
+                if trust_later && pending.iter().any(|(_, op)| is_stamp(op)) {
+                    if let Err(refused) = self.trusted(tenant, client, job).await {
+                        pending.retain(|(_, op)| !is_stamp(op));
+                        debug!(mailbox = %mailbox.upn, ?refused, "no early stamps for a job not checked yet");
+                    } else {
+                        trust_later = false;
+                    }
+                }
                 // Of the mailbox as read, only what tells a later change apart is kept through the wait.
                 let before: BTreeSet<(String, Option<String>)> =
                     early.iter().map(version).collect();
@@ -114,7 +132,9 @@ impl JobRunner {
             _ => (Vec::new(), BTreeSet::new(), None),
         };
         let mut done = Done::default();
+        // The creates Graph confirmed, and the originals it stamped (by id).
         let mut sent: Vec<WriteOp> = Vec::new();
+        let mut stamped: BTreeSet<String> = BTreeSet::new();
         // Each copy once its person's central create is confirmed, while the attempt that planned still writes.
         while !pending.is_empty() {
             let now = stage.borrow_and_update().clone();
@@ -152,17 +172,25 @@ impl JobRunner {
                     writes,
                 )
                 .await?;
-            // Only what Graph created is in the mailbox; a refused create is the ordered plan's to send again.
-            sent.extend(ops.into_iter().filter(|op| {
-                match op {
-                    WriteOp::Create(write) => write
-                        .sync_id
-                        .as_deref()
-                        .and_then(sync::SyncId::parse)
-                        .is_some_and(|person| part.created_ids.contains_key(&person)),
-                    _ => false,
+            // Only what Graph wrote is in the mailbox; a refused create or stamp (an edit since the read: 412) is
+            // the ordered plan's to send again.
+            for op in ops {
+                match &op {
+                    WriteOp::Create(write)
+                        if write
+                            .sync_id
+                            .as_deref()
+                            .and_then(sync::SyncId::parse)
+                            .is_some_and(|person| part.created_ids.contains_key(&person)) =>
+                    {
+                        sent.push(op);
+                    }
+                    WriteOp::Update { id, .. } if part.written.contains_key(id) => {
+                        stamped.insert(id.clone());
+                    }
+                    _ => {}
                 }
-            }));
+            }
             done.written.extend(part.written);
             done.created_ids.extend(part.created_ids);
         }
@@ -171,7 +199,7 @@ impl JobRunner {
         drop((pending, held, plan));
         let waited = wait_for_end(&mut stage, self.boards.wait_limit()).await;
         let early_copies: Vec<String> = done.created_ids.values().cloned().collect();
-        debug!(mailbox = %mailbox.upn, early = early_copies.len(), ?waited, "done waiting on phase 1");
+        debug!(mailbox = %mailbox.upn, early = early_copies.len(), stamped = stamped.len(), ?waited, "done waiting on phase 1");
         let in_line_with = match waited {
             Waited::Ended(Ended::Written { in_line_with }) if trust_later => {
                 // The check waited for phase 1's end (`JobRunner::may_trust_later`): a refusal takes the copies back.
@@ -207,7 +235,7 @@ impl JobRunner {
         // the first read (same ids, same change keys, and exactly those copies).
         let now = read().await?;
         // Nothing sent early (no units, no plan, or nothing to create) leaves nothing to compare.
-        let unchanged = early_copies.is_empty() || holds_exactly(&now, &before, &done);
+        let unchanged = early_copies.is_empty() || holds_exactly(&now, &before, &stamped, &done);
         drop(before);
         let gone: BTreeSet<&String> = early_copies.iter().collect();
         let base: Vec<Contact> = now.into_iter().filter(|c| !gone.contains(&c.id)).collect();
@@ -225,10 +253,11 @@ impl JobRunner {
         let only_copies = only_copies_keys(tenant, job, central, &central_contacts, link.is_some())
             .is_some_and(|keys| keys.leaves_only_inert(&ctx, mailbox, &base, &ordered));
         drop(base);
+        let writes_of_ordered = overlap::ordered_writes(ordered, &stamped);
         let settled = if unchanged {
-            overlap::settle(&sent, ordered)
+            overlap::settle(&sent, writes_of_ordered)
         } else {
-            Settled::Undo(ordered.into_writes())
+            Settled::Undo(writes_of_ordered)
         };
         let rest = match settled {
             Settled::Rest(rest) => rest,
@@ -497,24 +526,35 @@ pub(super) fn no_place(job: &Job) -> AttemptResult {
     }
 }
 
+/// Whether `op` is an early identity stamp (`overlap::early_writes`): the only update that goes early.
+fn is_stamp(op: &WriteOp) -> bool {
+    matches!(op, WriteOp::Update { .. })
+}
+
 /// What tells a contact's version apart: its id and change key.
 fn version(contact: &Contact) -> (String, Option<String>) {
     (contact.id.clone(), contact.change_key.clone())
 }
 
-/// Whether the mailbox read `now` holds exactly the versions read `before` and the copies the job created since
-/// (ids and change keys as Graph answered their creates).
+/// Whether the mailbox read `now` holds exactly the versions read `before` and what the job wrote since: the copies
+/// it created and the originals it `stamped` (ids and change keys as Graph answered the writes).
 fn holds_exactly(
     now: &[Contact],
     before: &BTreeSet<(String, Option<String>)>,
+    stamped: &BTreeSet<String>,
     done: &Done,
 ) -> bool {
-    let created = done
+    let written = done
         .created_ids
         .values()
+        .chain(stamped)
         .map(|id| (id.clone(), done.written.get(id).cloned().flatten()));
-    let expected: BTreeSet<(String, Option<String>)> =
-        before.iter().cloned().chain(created).collect();
+    let expected: BTreeSet<(String, Option<String>)> = before
+        .iter()
+        .filter(|(id, _)| !stamped.contains(id))
+        .cloned()
+        .chain(written)
+        .collect();
     let found: BTreeSet<(String, Option<String>)> = now.iter().map(version).collect();
     now.len() == expected.len() && found == expected
 }
