@@ -56,7 +56,7 @@ impl JobRunner {
             central,
             mailbox,
             board,
-            mut trust_later,
+            trust_later,
         } = step;
         let folder = FolderRef::Default;
         let read = || async {
@@ -102,8 +102,13 @@ impl JobRunner {
             (Some(plan), Some(units)) => {
                 let early = read().await?;
                 // The creates of persons phase 1 creates and the stamps of their originals here, planned against
-                // the folder its plan leaves (a refusal sends nothing early: the ordered plan below decides).
-                let mut pending = sync::plan_distribution_from(&ctx, &plan.folder, mailbox, &early)
+                // the folder its plan leaves (a refusal sends nothing early: the ordered plan below decides). A
+                // stamp goes early also for a job whose check waits for phase 1's end (`trust_later`): it is the
+                // contact's own derived id on a contact of the mailbox the job names, which no job or board can
+                // choose, and checking now would ask the shared mailbox for its folder while phase 1 spends its
+                // every request (tried on the largest customer's slice: creates met 429s in every worker, phase 1's
+                // attempt ran again, and every receiver's early copies were deleted once its wait timed out).
+                let pending = sync::plan_distribution_from(&ctx, &plan.folder, mailbox, &early)
                     .map(|planned| {
                         overlap::early_writes(
                             planned,
@@ -114,15 +119,6 @@ impl JobRunner {
                         )
                     })
                     .unwrap_or_default();
-                // A stamp cannot be taken back as a copy can: it goes early only for a job already checked.
-                if trust_later && pending.iter().any(|(_, op)| is_stamp(op)) {
-                    if let Err(refused) = self.trusted(tenant, client, job).await {
-                        pending.retain(|(_, op)| !is_stamp(op));
-                        debug!(mailbox = %mailbox.upn, ?refused, "no early stamps for a job not checked yet");
-                    } else {
-                        trust_later = false;
-                    }
-                }
                 // Of the mailbox as read, only what tells a later change apart is kept through the wait.
                 let before: BTreeSet<(String, Option<String>)> =
                     early.iter().map(version).collect();
@@ -524,11 +520,6 @@ pub(super) fn no_place(job: &Job) -> AttemptResult {
             job.tenant_id
         ),
     }
-}
-
-/// Whether `op` is an early identity stamp (`overlap::early_writes`): the only update that goes early.
-fn is_stamp(op: &WriteOp) -> bool {
-    matches!(op, WriteOp::Update { .. })
 }
 
 /// What tells a contact's version apart: its id and change key.
