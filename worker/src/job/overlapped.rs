@@ -1,8 +1,8 @@
 //! Phase 2 overlapping phase 1 (issue 13; in one process or across a fleet, `crate::overlap`): the mailbox is read
 //! and planned against the folder phase 1's plan leaves, each new person's copy (and the stamp of the owner's
-//! original of it) is sent once Graph confirmed its central create, and once phase 1 is
-//! over the job settles against the folder it left (`shared::sync::overlap`), so the mailbox ends as an ordered
-//! run leaves it. Its own file because it is the one step that waits on another job.
+//! original of it) is sent once Graph confirmed its central create, and once phase 1 is over the job settles
+//! against the folder it left (`shared::sync::overlap`), so the mailbox ends as an ordered run leaves it. Its own
+//! file because it is the one step that waits on another job.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
