@@ -556,7 +556,7 @@ async fn queue_exists(name: &str) -> bool {
 /// One run on RabbitMQ with `workers` worker processes of `slots` job slots (in this process, each with its own
 /// connections and boards), phases overlapped; the tenant's board stream must be gone once the run ended.
 async fn fleet_run(estate: &Estate, workers: usize, slots: u16) -> RunReport {
-    fleet_run_of(estate, |settings, topology| {
+    fleet_run_of(estate, &estate.settings(), |settings, topology| {
         (0..workers)
             .map(|i| support::worker_with_slots(settings, topology, &format!("overlap-{i}"), slots))
             .collect()
@@ -564,14 +564,14 @@ async fn fleet_run(estate: &Estate, workers: usize, slots: u16) -> RunReport {
     .await
 }
 
-/// [`fleet_run`] with the worker processes `fleet` makes for the estate's settings and the run's topology.
+/// [`fleet_run`] with `settings` and the worker processes `fleet` makes for them and the run's topology.
 async fn fleet_run_of(
     estate: &Estate,
+    settings: &Settings,
     fleet: impl FnOnce(&Settings, &Topology) -> Vec<Worker>,
 ) -> RunReport {
-    let settings = estate.settings();
     let topology = support::private_topology();
-    let fleet: Vec<_> = fleet(&settings, &topology)
+    let fleet: Vec<_> = fleet(settings, &topology)
         .into_iter()
         .map(support::spawn_worker_of)
         .collect();
@@ -579,7 +579,7 @@ async fn fleet_run_of(
         ordered_phases: false,
         ..broker_args(&topology)
     };
-    let report = run(&settings, &args).await;
+    let report = run(settings, &args).await;
     support::stop_workers(fleet).await;
     let board = topology.board_stream(report.run_id, &estate.tenants[0].tenant_id);
     let left = queue_exists(&board).await;
@@ -647,7 +647,7 @@ async fn early_copies_wait_for_the_planning_budget_phase_1_holds() {
     let (config, params) = across_a_fleet(68);
     let expected = ordered(config.clone(), params.clone()).await;
     let estate = Estate::seed(config, params).await;
-    let report = fleet_run_of(&estate, |settings, topology| {
+    let report = fleet_run_of(&estate, &estate.settings(), |settings, topology| {
         // Five contacts' worth, less than the folder phase 1's plan leaves: it never fits beside what phase 1 holds.
         let budget = PlanningBudget::new(5);
         vec![support::worker_with_budget(
@@ -764,5 +764,94 @@ async fn a_board_a_crashed_run_left_is_deleted_by_the_tenants_next_run() {
     assert!(
         noted.is_empty(),
         "boards still noted after the run: {noted:?}"
+    );
+}
+
+/// The window every mailbox's budget is counted over in
+/// [`a_fleet_reads_the_shared_mailbox_within_the_window_phase_1_leaves`]: longer than the whole run, so every request
+/// counts against one budget.
+const ONE_WINDOW_SECONDS: u64 = 10;
+
+/// The estate's settings with every mailbox's budget `requests` per [`ONE_WINDOW_SECONDS`], as graphsim is told.
+fn settings_with_budget(estate: &Estate, requests: u32) -> Settings {
+    let mut document = estate.config_json();
+    for tenant in document["MicrosoftTenants"]
+        .as_array_mut()
+        .expect("a tenant list")
+    {
+        tenant["RequestsPerWindow"] = serde_json::json!(requests);
+        tenant["WindowSeconds"] = serde_json::json!(ONE_WINDOW_SECONDS);
+    }
+    support::settings_from(&document)
+}
+
+/// Requests graphsim answered for `mailbox` (lower case), batch items one by one.
+fn requests_to(estate: &Estate, mailbox: &str) -> u32 {
+    let log = estate.sim.request_log();
+    let n = log
+        .iter()
+        .filter(|e| e.mailbox.as_deref() == Some(mailbox))
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Phase 1 may fill the shared mailbox's window, and the fleet's other processes read the folder right after it
+/// ends, counting nothing of its requests: phase 1 ends once the window has room for them
+/// (`TenantClient::make_room_for_fleet`). Here every mailbox's budget is what a run in one process spends on the
+/// shared mailbox, so phase 1 alone nearly fills it and three processes' reads do not fit right after it: graphsim
+/// answers the shared mailbox no 429, and the mailboxes end as an ordered run leaves them.
+///
+/// Fails without phase 1's wait (the processes' first reads of the folder were answered 429), and with e3433ff's
+/// check before early stamps put back (a process other than phase 1's read the shared mailbox while phase 1 wrote;
+/// on the largest customer's slice that ran phase 1 again and deleted every early copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_reads_the_shared_mailbox_within_the_window_phase_1_leaves() {
+    let _broker = BROKER.read().await;
+    let (config, params) = across_a_fleet(69);
+    let reference = Estate::seed(config.clone(), params.clone()).await;
+    let report = run(&reference.settings(), &in_order()).await;
+    assert_every_tenant_ran(&report);
+    let expected = mailboxes(&reference);
+    let shared = reference.tenants[0].shared_mailbox_upn.to_lowercase();
+    let budget = requests_to(&reference, &shared);
+
+    let config = SimConfig {
+        throttle: graphsim::ThrottleConfig {
+            requests_per_window: budget,
+            window: std::time::Duration::from_secs(ONE_WINDOW_SECONDS),
+            ..graphsim::ThrottleConfig::default()
+        },
+        ..config
+    };
+    let estate = Estate::seed(config, params).await;
+    let settings = settings_with_budget(&estate, budget);
+    let report = fleet_run_of(&estate, &settings, |settings, topology| {
+        (0..3)
+            .map(|i| support::worker_with_slots(settings, topology, &format!("window-{i}"), 4))
+            .collect()
+    })
+    .await;
+    assert_every_tenant_ran(&report);
+
+    let shared = estate.tenants[0].shared_mailbox_upn.to_lowercase();
+    let sent = requests_to(&estate, &shared);
+    assert!(
+        sent >= budget,
+        "the fleet sent the shared mailbox {sent} requests, fewer than the {budget} of one process's run: the \
+         window never binds and the test proves nothing"
+    );
+    let stats = estate.sim.stats();
+    let central = stats
+        .mailboxes
+        .get(&shared)
+        .expect("the shared mailbox was used");
+    assert_eq!(
+        central.throttled, 0,
+        "the shared mailbox was answered 429: the fleet's reads did not fit the window phase 1 left"
+    );
+    assert_same(
+        &mailboxes(&estate),
+        &expected,
+        "a fleet's overlapped run within one window",
     );
 }

@@ -82,6 +82,14 @@ impl AppRate {
         }
     }
 
+    /// The processes of the fleet, this one included.
+    fn processes(&self) -> u32 {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .processes
+    }
+
     /// This process's requests per 10 s.
     #[cfg(test)]
     fn allowance(&self) -> u32 {
@@ -166,6 +174,14 @@ impl WindowLog {
     /// Holds `cells` if the window has room at `now`; otherwise says how long until it may.
     fn try_take(&mut self, budget: Budget, now: Instant, cells: u32) -> Result<(), Duration> {
         let cells = cells.clamp(1, budget.cells);
+        self.room_for(budget, now, cells)?;
+        self.held += cells;
+        Ok(())
+    }
+
+    /// Whether the window has room for `cells` (at most the budget) at `now`; otherwise how long until it may.
+    fn room_for(&mut self, budget: Budget, now: Instant, cells: u32) -> Result<(), Duration> {
+        let cells = cells.min(budget.cells);
         while let Some(&(at, n)) = self.slots.front() {
             if now.saturating_duration_since(at) < budget.window {
                 break;
@@ -175,7 +191,6 @@ impl WindowLog {
         }
         let counted = self.total + self.held;
         if counted + cells <= budget.cells {
-            self.held += cells;
             return Ok(());
         }
         // Room comes when enough of the oldest slots have left the window.
@@ -366,6 +381,30 @@ impl Limits {
         let mut blocked = gate.blocked_until.lock().unwrap_or_else(|p| p.into_inner());
         if blocked.is_none_or(|current| current < until) {
             *blocked = Some(until);
+        }
+    }
+
+    /// Waits until `mailbox`'s request window has room for `per_process` requests of each process of the fleet,
+    /// this one's included (at once when it is alone): room for processes that will send to the mailbox next and
+    /// count nothing of this one's requests. Returns the time waited.
+    pub async fn make_room(&self, mailbox: &str, per_process: u32) -> Duration {
+        let processes = self.app.processes();
+        let Some(budget) = self.budget.filter(|_| processes > 1 && per_process > 0) else {
+            return Duration::ZERO;
+        };
+        let cells = per_process.saturating_mul(processes);
+        let gate = self.gate(mailbox);
+        let start = Instant::now();
+        loop {
+            let outcome = gate
+                .window
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .room_for(budget, Instant::now(), cells);
+            match outcome {
+                Ok(()) => return start.elapsed(),
+                Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
+            }
         }
     }
 
@@ -657,6 +696,44 @@ mod tests {
         let budget = Budget::of(&GraphLimits::default()).expect("a budget");
         assert_eq!(budget.cells, 10_000);
         assert_eq!(budget.window, Duration::from_secs(606));
+    }
+
+    /// Room for the fleet's next requests is waited for only in a fleet, and only until that many cells fit
+    /// the window; it takes none (fails when `make_room` does not wait: the window is full).
+    #[tokio::test(start_paused = true)]
+    async fn room_for_the_fleet_is_waited_for_and_taken_by_nobody() {
+        let app = one_app();
+        let limits = Limits::new(
+            &GraphLimits {
+                requests_per_window: 10,
+                window: Duration::from_secs(10),
+                max_in_flight: 4,
+                ..GraphLimits::default()
+            },
+            Arc::clone(&app),
+        );
+        let start = Instant::now();
+        for _ in 0..8 {
+            drop(limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted"));
+        }
+        assert_eq!(limits.make_room("m", 2).await, Duration::ZERO, "alone");
+        app.set_processes(2);
+        assert_eq!(
+            limits.make_room("other", 2).await,
+            Duration::ZERO,
+            "another mailbox's window is empty"
+        );
+        let waited = limits.make_room("m", 2).await;
+        assert!(
+            waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
+            "2 × 2 cells fit beside the 8 only once they left the window: {waited:?}"
+        );
+        assert_eq!(start.elapsed(), waited);
+        // Nothing was taken: the whole budget is there.
+        for _ in 0..10 {
+            drop(limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted"));
+        }
+        assert_eq!(start.elapsed(), waited);
     }
 
     #[tokio::test(start_paused = true)]

@@ -336,6 +336,14 @@ impl TenantClient {
     pub fn tenant_id(&self) -> &str {
         &self.inner.tenant_id
     }
+
+    /// Waits until `mailbox`'s request window has room for `per_process` requests of each process of the fleet,
+    /// this one's included (at once while it is alone), and returns the time waited. For a mailbox whose window
+    /// this process may have filled while the others send to it next, counting nothing of its requests: the
+    /// shared mailbox, which the fleet reads as soon as phase 1 ends.
+    pub async fn make_room_for_fleet(&self, mailbox: &str, per_process: u32) -> Duration {
+        self.inner.limits.make_room(mailbox, per_process).await
+    }
 }
 
 #[cfg(test)]

@@ -5,13 +5,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::config::TenantSettings;
-use shared::graph::{FolderRef, TenantClient};
+use shared::graph::{FolderRef, TenantClient, DELTA_PAGE_ITEMS};
 use shared::message::{CentralFolder, Job};
 use shared::model::Contact;
 use shared::sync::{self, CentralKeys, PreparedCentral};
 
 use super::{classify, plan_context, JobRunner};
 use crate::disposition::AttemptResult;
+
+/// Requests one worker process sends the shared mailbox for a run's phase-2 jobs right after phase 1 wrote a
+/// folder of `persons`: the folder's lookup, its pages (a delta round's pages hold the fewest items,
+/// [`DELTA_PAGE_ITEMS`]) and one more. Phase 1 ends once the mailbox's window has room for that much per process
+/// ([`TenantClient::make_room_for_fleet`]): those processes count nothing of its requests.
+pub(super) fn fleet_reads_per_process(persons: usize) -> u32 {
+    let pages = persons.div_ceil(DELTA_PAGE_ITEMS).max(1);
+    u32::try_from(2 + pages).unwrap_or(u32::MAX)
+}
 
 /// The keys a phase-2 job asks whether its plan leaves the mailbox holding nothing but copies phase 1 does without
 /// (`FolderFeed::only_copies`), or `None` where phase 1 cannot use the answer (`feed::source_unread`): the folder's
@@ -100,5 +109,22 @@ pub(super) async fn read_central(
                     &format!("reading the central folder of {}", central.mailbox.upn),
                 )
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_reads_the_folders_lookup_and_pages_and_one_more() {
+        assert_eq!(
+            fleet_reads_per_process(0),
+            3,
+            "an empty folder still answers one page"
+        );
+        assert_eq!(fleet_reads_per_process(DELTA_PAGE_ITEMS), 3);
+        assert_eq!(fleet_reads_per_process(DELTA_PAGE_ITEMS + 1), 4);
+        assert_eq!(fleet_reads_per_process(10_000), 22);
     }
 }

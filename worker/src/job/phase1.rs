@@ -14,7 +14,7 @@ use shared::model::Mailbox;
 use shared::sync::photo::OriginPhoto;
 use shared::sync::{self, PlanContext, SourceMailbox, SyncId};
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::apply::Keep;
 use super::central::read_central;
@@ -233,6 +233,9 @@ impl JobRunner {
             }
         }
         let plan = sync::plan_central(&ctx, &source_mailboxes, &central_contacts);
+        // What the fleet reads of the shared mailbox once this job ends (the folder as the plan leaves it, at most).
+        let fleet_reads =
+            super::central::fleet_reads_per_process(central_contacts.len() + plan.items.len());
         // What the central photo step needs of the folder as read: the persons whose origin was read.
         let central_photos = central_photo_targets(&ctx, &central_contacts, &origins);
         // The plan holds what the writes need: what was read goes before the (long) writing starts, and the
@@ -347,6 +350,18 @@ impl JobRunner {
                 Some(feed_after_writes(client, &central.mailbox, link, in_line_with, &done).await);
         }
         done.source_failures = source_failures;
+        // The fleet's other processes read the shared mailbox as soon as phase 1 ends, counting nothing of its
+        // requests: it ends once the mailbox's window has room for their reads, rather than have them meet 429s.
+        let waited = client
+            .make_room_for_fleet(&central.mailbox.id, fleet_reads)
+            .await;
+        if !waited.is_zero() {
+            info!(
+                mailbox = %central.mailbox.upn,
+                waited_ms = waited.as_millis(),
+                "waited for room in the shared mailbox's window for the fleet's reads"
+            );
+        }
         publishing.finish(Ended::Written {
             in_line_with: cursors.central.as_ref().and_then(|f| f.in_line_with),
         });
