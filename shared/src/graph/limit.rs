@@ -385,12 +385,18 @@ impl Limits {
     }
 
     /// Waits until `mailbox`'s request window has room for `per_process` requests of each process of the fleet,
-    /// this one's included (at once when it is alone): room for processes that will send to the mailbox next and
-    /// count nothing of this one's requests. Returns the time waited.
-    pub async fn make_room(&self, mailbox: &str, per_process: u32) -> Duration {
+    /// this one's included (at once when it is alone), or `max_wait` passed: room for processes that will send to
+    /// the mailbox next and count nothing of this one's requests. Returns the time waited and whether the room is
+    /// there.
+    pub async fn make_room(
+        &self,
+        mailbox: &str,
+        per_process: u32,
+        max_wait: Duration,
+    ) -> (Duration, bool) {
         let processes = self.app.processes();
         let Some(budget) = self.budget.filter(|_| processes > 1 && per_process > 0) else {
-            return Duration::ZERO;
+            return (Duration::ZERO, true);
         };
         let cells = per_process.saturating_mul(processes);
         let gate = self.gate(mailbox);
@@ -401,9 +407,14 @@ impl Limits {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .room_for(budget, Instant::now(), cells);
+            let waited = start.elapsed();
             match outcome {
-                Ok(()) => return start.elapsed(),
-                Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
+                Ok(()) => return (waited, true),
+                Err(_) if waited >= max_wait => return (waited, false),
+                Err(wait) => {
+                    let wait = wait.min(max_wait - waited);
+                    tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+                }
             }
         }
     }
@@ -698,8 +709,9 @@ mod tests {
         assert_eq!(budget.window, Duration::from_secs(606));
     }
 
-    /// Room for the fleet's next requests is waited for only in a fleet, and only until that many cells fit
-    /// the window; it takes none (fails when `make_room` does not wait: the window is full).
+    /// Room for the fleet's next requests is waited for only in a fleet, only until that many cells fit the
+    /// window or the wait's limit passed, and it takes none (fails when `make_room` does not wait: the window is
+    /// full).
     #[tokio::test(start_paused = true)]
     async fn room_for_the_fleet_is_waited_for_and_taken_by_nobody() {
         let app = one_app();
@@ -716,24 +728,34 @@ mod tests {
         for _ in 0..8 {
             drop(limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted"));
         }
-        assert_eq!(limits.make_room("m", 2).await, Duration::ZERO, "alone");
+        assert_eq!(
+            limits.make_room("m", 2, HOUR).await,
+            (Duration::ZERO, true),
+            "alone"
+        );
         app.set_processes(2);
         assert_eq!(
-            limits.make_room("other", 2).await,
-            Duration::ZERO,
+            limits.make_room("other", 2, HOUR).await,
+            (Duration::ZERO, true),
             "another mailbox's window is empty"
         );
-        let waited = limits.make_room("m", 2).await;
-        assert!(
-            waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
-            "2 × 2 cells fit beside the 8 only once they left the window: {waited:?}"
+        assert_eq!(
+            limits.make_room("m", 2, Duration::from_secs(4)).await,
+            (Duration::from_secs(4), false),
+            "the wait's limit passed first"
         );
-        assert_eq!(start.elapsed(), waited);
+        let (waited, room) = limits.make_room("m", 2, HOUR).await;
+        assert!(room);
+        let since_start = start.elapsed();
+        assert!(
+            since_start >= Duration::from_secs(10) && since_start < Duration::from_secs(11),
+            "2 × 2 cells fit beside the 8 only once they left the window: {since_start:?} ({waited:?} waited)"
+        );
         // Nothing was taken: the whole budget is there.
         for _ in 0..10 {
             drop(limits.admit("m", 1, 1, 0, HOUR).await.expect("admitted"));
         }
-        assert_eq!(start.elapsed(), waited);
+        assert_eq!(start.elapsed(), since_start);
     }
 
     #[tokio::test(start_paused = true)]

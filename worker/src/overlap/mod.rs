@@ -365,6 +365,15 @@ impl Default for Boards {
 /// would take back every delivery of the worker's channel.
 pub const FLEET_WAIT: Duration = Duration::from_secs(10 * 60);
 
+/// The longest a phase-1 job of a fleet waits at its end for room in the shared mailbox's window for the other
+/// processes' reads (`TenantClient::make_room_for_fleet`): well within [`FLEET_WAIT`], which the jobs waiting on
+/// its end count from about its last write. Past it, phase 1 ends anyway and a read that does not fit meets a 429
+/// and waits out its `Retry-After`, as it would without the wait.
+pub const ROOM_WAIT: Duration = Duration::from_secs(8 * 60);
+
+// A waiting job must still be waiting when phase 1 ends after its longest wait for room.
+const _: () = assert!(ROOM_WAIT.as_secs() + 60 <= FLEET_WAIT.as_secs());
+
 /// How long a job that may not wait now stays out of the way (the shortest retry level but one).
 pub const DEFER_FOR: Duration = Duration::from_secs(5);
 
