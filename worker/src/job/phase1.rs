@@ -352,7 +352,7 @@ impl JobRunner {
         done.source_failures = source_failures;
         // The fleet's other processes read the shared mailbox as soon as phase 1 ends, counting nothing of its
         // requests: it ends once the mailbox's window has room for their reads, rather than have them meet 429s,
-        // but not later than the jobs waiting on its end can wait.
+        // where that room comes sooner than the jobs waiting on its end give up.
         let (waited, room) = client
             .make_room_for_fleet(&central.mailbox.id, fleet_reads, crate::overlap::ROOM_WAIT)
             .await;

@@ -367,8 +367,8 @@ pub const FLEET_WAIT: Duration = Duration::from_secs(10 * 60);
 
 /// The longest a phase-1 job of a fleet waits at its end for room in the shared mailbox's window for the other
 /// processes' reads (`TenantClient::make_room_for_fleet`): well within [`FLEET_WAIT`], which the jobs waiting on
-/// its end count from about its last write. Past it, phase 1 ends anyway and a read that does not fit meets a 429
-/// and waits out its `Retry-After`, as it would without the wait.
+/// its end count from about its last write. Where the room would come later, phase 1 ends at once and a read that
+/// does not fit meets a 429 and waits out its `Retry-After`, as it would without the wait.
 pub const ROOM_WAIT: Duration = Duration::from_secs(8 * 60);
 
 // A waiting job must still be waiting when phase 1 ends after its longest wait for room.
