@@ -708,8 +708,7 @@ mod tests {
     }
 
     /// Room for the fleet's next requests is waited for only in a fleet, only where it comes within the wait's
-    /// limit, and it takes none (fails when `make_room` does not wait: the window is
-    /// full).
+    /// limit, and it takes none (fails when `make_room` does not wait: the window is full).
     #[tokio::test(start_paused = true)]
     async fn room_for_the_fleet_is_waited_for_and_taken_by_nobody() {
         let app = one_app();

@@ -339,8 +339,9 @@ impl TenantClient {
 
     /// Waits until `mailbox`'s request window has room for `per_process` requests of each process of the fleet,
     /// this one's included (at once while it is alone), unless it would come after `max_wait`; returns the time
-    /// waited and whether the room is there. For a mailbox whose window this process may have filled while the others send to it
-    /// next, counting nothing of its requests: the shared mailbox, which the fleet reads as soon as phase 1 ends.
+    /// waited and whether the room is there. For a mailbox whose window this process may have filled while the
+    /// others send to it next, counting nothing of its requests: the shared mailbox, which the fleet reads as soon
+    /// as phase 1 ends.
     pub async fn make_room_for_fleet(
         &self,
         mailbox: &str,
