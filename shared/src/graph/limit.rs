@@ -401,18 +401,21 @@ impl Limits {
         let cells = per_process.saturating_mul(processes);
         let gate = self.gate(mailbox);
         let start = Instant::now();
+        let mut waited = Duration::ZERO;
         loop {
             let outcome = gate
                 .window
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .room_for(budget, Instant::now(), cells);
-            let waited = start.elapsed();
             match outcome {
                 Ok(()) => return (waited, true),
                 // Room would come too late: waiting for part of it would only delay what follows.
                 Err(wait) if waited.saturating_add(wait) > max_wait => return (waited, false),
-                Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
+                Err(wait) => {
+                    tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+                    waited = start.elapsed();
+                }
             }
         }
     }
@@ -735,6 +738,11 @@ mod tests {
             limits.make_room("other", 2, HOUR).await,
             (Duration::ZERO, true),
             "another mailbox's window is empty"
+        );
+        assert_eq!(
+            limits.make_room("m", 1, HOUR).await,
+            (Duration::ZERO, true),
+            "2 × 1 fit beside the 8"
         );
         assert_eq!(
             limits.make_room("m", 2, Duration::from_secs(4)).await,
