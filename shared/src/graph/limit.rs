@@ -399,25 +399,9 @@ impl Limits {
             return (Duration::ZERO, true);
         };
         let cells = per_process.saturating_mul(processes);
-        let gate = self.gate(mailbox);
-        let start = Instant::now();
-        let mut waited = Duration::ZERO;
-        loop {
-            let outcome = gate
-                .window
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .room_for(budget, Instant::now(), cells);
-            match outcome {
-                Ok(()) => return (waited, true),
-                // Room would come too late: waiting for part of it would only delay what follows.
-                Err(wait) if waited.saturating_add(wait) > max_wait => return (waited, false),
-                Err(wait) => {
-                    tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
-                    waited = start.elapsed();
-                }
-            }
-        }
+        self.gate(mailbox)
+            .wait_for_room(budget, cells, max_wait)
+            .await
     }
 
     /// How long `mailbox` stays blocked, if it is.
@@ -483,6 +467,34 @@ impl Gate {
                     }
                 }
                 Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
+            }
+        }
+    }
+
+    /// Sleeps until the request window has room for `cells` without taking them, unless that room would come
+    /// after `max_wait` (then it does not wait for part of it: that would only delay what follows). Returns the
+    /// time slept and whether the room is there.
+    async fn wait_for_room(
+        &self,
+        budget: Budget,
+        cells: u32,
+        max_wait: Duration,
+    ) -> (Duration, bool) {
+        let start = Instant::now();
+        let mut waited = Duration::ZERO;
+        loop {
+            let outcome = self
+                .log(Window::Requests)
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .room_for(budget, Instant::now(), cells);
+            match outcome {
+                Ok(()) => return (waited, true),
+                Err(wait) if waited.saturating_add(wait) > max_wait => return (waited, false),
+                Err(wait) => {
+                    tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+                    waited = start.elapsed();
+                }
             }
         }
     }
