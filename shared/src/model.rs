@@ -14,6 +14,13 @@ use serde::{Deserialize, Serialize};
 /// searchable server-side (`$filter=singleValueExtendedProperties/Any(...)`).
 pub const SYNC_ID_PROPERTY: &str = "String {5f3c1a2e-8b7d-4c6e-9a1f-2d4b6c8e0a13} Name SyncId";
 
+/// The id of the single-value extended property that marks a contact the tool stamped as its owner's own: the
+/// owner's object id. The same proof as a notes stamp's `CreatedBy` naming the owner, but out of the user's reach:
+/// an owner who deletes the stamp lines from a contact's notes (they are plain text in every client) would
+/// otherwise leave a contact with the sync id property and nothing else, which reads as a managed copy and goes
+/// when its person leaves. Written with the sync id property on every owner's contact the tool stamps.
+pub const OWNER_PROPERTY: &str = "String {5f3c1a2e-8b7d-4c6e-9a1f-2d4b6c8e0a13} Name Owner";
+
 /// One mailbox, as the fleet addresses it: Graph's object id plus the UPN used in reports and stamps.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Mailbox {
@@ -363,6 +370,10 @@ pub struct Contact {
     pub categories: Vec<String>,
     /// The sync id from the [`SYNC_ID_PROPERTY`] extended property, if the item carries one.
     pub sync_id_property: Option<String>,
+    /// The [`OWNER_PROPERTY`] extended property: the object id of the owner the tool stamped this contact as
+    /// belonging to, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_property: Option<String>,
     /// The photo hash the tool last put on this copy ([`crate::sync::photo::PHOTO_HASH_PROPERTY`]); `None` when
     /// it has none of the tool's (or the property was emptied).
     pub photo_hash: Option<crate::sync::photo::PhotoHash>,
@@ -450,6 +461,8 @@ pub struct ContactWrite {
     pub categories: Option<Vec<String>>,
     /// The sync id to store in the [`SYNC_ID_PROPERTY`] extended property.
     pub sync_id: Option<String>,
+    /// The owner's object id to store in the [`OWNER_PROPERTY`] extended property (empty: cleared).
+    pub owner: Option<String>,
 }
 
 /// One write against a folder of one mailbox.

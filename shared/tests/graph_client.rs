@@ -516,6 +516,7 @@ fn create(name: &str, sync_id: &str) -> WriteOp {
         personal_notes: Some(format!("SyncId={sync_id}")),
         categories: Some(vec!["Managed".into()]),
         sync_id: Some(sync_id.into()),
+        owner: None,
     })
 }
 

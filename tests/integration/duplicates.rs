@@ -131,3 +131,123 @@ async fn copies_sharing_a_sync_id_are_reduced_to_one_and_stamped_own_contacts_ar
         .unwrap_or_default()
         .starts_with("met at the fair"));
 }
+
+/// The stamp lines are plain text in every client's notes, so an owner may delete them. Here the owner's own contact
+/// was matched by address to another user's person (stamped with that person's sync id), the owner deletes the stamp
+/// lines, and an administrator then removes the person from the central folder: the owner's contact stays, with the
+/// owner's words, and only the copies go. Through graphsim, so the owner mark (`model::OWNER_PROPERTY`) is written
+/// and read on Graph's wire. Failed before the mark: the contact read as a managed copy and was deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owners_contact_whose_stamp_lines_were_deleted_stays_when_its_person_goes() {
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 1,
+            users_per_tenant: 4,
+            contacts_per_user: 2,
+            overlap: 0.0,
+            seed: 12,
+        },
+    )
+    .await;
+    let settings = estate.settings();
+    let tenant = estate.tenants[0].clone();
+    let (tid, shared) = (&tenant.tenant_id, &tenant.shared_mailbox_upn);
+    let (ann, cat, dan) = (
+        &tenant.mirror_target_upns[0],
+        &tenant.mirror_target_upns[1],
+        &tenant.mirror_target_upns[2],
+    );
+    let address = "pat.person@example.org";
+    let with_address = |contacts: Vec<Value>| -> Vec<Value> {
+        contacts
+            .into_iter()
+            .filter(|c| c.to_string().contains(address))
+            .collect()
+    };
+    // Two users' own contacts for one person: the person is published from one of them (its origin), and the other
+    // is matched by address and stamped with the person's sync id as its owner's.
+    let mut own_ids = Vec::new();
+    for (upn, name) in [(ann, "Pat Person"), (cat, "Pat (met at the fair)")] {
+        own_ids.push(estate.sim.add_contact(
+            tid,
+            upn,
+            None,
+            serde_json::json!({
+                "displayName": name,
+                "emailAddresses": [{"address": address}],
+                "personalNotes": "my own words",
+            }),
+        ));
+    }
+    assert!(run(&settings, &embedded_args()).await.succeeded());
+    let central = with_address(estate.sim.contacts(tid, shared, Some("All Contacts")));
+    let [person] = &central[..] else {
+        panic!("one person: {central:#?}")
+    };
+    let person_notes = person["personalNotes"].as_str().unwrap_or_default();
+    // The origin's owner is the person's `CreatedBy`; the other owner's contact is the one matched by address.
+    let (owner, matched) = if person_notes.contains(&format!("CreatedBy={ann}")) {
+        (cat, own_ids[1].clone())
+    } else {
+        (ann, own_ids[0].clone())
+    };
+    let read = |estate: &Estate| {
+        estate
+            .sim
+            .contacts(tid, owner, None)
+            .into_iter()
+            .find(|c| c["id"] == matched.as_str())
+    };
+    let stamped = read(&estate).expect("the owner's contact");
+    let person = sync_id(&stamped)
+        .unwrap_or_else(|| panic!("matched and stamped with the person's sync id: {stamped:#}"));
+    let delete_stamp_lines = || {
+        crate::support::patch_contact(
+            &estate,
+            &tenant,
+            owner,
+            &matched,
+            serde_json::json!({"personalNotes": "my own words"}),
+        )
+    };
+
+    // The owner deletes the stamp lines; the next run puts them back as the owner's, not a copy's.
+    delete_stamp_lines().await;
+    assert!(run(&settings, &embedded_args()).await.succeeded());
+    let restamped = read(&estate).expect("the owner's contact");
+    let notes = restamped["personalNotes"].as_str().unwrap_or_default();
+    // A copy's `CreatedBy` is the person's creator's UPN; an owner's contact names its owner by object id.
+    let created_by = notes
+        .lines()
+        .find_map(|line| line.strip_prefix("CreatedBy="))
+        .unwrap_or_else(|| panic!("stamped again: {notes}"));
+    assert!(
+        notes.starts_with("my own words") && !created_by.contains('@'),
+        "restamped as the owner's, not as a copy: {notes}"
+    );
+
+    // Deleted again, and the administrator removes the person from the central folder.
+    delete_stamp_lines().await;
+    let entry = estate
+        .sim
+        .contacts(tid, shared, Some("All Contacts"))
+        .iter()
+        .find(|c| sync_id(c).as_deref() == Some(person.as_str()))
+        .and_then(|c| c["id"].as_str())
+        .expect("the person in the central folder")
+        .to_owned();
+    crate::support::delete_contact(&estate, &tenant, shared, &entry).await;
+    let report = run(&settings, &embedded_args()).await;
+    assert!(report.succeeded(), "{}", report.human());
+
+    let kept = read(&estate).expect("the owner's contact is still there");
+    assert!(kept["personalNotes"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("my own words"));
+    assert!(
+        with_address(estate.sim.contacts(tid, dan, None)).is_empty(),
+        "dan's copy goes"
+    );
+}

@@ -219,6 +219,7 @@ mod tests {
             fields: Default::default(),
             categories: Vec::new(),
             sync_id_property: Some("x".into()),
+            owner_property: None,
             photo_hash: None,
             photo_source: None,
             has_picture: false,

@@ -163,6 +163,7 @@ pub fn combine(
                     personal_notes: None,
                     categories: Vec::new(),
                     sync_id_property: Some(person.sync_id.as_str().to_owned()),
+                    owner_property: None,
                     photo_hash: None,
                     photo_source: None,
                     has_picture: false,

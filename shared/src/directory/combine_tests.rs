@@ -61,6 +61,7 @@ fn central(id: &str, addresses: &[String], notes: Option<&str>) -> Contact {
         personal_notes: notes.map(str::to_owned),
         categories: Vec::new(),
         sync_id_property: Some(SyncId::derive(TENANT, "m", id).as_str().to_owned()),
+        owner_property: None,
         photo_hash: None,
         photo_source: None,
         has_picture: false,

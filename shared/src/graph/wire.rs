@@ -14,7 +14,8 @@ use serde_json::{Map, Value};
 
 use super::error::GraphError;
 use crate::model::{
-    Contact, ContactFields, ContactWrite, Field, FieldSet, PackedFields, SYNC_ID_PROPERTY,
+    Contact, ContactFields, ContactWrite, Field, FieldSet, PackedFields, OWNER_PROPERTY,
+    SYNC_ID_PROPERTY,
 };
 use crate::sync::photo::{
     PhotoHash, HAS_PICTURE_PROPERTY, PHOTO_HASH_PROPERTY, PHOTO_SOURCE_PROPERTY,
@@ -202,12 +203,13 @@ pub(crate) struct WireExtendedProperty {
 impl From<WireContact> for Contact {
     fn from(wire: WireContact) -> Self {
         // Each property once, its value moved to the first of ours it names (the first such property wins).
-        let mut values: [Option<Option<String>>; 4] = Default::default();
+        let mut values: [Option<Option<String>>; 5] = Default::default();
         let ours = [
             SYNC_ID_PROPERTY,
             PHOTO_HASH_PROPERTY,
             PHOTO_SOURCE_PROPERTY,
             HAS_PICTURE_PROPERTY,
+            OWNER_PROPERTY,
         ];
         for property in wire.single_value_extended_properties.unwrap_or_default() {
             let slot = ours
@@ -217,7 +219,10 @@ impl From<WireContact> for Contact {
                 values[slot] = Some(property.value);
             }
         }
-        let [sync_id_property, photo_hash, photo_source, has_picture] = values.map(Option::flatten);
+        let [sync_id_property, photo_hash, photo_source, has_picture, owner_property] =
+            values.map(Option::flatten);
+        // An emptied mark (cleanup) is no mark.
+        let owner_property = owner_property.filter(|v| !v.trim().is_empty());
         let photo_hash = photo_hash.and_then(|v| PhotoHash::parse(&v));
         let photo_source = photo_source.filter(|v| !v.trim().is_empty());
         // Exchange answers a Boolean property as "true"/"false"; absent means no photo was ever put.
@@ -229,6 +234,7 @@ impl From<WireContact> for Contact {
             personal_notes: wire.personal_notes,
             categories: wire.categories.unwrap_or_default(),
             sync_id_property,
+            owner_property,
             photo_hash,
             photo_source,
             has_picture,
@@ -284,11 +290,12 @@ pub(crate) fn contact_select() -> String {
 /// (`PidLidHasPicture`) with each contact: one list request tells which contacts' photos may have changed.
 pub(crate) fn contact_expand() -> String {
     format!(
-        "singleValueExtendedProperties($filter=id eq '{}' or id eq '{}' or id eq '{}' or id eq '{}')",
+        "singleValueExtendedProperties($filter=id eq '{}' or id eq '{}' or id eq '{}' or id eq '{}' or id eq '{}')",
         odata_string(SYNC_ID_PROPERTY),
         odata_string(PHOTO_HASH_PROPERTY),
         odata_string(PHOTO_SOURCE_PROPERTY),
-        odata_string(HAS_PICTURE_PROPERTY)
+        odata_string(HAS_PICTURE_PROPERTY),
+        odata_string(OWNER_PROPERTY)
     )
 }
 
@@ -328,11 +335,8 @@ pub(crate) fn create_body(write: &ContactWrite) -> Value {
         "categories".into(),
         Value::from(write.categories.clone().unwrap_or_default()),
     );
-    if let Some(sync_id) = &write.sync_id {
-        body.insert(
-            "singleValueExtendedProperties".into(),
-            sync_id_properties(sync_id),
-        );
+    if let Some(properties) = stamp_properties(write) {
+        body.insert("singleValueExtendedProperties".into(), properties);
     }
     Value::Object(body)
 }
@@ -356,11 +360,8 @@ pub(crate) fn update_body(write: &ContactWrite) -> Value {
     if let Some(categories) = &write.categories {
         body.insert("categories".into(), Value::from(categories.clone()));
     }
-    if let Some(sync_id) = &write.sync_id {
-        body.insert(
-            "singleValueExtendedProperties".into(),
-            sync_id_properties(sync_id),
-        );
+    if let Some(properties) = stamp_properties(write) {
+        body.insert("singleValueExtendedProperties".into(), properties);
     }
     Value::Object(body)
 }
@@ -378,8 +379,20 @@ fn fields_object(fields: &ContactFields, unchanged: FieldSet) -> Map<String, Val
     map
 }
 
-fn sync_id_properties(sync_id: &str) -> Value {
-    serde_json::json!([{ "id": SYNC_ID_PROPERTY, "value": sync_id }])
+/// The extended properties `write` sets: its sync id and its owner mark, each when present.
+fn stamp_properties(write: &ContactWrite) -> Option<Value> {
+    let properties: Vec<Value> = [
+        (SYNC_ID_PROPERTY, &write.sync_id),
+        (OWNER_PROPERTY, &write.owner),
+    ]
+    .into_iter()
+    .filter_map(|(id, value)| {
+        value
+            .as_ref()
+            .map(|value| serde_json::json!({ "id": id, "value": value }))
+    })
+    .collect();
+    (!properties.is_empty()).then_some(Value::Array(properties))
 }
 
 /// A `$batch` request body.
@@ -565,6 +578,7 @@ mod tests {
             personal_notes: Some("Met at the Royal Society.\nSyncId=6c1b...".into()),
             categories: Some(vec!["Managed".into(), "VIP".into()]),
             sync_id: Some("0b8f7b52-3c4f-5d6e-8f90-123456789abc".into()),
+            owner: Some("7d1e9c3a-2b4f-4e6d-8a0c-1f3b5d7e9a2c".into()),
         }
     }
 
@@ -610,6 +624,14 @@ mod tests {
             "0b8f7b52-3c4f-5d6e-8f90-123456789abc"
         );
         assert_eq!(
+            body["singleValueExtendedProperties"][1]["id"],
+            OWNER_PROPERTY
+        );
+        assert_eq!(
+            body["singleValueExtendedProperties"][1]["value"],
+            "7d1e9c3a-2b4f-4e6d-8a0c-1f3b5d7e9a2c"
+        );
+        assert_eq!(
             body["personalNotes"],
             "Met at the Royal Society.\nSyncId=6c1b..."
         );
@@ -640,6 +662,7 @@ mod tests {
             personal_notes: Some(String::new()),
             categories: Some(Vec::new()),
             sync_id: None,
+            owner: None,
         };
         let body = update_body(&write);
         assert_valid(&validator, &body);

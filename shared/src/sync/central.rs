@@ -553,6 +553,7 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
                 .as_ref()
                 .map(|c| vec![c.trim().to_owned()]),
             sync_id: Some(sync.to_string()),
+            owner: None,
         };
         items.push(PlanItem {
             op: Some(WriteOp::Create(write)),
@@ -788,6 +789,7 @@ fn plan_entry(
             .filter(|_| needs_category)
             .map(|cat| with_category(&central.categories, cat)),
         sync_id: needs_property.then(|| entry.sync.to_string()),
+        owner: None,
     };
     if !options.update_existing {
         // Create only: an existing contact is never changed, not even its stamp.

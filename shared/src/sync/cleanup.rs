@@ -134,6 +134,7 @@ pub fn plan_cleanup(
             personal_notes: notes.filter(|_| stamped_notes).map(user_text),
             categories,
             sync_id: Some(String::new()),
+            owner: contact.owner_property.as_ref().map(|_| String::new()),
         };
         match (owner, covered) {
             (Ownership::ManagedCopy, true) => {

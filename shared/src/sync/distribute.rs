@@ -281,7 +281,13 @@ pub fn plan_distribution_from(
             let derived = SyncId::derive(&ctx.tenant_id, &target_mailbox.id, &contact.id);
             Target {
                 c: Candidate::new(target_mailbox, contact),
-                ownership: ownership_of(target_mailbox, property.as_ref(), &stamp, &derived),
+                ownership: ownership_of(
+                    target_mailbox,
+                    property.as_ref(),
+                    &stamp,
+                    contact.owner_property.as_deref(),
+                    &derived,
+                ),
                 property,
                 stamp: TargetStamp::of(stamp),
                 derived,
@@ -541,6 +547,11 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             .created_by
             .as_deref()
             .map(|by| recorded_creator(by, &ctx.owner));
+        // A copy stamped as its creator's (this mailbox) carries the owner mark as its notes' claim.
+        let owner = created_by
+            .as_ref()
+            .filter(|by| options.stamp_notes && **by == ctx.owner.id)
+            .cloned();
         let stamp = NotesStamp {
             sync_id: Some(source.sync.clone()),
             created_by,
@@ -564,6 +575,7 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
                 .as_ref()
                 .map(|c| vec![c.trim().to_owned()]),
             sync_id: Some(source.sync.to_string()),
+            owner,
         }));
         item.action = ActionKind::Create;
         item.reason = Reason::New;
@@ -621,8 +633,22 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             .managed_category
             .as_deref()
             .is_some_and(|cat| !has_category(&contact.categories, cat));
+    // An owner's contact the tool stamps carries the owner mark too (`model::OWNER_PROPERTY`), so it stays the
+    // owner's once its notes lose their stamp lines or, an original, its id changes in a move (out of the folder
+    // and back). Contacts stamped before the mark get it once, alone, even where the policy stamps nothing more
+    // (the mark adds no sync id: it only keeps the one there the owner's).
+    let mark_missing = (may_stamp || t.property.is_some())
+        && !contact
+            .owner_property
+            .as_deref()
+            .is_some_and(|by| names_mailbox(by, t.c.mailbox));
+    // Not alone onto a contact the owner's only against its person's creator (`StampedAsOwn`): the first run
+    // stamps such a contact as a copy, and only then does it read as the owner's.
+    let needs_mark = owner_created
+        && mark_missing
+        && t.ownership != Ownership::OwnerCreated(OwnerReason::StampedAsOwn);
 
-    if !write_data && !needs_property && !needs_notes && !needs_category {
+    if !write_data && !needs_property && !needs_notes && !needs_category && !needs_mark {
         if differs {
             item.reason = Reason::TargetNewer;
         }
@@ -645,6 +671,12 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         last_updated_at: Some(format_time(ctx.now)),
         last_updated_by,
     };
+    let personal_notes = (may_stamp && options.stamp_notes && (write_data || needs_notes))
+        .then(|| restamp(contact.personal_notes.as_deref(), &stamp));
+    // The mark goes wherever the contact is the owner's or this write's notes say so (a copy in its creator's
+    // mailbox: `recorded_creator`), as on a create.
+    let names_owner =
+        personal_notes.is_some() && stamp.created_by.as_deref() == Some(t.c.mailbox.id.as_str());
     let write = ContactWrite {
         fields: desired
             .as_ref()
@@ -654,14 +686,14 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             .as_ref()
             .filter(|_| write_data)
             .map_or(FieldSet::empty(), |((_, kept), _)| *kept),
-        personal_notes: (may_stamp && options.stamp_notes && (write_data || needs_notes))
-            .then(|| restamp(contact.personal_notes.as_deref(), &stamp)),
+        personal_notes,
         categories: options
             .managed_category
             .as_deref()
             .filter(|_| needs_category)
             .map(|cat| with_category(&contact.categories, cat)),
         sync_id: needs_property.then(|| source.sync.to_string()),
+        owner: (mark_missing && (owner_created || names_owner)).then(|| t.c.mailbox.id.clone()),
     };
     if !options.update_existing {
         // Create only: an existing contact is never changed, not even its stamp.

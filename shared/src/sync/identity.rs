@@ -91,6 +91,9 @@ pub enum OwnerReason {
     /// Its notes say `CreatedBy=<this mailbox>`, by object id (what the tool writes: it survives a rename) or by
     /// UPN (older stamps).
     CreatedByOwner,
+    /// Its owner mark ([`crate::model::OWNER_PROPERTY`]) names this mailbox: the tool stamped it as the owner's,
+    /// whatever its notes say now.
+    MarkedOwn,
     /// Phase 2 only: it carries the extended property, but its `CreatedBy` is not the central person's (which the
     /// tool copies into every copy it makes), so the tool stamped it as an owner's contact, under a UPN since
     /// renamed.
@@ -134,15 +137,23 @@ pub fn ownership(tenant_id: &str, mailbox: &Mailbox, contact: &Contact) -> Owner
         return Ownership::OwnerCreated(OwnerReason::Unstamped);
     }
     let derived = SyncId::derive(tenant_id, &mailbox.id, &contact.id);
-    ownership_of(mailbox, property.as_ref(), &stamp, &derived)
+    ownership_of(
+        mailbox,
+        property.as_ref(),
+        &stamp,
+        contact.owner_property.as_deref(),
+        &derived,
+    )
 }
 
 /// [`ownership`] from what a caller has computed of the contact already: its property sync id, its parsed notes
-/// stamp and its derived sync id (phase 2 needs all three for matching, and plans every contact of a mailbox).
+/// stamp, its owner mark and its derived sync id (phase 2 needs them for matching, and plans every contact of a
+/// mailbox).
 pub fn ownership_of(
     mailbox: &Mailbox,
     property: Option<&SyncId>,
     stamp: &NotesStamp,
+    mark: Option<&str>,
     derived: &SyncId,
 ) -> Ownership {
     let Some(id) = property.or(stamp.sync_id.as_ref()) else {
@@ -157,6 +168,9 @@ pub fn ownership_of(
         .is_some_and(|by| names_mailbox(by, mailbox))
     {
         return Ownership::OwnerCreated(OwnerReason::CreatedByOwner);
+    }
+    if mark.is_some_and(|by| names_mailbox(by, mailbox)) {
+        return Ownership::OwnerCreated(OwnerReason::MarkedOwn);
     }
     if property.is_none() {
         return Ownership::OwnerCreated(OwnerReason::NotesStampOnly);
@@ -241,24 +255,29 @@ mod tests {
             upn: "dan@contoso.com".into(),
         };
         let person = SyncId::derive(TENANT, "m-ada", "c-ada");
-        let contact = |property: Option<&SyncId>, stamp_id: Option<&SyncId>, by: Option<&str>| {
-            let stamp = NotesStamp {
-                sync_id: stamp_id.cloned(),
-                created_by: by.map(str::to_owned),
-                ..NotesStamp::default()
+        let marked =
+            |property: Option<&SyncId>, stamp_id: Option<&SyncId>, by: Option<&str>, mark: &str| {
+                let stamp = NotesStamp {
+                    sync_id: stamp_id.cloned(),
+                    created_by: by.map(str::to_owned),
+                    ..NotesStamp::default()
+                };
+                Contact {
+                    id: "c-dan".into(),
+                    last_modified: None,
+                    fields: crate::model::ContactFields::default(),
+                    personal_notes: Some(stamp.lines().join("\n")).filter(|n| !n.is_empty()),
+                    categories: Vec::new(),
+                    sync_id_property: property.map(|p| p.as_str().to_owned()),
+                    owner_property: Some(mark.to_owned()).filter(|m| !m.is_empty()),
+                    photo_hash: None,
+                    photo_source: None,
+                    has_picture: false,
+                    change_key: None,
+                }
             };
-            Contact {
-                id: "c-dan".into(),
-                last_modified: None,
-                fields: crate::model::ContactFields::default(),
-                personal_notes: Some(stamp.lines().join("\n")).filter(|n| !n.is_empty()),
-                categories: Vec::new(),
-                sync_id_property: property.map(|p| p.as_str().to_owned()),
-                photo_hash: None,
-                photo_source: None,
-                has_picture: false,
-                change_key: None,
-            }
+        let contact = |property: Option<&SyncId>, stamp_id: Option<&SyncId>, by: Option<&str>| {
+            marked(property, stamp_id, by, "")
         };
         let own = SyncId::derive(TENANT, "m-dan", "c-dan");
         let cases = [
@@ -287,6 +306,20 @@ mod tests {
                 Ownership::ManagedCopy,
             ),
             (contact(Some(&person), None, None), Ownership::ManagedCopy),
+            // The owner deleted the stamp lines from the notes: the mark still says whose it is.
+            (
+                marked(Some(&person), None, None, "m-dan"),
+                Ownership::OwnerCreated(OwnerReason::MarkedOwn),
+            ),
+            (
+                marked(Some(&person), None, Some("ada@contoso.com"), "M-DAN"),
+                Ownership::OwnerCreated(OwnerReason::MarkedOwn),
+            ),
+            // A mark naming someone else proves nothing here.
+            (
+                marked(Some(&person), None, None, "m-ada"),
+                Ownership::ManagedCopy,
+            ),
         ];
         for (contact, expected) in cases {
             assert_eq!(
@@ -301,6 +334,7 @@ mod tests {
                     &mailbox,
                     property_sync_id(&contact).as_ref(),
                     &stamp,
+                    contact.owner_property.as_deref(),
                     &derived
                 ),
                 expected,

@@ -106,6 +106,7 @@ pub(crate) fn created_contact(id: String, write: &ContactWrite, now: DateTime<Ut
         personal_notes: None,
         categories: Vec::new(),
         sync_id_property: None,
+        owner_property: None,
         photo_hash: None,
         photo_source: None,
         has_picture: false,
@@ -131,6 +132,10 @@ pub(crate) fn merge(contact: &mut Contact, write: &ContactWrite) {
     }
     if let Some(sync_id) = &write.sync_id {
         contact.sync_id_property = Some(sync_id.clone());
+    }
+    if let Some(owner) = &write.owner {
+        // An emptied mark reads back as none (`graph::wire`).
+        contact.owner_property = Some(owner.clone()).filter(|o| !o.trim().is_empty());
     }
 }
 

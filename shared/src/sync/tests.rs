@@ -68,6 +68,7 @@ pub(super) fn contact(id: &str, name: &str, emails: &[&str], minutes: i64) -> Co
         personal_notes: None,
         categories: Vec::new(),
         sync_id_property: None,
+        owner_property: None,
         photo_hash: None,
         photo_source: None,
         has_picture: false,
@@ -588,6 +589,109 @@ fn removed_centrally_is_deleted_from_copies_but_never_from_owners_or_republished
     assert_eq!(world.run(), 0);
 }
 
+/// Ten people in ann's mailbox and cat's own contact for one of them (matched by address, so the tool stamps it with
+/// that person's sync id and `CreatedBy=cat`), dan with nothing; both phases run until nothing is left to write.
+fn cat_holds_her_own_p3() -> World {
+    let people: Vec<Contact> = (0..10)
+        .map(|i| {
+            contact(
+                &format!("a{i}"),
+                &format!("P{i}"),
+                &[&format!("p{i}@x.com")],
+                1,
+            )
+        })
+        .collect();
+    let mut world = World::new(vec![
+        (mailbox("ann"), people),
+        (
+            mailbox("cat"),
+            vec![contact("c1", "P3 (cat)", &["P3@x.com"], 0)],
+        ),
+        (mailbox("dan"), vec![]),
+    ]);
+    world.run();
+    assert_eq!(world.run(), 0);
+    world
+}
+
+/// The person `email` names leaves the central folder (an administrator removed it), and both phases run.
+fn remove_centrally(world: &mut World, email: &str) {
+    world
+        .central
+        .retain(|c| !email_keys(&c.fields).contains(email));
+    world.run();
+}
+
+/// The stamp lines are plain text in the notes of every client, so an owner may delete them. The owner's contact the
+/// tool matched to a person must stay the owner's: before the owner mark (`model::OWNER_PROPERTY`) it then carried
+/// the sync id property and nothing else, read as a managed copy, was stamped as one, and went with its person.
+#[test]
+fn an_owners_contact_stays_theirs_after_the_stamp_lines_are_deleted_from_its_notes() {
+    let mut world = cat_holds_her_own_p3();
+    let own = &mut world.user_mut("cat")[0];
+    let notes = own.personal_notes.take().expect("stamped");
+    own.personal_notes = Some(user_text(&notes)).filter(|t| !t.is_empty());
+    let cat = mailbox("cat");
+    assert_eq!(
+        ownership(TENANT, &cat, &world.user("cat")[0]),
+        Ownership::OwnerCreated(OwnerReason::MarkedOwn)
+    );
+    world.run();
+    let restamped = NotesStamp::parse(world.user("cat")[0].personal_notes.as_deref());
+    assert_eq!(
+        restamped.created_by.as_deref(),
+        Some(cat.id.as_str()),
+        "restamped as cat's, not as a copy of ann's"
+    );
+
+    remove_centrally(&mut world, "p3@x.com");
+    assert_eq!(
+        find(world.user("cat"), "p3@x.com").len(),
+        1,
+        "cat's own contact stays"
+    );
+    assert!(
+        find(world.user("dan"), "p3@x.com").is_empty(),
+        "dan's copy goes"
+    );
+    assert_eq!(world.run(), 0);
+}
+
+/// Without notes stamping an original carries only the sync id derived from its Graph id, and a contact moved out
+/// of the folder and back gets a new id: the owner mark keeps it the owner's, where it used to read as a managed
+/// copy and go with its person.
+#[test]
+fn an_original_moved_and_back_stays_its_owners_without_notes_stamping() {
+    let people: Vec<Contact> = (0..10)
+        .map(|i| {
+            contact(
+                &format!("a{i}"),
+                &format!("P{i}"),
+                &[&format!("p{i}@x.com")],
+                1,
+            )
+        })
+        .collect();
+    let mut world = World::new(vec![(mailbox("ann"), people), (mailbox("dan"), vec![])]);
+    world.options.stamp_notes = false;
+    world.run();
+    assert_eq!(world.run(), 0);
+    world.user_mut("ann")[3].id = "a3-moved".into();
+    world.run();
+    remove_centrally(&mut world, "p3@x.com");
+    assert_eq!(
+        find(world.user("ann"), "p3@x.com").len(),
+        1,
+        "ann's original stays"
+    );
+    assert!(
+        find(world.user("dan"), "p3@x.com").is_empty(),
+        "dan's copy goes"
+    );
+    assert_eq!(world.run(), 0);
+}
+
 /// Reproduces what `combined_runs_keep_owners_contacts_…` found (seed in proptest-regressions): a managed copy
 /// whose person left the central folder shares one address with an opted-out person and one with another. Paired
 /// with the opted-out one (first by id on the tie) it was kept as it was, and the other person got a second copy
@@ -1064,6 +1168,7 @@ fn creates_are_told_inert_alike_with_or_without_packed_fields() {
                 personal_notes: None,
                 categories,
                 sync_id: person.sync_id_property.clone().filter(|_| sync),
+                owner: None,
             })
         };
         let inert = |op| keys.leaves_only_inert(&world.ctx(&bob), &bob, &[], &plan_of(vec![op]));
@@ -1565,6 +1670,7 @@ fn build(prefix: &str, generated: Vec<Generated>) -> Vec<Contact> {
                 personal_notes: notes,
                 categories,
                 sync_id_property: None,
+                owner_property: None,
                 photo_hash: None,
                 photo_source: None,
                 has_picture: false,
@@ -1929,6 +2035,13 @@ enum Change {
     OptOut(usize, usize),
     /// A user deletes a contact.
     Delete(usize, usize),
+    /// A user deletes the stamp lines from a contact's notes, keeping their own text. Only from a contact the tool
+    /// never stamped with a sync id property or marked as its owner's when it did (`model::OWNER_PROPERTY`): an
+    /// owner's contact stamped before the mark and left unclaimed by phase 2 stays without one (a mark alone would
+    /// make its old data look like a new edit), and its notes remain its only proof.
+    Unstamp(usize, usize),
+    /// A user moves a contact out of the folder and back: Graph gives it a new id. Only as for `Unstamp`.
+    Move(usize, usize),
     /// A user adds a contact.
     Add(usize, Vec<&'static str>, &'static str),
     /// An administrator edits a central contact.
@@ -1948,10 +2061,17 @@ fn change() -> impl Strategy<Value = Change> {
         1 => (user.clone(), index.clone(), prop::sample::select(NAMES)).prop_map(|(u, i, n)| Change::Rename(u, i, n)),
         1 => (user.clone(), index.clone()).prop_map(|(u, i)| Change::OptOut(u, i)),
         1 => (user.clone(), index.clone()).prop_map(|(u, i)| Change::Delete(u, i)),
+        1 => (user.clone(), index.clone()).prop_map(|(u, i)| Change::Unstamp(u, i)),
+        1 => (user.clone(), index.clone()).prop_map(|(u, i)| Change::Move(u, i)),
         2 => (user, emails(), prop::sample::select(NAMES)).prop_map(|(u, e, n)| Change::Add(u, e, n)),
         2 => (index.clone(), prop::sample::select(&["Central", "Boss"][..])).prop_map(|(i, t)| Change::CentralTitle(i, t)),
         1 => index.prop_map(Change::CentralRemove),
     ]
+}
+
+/// Whether `contact` carries no sync id property, or the owner mark beside it (see [`Change::Unstamp`]).
+fn marked_or_bare(contact: &Contact) -> bool {
+    contact.sync_id_property.is_none() || contact.owner_property.is_some()
 }
 
 /// The `i`-th (modulo) contact of user `u`, if any.
@@ -1962,8 +2082,13 @@ fn pick(users: &mut [(Mailbox, Vec<Contact>)], u: usize, i: usize) -> Option<&mu
 }
 
 impl World {
-    /// Applies a change at the current time; returns the (user, id) of a contact the user deleted, if any.
-    fn change(&mut self, change: &Change, serial: usize) -> Option<(usize, String)> {
+    /// Applies a change at the current time; returns the (user, id) of a contact the user deleted or moved, if
+    /// any, with its new id if moved.
+    fn change(
+        &mut self,
+        change: &Change,
+        serial: usize,
+    ) -> Option<(usize, String, Option<String>)> {
         let now = self.tick();
         let emails = |list: &[&str]| -> Vec<EmailAddress> {
             list.iter()
@@ -2003,7 +2128,23 @@ impl World {
                 let contacts = &mut self.users.get_mut(*u)?.1;
                 if !contacts.is_empty() {
                     let at = i % contacts.len();
-                    return Some((*u, contacts.remove(at).id));
+                    return Some((*u, contacts.remove(at).id, None));
+                }
+            }
+            Change::Unstamp(u, i) => {
+                if let Some(c) = pick(&mut self.users, *u, *i).filter(|c| marked_or_bare(c)) {
+                    if let Some(notes) = c.personal_notes.take() {
+                        c.personal_notes = Some(user_text(&notes)).filter(|t| !t.is_empty());
+                        c.last_modified = Some(now);
+                    }
+                }
+            }
+            Change::Move(u, i) => {
+                if let Some(c) = pick(&mut self.users, *u, *i).filter(|c| marked_or_bare(c)) {
+                    let moved = format!("moved-{serial}");
+                    let old = std::mem::replace(&mut c.id, moved.clone());
+                    c.last_modified = Some(now);
+                    return Some((*u, old, Some(moved)));
                 }
             }
             Change::Add(u, list, name) => {
@@ -2056,8 +2197,13 @@ proptest! {
         for round in rounds {
             for change in &round {
                 serial += 1;
-                if let Some(deleted) = world.change(change, serial) {
-                    owned.retain(|o| *o != deleted);
+                if let Some((u, id, moved)) = world.change(change, serial) {
+                    let was_owned = owned.iter().any(|o| o.0 == u && o.1 == id);
+                    owned.retain(|o| !(o.0 == u && o.1 == id));
+                    // A moved contact is the same contact: the owner's still, whatever it now reads as.
+                    if let Some(moved) = moved.filter(|_| was_owned) {
+                        owned.push((u, moved));
+                    }
                 }
             }
             track(&world, &mut owned);

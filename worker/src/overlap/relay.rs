@@ -629,6 +629,7 @@ mod tests {
             personal_notes: Some("notes".into()),
             categories: vec!["c".into()],
             sync_id_property: Some(Uuid::from_u128(7).to_string()),
+            owner_property: None,
             photo_hash: None,
             photo_source: None,
             has_picture: false,
