@@ -427,6 +427,80 @@ async fn throttling_and_server_errors_everywhere_change_nothing_of_the_outcome()
     assert_same(&mailboxes(&estate), &expected, "faults changed the outcome");
 }
 
+/// A user edits a copy sent early while phase 1 still writes (a note above its stamp lines, as in Outlook): the
+/// job finds its mailbox changed since its first read, so it takes back its early copies and applies the ordered
+/// plan whole, but the edited copy is the owner's to keep, as a copy edited after an ordered run's create is. It
+/// stays with the note, and the mailboxes otherwise end as an ordered run leaves them. Before, every early copy
+/// was deleted and created again from the central folder: the note was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_sent_early_and_edited_by_its_owner_keeps_the_edit() {
+    let (config, params) = three_batches(64);
+    let expected = ordered(config.clone(), params.clone()).await;
+    let estate = Estate::seed(config, params).await;
+    let originals = originals(&estate);
+    let tenant = estate.tenants[0].clone();
+    let tid = tenant.tenant_id.clone();
+    let note = "call after 5 pm";
+    let edit = async {
+        // The first copy in a user's mailbox (any contact that was not there before the run)...
+        let (user, id, notes) = 'found: loop {
+            for user in &tenant.mirror_target_upns {
+                for contact in estate.sim.contacts(&tid, user, None) {
+                    let id = contact["id"].as_str().unwrap_or_default();
+                    if !originals.contains(id) {
+                        let notes = contact["personalNotes"].as_str().unwrap_or_default();
+                        break 'found (user.clone(), id.to_owned(), notes.to_owned());
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        // ...edited by its owner while phase 1 is held up (its next batch of creates refused twice, 1 s each).
+        for _ in 0..40 {
+            estate.sim.push_fault(ScriptedFault {
+                status: 503,
+                retry_after: Some("1".into()),
+                commit: false,
+                path_contains: Some("/contactFolders/".into()),
+                method: Some("POST".into()),
+            });
+        }
+        // As the owner's Outlook does it: not through the app's requests, so not within its mailbox's limits.
+        let body = serde_json::json!({ "personalNotes": format!("{note}\r\n{notes}") });
+        estate
+            .sim
+            .update_contact(&tid, &user, &id, body)
+            .expect("the owner edits the copy");
+        (user, id)
+    };
+    let (settings, args) = (estate.settings(), overlapped());
+    let (report, (user, id)) = tokio::join!(run(&settings, &args), edit);
+    assert_every_tenant_ran(&report);
+    let log = estate.sim.request_log();
+    let taken_back = log
+        .iter()
+        .filter(|e| e.method == "DELETE" && (200..300).contains(&e.status))
+        .filter(|e| e.mailbox.as_deref() == Some(user.to_lowercase().as_str()))
+        .count();
+    assert!(
+        taken_back > 0,
+        "{user}'s job did not take its early copies back: the edit came too late to show anything"
+    );
+    let kept = estate
+        .sim
+        .contacts(&tid, &user, None)
+        .into_iter()
+        .find(|c| c["id"] == id.as_str())
+        .expect("the edited copy is still in the mailbox");
+    let notes = kept["personalNotes"].as_str().unwrap_or_default();
+    assert!(notes.starts_with(note), "the owner's note is gone: {notes}");
+    assert_same(
+        &mailboxes(&estate),
+        &expected,
+        "an edited early copy changed the outcome",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_phase_1_that_fails_for_good_leaves_the_users_mailboxes_as_they_were_but_for_early_stamps(
 ) {

@@ -4,7 +4,7 @@
 //! against the folder it left (`shared::sync::overlap`), so the mailbox ends as an ordered run leaves it. Its own
 //! file because it is the one step that waits on another job.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use shared::config::TenantSettings;
@@ -196,11 +196,20 @@ impl JobRunner {
         let waited = wait_for_end(&mut stage, self.boards.wait_limit()).await;
         let early_copies: Vec<String> = done.created_ids.values().cloned().collect();
         debug!(mailbox = %mailbox.upn, early = early_copies.len(), stamped = stamped.len(), ?waited, "done waiting on phase 1");
+        // The early copies to take back when phase 1 does not end as planned, from the mailbox as it is now.
+        let untouched_now = || async {
+            if early_copies.is_empty() {
+                return Ok(Vec::new());
+            }
+            let now = read().await?;
+            Ok::<_, AttemptResult>(untouched(&early_copies, &now, &done))
+        };
         let in_line_with = match waited {
             Waited::Ended(Ended::Written { in_line_with }) if trust_later => {
                 // The check waited for phase 1's end (`JobRunner::may_trust_later`): a refusal takes the copies back.
                 if let Err(refused) = self.trusted(tenant, client, job).await {
-                    self.undo(client, job, mailbox, &folder, &early_copies, writes)
+                    let back = untouched_now().await?;
+                    self.undo(client, job, mailbox, &folder, &back, writes)
                         .await?;
                     return Err(refused);
                 }
@@ -208,13 +217,16 @@ impl JobRunner {
             }
             Waited::Ended(Ended::Written { in_line_with }) => in_line_with,
             Waited::Ended(Ended::Failed) => {
-                self.undo(client, job, mailbox, &folder, &early_copies, writes)
+                let back = untouched_now().await?;
+                let undone = self
+                    .undo(client, job, mailbox, &folder, &back, writes)
                     .await?;
-                return Err(phase1_failed(job, mailbox, early_copies.len()));
+                return Err(phase1_failed(job, mailbox, undone.len()));
             }
             other => {
                 // Nothing is left half-done: the early copies go, and the job comes again.
-                self.undo(client, job, mailbox, &folder, &early_copies, writes)
+                let back = untouched_now().await?;
+                self.undo(client, job, mailbox, &folder, &back, writes)
                     .await?;
                 return Err(not_waiting(job, other));
             }
@@ -233,12 +245,15 @@ impl JobRunner {
         // Nothing sent early (no units, no plan, or nothing to create) leaves nothing to compare.
         let unchanged = early_copies.is_empty() || holds_exactly(&now, &before, &stamped, &done);
         drop(before);
-        let gone: BTreeSet<&String> = early_copies.iter().collect();
+        // Where they do not, the copies the owner left untouched go, and the plan is made without them; a copy the
+        // owner edited meanwhile stays in the mailbox the plan is made from, as any copy edited after its create.
+        let back = untouched(&early_copies, &now, &done);
+        let gone: BTreeSet<&String> = back.iter().collect();
         let base: Vec<Contact> = now.into_iter().filter(|c| !gone.contains(&c.id)).collect();
         let ordered = match sync::plan_distribution_from(&ctx, &central_contacts, mailbox, &base) {
             Ok(plan) => plan,
             Err(refusal) => {
-                self.undo(client, job, mailbox, &folder, &early_copies, writes)
+                self.undo(client, job, mailbox, &folder, &back, writes)
                     .await?;
                 return Err(AttemptResult::Permanent {
                     reason: FailureReason::DeletionCapExceeded,
@@ -260,7 +275,7 @@ impl JobRunner {
             Settled::Undo(all) => {
                 debug!(mailbox = %mailbox.upn, "early copies are not the ordered plan's: deleted, then the plan whole");
                 let undone = self
-                    .undo(client, job, mailbox, &folder, &early_copies, writes)
+                    .undo(client, job, mailbox, &folder, &back, writes)
                     .await?;
                 for id in &undone {
                     done.written.remove(id);
@@ -520,6 +535,28 @@ pub(super) fn no_place(job: &Job) -> AttemptResult {
             job.tenant_id
         ),
     }
+}
+
+/// Of the copies sent early (`early`), those the owner has not changed since Graph created them, by the mailbox read
+/// `now`: a copy read at another change key than its create returned was edited (a note, the opt-out category, a
+/// field) and is the owner's to keep, as a copy edited after an ordered run's create is; taking it back would lose
+/// the edit. A copy not read (the owner deleted it) or whose create returned no change key counts as untouched.
+fn untouched(early: &[String], now: &[Contact], done: &Done) -> Vec<String> {
+    let read: HashMap<&str, Option<&str>> = now
+        .iter()
+        .map(|c| (c.id.as_str(), c.change_key.as_deref()))
+        .collect();
+    early
+        .iter()
+        .filter(|id| {
+            let created = done.written.get(*id).and_then(Option::as_deref);
+            match (read.get(id.as_str()), created) {
+                (Some(now), Some(created)) => *now == Some(created),
+                _ => true,
+            }
+        })
+        .cloned()
+        .collect()
 }
 
 /// What tells a contact's version apart: its id and change key.
