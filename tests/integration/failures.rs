@@ -507,3 +507,101 @@ async fn graph_throttling_and_server_errors_change_timing_not_the_result() {
         "faults changed the outcome"
     );
 }
+
+/// An owner edits a contact while a run's update of it waits to be sent (here: its first `PATCH` answered 503
+/// with `Retry-After: 1`). The update carries the change key read (`If-Match`), so Graph answers the retry 412;
+/// the job reads the mailbox again and plans with the edit instead of overwriting it (fields are written whole,
+/// so the overwrite cleared the number the owner had just added, and the feed then took the changed contact for
+/// the job's own write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owners_edit_made_while_the_runs_update_waits_is_not_overwritten() {
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 1,
+            users_per_tenant: 4,
+            contacts_per_user: 6,
+            overlap: 0.0,
+            seed: 23,
+        },
+    )
+    .await;
+    let settings = estate.settings();
+    let tenant = estate.tenants[0].clone();
+    let (tid, shared) = (tenant.tenant_id.clone(), tenant.shared_mailbox_upn.clone());
+    assert!(run(&settings, &embedded_args()).await.succeeded());
+    // An administrator retitles every person: each copy and original gets an update.
+    for person in estate.sim.contacts(&tid, &shared, Some("All Contacts")) {
+        let id = person["id"].as_str().expect("id");
+        estate
+            .sim
+            .update_contact(
+                &tid,
+                &shared,
+                id,
+                serde_json::json!({"jobTitle": "Retitled"}),
+            )
+            .expect("central edit");
+    }
+    // The first updates of users' contacts are refused once, to be sent again a second later.
+    for _ in 0..5 {
+        estate.sim.push_fault(graphsim::ScriptedFault {
+            status: 503,
+            retry_after: Some("1".into()),
+            commit: false,
+            path_contains: Some("/contacts/".into()),
+            method: Some("PATCH".into()),
+        });
+    }
+    let number = "+1 555 0100";
+    let edit = async {
+        // The first update refused: its contact, edited by its owner before the update is sent again.
+        let (mailbox, id) = loop {
+            let refused = estate.sim.request_log().into_iter().find(|e| {
+                e.method == "PATCH" && e.status == 503 && !e.url.contains("/contactFolders/")
+            });
+            if let Some(entry) = refused {
+                let segment = entry.url.rsplit('/').next().unwrap_or_default();
+                let id = reqwest::Url::parse(&format!("http://x/?id={segment}"))
+                    .ok()
+                    .and_then(|u| u.query_pairs().next().map(|(_, v)| v.into_owned()))
+                    .expect("the contact's id");
+                break (entry.mailbox.expect("a mailbox"), id);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        estate
+            .sim
+            .update_contact(
+                &tid,
+                &mailbox,
+                &id,
+                serde_json::json!({"mobilePhone": number}),
+            )
+            .expect("the owner's edit");
+        (mailbox, id)
+    };
+    let args = embedded_args();
+    let (report, (mailbox, id)) = tokio::join!(run(&settings, &args), edit);
+    assert!(report.succeeded(), "{}", report.human());
+    let edited = estate
+        .sim
+        .contacts(&tid, &mailbox, None)
+        .into_iter()
+        .find(|c| c["id"] == id.as_str())
+        .expect("the edited contact");
+    assert_eq!(
+        edited["mobilePhone"], number,
+        "the owner's edit was overwritten: {edited:#}"
+    );
+    let refused_again = estate
+        .sim
+        .request_log()
+        .iter()
+        .filter(|e| e.method == "PATCH" && e.status == 412)
+        .count();
+    assert!(
+        refused_again > 0,
+        "no update met the edit: the test shows nothing"
+    );
+}

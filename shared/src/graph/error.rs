@@ -257,6 +257,9 @@ pub enum ErrorKind {
     Ambiguous,
     /// The delta token is no longer valid: start again with a full read (410 `SyncStateNotFound`, ...).
     InvalidDeltaToken,
+    /// A write sent with `If-Match` found the item changed since it was read (412 `ErrorIrresolvableConflict`):
+    /// nothing was written; read it again before deciding anything.
+    ChangedSinceRead,
     /// The tenant's credentials are wrong.
     Auth(AuthProblem),
     /// Any other refusal (other 4xx): retrying will not help.
@@ -348,6 +351,7 @@ pub(crate) fn classify_api(status: u16, code: &str) -> ErrorKind {
             ErrorKind::ItemNotFound
         }
         410 => ErrorKind::InvalidDeltaToken,
+        412 => ErrorKind::ChangedSinceRead,
         _ if is("SyncStateNotFound") || is("SyncStateInvalid") || is("ResyncRequired") => {
             ErrorKind::InvalidDeltaToken
         }
@@ -513,6 +517,10 @@ mod tests {
             ErrorKind::Permanent
         );
         assert_eq!(classify_api(409, "ErrorFolderExists"), ErrorKind::Permanent);
+        assert_eq!(
+            classify_api(412, "ErrorIrresolvableConflict"),
+            ErrorKind::ChangedSinceRead
+        );
         assert_eq!(
             classify_api(401, "InvalidAuthenticationToken"),
             ErrorKind::Auth(AuthProblem::TokenRejected)

@@ -155,7 +155,8 @@ pub fn plan_cleanup(
                     item.op = Some(WriteOp::Update {
                         id: contact.id.clone(),
                         write: unstamp(categories),
-                        if_match: None,
+                        // The notes go back as read: only if no one wrote them since.
+                        if_match: contact.change_key.as_deref().map(Box::from),
                     });
                     item.action = ActionKind::Update;
                     item.reason = Reason::HandedOver;
@@ -171,7 +172,7 @@ pub fn plan_cleanup(
                 item.op = Some(WriteOp::Update {
                     id: contact.id.clone(),
                     write: unstamp(None),
-                    if_match: None,
+                    if_match: contact.change_key.as_deref().map(Box::from),
                 });
                 item.action = ActionKind::Update;
                 item.reason = Reason::Unstamped;

@@ -700,10 +700,12 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
         item.reason = Reason::UpdatesDisabled;
         return item;
     }
+    // Fields are written whole: sent only if the contact is still as read, so an edit its owner made since (a
+    // note, a number, the opt-out category) is planned with on a second read, never overwritten.
     item.op = Some(WriteOp::Update {
         id: contact.id.clone(),
         write,
-        if_match: None,
+        if_match: contact.change_key.as_deref().map(Box::from),
     });
     item.action = ActionKind::Update;
     if write_data {

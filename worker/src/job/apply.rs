@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shared::config::TenantSettings;
 use shared::feed;
-use shared::graph::{FolderRef, TenantClient};
+use shared::graph::{ErrorKind, FolderRef, TenantClient};
 use shared::message::{FailureReason, Job};
 use shared::model::{Contact, Mailbox, WriteOp};
 use shared::sync::{self, CentralKeys, Plan, PreparedCentral, SyncId, Writes};
@@ -125,6 +125,7 @@ impl JobRunner {
         let keep = Keep {
             ids: photos,
             confirm: None,
+            retry_changed: true,
         };
         self.send(
             client,
@@ -220,6 +221,15 @@ impl JobRunner {
                                 retry_wait = Some(retry_wait.map_or(wait, |w| w.max(wait)));
                                 first_transient.get_or_insert(error);
                             }
+                            _ if keep.retry_changed
+                                && matches!(error.kind(), ErrorKind::ChangedSinceRead) =>
+                            {
+                                retry_wait.get_or_insert(Duration::ZERO);
+                                first_transient.get_or_insert(format!(
+                                    "a contact of {} changed since it was read ({error}); reading it again",
+                                    mailbox.upn
+                                ));
+                            }
                             _ => {
                                 debug!(mailbox = %mailbox.upn, %error, "write refused");
                                 failed_writes += 1;
@@ -260,6 +270,11 @@ pub(super) struct Keep<'a> {
     pub ids: bool,
     /// Phase 1 of overlapped phases: each batch's confirmed creates are told here.
     pub confirm: Option<&'a Board>,
+    /// An update answered 412 (the contact changed since the job read it: every update a plan makes carries the
+    /// change key read, as `If-Match`) fails the attempt as transient, so the job reads the mailbox again and plans
+    /// with the owner's edit instead of overwriting it. `false` only where a plan later in the same job covers the
+    /// contact (the early stamps of overlapped phases): there it is a refused write, left to that plan.
+    pub retry_changed: bool,
 }
 
 /// A write task's answer, or, when the task itself failed (panicked or was aborted), a transient failure of the job

@@ -155,6 +155,7 @@ impl JobRunner {
             let keep = Keep {
                 ids: true,
                 confirm: None,
+                retry_changed: false,
             };
             let part = self
                 .send(
@@ -287,6 +288,7 @@ impl JobRunner {
         let keep = Keep {
             ids: false,
             confirm: None,
+            retry_changed: true,
         };
         let last = self
             .send(client, job, mailbox, &folder, rest, planning, keep, writes)
@@ -351,6 +353,7 @@ impl JobRunner {
         let keep = Keep {
             ids: false,
             confirm: None,
+            retry_changed: true,
         };
         let undone = self
             .send(
@@ -442,11 +445,13 @@ pub(super) fn after_phase1(
 }
 
 /// The failure of a job whose tenant's phase 1 failed for good, having deleted the `undone` copies it sent early.
+/// It does not say the mailbox is as it was: an earlier attempt's early copies (their ids went with it) and copies
+/// their users edited stay, each of a person whose central create Graph confirmed, which the next run matches.
 fn phase1_failed(job: &Job, mailbox: &Mailbox, undone: usize) -> AttemptResult {
     AttemptResult::Permanent {
         reason: FailureReason::Phase1Failed,
         error: format!(
-            "phase 1 of tenant {} failed; {} left as it was ({undone} copies sent early deleted again)",
+            "phase 1 of tenant {} failed; nothing more written to {} ({undone} copies sent early deleted again)",
             job.tenant_id, mailbox.upn
         ),
     }

@@ -292,6 +292,7 @@ impl JobRunner {
                 let keep = Keep {
                     ids: tenant.photos,
                     confirm: Some(board),
+                    retry_changed: true,
                 };
                 let writes_to_send = plan.into_writes();
                 self.send(
