@@ -616,20 +616,11 @@ mod tests {
         assert_eq!(body["displayName"], "Ada Lovelace");
         assert_eq!(body["otherAddress"]["street"], Value::Null);
         assert_eq!(
-            body["singleValueExtendedProperties"][0]["id"],
-            SYNC_ID_PROPERTY
-        );
-        assert_eq!(
-            body["singleValueExtendedProperties"][0]["value"],
-            "0b8f7b52-3c4f-5d6e-8f90-123456789abc"
-        );
-        assert_eq!(
-            body["singleValueExtendedProperties"][1]["id"],
-            OWNER_PROPERTY
-        );
-        assert_eq!(
-            body["singleValueExtendedProperties"][1]["value"],
-            "7d1e9c3a-2b4f-4e6d-8a0c-1f3b5d7e9a2c"
+            body["singleValueExtendedProperties"],
+            serde_json::json!([
+                {"id": SYNC_ID_PROPERTY, "value": "0b8f7b52-3c4f-5d6e-8f90-123456789abc"},
+                {"id": OWNER_PROPERTY, "value": "7d1e9c3a-2b4f-4e6d-8a0c-1f3b5d7e9a2c"},
+            ])
         );
         assert_eq!(
             body["personalNotes"],

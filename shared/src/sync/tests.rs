@@ -539,26 +539,7 @@ fn notes_and_categories_stay_with_their_owner() {
 
 #[test]
 fn removed_centrally_is_deleted_from_copies_but_never_from_owners_or_republished() {
-    let people: Vec<Contact> = (0..10)
-        .map(|i| {
-            contact(
-                &format!("a{i}"),
-                &format!("P{i}"),
-                &[&format!("p{i}@x.com")],
-                1,
-            )
-        })
-        .collect();
-    let mut world = World::new(vec![
-        (mailbox("ann"), people),
-        (
-            mailbox("cat"),
-            vec![contact("c1", "P3 (cat)", &["P3@x.com"], 0)],
-        ),
-        (mailbox("dan"), vec![]),
-    ]);
-    world.run();
-    assert_eq!(world.run(), 0);
+    let mut world = cat_holds_her_own_p3();
     world
         .central
         .retain(|c| !email_keys(&c.fields).contains("p3@x.com"));
@@ -592,35 +573,32 @@ fn removed_centrally_is_deleted_from_copies_but_never_from_owners_or_republished
 /// Ten people in ann's mailbox and cat's own contact for one of them (matched by address, so the tool stamps it with
 /// that person's sync id and `CreatedBy=cat`), dan with nothing; both phases run until nothing is left to write.
 fn cat_holds_her_own_p3() -> World {
-    let people: Vec<Contact> = (0..10)
-        .map(|i| {
-            contact(
-                &format!("a{i}"),
-                &format!("P{i}"),
-                &[&format!("p{i}@x.com")],
-                1,
-            )
-        })
-        .collect();
-    let mut world = World::new(vec![
-        (mailbox("ann"), people),
-        (
-            mailbox("cat"),
-            vec![contact("c1", "P3 (cat)", &["P3@x.com"], 0)],
-        ),
-        (mailbox("dan"), vec![]),
-    ]);
+    let mut world = ten_people(&["cat", "dan"]);
+    world
+        .user_mut("cat")
+        .push(contact("c1", "P3 (cat)", &["P3@x.com"], 0));
     world.run();
     assert_eq!(world.run(), 0);
     world
 }
 
-/// The person `email` names leaves the central folder (an administrator removed it), and both phases run.
-fn remove_centrally(world: &mut World, email: &str) {
+/// Person P3 leaves the central folder (an administrator removed it) and both phases run: `owner`'s own contact of
+/// P3 stays, dan's copy goes, and nothing is left to write.
+fn p3_leaves_but_stays_with(world: &mut World, owner: &str) {
     world
         .central
-        .retain(|c| !email_keys(&c.fields).contains(email));
+        .retain(|c| !email_keys(&c.fields).contains("p3@x.com"));
     world.run();
+    assert_eq!(
+        find(world.user(owner), "p3@x.com").len(),
+        1,
+        "{owner}'s own contact stays"
+    );
+    assert!(
+        find(world.user("dan"), "p3@x.com").is_empty(),
+        "dan's copy goes"
+    );
+    assert_eq!(world.run(), 0);
 }
 
 /// The stamp lines are plain text in the notes of every client, so an owner may delete them. The owner's contact the
@@ -645,17 +623,7 @@ fn an_owners_contact_stays_theirs_after_the_stamp_lines_are_deleted_from_its_not
         "restamped as cat's, not as a copy of ann's"
     );
 
-    remove_centrally(&mut world, "p3@x.com");
-    assert_eq!(
-        find(world.user("cat"), "p3@x.com").len(),
-        1,
-        "cat's own contact stays"
-    );
-    assert!(
-        find(world.user("dan"), "p3@x.com").is_empty(),
-        "dan's copy goes"
-    );
-    assert_eq!(world.run(), 0);
+    p3_leaves_but_stays_with(&mut world, "cat");
 }
 
 /// Without notes stamping an original carries only the sync id derived from its Graph id, and a contact moved out
@@ -663,33 +631,13 @@ fn an_owners_contact_stays_theirs_after_the_stamp_lines_are_deleted_from_its_not
 /// copy and go with its person.
 #[test]
 fn an_original_moved_and_back_stays_its_owners_without_notes_stamping() {
-    let people: Vec<Contact> = (0..10)
-        .map(|i| {
-            contact(
-                &format!("a{i}"),
-                &format!("P{i}"),
-                &[&format!("p{i}@x.com")],
-                1,
-            )
-        })
-        .collect();
-    let mut world = World::new(vec![(mailbox("ann"), people), (mailbox("dan"), vec![])]);
+    let mut world = ten_people(&["dan"]);
     world.options.stamp_notes = false;
     world.run();
     assert_eq!(world.run(), 0);
     world.user_mut("ann")[3].id = "a3-moved".into();
     world.run();
-    remove_centrally(&mut world, "p3@x.com");
-    assert_eq!(
-        find(world.user("ann"), "p3@x.com").len(),
-        1,
-        "ann's original stays"
-    );
-    assert!(
-        find(world.user("dan"), "p3@x.com").is_empty(),
-        "dan's copy goes"
-    );
-    assert_eq!(world.run(), 0);
+    p3_leaves_but_stays_with(&mut world, "ann");
 }
 
 /// Reproduces what `combined_runs_keep_owners_contacts_…` found (seed in proptest-regressions): a managed copy
