@@ -415,6 +415,56 @@ fn assert_pat_everywhere(estate: &Estate, t: &SeededTenant, owner: &str, expecte
     }
 }
 
+/// An owner's contact an older release stamped with a mirrored person's sync id under the owner's UPN since renamed
+/// (its `CreatedBy` names neither the mailbox now nor the person's creator) is the owner's by phase 2's rule
+/// (`OwnerReason::StampedAsOwn`). The photo step judges it the same way and leaves its photo alone. Failed before:
+/// the photo step judged the contact alone, took it for a managed copy and put the person's photo over the owner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owners_contact_stamped_under_a_renamed_upn_keeps_its_own_photo() {
+    let photo = sample_jpeg("pat", 2_000);
+    let (estate, t, owner, _) = mirror_with_photo(1403, &photo).await;
+    let settings = mirror_settings(&estate, true);
+    let args = mirror_args("photos-renamed-owner");
+    assert_all_succeeded(&run(&settings, &args).await);
+    let gus = t
+        .mirror_target_upns
+        .iter()
+        .find(|u| **u != owner)
+        .expect("a second user")
+        .clone();
+    let copy = estate
+        .sim
+        .contacts(&t.tenant_id, &gus, None)
+        .into_iter()
+        .find(|c| c["emailAddresses"].to_string().contains(PAT))
+        .expect("gus's copy of Pat");
+    let sync = support::sync_id(&copy).expect("the copy's sync id");
+    support::delete_contact(&estate, &t, &gus, copy["id"].as_str().expect("id")).await;
+    let own = estate.sim.add_contact(
+        &t.tenant_id,
+        &gus,
+        None,
+        json!({
+            "displayName": "Pat (my neighbour)",
+            "emailAddresses": [{"address": PAT}],
+            "personalNotes": format!("SyncId={sync}\r\nCreatedBy=gus.before.renaming@example.org"),
+            "singleValueExtendedProperties": [{"id": shared::model::SYNC_ID_PROPERTY, "value": sync}],
+        }),
+    );
+    let mine = sample_jpeg("gus's own", 1_500);
+    support::set_contact_photo(&estate.sim, &t, &gus, &own, Some(&mine)).await;
+
+    assert_all_succeeded(&run(&settings, &args).await);
+    assert_eq!(
+        estate
+            .sim
+            .contact_photo(&t.tenant_id, &gus, &own)
+            .as_deref(),
+        Some(mine.as_slice()),
+        "the owner's photo was replaced"
+    );
+}
+
 /// Every request graphsim logged to any photo (users' or contacts').
 fn any_photo_requests(sim: &Sim) -> usize {
     sim.request_log()

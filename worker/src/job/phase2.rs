@@ -249,6 +249,7 @@ impl JobRunner {
                     PhotoSources {
                         lists: &photo_lists,
                         central: central.map(|c| (c, sources)),
+                        persons: sources.contacts(),
                     },
                     writes,
                 )

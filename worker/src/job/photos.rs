@@ -10,7 +10,7 @@ use shared::graph::{FolderRef, GraphError, TenantClient};
 use shared::message::{CentralFolder, Job};
 use shared::model::{Contact, Mailbox};
 use shared::sync::photo::{self, CopyPhoto, PhotoAction, SourcePhoto};
-use shared::sync::{self, Ownership, PreparedCentral, SyncId};
+use shared::sync::{self, identity, Ownership, PreparedCentral, SyncId};
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
@@ -105,12 +105,15 @@ impl JobRunner {
             }
         }
         let mut copies = BTreeMap::new();
+        // Judged as the plan judged them (`identity::ownership_among`, phase 2's rule): an owner's contact stamped
+        // under a UPN since renamed carries the property but is the owner's, and a photo never goes onto it.
+        let creators = identity::creators_of(from.persons);
         for contact in target {
             let Some(sync_id) = contact.sync_id_property.as_deref().and_then(SyncId::parse) else {
                 continue;
             };
-            let managed =
-                sync::ownership(&tenant.tenant_id, mailbox, contact) == Ownership::ManagedCopy;
+            let managed = identity::ownership_among(&tenant.tenant_id, mailbox, contact, &creators)
+                == Ownership::ManagedCopy;
             if !managed || !names.contains_key(&sync_id) || done.deleted.contains(&contact.id) {
                 continue;
             }
@@ -216,6 +219,9 @@ impl JobRunner {
 pub(super) struct PhotoSources<'a> {
     pub(super) lists: &'a [Arc<Selected>],
     pub(super) central: Option<(&'a CentralFolder, &'a PreparedCentral)>,
+    /// The persons the mailbox was planned against: their `CreatedBy` tells an owner's stamped contact from a copy,
+    /// as the plan judged it.
+    pub(super) persons: &'a [Contact],
 }
 
 /// A photo to send: loaded already (a directory user's), or a central contact's, read once per worker and run.
