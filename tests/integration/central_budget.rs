@@ -6,7 +6,7 @@ use std::time::Duration;
 use graphsim::{EstateParams, SimConfig};
 use producer::cli::RunArgs;
 use producer::summary::RunReport;
-use worker::central_lease::CentralLeases;
+use worker::leases::BrokerLeases;
 
 use crate::fleet::{
     assert_only_unreachable_failed, broker_args, embedded_args, run, snapshot, total,
@@ -21,7 +21,7 @@ const WORKERS: usize = 5;
 /// phase-2 jobs together and each reads the central folder (two pages): graphsim sees at most 4 requests in flight on
 /// the shared mailbox and answers it no 429, and every mailbox ends as in the embedded run.
 ///
-/// Failed before the central lease (`worker/src/central_lease.rs`): the five reads overlapped, graphsim saw 5 in
+/// Failed before the central lease (`worker/src/leases.rs`): the five reads overlapped, graphsim saw 5 in
 /// flight on the shared mailbox and answered 429 `MailboxConcurrency`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_worker_processes_keep_the_shared_mailbox_within_4_in_flight() {
@@ -236,7 +236,7 @@ async fn a_lease_holder_that_dies_does_not_block_the_others() {
         .await
         .expect("RabbitMQ must run at AMQP_URL");
     let dying_url = crate::redelivery::connection_url(&dying_name).await;
-    for slot in 0..worker::central_lease::SLOTS {
+    for slot in 0..worker::leases::CENTRAL_READERS {
         let queue = topology.central_lease_queue(tenant, slot);
         assert!(
             shared::mq::take_lease(&dying, &queue).await.expect("lease"),
@@ -245,7 +245,7 @@ async fn a_lease_holder_that_dies_does_not_block_the_others() {
     }
     // The survivor takes the first free one, slot 0.
     let queue = topology.central_lease_queue(tenant, 0);
-    let leases = CentralLeases::new(support::amqp_url(), topology.clone(), "survivor");
+    let leases = BrokerLeases::new(support::amqp_url(), topology.clone(), "survivor");
     let waiting = tokio::spawn(async move {
         let held = leases.hold(tenant).await.expect("lease taken");
         drop(held);

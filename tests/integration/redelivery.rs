@@ -903,3 +903,72 @@ async fn forged_overlapped_job(board: Board) -> Sent {
     support::delete_topology(&topology).await;
     sent
 }
+
+/// The job comes back to another worker while the first one's batch still waits on Graph's `Retry-After`: the first
+/// attempt is cancelled, but a batch already started is let finish (never half-sent), so it writes after the
+/// second attempt read the folder. Each attempt holds its mailbox's write lease on the broker until its last batch
+/// is answered (`worker::mailbox_lease`), so the second reads only once the first is done, and nobody stands twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_taken_by_another_worker_waits_for_the_first_attempts_last_batch() {
+    let _broker = BROKER.read().await;
+    let estate = slow_estate(74).await;
+    let settings = estate.settings();
+    let topology = support::private_topology();
+    let job = phase1_job(&settings).await;
+    estate.sim.set_latency(Duration::from_millis(20));
+    let first_name = format!("first-{}", uuid::Uuid::new_v4().simple());
+    let first = one_at_a_time(&settings, &topology, &first_name, Duration::from_secs(1));
+    let shutdown = CancellationToken::new();
+    let first_running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { first.run(shutdown).await }
+    });
+    let connection = connection_url(&first_name).await;
+    let before_the_job = estate.sim.stats().total_writes();
+    publish(&topology, &job).await;
+    eventually("the job never started writing", async || {
+        estate.sim.stats().total_writes() > before_the_job
+    })
+    .await;
+    // The next batch of creates is answered 429 with a wait of 3 s: the first attempt's batch waits in its client.
+    for _ in 0..20 {
+        estate.sim.push_fault(graphsim::ScriptedFault {
+            status: 429,
+            retry_after: Some("3".into()),
+            commit: false,
+            path_contains: Some("/contactFolders/".into()),
+            method: Some("POST".into()),
+        });
+    }
+    eventually("no batch met the 429", async || {
+        estate
+            .sim
+            .request_log()
+            .iter()
+            .any(|e| e.method == "POST" && e.status == 429)
+    })
+    .await;
+    // A second worker, idle, takes the job the moment the first one's connection is gone.
+    let second = one_at_a_time(&settings, &topology, "second", Duration::from_secs(1));
+    let second_running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { second.run(shutdown).await }
+    });
+    close_connection(connection).await;
+    estate.sim.set_latency(Duration::from_millis(2));
+    let report = final_report(&topology, &job).await;
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    let emails = central_emails(&estate);
+    let unique: BTreeSet<&String> = emails.iter().collect();
+    assert_eq!(
+        emails.len(),
+        unique.len(),
+        "people stand twice in the central folder: two attempts wrote at once"
+    );
+    shutdown.cancel();
+    for running in [first_running, second_running] {
+        running.await.expect("worker task").expect("worker stops");
+    }
+    estate.sim.set_latency(Duration::ZERO);
+    support::delete_topology(&topology).await;
+}

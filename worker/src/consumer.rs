@@ -33,11 +33,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::central_lease::CentralLeases;
 use crate::delivery::{self, Delivery, DeliveryError};
 use crate::disposition::RetryPolicy;
 use crate::fleet_size;
 use crate::job::JobRunner;
+use crate::leases::BrokerLeases;
 use crate::overlap::relay::Relay;
 use crate::turns::Turns;
 
@@ -141,7 +141,7 @@ impl Worker {
     /// A worker that runs jobs with `runner`.
     pub fn new(config: WorkerConfig, runner: Arc<JobRunner>) -> Self {
         // Every process of the fleet reads a shared mailbox under its broker lease (issue 13).
-        runner.share_central_reads(CentralLeases::new(
+        runner.share_leases(BrokerLeases::new(
             config.amqp_url.clone(),
             config.topology.clone(),
             config.name.clone(),

@@ -6,7 +6,7 @@
 //! - [`delivery`]: one delivery from job to ack, written once for the broker and the embedded queue.
 //! - [`trust`]: a job is checked against the worker's own configuration before it runs.
 //! - [`central_cache`]: the central folder read once per worker per run.
-//! - [`central_lease`]: one worker process of a fleet at a time reads a shared mailbox (broker lease).
+//! - [`leases`]: broker leases across the fleet: at most 4 readers of a shared mailbox, one writer per mailbox.
 //! - [`consumer`]: the RabbitMQ worker ([`consumer::Worker`]).
 //! - [`embedded`]: the same jobs in one process, no broker ([`embedded::EmbeddedQueue`]).
 //! - [`in_flight`]: attempts in progress, counted where they run (the `--concurrency` promise, checked).
@@ -17,7 +17,6 @@
 #![deny(missing_docs)]
 
 pub mod central_cache;
-pub mod central_lease;
 pub mod central_photos;
 pub mod consumer;
 pub mod delivery;
@@ -29,6 +28,7 @@ pub mod health;
 pub mod heap;
 pub mod in_flight;
 pub mod job;
+pub mod leases;
 pub mod metrics;
 pub mod overlap;
 pub mod planning_budget;

@@ -161,7 +161,7 @@ impl Topology {
     /// 2: however many processes run, one reads it at a time, so the mailbox sees at most one process's 4
     /// requests in flight. Like [`Self::lease_queue`], it dies with its holder's connection.
     ///
-    /// `slot` numbers the leases of one tenant (see the worker's `central_lease::SLOTS`); slot 0 keeps the name of the
+    /// `slot` numbers the leases of one tenant (see the worker's `leases::CENTRAL_READERS`); slot 0 keeps the name of the
     /// single lease of earlier releases, so during a rolling upgrade an old worker and the new ones still exclude
     /// each other on it.
     pub fn central_lease_queue(&self, tenant_id: &str, slot: u32) -> String {
@@ -170,6 +170,21 @@ impl Topology {
             0 => format!("{}.central-lease.{tenant}", self.prefix),
             n => format!("{}.central-lease.{tenant}.{n}", self.prefix),
         }
+    }
+
+    /// The exclusive queue whose existence lets one job attempt write mailbox `mailbox_id` of `tenant_id` (its
+    /// Entra object id; for phase 1, the shared mailbox), fleet-wide: from before the attempt reads what it plans
+    /// against until its last write batch is answered, so a job that came back to another worker (or a second
+    /// run's job) reads only once the first attempt is done writing. Like [`Self::lease_queue`], it dies with its
+    /// holder's connection. Within the broker's 255 bytes: the tenant's part is cut at 100 characters (the object id,
+    /// a GUID, tells mailboxes apart on its own).
+    pub fn write_lease_queue(&self, tenant_id: &str, mailbox_id: &str) -> String {
+        let tenant: String = queue_safe(tenant_id).chars().take(100).collect();
+        format!(
+            "{}.write-lease.{tenant}.{}",
+            self.prefix,
+            queue_safe(mailbox_id)
+        )
     }
 
     /// The stream carrying a tenant's phase-1 board in run `run_id` (overlapped phases in a fleet, issue 13): the
@@ -592,6 +607,11 @@ mod tests {
             t.central_lease_queue("Contoso.onmicrosoft.com", 3),
             "t1.central-lease.contoso.onmicrosoft.com.3"
         );
+        assert_eq!(
+            t.write_lease_queue("Contoso.onmicrosoft.com", "5F1E-9a"),
+            "t1.write-lease.contoso.onmicrosoft.com.5f1e-9a"
+        );
+        assert!(t.write_lease_queue(&"x".repeat(400), &"y".repeat(36)).len() <= 255);
         // Neither the shared report queue (`report.#`) nor the runs queue sees a run's reports.
         let key = Topology::run_reports_routing_key(run);
         assert!(!key.starts_with("report.") && key != RUN_STATUS_ROUTING_KEY);

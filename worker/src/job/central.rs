@@ -1,5 +1,5 @@
 //! The central folder as jobs other than phase 1's read it: once per worker and run (`central_cache`), under the
-//! fleet's lease on the shared mailbox (`central_lease`), and the one read of the folder every step uses.
+//! fleet's lease on the shared mailbox (`leases`), and the one read of the folder every step uses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,15 +69,15 @@ impl JobRunner {
     }
 
     /// `tenant_id`'s central lease when this worker is one of a fleet, held until dropped: every read of the shared
-    /// mailbox `mailbox` a worker makes outside phase 1's own job is made under it (see [`crate::central_lease`]).
+    /// mailbox `mailbox` a worker makes outside phase 1's own job is made under it (see [`crate::leases`]).
     /// A broker that cannot be asked is a transient failure: reading without the lease could put the shared
     /// mailbox over its limit.
     pub(super) async fn shared_mailbox_lease(
         &self,
         tenant_id: &str,
         mailbox: &str,
-    ) -> Result<Option<crate::central_lease::Held>, AttemptResult> {
-        let Some(leases) = self.central_leases.get() else {
+    ) -> Result<Option<crate::leases::Held>, AttemptResult> {
+        let Some(leases) = self.leases.get() else {
             return Ok(None);
         };
         leases

@@ -37,12 +37,12 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::central_cache::CentralCache;
-use crate::central_lease::CentralLeases;
 use crate::central_photos::CentralPhotos;
 use crate::directory_cache::DirectoryCache;
 use crate::disposition::{AttemptResult, MAX_RETRY_WAIT};
 use crate::heap;
 use crate::in_flight::InFlight;
+use crate::leases::BrokerLeases;
 use crate::overlap::Boards;
 use crate::planning_budget::PlanningBudget;
 use crate::trust::{self, CentralLocation, Locations, Receivers, Resolved};
@@ -79,9 +79,10 @@ pub struct JobRunner {
     planning: PlanningBudget,
     /// The central contacts' photos phase 2 sends, read once per worker and run (`Photos` on).
     central_photos: Arc<CentralPhotos>,
-    /// In a fleet, the broker leases that let one worker process at a time read a shared mailbox for phase 2
-    /// (unset in one process: its own limit already holds the mailbox to 4 in flight).
-    central_leases: std::sync::OnceLock<CentralLeases>,
+    /// In a fleet, the broker leases: at most four readers of a shared mailbox for phase 2, one attempt writing a
+    /// mailbox (unset in one process: its own limit holds the mailbox to 4 in flight, and an attempt ends before
+    /// its job runs again).
+    leases: std::sync::OnceLock<BrokerLeases>,
     /// Overlapped phases in this process (embedded mode; see [`crate::overlap`]).
     boards: Boards,
 }
@@ -145,7 +146,7 @@ impl JobRunner {
             in_flight: InFlight::default(),
             planning: PlanningBudget::default(),
             central_photos: Arc::default(),
-            central_leases: std::sync::OnceLock::new(),
+            leases: std::sync::OnceLock::new(),
             boards: Boards::default(),
         }
     }
@@ -168,9 +169,34 @@ impl JobRunner {
     }
 
     /// Makes phase 2 read a shared mailbox only while holding one of its broker leases, so however many worker
-    /// processes run, at most four read it at once. The first call wins; the worker sets it once for its broker.
-    pub fn share_central_reads(&self, leases: CentralLeases) {
-        let _ = self.central_leases.set(leases);
+    /// processes run, at most four read it at once, and each attempt write its mailbox only while holding the
+    /// mailbox's write lease ([`BrokerLeases::hold_writes`]). The first call wins; the worker sets it once for its
+    /// broker.
+    pub fn share_leases(&self, leases: BrokerLeases) {
+        let _ = self.leases.set(leases);
+    }
+
+    /// The write lease of the mailbox `job` writes (phase 1 and central cleanup: the shared mailbox), held from
+    /// before the attempt reads until its last write batch is answered; `None` in one process.
+    async fn write_lease(&self, job: &Job) -> Result<Option<crate::leases::Held>, AttemptResult> {
+        let Some(leases) = self.leases.get() else {
+            return Ok(None);
+        };
+        let mailbox = match &job.kind {
+            JobKind::Phase1 { central, .. } => &central.mailbox,
+            JobKind::Phase2 { mailbox, .. } => mailbox,
+        };
+        leases
+            .hold_writes(&job.tenant_id, &mailbox.id)
+            .await
+            .map(Some)
+            .map_err(|error| AttemptResult::Transient {
+                wait: Duration::from_secs(5),
+                error: format!(
+                    "taking the broker's write lease of {}: {error}",
+                    mailbox.upn
+                ),
+            })
     }
 
     /// The Graph client (for stats).
@@ -219,14 +245,16 @@ impl JobRunner {
                 // The attempt's write batches run as tasks of their own: a cancel drops the attempt at once
                 // (reads included) but never a batch half-sent; it is waited for below.
                 let writes = TaskTracker::new();
+                // Phase 1 found the mailbox in line: nothing to read or write, so no trust check, no shared-mailbox
+                // lookup and no write lease either (a forged job gains nothing it did not bring). The producer
+                // settles such jobs itself; an older producer's still come here.
+                let in_line = job.in_line_report(
+                    tenant.distribution.receives_directory(),
+                    &FolderChoice::from(&tenant.distribution.target_folder),
+                );
+                let writes_nothing = in_line.is_some() || job.dry_run;
                 let work = async {
-                    // Phase 1 found the mailbox in line: nothing to read or write, so no trust check and no
-                    // shared-mailbox lookup either (a forged job gains nothing it did not bring). The producer
-                    // settles such jobs itself; an older producer's still come here.
-                    if let Some(report) = job.in_line_report(
-                        tenant.distribution.receives_directory(),
-                        &FolderChoice::from(&tenant.distribution.target_folder),
-                    ) {
+                    if let Some(report) = in_line {
                         return Ok(Done {
                             cursors: report.cursors,
                             skipped: true,
@@ -258,14 +286,22 @@ impl JobRunner {
                         }
                     }
                 };
+                // Held until the last batch is answered (below), so no other attempt on the mailbox reads before.
+                let mut lease = None;
                 let result = tokio::select! {
                     biased;
                     _ = cancel.cancelled() => Err(AttemptResult::Cancelled),
-                    result = work => result,
+                    result = async {
+                        if !writes_nothing {
+                            lease = self.write_lease(job).await?;
+                        }
+                        work.await
+                    } => result,
                 };
                 // Once this returns, nothing of this attempt is on the wire any more.
                 writes.close();
                 writes.wait().await;
+                drop(lease);
                 tally = client.tally();
                 result
             }

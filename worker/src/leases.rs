@@ -1,13 +1,22 @@
-//! At most [`SLOTS`] readers of a tenant's shared mailbox for phase 2 at once, fleet-wide (issue 13).
+//! Leases on the broker across a fleet's worker processes: at most [`CENTRAL_READERS`] readers of a tenant's shared
+//! mailbox for phase 2 at once (issue 13), and one writer per mailbox ([`BrokerLeases::hold_writes`]).
 //!
 //! Each process reads the central folder once per run ([`crate::central_cache`]) within its own limit of 4 requests
 //! in flight per mailbox; N processes starting a run's phase-2 jobs together would give the shared mailbox up to 4N.
 //! Before reading, a reader takes one of the tenant's central leases on the broker
 //! ([`Topology::central_lease_queue`], exclusive queues, the producer's lease mechanism [`mq::take_lease`]) and gives
-//! it up once done. A reader sends one request at a time, so the mailbox sees at most [`SLOTS`] in flight. The
+//! it up once done. A reader sends one request at a time, so the mailbox sees at most [`CENTRAL_READERS`] in flight. The
 //! leases live on a connection of their own: a worker killed while reading releases them with its socket (the broker
 //! drops exclusive queues with their connection), and a session reconnecting for its jobs does not take a read's
 //! lease away.
+//!
+//! The write lease: a job attempt is cancelled when its worker loses the delivery (the connection dropped, the
+//! consumer timed out), but a write batch already started is let finish, Graph's `Retry-After` waits included, so
+//! it is never half-sent. Meanwhile the job may run again on another worker, which would read the mailbox without
+//! that batch's creates and plan them again: duplicates (`redelivery::a_job_taken_by_another_worker_…`, 6 people
+//! twice before). Two runs of one tenant can meet the same way once the first gave up waiting for reports. So an
+//! attempt holds its mailbox's write lease from before it reads until its last batch is answered, and another
+//! attempt on that mailbox waits for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -34,10 +43,10 @@ const POLL_MAX: Duration = Duration::from_millis(100);
 /// process resolves the folder once: `trust::Locations::turn`), so 4 leases hold the mailbox to 4 in flight
 /// however many processes run, and 4 processes read at once instead of one after another (with many processes and
 /// a large folder, each read takes seconds).
-pub const SLOTS: u32 = 4;
+pub const CENTRAL_READERS: u32 = 4;
 
 /// The broker leases on tenants' shared mailboxes, taken on a connection this value opens when first needed.
-pub struct CentralLeases {
+pub struct BrokerLeases {
     amqp_url: String,
     name: String,
     topology: Topology,
@@ -62,7 +71,7 @@ struct Lease {
 #[must_use = "the lease is given up when this is dropped"]
 pub struct Held(#[allow(dead_code)] Arc<Lease>);
 
-impl CentralLeases {
+impl BrokerLeases {
     /// Leases on the broker at `amqp_url` (may hold a password: never logged as is), among `topology`'s queues;
     /// `name` names the connection in the management UI.
     pub fn new(amqp_url: impl Into<String>, topology: Topology, name: impl Into<String>) -> Self {
@@ -75,16 +84,33 @@ impl CentralLeases {
         }
     }
 
-    /// Waits until this caller holds one of `tenant_id`'s [`SLOTS`] central leases. A broker that cannot be
+    /// Waits until this caller holds the write lease of mailbox `mailbox_id` of `tenant_id`, fleet-wide: one attempt
+    /// at a time writes a mailbox. A broker that cannot be reached is an error; dropping the future gives up.
+    pub async fn hold_writes(&self, tenant_id: &str, mailbox_id: &str) -> Result<Held, MqError> {
+        let queue = self.topology.write_lease_queue(tenant_id, mailbox_id);
+        self.hold_one_of(std::slice::from_ref(&queue), "the mailbox's write lease")
+            .await
+    }
+
+    /// Waits until this caller holds one of `tenant_id`'s [`CENTRAL_READERS`] central leases. A broker that cannot be
     /// reached is an error (reading without a lease could put the shared mailbox over its limit); dropping the
     /// future gives up.
     pub async fn hold(&self, tenant_id: &str) -> Result<Held, MqError> {
+        let queues: Vec<String> = (0..CENTRAL_READERS)
+            .map(|slot| self.topology.central_lease_queue(tenant_id, slot))
+            .collect();
+        self.hold_one_of(&queues, "every central lease").await
+    }
+
+    /// Waits until this caller holds the lease of one of `queues`, asking again after [`POLL_FIRST`], doubling up
+    /// to [`POLL_MAX`]; `what` names them in the log while all are held.
+    async fn hold_one_of(&self, queues: &[String], what: &str) -> Result<Held, MqError> {
         let mut poll = POLL_FIRST;
         loop {
             {
                 let mut held = self.held.lock().await;
-                for slot in 0..SLOTS {
-                    let queue = self.topology.central_lease_queue(tenant_id, slot);
+                for queue in queues {
+                    let queue = queue.clone();
                     // Held by another caller of this process (one request at a time each): the next slot. A lease
                     // whose connection died is no lease any more: take it again on a new connection.
                     if held
@@ -121,7 +147,7 @@ impl CentralLeases {
                         }
                     }
                 }
-                debug!(tenant = tenant_id, "every central lease is held; waiting");
+                debug!(queue = ?queues.first(), "{what} is held; waiting");
             }
             tokio::time::sleep(poll).await;
             poll = (poll * 2).min(POLL_MAX);
@@ -241,8 +267,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn four_hold_a_tenants_leases_at_once_and_a_fifth_waits_for_one() {
         let topology = Topology::new(format!("test-{}", uuid::Uuid::new_v4().simple()));
-        let leases = Arc::new(CentralLeases::new(amqp_url(), topology.clone(), "one"));
-        let other = CentralLeases::new(amqp_url(), topology.clone(), "other");
+        let leases = Arc::new(BrokerLeases::new(amqp_url(), topology.clone(), "one"));
+        let other = BrokerLeases::new(amqp_url(), topology.clone(), "other");
         let mut holding = Vec::new();
         for _ in 0..3 {
             holding.push(
@@ -278,7 +304,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lease_asked_for_and_abandoned_is_given_up() {
         let topology = Topology::new(format!("test-{}", uuid::Uuid::new_v4().simple()));
-        let abandoning = CentralLeases::new(amqp_url(), topology.clone(), "abandoning");
+        let abandoning = BrokerLeases::new(amqp_url(), topology.clone(), "abandoning");
         let connection = abandoning
             .connection()
             .await
@@ -297,11 +323,11 @@ mod tests {
         let elsewhere = mq::connect(&amqp_url(), "elsewhere")
             .await
             .expect("connect");
-        for slot in 1..SLOTS {
+        for slot in 1..CENTRAL_READERS {
             let queue = topology.central_lease_queue("tenant", slot);
             assert!(mq::take_lease(&elsewhere, &queue).await.expect("declare"));
         }
-        let other = CentralLeases::new(amqp_url(), topology.clone(), "other");
+        let other = BrokerLeases::new(amqp_url(), topology.clone(), "other");
         let held = tokio::time::timeout(Duration::from_secs(30), other.hold("tenant"))
             .await
             .expect("the abandoned lease was never given up")
