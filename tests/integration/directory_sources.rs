@@ -291,3 +291,60 @@ async fn a_user_filter_graph_refuses_fails_that_tenant_naming_the_key() {
         assert_holds_each_once(&sim, &good, user, None, &members_but(&good, user));
     }
 }
+
+/// A source that lists nobody beside another source: tenant A's filter changed to select no one (a group emptied, a
+/// filter edited by mistake). B's combined list still holds its own people, so the plan's empty-list refusal cannot
+/// see it, and with the cap lifted by `MaxDeleteShare` every copy of A's people would go as a leaver. The job is
+/// refused instead, naming A, and the copies stay; `--allow-mass-delete` takes them out when the leave is real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_tenant_listing_nobody_deletes_nothing_unless_the_leave_is_confirmed() {
+    let sim = sim().await;
+    let a = seeded(&sim, "directory-ea.onmicrosoft.com");
+    let b = seeded(&sim, "directory-eb.onmicrosoft.com");
+    let receiver = |a_directory: Value| {
+        let mut b_entry = tenant_entry(
+            &sim,
+            &b,
+            directory_only(json!({ "FromTenants": [a.tenant.tenant_id.clone()] })),
+        );
+        b_entry["MaxDeleteShare"] = json!(1.0);
+        settings_from(&document(vec![
+            tenant_entry(
+                &sim,
+                &a,
+                json!({ "Mirror": { "Enabled": false }, "Directory": a_directory }),
+            ),
+            b_entry,
+        ]))
+    };
+    let exporting = receiver(json!({ "Enabled": false }));
+    assert_all_succeeded(&run(&exporting, &embedded_args()).await);
+    let user = b.tenant.mirror_target_upns[0].clone();
+    let mut everyone = members_but(&b, &user);
+    everyone.extend(a.members.iter().map(|m| mail_of(m)));
+    assert_holds_each_once(&sim, &b, &user, None, &everyone);
+
+    let nobody = receiver(json!({ "Enabled": false, "UserFilter": "department eq 'Nobody'" }));
+    let refused = run(&nobody, &embedded_args()).await;
+    let error = tenant(&refused, &b.tenant.tenant_id)
+        .mailboxes
+        .iter()
+        .find_map(|m| m.error.clone())
+        .unwrap_or_else(|| panic!("no mailbox of B was refused:\n{}", refused.human()));
+    assert!(
+        error.contains(&a.tenant.tenant_id) && error.contains("lists nobody"),
+        "{error}"
+    );
+    assert_holds_each_once(&sim, &b, &user, None, &everyone);
+
+    let confirmed = run(
+        &nobody,
+        &producer::cli::RunArgs {
+            allow_mass_delete: true,
+            ..embedded_args()
+        },
+    )
+    .await;
+    assert_all_succeeded(&confirmed);
+    assert_holds_each_once(&sim, &b, &user, None, &members_but(&b, &user));
+}

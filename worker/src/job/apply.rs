@@ -24,7 +24,8 @@ pub(super) const WRITE_BATCH: usize = 20;
 
 impl JobRunner {
     /// Plans `mailbox` against its sources and writes the plan into `folder` (`None`: a dry run's folder that does
-    /// not exist yet, so nothing is written).
+    /// not exist yet, so nothing is written). `empty_source`: a directory source (tenant id) that listed nobody
+    /// beside the others; a plan that would then delete anything is refused, as a plan against an empty list is.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn plan_and_apply(
         &self,
@@ -39,6 +40,7 @@ impl JobRunner {
         planning: Planning,
         writes: &TaskTracker,
         only_copies: Option<&CentralKeys>,
+        empty_source: Option<&str>,
     ) -> Result<Done, AttemptResult> {
         let ctx = plan_context(tenant, job, mailbox);
         let mut plan =
@@ -48,6 +50,18 @@ impl JobRunner {
                     error: refusal.to_string(),
                 }
             })?;
+        let deletes = plan.counts().deleted;
+        if let Some(source) = empty_source.filter(|_| deletes > 0 && !job.allow_mass_delete) {
+            return Err(AttemptResult::Permanent {
+                reason: FailureReason::DeletionCapExceeded,
+                error: format!(
+                    "refusing to change {}: the directory of {source} lists nobody, and the plan would delete {deletes} \
+                     managed contacts; nothing was written (a group emptied or a filter changed? if those people \
+                     did leave, run once with --allow-mass-delete)",
+                    mailbox.upn
+                ),
+            });
+        }
         if let Some(old) = moving_from {
             sync::carry_over(&ctx, mailbox, &mut plan, old, sources.contacts());
         }

@@ -135,8 +135,19 @@ impl JobRunner {
         let combined;
         let mut directory_generation = None;
         let mut photo_lists = Vec::new();
+        // A directory source that lists nobody beside other sources (the mirror, other tenants): the combined list
+        // is not empty, so the plan's empty-list refusal cannot see it, and its people would go as leavers.
+        let mut empty_source = None;
         let sources: &PreparedCentral = if directory_on {
             let lists = self.received_directory(tenant, client, job).await?;
+            if mirror || lists.len() > 1 {
+                empty_source = tenant
+                    .directory_sources()
+                    .into_iter()
+                    .zip(&lists)
+                    .find(|(_, list)| list.persons.is_empty())
+                    .map(|(source, _)| source.to_owned());
+            }
             if tenant.photos {
                 photo_lists.clone_from(&lists);
             }
@@ -232,6 +243,7 @@ impl JobRunner {
                 planning,
                 writes,
                 only_copies,
+                empty_source.as_deref(),
             )
             .await?;
         // Photos (`Photos` on) once the copies exist; a dry run writes none.
