@@ -477,8 +477,9 @@ pub enum WriteOp {
         /// What to change.
         write: ContactWrite,
         /// The change key the contact must still have, sent as `If-Match` (Graph answers 412
-        /// `ErrorIrresolvableConflict` otherwise): set on a write planned long before it is sent (an early identity
-        /// stamp, `sync::overlap::early_writes`), so an edit the owner made meanwhile is never overwritten.
+        /// `ErrorIrresolvableConflict` otherwise): the one read, on every update a plan of a user's contacts makes
+        /// (phase 2, cleanup, the early identity stamps of `sync::overlap::early_writes`), so an edit the owner made
+        /// since the read is never overwritten.
         if_match: Option<Box<str>>,
     },
     /// DELETE a contact.

@@ -979,6 +979,63 @@ async fn a_delete_applied_then_failed_is_done() {
     assert!(f.sim.contacts(TENANT, ALICE, None).is_empty());
 }
 
+/// A guarded PATCH (`If-Match` on the change key read) applied then answered 500 is sent again and meets 412: its
+/// own write moved the change key. Failed before the fix: the 412 was the item's failure, so a phase-2 job failed
+/// its attempt (read again, planned again) for a write that was done.
+#[tokio::test]
+async fn a_guarded_update_applied_then_failed_is_done() {
+    let f = fixture().await;
+    let id = f.sim.add_contact(TENANT, ALICE, None, contact_body(1));
+    let read = f.sim.contacts(TENANT, ALICE, None);
+    let change_key = read[0]["changeKey"]
+        .as_str()
+        .expect("a change key")
+        .to_owned();
+    f.tenant.user(ALICE).await.expect("warm the token");
+    f.sim
+        .push_fault(applied_then_failed(500, "/contacts", "PATCH"));
+    let write = ContactWrite {
+        fields: Some(PackedFields::pack(&ContactFields {
+            display_name: Some("Renamed".into()),
+            ..ContactFields::default()
+        })),
+        ..ContactWrite::default()
+    };
+    let outcomes = f
+        .tenant
+        .write(
+            ALICE,
+            &FolderRef::Default,
+            &[WriteOp::Update {
+                id,
+                write,
+                if_match: Some(change_key.into()),
+            }],
+        )
+        .await
+        .expect("write");
+    assert!(
+        outcomes[0].as_ref().expect("done").is_none(),
+        "{outcomes:?}"
+    );
+    let statuses: Vec<u16> = f
+        .sim
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![500, 412],
+        "sent again, and its own write met"
+    );
+    assert_eq!(
+        f.sim.contacts(TENANT, ALICE, None)[0]["displayName"],
+        "Renamed"
+    );
+}
+
 /// Failed before the fix: a single POST applied then answered 500 was sent again (saved only by Graph's 409 for
 /// folder names). Now it is looked up instead, and never posted twice.
 #[tokio::test]

@@ -320,10 +320,17 @@ pub(crate) async fn write(
                     wait
                 }
                 Next::Fail => {
-                    let done = item.method == "DELETE"
-                        && state.may_be_applied
-                        && error.kind() == ErrorKind::ItemNotFound;
-                    // A DELETE that finds nothing after an attempt that may have been applied is done.
+                    // After an attempt that may have been applied: a DELETE that finds nothing is done, and so is a
+                    // guarded PATCH whose `If-Match` no longer holds. Either that attempt was applied (the change
+                    // key moved with this very write) or the owner edited the contact meanwhile; nothing is to be
+                    // sent now either way, and without the change key an answer would have brought, the next
+                    // run's check sees the contact changed and reads it again.
+                    let done = state.may_be_applied
+                        && match item.method {
+                            "DELETE" => error.kind() == ErrorKind::ItemNotFound,
+                            "PATCH" => error.kind() == ErrorKind::ChangedSinceRead,
+                            _ => false,
+                        };
                     outcomes[index] = Some(if done { Ok(None) } else { Err(error) });
                     continue;
                 }

@@ -545,7 +545,8 @@ pub(super) fn no_place(job: &Job) -> AttemptResult {
 /// Of the copies sent early (`early`), those the owner has not changed since Graph created them, by the mailbox read
 /// `now`: a copy read at another change key than its create returned was edited (a note, the opt-out category, a
 /// field) and is the owner's to keep, as a copy edited after an ordered run's create is; taking it back would lose
-/// the edit. A copy not read (the owner deleted it) or whose create returned no change key counts as untouched.
+/// the edit. A copy not read (the owner deleted it) is not taken back either: there is nothing to delete, and a
+/// delete answered 404 would fail the attempt. One whose create returned no change key counts as untouched.
 fn untouched(early: &[String], now: &[Contact], done: &Done) -> Vec<String> {
     let read: HashMap<&str, Option<&str>> = now
         .iter()
@@ -556,8 +557,9 @@ fn untouched(early: &[String], now: &[Contact], done: &Done) -> Vec<String> {
         .filter(|id| {
             let created = done.written.get(*id).and_then(Option::as_deref);
             match (read.get(id.as_str()), created) {
+                (None, _) => false,
                 (Some(now), Some(created)) => *now == Some(created),
-                _ => true,
+                (Some(_), None) => true,
             }
         })
         .cloned()
