@@ -343,6 +343,36 @@ pub(crate) async fn close_connection(url: reqwest::Url) {
     );
 }
 
+/// A worker of one job slot, named after `what`, started on `topology` until `shutdown`, and `job` published to it;
+/// returns once the job started writing, with the worker's task and its connection's address in the management API.
+/// Its grace is shorter than the job: a lost connection must not wait for it anyway (the delivery is gone).
+async fn writing_on_one_worker(
+    estate: &Estate,
+    topology: &Topology,
+    job: &Job,
+    what: &str,
+    shutdown: &CancellationToken,
+) -> (
+    tokio::task::JoinHandle<Result<worker::consumer::StopReason, mq::MqError>>,
+    reqwest::Url,
+) {
+    let name = format!("{what}-{}", uuid::Uuid::new_v4().simple());
+    let worker = one_at_a_time(&estate.settings(), topology, &name, Duration::from_secs(1));
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { worker.run(shutdown).await }
+    });
+    let connection = connection_url(&name).await;
+    // Making the job created the central folder: a write, not the job's.
+    let before_the_job = estate.sim.stats().total_writes();
+    publish(topology, job).await;
+    eventually("the job never started writing", async || {
+        estate.sim.stats().total_writes() > before_the_job
+    })
+    .await;
+    (running, connection)
+}
+
 /// A lost connection mid-write: the attempt is cancelled (its batch on the wire finishes), the session waits for
 /// it before reconnecting, and the redelivered job then completes once, with nobody written twice.
 ///
@@ -358,22 +388,9 @@ async fn a_lost_connection_stops_the_attempt_before_the_job_runs_again() {
     let topology = support::private_topology();
     let job = phase1_job(&settings).await;
     estate.sim.set_latency(Duration::from_millis(50));
-    let name = format!("redelivery-{}", uuid::Uuid::new_v4().simple());
-    // A grace shorter than the job: a lost connection must not wait for it anyway (the delivery is gone).
-    let worker = one_at_a_time(&settings, &topology, &name, Duration::from_secs(1));
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { worker.run(shutdown).await }
-    });
-    let connection = connection_url(&name).await;
-    // Making the job created the central folder: a write, not the job's.
-    let before_the_job = estate.sim.stats().total_writes();
-    publish(&topology, &job).await;
-    eventually("the job never started writing", async || {
-        estate.sim.stats().total_writes() > before_the_job
-    })
-    .await;
+    let (running, connection) =
+        writing_on_one_worker(&estate, &topology, &job, "redelivery", &shutdown).await;
     close_connection(connection).await;
     let at_close = central_emails(&estate).len();
     estate.sim.set_latency(Duration::from_millis(5));
@@ -907,7 +924,7 @@ async fn forged_overlapped_job(board: Board) -> Sent {
 /// The job comes back to another worker while the first one's batch still waits on Graph's `Retry-After`: the first
 /// attempt is cancelled, but a batch already started is let finish (never half-sent), so it writes after the
 /// second attempt read the folder. Each attempt holds its mailbox's write lease on the broker until its last batch
-/// is answered (`worker::mailbox_lease`), so the second reads only once the first is done, and nobody stands twice.
+/// is answered (`worker::leases`), so the second reads only once the first is done, and nobody stands twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_taken_by_another_worker_waits_for_the_first_attempts_last_batch() {
     let _broker = BROKER.read().await;
@@ -916,20 +933,9 @@ async fn a_job_taken_by_another_worker_waits_for_the_first_attempts_last_batch()
     let topology = support::private_topology();
     let job = phase1_job(&settings).await;
     estate.sim.set_latency(Duration::from_millis(20));
-    let first_name = format!("first-{}", uuid::Uuid::new_v4().simple());
-    let first = one_at_a_time(&settings, &topology, &first_name, Duration::from_secs(1));
     let shutdown = CancellationToken::new();
-    let first_running = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { first.run(shutdown).await }
-    });
-    let connection = connection_url(&first_name).await;
-    let before_the_job = estate.sim.stats().total_writes();
-    publish(&topology, &job).await;
-    eventually("the job never started writing", async || {
-        estate.sim.stats().total_writes() > before_the_job
-    })
-    .await;
+    let (first_running, connection) =
+        writing_on_one_worker(&estate, &topology, &job, "first", &shutdown).await;
     // The next batch of creates is answered 429 with a wait of 3 s: the first attempt's batch waits in its client.
     for _ in 0..20 {
         estate.sim.push_fault(graphsim::ScriptedFault {
