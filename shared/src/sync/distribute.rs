@@ -511,6 +511,13 @@ fn recorded_creator(created_by: &str, mailbox: &Mailbox) -> String {
     }
 }
 
+/// Whether a write's notes stamp (`written`: the write carries notes) names `mailbox` as the contact's creator: a
+/// copy in its creator's mailbox (`recorded_creator`) or an owner's contact. Such a write carries the owner mark
+/// too (`model::OWNER_PROPERTY`), the notes' claim out of the user's reach.
+fn notes_name_owner(written: bool, stamp: &NotesStamp, mailbox: &Mailbox) -> bool {
+    written && stamp.created_by.as_deref() == Some(mailbox.id.as_str())
+}
+
 /// The decision about one central person in this mailbox.
 fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> PlanItem {
     let options = &ctx.options;
@@ -547,11 +554,6 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             .created_by
             .as_deref()
             .map(|by| recorded_creator(by, &ctx.owner));
-        // A copy stamped as its creator's (this mailbox) carries the owner mark as its notes' claim.
-        let owner = created_by
-            .as_ref()
-            .filter(|by| options.stamp_notes && **by == ctx.owner.id)
-            .cloned();
         let stamp = NotesStamp {
             sync_id: Some(source.sync.clone()),
             created_by,
@@ -566,16 +568,18 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
             },
             None,
         );
+        let personal_notes = options.stamp_notes.then(|| restamp(None, &stamp));
         item.op = Some(WriteOp::Create(ContactWrite {
             fields: Some(PackedFields::pack(&fields)),
             unchanged,
-            personal_notes: options.stamp_notes.then(|| restamp(None, &stamp)),
+            owner: notes_name_owner(personal_notes.is_some(), &stamp, &ctx.owner)
+                .then(|| ctx.owner.id.clone()),
+            personal_notes,
             categories: options
                 .managed_category
                 .as_ref()
                 .map(|c| vec![c.trim().to_owned()]),
             sync_id: Some(source.sync.to_string()),
-            owner,
         }));
         item.action = ActionKind::Create;
         item.reason = Reason::New;
@@ -673,10 +677,8 @@ fn plan_person(ctx: &PlanContext, source: &Source, target: Option<&Target>) -> P
     };
     let personal_notes = (may_stamp && options.stamp_notes && (write_data || needs_notes))
         .then(|| restamp(contact.personal_notes.as_deref(), &stamp));
-    // The mark goes wherever the contact is the owner's or this write's notes say so (a copy in its creator's
-    // mailbox: `recorded_creator`), as on a create.
-    let names_owner =
-        personal_notes.is_some() && stamp.created_by.as_deref() == Some(t.c.mailbox.id.as_str());
+    // The mark goes wherever the contact is the owner's or this write's notes say so, as on a create.
+    let names_owner = notes_name_owner(personal_notes.is_some(), &stamp, t.c.mailbox);
     let write = ContactWrite {
         fields: desired
             .as_ref()

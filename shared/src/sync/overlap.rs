@@ -48,8 +48,9 @@ pub fn created_persons(plan: &Plan) -> BTreeSet<SyncId> {
 /// - the identity stamps of the owner's own originals of those persons: the contact a person was first published
 ///   from (its derived sync id is the person's), stamped and nothing else. Such a stamp changes nothing of who
 ///   the contact is (both phases read an unstamped contact as its derived id, and it stays the owner's), so it
-///   stands whatever phase 1's outcome; it is sent only while the contact still has the change key `read` gave
-///   it (`If-Match`), so an edit the owner makes meanwhile is never overwritten. A mailbox holding thousands of
+///   stands whatever phase 1's outcome; it is sent only while the contact still has the change key it was read
+///   at (the plan's `If-Match`; a contact read without one is not stamped early), so an edit the owner makes
+///   meanwhile is never overwritten. A mailbox holding thousands of
 ///   originals (the largest customer's slice) stamps them while phase 1 writes instead of after it, in a second
 ///   window of its own budget.
 ///
@@ -59,12 +60,7 @@ pub fn early_writes(
     created: &BTreeSet<SyncId>,
     tenant_id: &str,
     mailbox: &Mailbox,
-    read: &[Contact],
 ) -> Vec<(SyncId, WriteOp)> {
-    let change_keys: HashMap<&str, &str> = read
-        .iter()
-        .filter_map(|c| Some((c.id.as_str(), c.change_key.as_deref()?)))
-        .collect();
     plan.items
         .into_iter()
         .filter_map(|item| {
@@ -74,19 +70,21 @@ pub fn early_writes(
             }
             match item.op? {
                 WriteOp::Create(write) => Some((person, WriteOp::Create(write))),
-                WriteOp::Update { id, write, .. }
-                    if item.reason == Reason::StampMissing
-                        && write.fields.is_none()
-                        && write.categories.is_none()
-                        && SyncId::derive(tenant_id, &mailbox.id, &id) == person =>
+                WriteOp::Update {
+                    id,
+                    write,
+                    if_match: Some(if_match),
+                } if item.reason == Reason::StampMissing
+                    && write.fields.is_none()
+                    && write.categories.is_none()
+                    && SyncId::derive(tenant_id, &mailbox.id, &id) == person =>
                 {
-                    let if_match = Some((*change_keys.get(id.as_str())?).into());
                     Some((
                         person,
                         WriteOp::Update {
                             id,
                             write,
-                            if_match,
+                            if_match: Some(if_match),
                         },
                     ))
                 }
@@ -272,7 +270,7 @@ mod tests {
         let mailbox_plan = plan(vec![create(&a, "A"), update, create(&b, "B")]);
         let created: BTreeSet<SyncId> = [b.clone()].into();
         assert_eq!(
-            early_writes(mailbox_plan, &created, TENANT, &owner(), &[]),
+            early_writes(mailbox_plan, &created, TENANT, &owner()),
             vec![(b.clone(), create(&b, "B"))]
         );
         let central = plan(vec![create(&a, "A"), WriteOp::Delete { id: "gone".into() }]);
@@ -344,8 +342,18 @@ mod tests {
             },
             other => panic!("{other:?}"),
         };
-        let early = |items: Vec<PlanItem>, read: &[Contact]| {
-            early_writes(Plan { items }, &created, TENANT, &owner(), read)
+        // Planned against `read`, as phase 2 plans: each update carries the change key its contact was read at.
+        let early = |mut items: Vec<PlanItem>, read: &[Contact]| {
+            for item in &mut items {
+                if let Some(WriteOp::Update { id, if_match, .. }) = item.op.as_mut() {
+                    *if_match = read
+                        .iter()
+                        .find(|c| c.id == *id)
+                        .and_then(|c| c.change_key.as_deref())
+                        .map(Box::from);
+                }
+            }
+            early_writes(Plan { items }, &created, TENANT, &owner())
         };
         // The original of a person phase 1 creates: stamped early, against the change key read.
         assert_eq!(

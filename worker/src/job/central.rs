@@ -2,7 +2,6 @@
 //! fleet's lease on the shared mailbox (`leases`), and the one read of the folder every step uses.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use shared::config::TenantSettings;
 use shared::graph::{FolderRef, TenantClient, DELTA_PAGE_ITEMS};
@@ -10,7 +9,7 @@ use shared::message::{CentralFolder, Job};
 use shared::model::Contact;
 use shared::sync::{self, CentralKeys, PreparedCentral};
 
-use super::{classify, plan_context, JobRunner};
+use super::{classify, held_or_retry, plan_context, JobRunner};
 use crate::disposition::AttemptResult;
 
 /// Requests one worker process sends the shared mailbox for a run's phase-2 jobs right after phase 1 wrote a
@@ -80,16 +79,11 @@ impl JobRunner {
         let Some(leases) = self.leases.get() else {
             return Ok(None);
         };
-        leases
-            .hold(tenant_id)
-            .await
-            .map(Some)
-            .map_err(|error| AttemptResult::Transient {
-                wait: Duration::from_secs(5),
-                error: format!(
-                    "taking the broker lease to read the shared mailbox {mailbox}: {error}"
-                ),
-            })
+        held_or_retry(
+            leases.hold(tenant_id),
+            &format!("the broker lease to read the shared mailbox {mailbox}"),
+        )
+        .await
     }
 }
 

@@ -186,17 +186,11 @@ impl JobRunner {
             JobKind::Phase1 { central, .. } => &central.mailbox,
             JobKind::Phase2 { mailbox, .. } => mailbox,
         };
-        leases
-            .hold_writes(&job.tenant_id, &mailbox.id)
-            .await
-            .map(Some)
-            .map_err(|error| AttemptResult::Transient {
-                wait: Duration::from_secs(5),
-                error: format!(
-                    "taking the broker's write lease of {}: {error}",
-                    mailbox.upn
-                ),
-            })
+        held_or_retry(
+            leases.hold_writes(&job.tenant_id, &mailbox.id),
+            &format!("the broker's write lease of {}", mailbox.upn),
+        )
+        .await
     }
 
     /// The Graph client (for stats).
@@ -462,6 +456,22 @@ impl JobRunner {
 
 /// The planning context of a job writing `owner`: the tenant's policy, with the deletion cap lifted when the run
 /// allows a mass deletion (`run --allow-mass-delete`).
+/// The broker lease `taking` gives (`what` names it), as an attempt needs it: a broker that cannot be asked fails
+/// the attempt as transient, tried again in 5 s, for going on without the lease could break the fleet-wide rule it
+/// keeps (the shared mailbox's readers, one writer per mailbox).
+async fn held_or_retry(
+    taking: impl std::future::Future<Output = Result<crate::leases::Held, shared::mq::MqError>>,
+    what: &str,
+) -> Result<Option<crate::leases::Held>, AttemptResult> {
+    taking
+        .await
+        .map(Some)
+        .map_err(|error| AttemptResult::Transient {
+            wait: Duration::from_secs(5),
+            error: format!("taking {what}: {error}"),
+        })
+}
+
 fn plan_context(tenant: &TenantSettings, job: &Job, owner: &Mailbox) -> PlanContext {
     let mut options = tenant.mirror.clone();
     if job.allow_mass_delete {

@@ -110,13 +110,7 @@ impl JobRunner {
                 // attempt ran again, and every receiver's early copies were deleted once its wait timed out).
                 let pending = sync::plan_distribution_from(&ctx, &plan.folder, mailbox, &early)
                     .map(|planned| {
-                        overlap::early_writes(
-                            planned,
-                            &plan.created,
-                            &ctx.tenant_id,
-                            mailbox,
-                            &early,
-                        )
+                        overlap::early_writes(planned, &plan.created, &ctx.tenant_id, mailbox)
                     })
                     .unwrap_or_default();
                 // Of the mailbox as read, only what tells a later change apart is kept through the wait.
