@@ -217,6 +217,22 @@ impl Sim {
             .ok_or_else(|| format!("no contact {id} in {user}"))
     }
 
+    /// Deletes a contact as its owner would (Outlook, a phone): it leaves a tombstone for delta. Not counted or
+    /// throttled, like [`Sim::update_contact`].
+    pub fn delete_contact(&self, tenant: &str, user: &str, id: &str) -> Result<(), String> {
+        let mut store = self.store();
+        let state::Store {
+            tenants,
+            tenant_index,
+            ..
+        } = &mut *store;
+        if mailbox_of(tenants, tenant_index, tenant, user)?.delete_contact(id) {
+            Ok(())
+        } else {
+            Err(format!("no contact {id} in {user}"))
+        }
+    }
+
     /// Tenants with their users (id, upn, mailbox state), for the control surface.
     pub fn directory(&self) -> Value {
         let store = self.store();

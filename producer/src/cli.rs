@@ -125,7 +125,7 @@ pub struct RunArgs {
     #[arg(long, env = "CONTACTMIRROR_CONFIG")]
     pub config: Option<PathBuf>,
     /// RabbitMQ URL. Without it, the run is embedded: in-process workers, no broker.
-    #[arg(long, env = "AMQP_URL")]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
     /// Jobs run at once in embedded mode. A job mostly waits on its own mailbox's Graph budget and latency, so
     /// many cheap tasks keep many mailboxes busy; the per-mailbox limits hold however many run.
@@ -197,6 +197,38 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Why the run must not start, if it must not: a `--report` or `--report-html` file that could not be written
+    /// (its directory missing, or the path a directory). Found after the run, its writes would be done and the
+    /// report lost.
+    pub fn output_refusal(&self) -> Option<String> {
+        [
+            ("--report", &self.report),
+            ("--report-html", &self.report_html),
+        ]
+        .into_iter()
+        .find_map(|(option, path)| {
+            let path = path.as_deref()?;
+            let directory = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => std::path::Path::new("."),
+            };
+            if path.is_dir() {
+                Some(format!(
+                    "{option} {}: is a directory, not a file",
+                    path.display()
+                ))
+            } else if !directory.is_dir() {
+                Some(format!(
+                    "{option} {}: the directory {} does not exist",
+                    path.display(),
+                    directory.display()
+                ))
+            } else {
+                None
+            }
+        })
+    }
+
     /// `run` with every option at its default and no broker: what the demo and the tests use.
     pub fn embedded_default() -> Self {
         Self {
@@ -249,6 +281,74 @@ mod tests {
         parsed.config = None;
         let defaults = RunArgs::embedded_default();
         assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"));
+    }
+
+    /// Failed before the fix: clap's help shows an option's environment value (`[env: AMQP_URL=amqp://u:pw@…]`)
+    /// unless told not to, so `run --help` printed the broker's password.
+    #[test]
+    fn help_never_shows_the_value_of_a_variable_that_may_hold_a_password() {
+        fn hidden(command: &clap::Command, out: &mut Vec<(String, bool)>) {
+            for arg in command.get_arguments() {
+                if let Some(name) = arg.get_env() {
+                    out.push((
+                        name.to_string_lossy().into_owned(),
+                        arg.is_hide_env_values_set(),
+                    ));
+                }
+            }
+            command.get_subcommands().for_each(|sub| hidden(sub, out));
+        }
+        let mut found = Vec::new();
+        hidden(&<Cli as clap::CommandFactory>::command(), &mut found);
+        for secret in [
+            "AMQP_URL",
+            "CONTACTMIRROR_MANAGEMENT_URL",
+            "CONTACTMIRROR_NOTIFY_URL",
+        ] {
+            let options: Vec<bool> = found
+                .iter()
+                .filter(|(name, _)| name == secret)
+                .map(|(_, hidden)| *hidden)
+                .collect();
+            assert!(!options.is_empty(), "no option reads {secret}");
+            assert!(
+                options.iter().all(|&h| h),
+                "an option's help shows {secret}'s value"
+            );
+        }
+    }
+
+    /// Failed before the fix: a report path in a missing directory was found only after the run had written.
+    #[test]
+    fn a_report_file_that_cannot_be_written_refuses_the_run_before_it_starts() {
+        let here = std::env::temp_dir();
+        let with = |report: Option<&std::path::Path>, html: Option<&std::path::Path>| RunArgs {
+            report: report.map(Into::into),
+            report_html: html.map(Into::into),
+            ..RunArgs::embedded_default()
+        };
+        assert_eq!(with(None, None).output_refusal(), None);
+        assert_eq!(
+            with(
+                Some(&here.join("r.json")),
+                Some(std::path::Path::new("r.html"))
+            )
+            .output_refusal(),
+            None
+        );
+        let missing = here.join("contactmirror-no-such-directory").join("r.json");
+        let refused = with(Some(&missing), None)
+            .output_refusal()
+            .expect("refused");
+        assert!(
+            refused.starts_with("--report ") && refused.contains("does not exist"),
+            "{refused}"
+        );
+        let refused = with(None, Some(&here)).output_refusal().expect("refused");
+        assert!(
+            refused.starts_with("--report-html ") && refused.contains("is a directory"),
+            "{refused}"
+        );
     }
 
     #[test]

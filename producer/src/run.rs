@@ -38,7 +38,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
 /// `cleanup`: refuses without `--yes` or `--tenant` (exit 2, nothing contacted); otherwise runs the cleanup jobs
 /// through the same transport as `run`, prints what each mailbox lost and writes the report where asked.
 async fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
-    if let Some(refusal) = args.refusal() {
+    if let Some(refusal) = args.refusal().or_else(|| args.run.output_refusal()) {
         eprintln!("cleanup: {refusal}");
         return Ok(ExitCode::from(EXIT_USAGE));
     }
@@ -74,6 +74,10 @@ async fn run(mut args: RunArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
+    if let Some(refusal) = args.output_refusal() {
+        eprintln!("run: {refusal}");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
     let notifier = match Notifier::new(&args.notify) {
         Ok(notifier) => notifier,
         Err(error) => {
@@ -205,22 +209,22 @@ async fn execute_as(
     }
 }
 
-/// Prints the summary, writes the JSON report and the HTML page (where asked), and maps the result to the exit
-/// status.
+/// Prints the summary, writes the JSON report and the HTML page (where asked; each tried even if the other
+/// failed, the first failure returned), and maps the result to the exit status.
 pub fn finish(
     report: &RunReport,
     path: Option<&std::path::Path>,
     html: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
     print!("{}", report.human());
-    if let Some(path) = path {
+    let json = path.map(|path| {
         let json = serde_json::to_vec_pretty(report).context("serialising the run report")?;
         crate::files::write_atomically(path, &json)
-            .with_context(|| format!("writing the run report to {}", path.display()))?;
-    }
-    if let Some(html) = html {
-        write_html(report, html)?;
-    }
+            .with_context(|| format!("writing the run report to {}", path.display()))
+    });
+    let page = html.map(|html| write_html(report, html));
+    json.transpose()?;
+    page.transpose()?;
     Ok(ExitCode::from(if report.succeeded() {
         EXIT_OK
     } else {

@@ -561,11 +561,7 @@ async fn an_owners_edit_made_while_the_runs_update_waits_is_not_overwritten() {
                 e.method == "PATCH" && e.status == 503 && !e.url.contains("/contactFolders/")
             });
             if let Some(entry) = refused {
-                let segment = entry.url.rsplit('/').next().unwrap_or_default();
-                let id = reqwest::Url::parse(&format!("http://x/?id={segment}"))
-                    .ok()
-                    .and_then(|u| u.query_pairs().next().map(|(_, v)| v.into_owned()))
-                    .expect("the contact's id");
+                let id = support::contact_id_in(&entry.url);
                 break (entry.mailbox.expect("a mailbox"), id);
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -593,6 +589,100 @@ async fn an_owners_edit_made_while_the_runs_update_waits_is_not_overwritten() {
     assert_eq!(
         edited["mobilePhone"], number,
         "the owner's edit was overwritten: {edited:#}"
+    );
+    let refused_again = estate
+        .sim
+        .request_log()
+        .iter()
+        .filter(|e| e.method == "PATCH" && e.status == 412)
+        .count();
+    assert!(
+        refused_again > 0,
+        "no update met the edit: the test shows nothing"
+    );
+}
+
+/// An administrator edits a person in the central folder while phase 1's update of it waits to be sent (its first
+/// `PATCH` answered 503 with `Retry-After: 1`). Failed before the fix: phase 1's updates carried no `If-Match`, so
+/// the source's older edit was written over the administrator's and sent to every mailbox. Now the retry meets 412,
+/// the job reads the folder again, and the administrator's edit, the newest, stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edit_in_the_central_folder_made_while_phase_1s_update_waits_is_not_overwritten() {
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 1,
+            users_per_tenant: 4,
+            contacts_per_user: 6,
+            overlap: 0.0,
+            seed: 29,
+        },
+    )
+    .await;
+    let settings = estate.settings();
+    let tenant = estate.tenants[0].clone();
+    let (tid, shared) = (tenant.tenant_id.clone(), tenant.shared_mailbox_upn.clone());
+    assert!(run(&settings, &embedded_args()).await.succeeded());
+    // A user retitles their own contacts: phase 1 updates their persons in the central folder.
+    let owner = tenant.mirror_target_upns[0].clone();
+    for contact in estate.sim.contacts(&tid, &owner, None) {
+        let id = contact["id"].as_str().expect("id");
+        estate
+            .sim
+            .update_contact(
+                &tid,
+                &owner,
+                id,
+                serde_json::json!({"jobTitle": "Retitled"}),
+            )
+            .expect("the owner's edit");
+    }
+    // The first updates of the central folder are refused once, to be sent again a second later.
+    for _ in 0..3 {
+        estate.sim.push_fault(graphsim::ScriptedFault {
+            status: 503,
+            retry_after: Some("1".into()),
+            commit: false,
+            path_contains: Some("/contactFolders/".into()),
+            method: Some("PATCH".into()),
+        });
+    }
+    let number = "+1 555 0199";
+    let edit = async {
+        // The first central update refused: its person, edited by an administrator before it is sent again.
+        let id = loop {
+            let refused = estate.sim.request_log().into_iter().find(|e| {
+                e.method == "PATCH" && e.status == 503 && e.url.contains("/contactFolders/")
+            });
+            if let Some(entry) = refused {
+                let id = support::contact_id_in(&entry.url);
+                break id;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        estate
+            .sim
+            .update_contact(
+                &tid,
+                &shared,
+                &id,
+                serde_json::json!({"mobilePhone": number}),
+            )
+            .expect("the administrator's edit");
+        id
+    };
+    let args = embedded_args();
+    let (report, id) = tokio::join!(run(&settings, &args), edit);
+    assert!(report.succeeded(), "{}", report.human());
+    let person = estate
+        .sim
+        .contacts(&tid, &shared, Some("All Contacts"))
+        .into_iter()
+        .find(|c| c["id"] == id.as_str())
+        .expect("the edited person");
+    assert_eq!(
+        person["mobilePhone"], number,
+        "the administrator's edit was overwritten: {person:#}"
     );
     let refused_again = estate
         .sim

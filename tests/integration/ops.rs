@@ -256,9 +256,14 @@ async fn a_lanes_job_is_retried_into_its_lane_and_dead_lettered_into_its_phases_
         phase: Some(Phase::Phase2),
         ..Filter::default()
     };
-    let scan = dlq::requeue(&fleet.connection, &fleet.topology, &selection)
-        .await
-        .expect("requeue");
+    let scan = dlq::requeue(
+        &fleet.connection,
+        &fleet.topology,
+        &selection,
+        dlq::Confirmations::HoldBack,
+    )
+    .await
+    .expect("requeue");
     assert_eq!(scan.matched.len(), 1);
     fleet.expect_ready(&dead, 0).await;
     let back = Job::from_json(&fleet.take(&first_lane).await.data).expect("a job");
@@ -466,9 +471,14 @@ async fn dlq_requeue_moves_exactly_the_selection_back_as_attempt_one() {
         reason: Some("attempts_exhausted".into()),
         ..Filter::default()
     };
-    let scan = dlq::requeue(&fleet.connection, &fleet.topology, &selection)
-        .await
-        .expect("requeue");
+    let scan = dlq::requeue(
+        &fleet.connection,
+        &fleet.topology,
+        &selection,
+        dlq::Confirmations::HoldBack,
+    )
+    .await
+    .expect("requeue");
     let requeued: Vec<String> = scan
         .matched
         .iter()
@@ -538,6 +548,88 @@ async fn dlq_requeue_moves_exactly_the_selection_back_as_attempt_one() {
         .drain(&fleet.topology.job_queue(Phase::Phase2))
         .await
         .is_empty());
+    fleet.finish().await;
+}
+
+/// Failed before the fix: `dlq requeue` replayed a cleanup's job (or a run's `--rebuild-central` or
+/// `--allow-mass-delete`) as it was, days after later runs brought the tenant back: a central cleanup job emptied
+/// the central folder. Such jobs now stay in place, named, unless `--replay-confirmations` asks for them.
+#[tokio::test]
+async fn dlq_requeue_leaves_a_job_carrying_its_runs_confirmation_unless_asked_to_replay_it() {
+    let _broker = BROKER.read().await;
+    let fleet = Fleet::new().await;
+    let rebuild = Job {
+        rebuild_central: true,
+        ..job("a.example", "alice", Phase::Phase1)
+    };
+    let cleanup = Job {
+        cleanup: Some(shared::sync::CleanupSource::Mirror),
+        ..job("a.example", "bob", Phase::Phase2)
+    };
+    let mass_delete = Job {
+        allow_mass_delete: true,
+        ..job("a.example", "carol", Phase::Phase2)
+    };
+    let plain = job("a.example", "dave", Phase::Phase2);
+    for dead in [&rebuild, &cleanup, &mass_delete, &plain] {
+        fleet
+            .worker_dead_letter(dead, 5, FailureReason::AttemptsExhausted, "503")
+            .await;
+    }
+    let scan = dlq::requeue(
+        &fleet.connection,
+        &fleet.topology,
+        &Filter::default(),
+        dlq::Confirmations::HoldBack,
+    )
+    .await
+    .expect("requeue");
+    let job_ids = |letters: &[producer::ops::dead_letter::DeadLetter]| -> Vec<String> {
+        letters.iter().filter_map(|l| l.job_id.clone()).collect()
+    };
+    assert_eq!(job_ids(&scan.matched), ids(&[&plain]));
+    assert_eq!(
+        job_ids(&scan.held_back),
+        ids(&[&rebuild, &cleanup, &mass_delete])
+    );
+    assert_eq!(
+        fleet.drain(&fleet.topology.job_queue(Phase::Phase2)).await,
+        vec![(plain.job_id.to_string(), 1, false)]
+    );
+    assert!(fleet
+        .drain(&fleet.topology.job_queue(Phase::Phase1))
+        .await
+        .is_empty());
+    fleet
+        .expect_ready(&fleet.topology.dead_letter_queue(Phase::Phase1), 1)
+        .await;
+    fleet
+        .expect_ready(&fleet.topology.dead_letter_queue(Phase::Phase2), 2)
+        .await;
+
+    // Asked for, through the command line.
+    let code = producer(&[
+        "dlq",
+        "--amqp-url",
+        &amqp_url(),
+        "--queue-prefix",
+        fleet.topology.prefix(),
+        "requeue",
+        "--replay-confirmations",
+    ])
+    .await
+    .expect("requeue runs");
+    assert_eq!(code, ExitCode::SUCCESS);
+    let phase1 = fleet.drain(&fleet.topology.job_queue(Phase::Phase1)).await;
+    let phase2 = fleet.drain(&fleet.topology.job_queue(Phase::Phase2)).await;
+    assert_eq!(phase1, vec![(rebuild.job_id.to_string(), 1, false)]);
+    assert_eq!(
+        phase2,
+        vec![
+            (cleanup.job_id.to_string(), 1, false),
+            (mass_delete.job_id.to_string(), 1, false)
+        ]
+    );
     fleet.finish().await;
 }
 

@@ -4,7 +4,7 @@
 //! phase 1 that fails for good must leave the users' mailboxes as they were. Order, not timing, shows the overlap:
 //! graphsim's request log has copies written into users' mailboxes before the central folder's last write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use graphsim::{EstateParams, FaultConfig, LoggedRequest, RetryAfter, ScriptedFault, SimConfig};
 use producer::cli::RunArgs;
@@ -438,57 +438,25 @@ async fn a_copy_sent_early_and_edited_by_its_owner_keeps_the_edit() {
     let expected = ordered(config.clone(), params.clone()).await;
     let estate = Estate::seed(config, params).await;
     let originals = originals(&estate);
-    let tenant = estate.tenants[0].clone();
-    let tid = tenant.tenant_id.clone();
     let note = "call after 5 pm";
     let edit = async {
-        // The first copy in a user's mailbox (any contact that was not there before the run)...
-        let (user, id, notes) = 'found: loop {
-            for user in &tenant.mirror_target_upns {
-                for contact in estate.sim.contacts(&tid, user, None) {
-                    let id = contact["id"].as_str().unwrap_or_default();
-                    if !originals.contains(id) {
-                        let notes = contact["personalNotes"].as_str().unwrap_or_default();
-                        break 'found (user.clone(), id.to_owned(), notes.to_owned());
-                    }
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        };
-        // ...edited by its owner while phase 1 is held up (its next batch of creates refused twice, 1 s each).
-        for _ in 0..40 {
-            estate.sim.push_fault(ScriptedFault {
-                status: 503,
-                retry_after: Some("1".into()),
-                commit: false,
-                path_contains: Some("/contactFolders/".into()),
-                method: Some("POST".into()),
-            });
-        }
+        let (user, id, notes) = first_early_copy_held_up(&estate, &originals).await;
         // As the owner's Outlook does it: not through the app's requests, so not within its mailbox's limits.
         let body = serde_json::json!({ "personalNotes": format!("{note}\r\n{notes}") });
+        let tid = &estate.tenants[0].tenant_id;
         estate
             .sim
-            .update_contact(&tid, &user, &id, body)
+            .update_contact(tid, &user, &id, body)
             .expect("the owner edits the copy");
         (user, id)
     };
     let (settings, args) = (estate.settings(), overlapped());
     let (report, (user, id)) = tokio::join!(run(&settings, &args), edit);
     assert_every_tenant_ran(&report);
-    let log = estate.sim.request_log();
-    let taken_back = log
-        .iter()
-        .filter(|e| e.method == "DELETE" && (200..300).contains(&e.status))
-        .filter(|e| e.mailbox.as_deref() == Some(user.to_lowercase().as_str()))
-        .count();
-    assert!(
-        taken_back > 0,
-        "{user}'s job did not take its early copies back: the edit came too late to show anything"
-    );
+    assert_took_copies_back(&estate, &user);
     let kept = estate
         .sim
-        .contacts(&tid, &user, None)
+        .contacts(&estate.tenants[0].tenant_id, &user, None)
         .into_iter()
         .find(|c| c["id"] == id.as_str())
         .expect("the edited copy is still in the mailbox");
@@ -498,6 +466,104 @@ async fn a_copy_sent_early_and_edited_by_its_owner_keeps_the_edit() {
         &mailboxes(&estate),
         &expected,
         "an edited early copy changed the outcome",
+    );
+}
+
+/// The owner deletes a copy phase 2 sent early while phase 1 is held up. The job takes its other early copies back
+/// but not that one: its delete would meet 404 and fail the attempt (28ca6c3). The mailboxes end as an ordered run
+/// leaves them, each job in one attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_sent_early_and_deleted_by_its_owner_is_not_taken_back() {
+    let (config, params) = three_batches(64);
+    let expected = ordered(config.clone(), params.clone()).await;
+    let estate = Estate::seed(config, params).await;
+    let originals = originals(&estate);
+    let delete = async {
+        let (user, id, _) = first_early_copy_held_up(&estate, &originals).await;
+        let tid = &estate.tenants[0].tenant_id;
+        estate
+            .sim
+            .delete_contact(tid, &user, &id)
+            .expect("the owner deletes the copy");
+        (user, id)
+    };
+    let (settings, args) = (estate.settings(), overlapped());
+    let (report, (user, id)) = tokio::join!(run(&settings, &args), delete);
+    assert_every_tenant_ran(&report);
+    assert_took_copies_back(&estate, &user);
+    let asked = estate
+        .sim
+        .request_log()
+        .into_iter()
+        .filter(|e| e.method == "DELETE" && support::contact_id_in(&e.url) == id)
+        .map(|e| e.status)
+        .collect::<Vec<_>>();
+    assert!(
+        asked.is_empty(),
+        "the copy its owner deleted was taken back too: {asked:?}"
+    );
+    let retried = report
+        .tenants
+        .iter()
+        .flat_map(|t| &t.mailboxes)
+        .filter(|m| m.attempts > 1)
+        .map(|m| m.mailbox.clone())
+        .collect::<Vec<_>>();
+    assert!(
+        retried.is_empty(),
+        "jobs took more than one attempt: {retried:?}"
+    );
+    assert_same(
+        &mailboxes(&estate),
+        &expected,
+        "a deleted early copy changed the outcome",
+    );
+}
+
+/// The first copy phase 2 sends early into one of the first tenant's users' mailboxes (any contact not among
+/// `originals`, the ids there before the run), as (user, contact id, its notes), once found; phase 1's next batches of creates are then
+/// held up (refused twice, 1 s each), so what the owner does next comes before the job takes its early copies back.
+async fn first_early_copy_held_up(
+    estate: &Estate,
+    originals: &BTreeSet<String>,
+) -> (String, String, String) {
+    let tenant = &estate.tenants[0];
+    let found = 'found: loop {
+        for user in &tenant.mirror_target_upns {
+            for contact in estate.sim.contacts(&tenant.tenant_id, user, None) {
+                let id = contact["id"].as_str().unwrap_or_default();
+                if !originals.contains(id) {
+                    let notes = contact["personalNotes"].as_str().unwrap_or_default();
+                    break 'found (user.clone(), id.to_owned(), notes.to_owned());
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    for _ in 0..40 {
+        estate.sim.push_fault(ScriptedFault {
+            status: 503,
+            retry_after: Some("1".into()),
+            commit: false,
+            path_contains: Some("/contactFolders/".into()),
+            method: Some("POST".into()),
+        });
+    }
+    found
+}
+
+/// `user`'s job took early copies back: else what its owner did came too late to show anything.
+fn assert_took_copies_back(estate: &Estate, user: &str) {
+    let taken_back = estate
+        .sim
+        .request_log()
+        .iter()
+        .filter(|e| e.method == "DELETE" && (200..300).contains(&e.status))
+        .filter(|e| e.mailbox.as_deref() == Some(user.to_lowercase().as_str()))
+        .count();
+    assert!(
+        taken_back > 0,
+        "{user}'s job did not take its early copies back: the owner acted too late to show anything"
     );
 }
 

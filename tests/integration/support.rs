@@ -310,6 +310,15 @@ pub async fn patch_contact(
     .await;
 }
 
+/// The contact id a request's URL ends with, decoded (Graph ids hold `=`, `/` and `+`, sent percent-encoded).
+pub fn contact_id_in(url: &str) -> String {
+    let segment = url.rsplit('/').next().unwrap_or_default();
+    reqwest::Url::parse(&format!("http://x/?id={segment}"))
+        .ok()
+        .and_then(|u| u.query_pairs().next().map(|(_, v)| v.into_owned()))
+        .expect("the contact's id")
+}
+
 /// Deletes a contact the way its owner would, through graphsim's Graph API.
 pub async fn delete_contact(
     estate: &Estate,

@@ -50,7 +50,7 @@ pub struct BrokerLeases {
     amqp_url: String,
     name: String,
     topology: Topology,
-    connection: Mutex<Option<Arc<Connection>>>,
+    connection: Current,
     /// The leases this process holds, one slot per queue, one holder each. The broker cannot tell this process's
     /// holders apart (the same connection may declare its exclusive queue again), so a lease held here is skipped
     /// here. A slot has a lock of its own: leases on different queues (every mailbox's write lease) are asked for
@@ -63,11 +63,45 @@ pub struct BrokerLeases {
 /// meanwhile takes the lease again only once it is given up (else the release would delete the queue under it).
 type Slot = Arc<Mutex<Weak<Lease>>>;
 
+/// The connection new leases are taken on; `None` until first needed, and again once it failed or was retired.
+type Current = Arc<Mutex<Option<Arc<LeaseConnection>>>>;
+
+/// The connection leases live on, closed once nobody uses it any more: neither [`BrokerLeases`] (which lets go of
+/// a connection that failed or was retired) nor a lease on it. Closing ends every lease on it, so a connection is
+/// closed only when it holds none this process still relies on.
+struct LeaseConnection(Option<Connection>);
+
+impl std::ops::Deref for LeaseConnection {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match &self.0 {
+            Some(connection) => connection,
+            None => unreachable!("only drop takes the connection"),
+        }
+    }
+}
+
+impl Drop for LeaseConnection {
+    fn drop(&mut self) {
+        let (Some(connection), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _ = mq::close_connection(&connection, "leases given up").await;
+        });
+    }
+}
+
 /// A lease this process holds on the broker; given up when the last [`Held`] of it is dropped.
 struct Lease {
-    connection: Arc<Connection>,
+    connection: Arc<LeaseConnection>,
     queue: String,
     slot: Slot,
+    /// Where new leases are taken, to retire this lease's connection should its release fail.
+    current: Current,
 }
 
 /// A held lease: given up when dropped (or when its connection dies).
@@ -82,7 +116,7 @@ impl BrokerLeases {
             amqp_url: amqp_url.into(),
             name: format!("{} central leases", name.into()),
             topology,
-            connection: Mutex::new(None),
+            connection: Current::default(),
             held: std::sync::Mutex::default(),
         }
     }
@@ -137,14 +171,16 @@ impl BrokerLeases {
                                 connection,
                                 queue: queue.clone(),
                                 slot: slot.clone(),
+                                current: self.connection.clone(),
                             });
                             *holder = Arc::downgrade(&lease);
                             return Ok(Held(lease));
                         }
                         Ok(false) => {}
                         Err(error) => {
-                            // The next call opens a new connection; this one is not to be trusted any more.
-                            self.forget(&connection).await;
+                            // The next call opens a new connection; this one is not to be trusted any more (it
+                            // closes once the leases still on it are given up).
+                            retire(&self.connection, &connection).await;
                             return Err(error);
                         }
                     }
@@ -163,24 +199,28 @@ impl BrokerLeases {
         held.entry(queue.to_owned()).or_default().clone()
     }
 
-    /// The lease connection, opened again when it was lost.
-    async fn connection(&self) -> Result<Arc<Connection>, MqError> {
+    /// The lease connection, opened again when it was lost or retired.
+    async fn connection(&self) -> Result<Arc<LeaseConnection>, MqError> {
         let mut guard = self.connection.lock().await;
         if let Some(connection) = guard.as_ref() {
             if connection.status().connected() {
                 return Ok(connection.clone());
             }
         }
-        let connection = Arc::new(mq::connect(&self.amqp_url, &self.name).await?);
+        let connection = Arc::new(LeaseConnection(Some(
+            mq::connect(&self.amqp_url, &self.name).await?,
+        )));
         *guard = Some(connection.clone());
         Ok(connection)
     }
+}
 
-    async fn forget(&self, connection: &Arc<Connection>) {
-        let mut guard = self.connection.lock().await;
-        if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
-            *guard = None;
-        }
+/// Takes no new lease on `connection` any more: the next one opens another, and `connection` closes once the leases
+/// still on it are given up.
+async fn retire(current: &Current, connection: &Arc<LeaseConnection>) {
+    let mut guard = current.lock().await;
+    if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
+        *guard = None;
     }
 }
 
@@ -190,7 +230,7 @@ impl BrokerLeases {
 /// up as a [`Lease`] would, except that a failed delete (the lease was someone else's, or the connection is gone)
 /// leaves the shared connection, and this process's other leases on it, alone.
 struct Asking {
-    connection: Arc<Connection>,
+    connection: Arc<LeaseConnection>,
     queue: String,
     slot: Slot,
     /// False once the broker answered.
@@ -223,22 +263,23 @@ impl Drop for Lease {
             self.connection.clone(),
             std::mem::take(&mut self.queue),
             self.slot.clone(),
-            Unreleased::CloseConnection,
+            Unreleased::Retire(self.current.clone()),
         );
     }
 }
 
 /// What giving a lease up does when the broker would not delete its queue.
-#[derive(Debug, Clone, Copy)]
 enum Unreleased {
-    /// Close the lease connection, which ends the lease too (a lease this process held).
-    CloseConnection,
+    /// Retire the lease connection (a lease this process held): closing it ends the lease, and it closes once the
+    /// other leases on it are given up. Closing it at once would end those too while their attempts still write:
+    /// another worker could then read a mailbox whose last batch is still on its way.
+    Retire(Current),
     /// Nothing: the lease was another process's, or the connection is gone (a request nobody heard answered).
     Leave,
 }
 
 /// Deletes the lease queue in the background, unless this process took the lease again meanwhile.
-fn give_up(connection: Arc<Connection>, queue: String, slot: Slot, unreleased: Unreleased) {
+fn give_up(connection: Arc<LeaseConnection>, queue: String, slot: Slot, unreleased: Unreleased) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -251,9 +292,9 @@ fn give_up(connection: Arc<Connection>, queue: String, slot: Slot, unreleased: U
             return;
         };
         match unreleased {
-            Unreleased::CloseConnection => {
-                debug!(error = %with_causes(&error), %queue, "could not release the lease; closing its connection");
-                let _ = mq::close_connection(&connection, "lease not released").await;
+            Unreleased::Retire(current) => {
+                debug!(error = %with_causes(&error), %queue, "could not release the lease; retiring its connection");
+                retire(&current, &connection).await;
             }
             Unreleased::Leave => {
                 debug!(error = %with_causes(&error), %queue, "an abandoned lease request left nothing to give up");
@@ -304,6 +345,87 @@ mod tests {
             .expect("task")
             .expect("broker");
         drop(holding);
+    }
+
+    /// Failed before the fix (the second lease was taken elsewhere while its holder still held it): a release the
+    /// broker refused closed the lease connection at once, ending every other lease on it while their attempts
+    /// still wrote. The connection is now retired: new leases go on another, and it closes once its last lease is
+    /// given up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_release_ends_no_other_lease_of_its_connection() {
+        let topology = Topology::new(format!("test-{}", uuid::Uuid::new_v4().simple()));
+        let leases = BrokerLeases::new(amqp_url(), topology.clone(), "one");
+        let hold = |mailbox: &'static str| {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                leases.hold_writes("tenant", mailbox),
+            )
+        };
+        let first = hold("first")
+            .await
+            .expect("a free lease was waited for")
+            .expect("RabbitMQ must run at AMQP_URL (default 127.0.0.1:5672)");
+        let second = hold("second").await.expect("waited").expect("broker");
+        let connection = leases.connection().await.expect("connection");
+        let used = Arc::downgrade(&connection);
+        // The first lease's queue goes to another connection behind this process's back: its release is refused.
+        let first_queue = topology.write_lease_queue("tenant", "first");
+        mq::release_lease(&connection, &first_queue)
+            .await
+            .expect("delete");
+        drop(connection);
+        let elsewhere = mq::connect(&amqp_url(), "elsewhere")
+            .await
+            .expect("connect");
+        assert!(mq::take_lease(&elsewhere, &first_queue)
+            .await
+            .expect("declare"));
+        drop(first);
+        let second_queue = topology.write_lease_queue("tenant", "second");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                !mq::take_lease(&elsewhere, &second_queue)
+                    .await
+                    .expect("declare"),
+                "a lease still held was ended by another lease's refused release"
+            );
+            let current = leases.connection.lock().await.clone();
+            if current.is_none_or(|c| Arc::as_ptr(&c) != used.as_ptr()) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the refused release never retired its connection"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let third = hold("third").await.expect("waited").expect("broker");
+        assert!(
+            !mq::take_lease(&elsewhere, &second_queue)
+                .await
+                .expect("declare"),
+            "the second lease ended when a third was taken"
+        );
+        assert!(
+            used.upgrade().is_some(),
+            "the retired connection went while a lease was on it"
+        );
+        drop(second);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while used.strong_count() > 0
+            || !mq::take_lease(&elsewhere, &second_queue)
+                .await
+                .expect("declare")
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the retired connection's last lease was never given up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(third);
+        let _ = mq::close_connection(&elsewhere, "done").await;
     }
 
     /// Failed before the fix (another process waited for the lease for ever): the broker gave the lease to a

@@ -25,7 +25,7 @@ static ALLOCATOR: worker::heap::Allocator = worker::heap::Allocator;
 #[command(name = "contactmirror-worker", version, about)]
 struct Cli {
     /// RabbitMQ URL.
-    #[arg(long, env = "AMQP_URL")]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     amqp_url: String,
     /// Configuration file (the same JSON as AUTOMATION_SYNCCONTACTS_CONFIG_JSON); default: the environment.
     #[arg(long, env = "CONTACTMIRROR_CONFIG")]
@@ -142,5 +142,25 @@ async fn serve_health(
         started => {
             started.with_context(|| format!("serving health and metrics on {DEFAULT_METRICS_ADDR}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Failed before the fix: clap's help shows an option's environment value unless told not to, so `--help`
+    /// printed the broker's password (`[env: AMQP_URL=amqp://u:pw@…]`).
+    #[test]
+    fn help_never_shows_the_brokers_url() {
+        let command = <Cli as clap::CommandFactory>::command();
+        let amqp = command
+            .get_arguments()
+            .find(|arg| arg.get_env().is_some_and(|name| name == "AMQP_URL"))
+            .expect("an option reads AMQP_URL");
+        assert!(
+            amqp.is_hide_env_values_set(),
+            "--help shows AMQP_URL's value"
+        );
     }
 }

@@ -8,7 +8,7 @@ use shared::message::Phase;
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
     /// RabbitMQ URL (`amqp://user:password@host:5672/%2f`). The password is never printed.
-    #[arg(long, env = "AMQP_URL")]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp_url: String,
     /// Prefix of every queue and exchange name.
     #[arg(long, env = "CONTACTMIRROR_QUEUE_PREFIX", default_value = "cm")]
@@ -22,7 +22,7 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
     /// Management API base URL; default: `http://<amqp host>:15672/` with the AMQP credentials.
-    #[arg(long, env = "CONTACTMIRROR_MANAGEMENT_URL")]
+    #[arg(long, env = "CONTACTMIRROR_MANAGEMENT_URL", hide_env_values = true)]
     pub management_url: Option<String>,
     /// Use AMQP only, even where the management plugin is enabled.
     #[arg(long, env = "CONTACTMIRROR_NO_MANAGEMENT")]
@@ -50,8 +50,9 @@ pub enum DlqCommand {
     List(ListArgs),
     /// Show dead-lettered jobs in full: every header that explains the failure, and the job itself.
     Show(ListArgs),
-    /// Move matching dead letters back to their phase's job queue as attempt 1.
-    Requeue(ChangeArgs),
+    /// Move matching dead letters back to their phase's job queue as attempt 1. A job of a cleanup, or of a run
+    /// with --rebuild-central or --allow-mass-delete, stays unless --replay-confirmations.
+    Requeue(RequeueArgs),
     /// Delete matching dead letters for good. Refuses without --yes.
     Purge(PurgeArgs),
 }
@@ -88,7 +89,7 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-/// Options of `dlq requeue`.
+/// Options of `dlq requeue` and `dlq purge`.
 #[derive(Debug, Clone, Args)]
 pub struct ChangeArgs {
     /// Which dead letters.
@@ -100,6 +101,18 @@ pub struct ChangeArgs {
     /// Print JSON instead of text.
     #[arg(long, env = "CONTACTMIRROR_JSON")]
     pub json: bool,
+}
+
+/// Options of `dlq requeue`.
+#[derive(Debug, Clone, Args)]
+pub struct RequeueArgs {
+    /// Which dead letters.
+    #[command(flatten)]
+    pub change: ChangeArgs,
+    /// Requeue jobs carrying their run's one-time confirmation too (a cleanup's, or a run's with --rebuild-central
+    /// or --allow-mass-delete), as they were. Deliberately not settable from the environment.
+    #[arg(long)]
+    pub replay_confirmations: bool,
 }
 
 /// Options of `dlq purge`.

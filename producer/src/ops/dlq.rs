@@ -13,6 +13,7 @@ use shared::mq::{Publisher, Topology};
 
 use super::cli::{DlqArgs, DlqCommand, SelectArgs};
 use super::dead_letter::{DeadLetter, Filter};
+pub use super::scan::Confirmations;
 use super::scan::{self, Action, Scan};
 use super::table::{self, Align};
 use crate::{EXIT_OK, EXIT_USAGE};
@@ -83,11 +84,18 @@ async fn execute(
             }
         }
         DlqCommand::Requeue(args) => {
-            let scan = requeue(connection, topology, &filter(&args.select, args.limit)).await?;
-            if args.json {
+            let confirmations = if args.replay_confirmations {
+                Confirmations::Replay
+            } else {
+                Confirmations::HoldBack
+            };
+            let selection = filter(&args.change.select, args.change.limit);
+            let scan = requeue(connection, topology, &selection, confirmations).await?;
+            if args.change.json {
                 to_json(&Requeued {
                     requeued: &scan.matched,
                     skipped_not_a_job: &scan.skipped,
+                    held_back_confirmations: &scan.held_back,
                 })
             } else {
                 Ok(render_requeue(&scan, topology))
@@ -122,14 +130,17 @@ pub async fn list(connection: &Connection, topology: &Topology, filter: &Filter)
 }
 
 /// Moves the dead letters `filter` selects back to their phase's job queue as attempt 1 (confirm, then ack).
-/// Matches whose body is not a job stay in the dead-letter queue, listed in [`Scan::skipped`].
+/// Matches whose body is not a job stay in the dead-letter queue, listed in [`Scan::skipped`], and so do jobs
+/// carrying their run's one-time confirmation unless `confirmations` replays them ([`Scan::held_back`]).
 pub async fn requeue(
     connection: &Connection,
     topology: &Topology,
     filter: &Filter,
+    confirmations: Confirmations,
 ) -> Result<Scan> {
     let publisher = Publisher::open(connection, topology.clone()).await?;
-    scan::scan(connection, topology, filter, Action::Requeue(&publisher)).await
+    let action = Action::Requeue(&publisher, confirmations);
+    scan::scan(connection, topology, filter, action).await
 }
 
 /// Deletes the dead letters `filter` selects; returns how many. Without a narrowing filter each selected queue is
@@ -155,6 +166,7 @@ struct Detailed<'a> {
 struct Requeued<'a> {
     requeued: &'a [DeadLetter],
     skipped_not_a_job: &'a [DeadLetter],
+    held_back_confirmations: &'a [DeadLetter],
 }
 
 fn to_json(value: &impl Serialize) -> Result<String> {
@@ -263,10 +275,22 @@ fn render_requeue(scan: &Scan, topology: &Topology) -> String {
             letter.body_error.as_deref().unwrap_or("unreadable"),
         ));
     }
+    for letter in &scan.held_back {
+        let confirmation = letter.job.as_ref().and_then(|job| job.run_confirmation());
+        out.push_str(&format!(
+            "left {} ({} {}) in {}: it carries its run's {}; replayed after later runs it would undo what they \
+             did. Run the command again, or requeue with --replay-confirmations\n",
+            or_dash(letter.job_id.as_deref()),
+            or_dash(letter.tenant.as_deref()),
+            or_dash(letter.mailbox.as_deref()),
+            letter.queue,
+            confirmation.unwrap_or("confirmation"),
+        ));
+    }
     out.push_str(&format!(
         "{} dead letter(s) requeued, {} left in place\n",
         scan.matched.len(),
-        scan.skipped.len()
+        scan.skipped.len() + scan.held_back.len()
     ));
     out
 }

@@ -31,10 +31,21 @@ use super::dead_letter::{DeadLetter, Filter};
 pub enum Action<'a> {
     /// Nothing: it stays where it is.
     Read,
-    /// Publish its job to the phase's job queue as attempt 1, then remove it.
-    Requeue(&'a Publisher),
+    /// Publish its job to the phase's job queue as attempt 1, then remove it; what to do with a job carrying its
+    /// run's one-time confirmation.
+    Requeue(&'a Publisher, Confirmations),
     /// Remove it.
     Delete,
+}
+
+/// What `Requeue` does with a job carrying its run's one-time confirmation ([`shared::message::Job::run_confirmation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmations {
+    /// Leave it in the dead-letter queue, listed in [`Scan::held_back`]: replayed after later runs, it would undo
+    /// what they did.
+    HoldBack,
+    /// Requeue it as it is (`dlq requeue --replay-confirmations`).
+    Replay,
 }
 
 /// What a scan saw and did.
@@ -44,6 +55,9 @@ pub struct Scan {
     pub matched: Vec<DeadLetter>,
     /// Matches `Requeue` left in place because their body is not a job (malformed jobs would only fail again).
     pub skipped: Vec<DeadLetter>,
+    /// Matches `Requeue` left in place because their job carries its run's one-time confirmation
+    /// ([`Confirmations::HoldBack`]).
+    pub held_back: Vec<DeadLetter>,
     /// Each dead-letter queue read and how many messages it held when the scan started.
     pub depths: BTreeMap<String, u32>,
     /// Messages acknowledged (deleted or requeued), i.e. gone from the dead-letter queues.
@@ -111,9 +125,9 @@ async fn scan_queue(
             break; // someone else emptied it meanwhile
         };
         let letter = DeadLetter::from_delivery(&queue, phase, &message.delivery);
-        let full = filter
-            .limit
-            .is_some_and(|limit| scan.matched.len() + scan.skipped.len() >= limit);
+        let full = filter.limit.is_some_and(|limit| {
+            scan.matched.len() + scan.skipped.len() + scan.held_back.len() >= limit
+        });
         if full || !filter.matches(&letter) {
             continue; // stays unacknowledged: back in place when the channel closes
         }
@@ -134,8 +148,14 @@ async fn scan_queue(
                 scan.removed += 1;
                 scan.matched.push(letter);
             }
-            Action::Requeue(publisher) => match &letter.job {
+            Action::Requeue(publisher, confirmations) => match &letter.job {
                 None => scan.skipped.push(letter),
+                Some(job)
+                    if confirmations == Confirmations::HoldBack
+                        && job.run_confirmation().is_some() =>
+                {
+                    scan.held_back.push(letter)
+                }
                 Some(job) => {
                     // Into its phase's first lane: the run that chose its lane is over.
                     let first_lane = shared::message::Job {

@@ -225,15 +225,19 @@ fn hint_suffix(hint: &Option<String>) -> String {
 }
 
 impl ConfigError {
-    /// Replaces every occurrence of a known secret (as is, or as `{:?}` would escape it) in every text field.
+    /// Replaces every occurrence of a known secret in every text field: as given and trimmed (an error quotes a
+    /// value trimmed, and a secret mounted from a file often ends with a newline), each also as `{:?}` would escape
+    /// it.
     fn scrub(self, secrets: &[String]) -> Self {
         let clean = |mut text: String| {
             for secret in secrets.iter().filter(|s| !s.trim().is_empty()) {
-                let escaped = format!("{secret:?}");
-                let escaped = &escaped[1..escaped.len() - 1];
-                for form in [secret.as_str(), escaped] {
-                    if text.contains(form) {
-                        text = text.replace(form, "[redacted]");
+                for given in [secret.as_str(), secret.trim()] {
+                    let escaped = format!("{given:?}");
+                    let escaped = &escaped[1..escaped.len() - 1];
+                    for form in [given, escaped] {
+                        if text.contains(form) {
+                            text = text.replace(form, "[redacted]");
+                        }
                     }
                 }
             }

@@ -1955,6 +1955,35 @@ fn unknown_keys_inside_mirror_and_directory_are_refused() {
     );
 }
 
+/// Failed before the fix: a secret mounted from a file ends with a newline, an error quotes a value trimmed, and
+/// only the secret as given was scrubbed, so a client id wired to the same key showed the secret.
+#[test]
+fn a_secret_ending_in_a_newline_never_shows_where_an_error_quotes_it_trimmed() {
+    let mounted = format!("{SECRET}\n");
+    let from_variables = load(
+        &[
+            (TENANT_ID_VAR, TENANT.to_owned()),
+            (CLIENT_ID_VAR, mounted.clone()),
+            (CLIENT_SECRET_VAR, mounted.clone()),
+            (GLOBAL_ADDRESS_BOOK_USER_ID_VAR, MAILBOX.to_owned()),
+        ],
+        None,
+    );
+    let from_document = load_doc(&doc_with(|t| {
+        t.insert("ClientId".into(), json!(mounted));
+        t.insert("ClientSecret".into(), json!(mounted));
+    }));
+    for result in [from_variables, from_document] {
+        let message = error_of(result).to_string();
+        assert!(
+            message.contains("ClientId") || message.contains(CLIENT_ID_VAR),
+            "{message}"
+        );
+        assert!(!message.contains(SECRET), "{message}");
+        assert!(message.contains("[redacted]"), "{message}");
+    }
+}
+
 #[test]
 fn a_secret_pasted_into_a_directory_key_never_shows() {
     for directory in [

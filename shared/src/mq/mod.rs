@@ -49,6 +49,12 @@ pub enum MqError {
         #[source]
         source: lapin::Error,
     },
+    /// The RabbitMQ URL is not one the client can use (shown without its credentials).
+    #[error("the RabbitMQ URL {url} is not of the form amqp://user:password@host:port/vhost")]
+    BadUrl {
+        /// The URL, credentials removed.
+        url: String,
+    },
     /// The broker refused the message (nack).
     #[error("broker refused a message published to {exchange} ({routing_key})")]
     Nacked {
@@ -119,16 +125,38 @@ pub fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> MqError 
     move |source| MqError::Amqp { context, source }
 }
 
-/// Removes any password from an AMQP URL, for logs and errors.
+/// Removes any password from an AMQP URL, for logs and errors. A URL whose `@` is not after a user name (no `//`
+/// before the credentials: `amqp:user:password@host` parses with no user or host at all) is not shown.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
                 let _ = parsed.set_password(Some("***"));
+            } else if parsed.username().is_empty() && url.contains('@') {
+                return "<amqp url not shown: credentials outside amqp://user:password@host>"
+                    .to_owned();
             }
             parsed.to_string()
         }
         Err(_) => "<unparseable amqp url>".to_owned(),
+    }
+}
+
+/// Refuses a URL the AMQP client would misread and then quote in its errors, password and all: one with no
+/// `//host` part (`Invalid URL: '<url>'`), or whose `@` is not after a user name (`amqp:///user:password@host`
+/// reads as the vhost `user:password@host` of localhost, which the broker's refusal names).
+fn usable_url(url: &str) -> Result<(), MqError> {
+    match url::Url::parse(url) {
+        Ok(parsed)
+            if !parsed.cannot_be_a_base()
+                && parsed.host_str().is_some_and(|host| !host.is_empty())
+                && !(parsed.username().is_empty() && url.contains('@')) =>
+        {
+            Ok(())
+        }
+        _ => Err(MqError::BadUrl {
+            url: redact_url(url),
+        }),
     }
 }
 
@@ -267,6 +295,7 @@ pub async fn consume(
 
 /// [`connect`], giving up after `wait`. No channel exists yet then, so nothing is left holding messages.
 pub async fn connect_within(url: &str, name: &str, wait: Duration) -> Result<Connection, MqError> {
+    usable_url(url)?;
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     match tokio::time::timeout(wait, Connection::connect(url, properties)).await {
         Ok(connected) => connected.map_err(amqp(format!(
@@ -855,6 +884,28 @@ mod tests {
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("rabbit"));
         assert_eq!(redact_url("not a url"), "<unparseable amqp url>");
+    }
+
+    /// Failed before the fix: without `//` the URL parses with no user and no password, so it came back whole, and
+    /// the AMQP client's own error quoted it too (`Invalid URL: '<url>'`).
+    #[tokio::test]
+    async fn a_url_with_its_credentials_outside_user_and_host_is_never_shown() {
+        for url in [
+            "amqp:guest:s3cr3t@rabbit",
+            "amqp:/guest:s3cr3t@rabbit",
+            "amqps:guest:s3cr3t@rabbit:5671",
+            "amqp:///guest:s3cr3t@rabbit",
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("s3cr3t"), "{url}: {shown}");
+            let error = connect_within(url, "test", Duration::from_secs(5))
+                .await
+                .err()
+                .map(|e| crate::telemetry::with_causes(&e))
+                .unwrap_or_else(|| panic!("{url} connected"));
+            assert!(!error.contains("s3cr3t"), "{url}: {error}");
+        }
+        assert_eq!(redact_url("amqp://guest@rabbit/"), "amqp://guest@rabbit/");
     }
 
     #[test]

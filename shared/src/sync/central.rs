@@ -686,7 +686,7 @@ fn plan_entry(
                     fields: Some(PackedFields::pack(&fields)),
                     ..ContactWrite::default()
                 },
-                if_match: None,
+                if_match: central.change_key.as_deref().map(Box::from),
             });
             item.action = ActionKind::Update;
             item.reason = Reason::OutsideCentralFields;
@@ -799,7 +799,9 @@ fn plan_entry(
     item.op = Some(WriteOp::Update {
         id: central.id.clone(),
         write,
-        if_match: None,
+        // An edit made in the central folder since it was read (an administrator's, by hand) is met with 412 and
+        // read again, not written over.
+        if_match: central.change_key.as_deref().map(Box::from),
     });
     item.action = ActionKind::Update;
     item.changed_fields = changed_fields;

@@ -454,8 +454,6 @@ impl JobRunner {
     }
 }
 
-/// The planning context of a job writing `owner`: the tenant's policy, with the deletion cap lifted when the run
-/// allows a mass deletion (`run --allow-mass-delete`).
 /// The broker lease `taking` gives (`what` names it), as an attempt needs it: a broker that cannot be asked fails
 /// the attempt as transient, tried again in 5 s, for going on without the lease could break the fleet-wide rule it
 /// keeps (the shared mailbox's readers, one writer per mailbox).
@@ -472,6 +470,8 @@ async fn held_or_retry(
         })
 }
 
+/// The planning context of a job writing `owner`: the tenant's policy, with the deletion cap lifted when the run
+/// allows a mass deletion (`run --allow-mass-delete`).
 fn plan_context(tenant: &TenantSettings, job: &Job, owner: &Mailbox) -> PlanContext {
     let mut options = tenant.mirror.clone();
     if job.allow_mass_delete {
