@@ -9,7 +9,7 @@ use anyhow::Result;
 use shared::config::TenantSettings;
 use shared::feed::Cursors;
 use shared::message::{
-    CentralFolder, FolderChoice, Job, JobKind, Outcome, Phase, Report, SourceFailure,
+    CentralFolder, FailureReason, FolderChoice, Job, JobKind, Outcome, Phase, Report, SourceFailure,
 };
 use shared::sync::CleanupSource;
 use tracing::{info, warn};
@@ -501,7 +501,18 @@ impl TenantRun<'_> {
         }
         self.report.duration_ms =
             u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if report.phase == Phase::Phase2 && (!succeeded || report.failed_writes > 0) {
+        // A user without an Exchange mailbox fails on every run and holds no copies anywhere: it does not keep the
+        // run from being the one that brought every copy into the configured folder.
+        let without_mailbox = matches!(
+            report.outcome,
+            Outcome::Failed {
+                reason: FailureReason::NoMailbox,
+                ..
+            }
+        );
+        if report.phase == Phase::Phase2
+            && ((!succeeded && !without_mailbox) || report.failed_writes > 0)
+        {
             self.phase2_failed = true;
         }
     }
