@@ -344,7 +344,8 @@ pub(crate) async fn close_connection(url: reqwest::Url) {
 }
 
 /// A worker of one job slot, named after `what`, started on `topology` until `shutdown`, and `job` published to it;
-/// returns once the job started writing, with the worker's task and its connection's address in the management API.
+/// returns once the job started writing, with the worker's task, its connection's address in the management API and
+/// its name.
 /// Its grace is shorter than the job: a lost connection must not wait for it anyway (the delivery is gone).
 async fn writing_on_one_worker(
     estate: &Estate,
@@ -355,6 +356,7 @@ async fn writing_on_one_worker(
 ) -> (
     tokio::task::JoinHandle<Result<worker::consumer::StopReason, mq::MqError>>,
     reqwest::Url,
+    String,
 ) {
     let name = format!("{what}-{}", uuid::Uuid::new_v4().simple());
     let worker = one_at_a_time(&estate.settings(), topology, &name, Duration::from_secs(1));
@@ -370,7 +372,7 @@ async fn writing_on_one_worker(
         estate.sim.stats().total_writes() > before_the_job
     })
     .await;
-    (running, connection)
+    (running, connection, name)
 }
 
 /// A lost connection mid-write: the attempt is cancelled (its batch on the wire finishes), the session waits for
@@ -389,7 +391,7 @@ async fn a_lost_connection_stops_the_attempt_before_the_job_runs_again() {
     let job = phase1_job(&settings).await;
     estate.sim.set_latency(Duration::from_millis(50));
     let shutdown = CancellationToken::new();
-    let (running, connection) =
+    let (running, connection, _) =
         writing_on_one_worker(&estate, &topology, &job, "redelivery", &shutdown).await;
     close_connection(connection).await;
     let at_close = central_emails(&estate).len();
@@ -934,7 +936,7 @@ async fn a_job_taken_by_another_worker_waits_for_the_first_attempts_last_batch()
     let job = phase1_job(&settings).await;
     estate.sim.set_latency(Duration::from_millis(20));
     let shutdown = CancellationToken::new();
-    let (first_running, connection) =
+    let (first_running, connection, _) =
         writing_on_one_worker(&estate, &topology, &job, "first", &shutdown).await;
     // The next batch of creates is answered 429 with a wait of 3 s: the first attempt's batch waits in its client.
     for _ in 0..20 {
@@ -975,6 +977,48 @@ async fn a_job_taken_by_another_worker_waits_for_the_first_attempts_last_batch()
     for running in [first_running, second_running] {
         running.await.expect("worker task").expect("worker stops");
     }
+    estate.sim.set_latency(Duration::ZERO);
+    support::delete_topology(&topology).await;
+}
+
+/// The worker's lease connection drops while its job connection stays up: the mailbox's write lease is gone, so
+/// another attempt on the mailbox could read now. The attempt writing starts no batch more (the one on the wire
+/// finishes) and the job runs again, completing once with nobody written twice. Failed before the fix: the first
+/// attempt wrote on to its end without the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_attempt_whose_write_lease_ends_starts_no_batch_more() {
+    let _broker = BROKER.read().await;
+    let estate = slow_estate(75).await;
+    let settings = estate.settings();
+    let topology = support::private_topology();
+    let job = phase1_job(&settings).await;
+    // Slow enough that the job still writes once the management API lists its new lease connection (seconds).
+    estate.sim.set_latency(Duration::from_millis(250));
+    let shutdown = CancellationToken::new();
+    let (running, _, name) =
+        writing_on_one_worker(&estate, &topology, &job, "lease-lost", &shutdown).await;
+    close_connection(connection_url(&format!("{name} central leases")).await).await;
+    let at_close = central_emails(&estate).len();
+    estate.sim.set_latency(Duration::from_millis(5));
+    let report = final_report(&topology, &job).await;
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    assert!(
+        report.attempt > 1,
+        "the attempt wrote on without its mailbox's write lease"
+    );
+    let emails = central_emails(&estate);
+    let unique: BTreeSet<&String> = emails.iter().collect();
+    assert_eq!(
+        emails.len(),
+        unique.len(),
+        "people stand twice in the central folder"
+    );
+    assert!(
+        at_close < emails.len(),
+        "the job had finished when the lease ended; the test proves nothing"
+    );
+    shutdown.cancel();
+    running.await.expect("worker task").expect("worker stops");
     estate.sim.set_latency(Duration::ZERO);
     support::delete_topology(&topology).await;
 }

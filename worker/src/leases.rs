@@ -106,7 +106,20 @@ struct Lease {
 
 /// A held lease: given up when dropped (or when its connection dies).
 #[must_use = "the lease is given up when this is dropped"]
-pub struct Held(#[allow(dead_code)] Arc<Lease>);
+pub struct Held(Arc<Lease>);
+
+/// How often [`Held::lost`] looks at the lease's connection.
+const LOST_POLL: Duration = Duration::from_millis(200);
+
+impl Held {
+    /// Resolves once the lease has ended without being given up: its connection closed or failed, so the broker
+    /// dropped the lease queue and another process may hold it now.
+    pub async fn lost(&self) {
+        while self.0.connection.status().connected() {
+            tokio::time::sleep(LOST_POLL).await;
+        }
+    }
+}
 
 impl BrokerLeases {
     /// Leases on the broker at `amqp_url` (may hold a password: never logged as is), among `topology`'s queues;

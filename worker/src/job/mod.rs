@@ -289,7 +289,21 @@ impl JobRunner {
                         if !writes_nothing {
                             lease = self.write_lease(job).await?;
                         }
-                        work.await
+                        // A lease lost (its connection dropped, the job's own still up) lets another attempt on the
+                        // mailbox read: this one starts no batch more, and the batch on the wire finishes.
+                        match &lease {
+                            Some(held) => tokio::select! {
+                                biased;
+                                () = held.lost() => Err(AttemptResult::Transient {
+                                    wait: Duration::from_secs(5),
+                                    error: "the mailbox's write lease ended with its broker connection; the job \
+                                            reads the mailbox again"
+                                        .into(),
+                                }),
+                                result = work => result,
+                            },
+                            None => work.await,
+                        }
                     } => result,
                 };
                 // Once this returns, nothing of this attempt is on the wire any more.
