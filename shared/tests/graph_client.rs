@@ -958,6 +958,53 @@ async fn a_batch_envelope_applied_then_failed_writes_each_contact_once() {
     assert!(stored.iter().all(|c| c["id"] != doomed.as_str()));
 }
 
+/// A `$batch` of deletes and guarded updates only (a cleanup, a plan with no creates) applied then answered 504.
+/// Failed before the fix: such an envelope was sent again by the request pipeline itself, so the batch never learnt
+/// that its items may have been applied, and the resend's 404 and 412 came back as failures of writes that were done.
+#[tokio::test]
+async fn a_batch_of_deletes_and_guarded_updates_applied_then_failed_is_done() {
+    let f = fixture().await;
+    let doomed = f.sim.add_contact(TENANT, ALICE, None, contact_body(1));
+    let kept = f.sim.add_contact(TENANT, ALICE, None, contact_body(2));
+    let change_key = f
+        .sim
+        .contacts(TENANT, ALICE, None)
+        .iter()
+        .find(|c| c["id"] == kept.as_str())
+        .and_then(|c| c["changeKey"].as_str().map(str::to_owned))
+        .expect("a change key");
+    f.tenant.user(ALICE).await.expect("warm the token");
+    f.sim.push_fault(applied_then_failed(504, "$batch", "POST"));
+    let ops = [
+        WriteOp::Delete { id: doomed.clone() },
+        WriteOp::Update {
+            id: kept.clone(),
+            write: ContactWrite {
+                fields: Some(PackedFields::pack(&ContactFields {
+                    display_name: Some("Renamed".into()),
+                    ..ContactFields::default()
+                })),
+                ..ContactWrite::default()
+            },
+            if_match: Some(change_key.into()),
+        },
+    ];
+    let outcomes = f
+        .tenant
+        .write(ALICE, &FolderRef::Default, &ops)
+        .await
+        .expect("write");
+    for outcome in &outcomes {
+        assert!(
+            matches!(outcome, Ok(None)),
+            "a write that was done came back as {outcomes:?}"
+        );
+    }
+    let stored = f.sim.contacts(TENANT, ALICE, None);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["displayName"], "Renamed");
+}
+
 /// Failed before the fix: a DELETE applied then answered 500 was sent again and its 404 reported as a failure.
 #[tokio::test]
 async fn a_delete_applied_then_failed_is_done() {

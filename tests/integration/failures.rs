@@ -695,3 +695,37 @@ async fn an_edit_in_the_central_folder_made_while_phase_1s_update_waits_is_not_o
         "no update met the edit: the test shows nothing"
     );
 }
+
+/// Graph refuses two of phase 1's creates for good (400). Failed before the fix: the report counted them as created
+/// and as failed, so "created" said more than the central folder held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_write_is_counted_as_failed_not_also_as_done() {
+    let estate = Estate::seed(SimConfig::default(), estate_params(53)).await;
+    for _ in 0..2 {
+        estate.sim.push_fault(graphsim::ScriptedFault {
+            status: 400,
+            retry_after: None,
+            commit: false,
+            path_contains: Some("/contactFolders/".into()),
+            method: Some("POST".into()),
+        });
+    }
+    let report = run(&estate.settings(), &embedded_args()).await;
+    let phase1 = &report.tenants[0].phases[&Phase::Phase1];
+    assert_eq!(phase1.failed, 2, "{}", report.human());
+    let tenant = &estate.tenants[0];
+    let central = estate
+        .sim
+        .contacts(
+            &tenant.tenant_id,
+            &tenant.shared_mailbox_upn,
+            Some("All Contacts"),
+        )
+        .len() as u64;
+    assert_eq!(
+        phase1.created,
+        central,
+        "created counts writes Graph refused:\n{}",
+        report.human()
+    );
+}

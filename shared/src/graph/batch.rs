@@ -216,7 +216,9 @@ pub(crate) async fn write(
         };
         let body = serde_json::to_value(&request)
             .map_err(|e| GraphError::Protocol(format!("cannot serialise a $batch request: {e}")))?;
-        let effect = Effect::of_batch(chunk.iter().map(|&i| items[i].method));
+        // Sent as a create whatever its items: an envelope that may have been applied comes back here
+        // (`Ambiguous`), where each item's resend is judged (a create looked up, a DELETE's 404 or a guarded PATCH's
+        // 412 done). Sent again by the pipeline, those answers would read as refusals of writes that were done.
         let sent = inner
             .send_as(
                 &Call {
@@ -224,7 +226,7 @@ pub(crate) async fn write(
                     batch_items: u32::try_from(chunk.len()).ok(),
                     ..Call::new(Method::POST, url.clone(), mailbox)
                 },
-                effect,
+                Effect::Create,
             )
             .await;
         let reply = match sent {

@@ -78,7 +78,8 @@ impl Wait {
 pub(crate) enum Effect {
     /// Sending twice is sending once.
     Idempotent,
-    /// Sending twice may create twice: look it up before sending again.
+    /// Sending twice may create twice: look it up before sending again. Also every write `$batch` envelope, whose
+    /// items' resends only the batch can judge (`graph::batch`).
     Create,
 }
 
@@ -87,18 +88,6 @@ impl Effect {
     /// Graph creates something (a contact, a folder).
     pub fn of_method(method: &str) -> Self {
         if method.eq_ignore_ascii_case("POST") {
-            Effect::Create
-        } else {
-            Effect::Idempotent
-        }
-    }
-
-    /// The effect of a `$batch` envelope: a create if any of its items is one.
-    pub fn of_batch<'a>(item_methods: impl IntoIterator<Item = &'a str>) -> Self {
-        if item_methods
-            .into_iter()
-            .any(|m| Effect::of_method(m) == Effect::Create)
-        {
             Effect::Create
         } else {
             Effect::Idempotent
@@ -460,8 +449,6 @@ mod tests {
         );
         assert_eq!(Effect::of_method("POST"), Effect::Create);
         assert_eq!(Effect::of_method("PATCH"), Effect::Idempotent);
-        assert_eq!(Effect::of_batch(["PATCH", "DELETE"]), Effect::Idempotent);
-        assert_eq!(Effect::of_batch(["DELETE", "POST"]), Effect::Create);
     }
 
     #[test]

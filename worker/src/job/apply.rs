@@ -168,7 +168,7 @@ impl JobRunner {
         keep: Keep<'_>,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
-        let Writes { counts, ops } = writes_to_send;
+        let Writes { mut counts, ops } = writes_to_send;
         // The planning units become the held writes' share, given back as batches are answered (see
         // `planning_budget`): the next large plan waits for these writes rather than adding its state to them.
         let mut held = planning.into_writes(ops.len());
@@ -247,6 +247,13 @@ impl JobRunner {
                             _ => {
                                 debug!(mailbox = %mailbox.upn, %error, "write refused");
                                 failed_writes += 1;
+                                // Counted as failed, not also as done.
+                                let done = match op {
+                                    WriteOp::Create(_) => &mut counts.created,
+                                    WriteOp::Update { .. } => &mut counts.updated,
+                                    WriteOp::Delete { .. } => &mut counts.deleted,
+                                };
+                                *done = done.saturating_sub(1);
                             }
                         }
                     }
