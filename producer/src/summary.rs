@@ -680,6 +680,7 @@ mod tests {
             planned: (0..lines).map(|i| format!("create {i}")).collect(),
             graph: GraphCounts::default(),
             cursors: Default::default(),
+            dry_run: false,
             skipped: false,
             duration_ms: 0,
             photos: Default::default(),
@@ -720,6 +721,7 @@ mod tests {
             planned: vec![],
             graph: GraphCounts::default(),
             cursors: Default::default(),
+            dry_run: false,
             skipped: false,
             duration_ms: 0,
             photos: shared::message::PhotoReport {

@@ -664,6 +664,10 @@ pub struct Report {
     /// The folders' feeds after a successful attempt, for the producer to keep (empty in a dry run).
     #[serde(default, skip_serializing_if = "Cursors::is_empty")]
     pub cursors: Cursors,
+    /// The attempt wrote nothing because it ran dry: its job said so, or the worker's own configuration did (a
+    /// worker not restarted since its tenant was switched on). The producer then keeps nothing of it as done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// The feeds showed nothing changed since the last run, so nothing was read or planned.
     #[serde(default)]
     pub skipped: bool,
@@ -695,6 +699,7 @@ impl Report {
             planned: Vec::new(),
             graph: GraphCounts::default(),
             cursors: Cursors::default(),
+            dry_run: job.dry_run,
             skipped: false,
             photos: PhotoReport::default(),
             duration_ms: 0,

@@ -729,3 +729,53 @@ async fn a_refused_write_is_counted_as_failed_not_also_as_done() {
         report.human()
     );
 }
+
+/// A worker whose own configuration still says DryRun (not restarted since the tenant was switched on) runs a real
+/// run's jobs dry. Failed before the fix: those jobs reported their feeds and the producer kept them, so the next
+/// run, with the worker restarted, found every mailbox in line and wrote nothing: an empty central folder, run
+/// after run, reported as success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_a_worker_ran_dry_are_not_kept_as_done() {
+    let _broker = BROKER.read().await;
+    let params = EstateParams {
+        users_per_tenant: 6,
+        contacts_per_user: 3,
+        ..estate_params(57)
+    };
+    let expected = reference_state(params.clone()).await;
+    let estate = Estate::seed(SimConfig::default(), params).await;
+    let settings = estate.settings();
+    let mut dry = settings.clone();
+    dry.force_dry_run();
+    let topology = support::private_topology();
+    let state = support::scratch_dir("forced-dry");
+    let args = producer::cli::RunArgs {
+        state_dir: Some(state.clone()),
+        ..broker_args(&topology)
+    };
+    let worker = support::spawn_worker(&dry, &topology, "still-dry");
+    let first = run(&settings, &args).await;
+    support::stop_workers(vec![worker]).await;
+    let warnings = &first.tenants[0].warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("ran this tenant's jobs dry")),
+        "the operator was not told: {warnings:?}"
+    );
+    assert!(
+        snapshot(&estate, "All Contacts") != expected,
+        "the dry worker wrote: the test shows nothing"
+    );
+    let worker = support::spawn_worker(&settings, &topology, "restarted");
+    let second = run(&settings, &args).await;
+    support::stop_workers(vec![worker]).await;
+    assert!(second.succeeded(), "{}", second.human());
+    assert_eq!(
+        snapshot(&estate, "All Contacts"),
+        expected,
+        "the run after the dry one did not write what it only planned"
+    );
+    support::delete_topology(&topology).await;
+    let _ = std::fs::remove_dir_all(state);
+}

@@ -169,13 +169,17 @@ async fn kept_feeds_make_unchanged_mailboxes_cheap_and_changes_arrive_as_in_a_fu
     sync(&kept, &kept_settings, &kept_args).await;
     sync(&full, &full_settings, &full_args).await;
     assert_eq!(snapshot(&kept, FOLDER), snapshot(&full, FOLDER));
-    // (Beside them, each tenant's lease lock file.)
+    // (Beside them, each tenant's lease lock file and the record of the folder its copies are in.)
     let state_files = std::fs::read_dir(&state)
         .expect("state dir")
         .filter(|entry| {
-            entry
-                .as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+            entry.as_ref().is_ok_and(|e| {
+                e.path().extension().is_some_and(|x| x == "json")
+                    && !e
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("target-folder-")
+            })
         })
         .count();
     assert_eq!(state_files, 2, "one state file per tenant");

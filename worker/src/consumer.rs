@@ -847,6 +847,7 @@ mod tests {
             planned: vec!["x".repeat(1_000); 10],
             graph: Default::default(),
             cursors: Default::default(),
+            dry_run: false,
             skipped: false,
             duration_ms: 0,
             photos: Default::default(),

@@ -60,8 +60,10 @@ struct TenantRun<'a> {
     started: Instant,
     /// Its phase-2 jobs are out.
     phase2_started: bool,
-    /// One of its phase-2 jobs failed, failed some writes, or never reported.
+    /// One of its phase-2 jobs failed, failed some writes, ran dry on a worker configured so, or never reported.
     phase2_failed: bool,
+    /// A job of this real run ran dry on a worker whose own configuration says so (warned once).
+    ran_dry_somewhere: bool,
     /// In a cleanup: how many mailbox jobs are still out before the central folder's.
     cleanup_waiting: usize,
 }
@@ -124,6 +126,7 @@ impl<'r, 'a> Course<'r, 'a> {
             started: Instant::now(),
             phase2_started: false,
             phase2_failed: false,
+            ran_dry_somewhere: false,
             cleanup_waiting: 0,
         };
         // Once per run: a certificate about to expire (an expired one fails the tenant's token instead).
@@ -514,6 +517,21 @@ impl TenantRun<'_> {
             && ((!succeeded && !without_mailbox) || report.failed_writes > 0)
         {
             self.phase2_failed = true;
+        }
+        // A worker whose own configuration says dry run wrote nothing of this real run's job: nothing of it is kept
+        // as done (the worker keeps no feed of it either), and the operator is told once.
+        if report.dry_run && !self.dry_run {
+            if report.phase == Phase::Phase2 {
+                self.phase2_failed = true;
+            }
+            if !self.ran_dry_somewhere {
+                self.ran_dry_somewhere = true;
+                self.report.warnings.push(format!(
+                    "a worker ran this tenant's jobs dry (its own configuration says DryRun) and wrote nothing \
+                     there, first {} in {}: restart the workers with the new configuration",
+                    report.mailbox.upn, report.phase
+                ));
+            }
         }
     }
 

@@ -214,6 +214,12 @@ impl JobRunner {
         let started = Instant::now();
         // A client per job: its tally counts this job's requests only, however many jobs run beside it.
         let mut tally = (0, 0);
+        // A dry attempt keeps no feed: a later real run must read and write what this one only planned.
+        let ran_dry = job.dry_run
+            || self
+                .settings
+                .tenant(&job.tenant_id)
+                .is_some_and(|tenant| tenant.dry_run);
         let result = match self.settings.tenant(&job.tenant_id) {
             None => Err(AttemptResult::Permanent {
                 reason: FailureReason::UnknownTenant,
@@ -332,7 +338,12 @@ impl JobRunner {
                 requests: tally.0,
                 throttled: tally.1,
             },
-            cursors: done.cursors,
+            cursors: if ran_dry {
+                Cursors::default()
+            } else {
+                done.cursors
+            },
+            dry_run: ran_dry,
             skipped: done.skipped,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             photos: done.photos,
