@@ -108,16 +108,27 @@ pub fn scope(tenant: &TenantSettings, central: &CentralFolder) -> Uuid {
 }
 
 /// The identity of a tenant's state when it has no mirror (a directory-only tenant): Graph endpoint, the folder
-/// the directory is distributed into and the field policy. Another `TargetFolder` makes the kept feeds
-/// meaningless; another `Fields` means mailboxes "in line" were brought in line under other rules.
+/// the directory is distributed into and every option phase 2 plans with. Another `TargetFolder` makes the kept
+/// feeds meaningless; other `Fields`, deletion, update, category or stamp options mean mailboxes "in line" were
+/// brought in line under other rules (a leaver's copies kept while `DeleteManagedCopies` was off stayed once it
+/// was turned on). The central folder's name and fields play no part here.
 pub fn directory_scope(tenant: &TenantSettings) -> Uuid {
-    let key = format!(
-        "{}|{}|directory-only|{:?}|{:?}",
+    let mirror = &tenant.mirror;
+    let mut key = format!(
+        "{}|{}|directory-only|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}",
         tenant.tenant_id.to_lowercase(),
         tenant.graph_endpoint.as_str().trim_end_matches('/'),
         tenant.distribution.target_folder,
-        tenant.mirror.fields.policy,
+        mirror.fields.policy,
+        mirror.deletion,
+        mirror.managed_category,
+        mirror.stamp_notes,
+        mirror.opt_out_category,
+        mirror.update_existing,
     );
+    if tenant.photos {
+        key.push_str("|photos");
+    }
     Uuid::new_v5(&SCOPE_NAMESPACE, key.as_bytes())
 }
 
@@ -757,6 +768,31 @@ mod tests {
         assert_ne!(scope(&tenant, &central), scope(&wider, &central));
         assert_ne!(scope(&tenant, &central), scope(&policy, &central));
         assert_ne!(directory_scope(&tenant), directory_scope(&policy));
+        // Every option phase 2 plans with: failed before the fix for all but the field policy (a leaver's copies
+        // kept with `DeleteManagedCopies` off stayed in mailboxes "in line" once it was turned on).
+        let changed: [fn(&mut TenantSettings); 6] = [
+            |t| t.mirror.deletion.enabled = !t.mirror.deletion.enabled,
+            |t| t.mirror.update_existing = !t.mirror.update_existing,
+            |t| t.mirror.stamp_notes = !t.mirror.stamp_notes,
+            |t| t.mirror.managed_category = Some("Company".into()),
+            |t| t.mirror.opt_out_category = "Not on my phone".into(),
+            |t| t.photos = !t.photos,
+        ];
+        for change in changed {
+            let mut other = tenant.clone();
+            change(&mut other);
+            assert_ne!(
+                directory_scope(&tenant),
+                directory_scope(&other),
+                "{:?}",
+                other.mirror
+            );
+        }
+        // The central folder's name is no directory-only tenant's business.
+        let mut renamed = tenant.clone();
+        renamed.mirror.central_folder_name = "Elsewhere".into();
+        assert_eq!(directory_scope(&tenant), directory_scope(&renamed));
+        assert_eq!(directory_scope(&tenant), directory_scope(&wider));
     }
 
     #[test]

@@ -512,7 +512,13 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         }
         let mut members = entry.members.clone();
         members.append(&mut assigned[ci]);
-        items.push(plan_entry(ctx, entry, &candidates, &members, updates[ci]));
+        let mut item = plan_entry(ctx, entry, &candidates, &members, updates[ci]);
+        // An extra copy the cap alone keeps goes on a later run, which must then not find the folder in line.
+        let capped = options.deletion.enabled && !ctx.rebuild_central && is_managed(entry);
+        if !entry.canonical && capped && item.op.is_none() {
+            item.reason = Reason::DuplicateLeftForLater;
+        }
+        items.push(item);
     }
 
     for (person, sync) in people.iter().zip(&people_ids) {

@@ -452,7 +452,7 @@ pub fn plan_distribution_from(
             duplicates_left -= 1;
             (Reason::DuplicateSyncId, true)
         } else {
-            (Reason::DuplicateSyncId, false)
+            (Reason::DuplicateLeftForLater, false)
         };
         let op = delete.then(|| WriteOp::Delete {
             id: contact.id.clone(),

@@ -155,14 +155,22 @@ pub fn settle(sent: &[WriteOp], writes: Writes) -> Settled {
     if !contained {
         return Settled::Undo(writes);
     }
-    let Writes { counts, ops } = writes;
+    let Writes {
+        counts,
+        ops,
+        defers,
+    } = writes;
     let rest = ops
         .into_iter()
         .enumerate()
         .filter(|(at, _)| !taken.contains(at))
         .map(|(_, op)| op)
         .collect();
-    Settled::Rest(Writes { counts, ops: rest })
+    Settled::Rest(Writes {
+        counts,
+        ops: rest,
+        defers,
+    })
 }
 
 #[cfg(test)]

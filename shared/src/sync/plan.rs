@@ -70,6 +70,9 @@ pub enum Reason {
     NoSyncId,
     /// Another contact in the same folder carries the same sync id and is the one kept in sync.
     DuplicateSyncId,
+    /// An extra managed copy of a person (another carries the same sync id) that the deletion cap leaves for a
+    /// later run: the folder is not in line until it goes ([`Plan::defers`]).
+    DuplicateLeftForLater,
     /// A managed copy in the previous target folder whose replacement exists in the current one.
     Moved,
     /// A managed copy in the previous target folder whose replacement is not there yet: kept until it is.
@@ -102,6 +105,9 @@ impl std::fmt::Display for Reason {
             Reason::DeletionDisabled => "no longer in the central folder, but deletion is disabled",
             Reason::NoSyncId => "central contact without a sync id yet",
             Reason::DuplicateSyncId => "duplicate of another contact with the same sync id",
+            Reason::DuplicateLeftForLater => {
+                "duplicate of another contact with the same sync id; deleted on a later run (deletion cap)"
+            }
             Reason::Moved => "moved: its replacement exists in the target folder",
             Reason::AwaitingReplacement => {
                 "not moved yet: its replacement is not in the target folder"
@@ -257,9 +263,22 @@ impl Plan {
     /// (issue 10, scenario 10: about 300 B per item of a 100,000-item plan).
     pub fn into_writes(self) -> Writes {
         let counts = self.counts();
+        let defers = self.defers();
         let mut ops: Vec<WriteOp> = self.items.into_iter().filter_map(|item| item.op).collect();
         ops.shrink_to_fit();
-        Writes { counts, ops }
+        Writes {
+            counts,
+            ops,
+            defers,
+        }
+    }
+
+    /// Whether the plan leaves a write for a later run ([`Reason::DuplicateLeftForLater`]): the folder it leaves
+    /// is then not in line with its sources, and a kept feed must not say so (the next run would skip it).
+    pub fn defers(&self) -> bool {
+        self.items
+            .iter()
+            .any(|item| item.reason == Reason::DuplicateLeftForLater)
     }
 }
 
@@ -270,6 +289,8 @@ pub struct Writes {
     pub counts: PlanCounts,
     /// The writes, in plan order.
     pub ops: Vec<WriteOp>,
+    /// The plan left a write for a later run ([`Plan::defers`]).
+    pub defers: bool,
 }
 
 /// Why phase 2 refuses to touch a mailbox at all. The caller fails the job and writes nothing of the plan.

@@ -168,13 +168,18 @@ impl JobRunner {
         keep: Keep<'_>,
         writes: &TaskTracker,
     ) -> Result<Done, AttemptResult> {
-        let Writes { mut counts, ops } = writes_to_send;
+        let Writes {
+            mut counts,
+            ops,
+            defers,
+        } = writes_to_send;
         // The planning units become the held writes' share, given back as batches are answered (see
         // `planning_budget`): the next large plan waits for these writes rather than adding its state to them.
         let mut held = planning.into_writes(ops.len());
         if ops.is_empty() {
             return Ok(Done {
                 counts,
+                defers,
                 ..Done::default()
             });
         }
@@ -276,6 +281,7 @@ impl JobRunner {
         Ok(Done {
             counts,
             failed_writes,
+            defers,
             written,
             deleted,
             created: confirmed,

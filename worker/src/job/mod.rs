@@ -120,6 +120,8 @@ struct Done {
     photos: PhotoReport,
     /// Phase 2 was asked, and its plan leaves the folder holding nothing but copies phase 1 does without.
     only_copies: bool,
+    /// The plan left a write for a later run (`Plan::defers`): the folder is not in line with its sources.
+    defers: bool,
 }
 
 impl Done {
@@ -130,6 +132,7 @@ impl Done {
         self.counts.deleted += other.counts.deleted;
         self.counts.skipped += other.counts.skipped;
         self.failed_writes += other.failed_writes;
+        self.defers |= other.defers;
         self.planned.extend(other.planned);
     }
 }

@@ -145,6 +145,7 @@ impl JobRunner {
             let batch = Writes {
                 counts: PlanCounts::default(),
                 ops: ops.clone(),
+                defers: false,
             };
             let keep = Keep {
                 ids: true,
@@ -289,12 +290,13 @@ impl JobRunner {
             .await?;
         done.counts = last.counts;
         done.failed_writes = last.failed_writes;
+        done.defers = last.defers;
         done.written.extend(last.written);
         done.deleted.extend(last.deleted);
         done.created_ids.clear();
         if let Some(link) = link {
             let in_line = feed::phase2_sources(true, in_line_with, false, None)
-                .filter(|_| done.failed_writes == 0);
+                .filter(|_| done.failed_writes == 0 && !done.defers);
             let feed = feed_after_writes(client, mailbox, link, in_line, &done).await;
             done.cursors = Cursors::of_mailbox(&mailbox.id, feed.holding_only_copies(only_copies));
         }
@@ -343,6 +345,7 @@ impl JobRunner {
                 .iter()
                 .map(|id| WriteOp::Delete { id: id.clone() })
                 .collect(),
+            defers: false,
         };
         let keep = Keep {
             ids: false,
