@@ -279,17 +279,15 @@ pub struct Phase2Standing<'a> {
 }
 
 impl Job {
-    /// The one-time confirmation this job carries for its own run, if any, named as the operator gave it. Replayed
+    /// The one-time operation this job does for its own run, if any, named as the operator asked for it. Replayed
     /// after later runs (`dlq requeue`), it would act on a tenant that moved on: a cleanup's job removes copies and
-    /// central persons those runs brought back, a rebuild publishes persons deleted since, a lifted cap deletes past
-    /// it.
+    /// central persons those runs brought back, a rebuild publishes persons deleted since. (A lifted deletion cap,
+    /// `allow_mass_delete`, is dropped from a replayed job instead: the job itself is an ordinary one.)
     pub fn run_confirmation(&self) -> Option<&'static str> {
         if self.cleanup.is_some() {
             Some("cleanup")
         } else if self.rebuild_central {
             Some("run --rebuild-central")
-        } else if self.allow_mass_delete {
-            Some("run --allow-mass-delete")
         } else {
             None
         }

@@ -50,8 +50,8 @@ pub enum DlqCommand {
     List(ListArgs),
     /// Show dead-lettered jobs in full: every header that explains the failure, and the job itself.
     Show(ListArgs),
-    /// Move matching dead letters back to their phase's job queue as attempt 1. A job of a cleanup, or of a run
-    /// with --rebuild-central or --allow-mass-delete, stays unless --replay-confirmations.
+    /// Move matching dead letters back to their phase's job queue as attempt 1. A job of a cleanup, or of a run with
+    /// --rebuild-central, stays, and a run's lifted deletion cap is dropped, unless --replay-confirmations.
     Requeue(RequeueArgs),
     /// Delete matching dead letters for good. Refuses without --yes.
     Purge(PurgeArgs),
@@ -109,8 +109,8 @@ pub struct RequeueArgs {
     /// Which dead letters.
     #[command(flatten)]
     pub change: ChangeArgs,
-    /// Requeue jobs carrying their run's one-time confirmation too (a cleanup's, or a run's with --rebuild-central
-    /// or --allow-mass-delete), as they were. Deliberately not settable from the environment.
+    /// Requeue jobs carrying their run's one-time confirmation too (a cleanup's, a run's with --rebuild-central),
+    /// and every job as it was (a lifted deletion cap kept lifted). Deliberately not settable from the environment.
     #[arg(long)]
     pub replay_confirmations: bool,
 }

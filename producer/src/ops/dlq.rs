@@ -98,7 +98,7 @@ async fn execute(
                     held_back_confirmations: &scan.held_back,
                 })
             } else {
-                Ok(render_requeue(&scan, topology))
+                Ok(render_requeue(&scan, topology, confirmations))
             }
         }
         DlqCommand::Purge(args) => {
@@ -255,16 +255,23 @@ pub fn render_show(scan: &Scan) -> String {
     out
 }
 
-fn render_requeue(scan: &Scan, topology: &Topology) -> String {
+fn render_requeue(scan: &Scan, topology: &Topology, confirmations: Confirmations) -> String {
     let mut out = String::new();
     for letter in &scan.matched {
+        let capped = confirmations == Confirmations::HoldBack
+            && letter.job.as_ref().is_some_and(|job| job.allow_mass_delete);
         out.push_str(&format!(
-            "requeued {} ({} {} {}) to {} as attempt 1\n",
+            "requeued {} ({} {} {}) to {} as attempt 1{}\n",
             or_dash(letter.job_id.as_deref()),
             or_dash(letter.tenant.as_deref()),
             or_dash(letter.mailbox.as_deref()),
             letter.phase,
             topology.job_queue(letter.phase),
+            if capped {
+                ", with the deletion cap its run lifted in force again (--replay-confirmations keeps it lifted)"
+            } else {
+                ""
+            },
         ));
     }
     for letter in &scan.skipped {

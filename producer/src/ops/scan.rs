@@ -38,13 +38,14 @@ pub enum Action<'a> {
     Delete,
 }
 
-/// What `Requeue` does with a job carrying its run's one-time confirmation ([`shared::message::Job::run_confirmation`]).
+/// What `Requeue` does with a job carrying its run's one-time confirmation ([`shared::message::Job::run_confirmation`],
+/// or a lifted deletion cap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Confirmations {
-    /// Leave it in the dead-letter queue, listed in [`Scan::held_back`]: replayed after later runs, it would undo
-    /// what they did.
+    /// Leave a cleanup's or a rebuild's job in the dead-letter queue, listed in [`Scan::held_back`] (replayed after
+    /// later runs, it would undo what they did), and requeue others with the deletion cap in force.
     HoldBack,
-    /// Requeue it as it is (`dlq requeue --replay-confirmations`).
+    /// Requeue every job as it is (`dlq requeue --replay-confirmations`).
     Replay,
 }
 
@@ -157,9 +158,12 @@ async fn scan_queue(
                     scan.held_back.push(letter)
                 }
                 Some(job) => {
-                    // Into its phase's first lane: the run that chose its lane is over.
+                    // Into its phase's first lane: the run that chose its lane is over. A deletion cap its run lifted
+                    // is not lifted for a replay days later (unless asked): the cap holds, and a refusal says so.
                     let first_lane = shared::message::Job {
                         lane: shared::message::Lane::FIRST,
+                        allow_mass_delete: job.allow_mass_delete
+                            && confirmations == Confirmations::Replay,
                         ..job.clone()
                     };
                     publisher

@@ -234,6 +234,9 @@ pub(crate) async fn write(
             Err(GraphError::Ambiguous { wait, source, .. }) => {
                 // The envelope may have run, all or in part: its creates are looked up, the rest sent again.
                 let why = source.to_string();
+                // The pipeline counted this send as a first attempt; the backoff grows with the items' own.
+                let tries = chunk.iter().map(|&i| states[i].attempts).max().unwrap_or(1);
+                let wait = wait.at_least(policy.backoff.delay(tries, &mut rand::rng()));
                 for &index in &chunk {
                     let state = &mut states[index];
                     state.may_be_applied = true;

@@ -68,6 +68,14 @@ impl Wait {
             origin: WaitOrigin::Backoff,
         }
     }
+
+    /// A backoff wait made at least `delay` (a later attempt's); Graph's `Retry-After` stays as Graph asked.
+    pub(crate) fn at_least(self, delay: Duration) -> Self {
+        match self.origin {
+            WaitOrigin::Backoff => Self::backoff(self.duration.max(delay)),
+            WaitOrigin::RetryAfter => self,
+        }
+    }
 }
 
 /// Whether sending a request again can apply its effect twice. **The create-is-not-idempotent rule lives here,

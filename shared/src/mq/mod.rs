@@ -143,14 +143,13 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Refuses a URL the AMQP client would misread and then quote in its errors, password and all: one with no
-/// `//host` part (`Invalid URL: '<url>'`), or whose `@` is not after a user name (`amqp:///user:password@host`
+/// `//host` part (`amqp:user:password@host`: `Invalid URL: '<url>'`) or an empty host (`amqp:///user:password@host`
 /// reads as the vhost `user:password@host` of localhost, which the broker's refusal names).
 fn usable_url(url: &str) -> Result<(), MqError> {
     match url::Url::parse(url) {
         Ok(parsed)
             if !parsed.cannot_be_a_base()
-                && parsed.host_str().is_some_and(|host| !host.is_empty())
-                && !(parsed.username().is_empty() && url.contains('@')) =>
+                && parsed.host_str().is_some_and(|host| !host.is_empty()) =>
         {
             Ok(())
         }
@@ -906,6 +905,9 @@ mod tests {
             assert!(!error.contains("s3cr3t"), "{url}: {error}");
         }
         assert_eq!(redact_url("amqp://guest@rabbit/"), "amqp://guest@rabbit/");
+        // An `@` in a vhost is legal: such a URL is used (only not shown).
+        assert!(usable_url("amqp://rabbit/team@x").is_ok());
+        assert!(usable_url("amqp://:pw@rabbit/").is_ok());
     }
 
     #[test]

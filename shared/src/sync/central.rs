@@ -362,7 +362,7 @@ fn settle(
 ///   source that disappears may just be a user tidying their own list. Of central contacts sharing a sync id the
 ///   first by id is kept in sync; the others are deleted when they are managed copies ([`ownership`] in the shared
 ///   mailbox) and `deletion.enabled`, at most [`deletion_allowance`] of the folder's managed copies per run (the
-///   rest on later runs), else left alone ([`Reason::DuplicateSyncId`]).
+///   rest on later runs: [`Reason::DuplicateLeftForLater`]), else left alone ([`Reason::DuplicateSyncId`]).
 /// - *What travels* (issue 14, [`fields`]): every source and central contact is compared as the central folder may
 ///   hold it (`CentralFields` only), and only that is written; a central contact holding more (an earlier run's
 ///   data) is cleared by an update ([`Reason::OutsideCentralFields`], duplicates too). The newest edit wins only
@@ -515,7 +515,8 @@ pub fn plan_central(ctx: &PlanContext, sources: &[SourceMailbox], central: &[Con
         let mut item = plan_entry(ctx, entry, &candidates, &members, updates[ci]);
         // An extra copy the cap alone keeps goes on a later run, which must then not find the folder in line.
         let capped = options.deletion.enabled && !ctx.rebuild_central && is_managed(entry);
-        if !entry.canonical && capped && item.op.is_none() {
+        // (Its op, if any, only clears fields outside `CentralFields`; the copy itself stays.)
+        if !entry.canonical && capped {
             item.reason = Reason::DuplicateLeftForLater;
         }
         items.push(item);

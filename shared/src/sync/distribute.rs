@@ -150,8 +150,8 @@ impl CentralStamp {
 /// - its sync id is not in the central folder ([`Reason::NoLongerCentral`]);
 /// - it is an extra copy of a person still central ([`Reason::DuplicateSyncId`]: an ambiguous create resent, say).
 ///   Of several targets with one sync id the owner's own contact is the one kept, else the one holding the central
-///   data, else the first by id. These go within what the cap leaves after the first kind, the rest on later runs,
-///   so duplicates never cause a refusal.
+///   data, else the first by id. These go within what the cap leaves after the first kind, the rest on later runs
+///   ([`Reason::DuplicateLeftForLater`]), so duplicates never cause a refusal.
 ///
 /// Owner-created and opted-out contacts are kept. A matched contact with the extended property whose `CreatedBy`
 /// is neither this mailbox nor the central person's creator counts as the owner's ([`OwnerReason::StampedAsOwn`]:
