@@ -142,9 +142,31 @@ pub fn parse_body(body: &Value) -> Result<ContactBody, Reply> {
             return Err(errors::unknown_property(key, TYPE_NAME));
         };
         check_kind(key, *kind, value)?;
+        check_entries(key, value)?;
         out.props.insert(key.clone(), value.clone());
     }
     Ok(out)
+}
+
+/// The most entries Exchange takes in a multi-value contact property (a contact with more is refused whole:
+/// microsoft-graph-docs#15276, "The multi value property BusinessPhones has 3 entries, that exceeds the max allowed
+/// value of 2"; "EmailAddresses has 4 entries, … max allowed value of 3"). Home phones are two in Outlook as well.
+const MAX_ENTRIES: &[(&str, &str, usize)] = &[
+    ("emailAddresses", "EmailAddresses", 3),
+    ("businessPhones", "BusinessPhones", 2),
+    ("homePhones", "HomePhones", 2),
+];
+
+fn check_entries(key: &str, value: &Value) -> Result<(), Reply> {
+    let Some(&(_, name, max)) = MAX_ENTRIES.iter().find(|(k, _, _)| *k == key) else {
+        return Ok(());
+    };
+    match value.as_array() {
+        Some(entries) if entries.len() > max => {
+            Err(errors::too_many_entries(name, entries.len(), max))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_kind(key: &str, kind: Kind, value: &Value) -> Result<(), Reply> {
@@ -372,6 +394,27 @@ impl Contact {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_contact_over_exchanges_entry_limits_is_refused() {
+        let phones = |n: usize| json!((0..n).map(|i| format!("+1 555 010{i}")).collect::<Vec<_>>());
+        let emails = |n: usize| {
+            json!((0..n)
+                .map(|i| json!({"address": format!("p{i}@example.com")}))
+                .collect::<Vec<_>>())
+        };
+        for body in [
+            json!({"businessPhones": phones(3)}),
+            json!({"homePhones": phones(3)}),
+            json!({"emailAddresses": emails(4)}),
+        ] {
+            let err = parse_body(&body).unwrap_err();
+            assert_eq!(err.status, 400, "{body}");
+            assert_eq!(err.error_code(), Some("ErrorInvalidArgument"));
+        }
+        parse_body(&json!({"businessPhones": phones(2), "homePhones": phones(2), "emailAddresses": emails(3)}))
+            .expect("at the limits");
+    }
 
     #[test]
     fn unknown_property_is_rejected() {

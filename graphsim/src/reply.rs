@@ -237,6 +237,18 @@ pub mod errors {
         )
     }
 
+    /// 400 for a multi-value contact property over Exchange's limit (the message as Graph words it; its error code is
+    /// not in the public report, `ErrorInvalidArgument` stands in).
+    pub fn too_many_entries(property: &str, entries: usize, max: usize) -> Reply {
+        graph_error(
+            400,
+            "ErrorInvalidArgument",
+            &format!(
+                "The multi value property {property} has {entries} entries, that exceeds the max allowed value of {max}"
+            ),
+        )
+    }
+
     /// 400 for a body property of the wrong JSON type.
     pub fn wrong_type(property: &str, expected: &str) -> Reply {
         graph_error(

@@ -11,6 +11,11 @@ use super::record::{OrgContactRecord, UserRecord};
 /// Outlook's e-mail slots per contact (Email1..Email3).
 pub const MAX_EMAIL_ADDRESSES: usize = 3;
 
+/// How many business (or home) phones a contact holds at most: Graph refuses a contact with more ("The multi value
+/// property BusinessPhones has 3 entries, that exceeds the max allowed value of 2", microsoft-graph-docs#15276), so
+/// an org contact with three business numbers would fail in every mailbox. The first ones are kept.
+pub const MAX_PHONES: usize = 2;
+
 /// A trimmed, non-empty value.
 fn text(value: &Option<String>) -> Option<String> {
     value
@@ -137,6 +142,7 @@ pub fn user_fields(user: &UserRecord, organization_name: Option<&str>) -> Contac
             .map(|p| p.trim())
             .filter(|p| !p.is_empty())
             .map(str::to_owned)
+            .take(MAX_PHONES)
             .collect(),
         mobile_phone: boxed(text(&user.mobile_phone)),
         email_addresses: emails,
@@ -167,6 +173,7 @@ pub fn org_contact_fields(contact: &OrgContactRecord) -> ContactFields {
                     .is_some_and(|k| k.eq_ignore_ascii_case(kind))
             })
             .filter_map(|p| text(&p.number))
+            .take(MAX_PHONES)
             .collect()
     };
     let first = contact.addresses.first();

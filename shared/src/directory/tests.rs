@@ -480,6 +480,31 @@ fn sparse_users_map_to_empty_fields_and_a_usable_name() {
     assert_eq!(addresses, vec!["a@x.com", "b@x.com"]);
 }
 
+/// Failed before the fix: every business and home number of an org contact went into its copies, and Graph refuses
+/// a contact with more than two of either, so such a person failed in every mailbox.
+#[test]
+fn an_org_contact_with_many_numbers_keeps_the_first_two_of_each_kind() {
+    let c: OrgContactRecord = serde_json::from_value(json!({
+        "id": "c2", "displayName": "Many Numbers",
+        "phones": [{"type": "business", "number": "+1 1"}, {"type": "business", "number": "+1 2"},
+                   {"type": "business", "number": "+1 3"}, {"type": "home", "number": "+2 1"},
+                   {"type": "home", "number": "+2 2"}, {"type": "home", "number": "+2 3"}]
+    }))
+    .expect("an orgContact decodes");
+    let f = org_contact_fields(&c);
+    assert_eq!(f.business_phones, vec!["+1 1", "+1 2"]);
+    assert_eq!(f.home_phones, vec!["+2 1", "+2 2"]);
+    let user = UserRecord {
+        id: "u9".into(),
+        business_phones: vec!["+3 1".into(), "+3 2".into(), "+3 3".into()],
+        ..UserRecord::default()
+    };
+    assert_eq!(
+        user_fields(&user, None).business_phones,
+        vec!["+3 1", "+3 2"]
+    );
+}
+
 #[test]
 fn org_contacts_map_their_own_fields() {
     let c: OrgContactRecord = serde_json::from_value(json!({
