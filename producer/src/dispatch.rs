@@ -152,19 +152,38 @@ impl Dispatch for Embedded {
         Ok(())
     }
 
+    /// In one process no report is lost: `wait` passes without one only while no attempt runs (a job that writes
+    /// for longer than `--idle-timeout-secs`, say a large tenant's phase 1 in Graph's windows, is waited for; given
+    /// up on, its writes would go on after the run released its lease).
     async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>> {
-        let Self { queue, news, .. } = self;
-        let next = async {
-            match news {
-                Some(plans) => tokio::select! {
-                    biased;
-                    Some(planned) = plans.recv() => Some(Event::Planned(planned)),
-                    report = queue.next_report() => report.map(Event::from),
-                },
-                None => queue.next_report().await.map(Event::from),
+        let Self {
+            queue,
+            news,
+            runner,
+            ..
+        } = self;
+        loop {
+            let next = async {
+                match news.as_mut() {
+                    Some(plans) => tokio::select! {
+                        biased;
+                        Some(planned) = plans.recv() => Some(Event::Planned(planned)),
+                        report = queue.next_report() => report.map(Event::from),
+                    },
+                    None => queue.next_report().await.map(Event::from),
+                }
+            };
+            match tokio::time::timeout(wait, next).await {
+                Ok(event) => return Ok(event),
+                Err(_) if runner.in_flight().now() > 0 => {
+                    tracing::debug!(
+                        running = runner.in_flight().now(),
+                        "no report yet; attempts still run"
+                    );
+                }
+                Err(_) => return Ok(None),
             }
-        };
-        Ok(tokio::time::timeout(wait, next).await.ok().flatten())
+        }
     }
 
     fn overlaps_phases(&self) -> bool {

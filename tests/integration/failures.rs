@@ -772,3 +772,31 @@ async fn jobs_a_worker_ran_dry_are_not_kept_as_done() {
     support::delete_topology(&topology).await;
     let _ = std::fs::remove_dir_all(state);
 }
+
+/// An embedded run's job that writes for longer than `--idle-timeout-secs` (a large tenant's phase 1 in Graph's
+/// windows) is waited for. Failed before the fix: the run gave up on every job as lost ("check the dead-letter
+/// queues", which one process has none of), cut their attempts off, and exited 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_embedded_job_longer_than_the_idle_timeout_is_waited_for() {
+    let params = EstateParams {
+        users_per_tenant: 6,
+        contacts_per_user: 6,
+        ..estate_params(59)
+    };
+    let expected = reference_state(params.clone()).await;
+    let estate = Estate::seed(SimConfig::default(), params).await;
+    estate.sim.set_latency(Duration::from_millis(400));
+    let args = producer::cli::RunArgs {
+        idle_timeout_secs: 1,
+        ..embedded_args()
+    };
+    let started = std::time::Instant::now();
+    let report = run(&estate.settings(), &args).await;
+    estate.sim.set_latency(Duration::ZERO);
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the run was too quick to show anything"
+    );
+    assert!(report.succeeded(), "{}", report.human());
+    assert_eq!(snapshot(&estate, "All Contacts"), expected);
+}
