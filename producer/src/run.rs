@@ -44,7 +44,7 @@ async fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
     }
     let mut run = args.run;
     if run.state_dir.is_none() {
-        run.state_dir = StateStore::default_dir();
+        run.state_dir = Some(StateStore::default_dir());
     }
     let settings = match load_settings(&run) {
         Ok(settings) => settings,
@@ -65,7 +65,7 @@ async fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
 async fn run(mut args: RunArgs) -> Result<ExitCode> {
     // Even a run that keeps no state takes its tenant leases in the state directory (embedded mode).
     if args.state_dir.is_none() {
-        args.state_dir = StateStore::default_dir();
+        args.state_dir = Some(StateStore::default_dir());
     }
     let settings = match load_settings(&args) {
         Ok(settings) => settings,
