@@ -8,6 +8,17 @@ use std::path::Path;
 
 use uuid::Uuid;
 
+/// Creates `dir` (and any missing parent) readable by its owner only, as the state directory and what is in it are:
+/// the users feed holds every user's phones, addresses and manager, the run history their names. A directory that
+/// exists keeps its permissions.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Replaces `path` with `bytes` atomically (a unique temporary file beside it, fsync, rename).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path
@@ -37,6 +48,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cm-files-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         dir
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_directory_is_its_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir().join("state").join("contactmirror");
+        create_private_dir(&dir).expect("created");
+        let mode = std::fs::metadata(&dir)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        create_private_dir(&dir).expect("an existing directory is fine");
     }
 
     #[test]

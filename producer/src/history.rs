@@ -89,7 +89,7 @@ impl RunHistory {
         if keep == 0 {
             return Ok(());
         }
-        std::fs::create_dir_all(&self.dir)
+        crate::files::create_private_dir(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         let path = self.file_of(report);
         let json = serde_json::to_vec_pretty(report).context("serialising the run report")?;

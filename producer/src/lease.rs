@@ -59,7 +59,7 @@ impl FileLeases {
             tenant: tenant_id.to_owned(),
             detail,
         };
-        std::fs::create_dir_all(&self.dir)
+        crate::files::create_private_dir(&self.dir)
             .map_err(|e| unavailable(format!("creating {}: {e}", self.dir.display())))?;
         let path = Self::path(&self.dir, tenant_id);
         let file = File::options()

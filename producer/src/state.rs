@@ -360,7 +360,7 @@ impl StateStore {
 
     /// Writes `json` to `path` atomically ([`crate::files::write_atomically`]), creating the state directory.
     fn replace(&self, path: &Path, json: &[u8]) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
+        crate::files::create_private_dir(&self.dir)
             .with_context(|| format!("creating the state directory {}", self.dir.display()))?;
         crate::files::write_atomically(path, json)
             .with_context(|| format!("replacing {}", path.display()))
