@@ -147,7 +147,8 @@ pub struct RunArgs {
     /// Prefix of every queue and exchange name.
     #[arg(long, env = "CONTACTMIRROR_QUEUE_PREFIX", default_value = "cm")]
     pub queue_prefix: String,
-    /// Give up on missing reports after this many seconds without any report.
+    /// Give up on missing reports after this many seconds without any report (embedded: only while no job runs;
+    /// one process loses no report, and a large tenant's phase 1 may write for longer).
     #[arg(long, env = "CONTACTMIRROR_IDLE_TIMEOUT_SECS", default_value_t = 900)]
     pub idle_timeout_secs: u64,
     /// Attempts per job before it is dead-lettered.
