@@ -165,6 +165,10 @@ fn unsupported_property(property: &str) -> Reply {
     )
 }
 
+/// Filterable properties that are collections: Graph compares them only through a lambda (`any`), and refuses
+/// `eq`, `in` or a function on the collection itself rather than match nobody.
+const COLLECTIONS: &[&str] = &["proxyAddresses"];
+
 /// Checks a parsed filter; returns the first operator that needs advanced query parameters, if any.
 fn check(expr: &Expr) -> Result<Option<String>, Reply> {
     let merge = |a: Option<String>, b: Option<String>| a.or(b);
@@ -188,6 +192,9 @@ fn check(expr: &Expr) -> Result<Option<String>, Reply> {
             if path.len() != 1 || !FILTERABLE.contains(&path[0].as_str()) {
                 return Err(unsupported_property(&name));
             }
+            if COLLECTIONS.contains(&path[0].as_str()) {
+                return Err(errors::invalid_filter_clause());
+            }
             if path[0] == "accountEnabled" && !matches!(lit, Literal::Bool(_)) {
                 return Err(errors::invalid_filter_clause());
             }
@@ -198,7 +205,9 @@ fn check(expr: &Expr) -> Result<Option<String>, Reply> {
             }
         }
         Expr::In(path, _) => {
-            if path.len() == 1 && FILTERABLE.contains(&path[0].as_str()) {
+            if path.len() == 1 && COLLECTIONS.contains(&path[0].as_str()) {
+                Err(errors::invalid_filter_clause())
+            } else if path.len() == 1 && FILTERABLE.contains(&path[0].as_str()) {
                 Ok(None)
             } else {
                 Err(unsupported_property(&path.join("/")))
@@ -207,6 +216,9 @@ fn check(expr: &Expr) -> Result<Option<String>, Reply> {
         Expr::Call(name, path, _) => {
             if path.len() != 1 || !FILTERABLE.contains(&path[0].as_str()) {
                 return Err(unsupported_property(&path.join("/")));
+            }
+            if COLLECTIONS.contains(&path[0].as_str()) {
+                return Err(errors::invalid_filter_clause());
             }
             match name.as_str() {
                 "startswith" => Ok(None),

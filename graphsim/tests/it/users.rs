@@ -123,6 +123,15 @@ async fn filters_and_the_advanced_query_gate() {
         "Request_UnsupportedQuery"
     );
     assert_eq!(env.get(&q("endsWith(mail,'@x.com')")).await.status, 400);
+    // A collection compared as a whole is refused, not matched against nobody (a `UserFilter` written so would
+    // otherwise select no user and look like a directory emptied).
+    for collection in [
+        "proxyAddresses eq 'smtp:a@x.com'",
+        "proxyAddresses in ('smtp:a@x.com')",
+        "startswith(proxyAddresses,'smtp:')",
+    ] {
+        assert_eq!(env.get(&q(collection)).await.status, 400, "{collection}");
+    }
     assert_eq!(env.get(&q("userType eq")).await.status, 400);
     // $count=true without the header is silently ignored.
     let ignored = env.get("/users?$count=true").await;
