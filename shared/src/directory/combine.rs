@@ -10,7 +10,10 @@
 //! copies already distributed stay matched; the directory wins for every field it has (it is the organisation's
 //! record) and the mirror fills the rest. Like any newer edit of a mirrored person, the directory's fields also
 //! reach the users' own contacts of that person (their notes and categories never change, and they are never
-//! deleted); the next run's phase 1 publishes them into the central folder, after which nothing is written.
+//! deleted); a run that reads those mailboxes in full (without kept feeds, every run) publishes them into the
+//! central folder, after which nothing is written. With feeds kept, phase 2's own writes are no change to the next
+//! check, so the central folder keeps the mirror's values until the mailbox changes otherwise: every phone still
+//! gets the directory's, which phase 2 lays over it on each run.
 //! Directory persons sharing an address with an earlier one (by object id) are that person (a user and an org
 //! contact with one mail): the first is kept.
 
