@@ -198,6 +198,17 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Why an embedded run that writes (`dry_run` false) must not start: it has no state directory for its tenant
+    /// locks (none given, and neither `HOME` nor `XDG_STATE_HOME` set), and without a lock two runs of a tenant at
+    /// once would both write its central folder. A run on RabbitMQ takes its leases on the broker.
+    pub fn lock_refusal(&self, dry_run: bool) -> Option<String> {
+        (self.amqp_url.is_none() && self.state_dir.is_none() && !dry_run).then(|| {
+            "no state directory for the tenant locks: give --state-dir (or CONTACTMIRROR_STATE_DIR), or set HOME \
+             (without a lock, two runs of a tenant at once would both write its central folder)"
+                .to_owned()
+        })
+    }
+
     /// Why the run must not start, if it must not: a `--report` or `--report-html` file that could not be written
     /// (its directory missing, or the path a directory). Found after the run, its writes would be done and the
     /// report lost.
@@ -317,6 +328,28 @@ mod tests {
                 "an option's help shows {secret}'s value"
             );
         }
+    }
+
+    /// Failed before the fix: an embedded run with no state directory took no tenant lock at all, silently.
+    #[test]
+    fn an_embedded_run_without_a_state_directory_refuses_to_write() {
+        let without = RunArgs {
+            state_dir: None,
+            ..RunArgs::embedded_default()
+        };
+        let refused = without.lock_refusal(false).expect("refused");
+        assert!(refused.contains("--state-dir"), "{refused}");
+        assert_eq!(without.lock_refusal(true), None, "a dry run takes no lock");
+        let on_a_broker = RunArgs {
+            amqp_url: Some("amqp://rabbit".into()),
+            ..without
+        };
+        assert_eq!(on_a_broker.lock_refusal(false), None);
+        let with = RunArgs {
+            state_dir: Some("state".into()),
+            ..RunArgs::embedded_default()
+        };
+        assert_eq!(with.lock_refusal(false), None);
     }
 
     /// Failed before the fix: a report path in a missing directory was found only after the run had written.

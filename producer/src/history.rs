@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::ops::table::{self, Align};
 use crate::state::StateStore;
 use crate::summary::{RunReport, TenantReport};
-use crate::EXIT_OK;
+use crate::{EXIT_OK, EXIT_USAGE};
 
 /// Runs kept by default.
 pub const DEFAULT_KEEP: usize = 50;
@@ -287,10 +287,10 @@ pub fn table(runs: &[RunReport]) -> String {
 
 /// `history`: the kept runs, newest first.
 pub fn command(args: HistoryArgs) -> Result<ExitCode> {
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or_else(StateStore::default_dir);
+    let Some(state_dir) = args.state_dir.clone().or_else(StateStore::default_dir) else {
+        eprintln!("error: no state directory: give --state-dir (or CONTACTMIRROR_STATE_DIR)");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    };
     let runs = RunHistory::in_state_dir(&state_dir).load(args.last, args.tenant.as_deref())?;
     let text = if args.json {
         let lines: Vec<RunLine> = runs

@@ -44,7 +44,7 @@ async fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
     }
     let mut run = args.run;
     if run.state_dir.is_none() {
-        run.state_dir = Some(StateStore::default_dir());
+        run.state_dir = StateStore::default_dir();
     }
     let settings = match load_settings(&run) {
         Ok(settings) => settings,
@@ -53,6 +53,10 @@ async fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
+    if let Some(refusal) = run.lock_refusal(settings.dry_run || run.dry_run) {
+        eprintln!("cleanup: {refusal}");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
     let report = execute_cleanup(&settings, &run, args.source).await?;
     for tenant in &report.tenants {
         for line in &tenant.planned {
@@ -65,7 +69,7 @@ async fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
 async fn run(mut args: RunArgs) -> Result<ExitCode> {
     // Even a run that keeps no state takes its tenant leases in the state directory (embedded mode).
     if args.state_dir.is_none() {
-        args.state_dir = Some(StateStore::default_dir());
+        args.state_dir = StateStore::default_dir();
     }
     let settings = match load_settings(&args) {
         Ok(settings) => settings,
@@ -74,7 +78,10 @@ async fn run(mut args: RunArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    if let Some(refusal) = args.output_refusal() {
+    let refusal = args
+        .output_refusal()
+        .or_else(|| args.lock_refusal(settings.dry_run || args.dry_run));
+    if let Some(refusal) = refusal {
         eprintln!("run: {refusal}");
         return Ok(ExitCode::from(EXIT_USAGE));
     }

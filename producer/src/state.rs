@@ -158,23 +158,15 @@ impl StateStore {
         Self { dir: dir.into() }
     }
 
-    /// The default place: `$XDG_STATE_HOME/contactmirror`, else `~/.local/state/contactmirror`, else (neither
-    /// variable set: a system service, `env -i`) `contactmirror-state` in the system's temporary directory, with a
-    /// warning. There is always one: an embedded run's tenant locks live there, and without them two runs of a
-    /// tenant at once would both write its central folder.
-    pub fn default_dir() -> PathBuf {
+    /// The default place: `$XDG_STATE_HOME/contactmirror`, else `~/.local/state/contactmirror`; `None` with neither
+    /// variable set (a system service, `env -i`). Not the shared temporary directory: another local user could
+    /// make it first and read, replace or lock what is in it.
+    pub fn default_dir() -> Option<PathBuf> {
         let env = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-        let chosen = env("XDG_STATE_HOME")
+        env("XDG_STATE_HOME")
             .map(PathBuf::from)
             .or_else(|| env("HOME").map(|home| Path::new(&home).join(".local/state")))
-            .map(|base| base.join("contactmirror"));
-        chosen.unwrap_or_else(|| {
-            let fallback = std::env::temp_dir().join("contactmirror-state");
-            tracing::warn!(dir = %fallback.display(),
-                "neither XDG_STATE_HOME nor HOME is set: keeping state and tenant locks in the temporary directory \
-                 (give --state-dir or CONTACTMIRROR_STATE_DIR to keep them elsewhere)");
-            fallback
-        })
+            .map(|base| base.join("contactmirror"))
     }
 
     /// The directory.

@@ -252,43 +252,32 @@ async fn a_run_told_to_wait_for_a_held_lease_syncs_once_it_is_released() {
     std::fs::remove_dir_all(&state).ok();
 }
 
-/// The binary run where neither `HOME` nor `XDG_STATE_HOME` is set (a system service, `env -i`) keeps its tenant
-/// lock and state in the temporary directory and says so. Failed before the fix: it found no state directory, so
-/// it took no lock at all (two such runs at once both wrote the central folder) and kept no state, silently.
+/// The binary run where neither `HOME` nor `XDG_STATE_HOME` is set (a system service, `env -i`) and no
+/// `--state-dir` is given refuses to write, naming the fix. Failed before the fix: it found no state directory, so
+/// it took no tenant lock at all (two such runs at once both wrote the central folder) and kept no state, silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_without_a_home_still_takes_its_tenant_lock() {
+async fn a_run_without_a_state_directory_refuses_rather_than_run_unlocked() {
     let estate = Estate::seed(SimConfig::default(), params(1, 83)).await;
     let config = estate.config_json().to_string();
-    let temp = support::scratch_dir("no-home");
-    let output = tokio::task::spawn_blocking({
-        let temp = temp.clone();
-        move || {
-            std::process::Command::new(support::binary("contactmirror-producer"))
-                .arg("run")
-                .env("AUTOMATION_SYNCCONTACTS_CONFIG_JSON", config)
-                .env_remove("HOME")
-                .env_remove("XDG_STATE_HOME")
-                .env_remove("CONTACTMIRROR_STATE_DIR")
-                .env_remove("AMQP_URL")
-                .env("TMPDIR", &temp)
-                .output()
-                .expect("the producer starts")
-        }
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(support::binary("contactmirror-producer"))
+            .arg("run")
+            .env("AUTOMATION_SYNCCONTACTS_CONFIG_JSON", config)
+            .env_remove("HOME")
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("CONTACTMIRROR_STATE_DIR")
+            .env_remove("AMQP_URL")
+            .output()
+            .expect("the producer starts")
     })
     .await
     .expect("the producer finishes");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.code().is_some(), "{output:?}");
-    let dir = temp.join("contactmirror-state");
-    let lock = producer::lease::FileLeases::path(&dir, &estate.tenants[0].tenant_id);
-    assert!(
-        lock.exists(),
-        "no tenant lock at {}: {stderr}",
-        lock.display()
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--state-dir"), "{stderr}");
+    assert_eq!(
+        estate.sim.stats().total_writes(),
+        0,
+        "the refused run wrote: {stderr}"
     );
-    assert!(
-        stderr.contains("neither XDG_STATE_HOME nor HOME is set"),
-        "the fallback was not told: {stderr}"
-    );
-    let _ = std::fs::remove_dir_all(temp);
 }
