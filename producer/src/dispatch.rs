@@ -97,6 +97,9 @@ impl From<Report> for Event {
     }
 }
 
+/// How long an embedded run waits, at least, for a report once no attempt runs (see `Embedded::next_event`).
+const REPORT_GRACE: Duration = Duration::from_secs(1);
+
 /// Jobs run by in-process workers.
 pub struct Embedded {
     queue: EmbeddedQueue,
@@ -162,6 +165,10 @@ impl Dispatch for Embedded {
             runner,
             ..
         } = self;
+        // Slices of at least a second (the caller's last one may be a sliver: no busy loop while attempts run), and
+        // one more second once none runs, for the report of an attempt that just ended (its count drops first).
+        let mut slice = wait.max(REPORT_GRACE);
+        let mut last = false;
         loop {
             let next = async {
                 match news.as_mut() {
@@ -173,13 +180,19 @@ impl Dispatch for Embedded {
                     None => queue.next_report().await.map(Event::from),
                 }
             };
-            match tokio::time::timeout(wait, next).await {
+            match tokio::time::timeout(slice, next).await {
                 Ok(event) => return Ok(event),
                 Err(_) if runner.in_flight().now() > 0 => {
                     tracing::debug!(
                         running = runner.in_flight().now(),
                         "no report yet; attempts still run"
                     );
+                    slice = wait.max(REPORT_GRACE);
+                    last = false;
+                }
+                Err(_) if !last => {
+                    slice = REPORT_GRACE;
+                    last = true;
                 }
                 Err(_) => return Ok(None),
             }

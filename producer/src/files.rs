@@ -9,14 +9,24 @@ use std::path::Path;
 use uuid::Uuid;
 
 /// Creates `dir` (and any missing parent) readable by its owner only, as the state directory and what is in it are:
-/// the users feed holds every user's phones, addresses and manager, the run history their names. A directory that
-/// exists keeps its permissions.
+/// the users feed holds every user's phones, addresses and manager, the run history their names. An existing `dir`
+/// (an earlier release's, made 0755) is narrowed too where this process may; its parents are left as they are.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
+    builder.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let wider = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o077 != 0);
+        if wider {
+            // Best effort: a directory someone else owns stays as they made it.
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    Ok(())
 }
 
 /// Replaces `path` with `bytes` atomically (a unique temporary file beside it, fsync, rename).
@@ -55,13 +65,19 @@ mod tests {
     fn a_private_directory_is_its_owners_alone() {
         use std::os::unix::fs::PermissionsExt;
         let dir = temp_dir().join("state").join("contactmirror");
+        let mode = |dir: &Path| {
+            std::fs::metadata(dir)
+                .expect("metadata")
+                .permissions()
+                .mode()
+                & 0o777
+        };
         create_private_dir(&dir).expect("created");
-        let mode = std::fs::metadata(&dir)
-            .expect("metadata")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        assert_eq!(mode(&dir), 0o700);
+        // An earlier release's directory, readable by everyone, is narrowed.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         create_private_dir(&dir).expect("an existing directory is fine");
+        assert_eq!(mode(&dir), 0o700);
     }
 
     #[test]

@@ -197,7 +197,8 @@ async fn execute_as(
     match &args.amqp_url {
         None => {
             let runner = Arc::new(JobRunner::new(graph.clone(), Arc::new(settings.clone())));
-            // Leases are lock files in the state directory (`run` always has one); a library caller without one
+            // Leases are lock files in the state directory (`run` has one unless it writes nothing: `lock_refusal`);
+            // a library caller without one
             // (tests, the demo: a private graphsim) takes none.
             let mut embedded = Embedded::start(runner, args.workers, retry, args.state_dir.clone())
                 .tenant_jobs(args.tenant_jobs)

@@ -96,6 +96,12 @@ async fn execute(
                     requeued: &scan.matched,
                     skipped_not_a_job: &scan.skipped,
                     held_back_confirmations: &scan.held_back,
+                    deletion_cap_restored: scan
+                        .matched
+                        .iter()
+                        .filter(|letter| cap_restored(letter, confirmations))
+                        .filter_map(|letter| letter.job_id.as_deref())
+                        .collect(),
                 })
             } else {
                 Ok(render_requeue(&scan, topology, confirmations))
@@ -167,6 +173,14 @@ struct Requeued<'a> {
     requeued: &'a [DeadLetter],
     skipped_not_a_job: &'a [DeadLetter],
     held_back_confirmations: &'a [DeadLetter],
+    /// The requeued jobs whose run had lifted the deletion cap, requeued with it in force.
+    deletion_cap_restored: Vec<&'a str>,
+}
+
+/// Whether `letter`'s job went back with the deletion cap its run had lifted in force again.
+fn cap_restored(letter: &DeadLetter, confirmations: Confirmations) -> bool {
+    confirmations == Confirmations::HoldBack
+        && letter.job.as_ref().is_some_and(|job| job.allow_mass_delete)
 }
 
 fn to_json(value: &impl Serialize) -> Result<String> {
@@ -258,8 +272,7 @@ pub fn render_show(scan: &Scan) -> String {
 fn render_requeue(scan: &Scan, topology: &Topology, confirmations: Confirmations) -> String {
     let mut out = String::new();
     for letter in &scan.matched {
-        let capped = confirmations == Confirmations::HoldBack
-            && letter.job.as_ref().is_some_and(|job| job.allow_mass_delete);
+        let capped = cap_restored(letter, confirmations);
         out.push_str(&format!(
             "requeued {} ({} {} {}) to {} as attempt 1{}\n",
             or_dash(letter.job_id.as_deref()),

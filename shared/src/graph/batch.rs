@@ -249,13 +249,18 @@ pub(crate) async fn write(
                         state.doubt = Some(doubt);
                     }
                 }
+                let mut again = false;
                 for &index in chunk.iter().rev() {
                     if outcomes[index].is_none() {
                         pending.push_front(index);
+                        again = true;
                     }
                 }
-                counters.retry(&inner.tenant_id, retry_after_of(wait));
-                pipeline::sleep_for(wait, false).await;
+                // Nothing of the chunk is tried again (every item out of attempts): no wait for it.
+                if again {
+                    counters.retry(&inner.tenant_id, retry_after_of(wait));
+                    pipeline::sleep_for(wait, false).await;
+                }
                 continue;
             }
             Err(error) => return Err(error),

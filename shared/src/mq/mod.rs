@@ -50,7 +50,10 @@ pub enum MqError {
         source: lapin::Error,
     },
     /// The RabbitMQ URL is not one the client can use (shown without its credentials).
-    #[error("the RabbitMQ URL {url} is not of the form amqp://user:password@host:port/vhost")]
+    #[error(
+        "the RabbitMQ URL {url} is not of the form amqp://user:password@host:port/vhost (percent-encode a '/' or '@' \
+         in the user, password or vhost: %2F, %40)"
+    )]
     BadUrl {
         /// The URL, credentials removed.
         url: String,
@@ -143,13 +146,18 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Refuses a URL the AMQP client would misread and then quote in its errors, password and all: one with no
-/// `//host` part (`amqp:user:password@host`: `Invalid URL: '<url>'`) or an empty host (`amqp:///user:password@host`
-/// reads as the vhost `user:password@host` of localhost, which the broker's refusal names).
+/// `//host` part (`amqp:user:password@host`: `Invalid URL: '<url>'`), an empty host (`amqp:///user:password@host`
+/// reads as the vhost `user:password@host` of localhost, which the broker's refusal names), or an `@` after no user
+/// (`amqp://ops/team:pw@rabbit`, a `/` in the user name, reads as host `ops` and that vhost). An `@` that belongs in
+/// a vhost is written `%40`.
 fn usable_url(url: &str) -> Result<(), MqError> {
     match url::Url::parse(url) {
         Ok(parsed)
             if !parsed.cannot_be_a_base()
-                && parsed.host_str().is_some_and(|host| !host.is_empty()) =>
+                && parsed.host_str().is_some_and(|host| !host.is_empty())
+                && !(parsed.username().is_empty()
+                    && parsed.password().is_none()
+                    && url.contains('@')) =>
         {
             Ok(())
         }
@@ -894,6 +902,7 @@ mod tests {
             "amqp:/guest:s3cr3t@rabbit",
             "amqps:guest:s3cr3t@rabbit:5671",
             "amqp:///guest:s3cr3t@rabbit",
+            "amqp://ops/team:s3cr3t@rabbit/",
         ] {
             let shown = redact_url(url);
             assert!(!shown.contains("s3cr3t"), "{url}: {shown}");
@@ -905,8 +914,10 @@ mod tests {
             assert!(!error.contains("s3cr3t"), "{url}: {error}");
         }
         assert_eq!(redact_url("amqp://guest@rabbit/"), "amqp://guest@rabbit/");
-        // An `@` in a vhost is legal: such a URL is used (only not shown).
-        assert!(usable_url("amqp://rabbit/team@x").is_ok());
+        // An `@` after no user is refused (it may be a password's: `amqp://ops/team:pw@rabbit`); one in a vhost is
+        // written `%40`.
+        assert!(usable_url("amqp://ops/team:s3cr3t@rabbit/").is_err());
+        assert!(usable_url("amqp://rabbit/team%40x").is_ok());
         assert!(usable_url("amqp://:pw@rabbit/").is_ok());
     }
 
