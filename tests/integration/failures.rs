@@ -531,28 +531,9 @@ async fn an_owners_edit_made_while_the_runs_update_waits_is_not_overwritten() {
     let (tid, shared) = (tenant.tenant_id.clone(), tenant.shared_mailbox_upn.clone());
     assert!(run(&settings, &embedded_args()).await.succeeded());
     // An administrator retitles every person: each copy and original gets an update.
-    for person in estate.sim.contacts(&tid, &shared, Some("All Contacts")) {
-        let id = person["id"].as_str().expect("id");
-        estate
-            .sim
-            .update_contact(
-                &tid,
-                &shared,
-                id,
-                serde_json::json!({"jobTitle": "Retitled"}),
-            )
-            .expect("central edit");
-    }
+    retitle_all(&estate, &shared, Some("All Contacts"));
     // The first updates of users' contacts are refused once, to be sent again a second later.
-    for _ in 0..5 {
-        estate.sim.push_fault(graphsim::ScriptedFault {
-            status: 503,
-            retry_after: Some("1".into()),
-            commit: false,
-            path_contains: Some("/contacts/".into()),
-            method: Some("PATCH".into()),
-        });
-    }
+    hold_up_patches(&estate, 5, "/contacts/");
     let number = "+1 555 0100";
     let edit = async {
         // The first update refused: its contact, edited by its owner before the update is sent again.
@@ -581,6 +562,34 @@ async fn an_owners_edit_made_while_the_runs_update_waits_is_not_overwritten() {
     let (report, (mailbox, id)) = tokio::join!(run(&settings, &args), edit);
     assert!(report.succeeded(), "{}", report.human());
     assert_edit_kept_after_412(&estate, &mailbox, None, &id, number);
+}
+
+/// Every contact of `mailbox`'s `folder` retitled as its owner would (outside the app's requests), so the next run
+/// updates each person.
+fn retitle_all(estate: &Estate, mailbox: &str, folder: Option<&str>) {
+    let tid = &estate.tenants[0].tenant_id;
+    for contact in estate.sim.contacts(tid, mailbox, folder) {
+        let id = contact["id"].as_str().expect("id");
+        let retitled = serde_json::json!({"jobTitle": "Retitled"});
+        estate
+            .sim
+            .update_contact(tid, mailbox, id, retitled)
+            .expect("the edit");
+    }
+}
+
+/// The next `n` PATCHes to a path holding `path` are refused with 503 and `Retry-After: 1`: each update waits a
+/// second before it is sent again.
+fn hold_up_patches(estate: &Estate, n: usize, path: &str) {
+    for _ in 0..n {
+        estate.sim.push_fault(graphsim::ScriptedFault {
+            status: 503,
+            retry_after: Some("1".into()),
+            commit: false,
+            path_contains: Some(path.into()),
+            method: Some("PATCH".into()),
+        });
+    }
 }
 
 /// The contact `id` in `mailbox`'s `folder` still holds the `mobilePhone` an edit gave it, and an update met that
@@ -637,28 +646,9 @@ async fn an_edit_in_the_central_folder_made_while_phase_1s_update_waits_is_not_o
     assert!(run(&settings, &embedded_args()).await.succeeded());
     // A user retitles their own contacts: phase 1 updates their persons in the central folder.
     let owner = tenant.mirror_target_upns[0].clone();
-    for contact in estate.sim.contacts(&tid, &owner, None) {
-        let id = contact["id"].as_str().expect("id");
-        estate
-            .sim
-            .update_contact(
-                &tid,
-                &owner,
-                id,
-                serde_json::json!({"jobTitle": "Retitled"}),
-            )
-            .expect("the owner's edit");
-    }
+    retitle_all(&estate, &owner, None);
     // The first updates of the central folder are refused once, to be sent again a second later.
-    for _ in 0..3 {
-        estate.sim.push_fault(graphsim::ScriptedFault {
-            status: 503,
-            retry_after: Some("1".into()),
-            commit: false,
-            path_contains: Some("/contactFolders/".into()),
-            method: Some("PATCH".into()),
-        });
-    }
+    hold_up_patches(&estate, 3, "/contactFolders/");
     let number = "+1 555 0199";
     let edit = async {
         // The first central update refused: its person, edited by an administrator before it is sent again.
