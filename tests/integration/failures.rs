@@ -515,21 +515,9 @@ async fn graph_throttling_and_server_errors_change_timing_not_the_result() {
 /// the job's own write).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_owners_edit_made_while_the_runs_update_waits_is_not_overwritten() {
-    let estate = Estate::seed(
-        SimConfig::default(),
-        EstateParams {
-            tenants: 1,
-            users_per_tenant: 4,
-            contacts_per_user: 6,
-            overlap: 0.0,
-            seed: 23,
-        },
-    )
-    .await;
-    let settings = estate.settings();
+    let (estate, settings) = synced_small_estate(23).await;
     let tenant = estate.tenants[0].clone();
     let (tid, shared) = (tenant.tenant_id.clone(), tenant.shared_mailbox_upn.clone());
-    assert!(run(&settings, &embedded_args()).await.succeeded());
     // An administrator retitles every person: each copy and original gets an update.
     retitle_all(&estate, &shared, Some("All Contacts"));
     // The first updates of users' contacts are refused once, to be sent again a second later.
@@ -562,6 +550,24 @@ async fn an_owners_edit_made_while_the_runs_update_waits_is_not_overwritten() {
     let (report, (mailbox, id)) = tokio::join!(run(&settings, &args), edit);
     assert!(report.succeeded(), "{}", report.human());
     assert_edit_kept_after_412(&estate, &mailbox, None, &id, number);
+}
+
+/// A tenant of four users with six contacts each, none shared, synced once.
+async fn synced_small_estate(seed: u64) -> (Estate, shared::config::Settings) {
+    let estate = Estate::seed(
+        SimConfig::default(),
+        EstateParams {
+            tenants: 1,
+            users_per_tenant: 4,
+            contacts_per_user: 6,
+            overlap: 0.0,
+            seed,
+        },
+    )
+    .await;
+    let settings = estate.settings();
+    assert!(run(&settings, &embedded_args()).await.succeeded());
+    (estate, settings)
 }
 
 /// Every contact of `mailbox`'s `folder` retitled as its owner would (outside the app's requests), so the next run
@@ -629,21 +635,9 @@ fn assert_edit_kept_after_412(
 /// the job reads the folder again, and the administrator's edit, the newest, stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_edit_in_the_central_folder_made_while_phase_1s_update_waits_is_not_overwritten() {
-    let estate = Estate::seed(
-        SimConfig::default(),
-        EstateParams {
-            tenants: 1,
-            users_per_tenant: 4,
-            contacts_per_user: 6,
-            overlap: 0.0,
-            seed: 29,
-        },
-    )
-    .await;
-    let settings = estate.settings();
+    let (estate, settings) = synced_small_estate(29).await;
     let tenant = estate.tenants[0].clone();
     let (tid, shared) = (tenant.tenant_id.clone(), tenant.shared_mailbox_upn.clone());
-    assert!(run(&settings, &embedded_args()).await.succeeded());
     // A user retitles their own contacts: phase 1 updates their persons in the central folder.
     let owner = tenant.mirror_target_upns[0].clone();
     retitle_all(&estate, &owner, None);

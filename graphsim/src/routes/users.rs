@@ -169,6 +169,14 @@ fn unsupported_property(property: &str) -> Reply {
 /// `eq`, `in` or a function on the collection itself rather than match nobody.
 const COLLECTIONS: &[&str] = &["proxyAddresses"];
 
+/// Refuses `path` when it names one of the [`COLLECTIONS`] itself (compared, listed or passed to a function).
+fn refuse_whole_collection(path: &[String]) -> Result<(), Reply> {
+    match path {
+        [name] if COLLECTIONS.contains(&name.as_str()) => Err(errors::invalid_filter_clause()),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a parsed filter; returns the first operator that needs advanced query parameters, if any.
 fn check(expr: &Expr) -> Result<Option<String>, Reply> {
     let merge = |a: Option<String>, b: Option<String>| a.or(b);
@@ -192,9 +200,7 @@ fn check(expr: &Expr) -> Result<Option<String>, Reply> {
             if path.len() != 1 || !FILTERABLE.contains(&path[0].as_str()) {
                 return Err(unsupported_property(&name));
             }
-            if COLLECTIONS.contains(&path[0].as_str()) {
-                return Err(errors::invalid_filter_clause());
-            }
+            refuse_whole_collection(path)?;
             if path[0] == "accountEnabled" && !matches!(lit, Literal::Bool(_)) {
                 return Err(errors::invalid_filter_clause());
             }
@@ -205,9 +211,8 @@ fn check(expr: &Expr) -> Result<Option<String>, Reply> {
             }
         }
         Expr::In(path, _) => {
-            if path.len() == 1 && COLLECTIONS.contains(&path[0].as_str()) {
-                Err(errors::invalid_filter_clause())
-            } else if path.len() == 1 && FILTERABLE.contains(&path[0].as_str()) {
+            refuse_whole_collection(path)?;
+            if path.len() == 1 && FILTERABLE.contains(&path[0].as_str()) {
                 Ok(None)
             } else {
                 Err(unsupported_property(&path.join("/")))
@@ -217,9 +222,7 @@ fn check(expr: &Expr) -> Result<Option<String>, Reply> {
             if path.len() != 1 || !FILTERABLE.contains(&path[0].as_str()) {
                 return Err(unsupported_property(&path.join("/")));
             }
-            if COLLECTIONS.contains(&path[0].as_str()) {
-                return Err(errors::invalid_filter_clause());
-            }
+            refuse_whole_collection(path)?;
             match name.as_str() {
                 "startswith" => Ok(None),
                 "endswith" => Ok(Some("endsWith".into())),

@@ -179,8 +179,10 @@ struct Requeued<'a> {
 
 /// Whether `letter`'s job went back with the deletion cap its run had lifted in force again.
 fn cap_restored(letter: &DeadLetter, confirmations: Confirmations) -> bool {
-    confirmations == Confirmations::HoldBack
-        && letter.job.as_ref().is_some_and(|job| job.allow_mass_delete)
+    letter
+        .job
+        .as_ref()
+        .is_some_and(|job| confirmations.restores_cap(job))
 }
 
 fn to_json(value: &impl Serialize) -> Result<String> {

@@ -49,6 +49,13 @@ pub enum Confirmations {
     Replay,
 }
 
+impl Confirmations {
+    /// Whether `job` goes back with the deletion cap its run lifted in force again.
+    pub fn restores_cap(self, job: &shared::message::Job) -> bool {
+        self == Confirmations::HoldBack && job.allow_mass_delete
+    }
+}
+
 /// What a scan saw and did.
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -163,7 +170,7 @@ async fn scan_queue(
                     let first_lane = shared::message::Job {
                         lane: shared::message::Lane::FIRST,
                         allow_mass_delete: job.allow_mass_delete
-                            && confirmations == Confirmations::Replay,
+                            && !confirmations.restores_cap(job),
                         ..job.clone()
                     };
                     publisher

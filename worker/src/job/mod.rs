@@ -125,6 +125,12 @@ struct Done {
 }
 
 impl Done {
+    /// Whether the folder written is as the plan meant to leave it: no write refused, none left for a later run.
+    /// Only then may its kept feed say it is in line with its sources.
+    fn in_line(&self) -> bool {
+        self.failed_writes == 0 && !self.defers
+    }
+
     /// Adds what another write step of the same job did (counts, refused writes, plan lines).
     fn absorb(&mut self, other: Done) {
         self.counts.created += other.counts.created;
@@ -218,12 +224,9 @@ impl JobRunner {
         // A client per job: its tally counts this job's requests only, however many jobs run beside it.
         let mut tally = (0, 0);
         // A dry attempt keeps no feed: a later real run must read and write what this one only planned.
-        let ran_dry = job.dry_run
-            || self
-                .settings
-                .tenant(&job.tenant_id)
-                .is_some_and(|tenant| tenant.dry_run);
-        let result = match self.settings.tenant(&job.tenant_id) {
+        let tenant = self.settings.tenant(&job.tenant_id);
+        let ran_dry = job.dry_run || tenant.is_some_and(|tenant| tenant.dry_run);
+        let result = match tenant {
             None => Err(AttemptResult::Permanent {
                 reason: FailureReason::UnknownTenant,
                 error: format!(
@@ -304,7 +307,7 @@ impl JobRunner {
                             Some(held) => tokio::select! {
                                 biased;
                                 () = held.lost() => Err(AttemptResult::Transient {
-                                    wait: Duration::from_secs(5),
+                                    wait: LEASE_RETRY,
                                     error: "the mailbox's write lease ended with its broker connection; the job \
                                             reads the mailbox again"
                                         .into(),
@@ -482,8 +485,11 @@ impl JobRunner {
     }
 }
 
+/// How soon an attempt that could not take, or lost, a broker lease is tried again.
+const LEASE_RETRY: Duration = Duration::from_secs(5);
+
 /// The broker lease `taking` gives (`what` names it), as an attempt needs it: a broker that cannot be asked fails
-/// the attempt as transient, tried again in 5 s, for going on without the lease could break the fleet-wide rule it
+/// the attempt as transient, tried again after [`LEASE_RETRY`], for going on without the lease could break the fleet-wide rule it
 /// keeps (the shared mailbox's readers, one writer per mailbox).
 async fn held_or_retry(
     taking: impl std::future::Future<Output = Result<crate::leases::Held, shared::mq::MqError>>,
@@ -493,7 +499,7 @@ async fn held_or_retry(
         .await
         .map(Some)
         .map_err(|error| AttemptResult::Transient {
-            wait: Duration::from_secs(5),
+            wait: LEASE_RETRY,
             error: format!("taking {what}: {error}"),
         })
 }

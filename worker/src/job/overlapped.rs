@@ -295,8 +295,8 @@ impl JobRunner {
         done.deleted.extend(last.deleted);
         done.created_ids.clear();
         if let Some(link) = link {
-            let in_line = feed::phase2_sources(true, in_line_with, false, None)
-                .filter(|_| done.failed_writes == 0 && !done.defers);
+            let in_line =
+                feed::phase2_sources(true, in_line_with, false, None).filter(|_| done.in_line());
             let feed = feed_after_writes(client, mailbox, link, in_line, &done).await;
             done.cursors = Cursors::of_mailbox(&mailbox.id, feed.holding_only_copies(only_copies));
         }

@@ -346,7 +346,7 @@ impl JobRunner {
             let writes = changed;
             let generation = feed::next_generation(central_check.check, previous, writes);
             // A refused write leaves the folder short of the plan: read it all again next time.
-            let in_line_with = (done.failed_writes == 0 && !done.defers).then_some(generation);
+            let in_line_with = done.in_line().then_some(generation);
             cursors.central =
                 Some(feed_after_writes(client, &central.mailbox, link, in_line_with, &done).await);
         }

@@ -300,7 +300,7 @@ impl JobRunner {
             done.absorb(moved);
         }
         if let Some(link) = link {
-            let in_line_with = in_line.filter(|_| done.failed_writes == 0 && !done.defers);
+            let in_line_with = in_line.filter(|_| done.in_line());
             let feed = feed_after_writes(client, mailbox, link, in_line_with, &done).await;
             done.cursors = kept(feed.holding_only_copies(done.only_copies));
         }
