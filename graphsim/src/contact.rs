@@ -395,6 +395,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Failed before the check: graphsim took any number of phones and addresses, so the directory's org contacts
+    /// with three business numbers passed here and would fail on every mailbox against Graph.
     #[test]
     fn a_contact_over_exchanges_entry_limits_is_refused() {
         let phones = |n: usize| json!((0..n).map(|i| format!("+1 555 010{i}")).collect::<Vec<_>>());

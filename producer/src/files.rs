@@ -60,6 +60,8 @@ mod tests {
         dir
     }
 
+    /// Failed before the fix: the state directory was made with the umask (0755), so other local users could read
+    /// the users feed (everyone's phones and addresses); an earlier release's directory stays 0755 unless narrowed.
     #[cfg(unix)]
     #[test]
     fn a_private_directory_is_its_owners_alone() {
