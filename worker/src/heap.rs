@@ -74,8 +74,8 @@ mod tests {
     }
 
     /// Freed pages go back to the system: resident memory falls once a large allocation is freed and purged. The
-    /// count is the process's, and the other tests of this crate allocate beside it (a few MiB: connections,
-    /// buffers), so the allocation is large (about 60 MiB) and at least half of what it added must go back.
+    /// count is the process's, and the other tests of this crate allocate and free beside it (pages they freed may
+    /// hold part of this allocation), so the allocation is large (about 60 MiB) and at least 32 MiB must go back.
     #[test]
     fn freed_memory_is_handed_back() {
         let resident = || {
@@ -90,9 +90,8 @@ mod tests {
         drop(std::hint::black_box(strings));
         release_freed();
         let after = resident();
-        let added = held.saturating_sub(before);
         assert!(
-            added > 32 << 20 && held.saturating_sub(after) > added / 2,
+            held.saturating_sub(after) > 32 << 20,
             "1,000,000 freed strings were not handed back: {before} bytes resident first, {held} with them, {after} \
              after"
         );
